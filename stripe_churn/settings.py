@@ -1,0 +1,281 @@
+"""Settings: defaults in code, then a TOML file, then the environment (the environment wins).
+
+The file is ``config/stripe-churn.toml`` under the working directory when it exists, or the one named by
+``--config``. Every key of the file is listed in :data:`FILE_KEYS`; an unknown key, a value of the wrong type
+or an unreadable file is a :class:`ConfigError` that names the key and the file. The API key and the webhook
+secret are held in :class:`Secret`, whose repr and str are masked, so they never reach a log or an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stripe_churn.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("config") / "stripe-churn.toml"
+DEFAULT_API_BASE = "https://api.stripe.com"
+DEFAULT_SCHEDULE = "*/30 * * * *"
+SANDBOX_KEY = "sk_test_sandbox"
+
+
+class Secret:
+    """A string that never shows itself in repr, str or f-strings; call :meth:`reveal` to use it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    def __str__(self) -> str:
+        return "********" if self._value else ""
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The MRR and classifier rules of design.md 4 and 5 (each a setting)."""
+
+    movement_window_minutes: int = 60
+    churn_recognition: str = "ended"  # "ended" | "canceled"
+    include_metered: bool = True
+    pause_collection_keeps_mrr: bool = True
+    past_due_counts: bool = True
+    # product id -> family name, used when product.metadata["family"] is not set
+    families: Mapping[str, str] = field(default_factory=dict)
+    # product id -> "seat" | "resource", overrides unit_label
+    units: Mapping[str, str] = field(default_factory=dict)
+    seat_unit_labels: tuple[str, ...] = ("seat", "seats", "user", "users", "member", "members", "license",
+                                         "licenses", "agent", "agents")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything stripe-churn can be told. Build it with :func:`load_settings`."""
+
+    api_key: Secret = field(default_factory=lambda: Secret(""))
+    db: Path = Path("stripe-churn.duckdb")
+    api_base: str = DEFAULT_API_BASE
+    account: str | None = None
+    rate_limit: float | None = None  # None: 100 for live keys, 25 for test keys
+    schedule: str = DEFAULT_SCHEDULE
+    webhook_secret: Secret = field(default_factory=lambda: Secret(""))
+    webhook_host: str = "127.0.0.1"
+    webhook_port: int | None = None
+    currency: str = "usd"
+    log_level: str = "INFO"
+    timeout_seconds: float = 30.0
+    max_retries: int = 6
+    rules: Rules = field(default_factory=Rules)
+    source: str = "defaults"  # where the settings came from, for messages
+
+    @property
+    def effective_rate_limit(self) -> float:
+        """Read requests per second the syncer allows itself."""
+        if self.rate_limit is not None:
+            return self.rate_limit
+        key = self.api_key.reveal()
+        return 100.0 if key.startswith(("sk_live_", "rk_live_")) else 25.0
+
+    @property
+    def is_live_key(self) -> bool:
+        return self.api_key.reveal().startswith(("sk_live_", "rk_live_"))
+
+    def require_api_key(self) -> str:
+        """The API key, or a ConfigError that names every place that was looked in."""
+        key = self.api_key.reveal()
+        if not key:
+            raise ConfigError(
+                "no Stripe API key: set STRIPE_API_KEY in the environment or api_key in "
+                f"{self.source}; for a try without Stripe run `stripe-churn demo`"
+            )
+        return key
+
+
+# file key -> (python type(s), settings attribute)
+FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "api_key": ((str,), "api_key"),
+    "db": ((str,), "db"),
+    "api_base": ((str,), "api_base"),
+    "account": ((str,), "account"),
+    "rate_limit": ((int, float), "rate_limit"),
+    "schedule": ((str,), "schedule"),
+    "webhook_secret": ((str,), "webhook_secret"),
+    "webhook_host": ((str,), "webhook_host"),
+    "webhook_port": ((int,), "webhook_port"),
+    "currency": ((str,), "currency"),
+    "log_level": ((str,), "log_level"),
+    "timeout_seconds": ((int, float), "timeout_seconds"),
+    "max_retries": ((int,), "max_retries"),
+}
+RULE_KEYS: dict[str, tuple[type, ...]] = {
+    "movement_window_minutes": (int,),
+    "churn_recognition": (str,),
+    "include_metered": (bool,),
+    "pause_collection_keeps_mrr": (bool,),
+    "past_due_counts": (bool,),
+    "families": (dict,),
+    "units": (dict,),
+    "seat_unit_labels": (list,),
+}
+ENV_KEYS: dict[str, str] = {
+    "STRIPE_API_KEY": "api_key",
+    "STRIPE_CHURN_DB": "db",
+    "STRIPE_API_BASE": "api_base",
+    "STRIPE_ACCOUNT": "account",
+    "STRIPE_RATE_LIMIT": "rate_limit",
+    "STRIPE_CHURN_SCHEDULE": "schedule",
+    "STRIPE_WEBHOOK_SECRET": "webhook_secret",
+    "STRIPE_CHURN_CURRENCY": "currency",
+    "STRIPE_CHURN_LOG_LEVEL": "log_level",
+}
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    return " or ".join({int: "integer", float: "number", str: "string", bool: "true/false", dict: "table",
+                        list: "list"}[t] for t in types)
+
+
+def _check_type(key: str, value: Any, types: tuple[type, ...], where: str) -> None:
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        raise ConfigError(f"setting '{key}' in {where} must be a {_type_name(types)}, got {value!r}")
+
+
+def _convert(attr: str, value: Any) -> Any:
+    if attr in ("api_key", "webhook_secret"):
+        return Secret(str(value))
+    if attr == "db":
+        return Path(value).expanduser()
+    if attr == "rate_limit":
+        return float(value)
+    if attr == "currency":
+        return str(value).lower()
+    if attr == "api_base":
+        return str(value).rstrip("/")
+    return value
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+        return tomllib.loads(text)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; check --config or create it from "
+                          "config/stripe-churn.example.toml") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.__class__.__name__}); fix its "
+                          "permissions or encoding") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _warn_if_world_readable(path: Path, data: Mapping[str, Any]) -> None:
+    if not (data.get("api_key") or data.get("webhook_secret")):
+        return
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("config file %s holds a secret and is readable by other users; run `chmod 600 %s` "
+                    "or move the key to STRIPE_API_KEY", path, path)
+
+
+def load_settings(config: str | Path | None = None, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Build settings from defaults, the config file, then the environment, then explicit overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    rules: dict[str, Any] = {}
+    source = "defaults (no config file)"
+    path: Path | None = Path(config) if config is not None else None
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = DEFAULT_CONFIG
+    if path is not None:
+        where = str(path)
+        data = _read_file(path)
+        _warn_if_world_readable(path, data)
+        source = where
+        for key, value in data.items():
+            if key == "rules":
+                if not isinstance(value, dict):
+                    raise ConfigError(f"setting 'rules' in {where} must be a table ([rules])")
+                for rkey, rvalue in value.items():
+                    if rkey not in RULE_KEYS:
+                        raise ConfigError(f"unknown setting 'rules.{rkey}' in {where}; known: "
+                                          f"{', '.join(sorted(RULE_KEYS))}")
+                    _check_type(f"rules.{rkey}", rvalue, RULE_KEYS[rkey], where)
+                    rules[rkey] = tuple(rvalue) if isinstance(rvalue, list) else rvalue
+                continue
+            if key not in FILE_KEYS:
+                raise ConfigError(f"unknown setting '{key}' in {where}; known: "
+                                  f"{', '.join(sorted([*FILE_KEYS, 'rules']))}")
+            types, attr = FILE_KEYS[key]
+            _check_type(key, value, types, where)
+            values[attr] = _convert(attr, value)
+    for name, attr in ENV_KEYS.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        if attr == "rate_limit":
+            try:
+                rate = float(raw)
+            except ValueError:
+                raise ConfigError(f"environment variable {name} must be a number, got {raw!r}") from None
+            if rate <= 0:
+                raise ConfigError(f"environment variable {name} must be above 0, got {raw!r}")
+            values[attr] = rate
+        else:
+            values[attr] = _convert(attr, raw)
+    for attr, value in (overrides or {}).items():
+        if value is not None:
+            values[attr] = _convert(attr, value)
+    if rules:
+        values["rules"] = Rules(**rules)
+    settings = Settings(source=source, **values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    where = s.source
+    if s.rules.churn_recognition not in ("ended", "canceled"):
+        raise ConfigError(f"setting 'rules.churn_recognition' in {where} must be \"ended\" or \"canceled\"")
+    for pid, unit in s.rules.units.items():
+        if unit not in ("seat", "resource"):
+            raise ConfigError(f"setting 'rules.units.{pid}' in {where} must be \"seat\" or \"resource\"")
+    if s.rate_limit is not None and s.rate_limit <= 0:
+        raise ConfigError(f"setting 'rate_limit' in {where} must be above 0")
+    if not s.api_base.startswith(("http://", "https://")):
+        raise ConfigError(f"setting 'api_base' ({s.api_base!r}) in {where} must start with http:// or https://")
+    if len(s.currency) != 3:
+        raise ConfigError(f"setting 'currency' in {where} must be a 3-letter ISO code such as usd")
+
+
+def replace(settings: Settings, **changes: Any) -> Settings:
+    """A copy of ``settings`` with some attributes changed (values converted as from a file)."""
+    return dataclasses.replace(settings, **{k: _convert(k, v) for k, v in changes.items()})
