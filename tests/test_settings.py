@@ -1,0 +1,137 @@
+"""Settings: precedence, one-line errors naming the key and the file, masked secrets."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from stripe_churn.errors import ConfigError
+from stripe_churn.settings import Secret, load_settings
+
+KEY = "sk_test_51SuperSecretValue0123456789"
+
+
+def write(tmp_path: Path, text: str, name: str = "s.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_defaults_without_file_or_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(env={})
+    assert s.db == Path("stripe-churn.duckdb")
+    assert s.api_base == "https://api.stripe.com"
+    assert s.schedule == "*/30 * * * *"
+    assert s.currency == "usd"
+    assert s.rules.movement_window_minutes == 60
+    assert s.rules.churn_recognition == "ended"
+    assert not s.api_key
+
+
+def test_file_then_environment_wins(tmp_path: Path) -> None:
+    cfg = write(tmp_path, 'db = "from-file.duckdb"\ncurrency = "EUR"\nrate_limit = 10\n'
+                          '[rules]\nmovement_window_minutes = 5\n')
+    s = load_settings(cfg, env={"STRIPE_CHURN_DB": "from-env.duckdb", "STRIPE_API_BASE": "http://127.0.0.1:9/"})
+    assert s.db == Path("from-env.duckdb")
+    assert s.currency == "eur"
+    assert s.rate_limit == 10.0
+    assert s.api_base == "http://127.0.0.1:9"
+    assert s.rules.movement_window_minutes == 5
+    assert s.source == str(cfg)
+
+
+def test_default_config_file_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config").mkdir()
+    write(tmp_path / "config", 'db = "here.duckdb"\n', "stripe-churn.toml")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(env={}).db == Path("here.duckdb")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        pytest.param('dbb = "x"\n', "unknown setting 'dbb'", id="unknown-key"),
+        pytest.param("rate_limit = \"fast\"\n", "setting 'rate_limit'", id="wrong-type"),
+        pytest.param("max_retries = true\n", "setting 'max_retries'", id="bool-is-not-int"),
+        pytest.param("[rules]\nwindow = 3\n", "unknown setting 'rules.window'", id="unknown-rule"),
+        pytest.param('[rules]\nchurn_recognition = "soon"\n', "rules.churn_recognition", id="bad-choice"),
+        pytest.param("db = \n", "not valid TOML", id="bad-toml"),
+    ],
+)
+def test_bad_config_is_one_line_naming_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
+    cfg = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    message = str(err.value)
+    assert needle in message
+    assert str(cfg) in message
+    assert "\n" not in message
+
+
+def test_missing_and_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml", env={})
+    cfg = write(tmp_path, 'db = "x"\n')
+    cfg.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_settings(cfg, env={})
+
+
+def test_bad_rate_limit_in_environment() -> None:
+    with pytest.raises(ConfigError, match="STRIPE_RATE_LIMIT"):
+        load_settings(env={"STRIPE_RATE_LIMIT": "lots"})
+
+
+def test_rate_limit_default_depends_on_key_mode() -> None:
+    assert load_settings(env={"STRIPE_API_KEY": "sk_live_x"}).effective_rate_limit == 100
+    assert load_settings(env={"STRIPE_API_KEY": "rk_live_x"}).effective_rate_limit == 100
+    assert load_settings(env={"STRIPE_API_KEY": "sk_test_x"}).effective_rate_limit == 25
+    assert load_settings(env={"STRIPE_API_KEY": "sk_test_x", "STRIPE_RATE_LIMIT": "7"}).effective_rate_limit == 7
+
+
+def test_api_key_is_masked_everywhere(caplog: pytest.LogCaptureFixture) -> None:
+    s = load_settings(env={"STRIPE_API_KEY": KEY, "STRIPE_WEBHOOK_SECRET": "whsec_topsecret"})
+    assert s.require_api_key() == KEY
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("test").info("settings %s %r", s, s)
+    for text in (repr(s), str(s), f"{s.api_key}", repr(s.api_key), caplog.text):
+        assert KEY not in text
+        assert "topsecret" not in text
+    assert "********" in repr(s.api_key)
+    assert Secret("a") == Secret("a") and Secret("a") != Secret("b")
+
+
+def test_missing_key_names_every_place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={}).require_api_key()
+    assert "STRIPE_API_KEY" in str(err.value) and "api_key" in str(err.value)
+
+
+def test_world_readable_config_with_key_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = write(tmp_path, f'api_key = "{KEY}"\n')
+    cfg.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        s = load_settings(cfg, env={})
+    assert s.require_api_key() == KEY
+    assert "readable by other users" in caplog.text
+    assert KEY not in caplog.text
+    caplog.clear()
+    cfg.chmod(0o600)
+    with caplog.at_level(logging.WARNING):
+        load_settings(cfg, env={})
+    assert "readable" not in caplog.text
+
+
+def test_example_config_documents_every_setting_and_loads() -> None:
+    example = Path(__file__).resolve().parents[1] / "config" / "stripe-churn.example.toml"
+    text = example.read_text()
+    from stripe_churn.settings import ENV_KEYS, FILE_KEYS, RULE_KEYS
+
+    for key in [*FILE_KEYS, *RULE_KEYS, *ENV_KEYS]:
+        assert key in text, f"{key} is not documented in {example.name}"
+    load_settings(example, env={})
