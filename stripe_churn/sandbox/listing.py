@@ -1,0 +1,381 @@
+"""The sandbox's read model: Stripe-shaped JSON bytes of every object, list views, pagination, expand.
+
+Each object is serialised once (with embedded lists truncated and includable fields such as price ``tiers``
+left out, as Stripe does) and cached as bytes; a list page is those bytes joined. Views (sorted id lists of
+one resource under one filter) are cached too. Everything is dropped and rebuilt lazily after an advance.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+RESOURCES = ("customers", "products", "prices", "coupons", "subscriptions", "invoices", "credit_notes")
+SINGULAR = {
+    "customers": "customer", "products": "product", "prices": "price", "coupons": "coupon",
+    "subscriptions": "subscription", "invoices": "invoice", "credit_notes": "credit note",
+    "events": "event", "subscription_items": "subscription item", "line_items": "line item",
+}
+EMBED_LIMIT = 10
+EVENT_RETENTION_S = 30 * 86400
+MAX_EXPAND_DEPTH = 4
+SEQ_SPAN = 1 << 32
+VIEW_CACHE_MAX = 512
+ID_PREFIXES = {
+    "cus_": "customers", "prod_": "products", "price_": "prices", "sub_": "subscriptions",
+    "in_": "invoices", "cn_": "credit_notes",
+}
+
+Params = Mapping[str, Any]
+
+
+class ApiError(Exception):
+    """A request the sandbox refuses, answered with Stripe's error envelope."""
+
+    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error",
+                 code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.code = code
+        self.param = param
+
+    def envelope(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"type": self.type, "message": self.message}
+        if self.code:
+            err["code"] = self.code
+            err["doc_url"] = f"https://stripe.com/docs/error-codes/{self.code.replace('_', '-')}"
+        if self.param:
+            err["param"] = self.param
+        return {"error": err}
+
+
+def missing(resource: str, obj_id: str, param: str = "id") -> ApiError:
+    """Stripe's 404 for an id that does not exist."""
+    return ApiError(404, f"No such {SINGULAR.get(resource, resource)}: '{obj_id}'", code="resource_missing",
+                    param=param)
+
+
+def ref(value: Any) -> Any:
+    """The id of an expandable field, whether it holds an id or an expanded object."""
+    return value.get("id") if isinstance(value, dict) else value
+
+
+@dataclass(slots=True)
+class View:
+    """Ids of one resource under one filter, newest first, with ascending sort keys for bisection."""
+
+    ids: list[str]
+    keys: list[int]
+
+
+def _embedded(lst: dict[str, Any], url: str, item: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    data = lst.get("data") or []
+    return {"object": "list", "data": [item(x) for x in data[:EMBED_LIMIT]],
+            "has_more": len(data) > EMBED_LIMIT, "url": url}
+
+
+def _price_without_tiers(price: Any) -> Any:
+    if isinstance(price, dict) and "tiers" in price:
+        price = {k: v for k, v in price.items() if k != "tiers"}
+    return price
+
+
+def item_shape(item: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(item.get("price"), dict) and "tiers" in item["price"]:
+        item = dict(item)
+        item["price"] = _price_without_tiers(item["price"])
+        if isinstance(item.get("plan"), dict) and "tiers" in item["plan"]:
+            item["plan"] = _price_without_tiers(item["plan"])
+    return item
+
+
+def _same(x: dict[str, Any]) -> dict[str, Any]:
+    return x
+
+
+def shape(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object as the API serves it: embedded lists cut to 10 with ``has_more``/``url``, no tiers."""
+    if obj.get("deleted"):
+        return obj
+    kind = obj.get("object")
+    if kind == "subscription" and isinstance(obj.get("items"), dict):
+        out = dict(obj)
+        out["items"] = _embedded(obj["items"], f"/v1/subscription_items?subscription={obj['id']}", item_shape)
+        return out
+    if kind == "invoice" and isinstance(obj.get("lines"), dict):
+        out = dict(obj)
+        out["lines"] = _embedded(obj["lines"], f"/v1/invoices/{obj['id']}/lines", _same)
+        return out
+    if kind == "credit_note" and isinstance(obj.get("lines"), dict):
+        out = dict(obj)
+        out["lines"] = _embedded(obj["lines"], f"/v1/credit_notes/{obj['id']}/lines", _same)
+        return out
+    if kind == "price":
+        return _price_without_tiers(obj)
+    if kind == "event":
+        data = obj.get("data")
+        if isinstance(data, dict) and isinstance(data.get("object"), dict):
+            inner = shape(data["object"])
+            if inner is not data["object"]:
+                out = dict(obj)
+                out["data"] = {**data, "object": inner}
+                return out
+    return obj
+
+
+# --- filters ------------------------------------------------------------------------------------------
+
+
+def parse_bool(params: Params, name: str) -> bool | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    if raw in ("true", "false"):
+        return raw == "true"
+    raise ApiError(400, f"Invalid boolean: {raw}", param=name)
+
+
+def parse_int(raw: Any, name: str) -> int:
+    if isinstance(raw, str):
+        s = raw.strip()
+        if s.lstrip("-").isdigit():
+            return int(s)
+    raise ApiError(400, f"Invalid integer: {raw}", param=name)
+
+
+def _str_param(params: Params, name: str) -> str | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    if isinstance(raw, list) and raw and all(v == raw[0] for v in raw):
+        raw = raw[0]  # the same value repeated (a url that already carries it, plus the param)
+    if not isinstance(raw, str):
+        raise ApiError(400, f"Invalid string: {name} must be a single value", param=name)
+    return raw
+
+
+def _str_list(params: Params, name: str) -> list[str] | None:
+    raw = params.get(name)
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, list):
+        return raw
+    raise ApiError(400, f"Invalid array: {name}", param=name)
+
+
+def _invoice_subscription(inv: dict[str, Any]) -> Any:
+    parent = inv.get("parent") or {}
+    details = parent.get("subscription_details") or {}
+    return ref(details.get("subscription")) or ref(inv.get("subscription"))
+
+
+SUB_STATUSES = {"active", "all", "canceled", "ended", "incomplete", "incomplete_expired", "past_due",
+                "paused", "trialing", "unpaid"}
+INVOICE_STATUSES = {"draft", "open", "paid", "uncollectible", "void"}
+# name -> (index field or None, predicate builder); values already validated strings
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+def filters_for(resource: str, params: Params) -> list[tuple[str, Any, Predicate]]:
+    """Validated filters of one list request as (name, value, predicate), in a canonical order."""
+    out: list[tuple[str, Any, Predicate]] = []
+
+    def eq(field: str, value: str, name: str | None = None) -> None:
+        out.append((name or field, value, lambda o: ref(o.get(field)) == value))
+
+    if resource in ("subscriptions", "invoices", "credit_notes"):
+        cust = _str_param(params, "customer")
+        if cust is not None:
+            eq("customer", cust)
+    if resource == "subscriptions":
+        status = _str_param(params, "status")
+        if status is not None and status not in SUB_STATUSES:
+            raise ApiError(400, f"Invalid status: must be one of {', '.join(sorted(SUB_STATUSES))}",
+                           param="status")
+        if status is None:
+            out.append(("status", None, lambda o: o.get("status") != "canceled"))
+        elif status == "ended":
+            out.append(("status", "ended", lambda o: o.get("status") in ("canceled", "incomplete_expired")))
+        elif status != "all":
+            eq("status", status)
+        price = _str_param(params, "price")
+        if price is not None:
+            out.append(("price", price, lambda o: any(
+                ref(i.get("price")) == price for i in (o.get("items") or {}).get("data", []))))
+        coll = _str_param(params, "collection_method")
+        if coll is not None:
+            eq("collection_method", coll)
+    elif resource == "invoices":
+        status = _str_param(params, "status")
+        if status is not None:
+            if status not in INVOICE_STATUSES:
+                raise ApiError(400, f"Invalid status: must be one of {', '.join(sorted(INVOICE_STATUSES))}",
+                               param="status")
+            eq("status", status)
+        sub = _str_param(params, "subscription")
+        if sub is not None:
+            out.append(("subscription", sub, lambda o: _invoice_subscription(o) == sub))
+        coll = _str_param(params, "collection_method")
+        if coll is not None:
+            eq("collection_method", coll)
+    elif resource == "credit_notes":
+        inv = _str_param(params, "invoice")
+        if inv is not None:
+            eq("invoice", inv)
+    elif resource == "prices":
+        active = parse_bool(params, "active")
+        want = True if active is None else active
+        out.append(("active", want, lambda o: bool(o.get("active")) is want))
+        for field in ("product", "currency", "type"):
+            val = _str_param(params, field)
+            if val is not None:
+                eq(field, val)
+    elif resource == "products":
+        active = parse_bool(params, "active")
+        if active is not None:
+            out.append(("active", active, lambda o: bool(o.get("active")) is active))
+        typ = _str_param(params, "type")
+        if typ is not None:
+            eq("type", typ)
+        ids = _str_list(params, "ids")
+        if ids is not None:
+            idset = frozenset(ids)
+            out.append(("ids", tuple(sorted(idset)), lambda o: o.get("id") in idset))
+    elif resource == "customers":
+        email = _str_param(params, "email")
+        if email is not None:
+            eq("email", email)
+    elif resource == "events":
+        typ = _str_param(params, "type")
+        types = _str_list(params, "types")
+        if typ is not None and types is not None:
+            raise ApiError(400, "You may only specify one of these parameters: type, types.", param="types")
+        if types is not None and len(types) > 20:
+            raise ApiError(400, "types may contain at most 20 event types.", param="types")
+        patterns = [typ] if typ is not None else types
+        if patterns is not None:
+            exact = frozenset(p for p in patterns if not p.endswith("*"))
+            prefixes = tuple(p[:-1] for p in patterns if p.endswith("*"))
+            out.append(("type", tuple(patterns), lambda o: o.get("type") in exact
+                        or (bool(prefixes) and str(o.get("type", "")).startswith(prefixes))))
+    return out
+
+
+def created_range(params: Params) -> tuple[int | None, int | None]:
+    """``created`` as an int or ``created[gt|gte|lt|lte]``, as an inclusive (low, high) pair."""
+    raw = params.get("created")
+    if raw is None:
+        return None, None
+    if isinstance(raw, str):
+        value = parse_int(raw, "created")
+        return value, value
+    if not isinstance(raw, dict):
+        raise ApiError(400, "Invalid created: pass an integer or created[gt|gte|lt|lte]", param="created")
+    low: int | None = None
+    high: int | None = None
+    for op, val in raw.items():
+        n = parse_int(val, f"created[{op}]")
+        if op == "gt":
+            low = max(low, n + 1) if low is not None else n + 1
+        elif op == "gte":
+            low = max(low, n) if low is not None else n
+        elif op == "lt":
+            high = min(high, n - 1) if high is not None else n - 1
+        elif op == "lte":
+            high = min(high, n) if high is not None else n
+        else:
+            raise ApiError(400, f"Received unknown parameter: created[{op}]", param=f"created[{op}]")
+    return low, high
+
+
+def parse_limit(params: Params) -> int:
+    raw = params.get("limit")
+    if raw is None:
+        return 10
+    limit = parse_int(raw, "limit")
+    if not 1 <= limit <= 100:
+        raise ApiError(400, f"Invalid limit: must be between 1 and 100 (got {limit}).", param="limit")
+    return limit
+
+
+COMMON_LIST_PARAMS = frozenset({"limit", "starting_after", "ending_before", "expand", "created"})
+EXTRA_LIST_PARAMS = {
+    "customers": {"email"},
+    "products": {"active", "type", "ids"},
+    "prices": {"active", "product", "currency", "type"},
+    "coupons": set(),
+    "subscriptions": {"status", "customer", "price", "collection_method"},
+    "invoices": {"status", "customer", "subscription", "collection_method"},
+    "credit_notes": {"customer", "invoice"},
+    "events": {"type", "types"},
+}
+
+
+def check_params(params: Params, allowed: Iterable[str]) -> None:
+    """Stripe refuses parameters it does not know; so does the sandbox, naming the first one."""
+    allowed_set = set(allowed)
+    for name in params:
+        if name not in allowed_set:
+            raise ApiError(400, f"Received unknown parameter: {name}", param=name)
+
+
+def expand_paths(params: Params) -> tuple[str, ...]:
+    raw = params.get("expand")
+    if raw is None:
+        return ()
+    paths = [raw] if isinstance(raw, str) else raw
+    if not isinstance(paths, list):
+        raise ApiError(400, "Invalid array: expand", param="expand")
+    return tuple(sorted(set(paths)))
+
+
+def page_body(chunks: list[bytes], has_more: bool, url: str) -> bytes:
+    """A list envelope from already serialised objects."""
+    return b"".join((b'{"object":"list","data":[', b",".join(chunks), b'],"has_more":',
+                     b"true" if has_more else b"false", b',"url":', orjson.dumps(url), b"}"))
+
+
+def paginate(ids: list[str], keys: list[int] | None, pos_of: Callable[[str], int | None],
+             key_of: Callable[[str], int | None], resource: str, params: Params,
+             lo: int = 0, hi: int | None = None) -> tuple[list[str], bool]:
+    """One page of ``ids[lo:hi]`` (newest first) after the cursor parameters; returns (ids, has_more).
+
+    With ``keys`` a cursor object outside the view still finds its place by its sort key (as Stripe does
+    for, say, a canceled subscription used as ``starting_after`` on the default list); without keys the
+    cursor must be in the list.
+    """
+    limit = parse_limit(params)
+    hi = len(ids) if hi is None else hi
+    after = _str_param(params, "starting_after")
+    before = _str_param(params, "ending_before")
+    if after is not None and before is not None:
+        raise ApiError(400, "You may only specify one of these parameters: ending_before, starting_after.",
+                       param="ending_before")
+
+    def locate(cursor: str, param: str) -> tuple[int, int]:
+        if keys is not None:
+            k = key_of(cursor)
+            if k is None:
+                raise missing(resource, cursor, param)
+            return bisect.bisect_left(keys, k, lo, hi), bisect.bisect_right(keys, k, lo, hi)
+        p = pos_of(cursor)
+        if p is None:
+            raise missing(resource, cursor, param)
+        return p, p + 1
+
+    if before is not None:
+        end = locate(before, "ending_before")[0]
+        start = max(lo, end - limit)
+        return ids[start:end], start > lo
+    start = lo if after is None else locate(after, "starting_after")[1]
+    start = max(start, lo)
+    end = min(hi, start + limit)
+    return ids[start:end], end < hi
