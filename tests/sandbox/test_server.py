@@ -1,0 +1,646 @@
+"""The sandbox server over real HTTP: Stripe's wire behaviour, checked with the real stripe SDK and raw HTTP.
+
+A small hand-made simulation (``MiniSim``) pins the edges that a random simulation may not produce (ties in
+``created``, a subscription with 12 items, deleted objects, tiered prices); the real ``Simulation`` is walked
+end to end through the SDK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import stripe
+
+from stripe_churn.sandbox.server import RunningSandbox, mask_key, start_in_thread
+from stripe_churn.sandbox.wire import parse_query
+
+KEY = "sk_test_51Sandbox0123456789abcd"
+DAY = 86400
+T0 = 1_700_000_000
+
+
+# --- a tiny simulation with the attributes the server reads (docs/internals.md) -----------------------
+
+
+def _price(i: int, product: str, *, active: bool = True, tiered: bool = False, created: int = T0) -> dict[str, Any]:
+    price: dict[str, Any] = {
+        "id": f"price_{i:04d}", "object": "price", "active": active, "created": created, "currency": "usd",
+        "billing_scheme": "tiered" if tiered else "per_unit", "livemode": False, "lookup_key": None,
+        "metadata": {}, "nickname": None, "product": product, "type": "recurring",
+        "recurring": {"interval": "month", "interval_count": 1, "meter": None, "usage_type": "licensed",
+                      "trial_period_days": None},
+        "tiers_mode": "graduated" if tiered else None, "unit_amount": None if tiered else 1000 + i,
+    }
+    if tiered:
+        price["tiers"] = [{"up_to": 10, "unit_amount": 500, "flat_amount": None},
+                          {"up_to": None, "unit_amount": 300, "flat_amount": None}]
+    return price
+
+
+class MiniSim:
+    """Deterministic little account: 25 customers (3 share each created second), 20 subscriptions, ..."""
+
+    def __init__(self) -> None:
+        self.account_id = "acct_minisandbox"
+        self.start = T0
+        self.clock = T0 + 90 * DAY
+        self.discounts: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.truth: list[dict[str, Any]] = []
+        objs: dict[str, dict[str, dict[str, Any]]] = {r: {} for r in (
+            "customers", "products", "prices", "coupons", "subscriptions", "invoices", "credit_notes")}
+        self.objects = objs
+        for i in range(25):
+            cid = f"cus_{i:04d}"
+            objs["customers"][cid] = {"id": cid, "object": "customer", "created": T0 + (i // 3) * DAY,
+                                      "email": f"c{i}@example.com", "currency": "usd", "livemode": False,
+                                      "metadata": {}, "name": f"Customer {i}"}
+        objs["customers"]["cus_0024"] = {"id": "cus_0024", "object": "customer", "deleted": True}
+        for i in range(4):
+            pid = f"prod_{i:04d}"
+            objs["products"][pid] = {"id": pid, "object": "product", "active": i != 3, "created": T0 + i,
+                                     "name": f"Product {i}", "type": "service", "updated": T0 + i}
+        for i in range(6):
+            price = _price(i, f"prod_{i % 4:04d}", active=i != 5, tiered=i == 4, created=T0 + i)
+            objs["prices"][price["id"]] = price
+        objs["coupons"]["SAVE20"] = {"id": "SAVE20", "object": "coupon", "percent_off": 20.0,
+                                     "amount_off": None, "duration": "forever", "created": T0, "valid": True}
+        objs["coupons"]["ONCE5"] = {"id": "ONCE5", "object": "coupon", "percent_off": None, "amount_off": 500,
+                                    "currency": "usd", "duration": "once", "created": T0 + 1, "valid": True}
+        self.discounts["di_0001"] = {"id": "di_0001", "object": "discount", "customer": "cus_0000",
+                                     "subscription": "sub_0000", "start": T0, "end": None,
+                                     "source": {"type": "coupon", "coupon": "SAVE20"}}
+        statuses = ["active", "trialing", "past_due", "canceled", "incomplete_expired", "unpaid"]
+        for i in range(20):
+            sid = f"sub_{i:04d}"
+            n_items = 12 if i == 0 else 1 + i % 2
+            items = [{"id": f"si_{i:04d}_{k:02d}", "object": "subscription_item", "created": T0 + i * DAY,
+                      "current_period_start": T0, "current_period_end": T0 + 30 * DAY, "discounts": [],
+                      "metadata": {}, "price": copy.deepcopy(objs["prices"][f"price_{(i + k) % 5:04d}"]),
+                      "quantity": 1 + k, "subscription": sid} for k in range(n_items)]
+            objs["subscriptions"][sid] = {
+                "id": sid, "object": "subscription", "created": T0 + i * DAY, "customer": f"cus_{i:04d}",
+                "status": statuses[i % len(statuses)], "currency": "usd", "cancel_at_period_end": False,
+                "discounts": ["di_0001"] if i == 0 else [], "latest_invoice": f"in_{i:04d}",
+                "items": {"object": "list", "data": items, "has_more": False, "total_count": n_items,
+                          "url": f"/v1/subscription_items?subscription={sid}"},
+            }
+        for i in range(30):
+            self._add_invoice(i, T0 + i * 2 * DAY, f"cus_{i % 20:04d}", f"sub_{i % 20:04d}",
+                              15 if i == 0 else 1)
+        for i in range(3):
+            cn = f"cn_{i:04d}"
+            lines = [{"id": f"cnli_{i:04d}_{k:02d}", "object": "credit_note_line_item", "amount": 100,
+                      "type": "custom_line_item"} for k in range(12 if i == 0 else 1)]
+            objs["credit_notes"][cn] = {
+                "id": cn, "object": "credit_note", "created": T0 + (10 + i) * DAY, "customer": f"cus_{i:04d}",
+                "invoice": f"in_{i:04d}", "amount": 100 * len(lines), "currency": "usd", "status": "issued",
+                "lines": {"object": "list", "data": lines, "has_more": False, "total_count": len(lines),
+                          "url": f"/v1/credit_notes/{cn}/lines"}}
+        for i in range(120):
+            self._add_event(T0 + i * 18 * 3600)
+
+    def _add_invoice(self, i: int, created: int, customer: str, sub: str, n_lines: int) -> None:
+        iid = f"in_{i:04d}"
+        lines = [{"id": f"il_{i:04d}_{k:02d}", "object": "line_item", "amount": 1000, "currency": "usd",
+                  "invoice": iid, "period": {"start": created, "end": created + 30 * DAY}, "discounts": [],
+                  "pricing": {"type": "price_details",
+                              "price_details": {"price": "price_0004", "product": "prod_0000"}},
+                  "parent": {"type": "subscription_item_details",
+                             "subscription_item_details": {"subscription": sub, "proration": False,
+                                                           "subscription_item": f"si_{sub[4:]}_00"}}}
+                 for k in range(n_lines)]
+        self.objects["invoices"][iid] = {
+            "id": iid, "object": "invoice", "created": created, "customer": customer,
+            "status": ["paid", "open", "void"][i % 3], "currency": "usd", "total": 1000 * n_lines,
+            "discounts": [], "billing_reason": "subscription_cycle",
+            "parent": {"type": "subscription_details", "subscription_details": {"subscription": sub}},
+            "lines": {"object": "list", "data": lines, "has_more": False, "total_count": n_lines,
+                      "url": f"/v1/invoices/{iid}/lines"}}
+
+    def _add_event(self, created: int) -> None:
+        n = len(self.events)
+        kind = n % 4
+        if kind in (0, 1):
+            sub = copy.deepcopy(self.objects["subscriptions"]["sub_0000"])
+            etype = "customer.subscription.created" if kind == 0 else "customer.subscription.updated"
+            data: dict[str, Any] = {"object": sub}
+            if kind == 1:
+                data["previous_attributes"] = {"status": "trialing"}
+        elif kind == 2:
+            etype, data = "invoice.paid", {"object": copy.deepcopy(self.objects["invoices"]["in_0001"])}
+        else:
+            etype, data = "customer.created", {"object": copy.deepcopy(self.objects["customers"]["cus_0001"])}
+        self.events.append({"id": f"evt_{n:05d}", "object": "event", "created": created, "type": etype,
+                            "api_version": "2026-10-28.endive", "data": data, "livemode": False,
+                            "pending_webhooks": 0, "request": {"id": None, "idempotency_key": None}})
+
+    def advance(self, months: int = 1) -> None:
+        for _ in range(months):
+            before = self.clock
+            self.clock += 30 * DAY
+            base = len(self.objects["invoices"])
+            for k in range(5):
+                self._add_invoice(base + k, before + k * DAY + 1, f"cus_{k:04d}", f"sub_{k:04d}", 1)
+            for k in range(40):
+                self._add_event(before + k * 18 * 3600 + 1)
+            self.truth.append({"customer_id": "cus_0001", "subscription_id": "sub_0001",
+                               "occurred_at": "2024-01-01T00:00:00Z", "movement": "expansion",
+                               "category": "seat_expansion", "mrr_delta": 10.0, "currency": "usd"})
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mini() -> Iterator[RunningSandbox]:
+    with start_in_thread(MiniSim(), api_key=KEY) as sandbox:
+        yield sandbox
+
+
+def get(sb: RunningSandbox, path: str, key: str | None = KEY, headers: dict[str, str] | None = None,
+        **kw: Any) -> httpx.Response:
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.get(sb.url + path, headers={**auth, **(headers or {})}, timeout=10, **kw)
+
+
+def client(sb: RunningSandbox) -> stripe.StripeClient:
+    return stripe.StripeClient(KEY, base_addresses={"api": sb.url})
+
+
+def ids(resp: httpx.Response) -> list[str]:
+    assert resp.status_code == 200, resp.text
+    return [o["id"] for o in resp.json()["data"]]
+
+
+def expected_order(objs: dict[str, dict[str, Any]], keep: Any = lambda o: True) -> list[str]:
+    """Newest first by created, ties by creation sequence descending, deleted left out."""
+    seq = {oid: n for n, oid in enumerate(objs)}
+    live = [o for o in objs.values() if not o.get("deleted") and keep(o)]
+    return [o["id"] for o in sorted(live, key=lambda o: (o["created"], seq[o["id"]]), reverse=True)]
+
+
+def error_of(resp: httpx.Response) -> dict[str, Any]:
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    return body["error"]
+
+
+def served(obj: dict[str, Any]) -> dict[str, Any]:
+    """What the API must send for a simulation object: embedded lists cut to 10, no total_count, no tiers."""
+    out = copy.deepcopy(obj)
+    if out.get("deleted"):
+        return out
+    for field, url in (("items", f"/v1/subscription_items?subscription={out['id']}"),
+                       ("lines", f"/v1/{'invoices' if out['object'] == 'invoice' else 'credit_notes'}/{out['id']}/lines")):
+        if isinstance(out.get(field), dict) and out["object"] in ("subscription", "invoice", "credit_note"):
+            data = out[field]["data"]
+            out[field] = {"object": "list", "data": data[:10], "has_more": len(data) > 10, "url": url}
+            for item in out[field]["data"]:
+                if isinstance(item.get("price"), dict):
+                    item["price"].pop("tiers", None)
+    if out.get("object") == "price":
+        out.pop("tiers", None)
+    return out
+
+
+# --- query parsing and key masking -------------------------------------------------------------------
+
+
+def test_query_parsing_accepts_every_spelling_stripe_clients_use() -> None:
+    q = ("expand[]=a&expand[0]=b&expand%5B1%5D=c&expand=d&types%5B0%5D=x&types[1]=y"
+         "&created%5Bgte%5D=5&created[lt]=9&limit=3&status=all&status=all")
+    parsed = parse_query(q)
+    assert parsed["expand"] == ["a", "b", "c", "d"]
+    assert parsed["types"] == ["x", "y"]
+    assert parsed["created"] == {"gte": "5", "lt": "9"}
+    assert parsed["limit"] == "3"
+    assert parsed["status"] == ["all", "all"]
+
+
+@pytest.mark.parametrize("key", [KEY, "sk_live_abcdefghijklmnop1234", "rk_test_short", "whatever-key-value-9876",
+                                 "abc"])
+def test_mask_key_never_shows_the_key(key: str) -> None:
+    masked = mask_key(key)
+    assert key not in masked
+    assert "*" in masked
+    if len(key) > 16:
+        assert masked.endswith(key[-4:])
+
+
+# --- lists: order, pagination, filters ---------------------------------------------------------------
+
+
+def test_lists_are_newest_first_with_ties_by_creation_sequence(mini: RunningSandbox) -> None:
+    objs = mini.sim.objects["customers"]
+    assert ids(get(mini, "/v1/customers?limit=100")) == expected_order(objs)
+    first = ids(get(mini, "/v1/customers?limit=3"))
+    assert first == ["cus_0023", "cus_0022", "cus_0021"]  # same created second: later created first
+    body = get(mini, "/v1/customers?limit=3").json()
+    assert body["object"] == "list" and body["has_more"] is True and body["url"] == "/v1/customers"
+
+
+@pytest.mark.parametrize("resource", ["customers", "products", "coupons", "invoices", "credit_notes"])
+def test_sdk_auto_paging_walks_a_whole_list(mini: RunningSandbox, resource: str) -> None:
+    service = getattr(client(mini).v1, resource)
+    got = [o.to_dict(for_json=True) for o in service.list({"limit": 3}).auto_paging_iter()]
+    objs = mini.sim.objects[resource]
+    assert [o["id"] for o in got] == expected_order(objs)
+    assert got == [served(objs[o["id"]]) for o in got]
+
+
+def test_limit_edges(mini: RunningSandbox) -> None:
+    one = get(mini, "/v1/invoices?limit=1").json()
+    assert len(one["data"]) == 1 and one["has_more"] is True
+    hundred = get(mini, "/v1/invoices?limit=100").json()
+    assert len(hundred["data"]) == 30 and hundred["has_more"] is False
+    assert len(get(mini, "/v1/invoices").json()["data"]) == 10
+    for bad in ("101", "0", "-1", "ten"):
+        resp = get(mini, f"/v1/invoices?limit={bad}")
+        assert resp.status_code == 400, bad
+        err = error_of(resp)
+        assert err["type"] == "invalid_request_error" and err["param"] == "limit"
+
+
+def test_starting_after_and_ending_before(mini: RunningSandbox) -> None:
+    order = expected_order(mini.sim.objects["invoices"])
+    assert ids(get(mini, f"/v1/invoices?limit=5&starting_after={order[4]}")) == order[5:10]
+    page = get(mini, f"/v1/invoices?limit=5&ending_before={order[10]}").json()
+    assert [o["id"] for o in page["data"]] == order[5:10] and page["has_more"] is True
+    page = get(mini, f"/v1/invoices?limit=5&ending_before={order[3]}").json()
+    assert [o["id"] for o in page["data"]] == order[0:3] and page["has_more"] is False
+    last = get(mini, f"/v1/invoices?limit=5&starting_after={order[-1]}").json()
+    assert last["data"] == [] and last["has_more"] is False
+    # the SDK walks ending_before backwards and yields oldest first
+    back = [i.id for i in client(mini).v1.invoices.list({"limit": 4, "ending_before": order[12]}).auto_paging_iter()]
+    assert back == list(reversed(order[:12]))
+    for param in ("starting_after", "ending_before"):
+        err = error_of(get(mini, f"/v1/invoices?{param}=in_nope"))
+        assert err["code"] == "resource_missing" and err["param"] == param
+    both = get(mini, f"/v1/invoices?starting_after={order[1]}&ending_before={order[3]}")
+    assert both.status_code == 400
+
+
+def test_created_filters(mini: RunningSandbox) -> None:
+    objs = mini.sim.objects["invoices"]
+    lo, hi = T0 + 10 * DAY, T0 + 20 * DAY
+    cases = {
+        f"created[gte]={lo}&created[lt]={hi}": lambda c: lo <= c < hi,
+        f"created[gt]={lo}&created[lte]={hi}": lambda c: lo < c <= hi,
+        f"created={lo}": lambda c: c == lo,
+        f"created%5Bgte%5D={hi}": lambda c: c >= hi,
+    }
+    for query, keep in cases.items():
+        want = expected_order(objs, lambda o, keep=keep: keep(o["created"]))
+        assert want, query
+        params: Any = {**parse_query(query), "limit": 2}
+        got = [i.id for i in client(mini).v1.invoices.list(params).auto_paging_iter()]
+        assert got == want, query
+    assert get(mini, "/v1/invoices?created[gte]=soon").status_code == 400
+    assert get(mini, "/v1/invoices?created[after]=1").status_code == 400
+
+
+def test_subscription_status_filters(mini: RunningSandbox) -> None:
+    subs = mini.sim.objects["subscriptions"]
+    default = ids(get(mini, "/v1/subscriptions?limit=100"))
+    assert default == expected_order(subs, lambda s: s["status"] != "canceled")
+    assert ids(get(mini, "/v1/subscriptions?limit=100&status=all")) == expected_order(subs)
+    for status in ("canceled", "past_due", "incomplete_expired", "trialing"):
+        got = ids(get(mini, f"/v1/subscriptions?limit=100&status={status}"))
+        assert got == expected_order(subs, lambda s, st=status: s["status"] == st) and got, status
+    ended = ids(get(mini, "/v1/subscriptions?limit=100&status=ended"))
+    assert set(ended) == {s["id"] for s in subs.values() if s["status"] in ("canceled", "incomplete_expired")}
+    assert error_of(get(mini, "/v1/subscriptions?status=bogus"))["param"] == "status"
+    assert ids(get(mini, "/v1/subscriptions?customer=cus_0002&status=all")) == ["sub_0002"]
+
+
+def test_price_and_product_active_filters(mini: RunningSandbox) -> None:
+    prices = mini.sim.objects["prices"]
+    assert ids(get(mini, "/v1/prices?limit=100")) == expected_order(prices, lambda p: p["active"])
+    assert ids(get(mini, "/v1/prices?limit=100&active=false")) == ["price_0005"]
+    assert ids(get(mini, "/v1/prices?limit=100&product=prod_0000")) == ["price_0004", "price_0000"]
+    products = mini.sim.objects["products"]
+    assert ids(get(mini, "/v1/products?limit=100")) == expected_order(products)
+    assert ids(get(mini, "/v1/products?active=false")) == ["prod_0003"]
+    assert error_of(get(mini, "/v1/prices?active=maybe"))["param"] == "active"
+
+
+def test_invoice_and_credit_note_filters(mini: RunningSandbox) -> None:
+    invoices = mini.sim.objects["invoices"]
+    assert ids(get(mini, "/v1/invoices?customer=cus_0003&limit=100")) == expected_order(
+        invoices, lambda i: i["customer"] == "cus_0003")
+    assert ids(get(mini, "/v1/invoices?subscription=sub_0004&limit=100")) == expected_order(
+        invoices, lambda i: i["parent"]["subscription_details"]["subscription"] == "sub_0004")
+    assert ids(get(mini, "/v1/invoices?status=void&limit=100")) == expected_order(
+        invoices, lambda i: i["status"] == "void")
+    assert ids(get(mini, "/v1/credit_notes?customer=cus_0001")) == ["cn_0001"]
+    assert get(mini, "/v1/invoices?colour=blue").status_code == 400
+
+
+def test_deleted_objects_are_retrievable_but_not_listed(mini: RunningSandbox) -> None:
+    assert "cus_0024" not in ids(get(mini, "/v1/customers?limit=100"))
+    resp = get(mini, "/v1/customers/cus_0024")
+    assert resp.status_code == 200 and resp.json() == {"id": "cus_0024", "object": "customer", "deleted": True}
+    cus = client(mini).v1.customers.retrieve("cus_0024")
+    assert cus.to_dict()["deleted"] is True
+
+
+# --- embedded lists and their paging endpoints -------------------------------------------------------
+
+
+def test_embedded_lists_are_truncated_and_paged_elsewhere(mini: RunningSandbox) -> None:
+    sub = get(mini, "/v1/subscriptions/sub_0000").json()
+    items = sub["items"]
+    full = mini.sim.objects["subscriptions"]["sub_0000"]["items"]["data"]
+    assert len(items["data"]) == 10 and items["has_more"] is True and "total_count" not in items
+    assert items["url"] == "/v1/subscription_items?subscription=sub_0000"
+    assert [i["id"] for i in items["data"]] == [i["id"] for i in full[:10]]
+    sdk_sub = client(mini).v1.subscriptions.retrieve("sub_0000")
+    assert [i.id for i in sdk_sub["items"].auto_paging_iter()] == [i["id"] for i in full]
+    paged = ids(get(mini, "/v1/subscription_items?subscription=sub_0000&limit=5&starting_after=si_0000_04"))
+    assert paged == [i["id"] for i in full[5:10]]
+    assert get(mini, "/v1/subscription_items/si_0000_11").json()["id"] == "si_0000_11"
+    assert error_of(get(mini, "/v1/subscription_items/si_nope"))["code"] == "resource_missing"
+    missing_param = get(mini, "/v1/subscription_items")
+    assert missing_param.status_code == 400 and error_of(missing_param)["param"] == "subscription"
+    assert error_of(get(mini, "/v1/subscription_items?subscription=sub_nope"))["code"] == "resource_missing"
+
+    inv = get(mini, "/v1/invoices/in_0000").json()
+    assert len(inv["lines"]["data"]) == 10 and inv["lines"]["has_more"] is True
+    assert inv["lines"]["url"] == "/v1/invoices/in_0000/lines"
+    lines = [ln.id for ln in client(mini).v1.invoices.line_items.list("in_0000", {"limit": 4}).auto_paging_iter()]
+    assert lines == [ln["id"] for ln in mini.sim.objects["invoices"]["in_0000"]["lines"]["data"]]
+    cn = get(mini, "/v1/credit_notes/cn_0000").json()
+    assert len(cn["lines"]["data"]) == 10 and cn["lines"]["url"] == "/v1/credit_notes/cn_0000/lines"
+    assert len(ids(get(mini, "/v1/credit_notes/cn_0000/lines?limit=100"))) == 12
+    assert get(mini, "/v1/invoices/in_nope/lines").status_code == 404
+
+
+# --- expand -----------------------------------------------------------------------------------------
+
+
+def test_tiers_only_when_expanded(mini: RunningSandbox) -> None:
+    plain = get(mini, "/v1/prices/price_0004").json()
+    assert "tiers" not in plain
+    expanded = get(mini, "/v1/prices/price_0004?expand[]=tiers").json()
+    assert expanded["tiers"] == mini.sim.objects["prices"]["price_0004"]["tiers"]
+    listed = get(mini, "/v1/prices?limit=100&expand%5B0%5D=data.tiers").json()["data"]
+    assert next(p for p in listed if p["id"] == "price_0004")["tiers"][0]["up_to"] == 10
+    sub_items = get(mini, "/v1/subscriptions/sub_0000").json()["items"]["data"]
+    assert all("tiers" not in i["price"] for i in sub_items)
+
+
+def test_expand_ids_to_objects(mini: RunningSandbox) -> None:
+    subs = get(mini, "/v1/subscriptions?limit=100&status=all&expand[]=data.discounts&expand[]=data.customer").json()
+    sub0 = next(s for s in subs["data"] if s["id"] == "sub_0000")
+    assert sub0["discounts"][0]["id"] == "di_0001" and sub0["discounts"][0]["object"] == "discount"
+    assert sub0["customer"]["object"] == "customer" and sub0["customer"]["id"] == "cus_0000"
+    deep = get(mini, "/v1/subscriptions/sub_0000?expand[]=discounts.source.coupon").json()
+    assert deep["discounts"][0]["source"]["coupon"]["percent_off"] == 20.0
+    via_sdk = client(mini).v1.subscriptions.list({"status": "all", "expand": ["data.discounts"], "limit": 100})
+    assert next(s for s in via_sdk.data if s.id == "sub_0000").to_dict()["discounts"][0]["id"] == "di_0001"
+    for bad in ("/v1/subscriptions?expand[]=data.colour", "/v1/subscriptions?expand[]=discounts",
+                "/v1/customers/cus_0001?expand[]=email"):
+        resp = get(mini, bad)
+        assert resp.status_code == 400, bad
+        assert error_of(resp)["message"].startswith("This property cannot be expanded")
+    # the plain path is unaffected by an expanded request before it
+    assert get(mini, "/v1/subscriptions/sub_0000").json()["discounts"] == ["di_0001"]
+
+
+# --- events -----------------------------------------------------------------------------------------
+
+
+def _retained(sim: Any) -> list[str]:
+    cutoff = sim.clock - 30 * DAY
+    return [e["id"] for e in reversed(sim.events) if e["created"] >= cutoff]
+
+
+def test_events_keep_30_days_and_advance_moves_the_window(mini: RunningSandbox) -> None:
+    sim = mini.sim
+    want = _retained(sim)
+    assert 0 < len(want) < len(sim.events)
+    got = [e.id for e in client(mini).v1.events.list({"limit": 100}).auto_paging_iter()]
+    assert got == want
+    oldest_kept, too_old = want[-1], sim.events[0]["id"]
+    assert get(mini, f"/v1/events/{oldest_kept}").status_code == 200
+    err = error_of(get(mini, f"/v1/events/{too_old}"))
+    assert err["code"] == "resource_missing" and err["param"] == "id"
+
+    summary = mini.advance(1)
+    assert summary["clock"] == sim.clock and summary["new_events"] == 40
+    after = ids(get(mini, "/v1/events?limit=100"))
+    assert after == _retained(sim)
+    assert oldest_kept not in after
+    assert get(mini, f"/v1/events/{oldest_kept}").status_code == 404
+
+
+def test_event_type_filters_and_embedded_objects(mini: RunningSandbox) -> None:
+    sim = mini.sim
+    retained = {e["id"]: e for e in sim.events if e["created"] >= sim.clock - 30 * DAY}
+    wildcard = ids(get(mini, "/v1/events?limit=100&type=customer.subscription.*"))
+    assert wildcard and all(retained[i]["type"].startswith("customer.subscription.") for i in wildcard)
+    assert len(wildcard) == sum(1 for e in retained.values() if e["type"].startswith("customer.subscription."))
+    exact = ids(get(mini, "/v1/events?limit=100&type=invoice.paid"))
+    assert exact and {retained[i]["type"] for i in exact} == {"invoice.paid"}
+    both = ids(get(mini, "/v1/events?limit=100&types[0]=invoice.paid&types%5B1%5D=customer.created"))
+    assert len(both) == sum(1 for e in retained.values() if e["type"] in ("invoice.paid", "customer.created"))
+    assert get(mini, "/v1/events?type=invoice.paid&types[0]=customer.created").status_code == 400
+    updated = get(mini, f"/v1/events/{next(i for i in wildcard if retained[i]['type'].endswith('updated'))}").json()
+    assert updated["data"]["previous_attributes"] == {"status": "trialing"}
+    # an embedded subscription is truncated like anywhere else
+    assert len(updated["data"]["object"]["items"]["data"]) == 10
+    assert updated["data"]["object"]["items"]["has_more"] is True
+    evt = client(mini).v1.events.retrieve(updated["id"])
+    assert evt.data.object.object == "subscription"
+
+
+# --- errors, auth, headers --------------------------------------------------------------------------
+
+
+def test_wrong_or_missing_key_is_401_with_a_masked_key(mini: RunningSandbox) -> None:
+    wrong = "sk_test_51WrongKeyXYZ000000wxyz"
+    resp = get(mini, "/v1/customers", key=wrong)
+    assert resp.status_code == 401
+    err = error_of(resp)
+    assert err["type"] == "invalid_request_error"
+    assert err["message"].startswith("Invalid API Key provided: sk_test_") and err["message"].endswith("wxyz")
+    assert wrong not in resp.text and KEY not in resp.text
+    assert error_of(get(mini, "/v1/customers", key=None))["message"].startswith("You did not provide an API key")
+    with pytest.raises(stripe.AuthenticationError) as info:
+        stripe.StripeClient(wrong, base_addresses={"api": mini.url}).v1.customers.list()
+    assert info.value.http_status == 401 and wrong not in str(info.value)
+    basic = httpx.get(mini.url + "/v1/customers", auth=(KEY, ""), timeout=10)
+    assert basic.status_code == 200
+    assert httpx.get(mini.url + "/v1/customers", auth=("sk_test_nope", ""), timeout=10).status_code == 401
+    assert KEY not in repr(mini.app) and KEY not in repr(mini)
+
+
+def test_headers_and_error_envelopes(mini: RunningSandbox) -> None:
+    resp = get(mini, "/v1/customers", headers={"Stripe-Version": "2024-06-20"})
+    assert resp.headers["content-type"] == "application/json"
+    assert resp.headers["stripe-version"] == "2024-06-20"
+    rid = resp.headers["request-id"]
+    assert rid.startswith("req_") and rid != get(mini, "/v1/customers").headers["request-id"]
+    unknown = get(mini, "/v1/charges_of_the_light_brigade")
+    assert unknown.status_code == 404 and "Unrecognized request URL" in error_of(unknown)["message"]
+    assert unknown.headers["request-id"].startswith("req_")
+    missing = get(mini, "/v1/subscriptions/sub_nope")
+    assert missing.status_code == 404
+    assert error_of(missing) | {"doc_url": None} == {
+        "type": "invalid_request_error", "code": "resource_missing", "param": "id",
+        "message": "No such subscription: 'sub_nope'", "doc_url": None}
+    post = httpx.post(mini.url + "/v1/customers", headers={"Authorization": f"Bearer {KEY}"},
+                      data={"email": "x@example.com"}, timeout=10)
+    assert post.status_code in (400, 405) and error_of(post)["type"] == "invalid_request_error"
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        client(mini).v1.customers.create({"email": "x@example.com"})
+    assert info.value.http_status in (400, 405)
+    with pytest.raises(stripe.InvalidRequestError):
+        client(mini).v1.invoices.list({"limit": 101})
+    assert get(mini, "/v1/account").json()["id"] == "acct_minisandbox"
+
+
+def test_keep_alive_serves_many_requests_on_one_connection(mini: RunningSandbox) -> None:
+    host, port = mini.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        fh = sock.makefile("rb")
+        for _ in range(5):
+            sock.sendall(f"GET /v1/customers?limit=2 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n"
+                         .encode())
+            status = fh.readline()
+            assert status.startswith(b"HTTP/1.1 200")
+            length = 0
+            while (line := fh.readline()) != b"\r\n":
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            assert orjson.loads(fh.read(length))["object"] == "list"
+
+
+# --- rate limit, faults, latency --------------------------------------------------------------------
+
+
+def test_rate_limit_answers_429_with_stripes_headers() -> None:
+    with start_in_thread(MiniSim(), api_key=KEY, rate_limit=5) as sb, httpx.Client(timeout=10) as http:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        statuses = [http.get(sb.url + "/v1/customers", headers=headers) for _ in range(20)]
+        limited = [r for r in statuses if r.status_code == 429]
+        ok = [r for r in statuses if r.status_code == 200]
+        assert 4 <= len(ok) <= 7 and len(limited) == 20 - len(ok)
+        r = limited[0]
+        assert r.headers["stripe-rate-limited-reason"] == "global-rate" and r.headers["retry-after"] == "1"
+        assert "stripe-should-retry" not in r.headers
+        err = error_of(r)
+        assert err["type"] == "invalid_request_error" and err["code"] == "rate_limit"
+        with pytest.raises(stripe.RateLimitError):
+            stripe.StripeClient(KEY, base_addresses={"api": sb.url}).v1.customers.list()
+        time.sleep(1.0)
+        assert http.get(sb.url + "/v1/customers", headers=headers).status_code == 200
+        assert sb.stats()["rate_limited"] == len(limited) + 1
+    with start_in_thread(MiniSim(), api_key=KEY, rate_limit=1, should_retry=True) as sb:
+        statuses = [get(sb, "/v1/customers") for _ in range(3)]
+        assert statuses[-1].status_code == 429 and statuses[-1].headers["stripe-should-retry"] == "true"
+
+
+def _statuses(sb: RunningSandbox, n: int) -> list[str]:
+    out = []
+    with httpx.Client(timeout=5, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        for _ in range(n):
+            try:
+                out.append(str(http.get(sb.url + "/v1/customers?limit=5").status_code))
+            except httpx.TransportError:
+                out.append("conn")
+    return out
+
+
+def test_injected_faults_occur_at_about_the_rate_and_are_deterministic() -> None:
+    n, rate = 400, 0.25
+    runs = []
+    for _ in range(2):
+        with start_in_thread(MiniSim(), api_key=KEY, fault_rate=rate, fault_seed=7) as sb:
+            runs.append(_statuses(sb, n))
+            stats = sb.stats()
+    statuses = runs[0]
+    faulty = [s for s in statuses if s != "200"]
+    assert abs(len(faulty) - n * rate) < 4 * (n * rate * (1 - rate)) ** 0.5
+    assert set(faulty) == {"500", "502", "503", "conn"}
+    assert runs[0] == runs[1]  # same seed, same sequence
+    assert sum(stats["faults"].values()) == len(faulty)
+    assert stats["by_path"]["/v1/customers"]["drop"] == statuses.count("conn")
+
+
+def test_richer_fault_kinds() -> None:
+    def one(kind: str, **kw: Any) -> Any:
+        with start_in_thread(MiniSim(), api_key=KEY, fault_rate=1.0, faults=[kind], **kw) as sb:
+            try:
+                return get(sb, "/v1/customers?limit=100")
+            except httpx.HTTPError as exc:
+                return exc
+
+    assert isinstance(one("reset"), httpx.TransportError)
+    assert isinstance(one("drop"), httpx.TransportError)
+    assert isinstance(one("truncated"), httpx.RemoteProtocolError)
+    html = one("html")
+    assert html.status_code == 502 and html.headers["content-type"].startswith("text/html")
+    lock = one("409_lock_timeout", should_retry=False)
+    assert lock.status_code == 409 and error_of(lock)["code"] == "lock_timeout"
+    assert lock.headers["stripe-should-retry"] == "false"
+    with (start_in_thread(MiniSim(), api_key=KEY, fault_rate=1.0, faults=["slow"], slow_s=5) as sb,
+          pytest.raises(httpx.ReadTimeout)):
+        httpx.get(sb.url + "/v1/customers", headers={"Authorization": f"Bearer {KEY}"}, timeout=0.3)
+    with start_in_thread(MiniSim(), api_key=KEY, auth_revoked_after=3) as sb:
+        assert [get(sb, "/v1/customers").status_code for _ in range(5)] == [200, 200, 200, 401, 401]
+    with pytest.raises(ValueError, match="unknown fault kinds"):
+        start_in_thread(MiniSim(), faults=["teapot"], fault_rate=0.5)
+
+
+def test_latency_does_not_serialise_concurrent_requests() -> None:
+    n, latency = 12, 200
+    with start_in_thread(MiniSim(), api_key=KEY, latency_ms=latency) as sb:
+
+        async def fetch_all() -> list[int]:
+            async with httpx.AsyncClient(timeout=10, headers={"Authorization": f"Bearer {KEY}"}) as http:
+                rs = await asyncio.gather(*(http.get(sb.url + "/v1/invoices?limit=100") for _ in range(n)))
+                return [r.status_code for r in rs]
+
+        started = time.perf_counter()
+        one = get(sb, "/v1/customers")
+        single = time.perf_counter() - started
+        assert one.status_code == 200 and single >= latency / 1000
+        started = time.perf_counter()
+        assert asyncio.run(fetch_all()) == [200] * n
+        elapsed = time.perf_counter() - started
+        assert elapsed < n * latency / 1000 / 3, elapsed
+
+
+# --- control endpoints ------------------------------------------------------------------------------
+
+
+def test_advance_and_stats_endpoints(mini: RunningSandbox, tmp_path: Path) -> None:
+    clock = mini.sim.clock
+    assert httpx.post(mini.url + "/_sandbox/advance?months=1", timeout=10).status_code == 401
+    resp = httpx.post(mini.url + "/_sandbox/advance?months=2", headers={"Authorization": f"Bearer {KEY}"},
+                      timeout=10)
+    assert resp.status_code == 200
+    summary = resp.json()
+    assert summary["clock"] == clock + 60 * DAY == mini.sim.clock
+    assert summary["counts"]["invoices"] == 40 and summary["new_events"] == 80 and summary["new_truth"] == 2
+    assert ids(get(mini, "/v1/invoices?limit=1"))[0] == "in_0039"  # caches were rebuilt
+    bad = httpx.post(mini.url + "/_sandbox/advance?months=zero", headers={"Authorization": f"Bearer {KEY}"},
+                     timeout=10)
+    assert bad.status_code == 400
+    get(mini, "/v1/customers/cus_nope")
+    stats = httpx.get(mini.url + "/_sandbox/stats", timeout=10).json()
+    assert stats["by_path"]["/v1/invoices"]["200"] == 1
+    assert stats["by_path"]["/v1/customers/{id}"]["404"] == 1
+    assert stats["by_path"]["/_sandbox/advance"] == {"401": 1, "200": 1, "400": 1}
+    assert mini.stats()["requests"] == stats["requests"] + 1
