@@ -1,0 +1,151 @@
+-- Product families, unit kinds and each price's terms (design.md 4 and 5), plus the price_mrr macro.
+-- Inputs: products, prices (and the full price objects embedded in subscription items, for prices the
+-- store has no row for), derived_settings and the settings maps written by the runner.
+
+-- Small helpers shared by every later step.
+-- A HUGEINT count of 1e-10 major units as DECIMAL(38,10), without a floating-point division.
+CREATE OR REPLACE MACRO dec10(h) AS CAST(h AS DECIMAL(38, 0)) * CAST(0.0000000001 AS DECIMAL(10, 10));
+-- Unix seconds (as sent by Stripe) to TIMESTAMPTZ; NULL stays NULL.
+CREATE OR REPLACE MACRO ts_of(s) AS CASE WHEN s IS NULL THEN NULL ELSE to_timestamp(CAST(s AS BIGINT)) END;
+-- An expandable field (an id or an expanded object) to its id.
+CREATE OR REPLACE MACRO ref_id(j) AS coalesce(json_extract_string(j, '$.id'), json_extract_string(j, '$'));
+
+CREATE OR REPLACE TABLE derived_products AS
+SELECT
+    p.account_id,
+    p.id AS product_id,
+    coalesce(nullif(json_extract_string(p.raw, '$.metadata.family'), ''), fm.family, p.id) AS family,
+    coalesce(
+        um.unit_kind,
+        CASE
+            WHEN lower(trim(json_extract_string(p.raw, '$.unit_label'))) IN (SELECT label FROM derived_seat_labels)
+                THEN 'seat'
+            WHEN nullif(trim(json_extract_string(p.raw, '$.unit_label')), '') IS NOT NULL THEN 'resource'
+        END
+    ) AS unit_kind_hint,
+    json_extract_string(p.raw, '$.name') AS name
+FROM products p
+LEFT JOIN derived_family_map fm ON fm.product_id = p.id
+LEFT JOIN derived_unit_map um ON um.product_id = p.id;
+
+-- One row per price. The prices table wins; a price known only from an embedded object (an item's
+-- `price` is always a full object) is still usable, and is reported in data_quality as missing.
+CREATE OR REPLACE TABLE derived_price_terms AS
+WITH src AS (
+    SELECT account_id, id AS price_id, raw, 1 AS pri, 'prices' AS found_in
+    FROM prices
+    WHERE NOT coalesce(deleted, false) AND json_extract_string(raw, '$.currency') IS NOT NULL
+    UNION ALL
+    SELECT account_id, json_extract_string(raw, '$.price.id'), json_extract(raw, '$.price'), 2, 'subscription_items'
+    FROM subscription_items
+    WHERE json_extract_string(raw, '$.price.id') IS NOT NULL
+),
+one AS (
+    SELECT * FROM src
+    QUALIFY row_number() OVER (PARTITION BY account_id, price_id ORDER BY pri) = 1
+),
+flat AS (
+    SELECT
+        account_id,
+        price_id,
+        found_in,
+        ref_id(json_extract(raw, '$.product')) AS product_id,
+        lower(json_extract_string(raw, '$.currency')) AS currency,
+        coalesce(json_extract_string(raw, '$.type'),
+                 CASE WHEN json_extract(raw, '$.recurring') IS NULL
+                      OR json_type(json_extract(raw, '$.recurring')) = 'NULL' THEN 'one_time' ELSE 'recurring' END)
+            AS price_type,
+        coalesce(json_extract_string(raw, '$.billing_scheme'), 'per_unit') AS billing_scheme,
+        json_extract_string(raw, '$.tiers_mode') AS tiers_mode,
+        coalesce(TRY_CAST(json_extract_string(raw, '$.unit_amount_decimal') AS DECIMAL(38, 12)),
+                 TRY_CAST(json_extract_string(raw, '$.unit_amount') AS DECIMAL(38, 12))) AS unit_amount,
+        TRY_CAST(json_extract_string(raw, '$.transform_quantity.divide_by') AS BIGINT) AS divide_by,
+        json_extract_string(raw, '$.transform_quantity.round') AS round_mode,
+        json_extract_string(raw, '$.recurring.interval') AS billing_interval,
+        coalesce(TRY_CAST(json_extract_string(raw, '$.recurring.interval_count') AS INTEGER), 1) AS interval_count,
+        coalesce(json_extract_string(raw, '$.recurring.usage_type'), 'licensed') AS usage_type,
+        json_extract(raw, '$.tiers') AS tiers
+    FROM one
+)
+SELECT
+    f.account_id,
+    f.price_id,
+    f.product_id,
+    f.currency,
+    f.price_type,
+    f.billing_scheme,
+    f.tiers_mode,
+    f.unit_amount,
+    CAST(round(f.unit_amount * 1000000000000) AS HUGEINT) AS unit_amount_p,
+    f.divide_by,
+    f.round_mode,
+    f.billing_interval,
+    f.interval_count,
+    f.usage_type,
+    -- monthly MRR = amount per period × norm_num / norm_den (docs/internals.md "Money and rounding")
+    CASE f.billing_interval WHEN 'year' THEN 1 WHEN 'month' THEN 1 WHEN 'week' THEN 52 WHEN 'day' THEN 365 END
+        AS norm_num,
+    CASE f.billing_interval WHEN 'year' THEN 12 WHEN 'month' THEN 1 WHEN 'week' THEN 12 WHEN 'day' THEN 12 END
+        * f.interval_count AS norm_den,
+    coalesce(pr.family, f.product_id) AS family,
+    coalesce(pr.unit_kind_hint, CASE WHEN f.usage_type = 'metered' THEN 'resource' ELSE 'seat' END) AS unit_kind,
+    f.found_in,
+    f.tiers
+FROM flat f
+LEFT JOIN derived_products pr ON pr.account_id = f.account_id AND pr.product_id = f.product_id;
+
+-- Tiers of tiered prices, with each tier's lower bound (up_to NULL = no upper bound).
+CREATE OR REPLACE TABLE derived_price_tiers AS
+WITH t AS (
+    SELECT account_id, price_id,
+           unnest(CAST(json_extract(tiers, '$[*]') AS JSON[])) AS tier,
+           unnest(range(1, CAST(json_array_length(tiers) AS BIGINT) + 1)) AS tier_no
+    FROM derived_price_terms
+    WHERE billing_scheme = 'tiered' AND json_type(tiers) = 'ARRAY'
+),
+f AS (
+    SELECT account_id, price_id, tier_no,
+           TRY_CAST(json_extract_string(tier, '$.up_to') AS BIGINT) AS up_to,
+           CAST(round(coalesce(TRY_CAST(json_extract_string(tier, '$.unit_amount_decimal') AS DECIMAL(38, 12)),
+                               TRY_CAST(json_extract_string(tier, '$.unit_amount') AS DECIMAL(38, 12)), 0)
+                      * 1000000000000) AS HUGEINT) AS unit_p,
+           CAST(round(coalesce(TRY_CAST(json_extract_string(tier, '$.flat_amount_decimal') AS DECIMAL(38, 12)),
+                               TRY_CAST(json_extract_string(tier, '$.flat_amount') AS DECIMAL(38, 12)), 0)
+                      * 1000000000000) AS HUGEINT) AS flat_p
+    FROM t
+)
+SELECT *, coalesce(lag(up_to) OVER (PARTITION BY account_id, price_id ORDER BY tier_no), 0) AS lower_bound
+FROM f;
+
+-- Amount per billing period, in 1e-12 minor units (HUGEINT), of `q` units of a price (design.md 4):
+-- per_unit with transform_quantity (divide, then round up or down), tiered volume (the tier the whole
+-- quantity falls in prices every unit) and tiered graduated (each tier prices its own slice; a tier's flat
+-- amount is charged once the quantity reaches into it).
+CREATE OR REPLACE MACRO price_amount_p(pid, q) AS (
+    SELECT CASE
+        WHEN t.billing_scheme = 'tiered' AND t.tiers_mode = 'volume' THEN (
+            SELECT arg_min(v.unit_p * CAST(q AS HUGEINT) + v.flat_p, v.tier_no)
+            FROM derived_price_tiers v
+            WHERE v.price_id = pid AND (v.up_to IS NULL OR q <= v.up_to))
+        WHEN t.billing_scheme = 'tiered' THEN (
+            SELECT sum(CASE WHEN q > g.lower_bound
+                            THEN g.unit_p * CAST(least(q, coalesce(g.up_to, q)) - g.lower_bound AS HUGEINT) + g.flat_p
+                            ELSE 0 END)
+            FROM derived_price_tiers g
+            WHERE g.price_id = pid)
+        WHEN t.divide_by IS NOT NULL AND t.divide_by > 0 THEN
+            t.unit_amount_p * CAST(CASE WHEN t.round_mode = 'up' THEN (q + t.divide_by - 1) // t.divide_by
+                                        ELSE q // t.divide_by END AS HUGEINT)
+        ELSE t.unit_amount_p * CAST(q AS HUGEINT)
+    END
+    FROM derived_price_terms t
+    WHERE t.price_id = pid
+);
+
+-- Monthly-normalised MRR of `quantity` units of a price, own currency, major units, undiscounted.
+-- Truncated (not rounded) at 10 decimals so that a later 4-decimal rounding decides as the exact value would.
+CREATE OR REPLACE MACRO price_mrr(pid, quantity) AS (
+    SELECT dec10(price_amount_p(pid, quantity) * t.norm_num // (CAST(t.norm_den AS HUGEINT) * 10000))
+    FROM derived_price_terms t
+    WHERE t.price_id = pid
+);

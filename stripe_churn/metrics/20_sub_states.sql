@@ -1,0 +1,159 @@
+-- Subscription states over time (design.md 3): full-state observations from events within the window
+-- and from the snapshot, and the status steps of every subscription (reconstructed before the window from
+-- the snapshot's dates, taken from the observations inside it).
+
+-- Where event coverage starts per account: the oldest stored event. From there on every change has an
+-- event, so events are the source; before it, invoices and the snapshot's dates are. An account without
+-- events is covered only from its latest snapshot on.
+CREATE OR REPLACE TABLE derived_coverage AS
+WITH accounts AS (
+    SELECT account_id, max(last_seen_at) AS snapshot_at FROM subscriptions GROUP BY account_id
+),
+ev AS (
+    SELECT account_id, min(created) AS first_event_at, max(created) AS last_event_at
+    FROM events GROUP BY account_id
+)
+SELECT a.account_id,
+       coalesce(ev.first_event_at, a.snapshot_at) AS coverage_start,
+       a.snapshot_at,
+       ev.first_event_at IS NOT NULL AS has_events
+FROM accounts a
+LEFT JOIN ev USING (account_id);
+
+-- Subscription events, with the state just after (`data.object`) and just before (`previous_attributes`
+-- merged onto it; only *.updated events carry them).
+CREATE OR REPLACE TABLE derived_sub_events AS
+SELECT
+    e.account_id,
+    e.id AS event_id,
+    e.type AS event_type,
+    e.created AS moment,
+    json_extract_string(e.raw, '$.data.object.id') AS subscription_id,
+    json_extract(e.raw, '$.data.object') AS after_state,
+    CASE WHEN json_type(json_extract(e.raw, '$.data.previous_attributes')) = 'OBJECT'
+         THEN json_merge_patch(json_extract(e.raw, '$.data.object'), json_extract(e.raw, '$.data.previous_attributes'))
+    END AS before_state,
+    row_number() OVER (PARTITION BY e.account_id, json_extract_string(e.raw, '$.data.object.id')
+                       ORDER BY e.created, e.id) AS seq
+FROM events e
+WHERE e.type LIKE 'customer.subscription.%'
+  AND json_extract_string(e.raw, '$.data.object.object') = 'subscription'
+  AND NOT coalesce(e.deleted, false);
+
+-- Every subscription known, with the fields of its latest known state (the snapshot, or the last event
+-- for one the store has no usable row for).
+CREATE OR REPLACE TABLE derived_subs AS
+WITH snap AS (
+    SELECT account_id, id AS subscription_id, raw AS state, last_seen_at AS seen_at, 1 AS pri
+    FROM subscriptions
+    WHERE NOT coalesce(deleted, false) AND ref_id(json_extract(raw, '$.customer')) IS NOT NULL
+    UNION ALL
+    SELECT account_id, subscription_id, after_state, moment, 2
+    FROM derived_sub_events
+    QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY moment DESC, seq DESC) = 1
+),
+latest AS (
+    SELECT * FROM snap
+    QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY pri) = 1
+)
+SELECT
+    l.account_id,
+    l.subscription_id,
+    ref_id(json_extract(l.state, '$.customer')) AS customer_id,
+    lower(json_extract_string(l.state, '$.currency')) AS currency,
+    json_extract_string(l.state, '$.status') AS status,
+    ts_of(json_extract_string(l.state, '$.start_date')) AS start_date,
+    ts_of(json_extract_string(l.state, '$.created')) AS created_at,
+    ts_of(json_extract_string(l.state, '$.trial_start')) AS trial_start,
+    ts_of(json_extract_string(l.state, '$.trial_end')) AS trial_end,
+    ts_of(json_extract_string(l.state, '$.canceled_at')) AS canceled_at,
+    ts_of(json_extract_string(l.state, '$.ended_at')) AS ended_at,
+    ts_of(json_extract_string(l.state, '$.cancel_at')) AS cancel_at,
+    coalesce(CAST(json_extract(l.state, '$.cancel_at_period_end') AS BOOLEAN), false) AS cancel_at_period_end,
+    json_extract_string(l.state, '$.cancellation_details.reason') AS cancellation_reason,
+    json_extract_string(l.state, '$.cancellation_details.feedback') AS cancellation_feedback,
+    json_extract_string(l.state, '$.cancellation_details.comment') AS cancellation_comment,
+    l.seen_at,
+    l.pri = 1 AS in_snapshot,
+    l.state
+FROM latest l;
+
+-- What of a subscription state matters for MRR: its items' ids, prices and quantities (sorted).
+CREATE OR REPLACE MACRO items_key(state) AS list_sort(list_transform(
+    CAST(coalesce(json_extract(state, '$.items.data[*]'), []) AS JSON[]),
+    lambda x: concat_ws('|', json_extract_string(x, '$.id'), ref_id(json_extract(x, '$.price')),
+                        json_extract_string(x, '$.quantity'))));
+
+-- Full-state observations inside event coverage: the state at coverage start (the first event's "before",
+-- or the snapshot for a subscription without events), every event's "after", and a snapshot newer than the
+-- last event that differs from it (a change the events missed).
+CREATE OR REPLACE TABLE derived_sub_obs AS
+WITH firsts AS (
+    SELECT * FROM derived_sub_events WHERE seq = 1
+),
+anchor_from_events AS (
+    SELECT f.account_id, f.subscription_id, greatest(c.coverage_start, s.start_date) AS moment,
+           'event' AS source, f.event_id, f.before_state AS state, 0 AS ord
+    FROM firsts f
+    JOIN derived_coverage c USING (account_id)
+    LEFT JOIN derived_subs s USING (account_id, subscription_id)
+    WHERE f.before_state IS NOT NULL AND greatest(c.coverage_start, s.start_date) < f.moment
+),
+anchor_from_snapshot AS (
+    SELECT s.account_id, s.subscription_id, greatest(c.coverage_start, s.start_date) AS moment,
+           'snapshot' AS source, NULL AS event_id, s.state, 0 AS ord
+    FROM derived_subs s
+    JOIN derived_coverage c USING (account_id)
+    WHERE s.in_snapshot
+      AND NOT EXISTS (SELECT 1 FROM derived_sub_events e
+                      WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
+),
+after_events AS (
+    SELECT account_id, subscription_id, moment, 'event' AS source, event_id, after_state AS state, seq AS ord
+    FROM derived_sub_events
+),
+last_events AS (
+    SELECT * FROM derived_sub_events
+    QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY seq DESC) = 1
+),
+late_snapshot AS (
+    SELECT s.account_id, s.subscription_id, s.seen_at AS moment, 'snapshot' AS source, NULL AS event_id,
+           s.state, 1000000 AS ord
+    FROM derived_subs s
+    JOIN last_events l USING (account_id, subscription_id)
+    WHERE s.in_snapshot AND s.seen_at > l.moment
+      AND (json_extract_string(s.state, '$.status') IS DISTINCT FROM json_extract_string(l.after_state, '$.status')
+           OR items_key(s.state) IS DISTINCT FROM items_key(l.after_state))
+)
+SELECT * FROM anchor_from_events
+UNION ALL SELECT * FROM anchor_from_snapshot
+UNION ALL SELECT * FROM after_events
+UNION ALL SELECT * FROM late_snapshot;
+
+-- Status steps: from `at` on, the subscription has `status` until its next step.
+-- Before coverage: trialing from start_date while a trial runs, active from the trial's end (or the start),
+-- canceled from ended_at. Inside coverage: the observed states.
+CREATE OR REPLACE TABLE derived_sub_status_steps AS
+WITH recon AS (
+    SELECT account_id, subscription_id, start_date AS moment,
+           CASE WHEN trial_end IS NOT NULL AND trial_end > start_date
+                     AND coalesce(trial_start, start_date) <= start_date THEN 'trialing' ELSE 'active' END AS status,
+           false AS pause_collection, 'snapshot' AS source, NULL AS source_event_id, 0 AS ord
+    FROM derived_subs WHERE start_date IS NOT NULL
+    UNION ALL
+    SELECT account_id, subscription_id, trial_end, 'active', false, 'snapshot', NULL, 1
+    FROM derived_subs
+    WHERE trial_end IS NOT NULL AND trial_end > start_date AND (ended_at IS NULL OR trial_end < ended_at)
+    UNION ALL
+    SELECT account_id, subscription_id, ended_at, 'canceled', false, 'snapshot', NULL, 2
+    FROM derived_subs WHERE ended_at IS NOT NULL
+),
+observed AS (
+    SELECT account_id, subscription_id, moment, json_extract_string(state, '$.status') AS status,
+           json_type(json_extract(state, '$.pause_collection')) = 'OBJECT' AS pause_collection,
+           source, event_id AS source_event_id, 10 + ord AS ord
+    FROM derived_sub_obs
+)
+SELECT r.* FROM recon r JOIN derived_coverage c USING (account_id) WHERE r.moment < c.coverage_start
+UNION ALL
+SELECT * FROM observed;

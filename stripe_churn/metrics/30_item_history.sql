@@ -1,0 +1,147 @@
+-- State history per subscription item (design.md 3): price and quantity over time, from invoice lines
+-- before event coverage and from the subscription observations (events, snapshot) inside it.
+
+-- Subscription invoice lines, flattened once.
+CREATE OR REPLACE TABLE derived_invoice_lines AS
+WITH inv AS (
+    SELECT account_id, id AS invoice_id, created AS invoice_created,
+           json_extract_string(raw, '$.billing_reason') AS billing_reason,
+           json_extract_string(raw, '$.status') AS invoice_status,
+           coalesce(subscription_id,
+                    ref_id(json_extract(raw, '$.parent.subscription_details.subscription'))) AS subscription_id,
+           customer_id
+    FROM invoices
+    WHERE NOT coalesce(deleted, false)
+),
+l AS (
+    SELECT account_id, id AS line_id, invoice_id, raw,
+           coalesce(json_extract(raw, '$.parent.subscription_item_details'),
+                    json_extract(raw, '$.parent.invoice_item_details')) AS par
+    FROM invoice_lines
+    WHERE NOT coalesce(deleted, false)
+)
+SELECT
+    l.account_id,
+    l.line_id,
+    l.invoice_id,
+    i.invoice_created,
+    i.billing_reason,
+    i.invoice_status,
+    coalesce(ref_id(json_extract(l.par, '$.subscription')), i.subscription_id) AS subscription_id,
+    i.customer_id,
+    json_extract_string(l.par, '$.subscription_item') AS subscription_item_id,
+    coalesce(CAST(json_extract(l.par, '$.proration') AS BOOLEAN), false) AS proration,
+    json_type(json_extract(l.par, '$.proration_details.credited_items')) = 'OBJECT'
+        OR TRY_CAST(json_extract_string(l.raw, '$.amount') AS BIGINT) < 0 AS is_credit,
+    ref_id(json_extract(l.raw, '$.pricing.price_details.price')) AS price_id,
+    TRY_CAST(json_extract_string(l.raw, '$.quantity') AS BIGINT) AS quantity,
+    ts_of(json_extract_string(l.raw, '$.period.start')) AS period_start,
+    ts_of(json_extract_string(l.raw, '$.period.end')) AS period_end,
+    TRY_CAST(json_extract_string(l.raw, '$.amount') AS BIGINT) AS amount,
+    -- tax excluded: an inclusive tax is inside `amount`, an exclusive one is not
+    TRY_CAST(json_extract_string(l.raw, '$.amount') AS BIGINT) - coalesce((
+        SELECT sum(TRY_CAST(json_extract_string(x, '$.amount') AS BIGINT))
+        FROM unnest(CAST(json_extract(l.raw, '$.taxes[*]') AS JSON[])) AS u(x)
+        WHERE json_extract_string(x, '$.tax_behavior') = 'inclusive'), 0) AS amount_excl_tax
+FROM l
+JOIN inv i USING (account_id, invoice_id)
+WHERE i.billing_reason IN ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription');
+
+-- Items as they appear in each observed subscription state.
+CREATE OR REPLACE TABLE derived_obs_items AS
+SELECT o.account_id, o.subscription_id, o.moment, o.source, o.event_id, o.ord,
+       json_extract_string(it, '$.id') AS subscription_item_id,
+       ref_id(json_extract(it, '$.price')) AS price_id,
+       TRY_CAST(json_extract_string(it, '$.quantity') AS BIGINT) AS quantity,
+       ts_of(json_extract_string(it, '$.created')) AS item_created
+FROM (SELECT *, CAST(json_extract(state, '$.items.data[*]') AS JSON[]) AS its FROM derived_sub_obs) o,
+     unnest(o.its) AS u(it);
+
+-- Every item known per subscription, from any source.
+CREATE OR REPLACE TABLE derived_items_known AS
+SELECT account_id, subscription_id, subscription_item_id, bool_or(in_obs) AS in_obs
+FROM (
+    SELECT account_id, subscription_id, subscription_item_id, true AS in_obs FROM derived_obs_items
+    UNION ALL
+    SELECT account_id, subscription_id, subscription_item_id, false FROM derived_invoice_lines
+    WHERE subscription_item_id IS NOT NULL AND subscription_id IS NOT NULL
+)
+GROUP BY ALL;
+
+-- Steps: from `at` on, the item is (present, price, quantity) until its next step. `prio` breaks ties at
+-- the same moment (observations over invoices; a later invoice over an earlier one; present over absent).
+CREATE OR REPLACE TABLE derived_item_steps AS
+WITH line_steps AS (
+    SELECT account_id, subscription_id, subscription_item_id, period_start AS moment, true AS present,
+           price_id, quantity, 'invoice' AS source, NULL AS source_event_id, invoice_id AS source_invoice_id,
+           epoch(invoice_created) * 10 + 2 AS prio
+    FROM derived_invoice_lines
+    WHERE subscription_item_id IS NOT NULL AND NOT is_credit
+),
+removals AS (
+    -- a credit for unused time with no new line for the same item at that moment: the item was removed
+    SELECT c.account_id, c.subscription_id, c.subscription_item_id, c.period_start AS moment, false AS present,
+           NULL AS price_id, NULL AS quantity, 'invoice' AS source, NULL AS source_event_id,
+           c.invoice_id AS source_invoice_id, epoch(c.invoice_created) * 10 + 1 AS prio
+    FROM derived_invoice_lines c
+    WHERE c.subscription_item_id IS NOT NULL AND c.is_credit AND c.proration
+      AND NOT EXISTS (SELECT 1 FROM derived_invoice_lines d
+                      WHERE d.account_id = c.account_id AND d.subscription_item_id = c.subscription_item_id
+                        AND NOT d.is_credit AND d.period_start = c.period_start)
+),
+ends AS (
+    -- an item never seen in a subscription state ends when its last billed period ends
+    SELECT l.account_id, l.subscription_id, l.subscription_item_id, max(l.period_end) AS moment, false AS present,
+           NULL AS price_id, NULL AS quantity, 'invoice' AS source, NULL AS source_event_id,
+           arg_max(l.invoice_id, l.period_end) AS source_invoice_id, 0 AS prio
+    FROM derived_invoice_lines l
+    JOIN derived_items_known k USING (account_id, subscription_id, subscription_item_id)
+    WHERE NOT k.in_obs AND NOT l.is_credit
+    GROUP BY ALL
+),
+before_coverage AS (
+    SELECT s.* FROM (SELECT * FROM line_steps UNION ALL SELECT * FROM removals UNION ALL SELECT * FROM ends) s
+    JOIN derived_coverage c USING (account_id)
+    WHERE s.moment < c.coverage_start
+),
+observed AS (
+    SELECT o.account_id, o.subscription_id, k.subscription_item_id, o.moment,
+           i.subscription_item_id IS NOT NULL AS present, i.price_id, i.quantity, o.source,
+           o.event_id AS source_event_id, NULL AS source_invoice_id,
+           CAST(1e15 AS BIGINT) + o.ord AS prio
+    FROM (SELECT DISTINCT account_id, subscription_id, moment, source, event_id, ord FROM derived_sub_obs) o
+    JOIN derived_items_known k USING (account_id, subscription_id)
+    LEFT JOIN derived_obs_items i
+        ON i.account_id = o.account_id AND i.subscription_id = o.subscription_id AND i.moment = o.moment
+       AND i.ord = o.ord AND i.subscription_item_id = k.subscription_item_id
+)
+SELECT * FROM before_coverage
+UNION ALL
+SELECT * FROM observed;
+
+-- Item history: one row per item and interval of constant (price, quantity); absent intervals dropped.
+CREATE OR REPLACE TABLE derived_item_history AS
+WITH one AS (
+    SELECT st.* REPLACE (CASE WHEN p.usage_type = 'metered' THEN NULL ELSE st.quantity END AS quantity)
+    FROM derived_item_steps st
+    LEFT JOIN derived_price_terms p ON p.account_id = st.account_id AND p.price_id = st.price_id
+    QUALIFY row_number() OVER (PARTITION BY st.account_id, st.subscription_item_id, st.moment ORDER BY st.prio DESC) = 1
+),
+marked AS (
+    SELECT *,
+           lag(present) OVER w IS DISTINCT FROM present
+           OR lag(price_id) OVER w IS DISTINCT FROM price_id
+           OR lag(quantity) OVER w IS DISTINCT FROM quantity AS changed
+    FROM one
+    WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY moment)
+),
+kept AS (
+    SELECT *, lead(moment) OVER (PARTITION BY account_id, subscription_item_id ORDER BY moment) AS valid_to
+    FROM marked WHERE changed
+)
+SELECT k.account_id, s.customer_id, k.subscription_id, k.subscription_item_id, k.price_id,
+       k.quantity,
+       k.moment AS valid_from, k.valid_to, k.source, k.source_event_id, k.source_invoice_id
+FROM kept k
+LEFT JOIN derived_subs s USING (account_id, subscription_id)
+WHERE k.present;

@@ -1,0 +1,66 @@
+-- Discount spans (design.md 4): when each forever/repeating discount reduces MRR, its scope (an item, a
+-- subscription, or all of a customer's subscriptions) and its coupon's terms. `once` discounts are kept
+-- with applies_to_mrr = false so that they stay visible.
+
+CREATE OR REPLACE TABLE derived_coupons AS
+SELECT account_id, id AS coupon_id, raw FROM coupons WHERE NOT coalesce(deleted, false);
+
+CREATE OR REPLACE TABLE derived_discount_spans AS
+WITH d AS (
+    SELECT account_id, id AS discount_id, raw,
+           ref_id(json_extract(raw, '$.source.coupon')) AS coupon_id,
+           CASE WHEN json_type(json_extract(raw, '$.source.coupon')) = 'OBJECT'
+                THEN json_extract(raw, '$.source.coupon') END AS embedded_coupon
+    FROM discounts
+    WHERE NOT coalesce(deleted, false) AND json_extract_string(raw, '$.start') IS NOT NULL
+),
+-- a discount that leaves a subscription state before its end was removed then
+removed AS (
+    SELECT e.account_id, ref_id(x) AS discount_id, min(e.moment) AS removed_at, arg_min(e.event_id, e.moment) AS event_id
+    FROM derived_sub_events e, unnest(CAST(json_extract(e.before_state, '$.discounts[*]') AS JSON[])) AS u(x)
+    WHERE NOT list_contains(
+        list_transform(CAST(coalesce(json_extract(e.after_state, '$.discounts[*]'), []) AS JSON[]), lambda y: ref_id(y)),
+        ref_id(x))
+    GROUP BY ALL
+),
+deleted_events AS (
+    SELECT account_id, json_extract_string(raw, '$.data.object.id') AS discount_id, min(created) AS removed_at,
+           arg_min(id, created) AS event_id
+    FROM events
+    WHERE type IN ('customer.discount.deleted')
+    GROUP BY ALL
+)
+SELECT
+    d.account_id,
+    d.discount_id,
+    d.coupon_id,
+    ref_id(json_extract(d.raw, '$.customer')) AS customer_id,
+    ref_id(json_extract(d.raw, '$.subscription')) AS subscription_id,
+    ref_id(json_extract(d.raw, '$.subscription_item')) AS subscription_item_id,
+    CASE WHEN ref_id(json_extract(d.raw, '$.subscription_item')) IS NOT NULL THEN 'item'
+         WHEN ref_id(json_extract(d.raw, '$.subscription')) IS NOT NULL THEN 'subscription'
+         ELSE 'customer' END AS scope,
+    json_extract_string(cp, '$.duration') AS duration,
+    TRY_CAST(json_extract_string(cp, '$.percent_off') AS DECIMAL(12, 6)) AS percent_off,
+    TRY_CAST(json_extract_string(cp, '$.amount_off') AS BIGINT) AS amount_off,
+    lower(json_extract_string(cp, '$.currency')) AS amount_off_currency,
+    ts_of(json_extract_string(d.raw, '$.start')) AS valid_from,
+    CASE
+        WHEN least(r.removed_at, de.removed_at) IS NOT NULL
+             AND (json_extract_string(d.raw, '$.end') IS NULL
+                  OR least(r.removed_at, de.removed_at) < ts_of(json_extract_string(d.raw, '$.end')))
+            THEN least(r.removed_at, de.removed_at)
+        WHEN json_extract_string(d.raw, '$.end') IS NOT NULL THEN ts_of(json_extract_string(d.raw, '$.end'))
+        WHEN json_extract_string(cp, '$.duration') = 'repeating'
+            THEN ts_of(json_extract_string(d.raw, '$.start'))
+                 + to_months(TRY_CAST(json_extract_string(cp, '$.duration_in_months') AS INTEGER))
+    END AS valid_to,
+    coalesce(r.event_id, de.event_id) AS removal_event_id,
+    json_extract_string(cp, '$.duration') IN ('forever', 'repeating') AS applies_to_mrr,
+    cp IS NULL AS coupon_missing
+FROM (
+    SELECT d.*, coalesce(c.raw, d.embedded_coupon) AS cp
+    FROM d LEFT JOIN derived_coupons c ON c.account_id = d.account_id AND c.coupon_id = d.coupon_id
+) d
+LEFT JOIN removed r USING (account_id, discount_id)
+LEFT JOIN deleted_events de USING (account_id, discount_id);

@@ -1,0 +1,221 @@
+-- MRR per subscription item over time (design.md 4): one row per item and interval of constant
+-- contribution. This table is the interface to the classifier (see the column list in NOTES.md).
+
+-- Metered usage: the amount of the item's last invoiced full period (tax excluded), effective from that
+-- invoice's creation. A period is full when it spans the price's whole interval (within a day, months
+-- having different lengths); the first partial period and the final one at cancellation are not.
+CREATE OR REPLACE TABLE derived_metered_steps AS
+SELECT l.account_id, l.subscription_id, l.subscription_item_id, l.invoice_created AS moment,
+       CAST(l.amount_excl_tax AS HUGEINT) * 1000000000000 AS amount_p, l.invoice_id
+FROM derived_invoice_lines l
+JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
+WHERE p.usage_type = 'metered' AND NOT l.proration AND l.subscription_item_id IS NOT NULL
+  AND l.period_end >= CASE p.billing_interval
+        WHEN 'month' THEN l.period_start + to_months(p.interval_count) - INTERVAL 3 DAY
+        WHEN 'year' THEN l.period_start + to_years(p.interval_count) - INTERVAL 1 DAY
+        WHEN 'week' THEN l.period_start + to_days(7 * p.interval_count)
+        WHEN 'day' THEN l.period_start + to_days(p.interval_count)
+      END
+QUALIFY row_number() OVER (PARTITION BY l.account_id, l.subscription_item_id, l.invoice_created
+                           ORDER BY l.period_end DESC, l.line_id DESC) = 1;
+
+-- Status steps, one per moment (the latest source wins a tie).
+CREATE OR REPLACE TABLE derived_status_points AS
+SELECT account_id, subscription_id, moment, status, pause_collection, source_event_id
+FROM derived_sub_status_steps
+QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id, moment ORDER BY ord DESC) = 1;
+
+-- Moment of churn per subscription (design.md 4 "Churn timing"): ended_at, or canceled_at with
+-- churn_recognition = 'canceled'; an unpaid subscription churns when it turns unpaid.
+CREATE OR REPLACE TABLE derived_sub_churn AS
+WITH unpaid AS (
+    SELECT account_id, subscription_id, min(moment) AS unpaid_at
+    FROM derived_status_points WHERE status = 'unpaid' GROUP BY ALL
+)
+SELECT s.account_id, s.subscription_id, s.customer_id,
+       least(u.unpaid_at,
+             CASE WHEN st.churn_recognition = 'canceled' THEN coalesce(s.canceled_at, s.ended_at)
+                  ELSE s.ended_at END) AS churn_at,
+       CASE WHEN s.cancellation_reason = 'payment_failed' OR u.unpaid_at IS NOT NULL THEN 'involuntary'
+            ELSE 'voluntary' END AS churn_type,
+       s.cancellation_reason, s.cancellation_feedback, s.cancellation_comment
+FROM derived_subs s
+CROSS JOIN derived_settings st
+LEFT JOIN unpaid u USING (account_id, subscription_id);
+
+-- Every moment at which anything an item's MRR depends on may change, per subscription.
+CREATE OR REPLACE TABLE derived_sub_breaks AS
+WITH sub_items AS (
+    SELECT DISTINCT account_id, subscription_id, customer_id FROM derived_item_history
+),
+pts AS (
+    SELECT account_id, subscription_id, valid_from AS moment FROM derived_item_history
+    UNION SELECT account_id, subscription_id, valid_to FROM derived_item_history WHERE valid_to IS NOT NULL
+    UNION SELECT account_id, subscription_id, moment FROM derived_status_points
+    UNION SELECT account_id, subscription_id, moment FROM derived_metered_steps
+    UNION SELECT account_id, subscription_id, churn_at FROM derived_sub_churn WHERE churn_at IS NOT NULL
+    UNION
+    SELECT si.account_id, si.subscription_id, b.moment
+    FROM sub_items si
+    JOIN derived_discount_spans d
+      ON d.account_id = si.account_id AND d.applies_to_mrr
+     AND (d.subscription_id = si.subscription_id OR (d.scope = 'customer' AND d.customer_id = si.customer_id)),
+         unnest([d.valid_from, d.valid_to]) AS b(moment)
+    WHERE b.moment IS NOT NULL
+)
+SELECT p.account_id, p.subscription_id, p.moment
+FROM pts p
+JOIN (SELECT account_id, subscription_id, min(valid_from) AS first_at FROM derived_item_history GROUP BY ALL) f
+  USING (account_id, subscription_id)
+WHERE p.moment >= f.first_at;
+
+-- Undiscounted amount per billing period of each licensed (price, quantity) pair in use.
+CREATE OR REPLACE TABLE derived_price_qty_amounts AS
+SELECT price_id, quantity, price_amount_p(price_id, quantity) AS amount_p
+FROM (SELECT DISTINCT h.price_id, h.quantity
+      FROM derived_item_history h
+      JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
+      WHERE p.usage_type = 'licensed' AND h.quantity IS NOT NULL);
+
+-- Each item's state at each break of its subscription.
+CREATE OR REPLACE TABLE derived_item_points AS
+WITH at_breaks AS (
+    SELECT b.moment, h.*
+    FROM derived_sub_breaks b
+    JOIN derived_item_history h
+      ON h.account_id = b.account_id AND h.subscription_id = b.subscription_id
+     AND h.valid_from <= b.moment AND (h.valid_to IS NULL OR b.moment < h.valid_to)
+),
+with_status AS (
+    SELECT x.*, sp.status, sp.pause_collection, sp.moment AS status_at, sp.source_event_id AS status_event_id
+    FROM at_breaks x
+    ASOF LEFT JOIN derived_status_points sp
+      ON sp.account_id = x.account_id AND sp.subscription_id = x.subscription_id AND sp.moment <= x.moment
+),
+with_usage AS (
+    SELECT x.*, m.amount_p AS metered_amount_p, m.moment AS metered_at, m.invoice_id AS metered_invoice_id
+    FROM with_status x
+    ASOF LEFT JOIN derived_metered_steps m
+      ON m.account_id = x.account_id AND m.subscription_item_id = x.subscription_item_id AND m.moment <= x.moment
+)
+SELECT
+    u.*,
+    p.product_id, p.family, p.unit_kind, p.usage_type, p.currency, p.norm_num, p.norm_den,
+    CASE
+        WHEN p.usage_type = 'metered' THEN CASE WHEN st.include_metered THEN coalesce(u.metered_amount_p, 0) ELSE 0 END
+        ELSE coalesce(a.amount_p, 0)
+    END AS amount_p,
+    (u.status = 'active' OR (u.status = 'past_due' AND st.past_due_counts))
+      AND NOT (coalesce(u.pause_collection, false) AND NOT st.pause_collection_keeps_mrr)
+      AND (c.churn_at IS NULL OR u.moment < c.churn_at)
+      AND coalesce(p.price_type, 'recurring') = 'recurring' AS counts
+FROM with_usage u
+CROSS JOIN derived_settings st
+LEFT JOIN derived_price_terms p ON p.account_id = u.account_id AND p.price_id = u.price_id
+LEFT JOIN derived_price_qty_amounts a ON a.price_id = u.price_id AND a.quantity = u.quantity
+LEFT JOIN derived_sub_churn c ON c.account_id = u.account_id AND c.subscription_id = u.subscription_id;
+
+-- Discounts in force at each point: percent factors multiply; amount_off (minor units per billing period)
+-- is normalised like the price, item-level on the item, subscription- or customer-level shared across the
+-- subscription's items in proportion to their MRR, and capped so that MRR never goes below zero.
+CREATE OR REPLACE TABLE derived_item_point_discounts AS
+SELECT ip.account_id, ip.subscription_item_id, ip.moment,
+       list_reduce(list(CAST(1 - d.percent_off / 100 AS DECIMAL(38, 18))) FILTER (WHERE d.percent_off IS NOT NULL),
+                   lambda x, y: CAST(x * y AS DECIMAL(38, 18))) AS pct_factor,
+       coalesce(sum(d.amount_off) FILTER (WHERE d.amount_off IS NOT NULL AND d.scope = 'item'), 0) AS item_amount_off,
+       coalesce(sum(d.amount_off) FILTER (WHERE d.amount_off IS NOT NULL AND d.scope <> 'item'), 0) AS sub_amount_off,
+       list(d.discount_id ORDER BY d.discount_id) AS discount_ids
+FROM derived_item_points ip
+JOIN derived_discount_spans d
+  ON d.account_id = ip.account_id AND d.applies_to_mrr
+ AND d.valid_from <= ip.moment AND (d.valid_to IS NULL OR ip.moment < d.valid_to)
+ AND (d.subscription_item_id = ip.subscription_item_id
+      OR (d.scope = 'subscription' AND d.subscription_id = ip.subscription_id)
+      OR (d.scope = 'customer' AND d.customer_id = ip.customer_id))
+ AND (d.amount_off IS NULL OR d.amount_off_currency IS NULL OR d.amount_off_currency = ip.currency)
+GROUP BY ALL;
+
+CREATE OR REPLACE TABLE derived_item_point_mrr AS
+WITH base AS (
+    SELECT ip.*,
+           -- 1e-10 major units, truncated
+           ip.amount_p * ip.norm_num // (CAST(ip.norm_den AS HUGEINT) * 10000) AS undiscounted_e10,
+           coalesce(dd.pct_factor, 1) AS pct_factor,
+           coalesce(dd.item_amount_off, 0) AS item_amount_off,
+           coalesce(dd.sub_amount_off, 0) AS sub_amount_off,
+           dd.discount_ids
+    FROM derived_item_points ip
+    LEFT JOIN derived_item_point_discounts dd USING (account_id, subscription_item_id, moment)
+),
+after_item AS (
+    SELECT *,
+           greatest(
+               CAST(CAST(dec10(undiscounted_e10) * pct_factor AS DECIMAL(38, 10)) * 10000000000 AS HUGEINT)
+               - CAST(item_amount_off AS HUGEINT) * 100000000 * norm_num // norm_den,
+               0) AS after_item_e10,
+           CAST(sub_amount_off AS HUGEINT) * 100000000 * norm_num // norm_den AS sub_off_e10
+    FROM base
+),
+shared AS (
+    SELECT *,
+           sum(after_item_e10) OVER (PARTITION BY account_id, subscription_id, moment) AS sub_total_e10
+    FROM after_item
+)
+SELECT *,
+       CASE WHEN NOT counts THEN CAST(0 AS HUGEINT)
+            WHEN sub_off_e10 = 0 THEN after_item_e10
+            WHEN sub_off_e10 >= sub_total_e10 THEN CAST(0 AS HUGEINT)
+            ELSE after_item_e10 - sub_off_e10 * after_item_e10 // sub_total_e10
+       END AS mrr_e10,
+       CASE WHEN counts THEN undiscounted_e10 ELSE CAST(0 AS HUGEINT) END AS counted_undiscounted_e10
+FROM shared;
+
+-- Collapse consecutive points of equal contribution into intervals.
+CREATE OR REPLACE TABLE derived_item_mrr AS
+WITH marked AS (
+    SELECT *,
+           lag(price_id) OVER w IS DISTINCT FROM price_id
+           OR lag(quantity) OVER w IS DISTINCT FROM quantity
+           OR lag(status) OVER w IS DISTINCT FROM status
+           OR lag(mrr_e10) OVER w IS DISTINCT FROM mrr_e10
+           OR lag(counted_undiscounted_e10) OVER w IS DISTINCT FROM counted_undiscounted_e10 AS changed
+    FROM derived_item_point_mrr
+    WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY moment)
+),
+kept AS (
+    SELECT *,
+           lead(moment) OVER (PARTITION BY account_id, subscription_item_id ORDER BY moment) AS next_at
+    FROM marked WHERE changed
+)
+SELECT
+    k.account_id,
+    k.customer_id,
+    k.subscription_id,
+    k.subscription_item_id,
+    k.product_id,
+    k.price_id,
+    k.family,
+    k.unit_kind,
+    k.usage_type,
+    CAST(k.quantity AS BIGINT) AS quantity,
+    k.moment AS valid_from,
+    CASE WHEN k.next_at IS NOT NULL THEN k.next_at ELSE k.valid_to END AS valid_to,
+    k.status,
+    k.currency,
+    dec10(k.mrr_e10) AS mrr_original,
+    dec10(k.counted_undiscounted_e10) AS mrr_undiscounted,
+    CASE WHEN k.counted_undiscounted_e10 <> 0
+         THEN CAST(CAST(k.mrr_e10 AS DECIMAL(38, 0)) / CAST(k.counted_undiscounted_e10 AS DECIMAL(38, 0))
+                   AS DECIMAL(38, 10)) END AS discount_factor,
+    k.discount_ids,
+    k.pause_collection,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at THEN c.churn_type END AS churn_type,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at THEN c.cancellation_reason END AS cancellation_reason,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at THEN c.cancellation_feedback END AS cancellation_feedback,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at THEN c.cancellation_comment END AS cancellation_comment,
+    CASE WHEN k.status_at = k.moment AND k.status_event_id IS NOT NULL THEN k.status_event_id
+         WHEN k.valid_from = k.moment THEN k.source_event_id END AS source_event_id,
+    CASE WHEN k.metered_at = k.moment THEN k.metered_invoice_id
+         WHEN k.valid_from = k.moment THEN k.source_invoice_id END AS source_invoice_id
+FROM kept k
+LEFT JOIN derived_sub_churn c ON c.account_id = k.account_id AND c.subscription_id = k.subscription_id;

@@ -1,0 +1,71 @@
+-- Customer MRR over time in the reporting currency (design.md 4 and 7, docs/internals.md "Money and
+-- rounding"): round(Σ items (item MRR × rate), 4) half away from zero, once, at the customer level; one row
+-- per MRR level. Rates come from fx_rates (a rate holds from its date until the next dated row); a needed
+-- rate that is missing is listed in derived_fx_missing and the runner stops with a DataError.
+
+CREATE OR REPLACE MACRO utc_date(t) AS DATE '1970-01-01' + CAST(floor(epoch(t) / 86400) AS INTEGER);
+
+CREATE OR REPLACE TABLE derived_fx AS
+SELECT lower(currency) AS currency, date AS rate_date,
+       to_timestamp(CAST(date - DATE '1970-01-01' AS BIGINT) * 86400) AS rate_at,
+       CAST(rate AS DECIMAL(18, 8)) AS rate
+FROM fx_rates;
+
+-- item intervals that need a rate, with the rate in force at their start
+CREATE OR REPLACE TABLE derived_customer_points AS
+WITH needs_fx AS (
+    SELECT i.* FROM derived_item_mrr i CROSS JOIN derived_settings st
+    WHERE i.mrr_original <> 0 AND i.currency <> st.reporting_currency
+),
+pts AS (
+    SELECT account_id, customer_id, valid_from AS moment FROM derived_item_mrr
+    UNION SELECT account_id, customer_id, valid_to FROM derived_item_mrr WHERE valid_to IS NOT NULL
+    UNION
+    SELECT n.account_id, n.customer_id, f.rate_at
+    FROM needs_fx n JOIN derived_fx f
+      ON f.currency = n.currency AND f.rate_at > n.valid_from AND (n.valid_to IS NULL OR f.rate_at < n.valid_to)
+)
+SELECT * FROM pts;
+
+CREATE OR REPLACE TABLE derived_customer_point_items AS
+WITH j AS (
+    SELECT p.account_id, p.customer_id, p.moment, i.currency, i.mrr_original, i.subscription_item_id,
+           utc_date(p.moment) AS at_date
+    FROM derived_customer_points p
+    JOIN derived_item_mrr i
+      ON i.account_id = p.account_id AND i.customer_id = p.customer_id
+     AND i.valid_from <= p.moment AND (i.valid_to IS NULL OR p.moment < i.valid_to)
+    WHERE i.mrr_original <> 0
+)
+SELECT j.*,
+       CASE WHEN j.currency = st.reporting_currency THEN CAST(1 AS DECIMAL(18, 8)) ELSE f.rate END AS rate
+FROM j
+CROSS JOIN derived_settings st
+ASOF LEFT JOIN derived_fx f ON f.currency = j.currency AND f.rate_date <= j.at_date;
+
+CREATE OR REPLACE TABLE derived_fx_missing AS
+SELECT account_id, currency, min(at_date) AS first_date, max(at_date) AS last_date,
+       count(DISTINCT customer_id) AS customers
+FROM derived_customer_point_items
+WHERE rate IS NULL
+GROUP BY ALL;
+
+CREATE OR REPLACE TABLE derived_customer_mrr AS
+WITH levels AS (
+    SELECT p.account_id, p.customer_id, p.moment,
+           CAST(round(coalesce(sum(x.mrr_original * x.rate), 0), 4) AS DECIMAL(18, 4)) AS mrr
+    FROM derived_customer_points p
+    LEFT JOIN derived_customer_point_items x USING (account_id, customer_id, moment)
+    GROUP BY ALL
+),
+marked AS (
+    SELECT *, lag(mrr) OVER (PARTITION BY account_id, customer_id ORDER BY moment) IS DISTINCT FROM mrr AS changed
+    FROM levels
+)
+SELECT account_id, customer_id, moment AS valid_from,
+       lead(moment) OVER (PARTITION BY account_id, customer_id ORDER BY moment) AS valid_to, mrr
+FROM marked
+WHERE changed;
+
+CREATE OR REPLACE VIEW customer_mrr AS
+SELECT account_id, customer_id, valid_from, valid_to, mrr FROM derived_customer_mrr;

@@ -1,0 +1,95 @@
+"""Recompute every derived table and finance view from the raw tables, in one transaction.
+
+All logic lives in the ``*.sql`` files beside this module (one step or view each, run in name order); this
+module only writes the settings they read, runs them, logs how long each took and turns a failed check
+(such as a missing exchange rate) into a :class:`~stripe_churn.errors.DataError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+from typing import Any
+
+import duckdb
+
+from stripe_churn.errors import DataError
+from stripe_churn.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_PACKAGE = "stripe_churn.metrics"
+
+
+def sql_steps() -> list[tuple[str, str]]:
+    """The package's SQL steps as (file name, text), in the order they run."""
+    root = resources.files(_PACKAGE)
+    names = sorted(p.name for p in root.iterdir() if p.name.endswith(".sql"))
+    return [(name, root.joinpath(name).read_text(encoding="utf-8")) for name in names]
+
+
+def write_settings(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Write the rules of design.md 4 and 5 where the SQL reads them: one-row ``derived_settings`` and maps."""
+    rules = settings.rules
+    con.execute(
+        """
+        CREATE OR REPLACE TABLE derived_settings (
+            movement_window_minutes INTEGER, churn_recognition VARCHAR, include_metered BOOLEAN,
+            pause_collection_keeps_mrr BOOLEAN, past_due_counts BOOLEAN, reporting_currency VARCHAR)
+        """
+    )
+    con.execute(
+        "INSERT INTO derived_settings VALUES (?, ?, ?, ?, ?, ?)",
+        [rules.movement_window_minutes, rules.churn_recognition, rules.include_metered,
+         rules.pause_collection_keeps_mrr, rules.past_due_counts, settings.currency.lower()],
+    )
+    con.execute("CREATE OR REPLACE TABLE derived_family_map (product_id VARCHAR PRIMARY KEY, family VARCHAR)")
+    if rules.families:
+        con.executemany("INSERT INTO derived_family_map VALUES (?, ?)", sorted(rules.families.items()))
+    con.execute("CREATE OR REPLACE TABLE derived_unit_map (product_id VARCHAR PRIMARY KEY, unit_kind VARCHAR)")
+    if rules.units:
+        con.executemany("INSERT INTO derived_unit_map VALUES (?, ?)", sorted(rules.units.items()))
+    con.execute("CREATE OR REPLACE TABLE derived_seat_labels (label VARCHAR PRIMARY KEY)")
+    labels = sorted({label.strip().lower() for label in rules.seat_unit_labels if label.strip()})
+    if labels:
+        con.executemany("INSERT INTO derived_seat_labels VALUES (?)", [[label] for label in labels])
+
+
+def _check_fx(con: duckdb.DuckDBPyConnection, reporting: str) -> None:
+    rows: list[Any] = con.execute(
+        "SELECT currency, first_date, last_date, customers FROM derived_fx_missing ORDER BY currency"
+    ).fetchall()
+    if not rows:
+        return
+    parts = [f"{cur} on {first}..{last} ({n} customers)" for cur, first, last, n in rows]
+    raise DataError(
+        f"no exchange rate to {reporting} for " + "; ".join(parts)
+        + ": add rows (date, currency, rate) to fx_rates dated on or before those days, then run the recompute "
+        "again; the previous results were left in place"
+    )
+
+
+def recompute(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Rebuild every derived table and view from the raw tables; all or nothing, safe to run twice."""
+    steps = sql_steps()
+    started = time.perf_counter()
+    fx_checked = False
+    con.execute("BEGIN TRANSACTION")
+    try:
+        write_settings(con, settings)
+        for name, text in steps:
+            t0 = time.perf_counter()
+            try:
+                con.execute(text)
+            except duckdb.Error as exc:
+                raise DataError(f"metrics step {name} failed, nothing was changed: {exc}".replace("\n", " ")) from exc
+            log.debug("metrics step %s took %.3f s", name, time.perf_counter() - t0)
+            if not fx_checked and "TABLE derived_fx_missing" in text:
+                _check_fx(con, settings.currency.lower())
+                fx_checked = True
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    log.info("metrics recomputed in %.2f s (%d steps)", time.perf_counter() - started, len(steps))
