@@ -1,0 +1,122 @@
+-- Customer transitions (design.md 5): the moments a customer's items or MRR change, netted into one
+-- transition A -> B per `movement_window`, dated at the first change of the window, with the customer MRR
+-- before (A) and after (B) from derived_customer_mrr.
+-- Inputs: derived_item_mrr, derived_customer_mrr, derived_settings.
+
+-- Change points: where an item appears, disappears or changes price, quantity, contribution or status, and
+-- where the customer's MRR changes (exchange rates included). Splits that change nothing are skipped, so
+-- they never anchor a window.
+CREATE OR REPLACE TABLE derived_change_points AS
+WITH item_rows AS (
+    SELECT
+        account_id, customer_id, valid_from, valid_to,
+        lag(valid_to) OVER w AS prev_to,
+        lead(valid_from) OVER w AS next_from,
+        (lag(price_id) OVER w IS DISTINCT FROM price_id
+         OR lag(quantity) OVER w IS DISTINCT FROM quantity
+         OR lag(mrr_original) OVER w IS DISTINCT FROM mrr_original
+         OR lag(status) OVER w IS DISTINCT FROM status) AS changed
+    FROM derived_item_mrr
+    WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY valid_from)
+),
+cust_rows AS (
+    SELECT account_id, customer_id, valid_from, valid_to, mrr,
+           lag(mrr) OVER w AS prev_mrr, lag(valid_to) OVER w AS prev_to,
+           lead(valid_from) OVER w AS next_from
+    FROM derived_customer_mrr
+    WINDOW w AS (PARTITION BY account_id, customer_id ORDER BY valid_from)
+)
+SELECT DISTINCT account_id, customer_id, t
+FROM (
+    SELECT account_id, customer_id, valid_from AS t
+    FROM item_rows WHERE changed OR prev_to IS DISTINCT FROM valid_from
+    UNION ALL
+    SELECT account_id, customer_id, valid_to
+    FROM item_rows WHERE valid_to IS NOT NULL AND next_from IS DISTINCT FROM valid_to
+    UNION ALL
+    SELECT account_id, customer_id, valid_from
+    FROM cust_rows WHERE prev_mrr IS DISTINCT FROM mrr OR prev_to IS DISTINCT FROM valid_from
+    UNION ALL
+    SELECT account_id, customer_id, valid_to
+    FROM cust_rows WHERE valid_to IS NOT NULL AND next_from IS DISTINCT FROM valid_to
+)
+WHERE t IS NOT NULL;
+
+-- Windows: a point within `movement_window` of the window's first point joins it (anchored, not chained).
+-- Points closer than the window to their predecessor form a run; a run no longer than the window is one
+-- window, and only the rare longer runs are split greedily by a recursive walk.
+CREATE OR REPLACE TABLE derived_transition_windows AS
+WITH RECURSIVE
+cfg AS (
+    SELECT to_minutes(CAST(movement_window_minutes AS BIGINT)) AS win FROM derived_settings
+),
+runs AS (
+    SELECT p.account_id, p.customer_id, p.t,
+           sum(CASE WHEN p.t - prev_t <= cfg.win THEN 0 ELSE 1 END)
+               OVER (PARTITION BY p.account_id, p.customer_id ORDER BY p.t ROWS UNBOUNDED PRECEDING) AS run
+    FROM (SELECT *, lag(t) OVER (PARTITION BY account_id, customer_id ORDER BY t) AS prev_t
+          FROM derived_change_points) p, cfg
+),
+run_spans AS (
+    SELECT account_id, customer_id, run, min(t) AS run_start, max(t) AS run_end
+    FROM runs GROUP BY ALL
+),
+long_points AS (
+    SELECT r.account_id, r.customer_id, r.run, r.t
+    FROM runs r JOIN run_spans s USING (account_id, customer_id, run), cfg
+    WHERE s.run_end - s.run_start > cfg.win
+),
+anchors(account_id, customer_id, run, anchor) AS (
+    SELECT account_id, customer_id, run, min(t) FROM long_points GROUP BY ALL
+    UNION ALL
+    SELECT a.account_id, a.customer_id, a.run,
+           (SELECT min(l.t) FROM long_points l, cfg
+            WHERE l.account_id = a.account_id AND l.customer_id = a.customer_id AND l.run = a.run
+              AND l.t > a.anchor + cfg.win)
+    FROM anchors a
+    WHERE a.anchor IS NOT NULL
+),
+long_windows AS (
+    SELECT l.account_id, l.customer_id, max(a.anchor) AS t_start, l.t
+    FROM long_points l
+    JOIN anchors a ON a.account_id = l.account_id AND a.customer_id = l.customer_id AND a.run = l.run
+                  AND a.anchor <= l.t
+    GROUP BY l.account_id, l.customer_id, l.run, l.t
+)
+SELECT account_id, customer_id, run_start AS t_start, run_end AS t_end
+FROM run_spans, cfg
+WHERE run_end - run_start <= cfg.win
+UNION ALL
+SELECT account_id, customer_id, t_start, max(t) AS t_end
+FROM long_windows
+GROUP BY ALL;
+
+-- Transitions that change the customer's MRR, with M(A) (just before t_start) and M(B) (at t_end).
+-- `had_mrr_before`: the customer had MRR at some point before (new vs reactivation).
+CREATE OR REPLACE TABLE derived_transitions AS
+WITH w AS (
+    SELECT w.account_id, w.customer_id, w.t_start, w.t_end,
+           coalesce((SELECT c.mrr FROM derived_customer_mrr c
+                     WHERE c.account_id = w.account_id AND c.customer_id = w.customer_id
+                       AND c.valid_from < w.t_start AND (c.valid_to IS NULL OR c.valid_to >= w.t_start)), 0)
+               AS mrr_before,
+           coalesce((SELECT c.mrr FROM derived_customer_mrr c
+                     WHERE c.account_id = w.account_id AND c.customer_id = w.customer_id
+                       AND c.valid_from <= w.t_end AND (c.valid_to IS NULL OR c.valid_to > w.t_end)), 0)
+               AS mrr_after
+    FROM derived_transition_windows w
+)
+SELECT account_id, customer_id, t_start, t_end,
+       CAST(mrr_before AS DECIMAL(18, 4)) AS mrr_before,
+       CAST(mrr_after AS DECIMAL(18, 4)) AS mrr_after,
+       CAST(mrr_after - mrr_before AS DECIMAL(18, 4)) AS mrr_delta,
+       coalesce(bool_or(mrr_after > 0) OVER (PARTITION BY account_id, customer_id ORDER BY t_start
+                                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), false)
+           OR mrr_before > 0 AS had_mrr_before,
+       CASE
+           WHEN mrr_before = 0 AND mrr_after > 0 THEN 'gain'
+           WHEN mrr_before > 0 AND mrr_after = 0 THEN 'loss'
+           ELSE 'change'
+       END AS kind
+FROM w
+WHERE mrr_after <> mrr_before;

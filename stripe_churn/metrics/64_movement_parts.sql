@@ -1,0 +1,205 @@
+-- Labelled parts of every transition (design.md 5), unrounded, in the reporting currency.
+-- new / reactivation / cancellation take the whole customer delta; any other transition is split into
+-- components: the same item in A and B, then removed and added items of one family paired as plan switches
+-- (largest MRR first, same currency), then what stays unpaired. A same-item or paired component splits into
+-- plan part = MRR(new price, old qty) - MRR(old price, old qty) and quantity part = the rest (both at the
+-- item's discount), plus a discount part when the item's discount changed; rate changes are one fx part.
+-- Inputs: derived_transitions, derived_transition_items, price_mrr.
+
+CREATE OR REPLACE TABLE derived_movement_parts AS
+WITH
+ti AS (
+    SELECT *,
+           coalesce(a_mrr, 0) * coalesce(a_rate_a, 0) AS a_rep,
+           coalesce(b_mrr, 0) * coalesce(b_rate_a, 0) AS b_rep
+    FROM derived_transition_items
+),
+fams AS (
+    SELECT account_id, customer_id, t_start, family, bool_or(side = 'a') AS in_a, bool_or(side = 'b') AS in_b
+    FROM (SELECT account_id, customer_id, t_start, a_family AS family, 'a' AS side FROM ti WHERE in_a
+          UNION ALL
+          SELECT account_id, customer_id, t_start, b_family, 'b' FROM ti WHERE in_b)
+    GROUP BY ALL
+),
+moving AS (
+    SELECT ti.* FROM ti JOIN derived_transitions t USING (account_id, customer_id, t_start)
+    WHERE t.kind = 'change'
+),
+removed AS (
+    SELECT *, row_number() OVER (PARTITION BY account_id, customer_id, t_start, a_family, a_currency
+                                 ORDER BY a_mrr DESC, subscription_item_id) AS rk
+    FROM moving WHERE in_a AND NOT in_b
+),
+added AS (
+    SELECT *, row_number() OVER (PARTITION BY account_id, customer_id, t_start, b_family, b_currency
+                                 ORDER BY b_mrr DESC, subscription_item_id) AS rk
+    FROM moving WHERE in_b AND NOT in_a
+),
+comps AS (
+    SELECT account_id, customer_id, t_start, 'same' AS comp,
+           subscription_item_id AS a_item_id, a_subscription_id, a_product_id, a_price_id, a_family, a_unit_kind,
+           a_usage_type, a_quantity, a_currency, a_mrr, a_undisc, a_factor, a_rate_a,
+           subscription_item_id AS b_item_id, b_subscription_id, b_product_id, b_price_id, b_family, b_unit_kind,
+           b_usage_type, b_quantity, b_currency, b_mrr, b_undisc, b_factor, b_rate_a,
+           b_event_id, b_invoice_id, b_valid_from
+    FROM moving
+    WHERE in_a AND in_b AND b_rep <> a_rep
+    UNION ALL
+    SELECT coalesce(r.account_id, d.account_id), coalesce(r.customer_id, d.customer_id),
+           coalesce(r.t_start, d.t_start),
+           CASE WHEN r.subscription_item_id IS NULL THEN 'added'
+                WHEN d.subscription_item_id IS NULL THEN 'removed' ELSE 'pair' END,
+           r.subscription_item_id, r.a_subscription_id, r.a_product_id, r.a_price_id, r.a_family, r.a_unit_kind,
+           r.a_usage_type, r.a_quantity, r.a_currency, r.a_mrr, r.a_undisc, r.a_factor, r.a_rate_a,
+           d.subscription_item_id, d.b_subscription_id, d.b_product_id, d.b_price_id, d.b_family, d.b_unit_kind,
+           d.b_usage_type, d.b_quantity, d.b_currency, d.b_mrr, d.b_undisc, d.b_factor, d.b_rate_a,
+           d.b_event_id, d.b_invoice_id, d.b_valid_from
+    FROM removed r
+    FULL JOIN added d
+        ON r.account_id = d.account_id AND r.customer_id = d.customer_id AND r.t_start = d.t_start
+       AND r.a_family = d.b_family AND r.a_currency = d.b_currency AND r.rk = d.rk
+),
+shaped AS (
+    SELECT c.*,
+           coalesce(c.a_usage_type = 'metered', false) OR coalesce(c.b_usage_type = 'metered', false) AS metered,
+           coalesce(c.a_factor, c.b_factor, 1) AS f_a,
+           coalesce(c.b_factor, c.a_factor, 1) AS f_b,
+           c.a_undisc - c.a_mrr AS disc_a,
+           c.b_undisc - c.b_mrr AS disc_b
+    FROM comps c
+),
+-- MRR(new price, old quantity): only needed when both price and quantity changed on a licensed item.
+cross_terms AS (
+    SELECT DISTINCT b_price_id, a_quantity, price_mrr(b_price_id, a_quantity) AS cross_mrr
+    FROM shaped
+    WHERE comp IN ('same', 'pair') AND NOT metered AND a_quantity IS NOT NULL AND b_quantity IS NOT NULL
+      AND a_quantity <> b_quantity AND a_price_id <> b_price_id
+),
+valued AS (
+    SELECT s.*,
+           CASE WHEN s.f_a = s.f_b THEN s.f_a WHEN s.disc_a = s.disc_b THEN 1
+                WHEN s.comp = 'same' THEN s.f_a ELSE s.f_b END AS f,
+           s.comp = 'same' AND NOT (s.f_a = s.f_b OR s.disc_a = s.disc_b) AS discount_changed,
+           CASE WHEN s.metered OR s.a_quantity IS NULL OR s.b_quantity IS NULL THEN NULL
+                WHEN s.a_quantity = s.b_quantity THEN s.b_undisc
+                WHEN s.a_price_id = s.b_price_id THEN s.a_undisc
+                ELSE x.cross_mrr END AS cross_mrr
+    FROM shaped s
+    LEFT JOIN cross_terms x ON x.b_price_id = s.b_price_id AND x.a_quantity = s.a_quantity
+                           AND s.comp IN ('same', 'pair') AND NOT s.metered
+),
+split AS (
+    -- plan (p), quantity or usage (q) and discount (d) parts in the item's own currency
+    SELECT v.*,
+           CASE WHEN v.comp = 'same' AND v.metered THEN (v.b_undisc - v.a_undisc) * v.f
+                WHEN v.cross_mrr IS NULL THEN 0
+                ELSE (v.b_undisc - v.cross_mrr) * v.f END AS q0,
+           CASE WHEN v.comp = 'same' AND v.metered THEN 0
+                WHEN v.cross_mrr IS NULL THEN NULL
+                ELSE (v.cross_mrr - v.a_undisc) * v.f END AS p0
+    FROM valued v
+    WHERE v.comp IN ('same', 'pair')
+),
+settled AS (
+    SELECT s.*,
+           (s.b_mrr - s.a_mrr) - s.q0 - coalesce(s.p0, 0) AS rest,
+           -- what is left when no discount changed is rounding or a fixed amount_off: it joins a part
+           CASE WHEN s.discount_changed THEN 'd'
+                WHEN s.comp = 'same' AND s.metered THEN 'q'
+                WHEN s.p0 IS NULL OR abs(s.p0) >= abs(s.q0) THEN 'p'
+                ELSE 'q' END AS rest_to
+    FROM split s
+),
+item_parts AS (
+    SELECT account_id, customer_id, t_start, comp, part, amount_original * b_rate_a AS amount_rep,
+           amount_original, b_currency AS currency, b_subscription_id AS subscription_id,
+           b_item_id AS subscription_item_id, b_product_id AS product_id, b_price_id AS price_id,
+           b_event_id AS event_id, b_invoice_id AS invoice_id, b_valid_from AS row_from,
+           CASE part
+               WHEN 'p' THEN CASE WHEN amount_original > 0 THEN 'upgrade' ELSE 'downgrade' END
+               WHEN 'q' THEN coalesce(b_unit_kind, 'seat')
+                             || CASE WHEN amount_original > 0 THEN '_expansion' ELSE '_contraction' END
+               ELSE 'discount'
+           END AS movement
+    FROM (
+        SELECT *, 'p' AS part, coalesce(p0, 0) + CASE WHEN rest_to = 'p' THEN rest ELSE 0 END AS amount_original
+        FROM settled
+        UNION ALL
+        SELECT *, 'q', q0 + CASE WHEN rest_to = 'q' THEN rest ELSE 0 END FROM settled
+        UNION ALL
+        SELECT *, 'd', CASE WHEN rest_to = 'd' THEN rest ELSE 0 END FROM settled
+    )
+    WHERE amount_original <> 0
+),
+unpaired_parts AS (
+    SELECT c.account_id, c.customer_id, c.t_start, c.comp, c.comp AS part,
+           CASE WHEN c.comp = 'added' THEN c.b_mrr * c.b_rate_a ELSE -(c.a_mrr * c.a_rate_a) END AS amount_rep,
+           CASE WHEN c.comp = 'added' THEN c.b_mrr ELSE -c.a_mrr END AS amount_original,
+           CASE WHEN c.comp = 'added' THEN c.b_currency ELSE c.a_currency END AS currency,
+           CASE WHEN c.comp = 'added' THEN c.b_subscription_id ELSE c.a_subscription_id END AS subscription_id,
+           CASE WHEN c.comp = 'added' THEN c.b_item_id ELSE c.a_item_id END AS subscription_item_id,
+           CASE WHEN c.comp = 'added' THEN c.b_product_id ELSE c.a_product_id END AS product_id,
+           CASE WHEN c.comp = 'added' THEN c.b_price_id ELSE c.a_price_id END AS price_id,
+           c.b_event_id AS event_id, c.b_invoice_id AS invoice_id, c.b_valid_from AS row_from,
+           CASE
+               WHEN c.comp = 'added' AND f.in_a THEN coalesce(c.b_unit_kind, 'seat') || '_expansion'
+               WHEN c.comp = 'added' THEN 'cross_sell'
+               WHEN f.in_b THEN coalesce(c.a_unit_kind, 'seat') || '_contraction'
+               ELSE 'downgrade'
+           END AS movement
+    FROM comps c
+    JOIN fams f ON f.account_id = c.account_id AND f.customer_id = c.customer_id AND f.t_start = c.t_start
+               AND f.family = CASE WHEN c.comp = 'added' THEN c.b_family ELSE c.a_family END
+    WHERE c.comp IN ('added', 'removed')
+      AND CASE WHEN c.comp = 'added' THEN c.b_mrr ELSE c.a_mrr END <> 0
+),
+-- the item that stands for the customer: largest MRR in B (or in A when B is empty)
+main_items AS (
+    SELECT account_id, customer_id, t_start,
+           arg_max(subscription_item_id, (b_rep, subscription_item_id)) FILTER (WHERE in_b) AS b_item,
+           arg_max(subscription_item_id, (a_rep, subscription_item_id)) FILTER (WHERE in_a) AS a_item
+    FROM ti
+    GROUP BY ALL
+),
+fx_parts AS (
+    SELECT ti.account_id, ti.customer_id, ti.t_start, 'fx' AS comp, 'fx' AS part,
+           sum(ti.b_mrr * (ti.b_rate_b - ti.b_rate_a)) AS amount_rep,
+           0 AS amount_original,
+           any_value(ti.b_currency) FILTER (WHERE ti.subscription_item_id = m.b_item) AS currency,
+           any_value(ti.b_subscription_id) FILTER (WHERE ti.subscription_item_id = m.b_item) AS subscription_id,
+           any_value(m.b_item) AS subscription_item_id,
+           any_value(ti.b_product_id) FILTER (WHERE ti.subscription_item_id = m.b_item) AS product_id,
+           any_value(ti.b_price_id) FILTER (WHERE ti.subscription_item_id = m.b_item) AS price_id,
+           CAST(NULL AS VARCHAR) AS event_id, CAST(NULL AS VARCHAR) AS invoice_id,
+           CAST(NULL AS TIMESTAMPTZ) AS row_from,
+           'fx' AS movement
+    FROM moving ti
+    JOIN main_items m USING (account_id, customer_id, t_start)
+    WHERE ti.in_b AND ti.b_rate_b <> ti.b_rate_a
+    GROUP BY ti.account_id, ti.customer_id, ti.t_start
+),
+whole_parts AS (
+    -- new, reactivation and cancellation: one row with the whole customer delta on the main item
+    SELECT t.account_id, t.customer_id, t.t_start, t.kind AS comp, t.kind AS part,
+           CAST(t.mrr_delta AS DECIMAL(38, 10)) AS amount_rep,
+           (SELECT sum(coalesce(x.b_mrr, 0) - coalesce(x.a_mrr, 0)) FROM ti x
+            WHERE x.account_id = t.account_id AND x.customer_id = t.customer_id AND x.t_start = t.t_start
+              AND coalesce(x.b_currency, x.a_currency) = coalesce(mi.b_currency, mi.a_currency)) AS amount_original,
+           CASE WHEN t.kind = 'gain' THEN mi.b_currency ELSE mi.a_currency END AS currency,
+           CASE WHEN t.kind = 'gain' THEN mi.b_subscription_id ELSE mi.a_subscription_id END AS subscription_id,
+           mi.subscription_item_id,
+           CASE WHEN t.kind = 'gain' THEN mi.b_product_id ELSE mi.a_product_id END AS product_id,
+           CASE WHEN t.kind = 'gain' THEN mi.b_price_id ELSE mi.a_price_id END AS price_id,
+           mi.b_event_id AS event_id, mi.b_invoice_id AS invoice_id, mi.b_valid_from AS row_from,
+           CASE WHEN t.kind = 'loss' THEN 'cancellation'
+                WHEN t.had_mrr_before THEN 'reactivation' ELSE 'new' END AS movement
+    FROM derived_transitions t
+    LEFT JOIN main_items m USING (account_id, customer_id, t_start)
+    LEFT JOIN ti mi ON mi.account_id = t.account_id AND mi.customer_id = t.customer_id AND mi.t_start = t.t_start
+                   AND mi.subscription_item_id = CASE WHEN t.kind = 'gain' THEN m.b_item ELSE m.a_item END
+    WHERE t.kind IN ('gain', 'loss')
+)
+SELECT * FROM item_parts
+UNION ALL BY NAME SELECT * FROM unpaired_parts
+UNION ALL BY NAME SELECT * FROM fx_parts
+UNION ALL BY NAME SELECT * FROM whole_parts;

@@ -1,0 +1,132 @@
+-- mrr_movements (design.md 5 and 7): one row per labelled component of a transition, rounded to 4 decimals
+-- so that the rows of a transition add up exactly to the customer's change (the rounding remainder goes to
+-- the largest component), with churn type, feedback and the Stripe ids that caused each row.
+-- Inputs: derived_transitions, derived_movement_parts, derived_transition_items, derived_item_mrr,
+-- derived_sub_events, subscriptions.
+
+CREATE OR REPLACE TABLE derived_mrr_movements AS
+WITH
+parts AS (
+    SELECT p.*, round(p.amount_rep, 4) AS rounded,
+           row_number() OVER (PARTITION BY p.account_id, p.customer_id, p.t_start
+                              ORDER BY abs(p.amount_rep) DESC, p.movement, p.subscription_item_id) AS size_rank
+    FROM derived_movement_parts p
+),
+totals AS (
+    SELECT t.account_id, t.customer_id, t.t_start, t.mrr_delta,
+           coalesce(sum(p.rounded), 0) AS rounded_sum, coalesce(sum(p.amount_rep), 0) AS exact_sum,
+           count(p.t_start) AS n_parts
+    FROM derived_transitions t
+    LEFT JOIN parts p USING (account_id, customer_id, t_start)
+    GROUP BY ALL
+),
+-- a change whose items show no cause (should not happen) still gets a row, so that the bridge adds up
+fallback AS (
+    SELECT t.account_id, t.customer_id, t.t_start, 'unexplained' AS comp, 'unexplained' AS part,
+           CAST(t.mrr_delta AS DECIMAL(38, 10)) AS amount_rep, CAST(NULL AS DECIMAL(38, 10)) AS amount_original,
+           CAST(NULL AS VARCHAR) AS currency, CAST(NULL AS VARCHAR) AS subscription_id,
+           CAST(NULL AS VARCHAR) AS subscription_item_id, CAST(NULL AS VARCHAR) AS product_id,
+           CAST(NULL AS VARCHAR) AS price_id, CAST(NULL AS VARCHAR) AS event_id,
+           CAST(NULL AS VARCHAR) AS invoice_id, CAST(NULL AS TIMESTAMPTZ) AS row_from,
+           CASE WHEN t.mrr_delta > 0 THEN 'upgrade' ELSE 'downgrade' END AS movement,
+           round(t.mrr_delta, 4) AS rounded, 1 AS size_rank
+    FROM totals t
+    WHERE t.n_parts = 0
+),
+adjusted AS (
+    SELECT p.*,
+           CAST(p.rounded + CASE WHEN p.size_rank = 1 THEN t.mrr_delta - t.rounded_sum ELSE 0 END
+                AS DECIMAL(18, 4)) AS mrr_delta_part,
+           t.mrr_delta - t.exact_sum AS unexplained
+    FROM (SELECT * FROM parts UNION ALL BY NAME SELECT * FROM fallback) p
+    JOIN totals t USING (account_id, customer_id, t_start)
+),
+-- where an item row has no source of its own: a row of the same subscription (else of the customer) that
+-- started inside the window, else the subscription's last event inside the window
+window_sources AS (
+    SELECT account_id, customer_id, t_start, b_subscription_id AS subscription_id,
+           min(b_event_id) FILTER (WHERE b_event_id IS NOT NULL) AS event_id,
+           min(b_invoice_id) FILTER (WHERE b_invoice_id IS NOT NULL) AS invoice_id
+    FROM derived_transition_items
+    WHERE in_b AND b_valid_from >= t_start
+    GROUP BY GROUPING SETS ((account_id, customer_id, t_start, b_subscription_id),
+                            (account_id, customer_id, t_start))
+),
+sub_events AS (
+    SELECT t.account_id, t.customer_id, t.t_start, e.subscription_id,
+           arg_max(e.event_id, e.moment) AS event_id
+    FROM derived_transitions t
+    JOIN derived_sub_events e ON e.account_id = t.account_id AND e.moment >= t.t_start AND e.moment <= t.t_end
+    JOIN subscriptions s ON s.account_id = e.account_id AND s.id = e.subscription_id
+    WHERE s.customer_id = t.customer_id
+    GROUP BY ALL
+),
+sub_facts AS (
+    SELECT account_id, id AS subscription_id,
+           json_extract_string(raw, '$.cancellation_details.reason') AS cancellation_reason,
+           json_extract_string(raw, '$.cancellation_details.feedback') AS cancellation_feedback
+    FROM subscriptions
+),
+sourced AS (
+    SELECT a.*, t.t_end, t.mrr_before, t.mrr_after, t.kind,
+           CASE WHEN a.row_from >= a.t_start THEN a.event_id END AS own_event_id,
+           CASE WHEN a.row_from >= a.t_start THEN a.invoice_id END AS own_invoice_id
+    FROM adjusted a
+    JOIN derived_transitions t USING (account_id, customer_id, t_start)
+    WHERE a.mrr_delta_part <> 0
+)
+SELECT
+    s.account_id,
+    s.customer_id,
+    s.subscription_id,
+    s.subscription_item_id,
+    s.product_id,
+    s.price_id,
+    s.t_start AS occurred_at,
+    s.movement,
+    CASE
+        WHEN s.movement = 'new' THEN 'new'
+        WHEN s.movement = 'reactivation' THEN 'reactivation'
+        WHEN s.movement = 'cancellation' THEN 'churn'
+        WHEN s.movement = 'fx' THEN 'fx'
+        WHEN s.mrr_delta_part > 0 THEN 'expansion'
+        ELSE 'contraction'
+    END AS category,
+    s.mrr_before,
+    s.mrr_after,
+    s.mrr_delta_part AS mrr_delta,
+    s.currency,
+    CAST(round(s.amount_original, 4) AS DECIMAL(18, 4)) AS amount_delta_original,
+    CASE WHEN s.movement = 'cancellation' THEN
+        CASE WHEN f.cancellation_reason = 'payment_failed'
+                  OR EXISTS (SELECT 1 FROM derived_item_mrr u
+                             WHERE u.account_id = s.account_id AND u.subscription_id = s.subscription_id
+                               AND u.status = 'unpaid' AND u.valid_from <= s.t_end
+                               AND (u.valid_to IS NULL OR u.valid_to > s.t_end))
+             THEN 'involuntary' ELSE 'voluntary' END
+    END AS churn_type,
+    CASE WHEN s.movement = 'cancellation' THEN f.cancellation_feedback END AS cancellation_feedback,
+    coalesce(s.own_event_id, ws.event_id, se.event_id, wc.event_id) AS source_event_id,
+    coalesce(s.own_invoice_id, ws.invoice_id, wc.invoice_id) AS source_invoice_id,
+    -- internal columns (not in the mrr_movements view)
+    s.t_end,
+    s.kind AS transition_kind,
+    s.part,
+    s.unexplained
+FROM sourced s
+LEFT JOIN window_sources ws
+    ON ws.account_id = s.account_id AND ws.customer_id = s.customer_id AND ws.t_start = s.t_start
+   AND ws.subscription_id = s.subscription_id
+LEFT JOIN window_sources wc
+    ON wc.account_id = s.account_id AND wc.customer_id = s.customer_id AND wc.t_start = s.t_start
+   AND wc.subscription_id IS NULL
+LEFT JOIN sub_events se
+    ON se.account_id = s.account_id AND se.customer_id = s.customer_id AND se.t_start = s.t_start
+   AND se.subscription_id = s.subscription_id
+LEFT JOIN sub_facts f ON f.account_id = s.account_id AND f.subscription_id = s.subscription_id;
+
+CREATE OR REPLACE VIEW mrr_movements AS
+SELECT account_id, customer_id, subscription_id, subscription_item_id, product_id, price_id, occurred_at,
+       movement, category, mrr_before, mrr_after, mrr_delta, currency, amount_delta_original, churn_type,
+       cancellation_feedback, source_event_id, source_invoice_id
+FROM derived_mrr_movements;

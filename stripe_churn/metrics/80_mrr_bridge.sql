@@ -1,0 +1,259 @@
+-- The MRR bridge (design.md 6 and 7): opening + new + reactivation + expansion - contraction - churn + fx =
+-- closing, exactly, per period and segment, with the customer counts and rates.
+-- `mrr_bridge_for(period_kind, segment_kind, segment_value)` gives any period ('week', 'month', 'quarter',
+-- 'year') and segment; the `mrr_bridge` view is the monthly bridge of the whole account.
+-- Inputs: derived_transitions, derived_transition_items, derived_mrr_movements, customers.
+
+-- Each transition with what segments need of the state it leads to: the main item (largest MRR) and
+-- the customer's static attributes.
+CREATE OR REPLACE TABLE derived_transition_states AS
+WITH mains AS (
+    SELECT account_id, customer_id, t_start,
+           arg_max(b_product_id, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS product_id,
+           arg_max(b_price_id, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS price_id,
+           arg_max(b_family, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS family,
+           arg_max(b_currency, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS item_currency
+    FROM derived_transition_items
+    WHERE in_b
+    GROUP BY ALL
+)
+SELECT t.account_id, t.customer_id, t.t_start, t.t_end, t.mrr_before, t.mrr_after, t.mrr_delta, t.kind,
+       t.had_mrr_before, m.product_id, m.price_id, m.family,
+       coalesce(lower(json_extract_string(c.raw, '$.currency')), m.item_currency) AS currency,
+       json_extract_string(c.raw, '$.address.country') AS country,
+       c.raw AS customer_raw
+FROM derived_transitions t
+LEFT JOIN mains m USING (account_id, customer_id, t_start)
+LEFT JOIN customers c ON c.account_id = t.account_id AND c.id = t.customer_id;
+
+-- Size bands of customer MRR in the reporting currency.
+CREATE OR REPLACE MACRO mrr_size_band(mrr) AS CASE
+    WHEN mrr IS NULL OR mrr <= 0 THEN NULL
+    WHEN mrr < 100 THEN 'a: under 100'
+    WHEN mrr < 1000 THEN 'b: 100 to 1k'
+    WHEN mrr < 10000 THEN 'c: 1k to 10k'
+    ELSE 'd: 10k and more'
+END;
+
+-- The segment value of a state for a segment kind: 'family', 'plan' (price), 'product', 'currency',
+-- 'country', 'size_band' or 'metadata.<key>' (a customer metadata key); NULL kind = the whole account.
+CREATE OR REPLACE MACRO segment_of(kind, family, price_id, product_id, currency, country, mrr, customer_raw) AS
+coalesce(CASE
+    WHEN kind IS NULL OR kind = '' THEN 'all'
+    WHEN kind = 'family' THEN family
+    WHEN kind IN ('plan', 'price') THEN price_id
+    WHEN kind = 'product' THEN product_id
+    WHEN kind = 'currency' THEN currency
+    WHEN kind = 'country' THEN country
+    WHEN kind = 'size_band' THEN mrr_size_band(mrr)
+    WHEN starts_with(kind, 'metadata.') THEN json_extract_string(customer_raw, '$.metadata.' || substr(kind, 10))
+    ELSE error('unknown segment kind ' || kind || ': use family, plan, product, currency, country, size_band '
+               || 'or metadata.<key>')
+END, '(none)');
+
+CREATE OR REPLACE MACRO period_step(period_kind) AS CASE period_kind
+    WHEN 'week' THEN INTERVAL 7 DAY
+    WHEN 'month' THEN INTERVAL 1 MONTH
+    WHEN 'quarter' THEN INTERVAL 3 MONTH
+    WHEN 'year' THEN INTERVAL 1 YEAR
+    ELSE error('unknown period ' || period_kind || ': use week, month, quarter or year')
+END;
+
+CREATE OR REPLACE MACRO period_of(period_kind, t) AS
+CAST(date_trunc(period_kind, timezone('UTC', t)) AS DATE);
+
+-- Per segment value and period: flows, customer gains and losses, and the MRR and customers that move
+-- between segment values at the period start (a customer belongs, for a period, to the segment of its
+-- state at the period start, or of its first state with MRR in the period when it had none).
+CREATE OR REPLACE MACRO bridge_ledger(period_kind, segment_kind) AS TABLE
+WITH
+tr AS (
+    SELECT t.*, period_of(period_kind, t.t_start) AS p,
+           segment_of(segment_kind, t.family, t.price_id, t.product_id, t.currency, t.country, t.mrr_after,
+                      t.customer_raw) AS seg_after
+    FROM derived_transition_states t
+),
+tr2 AS (
+    SELECT *, lag(seg_after) OVER (PARTITION BY account_id, customer_id ORDER BY t_start) AS seg_before
+    FROM tr
+),
+cp AS (
+    SELECT account_id, customer_id, p,
+           arg_min(mrr_before, t_start) AS opening,
+           arg_max(mrr_after, t_start) AS closing,
+           arg_min(seg_before, t_start) AS seg_open,
+           arg_min(seg_after, t_start) FILTER (WHERE mrr_after > 0) AS seg_first,
+           arg_max(seg_after, t_start) AS seg_close,
+           count(*) FILTER (WHERE kind = 'gain') AS gains,
+           count(*) FILTER (WHERE kind = 'loss') AS losses,
+           bool_or(kind = 'gain' AND NOT had_mrr_before) AS is_new,
+           bool_or(kind = 'gain' AND had_mrr_before) AS is_reactivated,
+           bool_or(kind = 'loss') AS is_churned
+    FROM tr2
+    GROUP BY ALL
+),
+cps AS (
+    SELECT *, CASE WHEN opening > 0 THEN seg_open ELSE coalesce(seg_first, seg_close) END AS seg
+    FROM cp
+),
+flows AS (
+    SELECT c.seg, m.p,
+           sum(m.mrr_delta) AS net,
+           sum(m.mrr_delta) FILTER (WHERE m.category = 'new') AS new,
+           sum(m.mrr_delta) FILTER (WHERE m.category = 'reactivation') AS reactivation,
+           sum(m.mrr_delta) FILTER (WHERE m.category = 'expansion') AS expansion,
+           -sum(m.mrr_delta) FILTER (WHERE m.category = 'contraction') AS contraction,
+           -sum(m.mrr_delta) FILTER (WHERE m.category = 'churn') AS churn,
+           sum(m.mrr_delta) FILTER (WHERE m.category = 'fx') AS fx,
+           sum(m.mrr_delta) FILTER (WHERE m.movement = 'upgrade') AS upgrade,
+           sum(m.mrr_delta) FILTER (WHERE m.movement = 'cross_sell') AS cross_sell,
+           sum(m.mrr_delta) FILTER (WHERE m.movement = 'seat_expansion') AS seat_expansion,
+           sum(m.mrr_delta) FILTER (WHERE m.movement = 'resource_expansion') AS resource_expansion,
+           -sum(m.mrr_delta) FILTER (WHERE m.movement = 'downgrade') AS downgrade,
+           -sum(m.mrr_delta) FILTER (WHERE m.movement = 'seat_contraction') AS seat_contraction,
+           -sum(m.mrr_delta) FILTER (WHERE m.movement = 'resource_contraction') AS resource_contraction,
+           sum(m.mrr_delta) FILTER (WHERE m.movement = 'discount' AND m.category = 'expansion') AS discount_expansion,
+           -sum(m.mrr_delta) FILTER (WHERE m.movement = 'discount' AND m.category = 'contraction')
+               AS discount_contraction
+    FROM (SELECT *, period_of(period_kind, occurred_at) AS p FROM derived_mrr_movements) m
+    JOIN cps c ON c.account_id = m.account_id AND c.customer_id = m.customer_id AND c.p = m.p
+    GROUP BY ALL
+),
+counts AS (
+    SELECT seg, p,
+           sum(gains) AS gains, sum(losses) AS losses,
+           count(*) FILTER (WHERE is_new) AS new_customers,
+           count(*) FILTER (WHERE is_reactivated) AS reactivated_customers,
+           count(*) FILTER (WHERE is_churned) AS churned_customers,
+           count(*) FILTER (WHERE is_churned AND opening > 0) AS churned_from_opening
+    FROM cps
+    GROUP BY ALL
+),
+-- a customer whose segment changed by the end of a period moves its closing MRR at the next period start
+moves AS (
+    SELECT seg, p, sum(mrr) AS moved_mrr, sum(n) AS moved_customers
+    FROM (
+        SELECT seg, CAST(p + period_step(period_kind) AS DATE) AS p, -closing AS mrr, -1 AS n
+        FROM cps WHERE closing > 0 AND seg_close IS DISTINCT FROM seg
+        UNION ALL
+        SELECT seg_close, CAST(p + period_step(period_kind) AS DATE), closing, 1
+        FROM cps WHERE closing > 0 AND seg_close IS DISTINCT FROM seg
+    )
+    GROUP BY ALL
+)
+SELECT coalesce(f.seg, c.seg, mv.seg) AS segment_value,
+       coalesce(f.p, c.p, mv.p) AS period_start,
+       f.* EXCLUDE (seg, p), c.* EXCLUDE (seg, p), mv.* EXCLUDE (seg, p)
+FROM flows f
+FULL JOIN counts c ON c.seg = f.seg AND c.p = f.p
+FULL JOIN moves mv ON mv.seg = coalesce(f.seg, c.seg) AND mv.p = coalesce(f.p, c.p);
+
+-- The monthly ledger of the whole account, kept as a table so that the mrr_bridge view stays instant.
+CREATE OR REPLACE TABLE derived_bridge_ledger_month AS
+SELECT * FROM bridge_ledger('month', NULL);
+
+-- Bridge rows from a ledger: every period from the segment's first one through the current one (the later
+-- of today and the data), quiet periods included; opening and closing run on from the flows.
+CREATE OR REPLACE MACRO bridge_rows(period_kind, segment_kind, wanted_value) AS TABLE
+WITH
+ledger AS (
+    SELECT * FROM derived_bridge_ledger_month
+    WHERE period_kind = 'month' AND (segment_kind IS NULL OR segment_kind = '')
+    UNION ALL BY NAME
+    SELECT * FROM bridge_ledger(period_kind, segment_kind)
+    WHERE NOT (period_kind = 'month' AND (segment_kind IS NULL OR segment_kind = ''))
+),
+picked AS (
+    SELECT * FROM ledger WHERE segment_value IS NOT NULL
+      AND (wanted_value IS NULL OR segment_value = CAST(wanted_value AS VARCHAR))
+),
+last_period AS (
+    SELECT period_of(period_kind, greatest(now(), (SELECT max(t_end) FROM derived_transitions))) AS p
+),
+spine AS (
+    SELECT s.segment_value, CAST(g.p AS DATE) AS period_start
+    FROM (SELECT segment_value, min(period_start) AS first_p FROM picked GROUP BY ALL) s,
+         last_period lp,
+         generate_series(CAST(s.first_p AS TIMESTAMP), CAST(lp.p AS TIMESTAMP), period_step(period_kind)) AS g(p)
+),
+filled AS (
+    SELECT sp.segment_value, sp.period_start,
+           CAST(sp.period_start + period_step(period_kind) - INTERVAL 1 DAY AS DATE) AS period_end,
+           coalesce(l.net, 0) AS net, coalesce(l.new, 0) AS new, coalesce(l.reactivation, 0) AS reactivation,
+           coalesce(l.expansion, 0) AS expansion, coalesce(l.contraction, 0) AS contraction,
+           coalesce(l.churn, 0) AS churn, coalesce(l.fx, 0) AS fx, coalesce(l.upgrade, 0) AS upgrade,
+           coalesce(l.cross_sell, 0) AS cross_sell, coalesce(l.seat_expansion, 0) AS seat_expansion,
+           coalesce(l.resource_expansion, 0) AS resource_expansion, coalesce(l.downgrade, 0) AS downgrade,
+           coalesce(l.seat_contraction, 0) AS seat_contraction,
+           coalesce(l.resource_contraction, 0) AS resource_contraction,
+           coalesce(l.discount_expansion, 0) AS discount_expansion,
+           coalesce(l.discount_contraction, 0) AS discount_contraction,
+           coalesce(l.gains, 0) AS gains, coalesce(l.losses, 0) AS losses,
+           coalesce(l.new_customers, 0) AS new_customers,
+           coalesce(l.reactivated_customers, 0) AS reactivated_customers,
+           coalesce(l.churned_customers, 0) AS churned_customers,
+           coalesce(l.churned_from_opening, 0) AS churned_from_opening,
+           coalesce(l.moved_mrr, 0) AS moved_mrr, coalesce(l.moved_customers, 0) AS moved_customers
+    FROM spine sp
+    LEFT JOIN picked l ON l.segment_value = sp.segment_value AND l.period_start = sp.period_start
+),
+running AS (
+    SELECT *,
+           coalesce(sum(net) OVER w_before, 0) + sum(moved_mrr) OVER w_upto AS opening_mrr,
+           coalesce(sum(gains - losses) OVER w_before, 0) + sum(moved_customers) OVER w_upto AS opening_customers
+    FROM filled
+    WINDOW w_before AS (PARTITION BY segment_value ORDER BY period_start
+                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+           w_upto AS (PARTITION BY segment_value ORDER BY period_start ROWS UNBOUNDED PRECEDING)
+),
+money AS (
+    SELECT segment_value, period_start, period_end,
+           CAST(opening_mrr AS DECIMAL(18, 4)) AS opening_mrr,
+           CAST(new AS DECIMAL(18, 4)) AS new,
+           CAST(reactivation AS DECIMAL(18, 4)) AS reactivation,
+           CAST(expansion AS DECIMAL(18, 4)) AS expansion,
+           CAST(contraction AS DECIMAL(18, 4)) AS contraction,
+           CAST(churn AS DECIMAL(18, 4)) AS churn,
+           CAST(fx AS DECIMAL(18, 4)) AS fx,
+           CAST(opening_mrr + net AS DECIMAL(18, 4)) AS closing_mrr,
+           CAST(upgrade AS DECIMAL(18, 4)) AS upgrade,
+           CAST(cross_sell AS DECIMAL(18, 4)) AS cross_sell,
+           CAST(seat_expansion AS DECIMAL(18, 4)) AS seat_expansion,
+           CAST(resource_expansion AS DECIMAL(18, 4)) AS resource_expansion,
+           CAST(downgrade AS DECIMAL(18, 4)) AS downgrade,
+           CAST(seat_contraction AS DECIMAL(18, 4)) AS seat_contraction,
+           CAST(resource_contraction AS DECIMAL(18, 4)) AS resource_contraction,
+           CAST(discount_expansion AS DECIMAL(18, 4)) AS discount_expansion,
+           CAST(discount_contraction AS DECIMAL(18, 4)) AS discount_contraction,
+           CAST(opening_customers AS BIGINT) AS opening_customers,
+           CAST(new_customers AS BIGINT) AS new_customers,
+           CAST(reactivated_customers AS BIGINT) AS reactivated_customers,
+           CAST(churned_customers AS BIGINT) AS churned_customers,
+           CAST(opening_customers + gains - losses AS BIGINT) AS closing_customers,
+           churned_from_opening
+    FROM running
+)
+SELECT
+    segment_value, period_start, period_end, opening_mrr, new, reactivation, expansion, contraction, churn, fx,
+    closing_mrr, upgrade, cross_sell, seat_expansion, resource_expansion, downgrade, seat_contraction,
+    resource_contraction, discount_expansion, discount_contraction, opening_customers, new_customers,
+    reactivated_customers, churned_customers, closing_customers,
+    CAST((churn + contraction) / nullif(opening_mrr, 0) AS DOUBLE) AS gross_revenue_churn_rate,
+    CAST((churn + contraction - expansion - reactivation) / nullif(opening_mrr, 0) AS DOUBLE)
+        AS net_revenue_churn_rate,
+    CAST((opening_mrr + expansion - contraction - churn) / nullif(opening_mrr, 0) AS DOUBLE) AS nrr,
+    CAST((opening_mrr - contraction - churn) / nullif(opening_mrr, 0) AS DOUBLE) AS grr,
+    CAST(churned_from_opening / nullif(opening_customers, 0) AS DOUBLE) AS customer_churn_rate,
+    CAST((new + reactivation + expansion) / nullif(contraction + churn, 0) AS DOUBLE) AS quick_ratio,
+    CAST(round(closing_mrr / nullif(closing_customers, 0), 4) AS DECIMAL(18, 4)) AS arpa,
+    (churn + contraction - expansion - reactivation) / nullif(opening_mrr, 0) < 0 AS net_negative_churn
+FROM money
+ORDER BY segment_value, period_start;
+
+-- The bridge for any period and segment (see stripe_churn/metrics/queries.py for the documented call).
+CREATE OR REPLACE MACRO mrr_bridge_for(period_kind := 'month', segment_kind := NULL, segment_value := NULL)
+AS TABLE
+SELECT * FROM bridge_rows(period_kind, segment_kind, segment_value);
+
+CREATE OR REPLACE VIEW mrr_bridge AS
+SELECT * EXCLUDE (segment_value) FROM bridge_rows('month', NULL, NULL);
