@@ -112,6 +112,7 @@ class HttpProtocol(asyncio.Protocol):
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
         self._busy = False
+        self._paused = False
         self._task: asyncio.Task[None] | None = None
 
     # asyncio callbacks -------------------------------------------------------------------------
@@ -133,6 +134,15 @@ class HttpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buf += data
         if not self._busy:
+            self._process()
+
+    def pause_writing(self) -> None:
+        """The peer is not reading: stop answering (and so stop buffering) until it catches up."""
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if not self._busy and self._buf:
             self._process()
 
     # internals ---------------------------------------------------------------------------------
@@ -185,7 +195,7 @@ class HttpProtocol(asyncio.Protocol):
         self._send(Response(status, body), keep_alive=False)
 
     def _process(self) -> None:
-        while self._transport is not None and not self._busy:
+        while self._transport is not None and not self._busy and not self._paused:
             parsed = self._parse_one()
             if parsed is None:
                 return
@@ -205,7 +215,7 @@ class HttpProtocol(asyncio.Protocol):
         await asyncio.sleep(resp.delay)
         self._busy = False
         self._send(resp, keep_alive)
-        if self._buf:
+        if self._buf and not self._paused:
             self._process()
 
     def _send(self, resp: Response, keep_alive: bool) -> None:
