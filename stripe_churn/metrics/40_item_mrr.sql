@@ -157,15 +157,19 @@ after_item AS (
     FROM base
 ),
 shared AS (
+    -- cumulative allocation (by item id) so that the items' shares add up to the discount exactly
     SELECT *,
-           sum(after_item_e10) OVER (PARTITION BY account_id, subscription_id, moment) AS sub_total_e10
+           sum(after_item_e10) OVER (PARTITION BY account_id, subscription_id, moment) AS sub_total_e10,
+           sum(after_item_e10) OVER (PARTITION BY account_id, subscription_id, moment ORDER BY subscription_item_id
+                                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum_e10
     FROM after_item
 )
 SELECT *,
        CASE WHEN NOT counts THEN CAST(0 AS HUGEINT)
             WHEN sub_off_e10 = 0 THEN after_item_e10
             WHEN sub_off_e10 >= sub_total_e10 THEN CAST(0 AS HUGEINT)
-            ELSE after_item_e10 - sub_off_e10 * after_item_e10 // sub_total_e10
+            ELSE after_item_e10 - (sub_off_e10 * cum_e10 // sub_total_e10
+                                   - sub_off_e10 * (cum_e10 - after_item_e10) // sub_total_e10)
        END AS mrr_e10,
        CASE WHEN counts THEN undiscounted_e10 ELSE CAST(0 AS HUGEINT) END AS counted_undiscounted_e10
 FROM shared;

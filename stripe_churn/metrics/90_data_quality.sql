@@ -1,0 +1,116 @@
+-- Data quality (design.md 3): one row per problem found while deriving history and MRR, never silently
+-- dropped. kind: what went wrong; object_type/object_id: the Stripe object it concerns; related_id: the
+-- other side (an event, an invoice, a price); moment: when it applies; detail: one readable line.
+
+CREATE OR REPLACE TABLE derived_data_quality AS
+-- an invoice line billed inside event coverage disagrees with the state the events give (events win)
+WITH overlap AS (
+    SELECT l.account_id, l.line_id, l.invoice_id, l.subscription_id, l.subscription_item_id, l.price_id,
+           l.quantity, l.period_start >= c.coverage_start AS inside, greatest(l.period_start, c.coverage_start) AS moment
+    FROM derived_invoice_lines l
+    JOIN derived_coverage c USING (account_id)
+    JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
+    WHERE c.has_events AND l.period_end > c.coverage_start AND NOT l.is_credit AND NOT l.proration
+      AND p.usage_type = 'licensed' AND l.subscription_item_id IS NOT NULL
+),
+-- the state at coverage start: the first event's "before" (or "after" for a creation), else the snapshot
+start_states AS (
+    SELECT account_id, subscription_id, coalesce(before_state, after_state) AS state
+    FROM derived_sub_events WHERE seq = 1
+    UNION ALL
+    SELECT account_id, subscription_id, state FROM derived_subs s
+    WHERE NOT EXISTS (SELECT 1 FROM derived_sub_events e
+                      WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
+),
+start_items AS (
+    SELECT account_id, subscription_id, json_extract_string(it, '$.id') AS subscription_item_id,
+           ref_id(json_extract(it, '$.price')) AS price_id,
+           TRY_CAST(json_extract_string(it, '$.quantity') AS BIGINT) AS quantity
+    FROM (SELECT *, CAST(json_extract(state, '$.items.data[*]') AS JSON[]) AS its FROM start_states) x,
+         unnest(x.its) AS u(it)
+),
+compared AS (
+    SELECT o.*, h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item
+    FROM overlap o
+    LEFT JOIN derived_item_history h
+      ON o.inside AND h.account_id = o.account_id AND h.subscription_item_id = o.subscription_item_id
+     AND h.valid_from <= o.moment AND (h.valid_to IS NULL OR o.moment < h.valid_to)
+    WHERE o.inside
+    UNION ALL
+    SELECT o.*, si.price_id, si.quantity, si.subscription_item_id
+    FROM overlap o
+    LEFT JOIN start_items si
+      ON si.account_id = o.account_id AND si.subscription_id = o.subscription_id
+     AND si.subscription_item_id = o.subscription_item_id
+    WHERE NOT o.inside
+)
+SELECT account_id, 'invoice_event_mismatch' AS kind, 'subscription_item' AS object_type,
+       subscription_item_id AS object_id, invoice_id AS related_id, moment,
+       CASE WHEN h_item IS NULL
+            THEN format('invoice {} bills item {} ({} × {}) but the events show no such item then',
+                        invoice_id, subscription_item_id, quantity, price_id)
+            ELSE format('invoice {} bills {} × {}, the events give {} × {}; the events were used',
+                        invoice_id, quantity, price_id, h_quantity, h_price) END AS detail
+FROM compared
+WHERE h_item IS NULL OR h_price IS DISTINCT FROM price_id OR h_quantity IS DISTINCT FROM quantity
+UNION ALL
+-- a snapshot newer than the last event differs from it: a change the events missed
+SELECT account_id, 'snapshot_event_mismatch', 'subscription', subscription_id, NULL, moment,
+       'the latest snapshot differs from the last event of this subscription; the change is dated at the snapshot'
+FROM derived_sub_obs
+WHERE source = 'snapshot' AND ord = 1000000
+UNION ALL
+-- a subscription that began inside event coverage without any event
+SELECT s.account_id, 'missing_events', 'subscription', s.subscription_id, NULL, s.start_date,
+       'the subscription started inside the event window but no customer.subscription.* event was stored'
+FROM derived_subs s
+JOIN derived_coverage c USING (account_id)
+WHERE c.has_events AND s.start_date > c.coverage_start
+  AND NOT EXISTS (SELECT 1 FROM derived_sub_events e
+                  WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
+UNION ALL
+-- a price used by an item that the store has no usable row for
+SELECT DISTINCT h.account_id, 'missing_price', 'price', h.price_id, h.subscription_item_id, NULL::TIMESTAMPTZ,
+       CASE WHEN p.price_id IS NULL THEN 'price not found anywhere; the item counts zero MRR'
+            ELSE 'price not in the prices table; terms taken from the object embedded in the item' END
+FROM derived_item_history h
+LEFT JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
+WHERE p.price_id IS NULL OR p.found_in <> 'prices'
+UNION ALL
+SELECT account_id, 'missing_price_terms', 'price', price_id, NULL, NULL::TIMESTAMPTZ,
+       format('price has billing_scheme {} but no {}; its items count zero MRR', billing_scheme,
+              CASE WHEN billing_scheme = 'tiered' THEN 'tiers (sync prices with expand[]=data.tiers)'
+                   ELSE 'unit_amount' END)
+FROM derived_price_terms
+WHERE price_type = 'recurring'
+  AND ((billing_scheme = 'tiered' AND price_id NOT IN (SELECT price_id FROM derived_price_tiers))
+       OR (billing_scheme = 'per_unit' AND unit_amount IS NULL))
+UNION ALL
+SELECT account_id, 'missing_coupon', 'discount', discount_id, coupon_id, valid_from,
+       format('coupon {} of this discount is not stored; the discount is ignored', coupon_id)
+FROM derived_discount_spans
+WHERE coupon_missing
+UNION ALL
+-- objects kept only as raw JSON because they cannot be used
+SELECT account_id, 'unusable_object', 'subscription', id, NULL, created,
+       'subscription without a customer; kept as raw only'
+FROM subscriptions
+WHERE NOT coalesce(deleted, false) AND ref_id(json_extract(raw, '$.customer')) IS NULL
+UNION ALL
+SELECT account_id, 'unusable_object', 'invoice_line', line_id, invoice_id, invoice_created,
+       'subscription invoice line without a subscription item or price; kept as raw only'
+FROM derived_invoice_lines
+WHERE (subscription_item_id IS NULL OR price_id IS NULL) AND NOT proration
+UNION ALL
+SELECT account_id, 'unusable_object', 'event', id, object_id, created,
+       format('{} event whose data.object is not a subscription; kept as raw only', type)
+FROM events
+WHERE type LIKE 'customer.subscription.%'
+  AND coalesce(json_extract_string(raw, '$.data.object.object'), '') <> 'subscription'
+UNION ALL
+SELECT account_id, 'fx_missing', 'currency', currency, NULL, to_timestamp(CAST(first_date - DATE '1970-01-01' AS BIGINT) * 86400),
+       format('no exchange rate for {} from {} to {} ({} customers)', currency, first_date, last_date, customers)
+FROM derived_fx_missing;
+
+CREATE OR REPLACE VIEW data_quality AS
+SELECT account_id, kind, object_type, object_id, related_id, moment, detail FROM derived_data_quality;

@@ -1,0 +1,97 @@
+"""Shared fixtures for the metrics tests: a fresh store, hand-built Stripe accounts, a small simulation.
+
+Engineers working on the metrics add fixtures here by appending; keep every fixture small and fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from builders import World
+
+from stripe_churn.settings import Rules, Settings
+
+SMALL_SIM = {"customers": 60, "months": 8, "seed": 7}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A fresh, migrated DuckDB store in a temporary directory."""
+    from stripe_churn.store.db import open_store
+
+    con = open_store(tmp_path / "metrics.duckdb")
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@pytest.fixture
+def world() -> World:
+    """An empty hand-built Stripe account (see tests/metrics/builders.py)."""
+    return World()
+
+
+def make_settings(currency: str = "usd", **rules: Any) -> Settings:
+    """Default settings with some rules of design.md 4 and 5 changed."""
+    return Settings(currency=currency, rules=Rules(**rules))
+
+
+@pytest.fixture
+def derive(store: duckdb.DuckDBPyConnection) -> Callable[..., duckdb.DuckDBPyConnection]:
+    """Load a World into the store and recompute; ``derive(world, seen_at=..., events=..., **rules)``."""
+    from stripe_churn.metrics.runner import recompute
+
+    def run(w: World, *, seen_at: int, events: bool | int = True, currency: str = "usd",
+            **rules: Any) -> duckdb.DuckDBPyConnection:
+        w.load(store, seen_at=seen_at, events=events)
+        recompute(store, make_settings(currency, **rules))
+        return store
+
+    return run
+
+
+def customer_mrr_at(con: duckdb.DuckDBPyConnection, customer_id: str, at: int) -> Decimal:
+    """The customer's MRR at unix time ``at`` from the customer_mrr view (0 when no row covers it)."""
+    row = con.execute(
+        "SELECT mrr FROM customer_mrr WHERE customer_id = ? AND valid_from <= to_timestamp(?) "
+        "AND (valid_to IS NULL OR to_timestamp(?) < valid_to)", [customer_id, at, at]).fetchall()
+    assert len(row) <= 1, f"customer_mrr has overlapping rows for {customer_id} at {at}: {row}"
+    return row[0][0] if row else Decimal("0")
+
+
+def item_rows(con: duckdb.DuckDBPyConnection, item_id: str) -> list[dict[str, Any]]:
+    """derived_item_mrr rows of one item in time order, timestamps as unix seconds."""
+    cur = con.execute(
+        "SELECT * REPLACE (CAST(epoch(valid_from) AS BIGINT) AS valid_from, "
+        "CAST(epoch(valid_to) AS BIGINT) AS valid_to) FROM derived_item_mrr "
+        "WHERE subscription_item_id = ? ORDER BY valid_from", [item_id])
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+@pytest.fixture(scope="session")
+def small_sim() -> Any:
+    """A small seeded simulation (built once per session)."""
+    from stripe_churn.sandbox.sim import Simulation
+
+    return Simulation(**SMALL_SIM)
+
+
+@pytest.fixture
+def sim_store(small_sim: Any, tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A fresh store holding ``small_sim`` loaded directly (no HTTP), not yet recomputed."""
+    from stripe_churn.store.db import open_store
+    from stripe_churn.store.load import load_simulation
+
+    con = open_store(tmp_path / "sim.duckdb")
+    load_simulation(con, small_sim)
+    try:
+        yield con
+    finally:
+        con.close()

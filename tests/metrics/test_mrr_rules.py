@@ -1,0 +1,352 @@
+"""One named test per MRR rule of design.md 4, on small hand-built Stripe accounts loaded into a store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import pytest
+from builders import DAY, World, add_months, ts
+from conftest import customer_mrr_at, item_rows
+
+from stripe_churn.errors import DataError
+
+T0 = ts(2024, 1, 1)
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+
+def base(w: World, currency: str = "usd") -> World:
+    w.customer("cus_1", currency=currency)
+    w.product("prod_seat", unit_label="seat", family="core")
+    w.product("prod_api", unit_label="api call", family="api")
+    return w
+
+
+def month(n: int, day: int = 0) -> int:
+    return add_months(T0, n) + day * DAY
+
+
+# --- prices: intervals, tiers, transform_quantity ------------------------------------------------------
+
+PRICE_CASES = [
+    pytest.param({"unit_amount": 120_000, "interval": "year"}, 1, Decimal("100.0000"), id="annual-normalised"),
+    pytest.param({"unit_amount": 30_000, "interval": "month", "interval_count": 3}, 1, Decimal("100.0000"),
+                 id="interval-count-3"),
+    pytest.param({"unit_amount": 1_000, "interval": "week"}, 1, Decimal("43.3333"), id="weekly-52-over-12"),
+    pytest.param({"unit_amount": 100, "interval": "day"}, 1, Decimal("30.4167"), id="daily-365-over-12"),
+    pytest.param({"unit_amount": 1_999, "interval": "month"}, 3, Decimal("59.9700"), id="per-unit-quantity"),
+    pytest.param({"unit_amount": 100_000, "interval": "year", "interval_count": 2}, 1, Decimal("41.6667"),
+                 id="two-yearly"),
+    pytest.param({"tiers": [{"up_to": 5, "unit_amount": 1000}, {"up_to": 10, "unit_amount": 800},
+                            {"up_to": None, "unit_amount": 500, "flat_amount": 700}],
+                  "tiers_mode": "graduated"}, 12, Decimal("107.0000"), id="graduated-tiers"),
+    pytest.param({"tiers": [{"up_to": 5, "unit_amount": 1000}, {"up_to": 10, "unit_amount": 800},
+                            {"up_to": None, "unit_amount": 500, "flat_amount": 700}],
+                  "tiers_mode": "volume"}, 12, Decimal("67.0000"), id="volume-tiers"),
+    pytest.param({"tiers": [{"up_to": 5, "unit_amount": 1000, "flat_amount": 200},
+                            {"up_to": None, "unit_amount": 800}],
+                  "tiers_mode": "volume"}, 5, Decimal("52.0000"), id="volume-tiers-boundary"),
+    pytest.param({"unit_amount": 1_000, "transform_quantity": {"divide_by": 5, "round": "up"}}, 12,
+                 Decimal("30.0000"), id="transform-quantity-round-up"),
+    pytest.param({"unit_amount": 1_000, "transform_quantity": {"divide_by": 5, "round": "down"}}, 12,
+                 Decimal("20.0000"), id="transform-quantity-round-down"),
+]
+
+
+@pytest.mark.parametrize(("terms", "quantity", "expected"), PRICE_CASES)
+def test_price_mrr(world: World, derive: Derive, terms: dict[str, Any], quantity: int, expected: Decimal) -> None:
+    base(world).price("price_x", "prod_seat", **terms)
+    world.subscribe("sub_1", "cus_1", [("si_1", "price_x", quantity)], T0)
+    con = derive(world, seen_at=month(1))
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == expected
+    assert customer_mrr_at(con, "cus_1", T0 - 1) == 0
+    # the macro the classifier uses gives the same undiscounted figure
+    macro = con.execute("SELECT price_mrr('price_x', ?)", [quantity]).fetchone()
+    assert macro is not None and round(macro[0], 4) == expected
+
+
+# --- metered usage ------------------------------------------------------------------------------------
+
+def metered_world(w: World) -> World:
+    base(w).price("price_m", "prod_api", None, usage_type="metered")
+    w.price("price_s", "prod_seat", 1_000)
+    w.subscribe("sub_1", "cus_1", [("si_s", "price_s", 1), ("si_m", "price_m", None)], T0)
+    w.cycle("sub_1", month(1), usage={"si_m": 5_000})
+    w.cycle("sub_1", month(2), usage={"si_m": 7_250})
+    return w
+
+
+def test_metered_last_full_period(world: World, derive: Derive) -> None:
+    """Metered MRR is the last invoiced full period's amount, from that invoice's creation, never back-dated."""
+    con = derive(metered_world(world), seen_at=month(2, 3))
+    assert customer_mrr_at(con, "cus_1", month(1) - 1) == Decimal("10.0000")
+    assert customer_mrr_at(con, "cus_1", month(1)) == Decimal("60.0000")
+    assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("82.5000")
+    rows = item_rows(con, "si_m")
+    assert [r["valid_from"] for r in rows if r["mrr_original"] > 0] == [month(1), month(2)]
+    assert all(r["quantity"] is None and r["usage_type"] == "metered" for r in rows)
+    assert rows[-1]["source_invoice_id"] is not None
+
+
+def test_metered_zero_before_first_invoice(world: World, derive: Derive) -> None:
+    con = derive(metered_world(world), seen_at=month(2, 3))
+    first = item_rows(con, "si_m")[0]
+    assert first["valid_from"] == T0 and first["mrr_original"] == 0
+
+
+def test_metered_excluded_by_setting(world: World, derive: Derive) -> None:
+    con = derive(metered_world(world), seen_at=month(2, 3), include_metered=False)
+    assert customer_mrr_at(con, "cus_1", month(2, 1)) == Decimal("10.0000")
+
+
+def test_metered_partial_period_ignored(world: World, derive: Derive) -> None:
+    """A usage line for less than a whole interval (the first, partial period) does not set MRR."""
+    base(world).price("price_m", "prod_api", None, usage_type="metered")
+    world.subscribe("sub_1", "cus_1", [("si_m", "price_m", None)], month(0, 20))
+    world.cycle("sub_1", month(1), usage={"si_m": 3_000})
+    world.cycle("sub_1", month(2), usage={"si_m": 9_000})
+    con = derive(world, seen_at=month(2, 1))
+    assert customer_mrr_at(con, "cus_1", month(1, 1)) == 0
+    assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("90.0000")
+
+
+# --- discounts ----------------------------------------------------------------------------------------
+
+def discounted(w: World, coupon: dict[str, Any], *, item_level: bool = False, start: int = T0) -> World:
+    base(w).price("price_a", "prod_seat", 1_000)
+    w.price("price_b", "prod_api", 5_000)
+    w.coupon("co_1", **coupon)
+    sub = w.subscribe("sub_1", "cus_1", [("si_a", "price_a", 4), ("si_b", "price_b", 1)], T0)
+    d = w.discount("co_1", start, customer="cus_1", subscription="sub_1",
+                   subscription_item="si_a" if item_level else None)
+    if item_level:
+        sub["items"]["data"][0]["discounts"] = [d["id"]]
+    else:
+        sub["discounts"] = [d["id"]]
+    return w
+
+
+def test_forever_coupon(world: World, derive: Derive) -> None:
+    con = derive(discounted(world, {"percent_off": 25, "duration": "forever"}), seen_at=month(6))
+    assert customer_mrr_at(con, "cus_1", month(5)) == Decimal("67.5000")
+    row = item_rows(con, "si_a")[0]
+    assert row["mrr_undiscounted"] == Decimal("40") and row["discount_factor"] == Decimal("0.75")
+
+
+def test_repeating_coupon_ends(world: World, derive: Derive) -> None:
+    con = derive(discounted(world, {"percent_off": 20, "duration": "repeating", "duration_in_months": 3}),
+                 seen_at=month(6))
+    assert customer_mrr_at(con, "cus_1", month(3) - 1) == Decimal("72.0000")
+    assert customer_mrr_at(con, "cus_1", month(3)) == Decimal("90.0000")
+
+
+def test_discount_starting_later(world: World, derive: Derive) -> None:
+    con = derive(discounted(world, {"percent_off": 50, "duration": "forever"}, start=month(2, 5)),
+                 seen_at=month(6))
+    assert customer_mrr_at(con, "cus_1", month(2, 5) - 1) == Decimal("90.0000")
+    assert customer_mrr_at(con, "cus_1", month(2, 5)) == Decimal("45.0000")
+
+
+def test_once_coupon_no_mrr(world: World, derive: Derive) -> None:
+    con = derive(discounted(world, {"percent_off": 50, "duration": "once"}), seen_at=month(2))
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("90.0000")
+
+
+def test_item_level_discount_only_that_item(world: World, derive: Derive) -> None:
+    con = derive(discounted(world, {"percent_off": 50, "duration": "forever"}, item_level=True), seen_at=month(2))
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("70.0000")
+    assert item_rows(con, "si_b")[0]["mrr_original"] == Decimal("50")
+
+
+def test_amount_off_shared_and_capped(world: World, derive: Derive) -> None:
+    con = derive(discounted(world, {"amount_off": 1_500, "currency": "usd", "duration": "forever"}),
+                 seen_at=month(2))
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("75.0000")
+    parts = [item_rows(con, i)[0]["mrr_original"] for i in ("si_a", "si_b")]
+    assert sum(parts) == Decimal("75")
+
+
+def test_amount_off_never_below_zero(world: World, derive: Derive) -> None:
+    con = derive(discounted(world, {"amount_off": 50_000, "currency": "usd", "duration": "forever"}),
+                 seen_at=month(2))
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == 0
+
+
+def test_discount_removed_early_by_event(world: World, derive: Derive) -> None:
+    discounted(world, {"percent_off": 10, "duration": "forever"})
+    world.update("sub_1", month(1, 10), discounts=[])
+    con = derive(world, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(1, 10) - 1) == Decimal("81.0000")
+    assert customer_mrr_at(con, "cus_1", month(1, 10)) == Decimal("90.0000")
+
+
+# --- status -------------------------------------------------------------------------------------------
+
+def simple(w: World, **kw: Any) -> World:
+    base(w).price("price_a", "prod_seat", 2_500)
+    w.subscribe("sub_1", "cus_1", [("si_1", "price_a", 2)], T0, **kw)
+    return w
+
+
+def test_trial_counts_zero(world: World, derive: Derive) -> None:
+    simple(world, trial_end=T0 + 14 * DAY)
+    world.update("sub_1", T0 + 14 * DAY, status="active")
+    con = derive(world, seen_at=month(2))
+    assert customer_mrr_at(con, "cus_1", T0 + DAY) == 0
+    assert customer_mrr_at(con, "cus_1", T0 + 14 * DAY) == Decimal("50.0000")
+
+
+def test_trial_from_snapshot_dates_without_events(world: World, derive: Derive) -> None:
+    simple(world, trial_end=T0 + 14 * DAY)
+    world.update("sub_1", T0 + 14 * DAY, status="active")
+    world.cycle("sub_1", month(1))
+    con = derive(world, seen_at=month(1, 2), events=False)
+    assert customer_mrr_at(con, "cus_1", T0 + DAY) == 0
+    assert customer_mrr_at(con, "cus_1", T0 + 14 * DAY) == Decimal("50.0000")
+
+
+@pytest.mark.parametrize(("counts", "expected"), [pytest.param(True, Decimal("50.0000"), id="past-due-counts"),
+                                                  pytest.param(False, Decimal("0"), id="past-due-excluded")])
+def test_past_due(world: World, derive: Derive, counts: bool, expected: Decimal) -> None:
+    simple(world)
+    world.update("sub_1", month(1, 1), status="past_due")
+    world.update("sub_1", month(1, 9), status="active")
+    con = derive(world, seen_at=month(2), past_due_counts=counts)
+    assert customer_mrr_at(con, "cus_1", month(1, 2)) == expected
+    assert customer_mrr_at(con, "cus_1", month(1, 10)) == Decimal("50.0000")
+
+
+def test_unpaid_zero_from_transition(world: World, derive: Derive) -> None:
+    simple(world)
+    world.update("sub_1", month(1, 1), status="past_due")
+    world.update("sub_1", month(1, 15), status="unpaid")
+    world.update("sub_1", month(2), event=False, canceled_at=month(2),
+                 cancellation_details={"reason": "payment_failed", "feedback": None, "comment": None})
+    world.end("sub_1", month(2))
+    con = derive(world, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(1, 15) - 1) == Decimal("50.0000")
+    assert customer_mrr_at(con, "cus_1", month(1, 15)) == 0
+    rows = item_rows(con, "si_1")
+    drop = [r for r in rows if r["valid_from"] == month(1, 15)]
+    assert drop and drop[0]["status"] == "unpaid" and drop[0]["churn_type"] == "involuntary"
+    # the later deletion is no second change of MRR
+    assert all(r["mrr_original"] == 0 for r in rows if r["valid_from"] >= month(1, 15))
+
+
+def test_incomplete_and_paused_count_zero(world: World, derive: Derive) -> None:
+    simple(world)
+    world.update("sub_1", month(1), status="paused")
+    world.update("sub_1", month(2), status="active")
+    con = derive(world, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(1, 1)) == 0
+    assert customer_mrr_at(con, "cus_1", month(2, 1)) == Decimal("50.0000")
+
+
+@pytest.mark.parametrize(("keeps", "expected"), [pytest.param(True, Decimal("50.0000"), id="pause-collection-keeps-mrr"),
+                                                 pytest.param(False, Decimal("0"), id="pause-collection-excluded")])
+def test_pause_collection(world: World, derive: Derive, keeps: bool, expected: Decimal) -> None:
+    simple(world)
+    world.update("sub_1", month(1, 3), pause_collection={"behavior": "void", "resumes_at": None})
+    world.update("sub_1", month(2, 3), pause_collection=None)
+    con = derive(world, seen_at=month(3), pause_collection_keeps_mrr=keeps)
+    assert customer_mrr_at(con, "cus_1", month(1, 4)) == expected
+    assert customer_mrr_at(con, "cus_1", month(2, 4)) == Decimal("50.0000")
+
+
+def test_cancel_at_period_end_churns_at_end(world: World, derive: Derive) -> None:
+    simple(world)
+    world.cycle("sub_1", month(1))
+    world.cancel("sub_1", month(1, 10), ended_at=month(2), feedback="too_expensive", comment="pricey")
+    con = derive(world, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(2) - 1) == Decimal("50.0000")
+    assert customer_mrr_at(con, "cus_1", month(2)) == 0
+    last = item_rows(con, "si_1")[-1]
+    assert (last["valid_from"], last["status"], last["churn_type"], last["cancellation_feedback"]) == (
+        month(2), "canceled", "voluntary", "too_expensive")
+
+
+def test_churn_recognition_canceled(world: World, derive: Derive) -> None:
+    simple(world)
+    world.cancel("sub_1", month(1, 10), ended_at=month(2))
+    con = derive(world, seen_at=month(3), churn_recognition="canceled")
+    assert customer_mrr_at(con, "cus_1", month(1, 10) - 1) == Decimal("50.0000")
+    assert customer_mrr_at(con, "cus_1", month(1, 10)) == 0
+
+
+def test_immediate_cancel_payment_failed_is_involuntary(world: World, derive: Derive) -> None:
+    simple(world)
+    world.cancel("sub_1", month(1, 5), reason="payment_failed")
+    con = derive(world, seen_at=month(2))
+    assert customer_mrr_at(con, "cus_1", month(1, 5)) == 0
+    assert item_rows(con, "si_1")[-1]["churn_type"] == "involuntary"
+
+
+# --- what is not MRR ----------------------------------------------------------------------------------
+
+def test_tax_excluded(world: World, derive: Derive) -> None:
+    """Exclusive tax is outside MRR; an inclusive tax inside a metered line's amount is taken out."""
+    metered_world(world)
+    inv = list(world.objects["invoices"].values())[-1]
+    line = next(ln for ln in inv["lines"]["data"] if ln["parent"]["subscription_item_details"]["subscription_item"] == "si_m")
+    line["taxes"] = [{"amount": 1_250, "tax_behavior": "inclusive", "taxability_reason": "standard_rated",
+                      "type": "tax_rate_details"}]
+    inv["total"] += 999  # an exclusive tax on the invoice changes nothing
+    con = derive(world, seen_at=month(2, 3))
+    assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("70.0000")
+
+
+def test_proration_not_mrr(world: World, derive: Derive) -> None:
+    base(world).price("price_a", "prod_seat", 1_000)
+    world.price("price_b", "prod_seat", 3_000)
+    world.subscribe("sub_1", "cus_1", [("si_1", "price_a", 2)], T0)
+    world.update("sub_1", month(0, 15), items=[("si_1", "price_b", 2)])
+    con = derive(world, seen_at=month(1))
+    assert customer_mrr_at(con, "cus_1", month(0, 16)) == Decimal("60.0000")
+    assert world.objects["invoices"] and any(
+        ln["parent"]["subscription_item_details"]["proration"]
+        for inv in world.objects["invoices"].values() for ln in inv["lines"]["data"])
+
+
+def test_one_time_price_not_mrr(world: World, derive: Derive) -> None:
+    base(world).price("price_a", "prod_seat", 1_000)
+    world.price("price_setup", "prod_seat", 50_000, interval=None)
+    world.subscribe("sub_1", "cus_1", [("si_1", "price_a", 1)], T0)
+    sub = world.objects["subscriptions"]["sub_1"]
+    sub["items"]["data"].append({**sub["items"]["data"][0], "id": "si_2",
+                                 "price": world.objects["prices"]["price_setup"]})
+    con = derive(world, seen_at=month(1))
+    assert customer_mrr_at(con, "cus_1", month(0, 20)) == Decimal("10.0000")
+
+
+# --- currencies ---------------------------------------------------------------------------------------
+
+def test_fx_converted_and_rounded_once(world: World, derive: Derive) -> None:
+    base(world, currency="eur").price("price_e", "prod_seat", 1_001, currency="eur", interval="year")
+    world.subscribe("sub_1", "cus_1", [("si_1", "price_e", 7)], T0)
+    world.fx_rates.append(("2023-12-01", "eur", 1.08))
+    con = derive(world, seen_at=month(1))
+    # 1001 × 7 / 12 cents = 583.9166… EUR cents; × 1.08 / 100 = 6.30630 → 6.3063
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("6.3063")
+
+
+def test_fx_rate_change_moves_mrr(world: World, derive: Derive) -> None:
+    base(world, currency="eur").price("price_e", "prod_seat", 10_000, currency="eur")
+    world.subscribe("sub_1", "cus_1", [("si_1", "price_e", 1)], T0)
+    world.fx_rates += [("2023-12-01", "eur", 1.08), ("2024-02-01", "eur", 1.10)]
+    con = derive(world, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(1) - 1) == Decimal("108.0000")
+    assert customer_mrr_at(con, "cus_1", month(1)) == Decimal("110.0000")
+
+
+def test_missing_fx_rate_error(world: World, derive: Derive) -> None:
+    base(world, currency="gbp").price("price_g", "prod_seat", 10_000, currency="gbp")
+    world.subscribe("sub_1", "cus_1", [("si_1", "price_g", 1)], T0)
+    world.fx_rates.append(("2024-03-01", "gbp", 1.27))  # too late for January
+    with pytest.raises(DataError) as err:
+        derive(world, seen_at=month(3))
+    message = str(err.value)
+    assert "gbp" in message and "2024-01-01" in message and "fx_rates" in message
+    assert "\n" not in message
+
