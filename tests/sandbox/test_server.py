@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -644,3 +649,102 @@ def test_advance_and_stats_endpoints(mini: RunningSandbox, tmp_path: Path) -> No
     assert stats["by_path"]["/v1/customers/{id}"]["404"] == 1
     assert stats["by_path"]["/_sandbox/advance"] == {"401": 1, "200": 1, "400": 1}
     assert mini.stats()["requests"] == stats["requests"] + 1
+
+
+# --- the real simulation through the SDK ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real() -> Iterator[RunningSandbox]:
+    sim_module = pytest.importorskip("stripe_churn.sandbox.sim")
+    with start_in_thread(sim_module.Simulation(customers=60, months=12, seed=3), api_key=KEY) as sandbox:
+        yield sandbox
+
+
+def _sdk_list(sb: RunningSandbox, resource: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    service = getattr(client(sb).v1, resource)
+    return [o.to_dict(for_json=True) for o in service.list({"limit": 100, **params}).auto_paging_iter()]
+
+
+def test_sdk_walks_every_list_of_a_simulation_exactly(real: RunningSandbox) -> None:
+    sim = real.sim
+    for resource in ("customers", "products", "coupons", "subscriptions", "invoices", "credit_notes", "prices"):
+        objs = sim.objects[resource]
+        if resource == "subscriptions":
+            got = _sdk_list(real, resource, {"status": "all"})
+        elif resource == "prices":
+            got = _sdk_list(real, resource, {"active": "true"}) + _sdk_list(real, resource, {"active": "false"})
+            got.sort(key=lambda p: expected_order(objs).index(p["id"]))
+        else:
+            got = _sdk_list(real, resource, {})
+        assert [o["id"] for o in got] == expected_order(objs), resource
+        assert got == [served(objs[o["id"]]) for o in got], resource
+        assert got, resource
+    events = _sdk_list(real, "events", {})
+    want = [e for e in reversed(sim.events) if e["created"] >= sim.clock - 30 * DAY]
+    assert [e["id"] for e in events] == [e["id"] for e in want]
+    plain = [orjson.loads(orjson.dumps(e)) for e in want]
+    for got_evt, want_evt in zip(events, plain, strict=True):
+        obj = want_evt["data"]["object"]
+        assert got_evt["data"]["object"] == served(obj) and got_evt["type"] == want_evt["type"]
+
+
+def test_every_subscription_item_and_invoice_line_is_reachable(real: RunningSandbox) -> None:
+    sim = real.sim
+    sdk = client(real)
+    for sub in sim.objects["subscriptions"].values():
+        if sub.get("deleted"):
+            continue
+        got = [i.id for i in sdk.v1.subscription_items.list({"subscription": sub["id"], "limit": 3})
+               .auto_paging_iter()]
+        assert got == [i["id"] for i in sub["items"]["data"]]
+    longest = max((i for i in sim.objects["invoices"].values() if not i.get("deleted")),
+                  key=lambda i: len(i["lines"]["data"]))
+    got = [ln.id for ln in sdk.v1.invoices.line_items.list(longest["id"], {"limit": 2}).auto_paging_iter()]
+    assert got == [ln["id"] for ln in longest["lines"]["data"]]
+
+
+def test_legacy_global_api_auto_paging(real: RunningSandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stripe, "api_key", KEY)
+    monkeypatch.setattr(stripe, "api_base", real.url)
+    got = [s.id for s in stripe.Subscription.list(status="all", limit=7).auto_paging_iter()]
+    assert got == expected_order(real.sim.objects["subscriptions"])
+
+
+def test_fx_rates_endpoint(real: RunningSandbox) -> None:
+    from stripe_churn.sandbox.fx import SANDBOX_FX_RATES
+
+    rows = httpx.get(real.url + "/_sandbox/fx_rates", timeout=10).json()
+    assert {r["currency"]: r["rate"] for r in rows} == {c: float(v) for c, v in SANDBOX_FX_RATES.items()}
+    assert len({r["date"] for r in rows}) == 1
+
+
+def test_cli_sandbox_prints_the_url_first_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    pytest.importorskip("stripe_churn.sandbox.sim")
+    truth = tmp_path / "truth.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "STRIPE_API_KEY"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stripe_churn", "sandbox", "--port", "0", "--customers", "15", "--months", "3",
+         "--api-key", KEY, "--truth-out", str(truth)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and int(url.rsplit(":", 1)[1]) > 0
+        account = httpx.get(url + "/v1/account", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+        assert account.status_code == 200 and account.json()["object"] == "account"
+        rows = [json.loads(line) for line in truth.read_text().splitlines()]
+        assert rows and {"customer_id", "subscription_id", "occurred_at", "movement", "category", "mrr_delta",
+                         "currency"} <= set(rows[0])
+        adv = httpx.post(url + "/_sandbox/advance?months=1", headers={"Authorization": f"Bearer {KEY}"},
+                         timeout=60)
+        assert adv.status_code == 200
+        assert len(truth.read_text().splitlines()) == adv.json()["truth_total"]
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert KEY not in err
