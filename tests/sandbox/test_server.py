@@ -531,6 +531,20 @@ def test_keep_alive_serves_many_requests_on_one_connection(mini: RunningSandbox)
             assert orjson.loads(fh.read(length))["object"] == "list"
 
 
+
+def test_sdk_async_client_pages_concurrently(mini: RunningSandbox) -> None:
+    sdk = client(mini)
+
+    async def walk() -> list[list[str]]:
+        async def one(resource: str) -> list[str]:
+            page = await getattr(sdk.v1, resource).list_async({"limit": 4})
+            return [o.id async for o in page.auto_paging_iter()]
+
+        return await asyncio.gather(*(one(r) for r in ("customers", "invoices", "credit_notes")))
+
+    got = asyncio.run(walk())
+    assert got == [expected_order(mini.sim.objects[r]) for r in ("customers", "invoices", "credit_notes")]
+
 # --- rate limit, faults, latency --------------------------------------------------------------------
 
 
