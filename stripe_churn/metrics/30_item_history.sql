@@ -68,9 +68,9 @@ FROM (
 )
 GROUP BY ALL;
 
--- Steps: from `at` on, the item is (present, price, quantity) until its next step. `prio` breaks ties at
+-- Steps: from `moment` on, the item is (present, price, quantity) until its next step. `prio` breaks ties at
 -- the same moment (observations over invoices; a later invoice over an earlier one; present over absent).
-CREATE OR REPLACE TABLE derived_item_steps AS
+CREATE OR REPLACE TABLE derived_invoice_item_steps AS
 WITH line_steps AS (
     SELECT account_id, subscription_id, subscription_item_id, period_start AS moment, true AS present,
            price_id, quantity, 'invoice' AS source, NULL AS source_event_id, invoice_id AS source_invoice_id,
@@ -98,9 +98,12 @@ ends AS (
     JOIN derived_items_known k USING (account_id, subscription_id, subscription_item_id)
     WHERE NOT k.in_obs AND NOT l.is_credit
     GROUP BY ALL
-),
-before_coverage AS (
-    SELECT s.* FROM (SELECT * FROM line_steps UNION ALL SELECT * FROM removals UNION ALL SELECT * FROM ends) s
+)
+SELECT * FROM line_steps UNION ALL SELECT * FROM removals UNION ALL SELECT * FROM ends;
+
+CREATE OR REPLACE TABLE derived_item_steps AS
+WITH before_coverage AS (
+    SELECT s.* FROM derived_invoice_item_steps s
     JOIN derived_coverage c USING (account_id)
     WHERE s.moment < c.coverage_start
 ),

@@ -4,16 +4,20 @@
 
 CREATE OR REPLACE TABLE derived_data_quality AS
 -- an invoice line billed inside event coverage disagrees with the state the events give (events win)
-WITH overlap AS (
-    SELECT l.account_id, l.line_id, l.invoice_id, l.subscription_id, l.subscription_item_id, l.price_id,
-           l.quantity, l.period_start >= c.coverage_start AS inside, greatest(l.period_start, c.coverage_start) AS moment
+WITH inside AS (
+    -- lines whose period starts inside coverage, against the history at that moment
+    SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.price_id, l.quantity, l.period_start AS moment,
+           h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item
     FROM derived_invoice_lines l
     JOIN derived_coverage c USING (account_id)
     JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
-    WHERE c.has_events AND l.period_end > c.coverage_start AND NOT l.is_credit AND NOT l.proration
+    LEFT JOIN derived_item_history h
+      ON h.account_id = l.account_id AND h.subscription_item_id = l.subscription_item_id
+     AND h.valid_from <= l.period_start AND (h.valid_to IS NULL OR l.period_start < h.valid_to)
+    WHERE c.has_events AND l.period_start >= c.coverage_start AND NOT l.is_credit AND NOT l.proration
       AND p.usage_type = 'licensed' AND l.subscription_item_id IS NOT NULL
 ),
--- the state at coverage start: the first event's "before" (or "after" for a creation), else the snapshot
+-- at coverage start: the state the invoices give just before it against the one the events give
 start_states AS (
     SELECT account_id, subscription_id, coalesce(before_state, after_state) AS state
     FROM derived_sub_events WHERE seq = 1
@@ -29,20 +33,27 @@ start_items AS (
     FROM (SELECT *, CAST(json_extract(state, '$.items.data[*]') AS JSON[]) AS its FROM start_states) x,
          unnest(x.its) AS u(it)
 ),
+invoice_at_start AS (
+    SELECT s.*, c.coverage_start
+    FROM derived_invoice_item_steps s
+    JOIN derived_coverage c USING (account_id)
+    WHERE c.has_events AND s.moment < c.coverage_start
+    QUALIFY row_number() OVER (PARTITION BY s.account_id, s.subscription_item_id ORDER BY s.moment DESC, s.prio DESC) = 1
+),
+at_start AS (
+    SELECT i.account_id, i.source_invoice_id AS invoice_id, i.subscription_item_id, i.price_id, i.quantity,
+           i.coverage_start AS moment, si.price_id AS h_price, si.quantity AS h_quantity,
+           si.subscription_item_id AS h_item
+    FROM invoice_at_start i
+    JOIN derived_price_terms p ON p.account_id = i.account_id AND p.price_id = i.price_id
+    LEFT JOIN start_items si ON si.account_id = i.account_id AND si.subscription_item_id = i.subscription_item_id
+    WHERE i.present AND p.usage_type = 'licensed'
+      AND EXISTS (SELECT 1 FROM start_states st
+                  WHERE st.account_id = i.account_id AND st.subscription_id = i.subscription_id
+                    AND json_extract_string(st.state, '$.status') NOT IN ('canceled', 'incomplete_expired'))
+),
 compared AS (
-    SELECT o.*, h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item
-    FROM overlap o
-    LEFT JOIN derived_item_history h
-      ON o.inside AND h.account_id = o.account_id AND h.subscription_item_id = o.subscription_item_id
-     AND h.valid_from <= o.moment AND (h.valid_to IS NULL OR o.moment < h.valid_to)
-    WHERE o.inside
-    UNION ALL
-    SELECT o.*, si.price_id, si.quantity, si.subscription_item_id
-    FROM overlap o
-    LEFT JOIN start_items si
-      ON si.account_id = o.account_id AND si.subscription_id = o.subscription_id
-     AND si.subscription_item_id = o.subscription_item_id
-    WHERE NOT o.inside
+    SELECT * FROM inside UNION ALL SELECT * FROM at_start
 )
 SELECT account_id, 'invoice_event_mismatch' AS kind, 'subscription_item' AS object_type,
        subscription_item_id AS object_id, invoice_id AS related_id, moment,

@@ -1,0 +1,194 @@
+"""State history from events, invoices and snapshots (design.md 3), and the runner's guarantees."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from builders import DAY, World, add_months, ts
+from conftest import customer_mrr_at, make_settings
+
+from stripe_churn.errors import DataError
+from stripe_churn.metrics.runner import recompute, sql_steps
+
+T0 = ts(2024, 1, 1)
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+
+def month(n: int, day: int = 0) -> int:
+    return add_months(T0, n) + day * DAY
+
+
+def history_account(w: World) -> World:
+    """Customers whose every change is evidenced on an invoice: at a renewal, or mid-cycle with prorations."""
+    w.product("prod_seat", unit_label="seat", family="core")
+    w.product("prod_addon", unit_label="gb", family="storage")
+    w.price("basic", "prod_seat", 1_000)
+    w.price("pro", "prod_seat", 2_500)
+    w.price("pro_year", "prod_seat", 27_000, interval="year")
+    w.price("storage", "prod_addon", 700)
+    for n in range(1, 6):
+        w.customer(f"cus_{n}")
+    # 1: seats up at a renewal (no proration), then plan upgrade at the next renewal
+    w.subscribe("sub_1", "cus_1", [("si_1", "basic", 2)], T0)
+    w.update("sub_1", month(1), items=[("si_1", "basic", 5)], prorate=False)
+    w.cycle("sub_1", month(1))
+    w.update("sub_1", month(2), items=[("si_1", "pro", 5)], prorate=False)
+    w.cycle("sub_1", month(2))
+    w.cycle("sub_1", month(3))
+    # 2: mid-cycle upgrade with prorations, a cross-sell with prorations, then removal with a credit
+    w.subscribe("sub_2", "cus_2", [("si_2", "basic", 1)], T0 + 3 * DAY)
+    w.update("sub_2", month(0, 12), items=[("si_2", "pro", 1)])
+    w.cycle("sub_2", month(1, 3))
+    w.update("sub_2", month(1, 20), items=[("si_2", "pro", 1), ("si_2b", "storage", 10)])
+    w.cycle("sub_2", month(2, 3))
+    w.update("sub_2", month(2, 9), items=[("si_2", "pro", 1)])
+    w.cycle("sub_2", month(3, 3))
+    # 3: trial, then paying, then canceled at period end
+    w.subscribe("sub_3", "cus_3", [("si_3", "pro", 3)], T0, trial_end=month(0, 14))
+    w.update("sub_3", month(0, 14), status="active")
+    w.invoice_for("sub_3", month(0, 14), "subscription_cycle", period_start=month(0, 14))
+    w.cycle("sub_3", month(1, 14))
+    w.cancel("sub_3", month(2), ended_at=month(2, 14), feedback="unused")
+    # 4: canceled immediately, then a new subscription on the annual plan (a comeback)
+    w.subscribe("sub_4", "cus_4", [("si_4", "basic", 1)], T0)
+    w.cancel("sub_4", month(1))
+    w.subscribe("sub_4b", "cus_4", [("si_4b", "pro_year", 1)], month(2))
+    # 5: quantity down mid-cycle with prorations
+    w.subscribe("sub_5", "cus_5", [("si_5", "pro", 8)], month(0, 5))
+    w.update("sub_5", month(1, 1), items=[("si_5", "pro", 6)])
+    w.cycle("sub_5", month(1, 5))
+    w.cycle("sub_5", month(2, 5))
+    w.cycle("sub_5", month(3, 5))
+    return w
+
+
+def histories(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    return con.execute(
+        "SELECT subscription_item_id, price_id, quantity, CAST(epoch(valid_from) AS BIGINT), "
+        "CAST(epoch(valid_to) AS BIGINT) FROM derived_item_history ORDER BY ALL").fetchall()
+
+
+def levels(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    return con.execute(
+        "SELECT customer_id, CAST(epoch(valid_from) AS BIGINT), CAST(epoch(valid_to) AS BIGINT), mrr "
+        "FROM customer_mrr ORDER BY ALL").fetchall()
+
+
+def test_history_from_invoices_alone_equals_history_from_events(tmp_path: Path) -> None:
+    """Events withheld, the invoices and the snapshot give the same item history and customer MRR."""
+    from stripe_churn.store.db import open_store
+
+    seen = month(3, 10)
+    results = {}
+    for label, events in (("events", True), ("invoices", False)):
+        con = open_store(tmp_path / f"{label}.duckdb")
+        history_account(World()).load(con, seen_at=seen, events=events)
+        recompute(con, make_settings())
+        results[label] = (histories(con), levels(con))
+        con.close()
+    with_events, invoices_only = results["events"], results["invoices"]
+    assert with_events[0], "no history was derived"
+    missing = sorted(set(with_events[0]) - set(invoices_only[0]))
+    extra = sorted(set(invoices_only[0]) - set(with_events[0]))
+    assert not missing and not extra, f"item history differs: only with events {missing}; only from invoices {extra}"
+    assert with_events[1] == invoices_only[1]
+
+
+@pytest.mark.parametrize("window_months", [1, 2, 3])
+def test_events_window_joins_invoice_history(tmp_path: Path, window_months: int) -> None:
+    """Events kept only for the last weeks: the invoice history before and the events after agree."""
+    from stripe_churn.store.db import open_store
+
+    seen = month(3, 10)
+    full = open_store(tmp_path / "full.duckdb")
+    history_account(World()).load(full, seen_at=seen, events=True)
+    recompute(full, make_settings())
+    part = open_store(tmp_path / "part.duckdb")
+    history_account(World()).load(part, seen_at=seen, events=seen - window_months * 30 * DAY)
+    recompute(part, make_settings())
+    assert histories(part) == histories(full)
+    assert levels(part) == levels(full)
+    assert part.execute("SELECT count(*) FROM data_quality").fetchone() == (0,)
+
+
+def test_events_win_and_disagreement_recorded(world: World, derive: Derive) -> None:
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 1_000)
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    world.update("sub_1", month(1), items=[("si_1", "basic", 5)], prorate=False)
+    inv = world.cycle("sub_1", month(1))
+    inv["lines"]["data"][0]["quantity"] = 4  # the invoice says 4 seats, the events 5
+    con = derive(world, seen_at=month(1, 5))
+    assert customer_mrr_at(con, "cus_1", month(1, 1)) == 50
+    rows = con.execute("SELECT kind, object_id, related_id, detail FROM data_quality").fetchall()
+    assert [(r[0], r[1], r[2]) for r in rows] == [("invoice_event_mismatch", "si_1", inv["id"])]
+    assert "events were used" in rows[0][3]
+
+
+def test_snapshot_change_missed_by_events(world: World, derive: Derive) -> None:
+    """A state in the snapshot that no event explains is a change dated at the snapshot, and reported."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 1_000)
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    world.update("sub_1", month(0, 20), items=[("si_1", "basic", 7)], prorate=False, event=False)
+    con = derive(world, seen_at=month(0, 25))
+    assert customer_mrr_at(con, "cus_1", month(0, 25) - 1) == 30
+    assert customer_mrr_at(con, "cus_1", month(0, 25)) == 70
+    kinds = [r[0] for r in con.execute("SELECT kind FROM data_quality").fetchall()]
+    assert kinds == ["snapshot_event_mismatch"]
+
+
+def test_item_removed_mid_cycle_from_credit_line(world: World, derive: Derive) -> None:
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.product("prod_addon", unit_label="gb")
+    world.price("basic", "prod_seat", 1_000)
+    world.price("storage", "prod_addon", 500)
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 1), ("si_2", "storage", 4)], T0)
+    world.update("sub_1", month(0, 10), items=[("si_1", "basic", 1)])
+    world.cycle("sub_1", month(1))
+    con = derive(world, seen_at=month(1, 2), events=False)
+    assert customer_mrr_at(con, "cus_1", month(0, 10) - 1) == 30
+    assert customer_mrr_at(con, "cus_1", month(0, 10)) == 10
+
+
+def test_recompute_is_idempotent(world: World, derive: Derive) -> None:
+    con = derive(history_account(world), seen_at=month(3, 10))
+    tables = ["derived_item_history", "derived_item_mrr", "derived_customer_mrr", "derived_data_quality"]
+
+    def snapshot() -> dict[str, Any]:
+        return {t: con.execute(f"SELECT count(*), md5(string_agg(CAST(x AS VARCHAR), '|' ORDER BY CAST(x AS VARCHAR))) "
+                               f"FROM {t} x").fetchone() for t in tables}
+
+    first = snapshot()
+    recompute(con, make_settings())
+    assert snapshot() == first
+    assert first["derived_customer_mrr"][0] > 0 and first["derived_item_mrr"][0] > 0
+
+
+def test_runner_runs_every_step_in_name_order_and_logs_timing(world: World, derive: Derive,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    names = [n for n, _ in sql_steps()]
+    assert names == sorted(names) and "40_item_mrr.sql" in names
+    with caplog.at_level(logging.DEBUG, logger="stripe_churn.metrics.runner"):
+        derive(history_account(world), seen_at=month(3, 10))
+    logged = [r.args[0] for r in caplog.records if r.levelno == logging.DEBUG and r.args]
+    assert logged == names
+
+
+def test_failed_recompute_leaves_previous_results(world: World, derive: Derive) -> None:
+    con = derive(history_account(world), seen_at=month(3, 10))
+    before = levels(con)
+    world.customer("cus_gbp", currency="gbp")
+    world.price("gbp_plan", "prod_seat", 900, currency="gbp")
+    world.subscribe("sub_gbp", "cus_gbp", [("si_gbp", "gbp_plan", 1)], month(3))
+    with pytest.raises(DataError, match="gbp"):
+        derive(world, seen_at=month(3, 11))
+    assert levels(con) == before
