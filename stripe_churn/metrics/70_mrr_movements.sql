@@ -42,7 +42,7 @@ adjusted AS (
     JOIN totals t USING (account_id, customer_id, t_start)
 ),
 -- where an item row has no source of its own: a row of the same subscription (else of the customer) that
--- started inside the window, else the subscription's last event inside the window
+-- started inside the window, else the subscription's last event (first invoice) inside the window
 window_sources AS (
     SELECT account_id, customer_id, t_start, b_subscription_id AS subscription_id,
            min(b_event_id) FILTER (WHERE b_event_id IS NOT NULL) AS event_id,
@@ -59,6 +59,15 @@ sub_events AS (
     JOIN derived_sub_events e ON e.account_id = t.account_id AND e.moment >= t.t_start AND e.moment <= t.t_end
     JOIN subscriptions s ON s.account_id = e.account_id AND s.id = e.subscription_id
     WHERE s.customer_id = t.customer_id
+    GROUP BY ALL
+),
+sub_invoices AS (
+    SELECT t.account_id, t.customer_id, t.t_start, i.subscription_id,
+           arg_min(i.id, (i.created, i.id)) AS invoice_id
+    FROM derived_transitions t
+    JOIN invoices i ON i.account_id = t.account_id AND i.customer_id = t.customer_id
+                   AND i.created >= t.t_start AND i.created <= t.t_end
+    WHERE i.subscription_id IS NOT NULL AND NOT coalesce(i.deleted, false)
     GROUP BY ALL
 ),
 sub_facts AS (
@@ -107,7 +116,7 @@ SELECT
     END AS churn_type,
     CASE WHEN s.movement = 'cancellation' THEN f.cancellation_feedback END AS cancellation_feedback,
     coalesce(s.own_event_id, ws.event_id, se.event_id, wc.event_id) AS source_event_id,
-    coalesce(s.own_invoice_id, ws.invoice_id, wc.invoice_id) AS source_invoice_id,
+    coalesce(s.own_invoice_id, ws.invoice_id, si.invoice_id, wc.invoice_id) AS source_invoice_id,
     -- internal columns (not in the mrr_movements view)
     s.t_end,
     s.kind AS transition_kind,
@@ -123,6 +132,9 @@ LEFT JOIN window_sources wc
 LEFT JOIN sub_events se
     ON se.account_id = s.account_id AND se.customer_id = s.customer_id AND se.t_start = s.t_start
    AND se.subscription_id = s.subscription_id
+LEFT JOIN sub_invoices si
+    ON si.account_id = s.account_id AND si.customer_id = s.customer_id AND si.t_start = s.t_start
+   AND si.subscription_id = s.subscription_id
 LEFT JOIN sub_facts f ON f.account_id = s.account_id AND f.subscription_id = s.subscription_id;
 
 CREATE OR REPLACE VIEW mrr_movements AS

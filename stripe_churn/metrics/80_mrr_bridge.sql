@@ -46,7 +46,9 @@ coalesce(CASE
     WHEN kind = 'currency' THEN currency
     WHEN kind = 'country' THEN country
     WHEN kind = 'size_band' THEN mrr_size_band(mrr)
-    WHEN starts_with(kind, 'metadata.') THEN json_extract_string(customer_raw, '$.metadata.' || substr(kind, 10))
+    WHEN starts_with(kind, 'metadata.') THEN json_extract_string(
+        customer_raw, '$.metadata."' || replace(CASE WHEN starts_with(kind, 'metadata.') THEN substr(kind, 10)
+                                                     ELSE 'none' END, '"', '') || '"')
     ELSE error('unknown segment kind ' || kind || ': use family, plan, product, currency, country, size_band '
                || 'or metadata.<key>')
 END, '(none)');

@@ -1,0 +1,40 @@
+-- scheduled_churn (design.md 4 and 7): subscriptions set to cancel (cancel_at_period_end, or a cancel_at)
+-- that have not ended yet, with the MRR at stake (their current MRR) and the date the cancellation takes
+-- effect. Inputs: derived_subs, derived_item_mrr, derived_fx_days, derived_settings.
+
+CREATE OR REPLACE VIEW scheduled_churn AS
+WITH
+cfg AS (SELECT lower(reporting_currency) AS rep FROM derived_settings),
+pending AS (
+    SELECT s.*,
+           coalesce(s.cancel_at,
+                    (SELECT max(ts_of(json_extract_string(it, '$.current_period_end')))
+                     FROM unnest(CAST(json_extract(s.state, '$.items.data[*]') AS JSON[])) AS u(it))) AS effective_at
+    FROM derived_subs s
+    WHERE s.ended_at IS NULL AND coalesce(s.status, '') NOT IN ('canceled', 'incomplete_expired')
+      AND (s.cancel_at_period_end OR s.cancel_at IS NOT NULL)
+),
+current_items AS (
+    SELECT i.account_id, i.subscription_id, i.currency, i.mrr_original,
+           CAST(timezone('UTC', now()) AS DATE) AS today
+    FROM derived_item_mrr i
+    WHERE i.valid_to IS NULL
+),
+valued AS (
+    SELECT c.account_id, c.subscription_id, any_value(c.currency) AS currency,
+           sum(c.mrr_original) AS mrr_original,
+           sum(c.mrr_original * CASE WHEN c.currency = cfg.rep THEN 1 ELSE r.rate END) AS mrr
+    FROM current_items c
+    CROSS JOIN cfg
+    ASOF LEFT JOIN derived_fx_days r ON r.currency = c.currency AND c.today >= r.from_date
+    GROUP BY ALL
+)
+SELECT p.account_id, p.customer_id, p.subscription_id, p.effective_at AS cancel_at, p.cancel_at_period_end,
+       p.canceled_at, p.status,
+       CAST(round(coalesce(v.mrr, 0), 4) AS DECIMAL(18, 4)) AS mrr_at_stake,
+       coalesce(v.currency, p.currency) AS currency,
+       CAST(round(coalesce(v.mrr_original, 0), 4) AS DECIMAL(18, 4)) AS mrr_at_stake_original,
+       p.cancellation_reason, p.cancellation_feedback, p.cancellation_comment
+FROM pending p
+LEFT JOIN valued v USING (account_id, subscription_id)
+ORDER BY cancel_at, subscription_id;

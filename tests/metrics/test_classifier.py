@@ -1,0 +1,436 @@
+"""One named test per rule of design.md 5 (the movement classifier), on hand-built Stripe accounts.
+
+Each case builds a small account with tests/metrics/builders.py, runs the whole pipeline, and compares the
+customer's rows of ``mrr_movements`` (time, movement, category, delta, item) with the answer worked out by
+hand. Every case also checks the invariants: the rows of one transition add up to the change of the
+customer's MRR, and one transition's MRR after is the next one's MRR before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import pytest
+from builders import DAY, World, add_months, ts
+
+T0 = ts(2024, 1, 1)
+MINUTE = 60
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+Row = tuple[int, str, str, Decimal, str | None]
+
+
+def month(n: int, day: int = 0) -> int:
+    return add_months(T0, n) + day * DAY
+
+
+def base(w: World, currency: str = "usd") -> World:
+    """cus_1 and a catalogue: family core (seat plans), family analytics, family api (metered)."""
+    w.customer("cus_1", currency=currency)
+    w.product("prod_core", unit_label="seat", family="core")
+    w.product("prod_core_addon", unit_label="seat", family="core")
+    w.product("prod_analytics", family="analytics")
+    w.product("prod_api", unit_label="api call", family="api")
+    w.price("core_basic", "prod_core", 1_000, currency=currency)
+    w.price("core_pro", "prod_core", 2_000, currency=currency)
+    w.price("core_monthly", "prod_core", 10_000, currency=currency)
+    w.price("core_annual", "prod_core", 120_000, interval="year", currency=currency)
+    w.price("core_annual_hi", "prod_core", 150_000, interval="year", currency=currency)
+    w.price("addon", "prod_core_addon", 500, currency=currency)
+    w.price("analytics", "prod_analytics", 5_000, currency=currency)
+    w.price("api_metered", "prod_api", None, usage_type="metered", currency=currency)
+    return w
+
+
+def movements(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") -> list[Row]:
+    """The customer's movements as (unix time, movement, category, delta, item), in a stable order."""
+    rows = con.execute(
+        "SELECT CAST(epoch(occurred_at) AS BIGINT), movement, category, mrr_delta, subscription_item_id "
+        "FROM mrr_movements WHERE customer_id = ? ORDER BY occurred_at, movement, subscription_item_id",
+        [customer]).fetchall()
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def check_invariants(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") -> None:
+    """Rows of a transition add up to its change; transitions chain; categories match signs."""
+    per = con.execute(
+        "SELECT CAST(epoch(occurred_at) AS BIGINT) AS t, any_value(mrr_before), any_value(mrr_after), "
+        "sum(mrr_delta), count(DISTINCT mrr_before), count(DISTINCT mrr_after) FROM mrr_movements "
+        "WHERE customer_id = ? GROUP BY t ORDER BY t", [customer]).fetchall()
+    previous_after = Decimal(0)
+    for at, before, after, total, n_before, n_after in per:
+        assert n_before == 1 and n_after == 1, f"rows at {at} disagree on mrr_before/mrr_after"
+        assert total == after - before, f"rows at {at} add up to {total}, customer changed by {after - before}"
+        assert before == previous_after, f"transition at {at} starts at {before}, previous ended at {previous_after}"
+        previous_after = after
+    bad = con.execute(
+        "SELECT movement, category, mrr_delta FROM mrr_movements WHERE customer_id = ? AND NOT ("
+        "(category IN ('new', 'reactivation', 'expansion') AND mrr_delta > 0) OR "
+        "(category IN ('churn', 'contraction') AND mrr_delta < 0) OR category = 'fx')", [customer]).fetchall()
+    assert not bad, f"category and sign disagree: {bad}"
+
+
+# --- the cases: each returns (world, seen_at, expected rows) -------------------------------------------
+
+Case = tuple[World, int, list[Row]]
+
+
+def case_new_multi_family(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3), ("si_a", "analytics", 1)], T0)
+    return w, month(2), [(T0, "new", "new", Decimal("80.0000"), "si_a")]
+
+
+def case_reactivation_other_plan(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.cancel("sub_1", month(2))
+    w.subscribe("sub_2", "cus_1", [("si_a", "analytics", 1)], month(4))
+    return w, month(5), [
+        (T0, "new", "new", Decimal("30.0000"), "si_c"),
+        (month(2), "cancellation", "churn", Decimal("-30.0000"), "si_c"),
+        (month(4), "reactivation", "reactivation", Decimal("50.0000"), "si_a"),
+    ]
+
+
+def case_cancellation_voluntary(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_pro", 2)], T0)
+    w.cancel("sub_1", month(3, 5), feedback="too_expensive", comment="budget cut")
+    return w, month(4), [
+        (T0, "new", "new", Decimal("40.0000"), "si_c"),
+        (month(3, 5), "cancellation", "churn", Decimal("-40.0000"), "si_c"),
+    ]
+
+
+def case_cancellation_involuntary_unpaid(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.update("sub_1", month(1, 1), status="past_due")
+    w.update("sub_1", month(1, 15), status="unpaid")
+    w.end("sub_1", month(2))  # the later deletion is no second movement
+    return w, month(3), [
+        (T0, "new", "new", Decimal("30.0000"), "si_c"),
+        (month(1, 15), "cancellation", "churn", Decimal("-30.0000"), "si_c"),
+    ]
+
+
+def case_upgrade_with_seats(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.update("sub_1", month(1, 10), items=[("si_c", "core_pro", 5)])
+    # plan part = MRR(pro, 3) - MRR(basic, 3) = 60 - 30; quantity part = MRR(pro, 5) - MRR(pro, 3) = 100 - 60
+    return w, month(2), [
+        (T0, "new", "new", Decimal("30.0000"), "si_c"),
+        (month(1, 10), "seat_expansion", "expansion", Decimal("40.0000"), "si_c"),
+        (month(1, 10), "upgrade", "expansion", Decimal("30.0000"), "si_c"),
+    ]
+
+
+def case_downgrade_plan(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_pro", 4)], T0)
+    w.update("sub_1", month(1, 10), items=[("si_c", "core_basic", 4)])
+    return w, month(2), [
+        (T0, "new", "new", Decimal("80.0000"), "si_c"),
+        (month(1, 10), "downgrade", "contraction", Decimal("-40.0000"), "si_c"),
+    ]
+
+
+def case_cross_sell(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.update("sub_1", month(1, 10), items=[("si_c", "core_basic", 3), ("si_a", "analytics", 1)])
+    return w, month(2), [
+        (T0, "new", "new", Decimal("30.0000"), "si_c"),
+        (month(1, 10), "cross_sell", "expansion", Decimal("50.0000"), "si_a"),
+    ]
+
+
+def case_family_removed_downgrade(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3), ("si_a", "analytics", 1)], T0)
+    w.update("sub_1", month(1, 10), items=[("si_c", "core_basic", 3)])
+    return w, month(2), [
+        (T0, "new", "new", Decimal("80.0000"), "si_a"),
+        (month(1, 10), "downgrade", "contraction", Decimal("-50.0000"), "si_a"),
+    ]
+
+
+def case_seat_expansion(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.update("sub_1", month(1, 10), items=[("si_c", "core_basic", 5)])
+    w.update("sub_1", month(2, 10), items=[("si_c", "core_basic", 2)])
+    return w, month(3), [
+        (T0, "new", "new", Decimal("30.0000"), "si_c"),
+        (month(1, 10), "seat_expansion", "expansion", Decimal("20.0000"), "si_c"),
+        (month(2, 10), "seat_contraction", "contraction", Decimal("-30.0000"), "si_c"),
+    ]
+
+
+def case_resource_expansion_metered(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 1), ("si_m", "api_metered", None)], T0)
+    w.cycle("sub_1", month(1), usage={"si_m": 5_000})
+    w.cycle("sub_1", month(2), usage={"si_m": 7_250})
+    w.cycle("sub_1", month(3), usage={"si_m": 6_000})
+    return w, month(3, 5), [
+        (T0, "new", "new", Decimal("10.0000"), "si_c"),
+        (month(1), "resource_expansion", "expansion", Decimal("50.0000"), "si_m"),
+        (month(2), "resource_expansion", "expansion", Decimal("22.5000"), "si_m"),
+        (month(3), "resource_contraction", "contraction", Decimal("-12.5000"), "si_m"),
+    ]
+
+
+def case_added_item_kept_family(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.update("sub_1", month(1, 10), items=[("si_c", "core_basic", 3), ("si_x", "addon", 2)])
+    w.update("sub_1", month(2, 10), items=[("si_c", "core_basic", 3)])
+    return w, month(3), [
+        (T0, "new", "new", Decimal("30.0000"), "si_c"),
+        (month(1, 10), "seat_expansion", "expansion", Decimal("10.0000"), "si_x"),
+        (month(2, 10), "seat_contraction", "contraction", Decimal("-10.0000"), "si_x"),
+    ]
+
+
+def case_cancel_resubscribe_within_window(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_1", "core_basic", 3)], T0)
+    w.cancel("sub_1", month(1, 10))
+    w.subscribe("sub_2", "cus_1", [("si_2", "core_pro", 3)], month(1, 10) + 2 * MINUTE)
+    # one transition dated at the cancellation: removed basic and added pro of family core are one switch
+    return w, month(2), [
+        (T0, "new", "new", Decimal("30.0000"), "si_1"),
+        (month(1, 10), "upgrade", "expansion", Decimal("30.0000"), "si_2"),
+    ]
+
+
+def case_window_anchored(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_c", "core_basic", 4)])
+    w.update("sub_1", t + 40 * MINUTE, items=[("si_c", "core_basic", 5)])
+    w.update("sub_1", t + 80 * MINUTE, items=[("si_c", "core_basic", 6)])
+    # 80 minutes is past the 60-minute window of the first change: a second transition, not a chain
+    return w, month(2), [
+        (T0, "new", "new", Decimal("30.0000"), "si_c"),
+        (t, "seat_expansion", "expansion", Decimal("20.0000"), "si_c"),
+        (t + 80 * MINUTE, "seat_expansion", "expansion", Decimal("10.0000"), "si_c"),
+    ]
+
+
+def case_annual_switch_equal(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_monthly", 1)], T0)
+    w.update("sub_1", month(2), items=[("si_c", "core_annual", 1)])
+    return w, month(3), [(T0, "new", "new", Decimal("100.0000"), "si_c")]
+
+
+def case_annual_switch_higher(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_monthly", 1)], T0)
+    w.update("sub_1", month(2), items=[("si_c", "core_annual_hi", 1)])
+    return w, month(3), [
+        (T0, "new", "new", Decimal("100.0000"), "si_c"),
+        (month(2), "upgrade", "expansion", Decimal("25.0000"), "si_c"),
+    ]
+
+
+def case_discount_start(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0)
+    w.coupon("co_25", percent_off=25, duration="forever")
+    d = w.discount("co_25", month(1, 5), customer="cus_1", subscription="sub_1")
+    w.update("sub_1", month(1, 5), discounts=[d["id"]])
+    return w, month(2), [
+        (T0, "new", "new", Decimal("40.0000"), "si_c"),
+        (month(1, 5), "discount", "contraction", Decimal("-10.0000"), "si_c"),
+    ]
+
+
+def case_coupon_ending(w: World) -> Case:
+    base(w).coupon("co_20", percent_off=20, duration="repeating", duration_in_months=3)
+    d = w.discount("co_20", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0, discounts=[d["id"]])
+    return w, month(4), [
+        (T0, "new", "new", Decimal("32.0000"), "si_c"),
+        (month(3), "discount", "expansion", Decimal("8.0000"), "si_c"),
+    ]
+
+
+def case_fx_only(w: World) -> Case:
+    base(w, currency="eur").subscribe("sub_1", "cus_1", [("si_c", "core_monthly", 1)], T0)
+    w.fx_rates += [("2023-12-01", "eur", 1.08), ("2024-02-01", "eur", 1.10)]
+    return w, month(3), [
+        (T0, "new", "new", Decimal("108.0000"), "si_c"),
+        (ts(2024, 2, 1), "fx", "fx", Decimal("2.0000"), "si_c"),
+    ]
+
+
+def case_trial_lapse(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0, trial_end=T0 + 14 * DAY)
+    w.update("sub_1", T0 + 14 * DAY, status="incomplete_expired")
+    w.end("sub_1", T0 + 14 * DAY + 5 * MINUTE)
+    return w, month(2), []
+
+
+def case_trial_converts(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0, trial_end=T0 + 14 * DAY)
+    w.update("sub_1", T0 + 14 * DAY, status="active")
+    return w, month(2), [(T0 + 14 * DAY, "new", "new", Decimal("30.0000"), "si_c")]
+
+
+def case_churn_at_period_end(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.cancel("sub_1", month(1, 5), ended_at=month(2))
+    return w, month(3), [
+        (T0, "new", "new", Decimal("30.0000"), "si_c"),
+        (month(2), "cancellation", "churn", Decimal("-30.0000"), "si_c"),
+    ]
+
+
+def case_second_subscription_same_family(w: World) -> Case:
+    base(w).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.subscribe("sub_2", "cus_1", [("si_d", "core_pro", 1)], month(1, 3))
+    w.cancel("sub_2", month(2, 3))
+    # another item of a kept family, added and removed while the customer stays
+    return w, month(3), [
+        (T0, "new", "new", Decimal("30.0000"), "si_c"),
+        (month(1, 3), "seat_expansion", "expansion", Decimal("20.0000"), "si_d"),
+        (month(2, 3), "seat_contraction", "contraction", Decimal("-20.0000"), "si_d"),
+    ]
+
+
+def case_one_third_rounding(w: World) -> Case:
+    # three items of 1/3 EUR at 1.00 USD: parts of 0.3333... each; the remainder lands on the largest
+    base(w, currency="eur")
+    w.price("third", "prod_core", 100, interval="month", interval_count=3, currency="eur")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_monthly", 1)], T0)
+    w.update("sub_1", month(1, 2), items=[("si_c", "core_monthly", 1), ("si_1", "third", 1),
+                                          ("si_2", "third", 2), ("si_3", "third", 4)])
+    w.fx_rates.append(("2023-12-01", "eur", 1.0))
+    return w, month(2), [
+        (T0, "new", "new", Decimal("100.0000"), "si_c"),
+        (month(1, 2), "seat_expansion", "expansion", Decimal("0.3333"), "si_1"),
+        (month(1, 2), "seat_expansion", "expansion", Decimal("0.6667"), "si_2"),
+        (month(1, 2), "seat_expansion", "expansion", Decimal("1.3333"), "si_3"),
+    ]
+
+
+CASES = [
+    pytest.param(case_new_multi_family, id="new-multi-family-one-row"),
+    pytest.param(case_reactivation_other_plan, id="reactivation-other-plan"),
+    pytest.param(case_cancellation_voluntary, id="cancellation-voluntary"),
+    pytest.param(case_cancellation_involuntary_unpaid, id="cancellation-involuntary-unpaid"),
+    pytest.param(case_upgrade_with_seats, id="upgrade-with-seats-split"),
+    pytest.param(case_downgrade_plan, id="downgrade-plan"),
+    pytest.param(case_cross_sell, id="cross-sell"),
+    pytest.param(case_family_removed_downgrade, id="family-removed-downgrade"),
+    pytest.param(case_seat_expansion, id="seat-expansion"),
+    pytest.param(case_resource_expansion_metered, id="resource-expansion-metered"),
+    pytest.param(case_added_item_kept_family, id="added-item-kept-family-seat"),
+    pytest.param(case_second_subscription_same_family, id="second-subscription-kept-family"),
+    pytest.param(case_cancel_resubscribe_within_window, id="cancel-resubscribe-within-window"),
+    pytest.param(case_window_anchored, id="window-anchored-not-chained"),
+    pytest.param(case_annual_switch_equal, id="annual-switch-equal-mrr"),
+    pytest.param(case_annual_switch_higher, id="annual-switch-higher-mrr"),
+    pytest.param(case_discount_start, id="discount-start"),
+    pytest.param(case_coupon_ending, id="coupon-ending"),
+    pytest.param(case_fx_only, id="fx-only"),
+    pytest.param(case_trial_lapse, id="trial-lapse-no-movement"),
+    pytest.param(case_trial_converts, id="trial-converts-new"),
+    pytest.param(case_churn_at_period_end, id="churn-at-period-end"),
+    pytest.param(case_one_third_rounding, id="rounding-remainder-on-largest"),
+]
+
+
+@pytest.mark.parametrize("build", CASES)
+def test_rule(world: World, derive: Derive, build: Callable[[World], Case]) -> None:
+    w, seen_at, expected = build(world)
+    con = derive(w, seen_at=seen_at)
+    got = movements(con)
+    assert got == sorted(expected, key=lambda r: (r[0], r[1], r[4] or "")), (
+        "movements differ:\n  got      " + "\n           ".join(map(str, got))
+        + "\n  expected " + "\n           ".join(map(str, expected)))
+    check_invariants(con)
+
+
+# --- what rows carry besides the label ---------------------------------------------------------------
+
+def rows(con: duckdb.DuckDBPyConnection, where: str = "true") -> list[dict[str, Any]]:
+    cur = con.execute(f"SELECT * REPLACE (CAST(epoch(occurred_at) AS BIGINT) AS occurred_at) FROM mrr_movements "
+                      f"WHERE {where} ORDER BY occurred_at, movement")
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def test_cancellation_carries_churn_type_and_feedback(world: World, derive: Derive) -> None:
+    w, seen_at, _ = case_cancellation_voluntary(world)
+    w.customer("cus_2")
+    w.subscribe("sub_2", "cus_2", [("si_z", "core_basic", 1)], T0)
+    w.cancel("sub_2", month(1, 3), reason="payment_failed")
+    con = derive(w, seen_at=seen_at)
+    churn = {r["customer_id"]: r for r in rows(con, "movement = 'cancellation'")}
+    assert churn["cus_1"]["churn_type"] == "voluntary"
+    assert churn["cus_1"]["cancellation_feedback"] == "too_expensive"
+    assert churn["cus_2"]["churn_type"] == "involuntary"
+    assert all(r["churn_type"] is None for r in rows(con, "movement <> 'cancellation'"))
+
+
+def test_unpaid_churn_is_involuntary(world: World, derive: Derive) -> None:
+    w, seen_at, _ = case_cancellation_involuntary_unpaid(world)
+    con = derive(w, seen_at=seen_at)
+    (churn,) = rows(con, "movement = 'cancellation'")
+    assert churn["churn_type"] == "involuntary"
+
+
+def test_every_row_traces_to_stripe(world: World, derive: Derive) -> None:
+    w, seen_at, _ = case_upgrade_with_seats(world)
+    w.update("sub_1", month(2, 4), items=[("si_c", "core_pro", 5), ("si_a", "analytics", 1)])
+    w.cancel("sub_1", month(3, 1))
+    con = derive(w, seen_at=month(4))
+    event_ids = {e["id"] for e in w.events}
+    got = rows(con)
+    assert len(got) == 5
+    for r in got:
+        assert r["subscription_id"] == "sub_1" and r["subscription_item_id"] and r["price_id"] and r["product_id"]
+        assert r["source_event_id"] in event_ids, r
+        assert r["account_id"] == w.account_id
+        assert r["currency"] == "usd"
+
+
+def test_source_ids_point_at_the_change(world: World, derive: Derive) -> None:
+    base(world).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    world.update("sub_1", month(1, 10), items=[("si_c", "core_basic", 5)])
+    upgrade_event = world.events[-1]["id"]
+    con = derive(world, seen_at=month(2))
+    (row,) = rows(con, "movement = 'seat_expansion'")
+    assert row["source_event_id"] == upgrade_event
+    # the proration invoice of that change
+    invoices = [i for i in world.objects["invoices"].values() if i["billing_reason"] == "subscription_update"]
+    assert row["source_invoice_id"] == invoices[0]["id"]
+
+
+def test_amount_delta_original_in_own_currency(world: World, derive: Derive) -> None:
+    base(world, currency="eur").subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    world.update("sub_1", month(1, 10), items=[("si_c", "core_basic", 5)])
+    world.fx_rates.append(("2023-12-01", "eur", 1.08))
+    con = derive(world, seen_at=month(2))
+    got = [(r["movement"], r["currency"], r["amount_delta_original"], r["mrr_delta"]) for r in rows(con)]
+    assert got == [("new", "eur", Decimal("30.0000"), Decimal("32.4000")),
+                   ("seat_expansion", "eur", Decimal("20.0000"), Decimal("21.6000"))]
+
+
+def test_movement_window_setting(world: World, derive: Derive) -> None:
+    w, _, _ = case_cancel_resubscribe_within_window(world)
+    con = derive(w, seen_at=month(2), movement_window_minutes=1)
+    # with a one-minute window the cancellation and the new subscription two minutes later are apart
+    assert [(m[1], m[3]) for m in movements(con)] == [
+        ("new", Decimal("30.0000")), ("cancellation", Decimal("-30.0000")), ("reactivation", Decimal("60.0000"))]
+
+
+def test_view_columns_and_types(world: World, derive: Derive) -> None:
+    w, seen_at, _ = case_upgrade_with_seats(world)
+    con = derive(w, seen_at=seen_at)
+    cols = con.execute("DESCRIBE mrr_movements").fetchall()
+    assert [(c[0], c[1]) for c in cols] == [
+        ("account_id", "VARCHAR"), ("customer_id", "VARCHAR"), ("subscription_id", "VARCHAR"),
+        ("subscription_item_id", "VARCHAR"), ("product_id", "VARCHAR"), ("price_id", "VARCHAR"),
+        ("occurred_at", "TIMESTAMP WITH TIME ZONE"), ("movement", "VARCHAR"), ("category", "VARCHAR"),
+        ("mrr_before", "DECIMAL(18,4)"), ("mrr_after", "DECIMAL(18,4)"), ("mrr_delta", "DECIMAL(18,4)"),
+        ("currency", "VARCHAR"), ("amount_delta_original", "DECIMAL(18,4)"), ("churn_type", "VARCHAR"),
+        ("cancellation_feedback", "VARCHAR"), ("source_event_id", "VARCHAR"), ("source_invoice_id", "VARCHAR"),
+    ]
+    (at,) = con.execute("SELECT strftime(min(occurred_at) AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S') "
+                        "FROM mrr_movements").fetchone() or (None,)
+    assert at == datetime.fromtimestamp(T0, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
