@@ -47,15 +47,34 @@ FROM l
 JOIN inv i USING (account_id, invoice_id)
 WHERE i.billing_reason IN ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription');
 
--- Items as they appear in each observed subscription state.
+-- Items as they appear in each observed subscription state. A snapshot whose embedded item list was cut
+-- short (has_more) takes its items from the subscription_items table rows seen in the same sync.
 CREATE OR REPLACE TABLE derived_obs_items AS
-SELECT o.account_id, o.subscription_id, o.moment, o.source, o.event_id, o.ord,
+WITH obs AS (
+    SELECT *, coalesce(CAST(json_extract(state, '$.items.has_more') AS BOOLEAN), false)
+                  AND source = 'snapshot' AS truncated
+    FROM derived_sub_obs
+),
+embedded AS (
+    SELECT o.account_id, o.subscription_id, o.moment, o.source, o.event_id, o.ord, u.it
+    FROM (SELECT *, CAST(json_extract(state, '$.items.data[*]') AS JSON[]) AS its FROM obs WHERE NOT truncated) o,
+         unnest(o.its) AS u(it)
+),
+listed AS (
+    SELECT o.account_id, o.subscription_id, o.moment, o.source, o.event_id, o.ord, si.raw AS it
+    FROM obs o
+    JOIN subscriptions s ON s.account_id = o.account_id AND s.id = o.subscription_id
+    JOIN subscription_items si
+      ON si.account_id = o.account_id AND si.subscription_id = o.subscription_id
+     AND NOT coalesce(si.deleted, false) AND si.last_seen_at >= s.last_seen_at - INTERVAL 1 HOUR
+    WHERE o.truncated
+)
+SELECT account_id, subscription_id, moment, source, event_id, ord,
        json_extract_string(it, '$.id') AS subscription_item_id,
        ref_id(json_extract(it, '$.price')) AS price_id,
        TRY_CAST(json_extract_string(it, '$.quantity') AS BIGINT) AS quantity,
        ts_of(json_extract_string(it, '$.created')) AS item_created
-FROM (SELECT *, CAST(json_extract(state, '$.items.data[*]') AS JSON[]) AS its FROM derived_sub_obs) o,
-     unnest(o.its) AS u(it);
+FROM (SELECT * FROM embedded UNION ALL SELECT * FROM listed);
 
 -- Every item known per subscription, from any source.
 CREATE OR REPLACE TABLE derived_items_known AS

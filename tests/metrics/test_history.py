@@ -192,3 +192,46 @@ def test_failed_recompute_leaves_previous_results(world: World, derive: Derive) 
     with pytest.raises(DataError, match="gbp"):
         derive(world, seen_at=month(3, 11))
     assert levels(con) == before
+
+
+def month_starts(start: int, end: int) -> list[int]:
+    """The first instant of every UTC month after ``start`` up to ``end``."""
+    from datetime import UTC, datetime
+
+    d = datetime.fromtimestamp(start, tz=UTC)
+    t = ts(d.year, d.month) if d.day == 1 and d.hour == 0 and d.minute == 0 and d.second == 0 else add_months(
+        ts(d.year, d.month), 1)
+    out = []
+    while t <= end:
+        out.append(t)
+        t = add_months(t, 1)
+    return out
+
+
+def test_customer_mrr_matches_simulation_every_month(sim_store: duckdb.DuckDBPyConnection, small_sim: Any) -> None:
+    """customer_mrr at the start of each month equals the simulation's own MRR for every customer."""
+    from decimal import Decimal
+
+    recompute(sim_store, make_settings())
+    first = min(int(s["start_date"]) for s in small_sim.objects["subscriptions"].values() if not s.get("deleted"))
+    moments = month_starts(first, int(small_sim.clock))
+    assert len(moments) >= 3
+    rows = sim_store.execute(
+        "SELECT customer_id, CAST(epoch(valid_from) AS BIGINT), CAST(epoch(valid_to) AS BIGINT), mrr "
+        "FROM customer_mrr").fetchall()
+    by_customer: dict[str, list[tuple[int, int | None, Decimal]]] = {}
+    for cid, vf, vt, mrr in rows:
+        by_customer.setdefault(cid, []).append((vf, vt, mrr))
+    wrong = []
+    checked = 0
+    for at in moments:
+        truth = {c: Decimal(str(round(v, 4))) for c, v in small_sim.customer_mrr(at).items()}
+        ours = {c: next((m for vf, vt, m in spans if vf <= at and (vt is None or at < vt)), Decimal(0))
+                for c, spans in by_customer.items()}
+        for cid in sorted(set(truth) | set(ours)):
+            want, got = truth.get(cid, Decimal(0)), ours.get(cid, Decimal(0))
+            checked += 1
+            if want != got:
+                wrong.append(f"{cid} at {at}: simulation {want}, customer_mrr {got}")
+    assert checked > 0
+    assert not wrong, f"{len(wrong)} of {checked} customer-months disagree:\n" + "\n".join(wrong)
