@@ -1,51 +1,59 @@
 -- State history per subscription item (design.md 3): price and quantity over time, from invoice lines
 -- before event coverage and from the subscription observations (events, snapshot) inside it.
 
--- Subscription invoice lines, flattened once.
+-- Subscription invoice lines, flattened once (each JSON document parsed once, for a list of paths).
 CREATE OR REPLACE TABLE derived_invoice_lines AS
 WITH inv AS (
-    SELECT account_id, id AS invoice_id, created AS invoice_created,
-           json_extract_string(raw, '$.billing_reason') AS billing_reason,
-           json_extract_string(raw, '$.status') AS invoice_status,
-           coalesce(subscription_id,
-                    ref_id(json_extract(raw, '$.parent.subscription_details.subscription'))) AS subscription_id,
-           customer_id
-    FROM invoices
-    WHERE NOT coalesce(deleted, false)
+    SELECT account_id, id AS invoice_id, created AS invoice_created, v[1] AS billing_reason, v[2] AS invoice_status,
+           coalesce(subscription_id, v[3], json_extract_string(v[4], '$.id')) AS subscription_id, customer_id
+    FROM (SELECT *, json_extract_string(raw, ['$.billing_reason', '$.status',
+                                              '$.parent.subscription_details.subscription',
+                                              '$.parent.subscription_details.subscription']) AS v
+          FROM invoices WHERE NOT coalesce(deleted, false))
+    WHERE v[1] IN ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription')
 ),
 l AS (
-    SELECT account_id, id AS line_id, invoice_id, raw,
-           coalesce(json_extract(raw, '$.parent.subscription_item_details'),
-                    json_extract(raw, '$.parent.invoice_item_details')) AS par
+    SELECT account_id, id AS line_id, invoice_id,
+           json_extract(raw, ['$.parent.subscription_item_details', '$.parent.invoice_item_details',
+                              '$.pricing.price_details.price', '$.quantity', '$.period.start', '$.period.end',
+                              '$.amount', '$.taxes']) AS v
     FROM invoice_lines
     WHERE NOT coalesce(deleted, false)
+),
+f AS (
+    SELECT account_id, line_id, invoice_id,
+           CASE WHEN json_type(v[1]) = 'OBJECT' THEN v[1] ELSE v[2] END AS par, ref_id(v[3]) AS price_id,
+           TRY_CAST(json_extract_string(v[4], '$') AS BIGINT) AS quantity,
+           ts_of(json_extract_string(v[5], '$')) AS period_start,
+           ts_of(json_extract_string(v[6], '$')) AS period_end,
+           TRY_CAST(json_extract_string(v[7], '$') AS BIGINT) AS amount,
+           v[8] AS taxes
+    FROM l
 )
 SELECT
-    l.account_id,
-    l.line_id,
-    l.invoice_id,
+    f.account_id,
+    f.line_id,
+    f.invoice_id,
     i.invoice_created,
     i.billing_reason,
     i.invoice_status,
-    coalesce(ref_id(json_extract(l.par, '$.subscription')), i.subscription_id) AS subscription_id,
+    coalesce(ref_id(json_extract(f.par, '$.subscription')), i.subscription_id) AS subscription_id,
     i.customer_id,
-    json_extract_string(l.par, '$.subscription_item') AS subscription_item_id,
-    coalesce(CAST(json_extract(l.par, '$.proration') AS BOOLEAN), false) AS proration,
-    json_type(json_extract(l.par, '$.proration_details.credited_items')) = 'OBJECT'
-        OR TRY_CAST(json_extract_string(l.raw, '$.amount') AS BIGINT) < 0 AS is_credit,
-    ref_id(json_extract(l.raw, '$.pricing.price_details.price')) AS price_id,
-    TRY_CAST(json_extract_string(l.raw, '$.quantity') AS BIGINT) AS quantity,
-    ts_of(json_extract_string(l.raw, '$.period.start')) AS period_start,
-    ts_of(json_extract_string(l.raw, '$.period.end')) AS period_end,
-    TRY_CAST(json_extract_string(l.raw, '$.amount') AS BIGINT) AS amount,
+    json_extract_string(f.par, '$.subscription_item') AS subscription_item_id,
+    coalesce(CAST(json_extract(f.par, '$.proration') AS BOOLEAN), false) AS proration,
+    json_type(json_extract(f.par, '$.proration_details.credited_items')) = 'OBJECT' OR f.amount < 0 AS is_credit,
+    f.price_id,
+    f.quantity,
+    f.period_start,
+    f.period_end,
+    f.amount,
     -- tax excluded: an inclusive tax is inside `amount`, an exclusive one is not
-    TRY_CAST(json_extract_string(l.raw, '$.amount') AS BIGINT) - coalesce((
-        SELECT sum(TRY_CAST(json_extract_string(x, '$.amount') AS BIGINT))
-        FROM unnest(CAST(json_extract(l.raw, '$.taxes[*]') AS JSON[])) AS u(x)
-        WHERE json_extract_string(x, '$.tax_behavior') = 'inclusive'), 0) AS amount_excl_tax
-FROM l
-JOIN inv i USING (account_id, invoice_id)
-WHERE i.billing_reason IN ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription');
+    f.amount - coalesce(list_sum(list_transform(
+        list_filter(CAST(json_extract(f.taxes, '$[*]') AS JSON[]),
+                    lambda x: json_extract_string(x, '$.tax_behavior') = 'inclusive'),
+        lambda x: TRY_CAST(json_extract_string(x, '$.amount') AS BIGINT))), 0) AS amount_excl_tax
+FROM f
+JOIN inv i USING (account_id, invoice_id);
 
 -- Items as they appear in each observed subscription state. A snapshot whose embedded item list was cut
 -- short (has_more) takes its items from the subscription_items table rows seen in the same sync.
