@@ -235,3 +235,66 @@ def test_customer_mrr_matches_simulation_every_month(sim_store: duckdb.DuckDBPyC
                 wrong.append(f"{cid} at {at}: simulation {want}, customer_mrr {got}")
     assert checked > 0
     assert not wrong, f"{len(wrong)} of {checked} customer-months disagree:\n" + "\n".join(wrong)
+
+
+def test_data_quality_lists_unusable_and_missing_objects(world: World, derive: Derive) -> None:
+    """Objects that cannot be used are kept as raw and each problem is one data_quality row."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 1_000)
+    world.coupon("co_gone", percent_off=10)
+    sub = world.subscribe("sub_1", "cus_1", [("si_1", "basic", 1)], T0)
+    d = world.discount("co_gone", T0, customer="cus_1", subscription="sub_1")
+    sub["discounts"] = [d["id"]]
+    del world.objects["coupons"]["co_gone"]
+    world.price("ghost", "prod_seat", 2_000)
+    world.subscribe("sub_2", "cus_1", [("si_2", "ghost", 1)], T0)
+    del world.objects["prices"]["ghost"]  # known only from the item's embedded price
+    world.objects["subscriptions"]["sub_odd"] = {"id": "sub_odd", "object": "subscription", "created": T0,
+                                                 "customer": None, "items": {"data": []}}
+    world.event("customer.subscription.updated", T0 + 5, {"id": "x", "object": "invoice"})
+    con = derive(world, seen_at=month(1))
+    found = sorted(con.execute("SELECT kind, object_id FROM data_quality").fetchall())
+    assert found == sorted([("missing_coupon", d["id"]), ("missing_price", "ghost"),
+                            ("unusable_object", "sub_odd"),
+                            ("unusable_object", world.events[-1]["id"])]), found
+    # the price known from the item still counts, the coupon that cannot be read does not
+    assert customer_mrr_at(con, "cus_1", T0 + DAY) == 30
+
+
+def test_coupon_terms_from_discount_source(world: World, derive: Derive) -> None:
+    """A coupon known only as the discount's expanded ``source.coupon`` still applies."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 1_000)
+    cp = world.coupon("co_1", percent_off=50, duration="forever")
+    sub = world.subscribe("sub_1", "cus_1", [("si_1", "basic", 2)], T0)
+    d = world.discount("co_1", T0, customer="cus_1", subscription="sub_1")
+    d["source"]["coupon"] = dict(cp)
+    del world.objects["coupons"]["co_1"]
+    sub["discounts"] = [d["id"]]
+    con = derive(world, seen_at=month(1))
+    assert customer_mrr_at(con, "cus_1", T0 + DAY) == 10
+
+
+def test_truncated_snapshot_items_read_from_item_table(world: World, derive: Derive) -> None:
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 100)
+    items = [(f"si_{k:02d}", "basic", 1) for k in range(12)]
+    sub = world.subscribe("sub_1", "cus_1", items, T0, event=False)
+    full = sub["items"]["data"]
+    sub["items"] = {**sub["items"], "data": full[:10], "has_more": True}
+    w_load = world.load
+
+    def load(con: duckdb.DuckDBPyConnection, **kw: Any) -> None:
+        w_load(con, **kw)
+        from datetime import UTC, datetime
+
+        from stripe_churn.store.load import upsert_objects
+
+        upsert_objects(con, "subscription_items", world.account_id, full, datetime.fromtimestamp(kw["seen_at"], tz=UTC))
+
+    world.load = load  # type: ignore[method-assign]
+    con = derive(world, seen_at=month(0, 3), events=False)
+    assert customer_mrr_at(con, "cus_1", month(0, 3)) == 12
