@@ -130,23 +130,53 @@ UNION ALL SELECT * FROM anchor_from_snapshot
 UNION ALL SELECT * FROM after_events
 UNION ALL SELECT * FROM late_snapshot;
 
--- Status steps: from `at` on, the subscription has `status` until its next step.
--- Before coverage: trialing from start_date while a trial runs, active from the trial's end (or the start),
--- canceled from ended_at. Inside coverage: the observed states.
+-- Status steps: from `moment` on, the subscription has `status` until its next step.
+-- Before coverage they are reconstructed from the latest state: trialing from start_date while a trial runs
+-- (incomplete when the subscription never got paid), active from the trial's end (paused when it ended into
+-- a pause), paused from status_details.paused.transitioned_at, unpaid from when its failed invoice was given
+-- up on (marked uncollectible, else that invoice's creation), canceled or incomplete_expired from ended_at.
+-- Inside coverage they are the observed states.
 CREATE OR REPLACE TABLE derived_sub_status_steps AS
-WITH recon AS (
+WITH s AS (
+    SELECT *,
+           ts_of(json_extract_string(state, '$.status_details.paused.transitioned_at')) AS paused_at
+    FROM derived_subs
+),
+unpaid_from AS (
+    SELECT i.account_id, i.subscription_id,
+           coalesce(max(ts_of(json_extract_string(i.raw, '$.status_transitions.marked_uncollectible_at'))),
+                    min(i.created)) AS unpaid_at
+    FROM invoices i
+    JOIN s ON s.account_id = i.account_id AND s.subscription_id = i.subscription_id
+    WHERE s.status = 'unpaid' AND json_extract_string(i.raw, '$.status') IN ('open', 'uncollectible')
+    GROUP BY ALL
+),
+recon AS (
     SELECT account_id, subscription_id, start_date AS moment,
            CASE WHEN trial_end IS NOT NULL AND trial_end > start_date
-                     AND coalesce(trial_start, start_date) <= start_date THEN 'trialing' ELSE 'active' END AS status,
+                     AND coalesce(trial_start, start_date) <= start_date THEN 'trialing'
+                WHEN status IN ('incomplete', 'incomplete_expired') THEN 'incomplete'
+                ELSE 'active' END AS status,
            false AS pause_collection, 'snapshot' AS source, NULL AS source_event_id, 0 AS ord
-    FROM derived_subs WHERE start_date IS NOT NULL
+    FROM s WHERE start_date IS NOT NULL
     UNION ALL
-    SELECT account_id, subscription_id, trial_end, 'active', false, 'snapshot', NULL, 1
-    FROM derived_subs
+    SELECT account_id, subscription_id, trial_end,
+           CASE WHEN status = 'paused' AND (paused_at IS NULL OR paused_at <= trial_end) THEN 'paused'
+                ELSE 'active' END,
+           false, 'snapshot', NULL, 1
+    FROM s
     WHERE trial_end IS NOT NULL AND trial_end > start_date AND (ended_at IS NULL OR trial_end < ended_at)
     UNION ALL
-    SELECT account_id, subscription_id, ended_at, 'canceled', false, 'snapshot', NULL, 2
-    FROM derived_subs WHERE ended_at IS NOT NULL
+    SELECT account_id, subscription_id, paused_at, 'paused', false, 'snapshot', NULL, 2
+    FROM s WHERE status = 'paused' AND paused_at IS NOT NULL
+    UNION ALL
+    SELECT u.account_id, u.subscription_id, u.unpaid_at, 'unpaid', false, 'snapshot', NULL, 3
+    FROM unpaid_from u
+    UNION ALL
+    SELECT account_id, subscription_id, ended_at,
+           CASE WHEN status = 'incomplete_expired' THEN 'incomplete_expired' ELSE 'canceled' END,
+           false, 'snapshot', NULL, 4
+    FROM s WHERE ended_at IS NOT NULL
 ),
 observed AS (
     SELECT account_id, subscription_id, moment, json_extract_string(state, '$.status') AS status,

@@ -350,3 +350,25 @@ def test_missing_fx_rate_error(world: World, derive: Derive) -> None:
     assert "gbp" in message and "2024-01-01" in message and "fx_rates" in message
     assert "\n" not in message
 
+
+
+def test_unpaid_before_event_window_dated_by_invoice(world: World, derive: Derive) -> None:
+    """Without events, an unpaid subscription drops to zero when its failed invoice was given up on."""
+    simple(world)
+    inv = world.cycle("sub_1", month(1))
+    inv["status"] = "uncollectible"
+    inv["status_transitions"].update(paid_at=None, marked_uncollectible_at=month(1, 15))
+    world.objects["subscriptions"]["sub_1"]["status"] = "unpaid"
+    con = derive(world, seen_at=month(2), events=False)
+    assert customer_mrr_at(con, "cus_1", month(1, 15) - 1) == Decimal("50.0000")
+    assert customer_mrr_at(con, "cus_1", month(1, 15)) == 0
+    assert item_rows(con, "si_1")[-1]["churn_type"] == "involuntary"
+
+
+def test_incomplete_expired_never_counts(world: World, derive: Derive) -> None:
+    simple(world)
+    sub = world.objects["subscriptions"]["sub_1"]
+    sub.update(status="incomplete_expired", ended_at=T0 + DAY)
+    con = derive(world, seen_at=month(1), events=False)
+    assert customer_mrr_at(con, "cus_1", T0 + 60) == 0
+    assert customer_mrr_at(con, "cus_1", month(0, 5)) == 0
