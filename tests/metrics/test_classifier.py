@@ -3,7 +3,8 @@
 Each case builds a small account with tests/metrics/builders.py, runs the whole pipeline, and compares the
 customer's rows of ``mrr_movements`` (time, movement, category, delta, item) with the answer worked out by
 hand. Every case also checks the invariants: the rows of one transition add up to the change of the
-customer's MRR, and one transition's MRR after is the next one's MRR before.
+customer's MRR, one transition's MRR after is the next one's MRR before and both agree with customer_mrr,
+and the case's bridge adds up.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
+from conftest import customer_mrr_at
+from test_bridge import assert_bridge_adds_up
 
 T0 = ts(2024, 1, 1)
 MINUTE = 60
@@ -64,8 +67,10 @@ def check_invariants(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") ->
     for at, before, after, total, n_before, n_after in per:
         assert n_before == 1 and n_after == 1, f"rows at {at} disagree on mrr_before/mrr_after"
         assert total == after - before, f"rows at {at} add up to {total}, customer changed by {after - before}"
+        assert before == customer_mrr_at(con, customer, at - 1), f"transition at {at} disagrees with customer_mrr"
         assert before == previous_after, f"transition at {at} starts at {before}, previous ended at {previous_after}"
         previous_after = after
+    assert previous_after == customer_mrr_at(con, customer, 2**31 - 1), "movements do not end at today's MRR"
     bad = con.execute(
         "SELECT movement, category, mrr_delta FROM mrr_movements WHERE customer_id = ? AND NOT ("
         "(category IN ('new', 'reactivation', 'expansion') AND mrr_delta > 0) OR "
@@ -343,6 +348,7 @@ def test_rule(world: World, derive: Derive, build: Callable[[World], Case]) -> N
         "movements differ:\n  got      " + "\n           ".join(map(str, got))
         + "\n  expected " + "\n           ".join(map(str, expected)))
     check_invariants(con)
+    assert_bridge_adds_up(con, "case", ["month", "quarter"], [None, "family", "size_band"])
 
 
 # --- what rows carry besides the label ---------------------------------------------------------------
@@ -375,7 +381,7 @@ def test_unpaid_churn_is_involuntary(world: World, derive: Derive) -> None:
 
 
 def test_every_row_traces_to_stripe(world: World, derive: Derive) -> None:
-    w, seen_at, _ = case_upgrade_with_seats(world)
+    w, _, _ = case_upgrade_with_seats(world)
     w.update("sub_1", month(2, 4), items=[("si_c", "core_pro", 5), ("si_a", "analytics", 1)])
     w.cancel("sub_1", month(3, 1))
     con = derive(w, seen_at=month(4))
@@ -432,5 +438,5 @@ def test_view_columns_and_types(world: World, derive: Derive) -> None:
         ("cancellation_feedback", "VARCHAR"), ("source_event_id", "VARCHAR"), ("source_invoice_id", "VARCHAR"),
     ]
     (at,) = con.execute("SELECT strftime(min(occurred_at) AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S') "
-                        "FROM mrr_movements").fetchone() or (None,)
+                        "FROM mrr_movements").fetchall()[0]
     assert at == datetime.fromtimestamp(T0, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")

@@ -1,0 +1,89 @@
+"""Read the finance views for a period and a segment: thin calls to the SQL table macros of the metrics steps.
+
+The same results are plain SQL for anyone with the database open:
+
+- ``SELECT * FROM mrr_bridge`` is the monthly bridge of the whole account (design.md 6 and 7).
+- ``SELECT * FROM mrr_bridge_for(period_kind := 'quarter', segment_kind := 'family', segment_value := NULL)``
+  gives the bridge per ``week``, ``month``, ``quarter`` or ``year``, for every value of a segment (one row per
+  segment value and period, first column ``segment_value``), or for one value. Segment kinds: ``family``,
+  ``plan`` (the price), ``product``, ``currency``, ``country`` (customer address), ``size_band`` (customer MRR
+  band: under 100, 100 to 1k, 1k to 10k, 10k and more, in the reporting currency) and ``metadata.<key>``
+  (a customer metadata key). A customer belongs, for a period, to the segment of its state at the period
+  start (or of its first state with MRR in the period, when it had none), so each segment's bridge adds
+  up exactly and the segments add up to the account.
+- ``SELECT * FROM cohort_matrix()`` (also the view ``cohort_revenue_retention``): per cohort month (the month of
+  a customer's first MRR) and month since, the cohort's MRR at the month end over its MRR at the end of its
+  first month.
+- ``SELECT * FROM churn_reasons_for('quarter')`` (the view ``churn_reasons`` is monthly) and
+  ``SELECT * FROM scheduled_churn``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import duckdb
+
+from stripe_churn.errors import ConfigError
+
+PERIODS = ("week", "month", "quarter", "year")
+SEGMENT_KINDS = ("family", "plan", "product", "currency", "country", "size_band")
+
+
+def _check_period(period: str) -> None:
+    if period not in PERIODS:
+        raise ConfigError(f"unknown period {period!r}: use one of {', '.join(PERIODS)}")
+
+
+def _check_segment(segment: str | None) -> None:
+    if segment is None:
+        return
+    if segment in SEGMENT_KINDS or (segment.startswith("metadata.") and len(segment) > len("metadata.")):
+        return
+    raise ConfigError(f"unknown segment {segment!r}: use one of {', '.join(SEGMENT_KINDS)} or metadata.<key>")
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows as dicts; through Arrow, so that TIMESTAMPTZ values come back as timezone-aware datetimes."""
+    rows: list[dict[str, Any]] = con.sql(sql, params=params or {}).to_arrow_table().to_pylist()
+    return rows
+
+
+def bridge(con: duckdb.DuckDBPyConnection, period: str = "month", segment: str | None = None,
+           start: dt.date | None = None, end: dt.date | None = None, *,
+           segment_value: str | None = None) -> list[dict[str, Any]]:
+    """The MRR bridge rows per period (and per segment value when ``segment`` is given), oldest first.
+
+    ``start`` / ``end`` keep the periods whose start lies in ``[start, end]``. Without a segment the rows have
+    the columns of the ``mrr_bridge`` view; with one, ``segment_value`` comes first.
+    """
+    _check_period(period)
+    _check_segment(segment)
+    if segment_value is not None and segment is None:
+        raise ConfigError("segment_value needs a segment kind, for example segment='family'")
+    sql = ("SELECT * EXCLUDE (segment_value) " if segment is None else "SELECT * ") + (
+        "FROM mrr_bridge_for(period_kind := $period, segment_kind := $segment, segment_value := $value) "
+        "WHERE ($start IS NULL OR period_start >= $start) AND ($end IS NULL OR period_start <= $end) "
+        "ORDER BY segment_value, period_start")
+    return _rows(con, sql, {"period": period, "segment": segment, "value": segment_value,
+                            "start": start, "end": end})
+
+
+def cohort_matrix(con: duckdb.DuckDBPyConnection, start: dt.date | None = None,
+                  end: dt.date | None = None) -> list[dict[str, Any]]:
+    """Cohort revenue retention rows (cohort_month, months_since_start, month, ..., revenue_retention)."""
+    return _rows(con, "SELECT * FROM cohort_matrix() WHERE ($start IS NULL OR cohort_month >= $start) "
+                      "AND ($end IS NULL OR cohort_month <= $end) ORDER BY cohort_month, month",
+                 {"start": start, "end": end})
+
+
+def churn_reasons(con: duckdb.DuckDBPyConnection, period: str = "month") -> list[dict[str, Any]]:
+    """Churned MRR and customers per period, churn type and feedback."""
+    _check_period(period)
+    return _rows(con, "SELECT * FROM churn_reasons_for($period)", {"period": period})
+
+
+def scheduled_churn(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
+    """Subscriptions set to cancel that have not ended yet, with the MRR at stake, soonest first."""
+    return _rows(con, "SELECT * FROM scheduled_churn ORDER BY cancel_at, subscription_id")

@@ -1,0 +1,322 @@
+"""The MRR bridge (design.md 6 and 7), scheduled churn, churn reasons and the cohort matrix.
+
+The identity opening + new + reactivation + expansion - contraction - churn + fx = closing is checked for
+every period kind and segment kind of every test store; the rates are compared with figures worked out by
+hand; the monthly closing MRR is compared with customer_mrr, an independent path to the same number.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections import defaultdict
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import pytest
+from builders import DAY, World, ts
+
+from stripe_churn.errors import ConfigError
+from stripe_churn.metrics import queries
+
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+PERIODS = ["week", "month", "quarter", "year"]
+SEGMENTS = [None, "family", "plan", "product", "currency", "country", "size_band", "metadata.tier"]
+BRIDGE_COLUMNS = [
+    "period_start", "period_end", "opening_mrr", "new", "reactivation", "expansion", "contraction", "churn", "fx",
+    "closing_mrr", "upgrade", "cross_sell", "seat_expansion", "resource_expansion", "downgrade",
+    "seat_contraction", "resource_contraction", "discount_expansion", "discount_contraction",
+    "opening_customers", "new_customers", "reactivated_customers", "churned_customers", "closing_customers",
+    "gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "grr", "customer_churn_rate", "quick_ratio",
+    "arpa", "net_negative_churn",
+]
+
+
+def catalogue(w: World) -> World:
+    w.product("prod_core", unit_label="seat", family="core")
+    w.product("prod_analytics", family="analytics")
+    w.product("prod_api", unit_label="api call", family="api")
+    for cur in ("usd", "eur", "gbp"):
+        w.price(f"basic_{cur}", "prod_core", 1_000, currency=cur)
+        w.price(f"pro_{cur}", "prod_core", 2_000, currency=cur)
+        w.price(f"analytics_{cur}", "prod_analytics", 5_000, currency=cur)
+        w.price(f"api_{cur}", "prod_api", None, usage_type="metered", currency=cur)
+    w.fx_rates += [("2023-12-01", "eur", 1.08), ("2023-12-01", "gbp", 1.27), ("2024-04-01", "eur", 1.10)]
+    return w
+
+
+def book(w: World) -> World:
+    """Several customers in three currencies and countries, with most kinds of movement."""
+    catalogue(w)
+    w.customer("cus_a", address={"country": "US"}, metadata={"tier": "gold"})
+    w.subscribe("sub_a", "cus_a", [("si_a1", "basic_usd", 5)], ts(2024, 1, 1))
+    w.update("sub_a", ts(2024, 2, 15), items=[("si_a1", "pro_usd", 5)])
+    w.update("sub_a", ts(2024, 3, 10), items=[("si_a1", "pro_usd", 5), ("si_a2", "analytics_usd", 1),
+                                              ("si_a3", "api_usd", None)])
+    w.cycle("sub_a", ts(2024, 4, 10), usage={"si_a3": 12_345})
+    w.customer("cus_b", currency="eur", address={"country": "DE"}, metadata={"tier": "silver"})
+    w.subscribe("sub_b", "cus_b", [("si_b1", "pro_eur", 3)], ts(2024, 1, 10))
+    w.cancel("sub_b", ts(2024, 3, 20), feedback="too_expensive")
+    w.customer("cus_c", address={"country": "US"})
+    w.subscribe("sub_c", "cus_c", [("si_c1", "basic_usd", 2)], ts(2024, 2, 1))
+    w.update("sub_c", ts(2024, 2, 20), items=[("si_c1", "basic_usd", 1)])
+    w.cancel("sub_c", ts(2024, 3, 5), ended_at=ts(2024, 4, 1), feedback="unused")
+    w.subscribe("sub_c2", "cus_c", [("si_c2", "analytics_usd", 1)], ts(2024, 5, 5))
+    w.customer("cus_d", currency="gbp", address={"country": "GB"})
+    w.subscribe("sub_d", "cus_d", [("si_d1", "basic_gbp", 3)], ts(2024, 2, 1), trial_end=ts(2024, 2, 15))
+    w.update("sub_d", ts(2024, 2, 15), status="active")
+    w.update("sub_d", ts(2024, 4, 1), status="past_due")
+    w.update("sub_d", ts(2024, 4, 20), status="unpaid")
+    w.customer("cus_e", address={"country": "FR"}, metadata={"tier": "gold"})
+    w.subscribe("sub_e", "cus_e", [("si_e1", "basic_usd", 4)], ts(2024, 3, 1))
+    w.update("sub_e", ts(2024, 5, 10), cancel_at_period_end=True, cancel_at=ts(2024, 6, 1),
+             canceled_at=ts(2024, 5, 10),
+             cancellation_details={"reason": "cancellation_requested", "feedback": "switched_service",
+                                   "comment": None})
+    return w
+
+
+SEEN = ts(2024, 5, 20)
+
+
+def rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params or [])
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def assert_bridge_adds_up(con: duckdb.DuckDBPyConnection, label: str, periods: list[str] = PERIODS,
+                          segments: list[str | None] = SEGMENTS) -> int:
+    """Identity, subtotals and continuity for each period and segment kind; returns rows checked.
+
+    ``segments`` must start with None (the whole account), which the segments are compared with.
+    """
+    checked = 0
+    has_movements = con.execute("SELECT count(*) FROM mrr_movements").fetchall()[0][0] > 0
+    for period in periods:
+        totals: dict[dt.date, Decimal] = {}
+        for segment in segments:
+            got = queries.bridge(con, period, segment)
+            assert got or not has_movements, f"{label}: no bridge rows for {period}/{segment}"
+            by_seg: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for r in got:
+                by_seg[r.get("segment_value", "all")].append(r)
+                where = f"{label} {period}/{segment}={r.get('segment_value')} {r['period_start']}"
+                flows = (r["opening_mrr"] + r["new"] + r["reactivation"] + r["expansion"] - r["contraction"]
+                         - r["churn"] + r["fx"])
+                assert flows == r["closing_mrr"], f"{where}: identity broken ({flows} != {r['closing_mrr']})"
+                assert r["expansion"] == (r["upgrade"] + r["cross_sell"] + r["seat_expansion"]
+                                          + r["resource_expansion"] + r["discount_expansion"]), where
+                assert r["contraction"] == (r["downgrade"] + r["seat_contraction"] + r["resource_contraction"]
+                                            + r["discount_contraction"]), where
+                for col in ("new", "reactivation", "expansion", "contraction", "churn", "upgrade", "cross_sell",
+                            "seat_expansion", "resource_expansion", "downgrade", "seat_contraction",
+                            "resource_contraction", "discount_expansion", "discount_contraction"):
+                    assert r[col] >= 0, f"{where}: {col} is negative ({r[col]})"
+                assert r["closing_customers"] >= 0 and r["opening_customers"] >= 0, where
+                checked += 1
+            if segment is None:
+                seq = by_seg["all"]
+                for prev, cur in itertools.pairwise(seq):
+                    assert cur["opening_mrr"] == prev["closing_mrr"], f"{label} {period}: gap at {cur['period_start']}"
+                    assert cur["opening_customers"] == prev["closing_customers"]
+                    assert cur["period_start"] == prev["period_end"] + dt.timedelta(days=1)
+                totals = {r["period_start"]: r["closing_mrr"] for r in seq}
+            else:
+                summed: dict[dt.date, Decimal] = defaultdict(Decimal)
+                for r in got:
+                    summed[r["period_start"]] += r["closing_mrr"]
+                for p, total in summed.items():
+                    assert total == totals[p], f"{label} {period}/{segment}: segments add to {total} != {totals[p]}"
+    return checked
+
+
+def test_bridge_identity_every_period_and_segment(world: World, derive: Derive) -> None:
+    con = derive(book(world), seen_at=SEEN)
+    assert assert_bridge_adds_up(con, "book") > 100
+
+
+def test_bridge_identity_small_simulation(sim_store: duckdb.DuckDBPyConnection) -> None:
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.settings import Settings
+
+    recompute(sim_store, Settings())
+    assert assert_bridge_adds_up(sim_store, "small simulation") > 0
+
+
+def test_closing_mrr_equals_customer_mrr_at_month_ends(world: World, derive: Derive) -> None:
+    con = derive(book(world), seen_at=SEEN)
+    for r in queries.bridge(con):
+        end = r["period_end"] + dt.timedelta(days=1)
+        (total,) = con.execute(
+            "SELECT coalesce(sum(mrr), 0) FROM customer_mrr WHERE valid_from < CAST(? AS TIMESTAMPTZ) "
+            "AND (valid_to IS NULL OR valid_to >= CAST(? AS TIMESTAMPTZ))",
+            [f"{end} 00:00:00+00", f"{end} 00:00:00+00"]).fetchall()[0]
+        assert r["closing_mrr"] == total, f"{r['period_start']}: bridge closes at {r['closing_mrr']}, customers sum {total}"
+
+
+def test_book_by_hand(world: World, derive: Derive) -> None:
+    """March 2024 of the book, worked out by hand."""
+    con = derive(book(world), seen_at=SEEN)
+    march = next(r for r in queries.bridge(con) if r["period_start"] == dt.date(2024, 3, 1))
+    # opening: a 100 (pro x5), b 64.80 (60 EUR at 1.08), c 10, d 38.10 (30 GBP at 1.27)
+    assert march["opening_mrr"] == Decimal("212.9000")
+    assert march["new"] == Decimal("40.0000")  # e
+    assert march["cross_sell"] == Decimal("50.0000")  # a adds analytics (api is metered, no usage yet)
+    assert march["churn"] == Decimal("64.8000")  # b
+    assert march["contraction"] == 0 and march["reactivation"] == 0 and march["fx"] == 0
+    assert march["closing_mrr"] == Decimal("238.1000")
+    assert (march["opening_customers"], march["new_customers"], march["churned_customers"],
+            march["closing_customers"]) == (4, 1, 1, 4)
+    april = next(r for r in queries.bridge(con) if r["period_start"] == dt.date(2024, 4, 1))
+    # c ends at period end (1 April), d turns unpaid, a's usage of 123.45, no fx line: b is gone before EUR moves
+    assert april["churn"] == Decimal("48.1000")
+    assert april["resource_expansion"] == Decimal("123.4500")
+    assert april["fx"] == 0
+    may = next(r for r in queries.bridge(con) if r["period_start"] == dt.date(2024, 5, 1))
+    assert may["reactivation"] == Decimal("50.0000") and may["reactivated_customers"] == 1
+
+
+def rates_world(w: World) -> World:
+    catalogue(w)
+    for c in ("cus_1", "cus_2", "cus_3", "cus_4"):
+        w.customer(c)
+    w.subscribe("sub_1", "cus_1", [("si_1", "basic_usd", 5)], ts(2024, 1, 3))
+    w.subscribe("sub_2", "cus_2", [("si_2", "basic_usd", 5)], ts(2024, 1, 4))
+    w.subscribe("sub_4", "cus_4", [("si_4", "pro_usd", 2)], ts(2024, 1, 5))
+    w.update("sub_1", ts(2024, 3, 2), items=[("si_1", "basic_usd", 7)])
+    w.update("sub_2", ts(2024, 3, 3), items=[("si_2", "basic_usd", 4)])
+    w.subscribe("sub_3", "cus_3", [("si_3", "basic_usd", 3)], ts(2024, 3, 4))
+    w.cancel("sub_4", ts(2024, 3, 5))
+    w.update("sub_3", ts(2024, 4, 6), items=[("si_3", "basic_usd", 3), ("si_3b", "analytics_usd", 1)])
+    return w
+
+
+def test_rates_by_hand(world: World, derive: Derive) -> None:
+    con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
+    got = {r["period_start"]: r for r in queries.bridge(con)}
+    jan, feb, mar, apr = (got[dt.date(2024, m, 1)] for m in (1, 2, 3, 4))
+    # January: opening 0, so every revenue rate is NULL rather than an error
+    assert jan["opening_mrr"] == 0 and jan["new"] == Decimal("140.0000")
+    for col in ("gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "grr", "customer_churn_rate",
+                "quick_ratio", "net_negative_churn"):
+        assert jan[col] is None, col
+    # February: nothing moves; quick ratio has a zero denominator
+    assert (feb["gross_revenue_churn_rate"], feb["net_revenue_churn_rate"], feb["nrr"], feb["grr"]) == (0, 0, 1, 1)
+    assert feb["quick_ratio"] is None and feb["net_negative_churn"] is False
+    # March: opening 140 (3 customers), new 30, expansion 20, contraction 10, churn 40
+    assert (mar["opening_mrr"], mar["new"], mar["expansion"], mar["contraction"], mar["churn"], mar["closing_mrr"]) \
+        == (140, 30, 20, 10, 40, 140)
+    assert mar["gross_revenue_churn_rate"] == pytest.approx(50 / 140)
+    assert mar["net_revenue_churn_rate"] == pytest.approx(30 / 140)
+    assert mar["nrr"] == pytest.approx(110 / 140) and mar["grr"] == pytest.approx(90 / 140)
+    assert mar["customer_churn_rate"] == pytest.approx(1 / 3)
+    assert mar["quick_ratio"] == pytest.approx(50 / 50)
+    assert mar["arpa"] == Decimal("46.6667") and mar["net_negative_churn"] is False
+    # April: a cross-sell and nothing lost: net negative churn
+    assert apr["net_revenue_churn_rate"] == pytest.approx(-50 / 140) and apr["net_negative_churn"] is True
+
+
+def test_periods_run_through_now_with_quiet_months(world: World, derive: Derive) -> None:
+    con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
+    got = queries.bridge(con)
+    today = dt.datetime.now(dt.UTC).date()
+    assert got[0]["period_start"] == dt.date(2024, 1, 1)
+    assert got[-1]["period_start"] == today.replace(day=1)
+    assert len(got) == (today.year - 2024) * 12 + today.month
+    assert got[-1]["closing_mrr"] == got[3]["closing_mrr"]  # quiet since April
+
+
+def test_longer_periods_sum_the_months(world: World, derive: Derive) -> None:
+    con = derive(book(world), seen_at=SEEN)
+    months = queries.bridge(con, "month")
+    for period, key in (("quarter", lambda d: (d.year, (d.month - 1) // 3)), ("year", lambda d: d.year)):
+        for r in queries.bridge(con, period):
+            inside = [m for m in months if key(m["period_start"]) == key(r["period_start"])]
+            for col in ("new", "reactivation", "expansion", "contraction", "churn", "fx", "upgrade", "cross_sell"):
+                assert r[col] == sum(m[col] for m in inside), (period, r["period_start"], col)
+            assert r["opening_mrr"] == inside[0]["opening_mrr"] and r["closing_mrr"] == inside[-1]["closing_mrr"]
+    weeks = queries.bridge(con, "week")
+    assert all(w["period_start"].weekday() == 0 for w in weeks)
+    assert sum(w["new"] for w in weeks) == sum(m["new"] for m in months)
+
+
+def test_segments(world: World, derive: Derive) -> None:
+    con = derive(book(world), seen_at=SEEN)
+    by_country = {(r["segment_value"], r["period_start"]): r for r in queries.bridge(con, "month", "country")}
+    assert by_country[("DE", dt.date(2024, 3, 1))]["churn"] == Decimal("64.8000")
+    assert by_country[("US", dt.date(2024, 3, 1))]["churn"] == 0
+    gold = queries.bridge(con, "month", "metadata.tier", segment_value="gold")
+    assert {r["segment_value"] for r in gold} == {"gold"}
+    assert next(r for r in gold if r["period_start"] == dt.date(2024, 3, 1))["new"] == Decimal("40.0000")
+    eur = queries.bridge(con, "quarter", "currency", segment_value="eur")
+    assert eur[0]["new"] == Decimal("64.8000") and eur[0]["churn"] == Decimal("64.8000")
+    # cus_a moves from the 'under 100' band to '100 to 1k' after its February upgrade
+    bands = {(r["segment_value"], r["period_start"]): r for r in queries.bridge(con, "month", "size_band")}
+    assert bands[("b: 100 to 1k", dt.date(2024, 3, 1))]["opening_customers"] == 1
+    plans = queries.bridge(con, "month", "plan", start=dt.date(2024, 3, 1), end=dt.date(2024, 3, 31))
+    assert {r["period_start"] for r in plans} == {dt.date(2024, 3, 1)}
+
+
+def test_bad_period_or_segment_is_a_clear_error(world: World, derive: Derive) -> None:
+    con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
+    with pytest.raises(ConfigError, match="unknown period 'fortnight'"):
+        queries.bridge(con, "fortnight")
+    with pytest.raises(ConfigError, match="unknown segment 'colour'"):
+        queries.bridge(con, "month", "colour")
+    with pytest.raises(duckdb.Error, match="unknown segment kind"):
+        con.execute("SELECT * FROM mrr_bridge_for('month', 'colour', NULL)").fetchall()
+
+
+def test_bridge_view_columns(world: World, derive: Derive) -> None:
+    con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
+    cols = con.execute("DESCRIBE mrr_bridge").fetchall()
+    assert [c[0] for c in cols] == BRIDGE_COLUMNS
+    types = {c[0]: c[1] for c in cols}
+    assert types["period_start"] == "DATE" and types["opening_mrr"] == "DECIMAL(18,4)"
+    assert types["arpa"] == "DECIMAL(18,4)" and types["net_negative_churn"] == "BOOLEAN"
+    assert types["nrr"] == "DOUBLE" and types["closing_customers"] == "BIGINT"
+
+
+def test_scheduled_churn(world: World, derive: Derive) -> None:
+    con = derive(book(world), seen_at=SEEN)
+    got = queries.scheduled_churn(con)
+    assert [(r["subscription_id"], r["mrr_at_stake"], r["cancel_at"]) for r in got] == [
+        ("sub_e", Decimal("40.0000"), dt.datetime(2024, 6, 1, tzinfo=dt.UTC))]
+    assert got[0]["cancellation_feedback"] == "switched_service" and got[0]["customer_id"] == "cus_e"
+
+
+def test_churn_reasons(world: World, derive: Derive) -> None:
+    con = derive(book(world), seen_at=SEEN)
+    got = [(r["period_start"], r["churn_type"], r["cancellation_feedback"], r["churned_customers"], r["churned_mrr"])
+           for r in queries.churn_reasons(con)]
+    assert got == [
+        (dt.date(2024, 3, 1), "voluntary", "too_expensive", 1, Decimal("64.8000")),
+        (dt.date(2024, 4, 1), "involuntary", "(none)", 1, Decimal("38.1000")),
+        (dt.date(2024, 4, 1), "voluntary", "unused", 1, Decimal("10.0000")),
+    ]
+    (total,) = con.execute("SELECT sum(churned_mrr) FROM churn_reasons").fetchall()[0]
+    assert total == sum(r["churn"] for r in queries.bridge(con))
+
+
+def test_cohort_matrix(world: World, derive: Derive) -> None:
+    con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
+    got = {(r["cohort_month"], r["months_since_start"]): r for r in queries.cohort_matrix(con)}
+    jan = [got[(dt.date(2024, 1, 1), k)] for k in range(4)]
+    assert [r["mrr"] for r in jan] == [Decimal("140.0000"), Decimal("140.0000"), Decimal("110.0000"),
+                                       Decimal("110.0000")]
+    assert jan[0]["revenue_retention"] == 1.0 and jan[2]["revenue_retention"] == pytest.approx(110 / 140)
+    assert [r["active_customers"] for r in jan] == [3, 3, 2, 2] and jan[0]["cohort_customers"] == 3
+    mar = [got[(dt.date(2024, 3, 1), k)] for k in range(2)]
+    assert mar[0]["starting_mrr"] == Decimal("30.0000") and mar[1]["revenue_retention"] == pytest.approx(80 / 30)
+    assert queries.cohort_matrix(con, start=dt.date(2024, 2, 1))[0]["cohort_month"] == dt.date(2024, 3, 1)
+
+
+def test_trial_only_customer_counts_nowhere(world: World, derive: Derive) -> None:
+    catalogue(world).customer("cus_t")
+    world.subscribe("sub_t", "cus_t", [("si_t", "basic_usd", 1)], ts(2024, 1, 1), trial_end=ts(2024, 1, 1) + 7 * DAY)
+    world.end("sub_t", ts(2024, 1, 1) + 7 * DAY)
+    con = derive(world, seen_at=ts(2024, 2, 1))
+    assert queries.bridge(con) == []
