@@ -477,6 +477,11 @@ def serve_forever(*, customers: int, months: int, seed: int, port: int, latency_
     def on_term(_signum: int, _frame: Any) -> None:
         raise _Stop()
 
+    try:
+        options = ServerOptions(api_key=Secret(api_key), latency_ms=latency_ms, rate_limit=rate_limit,
+                                fault_rate=fault_rate, fault_seed=seed, truth_out=truth_out)
+    except ValueError as exc:
+        raise FatalError(f"invalid sandbox option: {exc}") from None
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         from stripe_churn.sandbox.sim import Simulation
@@ -485,14 +490,13 @@ def serve_forever(*, customers: int, months: int, seed: int, port: int, latency_
         sim = Simulation(customers=customers, months=months, seed=seed)
         log.info("simulated %d customers over %d months (seed %d) in %.1f s", customers, months, seed,
                  time.perf_counter() - started)
-        try:
-            options = ServerOptions(api_key=Secret(api_key), latency_ms=latency_ms, rate_limit=rate_limit,
-                                    fault_rate=fault_rate, fault_seed=seed, truth_out=truth_out)
-        except ValueError as exc:
-            raise FatalError(f"invalid sandbox option: {exc}") from None
         app = SandboxApp(sim, options)
         if truth_out is not None:
-            write_truth(truth_out, sim.truth)
+            try:
+                write_truth(truth_out, sim.truth)
+            except OSError as exc:
+                raise FatalError(f"cannot write the ground truth to {truth_out}: {exc.strerror}; "
+                                 "pass a writable --truth-out path") from None
             log.info("ground truth (%d rows) written to %s", len(sim.truth), truth_out)
         asyncio.run(_serve(app, port))
     except (_Stop, KeyboardInterrupt):
