@@ -59,24 +59,29 @@ latest AS (
 SELECT
     l.account_id,
     l.subscription_id,
-    ref_id(json_extract(l.state, '$.customer')) AS customer_id,
-    lower(json_extract_string(l.state, '$.currency')) AS currency,
-    json_extract_string(l.state, '$.status') AS status,
-    ts_of(json_extract_string(l.state, '$.start_date')) AS start_date,
-    ts_of(json_extract_string(l.state, '$.created')) AS created_at,
-    ts_of(json_extract_string(l.state, '$.trial_start')) AS trial_start,
-    ts_of(json_extract_string(l.state, '$.trial_end')) AS trial_end,
-    ts_of(json_extract_string(l.state, '$.canceled_at')) AS canceled_at,
-    ts_of(json_extract_string(l.state, '$.ended_at')) AS ended_at,
-    ts_of(json_extract_string(l.state, '$.cancel_at')) AS cancel_at,
-    coalesce(CAST(json_extract(l.state, '$.cancel_at_period_end') AS BOOLEAN), false) AS cancel_at_period_end,
-    json_extract_string(l.state, '$.cancellation_details.reason') AS cancellation_reason,
-    json_extract_string(l.state, '$.cancellation_details.feedback') AS cancellation_feedback,
-    json_extract_string(l.state, '$.cancellation_details.comment') AS cancellation_comment,
+    coalesce(json_extract_string(v[1], '$.id'), json_extract_string(v[1], '$')) AS customer_id,
+    lower(json_extract_string(v[2], '$')) AS currency,
+    json_extract_string(v[3], '$') AS status,
+    ts_of(json_extract_string(v[4], '$')) AS start_date,
+    ts_of(json_extract_string(v[5], '$')) AS created_at,
+    ts_of(json_extract_string(v[6], '$')) AS trial_start,
+    ts_of(json_extract_string(v[7], '$')) AS trial_end,
+    ts_of(json_extract_string(v[8], '$')) AS canceled_at,
+    ts_of(json_extract_string(v[9], '$')) AS ended_at,
+    ts_of(json_extract_string(v[10], '$')) AS cancel_at,
+    coalesce(TRY_CAST(json_extract_string(v[11], '$') AS BOOLEAN), false) AS cancel_at_period_end,
+    json_extract_string(v[12], '$.reason') AS cancellation_reason,
+    json_extract_string(v[12], '$.feedback') AS cancellation_feedback,
+    json_extract_string(v[12], '$.comment') AS cancellation_comment,
+    ts_of(json_extract_string(v[13], '$')) AS paused_at,
     l.seen_at,
     l.pri = 1 AS in_snapshot,
     l.state
-FROM latest l;
+FROM (SELECT *, json_extract(state, ['$.customer', '$.currency', '$.status', '$.start_date', '$.created',
+                                     '$.trial_start', '$.trial_end', '$.canceled_at', '$.ended_at', '$.cancel_at',
+                                     '$.cancel_at_period_end', '$.cancellation_details',
+                                     '$.status_details.paused.transitioned_at']) AS v
+      FROM latest) l;
 
 -- What of a subscription state matters for MRR: its items' ids, prices and quantities (sorted).
 CREATE OR REPLACE MACRO items_key(state) AS list_sort(list_transform(
@@ -138,17 +143,19 @@ UNION ALL SELECT * FROM late_snapshot;
 -- Inside coverage they are the observed states.
 CREATE OR REPLACE TABLE derived_sub_status_steps AS
 WITH s AS (
-    SELECT *,
-           ts_of(json_extract_string(state, '$.status_details.paused.transitioned_at')) AS paused_at
-    FROM derived_subs
+    SELECT * FROM derived_subs
+),
+unpaid_invoices AS (
+    SELECT i.account_id, i.subscription_id, i.created,
+           json_extract_string(i.raw, ['$.status', '$.status_transitions.marked_uncollectible_at']) AS v
+    FROM invoices i
+    SEMI JOIN (SELECT account_id, subscription_id FROM s WHERE status = 'unpaid') u
+      ON u.account_id = i.account_id AND u.subscription_id = i.subscription_id
 ),
 unpaid_from AS (
-    SELECT i.account_id, i.subscription_id,
-           coalesce(max(ts_of(json_extract_string(i.raw, '$.status_transitions.marked_uncollectible_at'))),
-                    min(i.created)) AS unpaid_at
-    FROM invoices i
-    JOIN s ON s.account_id = i.account_id AND s.subscription_id = i.subscription_id
-    WHERE s.status = 'unpaid' AND json_extract_string(i.raw, '$.status') IN ('open', 'uncollectible')
+    SELECT account_id, subscription_id, coalesce(max(ts_of(v[2])), min(created)) AS unpaid_at
+    FROM unpaid_invoices
+    WHERE v[1] IN ('open', 'uncollectible')
     GROUP BY ALL
 ),
 recon AS (
