@@ -120,32 +120,41 @@ FROM f;
 -- Amount per billing period, in 1e-12 minor units (HUGEINT), of `q` units of a price (design.md 4):
 -- per_unit with transform_quantity (divide, then round up or down), tiered volume (the tier the whole
 -- quantity falls in prices every unit) and tiered graduated (each tier prices its own slice; a tier's flat
--- amount is charged once the quantity reaches into it).
-CREATE OR REPLACE MACRO price_amount_p(pid, q) AS (
+-- amount is charged once the quantity reaches into it). Called with (account_id, price_id, quantity);
+-- price ids are unique in Stripe, but several accounts in one store may reuse them.
+CREATE OR REPLACE MACRO price_amount_p(acct, pid, q) AS (
     SELECT CASE
         WHEN t.billing_scheme = 'tiered' AND t.tiers_mode = 'volume' THEN (
             SELECT arg_min(v.unit_p * CAST(q AS HUGEINT) + v.flat_p, v.tier_no)
             FROM derived_price_tiers v
-            WHERE v.price_id = pid AND (v.up_to IS NULL OR q <= v.up_to))
+            WHERE v.account_id = acct AND v.price_id = pid AND (v.up_to IS NULL OR q <= v.up_to))
         WHEN t.billing_scheme = 'tiered' THEN (
             SELECT sum(CASE WHEN q > g.lower_bound
                             THEN g.unit_p * CAST(least(q, coalesce(g.up_to, q)) - g.lower_bound AS HUGEINT) + g.flat_p
                             ELSE 0 END)
             FROM derived_price_tiers g
-            WHERE g.price_id = pid)
+            WHERE g.account_id = acct AND g.price_id = pid)
         WHEN t.divide_by IS NOT NULL AND t.divide_by > 0 THEN
             t.unit_amount_p * CAST(CASE WHEN t.round_mode = 'up' THEN (q + t.divide_by - 1) // t.divide_by
                                         ELSE q // t.divide_by END AS HUGEINT)
         ELSE t.unit_amount_p * CAST(q AS HUGEINT)
     END
     FROM derived_price_terms t
-    WHERE t.price_id = pid
+    WHERE t.account_id = acct AND t.price_id = pid
 );
 
 -- Monthly-normalised MRR of `quantity` units of a price, own currency, major units, undiscounted.
 -- Truncated (not rounded) at 10 decimals so that a later 4-decimal rounding decides as the exact value would.
+-- price_mrr(price_id, quantity) looks the price up in the first account holding it (by account id);
+-- price_mrr(account_id, price_id, quantity) in the given account.
 CREATE OR REPLACE MACRO price_mrr(pid, quantity) AS (
-    SELECT dec10(price_amount_p(pid, quantity) * t.norm_num // (CAST(t.norm_den AS HUGEINT) * 10000))
+    SELECT dec10(price_amount_p(t.account_id, pid, quantity) * t.norm_num // (CAST(t.norm_den AS HUGEINT) * 10000))
     FROM derived_price_terms t
     WHERE t.price_id = pid
+    ORDER BY t.account_id
+    LIMIT 1
+), (acct, pid, quantity) AS (
+    SELECT dec10(price_amount_p(acct, pid, quantity) * t.norm_num // (CAST(t.norm_den AS HUGEINT) * 10000))
+    FROM derived_price_terms t
+    WHERE t.account_id = acct AND t.price_id = pid
 );

@@ -71,8 +71,8 @@ WHERE p.moment >= f.first_at;
 
 -- Undiscounted amount per billing period of each licensed (price, quantity) pair in use.
 CREATE OR REPLACE TABLE derived_price_qty_amounts AS
-SELECT price_id, quantity, price_amount_p(price_id, quantity) AS amount_p
-FROM (SELECT DISTINCT h.price_id, h.quantity
+SELECT account_id, price_id, quantity, price_amount_p(account_id, price_id, quantity) AS amount_p
+FROM (SELECT DISTINCT h.account_id, h.price_id, h.quantity
       FROM derived_item_history h
       JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
       WHERE p.usage_type = 'licensed' AND h.quantity IS NOT NULL);
@@ -112,7 +112,8 @@ SELECT
 FROM with_usage u
 CROSS JOIN derived_settings st
 LEFT JOIN derived_price_terms p ON p.account_id = u.account_id AND p.price_id = u.price_id
-LEFT JOIN derived_price_qty_amounts a ON a.price_id = u.price_id AND a.quantity = u.quantity
+LEFT JOIN derived_price_qty_amounts a
+       ON a.account_id = u.account_id AND a.price_id = u.price_id AND a.quantity = u.quantity
 LEFT JOIN derived_sub_churn c ON c.account_id = u.account_id AND c.subscription_id = u.subscription_id;
 
 -- Discounts in force at each point: percent factors multiply; amount_off (minor units per billing period)

@@ -298,3 +298,17 @@ def test_truncated_snapshot_items_read_from_item_table(world: World, derive: Der
     world.load = load  # type: ignore[method-assign]
     con = derive(world, seen_at=month(0, 3), events=False)
     assert customer_mrr_at(con, "cus_1", month(0, 3)) == 12
+
+
+def test_two_accounts_with_the_same_ids_kept_apart(store: duckdb.DuckDBPyConnection) -> None:
+    for acct, amount in (("acct_a", 1_000), ("acct_b", 3_000)):
+        w = World(account_id=acct)
+        w.customer("cus_1")
+        w.product("prod_seat", unit_label="seat")
+        w.price("basic", "prod_seat", amount)
+        w.subscribe("sub_1", "cus_1", [("si_1", "basic", 2)], T0)
+        w.load(store, seen_at=month(1))
+    recompute(store, make_settings())
+    got = store.execute("SELECT account_id, mrr FROM customer_mrr WHERE valid_to IS NULL ORDER BY 1").fetchall()
+    assert [(a, float(m)) for a, m in got] == [("acct_a", 20.0), ("acct_b", 60.0)]
+    assert store.execute("SELECT price_mrr('acct_b', 'basic', 3)").fetchone() == (90,)
