@@ -2,11 +2,24 @@
 -- subscription item, with the exchange rates that value them in the reporting currency.
 -- Inputs: derived_transitions, derived_item_mrr, fx_rates, derived_settings.
 
--- Exchange rates by currency and day (units of the reporting currency for one unit of `currency`; a rate
--- holds until the next dated row, looked up with ASOF joins). The reporting currency itself is 1.
+-- Exchange rate per currency and UTC day (units of the reporting currency for one unit of `currency`; a
+-- rate holds until the next dated row), one row per day from the currency's first rate through the later of
+-- today and the data, so that lookups are plain equality joins. The reporting currency itself is 1.
 CREATE OR REPLACE TABLE derived_fx_days AS
-SELECT lower(currency) AS currency, date AS from_date, CAST(rate AS DECIMAL(18, 8)) AS rate
-FROM fx_rates;
+WITH steps AS (
+    SELECT lower(currency) AS currency, date AS from_date, CAST(rate AS DECIMAL(18, 8)) AS rate,
+           lead(date) OVER (PARTITION BY lower(currency) ORDER BY date) AS next_date
+    FROM fx_rates
+),
+horizon AS (
+    SELECT greatest(CAST(timezone('UTC', now()) AS DATE),
+                    coalesce(CAST(timezone('UTC', (SELECT max(t_end) FROM derived_transitions)) AS DATE),
+                             DATE '1970-01-01')) AS last_day
+)
+SELECT s.currency, CAST(g.day AS DATE) AS day, s.rate
+FROM steps s, horizon h,
+     generate_series(CAST(s.from_date AS TIMESTAMP),
+                     CAST(coalesce(s.next_date - 1, h.last_day) AS TIMESTAMP), INTERVAL 1 DAY) AS g(day);
 
 -- An item counts in a state while its subscription status counts (design.md 4); a metered item before
 -- its first usage invoice is present with zero MRR, so later usage is a change on that item.
@@ -74,6 +87,6 @@ SELECT
     CASE WHEN j.b_currency = cfg.rep THEN 1 ELSE rbb.rate END AS b_rate_b
 FROM joined j
 CROSS JOIN cfg
-ASOF LEFT JOIN derived_fx_days ra ON ra.currency = j.a_currency AND j.day_a >= ra.from_date
-ASOF LEFT JOIN derived_fx_days rba ON rba.currency = j.b_currency AND j.day_a >= rba.from_date
-ASOF LEFT JOIN derived_fx_days rbb ON rbb.currency = j.b_currency AND j.day_b >= rbb.from_date;
+LEFT JOIN derived_fx_days ra ON ra.currency = j.a_currency AND ra.day = j.day_a
+LEFT JOIN derived_fx_days rba ON rba.currency = j.b_currency AND rba.day = j.day_a
+LEFT JOIN derived_fx_days rbb ON rbb.currency = j.b_currency AND rbb.day = j.day_b;

@@ -26,7 +26,7 @@ valued AS (
            sum(c.mrr_original * CASE WHEN c.currency = cfg.rep THEN 1 ELSE r.rate END) AS mrr
     FROM current_items c
     CROSS JOIN cfg
-    ASOF LEFT JOIN derived_fx_days r ON r.currency = c.currency AND c.today >= r.from_date
+    LEFT JOIN derived_fx_days r ON r.currency = c.currency AND r.day = c.today
     GROUP BY ALL
 )
 SELECT p.account_id, p.customer_id, p.subscription_id, p.effective_at AS cancel_at, p.cancel_at_period_end,
