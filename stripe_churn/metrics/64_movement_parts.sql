@@ -70,7 +70,7 @@ shaped AS (
 ),
 -- MRR(new price, old quantity): only needed when both price and quantity changed on a licensed item.
 cross_terms AS (
-    SELECT DISTINCT b_price_id, a_quantity, price_mrr(b_price_id, a_quantity) AS cross_mrr
+    SELECT DISTINCT account_id, b_price_id, a_quantity, price_mrr(account_id, b_price_id, a_quantity) AS cross_mrr
     FROM shaped
     WHERE comp IN ('same', 'pair') AND NOT metered AND a_quantity IS NOT NULL AND b_quantity IS NOT NULL
       AND a_quantity <> b_quantity AND a_price_id <> b_price_id
@@ -85,7 +85,8 @@ valued AS (
                 WHEN s.a_price_id = s.b_price_id THEN s.a_undisc
                 ELSE x.cross_mrr END AS cross_mrr
     FROM shaped s
-    LEFT JOIN cross_terms x ON x.b_price_id = s.b_price_id AND x.a_quantity = s.a_quantity
+    LEFT JOIN cross_terms x ON x.account_id = s.account_id AND x.b_price_id = s.b_price_id
+                           AND x.a_quantity = s.a_quantity
                            AND s.comp IN ('same', 'pair') AND NOT s.metered
 ),
 split AS (

@@ -138,6 +138,35 @@ def test_bridge_identity_every_period_and_segment(world: World, derive: Derive) 
     assert assert_bridge_adds_up(con, "book") > 100
 
 
+def test_classifier_cases_in_one_multi_account_store(store: duckdb.DuckDBPyConnection) -> None:
+    """Every hand-built case of the classifier tests as its own account of one store (same ids in each):
+    each account's movements stay as in its own test, and the bridge adds up over all of them."""
+    from test_classifier import CASES
+
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.settings import Settings
+
+    expected = {}
+    for param in CASES:
+        account = f"acct_{param.id}"
+        w, seen_at, rows_expected = param.values[0](World(account_id=account))
+        w.fx_rates = []  # rates are global: the accounts share the ones below
+        w.load(store, seen_at=seen_at)
+        expected[account] = sorted(rows_expected, key=lambda r: (r[0], r[1], r[4] or ""))
+    for date, currency, rate in (("2023-12-01", "eur", 1.08), ("2024-02-01", "eur", 1.10)):
+        store.execute("INSERT INTO fx_rates (date, currency, rate) VALUES (?, ?, ?)", [date, currency, rate])
+    recompute(store, Settings())
+    for account, rows_expected in expected.items():
+        if account == "acct_rounding-remainder-on-largest":
+            continue  # its own test uses an EUR rate of 1.00
+        got = store.execute(
+            "SELECT CAST(epoch(occurred_at) AS BIGINT), movement, category, mrr_delta, subscription_item_id "
+            "FROM mrr_movements WHERE account_id = ? ORDER BY occurred_at, movement, subscription_item_id",
+            [account]).fetchall()
+        assert [tuple(r) for r in got] == rows_expected, account
+    assert assert_bridge_adds_up(store, "classifier cases") > 100
+
+
 def test_bridge_identity_small_simulation(sim_store: duckdb.DuckDBPyConnection) -> None:
     from stripe_churn.metrics.runner import recompute
     from stripe_churn.settings import Settings
