@@ -21,15 +21,20 @@ FROM steps s, horizon h,
      generate_series(CAST(s.from_date AS TIMESTAMP),
                      CAST(coalesce(s.next_date - 1, h.last_day) AS TIMESTAMP), INTERVAL 1 DAY) AS g(day);
 
--- An item counts in a state while its subscription status counts (design.md 4); a metered item before
--- its first usage invoice is present with zero MRR, so later usage is a change on that item.
+-- An item is present in a state while it counts (design.md 4): its subscription's status counts, it has
+-- not churned (an unpaid subscription, or a cancellation under churn_recognition = 'canceled', churns while
+-- its status may still read otherwise) and paused collection keeps MRR unless the setting drops it.
+-- A present item may have zero MRR (a metered item before its first usage invoice), so later usage is a
+-- change on that item, not a new item.
 CREATE OR REPLACE TABLE derived_transition_items AS
 WITH
-cfg AS (SELECT lower(reporting_currency) AS rep, past_due_counts FROM derived_settings),
+cfg AS (SELECT lower(reporting_currency) AS rep, past_due_counts, pause_collection_keeps_mrr FROM derived_settings),
 item_rows AS (
     SELECT i.*
     FROM derived_item_mrr i, cfg
-    WHERE i.status = 'active' OR (i.status = 'past_due' AND cfg.past_due_counts)
+    WHERE (i.status = 'active' OR (i.status = 'past_due' AND cfg.past_due_counts))
+      AND i.churn_type IS NULL
+      AND NOT (coalesce(i.pause_collection, false) AND NOT cfg.pause_collection_keeps_mrr)
 ),
 side_a AS (
     SELECT t.account_id, t.customer_id, t.t_start, t.t_end, r.subscription_item_id,

@@ -425,6 +425,43 @@ def test_movement_window_setting(world: World, derive: Derive) -> None:
         ("new", Decimal("30.0000")), ("cancellation", Decimal("-30.0000")), ("reactivation", Decimal("60.0000"))]
 
 
+def test_churn_recognised_at_cancel_time(world: World, derive: Derive) -> None:
+    base(world).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    world.subscribe("sub_2", "cus_1", [("si_a", "analytics", 1)], T0)
+    world.cancel("sub_2", month(1, 5), ended_at=month(2), feedback="unused")
+    world.cancel("sub_1", month(2, 5), ended_at=month(3))
+    con = derive(world, seen_at=month(4), churn_recognition="canceled")
+    # analytics leaves when its cancellation is made, not at period end, and while core stays it is a
+    # downgrade; the last subscription's cancellation is the churn
+    assert movements(con) == [
+        (T0, "new", "new", Decimal("80.0000"), "si_a"),
+        (month(1, 5), "downgrade", "contraction", Decimal("-50.0000"), "si_a"),
+        (month(2, 5), "cancellation", "churn", Decimal("-30.0000"), "si_c"),
+    ]
+    check_invariants(con)
+
+
+def test_unpaid_second_subscription_is_a_downgrade(world: World, derive: Derive) -> None:
+    base(world).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    world.subscribe("sub_2", "cus_1", [("si_a", "analytics", 1)], T0)
+    world.update("sub_2", month(1, 1), status="past_due")
+    world.update("sub_2", month(1, 15), status="unpaid")
+    con = derive(world, seen_at=month(2))
+    assert movements(con) == [
+        (T0, "new", "new", Decimal("80.0000"), "si_a"),
+        (month(1, 15), "downgrade", "contraction", Decimal("-50.0000"), "si_a"),
+    ]
+
+
+def test_past_due_setting(world: World, derive: Derive) -> None:
+    base(world).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    world.update("sub_1", month(1, 1), status="past_due")
+    world.update("sub_1", month(1, 9), status="active")
+    con = derive(world, seen_at=month(2), past_due_counts=False)
+    assert [(m[0], m[1]) for m in movements(con)] == [
+        (T0, "new"), (month(1, 1), "cancellation"), (month(1, 9), "reactivation")]
+
+
 def test_view_columns_and_types(world: World, derive: Derive) -> None:
     w, seen_at, _ = case_upgrade_with_seats(world)
     con = derive(w, seen_at=seen_at)
