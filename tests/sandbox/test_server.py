@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -551,6 +552,43 @@ def test_sdk_async_client_pages_concurrently(mini: RunningSandbox) -> None:
 
     got = asyncio.run(walk())
     assert got == [expected_order(mini.sim.objects[r]) for r in ("customers", "invoices", "credit_notes")]
+
+
+def _raw(sb: RunningSandbox, payload: bytes) -> bytes:
+    host, port = sb.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_pipelining_connection_close_and_malformed_requests(mini: RunningSandbox) -> None:
+    auth = f"Authorization: Bearer {KEY}\r\n".encode()
+    two = _raw(mini, b"GET /v1/customers/cus_0001 HTTP/1.1\r\n" + auth + b"\r\n"
+               b"GET /v1/customers/cus_0002 HTTP/1.1\r\n" + auth + b"Connection: close\r\n\r\n")
+    assert two.count(b"HTTP/1.1 200 OK") == 2
+    assert two.index(b'"cus_0001"') < two.index(b'"cus_0002"')  # answered in order
+    http10 = _raw(mini, b"GET /v1/account HTTP/1.0\r\n" + auth + b"\r\n")  # closes after one answer
+    assert http10.startswith(b"HTTP/1.1 200") and b"Connection: close" in http10
+    assert _raw(mini, b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.1 400")
+
+
+def test_start_and_stop_are_fast_and_leak_free() -> None:
+    sim = MiniSim()
+    threads = threading.active_count()
+    fds = len(os.listdir("/proc/self/fd"))
+    started = time.perf_counter()
+    for _ in range(15):
+        with start_in_thread(sim, api_key=KEY) as sb, httpx.Client(timeout=5) as http:
+            assert http.get(sb.url + "/v1/account", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        sb.stop()  # a second stop is harmless
+    assert time.perf_counter() - started < 5
+    assert threading.active_count() == threads
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2
+    with pytest.raises(RuntimeError, match="stopped"):
+        sb.stats()
 
 # --- rate limit, faults, latency --------------------------------------------------------------------
 
