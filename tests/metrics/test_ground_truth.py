@@ -1,0 +1,144 @@
+"""Ground truth: the classifier and the MRR history against the simulation's own answer.
+
+The simulation (stripe_churn/sandbox/sim.py) knows the true label and amount of every change it makes and
+each customer's MRR at any moment, computed by its own code; the pipeline sees only what Stripe would give
+(objects, invoices, events of the last 30 days). Label agreement must reach 99.9% (aim: 100%) and MRR per
+customer and month must be exact; every disagreement is listed in the failure message.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections import Counter, defaultdict
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from stripe_churn.settings import Settings
+
+MIN_AGREEMENT = 0.999
+Key = tuple[str, int, str]  # customer, unix second, subscription item
+
+
+def _unix(iso: str) -> int:
+    return int(dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+
+
+def _dec(x: Any) -> Decimal:
+    return Decimal(str(x)).quantize(Decimal("0.0001"))
+
+
+def truth_rows(sim: Any) -> list[tuple[Key, str, str, Decimal]]:
+    return [((t["customer_id"], _unix(t["occurred_at"]), t.get("subscription_item_id") or ""), t["movement"],
+             t["category"], _dec(t["mrr_delta"])) for t in sim.truth]
+
+
+def our_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[Key, str, str, Decimal]]:
+    got = con.execute(
+        "SELECT customer_id, CAST(epoch(occurred_at) AS BIGINT), coalesce(subscription_item_id, ''), movement, "
+        "category, mrr_delta FROM mrr_movements").fetchall()
+    return [((c, t, i), m, cat, d) for c, t, i, m, cat, d in got]
+
+
+def compare_labels(truth: list[tuple[Key, str, str, Decimal]],
+                   ours: list[tuple[Key, str, str, Decimal]]) -> tuple[float, list[str]]:
+    """Match rows by (customer, moment, item, movement); agreement = matched with equal delta / rows."""
+    want: dict[tuple[Key, str], list[Decimal]] = defaultdict(list)
+    for key, movement, _, delta in truth:
+        want[(key, movement)].append(delta)
+    have: dict[tuple[Key, str], list[Decimal]] = defaultdict(list)
+    for key, movement, _, delta in ours:
+        have[(key, movement)].append(delta)
+    agree, problems = 0, []
+    for k in sorted(set(want) | set(have)):
+        w, h = sorted(want.get(k, [])), sorted(have.get(k, []))
+        same = sum((Counter(w) & Counter(h)).values())
+        agree += same
+        if w != h:
+            (cust, at, item), movement = k
+            when = dt.datetime.fromtimestamp(at, tz=dt.UTC).isoformat()
+            problems.append(f"{cust} {when} {item} {movement}: truth {w or '-'} ours {h or '-'}")
+    total = max(len(truth), len(ours), 1)
+    return agree / total, problems
+
+
+def compare_mrr(sim: Any, con: duckdb.DuckDBPyConnection, moments: list[int]) -> list[str]:
+    """The sim's customer MRR against customer_mrr at each moment (4 decimals, exact)."""
+    problems = []
+    for at in moments:
+        truth = {c: _dec(v) for c, v in sim.customer_mrr(at).items() if _dec(v) != 0}
+        got = {c: m for c, m in con.execute(
+            "SELECT customer_id, mrr FROM customer_mrr WHERE valid_from <= to_timestamp(?) "
+            "AND (valid_to IS NULL OR to_timestamp(?) < valid_to) AND mrr <> 0", [at, at]).fetchall()}
+        when = dt.datetime.fromtimestamp(at, tz=dt.UTC).date().isoformat()
+        problems += [f"{c} at {when}: truth {truth.get(c, 0)} ours {got.get(c, 0)}"
+                     for c in sorted(set(truth) | set(got)) if truth.get(c, 0) != got.get(c, 0)]
+    return problems
+
+
+def month_starts(first: int, last: int) -> list[int]:
+    d = dt.datetime.fromtimestamp(first, tz=dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    out = []
+    while d.timestamp() <= last:
+        out.append(int(d.timestamp()))
+        d = (d + dt.timedelta(days=32)).replace(day=1)
+    return out
+
+
+def check_against_truth(sim: Any, con: duckdb.DuckDBPyConnection, label: str) -> str:
+    """Assert the agreement and exact MRR; returns a one-line summary."""
+    truth, ours = truth_rows(sim), our_rows(con)
+    agreement, label_problems = compare_labels(truth, ours)
+    first = min(k[1] for k, *_ in truth)
+    mrr_problems = compare_mrr(sim, con, month_starts(first, sim.clock)[1:])
+    summary = (f"{label}: {len(truth)} truth rows, {len(ours)} ours, label agreement {agreement:.5f}, "
+               f"{len(label_problems)} label and {len(mrr_problems)} MRR disagreements")
+    if label_problems or mrr_problems:
+        report = Path(os.environ.get("GROUND_TRUTH_REPORT", "ground-truth-disagreements.txt"))
+        report.write_text("\n".join([summary, *label_problems, *mrr_problems]) + "\n", encoding="utf-8")
+    assert agreement >= MIN_AGREEMENT and not mrr_problems, (
+        summary + "\n" + "\n".join(label_problems + mrr_problems))
+    return summary
+
+
+@pytest.fixture(scope="module")
+def sim_500() -> Any:
+    from stripe_churn.sandbox.sim import Simulation
+
+    return Simulation(customers=500, months=24, seed=11)
+
+
+def test_ground_truth_direct_load(sim_500: Any, tmp_path: Path) -> None:
+    """500 customers x 24 months loaded straight into the store (no HTTP)."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.store.db import open_store
+    from stripe_churn.store.load import load_simulation
+
+    con = open_store(tmp_path / "truth.duckdb")
+    try:
+        load_simulation(con, sim_500)
+        recompute(con, Settings())
+        check_against_truth(sim_500, con, "500 x 24 direct")
+    finally:
+        con.close()
+
+
+def test_bridge_of_the_simulation_adds_up(sim_500: Any, tmp_path: Path) -> None:
+    from test_bridge import assert_bridge_adds_up
+
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.store.db import open_store
+    from stripe_churn.store.load import load_simulation
+
+    con = open_store(tmp_path / "bridge.duckdb")
+    try:
+        load_simulation(con, sim_500)
+        recompute(con, Settings())
+        assert assert_bridge_adds_up(con, "500 x 24", ["month", "quarter"],
+                                     [None, "family", "plan", "currency", "country", "size_band"]) > 0
+    finally:
+        con.close()
