@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""Benchmark the metrics pipeline (history, MRR, labels, bridge) on a large store built from the simulation.
+
+The store is built without HTTP: a block of customers is simulated and loaded with ``load_simulation``, then,
+when more customers are asked for than the block holds, the block is replicated inside DuckDB with re-keyed
+ids (customers, subscriptions, items, invoices, lines, events and discounts get a copy number; the catalogue
+is shared) until the store holds the requested number of customers. The output says how it was built.
+
+Timed: the full recompute, an incremental recompute after one more billing run of the block (see
+``stripe_churn.metrics.incremental``: only the customers whose objects changed are derived again), a 5-year
+monthly bridge query, peak memory, and a plain-Python per-customer loop over a sample for comparison.
+
+    python scripts/bench_rollup.py                       # 1,000,000 customers x 24 months (block of 20,000)
+    python scripts/bench_rollup.py --customers 20000 --block 5000   # a small run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import resource
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from stripe_churn.metrics import incremental
+from stripe_churn.metrics.runner import recompute
+from stripe_churn.sandbox.sim import Simulation
+from stripe_churn.settings import Settings
+from stripe_churn.store.db import open_store
+from stripe_churn.store.load import load_simulation
+
+TARGET_FULL_S = 20.0
+TARGET_INCREMENTAL_S = 2.0
+TARGET_BRIDGE_MS = 200.0
+# Tables whose rows belong to one customer (re-keyed per copy); the catalogue tables are shared.
+PER_CUSTOMER = ("customers", "subscriptions", "subscription_items", "invoices", "invoice_lines", "credit_notes",
+                "discounts", "events")
+# Stripe id prefixes of per-customer objects.
+ID_PREFIXES = "cus|sub|si|in|il|evt|di|cn|cnli|ii|pi|ch|sli"
+
+
+def peak_mb() -> float:
+    """Peak resident memory of this process so far, in MB (DuckDB runs in-process)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def replicate(con: duckdb.DuckDBPyConnection, copies: int) -> None:
+    """Add ``copies - 1`` re-keyed copies of every per-customer row (copy k: ``cus_X`` -> ``cus_kX``...)."""
+    if copies <= 1:
+        return
+    id_re = rf"^({ID_PREFIXES})_"
+    json_re = rf'"({ID_PREFIXES})_'
+    for table in PER_CUSTOMER:
+        cols = con.execute(f"DESCRIBE {table}").fetchall()
+        exprs = []
+        for name, typ, *_ in cols:
+            if name == "raw":
+                exprs.append(f"CAST(regexp_replace(CAST(raw AS VARCHAR), '{json_re}', '\"\\1_' || r.k || 'x', 'g') "
+                             "AS JSON)")
+            elif typ == "VARCHAR" and name != "account_id" and (name == "id" or name.endswith("_id")):
+                exprs.append(f"regexp_replace({name}, '{id_re}', '\\1_' || r.k || 'x')")
+            else:
+                exprs.append(name)
+        con.execute(f"INSERT INTO {table} SELECT {', '.join(exprs)} FROM {table} t, range(1, {copies}) r(k) "
+                    "WHERE t.id NOT SIMILAR TO '^[a-z]+_[0-9]+x.*'")
+
+
+# --- a plain-Python version of the derive/classify/rollup steps, one customer at a time ---------------------
+
+def python_rollup(rows: list[tuple[Any, ...]], window_s: int = 3600) -> dict[str, Decimal]:
+    """From item MRR intervals (customer, item, family, price, qty, from, to, mrr, rate), per customer: MRR
+    levels, transitions netted over the window, labels, then monthly flows. Returns net flow per month."""
+    by_customer: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for r in rows:
+        by_customer[r[0]].append(r)
+    flows: dict[str, Decimal] = defaultdict(Decimal)
+    q = Decimal("0.0001")
+    for items in by_customer.values():
+        points = sorted({r[5] for r in items} | {r[6] for r in items if r[6] is not None})
+
+        def state(at: float, before: bool, items: list[tuple[Any, ...]] = items) -> dict[str, tuple[Any, ...]]:
+            if before:
+                return {r[1]: r for r in items if r[5] < at and (r[6] is None or r[6] >= at)}
+            return {r[1]: r for r in items if r[5] <= at and (r[6] is None or r[6] > at)}
+
+        def mrr(s: dict[str, tuple[Any, ...]]) -> Decimal:
+            return sum((Decimal(r[7]) * Decimal(r[8]) for r in s.values()), Decimal(0)).quantize(q, ROUND_HALF_UP)
+
+        had = False
+        i = 0
+        while i < len(points):
+            start = points[i]
+            j = i
+            while j + 1 < len(points) and points[j + 1] - start <= window_s:
+                j += 1
+            a, b = state(start, True), state(points[j], False)
+            ma, mb = mrr(a), mrr(b)
+            i = j + 1
+            if ma == mb:
+                continue
+            month = dt.datetime.fromtimestamp(start, tz=dt.UTC).strftime("%Y-%m")
+            if ma == 0 or mb == 0:
+                label = "cancellation" if mb == 0 else ("reactivation" if had else "new")
+                flows[f"{month} {label}"] += mb - ma
+            else:
+                fam_a, fam_b = {r[2] for r in a.values()}, {r[2] for r in b.values()}
+                for item in set(a) | set(b):
+                    ra, rb = a.get(item), b.get(item)
+                    delta = (Decimal(rb[7]) if rb else Decimal(0)) - (Decimal(ra[7]) if ra else Decimal(0))
+                    if delta == 0:
+                        continue
+                    if ra and rb:
+                        label = "upgrade" if ra[3] != rb[3] else "seat"
+                    elif rb:
+                        label = "expansion" if rb[2] in fam_a else "cross_sell"
+                    else:
+                        label = "contraction" if ra is not None and ra[2] in fam_b else "downgrade"
+                    flows[f"{month} {label}"] += delta
+            had = had or mb > 0
+    return flows
+
+
+def timed(fn: Any, *args: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t0, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--customers", type=int, default=1_000_000, help="customers in the store (default 1,000,000)")
+    ap.add_argument("--block", type=int, default=20_000, help="customers simulated in Python (default 20,000)")
+    ap.add_argument("--months", type=int, default=24, help="months of history (default 24)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--sample", type=int, default=10_000, help="customers in the Python-loop sample")
+    ap.add_argument("--db", type=Path, help="DuckDB file to build (default: a temporary one, removed after)")
+    ap.add_argument("--memory-limit", default=None, help="DuckDB memory_limit, e.g. 6GB")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    block = min(args.block, args.customers)
+    copies = -(-args.customers // block)
+    settings = Settings()
+    tmp = tempfile.TemporaryDirectory(prefix="bench-rollup-")
+    path = args.db or Path(tmp.name) / "bench.duckdb"
+    five_years_ago = int((dt.datetime.now(dt.UTC) - dt.timedelta(days=5 * 365)).timestamp())
+    start = max(five_years_ago, int(time.time()) - (args.months + 1) * 31 * 86400)
+
+    print(f"building: simulating {block:,} customers x {args.months} months in Python", flush=True)
+    t_sim, sim = timed(lambda: Simulation(customers=block, months=args.months, seed=args.seed, start=start))
+    con = open_store(path)
+    if args.memory_limit:
+        con.execute(f"SET memory_limit = '{args.memory_limit}'")
+    t_load, _ = timed(load_simulation, con, sim)
+    t_rep, _ = timed(replicate, con, copies)
+    n_customers = con.execute("SELECT count(*) FROM customers").fetchall()[0][0]
+    sizes = {t: con.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0]
+             for t in ("subscriptions", "invoices", "invoice_lines", "events")}
+    how = (f"{block:,} simulated, replicated x{copies} with re-keyed ids in SQL" if copies > 1
+           else f"{block:,} simulated")
+    print(f"store: {n_customers:,} customers ({how}); " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+    print(f"  simulate {t_sim:.1f} s, load {t_load:.1f} s, replicate {t_rep:.1f} s", flush=True)
+
+    t_full, _ = timed(recompute, con, settings)
+    n_movements = con.execute("SELECT count(*) FROM derived_mrr_movements").fetchall()[0][0]
+    print(f"full recompute: {t_full:.2f} s (target {TARGET_FULL_S:.0f} s) -> {n_movements:,} movements; "
+          f"peak memory {peak_mb():,.0f} MB", flush=True)
+
+    # one more billing run of the block: its changed objects are loaded, then only their customers derived
+    sim.advance(1)
+    since = dt.datetime.now(dt.UTC)
+    t_reload, _ = timed(load_simulation, con, sim)
+    t_inc, touched = timed(incremental.recompute_changed, con, settings, since)
+    print(f"incremental recompute after one billing run: {t_inc:.2f} s (target {TARGET_INCREMENTAL_S:.0f} s), "
+          f"{touched:,} customers derived again (reload of the block {t_reload:.1f} s, not timed)", flush=True)
+
+    t_bridge = min(timed(lambda: con.execute(
+        "SELECT * FROM mrr_bridge WHERE period_start >= current_date - INTERVAL 5 YEAR").fetchall())[0]
+        for _ in range(5))
+    n_periods = len(con.execute("SELECT 1 FROM mrr_bridge WHERE period_start >= current_date - INTERVAL 5 YEAR")
+                    .fetchall())
+    print(f"5-year monthly bridge query: {t_bridge * 1000:.0f} ms for {n_periods} months "
+          f"(target {TARGET_BRIDGE_MS:.0f} ms)")
+
+    sample = con.execute(
+        "SELECT i.customer_id, i.subscription_item_id, i.family, i.price_id, i.quantity, epoch(i.valid_from), "
+        "epoch(i.valid_to), CAST(i.mrr_original AS VARCHAR), '1' FROM derived_item_mrr i "
+        "JOIN (SELECT DISTINCT customer_id FROM derived_item_mrr ORDER BY customer_id LIMIT ?) s USING (customer_id)",
+        [args.sample]).fetchall()
+    n_sample = len({r[0] for r in sample})
+    t_py, _ = timed(python_rollup, sample)
+    per_py = t_py / max(n_sample, 1)
+    per_sql = t_full / max(n_customers, 1)
+    print(f"plain-Python per-customer loop: {t_py:.2f} s for {n_sample:,} customers (from item MRR rows on, "
+          f"so less work than the SQL does); {per_py * 1e6:,.0f} us/customer against {per_sql * 1e6:,.1f} "
+          f"us/customer for the whole SQL recompute: SQL is {per_py / per_sql:,.1f}x faster")
+    print(f"peak memory: {peak_mb():,.0f} MB")
+    con.close()
+    tmp.cleanup()
+    ok = t_full <= TARGET_FULL_S and t_inc <= TARGET_INCREMENTAL_S and t_bridge * 1000 <= TARGET_BRIDGE_MS
+    print("all targets met" if ok else "some targets missed (see above)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Derive again only the customers whose Stripe objects changed, instead of the whole account.
+
+Every metrics step works per customer except a few account-wide facts (where event coverage starts, the
+latest snapshot), so the customers touched since a moment can be derived apart: their raw rows (plus the
+catalogue, the exchange rates and the account's oldest and newest events, which fix those facts) are
+copied into an in-memory database, the same SQL steps run there, and their rows replace the old ones in
+every per-customer derived table; the monthly bridge ledger is then rebuilt from all movements. The full
+:func:`~stripe_churn.metrics.runner.recompute` stays the default (design.md 2); this is the fast path after
+a billing run, and its result equals a full recompute (tests/metrics/test_bridge.py checks that).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+import duckdb
+
+from stripe_churn.errors import DataError
+from stripe_churn.metrics.runner import sql_steps, write_settings
+from stripe_churn.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_SCOPE = "touched_scope"
+_CATALOGUE = ("products", "prices", "coupons")
+
+# Customers with a raw object seen at or after $since, by the typed columns the store keeps.
+_TOUCHED_SQL = """
+CREATE OR REPLACE TEMP TABLE touched_customers AS
+SELECT DISTINCT account_id, customer_id FROM (
+    SELECT account_id, id AS customer_id FROM customers WHERE last_seen_at >= $since
+    UNION ALL SELECT account_id, customer_id FROM subscriptions WHERE last_seen_at >= $since
+    UNION ALL SELECT account_id, customer_id FROM invoices WHERE last_seen_at >= $since
+    UNION ALL
+    SELECT s.account_id, s.customer_id FROM subscription_items i
+    JOIN subscriptions s ON s.account_id = i.account_id AND s.id = i.subscription_id
+    WHERE i.last_seen_at >= $since
+    UNION ALL
+    SELECT v.account_id, v.customer_id FROM invoice_lines l
+    JOIN invoices v ON v.account_id = l.account_id AND v.id = l.invoice_id
+    WHERE l.last_seen_at >= $since
+    UNION ALL
+    SELECT account_id, coalesce(json_extract_string(raw, '$.customer.id'), json_extract_string(raw, '$.customer'))
+    FROM discounts WHERE last_seen_at >= $since
+    UNION ALL
+    SELECT account_id, coalesce(json_extract_string(raw, '$.data.object.customer.id'),
+                                json_extract_string(raw, '$.data.object.customer'),
+                                CASE WHEN json_extract_string(raw, '$.data.object.object') = 'customer'
+                                     THEN json_extract_string(raw, '$.data.object.id') END)
+    FROM events WHERE last_seen_at >= $since
+)
+WHERE customer_id IS NOT NULL
+"""
+
+# The raw rows of the touched customers, table by table.
+_SCOPED_ROWS = {
+    "customers": "SELECT t.* FROM customers t JOIN touched_customers c ON c.account_id = t.account_id "
+                 "AND c.customer_id = t.id",
+    "subscriptions": "SELECT t.* FROM subscriptions t JOIN touched_customers c USING (account_id, customer_id)",
+    "subscription_items": "SELECT t.* FROM subscription_items t JOIN subscriptions s ON s.account_id = t.account_id "
+                          "AND s.id = t.subscription_id JOIN touched_customers c ON c.account_id = s.account_id "
+                          "AND c.customer_id = s.customer_id",
+    "invoices": "SELECT t.* FROM invoices t JOIN touched_customers c USING (account_id, customer_id)",
+    "invoice_lines": "SELECT t.* FROM invoice_lines t JOIN invoices v ON v.account_id = t.account_id "
+                     "AND v.id = t.invoice_id JOIN touched_customers c ON c.account_id = v.account_id "
+                     "AND c.customer_id = v.customer_id",
+    "credit_notes": "SELECT t.* FROM credit_notes t JOIN touched_customers c ON c.account_id = t.account_id "
+                    "AND c.customer_id = coalesce(json_extract_string(t.raw, '$.customer.id'), "
+                    "json_extract_string(t.raw, '$.customer'))",
+    "discounts": "SELECT t.* FROM discounts t JOIN touched_customers c ON c.account_id = t.account_id "
+                 "AND c.customer_id = coalesce(json_extract_string(t.raw, '$.customer.id'), "
+                 "json_extract_string(t.raw, '$.customer'))",
+    # the touched customers' events, and each account's oldest and newest event (event coverage)
+    "events": "SELECT t.* FROM events t JOIN touched_customers c ON c.account_id = t.account_id "
+              "AND c.customer_id = coalesce(json_extract_string(t.raw, '$.data.object.customer.id'), "
+              "json_extract_string(t.raw, '$.data.object.customer'), CASE WHEN "
+              "json_extract_string(t.raw, '$.data.object.object') = 'customer' "
+              "THEN json_extract_string(t.raw, '$.data.object.id') END) "
+              "UNION SELECT * FROM events QUALIFY row_number() OVER (PARTITION BY account_id ORDER BY created, id) = 1 "
+              "UNION SELECT * FROM events "
+              "QUALIFY row_number() OVER (PARTITION BY account_id ORDER BY created DESC, id DESC) = 1",
+}
+
+
+def _per_customer_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Derived tables of the main database that hold rows per (account_id, customer_id)."""
+    rows = con.execute(
+        "SELECT table_name FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name LIKE 'derived\\_%' ESCAPE '\\' "
+        "AND column_name IN ('account_id', 'customer_id') "
+        "GROUP BY table_name HAVING count(*) = 2 ORDER BY table_name").fetchall()
+    return [r[0] for r in rows]
+
+
+def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: dt.datetime) -> int:
+    """Derive again the customers with raw objects seen at or after ``since``; returns how many.
+
+    Needs a full :func:`~stripe_churn.metrics.runner.recompute` to have run once on this store.
+    """
+    started = time.perf_counter()
+    main_db = con.execute("SELECT current_database()").fetchall()[0][0]
+    con.execute(_TOUCHED_SQL, {"since": since})
+    touched = con.execute("SELECT count(*) FROM touched_customers").fetchall()[0][0]
+    if touched == 0:
+        return 0
+    tables = _per_customer_tables(con)
+    con.execute(f"ATTACH ':memory:' AS {_SCOPE}")
+    try:
+        for table in (*_SCOPED_ROWS, *_CATALOGUE, "fx_rates"):
+            query = _SCOPED_ROWS.get(table, f"SELECT * FROM {table}")
+            con.execute(f"CREATE TABLE {_SCOPE}.{table} AS {query}")
+        con.execute(f"USE {_SCOPE}")
+        try:
+            write_settings(con, settings)
+            for name, text in sql_steps():
+                try:
+                    con.execute(text)
+                except duckdb.Error as exc:
+                    raise DataError(f"metrics step {name} failed for the changed customers, nothing was "
+                                    f"changed: {exc}".replace("\n", " ")) from exc
+            missing = con.execute("SELECT currency, min(first_date), max(last_date) FROM derived_fx_missing "
+                                  "GROUP BY currency ORDER BY currency").fetchall()
+        finally:
+            con.execute(f"USE {main_db}")
+        if missing:
+            parts = "; ".join(f"{cur} on {first}..{last}" for cur, first, last in missing)
+            raise DataError(f"no exchange rate to {settings.currency.lower()} for {parts}: add rows to fx_rates "
+                            "and run the recompute again; the previous results were left in place")
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table in tables:
+                con.execute(f"DELETE FROM {table} t USING touched_customers c "
+                            "WHERE t.account_id = c.account_id AND t.customer_id = c.customer_id")
+                con.execute(f"INSERT INTO {table} BY NAME SELECT s.* FROM {_SCOPE}.{table} s "
+                            "JOIN touched_customers c USING (account_id, customer_id)")
+            con.execute("CREATE OR REPLACE TABLE derived_bridge_ledger_month AS "
+                        "SELECT * FROM bridge_ledger('month', NULL)")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    finally:
+        con.execute(f"DETACH {_SCOPE}")
+    log.info("metrics derived again for %d changed customers in %.2f s", touched, time.perf_counter() - started)
+    return int(touched)
