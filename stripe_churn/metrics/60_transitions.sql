@@ -1,12 +1,13 @@
 -- Customer transitions (design.md 5): the moments a customer's items or MRR change, netted into one
 -- transition A -> B per `movement_window`, dated at the first change of the window, with the customer MRR
 -- before (A) and after (B) from derived_customer_mrr.
--- Inputs: derived_item_mrr, derived_customer_mrr, derived_settings.
+-- Inputs: derived_item_mrr, derived_customer_mrr, derived_settings. The tables of this step and of 62 and 64
+-- are intermediate (TEMP: never written to the file); mrr_movements and the bridge keep what they need.
 
 -- Change points: where an item appears, disappears or changes price, quantity, contribution or status, and
 -- where the customer's MRR changes (exchange rates included). Splits that change nothing are skipped, so
 -- they never anchor a window.
-CREATE OR REPLACE TABLE derived_change_points AS
+CREATE OR REPLACE TEMP TABLE derived_change_points AS
 WITH item_rows AS (
     SELECT
         account_id, customer_id, valid_from, valid_to,
@@ -45,7 +46,7 @@ WHERE t IS NOT NULL;
 -- Windows: a point within `movement_window` of the window's first point joins it (anchored, not chained).
 -- Points closer than the window to their predecessor form a run; a run no longer than the window is one
 -- window, and only the rare longer runs are split greedily by a recursive walk.
-CREATE OR REPLACE TABLE derived_transition_windows AS
+CREATE OR REPLACE TEMP TABLE derived_transition_windows AS
 WITH RECURSIVE
 cfg AS (
     SELECT to_minutes(CAST(movement_window_minutes AS BIGINT)) AS win FROM derived_settings
@@ -93,7 +94,7 @@ GROUP BY ALL;
 
 -- Transitions that change the customer's MRR, with M(A) (just before t_start) and M(B) (at t_end).
 -- `had_mrr_before`: the customer had MRR at some point before (new vs reactivation).
-CREATE OR REPLACE TABLE derived_transitions AS
+CREATE OR REPLACE TEMP TABLE derived_transitions AS
 WITH w AS (
     SELECT w.account_id, w.customer_id, w.t_start, w.t_end,
            coalesce((SELECT c.mrr FROM derived_customer_mrr c

@@ -26,7 +26,7 @@ FROM steps s, horizon h,
 -- its status may still read otherwise) and paused collection keeps MRR unless the setting drops it.
 -- A present item may have zero MRR (a metered item before its first usage invoice), so later usage is a
 -- change on that item, not a new item.
-CREATE OR REPLACE TABLE derived_transition_items AS
+CREATE OR REPLACE TEMP TABLE derived_transition_items AS
 WITH
 cfg AS (SELECT lower(reporting_currency) AS rep, past_due_counts, pause_collection_keeps_mrr FROM derived_settings),
 item_rows AS (

@@ -6,7 +6,7 @@
 -- item's discount), plus a discount part when the item's discount changed; rate changes are one fx part.
 -- Inputs: derived_transitions, derived_transition_items, price_mrr.
 
-CREATE OR REPLACE TABLE derived_movement_parts AS
+CREATE OR REPLACE TEMP TABLE derived_movement_parts AS
 WITH
 ti AS (
     SELECT *,

@@ -55,10 +55,11 @@ window_sources AS (
 sub_events AS (
     SELECT t.account_id, t.customer_id, t.t_start, e.subscription_id,
            arg_max(e.event_id, e.moment) AS event_id
-    FROM derived_transitions t
-    JOIN derived_sub_events e ON e.account_id = t.account_id AND e.moment >= t.t_start AND e.moment <= t.t_end
-    JOIN subscriptions s ON s.account_id = e.account_id AND s.id = e.subscription_id
-    WHERE s.customer_id = t.customer_id
+    FROM (SELECT e.account_id, e.subscription_id, e.moment, e.event_id, s.customer_id
+          FROM derived_sub_events e
+          JOIN subscriptions s ON s.account_id = e.account_id AND s.id = e.subscription_id) e
+    JOIN derived_transitions t ON t.account_id = e.account_id AND t.customer_id = e.customer_id
+                              AND e.moment >= t.t_start AND e.moment <= t.t_end
     GROUP BY ALL
 ),
 sub_invoices AS (

@@ -170,7 +170,7 @@ picked AS (
       AND (wanted_value IS NULL OR segment_value = CAST(wanted_value AS VARCHAR))
 ),
 last_period AS (
-    SELECT period_of(period_kind, greatest(now(), (SELECT max(t_end) FROM derived_transitions))) AS p
+    SELECT period_of(period_kind, greatest(now(), (SELECT max(t_end) FROM derived_mrr_movements))) AS p
 ),
 spine AS (
     SELECT s.segment_value, CAST(g.p AS DATE) AS period_start

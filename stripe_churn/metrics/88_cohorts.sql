@@ -1,7 +1,7 @@
 -- Cohort revenue retention: customers grouped by the month of their first MRR (their `new` movement);
 -- for each month since then, the cohort's MRR at the month end (reactivations and expansion included)
 -- over its MRR at the end of its first month. Through the current month (the later of today and the data).
--- Inputs: derived_mrr_movements, derived_transitions.
+-- Inputs: derived_mrr_movements.
 
 CREATE OR REPLACE MACRO cohort_matrix() AS TABLE
 WITH
@@ -21,7 +21,7 @@ monthly AS (
 ),
 sizes AS (SELECT cohort_month, count(*) AS cohort_customers FROM cohorts GROUP BY ALL),
 last_month AS (
-    SELECT period_of('month', greatest(now(), (SELECT max(t_end) FROM derived_transitions))) AS m
+    SELECT period_of('month', greatest(now(), (SELECT max(t_end) FROM derived_mrr_movements))) AS m
 ),
 spine AS (
     SELECT s.cohort_month, s.cohort_customers, CAST(g.m AS DATE) AS month
