@@ -20,8 +20,7 @@ WITH mains AS (
 SELECT t.account_id, t.customer_id, t.t_start, t.t_end, t.mrr_before, t.mrr_after, t.mrr_delta, t.kind,
        t.had_mrr_before, m.product_id, m.price_id, m.family,
        coalesce(lower(json_extract_string(c.raw, '$.currency')), m.item_currency) AS currency,
-       json_extract_string(c.raw, '$.address.country') AS country,
-       c.raw AS customer_raw
+       json_extract_string(c.raw, '$.address.country') AS country
 FROM derived_transitions t
 LEFT JOIN mains m USING (account_id, customer_id, t_start)
 LEFT JOIN customers c ON c.account_id = t.account_id AND c.id = t.customer_id;
@@ -72,8 +71,10 @@ WITH
 tr AS (
     SELECT t.*, period_of(period_kind, t.t_start) AS p,
            segment_of(segment_kind, t.family, t.price_id, t.product_id, t.currency, t.country, t.mrr_after,
-                      t.customer_raw) AS seg_after
+                      CASE WHEN starts_with(coalesce(segment_kind, ''), 'metadata.') THEN c.raw END) AS seg_after
     FROM derived_transition_states t
+    LEFT JOIN customers c ON starts_with(coalesce(segment_kind, ''), 'metadata.')
+                         AND c.account_id = t.account_id AND c.id = t.customer_id
 ),
 tr2 AS (
     SELECT *, lag(seg_after) OVER (PARTITION BY account_id, customer_id ORDER BY t_start) AS seg_before
