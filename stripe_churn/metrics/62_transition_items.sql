@@ -40,7 +40,7 @@ side_a AS (
     SELECT t.account_id, t.customer_id, t.t_start, t.t_end, r.subscription_item_id,
            r.subscription_id, r.product_id, r.price_id, r.family, r.unit_kind, r.usage_type, r.quantity,
            r.currency, r.status, r.valid_from, r.mrr_original, r.mrr_undiscounted, r.discount_factor,
-           r.source_event_id, r.source_invoice_id
+           r.discount_ids, r.source_event_id, r.source_invoice_id
     FROM derived_transitions t
     JOIN item_rows r ON r.account_id = t.account_id AND r.customer_id = t.customer_id
                     AND r.valid_from < t.t_start AND (r.valid_to IS NULL OR r.valid_to >= t.t_start)
@@ -49,7 +49,7 @@ side_b AS (
     SELECT t.account_id, t.customer_id, t.t_start, t.t_end, r.subscription_item_id,
            r.subscription_id, r.product_id, r.price_id, r.family, r.unit_kind, r.usage_type, r.quantity,
            r.currency, r.status, r.valid_from, r.mrr_original, r.mrr_undiscounted, r.discount_factor,
-           r.source_event_id, r.source_invoice_id
+           r.discount_ids, r.source_event_id, r.source_invoice_id
     FROM derived_transitions t
     JOIN item_rows r ON r.account_id = t.account_id AND r.customer_id = t.customer_id
                     AND r.valid_from <= t.t_end AND (r.valid_to IS NULL OR r.valid_to > t.t_end)
@@ -74,6 +74,7 @@ joined AS (
         a.mrr_original AS a_mrr, b.mrr_original AS b_mrr,
         a.mrr_undiscounted AS a_undisc, b.mrr_undiscounted AS b_undisc,
         a.discount_factor AS a_factor, b.discount_factor AS b_factor,
+        a.discount_ids AS a_discount_ids, b.discount_ids AS b_discount_ids,
         a.source_event_id AS a_event_id, b.source_event_id AS b_event_id,
         a.source_invoice_id AS a_invoice_id, b.source_invoice_id AS b_invoice_id,
         b.valid_from AS b_valid_from,

@@ -38,9 +38,9 @@ added AS (
 comps AS (
     SELECT account_id, customer_id, t_start, 'same' AS comp,
            subscription_item_id AS a_item_id, a_subscription_id, a_product_id, a_price_id, a_family, a_unit_kind,
-           a_usage_type, a_quantity, a_currency, a_mrr, a_undisc, a_factor, a_rate_a,
+           a_usage_type, a_quantity, a_currency, a_mrr, a_undisc, a_factor, a_rate_a, a_discount_ids,
            subscription_item_id AS b_item_id, b_subscription_id, b_product_id, b_price_id, b_family, b_unit_kind,
-           b_usage_type, b_quantity, b_currency, b_mrr, b_undisc, b_factor, b_rate_a,
+           b_usage_type, b_quantity, b_currency, b_mrr, b_undisc, b_factor, b_rate_a, b_discount_ids,
            b_event_id, b_invoice_id, b_valid_from
     FROM moving
     WHERE in_a AND in_b AND b_rep <> a_rep
@@ -51,9 +51,9 @@ comps AS (
                 WHEN d.subscription_item_id IS NULL THEN 'removed' ELSE 'pair' END,
            r.subscription_item_id, r.a_subscription_id, r.a_product_id, r.a_price_id, r.a_family, r.a_unit_kind,
            r.a_usage_type, r.a_quantity, r.a_currency, r.a_mrr, r.a_undisc, r.a_factor, r.a_rate_a,
-           d.subscription_item_id, d.b_subscription_id, d.b_product_id, d.b_price_id, d.b_family, d.b_unit_kind,
+           r.a_discount_ids, d.subscription_item_id, d.b_subscription_id, d.b_product_id, d.b_price_id, d.b_family, d.b_unit_kind,
            d.b_usage_type, d.b_quantity, d.b_currency, d.b_mrr, d.b_undisc, d.b_factor, d.b_rate_a,
-           d.b_event_id, d.b_invoice_id, d.b_valid_from
+           d.b_discount_ids, d.b_event_id, d.b_invoice_id, d.b_valid_from
     FROM removed r
     FULL JOIN added d
         ON r.account_id = d.account_id AND r.customer_id = d.customer_id AND r.t_start = d.t_start
@@ -79,7 +79,9 @@ valued AS (
     SELECT s.*,
            CASE WHEN s.f_a = s.f_b THEN s.f_a WHEN s.disc_a = s.disc_b THEN 1
                 WHEN s.comp = 'same' THEN s.f_a ELSE s.f_b END AS f,
-           s.comp = 'same' AND NOT (s.f_a = s.f_b OR s.disc_a = s.disc_b) AS discount_changed,
+           -- a discount part only when the discounts in force on the item changed
+           s.comp = 'same' AND s.a_discount_ids IS DISTINCT FROM s.b_discount_ids
+               AND NOT (s.f_a = s.f_b OR s.disc_a = s.disc_b) AS discount_changed,
            CASE WHEN s.metered OR s.a_quantity IS NULL OR s.b_quantity IS NULL THEN NULL
                 WHEN s.a_quantity = s.b_quantity THEN s.b_undisc
                 WHEN s.a_price_id = s.b_price_id THEN s.a_undisc

@@ -253,6 +253,23 @@ def case_coupon_ending(w: World) -> Case:
     ]
 
 
+def case_seats_under_discount(w: World) -> Case:
+    base(w).coupon("co_pct", percent_off=25, duration="forever")
+    w.coupon("co_off", amount_off=500, currency="usd", duration="forever")
+    d1 = w.discount("co_pct", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0, discounts=[d1["id"]])
+    w.customer("cus_2")
+    d2 = w.discount("co_off", T0, customer="cus_2", subscription="sub_2")
+    w.subscribe("sub_2", "cus_2", [("si_d", "core_basic", 4)], T0, discounts=[d2["id"]])
+    w.update("sub_1", month(1, 10), items=[("si_c", "core_basic", 6)])
+    w.update("sub_2", month(1, 10), items=[("si_d", "core_basic", 6)])
+    # a discount that stays is no discount movement: 25% off 20 more, and a fixed 5 off that does not move
+    return w, month(2), [
+        (T0, "new", "new", Decimal("30.0000"), "si_c"),
+        (month(1, 10), "seat_expansion", "expansion", Decimal("15.0000"), "si_c"),
+    ]
+
+
 def case_fx_only(w: World) -> Case:
     base(w, currency="eur").subscribe("sub_1", "cus_1", [("si_c", "core_monthly", 1)], T0)
     w.fx_rates += [("2023-12-01", "eur", 1.08), ("2024-02-01", "eur", 1.10)]
@@ -331,6 +348,7 @@ CASES = [
     pytest.param(case_annual_switch_higher, id="annual-switch-higher-mrr"),
     pytest.param(case_discount_start, id="discount-start"),
     pytest.param(case_coupon_ending, id="coupon-ending"),
+    pytest.param(case_seats_under_discount, id="seats-under-a-kept-discount"),
     pytest.param(case_fx_only, id="fx-only"),
     pytest.param(case_trial_lapse, id="trial-lapse-no-movement"),
     pytest.param(case_trial_converts, id="trial-converts-new"),
@@ -358,6 +376,15 @@ def rows(con: duckdb.DuckDBPyConnection, where: str = "true") -> list[dict[str, 
                       f"WHERE {where} ORDER BY occurred_at, movement")
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def test_amount_off_discount_kept(world: World, derive: Derive) -> None:
+    w, seen_at, _ = case_seats_under_discount(world)
+    con = derive(w, seen_at=seen_at)
+    assert movements(con, "cus_2") == [
+        (T0, "new", "new", Decimal("35.0000"), "si_d"),
+        (month(1, 10), "seat_expansion", "expansion", Decimal("20.0000"), "si_d"),
+    ]
 
 
 def test_cancellation_carries_churn_type_and_feedback(world: World, derive: Derive) -> None:
