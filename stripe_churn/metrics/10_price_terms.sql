@@ -36,9 +36,11 @@ WITH src AS (
     FROM prices
     WHERE NOT coalesce(deleted, false) AND json_extract_string(raw, '$.currency') IS NOT NULL
     UNION ALL
-    SELECT account_id, json_extract_string(raw, '$.price.id'), json_extract(raw, '$.price'), 2, 'subscription_items'
-    FROM subscription_items
-    WHERE json_extract_string(raw, '$.price.id') IS NOT NULL
+    SELECT account_id, json_extract_string(price, '$.id'), price, 2, 'subscription_items'
+    FROM (SELECT account_id, json_extract(raw, '$.price') AS price FROM subscription_items) i
+    WHERE json_extract_string(price, '$.id') IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM prices p WHERE p.account_id = i.account_id
+                      AND p.id = json_extract_string(i.price, '$.id') AND NOT coalesce(p.deleted, false))
 ),
 one AS (
     SELECT * FROM src

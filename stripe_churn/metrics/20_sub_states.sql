@@ -22,7 +22,7 @@ LEFT JOIN ev USING (account_id);
 
 -- Subscription events, with the state just after (`data.object`) and just before (`previous_attributes`
 -- merged onto it; only *.updated events carry them).
-CREATE OR REPLACE TABLE derived_sub_events AS
+CREATE OR REPLACE TEMP TABLE derived_sub_events AS
 SELECT
     e.account_id,
     e.id AS event_id,
@@ -92,7 +92,7 @@ CREATE OR REPLACE MACRO items_key(state) AS list_sort(list_transform(
 -- Full-state observations inside event coverage: the state at coverage start (the first event's "before",
 -- or the snapshot for a subscription without events), every event's "after", and a snapshot newer than the
 -- last event that differs from it (a change the events missed).
-CREATE OR REPLACE TABLE derived_sub_obs AS
+CREATE OR REPLACE TEMP TABLE derived_sub_obs AS
 WITH firsts AS (
     SELECT * FROM derived_sub_events WHERE seq = 1
 ),
@@ -130,10 +130,12 @@ late_snapshot AS (
       AND (json_extract_string(s.state, '$.status') IS DISTINCT FROM json_extract_string(l.after_state, '$.status')
            OR items_key(s.state) IS DISTINCT FROM items_key(l.after_state))
 )
-SELECT * FROM anchor_from_events
-UNION ALL SELECT * FROM anchor_from_snapshot
-UNION ALL SELECT * FROM after_events
-UNION ALL SELECT * FROM late_snapshot;
+SELECT *, json_extract_string(state, '$.status') AS status,
+       json_type(json_extract(state, '$.pause_collection')) = 'OBJECT' AS pause_collection
+FROM (SELECT * FROM anchor_from_events
+      UNION ALL SELECT * FROM anchor_from_snapshot
+      UNION ALL SELECT * FROM after_events
+      UNION ALL SELECT * FROM late_snapshot);
 
 -- Status steps: from `moment` on, the subscription has `status` until its next step.
 -- Before coverage they are reconstructed from the latest state: trialing from start_date while a trial runs
@@ -143,7 +145,8 @@ UNION ALL SELECT * FROM late_snapshot;
 -- Inside coverage they are the observed states.
 CREATE OR REPLACE TABLE derived_sub_status_steps AS
 WITH s AS (
-    SELECT * FROM derived_subs
+    SELECT account_id, subscription_id, status, start_date, trial_start, trial_end, ended_at, paused_at
+    FROM derived_subs
 ),
 unpaid_invoices AS (
     SELECT i.account_id, i.subscription_id, i.created,
@@ -186,8 +189,7 @@ recon AS (
     FROM s WHERE ended_at IS NOT NULL
 ),
 observed AS (
-    SELECT account_id, subscription_id, moment, json_extract_string(state, '$.status') AS status,
-           json_type(json_extract(state, '$.pause_collection')) = 'OBJECT' AS pause_collection,
+    SELECT account_id, subscription_id, moment, status, pause_collection,
            source, event_id AS source_event_id, 10 + ord AS ord
     FROM derived_sub_obs
 )

@@ -2,7 +2,7 @@
 -- before event coverage and from the subscription observations (events, snapshot) inside it.
 
 -- Subscription invoice lines, flattened once (each JSON document parsed once, for a list of paths).
-CREATE OR REPLACE TABLE derived_invoice_lines AS
+CREATE OR REPLACE TEMP TABLE derived_invoice_lines AS
 WITH inv AS (
     SELECT account_id, id AS invoice_id, created AS invoice_created, v[1] AS billing_reason, v[2] AS invoice_status,
            coalesce(subscription_id, v[3], json_extract_string(v[4], '$.id')) AS subscription_id, customer_id
@@ -57,7 +57,7 @@ JOIN inv i USING (account_id, invoice_id);
 
 -- Items as they appear in each observed subscription state. A snapshot whose embedded item list was cut
 -- short (has_more) takes its items from the subscription_items table rows seen in the same sync.
-CREATE OR REPLACE TABLE derived_obs_items AS
+CREATE OR REPLACE TEMP TABLE derived_obs_items AS
 WITH obs AS (
     SELECT *, coalesce(CAST(json_extract(state, '$.items.has_more') AS BOOLEAN), false)
                   AND source = 'snapshot' AS truncated
@@ -85,7 +85,7 @@ SELECT account_id, subscription_id, moment, source, event_id, ord,
 FROM (SELECT * FROM embedded UNION ALL SELECT * FROM listed);
 
 -- Every item known per subscription, from any source.
-CREATE OR REPLACE TABLE derived_items_known AS
+CREATE OR REPLACE TEMP TABLE derived_items_known AS
 SELECT account_id, subscription_id, subscription_item_id, bool_or(in_obs) AS in_obs
 FROM (
     SELECT account_id, subscription_id, subscription_item_id, true AS in_obs FROM derived_obs_items
@@ -97,7 +97,7 @@ GROUP BY ALL;
 
 -- Steps: from `moment` on, the item is (present, price, quantity) until its next step. `prio` breaks ties at
 -- the same moment (observations over invoices; a later invoice over an earlier one; present over absent).
-CREATE OR REPLACE TABLE derived_invoice_item_steps AS
+CREATE OR REPLACE TEMP TABLE derived_invoice_item_steps AS
 WITH line_steps AS (
     SELECT account_id, subscription_id, subscription_item_id, period_start AS moment, true AS present,
            price_id, quantity, 'invoice' AS source, NULL AS source_event_id, invoice_id AS source_invoice_id,
@@ -128,7 +128,7 @@ ends AS (
 )
 SELECT * FROM line_steps UNION ALL SELECT * FROM removals UNION ALL SELECT * FROM ends;
 
-CREATE OR REPLACE TABLE derived_item_steps AS
+CREATE OR REPLACE TEMP TABLE derived_item_steps AS
 WITH before_coverage AS (
     SELECT s.* FROM derived_invoice_item_steps s
     JOIN derived_coverage c USING (account_id)

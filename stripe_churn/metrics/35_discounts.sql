@@ -2,7 +2,7 @@
 -- subscription, or all of a customer's subscriptions) and its coupon's terms. `once` discounts are kept
 -- with applies_to_mrr = false so that they stay visible.
 
-CREATE OR REPLACE TABLE derived_coupons AS
+CREATE OR REPLACE TEMP TABLE derived_coupons AS
 SELECT account_id, id AS coupon_id, raw FROM coupons WHERE NOT coalesce(deleted, false);
 
 CREATE OR REPLACE TABLE derived_discount_spans AS

@@ -4,7 +4,7 @@
 -- Metered usage: the amount of the item's last invoiced full period (tax excluded), effective from that
 -- invoice's creation. A period is full when it spans the price's whole interval (within a day, months
 -- having different lengths); the first partial period and the final one at cancellation are not.
-CREATE OR REPLACE TABLE derived_metered_steps AS
+CREATE OR REPLACE TEMP TABLE derived_metered_steps AS
 SELECT l.account_id, l.subscription_id, l.subscription_item_id, l.invoice_created AS moment,
        CAST(l.amount_excl_tax AS HUGEINT) * 1000000000000 AS amount_p, l.invoice_id
 FROM derived_invoice_lines l
@@ -20,7 +20,7 @@ QUALIFY row_number() OVER (PARTITION BY l.account_id, l.subscription_item_id, l.
                            ORDER BY l.period_end DESC, l.line_id DESC) = 1;
 
 -- Status steps, one per moment (the latest source wins a tie).
-CREATE OR REPLACE TABLE derived_status_points AS
+CREATE OR REPLACE TEMP TABLE derived_status_points AS
 SELECT account_id, subscription_id, moment, status, pause_collection, source_event_id
 FROM derived_sub_status_steps
 QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id, moment ORDER BY ord DESC) = 1;
@@ -44,7 +44,7 @@ CROSS JOIN derived_settings st
 LEFT JOIN unpaid u USING (account_id, subscription_id);
 
 -- Every moment at which anything an item's MRR depends on may change, per subscription.
-CREATE OR REPLACE TABLE derived_sub_breaks AS
+CREATE OR REPLACE TEMP TABLE derived_sub_breaks AS
 WITH sub_items AS (
     SELECT DISTINCT account_id, subscription_id, customer_id FROM derived_item_history
 ),
@@ -70,7 +70,7 @@ JOIN (SELECT account_id, subscription_id, min(valid_from) AS first_at FROM deriv
 WHERE p.moment >= f.first_at;
 
 -- Undiscounted amount per billing period of each licensed (price, quantity) pair in use.
-CREATE OR REPLACE TABLE derived_price_qty_amounts AS
+CREATE OR REPLACE TEMP TABLE derived_price_qty_amounts AS
 SELECT account_id, price_id, quantity, price_amount_p(account_id, price_id, quantity) AS amount_p
 FROM (SELECT DISTINCT h.account_id, h.price_id, h.quantity
       FROM derived_item_history h
@@ -78,7 +78,7 @@ FROM (SELECT DISTINCT h.account_id, h.price_id, h.quantity
       WHERE p.usage_type = 'licensed' AND h.quantity IS NOT NULL);
 
 -- Each item's state at each break of its subscription.
-CREATE OR REPLACE TABLE derived_item_points AS
+CREATE OR REPLACE TEMP TABLE derived_item_points AS
 WITH at_breaks AS (
     SELECT b.moment, h.*
     FROM derived_sub_breaks b
@@ -119,7 +119,7 @@ LEFT JOIN derived_sub_churn c ON c.account_id = u.account_id AND c.subscription_
 -- Discounts in force at each point: percent factors multiply; amount_off (minor units per billing period)
 -- is normalised like the price, item-level on the item, subscription- or customer-level shared across the
 -- subscription's items in proportion to their MRR, and capped so that MRR never goes below zero.
-CREATE OR REPLACE TABLE derived_item_point_discounts AS
+CREATE OR REPLACE TEMP TABLE derived_item_point_discounts AS
 SELECT ip.account_id, ip.subscription_item_id, ip.moment,
        list_reduce(list(CAST(1 - d.percent_off / 100 AS DECIMAL(38, 18))) FILTER (WHERE d.percent_off IS NOT NULL),
                    lambda x, y: CAST(x * y AS DECIMAL(38, 18))) AS pct_factor,
@@ -136,7 +136,7 @@ JOIN derived_discount_spans d
  AND (d.amount_off IS NULL OR d.amount_off_currency IS NULL OR d.amount_off_currency = ip.currency)
 GROUP BY ALL;
 
-CREATE OR REPLACE TABLE derived_item_point_mrr AS
+CREATE OR REPLACE TEMP TABLE derived_item_point_mrr AS
 WITH base AS (
     SELECT ip.*,
            -- 1e-10 major units, truncated

@@ -5,14 +5,14 @@
 
 CREATE OR REPLACE MACRO utc_date(t) AS DATE '1970-01-01' + CAST(floor(epoch(t) / 86400) AS INTEGER);
 
-CREATE OR REPLACE TABLE derived_fx AS
+CREATE OR REPLACE TEMP TABLE derived_fx AS
 SELECT lower(currency) AS currency, date AS rate_date,
        to_timestamp(CAST(date - DATE '1970-01-01' AS BIGINT) * 86400) AS rate_at,
        CAST(rate AS DECIMAL(18, 8)) AS rate
 FROM fx_rates;
 
 -- item intervals that need a rate, with the rate in force at their start
-CREATE OR REPLACE TABLE derived_customer_points AS
+CREATE OR REPLACE TEMP TABLE derived_customer_points AS
 WITH needs_fx AS (
     SELECT i.* FROM derived_item_mrr i CROSS JOIN derived_settings st
     WHERE i.mrr_original <> 0 AND i.currency <> st.reporting_currency
@@ -27,7 +27,7 @@ pts AS (
 )
 SELECT * FROM pts;
 
-CREATE OR REPLACE TABLE derived_customer_point_items AS
+CREATE OR REPLACE TEMP TABLE derived_customer_point_items AS
 WITH j AS (
     SELECT p.account_id, p.customer_id, p.moment, i.currency, i.mrr_original, i.subscription_item_id,
            utc_date(p.moment) AS at_date
