@@ -162,7 +162,8 @@ def test_classifier_cases_in_one_multi_account_store(store: duckdb.DuckDBPyConne
             continue  # its own test uses an EUR rate of 1.00
         got = store.execute(
             "SELECT CAST(epoch(occurred_at) AS BIGINT), movement, category, mrr_delta, subscription_item_id "
-            "FROM mrr_movements WHERE account_id = ? ORDER BY occurred_at, movement, subscription_item_id",
+            "FROM mrr_movements WHERE account_id = ? AND customer_id = 'cus_1' "
+            "ORDER BY occurred_at, movement, subscription_item_id",
             [account]).fetchall()
         assert [tuple(r) for r in got] == rows_expected, account
     assert assert_bridge_adds_up(store, "classifier cases") > 100
