@@ -131,7 +131,10 @@ late_snapshot AS (
            OR items_key(s.state) IS DISTINCT FROM items_key(l.after_state))
 )
 SELECT *, json_extract_string(state, '$.status') AS status,
-       json_type(json_extract(state, '$.pause_collection')) = 'OBJECT' AS pause_collection
+       json_type(json_extract(state, '$.pause_collection')) = 'OBJECT' AS pause_collection,
+       -- an embedded item list cut short (has_more) says nothing about the items it leaves out
+       source = 'snapshot' OR NOT coalesce(TRY_CAST(json_extract_string(state, '$.items.has_more') AS BOOLEAN), false)
+           AS items_complete
 FROM (SELECT * FROM anchor_from_events
       UNION ALL SELECT * FROM anchor_from_snapshot
       UNION ALL SELECT * FROM after_events

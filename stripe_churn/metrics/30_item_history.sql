@@ -129,21 +129,34 @@ ends AS (
 SELECT * FROM line_steps UNION ALL SELECT * FROM removals UNION ALL SELECT * FROM ends;
 
 CREATE OR REPLACE TEMP TABLE derived_item_steps AS
-WITH before_coverage AS (
+WITH -- items an event state leaves out of a cut-short list: their invoices stay evidence inside coverage
+unlisted AS (
+    SELECT DISTINCT k.account_id, k.subscription_item_id
+    FROM derived_sub_obs o
+    JOIN derived_items_known k USING (account_id, subscription_id)
+    WHERE NOT o.items_complete
+      AND NOT EXISTS (SELECT 1 FROM derived_obs_items i
+                      WHERE i.account_id = o.account_id AND i.subscription_id = o.subscription_id
+                        AND i.moment = o.moment AND i.ord = o.ord AND i.subscription_item_id = k.subscription_item_id)
+),
+before_coverage AS (
     SELECT s.* FROM derived_invoice_item_steps s
     JOIN derived_coverage c USING (account_id)
     WHERE s.moment < c.coverage_start
+       OR (s.account_id, s.subscription_item_id) IN (SELECT (account_id, subscription_item_id) FROM unlisted)
 ),
 observed AS (
     SELECT o.account_id, o.subscription_id, k.subscription_item_id, o.moment,
            i.subscription_item_id IS NOT NULL AS present, i.price_id, i.quantity, o.source,
            o.event_id AS source_event_id, NULL AS source_invoice_id,
            CAST(1e15 AS BIGINT) + o.ord AS prio
-    FROM (SELECT DISTINCT account_id, subscription_id, moment, source, event_id, ord FROM derived_sub_obs) o
+    FROM (SELECT DISTINCT account_id, subscription_id, moment, source, event_id, ord, items_complete
+          FROM derived_sub_obs) o
     JOIN derived_items_known k USING (account_id, subscription_id)
     LEFT JOIN derived_obs_items i
         ON i.account_id = o.account_id AND i.subscription_id = o.subscription_id AND i.moment = o.moment
        AND i.ord = o.ord AND i.subscription_item_id = k.subscription_item_id
+    WHERE i.subscription_item_id IS NOT NULL OR o.items_complete
 )
 SELECT * FROM before_coverage
 UNION ALL

@@ -312,3 +312,19 @@ def test_two_accounts_with_the_same_ids_kept_apart(store: duckdb.DuckDBPyConnect
     got = store.execute("SELECT account_id, mrr FROM customer_mrr WHERE valid_to IS NULL ORDER BY 1").fetchall()
     assert [(a, float(m)) for a, m in got] == [("acct_a", 20.0), ("acct_b", 60.0)]
     assert store.execute("SELECT price_mrr('acct_b', 'basic', 3)").fetchone() == (90,)
+
+
+def test_event_with_cut_short_item_list_keeps_unlisted_items(world: World, derive: Derive) -> None:
+    """An event whose embedded items stop at 10 (has_more) does not remove the items it leaves out."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 100)
+    items = [(f"si_{k:02d}", "basic", 1) for k in range(12)]
+    world.subscribe("sub_1", "cus_1", items, T0)
+    world.update("sub_1", month(0, 5), items=[*items[:11], ("si_11", "basic", 3)])
+    for evt in world.events:
+        obj = evt["data"]["object"]
+        obj["items"] = {**obj["items"], "data": obj["items"]["data"][:10], "has_more": True}
+    con = derive(world, seen_at=month(0, 6))
+    assert customer_mrr_at(con, "cus_1", month(0, 4)) == 12
+    assert customer_mrr_at(con, "cus_1", month(0, 5)) == 14
