@@ -28,14 +28,25 @@ QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id, moment ORDE
 -- Moment of churn per subscription (design.md 4 "Churn timing"): ended_at, or canceled_at with
 -- churn_recognition = 'canceled'; an unpaid subscription churns when it turns unpaid.
 CREATE OR REPLACE TABLE derived_sub_churn AS
-WITH unpaid AS (
-    SELECT account_id, subscription_id, min(moment) AS unpaid_at
-    FROM derived_status_points WHERE status = 'unpaid' GROUP BY ALL
+WITH last_ok AS (
+    SELECT account_id, subscription_id, max(moment) AS ok_at
+    FROM derived_status_points WHERE status IN ('active', 'past_due', 'trialing') GROUP BY ALL
+),
+-- the final unpaid spell (one the customer paid their way out of is no churn)
+unpaid AS (
+    SELECT sp.account_id, sp.subscription_id, min(sp.moment) AS unpaid_at
+    FROM derived_status_points sp
+    LEFT JOIN last_ok o USING (account_id, subscription_id)
+    WHERE sp.status = 'unpaid' AND (o.ok_at IS NULL OR sp.moment > o.ok_at)
+    GROUP BY ALL
 )
 SELECT s.account_id, s.subscription_id, s.customer_id,
        least(u.unpaid_at,
              CASE WHEN st.churn_recognition = 'canceled' THEN coalesce(s.canceled_at, s.ended_at)
                   ELSE s.ended_at END) AS churn_at,
+       -- from here on the subscription counts zero whatever its status says
+       CASE WHEN st.churn_recognition = 'canceled' THEN coalesce(s.canceled_at, s.ended_at)
+            ELSE s.ended_at END AS zero_from,
        CASE WHEN s.cancellation_reason = 'payment_failed' OR u.unpaid_at IS NOT NULL THEN 'involuntary'
             ELSE 'voluntary' END AS churn_type,
        s.cancellation_reason, s.cancellation_feedback, s.cancellation_comment
@@ -53,7 +64,7 @@ pts AS (
     UNION SELECT account_id, subscription_id, valid_to FROM derived_item_history WHERE valid_to IS NOT NULL
     UNION SELECT account_id, subscription_id, moment FROM derived_status_points
     UNION SELECT account_id, subscription_id, moment FROM derived_metered_steps
-    UNION SELECT account_id, subscription_id, churn_at FROM derived_sub_churn WHERE churn_at IS NOT NULL
+    UNION SELECT account_id, subscription_id, zero_from FROM derived_sub_churn WHERE zero_from IS NOT NULL
     UNION
     SELECT si.account_id, si.subscription_id, b.moment
     FROM sub_items si
@@ -107,7 +118,7 @@ SELECT
     END AS amount_p,
     (u.status = 'active' OR (u.status = 'past_due' AND st.past_due_counts))
       AND NOT (coalesce(u.pause_collection, false) AND NOT st.pause_collection_keeps_mrr)
-      AND (c.churn_at IS NULL OR u.moment < c.churn_at)
+      AND (c.zero_from IS NULL OR u.moment < c.zero_from)
       AND coalesce(p.price_type, 'recurring') = 'recurring' AS counts
 FROM with_usage u
 CROSS JOIN derived_settings st
@@ -214,10 +225,10 @@ SELECT
                    AS DECIMAL(38, 10)) END AS discount_factor,
     k.discount_ids,
     k.pause_collection,
-    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at THEN c.churn_type END AS churn_type,
-    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at THEN c.cancellation_reason END AS cancellation_reason,
-    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at THEN c.cancellation_feedback END AS cancellation_feedback,
-    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at THEN c.cancellation_comment END AS cancellation_comment,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.churn_type END AS churn_type,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_reason END AS cancellation_reason,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_feedback END AS cancellation_feedback,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_comment END AS cancellation_comment,
     CASE WHEN k.status_at = k.moment AND k.status_event_id IS NOT NULL THEN k.status_event_id
          WHEN k.valid_from = k.moment THEN k.source_event_id END AS source_event_id,
     CASE WHEN k.metered_at = k.moment THEN k.metered_invoice_id

@@ -372,3 +372,15 @@ def test_incomplete_expired_never_counts(world: World, derive: Derive) -> None:
     con = derive(world, seen_at=month(1), events=False)
     assert customer_mrr_at(con, "cus_1", T0 + 60) == 0
     assert customer_mrr_at(con, "cus_1", month(0, 5)) == 0
+
+
+def test_unpaid_then_paid_comes_back(world: World, derive: Derive) -> None:
+    """An unpaid spell that ends in payment counts zero only while it lasts and is no churn."""
+    simple(world)
+    world.update("sub_1", month(1, 15), status="unpaid")
+    world.update("sub_1", month(1, 20), status="active")
+    con = derive(world, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(1, 16)) == 0
+    assert customer_mrr_at(con, "cus_1", month(1, 20)) == Decimal("50.0000")
+    rows = item_rows(con, "si_1")
+    assert [r["churn_type"] for r in rows if r["mrr_original"] > 0] == [None, None]
