@@ -142,3 +142,32 @@ def test_bridge_of_the_simulation_adds_up(sim_500: Any, tmp_path: Path) -> None:
                                      [None, "family", "plan", "currency", "country", "size_band"]) > 0
     finally:
         con.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_ground_truth_through_the_sandbox(tmp_path: Path) -> None:
+    """The issue's check: 5,000 customers x 36 months synced through the sandbox server with the real SDK,
+    then derived; within about three minutes on CI."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret
+    from stripe_churn.store.db import open_store
+    from stripe_churn.sync import run_sync
+
+    sim = Simulation(customers=5_000, months=36, seed=5)
+    sandbox = start_in_thread(sim, api_key=SANDBOX_KEY)
+    try:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=tmp_path / "sync.duckdb",
+                            rate_limit=10_000)
+        result = run_sync(settings, full=True, progress=False)
+        assert result.status == "ok", result
+    finally:
+        sandbox.stop()
+    con = open_store(settings.db)
+    try:
+        recompute(con, settings)
+        check_against_truth(sim, con, "5,000 x 36 through the sandbox")
+    finally:
+        con.close()
