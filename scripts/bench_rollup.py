@@ -32,10 +32,7 @@ import duckdb
 
 from stripe_churn.metrics import incremental
 from stripe_churn.metrics.runner import recompute
-from stripe_churn.sandbox.sim import Simulation
 from stripe_churn.settings import Settings
-from stripe_churn.store.db import open_store
-from stripe_churn.store.load import load_simulation
 
 TARGET_FULL_S = 20.0
 TARGET_INCREMENTAL_S = 2.0
@@ -69,8 +66,8 @@ def replicate(con: duckdb.DuckDBPyConnection, copies: int) -> None:
                 exprs.append(f"regexp_replace({name}, '{id_re}', '\\1_' || r.k || 'x')")
             else:
                 exprs.append(name)
-        con.execute(f"INSERT INTO {table} SELECT {', '.join(exprs)} FROM {table} t, range(1, {copies}) r(k) "
-                    "WHERE t.id NOT SIMILAR TO '^[a-z]+_[0-9]+x.*'")
+        # the SELECT reads the table as it was before this statement, so only the block is copied
+        con.execute(f"INSERT INTO {table} SELECT {', '.join(exprs)} FROM {table} t, range(1, {copies}) r(k)")
 
 
 # --- a plain-Python version of the derive/classify/rollup steps, one customer at a time ---------------------
@@ -145,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-limit", default=None, help="DuckDB memory_limit, e.g. 6GB")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.store.db import open_store
+    from stripe_churn.store.load import load_simulation
+
     block = min(args.block, args.customers)
     copies = -(-args.customers // block)
     settings = Settings()

@@ -54,34 +54,48 @@ SELECT DISTINCT account_id, customer_id FROM (
 WHERE customer_id IS NOT NULL
 """
 
-# The raw rows of the touched customers, table by table.
-_SCOPED_ROWS = {
-    "customers": "SELECT t.* FROM customers t JOIN touched_customers c ON c.account_id = t.account_id "
+# The raw rows of the touched customers, table by table: first the matching row ids from the key columns
+# alone, then only those rows (so the raw JSON of everyone else is never read).
+_SCOPED_KEYS = {
+    "customers": "SELECT t.rowid FROM customers t JOIN touched_customers c ON c.account_id = t.account_id "
                  "AND c.customer_id = t.id",
-    "subscriptions": "SELECT t.* FROM subscriptions t JOIN touched_customers c USING (account_id, customer_id)",
-    "subscription_items": "SELECT t.* FROM subscription_items t JOIN subscriptions s ON s.account_id = t.account_id "
-                          "AND s.id = t.subscription_id JOIN touched_customers c ON c.account_id = s.account_id "
-                          "AND c.customer_id = s.customer_id",
-    "invoices": "SELECT t.* FROM invoices t JOIN touched_customers c USING (account_id, customer_id)",
-    "invoice_lines": "SELECT t.* FROM invoice_lines t JOIN invoices v ON v.account_id = t.account_id "
+    "subscriptions": "SELECT t.rowid FROM subscriptions t JOIN touched_customers c USING (account_id, customer_id)",
+    "subscription_items": "SELECT t.rowid FROM subscription_items t JOIN subscriptions s "
+                          "ON s.account_id = t.account_id AND s.id = t.subscription_id JOIN touched_customers c "
+                          "ON c.account_id = s.account_id AND c.customer_id = s.customer_id",
+    "invoices": "SELECT t.rowid FROM invoices t JOIN touched_customers c USING (account_id, customer_id)",
+    "invoice_lines": "SELECT t.rowid FROM invoice_lines t JOIN invoices v ON v.account_id = t.account_id "
                      "AND v.id = t.invoice_id JOIN touched_customers c ON c.account_id = v.account_id "
                      "AND c.customer_id = v.customer_id",
-    "credit_notes": "SELECT t.* FROM credit_notes t JOIN touched_customers c ON c.account_id = t.account_id "
+    "credit_notes": "SELECT t.rowid FROM credit_notes t JOIN touched_customers c ON c.account_id = t.account_id "
                     "AND c.customer_id = coalesce(json_extract_string(t.raw, '$.customer.id'), "
                     "json_extract_string(t.raw, '$.customer'))",
-    "discounts": "SELECT t.* FROM discounts t JOIN touched_customers c ON c.account_id = t.account_id "
+    "discounts": "SELECT t.rowid FROM discounts t JOIN touched_customers c ON c.account_id = t.account_id "
                  "AND c.customer_id = coalesce(json_extract_string(t.raw, '$.customer.id'), "
                  "json_extract_string(t.raw, '$.customer'))",
-    # the touched customers' events, and each account's oldest and newest event (event coverage)
-    "events": "SELECT t.* FROM events t JOIN touched_customers c ON c.account_id = t.account_id "
-              "AND c.customer_id = coalesce(json_extract_string(t.raw, '$.data.object.customer.id'), "
-              "json_extract_string(t.raw, '$.data.object.customer'), CASE WHEN "
-              "json_extract_string(t.raw, '$.data.object.object') = 'customer' "
-              "THEN json_extract_string(t.raw, '$.data.object.id') END) "
-              "UNION SELECT * FROM events QUALIFY row_number() OVER (PARTITION BY account_id ORDER BY created, id) = 1 "
-              "UNION SELECT * FROM events "
-              "QUALIFY row_number() OVER (PARTITION BY account_id ORDER BY created DESC, id DESC) = 1",
+    # the events about the touched customers' objects, and each account's oldest and newest event (which fix
+    # where event coverage starts)
+    "events": "SELECT t.rowid FROM events t JOIN touched_objects o ON o.account_id = t.account_id "
+              "AND o.object_id = t.object_id "
+              "UNION SELECT rowid FROM events WHERE (account_id, created) IN "
+              "(SELECT (account_id, min(created)) FROM events GROUP BY account_id) "
+              "UNION SELECT rowid FROM events WHERE (account_id, created) IN "
+              "(SELECT (account_id, max(created)) FROM events GROUP BY account_id)",
 }
+
+
+# Ids of every object of the touched customers that events can be about.
+_TOUCHED_OBJECTS_SQL = """
+CREATE OR REPLACE TEMP TABLE touched_objects AS
+SELECT account_id, customer_id AS object_id FROM touched_customers
+UNION ALL
+SELECT s.account_id, s.id FROM subscriptions s JOIN touched_customers c USING (account_id, customer_id)
+UNION ALL
+SELECT v.account_id, v.id FROM invoices v JOIN touched_customers c USING (account_id, customer_id)
+UNION ALL
+SELECT d.account_id, d.id FROM discounts d JOIN touched_customers c ON c.account_id = d.account_id
+   AND c.customer_id = coalesce(json_extract_string(d.raw, '$.customer.id'), json_extract_string(d.raw, '$.customer'))
+"""
 
 
 def _per_customer_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -92,6 +106,44 @@ def _per_customer_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
         "AND column_name IN ('account_id', 'customer_id') "
         "GROUP BY table_name HAVING count(*) = 2 ORDER BY table_name").fetchall()
     return [r[0] for r in rows]
+
+
+def _touched_ledger(con: duckdb.DuckDBPyConnection, main_db: str, source_db: str, name: str) -> str:
+    """The monthly bridge ledger of the touched customers alone, from their rows in ``source_db``, in a temp
+    table; the macro runs over copies of their rows so that it needs no filter of its own."""
+    con.execute(f"ATTACH ':memory:' AS {name}")
+    try:
+        for table, key in (("derived_transition_states", "customer_id"), ("derived_mrr_movements", "customer_id"),
+                           ("customers", "id")):
+            con.execute(f"CREATE TABLE {name}.{table} AS SELECT t.* FROM {source_db}.main.{table} t "
+                        f"JOIN touched_customers c ON c.account_id = t.account_id AND c.customer_id = t.{key}")
+        con.execute(f"SET search_path = '{name}.main,{main_db}.main'")
+        try:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name}_ledger AS SELECT * FROM bridge_ledger('month', NULL)")
+        finally:
+            con.execute("RESET search_path")
+    finally:
+        con.execute(f"DETACH {name}")
+    return f"{name}_ledger"
+
+
+def _update_ledger(con: duckdb.DuckDBPyConnection, old: str, new: str) -> None:
+    """ledger := ledger - old contributions of the touched customers + their new ones (every column adds up
+    over customers); rows left all zero are dropped."""
+    cols = [c[0] for c in con.execute("DESCRIBE derived_bridge_ledger_month").fetchall()
+            if c[0] not in ("segment_value", "period_start")]
+    exprs = ", ".join(f"coalesce(l.{c}, 0) - coalesce(o.{c}, 0) + coalesce(n.{c}, 0) AS {c}" for c in cols)
+    nonzero = " OR ".join(f"{c} <> 0" for c in cols)
+    con.execute(f"""
+        CREATE OR REPLACE TABLE derived_bridge_ledger_month AS
+        SELECT * FROM (
+            SELECT coalesce(l.segment_value, o.segment_value, n.segment_value) AS segment_value,
+                   coalesce(l.period_start, o.period_start, n.period_start) AS period_start, {exprs}
+            FROM derived_bridge_ledger_month l
+            FULL JOIN {old} o ON o.segment_value = l.segment_value AND o.period_start = l.period_start
+            FULL JOIN {new} n ON n.segment_value = coalesce(l.segment_value, o.segment_value)
+                             AND n.period_start = coalesce(l.period_start, o.period_start))
+        WHERE {nonzero}""")
 
 
 def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: dt.datetime) -> int:
@@ -105,12 +157,13 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
     touched = con.execute("SELECT count(*) FROM touched_customers").fetchall()[0][0]
     if touched == 0:
         return 0
+    con.execute(_TOUCHED_OBJECTS_SQL)
     tables = _per_customer_tables(con)
     con.execute(f"ATTACH ':memory:' AS {_SCOPE}")
     try:
-        for table in (*_SCOPED_ROWS, *_CATALOGUE, "fx_rates"):
-            query = _SCOPED_ROWS.get(table, f"SELECT * FROM {table}")
-            con.execute(f"CREATE TABLE {_SCOPE}.{table} AS {query}")
+        for table in (*_SCOPED_KEYS, *_CATALOGUE, "fx_rates"):
+            where = f" WHERE rowid IN ({_SCOPED_KEYS[table]})" if table in _SCOPED_KEYS else ""
+            con.execute(f"CREATE TABLE {_SCOPE}.{table} AS SELECT * FROM {table}{where}")
         con.execute(f"USE {_SCOPE}")
         try:
             write_settings(con, settings)
@@ -128,6 +181,8 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
             parts = "; ".join(f"{cur} on {first}..{last}" for cur, first, last in missing)
             raise DataError(f"no exchange rate to {settings.currency.lower()} for {parts}: add rows to fx_rates "
                             "and run the recompute again; the previous results were left in place")
+        old_ledger = _touched_ledger(con, main_db, main_db, "touched_old")
+        new_ledger = _touched_ledger(con, main_db, _SCOPE, "touched_new")
         con.execute("BEGIN TRANSACTION")
         try:
             for table in tables:
@@ -135,8 +190,7 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
                             "WHERE t.account_id = c.account_id AND t.customer_id = c.customer_id")
                 con.execute(f"INSERT INTO {table} BY NAME SELECT s.* FROM {_SCOPE}.{table} s "
                             "JOIN touched_customers c USING (account_id, customer_id)")
-            con.execute("CREATE OR REPLACE TABLE derived_bridge_ledger_month AS "
-                        "SELECT * FROM bridge_ledger('month', NULL)")
+            _update_ledger(con, old_ledger, new_ledger)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
