@@ -107,7 +107,8 @@ WITH w AS (
                AS mrr_after
     FROM derived_transition_windows w
 )
-SELECT account_id, customer_id, t_start, t_end,
+SELECT row_number() OVER () AS tid,  -- a compact key for the joins of the later steps
+       account_id, customer_id, t_start, t_end,
        CAST(mrr_before AS DECIMAL(18, 4)) AS mrr_before,
        CAST(mrr_after AS DECIMAL(18, 4)) AS mrr_after,
        CAST(mrr_after - mrr_before AS DECIMAL(18, 4)) AS mrr_delta,

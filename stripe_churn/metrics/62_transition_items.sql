@@ -37,7 +37,7 @@ item_rows AS (
       AND NOT (coalesce(i.pause_collection, false) AND NOT cfg.pause_collection_keeps_mrr)
 ),
 side_a AS (
-    SELECT t.account_id, t.customer_id, t.t_start, t.t_end, r.subscription_item_id,
+    SELECT t.tid, t.kind, t.account_id, t.customer_id, t.t_start, t.t_end, r.subscription_item_id,
            r.subscription_id, r.product_id, r.price_id, r.family, r.unit_kind, r.usage_type, r.quantity,
            r.currency, r.status, r.valid_from, r.mrr_original, r.mrr_undiscounted, r.discount_factor,
            r.discount_ids, r.source_event_id, r.source_invoice_id
@@ -46,7 +46,7 @@ side_a AS (
                     AND r.valid_from < t.t_start AND (r.valid_to IS NULL OR r.valid_to >= t.t_start)
 ),
 side_b AS (
-    SELECT t.account_id, t.customer_id, t.t_start, t.t_end, r.subscription_item_id,
+    SELECT t.tid, t.kind, t.account_id, t.customer_id, t.t_start, t.t_end, r.subscription_item_id,
            r.subscription_id, r.product_id, r.price_id, r.family, r.unit_kind, r.usage_type, r.quantity,
            r.currency, r.status, r.valid_from, r.mrr_original, r.mrr_undiscounted, r.discount_factor,
            r.discount_ids, r.source_event_id, r.source_invoice_id
@@ -56,6 +56,8 @@ side_b AS (
 ),
 joined AS (
     SELECT
+        coalesce(a.tid, b.tid) AS tid,
+        coalesce(a.kind, b.kind) AS kind,
         coalesce(a.account_id, b.account_id) AS account_id,
         coalesce(a.customer_id, b.customer_id) AS customer_id,
         coalesce(a.t_start, b.t_start) AS t_start,
@@ -83,8 +85,7 @@ joined AS (
         CAST(timezone('UTC', coalesce(a.t_end, b.t_end)) AS DATE) AS day_b
     FROM side_a a
     FULL JOIN side_b b
-        ON a.account_id = b.account_id AND a.customer_id = b.customer_id AND a.t_start = b.t_start
-       AND a.subscription_item_id = b.subscription_item_id
+        ON a.tid = b.tid AND a.subscription_item_id = b.subscription_item_id
 )
 SELECT
     j.*,

@@ -14,29 +14,26 @@ ti AS (
            coalesce(b_mrr, 0) * coalesce(b_rate_a, 0) AS b_rep
     FROM derived_transition_items
 ),
+moving AS (
+    SELECT * FROM ti WHERE kind = 'change'
+),
 fams AS (
-    SELECT account_id, customer_id, t_start, family, bool_or(side = 'a') AS in_a, bool_or(side = 'b') AS in_b
-    FROM (SELECT account_id, customer_id, t_start, a_family AS family, 'a' AS side FROM ti WHERE in_a
+    SELECT tid, family, bool_or(side = 'a') AS in_a, bool_or(side = 'b') AS in_b
+    FROM (SELECT tid, a_family AS family, 'a' AS side FROM moving WHERE in_a
           UNION ALL
-          SELECT account_id, customer_id, t_start, b_family, 'b' FROM ti WHERE in_b)
+          SELECT tid, b_family, 'b' FROM moving WHERE in_b)
     GROUP BY ALL
 ),
-moving AS (
-    SELECT ti.* FROM ti JOIN derived_transitions t USING (account_id, customer_id, t_start)
-    WHERE t.kind = 'change'
-),
 removed AS (
-    SELECT *, row_number() OVER (PARTITION BY account_id, customer_id, t_start, a_family, a_currency
-                                 ORDER BY a_mrr DESC, subscription_item_id) AS rk
+    SELECT *, row_number() OVER (PARTITION BY tid, a_family, a_currency ORDER BY a_mrr DESC, subscription_item_id) AS rk
     FROM moving WHERE in_a AND NOT in_b
 ),
 added AS (
-    SELECT *, row_number() OVER (PARTITION BY account_id, customer_id, t_start, b_family, b_currency
-                                 ORDER BY b_mrr DESC, subscription_item_id) AS rk
+    SELECT *, row_number() OVER (PARTITION BY tid, b_family, b_currency ORDER BY b_mrr DESC, subscription_item_id) AS rk
     FROM moving WHERE in_b AND NOT in_a
 ),
 comps AS (
-    SELECT account_id, customer_id, t_start, 'same' AS comp,
+    SELECT tid, account_id, customer_id, t_start, 'same' AS comp,
            subscription_item_id AS a_item_id, a_subscription_id, a_product_id, a_price_id, a_family, a_unit_kind,
            a_usage_type, a_quantity, a_currency, a_mrr, a_undisc, a_factor, a_rate_a, a_discount_ids,
            subscription_item_id AS b_item_id, b_subscription_id, b_product_id, b_price_id, b_family, b_unit_kind,
@@ -45,7 +42,7 @@ comps AS (
     FROM moving
     WHERE in_a AND in_b AND b_rep <> a_rep
     UNION ALL
-    SELECT coalesce(r.account_id, d.account_id), coalesce(r.customer_id, d.customer_id),
+    SELECT coalesce(r.tid, d.tid), coalesce(r.account_id, d.account_id), coalesce(r.customer_id, d.customer_id),
            coalesce(r.t_start, d.t_start),
            CASE WHEN r.subscription_item_id IS NULL THEN 'added'
                 WHEN d.subscription_item_id IS NULL THEN 'removed' ELSE 'pair' END,
@@ -56,8 +53,7 @@ comps AS (
            d.b_discount_ids, d.b_event_id, d.b_invoice_id, d.b_valid_from
     FROM removed r
     FULL JOIN added d
-        ON r.account_id = d.account_id AND r.customer_id = d.customer_id AND r.t_start = d.t_start
-       AND r.a_family = d.b_family AND r.a_currency = d.b_currency AND r.rk = d.rk
+        ON r.tid = d.tid AND r.a_family = d.b_family AND r.a_currency = d.b_currency AND r.rk = d.rk
 ),
 shaped AS (
     SELECT c.*,
@@ -114,7 +110,7 @@ settled AS (
     FROM split s
 ),
 item_parts AS (
-    SELECT account_id, customer_id, t_start, comp, part, amount_original * b_rate_a AS amount_rep,
+    SELECT tid, account_id, customer_id, t_start, comp, part, amount_original * b_rate_a AS amount_rep,
            amount_original, b_currency AS currency, b_subscription_id AS subscription_id,
            b_item_id AS subscription_item_id, b_product_id AS product_id, b_price_id AS price_id,
            b_event_id AS event_id, b_invoice_id AS invoice_id, b_valid_from AS row_from,
@@ -135,7 +131,7 @@ item_parts AS (
     WHERE amount_original <> 0
 ),
 unpaired_parts AS (
-    SELECT c.account_id, c.customer_id, c.t_start, c.comp, c.comp AS part,
+    SELECT c.tid, c.account_id, c.customer_id, c.t_start, c.comp, c.comp AS part,
            CASE WHEN c.comp = 'added' THEN c.b_mrr * c.b_rate_a ELSE -(c.a_mrr * c.a_rate_a) END AS amount_rep,
            CASE WHEN c.comp = 'added' THEN c.b_mrr ELSE -c.a_mrr END AS amount_original,
            CASE WHEN c.comp = 'added' THEN c.b_currency ELSE c.a_currency END AS currency,
@@ -151,21 +147,21 @@ unpaired_parts AS (
                ELSE 'downgrade'
            END AS movement
     FROM comps c
-    JOIN fams f ON f.account_id = c.account_id AND f.customer_id = c.customer_id AND f.t_start = c.t_start
-               AND f.family = CASE WHEN c.comp = 'added' THEN c.b_family ELSE c.a_family END
+    JOIN fams f ON f.tid = c.tid AND f.family = CASE WHEN c.comp = 'added' THEN c.b_family ELSE c.a_family END
     WHERE c.comp IN ('added', 'removed')
       AND CASE WHEN c.comp = 'added' THEN c.b_mrr ELSE c.a_mrr END <> 0
 ),
 -- the item that stands for the customer: largest MRR in B (or in A when B is empty)
 main_items AS (
-    SELECT account_id, customer_id, t_start,
+    SELECT tid,
            arg_max(subscription_item_id, (b_rep, subscription_item_id)) FILTER (WHERE in_b) AS b_item,
            arg_max(subscription_item_id, (a_rep, subscription_item_id)) FILTER (WHERE in_a) AS a_item
     FROM ti
     GROUP BY ALL
 ),
 fx_parts AS (
-    SELECT ti.account_id, ti.customer_id, ti.t_start, 'fx' AS comp, 'fx' AS part,
+    SELECT ti.tid, any_value(ti.account_id) AS account_id, any_value(ti.customer_id) AS customer_id,
+           any_value(ti.t_start) AS t_start, 'fx' AS comp, 'fx' AS part,
            sum(ti.b_mrr * (ti.b_rate_b - ti.b_rate_a)) AS amount_rep,
            0 AS amount_original,
            any_value(ti.b_currency) FILTER (WHERE ti.subscription_item_id = m.b_item) AS currency,
@@ -177,16 +173,16 @@ fx_parts AS (
            CAST(NULL AS TIMESTAMPTZ) AS row_from,
            'fx' AS movement
     FROM moving ti
-    JOIN main_items m USING (account_id, customer_id, t_start)
+    JOIN main_items m USING (tid)
     WHERE ti.in_b AND ti.b_rate_b <> ti.b_rate_a
-    GROUP BY ti.account_id, ti.customer_id, ti.t_start
+    GROUP BY ti.tid
 ),
 whole_parts AS (
     -- new, reactivation and cancellation: one row with the whole customer delta on the main item
-    SELECT t.account_id, t.customer_id, t.t_start, t.kind AS comp, t.kind AS part,
+    SELECT t.tid, t.account_id, t.customer_id, t.t_start, t.kind AS comp, t.kind AS part,
            CAST(t.mrr_delta AS DECIMAL(38, 10)) AS amount_rep,
            (SELECT sum(coalesce(x.b_mrr, 0) - coalesce(x.a_mrr, 0)) FROM ti x
-            WHERE x.account_id = t.account_id AND x.customer_id = t.customer_id AND x.t_start = t.t_start
+            WHERE x.tid = t.tid
               AND coalesce(x.b_currency, x.a_currency) = coalesce(mi.b_currency, mi.a_currency)) AS amount_original,
            CASE WHEN t.kind = 'gain' THEN mi.b_currency ELSE mi.a_currency END AS currency,
            CASE WHEN t.kind = 'gain' THEN mi.b_subscription_id ELSE mi.a_subscription_id END AS subscription_id,
@@ -197,9 +193,8 @@ whole_parts AS (
            CASE WHEN t.kind = 'loss' THEN 'cancellation'
                 WHEN t.had_mrr_before THEN 'reactivation' ELSE 'new' END AS movement
     FROM derived_transitions t
-    LEFT JOIN main_items m USING (account_id, customer_id, t_start)
-    LEFT JOIN ti mi ON mi.account_id = t.account_id AND mi.customer_id = t.customer_id AND mi.t_start = t.t_start
-                   AND mi.subscription_item_id = CASE WHEN t.kind = 'gain' THEN m.b_item ELSE m.a_item END
+    LEFT JOIN main_items m USING (tid)
+    LEFT JOIN ti mi ON mi.tid = t.tid AND mi.subscription_item_id = CASE WHEN t.kind = 'gain' THEN m.b_item ELSE m.a_item END
     WHERE t.kind IN ('gain', 'loss')
 )
 SELECT * FROM item_parts

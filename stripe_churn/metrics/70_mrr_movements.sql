@@ -8,21 +8,21 @@ CREATE OR REPLACE TABLE derived_mrr_movements AS
 WITH
 parts AS (
     SELECT p.*, round(p.amount_rep, 4) AS rounded,
-           row_number() OVER (PARTITION BY p.account_id, p.customer_id, p.t_start
+           row_number() OVER (PARTITION BY p.tid
                               ORDER BY abs(p.amount_rep) DESC, p.movement, p.subscription_item_id) AS size_rank
     FROM derived_movement_parts p
 ),
 totals AS (
-    SELECT t.account_id, t.customer_id, t.t_start, t.mrr_delta,
+    SELECT t.tid, t.mrr_delta,
            coalesce(sum(p.rounded), 0) AS rounded_sum, coalesce(sum(p.amount_rep), 0) AS exact_sum,
            count(p.t_start) AS n_parts
     FROM derived_transitions t
-    LEFT JOIN parts p USING (account_id, customer_id, t_start)
+    LEFT JOIN parts p USING (tid)
     GROUP BY ALL
 ),
 -- a change whose items show no cause (should not happen) still gets a row, so that the bridge adds up
 fallback AS (
-    SELECT t.account_id, t.customer_id, t.t_start, 'unexplained' AS comp, 'unexplained' AS part,
+    SELECT t.tid, x.account_id, x.customer_id, x.t_start, 'unexplained' AS comp, 'unexplained' AS part,
            CAST(t.mrr_delta AS DECIMAL(38, 10)) AS amount_rep, CAST(NULL AS DECIMAL(38, 10)) AS amount_original,
            CAST(NULL AS VARCHAR) AS currency, CAST(NULL AS VARCHAR) AS subscription_id,
            CAST(NULL AS VARCHAR) AS subscription_item_id, CAST(NULL AS VARCHAR) AS product_id,
@@ -31,6 +31,7 @@ fallback AS (
            CASE WHEN t.mrr_delta > 0 THEN 'upgrade' ELSE 'downgrade' END AS movement,
            round(t.mrr_delta, 4) AS rounded, 1 AS size_rank
     FROM totals t
+    JOIN derived_transitions x USING (tid)
     WHERE t.n_parts = 0
 ),
 adjusted AS (
@@ -39,21 +40,20 @@ adjusted AS (
                 AS DECIMAL(18, 4)) AS mrr_delta_part,
            t.mrr_delta - t.exact_sum AS unexplained
     FROM (SELECT * FROM parts UNION ALL BY NAME SELECT * FROM fallback) p
-    JOIN totals t USING (account_id, customer_id, t_start)
+    JOIN totals t USING (tid)
 ),
 -- where an item row has no source of its own: a row of the same subscription (else of the customer) that
 -- started inside the window, else the subscription's last event (first invoice) inside the window
 window_sources AS (
-    SELECT account_id, customer_id, t_start, b_subscription_id AS subscription_id,
+    SELECT tid, b_subscription_id AS subscription_id,
            min(b_event_id) FILTER (WHERE b_event_id IS NOT NULL) AS event_id,
            min(b_invoice_id) FILTER (WHERE b_invoice_id IS NOT NULL) AS invoice_id
     FROM derived_transition_items
     WHERE in_b AND b_valid_from >= t_start
-    GROUP BY GROUPING SETS ((account_id, customer_id, t_start, b_subscription_id),
-                            (account_id, customer_id, t_start))
+    GROUP BY GROUPING SETS ((tid, b_subscription_id), (tid))
 ),
 sub_events AS (
-    SELECT t.account_id, t.customer_id, t.t_start, e.subscription_id,
+    SELECT t.tid, e.subscription_id,
            arg_max(e.event_id, e.moment) AS event_id
     FROM (SELECT e.account_id, e.subscription_id, e.moment, e.event_id, s.customer_id
           FROM derived_sub_events e
@@ -63,7 +63,7 @@ sub_events AS (
     GROUP BY ALL
 ),
 sub_invoices AS (
-    SELECT t.account_id, t.customer_id, t.t_start, i.subscription_id,
+    SELECT t.tid, i.subscription_id,
            arg_min(i.id, (i.created, i.id)) AS invoice_id
     FROM derived_transitions t
     JOIN invoices i ON i.account_id = t.account_id AND i.customer_id = t.customer_id
@@ -72,17 +72,14 @@ sub_invoices AS (
     GROUP BY ALL
 ),
 sub_facts AS (
-    SELECT account_id, id AS subscription_id,
-           json_extract_string(raw, '$.cancellation_details.reason') AS cancellation_reason,
-           json_extract_string(raw, '$.cancellation_details.feedback') AS cancellation_feedback
-    FROM subscriptions
+    SELECT account_id, subscription_id, cancellation_reason, cancellation_feedback FROM derived_subs
 ),
 sourced AS (
     SELECT a.*, t.t_end, t.mrr_before, t.mrr_after, t.kind,
            CASE WHEN a.row_from >= a.t_start THEN a.event_id END AS own_event_id,
            CASE WHEN a.row_from >= a.t_start THEN a.invoice_id END AS own_invoice_id
     FROM adjusted a
-    JOIN derived_transitions t USING (account_id, customer_id, t_start)
+    JOIN derived_transitions t USING (tid)
     WHERE a.mrr_delta_part <> 0
 )
 SELECT
@@ -108,11 +105,7 @@ SELECT
     s.currency,
     CAST(round(s.amount_original, 4) AS DECIMAL(18, 4)) AS amount_delta_original,
     CASE WHEN s.movement = 'cancellation' THEN
-        CASE WHEN f.cancellation_reason = 'payment_failed'
-                  OR EXISTS (SELECT 1 FROM derived_item_mrr u
-                             WHERE u.account_id = s.account_id AND u.subscription_id = s.subscription_id
-                               AND u.status = 'unpaid' AND u.valid_from <= s.t_end
-                               AND (u.valid_to IS NULL OR u.valid_to > s.t_end))
+        CASE WHEN f.cancellation_reason = 'payment_failed' OR u.subscription_id IS NOT NULL
              THEN 'involuntary' ELSE 'voluntary' END
     END AS churn_type,
     CASE WHEN s.movement = 'cancellation' THEN f.cancellation_feedback END AS cancellation_feedback,
@@ -125,18 +118,23 @@ SELECT
     s.unexplained
 FROM sourced s
 LEFT JOIN window_sources ws
-    ON ws.account_id = s.account_id AND ws.customer_id = s.customer_id AND ws.t_start = s.t_start
+    ON ws.tid = s.tid
    AND ws.subscription_id = s.subscription_id
 LEFT JOIN window_sources wc
-    ON wc.account_id = s.account_id AND wc.customer_id = s.customer_id AND wc.t_start = s.t_start
+    ON wc.tid = s.tid
    AND wc.subscription_id IS NULL
 LEFT JOIN sub_events se
-    ON se.account_id = s.account_id AND se.customer_id = s.customer_id AND se.t_start = s.t_start
+    ON se.tid = s.tid
    AND se.subscription_id = s.subscription_id
 LEFT JOIN sub_invoices si
-    ON si.account_id = s.account_id AND si.customer_id = s.customer_id AND si.t_start = s.t_start
+    ON si.tid = s.tid
    AND si.subscription_id = s.subscription_id
-LEFT JOIN sub_facts f ON f.account_id = s.account_id AND f.subscription_id = s.subscription_id;
+LEFT JOIN sub_facts f ON f.account_id = s.account_id AND f.subscription_id = s.subscription_id
+-- the subscription went unpaid: it is unpaid when the customer's MRR drops
+LEFT JOIN (SELECT DISTINCT account_id, subscription_id, valid_from, valid_to FROM derived_item_mrr
+           WHERE status = 'unpaid') u
+    ON s.movement = 'cancellation' AND u.account_id = s.account_id AND u.subscription_id = s.subscription_id
+   AND u.valid_from <= s.t_end AND (u.valid_to IS NULL OR u.valid_to > s.t_end);
 
 CREATE OR REPLACE VIEW mrr_movements AS
 SELECT account_id, customer_id, subscription_id, subscription_item_id, product_id, price_id, occurred_at,

@@ -8,7 +8,7 @@
 -- the customer's static attributes.
 CREATE OR REPLACE TABLE derived_transition_states AS
 WITH mains AS (
-    SELECT account_id, customer_id, t_start,
+    SELECT tid,
            arg_max(b_product_id, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS product_id,
            arg_max(b_price_id, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS price_id,
            arg_max(b_family, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS family,
@@ -22,7 +22,7 @@ SELECT t.account_id, t.customer_id, t.t_start, t.t_end, t.mrr_before, t.mrr_afte
        coalesce(lower(json_extract_string(c.raw, '$.currency')), m.item_currency) AS currency,
        json_extract_string(c.raw, '$.address.country') AS country
 FROM derived_transitions t
-LEFT JOIN mains m USING (account_id, customer_id, t_start)
+LEFT JOIN mains m USING (tid)
 LEFT JOIN customers c ON c.account_id = t.account_id AND c.id = t.customer_id;
 
 -- Size bands of customer MRR in the reporting currency.
