@@ -489,6 +489,27 @@ def test_past_due_setting(world: World, derive: Derive) -> None:
         (T0, "new"), (month(1, 1), "cancellation"), (month(1, 9), "reactivation")]
 
 
+def test_resource_unit_quantity(world: World, derive: Derive) -> None:
+    base(world).product("prod_storage", unit_label="GB", family="storage")
+    world.price("storage", "prod_storage", 10)
+    world.subscribe("sub_1", "cus_1", [("si_s", "storage", 500)], T0)
+    world.update("sub_1", month(1, 10), items=[("si_s", "storage", 800)])
+    con = derive(world, seen_at=month(2))
+    assert movements(con)[1:] == [(month(1, 10), "resource_expansion", "expansion", Decimal("30.0000"), "si_s")]
+
+
+def test_family_and_unit_settings(world: World, derive: Derive) -> None:
+    base(world).product("prod_reports")  # no metadata family, no unit label
+    world.price("reports", "prod_reports", 2_500)
+    world.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    world.update("sub_1", month(1, 10), items=[("si_c", "core_basic", 3), ("si_r", "reports", 2)])
+    con = derive(world, seen_at=month(2))
+    assert movements(con)[1:] == [(month(1, 10), "cross_sell", "expansion", Decimal("50.0000"), "si_r")]
+    # the settings put the product in family core (kept by the customer) and call its unit a resource
+    con = derive(world, seen_at=month(2), families={"prod_reports": "core"}, units={"prod_reports": "resource"})
+    assert movements(con)[1:] == [(month(1, 10), "resource_expansion", "expansion", Decimal("50.0000"), "si_r")]
+
+
 def test_view_columns_and_types(world: World, derive: Derive) -> None:
     w, seen_at, _ = case_upgrade_with_seats(world)
     con = derive(w, seen_at=seen_at)
