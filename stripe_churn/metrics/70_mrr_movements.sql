@@ -2,7 +2,7 @@
 -- so that the rows of a transition add up exactly to the customer's change (the rounding remainder goes to
 -- the largest component), with churn type, feedback and the Stripe ids that caused each row.
 -- Inputs: derived_transitions, derived_movement_parts, derived_transition_items, derived_item_mrr,
--- derived_sub_events, subscriptions.
+-- derived_sub_events, derived_subs, subscriptions, invoices.
 
 CREATE OR REPLACE TABLE derived_mrr_movements AS
 WITH
