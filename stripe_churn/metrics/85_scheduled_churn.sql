@@ -11,8 +11,11 @@ pending AS (
                     (SELECT max(ts_of(json_extract_string(it, '$.current_period_end')))
                      FROM unnest(CAST(json_extract(s.state, '$.items.data[*]') AS JSON[])) AS u(it))) AS effective_at
     FROM derived_subs s
+    CROSS JOIN derived_settings st
     WHERE s.ended_at IS NULL AND coalesce(s.status, '') NOT IN ('canceled', 'incomplete_expired')
       AND (s.cancel_at_period_end OR s.cancel_at IS NOT NULL)
+      -- with churn_recognition = 'canceled' the churn is already counted when the cancellation is made
+      AND NOT (st.churn_recognition = 'canceled' AND s.canceled_at IS NOT NULL)
 ),
 current_items AS (
     SELECT i.account_id, i.subscription_id, i.currency, i.mrr_original,

@@ -319,6 +319,13 @@ def test_scheduled_churn(world: World, derive: Derive) -> None:
     assert got[0]["cancellation_feedback"] == "switched_service" and got[0]["customer_id"] == "cus_e"
 
 
+def test_scheduled_churn_is_churn_already_when_recognised_at_cancel_time(world: World, derive: Derive) -> None:
+    con = derive(book(world), seen_at=SEEN, churn_recognition="canceled")
+    assert queries.scheduled_churn(con) == []
+    (e,) = [r for r in queries.churn_reasons(con) if r["cancellation_feedback"] == "switched_service"]
+    assert e["period_start"] == dt.date(2024, 5, 1) and e["churned_mrr"] == Decimal("40.0000")
+
+
 def test_churn_reasons(world: World, derive: Derive) -> None:
     con = derive(book(world), seen_at=SEEN)
     got = [(r["period_start"], r["churn_type"], r["cancellation_feedback"], r["churned_customers"], r["churned_mrr"])
