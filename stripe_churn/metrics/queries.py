@@ -70,6 +70,14 @@ def bridge(con: duckdb.DuckDBPyConnection, period: str = "month", segment: str |
                             "start": start, "end": end})
 
 
+def latest_verdict(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
+    """The bridge row that answers "are we at net negative churn?": the latest complete month (before the
+    current one) that opened with MRR; None when there is none yet."""
+    rows = _rows(con, "SELECT * FROM mrr_bridge WHERE opening_mrr > 0 "
+                      "AND period_end < CAST(timezone('UTC', now()) AS DATE) ORDER BY period_start DESC LIMIT 1")
+    return rows[0] if rows else None
+
+
 def cohort_matrix(con: duckdb.DuckDBPyConnection, start: dt.date | None = None,
                   end: dt.date | None = None) -> list[dict[str, Any]]:
     """Cohort revenue retention rows (cohort_month, months_since_start, month, ..., revenue_retention)."""

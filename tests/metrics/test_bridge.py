@@ -250,6 +250,14 @@ def test_rates_by_hand(world: World, derive: Derive) -> None:
     assert apr["net_revenue_churn_rate"] == pytest.approx(-50 / 140) and apr["net_negative_churn"] is True
 
 
+def test_latest_verdict(world: World, derive: Derive) -> None:
+    con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
+    verdict = queries.latest_verdict(con)
+    # the latest complete month is quiet (nothing has moved since April 2024): not net negative
+    assert verdict is not None and verdict["period_start"] < dt.datetime.now(dt.UTC).date().replace(day=1)
+    assert verdict["net_negative_churn"] is False and verdict["opening_mrr"] == Decimal("190.0000")
+
+
 def test_periods_run_through_now_with_quiet_months(world: World, derive: Derive) -> None:
     con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
     got = queries.bridge(con)
@@ -530,3 +538,4 @@ def test_trial_only_customer_counts_nowhere(world: World, derive: Derive) -> Non
     world.end("sub_t", ts(2024, 1, 1) + 7 * DAY)
     con = derive(world, seen_at=ts(2024, 2, 1))
     assert queries.bridge(con) == []
+    assert queries.latest_verdict(con) is None
