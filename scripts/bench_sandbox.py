@@ -144,11 +144,11 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     args = parser.parse_args()
 
-    from stripe_churn.sandbox.server import start_in_thread
-    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.sandbox import server
+    from stripe_churn.sandbox import sim as simulation
 
     started = time.perf_counter()
-    sim = Simulation(customers=args.customers, months=args.months, seed=args.seed)
+    sim = simulation.Simulation(customers=args.customers, months=args.months, seed=args.seed)
     build_s = time.perf_counter() - started
     pages = _cursors(sim, "subscriptions", lambda o: True) + _cursors(sim, "invoices", lambda o: True)
     n_objects = sum(n for _, n in pages)
@@ -156,7 +156,7 @@ def main() -> None:
           f"{len(sim.objects['subscriptions'])} subscriptions, {len(sim.objects['invoices'])} invoices, "
           f"{len(pages)} pages of <=100")
 
-    with start_in_thread(sim, api_key=KEY) as sandbox:
+    with server.start_in_thread(sim, api_key=KEY) as sandbox:
         port = int(sandbox.url.rsplit(":", 1)[1])
         started = time.perf_counter()
         with httpx.Client(headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as http:
