@@ -1,0 +1,770 @@
+"""A seeded, deterministic simulated subscription business in Stripe's object shapes, with its ground truth.
+
+The model drives customers through signups, trials, plan changes, seat and usage changes, add-ons, coupons,
+payment failures and cancellations, writing the objects and events Stripe would, and labels every MRR change
+itself (design.md 4-5) without the classifier's code, so the two can be compared.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import heapq
+import logging
+import random
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
+from typing import Any
+
+import orjson
+
+from stripe_churn.sandbox import objects as ob
+from stripe_churn.sandbox.fx import SANDBOX_FX_RATES
+
+log = logging.getLogger(__name__)
+
+END_OF_HISTORY = int(dt.datetime(2026, 11, 1, tzinfo=dt.UTC).timestamp())
+RESOURCES = ("customers", "products", "prices", "coupons", "subscriptions", "invoices", "credit_notes")
+CURRENCIES = ("usd", "usd", "usd", "eur", "gbp")
+COUNTRIES = {"usd": ("US", "US", "CA"), "eur": ("DE", "FR", "NL", "ES"), "gbp": ("GB",)}
+FEEDBACK = ("customer_service", "low_quality", "missing_features", "other", "switched_service", "too_complex",
+            "too_expensive", "unused")
+SEAT_LABELS = {"seat", "user", "member", "license", "agent"}
+MONTHS_PER = {"year": Fraction(12), "month": Fraction(1), "week": Fraction(12, 52), "day": Fraction(12, 365)}
+FX = {c: Fraction(str(r)) for c, r in SANDBOX_FX_RATES.items()}
+COUNTING = ("active", "past_due")
+DAY = 86_400
+
+
+def add_months(ts: int, n: int) -> int:
+    """``ts`` moved by ``n`` calendar months (day clamped to the month's length), in UTC."""
+    d = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+    y, m = divmod(d.month - 1 + n, 12)
+    y += d.year
+    day = min(d.day, calendar.monthrange(y, m + 1)[1])
+    return int(d.replace(year=y, month=m + 1, day=day).timestamp())
+
+
+def round4(x: Fraction) -> Decimal:
+    """Half away from zero at 4 decimals."""
+    return (Decimal(x.numerator) / Decimal(x.denominator)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
+def iso(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _copy(obj: Any) -> Any:
+    return orjson.loads(orjson.dumps(obj))
+
+
+@dataclass
+class _Plan:
+    """One sellable product of the catalog with its prices per (currency, interval key)."""
+
+    key: str
+    family: str
+    product_id: str
+    kind: str  # seat or resource
+    prices: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+@dataclass
+class _Comp:
+    """One counting subscription item at a moment (for the ground truth)."""
+
+    sub_id: str
+    item_id: str
+    family: str
+    kind: str
+    price_id: str
+    qty: int
+    mult: Fraction
+    usd: Fraction  # exact MRR in USD major units
+
+
+@dataclass
+class _Cust:
+    id: str
+    currency: str
+    subs: list[str] = field(default_factory=list)
+    had_mrr: bool = False
+    path_t: list[int] = field(default_factory=list)
+    path_v: list[float] = field(default_factory=list)
+    mrr: Decimal = Decimal("0")
+    deleted: bool = False
+
+
+class Simulation:
+    """The whole history of a simulated Stripe account (see docs/internals.md for the interface)."""
+
+    def __init__(self, customers: int, months: int, seed: int, start: int | None = None) -> None:
+        if customers < 0 or months < 0:
+            raise ValueError("customers and months must be zero or more")
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._rate = customers / months if months else 0.0
+        self.start = add_months(END_OF_HISTORY, -months) if start is None else start
+        self.clock = self.start
+        self.account_id = "acct_sandbox" + ob.b62(seed % 62**6, 6)
+        self.objects: dict[str, dict[str, dict[str, Any]]] = {r: {} for r in RESOURCES}
+        self.discounts: dict[str, dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.truth: list[dict[str, Any]] = []
+        self._n = 0
+        self._q: list[tuple[int, int, str, tuple[Any, ...]]] = []
+        self._custs: dict[str, _Cust] = {}
+        self._sub_gen: dict[str, int] = {}
+        self._sub_mult: dict[str, Fraction] = {}
+        self._sub_disc_end: dict[str, int] = {}
+        self._unpaid: set[str] = set()
+        self._build_catalog()
+        self._signups(customers, self.start, add_months(self.start, months))
+        self._run(add_months(self.start, months))
+
+    # --- ids, events, queue --------------------------------------------------------------------------
+    def _id(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}_{ob.b62((self.seed * 7919) % 62**4, 4)}{ob.b62(self._n, 10)}"
+
+    def _event(self, etype: str, obj: dict[str, Any], t: int, prev: dict[str, Any] | None = None) -> None:
+        data: dict[str, Any] = {"object": _copy(obj)}
+        if prev is not None:
+            data["previous_attributes"] = _copy(prev)
+        self.events.append({"id": self._id("evt"), "object": "event", "api_version": ob.API_VERSION,
+                            "created": t, "data": data, "livemode": False, "pending_webhooks": 0,
+                            "request": {"id": None, "idempotency_key": None}, "type": etype})
+
+    def _at(self, t: int, handler: str, *args: Any) -> None:
+        self._n += 1
+        heapq.heappush(self._q, (t, self._n, handler, args))
+
+    def _run(self, end: int) -> None:
+        while self._q and self._q[0][0] < end:
+            t, _, handler, args = heapq.heappop(self._q)
+            getattr(self, "_h_" + handler)(t, *args)
+        self.clock = end
+
+    def _time_in(self, lo: int, hi: int) -> int:
+        return self._rng.randrange(lo, max(hi, lo + 1))
+
+    # --- catalog ----------------------------------------------------------------------------------------
+    def _build_catalog(self) -> None:
+        t = self.start - 30 * DAY
+        self._plans: dict[str, _Plan] = {}
+        spec = [  # key, name, family (None: the product is its own family), unit_label, monthly usd cents
+            ("starter", "Core Starter", "core", "seat", 1500),
+            ("pro", "Core Pro", "core", "seat", 3500),
+            ("business", "Core Business", "core", "seat", 6500),
+            ("an_basic", "Analytics Basic", "analytics", None, 4900),
+            ("an_plus", "Analytics Plus", "analytics", None, 14900),
+            ("support", "Priority Support", "support", None, 9900),
+            ("storage", "Extra Storage", None, "GB", 25),
+            ("agents", "Agents", "automation", "agent", 2000),
+        ]
+        for key, name, family, unit, cents in spec:
+            pid = self._id("prod")
+            meta = {"family": family} if family else {}
+            prod = ob.product(pid, t, name, unit, meta, None)
+            kind = "seat" if (unit or "").rstrip("s") in SEAT_LABELS or unit is None else "resource"
+            plan = _Plan(key, family or pid, pid, kind)
+            for cur in ("usd", "eur", "gbp"):
+                base = cents if cur != "gbp" else max(1, cents * 85 // 100)
+                for ikey, interval, count, amount in (("m", "month", 1, base), ("y", "year", 1, base * 10),
+                                                      ("y12", "year", 1, base * 12)):
+                    if ikey == "y12" and key not in ("starter", "pro", "business"):
+                        continue
+                    prid = self._id("price")
+                    p = ob.price(prid, t, pid, cur, interval, count, amount, nickname=f"{name} {ikey} {cur}",
+                                 lookup_key=f"{key}_{ikey}_{cur}")
+                    self.objects["prices"][prid] = p
+                    plan.prices[(cur, ikey)] = prid
+            prod["default_price"] = plan.prices[("usd", "m")]
+            self.objects["products"][pid] = prod
+            self._plans[key] = plan
+            self._event("product.created", prod, t)
+        for p in self.objects["prices"].values():
+            self._event("price.created", p, t)
+        self._coupons = {}
+        for key, pct, dur, months in (("forever", 20.0, "forever", None), ("repeating", 25.0, "repeating", 3),
+                                      ("once", 50.0, "once", None), ("retention", 30.0, "forever", None)):
+            cid = key.upper() + self._id("co").split("_", 1)[1]
+            c = ob.coupon(cid, t, pct, dur, months, f"{pct:g}% off ({key})")
+            self.objects["coupons"][cid] = c
+            self._coupons[key] = cid
+            self._event("coupon.created", c, t)
+        self._plan_of_price = {prid: plan for plan in self._plans.values() for prid in plan.prices.values()}
+
+    # --- MRR model --------------------------------------------------------------------------------------
+    def _item_mrr_own(self, p: dict[str, Any], qty: int, mult: Fraction) -> Fraction:
+        """Exact item MRR in minor units of its own currency."""
+        rec = p["recurring"]
+        per_period = Fraction(p["unit_amount"] * qty)
+        return per_period * 12 / (MONTHS_PER[rec["interval"]] * 12 * rec["interval_count"]) * mult
+
+    def _snap(self, cust: _Cust) -> dict[str, _Comp]:
+        out: dict[str, _Comp] = {}
+        rate = FX[cust.currency]
+        for sid in cust.subs:
+            sub = self.objects["subscriptions"][sid]
+            if sub.get("deleted") or sub["status"] not in COUNTING:
+                continue
+            mult = self._sub_mult.get(sid, Fraction(1))
+            for it in sub["items"]["data"]:
+                p = self.objects["prices"][it["price"]["id"]]
+                plan = self._plan_of_price[p["id"]]
+                own = self._item_mrr_own(p, it["quantity"] or 0, mult)
+                out[it["id"]] = _Comp(sid, it["id"], plan.family, plan.kind, p["id"], it["quantity"] or 0, mult,
+                                      own * rate / 100)
+        return out
+
+    def _mrr_usd(self, price_id: str, qty: int, mult: Fraction, currency: str) -> Fraction:
+        return self._item_mrr_own(self.objects["prices"][price_id], qty, mult) * FX[currency] / 100
+
+    def _transition(self, cust: _Cust, t: int, before: dict[str, _Comp], churn: tuple[str, Any] | None = None
+                    ) -> None:
+        """Label the change from ``before`` to the customer's state now, dated ``t`` (design.md 5)."""
+        after = self._snap(cust)
+        m_a = round4(sum((c.usd for c in before.values()), Fraction(0)))
+        m_b = round4(sum((c.usd for c in after.values()), Fraction(0)))
+        if m_a == m_b:
+            return
+        parts: list[tuple[_Comp, str, Fraction]] = []
+        if m_a == 0:
+            label = "reactivation" if cust.had_mrr else "new"
+            parts = [(c, label, c.usd) for c in after.values()]
+        elif m_b == 0:
+            parts = [(c, "cancellation", -c.usd) for c in before.values()]
+        else:
+            parts = self._components(cust, before, after)
+        cust.had_mrr = cust.had_mrr or m_b > 0
+        self._write_rows(cust, t, parts, m_a, m_b, churn)
+        cust.mrr = m_b
+        cust.path_t.append(t)
+        cust.path_v.append(float(m_b))
+
+    def _components(self, cust: _Cust, before: dict[str, _Comp], after: dict[str, _Comp]
+                    ) -> list[tuple[_Comp, str, Fraction]]:
+        cur = cust.currency
+        parts: list[tuple[_Comp, str, Fraction]] = []
+
+        def qty_label(kind: str, delta: Fraction) -> str:
+            return f"{kind}_{'expansion' if delta > 0 else 'contraction'}"
+
+        def pair(a: _Comp, b: _Comp) -> None:
+            plan = self._mrr_usd(b.price_id, a.qty, b.mult, cur) - self._mrr_usd(a.price_id, a.qty, b.mult, cur)
+            qty = self._mrr_usd(b.price_id, b.qty, b.mult, cur) - self._mrr_usd(b.price_id, a.qty, b.mult, cur)
+            disc = b.usd - a.usd - plan - qty
+            parts.append((b, "upgrade" if plan > 0 else "downgrade", plan))
+            parts.append((b, qty_label(b.kind, qty), qty))
+            parts.append((b, "discount", disc))
+
+        for iid in before.keys() & after.keys():
+            pair(before[iid], after[iid])
+        removed = sorted((c for i, c in before.items() if i not in after), key=lambda c: (-c.usd, c.item_id))
+        added = sorted((c for i, c in after.items() if i not in before), key=lambda c: (-c.usd, c.item_id))
+        kept = {c.family for i, c in before.items() if i in after}
+        for fam in sorted({c.family for c in removed} & {c.family for c in added}):
+            rs = [c for c in removed if c.family == fam]
+            ads = [c for c in added if c.family == fam]
+            for a, b in zip(rs, ads, strict=False):
+                pair(a, b)
+                removed.remove(a)
+                added.remove(b)
+        before_fams = {c.family for c in before.values()}
+        after_fams = {c.family for c in after.values()}
+        for b in added:
+            parts.append((b, qty_label(b.kind, b.usd) if b.family in before_fams | kept else "cross_sell", b.usd))
+        for a in removed:
+            parts.append((a, qty_label(a.kind, -a.usd) if a.family in after_fams else "downgrade", -a.usd))
+        return [p for p in parts if p[2] != 0]
+
+    def _write_rows(self, cust: _Cust, t: int, parts: list[tuple[_Comp, str, Fraction]], m_a: Decimal,
+                    m_b: Decimal, churn: tuple[str, Any] | None) -> None:
+        total = m_b - m_a
+        rounded = [round4(p[2]) for p in parts]
+        if parts:
+            big = max(range(len(parts)), key=lambda i: (abs(parts[i][2]), -i))
+            rounded[big] += total - sum(rounded, Decimal(0))
+        rate = FX[cust.currency]
+        running = m_a
+        for (comp, movement, exact), delta in zip(parts, rounded, strict=True):
+            if delta == 0:
+                continue
+            category = {"new": "new", "reactivation": "reactivation", "cancellation": "churn",
+                        "cross_sell": "expansion"}.get(movement)
+            if category is None:
+                category = "expansion" if delta > 0 else "contraction"
+            row: dict[str, Any] = {
+                "customer_id": cust.id, "subscription_id": comp.sub_id, "subscription_item_id": comp.item_id,
+                "occurred_at": iso(t), "movement": movement, "category": category,
+                "mrr_before": float(running), "mrr_after": float(running + delta), "mrr_delta": float(delta),
+                "currency": cust.currency, "amount_delta_original": float(round4(exact / rate)),
+            }
+            if movement == "cancellation":
+                kind, feedback = churn or ("voluntary", None)
+                row["churn_type"] = kind
+                row["cancellation_feedback"] = feedback
+            running += delta
+            self.truth.append(row)
+
+    # --- public ----------------------------------------------------------------------------------------
+    def advance(self, months: int = 1) -> None:
+        """Continue the history by ``months`` calendar months (new signups, changes, billing runs)."""
+        if months < 1:
+            raise ValueError("months must be 1 or more")
+        end = add_months(self.clock, months)
+        self._signups(round(self._rate * months), self.clock, end)
+        self._run(end)
+
+    def customer_mrr(self, at: int) -> dict[str, float]:
+        """Each customer's true MRR (USD, 4 dp) at unix time ``at``, from the model's own path."""
+        out = {}
+        for cid, c in self._custs.items():
+            i = bisect_right(c.path_t, at)
+            out[cid] = c.path_v[i - 1] if i else 0.0
+        return out
+
+    def bundle_bytes(self) -> bytes:
+        """Objects, discounts, events and truth serialised deterministically."""
+        return orjson.dumps({"account": self.account_id, "clock": self.clock, "objects": self.objects,
+                             "discounts": self.discounts, "events": self.events, "truth": self.truth},
+                            option=orjson.OPT_SORT_KEYS)
+
+    # --- behaviour ------------------------------------------------------------------------------------
+    def _signups(self, n: int, lo: int, hi: int) -> None:
+        for _ in range(n):
+            self._at(self._time_in(lo, hi), "signup")
+
+    def _h_signup(self, t: int) -> None:
+        rng = self._rng
+        cur = rng.choice(CURRENCIES)
+        cid = self._id("cus")
+        n = len(self._custs) + 1
+        size = rng.choice(("1-10", "11-50", "51-200"))
+        obj = ob.customer(cid, t, cur, f"Customer {n}", f"billing{n}@example.com",
+                          rng.choice(COUNTRIES[cur]), {"size_band": size}, ob.b62(n, 7).upper())
+        self.objects["customers"][cid] = obj
+        cust = _Cust(cid, cur)
+        self._custs[cid] = cust
+        self._event("customer.created", obj, t)
+        trial = rng.random() < 0.2
+        coupon = None
+        r = rng.random()
+        if r < 0.06:
+            coupon = "forever"
+        elif r < 0.14:
+            coupon = "repeating"
+        elif r < 0.18:
+            coupon = "once"
+        self._subscribe(cust, t + rng.randrange(30, 600), trial=trial, coupon=None if trial else coupon)
+
+    def _pick_items(self, cust: _Cust) -> tuple[str, list[tuple[str, int]]]:
+        rng = self._rng
+        ikey = "y" if rng.random() < 0.2 else "m"
+        core = rng.choice(("starter", "starter", "pro", "pro", "business"))
+        seats = max(1, int(rng.lognormvariate(1.3, 0.9)))
+        items = [(core, seats)]
+        if rng.random() < 0.25:
+            items.append((rng.choice(("an_basic", "an_plus")), 1))
+        if rng.random() < 0.15:
+            items.append(("storage", rng.choice((10, 50, 100, 250))))
+        if rng.random() < 0.1:
+            items.append(("agents", rng.randint(1, 5)))
+        return ikey, items
+
+    def _subscribe(self, cust: _Cust, t: int, *, trial: bool = False, coupon: str | None = None,
+                   items: list[tuple[str, int]] | None = None, ikey: str | None = None,
+                   before: dict[str, _Comp] | None = None, at: int | None = None) -> str:
+        """Create a subscription (and its first invoice); labels the transition unless ``before`` is given
+        by a caller that labels it itself."""
+        own_transition = before is None
+        snap = self._snap(cust) if before is None else before
+        if items is None or ikey is None:
+            ikey, items = self._pick_items(cust)
+        sid = self._id("sub")
+        interval = "year" if ikey.startswith("y") else "month"
+        if trial:
+            end = t + 14 * DAY
+        else:
+            end = add_months(t, 12 if interval == "year" else 1)
+        data = []
+        for key, qty in items:
+            prid = self._plans[key].prices[(cust.currency, ikey)]
+            data.append(ob.sub_item(self._id("si"), t, sid, self.objects["prices"][prid], qty, (t, end)))
+        sub = ob.subscription(sid, t, cust.id, cust.currency, data, t, "trialing" if trial else "active")
+        if trial:
+            sub["trial_start"], sub["trial_end"] = t, end
+            if self._rng.random() < 0.35:
+                sub["trial_settings"]["end_behavior"]["missing_payment_method"] = "cancel"
+        self.objects["subscriptions"][sid] = sub
+        self._sub_gen[sid] = 0
+        cust.subs.append(sid)
+        if coupon:
+            self._apply_coupon(sub, coupon, t)
+        self._event("customer.subscription.created", sub, t)
+        self._invoice(sub, t, "subscription_create", (t, end), zero=trial)
+        self._at(end, "cycle", sid, 0)
+        if not trial:
+            self._at(self._time_in(t + DAY, end - DAY), "decide", sid, 0)
+        if own_transition:
+            self._transition(cust, t if at is None else at, snap)
+        return sid
+
+    def _apply_coupon(self, sub: dict[str, Any], key: str, t: int) -> None:
+        c = self.objects["coupons"][self._coupons[key]]
+        end = add_months(t, c["duration_in_months"]) if c["duration"] == "repeating" else None
+        did = self._id("di")
+        self.discounts[did] = ob.discount(did, sub["customer"], sub["id"], c["id"], t, end)
+        sub["discounts"] = [*sub["discounts"], did]
+        c["times_redeemed"] += 1
+        if c["duration"] != "once":
+            self._sub_mult[sub["id"]] = 1 - Fraction(str(c["percent_off"])) / 100
+        if end is not None:
+            self._sub_disc_end[sub["id"]] = end
+            self._at(end, "discount_end", sub["id"], did)
+
+    def _h_discount_end(self, t: int, sid: str, did: str) -> None:
+        sub = self.objects["subscriptions"][sid]
+        if did not in sub["discounts"]:
+            return
+        cust = self._custs[sub["customer"]]
+        before = self._snap(cust)
+        prev = {"discounts": list(sub["discounts"])}
+        sub["discounts"] = [d for d in sub["discounts"] if d != did]
+        self._sub_mult.pop(sid, None)
+        self._sub_disc_end.pop(sid, None)
+        self._event("customer.subscription.updated", sub, t, prev)
+        self._transition(cust, t, before)
+
+    def _line_amounts(self, sub: dict[str, Any], it: dict[str, Any], first: bool
+                      ) -> tuple[int, list[dict[str, Any]]]:
+        amount = (it["price"]["unit_amount"] or 0) * (it["quantity"] or 0)
+        disc = []
+        for did in sub["discounts"]:
+            coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
+            if coupon["duration"] == "once" and not first:
+                continue
+            pct = coupon["percent_off"]
+            disc.append({"amount": round(amount * pct / 100), "discount": did})
+        return amount, disc
+
+    def _invoice(self, sub: dict[str, Any], t: int, reason: str, period: tuple[int, int], *, zero: bool = False,
+                 lines: list[dict[str, Any]] | None = None, fail: bool = False) -> dict[str, Any]:
+        cust_obj = self.objects["customers"][sub["customer"]]
+        iid = self._id("in")
+        if lines is None:
+            lines = []
+            for it in sub["items"]["data"]:
+                amount, disc = (0, []) if zero else self._line_amounts(sub, it, reason == "subscription_create")
+                lines.append(ob.line(self._id("il"), iid, sub["currency"], amount,
+                                     f"{it['quantity']} × {it['price']['nickname']}", period, it["quantity"],
+                                     sub["id"], it["id"], it["price"]["id"], it["price"]["product"], False, disc,
+                                     [d["discount"] for d in disc]))
+        else:
+            for ln in lines:
+                ln["invoice"] = iid
+        seq = cust_obj["next_invoice_sequence"]
+        cust_obj["next_invoice_sequence"] = seq + 1
+        inv = ob.invoice(iid, t, cust_obj, sub["id"], reason, lines, period, f"{cust_obj['invoice_prefix']}-{seq:04d}")
+        self.objects["invoices"][iid] = inv
+        self._event("invoice.created", inv, t)
+        inv["status"] = "open"
+        inv["status_transitions"]["finalized_at"] = t
+        if fail and inv["amount_due"] > 0:
+            inv["attempted"], inv["attempt_count"] = True, 1
+            self._event("invoice.payment_failed", inv, t + 60)
+        else:
+            self._pay(inv, t + 60)
+        sub["latest_invoice"] = iid
+        return inv
+
+    def _pay(self, inv: dict[str, Any], t: int) -> None:
+        inv["status"] = "paid"
+        inv["attempted"] = True
+        inv["attempt_count"] += 1
+        inv["amount_paid"], inv["amount_remaining"] = inv["amount_due"], 0
+        inv["status_transitions"]["paid_at"] = t
+        self._event("invoice.paid", inv, t)
+        if inv["amount_due"] > 0 and self._rng.random() < 0.01:
+            cn = ob.credit_note(self._id("cn"), t + 3 * DAY, inv, max(1, inv["amount_due"] // 5),
+                                inv["lines"]["data"][0]["id"], self._id("cnli"),
+                                f"{inv['number']}-CN-01", "order_change")
+            self.objects["credit_notes"][cn["id"]] = cn
+            inv["post_payment_credit_notes_amount"] = cn["amount"]
+            self._event("credit_note.created", cn, cn["created"])
+
+    def _live(self, sid: str, gen: int) -> dict[str, Any] | None:
+        sub = self.objects["subscriptions"][sid]
+        if self._sub_gen.get(sid) != gen or sub.get("deleted") or sub["status"] == "canceled":
+            return None
+        return sub
+
+    def _bump(self, sid: str) -> int:
+        self._sub_gen[sid] += 1
+        return self._sub_gen[sid]
+
+    def _set_period(self, sub: dict[str, Any], start: int, end: int) -> None:
+        for it in sub["items"]["data"]:
+            it["current_period_start"], it["current_period_end"] = start, end
+
+    def _end_sub(self, sub: dict[str, Any], t: int, reason: str, feedback: str | None,
+                 churn: tuple[str, Any] | None, label: bool = True, switching: bool = False) -> None:
+        cust = self._custs[sub["customer"]]
+        before = self._snap(cust)
+        prev = {"status": sub["status"], "ended_at": None, "canceled_at": sub["canceled_at"],
+                "cancellation_details": dict(sub["cancellation_details"])}
+        sub["status"] = "canceled"
+        sub["ended_at"] = t
+        sub["canceled_at"] = sub["canceled_at"] or t
+        sub["cancellation_details"] = {"comment": None if feedback is None else f"Feedback: {feedback}",
+                                       "feedback": feedback, "reason": reason}
+        self._bump(sub["id"])
+        self._event("customer.subscription.deleted", sub, t, prev)
+        if label:
+            self._transition(cust, t, before, churn)
+        if not switching and all(self.objects["subscriptions"][s]["status"] == "canceled" for s in cust.subs):
+            if self._rng.random() < 0.25:
+                self._at(add_months(t, self._rng.randint(2, 10)) + self._rng.randrange(DAY), "reactivate",
+                         cust.id)
+            elif self._rng.random() < 0.1:
+                self._at(t + self._rng.randint(20, 60) * DAY, "delete_customer", cust.id)
+
+    def _h_cycle(self, t: int, sid: str, gen: int) -> None:
+        sub = self._live(sid, gen)
+        if sub is None or sub["status"] == "unpaid":
+            return
+        cust = self._custs[sub["customer"]]
+        rng = self._rng
+        if sub["status"] == "trialing":
+            if sub["trial_settings"]["end_behavior"]["missing_payment_method"] == "cancel":
+                self._end_sub(sub, t, "cancellation_requested", None, None, label=False)
+                return
+            before = self._snap(cust)
+            prev = {"status": "trialing"}
+            sub["status"] = "active"
+        elif sub["cancel_at_period_end"]:
+            self._end_sub(sub, t, "cancellation_requested", sub["cancellation_details"]["feedback"],
+                          ("voluntary", sub["cancellation_details"]["feedback"]))
+            return
+        else:
+            before = self._snap(cust)
+            prev = {}
+        interval = sub["items"]["data"][0]["price"]["recurring"]["interval"]
+        end = add_months(t, 12 if interval == "year" else 1)
+        prev["items"] = _copy(sub["items"])
+        self._set_period(sub, t, end)
+        fail = rng.random() < 0.04
+        if fail:
+            prev.setdefault("status", sub["status"])
+            sub["status"] = "past_due"
+        self._invoice(sub, t, "subscription_cycle", (t, end), fail=fail)
+        self._event("customer.subscription.updated", sub, t, prev)
+        gen = self._bump(sid)
+        self._at(end, "cycle", sid, gen)
+        if fail:
+            self._at(t + rng.randint(3, 12) * DAY + rng.randrange(DAY), "dunning", sid, gen)
+        else:
+            self._at(self._time_in(t + DAY, end - DAY), "decide", sid, gen)
+        self._transition(cust, t, before)
+
+    def _h_dunning(self, t: int, sid: str, gen: int) -> None:
+        sub = self._live(sid, gen)
+        if sub is None or sub["status"] != "past_due":
+            return
+        inv = self.objects["invoices"][sub["latest_invoice"]]
+        cust = self._custs[sub["customer"]]
+        if self._rng.random() < 0.6:
+            self._pay(inv, t)
+            sub["status"] = "active"
+            self._event("customer.subscription.updated", sub, t, {"status": "past_due"})
+            self._at(self._time_in(t + DAY, sub["items"]["data"][0]["current_period_end"] - DAY), "decide", sid,
+                     gen)
+            return
+        before = self._snap(cust)
+        sub["status"] = "unpaid"
+        inv["status"] = "uncollectible"
+        inv["status_transitions"]["marked_uncollectible_at"] = t
+        self._event("invoice.marked_uncollectible", inv, t)
+        self._event("customer.subscription.updated", sub, t, {"status": "past_due"})
+        self._transition(cust, t, before, ("involuntary", None))
+        self._at(t + self._rng.randint(7, 20) * DAY, "cancel_unpaid", sid, gen)
+
+    def _h_cancel_unpaid(self, t: int, sid: str, gen: int) -> None:
+        sub = self._live(sid, gen)
+        if sub is None or sub["status"] != "unpaid":
+            return
+        self._end_sub(sub, t, "payment_failed", None, ("involuntary", None))
+
+    def _h_reactivate(self, t: int, cid: str) -> None:
+        cust = self._custs[cid]
+        if cust.deleted or any(self.objects["subscriptions"][s]["status"] != "canceled" for s in cust.subs):
+            return
+        self._subscribe(cust, t)
+
+    def _h_delete_customer(self, t: int, cid: str) -> None:
+        cust = self._custs[cid]
+        if cust.deleted or any(self.objects["subscriptions"][s]["status"] != "canceled" for s in cust.subs):
+            return
+        obj = self.objects["customers"][cid]
+        self._event("customer.deleted", obj, t)
+        self.objects["customers"][cid] = {"id": cid, "object": "customer", "deleted": True}
+        cust.deleted = True
+
+    def _h_decide(self, t: int, sid: str, gen: int) -> None:
+        sub = self._live(sid, gen)
+        if sub is None or sub["status"] != "active" or sub["cancel_at_period_end"]:
+            return
+        rng = self._rng
+        r = rng.random()
+        if r < 0.022:
+            self._cancel(sub, t)
+        elif r < 0.05:
+            self._change_plan(sub, t)
+        elif r < 0.13:
+            self._change_qty(sub, t, seat=True)
+        elif r < 0.17:
+            self._change_qty(sub, t, seat=False)
+        elif r < 0.20:
+            self._add_on(sub, t)
+        elif r < 0.215:
+            self._remove_on(sub, t)
+        elif r < 0.225:
+            self._switch(sub, t)
+        elif r < 0.232 and sid not in self._sub_mult:
+            cust = self._custs[sub["customer"]]
+            before = self._snap(cust)
+            prev = {"discounts": list(sub["discounts"])}
+            self._apply_coupon(sub, "retention", t)
+            self._event("customer.subscription.updated", sub, t, prev)
+            self._transition(cust, t, before)
+
+    def _cancel(self, sub: dict[str, Any], t: int) -> None:
+        feedback = self._rng.choice(FEEDBACK)
+        if self._rng.random() < 0.6:
+            prev = {"cancel_at_period_end": False, "cancel_at": None, "canceled_at": None,
+                    "cancellation_details": dict(sub["cancellation_details"])}
+            sub["cancel_at_period_end"] = True
+            sub["cancel_at"] = sub["items"]["data"][0]["current_period_end"]
+            sub["canceled_at"] = t
+            sub["cancellation_details"] = {"comment": f"Feedback: {feedback}", "feedback": feedback,
+                                           "reason": "cancellation_requested"}
+            self._event("customer.subscription.updated", sub, t, prev)
+        else:
+            self._end_sub(sub, t, "cancellation_requested", feedback, ("voluntary", feedback))
+
+    def _proration(self, sub: dict[str, Any], t: int, changes: list[tuple[dict[str, Any], dict[str, Any] | None,
+                                                                            dict[str, Any] | None]]) -> None:
+        """A subscription_update invoice: credit for the old item, charge for the new one, from ``t``."""
+        it0 = sub["items"]["data"][0]
+        start, end = it0["current_period_start"], it0["current_period_end"]
+        frac = Fraction(end - t, max(end - start, 1))
+        lines = []
+        for item, old, new in changes:
+            for state, sign in ((old, -1), (new, 1)):
+                if state is None:
+                    continue
+                amount = round(sign * state["price"]["unit_amount"] * state["quantity"] * frac)
+                lines.append(ob.line(self._id("il"), "", sub["currency"], amount,
+                                     ("Unused time on " if sign < 0 else "Remaining time on ")
+                                     + str(state["price"]["nickname"]), (t, end), state["quantity"], sub["id"],
+                                     item["id"], state["price"]["id"], state["price"]["product"], True, [], []))
+        if lines:
+            self._invoice(sub, t, "subscription_update", (t, end), lines=lines)
+
+    def _update_items(self, sub: dict[str, Any], t: int, mutate: Any) -> None:
+        cust = self._custs[sub["customer"]]
+        before = self._snap(cust)
+        prev = {"items": _copy(sub["items"])}
+        changes = mutate()
+        if not changes:
+            return
+        self._event("customer.subscription.updated", sub, t, prev)
+        self._proration(sub, t, changes)
+        self._transition(cust, t, before)
+
+    def _ikey(self, sub: dict[str, Any]) -> str:
+        it = sub["items"]["data"][0]
+        return self.objects["prices"][it["price"]["id"]]["lookup_key"].split("_")[-2]
+
+    def _change_plan(self, sub: dict[str, Any], t: int) -> None:
+        order = ["starter", "pro", "business"]
+
+        def mutate() -> list[Any]:
+            for it in sub["items"]["data"]:
+                plan = self._plan_of_price[it["price"]["id"]]
+                if plan.key in order:
+                    i = order.index(plan.key)
+                    j = i + 1 if (self._rng.random() < 0.65 and i < 2) or i == 0 else i - 1
+                    newp = self.objects["prices"][self._plans[order[j]].prices[(sub["currency"], self._ikey(sub))]]
+                    old = {"price": it["price"], "quantity": it["quantity"]}
+                    it["price"], it["plan"] = ob.price_view(newp), ob.plan_of(newp)
+                    if self._rng.random() < 0.3:
+                        it["quantity"] = max(1, it["quantity"] + self._rng.choice((-2, -1, 1, 2, 3)))
+                    return [(it, old, {"price": it["price"], "quantity": it["quantity"]})]
+            return []
+
+        self._update_items(sub, t, mutate)
+
+    def _change_qty(self, sub: dict[str, Any], t: int, seat: bool) -> None:
+        def mutate() -> list[Any]:
+            for it in sub["items"]["data"]:
+                plan = self._plan_of_price[it["price"]["id"]]
+                if (plan.kind == "seat") == seat and (plan.key in ("starter", "pro", "business", "storage",
+                                                                   "agents")):
+                    old = {"price": it["price"], "quantity": it["quantity"]}
+                    step = self._rng.choice((-1, 1, 1, 2)) if seat else self._rng.choice((-50, 50, 100))
+                    new_q = max(1, it["quantity"] + step)
+                    if new_q == it["quantity"]:
+                        return []
+                    it["quantity"] = new_q
+                    return [(it, old, {"price": it["price"], "quantity": new_q})]
+            return []
+
+        self._update_items(sub, t, mutate)
+
+    def _add_on(self, sub: dict[str, Any], t: int) -> None:
+        have = {self._plan_of_price[it["price"]["id"]].key for it in sub["items"]["data"]}
+        choices = [k for k in ("an_basic", "support", "storage", "agents") if k not in have]
+        if not choices or ("an_plus" in have and "an_basic" in choices):
+            choices = [k for k in choices if k != "an_basic"]
+        if not choices:
+            return
+        key = self._rng.choice(choices)
+
+        def mutate() -> list[Any]:
+            p = self.objects["prices"][self._plans[key].prices[(sub["currency"], self._ikey(sub))]]
+            it0 = sub["items"]["data"][0]
+            qty = {"storage": 50, "agents": 2}.get(key, 1)
+            it = ob.sub_item(self._id("si"), t, sub["id"], p, qty,
+                             (it0["current_period_start"], it0["current_period_end"]))
+            sub["items"]["data"].append(it)
+            return [(it, None, {"price": it["price"], "quantity": qty})]
+
+        self._update_items(sub, t, mutate)
+
+    def _remove_on(self, sub: dict[str, Any], t: int) -> None:
+        def mutate() -> list[Any]:
+            for it in sub["items"]["data"][1:]:
+                sub["items"]["data"].remove(it)
+                return [(it, {"price": it["price"], "quantity": it["quantity"]}, None)]
+            return []
+
+        self._update_items(sub, t, mutate)
+
+    def _switch(self, sub: dict[str, Any], t: int) -> None:
+        """Plan switch done as cancel + resubscribe a few minutes later (one transition)."""
+        if sub["id"] in self._sub_mult:
+            return
+        cust = self._custs[sub["customer"]]
+        before = self._snap(cust)
+        items = [(self._plan_of_price[it["price"]["id"]].key, it["quantity"]) for it in sub["items"]["data"]]
+        order = ["starter", "pro", "business"]
+        items = [(order[(order.index(k) + self._rng.choice((1, 2))) % 3] if k in order else k, q)
+                 for k, q in items]
+        feedback = "switched_service"
+        self._end_sub(sub, t, "cancellation_requested", feedback, None, label=False, switching=True)
+        self._subscribe(cust, t + self._rng.randint(60, 900), items=items, ikey=self._ikey(sub), before=before)
+        self._transition(cust, t, before)
