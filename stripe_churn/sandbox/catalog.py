@@ -246,9 +246,9 @@ class Catalog:
             return self._event_window[1]
         events = self.sim.events
         cutoff = clock - EVENT_RETENTION_S
-        created = [int(e["created"]) for e in events]
-        start = bisect.bisect_left(created, cutoff)
-        order = sorted((-(created[i] * SEQ_SPAN + i), events[i]["id"]) for i in range(start, len(events)))
+        # sorted here rather than trusting creation order: a late-recorded event may carry an earlier time
+        order = sorted((-(int(e["created"]) * SEQ_SPAN + i), e["id"]) for i, e in enumerate(events)
+                       if int(e["created"]) >= cutoff)
         view = View([oid for _, oid in order], [k for k, _ in order])
         self._event_window = (clock, view)
         return view

@@ -434,8 +434,10 @@ def test_expand_ids_to_objects(mini: RunningSandbox) -> None:
 
 
 def _retained(sim: Any) -> list[str]:
+    """Event ids within 30 days of the clock, newest first (ties: later recorded first)."""
     cutoff = sim.clock - 30 * DAY
-    return [e["id"] for e in reversed(sim.events) if e["created"] >= cutoff]
+    kept = [(e["created"], n, e["id"]) for n, e in enumerate(sim.events) if e["created"] >= cutoff]
+    return [i for _, _, i in sorted(kept, reverse=True)]
 
 
 def test_events_keep_30_days_and_advance_moves_the_window(mini: RunningSandbox) -> None:
@@ -740,7 +742,8 @@ def test_sdk_walks_every_list_of_a_simulation_exactly(real: RunningSandbox) -> N
         assert got == [served(objs[o["id"]]) for o in got], resource
         assert got, resource
     events = _sdk_list(real, "events", {})
-    want = [e for e in reversed(sim.events) if e["created"] >= sim.clock - 30 * DAY]
+    by_id = {e["id"]: e for e in sim.events}
+    want = [by_id[i] for i in _retained(sim)]
     assert [e["id"] for e in events] == [e["id"] for e in want]
     plain = [orjson.loads(orjson.dumps(e)) for e in want]
     for got_evt, want_evt in zip(events, plain, strict=True):
@@ -807,8 +810,7 @@ def test_sdk_walks_a_2000_customer_36_month_sandbox() -> None:
                     break
                 query["starting_after"] = page["data"][-1]["id"]
             if resource == "events":
-                want_ids = [e["id"] for e in reversed(sim.events) if e["created"] >= sim.clock - 30 * DAY]
-                assert [e["id"] for e in got] == want_ids
+                assert [e["id"] for e in got] == _retained(sim)
                 continue
             objs = sim.objects[resource]
             keep = {"true": lambda o: o["active"], "false": lambda o: not o["active"]}.get(
