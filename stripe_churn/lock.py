@@ -1,0 +1,84 @@
+"""The sync lock: an OS file lock on ``<db>.lock`` shared by the daemon and manual runs, so two syncs never overlap."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from stripe_churn.errors import StoreLockedError
+
+log = logging.getLogger(__name__)
+
+
+def lock_path(db: Path) -> Path:
+    """``<db>.lock`` beside the database."""
+    return db.with_name(db.name + ".lock")
+
+
+def _holder(f: IO[str]) -> str:
+    """Who holds the lock, from the JSON its holder wrote into the file (best effort)."""
+    try:
+        f.seek(0)
+        info = json.loads(f.read() or "{}")
+        return f"since {info.get('since', '?')} (pid {info.get('pid', '?')})"
+    except (OSError, ValueError):
+        return "(holder unknown)"
+
+
+@contextmanager
+def sync_lock(db: Path, wait: float = 0.0, poll: float = 0.1) -> Iterator[None]:
+    """Hold the sync lock for the block; wait up to ``wait`` seconds, then raise :class:`StoreLockedError`.
+
+    The kernel releases a flock when its process dies, so a crash never leaves a stale lock behind.
+    """
+    path = lock_path(db)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
+    try:
+        deadline = time.monotonic() + max(wait, 0.0)
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreLockedError(
+                        f"another sync holds {path} {_holder(f)}; retry later or pass --wait SECONDS"
+                    ) from None
+                time.sleep(poll)
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(),
+                            "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}))
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            f.flush()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    finally:
+        f.close()
+
+
+def is_locked(db: Path) -> bool:
+    """True when some process holds the sync lock right now."""
+    path = lock_path(db)
+    if not path.exists():
+        return False
+    with open(path, encoding="utf-8") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False

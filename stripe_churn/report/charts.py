@@ -1,0 +1,89 @@
+"""The chart: an MRR waterfall over the chosen range and the net revenue churn trend per period (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+UP = ("new", "reactivation", "upgrade", "cross_sell", "seat_expansion", "resource_expansion", "discount_expansion")
+DOWN = ("contraction", "churn")
+WATERFALL_TITLE = "MRR bridge"
+TREND_TITLE = "Net revenue churn rate per period"
+
+
+def _f(v: Any) -> float:
+    return float(v) if v is not None else 0.0
+
+
+def waterfall_steps(rows: Sequence[dict[str, Any]]) -> list[tuple[str, float]]:
+    """(label, signed amount) from opening to closing over the rows: flows summed, losses negative."""
+    steps = [("opening", _f(rows[0]["opening_mrr"]))]
+    steps += [(k, sum(_f(r.get(k)) for r in rows)) for k in UP]
+    steps += [(k, -sum(_f(r.get(k)) for r in rows)) for k in DOWN]
+    steps.append(("fx", sum(_f(r.get("fx")) for r in rows)))
+    steps.append(("closing", _f(rows[-1]["closing_mrr"])))
+    return steps
+
+
+def build_figure(rows: Sequence[dict[str, Any]], currency: str = "usd", period: str = "month") -> Figure:
+    """Two titled panels: the waterfall (opening → flows → closing) and the net revenue churn trend."""
+    if not rows:
+        raise ValueError("no bridge rows to draw")
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 9), constrained_layout=True)
+    steps = waterfall_steps(rows)
+    labels, bottoms, heights, colors = [], [], [], []
+    level = 0.0
+    for name, amount in steps:
+        labels.append(name.replace("_", " "))
+        if name in ("opening", "closing"):
+            bottoms.append(0.0)
+            heights.append(amount)
+            colors.append("#4c72b0")
+            level = amount
+        else:
+            bottoms.append(level if amount >= 0 else level + amount)
+            heights.append(abs(amount))
+            colors.append("#55a868" if amount >= 0 else "#c44e52")
+            level += amount
+    bars = ax1.bar(labels, heights, bottom=bottoms, color=colors)
+    for bar, (_, amount) in zip(bars, steps, strict=True):
+        ax1.annotate(f"{amount:,.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_y() + bar.get_height()),
+                     ha="center", va="bottom", fontsize=8)
+    first, last = rows[0]["period_start"], rows[-1]["period_start"]
+    ax1.set_title(f"{WATERFALL_TITLE}, {first} to {last} ({currency.upper()})")
+    ax1.set_ylabel(f"MRR ({currency.upper()})")
+    ax1.tick_params(axis="x", rotation=30)
+
+    xs = [str(r["period_start"]) for r in rows]
+    ys = [float(r["net_revenue_churn_rate"]) * 100 if r.get("net_revenue_churn_rate") is not None else float("nan")
+          for r in rows]
+    ax2.plot(xs, ys, marker="o", color="#4c72b0", label="net revenue churn")
+    neg = [(x, y) for x, y in zip(xs, ys, strict=True) if y < 0]
+    if neg:
+        ax2.scatter([x for x, _ in neg], [y for _, y in neg], color="#55a868", zorder=3, s=60,
+                    label="net negative churn")
+    ax2.axhline(0, color="black", linewidth=1)
+    ax2.set_title(f"{TREND_TITLE} ({period}; below zero = net negative churn)")
+    ax2.set_ylabel("% of opening MRR")
+    ax2.legend(loc="best")
+    step = max(1, len(xs) // 12)
+    ax2.set_xticks(range(0, len(xs), step))
+    ax2.set_xticklabels(xs[::step], rotation=30, ha="right")
+    return fig
+
+
+def write_chart(rows: Sequence[dict[str, Any]], path: Path, currency: str = "usd", period: str = "month") -> Path:
+    """Draw the two panels into a PNG file."""
+    fig = build_figure(rows, currency, period)
+    try:
+        fig.savefig(path, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return path

@@ -1,0 +1,82 @@
+"""Rows to text: a rich table for people, CSV or JSON for programs; the bridge with a plain verdict per period."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+BRIDGE_COLUMNS = ("period_start", "opening_mrr", "new", "reactivation", "expansion", "contraction", "churn", "fx",
+                  "closing_mrr", "gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "grr",
+                  "customer_churn_rate", "quick_ratio")
+RATE_COLUMNS = {"gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "grr", "customer_churn_rate"}
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def _cell(value: Any, column: str = "") -> str:
+    if value is None:
+        return ""
+    if column in RATE_COLUMNS and isinstance(value, int | float | Decimal):
+        return f"{float(value) * 100:.2f}%"
+    if isinstance(value, Decimal | float):
+        return f"{float(value):,.2f}"
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, title: str | None = None) -> str:
+    """Format rows as ``table`` (rich), ``csv`` or ``json`` (a list of objects)."""
+    if fmt == "json":
+        return json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=_json_default, indent=1)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        for r in rows:
+            w.writerow(["" if v is None else (v.isoformat() if isinstance(v, dt.date | dt.datetime) else v)
+                        for v in r])
+        return buf.getvalue().rstrip("\n")
+    table = Table(title=title, show_lines=False)
+    for c in columns:
+        table.add_column(c, justify="left" if c in ("period_start", "verdict", "segment_value") else "right")
+    for r in rows:
+        table.add_row(*[_cell(v, c) for c, v in zip(columns, r, strict=True)])
+    console = Console(file=io.StringIO(), width=max(120, 14 * len(columns)), force_terminal=False,
+                      color_system=None)
+    console.print(table)
+    out: str = console.file.getvalue()  # type: ignore[attr-defined]
+    return out.rstrip("\n")
+
+
+def verdict(row: dict[str, Any]) -> str:
+    """Plain words for one period: net negative churn or not (or no opening MRR to judge by)."""
+    rate = row.get("net_revenue_churn_rate")
+    if rate is None:
+        return "no opening MRR"
+    return "net negative churn" if float(rate) < 0 else "not net negative"
+
+
+def bridge_rows(rows: Sequence[dict[str, Any]], fmt: str) -> tuple[list[str], list[list[Any]]]:
+    """The columns to print: the compact bridge + verdict for a table, every column for CSV/JSON."""
+    if not rows:
+        return list(BRIDGE_COLUMNS) + ["verdict"], []
+    if fmt == "table":
+        cols = [c for c in ("segment_value", *BRIDGE_COLUMNS) if c in rows[0]]
+    else:
+        cols = list(rows[0].keys())
+    return cols + ["verdict"], [[r.get(c) for c in cols] + [verdict(r)] for r in rows]

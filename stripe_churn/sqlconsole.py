@@ -1,0 +1,52 @@
+"""Read-only SQL for finance: one read statement against the snapshot, with files, ATTACH and extensions off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from stripe_churn.errors import ConfigError, StoreError
+from stripe_churn.store.snapshot import open_snapshot
+
+ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+def check_read_only(sql: str) -> None:
+    """Accept exactly one SELECT/WITH/FROM/DESCRIBE/SHOW/SUMMARIZE/EXPLAIN statement; ConfigError otherwise."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ConfigError(f"cannot parse the query: {str(exc).splitlines()[0]}") from exc
+    if len(statements) != 1:
+        raise ConfigError(f"give exactly one statement (got {len(statements)})")
+    kind = statements[0].type
+    if kind not in ALLOWED:
+        raise ConfigError(f"only read queries are allowed here (got {kind.name}); "
+                          "use `stripe-churn export` to write files")
+
+
+def lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    """No file, network or extension access for user SQL, and no way to turn it back on."""
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET lock_configuration = true")
+
+
+def run_query(db: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read query on ``<db>.snapshot``; returns column names and rows."""
+    check_read_only(sql)
+    con = open_snapshot(db)
+    try:
+        lock_down(con)
+        try:
+            cur = con.execute(sql)
+            rows = cur.fetchall()
+        except duckdb.Error as exc:
+            raise StoreError(f"query failed: {str(exc).splitlines()[0]}") from exc
+        columns = [d[0] for d in cur.description] if cur.description else []
+        return columns, rows
+    finally:
+        con.close()

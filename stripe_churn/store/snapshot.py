@@ -1,0 +1,56 @@
+"""The read-only snapshot ``<db>.snapshot``: a copy published atomically after each sync for readers.
+
+DuckDB lets one process write a file while no other process opens it; readers (``sql``, ``report``,
+``export``, the duckdb CLI) open the snapshot instead, so a query never blocks a sync and never sees half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import duckdb
+
+from stripe_churn.errors import StoreError
+
+
+def snapshot_path(db: Path) -> Path:
+    """``<db>.snapshot`` beside the database."""
+    return db.with_name(db.name + ".snapshot")
+
+
+def publish_snapshot(db: Path) -> Path:
+    """Copy the (closed, checkpointed) database beside itself and rename the copy onto ``<db>.snapshot``.
+
+    The rename is atomic: a reader that has the old snapshot open keeps reading it (its inode stays alive).
+    """
+    target = snapshot_path(db)
+    fd, tmp = tempfile.mkstemp(prefix=db.name + ".", suffix=".tmp", dir=db.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(db, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def checkpoint(con: duckdb.DuckDBPyConnection) -> None:
+    """Fold the write-ahead log into the file so that a file copy holds every committed row."""
+    con.execute("CHECKPOINT")
+
+
+def open_snapshot(db: Path) -> duckdb.DuckDBPyConnection:
+    """Open the latest snapshot read-only; a one-line StoreError when no sync has published one yet."""
+    path = snapshot_path(db)
+    if not path.exists():
+        raise StoreError(f"no snapshot at {path} yet: run `stripe-churn sync` (or `stripe-churn demo`) first")
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot open snapshot {path}: {exc}") from exc
