@@ -9,8 +9,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 UP = ("new", "reactivation", "upgrade", "cross_sell", "seat_expansion", "resource_expansion", "discount_expansion")
 DOWN = ("contraction", "churn")

@@ -74,9 +74,9 @@ def verdict(row: dict[str, Any]) -> str:
 def bridge_rows(rows: Sequence[dict[str, Any]], fmt: str) -> tuple[list[str], list[list[Any]]]:
     """The columns to print: the compact bridge + verdict for a table, every column for CSV/JSON."""
     if not rows:
-        return list(BRIDGE_COLUMNS) + ["verdict"], []
+        return [*list(BRIDGE_COLUMNS), "verdict"], []
     if fmt == "table":
         cols = [c for c in ("segment_value", *BRIDGE_COLUMNS) if c in rows[0]]
     else:
         cols = list(rows[0].keys())
-    return cols + ["verdict"], [[r.get(c) for c in cols] + [verdict(r)] for r in rows]
+    return [*cols, "verdict"], [[r.get(c) for c in cols] + [verdict(r)] for r in rows]

@@ -1,0 +1,199 @@
+"""The daemon: scheduled syncs (cron from settings), one at a time under the shared lock, clean stop on a signal.
+
+Transient errors are retried on later ticks with exponential backoff; fatal ones are logged and kept in
+``<db>.daemon.json`` so that ``stripe-churn status`` shows them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from apscheduler.jobstores.base import ConflictingIdError
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from stripe_churn.errors import ConfigError, FatalError, StoreLockedError, StripeChurnError, TransientError
+from stripe_churn.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_SKIP_TICKS = 16
+STOP_DEADLINE_S = 10.0
+
+
+def state_path(db: Path) -> Path:
+    """``<db>.daemon.json`` beside the database."""
+    return db.with_name(db.name + ".daemon.json")
+
+
+def read_state(db: Path) -> dict[str, Any] | None:
+    """The daemon's last written state, or None when no daemon ever ran against this database."""
+    try:
+        data: dict[str, Any] = json.loads(state_path(db).read_text(encoding="utf-8"))
+        return data
+    except (OSError, ValueError):
+        return None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class Daemon:
+    """Runs ``run(settings, wait=..., stop=...)`` on a schedule until :meth:`request_stop`.
+
+    ``run`` defaults to :func:`stripe_churn.pipeline.run_once`; tests pass ``interval_seconds`` instead of
+    waiting for the cron schedule.
+    """
+
+    def __init__(self, settings: Settings, *, sync_on_start: bool = True, interval_seconds: float | None = None,
+                 webhook_port: int | None = None, webhook_host: str | None = None,
+                 run: Callable[..., Any] | None = None, debounce_seconds: float = 2.0) -> None:
+        if run is None:
+            from stripe_churn.pipeline import run_once
+
+            run = run_once
+        self.settings = settings
+        self.sync_on_start = sync_on_start
+        self.webhook_port = webhook_port if webhook_port is not None else settings.webhook_port
+        self.webhook_host = webhook_host or settings.webhook_host
+        self.debounce_seconds = debounce_seconds
+        self._run = run
+        self.stop_event = threading.Event()
+        self._job_lock = threading.Lock()
+        self._failures = 0
+        self._skip_ticks = 0
+        self.runs = 0
+        self.skipped = 0
+        self.trigger = self._make_trigger(interval_seconds)
+        self.scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={
+            "max_instances": 1, "coalesce": True, "misfire_grace_time": 300})
+        self.webhook: Any = None
+        self._state: dict[str, Any] = {"pid": os.getpid(), "state": "starting", "started_at": _now(),
+                                       "last_run": None, "last_error": None}
+        previous = read_state(settings.db)
+        if previous and previous.get("last_error"):
+            self._state["previous_error"] = previous["last_error"]
+
+    def _make_trigger(self, interval_seconds: float | None) -> BaseTrigger:
+        if interval_seconds:
+            return IntervalTrigger(seconds=interval_seconds, timezone=dt.UTC)
+        try:
+            return CronTrigger.from_crontab(self.settings.schedule, timezone=dt.UTC)
+        except ValueError as exc:
+            raise ConfigError(f"bad STRIPE_CHURN_SCHEDULE {self.settings.schedule!r}: {exc}; "
+                              "use a five-field cron expression such as '*/30 * * * *'") from exc
+
+    # -- state -------------------------------------------------------------------------------------------
+    def _save(self, **changes: Any) -> None:
+        self._state.update(changes)
+        path = state_path(self.settings.db)
+        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(self._state, indent=1, default=str), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write daemon state %s: %s", path, exc)
+
+    # -- jobs --------------------------------------------------------------------------------------------
+    def tick(self, reason: str = "schedule", wait: float = 0.0) -> None:
+        """One scheduled run: skipped when another run holds the lock or while backing off."""
+        if self.stop_event.is_set():
+            return
+        if self._skip_ticks > 0 and reason == "schedule":
+            self._skip_ticks -= 1
+            log.info("sync skipped: backing off after %d transient failure(s), %d tick(s) to go",
+                     self._failures, self._skip_ticks)
+            return
+        if not self._job_lock.acquire(blocking=False):
+            self.skipped += 1
+            log.info("sync skipped (%s): a run in this daemon is still going", reason)
+            return
+        try:
+            log.info("sync starting (%s)", reason)
+            summary = self._run(self.settings, wait=wait, stop=self.stop_event, progress=False)
+            self.runs += 1
+            self._failures = 0
+            info = summary.as_dict() if hasattr(summary, "as_dict") else {"result": str(summary)}
+            self._save(last_run={"at": _now(), "reason": reason, "status": info.get("status"),
+                                 "counts": info.get("counts"), "new_movements": info.get("new_movements")},
+                       last_error=None)
+        except StoreLockedError as exc:
+            self.skipped += 1
+            log.info("sync skipped (%s): %s", reason, exc)
+        except TransientError as exc:
+            self._failures += 1
+            self._skip_ticks = min(2 ** (self._failures - 1) - 1, MAX_SKIP_TICKS)
+            log.warning("sync failed, will retry (skipping %d tick(s)): %s", self._skip_ticks, exc)
+            self._save(last_error={"at": _now(), "kind": "transient", "message": str(exc)})
+        except (FatalError, StripeChurnError) as exc:
+            log.error("sync failed and needs a person: %s", exc)
+            self._save(last_error={"at": _now(), "kind": "fatal", "message": str(exc)})
+        except Exception as exc:
+            log.exception("sync crashed")
+            self._save(last_error={"at": _now(), "kind": "fatal", "message": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self._job_lock.release()
+
+    def webhook_event(self, event_type: str) -> None:
+        """Debounce: the first event schedules a sync a few seconds out; events before it runs join it."""
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.debounce_seconds)
+        try:
+            self.scheduler.add_job(self.tick, "date", run_date=when, id="webhook-sync",
+                                   kwargs={"reason": f"webhook {event_type}", "wait": 60.0})
+        except ConflictingIdError:
+            log.debug("webhook sync already scheduled")
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        """Ask the daemon to stop: the running sync finishes its batch and commits."""
+        if not self.stop_event.is_set():
+            log.info("stop requested")
+            self.stop_event.set()
+
+    def run_forever(self, install_signals: bool = True) -> int:
+        """Block until stopped; 0 after a clean stop."""
+        if install_signals:
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        crashed = True
+        try:
+            self._save(state="starting")
+            self.scheduler.add_job(self.tick, self.trigger, id="scheduled-sync")
+            if self.sync_on_start:
+                self.scheduler.add_job(self.tick, "date", run_date=dt.datetime.now(dt.UTC), id="start-sync",
+                                       kwargs={"reason": "start"})
+            self.scheduler.start()
+            if self.webhook_port is not None:
+                from stripe_churn.webhook import WebhookServer
+
+                self.webhook = WebhookServer(self.settings.webhook_secret.reveal(), self.webhook_event,
+                                             host=self.webhook_host, port=self.webhook_port).start()
+                self._save(webhook_url=self.webhook.url)
+            self._save(state="started")
+            log.info("daemon started (schedule %s)", self.trigger)
+            while not self.stop_event.wait(0.5):
+                pass
+            self._save(state="stopping")
+            if self.webhook is not None:
+                self.webhook.stop()
+            self.scheduler.shutdown(wait=True)
+            crashed = False
+            return 0
+        finally:
+            if crashed:
+                self._save(state="crashed")
+                log.error("daemon crashed")
+            else:
+                self._save(state="stopped")
+                log.info("daemon stopped")

@@ -1,0 +1,103 @@
+"""Optional webhook trigger: a signed invoice.* or customer.subscription.* event schedules an incremental sync.
+
+Signatures are checked with the Stripe SDK (tolerance 300 s); anything unsigned, wrongly signed, stale or
+oversized is refused and triggers nothing. Several events close together become one sync (the caller debounces).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import stripe
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 1024 * 1024
+TOLERANCE_S = 300
+TRIGGER_PREFIXES = ("invoice.", "customer.subscription.")
+
+
+class WebhookServer:
+    """HTTP server on a thread; calls ``on_event(event_type)`` for each verified event that should sync."""
+
+    def __init__(self, secret: str, on_event: Callable[[str], None], host: str = "127.0.0.1", port: int = 0) -> None:
+        if not secret:
+            from stripe_churn.errors import ConfigError
+
+            raise ConfigError("the webhook needs STRIPE_WEBHOOK_SECRET (the endpoint's signing secret, whsec_...)")
+        self._secret = secret
+        self._on_event = on_event
+        handler = self._make_handler()
+        self.httpd = ThreadingHTTPServer((host, port), handler)
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="webhook", daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> WebhookServer:
+        self._thread.start()
+        log.info("webhook listening on %s", self.url)
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def _make_handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                log.debug("webhook %s", format % args)
+
+            def _reply(self, code: int, message: str) -> None:
+                body = json.dumps({"message": message}).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                self._reply(405, "POST only")
+
+            do_PUT = do_DELETE = do_PATCH = do_GET
+
+            def do_POST(self) -> None:
+                try:
+                    length = int(self.headers.get("Content-Length") or "0")
+                except ValueError:
+                    self._reply(400, "bad Content-Length")
+                    return
+                if length > MAX_BODY:
+                    self._reply(413, "body too large")
+                    return
+                payload = self.rfile.read(length)
+                try:
+                    stripe.WebhookSignature.verify_header(payload.decode("utf-8"),
+                                                          self.headers.get("Stripe-Signature"),
+                                                          server._secret, tolerance=TOLERANCE_S)
+                    event = json.loads(payload)
+                    etype = str(event["type"])
+                except (stripe.SignatureVerificationError, ValueError, KeyError, TypeError,
+                        UnicodeDecodeError):
+                    log.warning("webhook: refused a request without a valid signature")
+                    self._reply(400, "invalid signature or payload")
+                    return
+                if etype.startswith(TRIGGER_PREFIXES):
+                    log.info("webhook: %s, sync scheduled", etype)
+                    server._on_event(etype)
+                    self._reply(200, "sync scheduled")
+                else:
+                    self._reply(200, "ignored")
+
+        return Handler
