@@ -1,0 +1,86 @@
+"""Opening the DuckDB store: named migrations (one transaction each), read-only opening, lock errors."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+from sqlalchemy.schema import CreateTable
+
+from stripe_churn.errors import StoreError, StoreLockedError
+from stripe_churn.store import schema
+
+log = logging.getLogger(__name__)
+
+
+def _ddl(table: str) -> str:
+    from duckdb_engine import Dialect
+
+    return str(CreateTable(schema.SQLModel.metadata.tables[table]).compile(dialect=Dialect())).strip()
+
+
+def _m001_initial(con: duckdb.DuckDBPyConnection) -> None:
+    """Every table of schema.py as first defined."""
+    for table in schema.SQLModel.metadata.sorted_tables:
+        if table.name != "schema_migrations":
+            con.execute(_ddl(table.name))
+
+
+# Applied in this order, each once; never edit one that shipped -- add a new one.
+MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
+    ("001_initial", _m001_initial),
+]
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Apply the migrations not yet recorded in schema_migrations; returns the names applied."""
+    con.execute(_ddl("schema_migrations").replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+    done = {r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()}
+    applied = []
+    for name, step in MIGRATIONS:
+        if name in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            step(con)
+            con.execute("INSERT INTO schema_migrations (name, applied_at) VALUES (?, ?)",
+                        [name, datetime.now(UTC)])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        log.info("store migration %s applied", name)
+        applied.append(name)
+    return applied
+
+
+def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open (and, when writable, create or migrate) the store at ``path``."""
+    path = Path(path)
+    if read_only and not path.exists():
+        raise StoreError(f"no store at {path}: run `stripe-churn sync` first")
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        con = duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" in text.lower():
+            raise StoreLockedError(
+                f"the store {path} is in use by another process; wait for it to finish (or stop the daemon) "
+                "and try again") from None
+        raise StoreError(f"cannot open the store {path}: {text.splitlines()[0]}") from None
+    except duckdb.Error as exc:
+        raise StoreError(f"cannot open the store {path}: {str(exc).splitlines()[0]}; "
+                         "move it aside and run `stripe-churn sync --full`") from None
+    con.execute("SET TimeZone = 'UTC'")
+    if not read_only:
+        try:
+            migrate(con)
+        except Exception:
+            con.close()
+            raise
+    return con

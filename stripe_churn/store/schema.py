@@ -1,0 +1,252 @@
+"""SQLModel models of the store's tables; the DDL is generated from this metadata for DuckDB.
+
+Every raw table keeps the whole object (``raw``) plus typed columns pulled out of it for joins. The typed
+columns are computed from the JSON by :data:`EXTRACT` at load time, so the raw JSON stays the truth.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Double, Numeric
+from sqlmodel import Field, SQLModel
+
+
+class RawBase(SQLModel):
+    """Columns common to every raw table; primary key (account_id, id)."""
+
+    account_id: str = Field(primary_key=True)
+    id: str = Field(primary_key=True)
+    deleted: bool = Field(default=False)
+    raw: Any = Field(default=None, sa_type=JSON)
+    version: int | None = Field(default=None, sa_type=BigInteger)  # unix seconds of the copy kept
+    created: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    first_seen_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    last_seen_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class Customer(RawBase, table=True):
+    __tablename__ = "customers"
+    email: str | None = None
+    name: str | None = None
+    currency: str | None = None
+    test_clock: str | None = None
+
+
+class Product(RawBase, table=True):
+    __tablename__ = "products"
+    name: str | None = None
+    active: bool | None = None
+    unit_label: str | None = None
+
+
+class Price(RawBase, table=True):
+    __tablename__ = "prices"
+    product_id: str | None = None
+    active: bool | None = None
+    currency: str | None = None
+    type: str | None = None
+    unit_amount: int | None = Field(default=None, sa_type=BigInteger)
+    recurring_interval: str | None = None
+    recurring_interval_count: int | None = None
+    usage_type: str | None = None
+
+
+class Coupon(RawBase, table=True):
+    __tablename__ = "coupons"
+    duration: str | None = None
+    percent_off: float | None = Field(default=None, sa_type=Double)
+    amount_off: int | None = Field(default=None, sa_type=BigInteger)
+    currency: str | None = None
+
+
+class Subscription(RawBase, table=True):
+    __tablename__ = "subscriptions"
+    customer_id: str | None = None
+    status: str | None = None
+    currency: str | None = None
+    start_date: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    cancel_at_period_end: bool | None = None
+    cancel_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    canceled_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    ended_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    test_clock: str | None = None
+
+
+class SubscriptionItem(RawBase, table=True):
+    __tablename__ = "subscription_items"
+    subscription_id: str | None = None
+    price_id: str | None = None
+    product_id: str | None = None
+    quantity: int | None = Field(default=None, sa_type=BigInteger)
+    current_period_start: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    current_period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class Invoice(RawBase, table=True):
+    __tablename__ = "invoices"
+    customer_id: str | None = None
+    subscription_id: str | None = None
+    status: str | None = None
+    currency: str | None = None
+    billing_reason: str | None = None
+    amount_due: int | None = Field(default=None, sa_type=BigInteger)
+    amount_paid: int | None = Field(default=None, sa_type=BigInteger)
+    total: int | None = Field(default=None, sa_type=BigInteger)
+    period_start: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class InvoiceLine(RawBase, table=True):
+    __tablename__ = "invoice_lines"
+    invoice_id: str | None = None
+    subscription_id: str | None = None
+    subscription_item_id: str | None = None
+    price_id: str | None = None
+    product_id: str | None = None
+    quantity: int | None = Field(default=None, sa_type=BigInteger)
+    amount: int | None = Field(default=None, sa_type=BigInteger)
+    currency: str | None = None
+    proration: bool | None = None
+    period_start: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class CreditNote(RawBase, table=True):
+    __tablename__ = "credit_notes"
+    customer_id: str | None = None
+    invoice_id: str | None = None
+    status: str | None = None
+    currency: str | None = None
+    total: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class Discount(RawBase, table=True):
+    __tablename__ = "discounts"
+    customer_id: str | None = None
+    subscription_id: str | None = None
+    subscription_item_id: str | None = None
+    coupon_id: str | None = None
+    start_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    end_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class Event(RawBase, table=True):
+    __tablename__ = "events"
+    type: str | None = None
+    object_id: str | None = None
+    object_type: str | None = None
+
+
+class FxRate(SQLModel, table=True):
+    __tablename__ = "fx_rates"
+    date: dt.date = Field(primary_key=True)
+    currency: str = Field(primary_key=True)
+    rate: Decimal = Field(sa_type=Numeric(18, 8))
+
+
+class SyncRun(SQLModel, table=True):
+    __tablename__ = "sync_runs"
+    run_id: str = Field(primary_key=True)
+    account_id: str | None = None
+    started_at: datetime = Field(sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    mode: str = "full"
+    status: str = "running"
+    counts: Any = Field(default=None, sa_type=JSON)
+    requests: int | None = None
+    error: str | None = None
+    fallback_reason: str | None = None
+    cursor_before: int | None = Field(default=None, sa_type=BigInteger)
+    cursor_after: int | None = Field(default=None, sa_type=BigInteger)
+
+
+class SyncCursor(SQLModel, table=True):
+    __tablename__ = "sync_cursors"
+    account_id: str = Field(primary_key=True)
+    stream: str = Field(primary_key=True)  # "events" or "<resource>:<slice>" of a full sync
+    value: str | None = None  # starting_after id or event id
+    created: int | None = Field(default=None, sa_type=BigInteger)  # unix seconds the cursor covers
+    done: bool = False
+    run_id: str | None = None
+    updated_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class SchemaMigration(SQLModel, table=True):
+    __tablename__ = "schema_migrations"
+    name: str = Field(primary_key=True)
+    applied_at: datetime = Field(sa_type=DateTime(timezone=True))
+
+
+RAW_TABLES: tuple[str, ...] = ("customers", "products", "prices", "coupons", "subscriptions",
+                               "subscription_items", "invoices", "invoice_lines", "credit_notes", "discounts",
+                               "events")
+
+
+def _t(path: str) -> str:
+    return f"to_timestamp(CAST(j->>'{path}' AS BIGINT))"
+
+
+def _id(path: str) -> str:
+    """An id field that may hold either the id or the expanded object."""
+    return f"coalesce(j->>'{path}.id', j->>'{path}')"
+
+
+# table -> typed column -> DuckDB SQL over the object JSON ``j`` (used by load.upsert_objects)
+EXTRACT: dict[str, dict[str, str]] = {
+    "customers": {"email": "j->>'$.email'", "name": "j->>'$.name'", "currency": "j->>'$.currency'",
+                  "test_clock": _id("$.test_clock")},
+    "products": {"name": "j->>'$.name'", "active": "CAST(j->>'$.active' AS BOOLEAN)",
+                 "unit_label": "j->>'$.unit_label'"},
+    "prices": {"product_id": _id("$.product"), "active": "CAST(j->>'$.active' AS BOOLEAN)",
+               "currency": "j->>'$.currency'", "type": "j->>'$.type'",
+               "unit_amount": "CAST(j->>'$.unit_amount' AS BIGINT)",
+               "recurring_interval": "j->>'$.recurring.interval'",
+               "recurring_interval_count": "CAST(j->>'$.recurring.interval_count' AS INTEGER)",
+               "usage_type": "j->>'$.recurring.usage_type'"},
+    "coupons": {"duration": "j->>'$.duration'", "percent_off": "CAST(j->>'$.percent_off' AS DOUBLE)",
+                "amount_off": "CAST(j->>'$.amount_off' AS BIGINT)", "currency": "j->>'$.currency'"},
+    "subscriptions": {"customer_id": _id("$.customer"), "status": "j->>'$.status'",
+                      "currency": "j->>'$.currency'", "start_date": _t("$.start_date"),
+                      "cancel_at_period_end": "CAST(j->>'$.cancel_at_period_end' AS BOOLEAN)",
+                      "cancel_at": _t("$.cancel_at"), "canceled_at": _t("$.canceled_at"),
+                      "ended_at": _t("$.ended_at"), "test_clock": _id("$.test_clock")},
+    "subscription_items": {"subscription_id": "j->>'$.subscription'", "price_id": _id("$.price"),
+                           "product_id": _id("$.price.product"),
+                           "quantity": "CAST(j->>'$.quantity' AS BIGINT)",
+                           "current_period_start": _t("$.current_period_start"),
+                           "current_period_end": _t("$.current_period_end")},
+    "invoices": {"customer_id": _id("$.customer"),
+                 "subscription_id": "coalesce(j->>'$.parent.subscription_details.subscription', "
+                                    + _id("$.subscription") + ")",
+                 "status": "j->>'$.status'", "currency": "j->>'$.currency'",
+                 "billing_reason": "j->>'$.billing_reason'",
+                 "amount_due": "CAST(j->>'$.amount_due' AS BIGINT)",
+                 "amount_paid": "CAST(j->>'$.amount_paid' AS BIGINT)",
+                 "total": "CAST(j->>'$.total' AS BIGINT)",
+                 "period_start": _t("$.period_start"), "period_end": _t("$.period_end")},
+    "invoice_lines": {"invoice_id": "j->>'$.invoice'",
+                      "subscription_id": "coalesce(j->>'$.parent.subscription_item_details.subscription', "
+                                         + _id("$.subscription") + ")",
+                      "subscription_item_id": "coalesce(j->>'$.parent.subscription_item_details"
+                                              ".subscription_item', j->>'$.subscription_item')",
+                      "price_id": "coalesce(j->>'$.pricing.price_details.price', " + _id("$.price") + ")",
+                      "product_id": "coalesce(j->>'$.pricing.price_details.product', j->>'$.price.product')",
+                      "quantity": "CAST(j->>'$.quantity' AS BIGINT)",
+                      "amount": "CAST(j->>'$.amount' AS BIGINT)", "currency": "j->>'$.currency'",
+                      "proration": "CAST(coalesce(j->>'$.parent.subscription_item_details.proration', "
+                                   "j->>'$.proration') AS BOOLEAN)",
+                      "period_start": _t("$.period.start"), "period_end": _t("$.period.end")},
+    "credit_notes": {"customer_id": _id("$.customer"), "invoice_id": _id("$.invoice"),
+                     "status": "j->>'$.status'", "currency": "j->>'$.currency'",
+                     "total": "CAST(j->>'$.total' AS BIGINT)"},
+    "discounts": {"customer_id": _id("$.customer"), "subscription_id": "j->>'$.subscription'",
+                  "subscription_item_id": "j->>'$.subscription_item'",
+                  "coupon_id": "coalesce(j->>'$.source.coupon.id', j->>'$.source.coupon', j->>'$.coupon.id')",
+                  "start_at": _t("$.start"), "end_at": _t("$.end")},
+    "events": {"type": "j->>'$.type'", "object_id": "j->>'$.data.object.id'",
+               "object_type": "j->>'$.data.object.object'"},
+}
