@@ -101,6 +101,196 @@ def sandbox(customers: int, months: int, seed: int, port: int, latency_ms: float
                   rate_limit=rate_limit, fault_rate=fault_rate, api_key=key, truth_out=truth_out)
 
 
+def emit(columns: list[str], rows: list[Any], fmt: str, title: str | None = None) -> None:
+    """Print rows in the chosen format (CLI output, not logging)."""
+    from stripe_churn.report.tables import render
+
+    click.echo(render(columns, rows, fmt, title))
+
+
+def _summary_lines(summary: Any, fmt: str) -> None:
+    """What a run changed: objects per type, new movements, the current month's bridge line."""
+    import json
+
+    from stripe_churn.report.tables import _json_default, bridge_rows
+
+    if fmt == "json":
+        click.echo(json.dumps(summary.as_dict(), default=_json_default, indent=1))
+        return
+    click.echo(f"sync {summary.mode or ''} {summary.status or ''}: "
+               f"{sum(summary.counts.values())} objects, {summary.new_movements} new movements".replace("  ", " "))
+    emit(["object_type", "objects"], sorted(summary.counts.items()), fmt, title="Objects synced per type")
+    if summary.bridge_line:
+        cols, rows = bridge_rows([summary.bridge_line], fmt)
+        emit(cols, rows, fmt, title="Current month")
+
+
+@cli.command()
+@click.option("--full", is_flag=True, help="Read every object again instead of the events since the last run.")
+@click.option("--wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for a sync that holds the lock (the daemon's, another manual run).")
+@format_option
+@config_option
+@handle_errors
+def sync(full: bool, wait: float, fmt: str, config_path: Path | None) -> None:
+    """Sync now (after a billing run, say), recompute the metrics and print what changed."""
+    from stripe_churn.pipeline import run_once
+
+    settings = get_settings(config_path)
+    settings.require_api_key()
+    summary = run_once(settings, full=full, wait=wait, progress=fmt == "table")
+    _summary_lines(summary, fmt)
+
+
+@cli.command()
+@click.option("--no-sync-on-start", is_flag=True, help="Wait for the first scheduled tick instead of syncing now.")
+@click.option("--webhook-port", type=int, default=None,
+              help="Also accept Stripe webhooks on this port (needs STRIPE_WEBHOOK_SECRET).")
+@click.option("--webhook-host", default=None, help="Address for the webhook (default 127.0.0.1).")
+@click.option("--interval-seconds", type=float, default=None, hidden=True)
+@config_option
+@handle_errors
+def daemon(no_sync_on_start: bool, webhook_port: int | None, webhook_host: str | None,
+           interval_seconds: float | None, config_path: Path | None) -> None:
+    """Sync on the schedule (STRIPE_CHURN_SCHEDULE) until SIGTERM/SIGINT, one run at a time."""
+    from stripe_churn.daemon import Daemon
+
+    settings = get_settings(config_path)
+    settings.require_api_key()
+    d = Daemon(settings, sync_on_start=not no_sync_on_start, interval_seconds=interval_seconds,
+               webhook_port=webhook_port, webhook_host=webhook_host)
+    sys.exit(d.run_forever())
+
+
+@cli.command()
+@format_option
+@config_option
+@handle_errors
+def status(fmt: str, config_path: Path | None) -> None:
+    """Last runs, cursors, lag, data-quality counts and the daemon's state (from the latest snapshot)."""
+    from stripe_churn.pipeline import collect_status as collect
+
+    settings = get_settings(config_path)
+    info = collect(settings.db)
+    if fmt == "json":
+        import json
+
+        from stripe_churn.report.tables import _json_default
+
+        click.echo(json.dumps(info, default=_json_default, indent=1))
+        return
+    for key in ("database", "snapshot", "snapshot_age", "sync_running", "lag", "daemon"):
+        click.echo(f"{key}: {info.get(key)}")
+    if info.get("daemon_error"):
+        click.echo(f"daemon last error: {info['daemon_error']}")
+    for name in ("runs", "cursors", "data_quality"):
+        table = info.get(name) or []
+        if table:
+            cols = list(table[0].keys())
+            emit(cols, [[r[c] for c in cols] for r in table], fmt, title=name.replace("_", " "))
+
+
+def _parse_date(value: str | None) -> Any:
+    import datetime as dt
+
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value if len(value) > 7 else value + "-01")
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM or YYYY-MM-DD)") from None
+
+
+@cli.command()
+@click.option("--from", "start", default=None, help="First period (YYYY-MM or YYYY-MM-DD).")
+@click.option("--to", "end", default=None, help="Last period (YYYY-MM or YYYY-MM-DD).")
+@click.option("--period", type=click.Choice(["month", "week", "quarter", "year"]), default="month",
+              show_default=True, help="Period length.")
+@click.option("--segment", default=None, metavar="KIND[=VALUE]",
+              help="Segment: family, plan, product, currency, country, size_band or metadata.<key>, "
+                   "optionally =VALUE for one value.")
+@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the MRR waterfall and net revenue churn trend to this PNG.")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write one self-contained HTML page (chart and table).")
+@format_option
+@config_option
+@handle_errors
+def report(start: str | None, end: str | None, period: str, segment: str | None, chart: Path | None,
+           html_out: Path | None, fmt: str, config_path: Path | None) -> None:
+    """The MRR bridge and churn rates per period, with a plain net-negative-churn verdict per period."""
+    from stripe_churn.report.build import build_report
+
+    settings = get_settings(config_path)
+    build_report(settings, start=_parse_date(start), end=_parse_date(end), period=period, segment=segment,
+                 chart=chart, html=html_out, fmt=fmt, echo=click.echo)
+
+
+@cli.command()
+@click.argument("query")
+@format_option
+@config_option
+@handle_errors
+def sql(query: str, fmt: str, config_path: Path | None) -> None:
+    """Run one read-only query (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN) on the latest snapshot."""
+    from stripe_churn.sqlconsole import run_query
+
+    settings = get_settings(config_path)
+    columns, rows = run_query(settings.db, query)
+    emit(columns, rows, fmt)
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True,
+              help="File format.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Directory to write.")
+@click.argument("names", nargs=-1)
+@config_option
+@handle_errors
+def export(fmt: str, out: Path, names: tuple[str, ...], config_path: Path | None) -> None:
+    """Write views or tables (default: the finance views) as one Parquet or CSV file each."""
+    from stripe_churn.report.export import export as do_export
+
+    settings = get_settings(config_path)
+    for path in do_export(settings.db, out, names, fmt):
+        click.echo(str(path))
+
+
+@cli.command()
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("stripe-churn-demo"), show_default=True, help="Where the database, chart and page go.")
+@click.option("--customers", type=int, default=800, show_default=True, help="Customers to simulate.")
+@click.option("--months", type=int, default=24, show_default=True, help="Months of history to simulate.")
+@click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
+@format_option
+@handle_errors
+def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> None:
+    """Sandbox + sync + report in one go: no Stripe key, no setting."""
+    import time
+
+    from stripe_churn.pipeline import run_once
+    from stripe_churn.report.build import build_report
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
+
+    setup_logging("WARNING")
+    t0 = time.monotonic()
+    directory.mkdir(parents=True, exist_ok=True)
+    click.echo(f"simulating {customers} customers over {months} months ...", err=True)
+    with start_in_thread(Simulation(customers=customers, months=months, seed=seed), api_key=SANDBOX_KEY) as sb:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=directory / "stripe-churn.duckdb",
+                            rate_limit=1000.0, source="demo")
+        click.echo(f"sandbox at {sb.url}; syncing into {settings.db} ...", err=True)
+        summary = run_once(settings, full=True, wait=30.0, progress=False)
+    click.echo(f"synced {sum(summary.counts.values())} objects, {summary.new_movements} movements "
+               f"in {time.monotonic() - t0:.1f} s", err=True)
+    chart, page = directory / "mrr.png", directory / "report.html"
+    build_report(settings, period="month", chart=chart, html=page, fmt=fmt, echo=click.echo)
+    click.echo(f"chart: {chart}\npage: {page}\nquery it: STRIPE_CHURN_DB={settings.db} "
+               "stripe-churn sql \"SELECT * FROM mrr_bridge\"", err=True)
+
+
 def main() -> None:
     """Console entry point."""
     cli()

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -82,6 +83,11 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
             summary.mode = str(getattr(result, "mode", ""))
             summary.status = str(getattr(result, "status", ""))
             summary.counts = dict(getattr(result, "counts", {}) or {})
+            if stop is not None and stop.is_set():
+                log.info("stop requested: synced rows are committed; the next run recomputes and publishes")
+                checkpoint(con)
+                summary.finished_at = dt.datetime.now(dt.UTC)
+                return summary
             recompute(con, settings)
             summary.new_movements = max(_count_movements(con) - before, 0)
             summary.bridge_line = current_bridge_line(con)
@@ -93,3 +99,49 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
     log.info("run finished: mode=%s status=%s new movements=%d", summary.mode, summary.status,
              summary.new_movements)
     return summary
+
+
+def _table(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
+    try:
+        cur = con.execute(sql)
+    except duckdb.Error:
+        return []
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def collect_status(db: Path) -> dict[str, Any]:
+    """Last runs, cursors, lag and data-quality counts (from the snapshot), the lock and the daemon's state."""
+    from stripe_churn.daemon import read_state
+    from stripe_churn.lock import is_locked
+    from stripe_churn.store.snapshot import snapshot_path
+
+    now = dt.datetime.now(dt.UTC)
+    snap = snapshot_path(db)
+    info: dict[str, Any] = {"database": str(db), "snapshot": str(snap) if snap.exists() else "none yet",
+                            "snapshot_age": None, "sync_running": is_locked(db), "lag": None}
+    state = read_state(db)
+    if state:
+        info["daemon"] = f"{state.get('state')} (pid {state.get('pid')}, since {state.get('started_at')})"
+        err = state.get("last_error") or state.get("previous_error")
+        if err:
+            info["daemon_error"] = f"{err.get('at')} {err.get('kind')}: {err.get('message')}"
+    else:
+        info["daemon"] = "never ran against this database"
+    if not snap.exists():
+        return info
+    info["snapshot_age"] = str(dt.timedelta(seconds=int(now.timestamp() - snap.stat().st_mtime)))
+    con = duckdb.connect(str(snap), read_only=True)
+    try:
+        info["runs"] = _table(con, "SELECT run_id, mode, status, started_at, finished_at, error "
+                                   "FROM sync_runs ORDER BY started_at DESC LIMIT 5")
+        info["cursors"] = _table(con, "SELECT account_id, stream, done, to_timestamp(created) AS covers_until, "
+                                      "updated_at FROM sync_cursors ORDER BY stream")
+        last_ok = _table(con, "SELECT max(finished_at) AS t FROM sync_runs WHERE error IS NULL "
+                              "AND status NOT IN ('running', 'failed', 'stopped')")
+        if last_ok and last_ok[0]["t"] is not None:
+            info["lag"] = str(now - last_ok[0]["t"]).split(".")[0] + " since the last successful sync"
+        info["data_quality"] = _table(con, "SELECT kind, count(*) AS n FROM data_quality GROUP BY kind ORDER BY kind")
+    finally:
+        con.close()
+    return info

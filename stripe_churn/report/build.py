@@ -1,0 +1,63 @@
+"""The ``report`` command's work: read the bridge from the snapshot, print it, draw the chart and the page."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from stripe_churn.errors import ConfigError
+from stripe_churn.settings import Settings
+from stripe_churn.store.snapshot import open_snapshot
+
+
+def parse_segment(segment: str | None) -> tuple[str | None, str | None]:
+    """``KIND`` or ``KIND=VALUE`` into (kind, value)."""
+    if not segment:
+        return None, None
+    kind, sep, value = segment.partition("=")
+    if not kind:
+        raise ConfigError(f"bad --segment {segment!r}: use KIND or KIND=VALUE, for example family=Pro")
+    return kind, (value if sep else None)
+
+
+def load_bridge(db: Path, *, start: dt.date | None = None, end: dt.date | None = None, period: str = "month",
+                segment: str | None = None) -> list[dict[str, Any]]:
+    """Bridge rows per period (per segment value when asked) from the latest snapshot, oldest first."""
+    from stripe_churn.metrics.queries import bridge
+
+    kind, value = parse_segment(segment)
+    con = open_snapshot(db)
+    try:
+        return bridge(con, period=period, segment=kind, start=start, end=end, segment_value=value)
+    finally:
+        con.close()
+
+
+def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.date | None = None,
+                 period: str = "month", segment: str | None = None, chart: Path | None = None,
+                 html: Path | None = None, fmt: str = "table", echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Print the bridge with a verdict per period; write the chart and page when asked. Returns the rows."""
+    from stripe_churn.report.tables import bridge_rows, render
+
+    rows = load_bridge(settings.db, start=start, end=end, period=period, segment=segment)
+    cols, body = bridge_rows(rows, fmt)
+    echo(render(cols, body, fmt, title=f"MRR bridge per {period} ({settings.currency.upper()})"))
+    if fmt == "table" and rows:
+        negative = [r for r in rows if r.get("net_revenue_churn_rate") is not None
+                    and float(r["net_revenue_churn_rate"]) < 0]
+        echo(f"net negative churn in {len(negative)} of {len(rows)} periods")
+    drawable = rows if len({r.get("segment_value") for r in rows}) <= 1 else []
+    if (chart or html) and not drawable:
+        raise ConfigError("nothing to draw: the chart needs bridge rows without a segment (drop --segment "
+                          "or give KIND=VALUE)" if rows else "nothing to draw: no bridge rows in that range")
+    if chart:
+        from stripe_churn.report.charts import write_chart
+
+        write_chart(drawable, chart, settings.currency, period)
+    if html:
+        from stripe_churn.report.html import write_html
+
+        write_html(drawable, html, settings.currency, period)
+    return rows
