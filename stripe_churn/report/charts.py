@@ -9,8 +9,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import logging
+
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+from matplotlib.ticker import StrMethodFormatter
+
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
 UP = ("new", "reactivation", "upgrade", "cross_sell", "seat_expansion", "resource_expansion", "discount_expansion")
 DOWN = ("contraction", "churn")
@@ -20,6 +25,18 @@ TREND_TITLE = "Net revenue churn rate per period"
 
 def _f(v: Any) -> float:
     return float(v) if v is not None else 0.0
+
+
+def _period_label(start: Any, period: str) -> str:
+    """2026-03 for a month, 2026-Q1 for a quarter, 2026 for a year, the date for a week."""
+    text = str(start)[:10]
+    if period == "month":
+        return text[:7]
+    if period == "quarter":
+        return f"{text[:4]}-Q{(int(text[5:7]) - 1) // 3 + 1}"
+    if period == "year":
+        return text[:4]
+    return text
 
 
 def waterfall_steps(rows: Sequence[dict[str, Any]]) -> list[tuple[str, float]]:
@@ -52,16 +69,20 @@ def build_figure(rows: Sequence[dict[str, Any]], currency: str = "usd", period: 
             heights.append(abs(amount))
             colors.append("#55a868" if amount >= 0 else "#c44e52")
             level += amount
-    bars = ax1.bar(labels, heights, bottom=bottoms, color=colors)
+    xpos = list(range(len(labels)))
+    bars = ax1.bar(xpos, heights, bottom=bottoms, color=colors)
+    ax1.set_xticks(xpos)
+    ax1.set_xticklabels(labels, rotation=30, ha="right")
+    ax1.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     for bar, (_, amount) in zip(bars, steps, strict=True):
         ax1.annotate(f"{amount:,.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_y() + bar.get_height()),
                      ha="center", va="bottom", fontsize=8)
     first, last = rows[0]["period_start"], rows[-1]["period_start"]
     ax1.set_title(f"{WATERFALL_TITLE}, {first} to {last} ({currency.upper()})")
     ax1.set_ylabel(f"MRR ({currency.upper()})")
-    ax1.tick_params(axis="x", rotation=30)
 
-    xs = [str(r["period_start"]) for r in rows]
+    labels_x = [_period_label(r["period_start"], period) for r in rows]
+    xs = list(range(len(rows)))
     ys = [float(r["net_revenue_churn_rate"]) * 100 if r.get("net_revenue_churn_rate") is not None else float("nan")
           for r in rows]
     ax2.plot(xs, ys, marker="o", color="#4c72b0", label="net revenue churn")
@@ -74,8 +95,8 @@ def build_figure(rows: Sequence[dict[str, Any]], currency: str = "usd", period: 
     ax2.set_ylabel("% of opening MRR")
     ax2.legend(loc="best")
     step = max(1, len(xs) // 12)
-    ax2.set_xticks(range(0, len(xs), step))
-    ax2.set_xticklabels(xs[::step], rotation=30, ha="right")
+    ax2.set_xticks(xs[::step])
+    ax2.set_xticklabels(labels_x[::step], rotation=30, ha="right")
     return fig
 
 

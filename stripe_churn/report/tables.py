@@ -14,8 +14,12 @@ from rich.console import Console
 from rich.table import Table
 
 BRIDGE_COLUMNS = ("period_start", "opening_mrr", "new", "reactivation", "expansion", "contraction", "churn", "fx",
-                  "closing_mrr", "gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "grr",
-                  "customer_churn_rate", "quick_ratio")
+                  "closing_mrr", "gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "customer_churn_rate",
+                  "quick_ratio")
+HEADERS = {"period_start": "period", "opening_mrr": "opening", "closing_mrr": "closing", "reactivation": "react.",
+           "gross_revenue_churn_rate": "gross churn", "net_revenue_churn_rate": "net churn",
+           "customer_churn_rate": "cust. churn", "nrr": "NRR", "quick_ratio": "quick", "segment_value": "segment",
+           "net_negative_churn": "net negative churn?"}
 RATE_COLUMNS = {"gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "grr", "customer_churn_rate"}
 
 
@@ -53,10 +57,11 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, titl
         return buf.getvalue().rstrip("\n")
     table = Table(title=title, show_lines=False)
     for c in columns:
-        table.add_column(c, justify="left" if c in ("period_start", "verdict", "segment_value") else "right")
+        table.add_column(HEADERS.get(c, c), justify="left" if c in ("period_start", "net_negative_churn",
+                                                                      "segment_value") else "right")
     for r in rows:
         table.add_row(*[_cell(v, c) for c, v in zip(columns, r, strict=True)])
-    console = Console(file=io.StringIO(), width=max(120, 14 * len(columns)), force_terminal=False,
+    console = Console(file=io.StringIO(), width=max(100, 12 * len(columns)), force_terminal=False,
                       color_system=None)
     console.print(table)
     out: str = console.file.getvalue()  # type: ignore[attr-defined]
@@ -67,16 +72,17 @@ def verdict(row: dict[str, Any]) -> str:
     """Plain words for one period: net negative churn or not (or no opening MRR to judge by)."""
     rate = row.get("net_revenue_churn_rate")
     if rate is None:
-        return "no opening MRR"
-    return "net negative churn" if float(rate) < 0 else "not net negative"
+        return "n/a (no opening MRR)"
+    return "yes" if float(rate) < 0 else "no"
 
 
 def bridge_rows(rows: Sequence[dict[str, Any]], fmt: str) -> tuple[list[str], list[list[Any]]]:
-    """The columns to print: the compact bridge + verdict for a table, every column for CSV/JSON."""
+    """For a table: the compact bridge and a yes/no verdict; for CSV/JSON every column of the view as it is
+    (its ``net_negative_churn`` BOOLEAN is the verdict)."""
     if not rows:
-        return [*list(BRIDGE_COLUMNS), "verdict"], []
+        return [*BRIDGE_COLUMNS, "net_negative_churn"], []
     if fmt == "table":
         cols = [c for c in ("segment_value", *BRIDGE_COLUMNS) if c in rows[0]]
     else:
-        cols = list(rows[0].keys())
-    return [*cols, "verdict"], [[r.get(c) for c in cols] + [verdict(r)] for r in rows]
+        return list(rows[0].keys()), [list(r.values()) for r in rows]
+    return [*cols, "net_negative_churn"], [[r.get(c) for c in cols] + [verdict(r)] for r in rows]
