@@ -69,10 +69,10 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, titl
 
 
 def verdict(row: dict[str, Any]) -> str:
-    """Plain words for one period: net negative churn or not (or no opening MRR to judge by)."""
+    """Plain words for one period: "yes" at net negative churn, "no" otherwise, "n/a" without opening MRR."""
     rate = row.get("net_revenue_churn_rate")
     if rate is None:
-        return "n/a (no opening MRR)"
+        return "n/a"
     return "yes" if float(rate) < 0 else "no"
 
 

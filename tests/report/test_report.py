@@ -1,0 +1,133 @@
+"""Report output for a known store: the bridge as table/CSV/JSON with verdicts, the chart's panels, the HTML page."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import re
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from stripe_churn.cli import cli
+from stripe_churn.report.charts import TREND_TITLE, WATERFALL_TITLE, build_figure, waterfall_steps
+from stripe_churn.report.tables import verdict
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small simulated account loaded straight into a store, recomputed, snapshot published."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import Settings
+    from stripe_churn.store.db import open_store
+    from stripe_churn.store.load import load_simulation
+    from stripe_churn.store.snapshot import publish_snapshot
+
+    path = tmp_path_factory.mktemp("report") / "r.duckdb"
+    con = open_store(path)
+    load_simulation(con, Simulation(customers=60, months=8, seed=7))
+    recompute(con, Settings(db=path))
+    con.execute("CHECKPOINT")
+    con.close()
+    publish_snapshot(path)
+    return path
+
+
+def view_rows(db: Path) -> list[dict]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        cur = con.execute("SELECT * FROM mrr_bridge ORDER BY period_start")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        con.close()
+
+
+def run(db: Path, *args: str) -> str:
+    result = CliRunner().invoke(cli, list(args), env={"STRIPE_CHURN_DB": str(db)})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_json_report_is_the_bridge_view(db: Path) -> None:
+    rows = view_rows(db)
+    out = json.loads(run(db, "report", "--format", "json"))
+    assert [r["period_start"] for r in out] == [r["period_start"].isoformat() for r in rows]
+    for got, want in zip(out, rows, strict=True):
+        assert got["closing_mrr"] == pytest.approx(float(want["closing_mrr"]))
+        assert got["net_negative_churn"] == want["net_negative_churn"]
+        # the bridge adds up in what the report prints
+        flows = got["new"] + got["reactivation"] + got["expansion"] - got["contraction"] - got["churn"] + got["fx"]
+        assert got["opening_mrr"] + flows == pytest.approx(got["closing_mrr"], abs=1e-6)
+
+
+def test_table_says_per_period_whether_net_negative(db: Path) -> None:
+    rows = view_rows(db)
+    out = run(db, "report")
+    for r in rows:
+        line = next(line for line in out.splitlines() if r["period_start"].isoformat() in line)
+        assert line.rstrip(" │").endswith(verdict(r)), line
+    negative = sum(1 for r in rows if r["net_revenue_churn_rate"] is not None and r["net_revenue_churn_rate"] < 0)
+    assert f"net negative churn in {negative} of {len(rows)} periods" in out
+
+
+def test_range_and_csv(db: Path) -> None:
+    rows = view_rows(db)
+    first, last = rows[1]["period_start"], rows[3]["period_start"]
+    out = run(db, "report", "--format", "csv", "--from", first.isoformat()[:7], "--to", last.isoformat())
+    parsed = list(csv.DictReader(io.StringIO(out)))
+    assert [p["period_start"] for p in parsed] == [r["period_start"].isoformat() for r in rows[1:4]]
+
+
+def test_quarter_and_bad_segment(db: Path) -> None:
+    out = json.loads(run(db, "report", "--format", "json", "--period", "quarter"))
+    assert all(re.match(r"\d{4}-(01|04|07|10)-01", r["period_start"]) for r in out)
+    result = CliRunner().invoke(cli, ["report", "--segment", "nonsense"], env={"STRIPE_CHURN_DB": str(db)})
+    assert result.exit_code != 0
+    assert result.output.startswith("error: ") and result.output.count("\n") == 1
+
+
+def test_chart_panels_and_png(db: Path, tmp_path: Path) -> None:
+    rows = view_rows(db)
+    fig = build_figure(rows)
+    ax1, ax2 = fig.axes
+    assert ax1.get_title().startswith(WATERFALL_TITLE)
+    assert ax2.get_title().startswith(TREND_TITLE)
+    labels = [t.get_text() for t in ax1.get_xticklabels()]
+    assert labels[0] == "opening" and labels[-1] == "closing" and "churn" in labels and "seat expansion" in labels
+    assert any(line.get_ydata()[0] == 0 for line in ax2.get_lines())  # the zero line
+    steps = waterfall_steps(rows)
+    assert steps[0][1] + sum(v for _, v in steps[1:-1]) == pytest.approx(steps[-1][1], abs=1e-6)
+    png = tmp_path / "c.png"
+    html = tmp_path / "r.html"
+    run(db, "report", "--chart", str(png), "--html", str(html))
+    data = png.read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 20_000
+    page = html.read_text()
+    m = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert m and base64.b64decode(m.group(1)).startswith(PNG_MAGIC)
+    assert "<table>" in page and "src='http" not in page and "<script" not in page
+
+
+def test_export_parquet_and_csv(db: Path, tmp_path: Path) -> None:
+    out = run(db, "export", "--format", "parquet", "--out", str(tmp_path / "p"))
+    files = [Path(p) for p in out.split()]
+    assert {f.stem for f in files} >= {"mrr_movements", "customer_mrr", "mrr_bridge"}
+    mem = duckdb.connect()
+    n = mem.execute(f"SELECT count(*) FROM '{tmp_path / 'p' / 'mrr_bridge.parquet'}'").fetchone()
+    assert n is not None and n[0] == len(view_rows(db))
+    run(db, "export", "--format", "csv", "--out", str(tmp_path / "c"), "customers")
+    got = mem.execute(f"SELECT count(*) FROM read_csv('{tmp_path / 'c' / 'customers.csv'}')").fetchone()
+    con = duckdb.connect(str(db), read_only=True)
+    want = con.execute("SELECT count(*) FROM customers").fetchone()
+    con.close()
+    assert got == want and want is not None and want[0] > 0
+    bad = CliRunner().invoke(cli, ["export", "--out", str(tmp_path), "no_such_view"], env={"STRIPE_CHURN_DB": str(db)})
+    assert bad.exit_code != 0 and "no table or view named no_such_view" in bad.output
