@@ -1,7 +1,7 @@
 -- Customer transitions (design.md 5): the moments a customer's items or MRR change, netted into one
 -- transition A -> B per `movement_window`, dated at the first change of the window, with the customer MRR
 -- before (A) and after (B) from derived_customer_mrr.
--- Inputs: derived_item_mrr, derived_customer_mrr, derived_settings. The tables of this step and of 62 and 64
+-- Inputs: derived_item_mrr, derived_customer_mrr, derived_settings, derived_coverage. The tables of this step and of 62 and 64
 -- are intermediate (TEMP: never written to the file); mrr_movements and the bridge keep what they need.
 
 -- Change points: where an item appears, disappears or changes price, quantity, contribution or status, and
@@ -106,6 +106,9 @@ WITH w AS (
                        AND c.valid_from <= w.t_end AND (c.valid_to IS NULL OR c.valid_to > w.t_end)), 0)
                AS mrr_after
     FROM derived_transition_windows w
+    LEFT JOIN derived_coverage cov USING (account_id)
+    -- a change dated after the latest sync (a coupon that ends next month) has not happened yet
+    WHERE cov.snapshot_at IS NULL OR w.t_start <= cov.snapshot_at
 )
 SELECT row_number() OVER () AS tid,  -- a compact key for the joins of the later steps
        account_id, customer_id, t_start, t_end,

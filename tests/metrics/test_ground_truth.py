@@ -44,15 +44,29 @@ def our_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[Key, str, str, Decima
     return [((c, t, i), m, cat, d) for c, t, i, m, cat, d in got]
 
 
+WHOLE = ("new", "reactivation", "cancellation")
+
+
+def _keyed(rows: list[tuple[Key, str, str, Decimal]]) -> dict[tuple[Key, str], list[Decimal]]:
+    """Rows by (customer, moment, item, movement). new / reactivation / cancellation take the whole customer
+    delta (design.md 5): they are compared per customer and moment, summed, whatever item carries them (the
+    simulation writes one such row per item, the contract one per transition)."""
+    out: dict[tuple[Key, str], list[Decimal]] = defaultdict(list)
+    whole: dict[tuple[Key, str], Decimal] = defaultdict(Decimal)
+    for (cust, at, item), movement, _, delta in rows:
+        if movement in WHOLE:
+            whole[((cust, at, "*"), movement)] += delta
+        else:
+            out[((cust, at, item), movement)].append(delta)
+    for k, total in whole.items():
+        out[k].append(total)
+    return out
+
+
 def compare_labels(truth: list[tuple[Key, str, str, Decimal]],
                    ours: list[tuple[Key, str, str, Decimal]]) -> tuple[float, list[str]]:
     """Match rows by (customer, moment, item, movement); agreement = matched with equal delta / rows."""
-    want: dict[tuple[Key, str], list[Decimal]] = defaultdict(list)
-    for key, movement, _, delta in truth:
-        want[(key, movement)].append(delta)
-    have: dict[tuple[Key, str], list[Decimal]] = defaultdict(list)
-    for key, movement, _, delta in ours:
-        have[(key, movement)].append(delta)
+    want, have = _keyed(truth), _keyed(ours)
     agree, problems = 0, []
     for k in sorted(set(want) | set(have)):
         w, h = sorted(want.get(k, [])), sorted(have.get(k, []))
@@ -62,7 +76,7 @@ def compare_labels(truth: list[tuple[Key, str, str, Decimal]],
             (cust, at, item), movement = k
             when = dt.datetime.fromtimestamp(at, tz=dt.UTC).isoformat()
             problems.append(f"{cust} {when} {item} {movement}: truth {w or '-'} ours {h or '-'}")
-    total = max(len(truth), len(ours), 1)
+    total = max(sum(map(len, want.values())), sum(map(len, have.values())), 1)
     return agree / total, problems
 
 
