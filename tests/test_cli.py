@@ -1,0 +1,176 @@
+"""Every command's --help; one-line errors; read-only SQL (refusals) and SQL during a sync in another process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from stripe_churn.cli import cli
+from stripe_churn.errors import ConfigError
+from stripe_churn.sqlconsole import run_query
+from stripe_churn.store.snapshot import publish_snapshot, snapshot_path
+
+COMMANDS = ["sync", "daemon", "status", "report", "sql", "export", "sandbox", "demo"]
+
+
+def test_every_command_has_help() -> None:
+    runner = CliRunner()
+    top = runner.invoke(cli, ["--help"])
+    assert top.exit_code == 0
+    for name in COMMANDS:
+        assert name in top.output
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output)
+        assert "Usage:" in result.output and "--help" in result.output
+
+
+def test_python_m_help() -> None:
+    out = subprocess.run([sys.executable, "-m", "stripe_churn", "--help"], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert "demo" in out.stdout and "sql" in out.stdout
+
+
+def make_db(path: Path, n: int = 3) -> Path:
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE t AS SELECT range AS i FROM range($n)", {"n": n})
+    con.execute("CREATE VIEW v AS SELECT sum(i) AS s FROM t")
+    con.close()
+    publish_snapshot(path)
+    return path
+
+
+def sql(db: Path, *args: str) -> tuple[int, str]:
+    r = CliRunner().invoke(cli, ["sql", *args], env={"STRIPE_CHURN_DB": str(db)})
+    return r.exit_code, r.output
+
+
+def test_sql_reads_snapshot_in_each_format(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "a.duckdb", 5)
+    code, out = sql(db, "SELECT s FROM v", "--format", "json")
+    assert code == 0 and json.loads(out) == [{"s": 10}]
+    code, out = sql(db, "WITH x AS (SELECT i FROM t WHERE i > 2) SELECT count(*) AS n FROM x", "--format", "csv")
+    assert code == 0 and out.split() == ["n", "2"]
+    code, out = sql(db, "DESCRIBE t")
+    assert code == 0 and "BIGINT" in out
+
+
+@pytest.mark.parametrize("query", [
+    "INSERT INTO t VALUES (1)",
+    "DROP TABLE t",
+    "CREATE TABLE x AS SELECT 1",
+    "COPY t TO '/tmp/leak.csv'",
+    "COPY (SELECT 1) TO '/tmp/leak.parquet' (FORMAT parquet)",
+    "ATTACH '/tmp/other.duckdb' AS o",
+    "INSTALL httpfs",
+    "LOAD httpfs",
+    "SET enable_external_access = true",
+    "SELECT 1; DROP TABLE t",
+    "PRAGMA database_list",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM '/etc/hostname'",
+])
+def test_sql_refuses_writes_and_outside_access(tmp_path: Path, query: str) -> None:
+    db = make_db(tmp_path / "b.duckdb")
+    code, out = sql(db, query)
+    assert code != 0
+    assert out.startswith("error: ") and out.count("\n") == 1, out
+    assert not Path("/tmp/leak.csv").exists() and not Path("/tmp/leak.parquet").exists()
+    con = duckdb.connect(str(snapshot_path(db)), read_only=True)
+    assert con.execute("SELECT count(*) FROM t").fetchone() == (3,)
+    con.close()
+
+
+def test_sql_without_snapshot_says_what_to_do(tmp_path: Path) -> None:
+    code, out = sql(tmp_path / "none.duckdb", "SELECT 1")
+    assert code != 0 and "stripe-churn sync" in out and out.count("\n") == 1
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import duckdb
+    from stripe_churn.lock import sync_lock
+    from stripe_churn.store.snapshot import publish_snapshot
+    db = Path(sys.argv[1])
+    with sync_lock(db):
+        con = duckdb.connect(str(db))
+        print("writing", flush=True)
+        end = time.monotonic() + float(sys.argv[2])
+        while time.monotonic() < end:
+            con.execute("INSERT INTO t SELECT 1000 + range FROM range(1000)")
+        con.execute("CHECKPOINT")
+        con.close()
+        publish_snapshot(db)
+    print("published", flush=True)
+""")
+
+READER = textwrap.dedent("""
+    import sys, time
+    import duckdb
+    con = duckdb.connect(sys.argv[1], read_only=True)
+    print(con.execute("SELECT count(*) FROM t").fetchone()[0], flush=True)
+    sys.stdin.readline()
+    print(con.execute("SELECT count(*) FROM t").fetchone()[0], flush=True)
+""")
+
+
+def test_sql_during_a_sync_in_another_process(tmp_path: Path) -> None:
+    """The writer holds the database and the lock; queries answer fast from the last snapshot."""
+    db = make_db(tmp_path / "c.duckdb", 3)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+        t0 = time.monotonic()
+        _, rows = run_query(db, "SELECT count(*) FROM t")
+        assert time.monotonic() - t0 < 1.0
+        assert rows == [(3,)]
+        cli_run = subprocess.run([sys.executable, "-m", "stripe_churn", "sql", "SELECT count(*) AS n FROM t",
+                                  "--format", "csv"], capture_output=True, text=True, timeout=30,
+                                 env={"STRIPE_CHURN_DB": str(db), "PATH": "/usr/bin:/bin"})
+        assert cli_run.returncode == 0, cli_run.stderr
+        assert cli_run.stdout.split() == ["n", "3"]
+        assert writer.poll() is None, "the query should have run while the writer was still writing"
+        assert writer.stdout.readline().strip() == "published"
+        assert writer.wait(timeout=30) == 0
+    finally:
+        writer.kill()
+    _, rows = run_query(db, "SELECT count(*) FROM t")
+    assert rows[0][0] > 3
+
+
+def test_sync_never_fails_because_someone_is_querying(tmp_path: Path) -> None:
+    """A reader keeps the old snapshot open; the next publish still succeeds and the reader keeps its view."""
+    db = make_db(tmp_path / "d.duckdb", 3)
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(snapshot_path(db))], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout is not None and reader.stdin is not None
+        assert reader.stdout.readline().strip() == "3"
+        writer = subprocess.run([sys.executable, "-c", WRITER, str(db), "0.2"], capture_output=True, text=True,
+                                timeout=60)
+        assert writer.returncode == 0, writer.stderr
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == "3"
+        assert reader.wait(timeout=10) == 0
+    finally:
+        reader.kill()
+    _, rows = run_query(db, "SELECT count(*) FROM t")
+    assert rows[0][0] > 3
+
+
+def test_check_read_only_names_the_statement() -> None:
+    from stripe_churn.sqlconsole import check_read_only
+
+    with pytest.raises(ConfigError, match="only read queries"):
+        check_read_only("UPDATE t SET i = 1")
+    check_read_only("FROM t SELECT i")
+    check_read_only("EXPLAIN SELECT 1")
