@@ -34,7 +34,8 @@ class WebhookServer:
         handler = self._make_handler()
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="webhook", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="webhook", daemon=True)
 
     @property
     def url(self) -> str:

@@ -1,0 +1,95 @@
+"""Webhook trigger: signed subscription/invoice events schedule a sync; anything else is refused or ignored."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from stripe_churn.errors import ConfigError
+from stripe_churn.webhook import MAX_BODY, WebhookServer
+
+SECRET = "whsec_test_secret"
+
+
+def sign(payload: bytes, secret: str = SECRET, at: int | None = None) -> str:
+    ts = int(time.time()) if at is None else at
+    sig = hmac.new(secret.encode(), f"{ts}.".encode() + payload, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={sig}"
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[WebhookServer, list[str]]]:
+    seen: list[str] = []
+    srv = WebhookServer(SECRET, seen.append, port=0).start()
+    try:
+        yield srv, seen
+    finally:
+        srv.stop()
+
+
+def post(srv: WebhookServer, body: bytes, headers: dict[str, str] | None = None,
+         method: str = "POST") -> int:
+    host, port = srv.httpd.server_address[:2]
+    conn = http.client.HTTPConnection(str(host), port, timeout=5)
+    try:
+        conn.request(method, "/", body=body, headers=headers or {})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def event(etype: str) -> bytes:
+    return json.dumps({"id": "evt_1", "object": "event", "type": etype, "data": {"object": {}}}).encode()
+
+
+def test_bound_to_loopback(server: tuple[WebhookServer, list[str]]) -> None:
+    assert server[0].httpd.server_address[0] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("etype", ["invoice.paid", "customer.subscription.updated", "customer.subscription.deleted"])
+def test_valid_signature_triggers(server: tuple[WebhookServer, list[str]], etype: str) -> None:
+    srv, seen = server
+    body = event(etype)
+    assert post(srv, body, {"Stripe-Signature": sign(body)}) == 200
+    assert seen == [etype]
+
+
+def test_other_event_type_is_accepted_but_triggers_nothing(server: tuple[WebhookServer, list[str]]) -> None:
+    srv, seen = server
+    body = event("charge.succeeded")
+    assert post(srv, body, {"Stripe-Signature": sign(body)}) == 200
+    assert seen == []
+
+
+@pytest.mark.parametrize("case", ["unsigned", "wrong_secret", "stale", "tampered", "garbage_header"])
+def test_refused_without_a_valid_signature(server: tuple[WebhookServer, list[str]], case: str) -> None:
+    srv, seen = server
+    body = event("invoice.paid")
+    headers = {
+        "unsigned": {},
+        "wrong_secret": {"Stripe-Signature": sign(body, "whsec_other")},
+        "stale": {"Stripe-Signature": sign(body, at=int(time.time()) - 301)},
+        "tampered": {"Stripe-Signature": sign(event("invoice.created"))},
+        "garbage_header": {"Stripe-Signature": "nonsense"},
+    }[case]
+    assert post(srv, body, headers) == 400
+    assert seen == []
+
+
+def test_oversized_body_and_wrong_method(server: tuple[WebhookServer, list[str]]) -> None:
+    srv, seen = server
+    big = b"{" + b" " * MAX_BODY + b"}"
+    assert post(srv, big, {"Stripe-Signature": sign(big)}) == 413
+    assert post(srv, b"", method="GET") == 405
+    assert seen == []
+
+
+def test_needs_a_secret() -> None:
+    with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRET"):
+        WebhookServer("", lambda _: None)
