@@ -68,13 +68,13 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
 
     Raises StoreLockedError when another sync keeps the lock longer than ``wait`` seconds.
     """
-    from stripe_churn.metrics.runner import recompute
-    from stripe_churn.store.db import open_store
-    from stripe_churn.sync import run_sync
-
     db = settings.db
     summary = RunSummary(started_at=dt.datetime.now(dt.UTC))
     with sync_lock(db, wait=wait):
+        from stripe_churn.metrics.runner import recompute
+        from stripe_churn.store.db import open_store
+        from stripe_churn.sync import run_sync
+
         con = open_store(db)
         try:
             before = _count_movements(con)

@@ -1,0 +1,150 @@
+"""The sync lock (shared by daemon and manual runs) and the snapshot; run_once against the sandbox."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from stripe_churn.errors import StoreLockedError
+from stripe_churn.lock import is_locked, lock_path, sync_lock
+from stripe_churn.store.snapshot import publish_snapshot, snapshot_path
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from stripe_churn.lock import sync_lock
+    with sync_lock(Path(sys.argv[1])):
+        print("held", flush=True)
+        time.sleep(float(sys.argv[2]))
+""")
+
+
+def hold_lock(db: Path, seconds: float) -> subprocess.Popen[str]:
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_lock_excludes_and_names_the_holder(tmp_path: Path) -> None:
+    db = tmp_path / "x.duckdb"
+    holder = hold_lock(db, 30)
+    try:
+        assert is_locked(db)
+        t0 = time.monotonic()
+        with pytest.raises(StoreLockedError) as err, sync_lock(db, wait=0.5):
+            pass
+        waited = time.monotonic() - t0
+        assert 0.5 <= waited < 2.0
+        msg = str(err.value)
+        assert f"pid {holder.pid}" in msg and "--wait" in msg and "since 20" in msg
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel drops the lock with the process: no stale lock after a crash
+    with sync_lock(db, wait=1.0):
+        assert is_locked(db)
+    assert not is_locked(db)
+
+
+def test_wait_gets_the_lock_when_the_holder_finishes(tmp_path: Path) -> None:
+    db = tmp_path / "y.duckdb"
+    holder = hold_lock(db, 0.8)
+    try:
+        t0 = time.monotonic()
+        with sync_lock(db, wait=10):
+            assert time.monotonic() - t0 < 5
+    finally:
+        holder.wait(timeout=10)
+
+
+def test_lock_between_threads_of_one_process(tmp_path: Path) -> None:
+    """flock works per open file, so two runs inside one process (daemon tick + webhook) also exclude."""
+    db = tmp_path / "z.duckdb"
+    inside = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with sync_lock(db):
+            inside.set()
+            release.wait(5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert inside.wait(5)
+    with pytest.raises(StoreLockedError):
+        with sync_lock(db):
+            pass
+    release.set()
+    t.join()
+
+
+def test_manual_sync_while_locked_waits_then_says_why(tmp_path: Path) -> None:
+    db = tmp_path / "w.duckdb"
+    holder = hold_lock(db, 30)
+    try:
+        env = {**os.environ, "STRIPE_CHURN_DB": str(db), "STRIPE_API_KEY": "sk_test_sandbox",
+               "STRIPE_API_BASE": "http://127.0.0.1:9"}
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "stripe_churn", "sync", "--wait", "1"], capture_output=True,
+                           text=True, timeout=60, env=env)
+        waited = time.monotonic() - t0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert r.returncode == 3
+    assert waited >= 1.0
+    assert r.stderr.startswith("error: another sync holds") and f"pid {holder.pid}" in r.stderr
+    assert "sk_test_sandbox" not in r.stderr + r.stdout
+    assert lock_path(db).exists()
+
+
+def test_snapshot_is_replaced_atomically(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE t AS SELECT 1 AS v")
+    con.execute("CHECKPOINT")
+    publish_snapshot(db)
+    old = duckdb.connect(str(snapshot_path(db)), read_only=True)
+    con.execute("UPDATE t SET v = 2")
+    con.execute("CHECKPOINT")
+    con.close()
+    publish_snapshot(db)
+    assert old.execute("SELECT v FROM t").fetchone() == (1,)  # the open reader keeps its snapshot
+    old.close()
+    new = duckdb.connect(str(snapshot_path(db)), read_only=True)
+    assert new.execute("SELECT v FROM t").fetchone() == (2,)
+    new.close()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_run_once_against_the_sandbox(tmp_path: Path) -> None:
+    """The real pipeline: sync from the sandbox over HTTP, recompute, snapshot; then a billing run."""
+    pytest.importorskip("stripe_churn.sync")
+    from stripe_churn.pipeline import run_once
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
+
+    with start_in_thread(Simulation(customers=40, months=6, seed=5), api_key=SANDBOX_KEY) as sb:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=tmp_path / "p.duckdb",
+                            rate_limit=1000.0)
+        first = run_once(settings, full=True, progress=False)
+        assert first.counts.get("customers", 0) > 0 and first.new_movements > 0
+        assert first.bridge_line is not None
+        sb.advance(1)
+        second = run_once(settings, progress=False)
+    assert second.new_movements > 0
+    con = duckdb.connect(str(snapshot_path(settings.db)), read_only=True)
+    try:
+        n = con.execute("SELECT count(*) FROM mrr_movements").fetchone()
+        assert n is not None and n[0] == first.new_movements + second.new_movements
+    finally:
+        con.close()
