@@ -79,9 +79,8 @@ def test_lock_between_threads_of_one_process(tmp_path: Path) -> None:
     t = threading.Thread(target=hold)
     t.start()
     assert inside.wait(5)
-    with pytest.raises(StoreLockedError):
-        with sync_lock(db):
-            pass
+    with pytest.raises(StoreLockedError), sync_lock(db):
+        pass
     release.set()
     t.join()
 
