@@ -32,6 +32,9 @@ CURRENCIES = ("usd", "usd", "usd", "eur", "gbp")
 COUNTRIES = {"usd": ("US", "US", "CA"), "eur": ("DE", "FR", "NL", "ES"), "gbp": ("GB",)}
 FEEDBACK = ("customer_service", "low_quality", "missing_features", "other", "switched_service", "too_complex",
             "too_expensive", "unused")
+CORE = ("starter", "pro", "business")
+CONNECTORS = ("Salesforce", "HubSpot", "Slack", "Zendesk", "Jira", "GitHub", "Shopify", "Xero", "Gmail", "Notion",
+              "Intercom", "Segment", "Snowflake", "Twilio")
 SEAT_LABELS = {"seat", "user", "member", "license", "agent"}
 MONTHS_PER = {"year": Fraction(12), "month": Fraction(1), "week": Fraction(12, 52), "day": Fraction(12, 365)}
 FX = {c: Fraction(str(r)) for c, r in SANDBOX_FX_RATES.items()}
@@ -51,6 +54,42 @@ def add_months(ts: int, n: int) -> int:
 def round4(x: Fraction) -> Decimal:
     """Half away from zero at 4 decimals."""
     return (Decimal(x.numerator) / Decimal(x.denominator)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
+def period_amount(p: dict[str, Any], qty: int) -> int:
+    """What one billing period of ``qty`` units of price ``p`` costs, in minor units."""
+    tq = p.get("transform_quantity")
+    if tq:
+        q, r = divmod(qty, tq["divide_by"])
+        qty = q + (1 if r and tq["round"] == "up" else 0)
+    if p["billing_scheme"] != "tiered":
+        return int(p["unit_amount"] or 0) * qty
+    total, lower = 0, 0
+    for tier in p["tiers"]:
+        upper = tier["up_to"] if tier["up_to"] is not None else max(qty, lower)
+        if p["tiers_mode"] == "volume":
+            if qty <= upper:
+                return int(tier["unit_amount"]) * qty + int(tier["flat_amount"] or 0)
+        else:
+            units = max(0, min(qty, upper) - lower)
+            if units:
+                total += int(tier["unit_amount"]) * units + int(tier["flat_amount"] or 0)
+        lower = upper
+    return total
+
+
+def _tiers(base: int, steps: tuple[tuple[int, Any], ...]) -> list[dict[str, Any]]:
+    """Tiers at ``base`` per unit up to each step's bound (scaled by its factor), the last one open-ended."""
+    out = []
+    for i, (bound, factor) in enumerate(steps):
+        amount = max(1, int(base * factor))
+        out.append({"flat_amount": None, "flat_amount_decimal": None, "unit_amount": amount,
+                    "unit_amount_decimal": str(amount), "up_to": bound})
+        if i == len(steps) - 1:
+            last = max(1, int(base * factor * Fraction(4, 5)))
+            out.append({"flat_amount": None, "flat_amount_decimal": None, "unit_amount": last,
+                        "unit_amount_decimal": str(last), "up_to": None})
+    return out
 
 
 def iso(ts: int) -> str:
@@ -121,7 +160,9 @@ class Simulation:
         self._sub_gen: dict[str, int] = {}
         self._sub_mult: dict[str, Fraction] = {}
         self._sub_disc_end: dict[str, int] = {}
-        self._unpaid: set[str] = set()
+        self._usd_cache: dict[tuple[str, int, Fraction], Fraction] = {}
+        self._usage_billed: dict[str, int] = {}  # metered item -> usage on its last invoice
+        self._usage_now: dict[str, int] = {}  # metered item -> usage of the running period
         self._build_catalog()
         self._signups(customers, self.start, add_months(self.start, months))
         self._run(add_months(self.start, months))
@@ -169,6 +210,7 @@ class Simulation:
     def _build_catalog(self) -> None:
         t = self.start - 30 * DAY
         self._plans: dict[str, _Plan] = {}
+        self._meter = "mtr_" + ob.b62(self.seed % 62**4, 4) + "events0000000"
         spec = [  # key, name, family (None: the product is its own family), unit_label, monthly usd cents
             ("starter", "Core Starter", "core", "seat", 1500),
             ("pro", "Core Pro", "core", "seat", 3500),
@@ -178,22 +220,35 @@ class Simulation:
             ("support", "Priority Support", "support", None, 9900),
             ("storage", "Extra Storage", None, "GB", 25),
             ("agents", "Agents", "automation", "agent", 2000),
+            ("sms", "SMS Credits", "messaging", "message", 150),
+            ("events", "Event Ingest", "analytics", "1k events", 200),
+            *((f"conn{i}", f"Connector: {n}", "connectors", None, 1000) for i, n in enumerate(CONNECTORS)),
         ]
         for key, name, family, unit, cents in spec:
             pid = self._id("prod")
             meta = {"family": family} if family else {}
             prod = ob.product(pid, t, name, unit, meta, None)
-            kind = "seat" if (unit or "").rstrip("s") in SEAT_LABELS or unit is None else "resource"
+            metered = key == "events"
+            kind = "seat" if (unit or "").rstrip("s") in SEAT_LABELS or (unit is None and not metered) else "resource"
             plan = _Plan(key, family or pid, pid, kind)
             for cur in ("usd", "eur", "gbp"):
                 base = cents if cur != "gbp" else max(1, cents * 85 // 100)
                 for ikey, interval, count, amount in (("m", "month", 1, base), ("y", "year", 1, base * 10),
-                                                      ("y12", "year", 1, base * 12)):
-                    if ikey == "y12" and key not in ("starter", "pro", "business"):
+                                                      ("y12", "year", 1, base * 12), ("q", "month", 3, base * 3)):
+                    if (ikey in ("y12", "q") and key not in CORE) or (metered and ikey != "m"):
                         continue
                     prid = self._id("price")
-                    p = ob.price(prid, t, pid, cur, interval, count, amount, nickname=f"{name} {ikey} {cur}",
-                                 lookup_key=f"{key}_{ikey}_{cur}")
+                    extra: dict[str, Any] = {}
+                    if metered:
+                        extra = {"usage_type": "metered", "meter": self._meter}
+                    elif key == "agents":  # graduated tiers per agent
+                        extra = {"tiers_mode": "graduated", "tiers": _tiers(amount, ((5, 1), (20, Fraction(3, 4))))}
+                    elif key == "storage":  # volume tiers per GB
+                        extra = {"tiers_mode": "volume", "tiers": _tiers(amount, ((100, 1), (500, Fraction(4, 5))))}
+                    elif key == "sms":  # billed per started hundred messages
+                        extra = {"transform": {"divide_by": 100, "round": "up"}}
+                    p = ob.price(prid, t, pid, cur, interval, count, None if "tiers" in extra else amount,
+                                 nickname=f"{name} {ikey} {cur}", lookup_key=f"{key}_{ikey}_{cur}", **extra)
                     self.objects["prices"][prid] = p
                     plan.prices[(cur, ikey)] = prid
             prod["default_price"] = plan.prices[("usd", "m")]
@@ -216,12 +271,11 @@ class Simulation:
     def _item_mrr_own(self, p: dict[str, Any], qty: int, mult: Fraction) -> Fraction:
         """Exact item MRR in minor units of its own currency."""
         rec = p["recurring"]
-        per_period = Fraction(p["unit_amount"] * qty)
+        per_period = Fraction(period_amount(p, qty))
         return per_period * 12 / (MONTHS_PER[rec["interval"]] * 12 * rec["interval_count"]) * mult
 
     def _snap(self, cust: _Cust) -> dict[str, _Comp]:
         out: dict[str, _Comp] = {}
-        rate = FX[cust.currency]
         for sid in cust.subs:
             sub = self.objects["subscriptions"][sid]
             if sub.get("deleted") or sub["status"] not in COUNTING:
@@ -230,13 +284,18 @@ class Simulation:
             for it in sub["items"]["data"]:
                 p = self.objects["prices"][it["price"]["id"]]
                 plan = self._plan_of_price[p["id"]]
-                own = self._item_mrr_own(p, it["quantity"] or 0, mult)
-                out[it["id"]] = _Comp(sid, it["id"], plan.family, plan.kind, p["id"], it["quantity"] or 0, mult,
-                                      own * rate / 100)
+                qty = self._usage_billed.get(it["id"], 0) if plan.key == "events" else (it["quantity"] or 0)
+                out[it["id"]] = _Comp(sid, it["id"], plan.family, plan.kind, p["id"], qty, mult,
+                                      self._mrr_usd(p["id"], qty, mult, cust.currency))
         return out
 
     def _mrr_usd(self, price_id: str, qty: int, mult: Fraction, currency: str) -> Fraction:
-        return self._item_mrr_own(self.objects["prices"][price_id], qty, mult) * FX[currency] / 100
+        key = (price_id, qty, mult)
+        got = self._usd_cache.get(key)
+        if got is None:
+            got = self._item_mrr_own(self.objects["prices"][price_id], qty, mult) * FX[currency] / 100
+            self._usd_cache[key] = got
+        return got
 
     def _transition(self, cust: _Cust, t: int, before: dict[str, _Comp], churn: tuple[str, Any] | None = None
                     ) -> None:
@@ -379,22 +438,31 @@ class Simulation:
     def _h_first_sub(self, t: int, cid: str, trial: bool, coupon: str | None) -> None:
         self._subscribe(self._custs[cid], t, trial=trial, coupon=coupon)
 
-    def _pick_items(self, cust: _Cust) -> tuple[str, list[tuple[str, int]]]:
+    def _pick_items(self, cust: _Cust) -> tuple[str, list[tuple[str, int | None]]]:
         rng = self._rng
-        ikey = "y" if rng.random() < 0.2 else "m"
+        r = rng.random()
+        ikey = "y" if r < 0.2 else "q" if r < 0.25 else "m"
         core = rng.choice(("starter", "starter", "pro", "pro", "business"))
         seats = max(1, int(rng.lognormvariate(1.3, 0.9)))
-        items = [(core, seats)]
+        items: list[tuple[str, int | None]] = [(core, seats)]
+        if ikey == "q":
+            return ikey, items
         if rng.random() < 0.25:
             items.append((rng.choice(("an_basic", "an_plus")), 1))
         if rng.random() < 0.15:
             items.append(("storage", rng.choice((10, 50, 100, 250))))
         if rng.random() < 0.1:
             items.append(("agents", rng.randint(1, 5)))
+        if rng.random() < 0.08:
+            items.append(("sms", rng.choice((250, 1000, 2500))))
+        if ikey == "m" and rng.random() < 0.2:
+            items.append(("events", None))
+        if rng.random() < 0.03:  # a larger account wiring up many connectors
+            items += [(f"conn{i}", 1) for i in sorted(rng.sample(range(len(CONNECTORS)), rng.randint(8, 14)))]
         return ikey, items
 
     def _subscribe(self, cust: _Cust, t: int, *, trial: bool = False, coupon: str | None = None,
-                   items: list[tuple[str, int]] | None = None, ikey: str | None = None,
+                   items: list[tuple[str, int | None]] | None = None, ikey: str | None = None,
                    before: dict[str, _Comp] | None = None, at: int | None = None) -> str:
         """Create a subscription (and its first invoice); labels the transition unless ``before`` is given
         by a caller that labels it itself."""
@@ -403,15 +471,13 @@ class Simulation:
         if items is None or ikey is None:
             ikey, items = self._pick_items(cust)
         sid = self._id("sub")
-        interval = "year" if ikey.startswith("y") else "month"
-        if trial:
-            end = t + 14 * DAY
-        else:
-            end = add_months(t, 12 if interval == "year" else 1)
+        end = t + 14 * DAY if trial else add_months(t, {"m": 1, "q": 3}.get(ikey, 12))
         data = []
         for key, qty in items:
             prid = self._plans[key].prices[(cust.currency, ikey)]
             data.append(ob.sub_item(self._id("si"), t, sid, self.objects["prices"][prid], qty, (t, end)))
+            if qty is None:
+                self._usage_now[data[-1]["id"]] = self._rng.randint(5, 60)
         sub = ob.subscription(sid, t, cust.id, cust.currency, data, t, "trialing" if trial else "active")
         if trial:
             sub["trial_start"], sub["trial_end"] = t, end
@@ -459,7 +525,8 @@ class Simulation:
 
     def _line_amounts(self, sub: dict[str, Any], it: dict[str, Any], first: bool
                       ) -> tuple[int, list[dict[str, Any]]]:
-        amount = (it["price"]["unit_amount"] or 0) * (it["quantity"] or 0)
+        qty = self._usage_billed.get(it["id"], 0) if self._is_metered(it) else (it["quantity"] or 0)
+        amount = period_amount(self.objects["prices"][it["price"]["id"]], qty)
         disc = []
         for did in sub["discounts"]:
             coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
@@ -470,15 +537,23 @@ class Simulation:
         return amount, disc
 
     def _invoice(self, sub: dict[str, Any], t: int, reason: str, period: tuple[int, int], *, zero: bool = False,
-                 lines: list[dict[str, Any]] | None = None, fail: bool = False) -> dict[str, Any]:
+                 lines: list[dict[str, Any]] | None = None, fail: bool = False,
+                 usage_from: int | None = None) -> dict[str, Any]:
         cust_obj = self.objects["customers"][sub["customer"]]
         iid = self._id("in")
         if lines is None:
             lines = []
             for it in sub["items"]["data"]:
                 amount, disc = (0, []) if zero else self._line_amounts(sub, it, reason == "subscription_create")
+                qty, line_period = it["quantity"], period
+                if self._is_metered(it):  # billed in arrears
+                    qty = self._usage_billed.get(it["id"], 0) if usage_from is not None else 0
+                    if usage_from is not None:
+                        line_period = (usage_from, period[0])
+                    if reason == "subscription_create":
+                        amount, disc = 0, []
                 lines.append(ob.line(self._id("il"), iid, sub["currency"], amount,
-                                     f"{it['quantity']} × {it['price']['nickname']}", period, it["quantity"],
+                                     f"{qty} × {it['price']['nickname']}", line_period, qty,
                                      sub["id"], it["id"], it["price"]["id"], it["price"]["product"], False, disc,
                                      [d["discount"] for d in disc]))
         else:
@@ -513,6 +588,9 @@ class Simulation:
             self.objects["credit_notes"][cn["id"]] = cn
             inv["post_payment_credit_notes_amount"] = cn["amount"]
             self._event("credit_note.created", cn, cn["created"])
+
+    def _is_metered(self, it: dict[str, Any]) -> bool:
+        return bool(it["price"]["recurring"]["usage_type"] == "metered")
 
     def _live(self, sid: str, gen: int) -> dict[str, Any] | None:
         sub = self.objects["subscriptions"][sid]
@@ -570,15 +648,24 @@ class Simulation:
         else:
             before = None  # a renewal alone never changes MRR
             prev = {}
-        interval = sub["items"]["data"][0]["price"]["recurring"]["interval"]
-        end = add_months(t, 12 if interval == "year" else 1)
+        rec = sub["items"]["data"][0]["price"]["recurring"]
+        end = add_months(t, (12 if rec["interval"] == "year" else 1) * rec["interval_count"])
         prev["items"] = _copy(sub["items"])
+        usage_from = sub["items"]["data"][0]["current_period_start"]
         self._set_period(sub, t, end)
+        metered = [it for it in sub["items"]["data"] if self._is_metered(it)]
+        if metered and before is None:
+            before = self._snap(cust)
+        for it in metered:  # usage of the period just ended is billed now and sets the item's MRR
+            converting = prev.get("status") == "trialing"
+            self._usage_billed[it["id"]] = 0 if converting else self._usage_now.get(it["id"], 0)
+            walk = rng.lognormvariate(0.03, 0.25)
+            self._usage_now[it["id"]] = max(1, round(self._usage_now.get(it["id"], 10) * walk))
         fail = rng.random() < 0.04
         if fail:
             prev.setdefault("status", sub["status"])
             sub["status"] = "past_due"
-        self._invoice(sub, t, "subscription_cycle", (t, end), fail=fail)
+        self._invoice(sub, t, "subscription_cycle", (t, end), fail=fail, usage_from=usage_from)
         self._event("customer.subscription.updated", sub, t, prev)
         gen = self._bump(sid)
         self._at(end, "cycle", sid, gen)
@@ -683,9 +770,10 @@ class Simulation:
         lines = []
         for item, old, new in changes:
             for state, sign in ((old, -1), (new, 1)):
-                if state is None:
+                if state is None or state["quantity"] is None:
                     continue
-                amount = round(sign * state["price"]["unit_amount"] * state["quantity"] * frac)
+                full = period_amount(self.objects["prices"][state["price"]["id"]], state["quantity"])
+                amount = round(sign * full * frac)
                 lines.append(ob.line(self._id("il"), "", sub["currency"], amount,
                                      ("Unused time on " if sign < 0 else "Remaining time on ")
                                      + str(state["price"]["nickname"]), (t, end), state["quantity"], sub["id"],
@@ -731,10 +819,9 @@ class Simulation:
         def mutate() -> list[Any]:
             for it in sub["items"]["data"]:
                 plan = self._plan_of_price[it["price"]["id"]]
-                if (plan.kind == "seat") == seat and (plan.key in ("starter", "pro", "business", "storage",
-                                                                   "agents")):
+                if (plan.kind == "seat") == seat and plan.key in (*CORE, "storage", "agents", "sms"):
                     old = {"price": it["price"], "quantity": it["quantity"]}
-                    step = self._rng.choice((-1, 1, 1, 2)) if seat else self._rng.choice((-50, 50, 100))
+                    step = self._rng.choice((-1, 1, 1, 2)) if seat else self._rng.choice((-50, 50, 100, 250))
                     new_q = max(1, it["quantity"] + step)
                     if new_q == it["quantity"]:
                         return []
@@ -746,19 +833,24 @@ class Simulation:
 
     def _add_on(self, sub: dict[str, Any], t: int) -> None:
         have = {self._plan_of_price[it["price"]["id"]].key for it in sub["items"]["data"]}
-        choices = [k for k in ("an_basic", "support", "storage", "agents") if k not in have]
-        if not choices or ("an_plus" in have and "an_basic" in choices):
+        ikey = self._ikey(sub)
+        conn = f"conn{self._rng.randrange(len(CONNECTORS))}"
+        choices = [k for k in ("an_basic", "support", "storage", "agents", "sms", "events", conn)
+                   if k not in have and (sub["currency"], ikey) in self._plans[k].prices]
+        if "an_plus" in have:
             choices = [k for k in choices if k != "an_basic"]
         if not choices:
             return
         key = self._rng.choice(choices)
 
         def mutate() -> list[Any]:
-            p = self.objects["prices"][self._plans[key].prices[(sub["currency"], self._ikey(sub))]]
+            p = self.objects["prices"][self._plans[key].prices[(sub["currency"], ikey)]]
             it0 = sub["items"]["data"][0]
-            qty = {"storage": 50, "agents": 2}.get(key, 1)
+            qty = {"storage": 50, "agents": 2, "sms": 500, "events": None}.get(key, 1)
             it = ob.sub_item(self._id("si"), t, sub["id"], p, qty,
                              (it0["current_period_start"], it0["current_period_end"]))
+            if qty is None:
+                self._usage_now[it["id"]] = self._rng.randint(5, 60)
             sub["items"]["data"].append(it)
             return [(it, None, {"price": it["price"], "quantity": qty})]
 
