@@ -148,21 +148,28 @@ FROM (SELECT * FROM anchor_from_events
 -- Inside coverage they are the observed states.
 CREATE OR REPLACE TABLE derived_sub_status_steps AS
 WITH s AS (
-    SELECT account_id, subscription_id, status, start_date, trial_start, trial_end, ended_at, paused_at
+    SELECT account_id, subscription_id, status, start_date, trial_start, trial_end, ended_at, paused_at,
+           cancellation_reason
     FROM derived_subs
 ),
+-- unpaid now, or canceled for a failed payment (it may have gone unpaid first, then been deleted)
 unpaid_invoices AS (
-    SELECT i.account_id, i.subscription_id, i.created,
+    SELECT i.account_id, i.subscription_id, i.created, u.status AS sub_status, u.ended_at,
            json_extract_string(i.raw, ['$.status', '$.status_transitions.marked_uncollectible_at']) AS v
     FROM invoices i
-    SEMI JOIN (SELECT account_id, subscription_id FROM s WHERE status = 'unpaid') u
+    JOIN (SELECT account_id, subscription_id, status, ended_at FROM s
+          WHERE status = 'unpaid' OR (status = 'canceled' AND cancellation_reason = 'payment_failed')) u
       ON u.account_id = i.account_id AND u.subscription_id = i.subscription_id
 ),
 unpaid_from AS (
-    SELECT account_id, subscription_id, coalesce(max(ts_of(v[2])), min(created)) AS unpaid_at
+    SELECT account_id, subscription_id,
+           CASE WHEN any_value(sub_status) = 'unpaid' THEN coalesce(max(ts_of(v[2])), min(created))
+                ELSE max(ts_of(v[2])) END AS unpaid_at,
+           any_value(ended_at) AS ended_at
     FROM unpaid_invoices
     WHERE v[1] IN ('open', 'uncollectible')
-    GROUP BY ALL
+    GROUP BY account_id, subscription_id
+    HAVING unpaid_at IS NOT NULL AND (any_value(ended_at) IS NULL OR unpaid_at < any_value(ended_at))
 ),
 recon AS (
     SELECT account_id, subscription_id, start_date AS moment,

@@ -384,3 +384,18 @@ def test_unpaid_then_paid_comes_back(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(1, 20)) == Decimal("50.0000")
     rows = item_rows(con, "si_1")
     assert [r["churn_type"] for r in rows if r["mrr_original"] > 0] == [None, None]
+
+
+def test_unpaid_then_deleted_before_event_window(world: World, derive: Derive) -> None:
+    """Without events, a subscription deleted for a failed payment churns when it went unpaid."""
+    simple(world)
+    inv = world.cycle("sub_1", month(1))
+    inv["status"] = "uncollectible"
+    inv["status_transitions"].update(paid_at=None, marked_uncollectible_at=month(1, 15))
+    world.update("sub_1", month(2), event=False, canceled_at=month(2),
+                 cancellation_details={"reason": "payment_failed", "feedback": None, "comment": None})
+    world.end("sub_1", month(2), event=False)
+    con = derive(world, seen_at=month(3), events=False)
+    assert customer_mrr_at(con, "cus_1", month(1, 15) - 1) == Decimal("50.0000")
+    assert customer_mrr_at(con, "cus_1", month(1, 15)) == 0
+    assert customer_mrr_at(con, "cus_1", month(2)) == 0
