@@ -111,14 +111,27 @@ def upsert_objects(con: duckdb.DuckDBPyConnection, table: str, account_id: str, 
 
 
 def mark_missing_children(con: duckdb.DuckDBPyConnection, table: str, parent_column: str, account_id: str,
-                          parent_id: str, present: Iterable[str], version: int, seen_at: datetime) -> None:
-    """Flag as deleted the children of a parent (items of a subscription) missing from its complete list."""
-    keep = list(present)
-    con.execute(
-        f"UPDATE {table} SET deleted = true, version = $v, last_seen_at = $seen "
-        f"WHERE account_id = $a AND {parent_column} = $p AND NOT deleted AND coalesce(version, 0) <= $v "
-        "AND NOT list_contains($keep, id)",
-        {"v": version, "seen": seen_at, "a": account_id, "p": parent_id, "keep": keep})
+                          parents: Sequence[tuple[str, Sequence[str], int]], seen_at: datetime,
+                          *, extra: str = "") -> None:
+    """Flag as deleted the children of each parent missing from its complete list.
+
+    ``parents``: (parent id, ids of the children it has now, version of that list). Only rows not newer
+    than the list are touched. ``extra`` narrows the rows (for example customer-level discounts only).
+    """
+    if not parents:
+        return
+    staged = pa.table({"parent": pa.array([p[0] for p in parents], pa.string()),
+                       "ids": pa.array([list(p[1]) for p in parents], pa.list_(pa.string())),
+                       "v": pa.array([int(p[2]) for p in parents], pa.int64())})
+    con.register("staged_parents", staged)
+    try:
+        con.execute(
+            f"UPDATE {table} SET deleted = true, version = p.v, last_seen_at = $seen FROM staged_parents p "
+            f"WHERE {table}.account_id = $a AND {table}.{parent_column} = p.parent AND NOT {table}.deleted "
+            f"AND coalesce({table}.version, 0) <= p.v AND NOT list_contains(p.ids, {table}.id) {extra}",
+            {"seen": seen_at, "a": account_id})
+    finally:
+        con.unregister("staged_parents")
 
 
 def upsert_fx_rates(con: duckdb.DuckDBPyConnection, rows: Iterable[tuple[str, str, float | Decimal]]) -> None:

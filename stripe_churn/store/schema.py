@@ -156,7 +156,7 @@ class SyncRun(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     mode: str = "full"
     status: str = "running"
-    counts: Any = Field(default=None, sa_type=JSON)
+    counts: Any = Field(default=None, sa_type=JSON, nullable=True)
     requests: int | None = None
     error: str | None = None
     fallback_reason: str | None = None

@@ -1,0 +1,1 @@
+"""Talking to Stripe: raw page fetching through the SDK's HTTP client, the rate limiter, what to list."""

@@ -1,0 +1,176 @@
+"""Raw page fetching from Stripe: the SDK's client for auth, version pin and base URL; bodies parsed by orjson.
+
+Building SDK objects costs ~40x more than parsing the JSON (design.md 2), so pages go through the SDK's
+async HTTP client (``request_with_retries_async``) untouched and are parsed here. Retries are ours: the SDK
+does not retry 429s nor bad bodies, and every attempt has to pass the shared :class:`TokenBucket`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import orjson
+import stripe
+
+from stripe_churn.errors import AuthError, BadResponseError, StripeAPIError
+from stripe_churn.settings import Settings
+from stripe_churn.stripe_api.ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+# httpx logs every request at INFO; a sync makes thousands, so only its warnings reach the log
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+API_VERSION: str = stripe.api_version  # the SDK's pin; every request sends it as Stripe-Version
+
+
+class NotFoundError(StripeAPIError):
+    """Stripe answered 404 for an object (deleted for good, or never existed)."""
+
+    transient = False
+
+
+def encode_params(params: Mapping[str, Any]) -> str:
+    """Stripe's form encoding of query parameters: ``expand[0]=..``, ``created[gte]=..``, booleans lower-case."""
+    pairs: list[tuple[str, str]] = []
+
+    def scalar(v: Any) -> str:
+        return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+    for key, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            pairs.extend((f"{key}[{i}]", scalar(v)) for i, v in enumerate(value))
+        elif isinstance(value, Mapping):
+            pairs.extend((f"{key}[{k}]", scalar(v)) for k, v in value.items())
+        else:
+            pairs.append((key, scalar(value)))
+    return urlencode(pairs)
+
+
+class StripeRaw:
+    """One account's raw GETs, rate limited and retried. Use as ``async with``; not thread-safe."""
+
+    def __init__(self, settings: Settings, *, http_client: stripe.HTTPClient | None = None,
+                 limiter: TokenBucket | None = None) -> None:
+        key = settings.require_api_key()
+        self.base = settings.api_base.rstrip("/")
+        self.max_retries = settings.max_retries
+        self.limiter = limiter or TokenBucket(settings.effective_rate_limit)
+        self._http = http_client or stripe.HTTPXClient(timeout=settings.timeout_seconds)
+        # The SDK client holds the same key, account, version pin and base URL, for the few object calls
+        # (and for anyone who wants the typed API); pages are fetched through its HTTP client below.
+        self.sdk = stripe.StripeClient(key, stripe_account=settings.account, base_addresses={"api": self.base},
+                                       http_client=self._http)
+        self._headers = {"Authorization": f"Bearer {key}", "Stripe-Version": API_VERSION,
+                         "Accept": "application/json", "User-Agent": "stripe-churn"}
+        if settings.account:
+            self._headers["Stripe-Account"] = settings.account
+        self.requests = 0
+        self.retries = 0
+        self.latency_s = 0.0  # exponentially smoothed response time
+
+    def __repr__(self) -> str:
+        return f"StripeRaw(base={self.base!r}, requests={self.requests})"
+
+    async def __aenter__(self) -> StripeRaw:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        close = getattr(self._http, "close_async", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # closing a pool that is already gone is harmless
+                log.debug("closing the HTTP client failed", exc_info=True)
+
+    async def _send(self, url: str) -> tuple[Any, int, Mapping[str, str]]:
+        if not isinstance(self._http, stripe.RequestsClient):
+            return await self._http.request_with_retries_async("get", url, self._headers, max_network_retries=0)
+        # a synchronous SDK client (tests drive RequestsClient through `responses`): run it off the loop
+        return await asyncio.to_thread(self._http.request_with_retries, "get", url, self._headers, None, 0)
+
+    def _backoff(self, attempt: int) -> float:
+        return min(0.25 * 2 ** attempt, 8.0) * random.uniform(0.5, 1.0)
+
+    async def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """GET ``path`` and return the parsed JSON object, after retries where retrying can help."""
+        query = encode_params(params or {})
+        url = f"{self.base}{quote(path)}" + (f"?{query}" if query else "")
+        last = ""
+        request_id: str | None = None
+        status: int | None = None
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self.retries += 1
+                await asyncio.sleep(self._backoff(attempt))
+            await self.limiter.acquire()
+            started = time.monotonic()
+            self.requests += 1
+            try:
+                body, status, headers = await self._send(url)
+            except stripe.APIConnectionError as exc:
+                last = f"connection failed ({str(exc).splitlines()[-1].strip() or type(exc).__name__})"
+                status = None
+                continue
+            self.latency_s = 0.8 * self.latency_s + 0.2 * (time.monotonic() - started) if self.latency_s else \
+                time.monotonic() - started
+            request_id = headers.get("Request-Id") or headers.get("request-id")
+            should_retry = (headers.get("Stripe-Should-Retry") or "").lower()
+            if status in (401, 403):
+                what = "refused" if status == 401 else "lacks a permission needed"
+                raise AuthError(f"Stripe {what} for the API key: check STRIPE_API_KEY (a secret or restricted "
+                                "read key of the right account and mode); the store was left as it was",
+                                http_status=status, request_id=request_id)
+            if status == 429:
+                self.limiter.penalise()
+            if status == 429 or status == 409 or status >= 500:
+                last = f"Stripe answered {status}"
+                if should_retry == "false":
+                    break
+                continue
+            if status == 404:
+                raise NotFoundError(f"not found: {path}", http_status=404, request_id=request_id)
+            if status >= 400:
+                raise StripeAPIError(f"Stripe rejected GET {path}: {_error_message(body)}; this is a bug in "
+                                     "stripe-churn or an unsupported account setup", http_status=status,
+                                     request_id=request_id)
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                last = "Stripe sent a body that is not JSON"
+                continue
+            if not isinstance(data, dict):
+                last = "Stripe sent JSON that is not an object"
+                continue
+            return data
+        if last.startswith("Stripe sent"):
+            raise BadResponseError(f"{last} for GET {path} after {self.max_retries} retries (a proxy in the way?); "
+                                   "nothing of that page was stored, run the sync again", http_status=status,
+                                   request_id=request_id)
+        raise StripeAPIError(f"{last} for GET {path} after {self.max_retries} retries; the store keeps what was "
+                             "committed, run the sync again later", http_status=status, request_id=request_id)
+
+    async def account_id(self, configured: str | None) -> str:
+        """The account being synced: the configured one (Stripe-Account) or the key's own."""
+        if configured:
+            return configured
+        acct = await self.get("/v1/account")
+        return str(acct["id"])
+
+
+def _error_message(body: Any) -> str:
+    try:
+        err = orjson.loads(body).get("error", {})
+        return str(err.get("message") or err)[:200]
+    except Exception:
+        return "unreadable error body"

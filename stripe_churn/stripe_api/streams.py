@@ -1,0 +1,78 @@
+"""What a full sync lists, with which parameters, and how a resource's ``created`` range is cut into slices.
+
+Test clocks: Stripe's list endpoints leave out objects attached to a test clock unless ``test_clock`` (or
+``customer``) is given. A full sync therefore also lists ``/v1/test_helpers/test_clocks`` and, for each
+clock, lists customers and subscriptions with ``test_clock=<id>`` (see :data:`TEST_CLOCK_RESOURCES`); when
+that endpoint is missing (live mode, or a server without it) the sync logs it once and goes on. The
+sandbox has no test clocks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+PAGE_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class Stream:
+    """One list endpoint pass: table it fills, path, fixed parameters."""
+
+    name: str  # unique, also the cursor prefix
+    table: str
+    path: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+STREAMS: tuple[Stream, ...] = (
+    Stream("customers", "customers", "/v1/customers", {"expand": ["data.discount"]}),
+    Stream("products.active", "products", "/v1/products", {"active": True}),
+    Stream("products.inactive", "products", "/v1/products", {"active": False}),
+    Stream("prices.active", "prices", "/v1/prices", {"active": True, "expand": ["data.tiers"]}),
+    Stream("prices.inactive", "prices", "/v1/prices", {"active": False, "expand": ["data.tiers"]}),
+    Stream("coupons", "coupons", "/v1/coupons"),
+    Stream("subscriptions", "subscriptions", "/v1/subscriptions",
+           {"status": "all", "expand": ["data.discounts"]}),
+    Stream("invoices", "invoices", "/v1/invoices"),
+    Stream("credit_notes", "credit_notes", "/v1/credit_notes"),
+    Stream("events", "events", "/v1/events"),
+)
+
+# resources listed again per test clock (their lists leave test-clock objects out)
+TEST_CLOCK_RESOURCES = ("customers", "subscriptions")
+
+# retrieve path of each table whose objects can disappear from lists (deleted)
+RETRIEVE_PATH: dict[str, str] = {
+    "customers": "/v1/customers/{id}", "products": "/v1/products/{id}", "prices": "/v1/prices/{id}",
+    "coupons": "/v1/coupons/{id}", "subscriptions": "/v1/subscriptions/{id}", "invoices": "/v1/invoices/{id}",
+    "credit_notes": "/v1/credit_notes/{id}",
+}
+
+# event object type -> table
+OBJECT_TABLE: dict[str, str] = {
+    "customer": "customers", "product": "products", "price": "prices", "plan": "prices", "coupon": "coupons",
+    "subscription": "subscriptions", "invoice": "invoices", "credit_note": "credit_notes",
+    "discount": "discounts",
+}
+# tables whose ``*.deleted`` event means the object is gone (a subscription's ``.deleted`` means canceled)
+DELETABLE = frozenset({"customers", "products", "prices", "coupons", "invoices", "discounts"})
+
+EVENT_RETENTION_S = 30 * 86400
+
+
+def slice_count(rate_limit: float, latency_s: float, *, streams: int = 1, cap: int = 32) -> int:
+    """Slices per stream so that the requests in flight fill the rate limit: rate x latency, shared."""
+    in_flight = rate_limit * max(latency_s, 0.005) * 1.5
+    return max(1, min(cap, math.ceil(in_flight / max(streams, 1))))
+
+
+def split_range(lo: int, hi: int, n: int) -> list[tuple[int, int]]:
+    """Cut [lo, hi] (inclusive unix seconds) into at most ``n`` contiguous inclusive slices."""
+    if hi < lo:
+        return []
+    n = max(1, min(n, hi - lo + 1))
+    step = (hi - lo + 1) / n
+    bounds = [lo + round(i * step) for i in range(n)] + [hi + 1]
+    return [(bounds[i], bounds[i + 1] - 1) for i in range(n) if bounds[i + 1] > bounds[i]]
