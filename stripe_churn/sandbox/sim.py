@@ -40,6 +40,7 @@ MONTHS_PER = {"year": Fraction(12), "month": Fraction(1), "week": Fraction(12, 5
 FX = {c: Fraction(str(r)) for c, r in SANDBOX_FX_RATES.items()}
 COUNTING = ("active", "past_due")
 DAY = 86_400
+WINDOW_S = 3600  # changes of one customer within this many seconds of the first are one transition
 
 
 def add_months(ts: int, n: int) -> int:
@@ -160,6 +161,7 @@ class Simulation:
         self._sub_gen: dict[str, int] = {}
         self._sub_mult: dict[str, Fraction] = {}
         self._sub_disc_end: dict[str, int] = {}
+        self._windows: dict[str, tuple[int, dict[str, _Comp], tuple[str, Any] | None]] = {}
         self._usd_cache: dict[tuple[str, int, Fraction], Fraction] = {}
         self._usage_billed: dict[str, int] = {}  # metered item -> usage on its last invoice
         self._usage_now: dict[str, int] = {}  # metered item -> usage of the running period
@@ -194,6 +196,7 @@ class Simulation:
             while self._q and self._q[0][0] < end:
                 t, _, handler, args = heapq.heappop(self._q)
                 getattr(self, "_h_" + handler)(t, *args)
+            self._close_windows()
         finally:
             if was_enabled:
                 gc.enable()
@@ -299,8 +302,26 @@ class Simulation:
 
     def _transition(self, cust: _Cust, t: int, before: dict[str, _Comp], churn: tuple[str, Any] | None = None
                     ) -> None:
-        """Label the change from ``before`` to the customer's state now, dated ``t`` (design.md 5)."""
-        after = self._snap(cust)
+        """Note a change made at ``t`` from state ``before``: changes within the movement window of the first
+        one form one transition, labelled when the next one starts (or the run ends)."""
+        pending = self._windows.get(cust.id)
+        if pending is not None and t < pending[0] + WINDOW_S:
+            if churn is not None:
+                self._windows[cust.id] = (pending[0], pending[1], churn)
+            return
+        if pending is not None:
+            self._label(cust, pending[0], pending[1], before, pending[2])
+        self._windows[cust.id] = (t, before, churn)
+
+    def _close_windows(self) -> None:
+        for cid, (t, before, churn) in sorted(self._windows.items()):
+            cust = self._custs[cid]
+            self._label(cust, t, before, self._snap(cust), churn)
+        self._windows.clear()
+
+    def _label(self, cust: _Cust, t: int, before: dict[str, _Comp], after: dict[str, _Comp],
+               churn: tuple[str, Any] | None) -> None:
+        """Label the transition from ``before`` to ``after``, dated ``t`` (design.md 5)."""
         m_a = round4(sum((c.usd for c in before.values()), Fraction(0)))
         m_b = round4(sum((c.usd for c in after.values()), Fraction(0)))
         if m_a == m_b:
@@ -328,8 +349,9 @@ class Simulation:
             return f"{kind}_{'expansion' if delta > 0 else 'contraction'}"
 
         def pair(a: _Comp, b: _Comp) -> None:
-            plan = self._mrr_usd(b.price_id, a.qty, b.mult, cur) - self._mrr_usd(a.price_id, a.qty, b.mult, cur)
-            qty = self._mrr_usd(b.price_id, b.qty, b.mult, cur) - self._mrr_usd(b.price_id, a.qty, b.mult, cur)
+            # in order: the plan part, then the quantity part (both under the old discount), then the discount
+            plan = self._mrr_usd(b.price_id, a.qty, a.mult, cur) - self._mrr_usd(a.price_id, a.qty, a.mult, cur)
+            qty = self._mrr_usd(b.price_id, b.qty, a.mult, cur) - self._mrr_usd(b.price_id, a.qty, a.mult, cur)
             disc = b.usd - a.usd - plan - qty
             parts.append((b, "upgrade" if plan > 0 else "downgrade", plan))
             parts.append((b, qty_label(b.kind, qty), qty))
@@ -859,6 +881,8 @@ class Simulation:
     def _remove_on(self, sub: dict[str, Any], t: int) -> None:
         def mutate() -> list[Any]:
             for it in sub["items"]["data"][1:]:
+                if self._is_metered(it):  # usage items stay until the subscription ends
+                    continue
                 sub["items"]["data"].remove(it)
                 return [(it, {"price": it["price"], "quantity": it["quantity"]}, None)]
             return []
@@ -867,7 +891,7 @@ class Simulation:
 
     def _switch(self, sub: dict[str, Any], t: int) -> None:
         """Plan switch done as cancel + resubscribe a few minutes later (one transition)."""
-        if sub["id"] in self._sub_mult:
+        if sub["id"] in self._sub_mult or any(self._is_metered(it) for it in sub["items"]["data"]):
             return
         cust = self._custs[sub["customer"]]
         before = self._snap(cust)
