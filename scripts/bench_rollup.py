@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     per_sql = t_full / max(n_customers, 1)
     print(f"plain-Python per-customer loop: {t_py:.2f} s for {n_sample:,} customers (from item MRR rows on, "
           f"so less work than the SQL does); {per_py * 1e6:,.0f} us/customer against {per_sql * 1e6:,.1f} "
-          f"us/customer for the whole SQL recompute: SQL is {per_py / per_sql:,.1f}x faster")
+          f"us/customer for the whole SQL recompute: ratio Python/SQL {per_py / per_sql:,.2f} "
+          f"({'SQL' if per_py > per_sql else 'the plain loop'} is faster)")
     print(f"peak memory: {peak_mb():,.0f} MB")
     con.close()
     tmp.cleanup()
