@@ -167,6 +167,7 @@ class Simulation:
         self._usage_now: dict[str, int] = {}  # metered item -> usage of the running period
         self._build_catalog()
         self._signups(customers, self.start, add_months(self.start, months))
+        self._at(add_months(self.start, max(1, months // 2)) + 9 * 3600, "archive", "an_basic", "y")
         self._run(add_months(self.start, months))
 
     # --- ids, events, queue --------------------------------------------------------------------------
@@ -497,6 +498,8 @@ class Simulation:
         data = []
         for key, qty in items:
             prid = self._plans[key].prices[(cust.currency, ikey)]
+            if not self.objects["prices"][prid]["active"]:
+                continue
             data.append(ob.sub_item(self._id("si"), t, sid, self.objects["prices"][prid], qty, (t, end)))
             if qty is None:
                 self._usage_now[data[-1]["id"]] = self._rng.randint(5, 60)
@@ -761,7 +764,9 @@ class Simulation:
             self._remove_on(sub, t)
         elif r < 0.225:
             self._switch(sub, t)
-        elif r < 0.232 and sid not in self._sub_mult:
+        elif r < 0.232:
+            self._interval_switch(sub, t)
+        elif r < 0.239 and sid not in self._sub_mult:
             cust = self._custs[sub["customer"]]
             before = self._snap(cust)
             prev = {"discounts": list(sub["discounts"])}
@@ -858,7 +863,8 @@ class Simulation:
         ikey = self._ikey(sub)
         conn = f"conn{self._rng.randrange(len(CONNECTORS))}"
         choices = [k for k in ("an_basic", "support", "storage", "agents", "sms", "events", conn)
-                   if k not in have and (sub["currency"], ikey) in self._plans[k].prices]
+                   if k not in have and (sub["currency"], ikey) in self._plans[k].prices
+                   and self.objects["prices"][self._plans[k].prices[(sub["currency"], ikey)]]["active"]]
         if "an_plus" in have:
             choices = [k for k in choices if k != "an_basic"]
         if not choices:
@@ -888,6 +894,53 @@ class Simulation:
             return []
 
         self._update_items(sub, t, mutate)
+
+    def _interval_switch(self, sub: dict[str, Any], t: int) -> None:
+        """Monthly to annual: at twelve months' price (same MRR, no movement) or the discounted annual one."""
+        items = sub["items"]["data"]
+        if self._ikey(sub) != "m" or any(self._is_metered(it) for it in items):
+            return
+        keys = [self._plan_of_price[it["price"]["id"]].key for it in items]
+        target = "y12" if all(k in CORE for k in keys) and self._rng.random() < 0.5 else "y"
+        new_ids = [self._plans[k].prices.get((sub["currency"], target)) for k in keys]
+        if any(i is None or not self.objects["prices"][i]["active"] for i in new_ids):
+            return
+        cust = self._custs[sub["customer"]]
+        before = self._snap(cust)
+        prev = {"items": _copy(sub["items"]), "billing_cycle_anchor": sub["billing_cycle_anchor"]}
+        start, end = items[0]["current_period_start"], items[0]["current_period_end"]
+        new_end = add_months(t, 12)
+        frac = Fraction(end - t, max(end - start, 1))
+        lines = []
+        for it, new_id in zip(items, new_ids, strict=True):
+            old_p, new_p = self.objects["prices"][it["price"]["id"]], self.objects["prices"][str(new_id)]
+            for p, amount, period in ((old_p, -round(period_amount(old_p, it["quantity"]) * frac), (t, end)),
+                                      (new_p, period_amount(new_p, it["quantity"]), (t, new_end))):
+                lines.append(ob.line(self._id("il"), "", sub["currency"], amount,
+                                     ("Unused time on " if amount < 0 else "Remaining time on ") + str(p["nickname"]),
+                                     period, it["quantity"], sub["id"], it["id"], p["id"], p["product"], True, [],
+                                     []))
+            it["price"], it["plan"] = ob.price_view(new_p), ob.plan_of(new_p)
+        self._set_period(sub, t, new_end)
+        sub["billing_cycle_anchor"] = t
+        self._event("customer.subscription.updated", sub, t, prev)
+        self._invoice(sub, t, "subscription_update", (t, new_end), lines=lines)
+        gen = self._bump(sub["id"])
+        self._at(new_end, "cycle", sub["id"], gen)
+        self._at(self._time_in(t + DAY, new_end - DAY), "decide", sub["id"], gen)
+        self._transition(cust, t, before)
+
+    def _h_archive(self, t: int, key: str, ikey: str) -> None:
+        """Retire a price: existing subscriptions keep it, new ones can no longer choose it."""
+        ids = {prid for (_, k), prid in self._plans[key].prices.items() if k == ikey}
+        for prid in sorted(ids):
+            price = self.objects["prices"][prid]
+            price["active"] = False
+            self._event("price.updated", price, t, {"active": True})
+        for sub in self.objects["subscriptions"].values():
+            for it in sub.get("items", {}).get("data", []):
+                if it["price"]["id"] in ids:
+                    it["price"]["active"] = it["plan"]["active"] = False
 
     def _switch(self, sub: dict[str, Any], t: int) -> None:
         """Plan switch done as cancel + resubscribe a few minutes later (one transition)."""
