@@ -399,3 +399,14 @@ def test_unpaid_then_deleted_before_event_window(world: World, derive: Derive) -
     assert customer_mrr_at(con, "cus_1", month(1, 15) - 1) == Decimal("50.0000")
     assert customer_mrr_at(con, "cus_1", month(1, 15)) == 0
     assert customer_mrr_at(con, "cus_1", month(2)) == 0
+
+
+def test_exact_half_rounds_away_from_zero_across_items(world: World, derive: Derive) -> None:
+    """Two annual items whose monthly parts repeat (…3333 + …6666) sum exactly to a half at the 5th decimal."""
+    base(world, currency="gbp").price("y1", "prod_seat", 127, currency="gbp", interval="year")
+    world.price("y2", "prod_api", 55_250, currency="gbp", interval="year")
+    # 1.27 × 250 / 12 + 552.50 × 4 / 12 = 26.4583… + 184.1666… = 210.625 GBP; × 1.27 = 267.49375 → 267.4938
+    world.subscribe("sub_1", "cus_1", [("si_1", "y1", 250), ("si_2", "y2", 4)], T0)
+    world.fx_rates.append(("2023-12-01", "gbp", 1.27))
+    con = derive(world, seen_at=month(1))
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("267.4938")
