@@ -166,6 +166,7 @@ class Daemon:
         if install_signals:
             signal.signal(signal.SIGTERM, self.request_stop)
             signal.signal(signal.SIGINT, self.request_stop)
+        logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
         crashed = True
         try:
             self._save(state="starting")

@@ -41,25 +41,15 @@ class RunSummary:
 
 def _count_movements(con: duckdb.DuckDBPyConnection) -> int:
     """Rows of mrr_movements, 0 before the first recompute created the view."""
-    try:
-        row = con.execute("SELECT count(*) FROM mrr_movements").fetchone()
-    except duckdb.Error:
-        return 0
-    return int(row[0]) if row else 0
+    rows = _table(con, "SELECT count(*) AS n FROM mrr_movements")
+    return int(rows[0]["n"]) if rows else 0
 
 
 def current_bridge_line(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
     """The bridge row of the current month (None before any MRR)."""
-    try:
-        cur = con.execute("SELECT * FROM mrr_bridge WHERE period_start <= CAST(timezone('UTC', now()) AS DATE) "
-                          "ORDER BY period_start DESC LIMIT 1")
-    except duckdb.Error:
-        return None
-    row = cur.fetchone()
-    if row is None:
-        return None
-    names = [d[0] for d in cur.description]
-    return dict(zip(names, row, strict=True))
+    rows = _table(con, "SELECT * FROM mrr_bridge WHERE period_start <= CAST(timezone('UTC', now()) AS DATE) "
+                       "ORDER BY period_start DESC LIMIT 1")
+    return rows[0] if rows else None
 
 
 def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop: threading.Event | None = None,
@@ -102,12 +92,13 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
 
 
 def _table(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
+    """Rows as dicts through Arrow (TIMESTAMPTZ as aware datetimes); [] when the table is not there yet."""
     try:
-        cur = con.execute(sql)
-    except duckdb.Error:
+        rows: list[dict[str, Any]] = con.sql(sql).to_arrow_table().to_pylist()
+    except duckdb.Error as exc:
+        log.debug("no rows from %s: %s", sql.split(" FROM ")[-1][:40], exc)
         return []
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    return rows
 
 
 def collect_status(db: Path) -> dict[str, Any]:

@@ -42,11 +42,11 @@ def run_query(db: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     try:
         lock_down(con)
         try:
-            cur = con.execute(sql)
-            rows = cur.fetchall()
+            table = con.sql(sql).to_arrow_table()  # Arrow: TIMESTAMPTZ become aware datetimes
         except duckdb.Error as exc:
             raise StoreError(f"query failed: {str(exc).splitlines()[0]}") from exc
-        columns = [d[0] for d in cur.description] if cur.description else []
-        return columns, rows
+        columns = list(table.column_names)
+        data = [table.column(i).to_pylist() for i in range(table.num_columns)]
+        return columns, list(zip(*data, strict=True)) if data else []
     finally:
         con.close()

@@ -1,0 +1,268 @@
+"""The daemon: scheduled runs (interval trigger), skips while the lock is held, backoff, fatal errors in status,
+webhook-triggered debounced syncs, and a clean stop on SIGTERM mid-run in a real subprocess."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from stripe_churn.cli import cli
+from stripe_churn.daemon import Daemon, read_state
+from stripe_churn.errors import AuthError, TransientError
+from stripe_churn.lock import sync_lock
+from stripe_churn.pipeline import RunSummary
+from stripe_churn.settings import Secret, Settings
+from stripe_churn.store.snapshot import publish_snapshot
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from stripe_churn.lock import sync_lock
+    with sync_lock(Path(sys.argv[1])):
+        print("held", flush=True)
+        time.sleep(float(sys.argv[2]))
+""")
+
+
+def locked_writer(batches: int = 1, batch_s: float = 0.0) -> Callable[..., RunSummary]:
+    """A run that takes the real lock and commits batches into the real DuckDB file, checking ``stop``."""
+
+    def run(settings: Settings, *, wait: float = 0.0, stop: threading.Event | None = None,
+            progress: bool = True) -> RunSummary:
+        with sync_lock(settings.db, wait=wait):
+            con = duckdb.connect(str(settings.db))
+            try:
+                con.execute("CREATE TABLE IF NOT EXISTS batches (n INTEGER)")
+                done = 0
+                for _ in range(batches):
+                    if stop is not None and stop.is_set():
+                        break
+                    time.sleep(batch_s)
+                    con.execute("INSERT INTO batches VALUES (1)")  # autocommit: one batch, one commit
+                    done += 1
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+            publish_snapshot(settings.db)
+        return RunSummary(status="stopped" if done < batches else "ok", counts={"batches": done})
+
+    return run
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[tuple[Daemon, threading.Thread]] = []
+
+    def make(**kwargs: Any) -> Daemon:
+        settings = Settings(db=tmp_path / "d.duckdb", webhook_secret=Secret("whsec_x"))
+        d = Daemon(settings, **kwargs)
+        t = threading.Thread(target=d.run_forever, kwargs={"install_signals": False})
+        t.start()
+        daemons.append((d, t))
+        return d
+
+    yield make
+    for d, t in daemons:
+        d.request_stop()
+        t.join(timeout=15)
+        assert not t.is_alive()
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_scheduled_runs_and_state(start: Callable[..., Daemon], tmp_path: Path) -> None:
+    d = start(interval_seconds=0.2, run=locked_writer())
+    assert wait_for(lambda: d.runs >= 3)
+    state = read_state(d.settings.db)
+    assert state is not None and state["state"] == "started" and state["pid"] == os.getpid()
+    assert state["last_run"]["counts"] == {"batches": 1}
+    d.request_stop()
+    assert wait_for(lambda: (read_state(d.settings.db) or {}).get("state") == "stopped")
+
+
+def test_ticks_skip_while_another_process_holds_the_lock(start: Callable[..., Daemon], tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    db = tmp_path / "d.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), "1.5"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    caplog.set_level("INFO", logger="stripe_churn.daemon")
+    d = start(interval_seconds=0.2, run=locked_writer())
+    try:
+        assert wait_for(lambda: d.skipped >= 2)
+        assert d.runs == 0
+        assert "sync skipped" in caplog.text and "another sync holds" in caplog.text
+    finally:
+        holder.wait(timeout=10)
+    assert wait_for(lambda: d.runs >= 1)
+
+
+def test_overlapping_ticks_do_not_run_twice(start: Callable[..., Daemon]) -> None:
+    active = 0
+    peak = 0
+    lock = threading.Lock()
+    inner = locked_writer(batches=4, batch_s=0.1)
+
+    def slow(settings: Settings, **kw: Any) -> RunSummary:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        try:
+            return inner(settings, **kw)
+        finally:
+            with lock:
+                active -= 1
+
+    d = start(interval_seconds=0.1, run=slow)
+    assert wait_for(lambda: d.runs >= 3)
+    assert peak == 1
+
+
+def test_transient_errors_back_off(start: Callable[..., Daemon]) -> None:
+    calls: list[float] = []
+
+    def failing(settings: Settings, **kw: Any) -> RunSummary:
+        calls.append(time.monotonic())
+        raise TransientError("Stripe kept answering 503")
+
+    d = start(interval_seconds=0.1, run=failing, sync_on_start=False)
+    time.sleep(2.0)
+    d.request_stop()
+    # about 20 ticks; with 0, 1, 3, 7 ticks skipped after each failure only 4-5 of them run
+    assert 3 <= len(calls) <= 7
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert gaps[-1] > 2 * gaps[0]  # the waits grow
+    state = read_state(d.settings.db)
+    assert state is not None and state["last_error"]["kind"] == "transient"
+
+
+def test_fatal_error_is_surfaced_in_status(start: Callable[..., Daemon], tmp_path: Path) -> None:
+    def bad_key(settings: Settings, **kw: Any) -> RunSummary:
+        raise AuthError("Stripe refused the API key (401): set STRIPE_API_KEY to a valid key")
+
+    d = start(interval_seconds=5, run=bad_key)
+    assert wait_for(lambda: ((read_state(d.settings.db) or {}).get("last_error") or {}).get("kind") == "fatal")
+    result = CliRunner().invoke(cli, ["status"], env={"STRIPE_CHURN_DB": str(d.settings.db)})
+    assert result.exit_code == 0, result.output
+    assert "daemon last error" in result.output and "refused the API key" in result.output
+    result = CliRunner().invoke(cli, ["status", "--format", "json"], env={"STRIPE_CHURN_DB": str(d.settings.db)})
+    assert json.loads(result.output)["daemon_error"].endswith("set STRIPE_API_KEY to a valid key")
+
+
+def test_webhook_events_schedule_one_debounced_sync(start: Callable[..., Daemon]) -> None:
+    from test_webhook import post, sign
+
+    d = start(interval_seconds=3600, sync_on_start=False, run=locked_writer(), webhook_port=0,
+              debounce_seconds=0.5)
+    assert wait_for(lambda: d.webhook is not None)
+    t0 = time.monotonic()
+    for etype in ("invoice.paid", "customer.subscription.updated", "invoice.finalized"):
+        body = json.dumps({"id": "evt", "type": etype}).encode()
+        assert post(d.webhook, body, {"Stripe-Signature": sign(body, "whsec_x")}) == 200
+    assert wait_for(lambda: d.runs == 1, timeout=5)
+    assert time.monotonic() - t0 < 5
+    time.sleep(1.0)
+    assert d.runs == 1
+
+
+DAEMON_PROC = textwrap.dedent("""
+    import logging, sys, threading, time
+    from pathlib import Path
+    sys.path.insert(0, sys.argv[2])
+    from test_daemon import locked_writer
+    from stripe_churn.daemon import Daemon
+    from stripe_churn.settings import Settings
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    inner = locked_writer(batches=1000, batch_s=0.05)
+    def run(settings, **kw):
+        print("running", flush=True)
+        return inner(settings, **kw)
+    d = Daemon(Settings(db=Path(sys.argv[1])), interval_seconds=3600, run=run)
+    sys.exit(d.run_forever())
+""")
+
+
+def test_sigterm_mid_run_stops_cleanly_and_keeps_committed_batches(tmp_path: Path) -> None:
+    db = tmp_path / "sig.duckdb"
+    log = (tmp_path / "daemon.log").open("w")
+    p = subprocess.Popen([sys.executable, "-c", DAEMON_PROC, str(db), str(Path(__file__).parent)],
+                         stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "running"
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        code = p.wait(timeout=15)
+        elapsed = time.monotonic() - t0
+    finally:
+        p.kill()
+        log.close()
+    stderr = (tmp_path / "daemon.log").read_text()
+    assert code == 0, stderr
+    assert elapsed < 10
+    assert "daemon stopped" in stderr
+    state = read_state(db)
+    assert state is not None and state["state"] == "stopped" and state["last_run"]["status"] == "stopped"
+    committed = state["last_run"]["counts"]["batches"]
+    assert 0 < committed < 1000
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM batches").fetchone() == (committed,)
+    con.close()
+
+
+def test_daemon_cli_against_the_sandbox_stops_on_sigterm(tmp_path: Path) -> None:
+    """The real command: first sync from the sandbox, scheduled runs, SIGTERM mid-sync, data intact."""
+    pytest.importorskip("stripe_churn.sync")
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY
+    from stripe_churn.store.snapshot import snapshot_path
+
+    db = tmp_path / "real.duckdb"
+    with start_in_thread(Simulation(customers=60, months=6, seed=2), api_key=SANDBOX_KEY, latency_ms=5) as sb:
+        env = {**os.environ, "STRIPE_CHURN_DB": str(db), "STRIPE_API_KEY": SANDBOX_KEY, "STRIPE_API_BASE": sb.url,
+               "STRIPE_RATE_LIMIT": "1000"}
+        log = (tmp_path / "daemon.log").open("w")
+        p = subprocess.Popen([sys.executable, "-m", "stripe_churn", "daemon", "--interval-seconds", "1"],
+                             env=env, stderr=log, text=True)
+        try:
+            assert wait_for(lambda: snapshot_path(db).exists(), timeout=40)
+            sb.advance(1)
+            time.sleep(1.2)  # the next tick is syncing now, or about to
+            t0 = time.monotonic()
+            p.send_signal(signal.SIGTERM)
+            code = p.wait(timeout=15)
+            assert time.monotonic() - t0 < 10
+        finally:
+            p.kill()
+            log.close()
+        assert code == 0, (tmp_path / "daemon.log").read_text()[-2000:]
+    state = read_state(db)
+    assert state is not None and state["state"] == "stopped"
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        runs = con.execute("SELECT status FROM sync_runs").fetchall()
+        assert runs and all(r[0] != "running" for r in runs)
+    finally:
+        con.close()
