@@ -45,6 +45,7 @@ from stripe_churn.stripe_api.streams import (
     DELETABLE,
     OBJECT_TABLE,
     PAGE_LIMIT,
+    RETRIEVE_PARAMS,
     RETRIEVE_PATH,
     STREAMS,
     Stream,
@@ -542,7 +543,16 @@ class _Sync:
             await self._apply_events(data, value, int(data[-1]["created"]))
 
     async def _apply_events(self, events: list[dict[str, Any]], last_id: str, last_created: int) -> None:
+        """Store a page of events, apply their objects in order, then refresh what they touched.
+
+        An event's object is the state at the event; fields Stripe changes without an event of their own
+        (a customer's ``next_invoice_sequence``, a subscription's ``latest_invoice``, a coupon's
+        ``times_redeemed``) are caught by retrieving, after the page, each object the page touched and the
+        objects an invoice, credit note or discount changes along with it. The refreshed copies carry the
+        page's newest event time as version, so they win over the page's events and lose to later ones.
+        """
         batch = Batch()
+        touched: set[tuple[str, str]] = set()
         for ev in events:
             v = int(ev["created"])
             batch.add("events", ev, v, False)
@@ -554,8 +564,33 @@ class _Sync:
                 continue
             gone = table in DELETABLE and str(ev.get("type", "")).endswith(".deleted")
             await self._add_object(batch, table, obj, v, True if gone else None)
+            touched.update(_related(table, obj))
+        await self._refresh(batch, touched, last_created)
         batch.cursor = ("events", last_id, last_created, False)
         await self._put(batch)
+
+    async def _retrieve(self, table: str, oid: str) -> dict[str, Any]:
+        assert self.api is not None
+        try:
+            return await self.api.get(RETRIEVE_PATH[table].format(id=oid), RETRIEVE_PARAMS.get(table))
+        except NotFoundError:
+            return {"id": oid, "deleted": True}
+
+    async def _refresh(self, batch: Batch, touched: set[tuple[str, str]], version: int) -> None:
+        sem = asyncio.Semaphore(32)
+
+        async def one(table: str, oid: str) -> tuple[str, dict[str, Any]]:
+            async with sem:
+                return table, await self._retrieve(table, oid)
+
+        got = await asyncio.gather(*(one(t, i) for t, i in sorted(touched)))
+        # a discount changes its coupon's times_redeemed: refresh the coupons the refreshed subscriptions use
+        coupons = {("coupons", c) for t, o in got if t == "subscriptions" for d in o.get("discounts") or []
+                   if isinstance(d, dict) for c in [_ref((d.get("source") or {}).get("coupon") or d.get("coupon"))]
+                   if c} - touched
+        got += await asyncio.gather(*(one(t, i) for t, i in sorted(coupons)))
+        for table, obj in got:
+            await self._add_object(batch, table, obj, version, True if obj.get("deleted") else None)
 
     # ------------------------------------------------------------------ the run
     def _record_start(self, mode: str) -> None:
@@ -615,6 +650,31 @@ class _Sync:
             log.info("sync %s %s (%s): %s; %d requests", result.run_id, result.status, result.mode,
                      ", ".join(f"{t} {c}" for t, c in sorted(result.counts.items())) or "nothing", result.requests)
         return result
+
+
+def _ref(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return str(value["id"]) if "id" in value else None
+    return str(value) if value else None
+
+
+def _related(table: str, obj: dict[str, Any]) -> list[tuple[str, str]]:
+    """The object itself and the objects Stripe changes along with it, as (table, id) to retrieve again."""
+    out: list[tuple[str, str | None]] = []
+    if table in RETRIEVE_PATH:
+        out.append((table, obj["id"]))
+    if table in ("invoices", "credit_notes", "discounts"):
+        out.append(("customers", _ref(obj.get("customer"))))
+    if table == "invoices":
+        parent = (obj.get("parent") or {}).get("subscription_details") or {}
+        out.append(("subscriptions", _ref(parent.get("subscription") or obj.get("subscription"))))
+    if table == "credit_notes":
+        out.append(("invoices", _ref(obj.get("invoice"))))
+    if table == "discounts":
+        out.append(("subscriptions", _ref(obj.get("subscription"))))
+        source = obj.get("source") or {}
+        out.append(("coupons", _ref(source.get("coupon") or obj.get("coupon"))))
+    return [(t, i) for t, i in out if i]
 
 
 @contextlib.contextmanager

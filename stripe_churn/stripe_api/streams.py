@@ -50,6 +50,12 @@ RETRIEVE_PATH: dict[str, str] = {
     "credit_notes": "/v1/credit_notes/{id}",
 }
 
+# what a retrieve expands, so that a retrieved copy has the shape of a listed one
+RETRIEVE_PARAMS: dict[str, dict[str, Any]] = {
+    "customers": {"expand": ["discount"]}, "prices": {"expand": ["tiers"]},
+    "subscriptions": {"expand": ["discounts"]},
+}
+
 # event object type -> table
 OBJECT_TABLE: dict[str, str] = {
     "customer": "customers", "product": "products", "price": "prices", "plan": "prices", "coupon": "coupons",

@@ -1,0 +1,270 @@
+"""End-to-end sync tests: the real SDK HTTP client against the sandbox server on a free port, real DuckDB files.
+
+After every sync the store must hold exactly what the sandbox serves: the same ids per table, the same raw
+JSON (as the server shapes it: embedded lists cut to 10, tiers only when expanded), deleted objects flagged.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pytest
+
+from stripe_churn.errors import AuthError
+from stripe_churn.sandbox.listing import EVENT_RETENTION_S, item_shape, shape
+from stripe_churn.sandbox.server import start_in_thread
+from stripe_churn.sandbox.sim import Simulation
+from stripe_churn.settings import Secret, Settings
+from stripe_churn.store.db import open_store
+from stripe_churn.store.schema import RAW_TABLES
+from stripe_churn.sync import run_sync
+
+KEY = "sk_test_sync_tests"
+# Ends on 2026-02-01: one month on (28 days) keeps the last events within the 30-day retention.
+FEB = int(datetime(2025, 10, 1, tzinfo=UTC).timestamp())
+
+
+def sim_small(customers: int = 30, seed: int = 5) -> Simulation:
+    return Simulation(customers=customers, months=4, seed=seed, start=FEB)
+
+
+def settings_for(url: str, db: Path, **kw: Any) -> Settings:
+    kw.setdefault("rate_limit", 2000.0)
+    return Settings(api_key=Secret(kw.pop("key", KEY)), api_base=url, db=db, max_retries=kw.pop("max_retries", 6),
+                    **kw)
+
+
+def served(sim: Simulation) -> dict[str, dict[str, Any]]:
+    """Every live object the sandbox serves now, per raw table, as the sync asks for it."""
+    exp: dict[str, dict[str, Any]] = {t: {} for t in RAW_TABLES}
+    objs = sim.objects
+    for table in ("customers", "products", "coupons", "invoices", "credit_notes"):
+        for oid, o in objs[table].items():
+            if not o.get("deleted"):
+                exp[table][oid] = shape(o)
+    for oid, o in objs["prices"].items():
+        if not o.get("deleted"):
+            exp["prices"][oid] = {**o, "tiers": o.get("tiers")}  # listed with expand[]=data.tiers
+    for oid, s in objs["subscriptions"].items():
+        if s.get("deleted"):
+            continue
+        o = dict(shape(s))
+        o["discounts"] = [sim.discounts[d] if isinstance(d, str) else d for d in s.get("discounts") or []]
+        exp["subscriptions"][oid] = o
+        for d in o["discounts"]:
+            exp["discounts"][d["id"]] = d
+        for it in s["items"]["data"]:
+            exp["subscription_items"][it["id"]] = item_shape(it)
+    for inv in objs["invoices"].values():
+        if not inv.get("deleted"):
+            for ln in inv["lines"]["data"]:
+                exp["invoice_lines"][ln["id"]] = ln
+    cutoff = int(sim.clock) - EVENT_RETENTION_S
+    for e in sim.events:
+        if e["created"] >= cutoff:
+            exp["events"][e["id"]] = shape(e)
+    return exp
+
+
+def stored(con: duckdb.DuckDBPyConnection, table: str, *, deleted: bool = False) -> dict[str, Any]:
+    rows = con.execute(f"SELECT id, raw FROM {table} WHERE deleted = ?", [deleted]).fetchall()
+    return {r[0]: orjson.loads(r[1]) for r in rows}
+
+
+def assert_store_equals_sandbox(con: duckdb.DuckDBPyConnection, sim: Simulation) -> None:
+    exp = served(sim)
+    cutoff = int(sim.clock) - EVENT_RETENTION_S
+    for table in RAW_TABLES:
+        got = stored(con, table)
+        if table == "events":  # events older than retention stay in the store (history), the rest must match
+            got = {k: v for k, v in got.items() if v["created"] >= cutoff}
+        want = exp[table]
+        assert sorted(got) == sorted(want), (
+            f"{table}: {len(set(want) - set(got))} missing, {len(set(got) - set(want))} extra "
+            f"(e.g. {sorted(set(want) ^ set(got))[:3]})")
+        bad = [k for k in want if got[k] != want[k]]
+        assert not bad, f"{table}: raw JSON differs for {len(bad)} objects, e.g. {bad[:3]}"
+    # objects the sandbox deleted are flagged (when the store had them), never silently kept as live
+    for table in ("customers", "products", "prices", "coupons"):
+        gone = {oid for oid, o in sim.objects[table].items() if o.get("deleted")}
+        assert not gone & set(stored(con, table)), f"{table}: deleted objects still live"
+
+
+def table_snapshot(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything a sync writes except seen timestamps and run bookkeeping."""
+    snap = {t: con.execute(f"SELECT id, deleted, CAST(raw AS VARCHAR) FROM {t} ORDER BY id").fetchall()
+            for t in RAW_TABLES}
+    snap["fx_rates"] = con.execute("SELECT * FROM fx_rates ORDER BY ALL").fetchall()
+    return snap
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "sync.duckdb"
+
+
+def test_full_sync_equals_sandbox_then_incremental_and_fallback(db: Path) -> None:
+    sim = sim_small()
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = settings_for(sb.url, db)
+        first = run_sync(settings, progress=False)
+        assert (first.mode, first.status) == ("full", "succeeded")
+        con = open_store(db)
+        try:
+            assert_store_equals_sandbox(con, sim)
+            assert con.execute("SELECT count(*) FROM fx_rates").fetchone() == (3,)
+            counts = dict(con.execute("SELECT 'x', count(*) FROM customers").fetchall())
+            assert counts["x"] == len([c for c in sim.objects["customers"].values() if not c.get("deleted")])
+        finally:
+            con.close()
+
+        sb.advance(1)  # February: the cursor event is still retained
+        second = run_sync(settings, progress=False)
+        assert (second.mode, second.status) == ("incremental", "succeeded")
+        assert second.counts.get("events", 0) > 0
+        with open_store(db) as con:
+            assert_store_equals_sandbox(con, sim)
+
+        sb.advance(2)  # two months on: the cursor event is gone -> fallback re-list
+        third = run_sync(settings, progress=False)
+        assert third.mode == "fallback" and third.status == "succeeded"
+        assert third.fallback_reason and "retention" in third.fallback_reason
+        with open_store(db) as con:
+            assert_store_equals_sandbox(con, sim)
+            runs = con.execute("SELECT mode, status, fallback_reason IS NOT NULL FROM sync_runs "
+                               "ORDER BY started_at").fetchall()
+            assert runs == [("full", "succeeded", False), ("incremental", "succeeded", False),
+                            ("fallback", "succeeded", True)]
+
+
+def test_incremental_lands_updates_deletions_and_older_events_do_not_win(db: Path) -> None:
+    sim = sim_small(customers=40, seed=9)
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = settings_for(sb.url, db)
+        run_sync(settings, progress=False)
+        sb.advance(1)
+        result = run_sync(settings, progress=False)
+        assert result.mode == "incremental"
+        with open_store(db) as con:
+            assert_store_equals_sandbox(con, sim)
+            # every subscription the sandbox changed this month carries its newest state
+            changed = {e["data"]["object"]["id"] for e in sim.events
+                       if e["type"].startswith("customer.subscription.") and e["created"] > FEB}
+            assert changed
+            # a second run with nothing new is a no-op on the data
+            before = table_snapshot(con)
+        again = run_sync(settings, progress=False)
+        assert again.mode == "incremental" and sum(again.counts.values()) == 0
+        with open_store(db) as con:
+            assert table_snapshot(con) == before
+
+
+def test_faults_are_survived(db: Path) -> None:
+    sim = sim_small(customers=25, seed=3)
+    faults = ["500", "502", "503", "409_lock_timeout", "429_lock_timeout", "reset", "truncated", "html", "drop"]
+    with start_in_thread(sim, api_key=KEY, fault_rate=0.15, faults=faults, fault_seed=4) as sb:
+        result = run_sync(settings_for(sb.url, db, max_retries=10), progress=False)
+        stats = sb.stats()
+    assert result.status == "succeeded"
+    assert sum(stats["faults"].values()) > 5, stats["faults"]
+    with open_store(db) as con:
+        assert_store_equals_sandbox(con, sim)
+
+
+def test_sandbox_rate_limit_429_bursts_are_survived(db: Path) -> None:
+    sim = sim_small(customers=20, seed=4)
+    with start_in_thread(sim, api_key=KEY, rate_limit=10) as sb:
+        result = run_sync(settings_for(sb.url, db, rate_limit=400.0, max_retries=10), progress=False)
+        stats = sb.stats()
+    assert result.status == "succeeded"
+    assert stats["rate_limited"] > 0
+    with open_store(db) as con:
+        assert_store_equals_sandbox(con, sim)
+
+
+def test_wrong_key_is_one_clear_error_and_leaves_the_store(db: Path) -> None:
+    sim = sim_small(customers=10, seed=2)
+    with start_in_thread(sim, api_key=KEY) as sb:
+        run_sync(settings_for(sb.url, db), progress=False)
+        with open_store(db) as con:
+            before = table_snapshot(con)
+            cursors = con.execute("SELECT account_id, stream, value, created, done FROM sync_cursors ORDER BY ALL").fetchall()
+        sb.advance(1)
+        with pytest.raises(AuthError) as info:
+            run_sync(settings_for(sb.url, db, key="sk_test_wrong_key_123"), progress=False)
+    msg = str(info.value)
+    assert "STRIPE_API_KEY" in msg and "sk_test_wrong_key_123" not in msg and "\n" not in msg
+    with open_store(db) as con:
+        assert table_snapshot(con) == before
+        assert con.execute("SELECT account_id, stream, value, created, done FROM sync_cursors ORDER BY ALL").fetchall() == cursors
+        assert con.execute("SELECT status FROM sync_runs ORDER BY started_at DESC LIMIT 1").fetchone() == ("failed",)
+        assert "sk_test_wrong" not in str(con.execute("SELECT CAST(COLUMNS(*) AS VARCHAR) FROM sync_runs").fetchall())
+
+
+def test_stop_then_rerun_resumes_to_the_same_store(tmp_path: Path) -> None:
+    sim = Simulation(customers=150, months=12, seed=6)  # ~115 requests: 2-3 s at 50 requests/s
+    with start_in_thread(sim, api_key=KEY, latency_ms=5) as sb:
+        stop = threading.Event()
+        settings = settings_for(sb.url, tmp_path / "a.duckdb", rate_limit=50.0)
+
+        def stop_midway() -> None:
+            deadline = time.monotonic() + 20
+            while sb.stats()["requests"] < 40 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            stop.set()
+
+        watcher = threading.Thread(target=stop_midway)
+        watcher.start()
+        first = run_sync(settings, progress=False, stop=stop)
+        watcher.join()
+        assert first.status == "stopped"
+        with open_store(settings.db) as con:
+            assert con.execute("SELECT count(*) FROM sync_cursors WHERE stream LIKE 'full:%'").fetchone()[0] > 0
+        second = run_sync(settings, progress=False)
+        assert (second.mode, second.status) == ("full", "succeeded")
+        with open_store(settings.db) as con:
+            assert_store_equals_sandbox(con, sim)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from stripe_churn.settings import Secret, Settings
+    from stripe_churn.sync import run_sync
+    url, db = sys.argv[1], sys.argv[2]
+    run_sync(Settings(api_key=Secret(%r), api_base=url, db=Path(db), rate_limit=50.0), progress=False)
+""") % KEY
+
+
+def test_killed_sync_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
+    sim = Simulation(customers=150, months=12, seed=8)
+    with start_in_thread(sim, api_key=KEY, latency_ms=5) as sb:
+        killed_db = tmp_path / "killed.duckdb"
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, sb.url, str(killed_db)], env=env)
+        deadline = time.monotonic() + 20
+        # kill once a few pages are in (the sync needs a few seconds at 50 requests/s)
+        while time.monotonic() < deadline and sb.stats()["requests"] < 60:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        with open_store(killed_db) as con:
+            assert con.execute("SELECT count(*) FROM sync_cursors WHERE stream = 'full'").fetchone()[0] == 1, \
+                "the sync finished before it was killed"
+        run_sync(settings_for(sb.url, killed_db), progress=False)
+        clean_db = tmp_path / "clean.duckdb"
+        run_sync(settings_for(sb.url, clean_db), progress=False)
+    with open_store(killed_db) as a, open_store(clean_db) as b:
+        assert table_snapshot(a) == table_snapshot(b)
+        assert_store_equals_sandbox(a, sim)
