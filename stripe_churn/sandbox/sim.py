@@ -15,14 +15,16 @@ import logging
 import random
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 import orjson
 
 from stripe_churn.sandbox import objects as ob
+from stripe_churn.sandbox import truth
 from stripe_churn.sandbox.fx import SANDBOX_FX_RATES
+from stripe_churn.sandbox.truth import Comp
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,6 @@ def add_months(ts: int, n: int) -> int:
     y += d.year
     day = min(d.day, calendar.monthrange(y, m + 1)[1])
     return int(d.replace(year=y, month=m + 1, day=day).timestamp())
-
-
-def round4(x: Fraction) -> Decimal:
-    """Half away from zero at 4 decimals."""
-    return (Decimal(x.numerator) / Decimal(x.denominator)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
 
 
 def period_amount(p: dict[str, Any], qty: int) -> int:
@@ -93,10 +90,6 @@ def _tiers(base: int, steps: tuple[tuple[int, Any], ...]) -> list[dict[str, Any]
     return out
 
 
-def iso(ts: int) -> str:
-    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _copy(obj: Any) -> Any:
     return orjson.loads(orjson.dumps(obj))
 
@@ -110,20 +103,6 @@ class _Plan:
     product_id: str
     kind: str  # seat or resource
     prices: dict[tuple[str, str], str] = field(default_factory=dict)
-
-
-@dataclass
-class _Comp:
-    """One counting subscription item at a moment (for the ground truth)."""
-
-    sub_id: str
-    item_id: str
-    family: str
-    kind: str
-    price_id: str
-    qty: int
-    mult: Fraction
-    usd: Fraction  # exact MRR in USD major units
 
 
 @dataclass
@@ -161,7 +140,7 @@ class Simulation:
         self._sub_gen: dict[str, int] = {}
         self._sub_mult: dict[str, Fraction] = {}
         self._sub_disc_end: dict[str, int] = {}
-        self._windows: dict[str, tuple[int, dict[str, _Comp], tuple[str, Any] | None]] = {}
+        self._windows: dict[str, tuple[int, dict[str, Comp], tuple[str, Any] | None]] = {}
         self._usd_cache: dict[tuple[str, int, Fraction], Fraction] = {}
         self._usage_billed: dict[str, int] = {}  # metered item -> usage on its last invoice
         self._usage_now: dict[str, int] = {}  # metered item -> usage of the running period
@@ -278,8 +257,8 @@ class Simulation:
         per_period = Fraction(period_amount(p, qty))
         return per_period * 12 / (MONTHS_PER[rec["interval"]] * 12 * rec["interval_count"]) * mult
 
-    def _snap(self, cust: _Cust) -> dict[str, _Comp]:
-        out: dict[str, _Comp] = {}
+    def _snap(self, cust: _Cust) -> dict[str, Comp]:
+        out: dict[str, Comp] = {}
         for sid in cust.subs:
             sub = self.objects["subscriptions"][sid]
             if sub.get("deleted") or sub["status"] not in COUNTING:
@@ -289,7 +268,7 @@ class Simulation:
                 p = self.objects["prices"][it["price"]["id"]]
                 plan = self._plan_of_price[p["id"]]
                 qty = self._usage_billed.get(it["id"], 0) if plan.key == "events" else (it["quantity"] or 0)
-                out[it["id"]] = _Comp(sid, it["id"], plan.family, plan.kind, p["id"], qty, mult,
+                out[it["id"]] = Comp(sid, it["id"], plan.family, plan.kind, p["id"], qty, mult,
                                       self._mrr_usd(p["id"], qty, mult, cust.currency))
         return out
 
@@ -301,7 +280,7 @@ class Simulation:
             self._usd_cache[key] = got
         return got
 
-    def _transition(self, cust: _Cust, t: int, before: dict[str, _Comp], churn: tuple[str, Any] | None = None
+    def _transition(self, cust: _Cust, t: int, before: dict[str, Comp], churn: tuple[str, Any] | None = None
                     ) -> None:
         """Note a change made at ``t`` from state ``before``: changes within the movement window of the first
         one form one transition, labelled when the next one starts (or the run ends)."""
@@ -320,92 +299,19 @@ class Simulation:
             self._label(cust, t, before, self._snap(cust), churn)
         self._windows.clear()
 
-    def _label(self, cust: _Cust, t: int, before: dict[str, _Comp], after: dict[str, _Comp],
+    def _label(self, cust: _Cust, t: int, before: dict[str, Comp], after: dict[str, Comp],
                churn: tuple[str, Any] | None) -> None:
-        """Label the transition from ``before`` to ``after``, dated ``t`` (design.md 5)."""
-        m_a = round4(sum((c.usd for c in before.values()), Fraction(0)))
-        m_b = round4(sum((c.usd for c in after.values()), Fraction(0)))
+        """Label the transition from ``before`` to ``after``, dated ``t``, and extend the customer's path."""
+        m_a, m_b = truth.total(before), truth.total(after)
         if m_a == m_b:
             return
-        parts: list[tuple[_Comp, str, Fraction]] = []
-        if m_a == 0:
-            label = "reactivation" if cust.had_mrr else "new"
-            parts = [(c, label, c.usd) for c in after.values()]
-        elif m_b == 0:
-            parts = [(c, "cancellation", -c.usd) for c in before.values()]
-        else:
-            parts = self._components(cust, before, after)
+        parts = truth.parts_of(before, after, cust.had_mrr,
+                               lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cust.currency))
         cust.had_mrr = cust.had_mrr or m_b > 0
-        self._write_rows(cust, t, parts, m_a, m_b, churn)
+        self.truth += truth.rows(cust.id, cust.currency, FX[cust.currency], t, parts, m_a, m_b, churn)
         cust.mrr = m_b
         cust.path_t.append(t)
         cust.path_v.append(float(m_b))
-
-    def _components(self, cust: _Cust, before: dict[str, _Comp], after: dict[str, _Comp]
-                    ) -> list[tuple[_Comp, str, Fraction]]:
-        cur = cust.currency
-        parts: list[tuple[_Comp, str, Fraction]] = []
-
-        def qty_label(kind: str, delta: Fraction) -> str:
-            return f"{kind}_{'expansion' if delta > 0 else 'contraction'}"
-
-        def pair(a: _Comp, b: _Comp) -> None:
-            # in order: the plan part, then the quantity part (both under the old discount), then the discount
-            plan = self._mrr_usd(b.price_id, a.qty, a.mult, cur) - self._mrr_usd(a.price_id, a.qty, a.mult, cur)
-            qty = self._mrr_usd(b.price_id, b.qty, a.mult, cur) - self._mrr_usd(b.price_id, a.qty, a.mult, cur)
-            disc = b.usd - a.usd - plan - qty
-            parts.append((b, "upgrade" if plan > 0 else "downgrade", plan))
-            parts.append((b, qty_label(b.kind, qty), qty))
-            parts.append((b, "discount", disc))
-
-        for iid in before.keys() & after.keys():
-            pair(before[iid], after[iid])
-        removed = sorted((c for i, c in before.items() if i not in after), key=lambda c: (-c.usd, c.item_id))
-        added = sorted((c for i, c in after.items() if i not in before), key=lambda c: (-c.usd, c.item_id))
-        kept = {c.family for i, c in before.items() if i in after}
-        for fam in sorted({c.family for c in removed} & {c.family for c in added}):
-            rs = [c for c in removed if c.family == fam]
-            ads = [c for c in added if c.family == fam]
-            for a, b in zip(rs, ads, strict=False):
-                pair(a, b)
-                removed.remove(a)
-                added.remove(b)
-        before_fams = {c.family for c in before.values()}
-        after_fams = {c.family for c in after.values()}
-        for b in added:
-            parts.append((b, qty_label(b.kind, b.usd) if b.family in before_fams | kept else "cross_sell", b.usd))
-        for a in removed:
-            parts.append((a, qty_label(a.kind, -a.usd) if a.family in after_fams else "downgrade", -a.usd))
-        return [p for p in parts if p[2] != 0]
-
-    def _write_rows(self, cust: _Cust, t: int, parts: list[tuple[_Comp, str, Fraction]], m_a: Decimal,
-                    m_b: Decimal, churn: tuple[str, Any] | None) -> None:
-        total = m_b - m_a
-        rounded = [round4(p[2]) for p in parts]
-        if parts:
-            big = max(range(len(parts)), key=lambda i: (abs(parts[i][2]), -i))
-            rounded[big] += total - sum(rounded, Decimal(0))
-        rate = FX[cust.currency]
-        running = m_a
-        for (comp, movement, exact), delta in zip(parts, rounded, strict=True):
-            if delta == 0:
-                continue
-            category = {"new": "new", "reactivation": "reactivation", "cancellation": "churn",
-                        "cross_sell": "expansion"}.get(movement)
-            if category is None:
-                category = "expansion" if delta > 0 else "contraction"
-            row: dict[str, Any] = {
-                "customer_id": cust.id, "subscription_id": comp.sub_id, "subscription_item_id": comp.item_id,
-                "occurred_at": iso(t), "movement": movement, "category": category,
-                "mrr_before": float(running), "mrr_after": float(running + delta), "mrr_delta": float(delta),
-                "currency": cust.currency, "amount_delta_original": float(round4(exact / rate)),
-            }
-            if movement == "cancellation":
-                kind, feedback = churn or ("voluntary", None)
-                row["churn_type"] = kind
-                row["cancellation_feedback"] = feedback
-            running += delta
-            self.truth.append(row)
 
     # --- public ----------------------------------------------------------------------------------------
     def advance(self, months: int = 1) -> None:
@@ -486,7 +392,7 @@ class Simulation:
 
     def _subscribe(self, cust: _Cust, t: int, *, trial: bool = False, coupon: str | None = None,
                    items: list[tuple[str, int | None]] | None = None, ikey: str | None = None,
-                   before: dict[str, _Comp] | None = None, at: int | None = None) -> str:
+                   before: dict[str, Comp] | None = None, at: int | None = None) -> str:
         """Create a subscription (and its first invoice); labels the transition unless ``before`` is given
         by a caller that labels it itself."""
         own_transition = before is None

@@ -47,6 +47,14 @@ def test_same_seed_same_bytes_other_seed_other_bytes() -> None:
     assert a != Simulation(customers=40, months=6, seed=10).bundle_bytes()
 
 
+def test_same_bytes_in_another_process_with_another_hash_seed() -> None:
+    code = ("import hashlib, sys; from stripe_churn.sandbox.sim import Simulation; "
+            "sys.stdout.write(hashlib.sha256(Simulation(customers=30, months=4, seed=2).bundle_bytes()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+                              env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2)}
+    assert digests == {hashlib.sha256(Simulation(customers=30, months=4, seed=2).bundle_bytes()).hexdigest()}
+
+
 def test_default_start_and_clock_are_calendar_months_before_2026_11() -> None:
     sim = Simulation(customers=3, months=36, seed=1)
     assert dt.datetime.fromtimestamp(sim.start, tz=dt.UTC) == dt.datetime(2023, 11, 1, tzinfo=dt.UTC)

@@ -1,0 +1,115 @@
+"""The simulation's own ground-truth labeller: one transition of a customer into movement rows (design.md 4-5).
+
+Written independently of the classifier's SQL on purpose: the two must agree, and neither reads the other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from fractions import Fraction
+from typing import Any
+
+# (price id, quantity or usage, discount multiplier) -> exact item MRR in USD major units
+MrrFn = Callable[[str, int, Fraction], Fraction]
+Part = tuple["Comp", str, Fraction]
+_FIXED_CATEGORY = {"new": "new", "reactivation": "reactivation", "cancellation": "churn",
+                   "cross_sell": "expansion"}
+
+
+@dataclass
+class Comp:
+    """One counting subscription item at a moment."""
+
+    sub_id: str
+    item_id: str
+    family: str
+    kind: str  # seat or resource
+    price_id: str
+    qty: int
+    mult: Fraction
+    usd: Fraction  # exact MRR in USD major units
+
+
+def round4(x: Fraction) -> Decimal:
+    """Half away from zero at 4 decimals."""
+    return (Decimal(x.numerator) / Decimal(x.denominator)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
+def iso(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def total(state: dict[str, Comp]) -> Decimal:
+    """Customer MRR of a state, rounded once."""
+    return round4(sum((c.usd for c in state.values()), Fraction(0)))
+
+
+def parts_of(before: dict[str, Comp], after: dict[str, Comp], had_mrr: bool, mrr: MrrFn) -> list[Part]:
+    """The components of a transition with their label and exact USD delta (zero parts dropped)."""
+    m_a, m_b = total(before), total(after)
+    if m_a == m_b:
+        return []
+    if m_a == 0:
+        label = "reactivation" if had_mrr else "new"
+        return [(c, label, c.usd) for _, c in sorted(after.items())]
+    if m_b == 0:
+        return [(c, "cancellation", -c.usd) for _, c in sorted(before.items())]
+    parts: list[Part] = []
+
+    def qty_label(kind: str, delta: Fraction) -> str:
+        return f"{kind}_{'expansion' if delta > 0 else 'contraction'}"
+
+    def pair(a: Comp, b: Comp) -> None:
+        # in order: the plan part, then the quantity part (both under the old discount), then the discount
+        plan = mrr(b.price_id, a.qty, a.mult) - mrr(a.price_id, a.qty, a.mult)
+        qty = mrr(b.price_id, b.qty, a.mult) - mrr(b.price_id, a.qty, a.mult)
+        parts.append((b, "upgrade" if plan > 0 else "downgrade", plan))
+        parts.append((b, qty_label(b.kind, qty), qty))
+        parts.append((b, "discount", b.usd - a.usd - plan - qty))
+
+    for iid in sorted(before.keys() & after.keys()):
+        pair(before[iid], after[iid])
+    removed = sorted((c for i, c in before.items() if i not in after), key=lambda c: (-c.usd, c.item_id))
+    added = sorted((c for i, c in after.items() if i not in before), key=lambda c: (-c.usd, c.item_id))
+    for fam in sorted({c.family for c in removed} & {c.family for c in added}):
+        for a, b in zip([c for c in removed if c.family == fam], [c for c in added if c.family == fam],
+                        strict=False):  # a plan switch: largest MRR first
+            pair(a, b)
+            removed.remove(a)
+            added.remove(b)
+    before_fams = {c.family for c in before.values()}
+    after_fams = {c.family for c in after.values()}
+    for b in added:
+        parts.append((b, qty_label(b.kind, b.usd) if b.family in before_fams else "cross_sell", b.usd))
+    for a in removed:
+        parts.append((a, qty_label(a.kind, -a.usd) if a.family in after_fams else "downgrade", -a.usd))
+    return [p for p in parts if p[2] != 0]
+
+
+def rows(customer_id: str, currency: str, rate: Fraction, t: int, parts: list[Part], m_a: Decimal,
+         m_b: Decimal, churn: tuple[str, Any] | None) -> list[dict[str, Any]]:
+    """Truth rows of one transition; rounded parts add up exactly to the rounded customer delta."""
+    rounded = [round4(p[2]) for p in parts]
+    if parts:
+        big = max(range(len(parts)), key=lambda i: (abs(parts[i][2]), -i))
+        rounded[big] += (m_b - m_a) - sum(rounded, Decimal(0))
+    out = []
+    running = m_a
+    for (comp, movement, exact), delta in zip(parts, rounded, strict=True):
+        if delta == 0:
+            continue
+        row: dict[str, Any] = {
+            "customer_id": customer_id, "subscription_id": comp.sub_id, "subscription_item_id": comp.item_id,
+            "occurred_at": iso(t), "movement": movement,
+            "category": _FIXED_CATEGORY.get(movement, "expansion" if delta > 0 else "contraction"),
+            "mrr_before": float(running), "mrr_after": float(running + delta), "mrr_delta": float(delta),
+            "currency": currency, "amount_delta_original": float(round4(exact / rate)),
+        }
+        if movement == "cancellation":
+            row["churn_type"], row["cancellation_feedback"] = churn or ("voluntary", None)
+        running += delta
+        out.append(row)
+    return out
