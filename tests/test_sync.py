@@ -230,7 +230,7 @@ def test_stop_then_rerun_resumes_to_the_same_store(tmp_path: Path) -> None:
         watcher.join()
         assert first.status == "stopped"
         with open_store(settings.db) as con:
-            assert con.execute("SELECT count(*) FROM sync_cursors WHERE stream LIKE 'full:%'").fetchone()[0] > 0
+            assert con.execute("SELECT count(*) FROM sync_cursors WHERE stream LIKE 'full:%'").fetchall()[0][0] > 0
         second = run_sync(settings, progress=False)
         assert (second.mode, second.status) == ("full", "succeeded")
         with open_store(settings.db) as con:
@@ -260,7 +260,7 @@ def test_killed_sync_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         with open_store(killed_db) as con:
-            assert con.execute("SELECT count(*) FROM sync_cursors WHERE stream = 'full'").fetchone()[0] == 1, \
+            assert con.execute("SELECT count(*) FROM sync_cursors WHERE stream = 'full'").fetchall()[0][0] == 1, \
                 "the sync finished before it was killed"
         run_sync(settings_for(sb.url, killed_db), progress=False)
         clean_db = tmp_path / "clean.duckdb"

@@ -100,7 +100,7 @@ class StripeRaw:
         return await asyncio.to_thread(self._http.request_with_retries, "get", url, self._headers, None, 0)
 
     def _backoff(self, attempt: int) -> float:
-        return min(0.25 * 2 ** attempt, 8.0) * random.uniform(0.5, 1.0)
+        return min(0.25 * 2 ** (attempt - 1), 8.0) * random.uniform(0.5, 1.0)
 
     async def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """GET ``path`` and return the parsed JSON object, after retries where retrying can help."""

@@ -1,0 +1,148 @@
+"""The HTTP edge of the raw client, through the SDK's requests-based client under ``responses``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import requests
+import responses
+import stripe
+
+from stripe_churn.errors import AuthError, BadResponseError, StripeAPIError
+from stripe_churn.settings import Secret, Settings
+from stripe_churn.stripe_api.client import API_VERSION, NotFoundError, StripeRaw, encode_params
+from stripe_churn.stripe_api.ratelimit import TokenBucket
+
+BASE = "http://stripe.test"
+KEY = "sk_test_client_edge_key"
+URL = f"{BASE}/v1/customers"
+PAGE = b'{"object": "list", "data": [{"id": "cus_1", "object": "customer"}], "has_more": false}'
+
+
+def client(max_retries: int = 3, account: str | None = None) -> StripeRaw:
+    raw = StripeRaw(Settings(api_key=Secret(KEY), api_base=BASE, max_retries=max_retries, rate_limit=1000.0,
+                             account=account), http_client=stripe.RequestsClient())
+    raw._backoff = lambda attempt: 0.0  # type: ignore[method-assign]
+    return raw
+
+
+def get(raw: StripeRaw, path: str = "/v1/customers", params: dict[str, Any] | None = None) -> dict[str, Any]:
+    return asyncio.run(raw.get(path, params))
+
+
+@responses.activate
+def test_page_parsed_and_headers_sent() -> None:
+    responses.get(URL, body=PAGE)
+    data = get(client(account="acct_123"), params={"limit": 100, "expand": ["data.discount"]})
+    assert data["data"][0]["id"] == "cus_1"
+    sent = responses.calls[0].request
+    assert sent.headers["Authorization"] == f"Bearer {KEY}"
+    assert sent.headers["Stripe-Version"] == API_VERSION
+    assert sent.headers["Stripe-Account"] == "acct_123"
+    assert "expand%5B0%5D=data.discount" in sent.url and "limit=100" in sent.url
+
+
+@responses.activate
+def test_429_without_header_is_retried_and_slows_the_bucket() -> None:
+    responses.get(URL, status=429, json={"error": {"message": "rate"}})
+    responses.get(URL, body=PAGE)
+    raw = client()
+    before = raw.limiter.rate
+    assert get(raw)["data"]
+    assert len(responses.calls) == 2
+    assert raw.limiter.throttled == 1 and raw.limiter.rate < before
+
+
+@responses.activate
+def test_should_retry_false_is_not_retried() -> None:
+    responses.get(URL, status=429, headers={"Stripe-Should-Retry": "false"}, json={"error": {}})
+    with pytest.raises(StripeAPIError, match="429"):
+        get(client())
+    assert len(responses.calls) == 1
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 409], ids=["500", "502", "503", "409-lock"])
+@responses.activate
+def test_server_errors_are_retried(status: int) -> None:
+    responses.get(URL, status=status, json={"error": {}})
+    responses.get(URL, body=PAGE)
+    assert get(client())["data"]
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_server_errors_give_up_after_max_retries() -> None:
+    responses.get(URL, status=500, json={"error": {}})
+    with pytest.raises(StripeAPIError, match="after 2 retries"):
+        get(client(max_retries=2))
+    assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_connection_reset_is_retried() -> None:
+    responses.get(URL, body=requests.ConnectionError("reset by peer"))
+    responses.get(URL, body=PAGE)
+    assert get(client())["data"]
+    assert len(responses.calls) == 2
+
+
+@pytest.mark.parametrize("body", [PAGE[: len(PAGE) // 2], b"<html><body>502 Bad Gateway</body></html>", b"[1, 2]"],
+                         ids=["truncated", "html", "not-an-object"])
+@responses.activate
+def test_bad_bodies_are_retried_then_reported(body: bytes) -> None:
+    responses.get(URL, body=body)
+    with pytest.raises(BadResponseError) as info:
+        get(client(max_retries=2))
+    assert len(responses.calls) == 3
+    assert "\n" not in str(info.value)
+
+
+@responses.activate
+def test_bad_body_then_good_one() -> None:
+    responses.get(URL, body=PAGE[:20])
+    responses.get(URL, body=PAGE)
+    assert get(client())["data"]
+
+
+@pytest.mark.parametrize("status", [401, 403])
+@responses.activate
+def test_refused_key_is_one_line_without_the_key(status: int) -> None:
+    responses.get(URL, status=status, json={"error": {"message": f"Invalid API Key provided: {KEY}"}})
+    with pytest.raises(AuthError) as info:
+        get(client())
+    msg = str(info.value)
+    assert len(responses.calls) == 1
+    assert "STRIPE_API_KEY" in msg and KEY not in msg and "\n" not in msg
+    assert KEY not in repr(client())
+
+
+@responses.activate
+def test_404_is_not_found() -> None:
+    responses.get(f"{BASE}/v1/customers/cus_x", status=404, json={"error": {"message": "No such customer"}})
+    with pytest.raises(NotFoundError):
+        get(client(), "/v1/customers/cus_x")
+    assert len(responses.calls) == 1
+
+
+def test_encode_params() -> None:
+    q = encode_params({"status": "all", "active": False, "expand": ["data.discounts", "data.tiers"],
+                       "created": {"gte": 1, "lte": 2}, "starting_after": None})
+    assert q == ("status=all&active=false&expand%5B0%5D=data.discounts&expand%5B1%5D=data.tiers"
+                 "&created%5Bgte%5D=1&created%5Blte%5D=2")
+
+
+def test_token_bucket_holds_the_rate_and_recovers() -> None:
+    async def run() -> tuple[float, float]:
+        bucket = TokenBucket(200)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await asyncio.gather(*(bucket.acquire() for _ in range(120)))
+        rate = 120 / (loop.time() - t0)
+        bucket.penalise()
+        return rate, bucket.rate
+
+    rate, after = asyncio.run(run())
+    assert 150 < rate < 260
+    assert after == 100
