@@ -252,7 +252,10 @@ def test_daemon_cli_against_the_sandbox_stops_on_sigterm(tmp_path: Path) -> None
             time.sleep(1.2)  # the next tick is syncing now, or about to
             t0 = time.monotonic()
             p.send_signal(signal.SIGTERM)
-            code = p.wait(timeout=15)
+            try:
+                code = p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                pytest.fail("no exit 15 s after SIGTERM:\n" + (tmp_path / "daemon.log").read_text()[-3000:])
             assert time.monotonic() - t0 < 10
         finally:
             p.kill()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -147,3 +148,30 @@ def test_run_once_against_the_sandbox(tmp_path: Path) -> None:
         assert n is not None and n[0] == first.new_movements + second.new_movements
     finally:
         con.close()
+
+
+def test_sync_command_prints_what_changed(tmp_path: Path) -> None:
+    """`stripe-churn sync` after a billing run: objects per type, new movements, the current month's line."""
+    pytest.importorskip("stripe_churn.sync")
+    import json
+
+    from click.testing import CliRunner
+
+    from stripe_churn.cli import cli
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY
+
+    with start_in_thread(Simulation(customers=30, months=4, seed=9), api_key=SANDBOX_KEY) as sb:
+        env = {"STRIPE_CHURN_DB": str(tmp_path / "s.duckdb"), "STRIPE_API_KEY": SANDBOX_KEY,
+               "STRIPE_API_BASE": sb.url, "STRIPE_RATE_LIMIT": "1000"}
+        first = CliRunner().invoke(cli, ["sync", "--full", "--format", "json"], env=env)
+        assert first.exit_code == 0, first.output
+        data = json.loads(first.output)
+        assert data["counts"]["customers"] == 30 and data["new_movements"] > 0
+        sb.advance(1)
+        second = CliRunner().invoke(cli, ["sync"], env=env)
+    assert second.exit_code == 0, second.output
+    assert re.search(r"sync (incremental|fallback) succeeded: \d+ objects, [1-9]\d* new movements", second.output)
+    assert "Objects synced per type" in second.output and "Current month" in second.output
+    assert SANDBOX_KEY not in first.output + second.output
