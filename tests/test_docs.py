@@ -25,7 +25,7 @@ def test_readme_starts_with_the_two_setup_commands() -> None:
 
 def test_every_command_is_documented() -> None:
     text = README.read_text()
-    commands = sorted(cli.commands)  # type: ignore[attr-defined]
+    commands = sorted(cli.commands)
     assert {"sync", "daemon", "status", "report", "sql", "export", "sandbox", "demo"} <= set(commands)
     for name in commands:
         assert f"stripe-churn {name}" in text, name

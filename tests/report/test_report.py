@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -102,7 +103,7 @@ def test_chart_panels_and_png(db: Path, tmp_path: Path) -> None:
     assert ax2.get_title().startswith(TREND_TITLE)
     labels = [t.get_text() for t in ax1.get_xticklabels()]
     assert labels[0] == "opening" and labels[-1] == "closing" and "churn" in labels and "seat expansion" in labels
-    assert any(line.get_ydata()[0] == 0 for line in ax2.get_lines())  # the zero line
+    assert any(np.array_equal(np.asarray(line.get_ydata()), [0, 0]) for line in ax2.get_lines())  # zero line
     steps = waterfall_steps(rows)
     assert steps[0][1] + sum(v for _, v in steps[1:-1]) == pytest.approx(steps[-1][1], abs=1e-6)
     png = tmp_path / "c.png"
