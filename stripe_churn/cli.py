@@ -53,6 +53,14 @@ def handle_errors(f: F) -> F:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # an unexpected failure still ends in one line; the traceback goes to DEBUG
+            logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            click.echo(f"error: unexpected {type(exc).__name__}: {first} "
+                       "(set STRIPE_CHURN_LOG_LEVEL=DEBUG for the traceback)", err=True)
+            sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
 
