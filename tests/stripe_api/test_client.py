@@ -41,7 +41,7 @@ def test_page_parsed_and_headers_sent() -> None:
     assert sent.headers["Authorization"] == f"Bearer {KEY}"
     assert sent.headers["Stripe-Version"] == API_VERSION
     assert sent.headers["Stripe-Account"] == "acct_123"
-    assert "expand%5B0%5D=data.discount" in sent.url and "limit=100" in sent.url
+    assert "expand%5B0%5D=data.discount" in str(sent.url) and "limit=100" in str(sent.url)
 
 
 @responses.activate

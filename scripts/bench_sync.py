@@ -1,0 +1,168 @@
+"""Benchmark of the sync against the sandbox served from a separate process (issue 3 item 5).
+
+Scenarios, one line each:
+  (a) full sync of >= 100k objects, no latency and no rate limit: objects/s, requests/s, peak RSS;
+  (b) the sandbox with 300 ms latency and a 100 requests/s limit: sustained requests/s over a bounded window
+      (the sync is stopped after it);
+  (c) with --big: peak RSS of a full sync of ~1M objects;
+  and a naive baseline on a bounded subset (SDK ``auto_paging_iter`` + one SQLModel insert per object).
+Targets: >= 10,000 objects/s, >= 95 requests/s, <= 500 MB.
+
+    python scripts/bench_sync.py [--customers 2500 --months 36] [--window 25] [--big]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+KEY = "sk_test_sandbox"
+
+CHILD = textwrap.dedent("""
+    import json, resource, sys, threading, time
+    from pathlib import Path
+    from stripe_churn.settings import Secret, Settings
+    from stripe_churn.sync import run_sync
+    url, db, rate, window = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    stop = threading.Event()
+    if window > 0:
+        threading.Timer(window, stop.set).start()
+    t0 = time.perf_counter()
+    r = run_sync(Settings(api_key=Secret(%r), api_base=url, db=Path(db), rate_limit=rate), progress=False, stop=stop)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"status": r.status, "objects": sum(r.counts.values()), "requests": r.requests, "seconds": dt,
+                      "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""") % KEY
+
+NAIVE = textwrap.dedent("""
+    import json, sys, time
+    from datetime import UTC, datetime
+    import stripe
+    from sqlmodel import Session, create_engine
+    from stripe_churn.store.db import open_store
+    from stripe_churn.store.schema import Invoice, Subscription
+    url, db, limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    open_store(db).close()
+    engine = create_engine(f"duckdb:///{db}", json_serializer=lambda o: json.dumps(o, default=str))
+    client = stripe.StripeClient(%r, base_addresses={"api": url})
+    t0 = time.perf_counter()
+    n = 0
+    with Session(engine) as session:
+        for model, pages in ((Subscription, client.v1.subscriptions.list({"status": "all", "limit": 100})),
+                             (Invoice, client.v1.invoices.list({"limit": 100}))):
+            taken = 0
+            for obj in pages.auto_paging_iter():
+                d = obj.to_dict()
+                now = datetime.now(UTC)
+                session.add(model(account_id="acct", id=d["id"], raw=d, created=datetime.fromtimestamp(d["created"], UTC),
+                                  first_seen_at=now, last_seen_at=now))
+                session.commit()
+                n += 1
+                taken += 1
+                if taken >= limit // 2:
+                    break
+    dt = time.perf_counter() - t0
+    print(json.dumps({"objects": n, "seconds": dt}))
+""") % KEY
+
+
+def start_sandbox(customers: int, months: int, *, latency_ms: float = 0, rate_limit: float = 0) -> tuple[Any, str]:
+    """``stripe-churn sandbox`` in its own process; returns it and the URL from its first line."""
+    cmd = [sys.executable, "-m", "stripe_churn", "sandbox", "--port", "0", "--customers", str(customers),
+           "--months", str(months), "--latency-ms", str(latency_ms), "--rate-limit", str(rate_limit),
+           "--api-key", KEY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http"):
+        proc.kill()
+        raise SystemExit(f"the sandbox did not start (first line {url!r})")
+    return proc, url
+
+
+def stats(url: str) -> dict[str, Any]:
+    req = urllib.request.Request(f"{url}/_sandbox/stats", headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        data: dict[str, Any] = json.loads(resp.read())
+        return data
+
+
+def child(script: str, *args: str) -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        lines = [ln for ln in out.stderr.strip().splitlines() if "Error" in ln or "error" in ln]
+        raise SystemExit(f"benchmark child failed: {(lines or ['?'])[-1][:300]}")
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--customers", type=int, default=2500)
+    ap.add_argument("--months", type=int, default=36)
+    ap.add_argument("--window", type=float, default=25.0, help="seconds of scenario (b)")
+    ap.add_argument("--naive", type=int, default=2000, help="objects in the naive baseline")
+    ap.add_argument("--big", action="store_true", help="also (c): a ~1M-object full sync (slow)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+
+    proc, url = start_sandbox(args.customers, args.months)
+    try:
+        a = child(CHILD, url, str(tmp / "a.duckdb"), "100000", "0")
+        ops = a["objects"] / a["seconds"]
+        print(f"(a) full sync {args.customers}x{args.months}: {a['objects']:,} objects in {a['seconds']:.1f} s = "
+              f"{ops:,.0f} objects/s, {a['requests'] / a['seconds']:,.0f} requests/s, peak RSS "
+              f"{a['rss_mb']:.0f} MB [{a['status']}]", flush=True)
+        naive = child(NAIVE, url, str(tmp / "naive.duckdb"), str(args.naive))
+    finally:
+        proc.terminate()
+        proc.wait()
+    nops = naive["objects"] / naive["seconds"]
+    print(f"(naive) auto_paging_iter + one SQLModel insert per object: {naive['objects']:,} objects in "
+          f"{naive['seconds']:.1f} s = {nops:,.0f} objects/s; the sync is {ops / nops:,.0f}x faster")
+
+    proc, url = start_sandbox(args.customers, args.months, latency_ms=300, rate_limit=100)
+    try:
+        warm = 5.0
+        holder: dict[str, Any] = {}
+        runner = subprocess.Popen([sys.executable, "-c", CHILD, url, str(tmp / "b.duckdb"), "100",
+                                   str(args.window)], stdout=subprocess.PIPE, text=True)
+        time.sleep(warm)
+        s0, t0 = stats(url)["requests"], time.monotonic()
+        time.sleep(max(args.window - warm - 1.0, 1.0))
+        s1, t1 = stats(url)["requests"], time.monotonic()
+        out, _ = runner.communicate(timeout=args.window + 120)
+        holder.update(json.loads(out.strip().splitlines()[-1]))
+        st = stats(url)
+    finally:
+        proc.terminate()
+        proc.wait()
+    print(f"(b) latency 300 ms, limit 100/s: sustained {(s1 - s0) / (t1 - t0):.1f} requests/s over "
+          f"{t1 - t0:.0f} s (whole run {holder['requests'] / holder['seconds']:.1f}/s, "
+          f"{st.get('rate_limited', 0)} answered 429) [{holder['status']}]")
+
+    if args.big:
+        proc, url = start_sandbox(25000, 36)
+        try:
+            c = child(CHILD, url, str(tmp / "c.duckdb"), "100000", "0")
+        finally:
+            proc.terminate()
+            proc.wait()
+        print(f"(c) full sync 25000x36: {c['objects']:,} objects in {c['seconds']:.0f} s = "
+              f"{c['objects'] / c['seconds']:,.0f} objects/s, peak RSS {c['rss_mb']:.0f} MB [{c['status']}]")
+    for f in tmp.glob("*"):
+        f.unlink()
+    os.rmdir(tmp)
+
+
+if __name__ == "__main__":
+    main()
