@@ -137,7 +137,7 @@ class _Sync:
         self.started = datetime.now(UTC)
         self.account = ""
         self.api: StripeRaw | None = None
-        self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=64)
+        self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=16)  # bounds memory: pages in flight
         self.write_error: BaseException | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._db_lock = threading.Lock()  # one DuckDB call at a time (writer thread and everything else)

@@ -8,6 +8,7 @@ merges with ``INSERT ... ON CONFLICT DO UPDATE``. Each row carries a ``version``
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,19 +22,30 @@ from stripe_churn.store.schema import EXTRACT, RAW_TABLES
 
 log = logging.getLogger(__name__)
 
+_PATH = re.compile(r"j->>'(\$[^']*)'")
 _COMMON = ("account_id", "id", "deleted", "raw", "version", "created", "first_seen_at", "last_seen_at")
 
 
 def _sql(table: str) -> str:
-    typed = EXTRACT[table]
+    # Every ``j->>'path'`` of the typed columns is read by one json_extract_string over all the paths, so
+    # each document is parsed once, not once per column.
+    paths: list[str] = ["$.created"]
+
+    def slot(m: re.Match[str]) -> str:
+        if m.group(1) not in paths:
+            paths.append(m.group(1))
+        return f"s.x[{paths.index(m.group(1)) + 1}]"
+
+    typed = {name: _PATH.sub(slot, expr) for name, expr in EXTRACT[table].items()}
     cols = [*_COMMON, *typed]
     select = ",\n".join([
         "$account AS account_id", "s.id", "s.deleted",
         "s.j AS raw", "s.version",
-        "to_timestamp(CAST(s.j->>'$.created' AS BIGINT)) AS created",
+        "to_timestamp(CAST(s.x[1] AS BIGINT)) AS created",
         "$seen AS first_seen_at", "$seen AS last_seen_at",
         *(f"{expr} AS {name}" for name, expr in typed.items()),
     ])
+    path_list = ", ".join(f"'{p}'" for p in paths)
     # A stub ({"id", "object", "deleted": true}) only flags the row: the last full copy stays in raw.
     stub = "(excluded.raw->>'$.deleted' = 'true' AND excluded.raw->>'$.created' IS NULL)"
     sets = [
@@ -46,7 +58,8 @@ def _sql(table: str) -> str:
     ]
     return (
         f"INSERT INTO {table} ({', '.join(cols)})\n"
-        f"SELECT {select}\nFROM (SELECT id, deleted, version, CAST(j AS JSON) AS j FROM staged) s\n"
+        f"SELECT {select}\nFROM (SELECT id, deleted, version, CAST(j AS JSON) AS j, "
+        f"json_extract_string(j, [{path_list}]) AS x FROM staged) s\n"
         "ON CONFLICT (account_id, id) DO UPDATE SET " + ", ".join(sets) + "\n"
         f"WHERE excluded.version >= coalesce({table}.version, 0)"
     )
