@@ -383,7 +383,8 @@ class _Sync:
             todo = [s for s in STREAMS if s.name not in seen_streams]
         else:
             todo = list(STREAMS)
-        plans = await asyncio.gather(*(self._plan(s, version, max(len(todo), 1)) for s in todo))
+        # only the big streams (customers, subscriptions, invoices, events) need slices: share the rate among 4
+        plans = await asyncio.gather(*(self._plan(s, version, 4) for s in todo))
         for s, plan in zip(todo, plans, strict=True):
             if plan is None:
                 continue
