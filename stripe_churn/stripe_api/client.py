@@ -109,6 +109,7 @@ class StripeRaw:
         last = ""
         request_id: str | None = None
         status: int | None = None
+        attempt = 0  # retries made so far, for the message
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self.retries += 1
@@ -126,15 +127,22 @@ class StripeRaw:
                 time.monotonic() - started
             request_id = headers.get("Request-Id") or headers.get("request-id")
             should_retry = (headers.get("Stripe-Should-Retry") or "").lower()
+            if status == 403 and self._headers.get("Stripe-Account") and _error_code(body) == "account_invalid":
+                raise AuthError(f"Stripe refused this key access to the connected account "
+                                f"{self._headers['Stripe-Account']} (STRIPE_ACCOUNT): check the account id and that "
+                                "the platform still has access to it, or unset STRIPE_ACCOUNT to sync the key's own "
+                                "account; the store was left as it was", http_status=status, request_id=request_id)
             if status in (401, 403):
-                what = "refused" if status == 401 else "lacks a permission needed"
-                raise AuthError(f"Stripe {what} for the API key: check STRIPE_API_KEY (a secret or restricted "
+                what = "refused the API key (wrong, expired or revoked)" if status == 401 else \
+                    "says the API key lacks a permission needed"
+                raise AuthError(f"Stripe {what}: check STRIPE_API_KEY (a secret or restricted "
                                 "read key of the right account and mode); the store was left as it was",
                                 http_status=status, request_id=request_id)
             if status == 429:
                 self.limiter.penalise()
             if status == 429 or status == 409 or status >= 500:
-                last = f"Stripe answered {status}"
+                code = _error_code(body)
+                last = f"Stripe answered {status}" + (f" ({code})" if code else "")
                 if should_retry == "false":
                     break
                 continue
@@ -154,10 +162,10 @@ class StripeRaw:
                 continue
             return data
         if last.startswith("Stripe sent"):
-            raise BadResponseError(f"{last} for GET {path} after {self.max_retries} retries (a proxy in the way?); "
+            raise BadResponseError(f"{last} for GET {path} after {attempt} retries (a proxy in the way?); "
                                    "nothing of that page was stored, run the sync again", http_status=status,
                                    request_id=request_id)
-        raise StripeAPIError(f"{last} for GET {path} after {self.max_retries} retries; the store keeps what was "
+        raise StripeAPIError(f"{last} for GET {path} after {attempt} retries; the store keeps what was "
                              "committed, run the sync again later", http_status=status, request_id=request_id)
 
     async def account_id(self, configured: str | None) -> str:
@@ -166,6 +174,14 @@ class StripeRaw:
             return configured
         acct = await self.get("/v1/account")
         return str(acct["id"])
+
+
+def _error_code(body: Any) -> str | None:
+    try:
+        code = orjson.loads(body).get("error", {}).get("code")
+        return str(code) if code else None
+    except Exception:
+        return None
 
 
 def _error_message(body: Any) -> str:
