@@ -43,9 +43,11 @@ API_VERSION = "2026-10-28.endive"
 LISTABLE = (*RESOURCES, "events")
 DEFAULT_FAULTS = ("500", "502", "503", "drop")
 FAULT_KINDS = frozenset({"500", "502", "503", "409_lock_timeout", "429_lock_timeout", "drop", "reset",
-                         "truncated", "html", "slow"})
+                         "truncated", "html", "not_json", "slow"})
 _HTML_502 = (b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway"
              b"</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
+# A 200 whose body is not JSON: what a captive portal or a misconfigured proxy in front of the API answers.
+_NOT_JSON = b"OK\r\nrequest accepted by gateway\r\n"
 _LOCK_MESSAGE = ("This object cannot be accessed right now because another API request or Stripe process is "
                  "currently accessing it. If you see this error intermittently, retry the request.")
 _KEY_PREFIX = re.compile(r"^(?:sk|rk|pk)_(?:test|live)_")
@@ -72,6 +74,7 @@ class ServerOptions:
     fault_rate: float = 0.0
     faults: Sequence[str] = DEFAULT_FAULTS
     fault_seed: int = 0
+    fault_after: int = 0
     auth_revoked_after: int | None = None
     should_retry: bool | None = None
     slow_s: float = 10.0
@@ -85,8 +88,8 @@ class ServerOptions:
             raise ValueError(f"fault_rate must be within 0..1, got {self.fault_rate}")
         if self.fault_rate > 0 and not self.faults:
             raise ValueError("fault_rate > 0 needs at least one fault kind")
-        if self.rate_limit < 0 or self.latency_ms < 0:
-            raise ValueError("rate_limit and latency_ms must not be negative")
+        if self.rate_limit < 0 or self.latency_ms < 0 or self.fault_after < 0:
+            raise ValueError("rate_limit, latency_ms and fault_after must not be negative")
 
 
 class TokenBucket:
@@ -166,6 +169,8 @@ class SandboxApp:
         delay = opts.latency_ms / 1000.0
         revoked = opts.auth_revoked_after is not None and self._api_requests > opts.auth_revoked_after
         auth_error = self._auth_error(req, revoked)
+        if auth_error is None:
+            auth_error = self._account_error(req)
         if auth_error is not None:
             resp = self._error(auth_error)
             resp.delay = delay
@@ -180,7 +185,7 @@ class SandboxApp:
             resp.delay = delay
             return resp
         fault = None
-        if opts.fault_rate > 0 and self._rng.random() < opts.fault_rate:
+        if opts.fault_rate > 0 and self._api_requests > opts.fault_after and self._rng.random() < opts.fault_rate:
             fault = self._rng.choice(list(opts.faults))
             self.faults[fault] += 1
         if fault is not None and fault not in ("truncated", "slow"):
@@ -262,6 +267,16 @@ class SandboxApp:
             return ApiError(401, f"Invalid API Key provided: {mask_key(given)}")
         return None
 
+    def _account_error(self, req: Request) -> ApiError | None:
+        """Stripe's 403 for a ``Stripe-Account`` the key cannot reach (only the sandbox's own account can be)."""
+        account = req.headers.get("stripe-account")
+        if account is None or account == self.sim.account_id:
+            return None
+        given = self._given_key(req.headers.get("authorization", "")) or ""
+        return ApiError(403, f"The provided key '{mask_key(given)}' does not have access to account "
+                        f"'{account[:100]}' (or that account does not exist). Application access may have been "
+                        "revoked.", code="account_invalid")
+
     @staticmethod
     def _given_key(header: str) -> str | None:
         scheme, _, value = header.strip().partition(" ")
@@ -286,6 +301,8 @@ class SandboxApp:
             return Response(0, b"", action="drop" if kind == "drop" else "reset")
         if kind == "html":
             resp = Response(502, _HTML_502, content_type="text/html")
+        elif kind == "not_json":
+            resp = Response(200, _NOT_JSON, content_type="text/plain")
         elif kind in ("500", "502", "503"):
             resp = self._error(ApiError(int(kind), "An unknown error occurred while processing your request. "
                                         "Please try again.", type_="api_error"))
@@ -414,20 +431,23 @@ class RunningSandbox:
 
 def start_in_thread(sim: SimulationLike, *, api_key: str | Secret = SANDBOX_KEY, latency_ms: float = 0.0,
                     rate_limit: float = 0.0, fault_rate: float = 0.0, port: int = 0,
-                    faults: Sequence[str] = DEFAULT_FAULTS, fault_seed: int = 0,
+                    faults: Sequence[str] = DEFAULT_FAULTS, fault_seed: int = 0, fault_after: int = 0,
                     auth_revoked_after: int | None = None, should_retry: bool | None = None,
                     slow_s: float = 10.0, truth_out: Path | None = None) -> RunningSandbox:
     """Serve ``sim`` on 127.0.0.1 from a background thread and return once it accepts connections.
 
     ``faults`` are the kinds drawn (seeded by ``fault_seed``) for a share ``fault_rate`` of /v1 requests:
     "500", "502", "503", "409_lock_timeout", "429_lock_timeout", "drop" (close without answer), "reset"
-    (TCP reset), "truncated" (half the body), "html" (a proxy's 502 page), "slow" (answer after
-    ``slow_s`` seconds). ``auth_revoked_after=N`` answers 401 after N /v1 requests. ``should_retry``
-    adds ``Stripe-Should-Retry`` to 429 and fault answers.
+    (TCP reset), "truncated" (half the body), "html" (a proxy's 502 page), "not_json" (a 200 with a plain
+    text body), "slow" (answer after ``slow_s`` seconds); the first ``fault_after`` /v1 requests are spared.
+    ``auth_revoked_after=N`` answers 401 after N /v1 requests. ``should_retry`` adds ``Stripe-Should-Retry``
+    to 429 and fault answers. A ``Stripe-Account`` header other than the simulation's account id is answered
+    as Stripe does: 403 ``account_invalid``.
     """
     key = api_key if isinstance(api_key, Secret) else Secret(api_key)
     options = ServerOptions(api_key=key, latency_ms=latency_ms, rate_limit=rate_limit, fault_rate=fault_rate,
-                            faults=tuple(faults), fault_seed=fault_seed, auth_revoked_after=auth_revoked_after,
+                            faults=tuple(faults), fault_seed=fault_seed, fault_after=fault_after,
+                            auth_revoked_after=auth_revoked_after,
                             should_retry=should_retry, slow_s=slow_s, truth_out=truth_out)
     app = SandboxApp(sim, options)
     loop = asyncio.new_event_loop()
