@@ -33,7 +33,7 @@ def test_every_error_a_caller_may_catch_is_exported() -> None:
 
 def test_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no_such_name"):
-        stripe_churn.no_such_name
+        _ = stripe_churn.no_such_name
 
 
 def test_import_is_cheap() -> None:
