@@ -1,7 +1,9 @@
 """Optional webhook trigger: a signed invoice.* or customer.subscription.* event schedules an incremental sync.
 
-Signatures are checked with the Stripe SDK (tolerance 300 s); anything unsigned, wrongly signed, stale or
-oversized is refused and triggers nothing. Several events close together become one sync (the caller debounces).
+Signatures are checked with the Stripe SDK (tolerance 300 s, both ways: a replayed old delivery and a
+timestamp from the future are refused); anything unsigned, wrongly signed, stale, oversized or without a
+declared length is refused and triggers nothing, and a client that stops sending is cut off after
+``READ_TIMEOUT_S``. Several events close together become one sync (the caller debounces).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,6 +21,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 TOLERANCE_S = 300
+READ_TIMEOUT_S = 10.0
 TRIGGER_PREFIXES = ("invoice.", "customer.subscription.")
 
 
@@ -56,6 +60,8 @@ class WebhookServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = READ_TIMEOUT_S  # socket timeout for every read: an idle client does not hold a thread
+
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("webhook %s", format % args)
 
@@ -74,16 +80,26 @@ class WebhookServer:
             do_PUT = do_DELETE = do_PATCH = do_GET
 
             def do_POST(self) -> None:
+                if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length") is None:
+                    self._reply(411, "Content-Length required")
+                    return
                 try:
-                    length = int(self.headers.get("Content-Length") or "0")
+                    length = int(self.headers.get("Content-Length") or "")
                 except ValueError:
+                    length = -1
+                if length < 0:
                     self._reply(400, "bad Content-Length")
                     return
                 if length > MAX_BODY:
                     self._reply(413, "body too large")
                     return
-                payload = self.rfile.read(length)
                 try:
+                    payload = self.rfile.read(length)
+                except OSError:  # the client stopped sending (timeout) or went away
+                    self.close_connection = True
+                    return
+                try:
+                    _check_not_future(self.headers.get("Stripe-Signature") or "")
                     stripe.WebhookSignature.verify_header(payload.decode("utf-8"),
                                                           self.headers.get("Stripe-Signature"),
                                                           server._secret, tolerance=TOLERANCE_S)
@@ -102,3 +118,16 @@ class WebhookServer:
                     self._reply(200, "ignored")
 
         return Handler
+
+
+def _check_not_future(header: str) -> None:
+    """The SDK refuses signatures older than the tolerance; a timestamp too far ahead is refused here."""
+    for part in header.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            try:
+                at = int(value)
+            except ValueError:
+                raise ValueError("bad timestamp in Stripe-Signature") from None
+            if at > time.time() + TOLERANCE_S:
+                raise ValueError("Stripe-Signature timestamp is in the future")
