@@ -135,6 +135,7 @@ class _Sync:
         self.progress = _Progress(progress)
         self.run_id = uuid.uuid4().hex[:16]
         self.started = datetime.now(UTC)
+        self.full_started = self.started
         self.account = ""
         self.api: StripeRaw | None = None
         self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=16)  # bounds memory: pages in flight
@@ -355,6 +356,8 @@ class _Sync:
         if "full" in cursors and mode == "full":
             start_evt, version_o, _ = cursors["full"]
             version = int(version_o or 0)
+            # objects the interrupted attempts listed count as seen by this full sync (no retrieve each)
+            self.full_started = await self._db(self._full_started) or self.started
             log.info("resuming the unfinished full sync (%d slice cursors)",
                      sum(1 for k in cursors if k.startswith("full:")))
         else:
@@ -455,13 +458,19 @@ class _Sync:
                         await self._add_object(batch, s.table, obj, version)
                     await self._put(batch)
 
+    def _full_started(self) -> datetime | None:
+        """When the unfinished full sync began (its ``full`` cursor is written once, at the start)."""
+        row = self.con.execute("SELECT updated_at FROM sync_cursors WHERE account_id = ? AND stream = 'full'",
+                               [self.account]).fetchone()
+        return row[0] if row else None
+
     def _unseen(self) -> list[tuple[str, str]]:
-        """(table, id) of stored objects not seen since this run started."""
+        """(table, id) of stored objects not seen since this full sync started (across resumed attempts)."""
         out: list[tuple[str, str]] = []
         for table in RETRIEVE_PATH:
             out.extend((table, r[0]) for r in self.con.execute(
                 f"SELECT id FROM {table} WHERE account_id = ? AND NOT deleted AND last_seen_at < ?",
-                [self.account, self.started]).fetchall())
+                [self.account, self.full_started]).fetchall())
         return out
 
     async def _check_missing(self, version: int) -> None:
