@@ -17,20 +17,24 @@ from stripe_churn.errors import StoreLockedError
 
 log = logging.getLogger(__name__)
 
+HOLDER_GRACE_S = 1.0
+
 
 def lock_path(db: Path) -> Path:
     """``<db>.lock`` beside the database."""
     return db.with_name(db.name + ".lock")
 
 
-def _holder(f: IO[str]) -> str:
-    """Who holds the lock, from the JSON its holder wrote into the file (best effort)."""
+def _holder(f: IO[str]) -> str | None:
+    """Who holds the lock, from the JSON its holder wrote into the file; None while the file is empty."""
     try:
         f.seek(0)
         info = json.loads(f.read() or "{}")
-        return f"since {info.get('since', '?')} (pid {info.get('pid', '?')})"
     except (OSError, ValueError):
-        return "(holder unknown)"
+        return None
+    if not info.get("pid"):
+        return None
+    return f"since {info.get('since', '?')} (pid {info['pid']})"
 
 
 @contextmanager
@@ -49,10 +53,17 @@ def sync_lock(db: Path, wait: float = 0.0, poll: float = 0.1) -> Iterator[None]:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise StoreLockedError(
-                        f"another sync holds {path} {_holder(f)}; retry later or pass --wait SECONDS"
-                    ) from None
+                now = time.monotonic()
+                if now >= deadline:
+                    holder = _holder(f)
+                    # a holder writes its pid just after taking the lock and clears it just before letting
+                    # go: an empty file means one of those moments, so look again briefly
+                    if holder is not None or now >= deadline + HOLDER_GRACE_S:
+                        raise StoreLockedError(
+                            f"another sync holds {path} {holder or '(holder unknown)'}; "
+                            "retry later or pass --wait SECONDS") from None
+                    time.sleep(0.01)
+                    continue
                 time.sleep(poll)
         f.seek(0)
         f.truncate()
