@@ -7,6 +7,7 @@ merges with ``INSERT ... ON CONFLICT DO UPDATE``. Each row carries a ``version``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -119,7 +120,8 @@ def upsert_objects(con: duckdb.DuckDBPyConnection, table: str, account_id: str, 
     try:
         con.execute(sql, {"account": account_id, "seen": seen_at.astimezone(UTC)})
     finally:
-        con.unregister("staged")
+        with contextlib.suppress(duckdb.Error):  # in an aborted transaction: keep the statement's own error
+            con.unregister("staged")
     return len(ids)
 
 
@@ -144,7 +146,8 @@ def mark_missing_children(con: duckdb.DuckDBPyConnection, table: str, parent_col
             f"AND coalesce({table}.version, 0) <= p.v AND NOT list_contains(p.ids, {table}.id) {extra}",
             {"seen": seen_at, "a": account_id})
     finally:
-        con.unregister("staged_parents")
+        with contextlib.suppress(duckdb.Error):
+            con.unregister("staged_parents")
 
 
 def upsert_fx_rates(con: duckdb.DuckDBPyConnection, rows: Iterable[tuple[str, str, float | Decimal]]) -> None:
