@@ -30,7 +30,9 @@ def export(db: Path, out: Path, names: Sequence[str] = (), fmt: str = "parquet")
             path = out / f"{name}.{fmt}"
             opts = "(FORMAT parquet)" if fmt == "parquet" else "(FORMAT csv, HEADER true)"
             try:
-                con.execute(f"COPY (SELECT * FROM \"{name}\") TO '{str(path).replace(chr(39), chr(39) * 2)}' {opts}")
+                # ORDER BY ALL: the same data always gives the same bytes, whatever order the query plan chose
+                con.execute(f"COPY (SELECT * FROM \"{name}\" ORDER BY ALL) "
+                            f"TO '{str(path).replace(chr(39), chr(39) * 2)}' {opts}")
             except duckdb.Error as exc:
                 raise ConfigError(f"cannot export {name}: {str(exc).splitlines()[0]}") from exc
             written.append(path)
