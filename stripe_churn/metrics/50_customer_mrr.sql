@@ -71,6 +71,4 @@ SELECT account_id, customer_id, moment AS valid_from,
        lead(moment) OVER (PARTITION BY account_id, customer_id ORDER BY moment) AS valid_to, mrr
 FROM marked
 WHERE changed;
-
-CREATE OR REPLACE VIEW customer_mrr AS
-SELECT account_id, customer_id, valid_from, valid_to, mrr FROM derived_customer_mrr;
+-- (the `customer_mrr` view is built from the netted transitions in 66_customer_mrr_view.sql)
