@@ -103,9 +103,13 @@ WRITER = textwrap.dedent("""
     with sync_lock(db):
         con = duckdb.connect(str(db))
         print("writing", flush=True)
-        end = time.monotonic() + float(sys.argv[2])
-        while time.monotonic() < end:
-            con.execute("INSERT INTO t SELECT 1000 + range FROM range(1000)")
+        con.execute("INSERT INTO t SELECT 1000 + range FROM range(1000)")
+        if sys.argv[2] == "hold":  # keep the database and the lock until told to go on
+            sys.stdin.readline()
+        else:
+            end = time.monotonic() + float(sys.argv[2])
+            while time.monotonic() < end:
+                con.execute("INSERT INTO t SELECT 1000 + range FROM range(1000)")
         con.execute("CHECKPOINT")
         con.close()
         publish_snapshot(db)
@@ -125,9 +129,11 @@ READER = textwrap.dedent("""
 def test_sql_during_a_sync_in_another_process(tmp_path: Path) -> None:
     """The writer holds the database and the lock; queries answer fast from the last snapshot."""
     db = make_db(tmp_path / "c.duckdb", 3)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), "3"], stdout=subprocess.PIPE, text=True)
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), "hold"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
     try:
-        assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+        assert writer.stdout is not None and writer.stdin is not None
+        assert writer.stdout.readline().strip() == "writing"
         t0 = time.monotonic()
         _, rows = run_query(db, "SELECT count(*) FROM t")
         assert time.monotonic() - t0 < 1.0
@@ -137,7 +143,9 @@ def test_sql_during_a_sync_in_another_process(tmp_path: Path) -> None:
                                  env={"STRIPE_CHURN_DB": str(db), "PATH": "/usr/bin:/bin"})
         assert cli_run.returncode == 0, cli_run.stderr
         assert cli_run.stdout.split() == ["n", "3"]
-        assert writer.poll() is None, "the query should have run while the writer was still writing"
+        assert writer.poll() is None, "the writer holds the database until told to go on"
+        writer.stdin.write("\n")
+        writer.stdin.flush()
         assert writer.stdout.readline().strip() == "published"
         assert writer.wait(timeout=30) == 0
     finally:
