@@ -113,11 +113,23 @@ SELECT account_id, 'unusable_object', 'invoice_line', line_id, invoice_id, invoi
 FROM derived_invoice_lines
 WHERE (subscription_item_id IS NULL OR price_id IS NULL) AND NOT proration
 UNION ALL
+-- an event of a billing type whose object is not the one its type names (a newer or unknown object type)
 SELECT account_id, 'unusable_object', 'event', id, object_id, created,
-       format('{} event whose data.object is not a subscription; kept as raw only', type)
-FROM events
-WHERE type LIKE 'customer.subscription.%'
-  AND coalesce(json_extract_string(raw, '$.data.object.object'), '') <> 'subscription'
+       format('{} event whose data.object is not a {} (got {}); kept as raw only', type, want,
+              coalesce(got, 'nothing'))
+FROM (SELECT account_id, id, object_id, created, type,
+             json_extract_string(raw, '$.data.object.object') AS got,
+             CASE WHEN type LIKE 'customer.subscription.%' THEN 'subscription'
+                  WHEN type LIKE 'customer.discount.%' THEN 'discount'
+                  WHEN type IN ('customer.created', 'customer.updated', 'customer.deleted') THEN 'customer'
+                  WHEN type LIKE 'invoice.%' THEN 'invoice'
+                  WHEN type LIKE 'credit_note.%' THEN 'credit_note'
+                  WHEN type LIKE 'price.%' THEN 'price'
+                  WHEN type LIKE 'plan.%' THEN 'plan'
+                  WHEN type LIKE 'product.%' THEN 'product'
+                  WHEN type LIKE 'coupon.%' THEN 'coupon' END AS want
+      FROM events) e
+WHERE want IS NOT NULL AND coalesce(got, '') <> want
 UNION ALL
 SELECT account_id, 'fx_missing', 'currency', currency, NULL, to_timestamp(CAST(first_date - DATE '1970-01-01' AS BIGINT) * 86400),
        format('no exchange rate for {} from {} to {} ({} customers)', currency, first_date, last_date, customers)
