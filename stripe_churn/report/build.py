@@ -35,6 +35,34 @@ def load_bridge(db: Path, *, start: dt.date | None = None, end: dt.date | None =
         con.close()
 
 
+def verdict_line(rows: list[dict[str, Any]], period: str, today: dt.date | None = None) -> str | None:
+    """One sentence answering "are we at net negative churn?" for the latest complete period that opened with
+    MRR (the current period is still running); None when there is none or the rows are per segment."""
+    if len({r.get("segment_value") for r in rows}) > 1:
+        return None
+    today = today or dt.datetime.now(dt.UTC).date()
+    done = [r for r in rows if r.get("opening_mrr") and float(r["opening_mrr"]) > 0
+            and r.get("net_revenue_churn_rate") is not None and _as_date(r["period_end"]) < today]
+    if not done:
+        return None
+    r = done[-1]
+    rate = float(r["net_revenue_churn_rate"])
+    gained = float(r["expansion"]) + float(r["reactivation"])
+    lost = float(r["churn"]) + float(r["contraction"])
+    answer = "AT net negative churn" if rate < 0 else "NOT at net negative churn"
+    relation = "outweigh" if gained > lost else ("equal" if gained == lost else "fall short of")
+    return (f"latest complete {period} ({r['period_start']}): {answer}; net revenue churn {rate:.2%} "
+            f"(expansion + reactivation {gained:,.2f} {relation} churn + contraction {lost:,.2f})")
+
+
+def _as_date(value: Any) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value)[:10])
+
+
 def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.date | None = None,
                  period: str = "month", segment: str | None = None, chart: Path | None = None,
                  html: Path | None = None, fmt: str = "table", echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -48,6 +76,9 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
         negative = [r for r in rows if r.get("net_revenue_churn_rate") is not None
                     and float(r["net_revenue_churn_rate"]) < 0]
         echo(f"net negative churn in {len(negative)} of {len(rows)} periods")
+        line = verdict_line(rows, period)
+        if line:
+            echo(line)
     drawable = rows if len({r.get("segment_value") for r in rows}) <= 1 else []
     if (chart or html) and not drawable:
         raise ConfigError("nothing to draw: the chart needs bridge rows without a segment (drop --segment "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import datetime as dt
 import io
 import json
 import re
@@ -77,6 +78,25 @@ def test_table_says_per_period_whether_net_negative(db: Path) -> None:
         assert line.rstrip(" │").endswith(verdict(r)), line
     negative = sum(1 for r in rows if r["net_revenue_churn_rate"] is not None and r["net_revenue_churn_rate"] < 0)
     assert f"net negative churn in {negative} of {len(rows)} periods" in out
+
+
+def test_the_latest_complete_month_is_answered_in_one_sentence() -> None:
+    from stripe_churn.report.build import verdict_line
+
+    def row(start: str, end: str, opening: float, rate: float | None, exp: float, churn: float) -> dict:
+        return {"period_start": start, "period_end": end, "opening_mrr": opening, "net_revenue_churn_rate": rate,
+                "expansion": exp, "reactivation": 0.0, "churn": churn, "contraction": 5.0}
+
+    rows = [row("2026-09-01", "2026-09-30", 100.0, -0.05, 20.0, 10.0),
+            row("2026-10-01", "2026-10-31", 105.0, 0.10, 1.0, 15.0),
+            row("2026-11-01", "2026-11-30", 90.0, -0.5, 60.0, 0.0)]  # still running
+    line = verdict_line(rows, "month", today=dt.date(2026, 11, 15))
+    assert line is not None and "(2026-10-01): NOT at net negative churn" in line
+    assert "10.00%" in line and "1.00 fall short of churn + contraction 20.00" in line
+    line = verdict_line(rows, "month", today=dt.date(2026, 12, 1))
+    assert line is not None and "(2026-11-01): AT net negative churn" in line and "60.00 outweigh" in line
+    assert verdict_line(rows[:1], "month", today=dt.date(2026, 9, 15)) is None  # nothing complete yet
+    assert verdict_line([{**rows[0], "segment_value": "a"}, {**rows[1], "segment_value": "b"}], "month") is None
 
 
 def test_range_and_csv(db: Path) -> None:
