@@ -125,6 +125,7 @@ def _pick(rnd: random.Random, objs: list[Obj]) -> Obj | None:
 def m_remove_or_null(w: World, rnd: random.Random, *, null: bool) -> None:
     """Optional fields missing (older objects, other integrations) or explicitly null."""
     where = rnd.choice([*OPTIONAL, "items", "lines"])
+    keys: tuple[str, ...]
     if where == "items":
         obj, keys = _pick(rnd, w.items()), ITEM_OPTIONAL
     elif where == "lines":

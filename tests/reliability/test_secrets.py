@@ -184,7 +184,8 @@ def test_secrets_never_leave_memory(tmp_path: Path, caplog: pytest.LogCaptureFix
             con.close()
     for p in files:
         if p.suffix == ".parquet":
-            text = str(duckdb.sql(f"SELECT CAST(COLUMNS(*) AS VARCHAR) FROM read_parquet('{p}')").fetchall())
+            with duckdb.connect() as mem:
+                text = str(mem.execute(f"SELECT CAST(COLUMNS(*) AS VARCHAR) FROM read_parquet('{p}')").fetchall())
             found += [(f"values in {p.name}", leaks(text))] if leaks(text) else []
     assert not found, found
 
