@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,11 +85,24 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
             checkpoint(con)
         finally:
             con.close()
+        _remove_stale_copies(db)
         publish_snapshot(db)
     summary.finished_at = dt.datetime.now(dt.UTC)
     log.info("run finished: mode=%s status=%s new movements=%d", summary.mode, summary.status,
              summary.new_movements)
     return summary
+
+
+def _remove_stale_copies(db: Path) -> None:
+    """Delete snapshot copies a run killed while publishing left behind (``<db>.XXXXXXXX.tmp``).
+
+    Called under the sync lock, so no other run is copying right now.
+    """
+    pattern = re.compile(re.escape(db.name) + r"\.[a-z0-9_]{8}\.tmp")
+    for path in db.parent.glob(db.name + ".*.tmp"):
+        if pattern.fullmatch(path.name):
+            log.info("removing %s, a snapshot copy left by an interrupted run", path.name)
+            path.unlink(missing_ok=True)
 
 
 def _table(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
