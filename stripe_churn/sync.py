@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 import threading
@@ -39,10 +40,18 @@ import orjson
 from stripe_churn.errors import StripeChurnError
 from stripe_churn.settings import Settings
 from stripe_churn.store.db import open_store
-from stripe_churn.store.load import mark_missing_children, upsert_fx_rates, upsert_objects
+from stripe_churn.store.load import (
+    Staged,
+    mark_missing_children,
+    mark_unlisted_children,
+    upsert_fx_rates,
+    upsert_staged,
+)
+from stripe_churn.store.schema import RAW_TABLES
 from stripe_churn.stripe_api.client import NotFoundError, StripeRaw
 from stripe_churn.stripe_api.streams import (
     DELETABLE,
+    EVENT_RETENTION_S,
     OBJECT_TABLE,
     PAGE_LIMIT,
     RETRIEVE_PARAMS,
@@ -50,12 +59,20 @@ from stripe_churn.stripe_api.streams import (
     STREAMS,
     Stream,
     slice_count,
-    split_range,
 )
 
 log = logging.getLogger(__name__)
 
 DAY = 86400
+SYNC_MEMORY_LIMIT = "256MB"  # DuckDB's buffer cache during a sync (spills to disk beyond it)
+EVENTS_COMPLETE = "events:complete"  # ``created``: server time up to which every event was listed
+EVENT_GROUP = 500  # events applied (and their objects refreshed) together
+QUEUE_PAGES = 64  # pages waiting for the writer (serialised: ~0.5 MB each at most)
+TX_OBJECTS = 20_000  # objects per write transaction at most
+_CURSOR_SQL = (
+    "INSERT INTO sync_cursors (account_id, stream, value, created, done, run_id, updated_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account_id, stream) DO UPDATE SET value = excluded.value, "
+    "created = excluded.created, done = excluded.done, run_id = excluded.run_id, updated_at = excluded.updated_at")
 
 
 @dataclass
@@ -76,16 +93,20 @@ class SyncResult:
 
 @dataclass
 class Batch:
-    """Rows of one page (with its children) and the cursor that covers them: one transaction."""
+    """Rows of one page (with its children) and the cursors that cover them: committed in one transaction.
 
-    rows: dict[str, list[tuple[dict[str, Any], int, bool | None]]] = field(default_factory=lambda: defaultdict(list))
+    Objects are serialised as they are added (``Staged``), so a queued page holds compact JSON strings, not
+    the parsed dicts.
+    """
+
+    rows: dict[str, Staged] = field(default_factory=lambda: defaultdict(Staged))
     # table -> [(parent id, present child ids, version)] with the parent column and an extra condition
     children: dict[tuple[str, str, str], list[tuple[str, list[str], int]]] = field(
         default_factory=lambda: defaultdict(list))
-    cursor: tuple[str, str | None, int | None, bool] | None = None
+    cursors: list[tuple[str, str | None, int | None, bool]] = field(default_factory=list)
 
     def add(self, table: str, obj: dict[str, Any], version: int, deleted: bool | None = None) -> None:
-        self.rows[table].append((obj, version, deleted))
+        self.rows[table].add(obj, version, deleted)
 
     def size(self) -> int:
         return sum(len(v) for v in self.rows.values())
@@ -93,6 +114,32 @@ class Batch:
 
 class _Stopped(Exception):
     pass
+
+
+@dataclass(eq=False)
+class _Slice:
+    """A ``created`` range [lo, hi] of one stream being paged newest first (``hi`` None: the stream's first page,
+    before its range is known). ``pos``: ``created`` of the last object paged; what is left lies in [lo, pos]."""
+
+    stream: Stream
+    lo: int
+    hi: int | None
+    after: str | None
+    key: str
+    pos: int = 0
+    fetched: int = 0
+    density: float = 0.0  # objects per second of ``created`` (inherited by a split-off slice)
+
+    def rate(self) -> float:
+        if self.fetched and self.hi is not None:
+            return self.fetched / max(1, self.hi - self.pos + 1)
+        return self.density
+
+    def left(self) -> float:
+        """Estimated objects still to page."""
+        if self.hi is None or self.pos <= self.lo + 1:
+            return 0.0
+        return self.rate() * (self.pos - self.lo)
 
 
 class _Progress:
@@ -138,7 +185,12 @@ class _Sync:
         self.full_started = self.started
         self.account = ""
         self.api: StripeRaw | None = None
-        self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=16)  # bounds memory: pages in flight
+        self.queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=QUEUE_PAGES)  # bounds memory
+        self.listing = False  # a full (or fallback) listing: rows replace whatever is stored
+        self.oldest = 0  # no object is older than this (the account's creation)
+        self._slices: list[_Slice] = []  # slices being listed
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slice_count = 0
         self.write_error: BaseException | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._db_lock = threading.Lock()  # one DuckDB call at a time (writer thread and everything else)
@@ -155,37 +207,42 @@ class _Sync:
         return datetime.now(UTC)
 
     def _apply(self, batches: list[Batch]) -> None:
+        """Several pages in one transaction: one upsert per table, then their cursors."""
         con = self.con
         seen = self._now()
+        rows: dict[str, Staged] = {}
+        children: dict[tuple[str, str, str], list[tuple[str, list[str], int]]] = defaultdict(list)
+        cursors: dict[str, tuple[str | None, int | None, bool]] = {}
+        for b in batches:
+            for table, staged in b.rows.items():
+                if table not in rows:
+                    rows[table] = staged
+                else:
+                    rows[table].extend(staged)
+            for key, parents in b.children.items():
+                children[key].extend(parents)
+            for stream, value, created, done in b.cursors:
+                cursors[stream] = (value, created, done)
         con.execute("BEGIN TRANSACTION")
         try:
-            for b in batches:
-                for table, rows in b.rows.items():
-                    if not rows:
-                        continue
-                    flags = [r[2] if r[2] is not None else bool(r[0].get("deleted", False)) for r in rows]
-                    upsert_objects(con, table, self.account, [r[0] for r in rows], seen,
-                                   versions=[r[1] for r in rows], deleted=flags)
-                for (table, col, extra), parents in b.children.items():
+            for table, staged in rows.items():
+                upsert_staged(con, table, self.account, staged, seen, replace=self.listing)
+            if not self.listing:  # a full listing flags unlisted children once, at its end
+                for (table, col, extra), parents in children.items():
                     mark_missing_children(con, table, col, self.account, parents, seen, extra=extra)
-                if b.cursor is not None:
-                    stream, value, created, done = b.cursor
-                    self._set_cursor(stream, value, created, done)
+            if cursors:
+                now = self._now()
+                con.executemany(_CURSOR_SQL, [[self.account, k, v, c, d, self.run_id, now]
+                                              for k, (v, c, d) in cursors.items()])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        for b in batches:
-            for table, rows in b.rows.items():
-                self.progress.add(table, len(rows))
+        for table, staged in rows.items():
+            self.progress.add(table, len(staged))
 
     def _set_cursor(self, stream: str, value: str | None, created: int | None, done: bool) -> None:
-        self.con.execute(
-            "INSERT INTO sync_cursors (account_id, stream, value, created, done, run_id, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account_id, stream) DO UPDATE SET value = excluded.value, "
-            "created = excluded.created, done = excluded.done, run_id = excluded.run_id, "
-            "updated_at = excluded.updated_at",
-            [self.account, stream, value, created, done, self.run_id, self._now()])
+        self.con.execute(_CURSOR_SQL, [self.account, stream, value, created, done, self.run_id, self._now()])
 
     def _cursors(self) -> dict[str, tuple[str | None, int | None, bool]]:
         rows = self.con.execute("SELECT stream, value, created, done FROM sync_cursors WHERE account_id = ?",
@@ -199,8 +256,9 @@ class _Sync:
             if first is None:
                 return
             batches = [first]
+            size = first.size()
             end = False
-            while len(batches) < 32 and sum(b.size() for b in batches) < 5000:
+            while size < TX_OBJECTS:
                 try:
                     nxt = self.queue.get_nowait()
                 except asyncio.QueueEmpty:
@@ -209,6 +267,7 @@ class _Sync:
                     end = True
                     break
                 batches.append(nxt)
+                size += nxt.size()
             try:
                 await self._db(self._apply, batches)
             except BaseException as exc:  # surfaced by _flush; keep draining so producers never block
@@ -249,13 +308,16 @@ class _Sync:
             after = data[-1]["id"]
 
     async def _add_object(self, batch: Batch, table: str, obj: dict[str, Any], version: int,
-                          deleted: bool | None = None) -> None:
-        """An object and what hangs off it (items, lines, discounts) into the batch."""
+                          deleted: bool | None = None, *, children: list[dict[str, Any]] | None = None) -> None:
+        """An object and what hangs off it (items, lines, discounts) into the batch.
+
+        ``children``: the object's complete item or line list when already fetched.
+        """
         batch.add(table, obj, version, deleted)
         if deleted or obj.get("deleted"):
             return
         if table == "subscriptions":
-            items = await self._sub_items(obj)
+            items = children if children is not None else await self._sub_items(obj)
             for it in items:
                 it.setdefault("subscription", obj["id"])
                 batch.add("subscription_items", it, version)
@@ -272,7 +334,7 @@ class _Sync:
                     if isinstance(d, dict):
                         batch.add("discounts", d, version)
         elif table == "invoices":
-            lines = await self._invoice_lines(obj)
+            lines = children if children is not None else await self._invoice_lines(obj)
             for ln in lines:
                 ln.setdefault("invoice", obj["id"])
                 batch.add("invoice_lines", ln, version)
@@ -288,69 +350,110 @@ class _Sync:
                     (obj["id"], keep, version))
 
     # ------------------------------------------------------------------ full sync
-    async def _probe(self, stream: Stream, created: dict[str, int] | None = None) -> dict[str, Any]:
+    async def _fetch_page(self, sl: _Slice) -> dict[str, Any]:
         assert self.api is not None
-        return await self.api.get(stream.path, {**stream.params, "limit": 1, "created": created})
+        params: dict[str, Any] = {**sl.stream.params, "limit": PAGE_LIMIT, "starting_after": sl.after}
+        if sl.hi is not None:
+            params["created"] = {"gte": sl.lo, "lte": sl.hi}
+        return await self.api.get(sl.stream.path, params)
 
-    async def _oldest(self, stream: Stream, hi: int) -> int:
-        """The oldest ``created`` of a stream, by probing ``created[lt]`` (day steps, then bisection)."""
-        step, lo_known = DAY, hi
-        while True:  # find a bound below which nothing exists
-            page = await self._probe(stream, {"lt": hi - step})
-            if not page.get("data"):
-                break
-            lo_known = int(page["data"][0]["created"])
-            step *= 4
-            if step > 40 * 365 * DAY:
-                return 0
-        lo, upper = hi - step, lo_known  # oldest is in [lo, upper]
-        while upper - lo > DAY:
-            mid = (lo + upper) // 2
-            page = await self._probe(stream, {"lt": mid})
-            if page.get("data"):
-                upper = min(upper, int(page["data"][0]["created"]))
-            else:
-                lo = mid
-        return max(lo, 0)
+    async def _children(self, table: str, objs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """The complete item/line lists of the objects whose embedded list is cut, fetched concurrently."""
+        todo: list[tuple[str, str, dict[str, Any]]] = []
+        for obj in objs:
+            if obj.get("deleted"):
+                continue
+            if table == "subscriptions" and (obj.get("items") or {}).get("has_more"):
+                todo.append((obj["id"], "/v1/subscription_items", {"subscription": obj["id"]}))
+            elif table == "invoices" and (obj.get("lines") or {}).get("has_more"):
+                todo.append((obj["id"], f"/v1/invoices/{obj['id']}/lines", {}))
+        if not todo:
+            return {}
+        got = await asyncio.gather(*(self._page_all(path, params) for _, path, params in todo))
+        return {oid: lst for (oid, _, _), lst in zip(todo, got, strict=True)}
 
-    async def _plan(self, stream: Stream, version: int, n_streams: int) -> list[tuple[int, int]] | None:
-        """Slices for a stream, or None when its first page was the whole stream (stored right away)."""
-        assert self.api is not None
-        page = await self.api.get(stream.path, {**stream.params, "limit": PAGE_LIMIT})
-        data = page.get("data") or []
-        if not page.get("has_more"):
-            batch = Batch()
-            for obj in data:
-                await self._add_object(batch, stream.table, obj, version)
-            batch.cursor = (f"full:{stream.name}:0:0", data[-1]["id"] if data else None, 0, True)
-            await self._put(batch)
+    async def _page_batch(self, table: str, data: list[dict[str, Any]], version: int) -> Batch:
+        batch = Batch()
+        full_lists = await self._children(table, data)
+        for obj in data:
+            await self._add_object(batch, table, obj, version, children=full_lists.get(obj["id"]))
+        return batch
+
+    def _split(self) -> tuple[_Slice, _Slice] | None:
+        """Cut the slice with the most work left in two (by ``created``); the new lower half is returned."""
+        best, most = None, 2.0 * PAGE_LIMIT
+        for sl in self._slices:
+            left = sl.left()
+            if left > most:
+                best, most = sl, left
+        if best is None:
             return None
-        hi = int(data[0]["created"]) + 1
-        lo = await self._oldest(stream, hi)
-        n = slice_count(self.api.limiter.target, self.api.latency_s, streams=n_streams)
-        return split_range(lo, hi, n)
+        mid = (best.lo + best.pos) // 2 + 1  # best keeps [mid, hi] from its cursor, the new one [lo, mid - 1]
+        assert best.hi is not None
+        low = _Slice(best.stream, best.lo, mid - 1, None, key=f"full:{best.stream.name}:{best.lo}:{mid - 1}",
+                     pos=mid - 1, density=best.rate())
+        best.lo = mid
+        return best, low
 
-    async def _run_slice(self, stream: Stream, lo: int, hi: int, after: str | None, version: int) -> None:
+    async def _fill(self, version: int) -> None:
+        """Start slices (splitting the busiest) until enough requests are in flight for the rate limit."""
         assert self.api is not None
-        name = f"full:{stream.name}:{lo}:{hi}"
-        while True:
-            if self.stop.is_set():
-                raise _Stopped
-            page = await self.api.get(stream.path, {**stream.params, "limit": PAGE_LIMIT, "starting_after": after,
-                                                    "created": {"gte": lo, "lte": hi}})
-            data = page.get("data") or []
-            batch = Batch()
-            for obj in data:
-                await self._add_object(batch, stream.table, obj, version)
-            done = not page.get("has_more") or not data
-            after = data[-1]["id"] if data else after
-            batch.cursor = (name, after, lo, done)
-            await self._put(batch)
-            if done:
+        want = slice_count(self.api.limiter.target, self.api.latency_s)
+        while len(self._slices) < want:
+            cut = self._split()
+            if cut is None:
                 return
+            parent, low = cut
+            split = Batch()  # both cursors commit before any page of the new slice
+            split.cursors = [(parent.key, parent.after, parent.lo, False), (low.key, None, low.lo, False)]
+            await self._put(split)
+            self._start(low, version)
+
+    def _start(self, sl: _Slice, version: int) -> None:
+        self._slices.append(sl)
+        self._slice_count += 1
+        task = asyncio.create_task(self._run_slice(sl, version))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_slice(self, sl: _Slice, version: int) -> None:
+        try:
+            while True:
+                if self.stop.is_set():
+                    raise _Stopped
+                page = await self._fetch_page(sl)
+                data = page.get("data") or []
+                batch = await self._page_batch(sl.stream.table, data, version)
+                if sl.hi is None:  # the stream's first page: from now on a slice of [oldest, newest]
+                    sl.hi = int(data[0]["created"]) if data else 0
+                    sl.lo = min(self.oldest, sl.hi)
+                    sl.key = f"full:{sl.stream.name}:{sl.lo}:{sl.hi}"
+                done = not page.get("has_more") or not data
+                if data:
+                    sl.after = data[-1]["id"]
+                    sl.pos = int(data[-1]["created"])
+                    sl.fetched += len(data)
+                batch.cursors.append((sl.key, sl.after, sl.lo, done))
+                await self._put(batch)
+                if done:
+                    return
+                await self._fill(version)
+        finally:
+            self._slices.remove(sl)
+
+    async def _oldest_bound(self) -> int:
+        """No object is older than its account: the listing's lower bound, without probing each stream."""
+        assert self.api is not None
+        try:
+            acct = await self.api.get("/v1/account")
+            return max(0, int(acct.get("created") or 0))
+        except StripeChurnError as exc:
+            log.debug("account creation time unknown (%s): slices start at 0", exc)
+            return 0
 
     async def _full(self, mode: str) -> None:
         assert self.api is not None
+        self.listing = True
         cursors = await self._db(self._cursors)
         had_rows = await self._db(self._has_rows)
         if "full" in cursors and mode == "full":
@@ -367,42 +470,54 @@ class _Sync:
             evs = newest.get("data") or []
             start_evt = evs[0]["id"] if evs else None
             version = int(evs[0]["created"]) if evs else int(time.time())
-            await self._db(self._commit_cursor, "full", start_evt, version, False)
+            await self._db(self._start_full, start_evt, version, self.api.server_time)
+        self.oldest = await self._oldest_bound()
 
-        slices: list[tuple[Stream, int, int, str | None]] = []
-        planned = {k for k in cursors if k.startswith("full:")}
-        if planned:
-            by_name = {s.name: s for s in STREAMS}
-            for key in planned:
-                _, sname, lo, hi = key.split(":")
-                value, _, done = cursors[key]
-                if not done and sname in by_name and not (lo == "0" and hi == "0"):
-                    slices.append((by_name[sname], int(lo), int(hi), value))
-                elif not done and sname in by_name:
-                    plan = await self._plan(by_name[sname], version, 1)
-                    slices.extend((by_name[sname], a, b, None) for a, b in plan or [])
-            # streams that never got planned before the interruption
-            seen_streams = {k.split(":")[1] for k in planned}
-            todo = [s for s in STREAMS if s.name not in seen_streams]
-        else:
-            todo = list(STREAMS)
-        # only the big streams (customers, subscriptions, invoices, events) need slices: share the rate among 4
-        plans = await asyncio.gather(*(self._plan(s, version, 4) for s in todo))
-        for s, plan in zip(todo, plans, strict=True):
-            if plan is None:
+        by_name = {s.name: s for s in STREAMS}
+        started: set[str] = set()
+        for key, (value, lo, done) in cursors.items():
+            parts = key.split(":")
+            if len(parts) != 4 or parts[0] != "full" or parts[1] not in by_name:
                 continue
-            await self._db(self._commit_slices, s, plan)
-            slices.extend((s, a, b, None) for a, b in plan)
-        log.info("full sync: %d slices over %d streams", len(slices), len({s[0].name for s in slices}))
-        await asyncio.gather(*(self._run_slice(s, a, b, after, version) for s, a, b, after in slices))
+            started.add(parts[1])
+            if not done:
+                self._start(_Slice(by_name[parts[1]], int(lo or parts[2]), int(parts[3]), value, key=key,
+                                   pos=int(parts[3])), version)
+        for s in STREAMS:
+            if s.name not in started:  # the first page of each stream, then slices of what it has left
+                self._start(_Slice(s, 0, None, None, key=f"full:{s.name}"), version)
+        stopped = False
+        while self._tasks:
+            done_tasks, _ = await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_EXCEPTION)
+            errors = [t.exception() for t in done_tasks if not t.cancelled() and t.exception() is not None]
+            failed = [e for e in errors if not isinstance(e, _Stopped)]
+            stopped = stopped or len(failed) < len(errors)
+            if failed:  # one slice failed for good: the others stop where they are (their pages are committed)
+                for t in self._tasks:
+                    t.cancel()
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+                raise failed[0]  # type: ignore[misc]
+        if stopped:  # every slice finished its page and stopped
+            raise _Stopped
+        log.info("full sync: %d slices listed", self._slice_count)
         await self._test_clocks(version)
         await self._flush()
         if had_rows:
             await self._check_missing(version)
+        await self._db(self._mark_children)
         await self._fx_rates()
         cur = await self._db(self._cursors)
         start_evt = cur.get("full", (start_evt, version, False))[0]
         await self._db(self._finish_full, start_evt, version)
+
+    def _mark_children(self) -> None:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            mark_unlisted_children(self.con, self.account, self.full_started, self._now())
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
 
     def _has_rows(self) -> bool:
         row = self.con.execute("SELECT count(*) FROM customers WHERE account_id = ?", [self.account]).fetchone()
@@ -412,13 +527,13 @@ class _Sync:
         self.con.execute("DELETE FROM sync_cursors WHERE account_id = ? AND (stream = 'full' OR stream LIKE 'full:%')",
                          [self.account])
 
-    def _commit_cursor(self, stream: str, value: str | None, created: int | None, done: bool) -> None:
-        self._set_cursor(stream, value, created, done)
-
-    def _commit_slices(self, stream: Stream, plan: list[tuple[int, int]]) -> None:
+    def _start_full(self, start_evt: str | None, version: int, server_time: int | None) -> None:
+        """The full sync's start: its version, and (when the server said its time) that the events are
+        complete up to then (the incremental sync after it continues from the start event)."""
         self.con.execute("BEGIN TRANSACTION")
-        for lo, hi in plan:
-            self._set_cursor(f"full:{stream.name}:{lo}:{hi}", None, lo, False)
+        self._set_cursor("full", start_evt, version, False)
+        if server_time is not None:
+            self._set_cursor(EVENTS_COMPLETE, None, server_time, False)
         self.con.execute("COMMIT")
 
     def _finish_full(self, start_evt: str | None, version: int) -> None:
@@ -517,42 +632,87 @@ class _Sync:
         self.con.execute("COMMIT")
 
     # ------------------------------------------------------------------ incremental sync
-    async def _gap(self, cursor: tuple[str | None, int | None, bool]) -> str | None:
-        """Why the events cursor cannot be continued (None when it can)."""
+    async def _gap(self, cursors: dict[str, tuple[str | None, int | None, bool]]) -> tuple[str | None, bool]:
+        """(why the events cursor cannot be continued or None, whether to list the retained events by time).
+
+        The cursor event may be gone (30-day retention) although nothing after it was: every event up to the
+        server time of the last complete events listing (``events:complete``) was applied, so only a listing
+        older than the retention window means events may have been lost.
+        """
         assert self.api is not None
-        value, created, _ = cursor
+        value, created, _ = cursors["events"]
         if value is None:
-            return None
+            return None, True
         try:
             await self.api.get(f"/v1/events/{value}")
         except NotFoundError:
-            return (f"the last applied event {value} (from "
-                    f"{datetime.fromtimestamp(created or 0, UTC):%Y-%m-%d}) is no longer kept by Stripe "
-                    "(30-day retention)")
-        return None
+            complete = cursors.get(EVENTS_COMPLETE, (None, None, False))[1]
+            now = self.api.server_time
+            if complete is not None and now is not None and complete >= now - EVENT_RETENTION_S:
+                log.info("the last applied event %s has left Stripe's 30-day retention, but the events were "
+                         "complete up to %s: continuing from the retained events", value,
+                         datetime.fromtimestamp(complete, UTC).isoformat())
+                return None, True
+            upto = complete if complete is not None else created
+            return (f"the events were last listed up to {datetime.fromtimestamp(upto or 0, UTC):%Y-%m-%d %H:%M} "
+                    "UTC, beyond Stripe's 30-day retention (events in between may be lost)"), False
+        return None, False
 
-    async def _incremental(self, cursor: tuple[str | None, int | None, bool]) -> None:
+    async def _incremental(self, cursor: tuple[str | None, int | None, bool], by_time: bool) -> None:
         assert self.api is not None
         value, created, _ = cursor
-        if value is None:  # the account had no events at the full sync: take every event, oldest first
-            events = await self._page_all("/v1/events", {"created": {"gte": created or 0}})
-            events.reverse()
-            for i in range(0, len(events), PAGE_LIMIT):
-                chunk = events[i:i + PAGE_LIMIT]
-                await self._apply_events(chunk, chunk[-1]["id"], int(chunk[-1]["created"]))
-            return
+        if by_time:  # no usable cursor event: every retained event from the cursor's time on, newest page first
+            await self._events_by_time(int(created or 0))
+        else:
+            group: list[dict[str, Any]] = []
+            while True:
+                if self.stop.is_set():
+                    raise _Stopped
+                page = await self.api.get("/v1/events", {"limit": PAGE_LIMIT, "ending_before": value})
+                data = page.get("data") or []
+                if data:
+                    data.reverse()  # oldest first
+                    group.extend(data)
+                    value = data[-1]["id"]
+                # a few pages per refresh: an object touched on several pages is retrieved once
+                if group and (not data or len(group) >= EVENT_GROUP):
+                    await self._apply_events(group, group[-1]["id"], int(group[-1]["created"]))
+                    group = []
+                if not data:
+                    break
+        await self._complete_events()
+
+    async def _complete_events(self) -> None:
+        """Record the server time up to which the events are complete (the last listing's Date)."""
+        if self.api is not None and self.api.server_time is not None:
+            batch = Batch()
+            batch.cursors.append((EVENTS_COMPLETE, None, self.api.server_time, False))
+            await self._put(batch)
+
+    async def _events_by_time(self, since: int) -> None:
+        """Every retained event created at or after ``since``, paged newest first; the events cursor moves to the
+        newest one with the last page (an interrupted run starts over, applying again is harmless)."""
+        assert self.api is not None
+        newest: tuple[str, int] | None = None
+        after: str | None = None
         while True:
             if self.stop.is_set():
                 raise _Stopped
-            page = await self.api.get("/v1/events", {"limit": PAGE_LIMIT, "ending_before": value})
+            page = await self.api.get("/v1/events", {"limit": PAGE_LIMIT, "starting_after": after,
+                                                     "created": {"gte": since}})
             data = page.get("data") or []
             if not data:
-                return
-            data.reverse()  # oldest first
-            value = data[-1]["id"]
-            await self._apply_events(data, value, int(data[-1]["created"]))
+                break
+            if newest is None:
+                newest = (data[0]["id"], int(data[0]["created"]))
+            after = data[-1]["id"]
+            last = not page.get("has_more")
+            data.reverse()
+            await self._apply_events(data, *(newest if last else (None, None)))
+            if last:
+                break
 
-    async def _apply_events(self, events: list[dict[str, Any]], last_id: str, last_created: int) -> None:
+    async def _apply_events(self, events: list[dict[str, Any]], last_id: str | None, last_created: int | None) -> None:
         """Store a page of events, apply their objects in order, then refresh what they touched.
 
         An event's object is the state at the event; fields Stripe changes without an event of their own
@@ -575,8 +735,9 @@ class _Sync:
             gone = table in DELETABLE and str(ev.get("type", "")).endswith(".deleted")
             await self._add_object(batch, table, obj, v, True if gone else None)
             touched.update(_related(table, obj))
-        await self._refresh(batch, touched, last_created)
-        batch.cursor = ("events", last_id, last_created, False)
+        await self._refresh(batch, touched, max(int(e["created"]) for e in events))
+        if last_id is not None:
+            batch.cursors.append(("events", last_id, last_created, False))
         await self._put(batch)
 
     async def _retrieve(self, table: str, oid: str) -> dict[str, Any]:
@@ -603,6 +764,14 @@ class _Sync:
             await self._add_object(batch, table, obj, version, True if obj.get("deleted") else None)
 
     # ------------------------------------------------------------------ the run
+    def _written(self) -> dict[str, int]:
+        """Distinct objects this run wrote, per table (an object listed or applied twice counts once)."""
+        union = " UNION ALL ".join(
+            f"SELECT '{t}' AS t, count(*) AS n FROM {t} WHERE account_id = $a AND last_seen_at >= $since"
+            for t in RAW_TABLES)
+        rows = self.con.execute(union, {"a": self.account, "since": self.started}).fetchall()
+        return {t: int(n) for t, n in rows if n}
+
     def _record_start(self, mode: str) -> None:
         self.con.execute("INSERT INTO sync_runs (run_id, account_id, started_at, mode, status) VALUES (?, ?, ?, ?, ?)",
                          [self.run_id, self.account or None, self.started, mode, "running"])
@@ -629,13 +798,13 @@ class _Sync:
                         result.mode = "full"
                         await self._full("full")
                     else:
-                        reason = await self._gap(cursors["events"])
+                        reason, by_time = await self._gap(cursors)
                         if reason:
                             result.mode, result.fallback_reason = "fallback", reason
                             log.warning("incremental sync not possible: %s; re-listing everything instead", reason)
                             await self._full("fallback")
                         else:
-                            await self._incremental(cursors["events"])
+                            await self._incremental(cursors["events"], by_time)
                     await self._flush()
                     result.status = "succeeded"
                 except _Stopped:
@@ -654,6 +823,9 @@ class _Sync:
         finally:
             self.progress.close()
             result.counts = dict(self.progress.counts)
+            if self.account:
+                with contextlib.suppress(Exception), self._db_lock:
+                    result.counts = self._written()
             result.finished_at = datetime.now(UTC)
             with contextlib.suppress(Exception), self._db_lock:
                 self._record_end(result)
@@ -702,5 +874,26 @@ def _connection(settings: Settings, con: duckdb.DuckDBPyConnection | None) -> It
 def run_sync(settings: Settings, *, full: bool = False, con: duckdb.DuckDBPyConnection | None = None,
              progress: bool = True, stop: threading.Event | None = None) -> SyncResult:
     """Bring the store up to date with Stripe: incremental from the events cursor, or a full re-list."""
-    with _connection(settings, con) as db:
+    with _connection(settings, con) as db, _lean(db):
         return asyncio.run(_Sync(settings, db, progress, stop).run(full))
+
+
+@contextlib.contextmanager
+def _lean(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """What keeps a long sync's memory flat and its CPU on the data: DuckDB's buffer cache capped (it would
+    otherwise keep most of what it wrote in memory) and insertion order not preserved; the cycle collector
+    run rarely (pages are millions of small acyclic objects that it would walk again and again)."""
+    limit = con.execute("SELECT current_setting('memory_limit'), current_setting('preserve_insertion_order')"
+                        ).fetchone()
+    thresholds = gc.get_threshold()
+    con.execute(f"SET memory_limit = '{SYNC_MEMORY_LIMIT}'")
+    con.execute("SET preserve_insertion_order = false")
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        if limit is not None:
+            with contextlib.suppress(duckdb.Error):
+                con.execute(f"SET memory_limit = '{limit[0]}'")
+                con.execute(f"SET preserve_insertion_order = {bool(limit[1])}")

@@ -25,6 +25,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.utils import formatdate
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -137,6 +138,7 @@ class SandboxApp:
         self.by_path: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.faults: Counter[str] = Counter()
         self.rate_limited = 0
+        self._date_cache: tuple[int, str] = (-1, "")
 
     def __repr__(self) -> str:
         return f"SandboxApp(account={self.sim.account_id!r}, key={mask_key(self._key)!r})"
@@ -145,7 +147,8 @@ class SandboxApp:
     def handle(self, req: Request) -> Response:
         self._seq += 1
         headers = [("Request-Id", f"req_{self._rid_prefix}{self._seq:011d}"),
-                   ("Stripe-Version", req.headers.get("stripe-version") or API_VERSION)]
+                   ("Stripe-Version", req.headers.get("stripe-version") or API_VERSION),
+                   ("Date", self._date())]
         parts = [p for p in req.path.split("/") if p]
         if parts and parts[0] == "_sandbox":
             template = "/_sandbox/" + "/".join(parts[1:])
@@ -161,6 +164,13 @@ class SandboxApp:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s -> %s", req.method, template, resp.action or resp.status)
         return resp
+
+    def _date(self) -> str:
+        """The sandbox's clock as an HTTP ``Date`` (Stripe's answers carry its own time)."""
+        clock = int(self.sim.clock)
+        if self._date_cache[0] != clock:
+            self._date_cache = (clock, formatdate(clock, usegmt=True))
+        return self._date_cache[1]
 
     # --- /v1 --------------------------------------------------------------------------------------
     def _api(self, req: Request, parts: list[str]) -> Response:

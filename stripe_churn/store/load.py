@@ -27,7 +27,7 @@ _PATH = re.compile(r"j->>'(\$[^']*)'")
 _COMMON = ("account_id", "id", "deleted", "raw", "version", "created", "first_seen_at", "last_seen_at")
 
 
-def _sql(table: str) -> str:
+def _sql(table: str, replace: bool = False) -> str:
     # Every ``j->>'path'`` of the typed columns is read by one json_extract_string over all the paths, so
     # each document is parsed once, not once per column.
     paths: list[str] = ["$.created"]
@@ -61,12 +61,72 @@ def _sql(table: str) -> str:
         f"INSERT INTO {table} ({', '.join(cols)})\n"
         f"SELECT {select}\nFROM (SELECT id, deleted, version, CAST(j AS JSON) AS j, "
         f"json_extract_string(j, [{path_list}]) AS x FROM staged) s\n"
-        "ON CONFLICT (account_id, id) DO UPDATE SET " + ", ".join(sets) + "\n"
-        f"WHERE excluded.version >= coalesce({table}.version, 0)"
+        "ON CONFLICT (account_id, id) DO UPDATE SET " + ", ".join(sets)
+        + ("" if replace else f"\nWHERE excluded.version >= coalesce({table}.version, 0)")
     )
 
 
-_SQL: dict[str, str] = {}
+_SQL: dict[tuple[str, bool], str] = {}
+
+
+class Staged:
+    """Rows for one raw table, serialised as they arrive (compact while queued); the last copy of an id wins
+    unless an earlier one has a higher version."""
+
+    __slots__ = ("_at", "blobs", "flags", "ids", "versions")
+
+    def __init__(self) -> None:
+        self._at: dict[str, int] = {}
+        self.ids: list[str] = []
+        self.flags: list[bool] = []
+        self.versions: list[int] = []
+        self.blobs: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, obj: dict[str, Any], version: int, deleted: bool | None = None) -> None:
+        self.add_blob(str(obj["id"]), orjson.dumps(obj).decode(),
+                      version, bool(obj.get("deleted", False)) if deleted is None else deleted)
+
+    def add_blob(self, oid: str, blob: str, version: int, deleted: bool) -> None:
+        at = self._at.get(oid)
+        if at is not None:
+            if version >= self.versions[at]:
+                self.flags[at], self.versions[at], self.blobs[at] = deleted, version, blob
+            return
+        self._at[oid] = len(self.ids)
+        self.ids.append(oid)
+        self.flags.append(deleted)
+        self.versions.append(version)
+        self.blobs.append(blob)
+
+    def extend(self, other: Staged) -> None:
+        for i, oid in enumerate(other.ids):
+            self.add_blob(oid, other.blobs[i], other.versions[i], other.flags[i])
+
+
+def upsert_staged(con: duckdb.DuckDBPyConnection, table: str, account_id: str, rows: Staged, seen_at: datetime,
+                  *, replace: bool = False) -> int:
+    """Upsert staged rows into a raw table in one statement; returns the number of rows given.
+
+    ``replace``: the rows win whatever the stored version (a full sync's listing is the truth of its moment,
+    even against a store filled from another timeline); otherwise an older copy never replaces a newer one.
+    """
+    if table not in RAW_TABLES:
+        raise ValueError(f"not a raw table: {table}")
+    if not rows.ids:
+        return 0
+    staged = pa.table({"id": pa.array(rows.ids, pa.string()), "deleted": pa.array(rows.flags, pa.bool_()),
+                       "version": pa.array(rows.versions, pa.int64()), "j": pa.array(rows.blobs, pa.string())})
+    sql = _SQL.get((table, replace)) or _SQL.setdefault((table, replace), _sql(table, replace))
+    con.register("staged", staged)
+    try:
+        con.execute(sql, {"account": account_id, "seen": seen_at.astimezone(UTC)})
+    finally:
+        with contextlib.suppress(duckdb.Error):  # in an aborted transaction: keep the statement's own error
+            con.unregister("staged")
+    return len(rows.ids)
 
 
 def upsert_objects(con: duckdb.DuckDBPyConnection, table: str, account_id: str, objects: Iterable[dict[str, Any]],
@@ -81,13 +141,8 @@ def upsert_objects(con: duckdb.DuckDBPyConnection, table: str, account_id: str, 
     if table not in RAW_TABLES:
         raise ValueError(f"not a raw table: {table}")
     default_version = int(seen_at.timestamp())
-    by_id: dict[str, int] = {}
-    ids: list[str] = []
-    flags: list[bool] = []
-    vers: list[int] = []
-    blobs: list[str] = []
+    rows = Staged()
     for n, obj in enumerate(objects):
-        oid = obj["id"]
         if isinstance(versions, int):
             v = versions
         elif versions is None:
@@ -95,34 +150,13 @@ def upsert_objects(con: duckdb.DuckDBPyConnection, table: str, account_id: str, 
         else:
             v = int(versions[n])
         if isinstance(deleted, bool):
-            flag = deleted
+            flag: bool | None = deleted
         elif deleted is None:
-            flag = bool(obj.get("deleted", False))
+            flag = None
         else:
             flag = bool(deleted[n])
-        blob = orjson.dumps(obj).decode()
-        at = by_id.get(oid)
-        if at is not None:
-            if v >= vers[at]:
-                flags[at], vers[at], blobs[at] = flag, v, blob
-            continue
-        by_id[oid] = len(ids)
-        ids.append(oid)
-        flags.append(flag)
-        vers.append(v)
-        blobs.append(blob)
-    if not ids:
-        return 0
-    staged = pa.table({"id": pa.array(ids, pa.string()), "deleted": pa.array(flags, pa.bool_()),
-                       "version": pa.array(vers, pa.int64()), "j": pa.array(blobs, pa.string())})
-    sql = _SQL.get(table) or _SQL.setdefault(table, _sql(table))
-    con.register("staged", staged)
-    try:
-        con.execute(sql, {"account": account_id, "seen": seen_at.astimezone(UTC)})
-    finally:
-        with contextlib.suppress(duckdb.Error):  # in an aborted transaction: keep the statement's own error
-            con.unregister("staged")
-    return len(ids)
+        rows.add(obj, v, flag)
+    return upsert_staged(con, table, account_id, rows, seen_at)
 
 
 def mark_missing_children(con: duckdb.DuckDBPyConnection, table: str, parent_column: str, account_id: str,
@@ -148,6 +182,28 @@ def mark_missing_children(con: duckdb.DuckDBPyConnection, table: str, parent_col
     finally:
         with contextlib.suppress(duckdb.Error):
             con.unregister("staged_parents")
+
+
+# child table, its parent column, parent table, extra condition on the child rows
+_CHILDREN: tuple[tuple[str, str, str, str], ...] = (
+    ("subscription_items", "subscription_id", "subscriptions", ""),
+    ("invoice_lines", "invoice_id", "invoices", ""),
+    ("discounts", "subscription_id", "subscriptions", ""),
+    ("discounts", "customer_id", "customers", "AND c.subscription_id IS NULL"),
+)
+
+
+def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, since: datetime,
+                           seen_at: datetime) -> None:
+    """After a full listing: flag as deleted the children (items, lines, discounts) not listed since ``since``
+    whose parent was listed since then (the parent's list was complete). One statement per child relation,
+    instead of one per page."""
+    for child, col, parent, extra in _CHILDREN:
+        con.execute(
+            f"UPDATE {child} c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
+            f"AND c.last_seen_at < $since {extra} AND c.{col} IN (SELECT p.id FROM {parent} p "
+            "WHERE p.account_id = $a AND p.last_seen_at >= $since AND NOT p.deleted)",
+            {"a": account_id, "since": since, "seen": seen_at})
 
 
 def upsert_fx_rates(con: duckdb.DuckDBPyConnection, rows: Iterable[tuple[str, str, float | Decimal]]) -> None:

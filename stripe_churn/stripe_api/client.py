@@ -1,7 +1,7 @@
 """Raw page fetching from Stripe: the SDK's client for auth, version pin and base URL; bodies parsed by orjson.
 
 Building SDK objects costs ~40x more than parsing the JSON (design.md 2), so pages go through the SDK's
-async HTTP client (``request_with_retries_async``) untouched and are parsed here. Retries are ours: the SDK
+async HTTP client (its aiohttp one, ``request_with_retries_async``) untouched and are parsed here. Retries are ours: the SDK
 does not retry 429s nor bad bodies, and every attempt has to pass the shared :class:`TokenBucket`.
 """
 
@@ -12,9 +12,11 @@ import logging
 import random
 import time
 from collections.abc import Mapping
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import aiohttp
 import orjson
 import stripe
 
@@ -63,7 +65,8 @@ class StripeRaw:
         self.base = settings.api_base.rstrip("/")
         self.max_retries = settings.max_retries
         self.limiter = limiter or TokenBucket(settings.effective_rate_limit)
-        self._http = http_client or stripe.HTTPXClient(timeout=settings.timeout_seconds)
+        # aiohttp: a fraction of httpx's cost per request (its pool scans every connection on each request)
+        self._http = http_client or stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=settings.timeout_seconds))
         # The SDK client holds the same key, account, version pin and base URL, for the few object calls
         # (and for anyone who wants the typed API); pages are fetched through its HTTP client below.
         self.sdk = stripe.StripeClient(key, stripe_account=settings.account, base_addresses={"api": self.base},
@@ -75,6 +78,7 @@ class StripeRaw:
         self.requests = 0
         self.retries = 0
         self.latency_s = 0.0  # exponentially smoothed response time
+        self.server_time: int | None = None  # the server's clock (``Date`` header) at the last answer
 
     def __repr__(self) -> str:
         return f"StripeRaw(base={self.base!r}, requests={self.requests})"
@@ -95,7 +99,10 @@ class StripeRaw:
 
     async def _send(self, url: str) -> tuple[Any, int, Mapping[str, str]]:
         if not isinstance(self._http, stripe.RequestsClient):
-            return await self._http.request_with_retries_async("get", url, self._headers, max_network_retries=0)
+            try:
+                return await self._http.request_with_retries_async("get", url, self._headers, max_network_retries=0)
+            except (TimeoutError, aiohttp.ClientError) as exc:  # the body cut short, after the headers
+                raise stripe.APIConnectionError(f"reading the answer failed ({type(exc).__name__})") from None
         # a synchronous SDK client (tests drive RequestsClient through `responses`): run it off the loop
         return await asyncio.to_thread(self._http.request_with_retries, "get", url, self._headers, None, 0)
 
@@ -126,6 +133,9 @@ class StripeRaw:
             self.latency_s = 0.8 * self.latency_s + 0.2 * (time.monotonic() - started) if self.latency_s else \
                 time.monotonic() - started
             request_id = headers.get("Request-Id") or headers.get("request-id")
+            date = headers.get("Date") or headers.get("date")
+            if date:
+                self.server_time = _http_date(date) or self.server_time
             should_retry = (headers.get("Stripe-Should-Retry") or "").lower()
             if status == 403 and self._headers.get("Stripe-Account") and _error_code(body) == "account_invalid":
                 raise AuthError(f"Stripe refused this key access to the connected account "
@@ -181,6 +191,14 @@ def _error_code(body: Any) -> str | None:
         code = orjson.loads(body).get("error", {}).get("code")
         return str(code) if code else None
     except Exception:
+        return None
+
+
+def _http_date(value: str) -> int | None:
+    """Unix seconds of an HTTP ``Date`` header, None when it does not parse."""
+    try:
+        return int(parsedate_to_datetime(value).timestamp())
+    except (TypeError, ValueError, IndexError):
         return None
 
 

@@ -68,17 +68,12 @@ DELETABLE = frozenset({"customers", "products", "prices", "coupons", "invoices",
 EVENT_RETENTION_S = 30 * 86400
 
 
-def slice_count(rate_limit: float, latency_s: float, *, streams: int = 1, cap: int = 32) -> int:
-    """Slices per stream so that the requests in flight fill the rate limit: rate x latency, shared."""
-    in_flight = rate_limit * max(latency_s, 0.005) * 1.5
-    return max(1, min(cap, math.ceil(in_flight / max(streams, 1))))
+# Without a rate limit the server itself is the limit: a few hundred list pages per second at most.
+SERVER_CEILING_RPS = 400.0
 
 
-def split_range(lo: int, hi: int, n: int) -> list[tuple[int, int]]:
-    """Cut [lo, hi] (inclusive unix seconds) into at most ``n`` contiguous inclusive slices."""
-    if hi < lo:
-        return []
-    n = max(1, min(n, hi - lo + 1))
-    step = (hi - lo + 1) / n
-    bounds = [lo + round(i * step) for i in range(n)] + [hi + 1]
-    return [(bounds[i], bounds[i + 1] - 1) for i in range(n) if bounds[i + 1] > bounds[i]]
+def slice_count(rate_limit: float, latency_s: float, *, floor: int = 4, cap: int = 48) -> int:
+    """Slices listed at once (over all streams) so that the requests in flight fill the rate limit:
+    rate x latency, with a margin for the time spent between a page's answer and the next request."""
+    in_flight = min(rate_limit, SERVER_CEILING_RPS) * max(latency_s, 0.005) * 1.5
+    return max(floor, min(cap, math.ceil(in_flight)))
