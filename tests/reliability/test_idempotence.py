@@ -58,7 +58,7 @@ def recompute_and_publish(settings: Settings) -> None:
 def synced(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, list[dict[str, bytes]]]:
     """One sandbox state synced three times (full, incremental with nothing new, full again); exports after each."""
     tmp = tmp_path_factory.mktemp("idem")
-    sim = Simulation(customers=40, months=7, seed=21)
+    sim = Simulation(customers=30, months=6, seed=21)
     with start_in_thread(sim, api_key=KEY) as sb:
         settings = Settings(api_key=Secret(KEY), api_base=sb.url, db=tmp / "i.duckdb", rate_limit=2000.0)
         runs = []
