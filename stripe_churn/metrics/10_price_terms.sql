@@ -36,11 +36,14 @@ WITH src AS (
     FROM prices
     WHERE NOT coalesce(deleted, false) AND json_extract_string(raw, '$.currency') IS NOT NULL
     UNION ALL
+    -- (the typed price_id picks the few items whose price is not stored before any JSON is read)
     SELECT account_id, json_extract_string(price, '$.id'), price, 2, 'subscription_items'
-    FROM (SELECT account_id, json_extract(raw, '$.price') AS price FROM subscription_items) i
+    FROM (SELECT account_id, json_extract(raw, '$.price') AS price
+          FROM subscription_items i
+          WHERE i.price_id IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM prices p WHERE p.account_id = i.account_id
+                            AND p.id = i.price_id AND NOT coalesce(p.deleted, false))) i
     WHERE json_extract_string(price, '$.id') IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM prices p WHERE p.account_id = i.account_id
-                      AND p.id = json_extract_string(i.price, '$.id') AND NOT coalesce(p.deleted, false))
 ),
 one AS (
     SELECT * FROM src

@@ -28,60 +28,63 @@ SELECT
     e.id AS event_id,
     e.type AS event_type,
     e.created AS moment,
-    json_extract_string(e.raw, '$.data.object.id') AS subscription_id,
-    json_extract(e.raw, '$.data.object') AS after_state,
-    CASE WHEN json_type(json_extract(e.raw, '$.data.previous_attributes')) = 'OBJECT'
-         THEN json_merge_patch(json_extract(e.raw, '$.data.object'), json_extract(e.raw, '$.data.previous_attributes'))
-    END AS before_state,
-    row_number() OVER (PARTITION BY e.account_id, json_extract_string(e.raw, '$.data.object.id')
-                       ORDER BY e.created, e.id) AS seq
-FROM events e
-WHERE e.type LIKE 'customer.subscription.%'
-  AND json_extract_string(e.raw, '$.data.object.object') = 'subscription'
-  AND NOT coalesce(e.deleted, false);
+    e.object_id AS subscription_id,
+    e.v[1] AS after_state,
+    CASE WHEN json_type(e.v[2]) = 'OBJECT' THEN json_merge_patch(e.v[1], e.v[2]) END AS before_state,
+    row_number() OVER (PARTITION BY e.account_id, e.object_id ORDER BY e.created, e.id) AS seq
+FROM (SELECT *, json_extract(raw, ['$.data.object', '$.data.previous_attributes']) AS v  -- one parse
+      FROM events
+      WHERE type LIKE 'customer.subscription.%' AND object_type = 'subscription' AND NOT coalesce(deleted, false)) e;
 
 -- Every subscription known, with the fields of its latest known state (the snapshot, or the last event
 -- for one the store has no usable row for).
 CREATE OR REPLACE TABLE derived_subs AS
 WITH snap AS (
-    SELECT account_id, id AS subscription_id, raw AS state, last_seen_at AS seen_at, 1 AS pri
+    -- the snapshot, from the typed columns the store extracts at load time
+    SELECT account_id, id AS subscription_id, customer_id, lower(currency) AS currency, status, start_date,
+           created AS created_at, trial_start, trial_end, canceled_at, ended_at, cancel_at,
+           coalesce(cancel_at_period_end, false) AS cancel_at_period_end, cancellation_reason,
+           cancellation_feedback, cancellation_comment, paused_at, coalesce(pause_collection, false) AS pause_collection,
+           last_seen_at AS seen_at, true AS in_snapshot,
+           -- the snapshot's JSON stays in `subscriptions`: read it from there for the few rows that need it
+           CAST(NULL AS JSON) AS state
     FROM subscriptions
-    WHERE NOT coalesce(deleted, false) AND ref_id(json_extract(raw, '$.customer')) IS NOT NULL
-    UNION ALL
-    SELECT account_id, subscription_id, after_state, moment, 2
-    FROM derived_sub_events
-    QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY moment DESC, seq DESC) = 1
+    WHERE NOT coalesce(deleted, false) AND customer_id IS NOT NULL
 ),
-latest AS (
-    SELECT * FROM snap
-    QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY pri) = 1
+from_events AS (
+    -- a subscription the store has no usable row for: its last event's state
+    SELECT l.account_id, l.subscription_id,
+           coalesce(json_extract_string(v[1], '$.id'), json_extract_string(v[1], '$')) AS customer_id,
+           lower(json_extract_string(v[2], '$')) AS currency,
+           json_extract_string(v[3], '$') AS status,
+           ts_of(json_extract_string(v[4], '$')) AS start_date,
+           ts_of(json_extract_string(v[5], '$')) AS created_at,
+           ts_of(json_extract_string(v[6], '$')) AS trial_start,
+           ts_of(json_extract_string(v[7], '$')) AS trial_end,
+           ts_of(json_extract_string(v[8], '$')) AS canceled_at,
+           ts_of(json_extract_string(v[9], '$')) AS ended_at,
+           ts_of(json_extract_string(v[10], '$')) AS cancel_at,
+           coalesce(TRY_CAST(json_extract_string(v[11], '$') AS BOOLEAN), false) AS cancel_at_period_end,
+           json_extract_string(v[12], '$.reason') AS cancellation_reason,
+           json_extract_string(v[12], '$.feedback') AS cancellation_feedback,
+           json_extract_string(v[12], '$.comment') AS cancellation_comment,
+           ts_of(json_extract_string(v[13], '$')) AS paused_at,
+           coalesce(json_type(v[14]) = 'OBJECT', false) AS pause_collection,
+           l.seen_at, false AS in_snapshot, l.state
+    FROM (SELECT account_id, subscription_id, after_state AS state, moment AS seen_at,
+                 json_extract(after_state, ['$.customer', '$.currency', '$.status', '$.start_date', '$.created',
+                                            '$.trial_start', '$.trial_end', '$.canceled_at', '$.ended_at',
+                                            '$.cancel_at', '$.cancel_at_period_end', '$.cancellation_details',
+                                            '$.status_details.paused.transitioned_at',
+                                            '$.pause_collection']) AS v
+          FROM derived_sub_events e
+          WHERE NOT EXISTS (SELECT 1 FROM snap s
+                            WHERE s.account_id = e.account_id AND s.subscription_id = e.subscription_id)
+          QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY moment DESC, seq DESC) = 1) l
 )
-SELECT
-    l.account_id,
-    l.subscription_id,
-    coalesce(json_extract_string(v[1], '$.id'), json_extract_string(v[1], '$')) AS customer_id,
-    lower(json_extract_string(v[2], '$')) AS currency,
-    json_extract_string(v[3], '$') AS status,
-    ts_of(json_extract_string(v[4], '$')) AS start_date,
-    ts_of(json_extract_string(v[5], '$')) AS created_at,
-    ts_of(json_extract_string(v[6], '$')) AS trial_start,
-    ts_of(json_extract_string(v[7], '$')) AS trial_end,
-    ts_of(json_extract_string(v[8], '$')) AS canceled_at,
-    ts_of(json_extract_string(v[9], '$')) AS ended_at,
-    ts_of(json_extract_string(v[10], '$')) AS cancel_at,
-    coalesce(TRY_CAST(json_extract_string(v[11], '$') AS BOOLEAN), false) AS cancel_at_period_end,
-    json_extract_string(v[12], '$.reason') AS cancellation_reason,
-    json_extract_string(v[12], '$.feedback') AS cancellation_feedback,
-    json_extract_string(v[12], '$.comment') AS cancellation_comment,
-    ts_of(json_extract_string(v[13], '$')) AS paused_at,
-    l.seen_at,
-    l.pri = 1 AS in_snapshot,
-    l.state
-FROM (SELECT *, json_extract(state, ['$.customer', '$.currency', '$.status', '$.start_date', '$.created',
-                                     '$.trial_start', '$.trial_end', '$.canceled_at', '$.ended_at', '$.cancel_at',
-                                     '$.cancel_at_period_end', '$.cancellation_details',
-                                     '$.status_details.paused.transitioned_at']) AS v
-      FROM latest) l;
+SELECT * FROM snap
+UNION ALL
+SELECT * FROM from_events;
 
 -- What of a subscription state matters for MRR: its items' ids, prices and quantities (sorted).
 CREATE OR REPLACE MACRO items_key(state) AS list_sort(list_transform(
@@ -98,15 +101,17 @@ WITH firsts AS (
 ),
 anchor_from_events AS (
     SELECT f.account_id, f.subscription_id, greatest(c.coverage_start, s.start_date) AS moment,
-           'event' AS source, f.event_id, f.before_state AS state, 0 AS ord
+           'event' AS source, f.event_id, f.before_state AS state, 0 AS ord, NULL AS status, NULL AS pause_collection
     FROM firsts f
     JOIN derived_coverage c USING (account_id)
     LEFT JOIN derived_subs s USING (account_id, subscription_id)
     WHERE f.before_state IS NOT NULL AND greatest(c.coverage_start, s.start_date) < f.moment
 ),
 anchor_from_snapshot AS (
+    -- (status and pause_collection from the typed columns; its items are read from subscription_items in 30)
     SELECT s.account_id, s.subscription_id, greatest(c.coverage_start, s.start_date) AS moment,
-           'snapshot' AS source, NULL AS event_id, s.state, 0 AS ord
+           'snapshot' AS source, NULL AS event_id, CAST(NULL AS JSON) AS state, 0 AS ord, s.status,
+           s.pause_collection
     FROM derived_subs s
     JOIN derived_coverage c USING (account_id)
     WHERE s.in_snapshot
@@ -114,7 +119,8 @@ anchor_from_snapshot AS (
                       WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
 ),
 after_events AS (
-    SELECT account_id, subscription_id, moment, 'event' AS source, event_id, after_state AS state, seq AS ord
+    SELECT account_id, subscription_id, moment, 'event' AS source, event_id, after_state AS state, seq AS ord,
+           NULL AS status, NULL AS pause_collection
     FROM derived_sub_events
 ),
 last_events AS (
@@ -123,15 +129,18 @@ last_events AS (
 ),
 late_snapshot AS (
     SELECT s.account_id, s.subscription_id, s.seen_at AS moment, 'snapshot' AS source, NULL AS event_id,
-           s.state, 1000000 AS ord
+           CAST(NULL AS JSON) AS state, 1000000 AS ord, s.status, s.pause_collection
     FROM derived_subs s
     JOIN last_events l USING (account_id, subscription_id)
+    JOIN subscriptions r ON r.account_id = s.account_id AND r.id = s.subscription_id
     WHERE s.in_snapshot AND s.seen_at > l.moment
-      AND (json_extract_string(s.state, '$.status') IS DISTINCT FROM json_extract_string(l.after_state, '$.status')
-           OR items_key(s.state) IS DISTINCT FROM items_key(l.after_state))
+      AND (s.status IS DISTINCT FROM json_extract_string(l.after_state, '$.status')
+           OR items_key(r.raw) IS DISTINCT FROM items_key(l.after_state))
 )
-SELECT *, json_extract_string(state, '$.status') AS status,
-       json_type(json_extract(state, '$.pause_collection')) = 'OBJECT' AS pause_collection,
+SELECT * REPLACE (
+           CASE WHEN source = 'snapshot' THEN status ELSE json_extract_string(state, '$.status') END AS status,
+           CASE WHEN source = 'snapshot' THEN pause_collection
+                ELSE json_type(json_extract(state, '$.pause_collection')) = 'OBJECT' END AS pause_collection),
        -- an embedded item list cut short (has_more) says nothing about the items it leaves out
        source = 'snapshot' OR NOT coalesce(TRY_CAST(json_extract_string(state, '$.items.has_more') AS BOOLEAN), false)
            AS items_complete
@@ -155,7 +164,7 @@ WITH s AS (
 -- unpaid now, or canceled for a failed payment (it may have gone unpaid first, then been deleted)
 unpaid_invoices AS (
     SELECT i.account_id, i.subscription_id, i.created, u.status AS sub_status, u.ended_at,
-           json_extract_string(i.raw, ['$.status', '$.status_transitions.marked_uncollectible_at']) AS v
+           i.status AS invoice_status, i.marked_uncollectible_at
     FROM invoices i
     JOIN (SELECT account_id, subscription_id, status, ended_at FROM s
           WHERE status = 'unpaid' OR (status = 'canceled' AND cancellation_reason = 'payment_failed')) u
@@ -163,11 +172,11 @@ unpaid_invoices AS (
 ),
 unpaid_from AS (
     SELECT account_id, subscription_id,
-           CASE WHEN any_value(sub_status) = 'unpaid' THEN coalesce(max(ts_of(v[2])), min(created))
-                ELSE max(ts_of(v[2])) END AS unpaid_at,
+           CASE WHEN any_value(sub_status) = 'unpaid' THEN coalesce(max(marked_uncollectible_at), min(created))
+                ELSE max(marked_uncollectible_at) END AS unpaid_at,
            any_value(ended_at) AS ended_at
     FROM unpaid_invoices
-    WHERE v[1] IN ('open', 'uncollectible')
+    WHERE invoice_status IN ('open', 'uncollectible')
     GROUP BY account_id, subscription_id
     HAVING unpaid_at IS NOT NULL AND (any_value(ended_at) IS NULL OR unpaid_at < any_value(ended_at))
 ),

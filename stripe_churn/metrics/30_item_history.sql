@@ -1,88 +1,66 @@
 -- State history per subscription item (design.md 3): price and quantity over time, from invoice lines
 -- before event coverage and from the subscription observations (events, snapshot) inside it.
 
--- Subscription invoice lines, flattened once (each JSON document parsed once, for a list of paths).
+-- Subscription invoice lines, from the typed columns the store extracts at load time (no JSON read here).
 CREATE OR REPLACE TEMP TABLE derived_invoice_lines AS
 WITH inv AS (
-    SELECT account_id, id AS invoice_id, created AS invoice_created, v[1] AS billing_reason, v[2] AS invoice_status,
-           coalesce(subscription_id, v[3], json_extract_string(v[4], '$.id')) AS subscription_id, customer_id
-    FROM (SELECT *, json_extract_string(raw, ['$.billing_reason', '$.status',
-                                              '$.parent.subscription_details.subscription',
-                                              '$.parent.subscription_details.subscription']) AS v
-          FROM invoices WHERE NOT coalesce(deleted, false))
-    WHERE v[1] IN ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription')
-),
-l AS (
-    SELECT account_id, id AS line_id, invoice_id,
-           json_extract(raw, ['$.parent.subscription_item_details', '$.parent.invoice_item_details',
-                              '$.pricing.price_details.price', '$.quantity', '$.period.start', '$.period.end',
-                              '$.amount', '$.taxes']) AS v
-    FROM invoice_lines
+    SELECT account_id, id AS invoice_id, created AS invoice_created, billing_reason, status AS invoice_status,
+           subscription_id, customer_id
+    FROM invoices
     WHERE NOT coalesce(deleted, false)
-),
-f AS (
-    SELECT account_id, line_id, invoice_id,
-           CASE WHEN json_type(v[1]) = 'OBJECT' THEN v[1] ELSE v[2] END AS par, ref_id(v[3]) AS price_id,
-           TRY_CAST(json_extract_string(v[4], '$') AS BIGINT) AS quantity,
-           ts_of(json_extract_string(v[5], '$')) AS period_start,
-           ts_of(json_extract_string(v[6], '$')) AS period_end,
-           TRY_CAST(json_extract_string(v[7], '$') AS BIGINT) AS amount,
-           v[8] AS taxes
-    FROM l
+      AND billing_reason IN ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription')
 )
 SELECT
-    f.account_id,
-    f.line_id,
-    f.invoice_id,
+    l.account_id,
+    l.id AS line_id,
+    l.invoice_id,
     i.invoice_created,
     i.billing_reason,
     i.invoice_status,
-    coalesce(ref_id(json_extract(f.par, '$.subscription')), i.subscription_id) AS subscription_id,
+    coalesce(l.subscription_id, i.subscription_id) AS subscription_id,
     i.customer_id,
-    json_extract_string(f.par, '$.subscription_item') AS subscription_item_id,
-    coalesce(CAST(json_extract(f.par, '$.proration') AS BOOLEAN), false) AS proration,
-    json_type(json_extract(f.par, '$.proration_details.credited_items')) = 'OBJECT' OR f.amount < 0 AS is_credit,
-    f.price_id,
-    f.quantity,
-    f.period_start,
-    f.period_end,
-    f.amount,
+    l.subscription_item_id,
+    coalesce(l.parent_proration, false) AS proration,
+    coalesce(l.proration_credit, false) OR l.amount < 0 AS is_credit,
+    l.price_id,
+    l.quantity,
+    l.period_start,
+    l.period_end,
+    l.amount,
     -- tax excluded: an inclusive tax is inside `amount`, an exclusive one is not
-    f.amount - coalesce(list_sum(list_transform(
-        list_filter(CAST(json_extract(f.taxes, '$[*]') AS JSON[]),
-                    lambda x: json_extract_string(x, '$.tax_behavior') = 'inclusive'),
-        lambda x: TRY_CAST(json_extract_string(x, '$.amount') AS BIGINT))), 0) AS amount_excl_tax
-FROM f
-JOIN inv i USING (account_id, invoice_id);
+    l.amount - coalesce(l.tax_inclusive, 0) AS amount_excl_tax
+FROM invoice_lines l
+JOIN inv i ON i.account_id = l.account_id AND i.invoice_id = l.invoice_id
+WHERE NOT coalesce(l.deleted, false);
 
--- Items as they appear in each observed subscription state. A snapshot whose embedded item list was cut
--- short (has_more) takes its items from the subscription_items table rows seen in the same sync.
+-- Items as they appear in each observed subscription state: an event's state lists them in its JSON; a
+-- snapshot's are the subscription_items rows seen in the same sync (the same list, cut short or not, as
+-- typed columns).
 CREATE OR REPLACE TEMP TABLE derived_obs_items AS
-WITH obs AS (
-    SELECT *, coalesce(CAST(json_extract(state, '$.items.has_more') AS BOOLEAN), false)
-                  AND source = 'snapshot' AS truncated
-    FROM derived_sub_obs
-),
-embedded AS (
+WITH embedded AS (
     SELECT o.account_id, o.subscription_id, o.moment, o.source, o.event_id, o.ord, u.it
-    FROM (SELECT *, CAST(json_extract(state, '$.items.data[*]') AS JSON[]) AS its FROM obs WHERE NOT truncated) o,
+    FROM (SELECT *, CAST(json_extract(state, '$.items.data[*]') AS JSON[]) AS its
+          FROM derived_sub_obs WHERE source <> 'snapshot') o,
          unnest(o.its) AS u(it)
 ),
 listed AS (
-    SELECT o.account_id, o.subscription_id, o.moment, o.source, o.event_id, o.ord, si.raw AS it
-    FROM obs o
+    SELECT o.account_id, o.subscription_id, o.moment, o.source, o.event_id, o.ord, si.id AS subscription_item_id,
+           si.price_id, si.quantity, si.created AS item_created
+    FROM derived_sub_obs o
     JOIN subscriptions s ON s.account_id = o.account_id AND s.id = o.subscription_id
     JOIN subscription_items si
       ON si.account_id = o.account_id AND si.subscription_id = o.subscription_id
      AND NOT coalesce(si.deleted, false) AND si.last_seen_at >= s.last_seen_at - INTERVAL 1 HOUR
-    WHERE o.truncated
+    WHERE o.source = 'snapshot'
 )
 SELECT account_id, subscription_id, moment, source, event_id, ord,
        json_extract_string(it, '$.id') AS subscription_item_id,
        ref_id(json_extract(it, '$.price')) AS price_id,
        TRY_CAST(json_extract_string(it, '$.quantity') AS BIGINT) AS quantity,
        ts_of(json_extract_string(it, '$.created')) AS item_created
-FROM (SELECT * FROM embedded UNION ALL SELECT * FROM listed);
+FROM embedded
+UNION ALL
+SELECT * FROM listed;
 
 -- Every item known per subscription, from any source.
 CREATE OR REPLACE TEMP TABLE derived_items_known AS

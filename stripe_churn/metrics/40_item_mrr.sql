@@ -131,21 +131,38 @@ LEFT JOIN derived_sub_churn c ON c.account_id = u.account_id AND c.subscription_
 -- is normalised like the price, item-level on the item, subscription- or customer-level shared across the
 -- subscription's items in proportion to their MRR, and capped so that MRR never goes below zero.
 CREATE OR REPLACE TEMP TABLE derived_item_point_discounts AS
-SELECT ip.account_id, ip.subscription_item_id, ip.moment,
+WITH spans AS (
+    SELECT * FROM derived_discount_spans WHERE applies_to_mrr
+),
+-- each discount reaches the points of its scope by one equality join (an item, a subscription or a customer)
+matched AS (
+    SELECT ip.account_id, ip.subscription_item_id, ip.moment, ip.currency, d.*
+        EXCLUDE (account_id, subscription_item_id, subscription_id, customer_id)
+    FROM derived_item_points ip
+    JOIN spans d ON d.scope = 'item' AND d.account_id = ip.account_id
+                AND d.subscription_item_id = ip.subscription_item_id
+    UNION ALL
+    SELECT ip.account_id, ip.subscription_item_id, ip.moment, ip.currency, d.*
+        EXCLUDE (account_id, subscription_item_id, subscription_id, customer_id)
+    FROM derived_item_points ip
+    JOIN spans d ON d.scope = 'subscription' AND d.account_id = ip.account_id
+                AND d.subscription_id = ip.subscription_id
+    UNION ALL
+    SELECT ip.account_id, ip.subscription_item_id, ip.moment, ip.currency, d.*
+        EXCLUDE (account_id, subscription_item_id, subscription_id, customer_id)
+    FROM derived_item_points ip
+    JOIN spans d ON d.scope = 'customer' AND d.account_id = ip.account_id AND d.customer_id = ip.customer_id
+)
+SELECT d.account_id, d.subscription_item_id, d.moment,
        list_reduce(list(CAST(1 - d.percent_off / 100 AS DECIMAL(38, 18))) FILTER (WHERE d.percent_off IS NOT NULL),
                    lambda x, y: CAST(x * y AS DECIMAL(38, 18))) AS pct_factor,
        coalesce(sum(d.amount_off) FILTER (WHERE d.amount_off IS NOT NULL AND d.scope = 'item'), 0) AS item_amount_off,
        coalesce(sum(d.amount_off) FILTER (WHERE d.amount_off IS NOT NULL AND d.scope <> 'item'), 0) AS sub_amount_off,
        list(d.discount_id ORDER BY d.discount_id) AS discount_ids
-FROM derived_item_points ip
-JOIN derived_discount_spans d
-  ON d.account_id = ip.account_id AND d.applies_to_mrr
- AND d.valid_from <= ip.moment AND (d.valid_to IS NULL OR ip.moment < d.valid_to)
- AND (d.subscription_item_id = ip.subscription_item_id
-      OR (d.scope = 'subscription' AND d.subscription_id = ip.subscription_id)
-      OR (d.scope = 'customer' AND d.customer_id = ip.customer_id))
- AND (d.amount_off IS NULL OR d.amount_off_currency IS NULL OR d.amount_off_currency = ip.currency)
-GROUP BY ALL;
+FROM matched d
+WHERE d.valid_from <= d.moment AND (d.valid_to IS NULL OR d.moment < d.valid_to)
+  AND (d.amount_off IS NULL OR d.amount_off_currency IS NULL OR d.amount_off_currency = d.currency)
+GROUP BY d.account_id, d.subscription_item_id, d.moment;
 
 CREATE OR REPLACE TEMP TABLE derived_item_point_mrr AS
 WITH base AS (

@@ -19,8 +19,8 @@ WITH mains AS (
 )
 SELECT t.account_id, t.customer_id, t.t_start, t.t_end, t.mrr_before, t.mrr_after, t.mrr_delta, t.kind,
        t.had_mrr_before, m.product_id, m.price_id, m.family,
-       coalesce(lower(json_extract_string(c.raw, '$.currency')), m.item_currency) AS currency,
-       json_extract_string(c.raw, '$.address.country') AS country
+       coalesce(lower(c.currency), m.item_currency) AS currency,
+       c.country
 FROM derived_transitions t
 LEFT JOIN mains m USING (tid)
 LEFT JOIN customers c ON c.account_id = t.account_id AND c.id = t.customer_id;

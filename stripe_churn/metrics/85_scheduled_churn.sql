@@ -9,9 +9,12 @@ pending AS (
     SELECT s.*,
            coalesce(s.cancel_at,
                     (SELECT max(ts_of(json_extract_string(it, '$.current_period_end')))
-                     FROM unnest(CAST(json_extract(s.state, '$.items.data[*]') AS JSON[])) AS u(it))) AS effective_at
+                     FROM unnest(CAST(json_extract(coalesce(s.state, r.raw), '$.items.data[*]') AS JSON[])) AS u(it)))
+               AS effective_at
     FROM derived_subs s
     CROSS JOIN derived_settings st
+    -- a snapshot's JSON is kept in subscriptions only
+    LEFT JOIN subscriptions r ON s.in_snapshot AND r.account_id = s.account_id AND r.id = s.subscription_id
     WHERE s.ended_at IS NULL AND coalesce(s.status, '') NOT IN ('canceled', 'incomplete_expired')
       AND (s.cancel_at_period_end OR s.cancel_at IS NOT NULL)
       -- with churn_recognition = 'canceled' the churn is already counted when the cancellation is made

@@ -18,11 +18,15 @@ WITH inside AS (
       AND p.usage_type = 'licensed' AND l.subscription_item_id IS NOT NULL
 ),
 -- at coverage start: the state the invoices give just before it against the one the events give
-start_states AS (
+event_start_states AS (
     SELECT account_id, subscription_id, coalesce(before_state, after_state) AS state
     FROM derived_sub_events WHERE seq = 1
+),
+-- (a subscription without events starts from its snapshot, whose items are the anchor's in derived_obs_items)
+start_states AS (
+    SELECT account_id, subscription_id, json_extract_string(state, '$.status') AS status FROM event_start_states
     UNION ALL
-    SELECT account_id, subscription_id, state FROM derived_subs s
+    SELECT account_id, subscription_id, status FROM derived_subs s
     WHERE NOT EXISTS (SELECT 1 FROM derived_sub_events e
                       WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
 ),
@@ -30,8 +34,11 @@ start_items AS (
     SELECT account_id, subscription_id, json_extract_string(it, '$.id') AS subscription_item_id,
            ref_id(json_extract(it, '$.price')) AS price_id,
            TRY_CAST(json_extract_string(it, '$.quantity') AS BIGINT) AS quantity
-    FROM (SELECT *, CAST(json_extract(state, '$.items.data[*]') AS JSON[]) AS its FROM start_states) x,
+    FROM (SELECT *, CAST(json_extract(state, '$.items.data[*]') AS JSON[]) AS its FROM event_start_states) x,
          unnest(x.its) AS u(it)
+    UNION ALL
+    SELECT account_id, subscription_id, subscription_item_id, price_id, quantity
+    FROM derived_obs_items WHERE source = 'snapshot' AND ord = 0
 ),
 invoice_at_start AS (
     SELECT s.*, c.coverage_start
@@ -50,7 +57,7 @@ at_start AS (
     WHERE i.present AND p.usage_type = 'licensed'
       AND EXISTS (SELECT 1 FROM start_states st
                   WHERE st.account_id = i.account_id AND st.subscription_id = i.subscription_id
-                    AND json_extract_string(st.state, '$.status') NOT IN ('canceled', 'incomplete_expired'))
+                    AND st.status NOT IN ('canceled', 'incomplete_expired'))
 ),
 compared AS (
     SELECT * FROM inside UNION ALL SELECT * FROM at_start
@@ -106,7 +113,7 @@ UNION ALL
 SELECT account_id, 'unusable_object', 'subscription', id, NULL, created,
        'subscription without a customer; kept as raw only'
 FROM subscriptions
-WHERE NOT coalesce(deleted, false) AND ref_id(json_extract(raw, '$.customer')) IS NULL
+WHERE NOT coalesce(deleted, false) AND customer_id IS NULL
 UNION ALL
 SELECT account_id, 'unusable_object', 'invoice_line', line_id, invoice_id, invoice_created,
        'subscription invoice line without a subscription item or price; kept as raw only'

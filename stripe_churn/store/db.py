@@ -29,9 +29,40 @@ def _m001_initial(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(_ddl(table.name))
 
 
+# Typed columns added for the metrics after 001 (a store created later has them from 001 already).
+_M002_COLUMNS = {
+    "customers": ("country",),
+    "subscriptions": ("trial_start", "trial_end", "paused_at", "cancellation_reason", "cancellation_feedback",
+                      "cancellation_comment", "pause_collection"),
+    "invoices": ("marked_uncollectible_at",),
+    "invoice_lines": ("parent_proration", "proration_credit", "tax_inclusive"),
+}
+
+
+def _m002_metrics_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """Typed columns the metrics read instead of the raw JSON, filled from ``raw`` for the rows already kept."""
+    for table, names in _M002_COLUMNS.items():
+        have = {r[0] for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database()",
+            [table]).fetchall()}
+        missing = [n for n in names if n not in have]
+        if not missing:
+            continue
+        from duckdb_engine import Dialect
+
+        model = schema.SQLModel.metadata.tables[table]
+        for name in missing:
+            sql_type = model.c[name].type.compile(dialect=Dialect())
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+        sets = ", ".join(f"{n} = " + schema.EXTRACT[table][n].replace("j->>", "raw->>").replace("(j,", "(raw,")
+                         for n in missing)
+        con.execute(f"UPDATE {table} SET {sets} WHERE raw IS NOT NULL")
+
+
 # Applied in this order, each once; never edit one that shipped -- add a new one.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_initial", _m001_initial),
+    ("002_metrics_columns", _m002_metrics_columns),
 ]
 
 

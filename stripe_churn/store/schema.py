@@ -34,6 +34,7 @@ class Customer(RawBase, table=True):
     name: str | None = None
     currency: str | None = None
     test_clock: str | None = None
+    country: str | None = None
 
 
 class Product(RawBase, table=True):
@@ -74,6 +75,13 @@ class Subscription(RawBase, table=True):
     canceled_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     ended_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     test_clock: str | None = None
+    trial_start: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    trial_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    paused_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    cancellation_reason: str | None = None
+    cancellation_feedback: str | None = None
+    cancellation_comment: str | None = None
+    pause_collection: bool | None = None
 
 
 class SubscriptionItem(RawBase, table=True):
@@ -98,6 +106,7 @@ class Invoice(RawBase, table=True):
     total: int | None = Field(default=None, sa_type=BigInteger)
     period_start: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    marked_uncollectible_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class InvoiceLine(RawBase, table=True):
@@ -113,6 +122,10 @@ class InvoiceLine(RawBase, table=True):
     proration: bool | None = None
     period_start: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # the line's parent as the metrics read it: proration flag, a credit for unused time, inclusive tax
+    parent_proration: bool | None = None
+    proration_credit: bool | None = None
+    tax_inclusive: int | None = Field(default=None, sa_type=BigInteger)
 
 
 class CreditNote(RawBase, table=True):
@@ -198,7 +211,7 @@ def _id(path: str) -> str:
 # table -> typed column -> DuckDB SQL over the object JSON ``j`` (used by load.upsert_objects)
 EXTRACT: dict[str, dict[str, str]] = {
     "customers": {"email": "j->>'$.email'", "name": "j->>'$.name'", "currency": "j->>'$.currency'",
-                  "test_clock": _id("$.test_clock")},
+                  "test_clock": _id("$.test_clock"), "country": "j->>'$.address.country'"},
     "products": {"name": "j->>'$.name'", "active": "CAST(j->>'$.active' AS BOOLEAN)",
                  "unit_label": "j->>'$.unit_label'"},
     "prices": {"product_id": _id("$.product"), "active": "CAST(j->>'$.active' AS BOOLEAN)",
@@ -213,7 +226,13 @@ EXTRACT: dict[str, dict[str, str]] = {
                       "currency": "j->>'$.currency'", "start_date": _t("$.start_date"),
                       "cancel_at_period_end": "CAST(j->>'$.cancel_at_period_end' AS BOOLEAN)",
                       "cancel_at": _t("$.cancel_at"), "canceled_at": _t("$.canceled_at"),
-                      "ended_at": _t("$.ended_at"), "test_clock": _id("$.test_clock")},
+                      "ended_at": _t("$.ended_at"), "test_clock": _id("$.test_clock"),
+                      "trial_start": _t("$.trial_start"), "trial_end": _t("$.trial_end"),
+                      "paused_at": _t("$.status_details.paused.transitioned_at"),
+                      "cancellation_reason": "j->>'$.cancellation_details.reason'",
+                      "cancellation_feedback": "j->>'$.cancellation_details.feedback'",
+                      "cancellation_comment": "j->>'$.cancellation_details.comment'",
+                      "pause_collection": "coalesce(starts_with(j->>'$.pause_collection', '{'), false)"},
     "subscription_items": {"subscription_id": "j->>'$.subscription'", "price_id": _id("$.price"),
                            "product_id": _id("$.price.product"),
                            "quantity": "CAST(j->>'$.quantity' AS BIGINT)",
@@ -227,7 +246,8 @@ EXTRACT: dict[str, dict[str, str]] = {
                  "amount_due": "CAST(j->>'$.amount_due' AS BIGINT)",
                  "amount_paid": "CAST(j->>'$.amount_paid' AS BIGINT)",
                  "total": "CAST(j->>'$.total' AS BIGINT)",
-                 "period_start": _t("$.period_start"), "period_end": _t("$.period_end")},
+                 "period_start": _t("$.period_start"), "period_end": _t("$.period_end"),
+                 "marked_uncollectible_at": _t("$.status_transitions.marked_uncollectible_at")},
     "invoice_lines": {"invoice_id": "j->>'$.invoice'",
                       "subscription_id": "coalesce(j->>'$.parent.subscription_item_details.subscription', "
                                          + _id("$.subscription") + ")",
@@ -239,7 +259,20 @@ EXTRACT: dict[str, dict[str, str]] = {
                       "amount": "CAST(j->>'$.amount' AS BIGINT)", "currency": "j->>'$.currency'",
                       "proration": "CAST(coalesce(j->>'$.parent.subscription_item_details.proration', "
                                    "j->>'$.proration') AS BOOLEAN)",
-                      "period_start": _t("$.period.start"), "period_end": _t("$.period.end")},
+                      "period_start": _t("$.period.start"), "period_end": _t("$.period.end"),
+                      # the parent is subscription_item_details when it names an item, else invoice_item_details
+                      "parent_proration": "coalesce(CAST(CASE WHEN j->>'$.parent.subscription_item_details"
+                                          ".subscription_item' IS NOT NULL THEN j->>'$.parent"
+                                          ".subscription_item_details.proration' ELSE j->>'$.parent"
+                                          ".invoice_item_details.proration' END AS BOOLEAN), false)",
+                      "proration_credit": "coalesce(starts_with(CASE WHEN j->>'$.parent.subscription_item_details"
+                                          ".subscription_item' IS NOT NULL THEN j->>'$.parent"
+                                          ".subscription_item_details.proration_details.credited_items' "
+                                          "ELSE j->>'$.parent.invoice_item_details.proration_details"
+                                          ".credited_items' END, '{'), false)",
+                      "tax_inclusive": "coalesce(list_sum(list_transform(list_filter(CAST(json_extract("
+                                       "j->>'$.taxes', '$[*]') AS JSON[]), lambda x: x->>'tax_behavior' = "
+                                       "'inclusive'), lambda x: TRY_CAST(x->>'amount' AS BIGINT))), 0)"},
     "credit_notes": {"customer_id": _id("$.customer"), "invoice_id": _id("$.invoice"),
                      "status": "j->>'$.status'", "currency": "j->>'$.currency'",
                      "total": "CAST(j->>'$.total' AS BIGINT)"},
