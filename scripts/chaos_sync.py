@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Crash test: SIGKILL ``stripe-churn sync`` at random moments against a faulty sandbox, then prove the store whole.
 
-    python scripts/chaos_sync.py --cycles 100 [--customers 200 --months 12 --seed 1 --fault-rate 0.05 --keep DIR]
+    python scripts/chaos_sync.py --cycles 100 [--customers 200 --months 12 --seed 1 --fault-rate 0.05
+                                              --keep DIR --launcher fork|cli]
 
 A sandbox (in this process, 127.0.0.1, a free port) answers a share of requests with injected faults
 (5xx, 409/429 lock timeouts, resets, dropped connections, truncated bodies, a proxy's HTML page). Each cycle
-starts ``python -m stripe_churn sync`` (``--full`` or incremental, drawn from the seed) in a child process and
-SIGKILLs it after a random delay, which may land in start-up, paging, a commit, the recompute, the CHECKPOINT
-or the snapshot copy. Between some cycles the sandbox runs a billing run (``advance``, one or two months):
+runs the ``stripe-churn sync`` command (``--full`` or incremental, drawn from the seed) in a child process and
+SIGKILLs it after a random delay (seeded), which may land in the lock, paging, a commit, the recompute, the
+CHECKPOINT or the snapshot copy. The child is a fork of a process that has the package imported already
+(``--launcher fork``, the default: no interpreter start-up per cycle) or a fresh ``python -m stripe_churn``
+(``--launcher cli``: slower, and some kills land in start-up). Between some cycles the sandbox runs a billing run (``advance``, one or two months):
 two months always, and one month sometimes, move the last applied event out of the 30-day retention, so the
 next sync falls back to a full re-list.
 
