@@ -340,6 +340,10 @@ class _Sync:
                 batch.add("invoice_lines", ln, version)
             batch.children[("invoice_lines", "invoice_id", "")].append(
                 (obj["id"], [ln["id"] for ln in lines], version))
+            # the discounts billed on it (expanded): the only trace of a discount that has since ended
+            for d in obj.get("discounts") or []:
+                if isinstance(d, dict):
+                    batch.add("discounts", d, version)
         elif table == "customers":
             disc = obj.get("discount")
             if isinstance(disc, dict):

@@ -12,7 +12,10 @@ WITH d AS (
            CASE WHEN json_type(json_extract(raw, '$.source.coupon')) = 'OBJECT'
                 THEN json_extract(raw, '$.source.coupon') END AS embedded_coupon
     FROM discounts
-    WHERE NOT coalesce(deleted, false) AND json_extract_string(raw, '$.start') IS NOT NULL
+    -- a discount no longer on its subscription is flagged deleted; one whose end is known (a repeating coupon
+    -- that ran out, seen on the invoices it was billed on) still counts until that end
+    WHERE (NOT coalesce(deleted, false) OR json_extract_string(raw, '$.end') IS NOT NULL)
+      AND json_extract_string(raw, '$.start') IS NOT NULL
 ),
 -- a discount that leaves a subscription state before its end was removed then
 removed AS (

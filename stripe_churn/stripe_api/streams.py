@@ -35,7 +35,7 @@ STREAMS: tuple[Stream, ...] = (
     Stream("coupons", "coupons", "/v1/coupons"),
     Stream("subscriptions", "subscriptions", "/v1/subscriptions",
            {"status": "all", "expand": ["data.discounts"]}),
-    Stream("invoices", "invoices", "/v1/invoices"),
+    Stream("invoices", "invoices", "/v1/invoices", {"expand": ["data.discounts"]}),
     Stream("credit_notes", "credit_notes", "/v1/credit_notes"),
     Stream("events", "events", "/v1/events"),
 )
@@ -53,7 +53,7 @@ RETRIEVE_PATH: dict[str, str] = {
 # what a retrieve expands, so that a retrieved copy has the shape of a listed one
 RETRIEVE_PARAMS: dict[str, dict[str, Any]] = {
     "customers": {"expand": ["discount"]}, "prices": {"expand": ["tiers"]},
-    "subscriptions": {"expand": ["discounts"]},
+    "subscriptions": {"expand": ["discounts"]}, "invoices": {"expand": ["discounts"]},
 }
 
 # event object type -> table
