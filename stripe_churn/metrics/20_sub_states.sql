@@ -135,6 +135,9 @@ late_snapshot AS (
     JOIN subscriptions r ON r.account_id = s.account_id AND r.id = s.subscription_id
     WHERE s.in_snapshot AND s.seen_at > l.moment
       AND (s.status IS DISTINCT FROM json_extract_string(l.after_state, '$.status')
+           -- the last event's item list was cut short: only the snapshot (complete, from subscription_items)
+           -- says which of the items it left out are still there
+           OR coalesce(TRY_CAST(json_extract_string(l.after_state, '$.items.has_more') AS BOOLEAN), false)
            OR items_key(r.raw) IS DISTINCT FROM items_key(l.after_state))
 )
 SELECT * REPLACE (
