@@ -173,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     n_movements = con.execute("SELECT count(*) FROM derived_mrr_movements").fetchall()[0][0]
     print(f"full recompute: {t_full:.2f} s (target {TARGET_FULL_S:.0f} s) -> {n_movements:,} movements; "
           f"peak memory {peak_mb():,.0f} MB", flush=True)
+    if n_customers < 1_000_000:
+        print(f"  {t_full / n_customers * 1e6:,.0f} us/customer; at 1,000,000 customers, linearly: "
+              f"{t_full / n_customers * 1_000_000:,.0f} s", flush=True)
 
     # one more billing run of the block: its changed objects are loaded, then only their customers derived
     since = dt.datetime.fromtimestamp(sim.clock + 1, tz=dt.UTC)  # the block is loaded as seen at the sim's clock

@@ -86,11 +86,12 @@ SELECT * FROM snap
 UNION ALL
 SELECT * FROM from_events;
 
--- What of a subscription state matters for MRR: its items' ids, prices and quantities (sorted).
+-- What of a subscription state matters for MRR: its items' ids, prices and quantities (sorted); each item's
+-- JSON is parsed once, for the list of its paths.
 CREATE OR REPLACE MACRO items_key(state) AS list_sort(list_transform(
-    CAST(coalesce(json_extract(state, '$.items.data[*]'), []) AS JSON[]),
-    lambda x: concat_ws('|', json_extract_string(x, '$.id'), ref_id(json_extract(x, '$.price')),
-                        json_extract_string(x, '$.quantity'))));
+    list_transform(CAST(coalesce(json_extract(state, '$.items.data[*]'), []) AS JSON[]),
+                   lambda x: json_extract_string(x, ['$.id', '$.price.id', '$.price', '$.quantity'])),
+    lambda v: concat_ws('|', v[1], coalesce(v[2], v[3]), v[4])));
 
 -- Full-state observations inside event coverage: the state at coverage start (the first event's "before",
 -- or the snapshot for a subscription without events), every event's "after", and a snapshot newer than the
@@ -127,30 +128,37 @@ last_events AS (
     SELECT * FROM derived_sub_events
     QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY seq DESC) = 1
 ),
+-- the snapshot's items_key, from the subscription_items rows seen in the same sync (its embedded list)
+snapshot_keys AS (
+    SELECT s.account_id, s.id AS subscription_id,
+           list_sort(list(concat_ws('|', si.id, si.price_id, CAST(si.quantity AS VARCHAR)))) AS items_key
+    FROM subscriptions s
+    JOIN last_events l ON l.account_id = s.account_id AND l.subscription_id = s.id
+    JOIN subscription_items si
+      ON si.account_id = s.account_id AND si.subscription_id = s.id
+     AND NOT coalesce(si.deleted, false) AND si.last_seen_at >= s.last_seen_at - INTERVAL 1 HOUR
+    GROUP BY ALL
+),
 late_snapshot AS (
     SELECT s.account_id, s.subscription_id, s.seen_at AS moment, 'snapshot' AS source, NULL AS event_id,
            CAST(NULL AS JSON) AS state, 1000000 AS ord, s.status, s.pause_collection
     FROM derived_subs s
     JOIN last_events l USING (account_id, subscription_id)
-    JOIN subscriptions r ON r.account_id = s.account_id AND r.id = s.subscription_id
+    LEFT JOIN snapshot_keys k USING (account_id, subscription_id)
     WHERE s.in_snapshot AND s.seen_at > l.moment
       AND (s.status IS DISTINCT FROM json_extract_string(l.after_state, '$.status')
-           -- the last event's item list was cut short: only the snapshot (complete, from subscription_items)
-           -- says which of the items it left out are still there
-           OR coalesce(TRY_CAST(json_extract_string(l.after_state, '$.items.has_more') AS BOOLEAN), false)
-           OR items_key(r.raw) IS DISTINCT FROM items_key(l.after_state))
+           OR coalesce(k.items_key, []) IS DISTINCT FROM items_key(l.after_state))
 )
-SELECT * REPLACE (
-           CASE WHEN source = 'snapshot' THEN status ELSE json_extract_string(state, '$.status') END AS status,
-           CASE WHEN source = 'snapshot' THEN pause_collection
-                ELSE json_type(json_extract(state, '$.pause_collection')) = 'OBJECT' END AS pause_collection),
+SELECT * EXCLUDE (v) REPLACE (
+           CASE WHEN source = 'snapshot' THEN status ELSE json_extract_string(v[1], '$') END AS status,
+           CASE WHEN source = 'snapshot' THEN pause_collection ELSE json_type(v[2]) = 'OBJECT' END AS pause_collection),
        -- an embedded item list cut short (has_more) says nothing about the items it leaves out
-       source = 'snapshot' OR NOT coalesce(TRY_CAST(json_extract_string(state, '$.items.has_more') AS BOOLEAN), false)
+       source = 'snapshot' OR NOT coalesce(TRY_CAST(json_extract_string(v[3], '$') AS BOOLEAN), false)
            AS items_complete
-FROM (SELECT * FROM anchor_from_events
+FROM (SELECT *, json_extract(state, ['$.status', '$.pause_collection', '$.items.has_more']) AS v FROM (SELECT * FROM anchor_from_events
       UNION ALL SELECT * FROM anchor_from_snapshot
       UNION ALL SELECT * FROM after_events
-      UNION ALL SELECT * FROM late_snapshot);
+      UNION ALL SELECT * FROM late_snapshot));
 
 -- Status steps: from `moment` on, the subscription has `status` until its next step.
 -- Before coverage they are reconstructed from the latest state: trialing from start_date while a trial runs

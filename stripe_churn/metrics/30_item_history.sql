@@ -54,11 +54,12 @@ listed AS (
     WHERE o.source = 'snapshot'
 )
 SELECT account_id, subscription_id, moment, source, event_id, ord,
-       json_extract_string(it, '$.id') AS subscription_item_id,
-       ref_id(json_extract(it, '$.price')) AS price_id,
-       TRY_CAST(json_extract_string(it, '$.quantity') AS BIGINT) AS quantity,
-       ts_of(json_extract_string(it, '$.created')) AS item_created
-FROM embedded
+       v[1] AS subscription_item_id,
+       coalesce(v[2], v[3]) AS price_id,  -- the price's id, or the price when it is an id
+       TRY_CAST(v[4] AS BIGINT) AS quantity,
+       ts_of(v[5]) AS item_created
+FROM (SELECT *, json_extract_string(it, ['$.id', '$.price.id', '$.price', '$.quantity', '$.created']) AS v
+      FROM embedded)
 UNION ALL
 SELECT * FROM listed;
 

@@ -178,20 +178,32 @@ WITH base AS (
 ),
 after_item AS (
     SELECT *,
-           greatest(
-               CAST(CAST(dec10(undiscounted_e10) * pct_factor AS DECIMAL(38, 10)) * 10000000000 AS HUGEINT)
-               - CAST(item_amount_off AS HUGEINT) * 100000000 * norm_num // norm_den,
-               0) AS after_item_e10,
-           CAST(sub_amount_off AS HUGEINT) * 100000000 * norm_num // norm_den AS sub_off_e10
+           CASE WHEN pct_factor = 1 AND item_amount_off = 0 THEN greatest(undiscounted_e10, 0)  -- (same, quicker)
+                ELSE greatest(
+                    CAST(CAST(dec10(undiscounted_e10) * pct_factor AS DECIMAL(38, 10)) * 10000000000 AS HUGEINT)
+                    - CAST(item_amount_off AS HUGEINT) * 100000000 * norm_num // norm_den,
+                    0) END AS after_item_e10,
+           CASE WHEN sub_amount_off = 0 THEN CAST(0 AS HUGEINT)
+                ELSE CAST(sub_amount_off AS HUGEINT) * 100000000 * norm_num // norm_den END AS sub_off_e10
     FROM base
+),
+-- the subscriptions (at a point) that share a subscription- or customer-level amount_off among their items
+sharing AS (
+    SELECT DISTINCT account_id, subscription_id, moment FROM after_item WHERE sub_off_e10 <> 0
 ),
 shared AS (
     -- cumulative allocation (by item id) so that the items' shares add up to the discount exactly
-    SELECT *,
-           sum(after_item_e10) OVER (PARTITION BY account_id, subscription_id, moment) AS sub_total_e10,
-           sum(after_item_e10) OVER (PARTITION BY account_id, subscription_id, moment ORDER BY subscription_item_id
-                                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum_e10
-    FROM after_item
+    SELECT a.*,
+           sum(a.after_item_e10) OVER (PARTITION BY a.account_id, a.subscription_id, a.moment) AS sub_total_e10,
+           sum(a.after_item_e10) OVER (PARTITION BY a.account_id, a.subscription_id, a.moment
+                                       ORDER BY a.subscription_item_id
+                                       ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum_e10
+    FROM after_item a
+    SEMI JOIN sharing USING (account_id, subscription_id, moment)
+    UNION ALL
+    SELECT a.*, CAST(NULL AS HUGEINT) AS sub_total_e10, CAST(NULL AS HUGEINT) AS cum_e10
+    FROM after_item a
+    ANTI JOIN sharing USING (account_id, subscription_id, moment)
 )
 SELECT *,
        CASE WHEN NOT counts THEN CAST(0 AS HUGEINT)

@@ -42,8 +42,7 @@ SELECT DISTINCT account_id, customer_id FROM (
     JOIN invoices v ON v.account_id = l.account_id AND v.id = l.invoice_id
     WHERE l.last_seen_at >= $since
     UNION ALL
-    SELECT account_id, coalesce(json_extract_string(raw, '$.customer.id'), json_extract_string(raw, '$.customer'))
-    FROM discounts WHERE last_seen_at >= $since
+    SELECT account_id, customer_id FROM discounts WHERE last_seen_at >= $since
     UNION ALL
     SELECT account_id, coalesce(json_extract_string(raw, '$.data.object.customer.id'),
                                 json_extract_string(raw, '$.data.object.customer'),
@@ -67,12 +66,8 @@ _SCOPED_KEYS = {
     "invoice_lines": "SELECT t.rowid FROM invoice_lines t JOIN invoices v ON v.account_id = t.account_id "
                      "AND v.id = t.invoice_id JOIN touched_customers c ON c.account_id = v.account_id "
                      "AND c.customer_id = v.customer_id",
-    "credit_notes": "SELECT t.rowid FROM credit_notes t JOIN touched_customers c ON c.account_id = t.account_id "
-                    "AND c.customer_id = coalesce(json_extract_string(t.raw, '$.customer.id'), "
-                    "json_extract_string(t.raw, '$.customer'))",
-    "discounts": "SELECT t.rowid FROM discounts t JOIN touched_customers c ON c.account_id = t.account_id "
-                 "AND c.customer_id = coalesce(json_extract_string(t.raw, '$.customer.id'), "
-                 "json_extract_string(t.raw, '$.customer'))",
+    "credit_notes": "SELECT t.rowid FROM credit_notes t JOIN touched_customers c USING (account_id, customer_id)",
+    "discounts": "SELECT t.rowid FROM discounts t JOIN touched_customers c USING (account_id, customer_id)",
     # the events about the touched customers' objects, and each account's oldest and newest event (which fix
     # where event coverage starts)
     "events": "SELECT t.rowid FROM events t JOIN touched_objects o ON o.account_id = t.account_id "

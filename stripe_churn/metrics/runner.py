@@ -75,6 +75,10 @@ def recompute(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     steps = sql_steps()
     started = time.perf_counter()
     fx_checked = False
+    # every step orders what it needs explicitly, so rows may come out in any order (less memory, more
+    # parallel); the connection's own setting is restored afterwards
+    preserve = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
+    con.execute("SET preserve_insertion_order = false")
     con.execute("BEGIN TRANSACTION")
     try:
         write_settings(con, settings)
@@ -92,4 +96,6 @@ def recompute(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     except BaseException:
         con.execute("ROLLBACK")
         raise
+    finally:
+        con.execute(f"SET preserve_insertion_order = {'true' if preserve else 'false'}")
     log.info("metrics recomputed in %.2f s (%d steps)", time.perf_counter() - started, len(steps))

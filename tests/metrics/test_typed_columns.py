@@ -1,0 +1,79 @@
+"""The typed columns the metrics read instead of the raw JSON: a store from before they existed gets them
+filled by its migration, with the values a fresh load gives, and both stores derive the same movements."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+from builders import World, add_months, ts
+from conftest import make_settings
+
+from stripe_churn.metrics.runner import recompute
+from stripe_churn.store import db
+from stripe_churn.store.db import open_store
+
+T0 = ts(2025, 1, 1)
+SEEN = add_months(T0, 4)
+
+
+def account() -> World:
+    w = World()
+    w.customer("cus_1", address={"country": "DE"})
+    w.customer("cus_2")
+    w.product("prod_seat", unit_label="seat")
+    w.price("price_a", "prod_seat", 1_000)
+    w.price("price_b", "prod_seat", 3_000)
+    w.subscribe("sub_1", "cus_1", [("si_1", "price_a", 2)], T0)
+    w.cycle("sub_1", add_months(T0, 1))
+    w.update("sub_1", add_months(T0, 1) + 10 * 86400, items=[("si_1", "price_b", 3)])  # credit + debit lines
+    inv = list(w.objects["invoices"].values())[-1]
+    inv["lines"]["data"][0]["taxes"] = [{"amount": 125, "tax_behavior": "inclusive", "type": "tax_rate_details"},
+                                        {"amount": 99, "tax_behavior": "exclusive", "type": "tax_rate_details"}]
+    w.update("sub_1", add_months(T0, 2), pause_collection={"behavior": "void", "resumes_at": None})
+    w.subscribe("sub_2", "cus_2", [("si_2", "price_a", 1)], T0, trial_end=T0 + 14 * 86400)
+    w.cancel("sub_2", add_months(T0, 2), reason="payment_failed", feedback="too_expensive", comment="bye")
+    return w
+
+
+def typed(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[object, ...]]]:
+    return {table: con.execute(f"SELECT id, {', '.join(cols)} FROM {table} ORDER BY id").fetchall()
+            for table, cols in db._M002_COLUMNS.items()}
+
+
+def movements(con: duckdb.DuckDBPyConnection) -> list[tuple[object, ...]]:
+    recompute(con, make_settings())
+    return con.execute("SELECT * FROM mrr_movements ORDER BY occurred_at, customer_id, subscription_item_id, "
+                       "movement").fetchall()
+
+
+def test_old_store_gets_the_metrics_columns_filled(tmp_path: Path) -> None:
+    w = account()
+    old = open_store(tmp_path / "old.duckdb")
+    w.load(old, seen_at=SEEN)
+    # as a store from before 002 was: without those columns and without 002 in its migrations
+    for table, cols in db._M002_COLUMNS.items():
+        for col in cols:
+            old.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
+    old.execute("DELETE FROM schema_migrations WHERE name = '002_metrics_columns'")
+    old.close()
+    old = open_store(tmp_path / "old.duckdb")  # 002 runs now
+    fresh = open_store(tmp_path / "fresh.duckdb")
+    w.load(fresh, seen_at=SEEN)
+    try:
+        got, want = typed(old), typed(fresh)
+        assert got == want
+        # the values are the ones the metrics need, not just equal
+        assert ("cus_1", "DE") in want["customers"]
+        sub_1, sub_2 = want["subscriptions"]
+        assert sub_1[0] == "sub_1" and sub_1[7] is True  # pause_collection
+        assert sub_2[0] == "sub_2" and sub_2[2].timestamp() == T0 + 14 * 86400  # trial_end
+        assert sub_2[4:7] == ("payment_failed", "too_expensive", "bye")
+        lines = want["invoice_lines"]
+        assert any(credit for _, _, credit, _ in lines) and any(not credit for _, _, credit, _ in lines)
+        assert sorted(tax for *_, tax in lines if tax) == [125]
+        assert all(proration for _, proration, credit, _ in lines if credit)
+        assert movements(old) == movements(fresh) != []
+    finally:
+        old.close()
+        fresh.close()
