@@ -147,6 +147,9 @@ late_snapshot AS (
     LEFT JOIN snapshot_keys k USING (account_id, subscription_id)
     WHERE s.in_snapshot AND s.seen_at > l.moment
       AND (s.status IS DISTINCT FROM json_extract_string(l.after_state, '$.status')
+           -- the last event's item list was cut short: only the snapshot (complete, from subscription_items)
+           -- says which of the items it left out are still there
+           OR coalesce(TRY_CAST(json_extract_string(l.after_state, '$.items.has_more') AS BOOLEAN), false)
            OR coalesce(k.items_key, []) IS DISTINCT FROM items_key(l.after_state))
 )
 SELECT * EXCLUDE (v) REPLACE (
