@@ -21,20 +21,30 @@ FROM accounts a
 LEFT JOIN ev USING (account_id);
 
 -- Subscription events, with the state just after (`data.object`) and just before (`previous_attributes`
--- merged onto it; only *.updated events carry them).
+-- merged onto it; only *.updated events carry them). The whole state before is needed only at a
+-- subscription's first event (merging is costly); every event keeps the discounts it had before.
 CREATE OR REPLACE TEMP TABLE derived_sub_events AS
-SELECT
-    e.account_id,
-    e.id AS event_id,
-    e.type AS event_type,
-    e.created AS moment,
-    e.object_id AS subscription_id,
-    e.v[1] AS after_state,
-    CASE WHEN json_type(e.v[2]) = 'OBJECT' THEN json_merge_patch(e.v[1], e.v[2]) END AS before_state,
-    row_number() OVER (PARTITION BY e.account_id, e.object_id ORDER BY e.created, e.id) AS seq
-FROM (SELECT *, json_extract(raw, ['$.data.object', '$.data.previous_attributes']) AS v  -- one parse
-      FROM events
-      WHERE type LIKE 'customer.subscription.%' AND object_type = 'subscription' AND NOT coalesce(deleted, false)) e;
+SELECT account_id, event_id, event_type, moment, subscription_id, after_state,
+       CASE WHEN seq = 1 AND json_type(prev) = 'OBJECT' THEN json_merge_patch(after_state, prev) END AS before_state,
+       CASE WHEN json_type(prev) = 'OBJECT'
+            THEN CASE WHEN json_exists(prev, '$.discounts') THEN json_extract(prev, '$.discounts')
+                      ELSE json_extract(after_state, '$.discounts') END END AS before_discounts,
+       seq
+FROM (
+    SELECT
+        e.account_id,
+        e.id AS event_id,
+        e.type AS event_type,
+        e.created AS moment,
+        e.object_id AS subscription_id,
+        e.v[1] AS after_state,
+        e.v[2] AS prev,
+        row_number() OVER (PARTITION BY e.account_id, e.object_id ORDER BY e.created, e.id) AS seq
+    FROM (SELECT *, json_extract(raw, ['$.data.object', '$.data.previous_attributes']) AS v  -- one parse
+          FROM events
+          WHERE type LIKE 'customer.subscription.%' AND object_type = 'subscription'
+            AND NOT coalesce(deleted, false)) e
+);
 
 -- Every subscription known, with the fields of its latest known state (the snapshot, or the last event
 -- for one the store has no usable row for).

@@ -20,7 +20,7 @@ WITH d AS (
 -- a discount that leaves a subscription state before its end was removed then
 removed AS (
     SELECT e.account_id, ref_id(x) AS discount_id, min(e.moment) AS removed_at, arg_min(e.event_id, e.moment) AS event_id
-    FROM derived_sub_events e, unnest(CAST(json_extract(e.before_state, '$.discounts[*]') AS JSON[])) AS u(x)
+    FROM derived_sub_events e, unnest(CAST(json_extract(e.before_discounts, '$[*]') AS JSON[])) AS u(x)
     WHERE NOT list_contains(
         list_transform(CAST(coalesce(json_extract(e.after_state, '$.discounts[*]'), []) AS JSON[]), lambda y: ref_id(y)),
         ref_id(x))

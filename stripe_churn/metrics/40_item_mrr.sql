@@ -17,7 +17,7 @@ WHERE p.usage_type = 'metered' AND NOT l.proration AND l.subscription_item_id IS
         WHEN 'day' THEN l.period_start + to_days(p.interval_count)
       END
 QUALIFY row_number() OVER (PARTITION BY l.account_id, l.subscription_item_id, l.invoice_created
-                           ORDER BY l.period_end DESC, l.line_id DESC) = 1;
+                           ORDER BY (l.period_end, l.line_id) DESC) = 1;  -- (one key: an arg_max; never NULL)
 
 -- Status steps, one per moment (the latest source wins a tie).
 CREATE OR REPLACE TEMP TABLE derived_status_points AS

@@ -45,7 +45,8 @@ invoice_at_start AS (
     FROM derived_invoice_item_steps s
     JOIN derived_coverage c USING (account_id)
     WHERE c.has_events AND s.moment < c.coverage_start
-    QUALIFY row_number() OVER (PARTITION BY s.account_id, s.subscription_item_id ORDER BY s.moment DESC, s.prio DESC) = 1
+    -- (one ordering key, a row, so that the newest row per item is an arg_max rather than a sort; never NULL)
+    QUALIFY row_number() OVER (PARTITION BY s.account_id, s.subscription_item_id ORDER BY (s.moment, s.prio) DESC) = 1
 ),
 at_start AS (
     SELECT i.account_id, i.source_invoice_id AS invoice_id, i.subscription_item_id, i.price_id, i.quantity,
