@@ -67,8 +67,9 @@ DAY = 86400
 SYNC_MEMORY_LIMIT = "256MB"  # DuckDB's buffer cache during a sync (spills to disk beyond it)
 EVENTS_COMPLETE = "events:complete"  # ``created``: server time up to which every event was listed
 EVENT_GROUP = 500  # events applied (and their objects refreshed) together
-QUEUE_PAGES = 64  # pages waiting for the writer (serialised: ~0.5 MB each at most)
-TX_OBJECTS = 20_000  # objects per write transaction at most
+CHECK_EACH_MAX = 250  # unlisted stored objects retrieved one by one at most (more are flagged at once)
+QUEUE_PAGES = 32  # pages waiting for the writer (serialised: ~0.5 MB each at most)
+TX_OBJECTS = 8_000  # objects per write transaction at most (DuckDB holds a transaction in memory)
 _CURSOR_SQL = (
     "INSERT INTO sync_cursors (account_id, stream, value, created, done, run_id, updated_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account_id, stream) DO UPDATE SET value = excluded.value, "
@@ -189,8 +190,7 @@ class _Sync:
         self.listing = False  # a full (or fallback) listing: rows replace whatever is stored
         self.oldest = 0  # no object is older than this (the account's creation)
         self._slices: list[_Slice] = []  # slices being listed
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._slice_count = 0
+        self._tasks: list[asyncio.Task[None]] = []
         self.write_error: BaseException | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._db_lock = threading.Lock()  # one DuckDB call at a time (writer thread and everything else)
@@ -342,8 +342,8 @@ class _Sync:
                 (obj["id"], [ln["id"] for ln in lines], version))
             # the discounts billed on it (expanded): the only trace of a discount that has since ended
             for d in obj.get("discounts") or []:
-                if isinstance(d, dict):
-                    batch.add("discounts", d, version)
+                if isinstance(d, dict):  # version 0: added when missing, never over its subscription's copy
+                    batch.add("discounts", d, 0)
         elif table == "customers":
             disc = obj.get("discount")
             if isinstance(disc, dict):
@@ -415,10 +415,7 @@ class _Sync:
 
     def _start(self, sl: _Slice, version: int) -> None:
         self._slices.append(sl)
-        self._slice_count += 1
-        task = asyncio.create_task(self._run_slice(sl, version))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.append(asyncio.create_task(self._run_slice(sl, version)))
 
     async def _run_slice(self, sl: _Slice, version: int) -> None:
         try:
@@ -490,34 +487,41 @@ class _Sync:
         for s in STREAMS:
             if s.name not in started:  # the first page of each stream, then slices of what it has left
                 self._start(_Slice(s, 0, None, None, key=f"full:{s.name}"), version)
-        stopped = False
-        while self._tasks:
-            done_tasks, _ = await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_EXCEPTION)
-            errors = [t.exception() for t in done_tasks if not t.cancelled() and t.exception() is not None]
-            failed = [e for e in errors if not isinstance(e, _Stopped)]
-            stopped = stopped or len(failed) < len(errors)
+        while True:  # every slice task ever started is awaited here (failures are never lost)
+            pending = [t for t in self._tasks if not t.done()]
+            if not pending:
+                break
+            await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [t.exception() for t in self._tasks if t.done() and not t.cancelled()
+                      and t.exception() is not None and not isinstance(t.exception(), _Stopped)]
             if failed:  # one slice failed for good: the others stop where they are (their pages are committed)
                 for t in self._tasks:
                     t.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
                 raise failed[0]  # type: ignore[misc]
-        if stopped:  # every slice finished its page and stopped
-            raise _Stopped
-        log.info("full sync: %d slices listed", self._slice_count)
+        if any(isinstance(t.exception(), _Stopped) for t in self._tasks if not t.cancelled()):
+            raise _Stopped  # every slice finished its page and stopped
+        log.info("full sync: %d slices listed", len(self._tasks))
         await self._test_clocks(version)
         await self._flush()
         if had_rows:
             await self._check_missing(version)
-        await self._db(self._mark_children)
+        await self._db(self._mark_children, self.api.server_time)
         await self._fx_rates()
         cur = await self._db(self._cursors)
         start_evt = cur.get("full", (start_evt, version, False))[0]
         await self._db(self._finish_full, start_evt, version)
 
-    def _mark_children(self) -> None:
+    def _mark_children(self, server_time: int | None) -> None:
         self.con.execute("BEGIN TRANSACTION")
         try:
             mark_unlisted_children(self.con, self.account, self.full_started, self._now())
+            if server_time is not None:  # Stripe lists every event it keeps: stored ones it did not list are gone
+                self.con.execute(
+                    "UPDATE events SET deleted = true, last_seen_at = $seen WHERE account_id = $a AND NOT deleted "
+                    "AND last_seen_at < $since AND created >= to_timestamp($cutoff)",
+                    {"seen": self._now(), "a": self.account, "since": self.full_started,
+                     "cutoff": server_time - EVENT_RETENTION_S})
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
@@ -593,27 +597,42 @@ class _Sync:
         return out
 
     async def _check_missing(self, version: int) -> None:
-        """Objects stored before this run but not listed now: retrieve each; gone ones become deleted."""
+        """Objects stored before this listing but not in it: deleted (Stripe lists every object of these types
+        that is not). A few are retrieved to take their last state; beyond ``CHECK_EACH_MAX`` (a store filled
+        from another account state) they are flagged in one statement, not retrieved one by one at the rate
+        limit."""
         unseen = await self._db(self._unseen)
         if not unseen:
+            return
+        if len(unseen) > CHECK_EACH_MAX:
+            log.info("%d stored objects are no longer listed: flagged as deleted", len(unseen))
+            await self._db(self._flag_unseen, version)
             return
         log.info("%d stored objects no longer listed: checking each", len(unseen))
         sem = asyncio.Semaphore(16)
 
         async def one(table: str, oid: str) -> None:
-            assert self.api is not None
             async with sem:
-                try:
-                    obj = await self.api.get(RETRIEVE_PATH[table].format(id=oid),
-                                             {"expand": ["discounts"]} if table == "subscriptions" else None)
-                except NotFoundError:
-                    obj = {"id": oid, "deleted": True}
+                obj = await self._retrieve(table, oid)
             batch = Batch()
             await self._add_object(batch, table, obj, version, True if obj.get("deleted") else None)
             await self._put(batch)
 
         await asyncio.gather(*(one(t, i) for t, i in unseen))
         await self._flush()
+
+    def _flag_unseen(self, version: int) -> None:
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for table in RETRIEVE_PATH:
+                self.con.execute(
+                    f"UPDATE {table} SET deleted = true, version = $v, last_seen_at = $seen "
+                    "WHERE account_id = $a AND NOT deleted AND last_seen_at < $since",
+                    {"v": version, "seen": self._now(), "a": self.account, "since": self.full_started})
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
 
     async def _fx_rates(self) -> None:
         """The sandbox serves its exchange rates; real Stripe has none (rates come from elsewhere)."""

@@ -53,6 +53,10 @@ def served(sim: Simulation) -> dict[str, dict[str, Any]]:
         for oid, o in objs[table].items():
             if not o.get("deleted"):
                 exp[table][oid] = shape(o)
+    for inv in exp["invoices"].values():  # listed with expand[]=data.discounts
+        if inv.get("discounts"):
+            inv["discounts"] = [shape(sim.discounts[d]) if isinstance(d, str) and d in sim.discounts else d
+                                for d in inv["discounts"]]
     for oid, o in objs["prices"].items():
         if not o.get("deleted"):
             exp["prices"][oid] = {**o, "tiers": o.get("tiers")}  # listed with expand[]=data.tiers
@@ -268,3 +272,45 @@ def test_killed_sync_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
     with open_store(killed_db) as a, open_store(clean_db) as b:
         assert table_snapshot(a) == table_snapshot(b)
         assert_store_equals_sandbox(a, sim)
+
+
+def test_cursor_event_past_retention_but_events_complete_within_it_continues(db: Path) -> None:
+    # Ends on 2025-11-01: one month on is exactly 30 days, so the newest event of the first sync (created before
+    # the clock) has left the 30-day window although every event after it is still kept.
+    sim = Simulation(customers=30, months=4, seed=12, start=int(datetime(2025, 7, 1, tzinfo=UTC).timestamp()))
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = settings_for(sb.url, db)
+        assert run_sync(settings, progress=False).status == "succeeded"
+        newest_then = max(int(e["created"]) for e in sim.events)
+        sb.advance(1)
+        assert newest_then < sim.clock - EVENT_RETENTION_S, "the cursor event must be past retention"
+        second = run_sync(settings, progress=False)
+        assert (second.mode, second.status, second.fallback_reason) == ("incremental", "succeeded", None)
+        assert second.counts.get("events", 0) > 0
+        with open_store(db) as con:
+            assert_store_equals_sandbox(con, sim)
+        sb.advance(2)  # events were last listed 2 months ago: some are lost for good -> re-list
+        third = run_sync(settings, progress=False)
+        assert third.mode == "fallback" and third.fallback_reason and "retention" in third.fallback_reason
+        with open_store(db) as con:
+            assert_store_equals_sandbox(con, sim)
+
+
+def test_full_sync_into_a_store_of_another_state_counts_distinct_objects(db: Path) -> None:
+    # the store was filled from the same account a month later (higher versions, objects that do not exist now)
+    later = sim_small(customers=25, seed=13)
+    with start_in_thread(later, api_key=KEY) as sb:
+        sb.advance(1)
+        run_sync(settings_for(sb.url, db), progress=False)
+    with open_store(db) as con:
+        before = {t: set(stored(con, t)) for t in ("customers", "subscriptions", "invoices")}
+    now = sim_small(customers=25, seed=13)
+    with start_in_thread(now, api_key=KEY) as sb:
+        result = run_sync(settings_for(sb.url, db), full=True, progress=False)
+    assert (result.mode, result.status) == ("full", "succeeded")
+    with open_store(db) as con:
+        assert_store_equals_sandbox(con, now)
+    exp = served(now)
+    for table, had in before.items():
+        # every object listed once, plus each stored one that is gone now, flagged once
+        assert result.counts[table] == len(exp[table]) + len(had - set(exp[table])), table

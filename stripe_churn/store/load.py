@@ -62,7 +62,9 @@ def _sql(table: str, replace: bool = False) -> str:
         f"SELECT {select}\nFROM (SELECT id, deleted, version, CAST(j AS JSON) AS j, "
         f"json_extract_string(j, [{path_list}]) AS x FROM staged) s\n"
         "ON CONFLICT (account_id, id) DO UPDATE SET " + ", ".join(sets)
-        + ("" if replace else f"\nWHERE excluded.version >= coalesce({table}.version, 0)")
+        # version 0: "add when missing" (a copy that must not overwrite the one kept from the object's owner)
+        + ("\nWHERE excluded.version > 0" if replace else
+           f"\nWHERE excluded.version > 0 AND excluded.version >= coalesce({table}.version, 0)")
     )
 
 
@@ -184,26 +186,38 @@ def mark_missing_children(con: duckdb.DuckDBPyConnection, table: str, parent_col
             con.unregister("staged_parents")
 
 
-# child table, its parent column, parent table, extra condition on the child rows
-_CHILDREN: tuple[tuple[str, str, str, str], ...] = (
-    ("subscription_items", "subscription_id", "subscriptions", ""),
-    ("invoice_lines", "invoice_id", "invoices", ""),
-    ("discounts", "subscription_id", "subscriptions", ""),
-    ("discounts", "customer_id", "customers", "AND c.subscription_id IS NULL"),
+# child table, its parent column, parent table
+_CHILDREN: tuple[tuple[str, str, str], ...] = (
+    ("subscription_items", "subscription_id", "subscriptions"),
+    ("invoice_lines", "invoice_id", "invoices"),
 )
 
 
 def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, since: datetime,
                            seen_at: datetime) -> None:
-    """After a full listing: flag as deleted the children (items, lines, discounts) not listed since ``since``
-    whose parent was listed since then (the parent's list was complete). One statement per child relation,
-    instead of one per page."""
-    for child, col, parent, extra in _CHILDREN:
+    """After a full listing: flag as deleted the children no longer on their parent. Items and lines: not listed
+    since ``since`` while their parent was (its list is complete) or is deleted. Discounts: not on the
+    current copy of the subscription or customer they belong to (a discount also kept from an invoice that
+    billed it is no longer on its subscription once it ended), or their owner is deleted. One statement per
+    relation, not per page."""
+    params = {"a": account_id, "since": since, "seen": seen_at}
+    for child, col, parent in _CHILDREN:
         con.execute(
             f"UPDATE {child} c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
-            f"AND c.last_seen_at < $since {extra} AND c.{col} IN (SELECT p.id FROM {parent} p "
-            "WHERE p.account_id = $a AND p.last_seen_at >= $since AND NOT p.deleted)",
-            {"a": account_id, "since": since, "seen": seen_at})
+            f"AND c.last_seen_at < $since AND c.{col} IN (SELECT p.id FROM {parent} p "
+            "WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since))", params)
+    con.execute(
+        "UPDATE discounts c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
+        "AND c.subscription_item_id IS NULL AND c.subscription_id IN (SELECT p.id FROM subscriptions p "
+        "WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since AND NOT list_contains(coalesce("
+        "list_concat(json_extract_string(p.raw, '$.discounts[*].id'), json_extract_string(p.raw, "
+        "'$.discounts[*]')), []), c.id)))", params)
+    con.execute(
+        "UPDATE discounts c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
+        "AND c.subscription_id IS NULL AND c.customer_id IN (SELECT p.id FROM customers p WHERE p.account_id = $a "
+        "AND (p.deleted OR p.last_seen_at >= $since AND coalesce(p.raw->>'$.discount.id', p.raw->>'$.discount', "
+        "'') <> c.id))",
+        params)
 
 
 def upsert_fx_rates(con: duckdb.DuckDBPyConnection, rows: Iterable[tuple[str, str, float | Decimal]]) -> None:

@@ -69,7 +69,7 @@ EVENT_RETENTION_S = 30 * 86400
 
 
 # Without a rate limit the server itself is the limit: a few hundred list pages per second at most.
-SERVER_CEILING_RPS = 400.0
+SERVER_CEILING_RPS = 200.0
 
 
 def slice_count(rate_limit: float, latency_s: float, *, floor: int = 4, cap: int = 48) -> int:
