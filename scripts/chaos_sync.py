@@ -123,6 +123,10 @@ def expected_live(sim: Simulation) -> dict[str, dict[str, Any]]:
         for oid, o in objs[table].items():
             if not o.get("deleted"):
                 exp[table][oid] = shape(o)
+    for oid, inv in exp["invoices"].items():  # listed with expand[]=data.discounts
+        if inv.get("discounts"):
+            exp["invoices"][oid] = {**inv, "discounts": [sim.discounts.get(d, d) if isinstance(d, str) else d
+                                                         for d in inv["discounts"]]}
     for oid, o in objs["prices"].items():
         if not o.get("deleted"):
             exp["prices"][oid] = {**o, "tiers": o.get("tiers")}  # listed with expand[]=data.tiers
@@ -147,9 +151,20 @@ def expected_live(sim: Simulation) -> dict[str, dict[str, Any]]:
     return exp
 
 
+def billed_discounts(sim: Simulation, exp: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Discounts seen only expanded on invoices (ended ones, say): the store keeps them, live or flagged."""
+    out: dict[str, Any] = {}
+    for inv in exp["invoices"].values():
+        for d in inv.get("discounts") or []:
+            if isinstance(d, dict) and d["id"] not in exp["discounts"]:
+                out[d["id"]] = d
+    return out
+
+
 def compare_with_sandbox(con: duckdb.DuckDBPyConnection, sim: Simulation) -> tuple[int, list[str]]:
     """(rows compared, differences) between a store and what the sandbox shows now."""
     exp = expected_live(sim)
+    billed = billed_discounts(sim, exp)
     diffs: list[str] = []
     rows = 0
     cutoff = int(sim.clock) - EVENT_RETENTION_S
@@ -174,6 +189,12 @@ def compare_with_sandbox(con: duckdb.DuckDBPyConnection, sim: Simulation) -> tup
                 if oid not in all_events or got[oid][1] != shape(all_events[oid]):
                     diffs.append(f"events: stored event {oid} older than retention differs from the sandbox's")
             live -= old
+        if table == "discounts":
+            stale_billed = sorted(oid for oid in live & set(billed) if got[oid][1] != billed[oid])
+            if stale_billed:
+                diffs.append(f"discounts: raw JSON differs for {len(stale_billed)} discounts billed on invoices, "
+                             f"e.g. {stale_billed[:3]}")
+            live -= set(billed)
         missing, extra = sorted(set(want) - live), sorted(live - set(want))
         if missing:
             diffs.append(f"{table}: {len(missing)} objects missing or wrongly flagged deleted, e.g. {missing[:3]}")
