@@ -7,7 +7,12 @@
 -- events is covered only from its latest snapshot on.
 CREATE OR REPLACE TABLE derived_coverage AS
 WITH accounts AS (
-    SELECT account_id, max(last_seen_at) AS snapshot_at FROM subscriptions GROUP BY account_id
+    -- the latest sync, in Stripe's clock when the sync recorded it (the server's Date of its last listing):
+    -- a sandbox or a test clock may run behind this machine's clock
+    SELECT s.account_id, least(max(s.last_seen_at), any_value(to_timestamp(c.created))) AS snapshot_at
+    FROM subscriptions s
+    LEFT JOIN sync_cursors c ON c.account_id = s.account_id AND c.stream = 'events:complete'
+    GROUP BY s.account_id
 ),
 ev AS (
     SELECT account_id, min(created) AS first_event_at, max(created) AS last_event_at

@@ -156,7 +156,7 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
     tables = _per_customer_tables(con)
     con.execute(f"ATTACH ':memory:' AS {_SCOPE}")
     try:
-        for table in (*_SCOPED_KEYS, *_CATALOGUE, "fx_rates"):
+        for table in (*_SCOPED_KEYS, *_CATALOGUE, "fx_rates", "sync_cursors"):
             where = f" WHERE rowid IN ({_SCOPED_KEYS[table]})" if table in _SCOPED_KEYS else ""
             con.execute(f"CREATE TABLE {_SCOPE}.{table} AS SELECT * FROM {table}{where}")
         con.execute(f"USE {_SCOPE}")
