@@ -99,7 +99,8 @@ class BigAccount:
     def page(self, resource: str, q: dict[str, Any]) -> bytes:
         n = self.counts[resource]
         limit = int(q.get("limit", 10))
-        created = q.get("created") if isinstance(q.get("created"), dict) else {}
+        raw = q.get("created")
+        created: dict[str, Any] = raw if isinstance(raw, dict) else {}
         lo = self.index_at(resource, int(created["gte"])) if "gte" in created else 0
         hi = self.index_at(resource, int(created["lte"]) + 1) if "lte" in created else n  # exclusive
         after = q.get("starting_after")

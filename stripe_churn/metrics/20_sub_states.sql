@@ -60,7 +60,10 @@ WITH snap AS (
            created AS created_at, trial_start, trial_end, canceled_at, ended_at, cancel_at,
            coalesce(cancel_at_period_end, false) AS cancel_at_period_end, cancellation_reason,
            cancellation_feedback, cancellation_comment, paused_at, coalesce(pause_collection, false) AS pause_collection,
-           last_seen_at AS seen_at, true AS in_snapshot,
+           -- seen at the sync, in Stripe's clock (see derived_coverage)
+           least(last_seen_at, (SELECT c.snapshot_at FROM derived_coverage c
+                                WHERE c.account_id = subscriptions.account_id)) AS seen_at,
+           true AS in_snapshot,
            -- the snapshot's JSON stays in `subscriptions`: read it from there for the few rows that need it
            CAST(NULL AS JSON) AS state
     FROM subscriptions

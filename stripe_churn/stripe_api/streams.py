@@ -68,12 +68,16 @@ DELETABLE = frozenset({"customers", "products", "prices", "coupons", "invoices",
 EVENT_RETENTION_S = 30 * 86400
 
 
-# Without a rate limit the server itself is the limit: a few hundred list pages per second at most.
+# Without a rate limit the server itself is the limit: a few hundred list pages per second at most, and a few
+# requests in flight keep it busy (more only queue there, holding pages in memory).
 SERVER_CEILING_RPS = 200.0
+UNLIMITED_IN_FLIGHT = 8
 
 
 def slice_count(rate_limit: float, latency_s: float, *, floor: int = 4, cap: int = 48) -> int:
     """Slices listed at once (over all streams) so that the requests in flight fill the rate limit:
     rate x latency, with a margin for the time spent between a page's answer and the next request."""
+    if rate_limit >= 5 * SERVER_CEILING_RPS:
+        return UNLIMITED_IN_FLIGHT
     in_flight = min(rate_limit, SERVER_CEILING_RPS) * max(latency_s, 0.005) * 1.5
     return max(floor, min(cap, math.ceil(in_flight)))
