@@ -42,7 +42,7 @@ def _sql(table: str, replace: bool = False) -> str:
     select = ",\n".join([
         "$account AS account_id", "s.id", "s.deleted",
         "s.j AS raw", "s.version",
-        "to_timestamp(CAST(s.x[1] AS BIGINT)) AS created",
+        "try(to_timestamp(TRY_CAST(s.x[1] AS BIGINT))) AS created",
         "$seen AS first_seen_at", "$seen AS last_seen_at",
         *(f"{expr} AS {name}" for name, expr in typed.items()),
     ])

@@ -200,7 +200,8 @@ RAW_TABLES: tuple[str, ...] = ("customers", "products", "prices", "coupons", "su
 
 
 def _t(path: str) -> str:
-    return f"to_timestamp(CAST(j->>'{path}' AS BIGINT))"
+    # out-of-range or non-numeric values give NULL (the raw JSON keeps them; the sync never stops on them)
+    return f"try(to_timestamp(TRY_CAST(j->>'{path}' AS BIGINT)))"
 
 
 def _id(path: str) -> str:
@@ -212,19 +213,19 @@ def _id(path: str) -> str:
 EXTRACT: dict[str, dict[str, str]] = {
     "customers": {"email": "j->>'$.email'", "name": "j->>'$.name'", "currency": "j->>'$.currency'",
                   "test_clock": _id("$.test_clock"), "country": "j->>'$.address.country'"},
-    "products": {"name": "j->>'$.name'", "active": "CAST(j->>'$.active' AS BOOLEAN)",
+    "products": {"name": "j->>'$.name'", "active": "TRY_CAST(j->>'$.active' AS BOOLEAN)",
                  "unit_label": "j->>'$.unit_label'"},
-    "prices": {"product_id": _id("$.product"), "active": "CAST(j->>'$.active' AS BOOLEAN)",
+    "prices": {"product_id": _id("$.product"), "active": "TRY_CAST(j->>'$.active' AS BOOLEAN)",
                "currency": "j->>'$.currency'", "type": "j->>'$.type'",
-               "unit_amount": "CAST(j->>'$.unit_amount' AS BIGINT)",
+               "unit_amount": "TRY_CAST(j->>'$.unit_amount' AS BIGINT)",
                "recurring_interval": "j->>'$.recurring.interval'",
-               "recurring_interval_count": "CAST(j->>'$.recurring.interval_count' AS INTEGER)",
+               "recurring_interval_count": "TRY_CAST(j->>'$.recurring.interval_count' AS INTEGER)",
                "usage_type": "j->>'$.recurring.usage_type'"},
-    "coupons": {"duration": "j->>'$.duration'", "percent_off": "CAST(j->>'$.percent_off' AS DOUBLE)",
-                "amount_off": "CAST(j->>'$.amount_off' AS BIGINT)", "currency": "j->>'$.currency'"},
+    "coupons": {"duration": "j->>'$.duration'", "percent_off": "TRY_CAST(j->>'$.percent_off' AS DOUBLE)",
+                "amount_off": "TRY_CAST(j->>'$.amount_off' AS BIGINT)", "currency": "j->>'$.currency'"},
     "subscriptions": {"customer_id": _id("$.customer"), "status": "j->>'$.status'",
                       "currency": "j->>'$.currency'", "start_date": _t("$.start_date"),
-                      "cancel_at_period_end": "CAST(j->>'$.cancel_at_period_end' AS BOOLEAN)",
+                      "cancel_at_period_end": "TRY_CAST(j->>'$.cancel_at_period_end' AS BOOLEAN)",
                       "cancel_at": _t("$.cancel_at"), "canceled_at": _t("$.canceled_at"),
                       "ended_at": _t("$.ended_at"), "test_clock": _id("$.test_clock"),
                       "trial_start": _t("$.trial_start"), "trial_end": _t("$.trial_end"),
@@ -235,7 +236,7 @@ EXTRACT: dict[str, dict[str, str]] = {
                       "pause_collection": "coalesce(starts_with(j->>'$.pause_collection', '{'), false)"},
     "subscription_items": {"subscription_id": "j->>'$.subscription'", "price_id": _id("$.price"),
                            "product_id": _id("$.price.product"),
-                           "quantity": "CAST(j->>'$.quantity' AS BIGINT)",
+                           "quantity": "TRY_CAST(j->>'$.quantity' AS BIGINT)",
                            "current_period_start": _t("$.current_period_start"),
                            "current_period_end": _t("$.current_period_end")},
     "invoices": {"customer_id": _id("$.customer"),
@@ -243,9 +244,9 @@ EXTRACT: dict[str, dict[str, str]] = {
                                     + _id("$.subscription") + ")",
                  "status": "j->>'$.status'", "currency": "j->>'$.currency'",
                  "billing_reason": "j->>'$.billing_reason'",
-                 "amount_due": "CAST(j->>'$.amount_due' AS BIGINT)",
-                 "amount_paid": "CAST(j->>'$.amount_paid' AS BIGINT)",
-                 "total": "CAST(j->>'$.total' AS BIGINT)",
+                 "amount_due": "TRY_CAST(j->>'$.amount_due' AS BIGINT)",
+                 "amount_paid": "TRY_CAST(j->>'$.amount_paid' AS BIGINT)",
+                 "total": "TRY_CAST(j->>'$.total' AS BIGINT)",
                  "period_start": _t("$.period_start"), "period_end": _t("$.period_end"),
                  "marked_uncollectible_at": _t("$.status_transitions.marked_uncollectible_at")},
     "invoice_lines": {"invoice_id": "j->>'$.invoice'",
@@ -255,13 +256,13 @@ EXTRACT: dict[str, dict[str, str]] = {
                                               ".subscription_item', j->>'$.subscription_item')",
                       "price_id": "coalesce(j->>'$.pricing.price_details.price', " + _id("$.price") + ")",
                       "product_id": "coalesce(j->>'$.pricing.price_details.product', j->>'$.price.product')",
-                      "quantity": "CAST(j->>'$.quantity' AS BIGINT)",
-                      "amount": "CAST(j->>'$.amount' AS BIGINT)", "currency": "j->>'$.currency'",
-                      "proration": "CAST(coalesce(j->>'$.parent.subscription_item_details.proration', "
+                      "quantity": "TRY_CAST(j->>'$.quantity' AS BIGINT)",
+                      "amount": "TRY_CAST(j->>'$.amount' AS BIGINT)", "currency": "j->>'$.currency'",
+                      "proration": "TRY_CAST(coalesce(j->>'$.parent.subscription_item_details.proration', "
                                    "j->>'$.proration') AS BOOLEAN)",
                       "period_start": _t("$.period.start"), "period_end": _t("$.period.end"),
                       # the parent is subscription_item_details when it names an item, else invoice_item_details
-                      "parent_proration": "coalesce(CAST(CASE WHEN j->>'$.parent.subscription_item_details"
+                      "parent_proration": "coalesce(TRY_CAST(CASE WHEN j->>'$.parent.subscription_item_details"
                                           ".subscription_item' IS NOT NULL THEN j->>'$.parent"
                                           ".subscription_item_details.proration' ELSE j->>'$.parent"
                                           ".invoice_item_details.proration' END AS BOOLEAN), false)",
@@ -275,7 +276,7 @@ EXTRACT: dict[str, dict[str, str]] = {
                                        "'inclusive'), lambda x: TRY_CAST(x->>'amount' AS BIGINT))), 0)"},
     "credit_notes": {"customer_id": _id("$.customer"), "invoice_id": _id("$.invoice"),
                      "status": "j->>'$.status'", "currency": "j->>'$.currency'",
-                     "total": "CAST(j->>'$.total' AS BIGINT)"},
+                     "total": "TRY_CAST(j->>'$.total' AS BIGINT)"},
     "discounts": {"customer_id": _id("$.customer"), "subscription_id": "j->>'$.subscription'",
                   "subscription_item_id": "j->>'$.subscription_item'",
                   "coupon_id": "coalesce(j->>'$.source.coupon.id', j->>'$.source.coupon', j->>'$.coupon.id')",

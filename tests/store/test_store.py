@@ -71,6 +71,21 @@ def test_upsert_typed_columns_and_first_seen_kept(con: duckdb.DuckDBPyConnection
     assert one(con, "SELECT count(*) FROM subscriptions") == 1
 
 
+def test_unusable_field_values_give_null_columns_and_keep_the_raw_json(con: duckdb.DuckDBPyConnection) -> None:
+    """Timestamps beyond DuckDB's range, non-numeric numbers and odd booleans never stop a load."""
+    odd = {**sub("sub_odd", "active"), "created": "yesterday", "start_date": 10**15, "ended_at": -(10**15),
+           "cancel_at_period_end": "maybe", "cancel_at": 1.5e300}
+    odd["items"]["data"][0]["quantity"] = "lots"
+    assert upsert_objects(con, "subscriptions", ACCT, [odd, sub("sub_ok", "active")], T0) == 2
+    row = one(con, "SELECT created, start_date, ended_at, cancel_at_period_end, cancel_at FROM subscriptions "
+                   "WHERE id = 'sub_odd'")
+    assert row == (None, None, None, None, None)
+    assert orjson.loads(one(con, "SELECT raw FROM subscriptions WHERE id = 'sub_odd'")) == odd
+    upsert_objects(con, "subscription_items", ACCT, odd["items"]["data"], T0)
+    assert one(con, "SELECT quantity FROM subscription_items WHERE id = 'si_sub_odd'") is None
+    assert one(con, "SELECT epoch(start_date) FROM subscriptions WHERE id = 'sub_ok'") == 1_700_000_000
+
+
 def test_an_older_copy_never_overwrites_a_newer_one(con: duckdb.DuckDBPyConnection) -> None:
     upsert_objects(con, "subscriptions", ACCT, [sub("sub_1", "canceled")], T1, versions=200)
     upsert_objects(con, "subscriptions", ACCT, [sub("sub_1", "active")], T1, versions=100)
