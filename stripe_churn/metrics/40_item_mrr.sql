@@ -66,12 +66,20 @@ pts AS (
     UNION SELECT account_id, subscription_id, moment FROM derived_metered_steps
     UNION SELECT account_id, subscription_id, zero_from FROM derived_sub_churn WHERE zero_from IS NOT NULL
     UNION
+    -- a discount's start and end, on its subscription, or on every subscription of its customer (two
+    -- equality joins: an OR in the join condition would compare every subscription with every discount)
     SELECT si.account_id, si.subscription_id, b.moment
-    FROM sub_items si
-    JOIN derived_discount_spans d
-      ON d.account_id = si.account_id AND d.applies_to_mrr
-     AND (d.subscription_id = si.subscription_id OR (d.scope = 'customer' AND d.customer_id = si.customer_id)),
-         unnest([d.valid_from, d.valid_to]) AS b(moment)
+    FROM (SELECT si.account_id, si.subscription_id, d.valid_from, d.valid_to
+          FROM sub_items si
+          JOIN derived_discount_spans d
+            ON d.account_id = si.account_id AND d.applies_to_mrr AND d.subscription_id = si.subscription_id
+          UNION ALL
+          SELECT si.account_id, si.subscription_id, d.valid_from, d.valid_to
+          FROM sub_items si
+          JOIN derived_discount_spans d
+            ON d.account_id = si.account_id AND d.applies_to_mrr AND d.scope = 'customer'
+           AND d.customer_id = si.customer_id) si,
+         unnest([si.valid_from, si.valid_to]) AS b(moment)
     WHERE b.moment IS NOT NULL
 )
 SELECT p.account_id, p.subscription_id, p.moment
