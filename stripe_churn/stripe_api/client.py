@@ -79,6 +79,7 @@ class StripeRaw:
         self.retries = 0
         self.latency_s = 0.0  # exponentially smoothed response time
         self.server_time: int | None = None  # the server's clock (``Date`` header) at the last answer
+        self._tuned = False
 
     def __repr__(self) -> str:
         return f"StripeRaw(base={self.base!r}, requests={self.requests})"
@@ -99,6 +100,13 @@ class StripeRaw:
 
     async def _send(self, url: str) -> tuple[Any, int, Mapping[str, str]]:
         if not isinstance(self._http, stripe.RequestsClient):
+            if not self._tuned and isinstance(self._http, stripe.AIOHTTPClient):
+                # aiohttp silently sends a request again when a kept-alive connection was closed under it: that
+                # attempt would bypass the rate limiter and our retry count, so every attempt is ours
+                session = self._http._session  # created on first use, inside the running loop
+                if hasattr(session, "_retry_connection"):
+                    session._retry_connection = False
+                self._tuned = True
             try:
                 return await self._http.request_with_retries_async("get", url, self._headers, max_network_retries=0)
             except (TimeoutError, aiohttp.ClientError) as exc:  # the body cut short, after the headers
