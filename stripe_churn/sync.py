@@ -37,7 +37,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from stripe_churn.errors import StripeChurnError
+from stripe_churn.errors import StripeAPIError, StripeChurnError
 from stripe_churn.settings import Settings
 from stripe_churn.store.db import open_store
 from stripe_churn.store.load import (
@@ -766,10 +766,19 @@ class _Sync:
 
     async def _retrieve(self, table: str, oid: str) -> dict[str, Any]:
         assert self.api is not None
+        path = RETRIEVE_PATH[table].format(id=oid)
         try:
-            return await self.api.get(RETRIEVE_PATH[table].format(id=oid), RETRIEVE_PARAMS.get(table))
+            return await self.api.get(path, RETRIEVE_PARAMS.get(table))
         except NotFoundError:
             return {"id": oid, "deleted": True}
+        except StripeAPIError as exc:
+            if exc.http_status != 400 or table not in RETRIEVE_PARAMS:
+                raise
+            # a deleted object has nothing to expand (its stub is all there is): ask again without expand
+            try:
+                return await self.api.get(path)
+            except NotFoundError:
+                return {"id": oid, "deleted": True}
 
     async def _refresh(self, batch: Batch, touched: set[tuple[str, str]], version: int) -> None:
         sem = asyncio.Semaphore(32)
