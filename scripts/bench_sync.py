@@ -148,7 +148,8 @@ def main() -> None:
         proc.wait()
     # sustained: from 3 s after the first request to 3 s before the last (ramp-up and the last slices left out)
     busy = [(t, n) for t, n in samples if n > samples[0][1]]
-    t_first, t_last = busy[0][0], busy[-1][0]
+    t_first = busy[0][0]
+    t_last = next(t for t, n in reversed(busy) if n < busy[-1][1])  # the last request, not the final commits
     window = [(t, n) for t, n in busy if t_first + 3 <= t <= t_last - 3]
     (w0, n0), (w1, n1) = window[0], window[-1]
     print(f"(b) latency 300 ms, limit 100/s: sustained {(n1 - n0) / (w1 - w0):.1f} requests/s over {w1 - w0:.0f} s "
