@@ -138,7 +138,9 @@ def main() -> None:
                                    str(args.window)], stdout=subprocess.PIPE, text=True)
         samples: list[tuple[float, int]] = []  # (time, requests served) every half second while the sync runs
         while runner.poll() is None:
-            samples.append((time.monotonic(), stats(url)["requests"]))
+            st = stats(url)  # /v1 requests only (these polls are counted under /_sandbox)
+            samples.append((time.monotonic(), sum(sum(c.values()) for p, c in st["by_path"].items()
+                                                  if p.startswith("/v1"))))
             time.sleep(0.5)
         out, _ = runner.communicate(timeout=120)
         b = json.loads(out.strip().splitlines()[-1])
@@ -149,7 +151,7 @@ def main() -> None:
     # sustained: from 3 s after the first request to 3 s before the last (ramp-up and the last slices left out)
     busy = [(t, n) for t, n in samples if n > samples[0][1]]
     t_first = busy[0][0]
-    t_last = next(t for t, n in reversed(busy) if n < busy[-1][1])  # the last request, not the final commits
+    t_last = next(t for t, n in busy if n == busy[-1][1])  # the last request, not the final commits
     window = [(t, n) for t, n in busy if t_first + 3 <= t <= t_last - 3]
     (w0, n0), (w1, n1) = window[0], window[-1]
     print(f"(b) latency 300 ms, limit 100/s: sustained {(n1 - n0) / (w1 - w0):.1f} requests/s over {w1 - w0:.0f} s "
