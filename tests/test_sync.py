@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from stripe_churn.errors import AuthError
-from stripe_churn.sandbox.listing import EVENT_RETENTION_S, item_shape, shape
+from stripe_churn.sandbox.listing import EVENT_RETENTION_S, served_objects
 from stripe_churn.sandbox.server import start_in_thread
 from stripe_churn.sandbox.sim import Simulation
 from stripe_churn.settings import Secret, Settings
@@ -47,38 +47,7 @@ def settings_for(url: str, db: Path, **kw: Any) -> Settings:
 
 def served(sim: Simulation) -> dict[str, dict[str, Any]]:
     """Every live object the sandbox serves now, per raw table, as the sync asks for it."""
-    exp: dict[str, dict[str, Any]] = {t: {} for t in RAW_TABLES}
-    objs = sim.objects
-    for table in ("customers", "products", "coupons", "invoices", "credit_notes"):
-        for oid, o in objs[table].items():
-            if not o.get("deleted"):
-                exp[table][oid] = shape(o)
-    for inv in exp["invoices"].values():  # listed with expand[]=data.discounts
-        if inv.get("discounts"):
-            inv["discounts"] = [shape(sim.discounts[d]) if isinstance(d, str) and d in sim.discounts else d
-                                for d in inv["discounts"]]
-    for oid, o in objs["prices"].items():
-        if not o.get("deleted"):
-            exp["prices"][oid] = {**o, "tiers": o.get("tiers")}  # listed with expand[]=data.tiers
-    for oid, s in objs["subscriptions"].items():
-        if s.get("deleted"):
-            continue
-        o = dict(shape(s))
-        o["discounts"] = [sim.discounts[d] if isinstance(d, str) else d for d in s.get("discounts") or []]
-        exp["subscriptions"][oid] = o
-        for d in o["discounts"]:
-            exp["discounts"][d["id"]] = d
-        for it in s["items"]["data"]:
-            exp["subscription_items"][it["id"]] = item_shape(it)
-    for inv in objs["invoices"].values():
-        if not inv.get("deleted"):
-            for ln in inv["lines"]["data"]:
-                exp["invoice_lines"][ln["id"]] = ln
-    cutoff = int(sim.clock) - EVENT_RETENTION_S
-    for e in sim.events:
-        if e["created"] >= cutoff:
-            exp["events"][e["id"]] = shape(e)
-    return exp
+    return served_objects(sim, RAW_TABLES)
 
 
 def stored(con: duckdb.DuckDBPyConnection, table: str, *, deleted: bool = False) -> dict[str, Any]:

@@ -129,6 +129,44 @@ def shape(obj: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
+def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Every live object a simulation's sandbox serves now, per store table (``tables``: the store's raw
+    tables), shaped as the sync asks for it: invoices and subscriptions with their discounts expanded,
+    prices with their tiers, events within the retention window. For tests and checks of a synced store."""
+    exp: dict[str, dict[str, Any]] = {t: {} for t in tables}
+    objs = sim.objects
+    for table in ("customers", "products", "coupons", "invoices", "credit_notes"):
+        for oid, o in objs[table].items():
+            if not o.get("deleted"):
+                exp[table][oid] = shape(o)
+    for oid, inv in exp["invoices"].items():  # listed with expand[]=data.discounts
+        if inv.get("discounts"):
+            exp["invoices"][oid] = {**inv, "discounts": [sim.discounts.get(d, d) if isinstance(d, str) else d
+                                                         for d in inv["discounts"]]}
+    for oid, o in objs["prices"].items():
+        if not o.get("deleted"):
+            exp["prices"][oid] = {**o, "tiers": o.get("tiers")}  # listed with expand[]=data.tiers
+    for oid, s in objs["subscriptions"].items():
+        if s.get("deleted"):
+            continue
+        o = dict(shape(s))
+        o["discounts"] = [sim.discounts[d] if isinstance(d, str) else d for d in s.get("discounts") or []]
+        exp["subscriptions"][oid] = o
+        for d in o["discounts"]:
+            exp["discounts"][d["id"]] = d
+        for it in s["items"]["data"]:
+            exp["subscription_items"][it["id"]] = item_shape(it)
+    for inv in objs["invoices"].values():
+        if not inv.get("deleted"):
+            for ln in inv["lines"]["data"]:
+                exp["invoice_lines"][ln["id"]] = ln
+    cutoff = int(sim.clock) - EVENT_RETENTION_S
+    for e in sim.events:
+        if e["created"] >= cutoff:
+            exp["events"][e["id"]] = shape(e)
+    return exp
+
+
 # --- filters ------------------------------------------------------------------------------------------
 
 
