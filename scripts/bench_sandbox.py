@@ -1,13 +1,24 @@
 #!/usr/bin/env python
 """Sandbox throughput: list pages of 100 subscriptions/invoices per second, against two baselines.
 
-The server runs on a background thread of this process (a 2,000-customer × 36-month simulation by default);
-the load comes from a separate process with several concurrent keep-alive connections speaking raw HTTP/1.1,
-walking the lists page by page with ``starting_after`` cursors. Baselines measured in the same run:
+The server runs on a background thread of this process (a 2,000-customer x 36-month simulation by default);
+the load comes from a separate process: several concurrent keep-alive connections speaking raw HTTP/1.1 over
+non-blocking sockets (one thread, a selector, ``recv_into`` one reused 1 MB buffer, so the client costs as
+little CPU as it can on the cores it shares with the server). Each connection walks the lists page by page
+with ``starting_after`` cursors, one request at a time, as a syncer does. What is measured:
+
+  * cold walk: every page asked for exactly once on a fresh server, so each object is serialised on first
+    use (its bytes are then cached; this is the first sync against a sandbox);
+  * headline: the same pages walked again and again for ``--seconds``. The server keeps no page cache: each
+    page is built on request (cursor found by bisection, the cached bytes of its 100 objects sent as they are);
+    only each object's serialised bytes are reused;
   * static: the same HTTP layer answering every request with one fixed page of the same size, so the ratio
     shows what the catalog costs on top of the protocol;
   * sdk: stripe-python's ``auto_paging_iter`` over the same sandbox, i.e. how fast a real client can consume
     (the server must be well above it so it never is the bottleneck of a sync benchmark).
+
+CPU seconds per request of the server thread and of the client process are printed too: wall figures on a
+shared machine are noisy, CPU per request much less so.
 
     python scripts/bench_sandbox.py [--customers 2000 --months 36 --seconds 10 --connections 8]
 """
@@ -18,6 +29,9 @@ import argparse
 import asyncio
 import gc
 import multiprocessing as mp
+import os
+import selectors
+import socket
 import threading
 import time
 from queue import Empty
@@ -28,79 +42,154 @@ import orjson
 
 KEY = "sk_test_bench"
 
+Page = tuple[str, int, str]  # query, objects on the page, id of its first object
 
-def _cursors(sim: Any, resource: str, keep: Any) -> list[tuple[str, int]]:
-    """(query, objects on that page) for every page of ``resource`` at limit 100, newest first."""
+
+def _cursors(sim: Any, resource: str, keep: Any) -> list[Page]:
+    """Every page of ``resource`` at limit 100, newest first: (query, objects on it, its first id)."""
     objs = sim.objects[resource]
     seq = {oid: n for n, oid in enumerate(objs)}
     live = sorted((o for o in objs.values() if not o.get("deleted") and keep(o)),
                   key=lambda o: (o["created"], seq[o["id"]]), reverse=True)
     base = f"/v1/{resource}?limit=100" + ("&status=all" if resource == "subscriptions" else "")
-    pages = [(base, min(100, len(live)))]
+    pages = [(base, min(100, len(live)), live[0]["id"] if live else "")]
     for start in range(100, len(live), 100):
-        pages.append((f"{base}&starting_after={live[start - 1]['id']}", min(100, len(live) - start)))
+        pages.append((f"{base}&starting_after={live[start - 1]['id']}", min(100, len(live) - start),
+                      live[start]["id"]))
     return pages
 
 
-async def _client(port: int, pages: list[tuple[str, int]], offset: int, stop_at: float,
-                  totals: list[int]) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    i = offset
-    try:
-        while time.perf_counter() < stop_at:
-            query, n_objects = pages[i % len(pages)]
-            i += 1
-            writer.write(f"GET {query} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode())
-            head = await reader.readuntil(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise RuntimeError(f"bench request failed: {head[:60]!r}")
-            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-            body = await reader.readexactly(length)
-            if totals[0] < 4:  # check a few bodies fully: the page holds what the cursor list promised
-                assert len(orjson.loads(body)["data"]) == n_objects
-            totals[0] += 1
-            totals[1] += n_objects
-            totals[2] += length
-    finally:
-        writer.close()
+class _Conn:
+    """One keep-alive connection of the load process and where it is in its current answer."""
+
+    __slots__ = ("check", "head", "length", "next", "order", "remaining", "sock", "stop")
+
+    def __init__(self, sock: socket.socket, order: list[int], stop: int) -> None:
+        self.sock = sock
+        self.order = order  # page indexes this connection asks for, in turn (cycled when stop < 0)
+        self.next = 0
+        self.stop = stop  # requests to make, or -1 to keep going until the time is up
+        self.head = bytearray()
+        self.remaining = -1  # body bytes still expected; -1 while reading the head
+        self.length = 0
+        self.check: bytearray | None = None
 
 
-def _load(port: int, pages: list[tuple[str, int]], connections: int, seconds: float, out: Any) -> None:
-    """Child process: ``connections`` concurrent keep-alive clients for ``seconds``; reports totals."""
+def _load(port: int, pages: list[Page], connections: int, seconds: float, once: bool, out: Any) -> None:
+    """Child process: ``connections`` keep-alive clients; with ``once`` every page is asked for exactly once
+    (split between the connections), else pages are walked round and round for ``seconds``. Reports totals."""
+    requests_raw = [f"GET {q} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {KEY}\r\n\r\n".encode()
+                    for q, _, _ in pages]
+    sel = selectors.DefaultSelector()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    conns = []
+    step = max(1, len(pages) // connections)
+    for k in range(connections):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if once:
+            order = list(range(k, len(pages), connections))
+            conn = _Conn(sock, order, len(order))
+        else:
+            order = [(k * step + i) % len(pages) for i in range(len(pages))]
+            conn = _Conn(sock, order, -1)
+        conns.append(conn)
+    requests = objects = nbytes = checked = 0
+    cpu0, started = time.process_time(), time.perf_counter()
+    stop_at = started + seconds
 
-    async def main() -> list[int]:
-        totals = [0, 0, 0]
-        stop_at = time.perf_counter() + seconds
-        step = max(1, len(pages) // connections)
-        await asyncio.gather(*(_client(port, pages, k * step, stop_at, totals) for k in range(connections)))
-        return totals
+    def ask(conn: _Conn) -> bool:
+        if conn.stop >= 0 and conn.next >= conn.stop:
+            return False
+        if conn.stop < 0 and time.perf_counter() >= stop_at:
+            return False
+        conn.sock.sendall(requests_raw[conn.order[conn.next % len(conn.order)]])
+        conn.next += 1
+        return True
 
-    started = time.perf_counter()
-    totals = asyncio.run(main())
-    out.put((*totals, time.perf_counter() - started))
+    live = 0
+    for conn in conns:
+        if ask(conn):
+            conn.sock.setblocking(False)
+            sel.register(conn.sock, selectors.EVENT_READ, conn)
+            live += 1
+    while live:
+        for key, _ev in sel.select():
+            conn = key.data
+            n = conn.sock.recv_into(view)
+            if n == 0:
+                raise RuntimeError("the sandbox closed a keep-alive connection")
+            if conn.remaining < 0:
+                conn.head += view[:n]
+                end = conn.head.find(b"\r\n\r\n")
+                if end < 0:
+                    continue
+                head = bytes(conn.head[:end])
+                if not head.startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"bench request failed: {head[:60]!r}")
+                conn.length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                got = len(conn.head) - end - 4
+                # a few answers per connection parsed in full: the page holds what the cursor list promised
+                conn.check = bytearray(conn.head[end + 4:]) if conn.next <= 2 else None
+                conn.head.clear()
+                conn.remaining = conn.length - got
+            else:
+                conn.remaining -= n
+                if conn.check is not None:
+                    conn.check += view[:n]
+            if conn.remaining > 0:
+                continue
+            if conn.remaining < 0:
+                raise RuntimeError("more bytes than Content-Length: the sandbox sent an unasked answer")
+            _q, n_objects, first_id = pages[conn.order[(conn.next - 1) % len(conn.order)]]
+            if conn.check is not None:
+                data = orjson.loads(conn.check)["data"]
+                if len(data) != n_objects or (data and data[0]["id"] != first_id):
+                    raise RuntimeError(f"page {_q} holds {len(data)} objects, expected {n_objects}")
+                checked += 1
+                conn.check = None
+            requests += 1
+            objects += n_objects
+            nbytes += conn.length
+            conn.remaining = -1
+            if not ask(conn):
+                sel.unregister(conn.sock)
+                live -= 1
+    elapsed = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
+    for conn in conns:
+        conn.sock.close()
+    out.put((requests, objects, nbytes, elapsed, cpu, checked))
 
 
-def hammer(port: int, pages: list[tuple[str, int]], connections: int, seconds: float) -> dict[str, float]:
+def hammer(port: int, pages: list[Page], connections: int, seconds: float, *, once: bool = False,
+           server_cpu: Any = None) -> dict[str, float]:
+    """Run the load process against ``port``; ``server_cpu()`` (if given) reads the server thread's CPU time."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_load, args=(port, pages, connections, seconds, queue))
+    proc = ctx.Process(target=_load, args=(port, pages, connections, seconds, once, queue))
+    cpu0 = server_cpu() if server_cpu else 0.0
     proc.start()
-    deadline = time.monotonic() + seconds + 120
+    deadline = time.monotonic() + seconds + 600
     while True:
         try:
-            requests, objects, nbytes, elapsed = queue.get(timeout=1.0)
+            requests, objects, nbytes, elapsed, client_cpu, checked = queue.get(timeout=1.0)
             break
         except Empty:
             if not proc.is_alive() or time.monotonic() > deadline:
                 proc.kill()
                 raise RuntimeError(f"load process failed (exit code {proc.exitcode})") from None
     proc.join(timeout=30)
+    # the server's CPU includes accepting the connections, a few ms at most
+    server = (server_cpu() - cpu0) if server_cpu else float("nan")
     return {"requests_per_s": requests / elapsed, "objects_per_s": objects / elapsed,
-            "mb_per_s": nbytes / elapsed / 1e6, "requests": requests}
+            "mb_per_s": nbytes / elapsed / 1e6, "requests": requests, "seconds": elapsed,
+            "server_ms": server / requests * 1000, "client_ms": client_cpu / requests * 1000,
+            "checked": checked}
 
 
-def static_baseline(body: bytes, pages: list[tuple[str, int]], connections: int,
-                    seconds: float) -> dict[str, float]:
+def static_baseline(body: bytes, pages: list[Page], connections: int, seconds: float) -> dict[str, float]:
     """The same HTTP layer answering every request with one fixed body."""
     from stripe_churn.sandbox.wire import HttpServer, Request, Response
 
@@ -112,13 +201,23 @@ def static_baseline(body: bytes, pages: list[tuple[str, int]], connections: int,
     port = loop.run_until_complete(server.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
+
+    def server_cpu() -> float:
+        return asyncio.run_coroutine_threadsafe(_thread_time(), loop).result(10)
+
+    first = orjson.loads(body)["data"][0]["id"]
     try:
-        return hammer(port, [(q, pages[0][1]) for q, _ in pages], connections, seconds)
+        return hammer(port, [(q, pages[-2][1], first) for q, _, _ in pages], connections, seconds,
+                      server_cpu=server_cpu)
     finally:
         asyncio.run_coroutine_threadsafe(server.close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+async def _thread_time() -> float:
+    return time.thread_time()
 
 
 def sdk_baseline(url: str, seconds: float) -> dict[str, float]:
@@ -134,6 +233,12 @@ def sdk_baseline(url: str, seconds: float) -> dict[str, float]:
             break
     elapsed = time.perf_counter() - started
     return {"objects_per_s": n / elapsed, "requests_per_s": n / 100 / elapsed}
+
+
+def _line(name: str, r: dict[str, float], what: str) -> str:
+    return (f"{name:<9}: {r['requests_per_s']:7.0f} list requests/s {r['objects_per_s']:9.0f} objects/s "
+            f"{r['mb_per_s']:6.1f} MB/s | CPU per request: server {r['server_ms']:.3f} ms, client "
+            f"{r['client_ms']:.3f} ms | {r['requests']:.0f} requests in {r['seconds']:.1f} s; {what}")
 
 
 def main() -> None:
@@ -155,34 +260,33 @@ def main() -> None:
     # millions of long-lived objects would stall the server thread for seconds)
     gc.freeze()
     pages = _cursors(sim, "subscriptions", lambda o: True) + _cursors(sim, "invoices", lambda o: True)
-    n_objects = sum(n for _, n in pages)
+    n_objects = sum(n for _, n, _ in pages)
     print(f"simulation {args.customers} customers x {args.months} months built in {build_s:.1f} s: "
-          f"{len(sim.objects['subscriptions'])} subscriptions, {len(sim.objects['invoices'])} invoices, "
-          f"{len(pages)} pages of <=100")
+          f"{len(sim.objects['subscriptions'])} subscriptions, {len(sim.objects['invoices'])} invoices; "
+          f"{n_objects} objects in {len(pages)} pages of <=100 (subscriptions status=all, invoices)")
+    print(f"load: {args.connections} keep-alive connections from another process (raw HTTP/1.1, one request "
+          f"at a time per connection, starting_after cursors), no latency; load average {os.getloadavg()[0]:.2f}")
 
     with server.start_in_thread(sim, api_key=KEY) as sandbox:
         port = int(sandbox.url.rsplit(":", 1)[1])
-        started = time.perf_counter()
+        cold = hammer(port, pages, args.connections, 0.0, once=True, server_cpu=sandbox.cpu_time)
+        sandbox_run = hammer(port, pages, args.connections, args.seconds, server_cpu=sandbox.cpu_time)
         with httpx.Client(headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as http:
-            for query, _ in pages:  # the first touch serialises each object once and caches its bytes
-                http.get(sandbox.url + query).raise_for_status()
             sample = http.get(sandbox.url + pages[-2][0]).content  # a full page of 100 invoices
-        print(f"warm-up walk of every page: {time.perf_counter() - started:.1f} s")
-        sandbox_run = hammer(port, pages, args.connections, args.seconds)
         sdk = sdk_baseline(sandbox.url, min(args.seconds, 5.0))
         stats = sandbox.stats()
     static = static_baseline(sample, pages, args.connections, min(args.seconds, 5.0))
 
-    print(f"pages walked: {n_objects} objects in {len(pages)} pages (subscriptions status=all, invoices)")
-    print(f"sandbox : {sandbox_run['requests_per_s']:8.0f} requests/s {sandbox_run['objects_per_s']:10.0f} "
-          f"objects/s {sandbox_run['mb_per_s']:7.1f} MB/s ({args.connections} keep-alive connections, "
-          f"{args.seconds:.0f} s)")
-    print(f"static  : {static['requests_per_s']:8.0f} requests/s {static['objects_per_s']:10.0f} objects/s "
-          f"{static['mb_per_s']:7.1f} MB/s (same HTTP layer, one fixed {len(sample) // 1024} KB page)")
-    print(f"sdk     : {sdk['requests_per_s']:8.1f} requests/s {sdk['objects_per_s']:10.0f} objects/s "
+    print(_line("cold walk", cold, "every page once on a fresh server: each object serialised on first use"))
+    print(_line("SANDBOX", sandbox_run, f"headline: pages walked round and round for {args.seconds:.0f} s, "
+                "each page built on request (no page cache), object bytes cached"))
+    print(_line("static", static, f"same HTTP layer, one fixed {len(sample) // 1024} KB page"))
+    print(f"sdk      : {sdk['requests_per_s']:7.1f} list requests/s {sdk['objects_per_s']:9.0f} objects/s "
           "(stripe-python auto_paging_iter over invoices, one client)")
     print(f"ratio sandbox/static = {sandbox_run['requests_per_s'] / static['requests_per_s']:.2f}; "
-          f"sandbox/sdk objects = {sandbox_run['objects_per_s'] / sdk['objects_per_s']:.0f}x")
+          f"sandbox/sdk objects = {sandbox_run['objects_per_s'] / sdk['objects_per_s']:.0f}x; "
+          f"pages checked in full: {cold['checked'] + sandbox_run['checked']:.0f}; "
+          f"load average now {os.getloadavg()[0]:.2f}")
     errors = {p: c for p, c in stats["by_path"].items() if set(c) - {"200"}}
     print(f"server-side errors: {errors or 'none'}")
 

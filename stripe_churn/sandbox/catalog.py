@@ -101,8 +101,9 @@ class Catalog:
         return self.obj_bytes(resource, oid)
 
     # --- lists ------------------------------------------------------------------------------------
-    def list_page(self, resource: str, params: Params) -> bytes:
-        """``GET /v1/{resource}`` with Stripe's filters, ``created`` ranges and cursor pagination."""
+    def list_page(self, resource: str, params: Params) -> list[bytes]:
+        """``GET /v1/{resource}`` with Stripe's filters, ``created`` ranges and cursor pagination; the page is
+        returned as pieces (the cached bytes of each object and the envelope around them) to send as they are."""
         check_params(params, COMMON_LIST_PARAMS | EXTRA_LIST_PARAMS[resource])
         filters = filters_for(resource, params)
         low, high = created_range(params)
@@ -122,7 +123,7 @@ class Catalog:
         return page_body(chunks, has_more, f"/v1/{resource}")
 
     def sublist_page(self, resource: str, parent_id: str, params: Params, url: str,
-                     param: str = "id") -> bytes:
+                     param: str = "id") -> list[bytes]:
         """Items of a subscription or lines of an invoice / credit note, in their embedded order."""
         check_params(params, ("limit", "starting_after", "ending_before", "expand") +
                      (("subscription",) if resource == "subscriptions" else ()))

@@ -375,10 +375,14 @@ def expand_paths(params: Params) -> tuple[str, ...]:
     return tuple(sorted(set(paths)))
 
 
-def page_body(chunks: list[bytes], has_more: bool, url: str) -> bytes:
-    """A list envelope from already serialised objects."""
-    return b"".join((b'{"object":"list","data":[', b",".join(chunks), b'],"has_more":',
-                     b"true" if has_more else b"false", b',"url":', orjson.dumps(url), b"}"))
+def page_body(chunks: list[bytes], has_more: bool, url: str) -> list[bytes]:
+    """A list envelope around already serialised objects, as the pieces to send back to back (no joined copy)."""
+    n = len(chunks)
+    parts = [b","] * (2 * n + 1) if n else [b"", b""]
+    parts[0] = b'{"object":"list","data":['
+    parts[1:-1:2] = chunks
+    parts[-1] = b"".join((b'],"has_more":', b"true" if has_more else b"false", b',"url":', orjson.dumps(url), b"}"))
+    return parts
 
 
 def paginate(ids: list[str], keys: list[int] | None, pos_of: Callable[[str], int | None],

@@ -36,7 +36,7 @@ import orjson
 from stripe_churn.errors import FatalError
 from stripe_churn.sandbox.catalog import Catalog, SimulationLike
 from stripe_churn.sandbox.listing import RESOURCES, ApiError, Params, parse_int
-from stripe_churn.sandbox.wire import HttpServer, Request, Response, parse_query
+from stripe_churn.sandbox.wire import Body, HttpServer, Request, Response, parse_query
 from stripe_churn.settings import SANDBOX_KEY, Secret
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class SandboxApp:
         resp.delay = delay
         return resp
 
-    def _route(self, req: Request, parts: list[str]) -> bytes:
+    def _route(self, req: Request, parts: list[str]) -> Body:
         if req.method != "GET":
             raise ApiError(400, f"The sandbox is read-only: {req.method} {req.path} is not supported "
                            "(only GET; POST /_sandbox/advance moves its clock).")
@@ -419,6 +419,10 @@ class RunningSandbox:
     def advance(self, months: int = 1) -> dict[str, Any]:
         """Advance the simulation (a billing run) while no request is being served."""
         return self._call(self.app.advance, months)
+
+    def cpu_time(self) -> float:
+        """CPU seconds the server thread has used so far (for benchmarks: CPU per request)."""
+        return float(self._call(time.thread_time))
 
     def stop(self) -> None:
         """Close every connection, stop the loop and join the thread (idempotent)."""

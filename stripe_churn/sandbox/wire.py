@@ -1,14 +1,21 @@
-"""A small asyncio HTTP/1.1 server: keep-alive, Content-Length bodies, and full control of the socket.
+"""A small HTTP/1.1 server on an asyncio loop: keep-alive, Content-Length bodies, full control of the socket.
 
 The sandbox needs what ordinary frameworks hide: answering after a delay without blocking other
 connections, dropping or resetting a connection without a response, and sending half a body. The
 application is a plain callable ``handle(Request) -> Response``; this module only speaks the protocol.
+
+A list page is a few hundred kilobytes made of cached object bytes, so a body may be a list of byte strings:
+the head and those pieces go to the kernel in one ``sendmsg`` (scatter/gather) straight from the cache, with
+no joined copy of the page and no copy of what the socket did not take yet (the rest is sent from memoryviews
+when the socket is writable again). Sockets are driven with the loop's ``add_reader``/``add_writer`` rather
+than asyncio transports, whose ``write`` copies every unsent remainder twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import socket
@@ -23,8 +30,13 @@ log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 1024 * 1024
+_RECV = 256 * 1024
+_IOV_MAX = 1000  # buffers per sendmsg (Linux allows 1024)
+_SNDBUF = 1024 * 1024  # a whole list page usually fits in one send
 
 Action = Literal["drop", "reset", "truncate"]
+# a body is one byte string, or several sent back to back (a list page from cached object bytes)
+Body = bytes | list[bytes]
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
@@ -45,7 +57,7 @@ class Response:
     """What the application answers; ``delay`` and ``action`` let it simulate latency and broken peers."""
 
     status: int
-    body: bytes
+    body: Body
     headers: list[tuple[str, str]] = field(default_factory=list)
     content_type: str = "application/json"
     delay: float = 0.0
@@ -91,6 +103,16 @@ def parse_query(query: str) -> dict[str, str | list[str] | dict[str, str]]:
     return out
 
 
+def body_length(body: Body) -> int:
+    """Bytes in a body, whether one byte string or several."""
+    return len(body) if isinstance(body, bytes) else sum(map(len, body))
+
+
+def body_bytes(body: Body) -> bytes:
+    """A body as one byte string (joins the pieces of a list body)."""
+    return body if isinstance(body, bytes) else b"".join(body)
+
+
 def _head(resp: Response, body_len: int, keep_alive: bool) -> bytes:
     reason = _REASONS.get(resp.status, "Unknown")
     lines = [
@@ -103,53 +125,85 @@ def _head(resp: Response, body_len: int, keep_alive: bool) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-class HttpProtocol(asyncio.Protocol):
-    """One connection: parse requests in order, answer each, keep the connection open when allowed."""
+class HttpConnection:
+    """One connection: parse requests in order, answer each, keep the connection open when allowed.
 
-    def __init__(self, handler: Handler, connections: set[HttpProtocol]) -> None:
-        self._handler = handler
-        self._connections = connections
+    One answer is in flight at a time: the next pipelined request is handled once the previous answer has
+    been handed to the kernel in full (so a peer that stops reading stops being served, and nothing piles up).
+    """
+
+    __slots__ = ("_buf", "_busy", "_close_after", "_closed", "_eof", "_fd", "_loop", "_out", "_reading",
+                 "_server", "_sock", "_timer", "_writing")
+
+    def __init__(self, server: HttpServer, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self._server = server
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
         self._buf = bytearray()
-        self._transport: asyncio.Transport | None = None
-        self._busy = False
-        self._paused = False
-        self._task: asyncio.Task[None] | None = None
+        self._out: list[bytes | memoryview] = []
+        self._reading = False
+        self._writing = False
+        self._close_after = False
+        self._busy = False  # an answer is waiting for its delay
+        self._eof = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):  # not a TCP socket
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server.connections.add(self)
+        self._start_reading()
 
-    # asyncio callbacks -------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):  # not a TCP socket
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._connections.add(self)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._connections.discard(self)
-        self._transport = None
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-
-    def data_received(self, data: bytes) -> None:
-        self._buf += data
-        if not self._busy:
-            self._process()
-
-    def pause_writing(self) -> None:
-        """The peer is not reading: stop answering (and so stop buffering) until it catches up."""
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if not self._busy and self._buf:
-            self._process()
-
-    # internals ---------------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the connection now (server shutdown)."""
-        if self._transport is not None:
-            self._transport.close()
+        """Close the connection now (whatever is unsent is dropped)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+        self._reading = self._writing = False
+        self._out = []
+        self._server.connections.discard(self)
+        self._sock.close()
+
+    # --- reading ----------------------------------------------------------------------------------
+    def _start_reading(self) -> None:
+        if not self._reading and not self._eof and not self._closed:
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._reading = True
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:  # the peer closed its side: answer what it asked in full, then close
+            self._eof = True
+            self._stop_reading()
+            if self._busy:
+                self.close()
+            elif not self._out:
+                self._process()
+            return
+        self._buf += data
+        if len(self._buf) > MAX_HEAD + MAX_BODY:
+            self._stop_reading()  # resumed once the buffered requests are answered
+        if not self._busy and not self._out:
+            self._process()
 
     def _parse_one(self) -> tuple[Request, bool] | None:
         """The next complete request and whether to keep the connection, or None when more bytes are needed."""
@@ -192,73 +246,135 @@ class HttpProtocol(asyncio.Protocol):
 
     def _fail(self, status: int, message: str) -> None:
         body = json.dumps({"error": {"type": "invalid_request_error", "message": message}}).encode()
+        self._buf.clear()
+        self._eof = True  # nothing more is read from a peer that broke the protocol
+        self._stop_reading()
         self._send(Response(status, body), keep_alive=False)
 
     def _process(self) -> None:
-        while self._transport is not None and not self._busy and not self._paused:
+        """Answer buffered requests in order while nothing is being sent or waited for."""
+        handler = self._server.handler
+        while not self._closed and not self._busy and not self._out:
             parsed = self._parse_one()
             if parsed is None:
-                return
+                break
             req, keep_alive = parsed
             try:
-                resp = self._handler(req)
+                resp = handler(req)
             except Exception:
                 log.exception("sandbox handler failed on %s %s", req.method, req.path)
                 resp = Response(500, b'{"error":{"type":"api_error","message":"Internal sandbox error."}}')
             if resp.delay > 0:
                 self._busy = True
-                self._task = asyncio.get_running_loop().create_task(self._send_later(resp, keep_alive))
+                self._timer = self._loop.call_later(resp.delay, self._deliver, resp, keep_alive)
                 return
             self._send(resp, keep_alive)
+        if self._closed or self._busy or self._out:
+            return
+        if self._eof:
+            self.close()
+        elif not self._reading and len(self._buf) <= MAX_HEAD + MAX_BODY:
+            self._start_reading()
 
-    async def _send_later(self, resp: Response, keep_alive: bool) -> None:
-        await asyncio.sleep(resp.delay)
+    def _deliver(self, resp: Response, keep_alive: bool) -> None:
+        self._timer = None
         self._busy = False
         self._send(resp, keep_alive)
-        if self._buf and not self._paused:
+        if not self._closed and not self._out:
             self._process()
 
+    # --- writing ----------------------------------------------------------------------------------
     def _send(self, resp: Response, keep_alive: bool) -> None:
-        transport = self._transport
-        if transport is None:
+        if self._closed:
             return
-        keep_alive = keep_alive and not resp.close
         if resp.action == "drop":
-            transport.close()
+            self.close()
             return
         if resp.action == "reset":
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close()
             return
+        keep_alive = keep_alive and not resp.close
         body = resp.body
         if resp.action == "truncate":
-            transport.write(_head(resp, len(body), False) + body[: len(body) // 2])
-            transport.close()
+            whole = body_bytes(body)
+            out: list[bytes | memoryview] = [_head(resp, len(whole), False), whole[: len(whole) // 2]]
+            keep_alive = False
+        elif isinstance(body, bytes):
+            out = [_head(resp, len(body), keep_alive), body]
+        else:
+            out = [_head(resp, sum(map(len, body)), keep_alive), *body]
+        self._close_after = not keep_alive
+        self._out = out
+        self._flush()
+
+    def _flush(self) -> None:
+        """Hand as much of the answer to the kernel as it takes; wait for writability for the rest."""
+        out = self._out
+        sock = self._sock
+        while out:
+            try:
+                sent = sock.sendmsg(out if len(out) <= _IOV_MAX else out[:_IOV_MAX])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # the peer went away
+                self.close()
+                return
+            done = 0
+            for piece in out:
+                size = len(piece)
+                if sent < size:
+                    break
+                sent -= size
+                done += 1
+            if done:
+                del out[:done]
+            if sent:
+                out[0] = memoryview(out[0])[sent:]
+        if out:
+            if not self._writing:
+                self._loop.add_writer(self._fd, self._on_writable)
+                self._writing = True
             return
-        transport.write(_head(resp, len(body), keep_alive) + body)
-        if not keep_alive:
-            transport.close()
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+        if self._close_after:
+            self.close()
+
+    def _on_writable(self) -> None:
+        self._flush()
+        if not self._closed and not self._out:
+            self._process()
 
 
 class HttpServer:
     """Serve ``handler`` on 127.0.0.1; ``port=0`` lets the OS pick a free port."""
 
     def __init__(self, handler: Handler, port: int = 0, host: str = "127.0.0.1") -> None:
-        self._handler = handler
+        self.handler = handler
         self._host = host
         self._port = port
-        self._server: asyncio.Server | None = None
-        self._connections: set[HttpProtocol] = set()
+        self._sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.connections: set[HttpConnection] = set()
 
     async def start(self) -> int:
+        """Listen (on the running loop) and return the port."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: HttpProtocol(self._handler, self._connections),
-            self._host, self._port, reuse_address=True, backlog=512,
-        )
-        port: int = self._server.sockets[0].getsockname()[1]
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self._host, self._port))
+            sock.listen(512)
+            sock.setblocking(False)
+            loop.add_reader(sock.fileno(), self._accept)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock, self._loop = sock, loop
+        port: int = sock.getsockname()[1]
         self._port = port
         return port
 
@@ -266,12 +382,34 @@ class HttpServer:
     def port(self) -> int:
         return self._port
 
+    def _accept(self) -> None:
+        sock, loop = self._sock, self._loop
+        if sock is None or loop is None:
+            return
+        for _ in range(64):
+            try:
+                conn, _addr = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # out of descriptors: stop accepting for a second rather than spin on the listening socket
+                    log.warning("sandbox cannot accept connections (%s); pausing for 1 s", exc.strerror)
+                    loop.remove_reader(sock.fileno())
+                    loop.call_later(1.0, self._resume_accepting)
+                return
+            HttpConnection(self, loop, conn)
+
+    def _resume_accepting(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+
     async def close(self) -> None:
         """Stop listening and close every open connection."""
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self._connections):
+        sock, loop = self._sock, self._loop
+        self._sock = None
+        if sock is not None and loop is not None:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        for conn in list(self.connections):
             conn.close()
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
