@@ -120,20 +120,25 @@ def _load(port: int, pages: list[Page], connections: int, seconds: float, once: 
             n = conn.sock.recv_into(view)
             if n == 0:
                 raise RuntimeError("the sandbox closed a keep-alive connection")
-            if conn.remaining < 0:
-                conn.head += view[:n]
-                end = conn.head.find(b"\r\n\r\n")
+            if conn.remaining < 0:  # the head, read in place (no copy of the body bytes that came with it)
+                if conn.head:  # a head split between reads (rare)
+                    conn.head += view[:n]
+                    data, size = conn.head, len(conn.head)
+                else:
+                    data, size = buf, n
+                end = data.find(b"\r\n\r\n", 0, size)
                 if end < 0:
+                    if data is buf:
+                        conn.head += view[:n]
                     continue
-                head = bytes(conn.head[:end])
+                head = bytes(data[:end])
                 if not head.startswith(b"HTTP/1.1 200"):
                     raise RuntimeError(f"bench request failed: {head[:60]!r}")
                 conn.length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-                got = len(conn.head) - end - 4
                 # a few answers per connection parsed in full: the page holds what the cursor list promised
-                conn.check = bytearray(conn.head[end + 4:]) if conn.next <= 2 else None
-                conn.head.clear()
-                conn.remaining = conn.length - got
+                conn.check = bytearray(data[end + 4:size]) if conn.next <= 2 else None
+                conn.head = bytearray()
+                conn.remaining = conn.length - (size - end - 4)
             else:
                 conn.remaining -= n
                 if conn.check is not None:

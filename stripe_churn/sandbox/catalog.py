@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -31,6 +31,7 @@ from stripe_churn.sandbox.listing import (
     item_shape,
     missing,
     page_body,
+    page_span,
     paginate,
     ref,
     shape,
@@ -50,6 +51,10 @@ class SimulationLike(Protocol):
     truth: list[dict[str, Any]]
 
     def advance(self, months: int = 1) -> None: ...
+
+
+def _no_pos(_oid: str) -> int | None:
+    return None
 
 
 def _not_expandable(path: str) -> ApiError:
@@ -111,16 +116,27 @@ class Catalog:
         view = self._view(resource, filters)
         lo = 0 if high is None else bisect.bisect_left(view.keys, -(high * SEQ_SPAN + SEQ_SPAN - 1))
         hi = len(view.ids) if low is None else bisect.bisect_right(view.keys, -(low * SEQ_SPAN))
-        ids, has_more = paginate(view.ids, view.keys, lambda _i: None, lambda i: self._key_of(resource, i),
-                                 resource, params, lo, max(lo, hi))
+        start, end, has_more = page_span(view.ids, view.keys, _no_pos, lambda i: self._key_of(resource, i),
+                                         resource, params, lo, max(lo, hi))
         if paths:
-            chunks = [self._expanded_bytes(resource, i, paths) for i in ids]
+            chunks = [self._expanded_bytes(resource, i, paths) for i in view.ids[start:end]]
         else:
-            cache = self._bytes.get(resource)
-            if cache is None:
-                cache = self._bytes[resource] = {}
-            chunks = [cache.get(i) or self.obj_bytes(resource, i) for i in ids]
+            chunks = self._view_chunks(resource, view, start, end)
         return page_body(chunks, has_more, f"/v1/{resource}")
+
+    def _view_chunks(self, resource: str, view: View, start: int, end: int) -> list[bytes]:
+        """The cached bytes of ``view.ids[start:end]``, serialising on first use."""
+        chunks = view.chunks
+        if chunks is None:
+            chunks = view.chunks = [None] * len(view.ids)
+        page = chunks[start:end]
+        if None in page:
+            ids = view.ids
+            for k in range(start, end):
+                if chunks[k] is None:
+                    chunks[k] = self.obj_bytes(resource, ids[k])
+            page = chunks[start:end]
+        return cast("list[bytes]", page)  # no None left in it
 
     def sublist_page(self, resource: str, parent_id: str, params: Params, url: str,
                      param: str = "id") -> list[bytes]:

@@ -68,10 +68,15 @@ def ref(value: Any) -> Any:
 
 @dataclass(slots=True)
 class View:
-    """Ids of one resource under one filter, newest first, with ascending sort keys for bisection."""
+    """Ids of one resource under one filter, newest first, with ascending sort keys for bisection.
+
+    ``chunks`` (filled as pages are asked for) holds each object's serialised bytes in the same order, so a page
+    of a walked list is one slice of it rather than a cache lookup per object.
+    """
 
     ids: list[str]
     keys: list[int]
+    chunks: list[bytes | None] | None = None
 
 
 def _embedded(lst: dict[str, Any], url: str, item: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
@@ -388,7 +393,15 @@ def page_body(chunks: list[bytes], has_more: bool, url: str) -> list[bytes]:
 def paginate(ids: list[str], keys: list[int] | None, pos_of: Callable[[str], int | None],
              key_of: Callable[[str], int | None], resource: str, params: Params,
              lo: int = 0, hi: int | None = None) -> tuple[list[str], bool]:
-    """One page of ``ids[lo:hi]`` (newest first) after the cursor parameters; returns (ids, has_more).
+    """One page of ``ids[lo:hi]`` (newest first) after the cursor parameters; returns (ids, has_more)."""
+    start, end, has_more = page_span(ids, keys, pos_of, key_of, resource, params, lo, hi)
+    return ids[start:end], has_more
+
+
+def page_span(ids: list[str], keys: list[int] | None, pos_of: Callable[[str], int | None],
+              key_of: Callable[[str], int | None], resource: str, params: Params,
+              lo: int = 0, hi: int | None = None) -> tuple[int, int, bool]:
+    """Where one page of ``ids[lo:hi]`` (newest first) lies after the cursor parameters: (start, end, has_more).
 
     With ``keys`` a cursor object outside the view still finds its place by its sort key (as Stripe does
     for, say, a canceled subscription used as ``starting_after`` on the default list); without keys the
@@ -416,8 +429,8 @@ def paginate(ids: list[str], keys: list[int] | None, pos_of: Callable[[str], int
     if before is not None:
         end = locate(before, "ending_before")[0]
         start = max(lo, end - limit)
-        return ids[start:end], start > lo
+        return start, end, start > lo
     start = lo if after is None else locate(after, "starting_after")[1]
     start = max(start, lo)
     end = min(hi, start + limit)
-    return ids[start:end], end < hi
+    return start, end, end < hi

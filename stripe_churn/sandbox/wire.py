@@ -74,7 +74,11 @@ def parse_query(query: str) -> dict[str, str | list[str] | dict[str, str]]:
     Brackets may arrive percent-encoded; ``parse_qsl`` decodes keys, so both spellings land here alike.
     """
     out: dict[str, str | list[str] | dict[str, str]] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    if "%" in query or "+" in query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+    else:  # nothing to decode (what the SDK and a syncer's cursors send): split as parse_qsl would
+        pairs = [(k, v) for k, _, v in (p.partition("=") for p in query.split("&") if p)]
+    for key, value in pairs:
         base, sep, rest = key.partition("[")
         if not sep:
             prev = out.get(key)
