@@ -712,6 +712,41 @@ def test_advance_and_stats_endpoints(mini: RunningSandbox, tmp_path: Path) -> No
     assert mini.stats()["requests"] == stats["requests"] + 1
 
 
+def test_pages_walked_before_an_advance_show_the_new_state_after_it() -> None:
+    """A walked list keeps its objects' bytes with its view; a billing run must drop them with the view."""
+    sim_module = pytest.importorskip("stripe_churn.sandbox.sim")
+    sim = sim_module.Simulation(customers=30, months=6, seed=5)
+    customer = next(s["customer"] for s in sim.objects["subscriptions"].values() if not s.get("deleted"))
+    lists = [("subscriptions", {"status": "all"}), ("invoices", {}), ("invoices", {"customer": customer}),
+             ("subscriptions", {"customer": customer, "status": "all"})]
+
+    def walk(sb: RunningSandbox, resource: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        query = {"limit": 7, **params}
+        while True:
+            body = get(sb, f"/v1/{resource}?{urlencode(query)}").json()
+            out += body["data"]
+            if not body["has_more"]:
+                return out
+            query["starting_after"] = body["data"][-1]["id"]
+
+    with start_in_thread(sim, api_key=KEY) as sb:
+        before = {(r, tuple(p.items())): walk(sb, r, p) for r, p in lists}
+        walk(sb, "subscriptions", {"status": "all"})  # the second walk is served from the filled view
+        sb.advance(1)
+        changed = 0
+        for (resource, items), old in before.items():
+            params = dict(items)
+            cust = params.get("customer")
+            new = walk(sb, resource, params)
+            objs = sim.objects[resource]
+            assert [o["id"] for o in new] == expected_order(objs, lambda o, c=cust: c is None or o["customer"] == c)
+            assert new == [served(objs[o["id"]]) for o in new], (resource, params)
+            old_by_id = {o["id"]: o for o in old}
+            changed += sum(1 for o in new if o["id"] in old_by_id and old_by_id[o["id"]] != o)
+        assert changed > 0  # the billing run changed objects that had been served before it
+
+
 # --- the real simulation through the SDK ------------------------------------------------------------
 
 
