@@ -42,8 +42,13 @@ from stripe_churn.settings import Settings
 from stripe_churn.store.db import open_store
 from stripe_churn.store.load import (
     Staged,
+    create_stages,
+    drop_stages,
+    insert_staged,
     mark_missing_children,
     mark_unlisted_children,
+    merge_stage,
+    stage_seq,
     upsert_fx_rates,
     upsert_staged,
 )
@@ -106,7 +111,6 @@ class Batch:
     children: dict[tuple[str, str, str], list[tuple[str, list[str], int]]] = field(
         default_factory=lambda: defaultdict(list))
     cursors: list[tuple[str, str | None, int | None, bool]] = field(default_factory=list)
-
     def add(self, table: str, obj: dict[str, Any], version: int, deleted: bool | None = None) -> None:
         self.rows[table].add(obj, version, deleted)
 
@@ -195,6 +199,13 @@ class _Sync:
         self.write_error: BaseException | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._db_lock = threading.Lock()  # one DuckDB call at a time (writer thread and everything else)
+        # while a full listing pages: rows go to the key-less stages, merged once the listing is over (an
+        # upsert into a keyed table joins the whole table: per page, that cost grows with the store)
+        self.staging = False
+        self._seq = 0
+        # tables holding nothing of the account when this listing began (a first full sync): its rows are
+        # inserted straight away (discounts excepted: the same discount comes on several objects)
+        self.fresh: set[str] = set()
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         """Run a database function off the event loop, serialised with the writer."""
@@ -208,8 +219,7 @@ class _Sync:
         return datetime.now(UTC)
 
     def _apply(self, batches: list[Batch]) -> None:
-        """Several pages in one transaction: one upsert per table, then their cursors."""
-        con = self.con
+        """Several pages in one transaction: one write per table, then their cursors."""
         seen = self._now()
         rows: dict[str, Staged] = {}
         children: dict[tuple[str, str, str], list[tuple[str, list[str], int]]] = defaultdict(list)
@@ -224,10 +234,30 @@ class _Sync:
                 children[key].extend(parents)
             for stream, value, created, done in b.cursors:
                 cursors[stream] = (value, created, done)
+        try:
+            self._write(rows, children, cursors, seen)
+        except duckdb.ConstraintException:
+            if not self.fresh:
+                raise
+            # an object listed twice (it cannot be inserted again): from now on everything goes by the stages
+            log.info("an object was listed twice: the rest of the listing is staged and merged")
+            self.fresh.clear()
+            self._write(rows, children, cursors, seen)
+        for table, staged in rows.items():
+            self.progress.add(table, len(staged))
+
+    def _write(self, rows: dict[str, Staged], children: dict[tuple[str, str, str], list[tuple[str, list[str], int]]],
+               cursors: dict[str, tuple[str | None, int | None, bool]], seen: datetime) -> None:
+        con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
             for table, staged in rows.items():
-                upsert_staged(con, table, self.account, staged, seen, replace=self.listing)
+                if not self.staging:
+                    upsert_staged(con, table, self.account, staged, seen, replace=self.listing)
+                elif table in self.fresh:  # nothing of the account stored: plain inserts, nothing looked up
+                    insert_staged(con, table, self.account, staged, seen)
+                else:
+                    upsert_staged(con, table, self.account, staged, seen, stage_seq=self._next_seq())
             if not self.listing:  # a full listing flags unlisted children once, at its end
                 for (table, col, extra), parents in children.items():
                     mark_missing_children(con, table, col, self.account, parents, seen, extra=extra)
@@ -239,8 +269,16 @@ class _Sync:
         except BaseException:
             con.execute("ROLLBACK")
             raise
-        for table, staged in rows.items():
-            self.progress.add(table, len(staged))
+
+    def _next_seq(self) -> int:
+        """Order of what is staged (a page batch holds fewer than 4096 pages)."""
+        self._seq += 4096
+        return self._seq
+
+    def _merge(self) -> None:
+        """The listing's staged rows into the raw tables, one set-based merge per table."""
+        for table in RAW_TABLES:
+            merge_stage(self.con, table, self.account)
 
     def _set_cursor(self, stream: str, value: str | None, created: int | None, done: bool) -> None:
         self.con.execute(_CURSOR_SQL, [self.account, stream, value, created, done, self.run_id, self._now()])
@@ -458,6 +496,9 @@ class _Sync:
         self.listing = True
         cursors = await self._db(self._cursors)
         had_rows = await self._db(self._has_rows)
+        if "full" in cursors and mode == "full" and not await self._db(self._resume_stages):
+            log.warning("the unfinished full sync's staged rows no longer fit the store's tables: starting over")
+            cursors.pop("full")
         if "full" in cursors and mode == "full":
             start_evt, version_o, _ = cursors["full"]
             version = int(version_o or 0)
@@ -475,6 +516,8 @@ class _Sync:
             await self._db(self._start_full, start_evt, version, self.api.server_time)
         self.oldest = await self._oldest_bound()
 
+        self.fresh = await self._db(self._fresh_tables)
+        self.staging = True
         by_name = {s.name: s for s in STREAMS}
         started: set[str] = set()
         for key, (value, lo, done) in cursors.items():
@@ -500,7 +543,11 @@ class _Sync:
                     t.cancel()
                 await asyncio.gather(*self._tasks, return_exceptions=True)
                 raise failed[0]  # type: ignore[misc]
-        if any(isinstance(t.exception(), _Stopped) for t in self._tasks if not t.cancelled()):
+        stopped = any(isinstance(t.exception(), _Stopped) for t in self._tasks if not t.cancelled())
+        await self._flush()
+        self.staging = False
+        await self._db(self._merge)  # a stopped listing's rows too (its next run goes on from its cursors)
+        if stopped:
             raise _Stopped  # every slice finished its page and stopped
         log.info("full sync: %d slices listed", len(self._tasks))
         await self._test_clocks(version)
@@ -532,6 +579,16 @@ class _Sync:
         row = self.con.execute("SELECT count(*) FROM customers WHERE account_id = ?", [self.account]).fetchone()
         return bool(row and row[0])
 
+    def _fresh_tables(self) -> set[str]:
+        union = " UNION ALL ".join(f"SELECT '{t}' AS t, (SELECT count(*) FROM (SELECT 1 FROM {t} "
+                                   "WHERE account_id = $a LIMIT 1)) AS n" for t in RAW_TABLES if t != "discounts")
+        return {t for t, n in self.con.execute(union, {"a": self.account}).fetchall() if not n}
+
+    def _resume_stages(self) -> bool:
+        ok = create_stages(self.con, fresh=False)
+        self._seq = stage_seq(self.con)
+        return ok
+
     def _clear_full(self) -> None:
         self.con.execute("DELETE FROM sync_cursors WHERE account_id = ? AND (stream = 'full' OR stream LIKE 'full:%')",
                          [self.account])
@@ -540,6 +597,7 @@ class _Sync:
         """The full sync's start: its version, and (when the server said its time) that the events are
         complete up to then (the incremental sync after it continues from the start event)."""
         self.con.execute("BEGIN TRANSACTION")
+        create_stages(self.con, fresh=True)
         self._set_cursor("full", start_evt, version, False)
         if server_time is not None:
             self._set_cursor(EVENTS_COMPLETE, None, server_time, False)
@@ -548,6 +606,7 @@ class _Sync:
     def _finish_full(self, start_evt: str | None, version: int) -> None:
         self.con.execute("BEGIN TRANSACTION")
         self._clear_full()
+        drop_stages(self.con)
         self._set_cursor("events", start_evt, version, False)
         self.con.execute("COMMIT")
 

@@ -27,7 +27,8 @@ _PATH = re.compile(r"j->>'(\$[^']*)'")
 _COMMON = ("account_id", "id", "deleted", "raw", "version", "created", "first_seen_at", "last_seen_at")
 
 
-def _sql(table: str, replace: bool = False) -> str:
+def _typed(table: str) -> tuple[dict[str, str], list[str]]:
+    """The typed columns' expressions over ``s.x`` (the extracted paths) and those paths."""
     # Every ``j->>'path'`` of the typed columns is read by one json_extract_string over all the paths, so
     # each document is parsed once, not once per column.
     paths: list[str] = ["$.created"]
@@ -37,16 +38,12 @@ def _sql(table: str, replace: bool = False) -> str:
             paths.append(m.group(1))
         return f"s.x[{paths.index(m.group(1)) + 1}]"
 
-    typed = {name: _PATH.sub(slot, expr) for name, expr in EXTRACT[table].items()}
-    cols = [*_COMMON, *typed]
-    select = ",\n".join([
-        "$account AS account_id", "s.id", "s.deleted",
-        "s.j AS raw", "s.version",
-        "try(to_timestamp(TRY_CAST(s.x[1] AS BIGINT))) AS created",
-        "$seen AS first_seen_at", "$seen AS last_seen_at",
-        *(f"{expr} AS {name}" for name, expr in typed.items()),
-    ])
-    path_list = ", ".join(f"'{p}'" for p in paths)
+    return {name: _PATH.sub(slot, expr) for name, expr in EXTRACT[table].items()}, paths
+
+
+def _conflict(table: str, replace: bool) -> str:
+    """The ON CONFLICT clause of an upsert into ``table`` (see :func:`upsert_staged` for ``replace``)."""
+    typed = EXTRACT[table]
     # A stub ({"id", "object", "deleted": true}) only flags the row: the last full copy stays in raw.
     stub = "(excluded.raw->>'$.deleted' = 'true' AND excluded.raw->>'$.created' IS NULL)"
     sets = [
@@ -58,17 +55,117 @@ def _sql(table: str, replace: bool = False) -> str:
         *(f"{c} = CASE WHEN {stub} THEN {table}.{c} ELSE excluded.{c} END" for c in typed),
     ]
     return (
-        f"INSERT INTO {table} ({', '.join(cols)})\n"
-        f"SELECT {select}\nFROM (SELECT id, deleted, version, CAST(j AS JSON) AS j, "
-        f"json_extract_string(j, [{path_list}]) AS x FROM staged) s\n"
-        "ON CONFLICT (account_id, id) DO UPDATE SET " + ", ".join(sets)
+        "\nON CONFLICT (account_id, id) DO UPDATE SET " + ", ".join(sets)
         # version 0: "add when missing" (a copy that must not overwrite the one kept from the object's owner)
         + ("\nWHERE excluded.version > 0" if replace else
-           f"\nWHERE excluded.version > 0 AND excluded.version >= coalesce({table}.version, 0)")
+           f"\nWHERE excluded.version > 0 AND excluded.version >= coalesce({table}.version, 0)"))
+
+
+def _columns(table: str) -> list[str]:
+    return [*_COMMON, *EXTRACT[table]]
+
+
+def _sql(table: str, replace: bool = False, source: str = "staged", *, stage: bool = False,
+         insert: bool = False) -> str:
+    """Rows ``(id, deleted, version, j[, seq])`` of ``source`` into ``table`` (upserted, or only inserted:
+    ``insert``), or appended to its stage (``stage``: no key, nothing looked up; ``seq`` orders the copies of an
+    id)."""
+    typed, paths = _typed(table)
+    select = ",\n".join([
+        "$account AS account_id", "s.id", "s.deleted",
+        "s.j AS raw", "s.version",
+        "try(to_timestamp(TRY_CAST(s.x[1] AS BIGINT))) AS created",
+        "$seen AS first_seen_at", "$seen AS last_seen_at",
+        *(f"{expr} AS {name}" for name, expr in typed.items()),
+        *(["s.seq"] if stage else []),
+    ])
+    path_list = ", ".join(f"'{p}'" for p in paths)
+    target = f"{stage_table(table)} ({', '.join(_columns(table))}, seq)" if stage else \
+        f"{table} ({', '.join(_columns(table))})"
+    return (
+        f"INSERT INTO {target}\n"
+        f"SELECT {select}\nFROM (SELECT id, deleted, version, CAST(j AS JSON) AS j, "
+        f"json_extract_string(j, [{path_list}]) AS x{', seq' if stage else ''} FROM {source}) s"
+        + ("" if stage or insert else _conflict(table, replace))
     )
 
 
-_SQL: dict[tuple[str, bool], str] = {}
+def stage_table(table: str) -> str:
+    """The key-less table a full listing appends ``table``'s rows to before one merge (:func:`merge_stage`)."""
+    return f"sync_stage_{table}"
+
+
+def create_stages(con: duckdb.DuckDBPyConnection, *, fresh: bool) -> bool:
+    """Create the stage tables (``fresh``: emptied first). Returns False when a kept stage does not have its raw
+    table's columns any more (the store was migrated since): the listing that filled it must start over."""
+    ok = True
+    for table in RAW_TABLES:
+        name = stage_table(table)
+        if fresh:
+            con.execute(f"DROP TABLE IF EXISTS {name}")
+        else:
+            have = [r[0] for r in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = "
+                "current_database() ORDER BY column_index", [name]).fetchall()]
+            if have and have != [*_columns(table), "seq"]:
+                ok = False
+                con.execute(f"DROP TABLE {name}")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {name} AS SELECT {', '.join(_columns(table))}, "
+                    f"CAST(0 AS BIGINT) AS seq FROM {table} LIMIT 0")
+    return ok
+
+
+def drop_stages(con: duckdb.DuckDBPyConnection) -> None:
+    for table in RAW_TABLES:
+        con.execute(f"DROP TABLE IF EXISTS {stage_table(table)}")
+
+
+def stage_seq(con: duckdb.DuckDBPyConnection) -> int:
+    """The highest ``seq`` staged so far (a resumed listing goes on after it)."""
+    union = " UNION ALL ".join(f"SELECT max(seq) AS m FROM {stage_table(t)}" for t in RAW_TABLES)
+    row = con.execute(f"SELECT coalesce(max(m), 0) FROM ({union})").fetchone()
+    return int(row[0]) if row else 0
+
+
+MERGE_ROWS = 250_000  # staged rows merged per statement at most (DuckDB's memory for the join stays bounded)
+
+
+def merge_stage(con: duckdb.DuckDBPyConnection, table: str, account_id: str) -> int:
+    """Move ``table``'s staged rows into it: per id the copy of the highest version, then the latest ``seq``;
+    replacing what is stored (a version-0 copy only when none is). Set-based, in statements of at most
+    ``MERGE_ROWS`` rows, each in its own transaction with the deletion of the rows it moved (a merge cut short
+    is simply run again). A plain INSERT when the table holds nothing of the account: no lookup at all (an
+    upsert joins the whole table). Returns the number of rows merged."""
+    stage = stage_table(table)
+    row = con.execute(f"SELECT count(*) FROM {stage}").fetchone()
+    total = int(row[0]) if row else 0
+    if not total:
+        return 0
+    parts = -(-total // MERGE_ROWS)
+    cols = ", ".join(_columns(table))
+    # the parts hold disjoint ids: what one part inserted never meets the next
+    row = con.execute(f"SELECT count(*) FROM {table} WHERE account_id = ?", [account_id]).fetchone()
+    empty = not (row and row[0])
+    for part in range(parts):
+        where = f"WHERE hash(id) % {parts} = {part}" if parts > 1 else ""
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} WHERE rowid IN ("
+                f"SELECT arg_max(rowid, (version, seq)) FROM {stage} {where} GROUP BY id)"
+                + ("" if empty else _conflict(table, replace=True)))
+            con.execute(f"DELETE FROM {stage} {where}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    return total
+
+
+_SQL: dict[tuple[str, bool | str], str] = {}
+# Blobs come from orjson, so they are handed over as Arrow's JSON type: DuckDB takes them as JSON without
+# parsing each one again to validate it (a full pass over every document).
+_JSON = pa.json_(pa.string())
 
 
 class Staged:
@@ -109,24 +206,48 @@ class Staged:
 
 
 def upsert_staged(con: duckdb.DuckDBPyConnection, table: str, account_id: str, rows: Staged, seen_at: datetime,
-                  *, replace: bool = False) -> int:
+                  *, replace: bool = False, stage_seq: int | None = None) -> int:
     """Upsert staged rows into a raw table in one statement; returns the number of rows given.
 
     ``replace``: the rows win whatever the stored version (a full sync's listing is the truth of its moment,
     even against a store filled from another timeline); otherwise an older copy never replaces a newer one.
+    ``stage_seq``: append the rows to the table's stage instead, in that order (see :func:`merge_stage`).
     """
     if table not in RAW_TABLES:
         raise ValueError(f"not a raw table: {table}")
     if not rows.ids:
         return 0
     staged = pa.table({"id": pa.array(rows.ids, pa.string()), "deleted": pa.array(rows.flags, pa.bool_()),
-                       "version": pa.array(rows.versions, pa.int64()), "j": pa.array(rows.blobs, pa.string())})
-    sql = _SQL.get((table, replace)) or _SQL.setdefault((table, replace), _sql(table, replace))
+                       "version": pa.array(rows.versions, pa.int64()), "j": pa.array(rows.blobs, _JSON),
+                       "seq": pa.array([stage_seq or 0] * len(rows.ids), pa.int64())})
+    key = (table, "stage" if stage_seq is not None else replace)
+    sql = _SQL.get(key) or _SQL.setdefault(key, _sql(table, replace, stage=stage_seq is not None))
     con.register("staged", staged)
     try:
         con.execute(sql, {"account": account_id, "seen": seen_at.astimezone(UTC)})
     finally:
         with contextlib.suppress(duckdb.Error):  # in an aborted transaction: keep the statement's own error
+            con.unregister("staged")
+    return len(rows.ids)
+
+
+def insert_staged(con: duckdb.DuckDBPyConnection, table: str, account_id: str, rows: Staged,
+                  seen_at: datetime) -> int:
+    """Insert staged rows that are not stored yet (``duckdb.ConstraintException`` when one is), nothing looked up.
+
+    DuckDB runs an upsert (``ON CONFLICT``) as a join with the whole table: for a full sync's first listing,
+    page after page, that cost would grow with the store.
+    """
+    if not rows.ids:
+        return 0
+    staged = pa.table({"id": pa.array(rows.ids, pa.string()), "deleted": pa.array(rows.flags, pa.bool_()),
+                       "version": pa.array(rows.versions, pa.int64()), "j": pa.array(rows.blobs, _JSON)})
+    sql = _SQL.get((table, "insert")) or _SQL.setdefault((table, "insert"), _sql(table, insert=True))
+    con.register("staged", staged)
+    try:
+        con.execute(sql, {"account": account_id, "seen": seen_at.astimezone(UTC)})
+    finally:
+        with contextlib.suppress(duckdb.Error):
             con.unregister("staged")
     return len(rows.ids)
 
@@ -206,17 +327,23 @@ def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, sinc
             f"UPDATE {child} c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
             f"AND c.last_seen_at < $since AND c.{col} IN (SELECT p.id FROM {parent} p "
             "WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since))", params)
+    # Which discounts each listed owner still has, as (owner, discount) pairs joined by equality: a test of each
+    # discount against its owner's JSON would compare every discount with every owner (hours at a million).
     con.execute(
         "UPDATE discounts c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
         "AND c.subscription_item_id IS NULL AND c.subscription_id IN (SELECT p.id FROM subscriptions p "
-        "WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since AND NOT list_contains(coalesce("
-        "list_concat(json_extract_string(p.raw, '$.discounts[*].id'), json_extract_string(p.raw, "
-        "'$.discounts[*]')), []), c.id)))", params)
+        "WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since)) AND NOT EXISTS (SELECT 1 FROM ("
+        "SELECT p.id AS owner, unnest(coalesce(list_concat(json_extract_string(p.raw, '$.discounts[*].id'), "
+        "json_extract_string(p.raw, '$.discounts[*]')), [])) AS kept FROM subscriptions p WHERE p.account_id = $a "
+        "AND NOT p.deleted AND p.last_seen_at >= $since) k WHERE k.owner = c.subscription_id AND k.kept = c.id)",
+        params)
     con.execute(
         "UPDATE discounts c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
         "AND c.subscription_id IS NULL AND c.customer_id IN (SELECT p.id FROM customers p WHERE p.account_id = $a "
-        "AND (p.deleted OR p.last_seen_at >= $since AND coalesce(p.raw->>'$.discount.id', p.raw->>'$.discount', "
-        "'') <> c.id))",
+        "AND (p.deleted OR p.last_seen_at >= $since)) AND NOT EXISTS (SELECT 1 FROM (SELECT p.id AS owner, "
+        "coalesce(p.raw->>'$.discount.id', p.raw->>'$.discount', '') AS kept FROM customers p "
+        "WHERE p.account_id = $a AND NOT p.deleted AND p.last_seen_at >= $since) k "
+        "WHERE k.owner = c.customer_id AND k.kept = c.id)",
         params)
 
 
