@@ -283,3 +283,35 @@ def test_full_sync_into_a_store_of_another_state_counts_distinct_objects(db: Pat
     for table, had in before.items():
         # every object listed once, plus each stored one that is gone now, flagged once
         assert result.counts[table] == len(exp[table]) + len(had - set(exp[table])), table
+
+
+def test_an_object_listed_twice_by_a_first_full_sync_is_stored_once(db: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A first listing inserts without looking anything up; a copy of an object it already committed (a page
+    served again) rolls that transaction back and the rest of the listing goes by the stages and one merge."""
+    import stripe_churn.sync as sync_module
+
+    monkeypatch.setattr(sync_module, "TX_OBJECTS", 100)  # a few pages per transaction
+    original = sync_module._Sync._page_batch
+    first: dict[str, Any] = {}
+
+    async def page_batch(self: Any, table: str, data: list[dict[str, Any]], version: int) -> Any:
+        batch = await original(self, table, data, version)
+        if table == "customers" and data and not first:
+            first.update(data[0])
+        elif table == "invoices" and first:
+            batch.add("customers", dict(first), version)  # the customer again, on a later page
+        return batch
+
+    monkeypatch.setattr(sync_module._Sync, "_page_batch", page_batch)
+    sim = sim_small(customers=25, seed=3)
+    caplog.set_level("INFO", logger="stripe_churn.sync")
+    with start_in_thread(sim, api_key=KEY) as sb:
+        result = run_sync(settings_for(sb.url, db), progress=False)
+    assert (result.mode, result.status) == ("full", "succeeded") and first
+    assert "listed twice" in caplog.text
+    with open_store(db) as con:
+        assert_store_equals_sandbox(con, sim)
+        assert con.execute("SELECT count(*) FROM customers WHERE id = ?", [first["id"]]).fetchone() == (1,)
+        # the stages are gone once the full sync completed
+        assert not con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name LIKE 'sync_stage_%'").fetchall()

@@ -14,8 +14,19 @@ import orjson
 import pytest
 
 from stripe_churn.errors import StoreError, StoreLockedError
+from stripe_churn.store import load
 from stripe_churn.store.db import MIGRATIONS, open_store
-from stripe_churn.store.load import mark_missing_children, upsert_objects
+from stripe_churn.store.load import (
+    Staged,
+    create_stages,
+    insert_staged,
+    mark_missing_children,
+    mark_unlisted_children,
+    merge_stage,
+    stage_seq,
+    upsert_objects,
+    upsert_staged,
+)
 from stripe_churn.store.schema import RAW_TABLES
 
 ACCT = "acct_test"
@@ -125,6 +136,81 @@ def test_accounts_are_kept_apart(con: duckdb.DuckDBPyConnection) -> None:
     upsert_objects(con, "subscriptions", "acct_b", [sub("sub_1", "canceled")], T0)
     assert con.execute("SELECT account_id, status FROM subscriptions ORDER BY 1").fetchall() == [
         ("acct_a", "active"), ("acct_b", "canceled")]
+
+
+def staged(*objs: dict[str, Any], version: int = 100) -> Staged:
+    rows = Staged()
+    for obj in objs:
+        rows.add(obj, version)
+    return rows
+
+
+def test_plain_insert_refuses_an_id_already_stored(con: duckdb.DuckDBPyConnection) -> None:
+    """The first listing's inserts look nothing up: a second copy of an id is an error, never a duplicate row."""
+    assert insert_staged(con, "subscriptions", ACCT, staged(sub("sub_1", "active")), T0) == 1
+    assert one(con, "SELECT status, customer_id, epoch(start_date) FROM subscriptions") == ("active", "cus_1",
+                                                                                          1_700_000_000)
+    with pytest.raises(duckdb.ConstraintException):
+        insert_staged(con, "subscriptions", ACCT, staged(sub("sub_1", "canceled")), T1)
+    assert one(con, "SELECT count(*), any_value(status) FROM subscriptions") == (1, "active")
+
+
+@pytest.mark.parametrize("merge_rows", [1000, 2])  # one statement, or several (ids split by hash)
+def test_stage_merge_picks_per_id_and_replaces_what_is_stored(con: duckdb.DuckDBPyConnection, merge_rows: int,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per id: the highest version, then the latest staged copy; a version-0 copy only where nothing else is;
+    stored rows replaced whatever their version (a listing is the truth of its moment)."""
+    monkeypatch.setattr(load, "MERGE_ROWS", merge_rows)
+    upsert_objects(con, "subscriptions", ACCT, [sub("sub_old", "active"), sub("sub_keep", "active")], T0,
+                   versions=500)
+    upsert_objects(con, "discounts", ACCT, [{"id": "di_owned", "object": "discount", "start": 1}], T0, versions=50)
+    create_stages(con, fresh=True)
+    upsert_staged(con, "subscriptions", ACCT, staged(sub("sub_old", "canceled"), sub("sub_new", "trialing")), T1,
+                  stage_seq=1)
+    upsert_staged(con, "subscriptions", ACCT, staged(sub("sub_new", "active")), T1, stage_seq=2)
+    upsert_staged(con, "subscriptions", ACCT, staged(sub("sub_new", "past_due"), version=90), T1, stage_seq=3)
+    # discounts billed on invoices come at version 0: added when missing, never over a stored copy
+    upsert_staged(con, "discounts", ACCT, staged({"id": "di_owned", "object": "discount", "start": 2},
+                                                 {"id": "di_billed", "object": "discount", "start": 3}, version=0),
+                  T1, stage_seq=4)
+    assert stage_seq(con) == 4
+    assert merge_stage(con, "subscriptions", ACCT) == 4
+    assert merge_stage(con, "discounts", ACCT) == 2
+    assert con.execute("SELECT id, status, version FROM subscriptions ORDER BY id").fetchall() == [
+        ("sub_keep", "active", 500), ("sub_new", "active", 100), ("sub_old", "canceled", 100)]
+    assert con.execute("SELECT id, epoch(start_at) FROM discounts ORDER BY id").fetchall() == [
+        ("di_billed", 3), ("di_owned", 1)]
+    assert one(con, "SELECT count(*) FROM sync_stage_subscriptions") == 0
+    assert merge_stage(con, "subscriptions", ACCT) == 0  # merged once: nothing left to merge
+
+
+def test_stage_merge_into_an_empty_table_inserts_one_row_per_id(con: duckdb.DuckDBPyConnection) -> None:
+    create_stages(con, fresh=True)
+    upsert_staged(con, "customers", ACCT, staged({"id": "cus_1", "object": "customer", "email": "a@x"}), T0,
+                  stage_seq=1)
+    upsert_staged(con, "customers", ACCT, staged({"id": "cus_1", "object": "customer", "email": "b@x"}), T0,
+                  stage_seq=2)
+    merge_stage(con, "customers", ACCT)
+    assert con.execute("SELECT id, email FROM customers").fetchall() == [("cus_1", "b@x")]
+    # a stage that no longer has its table's columns is reported (the listing that filled it starts over)
+    con.execute("ALTER TABLE sync_stage_customers DROP COLUMN country")
+    assert create_stages(con, fresh=False) is False
+    assert create_stages(con, fresh=False) is True
+
+
+def test_discounts_no_longer_on_their_owner_are_flagged_after_a_listing(con: duckdb.DuckDBPyConnection) -> None:
+    def disc(did: str, **owner: str) -> dict[str, Any]:
+        return {"id": did, "object": "discount", "start": 1, **owner}
+
+    upsert_objects(con, "discounts", ACCT, [disc("di_s1", subscription="sub_1"), disc("di_s2", subscription="sub_1"),
+                                            disc("di_gone", subscription="sub_2"), disc("di_c1", customer="cus_1"),
+                                            disc("di_c2", customer="cus_1"), disc("di_other", customer="cus_9")], T0)
+    upsert_objects(con, "subscriptions", ACCT, [{**sub("sub_1", "active"), "discounts": ["di_s1"]}], T1)
+    upsert_objects(con, "subscriptions", ACCT, [{"id": "sub_2", "object": "subscription", "deleted": True}], T1)
+    upsert_objects(con, "customers", ACCT, [{"id": "cus_1", "object": "customer", "discount": disc("di_c2")}], T1)
+    mark_unlisted_children(con, ACCT, T1, T1)
+    assert con.execute("SELECT id FROM discounts WHERE deleted ORDER BY id").fetchall() == [
+        ("di_c1",), ("di_gone",), ("di_s2",)]
 
 
 def test_locked_store_is_a_one_line_error(tmp_path: Path) -> None:
