@@ -44,11 +44,15 @@ FROM (
         e.object_id AS subscription_id,
         e.v[1] AS after_state,
         e.v[2] AS prev,
-        row_number() OVER (PARTITION BY e.account_id, e.object_id ORDER BY e.created, e.id) AS seq
-    FROM (SELECT *, json_extract(raw, ['$.data.object', '$.data.previous_attributes']) AS v  -- one parse
-          FROM events
-          WHERE type LIKE 'customer.subscription.%' AND object_type = 'subscription'
-            AND NOT coalesce(deleted, false)) e
+        e.seq
+    -- (the order is numbered on the typed columns alone, then the JSON is parsed once per event)
+    FROM (SELECT *, json_extract(raw, ['$.data.object', '$.data.previous_attributes']) AS v
+          FROM (SELECT *, row_number() OVER (PARTITION BY account_id, object_id ORDER BY created, id) AS seq
+                FROM (SELECT account_id, id, type, created, object_id, rowid AS rid
+                      FROM events
+                      WHERE type LIKE 'customer.subscription.%' AND object_type = 'subscription'
+                        AND NOT coalesce(deleted, false))) n
+          JOIN (SELECT rowid AS rid, raw FROM events) r USING (rid)) e
 );
 
 -- Every subscription known, with the fields of its latest known state (the snapshot, or the last event

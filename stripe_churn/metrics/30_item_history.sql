@@ -142,24 +142,38 @@ UNION ALL
 SELECT * FROM observed;
 
 -- Item history: one row per item and interval of constant (price, quantity); absent intervals dropped.
+-- The windows run on the narrow key and the compared values only (a window sorts every column it carries):
+-- the step kept per item and moment (highest prio), then the changes; the kept steps are joined back by rowid.
 CREATE OR REPLACE TABLE derived_item_history AS
-WITH one AS (
-    SELECT st.* REPLACE (CASE WHEN p.usage_type = 'metered' THEN NULL ELSE st.quantity END AS quantity)
+WITH steps AS (
+    SELECT st.rowid AS rid, st.account_id, st.subscription_item_id, st.moment, st.prio,
+           {'present': st.present, 'price_id': st.price_id,
+            'quantity': CASE WHEN p.usage_type = 'metered' THEN NULL ELSE st.quantity END} AS v
     FROM derived_item_steps st
     LEFT JOIN derived_price_terms p ON p.account_id = st.account_id AND p.price_id = st.price_id
-    QUALIFY row_number() OVER (PARTITION BY st.account_id, st.subscription_item_id, st.moment ORDER BY st.prio DESC) = 1
+),
+one AS (
+    SELECT * FROM steps
+    QUALIFY lead(moment) OVER (PARTITION BY account_id, subscription_item_id ORDER BY moment, prio, rid)
+            IS DISTINCT FROM moment
 ),
 marked AS (
-    SELECT *,
-           lag(present) OVER w IS DISTINCT FROM present
-           OR lag(price_id) OVER w IS DISTINCT FROM price_id
-           OR lag(quantity) OVER w IS DISTINCT FROM quantity AS changed
+    SELECT rid, account_id, subscription_item_id, moment,
+           -- (an item's first step is kept unless every value is NULL)
+           CASE WHEN lag(v) OVER w IS NULL THEN v.present IS NOT NULL OR v.price_id IS NOT NULL OR v.quantity IS NOT NULL
+                ELSE lag(v) OVER w IS DISTINCT FROM v END AS changed
     FROM one
     WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY moment)
 ),
-kept AS (
-    SELECT *, lead(moment) OVER (PARTITION BY account_id, subscription_item_id ORDER BY moment) AS valid_to
+kept_keys AS (
+    SELECT rid, lead(moment) OVER (PARTITION BY account_id, subscription_item_id ORDER BY moment) AS valid_to
     FROM marked WHERE changed
+),
+kept AS (
+    SELECT st.* REPLACE (CASE WHEN p.usage_type = 'metered' THEN NULL ELSE st.quantity END AS quantity), kk.valid_to
+    FROM derived_item_steps st
+    JOIN kept_keys kk ON kk.rid = st.rowid
+    LEFT JOIN derived_price_terms p ON p.account_id = st.account_id AND p.price_id = st.price_id
 )
 SELECT k.account_id, s.customer_id, k.subscription_id, k.subscription_item_id, k.price_id,
        k.quantity,

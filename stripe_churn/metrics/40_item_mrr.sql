@@ -96,26 +96,42 @@ FROM (SELECT DISTINCT h.account_id, h.price_id, h.quantity
       JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
       WHERE p.usage_type = 'licensed' AND h.quantity IS NOT NULL);
 
--- Each item's state at each break of its subscription.
+-- Each item's state at each break of its subscription. The as-of lookups (status in force, last usage
+-- invoice) run on the narrow keys (one per subscription and break, one per metered item and point) and
+-- are joined back by equality: an ASOF join that carries every item column sorts all of them.
 CREATE OR REPLACE TEMP TABLE derived_item_points AS
-WITH at_breaks AS (
-    SELECT b.moment, h.*
+WITH sub_status AS (
+    SELECT b.account_id, b.subscription_id, b.moment, sp.status, sp.pause_collection, sp.moment AS status_at,
+           sp.source_event_id AS status_event_id
     FROM derived_sub_breaks b
+    ASOF LEFT JOIN derived_status_points sp
+      ON sp.account_id = b.account_id AND sp.subscription_id = b.subscription_id AND sp.moment <= b.moment
+),
+with_status AS (
+    SELECT b.moment, h.*, b.status, b.pause_collection, b.status_at, b.status_event_id
+    FROM sub_status b
     JOIN derived_item_history h
       ON h.account_id = b.account_id AND h.subscription_id = b.subscription_id
      AND h.valid_from <= b.moment AND (h.valid_to IS NULL OR b.moment < h.valid_to)
 ),
-with_status AS (
-    SELECT x.*, sp.status, sp.pause_collection, sp.moment AS status_at, sp.source_event_id AS status_event_id
-    FROM at_breaks x
-    ASOF LEFT JOIN derived_status_points sp
-      ON sp.account_id = x.account_id AND sp.subscription_id = x.subscription_id AND sp.moment <= x.moment
-),
-with_usage AS (
-    SELECT x.*, m.amount_p AS metered_amount_p, m.moment AS metered_at, m.invoice_id AS metered_invoice_id
+-- (only items with usage invoices have a usage step to find)
+metered_points AS (
+    SELECT x.account_id, x.subscription_item_id, x.moment
     FROM with_status x
+    SEMI JOIN (SELECT DISTINCT account_id, subscription_item_id FROM derived_metered_steps) ms
+        USING (account_id, subscription_item_id)
+),
+usage AS (
+    SELECT x.account_id, x.subscription_item_id, x.moment, m.amount_p AS metered_amount_p,
+           m.moment AS metered_at, m.invoice_id AS metered_invoice_id
+    FROM metered_points x
     ASOF LEFT JOIN derived_metered_steps m
       ON m.account_id = x.account_id AND m.subscription_item_id = x.subscription_item_id AND m.moment <= x.moment
+),
+with_usage AS (
+    SELECT x.*, m.metered_amount_p, m.metered_at, m.metered_invoice_id
+    FROM with_status x
+    LEFT JOIN usage m USING (account_id, subscription_item_id, moment)
 )
 SELECT
     u.*,
@@ -223,22 +239,30 @@ SELECT *,
        CASE WHEN counts THEN undiscounted_e10 ELSE CAST(0 AS HUGEINT) END AS counted_undiscounted_e10
 FROM shared;
 
--- Collapse consecutive points of equal contribution into intervals.
+-- Collapse consecutive points of equal contribution into intervals. The windows run on the narrow key and
+-- the compared values (sorting every column of the points costs more than the rest of this step), and the
+-- kept points are joined back by their key (one point per item and moment).
 CREATE OR REPLACE TABLE derived_item_mrr AS
 WITH marked AS (
-    SELECT *,
-           lag(price_id) OVER w IS DISTINCT FROM price_id
-           OR lag(quantity) OVER w IS DISTINCT FROM quantity
-           OR lag(status) OVER w IS DISTINCT FROM status
-           OR lag(mrr_e10) OVER w IS DISTINCT FROM mrr_e10
-           OR lag(counted_undiscounted_e10) OVER w IS DISTINCT FROM counted_undiscounted_e10 AS changed
-    FROM derived_item_point_mrr
+    SELECT account_id, subscription_item_id, moment,
+           -- (an item's first point is kept unless every value is NULL)
+           CASE WHEN lag(v) OVER w IS NULL THEN any_value ELSE lag(v) OVER w IS DISTINCT FROM v END AS changed
+    FROM (SELECT account_id, subscription_item_id, moment,
+                 {'p': price_id, 'q': quantity, 's': status, 'm': mrr_e10, 'u': counted_undiscounted_e10} AS v,
+                 price_id IS NOT NULL OR quantity IS NOT NULL OR status IS NOT NULL OR mrr_e10 IS NOT NULL
+                     OR counted_undiscounted_e10 IS NOT NULL AS any_value
+          FROM derived_item_point_mrr)
     WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY moment)
 ),
-kept AS (
-    SELECT *,
+kept_keys AS (
+    SELECT account_id, subscription_item_id, moment,
            lead(moment) OVER (PARTITION BY account_id, subscription_item_id ORDER BY moment) AS next_at
     FROM marked WHERE changed
+),
+kept AS (
+    SELECT p.*, kk.next_at
+    FROM derived_item_point_mrr p
+    JOIN kept_keys kk USING (account_id, subscription_item_id, moment)
 )
 SELECT
     k.account_id,

@@ -41,12 +41,17 @@ start_items AS (
     FROM derived_obs_items WHERE source = 'snapshot' AND ord = 0
 ),
 invoice_at_start AS (
-    SELECT s.*, c.coverage_start
-    FROM derived_invoice_item_steps s
-    JOIN derived_coverage c USING (account_id)
-    WHERE c.has_events AND s.moment < c.coverage_start
-    -- (one ordering key, a row, so that the newest row per item is an arg_max rather than a sort; never NULL)
-    QUALIFY row_number() OVER (PARTITION BY s.account_id, s.subscription_item_id ORDER BY (s.moment, s.prio) DESC) = 1
+    -- the newest step per item before coverage: a grouped arg_max over one ordering key (a window would sort
+    -- every step with all its columns)
+    SELECT account_id, subscription_item_id, coverage_start, unnest(newest)
+    FROM (SELECT s.account_id, s.subscription_item_id, c.coverage_start,
+                 arg_max({'subscription_id': s.subscription_id, 'source_invoice_id': s.source_invoice_id,
+                          'price_id': s.price_id, 'quantity': s.quantity, 'present': s.present},
+                         (s.moment, s.prio)) AS newest
+          FROM derived_invoice_item_steps s
+          JOIN derived_coverage c USING (account_id)
+          WHERE c.has_events AND s.moment < c.coverage_start
+          GROUP BY s.account_id, s.subscription_item_id, c.coverage_start)
 ),
 at_start AS (
     SELECT i.account_id, i.source_invoice_id AS invoice_id, i.subscription_item_id, i.price_id, i.quantity,
@@ -126,7 +131,7 @@ SELECT account_id, 'unusable_object', 'event', id, object_id, created,
        format('{} event whose data.object is not a {} (got {}); kept as raw only', type, want,
               coalesce(got, 'nothing'))
 FROM (SELECT account_id, id, object_id, created, type,
-             json_extract_string(raw, '$.data.object.object') AS got,
+             object_type AS got,  -- (data.object.object, extracted at load time)
              CASE WHEN type LIKE 'customer.subscription.%' THEN 'subscription'
                   WHEN type LIKE 'customer.discount.%' THEN 'discount'
                   WHEN type IN ('customer.created', 'customer.updated', 'customer.deleted') THEN 'customer'

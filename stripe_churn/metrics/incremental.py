@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 _SCOPE = "touched_scope"
 _CATALOGUE = ("products", "prices", "coupons")
+# Raw tables the steps read by their typed columns only: their JSON is not copied into the scope.
+_TYPED_ONLY = ("invoices", "invoice_lines", "credit_notes")
 
 # Customers with a raw object seen at or after $since, by the typed columns the store keeps.
 _TOUCHED_SQL = """
@@ -158,7 +160,8 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
     try:
         for table in (*_SCOPED_KEYS, *_CATALOGUE, "fx_rates", "sync_cursors"):
             where = f" WHERE rowid IN ({_SCOPED_KEYS[table]})" if table in _SCOPED_KEYS else ""
-            con.execute(f"CREATE TABLE {_SCOPE}.{table} AS SELECT * FROM {table}{where}")
+            cols = "* REPLACE (CAST(NULL AS JSON) AS raw)" if table in _TYPED_ONLY else "*"
+            con.execute(f"CREATE TABLE {_SCOPE}.{table} AS SELECT {cols} FROM {table}{where}")
         con.execute(f"USE {_SCOPE}")
         try:
             write_settings(con, settings)
