@@ -179,16 +179,16 @@ class Staged:
         self.ids: list[str] = []
         self.flags: list[bool] = []
         self.versions: list[int] = []
-        self.blobs: list[str] = []
+        self.blobs: list[bytes] = []
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def add(self, obj: dict[str, Any], version: int, deleted: bool | None = None) -> None:
-        self.add_blob(str(obj["id"]), orjson.dumps(obj).decode(),
+        self.add_blob(str(obj["id"]), orjson.dumps(obj),
                       version, bool(obj.get("deleted", False)) if deleted is None else deleted)
 
-    def add_blob(self, oid: str, blob: str, version: int, deleted: bool) -> None:
+    def add_blob(self, oid: str, blob: bytes, version: int, deleted: bool) -> None:
         at = self._at.get(oid)
         if at is not None:
             if version >= self.versions[at]:
@@ -201,6 +201,13 @@ class Staged:
         self.blobs.append(blob)
 
     def extend(self, other: Staged) -> None:
+        if self._at.keys().isdisjoint(other._at):  # the usual case (pages of a listing): list copies, no lookups
+            self._at.update(zip(other.ids, range(len(self.ids), len(self.ids) + len(other.ids)), strict=True))
+            self.ids.extend(other.ids)
+            self.flags.extend(other.flags)
+            self.versions.extend(other.versions)
+            self.blobs.extend(other.blobs)
+            return
         for i, oid in enumerate(other.ids):
             self.add_blob(oid, other.blobs[i], other.versions[i], other.flags[i])
 
@@ -375,10 +382,10 @@ def load_simulation(con: duckdb.DuckDBPyConnection, sim: Any) -> None:
             objs = list(sim.objects.get(resource, {}).values())
             upsert_objects(con, resource, acct, objs, seen)
         items = [it for s in sim.objects.get("subscriptions", {}).values() if not s.get("deleted")
-                 for it in s.get("items", {}).get("data", [])]
+                 for it in (s.get("items") or {}).get("data") or []]
         upsert_objects(con, "subscription_items", acct, items, seen)
         lines = [ln for inv in sim.objects.get("invoices", {}).values() if not inv.get("deleted")
-                 for ln in inv.get("lines", {}).get("data", [])]
+                 for ln in (inv.get("lines") or {}).get("data") or []]
         upsert_objects(con, "invoice_lines", acct, lines, seen)
         upsert_objects(con, "discounts", acct, list(getattr(sim, "discounts", {}).values()), seen)
         oldest = int(sim.clock) - 30 * 86400

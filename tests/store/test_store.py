@@ -213,6 +213,21 @@ def test_discounts_no_longer_on_their_owner_are_flagged_after_a_listing(con: duc
         ("di_c1",), ("di_gone",), ("di_s2",)]
 
 
+def test_load_simulation_takes_objects_whose_embedded_lists_are_null(con: duckdb.DuckDBPyConnection) -> None:
+    from types import SimpleNamespace
+
+    inv = {"id": "in_1", "object": "invoice", "customer": "cus_1", "created": 1_700_000_000, "lines": None}
+    sim = SimpleNamespace(account_id=ACCT, clock=1_700_100_000, start=1_700_000_000, discounts={}, events=[],
+                          objects={"customers": {"cus_1": {"id": "cus_1", "object": "customer", "created": 1}},
+                                   "subscriptions": {"sub_1": {**sub("sub_1", "active"), "items": None},
+                                                     "sub_2": sub("sub_2", "active")},
+                                   "invoices": {"in_1": inv}})
+    load.load_simulation(con, sim)
+    assert con.execute("SELECT id FROM subscriptions ORDER BY id").fetchall() == [("sub_1",), ("sub_2",)]
+    assert con.execute("SELECT id, subscription_id FROM subscription_items").fetchall() == [("si_sub_2", "sub_2")]
+    assert one(con, "SELECT count(*) FROM invoices") == 1 and one(con, "SELECT count(*) FROM invoice_lines") == 0
+
+
 def test_locked_store_is_a_one_line_error(tmp_path: Path) -> None:
     path = tmp_path / "locked.duckdb"
     open_store(path).close()
