@@ -1,15 +1,16 @@
 """Serve a simulation's objects the way Stripe's list and retrieve endpoints do, from cached JSON bytes.
 
 The catalog never changes the simulation. It keeps, per resource, the ids newest first (``created``
-descending, ties by creation sequence descending), filtered views of them, and each object's serialised
-bytes; :meth:`Catalog.reset` drops all of it after the simulation advances.
+descending, ties by creation sequence descending), filtered views of them with their objects' serialised
+bytes stored in list order (see :class:`~stripe_churn.sandbox.listing.View`), and the bytes of retrieved
+objects; :meth:`Catalog.reset` drops all of it after the simulation advances.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 import orjson
 
@@ -26,6 +27,7 @@ from stripe_churn.sandbox.listing import (
     View,
     check_params,
     created_range,
+    envelope,
     expand_paths,
     filters_for,
     item_shape,
@@ -88,9 +90,12 @@ class Catalog:
             cache = self._bytes[resource] = {}
         data = cache.get(oid)
         if data is None:
-            obj = self._event(oid) if resource == "events" else self.sim.objects[resource][oid]
-            data = cache[oid] = orjson.dumps(shape(obj))
+            data = cache[oid] = self._serialise(resource, oid)
         return data
+
+    def _serialise(self, resource: str, oid: str) -> bytes:
+        obj = self._event(oid) if resource == "events" else self.sim.objects[resource][oid]
+        return orjson.dumps(shape(obj))
 
     def retrieve(self, resource: str, oid: str, params: Params) -> bytes:
         """``GET /v1/{resource}/{id}``: deleted objects come back as their stub; events only within retention."""
@@ -106,9 +111,9 @@ class Catalog:
         return self.obj_bytes(resource, oid)
 
     # --- lists ------------------------------------------------------------------------------------
-    def list_page(self, resource: str, params: Params) -> list[bytes]:
+    def list_page(self, resource: str, params: Params) -> list[bytes | memoryview]:
         """``GET /v1/{resource}`` with Stripe's filters, ``created`` ranges and cursor pagination; the page is
-        returned as pieces (the cached bytes of each object and the envelope around them) to send as they are."""
+        returned as pieces to send as they are (the envelope, and slices of the view's stored object bytes)."""
         check_params(params, COMMON_LIST_PARAMS | EXTRA_LIST_PARAMS[resource])
         filters = filters_for(resource, params)
         low, high = created_range(params)
@@ -119,27 +124,60 @@ class Catalog:
         start, end, has_more = page_span(view.ids, view.keys, _no_pos, lambda i: self._key_of(resource, i),
                                          resource, params, lo, max(lo, hi))
         if paths:
-            chunks = [self._expanded_bytes(resource, i, paths) for i in view.ids[start:end]]
-        else:
-            chunks = self._view_chunks(resource, view, start, end)
-        return page_body(chunks, has_more, f"/v1/{resource}")
+            return page_body([self._expanded_bytes(resource, i, paths) for i in view.ids[start:end]], has_more,
+                             f"/v1/{resource}")
+        return envelope(self._page_pieces(resource, view, start, end), has_more, f"/v1/{resource}")
 
-    def _view_chunks(self, resource: str, view: View, start: int, end: int) -> list[bytes]:
-        """The cached bytes of ``view.ids[start:end]``, serialising on first use."""
-        chunks = view.chunks
-        if chunks is None:
-            chunks = view.chunks = [None] * len(view.ids)
-        page = chunks[start:end]
-        if None in page:
-            ids = view.ids
-            for k in range(start, end):
-                if chunks[k] is None:
-                    chunks[k] = self.obj_bytes(resource, ids[k])
-            page = chunks[start:end]
-        return cast("list[bytes]", page)  # no None left in it
+    def _page_pieces(self, resource: str, view: View, start: int, end: int) -> list[bytes | memoryview]:
+        """The bytes of ``view.ids[start:end]`` joined by commas, as slices of the view's segments."""
+        seg_of = view.seg_of
+        if seg_of is None:
+            n = len(view.ids)
+            seg_of = view.seg_of = [-1] * n
+            view.begin = [0] * n
+            view.end = [0] * n
+        if -1 in seg_of[start:end]:
+            self._fill(resource, view, start, end)
+        segments, seg_stop, begin, stop = view.segments, view.seg_stop, view.begin, view.end
+        pieces: list[bytes | memoryview] = []
+        k = start
+        while k < end:
+            seg = seg_of[k]
+            last = min(end, seg_stop[seg]) - 1
+            if pieces:
+                pieces.append(b",")
+            pieces.append(memoryview(segments[seg])[begin[k]:stop[last]])
+            k = last + 1
+        return pieces
+
+    def _fill(self, resource: str, view: View, start: int, end: int) -> None:
+        """Serialise the objects of ``view.ids[start:end]`` not stored yet, each run of them as one segment."""
+        seg_of, begin, stop, ids = view.seg_of, view.begin, view.end, view.ids
+        assert seg_of is not None
+        cache = self._bytes.get(resource) or {}
+        k = start
+        while k < end:
+            if seg_of[k] != -1:
+                k += 1
+                continue
+            j = k
+            while j < end and seg_of[j] == -1:
+                j += 1
+            chunks = [cache.get(oid) or self._serialise(resource, oid) for oid in ids[k:j]]
+            seg = len(view.segments)
+            view.segments.append(b",".join(chunks))
+            view.seg_stop.append(j)
+            pos = 0
+            for i, chunk in enumerate(chunks, k):
+                seg_of[i] = seg
+                begin[i] = pos
+                pos += len(chunk)
+                stop[i] = pos
+                pos += 1
+            k = j
 
     def sublist_page(self, resource: str, parent_id: str, params: Params, url: str,
-                     param: str = "id") -> list[bytes]:
+                     param: str = "id") -> list[bytes | memoryview]:
         """Items of a subscription or lines of an invoice / credit note, in their embedded order."""
         check_params(params, ("limit", "starting_after", "ending_before", "expand") +
                      (("subscription",) if resource == "subscriptions" else ()))
@@ -206,6 +244,8 @@ class Catalog:
             base = self._events_view()
             if not filters:
                 return base
+        elif not filters:
+            return self._all_view(resource)
         ident = (resource, *((name, value) for name, value, _ in filters))
         view = self._views.get(ident)
         if view is not None:
@@ -228,7 +268,8 @@ class Catalog:
             keep = [k for k, oid in enumerate(start.ids) if all(p(objs[oid]) for p in preds)]
             view = View([start.ids[k] for k in keep], [start.keys[k] for k in keep])
         if len(self._views) >= VIEW_CACHE_MAX:
-            self._views.clear()
+            # filtered views go; the whole lists (and the object bytes they hold) stay
+            self._views = {k: v for k, v in self._views.items() if k[1:] == (("__all__", None),)}
         self._views[ident] = view
         return view
 

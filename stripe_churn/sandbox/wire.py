@@ -36,7 +36,7 @@ _SNDBUF = 1024 * 1024  # a whole list page usually fits in one send
 
 Action = Literal["drop", "reset", "truncate"]
 # a body is one byte string, or several sent back to back (a list page from cached object bytes)
-Body = bytes | list[bytes]
+Body = bytes | list[bytes | memoryview]
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
