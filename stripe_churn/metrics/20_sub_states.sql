@@ -28,13 +28,15 @@ LEFT JOIN ev USING (account_id);
 -- Subscription events, with the state just after (`data.object`) and just before (`previous_attributes`
 -- merged onto it; only *.updated events carry them). The whole state before is needed only at a
 -- subscription's first event (merging is costly); every event keeps the discounts it had before.
+-- The fields of the state after that later steps test on every event (status, pause_collection, whether
+-- the item list was cut short) come out of the same parse as typed columns.
 CREATE OR REPLACE TEMP TABLE derived_sub_events AS
 SELECT account_id, event_id, event_type, moment, subscription_id, after_state,
        CASE WHEN seq = 1 AND json_type(prev) = 'OBJECT' THEN json_merge_patch(after_state, prev) END AS before_state,
        CASE WHEN json_type(prev) = 'OBJECT'
             THEN CASE WHEN json_exists(prev, '$.discounts') THEN json_extract(prev, '$.discounts')
-                      ELSE json_extract(after_state, '$.discounts') END END AS before_discounts,
-       seq
+                      ELSE after_discounts END END AS before_discounts,
+       seq, after_status, after_pause_collection, after_has_more
 FROM (
     SELECT
         e.account_id,
@@ -44,9 +46,15 @@ FROM (
         e.object_id AS subscription_id,
         e.v[1] AS after_state,
         e.v[2] AS prev,
+        e.v[6] AS after_discounts,
+        json_extract_string(e.v[3], '$') AS after_status,
+        json_type(e.v[4]) = 'OBJECT' AS after_pause_collection,
+        TRY_CAST(json_extract_string(e.v[5], '$') AS BOOLEAN) AS after_has_more,
         e.seq
     -- (the order is numbered on the typed columns alone, then the JSON is parsed once per event)
-    FROM (SELECT *, json_extract(raw, ['$.data.object', '$.data.previous_attributes']) AS v
+    FROM (SELECT *, json_extract(raw, ['$.data.object', '$.data.previous_attributes', '$.data.object.status',
+                                       '$.data.object.pause_collection', '$.data.object.items.has_more',
+                                       '$.data.object.discounts']) AS v
           FROM (SELECT *, row_number() OVER (PARTITION BY account_id, object_id ORDER BY created, id) AS seq
                 FROM (SELECT account_id, id, type, created, object_id, rowid AS rid
                       FROM events
@@ -124,8 +132,11 @@ WITH firsts AS (
 ),
 anchor_from_events AS (
     SELECT f.account_id, f.subscription_id, greatest(c.coverage_start, s.start_date) AS moment,
-           'event' AS source, f.event_id, f.before_state AS state, 0 AS ord, NULL AS status, NULL AS pause_collection
-    FROM firsts f
+           'event' AS source, f.event_id, f.before_state AS state, 0 AS ord,
+           json_extract_string(f.v[1], '$') AS status, json_type(f.v[2]) = 'OBJECT' AS pause_collection,
+           TRY_CAST(json_extract_string(f.v[3], '$') AS BOOLEAN) AS has_more
+    FROM (SELECT *, json_extract(before_state, ['$.status', '$.pause_collection', '$.items.has_more']) AS v
+          FROM firsts) f
     JOIN derived_coverage c USING (account_id)
     LEFT JOIN derived_subs s USING (account_id, subscription_id)
     WHERE f.before_state IS NOT NULL AND greatest(c.coverage_start, s.start_date) < f.moment
@@ -134,7 +145,7 @@ anchor_from_snapshot AS (
     -- (status and pause_collection from the typed columns; its items are read from subscription_items in 30)
     SELECT s.account_id, s.subscription_id, greatest(c.coverage_start, s.start_date) AS moment,
            'snapshot' AS source, NULL AS event_id, CAST(NULL AS JSON) AS state, 0 AS ord, s.status,
-           s.pause_collection
+           s.pause_collection, CAST(NULL AS BOOLEAN) AS has_more
     FROM derived_subs s
     JOIN derived_coverage c USING (account_id)
     WHERE s.in_snapshot
@@ -143,7 +154,7 @@ anchor_from_snapshot AS (
 ),
 after_events AS (
     SELECT account_id, subscription_id, moment, 'event' AS source, event_id, after_state AS state, seq AS ord,
-           NULL AS status, NULL AS pause_collection
+           after_status AS status, after_pause_collection AS pause_collection, after_has_more AS has_more
     FROM derived_sub_events
 ),
 last_events AS (
@@ -163,27 +174,25 @@ snapshot_keys AS (
 ),
 late_snapshot AS (
     SELECT s.account_id, s.subscription_id, s.seen_at AS moment, 'snapshot' AS source, NULL AS event_id,
-           CAST(NULL AS JSON) AS state, 1000000 AS ord, s.status, s.pause_collection
+           CAST(NULL AS JSON) AS state, 1000000 AS ord, s.status, s.pause_collection,
+           CAST(NULL AS BOOLEAN) AS has_more
     FROM derived_subs s
     JOIN last_events l USING (account_id, subscription_id)
     LEFT JOIN snapshot_keys k USING (account_id, subscription_id)
     WHERE s.in_snapshot AND s.seen_at > l.moment
-      AND (s.status IS DISTINCT FROM json_extract_string(l.after_state, '$.status')
+      AND (s.status IS DISTINCT FROM l.after_status
            -- the last event's item list was cut short: only the snapshot (complete, from subscription_items)
            -- says which of the items it left out are still there
-           OR coalesce(TRY_CAST(json_extract_string(l.after_state, '$.items.has_more') AS BOOLEAN), false)
+           OR coalesce(l.after_has_more, false)
            OR coalesce(k.items_key, []) IS DISTINCT FROM items_key(l.after_state))
 )
-SELECT * EXCLUDE (v) REPLACE (
-           CASE WHEN source = 'snapshot' THEN status ELSE json_extract_string(v[1], '$') END AS status,
-           CASE WHEN source = 'snapshot' THEN pause_collection ELSE json_type(v[2]) = 'OBJECT' END AS pause_collection),
+SELECT * EXCLUDE (has_more),
        -- an embedded item list cut short (has_more) says nothing about the items it leaves out
-       source = 'snapshot' OR NOT coalesce(TRY_CAST(json_extract_string(v[3], '$') AS BOOLEAN), false)
-           AS items_complete
-FROM (SELECT *, json_extract(state, ['$.status', '$.pause_collection', '$.items.has_more']) AS v FROM (SELECT * FROM anchor_from_events
+       source = 'snapshot' OR NOT coalesce(has_more, false) AS items_complete
+FROM (SELECT * FROM anchor_from_events
       UNION ALL SELECT * FROM anchor_from_snapshot
       UNION ALL SELECT * FROM after_events
-      UNION ALL SELECT * FROM late_snapshot));
+      UNION ALL SELECT * FROM late_snapshot);
 
 -- Status steps: from `moment` on, the subscription has `status` until its next step.
 -- Before coverage they are reconstructed from the latest state: trialing from start_date while a trial runs
