@@ -4,11 +4,14 @@
 The store is built without HTTP: a block of customers is simulated and loaded with ``load_simulation``, then,
 when more customers are asked for than the block holds, the block is replicated inside DuckDB with re-keyed
 ids (customers, subscriptions, items, invoices, lines, events and discounts get a copy number; the catalogue
-is shared) until the store holds the requested number of customers. The output says how it was built.
+is shared) until the store holds the requested number of customers. Re-keying is one plain ``replace`` of the
+simulation's id marker per value (no regular expressions); copies of the tables the metrics read by their
+typed columns only (invoices, lines, credit notes, items) get a stub ``raw``. The output says how it was built.
 
-Timed: the full recompute, an incremental recompute after one more billing run of the block (see
-``stripe_churn.metrics.incremental``: only the customers whose objects changed are derived again), a 5-year
-monthly bridge query, peak memory, and a plain-Python per-customer loop over a sample for comparison.
+Timed: the full recompute, an incremental recompute after one more billing run of the block (what an
+incremental sync would fetch is loaded: the block's new and changed objects and new events; then
+``stripe_churn.metrics.incremental`` derives again only the customers they belong to), a 5-year monthly
+bridge query, peak memory, and a plain-Python per-customer loop over a sample for comparison.
 
     python scripts/bench_rollup.py                       # 1,000,000 customers x 24 months (block of 20,000)
     python scripts/bench_rollup.py --customers 20000 --block 5000   # a small run

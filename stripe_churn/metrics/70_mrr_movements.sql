@@ -61,8 +61,9 @@ window_sources AS (
 ),
 sub_events AS (
     SELECT t.tid, e.subscription_id,
-           arg_max(e.event_id, e.moment) AS event_id
-    FROM (SELECT e.account_id, e.subscription_id, e.moment, e.event_id, s.customer_id
+           -- (the latest in the subscription's event order: two events in one second pick the same one every run)
+           arg_max(e.event_id, (e.moment, e.seq)) AS event_id
+    FROM (SELECT e.account_id, e.subscription_id, e.moment, e.event_id, e.seq, s.customer_id
           FROM derived_sub_events e
           JOIN subscriptions s ON s.account_id = e.account_id AND s.id = e.subscription_id) e
     JOIN derived_transitions t ON t.account_id = e.account_id AND t.customer_id = e.customer_id
