@@ -71,7 +71,7 @@ EVENT_RETENTION_S = 30 * 86400
 # Without a rate limit the server itself is the limit: a few hundred list pages per second at most, and a few
 # requests in flight keep it busy (more only queue there, holding pages in memory).
 SERVER_CEILING_RPS = 200.0
-UNLIMITED_IN_FLIGHT = 8
+UNLIMITED_IN_FLIGHT = 6
 
 
 def slice_count(rate_limit: float, latency_s: float, *, floor: int = 4, cap: int = 48) -> int:
