@@ -464,12 +464,21 @@ class _Sync:
                     raise _Stopped
                 page = await self._fetch_page(sl)
                 data = page.get("data") or []
-                batch = await self._page_batch(sl.stream.table, data, version)
+                whole = len(data)
+                while True:
+                    # the slice may have been split while its page was on the way: what now lies below its range
+                    # belongs to the split-off slice, which lists it (a first listing inserts each object once)
+                    lo = sl.lo
+                    if sl.hi is not None:
+                        data = [o for o in data if _created(o, lo) >= lo]
+                    batch = await self._page_batch(sl.stream.table, data, version)
+                    if sl.lo == lo:
+                        break
                 if sl.hi is None:  # the stream's first page: from now on a slice of [oldest, newest]
                     sl.hi = int(data[0]["created"]) if data else 0
                     sl.lo = min(self.oldest, sl.hi)
                     sl.key = f"full:{sl.stream.name}:{sl.lo}:{sl.hi}"
-                done = not page.get("has_more") or not data
+                done = not page.get("has_more") or not data or len(data) < whole
                 if data:
                     sl.after = data[-1]["id"]
                     sl.pos = int(data[-1]["created"])
@@ -925,6 +934,13 @@ class _Sync:
             log.info("sync %s %s (%s): %s; %d requests", result.run_id, result.status, result.mode,
                      ", ".join(f"{t} {c}" for t, c in sorted(result.counts.items())) or "nothing", result.requests)
         return result
+
+
+def _created(obj: dict[str, Any], default: int) -> int:
+    try:
+        return int(obj["created"])
+    except (KeyError, TypeError, ValueError):
+        return default
 
 
 def _ref(value: Any) -> str | None:

@@ -127,7 +127,7 @@ def stage_seq(con: duckdb.DuckDBPyConnection) -> int:
     return int(row[0]) if row else 0
 
 
-MERGE_ROWS = 250_000  # staged rows merged per statement at most (DuckDB's memory for the join stays bounded)
+MERGE_ROWS = 25_000  # staged rows merged per statement at most (DuckDB's memory for the join stays bounded)
 
 
 def merge_stage(con: duckdb.DuckDBPyConnection, table: str, account_id: str) -> int:
