@@ -6,18 +6,11 @@
 
 CREATE OR REPLACE TABLE derived_mrr_movements AS
 WITH
--- (the rank is computed on the narrow columns it needs and joined back by rowid: a window sorts every
--- column it carries)
-part_ranks AS (
-    SELECT rowid AS rid,
-           row_number() OVER (PARTITION BY tid ORDER BY abs(amount_rep) DESC, movement, subscription_item_id)
-               AS size_rank
-    FROM derived_movement_parts
-),
 parts AS (
-    SELECT p.*, round(p.amount_rep, 4) AS rounded, r.size_rank
+    SELECT p.*, round(p.amount_rep, 4) AS rounded,
+           row_number() OVER (PARTITION BY p.tid
+                              ORDER BY abs(p.amount_rep) DESC, p.movement, p.subscription_item_id) AS size_rank
     FROM derived_movement_parts p
-    JOIN part_ranks r ON r.rid = p.rowid
 ),
 totals AS (
     SELECT t.tid, t.mrr_delta,
