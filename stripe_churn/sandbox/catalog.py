@@ -40,6 +40,8 @@ from stripe_churn.sandbox.listing import (
 )
 
 _EXPAND_CACHE_MAX = 50_000
+# fields whose expansion is not a plain lookup of the field's value (tiers come from the price itself)
+_NOT_TOP_LEVEL = frozenset({"id", "object", "", "tiers"})
 
 
 class SimulationLike(Protocol):
@@ -81,6 +83,22 @@ class Catalog:
         self._item_parent: dict[str, str] | None = None
         self._event_pos: dict[str, int] | None = None
         self._event_window: tuple[int, View] | None = None
+
+    def warm(self) -> int:
+        """Serialise every stored object once and lay out each whole list in list order, before serving (as a
+        server holds its objects ready to send), so that the first walk of a list does not pay for it; returns
+        the number of objects. After a billing run the caches fill again as they are asked for."""
+        count = 0
+        for resource, objs in self.sim.objects.items():
+            cache = self._bytes.setdefault(resource, {})
+            for oid in objs:
+                if oid not in cache:
+                    cache[oid] = self._serialise(resource, oid)
+                    count += 1
+            view = self._all_view(resource)
+            if view.ids:
+                self._page_pieces(resource, view, 0, len(view.ids))
+        return count
 
     # --- single objects ---------------------------------------------------------------------------
     def obj_bytes(self, resource: str, oid: str) -> bytes:
@@ -124,9 +142,18 @@ class Catalog:
         start, end, has_more = page_span(view.ids, view.keys, _no_pos, lambda i: self._key_of(resource, i),
                                          resource, params, lo, max(lo, hi))
         if paths:
-            return page_body([self._expanded_bytes(resource, i, paths) for i in view.ids[start:end]], has_more,
-                             f"/v1/{resource}")
+            view = self._expanded_view(view, paths)
         return envelope(self._page_pieces(resource, view, start, end), has_more, f"/v1/{resource}")
+
+    @staticmethod
+    def _expanded_view(view: View, paths: tuple[str, ...]) -> View:
+        """The same ids as ``view``, their bytes stored as served with ``paths`` expanded."""
+        if view.expanded is None:
+            view.expanded = {}
+        found = view.expanded.get(paths)
+        if found is None:
+            found = view.expanded[paths] = View(view.ids, view.keys, paths=paths)
+        return found
 
     def _page_pieces(self, resource: str, view: View, start: int, end: int) -> list[bytes | memoryview]:
         """The bytes of ``view.ids[start:end]`` joined by commas, as slices of the view's segments."""
@@ -163,7 +190,10 @@ class Catalog:
             j = k
             while j < end and seg_of[j] == -1:
                 j += 1
-            chunks = [cache.get(oid) or self._serialise(resource, oid) for oid in ids[k:j]]
+            if view.paths:
+                chunks = [self._served_expanded(resource, oid, view.paths, cache) for oid in ids[k:j]]
+            else:
+                chunks = [cache.get(oid) or self._serialise(resource, oid) for oid in ids[k:j]]
             seg = len(view.segments)
             view.segments.append(b",".join(chunks))
             view.seg_stop.append(j)
@@ -356,14 +386,30 @@ class Catalog:
                 raise _not_expandable(p)
         return tuple(p[5:] for p in paths)
 
+    def _served_expanded(self, resource: str, oid: str, paths: tuple[str, ...], cache: dict[str, bytes]) -> bytes:
+        """One listed object's bytes with ``paths`` expanded. When every path is a top-level field that holds
+        nothing (null or an empty list, as an invoice's ``discounts`` mostly does), expanding changes nothing
+        and the plain bytes are served without parsing them again."""
+        plain = cache.get(oid) or self._serialise(resource, oid)
+        if resource != "events":
+            obj = self.sim.objects[resource][oid]
+            if obj.get("object") != "list" and all(
+                    "." not in p and p not in _NOT_TOP_LEVEL and p in obj and obj[p] in (None, [])
+                    for p in paths):
+                return plain
+        return self._expand_bytes(plain, paths)
+
+    def _expand_bytes(self, plain: bytes, paths: tuple[str, ...]) -> bytes:
+        node = orjson.loads(plain)
+        for p in paths:
+            self._expand(node, p.split("."), p)
+        return orjson.dumps(node)
+
     def _expanded_bytes(self, resource: str, oid: str, paths: tuple[str, ...]) -> bytes:
         key = (resource, oid, paths)
         data = self._expanded.get(key)
         if data is None:
-            node = orjson.loads(self.obj_bytes(resource, oid))
-            for p in paths:
-                self._expand(node, p.split("."), p)
-            data = orjson.dumps(node)
+            data = self._expand_bytes(self.obj_bytes(resource, oid), paths)
             if len(self._expanded) >= _EXPAND_CACHE_MAX:
                 self._expanded.clear()
             self._expanded[key] = data

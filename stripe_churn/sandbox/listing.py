@@ -85,6 +85,8 @@ class View:
     end: list[int] = field(default_factory=list)
     segments: list[bytes] = field(default_factory=list)
     seg_stop: list[int] = field(default_factory=list)  # first position after each segment
+    paths: tuple[str, ...] = ()  # the expand paths its objects' bytes are served with
+    expanded: dict[tuple[str, ...], View] | None = None  # the same ids served with other expand paths
 
 
 def _embedded(lst: dict[str, Any], url: str, item: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:

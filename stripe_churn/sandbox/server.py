@@ -130,6 +130,7 @@ class SandboxApp:
         self.sim = sim
         self.options = options
         self.catalog = Catalog(sim)
+        self.catalog.warm()
         self._key = options.api_key.reveal()
         self._bucket = TokenBucket(options.rate_limit) if options.rate_limit > 0 else None
         self._rng = random.Random(options.fault_seed)

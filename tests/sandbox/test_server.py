@@ -431,6 +431,23 @@ def test_expand_ids_to_objects(mini: RunningSandbox) -> None:
     assert get(mini, "/v1/subscriptions/sub_0000").json()["discounts"] == ["di_0001"]
 
 
+def test_expanded_list_pages_match_expanded_retrieves(mini: RunningSandbox) -> None:
+    # listed pages with expand are stored per list; objects with nothing to expand reuse their plain bytes
+    for resource, field, extra in (("subscriptions", "discounts", "&status=all"), ("invoices", "discounts", "")):
+        listed, after = [], ""
+        while True:
+            page = get(mini, f"/v1/{resource}?limit=3{extra}&expand[]=data.{field}{after}").json()
+            listed += page["data"]
+            if not page["has_more"]:
+                break
+            after = f"&starting_after={page['data'][-1]['id']}"
+        assert [o["id"] for o in listed] == ids(get(mini, f"/v1/{resource}?limit=100{extra}"))
+        for obj in listed:
+            assert obj == get(mini, f"/v1/{resource}/{obj['id']}?expand[]={field}").json()
+        if resource == "subscriptions":  # both kinds were served
+            assert any(o[field] for o in listed) and any(not o[field] for o in listed)
+
+
 # --- events -----------------------------------------------------------------------------------------
 
 
