@@ -69,7 +69,8 @@ from stripe_churn.stripe_api.streams import (
 log = logging.getLogger(__name__)
 
 DAY = 86400
-SYNC_MEMORY_LIMIT = "160MB"  # DuckDB's memory during a sync (its cache spills to disk beyond it)
+SYNC_MEMORY_MB = 160  # DuckDB's memory during a sync (its cache spills to disk beyond it)
+SYNC_MEMORY_MAX_MB = 4096  # how far the cap is raised when a statement needs more than it allows
 SYNC_CHECKPOINT = "1GB"  # write-ahead log size that triggers a checkpoint during a sync
 EVENTS_COMPLETE = "events:complete"  # ``created``: server time up to which every event was listed
 EVENT_GROUP = 500  # events applied (and their objects refreshed) together
@@ -200,6 +201,7 @@ class _Sync:
         self.write_error: BaseException | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._db_lock = threading.Lock()  # one DuckDB call at a time (writer thread and everything else)
+        self.memory_mb = SYNC_MEMORY_MB  # DuckDB's cap set by _lean, raised when a write needs more
         # while a full listing pages: rows go to the key-less stages, merged once the listing is over (an
         # upsert into a keyed table joins the whole table: per page, that cost grows with the store)
         self.staging = False
@@ -209,11 +211,30 @@ class _Sync:
         self.fresh: set[str] = set()
 
     async def _db(self, fn: Any, *args: Any) -> Any:
-        """Run a database function off the event loop, serialised with the writer."""
+        """Run a database function off the event loop, serialised with the writer. The functions run here roll
+        their transaction back on error, so one that ran out of DuckDB's memory cap runs again under a doubled
+        cap (a store's key indexes grow with it, and a cap that fits a small store does not fit a large one)."""
         def locked() -> Any:
             with self._db_lock:
-                return fn(*args)
+                while True:
+                    try:
+                        return fn(*args)
+                    except duckdb.OutOfMemoryException:
+                        with contextlib.suppress(duckdb.Error):  # (most roll back themselves; none is left open)
+                            self.con.execute("ROLLBACK")
+                        if not self._more_memory():
+                            raise
         return await asyncio.to_thread(locked)
+
+    def _more_memory(self) -> bool:
+        """Double DuckDB's memory cap for the rest of this sync; False when it is at its ceiling already."""
+        if self.memory_mb >= SYNC_MEMORY_MAX_MB:
+            return False
+        before, self.memory_mb = self.memory_mb, min(self.memory_mb * 2, SYNC_MEMORY_MAX_MB)
+        self.con.execute(f"SET memory_limit = '{self.memory_mb}MB'")
+        log.warning("a write needed more than DuckDB's %d MB cap: raised to %d MB for the rest of this sync",
+                    before, self.memory_mb)
+        return True
 
     # ------------------------------------------------------------------ database (writer thread)
     def _now(self) -> datetime:
@@ -721,8 +742,12 @@ class _Sync:
 
     def _store_fx(self, rows: list[tuple[str, str, float]]) -> None:
         self.con.execute("BEGIN TRANSACTION")
-        upsert_fx_rates(self.con, rows)
-        self.con.execute("COMMIT")
+        try:
+            upsert_fx_rates(self.con, rows)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
 
     # ------------------------------------------------------------------ incremental sync
     async def _gap(self, cursors: dict[str, tuple[str | None, int | None, bool]]) -> tuple[str | None, bool]:
@@ -998,7 +1023,7 @@ def _lean(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     names = ("memory_limit", "checkpoint_threshold", "preserve_insertion_order")
     before = con.execute("SELECT " + ", ".join(f"current_setting('{n}')" for n in names)).fetchone()
     thresholds = gc.get_threshold()
-    con.execute(f"SET memory_limit = '{SYNC_MEMORY_LIMIT}'")
+    con.execute(f"SET memory_limit = '{SYNC_MEMORY_MB}MB'")
     con.execute(f"SET checkpoint_threshold = '{SYNC_CHECKPOINT}'")
     con.execute("SET preserve_insertion_order = false")
     gc.set_threshold(100_000, 50, 100)

@@ -6,6 +6,7 @@ JSON (as the server shapes it: embedded lists cut to 10, tiers only when expande
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import duckdb
 import orjson
 import pytest
 
+from stripe_churn import sync as sync_module
 from stripe_churn.errors import AuthError
 from stripe_churn.sandbox.listing import EVENT_RETENTION_S, served_objects
 from stripe_churn.sandbox.server import start_in_thread
@@ -151,6 +153,19 @@ def test_faults_are_survived(db: Path) -> None:
         stats = sb.stats()
     assert result.status == "succeeded"
     assert sum(stats["faults"].values()) >= 3, stats["faults"]
+    with open_store(db) as con:
+        assert_store_equals_sandbox(con, sim)
+
+
+def test_a_write_beyond_duckdbs_memory_cap_runs_again_under_a_raised_cap(
+        db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # a cap that fits a small store does not fit a large one (its key indexes grow): 2 MB fits nothing here
+    monkeypatch.setattr(sync_module, "SYNC_MEMORY_MB", 2)
+    sim = sim_small(customers=25, seed=3)
+    with start_in_thread(sim, api_key=KEY) as sb, caplog.at_level(logging.WARNING, logger="stripe_churn.sync"):
+        result = run_sync(settings_for(sb.url, db), progress=False)
+    assert result.status == "succeeded"
+    assert any("raised to 4 MB" in r.getMessage() for r in caplog.records)
     with open_store(db) as con:
         assert_store_equals_sandbox(con, sim)
 
