@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -88,6 +91,40 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     return applied
 
 
+_SPILL_FILE = re.compile(r"duckdb_temp_(\d+)_")
+
+
+def clear_stale_spill(path: Path) -> int:
+    """Remove the files a killed process left in DuckDB's spill folder ``<db>.tmp`` (named after their
+    process id; those of live processes stay), and the folder when that empties it: DuckDB removes only a
+    folder it created itself, and a killed sync may have left up to its memory cap's worth of spill there.
+    Returns the number of files removed."""
+    folder = path.with_name(path.name + ".tmp")
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for entry in folder.iterdir():
+        match = _SPILL_FILE.match(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+            removed += 1
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only when empty
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open (and, when writable, create or migrate) the store at ``path``."""
     path = Path(path)
@@ -95,6 +132,7 @@ def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
         raise StoreError(f"no store at {path}: run `stripe-churn sync` first")
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale_spill(path)
     try:
         con = duckdb.connect(str(path), read_only=read_only)
     except duckdb.IOException as exc:

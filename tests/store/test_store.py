@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -250,3 +252,27 @@ def test_locked_store_is_a_one_line_error(tmp_path: Path) -> None:
 def test_read_only_open_of_a_missing_store(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="stripe-churn sync"):
         open_store(tmp_path / "none.duckdb", read_only=True)
+
+
+def test_spill_files_of_a_killed_process_are_removed_on_the_next_open(tmp_path: Path) -> None:
+    db = tmp_path / "s.duckdb"
+    open_store(db).close()
+    spill = textwrap.dedent(f"""
+        import os, duckdb
+        con = duckdb.connect({str(db)!r})
+        con.execute("SET memory_limit = '50MB'")
+        con.execute("SELECT count(*) FROM (SELECT i, md5(i::varchar) m FROM range(3000000) t(i) ORDER BY m)").fetchall()
+        os.kill(os.getpid(), 9)  # killed while its spill files exist
+    """)
+    proc = subprocess.run([sys.executable, "-c", spill], capture_output=True, timeout=120, check=False)
+    assert proc.returncode == -9
+    folder = tmp_path / "s.duckdb.tmp"
+    assert any(folder.iterdir())  # what the killed process left
+    # a live process's spill file is kept (this one's pid)
+    mine = folder / f"duckdb_temp_{os.getpid()}_0_owner"
+    mine.write_bytes(b"")
+    open_store(db).close()
+    assert [p.name for p in folder.iterdir()] == [mine.name]
+    mine.unlink()
+    open_store(db).close()
+    assert not folder.exists()
