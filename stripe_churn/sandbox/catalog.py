@@ -190,10 +190,7 @@ class Catalog:
             j = k
             while j < end and seg_of[j] == -1:
                 j += 1
-            if view.paths:
-                chunks = [self._served_expanded(resource, oid, view.paths, cache) for oid in ids[k:j]]
-            else:
-                chunks = [cache.get(oid) or self._serialise(resource, oid) for oid in ids[k:j]]
+            chunks = [self._listed_bytes(resource, oid, view.paths, cache) for oid in ids[k:j]]
             seg = len(view.segments)
             view.segments.append(b",".join(chunks))
             view.seg_stop.append(j)
@@ -386,11 +383,13 @@ class Catalog:
                 raise _not_expandable(p)
         return tuple(p[5:] for p in paths)
 
-    def _served_expanded(self, resource: str, oid: str, paths: tuple[str, ...], cache: dict[str, bytes]) -> bytes:
-        """One listed object's bytes with ``paths`` expanded. When every path is a top-level field that holds
-        nothing (null or an empty list, as an invoice's ``discounts`` mostly does), expanding changes nothing
-        and the plain bytes are served without parsing them again."""
+    def _listed_bytes(self, resource: str, oid: str, paths: tuple[str, ...], cache: dict[str, bytes]) -> bytes:
+        """One listed object's bytes with ``paths`` (if any) expanded. When every path is a top-level field that
+        holds nothing (null or an empty list, as an invoice's ``discounts`` mostly does), expanding changes
+        nothing and the plain bytes are served without parsing them again."""
         plain = cache.get(oid) or self._serialise(resource, oid)
+        if not paths:
+            return plain
         if resource != "events":
             obj = self.sim.objects[resource][oid]
             if obj.get("object") != "list" and all(
