@@ -212,7 +212,7 @@ class _Sync:
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         """Run a database function off the event loop, serialised with the writer. The functions run here roll
-        their transaction back on error, so one that ran out of DuckDB's memory cap runs again under a doubled
+        their transaction back on error (see :func:`_transaction`), so one that ran out of DuckDB's memory cap runs again under a doubled
         cap (a store's key indexes grow with it, and a cap that fits a small store does not fit a large one)."""
         def locked() -> Any:
             with self._db_lock:
@@ -220,8 +220,6 @@ class _Sync:
                     try:
                         return fn(*args)
                     except duckdb.OutOfMemoryException:
-                        with contextlib.suppress(duckdb.Error):  # (most roll back themselves; none is left open)
-                            self.con.execute("ROLLBACK")
                         if not self._more_memory():
                             raise
         return await asyncio.to_thread(locked)
@@ -271,8 +269,7 @@ class _Sync:
     def _write(self, rows: dict[str, Staged], children: dict[tuple[str, str, str], list[tuple[str, list[str], int]]],
                cursors: dict[str, tuple[str | None, int | None, bool]], seen: datetime) -> None:
         con = self.con
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with _transaction(con):
             for table, staged in rows.items():
                 if not self.staging:
                     upsert_staged(con, table, self.account, staged, seen, replace=self.listing)
@@ -287,10 +284,6 @@ class _Sync:
                 now = self._now()
                 con.executemany(_CURSOR_SQL, [[self.account, k, v, c, d, self.run_id, now]
                                               for k, (v, c, d) in cursors.items()])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     def _next_seq(self) -> int:
         """Order of what is staged (a page batch holds fewer than 4096 pages)."""
@@ -592,8 +585,7 @@ class _Sync:
         await self._db(self._finish_full, start_evt, version)
 
     def _mark_children(self, server_time: int | None) -> None:
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with _transaction(self.con):
             mark_unlisted_children(self.con, self.account, self.full_started, self._now())
             if server_time is not None:  # Stripe lists every event it keeps: stored ones it did not list are gone
                 self.con.execute(
@@ -601,10 +593,6 @@ class _Sync:
                     "AND last_seen_at < $since AND created >= to_timestamp($cutoff)",
                     {"seen": self._now(), "a": self.account, "since": self.full_started,
                      "cutoff": server_time - EVENT_RETENTION_S})
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
 
     def _has_rows(self) -> bool:
         row = self.con.execute("SELECT count(*) FROM customers WHERE account_id = ?", [self.account]).fetchone()
@@ -627,19 +615,17 @@ class _Sync:
     def _start_full(self, start_evt: str | None, version: int, server_time: int | None) -> None:
         """The full sync's start: its version, and (when the server said its time) that the events are
         complete up to then (the incremental sync after it continues from the start event)."""
-        self.con.execute("BEGIN TRANSACTION")
-        create_stages(self.con, fresh=True)
-        self._set_cursor("full", start_evt, version, False)
-        if server_time is not None:
-            self._set_cursor(EVENTS_COMPLETE, None, server_time, False)
-        self.con.execute("COMMIT")
+        with _transaction(self.con):
+            create_stages(self.con, fresh=True)
+            self._set_cursor("full", start_evt, version, False)
+            if server_time is not None:
+                self._set_cursor(EVENTS_COMPLETE, None, server_time, False)
 
     def _finish_full(self, start_evt: str | None, version: int) -> None:
-        self.con.execute("BEGIN TRANSACTION")
-        self._clear_full()
-        drop_stages(self.con)
-        self._set_cursor("events", start_evt, version, False)
-        self.con.execute("COMMIT")
+        with _transaction(self.con):
+            self._clear_full()
+            drop_stages(self.con)
+            self._set_cursor("events", start_evt, version, False)
 
     async def _flush(self) -> None:
         """Wait until every queued batch is committed (restarting the writer afterwards)."""
@@ -713,17 +699,12 @@ class _Sync:
         await self._flush()
 
     def _flag_unseen(self, version: int) -> None:
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with _transaction(self.con):
             for table in RETRIEVE_PATH:
                 self.con.execute(
                     f"UPDATE {table} SET deleted = true, version = $v, last_seen_at = $seen "
                     "WHERE account_id = $a AND NOT deleted AND last_seen_at < $since",
                     {"v": version, "seen": self._now(), "a": self.account, "since": self.full_started})
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
 
     async def _fx_rates(self) -> None:
         """The sandbox serves its exchange rates; real Stripe has none (rates come from elsewhere)."""
@@ -741,13 +722,8 @@ class _Sync:
         await self._db(self._store_fx, [(r["date"], r["currency"], r["rate"]) for r in rows])
 
     def _store_fx(self, rows: list[tuple[str, str, float]]) -> None:
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with _transaction(self.con):
             upsert_fx_rates(self.con, rows)
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
 
     # ------------------------------------------------------------------ incremental sync
     async def _gap(self, cursors: dict[str, tuple[str | None, int | None, bool]]) -> tuple[str | None, bool]:
@@ -991,6 +967,18 @@ def _related(table: str, obj: dict[str, Any]) -> list[tuple[str, str]]:
         source = obj.get("source") or {}
         out.append(("coupons", _ref(source.get("coupon") or obj.get("coupon"))))
     return [(t, i) for t, i in out if i]
+
+
+@contextlib.contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One transaction: committed when the block ends, rolled back when it raises."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 @contextlib.contextmanager
