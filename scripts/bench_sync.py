@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -114,9 +113,24 @@ def main() -> None:
     ap.add_argument("--naive", type=int, default=2000, help="objects in the naive baseline")
     ap.add_argument("--big", action="store_true", help="also (c): a ~1M-object full sync (slow)")
     ap.add_argument("--big-objects", type=int, default=1_000_000, help="objects of the (c) account")
+    ap.add_argument("--only", choices=("a", "b", "c"), help="run this scenario alone (a includes the naive baseline)")
     args = ap.parse_args()
+    if args.only == "c":
+        args.big = True
     tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))
 
+    if args.only in (None, "a"):
+        scenario_a(args, tmp)
+    if args.only in (None, "b"):
+        scenario_b(args, tmp)
+    if args.big:
+        scenario_c(args, tmp)
+    for f in tmp.glob("*"):
+        f.unlink()
+    tmp.rmdir()
+
+
+def scenario_a(args: argparse.Namespace, tmp: Path) -> None:
     proc, url = start_sandbox(args.customers, args.months)
     try:
         a = child(CHILD, url, str(tmp / "a.duckdb"), "100000", "0")
@@ -132,6 +146,8 @@ def main() -> None:
     print(f"(naive) auto_paging_iter + one SQLModel insert per object: {naive['objects']:,} objects in "
           f"{naive['seconds']:.1f} s = {nops:,.0f} objects/s; the sync is {ops / nops:,.0f}x faster")
 
+
+def scenario_b(args: argparse.Namespace, tmp: Path) -> None:
     proc, url = start_sandbox(args.customers, args.months, latency_ms=300, rate_limit=100)
     try:
         runner = subprocess.Popen([sys.executable, "-c", CHILD, url, str(tmp / "b.duckdb"), "100",
@@ -158,22 +174,20 @@ def main() -> None:
           f"(whole run {b['requests']} requests in {b['seconds']:.1f} s = {b['requests'] / b['seconds']:.1f}/s, "
           f"{st.get('rate_limited', 0)} answered 429) [{b['status']}]", flush=True)
 
-    if args.big:
-        cmd = [sys.executable, str(Path(__file__).with_name("big_account.py")), "--objects", str(args.big_objects)]
-        big = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        try:
-            assert big.stdout is not None
-            url = big.stdout.readline().strip()
-            c = child(CHILD, url, str(tmp / "c.duckdb"), "100000", "0")
-        finally:
-            big.terminate()
-            big.wait()
-        print(f"(c) full sync of a synthetic {args.big_objects:,}-object account (scripts/big_account.py): "
-              f"{c['objects']:,} objects in {c['seconds']:.0f} s = {c['objects'] / c['seconds']:,.0f} objects/s, "
-              f"peak RSS {c['rss_mb']:.0f} MB [{c['status']}]", flush=True)
-    for f in tmp.glob("*"):
-        f.unlink()
-    os.rmdir(tmp)
+
+def scenario_c(args: argparse.Namespace, tmp: Path) -> None:
+    cmd = [sys.executable, str(Path(__file__).with_name("big_account.py")), "--objects", str(args.big_objects)]
+    big = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert big.stdout is not None
+        url = big.stdout.readline().strip()
+        c = child(CHILD, url, str(tmp / "c.duckdb"), "100000", "0")
+    finally:
+        big.terminate()
+        big.wait()
+    print(f"(c) full sync of a synthetic {args.big_objects:,}-object account (scripts/big_account.py): "
+          f"{c['objects']:,} objects in {c['seconds']:.0f} s = {c['objects'] / c['seconds']:,.0f} objects/s, "
+          f"peak RSS {c['rss_mb']:.0f} MB [{c['status']}]", flush=True)
 
 
 if __name__ == "__main__":

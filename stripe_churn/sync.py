@@ -36,6 +36,7 @@ from typing import Any
 
 import duckdb
 import orjson
+from msgspec import UNSET
 
 from stripe_churn.errors import StripeAPIError, StripeChurnError
 from stripe_churn.settings import Settings
@@ -54,6 +55,7 @@ from stripe_churn.store.load import (
 )
 from stripe_churn.store.schema import RAW_TABLES
 from stripe_churn.stripe_api.client import NotFoundError, StripeRaw
+from stripe_churn.stripe_api.listed import decode_object, head_of, is_object, value_of
 from stripe_churn.stripe_api.streams import (
     DELETABLE,
     EVENT_RETENTION_S,
@@ -116,6 +118,10 @@ class Batch:
     def add(self, table: str, obj: dict[str, Any], version: int, deleted: bool | None = None) -> None:
         self.rows[table].add(obj, version, deleted)
 
+    def add_raw(self, table: str, oid: str, blob: bytes, version: int, deleted: bool) -> None:
+        """An object given as its JSON bytes (compact) and id."""
+        self.rows[table].add_blob(oid, blob, version, deleted)
+
     def size(self) -> int:
         return sum(len(v) for v in self.rows.values())
 
@@ -136,6 +142,7 @@ class _Slice:
     key: str
     pos: int = 0
     fetched: int = 0
+    has_more: bool = False  # what the slice's last page said
     density: float = 0.0  # objects per second of ``created`` (inherited by a split-off slice)
 
     def rate(self) -> float:
@@ -407,13 +414,84 @@ class _Sync:
                 batch.children[("discounts", "customer_id", "AND discounts.subscription_id IS NULL")].append(
                     (obj["id"], keep, version))
 
+    @staticmethod
+    def _add_listed(batch: Batch, table: str, raw: bytes, head: Any, version: int) -> bool:
+        """A listed object as it came (its JSON bytes and the fields :func:`decode_object` read) and what hangs
+        off it into the batch, as :meth:`_add_object` would add them, without building dicts. False, with
+        nothing added, when it needs the dict path: a cut-short item or line list, or a shape not expected."""
+        subs: list[tuple[bytes, Any]] = []  # (raw, head) of the embedded items or lines
+        discounts: list[bytes] = []
+        if not head.deleted and table in ("subscriptions", "invoices"):
+            inner = head.items if table == "subscriptions" else head.lines
+            if inner is not None and inner.has_more:
+                return False
+            child, parent_field = ("subscription_items", "subscription") if table == "subscriptions" else \
+                ("invoice_lines", "invoice")
+            for r in inner.data if inner is not None else ():
+                b = bytes(r)
+                h = decode_object(child, b)
+                if h is None or getattr(h, parent_field) is UNSET:  # the dict path fills the parent in
+                    return False
+                subs.append((b, h))
+            discounts = [bytes(d) for d in head.discounts or ()]
+        batch.add_raw(table, str(head.id), raw, version, bool(head.deleted))
+        if head.deleted:
+            return True
+        if table == "subscriptions":
+            for b, it in subs:
+                batch.add_raw("subscription_items", str(it.id), b, version, bool(it.deleted))
+            batch.children[("subscription_items", "subscription_id", "")].append(
+                (head.id, [it.id for _, it in subs], version))
+            ids = []
+            for d in discounts:
+                if is_object(d):
+                    dh = head_of(d)
+                    batch.add_raw("discounts", str(dh.id), d, version, bool(dh.deleted))
+                    ids.append(dh.id)
+                else:
+                    ids.append(str(value_of(d)))
+            batch.children[("discounts", "subscription_id", "")].append((head.id, ids, version))
+            for _, it in subs:
+                for d in it.discounts or ():
+                    b = bytes(d)
+                    if is_object(b):
+                        dh = head_of(b)
+                        batch.add_raw("discounts", str(dh.id), b, version, bool(dh.deleted))
+        elif table == "invoices":
+            for b, ln in subs:
+                batch.add_raw("invoice_lines", str(ln.id), b, version, bool(ln.deleted))
+            batch.children[("invoice_lines", "invoice_id", "")].append(
+                (head.id, [ln.id for _, ln in subs], version))
+            for d in discounts:  # version 0, as in _add_object
+                if is_object(d):
+                    dh = head_of(d)
+                    batch.add_raw("discounts", str(dh.id), d, 0, bool(dh.deleted))
+        elif table == "customers" and head.discount is not UNSET:
+            d = bytes(head.discount)
+            keep = []
+            if is_object(d):
+                dh = head_of(d)
+                batch.add_raw("discounts", str(dh.id), d, version, bool(dh.deleted))
+                keep = [dh.id]
+            batch.children[("discounts", "customer_id", "AND discounts.subscription_id IS NULL")].append(
+                (head.id, keep, version))
+        return True
+
     # ------------------------------------------------------------------ full sync
-    async def _fetch_page(self, sl: _Slice) -> dict[str, Any]:
+    async def _fetch_page(self, sl: _Slice) -> list[tuple[bytes, Any]]:
+        """The slice's next page: each object's JSON bytes with the fields the sync reads (None when the object's
+        shape needs the dict path), and whether more follow."""
         assert self.api is not None
         params: dict[str, Any] = {**sl.stream.params, "limit": PAGE_LIMIT, "starting_after": sl.after}
         if sl.hi is not None:
             params["created"] = {"gte": sl.lo, "lte": sl.hi}
-        return await self.api.get(sl.stream.path, params)
+        page = await self.api.get_page(sl.stream.path, params)
+        objs = []
+        for r in page.data:
+            b = bytes(r)
+            objs.append((b, decode_object(sl.stream.table, b)))
+        sl.has_more = bool(page.has_more)
+        return objs
 
     async def _children(self, table: str, objs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """The complete item/line lists of the objects whose embedded list is cut, fetched concurrently."""
@@ -430,11 +508,18 @@ class _Sync:
         got = await asyncio.gather(*(self._page_all(path, params) for _, path, params in todo))
         return {oid: lst for (oid, _, _), lst in zip(todo, got, strict=True)}
 
-    async def _page_batch(self, table: str, data: list[dict[str, Any]], version: int) -> Batch:
+    async def _page_batch(self, table: str, data: list[tuple[bytes, Any]], version: int) -> Batch:
+        """A page's objects into a batch: as they came where they can be (:meth:`_add_listed`), the others (a
+        cut-short item or line list, an unexpected shape) parsed into dicts, with their complete lists."""
         batch = Batch()
-        full_lists = await self._children(table, data)
-        for obj in data:
-            await self._add_object(batch, table, obj, version, children=full_lists.get(obj["id"]))
+        slow: list[dict[str, Any]] = []
+        for raw, head in data:
+            if head is None or not self._add_listed(batch, table, raw, head, version):
+                slow.append(orjson.loads(raw))
+        if slow:
+            full_lists = await self._children(table, slow)
+            for obj in slow:
+                await self._add_object(batch, table, obj, version, children=full_lists.get(obj["id"]))
         return batch
 
     def _split(self) -> tuple[_Slice, _Slice] | None:
@@ -476,26 +561,25 @@ class _Sync:
             while True:
                 if self.stop.is_set():
                     raise _Stopped
-                page = await self._fetch_page(sl)
-                data = page.get("data") or []
+                data = await self._fetch_page(sl)
                 whole = len(data)
                 while True:
                     # the slice may have been split while its page was on the way: what now lies below its range
                     # belongs to the split-off slice, which lists it (a first listing inserts each object once)
                     lo = sl.lo
                     if sl.hi is not None:
-                        data = [o for o in data if _created(o, lo) >= lo]
+                        data = [o for o in data if _listed_created(o, lo) >= lo]
                     batch = await self._page_batch(sl.stream.table, data, version)
                     if sl.lo == lo:
                         break
                 if sl.hi is None:  # the stream's first page: from now on a slice of [oldest, newest]
-                    sl.hi = int(data[0]["created"]) if data else 0
+                    sl.hi = _listed_created(data[0], 0) if data else 0
                     sl.lo = min(self.oldest, sl.hi)
                     sl.key = f"full:{sl.stream.name}:{sl.lo}:{sl.hi}"
-                done = not page.get("has_more") or not data or len(data) < whole
+                done = not sl.has_more or not data or len(data) < whole
                 if data:
-                    sl.after = data[-1]["id"]
-                    sl.pos = int(data[-1]["created"])
+                    sl.after = _listed_id(data[-1])
+                    sl.pos = _listed_created(data[-1], sl.lo)
                     sl.fetched += len(data)
                 batch.cursors.append((sl.key, sl.after, sl.lo, done))
                 await self._put(batch)
@@ -937,11 +1021,19 @@ class _Sync:
         return result
 
 
-def _created(obj: dict[str, Any], default: int) -> int:
+def _listed_created(obj: tuple[bytes, Any], default: int) -> int:
+    """``created`` of a listed object (its JSON bytes and the fields read from them, or None)."""
+    raw, head = obj
+    value = head.created if head is not None else orjson.loads(raw).get("created")
     try:
-        return int(obj["created"])
-    except (KeyError, TypeError, ValueError):
+        return int(value)
+    except (TypeError, ValueError):
         return default
+
+
+def _listed_id(obj: tuple[bytes, Any]) -> str:
+    raw, head = obj
+    return str(head.id if head is not None else orjson.loads(raw)["id"])
 
 
 def _ref(value: Any) -> str | None:

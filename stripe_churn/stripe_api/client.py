@@ -11,17 +11,19 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
+import msgspec
 import orjson
 import stripe
 
 from stripe_churn.errors import AuthError, BadResponseError, StripeAPIError
 from stripe_churn.settings import Settings
+from stripe_churn.stripe_api.listed import Page, decode_page
 from stripe_churn.stripe_api.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,16 @@ class StripeRaw:
 
     async def get(self, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """GET ``path`` and return the parsed JSON object, after retries where retrying can help."""
+        data: dict[str, Any] = await self._get(path, params, _json_object)
+        return data
+
+    async def get_page(self, path: str, params: Mapping[str, Any] | None = None) -> Page:
+        """GET a list page as its objects' raw JSON spans (see :mod:`stripe_churn.stripe_api.listed`)."""
+        page: Page = await self._get(path, params, decode_page)
+        return page
+
+    async def _get(self, path: str, params: Mapping[str, Any] | None, parse: Callable[[bytes], Any]) -> Any:
+        """GET ``path`` and return ``parse(body)`` (which raises ``ValueError`` for a body it cannot take)."""
         query = encode_params(params or {})
         url = f"{self.base}{quote(path)}" + (f"?{query}" if query else "")
         last = ""
@@ -171,14 +183,13 @@ class StripeRaw:
                                      "stripe-churn or an unsupported account setup", http_status=status,
                                      request_id=request_id)
             try:
-                data = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                last = "Stripe sent a body that is not JSON"
-                continue
-            if not isinstance(data, dict):
+                return parse(body)
+            except msgspec.ValidationError:
+                last = "Stripe sent JSON that is not a list page"
+            except _NotAnObject:
                 last = "Stripe sent JSON that is not an object"
-                continue
-            return data
+            except ValueError:  # orjson's and msgspec's decode errors
+                last = "Stripe sent a body that is not JSON"
         if last.startswith("Stripe sent"):
             raise BadResponseError(f"{last} for GET {path} after {attempt} retries (a proxy in the way?); "
                                    "nothing of that page was stored, run the sync again", http_status=status,
@@ -192,6 +203,17 @@ class StripeRaw:
             return configured
         acct = await self.get("/v1/account")
         return str(acct["id"])
+
+
+class _NotAnObject(ValueError):
+    pass
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    data = orjson.loads(body)
+    if not isinstance(data, dict):
+        raise _NotAnObject
+    return data
 
 
 def _error_code(body: Any) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
@@ -104,6 +105,29 @@ def test_bad_body_then_good_one() -> None:
     responses.get(URL, body=PAGE[:20])
     responses.get(URL, body=PAGE)
     assert get(client())["data"]
+
+
+@pytest.mark.parametrize("body", [PAGE[: len(PAGE) // 2], b'{"object": "list", "data": 5}', b"[1, 2]"],
+                         ids=["truncated", "data-not-a-list", "not-an-object"])
+@responses.activate
+def test_bad_list_pages_are_retried_then_reported(body: bytes) -> None:
+    responses.get(URL, body=body)
+    with pytest.raises(BadResponseError, match="after 2 retries") as info:
+        asyncio.run(client(max_retries=2).get_page("/v1/customers"))
+    assert len(responses.calls) == 3
+    assert "\n" not in str(info.value)
+
+
+@responses.activate
+def test_list_page_gives_each_objects_own_compact_json() -> None:
+    """Stripe indents its answers: the objects' bytes come out compact, and parse to the objects sent."""
+    objs = [{"id": "cus_1", "object": "customer", "name": "A: b", "address": {"country": "DE"}},
+            {"id": "cus_2", "object": "customer", "name": "\u00e9t\u00e9", "discount": None}]
+    responses.get(URL, body=json.dumps({"object": "list", "data": objs, "has_more": True}, indent=2))
+    page = asyncio.run(client().get_page("/v1/customers"))
+    assert page.has_more is True
+    assert [json.loads(bytes(r)) for r in page.data] == objs
+    assert all(b"\n" not in bytes(r) and b'": ' not in bytes(r) for r in page.data)
 
 
 @pytest.mark.parametrize("status", [401, 403])
