@@ -96,60 +96,78 @@ FROM (SELECT DISTINCT h.account_id, h.price_id, h.quantity
       JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
       WHERE p.usage_type = 'licensed' AND h.quantity IS NOT NULL);
 
--- Each item's state at each break of its subscription. The as-of lookups (status in force, last usage
--- invoice) run on the narrow keys (one per subscription and break, one per metered item and point) and
--- are joined back by equality: an ASOF join that carries every item column sorts all of them.
+-- Integer keys for the subscriptions and items that have a history (the per-point tables, windows and
+-- as-of joins below carry these instead of the id strings, and the descriptive columns are joined back
+-- only for the intervals kept). An item's key follows its id's order within an account (the shared
+-- amount_off is allocated in item id order); a NULL id has no key, so it matches nothing, as before.
+CREATE OR REPLACE TEMP TABLE derived_mrr_sub_keys AS
+SELECT account_id, subscription_id, any_value(customer_id) AS customer_id,
+       CAST(row_number() OVER () AS INTEGER) AS sk
+FROM derived_item_history
+WHERE subscription_id IS NOT NULL
+GROUP BY account_id, subscription_id;
+
+CREATE OR REPLACE TEMP TABLE derived_mrr_item_keys AS
+SELECT account_id, subscription_item_id, CAST(row_number() OVER (ORDER BY account_id, subscription_item_id) AS INTEGER) AS ik
+FROM (SELECT DISTINCT account_id, subscription_item_id FROM derived_item_history WHERE subscription_item_id IS NOT NULL);
+
+-- Each item's state at each break of its subscription: one narrow row per item and break (the history
+-- row it falls in by `hid`, its rowid).
 CREATE OR REPLACE TEMP TABLE derived_item_points AS
-WITH sub_status AS (
-    SELECT b.account_id, b.subscription_id, b.moment, sp.status, sp.pause_collection, sp.moment AS status_at,
+WITH hist AS MATERIALIZED (
+    -- (materialised: the lookups below run once per history row, not once per point)
+    SELECT h.rowid AS hid, sk.sk, ik.ik, h.valid_from, h.valid_to, h.price_id, h.quantity,
+           p.usage_type, p.currency, p.norm_num, p.norm_den, p.price_type, a.amount_p AS licensed_amount_p,
+           c.zero_from
+    FROM derived_item_history h
+    JOIN derived_mrr_sub_keys sk ON sk.account_id = h.account_id AND sk.subscription_id = h.subscription_id
+    LEFT JOIN derived_mrr_item_keys ik
+           ON ik.account_id = h.account_id AND ik.subscription_item_id = h.subscription_item_id
+    LEFT JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
+    LEFT JOIN derived_price_qty_amounts a
+           ON a.account_id = h.account_id AND a.price_id = h.price_id AND a.quantity = h.quantity
+    LEFT JOIN derived_sub_churn c ON c.account_id = h.account_id AND c.subscription_id = h.subscription_id
+),
+sub_status AS (
+    SELECT b.sk, b.moment, sp.status, sp.pause_collection, sp.moment AS status_at,
            sp.source_event_id AS status_event_id
-    FROM derived_sub_breaks b
-    ASOF LEFT JOIN derived_status_points sp
-      ON sp.account_id = b.account_id AND sp.subscription_id = b.subscription_id AND sp.moment <= b.moment
+    FROM (SELECT k.sk, b.moment FROM derived_sub_breaks b
+          JOIN derived_mrr_sub_keys k USING (account_id, subscription_id)) b
+    ASOF LEFT JOIN (SELECT k.sk, s.moment, s.status, s.pause_collection, s.source_event_id
+                    FROM derived_status_points s
+                    JOIN derived_mrr_sub_keys k USING (account_id, subscription_id)) sp
+      ON sp.sk = b.sk AND sp.moment <= b.moment
 ),
 with_status AS (
-    SELECT b.moment, h.*, b.status, b.pause_collection, b.status_at, b.status_event_id
+    SELECT h.*, b.moment, b.status, b.pause_collection, b.status_at, b.status_event_id
     FROM sub_status b
-    JOIN derived_item_history h
-      ON h.account_id = b.account_id AND h.subscription_id = b.subscription_id
-     AND h.valid_from <= b.moment AND (h.valid_to IS NULL OR b.moment < h.valid_to)
+    JOIN hist h ON h.sk = b.sk AND h.valid_from <= b.moment AND (h.valid_to IS NULL OR b.moment < h.valid_to)
 ),
 -- (only items with usage invoices have a usage step to find)
-metered_points AS (
-    SELECT x.account_id, x.subscription_item_id, x.moment
-    FROM with_status x
-    SEMI JOIN (SELECT DISTINCT account_id, subscription_item_id FROM derived_metered_steps) ms
-        USING (account_id, subscription_item_id)
+metered AS (
+    SELECT k.ik, m.moment, m.amount_p, m.invoice_id
+    FROM derived_metered_steps m
+    JOIN derived_mrr_item_keys k USING (account_id, subscription_item_id)
 ),
 usage AS (
-    SELECT x.account_id, x.subscription_item_id, x.moment, m.amount_p AS metered_amount_p,
-           m.moment AS metered_at, m.invoice_id AS metered_invoice_id
-    FROM metered_points x
-    ASOF LEFT JOIN derived_metered_steps m
-      ON m.account_id = x.account_id AND m.subscription_item_id = x.subscription_item_id AND m.moment <= x.moment
-),
-with_usage AS (
-    SELECT x.*, m.metered_amount_p, m.metered_at, m.metered_invoice_id
-    FROM with_status x
-    LEFT JOIN usage m USING (account_id, subscription_item_id, moment)
+    SELECT x.ik, x.moment, m.amount_p AS metered_amount_p, m.moment AS metered_at, m.invoice_id AS metered_invoice_id
+    FROM (SELECT ik, moment FROM with_status SEMI JOIN (SELECT DISTINCT ik FROM metered) USING (ik)) x
+    ASOF LEFT JOIN metered m ON m.ik = x.ik AND m.moment <= x.moment
 )
 SELECT
-    u.*,
-    p.product_id, p.family, p.unit_kind, p.usage_type, p.currency, p.norm_num, p.norm_den,
+    u.hid, u.sk, u.ik, u.moment, u.price_id, u.quantity, u.currency, u.norm_num, u.norm_den,
+    u.status, u.pause_collection, u.status_at, u.status_event_id, m.metered_at, m.metered_invoice_id,
     CASE
-        WHEN p.usage_type = 'metered' THEN CASE WHEN st.include_metered THEN coalesce(u.metered_amount_p, 0) ELSE 0 END
-        ELSE coalesce(a.amount_p, 0)
+        WHEN u.usage_type = 'metered' THEN CASE WHEN st.include_metered THEN coalesce(m.metered_amount_p, 0) ELSE 0 END
+        ELSE coalesce(u.licensed_amount_p, 0)
     END AS amount_p,
     (u.status = 'active' OR (u.status = 'past_due' AND st.past_due_counts))
       AND NOT (coalesce(u.pause_collection, false) AND NOT st.pause_collection_keeps_mrr)
-      AND (c.zero_from IS NULL OR u.moment < c.zero_from)
-      AND coalesce(p.price_type, 'recurring') = 'recurring' AS counts
-FROM with_usage u
+      AND (u.zero_from IS NULL OR u.moment < u.zero_from)
+      AND coalesce(u.price_type, 'recurring') = 'recurring' AS counts
+FROM with_status u
 CROSS JOIN derived_settings st
-LEFT JOIN derived_price_terms p ON p.account_id = u.account_id AND p.price_id = u.price_id
-LEFT JOIN derived_price_qty_amounts a
-       ON a.account_id = u.account_id AND a.price_id = u.price_id AND a.quantity = u.quantity
-LEFT JOIN derived_sub_churn c ON c.account_id = u.account_id AND c.subscription_id = u.subscription_id;
+LEFT JOIN usage m ON m.ik = u.ik AND m.moment = u.moment;
 
 -- Discounts in force at each point: percent factors multiply; amount_off (minor units per billing period)
 -- is normalised like the price, item-level on the item, subscription- or customer-level shared across the
@@ -158,26 +176,32 @@ CREATE OR REPLACE TEMP TABLE derived_item_point_discounts AS
 WITH spans AS (
     SELECT * FROM derived_discount_spans WHERE applies_to_mrr
 ),
--- each discount reaches the points of its scope by one equality join (an item, a subscription or a customer)
+-- each discount reaches the points of its scope by one equality join on a key: an item's, or the
+-- subscription's (a customer-level one is on each subscription of its customer)
+on_item AS (
+    SELECT k.ik, d.* FROM spans d
+    JOIN derived_mrr_item_keys k USING (account_id, subscription_item_id)
+    WHERE d.scope = 'item'
+),
+on_sub AS (
+    SELECT k.sk, d.* FROM spans d
+    JOIN derived_mrr_sub_keys k USING (account_id, subscription_id)
+    WHERE d.scope = 'subscription'
+    UNION ALL
+    SELECT k.sk, d.* FROM spans d
+    JOIN derived_mrr_sub_keys k USING (account_id, customer_id)
+    WHERE d.scope = 'customer'
+),
 matched AS (
-    SELECT ip.account_id, ip.subscription_item_id, ip.moment, ip.currency, d.*
-        EXCLUDE (account_id, subscription_item_id, subscription_id, customer_id)
+    SELECT ip.ik, ip.moment, ip.currency, d.* EXCLUDE (ik)
     FROM derived_item_points ip
-    JOIN spans d ON d.scope = 'item' AND d.account_id = ip.account_id
-                AND d.subscription_item_id = ip.subscription_item_id
+    JOIN on_item d ON d.ik = ip.ik
     UNION ALL
-    SELECT ip.account_id, ip.subscription_item_id, ip.moment, ip.currency, d.*
-        EXCLUDE (account_id, subscription_item_id, subscription_id, customer_id)
+    SELECT ip.ik, ip.moment, ip.currency, d.* EXCLUDE (sk)
     FROM derived_item_points ip
-    JOIN spans d ON d.scope = 'subscription' AND d.account_id = ip.account_id
-                AND d.subscription_id = ip.subscription_id
-    UNION ALL
-    SELECT ip.account_id, ip.subscription_item_id, ip.moment, ip.currency, d.*
-        EXCLUDE (account_id, subscription_item_id, subscription_id, customer_id)
-    FROM derived_item_points ip
-    JOIN spans d ON d.scope = 'customer' AND d.account_id = ip.account_id AND d.customer_id = ip.customer_id
+    JOIN on_sub d ON d.sk = ip.sk
 )
-SELECT d.account_id, d.subscription_item_id, d.moment,
+SELECT d.ik, d.moment,
        list_reduce(list(CAST(1 - d.percent_off / 100 AS DECIMAL(38, 18))) FILTER (WHERE d.percent_off IS NOT NULL),
                    lambda x, y: CAST(x * y AS DECIMAL(38, 18))) AS pct_factor,
        coalesce(sum(d.amount_off) FILTER (WHERE d.amount_off IS NOT NULL AND d.scope = 'item'), 0) AS item_amount_off,
@@ -186,7 +210,7 @@ SELECT d.account_id, d.subscription_item_id, d.moment,
 FROM matched d
 WHERE d.valid_from <= d.moment AND (d.valid_to IS NULL OR d.moment < d.valid_to)
   AND (d.amount_off IS NULL OR d.amount_off_currency IS NULL OR d.amount_off_currency = d.currency)
-GROUP BY d.account_id, d.subscription_item_id, d.moment;
+GROUP BY d.ik, d.moment;
 
 CREATE OR REPLACE TEMP TABLE derived_item_point_mrr AS
 WITH base AS (
@@ -198,7 +222,7 @@ WITH base AS (
            coalesce(dd.sub_amount_off, 0) AS sub_amount_off,
            dd.discount_ids
     FROM derived_item_points ip
-    LEFT JOIN derived_item_point_discounts dd USING (account_id, subscription_item_id, moment)
+    LEFT JOIN derived_item_point_discounts dd ON dd.ik = ip.ik AND dd.moment = ip.moment
 ),
 after_item AS (
     SELECT *,
@@ -213,23 +237,23 @@ after_item AS (
 ),
 -- the subscriptions (at a point) that share a subscription- or customer-level amount_off among their items
 sharing AS (
-    SELECT DISTINCT account_id, subscription_id, moment FROM after_item WHERE sub_off_e10 <> 0
+    SELECT DISTINCT sk, moment FROM after_item WHERE sub_off_e10 <> 0
 ),
 shared AS (
     -- cumulative allocation (by item id) so that the items' shares add up to the discount exactly
     SELECT a.*,
-           sum(a.after_item_e10) OVER (PARTITION BY a.account_id, a.subscription_id, a.moment) AS sub_total_e10,
-           sum(a.after_item_e10) OVER (PARTITION BY a.account_id, a.subscription_id, a.moment
-                                       ORDER BY a.subscription_item_id
+           sum(a.after_item_e10) OVER (PARTITION BY a.sk, a.moment) AS sub_total_e10,
+           sum(a.after_item_e10) OVER (PARTITION BY a.sk, a.moment ORDER BY a.ik
                                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum_e10
     FROM after_item a
-    SEMI JOIN sharing USING (account_id, subscription_id, moment)
+    SEMI JOIN sharing USING (sk, moment)
     UNION ALL
     SELECT a.*, CAST(NULL AS HUGEINT) AS sub_total_e10, CAST(NULL AS HUGEINT) AS cum_e10
     FROM after_item a
-    ANTI JOIN sharing USING (account_id, subscription_id, moment)
+    ANTI JOIN sharing USING (sk, moment)
 )
-SELECT *,
+SELECT hid, ik, moment, price_id, quantity, status, pause_collection, status_at, status_event_id, metered_at,
+       metered_invoice_id, counts, discount_ids,
        CASE WHEN NOT counts THEN CAST(0 AS HUGEINT)
             WHEN sub_off_e10 = 0 THEN after_item_e10
             WHEN sub_off_e10 >= sub_total_e10 THEN CAST(0 AS HUGEINT)
@@ -239,46 +263,52 @@ SELECT *,
        CASE WHEN counts THEN undiscounted_e10 ELSE CAST(0 AS HUGEINT) END AS counted_undiscounted_e10
 FROM shared;
 
--- Collapse consecutive points of equal contribution into intervals. The windows run on the narrow key and
--- the compared values (sorting every column of the points costs more than the rest of this step), and the
--- kept points are joined back by their key (one point per item and moment).
+-- Collapse consecutive points of equal contribution into intervals. The windows run on the item key and
+-- the compared values, and the kept points are joined back by (item key, moment), then to their history row
+-- and price for the descriptive columns. (A point without an item id is left out, as it always was.)
 CREATE OR REPLACE TABLE derived_item_mrr AS
 WITH marked AS (
-    SELECT account_id, subscription_item_id, moment,
+    SELECT ik, moment,
            -- (an item's first point is kept unless every value is NULL)
            CASE WHEN lag(v) OVER w IS NULL THEN any_value ELSE lag(v) OVER w IS DISTINCT FROM v END AS changed
-    FROM (SELECT account_id, subscription_item_id, moment,
+    FROM (SELECT ik, moment,
                  {'p': price_id, 'q': quantity, 's': status, 'm': mrr_e10, 'u': counted_undiscounted_e10} AS v,
                  price_id IS NOT NULL OR quantity IS NOT NULL OR status IS NOT NULL OR mrr_e10 IS NOT NULL
                      OR counted_undiscounted_e10 IS NOT NULL AS any_value
-          FROM derived_item_point_mrr)
-    WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY moment)
+          FROM derived_item_point_mrr WHERE ik IS NOT NULL)
+    WINDOW w AS (PARTITION BY ik ORDER BY moment)
 ),
 kept_keys AS (
-    SELECT account_id, subscription_item_id, moment,
-           lead(moment) OVER (PARTITION BY account_id, subscription_item_id ORDER BY moment) AS next_at
+    SELECT ik, moment, lead(moment) OVER (PARTITION BY ik ORDER BY moment) AS next_at
     FROM marked WHERE changed
 ),
-kept AS (
+kept_points AS MATERIALIZED (
+    -- (materialised: the history rows are looked up for the kept points only)
     SELECT p.*, kk.next_at
     FROM derived_item_point_mrr p
-    JOIN kept_keys kk USING (account_id, subscription_item_id, moment)
+    JOIN kept_keys kk ON kk.ik = p.ik AND kk.moment = p.moment
+),
+kept AS (
+    SELECT h.account_id, h.customer_id, h.subscription_id, h.subscription_item_id, h.valid_from, h.valid_to,
+           h.source_event_id, h.source_invoice_id, p.*
+    FROM kept_points p
+    JOIN derived_item_history h ON h.rowid = p.hid
 )
 SELECT
     k.account_id,
     k.customer_id,
     k.subscription_id,
     k.subscription_item_id,
-    k.product_id,
+    t.product_id,
     k.price_id,
-    k.family,
-    k.unit_kind,
-    k.usage_type,
+    t.family,
+    t.unit_kind,
+    t.usage_type,
     CAST(k.quantity AS BIGINT) AS quantity,
     k.moment AS valid_from,
     CASE WHEN k.next_at IS NOT NULL THEN k.next_at ELSE k.valid_to END AS valid_to,
     k.status,
-    k.currency,
+    t.currency,
     dec10(k.mrr_e10) AS mrr_original,
     dec10(k.counted_undiscounted_e10) AS mrr_undiscounted,
     CASE WHEN k.counted_undiscounted_e10 <> 0
@@ -295,4 +325,5 @@ SELECT
     CASE WHEN k.metered_at = k.moment THEN k.metered_invoice_id
          WHEN k.valid_from = k.moment THEN k.source_invoice_id END AS source_invoice_id
 FROM kept k
+LEFT JOIN derived_price_terms t ON t.account_id = k.account_id AND t.price_id = k.price_id
 LEFT JOIN derived_sub_churn c ON c.account_id = k.account_id AND c.subscription_id = k.subscription_id;
