@@ -27,10 +27,19 @@ _SCOPE = "touched_scope"
 _CATALOGUE = ("products", "prices", "coupons")
 # Raw tables the steps read by their typed columns only: their JSON is not copied into the scope.
 _TYPED_ONLY = ("invoices", "invoice_lines", "credit_notes")
+# The only events whose JSON the steps read (20_sub_states, 35_discounts); the others are read by their typed
+# columns, so their JSON is not copied into the scope either.
+_EVENTS_READ_RAW = "(type LIKE 'customer.subscription.%' OR type = 'customer.discount.deleted')"
 
 # Customers with a raw object seen at or after $since, by the typed columns the store keeps.
 _TOUCHED_SQL = """
 CREATE OR REPLACE TEMP TABLE touched_customers AS
+WITH new_events AS MATERIALIZED (
+    -- (each new event's JSON is parsed once, for both paths)
+    SELECT account_id, object_type, object_id,
+           json_extract_string(raw, ['$.data.object.customer.id', '$.data.object.customer']) AS v
+    FROM events WHERE last_seen_at >= $since
+)
 SELECT DISTINCT account_id, customer_id FROM (
     SELECT account_id, id AS customer_id FROM customers WHERE last_seen_at >= $since
     UNION ALL SELECT account_id, customer_id FROM subscriptions WHERE last_seen_at >= $since
@@ -46,11 +55,8 @@ SELECT DISTINCT account_id, customer_id FROM (
     UNION ALL
     SELECT account_id, customer_id FROM discounts WHERE last_seen_at >= $since
     UNION ALL
-    SELECT account_id, coalesce(json_extract_string(raw, '$.data.object.customer.id'),
-                                json_extract_string(raw, '$.data.object.customer'),
-                                CASE WHEN json_extract_string(raw, '$.data.object.object') = 'customer'
-                                     THEN json_extract_string(raw, '$.data.object.id') END)
-    FROM events WHERE last_seen_at >= $since
+    SELECT account_id, coalesce(v[1], v[2], CASE WHEN object_type = 'customer' THEN object_id END)
+    FROM new_events
 )
 WHERE customer_id IS NOT NULL
 """
@@ -90,8 +96,7 @@ SELECT s.account_id, s.id FROM subscriptions s JOIN touched_customers c USING (a
 UNION ALL
 SELECT v.account_id, v.id FROM invoices v JOIN touched_customers c USING (account_id, customer_id)
 UNION ALL
-SELECT d.account_id, d.id FROM discounts d JOIN touched_customers c ON c.account_id = d.account_id
-   AND c.customer_id = coalesce(json_extract_string(d.raw, '$.customer.id'), json_extract_string(d.raw, '$.customer'))
+SELECT d.account_id, d.id FROM discounts d JOIN touched_customers c USING (account_id, customer_id)
 """
 
 
@@ -161,6 +166,15 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
         for table in (*_SCOPED_KEYS, *_CATALOGUE, "fx_rates", "sync_cursors"):
             where = f" WHERE rowid IN ({_SCOPED_KEYS[table]})" if table in _SCOPED_KEYS else ""
             cols = "* REPLACE (CAST(NULL AS JSON) AS raw)" if table in _TYPED_ONLY else "*"
+            if table == "events":
+                # the row ids first, then the JSON of only the events whose JSON the steps read
+                con.execute(f"CREATE OR REPLACE TEMP TABLE touched_event_rows AS {_SCOPED_KEYS[table]}")
+                con.execute(f"CREATE TABLE {_SCOPE}.events AS "
+                            "SELECT * FROM events WHERE rowid IN (SELECT rowid FROM touched_event_rows) "
+                            f"AND {_EVENTS_READ_RAW} "
+                            "UNION ALL SELECT * REPLACE (CAST(NULL AS JSON) AS raw) FROM events "
+                            f"WHERE rowid IN (SELECT rowid FROM touched_event_rows) AND NOT {_EVENTS_READ_RAW}")
+                continue
             con.execute(f"CREATE TABLE {_SCOPE}.{table} AS SELECT {cols} FROM {table}{where}")
         con.execute(f"USE {_SCOPE}")
         try:
