@@ -25,43 +25,99 @@ SELECT a.account_id,
 FROM accounts a
 LEFT JOIN ev USING (account_id);
 
--- Subscription events, with the state just after (`data.object`) and just before (`previous_attributes`
--- merged onto it; only *.updated events carry them). The whole state before is needed only at a
--- subscription's first event (merging is costly); every event keeps the discounts it had before.
--- The fields of the state after that later steps test on every event (status, pause_collection, whether
--- the item list was cut short) come out of the same parse as typed columns.
+-- Subscription events: the fields of the state just after (`data.object`) and just before
+-- (`previous_attributes` merged onto it, by JSON merge-patch rules; only *.updated events carry them) that
+-- the later steps read, as typed columns from one parse of each event. The state before is needed only at a
+-- subscription's first event (seq = 1); every event keeps the discounts its previous_attributes list (NULL
+-- when they did not change). Items are a typed list: id, price id (the embedded price's id, or the price when
+-- it is an id), quantity as sent, created.
+CREATE OR REPLACE MACRO json_items_fast(data) AS
+    json_transform(data, '[{"id": "VARCHAR", "price": {"id": "VARCHAR"}, "quantity": "VARCHAR", "created": "VARCHAR"}]');
+CREATE OR REPLACE MACRO json_items_exact(data) AS list_transform(
+    list_transform(CAST(json_extract(data, '$[*]') AS JSON[]),
+                   lambda x: json_extract_string(x, ['$.id', '$.price.id', '$.price', '$.quantity', '$.created'])),
+    lambda v: {'id': v[1], 'price_id': coalesce(v[2], v[3]), 'quantity_text': v[4], 'created': v[5]});
+-- (the typed parse, unless an item's price has no id: a price given as a plain id, read by the exact parse)
+CREATE OR REPLACE MACRO json_items(fast, data) AS CASE
+    WHEN list_bool_or(list_transform(fast, lambda x: x.price.id IS NULL)) THEN json_items_exact(data)
+    ELSE list_transform(fast, lambda x: {'id': x.id, 'price_id': x.price.id, 'quantity_text': x.quantity,
+                                         'created': x.created}) END;
+-- A state as the JSON data quality reads at a subscription's start: status and items (id, price, quantity).
+CREATE OR REPLACE MACRO slim_state(status, items) AS to_json({'status': status, 'items': {'data': list_transform(
+    items, lambda x: {'id': x.id, 'price': x.price_id, 'quantity': x.quantity_text})}});
+
 CREATE OR REPLACE TEMP TABLE derived_sub_events AS
-SELECT account_id, event_id, event_type, moment, subscription_id, after_state,
-       CASE WHEN seq = 1 AND json_type(prev) = 'OBJECT' THEN json_merge_patch(after_state, prev) END AS before_state,
-       CASE WHEN json_type(prev) = 'OBJECT'
-            THEN CASE WHEN json_exists(prev, '$.discounts') THEN json_extract(prev, '$.discounts')
-                      ELSE after_discounts END END AS before_discounts,
-       seq, after_status, after_pause_collection, after_has_more
-FROM (
-    SELECT
-        e.account_id,
-        e.id AS event_id,
-        e.type AS event_type,
-        e.created AS moment,
-        e.object_id AS subscription_id,
-        e.v[1] AS after_state,
-        e.v[2] AS prev,
-        e.v[6] AS after_discounts,
-        json_extract_string(e.v[3], '$') AS after_status,
-        json_type(e.v[4]) = 'OBJECT' AS after_pause_collection,
-        TRY_CAST(json_extract_string(e.v[5], '$') AS BOOLEAN) AS after_has_more,
-        e.seq
+WITH n AS (
     -- (the order is numbered on the typed columns alone, then the JSON is parsed once per event)
-    FROM (SELECT *, json_extract(raw, ['$.data.object', '$.data.previous_attributes', '$.data.object.status',
-                                       '$.data.object.pause_collection', '$.data.object.items.has_more',
-                                       '$.data.object.discounts']) AS v
-          FROM (SELECT *, row_number() OVER (PARTITION BY account_id, object_id ORDER BY created, id) AS seq
-                FROM (SELECT account_id, id, type, created, object_id, rowid AS rid
-                      FROM events
-                      WHERE type LIKE 'customer.subscription.%' AND object_type = 'subscription'
-                        AND NOT coalesce(deleted, false))) n
-          JOIN (SELECT rowid AS rid, raw FROM events) r USING (rid)) e
-);
+    SELECT account_id, id, type, created, object_id, rowid AS rid,
+           row_number() OVER (PARTITION BY account_id, object_id ORDER BY created, id) AS seq
+    FROM events
+    WHERE type LIKE 'customer.subscription.%' AND object_type = 'subscription' AND NOT coalesce(deleted, false)
+),
+parsed AS (
+    SELECT n.*,
+           CASE WHEN n.seq = 1
+                THEN json_extract(r.raw, ['$.data.object.status', '$.data.object.pause_collection',
+                                          '$.data.object.items.has_more', '$.data.object.items.data',
+                                          '$.data.object.discounts', '$.data.previous_attributes.discounts',
+                                          '$.data.previous_attributes'])
+                ELSE json_extract(r.raw, ['$.data.object.status', '$.data.object.pause_collection',
+                                          '$.data.object.items.has_more', '$.data.object.items.data',
+                                          '$.data.object.discounts', '$.data.previous_attributes.discounts'])
+           END AS v
+    FROM n JOIN (SELECT rowid AS rid, raw FROM events) r USING (rid)
+),
+flat AS (
+    SELECT account_id, id AS event_id, type AS event_type, created AS moment, object_id AS subscription_id, seq, rid,
+           v[1] AS status_j, v[2] AS pause_j, v[3] AS has_more_j, v[4] AS items_j, v[5] AS after_discounts,
+           v[6] AS before_discounts,
+           seq = 1 AND json_type(v[7]) = 'OBJECT' AS has_before,
+           -- previous values: SQL NULL when the key is absent, JSON null when it was null
+           CASE WHEN seq = 1 AND json_type(v[7]) = 'OBJECT'
+                THEN json_extract(v[7], ['$.status', '$.pause_collection', '$.items', '$.items.data', '$.items.has_more'])
+           END AS p
+    FROM parsed
+),
+merged AS (
+    SELECT *,
+           json_items_fast(items_j) AS after_fast,
+           -- a key in previous_attributes replaces the value after (null: removes it); `items` is merged key by key
+           CASE WHEN has_before THEN
+               CASE WHEN p[3] IS NULL THEN items_j WHEN json_type(p[3]) = 'OBJECT' THEN coalesce(p[4], items_j) END
+           END AS before_items_j,
+           CASE WHEN has_before THEN
+               CASE WHEN p[3] IS NULL THEN has_more_j WHEN json_type(p[3]) = 'OBJECT' THEN coalesce(p[5], has_more_j) END
+           END AS before_has_more_j
+    FROM flat
+),
+typed AS (
+    SELECT *,
+           json_extract_string(status_j, '$') AS after_status,
+           json_type(pause_j) = 'OBJECT' AS after_pause_collection,
+           TRY_CAST(json_extract_string(has_more_j, '$') AS BOOLEAN) AS after_has_more,
+           json_items(after_fast, items_j) AS after_items,
+           CASE WHEN has_before THEN json_items(json_items_fast(before_items_j), before_items_j) END AS before_items
+    FROM merged
+)
+SELECT account_id, event_id, event_type, moment, subscription_id, seq, rid,
+       after_status, after_pause_collection, after_has_more, after_items, after_discounts, before_discounts,
+       has_before,
+       CASE WHEN has_before THEN
+           CASE WHEN p[1] IS NULL THEN after_status ELSE json_extract_string(p[1], '$') END
+       END AS before_status,
+       CASE WHEN has_before THEN
+           CASE WHEN p[2] IS NULL THEN after_pause_collection
+                WHEN json_type(p[2]) = 'NULL' THEN NULL
+                ELSE json_type(p[2]) = 'OBJECT' END
+       END AS before_pause_collection,
+       TRY_CAST(json_extract_string(before_has_more_j, '$') AS BOOLEAN) AS before_has_more,
+       before_items,
+       -- (for data quality, which reads the state at a subscription's first event)
+       CASE WHEN seq = 1 THEN slim_state(after_status, after_items) END AS after_state,
+       CASE WHEN has_before THEN slim_state(
+           CASE WHEN p[1] IS NULL THEN after_status ELSE json_extract_string(p[1], '$') END, before_items) END
+           AS before_state
+FROM typed;
 
 -- Every subscription known, with the fields of its latest known state (the snapshot, or the last event
 -- for one the store has no usable row for).
@@ -82,7 +138,7 @@ WITH snap AS (
     WHERE NOT coalesce(deleted, false) AND customer_id IS NOT NULL
 ),
 from_events AS (
-    -- a subscription the store has no usable row for: its last event's state
+    -- a subscription the store has no usable row for: its last event's state (read again from the event)
     SELECT l.account_id, l.subscription_id,
            coalesce(json_extract_string(v[1], '$.id'), json_extract_string(v[1], '$')) AS customer_id,
            lower(json_extract_string(v[2], '$')) AS currency,
@@ -100,51 +156,48 @@ from_events AS (
            json_extract_string(v[12], '$.comment') AS cancellation_comment,
            ts_of(json_extract_string(v[13], '$')) AS paused_at,
            coalesce(json_type(v[14]) = 'OBJECT', false) AS pause_collection,
-           l.seen_at, false AS in_snapshot, l.state
-    FROM (SELECT account_id, subscription_id, after_state AS state, moment AS seen_at,
-                 json_extract(after_state, ['$.customer', '$.currency', '$.status', '$.start_date', '$.created',
-                                            '$.trial_start', '$.trial_end', '$.canceled_at', '$.ended_at',
-                                            '$.cancel_at', '$.cancel_at_period_end', '$.cancellation_details',
-                                            '$.status_details.paused.transitioned_at',
-                                            '$.pause_collection']) AS v
-          FROM derived_sub_events e
-          WHERE NOT EXISTS (SELECT 1 FROM snap s
-                            WHERE s.account_id = e.account_id AND s.subscription_id = e.subscription_id)
-          QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY moment DESC, seq DESC) = 1) l
+           l.seen_at, false AS in_snapshot, v[15] AS state
+    FROM (SELECT l.account_id, l.subscription_id, l.seen_at,
+                 json_extract(r.raw, ['$.data.object.customer', '$.data.object.currency', '$.data.object.status',
+                                      '$.data.object.start_date', '$.data.object.created',
+                                      '$.data.object.trial_start', '$.data.object.trial_end',
+                                      '$.data.object.canceled_at', '$.data.object.ended_at',
+                                      '$.data.object.cancel_at', '$.data.object.cancel_at_period_end',
+                                      '$.data.object.cancellation_details',
+                                      '$.data.object.status_details.paused.transitioned_at',
+                                      '$.data.object.pause_collection', '$.data.object']) AS v
+          FROM (SELECT account_id, subscription_id, rid, moment AS seen_at
+                FROM derived_sub_events e
+                WHERE NOT EXISTS (SELECT 1 FROM snap s
+                                  WHERE s.account_id = e.account_id AND s.subscription_id = e.subscription_id)
+                QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY moment DESC, seq DESC) = 1) l
+          JOIN (SELECT rowid AS rid, raw FROM events) r USING (rid)) l
 )
 SELECT * FROM snap
 UNION ALL
 SELECT * FROM from_events;
 
--- What of a subscription state matters for MRR: its items' ids, prices and quantities (sorted); each item's
--- JSON is parsed once, for the list of its paths.
-CREATE OR REPLACE MACRO items_key(state) AS list_sort(list_transform(
-    list_transform(CAST(coalesce(json_extract(state, '$.items.data[*]'), []) AS JSON[]),
-                   lambda x: json_extract_string(x, ['$.id', '$.price.id', '$.price', '$.quantity'])),
-    lambda v: concat_ws('|', v[1], coalesce(v[2], v[3]), v[4])));
+-- What of a subscription state matters for MRR: its items' ids, prices and quantities (sorted).
+CREATE OR REPLACE MACRO items_key(items) AS
+    list_sort(list_transform(coalesce(items, []), lambda x: concat_ws('|', x.id, x.price_id, x.quantity_text)));
 
 -- Full-state observations inside event coverage: the state at coverage start (the first event's "before",
 -- or the snapshot for a subscription without events), every event's "after", and a snapshot newer than the
 -- last event that differs from it (a change the events missed).
 CREATE OR REPLACE TEMP TABLE derived_sub_obs AS
-WITH firsts AS (
-    SELECT * FROM derived_sub_events WHERE seq = 1
-),
-anchor_from_events AS (
+WITH anchor_from_events AS (
     SELECT f.account_id, f.subscription_id, greatest(c.coverage_start, s.start_date) AS moment,
-           'event' AS source, f.event_id, f.before_state AS state, 0 AS ord,
-           json_extract_string(f.v[1], '$') AS status, json_type(f.v[2]) = 'OBJECT' AS pause_collection,
-           TRY_CAST(json_extract_string(f.v[3], '$') AS BOOLEAN) AS has_more
-    FROM (SELECT *, json_extract(before_state, ['$.status', '$.pause_collection', '$.items.has_more']) AS v
-          FROM firsts) f
+           'event' AS source, f.event_id, f.before_items AS items, 0 AS ord,
+           f.before_status AS status, f.before_pause_collection AS pause_collection, f.before_has_more AS has_more
+    FROM derived_sub_events f
     JOIN derived_coverage c USING (account_id)
     LEFT JOIN derived_subs s USING (account_id, subscription_id)
-    WHERE f.before_state IS NOT NULL AND greatest(c.coverage_start, s.start_date) < f.moment
+    WHERE f.has_before AND greatest(c.coverage_start, s.start_date) < f.moment
 ),
 anchor_from_snapshot AS (
     -- (status and pause_collection from the typed columns; its items are read from subscription_items in 30)
     SELECT s.account_id, s.subscription_id, greatest(c.coverage_start, s.start_date) AS moment,
-           'snapshot' AS source, NULL AS event_id, CAST(NULL AS JSON) AS state, 0 AS ord, s.status,
+           'snapshot' AS source, NULL AS event_id, NULL AS items, 0 AS ord, s.status,
            s.pause_collection, CAST(NULL AS BOOLEAN) AS has_more
     FROM derived_subs s
     JOIN derived_coverage c USING (account_id)
@@ -153,12 +206,12 @@ anchor_from_snapshot AS (
                       WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
 ),
 after_events AS (
-    SELECT account_id, subscription_id, moment, 'event' AS source, event_id, after_state AS state, seq AS ord,
+    SELECT account_id, subscription_id, moment, 'event' AS source, event_id, after_items AS items, seq AS ord,
            after_status AS status, after_pause_collection AS pause_collection, after_has_more AS has_more
     FROM derived_sub_events
 ),
 last_events AS (
-    SELECT * FROM derived_sub_events
+    SELECT account_id, subscription_id, moment, after_status, after_has_more, after_items FROM derived_sub_events
     QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY seq DESC) = 1
 ),
 -- the snapshot's items_key, from the subscription_items rows seen in the same sync (its embedded list)
@@ -174,7 +227,7 @@ snapshot_keys AS (
 ),
 late_snapshot AS (
     SELECT s.account_id, s.subscription_id, s.seen_at AS moment, 'snapshot' AS source, NULL AS event_id,
-           CAST(NULL AS JSON) AS state, 1000000 AS ord, s.status, s.pause_collection,
+           NULL AS items, 1000000 AS ord, s.status, s.pause_collection,
            CAST(NULL AS BOOLEAN) AS has_more
     FROM derived_subs s
     JOIN last_events l USING (account_id, subscription_id)
@@ -184,7 +237,7 @@ late_snapshot AS (
            -- the last event's item list was cut short: only the snapshot (complete, from subscription_items)
            -- says which of the items it left out are still there
            OR coalesce(l.after_has_more, false)
-           OR coalesce(k.items_key, []) IS DISTINCT FROM items_key(l.after_state))
+           OR coalesce(k.items_key, []) IS DISTINCT FROM items_key(l.after_items))
 )
 SELECT * EXCLUDE (has_more),
        -- an embedded item list cut short (has_more) says nothing about the items it leaves out

@@ -33,15 +33,14 @@ FROM invoice_lines l
 JOIN inv i ON i.account_id = l.account_id AND i.invoice_id = l.invoice_id
 WHERE NOT coalesce(l.deleted, false);
 
--- Items as they appear in each observed subscription state: an event's state lists them in its JSON; a
--- snapshot's are the subscription_items rows seen in the same sync (the same list, cut short or not, as
--- typed columns).
+-- Items as they appear in each observed subscription state: an event's state lists them (typed in
+-- derived_sub_events); a snapshot's are the subscription_items rows seen in the same sync (the same list, cut
+-- short or not, as typed columns).
 CREATE OR REPLACE TEMP TABLE derived_obs_items AS
 WITH embedded AS (
     SELECT o.account_id, o.subscription_id, o.moment, o.source, o.event_id, o.ord, u.it
-    FROM (SELECT *, CAST(json_extract(state, '$.items.data[*]') AS JSON[]) AS its
-          FROM derived_sub_obs WHERE source <> 'snapshot') o,
-         unnest(o.its) AS u(it)
+    FROM (SELECT * FROM derived_sub_obs WHERE source <> 'snapshot') o,
+         unnest(o.items) AS u(it)
 ),
 listed AS (
     SELECT o.account_id, o.subscription_id, o.moment, o.source, o.event_id, o.ord, si.id AS subscription_item_id,
@@ -54,12 +53,11 @@ listed AS (
     WHERE o.source = 'snapshot'
 )
 SELECT account_id, subscription_id, moment, source, event_id, ord,
-       v[1] AS subscription_item_id,
-       coalesce(v[2], v[3]) AS price_id,  -- the price's id, or the price when it is an id
-       TRY_CAST(v[4] AS BIGINT) AS quantity,
-       ts_of(v[5]) AS item_created
-FROM (SELECT *, json_extract_string(it, ['$.id', '$.price.id', '$.price', '$.quantity', '$.created']) AS v
-      FROM embedded)
+       it.id AS subscription_item_id,
+       it.price_id,
+       TRY_CAST(it.quantity_text AS BIGINT) AS quantity,
+       ts_of(it.created) AS item_created
+FROM embedded
 UNION ALL
 SELECT * FROM listed;
 

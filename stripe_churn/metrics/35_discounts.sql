@@ -17,12 +17,14 @@ WITH d AS (
     WHERE (NOT coalesce(deleted, false) OR json_extract_string(raw, '$.end') IS NOT NULL)
       AND json_extract_string(raw, '$.start') IS NOT NULL
 ),
--- a discount that leaves a subscription state before its end was removed then
+-- a discount that leaves a subscription state before its end was removed then (only events whose
+-- previous_attributes list the discounts can remove one)
 removed AS (
     SELECT e.account_id, ref_id(x) AS discount_id, min(e.moment) AS removed_at, arg_min(e.event_id, e.moment) AS event_id
-    FROM derived_sub_events e, unnest(CAST(json_extract(e.before_discounts, '$[*]') AS JSON[])) AS u(x)
+    FROM (SELECT * FROM derived_sub_events WHERE before_discounts IS NOT NULL) e,
+         unnest(CAST(json_extract(e.before_discounts, '$[*]') AS JSON[])) AS u(x)
     WHERE NOT list_contains(
-        list_transform(CAST(coalesce(json_extract(e.after_state, '$.discounts[*]'), []) AS JSON[]), lambda y: ref_id(y)),
+        list_transform(CAST(coalesce(json_extract(e.after_discounts, '$[*]'), []) AS JSON[]), lambda y: ref_id(y)),
         ref_id(x))
     GROUP BY ALL
 ),
