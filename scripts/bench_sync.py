@@ -35,7 +35,9 @@ CHILD = textwrap.dedent("""
     url, db, rate, window = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
     stop = threading.Event()
     if window > 0:
-        threading.Timer(window, stop.set).start()
+        timer = threading.Timer(window, stop.set)
+        timer.daemon = True  # the process exits when the sync is over, not when the window is
+        timer.start()
     t0 = time.perf_counter()
     r = run_sync(Settings(api_key=Secret(%r), api_base=url, db=Path(db), rate_limit=rate), progress=False, stop=stop)
     dt = time.perf_counter() - t0
