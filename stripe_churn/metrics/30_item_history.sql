@@ -1,11 +1,11 @@
 -- State history per subscription item (design.md 3): price and quantity over time, from invoice lines
 -- before event coverage and from the subscription observations (events, snapshot) inside it.
 
--- Subscription invoice lines, from the typed columns the store extracts at load time (no JSON read here).
+-- Subscription invoice lines, from the typed columns the store extracts at load time (no JSON read here);
+-- only the columns the later steps read (every string column copied costs at 1M customers).
 CREATE OR REPLACE TEMP TABLE derived_invoice_lines AS
 WITH inv AS (
-    SELECT account_id, id AS invoice_id, created AS invoice_created, billing_reason, status AS invoice_status,
-           subscription_id, customer_id
+    SELECT account_id, id AS invoice_id, created AS invoice_created, subscription_id
     FROM invoices
     WHERE NOT coalesce(deleted, false)
       AND billing_reason IN ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription')
@@ -15,10 +15,7 @@ SELECT
     l.id AS line_id,
     l.invoice_id,
     i.invoice_created,
-    i.billing_reason,
-    i.invoice_status,
     coalesce(l.subscription_id, i.subscription_id) AS subscription_id,
-    i.customer_id,
     l.subscription_item_id,
     coalesce(l.parent_proration, false) AS proration,
     coalesce(l.proration_credit, false) OR l.amount < 0 AS is_credit,
@@ -26,7 +23,6 @@ SELECT
     l.quantity,
     l.period_start,
     l.period_end,
-    l.amount,
     -- tax excluded: an inclusive tax is inside `amount`, an exclusive one is not
     l.amount - coalesce(l.tax_inclusive, 0) AS amount_excl_tax
 FROM invoice_lines l
@@ -105,7 +101,38 @@ ends AS (
 )
 SELECT * FROM line_steps UNION ALL SELECT * FROM removals UNION ALL SELECT * FROM ends;
 
-CREATE OR REPLACE TEMP TABLE derived_item_steps AS
+-- Steps observed in subscription states (events, snapshot) inside coverage: each known item of the
+-- subscription, present with its price and quantity when listed, absent when a complete list leaves it out.
+CREATE OR REPLACE TEMP TABLE derived_obs_item_steps AS
+SELECT o.account_id, o.subscription_id, k.subscription_item_id, o.moment,
+       i.subscription_item_id IS NOT NULL AS present, i.price_id, i.quantity, o.source,
+       o.event_id AS source_event_id, NULL AS source_invoice_id,
+       CAST(1e15 AS BIGINT) + o.ord AS prio
+FROM (SELECT DISTINCT account_id, subscription_id, moment, source, event_id, ord, items_complete
+      FROM derived_sub_obs) o
+JOIN derived_items_known k USING (account_id, subscription_id)
+LEFT JOIN derived_obs_items i
+    ON i.account_id = o.account_id AND i.subscription_id = o.subscription_id AND i.moment = o.moment
+   AND i.ord = o.ord AND i.subscription_item_id = k.subscription_item_id
+WHERE i.subscription_item_id IS NOT NULL OR o.items_complete;
+
+-- An integer key per item (account, item id; a NULL id is one item per account, as a window partition
+-- sees it): the windows below sort on it instead of the id strings. Valid within one run only.
+CREATE OR REPLACE TEMP TABLE derived_item_keys AS
+SELECT account_id, subscription_item_id, CAST(row_number() OVER () AS INTEGER) AS ik
+FROM (SELECT DISTINCT account_id, subscription_item_id
+      FROM (SELECT account_id, subscription_item_id FROM derived_items_known
+            UNION ALL
+            -- (a line without a subscription is no known item, but its steps still count)
+            SELECT account_id, subscription_item_id FROM derived_invoice_lines
+            WHERE subscription_item_id IS NOT NULL AND subscription_id IS NULL));
+
+-- Item history: one row per item and interval of constant (price, quantity); absent intervals dropped.
+-- Steps are the invoice steps before coverage (and those of items a cut-short list leaves out) plus the
+-- observed ones. The windows run on the item key and the compared values only (a window sorts every column
+-- it carries): the step kept per item and moment (highest prio), then the changes; the kept steps are joined
+-- back to their source table by rowid.
+CREATE OR REPLACE TABLE derived_item_history AS
 WITH -- items an event state leaves out of a cut-short list: their invoices stay evidence inside coverage
 unlisted AS (
     SELECT DISTINCT k.account_id, k.subscription_item_id
@@ -116,66 +143,55 @@ unlisted AS (
                       WHERE i.account_id = o.account_id AND i.subscription_id = o.subscription_id
                         AND i.moment = o.moment AND i.ord = o.ord AND i.subscription_item_id = k.subscription_item_id)
 ),
-before_coverage AS (
-    SELECT s.* FROM derived_invoice_item_steps s
+steps AS (
+    SELECT 0 AS src, s.rowid AS rid, s.account_id, s.subscription_item_id, s.moment, s.prio, s.present,
+           s.price_id, s.quantity
+    FROM derived_invoice_item_steps s
     JOIN derived_coverage c USING (account_id)
     WHERE s.moment < c.coverage_start
        OR (s.account_id, s.subscription_item_id) IN (SELECT (account_id, subscription_item_id) FROM unlisted)
+    UNION ALL
+    SELECT 1, rowid, account_id, subscription_item_id, moment, prio, present, price_id, quantity
+    FROM derived_obs_item_steps
 ),
-observed AS (
-    SELECT o.account_id, o.subscription_id, k.subscription_item_id, o.moment,
-           i.subscription_item_id IS NOT NULL AS present, i.price_id, i.quantity, o.source,
-           o.event_id AS source_event_id, NULL AS source_invoice_id,
-           CAST(1e15 AS BIGINT) + o.ord AS prio
-    FROM (SELECT DISTINCT account_id, subscription_id, moment, source, event_id, ord, items_complete
-          FROM derived_sub_obs) o
-    JOIN derived_items_known k USING (account_id, subscription_id)
-    LEFT JOIN derived_obs_items i
-        ON i.account_id = o.account_id AND i.subscription_id = o.subscription_id AND i.moment = o.moment
-       AND i.ord = o.ord AND i.subscription_item_id = k.subscription_item_id
-    WHERE i.subscription_item_id IS NOT NULL OR o.items_complete
-)
-SELECT * FROM before_coverage
-UNION ALL
-SELECT * FROM observed;
-
--- Item history: one row per item and interval of constant (price, quantity); absent intervals dropped.
--- The windows run on the narrow key and the compared values only (a window sorts every column it carries):
--- the step kept per item and moment (highest prio), then the changes; the kept steps are joined back by rowid.
-CREATE OR REPLACE TABLE derived_item_history AS
-WITH steps AS (
-    SELECT st.rowid AS rid, st.account_id, st.subscription_item_id, st.moment, st.prio,
+keyed AS (
+    SELECT k.ik, st.src, st.rid, st.moment, st.prio,
            {'present': st.present, 'price_id': st.price_id,
             'quantity': CASE WHEN p.usage_type = 'metered' THEN NULL ELSE st.quantity END} AS v
-    FROM derived_item_steps st
+    FROM steps st
+    JOIN derived_item_keys k
+      ON k.account_id = st.account_id AND k.subscription_item_id IS NOT DISTINCT FROM st.subscription_item_id
     LEFT JOIN derived_price_terms p ON p.account_id = st.account_id AND p.price_id = st.price_id
 ),
 one AS (
-    SELECT * FROM steps
-    QUALIFY lead(moment) OVER (PARTITION BY account_id, subscription_item_id ORDER BY moment, prio, rid)
-            IS DISTINCT FROM moment
+    SELECT * FROM keyed
+    QUALIFY lead(moment) OVER (PARTITION BY ik ORDER BY moment, prio, src, rid) IS DISTINCT FROM moment
 ),
 marked AS (
-    SELECT rid, account_id, subscription_item_id, moment,
+    SELECT src, rid, ik, moment,
            -- (an item's first step is kept unless every value is NULL)
            CASE WHEN lag(v) OVER w IS NULL THEN v.present IS NOT NULL OR v.price_id IS NOT NULL OR v.quantity IS NOT NULL
                 ELSE lag(v) OVER w IS DISTINCT FROM v END AS changed
     FROM one
-    WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY moment)
+    WINDOW w AS (PARTITION BY ik ORDER BY moment)
 ),
 kept_keys AS (
-    SELECT rid, lead(moment) OVER (PARTITION BY account_id, subscription_item_id ORDER BY moment) AS valid_to
+    SELECT src, rid, lead(moment) OVER (PARTITION BY ik ORDER BY moment) AS valid_to
     FROM marked WHERE changed
 ),
 kept AS (
-    SELECT st.* REPLACE (CASE WHEN p.usage_type = 'metered' THEN NULL ELSE st.quantity END AS quantity), kk.valid_to
-    FROM derived_item_steps st
-    JOIN kept_keys kk ON kk.rid = st.rowid
-    LEFT JOIN derived_price_terms p ON p.account_id = st.account_id AND p.price_id = st.price_id
+    SELECT st.*, kk.valid_to
+    FROM derived_invoice_item_steps st
+    JOIN kept_keys kk ON kk.src = 0 AND kk.rid = st.rowid
+    UNION ALL
+    SELECT st.*, kk.valid_to
+    FROM derived_obs_item_steps st
+    JOIN kept_keys kk ON kk.src = 1 AND kk.rid = st.rowid
 )
 SELECT k.account_id, s.customer_id, k.subscription_id, k.subscription_item_id, k.price_id,
-       k.quantity,
+       CASE WHEN p.usage_type = 'metered' THEN NULL ELSE k.quantity END AS quantity,
        k.moment AS valid_from, k.valid_to, k.source, k.source_event_id, k.source_invoice_id
 FROM kept k
-LEFT JOIN derived_subs s USING (account_id, subscription_id)
+LEFT JOIN derived_price_terms p ON p.account_id = k.account_id AND p.price_id = k.price_id
+LEFT JOIN derived_subs s ON s.account_id = k.account_id AND s.subscription_id = k.subscription_id
 WHERE k.present;
