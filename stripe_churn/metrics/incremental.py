@@ -195,6 +195,12 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
                             "and run the recompute again; the previous results were left in place")
         old_ledger = _touched_ledger(con, main_db, main_db, "touched_old")
         new_ledger = _touched_ledger(con, main_db, _SCOPE, "touched_new")
+        # The commit's checkpoint leaves the replaced rows as delete markers instead of compacting the row
+        # groups that hold them: a compaction that merges a small row group into its neighbour rewrites every
+        # row group after it, a cost that grows with the whole table, not with the customers derived again
+        # (the next full recompute writes the tables afresh).
+        vacuum_tasks = con.execute("SELECT current_setting('max_vacuum_tasks')").fetchall()[0][0]
+        con.execute("SET max_vacuum_tasks = 0")
         con.execute("BEGIN TRANSACTION")
         try:
             for table in tables:
@@ -207,6 +213,8 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
         except BaseException:
             con.execute("ROLLBACK")
             raise
+        finally:
+            con.execute(f"SET max_vacuum_tasks = {int(vacuum_tasks)}")
     finally:
         con.execute(f"DETACH {_SCOPE}")
     log.info("metrics derived again for %d changed customers in %.2f s", touched, time.perf_counter() - started)
