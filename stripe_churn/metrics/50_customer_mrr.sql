@@ -36,12 +36,19 @@ WITH j AS (
       ON i.account_id = p.account_id AND i.customer_id = p.customer_id
      AND i.valid_from <= p.moment AND (i.valid_to IS NULL OR p.moment < i.valid_to)
     WHERE i.mrr_original <> 0
+),
+-- the rate in force on each (currency, day) needed: the as-of lookup runs on these few pairs, not every row
+day_rates AS (
+    SELECT d.currency, d.at_date, f.rate
+    FROM (SELECT DISTINCT j.currency, j.at_date FROM j, derived_settings st
+          WHERE j.currency <> st.reporting_currency) d
+    ASOF LEFT JOIN derived_fx f ON f.currency = d.currency AND f.rate_date <= d.at_date
 )
 SELECT j.*,
-       CASE WHEN j.currency = st.reporting_currency THEN CAST(1 AS DECIMAL(18, 8)) ELSE f.rate END AS rate
+       CASE WHEN j.currency = st.reporting_currency THEN CAST(1 AS DECIMAL(18, 8)) ELSE r.rate END AS rate
 FROM j
 CROSS JOIN derived_settings st
-ASOF LEFT JOIN derived_fx f ON f.currency = j.currency AND f.rate_date <= j.at_date;
+LEFT JOIN day_rates r ON r.currency = j.currency AND r.at_date = j.at_date;
 
 CREATE OR REPLACE TABLE derived_fx_missing AS
 SELECT account_id, currency, min(at_date) AS first_date, max(at_date) AS last_date,
