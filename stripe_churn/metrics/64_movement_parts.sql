@@ -8,13 +8,13 @@
 
 CREATE OR REPLACE TEMP TABLE derived_movement_parts AS
 WITH
-ti AS (
+ti AS NOT MATERIALIZED (
     SELECT *,
            coalesce(a_mrr, 0) * coalesce(a_rate_a, 0) AS a_rep,
            coalesce(b_mrr, 0) * coalesce(b_rate_a, 0) AS b_rep
     FROM derived_transition_items
 ),
-moving AS (
+moving AS NOT MATERIALIZED (
     SELECT * FROM ti WHERE kind = 'change'
 ),
 fams AS (
