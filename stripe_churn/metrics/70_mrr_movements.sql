@@ -6,19 +6,27 @@
 
 CREATE OR REPLACE TABLE derived_mrr_movements AS
 WITH
-parts AS (
-    SELECT p.*, round(p.amount_rep, 4) AS rounded,
+totals AS (
+    SELECT t.tid, t.mrr_delta,
+           coalesce(sum(round(p.amount_rep, 4)), 0) AS rounded_sum, coalesce(sum(p.amount_rep), 0) AS exact_sum,
+           count(p.t_start) AS n_parts
+    FROM derived_transitions t
+    LEFT JOIN derived_movement_parts p USING (tid)
+    GROUP BY ALL
+),
+-- parts by size within their transition; only transitions of several parts need ranking (a narrow window
+-- over their row ids: the parts' other columns are not sorted)
+ranked AS (
+    SELECT p.rowid AS rid,
            row_number() OVER (PARTITION BY p.tid
                               ORDER BY abs(p.amount_rep) DESC, p.movement, p.subscription_item_id) AS size_rank
     FROM derived_movement_parts p
+    WHERE p.tid IN (SELECT tid FROM totals WHERE n_parts > 1)
 ),
-totals AS (
-    SELECT t.tid, t.mrr_delta,
-           coalesce(sum(p.rounded), 0) AS rounded_sum, coalesce(sum(p.amount_rep), 0) AS exact_sum,
-           count(p.t_start) AS n_parts
-    FROM derived_transitions t
-    LEFT JOIN parts p USING (tid)
-    GROUP BY ALL
+parts AS (
+    SELECT p.*, round(p.amount_rep, 4) AS rounded, coalesce(r.size_rank, 1) AS size_rank
+    FROM derived_movement_parts p
+    LEFT JOIN ranked r ON r.rid = p.rowid
 ),
 -- a change whose items show no cause (should not happen) still gets a row, so that the bridge adds up
 fallback AS (
