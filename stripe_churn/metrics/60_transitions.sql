@@ -19,13 +19,6 @@ WITH item_rows AS (
          OR lag(status) OVER w IS DISTINCT FROM status) AS changed
     FROM derived_item_mrr
     WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY valid_from)
-),
-cust_rows AS (
-    SELECT account_id, customer_id, valid_from, valid_to, mrr,
-           lag(mrr) OVER w AS prev_mrr, lag(valid_to) OVER w AS prev_to,
-           lead(valid_from) OVER w AS next_from
-    FROM derived_customer_mrr
-    WINDOW w AS (PARTITION BY account_id, customer_id ORDER BY valid_from)
 )
 SELECT DISTINCT account_id, customer_id, t
 FROM (
@@ -35,11 +28,9 @@ FROM (
     SELECT account_id, customer_id, valid_to
     FROM item_rows WHERE valid_to IS NOT NULL AND next_from IS DISTINCT FROM valid_to
     UNION ALL
-    SELECT account_id, customer_id, valid_from
-    FROM cust_rows WHERE prev_mrr IS DISTINCT FROM mrr OR prev_to IS DISTINCT FROM valid_from
-    UNION ALL
-    SELECT account_id, customer_id, valid_to
-    FROM cust_rows WHERE valid_to IS NOT NULL AND next_from IS DISTINCT FROM valid_to
+    -- every customer level starts with a change (50 keeps a level only where the MRR changes, and each
+    -- level's valid_to is the next one's valid_from), so its starts are the customer's change points
+    SELECT account_id, customer_id, valid_from FROM derived_customer_mrr
 )
 WHERE t IS NOT NULL;
 
