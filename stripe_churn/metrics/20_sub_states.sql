@@ -31,13 +31,11 @@ LEFT JOIN ev USING (account_id);
 -- subscription's first event (seq = 1); every event keeps the discounts its previous_attributes list (NULL
 -- when they did not change). Items are a typed list: id, price id (the embedded price's id, or the price when
 -- it is an id), quantity as sent, created.
-CREATE OR REPLACE MACRO json_items_fast(data) AS
-    json_transform(data, '[{"id": "VARCHAR", "price": {"id": "VARCHAR"}, "quantity": "VARCHAR", "created": "VARCHAR"}]');
+-- (`fast`: the items as typed by json_transform; `data`: their JSON, read again only when a price has no id)
 CREATE OR REPLACE MACRO json_items_exact(data) AS list_transform(
     list_transform(CAST(json_extract(data, '$[*]') AS JSON[]),
                    lambda x: json_extract_string(x, ['$.id', '$.price.id', '$.price', '$.quantity', '$.created'])),
     lambda v: {'id': v[1], 'price_id': coalesce(v[2], v[3]), 'quantity_text': v[4], 'created': v[5]});
--- (the typed parse, unless an item's price has no id: a price given as a plain id, read by the exact parse)
 CREATE OR REPLACE MACRO json_items(fast, data) AS CASE
     WHEN list_bool_or(list_transform(fast, lambda x: x.price.id IS NULL)) THEN json_items_exact(data)
     ELSE list_transform(fast, lambda x: {'id': x.id, 'price_id': x.price.id, 'quantity_text': x.quantity,
@@ -55,69 +53,65 @@ WITH n AS (
     WHERE type LIKE 'customer.subscription.%' AND object_type = 'subscription' AND NOT coalesce(deleted, false)
 ),
 parsed AS (
-    SELECT n.*,
-           CASE WHEN n.seq = 1
-                THEN json_extract(r.raw, ['$.data.object.status', '$.data.object.pause_collection',
-                                          '$.data.object.items.has_more', '$.data.object.items.data',
-                                          '$.data.object.discounts', '$.data.previous_attributes.discounts',
-                                          '$.data.previous_attributes'])
-                ELSE json_extract(r.raw, ['$.data.object.status', '$.data.object.pause_collection',
-                                          '$.data.object.items.has_more', '$.data.object.items.data',
-                                          '$.data.object.discounts', '$.data.previous_attributes.discounts'])
-           END AS v
+    -- values by one typed transform of the JSON; which keys previous_attributes has (and whether they are
+    -- null), which merge-patch rules depend on, by one json_type over the paths (nothing is re-serialised)
+    SELECT n.*, r.raw,
+           json_transform(r.raw, '{"data": {
+               "object": {"status": "VARCHAR", "discounts": "JSON",
+                          "items": {"has_more": "VARCHAR", "data": [{"id": "VARCHAR", "price": {"id": "VARCHAR"},
+                                                                     "quantity": "VARCHAR", "created": "VARCHAR"}]}},
+               "previous_attributes": {"status": "VARCHAR", "discounts": "JSON",
+                          "items": {"has_more": "VARCHAR", "data": [{"id": "VARCHAR", "price": {"id": "VARCHAR"},
+                                                                     "quantity": "VARCHAR", "created": "VARCHAR"}]}}}}') AS j,
+           json_type(r.raw, ['$.data.previous_attributes', '$.data.previous_attributes.status',
+                             '$.data.previous_attributes.pause_collection', '$.data.previous_attributes.items',
+                             '$.data.previous_attributes.items.data', '$.data.previous_attributes.items.has_more',
+                             '$.data.object.pause_collection']) AS t
     FROM n JOIN (SELECT rowid AS rid, raw FROM events) r USING (rid)
 ),
-flat AS (
+typed AS (
     SELECT account_id, id AS event_id, type AS event_type, created AS moment, object_id AS subscription_id, seq, rid,
-           v[1] AS status_j, v[2] AS pause_j, v[3] AS has_more_j, v[4] AS items_j, v[5] AS after_discounts,
-           v[6] AS before_discounts,
-           seq = 1 AND json_type(v[7]) = 'OBJECT' AS has_before,
-           -- previous values: SQL NULL when the key is absent, JSON null when it was null
-           CASE WHEN seq = 1 AND json_type(v[7]) = 'OBJECT'
-                THEN json_extract(v[7], ['$.status', '$.pause_collection', '$.items', '$.items.data', '$.items.has_more'])
-           END AS p
+           t, j.data.previous_attributes AS prev,
+           j.data.object.status AS after_status,
+           t[7] = 'OBJECT' AS after_pause_collection,
+           j.data.object.items.has_more AS after_has_more_text,
+           json_items(j.data.object.items.data, json_extract(raw, '$.data.object.items.data')) AS after_items,
+           j.data.object.discounts AS after_discounts,
+           j.data.previous_attributes.discounts AS before_discounts,
+           seq = 1 AND coalesce(t[1] = 'OBJECT', false) AS has_before,
+           CASE WHEN seq = 1 AND t[1] = 'OBJECT' AND t[4] = 'OBJECT' AND t[5] IS NOT NULL
+                THEN json_items(j.data.previous_attributes.items.data,
+                                json_extract(raw, '$.data.previous_attributes.items.data')) END AS prev_items
     FROM parsed
 ),
 merged AS (
+    -- a key in previous_attributes replaces the value after (null: removes it); `items` is merged key by key
     SELECT *,
-           json_items_fast(items_j) AS after_fast,
-           -- a key in previous_attributes replaces the value after (null: removes it); `items` is merged key by key
+           CASE WHEN has_before THEN CASE WHEN t[2] IS NULL THEN after_status ELSE prev.status END END AS before_status,
            CASE WHEN has_before THEN
-               CASE WHEN p[3] IS NULL THEN items_j WHEN json_type(p[3]) = 'OBJECT' THEN coalesce(p[4], items_j) END
-           END AS before_items_j,
+               CASE WHEN t[3] IS NULL THEN after_pause_collection WHEN t[3] = 'NULL' THEN NULL ELSE t[3] = 'OBJECT' END
+           END AS before_pause_collection,
            CASE WHEN has_before THEN
-               CASE WHEN p[3] IS NULL THEN has_more_j WHEN json_type(p[3]) = 'OBJECT' THEN coalesce(p[5], has_more_j) END
-           END AS before_has_more_j
-    FROM flat
-),
-typed AS (
-    SELECT *,
-           json_extract_string(status_j, '$') AS after_status,
-           json_type(pause_j) = 'OBJECT' AS after_pause_collection,
-           TRY_CAST(json_extract_string(has_more_j, '$') AS BOOLEAN) AS after_has_more,
-           json_items(after_fast, items_j) AS after_items,
-           CASE WHEN has_before THEN json_items(json_items_fast(before_items_j), before_items_j) END AS before_items
-    FROM merged
+               CASE WHEN t[4] IS NULL THEN after_has_more_text
+                    WHEN t[4] = 'OBJECT' THEN CASE WHEN t[6] IS NULL THEN after_has_more_text ELSE prev.items.has_more END
+               END
+           END AS before_has_more_text,
+           CASE WHEN has_before THEN
+               CASE WHEN t[4] IS NULL THEN after_items
+                    WHEN t[4] = 'OBJECT' THEN CASE WHEN t[5] IS NULL THEN after_items ELSE prev_items END
+               END
+           END AS before_items
+    FROM typed
 )
 SELECT account_id, event_id, event_type, moment, subscription_id, seq, rid,
-       after_status, after_pause_collection, after_has_more, after_items, after_discounts, before_discounts,
-       has_before,
-       CASE WHEN has_before THEN
-           CASE WHEN p[1] IS NULL THEN after_status ELSE json_extract_string(p[1], '$') END
-       END AS before_status,
-       CASE WHEN has_before THEN
-           CASE WHEN p[2] IS NULL THEN after_pause_collection
-                WHEN json_type(p[2]) = 'NULL' THEN NULL
-                ELSE json_type(p[2]) = 'OBJECT' END
-       END AS before_pause_collection,
-       TRY_CAST(json_extract_string(before_has_more_j, '$') AS BOOLEAN) AS before_has_more,
+       after_status, after_pause_collection, TRY_CAST(after_has_more_text AS BOOLEAN) AS after_has_more,
+       after_items, after_discounts, before_discounts, has_before,
+       before_status, before_pause_collection, TRY_CAST(before_has_more_text AS BOOLEAN) AS before_has_more,
        before_items,
        -- (for data quality, which reads the state at a subscription's first event)
        CASE WHEN seq = 1 THEN slim_state(after_status, after_items) END AS after_state,
-       CASE WHEN has_before THEN slim_state(
-           CASE WHEN p[1] IS NULL THEN after_status ELSE json_extract_string(p[1], '$') END, before_items) END
-           AS before_state
-FROM typed;
+       CASE WHEN has_before THEN slim_state(before_status, before_items) END AS before_state
+FROM merged;
 
 -- Every subscription known, with the fields of its latest known state (the snapshot, or the last event
 -- for one the store has no usable row for).
