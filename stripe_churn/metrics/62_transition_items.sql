@@ -61,7 +61,6 @@ joined AS (
         coalesce(a.account_id, b.account_id) AS account_id,
         coalesce(a.customer_id, b.customer_id) AS customer_id,
         coalesce(a.t_start, b.t_start) AS t_start,
-        coalesce(a.t_end, b.t_end) AS t_end,
         coalesce(a.subscription_item_id, b.subscription_item_id) AS subscription_item_id,
         a.subscription_item_id IS NOT NULL AS in_a,
         b.subscription_item_id IS NOT NULL AS in_b,
@@ -77,8 +76,7 @@ joined AS (
         a.mrr_undiscounted AS a_undisc, b.mrr_undiscounted AS b_undisc,
         a.discount_factor AS a_factor, b.discount_factor AS b_factor,
         a.discount_ids AS a_discount_ids, b.discount_ids AS b_discount_ids,
-        a.source_event_id AS a_event_id, b.source_event_id AS b_event_id,
-        a.source_invoice_id AS a_invoice_id, b.source_invoice_id AS b_invoice_id,
+        b.source_event_id AS b_event_id, b.source_invoice_id AS b_invoice_id,
         b.valid_from AS b_valid_from,
         -- the day whose rate values state A (just before t_start) and state B (at t_end)
         CAST(timezone('UTC', coalesce(a.t_start, b.t_start) - INTERVAL 1 MICROSECOND) AS DATE) AS day_a,
@@ -88,7 +86,7 @@ joined AS (
         ON a.tid = b.tid AND a.subscription_item_id = b.subscription_item_id
 )
 SELECT
-    j.*,
+    j.* EXCLUDE (day_a, day_b),
     CASE WHEN j.a_currency = cfg.rep THEN 1 ELSE ra.rate END AS a_rate_a,
     CASE WHEN j.b_currency = cfg.rep THEN 1 ELSE rba.rate END AS b_rate_a,
     CASE WHEN j.b_currency = cfg.rep THEN 1 ELSE rbb.rate END AS b_rate_b
