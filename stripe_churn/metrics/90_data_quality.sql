@@ -18,24 +18,28 @@ WITH inside AS (
       AND p.usage_type = 'licensed' AND l.subscription_item_id IS NOT NULL
 ),
 -- at coverage start: the state the invoices give just before it against the one the events give
+-- (each state's JSON is parsed once, for its status and its item list)
 event_start_states AS (
-    SELECT account_id, subscription_id, coalesce(before_state, after_state) AS state
-    FROM derived_sub_events WHERE seq = 1
+    SELECT account_id, subscription_id, json_extract_string(v[1], '$') AS status, CAST(v[2] AS JSON[]) AS its
+    FROM (SELECT account_id, subscription_id,
+                 json_extract(coalesce(before_state, after_state), ['$.status', '$.items.data']) AS v
+          FROM derived_sub_events WHERE seq = 1)
 ),
 -- (a subscription without events starts from its snapshot, whose items are the anchor's in derived_obs_items)
 start_states AS (
-    SELECT account_id, subscription_id, json_extract_string(state, '$.status') AS status FROM event_start_states
+    SELECT account_id, subscription_id, status FROM event_start_states
     UNION ALL
     SELECT account_id, subscription_id, status FROM derived_subs s
     WHERE NOT EXISTS (SELECT 1 FROM derived_sub_events e
                       WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
 ),
 start_items AS (
-    SELECT account_id, subscription_id, json_extract_string(it, '$.id') AS subscription_item_id,
-           ref_id(json_extract(it, '$.price')) AS price_id,
-           TRY_CAST(json_extract_string(it, '$.quantity') AS BIGINT) AS quantity
-    FROM (SELECT *, CAST(json_extract(state, '$.items.data[*]') AS JSON[]) AS its FROM event_start_states) x,
-         unnest(x.its) AS u(it)
+    -- (one parse per item: its id, the price's id or the price when it is an id, the quantity)
+    SELECT account_id, subscription_id, v[1] AS subscription_item_id, coalesce(v[2], v[3]) AS price_id,
+           TRY_CAST(v[4] AS BIGINT) AS quantity
+    FROM (SELECT x.account_id, x.subscription_id,
+                 json_extract_string(u.it, ['$.id', '$.price.id', '$.price', '$.quantity']) AS v
+          FROM event_start_states x, unnest(x.its) AS u(it))
     UNION ALL
     SELECT account_id, subscription_id, subscription_item_id, price_id, quantity
     FROM derived_obs_items WHERE source = 'snapshot' AND ord = 0
