@@ -61,12 +61,67 @@ SELECT DISTINCT account_id, customer_id FROM (
 WHERE customer_id IS NOT NULL
 """
 
+# Where event coverage starts and the latest snapshot, as step 20 computes them (derived_coverage; keep the two
+# in step), against what the last recompute stored. Movements dated after the latest snapshot are left out
+# (60_transitions), so when the snapshot moves, the customers with a change between the old and the new one
+# are derived again too; when where coverage starts changes, the whole account is.
+_COVERAGE_SQL = """
+CREATE OR REPLACE TEMP TABLE touched_coverage AS
+WITH accounts AS (
+    SELECT s.account_id, least(max(s.last_seen_at), any_value(to_timestamp(c.created))) AS snapshot_at
+    FROM subscriptions s
+    LEFT JOIN sync_cursors c ON c.account_id = s.account_id AND c.stream = 'events:complete'
+    GROUP BY s.account_id
+),
+ev AS (
+    SELECT account_id, min(created) AS first_event_at FROM events GROUP BY account_id
+)
+SELECT a.account_id, a.snapshot_at, o.snapshot_at AS old_snapshot_at,
+       coalesce(ev.first_event_at, a.snapshot_at) IS DISTINCT FROM o.coverage_start
+           OR (ev.first_event_at IS NOT NULL) IS DISTINCT FROM o.has_events
+           OR (a.snapshot_at IS NULL) <> (o.snapshot_at IS NULL) AS whole_account
+FROM accounts a
+LEFT JOIN ev USING (account_id)
+LEFT JOIN derived_coverage o USING (account_id)
+WHERE a.snapshot_at IS DISTINCT FROM o.snapshot_at
+   OR coalesce(ev.first_event_at, a.snapshot_at) IS DISTINCT FROM o.coverage_start
+   OR (ev.first_event_at IS NOT NULL) IS DISTINCT FROM o.has_events
+"""
+
+_COVERAGE_CUSTOMERS_SQL = """
+INSERT INTO touched_customers
+SELECT account_id, customer_id FROM (
+    SELECT c.account_id, c.id AS customer_id
+    FROM customers c JOIN touched_coverage v USING (account_id)
+    WHERE v.whole_account
+    UNION
+    -- a change point (an item row's start or end, a customer level's start) between the two snapshots
+    SELECT i.account_id, i.customer_id
+    FROM derived_item_mrr i JOIN touched_coverage v USING (account_id)
+    WHERE NOT v.whole_account
+      AND ((i.valid_from > least(v.snapshot_at, v.old_snapshot_at)
+            AND i.valid_from <= greatest(v.snapshot_at, v.old_snapshot_at))
+           OR (i.valid_to > least(v.snapshot_at, v.old_snapshot_at)
+               AND i.valid_to <= greatest(v.snapshot_at, v.old_snapshot_at)))
+    UNION
+    SELECT m.account_id, m.customer_id
+    FROM derived_customer_mrr m JOIN touched_coverage v USING (account_id)
+    WHERE NOT v.whole_account
+      AND m.valid_from > least(v.snapshot_at, v.old_snapshot_at)
+      AND m.valid_from <= greatest(v.snapshot_at, v.old_snapshot_at)
+)
+WHERE customer_id IS NOT NULL
+EXCEPT SELECT account_id, customer_id FROM touched_customers
+"""
+
 # The raw rows of the touched customers, table by table: first the matching row ids from the key columns
 # alone, then only those rows (so the raw JSON of everyone else is never read).
 _SCOPED_KEYS = {
     "customers": "SELECT t.rowid FROM customers t JOIN touched_customers c ON c.account_id = t.account_id "
                  "AND c.customer_id = t.id",
-    "subscriptions": "SELECT t.rowid FROM subscriptions t JOIN touched_customers c USING (account_id, customer_id)",
+    # (and each account's most recently seen subscription, which fixes the latest snapshot)
+    "subscriptions": "SELECT t.rowid FROM subscriptions t JOIN touched_customers c USING (account_id, customer_id) "
+                     "UNION SELECT arg_max(rowid, last_seen_at) FROM subscriptions GROUP BY account_id",
     "subscription_items": "SELECT t.rowid FROM subscription_items t JOIN subscriptions s "
                           "ON s.account_id = t.account_id AND s.id = t.subscription_id JOIN touched_customers c "
                           "ON c.account_id = s.account_id AND c.customer_id = s.customer_id",
@@ -107,6 +162,18 @@ def _per_customer_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
         "AND schema_name = 'main' AND table_name LIKE 'derived\\_%' ESCAPE '\\' "
         "AND column_name IN ('account_id', 'customer_id') "
         "GROUP BY table_name HAVING count(*) = 2 ORDER BY table_name").fetchall()
+    return [r[0] for r in rows]
+
+
+def _per_subscription_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Derived tables of the main database that hold rows per (account_id, subscription_id) without a
+    customer_id (derived_sub_status_steps)."""
+    rows = con.execute(
+        "SELECT table_name FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name LIKE 'derived\\_%' ESCAPE '\\' "
+        "GROUP BY table_name "
+        "HAVING count(*) FILTER (WHERE column_name IN ('account_id', 'subscription_id')) = 2 "
+        "AND count(*) FILTER (WHERE column_name = 'customer_id') = 0 ORDER BY table_name").fetchall()
     return [r[0] for r in rows]
 
 
@@ -156,11 +223,14 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
     started = time.perf_counter()
     main_db = con.execute("SELECT current_database()").fetchall()[0][0]
     con.execute(_TOUCHED_SQL, {"since": since})
+    con.execute(_COVERAGE_SQL)
+    con.execute(_COVERAGE_CUSTOMERS_SQL)
     touched = con.execute("SELECT count(*) FROM touched_customers").fetchall()[0][0]
     if touched == 0:
         return 0
     con.execute(_TOUCHED_OBJECTS_SQL)
     tables = _per_customer_tables(con)
+    sub_tables = _per_subscription_tables(con)
     con.execute(f"ATTACH ':memory:' AS {_SCOPE}")
     try:
         for table in (*_SCOPED_KEYS, *_CATALOGUE, "fx_rates", "sync_cursors"):
@@ -201,8 +271,24 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
         # (the next full recompute writes the tables afresh).
         vacuum_tasks = con.execute("SELECT current_setting('max_vacuum_tasks')").fetchall()[0][0]
         con.execute("SET max_vacuum_tasks = 0")
+        # the subscriptions of the touched customers, before and after (for the tables kept per subscription)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE touched_subscriptions AS "
+                    f"SELECT s.account_id, s.subscription_id FROM derived_subs s "
+                    f"JOIN touched_customers c USING (account_id, customer_id) "
+                    f"UNION SELECT s.account_id, s.subscription_id FROM {_SCOPE}.derived_subs s "
+                    f"JOIN touched_customers c USING (account_id, customer_id)")
         con.execute("BEGIN TRANSACTION")
         try:
+            for table in sub_tables:
+                con.execute(f"DELETE FROM {table} t USING touched_subscriptions x "
+                            "WHERE t.account_id = x.account_id AND t.subscription_id = x.subscription_id")
+                con.execute(f"INSERT INTO {table} BY NAME SELECT s.* FROM {_SCOPE}.{table} s "
+                            "JOIN touched_subscriptions x USING (account_id, subscription_id)")
+            # where event coverage starts and the latest snapshot: the scope holds each account's oldest and
+            # newest event and most recently seen subscription, so it computed them as a full recompute would
+            con.execute(f"DELETE FROM derived_coverage WHERE account_id IN "
+                        f"(SELECT account_id FROM {_SCOPE}.derived_coverage)")
+            con.execute(f"INSERT INTO derived_coverage BY NAME SELECT * FROM {_SCOPE}.derived_coverage")
             for table in tables:
                 con.execute(f"DELETE FROM {table} t USING touched_customers c "
                             "WHERE t.account_id = c.account_id AND t.customer_id = c.customer_id")
