@@ -8,18 +8,18 @@
 -- the customer's static attributes.
 CREATE OR REPLACE TABLE derived_transition_states AS
 WITH mains AS (
+    -- (one arg_max picks the main item's fields together: its ordering key is compared once per row)
     SELECT tid,
-           arg_max(b_product_id, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS product_id,
-           arg_max(b_price_id, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS price_id,
-           arg_max(b_family, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS family,
-           arg_max(b_currency, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS item_currency
+           arg_max({'product_id': b_product_id, 'price_id': b_price_id, 'family': b_family,
+                    'item_currency': b_currency},
+                   (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS m
     FROM derived_transition_items
     WHERE in_b
     GROUP BY ALL
 )
 SELECT t.account_id, t.customer_id, t.t_start, t.t_end, t.mrr_before, t.mrr_after, t.mrr_delta, t.kind,
-       t.had_mrr_before, m.product_id, m.price_id, m.family,
-       coalesce(lower(c.currency), m.item_currency) AS currency,
+       t.had_mrr_before, m.m.product_id, m.m.price_id, m.m.family,
+       coalesce(lower(c.currency), m.m.item_currency) AS currency,
        c.country
 FROM derived_transitions t
 LEFT JOIN mains m USING (tid)
