@@ -62,7 +62,15 @@ WITH sub_items AS (
 pts AS (
     SELECT account_id, subscription_id, valid_from AS moment FROM derived_item_history
     UNION SELECT account_id, subscription_id, valid_to FROM derived_item_history WHERE valid_to IS NOT NULL
-    UNION SELECT account_id, subscription_id, moment FROM derived_status_points
+    UNION
+    -- a status point that changes neither status nor pause_collection changes no item's MRR (its point would
+    -- equal the one before and be dropped; the as-of status lookup below still sees every status point)
+    SELECT account_id, subscription_id, moment
+    FROM (SELECT account_id, subscription_id, moment, {'s': status, 'p': pause_collection} AS v,
+                 lag({'s': status, 'p': pause_collection}) OVER (PARTITION BY account_id, subscription_id
+                                                                ORDER BY moment) AS before
+          FROM derived_status_points)
+    WHERE before IS NULL OR before IS DISTINCT FROM v
     UNION SELECT account_id, subscription_id, moment FROM derived_metered_steps
     UNION SELECT account_id, subscription_id, zero_from FROM derived_sub_churn WHERE zero_from IS NOT NULL
     UNION
