@@ -25,11 +25,40 @@ def _ddl(table: str) -> str:
     return str(CreateTable(schema.SQLModel.metadata.tables[table]).compile(dialect=Dialect())).strip()
 
 
+# The raw JSON is most of a store: zstd keeps it about 4.5 times smaller than DuckDB's default string
+# compression and costs less CPU at a checkpoint, with no slower reads (measured on a synced account).
+_RAW_ZSTD = ("raw JSON NOT NULL,", "raw JSON USING COMPRESSION zstd NOT NULL,")
+
+
 def _m001_initial(con: duckdb.DuckDBPyConnection) -> None:
-    """Every table of schema.py as first defined."""
+    """Every table of schema.py as first defined; the raw tables' JSON column compressed with zstd where the
+    store's DuckDB storage version has it."""
+    zstd = _has_zstd(con)
     for table in schema.SQLModel.metadata.sorted_tables:
-        if table.name != "schema_migrations":
-            con.execute(_ddl(table.name))
+        if table.name == "schema_migrations":
+            continue
+        ddl = _ddl(table.name)
+        if zstd and table.name in schema.RAW_TABLES:
+            ddl = ddl.replace(*_RAW_ZSTD)
+        con.execute(ddl)
+
+
+def _has_zstd(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the store's storage format has zstd for strings (a file written in an older format does not).
+    Probed on a connection of its own: a refusal would abort the migration's transaction."""
+    row = con.execute("SELECT current_database()").fetchone()
+    probe = con.cursor()
+    try:
+        probe.execute("BEGIN TRANSACTION")
+        probe.execute(f'CREATE TABLE "{row[0] if row else "memory"}".main._zstd_probe (raw JSON USING COMPRESSION zstd)')
+        return True
+    except duckdb.Error as exc:
+        log.debug("raw JSON left to DuckDB's default compression: %s", exc)
+        return False
+    finally:
+        with contextlib.suppress(duckdb.Error):
+            probe.execute("ROLLBACK")
+        probe.close()
 
 
 # Typed columns added for the metrics after 001 (a store created later has them from 001 already).

@@ -17,7 +17,7 @@ import pytest
 
 from stripe_churn.errors import StoreError, StoreLockedError
 from stripe_churn.store import load
-from stripe_churn.store.db import MIGRATIONS, open_store
+from stripe_churn.store.db import MIGRATIONS, migrate, open_store
 from stripe_churn.store.load import (
     Staged,
     create_stages,
@@ -276,3 +276,31 @@ def test_spill_files_of_a_killed_process_are_removed_on_the_next_open(tmp_path: 
     mine.unlink()
     open_store(db).close()
     assert not folder.exists()
+
+
+def test_raw_json_is_stored_with_zstd(tmp_path: Path) -> None:
+    """The raw JSON, most of a store, is compressed with zstd on disk (about 4.5x smaller than DuckDB's default
+    string compression on a synced account); the other columns keep DuckDB's choice."""
+    path = tmp_path / "z.duckdb"
+    with open_store(path) as con:
+        objs = [{"id": f"evt_{n:06d}", "object": "event", "type": "customer.updated", "created": 1_700_000_000 + n,
+                 "data": {"object": {"id": f"cus_{n % 50}", "object": "customer", "note": "x" * 300}}}
+                for n in range(5000)]
+        upsert_objects(con, "events", ACCT, objs, T0)
+        con.execute("CHECKPOINT")
+        kinds = dict(con.execute(
+            "SELECT column_name, string_agg(DISTINCT compression, ',') FROM pragma_storage_info('events') "
+            "WHERE segment_type <> 'VALIDITY' GROUP BY column_name").fetchall())
+        assert kinds["raw"] == "ZSTD"
+        assert "ZSTD" not in kinds["id"]
+        assert orjson.loads(con.execute("SELECT raw FROM events WHERE id = 'evt_000007'").fetchone()[0]) == objs[7]
+
+
+def test_a_store_in_an_older_storage_format_is_created_without_zstd(tmp_path: Path) -> None:
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{tmp_path / 'old.duckdb'}' AS old (STORAGE_VERSION 'v1.0.0')")
+    con.execute("USE old")
+    assert [name for name, _ in MIGRATIONS] == migrate(con)
+    upsert_objects(con, "customers", ACCT, [{"id": "cus_1", "object": "customer"}], T0)
+    assert con.execute("SELECT count(*) FROM customers").fetchone() == (1,)
+    assert "ZSTD" not in con.execute("SELECT sql FROM duckdb_tables() WHERE table_name = 'customers'").fetchone()[0]
