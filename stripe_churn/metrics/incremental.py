@@ -88,14 +88,18 @@ WHERE a.snapshot_at IS DISTINCT FROM o.snapshot_at
    OR (ev.first_event_at IS NOT NULL) IS DISTINCT FROM o.has_events
 """
 
-_COVERAGE_CUSTOMERS_SQL = """
+_WHOLE_ACCOUNT_SQL = """
 INSERT INTO touched_customers
+SELECT c.account_id, c.id FROM customers c JOIN touched_coverage v USING (account_id) WHERE v.whole_account
+EXCEPT SELECT account_id, customer_id FROM touched_customers
+"""
+
+# Customers with a change point (an item row's start or end, a customer level's start) between the two
+# snapshots and nothing new of their own: only their transitions, movements and bridge change, so they are
+# derived again from step 60 on, from their stored item and customer MRR (no raw JSON read).
+_MOVED_SQL = """
+CREATE OR REPLACE TEMP TABLE moved_customers AS
 SELECT account_id, customer_id FROM (
-    SELECT c.account_id, c.id AS customer_id
-    FROM customers c JOIN touched_coverage v USING (account_id)
-    WHERE v.whole_account
-    UNION
-    -- a change point (an item row's start or end, a customer level's start) between the two snapshots
     SELECT i.account_id, i.customer_id
     FROM derived_item_mrr i JOIN touched_coverage v USING (account_id)
     WHERE NOT v.whole_account
@@ -112,6 +116,36 @@ SELECT account_id, customer_id FROM (
 )
 WHERE customer_id IS NOT NULL
 EXCEPT SELECT account_id, customer_id FROM touched_customers
+"""
+
+# What steps 60-88 read for the moved customers: their stored item MRR, customer MRR and subscriptions, their
+# customer, subscription and invoice rows (typed columns), the exchange rates; the catalogue and its macros
+# are read from the main database. Their subscription events (70 names the event behind a change) come from
+# the typed columns, numbered as 20 numbers them.
+_MOVED = "touched_moved"
+_MOVED_INPUTS = {
+    "customers": "SELECT t.* FROM customers t JOIN moved_customers c ON c.account_id = t.account_id "
+                 "AND c.customer_id = t.id",
+    "subscriptions": "SELECT t.* REPLACE (CAST(NULL AS JSON) AS raw) FROM subscriptions t "
+                     "JOIN moved_customers c USING (account_id, customer_id)",
+    "invoices": "SELECT t.* REPLACE (CAST(NULL AS JSON) AS raw) FROM invoices t "
+                "JOIN moved_customers c USING (account_id, customer_id)",
+    "derived_item_mrr": "SELECT t.* FROM derived_item_mrr t JOIN moved_customers c USING (account_id, customer_id)",
+    "derived_customer_mrr": "SELECT t.* FROM derived_customer_mrr t "
+                            "JOIN moved_customers c USING (account_id, customer_id)",
+    "derived_subs": "SELECT t.* FROM derived_subs t JOIN moved_customers c USING (account_id, customer_id)",
+    "fx_rates": "SELECT * FROM fx_rates",
+    "derived_coverage": f"SELECT * FROM {_SCOPE}.derived_coverage",
+}
+_MOVED_SUB_EVENTS_SQL = """
+CREATE OR REPLACE TEMP TABLE derived_sub_events AS
+SELECT e.account_id, e.id AS event_id, e.type AS event_type, e.created AS moment, e.object_id AS subscription_id,
+       row_number() OVER (PARTITION BY e.account_id, e.object_id ORDER BY e.created, e.id) AS seq
+FROM events e
+JOIN (SELECT s.account_id, s.subscription_id FROM derived_subs s
+      JOIN moved_customers c USING (account_id, customer_id)) x
+  ON x.account_id = e.account_id AND x.subscription_id = e.object_id
+WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false)
 """
 
 # The raw rows of the touched customers, table by table: first the matching row ids from the key columns
@@ -177,15 +211,19 @@ def _per_subscription_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _touched_ledger(con: duckdb.DuckDBPyConnection, main_db: str, source_db: str, name: str) -> str:
-    """The monthly bridge ledger of the touched customers alone, from their rows in ``source_db``, in a temp
-    table; the macro runs over copies of their rows so that it needs no filter of its own."""
+def _touched_ledger(con: duckdb.DuckDBPyConnection, main_db: str, sources: list[tuple[str, str]],
+                    name: str) -> str:
+    """The monthly bridge ledger of the touched customers alone, from their rows in each (database, customer
+    table) of ``sources``, in a temp table; the macro runs over copies of their rows so that it needs no
+    filter of its own."""
     con.execute(f"ATTACH ':memory:' AS {name}")
     try:
         for table, key in (("derived_transition_states", "customer_id"), ("derived_mrr_movements", "customer_id"),
                            ("customers", "id")):
-            con.execute(f"CREATE TABLE {name}.{table} AS SELECT t.* FROM {source_db}.main.{table} t "
-                        f"JOIN touched_customers c ON c.account_id = t.account_id AND c.customer_id = t.{key}")
+            union = " UNION ALL ".join(
+                f"SELECT t.* FROM {db}.main.{table} t "
+                f"JOIN {who} c ON c.account_id = t.account_id AND c.customer_id = t.{key}" for db, who in sources)
+            con.execute(f"CREATE TABLE {name}.{table} AS {union}")
         con.execute(f"SET search_path = '{name}.main,{main_db}.main'")
         try:
             con.execute(f"CREATE OR REPLACE TEMP TABLE {name}_ledger AS SELECT * FROM bridge_ledger('month', NULL)")
@@ -194,6 +232,27 @@ def _touched_ledger(con: duckdb.DuckDBPyConnection, main_db: str, source_db: str
     finally:
         con.execute(f"DETACH {name}")
     return f"{name}_ledger"
+
+
+def _derive_moved(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings) -> None:
+    """Steps 60-88 for the moved customers, in the attached database ``_MOVED``."""
+    for table, sql in _MOVED_INPUTS.items():
+        con.execute(f"CREATE TABLE {_MOVED}.{table} AS {sql}")
+    con.execute(_MOVED_SUB_EVENTS_SQL)
+    con.execute(f"USE {_MOVED}")
+    try:
+        con.execute(f"SET search_path = '{_MOVED}.main,{main_db}.main'")
+        write_settings(con, settings)
+        for name, text in sql_steps():
+            if name >= "60" and not name.startswith("9"):
+                try:
+                    con.execute(text)
+                except duckdb.Error as exc:
+                    raise DataError(f"metrics step {name} failed for the changed customers, nothing was "
+                                    f"changed: {exc}".replace("\n", " ")) from exc
+    finally:
+        con.execute("RESET search_path")
+        con.execute(f"USE {main_db}")
 
 
 def _update_ledger(con: duckdb.DuckDBPyConnection, old: str, new: str) -> None:
@@ -224,10 +283,17 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
     main_db = con.execute("SELECT current_database()").fetchall()[0][0]
     con.execute(_TOUCHED_SQL, {"since": since})
     con.execute(_COVERAGE_SQL)
-    con.execute(_COVERAGE_CUSTOMERS_SQL)
+    con.execute(_WHOLE_ACCOUNT_SQL)
+    con.execute(_MOVED_SQL)
     touched = con.execute("SELECT count(*) FROM touched_customers").fetchall()[0][0]
+    moved = con.execute("SELECT count(*) FROM moved_customers").fetchall()[0][0]
     if touched == 0:
-        return 0
+        if moved == 0:
+            return 0
+        # (no scope of new objects to take the latest snapshot from: derive them in full)
+        con.execute("INSERT INTO touched_customers SELECT * FROM moved_customers")
+        con.execute("DELETE FROM moved_customers")
+        touched, moved = moved, 0
     con.execute(_TOUCHED_OBJECTS_SQL)
     tables = _per_customer_tables(con)
     sub_tables = _per_subscription_tables(con)
@@ -263,8 +329,16 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
             parts = "; ".join(f"{cur} on {first}..{last}" for cur, first, last in missing)
             raise DataError(f"no exchange rate to {settings.currency.lower()} for {parts}: add rows to fx_rates "
                             "and run the recompute again; the previous results were left in place")
-        old_ledger = _touched_ledger(con, main_db, main_db, "touched_old")
-        new_ledger = _touched_ledger(con, main_db, _SCOPE, "touched_new")
+        con.execute(f"ATTACH ':memory:' AS {_MOVED}")
+        if moved:
+            _derive_moved(con, main_db, settings)
+        moved_tables = [t for (t,) in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [_MOVED]).fetchall()
+            if t in tables and t not in _MOVED_INPUTS]
+        old_ledger = _touched_ledger(con, main_db, [(main_db, "touched_customers"), (main_db, "moved_customers")],
+                                     "touched_old")
+        new_ledger = _touched_ledger(con, main_db, [(_SCOPE, "touched_customers"), (_MOVED, "moved_customers")]
+                                     if moved else [(_SCOPE, "touched_customers")], "touched_new")
         # The commit's checkpoint leaves the replaced rows as delete markers instead of compacting the row
         # groups that hold them: a compaction that merges a small row group into its neighbour rewrites every
         # row group after it, a cost that grows with the whole table, not with the customers derived again
@@ -294,6 +368,11 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
                             "WHERE t.account_id = c.account_id AND t.customer_id = c.customer_id")
                 con.execute(f"INSERT INTO {table} BY NAME SELECT s.* FROM {_SCOPE}.{table} s "
                             "JOIN touched_customers c USING (account_id, customer_id)")
+            for table in moved_tables:
+                con.execute(f"DELETE FROM {table} t USING moved_customers c "
+                            "WHERE t.account_id = c.account_id AND t.customer_id = c.customer_id")
+                con.execute(f"INSERT INTO {table} BY NAME SELECT s.* FROM {_MOVED}.{table} s "
+                            "JOIN moved_customers c USING (account_id, customer_id)")
             _update_ledger(con, old_ledger, new_ledger)
             con.execute("COMMIT")
         except BaseException:
@@ -303,5 +382,7 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
             con.execute(f"SET max_vacuum_tasks = {int(vacuum_tasks)}")
     finally:
         con.execute(f"DETACH {_SCOPE}")
-    log.info("metrics derived again for %d changed customers in %.2f s", touched, time.perf_counter() - started)
-    return int(touched)
+        con.execute(f"DETACH DATABASE IF EXISTS {_MOVED}")
+    log.info("metrics derived again for %d changed customers (and from the transitions on for %d more) in "
+             "%.2f s", touched, moved, time.perf_counter() - started)
+    return int(touched + moved)
