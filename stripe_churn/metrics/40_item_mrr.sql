@@ -120,11 +120,17 @@ SELECT account_id, subscription_item_id, CAST(row_number() OVER (ORDER BY accoun
 FROM (SELECT DISTINCT account_id, subscription_item_id FROM derived_item_history WHERE subscription_item_id IS NOT NULL);
 
 -- Each item's state at each break of its subscription: one narrow row per item and break (the history
--- row it falls in by `hid`, its rowid).
+-- row it falls in by `hid`, its rowid; `pq` numbers its (price, quantity) pair, NULL when both are NULL, so
+-- that points compare pairs as integers).
 CREATE OR REPLACE TEMP TABLE derived_item_points AS
-WITH hist AS MATERIALIZED (
+WITH pairs AS (
+    SELECT price_id, quantity, CAST(row_number() OVER () AS INTEGER) AS pq
+    FROM (SELECT DISTINCT price_id, quantity FROM derived_item_history
+          WHERE price_id IS NOT NULL OR quantity IS NOT NULL)
+),
+hist AS MATERIALIZED (
     -- (materialised: the lookups below run once per history row, not once per point)
-    SELECT h.rowid AS hid, sk.sk, ik.ik, h.valid_from, h.valid_to, h.price_id, h.quantity,
+    SELECT h.rowid AS hid, sk.sk, ik.ik, h.valid_from, h.valid_to, pr.pq,
            p.usage_type, p.currency, p.norm_num, p.norm_den, p.price_type, a.amount_p AS licensed_amount_p,
            c.zero_from
     FROM derived_item_history h
@@ -135,6 +141,7 @@ WITH hist AS MATERIALIZED (
     LEFT JOIN derived_price_qty_amounts a
            ON a.account_id = h.account_id AND a.price_id = h.price_id AND a.quantity = h.quantity
     LEFT JOIN derived_sub_churn c ON c.account_id = h.account_id AND c.subscription_id = h.subscription_id
+    LEFT JOIN pairs pr ON pr.price_id IS NOT DISTINCT FROM h.price_id AND pr.quantity IS NOT DISTINCT FROM h.quantity
 ),
 sub_status AS (
     SELECT b.sk, b.moment, sp.status, sp.pause_collection, sp.moment AS status_at,
@@ -163,7 +170,7 @@ usage AS (
     ASOF LEFT JOIN metered m ON m.ik = x.ik AND m.moment <= x.moment
 )
 SELECT
-    u.hid, u.sk, u.ik, u.moment, u.price_id, u.quantity, u.currency, u.norm_num, u.norm_den,
+    u.hid, u.sk, u.ik, u.moment, u.pq, u.currency, u.norm_num, u.norm_den,
     u.status, u.pause_collection, u.status_at, u.status_event_id, m.metered_at, m.metered_invoice_id,
     CASE
         WHEN u.usage_type = 'metered' THEN CASE WHEN st.include_metered THEN coalesce(m.metered_amount_p, 0) ELSE 0 END
@@ -260,7 +267,7 @@ shared AS (
     FROM after_item a
     ANTI JOIN sharing USING (sk, moment)
 )
-SELECT hid, ik, moment, price_id, quantity, status, pause_collection, status_at, status_event_id, metered_at,
+SELECT hid, ik, moment, pq, status, pause_collection, status_at, status_event_id, metered_at,
        metered_invoice_id, counts, discount_ids,
        CASE WHEN NOT counts THEN CAST(0 AS HUGEINT)
             WHEN sub_off_e10 = 0 THEN after_item_e10
@@ -280,8 +287,8 @@ WITH marked AS (
            -- (an item's first point is kept unless every value is NULL)
            CASE WHEN lag(v) OVER w IS NULL THEN any_value ELSE lag(v) OVER w IS DISTINCT FROM v END AS changed
     FROM (SELECT ik, moment,
-                 {'p': price_id, 'q': quantity, 's': status, 'm': mrr_e10, 'u': counted_undiscounted_e10} AS v,
-                 price_id IS NOT NULL OR quantity IS NOT NULL OR status IS NOT NULL OR mrr_e10 IS NOT NULL
+                 {'pq': pq, 's': status, 'm': mrr_e10, 'u': counted_undiscounted_e10} AS v,
+                 pq IS NOT NULL OR status IS NOT NULL OR mrr_e10 IS NOT NULL
                      OR counted_undiscounted_e10 IS NOT NULL AS any_value
           FROM derived_item_point_mrr WHERE ik IS NOT NULL)
     WINDOW w AS (PARTITION BY ik ORDER BY moment)
@@ -297,8 +304,8 @@ kept_points AS MATERIALIZED (
     JOIN kept_keys kk ON kk.ik = p.ik AND kk.moment = p.moment
 ),
 kept AS (
-    SELECT h.account_id, h.customer_id, h.subscription_id, h.subscription_item_id, h.valid_from, h.valid_to,
-           h.source_event_id, h.source_invoice_id, p.*
+    SELECT h.account_id, h.customer_id, h.subscription_id, h.subscription_item_id, h.price_id, h.quantity,
+           h.valid_from, h.valid_to, h.source_event_id, h.source_invoice_id, p.*
     FROM kept_points p
     JOIN derived_item_history h ON h.rowid = p.hid
 )
