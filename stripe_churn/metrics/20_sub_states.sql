@@ -4,8 +4,9 @@
 
 -- Where event coverage starts per account: the oldest stored event. From there on every change has an
 -- event, so events are the source; before it, invoices and the snapshot's dates are. An account without
--- events is covered only from its latest snapshot on.
-CREATE OR REPLACE TABLE derived_coverage AS
+-- events is covered only from its latest snapshot on. (A macro: the incremental recompute compares it with
+-- the stored derived_coverage to see whether the snapshot or the coverage moved.)
+CREATE OR REPLACE MACRO coverage_now() AS TABLE
 WITH accounts AS (
     -- the latest sync, in Stripe's clock when the sync recorded it (the server's Date of its last listing):
     -- a sandbox or a test clock may run behind this machine's clock
@@ -15,8 +16,7 @@ WITH accounts AS (
     GROUP BY s.account_id
 ),
 ev AS (
-    SELECT account_id, min(created) AS first_event_at, max(created) AS last_event_at
-    FROM events GROUP BY account_id
+    SELECT account_id, min(created) AS first_event_at FROM events GROUP BY account_id
 )
 SELECT a.account_id,
        coalesce(ev.first_event_at, a.snapshot_at) AS coverage_start,
@@ -24,6 +24,7 @@ SELECT a.account_id,
        ev.first_event_at IS NOT NULL AS has_events
 FROM accounts a
 LEFT JOIN ev USING (account_id);
+CREATE OR REPLACE TABLE derived_coverage AS SELECT * FROM coverage_now();
 
 -- Subscription events: the fields of the state just after (`data.object`) and just before
 -- (`previous_attributes` merged onto it, by JSON merge-patch rules; only *.updated events carry them) that

@@ -61,31 +61,21 @@ SELECT DISTINCT account_id, customer_id FROM (
 WHERE customer_id IS NOT NULL
 """
 
-# Where event coverage starts and the latest snapshot, as step 20 computes them (derived_coverage; keep the two
-# in step), against what the last recompute stored. Movements dated after the latest snapshot are left out
+# Where event coverage starts and the latest snapshot now (step 20's coverage_now()), against what the last
+# recompute stored. Movements dated after the latest snapshot are left out
 # (60_transitions), so when the snapshot moves, the customers with a change between the old and the new one
 # are derived again too; when where coverage starts changes, the whole account is.
 _COVERAGE_SQL = """
 CREATE OR REPLACE TEMP TABLE touched_coverage AS
-WITH accounts AS (
-    SELECT s.account_id, least(max(s.last_seen_at), any_value(to_timestamp(c.created))) AS snapshot_at
-    FROM subscriptions s
-    LEFT JOIN sync_cursors c ON c.account_id = s.account_id AND c.stream = 'events:complete'
-    GROUP BY s.account_id
-),
-ev AS (
-    SELECT account_id, min(created) AS first_event_at FROM events GROUP BY account_id
-)
-SELECT a.account_id, a.snapshot_at, o.snapshot_at AS old_snapshot_at,
-       coalesce(ev.first_event_at, a.snapshot_at) IS DISTINCT FROM o.coverage_start
-           OR (ev.first_event_at IS NOT NULL) IS DISTINCT FROM o.has_events
-           OR (a.snapshot_at IS NULL) <> (o.snapshot_at IS NULL) AS whole_account
-FROM accounts a
-LEFT JOIN ev USING (account_id)
+SELECT n.account_id, n.snapshot_at, o.snapshot_at AS old_snapshot_at,
+       n.coverage_start IS DISTINCT FROM o.coverage_start
+           OR n.has_events IS DISTINCT FROM o.has_events
+           OR (n.snapshot_at IS NULL) <> (o.snapshot_at IS NULL) AS whole_account
+FROM coverage_now() n
 LEFT JOIN derived_coverage o USING (account_id)
-WHERE a.snapshot_at IS DISTINCT FROM o.snapshot_at
-   OR coalesce(ev.first_event_at, a.snapshot_at) IS DISTINCT FROM o.coverage_start
-   OR (ev.first_event_at IS NOT NULL) IS DISTINCT FROM o.has_events
+WHERE n.snapshot_at IS DISTINCT FROM o.snapshot_at
+   OR n.coverage_start IS DISTINCT FROM o.coverage_start
+   OR n.has_events IS DISTINCT FROM o.has_events
 """
 
 _WHOLE_ACCOUNT_SQL = """

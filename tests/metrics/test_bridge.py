@@ -424,6 +424,51 @@ def test_incremental_equals_full(world: World, tmp_path: Any) -> None:
     assert any(r[1] == "cus_f" for r in full["mrr_movements"])
 
 
+def test_incremental_equals_full_when_the_snapshot_moves_past_an_untouched_customers_coupon_end(
+        world: World, tmp_path: Any) -> None:
+    """Movements after the latest snapshot are left out; when a later sync moves the snapshot past a change of a
+    customer it did not touch (a repeating coupon that ran out), the incremental recompute shows that change too."""
+    from stripe_churn.metrics.incremental import recompute_changed
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.settings import Settings
+    from stripe_churn.store.db import open_store
+
+    w = book(world)
+    w.coupon("co_month", percent_off=50, duration="repeating", duration_in_months=1)
+    w.customer("cus_g", address={"country": "US"})
+    coupon = w.discount("co_month", ts(2024, 4, 25), customer="cus_g", subscription="sub_g")
+    w.subscribe("sub_g", "cus_g", [("si_g1", "pro_usd", 2)], ts(2024, 4, 25), discounts=[coupon["id"]])
+    con = open_store(tmp_path / "incremental.duckdb")
+    w.load(con, seen_at=SEEN)  # before the coupon's end (2024-05-25)
+    recompute(con, Settings())
+    ends = "SELECT count(*) FROM mrr_movements WHERE customer_id = 'cus_g' AND occurred_at >= ?"
+    assert con.execute(ends, [dt.datetime.fromtimestamp(SEEN, tz=dt.UTC)]).fetchall() == [(0,)]
+    w.customer("cus_f", address={"country": "US"})  # the later sync brings only a new customer
+    w.subscribe("sub_f", "cus_f", [("si_f1", "pro_usd", 2)], ts(2024, 5, 28))
+    later = ts(2024, 6, 2)
+    changed = World(account_id=w.account_id)
+    for resource, objects in w.objects.items():
+        keep = {"customers": {"cus_f"}, "subscriptions": {"sub_f"}}.get(resource)
+        changed.objects[resource] = {k: v for k, v in objects.items() if keep is None or k in keep}
+    changed.objects["invoices"] = {k: v for k, v in w.objects["invoices"].items() if v["customer"] == "cus_f"}
+    changed.objects["discounts"] = {}
+    changed.events = [e for e in w.events if e["created"] >= ts(2024, 5, 28)]
+    changed.load(con, seen_at=later)
+    assert recompute_changed(con, Settings(), dt.datetime.fromtimestamp(later, tz=dt.UTC)) >= 1
+    incremental = view_contents(con)
+    assert con.execute(ends, [dt.datetime.fromtimestamp(SEEN, tz=dt.UTC)]).fetchall() == [(1,)]
+    con.close()
+
+    fresh = open_store(tmp_path / "full.duckdb")
+    w.load(fresh, seen_at=SEEN)
+    changed.load(fresh, seen_at=later)
+    recompute(fresh, Settings())
+    full = view_contents(fresh)
+    fresh.close()
+    for view in VIEWS:
+        assert incremental[view] == full[view], view
+
+
 def random_book(w: World, seed: int, customers: int = 30) -> World:
     """Random histories over two years: seats, plan switches, cross-sells, metered usage, removals, coupons,
     trials, failed payments, cancellations now or at period end, comebacks, three currencies."""
