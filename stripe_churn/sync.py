@@ -443,45 +443,30 @@ class _Sync:
                 batch.add_raw("subscription_items", str(it.id), b, version, bool(it.deleted))
             batch.children[("subscription_items", "subscription_id", "")].append(
                 (head.id, [it.id for _, it in subs], version))
-            ids = []
-            for d in discounts:
-                if is_object(d):
-                    dh = head_of(d)
-                    batch.add_raw("discounts", str(dh.id), d, version, bool(dh.deleted))
-                    ids.append(dh.id)
-                else:
-                    ids.append(str(value_of(d)))
-            batch.children[("discounts", "subscription_id", "")].append((head.id, ids, version))
+            ids = [_add_listed_discount(batch, d, version) for d in discounts]
+            batch.children[("discounts", "subscription_id", "")].append(
+                (head.id, [i if i is not None else str(value_of(d)) for i, d in zip(ids, discounts, strict=True)],
+                 version))
             for _, it in subs:
                 for d in it.discounts or ():
-                    b = bytes(d)
-                    if is_object(b):
-                        dh = head_of(b)
-                        batch.add_raw("discounts", str(dh.id), b, version, bool(dh.deleted))
+                    _add_listed_discount(batch, bytes(d), version)
         elif table == "invoices":
             for b, ln in subs:
                 batch.add_raw("invoice_lines", str(ln.id), b, version, bool(ln.deleted))
             batch.children[("invoice_lines", "invoice_id", "")].append(
                 (head.id, [ln.id for _, ln in subs], version))
-            for d in discounts:  # version 0, as in _add_object
-                if is_object(d):
-                    dh = head_of(d)
-                    batch.add_raw("discounts", str(dh.id), d, 0, bool(dh.deleted))
+            for d in discounts:
+                _add_listed_discount(batch, d, 0)  # version 0, as in _add_object
         elif table == "customers" and head.discount is not UNSET:
-            d = bytes(head.discount)
-            keep = []
-            if is_object(d):
-                dh = head_of(d)
-                batch.add_raw("discounts", str(dh.id), d, version, bool(dh.deleted))
-                keep = [dh.id]
+            got = _add_listed_discount(batch, bytes(head.discount), version)
             batch.children[("discounts", "customer_id", "AND discounts.subscription_id IS NULL")].append(
-                (head.id, keep, version))
+                (head.id, [] if got is None else [got], version))
         return True
 
     # ------------------------------------------------------------------ full sync
     async def _fetch_page(self, sl: _Slice) -> list[tuple[bytes, Any]]:
         """The slice's next page: each object's JSON bytes with the fields the sync reads (None when the object's
-        shape needs the dict path), and whether more follow."""
+        shape needs the dict path); whether more follow goes to ``sl.has_more``."""
         assert self.api is not None
         params: dict[str, Any] = {**sl.stream.params, "limit": PAGE_LIMIT, "starting_after": sl.after}
         if sl.hi is not None:
@@ -579,7 +564,7 @@ class _Sync:
                     sl.key = f"full:{sl.stream.name}:{sl.lo}:{sl.hi}"
                 done = not sl.has_more or not data or len(data) < whole
                 if data:
-                    sl.after = _listed_id(data[-1])
+                    sl.after = str(_listed(data[-1], "id"))
                     sl.pos = _listed_created(data[-1], sl.lo)
                     sl.fetched += len(data)
                 batch.cursors.append((sl.key, sl.after, sl.lo, done))
@@ -1022,19 +1007,31 @@ class _Sync:
         return result
 
 
-def _listed_created(obj: tuple[bytes, Any], default: int) -> int:
-    """``created`` of a listed object (its JSON bytes and the fields read from them, or None)."""
+def _add_listed_discount(batch: Batch, raw: bytes, version: int) -> Any:
+    """An embedded discount (raw JSON) into the batch when it is an expanded object; its id, or None when it is
+    not an object (an id string, null)."""
+    if not is_object(raw):
+        return None
+    head = head_of(raw)
+    batch.add_raw("discounts", str(head.id), raw, version, bool(head.deleted))
+    return head.id
+
+
+def _listed(obj: tuple[bytes, Any], name: str) -> Any:
+    """A field of a listed object (its JSON bytes and what :func:`decode_object` read from them, or None when
+    it did not take the object)."""
     raw, head = obj
-    value = head.created if head is not None else orjson.loads(raw).get("created")
+    if head is not None:
+        return getattr(head, name)
+    parsed = orjson.loads(raw)
+    return parsed.get(name) if isinstance(parsed, dict) else None
+
+
+def _listed_created(obj: tuple[bytes, Any], default: int) -> int:
     try:
-        return int(value)
+        return int(_listed(obj, "created"))
     except (TypeError, ValueError):
         return default
-
-
-def _listed_id(obj: tuple[bytes, Any]) -> str:
-    raw, head = obj
-    return str(head.id if head is not None else orjson.loads(raw)["id"])
 
 
 def _ref(value: Any) -> str | None:
