@@ -20,13 +20,8 @@ from msgspec import UNSET, Raw, Struct, UnsetType
 
 
 class Page(Struct):
-    """A list page: its objects' JSON spans."""
+    """A list page, or a list embedded in an object: its objects' JSON spans."""
 
-    data: list[Raw] = []
-    has_more: Any = False
-
-
-class _List(Struct):
     data: list[Raw] = []
     has_more: Any = False
 
@@ -44,7 +39,7 @@ class Customer(Head):
 
 
 class Subscription(Head):
-    items: _List | None = None
+    items: Page | None = None
     discounts: list[Raw] | None = None
 
 
@@ -54,7 +49,7 @@ class Item(Head):
 
 
 class Invoice(Head):
-    lines: _List | None = None
+    lines: Page | None = None
     discounts: list[Raw] | None = None
 
 
