@@ -380,6 +380,22 @@ def view_contents(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, .
     return out
 
 
+def full_views(path: Any, w: World, changed: World, later: int) -> dict[str, list[tuple[Any, ...]]]:
+    """The finance views of a fresh store loaded with ``w`` at SEEN and ``changed`` at ``later``, fully
+    recomputed: what an incremental recompute after the later load must give."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.settings import Settings
+    from stripe_churn.store.db import open_store
+
+    fresh = open_store(path)
+    w.load(fresh, seen_at=SEEN)
+    changed.load(fresh, seen_at=later)
+    recompute(fresh, Settings())
+    full = view_contents(fresh)
+    fresh.close()
+    return full
+
+
 def test_incremental_equals_full(world: World, tmp_path: Any) -> None:
     """Deriving again only the customers changed by a later sync gives what a full recompute gives."""
     from stripe_churn.metrics.incremental import recompute_changed
@@ -413,12 +429,7 @@ def test_incremental_equals_full(world: World, tmp_path: Any) -> None:
     incremental = view_contents(con)
     con.close()
 
-    fresh = open_store(tmp_path / "full.duckdb")
-    w.load(fresh, seen_at=SEEN)
-    changed.load(fresh, seen_at=later)
-    recompute(fresh, Settings())
-    full = view_contents(fresh)
-    fresh.close()
+    full = full_views(tmp_path / "full.duckdb", w, changed, later)
     for view in VIEWS:
         assert incremental[view] == full[view], view
     assert any(r[1] == "cus_f" for r in full["mrr_movements"])
@@ -459,12 +470,7 @@ def test_incremental_equals_full_when_the_snapshot_moves_past_an_untouched_custo
     assert con.execute(ends, [dt.datetime.fromtimestamp(SEEN, tz=dt.UTC)]).fetchall() == [(1,)]
     con.close()
 
-    fresh = open_store(tmp_path / "full.duckdb")
-    w.load(fresh, seen_at=SEEN)
-    changed.load(fresh, seen_at=later)
-    recompute(fresh, Settings())
-    full = view_contents(fresh)
-    fresh.close()
+    full = full_views(tmp_path / "full.duckdb", w, changed, later)
     for view in VIEWS:
         assert incremental[view] == full[view], view
 
