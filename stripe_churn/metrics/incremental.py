@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 
 import duckdb
 
@@ -233,16 +234,29 @@ def _derive_moved(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settin
     try:
         con.execute(f"SET search_path = '{_MOVED}.main,{main_db}.main'")
         write_settings(con, settings)
-        for name, text in sql_steps():
-            if name >= "60" and not name.startswith("9"):
-                try:
-                    con.execute(text)
-                except duckdb.Error as exc:
-                    raise DataError(f"metrics step {name} failed for the changed customers, nothing was "
-                                    f"changed: {exc}".replace("\n", " ")) from exc
+        _run_steps(con, lambda name: name >= "60" and not name.startswith("9"))
     finally:
         con.execute("RESET search_path")
         con.execute(f"USE {main_db}")
+
+
+def _run_steps(con: duckdb.DuckDBPyConnection, wanted: Callable[[str], bool]) -> None:
+    """The metrics steps whose file name ``wanted`` takes, in the current database."""
+    for name, text in sql_steps():
+        if not wanted(name):
+            continue
+        try:
+            con.execute(text)
+        except duckdb.Error as exc:
+            raise DataError(f"metrics step {name} failed for the changed customers, nothing was "
+                            f"changed: {exc}".replace("\n", " ")) from exc
+
+
+def _replace_rows(con: duckdb.DuckDBPyConnection, table: str, source_db: str, keys: str, key: str) -> None:
+    """``table``'s rows of the (account_id, ``key``) pairs in ``keys`` := their rows in ``source_db``."""
+    con.execute(f"DELETE FROM {table} t USING {keys} k WHERE t.account_id = k.account_id AND t.{key} = k.{key}")
+    con.execute(f"INSERT INTO {table} BY NAME SELECT s.* FROM {source_db}.{table} s "
+                f"JOIN {keys} k USING (account_id, {key})")
 
 
 def _update_ledger(con: duckdb.DuckDBPyConnection, old: str, new: str) -> None:
@@ -305,12 +319,7 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
         con.execute(f"USE {_SCOPE}")
         try:
             write_settings(con, settings)
-            for name, text in sql_steps():
-                try:
-                    con.execute(text)
-                except duckdb.Error as exc:
-                    raise DataError(f"metrics step {name} failed for the changed customers, nothing was "
-                                    f"changed: {exc}".replace("\n", " ")) from exc
+            _run_steps(con, lambda name: True)
             missing = con.execute("SELECT currency, min(first_date), max(last_date) FROM derived_fx_missing "
                                   "GROUP BY currency ORDER BY currency").fetchall()
         finally:
@@ -344,25 +353,16 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
         con.execute("BEGIN TRANSACTION")
         try:
             for table in sub_tables:
-                con.execute(f"DELETE FROM {table} t USING touched_subscriptions x "
-                            "WHERE t.account_id = x.account_id AND t.subscription_id = x.subscription_id")
-                con.execute(f"INSERT INTO {table} BY NAME SELECT s.* FROM {_SCOPE}.{table} s "
-                            "JOIN touched_subscriptions x USING (account_id, subscription_id)")
+                _replace_rows(con, table, _SCOPE, "touched_subscriptions", "subscription_id")
             # where event coverage starts and the latest snapshot: the scope holds each account's oldest and
             # newest event and most recently seen subscription, so it computed them as a full recompute would
             con.execute(f"DELETE FROM derived_coverage WHERE account_id IN "
                         f"(SELECT account_id FROM {_SCOPE}.derived_coverage)")
             con.execute(f"INSERT INTO derived_coverage BY NAME SELECT * FROM {_SCOPE}.derived_coverage")
             for table in tables:
-                con.execute(f"DELETE FROM {table} t USING touched_customers c "
-                            "WHERE t.account_id = c.account_id AND t.customer_id = c.customer_id")
-                con.execute(f"INSERT INTO {table} BY NAME SELECT s.* FROM {_SCOPE}.{table} s "
-                            "JOIN touched_customers c USING (account_id, customer_id)")
+                _replace_rows(con, table, _SCOPE, "touched_customers", "customer_id")
             for table in moved_tables:
-                con.execute(f"DELETE FROM {table} t USING moved_customers c "
-                            "WHERE t.account_id = c.account_id AND t.customer_id = c.customer_id")
-                con.execute(f"INSERT INTO {table} BY NAME SELECT s.* FROM {_MOVED}.{table} s "
-                            "JOIN moved_customers c USING (account_id, customer_id)")
+                _replace_rows(con, table, _MOVED, "moved_customers", "customer_id")
             _update_ledger(con, old_ledger, new_ledger)
             con.execute("COMMIT")
         except BaseException:
