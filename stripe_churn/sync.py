@@ -143,7 +143,6 @@ class _Slice:
     key: str
     pos: int = 0
     fetched: int = 0
-    has_more: bool = False  # what the slice's last page said
     density: float = 0.0  # objects per second of ``created`` (inherited by a split-off slice)
 
     def rate(self) -> float:
@@ -464,9 +463,9 @@ class _Sync:
         return True
 
     # ------------------------------------------------------------------ full sync
-    async def _fetch_page(self, sl: _Slice) -> list[tuple[bytes, Any]]:
+    async def _fetch_page(self, sl: _Slice) -> tuple[list[tuple[bytes, Any]], bool]:
         """The slice's next page: each object's JSON bytes with the fields the sync reads (None when the object's
-        shape needs the dict path); whether more follow goes to ``sl.has_more``."""
+        shape needs the dict path), and whether more follow."""
         assert self.api is not None
         params: dict[str, Any] = {**sl.stream.params, "limit": PAGE_LIMIT, "starting_after": sl.after}
         if sl.hi is not None:
@@ -476,8 +475,7 @@ class _Sync:
         for r in page.data:
             b = bytes(r)
             objs.append((b, decode_object(sl.stream.table, b)))
-        sl.has_more = bool(page.has_more)
-        return objs
+        return objs, bool(page.has_more)
 
     async def _children(self, table: str, objs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """The complete item/line lists of the objects whose embedded list is cut, fetched concurrently."""
@@ -547,7 +545,7 @@ class _Sync:
             while True:
                 if self.stop.is_set():
                     raise _Stopped
-                data = await self._fetch_page(sl)
+                data, more = await self._fetch_page(sl)
                 whole = len(data)
                 while True:
                     # the slice may have been split while its page was on the way: what now lies below its range
@@ -562,7 +560,7 @@ class _Sync:
                     sl.hi = _listed_created(data[0], 0) if data else 0
                     sl.lo = min(self.oldest, sl.hi)
                     sl.key = f"full:{sl.stream.name}:{sl.lo}:{sl.hi}"
-                done = not sl.has_more or not data or len(data) < whole
+                done = not more or not data or len(data) < whole
                 if data:
                     sl.after = str(_listed(data[-1], "id"))
                     sl.pos = _listed_created(data[-1], sl.lo)

@@ -345,8 +345,8 @@ def test_a_slice_split_while_its_page_is_on_the_way_lists_each_object_once(
         self.test_version = version
         await orig_run(self, sl, version)
 
-    async def fetch_page(self: Any, sl: Any) -> list[tuple[bytes, Any]]:
-        data = await orig_fetch(self, sl)
+    async def fetch_page(self: Any, sl: Any) -> tuple[list[tuple[bytes, Any]], bool]:
+        data, more = await orig_fetch(self, sl)
         if not split and sl.stream.name == "invoices" and sl.hi is not None and len(data) > 20:
             mid = int(orjson.loads(data[len(data) // 2][0])["created"])  # cut inside the page that is on its way
             low = sync_module._Slice(sl.stream, sl.lo, mid - 1, None, key=f"full:{sl.stream.name}:{sl.lo}:{mid - 1}",
@@ -357,7 +357,7 @@ def test_a_slice_split_while_its_page_is_on_the_way_lists_each_object_once(
             await self._put(cut)
             self._start(low, self.test_version)
             split.append(mid)
-        return data
+        return data, more
 
     monkeypatch.setattr(sync_module._Sync, "_run_slice", run_slice)
     monkeypatch.setattr(sync_module._Sync, "_fetch_page", fetch_page)

@@ -6,9 +6,9 @@ object (and each embedded item or line) again cost most of the sync's Python tim
 each object only into the few fields the sync reads (id, created, deleted, the embedded lists and
 discounts), each of those again as raw spans: about a tenth of the time, and the bytes stored are Stripe's own.
 
-Anything of another shape than expected (an ``items`` that is not a list object, an item without its
-``subscription``) is reported by :func:`decode_object` returning None: the caller then takes the slow path
-(``orjson`` dicts) for that object, which handles every shape the sync accepts.
+An object of another shape than expected (an ``items`` that is not a list object, no id) makes
+:func:`decode_object` return None, and the sync takes the slow path (``orjson`` dicts) for it, which handles
+every shape the sync accepts; so does an item or line without its parent's id (``UNSET``).
 """
 
 from __future__ import annotations
