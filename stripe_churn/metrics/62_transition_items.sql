@@ -26,61 +26,51 @@ FROM steps s, horizon h,
 -- its status may still read otherwise) and paused collection keeps MRR unless the setting drops it.
 -- A present item may have zero MRR (a metered item before its first usage invoice), so later usage is a
 -- change on that item, not a new item.
+-- One row per transition and item: the item's rows of derived_item_mrr in A and B by row id (`a_rid`,
+-- `b_rid`; later steps read the other columns from there, for the few rows that need them) with what the
+-- classifier compares on every row: MRR, currency, family and the rates. (Narrow rows: writing the items'
+-- text columns here cost more than the joins.)
 CREATE OR REPLACE TEMP TABLE derived_transition_items AS
 WITH
 cfg AS (SELECT lower(reporting_currency) AS rep, past_due_counts, pause_collection_keeps_mrr FROM derived_settings),
 item_rows AS (
-    SELECT i.*
+    SELECT i.rowid AS rid, i.account_id, i.customer_id, i.subscription_item_id, i.valid_from, i.valid_to,
+           i.mrr_original, i.currency, i.family
     FROM derived_item_mrr i, cfg
     WHERE (i.status = 'active' OR (i.status = 'past_due' AND cfg.past_due_counts))
       AND i.churn_type IS NULL
       AND NOT (coalesce(i.pause_collection, false) AND NOT cfg.pause_collection_keeps_mrr)
 ),
+-- the day whose rate values state A (just before t_start) and state B (at t_end), in UTC
+tr AS (
+    SELECT tid, kind, account_id, customer_id, t_start, t_end,
+           CAST(DATE '1970-01-01' + CAST(floor((epoch_us(t_start) - 1) / 86400000000) AS INTEGER) AS DATE) AS day_a,
+           CAST(DATE '1970-01-01' + CAST(floor(epoch_us(t_end) / 86400000000) AS INTEGER) AS DATE) AS day_b
+    FROM derived_transitions
+),
 side_a AS (
-    SELECT t.tid, t.kind, t.account_id, t.customer_id, t.t_start, t.t_end, r.subscription_item_id,
-           r.subscription_id, r.product_id, r.price_id, r.family, r.unit_kind, r.usage_type, r.quantity,
-           r.currency, r.status, r.valid_from, r.mrr_original, r.mrr_undiscounted, r.discount_factor,
-           r.discount_ids, r.source_event_id, r.source_invoice_id
-    FROM derived_transitions t
+    SELECT t.tid, t.kind, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original, r.currency, r.family
+    FROM tr t
     JOIN item_rows r ON r.account_id = t.account_id AND r.customer_id = t.customer_id
                     AND r.valid_from < t.t_start AND (r.valid_to IS NULL OR r.valid_to >= t.t_start)
 ),
 side_b AS (
-    SELECT t.tid, t.kind, t.account_id, t.customer_id, t.t_start, t.t_end, r.subscription_item_id,
-           r.subscription_id, r.product_id, r.price_id, r.family, r.unit_kind, r.usage_type, r.quantity,
-           r.currency, r.status, r.valid_from, r.mrr_original, r.mrr_undiscounted, r.discount_factor,
-           r.discount_ids, r.source_event_id, r.source_invoice_id
-    FROM derived_transitions t
+    SELECT t.tid, t.kind, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original, r.currency, r.family,
+           -- the B row started inside the window (70 looks for the sources of a change there)
+           r.valid_from >= t.t_start AS started
+    FROM tr t
     JOIN item_rows r ON r.account_id = t.account_id AND r.customer_id = t.customer_id
                     AND r.valid_from <= t.t_end AND (r.valid_to IS NULL OR r.valid_to > t.t_end)
 ),
 joined AS (
-    SELECT
-        coalesce(a.tid, b.tid) AS tid,
-        coalesce(a.kind, b.kind) AS kind,
-        coalesce(a.account_id, b.account_id) AS account_id,
-        coalesce(a.customer_id, b.customer_id) AS customer_id,
-        coalesce(a.t_start, b.t_start) AS t_start,
-        coalesce(a.subscription_item_id, b.subscription_item_id) AS subscription_item_id,
-        a.subscription_item_id IS NOT NULL AS in_a,
-        b.subscription_item_id IS NOT NULL AS in_b,
-        a.subscription_id AS a_subscription_id, b.subscription_id AS b_subscription_id,
-        a.product_id AS a_product_id, b.product_id AS b_product_id,
-        a.price_id AS a_price_id, b.price_id AS b_price_id,
-        a.family AS a_family, b.family AS b_family,
-        a.unit_kind AS a_unit_kind, b.unit_kind AS b_unit_kind,
-        a.usage_type AS a_usage_type, b.usage_type AS b_usage_type,
-        a.quantity AS a_quantity, b.quantity AS b_quantity,
-        a.currency AS a_currency, b.currency AS b_currency,
-        a.mrr_original AS a_mrr, b.mrr_original AS b_mrr,
-        a.mrr_undiscounted AS a_undisc, b.mrr_undiscounted AS b_undisc,
-        a.discount_factor AS a_factor, b.discount_factor AS b_factor,
-        a.discount_ids AS a_discount_ids, b.discount_ids AS b_discount_ids,
-        b.source_event_id AS b_event_id, b.source_invoice_id AS b_invoice_id,
-        b.valid_from AS b_valid_from,
-        -- the day whose rate values state A (just before t_start) and state B (at t_end)
-        CAST(timezone('UTC', coalesce(a.t_start, b.t_start) - INTERVAL 1 MICROSECOND) AS DATE) AS day_a,
-        CAST(timezone('UTC', coalesce(a.t_end, b.t_end)) AS DATE) AS day_b
+    SELECT coalesce(a.tid, b.tid) AS tid, coalesce(a.kind, b.kind) AS kind,
+           coalesce(a.subscription_item_id, b.subscription_item_id) AS subscription_item_id,
+           a.rid IS NOT NULL AS in_a, b.rid IS NOT NULL AS in_b, a.rid AS a_rid, b.rid AS b_rid,
+           a.mrr_original AS a_mrr, b.mrr_original AS b_mrr,
+           a.currency AS a_currency, b.currency AS b_currency,
+           a.family AS a_family, b.family AS b_family,
+           coalesce(b.started, false) AS b_started,
+           coalesce(a.day_a, b.day_a) AS day_a, coalesce(a.day_b, b.day_b) AS day_b
     FROM side_a a
     FULL JOIN side_b b
         ON a.tid = b.tid AND a.subscription_item_id = b.subscription_item_id

@@ -6,6 +6,19 @@
 -- item's discount), plus a discount part when the item's discount changed; rate changes are one fx part.
 -- Inputs: derived_transitions, derived_transition_items, price_mrr.
 
+-- The item that stands for the customer in each transition: largest MRR in B (`b_item`, its B row `b_rid`)
+-- and in A (`a_item`); 80 reads it too.
+CREATE OR REPLACE TEMP TABLE derived_transition_mains AS
+SELECT tid,
+       arg_max(subscription_item_id, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id))
+           FILTER (WHERE in_b) AS b_item,
+       arg_max(b_rid, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id))
+           FILTER (WHERE in_b) AS b_rid,
+       arg_max(subscription_item_id, (coalesce(a_mrr, 0) * coalesce(a_rate_a, 0), subscription_item_id))
+           FILTER (WHERE in_a) AS a_item
+FROM derived_transition_items
+GROUP BY ALL;
+
 CREATE OR REPLACE TEMP TABLE derived_movement_parts AS
 WITH
 ti AS NOT MATERIALIZED (
@@ -32,28 +45,35 @@ added AS (
     SELECT *, row_number() OVER (PARTITION BY tid, b_family, b_currency ORDER BY b_mrr DESC, subscription_item_id) AS rk
     FROM moving WHERE in_b AND NOT in_a
 ),
-comps AS (
-    SELECT tid, account_id, customer_id, t_start, 'same' AS comp,
-           subscription_item_id AS a_item_id, a_subscription_id, a_product_id, a_price_id, a_family, a_unit_kind,
-           a_usage_type, a_quantity, a_currency, a_mrr, a_undisc, a_factor, a_rate_a, a_discount_ids,
-           subscription_item_id AS b_item_id, b_subscription_id, b_product_id, b_price_id, b_family, b_unit_kind,
-           b_usage_type, b_quantity, b_currency, b_mrr, b_undisc, b_factor, b_rate_a, b_discount_ids,
-           b_event_id, b_invoice_id, b_valid_from
+-- the components by item row; their other columns are read from derived_item_mrr for these rows only
+comp_rows AS (
+    SELECT tid, 'same' AS comp, a_rid, b_rid, a_rate_a, b_rate_a
     FROM moving
     WHERE in_a AND in_b AND b_rep <> a_rep
     UNION ALL
-    SELECT coalesce(r.tid, d.tid), coalesce(r.account_id, d.account_id), coalesce(r.customer_id, d.customer_id),
-           coalesce(r.t_start, d.t_start),
+    SELECT coalesce(r.tid, d.tid),
            CASE WHEN r.subscription_item_id IS NULL THEN 'added'
                 WHEN d.subscription_item_id IS NULL THEN 'removed' ELSE 'pair' END,
-           r.subscription_item_id, r.a_subscription_id, r.a_product_id, r.a_price_id, r.a_family, r.a_unit_kind,
-           r.a_usage_type, r.a_quantity, r.a_currency, r.a_mrr, r.a_undisc, r.a_factor, r.a_rate_a,
-           r.a_discount_ids, d.subscription_item_id, d.b_subscription_id, d.b_product_id, d.b_price_id, d.b_family, d.b_unit_kind,
-           d.b_usage_type, d.b_quantity, d.b_currency, d.b_mrr, d.b_undisc, d.b_factor, d.b_rate_a,
-           d.b_discount_ids, d.b_event_id, d.b_invoice_id, d.b_valid_from
+           r.a_rid, d.b_rid, r.a_rate_a, d.b_rate_a
     FROM removed r
     FULL JOIN added d
         ON r.tid = d.tid AND r.a_family = d.b_family AND r.a_currency = d.b_currency AND r.rk = d.rk
+),
+comps AS (
+    SELECT k.tid, t.account_id, t.customer_id, t.t_start, k.comp,
+           a.subscription_item_id AS a_item_id, a.subscription_id AS a_subscription_id, a.product_id AS a_product_id,
+           a.price_id AS a_price_id, a.family AS a_family, a.unit_kind AS a_unit_kind, a.usage_type AS a_usage_type,
+           a.quantity AS a_quantity, a.currency AS a_currency, a.mrr_original AS a_mrr,
+           a.mrr_undiscounted AS a_undisc, a.discount_factor AS a_factor, k.a_rate_a, a.discount_ids AS a_discount_ids,
+           b.subscription_item_id AS b_item_id, b.subscription_id AS b_subscription_id, b.product_id AS b_product_id,
+           b.price_id AS b_price_id, b.family AS b_family, b.unit_kind AS b_unit_kind, b.usage_type AS b_usage_type,
+           b.quantity AS b_quantity, b.currency AS b_currency, b.mrr_original AS b_mrr,
+           b.mrr_undiscounted AS b_undisc, b.discount_factor AS b_factor, k.b_rate_a, b.discount_ids AS b_discount_ids,
+           b.source_event_id AS b_event_id, b.source_invoice_id AS b_invoice_id, b.valid_from AS b_valid_from
+    FROM comp_rows k
+    JOIN derived_transitions t USING (tid)
+    LEFT JOIN derived_item_mrr a ON a.rowid = k.a_rid
+    LEFT JOIN derived_item_mrr b ON b.rowid = k.b_rid
 ),
 shaped AS (
     SELECT c.*,
@@ -151,31 +171,27 @@ unpaired_parts AS (
     WHERE c.comp IN ('added', 'removed')
       AND CASE WHEN c.comp = 'added' THEN c.b_mrr ELSE c.a_mrr END <> 0
 ),
--- the item that stands for the customer: largest MRR in B (or in A when B is empty)
-main_items AS (
-    SELECT tid,
-           arg_max(subscription_item_id, (b_rep, subscription_item_id)) FILTER (WHERE in_b) AS b_item,
-           arg_max(subscription_item_id, (a_rep, subscription_item_id)) FILTER (WHERE in_a) AS a_item
-    FROM ti
-    GROUP BY ALL
-),
 fx_parts AS (
-    SELECT ti.tid, any_value(ti.account_id) AS account_id, any_value(ti.customer_id) AS customer_id,
-           any_value(ti.t_start) AS t_start, 'fx' AS comp, 'fx' AS part,
-           sum(ti.b_mrr * (ti.b_rate_b - ti.b_rate_a)) AS amount_rep,
+    SELECT f.tid, t.account_id, t.customer_id, t.t_start, 'fx' AS comp, 'fx' AS part, f.amount_rep,
            0 AS amount_original,
-           any_value(ti.b_currency) FILTER (WHERE ti.subscription_item_id = m.b_item) AS currency,
-           any_value(ti.b_subscription_id) FILTER (WHERE ti.subscription_item_id = m.b_item) AS subscription_id,
-           any_value(m.b_item) AS subscription_item_id,
-           any_value(ti.b_product_id) FILTER (WHERE ti.subscription_item_id = m.b_item) AS product_id,
-           any_value(ti.b_price_id) FILTER (WHERE ti.subscription_item_id = m.b_item) AS price_id,
+           -- (the main item's own fields when its rate moved too)
+           CASE WHEN f.main_moved THEN b.currency END AS currency,
+           CASE WHEN f.main_moved THEN b.subscription_id END AS subscription_id,
+           m.b_item AS subscription_item_id,
+           CASE WHEN f.main_moved THEN b.product_id END AS product_id,
+           CASE WHEN f.main_moved THEN b.price_id END AS price_id,
            CAST(NULL AS VARCHAR) AS event_id, CAST(NULL AS VARCHAR) AS invoice_id,
            CAST(NULL AS TIMESTAMPTZ) AS row_from,
            'fx' AS movement
-    FROM moving ti
-    JOIN main_items m USING (tid)
-    WHERE ti.in_b AND ti.b_rate_b <> ti.b_rate_a
-    GROUP BY ti.tid
+    FROM (SELECT ti.tid, sum(ti.b_mrr * (ti.b_rate_b - ti.b_rate_a)) AS amount_rep,
+                 bool_or(ti.subscription_item_id = m.b_item) AS main_moved
+          FROM moving ti
+          JOIN derived_transition_mains m USING (tid)
+          WHERE ti.in_b AND ti.b_rate_b <> ti.b_rate_a
+          GROUP BY ti.tid) f
+    JOIN derived_transitions t USING (tid)
+    JOIN derived_transition_mains m USING (tid)
+    LEFT JOIN derived_item_mrr b ON b.rowid = m.b_rid
 ),
 whole_parts AS (
     -- new, reactivation and cancellation: one row with the whole customer delta on the main item
@@ -185,16 +201,18 @@ whole_parts AS (
             WHERE x.tid = t.tid
               AND coalesce(x.b_currency, x.a_currency) = coalesce(mi.b_currency, mi.a_currency)) AS amount_original,
            CASE WHEN t.kind = 'gain' THEN mi.b_currency ELSE mi.a_currency END AS currency,
-           CASE WHEN t.kind = 'gain' THEN mi.b_subscription_id ELSE mi.a_subscription_id END AS subscription_id,
+           CASE WHEN t.kind = 'gain' THEN b.subscription_id ELSE a.subscription_id END AS subscription_id,
            mi.subscription_item_id,
-           CASE WHEN t.kind = 'gain' THEN mi.b_product_id ELSE mi.a_product_id END AS product_id,
-           CASE WHEN t.kind = 'gain' THEN mi.b_price_id ELSE mi.a_price_id END AS price_id,
-           mi.b_event_id AS event_id, mi.b_invoice_id AS invoice_id, mi.b_valid_from AS row_from,
+           CASE WHEN t.kind = 'gain' THEN b.product_id ELSE a.product_id END AS product_id,
+           CASE WHEN t.kind = 'gain' THEN b.price_id ELSE a.price_id END AS price_id,
+           b.source_event_id AS event_id, b.source_invoice_id AS invoice_id, b.valid_from AS row_from,
            CASE WHEN t.kind = 'loss' THEN 'cancellation'
                 WHEN t.had_mrr_before THEN 'reactivation' ELSE 'new' END AS movement
     FROM derived_transitions t
-    LEFT JOIN main_items m USING (tid)
+    LEFT JOIN derived_transition_mains m USING (tid)
     LEFT JOIN ti mi ON mi.tid = t.tid AND mi.subscription_item_id = CASE WHEN t.kind = 'gain' THEN m.b_item ELSE m.a_item END
+    LEFT JOIN derived_item_mrr a ON a.rowid = mi.a_rid
+    LEFT JOIN derived_item_mrr b ON b.rowid = mi.b_rid
     WHERE t.kind IN ('gain', 'loss')
 )
 SELECT * FROM item_parts

@@ -53,12 +53,13 @@ adjusted AS (
 -- where an item row has no source of its own: a row of the same subscription (else of the customer) that
 -- started inside the window, else the subscription's last event (first invoice) inside the window
 window_sources AS (
-    SELECT tid, b_subscription_id AS subscription_id,
-           min(b_event_id) FILTER (WHERE b_event_id IS NOT NULL) AS event_id,
-           min(b_invoice_id) FILTER (WHERE b_invoice_id IS NOT NULL) AS invoice_id
-    FROM derived_transition_items
-    WHERE in_b AND b_valid_from >= t_start
-    GROUP BY GROUPING SETS ((tid, b_subscription_id), (tid))
+    SELECT x.tid, b.subscription_id,
+           min(b.source_event_id) FILTER (WHERE b.source_event_id IS NOT NULL) AS event_id,
+           min(b.source_invoice_id) FILTER (WHERE b.source_invoice_id IS NOT NULL) AS invoice_id
+    FROM derived_transition_items x
+    JOIN derived_item_mrr b ON b.rowid = x.b_rid
+    WHERE x.b_started
+    GROUP BY GROUPING SETS ((x.tid, b.subscription_id), (x.tid))
 ),
 sub_events AS (
     SELECT t.tid, e.subscription_id,

@@ -8,14 +8,11 @@
 -- the customer's static attributes.
 CREATE OR REPLACE TABLE derived_transition_states AS
 WITH mains AS (
-    -- (one arg_max picks the main item's fields together: its ordering key is compared once per row)
-    SELECT tid,
-           arg_max({'product_id': b_product_id, 'price_id': b_price_id, 'family': b_family,
-                    'item_currency': b_currency},
-                   (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) AS m
-    FROM derived_transition_items
-    WHERE in_b
-    GROUP BY ALL
+    -- (the main item's B row, picked in 64)
+    SELECT m.tid, {'product_id': b.product_id, 'price_id': b.price_id, 'family': b.family,
+                   'item_currency': b.currency} AS m
+    FROM derived_transition_mains m
+    JOIN derived_item_mrr b ON b.rowid = m.b_rid
 )
 SELECT t.account_id, t.customer_id, t.t_start, t.t_end, t.mrr_before, t.mrr_after, t.mrr_delta, t.kind,
        t.had_mrr_before, m.m.product_id, m.m.price_id, m.m.family,
@@ -152,8 +149,11 @@ FULL JOIN counts c ON c.seg = f.seg AND c.p = f.p
 FULL JOIN moves mv ON mv.seg = coalesce(f.seg, c.seg) AND mv.p = coalesce(f.p, c.p);
 
 -- The monthly ledger of the whole account, kept as a table so that the mrr_bridge view stays instant.
+-- (a flow with no movement in a period is stored as 0, not NULL: the incremental recompute adds and subtracts
+-- customers' contributions, and a sum cannot tell "no rows" from "rows adding up to 0")
 CREATE OR REPLACE TABLE derived_bridge_ledger_month AS
-SELECT * FROM bridge_ledger('month', NULL);
+SELECT segment_value, period_start, coalesce(COLUMNS(* EXCLUDE (segment_value, period_start)), 0)
+FROM bridge_ledger('month', NULL);
 
 -- Bridge rows from a ledger: every period from the segment's first one through the current one (the later
 -- of today and the data), quiet periods included; opening and closing run on from the flows.
