@@ -19,7 +19,7 @@ from collections.abc import Callable
 import duckdb
 
 from stripe_churn.errors import DataError
-from stripe_churn.metrics.runner import sql_steps, write_settings
+from stripe_churn.metrics.runner import recompute, sql_steps, write_settings
 from stripe_churn.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,10 +36,25 @@ _EVENTS_READ_RAW = "(type LIKE 'customer.subscription.%' OR type = 'customer.dis
 _TOUCHED_SQL = """
 CREATE OR REPLACE TEMP TABLE touched_customers AS
 WITH new_events AS MATERIALIZED (
-    -- (each new event's JSON is parsed once, for both paths)
-    SELECT account_id, object_type, object_id,
-           json_extract_string(raw, ['$.data.object.customer.id', '$.data.object.customer']) AS v
-    FROM events WHERE last_seen_at >= $since
+    SELECT account_id, id, object_type, object_id, rowid AS rid FROM events WHERE last_seen_at >= $since
+),
+-- a new event's customer: by its object's typed row where the store keeps that object (a customer, a
+-- subscription, an invoice, a credit note, a discount never changes customer); the event's own JSON is parsed
+-- only for the others
+event_customers AS MATERIALIZED (
+    SELECT account_id, id, object_id AS customer_id FROM new_events WHERE object_type = 'customer'
+    UNION ALL
+    SELECT e.account_id, e.id, s.customer_id FROM subscriptions s
+    JOIN new_events e ON e.account_id = s.account_id AND e.object_id = s.id WHERE e.object_type = 'subscription'
+    UNION ALL
+    SELECT e.account_id, e.id, v.customer_id FROM invoices v
+    JOIN new_events e ON e.account_id = v.account_id AND e.object_id = v.id WHERE e.object_type = 'invoice'
+    UNION ALL
+    SELECT e.account_id, e.id, n.customer_id FROM credit_notes n
+    JOIN new_events e ON e.account_id = n.account_id AND e.object_id = n.id WHERE e.object_type = 'credit_note'
+    UNION ALL
+    SELECT e.account_id, e.id, d.customer_id FROM discounts d
+    JOIN new_events e ON e.account_id = d.account_id AND e.object_id = d.id WHERE e.object_type = 'discount'
 )
 SELECT DISTINCT account_id, customer_id FROM (
     SELECT account_id, id AS customer_id FROM customers WHERE last_seen_at >= $since
@@ -56,8 +71,15 @@ SELECT DISTINCT account_id, customer_id FROM (
     UNION ALL
     SELECT account_id, customer_id FROM discounts WHERE last_seen_at >= $since
     UNION ALL
+    SELECT account_id, customer_id FROM event_customers WHERE customer_id IS NOT NULL
+    UNION ALL
     SELECT account_id, coalesce(v[1], v[2], CASE WHEN object_type = 'customer' THEN object_id END)
-    FROM new_events
+    FROM (SELECT account_id, object_type, object_id,
+                 json_extract_string(raw, ['$.data.object.customer.id', '$.data.object.customer']) AS v
+          FROM events
+          WHERE last_seen_at >= $since
+            AND rowid IN (SELECT e.rid FROM new_events e ANTI JOIN event_customers c
+                          ON c.account_id = e.account_id AND c.id = e.id AND c.customer_id IS NOT NULL))
 )
 WHERE customer_id IS NOT NULL
 """
@@ -114,17 +136,25 @@ EXCEPT SELECT account_id, customer_id FROM touched_customers
 # are read from the main database. Their subscription events (70 names the event behind a change) come from
 # the typed columns, numbered as 20 numbers them.
 _MOVED = "touched_moved"
+
+
+def _rows_of(table: str, who: str, key: str = "customer_id", cols: str = "*", db: str = "") -> str:
+    """SQL selecting ``cols`` of ``table``'s rows whose (account_id, ``key``) is in ``who``: the matching row ids
+    from the key columns first, then only those rows (the wide columns of everyone else are never read)."""
+    src = f"{db}.{table}" if db else table
+    return (f"SELECT {cols} FROM {src} WHERE rowid IN (SELECT t.rowid FROM {src} t JOIN {who} c "
+            f"ON c.account_id = t.account_id AND c.customer_id = t.{key})")
+
+
+# (the steps read a customer's JSON only for metadata segments, which the scoped runs never compute)
+_NO_RAW = "* REPLACE (CAST(NULL AS JSON) AS raw)"
 _MOVED_INPUTS = {
-    "customers": "SELECT t.* FROM customers t JOIN moved_customers c ON c.account_id = t.account_id "
-                 "AND c.customer_id = t.id",
-    "subscriptions": "SELECT t.* REPLACE (CAST(NULL AS JSON) AS raw) FROM subscriptions t "
-                     "JOIN moved_customers c USING (account_id, customer_id)",
-    "invoices": "SELECT t.* REPLACE (CAST(NULL AS JSON) AS raw) FROM invoices t "
-                "JOIN moved_customers c USING (account_id, customer_id)",
-    "derived_item_mrr": "SELECT t.* FROM derived_item_mrr t JOIN moved_customers c USING (account_id, customer_id)",
-    "derived_customer_mrr": "SELECT t.* FROM derived_customer_mrr t "
-                            "JOIN moved_customers c USING (account_id, customer_id)",
-    "derived_subs": "SELECT t.* FROM derived_subs t JOIN moved_customers c USING (account_id, customer_id)",
+    "customers": _rows_of("customers", "moved_customers", "id", _NO_RAW),
+    "subscriptions": _rows_of("subscriptions", "moved_customers", cols=_NO_RAW),
+    "invoices": _rows_of("invoices", "moved_customers", cols=_NO_RAW),
+    "derived_item_mrr": _rows_of("derived_item_mrr", "moved_customers"),
+    "derived_customer_mrr": _rows_of("derived_customer_mrr", "moved_customers"),
+    "derived_subs": _rows_of("derived_subs", "moved_customers"),
     "fx_rates": "SELECT * FROM fx_rates",
     "derived_coverage": f"SELECT * FROM {_SCOPE}.derived_coverage",
 }
@@ -180,6 +210,39 @@ SELECT d.account_id, d.id FROM discounts d JOIN touched_customers c USING (accou
 """
 
 
+# The objects of the touched customers that data-quality rows name (object_id): their customers,
+# subscriptions, items, invoices, lines, credit notes, discounts and the events about them. Their rows in
+# derived_data_quality are replaced by the scope's (a row about an exchange rate names a currency, not an object:
+# a missing rate stops the recompute before anything is replaced).
+_TOUCHED_DQ_OBJECTS_SQL = """
+CREATE OR REPLACE TEMP TABLE touched_dq_objects AS
+SELECT account_id, object_id FROM touched_objects
+UNION ALL
+SELECT i.account_id, i.id FROM subscription_items i
+JOIN touched_objects o ON o.account_id = i.account_id AND o.object_id = i.subscription_id
+UNION ALL
+SELECT l.account_id, l.id FROM invoice_lines l
+JOIN touched_objects o ON o.account_id = l.account_id AND o.object_id = l.invoice_id
+UNION ALL
+SELECT n.account_id, n.id FROM credit_notes n JOIN touched_customers c USING (account_id, customer_id)
+UNION ALL
+SELECT e.account_id, e.id FROM events e
+JOIN touched_objects o ON o.account_id = e.account_id AND o.object_id = e.object_id
+"""
+
+# The last day of derived_fx_days as 62_transition_items fixes it: today, or the last transition's end when
+# that is later.
+_FX_LAST_DAY_SQL = """
+SELECT greatest(CAST(timezone('UTC', now()) AS DATE),
+                coalesce(CAST(timezone('UTC', max(t_end)) AS DATE), DATE '1970-01-01'))
+FROM {db}derived_transition_states
+"""
+
+
+class _WholeAccount(Exception):
+    """The changed customers' results alone cannot fix an account-wide table: recompute everything."""
+
+
 def _per_customer_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Derived tables of the main database that hold rows per (account_id, customer_id)."""
     rows = con.execute(
@@ -212,8 +275,8 @@ def _touched_ledger(con: duckdb.DuckDBPyConnection, main_db: str, sources: list[
         for table, key in (("derived_transition_states", "customer_id"), ("derived_mrr_movements", "customer_id"),
                            ("customers", "id")):
             union = " UNION ALL ".join(
-                f"SELECT t.* FROM {db}.main.{table} t "
-                f"JOIN {who} c ON c.account_id = t.account_id AND c.customer_id = t.{key}" for db, who in sources)
+                _rows_of(table, who, key, _NO_RAW if table == "customers" else "*", f"{db}.main")
+                for db, who in sources)
             con.execute(f"CREATE TABLE {name}.{table} AS {union}")
         con.execute(f"SET search_path = '{name}.main,{main_db}.main'")
         try:
@@ -281,8 +344,18 @@ def _update_ledger(con: duckdb.DuckDBPyConnection, old: str, new: str) -> None:
 def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: dt.datetime) -> int:
     """Derive again the customers with raw objects seen at or after ``since``; returns how many.
 
-    Needs a full :func:`~stripe_churn.metrics.runner.recompute` to have run once on this store.
+    Needs a full :func:`~stripe_churn.metrics.runner.recompute` to have run once on this store. When the changed
+    customers alone cannot fix an account-wide table, everything is recomputed (and every customer counted).
     """
+    try:
+        return _derive_changed(con, settings, since)
+    except _WholeAccount as why:
+        log.info("metrics recomputed in full instead of for the changed customers: %s", why)
+        recompute(con, settings)
+        return int(con.execute("SELECT count(*) FROM customers").fetchall()[0][0])
+
+
+def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: dt.datetime) -> int:
     started = time.perf_counter()
     main_db = con.execute("SELECT current_database()").fetchall()[0][0]
     con.execute(_TOUCHED_SQL, {"since": since})
@@ -299,6 +372,7 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
         con.execute("DELETE FROM moved_customers")
         touched, moved = moved, 0
     con.execute(_TOUCHED_OBJECTS_SQL)
+    con.execute(_TOUCHED_DQ_OBJECTS_SQL)
     tables = _per_customer_tables(con)
     sub_tables = _per_subscription_tables(con)
     con.execute(f"ATTACH ':memory:' AS {_SCOPE}")
@@ -364,6 +438,19 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
             for table in moved_tables:
                 _replace_rows(con, table, _MOVED, "moved_customers", "customer_id")
             _update_ledger(con, old_ledger, new_ledger)
+            con.execute("DELETE FROM derived_data_quality t USING touched_dq_objects k "
+                        "WHERE t.account_id = k.account_id AND t.object_id = k.object_id")
+            con.execute(f"INSERT INTO derived_data_quality BY NAME SELECT s.* FROM {_SCOPE}.derived_data_quality s "
+                        "SEMI JOIN touched_dq_objects k ON k.account_id = s.account_id AND k.object_id = s.object_id")
+            # the exchange rate per day runs through the same last day as in the scope (today, unless a
+            # transition ends later): the scope's table is the whole account's then
+            last_day = con.execute(_FX_LAST_DAY_SQL.format(db="")).fetchall()[0][0]
+            scope_last_day = con.execute(_FX_LAST_DAY_SQL.format(db=f"{_SCOPE}.")).fetchall()[0][0]
+            if last_day != scope_last_day:
+                raise _WholeAccount(f"a transition ends on {last_day}, after today and the changed customers' "
+                                    "last one")
+            con.execute("DELETE FROM derived_fx_days")
+            con.execute(f"INSERT INTO derived_fx_days BY NAME SELECT * FROM {_SCOPE}.derived_fx_days")
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
