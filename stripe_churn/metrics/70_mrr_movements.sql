@@ -87,6 +87,16 @@ sub_invoices AS (
 sub_facts AS (
     SELECT account_id, subscription_id, cancellation_reason, cancellation_feedback FROM derived_subs
 ),
+-- cancellations whose subscription went unpaid: it is unpaid when the customer's MRR drops (looked up for
+-- the cancellation parts alone, by key)
+unpaid AS (
+    SELECT DISTINCT p.tid, p.subscription_id
+    FROM derived_movement_parts p
+    JOIN derived_transitions t USING (tid)
+    JOIN derived_item_mrr u ON u.account_id = t.account_id AND u.subscription_id = p.subscription_id
+                           AND u.valid_from <= t.t_end AND (u.valid_to IS NULL OR u.valid_to > t.t_end)
+    WHERE p.movement = 'cancellation' AND u.status = 'unpaid'
+),
 sourced AS (
     SELECT a.*, t.t_end, t.mrr_before, t.mrr_after, t.kind,
            CASE WHEN a.row_from >= a.t_start THEN a.event_id END AS own_event_id,
@@ -118,7 +128,7 @@ SELECT
     s.currency,
     CAST(round(s.amount_original, 4) AS DECIMAL(18, 4)) AS amount_delta_original,
     CASE WHEN s.movement = 'cancellation' THEN
-        CASE WHEN f.cancellation_reason = 'payment_failed' OR u.subscription_id IS NOT NULL
+        CASE WHEN f.cancellation_reason = 'payment_failed' OR u.tid IS NOT NULL
              THEN 'involuntary' ELSE 'voluntary' END
     END AS churn_type,
     CASE WHEN s.movement = 'cancellation' THEN f.cancellation_feedback END AS cancellation_feedback,
@@ -143,11 +153,7 @@ LEFT JOIN sub_invoices si
     ON si.tid = s.tid
    AND si.subscription_id = s.subscription_id
 LEFT JOIN sub_facts f ON f.account_id = s.account_id AND f.subscription_id = s.subscription_id
--- the subscription went unpaid: it is unpaid when the customer's MRR drops
-LEFT JOIN (SELECT DISTINCT account_id, subscription_id, valid_from, valid_to FROM derived_item_mrr
-           WHERE status = 'unpaid') u
-    ON s.movement = 'cancellation' AND u.account_id = s.account_id AND u.subscription_id = s.subscription_id
-   AND u.valid_from <= s.t_end AND (u.valid_to IS NULL OR u.valid_to > s.t_end);
+LEFT JOIN unpaid u ON u.tid = s.tid AND u.subscription_id = s.subscription_id;
 
 CREATE OR REPLACE VIEW mrr_movements AS
 SELECT account_id, customer_id, subscription_id, subscription_item_id, product_id, price_id, occurred_at,
