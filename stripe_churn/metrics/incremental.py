@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 
@@ -33,29 +34,44 @@ _TYPED_ONLY = ("invoices", "invoice_lines", "credit_notes")
 _EVENTS_READ_RAW = "(type LIKE 'customer.subscription.%' OR type = 'customer.discount.deleted')"
 
 # Customers with a raw object seen at or after $since, by the typed columns the store keeps.
-_TOUCHED_SQL = """
-CREATE OR REPLACE TEMP TABLE touched_customers AS
+# Each new event with the customer it concerns: by its object's typed row where the store keeps that object (a
+# customer, a subscription, an invoice, a credit note, a discount never changes customer); the event's own JSON
+# is parsed only for the others (`orphan`: an object the store lacks, such as a subscription known only from
+# its events, whose older events are then read with it).
+_NEW_EVENTS_SQL = """
+CREATE OR REPLACE TEMP TABLE touched_new_events AS
 WITH new_events AS MATERIALIZED (
     SELECT account_id, id, object_type, object_id, rowid AS rid FROM events WHERE last_seen_at >= $since
 ),
--- a new event's customer: by its object's typed row where the store keeps that object (a customer, a
--- subscription, an invoice, a credit note, a discount never changes customer); the event's own JSON is parsed
--- only for the others
-event_customers AS MATERIALIZED (
-    SELECT account_id, id, object_id AS customer_id FROM new_events WHERE object_type = 'customer'
+typed AS MATERIALIZED (
+    SELECT account_id, id, object_id, object_id AS customer_id FROM new_events WHERE object_type = 'customer'
     UNION ALL
-    SELECT e.account_id, e.id, s.customer_id FROM subscriptions s
+    SELECT e.account_id, e.id, e.object_id, s.customer_id FROM subscriptions s
     JOIN new_events e ON e.account_id = s.account_id AND e.object_id = s.id WHERE e.object_type = 'subscription'
     UNION ALL
-    SELECT e.account_id, e.id, v.customer_id FROM invoices v
+    SELECT e.account_id, e.id, e.object_id, v.customer_id FROM invoices v
     JOIN new_events e ON e.account_id = v.account_id AND e.object_id = v.id WHERE e.object_type = 'invoice'
     UNION ALL
-    SELECT e.account_id, e.id, n.customer_id FROM credit_notes n
+    SELECT e.account_id, e.id, e.object_id, n.customer_id FROM credit_notes n
     JOIN new_events e ON e.account_id = n.account_id AND e.object_id = n.id WHERE e.object_type = 'credit_note'
     UNION ALL
-    SELECT e.account_id, e.id, d.customer_id FROM discounts d
+    SELECT e.account_id, e.id, e.object_id, d.customer_id FROM discounts d
     JOIN new_events e ON e.account_id = d.account_id AND e.object_id = d.id WHERE e.object_type = 'discount'
 )
+SELECT account_id, object_id, customer_id, false AS orphan FROM typed WHERE customer_id IS NOT NULL
+UNION ALL
+SELECT account_id, object_id, coalesce(v[1], v[2], CASE WHEN object_type = 'customer' THEN object_id END), true
+FROM (SELECT account_id, object_type, object_id,
+             json_extract_string(raw, ['$.data.object.customer.id', '$.data.object.customer']) AS v
+      FROM events
+      WHERE last_seen_at >= $since
+        AND rowid IN (SELECT e.rid FROM new_events e ANTI JOIN typed c
+                      ON c.account_id = e.account_id AND c.id = e.id AND c.customer_id IS NOT NULL))
+"""
+
+# Customers with a raw object seen at or after $since, by the typed columns the store keeps.
+_TOUCHED_SQL = """
+CREATE OR REPLACE TEMP TABLE touched_customers AS
 SELECT DISTINCT account_id, customer_id FROM (
     SELECT account_id, id AS customer_id FROM customers WHERE last_seen_at >= $since
     UNION ALL SELECT account_id, customer_id FROM subscriptions WHERE last_seen_at >= $since
@@ -71,15 +87,7 @@ SELECT DISTINCT account_id, customer_id FROM (
     UNION ALL
     SELECT account_id, customer_id FROM discounts WHERE last_seen_at >= $since
     UNION ALL
-    SELECT account_id, customer_id FROM event_customers WHERE customer_id IS NOT NULL
-    UNION ALL
-    SELECT account_id, coalesce(v[1], v[2], CASE WHEN object_type = 'customer' THEN object_id END)
-    FROM (SELECT account_id, object_type, object_id,
-                 json_extract_string(raw, ['$.data.object.customer.id', '$.data.object.customer']) AS v
-          FROM events
-          WHERE last_seen_at >= $since
-            AND rowid IN (SELECT e.rid FROM new_events e ANTI JOIN event_customers c
-                          ON c.account_id = e.account_id AND c.id = e.id AND c.customer_id IS NOT NULL))
+    SELECT account_id, customer_id FROM touched_new_events
 )
 WHERE customer_id IS NOT NULL
 """
@@ -169,44 +177,52 @@ JOIN (SELECT s.account_id, s.subscription_id FROM derived_subs s
 WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false)
 """
 
-# The raw rows of the touched customers, table by table: first the matching row ids from the key columns
-# alone, then only those rows (so the raw JSON of everyone else is never read).
+# The raw rows of the touched customers, table by table, as (row id, owning customer): first the matching row ids
+# from the key columns alone, then only those rows are copied (so the raw JSON of everyone else is never read).
+# A row kept for an account-wide fact comes once more with no owner (NULL): every shard needs it.
 _SCOPED_KEYS = {
-    "customers": "SELECT t.rowid FROM customers t JOIN touched_customers c ON c.account_id = t.account_id "
-                 "AND c.customer_id = t.id",
+    "customers": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM customers t JOIN touched_customers c "
+                 "ON c.account_id = t.account_id AND c.customer_id = t.id",
     # (and each account's most recently seen subscription, which fixes the latest snapshot)
-    "subscriptions": "SELECT t.rowid FROM subscriptions t JOIN touched_customers c USING (account_id, customer_id) "
-                     "UNION SELECT arg_max(rowid, last_seen_at) FROM subscriptions GROUP BY account_id",
-    "subscription_items": "SELECT t.rowid FROM subscription_items t JOIN subscriptions s "
+    "subscriptions": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM subscriptions t "
+                     "JOIN touched_customers c USING (account_id, customer_id) "
+                     "UNION ALL SELECT arg_max(rowid, last_seen_at), account_id, NULL FROM subscriptions GROUP BY account_id",
+    "subscription_items": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM subscription_items t JOIN subscriptions s "
                           "ON s.account_id = t.account_id AND s.id = t.subscription_id JOIN touched_customers c "
                           "ON c.account_id = s.account_id AND c.customer_id = s.customer_id",
-    "invoices": "SELECT t.rowid FROM invoices t JOIN touched_customers c USING (account_id, customer_id)",
-    "invoice_lines": "SELECT t.rowid FROM invoice_lines t JOIN invoices v ON v.account_id = t.account_id "
-                     "AND v.id = t.invoice_id JOIN touched_customers c ON c.account_id = v.account_id "
-                     "AND c.customer_id = v.customer_id",
-    "credit_notes": "SELECT t.rowid FROM credit_notes t JOIN touched_customers c USING (account_id, customer_id)",
-    "discounts": "SELECT t.rowid FROM discounts t JOIN touched_customers c USING (account_id, customer_id)",
+    "invoices": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM invoices t "
+                "JOIN touched_customers c USING (account_id, customer_id)",
+    "invoice_lines": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM invoice_lines t JOIN invoices v "
+                     "ON v.account_id = t.account_id AND v.id = t.invoice_id JOIN touched_customers c "
+                     "ON c.account_id = v.account_id AND c.customer_id = v.customer_id",
+    "credit_notes": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM credit_notes t "
+                    "JOIN touched_customers c USING (account_id, customer_id)",
+    "discounts": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM discounts t "
+                 "JOIN touched_customers c USING (account_id, customer_id)",
     # the events about the touched customers' objects, and each account's oldest and newest event (which fix
     # where event coverage starts)
-    "events": "SELECT t.rowid FROM events t JOIN touched_objects o ON o.account_id = t.account_id "
-              "AND o.object_id = t.object_id "
-              "UNION SELECT rowid FROM events WHERE (account_id, created) IN "
+    "events": "SELECT t.rowid AS rid, t.account_id, o.customer_id FROM events t JOIN touched_objects o "
+              "ON o.account_id = t.account_id AND o.object_id = t.object_id "
+              "UNION ALL SELECT rowid, account_id, NULL FROM events WHERE (account_id, created) IN "
               "(SELECT (account_id, min(created)) FROM events GROUP BY account_id) "
-              "UNION SELECT rowid FROM events WHERE (account_id, created) IN "
+              "UNION ALL SELECT rowid, account_id, NULL FROM events WHERE (account_id, created) IN "
               "(SELECT (account_id, max(created)) FROM events GROUP BY account_id)",
 }
 
 
-# Ids of every object of the touched customers that events can be about.
+# Ids of every object of the touched customers that events can be about, with the customer (and the objects
+# the store lacks that new events name).
 _TOUCHED_OBJECTS_SQL = """
 CREATE OR REPLACE TEMP TABLE touched_objects AS
-SELECT account_id, customer_id AS object_id FROM touched_customers
+SELECT account_id, customer_id AS object_id, customer_id FROM touched_customers
 UNION ALL
-SELECT s.account_id, s.id FROM subscriptions s JOIN touched_customers c USING (account_id, customer_id)
+SELECT s.account_id, s.id, s.customer_id FROM subscriptions s JOIN touched_customers c USING (account_id, customer_id)
 UNION ALL
-SELECT v.account_id, v.id FROM invoices v JOIN touched_customers c USING (account_id, customer_id)
+SELECT v.account_id, v.id, v.customer_id FROM invoices v JOIN touched_customers c USING (account_id, customer_id)
 UNION ALL
-SELECT d.account_id, d.id FROM discounts d JOIN touched_customers c USING (account_id, customer_id)
+SELECT d.account_id, d.id, d.customer_id FROM discounts d JOIN touched_customers c USING (account_id, customer_id)
+UNION ALL
+SELECT DISTINCT account_id, object_id, customer_id FROM touched_new_events WHERE orphan AND customer_id IS NOT NULL
 """
 
 
@@ -216,17 +232,17 @@ SELECT d.account_id, d.id FROM discounts d JOIN touched_customers c USING (accou
 # a missing rate stops the recompute before anything is replaced).
 _TOUCHED_DQ_OBJECTS_SQL = """
 CREATE OR REPLACE TEMP TABLE touched_dq_objects AS
-SELECT account_id, object_id FROM touched_objects
+SELECT account_id, object_id, customer_id FROM touched_objects
 UNION ALL
-SELECT i.account_id, i.id FROM subscription_items i
+SELECT i.account_id, i.id, o.customer_id FROM subscription_items i
 JOIN touched_objects o ON o.account_id = i.account_id AND o.object_id = i.subscription_id
 UNION ALL
-SELECT l.account_id, l.id FROM invoice_lines l
+SELECT l.account_id, l.id, o.customer_id FROM invoice_lines l
 JOIN touched_objects o ON o.account_id = l.account_id AND o.object_id = l.invoice_id
 UNION ALL
-SELECT n.account_id, n.id FROM credit_notes n JOIN touched_customers c USING (account_id, customer_id)
+SELECT n.account_id, n.id, n.customer_id FROM credit_notes n JOIN touched_customers c USING (account_id, customer_id)
 UNION ALL
-SELECT e.account_id, e.id FROM events e
+SELECT e.account_id, e.id, o.customer_id FROM events e
 JOIN touched_objects o ON o.account_id = e.account_id AND o.object_id = e.object_id
 """
 
@@ -341,23 +357,162 @@ def _update_ledger(con: duckdb.DuckDBPyConnection, old: str, new: str) -> None:
         WHERE {nonzero}""")
 
 
-def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: dt.datetime) -> int:
+# Below this many customers to derive again, the steps run in one scope; above it, the customers are split into
+# shards derived side by side, each on its own connection (one per DuckDB thread, at most _MAX_SHARDS): queries
+# over a few thousand customers' rows run on one thread each, so a single scope leaves the other cores idle.
+_SHARD_MIN_CUSTOMERS = 2000
+_MAX_SHARDS = 4
+_SHARD = "touched_shard"
+
+
+def _shard_count(con: duckdb.DuckDBPyConnection, customers: int) -> int:
+    threads = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
+    return max(1, min(threads, _MAX_SHARDS, customers // (_SHARD_MIN_CUSTOMERS // 2)))
+
+
+def _shard_sql(shards: int) -> str:
+    """A touched customer's shard (the same everywhere in one run)."""
+    return f"CAST(hash(customer_id) % {shards} AS INTEGER)"
+
+
+def _stage_rows(con: duckdb.DuckDBPyConnection, shards: int) -> None:
+    """Per raw table, the row ids a scope needs with the shard of the customer owning each (NULL: every shard
+    needs the row, for an account-wide fact), in ``_SCOPE`` where every connection sees them; the shard of each
+    touched customer in ``_SCOPE.shard_of``; in ``_SCOPE.spread`` the touched customers owning a row every
+    shard holds (the other shards derive them from that row alone: those rows are not theirs)."""
+    con.execute(f"CREATE TABLE {_SCOPE}.shard_of AS SELECT account_id, customer_id, {_shard_sql(shards)} AS shard "
+                "FROM touched_customers")
+    spread = []
+    for table, keys in _SCOPED_KEYS.items():
+        con.execute(f"CREATE TABLE {_SCOPE}.rows_{table} AS "
+                    f"SELECT rid, any_value(account_id) AS account_id, max(customer_id) AS customer_id, "
+                    f"CASE WHEN bool_or(customer_id IS NULL) THEN NULL ELSE max({_shard_sql(shards)}) END AS shard "
+                    f"FROM ({keys}) GROUP BY rid")
+        spread.append(f"SELECT account_id, customer_id FROM {_SCOPE}.rows_{table} "
+                      "WHERE shard IS NULL AND customer_id IS NOT NULL")
+    con.execute(f"CREATE TABLE {_SCOPE}.spread AS SELECT DISTINCT h.* FROM ({' UNION ALL '.join(spread)}) x "
+                f"JOIN {_SCOPE}.shard_of h USING (account_id, customer_id)")
+
+
+def _copy_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: int) -> None:
+    """Copy into database ``db`` the raw rows of shard ``shard`` (and those of no touched customer), the
+    catalogue, the exchange rates and the sync cursors."""
+    for table in (*_SCOPED_KEYS, *_CATALOGUE, "fx_rates", "sync_cursors"):
+        src = f"{main_db}.main.{table}"
+        if table not in _SCOPED_KEYS:
+            cur.execute(f"CREATE TABLE {db}.{table} AS SELECT * FROM {src}")
+            continue
+        rows = f"rowid IN (SELECT rid FROM {_SCOPE}.rows_{table} WHERE shard = {shard} OR shard IS NULL)"
+        if table == "events":
+            # the JSON of only the events whose JSON the steps read
+            cur.execute(f"CREATE TABLE {db}.events AS SELECT * FROM {src} WHERE {rows} AND {_EVENTS_READ_RAW} "
+                        f"UNION ALL SELECT * REPLACE (CAST(NULL AS JSON) AS raw) FROM {src} "
+                        f"WHERE {rows} AND NOT {_EVENTS_READ_RAW}")
+            continue
+        cols = "* REPLACE (CAST(NULL AS JSON) AS raw)" if table in _TYPED_ONLY else "*"
+        cur.execute(f"CREATE TABLE {db}.{table} AS SELECT {cols} FROM {src} WHERE {rows}")
+
+
+def _derive_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: int, settings: Settings) -> None:
+    """Copy a shard's rows into database ``db`` and run every metrics step there, on the connection ``cur``."""
+    _copy_scope(cur, main_db, db, shard)
+    cur.execute(f"USE {db}")
+    write_settings(cur, settings)
+    _run_steps(cur, lambda name: True)
+
+
+def _gather_shards(con: duckdb.DuckDBPyConnection, names: list[str], tables: list[str],
+                   sub_tables: list[str]) -> None:
+    """The shards' results in ``_SCOPE``, as if the steps had run there: the per-customer tables (``tables``)
+    side by side (a touched customer's rows from its own shard only; rows of other customers, derived from
+    the rows every shard holds, are never read), the per-subscription ones (``sub_tables``) from the shard
+    of the subscription's customer, data-quality rows from the shard of the object they name, account-wide
+    tables from the first shard (the exchange-rate days from the shard whose last transition ends latest)."""
+    raw = {*_SCOPED_KEYS, *_CATALOGUE, "fx_rates", "sync_cursors"}
+    derived = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?",
+                                         [names[0]]).fetchall() if t not in raw]
+    latest = con.execute(" UNION ALL ".join(
+        f"SELECT {k} AS k, max(t_end) AS t FROM {db}.derived_transition_states" for k, db in enumerate(names))
+        + " ORDER BY t DESC NULLS LAST, k LIMIT 1").fetchall()[0][0]
+    # (and the customers, which the ledger of the touched customers reads)
+    for table in (*derived, "customers"):
+        if table in tables or table == "customers":
+            key = "id" if table == "customers" else "customer_id"
+            parts = [f"SELECT x.* FROM {db}.{table} x ANTI JOIN {_SCOPE}.spread h ON h.account_id = x.account_id "
+                     f"AND h.customer_id = x.{key} AND h.shard <> {k}" for k, db in enumerate(names)]
+        elif table == "derived_fx_missing":
+            parts = [f"SELECT * FROM {db}.{table}" for db in names]
+        elif table in sub_tables:
+            parts = [f"SELECT x.* FROM {db}.{table} x SEMI JOIN (SELECT d.account_id, d.subscription_id "
+                     f"FROM {db}.derived_subs d JOIN {_SCOPE}.shard_of h ON h.account_id = d.account_id "
+                     f"AND h.customer_id = d.customer_id AND h.shard = {k}) s "
+                     f"ON s.account_id = x.account_id AND s.subscription_id = x.subscription_id"
+                     for k, db in enumerate(names)]
+        elif table == "derived_data_quality":
+            parts = [f"SELECT x.* FROM {db}.{table} x SEMI JOIN touched_dq_shards o "
+                     f"ON o.account_id = x.account_id AND o.object_id = x.object_id AND o.shard = {k}"
+                     for k, db in enumerate(names)]
+            parts.append(f"SELECT x.* FROM {names[0]}.{table} x ANTI JOIN touched_dq_shards o "
+                         f"ON o.account_id = x.account_id AND o.object_id = x.object_id")
+        else:
+            parts = [f"SELECT * FROM {names[latest if table == 'derived_fx_days' else 0]}.{table}"]
+        con.execute(f"CREATE TABLE {_SCOPE}.{table} AS " + " UNION ALL ".join(parts))
+
+
+def _derive_touched(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings, shards: int,
+                    tables: list[str], sub_tables: list[str]) -> None:
+    """The touched customers' raw rows copied and derived in ``_SCOPE``: in place when ``shards`` is 1, else in
+    that many shards side by side, gathered into ``_SCOPE``."""
+    _stage_rows(con, shards)
+    if shards == 1:
+        try:
+            _derive_scope(con, main_db, _SCOPE, 0, settings)
+        finally:
+            con.execute(f"USE {main_db}")
+        return
+    names = [f"{_SHARD}_{k}" for k in range(shards)]
+    for db in names:
+        con.execute(f"ATTACH ':memory:' AS {db}")
+
+    def work(shard: int) -> None:
+        cur = con.cursor()
+        try:
+            _derive_scope(cur, main_db, names[shard], shard, settings)
+        finally:
+            cur.close()
+
+    with ThreadPoolExecutor(max_workers=shards) as pool:
+        for done in [pool.submit(work, k) for k in range(shards)]:
+            done.result()
+    con.execute(f"CREATE OR REPLACE TEMP TABLE touched_dq_shards AS SELECT o.account_id, o.object_id, h.shard "
+                f"FROM touched_dq_objects o JOIN {_SCOPE}.shard_of h USING (account_id, customer_id)")
+    _gather_shards(con, names, tables, sub_tables)
+    for db in names:
+        con.execute(f"DETACH {db}")
+
+
+def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: dt.datetime,
+                      shards: int | None = None) -> int:
     """Derive again the customers with raw objects seen at or after ``since``; returns how many.
 
     Needs a full :func:`~stripe_churn.metrics.runner.recompute` to have run once on this store. When the changed
     customers alone cannot fix an account-wide table, everything is recomputed (and every customer counted).
+    ``shards``: how many groups of customers are derived side by side (default: one per DuckDB thread, when there
+    are enough customers to make it pay).
     """
     try:
-        return _derive_changed(con, settings, since)
+        return _derive_changed(con, settings, since, shards)
     except _WholeAccount as why:
         log.info("metrics recomputed in full instead of for the changed customers: %s", why)
         recompute(con, settings)
         return int(con.execute("SELECT count(*) FROM customers").fetchall()[0][0])
 
 
-def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: dt.datetime) -> int:
+def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: dt.datetime,
+                    shards: int | None) -> int:
     started = time.perf_counter()
     main_db = con.execute("SELECT current_database()").fetchall()[0][0]
+    con.execute(_NEW_EVENTS_SQL, {"since": since})
     con.execute(_TOUCHED_SQL, {"since": since})
     con.execute(_COVERAGE_SQL)
     con.execute(_WHOLE_ACCOUNT_SQL)
@@ -377,27 +532,10 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
     sub_tables = _per_subscription_tables(con)
     con.execute(f"ATTACH ':memory:' AS {_SCOPE}")
     try:
-        for table in (*_SCOPED_KEYS, *_CATALOGUE, "fx_rates", "sync_cursors"):
-            where = f" WHERE rowid IN ({_SCOPED_KEYS[table]})" if table in _SCOPED_KEYS else ""
-            cols = "* REPLACE (CAST(NULL AS JSON) AS raw)" if table in _TYPED_ONLY else "*"
-            if table == "events":
-                # the row ids first, then the JSON of only the events whose JSON the steps read
-                con.execute(f"CREATE OR REPLACE TEMP TABLE touched_event_rows AS {_SCOPED_KEYS[table]}")
-                con.execute(f"CREATE TABLE {_SCOPE}.events AS "
-                            "SELECT * FROM events WHERE rowid IN (SELECT rowid FROM touched_event_rows) "
-                            f"AND {_EVENTS_READ_RAW} "
-                            "UNION ALL SELECT * REPLACE (CAST(NULL AS JSON) AS raw) FROM events "
-                            f"WHERE rowid IN (SELECT rowid FROM touched_event_rows) AND NOT {_EVENTS_READ_RAW}")
-                continue
-            con.execute(f"CREATE TABLE {_SCOPE}.{table} AS SELECT {cols} FROM {table}{where}")
-        con.execute(f"USE {_SCOPE}")
-        try:
-            write_settings(con, settings)
-            _run_steps(con, lambda name: True)
-            missing = con.execute("SELECT currency, min(first_date), max(last_date) FROM derived_fx_missing "
-                                  "GROUP BY currency ORDER BY currency").fetchall()
-        finally:
-            con.execute(f"USE {main_db}")
+        shards = _shard_count(con, touched) if shards is None else shards
+        _derive_touched(con, main_db, settings, shards, tables, sub_tables)
+        missing = con.execute(f"SELECT currency, min(first_date), max(last_date) FROM {_SCOPE}.derived_fx_missing "
+                              "GROUP BY currency ORDER BY currency").fetchall()
         if missing:
             parts = "; ".join(f"{cur} on {first}..{last}" for cur, first, last in missing)
             raise DataError(f"no exchange rate to {settings.currency.lower()} for {parts}: add rows to fx_rates "
@@ -460,6 +598,8 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
     finally:
         con.execute(f"DETACH {_SCOPE}")
         con.execute(f"DETACH DATABASE IF EXISTS {_MOVED}")
+        for k in range(_MAX_SHARDS if shards is None else max(shards, _MAX_SHARDS)):
+            con.execute(f"DETACH DATABASE IF EXISTS {_SHARD}_{k}")
     log.info("metrics derived again for %d changed customers (and from the transitions on for %d more) in "
              "%.2f s", touched, moved, time.perf_counter() - started)
     return int(touched + moved)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 from builders import World, ts
 from test_bridge import SEEN, book, view_contents
 
@@ -20,6 +21,10 @@ from stripe_churn.metrics.incremental import recompute_changed
 from stripe_churn.metrics.runner import recompute
 from stripe_churn.settings import Settings
 from stripe_churn.store.db import open_store
+
+# One scope, or the touched customers split in two or three shards derived side by side (with a handful of
+# customers some shards get none, and a touched customer owns the newest event every shard holds).
+SHARDS = pytest.mark.parametrize("shards", [1, 2, 3])
 
 
 def derived_contents(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
@@ -47,16 +52,16 @@ def later_sync(w: World, customers: set[str], subscriptions: set[str], since: in
 
 
 def assert_incremental_equals_full(tmp_path: Path, before: World, changed: World, seen: int, later: int,
-                                   settings: Settings | None = None) -> tuple[int, dict[str, list[str]]]:
-    """Load ``before`` at ``seen`` and recompute; load ``changed`` at ``later`` and derive again incrementally;
-    compare every derived table and view with a fresh store fully recomputed. Returns (customers derived
-    again, the derived contents)."""
-    settings = settings or Settings()
+                                   shards: int) -> tuple[int, dict[str, list[str]]]:
+    """Load ``before`` at ``seen`` and recompute; load ``changed`` at ``later`` and derive again incrementally in
+    ``shards`` shards; compare every derived table and view with a fresh store fully recomputed. Returns
+    (customers derived again, the derived contents)."""
+    settings = Settings()
     con = open_store(tmp_path / "incremental.duckdb")
     before.load(con, seen_at=seen)
     recompute(con, settings)
     changed.load(con, seen_at=later)
-    n = recompute_changed(con, settings, dt.datetime.fromtimestamp(later, tz=dt.UTC))
+    n = recompute_changed(con, settings, dt.datetime.fromtimestamp(later, tz=dt.UTC), shards=shards)
     incremental = derived_contents(con)
     con.close()
 
@@ -72,7 +77,8 @@ def assert_incremental_equals_full(tmp_path: Path, before: World, changed: World
     return n, full
 
 
-def test_every_derived_table_equals_a_full_recompute(world: World, tmp_path: Path) -> None:
+@SHARDS
+def test_every_derived_table_equals_a_full_recompute(world: World, tmp_path: Path, shards: int) -> None:
     """A billing run later (renewal with usage and seats, a signup, a cancellation taking effect): not only the
     views but every persistent derived table (the monthly ledger, data quality, exchange rate days...) is the
     full recompute's."""
@@ -85,13 +91,14 @@ def test_every_derived_table_equals_a_full_recompute(world: World, tmp_path: Pat
     w.subscribe("sub_f", "cus_f", [("si_f1", "pro_usd", 2)], ts(2024, 5, 25))
     w.end("sub_e", ts(2024, 6, 1))
     changed = later_sync(w, {"cus_a", "cus_f", "cus_e"}, {"sub_a", "sub_f", "sub_e"}, ts(2024, 5, 10))
-    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
     assert n == 3
     assert any("cus_f" in r for r in full["view mrr_movements"])
 
 
-def test_an_event_about_an_object_the_store_lacks_touches_the_customer_it_names(world: World,
-                                                                                   tmp_path: Path) -> None:
+@SHARDS
+def test_an_event_about_an_object_the_store_lacks_touches_the_customer_it_names(world: World, tmp_path: Path,
+                                                                                   shards: int) -> None:
     """The later sync brings a new subscription's events but neither the subscription, its invoice nor its customer
     (another customer's renewal moves the snapshot past it): the customer named inside the events is derived
     again, and gains the subscription's MRR."""
@@ -103,7 +110,7 @@ def test_an_event_about_an_object_the_store_lacks_touches_the_customer_it_names(
     changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 25))
     changed.objects["invoices"] = {k: v for k, v in changed.objects["invoices"].items() if v["customer"] != "cus_h"}
     assert "customer.subscription.created" in [e["type"] for e in changed.events]
-    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
     assert n == 2
     assert any("cus_h" in r and "'new'" in r for r in full["view mrr_movements"])
 
@@ -115,7 +122,8 @@ def unusable_event(w: World, at: int, customer: str) -> dict[str, Any]:
     return w.event("customer.subscription.updated", at, invoice)
 
 
-def test_data_quality_rows_follow_the_customers_derived_again(world: World, tmp_path: Path) -> None:
+@SHARDS
+def test_data_quality_rows_follow_the_customers_derived_again(world: World, tmp_path: Path, shards: int) -> None:
     """A data-quality row about an object of a touched customer is added; one about an untouched customer's
     object stays as the full recompute left it."""
     w = book(world)
@@ -124,13 +132,14 @@ def test_data_quality_rows_follow_the_customers_derived_again(world: World, tmp_
     w.cycle("sub_a", ts(2024, 5, 10), usage={"si_a3": 20_000})
     touched = unusable_event(w, ts(2024, 5, 24), "cus_a")
     changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 24))
-    _, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2))
+    _, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
     rows = full["derived_data_quality"]
     assert sum(untouched["id"] in r for r in rows) == 1
     assert sum(touched["id"] in r for r in rows) == 1
 
 
-def test_transitions_past_today_fall_back_to_a_full_recompute(world: World, tmp_path: Path) -> None:
+@SHARDS
+def test_transitions_past_today_fall_back_to_a_full_recompute(world: World, tmp_path: Path, shards: int) -> None:
     """The exchange rate per day runs through today or the last transition, whichever is later; when another
     customer's transition ends later than anything the touched customers have (data dated in the future), the
     changed customers alone cannot fix it, so everything is recomputed."""
@@ -150,6 +159,6 @@ def test_transitions_past_today_fall_back_to_a_full_recompute(world: World, tmp_
     changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(year, 2, 1))
     changed.objects["invoices"] = {k: v for k, v in changed.objects["invoices"].items() if v["customer"] == "cus_a"}
     changed.events = [e for e in changed.events if e["data"]["object"]["customer"] == "cus_a"]
-    n, full = assert_incremental_equals_full(tmp_path, before, changed, ts(year, 3, 20), ts(year, 3, 21))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, ts(year, 3, 20), ts(year, 3, 21), shards)
     assert n == 2  # (every customer: the full recompute ran)
     assert max(full["derived_fx_days"]) >= repr(("eur", dt.date(year, 3, 10)))[:24]
