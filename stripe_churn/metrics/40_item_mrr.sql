@@ -54,56 +54,6 @@ FROM derived_subs s
 CROSS JOIN derived_settings st
 LEFT JOIN unpaid u USING (account_id, subscription_id);
 
--- Every moment at which anything an item's MRR depends on may change, per subscription.
-CREATE OR REPLACE TEMP TABLE derived_sub_breaks AS
-WITH sub_items AS (
-    SELECT DISTINCT account_id, subscription_id, customer_id FROM derived_item_history
-),
-pts AS (
-    SELECT account_id, subscription_id, valid_from AS moment FROM derived_item_history
-    UNION SELECT account_id, subscription_id, valid_to FROM derived_item_history WHERE valid_to IS NOT NULL
-    UNION
-    -- a status point that changes neither status nor pause_collection changes no item's MRR (its point would
-    -- equal the one before and be dropped; the as-of status lookup below still sees every status point)
-    SELECT account_id, subscription_id, moment
-    FROM (SELECT account_id, subscription_id, moment, {'s': status, 'p': pause_collection} AS v,
-                 lag({'s': status, 'p': pause_collection}) OVER (PARTITION BY account_id, subscription_id
-                                                                ORDER BY moment) AS before
-          FROM derived_status_points)
-    WHERE before IS NULL OR before IS DISTINCT FROM v
-    UNION SELECT account_id, subscription_id, moment FROM derived_metered_steps
-    UNION SELECT account_id, subscription_id, zero_from FROM derived_sub_churn WHERE zero_from IS NOT NULL
-    UNION
-    -- a discount's start and end, on its subscription, or on every subscription of its customer (two
-    -- equality joins: an OR in the join condition would compare every subscription with every discount)
-    SELECT si.account_id, si.subscription_id, b.moment
-    FROM (SELECT si.account_id, si.subscription_id, d.valid_from, d.valid_to
-          FROM sub_items si
-          JOIN derived_discount_spans d
-            ON d.account_id = si.account_id AND d.applies_to_mrr AND d.subscription_id = si.subscription_id
-          UNION ALL
-          SELECT si.account_id, si.subscription_id, d.valid_from, d.valid_to
-          FROM sub_items si
-          JOIN derived_discount_spans d
-            ON d.account_id = si.account_id AND d.applies_to_mrr AND d.scope = 'customer'
-           AND d.customer_id = si.customer_id) si,
-         unnest([si.valid_from, si.valid_to]) AS b(moment)
-    WHERE b.moment IS NOT NULL
-)
-SELECT p.account_id, p.subscription_id, p.moment
-FROM pts p
-JOIN (SELECT account_id, subscription_id, min(valid_from) AS first_at FROM derived_item_history GROUP BY ALL) f
-  USING (account_id, subscription_id)
-WHERE p.moment >= f.first_at;
-
--- Undiscounted amount per billing period of each licensed (price, quantity) pair in use.
-CREATE OR REPLACE TEMP TABLE derived_price_qty_amounts AS
-SELECT account_id, price_id, quantity, price_amount_p(account_id, price_id, quantity) AS amount_p
-FROM (SELECT DISTINCT h.account_id, h.price_id, h.quantity
-      FROM derived_item_history h
-      JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
-      WHERE p.usage_type = 'licensed' AND h.quantity IS NOT NULL);
-
 -- Integer keys for the subscriptions and items that have a history (the per-point tables, windows and
 -- as-of joins below carry these instead of the id strings, and the descriptive columns are joined back
 -- only for the intervals kept). An item's key follows its id's order within an account (the shared
@@ -119,6 +69,100 @@ CREATE OR REPLACE TEMP TABLE derived_mrr_item_keys AS
 SELECT account_id, subscription_item_id, CAST(row_number() OVER (ORDER BY account_id, subscription_item_id) AS INTEGER) AS ik
 FROM (SELECT DISTINCT account_id, subscription_item_id FROM derived_item_history WHERE subscription_item_id IS NOT NULL);
 
+-- Each history row's keys (`hid`: its rowid; `ik` NULL for a NULL item id).
+CREATE OR REPLACE TEMP TABLE derived_mrr_hist_keys AS
+SELECT h.rowid AS hid, sk.sk, ik.ik, h.valid_from, h.valid_to
+FROM derived_item_history h
+JOIN derived_mrr_sub_keys sk ON sk.account_id = h.account_id AND sk.subscription_id = h.subscription_id
+LEFT JOIN derived_mrr_item_keys ik ON ik.account_id = h.account_id AND ik.subscription_item_id = h.subscription_item_id;
+
+-- Every moment at which anything an item's MRR depends on may change: per subscription (`ik` NULL: every item
+-- of it may change then) or per item (`ik`: only that item may; the subscription's other items get no point
+-- there). A status, churn or discount moment is the whole subscription's; the bounds of an item's history
+-- rows and its usage steps are its own, unless the subscription shares an amount_off among its items in
+-- proportion to their MRR (any item's change changes every share), or the moment is the whole subscription's
+-- anyway. (An item's point at another item's moment would equal its point before and be dropped.)
+CREATE OR REPLACE TEMP TABLE derived_sub_breaks AS
+WITH sub_items AS (
+    SELECT DISTINCT account_id, subscription_id, customer_id FROM derived_item_history
+),
+-- a discount's start and end, on its subscription, or on every subscription of its customer (two equality
+-- joins: an OR in the join condition would compare every subscription with every discount)
+sub_discounts AS (
+    SELECT si.account_id, si.subscription_id, d.valid_from, d.valid_to, d.amount_off, d.scope
+    FROM sub_items si
+    JOIN derived_discount_spans d
+      ON d.account_id = si.account_id AND d.applies_to_mrr AND d.subscription_id = si.subscription_id
+    UNION ALL
+    SELECT si.account_id, si.subscription_id, d.valid_from, d.valid_to, d.amount_off, d.scope
+    FROM sub_items si
+    JOIN derived_discount_spans d
+      ON d.account_id = si.account_id AND d.applies_to_mrr AND d.scope = 'customer'
+     AND d.customer_id = si.customer_id
+),
+sharing AS (
+    SELECT DISTINCT account_id, subscription_id FROM sub_discounts
+    WHERE amount_off IS NOT NULL AND scope <> 'item'
+),
+whole AS (
+    -- a status point that changes neither status nor pause_collection changes no item's MRR (its point would
+    -- equal the one before and be dropped; the as-of status lookup below still sees every status point)
+    SELECT account_id, subscription_id, moment
+    FROM (SELECT account_id, subscription_id, moment, {'s': status, 'p': pause_collection} AS v,
+                 lag({'s': status, 'p': pause_collection}) OVER (PARTITION BY account_id, subscription_id
+                                                                ORDER BY moment) AS before
+          FROM derived_status_points)
+    WHERE before IS NULL OR before IS DISTINCT FROM v
+    UNION SELECT account_id, subscription_id, zero_from FROM derived_sub_churn WHERE zero_from IS NOT NULL
+    UNION
+    SELECT d.account_id, d.subscription_id, b.moment
+    FROM sub_discounts d, unnest([d.valid_from, d.valid_to]) AS b(moment)
+    WHERE b.moment IS NOT NULL
+),
+sub_first AS (
+    SELECT sk, min(valid_from) AS first_at FROM derived_mrr_hist_keys GROUP BY sk
+),
+whole_keyed AS (
+    SELECT k.sk, w.moment
+    FROM whole w JOIN derived_mrr_sub_keys k USING (account_id, subscription_id)
+),
+sharing_keyed AS (
+    SELECT k.sk FROM sharing s JOIN derived_mrr_sub_keys k USING (account_id, subscription_id)
+),
+own AS (
+    SELECT sk, ik, valid_from AS moment FROM derived_mrr_hist_keys
+    UNION ALL SELECT sk, ik, valid_to FROM derived_mrr_hist_keys WHERE valid_to IS NOT NULL
+    UNION ALL
+    SELECT sk.sk, ik.ik, m.moment
+    FROM derived_metered_steps m
+    JOIN derived_mrr_sub_keys sk ON sk.account_id = m.account_id AND sk.subscription_id = m.subscription_id
+    LEFT JOIN derived_mrr_item_keys ik
+           ON ik.account_id = m.account_id AND ik.subscription_item_id = m.subscription_item_id
+),
+keyed AS MATERIALIZED (
+    SELECT DISTINCT p.sk, p.moment, p.ik
+    FROM (SELECT sk, moment, CAST(NULL AS INTEGER) AS ik FROM whole_keyed
+          UNION ALL
+          -- (an item without a key, such as a NULL id, makes its moments the whole subscription's)
+          SELECT o.sk, o.moment, CASE WHEN o.sk NOT IN (SELECT sk FROM sharing_keyed) THEN o.ik END
+          FROM own o) p
+    JOIN sub_first f USING (sk)
+    WHERE p.moment >= f.first_at
+)
+SELECT sk, moment, ik FROM keyed WHERE ik IS NULL
+UNION ALL
+SELECT sk, moment, ik FROM keyed k
+WHERE ik IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM keyed w WHERE w.ik IS NULL AND w.sk = k.sk AND w.moment = k.moment);
+
+-- Undiscounted amount per billing period of each licensed (price, quantity) pair in use.
+CREATE OR REPLACE TEMP TABLE derived_price_qty_amounts AS
+SELECT account_id, price_id, quantity, price_amount_p(account_id, price_id, quantity) AS amount_p
+FROM (SELECT DISTINCT h.account_id, h.price_id, h.quantity
+      FROM derived_item_history h
+      JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
+      WHERE p.usage_type = 'licensed' AND h.quantity IS NOT NULL);
+
 -- Each item's state at each break of its subscription: one narrow row per item and break (the history
 -- row it falls in by `hid`, its rowid; `pq` numbers its (price, quantity) pair, NULL when both are NULL, so
 -- that points compare pairs as integers).
@@ -130,13 +174,11 @@ WITH pairs AS (
 ),
 hist AS MATERIALIZED (
     -- (materialised: the lookups below run once per history row, not once per point)
-    SELECT h.rowid AS hid, sk.sk, ik.ik, h.valid_from, h.valid_to, pr.pq,
+    SELECT hk.hid, hk.sk, hk.ik, hk.valid_from, hk.valid_to, pr.pq,
            p.usage_type, p.currency, p.norm_num, p.norm_den, p.price_type, a.amount_p AS licensed_amount_p,
            c.zero_from
     FROM derived_item_history h
-    JOIN derived_mrr_sub_keys sk ON sk.account_id = h.account_id AND sk.subscription_id = h.subscription_id
-    LEFT JOIN derived_mrr_item_keys ik
-           ON ik.account_id = h.account_id AND ik.subscription_item_id = h.subscription_item_id
+    JOIN derived_mrr_hist_keys hk ON hk.hid = h.rowid
     LEFT JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
     LEFT JOIN derived_price_qty_amounts a
            ON a.account_id = h.account_id AND a.price_id = h.price_id AND a.quantity = h.quantity
@@ -144,10 +186,9 @@ hist AS MATERIALIZED (
     LEFT JOIN pairs pr ON pr.price_id IS NOT DISTINCT FROM h.price_id AND pr.quantity IS NOT DISTINCT FROM h.quantity
 ),
 sub_status AS (
-    SELECT b.sk, b.moment, sp.status, sp.pause_collection, sp.moment AS status_at,
+    SELECT b.sk, b.ik AS break_ik, b.moment, sp.status, sp.pause_collection, sp.moment AS status_at,
            sp.source_event_id AS status_event_id
-    FROM (SELECT k.sk, b.moment FROM derived_sub_breaks b
-          JOIN derived_mrr_sub_keys k USING (account_id, subscription_id)) b
+    FROM derived_sub_breaks b
     ASOF LEFT JOIN (SELECT k.sk, s.moment, s.status, s.pause_collection, s.source_event_id
                     FROM derived_status_points s
                     JOIN derived_mrr_sub_keys k USING (account_id, subscription_id)) sp
@@ -157,6 +198,7 @@ with_status AS (
     SELECT h.*, b.moment, b.status, b.pause_collection, b.status_at, b.status_event_id
     FROM sub_status b
     JOIN hist h ON h.sk = b.sk AND h.valid_from <= b.moment AND (h.valid_to IS NULL OR b.moment < h.valid_to)
+               AND (b.break_ik IS NULL OR b.break_ik = h.ik)
 ),
 -- (only items with usage invoices have a usage step to find)
 metered AS (
