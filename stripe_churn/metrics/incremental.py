@@ -181,31 +181,32 @@ WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' A
 # from the key columns alone, then only those rows are copied (so the raw JSON of everyone else is never read).
 # A row kept for an account-wide fact comes once more with no owner (NULL): every shard needs it.
 _SCOPED_KEYS = {
-    "customers": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM customers t JOIN touched_customers c "
+    "customers": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM customers t JOIN touched_customers c "
                  "ON c.account_id = t.account_id AND c.customer_id = t.id",
     # (and each account's most recently seen subscription, which fixes the latest snapshot)
-    "subscriptions": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM subscriptions t "
+    "subscriptions": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM subscriptions t "
                      "JOIN touched_customers c USING (account_id, customer_id) "
-                     "UNION ALL SELECT arg_max(rowid, last_seen_at), account_id, NULL FROM subscriptions GROUP BY account_id",
-    "subscription_items": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM subscription_items t JOIN subscriptions s "
+                     "UNION ALL SELECT arg_max(rowid, last_seen_at), account_id, NULL, NULL "
+                     "FROM subscriptions GROUP BY account_id",
+    "subscription_items": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM subscription_items t JOIN subscriptions s "
                           "ON s.account_id = t.account_id AND s.id = t.subscription_id JOIN touched_customers c "
                           "ON c.account_id = s.account_id AND c.customer_id = s.customer_id",
-    "invoices": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM invoices t "
+    "invoices": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM invoices t "
                 "JOIN touched_customers c USING (account_id, customer_id)",
-    "invoice_lines": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM invoice_lines t JOIN invoices v "
+    "invoice_lines": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM invoice_lines t JOIN invoices v "
                      "ON v.account_id = t.account_id AND v.id = t.invoice_id JOIN touched_customers c "
                      "ON c.account_id = v.account_id AND c.customer_id = v.customer_id",
-    "credit_notes": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM credit_notes t "
+    "credit_notes": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM credit_notes t "
                     "JOIN touched_customers c USING (account_id, customer_id)",
-    "discounts": "SELECT t.rowid AS rid, t.account_id, c.customer_id FROM discounts t "
+    "discounts": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM discounts t "
                  "JOIN touched_customers c USING (account_id, customer_id)",
     # the events about the touched customers' objects, and each account's oldest and newest event (which fix
     # where event coverage starts)
-    "events": "SELECT t.rowid AS rid, t.account_id, o.customer_id FROM events t JOIN touched_objects o "
+    "events": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, o.customer_id FROM events t JOIN touched_objects o "
               "ON o.account_id = t.account_id AND o.object_id = t.object_id "
-              "UNION ALL SELECT rowid, account_id, NULL FROM events WHERE (account_id, created) IN "
+              "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
               "(SELECT (account_id, min(created)) FROM events GROUP BY account_id) "
-              "UNION ALL SELECT rowid, account_id, NULL FROM events WHERE (account_id, created) IN "
+              "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
               "(SELECT (account_id, max(created)) FROM events GROUP BY account_id)",
 }
 
@@ -226,25 +227,19 @@ SELECT DISTINCT account_id, object_id, customer_id FROM touched_new_events WHERE
 """
 
 
-# The objects of the touched customers that data-quality rows name (object_id): their customers,
-# subscriptions, items, invoices, lines, credit notes, discounts and the events about them. Their rows in
-# derived_data_quality are replaced by the scope's (a row about an exchange rate names a currency, not an object:
-# a missing rate stops the recompute before anything is replaced).
+# The objects of the touched customers that data-quality rows name (object_id), from the staged row lists: their
+# customers, subscriptions, items, invoices, lines, credit notes, discounts, the events about them, and the
+# objects the store lacks that new events name. Their rows in derived_data_quality are replaced by the scope's
+# (a row about an exchange rate names a currency, not an object: a missing rate stops the recompute before
+# anything is replaced).
 _TOUCHED_DQ_OBJECTS_SQL = """
 CREATE OR REPLACE TEMP TABLE touched_dq_objects AS
-SELECT account_id, object_id, customer_id FROM touched_objects
-UNION ALL
-SELECT i.account_id, i.id, o.customer_id FROM subscription_items i
-JOIN touched_objects o ON o.account_id = i.account_id AND o.object_id = i.subscription_id
-UNION ALL
-SELECT l.account_id, l.id, o.customer_id FROM invoice_lines l
-JOIN touched_objects o ON o.account_id = l.account_id AND o.object_id = l.invoice_id
-UNION ALL
-SELECT n.account_id, n.id, n.customer_id FROM credit_notes n JOIN touched_customers c USING (account_id, customer_id)
-UNION ALL
-SELECT e.account_id, e.id, o.customer_id FROM events e
-JOIN touched_objects o ON o.account_id = e.account_id AND o.object_id = e.object_id
+SELECT DISTINCT account_id, object_id, customer_id FROM (
+    {staged}
+    UNION ALL SELECT account_id, object_id, customer_id FROM touched_objects
+)
 """
+
 
 # The last day of derived_fx_days as 62_transition_items fixes it: today, or the last transition's end when
 # that is later.
@@ -385,13 +380,17 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, shards: int) -> None:
     spread = []
     for table, keys in _SCOPED_KEYS.items():
         con.execute(f"CREATE TABLE {_SCOPE}.rows_{table} AS "
-                    f"SELECT rid, any_value(account_id) AS account_id, max(customer_id) AS customer_id, "
+                    f"SELECT rid, any_value(account_id) AS account_id, max(object_id) AS object_id, "
+                    f"max(customer_id) AS customer_id, "
                     f"CASE WHEN bool_or(customer_id IS NULL) THEN NULL ELSE max({_shard_sql(shards)}) END AS shard "
                     f"FROM ({keys}) GROUP BY rid")
         spread.append(f"SELECT account_id, customer_id FROM {_SCOPE}.rows_{table} "
                       "WHERE shard IS NULL AND customer_id IS NOT NULL")
     con.execute(f"CREATE TABLE {_SCOPE}.spread AS SELECT DISTINCT h.* FROM ({' UNION ALL '.join(spread)}) x "
                 f"JOIN {_SCOPE}.shard_of h USING (account_id, customer_id)")
+    con.execute(_TOUCHED_DQ_OBJECTS_SQL.format(staged=" UNION ALL ".join(
+        f"SELECT account_id, object_id, customer_id FROM {_SCOPE}.rows_{table} WHERE customer_id IS NOT NULL"
+        for table in _SCOPED_KEYS)))
 
 
 def _copy_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: int) -> None:
@@ -527,7 +526,6 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
         con.execute("DELETE FROM moved_customers")
         touched, moved = moved, 0
     con.execute(_TOUCHED_OBJECTS_SQL)
-    con.execute(_TOUCHED_DQ_OBJECTS_SQL)
     tables = _per_customer_tables(con)
     sub_tables = _per_subscription_tables(con)
     con.execute(f"ATTACH ':memory:' AS {_SCOPE}")
