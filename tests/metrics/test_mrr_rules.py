@@ -168,6 +168,33 @@ def test_amount_off_shared_and_capped(world: World, derive: Derive) -> None:
     assert sum(parts) == Decimal("75")
 
 
+def test_amount_off_share_follows_the_other_items(world: World, derive: Derive) -> None:
+    """A shared amount_off is split in proportion to the items' MRR: when one item changes, every item's
+    share changes with it (the other item gets a new row then although nothing of its own changed)."""
+    discounted(world, {"amount_off": 1_500, "currency": "usd", "duration": "forever"})
+    world.update("sub_1", month(1, 10), items=[("si_a", "price_a", 8), ("si_b", "price_b", 1)])
+    con = derive(world, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(1, 9)) == Decimal("75.0000")
+    assert customer_mrr_at(con, "cus_1", month(1, 10)) == Decimal("115.0000")
+    b = item_rows(con, "si_b")
+    assert [r["valid_from"] for r in b] == [T0, month(1, 10)]
+    for at in (month(1, 9), month(1, 10)):
+        rows = [r for i in ("si_a", "si_b") for r in item_rows(con, i)
+                if r["valid_from"] <= at and (r["valid_to"] is None or at < r["valid_to"])]
+        assert sum(r["mrr_original"] for r in rows) == customer_mrr_at(con, "cus_1", at)
+
+
+def test_other_items_change_leaves_an_item_unchanged(world: World, derive: Derive) -> None:
+    """Without a shared amount_off, an item's rows do not break where another item of its subscription
+    changes."""
+    discounted(world, {"percent_off": 10, "duration": "forever"})
+    world.update("sub_1", month(1, 10), items=[("si_a", "price_a", 8), ("si_b", "price_b", 1)])
+    con = derive(world, seen_at=month(3))
+    assert [r["valid_from"] for r in item_rows(con, "si_b")] == [T0]
+    assert [r["valid_from"] for r in item_rows(con, "si_a")] == [T0, month(1, 10)]
+    assert customer_mrr_at(con, "cus_1", month(1, 10)) == Decimal("117.0000")
+
+
 def test_amount_off_never_below_zero(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"amount_off": 50_000, "currency": "usd", "duration": "forever"}),
                  seen_at=month(2))
