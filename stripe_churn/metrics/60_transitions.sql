@@ -40,11 +40,14 @@ WHERE t IS NOT NULL;
 CREATE OR REPLACE TEMP TABLE derived_transition_windows AS
 WITH RECURSIVE
 cfg AS (
-    SELECT to_minutes(CAST(movement_window_minutes AS BIGINT)) AS win FROM derived_settings
+    SELECT to_minutes(CAST(movement_window_minutes AS BIGINT)) AS win,
+           -- (the same in microseconds: the gaps are compared as integers, not as normalised intervals)
+           CAST(movement_window_minutes AS BIGINT) * 60000000 AS win_us
+    FROM derived_settings
 ),
 runs AS (
     SELECT p.account_id, p.customer_id, p.t,
-           sum(CASE WHEN p.t - prev_t <= cfg.win THEN 0 ELSE 1 END)
+           sum(CASE WHEN epoch_us(p.t) - epoch_us(prev_t) <= cfg.win_us THEN 0 ELSE 1 END)
                OVER (PARTITION BY p.account_id, p.customer_id ORDER BY p.t ROWS UNBOUNDED PRECEDING) AS run
     FROM (SELECT *, lag(t) OVER (PARTITION BY account_id, customer_id ORDER BY t) AS prev_t
           FROM derived_change_points) p, cfg
@@ -56,7 +59,7 @@ run_spans AS (
 long_points AS (
     SELECT r.account_id, r.customer_id, r.run, r.t
     FROM runs r JOIN run_spans s USING (account_id, customer_id, run), cfg
-    WHERE s.run_end - s.run_start > cfg.win
+    WHERE epoch_us(s.run_end) - epoch_us(s.run_start) > cfg.win_us
 ),
 anchors(account_id, customer_id, run, anchor) AS (
     SELECT account_id, customer_id, run, min(t) FROM long_points GROUP BY ALL
@@ -77,7 +80,7 @@ long_windows AS (
 )
 SELECT account_id, customer_id, run_start AS t_start, run_end AS t_end
 FROM run_spans, cfg
-WHERE run_end - run_start <= cfg.win
+WHERE epoch_us(run_end) - epoch_us(run_start) <= cfg.win_us
 UNION ALL
 SELECT account_id, customer_id, t_start, max(t) AS t_end
 FROM long_windows
