@@ -45,17 +45,28 @@ start_items AS (
     FROM derived_obs_items WHERE source = 'snapshot' AND ord = 0
 ),
 invoice_at_start AS (
-    -- the newest step per item before coverage: a grouped arg_max over one ordering key (a window would sort
-    -- every step with all its columns)
-    SELECT account_id, subscription_item_id, coverage_start, unnest(newest)
-    FROM (SELECT s.account_id, s.subscription_item_id, c.coverage_start,
-                 arg_max({'subscription_id': s.subscription_id, 'source_invoice_id': s.source_invoice_id,
-                          'price_id': s.price_id, 'quantity': s.quantity, 'present': s.present},
-                         (s.moment, s.prio)) AS newest
-          FROM derived_invoice_item_steps s
-          JOIN derived_coverage c USING (account_id)
-          WHERE c.has_events AND s.moment < c.coverage_start
-          GROUP BY s.account_id, s.subscription_item_id, c.coverage_start)
+    -- the newest step per item before coverage, in two grouped passes instead of a window (which would sort
+    -- every step with all its columns) or an arg_max over the (moment, prio) pair (a struct compared per
+    -- row): the latest moment, then the highest prio at that moment; its columns by row id
+    WITH steps AS (
+        SELECT s.rowid AS rid, s.account_id, s.subscription_item_id, c.coverage_start, s.moment, s.prio
+        FROM derived_invoice_item_steps s
+        JOIN derived_coverage c USING (account_id)
+        WHERE c.has_events AND s.moment < c.coverage_start
+    ),
+    latest AS (
+        SELECT account_id, subscription_item_id, coverage_start, max(moment) AS moment FROM steps GROUP BY ALL
+    ),
+    kept AS (
+        SELECT s.account_id, s.subscription_item_id, s.coverage_start, arg_max(s.rid, s.prio) AS rid
+        FROM steps s
+        JOIN latest l USING (account_id, subscription_item_id, coverage_start, moment)
+        GROUP BY ALL
+    )
+    SELECT k.account_id, k.subscription_item_id, k.coverage_start, s.subscription_id, s.source_invoice_id,
+           s.price_id, s.quantity, s.present
+    FROM kept k
+    JOIN derived_invoice_item_steps s ON s.rowid = k.rid
 ),
 at_start AS (
     SELECT i.account_id, i.source_invoice_id AS invoice_id, i.subscription_item_id, i.price_id, i.quantity,
