@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import duckdb
 
@@ -156,23 +157,30 @@ def _rows_of(table: str, who: str, key: str = "customer_id", cols: str = "*", db
 
 # (the steps read a customer's JSON only for metadata segments, which the scoped runs never compute)
 _NO_RAW = "* REPLACE (CAST(NULL AS JSON) AS raw)"
-_MOVED_INPUTS = {
-    "customers": _rows_of("customers", "moved_customers", "id", _NO_RAW),
-    "subscriptions": _rows_of("subscriptions", "moved_customers", cols=_NO_RAW),
-    "invoices": _rows_of("invoices", "moved_customers", cols=_NO_RAW),
-    "derived_item_mrr": _rows_of("derived_item_mrr", "moved_customers"),
-    "derived_customer_mrr": _rows_of("derived_customer_mrr", "moved_customers"),
-    "derived_subs": _rows_of("derived_subs", "moved_customers"),
-    "fx_rates": "SELECT * FROM fx_rates",
-    "derived_coverage": f"SELECT * FROM {_SCOPE}.derived_coverage",
-}
+
+
+def _moved_inputs(main_db: str) -> dict[str, str]:
+    """What steps 60-88 read for the moved customers (in ``_SCOPE.moved_customers``), by table."""
+    who, db = f"{_SCOPE}.moved_customers", f"{main_db}.main"
+    return {
+        "customers": _rows_of("customers", who, "id", _NO_RAW, db),
+        "subscriptions": _rows_of("subscriptions", who, cols=_NO_RAW, db=db),
+        "invoices": _rows_of("invoices", who, cols=_NO_RAW, db=db),
+        "derived_item_mrr": _rows_of("derived_item_mrr", who, db=db),
+        "derived_customer_mrr": _rows_of("derived_customer_mrr", who, db=db),
+        "derived_subs": _rows_of("derived_subs", who, db=db),
+        "fx_rates": f"SELECT * FROM {db}.fx_rates",
+        "derived_coverage": f"SELECT * FROM {_SCOPE}.new_coverage",
+    }
+
+
 _MOVED_SUB_EVENTS_SQL = """
 CREATE OR REPLACE TEMP TABLE derived_sub_events AS
 SELECT e.account_id, e.id AS event_id, e.type AS event_type, e.created AS moment, e.object_id AS subscription_id,
        row_number() OVER (PARTITION BY e.account_id, e.object_id ORDER BY e.created, e.id) AS seq
-FROM events e
-JOIN (SELECT s.account_id, s.subscription_id FROM derived_subs s
-      JOIN moved_customers c USING (account_id, customer_id)) x
+FROM {db}.events e
+JOIN (SELECT s.account_id, s.subscription_id FROM {db}.derived_subs s
+      JOIN {scope}.moved_customers c USING (account_id, customer_id)) x
   ON x.account_id = e.account_id AND x.subscription_id = e.object_id
 WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false)
 """
@@ -276,42 +284,37 @@ def _per_subscription_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _touched_ledger(con: duckdb.DuckDBPyConnection, main_db: str, sources: list[tuple[str, str]],
-                    name: str) -> str:
-    """The monthly bridge ledger of the touched customers alone, from their rows in each (database, customer
-    table) of ``sources``, in a temp table; the macro runs over copies of their rows so that it needs no
-    filter of its own."""
-    con.execute(f"ATTACH ':memory:' AS {name}")
+def _touched_ledger(cur: duckdb.DuckDBPyConnection, main_db: str, sources: list[tuple[str, str]],
+                    name: str) -> None:
+    """The monthly bridge ledger of some customers alone, from their rows in each (database, customer table) of
+    ``sources``, as the table ``_SCOPE.<name>_ledger``; the macro runs over copies of their rows so that it needs
+    no filter of its own."""
+    cur.execute(f"ATTACH ':memory:' AS {name}")
     try:
         for table, key in (("derived_transition_states", "customer_id"), ("derived_mrr_movements", "customer_id"),
                            ("customers", "id")):
             union = " UNION ALL ".join(
                 _rows_of(table, who, key, _NO_RAW if table == "customers" else "*", f"{db}.main")
                 for db, who in sources)
-            con.execute(f"CREATE TABLE {name}.{table} AS {union}")
-        con.execute(f"SET search_path = '{name}.main,{main_db}.main'")
+            cur.execute(f"CREATE TABLE {name}.{table} AS {union}")
+        cur.execute(f"SET search_path = '{name}.main,{main_db}.main'")
         try:
-            con.execute(f"CREATE OR REPLACE TEMP TABLE {name}_ledger AS SELECT * FROM bridge_ledger('month', NULL)")
+            cur.execute(f"CREATE TABLE {_SCOPE}.{name}_ledger AS SELECT * FROM bridge_ledger('month', NULL)")
         finally:
-            con.execute("RESET search_path")
+            cur.execute("RESET search_path")
     finally:
-        con.execute(f"DETACH {name}")
-    return f"{name}_ledger"
+        cur.execute(f"DETACH {name}")
 
 
-def _derive_moved(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings) -> None:
-    """Steps 60-88 for the moved customers, in the attached database ``_MOVED``."""
-    for table, sql in _MOVED_INPUTS.items():
-        con.execute(f"CREATE TABLE {_MOVED}.{table} AS {sql}")
-    con.execute(_MOVED_SUB_EVENTS_SQL)
-    con.execute(f"USE {_MOVED}")
-    try:
-        con.execute(f"SET search_path = '{_MOVED}.main,{main_db}.main'")
-        write_settings(con, settings)
-        _run_steps(con, lambda name: name >= "60" and not name.startswith("9"))
-    finally:
-        con.execute("RESET search_path")
-        con.execute(f"USE {main_db}")
+def _derive_moved(cur: duckdb.DuckDBPyConnection, main_db: str, settings: Settings) -> None:
+    """Steps 60-88 for the moved customers, in the attached database ``_MOVED``, on the connection ``cur``."""
+    for table, sql in _moved_inputs(main_db).items():
+        cur.execute(f"CREATE TABLE {_MOVED}.{table} AS {sql}")
+    cur.execute(_MOVED_SUB_EVENTS_SQL.format(db=f"{main_db}.main", scope=_SCOPE))
+    cur.execute(f"USE {_MOVED}")
+    cur.execute(f"SET search_path = '{_MOVED}.main,{main_db}.main'")
+    write_settings(cur, settings)
+    _run_steps(cur, lambda name: name >= "60" and not name.startswith("9"))
 
 
 def _run_steps(con: duckdb.DuckDBPyConnection, wanted: Callable[[str], bool]) -> None:
@@ -458,36 +461,39 @@ def _gather_shards(con: duckdb.DuckDBPyConnection, names: list[str], tables: lis
         con.execute(f"CREATE TABLE {_SCOPE}.{table} AS " + " UNION ALL ".join(parts))
 
 
-def _derive_touched(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings, shards: int,
-                    tables: list[str], sub_tables: list[str]) -> None:
-    """The touched customers' raw rows copied and derived in ``_SCOPE``: in place when ``shards`` is 1, else in
-    that many shards side by side, gathered into ``_SCOPE``."""
+def _derive_all(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings, shards: int, moved: bool,
+                tables: list[str], sub_tables: list[str]) -> None:
+    """Side by side, each on its own connection: the touched customers' shards, copied and derived (in
+    ``_SCOPE`` itself when there is one), the moved customers from step 60 on (in ``_MOVED``) and the old
+    ledger of both (``_SCOPE.touched_old_ledger``); then the shards gathered into ``_SCOPE``."""
     _stage_rows(con, shards)
-    if shards == 1:
-        try:
-            _derive_scope(con, main_db, _SCOPE, 0, settings)
-        finally:
-            con.execute(f"USE {main_db}")
-        return
-    names = [f"{_SHARD}_{k}" for k in range(shards)]
-    for db in names:
+    names = [_SCOPE] if shards == 1 else [f"{_SHARD}_{k}" for k in range(shards)]
+    for db in names if shards > 1 else ():
         con.execute(f"ATTACH ':memory:' AS {db}")
+    tasks: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
+        partial(_derive_scope, main_db=main_db, db=names[k], shard=k, settings=settings) for k in range(shards)]
+    if moved:
+        tasks.append(partial(_derive_moved, main_db=main_db, settings=settings))
+    tasks.append(partial(_touched_ledger, main_db=main_db, name="touched_old", sources=[
+        (main_db, f"{_SCOPE}.touched_customers"), (main_db, f"{_SCOPE}.moved_customers")]))
 
-    def work(shard: int) -> None:
+    def run(task: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
         cur = con.cursor()
         try:
-            _derive_scope(cur, main_db, names[shard], shard, settings)
+            task(cur)
         finally:
             cur.close()
 
-    with ThreadPoolExecutor(max_workers=shards) as pool:
-        for done in [pool.submit(work, k) for k in range(shards)]:
+    threads = int(con.execute("SELECT current_setting('threads')").fetchall()[0][0])
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(tasks)))) as pool:
+        for done in [pool.submit(run, task) for task in tasks]:
             done.result()
-    con.execute(f"CREATE OR REPLACE TEMP TABLE touched_dq_shards AS SELECT o.account_id, o.object_id, h.shard "
-                f"FROM touched_dq_objects o JOIN {_SCOPE}.shard_of h USING (account_id, customer_id)")
-    _gather_shards(con, names, tables, sub_tables)
-    for db in names:
-        con.execute(f"DETACH {db}")
+    if shards > 1:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE touched_dq_shards AS SELECT o.account_id, o.object_id, h.shard "
+                    f"FROM touched_dq_objects o JOIN {_SCOPE}.shard_of h USING (account_id, customer_id)")
+        _gather_shards(con, names, tables, sub_tables)
+        for db in names:
+            con.execute(f"DETACH {db}")
 
 
 def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: dt.datetime,
@@ -529,25 +535,26 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
     tables = _per_customer_tables(con)
     sub_tables = _per_subscription_tables(con)
     con.execute(f"ATTACH ':memory:' AS {_SCOPE}")
+    con.execute(f"ATTACH ':memory:' AS {_MOVED}")
     try:
+        # (the connections that derive side by side see the attached databases, not this one's temp tables)
+        con.execute(f"CREATE TABLE {_SCOPE}.touched_customers AS SELECT * FROM touched_customers")
+        con.execute(f"CREATE TABLE {_SCOPE}.moved_customers AS SELECT * FROM moved_customers")
+        con.execute(f"CREATE TABLE {_SCOPE}.new_coverage AS SELECT * FROM coverage_now()")
         shards = _shard_count(con, touched) if shards is None else shards
-        _derive_touched(con, main_db, settings, shards, tables, sub_tables)
+        _derive_all(con, main_db, settings, shards, moved > 0, tables, sub_tables)
         missing = con.execute(f"SELECT currency, min(first_date), max(last_date) FROM {_SCOPE}.derived_fx_missing "
                               "GROUP BY currency ORDER BY currency").fetchall()
         if missing:
             parts = "; ".join(f"{cur} on {first}..{last}" for cur, first, last in missing)
             raise DataError(f"no exchange rate to {settings.currency.lower()} for {parts}: add rows to fx_rates "
                             "and run the recompute again; the previous results were left in place")
-        con.execute(f"ATTACH ':memory:' AS {_MOVED}")
-        if moved:
-            _derive_moved(con, main_db, settings)
+        inputs = _moved_inputs(main_db)
         moved_tables = [t for (t,) in con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [_MOVED]).fetchall()
-            if t in tables and t not in _MOVED_INPUTS]
-        old_ledger = _touched_ledger(con, main_db, [(main_db, "touched_customers"), (main_db, "moved_customers")],
-                                     "touched_old")
-        new_ledger = _touched_ledger(con, main_db, [(_SCOPE, "touched_customers"), (_MOVED, "moved_customers")]
-                                     if moved else [(_SCOPE, "touched_customers")], "touched_new")
+            if t in tables and t not in inputs]
+        _touched_ledger(con, main_db, [(_SCOPE, f"{_SCOPE}.touched_customers"), (_MOVED, f"{_SCOPE}.moved_customers")]
+                        if moved else [(_SCOPE, f"{_SCOPE}.touched_customers")], "touched_new")
         # The commit's checkpoint leaves the replaced rows as delete markers instead of compacting the row
         # groups that hold them: a compaction that merges a small row group into its neighbour rewrites every
         # row group after it, a cost that grows with the whole table, not with the customers derived again
@@ -573,7 +580,7 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
                 _replace_rows(con, table, _SCOPE, "touched_customers", "customer_id")
             for table in moved_tables:
                 _replace_rows(con, table, _MOVED, "moved_customers", "customer_id")
-            _update_ledger(con, old_ledger, new_ledger)
+            _update_ledger(con, f"{_SCOPE}.touched_old_ledger", f"{_SCOPE}.touched_new_ledger")
             con.execute("DELETE FROM derived_data_quality t USING touched_dq_objects k "
                         "WHERE t.account_id = k.account_id AND t.object_id = k.object_id")
             con.execute(f"INSERT INTO derived_data_quality BY NAME SELECT s.* FROM {_SCOPE}.derived_data_quality s "
