@@ -17,6 +17,7 @@ import pytest
 from builders import World, ts
 from test_bridge import SEEN, book, view_contents
 
+from stripe_churn.errors import DataError
 from stripe_churn.metrics.incremental import recompute_changed
 from stripe_churn.metrics.runner import recompute
 from stripe_churn.settings import Settings
@@ -162,3 +163,28 @@ def test_transitions_past_today_fall_back_to_a_full_recompute(world: World, tmp_
     n, full = assert_incremental_equals_full(tmp_path, before, changed, ts(year, 3, 20), ts(year, 3, 21), shards)
     assert n == 2  # (every customer: the full recompute ran)
     assert max(full["derived_fx_days"]) >= repr(("eur", dt.date(year, 3, 10)))[:24]
+
+
+@SHARDS
+def test_a_missing_exchange_rate_stops_it_and_leaves_every_result_in_place(world: World, tmp_path: Path,
+                                                                           shards: int) -> None:
+    """A later sync brings a customer in a currency without exchange rates: one clear error, nothing replaced,
+    and nothing left behind (the same call fails the same way again)."""
+    w = book(world)
+    before = copy.deepcopy(w)
+    w.price("pro_jpy", "prod_core", 2_000, currency="jpy")
+    w.customer("cus_j", currency="jpy", address={"country": "JP"})
+    w.subscribe("sub_j", "cus_j", [("si_j1", "pro_jpy", 1)], ts(2024, 5, 25))
+    w.cycle("sub_a", ts(2024, 5, 26))
+    changed = later_sync(w, {"cus_a", "cus_j"}, {"sub_a", "sub_j"}, ts(2024, 5, 25))
+    con = open_store(tmp_path / "incremental.duckdb")
+    before.load(con, seen_at=SEEN)
+    recompute(con, Settings())
+    derived = derived_contents(con)
+    changed.load(con, seen_at=ts(2024, 6, 2))
+    for _ in range(2):
+        with pytest.raises(DataError, match=r"^no exchange rate to usd for jpy on .*previous results were left") as err:
+            recompute_changed(con, Settings(), dt.datetime.fromtimestamp(ts(2024, 6, 2), tz=dt.UTC), shards=shards)
+        assert "\n" not in str(err.value)
+        assert derived_contents(con) == derived
+    con.close()
