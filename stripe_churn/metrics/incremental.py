@@ -3,10 +3,12 @@
 Every metrics step works per customer except a few account-wide facts (where event coverage starts, the
 latest snapshot), so the customers touched since a moment can be derived apart: their raw rows (plus the
 catalogue, the exchange rates and the account's oldest and newest events, which fix those facts) are
-copied into an in-memory database, the same SQL steps run there, and their rows replace the old ones in
-every per-customer derived table; the monthly bridge ledger is then rebuilt from all movements. The full
-:func:`~stripe_churn.metrics.runner.recompute` stays the default (design.md 2); this is the fast path after
-a billing run, and its result equals a full recompute (tests/metrics/test_bridge.py checks that).
+copied into in-memory databases, the same SQL steps run there, and their rows replace the old ones in every
+per-customer derived table; the monthly bridge ledger is updated by their old and new contributions. Many
+customers are split into shards derived side by side, each on its own connection (DuckDB runs a query over a
+few thousand customers' rows on one thread). The full :func:`~stripe_churn.metrics.runner.recompute` stays
+the default (design.md 2); this is the fast path after a billing run, and every derived table it leaves equals
+a full recompute's (tests/metrics/test_incremental.py checks that).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ _TYPED_ONLY = ("invoices", "invoice_lines", "credit_notes")
 # columns, so their JSON is not copied into the scope either.
 _EVENTS_READ_RAW = "(type LIKE 'customer.subscription.%' OR type = 'customer.discount.deleted')"
 
-# Customers with a raw object seen at or after $since, by the typed columns the store keeps.
 # Each new event with the customer it concerns: by its object's typed row where the store keeps that object (a
 # customer, a subscription, an invoice, a credit note, a discount never changes customer); the event's own JSON
 # is parsed only for the others (`orphan`: an object the store lacks, such as a subscription known only from
