@@ -189,34 +189,30 @@ WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' A
 # The raw rows of the touched customers, table by table, as (row id, owning customer): first the matching row ids
 # from the key columns alone, then only those rows are copied (so the raw JSON of everyone else is never read).
 # A row kept for an account-wide fact comes once more with no owner (NULL): every shard needs it.
+_KEY = "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM {table} t "
 _SCOPED_KEYS = {
-    "customers": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM customers t JOIN touched_customers c "
-                 "ON c.account_id = t.account_id AND c.customer_id = t.id",
+    "customers": _KEY.format(table="customers")
+    + "JOIN touched_customers c ON c.account_id = t.account_id AND c.customer_id = t.id",
     # (and each account's most recently seen subscription, which fixes the latest snapshot)
-    "subscriptions": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM subscriptions t "
-                     "JOIN touched_customers c USING (account_id, customer_id) "
-                     "UNION ALL SELECT arg_max(rowid, last_seen_at), account_id, NULL, NULL "
-                     "FROM subscriptions GROUP BY account_id",
-    "subscription_items": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM subscription_items t JOIN subscriptions s "
-                          "ON s.account_id = t.account_id AND s.id = t.subscription_id JOIN touched_customers c "
-                          "ON c.account_id = s.account_id AND c.customer_id = s.customer_id",
-    "invoices": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM invoices t "
-                "JOIN touched_customers c USING (account_id, customer_id)",
-    "invoice_lines": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM invoice_lines t JOIN invoices v "
-                     "ON v.account_id = t.account_id AND v.id = t.invoice_id JOIN touched_customers c "
-                     "ON c.account_id = v.account_id AND c.customer_id = v.customer_id",
-    "credit_notes": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM credit_notes t "
-                    "JOIN touched_customers c USING (account_id, customer_id)",
-    "discounts": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, c.customer_id FROM discounts t "
-                 "JOIN touched_customers c USING (account_id, customer_id)",
+    "subscriptions": _KEY.format(table="subscriptions") + "JOIN touched_customers c USING (account_id, customer_id) "
+    "UNION ALL SELECT arg_max(rowid, last_seen_at), account_id, NULL, NULL FROM subscriptions GROUP BY account_id",
+    # (items and lines by their parents' rows just staged)
+    "subscription_items": _KEY.format(table="subscription_items")
+    + f"JOIN {_SCOPE}.rows_subscriptions c ON c.account_id = t.account_id AND c.object_id = t.subscription_id "
+    "AND c.customer_id IS NOT NULL",
+    "invoices": _KEY.format(table="invoices") + "JOIN touched_customers c USING (account_id, customer_id)",
+    "invoice_lines": _KEY.format(table="invoice_lines")
+    + f"JOIN {_SCOPE}.rows_invoices c ON c.account_id = t.account_id AND c.object_id = t.invoice_id",
+    "credit_notes": _KEY.format(table="credit_notes") + "JOIN touched_customers c USING (account_id, customer_id)",
+    "discounts": _KEY.format(table="discounts") + "JOIN touched_customers c USING (account_id, customer_id)",
     # the events about the touched customers' objects, and each account's oldest and newest event (which fix
     # where event coverage starts)
-    "events": "SELECT t.rowid AS rid, t.account_id, t.id AS object_id, o.customer_id FROM events t JOIN touched_objects o "
-              "ON o.account_id = t.account_id AND o.object_id = t.object_id "
-              "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
-              "(SELECT (account_id, min(created)) FROM events GROUP BY account_id) "
-              "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
-              "(SELECT (account_id, max(created)) FROM events GROUP BY account_id)",
+    "events": _KEY.format(table="events")
+    + "JOIN touched_objects c ON c.account_id = t.account_id AND c.object_id = t.object_id "
+    "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
+    "(SELECT (account_id, min(created)) FROM events GROUP BY account_id) "
+    "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
+    "(SELECT (account_id, max(created)) FROM events GROUP BY account_id)",
 }
 
 
