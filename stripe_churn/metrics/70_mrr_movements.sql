@@ -7,12 +7,14 @@
 CREATE OR REPLACE TABLE derived_mrr_movements AS
 WITH
 totals AS (
-    SELECT t.tid, t.mrr_delta,
+    -- (with the transition's columns the rows read later, so that no wide row is joined to it again)
+    SELECT t.tid, any_value(t.mrr_delta) AS mrr_delta, any_value(t.t_end) AS t_end,
+           any_value(t.mrr_before) AS mrr_before, any_value(t.mrr_after) AS mrr_after, any_value(t.kind) AS kind,
            coalesce(sum(round(p.amount_rep, 4)), 0) AS rounded_sum, coalesce(sum(p.amount_rep), 0) AS exact_sum,
            count(p.t_start) AS n_parts
     FROM derived_transitions t
     LEFT JOIN derived_movement_parts p USING (tid)
-    GROUP BY ALL
+    GROUP BY t.tid
 ),
 -- parts by size within their transition; only transitions of several parts need ranking (a narrow window
 -- over their row ids: the parts' other columns are not sorted)
@@ -46,7 +48,8 @@ adjusted AS (
     SELECT p.*,
            CAST(p.rounded + CASE WHEN p.size_rank = 1 THEN t.mrr_delta - t.rounded_sum ELSE 0 END
                 AS DECIMAL(18, 4)) AS mrr_delta_part,
-           t.mrr_delta - t.exact_sum AS unexplained
+           t.mrr_delta - t.exact_sum AS unexplained,
+           t.t_end, t.mrr_before, t.mrr_after, t.kind
     FROM (SELECT * FROM parts UNION ALL BY NAME SELECT * FROM fallback) p
     JOIN totals t USING (tid)
 ),
@@ -98,11 +101,10 @@ unpaid AS (
     WHERE p.movement = 'cancellation' AND u.status = 'unpaid'
 ),
 sourced AS (
-    SELECT a.*, t.t_end, t.mrr_before, t.mrr_after, t.kind,
+    SELECT a.*,
            CASE WHEN a.row_from >= a.t_start THEN a.event_id END AS own_event_id,
            CASE WHEN a.row_from >= a.t_start THEN a.invoice_id END AS own_invoice_id
     FROM adjusted a
-    JOIN derived_transitions t USING (tid)
     WHERE a.mrr_delta_part <> 0
 )
 SELECT
