@@ -47,18 +47,8 @@ WITH new_events AS MATERIALIZED (
 ),
 typed AS MATERIALIZED (
     SELECT account_id, id, object_id, object_id AS customer_id FROM new_events WHERE object_type = 'customer'
-    UNION ALL
-    SELECT e.account_id, e.id, e.object_id, s.customer_id FROM subscriptions s
-    JOIN new_events e ON e.account_id = s.account_id AND e.object_id = s.id WHERE e.object_type = 'subscription'
-    UNION ALL
-    SELECT e.account_id, e.id, e.object_id, v.customer_id FROM invoices v
-    JOIN new_events e ON e.account_id = v.account_id AND e.object_id = v.id WHERE e.object_type = 'invoice'
-    UNION ALL
-    SELECT e.account_id, e.id, e.object_id, n.customer_id FROM credit_notes n
-    JOIN new_events e ON e.account_id = n.account_id AND e.object_id = n.id WHERE e.object_type = 'credit_note'
-    UNION ALL
-    SELECT e.account_id, e.id, e.object_id, d.customer_id FROM discounts d
-    JOIN new_events e ON e.account_id = d.account_id AND e.object_id = d.id WHERE e.object_type = 'discount'
+    -- (one join per kind of object the store keeps, filled in below)
+    {typed}
 )
 SELECT account_id, object_id, customer_id, false AS orphan FROM typed WHERE customer_id IS NOT NULL
 UNION ALL
@@ -70,6 +60,12 @@ FROM (SELECT account_id, object_type, object_id,
         AND rowid IN (SELECT e.rid FROM new_events e ANTI JOIN typed c
                       ON c.account_id = e.account_id AND c.id = e.id AND c.customer_id IS NOT NULL))
 """
+
+_NEW_EVENTS_SQL = _NEW_EVENTS_SQL.replace("{typed}", "\n    ".join(
+    f"UNION ALL SELECT e.account_id, e.id, e.object_id, o.customer_id FROM {table} o JOIN new_events e "
+    f"ON e.account_id = o.account_id AND e.object_id = o.id WHERE e.object_type = '{kind}'"
+    for table, kind in (("subscriptions", "subscription"), ("invoices", "invoice"), ("credit_notes", "credit_note"),
+                        ("discounts", "discount"))))
 
 # Customers with a raw object seen at or after $since, by the typed columns the store keeps.
 _TOUCHED_SQL = """
