@@ -461,8 +461,9 @@ def _derive_all(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings
     ledger of both (``_SCOPE.touched_old_ledger``); then the shards gathered into ``_SCOPE``."""
     _stage_rows(con, shards)
     names = [_SCOPE] if shards == 1 else [f"{_SHARD}_{k}" for k in range(shards)]
-    for db in names if shards > 1 else ():
-        con.execute(f"ATTACH ':memory:' AS {db}")
+    if shards > 1:
+        for db in names:
+            con.execute(f"ATTACH ':memory:' AS {db}")
     tasks: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
         partial(_derive_scope, main_db=main_db, db=names[k], shard=k, settings=settings) for k in range(shards)]
     if moved:
