@@ -43,9 +43,9 @@ def view_contents(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, .
     return out
 
 
-# One scope, or the touched customers split in two or three shards derived side by side (with a handful of
+# One scope, or the touched customers split in two shards derived side by side (with a handful of
 # customers some shards get none, and a touched customer owns the newest event every shard holds).
-SHARDS = pytest.mark.parametrize("shards", [1, 2, 3])
+SHARDS = pytest.mark.parametrize("shards", [1, 2])
 
 
 def derived_contents(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
