@@ -40,10 +40,8 @@ WHERE t IS NOT NULL;
 CREATE OR REPLACE TEMP TABLE derived_transition_windows AS
 WITH RECURSIVE
 cfg AS (
-    SELECT to_minutes(CAST(movement_window_minutes AS BIGINT)) AS win,
-           -- (the same in microseconds: the gaps are compared as integers, not as normalised intervals)
-           CAST(movement_window_minutes AS BIGINT) * 60000000 AS win_us
-    FROM derived_settings
+    -- (in microseconds: the gaps are compared as integers, not as normalised intervals)
+    SELECT CAST(movement_window_minutes AS BIGINT) * 60000000 AS win_us FROM derived_settings
 ),
 runs AS (
     SELECT p.account_id, p.customer_id, p.t,
@@ -67,7 +65,7 @@ anchors(account_id, customer_id, run, anchor) AS (
     SELECT a.account_id, a.customer_id, a.run,
            (SELECT min(l.t) FROM long_points l, cfg
             WHERE l.account_id = a.account_id AND l.customer_id = a.customer_id AND l.run = a.run
-              AND l.t > a.anchor + cfg.win)
+              AND epoch_us(l.t) - epoch_us(a.anchor) > cfg.win_us)
     FROM anchors a
     WHERE a.anchor IS NOT NULL
 ),
