@@ -177,21 +177,21 @@ fx_parts AS (
            -- (the main item's own fields when its rate moved too)
            CASE WHEN f.main_moved THEN b.currency END AS currency,
            CASE WHEN f.main_moved THEN b.subscription_id END AS subscription_id,
-           m.b_item AS subscription_item_id,
+           f.b_item AS subscription_item_id,
            CASE WHEN f.main_moved THEN b.product_id END AS product_id,
            CASE WHEN f.main_moved THEN b.price_id END AS price_id,
            CAST(NULL AS VARCHAR) AS event_id, CAST(NULL AS VARCHAR) AS invoice_id,
            CAST(NULL AS TIMESTAMPTZ) AS row_from,
            'fx' AS movement
     FROM (SELECT ti.tid, sum(ti.b_mrr * (ti.b_rate_b - ti.b_rate_a)) AS amount_rep,
-                 bool_or(ti.subscription_item_id = m.b_item) AS main_moved
+                 bool_or(ti.subscription_item_id = m.b_item) AS main_moved,
+                 any_value(m.b_item) AS b_item, any_value(m.b_rid) AS b_rid
           FROM moving ti
           JOIN derived_transition_mains m USING (tid)
           WHERE ti.in_b AND ti.b_rate_b <> ti.b_rate_a
           GROUP BY ti.tid) f
     JOIN derived_transitions t USING (tid)
-    JOIN derived_transition_mains m USING (tid)
-    LEFT JOIN derived_item_mrr b ON b.rowid = m.b_rid
+    LEFT JOIN derived_item_mrr b ON b.rowid = f.b_rid
 ),
 whole_parts AS (
     -- new, reactivation and cancellation: one row with the whole customer delta on the main item
