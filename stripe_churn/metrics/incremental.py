@@ -144,10 +144,10 @@ EXCEPT SELECT account_id, customer_id FROM touched_customers
 _MOVED = "touched_moved"
 
 
-def _rows_of(table: str, who: str, key: str = "customer_id", cols: str = "*", db: str = "") -> str:
-    """SQL selecting ``cols`` of ``table``'s rows whose (account_id, ``key``) is in ``who``: the matching row ids
-    from the key columns first, then only those rows (the wide columns of everyone else are never read)."""
-    src = f"{db}.{table}" if db else table
+def _rows_of(table: str, who: str, db: str, key: str = "customer_id", cols: str = "*") -> str:
+    """SQL selecting ``cols`` of ``db``'s ``table``'s rows whose (account_id, ``key``) is in ``who``: the matching
+    row ids from the key columns first, then only those rows (the wide columns of everyone else are never read)."""
+    src = f"{db}.{table}"
     return (f"SELECT {cols} FROM {src} WHERE rowid IN (SELECT t.rowid FROM {src} t JOIN {who} c "
             f"ON c.account_id = t.account_id AND c.customer_id = t.{key})")
 
@@ -160,12 +160,12 @@ def _moved_inputs(main_db: str) -> dict[str, str]:
     """What steps 60-88 read for the moved customers (in ``_SCOPE.moved_customers``), by table."""
     who, db = f"{_SCOPE}.moved_customers", f"{main_db}.main"
     return {
-        "customers": _rows_of("customers", who, "id", _NO_RAW, db),
-        "subscriptions": _rows_of("subscriptions", who, cols=_NO_RAW, db=db),
-        "invoices": _rows_of("invoices", who, cols=_NO_RAW, db=db),
-        "derived_item_mrr": _rows_of("derived_item_mrr", who, db=db),
-        "derived_customer_mrr": _rows_of("derived_customer_mrr", who, db=db),
-        "derived_subs": _rows_of("derived_subs", who, db=db),
+        "customers": _rows_of("customers", who, db, "id", _NO_RAW),
+        "subscriptions": _rows_of("subscriptions", who, db, cols=_NO_RAW),
+        "invoices": _rows_of("invoices", who, db, cols=_NO_RAW),
+        "derived_item_mrr": _rows_of("derived_item_mrr", who, db),
+        "derived_customer_mrr": _rows_of("derived_customer_mrr", who, db),
+        "derived_subs": _rows_of("derived_subs", who, db),
         "fx_rates": f"SELECT * FROM {db}.fx_rates",
         "derived_coverage": f"SELECT * FROM {_SCOPE}.new_coverage",
     }
@@ -210,6 +210,8 @@ _SCOPED_KEYS = {
     "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
     "(SELECT (account_id, max(created)) FROM events GROUP BY account_id)",
 }
+# Every raw table a scope holds: the touched customers' rows of those above, the others whole.
+_SCOPE_INPUTS = (*_SCOPED_KEYS, *_CATALOGUE, "fx_rates", "sync_cursors")
 
 
 # Ids of every object of the touched customers that events can be about, with the customer (and the objects
@@ -287,7 +289,7 @@ def _touched_ledger(cur: duckdb.DuckDBPyConnection, main_db: str, sources: list[
         for table, key in (("derived_transition_states", "customer_id"), ("derived_mrr_movements", "customer_id"),
                            ("customers", "id")):
             union = " UNION ALL ".join(
-                _rows_of(table, who, key, _NO_RAW if table == "customers" else "*", f"{db}.main")
+                _rows_of(table, who, f"{db}.main", key, _NO_RAW if table == "customers" else "*")
                 for db, who in sources)
             cur.execute(f"CREATE TABLE {name}.{table} AS {union}")
         cur.execute(f"SET search_path = '{name}.main,{main_db}.main'")
@@ -394,7 +396,7 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, shards: int) -> None:
 def _copy_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: int) -> None:
     """Copy into database ``db`` the raw rows of shard ``shard`` (and those of no touched customer), the
     catalogue, the exchange rates and the sync cursors."""
-    for table in (*_SCOPED_KEYS, *_CATALOGUE, "fx_rates", "sync_cursors"):
+    for table in _SCOPE_INPUTS:
         src = f"{main_db}.main.{table}"
         if table not in _SCOPED_KEYS:
             cur.execute(f"CREATE TABLE {db}.{table} AS SELECT * FROM {src}")
@@ -425,9 +427,8 @@ def _gather_shards(con: duckdb.DuckDBPyConnection, names: list[str], tables: lis
     the rows every shard holds, are never read), the per-subscription ones (``sub_tables``) from the shard
     of the subscription's customer, data-quality rows from the shard of the object they name, account-wide
     tables from the first shard (the exchange-rate days from the shard whose last transition ends latest)."""
-    raw = {*_SCOPED_KEYS, *_CATALOGUE, "fx_rates", "sync_cursors"}
     derived = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?",
-                                         [names[0]]).fetchall() if t not in raw]
+                                         [names[0]]).fetchall() if t not in _SCOPE_INPUTS]
     latest = con.execute(" UNION ALL ".join(
         f"SELECT {k} AS k, max(t_end) AS t FROM {db}.derived_transition_states" for k, db in enumerate(names))
         + " ORDER BY t DESC NULLS LAST, k LIMIT 1").fetchall()[0][0]
