@@ -9,14 +9,13 @@
 CREATE OR REPLACE TABLE derived_transition_states AS
 WITH mains AS (
     -- (the main item's B row, picked in 64)
-    SELECT m.tid, {'product_id': b.product_id, 'price_id': b.price_id, 'family': b.family,
-                   'item_currency': b.currency} AS m
+    SELECT m.tid, b.product_id, b.price_id, b.family, b.currency AS item_currency
     FROM derived_transition_mains m
     JOIN derived_item_mrr b ON b.rowid = m.b_rid
 )
 SELECT t.account_id, t.customer_id, t.t_start, t.t_end, t.mrr_before, t.mrr_after, t.mrr_delta, t.kind,
-       t.had_mrr_before, m.m.product_id, m.m.price_id, m.m.family,
-       coalesce(lower(c.currency), m.m.item_currency) AS currency,
+       t.had_mrr_before, m.product_id, m.price_id, m.family,
+       coalesce(lower(c.currency), m.item_currency) AS currency,
        c.country
 FROM derived_transitions t
 LEFT JOIN mains m USING (tid)
