@@ -38,6 +38,7 @@ import orjson
 from stripe_churn.metrics import incremental
 from stripe_churn.metrics.runner import recompute
 from stripe_churn.settings import Settings
+from stripe_churn.store.schema import SUB_STATE_TYPE
 
 TARGET_FULL_S = 20.0
 TARGET_INCREMENTAL_S = 2.0
@@ -96,6 +97,23 @@ def rekey_sql(expr: str, marker: str, shared: bool = True) -> str:
     return out
 
 
+def rekey_sub_state(marker: str) -> str:
+    """SQL re-keying a subscription event's parsed fields (``events.sub_state``) as :func:`rekey_sql` re-keys
+    its JSON: the items' ids and the discounts; prices stay shared."""
+    def items(field: str) -> str:
+        return (f"list_transform(sub_state.{field}, lambda i: {{'id': {rekey_sql('i.id', marker, shared=False)}, "
+                "'price_id': i.price_id, 'quantity_text': i.quantity_text, 'created': i.created})")
+
+    def discounts(field: str) -> str:
+        return f"CAST({rekey_sql(f'CAST(sub_state.{field} AS VARCHAR)', marker)} AS JSON)"
+
+    return (f"CAST(CASE WHEN sub_state IS NOT NULL THEN {{'status': sub_state.status, 'types': sub_state.types, "
+            f"'has_more': sub_state.has_more, 'items': {items('items')}, 'discounts': {discounts('discounts')}, "
+            "'prev_status': sub_state.prev_status, 'prev_has_more': sub_state.prev_has_more, "
+            f"'prev_items': {items('prev_items')}, 'prev_discounts': {discounts('prev_discounts')}}} END "
+            f"AS {SUB_STATE_TYPE})")
+
+
 def replicate(con: duckdb.DuckDBPyConnection, copies: int) -> None:
     """Add ``copies - 1`` re-keyed copies of every per-customer row (copy k: ``cus_X`` -> ``cus_kxX``...)."""
     if copies <= 1:
@@ -109,6 +127,8 @@ def replicate(con: duckdb.DuckDBPyConnection, copies: int) -> None:
                 exprs.append(f"CAST({rekey_sql('CAST(raw AS VARCHAR)', marker)} AS JSON)")
             elif name == "raw":
                 exprs.append(f"CAST('{STUB_RAW}' AS JSON)")
+            elif name == "sub_state":
+                exprs.append(rekey_sub_state(marker))
             elif typ == "VARCHAR" and name not in ("account_id", *SHARED_COLUMNS) and (
                     name == "id" or name.endswith("_id")):
                 # (an event's object may be a price or a product; other id columns name one kind of object)

@@ -28,81 +28,52 @@ CREATE OR REPLACE TABLE derived_coverage AS SELECT * FROM coverage_now();
 
 -- Subscription events: the fields of the state just after (`data.object`) and just before
 -- (`previous_attributes` merged onto it, by JSON merge-patch rules; only *.updated events carry them) that
--- the later steps read, as typed columns from one parse of each event. The state before is needed only at a
--- subscription's first event (seq = 1); every event keeps the discounts its previous_attributes list (NULL
--- when they did not change). Items are a typed list: id, price id (the embedded price's id, or the price when
--- it is an id), quantity as sent, created.
--- (`fast`: the items as typed by json_transform; `data`: their JSON, read again only when a price has no id)
-CREATE OR REPLACE MACRO json_items_exact(data) AS list_transform(
-    list_transform(CAST(json_extract(data, '$[*]') AS JSON[]),
-                   lambda x: json_extract_string(x, ['$.id', '$.price.id', '$.price', '$.quantity', '$.created'])),
-    lambda v: {'id': v[1], 'price_id': coalesce(v[2], v[3]), 'quantity_text': v[4], 'created': v[5]});
-CREATE OR REPLACE MACRO json_items(fast, data) AS CASE
-    WHEN list_bool_or(list_transform(fast, lambda x: x.price.id IS NULL)) THEN json_items_exact(data)
-    ELSE list_transform(fast, lambda x: {'id': x.id, 'price_id': x.price.id, 'quantity_text': x.quantity,
-                                         'created': x.created}) END;
+-- the later steps read, from the typed `sub_state` the store parsed out of each event's JSON at load. The state
+-- before is needed only at a subscription's first event (seq = 1); every event keeps the discounts its
+-- previous_attributes list (NULL when they did not change). Items are a typed list: id, price id (the embedded
+-- price's id, or the price when it is an id), quantity as sent, created. `t` are the JSON types of
+-- previous_attributes, of its status, pause_collection, items, items.data and items.has_more, and of the
+-- pause_collection after (NULL: the key is absent).
 -- A state as the JSON data quality reads at a subscription's start: status and items (id, price, quantity).
 CREATE OR REPLACE MACRO slim_state(status, items) AS to_json({'status': status, 'items': {'data': list_transform(
     items, lambda x: {'id': x.id, 'price': x.price_id, 'quantity': x.quantity_text})}});
 
 CREATE OR REPLACE TEMP TABLE derived_sub_events AS
-WITH n AS (
-    -- (the order is numbered on the typed columns alone, then the JSON is parsed once per event)
-    SELECT account_id, id, type, created, object_id, rowid AS rid,
-           row_number() OVER (PARTITION BY account_id, object_id ORDER BY created, id) AS seq
+WITH typed AS (
+    SELECT account_id, id AS event_id, type AS event_type, created AS moment, object_id AS subscription_id,
+           rowid AS rid, row_number() OVER (PARTITION BY account_id, object_id ORDER BY created, id) AS seq,
+           sub_state AS p, sub_state.types AS t,
+           sub_state.status AS after_status,
+           sub_state.types[7] = 'OBJECT' AS after_pause_collection,
+           sub_state.has_more AS after_has_more_text,
+           sub_state.items AS after_items,
+           sub_state.discounts AS after_discounts,
+           sub_state.prev_discounts AS before_discounts
     FROM events
     WHERE type LIKE 'customer.subscription.%' AND object_type = 'subscription' AND NOT coalesce(deleted, false)
 ),
-parsed AS (
-    -- values by one typed transform of the JSON; which keys previous_attributes has (and whether they are
-    -- null), which merge-patch rules depend on, by one json_type over the paths (nothing is re-serialised)
-    SELECT n.*, r.raw,
-           json_transform(r.raw, '{"data": {
-               "object": {"status": "VARCHAR", "discounts": "JSON",
-                          "items": {"has_more": "VARCHAR", "data": [{"id": "VARCHAR", "price": {"id": "VARCHAR"},
-                                                                     "quantity": "VARCHAR", "created": "VARCHAR"}]}},
-               "previous_attributes": {"status": "VARCHAR", "discounts": "JSON",
-                          "items": {"has_more": "VARCHAR", "data": [{"id": "VARCHAR", "price": {"id": "VARCHAR"},
-                                                                     "quantity": "VARCHAR", "created": "VARCHAR"}]}}}}') AS j,
-           json_type(r.raw, ['$.data.previous_attributes', '$.data.previous_attributes.status',
-                             '$.data.previous_attributes.pause_collection', '$.data.previous_attributes.items',
-                             '$.data.previous_attributes.items.data', '$.data.previous_attributes.items.has_more',
-                             '$.data.object.pause_collection']) AS t
-    FROM n JOIN (SELECT rowid AS rid, raw FROM events) r USING (rid)
-),
-typed AS (
-    SELECT account_id, id AS event_id, type AS event_type, created AS moment, object_id AS subscription_id, seq, rid,
-           t, j.data.previous_attributes AS prev,
-           j.data.object.status AS after_status,
-           t[7] = 'OBJECT' AS after_pause_collection,
-           j.data.object.items.has_more AS after_has_more_text,
-           json_items(j.data.object.items.data, json_extract(raw, '$.data.object.items.data')) AS after_items,
-           j.data.object.discounts AS after_discounts,
-           j.data.previous_attributes.discounts AS before_discounts,
-           seq = 1 AND coalesce(t[1] = 'OBJECT', false) AS has_before,
-           CASE WHEN seq = 1 AND t[1] = 'OBJECT' AND t[4] = 'OBJECT' AND t[5] IS NOT NULL
-                THEN json_items(j.data.previous_attributes.items.data,
-                                json_extract(raw, '$.data.previous_attributes.items.data')) END AS prev_items
-    FROM parsed
-),
 merged AS (
     -- a key in previous_attributes replaces the value after (null: removes it); `items` is merged key by key
+    SELECT *, seq = 1 AND coalesce(t[1] = 'OBJECT', false) AS has_before
+    FROM typed
+),
+before AS (
     SELECT *,
-           CASE WHEN has_before THEN CASE WHEN t[2] IS NULL THEN after_status ELSE prev.status END END AS before_status,
+           CASE WHEN has_before THEN CASE WHEN t[2] IS NULL THEN after_status ELSE p.prev_status END END AS before_status,
            CASE WHEN has_before THEN
                CASE WHEN t[3] IS NULL THEN after_pause_collection WHEN t[3] = 'NULL' THEN NULL ELSE t[3] = 'OBJECT' END
            END AS before_pause_collection,
            CASE WHEN has_before THEN
                CASE WHEN t[4] IS NULL THEN after_has_more_text
-                    WHEN t[4] = 'OBJECT' THEN CASE WHEN t[6] IS NULL THEN after_has_more_text ELSE prev.items.has_more END
+                    WHEN t[4] = 'OBJECT' THEN CASE WHEN t[6] IS NULL THEN after_has_more_text ELSE p.prev_has_more END
                END
            END AS before_has_more_text,
            CASE WHEN has_before THEN
                CASE WHEN t[4] IS NULL THEN after_items
-                    WHEN t[4] = 'OBJECT' THEN CASE WHEN t[5] IS NULL THEN after_items ELSE prev_items END
+                    WHEN t[4] = 'OBJECT' THEN CASE WHEN t[5] IS NULL THEN after_items ELSE p.prev_items END
                END
            END AS before_items
-    FROM typed
+    FROM merged
 )
 SELECT account_id, event_id, event_type, moment, subscription_id, seq, rid,
        after_status, after_pause_collection, TRY_CAST(after_has_more_text AS BOOLEAN) AS after_has_more,
@@ -112,7 +83,7 @@ SELECT account_id, event_id, event_type, moment, subscription_id, seq, rid,
        -- (for data quality, which reads the state at a subscription's first event)
        CASE WHEN seq = 1 THEN slim_state(after_status, after_items) END AS after_state,
        CASE WHEN has_before THEN slim_state(before_status, before_items) END AS before_state
-FROM merged;
+FROM before;
 
 -- Every subscription known, with the fields of its latest known state (the snapshot, or the last event
 -- for one the store has no usable row for).

@@ -32,9 +32,13 @@ _SCOPE = "touched_scope"
 _CATALOGUE = ("products", "prices", "coupons")
 # Raw tables the steps read by their typed columns only: their JSON is not copied into the scope.
 _TYPED_ONLY = ("invoices", "invoice_lines", "credit_notes")
-# The only events whose JSON the steps read (20_sub_states, 35_discounts); the others are read by their typed
-# columns, so their JSON is not copied into the scope either.
-_EVENTS_READ_RAW = "(type LIKE 'customer.subscription.%' OR type = 'customer.discount.deleted')"
+# The only events whose JSON the steps read: removed discounts (35_discounts), and the events of a subscription
+# without a usable row of its own, whose last state stands in for it (20_sub_states); the others are read by their
+# typed columns, so their JSON is not copied into the scope either. ({db}: the scope, whose subscriptions are
+# copied before its events.)
+_EVENTS_READ_RAW = ("(type = 'customer.discount.deleted' OR (type LIKE 'customer.subscription.%' AND NOT EXISTS ("
+                    "SELECT 1 FROM {db}.subscriptions s WHERE s.account_id = e.account_id AND s.id = e.object_id "
+                    "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL)))")
 
 # Each new event with the customer it concerns: by its object's typed row where the store keeps that object (a
 # customer, a subscription, an invoice, a credit note, a discount never changes customer); the event's own JSON
@@ -404,9 +408,11 @@ def _copy_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: in
         rows = f"rowid IN (SELECT rid FROM {_SCOPE}.rows_{table} WHERE shard = {shard} OR shard IS NULL)"
         if table == "events":
             # the JSON of only the events whose JSON the steps read
-            cur.execute(f"CREATE TABLE {db}.events AS SELECT * FROM {src} WHERE {rows} AND {_EVENTS_READ_RAW} "
+            # (their row ids first, from the typed columns alone: the JSON of the others is never read)
+            raw = f"rowid IN (SELECT e.rowid FROM {src} e WHERE {rows} AND {_EVENTS_READ_RAW.format(db=db)})"
+            cur.execute(f"CREATE TABLE {db}.events AS SELECT * FROM {src} WHERE {raw} "
                         f"UNION ALL SELECT * REPLACE (CAST(NULL AS JSON) AS raw) FROM {src} "
-                        f"WHERE {rows} AND NOT {_EVENTS_READ_RAW}")
+                        f"WHERE {rows} AND NOT {raw}")
             continue
         cols = "* REPLACE (CAST(NULL AS JSON) AS raw)" if table in _TYPED_ONLY else "*"
         cur.execute(f"CREATE TABLE {db}.{table} AS SELECT {cols} FROM {src} WHERE {rows}")

@@ -19,7 +19,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from stripe_churn.store.schema import EXTRACT, RAW_TABLES
+from stripe_churn.store.schema import EXTRACT, PARSE, RAW_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +27,32 @@ _PATH = re.compile(r"j->>'(\$[^']*)'")
 _COMMON = ("account_id", "id", "deleted", "raw", "version", "created", "first_seen_at", "last_seen_at")
 
 
-def _typed(table: str) -> tuple[dict[str, str], list[str]]:
-    """The typed columns' expressions over ``s.x`` (the extracted paths) and those paths."""
+def _typed(table: str) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """The typed columns' expressions over ``s.x`` (the extracted paths) and ``s.<parsed>``, the parsed values'
+    expressions (PARSE) over ``x`` and ``j``, and those paths."""
     # Every ``j->>'path'`` of the typed columns is read by one json_extract_string over all the paths, so
     # each document is parsed once, not once per column.
     paths: list[str] = ["$.created"]
 
-    def slot(m: re.Match[str]) -> str:
+    def slot(m: re.Match[str], prefix: str = "s.") -> str:
         if m.group(1) not in paths:
             paths.append(m.group(1))
-        return f"s.x[{paths.index(m.group(1)) + 1}]"
+        return f"{prefix}x[{paths.index(m.group(1)) + 1}]"
 
-    return {name: _PATH.sub(slot, expr) for name, expr in EXTRACT[table].items()}, paths
+    typed = {name: _PATH.sub(slot, expr) for name, expr in EXTRACT[table].items()}
+    parsed = {name: _PATH.sub(lambda m: slot(m, ""), expr) for name, expr in PARSE.get(table, {}).items()}
+    return typed, parsed, paths
+
+
+def typed_source(table: str, source: str, cols: str) -> str:
+    """SQL of ``source``'s ``cols`` (which name ``j``, the object's JSON), each row with ``x`` (the values at the
+    typed columns' paths) and the parsed values of PARSE, as the typed columns' expressions read them."""
+    _, parsed, paths = _typed(table)
+    path_list = ", ".join(f"'{p}'" for p in paths)
+    inner = f"SELECT {cols}, json_extract_string(j, [{path_list}]) AS x FROM {source}"
+    if not parsed:
+        return inner
+    return f"SELECT *, {', '.join(f'{e} AS {n}' for n, e in parsed.items())} FROM ({inner})"
 
 
 def _conflict(table: str, replace: bool) -> str:
@@ -70,7 +84,7 @@ def _sql(table: str, replace: bool = False, source: str = "staged", *, stage: bo
     """Rows ``(id, deleted, version, j[, seq])`` of ``source`` into ``table`` (upserted, or only inserted:
     ``insert``), or appended to its stage (``stage``: no key, nothing looked up; ``seq`` orders the copies of an
     id)."""
-    typed, paths = _typed(table)
+    typed = _typed(table)[0]
     select = ",\n".join([
         "$account AS account_id", "s.id", "s.deleted",
         "s.j AS raw", "s.version",
@@ -79,13 +93,13 @@ def _sql(table: str, replace: bool = False, source: str = "staged", *, stage: bo
         *(f"{expr} AS {name}" for name, expr in typed.items()),
         *(["s.seq"] if stage else []),
     ])
-    path_list = ", ".join(f"'{p}'" for p in paths)
     target = f"{stage_table(table)} ({', '.join(_columns(table))}, seq)" if stage else \
         f"{table} ({', '.join(_columns(table))})"
     return (
         f"INSERT INTO {target}\n"
-        f"SELECT {select}\nFROM (SELECT id, deleted, version, CAST(j AS JSON) AS j, "
-        f"json_extract_string(j, [{path_list}]) AS x{', seq' if stage else ''} FROM {source}) s"
+        f"SELECT {select}\nFROM ("
+        + typed_source(table, f"(SELECT id, deleted, version, CAST(j AS JSON) AS j{', seq' if stage else ''} "
+                              f"FROM {source})", f"id, deleted, version, j{', seq' if stage else ''}") + ") s"
         + ("" if stage or insert else _conflict(table, replace))
     )
 

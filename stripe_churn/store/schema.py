@@ -284,3 +284,51 @@ EXTRACT: dict[str, dict[str, str]] = {
     "events": {"type": "j->>'$.type'", "object_id": "j->>'$.data.object.id'",
                "object_type": "j->>'$.data.object.object'"},
 }
+
+# Subscription events: what the metrics read of the state after (``data.object``) and of
+# ``previous_attributes`` (20_sub_states), parsed once at load instead of at every recompute: such an event's
+# JSON is about 7 KB, and parsing it again was a tenth of a full recompute. ``types`` are the JSON types at
+# _SUB_TYPE_PATHS (NULL: the key is absent), which JSON merge-patch rules depend on; items are (id, price id,
+# quantity as sent, created), the price id being the embedded price's id, or the price when it is an id.
+_SUB_ITEM_TYPE = "STRUCT(id VARCHAR, price_id VARCHAR, quantity_text VARCHAR, created VARCHAR)"
+SUB_STATE_TYPE = (f"STRUCT(status VARCHAR, types VARCHAR[], has_more VARCHAR, items {_SUB_ITEM_TYPE}[], "
+                  f"discounts JSON, prev_status VARCHAR, prev_has_more VARCHAR, prev_items {_SUB_ITEM_TYPE}[], "
+                  "prev_discounts JSON)")
+_SUB_PART = ('{"status": "VARCHAR", "discounts": "JSON", "items": {"has_more": "VARCHAR", "data": [{"id": "VARCHAR", '
+             '"price": {"id": "VARCHAR"}, "quantity": "VARCHAR", "created": "VARCHAR"}]}}')
+_SUB_TYPE_PATHS = ("$.data.previous_attributes", "$.data.previous_attributes.status",
+                   "$.data.previous_attributes.pause_collection", "$.data.previous_attributes.items",
+                   "$.data.previous_attributes.items.data", "$.data.previous_attributes.items.has_more",
+                   "$.data.object.pause_collection")
+_IS_SUB_EVENT = "j->>'$.type' LIKE 'customer.subscription.%'"
+
+# table -> parsed value -> DuckDB SQL over the object JSON ``j``, computed once per row before the typed columns
+# of EXTRACT, which read it as ``s.<name>`` (so that a document is not parsed once per column that needs it)
+PARSE: dict[str, dict[str, str]] = {
+    "events": {
+        "sub_j": f"CASE WHEN {_IS_SUB_EVENT} THEN json_transform(j, "
+                 f"'{{\"data\": {{\"object\": {_SUB_PART}, \"previous_attributes\": {_SUB_PART}}}}}') END",
+        "sub_t": f"CASE WHEN {_IS_SUB_EVENT} THEN json_type(j, [{', '.join(repr(p) for p in _SUB_TYPE_PATHS)}]) END",
+    },
+}
+
+
+def _sub_items(fast: str, path: str) -> str:
+    """The items of a parsed state's ``fast`` list; read again from ``j`` at ``path`` when a price is an id."""
+    return (f"CASE WHEN list_bool_or(list_transform({fast}, lambda i: i.price.id IS NULL)) THEN list_transform("
+            f"list_transform(CAST(json_extract(json_extract(j, '{path}'), '$[*]') AS JSON[]), "
+            "lambda i: json_extract_string(i, ['$.id', '$.price.id', '$.price', '$.quantity', '$.created'])), "
+            "lambda v: {'id': v[1], 'price_id': coalesce(v[2], v[3]), 'quantity_text': v[4], 'created': v[5]}) "
+            f"ELSE list_transform({fast}, lambda i: {{'id': i.id, 'price_id': i.price.id, 'quantity_text': i.quantity, "
+            "'created': i.created}) END")
+
+
+EXTRACT["events"]["sub_state"] = (
+    "CASE WHEN s.sub_t IS NOT NULL THEN CAST({"
+    "'status': s.sub_j.data.object.status, 'types': s.sub_t, 'has_more': s.sub_j.data.object.items.has_more, "
+    f"'items': {_sub_items('s.sub_j.data.object.items.data', '$.data.object.items.data')}, "
+    "'discounts': s.sub_j.data.object.discounts, 'prev_status': s.sub_j.data.previous_attributes.status, "
+    "'prev_has_more': s.sub_j.data.previous_attributes.items.has_more, "
+    "'prev_items': CASE WHEN s.sub_t[1] = 'OBJECT' AND s.sub_t[4] = 'OBJECT' AND s.sub_t[5] IS NOT NULL THEN "
+    f"{_sub_items('s.sub_j.data.previous_attributes.items.data', '$.data.previous_attributes.items.data')} END, "
+    f"'prev_discounts': s.sub_j.data.previous_attributes.discounts}} AS {SUB_STATE_TYPE}) END")

@@ -77,3 +77,41 @@ def test_old_store_gets_the_metrics_columns_filled(tmp_path: Path) -> None:
     finally:
         old.close()
         fresh.close()
+
+
+def sub_states(con: duckdb.DuckDBPyConnection) -> list[tuple[object, ...]]:
+    return con.execute("SELECT id, type, sub_state FROM events ORDER BY id").fetchall()
+
+
+def test_old_store_gets_the_subscription_event_fields_filled(tmp_path: Path) -> None:
+    w = account()
+    # an update whose state after names its item's price by id, not as an embedded object
+    bare = next(e for e in w.events if e["type"] == "customer.subscription.updated"
+                and "items" in e["data"]["previous_attributes"])
+    bare["data"]["object"]["items"]["data"][0]["price"] = "price_b"
+    old = open_store(tmp_path / "old.duckdb")
+    w.load(old, seen_at=SEEN)
+    # as a store from before 003 was: without the column and without 003 in its migrations
+    old.execute("ALTER TABLE events DROP COLUMN sub_state")
+    old.execute("DELETE FROM schema_migrations WHERE name = '003_subscription_event_fields'")
+    old.close()
+    old = open_store(tmp_path / "old.duckdb")  # 003 runs now
+    fresh = open_store(tmp_path / "fresh.duckdb")
+    w.load(fresh, seen_at=SEEN)
+    try:
+        got, want = sub_states(old), sub_states(fresh)
+        assert got == want
+        by_id = {eid: state for eid, _, state in want}
+        # only subscription events carry it; the values are the ones the metrics need, not just equal
+        assert all((state is None) == (not etype.startswith("customer.subscription.")) for _, etype, state in want)
+        state = by_id[bare["id"]]
+        assert state["items"] == [{"id": "si_1", "price_id": "price_b", "quantity_text": "3",
+                                   "created": state["items"][0]["created"]}]
+        assert [(i["price_id"], i["quantity_text"]) for i in state["prev_items"]] == [("price_a", "2")]
+        assert state["types"][0] == "OBJECT" and state["types"][3] == "OBJECT"
+        paused = next(by_id[e["id"]] for e in w.events if "pause_collection" in e["data"].get("previous_attributes", {}))
+        assert paused["types"][2] == "NULL" and paused["types"][6] == "OBJECT" and paused["prev_items"] is None
+        assert movements(old) == movements(fresh) != []
+    finally:
+        old.close()
+        fresh.close()
