@@ -156,7 +156,9 @@ steps AS (
 ),
 keyed AS (
     SELECT k.ik, st.src, st.rid, st.moment, st.prio,
-           {'present': st.present, 'price_id': st.price_id,
+           -- (a price by its row in derived_price_terms, one per price; by its id only when it has none: an
+           -- integer sorts and compares cheaper than the id)
+           {'present': st.present, 'pk': p.rowid, 'px': CASE WHEN p.rowid IS NULL THEN st.price_id END,
             'quantity': CASE WHEN p.usage_type = 'metered' THEN NULL ELSE st.quantity END} AS v
     FROM steps st
     JOIN derived_item_keys k
@@ -164,13 +166,16 @@ keyed AS (
     LEFT JOIN derived_price_terms p ON p.account_id = st.account_id AND p.price_id = st.price_id
 ),
 one AS (
-    SELECT * FROM keyed
-    QUALIFY lead(moment) OVER (PARTITION BY ik ORDER BY moment, prio, src, rid) IS DISTINCT FROM moment
+    -- (the last step by (prio, src, rid) per moment; a step without a moment has no place)
+    SELECT * FROM keyed WHERE moment IS NOT NULL
+    QUALIFY row_number() OVER (PARTITION BY ik, moment ORDER BY prio DESC NULLS FIRST, src DESC NULLS FIRST,
+                                                                rid DESC NULLS FIRST) = 1
 ),
 marked AS (
     SELECT src, rid, ik, moment,
            -- (an item's first step is kept unless every value is NULL)
-           CASE WHEN lag(v) OVER w IS NULL THEN v.present IS NOT NULL OR v.price_id IS NOT NULL OR v.quantity IS NOT NULL
+           CASE WHEN lag(v) OVER w IS NULL THEN v.present IS NOT NULL OR v.pk IS NOT NULL OR v.px IS NOT NULL
+                                                OR v.quantity IS NOT NULL
                 ELSE lag(v) OVER w IS DISTINCT FROM v END AS changed
     FROM one
     WINDOW w AS (PARTITION BY ik ORDER BY moment)
