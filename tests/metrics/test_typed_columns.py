@@ -47,19 +47,25 @@ def movements(con: duckdb.DuckDBPyConnection) -> list[tuple[object, ...]]:
                        "movement").fetchall()
 
 
-def test_old_store_gets_the_metrics_columns_filled(tmp_path: Path) -> None:
-    w = account()
+def old_and_fresh(w: World, tmp_path: Path, migration: str,
+                  columns: list[tuple[str, str]]) -> tuple[duckdb.DuckDBPyConnection, duckdb.DuckDBPyConnection]:
+    """``w`` loaded into a store as it was before ``migration`` (without its ``columns`` and without it in the
+    migrations, which then run it on opening), and into a fresh store."""
     old = open_store(tmp_path / "old.duckdb")
     w.load(old, seen_at=SEEN)
-    # as a store from before 002 was: without those columns and without 002 in its migrations
-    for table, cols in db._M002_COLUMNS.items():
-        for col in cols:
-            old.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
-    old.execute("DELETE FROM schema_migrations WHERE name = '002_metrics_columns'")
+    for table, col in columns:
+        old.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
+    old.execute("DELETE FROM schema_migrations WHERE name = ?", [migration])
     old.close()
-    old = open_store(tmp_path / "old.duckdb")  # 002 runs now
+    old = open_store(tmp_path / "old.duckdb")
     fresh = open_store(tmp_path / "fresh.duckdb")
     w.load(fresh, seen_at=SEEN)
+    return old, fresh
+
+
+def test_old_store_gets_the_metrics_columns_filled(tmp_path: Path) -> None:
+    old, fresh = old_and_fresh(account(), tmp_path, "002_metrics_columns",
+                               [(table, col) for table, cols in db._M002_COLUMNS.items() for col in cols])
     try:
         got, want = typed(old), typed(fresh)
         assert got == want
@@ -89,15 +95,7 @@ def test_old_store_gets_the_subscription_event_fields_filled(tmp_path: Path) -> 
     bare = next(e for e in w.events if e["type"] == "customer.subscription.updated"
                 and "items" in e["data"]["previous_attributes"])
     bare["data"]["object"]["items"]["data"][0]["price"] = "price_b"
-    old = open_store(tmp_path / "old.duckdb")
-    w.load(old, seen_at=SEEN)
-    # as a store from before 003 was: without the column and without 003 in its migrations
-    old.execute("ALTER TABLE events DROP COLUMN sub_state")
-    old.execute("DELETE FROM schema_migrations WHERE name = '003_subscription_event_fields'")
-    old.close()
-    old = open_store(tmp_path / "old.duckdb")  # 003 runs now
-    fresh = open_store(tmp_path / "fresh.duckdb")
-    w.load(fresh, seen_at=SEEN)
+    old, fresh = old_and_fresh(w, tmp_path, "003_subscription_event_fields", [("events", "sub_state")])
     try:
         got, want = sub_states(old), sub_states(fresh)
         assert got == want
