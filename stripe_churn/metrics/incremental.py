@@ -30,15 +30,35 @@ log = logging.getLogger(__name__)
 
 _SCOPE = "touched_scope"
 _CATALOGUE = ("products", "prices", "coupons")
-# Raw tables the steps read by their typed columns only: their JSON is not copied into the scope.
-_TYPED_ONLY = ("invoices", "invoice_lines", "credit_notes")
-# The only events whose JSON the steps read: removed discounts (35_discounts), and the events of a subscription
-# without a usable row of its own, whose last state stands in for it (20_sub_states); the others are read by their
-# typed columns, so their JSON is not copied into the scope either. ({db}: the scope, whose subscriptions are
-# copied before its events.)
-_EVENTS_READ_RAW = ("(type = 'customer.discount.deleted' OR (type LIKE 'customer.subscription.%' AND NOT EXISTS ("
-                    "SELECT 1 FROM {db}.subscriptions s WHERE s.account_id = e.account_id AND s.id = e.object_id "
-                    "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL)))")
+# Columns of raw tables that no step reads: the scope's copies hold NULL there. A scope's rows are spread
+# through the large tables, so copying them reads every stored vector of each column copied: the JSON above all,
+# and the lines' columns, cost most of the copy. Raw tables read by their typed columns only lose their JSON (a
+# customer's JSON is read only for metadata segments, which the scoped runs never compute, and a subscription's
+# only by the scheduled_churn view when it is queried). If a step starts reading one of these, take it out here.
+_UNREAD = {
+    "customers": ("raw",),
+    "subscriptions": ("raw",),
+    "invoices": ("raw", "version", "first_seen_at", "currency", "amount_due", "amount_paid", "total", "period_start",
+                 "period_end"),
+    # (30_item_history reads the lines, and only these columns: account_id, id, invoice_id, subscription_id,
+    # subscription_item_id, parent_proration, proration_credit, amount, price_id, quantity, period_start,
+    # period_end, tax_inclusive, deleted)
+    "invoice_lines": ("raw", "version", "created", "first_seen_at", "last_seen_at", "product_id", "currency",
+                      "proration"),
+    "credit_notes": ("raw",),
+}
+# The rows whose JSON the steps read, in tables read by their typed columns otherwise ({db}: the scope, whose
+# subscriptions are copied before its events; {main}: the main database). Events: removed discounts
+# (35_discounts), and the events of a subscription without a usable row of its own, whose last state stands in
+# for it (20_sub_states). Subscription items: those whose price is not stored (10_price_terms reads it from the
+# item).
+_READ_RAW = {
+    "subscription_items": ("(price_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {main}.prices p "
+                           "WHERE p.account_id = e.account_id AND p.id = e.price_id AND NOT coalesce(p.deleted, false)))"),
+    "events": ("(type = 'customer.discount.deleted' OR (type LIKE 'customer.subscription.%' AND NOT EXISTS ("
+               "SELECT 1 FROM {db}.subscriptions s WHERE s.account_id = e.account_id AND s.id = e.object_id "
+               "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL)))"),
+}
 
 # Each new event with the customer it concerns: by its object's typed row where the store keeps that object (a
 # customer, a subscription, an invoice, a credit note, a discount never changes customer); the event's own JSON
@@ -158,6 +178,10 @@ def _rows_of(table: str, who: str, db: str, key: str = "customer_id", cols: str 
 
 # (the steps read a customer's JSON only for metadata segments, which the scoped runs never compute)
 _NO_RAW = "* REPLACE (CAST(NULL AS JSON) AS raw)"
+# What the monthly ledger of the whole account reads of the customers and movements (the movements' other
+# columns, read from rows spread through the table, cost most of the old ledger).
+_LEDGER_COLS = {"customers": _NO_RAW,
+                "derived_mrr_movements": "account_id, customer_id, occurred_at, mrr_delta, category, movement"}
 
 
 def _moved_inputs(main_db: str) -> dict[str, str]:
@@ -166,7 +190,8 @@ def _moved_inputs(main_db: str) -> dict[str, str]:
     return {
         "customers": _rows_of("customers", who, db, "id", _NO_RAW),
         "subscriptions": _rows_of("subscriptions", who, db, cols=_NO_RAW),
-        "invoices": _rows_of("invoices", who, db, cols=_NO_RAW),
+        # (70 names the invoice behind a change by these columns alone)
+        "invoices": _rows_of("invoices", who, db, cols="account_id, id, customer_id, subscription_id, created, deleted"),
         "derived_item_mrr": _rows_of("derived_item_mrr", who, db),
         "derived_customer_mrr": _rows_of("derived_customer_mrr", who, db),
         "derived_subs": _rows_of("derived_subs", who, db),
@@ -293,7 +318,7 @@ def _touched_ledger(cur: duckdb.DuckDBPyConnection, main_db: str, sources: list[
         for table, key in (("derived_transition_states", "customer_id"), ("derived_mrr_movements", "customer_id"),
                            ("customers", "id")):
             union = " UNION ALL ".join(
-                _rows_of(table, who, f"{db}.main", key, _NO_RAW if table == "customers" else "*")
+                _rows_of(table, who, f"{db}.main", key, _LEDGER_COLS.get(table, "*"))
                 for db, who in sources)
             cur.execute(f"CREATE TABLE {name}.{table} AS {union}")
         cur.execute(f"SET search_path = '{name}.main,{main_db}.main'")
@@ -397,6 +422,16 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, shards: int) -> None:
         for table in _SCOPED_KEYS)))
 
 
+def _without_unread(cur: duckdb.DuckDBPyConnection, main_db: str, table: str) -> str:
+    """A select list of ``table``'s columns with NULL (of the column's type) in those of ``_UNREAD``."""
+    unread = _UNREAD.get(table, ())
+    if not unread:
+        return "*"
+    types = dict(cur.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ? "
+                             "AND schema_name = 'main' AND table_name = ?", [main_db, table]).fetchall())
+    return "* REPLACE (" + ", ".join(f"CAST(NULL AS {types[c]}) AS {c}" for c in unread if c in types) + ")"
+
+
 def _copy_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: int) -> None:
     """Copy into database ``db`` the raw rows of shard ``shard`` (and those of no touched customer), the
     catalogue, the exchange rates and the sync cursors."""
@@ -406,16 +441,17 @@ def _copy_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: in
             cur.execute(f"CREATE TABLE {db}.{table} AS SELECT * FROM {src}")
             continue
         rows = f"rowid IN (SELECT rid FROM {_SCOPE}.rows_{table} WHERE shard = {shard} OR shard IS NULL)"
-        if table == "events":
-            # the JSON of only the events whose JSON the steps read
+        if table in _READ_RAW:
+            # the JSON of only the rows whose JSON the steps read
             # (their row ids first, from the typed columns alone: the JSON of the others is never read)
-            raw = f"rowid IN (SELECT e.rowid FROM {src} e WHERE {rows} AND {_EVENTS_READ_RAW.format(db=db)})"
-            cur.execute(f"CREATE TABLE {db}.events AS SELECT * FROM {src} WHERE {raw} "
+            raw = (f"rowid IN (SELECT e.rowid FROM {src} e WHERE {rows} AND "
+                   f"{_READ_RAW[table].format(db=db, main=f'{main_db}.main')})")
+            cur.execute(f"CREATE TABLE {db}.{table} AS SELECT * FROM {src} WHERE {raw} "
                         f"UNION ALL SELECT * REPLACE (CAST(NULL AS JSON) AS raw) FROM {src} "
                         f"WHERE {rows} AND NOT {raw}")
             continue
-        cols = "* REPLACE (CAST(NULL AS JSON) AS raw)" if table in _TYPED_ONLY else "*"
-        cur.execute(f"CREATE TABLE {db}.{table} AS SELECT {cols} FROM {src} WHERE {rows}")
+        cur.execute(f"CREATE TABLE {db}.{table} AS SELECT {_without_unread(cur, main_db, table)} FROM {src} "
+                    f"WHERE {rows}")
 
 
 def _derive_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: int, settings: Settings) -> None:
