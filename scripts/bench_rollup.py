@@ -115,7 +115,9 @@ def rekey_sub_state(marker: str) -> str:
 
 
 def replicate(con: duckdb.DuckDBPyConnection, copies: int) -> None:
-    """Add ``copies - 1`` re-keyed copies of every per-customer row (copy k: ``cus_X`` -> ``cus_kxX``...)."""
+    """Add ``copies - 1`` re-keyed copies of every per-customer row (copy k: ``cus_X`` -> ``cus_kxX``...), with
+    the block's own rows spread among them as a real account's customers are spread through its tables (a
+    billing run's customers are not stored side by side: reading them touches most of every table)."""
     if copies <= 1:
         return
     marker = id_marker(con)
@@ -124,19 +126,25 @@ def replicate(con: duckdb.DuckDBPyConnection, copies: int) -> None:
         exprs = []
         for name, typ, *_ in cols:
             if name == "raw" and table in RAW_KEPT:
-                exprs.append(f"CAST({rekey_sql('CAST(raw AS VARCHAR)', marker)} AS JSON)")
+                expr = f"CAST({rekey_sql('CAST(raw AS VARCHAR)', marker)} AS JSON)"
             elif name == "raw":
-                exprs.append(f"CAST('{STUB_RAW}' AS JSON)")
+                expr = f"CAST('{STUB_RAW}' AS JSON)"
             elif name == "sub_state":
-                exprs.append(rekey_sub_state(marker))
+                expr = rekey_sub_state(marker)
             elif typ == "VARCHAR" and name not in ("account_id", *SHARED_COLUMNS) and (
                     name == "id" or name.endswith("_id")):
                 # (an event's object may be a price or a product; other id columns name one kind of object)
-                exprs.append(rekey_sql(name, marker, shared=name == "object_id"))
+                expr = rekey_sql(name, marker, shared=name == "object_id")
             else:
-                exprs.append(name)
-        # the SELECT reads the table as it was before this statement, so only the block is copied
-        con.execute(f"INSERT INTO {table} SELECT {', '.join(exprs)} FROM {table} t, range(1, {copies}) r(k)")
+                expr = name
+            # (copy 0 is the block itself)
+            exprs.append(name if expr == name else f"CASE WHEN r.k = 0 THEN {name} ELSE {expr} END AS {name}")
+        # the block's rows are taken out and written again with their copies: the rows of one chunk of the block,
+        # then that chunk's copies, and so on, so that the block ends up spread through the table
+        con.execute(f"CREATE TEMP TABLE bench_block AS SELECT * FROM {table}")
+        con.execute(f"DELETE FROM {table}")
+        con.execute(f"INSERT INTO {table} SELECT {', '.join(exprs)} FROM bench_block t, range(0, {copies}) r(k)")
+        con.execute("DROP TABLE bench_block")
 
 
 RESOURCES = ("customers", "products", "prices", "coupons", "subscriptions", "invoices", "credit_notes")
