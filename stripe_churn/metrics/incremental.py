@@ -69,6 +69,7 @@ CREATE OR REPLACE TEMP TABLE touched_new_events AS
 WITH new_events AS MATERIALIZED (
     SELECT account_id, id, object_type, object_id, rowid AS rid FROM events WHERE last_seen_at >= $since
 ),
+{seen}
 typed AS MATERIALIZED (
     SELECT account_id, id, object_id, object_id AS customer_id FROM new_events WHERE object_type = 'customer'
     -- (one join per kind of object the store keeps, filled in below)
@@ -85,27 +86,49 @@ FROM (SELECT account_id, object_type, object_id,
                       ON c.account_id = e.account_id AND c.id = e.id AND c.customer_id IS NOT NULL))
 """
 
-_NEW_EVENTS_SQL = _NEW_EVENTS_SQL.replace("{typed}", "\n    ".join(
-    f"UNION ALL SELECT e.account_id, e.id, e.object_id, o.customer_id FROM {table} o JOIN new_events e "
-    f"ON e.account_id = o.account_id AND e.object_id = o.id WHERE e.object_type = '{kind}'"
-    for table, kind in (("subscriptions", "subscription"), ("invoices", "invoice"), ("credit_notes", "credit_note"),
-                        ("discounts", "discount"))))
+# (an event's object is nearly always seen in the same sync: it is looked up among the rows seen since first,
+# and in the whole table only when it is not there; a table read whole costs a scan of every row)
+_EVENT_OBJECTS = (("subscriptions", "subscription"), ("invoices", "invoice"), ("credit_notes", "credit_note"),
+                  ("discounts", "discount"))
+_NEW_EVENTS_SQL = _NEW_EVENTS_SQL.replace("{seen}", "\n".join(
+    f"seen_{table} AS MATERIALIZED (SELECT account_id, id, customer_id FROM {table} WHERE last_seen_at >= $since),"
+    for table, _ in _EVENT_OBJECTS)).replace("{typed}", "\n    ".join(
+    f"UNION ALL SELECT e.account_id, e.id, e.object_id, o.customer_id FROM seen_{table} o JOIN new_events e "
+    f"ON e.account_id = o.account_id AND e.object_id = o.id WHERE e.object_type = '{kind}' "
+    f"UNION ALL SELECT e.account_id, e.id, e.object_id, o.customer_id FROM {table} o JOIN "
+    f"(SELECT * FROM new_events e WHERE e.object_type = '{kind}' AND NOT EXISTS (SELECT 1 FROM seen_{table} s "
+    "WHERE s.account_id = e.account_id AND s.id = e.object_id)) e "
+    "ON e.account_id = o.account_id AND e.object_id = o.id"
+    for table, kind in _EVENT_OBJECTS))
 
-# Customers with a raw object seen at or after $since, by the typed columns the store keeps.
+# Customers with a raw object seen at or after $since, by the typed columns the store keeps. An item's or a
+# line's parent is nearly always seen with it: it is looked up among the parents seen since first, and in the
+# whole table only when it is not there (a table read whole costs a scan of every row).
 _TOUCHED_SQL = """
 CREATE OR REPLACE TEMP TABLE touched_customers AS
+WITH
+new_items AS MATERIALIZED (SELECT account_id, subscription_id FROM subscription_items WHERE last_seen_at >= $since),
+seen_subs AS MATERIALIZED (SELECT account_id, id, customer_id FROM subscriptions WHERE last_seen_at >= $since),
+new_lines AS MATERIALIZED (SELECT account_id, invoice_id FROM invoice_lines WHERE last_seen_at >= $since),
+seen_invoices AS MATERIALIZED (SELECT account_id, id, customer_id FROM invoices WHERE last_seen_at >= $since)
 SELECT DISTINCT account_id, customer_id FROM (
     SELECT account_id, id AS customer_id FROM customers WHERE last_seen_at >= $since
-    UNION ALL SELECT account_id, customer_id FROM subscriptions WHERE last_seen_at >= $since
-    UNION ALL SELECT account_id, customer_id FROM invoices WHERE last_seen_at >= $since
+    UNION ALL SELECT account_id, customer_id FROM seen_subs
+    UNION ALL SELECT account_id, customer_id FROM seen_invoices
     UNION ALL
-    SELECT s.account_id, s.customer_id FROM subscription_items i
-    JOIN subscriptions s ON s.account_id = i.account_id AND s.id = i.subscription_id
-    WHERE i.last_seen_at >= $since
+    SELECT s.account_id, s.customer_id FROM new_items i
+    JOIN seen_subs s ON s.account_id = i.account_id AND s.id = i.subscription_id
     UNION ALL
-    SELECT v.account_id, v.customer_id FROM invoice_lines l
-    JOIN invoices v ON v.account_id = l.account_id AND v.id = l.invoice_id
-    WHERE l.last_seen_at >= $since
+    SELECT s.account_id, s.customer_id FROM subscriptions s
+    JOIN (SELECT * FROM new_items i ANTI JOIN seen_subs s ON s.account_id = i.account_id AND s.id = i.subscription_id) i
+      ON s.account_id = i.account_id AND s.id = i.subscription_id
+    UNION ALL
+    SELECT v.account_id, v.customer_id FROM new_lines l
+    JOIN seen_invoices v ON v.account_id = l.account_id AND v.id = l.invoice_id
+    UNION ALL
+    SELECT v.account_id, v.customer_id FROM invoices v
+    JOIN (SELECT * FROM new_lines l ANTI JOIN seen_invoices v ON v.account_id = l.account_id AND v.id = l.invoice_id) l
+      ON v.account_id = l.account_id AND v.id = l.invoice_id
     UNION ALL
     SELECT account_id, customer_id FROM discounts WHERE last_seen_at >= $since
     UNION ALL
@@ -244,16 +267,17 @@ _SCOPE_INPUTS = (*_SCOPED_KEYS, *_CATALOGUE, "fx_rates", "sync_cursors")
 
 
 # Ids of every object of the touched customers that events can be about, with the customer (and the objects
-# the store lacks that new events name).
+# the store lacks that new events name): from the rows staged for their subscriptions, invoices and discounts
+# (each table is read once).
 _TOUCHED_OBJECTS_SQL = """
 CREATE OR REPLACE TEMP TABLE touched_objects AS
 SELECT account_id, customer_id AS object_id, customer_id FROM touched_customers
 UNION ALL
-SELECT s.account_id, s.id, s.customer_id FROM subscriptions s JOIN touched_customers c USING (account_id, customer_id)
+SELECT account_id, object_id, customer_id FROM {scope}.rows_subscriptions WHERE customer_id IS NOT NULL
 UNION ALL
-SELECT v.account_id, v.id, v.customer_id FROM invoices v JOIN touched_customers c USING (account_id, customer_id)
+SELECT account_id, object_id, customer_id FROM {scope}.rows_invoices WHERE customer_id IS NOT NULL
 UNION ALL
-SELECT d.account_id, d.id, d.customer_id FROM discounts d JOIN touched_customers c USING (account_id, customer_id)
+SELECT account_id, object_id, customer_id FROM {scope}.rows_discounts WHERE customer_id IS NOT NULL
 UNION ALL
 SELECT DISTINCT account_id, object_id, customer_id FROM touched_new_events WHERE orphan AND customer_id IS NOT NULL
 """
@@ -408,6 +432,8 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, shards: int) -> None:
                 "FROM touched_customers")
     spread = []
     for table, keys in _SCOPED_KEYS.items():
+        if table == "events":
+            con.execute(_TOUCHED_OBJECTS_SQL.format(scope=_SCOPE))
         con.execute(f"CREATE TABLE {_SCOPE}.rows_{table} AS "
                     f"SELECT rid, any_value(account_id) AS account_id, max(object_id) AS object_id, "
                     f"max(customer_id) AS customer_id, "
@@ -570,7 +596,6 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
         con.execute("INSERT INTO touched_customers SELECT * FROM moved_customers")
         con.execute("DELETE FROM moved_customers")
         touched, moved = moved, 0
-    con.execute(_TOUCHED_OBJECTS_SQL)
     tables = _per_customer_tables(con)
     sub_tables = _per_subscription_tables(con)
     con.execute(f"ATTACH ':memory:' AS {_SCOPE}")
