@@ -60,6 +60,17 @@ _READ_RAW = {
                "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL)))"),
 }
 
+def _seen_first(children: str, child_key: str, table: str, seen: str, cols: str) -> str:
+    """SQL selecting ``cols`` of each row ``c`` of ``children`` (with account_id and ``child_key``) and its parent
+    ``p`` in ``table`` (by account_id, id). The parent is nearly always seen in the same sync as the child: it is
+    looked up among ``seen`` (the parents seen since) first, and in the whole table, which costs a scan of every
+    row, only for the children whose parent is not there."""
+    on = f"p.account_id = c.account_id AND p.id = c.{child_key}"
+    return (f"SELECT {cols} FROM {children} c JOIN {seen} p ON {on} "
+            f"UNION ALL SELECT {cols} FROM {table} p JOIN (SELECT c.* FROM {children} c ANTI JOIN {seen} p ON {on}) c "
+            f"ON {on}")
+
+
 # Each new event with the customer it concerns: by its object's typed row where the store keeps that object (a
 # customer, a subscription, an invoice, a credit note, a discount never changes customer); the event's own JSON
 # is parsed only for the others (`orphan`: an object the store lacks, such as a subscription known only from
@@ -86,24 +97,17 @@ FROM (SELECT account_id, object_type, object_id,
                       ON c.account_id = e.account_id AND c.id = e.id AND c.customer_id IS NOT NULL))
 """
 
-# (an event's object is nearly always seen in the same sync: it is looked up among the rows seen since first,
-# and in the whole table only when it is not there; a table read whole costs a scan of every row)
 _EVENT_OBJECTS = (("subscriptions", "subscription"), ("invoices", "invoice"), ("credit_notes", "credit_note"),
                   ("discounts", "discount"))
 _NEW_EVENTS_SQL = _NEW_EVENTS_SQL.replace("{seen}", "\n".join(
     f"seen_{table} AS MATERIALIZED (SELECT account_id, id, customer_id FROM {table} WHERE last_seen_at >= $since),"
     for table, _ in _EVENT_OBJECTS)).replace("{typed}", "\n    ".join(
-    f"UNION ALL SELECT e.account_id, e.id, e.object_id, o.customer_id FROM seen_{table} o JOIN new_events e "
-    f"ON e.account_id = o.account_id AND e.object_id = o.id WHERE e.object_type = '{kind}' "
-    f"UNION ALL SELECT e.account_id, e.id, e.object_id, o.customer_id FROM {table} o JOIN "
-    f"(SELECT * FROM new_events e WHERE e.object_type = '{kind}' AND NOT EXISTS (SELECT 1 FROM seen_{table} s "
-    "WHERE s.account_id = e.account_id AND s.id = e.object_id)) e "
-    "ON e.account_id = o.account_id AND e.object_id = o.id"
+    "UNION ALL " + _seen_first(f"(SELECT * FROM new_events WHERE object_type = '{kind}')", "object_id", table,
+                               f"seen_{table}", "c.account_id, c.id, c.object_id, p.customer_id")
     for table, kind in _EVENT_OBJECTS))
 
-# Customers with a raw object seen at or after $since, by the typed columns the store keeps. An item's or a
-# line's parent is nearly always seen with it: it is looked up among the parents seen since first, and in the
-# whole table only when it is not there (a table read whole costs a scan of every row).
+# Customers with a raw object seen at or after $since, by the typed columns the store keeps (a new item's or
+# line's parent looked up among those seen first).
 _TOUCHED_SQL = """
 CREATE OR REPLACE TEMP TABLE touched_customers AS
 WITH
@@ -115,20 +119,8 @@ SELECT DISTINCT account_id, customer_id FROM (
     SELECT account_id, id AS customer_id FROM customers WHERE last_seen_at >= $since
     UNION ALL SELECT account_id, customer_id FROM seen_subs
     UNION ALL SELECT account_id, customer_id FROM seen_invoices
-    UNION ALL
-    SELECT s.account_id, s.customer_id FROM new_items i
-    JOIN seen_subs s ON s.account_id = i.account_id AND s.id = i.subscription_id
-    UNION ALL
-    SELECT s.account_id, s.customer_id FROM subscriptions s
-    JOIN (SELECT * FROM new_items i ANTI JOIN seen_subs s ON s.account_id = i.account_id AND s.id = i.subscription_id) i
-      ON s.account_id = i.account_id AND s.id = i.subscription_id
-    UNION ALL
-    SELECT v.account_id, v.customer_id FROM new_lines l
-    JOIN seen_invoices v ON v.account_id = l.account_id AND v.id = l.invoice_id
-    UNION ALL
-    SELECT v.account_id, v.customer_id FROM invoices v
-    JOIN (SELECT * FROM new_lines l ANTI JOIN seen_invoices v ON v.account_id = l.account_id AND v.id = l.invoice_id) l
-      ON v.account_id = l.account_id AND v.id = l.invoice_id
+    UNION ALL {items}
+    UNION ALL {lines}
     UNION ALL
     SELECT account_id, customer_id FROM discounts WHERE last_seen_at >= $since
     UNION ALL
@@ -136,6 +128,9 @@ SELECT DISTINCT account_id, customer_id FROM (
 )
 WHERE customer_id IS NOT NULL
 """
+_TOUCHED_SQL = _TOUCHED_SQL.format(
+    items=_seen_first("new_items", "subscription_id", "subscriptions", "seen_subs", "p.account_id, p.customer_id"),
+    lines=_seen_first("new_lines", "invoice_id", "invoices", "seen_invoices", "p.account_id, p.customer_id"))
 
 # Where event coverage starts and the latest snapshot now (step 20's coverage_now()), against what the last
 # recompute stored. Movements dated after the latest snapshot are left out
