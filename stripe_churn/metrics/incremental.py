@@ -60,6 +60,7 @@ _READ_RAW = {
                "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL)))"),
 }
 
+
 def _seen_first(children: str, child_key: str, table: str, seen: str, cols: str) -> str:
     """SQL selecting ``cols`` of each row ``c`` of ``children`` (with account_id and ``child_key``) and its parent
     ``p`` in ``table`` (by account_id, id). The parent is nearly always seen in the same sync as the child: it is
@@ -428,6 +429,7 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, shards: int) -> None:
     spread = []
     for table, keys in _SCOPED_KEYS.items():
         if table == "events":
+            # (the events are staged last: they need the objects of the rows staged before them)
             con.execute(_TOUCHED_OBJECTS_SQL.format(scope=_SCOPE))
         con.execute(f"CREATE TABLE {_SCOPE}.rows_{table} AS "
                     f"SELECT rid, any_value(account_id) AS account_id, max(object_id) AS object_id, "
@@ -468,7 +470,7 @@ def _copy_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: in
             raw = (f"rowid IN (SELECT e.rowid FROM {src} e WHERE {rows} AND "
                    f"{_READ_RAW[table].format(db=db, main=f'{main_db}.main')})")
             cur.execute(f"CREATE TABLE {db}.{table} AS SELECT * FROM {src} WHERE {raw} "
-                        f"UNION ALL SELECT * REPLACE (CAST(NULL AS JSON) AS raw) FROM {src} "
+                        f"UNION ALL SELECT {_NO_RAW} FROM {src} "
                         f"WHERE {rows} AND NOT {raw}")
             continue
         cur.execute(f"CREATE TABLE {db}.{table} AS SELECT {_without_unread(cur, main_db, table)} FROM {src} "
