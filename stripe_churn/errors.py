@@ -70,3 +70,7 @@ class StoreLockedError(TransientError):
 
 class DataError(FatalError):
     """Stored data cannot be turned into numbers (for example a missing exchange rate)."""
+
+
+class StoppedError(StripeChurnError):
+    """A stop was requested while work ran: what was committed stays, the rest was rolled back."""

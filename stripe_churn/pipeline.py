@@ -5,13 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
+from stripe_churn.errors import StoppedError
 from stripe_churn.lock import sync_lock
 from stripe_churn.settings import Settings
 from stripe_churn.store.snapshot import checkpoint, publish_snapshot
@@ -53,6 +56,40 @@ def current_bridge_line(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None
     return rows[0] if rows else None
 
 
+class _StepProgress:
+    """The metrics recompute's steps as a rich bar on a terminal, or a log line at most every 5 s otherwise
+    (on a large store the recompute takes minutes)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._rich: Any = None
+        self._task: Any = None
+        self._started = time.monotonic()
+        self._last_log = self._started
+        if enabled and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._rich = Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[step]}"), TimeElapsedColumn(), transient=False)
+            self._rich.start()
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        step = name.removesuffix(".sql") if name else "committing"
+        if self._rich is not None:
+            if self._task is None:
+                self._task = self._rich.add_task("metrics", total=total, step=step)
+            self._rich.update(self._task, completed=done, step=step)
+        elif self.enabled and time.monotonic() - self._last_log >= 5.0:
+            self._last_log = time.monotonic()
+            log.info("metrics progress: step %d of %d (%s), %.0f s so far", min(done + 1, total), total, step,
+                     self._last_log - self._started)
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+            self._rich = None
+
+
 def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop: threading.Event | None = None,
              progress: bool = True) -> RunSummary:
     """Sync, recompute and publish the snapshot under the sync lock; returns what changed.
@@ -79,7 +116,18 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
                 checkpoint(con)
                 summary.finished_at = dt.datetime.now(dt.UTC)
                 return summary
-            recompute(con, settings)
+            step_progress = _StepProgress(progress)
+            try:
+                recompute(con, settings, progress=step_progress, stop=stop)
+            except StoppedError:
+                # (the synced rows are committed; the derived tables and the snapshot stay as they were)
+                log.info("stop requested: the metrics recompute was rolled back; the next run recomputes")
+                checkpoint(con)
+                summary.status = "stopped"
+                summary.finished_at = dt.datetime.now(dt.UTC)
+                return summary
+            finally:
+                step_progress.close()
             summary.new_movements = max(_count_movements(con) - before, 0)
             summary.bridge_line = current_bridge_line(con)
             checkpoint(con)

@@ -150,6 +150,48 @@ def test_run_once_against_the_sandbox(tmp_path: Path) -> None:
         con.close()
 
 
+def test_a_stop_during_the_recompute_keeps_results_and_snapshot(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop (the daemon's SIGTERM) while the metrics recompute runs: the synced rows stay committed, the
+    recompute is rolled back, the snapshot is not replaced, and the next run recomputes."""
+    pytest.importorskip("stripe_churn.sync")
+    from stripe_churn.metrics import runner
+    from stripe_churn.pipeline import run_once
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
+
+    real = runner.sql_steps()
+    slow = ("45_slow.sql", "CREATE OR REPLACE TEMP TABLE slow AS SELECT sum(hash(range)) FROM range(1000000000000);")
+    stop = threading.Event()
+
+    def steps_with_a_slow_one() -> list[tuple[str, str]]:
+        threading.Timer(1.0, stop.set).start()
+        return sorted([*real, slow])
+
+    with start_in_thread(Simulation(customers=30, months=5, seed=4), api_key=SANDBOX_KEY) as sb:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=tmp_path / "p.duckdb",
+                            rate_limit=1000.0)
+        first = run_once(settings, full=True, progress=False)
+        published = snapshot_path(settings.db).stat().st_mtime_ns
+        with duckdb.connect(str(settings.db), read_only=True) as con:
+            seen_first = con.execute("SELECT max(last_seen_at) FROM subscriptions").fetchone()
+        sb.advance(1)
+        monkeypatch.setattr(runner, "sql_steps", steps_with_a_slow_one)
+        started = time.monotonic()
+        stopped = run_once(settings, progress=False, stop=stop)
+        assert time.monotonic() - started < 60
+        assert stopped.status == "stopped" and sum(stopped.counts.values()) > 0
+        assert snapshot_path(settings.db).stat().st_mtime_ns == published
+        with duckdb.connect(str(settings.db), read_only=True) as con:
+            assert con.execute("SELECT count(*) FROM mrr_movements").fetchone() == (first.new_movements,)
+            # (the synced rows were committed)
+            assert con.execute("SELECT max(last_seen_at) FROM subscriptions").fetchone() > seen_first  # type: ignore[operator]
+        monkeypatch.setattr(runner, "sql_steps", lambda: real)
+        third = run_once(settings, progress=False)
+    assert third.status != "stopped" and third.new_movements > 0
+
+
 def test_sync_command_prints_what_changed(tmp_path: Path) -> None:
     """`stripe-churn sync` after a billing run: objects per type, new movements, the current month's line."""
     pytest.importorskip("stripe_churn.sync")

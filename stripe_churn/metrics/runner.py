@@ -8,13 +8,15 @@ module only writes the settings they read, runs them, logs how long each took an
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import Any
 
 import duckdb
 
-from stripe_churn.errors import DataError
+from stripe_churn.errors import DataError, StoppedError
 from stripe_churn.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,8 +72,44 @@ def _check_fx(con: duckdb.DuckDBPyConnection, reporting: str) -> None:
     )
 
 
-def recompute(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
-    """Rebuild every derived table and view from the raw tables; all or nothing, safe to run twice."""
+class _Interrupter:
+    """Interrupts the connection's running statement once ``stop`` is set, and only while a step runs (an
+    interrupted step aborts the transaction; between steps the loop checks ``stop`` itself)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, stop: threading.Event) -> None:
+        self._con = con
+        self._stop = stop
+        self._lock = threading.Lock()
+        self._in_step = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="recompute-stop", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            if self._stop.wait(0.1):
+                with self._lock:
+                    if self._in_step:
+                        self._con.interrupt()
+                return
+
+    def step(self, running: bool) -> None:
+        with self._lock:
+            self._in_step = running
+
+    def close(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def recompute(con: duckdb.DuckDBPyConnection, settings: Settings, *,
+              progress: Callable[[int, int, str], None] | None = None,
+              stop: threading.Event | None = None) -> None:
+    """Rebuild every derived table and view from the raw tables; all or nothing, safe to run twice.
+
+    ``progress(done, total, name)`` is called before each step. When ``stop`` is set, the running step is
+    interrupted and everything is rolled back (the previous results stay): :class:`StoppedError`.
+    """
     steps = sql_steps()
     started = time.perf_counter()
     fx_checked = False
@@ -79,23 +117,41 @@ def recompute(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     # parallel); the connection's own setting is restored afterwards
     preserve = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
     con.execute("SET preserve_insertion_order = false")
+    interrupter = _Interrupter(con, stop) if stop is not None else None
     con.execute("BEGIN TRANSACTION")
     try:
         write_settings(con, settings)
-        for name, text in steps:
+        for k, (name, text) in enumerate(steps):
+            if progress is not None:
+                progress(k, len(steps), name)
+            if stop is not None and stop.is_set():
+                raise StoppedError(f"stop requested before metrics step {name}")
             t0 = time.perf_counter()
+            if interrupter is not None:
+                interrupter.step(True)
             try:
                 con.execute(text)
             except duckdb.Error as exc:
+                if stop is not None and stop.is_set():
+                    raise StoppedError(f"stop requested during metrics step {name}") from exc
                 raise DataError(f"metrics step {name} failed, nothing was changed: {exc}".replace("\n", " ")) from exc
+            finally:
+                if interrupter is not None:
+                    interrupter.step(False)
             log.debug("metrics step %s took %.3f s", name, time.perf_counter() - t0)
             if not fx_checked and "TABLE derived_fx_missing" in text:
                 _check_fx(con, settings.currency.lower())
                 fx_checked = True
+        if progress is not None:
+            progress(len(steps), len(steps), "")
+        if stop is not None and stop.is_set():
+            raise StoppedError("stop requested before the metrics were committed")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     finally:
+        if interrupter is not None:
+            interrupter.close()
         con.execute(f"SET preserve_insertion_order = {'true' if preserve else 'false'}")
     log.info("metrics recomputed in %.2f s (%d steps)", time.perf_counter() - started, len(steps))

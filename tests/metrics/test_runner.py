@@ -1,0 +1,100 @@
+"""The recompute's progress reports and its stop: a stop between or during steps rolls everything back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import duckdb
+import pytest
+
+from stripe_churn.errors import StoppedError
+from stripe_churn.metrics import runner
+from stripe_churn.settings import Settings
+
+# a step that would run for hours: only an interrupt ends it
+SLOW_STEP = ("45_slow.sql", "CREATE OR REPLACE TEMP TABLE slow AS SELECT sum(hash(range)) AS h FROM range(1000000000000);")
+
+
+def results(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    return {"movements": con.execute("SELECT * FROM mrr_movements ORDER BY ALL").fetchall(),
+            "customer_mrr": con.execute("SELECT * FROM customer_mrr ORDER BY ALL").fetchall(),
+            "bridge": con.execute("SELECT * FROM mrr_bridge ORDER BY ALL").fetchall()}
+
+
+def drop_half_the_subscriptions(con: duckdb.DuckDBPyConnection) -> None:
+    """Raw data a finished recompute would turn into other results."""
+    con.execute("DELETE FROM subscriptions WHERE hash(id) % 2 = 0")
+
+
+def test_progress_is_reported_before_every_step_and_before_the_commit(sim_store: duckdb.DuckDBPyConnection) -> None:
+    calls: list[tuple[int, int, str]] = []
+    runner.recompute(sim_store, Settings(), progress=lambda done, total, name: calls.append((done, total, name)))
+    names = [name for name, _ in runner.sql_steps()]
+    assert calls == [(k, len(names), name) for k, name in enumerate(names)] + [(len(names), len(names), "")]
+
+
+def test_a_stop_between_steps_rolls_back_and_keeps_the_previous_results(sim_store: duckdb.DuckDBPyConnection) -> None:
+    con = sim_store
+    runner.recompute(con, Settings())
+    before = results(con)
+    assert before["movements"]
+    drop_half_the_subscriptions(con)
+    stop = threading.Event()
+
+    def stop_at_the_movements(done: int, total: int, name: str) -> None:
+        if name.startswith("70"):
+            stop.set()
+
+    with pytest.raises(StoppedError, match="70_mrr_movements"):
+        runner.recompute(con, Settings(), progress=stop_at_the_movements, stop=stop)
+    assert results(con) == before
+    # no transaction is left open, and the connection's setting is restored
+    con.execute("BEGIN TRANSACTION")
+    con.execute("ROLLBACK")
+    assert con.execute("SELECT current_setting('preserve_insertion_order')").fetchall() == [(True,)]
+    # without a stop the same recompute changes them (so the check above could fail)
+    runner.recompute(con, Settings())
+    assert results(con) != before
+
+
+def test_a_stop_interrupts_the_running_step(sim_store: duckdb.DuckDBPyConnection,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    con = sim_store
+    runner.recompute(con, Settings())
+    before = results(con)
+    drop_half_the_subscriptions(con)
+    real = runner.sql_steps()
+    monkeypatch.setattr(runner, "sql_steps", lambda: sorted([*real, SLOW_STEP]))
+    stop = threading.Event()
+
+    def stop_soon_after_the_slow_step_starts(done: int, total: int, name: str) -> None:
+        if name == SLOW_STEP[0]:
+            threading.Timer(0.3, stop.set).start()
+
+    started = time.monotonic()
+    with pytest.raises(StoppedError, match="during metrics step 45_slow"):
+        runner.recompute(con, Settings(), progress=stop_soon_after_the_slow_step_starts, stop=stop)
+    assert time.monotonic() - started < 30
+    assert results(con) == before
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'slow'").fetchall() == [(0,)]
+
+
+def test_without_a_terminal_progress_is_a_log_line_at_most_every_5_s(caplog: pytest.LogCaptureFixture) -> None:
+    from stripe_churn.pipeline import _StepProgress
+
+    shown = _StepProgress(True)
+    with caplog.at_level("INFO", logger="stripe_churn.pipeline"):
+        shown(0, 16, "10_price_terms.sql")  # (just started: nothing yet)
+        shown._last_log -= 6.0
+        shown(2, 16, "30_item_history.sql")
+        shown(3, 16, "35_discounts.sql")  # (within 5 s of the last line)
+    shown.close()
+    lines = [r.getMessage() for r in caplog.records if "metrics progress" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("metrics progress: step 3 of 16 (30_item_history)"), lines
+    quiet = _StepProgress(False)
+    with caplog.at_level("INFO", logger="stripe_churn.pipeline"):
+        quiet._last_log -= 6.0
+        quiet(5, 16, "60_transitions.sql")
+    assert len([r for r in caplog.records if "metrics progress" in r.getMessage()]) == 1
