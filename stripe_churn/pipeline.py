@@ -84,6 +84,10 @@ class _StepProgress:
             log.info("metrics progress: step %d of %d (%s), %.0f s so far", min(done + 1, total), total, step,
                      self._last_log - self._started)
 
+    def done(self) -> None:
+        if self._rich is not None and self._task is not None:
+            self._rich.update(self._task, step="done")
+
     def close(self) -> None:
         if self._rich is not None:
             self._rich.stop()
@@ -119,6 +123,7 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
             step_progress = _StepProgress(progress)
             try:
                 recompute(con, settings, progress=step_progress, stop=stop)
+                step_progress.done()
             except StoppedError:
                 # (the synced rows are committed; the derived tables and the snapshot stay as they were)
                 log.info("stop requested: the metrics recompute was rolled back; the next run recomputes")
