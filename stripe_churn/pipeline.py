@@ -17,6 +17,7 @@ import duckdb
 from stripe_churn.errors import StoppedError
 from stripe_churn.lock import sync_lock
 from stripe_churn.settings import Settings
+from stripe_churn.store.quiet import quiet
 from stripe_churn.store.snapshot import checkpoint, publish_snapshot
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,7 @@ def collect_status(db: Path) -> dict[str, Any]:
     if not snap.exists():
         return info
     info["snapshot_age"] = str(dt.timedelta(seconds=int(now.timestamp() - snap.stat().st_mtime)))
-    con = duckdb.connect(str(snap), read_only=True)
+    con = quiet(duckdb.connect(str(snap), read_only=True))
     try:
         info["runs"] = _table(con, "SELECT run_id, mode, status, started_at, finished_at, error "
                                    "FROM sync_runs ORDER BY started_at DESC LIMIT 5")

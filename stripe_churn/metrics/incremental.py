@@ -25,6 +25,7 @@ import duckdb
 from stripe_churn.errors import DataError
 from stripe_churn.metrics.runner import recompute, sql_steps, write_settings
 from stripe_churn.settings import Settings
+from stripe_churn.store.quiet import quiet
 
 log = logging.getLogger(__name__)
 
@@ -540,7 +541,7 @@ def _derive_all(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings
         (main_db, f"{_SCOPE}.touched_customers"), (main_db, f"{_SCOPE}.moved_customers")]))
 
     def run(task: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
-        cur = con.cursor()
+        cur = quiet(con.cursor())
         try:
             task(cur)
         finally:

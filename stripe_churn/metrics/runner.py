@@ -7,10 +7,14 @@ module only writes the settings they read, runs them, logs how long each took an
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
 
@@ -98,8 +102,49 @@ class _Interrupter:
             self._in_step = running
 
     def close(self) -> None:
+        # (not joined: the watcher ends within 0.1 s by itself, and it no longer interrupts anything)
+        with self._lock:
+            self._in_step = False
         self._done.set()
-        self._thread.join()
+
+
+@contextlib.contextmanager
+def _ctrl_c_sets(stop: threading.Event) -> Iterator[list[bool]]:
+    """In the main thread, Ctrl-C sets ``stop`` at once and is recorded in the yielded list; elsewhere nothing
+    changes. (DuckDB's client looks for Ctrl-C only now and then while a statement runs, and not at all in its
+    first 2 s, and a Python handler waits for the statement to end: the signal's wake-up byte is read on a
+    thread of its own instead.)"""
+    pressed: list[bool] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    done = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        pressed.append(True)
+        stop.set()
+
+    def watch() -> None:
+        while not done.is_set():
+            if select.select([r], [], [], 0.1)[0] and signal.SIGINT in os.read(r, 64):
+                on_sigint(signal.SIGINT, None)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="recompute-ctrl-c", daemon=True)
+    watcher.start()
+    try:
+        yield pressed
+    finally:
+        done.set()
+        os.write(w, b"\0")  # (wakes the watcher now: a zero byte is no signal)
+        watcher.join()
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGINT, previous)
+        os.close(r)
+        os.close(w)
 
 
 def recompute(con: duckdb.DuckDBPyConnection, settings: Settings, *,
@@ -108,8 +153,21 @@ def recompute(con: duckdb.DuckDBPyConnection, settings: Settings, *,
     """Rebuild every derived table and view from the raw tables; all or nothing, safe to run twice.
 
     ``progress(done, total, name)`` is called before each step. When ``stop`` is set, the running step is
-    interrupted and everything is rolled back (the previous results stay): :class:`StoppedError`.
+    interrupted and everything is rolled back (the previous results stay): :class:`StoppedError`. Ctrl-C
+    (in the main thread) does the same and then raises KeyboardInterrupt.
     """
+    stop = stop if stop is not None else threading.Event()
+    with _ctrl_c_sets(stop) as pressed:
+        try:
+            _recompute(con, settings, progress, stop)
+        except StoppedError as exc:
+            if pressed:
+                raise KeyboardInterrupt(str(exc).replace("stop requested", "Ctrl-C", 1)) from None
+            raise
+
+
+def _recompute(con: duckdb.DuckDBPyConnection, settings: Settings,
+               progress: Callable[[int, int, str], None] | None, stop: threading.Event) -> None:
     steps = sql_steps()
     started = time.perf_counter()
     fx_checked = False
@@ -117,41 +175,38 @@ def recompute(con: duckdb.DuckDBPyConnection, settings: Settings, *,
     # parallel); the connection's own setting is restored afterwards
     preserve = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()[0][0]
     con.execute("SET preserve_insertion_order = false")
-    interrupter = _Interrupter(con, stop) if stop is not None else None
+    interrupter = _Interrupter(con, stop)
     con.execute("BEGIN TRANSACTION")
     try:
         write_settings(con, settings)
         for k, (name, text) in enumerate(steps):
             if progress is not None:
                 progress(k, len(steps), name)
-            if stop is not None and stop.is_set():
+            if stop.is_set():
                 raise StoppedError(f"stop requested before metrics step {name}")
             t0 = time.perf_counter()
-            if interrupter is not None:
-                interrupter.step(True)
+            interrupter.step(True)
             try:
                 con.execute(text)
             except duckdb.Error as exc:
-                if stop is not None and stop.is_set():
+                if stop.is_set():
                     raise StoppedError(f"stop requested during metrics step {name}") from exc
                 raise DataError(f"metrics step {name} failed, nothing was changed: {exc}".replace("\n", " ")) from exc
             finally:
-                if interrupter is not None:
-                    interrupter.step(False)
+                interrupter.step(False)
             log.debug("metrics step %s took %.3f s", name, time.perf_counter() - t0)
             if not fx_checked and "TABLE derived_fx_missing" in text:
                 _check_fx(con, settings.currency.lower())
                 fx_checked = True
         if progress is not None:
             progress(len(steps), len(steps), "")
-        if stop is not None and stop.is_set():
+        if stop.is_set():
             raise StoppedError("stop requested before the metrics were committed")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
     finally:
-        if interrupter is not None:
-            interrupter.close()
+        interrupter.close()
         con.execute(f"SET preserve_insertion_order = {'true' if preserve else 'false'}")
     log.info("metrics recomputed in %.2f s (%d steps)", time.perf_counter() - started, len(steps))

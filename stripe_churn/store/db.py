@@ -15,6 +15,7 @@ from sqlalchemy.schema import CreateTable
 
 from stripe_churn.errors import StoreError, StoreLockedError
 from stripe_churn.store import schema
+from stripe_churn.store.quiet import quiet
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
         raise StoreError(f"cannot open the store {path}: {str(exc).splitlines()[0]}; "
                          "move it aside and run `stripe-churn sync --full`") from None
     con.execute("SET TimeZone = 'UTC'")
+    quiet(con)
     if not read_only:
         try:
             migrate(con)

@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 
 from stripe_churn.errors import StoreError
+from stripe_churn.store.quiet import quiet
 
 
 def snapshot_path(db: Path) -> Path:
@@ -51,6 +52,7 @@ def open_snapshot(db: Path) -> duckdb.DuckDBPyConnection:
     if not path.exists():
         raise StoreError(f"no snapshot at {path} yet: run `stripe-churn sync` (or `stripe-churn demo`) first")
     try:
-        return duckdb.connect(str(path), read_only=True)
+        con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
         raise StoreError(f"cannot open snapshot {path}: {exc}") from exc
+    return quiet(con)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -98,3 +102,50 @@ def test_without_a_terminal_progress_is_a_log_line_at_most_every_5_s(caplog: pyt
         quiet._last_log -= 6.0
         quiet(5, 16, "60_transitions.sql")
     assert len([r for r in caplog.records if "metrics progress" in r.getMessage()]) == 1
+
+
+CTRL_C_SCRIPT = """
+import sys
+from stripe_churn.metrics import runner
+from stripe_churn.sandbox.sim import Simulation
+from stripe_churn.settings import Settings
+from stripe_churn.store.db import open_store
+from stripe_churn.store.load import load_simulation
+
+con = open_store(sys.argv[1])
+load_simulation(con, Simulation(customers=20, months=4, seed=3))
+runner.recompute(con, Settings())
+before = con.execute("SELECT * FROM mrr_movements ORDER BY ALL").fetchall()
+real = runner.sql_steps()
+runner.sql_steps = lambda: sorted([*real, SLOW_STEP])
+
+def tell(done, total, name):
+    if name == SLOW_STEP[0]:
+        print("slow step", flush=True)
+
+try:
+    runner.recompute(con, Settings(), progress=tell)
+except KeyboardInterrupt as exc:
+    print("KeyboardInterrupt:", exc, flush=True)
+print("unchanged:", con.execute("SELECT * FROM mrr_movements ORDER BY ALL").fetchall() == before, flush=True)
+"""
+
+
+def test_ctrl_c_during_a_step_is_a_keyboard_interrupt_and_rolls_back(tmp_path: Path) -> None:
+    """Ctrl-C stops the running statement at once: the recompute rolls back and raises KeyboardInterrupt,
+    which the commands turn into `interrupted` and exit code 130. Nothing is printed on stdout but what the
+    script prints (DuckDB's own progress bar is off the output)."""
+    script = f"SLOW_STEP = {SLOW_STEP!r}\n" + CTRL_C_SCRIPT
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "c.duckdb")], stdout=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "slow step"
+        time.sleep(0.5)  # (well inside the statement's first 2 s, when DuckDB's client does not look for it)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out = proc.communicate(timeout=60)[0]
+        assert time.monotonic() - sent < 10
+    finally:
+        proc.kill()
+    assert out.splitlines() == ["KeyboardInterrupt: Ctrl-C during metrics step 45_slow.sql", "unchanged: True"], out
