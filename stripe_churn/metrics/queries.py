@@ -70,11 +70,24 @@ def bridge(con: duckdb.DuckDBPyConnection, period: str = "month", segment: str |
                             "start": start, "end": end})
 
 
+# the day the data is complete up to: the latest sync, in Stripe's clock (derived_coverage.snapshot_at), or
+# today when that is later or unknown
+_AS_OF_SQL = ("SELECT CAST(timezone('UTC', least(now(), coalesce(max(snapshot_at), now()))) AS DATE) AS d "
+              "FROM derived_coverage")
+
+
+def data_as_of(con: duckdb.DuckDBPyConnection) -> dt.date:
+    """The day the stored data runs up to: the latest sync's day in Stripe's clock (a sandbox's or a test
+    clock's may run behind), never after today. A period ending before it is complete."""
+    rows = _rows(con, _AS_OF_SQL)
+    return rows[0]["d"] if rows and rows[0]["d"] is not None else dt.datetime.now(dt.UTC).date()
+
+
 def latest_verdict(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
-    """The bridge row that answers "are we at net negative churn?": the latest complete month (before the
-    current one) that opened with MRR; None when there is none yet."""
-    rows = _rows(con, "SELECT * FROM mrr_bridge WHERE opening_mrr > 0 "
-                      "AND period_end < CAST(timezone('UTC', now()) AS DATE) ORDER BY period_start DESC LIMIT 1")
+    """The bridge row that answers "are we at net negative churn?": the latest month complete in the stored
+    data (ending before :func:`data_as_of`) that opened with MRR; None when there is none yet."""
+    rows = _rows(con, f"SELECT * FROM mrr_bridge WHERE opening_mrr > 0 "
+                      f"AND period_end < ({_AS_OF_SQL}) ORDER BY period_start DESC LIMIT 1")
     return rows[0] if rows else None
 
 

@@ -35,9 +35,21 @@ def load_bridge(db: Path, *, start: dt.date | None = None, end: dt.date | None =
         con.close()
 
 
+def data_as_of(db: Path) -> dt.date:
+    """The day the snapshot's data runs up to (see :func:`stripe_churn.metrics.queries.data_as_of`)."""
+    from stripe_churn.metrics.queries import data_as_of as as_of
+
+    con = open_snapshot(db)
+    try:
+        return as_of(con)
+    finally:
+        con.close()
+
+
 def verdict_line(rows: list[dict[str, Any]], period: str, today: dt.date | None = None) -> str | None:
-    """One sentence answering "are we at net negative churn?" for the latest complete period that opened with
-    MRR (the current period is still running); None when there is none or the rows are per segment."""
+    """One sentence answering "are we at net negative churn?" for the latest period complete before ``today``
+    (the day the data runs up to; the current period is still running) that opened with MRR; None when there
+    is none or the rows are per segment."""
     if len({r.get("segment_value") for r in rows}) > 1:
         return None
     today = today or dt.datetime.now(dt.UTC).date()
@@ -76,7 +88,7 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
         negative = [r for r in rows if r.get("net_revenue_churn_rate") is not None
                     and float(r["net_revenue_churn_rate"]) < 0]
         echo(f"net negative churn in {len(negative)} of {len(rows)} periods")
-        line = verdict_line(rows, period)
+        line = verdict_line(rows, period, data_as_of(settings.db))
         if line:
             echo(line)
     drawable = rows if len({r.get("segment_value") for r in rows}) <= 1 else []

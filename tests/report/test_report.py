@@ -152,3 +152,23 @@ def test_export_parquet_and_csv(db: Path, tmp_path: Path) -> None:
     assert got == want and want is not None and want[0] > 0
     bad = CliRunner().invoke(cli, ["export", "--out", str(tmp_path), "no_such_view"], env={"STRIPE_CHURN_DB": str(db)})
     assert bad.exit_code != 0 and "no table or view named no_such_view" in bad.output
+
+
+def test_the_verdict_is_for_the_latest_month_complete_in_the_data(db: Path) -> None:
+    """The simulation's history ends before today: the sentence answers for its last complete month, not for
+    the quiet months between its end and today."""
+    from stripe_churn.metrics.queries import data_as_of
+    from stripe_churn.sandbox.sim import END_OF_HISTORY
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        as_of = data_as_of(con)
+    finally:
+        con.close()
+    today = dt.datetime.now(dt.UTC).date()
+    assert as_of == min(today, dt.datetime.fromtimestamp(END_OF_HISTORY, dt.UTC).date())
+    month = (as_of.replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    row = next(r for r in view_rows(db) if r["period_start"] == month)
+    out = run(db, "report")
+    assert f"latest complete month ({month}): " in out
+    assert ("AT net negative churn" if row["net_negative_churn"] else "NOT at net negative churn") in out
