@@ -142,7 +142,8 @@ def _ctrl_c_sets(stop: threading.Event) -> Iterator[list[bool]]:
         os.write(w, b"\0")  # (wakes the watcher now: a zero byte is no signal)
         watcher.join()
         signal.set_wakeup_fd(previous_fd)
-        signal.signal(signal.SIGINT, previous)
+        # (None: the previous handler was not set from Python; the default is the nearest we can restore)
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
         os.close(r)
         os.close(w)
 
