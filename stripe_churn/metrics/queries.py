@@ -79,8 +79,8 @@ _AS_OF_SQL = ("SELECT CAST(timezone('UTC', least(now(), coalesce(max(snapshot_at
 def data_as_of(con: duckdb.DuckDBPyConnection) -> dt.date:
     """The day the stored data runs up to: the latest sync's day in Stripe's clock (a sandbox's or a test
     clock's may run behind), never after today. A period ending before it is complete."""
-    rows = _rows(con, _AS_OF_SQL)
-    return rows[0]["d"] if rows and rows[0]["d"] is not None else dt.datetime.now(dt.UTC).date()
+    day: dt.date = _rows(con, _AS_OF_SQL)[0]["d"]  # (one row: an aggregate, coalesced to today)
+    return day
 
 
 def latest_verdict(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:

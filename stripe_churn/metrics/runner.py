@@ -109,12 +109,12 @@ class _Interrupter:
 
 
 @contextlib.contextmanager
-def _ctrl_c_sets(stop: threading.Event) -> Iterator[list[bool]]:
-    """In the main thread, Ctrl-C sets ``stop`` at once and is recorded in the yielded list; elsewhere nothing
-    changes. (DuckDB's client looks for Ctrl-C only now and then while a statement runs, and not at all in its
+def _ctrl_c_sets(stop: threading.Event) -> Iterator[threading.Event]:
+    """In the main thread, Ctrl-C sets ``stop`` at once and the yielded event (which says it came); elsewhere
+    nothing changes. (DuckDB's client looks for Ctrl-C only now and then while a statement runs, and not at all in its
     first 2 s, and a Python handler waits for the statement to end: the signal's wake-up byte is read on a
     thread of its own instead.)"""
-    pressed: list[bool] = []
+    pressed = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield pressed
         return
@@ -123,7 +123,7 @@ def _ctrl_c_sets(stop: threading.Event) -> Iterator[list[bool]]:
     done = threading.Event()
 
     def on_sigint(signum: int, frame: Any) -> None:
-        pressed.append(True)
+        pressed.set()
         stop.set()
 
     def watch() -> None:
@@ -162,7 +162,7 @@ def recompute(con: duckdb.DuckDBPyConnection, settings: Settings, *,
         try:
             _recompute(con, settings, progress, stop)
         except StoppedError as exc:
-            if pressed:
+            if pressed.is_set():
                 raise KeyboardInterrupt(str(exc).replace("stop requested", "Ctrl-C", 1)) from None
             raise
 

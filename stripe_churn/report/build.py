@@ -23,25 +23,15 @@ def parse_segment(segment: str | None) -> tuple[str | None, str | None]:
 
 
 def load_bridge(db: Path, *, start: dt.date | None = None, end: dt.date | None = None, period: str = "month",
-                segment: str | None = None) -> list[dict[str, Any]]:
-    """Bridge rows per period (per segment value when asked) from the latest snapshot, oldest first."""
-    from stripe_churn.metrics.queries import bridge
+                segment: str | None = None) -> tuple[list[dict[str, Any]], dt.date]:
+    """Bridge rows per period (per segment value when asked) from the latest snapshot, oldest first, and the
+    day its data runs up to (:func:`stripe_churn.metrics.queries.data_as_of`), from one connection."""
+    from stripe_churn.metrics.queries import bridge, data_as_of
 
     kind, value = parse_segment(segment)
     con = open_snapshot(db)
     try:
-        return bridge(con, period=period, segment=kind, start=start, end=end, segment_value=value)
-    finally:
-        con.close()
-
-
-def data_as_of(db: Path) -> dt.date:
-    """The day the snapshot's data runs up to (see :func:`stripe_churn.metrics.queries.data_as_of`)."""
-    from stripe_churn.metrics.queries import data_as_of as as_of
-
-    con = open_snapshot(db)
-    try:
-        return as_of(con)
+        return bridge(con, period=period, segment=kind, start=start, end=end, segment_value=value), data_as_of(con)
     finally:
         con.close()
 
@@ -81,14 +71,14 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
     """Print the bridge with a verdict per period; write the chart and page when asked. Returns the rows."""
     from stripe_churn.report.tables import bridge_rows, render
 
-    rows = load_bridge(settings.db, start=start, end=end, period=period, segment=segment)
+    rows, as_of = load_bridge(settings.db, start=start, end=end, period=period, segment=segment)
     cols, body = bridge_rows(rows, fmt)
     echo(render(cols, body, fmt, title=f"MRR bridge per {period} ({settings.currency.upper()})"))
     if fmt == "table" and rows:
         negative = [r for r in rows if r.get("net_revenue_churn_rate") is not None
                     and float(r["net_revenue_churn_rate"]) < 0]
         echo(f"net negative churn in {len(negative)} of {len(rows)} periods")
-        line = verdict_line(rows, period, data_as_of(settings.db))
+        line = verdict_line(rows, period, as_of)
         if line:
             echo(line)
     drawable = rows if len({r.get("segment_value") for r in rows}) <= 1 else []
