@@ -267,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     from stripe_churn.store.db import open_store
     from stripe_churn.store.load import load_simulation
 
+    if args.db is not None and (args.db.exists() or Path(f"{args.db}.wal").exists()):
+        # (loading into it would mix a new block with the stored one, found only after the simulation)
+        ap.error(f"--db {args.db} already exists: the benchmark builds a new store; remove it or name another file")
     block = min(args.block, args.customers)
     copies = -(-args.customers // block)
     settings = Settings()
