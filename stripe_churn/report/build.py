@@ -42,9 +42,7 @@ def verdict_line(rows: list[dict[str, Any]], period: str, today: dt.date | None 
     is none or the rows are per segment."""
     if len({r.get("segment_value") for r in rows}) > 1:
         return None
-    today = today or dt.datetime.now(dt.UTC).date()
-    done = [r for r in rows if r.get("opening_mrr") and float(r["opening_mrr"]) > 0
-            and r.get("net_revenue_churn_rate") is not None and _as_date(r["period_end"]) < today]
+    done = [r for r in complete_periods(rows, today) if r.get("opening_mrr") and float(r["opening_mrr"]) > 0]
     if not done:
         return None
     r = done[-1]
@@ -55,6 +53,13 @@ def verdict_line(rows: list[dict[str, Any]], period: str, today: dt.date | None 
     relation = "outweigh" if gained > lost else ("equal" if gained == lost else "fall short of")
     return (f"latest complete {period} ({r['period_start']}): {answer}; net revenue churn {rate:.2%} "
             f"(expansion + reactivation {gained:,.2f} {relation} churn + contraction {lost:,.2f})")
+
+
+def complete_periods(rows: list[dict[str, Any]], today: dt.date | None = None) -> list[dict[str, Any]]:
+    """The rows of periods that ended before ``today`` (the day the data runs up to) and have a net revenue
+    churn rate (they opened with MRR): the periods a verdict can be given for."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    return [r for r in rows if r.get("net_revenue_churn_rate") is not None and _as_date(r["period_end"]) < today]
 
 
 def _as_date(value: Any) -> dt.date:
@@ -75,9 +80,11 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
     cols, body = bridge_rows(rows, fmt)
     echo(render(cols, body, fmt, title=f"MRR bridge per {period} ({settings.currency.upper()})"))
     if fmt == "table" and rows:
-        negative = [r for r in rows if r.get("net_revenue_churn_rate") is not None
-                    and float(r["net_revenue_churn_rate"]) < 0]
-        echo(f"net negative churn in {len(negative)} of {len(rows)} periods")
+        # (periods still running or after the data's last day have no verdict yet; per segment, every
+        # segment's periods count)
+        done = complete_periods(rows, as_of)
+        negative = [r for r in done if float(r["net_revenue_churn_rate"]) < 0]
+        echo(f"net negative churn in {len(negative)} of {len(done)} complete periods (data up to {as_of})")
         line = verdict_line(rows, period, as_of)
         if line:
             echo(line)
