@@ -15,6 +15,7 @@ bridge query, peak memory, and a plain-Python per-customer loop over a sample fo
 
     python scripts/bench_rollup.py                       # 1,000,000 customers x 24 months (block of 20,000)
     python scripts/bench_rollup.py --customers 20000 --block 5000   # a small run
+    python scripts/bench_rollup.py --customers 20000 --block 5000 --fx daily   # what daily rates cost
 """
 
 from __future__ import annotations
@@ -245,6 +246,21 @@ def python_rollup(rows: list[tuple[Any, ...]], window_s: int = 3600) -> dict[str
     return flows
 
 
+def set_fx_rates(con: duckdb.DuckDBPyConnection, kind: str) -> int:
+    """Replace the constant eur and gbp rates by one per month (the first) or per day, from the first stored
+    rate through today, each a little different from the one before (every change revalues the customers
+    billed in that currency); returns how many rates were written."""
+    first = con.execute("SELECT min(date) FROM fx_rates").fetchall()[0][0]
+    days = [first + dt.timedelta(days=i) for i in range((dt.datetime.now(dt.UTC).date() - first).days + 1)]
+    if kind == "monthly":
+        days = [first] + [d for d in days[1:] if d.day == 1]
+    rows = [(d, cur, base + sign * Decimal(k % 50) / 10_000) for k, d in enumerate(days)
+            for cur, base, sign in (("eur", Decimal("1.08"), 1), ("gbp", Decimal("1.27"), -1))]
+    con.execute("DELETE FROM fx_rates WHERE currency IN ('eur', 'gbp')")
+    con.executemany("INSERT INTO fx_rates VALUES (?, ?, ?)", [list(r) for r in rows])
+    return len(rows)
+
+
 def timed(fn: Any, *args: Any) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn(*args)
@@ -259,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--sample", type=int, default=10_000, help="customers in the Python-loop sample")
     ap.add_argument("--db", type=Path, help="DuckDB file to build (default: a temporary one, removed after)")
+    ap.add_argument("--fx", choices=("constant", "monthly", "daily"), default="constant",
+                    help="exchange rates of eur and gbp: the sandbox's constant ones (default), or a rate on the "
+                         "first of every month, or one every day, from the store's first rate to today")
     ap.add_argument("--memory-limit", default=None,
                     help="DuckDB memory_limit, e.g. 6GB (default: 70%% of the memory left beside the simulation)")
     args = ap.parse_args(argv)
@@ -296,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"store: {n_customers:,} customers ({how}); " + ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
     print(f"  simulate {t_sim:.1f} s, load {t_load:.1f} s, replicate {t_rep:.1f} s", flush=True)
 
+    if args.fx != "constant":
+        print(f"exchange rates: {set_fx_rates(con, args.fx):,} {args.fx} rates of eur and gbp", flush=True)
     t_full, _ = timed(recompute, con, settings)
     n_movements = con.execute("SELECT count(*) FROM derived_mrr_movements").fetchall()[0][0]
     print(f"full recompute: {t_full:.2f} s (target {TARGET_FULL_S:.0f} s) -> {n_movements:,} movements; "

@@ -17,6 +17,7 @@ import duckdb
 from stripe_churn.errors import StoppedError
 from stripe_churn.lock import sync_lock
 from stripe_churn.settings import Settings
+from stripe_churn.store.fx_file import read_fx_file, write_fx_rates
 from stripe_churn.store.quiet import quiet
 from stripe_churn.store.snapshot import checkpoint, publish_snapshot
 
@@ -103,6 +104,8 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
     """
     db = settings.db
     summary = RunSummary(started_at=dt.datetime.now(dt.UTC))
+    # (a bad exchange-rate file stops the run before anything is synced)
+    fx = read_fx_file(settings.fx_rates_file, settings.currency) if settings.fx_rates_file else None
     with sync_lock(db, wait=wait):
         from stripe_churn.metrics.runner import recompute
         from stripe_churn.store.db import open_store
@@ -121,6 +124,10 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
                 checkpoint(con)
                 summary.finished_at = dt.datetime.now(dt.UTC)
                 return summary
+            if fx is not None:
+                written = write_fx_rates(con, fx)
+                log.info("exchange rates: %d rows for %s from %s", written, ", ".join(fx.currencies) or "no currency",
+                         fx.path)
             step_progress = _StepProgress(progress)
             try:
                 recompute(con, settings, progress=step_progress, stop=stop)

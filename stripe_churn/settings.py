@@ -86,6 +86,8 @@ class Settings:
     webhook_host: str = "127.0.0.1"
     webhook_port: int | None = None
     currency: str = "usd"
+    # CSV of exchange rates (date, currency, rate) written to fx_rates at every run; None: none
+    fx_rates_file: Path | None = None
     log_level: str = "INFO"
     timeout_seconds: float = 30.0
     max_retries: int = 6
@@ -127,6 +129,7 @@ FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "webhook_host": ((str,), "webhook_host"),
     "webhook_port": ((int,), "webhook_port"),
     "currency": ((str,), "currency"),
+    "fx_rates_file": ((str,), "fx_rates_file"),
     "log_level": ((str,), "log_level"),
     "timeout_seconds": ((int, float), "timeout_seconds"),
     "max_retries": ((int,), "max_retries"),
@@ -150,6 +153,7 @@ ENV_KEYS: dict[str, str] = {
     "STRIPE_CHURN_SCHEDULE": "schedule",
     "STRIPE_WEBHOOK_SECRET": "webhook_secret",
     "STRIPE_CHURN_CURRENCY": "currency",
+    "STRIPE_CHURN_FX_RATES": "fx_rates_file",
     "STRIPE_CHURN_LOG_LEVEL": "log_level",
 }
 
@@ -168,7 +172,7 @@ def _check_type(key: str, value: Any, types: tuple[type, ...], where: str) -> No
 def _convert(attr: str, value: Any) -> Any:
     if attr in ("api_key", "webhook_secret"):
         return Secret(str(value))
-    if attr == "db":
+    if attr in ("db", "fx_rates_file"):
         return Path(value).expanduser()
     if attr == "rate_limit":
         return float(value)

@@ -192,6 +192,50 @@ def test_a_stop_during_the_recompute_keeps_results_and_snapshot(tmp_path: Path,
     assert third.status != "stopped" and third.new_movements > 0
 
 
+def test_exchange_rates_from_the_file_revalue_customers_as_fx(tmp_path: Path) -> None:
+    """The exchange-rate file is written after the sync and before the recompute: a new euro rate mid-history
+    is an fx movement for every customer then billed in euros, worth the rate's change; a bad file stops the
+    run before anything is synced."""
+    from stripe_churn.errors import ConfigError
+    from stripe_churn.pipeline import run_once
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("date,currency,rate\n2026-08-01,eur,1,62\n", encoding="utf-8")
+    rates = tmp_path / "fx.csv"
+    rates.write_text("date,currency,rate\n2000-01-01,eur,1.08\n2026-08-01,eur,1.62\n", encoding="utf-8")
+    with start_in_thread(Simulation(customers=60, months=6, seed=3), api_key=SANDBOX_KEY) as sb:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=tmp_path / "p.duckdb",
+                            rate_limit=1000.0, fx_rates_file=bad)
+        with pytest.raises(ConfigError, match=r"bad\.csv.*line 2"):
+            run_once(settings, full=True, progress=False)
+        assert not settings.db.exists()
+        run_once(Settings(**{**settings.__dict__, "fx_rates_file": rates}), full=True, progress=False)
+    con = duckdb.connect(str(snapshot_path(settings.db)), read_only=True)
+    try:
+        # the sandbox's own euro rate (dated at its start) was replaced by the file's; the others stay
+        assert con.execute("SELECT CAST(date AS VARCHAR), CAST(rate AS VARCHAR) FROM fx_rates WHERE currency = 'eur' "
+                           "ORDER BY date").fetchall() == [("2000-01-01", "1.08000000"), ("2026-08-01", "1.62000000")]
+        assert con.execute("SELECT count(*) FROM fx_rates WHERE currency = 'gbp'").fetchone() == (1,)
+        fx = con.execute("SELECT customer_id, occurred_at, mrr_before, mrr_after, mrr_delta, currency FROM mrr_movements "
+                         "WHERE category = 'fx'").fetchall()
+        euro_then = con.execute(
+            "SELECT DISTINCT customer_id FROM derived_item_mrr WHERE currency = 'eur' AND mrr_original > 0 "
+            "AND valid_from < TIMESTAMPTZ '2026-08-01 00:00:00+00' "
+            "AND (valid_to IS NULL OR valid_to > TIMESTAMPTZ '2026-08-01 00:00:00+00')").fetchall()
+        bridge = con.execute("SELECT fx FROM mrr_bridge WHERE period_start = DATE '2026-08-01'").fetchone()
+    finally:
+        con.close()
+    assert euro_then and sorted({r[0] for r in fx}) == sorted(r[0] for r in euro_then)
+    for _, at, before, after, delta, currency in fx:
+        assert at.isoformat() == "2026-08-01T00:00:00+00:00" and currency == "eur"
+        assert float(after) == pytest.approx(float(before) * 1.5, abs=0.0002)
+        assert float(delta) == pytest.approx(float(after) - float(before), abs=1e-9)
+    assert bridge is not None and float(bridge[0]) == pytest.approx(sum(float(r[4]) for r in fx), abs=1e-6)
+
+
 def test_sync_command_prints_what_changed(tmp_path: Path) -> None:
     """`stripe-churn sync` after a billing run: objects per type, new movements, the current month's line."""
     pytest.importorskip("stripe_churn.sync")

@@ -44,6 +44,16 @@ def test_file_then_environment_wins(tmp_path: Path) -> None:
     assert s.source == str(cfg)
 
 
+def test_exchange_rate_file_from_file_or_environment(tmp_path: Path) -> None:
+    assert load_settings(env={}).fx_rates_file is None
+    cfg = write(tmp_path, 'fx_rates_file = "~/rates/fx.csv"\n')
+    assert load_settings(cfg, env={}).fx_rates_file == Path.home() / "rates" / "fx.csv"
+    s = load_settings(cfg, env={"STRIPE_CHURN_FX_RATES": "other.csv"})
+    assert s.fx_rates_file == Path("other.csv")
+    with pytest.raises(ConfigError, match=r"'fx_rates_file' in .* must be a string"):
+        load_settings(write(tmp_path, "fx_rates_file = 3\n", "bad.toml"), env={})
+
+
 def test_default_config_file_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "config").mkdir()
     write(tmp_path / "config", 'db = "here.duckdb"\n', "stripe-churn.toml")

@@ -609,8 +609,9 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
                               "GROUP BY currency ORDER BY currency").fetchall()
         if missing:
             parts = "; ".join(f"{cur} on {first}..{last}" for cur, first, last in missing)
-            raise DataError(f"no exchange rate to {settings.currency.lower()} for {parts}: add rows to fx_rates "
-                            "and run the recompute again; the previous results were left in place")
+            raise DataError(f"no exchange rate to {settings.currency.lower()} for {parts}: add rates to the "
+                            "exchange-rate file (setting fx_rates_file) and sync again; the previous results were "
+                            "left in place")
         inputs = _moved_inputs(main_db)
         moved_tables = [t for (t,) in con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [_MOVED]).fetchall()

@@ -71,8 +71,8 @@ def _check_fx(con: duckdb.DuckDBPyConnection, reporting: str) -> None:
     parts = [f"{cur} on {first}..{last} ({n} customers)" for cur, first, last, n in rows]
     raise DataError(
         f"no exchange rate to {reporting} for " + "; ".join(parts)
-        + ": add rows (date, currency, rate) to fx_rates dated on or before those days, then run the recompute "
-        "again; the previous results were left in place"
+        + ": add rates (date, currency, rate) dated on or before those days to the exchange-rate file (setting "
+        "fx_rates_file, a CSV; README \"Exchange rates\"), then sync again; the previous results were left in place"
     )
 
 

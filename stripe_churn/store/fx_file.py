@@ -1,0 +1,121 @@
+"""Exchange rates from a CSV file (setting ``fx_rates_file``) into the ``fx_rates`` table.
+
+Stripe has no exchange rates, so an account billing in several currencies needs them from elsewhere (a
+treasury export, a central bank's reference rates). The file has a header row naming the columns ``date``
+(YYYY-MM-DD), ``currency`` (ISO code) and ``rate`` (units of the reporting currency for one unit of
+``currency``, in force from that date until the currency's next row; kept to 8 decimals); other columns
+are ignored. It is read
+whole and checked before a sync starts, and each run writes it after the sync, before the recompute: the
+rates of every currency the file lists are replaced by the file's (a row taken out of the file leaves the
+table), in one transaction. Currencies the file does not list keep their rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import re
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from pathlib import Path
+
+import duckdb
+
+from stripe_churn.errors import ConfigError
+
+_COLUMNS = ("date", "currency", "rate")
+_CURRENCY = re.compile(r"[a-z]{3}")
+
+
+@dataclass(frozen=True)
+class FxFile:
+    """The checked rows of an exchange-rate file: (date, lower-case currency, rate), by currency and date."""
+
+    path: Path
+    rows: tuple[tuple[dt.date, str, Decimal], ...]
+
+    @property
+    def currencies(self) -> tuple[str, ...]:
+        return tuple(sorted({c for _, c, _ in self.rows}))
+
+
+def read_fx_file(path: Path, reporting: str) -> FxFile:
+    """Read and check ``path``; every problem is a :class:`ConfigError` naming the file and the line.
+
+    A row for the reporting currency itself must have rate 1 (it always converts at 1), so that a file
+    written the other way round (reporting units per foreign unit inverted) is caught on its first line.
+    """
+    where = f"exchange-rate file {path} (setting fx_rates_file)"
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{where} does not exist; create it (header: date,currency,rate) or unset the "
+                          "setting") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where} cannot be read ({exc.__class__.__name__}); fix its permissions or save it "
+                          "as UTF-8") from None
+    reader = csv.reader(text.splitlines())
+    header = next(reader, None)
+    names = [h.strip().lower() for h in header or []]
+    missing = [c for c in _COLUMNS if c not in names]
+    if missing:
+        raise ConfigError(f"{where}: the first line must name the columns date, currency, rate (missing: "
+                          f"{', '.join(missing)})")
+    at = {c: names.index(c) for c in _COLUMNS}
+    seen: dict[tuple[dt.date, str], int] = {}
+    rows: list[tuple[dt.date, str, Decimal]] = []
+    reporting = reporting.lower()
+    for line, fields in enumerate(reader, start=2):
+        if not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(names):
+            raise ConfigError(f"{where}, line {line}: {len(fields)} fields where the header has {len(names)} "
+                              "(a rate is written with a decimal point, as 1.08)")
+        day_text, cur_text, rate_text = (fields[at[c]].strip() for c in _COLUMNS)
+        try:
+            day = dt.date.fromisoformat(day_text)
+        except ValueError:
+            raise ConfigError(f"{where}, line {line}: date {day_text!r} is not YYYY-MM-DD") from None
+        currency = cur_text.lower()
+        if not _CURRENCY.fullmatch(currency):
+            raise ConfigError(f"{where}, line {line}: currency {cur_text!r} is not a 3-letter ISO code such as eur")
+        try:
+            rate = Decimal(rate_text)
+        except InvalidOperation:
+            raise ConfigError(f"{where}, line {line}: rate {rate_text!r} is not a number") from None
+        if not rate.is_finite() or rate <= 0:
+            raise ConfigError(f"{where}, line {line}: rate {rate_text!r} must be a number above 0")
+        if rate >= Decimal("1e10"):
+            raise ConfigError(f"{where}, line {line}: rate {rate_text!r} does not fit the table (at most 10 "
+                              "digits before the point)")
+        # (the table keeps 8 decimals, as a cast would round them)
+        rate = rate.quantize(Decimal("1e-8"), rounding=ROUND_HALF_EVEN)
+        if rate == 0:
+            raise ConfigError(f"{where}, line {line}: rate {rate_text!r} is 0 at 8 decimals")
+        if currency == reporting and rate != 1:
+            raise ConfigError(f"{where}, line {line}: the reporting currency {reporting} converts at 1, not "
+                              f"{rate_text}; a rate is units of {reporting} for one unit of the other currency")
+        if (day, currency) in seen:
+            raise ConfigError(f"{where}, line {line}: a second rate for {currency} on {day} (the first is on "
+                              f"line {seen[(day, currency)]})")
+        seen[(day, currency)] = line
+        rows.append((day, currency, rate))
+    return FxFile(path=path, rows=tuple(sorted(rows, key=lambda r: (r[1], r[0]))))
+
+
+def write_fx_rates(con: duckdb.DuckDBPyConnection, fx: FxFile) -> int:
+    """Replace the rates of the file's currencies by the file's rows, in one transaction; returns the rows
+    written."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("CREATE OR REPLACE TEMP TABLE fx_file_rows (date DATE, currency VARCHAR, rate DECIMAL(18, 8))")
+        if fx.rows:
+            con.executemany("INSERT INTO fx_file_rows VALUES (?, ?, ?)", [list(r) for r in fx.rows])
+        con.execute("DELETE FROM fx_rates WHERE lower(currency) IN (SELECT currency FROM fx_file_rows)")
+        con.execute("INSERT INTO fx_rates (date, currency, rate) SELECT date, currency, rate FROM fx_file_rows")
+        con.execute("DROP TABLE fx_file_rows")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return len(fx.rows)
