@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from stripe_churn.errors import ConfigError
+from stripe_churn.report.tables import day_of
 from stripe_churn.settings import Settings
 from stripe_churn.store.snapshot import open_snapshot
 
@@ -59,15 +60,7 @@ def complete_periods(rows: list[dict[str, Any]], today: dt.date | None = None) -
     """The rows of periods that ended before ``today`` (the day the data runs up to) and have a net revenue
     churn rate (they opened with MRR): the periods a verdict can be given for."""
     today = today or dt.datetime.now(dt.UTC).date()
-    return [r for r in rows if r.get("net_revenue_churn_rate") is not None and _as_date(r["period_end"]) < today]
-
-
-def _as_date(value: Any) -> dt.date:
-    if isinstance(value, dt.datetime):
-        return value.date()
-    if isinstance(value, dt.date):
-        return value
-    return dt.date.fromisoformat(str(value)[:10])
+    return [r for r in rows if r.get("net_revenue_churn_rate") is not None and day_of(r["period_end"]) < today]
 
 
 def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.date | None = None,
@@ -77,7 +70,7 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
     from stripe_churn.report.tables import bridge_rows, render
 
     rows, as_of = load_bridge(settings.db, start=start, end=end, period=period, segment=segment)
-    cols, body = bridge_rows(rows, fmt)
+    cols, body = bridge_rows(rows, fmt, as_of)
     echo(render(cols, body, fmt, title=f"MRR bridge per {period} ({settings.currency.upper()})"))
     if fmt == "table" and rows:
         # (periods still running or after the data's last day have no verdict yet; per segment, every
@@ -99,5 +92,5 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
     if html:
         from stripe_churn.report.html import write_html
 
-        write_html(drawable, html, settings.currency, period)
+        write_html(drawable, html, settings.currency, period, as_of)
     return rows

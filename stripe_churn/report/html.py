@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import html
 import io
 from collections.abc import Sequence
@@ -15,8 +16,10 @@ from stripe_churn.report.charts import build_figure
 from stripe_churn.report.tables import _cell, bridge_rows
 
 
-def render_html(rows: Sequence[dict[str, Any]], currency: str = "usd", period: str = "month") -> str:
-    """The page as a string; no external files, scripts or fonts."""
+def render_html(rows: Sequence[dict[str, Any]], currency: str = "usd", period: str = "month",
+                as_of: dt.date | None = None) -> str:
+    """The page as a string; no external files, scripts or fonts. ``as_of``: the day the data runs up to (periods
+    not complete before it get no verdict)."""
     fig = build_figure(rows, currency, period)
     buf = io.BytesIO()
     try:
@@ -24,7 +27,7 @@ def render_html(rows: Sequence[dict[str, Any]], currency: str = "usd", period: s
     finally:
         plt.close(fig)
     img = base64.b64encode(buf.getvalue()).decode("ascii")
-    cols, body = bridge_rows(rows, "table")
+    cols, body = bridge_rows(rows, "table", as_of)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     trs = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v, c))}</td>" for c, v in zip(cols, r, strict=True))
                   + "</tr>" for r in body)
@@ -36,7 +39,8 @@ def render_html(rows: Sequence[dict[str, Any]], currency: str = "usd", period: s
             f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table></body></html>")
 
 
-def write_html(rows: Sequence[dict[str, Any]], path: Path, currency: str = "usd", period: str = "month") -> Path:
+def write_html(rows: Sequence[dict[str, Any]], path: Path, currency: str = "usd", period: str = "month",
+               as_of: dt.date | None = None) -> Path:
     """Write the page to ``path``."""
-    path.write_text(render_html(rows, currency, period), encoding="utf-8")
+    path.write_text(render_html(rows, currency, period, as_of), encoding="utf-8")
     return path
