@@ -175,7 +175,8 @@ def daemon(no_sync_on_start: bool, webhook_port: int | None, webhook_host: str |
 @config_option
 @handle_errors
 def status(fmt: str, config_path: Path | None) -> None:
-    """Last runs, cursors, lag, data-quality counts and the daemon's state (from the latest snapshot)."""
+    """Last runs, cursors, lag, data-quality counts, exchange rates and the daemon's state (from the latest
+    snapshot)."""
     from stripe_churn.pipeline import collect_status as collect
 
     settings = get_settings(config_path)
@@ -191,7 +192,7 @@ def status(fmt: str, config_path: Path | None) -> None:
         click.echo(f"{key}: {info.get(key)}")
     if info.get("daemon_error"):
         click.echo(f"daemon last error: {info['daemon_error']}")
-    for name in ("runs", "cursors", "data_quality"):
+    for name in ("runs", "cursors", "data_quality", "exchange_rates"):
         table = info.get(name) or []
         if table:
             cols = list(table[0].keys())

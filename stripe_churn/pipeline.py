@@ -176,8 +176,25 @@ def _table(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
     return rows
 
 
+# Per currency the account bills in, other than the reporting one: the customers billed in it now and the
+# stored rates (their number, the latest one and its date).
+_FX_STATUS_SQL = """
+SELECT c.currency, c.customers_now, count(f.date) AS rates, max(f.date) AS latest_rate_date,
+       arg_max(f.rate, f.date) AS latest_rate
+FROM (SELECT i.currency,
+             count(DISTINCT i.customer_id) FILTER (WHERE i.valid_to IS NULL AND i.mrr_original > 0) AS customers_now
+      FROM derived_item_mrr i
+      WHERE i.currency <> (SELECT lower(reporting_currency) FROM derived_settings)
+      GROUP BY i.currency) c
+LEFT JOIN fx_rates f ON lower(f.currency) = c.currency
+GROUP BY c.currency, c.customers_now
+ORDER BY c.currency
+"""
+
+
 def collect_status(db: Path) -> dict[str, Any]:
-    """Last runs, cursors, lag and data-quality counts (from the snapshot), the lock and the daemon's state."""
+    """Last runs, cursors, lag, data-quality counts and the exchange rates of the currencies billed (from the
+    snapshot), the lock and the daemon's state."""
     from stripe_churn.daemon import read_state
     from stripe_churn.lock import is_locked
     from stripe_churn.store.snapshot import snapshot_path
@@ -208,6 +225,8 @@ def collect_status(db: Path) -> dict[str, Any]:
         if last_ok and last_ok[0]["t"] is not None:
             info["lag"] = str(now - last_ok[0]["t"]).split(".")[0] + " since the last successful sync"
         info["data_quality"] = _table(con, "SELECT kind, count(*) AS n FROM data_quality GROUP BY kind ORDER BY kind")
+        # (a rate holds until the next one: an old latest rate keeps valuing a currency billed today)
+        info["exchange_rates"] = _table(con, _FX_STATUS_SQL)
     finally:
         con.close()
     return info

@@ -234,6 +234,14 @@ def test_exchange_rates_from_the_file_revalue_customers_as_fx(tmp_path: Path) ->
         assert float(after) == pytest.approx(float(before) * 1.5, abs=0.0002)
         assert float(delta) == pytest.approx(float(after) - float(before), abs=1e-9)
     assert bridge is not None and float(bridge[0]) == pytest.approx(sum(float(r[4]) for r in fx), abs=1e-6)
+    # status lists the rates of each currency billed: how many, the latest and since when
+    from stripe_churn.pipeline import collect_status
+
+    rates = {r["currency"]: r for r in collect_status(settings.db)["exchange_rates"]}
+    assert sorted(rates) == ["eur", "gbp"] and all(r["customers_now"] > 0 for r in rates.values())
+    assert (rates["eur"]["rates"], str(rates["eur"]["latest_rate_date"]), float(rates["eur"]["latest_rate"])) == (
+        2, "2026-08-01", 1.62)
+    assert rates["gbp"]["rates"] == 1 and float(rates["gbp"]["latest_rate"]) == 1.27
 
 
 def test_sync_command_prints_what_changed(tmp_path: Path) -> None:
