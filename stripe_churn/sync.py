@@ -32,6 +32,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import duckdb
@@ -186,6 +187,21 @@ class _Progress:
     def close(self) -> None:
         if self._rich is not None:
             self._rich.stop()
+
+
+def sandbox_rates_in(rows: list[dict[str, Any]], reporting: str) -> list[tuple[str, str, Decimal]]:
+    """The sandbox's rates (units of US dollars for one unit of each currency, per date) as units of the
+    reporting currency: each divided by the reporting currency's rate on the same date, kept to 8 decimals.
+    Dates without a rate for the reporting currency are left out (a needed rate then shows as missing)."""
+    reporting = reporting.lower()
+    base = {r["date"]: Decimal(str(r["rate"])) for r in rows
+            if str(r["currency"]).lower() == reporting and Decimal(str(r["rate"])) > 0}
+    if rows and not base:
+        log.warning("the sandbox has no exchange rate for the reporting currency %s; its rates were not stored",
+                    reporting)
+    return [(r["date"], str(r["currency"]).lower(),
+             (Decimal(str(r["rate"])) / base[r["date"]]).quantize(Decimal("1e-8"), rounding=ROUND_HALF_EVEN))
+            for r in rows if r["date"] in base]
 
 
 class _Sync:
@@ -775,7 +791,8 @@ class _Sync:
                     {"v": version, "seen": self._now(), "a": self.account, "since": self.full_started})
 
     async def _fx_rates(self) -> None:
-        """The sandbox serves its exchange rates; real Stripe has none (rates come from elsewhere)."""
+        """The sandbox serves its exchange rates (in US dollars); real Stripe has none (rates come from the
+        setting fx_rates_file)."""
         assert self.api is not None
         if "api.stripe.com" in self.api.base:
             return
@@ -787,9 +804,9 @@ class _Sync:
         except Exception:
             log.debug("no sandbox exchange rates", exc_info=True)
             return
-        await self._db(self._store_fx, [(r["date"], r["currency"], r["rate"]) for r in rows])
+        await self._db(self._store_fx, sandbox_rates_in(rows, self.settings.currency))
 
-    def _store_fx(self, rows: list[tuple[str, str, float]]) -> None:
+    def _store_fx(self, rows: list[tuple[str, str, Decimal]]) -> None:
         with _transaction(self.con):
             upsert_fx_rates(self.con, rows)
 

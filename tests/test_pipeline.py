@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -242,6 +243,39 @@ def test_exchange_rates_from_the_file_revalue_customers_as_fx(tmp_path: Path) ->
     assert (rates["eur"]["rates"], str(rates["eur"]["latest_rate_date"]), float(rates["eur"]["latest_rate"])) == (
         2, "2026-08-01", 1.62)
     assert rates["gbp"]["rates"] == 1 and float(rates["gbp"]["latest_rate"]) == 1.27
+
+
+def test_the_sandbox_rates_follow_the_reporting_currency(tmp_path: Path) -> None:
+    """The sandbox's rates are in US dollars: a run reporting in euros stores them per euro, so the same
+    account's MRR in euros is its MRR in dollars divided by the dollar rate of the euro."""
+    from stripe_churn.pipeline import run_once
+    from stripe_churn.sandbox.fx import SANDBOX_FX_DECIMAL
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
+    from stripe_churn.sync import sandbox_rates_in
+
+    assert sandbox_rates_in([{"date": "2025-01-01", "currency": "usd", "rate": 1.0},
+                             {"date": "2025-01-01", "currency": "eur", "rate": 1.08},
+                             {"date": "2025-01-01", "currency": "GBP", "rate": 1.27}], "EUR") == [
+        ("2025-01-01", "usd", Decimal("0.92592593")), ("2025-01-01", "eur", Decimal("1.00000000")),
+        ("2025-01-01", "gbp", Decimal("1.17592593"))]
+    assert sandbox_rates_in([{"date": "2025-01-01", "currency": "usd", "rate": 1.0}], "jpy") == []
+
+    closing = {}
+    with start_in_thread(Simulation(customers=40, months=6, seed=5), api_key=SANDBOX_KEY) as sb:
+        for cur in ("usd", "eur"):
+            settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=tmp_path / f"{cur}.duckdb",
+                                rate_limit=1000.0, currency=cur)
+            run_once(settings, full=True, progress=False)
+            with duckdb.connect(str(snapshot_path(settings.db)), read_only=True) as con:
+                closing[cur] = con.execute("SELECT period_start, closing_mrr FROM mrr_bridge ORDER BY 1").fetchall()
+                rates = dict(con.execute("SELECT currency, rate FROM fx_rates").fetchall())
+            assert rates[cur] == 1
+    assert [p for p, _ in closing["usd"]] == [p for p, _ in closing["eur"]] and closing["usd"][-1][1] > 0
+    for (_, usd), (_, eur) in zip(closing["usd"], closing["eur"], strict=True):
+        # (each customer is rounded to 4 decimals in each currency)
+        assert float(eur) == pytest.approx(float(usd) / float(SANDBOX_FX_DECIMAL["eur"]), abs=0.01)
 
 
 def test_sync_command_prints_what_changed(tmp_path: Path) -> None:
