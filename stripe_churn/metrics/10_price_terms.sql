@@ -87,11 +87,16 @@ SELECT
     f.billing_interval,
     f.interval_count,
     f.usage_type,
-    -- monthly MRR = amount per period × norm_num / norm_den (docs/internals.md "Money and rounding")
+    -- monthly MRR = amount per period × norm_num / norm_den (docs/internals.md "Money and rounding"), in
+    -- hundredths of a major unit whatever the currency: Stripe's amounts are in the currency's smallest unit, a
+    -- hundredth for most, the unit itself for zero-decimal currencies (× 100), a thousandth for three-decimal
+    -- ones (÷ 10); ISK, HUF and TWD stay in hundredths in the API
     CASE f.billing_interval WHEN 'year' THEN 1 WHEN 'month' THEN 1 WHEN 'week' THEN 52 WHEN 'day' THEN 365 END
-        AS norm_num,
+        * CASE WHEN f.currency IN ('bif', 'clp', 'djf', 'gnf', 'jpy', 'kmf', 'krw', 'mga', 'pyg', 'rwf', 'ugx', 'vnd',
+                                   'vuv', 'xaf', 'xof', 'xpf') THEN 100 ELSE 1 END AS norm_num,
     CASE f.billing_interval WHEN 'year' THEN 12 WHEN 'month' THEN 1 WHEN 'week' THEN 12 WHEN 'day' THEN 12 END
-        * f.interval_count AS norm_den,
+        * f.interval_count
+        * CASE WHEN f.currency IN ('bhd', 'jod', 'kwd', 'omr', 'tnd') THEN 10 ELSE 1 END AS norm_den,
     coalesce(pr.family, f.product_id) AS family,
     coalesce(pr.unit_kind_hint, CASE WHEN f.usage_type = 'metered' THEN 'resource' ELSE 'seat' END) AS unit_kind,
     f.found_in,

@@ -358,6 +358,36 @@ def test_fx_converted_and_rounded_once(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("6.3063")
 
 
+@pytest.mark.parametrize(("currency", "unit_amount", "rate", "own", "reported"), [
+    # zero-decimal: Stripe's amounts are whole yen (5,000 is ¥5,000, not ¥50.00)
+    pytest.param("jpy", 5_000, 0.0067, Decimal("5000.0000"), Decimal("33.5000"), id="zero-decimal-jpy"),
+    pytest.param("krw", 45_000, 0.00072, Decimal("45000.0000"), Decimal("32.4000"), id="zero-decimal-krw"),
+    # three-decimal: thousandths (12,340 is 12.340 dinars)
+    pytest.param("kwd", 12_340, 3.25, Decimal("12.3400"), Decimal("40.1050"), id="three-decimal-kwd"),
+    # two-decimal, including the special cases Stripe still counts in hundredths
+    pytest.param("isk", 990_000, 0.0072, Decimal("9900.0000"), Decimal("71.2800"), id="two-decimal-isk"),
+])
+def test_amounts_in_the_currencys_minor_unit(world: World, derive: Derive, currency: str, unit_amount: int,
+                                             rate: float, own: Decimal, reported: Decimal) -> None:
+    """Stripe's amounts are in the currency's smallest unit: a cent for most, the unit itself for zero-decimal
+    currencies, a thousandth for three-decimal ones. Prices, metered usage and amount_off all convert so."""
+    base(world, currency=currency).price("price_c", "prod_seat", unit_amount, currency=currency)
+    world.price("price_m", "prod_api", None, currency=currency, usage_type="metered")
+    world.coupon("c_off", amount_off=unit_amount // 10, currency=currency, duration="forever")
+    world.subscribe("sub_1", "cus_1", [("si_1", "price_c", 1), ("si_m", "price_m", None)], T0)
+    world.discount("c_off", month(2), customer="cus_1", subscription="sub_1")
+    world.cycle("sub_1", month(1), usage={"si_m": unit_amount})
+    world.fx_rates.append(("2023-12-01", currency, rate))
+    con = derive(world, seen_at=month(3))
+    rows = item_rows(con, "si_1")
+    assert rows[0]["mrr_original"] == own and rows[0]["currency"] == currency
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == reported
+    # metered usage billed at month 1 counts from then (as much as the licensed item); from month 2 an amount
+    # off of a tenth of the licensed item's price
+    assert customer_mrr_at(con, "cus_1", month(1, 1)) == 2 * reported
+    assert customer_mrr_at(con, "cus_1", month(2, 1)) == reported * Decimal("1.9")
+
+
 def test_fx_rate_change_moves_mrr(world: World, derive: Derive) -> None:
     base(world, currency="eur").price("price_e", "prod_seat", 10_000, currency="eur")
     world.subscribe("sub_1", "cus_1", [("si_1", "price_e", 1)], T0)
