@@ -130,6 +130,30 @@ SELECT account_id, 'missing_coupon', 'discount', discount_id, coupon_id, valid_f
 FROM derived_discount_spans
 WHERE coupon_missing
 UNION ALL
+-- a subscription billed in another currency than its price's: Stripe bills such a price at its
+-- currency_options amount, which the store does not keep; the item is valued at the price's own amount
+SELECT i.account_id, 'currency_mismatch', 'subscription_item', i.subscription_item_id, i.price_id,
+       min(i.valid_from),
+       format('subscription {} is billed in {} but its price {} is in {} (a currency_options price?); the item '
+              'is valued at the price''s {} amount', i.subscription_id, any_value(s.currency), i.price_id,
+              any_value(i.currency), any_value(i.currency))
+FROM derived_item_mrr i
+JOIN derived_subs s USING (account_id, subscription_id)
+WHERE s.currency IS NOT NULL AND i.currency IS NOT NULL AND s.currency <> i.currency
+GROUP BY i.account_id, i.subscription_id, i.subscription_item_id, i.price_id
+UNION ALL
+-- an amount off in another currency than the subscription it applies to (Stripe converts it with the
+-- coupon's currency_options, which the store does not keep): counted only on items priced in its currency
+SELECT DISTINCT d.account_id, 'currency_mismatch', 'discount', d.discount_id, d.coupon_id, d.valid_from,
+       format('coupon {} takes {} {} off a subscription billed in {}; it is counted only on items priced in {}',
+              d.coupon_id, d.amount_off, d.amount_off_currency, s.currency, d.amount_off_currency)
+FROM derived_discount_spans d
+JOIN derived_subs s ON s.account_id = d.account_id
+                   AND (s.subscription_id = d.subscription_id
+                        OR (d.scope = 'customer' AND s.customer_id = d.customer_id))
+WHERE d.applies_to_mrr AND d.amount_off IS NOT NULL AND d.amount_off_currency IS NOT NULL
+  AND s.currency IS NOT NULL AND d.amount_off_currency <> s.currency
+UNION ALL
 -- objects kept only as raw JSON because they cannot be used
 SELECT account_id, 'unusable_object', 'subscription', id, NULL, created,
        'subscription without a customer; kept as raw only'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,30 @@ def test_data_quality_lists_unusable_and_missing_objects(world: World, derive: D
                             ("unusable_object", world.events[-1]["id"])]), found
     # the price known from the item still counts, the coupon that cannot be read does not
     assert customer_mrr_at(con, "cus_1", T0 + DAY) == 30
+
+
+def test_currency_mismatches_are_data_quality_rows(world: World, derive: Derive) -> None:
+    """A price or an amount off in another currency than the subscription's (Stripe's currency_options, which
+    the store does not keep) is valued as it stands or left out, and said so, never silently."""
+    world.customer("cus_1", currency="eur")
+    world.product("prod_seat", unit_label="seat")
+    world.price("eur_plan", "prod_seat", 1_000, currency="eur")
+    world.price("usd_plan", "prod_seat", 2_000)  # (usd; billed in eur through its currency options)
+    world.coupon("co_usd", amount_off=300, currency="usd", duration="forever")
+    world.coupon("co_eur", amount_off=100, currency="eur", duration="forever")
+    world.subscribe("sub_1", "cus_1", [("si_1", "eur_plan", 1)], T0)
+    world.subscribe("sub_2", "cus_1", [("si_2", "usd_plan", 1)], T0)
+    bad = world.discount("co_usd", T0 + DAY, customer="cus_1", subscription="sub_1")
+    world.discount("co_eur", T0 + DAY, customer="cus_1", subscription="sub_1")
+    world.fx_rates += [("2023-12-01", "eur", 1.10)]
+    con = derive(world, seen_at=month(1))
+    found = sorted(con.execute("SELECT kind, object_type, object_id, related_id FROM data_quality").fetchall())
+    assert found == [("currency_mismatch", "discount", bad["id"], "co_usd"),
+                     ("currency_mismatch", "subscription_item", "si_2", "usd_plan")], found
+    detail = dict(con.execute("SELECT object_type, detail FROM data_quality").fetchall())
+    assert "billed in eur" in detail["subscription_item"] and "counted only on items priced in usd" in detail["discount"]
+    # (the euro amount off applies, the dollar one does not: 10 EUR - 1 EUR, plus 20 USD as priced)
+    assert customer_mrr_at(con, "cus_1", T0 + 2 * DAY) == Decimal("9.0000") * Decimal("1.10") + 20
 
 
 def test_coupon_terms_from_discount_source(world: World, derive: Derive) -> None:
