@@ -69,6 +69,7 @@ flat AS (
         json_extract_string(raw, '$.recurring.interval') AS billing_interval,
         coalesce(TRY_CAST(json_extract_string(raw, '$.recurring.interval_count') AS INTEGER), 1) AS interval_count,
         coalesce(json_extract_string(raw, '$.recurring.usage_type'), 'licensed') AS usage_type,
+        json_extract_string(raw, '$.tax_behavior') AS tax_behavior,
         json_extract(raw, '$.tiers') AS tiers
     FROM one
 )
@@ -100,6 +101,7 @@ SELECT
     coalesce(pr.family, f.product_id) AS family,
     coalesce(pr.unit_kind_hint, CASE WHEN f.usage_type = 'metered' THEN 'resource' ELSE 'seat' END) AS unit_kind,
     f.found_in,
+    f.tax_behavior,
     f.tiers
 FROM flat f
 LEFT JOIN derived_products pr ON pr.account_id = f.account_id AND pr.product_id = f.product_id;

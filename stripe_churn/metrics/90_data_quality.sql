@@ -130,6 +130,15 @@ SELECT account_id, 'missing_coupon', 'discount', discount_id, coupon_id, valid_f
 FROM derived_discount_spans
 WHERE coupon_missing
 UNION ALL
+-- a licensed price whose amount includes tax: Stripe works the tax out per invoice (by the customer's
+-- location), so its items' MRR is the price as set, tax included (metered usage comes from the invoiced
+-- amount less the inclusive tax, and is exact). From the catalogue alone, so that the incremental path can
+-- take these rows whole from its scope, which holds the whole catalogue.
+SELECT account_id, 'tax_inclusive_price', 'price', price_id, NULL, NULL::TIMESTAMPTZ,
+       'price is tax-inclusive (tax_behavior inclusive): the MRR of its items includes the tax'
+FROM derived_price_terms
+WHERE tax_behavior = 'inclusive' AND usage_type = 'licensed' AND price_type = 'recurring'
+UNION ALL
 -- a subscription billed in another currency than its price's: Stripe bills such a price at its
 -- currency_options amount, which the store does not keep; the item is valued at the price's own amount
 SELECT i.account_id, 'currency_mismatch', 'subscription_item', i.subscription_item_id, i.price_id,

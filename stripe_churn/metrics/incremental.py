@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 _SCOPE = "touched_scope"
 _CATALOGUE = ("products", "prices", "coupons")
+# Kinds of data-quality rows that 90_data_quality.sql finds from the catalogue alone (an SQL tuple)
+_CATALOGUE_DQ = "('tax_inclusive_price')"
 # Columns of raw tables that no step reads: the scope's copies hold NULL there. A scope's rows are spread
 # through the large tables, so copying them reads every stored vector of each column copied: the JSON above all,
 # and the lines' columns, cost most of the copy. Raw tables read by their typed columns only lose their JSON (a
@@ -305,6 +307,39 @@ FROM {db}derived_transition_states
 
 class _WholeAccount(Exception):
     """The changed customers' results alone cannot fix an account-wide table: recompute everything."""
+
+
+# Derived tables of the catalogue (rows per product, price or price tier, by the key given) and of the rules:
+# a scope derives them as a full recompute does, from the whole catalogue and the settings, except the prices
+# known only as embedded in an item, which it knows for the touched customers' items alone.
+_CATALOGUE_TABLES = {"derived_products": "product_id", "derived_price_terms": "price_id",
+                     "derived_price_tiers": "price_id"}
+_RULE_TABLES = ("derived_settings", "derived_family_map", "derived_unit_map", "derived_seat_labels")
+
+
+def _check_account_wide(con: duckdb.DuckDBPyConnection) -> None:
+    """Raise _WholeAccount when the rules or a product, price or tier the store already had changed since the
+    last recompute: the customers not derived again depend on them too. (New ones concern only customers
+    whose objects changed.)"""
+    for table in _RULE_TABLES:
+        differ = con.execute(f"SELECT count(*) FROM ((SELECT * FROM {table} EXCEPT ALL SELECT * FROM {_SCOPE}.{table}) "
+                             f"UNION ALL (SELECT * FROM {_SCOPE}.{table} EXCEPT ALL SELECT * FROM {table}))").fetchall()
+        if differ[0][0]:
+            raise _WholeAccount(f"the rules changed since the last recompute ({table})")
+    for table, key in _CATALOGUE_TABLES.items():
+        changed = con.execute(f"SELECT count(*) FROM (SELECT m.* FROM {table} m SEMI JOIN {_SCOPE}.{table} s "
+                              f"ON s.account_id = m.account_id AND s.{key} = m.{key} "
+                              f"EXCEPT ALL SELECT * FROM {_SCOPE}.{table})").fetchall()
+        if changed[0][0]:
+            raise _WholeAccount(f"a product or price the store had changed ({table})")
+
+
+def _replace_catalogue(con: duckdb.DuckDBPyConnection) -> None:
+    """The catalogue's derived rows the scope has (new products and prices among them) replace the stored ones."""
+    for table, key in _CATALOGUE_TABLES.items():
+        con.execute(f"DELETE FROM {table} t USING {_SCOPE}.{table} s "
+                    f"WHERE t.account_id = s.account_id AND t.{key} = s.{key}")
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {_SCOPE}.{table}")
 
 
 def _per_customer_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -612,6 +647,7 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
             raise DataError(f"no exchange rate to {settings.currency.lower()} for {parts}: add rates to the "
                             "exchange-rate file (setting fx_rates_file) and sync again; the previous results were "
                             "left in place")
+        _check_account_wide(con)
         inputs = _moved_inputs(main_db)
         moved_tables = [t for (t,) in con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [_MOVED]).fetchall()
@@ -639,6 +675,7 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
             con.execute(f"DELETE FROM derived_coverage WHERE account_id IN "
                         f"(SELECT account_id FROM {_SCOPE}.derived_coverage)")
             con.execute(f"INSERT INTO derived_coverage BY NAME SELECT * FROM {_SCOPE}.derived_coverage")
+            _replace_catalogue(con)
             for table in tables:
                 _replace_rows(con, table, _SCOPE, "touched_customers", "customer_id")
             for table in moved_tables:
@@ -648,6 +685,10 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
                         "WHERE t.account_id = k.account_id AND t.object_id = k.object_id")
             con.execute(f"INSERT INTO derived_data_quality BY NAME SELECT s.* FROM {_SCOPE}.derived_data_quality s "
                         "SEMI JOIN touched_dq_objects k ON k.account_id = s.account_id AND k.object_id = s.object_id")
+            # (rows about the catalogue alone: the scope holds the whole catalogue, so its rows are the account's)
+            con.execute(f"DELETE FROM derived_data_quality WHERE kind IN {_CATALOGUE_DQ}")
+            con.execute(f"INSERT INTO derived_data_quality BY NAME SELECT * FROM {_SCOPE}.derived_data_quality "
+                        f"WHERE kind IN {_CATALOGUE_DQ}")
             # the exchange rate per day runs through the same last day as in the scope (today, unless a
             # transition ends later): the scope's table is the whole account's then
             last_day = con.execute(_FX_LAST_DAY_SQL.format(db="")).fetchall()[0][0]

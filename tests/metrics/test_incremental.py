@@ -180,6 +180,31 @@ def test_data_quality_rows_follow_the_customers_derived_again(world: World, tmp_
 
 
 @SHARDS
+def test_data_quality_rows_about_the_catalogue_are_the_accounts(world: World, tmp_path: Path, shards: int) -> None:
+    """A new price is added to the derived catalogue, and a row found from the catalogue alone (a tax-inclusive
+    price) comes with it, not with the customers derived again; a price the store had that changed makes
+    the whole account derived again (every customer may use it)."""
+    w = book(world)
+    w.price("gross_usd", "prod_pro", 1_200)["tax_behavior"] = "inclusive"
+    before = copy.deepcopy(w)
+    w.price("gross_eur", "prod_pro", 1_100, currency="eur")["tax_behavior"] = "inclusive"
+    w.customer("cus_f", currency="eur")
+    w.subscribe("sub_f", "cus_f", [("si_f1", "gross_eur", 1)], ts(2024, 5, 25))
+    changed = later_sync(w, {"cus_f"}, {"sub_f"}, ts(2024, 5, 25))
+    (tmp_path / "added").mkdir()
+    (tmp_path / "changed").mkdir()
+    n, full = assert_incremental_equals_full(tmp_path / "added", before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == 1
+    rows = sorted(r for r in full["derived_data_quality"] if "tax_inclusive_price" in r)
+    assert len(rows) == 2 and "gross_eur" in rows[0] and "gross_usd" in rows[1]
+    w.objects["prices"]["gross_usd"]["tax_behavior"] = "exclusive"
+    changed = later_sync(w, {"cus_f"}, {"sub_f"}, ts(2024, 5, 25))
+    n, full = assert_incremental_equals_full(tmp_path / "changed", before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == len(w.objects["customers"])
+    assert [r for r in full["derived_data_quality"] if "tax_inclusive_price" in r] == rows[:1]
+
+
+@SHARDS
 def test_transitions_past_today_fall_back_to_a_full_recompute(world: World, tmp_path: Path, shards: int) -> None:
     """The exchange rate per day runs through today or the last transition, whichever is later; when another
     customer's transition ends later than anything the touched customers have (data dated in the future), the
