@@ -183,16 +183,23 @@ def _convert(attr: str, value: Any) -> Any:
     return value
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def read_text_file(path: Path, what: str, if_missing: str, encoding: str = "utf-8") -> str:
+    """The text of a file a setting names; a missing or unreadable one is a one-line ConfigError that calls it
+    ``what`` and says what to do (``if_missing`` when it does not exist)."""
     try:
-        text = path.read_bytes().decode("utf-8")
-        return tomllib.loads(text)
+        return path.read_bytes().decode(encoding)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; check --config or create it from "
-                          "config/stripe-churn.example.toml") from None
+        raise ConfigError(f"{what} does not exist; {if_missing}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path} cannot be read ({exc.__class__.__name__}); fix its "
-                          "permissions or encoding") from None
+        raise ConfigError(f"{what} cannot be read ({exc.__class__.__name__}); fix its permissions or save it "
+                          "as UTF-8") from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    text = read_text_file(path, f"config file {path}",
+                          "check --config or create it from config/stripe-churn.example.toml")
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import duckdb
 
 from stripe_churn.errors import ConfigError
+from stripe_churn.settings import read_text_file
 
 _COLUMNS = ("date", "currency", "rate")
 _CURRENCY = re.compile(r"[a-z]{3}")
@@ -46,14 +47,8 @@ def read_fx_file(path: Path, reporting: str) -> FxFile:
     written the other way round (reporting units per foreign unit inverted) is caught on its first line.
     """
     where = f"exchange-rate file {path} (setting fx_rates_file)"
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError:
-        raise ConfigError(f"{where} does not exist; create it (header: date,currency,rate) or unset the "
-                          "setting") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where} cannot be read ({exc.__class__.__name__}); fix its permissions or save it "
-                          "as UTF-8") from None
+    text = read_text_file(path, where, "create it (header: date,currency,rate) or unset the setting",
+                          encoding="utf-8-sig")
     reader = csv.reader(text.splitlines())
     header = next(reader, None)
     names = [h.strip().lower() for h in header or []]
