@@ -4,7 +4,8 @@ Stripe has no exchange rates, so an account billing in several currencies needs 
 treasury export, a central bank's reference rates). The file has a header row naming the columns ``date``
 (YYYY-MM-DD), ``currency`` (ISO code) and ``rate`` (units of the reporting currency for one unit of
 ``currency``, in force from that date until the currency's next row; kept to 8 decimals); other columns
-are ignored. It is read
+are ignored. Columns are separated by commas, or by semicolons, as a spreadsheet set to a decimal comma saves
+them, and then a rate may have a decimal comma. It is read
 whole and checked before a sync starts, and each run writes it after the sync, before the recompute: the
 rates of every currency the file lists are replaced by the file's (a row taken out of the file leaves the
 table), in one transaction. Currencies the file does not list keep their rows.
@@ -49,7 +50,10 @@ def read_fx_file(path: Path, reporting: str) -> FxFile:
     where = f"exchange-rate file {path} (setting fx_rates_file)"
     text = read_text_file(path, where, "create it (header: date,currency,rate) or unset the setting",
                           encoding="utf-8-sig")
-    reader = csv.reader(text.splitlines())
+    lines = text.splitlines()
+    # (a spreadsheet set to a decimal comma saves its CSV with semicolons between the columns)
+    semicolons = bool(lines) and ";" in lines[0] and "," not in lines[0]
+    reader = csv.reader(lines, delimiter=";" if semicolons else ",")
     header = next(reader, None)
     names = [h.strip().lower() for h in header or []]
     missing = [c for c in _COLUMNS if c not in names]
@@ -67,6 +71,8 @@ def read_fx_file(path: Path, reporting: str) -> FxFile:
             raise ConfigError(f"{where}, line {line}: {len(fields)} fields where the header has {len(names)} "
                               "(a rate is written with a decimal point, as 1.08)")
         day_text, cur_text, rate_text = (fields[at[c]].strip() for c in _COLUMNS)
+        if semicolons:
+            rate_text = rate_text.replace(",", ".")
         try:
             day = dt.date.fromisoformat(day_text)
         except ValueError:

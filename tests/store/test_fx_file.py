@@ -31,6 +31,13 @@ def test_rows_are_read_in_any_column_order_with_extra_columns(tmp_path: Path) ->
     assert fx.currencies == ("eur", "gbp", "usd")
 
 
+def test_semicolons_and_decimal_commas_as_a_spreadsheet_saves_them(tmp_path: Path) -> None:
+    path = tmp_path / "fx.csv"
+    path.write_bytes("\ufeffdate;currency;rate\r\n2026-01-01;eur;1,08\r\n2026-02-01;gbp;1.27\r\n".encode())
+    assert read_fx_file(path, "usd").rows == ((dt.date(2026, 1, 1), "eur", Decimal("1.08")),
+                                               (dt.date(2026, 2, 1), "gbp", Decimal("1.27")))
+
+
 @pytest.mark.parametrize(("text", "says"), [
     ("day,currency,rate\n2026-01-01,eur,1.08\n", "must name the columns date, currency, rate (missing: date)"),
     ("", "(missing: date, currency, rate)"),
