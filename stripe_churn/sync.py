@@ -41,7 +41,7 @@ from msgspec import UNSET
 
 from stripe_churn.errors import StripeAPIError, StripeChurnError
 from stripe_churn.settings import Settings
-from stripe_churn.store.db import open_store
+from stripe_churn.store.db import open_store, transaction
 from stripe_churn.store.load import (
     Staged,
     create_stages,
@@ -235,8 +235,9 @@ class _Sync:
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         """Run a database function off the event loop, serialised with the writer. The functions run here roll
-        their transaction back on error (see :func:`_transaction`), so one that ran out of DuckDB's memory cap runs again under a doubled
-        cap (a store's key indexes grow with it, and a cap that fits a small store does not fit a large one)."""
+        their transaction back on error (see :func:`stripe_churn.store.db.transaction`), so one that ran out of
+        DuckDB's memory cap runs again under a doubled cap (a store's key indexes grow with it, and a cap that
+        fits a small store does not fit a large one)."""
         def locked() -> Any:
             with self._db_lock:
                 while True:
@@ -292,7 +293,7 @@ class _Sync:
     def _write(self, rows: dict[str, Staged], children: dict[tuple[str, str, str], list[tuple[str, list[str], int]]],
                cursors: dict[str, tuple[str | None, int | None, bool]], seen: datetime) -> None:
         con = self.con
-        with _transaction(con):
+        with transaction(con):
             for table, staged in rows.items():
                 if not self.staging:
                     upsert_staged(con, table, self.account, staged, seen, replace=self.listing)
@@ -669,7 +670,7 @@ class _Sync:
         await self._db(self._finish_full, start_evt, version)
 
     def _mark_children(self, server_time: int | None) -> None:
-        with _transaction(self.con):
+        with transaction(self.con):
             mark_unlisted_children(self.con, self.account, self.full_started, self._now())
             if server_time is not None:  # Stripe lists every event it keeps: stored ones it did not list are gone
                 self.con.execute(
@@ -699,14 +700,14 @@ class _Sync:
     def _start_full(self, start_evt: str | None, version: int, server_time: int | None) -> None:
         """The full sync's start: its version, and (when the server said its time) that the events are
         complete up to then (the incremental sync after it continues from the start event)."""
-        with _transaction(self.con):
+        with transaction(self.con):
             create_stages(self.con, fresh=True)
             self._set_cursor("full", start_evt, version, False)
             if server_time is not None:
                 self._set_cursor(EVENTS_COMPLETE, None, server_time, False)
 
     def _finish_full(self, start_evt: str | None, version: int) -> None:
-        with _transaction(self.con):
+        with transaction(self.con):
             self._clear_full()
             drop_stages(self.con)
             self._set_cursor("events", start_evt, version, False)
@@ -783,7 +784,7 @@ class _Sync:
         await self._flush()
 
     def _flag_unseen(self, version: int) -> None:
-        with _transaction(self.con):
+        with transaction(self.con):
             for table in RETRIEVE_PATH:
                 self.con.execute(
                     f"UPDATE {table} SET deleted = true, version = $v, last_seen_at = $seen "
@@ -807,7 +808,7 @@ class _Sync:
         await self._db(self._store_fx, sandbox_rates_in(rows, self.settings.currency))
 
     def _store_fx(self, rows: list[tuple[str, str, Decimal]]) -> None:
-        with _transaction(self.con):
+        with transaction(self.con):
             upsert_fx_rates(self.con, rows)
 
     # ------------------------------------------------------------------ incremental sync
@@ -1072,18 +1073,6 @@ def _related(table: str, obj: dict[str, Any]) -> list[tuple[str, str]]:
         source = obj.get("source") or {}
         out.append(("coupons", _ref(source.get("coupon") or obj.get("coupon"))))
     return [(t, i) for t, i in out if i]
-
-
-@contextlib.contextmanager
-def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """One transaction: committed when the block ends, rolled back when it raises."""
-    con.execute("BEGIN TRANSACTION")
-    try:
-        yield
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 @contextlib.contextmanager

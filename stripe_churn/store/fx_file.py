@@ -5,10 +5,10 @@ treasury export, a central bank's reference rates). The file has a header row na
 (YYYY-MM-DD), ``currency`` (ISO code) and ``rate`` (units of the reporting currency for one unit of
 ``currency``, in force from that date until the currency's next row; kept to 8 decimals); other columns
 are ignored. Columns are separated by commas, or by semicolons, as a spreadsheet set to a decimal comma saves
-them, and then a rate may have a decimal comma. It is read
-whole and checked before a sync starts, and each run writes it after the sync, before the recompute: the
-rates of every currency the file lists are replaced by the file's (a row taken out of the file leaves the
-table), in one transaction. Currencies the file does not list keep their rows.
+them, and then a rate may have a decimal comma. It is read whole and checked before a sync starts, and each
+run writes it after the sync, before the recompute: the rates of every currency the file lists are replaced
+by the file's (a row taken out of the file leaves the table), in one transaction. Currencies the file does
+not list keep their rows.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import duckdb
 
 from stripe_churn.errors import ConfigError
 from stripe_churn.settings import read_text_file
+from stripe_churn.store.db import transaction
 
 _COLUMNS = ("date", "currency", "rate")
 _CURRENCY = re.compile(r"[a-z]{3}")
@@ -107,16 +108,11 @@ def read_fx_file(path: Path, reporting: str) -> FxFile:
 def write_fx_rates(con: duckdb.DuckDBPyConnection, fx: FxFile) -> int:
     """Replace the rates of the file's currencies by the file's rows, in one transaction; returns the rows
     written."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("CREATE OR REPLACE TEMP TABLE fx_file_rows (date DATE, currency VARCHAR, rate DECIMAL(18, 8))")
         if fx.rows:
             con.executemany("INSERT INTO fx_file_rows VALUES (?, ?, ?)", [list(r) for r in fx.rows])
         con.execute("DELETE FROM fx_rates WHERE lower(currency) IN (SELECT currency FROM fx_file_rows)")
         con.execute("INSERT INTO fx_rates (date, currency, rate) SELECT date, currency, rate FROM fx_file_rows")
         con.execute("DROP TABLE fx_file_rows")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return len(fx.rows)
