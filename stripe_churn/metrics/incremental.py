@@ -23,7 +23,7 @@ from functools import partial
 import duckdb
 
 from stripe_churn.errors import DataError
-from stripe_churn.metrics.runner import recompute, sql_steps, write_settings
+from stripe_churn.metrics.runner import missing_rates_error, recompute, sql_steps, write_settings
 from stripe_churn.settings import Settings
 from stripe_churn.store.quiet import quiet
 
@@ -643,10 +643,8 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
         missing = con.execute(f"SELECT currency, min(first_date), max(last_date) FROM {_SCOPE}.derived_fx_missing "
                               "GROUP BY currency ORDER BY currency").fetchall()
         if missing:
-            parts = "; ".join(f"{cur} on {first}..{last}" for cur, first, last in missing)
-            raise DataError(f"no exchange rate to {settings.currency.lower()} for {parts}: add rates to the "
-                            "exchange-rate file (setting fx_rates_file) and sync again; the previous results were "
-                            "left in place")
+            raise missing_rates_error(settings.currency.lower(),
+                                      [f"{cur} on {first}..{last}" for cur, first, last in missing])
         _check_account_wide(con)
         inputs = _moved_inputs(main_db)
         moved_tables = [t for (t,) in con.execute(

@@ -68,8 +68,12 @@ def _check_fx(con: duckdb.DuckDBPyConnection, reporting: str) -> None:
     ).fetchall()
     if not rows:
         return
-    parts = [f"{cur} on {first}..{last} ({n} customers)" for cur, first, last, n in rows]
-    raise DataError(
+    raise missing_rates_error(reporting, [f"{cur} on {first}..{last} ({n} customers)" for cur, first, last, n in rows])
+
+
+def missing_rates_error(reporting: str, parts: list[str]) -> DataError:
+    """The error for exchange rates missing to the reporting currency (``parts``: currency and days each)."""
+    return DataError(
         f"no exchange rate to {reporting} for " + "; ".join(parts)
         + ": add rates (date, currency, rate) dated on or before those days to the exchange-rate file (setting "
         "fx_rates_file, a CSV; README \"Exchange rates\"), then sync again; the previous results were left in place"
