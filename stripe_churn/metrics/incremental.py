@@ -321,6 +321,22 @@ def _check_account_wide(con: duckdb.DuckDBPyConnection) -> None:
     """Raise _WholeAccount when the rules or a product, price or tier the store already had changed since the
     last recompute: the customers not derived again depend on them too. (New ones concern only customers
     whose objects changed.)"""
+    # a derived table the scope made with other columns than the stored one (the steps changed since the last
+    # full recompute, as after an upgrade): its rows cannot be swapped, and the other customers' are stale
+    reshaped = con.execute(
+        "SELECT DISTINCT coalesce(s.table_name, m.table_name) FROM "
+        "(SELECT table_name, column_name, column_index, data_type FROM duckdb_columns() "
+        " WHERE database_name = ? AND schema_name = 'main') s "
+        "FULL JOIN (SELECT table_name, column_name, column_index, data_type FROM duckdb_columns() "
+        "           WHERE database_name = current_database() AND schema_name = 'main' "
+        "             AND table_name IN (SELECT table_name FROM duckdb_tables() WHERE database_name = ?)) m "
+        "  ON m.table_name = s.table_name AND m.column_index = s.column_index "
+        " AND m.column_name = s.column_name AND m.data_type = s.data_type "
+        "WHERE coalesce(s.table_name, m.table_name) LIKE 'derived\\_%' ESCAPE '\\' "
+        "  AND (s.table_name IS NULL OR m.table_name IS NULL) ORDER BY 1", [_SCOPE, _SCOPE]).fetchall()
+    if reshaped:
+        raise _WholeAccount("the derived tables changed shape since the last recompute ("
+                            + ", ".join(r[0] for r in reshaped) + ")")
     for table in _RULE_TABLES:
         differ = con.execute(f"SELECT count(*) FROM ((SELECT * FROM {table} EXCEPT ALL SELECT * FROM {_SCOPE}.{table}) "
                              f"UNION ALL (SELECT * FROM {_SCOPE}.{table} EXCEPT ALL SELECT * FROM {table}))").fetchall()

@@ -73,14 +73,17 @@ def later_sync(w: World, customers: set[str], subscriptions: set[str], since: in
 
 
 def assert_incremental_equals_full(tmp_path: Path, before: World, changed: World, seen: int, later: int,
-                                   shards: int) -> tuple[int, dict[str, list[str]]]:
+                                   shards: int, upgrade: str = "") -> tuple[int, dict[str, list[str]]]:
     """Load ``before`` at ``seen`` and recompute; load ``changed`` at ``later`` and derive again incrementally in
-    ``shards`` shards; compare every derived table and view with a fresh store fully recomputed. Returns
-    (customers derived again, the derived contents)."""
+    ``shards`` shards; compare every derived table and view with a fresh store fully recomputed. ``upgrade``: SQL
+    run after the first recompute (derived tables as an older version left them). Returns (customers derived
+    again, the derived contents)."""
     settings = Settings()
     con = open_store(tmp_path / "incremental.duckdb")
     before.load(con, seen_at=seen)
     recompute(con, settings)
+    if upgrade:
+        con.execute(upgrade)
     changed.load(con, seen_at=later)
     n = recompute_changed(con, settings, dt.datetime.fromtimestamp(later, tz=dt.UTC), shards=shards)
     incremental = derived_contents(con)
@@ -202,6 +205,26 @@ def test_data_quality_rows_about_the_catalogue_are_the_accounts(world: World, tm
     n, full = assert_incremental_equals_full(tmp_path / "changed", before, changed, SEEN, ts(2024, 6, 2), shards)
     assert n == len(w.objects["customers"])
     assert [r for r in full["derived_data_quality"] if "tax_inclusive_price" in r] == rows[:1]
+
+
+@SHARDS
+@pytest.mark.parametrize("upgrade", [
+    "ALTER TABLE derived_item_mrr DROP COLUMN cancellation_comment",
+    "ALTER TABLE derived_mrr_movements ALTER COLUMN mrr_delta TYPE DECIMAL(18, 2)",
+    "DROP TABLE derived_sub_churn",
+])
+def test_derived_tables_of_another_shape_fall_back_to_a_full_recompute(world: World, tmp_path: Path, shards: int,
+                                                                      upgrade: str) -> None:
+    """Derived tables left by a version whose steps made other columns (a column fewer, another type, a table
+    it did not make): the scope's rows cannot replace theirs, and the customers not derived again would keep
+    the old shape, so everything is recomputed. (Before, the comparison of the catalogue failed with a binder
+    error.)"""
+    w = book(world)
+    before = copy.deepcopy(w)
+    w.cycle("sub_a", ts(2024, 5, 10))
+    changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 10))
+    n, _ = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards, upgrade)
+    assert n == len(w.objects["customers"])
 
 
 @SHARDS
