@@ -9,6 +9,16 @@ WITH inv AS (
     FROM invoices
     WHERE NOT coalesce(deleted, false)
       AND billing_reason IN ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription')
+),
+-- tax excluded: an exclusive tax is outside `amount`; an inclusive one is inside it, worked out on the amount
+-- less discounts and pre-tax credits (`net_den`, the base), so that the line's share without tax is
+-- net_num / net_den (NULL for a line without inclusive tax); 40 also takes a tax-inclusive licensed price's
+-- tax out by it
+lines AS (
+    SELECT *,
+           CASE WHEN tax_inclusive > 0 AND amount - coalesce(pretax_credits, 0) > tax_inclusive
+                THEN amount - coalesce(pretax_credits, 0) END AS net_den
+    FROM invoice_lines
 )
 SELECT
     l.account_id,
@@ -23,9 +33,13 @@ SELECT
     l.quantity,
     l.period_start,
     l.period_end,
-    -- tax excluded: an inclusive tax is inside `amount`, an exclusive one is not
-    l.amount - coalesce(l.tax_inclusive, 0) AS amount_excl_tax
-FROM invoice_lines l
+    -- the amount without tax, in 1e-12 minor units
+    CASE WHEN l.net_den IS NULL THEN CAST(l.amount - coalesce(l.tax_inclusive, 0) AS HUGEINT) * 1000000000000
+         ELSE CAST(l.amount AS HUGEINT) * 1000000000000 * (l.net_den - l.tax_inclusive) // l.net_den
+    END AS amount_excl_tax_p,
+    l.net_den - l.tax_inclusive AS net_num,
+    l.net_den
+FROM lines l
 JOIN inv i ON i.account_id = l.account_id AND i.invoice_id = l.invoice_id
 WHERE NOT coalesce(l.deleted, false);
 

@@ -6,7 +6,7 @@
 -- having different lengths); the first partial period and the final one at cancellation are not.
 CREATE OR REPLACE TEMP TABLE derived_metered_steps AS
 SELECT l.account_id, l.subscription_id, l.subscription_item_id, l.invoice_created AS moment,
-       CAST(l.amount_excl_tax AS HUGEINT) * 1000000000000 AS amount_p, l.invoice_id
+       l.amount_excl_tax_p AS amount_p, l.invoice_id
 FROM derived_invoice_lines l
 JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
 WHERE p.usage_type = 'metered' AND NOT l.proration AND l.subscription_item_id IS NOT NULL
@@ -163,6 +163,44 @@ FROM (SELECT DISTINCT h.account_id, h.price_id, h.quantity
       JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
       WHERE p.usage_type = 'licensed' AND h.quantity IS NOT NULL);
 
+-- Tax-inclusive licensed prices (design.md 4: tax excluded): the share of the price that is not tax, from the
+-- item's latest invoice line for that price (net_num / net_den of 30; a line without inclusive tax is a share of
+-- 1), else from its latest line of another tax-inclusive price, else from its customer's; NULL when no invoice
+-- tells (the tax stays in, and 90 says so). One share per item and price: a changed tax rate restates the
+-- item's history at the latest rate rather than showing as a movement. (Lines that bill nothing, such as a
+-- trial's, tell nothing.)
+CREATE OR REPLACE TEMP TABLE derived_item_tax_shares AS
+WITH inclusive AS (
+    SELECT account_id, price_id FROM derived_price_terms
+    WHERE tax_behavior = 'inclusive' AND usage_type = 'licensed' AND price_type = 'recurring'
+),
+lines AS (
+    SELECT l.account_id, s.customer_id, l.subscription_item_id, l.price_id,
+           (l.invoice_created, l.period_start, l.line_id) AS latest,
+           {'num': coalesce(l.net_num, 1), 'den': coalesce(l.net_den, 1)} AS share
+    FROM derived_invoice_lines l
+    SEMI JOIN inclusive i USING (account_id, price_id)
+    LEFT JOIN derived_subs s ON s.account_id = l.account_id AND s.subscription_id = l.subscription_id
+    WHERE NOT l.proration AND NOT l.is_credit AND l.amount_excl_tax_p > 0
+),
+by_price AS (
+    SELECT account_id, subscription_item_id, price_id, arg_max(share, latest) AS share FROM lines GROUP BY ALL
+),
+by_item AS (
+    SELECT account_id, subscription_item_id, arg_max(share, latest) AS share FROM lines GROUP BY ALL
+),
+by_customer AS (
+    SELECT account_id, customer_id, arg_max(share, latest) AS share FROM lines GROUP BY ALL
+)
+SELECT h.account_id, h.subscription_item_id, h.price_id,
+       coalesce(p.share, i.share, c.share).num AS net_num,
+       coalesce(p.share, i.share, c.share).den AS net_den
+FROM (SELECT DISTINCT account_id, customer_id, subscription_item_id, price_id
+      FROM derived_item_history SEMI JOIN inclusive USING (account_id, price_id)) h
+LEFT JOIN by_price p USING (account_id, subscription_item_id, price_id)
+LEFT JOIN by_item i USING (account_id, subscription_item_id)
+LEFT JOIN by_customer c USING (account_id, customer_id);
+
 -- Each item's state at each break of its subscription: one narrow row per item and break (the history
 -- row it falls in by `hid`, its rowid; `pq` numbers its (price, quantity) pair, NULL when both are NULL, so
 -- that points compare pairs as integers).
@@ -176,7 +214,7 @@ hist AS MATERIALIZED (
     -- (materialised: the lookups below run once per history row, not once per point)
     SELECT hk.hid, hk.sk, hk.ik, hk.valid_from, hk.valid_to, pr.pq,
            p.usage_type, p.currency, p.norm_num, p.norm_den, p.price_type, a.amount_p AS licensed_amount_p,
-           c.zero_from
+           c.zero_from, x.net_num, x.net_den
     FROM derived_item_history h
     JOIN derived_mrr_hist_keys hk ON hk.hid = h.rowid
     LEFT JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
@@ -184,6 +222,9 @@ hist AS MATERIALIZED (
            ON a.account_id = h.account_id AND a.price_id = h.price_id AND a.quantity = h.quantity
     LEFT JOIN derived_sub_churn c ON c.account_id = h.account_id AND c.subscription_id = h.subscription_id
     LEFT JOIN pairs pr ON pr.price_id IS NOT DISTINCT FROM h.price_id AND pr.quantity IS NOT DISTINCT FROM h.quantity
+    LEFT JOIN derived_item_tax_shares x
+           ON x.account_id = h.account_id AND x.subscription_item_id = h.subscription_item_id
+          AND x.price_id = h.price_id
 ),
 sub_status AS (
     SELECT b.sk, b.ik AS break_ik, b.moment, sp.status, sp.pause_collection, sp.moment AS status_at,
@@ -212,7 +253,7 @@ usage AS (
     ASOF LEFT JOIN metered m ON m.ik = x.ik AND m.moment <= x.moment
 )
 SELECT
-    u.hid, u.sk, u.ik, u.moment, u.pq, u.currency, u.norm_num, u.norm_den,
+    u.hid, u.sk, u.ik, u.moment, u.pq, u.currency, u.norm_num, u.norm_den, u.net_num, u.net_den,
     u.status, u.pause_collection, u.status_at, u.status_event_id, m.metered_at, m.metered_invoice_id,
     CASE
         WHEN u.usage_type = 'metered' THEN CASE WHEN st.include_metered THEN coalesce(m.metered_amount_p, 0) ELSE 0 END
@@ -310,14 +351,17 @@ shared AS (
     ANTI JOIN sharing USING (sk, moment)
 )
 SELECT hid, ik, moment, pq, status, pause_collection, status_at, status_event_id, metered_at,
-       metered_invoice_id, counts, discount_ids,
+       metered_invoice_id, counts, discount_ids, net_num, net_den,
+       -- (a tax-inclusive price's share without tax is taken last, from the discounted amount: a coupon
+       -- takes its amount off the price as charged, tax included)
        CASE WHEN NOT counts THEN CAST(0 AS HUGEINT)
             WHEN sub_off_e10 = 0 THEN after_item_e10
             WHEN sub_off_e10 >= sub_total_e10 THEN CAST(0 AS HUGEINT)
             ELSE after_item_e10 - (sub_off_e10 * cum_e10 // sub_total_e10
                                    - sub_off_e10 * (cum_e10 - after_item_e10) // sub_total_e10)
-       END AS mrr_e10,
-       CASE WHEN counts THEN undiscounted_e10 ELSE CAST(0 AS HUGEINT) END AS counted_undiscounted_e10
+       END * coalesce(net_num, 1) // coalesce(net_den, 1) AS mrr_e10,
+       CASE WHEN counts THEN undiscounted_e10 * coalesce(net_num, 1) // coalesce(net_den, 1)
+            ELSE CAST(0 AS HUGEINT) END AS counted_undiscounted_e10
 FROM shared;
 
 -- Collapse consecutive points of equal contribution into intervals. The windows run on the item key and
@@ -372,6 +416,8 @@ SELECT
          THEN CAST(CAST(k.mrr_e10 AS DECIMAL(38, 0)) / CAST(k.counted_undiscounted_e10 AS DECIMAL(38, 0))
                    AS DECIMAL(38, 10)) END AS discount_factor,
     k.discount_ids,
+    -- the share of a tax-inclusive licensed price that is not tax (NULL: no tax taken out)
+    CAST(CAST(k.net_num AS DECIMAL(38, 0)) / CAST(k.net_den AS DECIMAL(38, 0)) AS DECIMAL(38, 18)) AS net_share,
     k.pause_collection,
     CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.churn_type END AS churn_type,
     CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_reason END AS cancellation_reason,

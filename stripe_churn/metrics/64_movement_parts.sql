@@ -69,7 +69,8 @@ comps AS (
            b.price_id AS b_price_id, b.family AS b_family, b.unit_kind AS b_unit_kind, b.usage_type AS b_usage_type,
            b.quantity AS b_quantity, b.currency AS b_currency, b.mrr_original AS b_mrr,
            b.mrr_undiscounted AS b_undisc, b.discount_factor AS b_factor, k.b_rate_a, b.discount_ids AS b_discount_ids,
-           b.source_event_id AS b_event_id, b.source_invoice_id AS b_invoice_id, b.valid_from AS b_valid_from
+           b.source_event_id AS b_event_id, b.source_invoice_id AS b_invoice_id, b.valid_from AS b_valid_from,
+           b.net_share AS b_net_share
     FROM comp_rows k
     JOIN derived_transitions t USING (tid)
     LEFT JOIN derived_item_mrr a ON a.rowid = k.a_rid
@@ -101,7 +102,9 @@ valued AS (
            CASE WHEN s.metered OR s.a_quantity IS NULL OR s.b_quantity IS NULL THEN NULL
                 WHEN s.a_quantity = s.b_quantity THEN s.b_undisc
                 WHEN s.a_price_id = s.b_price_id THEN s.a_undisc
-                ELSE x.cross_mrr END AS cross_mrr
+                -- (less tax at the B item's share, as its MRR is, for a tax-inclusive price)
+                WHEN s.b_net_share IS NULL THEN x.cross_mrr
+                ELSE CAST(x.cross_mrr * CAST(s.b_net_share AS DECIMAL(18, 15)) AS DECIMAL(38, 10)) END AS cross_mrr
     FROM shaped s
     LEFT JOIN cross_terms x ON x.account_id = s.account_id AND x.b_price_id = s.b_price_id
                            AND x.a_quantity = s.a_quantity

@@ -130,14 +130,17 @@ SELECT account_id, 'missing_coupon', 'discount', discount_id, coupon_id, valid_f
 FROM derived_discount_spans
 WHERE coupon_missing
 UNION ALL
--- a licensed price whose amount includes tax: Stripe works the tax out per invoice (by the customer's
--- location), so its items' MRR is the price as set, tax included (metered usage comes from the invoiced
--- amount less the inclusive tax, and is exact). From the catalogue alone, so that the incremental path can
--- take these rows whole from its scope, which holds the whole catalogue.
-SELECT account_id, 'tax_inclusive_price', 'price', price_id, NULL, NULL::TIMESTAMPTZ,
-       'price is tax-inclusive (tax_behavior inclusive): the MRR of its items includes the tax'
-FROM derived_price_terms
-WHERE tax_behavior = 'inclusive' AND usage_type = 'licensed' AND price_type = 'recurring'
+-- an item of a tax-inclusive licensed price that no invoice line tells the tax share of (not its own, not its
+-- customer's): its MRR keeps the tax (40)
+SELECT i.account_id, 'tax_inclusive_price', 'subscription_item', i.subscription_item_id, i.price_id,
+       min(i.valid_from),
+       format('price {} is tax-inclusive and no invoice of customer {} shows its tax; the item''s MRR includes '
+              'the tax', i.price_id, any_value(i.customer_id))
+FROM derived_item_mrr i
+JOIN derived_price_terms p USING (account_id, price_id)
+WHERE p.tax_behavior = 'inclusive' AND p.usage_type = 'licensed' AND p.price_type = 'recurring'
+  AND i.net_share IS NULL
+GROUP BY i.account_id, i.subscription_item_id, i.price_id
 UNION ALL
 -- a subscription billed in another currency than its price's: Stripe bills such a price at its
 -- currency_options amount, which the store does not keep; the item is valued at the price's own amount

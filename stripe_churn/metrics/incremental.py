@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 
 _SCOPE = "touched_scope"
 _CATALOGUE = ("products", "prices", "coupons")
-# Kinds of data-quality rows that 90_data_quality.sql finds from the catalogue alone (an SQL tuple)
-_CATALOGUE_DQ = "('tax_inclusive_price')"
 # Columns of raw tables that no step reads: the scope's copies hold NULL there. A scope's rows are spread
 # through the large tables, so copying them reads every stored vector of each column copied: the JSON above all,
 # and the lines' columns, cost most of the copy. Raw tables read by their typed columns only lose their JSON (a
@@ -699,10 +697,6 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
                         "WHERE t.account_id = k.account_id AND t.object_id = k.object_id")
             con.execute(f"INSERT INTO derived_data_quality BY NAME SELECT s.* FROM {_SCOPE}.derived_data_quality s "
                         "SEMI JOIN touched_dq_objects k ON k.account_id = s.account_id AND k.object_id = s.object_id")
-            # (rows about the catalogue alone: the scope holds the whole catalogue, so its rows are the account's)
-            con.execute(f"DELETE FROM derived_data_quality WHERE kind IN {_CATALOGUE_DQ}")
-            con.execute(f"INSERT INTO derived_data_quality BY NAME SELECT * FROM {_SCOPE}.derived_data_quality "
-                        f"WHERE kind IN {_CATALOGUE_DQ}")
             # the exchange rate per day runs through the same last day as in the scope (today, unless a
             # transition ends later): the scope's table is the whole account's then
             last_day = con.execute(_FX_LAST_DAY_SQL.format(db="")).fetchall()[0][0]

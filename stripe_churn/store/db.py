@@ -74,7 +74,13 @@ _M002_COLUMNS = {
 
 def _m002_metrics_columns(con: duckdb.DuckDBPyConnection) -> None:
     """Typed columns the metrics read instead of the raw JSON, filled from ``raw`` for the rows already kept."""
-    for table, names in _M002_COLUMNS.items():
+    _add_extracted_columns(con, _M002_COLUMNS)
+
+
+def _add_extracted_columns(con: duckdb.DuckDBPyConnection, columns: dict[str, tuple[str, ...]]) -> None:
+    """Add the typed columns ``columns`` (table -> names) that a table lacks, filled from ``raw`` by
+    schema.EXTRACT for the rows already kept. (A store created later has them from 001 already.)"""
+    for table, names in columns.items():
         have = {r[0] for r in con.execute(
             "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database()",
             [table]).fetchall()}
@@ -115,6 +121,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_metrics_columns", _m002_metrics_columns),
     ("003_subscription_event_fields", _m003_subscription_event_fields),
+    ("004_line_pretax_credits", lambda con: _add_extracted_columns(con, {"invoice_lines": ("pretax_credits",)})),
 ]
 
 

@@ -126,6 +126,8 @@ class InvoiceLine(RawBase, table=True):
     parent_proration: bool | None = None
     proration_credit: bool | None = None
     tax_inclusive: int | None = Field(default=None, sa_type=BigInteger)
+    # what comes off the amount before tax (discounts, pre-tax credits): tax is worked out on the rest
+    pretax_credits: int | None = Field(default=None, sa_type=BigInteger)
 
 
 class CreditNote(RawBase, table=True):
@@ -209,6 +211,12 @@ def _id(path: str) -> str:
     return f"coalesce(j->>'{path}.id', j->>'{path}')"
 
 
+def _amounts(path: str) -> str:
+    """The sum of the ``amount`` fields of a list of objects (NULL when the list is absent or empty)."""
+    return (f"list_sum(list_transform(CAST(json_extract(j->>'{path}', '$[*]') AS JSON[]), "
+            "lambda x: TRY_CAST(x->>'amount' AS BIGINT)))")
+
+
 # table -> typed column -> DuckDB SQL over the object JSON ``j`` (used by load.upsert_objects)
 EXTRACT: dict[str, dict[str, str]] = {
     "customers": {"email": "j->>'$.email'", "name": "j->>'$.name'", "currency": "j->>'$.currency'",
@@ -273,7 +281,11 @@ EXTRACT: dict[str, dict[str, str]] = {
                                           ".credited_items' END, '{'), false)",
                       "tax_inclusive": "coalesce(list_sum(list_transform(list_filter(CAST(json_extract("
                                        "j->>'$.taxes', '$[*]') AS JSON[]), lambda x: x->>'tax_behavior' = "
-                                       "'inclusive'), lambda x: TRY_CAST(x->>'amount' AS BIGINT))), 0)"},
+                                       "'inclusive'), lambda x: TRY_CAST(x->>'amount' AS BIGINT))), 0)",
+                      # pretax_credit_amounts (discounts and credit balance), or discount_amounts where a line
+                      # has only those (older API versions)
+                      "pretax_credits": "coalesce(nullif(" + _amounts("$.pretax_credit_amounts") + ", 0), "
+                                        + _amounts("$.discount_amounts") + ", 0)"},
     "credit_notes": {"customer_id": _id("$.customer"), "invoice_id": _id("$.invoice"),
                      "status": "j->>'$.status'", "currency": "j->>'$.currency'",
                      "total": "TRY_CAST(j->>'$.total' AS BIGINT)"},

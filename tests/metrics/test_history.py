@@ -287,20 +287,27 @@ def test_currency_mismatches_are_data_quality_rows(world: World, derive: Derive)
     assert customer_mrr_at(con, "cus_1", T0 + 2 * DAY) == Decimal("9.0000") * Decimal("1.10") + 20
 
 
-def test_a_tax_inclusive_licensed_price_is_a_data_quality_row(world: World, derive: Derive) -> None:
-    """Stripe works out an inclusive tax per invoice; a licensed item's MRR comes from its price, so it keeps
-    the tax, and says so (a metered item's comes from the invoiced amount less that tax: no row)."""
+def test_a_tax_inclusive_price_no_invoice_shows_is_a_data_quality_row(world: World, derive: Derive) -> None:
+    """Stripe works out an inclusive tax per invoice; an item of a tax-inclusive licensed price whose customer has
+    no invoice showing that tax keeps it in its MRR, and says so (a metered item's MRR comes from its invoiced
+    amount less that tax: no row). Once an invoice shows the tax, the row goes."""
     world.customer("cus_1")
     world.product("prod_seat", unit_label="seat")
     world.product("prod_api", unit_label="api call")
     world.price("gross", "prod_seat", 1_200)["tax_behavior"] = "inclusive"
     world.price("net", "prod_seat", 1_000)
     world.price("usage", "prod_api", 1, usage_type="metered")["tax_behavior"] = "inclusive"
-    world.subscribe("sub_1", "cus_1", [("si_1", "gross", 1), ("si_2", "net", 1), ("si_3", "usage", None)], T0)
+    world.subscribe("sub_1", "cus_1", [("si_1", "gross", 1), ("si_2", "net", 1), ("si_3", "usage", None)], T0,
+                    invoice=False)
     con = derive(world, seen_at=month(1))
-    assert con.execute("SELECT kind, object_type, object_id FROM data_quality").fetchall() == [
-        ("tax_inclusive_price", "price", "gross")]
+    assert con.execute("SELECT kind, object_type, object_id, related_id FROM data_quality").fetchall() == [
+        ("tax_inclusive_price", "subscription_item", "si_1", "gross")]
+    assert "no invoice of customer cus_1 shows its tax" in con.execute("SELECT detail FROM data_quality").fetchone()[0]
     assert customer_mrr_at(con, "cus_1", T0 + DAY) == 22
+    world.invoice_for("sub_1", T0, "subscription_create", period_start=T0)
+    con = derive(world, seen_at=month(1))
+    assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
+    assert customer_mrr_at(con, "cus_1", T0 + DAY) == 22  # (an invoice without tax: none to take out)
 
 
 def test_coupon_terms_from_discount_source(world: World, derive: Derive) -> None:

@@ -183,28 +183,37 @@ def test_data_quality_rows_follow_the_customers_derived_again(world: World, tmp_
 
 
 @SHARDS
-def test_data_quality_rows_about_the_catalogue_are_the_accounts(world: World, tmp_path: Path, shards: int) -> None:
-    """A new price is added to the derived catalogue, and a row found from the catalogue alone (a tax-inclusive
-    price) comes with it, not with the customers derived again; a price the store had that changed makes
-    the whole account derived again (every customer may use it)."""
+def test_new_and_changed_prices(world: World, tmp_path: Path, shards: int) -> None:
+    """A new price is added to the derived catalogue and valued as in a full recompute (here tax-inclusive:
+    the new customer's MRR loses the tax its invoice shows, and an item no invoice tells of is a data-quality
+    row); a price the store had that changed makes the whole account derived again (every customer may use
+    it)."""
     w = book(world)
     w.price("gross_usd", "prod_pro", 1_200)["tax_behavior"] = "inclusive"
     before = copy.deepcopy(w)
-    w.price("gross_eur", "prod_pro", 1_100, currency="eur")["tax_behavior"] = "inclusive"
+    w.price("gross_eur", "prod_pro", 1_200, currency="eur")["tax_behavior"] = "inclusive"
     w.customer("cus_f", currency="eur")
     w.subscribe("sub_f", "cus_f", [("si_f1", "gross_eur", 1)], ts(2024, 5, 25))
-    changed = later_sync(w, {"cus_f"}, {"sub_f"}, ts(2024, 5, 25))
+    line = list(w.objects["invoices"].values())[-1]["lines"]["data"][0]
+    line["taxes"] = [{"amount": 200, "tax_behavior": "inclusive", "type": "tax_rate_details"}]
+    w.customer("cus_g", currency="eur")
+    w.subscribe("sub_g", "cus_g", [("si_g1", "gross_eur", 1)], ts(2024, 5, 26), invoice=False)
+    changed = later_sync(w, {"cus_f", "cus_g"}, {"sub_f", "sub_g"}, ts(2024, 5, 25))
     (tmp_path / "added").mkdir()
     (tmp_path / "changed").mkdir()
     n, full = assert_incremental_equals_full(tmp_path / "added", before, changed, SEEN, ts(2024, 6, 2), shards)
-    assert n == 1
-    rows = sorted(r for r in full["derived_data_quality"] if "tax_inclusive_price" in r)
-    assert len(rows) == 2 and "gross_eur" in rows[0] and "gross_usd" in rows[1]
+    assert n == 2
+    assert any("gross_eur" in r for r in full["derived_price_terms"])
+    new = {c: [r for r in full["view mrr_movements"] if "'new'" in r and f"'{c}'" in r] for c in ("cus_f", "cus_g")}
+    # (the currency, then the amount in it: 12.00 less 2.00 of VAT; 12.00 where no invoice shows the tax)
+    assert len(new["cus_f"]) == 1 and "'eur', Decimal('10.0000')" in new["cus_f"][0], new
+    assert len(new["cus_g"]) == 1 and "'eur', Decimal('12.0000')" in new["cus_g"][0], new
+    assert [r for r in full["derived_data_quality"] if "tax_inclusive_price" in r] == [
+        r for r in full["derived_data_quality"] if "si_g1" in r] != []
     w.objects["prices"]["gross_usd"]["tax_behavior"] = "exclusive"
-    changed = later_sync(w, {"cus_f"}, {"sub_f"}, ts(2024, 5, 25))
-    n, full = assert_incremental_equals_full(tmp_path / "changed", before, changed, SEEN, ts(2024, 6, 2), shards)
+    changed = later_sync(w, {"cus_f", "cus_g"}, {"sub_f", "sub_g"}, ts(2024, 5, 25))
+    n, _ = assert_incremental_equals_full(tmp_path / "changed", before, changed, SEEN, ts(2024, 6, 2), shards)
     assert n == len(w.objects["customers"])
-    assert [r for r in full["derived_data_quality"] if "tax_inclusive_price" in r] == rows[:1]
 
 
 @SHARDS

@@ -324,6 +324,60 @@ def test_tax_excluded(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("70.0000")
 
 
+def with_vat(w: World, percent: int, discount_percent: int = 0) -> None:
+    """Inclusive tax on every charging invoice line, as Stripe works it out: on the amount less the line's
+    discount (a pre-tax credit)."""
+    for inv in w.objects["invoices"].values():
+        for line in inv["lines"]["data"]:
+            if line["amount"] > 0:
+                off = line["amount"] * discount_percent // 100
+                line["pretax_credit_amounts"] = [{"amount": off, "type": "discount"}] if off else []
+                line["taxes"] = [{"amount": (line["amount"] - off) * percent // (100 + percent),
+                                  "tax_behavior": "inclusive", "taxability_reason": "standard_rated",
+                                  "type": "tax_rate_details"}]
+
+
+def test_tax_inclusive_price_excluded(world: World, derive: Derive) -> None:
+    """A tax-inclusive licensed price's MRR is its amount less the tax share its invoices show (20% VAT: 24.00
+    a month for two seats is 20.00); seats and plan changes are labelled as without tax, at net amounts; the
+    new price's share comes from the item's earlier invoice until an invoice bills it."""
+    base(world).price("gross", "prod_seat", 1_200)["tax_behavior"] = "inclusive"
+    world.price("gross_pro", "prod_seat", 1_800)["tax_behavior"] = "inclusive"
+    world.subscribe("sub_1", "cus_1", [("si_1", "gross", 2)], T0)
+    world.cycle("sub_1", month(1))
+    world.update("sub_1", month(1, 10), items=[("si_1", "gross", 3)])
+    world.update("sub_1", month(2, 10), items=[("si_1", "gross_pro", 3)])
+    world.update("sub_1", month(3, 10), items=[("si_1", "gross", 4)])
+    with_vat(world, 20)
+    con = derive(world, seen_at=month(3, 20))
+    assert customer_mrr_at(con, "cus_1", T0 + DAY) == Decimal("20.0000")
+    assert customer_mrr_at(con, "cus_1", month(1, 11)) == Decimal("30.0000")
+    assert customer_mrr_at(con, "cus_1", month(2, 11)) == Decimal("45.0000")
+    moves = con.execute("SELECT movement, mrr_delta FROM mrr_movements ORDER BY occurred_at, movement").fetchall()
+    # (back to the cheaper plan with a seat more: -15.00 for the plan at 3 seats, +10.00 for the seat)
+    assert moves == [("new", Decimal("20.0000")), ("seat_expansion", Decimal("10.0000")),
+                     ("upgrade", Decimal("15.0000")), ("downgrade", Decimal("-15.0000")),
+                     ("seat_expansion", Decimal("10.0000"))], moves
+    assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
+
+
+def test_tax_inclusive_price_with_a_coupon(world: World, derive: Derive) -> None:
+    """The tax is worked out on the discounted amount: 50% off 24.00 is 12.00 charged, of which 2.00 is 20% VAT,
+    so MRR is 10.00 (taking the tax as a share of the undiscounted 24.00 would give 11.00). A metered line's
+    usage loses its tax the same way."""
+    base(world).price("gross", "prod_seat", 1_200)["tax_behavior"] = "inclusive"
+    world.price("usage", "prod_api", None, usage_type="metered")["tax_behavior"] = "inclusive"
+    world.coupon("half", percent_off=50, duration="forever")
+    d = world.discount("half", T0, customer="cus_1", subscription="sub_1")
+    world.subscribe("sub_1", "cus_1", [("si_1", "gross", 2), ("si_m", "usage", None)], T0, discounts=[d["id"]])
+    world.cycle("sub_1", month(1), usage={"si_m": 6_000})
+    with_vat(world, 20, discount_percent=50)
+    con = derive(world, seen_at=month(1, 10))
+    assert customer_mrr_at(con, "cus_1", T0 + DAY) == Decimal("10.0000")
+    # (usage: 60.00 billed, 30.00 after the coupon, of which 5.00 tax: 50.00 a month before the coupon, 25.00 after)
+    assert customer_mrr_at(con, "cus_1", month(1, 1)) == Decimal("35.0000")
+
+
 def test_proration_not_mrr(world: World, derive: Derive) -> None:
     base(world).price("price_a", "prod_seat", 1_000)
     world.price("price_b", "prod_seat", 3_000)

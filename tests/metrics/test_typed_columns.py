@@ -113,3 +113,23 @@ def test_old_store_gets_the_subscription_event_fields_filled(tmp_path: Path) -> 
     finally:
         old.close()
         fresh.close()
+
+
+def test_old_store_gets_the_lines_pretax_credits_filled(tmp_path: Path) -> None:
+    w = account()
+    lines = [ln for inv in w.objects["invoices"].values() for ln in inv["lines"]["data"]]
+    lines[0]["pretax_credit_amounts"] = [{"amount": 300, "type": "discount"},
+                                         {"amount": 20, "type": "credit_balance_transaction"}]
+    lines[1]["discount_amounts"] = [{"amount": 150, "discount": "di_1"}]  # (an older API version's line)
+    old, fresh = old_and_fresh(w, tmp_path, "004_line_pretax_credits", [("invoice_lines", "pretax_credits")])
+    try:
+        query = "SELECT id, pretax_credits FROM invoice_lines ORDER BY id"
+        got, want = old.execute(query).fetchall(), fresh.execute(query).fetchall()
+        assert got == want
+        credits = dict(want)
+        assert credits[lines[0]["id"]] == 320 and credits[lines[1]["id"]] == 150
+        assert sorted(credits.values())[:-2] == [0] * (len(credits) - 2)
+        assert movements(old) == movements(fresh) != []
+    finally:
+        old.close()
+        fresh.close()
