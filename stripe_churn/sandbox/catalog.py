@@ -38,10 +38,12 @@ from stripe_churn.sandbox.listing import (
     ref,
     shape,
 )
+from stripe_churn.sandbox.objects import currency_options
 
 _EXPAND_CACHE_MAX = 50_000
-# fields whose expansion is not a plain lookup of the field's value (tiers come from the price itself)
-_NOT_TOP_LEVEL = frozenset({"id", "object", "", "tiers"})
+# fields whose expansion is not a plain lookup of the field's value (tiers and currency_options come from the
+# price itself)
+_NOT_TOP_LEVEL = frozenset({"id", "object", "", "tiers", "currency_options"})
 
 
 class SimulationLike(Protocol):
@@ -430,6 +432,10 @@ class Catalog:
         if seg == "tiers" and node.get("object") == "price" and not rest:
             source = self.sim.objects["prices"].get(node.get("id", ""), {})
             node["tiers"] = orjson.loads(orjson.dumps(source.get("tiers")))
+            return
+        if seg == "currency_options" and node.get("object") == "price" and not rest:
+            source = self.sim.objects["prices"].get(node.get("id", ""), {})
+            node["currency_options"] = orjson.loads(orjson.dumps(currency_options(source)))
             return
         if seg not in node:
             raise _not_expandable(path)

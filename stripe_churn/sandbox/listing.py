@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from stripe_churn.sandbox.objects import currency_options
+
 RESOURCES = ("customers", "products", "prices", "coupons", "subscriptions", "invoices", "credit_notes")
 SINGULAR = {
     "customers": "customer", "products": "product", "prices": "price", "coupons": "coupon",
@@ -95,18 +97,23 @@ def _embedded(lst: dict[str, Any], url: str, item: Callable[[dict[str, Any]], di
             "has_more": len(data) > EMBED_LIMIT, "url": url}
 
 
-def _price_without_tiers(price: Any) -> Any:
-    if isinstance(price, dict) and "tiers" in price:
-        price = {k: v for k, v in price.items() if k != "tiers"}
+# price fields Stripe includes only when expanded
+_INCLUDABLE = ("tiers", "currency_options")
+
+
+def _without_includable(price: Any) -> Any:
+    """A price without its includable fields (tiers, currency_options)."""
+    if isinstance(price, dict) and any(k in price for k in _INCLUDABLE):
+        price = {k: v for k, v in price.items() if k not in _INCLUDABLE}
     return price
 
 
 def item_shape(item: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(item.get("price"), dict) and "tiers" in item["price"]:
+    if isinstance(item.get("price"), dict) and any(k in item["price"] for k in _INCLUDABLE):
         item = dict(item)
-        item["price"] = _price_without_tiers(item["price"])
-        if isinstance(item.get("plan"), dict) and "tiers" in item["plan"]:
-            item["plan"] = _price_without_tiers(item["plan"])
+        item["price"] = _without_includable(item["price"])
+        if isinstance(item.get("plan"), dict):
+            item["plan"] = _without_includable(item["plan"])
     return item
 
 
@@ -115,7 +122,8 @@ def _same(x: dict[str, Any]) -> dict[str, Any]:
 
 
 def shape(obj: dict[str, Any]) -> dict[str, Any]:
-    """The object as the API serves it: embedded lists cut to 10 with ``has_more``/``url``, no tiers."""
+    """The object as the API serves it: embedded lists cut to 10 with ``has_more``/``url``, no tiers or
+    currency_options."""
     if obj.get("deleted"):
         return obj
     kind = obj.get("object")
@@ -132,7 +140,7 @@ def shape(obj: dict[str, Any]) -> dict[str, Any]:
         out["lines"] = _embedded(obj["lines"], f"/v1/credit_notes/{obj['id']}/lines", _same)
         return out
     if kind == "price":
-        return _price_without_tiers(obj)
+        return _without_includable(obj)
     if kind == "event":
         data = obj.get("data")
         if isinstance(data, dict) and isinstance(data.get("object"), dict):
@@ -147,7 +155,7 @@ def shape(obj: dict[str, Any]) -> dict[str, Any]:
 def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Every live object a simulation's sandbox serves now, per store table (``tables``: the store's raw
     tables), shaped as the sync asks for it: invoices and subscriptions with their discounts expanded,
-    prices with their tiers, events within the retention window. For tests and checks of a synced store."""
+    prices with their tiers and currency_options, events within the retention window. For tests and checks of a synced store."""
     exp: dict[str, dict[str, Any]] = {t: {} for t in tables}
     objs = sim.objects
     for table in ("customers", "products", "coupons", "invoices", "credit_notes"):
@@ -160,7 +168,8 @@ def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]
                                                          for d in inv["discounts"]]}
     for oid, o in objs["prices"].items():
         if not o.get("deleted"):
-            exp["prices"][oid] = {**o, "tiers": o.get("tiers")}  # listed with expand[]=data.tiers
+            # listed with expand[]=data.tiers and data.currency_options
+            exp["prices"][oid] = {**o, "tiers": o.get("tiers"), "currency_options": currency_options(o)}
     for oid, s in objs["subscriptions"].items():
         if s.get("deleted"):
             continue

@@ -78,8 +78,19 @@ def plan_of(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def price_view(p: dict[str, Any]) -> dict[str, Any]:
-    """A price as embedded in an item (tiers are only shown when expanded, so they are left out)."""
-    return {k: v for k, v in p.items() if k != "tiers"}
+    """A price as embedded in an item (tiers and currency_options are only shown when expanded, so they are
+    left out)."""
+    return {k: v for k, v in p.items() if k not in ("tiers", "currency_options")}
+
+
+def currency_options(p: dict[str, Any]) -> dict[str, Any]:
+    """A price's ``currency_options`` as an expand shows them: its own currency's terms, then the other
+    currencies it was given (kept on the price as ``currency_options``)."""
+    own = {"custom_unit_amount": None, "tax_behavior": p.get("tax_behavior"), "unit_amount": p.get("unit_amount"),
+           "unit_amount_decimal": p.get("unit_amount_decimal")}
+    if p.get("tiers"):
+        own["tiers"] = p["tiers"]
+    return {p.get("currency"): own, **(p.get("currency_options") or {})}
 
 
 def sub_item(siid: str, created: int, sub_id: str, p: dict[str, Any], quantity: int | None,

@@ -30,8 +30,11 @@ STREAMS: tuple[Stream, ...] = (
     Stream("customers", "customers", "/v1/customers", {"expand": ["data.discount"]}),
     Stream("products.active", "products", "/v1/products", {"active": True}),
     Stream("products.inactive", "products", "/v1/products", {"active": False}),
-    Stream("prices.active", "prices", "/v1/prices", {"active": True, "expand": ["data.tiers"]}),
-    Stream("prices.inactive", "prices", "/v1/prices", {"active": False, "expand": ["data.tiers"]}),
+    # (tiers and the amounts in other currencies come only when expanded)
+    Stream("prices.active", "prices", "/v1/prices",
+           {"active": True, "expand": ["data.tiers", "data.currency_options"]}),
+    Stream("prices.inactive", "prices", "/v1/prices",
+           {"active": False, "expand": ["data.tiers", "data.currency_options"]}),
     Stream("coupons", "coupons", "/v1/coupons"),
     Stream("subscriptions", "subscriptions", "/v1/subscriptions",
            {"status": "all", "expand": ["data.discounts"]}),
@@ -52,7 +55,7 @@ RETRIEVE_PATH: dict[str, str] = {
 
 # what a retrieve expands, so that a retrieved copy has the shape of a listed one
 RETRIEVE_PARAMS: dict[str, dict[str, Any]] = {
-    "customers": {"expand": ["discount"]}, "prices": {"expand": ["tiers"]},
+    "customers": {"expand": ["discount"]}, "prices": {"expand": ["tiers", "currency_options"]},
     "subscriptions": {"expand": ["discounts"]}, "invoices": {"expand": ["discounts"]},
 }
 

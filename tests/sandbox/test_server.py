@@ -51,6 +51,9 @@ def _price(i: int, product: str, *, active: bool = True, tiered: bool = False, c
     if tiered:
         price["tiers"] = [{"up_to": 10, "unit_amount": 500, "flat_amount": None},
                           {"up_to": None, "unit_amount": 300, "flat_amount": None}]
+    elif i == 1:
+        price["currency_options"] = {"eur": {"custom_unit_amount": None, "tax_behavior": "exclusive",
+                                             "unit_amount": 900, "unit_amount_decimal": "900"}}
     return price
 
 
@@ -411,6 +414,19 @@ def test_tiers_only_when_expanded(mini: RunningSandbox) -> None:
     assert next(p for p in listed if p["id"] == "price_0004")["tiers"][0]["up_to"] == 10
     sub_items = get(mini, "/v1/subscriptions/sub_0000").json()["items"]["data"]
     assert all("tiers" not in i["price"] for i in sub_items)
+
+
+def test_currency_options_only_when_expanded(mini: RunningSandbox) -> None:
+    """As Stripe serves them: left out unless expanded; expanded, the price's own currency and its others."""
+    assert "currency_options" not in get(mini, "/v1/prices/price_0001").json()
+    expanded = get(mini, "/v1/prices/price_0001?expand[]=currency_options").json()["currency_options"]
+    assert expanded["usd"]["unit_amount"] == 1001 and expanded["eur"]["unit_amount"] == 900
+    listed = get(mini, "/v1/prices?limit=100&expand%5B0%5D=data.tiers&expand%5B1%5D=data.currency_options").json()
+    by_id = {p["id"]: p for p in listed["data"]}
+    assert by_id["price_0001"]["currency_options"]["eur"]["unit_amount_decimal"] == "900"
+    assert set(by_id["price_0004"]["currency_options"]) == {"usd"}
+    assert by_id["price_0004"]["currency_options"]["usd"]["tiers"][0]["up_to"] == 10
+    assert all("currency_options" not in p for p in get(mini, "/v1/prices?limit=100").json()["data"])
 
 
 def test_expand_ids_to_objects(mini: RunningSandbox) -> None:
