@@ -10,6 +10,17 @@ CREATE OR REPLACE MACRO ts_of(s) AS CASE WHEN s IS NULL THEN NULL ELSE to_timest
 -- An expandable field (an id or an expanded object) to its id.
 CREATE OR REPLACE MACRO ref_id(j) AS coalesce(json_extract_string(j, '$.id'), json_extract_string(j, '$'));
 
+-- A price's monthly normalisation (MRR = amount per period x norm_num / norm_den) for its interval and the
+-- currency it is billed in (see derived_price_terms).
+CREATE OR REPLACE MACRO norm_num(billing_interval, currency) AS
+    CASE billing_interval WHEN 'year' THEN 1 WHEN 'month' THEN 1 WHEN 'week' THEN 52 WHEN 'day' THEN 365 END
+    * CASE WHEN currency IN ('bif', 'clp', 'djf', 'gnf', 'jpy', 'kmf', 'krw', 'mga', 'pyg', 'rwf', 'ugx', 'vnd',
+                             'vuv', 'xaf', 'xof', 'xpf') THEN 100 ELSE 1 END;
+CREATE OR REPLACE MACRO norm_den(billing_interval, interval_count, currency) AS
+    CASE billing_interval WHEN 'year' THEN 12 WHEN 'month' THEN 1 WHEN 'week' THEN 12 WHEN 'day' THEN 12 END
+    * interval_count
+    * CASE WHEN currency IN ('bhd', 'jod', 'kwd', 'omr', 'tnd') THEN 10 ELSE 1 END;
+
 CREATE OR REPLACE TABLE derived_products AS
 SELECT
     p.account_id,
@@ -92,12 +103,8 @@ SELECT
     -- hundredths of a major unit whatever the currency: Stripe's amounts are in the currency's smallest unit, a
     -- hundredth for most, the unit itself for zero-decimal currencies (× 100), a thousandth for three-decimal
     -- ones (÷ 10); ISK, HUF and TWD stay in hundredths in the API
-    CASE f.billing_interval WHEN 'year' THEN 1 WHEN 'month' THEN 1 WHEN 'week' THEN 52 WHEN 'day' THEN 365 END
-        * CASE WHEN f.currency IN ('bif', 'clp', 'djf', 'gnf', 'jpy', 'kmf', 'krw', 'mga', 'pyg', 'rwf', 'ugx', 'vnd',
-                                   'vuv', 'xaf', 'xof', 'xpf') THEN 100 ELSE 1 END AS norm_num,
-    CASE f.billing_interval WHEN 'year' THEN 12 WHEN 'month' THEN 1 WHEN 'week' THEN 12 WHEN 'day' THEN 12 END
-        * f.interval_count
-        * CASE WHEN f.currency IN ('bhd', 'jod', 'kwd', 'omr', 'tnd') THEN 10 ELSE 1 END AS norm_den,
+    norm_num(f.billing_interval, f.currency) AS norm_num,
+    norm_den(f.billing_interval, f.interval_count, f.currency) AS norm_den,
     coalesce(pr.family, f.product_id) AS family,
     coalesce(pr.unit_kind_hint, CASE WHEN f.usage_type = 'metered' THEN 'resource' ELSE 'seat' END) AS unit_kind,
     f.found_in,
@@ -105,6 +112,31 @@ SELECT
     f.tiers
 FROM flat f
 LEFT JOIN derived_products pr ON pr.account_id = f.account_id AND pr.product_id = f.product_id;
+
+-- A price's amounts in other currencies than its own (Stripe's currency_options, which the sync expands): a
+-- subscription billed in such a currency is charged these. One row per price and other currency with a unit
+-- amount (a tiered option, whose tiers come only with a further expand, has none: 90 reports its items), with
+-- the price's normalisation in that currency.
+CREATE OR REPLACE TABLE derived_price_options AS
+WITH opts AS (
+    SELECT p.account_id, p.id AS price_id, lower(k.cur) AS currency,
+           json_extract(p.raw, '$.currency_options."' || k.cur || '"') AS o
+    FROM prices p, unnest(json_keys(json_extract(p.raw, '$.currency_options'))) AS k(cur)
+    WHERE NOT coalesce(p.deleted, false) AND json_type(json_extract(p.raw, '$.currency_options')) = 'OBJECT'
+),
+amounts AS (
+    SELECT account_id, price_id, currency,
+           coalesce(TRY_CAST(json_extract_string(o, '$.unit_amount_decimal') AS DECIMAL(38, 12)),
+                    TRY_CAST(json_extract_string(o, '$.unit_amount') AS DECIMAL(38, 12))) AS unit_amount
+    FROM opts
+)
+SELECT a.account_id, a.price_id, a.currency,
+       CAST(round(a.unit_amount * 1000000000000) AS HUGEINT) AS unit_amount_p,
+       norm_num(t.billing_interval, a.currency) AS norm_num,
+       norm_den(t.billing_interval, t.interval_count, a.currency) AS norm_den
+FROM amounts a
+JOIN derived_price_terms t USING (account_id, price_id)
+WHERE a.currency <> t.currency AND a.unit_amount IS NOT NULL AND t.billing_scheme = 'per_unit';
 
 -- Tiers of tiered prices, with each tier's lower bound (up_to NULL = no upper bound).
 CREATE OR REPLACE TABLE derived_price_tiers AS
@@ -170,3 +202,22 @@ CREATE OR REPLACE MACRO price_mrr(pid, quantity) AS (
     FROM derived_price_terms t
     WHERE t.account_id = acct AND t.price_id = pid
 );
+
+-- Per-period amount (1e-12 minor units) of `q` units of a price in currency `cur` from its currency option
+-- (transform_quantity as the price's); NULL when it has none in `cur`.
+CREATE OR REPLACE MACRO option_amount_p(acct, pid, cur, q) AS (
+    SELECT CASE WHEN t.divide_by IS NOT NULL AND t.divide_by > 0 THEN
+                o.unit_amount_p * CAST(CASE WHEN t.round_mode = 'up' THEN (q + t.divide_by - 1) // t.divide_by
+                                            ELSE q // t.divide_by END AS HUGEINT)
+                ELSE o.unit_amount_p * CAST(q AS HUGEINT) END
+    FROM derived_price_options o
+    JOIN derived_price_terms t USING (account_id, price_id)
+    WHERE o.account_id = acct AND o.price_id = pid AND o.currency = cur
+);
+
+-- price_mrr of a price billed in currency `cur`: from its currency option there, else its own terms.
+CREATE OR REPLACE MACRO price_mrr_in(acct, pid, cur, quantity) AS coalesce(
+    (SELECT dec10(option_amount_p(acct, pid, cur, quantity) * o.norm_num // (CAST(o.norm_den AS HUGEINT) * 10000))
+     FROM derived_price_options o
+     WHERE o.account_id = acct AND o.price_id = pid AND o.currency = cur),
+    price_mrr(acct, pid, quantity));

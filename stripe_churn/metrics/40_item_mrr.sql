@@ -58,12 +58,15 @@ LEFT JOIN unpaid u USING (account_id, subscription_id);
 -- as-of joins below carry these instead of the id strings, and the descriptive columns are joined back
 -- only for the intervals kept). An item's key follows its id's order within an account (the shared
 -- amount_off is allocated in item id order); a NULL id has no key, so it matches nothing, as before.
+-- (with the currency the subscription is billed in: a price's currency option there prices its items)
 CREATE OR REPLACE TEMP TABLE derived_mrr_sub_keys AS
-SELECT account_id, subscription_id, any_value(customer_id) AS customer_id,
+SELECT g.account_id, g.subscription_id, g.customer_id, lower(s.currency) AS currency,
        CAST(row_number() OVER () AS INTEGER) AS sk
-FROM derived_item_history
-WHERE subscription_id IS NOT NULL
-GROUP BY account_id, subscription_id;
+FROM (SELECT account_id, subscription_id, any_value(customer_id) AS customer_id
+      FROM derived_item_history
+      WHERE subscription_id IS NOT NULL
+      GROUP BY account_id, subscription_id) g
+LEFT JOIN derived_subs s USING (account_id, subscription_id);
 
 CREATE OR REPLACE TEMP TABLE derived_mrr_item_keys AS
 SELECT account_id, subscription_item_id, CAST(row_number() OVER (ORDER BY account_id, subscription_item_id) AS INTEGER) AS ik
@@ -71,7 +74,7 @@ FROM (SELECT DISTINCT account_id, subscription_item_id FROM derived_item_history
 
 -- Each history row's keys (`hid`: its rowid; `ik` NULL for a NULL item id).
 CREATE OR REPLACE TEMP TABLE derived_mrr_hist_keys AS
-SELECT h.rowid AS hid, sk.sk, ik.ik, h.valid_from, h.valid_to
+SELECT h.rowid AS hid, sk.sk, ik.ik, h.valid_from, h.valid_to, sk.currency AS sub_currency
 FROM derived_item_history h
 JOIN derived_mrr_sub_keys sk ON sk.account_id = h.account_id AND sk.subscription_id = h.subscription_id
 LEFT JOIN derived_mrr_item_keys ik ON ik.account_id = h.account_id AND ik.subscription_item_id = h.subscription_item_id;
@@ -201,6 +204,17 @@ LEFT JOIN by_price p USING (account_id, subscription_item_id, price_id)
 LEFT JOIN by_item i USING (account_id, subscription_item_id)
 LEFT JOIN by_customer c USING (account_id, customer_id);
 
+-- The same for the (price, quantity) pairs billed through a price's currency option (the subscription's
+-- currency is not the price's, and the price has an amount in it).
+CREATE OR REPLACE TEMP TABLE derived_option_qty_amounts AS
+SELECT account_id, price_id, currency, quantity, option_amount_p(account_id, price_id, currency, quantity) AS amount_p
+FROM (SELECT DISTINCT h.account_id, h.price_id, hk.sub_currency AS currency, h.quantity
+      FROM derived_item_history h
+      JOIN derived_mrr_hist_keys hk ON hk.hid = h.rowid
+      SEMI JOIN derived_price_options o
+           ON o.account_id = h.account_id AND o.price_id = h.price_id AND o.currency = hk.sub_currency
+      WHERE h.quantity IS NOT NULL);
+
 -- Each item's state at each break of its subscription: one narrow row per item and break (the history
 -- row it falls in by `hid`, its rowid; `pq` numbers its (price, quantity) pair, NULL when both are NULL, so
 -- that points compare pairs as integers).
@@ -212,8 +226,11 @@ WITH pairs AS (
 ),
 hist AS MATERIALIZED (
     -- (materialised: the lookups below run once per history row, not once per point)
+    -- (an item billed through its price's currency option is in that currency, at that amount)
     SELECT hk.hid, hk.sk, hk.ik, hk.valid_from, hk.valid_to, pr.pq,
-           p.usage_type, p.currency, p.norm_num, p.norm_den, p.price_type, a.amount_p AS licensed_amount_p,
+           p.usage_type, coalesce(o.currency, p.currency) AS currency, coalesce(o.norm_num, p.norm_num) AS norm_num,
+           coalesce(o.norm_den, p.norm_den) AS norm_den, p.price_type,
+           CASE WHEN o.price_id IS NULL THEN a.amount_p ELSE oa.amount_p END AS licensed_amount_p,
            c.zero_from, x.net_num, x.net_den
     FROM derived_item_history h
     JOIN derived_mrr_hist_keys hk ON hk.hid = h.rowid
@@ -225,6 +242,11 @@ hist AS MATERIALIZED (
     LEFT JOIN derived_item_tax_shares x
            ON x.account_id = h.account_id AND x.subscription_item_id = h.subscription_item_id
           AND x.price_id = h.price_id
+    LEFT JOIN derived_price_options o
+           ON o.account_id = h.account_id AND o.price_id = h.price_id AND o.currency = hk.sub_currency
+    LEFT JOIN derived_option_qty_amounts oa
+           ON oa.account_id = h.account_id AND oa.price_id = h.price_id AND oa.currency = hk.sub_currency
+          AND oa.quantity = h.quantity
 ),
 sub_status AS (
     SELECT b.sk, b.ik AS break_ik, b.moment, sp.status, sp.pause_collection, sp.moment AS status_at,
@@ -350,7 +372,7 @@ shared AS (
     FROM after_item a
     ANTI JOIN sharing USING (sk, moment)
 )
-SELECT hid, ik, moment, pq, status, pause_collection, status_at, status_event_id, metered_at,
+SELECT hid, ik, moment, pq, currency, status, pause_collection, status_at, status_event_id, metered_at,
        metered_invoice_id, counts, discount_ids, net_num, net_den,
        -- (a tax-inclusive price's share without tax is taken last, from the discounted amount: a coupon
        -- takes its amount off the price as charged, tax included)
@@ -409,7 +431,7 @@ SELECT
     k.moment AS valid_from,
     CASE WHEN k.next_at IS NOT NULL THEN k.next_at ELSE k.valid_to END AS valid_to,
     k.status,
-    t.currency,
+    k.currency,
     dec10(k.mrr_e10) AS mrr_original,
     dec10(k.counted_undiscounted_e10) AS mrr_undiscounted,
     CASE WHEN k.counted_undiscounted_e10 <> 0

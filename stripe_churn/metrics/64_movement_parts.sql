@@ -87,7 +87,8 @@ shaped AS (
 ),
 -- MRR(new price, old quantity): only needed when both price and quantity changed on a licensed item.
 cross_terms AS (
-    SELECT DISTINCT account_id, b_price_id, a_quantity, price_mrr(account_id, b_price_id, a_quantity) AS cross_mrr
+    SELECT DISTINCT account_id, b_price_id, b_currency, a_quantity,
+           price_mrr_in(account_id, b_price_id, b_currency, a_quantity) AS cross_mrr
     FROM shaped
     WHERE comp IN ('same', 'pair') AND NOT metered AND a_quantity IS NOT NULL AND b_quantity IS NOT NULL
       AND a_quantity <> b_quantity AND a_price_id <> b_price_id
@@ -107,7 +108,7 @@ valued AS (
                 ELSE CAST(x.cross_mrr * CAST(s.b_net_share AS DECIMAL(18, 15)) AS DECIMAL(38, 10)) END AS cross_mrr
     FROM shaped s
     LEFT JOIN cross_terms x ON x.account_id = s.account_id AND x.b_price_id = s.b_price_id
-                           AND x.a_quantity = s.a_quantity
+                           AND x.b_currency IS NOT DISTINCT FROM s.b_currency AND x.a_quantity = s.a_quantity
                            AND s.comp IN ('same', 'pair') AND NOT s.metered
 ),
 split AS (

@@ -142,13 +142,14 @@ WHERE p.tax_behavior = 'inclusive' AND p.usage_type = 'licensed' AND p.price_typ
   AND i.net_share IS NULL
 GROUP BY i.account_id, i.subscription_item_id, i.price_id
 UNION ALL
--- a subscription billed in another currency than its price's: Stripe bills such a price at its
--- currency_options amount, which the store does not keep; the item is valued at the price's own amount
+-- a subscription billed in another currency than its item's: Stripe bills such a price at its currency_options
+-- amount, and the price has none with a unit amount in that currency (none stored, or a tiered one); the item is
+-- valued at the price's own amount
 SELECT i.account_id, 'currency_mismatch', 'subscription_item', i.subscription_item_id, i.price_id,
        min(i.valid_from),
-       format('subscription {} is billed in {} but its price {} is in {} (a currency_options price?); the item '
-              'is valued at the price''s {} amount', i.subscription_id, any_value(s.currency), i.price_id,
-              any_value(i.currency), any_value(i.currency))
+       format('subscription {} is billed in {} but its price {} is in {} and has no unit amount in {} among its '
+              'currency_options; the item is valued at the price''s {} amount', i.subscription_id,
+              any_value(s.currency), i.price_id, any_value(i.currency), any_value(s.currency), any_value(i.currency))
 FROM derived_item_mrr i
 JOIN derived_subs s USING (account_id, subscription_id)
 WHERE s.currency IS NOT NULL AND i.currency IS NOT NULL AND s.currency <> i.currency

@@ -311,7 +311,7 @@ class _WholeAccount(Exception):
 # a scope derives them as a full recompute does, from the whole catalogue and the settings, except the prices
 # known only as embedded in an item, which it knows for the touched customers' items alone.
 _CATALOGUE_TABLES = {"derived_products": "product_id", "derived_price_terms": "price_id",
-                     "derived_price_tiers": "price_id"}
+                     "derived_price_tiers": "price_id", "derived_price_options": "price_id"}
 _RULE_TABLES = ("derived_settings", "derived_family_map", "derived_unit_map", "derived_seat_labels")
 
 
@@ -346,6 +346,12 @@ def _check_account_wide(con: duckdb.DuckDBPyConnection) -> None:
                               f"EXCEPT ALL SELECT * FROM {_SCOPE}.{table})").fetchall()
         if changed[0][0]:
             raise _WholeAccount(f"a product or price the store had changed ({table})")
+    # (a price the store had that gained an amount in another currency: the rows above are all still there)
+    gained = con.execute(f"SELECT count(*) FROM (SELECT s.* FROM {_SCOPE}.derived_price_options s "
+                         "SEMI JOIN derived_price_terms m ON m.account_id = s.account_id AND m.price_id = s.price_id "
+                         "EXCEPT ALL SELECT * FROM derived_price_options)").fetchall()
+    if gained[0][0]:
+        raise _WholeAccount("a price the store had changed (derived_price_options)")
 
 
 def _replace_catalogue(con: duckdb.DuckDBPyConnection) -> None:

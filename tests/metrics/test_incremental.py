@@ -214,6 +214,13 @@ def test_new_and_changed_prices(world: World, tmp_path: Path, shards: int) -> No
     changed = later_sync(w, {"cus_f", "cus_g"}, {"sub_f", "sub_g"}, ts(2024, 5, 25))
     n, _ = assert_incremental_equals_full(tmp_path / "changed", before, changed, SEEN, ts(2024, 6, 2), shards)
     assert n == len(w.objects["customers"])
+    # (only an amount in another currency added: the price's own terms are as they were)
+    w.objects["prices"]["gross_usd"]["tax_behavior"] = "inclusive"
+    w.objects["prices"]["gross_usd"]["currency_options"] = {"eur": {"unit_amount": 1_100}}
+    (tmp_path / "option").mkdir()
+    changed = later_sync(w, {"cus_f", "cus_g"}, {"sub_f", "sub_g"}, ts(2024, 5, 25))
+    n, _ = assert_incremental_equals_full(tmp_path / "option", before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == len(w.objects["customers"])
 
 
 @SHARDS

@@ -378,6 +378,32 @@ def test_tax_inclusive_price_with_a_coupon(world: World, derive: Derive) -> None
     assert customer_mrr_at(con, "cus_1", month(1, 1)) == Decimal("35.0000")
 
 
+def test_currency_option_prices_the_item_in_the_subscriptions_currency(world: World, derive: Derive) -> None:
+    """A dollar price with a euro amount among its currency_options, on a subscription billed in euros: Stripe
+    charges the euro amount, so the item is in euros at that amount (converted to the reporting currency by
+    the euro's rate), seats and plan changes split at euro amounts, and no data-quality row."""
+    base(world, currency="eur")
+    world.price("pro", "prod_seat", 1_000)["currency_options"] = {
+        "usd": {"unit_amount": 1_000}, "eur": {"unit_amount_decimal": "900", "tax_behavior": "exclusive"}}
+    world.price("pro_plus", "prod_seat", 2_000)["currency_options"] = {"eur": {"unit_amount": 1_800}}
+    world.fx_rates.append(("2023-12-01", "eur", 1.10))
+    world.subscribe("sub_1", "cus_1", [("si_1", "pro", 2)], T0)
+    world.update("sub_1", month(1, 10), items=[("si_1", "pro", 3)])
+    world.update("sub_1", month(2, 10), items=[("si_1", "pro_plus", 4)])
+    con = derive(world, seen_at=month(2, 20))
+    assert [(r["currency"], r["mrr_original"]) for r in item_rows(con, "si_1")] == [
+        ("eur", Decimal("18")), ("eur", Decimal("27")), ("eur", Decimal("72"))]
+    assert customer_mrr_at(con, "cus_1", T0 + DAY) == Decimal("19.8000")
+    moves = con.execute("SELECT movement, currency, amount_delta_original, mrr_delta FROM mrr_movements "
+                        "ORDER BY occurred_at, movement").fetchall()
+    # (to 4 seats of the dearer plan: +27.00 EUR for the plan at 3 seats, +18.00 EUR for the seat)
+    assert moves == [("new", "eur", Decimal("18.0000"), Decimal("19.8000")),
+                     ("seat_expansion", "eur", Decimal("9.0000"), Decimal("9.9000")),
+                     ("seat_expansion", "eur", Decimal("18.0000"), Decimal("19.8000")),
+                     ("upgrade", "eur", Decimal("27.0000"), Decimal("29.7000"))], moves
+    assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
+
+
 def test_proration_not_mrr(world: World, derive: Derive) -> None:
     base(world).price("price_a", "prod_seat", 1_000)
     world.price("price_b", "prod_seat", 3_000)
