@@ -49,6 +49,14 @@ SELECT
     TRY_CAST(json_extract_string(cp, '$.percent_off') AS DECIMAL(12, 6)) AS percent_off,
     TRY_CAST(json_extract_string(cp, '$.amount_off') AS BIGINT) AS amount_off,
     lower(json_extract_string(cp, '$.currency')) AS amount_off_currency,
+    -- the amount off in other currencies (the coupon's currency_options, which the sync expands)
+    CASE WHEN json_type(json_extract(cp, '$.currency_options')) = 'OBJECT' THEN
+        list_filter(list_transform(json_keys(json_extract(cp, '$.currency_options')),
+                                   lambda k: {'currency': lower(k),
+                                              'amount_off': TRY_CAST(json_extract_string(
+                                                  cp, '$.currency_options."' || k || '".amount_off') AS BIGINT)}),
+                    lambda o: o.amount_off IS NOT NULL)
+    END AS amount_off_options,
     ts_of(json_extract_string(d.raw, '$.start')) AS valid_from,
     CASE
         WHEN least(r.removed_at, de.removed_at) IS NOT NULL

@@ -324,12 +324,19 @@ matched AS (
 SELECT d.ik, d.moment,
        list_reduce(list(CAST(1 - d.percent_off / 100 AS DECIMAL(38, 18))) FILTER (WHERE d.percent_off IS NOT NULL),
                    lambda x, y: CAST(x * y AS DECIMAL(38, 18))) AS pct_factor,
-       coalesce(sum(d.amount_off) FILTER (WHERE d.amount_off IS NOT NULL AND d.scope = 'item'), 0) AS item_amount_off,
-       coalesce(sum(d.amount_off) FILTER (WHERE d.amount_off IS NOT NULL AND d.scope <> 'item'), 0) AS sub_amount_off,
+       coalesce(sum(d.off) FILTER (WHERE d.off IS NOT NULL AND d.scope = 'item'), 0) AS item_amount_off,
+       coalesce(sum(d.off) FILTER (WHERE d.off IS NOT NULL AND d.scope <> 'item'), 0) AS sub_amount_off,
        list(d.discount_id ORDER BY d.discount_id) AS discount_ids
-FROM matched d
+FROM (
+    -- an amount off in the item's currency: the coupon's own, else its currency option in that currency
+    SELECT *,
+           CASE WHEN amount_off IS NULL THEN NULL
+                WHEN amount_off_currency IS NULL OR amount_off_currency = currency THEN amount_off
+                ELSE list_filter(amount_off_options, lambda o: o.currency = currency)[1].amount_off END AS off
+    FROM matched
+) d
 WHERE d.valid_from <= d.moment AND (d.valid_to IS NULL OR d.moment < d.valid_to)
-  AND (d.amount_off IS NULL OR d.amount_off_currency IS NULL OR d.amount_off_currency = d.currency)
+  AND (d.amount_off IS NULL OR d.off IS NOT NULL)
 GROUP BY d.ik, d.moment;
 
 CREATE OR REPLACE TEMP TABLE derived_item_point_mrr AS

@@ -155,8 +155,8 @@ JOIN derived_subs s USING (account_id, subscription_id)
 WHERE s.currency IS NOT NULL AND i.currency IS NOT NULL AND s.currency <> i.currency
 GROUP BY i.account_id, i.subscription_id, i.subscription_item_id, i.price_id
 UNION ALL
--- an amount off in another currency than the subscription it applies to (Stripe converts it with the
--- coupon's currency_options, which the store does not keep): counted only on items priced in its currency
+-- an amount off in another currency than the subscription it applies to, without an amount in the
+-- subscription's currency among the coupon's currency_options: counted only on items priced in its currency
 SELECT DISTINCT d.account_id, 'currency_mismatch', 'discount', d.discount_id, d.coupon_id, d.valid_from,
        format('coupon {} takes {} {} off a subscription billed in {}; it is counted only on items priced in {}',
               d.coupon_id, d.amount_off, d.amount_off_currency, s.currency, d.amount_off_currency)
@@ -166,6 +166,7 @@ JOIN derived_subs s ON s.account_id = d.account_id
                         OR (d.scope = 'customer' AND s.customer_id = d.customer_id))
 WHERE d.applies_to_mrr AND d.amount_off IS NOT NULL AND d.amount_off_currency IS NOT NULL
   AND s.currency IS NOT NULL AND d.amount_off_currency <> s.currency
+  AND NOT list_contains(list_transform(coalesce(d.amount_off_options, []), lambda o: o.currency), lower(s.currency))
 UNION ALL
 -- objects kept only as raw JSON because they cannot be used
 SELECT account_id, 'unusable_object', 'subscription', id, NULL, created,

@@ -433,8 +433,8 @@ class Catalog:
             source = self.sim.objects["prices"].get(node.get("id", ""), {})
             node["tiers"] = orjson.loads(orjson.dumps(source.get("tiers")))
             return
-        if seg == "currency_options" and node.get("object") == "price" and not rest:
-            source = self.sim.objects["prices"].get(node.get("id", ""), {})
+        if seg == "currency_options" and node.get("object") in ("price", "coupon") and not rest:
+            source = self.sim.objects[node["object"] + "s"].get(node.get("id", ""), {})
             node["currency_options"] = orjson.loads(orjson.dumps(currency_options(source)))
             return
         if seg not in node:

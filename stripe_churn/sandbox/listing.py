@@ -139,7 +139,7 @@ def shape(obj: dict[str, Any]) -> dict[str, Any]:
         out = dict(obj)
         out["lines"] = _embedded(obj["lines"], f"/v1/credit_notes/{obj['id']}/lines", _same)
         return out
-    if kind == "price":
+    if kind in ("price", "coupon"):
         return _without_includable(obj)
     if kind == "event":
         data = obj.get("data")
@@ -155,7 +155,7 @@ def shape(obj: dict[str, Any]) -> dict[str, Any]:
 def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Every live object a simulation's sandbox serves now, per store table (``tables``: the store's raw
     tables), shaped as the sync asks for it: invoices and subscriptions with their discounts expanded,
-    prices with their tiers and currency_options, events within the retention window. For tests and checks of a synced store."""
+    prices with their tiers and currency_options, coupons with theirs, events within the retention window. For tests and checks of a synced store."""
     exp: dict[str, dict[str, Any]] = {t: {} for t in tables}
     objs = sim.objects
     for table in ("customers", "products", "coupons", "invoices", "credit_notes"):
@@ -166,6 +166,9 @@ def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]
         if inv.get("discounts"):
             exp["invoices"][oid] = {**inv, "discounts": [sim.discounts.get(d, d) if isinstance(d, str) else d
                                                          for d in inv["discounts"]]}
+    for oid, o in objs["coupons"].items():  # listed with expand[]=data.currency_options
+        if not o.get("deleted"):
+            exp["coupons"][oid] = {**exp["coupons"][oid], "currency_options": currency_options(o)}
     for oid, o in objs["prices"].items():
         if not o.get("deleted"):
             # listed with expand[]=data.tiers and data.currency_options

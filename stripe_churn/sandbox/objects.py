@@ -84,8 +84,11 @@ def price_view(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def currency_options(p: dict[str, Any]) -> dict[str, Any]:
-    """A price's ``currency_options`` as an expand shows them: its own currency's terms, then the other
-    currencies it was given (kept on the price as ``currency_options``)."""
+    """A price's or coupon's ``currency_options`` as an expand shows them: its own currency's terms (a coupon has
+    them for an amount off only), then the other currencies it was given (kept on it as ``currency_options``)."""
+    if p.get("object") == "coupon":
+        base = {p.get("currency"): {"amount_off": p["amount_off"]}} if p.get("amount_off") is not None else {}
+        return {**base, **(p.get("currency_options") or {})}
     own = {"custom_unit_amount": None, "tax_behavior": p.get("tax_behavior"), "unit_amount": p.get("unit_amount"),
            "unit_amount_decimal": p.get("unit_amount_decimal")}
     if p.get("tiers"):

@@ -35,7 +35,7 @@ STREAMS: tuple[Stream, ...] = (
            {"active": True, "expand": ["data.tiers", "data.currency_options"]}),
     Stream("prices.inactive", "prices", "/v1/prices",
            {"active": False, "expand": ["data.tiers", "data.currency_options"]}),
-    Stream("coupons", "coupons", "/v1/coupons"),
+    Stream("coupons", "coupons", "/v1/coupons", {"expand": ["data.currency_options"]}),
     Stream("subscriptions", "subscriptions", "/v1/subscriptions",
            {"status": "all", "expand": ["data.discounts"]}),
     Stream("invoices", "invoices", "/v1/invoices", {"expand": ["data.discounts"]}),
@@ -56,6 +56,7 @@ RETRIEVE_PATH: dict[str, str] = {
 # what a retrieve expands, so that a retrieved copy has the shape of a listed one
 RETRIEVE_PARAMS: dict[str, dict[str, Any]] = {
     "customers": {"expand": ["discount"]}, "prices": {"expand": ["tiers", "currency_options"]},
+    "coupons": {"expand": ["currency_options"]},
     "subscriptions": {"expand": ["discounts"]}, "invoices": {"expand": ["discounts"]},
 }
 

@@ -404,6 +404,20 @@ def test_currency_option_prices_the_item_in_the_subscriptions_currency(world: Wo
     assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
 
 
+def test_amount_off_in_the_items_currency_from_the_coupons_currency_options(world: World, derive: Derive) -> None:
+    """A dollar amount-off coupon with a euro amount among its currency_options, on a subscription billed in
+    euros through a price's euro option: 5.00 EUR off 18.00 EUR, and no data-quality row."""
+    base(world, currency="eur")
+    world.price("pro", "prod_seat", 1_000)["currency_options"] = {"eur": {"unit_amount": 900}}
+    world.coupon("five", amount_off=550, currency="usd")["currency_options"] = {"eur": {"amount_off": 500}}
+    world.fx_rates.append(("2023-12-01", "eur", 1.10))
+    d = world.discount("five", T0, customer="cus_1", subscription="sub_1")
+    world.subscribe("sub_1", "cus_1", [("si_1", "pro", 2)], T0, discounts=[d["id"]])
+    con = derive(world, seen_at=month(1))
+    assert [(r["currency"], r["mrr_original"]) for r in item_rows(con, "si_1")] == [("eur", Decimal("13"))]
+    assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
+
+
 def test_proration_not_mrr(world: World, derive: Derive) -> None:
     base(world).price("price_a", "prod_seat", 1_000)
     world.price("price_b", "prod_seat", 3_000)

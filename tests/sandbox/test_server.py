@@ -427,6 +427,11 @@ def test_currency_options_only_when_expanded(mini: RunningSandbox) -> None:
     assert set(by_id["price_0004"]["currency_options"]) == {"usd"}
     assert by_id["price_0004"]["currency_options"]["usd"]["tiers"][0]["up_to"] == 10
     assert all("currency_options" not in p for p in get(mini, "/v1/prices?limit=100").json()["data"])
+    # (a coupon's: its amount off in its own currency, none for a percent off)
+    assert "currency_options" not in get(mini, "/v1/coupons/ONCE5").json()
+    coupons = {c["id"]: c for c in get(mini, "/v1/coupons?expand[]=data.currency_options").json()["data"]}
+    assert coupons["ONCE5"]["currency_options"] == {coupons["ONCE5"]["currency"]: {"amount_off": 500}}
+    assert coupons["SAVE20"]["currency_options"] == {}
 
 
 def test_expand_ids_to_objects(mini: RunningSandbox) -> None:
