@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from stripe_churn.sandbox.objects import currency_options
+from stripe_churn.sandbox.objects import INCLUDABLE, currency_options, price_view
 
 RESOURCES = ("customers", "products", "prices", "coupons", "subscriptions", "invoices", "credit_notes")
 SINGULAR = {
@@ -97,19 +97,15 @@ def _embedded(lst: dict[str, Any], url: str, item: Callable[[dict[str, Any]], di
             "has_more": len(data) > EMBED_LIMIT, "url": url}
 
 
-# price fields Stripe includes only when expanded
-_INCLUDABLE = ("tiers", "currency_options")
-
-
 def _without_includable(price: Any) -> Any:
-    """A price without its includable fields (tiers, currency_options)."""
-    if isinstance(price, dict) and any(k in price for k in _INCLUDABLE):
-        price = {k: v for k, v in price.items() if k not in _INCLUDABLE}
+    """A price (or coupon) without its includable fields; the same object when it has none."""
+    if isinstance(price, dict) and any(k in price for k in INCLUDABLE):
+        return price_view(price)
     return price
 
 
 def item_shape(item: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(item.get("price"), dict) and any(k in item["price"] for k in _INCLUDABLE):
+    if isinstance(item.get("price"), dict) and any(k in item["price"] for k in INCLUDABLE):
         item = dict(item)
         item["price"] = _without_includable(item["price"])
         if isinstance(item.get("plan"), dict):

@@ -77,10 +77,13 @@ def plan_of(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# price (and coupon) fields Stripe includes only when expanded
+INCLUDABLE = ("tiers", "currency_options")
+
+
 def price_view(p: dict[str, Any]) -> dict[str, Any]:
-    """A price as embedded in an item (tiers and currency_options are only shown when expanded, so they are
-    left out)."""
-    return {k: v for k, v in p.items() if k not in ("tiers", "currency_options")}
+    """A price as embedded in an item, or served unexpanded: a copy without its includable fields."""
+    return {k: v for k, v in p.items() if k not in INCLUDABLE}
 
 
 def currency_options(p: dict[str, Any]) -> dict[str, Any]:
