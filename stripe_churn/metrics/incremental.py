@@ -312,6 +312,8 @@ class _WholeAccount(Exception):
 # known only as embedded in an item, which it knows for the touched customers' items alone.
 _CATALOGUE_TABLES = {"derived_products": "product_id", "derived_price_terms": "price_id",
                      "derived_price_tiers": "price_id", "derived_price_options": "price_id"}
+# the table that lists every product or price the store had, per key of _CATALOGUE_TABLES
+_CATALOGUE_KEYS = {"product_id": "derived_products", "price_id": "derived_price_terms"}
 _RULE_TABLES = ("derived_settings", "derived_family_map", "derived_unit_map", "derived_seat_labels")
 
 
@@ -341,17 +343,17 @@ def _check_account_wide(con: duckdb.DuckDBPyConnection) -> None:
         if differ[0][0]:
             raise _WholeAccount(f"the rules changed since the last recompute ({table})")
     for table, key in _CATALOGUE_TABLES.items():
-        changed = con.execute(f"SELECT count(*) FROM (SELECT m.* FROM {table} m SEMI JOIN {_SCOPE}.{table} s "
+        # rows the store had that the scope lacks or has otherwise, and rows the scope has for a product or price
+        # the store had that the store lacks (a price that gained tiers or an amount in another currency)
+        owner = _CATALOGUE_KEYS[key]
+        changed = con.execute(f"SELECT count(*) FROM ((SELECT m.* FROM {table} m SEMI JOIN {_SCOPE}.{table} s "
                               f"ON s.account_id = m.account_id AND s.{key} = m.{key} "
-                              f"EXCEPT ALL SELECT * FROM {_SCOPE}.{table})").fetchall()
+                              f"EXCEPT ALL SELECT * FROM {_SCOPE}.{table}) "
+                              f"UNION ALL (SELECT s.* FROM {_SCOPE}.{table} s SEMI JOIN {owner} m "
+                              f"ON m.account_id = s.account_id AND m.{key} = s.{key} "
+                              f"EXCEPT ALL SELECT * FROM {table}))").fetchall()
         if changed[0][0]:
             raise _WholeAccount(f"a product or price the store had changed ({table})")
-    # (a price the store had that gained an amount in another currency: the rows above are all still there)
-    gained = con.execute(f"SELECT count(*) FROM (SELECT s.* FROM {_SCOPE}.derived_price_options s "
-                         "SEMI JOIN derived_price_terms m ON m.account_id = s.account_id AND m.price_id = s.price_id "
-                         "EXCEPT ALL SELECT * FROM derived_price_options)").fetchall()
-    if gained[0][0]:
-        raise _WholeAccount("a price the store had changed (derived_price_options)")
 
 
 def _replace_catalogue(con: duckdb.DuckDBPyConnection) -> None:
