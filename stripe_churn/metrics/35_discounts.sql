@@ -2,8 +2,26 @@
 -- subscription, or all of a customer's subscriptions) and its coupon's terms. `once` discounts are kept
 -- with applies_to_mrr = false so that they stay visible.
 
-CREATE OR REPLACE TEMP TABLE derived_coupons AS
-SELECT account_id, id AS coupon_id, raw FROM coupons WHERE NOT coalesce(deleted, false);
+-- A coupon's terms, from its JSON (a listed coupon's, or the one a discount embeds).
+CREATE OR REPLACE MACRO coupon_terms(cp) AS CASE WHEN cp IS NOT NULL THEN {
+    'duration': json_extract_string(cp, '$.duration'),
+    'duration_in_months': TRY_CAST(json_extract_string(cp, '$.duration_in_months') AS INTEGER),
+    'percent_off': TRY_CAST(json_extract_string(cp, '$.percent_off') AS DECIMAL(12, 6)),
+    'amount_off': TRY_CAST(json_extract_string(cp, '$.amount_off') AS BIGINT),
+    'amount_off_currency': lower(json_extract_string(cp, '$.currency')),
+    -- the amount off in other currencies (the coupon's currency_options, which the sync expands)
+    'amount_off_options': CASE WHEN json_type(json_extract(cp, '$.currency_options')) = 'OBJECT' THEN
+        list_filter(list_transform(json_keys(json_extract(cp, '$.currency_options')),
+                                   lambda k: {'currency': lower(k),
+                                              'amount_off': TRY_CAST(json_extract_string(
+                                                  cp, '$.currency_options."' || k || '".amount_off') AS BIGINT)}),
+                    lambda o: o.amount_off IS NOT NULL)
+    END} END;
+
+-- The terms of each coupon the store lists (kept: an incremental recompute compares them with the stored ones,
+-- since a changed coupon concerns every customer with a discount from it).
+CREATE OR REPLACE TABLE derived_coupon_terms AS
+SELECT account_id, id AS coupon_id, coupon_terms(raw) AS terms FROM coupons WHERE NOT coalesce(deleted, false);
 
 CREATE OR REPLACE TABLE derived_discount_spans AS
 WITH d AS (
@@ -45,18 +63,11 @@ SELECT
     CASE WHEN ref_id(json_extract(d.raw, '$.subscription_item')) IS NOT NULL THEN 'item'
          WHEN ref_id(json_extract(d.raw, '$.subscription')) IS NOT NULL THEN 'subscription'
          ELSE 'customer' END AS scope,
-    json_extract_string(cp, '$.duration') AS duration,
-    TRY_CAST(json_extract_string(cp, '$.percent_off') AS DECIMAL(12, 6)) AS percent_off,
-    TRY_CAST(json_extract_string(cp, '$.amount_off') AS BIGINT) AS amount_off,
-    lower(json_extract_string(cp, '$.currency')) AS amount_off_currency,
-    -- the amount off in other currencies (the coupon's currency_options, which the sync expands)
-    CASE WHEN json_type(json_extract(cp, '$.currency_options')) = 'OBJECT' THEN
-        list_filter(list_transform(json_keys(json_extract(cp, '$.currency_options')),
-                                   lambda k: {'currency': lower(k),
-                                              'amount_off': TRY_CAST(json_extract_string(
-                                                  cp, '$.currency_options."' || k || '".amount_off') AS BIGINT)}),
-                    lambda o: o.amount_off IS NOT NULL)
-    END AS amount_off_options,
+    cp.duration,
+    cp.percent_off,
+    cp.amount_off,
+    cp.amount_off_currency,
+    cp.amount_off_options,
     ts_of(json_extract_string(d.raw, '$.start')) AS valid_from,
     CASE
         WHEN least(r.removed_at, de.removed_at) IS NOT NULL
@@ -64,16 +75,15 @@ SELECT
                   OR least(r.removed_at, de.removed_at) < ts_of(json_extract_string(d.raw, '$.end')))
             THEN least(r.removed_at, de.removed_at)
         WHEN json_extract_string(d.raw, '$.end') IS NOT NULL THEN ts_of(json_extract_string(d.raw, '$.end'))
-        WHEN json_extract_string(cp, '$.duration') = 'repeating'
-            THEN ts_of(json_extract_string(d.raw, '$.start'))
-                 + to_months(TRY_CAST(json_extract_string(cp, '$.duration_in_months') AS INTEGER))
+        WHEN cp.duration = 'repeating'
+            THEN ts_of(json_extract_string(d.raw, '$.start')) + to_months(cp.duration_in_months)
     END AS valid_to,
     coalesce(r.event_id, de.event_id) AS removal_event_id,
-    json_extract_string(cp, '$.duration') IN ('forever', 'repeating') AS applies_to_mrr,
+    cp.duration IN ('forever', 'repeating') AS applies_to_mrr,
     cp IS NULL AS coupon_missing
 FROM (
-    SELECT d.*, coalesce(c.raw, d.embedded_coupon) AS cp
-    FROM d LEFT JOIN derived_coupons c ON c.account_id = d.account_id AND c.coupon_id = d.coupon_id
+    SELECT d.*, coalesce(c.terms, coupon_terms(d.embedded_coupon)) AS cp
+    FROM d LEFT JOIN derived_coupon_terms c ON c.account_id = d.account_id AND c.coupon_id = d.coupon_id
 ) d
 LEFT JOIN removed r USING (account_id, discount_id)
 LEFT JOIN deleted_events de USING (account_id, discount_id);

@@ -307,18 +307,22 @@ class _WholeAccount(Exception):
     """The changed customers' results alone cannot fix an account-wide table: recompute everything."""
 
 
-# Derived tables of the catalogue (rows per product, price or price tier, by the key given) and of the rules:
-# a scope derives them as a full recompute does, from the whole catalogue and the settings, except the prices
-# known only as embedded in an item, which it knows for the touched customers' items alone.
+# Derived tables of the catalogue (rows per product, price, price tier or coupon, by the key given) and of the
+# rules: a scope derives them as a full recompute does, from the whole catalogue and the settings, except the
+# prices known only as embedded in an item, which it knows for the touched customers' items alone.
 _CATALOGUE_TABLES = {"derived_products": "product_id", "derived_price_terms": "price_id",
-                     "derived_price_tiers": "price_id", "derived_price_options": "price_id"}
-# the table that lists every product or price the store had, per key of _CATALOGUE_TABLES
-_CATALOGUE_KEYS = {"product_id": "derived_products", "price_id": "derived_price_terms"}
+                     "derived_price_tiers": "price_id", "derived_price_options": "price_id",
+                     "derived_coupon_terms": "coupon_id"}
+# the table that lists every product, price or coupon the store had, per key of _CATALOGUE_TABLES
+_CATALOGUE_KEYS = {"product_id": "derived_products", "price_id": "derived_price_terms",
+                   "coupon_id": "derived_coupon_terms"}
+# catalogue tables a scope derives whole (only from listed objects): a stored row the scope lacks is gone
+_CATALOGUE_WHOLE = ("derived_coupon_terms",)
 _RULE_TABLES = ("derived_settings", "derived_family_map", "derived_unit_map", "derived_seat_labels")
 
 
 def _check_account_wide(con: duckdb.DuckDBPyConnection) -> None:
-    """Raise _WholeAccount when the rules or a product, price or tier the store already had changed since the
+    """Raise _WholeAccount when the rules or a product, price, tier or coupon the store already had changed since the
     last recompute: the customers not derived again depend on them too. (New ones concern only customers
     whose objects changed.)"""
     # a derived table the scope made with other columns than the stored one (the steps changed since the last
@@ -343,21 +347,24 @@ def _check_account_wide(con: duckdb.DuckDBPyConnection) -> None:
         if differ[0][0]:
             raise _WholeAccount(f"the rules changed since the last recompute ({table})")
     for table, key in _CATALOGUE_TABLES.items():
-        # rows the store had that the scope lacks or has otherwise, and rows the scope has for a product or price
-        # the store had that the store lacks (a price that gained tiers or an amount in another currency)
+        # rows the store had that the scope lacks (of an object the scope knows, or at all for a table it derives
+        # whole: a deleted coupon) or has otherwise, and rows the scope has for a product, price or coupon the
+        # store had that the store lacks (a price that gained tiers or an amount in another currency)
         owner = _CATALOGUE_KEYS[key]
-        changed = con.execute(f"SELECT count(*) FROM ((SELECT m.* FROM {table} m SEMI JOIN {_SCOPE}.{table} s "
-                              f"ON s.account_id = m.account_id AND s.{key} = m.{key} "
+        known = "" if table in _CATALOGUE_WHOLE else (f"SEMI JOIN {_SCOPE}.{table} s "
+                                                      f"ON s.account_id = m.account_id AND s.{key} = m.{key} ")
+        changed = con.execute(f"SELECT count(*) FROM ((SELECT m.* FROM {table} m {known}"
                               f"EXCEPT ALL SELECT * FROM {_SCOPE}.{table}) "
                               f"UNION ALL (SELECT s.* FROM {_SCOPE}.{table} s SEMI JOIN {owner} m "
                               f"ON m.account_id = s.account_id AND m.{key} = s.{key} "
                               f"EXCEPT ALL SELECT * FROM {table}))").fetchall()
         if changed[0][0]:
-            raise _WholeAccount(f"a product or price the store had changed ({table})")
+            raise _WholeAccount(f"a product, price or coupon the store had changed ({table})")
 
 
 def _replace_catalogue(con: duckdb.DuckDBPyConnection) -> None:
-    """The catalogue's derived rows the scope has (new products and prices among them) replace the stored ones."""
+    """The catalogue's derived rows the scope has (new products, prices and coupons among them) replace the stored
+    ones."""
     for table, key in _CATALOGUE_TABLES.items():
         con.execute(f"DELETE FROM {table} t USING {_SCOPE}.{table} s "
                     f"WHERE t.account_id = s.account_id AND t.{key} = s.{key}")

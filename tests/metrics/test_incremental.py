@@ -224,6 +224,40 @@ def test_new_and_changed_prices(world: World, tmp_path: Path, shards: int) -> No
 
 
 @SHARDS
+def test_new_changed_and_deleted_coupons(world: World, tmp_path: Path, shards: int) -> None:
+    """A new coupon's terms are added to the derived ones and only its customer is derived again; a coupon the
+    store had that changed or was deleted makes the whole account derived again (every customer with a discount
+    from it may change). Before, the customers not derived again kept the old coupon's terms."""
+    w = book(world)
+    w.coupon("co_ten", percent_off=10)
+    w.objects["subscriptions"]["sub_a"]["discounts"] = [
+        w.discount("co_ten", ts(2024, 1, 1), customer="cus_a", subscription="sub_a", did="di_a")["id"]]
+    before = copy.deepcopy(w)
+    w.coupon("co_five", amount_off=500, currency="usd")
+    w.objects["subscriptions"]["sub_c2"]["discounts"] = [
+        w.discount("co_five", ts(2024, 5, 25), customer="cus_c", subscription="sub_c2", did="di_c")["id"]]
+    changed = later_sync(w, {"cus_c"}, {"sub_c2"}, ts(2024, 5, 25))
+    changed.objects["discounts"] = {"di_c": w.objects["discounts"]["di_c"]}
+    (tmp_path / "added").mkdir()
+    n, full = assert_incremental_equals_full(tmp_path / "added", before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == 1
+    assert [r for r in full["derived_coupon_terms"] if "'co_five'" in r] != []
+    assert [r for r in full["view mrr_movements"] if "'cus_c'" in r and "'discount'" in r] != []
+    w.objects["coupons"]["co_ten"]["percent_off"] = 20
+    (tmp_path / "changed").mkdir()
+    changed = later_sync(w, {"cus_c"}, {"sub_c2"}, ts(2024, 5, 25))
+    n, full = assert_incremental_equals_full(tmp_path / "changed", before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == len(w.objects["customers"])
+    assert [r for r in full["derived_discount_spans"] if "'di_a'" in r and "Decimal('20" in r] != []
+    w.objects["coupons"]["co_ten"] = {"id": "co_ten", "object": "coupon", "deleted": True}
+    (tmp_path / "deleted").mkdir()
+    changed = later_sync(w, {"cus_c"}, {"sub_c2"}, ts(2024, 5, 25))
+    n, full = assert_incremental_equals_full(tmp_path / "deleted", before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == len(w.objects["customers"])
+    assert [r for r in full["derived_coupon_terms"] if "'co_ten'" in r] == []
+
+
+@SHARDS
 @pytest.mark.parametrize("upgrade", [
     "ALTER TABLE derived_item_mrr DROP COLUMN cancellation_comment",
     "ALTER TABLE derived_mrr_movements ALTER COLUMN mrr_delta TYPE DECIMAL(18, 2)",
