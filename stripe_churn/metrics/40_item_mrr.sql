@@ -380,7 +380,7 @@ shared AS (
     ANTI JOIN sharing USING (sk, moment)
 )
 SELECT hid, ik, moment, pq, currency, status, pause_collection, status_at, status_event_id, metered_at,
-       metered_invoice_id, counts, discount_ids, net_num, net_den,
+       metered_invoice_id, counts, discount_ids, pct_factor, net_num, net_den,
        -- (a tax-inclusive price's share without tax is taken last, from the discounted amount: a coupon
        -- takes its amount off the price as charged, tax included)
        CASE WHEN NOT counts THEN CAST(0 AS HUGEINT)
@@ -401,8 +401,11 @@ WITH marked AS (
     SELECT ik, moment,
            -- (an item's first point is kept unless every value is NULL)
            CASE WHEN lag(v) OVER w IS NULL THEN any_value ELSE lag(v) OVER w IS DISTINCT FROM v END AS changed
+    -- (a counted item of no amount keeps its percent factor, which a later amount is discounted by: a discount
+    -- starting or ending while it has none starts a row)
     FROM (SELECT ik, moment,
-                 {'pq': pq, 's': status, 'm': mrr_e10, 'u': counted_undiscounted_e10} AS v,
+                 {'pq': pq, 's': status, 'm': mrr_e10, 'u': counted_undiscounted_e10,
+                  'f': CASE WHEN counted_undiscounted_e10 = 0 AND counts THEN pct_factor END} AS v,
                  pq IS NOT NULL OR status IS NOT NULL OR mrr_e10 IS NOT NULL
                      OR counted_undiscounted_e10 IS NOT NULL AS any_value
           FROM derived_item_point_mrr WHERE ik IS NOT NULL)
@@ -441,9 +444,12 @@ SELECT
     k.currency,
     dec10(k.mrr_e10) AS mrr_original,
     dec10(k.counted_undiscounted_e10) AS mrr_undiscounted,
+    -- (of a counted item of no amount under discounts, their percent factor: the split of 64 values a change of its
+    -- amount at it, as for any discounted item)
     CASE WHEN k.counted_undiscounted_e10 <> 0
          THEN CAST(CAST(k.mrr_e10 AS DECIMAL(38, 0)) / CAST(k.counted_undiscounted_e10 AS DECIMAL(38, 0))
-                   AS DECIMAL(38, 10)) END AS discount_factor,
+                   AS DECIMAL(38, 10))
+         WHEN k.counts AND k.discount_ids IS NOT NULL THEN CAST(k.pct_factor AS DECIMAL(38, 10)) END AS discount_factor,
     k.discount_ids,
     -- the share of a tax-inclusive licensed price that is not tax (NULL: no tax taken out)
     CAST(CAST(k.net_num AS DECIMAL(38, 0)) / CAST(k.net_den AS DECIMAL(38, 0)) AS DECIMAL(38, 18)) AS net_share,

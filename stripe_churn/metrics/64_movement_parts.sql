@@ -47,9 +47,11 @@ added AS (
 ),
 -- the components by item row; their other columns are read from derived_item_mrr for these rows only
 comp_rows AS (
+    -- (an item whose row changed at an equal MRR still has parts when they offset each other: a discount
+    -- that ends as the usage drops)
     SELECT tid, 'same' AS comp, a_rid, b_rid, a_rate_a, b_rate_a
     FROM moving
-    WHERE in_a AND in_b AND b_rep <> a_rep
+    WHERE in_a AND in_b AND (b_rep <> a_rep OR a_rid <> b_rid)
     UNION ALL
     SELECT coalesce(r.tid, d.tid),
            CASE WHEN r.subscription_item_id IS NULL THEN 'added'
@@ -81,8 +83,9 @@ shaped AS (
            coalesce(c.a_usage_type = 'metered', false) OR coalesce(c.b_usage_type = 'metered', false) AS metered,
            coalesce(c.a_factor, c.b_factor, 1) AS f_a,
            coalesce(c.b_factor, c.a_factor, 1) AS f_b,
-           c.a_undisc - c.a_mrr AS disc_a,
-           c.b_undisc - c.b_mrr AS disc_b
+           -- the same amount off before and after (a fixed amount_off that stays, as the amount it is taken
+           -- from changes); an item of no amount on either side says nothing of its discount
+           c.a_undisc - c.a_mrr = c.b_undisc - c.b_mrr AND c.a_undisc <> 0 AND c.b_undisc <> 0 AS same_off
     FROM comps c
 ),
 -- MRR(new price, old quantity): only needed when both price and quantity changed on a licensed item.
@@ -95,11 +98,11 @@ cross_terms AS (
 ),
 valued AS (
     SELECT s.*,
-           CASE WHEN s.f_a = s.f_b THEN s.f_a WHEN s.disc_a = s.disc_b THEN 1
+           CASE WHEN s.f_a = s.f_b THEN s.f_a WHEN s.same_off THEN 1
                 WHEN s.comp = 'same' THEN s.f_a ELSE s.f_b END AS f,
            -- a discount part only when the discounts in force on the item changed
            s.comp = 'same' AND s.a_discount_ids IS DISTINCT FROM s.b_discount_ids
-               AND NOT (s.f_a = s.f_b OR s.disc_a = s.disc_b) AS discount_changed,
+               AND NOT (s.f_a = s.f_b OR s.same_off) AS discount_changed,
            CASE WHEN s.metered OR s.a_quantity IS NULL OR s.b_quantity IS NULL THEN NULL
                 WHEN s.a_quantity = s.b_quantity THEN s.b_undisc
                 WHEN s.a_price_id = s.b_price_id THEN s.a_undisc

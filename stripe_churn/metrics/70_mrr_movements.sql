@@ -1,6 +1,7 @@
 -- mrr_movements (design.md 5 and 7): one row per labelled component of a transition, rounded to 4 decimals
 -- so that the rows of a transition add up exactly to the customer's change (the rounding remainder goes to
--- the largest component), with churn type, feedback and the Stripe ids that caused each row.
+-- the largest component; of equal ones, the first by item id, then plan, quantity, discount part), with churn
+-- type, feedback and the Stripe ids that caused each row.
 -- Inputs: derived_transitions, derived_movement_parts, derived_transition_items, derived_item_mrr,
 -- derived_sub_events, derived_subs, subscriptions, invoices.
 
@@ -21,7 +22,9 @@ totals AS (
 ranked AS (
     SELECT p.rowid AS rid,
            row_number() OVER (PARTITION BY p.tid
-                              ORDER BY abs(p.amount_rep) DESC, p.movement, p.subscription_item_id) AS size_rank
+                              ORDER BY abs(p.amount_rep) DESC, p.subscription_item_id,
+                                       CASE p.part WHEN 'p' THEN 0 WHEN 'q' THEN 1 WHEN 'd' THEN 2 ELSE 3 END,
+                                       p.movement) AS size_rank
     FROM derived_movement_parts p
     WHERE p.tid IN (SELECT tid FROM totals WHERE n_parts > 1)
 ),

@@ -253,6 +253,56 @@ def case_coupon_ending(w: World) -> Case:
     ]
 
 
+def _discount_ending_on_usage(w: World, currency: str, months: int, usage: list[int]) -> World:
+    """cus_1 with 4 seats and a metered item under a 25% coupon for ``months``; usage invoiced monthly."""
+    base(w, currency=currency).coupon("co_25", percent_off=25, duration="repeating", duration_in_months=months)
+    d = w.discount("co_25", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4), ("si_m", "api_metered", None)], T0,
+                discounts=[d["id"]])
+    for n, cents in enumerate(usage, start=1):
+        w.cycle("sub_1", month(n), usage={"si_m": cents})
+    return w
+
+
+def case_discount_ends_as_usage_arrives(w: World) -> Case:
+    # the metered item had no amount under the discount: its first usage is valued at the discount (30.00 of
+    # 40.00), and the discount's end is a part of its own (10.00), as for an item that had an amount
+    _discount_ending_on_usage(w, "usd", 1, [4_000])
+    return w, month(1, 5), [
+        (T0, "new", "new", Decimal("30.0000"), "si_c"),
+        (month(1), "discount", "expansion", Decimal("10.0000"), "si_c"),
+        (month(1), "discount", "expansion", Decimal("10.0000"), "si_m"),
+        (month(1), "resource_expansion", "expansion", Decimal("30.0000"), "si_m"),
+    ]
+
+
+def case_discount_ends_as_usage_drops(w: World) -> Case:
+    # 80.00 of usage at 25% off, then 60.00 without: the item's MRR stays 60.00, yet it lost usage (-15.00 at
+    # the discount) and its discount ended (+15.00); both are rows, as the customer's MRR changed
+    _discount_ending_on_usage(w, "usd", 2, [8_000, 6_000])
+    return w, month(2, 5), [
+        (T0, "new", "new", Decimal("30.0000"), "si_c"),
+        (month(1), "resource_expansion", "expansion", Decimal("60.0000"), "si_m"),
+        (month(2), "discount", "expansion", Decimal("10.0000"), "si_c"),
+        (month(2), "discount", "expansion", Decimal("15.0000"), "si_m"),
+        (month(2), "resource_contraction", "contraction", Decimal("-15.0000"), "si_m"),
+    ]
+
+
+def case_rounding_remainder_tie(w: World) -> Case:
+    # equal usage and discount parts of 15.00015 USD (15.00 EUR at 1.00001) each round to 15.0002, one 0.0001
+    # too many: the remainder goes to the first of the equal largest, the usage part (plan, usage, discount)
+    _discount_ending_on_usage(w, "eur", 2, [4_000, 6_000])
+    w.fx_rates.append(("2023-12-01", "eur", 1.00001))
+    return w, month(2, 5), [
+        (T0, "new", "new", Decimal("30.0003"), "si_c"),
+        (month(1), "resource_expansion", "expansion", Decimal("30.0003"), "si_m"),
+        (month(2), "discount", "expansion", Decimal("10.0001"), "si_c"),
+        (month(2), "discount", "expansion", Decimal("15.0002"), "si_m"),
+        (month(2), "resource_expansion", "expansion", Decimal("15.0001"), "si_m"),
+    ]
+
+
 def case_seats_under_discount(w: World) -> Case:
     base(w).coupon("co_pct", percent_off=25, duration="forever")
     w.coupon("co_off", amount_off=500, currency="usd", duration="forever")
@@ -348,6 +398,9 @@ CASES = [
     pytest.param(case_annual_switch_higher, id="annual-switch-higher-mrr"),
     pytest.param(case_discount_start, id="discount-start"),
     pytest.param(case_coupon_ending, id="coupon-ending"),
+    pytest.param(case_discount_ends_as_usage_arrives, id="discount-ends-as-usage-arrives"),
+    pytest.param(case_discount_ends_as_usage_drops, id="discount-ends-as-usage-drops"),
+    pytest.param(case_rounding_remainder_tie, id="rounding-remainder-tie-plan-usage-discount"),
     pytest.param(case_seats_under_discount, id="seats-under-a-kept-discount"),
     pytest.param(case_fx_only, id="fx-only"),
     pytest.param(case_trial_lapse, id="trial-lapse-no-movement"),
