@@ -444,12 +444,13 @@ SELECT
     k.currency,
     dec10(k.mrr_e10) AS mrr_original,
     dec10(k.counted_undiscounted_e10) AS mrr_undiscounted,
-    -- (of a counted item of no amount under discounts, their percent factor: the split of 64 values a change of its
-    -- amount at it, as for any discounted item)
+    -- (of a counted item of no amount under discounts, their percent factor: the split of 64 values a change
+    -- of its amount at it, as for any discounted item)
     CASE WHEN k.counted_undiscounted_e10 <> 0
          THEN CAST(CAST(k.mrr_e10 AS DECIMAL(38, 0)) / CAST(k.counted_undiscounted_e10 AS DECIMAL(38, 0))
                    AS DECIMAL(38, 10))
-         WHEN k.counts AND k.discount_ids IS NOT NULL THEN CAST(k.pct_factor AS DECIMAL(38, 10)) END AS discount_factor,
+         WHEN k.counts AND k.discount_ids IS NOT NULL THEN CAST(k.pct_factor AS DECIMAL(38, 10))
+    END AS discount_factor,
     k.discount_ids,
     -- the share of a tax-inclusive licensed price that is not tax (NULL: no tax taken out)
     CAST(CAST(k.net_num AS DECIMAL(38, 0)) / CAST(k.net_den AS DECIMAL(38, 0)) AS DECIMAL(38, 18)) AS net_share,
