@@ -127,13 +127,17 @@ WITH opts AS (
 amounts AS (
     SELECT account_id, price_id, currency,
            coalesce(TRY_CAST(json_extract_string(o, '$.unit_amount_decimal') AS DECIMAL(38, 12)),
-                    TRY_CAST(json_extract_string(o, '$.unit_amount') AS DECIMAL(38, 12))) AS unit_amount
+                    TRY_CAST(json_extract_string(o, '$.unit_amount') AS DECIMAL(38, 12))) AS unit_amount,
+           json_extract_string(o, '$.tax_behavior') AS tax_behavior
     FROM opts
 )
 SELECT a.account_id, a.price_id, a.currency,
        CAST(round(a.unit_amount * 1000000000000) AS HUGEINT) AS unit_amount_p,
        norm_num(t.billing_interval, a.currency) AS norm_num,
-       norm_den(t.billing_interval, t.interval_count, a.currency) AS norm_den
+       norm_den(t.billing_interval, t.interval_count, a.currency) AS norm_den,
+       -- (an option may say whether its amount includes tax; else the price's word holds)
+       CASE WHEN a.tax_behavior IN ('inclusive', 'exclusive') THEN a.tax_behavior ELSE t.tax_behavior END
+           AS tax_behavior
 FROM amounts a
 JOIN derived_price_terms t USING (account_id, price_id)
 WHERE a.currency <> t.currency AND a.unit_amount IS NOT NULL AND t.billing_scheme = 'per_unit';

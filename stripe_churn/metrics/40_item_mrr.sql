@@ -166,16 +166,36 @@ FROM (SELECT DISTINCT h.account_id, h.price_id, h.quantity
       JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
       WHERE p.usage_type = 'licensed' AND h.quantity IS NOT NULL);
 
--- Tax-inclusive licensed prices (design.md 4: tax excluded): the share of the price that is not tax, from the
+-- Tax-inclusive licensed prices (design.md 4: tax excluded; a currency option's own tax behaviour for an item
+-- billed through it): the share of the price that is not tax, from the
 -- item's latest invoice line for that price (net_num / net_den of 30; a line without inclusive tax is a share of
 -- 1), else from its latest line of another tax-inclusive price, else from its customer's; NULL when no invoice
 -- tells (the tax stays in, and 90 says so). One share per item and price: a changed tax rate restates the
 -- item's history at the latest rate rather than showing as a movement. (Lines that bill nothing, such as a
 -- trial's, tell nothing.)
 CREATE OR REPLACE TEMP TABLE derived_item_tax_shares AS
-WITH inclusive AS (
-    SELECT account_id, price_id FROM derived_price_terms
-    WHERE tax_behavior = 'inclusive' AND usage_type = 'licensed' AND price_type = 'recurring'
+WITH licensed AS (
+    SELECT account_id, price_id, tax_behavior FROM derived_price_terms
+    WHERE usage_type = 'licensed' AND price_type = 'recurring'
+),
+-- (a price inclusive of tax, or with an amount in another currency that is: the lines below tell each item's
+-- share from its own invoices, a line without inclusive tax a share of 1)
+inclusive AS (
+    SELECT account_id, price_id FROM licensed WHERE tax_behavior = 'inclusive'
+    UNION
+    SELECT o.account_id, o.price_id FROM derived_price_options o SEMI JOIN licensed USING (account_id, price_id)
+    WHERE o.tax_behavior = 'inclusive'
+),
+-- the history rows of items billed inclusive of tax: at the price's own amount, or at its currency option in
+-- the subscription's currency
+inclusive_items AS (
+    SELECT DISTINCT h.account_id, h.customer_id, h.subscription_item_id, h.price_id
+    FROM derived_item_history h
+    JOIN licensed p USING (account_id, price_id)
+    JOIN derived_mrr_hist_keys hk ON hk.hid = h.rowid
+    LEFT JOIN derived_price_options o
+           ON o.account_id = h.account_id AND o.price_id = h.price_id AND o.currency = hk.sub_currency
+    WHERE coalesce(o.tax_behavior, p.tax_behavior) = 'inclusive'
 ),
 lines AS (
     SELECT l.account_id, s.customer_id, l.subscription_item_id, l.price_id,
@@ -198,8 +218,7 @@ by_customer AS (
 SELECT h.account_id, h.subscription_item_id, h.price_id,
        coalesce(p.share, i.share, c.share).num AS net_num,
        coalesce(p.share, i.share, c.share).den AS net_den
-FROM (SELECT DISTINCT account_id, customer_id, subscription_item_id, price_id
-      FROM derived_item_history SEMI JOIN inclusive USING (account_id, price_id)) h
+FROM inclusive_items h
 LEFT JOIN by_price p USING (account_id, subscription_item_id, price_id)
 LEFT JOIN by_item i USING (account_id, subscription_item_id)
 LEFT JOIN by_customer c USING (account_id, customer_id);

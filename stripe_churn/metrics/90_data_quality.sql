@@ -138,8 +138,11 @@ SELECT i.account_id, 'tax_inclusive_price', 'subscription_item', i.subscription_
               'the tax', i.price_id, any_value(i.customer_id))
 FROM derived_item_mrr i
 JOIN derived_price_terms p USING (account_id, price_id)
-WHERE p.tax_behavior = 'inclusive' AND p.usage_type = 'licensed' AND p.price_type = 'recurring'
-  AND i.net_share IS NULL
+-- (an item billed through a currency option is in the option's currency, with its tax behaviour)
+LEFT JOIN derived_price_options o ON o.account_id = i.account_id AND o.price_id = i.price_id
+                                 AND o.currency = i.currency
+WHERE coalesce(o.tax_behavior, p.tax_behavior) = 'inclusive' AND p.usage_type = 'licensed'
+  AND p.price_type = 'recurring' AND i.net_share IS NULL
 GROUP BY i.account_id, i.subscription_item_id, i.price_id
 UNION ALL
 -- a subscription billed in another currency than its item's: Stripe bills such a price at its currency_options

@@ -404,6 +404,34 @@ def test_currency_option_prices_the_item_in_the_subscriptions_currency(world: Wo
     assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
 
 
+def test_currency_option_with_its_own_tax_behaviour(world: World, derive: Derive) -> None:
+    """A dollar price exclusive of tax, whose euro amount says it includes tax: an item billed in euros loses
+    the 20% VAT its invoices show (24.00 EUR is 20.00), one billed in dollars keeps its amount, and an option
+    that leaves its tax behaviour unspecified follows the price's (24.00 EUR stays). No data-quality row."""
+    base(world, currency="eur")
+    world.price("pro", "prod_seat", 1_200)["tax_behavior"] = "exclusive"
+    world.objects["prices"]["pro"]["currency_options"] = {"eur": {"unit_amount": 1_200, "tax_behavior": "inclusive"}}
+    world.price("plain", "prod_seat", 1_200)["tax_behavior"] = "exclusive"
+    world.objects["prices"]["plain"]["currency_options"] = {"eur": {"unit_amount": 1_200,
+                                                                     "tax_behavior": "unspecified"}}
+    world.fx_rates.append(("2023-12-01", "eur", 1.10))
+    world.subscribe("sub_1", "cus_1", [("si_1", "pro", 2)], T0)
+    world.customer("cus_2", currency="eur")
+    world.subscribe("sub_2", "cus_2", [("si_2", "plain", 2)], T0)
+    world.customer("cus_3")
+    world.subscribe("sub_3", "cus_3", [("si_3", "pro", 2)], T0)
+    with_vat(world, 20)
+    for line in world.objects["invoices"][next(i for i, v in world.objects["invoices"].items()
+                                               if v["customer"] == "cus_3")]["lines"]["data"]:
+        line["taxes"] = []
+    con = derive(world, seen_at=month(1))
+    assert [(r["currency"], r["mrr_original"]) for r in item_rows(con, "si_1")] == [("eur", Decimal("20"))]
+    assert [(r["currency"], r["mrr_original"]) for r in item_rows(con, "si_2")] == [("eur", Decimal("24"))]
+    assert [(r["currency"], r["mrr_original"]) for r in item_rows(con, "si_3")] == [("usd", Decimal("24"))]
+    assert customer_mrr_at(con, "cus_1", T0 + DAY) == Decimal("22.0000")
+    assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
+
+
 def test_amount_off_in_the_items_currency_from_the_coupons_currency_options(world: World, derive: Derive) -> None:
     """A dollar amount-off coupon with a euro amount among its currency_options, on a subscription billed in
     euros through a price's euro option: 5.00 EUR off 18.00 EUR, and no data-quality row."""
