@@ -187,10 +187,11 @@ inclusive AS (
     WHERE o.tax_behavior = 'inclusive'
 ),
 -- the history rows of items billed inclusive of tax: at the price's own amount, or at its currency option in
--- the subscription's currency
+-- the subscription's currency (only the rows of the prices above are looked at: most accounts have none)
 inclusive_items AS (
     SELECT DISTINCT h.account_id, h.customer_id, h.subscription_item_id, h.price_id
     FROM derived_item_history h
+    SEMI JOIN inclusive USING (account_id, price_id)
     JOIN licensed p USING (account_id, price_id)
     JOIN derived_mrr_hist_keys hk ON hk.hid = h.rowid
     LEFT JOIN derived_price_options o
