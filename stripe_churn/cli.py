@@ -127,6 +127,10 @@ def _summary_lines(summary: Any, fmt: str) -> None:
         return
     click.echo(f"sync {summary.mode or ''} {summary.status or ''}: "
                f"{sum(summary.counts.values())} objects, {summary.new_movements} new movements".replace("  ", " "))
+    if summary.recompute == "changed":
+        click.echo(f"metrics derived again for {summary.recomputed_customers} changed customers")
+    elif summary.recompute and summary.recompute_reason:
+        click.echo(f"metrics recomputed in full: {summary.recompute_reason}")
     emit(["object_type", "objects"], sorted(summary.counts.items()), fmt, title="Objects synced per type")
     if summary.bridge_line:
         cols, rows = bridge_rows([summary.bridge_line], fmt)
@@ -192,7 +196,7 @@ def status(fmt: str, config_path: Path | None) -> None:
         click.echo(f"{key}: {info.get(key)}")
     if info.get("daemon_error"):
         click.echo(f"daemon last error: {info['daemon_error']}")
-    for name in ("runs", "cursors", "data_quality", "exchange_rates"):
+    for name in ("runs", "recomputes", "cursors", "data_quality", "exchange_rates"):
         table = info.get(name) or []
         if table:
             cols = list(table[0].keys())

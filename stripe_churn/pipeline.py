@@ -36,11 +36,18 @@ class RunSummary:
     bridge_line: dict[str, Any] | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    # how the metrics were brought up to date: "full" or "changed" ("" when not recomputed), the customers
+    # derived, and why everything was when the settings asked for the changed customers alone
+    recompute: str = ""
+    recomputed_customers: int = 0
+    recompute_reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for ``sync --format json``."""
         return {"run_id": self.run_id, "mode": self.mode, "status": self.status, "counts": self.counts,
                 "new_movements": self.new_movements, "bridge_line": self.bridge_line,
+                "recompute": self.recompute, "recomputed_customers": self.recomputed_customers,
+                "recompute_reason": self.recompute_reason,
                 "started_at": self.started_at.isoformat() if self.started_at else None,
                 "finished_at": self.finished_at.isoformat() if self.finished_at else None}
 
@@ -107,7 +114,7 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
     # (a bad exchange-rate file stops the run before anything is synced)
     fx = read_fx_file(settings.fx_rates_file, settings.currency) if settings.fx_rates_file else None
     with sync_lock(db, wait=wait):
-        from stripe_churn.metrics.runner import recompute
+        from stripe_churn.metrics.incremental import recompute_after_sync
         from stripe_churn.store.db import open_store
         from stripe_churn.sync import run_sync
 
@@ -130,8 +137,12 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
                          fx.path)
             step_progress = _StepProgress(progress)
             try:
-                recompute(con, settings, progress=step_progress, stop=stop)
+                # (a full sync reads every object again: everything is derived again too)
+                done = recompute_after_sync(con, settings, changed_only=settings.recompute == "changed" and not full,
+                                            progress=step_progress, stop=stop)
                 step_progress.done()
+                summary.recompute, summary.recomputed_customers = done.mode, done.customers
+                summary.recompute_reason = done.reason
             except StoppedError:
                 # (the synced rows are committed; the derived tables and the snapshot stay as they were)
                 log.info("stop requested: the metrics recompute was rolled back; the next run recomputes")
@@ -224,6 +235,8 @@ def collect_status(db: Path) -> dict[str, Any]:
                               "AND status NOT IN ('running', 'failed', 'stopped')")
         if last_ok and last_ok[0]["t"] is not None:
             info["lag"] = str(now - last_ok[0]["t"]).split(".")[0] + " since the last successful sync"
+        info["recomputes"] = _table(con, "SELECT mode, customers, started_at, finished_at, reason "
+                                         "FROM metrics_runs ORDER BY started_at DESC LIMIT 5")
         info["data_quality"] = _table(con, "SELECT kind, count(*) AS n FROM data_quality GROUP BY kind ORDER BY kind")
         # (a rate holds until the next one: an old latest rate keeps valuing a currency billed today)
         info["exchange_rates"] = _table(con, _FX_STATUS_SQL)

@@ -91,6 +91,9 @@ class Settings:
     log_level: str = "INFO"
     timeout_seconds: float = 30.0
     max_retries: int = 6
+    # after a sync: "full" recomputes every customer (the default), "changed" only those with objects seen since
+    # the last recompute (everything when the code, the rules, the catalogue or the exchange rates changed)
+    recompute: str = "full"
     rules: Rules = field(default_factory=Rules)
     source: str = "defaults"  # where the settings came from, for messages
 
@@ -133,6 +136,7 @@ FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "log_level": ((str,), "log_level"),
     "timeout_seconds": ((int, float), "timeout_seconds"),
     "max_retries": ((int,), "max_retries"),
+    "recompute": ((str,), "recompute"),
 }
 RULE_KEYS: dict[str, tuple[type, ...]] = {
     "movement_window_minutes": (int,),
@@ -155,6 +159,7 @@ ENV_KEYS: dict[str, str] = {
     "STRIPE_CHURN_CURRENCY": "currency",
     "STRIPE_CHURN_FX_RATES": "fx_rates_file",
     "STRIPE_CHURN_LOG_LEVEL": "log_level",
+    "STRIPE_CHURN_RECOMPUTE": "recompute",
 }
 
 
@@ -176,8 +181,8 @@ def _convert(attr: str, value: Any) -> Any:
         return Path(value).expanduser()
     if attr == "rate_limit":
         return float(value)
-    if attr == "currency":
-        return str(value).lower()
+    if attr in ("currency", "recompute"):
+        return str(value).strip().lower()
     if attr == "api_base":
         return str(value).rstrip("/")
     return value
@@ -279,6 +284,9 @@ def _validate(s: Settings) -> None:
     for pid, unit in s.rules.units.items():
         if unit not in ("seat", "resource"):
             raise ConfigError(f"setting 'rules.units.{pid}' in {where} must be \"seat\" or \"resource\"")
+    if s.recompute not in ("full", "changed"):
+        raise ConfigError(f"setting 'recompute' in {where} (or STRIPE_CHURN_RECOMPUTE) must be \"full\" or "
+                          f"\"changed\", got {s.recompute!r}")
     if s.rate_limit is not None and s.rate_limit <= 0:
         raise ConfigError(f"setting 'rate_limit' in {where} must be above 0")
     if not s.api_base.startswith(("http://", "https://")):

@@ -297,9 +297,16 @@ def test_sync_command_prints_what_changed(tmp_path: Path) -> None:
         assert first.exit_code == 0, first.output
         data = json.loads(first.output)
         assert data["counts"]["customers"] == 30 and data["new_movements"] > 0
+        assert data["recompute"] == "full" and data["recomputed_customers"] == 30
         sb.advance(1)
-        second = CliRunner().invoke(cli, ["sync"], env=env)
+        second = CliRunner().invoke(cli, ["sync"], env={**env, "STRIPE_CHURN_RECOMPUTE": "changed"})
+        status = CliRunner().invoke(cli, ["status", "--format", "json"], env=env)
     assert second.exit_code == 0, second.output
     assert re.search(r"sync (incremental|fallback) succeeded: \d+ objects, [1-9]\d* new movements", second.output)
+    assert re.search(r"^metrics derived again for [1-9]\d* changed customers$", second.output, re.M)
     assert "Objects synced per type" in second.output and "Current month" in second.output
     assert SANDBOX_KEY not in first.output + second.output
+    # status lists the recomputes, newest first
+    assert status.exit_code == 0, status.output
+    assert [(r["mode"], r["reason"]) for r in json.loads(status.output)["recomputes"]] == [
+        ("changed", None), ("full", None)]

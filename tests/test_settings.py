@@ -54,6 +54,16 @@ def test_exchange_rate_file_from_file_or_environment(tmp_path: Path) -> None:
         load_settings(write(tmp_path, "fx_rates_file = 3\n", "bad.toml"), env={})
 
 
+def test_recompute_mode_from_file_or_environment(tmp_path: Path) -> None:
+    assert load_settings(env={}).recompute == "full"
+    cfg = write(tmp_path, 'recompute = "Changed"\n')
+    assert load_settings(cfg, env={}).recompute == "changed"
+    assert load_settings(cfg, env={"STRIPE_CHURN_RECOMPUTE": "full"}).recompute == "full"
+    with pytest.raises(ConfigError, match=r"^setting 'recompute' in defaults .*STRIPE_CHURN_RECOMPUTE.* must be "
+                                          r"\"full\" or \"changed\", got 'every'$"):
+        load_settings(env={"STRIPE_CHURN_RECOMPUTE": "every"})
+
+
 def test_default_config_file_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "config").mkdir()
     write(tmp_path / "config", 'db = "here.duckdb"\n', "stripe-churn.toml")
@@ -69,6 +79,7 @@ def test_default_config_file_in_working_directory(tmp_path: Path, monkeypatch: p
         pytest.param("max_retries = true\n", "setting 'max_retries'", id="bool-is-not-int"),
         pytest.param("[rules]\nwindow = 3\n", "unknown setting 'rules.window'", id="unknown-rule"),
         pytest.param('[rules]\nchurn_recognition = "soon"\n', "rules.churn_recognition", id="bad-choice"),
+        pytest.param('recompute = "some"\n', "setting 'recompute'", id="bad-recompute"),
         pytest.param("db = \n", "not valid TOML", id="bad-toml"),
     ],
 )

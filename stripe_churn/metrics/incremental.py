@@ -15,15 +15,25 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 
 import duckdb
 
-from stripe_churn.errors import DataError
-from stripe_churn.metrics.runner import missing_rates_error, recompute, sql_steps, write_settings
+from stripe_churn.errors import DataError, StoppedError
+from stripe_churn.metrics.runner import (
+    code_digest,
+    fx_digest,
+    missing_rates_error,
+    recompute,
+    record_run,
+    sql_steps,
+    write_settings,
+)
 from stripe_churn.settings import Settings
 from stripe_churn.store.quiet import quiet
 
@@ -154,6 +164,19 @@ WHERE n.snapshot_at IS DISTINCT FROM o.snapshot_at
 _WHOLE_ACCOUNT_SQL = """
 INSERT INTO touched_customers
 SELECT c.account_id, c.id FROM customers c JOIN touched_coverage v USING (account_id) WHERE v.whole_account
+EXCEPT SELECT account_id, customer_id FROM touched_customers
+"""
+
+# A subscription is seen at its sync's moment, but never later than the latest snapshot (derived_subs.seen_at:
+# the latest snapshot is in Stripe's clock, which may run behind this machine's, as the sandbox's and test
+# clocks do). When the snapshot moves, the subscriptions seen after the older of the two snapshots move with
+# it: their customers are derived again. (Against Stripe's own clock these are only the latest sync's.)
+_CLAMPED_SQL = """
+INSERT INTO touched_customers
+SELECT DISTINCT s.account_id, s.customer_id
+FROM subscriptions s JOIN touched_coverage v USING (account_id)
+WHERE NOT v.whole_account AND s.customer_id IS NOT NULL AND NOT coalesce(s.deleted, false)
+  AND s.last_seen_at > least(v.snapshot_at, v.old_snapshot_at)
 EXCEPT SELECT account_id, customer_id FROM touched_customers
 """
 
@@ -341,11 +364,7 @@ def _check_account_wide(con: duckdb.DuckDBPyConnection) -> None:
     if reshaped:
         raise _WholeAccount("the derived tables changed shape since the last recompute ("
                             + ", ".join(r[0] for r in reshaped) + ")")
-    for table in _RULE_TABLES:
-        differ = con.execute(f"SELECT count(*) FROM ((SELECT * FROM {table} EXCEPT ALL SELECT * FROM {_SCOPE}.{table}) "
-                             f"UNION ALL (SELECT * FROM {_SCOPE}.{table} EXCEPT ALL SELECT * FROM {table}))").fetchall()
-        if differ[0][0]:
-            raise _WholeAccount(f"the rules changed since the last recompute ({table})")
+    _check_rules(con, _SCOPE)
     for table, key in _CATALOGUE_TABLES.items():
         # rows the store had that the scope lacks (of an object the scope knows, or at all for a table it derives
         # whole: a deleted coupon) or has otherwise, and rows the scope has for a product, price or coupon the
@@ -360,6 +379,30 @@ def _check_account_wide(con: duckdb.DuckDBPyConnection) -> None:
                               f"EXCEPT ALL SELECT * FROM {table}))").fetchall()
         if changed[0][0]:
             raise _WholeAccount(f"a product, price or coupon the store had changed ({table})")
+
+
+def _check_rules(con: duckdb.DuckDBPyConnection, db: str) -> None:
+    """Raise _WholeAccount when the rules written in the attached database ``db`` differ from the stored ones."""
+    for table in _RULE_TABLES:
+        differ = con.execute(f"SELECT count(*) FROM ((SELECT * FROM {table} EXCEPT ALL SELECT * FROM {db}.{table}) "
+                             f"UNION ALL (SELECT * FROM {db}.{table} EXCEPT ALL SELECT * FROM {table}))").fetchall()
+        if differ[0][0]:
+            raise _WholeAccount(f"the rules changed since the last recompute ({table})")
+
+
+def _check_rules_alone(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings) -> None:
+    """_check_rules when no customer is derived again (no scope holds the rules): they are written apart."""
+    cur = quiet(con.cursor())
+    cur.execute("ATTACH ':memory:' AS rules_now")
+    try:
+        cur.execute("USE rules_now")
+        write_settings(cur, settings)
+        cur.execute(f"USE {main_db}")
+        _check_rules(cur, "rules_now")
+    finally:
+        cur.execute(f"USE {main_db}")
+        cur.execute("DETACH rules_now")
+        cur.close()
 
 
 def _replace_catalogue(con: duckdb.DuckDBPyConnection) -> None:
@@ -632,27 +675,92 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
     ``shards``: how many groups of customers are derived side by side (default: one per DuckDB thread but one,
     when there are enough customers).
     """
+    return _changed_or_full(con, settings, since, shards)[1]
+
+
+# Objects are marked seen by the syncing process's clock, and the previous recompute's start by the same clock:
+# the changed customers are those with objects seen from a little before it (a clock set back by up to this much
+# loses nothing; the cost is deriving again the customers of the sync just before it).
+CLOCK_MARGIN = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Recomputed:
+    """How :func:`recompute_after_sync` brought the metrics up to date."""
+
+    mode: str  # "full" or "changed"
+    customers: int  # customers derived (every customer when "full")
+    reason: str | None = None  # why everything was derived when only the changed customers were asked for
+
+
+def recompute_after_sync(con: duckdb.DuckDBPyConnection, settings: Settings, *, changed_only: bool,
+                         progress: Callable[[int, int, str], None] | None = None,
+                         stop: threading.Event | None = None) -> Recomputed:
+    """Bring the metrics up to date after a sync: every customer (the default, design.md 2), or, when
+    ``changed_only``, only the customers with objects seen since the last recorded recompute (``metrics_runs``)
+    began. Everything is recomputed instead when no recompute is recorded, when the SQL steps, the package, the
+    store's migrations or the exchange rates differ from what the last one saw, and when the rules, the catalogue
+    or where event coverage starts changed (:func:`recompute_changed`); the reason is returned and logged."""
+    reason: str | None = None
+    if changed_only:
+        last = con.execute("SELECT started_at, code_digest, fx_digest FROM metrics_runs "
+                           "ORDER BY started_at DESC LIMIT 1").fetchall() if _has_runs_table(con) else []
+        if not last:
+            reason = "no recompute of this store is recorded yet"
+        elif last[0][1] != code_digest(con):
+            reason = "the metrics code or the store's schema changed since the last recompute"
+        elif last[0][2] != fx_digest(con):
+            reason = "the exchange rates changed since the last recompute"
+        else:
+            if stop is not None and stop.is_set():
+                raise StoppedError("stop requested before the metrics recompute")
+            mode, customers, why = _changed_or_full(con, settings, last[0][0] - CLOCK_MARGIN, None,
+                                                    progress=progress, stop=stop)
+            return Recomputed(mode, customers, why)
+        log.info("metrics recomputed in full instead of for the changed customers: %s", reason)
+    recompute(con, settings, progress=progress, stop=stop, reason=reason)
+    return Recomputed("full", _customer_count(con), reason)
+
+
+def _has_runs_table(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                            "AND schema_name = 'main' AND table_name = 'metrics_runs'").fetchall()[0][0])
+
+
+def _customer_count(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT count(*) FROM customers").fetchall()[0][0])
+
+
+def _changed_or_full(con: duckdb.DuckDBPyConnection, settings: Settings, since: dt.datetime, shards: int | None,
+                     progress: Callable[[int, int, str], None] | None = None,
+                     stop: threading.Event | None = None) -> tuple[str, int, str | None]:
+    """(mode, customers derived, why everything was) of deriving the changed customers, or everything when they
+    alone cannot fix an account-wide table."""
     try:
-        return _derive_changed(con, settings, since, shards)
+        return "changed", _derive_changed(con, settings, since, shards), None
     except _WholeAccount as why:
         log.info("metrics recomputed in full instead of for the changed customers: %s", why)
-        recompute(con, settings)
-        return int(con.execute("SELECT count(*) FROM customers").fetchall()[0][0])
+        recompute(con, settings, progress=progress, stop=stop, reason=str(why))
+        return "full", _customer_count(con), str(why)
 
 
 def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: dt.datetime,
                     shards: int | None) -> int:
     started = time.perf_counter()
+    started_at = dt.datetime.now(dt.UTC)
     main_db = con.execute("SELECT current_database()").fetchall()[0][0]
     con.execute(_NEW_EVENTS_SQL, {"since": since})
     con.execute(_TOUCHED_SQL, {"since": since})
     con.execute(_COVERAGE_SQL)
     con.execute(_WHOLE_ACCOUNT_SQL)
+    con.execute(_CLAMPED_SQL)
     con.execute(_MOVED_SQL)
     touched = con.execute("SELECT count(*) FROM touched_customers").fetchall()[0][0]
     moved = con.execute("SELECT count(*) FROM moved_customers").fetchall()[0][0]
     if touched == 0:
         if moved == 0:
+            _check_rules_alone(con, main_db, settings)
+            record_run(con, started_at, "changed", 0)
             return 0
         # (no scope of new objects to take the latest snapshot from: derive them in full)
         con.execute("INSERT INTO touched_customers SELECT * FROM moved_customers")
@@ -721,6 +829,7 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
                                     "last one")
             con.execute("DELETE FROM derived_fx_days")
             con.execute(f"INSERT INTO derived_fx_days BY NAME SELECT * FROM {_SCOPE}.derived_fx_days")
+            record_run(con, started_at, "changed", int(touched + moved))
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

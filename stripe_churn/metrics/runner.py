@@ -8,6 +8,8 @@ module only writes the settings they read, runs them, logs how long each took an
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import hashlib
 import logging
 import os
 import select
@@ -33,6 +35,39 @@ def sql_steps() -> list[tuple[str, str]]:
     root = resources.files(_PACKAGE)
     names = sorted(p.name for p in root.iterdir() if p.name.endswith(".sql"))
     return [(name, root.joinpath(name).read_text(encoding="utf-8")) for name in names]
+
+
+def code_digest(con: duckdb.DuckDBPyConnection) -> str:
+    """What the derived rows of every customer depend on besides the raw objects, the exchange rates and the rules:
+    the SQL steps, the package's version and the store's migrations (a migration may fill typed columns anew)."""
+    from stripe_churn import __version__
+
+    h = hashlib.sha256(__version__.encode())
+    for name, text in sql_steps():
+        h.update(f"\0{name}\0{text}".encode())
+    for (name,) in con.execute("SELECT name FROM schema_migrations ORDER BY name").fetchall():
+        h.update(f"\0{name}".encode())
+    return h.hexdigest()[:32]
+
+
+def fx_digest(con: duckdb.DuckDBPyConnection) -> str:
+    """The stored exchange rates, as one digest (every customer billed in a currency depends on its rates)."""
+    row = con.execute("SELECT count(*), md5(coalesce(string_agg(concat_ws('|', date, lower(currency), rate), ',' "
+                      "ORDER BY date, lower(currency), rate), '')) FROM fx_rates").fetchone()
+    return f"{row[0]}:{row[1]}" if row else ""
+
+
+def record_run(con: duckdb.DuckDBPyConnection, started_at: dt.datetime, mode: str, customers: int,
+               reason: str | None = None) -> None:
+    """Add the recompute that started at ``started_at`` to ``metrics_runs`` (inside its transaction, so that the
+    row exists exactly when its results were committed). A store without the table (one opened without
+    migrations) keeps no record."""
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                       "AND schema_name = 'main' AND table_name = 'metrics_runs'").fetchall()[0][0]:
+        return
+    con.execute("INSERT INTO metrics_runs (started_at, finished_at, mode, customers, reason, code_digest, fx_digest) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [started_at, dt.datetime.now(dt.UTC), mode, customers, reason, code_digest(con), fx_digest(con)])
 
 
 def write_settings(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
@@ -154,17 +189,18 @@ def _ctrl_c_sets(stop: threading.Event) -> Iterator[threading.Event]:
 
 def recompute(con: duckdb.DuckDBPyConnection, settings: Settings, *,
               progress: Callable[[int, int, str], None] | None = None,
-              stop: threading.Event | None = None) -> None:
+              stop: threading.Event | None = None, reason: str | None = None) -> None:
     """Rebuild every derived table and view from the raw tables; all or nothing, safe to run twice.
 
     ``progress(done, total, name)`` is called before each step. When ``stop`` is set, the running step is
     interrupted and everything is rolled back (the previous results stay): :class:`StoppedError`. Ctrl-C
-    (in the main thread) does the same and then raises KeyboardInterrupt.
+    (in the main thread) does the same and then raises KeyboardInterrupt. The run is recorded in
+    ``metrics_runs`` with ``reason`` (why everything was derived when only the changed customers were asked for).
     """
     stop = stop if stop is not None else threading.Event()
     with _ctrl_c_sets(stop) as pressed:
         try:
-            _recompute(con, settings, progress, stop)
+            _recompute(con, settings, progress, stop, reason)
         except StoppedError as exc:
             if pressed.is_set():
                 raise KeyboardInterrupt(str(exc).replace("stop requested", "Ctrl-C", 1)) from None
@@ -172,9 +208,11 @@ def recompute(con: duckdb.DuckDBPyConnection, settings: Settings, *,
 
 
 def _recompute(con: duckdb.DuckDBPyConnection, settings: Settings,
-               progress: Callable[[int, int, str], None] | None, stop: threading.Event) -> None:
+               progress: Callable[[int, int, str], None] | None, stop: threading.Event,
+               reason: str | None) -> None:
     steps = sql_steps()
     started = time.perf_counter()
+    started_at = dt.datetime.now(dt.UTC)
     fx_checked = False
     # every step orders what it needs explicitly, so rows may come out in any order (less memory, more
     # parallel); the connection's own setting is restored afterwards
@@ -207,6 +245,8 @@ def _recompute(con: duckdb.DuckDBPyConnection, settings: Settings,
             progress(len(steps), len(steps), "")
         if stop.is_set():
             raise StoppedError("stop requested before the metrics were committed")
+        customers = con.execute("SELECT count(*) FROM customers").fetchall()[0][0]
+        record_run(con, started_at, "full", int(customers), reason)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")

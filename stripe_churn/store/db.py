@@ -116,12 +116,18 @@ def _m003_subscription_event_fields(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"ALTER TABLE events ALTER sub_state SET DATA TYPE {schema.SUB_STATE_TYPE} USING {fields}")
 
 
+def _create_if_missing(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """A table of schema.py added after 001 (a store created later has it from 001 already)."""
+    con.execute(_ddl(table).replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+
+
 # Applied in this order, each once; never edit one that shipped -- add a new one.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_metrics_columns", _m002_metrics_columns),
     ("003_subscription_event_fields", _m003_subscription_event_fields),
     ("004_line_pretax_credits", lambda con: _add_extracted_columns(con, {"invoice_lines": ("pretax_credits",)})),
+    ("005_metrics_runs", lambda con: _create_if_missing(con, "metrics_runs")),
 ]
 
 

@@ -190,6 +190,19 @@ class SyncCursor(SQLModel, table=True):
     updated_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
+class MetricsRun(SQLModel, table=True):
+    """One committed metrics recompute: what it derived and what it was derived from (metrics.runner)."""
+
+    __tablename__ = "metrics_runs"
+    started_at: datetime = Field(primary_key=True, sa_type=DateTime(timezone=True))  # before it read anything
+    finished_at: datetime = Field(sa_type=DateTime(timezone=True))
+    mode: str = "full"  # "full" | "changed" (only the customers with objects seen since the previous run)
+    customers: int = Field(default=0, sa_type=BigInteger)  # customers derived
+    reason: str | None = None  # why a run asked for the changed customers recomputed everything
+    code_digest: str = ""  # the SQL steps, the package version and the store's migrations
+    fx_digest: str = ""  # the exchange rates
+
+
 class SchemaMigration(SQLModel, table=True):
     __tablename__ = "schema_migrations"
     name: str = Field(primary_key=True)

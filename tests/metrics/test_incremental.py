@@ -326,3 +326,81 @@ def test_a_missing_exchange_rate_stops_it_and_leaves_every_result_in_place(world
         assert "\n" not in str(err.value)
         assert derived_contents(con) == derived
     con.close()
+
+
+def test_the_pipeline_derives_only_the_changed_customers_when_asked(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """`recompute = "changed"`: after a billing run, run_once derives again the customers the sync touched
+    (those of a sync whose recompute never ran among them), and every derived table and view equals a full
+    recompute of the same store; a full sync, new metrics code, new exchange rates or new rules recompute
+    everything, and say why. (The sandbox's clock runs behind this machine's, so each subscription counts as
+    seen at the latest snapshot, which every sync moves: its customer is derived again each time. Before that
+    rule the derived subscriptions of the others kept the old snapshot.)"""
+    from stripe_churn.metrics import incremental, runner
+    from stripe_churn.pipeline import run_once
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Rules, Secret
+    from stripe_churn.sync import run_sync
+
+    rates = tmp_path / "fx.csv"
+    rates.write_text("date,currency,rate\n2000-01-01,eur,1.08\n", encoding="utf-8")
+    # (the runs follow each other within seconds: with the margin for a clock set back, every sync's objects
+    # would count as new)
+    monkeypatch.setattr(incremental, "CLOCK_MARGIN", dt.timedelta(0))
+
+    def runs() -> list[tuple[Any, ...]]:
+        with duckdb.connect(str(settings.db), read_only=True) as con:
+            return con.execute("SELECT mode, customers, reason FROM metrics_runs ORDER BY started_at").fetchall()
+
+    def equals_a_full_recompute() -> None:
+        con = duckdb.connect(str(settings.db))
+        try:
+            after = derived_contents(con)
+            recompute(con, settings)
+            assert derived_contents(con) == after
+            con.execute("DELETE FROM metrics_runs WHERE started_at = (SELECT max(started_at) FROM metrics_runs)")
+        finally:
+            con.close()
+
+    with start_in_thread(Simulation(customers=60, months=6, seed=5), api_key=SANDBOX_KEY) as sb:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=tmp_path / "p.duckdb",
+                            rate_limit=1000.0, fx_rates_file=rates, recompute="changed")
+        first = run_once(settings, full=True, progress=False)
+        total = first.counts["customers"]
+        assert (first.recompute, first.recomputed_customers, first.recompute_reason) == ("full", total, None)
+        # a billing run synced without a recompute (stopped, or the process died): the next run derives its
+        # customers
+        sb.advance(1)
+        con = open_store(settings.db)
+        try:
+            run_sync(settings, con=con, progress=False)
+            total = con.execute("SELECT count(*) FROM customers").fetchall()[0][0]
+        finally:
+            con.close()
+        second = run_once(settings, progress=False)
+        assert second.recompute == "changed" and 0 < second.recomputed_customers <= total
+        assert second.new_movements > 0 and sum(second.counts.values()) == 0
+        equals_a_full_recompute()
+        # nothing new
+        third = run_once(settings, progress=False)
+        assert third.recompute == "changed" and third.new_movements == 0
+        equals_a_full_recompute()
+
+        sb.advance(1)
+        full_sync = run_once(settings, full=True, progress=False)
+        rates.write_text("date,currency,rate\n2000-01-01,eur,1.08\n2026-08-01,eur,1.20\n", encoding="utf-8")
+        new_rates = run_once(settings, progress=False)
+        real = runner.sql_steps()
+        monkeypatch.setattr(runner, "sql_steps", lambda: [*real, ("99_note.sql", "SELECT 1;")])
+        new_code = run_once(settings, progress=False)
+        new_rules = run_once(Settings(**{**settings.__dict__, "rules": Rules(movement_window_minutes=30)}),
+                             progress=False)
+    assert (full_sync.recompute, full_sync.recompute_reason) == ("full", None)
+    assert (new_rates.recompute, new_rates.recompute_reason) == (
+        "full", "the exchange rates changed since the last recompute")
+    assert (new_code.recompute, new_code.recompute_reason) == (
+        "full", "the metrics code or the store's schema changed since the last recompute")
+    assert new_rules.recompute == "full" and "the rules changed" in str(new_rules.recompute_reason)
+    assert [r[0] for r in runs()] == ["full", "changed", "changed", "full", "full", "full", "full"]
+    assert runs()[1][1] == second.recomputed_customers and runs()[3][1] > total

@@ -75,6 +75,25 @@ def test_migrations_recorded_once_and_tables_have_the_contract_columns(tmp_path:
         c.close()
 
 
+def test_a_store_from_before_metrics_runs_gains_the_table(tmp_path: Path) -> None:
+    """005_metrics_runs on a store made before it: the table is added, empty, and a fresh store's is kept."""
+    path = tmp_path / "m.duckdb"
+    open_store(path).close()
+    c = duckdb.connect(str(path))
+    c.execute("DROP TABLE metrics_runs")
+    c.execute("DELETE FROM schema_migrations WHERE name = '005_metrics_runs'")
+    c.close()
+    c = open_store(path)
+    try:
+        assert one(c, "SELECT count(*) FROM metrics_runs") == 0
+        assert [r[0] for r in c.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'metrics_runs' "
+                                        "ORDER BY column_index").fetchall()] == [
+            "started_at", "finished_at", "mode", "customers", "reason", "code_digest", "fx_digest"]
+        assert one(c, "SELECT count(*) FROM schema_migrations WHERE name = '005_metrics_runs'") == 1
+    finally:
+        c.close()
+
+
 def test_upsert_typed_columns_and_first_seen_kept(con: duckdb.DuckDBPyConnection) -> None:
     assert upsert_objects(con, "subscriptions", ACCT, [sub("sub_1", "active")], T0) == 1
     upsert_objects(con, "subscriptions", ACCT, [sub("sub_1", "past_due")], T1)
