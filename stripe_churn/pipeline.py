@@ -137,9 +137,12 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
                          fx.path)
             step_progress = _StepProgress(progress)
             try:
-                # (a full sync reads every object again: everything is derived again too)
-                done = recompute_after_sync(con, settings, changed_only=settings.recompute == "changed" and not full,
-                                            progress=step_progress, stop=stop)
+                # (a full sync, or an incremental one that fell back to listing everything, saw every object
+                # again: everything is derived again too)
+                seen_all = (None if summary.mode == "incremental"
+                            else f"the sync was a {summary.mode or 'full'} one: it saw every object again")
+                done = recompute_after_sync(con, settings, changed_only=settings.recompute == "changed",
+                                            progress=step_progress, stop=stop, everything_seen=seen_all)
                 step_progress.done()
                 summary.recompute, summary.recomputed_customers = done.mode, done.customers
                 summary.recompute_reason = done.reason

@@ -678,6 +678,9 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
     return _changed_or_full(con, settings, since, shards)[1]
 
 
+# Above this many changed customers, when they are more than a quarter of all, everything is recomputed instead.
+WHOLE_ABOVE = 20_000
+
 # Objects are marked seen by the syncing process's clock, and the previous recompute's start by the same clock:
 # the changed customers are those with objects seen from a little before it (a clock set back by up to this much
 # loses nothing; the cost is deriving again the customers of the sync just before it).
@@ -695,17 +698,20 @@ class Recomputed:
 
 def recompute_after_sync(con: duckdb.DuckDBPyConnection, settings: Settings, *, changed_only: bool,
                          progress: Callable[[int, int, str], None] | None = None,
-                         stop: threading.Event | None = None) -> Recomputed:
+                         stop: threading.Event | None = None, everything_seen: str | None = None) -> Recomputed:
     """Bring the metrics up to date after a sync: every customer (the default, design.md 2), or, when
     ``changed_only``, only the customers with objects seen since the last recorded recompute (``metrics_runs``)
     began. Everything is recomputed instead when no recompute is recorded, when the SQL steps, the package, the
     store's migrations or the exchange rates differ from what the last one saw, and when the rules, the catalogue
-    or where event coverage starts changed (:func:`recompute_changed`); the reason is returned and logged."""
+    or where event coverage starts changed (:func:`recompute_changed`), and when ``everything_seen`` says why the
+    sync saw every object again; the reason is returned and logged."""
     reason: str | None = None
     if changed_only:
         last = con.execute("SELECT started_at, code_digest, fx_digest FROM metrics_runs "
                            "ORDER BY started_at DESC LIMIT 1").fetchall() if _has_runs_table(con) else []
-        if not last:
+        if everything_seen:
+            reason = everything_seen
+        elif not last:
             reason = "no recompute of this store is recorded yet"
         elif last[0][1] != code_digest(con):
             reason = "the metrics code or the store's schema changed since the last recompute"
@@ -757,6 +763,12 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
     con.execute(_MOVED_SQL)
     touched = con.execute("SELECT count(*) FROM touched_customers").fetchall()[0][0]
     moved = con.execute("SELECT count(*) FROM moved_customers").fetchall()[0][0]
+    if touched + moved > WHOLE_ABOVE:
+        everyone = _customer_count(con)
+        if (touched + moved) * 4 > everyone:
+            # (the scopes hold copies of their customers' rows in memory: for most of a large account, one pass
+            # over the store is quicker and needs less)
+            raise _WholeAccount(f"{touched + moved:,} of {everyone:,} customers changed")
     if touched == 0:
         if moved == 0:
             _check_rules_alone(con, main_db, settings)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,35 @@ def test_every_derived_table_equals_a_full_recompute(world: World, tmp_path: Pat
     assert n == 3
     assert any("cus_f" in r for r in full["view mrr_movements"])
 
+
+
+def test_most_of_a_large_account_changed_recomputes_everything(world: World, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Above WHOLE_ABOVE changed customers, when they are over a quarter of all, one full pass is quicker than
+    copying their rows into the scopes: everything is recomputed (below the quarter, not)."""
+    import logging
+
+    from stripe_churn.metrics import incremental
+
+    monkeypatch.setattr(incremental, "WHOLE_ABOVE", 1)
+    w = book(world)
+    before = copy.deepcopy(w)
+    w.cycle("sub_a", ts(2024, 5, 10))
+    w.customer("cus_f", address={"country": "US"})
+    w.subscribe("sub_f", "cus_f", [("si_f1", "pro_usd", 2)], ts(2024, 5, 25))
+    changed = later_sync(w, {"cus_a", "cus_f"}, {"sub_a", "sub_f"}, ts(2024, 5, 10))
+    with caplog.at_level(logging.INFO, logger="stripe_churn.metrics.incremental"):
+        n, _ = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), 1)
+    everyone = len(w.objects["customers"])
+    found = re.search(r"in full instead of for the changed customers: (\d+) of (\d+) customers changed$",
+                      caplog.text, re.M)
+    # (the two touched, and one whose change the moved snapshot shows)
+    assert found is not None and found.groups() == ("3", str(everyone)) and n == everyone == 6
+    monkeypatch.setattr(incremental, "WHOLE_ABOVE", 3)
+    (tmp_path / "again").mkdir()
+    n, _ = assert_incremental_equals_full(tmp_path / "again", before, changed, SEEN, ts(2024, 6, 2), 1)
+    assert n == 3
 
 
 @SHARDS
@@ -368,7 +398,7 @@ def test_the_pipeline_derives_only_the_changed_customers_when_asked(tmp_path: Pa
                             rate_limit=1000.0, fx_rates_file=rates, recompute="changed")
         first = run_once(settings, full=True, progress=False)
         total = first.counts["customers"]
-        assert (first.recompute, first.recomputed_customers, first.recompute_reason) == ("full", total, None)
+        assert (first.recompute, first.recomputed_customers) == ("full", total)
         # a billing run synced without a recompute (stopped, or the process died): the next run derives its
         # customers
         sb.advance(1)
@@ -396,7 +426,8 @@ def test_the_pipeline_derives_only_the_changed_customers_when_asked(tmp_path: Pa
         new_code = run_once(settings, progress=False)
         new_rules = run_once(Settings(**{**settings.__dict__, "rules": Rules(movement_window_minutes=30)}),
                              progress=False)
-    assert (full_sync.recompute, full_sync.recompute_reason) == ("full", None)
+    assert (full_sync.recompute, full_sync.recompute_reason) == (
+        "full", "the sync was a full one: it saw every object again")
     assert (new_rates.recompute, new_rates.recompute_reason) == (
         "full", "the exchange rates changed since the last recompute")
     assert (new_code.recompute, new_code.recompute_reason) == (
