@@ -45,23 +45,19 @@ start_items AS (
     FROM derived_obs_items WHERE source = 'snapshot' AND ord = 0
 ),
 invoice_at_start AS (
-    -- the newest step per item before coverage, in two grouped passes instead of a window (which would sort
-    -- every step with all its columns) or an arg_max over the (moment, prio) pair (a struct compared per
-    -- row): the latest moment, then the highest prio at that moment; its columns by row id
-    WITH steps AS (
-        SELECT s.rowid AS rid, s.account_id, s.subscription_item_id, c.coverage_start, s.moment, s.prio
+    -- the newest step per item before coverage (the latest moment, then the highest prio at that moment) in one
+    -- grouped pass, instead of a window (which would sort every step with all its columns) or an arg_max over
+    -- the (moment, prio) pair (a struct compared per row): both in one HUGEINT key (prio, a whole number below
+    -- 1e16, in the low digits); its columns by row id. (At 1M customers: 5.6 s against 8.7-10.1 s for the
+    -- latest moment first and the highest prio at it in a second pass.)
+    WITH kept AS (
+        SELECT s.account_id, s.subscription_item_id, any_value(c.coverage_start) AS coverage_start,
+               arg_max(s.rowid, CAST(epoch_us(s.moment) AS HUGEINT) * 10000000000000000 + CAST(s.prio AS HUGEINT))
+                   AS rid
         FROM derived_invoice_item_steps s
         JOIN derived_coverage c USING (account_id)
         WHERE c.has_events AND s.moment < c.coverage_start
-    ),
-    latest AS (
-        SELECT account_id, subscription_item_id, coverage_start, max(moment) AS moment FROM steps GROUP BY ALL
-    ),
-    kept AS (
-        SELECT s.account_id, s.subscription_item_id, s.coverage_start, arg_max(s.rid, s.prio) AS rid
-        FROM steps s
-        JOIN latest l USING (account_id, subscription_item_id, coverage_start, moment)
-        GROUP BY ALL
+        GROUP BY s.account_id, s.subscription_item_id
     )
     SELECT k.account_id, k.subscription_item_id, k.coverage_start, s.subscription_id, s.source_invoice_id,
            s.price_id, s.quantity, s.present

@@ -37,14 +37,23 @@ def sql_steps() -> list[tuple[str, str]]:
     return [(name, root.joinpath(name).read_text(encoding="utf-8")) for name in names]
 
 
+# Python modules whose text decides derived rows besides the SQL steps: the runner and the incremental path,
+# and the typed columns the store extracts at load time.
+_CODE_MODULES = (("stripe_churn.metrics", "runner.py"), ("stripe_churn.metrics", "incremental.py"),
+                 ("stripe_churn.store", "schema.py"))
+
+
 def code_digest(con: duckdb.DuckDBPyConnection) -> str:
     """What the derived rows of every customer depend on besides the raw objects, the exchange rates and the rules:
-    the SQL steps, the package's version and the store's migrations (a migration may fill typed columns anew)."""
+    the SQL steps, the modules that run them or fill the typed columns they read, the package's version and the
+    store's migrations (a migration may fill typed columns anew)."""
     from stripe_churn import __version__
 
     h = hashlib.sha256(__version__.encode())
     for name, text in sql_steps():
         h.update(f"\0{name}\0{text}".encode())
+    for package, name in _CODE_MODULES:
+        h.update(f"\0{name}\0".encode() + resources.files(package).joinpath(name).read_bytes())
     for (name,) in con.execute("SELECT name FROM schema_migrations ORDER BY name").fetchall():
         h.update(f"\0{name}".encode())
     return h.hexdigest()[:32]

@@ -199,7 +199,7 @@ class MetricsRun(SQLModel, table=True):
     mode: str = "full"  # "full" | "changed" (only the customers with objects seen since the previous run)
     customers: int = Field(default=0, sa_type=BigInteger)  # customers derived
     reason: str | None = None  # why a run asked for the changed customers recomputed everything
-    code_digest: str = ""  # the SQL steps, the package version and the store's migrations
+    code_digest: str = ""  # the metrics code (runner.code_digest) and the store's migrations
     fx_digest: str = ""  # the exchange rates
 
 
