@@ -61,20 +61,24 @@ LEFT JOIN unpaid u USING (account_id, subscription_id);
 -- (with the currency the subscription is billed in: a price's currency option there prices its items)
 CREATE OR REPLACE TEMP TABLE derived_mrr_sub_keys AS
 SELECT g.account_id, g.subscription_id, g.customer_id, lower(s.currency) AS currency,
-       CAST(row_number() OVER () AS INTEGER) AS sk
+       CAST(row_number() OVER () AS INTEGER) AS sk, c.zero_from
 FROM (SELECT account_id, subscription_id, any_value(customer_id) AS customer_id
       FROM derived_item_history
       WHERE subscription_id IS NOT NULL
       GROUP BY account_id, subscription_id) g
-LEFT JOIN derived_subs s USING (account_id, subscription_id);
+LEFT JOIN derived_subs s USING (account_id, subscription_id)
+LEFT JOIN derived_sub_churn c USING (account_id, subscription_id);
 
 CREATE OR REPLACE TEMP TABLE derived_mrr_item_keys AS
 SELECT account_id, subscription_item_id, CAST(row_number() OVER (ORDER BY account_id, subscription_item_id) AS INTEGER) AS ik
 FROM (SELECT DISTINCT account_id, subscription_item_id FROM derived_item_history WHERE subscription_item_id IS NOT NULL);
 
--- Each history row's keys (`hid`: its rowid; `ik` NULL for a NULL item id).
+-- Each history row's keys (`hid`: its rowid; `ik` NULL for a NULL item id), with what the item points look
+-- up by it (so that they need not join the history rows again: at 1M customers that join and the one to
+-- derived_sub_churn took 7.5 s of CPU).
 CREATE OR REPLACE TEMP TABLE derived_mrr_hist_keys AS
-SELECT h.rowid AS hid, sk.sk, ik.ik, h.valid_from, h.valid_to, sk.currency AS sub_currency
+SELECT h.rowid AS hid, sk.sk, ik.ik, h.valid_from, h.valid_to, sk.currency AS sub_currency,
+       h.account_id, h.subscription_item_id, h.price_id, h.quantity, sk.zero_from
 FROM derived_item_history h
 JOIN derived_mrr_sub_keys sk ON sk.account_id = h.account_id AND sk.subscription_id = h.subscription_id
 LEFT JOIN derived_mrr_item_keys ik ON ik.account_id = h.account_id AND ik.subscription_item_id = h.subscription_item_id;
@@ -247,25 +251,23 @@ WITH pairs AS (
 hist AS MATERIALIZED (
     -- (materialised: the lookups below run once per history row, not once per point)
     -- (an item billed through its price's currency option is in that currency, at that amount)
-    SELECT hk.hid, hk.sk, hk.ik, hk.valid_from, hk.valid_to, pr.pq,
+    SELECT h.hid, h.sk, h.ik, h.valid_from, h.valid_to, pr.pq,
            p.usage_type, coalesce(o.currency, p.currency) AS currency, coalesce(o.norm_num, p.norm_num) AS norm_num,
            coalesce(o.norm_den, p.norm_den) AS norm_den, p.price_type,
            CASE WHEN o.price_id IS NULL THEN a.amount_p ELSE oa.amount_p END AS licensed_amount_p,
-           c.zero_from, x.net_num, x.net_den
-    FROM derived_item_history h
-    JOIN derived_mrr_hist_keys hk ON hk.hid = h.rowid
+           h.zero_from, x.net_num, x.net_den
+    FROM derived_mrr_hist_keys h
     LEFT JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
     LEFT JOIN derived_price_qty_amounts a
            ON a.account_id = h.account_id AND a.price_id = h.price_id AND a.quantity = h.quantity
-    LEFT JOIN derived_sub_churn c ON c.account_id = h.account_id AND c.subscription_id = h.subscription_id
     LEFT JOIN pairs pr ON pr.price_id IS NOT DISTINCT FROM h.price_id AND pr.quantity IS NOT DISTINCT FROM h.quantity
     LEFT JOIN derived_item_tax_shares x
            ON x.account_id = h.account_id AND x.subscription_item_id = h.subscription_item_id
           AND x.price_id = h.price_id
     LEFT JOIN derived_price_options o
-           ON o.account_id = h.account_id AND o.price_id = h.price_id AND o.currency = hk.sub_currency
+           ON o.account_id = h.account_id AND o.price_id = h.price_id AND o.currency = h.sub_currency
     LEFT JOIN derived_option_qty_amounts oa
-           ON oa.account_id = h.account_id AND oa.price_id = h.price_id AND oa.currency = hk.sub_currency
+           ON oa.account_id = h.account_id AND oa.price_id = h.price_id AND oa.currency = h.sub_currency
           AND oa.quantity = h.quantity
 ),
 sub_status AS (
