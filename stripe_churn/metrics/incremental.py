@@ -28,6 +28,7 @@ from stripe_churn.errors import DataError, StoppedError
 from stripe_churn.metrics.runner import (
     code_digest,
     fx_digest,
+    has_runs_table,
     missing_rates_error,
     recompute,
     record_run,
@@ -708,7 +709,7 @@ def recompute_after_sync(con: duckdb.DuckDBPyConnection, settings: Settings, *, 
     reason: str | None = None
     if changed_only:
         last = con.execute("SELECT started_at, code_digest, fx_digest FROM metrics_runs "
-                           "ORDER BY started_at DESC LIMIT 1").fetchall() if _has_runs_table(con) else []
+                           "ORDER BY started_at DESC LIMIT 1").fetchall() if has_runs_table(con) else []
         if everything_seen:
             reason = everything_seen
         elif not last:
@@ -726,11 +727,6 @@ def recompute_after_sync(con: duckdb.DuckDBPyConnection, settings: Settings, *, 
         log.info("metrics recomputed in full instead of for the changed customers: %s", reason)
     recompute(con, settings, progress=progress, stop=stop, reason=reason)
     return Recomputed("full", _customer_count(con), reason)
-
-
-def _has_runs_table(con: duckdb.DuckDBPyConnection) -> bool:
-    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-                            "AND schema_name = 'main' AND table_name = 'metrics_runs'").fetchall()[0][0])
 
 
 def _customer_count(con: duckdb.DuckDBPyConnection) -> int:

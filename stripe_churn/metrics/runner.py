@@ -66,13 +66,18 @@ def fx_digest(con: duckdb.DuckDBPyConnection) -> str:
     return f"{row[0]}:{row[1]}" if row else ""
 
 
+def has_runs_table(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the store has ``metrics_runs`` (one opened without migrations has not)."""
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                            "AND schema_name = 'main' AND table_name = 'metrics_runs'").fetchall()[0][0])
+
+
 def record_run(con: duckdb.DuckDBPyConnection, started_at: dt.datetime, mode: str, customers: int,
                reason: str | None = None) -> None:
     """Add the recompute that started at ``started_at`` to ``metrics_runs`` (inside its transaction, so that the
     row exists exactly when its results were committed). A store without the table (one opened without
     migrations) keeps no record."""
-    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-                       "AND schema_name = 'main' AND table_name = 'metrics_runs'").fetchall()[0][0]:
+    if not has_runs_table(con):
         return
     con.execute("INSERT INTO metrics_runs (started_at, finished_at, mode, customers, reason, code_digest, fx_digest) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -117,7 +117,8 @@ def _m003_subscription_event_fields(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def _create_if_missing(con: duckdb.DuckDBPyConnection, table: str) -> None:
-    """A table of schema.py added after 001 (a store created later has it from 001 already)."""
+    """A table of schema.py, unless the store has it (one added after 001: a store created later has it from 001
+    already)."""
     con.execute(_ddl(table).replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
 
 
@@ -133,7 +134,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
 
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Apply the migrations not yet recorded in schema_migrations; returns the names applied."""
-    con.execute(_ddl("schema_migrations").replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
+    _create_if_missing(con, "schema_migrations")
     done = {r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()}
     applied = []
     for name, step in MIGRATIONS:
