@@ -11,7 +11,9 @@ typed columns only (invoices, lines, credit notes, items) get a stub ``raw``. Th
 Timed: the full recompute, an incremental recompute after one more billing run of the block (what an
 incremental sync would fetch is loaded: the block's new and changed objects and new events; then
 ``stripe_churn.metrics.incremental`` derives again only the customers they belong to), a 5-year monthly
-bridge query, peak memory, and a plain-Python per-customer loop over a sample for comparison.
+bridge query, peak memory, and a plain-Python per-customer loop over a sample for comparison. For scale, a
+floor on the same store: a lean chain over integer-keyed invoice lines with none of the rules (``--no-floor``
+skips it), i.e. roughly the least any recompute from invoice lines costs on this machine.
 
     python scripts/bench_rollup.py                       # 1,000,000 customers x 24 months (block of 20,000)
     python scripts/bench_rollup.py --customers 20000 --block 5000   # a small run
@@ -246,6 +248,74 @@ def python_rollup(rows: list[tuple[Any, ...]], window_s: int = 3600) -> dict[str
     return flows
 
 
+# --- a floor: the least a recompute from invoice lines must do, without the rules ------------------------------
+
+# Integer keys and compact invoice lines (what a store built for speed would keep at load time), then a lean chain
+# over them: runs of equal price and quantity per item, item MRR, customer MRR by a running sum, each item's change
+# at each point, a four-way label and a monthly sum. None of the rules of design.md 3-5 (events, snapshots,
+# discounts, tiers, statuses, trials, metered usage, exchange rates, the movement window, pairing, the split of a
+# combined change, data quality) is here: this is what the full recompute is measured against, not a product.
+FLOOR_KEYS = (
+    ("floor_customers", "SELECT account_id, id, CAST(row_number() OVER () AS INTEGER) AS k FROM customers"),
+    ("floor_items", "SELECT account_id, subscription_item_id AS id, CAST(row_number() OVER () AS INTEGER) AS k "
+                    "FROM (SELECT DISTINCT account_id, subscription_item_id FROM invoice_lines "
+                    "WHERE subscription_item_id IS NOT NULL)"),
+    ("floor_prices", "SELECT account_id, id, CAST(row_number() OVER () AS INTEGER) AS k, unit_amount, "
+                     "CASE recurring_interval WHEN 'year' THEN 12.0 WHEN 'month' THEN 1.0 WHEN 'week' THEN 12 / 52 "
+                     "WHEN 'day' THEN 12 / 365 END * coalesce(recurring_interval_count, 1) AS months "
+                     "FROM prices WHERE recurring_interval IS NOT NULL AND unit_amount IS NOT NULL"),
+    ("floor_lines", "SELECT c.k AS ck, i.k AS ik, p.k AS pk, CAST(l.quantity AS INTEGER) AS q, "
+                    "CAST(epoch(l.period_start) AS BIGINT) AS ps, CAST(epoch(l.period_end) AS BIGINT) AS pe, "
+                    "coalesce(l.parent_proration, false) AS pr, CAST(epoch(v.created) AS BIGINT) AS ct "
+                    "FROM invoice_lines l "
+                    "JOIN invoices v ON v.account_id = l.account_id AND v.id = l.invoice_id "
+                    "JOIN floor_customers c ON c.account_id = v.account_id AND c.id = v.customer_id "
+                    "JOIN floor_items i ON i.account_id = l.account_id AND i.id = l.subscription_item_id "
+                    "JOIN floor_prices p ON p.account_id = l.account_id AND p.id = l.price_id "
+                    "WHERE NOT coalesce(l.deleted, false) AND NOT coalesce(v.deleted, false)"),
+)
+FLOOR_CHAIN = (
+    ("floor_changes", "SELECT *, (pk IS DISTINCT FROM lag(pk) OVER w OR q IS DISTINCT FROM lag(q) OVER w OR pr) "
+                      "AS chg FROM floor_lines WINDOW w AS (PARTITION BY ik ORDER BY ps, ct)"),
+    ("floor_runs", "SELECT ck, ik, pk, q, min(ps) AS vf, max(pe) AS vt FROM (SELECT *, sum(CAST(chg AS INTEGER)) "
+                   "OVER (PARTITION BY ik ORDER BY ps, ct) AS run FROM floor_changes) GROUP BY ck, ik, pk, q, run"),
+    ("floor_item_mrr", "SELECT r.*, r.q * p.unit_amount / p.months / 100 AS mrr FROM floor_runs r "
+                       "JOIN floor_prices p ON p.k = r.pk"),
+    ("floor_points", "SELECT ck, t, sum(d) AS d FROM (SELECT ck, vf AS t, mrr AS d FROM floor_item_mrr "
+                     "UNION ALL SELECT ck, vt, -mrr FROM floor_item_mrr) GROUP BY ck, t"),
+    ("floor_customer_mrr", "SELECT ck, t, sum(d) OVER (PARTITION BY ck ORDER BY t) AS mrr, d FROM floor_points"),
+    ("floor_item_deltas", "SELECT ck, ik, t, sum(d) AS d FROM (SELECT ck, ik, vf AS t, mrr AS d "
+                          "FROM floor_item_mrr UNION ALL SELECT ck, ik, vt, -mrr FROM floor_item_mrr) "
+                          "GROUP BY ck, ik, t"),
+    ("floor_movements", "SELECT c.ck, c.t, c.mrr - c.d AS mrr_before, c.mrr AS mrr_after, "
+                        "CASE WHEN round(c.mrr - c.d, 6) = 0 THEN 'new' WHEN round(c.mrr, 6) = 0 THEN 'churn' "
+                        "WHEN c.d > 0 THEN 'expansion' ELSE 'contraction' END AS category, x.n "
+                        "FROM floor_customer_mrr c JOIN (SELECT ck, t, count(*) AS n FROM floor_item_deltas "
+                        "WHERE d <> 0 GROUP BY ck, t) x USING (ck, t) WHERE round(c.d, 6) <> 0"),
+    ("floor_bridge", "SELECT date_trunc('month', to_timestamp(t)) AS month, category, sum(mrr_after - mrr_before) "
+                     "AS mrr_delta FROM floor_movements GROUP BY ALL"),
+)
+
+
+def lean_floor(con: duckdb.DuckDBPyConnection, keep: bool = False) -> tuple[float, float, int]:
+    """Build the floor's integer-keyed lines, then run its chain (TEMP tables, dropped after unless ``keep``);
+    returns (seconds to build the keyed lines, seconds for the chain, lines keyed)."""
+    def run(steps: tuple[tuple[str, str], ...]) -> float:
+        t0 = time.perf_counter()
+        for name, sql in steps:
+            con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {sql}")
+        return time.perf_counter() - t0
+
+    try:
+        t_keys = run(FLOOR_KEYS)
+        t_chain = run(FLOOR_CHAIN)
+        lines = con.execute("SELECT count(*) FROM floor_lines").fetchall()[0][0]
+    finally:
+        for name, _ in (*FLOOR_KEYS, *FLOOR_CHAIN) if not keep else ():
+            con.execute(f"DROP TABLE IF EXISTS temp.{name}")
+    return t_keys, t_chain, lines
+
+
 def set_fx_rates(con: duckdb.DuckDBPyConnection, kind: str) -> int:
     """Replace the constant eur and gbp rates by one per month (the first) or per day, from the first stored
     rate through today, each a little different from the one before (every change revalues the customers
@@ -280,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
                          "first of every month, or one every day, from the store's first rate to today")
     ap.add_argument("--memory-limit", default=None,
                     help="DuckDB memory_limit, e.g. 6GB (default: 70%% of the memory left beside the simulation)")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the floor (a lean chain without the rules, timed on the same store for comparison)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from stripe_churn.sandbox.sim import Simulation
@@ -357,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
           f"so less work than the SQL does); {per_py * 1e6:,.0f} us/customer against {per_sql * 1e6:,.1f} "
           f"us/customer for the whole SQL recompute: ratio Python/SQL {per_py / per_sql:,.2f} "
           f"({'SQL' if per_py > per_sql else 'the plain loop'} is faster)")
+    if not args.no_floor:
+        t_keys, t_chain, n_lines = lean_floor(con)
+        print(f"floor: a lean chain over integer-keyed invoice lines, without any rule of design.md 3-5 (runs of "
+              f"price and quantity, item and customer MRR, a four-way label, a monthly sum): {t_chain:.2f} s over "
+              f"{n_lines:,} lines, after {t_keys:.2f} s to key them; the full recompute took "
+              f"{t_full / t_chain:,.1f} times the chain", flush=True)
     print(f"peak memory: {peak_mb():,.0f} MB")
     con.close()
     tmp.cleanup()

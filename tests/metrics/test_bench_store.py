@@ -91,3 +91,42 @@ def test_billing_run_loader_then_incremental_equals_full(bench: ModuleType, tmp_
     recompute(con, Settings())
     assert incremental == (con.execute(movements).fetchall(), _flows(con))
     assert any(r[6] > dt.datetime.fromtimestamp(clock, tz=dt.UTC) for r in incremental[0])  # the run's own changes
+
+
+def test_floor_chain_gives_a_plain_accounts_mrr(bench: ModuleType, world: Any, derive: Any) -> None:
+    """The floor the benchmark compares the recompute with does the work it claims: on an account that needs
+    none of the rules it leaves out (licensed monthly and annual prices, renewals, a quantity change at a
+    renewal, no discounts, trials or events), its customer MRR is the product's, and its labels are too."""
+    from builders import add_months, ts
+    from conftest import customer_mrr_at
+
+    t0 = ts(2024, 1, 1)
+    world.customer("cus_a")
+    world.customer("cus_b")
+    world.product("prod_core", unit_label="seat")
+    world.price("monthly", "prod_core", 1_000)
+    world.price("annual", "prod_core", 120_000, interval="year")
+    world.subscribe("sub_a", "cus_a", [("si_a", "monthly", 2)], t0)
+    for k in (1, 2, 3, 4):
+        if k == 3:
+            world.update("sub_a", add_months(t0, 3), items=[("si_a", "monthly", 5)], prorate=False)
+        world.cycle("sub_a", add_months(t0, k))
+    world.subscribe("sub_b", "cus_b", [("si_b", "annual", 1)], t0 + 10 * 86_400)
+    con = derive(world, seen_at=add_months(t0, 4) + 86_400, events=False)
+    _, _, lines = bench.lean_floor(con, keep=True)
+    assert lines == con.execute("SELECT count(*) FROM invoice_lines").fetchall()[0][0] == 6
+    floor_mrr = ("SELECT m.mrr FROM floor_customer_mrr m JOIN floor_customers c ON c.k = m.ck "
+                 "WHERE c.id = ? AND m.t <= ? ORDER BY m.t DESC LIMIT 1")
+    checked = []
+    for customer in ("cus_a", "cus_b"):
+        for k in range(4):
+            at = add_months(t0, k) + 15 * 86_400
+            got = round(con.execute(floor_mrr, [customer, at]).fetchall()[0][0], 4)
+            checked.append((customer, k, got))
+            assert got == customer_mrr_at(con, customer, at), (customer, k)
+    assert [g for c, k, g in checked if c == "cus_a"] == [20, 20, 20, 50]
+    assert {g for c, k, g in checked if c == "cus_b"} == {100}
+    labels = con.execute("SELECT c.id, m.category, round(m.mrr_after - m.mrr_before, 4) FROM floor_movements m "
+                         "JOIN floor_customers c ON c.k = m.ck WHERE m.t <= ? ORDER BY c.id, m.t",
+                         [add_months(t0, 4)]).fetchall()
+    assert labels == [("cus_a", "new", 20), ("cus_a", "expansion", 30), ("cus_b", "new", 100)]
