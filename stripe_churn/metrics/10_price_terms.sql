@@ -40,12 +40,15 @@ LEFT JOIN derived_family_map fm ON fm.product_id = p.id
 LEFT JOIN derived_unit_map um ON um.product_id = p.id;
 
 -- One row per price. The prices table wins; a price known only from an embedded object (an item's
--- `price` is always a full object) is still usable, and is reported in data_quality as missing.
+-- `price` is always a full object) is still usable, and is reported in data_quality as missing. A price
+-- deleted in Stripe (a legacy plan deleted) keeps its terms: the items billed at it while it existed count at
+-- it, from the last full copy the store kept (a deletion only flags the row), unless an item embeds it.
 CREATE OR REPLACE TABLE derived_price_terms AS
 WITH src AS (
-    SELECT account_id, id AS price_id, raw, 1 AS pri, 'prices' AS found_in
+    SELECT account_id, id AS price_id, raw, CASE WHEN coalesce(deleted, false) THEN 3 ELSE 1 END AS pri,
+           CASE WHEN coalesce(deleted, false) THEN 'prices (deleted)' ELSE 'prices' END AS found_in
     FROM prices
-    WHERE NOT coalesce(deleted, false) AND json_extract_string(raw, '$.currency') IS NOT NULL
+    WHERE json_extract_string(raw, '$.currency') IS NOT NULL
     UNION ALL
     -- (the typed price_id picks the few items whose price is not stored before any JSON is read)
     SELECT account_id, json_extract_string(price, '$.id'), price, 2, 'subscription_items'
@@ -122,7 +125,7 @@ WITH opts AS (
     SELECT p.account_id, p.id AS price_id, lower(k.cur) AS currency,
            json_extract(p.raw, '$.currency_options."' || k.cur || '"') AS o
     FROM prices p, unnest(json_keys(json_extract(p.raw, '$.currency_options'))) AS k(cur)
-    WHERE NOT coalesce(p.deleted, false) AND json_type(json_extract(p.raw, '$.currency_options')) = 'OBJECT'
+    WHERE json_type(json_extract(p.raw, '$.currency_options')) = 'OBJECT'
 ),
 amounts AS (
     SELECT account_id, price_id, currency,

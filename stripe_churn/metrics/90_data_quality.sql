@@ -110,7 +110,7 @@ SELECT DISTINCT h.account_id, 'missing_price', 'price', h.price_id, h.subscripti
             ELSE 'price not in the prices table; terms taken from the object embedded in the item' END
 FROM derived_item_history h
 LEFT JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
-WHERE p.price_id IS NULL OR p.found_in <> 'prices'
+WHERE p.price_id IS NULL OR p.found_in = 'subscription_items'
 UNION ALL
 SELECT account_id, 'missing_price_terms', 'price', price_id, NULL, NULL::TIMESTAMPTZ,
        format('price has billing_scheme {} but no {}; its items count zero MRR', billing_scheme,

@@ -469,6 +469,31 @@ def test_one_time_price_not_mrr(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(0, 20)) == Decimal("10.0000")
 
 
+@pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-only"])
+def test_deleted_price_keeps_its_terms_for_the_time_it_was_billed(world: World, derive: Derive, store: Any,
+                                                                     events: bool) -> None:
+    """A price deleted in Stripe after its items moved to another one (a legacy plan deleted): the store keeps
+    its last full copy (the deletion only flags the row), and the months billed at it count at it."""
+    base(world).price("price_old", "prod_seat", 1_500)
+    world.price("price_new", "prod_seat", 2_000)
+    world.subscribe("sub_1", "cus_1", [("si_1", "price_old", 2)], T0)
+    world.cycle("sub_1", month(1))
+    world.update("sub_1", month(1, 9), items=[("si_1", "price_new", 2)])
+    world.cycle("sub_1", month(2))
+    world.load(store, seen_at=month(1), events=events)  # a sync while price_old still existed
+    world.objects["prices"]["price_old"] = {"id": "price_old", "object": "price", "deleted": True}
+    con = derive(world, seen_at=month(2, 5), events=events)
+    assert con.execute("SELECT deleted, raw->>'$.unit_amount' FROM prices WHERE id = 'price_old'").fetchall() == [
+        (True, "1500")]
+    # 2 × 15.00 until the switch on day 10 of month 1, then 2 × 20.00
+    assert [customer_mrr_at(con, "cus_1", t) for t in (T0 + DAY, month(1, 1), month(1, 10), month(2, 1))] == [
+        Decimal("30.0000"), Decimal("30.0000"), Decimal("40.0000"), Decimal("40.0000")]
+    assert con.execute("SELECT movement, mrr_delta FROM mrr_movements ORDER BY occurred_at").fetchall() == [
+        ("new", Decimal("30.0000")), ("upgrade", Decimal("10.0000"))]
+    # its terms are whole, so it is no data-quality problem
+    assert con.execute("SELECT count(*) FROM data_quality WHERE object_id = 'price_old'").fetchall() == [(0,)]
+
+
 # --- currencies ---------------------------------------------------------------------------------------
 
 def test_fx_converted_and_rounded_once(world: World, derive: Derive) -> None:
