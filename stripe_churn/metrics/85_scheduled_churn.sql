@@ -1,6 +1,8 @@
 -- scheduled_churn (design.md 4 and 7): subscriptions set to cancel (cancel_at_period_end, or a cancel_at)
--- that have not ended yet, with the MRR at stake (their current MRR) and the date the cancellation takes
--- effect. Inputs: derived_subs, derived_item_mrr, derived_fx_days, derived_settings.
+-- that have not ended yet, with the MRR at stake (what the cancellation takes: their MRR just before it takes
+-- effect, so a coupon that runs past the date still reduces it, and one that ends before it no longer does;
+-- their current MRR when that date is unknown) and the date. Inputs: derived_subs, derived_item_mrr,
+-- derived_fx_days, derived_settings.
 
 CREATE OR REPLACE VIEW scheduled_churn AS
 WITH
@@ -24,7 +26,9 @@ current_items AS (
     SELECT i.account_id, i.subscription_id, i.currency, i.mrr_original,
            CAST(timezone('UTC', now()) AS DATE) AS today
     FROM derived_item_mrr i
-    WHERE i.valid_to IS NULL
+    JOIN pending p ON p.account_id = i.account_id AND p.subscription_id = i.subscription_id
+    WHERE CASE WHEN p.effective_at IS NULL THEN i.valid_to IS NULL
+               ELSE i.valid_from < p.effective_at AND (i.valid_to IS NULL OR i.valid_to >= p.effective_at) END
 ),
 valued AS (
     SELECT c.account_id, c.subscription_id, any_value(c.currency) AS currency,

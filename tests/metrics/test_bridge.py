@@ -329,6 +329,33 @@ def test_scheduled_churn(world: World, derive: Derive) -> None:
     assert got[0]["cancellation_feedback"] == "switched_service" and got[0]["customer_id"] == "cus_e"
 
 
+@pytest.mark.parametrize(("coupon_months", "at_stake"), [
+    # the coupon runs past the cancellation: it still takes its 25% off what is lost (30 of 40)
+    pytest.param(3, Decimal("30.0000"), id="coupon-past-the-date"),
+    # the coupon ends a month before the cancellation: the full 40 is lost then
+    pytest.param(1, Decimal("40.0000"), id="coupon-ends-before"),
+])
+def test_scheduled_churn_values_the_mrr_the_cancellation_takes(world: World, derive: Derive, coupon_months: int,
+                                                               at_stake: Decimal) -> None:
+    """The MRR at stake is the subscription's MRR just before the cancellation takes effect, not a later level
+    (the item rows after the date, such as a repeating coupon's end, never happen for it)."""
+    t0 = ts(2024, 1, 1)
+    world.customer("cus_1")
+    world.product("prod_core", unit_label="seat")
+    world.price("basic", "prod_core", 1_000)
+    world.coupon("quarter_off", percent_off=25, duration="repeating", duration_in_months=coupon_months)
+    d = world.discount("quarter_off", t0, customer="cus_1", subscription="sub_1")
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 4)], t0, discounts=[d["id"]])
+    world.cycle("sub_1", add_months(t0, 1))
+    cancel_at = add_months(t0, 2)
+    world.update("sub_1", add_months(t0, 1) + 10 * DAY, cancel_at_period_end=True, cancel_at=cancel_at,
+                 canceled_at=add_months(t0, 1) + 10 * DAY)
+    con = derive(world, seen_at=add_months(t0, 1) + 15 * DAY)
+    got = queries.scheduled_churn(con)
+    assert [(r["subscription_id"], r["mrr_at_stake"], r["cancel_at"]) for r in got] == [
+        ("sub_1", at_stake, dt.datetime.fromtimestamp(cancel_at, dt.UTC))]
+
+
 def test_scheduled_churn_is_churn_already_when_recognised_at_cancel_time(world: World, derive: Derive) -> None:
     con = derive(book(world), seen_at=SEEN, churn_recognition="canceled")
     assert queries.scheduled_churn(con) == []
