@@ -3,7 +3,8 @@
 -- components: the same item in A and B, then removed and added items of one family paired as plan switches
 -- (largest MRR first, same currency), then what stays unpaired. A same-item or paired component splits into
 -- plan part = MRR(new price, old qty) - MRR(old price, old qty) and quantity part = the rest (both at the
--- item's discount), plus a discount part when the item's discount changed; rate changes are one fx part.
+-- discount before the change), plus a discount part when the discounts in force changed (on the item, or from
+-- a pair's removed item to its added one); rate changes are one fx part.
 -- Inputs: derived_transitions, derived_transition_items, price_mrr.
 
 -- The item that stands for the customer in each transition: largest MRR in B (`b_item`, its B row `b_rid`)
@@ -98,10 +99,10 @@ cross_terms AS (
 ),
 valued AS (
     SELECT s.*,
-           CASE WHEN s.f_a = s.f_b THEN s.f_a WHEN s.same_off THEN 1
-                WHEN s.comp = 'same' THEN s.f_a ELSE s.f_b END AS f,
-           -- a discount part only when the discounts in force on the item changed
-           s.comp = 'same' AND s.a_discount_ids IS DISTINCT FROM s.b_discount_ids
+           CASE WHEN s.f_a = s.f_b THEN s.f_a WHEN s.same_off THEN 1 ELSE s.f_a END AS f,
+           -- a discount part only when the discounts in force changed: on the item, or from the removed item of
+           -- a pair to the added one (a plan switch onto a new item id is labelled as one on the same item)
+           s.a_discount_ids IS DISTINCT FROM s.b_discount_ids
                AND NOT (s.f_a = s.f_b OR s.same_off) AS discount_changed,
            CASE WHEN s.metered OR s.a_quantity IS NULL OR s.b_quantity IS NULL THEN NULL
                 WHEN s.a_quantity = s.b_quantity THEN s.b_undisc

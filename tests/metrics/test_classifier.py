@@ -440,6 +440,50 @@ def test_amount_off_discount_kept(world: World, derive: Derive) -> None:
     ]
 
 
+@pytest.mark.parametrize("change", ["coupon-ends", "coupon-starts", "item-coupon-dropped"])
+@pytest.mark.parametrize("new_item", [False, True], ids=["same-item", "new-item"])
+def test_discount_changing_with_a_plan_switch(world: World, derive: Derive, change: str, new_item: bool) -> None:
+    """A discount that starts or ends in the window of a plan switch is a `discount` movement (design.md 4), and
+    the switch is labelled alike whether Stripe kept the item id or replaced the item (a pair, design.md 5):
+    plan part at the discount before the change, the discount part the rest."""
+    w = base(world)
+    w.coupon("quarter", percent_off=25, duration="repeating", duration_in_months=3)
+    w.coupon("quarter_forever", percent_off=25)
+    new_id = "si_p" if new_item else "si_c"
+    if change == "coupon-ends":
+        # 4 x basic under 25% off until month 3 (30); ten minutes after it ends, 4 x pro (80): +50
+        d = w.discount("quarter", T0, customer="cus_1", subscription="sub_1")
+        w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0, discounts=[d["id"]])
+        at = month(3)
+        w.update("sub_1", at + 10 * MINUTE, items=[(new_id, "core_pro", 4)], discounts=[])
+        # plan 30 = (80 - 40) x 0.75 at the old discount, then the discount's end 20 = 80 - 60
+        expected = [(at, "discount", "expansion", Decimal("20.0000")), (at, "upgrade", "expansion", Decimal("30.0000"))]
+    elif change == "coupon-starts":
+        # 4 x basic (40); on the switch to 4 x pro a 25% forever discount starts (60): +20
+        w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0)
+        at = month(1, 10)
+        d = w.discount("quarter_forever", at, customer="cus_1", subscription="sub_1")
+        w.update("sub_1", at, items=[(new_id, "core_pro", 4)], discounts=[d["id"]])
+        # plan 40 = 80 - 40 undiscounted, then the discount's start -20 = 60 - 80
+        expected = [(at, "discount", "contraction", Decimal("-20.0000")),
+                    (at, "upgrade", "expansion", Decimal("40.0000"))]
+    else:
+        # 4 x basic with an item-level 25% forever discount (30), switched to 4 x pro without it (80): +50
+        w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0)
+        d = w.discount("quarter_forever", T0, customer="cus_1", subscription="sub_1", subscription_item="si_c")
+        w.objects["subscriptions"]["sub_1"]["items"]["data"][0]["discounts"] = [d["id"]]
+        at = month(1, 10)
+        w.objects["discounts"][d["id"]]["end"] = at
+        w.update("sub_1", at, items=[(new_id, "core_pro", 4)])
+        w.objects["subscriptions"]["sub_1"]["items"]["data"][0]["discounts"] = []
+        expected = [(at, "discount", "expansion", Decimal("20.0000")), (at, "upgrade", "expansion", Decimal("30.0000"))]
+    con = derive(w, seen_at=month(4))
+    got = [m for m in movements(con) if m[1] != "new"]
+    assert [m[:4] for m in got] == expected
+    assert {m[4] for m in got} == {new_id}
+    check_invariants(con)
+
+
 def test_cancellation_carries_churn_type_and_feedback(world: World, derive: Derive) -> None:
     w, seen_at, _ = case_cancellation_voluntary(world)
     w.customer("cus_2")
