@@ -218,7 +218,10 @@ FROM (SELECT * FROM anchor_from_events
 -- (incomplete when the subscription never got paid), active from the trial's end (paused when it ended into
 -- a pause), paused from status_details.paused.transitioned_at, unpaid from when its failed invoice was given
 -- up on (marked uncollectible, else that invoice's creation), canceled or incomplete_expired from ended_at.
--- Inside coverage they are the observed states.
+-- Inside coverage they are the observed states. A subscription with no stored event has only the snapshot
+-- there: its reconstructed steps stand inside coverage too (an end, a trial's end, an unpaid or paused moment
+-- whose event is missing, as after the daemon was down longer than Stripe keeps events, keeps its own date), and
+-- the snapshot's status holds from its last reconstructed step on.
 CREATE OR REPLACE TABLE derived_sub_status_steps AS
 WITH s AS (
     SELECT account_id, subscription_id, status, start_date, trial_start, trial_end, ended_at, paused_at,
@@ -271,11 +274,28 @@ recon AS (
            false, 'snapshot', NULL, 4
     FROM s WHERE ended_at IS NOT NULL
 ),
+without_events AS (
+    SELECT s.account_id, s.subscription_id FROM s
+    ANTI JOIN derived_sub_events e USING (account_id, subscription_id)
+),
+recon_kept AS (
+    SELECT r.* FROM recon r JOIN derived_coverage c USING (account_id) WHERE r.moment < c.coverage_start
+    UNION ALL
+    SELECT r.* FROM recon r JOIN derived_coverage c USING (account_id)
+    SEMI JOIN without_events w USING (account_id, subscription_id)
+    WHERE r.moment >= c.coverage_start
+),
 observed AS (
-    SELECT account_id, subscription_id, moment, status, pause_collection,
-           source, event_id AS source_event_id, 10 + ord AS ord
-    FROM derived_sub_obs
+    SELECT o.account_id, o.subscription_id,
+           -- (the snapshot of a subscription without events: from its last reconstructed step on, if later)
+           CASE WHEN o.source = 'snapshot' AND w.subscription_id IS NOT NULL
+                THEN greatest(o.moment, (SELECT max(k.moment) FROM recon_kept k WHERE k.account_id = o.account_id
+                                         AND k.subscription_id = o.subscription_id))
+                ELSE o.moment END AS moment,
+           o.status, o.pause_collection, o.source, o.event_id AS source_event_id, 10 + o.ord AS ord
+    FROM derived_sub_obs o
+    LEFT JOIN without_events w USING (account_id, subscription_id)
 )
-SELECT r.* FROM recon r JOIN derived_coverage c USING (account_id) WHERE r.moment < c.coverage_start
+SELECT * FROM recon_kept
 UNION ALL
 SELECT * FROM observed;

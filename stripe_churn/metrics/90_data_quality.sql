@@ -104,6 +104,16 @@ WHERE c.has_events AND s.start_date > c.coverage_start
   AND NOT EXISTS (SELECT 1 FROM derived_sub_events e
                   WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
 UNION ALL
+-- one that began before it and ended inside it without any event (its end is dated at ended_at)
+SELECT s.account_id, 'missing_events', 'subscription', s.subscription_id, NULL, s.ended_at,
+       'the subscription ended inside the event window but no customer.subscription.* event was stored; '
+       || 'its end is dated at its ended_at'
+FROM derived_subs s
+JOIN derived_coverage c USING (account_id)
+WHERE c.has_events AND s.ended_at > c.coverage_start AND NOT s.start_date > c.coverage_start
+  AND NOT EXISTS (SELECT 1 FROM derived_sub_events e
+                  WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
+UNION ALL
 -- a price used by an item that the store has no usable row for
 SELECT DISTINCT h.account_id, 'missing_price', 'price', h.price_id, h.subscription_item_id, NULL::TIMESTAMPTZ,
        CASE WHEN p.price_id IS NULL THEN 'price not found anywhere; the item counts zero MRR'

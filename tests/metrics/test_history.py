@@ -146,6 +146,41 @@ def test_snapshot_change_missed_by_events(world: World, derive: Derive) -> None:
     assert kinds == ["snapshot_event_mismatch"]
 
 
+@pytest.mark.parametrize("outage", [False, True], ids=["event-missing", "daemon-down-past-retention"])
+def test_an_end_without_its_event_is_dated_at_ended_at(world: World, derive: Derive, store: Any,
+                                                       outage: bool) -> None:
+    """A subscription with no stored event that ended inside the event window (its deletion event missing, or
+    lost while the daemon was down longer than Stripe keeps events) churns at its ended_at (design.md 4), not
+    where the events begin, and the missing events are reported."""
+    world.customer("cus_1")
+    world.customer("cus_other")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 1_000)
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    # another customer's subscription has events from month 1 on: the account's event window starts there
+    world.subscribe("sub_other", "cus_other", [("si_o", "basic", 1)], month(1, 1))
+    world.cycle("sub_1", month(1))
+    if outage:
+        # a first sync keeps month 1's events; sub_1 ends in month 2, whose events the next sync no longer gets
+        world.load(store, seen_at=month(1, 20), events=month(1, 1))
+        world.cycle("sub_1", month(2))
+        ended = month(2, 15)
+        world.cancel("sub_1", ended)
+        world.update("sub_other", month(4, 1), metadata={"k": "v"})
+        con = derive(world, seen_at=month(4, 10), events=month(3, 11))
+    else:
+        ended = month(1, 10)
+        world.cancel("sub_1", ended, event=False)
+        con = derive(world, seen_at=month(1, 20), events=month(1, 1))
+    assert customer_mrr_at(con, "cus_1", ended - 1) == 30
+    assert customer_mrr_at(con, "cus_1", ended) == 0
+    assert con.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement FROM mrr_movements "
+                       "WHERE customer_id = 'cus_1' ORDER BY occurred_at").fetchall() == [
+        (T0, "new"), (ended, "cancellation")]
+    assert con.execute("SELECT kind, CAST(epoch(moment) AS BIGINT) FROM data_quality "
+                       "WHERE object_id = 'sub_1'").fetchall() == [("missing_events", ended)]
+
+
 def test_item_removed_mid_cycle_from_credit_line(world: World, derive: Derive) -> None:
     world.customer("cus_1")
     world.product("prod_seat", unit_label="seat")
