@@ -132,6 +132,37 @@ def test_events_win_and_disagreement_recorded(world: World, derive: Derive) -> N
     assert "events were used" in rows[0][3]
 
 
+@pytest.mark.parametrize("case", ["quantity", "price", "unknown-item", "agrees-a-minute-early"])
+def test_a_proration_inside_the_window_that_disagrees_is_recorded(world: World, derive: Derive, case: str) -> None:
+    """Inside the event window a proration's debit line bills the state from the change on: when no history row
+    of its item within 5 minutes of that moment has its price and quantity, the events win and the disagreement
+    is a data-quality row (design.md 3). A line dated a little before the event (Stripe's proration date) agrees."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 1_000)
+    world.price("team", "prod_seat", 4_000)
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    world.update("sub_1", month(0, 10), items=[("si_1", "basic", 5)])
+    inv = [i for i in world.objects["invoices"].values() if i["billing_reason"] == "subscription_update"][-1]
+    (debit,) = [ln for ln in inv["lines"]["data"] if ln["amount"] > 0]
+    if case == "quantity":
+        debit["quantity"] = 6
+    elif case == "price":
+        debit["pricing"]["price_details"]["price"] = "team"
+    elif case == "unknown-item":
+        debit["parent"]["subscription_item_details"]["subscription_item"] = "si_ghost"
+    else:
+        debit["period"]["start"] -= 60
+    con = derive(world, seen_at=month(0, 20))
+    assert customer_mrr_at(con, "cus_1", month(0, 10)) == 50  # the events' 5 seats
+    rows = con.execute("SELECT kind, object_id, related_id, detail FROM data_quality").fetchall()
+    if case == "agrees-a-minute-early":
+        assert rows == []
+    else:
+        item = "si_ghost" if case == "unknown-item" else "si_1"
+        assert [(r[0], r[1], r[2]) for r in rows] == [("invoice_event_mismatch", item, inv["id"])]
+
+
 def test_snapshot_change_missed_by_events(world: World, derive: Derive) -> None:
     """A state in the snapshot that no event explains is a change dated at the snapshot, and reported."""
     world.customer("cus_1")
