@@ -274,28 +274,29 @@ recon AS (
            false, 'snapshot', NULL, 4
     FROM s WHERE ended_at IS NOT NULL
 ),
-without_events AS (
-    SELECT s.account_id, s.subscription_id FROM s
-    ANTI JOIN derived_sub_events e USING (account_id, subscription_id)
-),
-recon_kept AS (
-    SELECT r.* FROM recon r JOIN derived_coverage c USING (account_id) WHERE r.moment < c.coverage_start
-    UNION ALL
+-- reconstructed steps inside coverage (few: ends, trial ends, unpaid or paused moments of the last weeks), kept
+-- for the subscriptions without events
+late_kept AS (
     SELECT r.* FROM recon r JOIN derived_coverage c USING (account_id)
-    SEMI JOIN without_events w USING (account_id, subscription_id)
     WHERE r.moment >= c.coverage_start
+      AND NOT EXISTS (SELECT 1 FROM derived_sub_events e
+                      WHERE e.account_id = r.account_id AND e.subscription_id = r.subscription_id)
+),
+-- the last of them per subscription
+recon_last AS (
+    SELECT account_id, subscription_id, max(moment) AS last_moment FROM late_kept GROUP BY ALL
 ),
 observed AS (
     SELECT o.account_id, o.subscription_id,
            -- (the snapshot of a subscription without events: from its last reconstructed step on, if later)
-           CASE WHEN o.source = 'snapshot' AND w.subscription_id IS NOT NULL
-                THEN greatest(o.moment, (SELECT max(k.moment) FROM recon_kept k WHERE k.account_id = o.account_id
-                                         AND k.subscription_id = o.subscription_id))
+           CASE WHEN o.source = 'snapshot' AND l.last_moment IS NOT NULL THEN greatest(o.moment, l.last_moment)
                 ELSE o.moment END AS moment,
            o.status, o.pause_collection, o.source, o.event_id AS source_event_id, 10 + o.ord AS ord
     FROM derived_sub_obs o
-    LEFT JOIN without_events w USING (account_id, subscription_id)
+    LEFT JOIN recon_last l USING (account_id, subscription_id)
 )
-SELECT * FROM recon_kept
+SELECT r.* FROM recon r JOIN derived_coverage c USING (account_id) WHERE r.moment < c.coverage_start
+UNION ALL
+SELECT * FROM late_kept
 UNION ALL
 SELECT * FROM observed;
