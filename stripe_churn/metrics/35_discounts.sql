@@ -30,10 +30,52 @@ WITH d AS (
            CASE WHEN json_type(json_extract(raw, '$.source.coupon')) = 'OBJECT'
                 THEN json_extract(raw, '$.source.coupon') END AS embedded_coupon
     FROM discounts
-    -- a discount no longer on its subscription is flagged deleted; one whose end is known (a repeating coupon
-    -- that ran out, seen on the invoices it was billed on) still counts until that end
-    WHERE (NOT coalesce(deleted, false) OR json_extract_string(raw, '$.end') IS NOT NULL)
+    -- a discount no longer on its subscription or customer is flagged deleted: it still counts from its start
+    -- until it ended (its end, a removal event, or as its owner's invoices show, below)
+    WHERE json_extract_string(raw, '$.start') IS NOT NULL
+),
+-- A discount flagged deleted with no end of its own: when no event removed it (it went before the events
+-- begin), its owner's invoices show when: it ends at the owner's first invoice after the last one that lists
+-- it (as a change without prorations shows on the next invoice); with no such invoice, when a sync found it
+-- gone. (Only these owners' invoices have their JSON read.)
+unended AS (
+    SELECT account_id, id AS discount_id, subscription_id, customer_id, last_seen_at
+    FROM discounts
+    WHERE coalesce(deleted, false) AND json_extract_string(raw, '$.end') IS NULL
       AND json_extract_string(raw, '$.start') IS NOT NULL
+),
+owner_rows AS MATERIALIZED (
+    -- (two equality joins on typed columns: a subscription's discount by its invoices, a customer's by the
+    -- customer's; then only those invoices' JSON is read, by row id)
+    SELECT u.account_id, u.discount_id, i.rowid AS rid
+    FROM unended u
+    JOIN invoices i ON i.account_id = u.account_id AND i.subscription_id = u.subscription_id
+    UNION ALL
+    SELECT u.account_id, u.discount_id, i.rowid
+    FROM unended u
+    JOIN invoices i ON i.account_id = u.account_id AND i.customer_id = u.customer_id
+    WHERE u.subscription_id IS NULL
+),
+owner_invoices AS (
+    SELECT o.account_id, o.discount_id, i.created,
+           list_contains(coalesce(list_concat(json_extract_string(i.raw, '$.discounts[*].id'),
+                                              json_extract_string(i.raw, '$.discounts[*]')), []),
+                         o.discount_id) AS lists_it
+    FROM owner_rows o
+    JOIN (SELECT rowid AS rid, created, raw FROM invoices
+          WHERE rowid IN (SELECT rid FROM owner_rows) AND NOT coalesce(deleted, false) AND created IS NOT NULL) i
+      USING (rid)
+),
+gone AS (
+    SELECT u.account_id, u.discount_id,
+           coalesce(min(o.created) FILTER (WHERE NOT o.lists_it AND o.created > l.last_listed), u.last_seen_at)
+               AS gone_at,
+           min(o.created) FILTER (WHERE NOT o.lists_it AND o.created > l.last_listed) IS NOT NULL AS by_invoice
+    FROM unended u
+    LEFT JOIN (SELECT account_id, discount_id, max(created) AS last_listed FROM owner_invoices WHERE lists_it
+               GROUP BY ALL) l USING (account_id, discount_id)
+    LEFT JOIN owner_invoices o USING (account_id, discount_id)
+    GROUP BY u.account_id, u.discount_id, u.last_seen_at
 ),
 -- a discount that leaves a subscription state before its end was removed then (only events whose
 -- previous_attributes list the discounts can remove one)
@@ -76,9 +118,14 @@ SELECT
             THEN least(r.removed_at, de.removed_at)
         WHEN json_extract_string(d.raw, '$.end') IS NOT NULL THEN ts_of(json_extract_string(d.raw, '$.end'))
         WHEN cp.duration = 'repeating'
-            THEN ts_of(json_extract_string(d.raw, '$.start')) + to_months(cp.duration_in_months)
+            THEN least(ts_of(json_extract_string(d.raw, '$.start')) + to_months(cp.duration_in_months), g.gone_at)
+        ELSE g.gone_at
     END AS valid_to,
     coalesce(r.event_id, de.event_id) AS removal_event_id,
+    -- how the end of a discount removed with no event was dated ('invoice' or 'sync'), for data quality
+    CASE WHEN g.gone_at IS NOT NULL AND least(r.removed_at, de.removed_at) IS NULL
+              AND json_extract_string(d.raw, '$.end') IS NULL
+         THEN CASE WHEN g.by_invoice THEN 'invoice' ELSE 'sync' END END AS end_dated_by,
     cp.duration IN ('forever', 'repeating') AS applies_to_mrr,
     cp IS NULL AS coupon_missing
 FROM (
@@ -86,4 +133,5 @@ FROM (
     FROM d LEFT JOIN derived_coupon_terms c ON c.account_id = d.account_id AND c.coupon_id = d.coupon_id
 ) d
 LEFT JOIN removed r USING (account_id, discount_id)
-LEFT JOIN deleted_events de USING (account_id, discount_id);
+LEFT JOIN deleted_events de USING (account_id, discount_id)
+LEFT JOIN gone g USING (account_id, discount_id);

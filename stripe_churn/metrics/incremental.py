@@ -63,13 +63,19 @@ _UNREAD = {
 # subscriptions are copied before its events; {main}: the main database). Events: removed discounts
 # (35_discounts), and the events of a subscription without a usable row of its own, whose last state stands in
 # for it (20_sub_states). Subscription items: those whose price is not stored (10_price_terms reads it from the
-# item).
+# item). Invoices: those of the owner of a discount removed with no end of its own (35_discounts).
 _READ_RAW = {
     "subscription_items": ("(price_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {main}.prices p "
                            "WHERE p.account_id = e.account_id AND p.id = e.price_id AND NOT coalesce(p.deleted, false)))"),
     "events": ("(type = 'customer.discount.deleted' OR (type LIKE 'customer.subscription.%' AND NOT EXISTS ("
                "SELECT 1 FROM {db}.subscriptions s WHERE s.account_id = e.account_id AND s.id = e.object_id "
                "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL)))"),
+    # the invoices of a subscription or customer owning a discount removed with no end of its own (35 dates its
+    # end by the discounts they list)
+    "invoices": ("EXISTS (SELECT 1 FROM {main}.discounts u WHERE u.account_id = e.account_id "
+                 "AND coalesce(u.deleted, false) AND json_extract_string(u.raw, '$.end') IS NULL "
+                 "AND (u.subscription_id = e.subscription_id "
+                 "OR (u.subscription_id IS NULL AND u.customer_id = e.customer_id)))"),
 }
 
 
@@ -554,9 +560,9 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, shards: int) -> None:
         for table in _SCOPED_KEYS)))
 
 
-def _without_unread(cur: duckdb.DuckDBPyConnection, main_db: str, table: str) -> str:
-    """A select list of ``table``'s columns with NULL (of the column's type) in those of ``_UNREAD``."""
-    unread = _UNREAD.get(table, ())
+def _without_unread(cur: duckdb.DuckDBPyConnection, main_db: str, table: str, keep: tuple[str, ...] = ()) -> str:
+    """A select list of ``table``'s columns with NULL (of the column's type) in those of ``_UNREAD`` (but ``keep``)."""
+    unread = tuple(c for c in _UNREAD.get(table, ()) if c not in keep)
     if not unread:
         return "*"
     types = dict(cur.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ? "
@@ -578,9 +584,9 @@ def _copy_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: in
             # (their row ids first, from the typed columns alone: the JSON of the others is never read)
             raw = (f"rowid IN (SELECT e.rowid FROM {src} e WHERE {rows} AND "
                    f"{_READ_RAW[table].format(db=db, main=f'{main_db}.main')})")
-            cur.execute(f"CREATE TABLE {db}.{table} AS SELECT * FROM {src} WHERE {raw} "
-                        f"UNION ALL SELECT {_NO_RAW} FROM {src} "
-                        f"WHERE {rows} AND NOT {raw}")
+            rest = _without_unread(cur, main_db, table) if table in _UNREAD else _NO_RAW
+            cur.execute(f"CREATE TABLE {db}.{table} AS SELECT {_without_unread(cur, main_db, table, ('raw',))} "
+                        f"FROM {src} WHERE {raw} UNION ALL SELECT {rest} FROM {src} WHERE {rows} AND NOT {raw}")
             continue
         cur.execute(f"CREATE TABLE {db}.{table} AS SELECT {_without_unread(cur, main_db, table)} FROM {src} "
                     f"WHERE {rows}")

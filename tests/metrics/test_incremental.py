@@ -122,6 +122,45 @@ def test_every_derived_table_equals_a_full_recompute(world: World, tmp_path: Pat
 
 
 
+@SHARDS
+def test_a_discount_removed_with_no_event_equals_a_full_recompute(world: World, tmp_path: Path, shards: int) -> None:
+    """A forever discount taken off with no event, flagged deleted by a full sync's listing: 35 dates its end by
+    its owner's invoices, whose JSON the scope must then hold (incremental._READ_RAW), to give the full
+    recompute's rows."""
+    from stripe_churn.store.load import mark_unlisted_children
+
+    w = book(world)
+    w.coupon("tenth", percent_off=10)
+    d = w.discount("tenth", ts(2024, 1, 5), customer="cus_a", subscription="sub_a")
+    w.objects["subscriptions"]["sub_a"]["discounts"] = [d["id"]]
+    for inv in w.objects["invoices"].values():
+        if inv["parent"]["subscription_details"]["subscription"] == "sub_a" and inv["created"] >= d["start"]:
+            inv["discounts"] = [d["id"]]
+    before = copy.deepcopy(w)
+    w.update("sub_a", ts(2024, 5, 12), discounts=[], event=False)
+    w.cycle("sub_a", ts(2024, 5, 20))
+    changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 12))
+    later = ts(2024, 6, 2)
+    at = dt.datetime.fromtimestamp(later, tz=dt.UTC)
+    results = []
+    for name, incremental in (("incremental", True), ("full", False)):
+        con = open_store(tmp_path / f"{name}.duckdb")
+        before.load(con, seen_at=SEEN)
+        if incremental:
+            recompute(con, Settings())
+        changed.load(con, seen_at=later)
+        mark_unlisted_children(con, w.account_id, at, at)
+        if incremental:
+            assert recompute_changed(con, Settings(), at, shards=shards) >= 1
+        else:
+            recompute(con, Settings())
+        results.append(derived_contents(con))
+        rows = con.execute("SELECT kind, object_id FROM data_quality WHERE kind = 'discount_end_estimated'").fetchall()
+        assert rows == [("discount_end_estimated", d["id"])]
+        con.close()
+    assert results[0] == results[1]
+
+
 def test_most_of_a_large_account_changed_recomputes_everything(world: World, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   caplog: pytest.LogCaptureFixture) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -9,9 +10,11 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from conftest import customer_mrr_at, item_rows
+from conftest import customer_mrr_at, item_rows, make_settings
 
 from stripe_churn.errors import DataError
+from stripe_churn.metrics.runner import recompute
+from stripe_churn.store.load import mark_unlisted_children
 
 T0 = ts(2024, 1, 1)
 Derive = Callable[..., duckdb.DuckDBPyConnection]
@@ -207,6 +210,42 @@ def test_discount_removed_early_by_event(world: World, derive: Derive) -> None:
     con = derive(world, seen_at=month(3))
     assert customer_mrr_at(con, "cus_1", month(1, 10) - 1) == Decimal("81.0000")
     assert customer_mrr_at(con, "cus_1", month(1, 10)) == Decimal("90.0000")
+
+
+@pytest.mark.parametrize("evidence", ["removal-event", "next-invoice", "only-the-sync"])
+def test_removed_forever_discount_counts_until_it_went(world: World, store: Any, evidence: str) -> None:
+    """A forever discount taken off a subscription is flagged deleted by the next full sync (it is no longer
+    on its owner) and has no end of its own: it still reduced MRR from its start until it went. That moment is
+    its removal event when the events hold it; before them, its owner's first invoice without it after the
+    last one listing it; with neither, the sync that found it gone, which data_quality reports."""
+    discounted(world, {"percent_off": 10, "duration": "forever"})  # 4 x 10.00 + 50.00 = 90.00, 81.00 with it
+    d = next(iter(world.objects["discounts"]))
+    for inv in world.objects["invoices"].values():
+        inv["discounts"] = [d]
+    world.objects["invoices"][world.cycle("sub_1", month(1))["id"]]["discounts"] = [d]
+    removed = month(1, 10)
+    world.update("sub_1", removed, discounts=[], event=evidence == "removal-event")
+    if evidence == "next-invoice":
+        world.cycle("sub_1", month(2))  # lists no discount
+    seen = month(3) if evidence != "removal-event" else month(2)
+    # the events begin at the removal when they hold it, after every invoice when not
+    world.load(store, seen_at=seen, events=True if evidence == "removal-event" else month(2, 15))
+    at = dt.datetime.fromtimestamp(seen, tz=dt.UTC)
+    mark_unlisted_children(store, world.account_id, at, at)
+    assert store.execute("SELECT deleted FROM discounts").fetchall() == [(True,)]
+    recompute(store, make_settings())
+    went = {"removal-event": removed, "next-invoice": month(2), "only-the-sync": seen}[evidence]
+    assert customer_mrr_at(store, "cus_1", T0 + DAY) == Decimal("81.0000")
+    assert customer_mrr_at(store, "cus_1", went - 1) == Decimal("81.0000")
+    assert customer_mrr_at(store, "cus_1", went) == Decimal("90.0000")
+    moves = store.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement, mrr_delta FROM mrr_movements "
+                          "ORDER BY occurred_at, mrr_delta").fetchall()
+    # (the discount's end on each item: 10% of 40.00 and of 50.00)
+    assert moves == [(T0, "new", Decimal("81.0000")), (went, "discount", Decimal("4.0000")),
+                     (went, "discount", Decimal("5.0000"))]
+    dq = store.execute("SELECT kind, CAST(epoch(moment) AS BIGINT) FROM data_quality").fetchall()
+    assert dq == {"removal-event": [], "next-invoice": [("discount_end_estimated", went)],
+                  "only-the-sync": [("discount_end_estimated", went)]}[evidence]
 
 
 # --- status -------------------------------------------------------------------------------------------
