@@ -320,6 +320,10 @@ CREATE OR REPLACE TEMP TABLE touched_dq_objects AS
 SELECT DISTINCT account_id, object_id, customer_id FROM (
     {staged}
     UNION ALL SELECT account_id, object_id, customer_id FROM touched_objects
+    -- (and the items their invoice lines bill: an item known only from a line is named by data-quality rows)
+    UNION ALL SELECT l.account_id, l.subscription_item_id, r.customer_id
+    FROM invoice_lines l JOIN {scope}.rows_invoice_lines r ON r.rid = l.rowid
+    WHERE r.customer_id IS NOT NULL AND l.subscription_item_id IS NOT NULL
 )
 """
 
@@ -397,6 +401,12 @@ def _check_rules(con: duckdb.DuckDBPyConnection, db: str) -> None:
             raise _WholeAccount(f"the rules changed since the last recompute ({table})")
 
 
+def _catalogue_seen(con: duckdb.DuckDBPyConnection, since: dt.datetime) -> bool:
+    """Whether a product, price or coupon was seen at or after ``since``."""
+    return bool(con.execute(" UNION ALL ".join(f"(SELECT 1 FROM {table} WHERE last_seen_at >= $since LIMIT 1)"
+                                               for table in _CATALOGUE), {"since": since}).fetchall())
+
+
 def _check_rules_alone(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings) -> None:
     """_check_rules when no customer is derived again (no scope holds the rules): they are written apart."""
     cur = quiet(con.cursor())
@@ -410,6 +420,19 @@ def _check_rules_alone(con: duckdb.DuckDBPyConnection, main_db: str, settings: S
         cur.execute(f"USE {main_db}")
         cur.execute("DETACH rules_now")
         cur.close()
+
+
+def _replace_price_rows(con: duckdb.DuckDBPyConnection) -> None:
+    """Data-quality rows about a price: those naming an item (a price found nowhere, or only embedded in the item)
+    follow the touched items; those about a stored price's terms are the scope's, which holds the whole stored
+    catalogue (a price known only from items it lacks keeps its stored rows)."""
+    items = "(account_id, related_id) IN (SELECT (account_id, object_id) FROM touched_dq_objects)"
+    stored = (f"(account_id, object_id) IN (SELECT (account_id, price_id) FROM {_SCOPE}.derived_price_terms "
+              "WHERE found_in <> 'subscription_items')")
+    for where in (f"related_id IS NOT NULL AND {items}", f"related_id IS NULL AND {stored}"):
+        con.execute(f"DELETE FROM derived_data_quality WHERE object_type = 'price' AND {where}")
+        con.execute(f"INSERT INTO derived_data_quality BY NAME SELECT * FROM {_SCOPE}.derived_data_quality "
+                    f"WHERE object_type = 'price' AND {where}")
 
 
 def _replace_catalogue(con: duckdb.DuckDBPyConnection) -> None:
@@ -555,7 +578,7 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, shards: int) -> None:
                       "WHERE shard IS NULL AND customer_id IS NOT NULL")
     con.execute(f"CREATE TABLE {_SCOPE}.spread AS SELECT DISTINCT h.* FROM ({' UNION ALL '.join(spread)}) x "
                 f"JOIN {_SCOPE}.shard_of h USING (account_id, customer_id)")
-    con.execute(_TOUCHED_DQ_OBJECTS_SQL.format(staged=" UNION ALL ".join(
+    con.execute(_TOUCHED_DQ_OBJECTS_SQL.format(scope=_SCOPE, staged=" UNION ALL ".join(
         f"SELECT account_id, object_id, customer_id FROM {_SCOPE}.rows_{table} WHERE customer_id IS NOT NULL"
         for table in _SCOPED_KEYS)))
 
@@ -630,8 +653,14 @@ def _gather_shards(con: duckdb.DuckDBPyConnection, names: list[str], tables: lis
             parts = [f"SELECT x.* FROM {db}.{table} x SEMI JOIN touched_dq_shards o "
                      f"ON o.account_id = x.account_id AND o.object_id = x.object_id AND o.shard = {k}"
                      for k, db in enumerate(names)]
+            # (a row about a price that names an item: from the shard of the item)
+            parts += [f"SELECT x.* FROM {db}.{table} x SEMI JOIN touched_dq_shards o "
+                      f"ON o.account_id = x.account_id AND o.object_id = x.related_id AND o.shard = {k} "
+                      f"WHERE x.object_type = 'price'"
+                      for k, db in enumerate(names)]
             parts.append(f"SELECT x.* FROM {names[0]}.{table} x ANTI JOIN touched_dq_shards o "
-                         f"ON o.account_id = x.account_id AND o.object_id = x.object_id")
+                         f"ON o.account_id = x.account_id AND o.object_id = x.object_id "
+                         f"WHERE NOT (x.object_type = 'price' AND x.related_id IS NOT NULL)")
         else:
             parts = [f"SELECT * FROM {names[latest if table == 'derived_fx_days' else 0]}.{table}"]
         con.execute(f"CREATE TABLE {_SCOPE}.{table} AS " + " UNION ALL ".join(parts))
@@ -773,13 +802,17 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
             raise _WholeAccount(f"{touched + moved:,} of {everyone:,} customers changed")
     if touched == 0:
         if moved == 0:
-            _check_rules_alone(con, main_db, settings)
-            record_run(con, started_at, "changed", 0)
-            return 0
-        # (no scope of new objects to take the latest snapshot from: derive them in full)
-        con.execute("INSERT INTO touched_customers SELECT * FROM moved_customers")
-        con.execute("DELETE FROM moved_customers")
-        touched, moved = moved, 0
+            if not _catalogue_seen(con, since):
+                _check_rules_alone(con, main_db, settings)
+                record_run(con, started_at, "changed", 0)
+                return 0
+            # (a product, price or coupon came with the sync and no customer did: a scope of no customer derives
+            # the catalogue, which is compared with the stored one as in any other run, and its new rows kept)
+        else:
+            # (no scope of new objects to take the latest snapshot from: derive them in full)
+            con.execute("INSERT INTO touched_customers SELECT * FROM moved_customers")
+            con.execute("DELETE FROM moved_customers")
+            touched, moved = moved, 0
     tables = _per_customer_tables(con)
     sub_tables = _per_subscription_tables(con)
     con.execute(f"ATTACH ':memory:' AS {_SCOPE}")
@@ -834,6 +867,7 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
                         "WHERE t.account_id = k.account_id AND t.object_id = k.object_id")
             con.execute(f"INSERT INTO derived_data_quality BY NAME SELECT s.* FROM {_SCOPE}.derived_data_quality s "
                         "SEMI JOIN touched_dq_objects k ON k.account_id = s.account_id AND k.object_id = s.object_id")
+            _replace_price_rows(con)
             # the exchange rate per day runs through the same last day as in the scope (today, unless a
             # transition ends later): the scope's table is the whole account's then
             last_day = con.execute(_FX_LAST_DAY_SQL.format(db="")).fetchall()[0][0]

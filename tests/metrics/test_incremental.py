@@ -161,6 +161,70 @@ def test_a_discount_removed_with_no_event_equals_a_full_recompute(world: World, 
     assert results[0] == results[1]
 
 
+def catalogue_world(w: World) -> World:
+    w.product("prod_core", unit_label="seat", family="core")
+    w.price("basic_usd", "prod_core", 1_000)
+    w.customer("cus_a")
+    w.coupon("co_ten", percent_off=10)
+    w.subscribe("sub_a", "cus_a", [("si_a1", "basic_usd", 2)], ts(2024, 5, 1), discounts=[
+        w.discount("co_ten", ts(2024, 5, 1), customer="cus_a", subscription="sub_a", did="di_a")["id"]])
+    return w
+
+
+@SHARDS
+@pytest.mark.parametrize("change", ["new-price", "changed-coupon"])
+def test_a_sync_of_only_the_catalogue(world: World, tmp_path: Path, shards: int, change: str) -> None:
+    """A sync that brings a product, price or coupon and no customer: a new price joins the derived catalogue,
+    and a coupon in use that changed derives the whole account again (it was kept at its old terms)."""
+    w = catalogue_world(world)
+    before = copy.deepcopy(w)
+    if change == "new-price":
+        w.price("pro_usd", "prod_core", 2_000)
+    else:
+        w.objects["coupons"]["co_ten"]["percent_off"] = 20
+    changed = later_sync(w, set(), set(), ts(2024, 6, 1))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == (0 if change == "new-price" else 1)
+    if change == "changed-coupon":
+        assert any("Decimal('16.0000')" in r for r in full["view customer_mrr"])  # 2 x 10.00 less 20%
+
+
+@SHARDS
+@pytest.mark.parametrize("case", ["metered-price-without-amount", "price-only-embedded", "item-only-on-a-line"])
+def test_data_quality_rows_about_prices_and_items_seen_only_on_lines(world: World, tmp_path: Path, shards: int,
+                                                                    case: str) -> None:
+    """Data-quality rows that name a price (its terms missing, or found only in an item) or an item known only
+    from an invoice line follow the customers derived again like the others."""
+    w = catalogue_world(world)
+    w.product("prod_analytics", family="analytics")
+    w.price("analytics_usd", "prod_analytics", 5_000)
+    w.customer("cus_b")
+    w.subscribe("sub_b", "cus_b", [("si_b0", "basic_usd", 1)], ts(2024, 5, 3))
+    before = copy.deepcopy(w)
+    if case == "metered-price-without-amount":
+        w.price("api_usd", "prod_core", None, usage_type="metered")
+        w.cycle("sub_a", ts(2024, 6, 1))
+        changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 6, 1))
+        kind = "missing_price_terms"
+    elif case == "price-only-embedded":
+        w.price("secret_usd", "prod_core", 3_000)
+        w.customer("cus_c")
+        w.subscribe("sub_c", "cus_c", [("si_c1", "secret_usd", 1)], ts(2024, 5, 25))
+        changed = later_sync(w, {"cus_c"}, {"sub_c"}, ts(2024, 5, 25))
+        del changed.objects["prices"]["secret_usd"]
+        kind = "missing_price"
+    else:
+        # an item added with its proration invoice synced and dropped again, both events lost: the subscription
+        # the sync brings never lists it
+        w.update("sub_b", ts(2024, 5, 25), items=[("si_b0", "basic_usd", 1), ("si_b1", "analytics_usd", 3)],
+                 event=False)
+        w.update("sub_b", ts(2024, 5, 28), items=[("si_b0", "basic_usd", 1)], event=False, prorate=False)
+        changed = later_sync(w, {"cus_b"}, {"sub_b"}, ts(2024, 5, 25))
+        kind = "invoice_event_mismatch"
+    _, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert any(f"'{kind}'" in r for r in full["derived_data_quality"])
+
+
 def test_most_of_a_large_account_changed_recomputes_everything(world: World, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
