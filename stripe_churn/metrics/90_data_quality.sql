@@ -4,38 +4,35 @@
 
 CREATE OR REPLACE TABLE derived_data_quality AS
 -- an invoice line billed inside event coverage disagrees with the state the events give (events win)
-WITH inside AS (
-    -- lines whose period starts inside coverage, against the history at that moment
+WITH agreed AS (
+    -- the proration debit lines inside coverage that a history row of their item within 5 minutes agrees with
+    SELECT l.account_id, l.line_id
+    FROM derived_invoice_lines l
+    JOIN derived_coverage c USING (account_id)
+    JOIN derived_item_history g
+      ON g.account_id = l.account_id AND g.subscription_item_id = l.subscription_item_id
+     AND g.price_id = l.price_id AND g.quantity IS NOT DISTINCT FROM l.quantity
+    WHERE l.proration AND NOT l.is_credit AND l.period_start >= c.coverage_start
+      AND g.valid_from <= l.period_start + INTERVAL 5 MINUTE
+      AND (g.valid_to IS NULL OR g.valid_to > l.period_start - INTERVAL 5 MINUTE)
+),
+inside AS (
+    -- lines whose period starts inside coverage, against the history at that moment; a proration's debit line
+    -- starts at the change it bills (Stripe's proration date, which may lie a little before the event): it
+    -- disagrees only when no history row of the item within 5 minutes of that moment bills its price and
+    -- quantity (and is compared with the history 5 minutes after it)
     SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.price_id, l.quantity, l.period_start AS moment,
            h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item
-    FROM derived_invoice_lines l
+    FROM (SELECT *, period_start + CASE WHEN proration THEN INTERVAL 5 MINUTE ELSE INTERVAL 0 MINUTE END AS at
+          FROM derived_invoice_lines) l
     JOIN derived_coverage c USING (account_id)
     JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
     LEFT JOIN derived_item_history h
       ON h.account_id = l.account_id AND h.subscription_item_id = l.subscription_item_id
-     AND h.valid_from <= l.period_start AND (h.valid_to IS NULL OR l.period_start < h.valid_to)
-    WHERE c.has_events AND l.period_start >= c.coverage_start AND NOT l.is_credit AND NOT l.proration
+     AND h.valid_from <= l.at AND (h.valid_to IS NULL OR l.at < h.valid_to)
+    WHERE c.has_events AND l.period_start >= c.coverage_start AND NOT l.is_credit
       AND p.usage_type = 'licensed' AND l.subscription_item_id IS NOT NULL
-    UNION ALL
-    -- a proration's debit line starts at the change it bills (Stripe's proration date, which may lie a little
-    -- before the event): it disagrees when no history row of the item within 5 minutes of that moment bills its
-    -- price and quantity (compared with the history 5 minutes after it)
-    SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.price_id, l.quantity, l.period_start AS moment,
-           h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item
-    FROM derived_invoice_lines l
-    JOIN derived_coverage c USING (account_id)
-    JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
-    LEFT JOIN derived_item_history h
-      ON h.account_id = l.account_id AND h.subscription_item_id = l.subscription_item_id
-     AND h.valid_from <= l.period_start + INTERVAL 5 MINUTE
-     AND (h.valid_to IS NULL OR l.period_start + INTERVAL 5 MINUTE < h.valid_to)
-    WHERE c.has_events AND l.period_start >= c.coverage_start AND NOT l.is_credit AND l.proration
-      AND p.usage_type = 'licensed' AND l.subscription_item_id IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM derived_item_history g
-                      WHERE g.account_id = l.account_id AND g.subscription_item_id = l.subscription_item_id
-                        AND g.price_id = l.price_id AND g.quantity IS NOT DISTINCT FROM l.quantity
-                        AND g.valid_from <= l.period_start + INTERVAL 5 MINUTE
-                        AND (g.valid_to IS NULL OR g.valid_to > l.period_start - INTERVAL 5 MINUTE))
+      AND NOT (l.proration AND (l.account_id, l.line_id) IN (SELECT (account_id, line_id) FROM agreed))
 ),
 -- at coverage start: the state the invoices give just before it against the one the events give
 -- (each state's JSON is parsed once, for its status and its item list)
