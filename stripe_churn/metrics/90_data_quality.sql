@@ -153,15 +153,17 @@ SELECT account_id, 'missing_coupon', 'discount', discount_id, coupon_id, valid_f
 FROM derived_discount_spans
 WHERE coupon_missing
 UNION ALL
--- a discount removed before the stored events begin: its end is an estimate
-SELECT account_id, 'discount_end_estimated', 'discount', discount_id, coupon_id, valid_to,
-       CASE WHEN end_dated_by = 'invoice'
+-- a discount removed before the stored events begin: its end is an estimate (that matters only while its
+-- subscription still runs)
+SELECT d.account_id, 'discount_end_estimated', 'discount', d.discount_id, d.coupon_id, d.valid_to,
+       CASE WHEN d.end_dated_by = 'invoice'
             THEN 'the discount was removed with no stored event; its end is dated at its owner''s first invoice '
                  || 'without it'
             ELSE 'the discount was removed with no stored event and no invoice shows when; its end is dated at '
                  || 'the sync that found it gone' END
-FROM derived_discount_spans
-WHERE end_dated_by IS NOT NULL AND applies_to_mrr
+FROM derived_discount_spans d
+LEFT JOIN derived_subs s ON s.account_id = d.account_id AND s.subscription_id = d.subscription_id
+WHERE d.end_dated_by IS NOT NULL AND d.applies_to_mrr AND (s.ended_at IS NULL OR d.valid_to < s.ended_at)
 UNION ALL
 -- an item of a tax-inclusive licensed price that no invoice line tells the tax share of (not its own, not its
 -- customer's): its MRR keeps the tax (40)

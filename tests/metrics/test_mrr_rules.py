@@ -248,6 +248,23 @@ def test_removed_forever_discount_counts_until_it_went(world: World, store: Any,
                   "only-the-sync": [("discount_end_estimated", went)]}[evidence]
 
 
+def test_a_canceled_subscriptions_removed_discount_counts_to_the_end(world: World, store: Any) -> None:
+    """A canceled subscription's forever discount, flagged deleted once it is gone from its owner, still reduced
+    the MRR the cancellation takes; when it ended is no question then, so data_quality stays empty."""
+    discounted(world, {"percent_off": 10, "duration": "forever"})
+    world.cancel("sub_1", month(2))
+    world.objects["subscriptions"]["sub_1"]["discounts"] = []
+    at = dt.datetime.fromtimestamp(month(3), tz=dt.UTC)
+    world.load(store, seen_at=month(3))
+    mark_unlisted_children(store, world.account_id, at, at)
+    assert store.execute("SELECT deleted FROM discounts").fetchall() == [(True,)]
+    recompute(store, make_settings())
+    assert customer_mrr_at(store, "cus_1", month(2) - 1) == Decimal("81.0000")
+    assert store.execute("SELECT movement, mrr_delta FROM mrr_movements ORDER BY occurred_at").fetchall() == [
+        ("new", Decimal("81.0000")), ("cancellation", Decimal("-81.0000"))]
+    assert store.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
+
+
 # --- status -------------------------------------------------------------------------------------------
 
 def simple(w: World, **kw: Any) -> World:
