@@ -1,0 +1,123 @@
+"""The incremental recompute against a full one, for what touches the catalogue or the data-quality rows: a
+sync of only products, prices or coupons, rows naming a price or an item seen only on an invoice line, and a
+discount removed with no event (whose end the owner's invoices date). Apart from test_incremental.py so that
+the two files run side by side."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from builders import World, ts
+from test_bridge import SEEN, book
+from test_incremental import SHARDS, assert_incremental_equals_full, derived_contents, later_sync
+
+from stripe_churn.metrics.incremental import recompute_changed
+from stripe_churn.metrics.runner import recompute
+from stripe_churn.settings import Settings
+from stripe_churn.store.db import open_store
+
+
+@SHARDS
+def test_a_discount_removed_with_no_event_equals_a_full_recompute(world: World, tmp_path: Path, shards: int) -> None:
+    """A forever discount taken off with no event, flagged deleted by a full sync's listing: 35 dates its end by
+    its owner's invoices, whose JSON the scope must then hold (incremental._READ_RAW), to give the full
+    recompute's rows."""
+    from stripe_churn.store.load import mark_unlisted_children
+
+    w = book(world)
+    w.coupon("tenth", percent_off=10)
+    d = w.discount("tenth", ts(2024, 1, 5), customer="cus_a", subscription="sub_a")
+    w.objects["subscriptions"]["sub_a"]["discounts"] = [d["id"]]
+    for inv in w.objects["invoices"].values():
+        if inv["parent"]["subscription_details"]["subscription"] == "sub_a" and inv["created"] >= d["start"]:
+            inv["discounts"] = [d["id"]]
+    before = copy.deepcopy(w)
+    w.update("sub_a", ts(2024, 5, 12), discounts=[], event=False)
+    w.cycle("sub_a", ts(2024, 5, 20))
+    changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 12))
+    later = ts(2024, 6, 2)
+    at = dt.datetime.fromtimestamp(later, tz=dt.UTC)
+    results = []
+    for name, incremental in (("incremental", True), ("full", False)):
+        con = open_store(tmp_path / f"{name}.duckdb")
+        before.load(con, seen_at=SEEN)
+        if incremental:
+            recompute(con, Settings())
+        changed.load(con, seen_at=later)
+        mark_unlisted_children(con, w.account_id, at, at)
+        if incremental:
+            assert recompute_changed(con, Settings(), at, shards=shards) >= 1
+        else:
+            recompute(con, Settings())
+        results.append(derived_contents(con))
+        rows = con.execute("SELECT kind, object_id FROM data_quality WHERE kind = 'discount_end_estimated'").fetchall()
+        assert rows == [("discount_end_estimated", d["id"])]
+        con.close()
+    assert results[0] == results[1]
+
+
+def catalogue_world(w: World) -> World:
+    w.product("prod_core", unit_label="seat", family="core")
+    w.price("basic_usd", "prod_core", 1_000)
+    w.customer("cus_a")
+    w.coupon("co_ten", percent_off=10)
+    w.subscribe("sub_a", "cus_a", [("si_a1", "basic_usd", 2)], ts(2024, 5, 1), discounts=[
+        w.discount("co_ten", ts(2024, 5, 1), customer="cus_a", subscription="sub_a", did="di_a")["id"]])
+    return w
+
+
+@SHARDS
+@pytest.mark.parametrize("change", ["new-price", "changed-coupon"])
+def test_a_sync_of_only_the_catalogue(world: World, tmp_path: Path, shards: int, change: str) -> None:
+    """A sync that brings a product, price or coupon and no customer: a new price joins the derived catalogue,
+    and a coupon in use that changed derives the whole account again (it was kept at its old terms)."""
+    w = catalogue_world(world)
+    before = copy.deepcopy(w)
+    if change == "new-price":
+        w.price("pro_usd", "prod_core", 2_000)
+    else:
+        w.objects["coupons"]["co_ten"]["percent_off"] = 20
+    changed = later_sync(w, set(), set(), ts(2024, 6, 1))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == (0 if change == "new-price" else 1)
+    if change == "changed-coupon":
+        assert any("Decimal('16.0000')" in r for r in full["view customer_mrr"])  # 2 x 10.00 less 20%
+
+
+@SHARDS
+@pytest.mark.parametrize("case", ["metered-price-without-amount", "price-only-embedded", "item-only-on-a-line"])
+def test_data_quality_rows_about_prices_and_items_seen_only_on_lines(world: World, tmp_path: Path, shards: int,
+                                                                    case: str) -> None:
+    """Data-quality rows that name a price (its terms missing, or found only in an item) or an item known only
+    from an invoice line follow the customers derived again like the others."""
+    w = catalogue_world(world)
+    w.product("prod_analytics", family="analytics")
+    w.price("analytics_usd", "prod_analytics", 5_000)
+    w.customer("cus_b")
+    w.subscribe("sub_b", "cus_b", [("si_b0", "basic_usd", 1)], ts(2024, 5, 3))
+    before = copy.deepcopy(w)
+    if case == "metered-price-without-amount":
+        w.price("api_usd", "prod_core", None, usage_type="metered")
+        w.cycle("sub_a", ts(2024, 6, 1))
+        changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 6, 1))
+        kind = "missing_price_terms"
+    elif case == "price-only-embedded":
+        w.price("secret_usd", "prod_core", 3_000)
+        w.customer("cus_c")
+        w.subscribe("sub_c", "cus_c", [("si_c1", "secret_usd", 1)], ts(2024, 5, 25))
+        changed = later_sync(w, {"cus_c"}, {"sub_c"}, ts(2024, 5, 25))
+        del changed.objects["prices"]["secret_usd"]
+        kind = "missing_price"
+    else:
+        # an item added with its proration invoice synced and dropped again, both events lost: the subscription
+        # the sync brings never lists it
+        w.update("sub_b", ts(2024, 5, 25), items=[("si_b0", "basic_usd", 1), ("si_b1", "analytics_usd", 3)],
+                 event=False)
+        w.update("sub_b", ts(2024, 5, 28), items=[("si_b0", "basic_usd", 1)], event=False, prorate=False)
+        changed = later_sync(w, {"cus_b"}, {"sub_b"}, ts(2024, 5, 25))
+        kind = "invoice_event_mismatch"
+    _, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert any(f"'{kind}'" in r for r in full["derived_data_quality"])
