@@ -67,15 +67,15 @@ owner_invoices AS (
       USING (rid)
 ),
 gone AS (
-    SELECT u.account_id, u.discount_id,
-           coalesce(min(o.created) FILTER (WHERE NOT o.lists_it AND o.created > l.last_listed), u.last_seen_at)
-               AS gone_at,
-           min(o.created) FILTER (WHERE NOT o.lists_it AND o.created > l.last_listed) IS NOT NULL AS by_invoice
-    FROM unended u
-    LEFT JOIN (SELECT account_id, discount_id, max(created) AS last_listed FROM owner_invoices WHERE lists_it
-               GROUP BY ALL) l USING (account_id, discount_id)
-    LEFT JOIN owner_invoices o USING (account_id, discount_id)
-    GROUP BY u.account_id, u.discount_id, u.last_seen_at
+    SELECT account_id, discount_id, coalesce(next_invoice, last_seen_at) AS gone_at,
+           next_invoice IS NOT NULL AS by_invoice
+    FROM (SELECT u.account_id, u.discount_id, u.last_seen_at,
+                 min(o.created) FILTER (WHERE NOT o.lists_it AND o.created > l.last_listed) AS next_invoice
+          FROM unended u
+          LEFT JOIN (SELECT account_id, discount_id, max(created) AS last_listed FROM owner_invoices WHERE lists_it
+                     GROUP BY ALL) l USING (account_id, discount_id)
+          LEFT JOIN owner_invoices o USING (account_id, discount_id)
+          GROUP BY u.account_id, u.discount_id, u.last_seen_at)
 ),
 -- a discount that leaves a subscription state before its end was removed then (only events whose
 -- previous_attributes list the discounts can remove one)

@@ -112,22 +112,18 @@ SELECT account_id, 'snapshot_event_mismatch', 'subscription', subscription_id, N
 FROM derived_sub_obs
 WHERE source = 'snapshot' AND ord = 1000000
 UNION ALL
--- a subscription that began inside event coverage without any event
-SELECT s.account_id, 'missing_events', 'subscription', s.subscription_id, NULL, s.start_date,
-       'the subscription started inside the event window but no customer.subscription.* event was stored'
+-- a subscription that began inside event coverage without any event, or began before it and ended inside it
+-- without any event (its end is dated at ended_at)
+SELECT s.account_id, 'missing_events', 'subscription', s.subscription_id, NULL,
+       CASE WHEN s.start_date > c.coverage_start THEN s.start_date ELSE s.ended_at END,
+       CASE WHEN s.start_date > c.coverage_start
+            THEN 'the subscription started inside the event window but no customer.subscription.* event was stored'
+            ELSE 'the subscription ended inside the event window but no customer.subscription.* event was stored; '
+                 || 'its end is dated at its ended_at' END
 FROM derived_subs s
 JOIN derived_coverage c USING (account_id)
-WHERE c.has_events AND s.start_date > c.coverage_start
-  AND NOT EXISTS (SELECT 1 FROM derived_sub_events e
-                  WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
-UNION ALL
--- one that began before it and ended inside it without any event (its end is dated at ended_at)
-SELECT s.account_id, 'missing_events', 'subscription', s.subscription_id, NULL, s.ended_at,
-       'the subscription ended inside the event window but no customer.subscription.* event was stored; '
-       || 'its end is dated at its ended_at'
-FROM derived_subs s
-JOIN derived_coverage c USING (account_id)
-WHERE c.has_events AND s.ended_at > c.coverage_start AND NOT s.start_date > c.coverage_start
+WHERE c.has_events
+  AND (s.start_date > c.coverage_start OR (s.ended_at > c.coverage_start AND NOT s.start_date > c.coverage_start))
   AND NOT EXISTS (SELECT 1 FROM derived_sub_events e
                   WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
 UNION ALL
