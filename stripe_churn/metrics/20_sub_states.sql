@@ -34,9 +34,10 @@ CREATE OR REPLACE TABLE derived_coverage AS SELECT * FROM coverage_now();
 -- price's id, or the price when it is an id), quantity as sent, created. `t` are the JSON types of
 -- previous_attributes, of its status, pause_collection, items, items.data and items.has_more, and of the
 -- pause_collection after (NULL: the key is absent).
--- A state as the JSON data quality reads at a subscription's start: status and items (id, price, quantity).
-CREATE OR REPLACE MACRO slim_state(status, items) AS to_json({'status': status, 'items': {'data': list_transform(
-    items, lambda x: {'id': x.id, 'price': x.price_id, 'quantity': x.quantity_text})}});
+-- A state as the JSON data quality reads at a subscription's start: status and items (id, price, quantity;
+-- has_more: the list was cut short).
+CREATE OR REPLACE MACRO slim_state(status, items, has_more) AS to_json({'status': status, 'items': {'data': list_transform(
+    items, lambda x: {'id': x.id, 'price': x.price_id, 'quantity': x.quantity_text}), 'has_more': has_more}});
 
 CREATE OR REPLACE TEMP TABLE derived_sub_events AS
 WITH typed AS (
@@ -81,8 +82,8 @@ SELECT account_id, event_id, event_type, moment, subscription_id, seq, rid,
        before_status, before_pause_collection, TRY_CAST(before_has_more_text AS BOOLEAN) AS before_has_more,
        before_items,
        -- (for data quality, which reads the state at a subscription's first event)
-       CASE WHEN seq = 1 THEN slim_state(after_status, after_items) END AS after_state,
-       CASE WHEN has_before THEN slim_state(before_status, before_items) END AS before_state
+       CASE WHEN seq = 1 THEN slim_state(after_status, after_items, after_has_more) END AS after_state,
+       CASE WHEN has_before THEN slim_state(before_status, before_items, before_has_more) END AS before_state
 FROM before;
 
 -- Every subscription known, with the fields of its latest known state (the snapshot, or the last event
@@ -193,7 +194,15 @@ snapshot_keys AS (
 ),
 late_snapshot AS (
     SELECT s.account_id, s.subscription_id, s.seen_at AS moment, 'snapshot' AS source, NULL AS event_id,
-           NULL AS items, 1000000 AS ord, s.status, s.pause_collection,
+           NULL AS items,
+           -- (1000001: the last event's list was cut short and the snapshot agrees with every item it lists, so
+           -- the snapshot completes it and nothing disagrees; 1000000: a change the events missed)
+           CASE WHEN s.status IS DISTINCT FROM l.after_status THEN 1000000
+                WHEN coalesce(l.after_has_more, false)
+                THEN CASE WHEN list_has_all(coalesce(k.items_key, []), items_key(l.after_items)) THEN 1000001
+                          ELSE 1000000 END
+                WHEN coalesce(k.items_key, []) IS DISTINCT FROM items_key(l.after_items) THEN 1000000 END AS ord,
+           s.status, s.pause_collection,
            CAST(NULL AS BOOLEAN) AS has_more
     FROM derived_subs s
     JOIN last_events l USING (account_id, subscription_id)

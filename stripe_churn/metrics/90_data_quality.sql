@@ -37,16 +37,19 @@ inside AS (
 -- at coverage start: the state the invoices give just before it against the one the events give
 -- (each state's JSON is parsed once, for its status and its item list)
 event_start_states AS (
-    SELECT account_id, subscription_id, json_extract_string(v[1], '$') AS status, CAST(v[2] AS JSON[]) AS its
+    SELECT account_id, subscription_id, json_extract_string(v[1], '$') AS status, CAST(v[2] AS JSON[]) AS its,
+           -- (a list cut short says nothing about the items it leaves out)
+           coalesce(TRY_CAST(json_extract_string(v[3], '$') AS BOOLEAN), false) AS cut_short
     FROM (SELECT account_id, subscription_id,
-                 json_extract(coalesce(before_state, after_state), ['$.status', '$.items.data']) AS v
+                 json_extract(coalesce(before_state, after_state), ['$.status', '$.items.data', '$.items.has_more'])
+                     AS v
           FROM derived_sub_events WHERE seq = 1)
 ),
 -- (a subscription without events starts from its snapshot, whose items are the anchor's in derived_obs_items)
 start_states AS (
-    SELECT account_id, subscription_id, status FROM event_start_states
+    SELECT account_id, subscription_id, status, cut_short FROM event_start_states
     UNION ALL
-    SELECT account_id, subscription_id, status FROM derived_subs s
+    SELECT account_id, subscription_id, status, false FROM derived_subs s
     WHERE NOT EXISTS (SELECT 1 FROM derived_sub_events e
                       WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
 ),
@@ -91,7 +94,8 @@ at_start AS (
     WHERE i.present AND p.usage_type = 'licensed'
       AND EXISTS (SELECT 1 FROM start_states st
                   WHERE st.account_id = i.account_id AND st.subscription_id = i.subscription_id
-                    AND st.status NOT IN ('canceled', 'incomplete_expired'))
+                    AND st.status NOT IN ('canceled', 'incomplete_expired')
+                    AND (si.subscription_item_id IS NOT NULL OR NOT st.cut_short))
 ),
 compared AS (
     SELECT * FROM inside UNION ALL SELECT * FROM at_start

@@ -442,3 +442,28 @@ def test_event_with_cut_short_item_list_keeps_unlisted_items(world: World, deriv
     con = derive(world, seen_at=month(0, 6))
     assert customer_mrr_at(con, "cus_1", month(0, 4)) == 12
     assert customer_mrr_at(con, "cus_1", month(0, 5)) == 14
+
+
+@pytest.mark.parametrize("missed", [False, True], ids=["nothing-missed", "listed-item-changed-without-event"])
+def test_a_cut_short_item_list_disagrees_only_about_the_items_it_lists(world: World, derive: Derive,
+                                                                       missed: bool) -> None:
+    """Events whose embedded items stop at 20 (has_more) give no data-quality row about the items they leave
+    out (the invoice before the event window bills them; the snapshot lists them), but a change to an item they
+    do list that no event explains is still reported."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 100)
+    items = [(f"si_{k:02d}", "basic", 1) for k in range(22)]
+    world.subscribe("sub_1", "cus_1", items, T0)
+    world.cycle("sub_1", month(1))
+    world.update("sub_1", month(1, 10), metadata={"k": "v"})
+    if missed:
+        world.update("sub_1", month(1, 15), items=[("si_00", "basic", 3), *items[1:]], prorate=False, event=False)
+    for evt in world.events:
+        obj = evt["data"]["object"]
+        obj["items"] = {**obj["items"], "data": obj["items"]["data"][:20], "has_more": True}
+    con = derive(world, seen_at=month(1, 20), events=month(1, 1))
+    assert customer_mrr_at(con, "cus_1", month(1, 12)) == 22
+    assert customer_mrr_at(con, "cus_1", month(1, 20)) == (24 if missed else 22)
+    rows = con.execute("SELECT kind, object_id FROM data_quality ORDER BY ALL").fetchall()
+    assert rows == ([("snapshot_event_mismatch", "sub_1")] if missed else [])
