@@ -90,18 +90,31 @@ sub_invoices AS (
                     WHERE mrr_delta_part <> 0 AND CASE WHEN row_from >= t_start THEN invoice_id END IS NULL)
     GROUP BY ALL
 ),
-sub_facts AS (
-    SELECT account_id, subscription_id, cancellation_reason, cancellation_feedback FROM derived_subs
+-- the subscription's cancellation_details (its latest state) belong to its last cancellation row, when the
+-- subscription did not come back after it: an earlier churn (unpaid, or past_due or paused under their
+-- settings) that the customer undid had no reason or feedback then
+last_cancels AS (
+    SELECT account_id, subscription_id, max(t_start) AS t_start
+    FROM adjusted WHERE movement = 'cancellation' AND mrr_delta_part <> 0 AND subscription_id IS NOT NULL
+    GROUP BY ALL
 ),
--- cancellations whose subscription went unpaid: it is unpaid when the customer's MRR drops (looked up for
--- the cancellation parts alone, by key)
+sub_facts AS (
+    SELECT l.account_id, l.subscription_id, l.t_start, d.cancellation_reason, d.cancellation_feedback
+    FROM last_cancels l
+    JOIN derived_subs d USING (account_id, subscription_id)
+    WHERE NOT EXISTS (SELECT 1 FROM adjusted a
+                      WHERE a.account_id = l.account_id AND a.subscription_id = l.subscription_id
+                        AND a.t_start > l.t_start AND a.mrr_delta_part > 0)
+),
+-- cancellations whose subscription failed to pay: it is unpaid (or past_due, when that counts zero) when the
+-- customer's MRR drops (looked up for the cancellation parts alone, by key)
 unpaid AS (
     SELECT DISTINCT p.tid, p.subscription_id
     FROM derived_movement_parts p
     JOIN derived_transitions t USING (tid)
     JOIN derived_item_mrr u ON u.account_id = t.account_id AND u.subscription_id = p.subscription_id
                            AND u.valid_from <= t.t_end AND (u.valid_to IS NULL OR u.valid_to > t.t_end)
-    WHERE p.movement = 'cancellation' AND u.status = 'unpaid'
+    WHERE p.movement = 'cancellation' AND u.status IN ('unpaid', 'past_due')
 ),
 sourced AS (
     SELECT a.*,
@@ -157,7 +170,7 @@ LEFT JOIN sub_events se
 LEFT JOIN sub_invoices si
     ON si.tid = s.tid
    AND si.subscription_id = s.subscription_id
-LEFT JOIN sub_facts f ON f.account_id = s.account_id AND f.subscription_id = s.subscription_id
+LEFT JOIN sub_facts f ON f.account_id = s.account_id AND f.subscription_id = s.subscription_id AND f.t_start = s.t_start
 LEFT JOIN unpaid u ON u.tid = s.tid AND u.subscription_id = s.subscription_id;
 
 CREATE OR REPLACE VIEW mrr_movements AS

@@ -504,6 +504,39 @@ def test_unpaid_churn_is_involuntary(world: World, derive: Derive) -> None:
     assert churn["churn_type"] == "involuntary"
 
 
+@pytest.mark.parametrize("spell", ["unpaid", "paused", "past_due"])
+def test_an_undone_churn_keeps_no_reason_given_later(world: World, derive: Derive, spell: str) -> None:
+    """A churn the customer undid (an unpaid spell paid off; a pause or a past_due spell under the settings
+    that count them zero) had no cancellation reason or feedback then: the subscription's cancellation_details,
+    given at its later cancellation, belong to that cancellation's row alone."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_1", "core_basic", 2)], T0)
+    if spell == "paused":
+        w.update("sub_1", month(1, 10), pause_collection={"behavior": "void", "resumes_at": None})
+        w.update("sub_1", month(2, 10), pause_collection=None)
+    else:
+        if spell == "unpaid":
+            w.update("sub_1", month(1, 1), status="past_due")
+        w.update("sub_1", month(1, 10), status=spell)
+        w.update("sub_1", month(2, 10), status="active")
+    w.cancel("sub_1", month(3, 10), reason="payment_failed", feedback="too_expensive")
+    con = derive(w, seen_at=month(4), pause_collection_keeps_mrr=spell != "paused",
+                 past_due_counts=spell != "past_due")
+    got = [(r["occurred_at"], r["movement"], r["mrr_delta"], r["churn_type"], r["cancellation_feedback"])
+           for r in rows(con, "movement IN ('cancellation', 'reactivation')")]
+    assert got == [
+        (month(1, 10), "cancellation", Decimal(-20), "voluntary" if spell == "paused" else "involuntary", None),
+        (month(2, 10), "reactivation", Decimal(20), None, None),
+        (month(3, 10), "cancellation", Decimal(-20), "involuntary", "too_expensive"),
+    ]
+    reasons = con.execute("SELECT period_start, churn_type, cancellation_feedback, churned_mrr FROM churn_reasons "
+                          "ORDER BY ALL").fetchall()
+    assert [(str(p), t, f, m) for p, t, f, m in reasons] == [
+        (str(datetime.fromtimestamp(month(1), UTC).date()), "voluntary" if spell == "paused" else "involuntary",
+         "(none)", Decimal(20)),
+        (str(datetime.fromtimestamp(month(3), UTC).date()), "involuntary", "too_expensive", Decimal(20))]
+
+
 def test_every_row_traces_to_stripe(world: World, derive: Derive) -> None:
     w, _, _ = case_upgrade_with_seats(world)
     w.update("sub_1", month(2, 4), items=[("si_c", "core_pro", 5), ("si_a", "analytics", 1)])
