@@ -104,15 +104,39 @@ removals AS (
                       WHERE d.account_id = c.account_id AND d.subscription_item_id = c.subscription_item_id
                         AND NOT d.is_credit AND d.period_start = c.period_start)
 ),
-ends AS (
-    -- an item never seen in a subscription state ends when its last billed period ends
-    SELECT l.account_id, l.subscription_id, l.subscription_item_id, max(l.period_end) AS moment, false AS present,
-           NULL AS price_id, NULL AS quantity, 'invoice' AS source, NULL AS source_event_id,
-           arg_max(l.invoice_id, l.period_end) AS source_invoice_id, 0 AS prio
+last_billed AS (
+    -- the last billed period of each item never seen in a subscription state
+    SELECT l.account_id, l.subscription_id, l.subscription_item_id, max(l.period_end) AS period_end,
+           arg_max(l.invoice_id, l.period_end) AS invoice_id, arg_max(l.invoice_created, l.period_end) AS created,
+           arg_max(p.usage_type, l.period_end) = 'metered' AS metered
     FROM derived_invoice_lines l
     JOIN derived_items_known k USING (account_id, subscription_id, subscription_item_id)
+    LEFT JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
     WHERE NOT k.in_obs AND NOT l.is_credit
     GROUP BY ALL
+),
+-- (a metered item's: the subscription's next renewal or first invoice made after it)
+next_billed AS (
+    SELECT b.account_id, b.subscription_item_id, min(n.invoice_created) AS created
+    FROM last_billed b
+    JOIN derived_invoice_lines n
+      ON n.account_id = b.account_id AND n.subscription_id = b.subscription_id AND n.invoice_created > b.created
+     AND NOT n.proration
+    WHERE b.metered
+    GROUP BY ALL
+),
+ends AS (
+    -- such an item ends when its last billed period ends; a metered one, billed in arrears (its last period
+    -- ends when the invoice that bills it is made, and that usage counts from then), when the subscription's
+    -- next invoice no longer bills it, else when the subscription ended, else when the sync saw it gone
+    SELECT b.account_id, b.subscription_id, b.subscription_item_id,
+           CASE WHEN b.metered THEN greatest(b.period_end, coalesce(x.created, s.ended_at, s.seen_at))
+                ELSE b.period_end END AS moment, false AS present,
+           NULL AS price_id, NULL AS quantity, 'invoice' AS source, NULL AS source_event_id,
+           b.invoice_id AS source_invoice_id, 0 AS prio
+    FROM last_billed b
+    LEFT JOIN next_billed x USING (account_id, subscription_item_id)
+    LEFT JOIN derived_subs s USING (account_id, subscription_id)
 )
 SELECT * FROM line_steps UNION ALL SELECT * FROM removals UNION ALL SELECT * FROM ends;
 

@@ -297,8 +297,8 @@ usage AS (
     ASOF LEFT JOIN metered m ON m.ik = x.ik AND m.moment <= x.moment
 )
 SELECT
-    u.hid, u.sk, u.ik, u.moment, u.pq, u.currency, u.norm_num, u.norm_den, u.net_num, u.net_den,
-    u.status, u.pause_collection, u.status_at, u.status_event_id, m.metered_at, m.metered_invoice_id,
+    u.hid, u.sk, u.ik, u.moment, u.valid_to AS row_to, u.pq, u.currency, u.norm_num, u.norm_den, u.net_num,
+    u.net_den, u.status, u.pause_collection, u.status_at, u.status_event_id, m.metered_at, m.metered_invoice_id,
     CASE
         WHEN u.usage_type = 'metered' THEN CASE WHEN st.include_metered THEN coalesce(m.metered_amount_p, 0) ELSE 0 END
         ELSE coalesce(u.licensed_amount_p, 0)
@@ -401,7 +401,7 @@ shared AS (
     FROM after_item a
     ANTI JOIN sharing USING (sk, moment)
 )
-SELECT hid, ik, moment, pq, currency, status, pause_collection, status_at, status_event_id, metered_at,
+SELECT hid, ik, moment, row_to, pq, currency, status, pause_collection, status_at, status_event_id, metered_at,
        metered_invoice_id, counts, discount_ids, pct_factor, net_num, net_den,
        -- (a tax-inclusive price's share without tax is taken last, from the discounted amount: a coupon
        -- takes its amount off the price as charged, tax included)
@@ -418,14 +418,17 @@ FROM shared;
 -- Collapse consecutive points of equal contribution into intervals. The windows run on the item key and
 -- the compared values, and the kept points are joined back by (item key, moment), then to their history row
 -- and price for the descriptive columns. (A point without an item id is left out, as it always was.)
+-- A point after a gap in the item's history (its previous point's history row ended before it: the item
+-- was absent in between) starts a row even at an equal contribution, and the row before it ends at the gap.
 CREATE OR REPLACE TABLE derived_item_mrr AS
 WITH marked AS (
-    SELECT ik, moment,
+    SELECT ik, moment, lag(row_to) OVER w AS prev_to,
            -- (an item's first point is kept unless every value is NULL)
-           CASE WHEN lag(v) OVER w IS NULL THEN any_value ELSE lag(v) OVER w IS DISTINCT FROM v END AS changed
+           CASE WHEN lag(v) OVER w IS NULL THEN any_value
+                ELSE lag(v) OVER w IS DISTINCT FROM v OR lag(row_to) OVER w < moment END AS changed
     -- (a counted item of no amount keeps its percent factor, which a later amount is discounted by: a discount
     -- starting or ending while it has none starts a row)
-    FROM (SELECT ik, moment,
+    FROM (SELECT ik, moment, row_to,
                  {'pq': pq, 's': status, 'm': mrr_e10, 'u': counted_undiscounted_e10,
                   'f': CASE WHEN counted_undiscounted_e10 = 0 AND counts THEN pct_factor END} AS v,
                  pq IS NOT NULL OR status IS NOT NULL OR mrr_e10 IS NOT NULL
@@ -434,8 +437,11 @@ WITH marked AS (
     WINDOW w AS (PARTITION BY ik ORDER BY moment)
 ),
 kept_keys AS (
-    SELECT ik, moment, lead(moment) OVER (PARTITION BY ik ORDER BY moment) AS next_at
+    SELECT ik, moment,
+           -- (the next kept point, or the gap before it)
+           least(lead(moment) OVER k, lead(prev_to) OVER k) AS next_at
     FROM marked WHERE changed
+    WINDOW k AS (PARTITION BY ik ORDER BY moment)
 ),
 kept_points AS MATERIALIZED (
     -- (materialised: the history rows are looked up for the kept points only)

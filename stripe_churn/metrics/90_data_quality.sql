@@ -22,7 +22,7 @@ inside AS (
     -- disagrees only when no history row of the item within 5 minutes of that moment bills its price and
     -- quantity (and is compared with the history 5 minutes after it)
     SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.price_id, l.quantity, l.period_start AS moment,
-           h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item
+           h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item, false AS absent
     FROM (SELECT *, period_start + CASE WHEN proration THEN INTERVAL 5 MINUTE ELSE INTERVAL 0 MINUTE END AS at
           FROM derived_invoice_lines) l
     JOIN derived_coverage c USING (account_id)
@@ -87,11 +87,13 @@ invoice_at_start AS (
 at_start AS (
     SELECT i.account_id, i.source_invoice_id AS invoice_id, i.subscription_item_id, i.price_id, i.quantity,
            i.coverage_start AS moment, si.price_id AS h_price, si.quantity AS h_quantity,
-           si.subscription_item_id AS h_item
+           si.subscription_item_id AS h_item,
+           -- (the invoices removed the item before coverage: a disagreement when the events list it there)
+           NOT i.present AS absent
     FROM invoice_at_start i
-    JOIN derived_price_terms p ON p.account_id = i.account_id AND p.price_id = i.price_id
+    LEFT JOIN derived_price_terms p ON p.account_id = i.account_id AND p.price_id = i.price_id
     LEFT JOIN start_items si ON si.account_id = i.account_id AND si.subscription_item_id = i.subscription_item_id
-    WHERE i.present AND p.usage_type = 'licensed'
+    WHERE CASE WHEN i.present THEN p.usage_type = 'licensed' ELSE si.subscription_item_id IS NOT NULL END
       AND EXISTS (SELECT 1 FROM start_states st
                   WHERE st.account_id = i.account_id AND st.subscription_id = i.subscription_id
                     AND st.status NOT IN ('canceled', 'incomplete_expired')
@@ -102,13 +104,38 @@ compared AS (
 )
 SELECT account_id, 'invoice_event_mismatch' AS kind, 'subscription_item' AS object_type,
        subscription_item_id AS object_id, invoice_id AS related_id, moment,
-       CASE WHEN h_item IS NULL
+       CASE WHEN absent
+            THEN format('invoice {} removes item {} but the events list it ({} × {}) when they begin; the events '
+                        'were used', invoice_id, subscription_item_id, h_quantity, h_price)
+            WHEN h_item IS NULL
             THEN format('invoice {} bills item {} ({} × {}) but the events show no such item then',
                         invoice_id, subscription_item_id, quantity, price_id)
             ELSE format('invoice {} bills {} × {}, the events give {} × {}; the events were used',
                         invoice_id, quantity, price_id, h_quantity, h_price) END AS detail
 FROM compared
-WHERE h_item IS NULL OR h_price IS DISTINCT FROM price_id OR h_quantity IS DISTINCT FROM quantity
+WHERE absent OR h_item IS NULL OR h_price IS DISTINCT FROM price_id OR h_quantity IS DISTINCT FROM quantity
+UNION ALL
+-- a proration inside event coverage that credits an item's unused time with no new line for it (a removal, read
+-- from invoices alone) while the events keep the item 5 minutes after the credit's start
+SELECT c.account_id, 'invoice_event_mismatch', 'subscription_item', c.subscription_item_id, c.invoice_id,
+       c.period_start,
+       format('invoice {} credits item {} from {} with no new line for it (a removal), but the events keep it '
+              '({} × {}); the events were used', c.invoice_id, c.subscription_item_id,
+              strftime(c.period_start AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M UTC'), h.quantity, h.price_id)
+FROM derived_invoice_lines c
+JOIN derived_coverage v USING (account_id)
+JOIN derived_item_history h
+  ON h.account_id = c.account_id AND h.subscription_item_id = c.subscription_item_id
+ AND h.valid_from <= c.period_start + INTERVAL 5 MINUTE
+ AND (h.valid_to IS NULL OR c.period_start + INTERVAL 5 MINUTE < h.valid_to)
+LEFT JOIN derived_subs s ON s.account_id = c.account_id AND s.subscription_id = c.subscription_id
+WHERE v.has_events AND c.period_start >= v.coverage_start AND c.is_credit AND c.proration
+  AND c.subscription_item_id IS NOT NULL
+  -- (a subscription ended then credits every item: no removal to compare)
+  AND (s.ended_at IS NULL OR s.ended_at > c.period_start + INTERVAL 5 MINUTE)
+  AND NOT EXISTS (SELECT 1 FROM derived_invoice_lines d
+                  WHERE d.account_id = c.account_id AND d.subscription_item_id = c.subscription_item_id
+                    AND NOT d.is_credit AND d.period_start = c.period_start)
 UNION ALL
 -- a snapshot newer than the last event differs from it: a change the events missed
 SELECT account_id, 'snapshot_event_mismatch', 'subscription', subscription_id, NULL, moment,

@@ -163,6 +163,36 @@ def test_a_proration_inside_the_window_that_disagrees_is_recorded(world: World, 
         assert [(r[0], r[1], r[2]) for r in rows] == [("invoice_event_mismatch", item, inv["id"])]
 
 
+@pytest.mark.parametrize("case", ["inside-kept", "inside-removed", "before-window-kept"])
+def test_a_removal_only_the_invoices_show_is_recorded(world: World, derive: Derive, case: str) -> None:
+    """A proration that credits an item's unused time with no new line for it reads as the item's removal.
+    When the events keep the item (inside their window, 5 minutes after the credit's start; or when the window
+    begins, for a credit before it), the events win and the disagreement is a data-quality row. A removal the
+    events show too gives none."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.product("prod_store", unit_label="gb")
+    world.price("basic", "prod_seat", 1_000)
+    world.price("store", "prod_store", 700)
+    world.subscribe("sub_1", "cus_1", [("si_a", "basic", 3), ("si_b", "store", 2)], T0)
+    if case != "inside-removed":
+        item_b = next(i for i in world.objects["subscriptions"]["sub_1"]["items"]["data"] if i["id"] == "si_b")
+        inv = world._invoice("sub_1", month(0, 10), "subscription_update",
+                             [world._line("sub_1", item_b, month(0, 10), month(1), proration=True, credit=True)])
+    else:
+        world.update("sub_1", month(0, 10), items=[("si_a", "basic", 3)])
+        inv = [i for i in world.objects["invoices"].values() if i["billing_reason"] == "subscription_update"][-1]
+    world.update("sub_1", month(0, 20), metadata={"k": "v"})  # (where the window begins, in the last case)
+    con = derive(world, seen_at=month(0, 25), events=month(0, 15) if case == "before-window-kept" else True)
+    assert customer_mrr_at(con, "cus_1", month(0, 22)) == (30 if case == "inside-removed" else 44)
+    rows = con.execute("SELECT kind, object_id, related_id, detail FROM data_quality").fetchall()
+    if case == "inside-removed":
+        assert rows == []
+    else:
+        assert [(r[0], r[1], r[2]) for r in rows] == [("invoice_event_mismatch", "si_b", inv["id"])]
+        assert "removal" in rows[0][3] or "removes" in rows[0][3]
+
+
 def test_snapshot_change_missed_by_events(world: World, derive: Derive) -> None:
     """A state in the snapshot that no event explains is a change dated at the snapshot, and reported."""
     world.customer("cus_1")
@@ -224,6 +254,58 @@ def test_item_removed_mid_cycle_from_credit_line(world: World, derive: Derive) -
     con = derive(world, seen_at=month(1, 2), events=False)
     assert customer_mrr_at(con, "cus_1", month(0, 10) - 1) == 30
     assert customer_mrr_at(con, "cus_1", month(0, 10)) == 10
+
+
+def test_an_item_billed_again_after_a_gap_counts_again(world: World, derive: Derive) -> None:
+    """An item whose history has a gap (a credit-only proration reads as its removal; the next renewals bill it
+    again at the same price and quantity) counts again from the renewal: its MRR rows follow the history, with
+    the gap between them, instead of the first row swallowing the second."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.product("prod_store", unit_label="gb")
+    world.price("basic", "prod_seat", 1_000)
+    world.price("store", "prod_store", 700)
+    world.subscribe("sub_1", "cus_1", [("si_a", "basic", 3), ("si_b", "store", 2)], T0)
+    item_b = next(i for i in world.objects["subscriptions"]["sub_1"]["items"]["data"] if i["id"] == "si_b")
+    world._invoice("sub_1", month(0, 10), "subscription_update",
+                   [world._line("sub_1", item_b, month(0, 10), month(1), proration=True, credit=True)])
+    world.cycle("sub_1", month(1))
+    world.cycle("sub_1", month(2))
+    con = derive(world, seen_at=month(2, 5), events=False)
+    got = con.execute("SELECT CAST(epoch(valid_from) AS BIGINT), CAST(epoch(valid_to) AS BIGINT), mrr_original FROM "
+                      "derived_item_mrr WHERE subscription_item_id = 'si_b' ORDER BY valid_from").fetchall()
+    assert got == [(T0, month(0, 10), 14), (month(1), None, 14)]
+    assert customer_mrr_at(con, "cus_1", month(0, 10) - 1) == 44
+    assert customer_mrr_at(con, "cus_1", month(0, 11)) == 30
+    assert customer_mrr_at(con, "cus_1", month(1, 1)) == 44
+    moves = con.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement, mrr_delta FROM mrr_movements "
+                        "ORDER BY occurred_at").fetchall()
+    # (si_b's family leaves the customer and comes back)
+    assert moves == [(T0, "new", 44), (month(0, 10), "downgrade", -14), (month(1), "cross_sell", 14)]
+
+
+@pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-alone"])
+def test_a_removed_metered_items_last_usage_counts_until_it_goes(world: World, derive: Derive,
+                                                                 events: bool) -> None:
+    """A metered item is billed in arrears: its last usage invoice (February's 90.00, made at month(2)) counts
+    from that invoice on until the item goes. The events date the removal (month(2, 10)); from invoices alone
+    (no proration marks a metered item's removal) it goes at the next renewal, the first invoice without it."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.product("prod_api", unit_label="api call")
+    world.price("basic", "prod_seat", 1_000)
+    world.price("meter", "prod_api", 1, usage_type="metered")
+    world.subscribe("sub_1", "cus_1", [("si_s", "basic", 1), ("si_m", "meter", None)], T0)
+    world.cycle("sub_1", month(1), usage={"si_m": 5_000})
+    world.cycle("sub_1", month(2), usage={"si_m": 9_000})
+    world.update("sub_1", month(2, 10), items=[("si_s", "basic", 1)], prorate=False)
+    world.cycle("sub_1", month(3))
+    con = derive(world, seen_at=month(3, 2), events=events)
+    assert customer_mrr_at(con, "cus_1", month(1, 1)) == 60
+    assert customer_mrr_at(con, "cus_1", month(2, 1)) == 100
+    gone = month(2, 10) if events else month(3)
+    assert customer_mrr_at(con, "cus_1", gone - 1) == 100
+    assert customer_mrr_at(con, "cus_1", gone) == 10
 
 
 def test_recompute_is_idempotent(world: World, derive: Derive) -> None:
