@@ -84,9 +84,11 @@ shaped AS (
            coalesce(c.a_usage_type = 'metered', false) OR coalesce(c.b_usage_type = 'metered', false) AS metered,
            coalesce(c.a_factor, c.b_factor, 1) AS f_a,
            coalesce(c.b_factor, c.a_factor, 1) AS f_b,
-           -- the same amount off before and after (a fixed amount_off that stays, as the amount it is taken
-           -- from changes); an item of no amount on either side says nothing of its discount
-           c.a_undisc - c.a_mrr = c.b_undisc - c.b_mrr AND c.a_undisc <> 0 AND c.b_undisc <> 0 AS same_off
+           -- the same amount off before and after, by the same discounts (a fixed amount_off that stays, as the
+           -- amount it is taken from changes; other discounts taking off the same amount by chance are a
+           -- discount change); an item of no amount on either side says nothing of its discount
+           c.a_undisc - c.a_mrr = c.b_undisc - c.b_mrr AND c.a_undisc <> 0 AND c.b_undisc <> 0
+               AND c.a_discount_ids IS NOT DISTINCT FROM c.b_discount_ids AS same_off
     FROM comps c
 ),
 -- MRR(new price, old quantity): only needed when both price and quantity changed on a licensed item.

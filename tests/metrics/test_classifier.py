@@ -537,6 +537,35 @@ def test_an_undone_churn_keeps_no_reason_given_later(world: World, derive: Deriv
         (str(datetime.fromtimestamp(month(3), UTC).date()), "involuntary", "too_expensive", Decimal(20))]
 
 
+@pytest.mark.parametrize("second", [("co_r50", "-20.0000"), ("co_f25", "-7.5000")], ids=["same-amount-off", "other"])
+@pytest.mark.parametrize("how", ["same-item", "new-subscription"])
+def test_a_discount_change_taking_off_the_same_amount_is_a_discount_part(world: World, derive: Derive,
+                                                                          second: tuple[str, str], how: str) -> None:
+    """5 seats at 50.00 with 10% off (225.00) become 1 seat with another coupon within the window: the seat part
+    is valued at the old discount (0.9 x -200 = -180) and the discount's change is its own part, also when the
+    new coupon (50%) happens to take off the same 25.00 as the old one."""
+    coupon, discount_part = second
+    w = base(world)
+    w.coupon("co_r10", percent_off=10, duration="repeating", duration_in_months=6)
+    w.coupon("co_r50", percent_off=50, duration="forever")
+    w.coupon("co_f25", percent_off=25, duration="forever")
+    d1 = w.discount("co_r10", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_1", "analytics", 5)], T0, discounts=[d1["id"]])
+    at = month(1, 5)
+    if how == "same-item":
+        w.update("sub_1", at, items=[("si_1", "analytics", 1)])
+        d2 = w.discount(coupon, at + 60, customer="cus_1", subscription="sub_1")
+        w.update("sub_1", at + 60, discounts=[d2["id"]])
+    else:
+        w.cancel("sub_1", at)
+        d2 = w.discount(coupon, at + 17 * 60, customer="cus_1", subscription="sub_2")
+        w.subscribe("sub_2", "cus_1", [("si_2", "analytics", 1)], at + 17 * 60, discounts=[d2["id"]])
+    con = derive(w, seen_at=month(3))
+    got = sorted((r["movement"], str(r["mrr_delta"])) for r in rows(con, f"occurred_at = to_timestamp({at})"))
+    assert got == sorted([("seat_contraction", "-180.0000"), ("discount", discount_part)])
+    check_invariants(con)
+
+
 def test_every_row_traces_to_stripe(world: World, derive: Derive) -> None:
     w, _, _ = case_upgrade_with_seats(world)
     w.update("sub_1", month(2, 4), items=[("si_c", "core_pro", 5), ("si_a", "analytics", 1)])
