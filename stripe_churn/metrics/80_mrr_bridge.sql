@@ -247,7 +247,10 @@ SELECT
     CAST((opening_mrr - contraction - churn) / nullif(opening_mrr, 0) AS DOUBLE) AS grr,
     CAST(churned_from_opening / nullif(opening_customers, 0) AS DOUBLE) AS customer_churn_rate,
     CAST((new + reactivation + expansion) / nullif(contraction + churn, 0) AS DOUBLE) AS quick_ratio,
-    CAST(round(closing_mrr / nullif(closing_customers, 0), 4) AS DECIMAL(18, 4)) AS arpa,
+    -- (in whole 1e-4 units, half up: a DECIMAL divided by an integer is a DOUBLE in DuckDB, which loses exact halves)
+    CASE WHEN closing_customers > 0
+         THEN CAST(CAST((CAST(closing_mrr * 10000 AS HUGEINT) * 2 + closing_customers) // (2 * closing_customers)
+                        AS DECIMAL(18, 0)) * CAST(0.0001 AS DECIMAL(5, 4)) AS DECIMAL(18, 4)) END AS arpa,
     (churn + contraction - expansion - reactivation) / nullif(opening_mrr, 0) < 0 AS net_negative_churn
 FROM money
 ORDER BY segment_value, period_start;

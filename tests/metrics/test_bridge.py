@@ -250,6 +250,23 @@ def test_rates_by_hand(world: World, derive: Derive) -> None:
     assert apr["net_revenue_churn_rate"] == pytest.approx(-50 / 140) and apr["net_negative_churn"] is True
 
 
+def test_arpa_rounds_an_exact_half_up(world: World, derive: Derive) -> None:
+    """ARPA = closing_mrr / closing customers, to 4 decimals: 17.5675 / 2 is 8.78375 exactly, so 8.7838 (the
+    division in DOUBLE showed 8.7837)."""
+    world.product("prod_a", unit_label="seat")
+    world.price("p10", "prod_a", 1_000)
+    world.price("p1009", "prod_a", 1_009)
+    world.coupon("co_f25", percent_off=25, duration="forever")
+    world.customer("c1")
+    world.customer("c2")
+    world.subscribe("s1", "c1", [("i1", "p10", 1)], ts(2024, 3, 5))
+    d = world.discount("co_f25", ts(2024, 3, 6), customer="c2", subscription="s2")
+    world.subscribe("s2", "c2", [("i2", "p1009", 1)], ts(2024, 3, 6), discounts=[d["id"]])
+    con = derive(world, seen_at=ts(2024, 3, 20))
+    (mar,) = [r for r in queries.bridge(con) if r["period_start"] == dt.date(2024, 3, 1)]
+    assert (mar["closing_mrr"], mar["closing_customers"], mar["arpa"]) == (Decimal("17.5675"), 2, Decimal("8.7838"))
+
+
 def test_latest_verdict(world: World, derive: Derive) -> None:
     con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
     verdict = queries.latest_verdict(con)
