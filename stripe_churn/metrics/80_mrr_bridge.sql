@@ -2,23 +2,61 @@
 -- closing, exactly, per period and segment, with the customer counts and rates.
 -- `mrr_bridge_for(period_kind, segment_kind, segment_value)` gives any period ('week', 'month', 'quarter',
 -- 'year') and segment; the `mrr_bridge` view is the monthly bridge of the whole account.
--- Inputs: derived_transitions, derived_transition_items, derived_mrr_movements, customers.
+-- Inputs: derived_transitions, derived_transition_windows, derived_transition_items, derived_item_mrr,
+-- derived_customer_mrr, derived_coverage, derived_mrr_movements, customers.
 
 -- Each transition with what segments need of the state it leads to: the main item (largest MRR) and
--- the customer's static attributes.
+-- the customer's static attributes. A change that leaves the customer's MRR as it was (a plan switch at equal
+-- MRR: no transition, design.md 5) is a row too (kind 'same'), so that the customer's plan, product or family
+-- segment follows it.
 CREATE OR REPLACE TABLE derived_transition_states AS
 WITH mains AS (
     -- (the main item's B row, picked in 64)
     SELECT m.tid, b.product_id, b.price_id, b.family, b.currency AS item_currency
     FROM derived_transition_mains m
     JOIN derived_item_mrr b ON b.rowid = m.b_rid
+),
+quiet AS (
+    -- windows of change without a transition, while the customer has MRR, up to the latest sync
+    SELECT w.account_id, w.customer_id, w.t_start, w.t_end, l.mrr
+    FROM derived_transition_windows w
+    JOIN derived_customer_mrr l
+      ON l.account_id = w.account_id AND l.customer_id = w.customer_id
+     AND l.valid_from <= w.t_end AND (l.valid_to IS NULL OR l.valid_to > w.t_end)
+    LEFT JOIN derived_coverage cov ON cov.account_id = w.account_id
+    WHERE l.mrr > 0 AND (cov.snapshot_at IS NULL OR w.t_end <= cov.snapshot_at)
+      AND NOT EXISTS (SELECT 1 FROM derived_transitions t
+                      WHERE t.account_id = w.account_id AND t.customer_id = w.customer_id AND t.t_start = w.t_start)
+),
+quiet_mains AS (
+    -- (their main item: the largest MRR in force at the window's end)
+    SELECT q.account_id, q.customer_id, q.t_start, any_value(q.t_end) AS t_end, any_value(q.mrr) AS mrr,
+           arg_max(b.product_id, (b.mrr_original, b.subscription_item_id)) AS product_id,
+           arg_max(b.price_id, (b.mrr_original, b.subscription_item_id)) AS price_id,
+           arg_max(b.family, (b.mrr_original, b.subscription_item_id)) AS family,
+           arg_max(b.currency, (b.mrr_original, b.subscription_item_id)) AS item_currency
+    FROM quiet q
+    JOIN derived_item_mrr b
+      ON b.account_id = q.account_id AND b.customer_id = q.customer_id
+     AND b.valid_from <= q.t_end AND (b.valid_to IS NULL OR b.valid_to > q.t_end)
+    WHERE b.mrr_original > 0
+    GROUP BY q.account_id, q.customer_id, q.t_start
+),
+states AS (
+    SELECT t.account_id, t.customer_id, t.t_start, t.t_end, t.mrr_before, t.mrr_after, t.mrr_delta, t.kind,
+           t.had_mrr_before, m.product_id, m.price_id, m.family, m.item_currency
+    FROM derived_transitions t
+    LEFT JOIN mains m USING (tid)
+    UNION ALL
+    SELECT account_id, customer_id, t_start, t_end, CAST(mrr AS DECIMAL(18, 4)), CAST(mrr AS DECIMAL(18, 4)),
+           CAST(0 AS DECIMAL(18, 4)), 'same', true, product_id, price_id, family, item_currency
+    FROM quiet_mains
 )
 SELECT t.account_id, t.customer_id, t.t_start, t.t_end, t.mrr_before, t.mrr_after, t.mrr_delta, t.kind,
-       t.had_mrr_before, m.product_id, m.price_id, m.family,
-       coalesce(lower(c.currency), m.item_currency) AS currency,
+       t.had_mrr_before, t.product_id, t.price_id, t.family,
+       coalesce(lower(c.currency), t.item_currency) AS currency,
        c.country
-FROM derived_transitions t
-LEFT JOIN mains m USING (tid)
+FROM states t
 LEFT JOIN customers c ON c.account_id = t.account_id AND c.id = t.customer_id;
 
 -- Size bands of customer MRR in the reporting currency.

@@ -318,6 +318,42 @@ def test_segments(world: World, derive: Derive) -> None:
     assert {r["period_start"] for r in plans} == {dt.date(2024, 3, 1)}
 
 
+@pytest.mark.parametrize("kind", ["plan", "family"])
+def test_a_segment_follows_a_switch_at_equal_mrr(world: World, derive: Derive, kind: str) -> None:
+    """A switch that leaves the customer's MRR as it was (monthly 100.00 to annual 1,200.00 on the same item;
+    10 core seats at 10.00 to 2 analytics at 50.00) is no movement, but the customer's plan or family segment
+    follows it from the next period on, with the later flows (design.md 5; a customer belongs, for a period, to
+    the segment of its state at the period start)."""
+    catalogue(world)
+    world.price("core_monthly", "prod_core", 10_000)
+    world.price("core_annual", "prod_core", 120_000, interval="year")
+    world.customer("cus_e")
+    if kind == "plan":
+        world.subscribe("sub_e", "cus_e", [("si_e", "core_monthly", 1)], ts(2025, 1, 5))
+        world.update("sub_e", ts(2025, 2, 10), items=[("si_e", "core_annual", 1)])
+        world.update("sub_e", ts(2025, 6, 10), items=[("si_e", "core_annual", 2)])
+        old, new = "core_monthly", "core_annual"
+    else:
+        world.subscribe("sub_e", "cus_e", [("si_e", "basic_usd", 10)], ts(2025, 1, 5))
+        world.update("sub_e", ts(2025, 2, 10), items=[("si_f", "analytics_usd", 2)])
+        world.update("sub_e", ts(2025, 6, 10), items=[("si_f", "analytics_usd", 4)])
+        old, new = "core", "analytics"
+    con = derive(world, seen_at=ts(2025, 7, 1))
+    assert [r[0] for r in con.execute("SELECT movement FROM mrr_movements ORDER BY occurred_at").fetchall()] == \
+        ["new", "seat_expansion"]
+    rows = {(r["segment_value"], r["period_start"]): r for r in queries.bridge(con, "month", kind)}
+    cols = ("opening_mrr", "expansion", "closing_mrr", "opening_customers", "closing_customers")
+
+    def at(value: str, month: int) -> tuple[Any, ...]:
+        r = rows.get((value, dt.date(2025, month, 1)))
+        return tuple(r[c] for c in cols) if r else (0, 0, 0, 0, 0)
+
+    assert at(old, 2) == (100, 0, 100, 1, 1)  # (it moves at the next period start)
+    assert at(new, 3) == (100, 0, 100, 1, 1) and at(old, 3) == (0, 0, 0, 0, 0)
+    assert at(new, 6) == (100, 100, 200, 1, 1) and at(old, 6) == (0, 0, 0, 0, 0)
+    assert_bridge_adds_up(con, f"equal-mrr switch, {kind}", periods=["month", "quarter"], segments=[None, kind])
+
+
 def test_bad_period_or_segment_is_a_clear_error(world: World, derive: Derive) -> None:
     con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
     with pytest.raises(ConfigError, match="unknown period 'fortnight'"):
