@@ -10,7 +10,9 @@ The same results are plain SQL for anyone with the database open:
   band: under 100, 100 to 1k, 1k to 10k, 10k and more, in the reporting currency) and ``metadata.<key>``
   (a customer metadata key). A customer belongs, for a period, to the segment of its state at the period
   start (or of its first state with MRR in the period, when it had none), so each segment's bridge adds
-  up exactly and the segments add up to the account.
+  up exactly and the segments add up to the account. Its state is that of its largest item (the plan,
+  product and family segments), and a change that leaves its MRR as it was (a switch to an annual plan at
+  equal MRR) changes that state too.
 - ``SELECT * FROM cohort_matrix()`` (also the view ``cohort_revenue_retention``): per cohort month (the month of
   a customer's first MRR) and month since, the cohort's MRR at the month end over its MRR at the end of its
   first month.
