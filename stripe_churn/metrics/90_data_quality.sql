@@ -133,9 +133,13 @@ WHERE v.has_events AND c.period_start >= v.coverage_start AND c.is_credit AND c.
   AND c.subscription_item_id IS NOT NULL
   -- (a subscription ended then credits every item: no removal to compare)
   AND (s.ended_at IS NULL OR s.ended_at > c.period_start + INTERVAL 5 MINUTE)
+  -- (no new line for the item on the same invoice, nor one starting within 5 minutes)
   AND NOT EXISTS (SELECT 1 FROM derived_invoice_lines d
                   WHERE d.account_id = c.account_id AND d.subscription_item_id = c.subscription_item_id
-                    AND NOT d.is_credit AND d.period_start = c.period_start)
+                    AND NOT d.is_credit
+                    AND (d.invoice_id = c.invoice_id
+                         OR d.period_start BETWEEN c.period_start - INTERVAL 5 MINUTE
+                                               AND c.period_start + INTERVAL 5 MINUTE))
 UNION ALL
 -- a snapshot newer than the last event differs from it: a change the events missed
 SELECT account_id, 'snapshot_event_mismatch', 'subscription', subscription_id, NULL, moment,

@@ -158,9 +158,13 @@ def test_a_proration_inside_the_window_that_disagrees_is_recorded(world: World, 
     rows = con.execute("SELECT kind, object_id, related_id, detail FROM data_quality").fetchall()
     if case == "agrees-a-minute-early":
         assert rows == []
+    elif case == "unknown-item":
+        # (the invoice bills an item the events do not know, and credits si_1 with no new line for it: a removal
+        # the events do not show)
+        assert sorted((r[0], r[1], r[2]) for r in rows) == [("invoice_event_mismatch", "si_1", inv["id"]),
+                                                            ("invoice_event_mismatch", "si_ghost", inv["id"])]
     else:
-        item = "si_ghost" if case == "unknown-item" else "si_1"
-        assert [(r[0], r[1], r[2]) for r in rows] == [("invoice_event_mismatch", item, inv["id"])]
+        assert [(r[0], r[1], r[2]) for r in rows] == [("invoice_event_mismatch", "si_1", inv["id"])]
 
 
 @pytest.mark.parametrize("case", ["inside-kept", "inside-removed", "before-window-kept"])
