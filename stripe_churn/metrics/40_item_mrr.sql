@@ -426,11 +426,12 @@ WITH marked AS (
            -- (an item's first point is kept unless every value is NULL)
            CASE WHEN lag(v) OVER w IS NULL THEN any_value
                 ELSE lag(v) OVER w IS DISTINCT FROM v OR lag(row_to) OVER w < moment END AS changed
-    -- (a counted item of no amount keeps its percent factor, which a later amount is discounted by: a discount
-    -- starting or ending while it has none starts a row)
+    -- (a counted item of no amount keeps its percent factor and its discounts, which a later amount is
+    -- discounted by: a discount starting or ending while it has none starts a row)
     FROM (SELECT ik, moment, row_to,
                  {'pq': pq, 's': status, 'm': mrr_e10, 'u': counted_undiscounted_e10,
-                  'f': CASE WHEN counted_undiscounted_e10 = 0 AND counts THEN pct_factor END} AS v,
+                  'f': CASE WHEN counted_undiscounted_e10 = 0 AND counts THEN pct_factor END,
+                  'x': CASE WHEN counted_undiscounted_e10 = 0 AND counts THEN discount_ids END} AS v,
                  pq IS NOT NULL OR status IS NOT NULL OR mrr_e10 IS NOT NULL
                      OR counted_undiscounted_e10 IS NOT NULL AS any_value
           FROM derived_item_point_mrr WHERE ik IS NOT NULL)

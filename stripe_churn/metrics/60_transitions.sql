@@ -16,6 +16,8 @@ WITH item_rows AS (
         (lag(price_id) OVER w IS DISTINCT FROM price_id
          OR lag(quantity) OVER w IS DISTINCT FROM quantity
          OR lag(mrr_original) OVER w IS DISTINCT FROM mrr_original
+         -- (an item that stops counting at an MRR already 0, as under a 100% discount, still changes)
+         OR lag(mrr_undiscounted) OVER w IS DISTINCT FROM mrr_undiscounted
          OR lag(status) OVER w IS DISTINCT FROM status) AS changed
     FROM derived_item_mrr
     WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY valid_from)

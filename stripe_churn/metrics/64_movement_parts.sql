@@ -149,7 +149,12 @@ item_parts AS (
                WHEN 'q' THEN coalesce(b_unit_kind, 'seat')
                              || CASE WHEN amount_original > 0 THEN '_expansion' ELSE '_contraction' END
                ELSE 'discount'
-           END AS movement
+           END AS movement,
+           -- an item of the same price, quantity and discounts whose MRR moved only because a subscription's
+           -- fixed amount_off is shared anew among its items (another item changed): that part belongs to the
+           -- change that caused it
+           comp = 'same' AND NOT metered AND a_price_id = b_price_id AND a_quantity IS NOT DISTINCT FROM b_quantity
+               AND NOT discount_changed AND a_discount_ids IS NOT DISTINCT FROM b_discount_ids AS realloc
     FROM (
         SELECT *, 'p' AS part, coalesce(p0, 0) + CASE WHEN rest_to = 'p' THEN rest ELSE 0 END AS amount_original
         FROM settled
@@ -224,8 +229,45 @@ whole_parts AS (
     LEFT JOIN derived_item_mrr a ON a.rowid = mi.a_rid
     LEFT JOIN derived_item_mrr b ON b.rowid = mi.b_rid
     WHERE t.kind IN ('gain', 'loss')
+),
+-- the item and unpaired parts, those of a shared amount_off's new split joined to the transition's largest other
+-- part (in the same currency), so that e.g. two more seats under a fixed amount off are one seat_expansion
+changed_parts AS (
+    SELECT * FROM item_parts UNION ALL BY NAME SELECT *, false AS realloc FROM unpaired_parts
+),
+realloc_targets AS (
+    SELECT tid, currency,
+           arg_max({'comp': comp, 'part': part, 'subscription_id': subscription_id,
+                    'subscription_item_id': subscription_item_id, 'product_id': product_id, 'price_id': price_id,
+                    'event_id': event_id, 'invoice_id': invoice_id, 'row_from': row_from, 'movement': movement},
+                   (abs(amount_rep), subscription_item_id)) FILTER (WHERE NOT realloc) AS t
+    FROM changed_parts
+    WHERE tid IN (SELECT tid FROM changed_parts WHERE realloc)
+    GROUP BY tid, currency
+),
+-- (a part that is merged: a new split's, or the target's own)
+merging AS (
+    SELECT p.*, x.t
+    FROM changed_parts p
+    JOIN realloc_targets x ON x.tid = p.tid AND x.currency IS NOT DISTINCT FROM p.currency AND x.t IS NOT NULL
+    WHERE p.realloc OR (x.t.subscription_item_id IS NOT DISTINCT FROM p.subscription_item_id
+                        AND x.t.part = p.part AND x.t.comp = p.comp)
+),
+merged_parts AS (
+    SELECT tid, account_id, customer_id, t_start, t.comp, t.part, sum(amount_rep) AS amount_rep,
+           sum(amount_original) AS amount_original, currency, t.subscription_id, t.subscription_item_id,
+           t.product_id, t.price_id, t.event_id, t.invoice_id, t.row_from, t.movement
+    FROM merging
+    GROUP BY ALL
 )
-SELECT * FROM item_parts
-UNION ALL BY NAME SELECT * FROM unpaired_parts
+SELECT * EXCLUDE (realloc) FROM changed_parts
+WHERE tid NOT IN (SELECT tid FROM realloc_targets)
+UNION ALL BY NAME
+SELECT * EXCLUDE (realloc) FROM changed_parts p
+WHERE tid IN (SELECT tid FROM realloc_targets)
+  AND NOT EXISTS (SELECT 1 FROM merging m
+                  WHERE m.tid = p.tid AND m.subscription_item_id IS NOT DISTINCT FROM p.subscription_item_id
+                    AND m.part = p.part AND m.comp = p.comp)
+UNION ALL BY NAME SELECT * FROM merged_parts
 UNION ALL BY NAME SELECT * FROM fx_parts
 UNION ALL BY NAME SELECT * FROM whole_parts;

@@ -9,6 +9,7 @@ and the case's bridge adds up.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -563,6 +564,69 @@ def test_a_discount_change_taking_off_the_same_amount_is_a_discount_part(world: 
     con = derive(w, seen_at=month(3))
     got = sorted((r["movement"], str(r["mrr_delta"])) for r in rows(con, f"occurred_at = to_timestamp({at})"))
     assert got == sorted([("seat_contraction", "-180.0000"), ("discount", discount_part)])
+    check_invariants(con)
+
+
+@pytest.mark.parametrize("change", ["seats", "added-item"])
+def test_a_shared_amount_off_split_anew_belongs_to_the_change(world: World, derive: Derive, change: str) -> None:
+    """A subscription's fixed 20.00 amount_off is shared among its items by MRR: when one item changes, the other
+    item's share moves although its price, quantity and discounts did not. That part belongs to the change that
+    caused it (two more seats: +20.00, all seat_expansion; an added item: all cross_sell), not to an upgrade of
+    the untouched item."""
+    w = base(world)
+    w.coupon("off20", amount_off=2000, currency="usd", duration="forever")
+    d = w.discount("off20", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_a", "core_basic", 3), ("si_b", "analytics", 1)], T0, discounts=[d["id"]])
+    if change == "seats":
+        w.update("sub_1", month(0, 10), items=[("si_a", "core_basic", 5), ("si_b", "analytics", 1)])
+        expected = [(month(0, 10), "seat_expansion", "expansion", Decimal(20), "si_a")]
+    else:
+        w.price("api_flat", "prod_api", 4_000)
+        w.update("sub_1", month(0, 10), items=[("si_a", "core_basic", 3), ("si_b", "analytics", 1),
+                                                ("si_c", "api_flat", 1)])
+        expected = [(month(0, 10), "cross_sell", "expansion", Decimal(40), "si_c")]
+    con = derive(w, seen_at=month(1, 5))
+    assert [m for m in movements(con) if m[1] != "new"] == expected
+    check_invariants(con)
+
+
+def test_an_amount_off_put_on_an_item_of_no_amount_is_no_movement_later(world: World, derive: Derive) -> None:
+    """An item-level 15.00 amount_off goes on a metered item before it has usage (MRR 0: no movement then). When
+    the first usage is invoiced (123.45, less the subscription's 10%, less 15.00: 96.105) no discount starts or
+    ends: the whole change is resource_expansion."""
+    w = base(world)
+    w.coupon("off15", amount_off=1500, currency="usd", duration="forever")
+    w.coupon("p10", percent_off=10, duration="forever")
+    d0 = w.discount("p10", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 2), ("si_m", "api_metered", None)], T0,
+                discounts=[d0["id"]])
+    d = w.discount("off15", T0 + 4 * DAY, customer="cus_1", subscription="sub_1", subscription_item="si_m")
+    sub = w.objects["subscriptions"]["sub_1"]
+    before = copy.deepcopy(sub)
+    sub["items"]["data"][1]["discounts"] = [d["id"]]
+    w.event("customer.subscription.updated", T0 + 4 * DAY, sub, before)
+    w.cycle("sub_1", month(1), usage={"si_m": 12_345})
+    con = derive(w, seen_at=month(1, 10))
+    assert [m for m in movements(con) if m[1] != "new"] == [
+        (month(1), "resource_expansion", "expansion", Decimal("96.1050"), "si_m")]
+    check_invariants(con)
+
+
+def test_an_item_that_stops_counting_at_zero_mrr_is_a_change_in_the_window(world: World, derive: Derive) -> None:
+    """With churn_recognition "canceled", a subscription brought to 0 by a 999.00 amount_off and set to cancel 3
+    minutes later is one transition of the customer (80.00 to 20.00) in which its item no longer counts: a
+    removed item of a family the customer keeps (seat_contraction), not a discount."""
+    w = base(world)
+    w.coupon("off999", amount_off=99_900, currency="usd", duration="forever")
+    w.subscribe("sub_1", "cus_1", [("si_1", "core_basic", 2)], T0)
+    w.subscribe("sub_2", "cus_1", [("si_2", "core_pro", 3)], T0)
+    t = month(1, 9)
+    d = w.discount("off999", t, customer="cus_1", subscription="sub_2")
+    w.update("sub_2", t, discounts=[d["id"]])
+    w.cancel("sub_2", t + 180, ended_at=month(2))
+    con = derive(w, seen_at=month(3), churn_recognition="canceled")
+    assert [m for m in movements(con) if m[1] != "new"] == [
+        (t, "seat_contraction", "contraction", Decimal(-60), "si_2")]
     check_invariants(con)
 
 
