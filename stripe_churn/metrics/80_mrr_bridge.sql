@@ -187,10 +187,18 @@ FULL JOIN moves mv ON mv.seg = coalesce(f.seg, c.seg) AND mv.p = coalesce(f.p, c
 
 -- The monthly ledger of the whole account, kept as a table so that the mrr_bridge view stays instant.
 -- (a flow with no movement in a period is stored as 0, not NULL: the incremental recompute adds and subtracts
--- customers' contributions, and a sum cannot tell "no rows" from "rows adding up to 0")
+-- customers' contributions, and a sum cannot tell "no rows" from "rows adding up to 0"; a row all zero, as a
+-- period with only a switch at equal MRR gives, is left out, as the incremental recompute leaves it out)
 CREATE OR REPLACE TABLE derived_bridge_ledger_month AS
-SELECT segment_value, period_start, coalesce(COLUMNS(* EXCLUDE (segment_value, period_start)), 0)
-FROM bridge_ledger('month', NULL);
+WITH l AS (
+    SELECT segment_value, period_start, coalesce(COLUMNS(* EXCLUDE (segment_value, period_start)), 0)
+    FROM bridge_ledger('month', NULL)
+),
+-- (a condition on COLUMNS holds for every column)
+zero AS (
+    SELECT segment_value, period_start FROM l WHERE COLUMNS(* EXCLUDE (segment_value, period_start)) = 0
+)
+SELECT * FROM l ANTI JOIN zero USING (segment_value, period_start);
 
 -- Bridge rows from a ledger: every period from the segment's first one through the current one (the later
 -- of today and the data), quiet periods included; opening and closing run on from the flows.

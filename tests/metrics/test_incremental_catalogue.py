@@ -121,3 +121,25 @@ def test_data_quality_rows_about_prices_and_items_seen_only_on_lines(world: Worl
         kind = "invoice_event_mismatch"
     _, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
     assert any(f"'{kind}'" in r for r in full["derived_data_quality"])
+
+
+@SHARDS
+def test_a_switch_at_equal_mrr_equals_a_full_recompute(world: World, tmp_path: Path, shards: int) -> None:
+    """A billing run that brings a switch at equal MRR (2 x 10.00 to 1 x 20.00: no movement, a row of kind 'same'
+    for the segments) leaves every derived table as a full recompute does, the monthly ledger included (a period
+    with only that switch has no ledger row either way)."""
+    w = world
+    w.product("prod_core", unit_label="seat", family="core")
+    w.price("basic", "prod_core", 1_000)
+    w.price("basic2", "prod_core", 2_000)
+    w.customer("cus_e")
+    w.customer("cus_o")
+    w.subscribe("sub_e", "cus_e", [("si_e", "basic", 2)], ts(2024, 1, 5))
+    w.subscribe("sub_o", "cus_o", [("si_o", "basic", 1)], ts(2024, 1, 7))
+    before = copy.deepcopy(w)
+    w.cycle("sub_e", ts(2024, 2, 5))
+    w.update("sub_e", ts(2024, 2, 10), items=[("si_e", "basic2", 1)])
+    changed = later_sync(w, {"cus_e"}, {"sub_e"}, ts(2024, 2, 1))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, ts(2024, 2, 1), ts(2024, 3, 20), shards)
+    assert n == 1
+    assert any("'same'" in r for r in full["derived_transition_states"])
