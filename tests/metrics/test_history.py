@@ -167,22 +167,32 @@ def test_a_proration_inside_the_window_that_disagrees_is_recorded(world: World, 
         assert [(r[0], r[1], r[2]) for r in rows] == [("invoice_event_mismatch", "si_1", inv["id"])]
 
 
+def seats_and_storage(w: World) -> None:
+    """cus_1 with sub_1 from T0: si_a, 3 seats at 10.00, and si_b, 2 GB of storage at 7.00 (44.00)."""
+    w.customer("cus_1")
+    w.product("prod_seat", unit_label="seat")
+    w.product("prod_store", unit_label="gb")
+    w.price("basic", "prod_seat", 1_000)
+    w.price("store", "prod_store", 700)
+    w.subscribe("sub_1", "cus_1", [("si_a", "basic", 3), ("si_b", "store", 2)], T0)
+
+
+def credit_only_proration(w: World) -> dict[str, Any]:
+    """An invoice crediting si_b's unused time from month(0, 10) with no new line for it (read alone: a removal)."""
+    item_b = next(i for i in w.objects["subscriptions"]["sub_1"]["items"]["data"] if i["id"] == "si_b")
+    return w._invoice("sub_1", month(0, 10), "subscription_update",
+                      [w._line("sub_1", item_b, month(0, 10), month(1), proration=True, credit=True)])
+
+
 @pytest.mark.parametrize("case", ["inside-kept", "inside-removed", "before-window-kept"])
 def test_a_removal_only_the_invoices_show_is_recorded(world: World, derive: Derive, case: str) -> None:
     """A proration that credits an item's unused time with no new line for it reads as the item's removal.
     When the events keep the item (inside their window, 5 minutes after the credit's start; or when the window
     begins, for a credit before it), the events win and the disagreement is a data-quality row. A removal the
     events show too gives none."""
-    world.customer("cus_1")
-    world.product("prod_seat", unit_label="seat")
-    world.product("prod_store", unit_label="gb")
-    world.price("basic", "prod_seat", 1_000)
-    world.price("store", "prod_store", 700)
-    world.subscribe("sub_1", "cus_1", [("si_a", "basic", 3), ("si_b", "store", 2)], T0)
+    seats_and_storage(world)
     if case != "inside-removed":
-        item_b = next(i for i in world.objects["subscriptions"]["sub_1"]["items"]["data"] if i["id"] == "si_b")
-        inv = world._invoice("sub_1", month(0, 10), "subscription_update",
-                             [world._line("sub_1", item_b, month(0, 10), month(1), proration=True, credit=True)])
+        inv = credit_only_proration(world)
     else:
         world.update("sub_1", month(0, 10), items=[("si_a", "basic", 3)])
         inv = [i for i in world.objects["invoices"].values() if i["billing_reason"] == "subscription_update"][-1]
@@ -247,32 +257,20 @@ def test_an_end_without_its_event_is_dated_at_ended_at(world: World, derive: Der
 
 
 def test_item_removed_mid_cycle_from_credit_line(world: World, derive: Derive) -> None:
-    world.customer("cus_1")
-    world.product("prod_seat", unit_label="seat")
-    world.product("prod_addon", unit_label="gb")
-    world.price("basic", "prod_seat", 1_000)
-    world.price("storage", "prod_addon", 500)
-    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 1), ("si_2", "storage", 4)], T0)
-    world.update("sub_1", month(0, 10), items=[("si_1", "basic", 1)])
+    seats_and_storage(world)
+    world.update("sub_1", month(0, 10), items=[("si_a", "basic", 3)])
     world.cycle("sub_1", month(1))
     con = derive(world, seen_at=month(1, 2), events=False)
-    assert customer_mrr_at(con, "cus_1", month(0, 10) - 1) == 30
-    assert customer_mrr_at(con, "cus_1", month(0, 10)) == 10
+    assert customer_mrr_at(con, "cus_1", month(0, 10) - 1) == 44
+    assert customer_mrr_at(con, "cus_1", month(0, 10)) == 30
 
 
 def test_an_item_billed_again_after_a_gap_counts_again(world: World, derive: Derive) -> None:
     """An item whose history has a gap (a credit-only proration reads as its removal; the next renewals bill it
     again at the same price and quantity) counts again from the renewal: its MRR rows follow the history, with
     the gap between them, instead of the first row swallowing the second."""
-    world.customer("cus_1")
-    world.product("prod_seat", unit_label="seat")
-    world.product("prod_store", unit_label="gb")
-    world.price("basic", "prod_seat", 1_000)
-    world.price("store", "prod_store", 700)
-    world.subscribe("sub_1", "cus_1", [("si_a", "basic", 3), ("si_b", "store", 2)], T0)
-    item_b = next(i for i in world.objects["subscriptions"]["sub_1"]["items"]["data"] if i["id"] == "si_b")
-    world._invoice("sub_1", month(0, 10), "subscription_update",
-                   [world._line("sub_1", item_b, month(0, 10), month(1), proration=True, credit=True)])
+    seats_and_storage(world)
+    credit_only_proration(world)
     world.cycle("sub_1", month(1))
     world.cycle("sub_1", month(2))
     con = derive(world, seen_at=month(2, 5), events=False)
