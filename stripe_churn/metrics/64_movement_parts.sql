@@ -230,26 +230,29 @@ whole_parts AS (
     LEFT JOIN derived_item_mrr b ON b.rowid = mi.b_rid
     WHERE t.kind IN ('gain', 'loss')
 ),
--- the item and unpaired parts, those of a shared amount_off's new split joined to the transition's largest other
--- part (in the same currency), so that e.g. two more seats under a fixed amount off are one seat_expansion
+-- the item and unpaired parts, those of a shared amount_off's new split joined to the largest other part of the
+-- same subscription in the transition (the change that moved the split), so that e.g. two more seats under a
+-- fixed amount off are one seat_expansion
 changed_parts AS (
     SELECT * FROM item_parts UNION ALL BY NAME SELECT *, false AS realloc FROM unpaired_parts
 ),
 realloc_targets AS (
-    SELECT tid, currency,
+    SELECT tid, currency, subscription_id,
            arg_max({'comp': comp, 'part': part, 'subscription_id': subscription_id,
                     'subscription_item_id': subscription_item_id, 'product_id': product_id, 'price_id': price_id,
                     'event_id': event_id, 'invoice_id': invoice_id, 'row_from': row_from, 'movement': movement},
                    (abs(amount_rep), subscription_item_id)) FILTER (WHERE NOT realloc) AS t
     FROM changed_parts
     WHERE tid IN (SELECT tid FROM changed_parts WHERE realloc)
-    GROUP BY tid, currency
+    GROUP BY tid, currency, subscription_id
+    HAVING bool_or(realloc)
 ),
 -- (a part that is merged: a new split's, or the target's own)
 merging AS (
     SELECT p.*, x.t
     FROM changed_parts p
-    JOIN realloc_targets x ON x.tid = p.tid AND x.currency IS NOT DISTINCT FROM p.currency AND x.t IS NOT NULL
+    JOIN realloc_targets x ON x.tid = p.tid AND x.currency IS NOT DISTINCT FROM p.currency
+                          AND x.subscription_id IS NOT DISTINCT FROM p.subscription_id AND x.t IS NOT NULL
     WHERE p.realloc OR (x.t.subscription_item_id IS NOT DISTINCT FROM p.subscription_item_id
                         AND x.t.part = p.part AND x.t.comp = p.comp)
 ),

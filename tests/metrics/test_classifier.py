@@ -567,17 +567,17 @@ def test_a_discount_change_taking_off_the_same_amount_is_a_discount_part(world: 
     check_invariants(con)
 
 
-@pytest.mark.parametrize("change", ["seats", "added-item"])
+@pytest.mark.parametrize("change", ["seats", "added-item", "beside-another-subscription"])
 def test_a_shared_amount_off_split_anew_belongs_to_the_change(world: World, derive: Derive, change: str) -> None:
     """A subscription's fixed 20.00 amount_off is shared among its items by MRR: when one item changes, the other
-    item's share moves although its price, quantity and discounts did not. That part belongs to the change that
-    caused it (two more seats: +20.00, all seat_expansion; an added item: all cross_sell), not to an upgrade of
-    the untouched item."""
+    item's share moves although its price, quantity and discounts did not. That part belongs to the change of
+    that subscription that caused it (two more seats: +20.00, all seat_expansion; an added item: all cross_sell),
+    not to an upgrade of the untouched item, nor to a larger change of another subscription in the window."""
     w = base(world)
     w.coupon("off20", amount_off=2000, currency="usd", duration="forever")
     d = w.discount("off20", T0, customer="cus_1", subscription="sub_1")
     w.subscribe("sub_1", "cus_1", [("si_a", "core_basic", 3), ("si_b", "analytics", 1)], T0, discounts=[d["id"]])
-    if change == "seats":
+    if change != "added-item":
         w.update("sub_1", month(0, 10), items=[("si_a", "core_basic", 5), ("si_b", "analytics", 1)])
         expected = [(month(0, 10), "seat_expansion", "expansion", Decimal(20), "si_a")]
     else:
@@ -585,6 +585,11 @@ def test_a_shared_amount_off_split_anew_belongs_to_the_change(world: World, deri
         w.update("sub_1", month(0, 10), items=[("si_a", "core_basic", 3), ("si_b", "analytics", 1),
                                                 ("si_c", "api_flat", 1)])
         expected = [(month(0, 10), "cross_sell", "expansion", Decimal(40), "si_c")]
+    if change == "beside-another-subscription":
+        w.price("api_big", "prod_api", 10_000)
+        w.subscribe("sub_2", "cus_1", [("si_d", "api_big", 1)], month(0, 10) + 600)
+        expected = [(month(0, 10), "cross_sell", "expansion", Decimal(100), "si_d"),
+                    (month(0, 10), "seat_expansion", "expansion", Decimal(20), "si_a")]
     con = derive(w, seen_at=month(1, 5))
     assert [m for m in movements(con) if m[1] != "new"] == expected
     check_invariants(con)
