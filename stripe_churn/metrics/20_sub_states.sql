@@ -195,8 +195,9 @@ snapshot_keys AS (
 late_snapshot AS (
     SELECT s.account_id, s.subscription_id, s.seen_at AS moment, 'snapshot' AS source, NULL AS event_id,
            NULL AS items,
-           -- (1000001: the last event's list was cut short and the snapshot agrees with every item it lists, so
-           -- the snapshot completes it and nothing disagrees; 1000000: a change the events missed)
+           -- (1000000: a change the events missed; 1000001: the last event's list was cut short, so only the
+           -- snapshot, complete from subscription_items, says which of the items it left out are still there,
+           -- and it agrees with every item the list shows; NULL: the snapshot adds nothing)
            CASE WHEN s.status IS DISTINCT FROM l.after_status THEN 1000000
                 WHEN coalesce(l.after_has_more, false)
                 THEN CASE WHEN list_has_all(coalesce(k.items_key, []), items_key(l.after_items)) THEN 1000001
@@ -207,12 +208,7 @@ late_snapshot AS (
     FROM derived_subs s
     JOIN last_events l USING (account_id, subscription_id)
     LEFT JOIN snapshot_keys k USING (account_id, subscription_id)
-    WHERE s.in_snapshot AND s.seen_at > l.moment
-      AND (s.status IS DISTINCT FROM l.after_status
-           -- the last event's item list was cut short: only the snapshot (complete, from subscription_items)
-           -- says which of the items it left out are still there
-           OR coalesce(l.after_has_more, false)
-           OR coalesce(k.items_key, []) IS DISTINCT FROM items_key(l.after_items))
+    WHERE s.in_snapshot AND s.seen_at > l.moment AND ord IS NOT NULL
 )
 SELECT * EXCLUDE (has_more),
        -- an embedded item list cut short (has_more) says nothing about the items it leaves out

@@ -263,14 +263,9 @@ merged_parts AS (
     FROM merging
     GROUP BY ALL
 )
-SELECT * EXCLUDE (realloc) FROM changed_parts
-WHERE tid NOT IN (SELECT tid FROM realloc_targets)
-UNION ALL BY NAME
-SELECT * EXCLUDE (realloc) FROM changed_parts p
-WHERE tid IN (SELECT tid FROM realloc_targets)
-  AND NOT EXISTS (SELECT 1 FROM merging m
-                  WHERE m.tid = p.tid AND m.subscription_item_id IS NOT DISTINCT FROM p.subscription_item_id
-                    AND m.part = p.part AND m.comp = p.comp)
+SELECT p.* EXCLUDE (realloc) FROM changed_parts p
+ANTI JOIN merging m ON m.tid = p.tid AND m.subscription_item_id IS NOT DISTINCT FROM p.subscription_item_id
+                   AND m.part = p.part AND m.comp = p.comp
 UNION ALL BY NAME SELECT * FROM merged_parts
 UNION ALL BY NAME SELECT * FROM fx_parts
 UNION ALL BY NAME SELECT * FROM whole_parts;

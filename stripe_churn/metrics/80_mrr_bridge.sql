@@ -31,10 +31,8 @@ quiet AS (
 quiet_mains AS (
     -- (their main item: the largest MRR in force at the window's end)
     SELECT q.account_id, q.customer_id, q.t_start, any_value(q.t_end) AS t_end, any_value(q.mrr) AS mrr,
-           arg_max(b.product_id, (b.mrr_original, b.subscription_item_id)) AS product_id,
-           arg_max(b.price_id, (b.mrr_original, b.subscription_item_id)) AS price_id,
-           arg_max(b.family, (b.mrr_original, b.subscription_item_id)) AS family,
-           arg_max(b.currency, (b.mrr_original, b.subscription_item_id)) AS item_currency
+           arg_max({'product_id': b.product_id, 'price_id': b.price_id, 'family': b.family,
+                    'item_currency': b.currency}, (b.mrr_original, b.subscription_item_id)) AS m
     FROM quiet q
     JOIN derived_item_mrr b
       ON b.account_id = q.account_id AND b.customer_id = q.customer_id
@@ -49,7 +47,7 @@ states AS (
     LEFT JOIN mains m USING (tid)
     UNION ALL
     SELECT account_id, customer_id, t_start, t_end, CAST(mrr AS DECIMAL(18, 4)), CAST(mrr AS DECIMAL(18, 4)),
-           CAST(0 AS DECIMAL(18, 4)), 'same', true, product_id, price_id, family, item_currency
+           CAST(0 AS DECIMAL(18, 4)), 'same', true, m.product_id, m.price_id, m.family, m.item_currency
     FROM quiet_mains
 )
 SELECT t.account_id, t.customer_id, t.t_start, t.t_end, t.mrr_before, t.mrr_after, t.mrr_delta, t.kind,
