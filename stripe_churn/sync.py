@@ -76,6 +76,10 @@ SYNC_MEMORY_MB = 160  # DuckDB's memory during a sync (its cache spills to disk 
 SYNC_MEMORY_MAX_MB = 4096  # how far the cap is raised when a statement needs more than it allows
 SYNC_CHECKPOINT = "1GB"  # write-ahead log size that triggers a checkpoint during a sync
 EVENTS_COMPLETE = "events:complete"  # ``created``: server time up to which every event was listed
+# ``created``: the time from which the stored events have no gap (set when a full listing finds the events last
+# complete beyond Stripe's 30-day retention: those in between are lost, and the metrics take history from
+# invoices up to the first event after it, as for an account synced for the first time)
+EVENTS_UNBROKEN = "events:unbroken"
 EVENT_GROUP = 500  # events applied (and their objects refreshed) together
 CHECK_EACH_MAX = 250  # unlisted stored objects retrieved one by one at most (more are flagged at once)
 QUEUE_PAGES = 28  # pages waiting for the writer (serialised: ~0.5 MB each at most), enough for TX_OBJECTS
@@ -699,11 +703,24 @@ class _Sync:
 
     def _start_full(self, start_evt: str | None, version: int, server_time: int | None) -> None:
         """The full sync's start: its version, and (when the server said its time) that the events are
-        complete up to then (the incremental sync after it continues from the start event)."""
+        complete up to then (the incremental sync after it continues from the start event). When the stored
+        events were last complete before Stripe's retention reaches back now, the events in between are lost:
+        the stored ones are unbroken only from the oldest Stripe still keeps (``EVENTS_UNBROKEN``)."""
         with transaction(self.con):
             create_stages(self.con, fresh=True)
             self._set_cursor("full", start_evt, version, False)
             if server_time is not None:
+                cursors = self._cursors()
+                # (as _gap reads it: the last complete listing, else the newest event applied)
+                complete = cursors.get(EVENTS_COMPLETE, (None, None, False))[1]
+                last = complete if complete is not None else cursors.get("events", (None, None, False))[1]
+                kept_from = server_time - EVENT_RETENTION_S
+                if last is not None and last < kept_from:
+                    log.warning("the stored events end at %s, before the oldest event Stripe keeps now: the "
+                                "events in between are lost, and history up to %s is taken from invoices",
+                                datetime.fromtimestamp(last, UTC).isoformat(),
+                                datetime.fromtimestamp(kept_from, UTC).isoformat())
+                    self._set_cursor(EVENTS_UNBROKEN, None, kept_from, False)
                 self._set_cursor(EVENTS_COMPLETE, None, server_time, False)
 
     def _finish_full(self, start_evt: str | None, version: int) -> None:

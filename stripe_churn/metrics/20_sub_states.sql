@@ -2,12 +2,18 @@
 -- and from the snapshot, and the status steps of every subscription (reconstructed before the window from
 -- the snapshot's dates, taken from the observations inside it).
 
--- Where event coverage starts per account: the oldest stored event. From there on every change has an
+-- Where event coverage starts per account: the oldest stored event after the last gap in them (a sync that
+-- found the events last complete beyond Stripe's 30-day retention marks where the unbroken ones begin: the
+-- cursor 'events:unbroken'; the older events stay stored, unread here). From there on every change has an
 -- event, so events are the source; before it, invoices and the snapshot's dates are. An account without
 -- events is covered only from its latest snapshot on. (A macro: the incremental recompute compares it with
 -- the stored derived_coverage to see whether the snapshot or the coverage moved.)
 CREATE OR REPLACE MACRO coverage_now() AS TABLE
-WITH accounts AS (
+WITH unbroken AS (
+    SELECT account_id, to_timestamp(max(created)) AS since FROM sync_cursors
+    WHERE stream = 'events:unbroken' GROUP BY account_id
+),
+accounts AS (
     -- the latest sync, in Stripe's clock when the sync recorded it (the server's Date of its last listing):
     -- a sandbox or a test clock may run behind this machine's clock
     SELECT s.account_id, least(max(s.last_seen_at), any_value(to_timestamp(c.created))) AS snapshot_at
@@ -16,7 +22,10 @@ WITH accounts AS (
     GROUP BY s.account_id
 ),
 ev AS (
-    SELECT account_id, min(created) AS first_event_at FROM events GROUP BY account_id
+    SELECT e.account_id, min(e.created) AS first_event_at
+    FROM events e LEFT JOIN unbroken u USING (account_id)
+    WHERE u.since IS NULL OR e.created >= u.since
+    GROUP BY e.account_id
 )
 SELECT a.account_id,
        coalesce(ev.first_event_at, a.snapshot_at) AS coverage_start,
@@ -52,6 +61,9 @@ WITH typed AS (
            sub_state.prev_discounts AS before_discounts
     FROM events
     WHERE type LIKE 'customer.subscription.%' AND object_type = 'subscription' AND NOT coalesce(deleted, false)
+      -- (events before a gap in them are not read: coverage starts after it)
+      AND NOT EXISTS (SELECT 1 FROM derived_coverage c
+                      WHERE c.account_id = events.account_id AND events.created < c.coverage_start)
 ),
 merged AS (
     -- a key in previous_attributes replaces the value after (null: removes it); `items` is merged key by key

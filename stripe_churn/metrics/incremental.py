@@ -280,12 +280,12 @@ _SCOPED_KEYS = {
     + f"JOIN {_SCOPE}.rows_invoices c ON c.account_id = t.account_id AND c.object_id = t.invoice_id",
     "credit_notes": _KEY.format(table="credit_notes") + "JOIN touched_customers c USING (account_id, customer_id)",
     "discounts": _KEY.format(table="discounts") + "JOIN touched_customers c USING (account_id, customer_id)",
-    # the events about the touched customers' objects, and each account's oldest and newest event (which fix
-    # where event coverage starts)
+    # the events about the touched customers' objects, and each account's oldest (after a gap in them) and
+    # newest event (which fix where event coverage starts)
     "events": _KEY.format(table="events")
     + "JOIN touched_objects c ON c.account_id = t.account_id AND c.object_id = t.object_id "
     "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
-    "(SELECT (account_id, min(created)) FROM events GROUP BY account_id) "
+    "(SELECT (account_id, coverage_start) FROM coverage_now() WHERE has_events) "
     "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
     "(SELECT (account_id, max(created)) FROM events GROUP BY account_id)",
 }

@@ -186,3 +186,42 @@ def test_ground_truth_through_the_sandbox(tmp_path: Path) -> None:
         check_against_truth(sim, con, "5,000 x 36 through the sandbox")
     finally:
         con.close()
+
+
+def test_a_gap_in_the_stored_events_is_history_from_invoices(tmp_path: Path) -> None:
+    """The daemon down for longer than Stripe keeps events: the events of the gap are lost and the sync falls
+    back to a re-list. The stored events before the gap stay, but history up to the first event after it comes
+    from invoices, as in a store synced for the first time then (which the truth checks too); read as unbroken,
+    the old events dated the changes of the gap at the next event (a trial's end a month late)."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import END_OF_HISTORY, Simulation, add_months
+    from stripe_churn.settings import SANDBOX_KEY, Secret
+    from stripe_churn.store.db import open_store
+    from stripe_churn.sync import run_sync
+
+    # (ends two months before the sandbox's usual end, then two months more: before this machine's clock)
+    sim = Simulation(customers=150, months=6, seed=33, start=add_months(END_OF_HISTORY, -8))
+    with start_in_thread(sim, api_key=SANDBOX_KEY) as sandbox:
+        def settings_for(name: str) -> Settings:
+            return Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=tmp_path / name,
+                            rate_limit=10_000)
+
+        kept = settings_for("kept.duckdb")
+        assert run_sync(kept, full=True, progress=False).status == "succeeded"
+        sandbox.advance(2)
+        after_gap = run_sync(kept, progress=False)
+        assert (after_gap.mode, after_gap.status) == ("fallback", "succeeded"), after_gap
+        fresh = settings_for("fresh.duckdb")
+        assert run_sync(fresh, full=True, progress=False).status == "succeeded"
+    movements = {}
+    for settings, label in ((kept, "synced before and after a gap"), (fresh, "synced after the gap only")):
+        con = open_store(settings.db)
+        try:
+            recompute(con, settings)
+            check_against_truth(sim, con, f"150 x 8, {label}")
+            movements[label] = con.execute("SELECT * FROM mrr_movements ORDER BY ALL").fetchall()
+        finally:
+            con.close()
+    kept_rows, fresh_rows = movements.values()
+    assert kept_rows == fresh_rows
