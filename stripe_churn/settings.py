@@ -253,10 +253,12 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
             types, attr = FILE_KEYS[key]
             _check_type(key, value, types, where)
             values[attr] = _convert(attr, value)
+    origins: dict[str, str] = {}  # where a setting given in the environment came from
     for name, attr in ENV_KEYS.items():
         raw = env.get(name)
         if raw is None or raw == "":
             continue
+        origins[attr] = f"environment variable {name}"
         if attr == "rate_limit":
             try:
                 rate = float(raw)
@@ -272,13 +274,30 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
             values[attr] = _convert(attr, value)
     if rules:
         values["rules"] = Rules(**rules)
+    for attr, value in (overrides or {}).items():
+        if value is not None:
+            origins.pop(attr, None)
     settings = Settings(source=source, **values)
-    _validate(settings)
+    _validate(settings, origins)
     return settings
 
 
-def _validate(s: Settings) -> None:
+# The movement window's bounds in minutes (design.md 5; 0: only changes at the same moment are netted)
+MAX_MOVEMENT_WINDOW_MINUTES = 366 * 24 * 60
+
+
+def check_rules(rules: Rules, where: str) -> None:
+    """A ConfigError for rules the metrics cannot use (``where``: the file or source that set them)."""
+    window = rules.movement_window_minutes
+    if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= MAX_MOVEMENT_WINDOW_MINUTES:
+        raise ConfigError(f"setting 'rules.movement_window_minutes' in {where} must be a whole number of minutes "
+                          f"from 0 to {MAX_MOVEMENT_WINDOW_MINUTES} (a year), got {window!r}")
+
+
+def _validate(s: Settings, origins: Mapping[str, str] | None = None) -> None:
     where = s.source
+    origins = origins or {}
+    check_rules(s.rules, where)
     if s.rules.churn_recognition not in ("ended", "canceled"):
         raise ConfigError(f"setting 'rules.churn_recognition' in {where} must be \"ended\" or \"canceled\"")
     for pid, unit in s.rules.units.items():
@@ -291,8 +310,9 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"setting 'rate_limit' in {where} must be above 0")
     if not s.api_base.startswith(("http://", "https://")):
         raise ConfigError(f"setting 'api_base' ({s.api_base!r}) in {where} must start with http:// or https://")
-    if len(s.currency) != 3:
-        raise ConfigError(f"setting 'currency' in {where} must be a 3-letter ISO code such as usd")
+    if len(s.currency) != 3 or not s.currency.isascii() or not s.currency.isalpha():
+        raise ConfigError(f"setting 'currency' in {origins.get('currency', where)} must be a 3-letter ISO code such "
+                          f"as usd, got {s.currency!r}")
 
 
 def replace(settings: Settings, **changes: Any) -> Settings:

@@ -81,6 +81,11 @@ def test_default_config_file_in_working_directory(tmp_path: Path, monkeypatch: p
         pytest.param('[rules]\nchurn_recognition = "soon"\n', "rules.churn_recognition", id="bad-choice"),
         pytest.param('recompute = "some"\n', "setting 'recompute'", id="bad-recompute"),
         pytest.param("db = \n", "not valid TOML", id="bad-toml"),
+        # (a negative window never ended the recompute; a huge one failed in DuckDB with no word of the setting)
+        pytest.param("[rules]\nmovement_window_minutes = -5\n", "rules.movement_window_minutes", id="window-below-0"),
+        pytest.param("[rules]\nmovement_window_minutes = 1000000000000\n", "rules.movement_window_minutes",
+                     id="window-too-long"),
+        pytest.param('currency = "euro"\n', "setting 'currency'", id="bad-currency"),
     ],
 )
 def test_bad_config_is_one_line_naming_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
@@ -100,6 +105,29 @@ def test_missing_and_unreadable_file(tmp_path: Path) -> None:
     cfg.write_bytes(b"\xff\xfe\x00bad")
     with pytest.raises(ConfigError, match="cannot be read"):
         load_settings(cfg, env={})
+
+
+def test_a_bad_currency_in_the_environment_names_the_variable_and_value(tmp_path: Path) -> None:
+    cfg = write(tmp_path, 'currency = "eur"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={"STRIPE_CHURN_CURRENCY": "euro"})
+    assert "environment variable STRIPE_CHURN_CURRENCY" in str(err.value) and "'euro'" in str(err.value)
+
+
+def test_rules_the_metrics_cannot_use_stop_the_recompute_at_once(tmp_path: Path) -> None:
+    """Settings built in code skip load_settings: the recompute checks the rules itself (a negative movement
+    window looped for ever in step 60), and changes nothing."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.settings import Rules, Settings
+    from stripe_churn.store.db import open_store
+
+    con = open_store(tmp_path / "s.duckdb")
+    try:
+        with pytest.raises(ConfigError, match="movement_window_minutes"):
+            recompute(con, Settings(rules=Rules(movement_window_minutes=-5)))
+        assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name LIKE 'derived%'").fetchone() == (0,)
+    finally:
+        con.close()
 
 
 def test_bad_rate_limit_in_environment() -> None:

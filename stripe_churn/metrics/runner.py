@@ -23,7 +23,7 @@ from typing import Any
 import duckdb
 
 from stripe_churn.errors import DataError, StoppedError
-from stripe_churn.settings import Settings
+from stripe_churn.settings import Settings, check_rules
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def record_run(con: duckdb.DuckDBPyConnection, started_at: dt.datetime, mode: st
 def write_settings(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     """Write the rules of design.md 4 and 5 where the SQL reads them: one-row ``derived_settings`` and maps."""
     rules = settings.rules
+    check_rules(rules, settings.source)
     con.execute(
         """
         CREATE OR REPLACE TABLE derived_settings (
