@@ -21,7 +21,10 @@ CREATE OR REPLACE MACRO coupon_terms(cp) AS CASE WHEN cp IS NOT NULL THEN {
 -- The terms of each coupon the store lists (kept: an incremental recompute compares them with the stored ones,
 -- since a changed coupon concerns every customer with a discount from it).
 CREATE OR REPLACE TABLE derived_coupon_terms AS
-SELECT account_id, id AS coupon_id, coupon_terms(raw) AS terms FROM coupons WHERE NOT coalesce(deleted, false);
+SELECT account_id, id AS coupon_id, coupon_terms(raw) AS terms FROM coupons
+-- a deleted coupon's discounts keep running (Stripe stops only new redemptions): its last full copy, which the
+-- store keeps in raw when the deletion comes as a stub, still gives their terms
+WHERE NOT coalesce(deleted, false) OR json_extract_string(raw, '$.created') IS NOT NULL;
 
 CREATE OR REPLACE TABLE derived_discount_spans AS
 WITH d AS (

@@ -138,6 +138,17 @@ def test_forever_coupon(world: World, derive: Derive) -> None:
     assert row["mrr_undiscounted"] == Decimal("40") and row["discount_factor"] == Decimal("0.75")
 
 
+def test_a_deleted_coupons_discounts_keep_running(world: World, derive: Derive) -> None:
+    """Deleting a coupon stops new redemptions only; the discounts already given keep taking their part off.
+    (The deletion came as a stub and the derived terms left the coupon out: MRR 90.00 for all of history.)"""
+    w = discounted(world, {"percent_off": 25, "duration": "forever"})
+    assert customer_mrr_at(derive(w, seen_at=month(3)), "cus_1", month(2)) == Decimal("67.5000")
+    w.objects["coupons"]["co_1"] = {"id": "co_1", "object": "coupon", "deleted": True}
+    con = derive(w, seen_at=month(6))
+    assert customer_mrr_at(con, "cus_1", month(2)) == customer_mrr_at(con, "cus_1", month(5)) == Decimal("67.5000")
+    assert con.execute("SELECT count(*) FROM data_quality WHERE kind = 'missing_coupon'").fetchone() == (0,)
+
+
 def test_repeating_coupon_ends(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"percent_off": 20, "duration": "repeating", "duration_in_months": 3}),
                  seen_at=month(6))
