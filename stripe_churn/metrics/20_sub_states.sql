@@ -14,9 +14,10 @@ WITH unbroken AS (
     WHERE stream = 'events:unbroken' GROUP BY account_id
 ),
 accounts AS (
-    -- the latest sync, in Stripe's clock when the sync recorded it (the server's Date of its last listing):
-    -- a sandbox or a test clock may run behind this machine's clock
-    SELECT s.account_id, least(max(s.last_seen_at), any_value(to_timestamp(c.created))) AS snapshot_at
+    -- the latest sync, in Stripe's clock when the sync recorded it (the server's Date of its last listing),
+    -- else this machine's: a sandbox or a test clock may run behind or ahead of it (ahead, this machine's clock
+    -- would drop every change Stripe dated after it)
+    SELECT s.account_id, coalesce(any_value(to_timestamp(c.created)), max(s.last_seen_at)) AS snapshot_at
     FROM subscriptions s
     LEFT JOIN sync_cursors c ON c.account_id = s.account_id AND c.stream = 'events:complete'
     GROUP BY s.account_id

@@ -221,6 +221,25 @@ def test_snapshot_change_missed_by_events(world: World, derive: Derive) -> None:
     assert kinds == ["snapshot_event_mismatch"]
 
 
+def test_changes_dated_after_this_machines_clock_by_stripes_count(world: World, store: Any) -> None:
+    """Stripe's clock (a sandbox advanced, a test clock) ahead of this machine's at the sync: the snapshot is
+    dated by Stripe's clock, which the sync records. (Dated by this machine's, every change after it was
+    dropped: no seat_expansion, MRR 30.00 with 5 seats stored.)"""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 1_000)
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    world.cycle("sub_1", month(1))
+    world.update("sub_1", month(1, 10), items=[("si_1", "basic", 5)])
+    world.load(store, seen_at=month(1, 5))  # this machine's clock
+    store.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
+                  "VALUES (?, 'events:complete', NULL, ?, true)", [world.account_id, month(1, 15)])
+    recompute(store, make_settings())
+    assert customer_mrr_at(store, "cus_1", month(1, 14)) == 50
+    assert store.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT), mrr_delta FROM mrr_movements "
+                         "ORDER BY occurred_at").fetchall() == [("new", T0, 30), ("seat_expansion", month(1, 10), 20)]
+
+
 @pytest.mark.parametrize("outage", [False, True], ids=["event-missing", "daemon-down-past-retention"])
 def test_an_end_without_its_event_is_dated_at_ended_at(world: World, derive: Derive, store: Any,
                                                        outage: bool) -> None:
