@@ -85,6 +85,16 @@ def data_as_of(con: duckdb.DuckDBPyConnection) -> dt.date:
     return day
 
 
+def reporting_currency(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The currency the stored views are in: the reporting currency of the recompute that derived them (None
+    before any)."""
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                       "AND table_name = 'derived_settings'").fetchall()[0][0]:
+        return None
+    row = con.execute("SELECT reporting_currency FROM derived_settings").fetchall()
+    return str(row[0][0]) if row and row[0][0] else None
+
+
 def latest_verdict(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
     """The bridge row that answers "are we at net negative churn?": the latest month complete in the stored
     data (ending before :func:`data_as_of`) that opened with MRR; None when there is none yet."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from stripe_churn.errors import ConfigError
 from stripe_churn.report.tables import day_of
 from stripe_churn.settings import Settings
 from stripe_churn.store.snapshot import open_snapshot
+
+log = logging.getLogger(__name__)
 
 
 def parse_segment(segment: str | None) -> tuple[str | None, str | None]:
@@ -24,15 +27,17 @@ def parse_segment(segment: str | None) -> tuple[str | None, str | None]:
 
 
 def load_bridge(db: Path, *, start: dt.date | None = None, end: dt.date | None = None, period: str = "month",
-                segment: str | None = None) -> tuple[list[dict[str, Any]], dt.date]:
-    """Bridge rows per period (per segment value when asked) from the latest snapshot, oldest first, and the
-    day its data runs up to (:func:`stripe_churn.metrics.queries.data_as_of`), from one connection."""
-    from stripe_churn.metrics.queries import bridge, data_as_of
+                segment: str | None = None) -> tuple[list[dict[str, Any]], dt.date, str | None]:
+    """Bridge rows per period (per segment value when asked) from the latest snapshot, oldest first, the day
+    its data runs up to (:func:`stripe_churn.metrics.queries.data_as_of`) and the currency its amounts are in
+    (None before any recompute), from one connection."""
+    from stripe_churn.metrics.queries import bridge, data_as_of, reporting_currency
 
     kind, value = parse_segment(segment)
     con = open_snapshot(db)
     try:
-        return bridge(con, period=period, segment=kind, start=start, end=end, segment_value=value), data_as_of(con)
+        rows = bridge(con, period=period, segment=kind, start=start, end=end, segment_value=value)
+        return rows, data_as_of(con), reporting_currency(con)
     finally:
         con.close()
 
@@ -69,9 +74,14 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
     """Print the bridge with a verdict per period; write the chart and page when asked. Returns the rows."""
     from stripe_churn.report.tables import bridge_rows, render
 
-    rows, as_of = load_bridge(settings.db, start=start, end=end, period=period, segment=segment)
+    rows, as_of, derived_in = load_bridge(settings.db, start=start, end=end, period=period, segment=segment)
+    # (the amounts are in the currency of the recompute that derived them, whatever the settings say now)
+    currency = derived_in or settings.currency.lower()
+    if currency != settings.currency.lower():
+        log.warning("the stored metrics are in %s, not the reporting currency %s set now: run `stripe-churn sync` "
+                    "to derive them in %s", currency.upper(), settings.currency.upper(), settings.currency.upper())
     cols, body = bridge_rows(rows, fmt, as_of)
-    echo(render(cols, body, fmt, title=f"MRR bridge per {period} ({settings.currency.upper()})"))
+    echo(render(cols, body, fmt, title=f"MRR bridge per {period} ({currency.upper()})"))
     if fmt == "table" and rows:
         # (periods still running or after the data's last day have no verdict yet; per segment, every
         # segment's periods count)
@@ -88,9 +98,9 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
     if chart:
         from stripe_churn.report.charts import write_chart
 
-        write_chart(drawable, chart, settings.currency, period)
+        write_chart(drawable, chart, currency, period)
     if html:
         from stripe_churn.report.html import write_html
 
-        write_html(drawable, html, settings.currency, period, as_of)
+        write_html(drawable, html, currency, period, as_of)
     return rows

@@ -98,6 +98,22 @@ def test_table_says_per_period_whether_net_negative(db: Path) -> None:
     assert f"net negative churn in {negative} of {len(done)} complete periods (data up to {as_of})" in out
 
 
+def test_the_title_names_the_currency_the_amounts_are_in(db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The amounts are in the currency of the recompute that derived them: another reporting currency set since
+    (not derived yet) does not relabel them (it did: USD figures titled EUR), and the report says what to do."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(cli, ["report", "--format", "csv"],
+                                    env={"STRIPE_CHURN_DB": str(db), "STRIPE_CHURN_CURRENCY": "eur"})
+    assert result.exit_code == 0, result.output
+    assert run(db, "report").splitlines()[0].strip().endswith("(USD)")
+    plain = CliRunner().invoke(cli, ["report"], env={"STRIPE_CHURN_DB": str(db), "STRIPE_CHURN_CURRENCY": "eur"})
+    assert plain.output.splitlines()[0].strip().endswith("(USD)"), plain.output.splitlines()[0]
+    assert "the stored metrics are in USD, not the reporting currency EUR" in caplog.text
+    assert "stripe-churn sync" in caplog.text
+
+
 def test_the_latest_complete_month_is_answered_in_one_sentence() -> None:
     from stripe_churn.report.build import verdict_line
 
