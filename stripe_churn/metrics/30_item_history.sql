@@ -15,7 +15,7 @@ WITH inv AS (
 -- net_num / net_den (NULL for a line without inclusive tax); 40 also takes a tax-inclusive licensed price's
 -- tax out by it
 lines AS (
-    SELECT *,
+    SELECT *, rowid AS rid,
            CASE WHEN tax_inclusive > 0 AND amount - coalesce(pretax_credits, 0) > tax_inclusive
                 THEN amount - coalesce(pretax_credits, 0) END AS net_den
     FROM invoice_lines
@@ -38,7 +38,9 @@ SELECT
          ELSE CAST(l.amount AS HUGEINT) * 1000000000000 * (l.net_den - l.tax_inclusive) // l.net_den
     END AS amount_excl_tax_p,
     l.net_den - l.tax_inclusive AS net_num,
-    l.net_den
+    l.net_den,
+    -- (the row in invoice_lines, for the few lines whose JSON data quality reads)
+    l.rid
 FROM lines l
 JOIN inv i ON i.account_id = l.account_id AND i.invoice_id = l.invoice_id
 WHERE NOT coalesce(l.deleted, false);

@@ -243,10 +243,13 @@ SELECT account_id, 'unusable_object', 'subscription', id, NULL, created,
 FROM subscriptions
 WHERE NOT coalesce(deleted, false) AND customer_id IS NULL
 UNION ALL
-SELECT account_id, 'unusable_object', 'invoice_line', line_id, invoice_id, invoice_created,
+SELECT l.account_id, 'unusable_object', 'invoice_line', l.line_id, l.invoice_id, l.invoice_created,
        'subscription invoice line without a subscription item or price; kept as raw only'
-FROM derived_invoice_lines
-WHERE (subscription_item_id IS NULL OR price_id IS NULL) AND NOT proration
+FROM derived_invoice_lines l
+-- (a one-time invoice item billed with the subscription names neither, as it should: its parent says so)
+JOIN (SELECT rowid AS rid, raw FROM invoice_lines) r USING (rid)
+WHERE (l.subscription_item_id IS NULL OR l.price_id IS NULL) AND NOT l.proration
+  AND json_extract_string(r.raw, '$.parent.type') IS DISTINCT FROM 'invoice_item_details'
 UNION ALL
 -- an event of a billing type whose object is not the one its type names (a newer or unknown object type)
 SELECT account_id, 'unusable_object', 'event', id, object_id, created,

@@ -54,7 +54,7 @@ _UNREAD = {
                  "period_end"),
     # (30_item_history reads the lines, and only these columns: account_id, id, invoice_id, subscription_id,
     # subscription_item_id, parent_proration, proration_credit, amount, price_id, quantity, period_start,
-    # period_end, tax_inclusive, deleted)
+    # period_end, tax_inclusive, deleted; 90 the JSON of those _READ_RAW names)
     "invoice_lines": ("raw", "version", "created", "first_seen_at", "last_seen_at", "product_id", "currency",
                       "proration"),
     "credit_notes": ("raw",),
@@ -70,6 +70,8 @@ _READ_RAW = {
     "events": ("(type = 'customer.discount.deleted' OR (type LIKE 'customer.subscription.%' AND NOT EXISTS ("
                "SELECT 1 FROM {db}.subscriptions s WHERE s.account_id = e.account_id AND s.id = e.object_id "
                "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL)))"),
+    # the subscription invoice lines naming no item or price (90 reads their parent's type)
+    "invoice_lines": "((subscription_item_id IS NULL OR price_id IS NULL) AND NOT coalesce(parent_proration, false))",
     # the invoices of a subscription or customer owning a discount removed with no end of its own (35 dates its
     # end by the discounts they list)
     "invoices": ("EXISTS (SELECT 1 FROM {main}.discounts u WHERE u.account_id = e.account_id "

@@ -207,6 +207,27 @@ def test_a_removal_only_the_invoices_show_is_recorded(world: World, derive: Deri
         assert "removal" in rows[0][3] or "removes" in rows[0][3]
 
 
+def test_a_one_time_item_billed_with_the_subscription_is_no_data_quality_row(world: World, derive: Derive) -> None:
+    """A pending invoice item swept into a renewal invoice names neither a subscription item nor a price (its
+    parent is invoice_item_details): it is one-time, not MRR (design.md 4), and nothing is wrong with it. A
+    subscription line naming neither is still reported."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 1_000)
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    inv = world.cycle("sub_1", month(1))
+    setup = {**inv["lines"]["data"][0], "id": "il_setup", "amount": 5_000, "quantity": 1,
+             "parent": {"type": "invoice_item_details", "subscription_item_details": None,
+                        "invoice_item_details": {"invoice_item": "ii_setup", "proration": False,
+                                                 "subscription": "sub_1"}},
+             "pricing": {"type": "price_details", "price_details": None, "unit_amount_decimal": "5000"}}
+    broken = {**inv["lines"]["data"][0], "id": "il_broken", "parent": None, "pricing": None}
+    inv["lines"]["data"] += [setup, broken]
+    con = derive(world, seen_at=month(1, 5))
+    assert customer_mrr_at(con, "cus_1", month(1, 1)) == 30
+    assert con.execute("SELECT kind, object_id FROM data_quality").fetchall() == [("unusable_object", "il_broken")]
+
+
 def test_snapshot_change_missed_by_events(world: World, derive: Derive) -> None:
     """A state in the snapshot that no event explains is a change dated at the snapshot, and reported."""
     world.customer("cus_1")
