@@ -623,6 +623,19 @@ def test_missing_fx_rate_error(world: World, derive: Derive) -> None:
 
 
 
+def test_a_status_the_rules_do_not_know_counts_zero_and_says_so(world: World, derive: Derive) -> None:
+    """A status design.md 4 does not name (one a newer API version may add) counts zero, as the statuses that
+    stop MRR do, and is a data-quality row naming it and its event (it was a silent cancellation)."""
+    simple(world)
+    world.update("sub_1", month(1, 10), status="frozen")
+    con = derive(world, seen_at=month(2))
+    assert customer_mrr_at(con, "cus_1", month(1, 10)) == 0
+    rows = con.execute("SELECT kind, object_id, related_id, CAST(epoch(moment) AS BIGINT), detail "
+                       "FROM data_quality").fetchall()
+    assert [r[:4] for r in rows] == [("unknown_status", "sub_1", world.events[-1]["id"], month(1, 10))]
+    assert "frozen" in rows[0][4]
+
+
 def test_unpaid_before_event_window_dated_by_invoice(world: World, derive: Derive) -> None:
     """Without events, an unpaid subscription drops to zero when its failed invoice was given up on."""
     simple(world)
