@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
+import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,19 @@ def later_sync(w: World, customers: set[str], subscriptions: set[str], since: in
     return changed
 
 
+def _world_key(*parts: Any) -> str:
+    """A digest of worlds and moments (two tests building the same worlds get the same key)."""
+    def plain(x: Any) -> Any:
+        return [x.account_id, x.objects, x.events, x.fx_rates] if isinstance(x, World) else x
+    return hashlib.sha256(json.dumps([plain(p) for p in parts], sort_keys=True, default=str).encode()).hexdigest()
+
+
+# The stores both shard counts of a test start from (``before`` recomputed, as a file to copy) and the derived
+# contents of the fresh full recompute they are compared with, built once per worlds and moments.
+_BEFORE: dict[str, Path] = {}
+_FULL: dict[str, dict[str, list[str]]] = {}
+
+
 def assert_incremental_equals_full(tmp_path: Path, before: World, changed: World, seen: int, later: int,
                                    shards: int, upgrade: str = "") -> tuple[int, dict[str, list[str]]]:
     """Load ``before`` at ``seen`` and recompute; load ``changed`` at ``later`` and derive again incrementally in
@@ -80,9 +96,17 @@ def assert_incremental_equals_full(tmp_path: Path, before: World, changed: World
     run after the first recompute (derived tables as an older version left them). Returns (customers derived
     again, the derived contents)."""
     settings = Settings()
-    con = open_store(tmp_path / "incremental.duckdb")
-    before.load(con, seen_at=seen)
-    recompute(con, settings)
+    path = tmp_path / "incremental.duckdb"
+    start = _world_key(before, seen)
+    if start not in _BEFORE or not _BEFORE[start].exists():
+        con = open_store(tmp_path / "before.duckdb")
+        before.load(con, seen_at=seen)
+        recompute(con, settings)
+        con.close()
+        _BEFORE[start] = tmp_path / "before.duckdb"
+    shutil.copyfile(_BEFORE[start], path)
+    assert not Path(f"{_BEFORE[start]}.wal").exists()  # (closed: everything is in the file)
+    con = open_store(path)
     if upgrade:
         con.execute(upgrade)
     changed.load(con, seen_at=later)
@@ -90,12 +114,15 @@ def assert_incremental_equals_full(tmp_path: Path, before: World, changed: World
     incremental = derived_contents(con)
     con.close()
 
-    fresh = open_store(tmp_path / "full.duckdb")
-    before.load(fresh, seen_at=seen)
-    changed.load(fresh, seen_at=later)
-    recompute(fresh, settings)
-    full = derived_contents(fresh)
-    fresh.close()
+    end = _world_key(before, seen, changed, later)
+    if end not in _FULL:
+        fresh = open_store(tmp_path / "full.duckdb")
+        before.load(fresh, seen_at=seen)
+        changed.load(fresh, seen_at=later)
+        recompute(fresh, settings)
+        _FULL[end] = derived_contents(fresh)
+        fresh.close()
+    full = _FULL[end]
     assert set(incremental) == set(full)
     for name in full:
         assert incremental[name] == full[name], name
