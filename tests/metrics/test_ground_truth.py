@@ -201,7 +201,7 @@ def test_a_gap_in_the_stored_events_is_history_from_invoices(tmp_path: Path) -> 
     from stripe_churn.sync import run_sync
 
     # (ends two months before the sandbox's usual end, then two months more: before this machine's clock)
-    sim = Simulation(customers=150, months=6, seed=33, start=add_months(END_OF_HISTORY, -8))
+    sim = Simulation(customers=80, months=6, seed=33, start=add_months(END_OF_HISTORY, -8))
     with start_in_thread(sim, api_key=SANDBOX_KEY) as sandbox:
         def settings_for(name: str) -> Settings:
             return Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=tmp_path / name,
@@ -219,7 +219,7 @@ def test_a_gap_in_the_stored_events_is_history_from_invoices(tmp_path: Path) -> 
         con = open_store(settings.db)
         try:
             recompute(con, settings)
-            check_against_truth(sim, con, f"150 x 8, {label}")
+            check_against_truth(sim, con, f"80 x 8, {label}")
             movements[label] = con.execute("SELECT * FROM mrr_movements ORDER BY ALL").fetchall()
         finally:
             con.close()
