@@ -5,6 +5,7 @@ Engineers working on the metrics add fixtures here by appending; keep every fixt
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -19,11 +20,24 @@ from stripe_churn.settings import Rules, Settings
 SMALL_SIM = {"customers": 60, "months": 8, "seed": 7}
 
 
+@pytest.fixture(scope="session")
+def migrated_store_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty store with every migration applied, closed: the file each test's store starts as (migrating a new
+    file takes about 0.4 s, copying this one 0.04 s)."""
+    from stripe_churn.store.db import open_store
+
+    path = tmp_path_factory.mktemp("template") / "migrated.duckdb"
+    open_store(path).close()
+    assert not Path(f"{path}.wal").exists()
+    return path
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def store(tmp_path: Path, migrated_store_file: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A fresh, migrated DuckDB store in a temporary directory."""
     from stripe_churn.store.db import open_store
 
+    shutil.copyfile(migrated_store_file, tmp_path / "metrics.duckdb")
     con = open_store(tmp_path / "metrics.duckdb")
     try:
         yield con
