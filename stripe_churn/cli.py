@@ -234,8 +234,11 @@ def report(start: str | None, end: str | None, period: str, segment: str | None,
     """The MRR bridge and churn rates per period, with a plain net-negative-churn verdict per period."""
     from stripe_churn.report.build import build_report
 
+    first, last = _parse_date(start), _parse_date(end)
+    if first is not None and last is not None and first > last:
+        raise click.BadParameter(f"--from {start} is after --to {end}: give the earlier period first")
     settings = get_settings(config_path)
-    build_report(settings, start=_parse_date(start), end=_parse_date(end), period=period, segment=segment,
+    build_report(settings, start=first, end=last, period=period, segment=segment,
                  chart=chart, html=html_out, fmt=fmt, echo=click.echo)
 
 

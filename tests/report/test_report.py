@@ -141,6 +141,13 @@ def test_range_and_csv(db: Path) -> None:
     assert [p["period_start"] for p in parsed] == [r["period_start"].isoformat() for r in rows[1:4]]
 
 
+def test_a_range_that_ends_before_it_starts_is_a_usage_error(db: Path) -> None:
+    """(it printed an empty table of fewer columns and exited 0)"""
+    result = CliRunner().invoke(cli, ["report", "--from", "2025-06", "--to", "2025-01"],
+                                env={"STRIPE_CHURN_DB": str(db)})
+    assert result.exit_code == 2 and "--from 2025-06 is after --to 2025-01" in result.output
+
+
 def test_quarter_and_bad_segment(db: Path) -> None:
     out = json.loads(run(db, "report", "--format", "json", "--period", "quarter"))
     assert all(re.match(r"\d{4}-(01|04|07|10)-01", r["period_start"]) for r in out)
