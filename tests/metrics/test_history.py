@@ -228,6 +228,29 @@ def test_a_one_time_item_billed_with_the_subscription_is_no_data_quality_row(wor
     assert con.execute("SELECT kind, object_id FROM data_quality").fetchall() == [("unusable_object", "il_broken")]
 
 
+def test_a_renewal_without_an_item_the_events_keep_is_recorded(world: World, derive: Derive) -> None:
+    """A renewal invoice inside the event window that bills no line for an item the events keep disagrees with
+    them: MRR follows the events and the disagreement is a row (it went unrecorded). Renewals billing every
+    item, a metered one without usage among them, give none."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.product("prod_api", unit_label="api call")
+    world.price("basic", "prod_seat", 1_000)
+    world.price("extra", "prod_seat", 500)
+    world.price("calls", "prod_api", 0, usage_type="metered")
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3), ("si_2", "extra", 2), ("si_3", "calls", None)], T0)
+    world.cycle("sub_1", month(1))
+    short = world.cycle("sub_1", month(2))
+    short["lines"]["data"] = [ln for ln in short["lines"]["data"]
+                              if ln["parent"]["subscription_item_details"]["subscription_item"] != "si_2"]
+    con = derive(world, seen_at=month(2, 5))
+    assert customer_mrr_at(con, "cus_1", month(2, 1)) == 40
+    rows = con.execute("SELECT kind, object_id, related_id, CAST(epoch(moment) AS BIGINT), detail "
+                       "FROM data_quality").fetchall()
+    assert [r[:4] for r in rows] == [("invoice_event_mismatch", "si_2", short["id"], month(2))]
+    assert "without item si_2" in rows[0][4]
+
+
 def test_snapshot_change_missed_by_events(world: World, derive: Derive) -> None:
     """A state in the snapshot that no event explains is a change dated at the snapshot, and reported."""
     world.customer("cus_1")
