@@ -96,7 +96,8 @@ WITH line_steps AS (
     WHERE subscription_item_id IS NOT NULL AND NOT is_credit
 ),
 removals AS (
-    -- a credit for unused time with no new line for the same item at that moment: the item was removed
+    -- a credit for unused time with no new line for the same item then (within 5 minutes: Stripe may date the
+    -- new line's proration a little apart from the credit's): the item was removed
     SELECT c.account_id, c.subscription_id, c.subscription_item_id, c.period_start AS moment, false AS present,
            NULL AS price_id, NULL AS quantity, 'invoice' AS source, NULL AS source_event_id,
            c.invoice_id AS source_invoice_id, epoch(c.invoice_created) * 10 + 1 AS prio
@@ -104,7 +105,9 @@ removals AS (
     WHERE c.subscription_item_id IS NOT NULL AND c.is_credit AND c.proration
       AND NOT EXISTS (SELECT 1 FROM derived_invoice_lines d
                       WHERE d.account_id = c.account_id AND d.subscription_item_id = c.subscription_item_id
-                        AND NOT d.is_credit AND d.period_start = c.period_start)
+                        AND NOT d.is_credit
+                        AND d.period_start BETWEEN c.period_start - INTERVAL 5 MINUTE
+                                               AND c.period_start + INTERVAL 5 MINUTE)
 ),
 last_billed AS (
     -- the last billed period of each item never seen in a subscription state

@@ -133,13 +133,13 @@ WHERE v.has_events AND c.period_start >= v.coverage_start AND c.is_credit AND c.
   AND c.subscription_item_id IS NOT NULL
   -- (a subscription ended then credits every item: no removal to compare)
   AND (s.ended_at IS NULL OR s.ended_at > c.period_start + INTERVAL 5 MINUTE)
-  -- (no new line for the item on the same invoice, nor one starting within 5 minutes)
+  -- (no new line for the item starting within 5 minutes, as 30 reads a removal; a new line on the same invoice
+  -- may bill an earlier change, when prorations gather until the next invoice)
   AND NOT EXISTS (SELECT 1 FROM derived_invoice_lines d
                   WHERE d.account_id = c.account_id AND d.subscription_item_id = c.subscription_item_id
                     AND NOT d.is_credit
-                    AND (d.invoice_id = c.invoice_id
-                         OR d.period_start BETWEEN c.period_start - INTERVAL 5 MINUTE
-                                               AND c.period_start + INTERVAL 5 MINUTE))
+                    AND d.period_start BETWEEN c.period_start - INTERVAL 5 MINUTE
+                                           AND c.period_start + INTERVAL 5 MINUTE)
 UNION ALL
 -- a renewal or first invoice inside event coverage that bills no line for a licensed item the events keep when
 -- its period starts (Stripe bills every item of the subscription there, at zero too)

@@ -167,6 +167,24 @@ def test_a_proration_inside_the_window_that_disagrees_is_recorded(world: World, 
         assert [(r[0], r[1], r[2]) for r in rows] == [("invoice_event_mismatch", "si_1", inv["id"])]
 
 
+def test_a_proration_dated_a_minute_apart_from_its_credit_is_no_removal(world: World, derive: Derive) -> None:
+    """Before the event window (invoices alone), a credit for unused time whose item's new line starts a minute
+    earlier is a change, not a removal: read as a removal, the item dropped out until its next renewal."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 1_000)
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    world.update("sub_1", month(0, 10), items=[("si_1", "basic", 5)])
+    inv = [i for i in world.objects["invoices"].values() if i["billing_reason"] == "subscription_update"][-1]
+    (debit,) = [ln for ln in inv["lines"]["data"] if ln["amount"] > 0]
+    debit["period"]["start"] -= 60
+    world.cycle("sub_1", month(1))
+    con = derive(world, seen_at=month(1, 5), events=False)
+    assert customer_mrr_at(con, "cus_1", month(0, 15)) == 50
+    assert con.execute("SELECT movement, mrr_delta FROM mrr_movements ORDER BY occurred_at").fetchall() == [
+        ("new", 30), ("seat_expansion", 20)]
+
+
 def seats_and_storage(w: World) -> None:
     """cus_1 with sub_1 from T0: si_a, 3 seats at 10.00, and si_b, 2 GB of storage at 7.00 (44.00)."""
     w.customer("cus_1")
