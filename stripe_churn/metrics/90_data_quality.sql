@@ -150,13 +150,16 @@ SELECT h.account_id, 'invoice_event_mismatch', 'subscription_item', h.subscripti
               strftime(r.period_start AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M UTC'), h.subscription_item_id,
               h.quantity, h.price_id)
 FROM (
-    -- (its licensed lines' period start: metered ones bill the period before)
+    -- (only invoices made inside coverage, a few weeks of them: the period start of their licensed lines, as
+    -- metered ones bill the period before, and every item they bill)
     SELECT l.account_id, l.invoice_id, any_value(l.subscription_id) AS subscription_id,
-           min(l.period_start) AS period_start
+           min(l.period_start) FILTER (WHERE NOT l.proration AND NOT l.is_credit AND p.usage_type = 'licensed'
+                                       AND l.subscription_item_id IS NOT NULL) AS period_start,
+           list(l.subscription_item_id) AS items
     FROM derived_invoice_lines l
-    JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
-    WHERE NOT l.proration AND NOT l.is_credit AND l.subscription_item_id IS NOT NULL
-      AND p.usage_type = 'licensed'
+    JOIN derived_coverage v ON v.account_id = l.account_id
+    LEFT JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
+    WHERE v.has_events AND l.invoice_created >= v.coverage_start
     GROUP BY l.account_id, l.invoice_id
 ) r
 JOIN derived_coverage v ON v.account_id = r.account_id
@@ -164,10 +167,8 @@ JOIN derived_item_history h
   ON h.account_id = r.account_id AND h.subscription_id = r.subscription_id
  AND h.valid_from <= r.period_start AND (h.valid_to IS NULL OR r.period_start < h.valid_to)
 JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
-WHERE v.has_events AND r.period_start >= v.coverage_start AND p.usage_type = 'licensed'
-  AND NOT EXISTS (SELECT 1 FROM derived_invoice_lines d
-                  WHERE d.account_id = r.account_id AND d.invoice_id = r.invoice_id
-                    AND d.subscription_item_id = h.subscription_item_id)
+WHERE r.period_start >= v.coverage_start AND p.usage_type = 'licensed'
+  AND NOT list_contains(r.items, h.subscription_item_id)
 UNION ALL
 -- a snapshot newer than the last event differs from it: a change the events missed
 SELECT account_id, 'snapshot_event_mismatch', 'subscription', subscription_id, NULL, moment,
