@@ -272,11 +272,9 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
     for attr, value in (overrides or {}).items():
         if value is not None:
             values[attr] = _convert(attr, value)
+            origins.pop(attr, None)
     if rules:
         values["rules"] = Rules(**rules)
-    for attr, value in (overrides or {}).items():
-        if value is not None:
-            origins.pop(attr, None)
     settings = Settings(source=source, **values)
     _validate(settings, origins)
     return settings
