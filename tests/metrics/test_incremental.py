@@ -11,6 +11,7 @@ import copy
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -77,10 +78,13 @@ def later_sync(w: World, customers: set[str], subscriptions: set[str], since: in
 
 
 def _world_key(*parts: Any) -> str:
-    """A digest of worlds and moments (two tests building the same worlds get the same key)."""
+    """A digest of the running test (without its parameters: the shard counts of one test share a key) and of
+    worlds and moments."""
     def plain(x: Any) -> Any:
         return [x.account_id, x.objects, x.events, x.fx_rates] if isinstance(x, World) else x
-    return hashlib.sha256(json.dumps([plain(p) for p in parts], sort_keys=True, default=str).encode()).hexdigest()
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split("[")[0].split(" ")[0]
+    return hashlib.sha256(json.dumps([test, *(plain(p) for p in parts)], sort_keys=True,
+                                     default=str).encode()).hexdigest()
 
 
 # The stores both shard counts of a test start from (``before`` recomputed, as a file to copy) and the derived
