@@ -86,7 +86,8 @@ GROUP BY ALL;
 
 -- Steps: from `moment` on, the item is (present, price, quantity) until its next step. `prio` breaks ties at
 -- the same moment (observations over invoices; a later invoice over an earlier one; present over absent). It
--- is a whole number from 0 to below 1e16: 90 packs (moment, prio) into one key.
+-- is a whole number from 0 to below 1e16: 90 packs (moment, prio) into one key. (The absent steps of a positive
+-- prio are the removals; 90 compares them with the events.)
 CREATE OR REPLACE TEMP TABLE derived_invoice_item_steps AS
 WITH line_steps AS (
     SELECT account_id, subscription_id, subscription_item_id, period_start AS moment, true AS present,

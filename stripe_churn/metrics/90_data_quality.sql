@@ -116,30 +116,23 @@ FROM compared
 WHERE absent OR h_item IS NULL OR h_price IS DISTINCT FROM price_id OR h_quantity IS DISTINCT FROM quantity
 UNION ALL
 -- a proration inside event coverage that credits an item's unused time with no new line for it (a removal, read
--- from invoices alone) while the events keep the item 5 minutes after the credit's start
-SELECT c.account_id, 'invoice_event_mismatch', 'subscription_item', c.subscription_item_id, c.invoice_id,
-       c.period_start,
+-- from invoices alone: 30's removal steps, the absent ones of a positive prio) while the events keep the item
+-- 5 minutes after the credit's start
+SELECT c.account_id, 'invoice_event_mismatch', 'subscription_item', c.subscription_item_id, c.source_invoice_id,
+       c.moment,
        format('invoice {} credits item {} from {} with no new line for it (a removal), but the events keep it '
-              '({} × {}); the events were used', c.invoice_id, c.subscription_item_id,
-              strftime(c.period_start AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M UTC'), h.quantity, h.price_id)
-FROM derived_invoice_lines c
+              '({} × {}); the events were used', c.source_invoice_id, c.subscription_item_id,
+              strftime(c.moment AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M UTC'), h.quantity, h.price_id)
+FROM derived_invoice_item_steps c
 JOIN derived_coverage v USING (account_id)
 JOIN derived_item_history h
   ON h.account_id = c.account_id AND h.subscription_item_id = c.subscription_item_id
- AND h.valid_from <= c.period_start + INTERVAL 5 MINUTE
- AND (h.valid_to IS NULL OR c.period_start + INTERVAL 5 MINUTE < h.valid_to)
+ AND h.valid_from <= c.moment + INTERVAL 5 MINUTE
+ AND (h.valid_to IS NULL OR c.moment + INTERVAL 5 MINUTE < h.valid_to)
 LEFT JOIN derived_subs s ON s.account_id = c.account_id AND s.subscription_id = c.subscription_id
-WHERE v.has_events AND c.period_start >= v.coverage_start AND c.is_credit AND c.proration
-  AND c.subscription_item_id IS NOT NULL
+WHERE v.has_events AND c.moment >= v.coverage_start AND NOT c.present AND c.prio > 0
   -- (a subscription ended then credits every item: no removal to compare)
-  AND (s.ended_at IS NULL OR s.ended_at > c.period_start + INTERVAL 5 MINUTE)
-  -- (no new line for the item starting within 5 minutes, as 30 reads a removal; a new line on the same invoice
-  -- may bill an earlier change, when prorations gather until the next invoice)
-  AND NOT EXISTS (SELECT 1 FROM derived_invoice_lines d
-                  WHERE d.account_id = c.account_id AND d.subscription_item_id = c.subscription_item_id
-                    AND NOT d.is_credit
-                    AND d.period_start BETWEEN c.period_start - INTERVAL 5 MINUTE
-                                           AND c.period_start + INTERVAL 5 MINUTE)
+  AND (s.ended_at IS NULL OR s.ended_at > c.moment + INTERVAL 5 MINUTE)
 UNION ALL
 -- a renewal or first invoice inside event coverage that bills no line for a licensed item the events keep when
 -- its period starts (Stripe bills every item of the subscription there, at zero too)
