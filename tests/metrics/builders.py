@@ -246,6 +246,17 @@ class World:
                             "unit_amount_decimal": price.get("unit_amount_decimal")},
                 "subtotal": amount, "taxes": []}
 
+    def add_one_time_and_broken_lines(self, inv: Obj, sid: str) -> None:
+        """Add to ``inv`` a one-time invoice item's line (``il_setup``, 50.00; its parent invoice_item_details,
+        no price) and a line naming neither item nor price nor parent (``il_broken``)."""
+        first = inv["lines"]["data"][0]
+        setup = {**first, "id": "il_setup", "amount": 5_000, "quantity": 1,
+                 "parent": {"type": "invoice_item_details", "subscription_item_details": None,
+                            "invoice_item_details": {"invoice_item": "ii_setup", "proration": False,
+                                                     "subscription": sid}},
+                 "pricing": {"type": "price_details", "price_details": None, "unit_amount_decimal": "5000"}}
+        inv["lines"]["data"] += [setup, {**first, "id": "il_broken", "parent": None, "pricing": None}]
+
     def _invoice(self, sid: str, at: int, reason: str, lines: list[Obj], tax: int = 0) -> Obj:
         sub = self.objects["subscriptions"][sid]
         iid = self._id("in")

@@ -233,14 +233,7 @@ def test_a_one_time_item_billed_with_the_subscription_is_no_data_quality_row(wor
     world.product("prod_seat", unit_label="seat")
     world.price("basic", "prod_seat", 1_000)
     world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
-    inv = world.cycle("sub_1", month(1))
-    setup = {**inv["lines"]["data"][0], "id": "il_setup", "amount": 5_000, "quantity": 1,
-             "parent": {"type": "invoice_item_details", "subscription_item_details": None,
-                        "invoice_item_details": {"invoice_item": "ii_setup", "proration": False,
-                                                 "subscription": "sub_1"}},
-             "pricing": {"type": "price_details", "price_details": None, "unit_amount_decimal": "5000"}}
-    broken = {**inv["lines"]["data"][0], "id": "il_broken", "parent": None, "pricing": None}
-    inv["lines"]["data"] += [setup, broken]
+    world.add_one_time_and_broken_lines(world.cycle("sub_1", month(1)), "sub_1")
     con = derive(world, seen_at=month(1, 5))
     assert customer_mrr_at(con, "cus_1", month(1, 1)) == 30
     assert con.execute("SELECT kind, object_id FROM data_quality").fetchall() == [("unusable_object", "il_broken")]

@@ -159,13 +159,7 @@ def test_lines_naming_no_item_or_price(world: World, tmp_path: Path, shards: int
     renewal is fine, a subscription line naming neither is not): the scopes copy it for those lines."""
     w = book(world)
     before = copy.deepcopy(w)
-    inv = w.cycle("sub_a", ts(2024, 5, 10))
-    setup = {**inv["lines"]["data"][0], "id": "il_setup", "amount": 5_000, "quantity": 1,
-             "parent": {"type": "invoice_item_details", "subscription_item_details": None,
-                        "invoice_item_details": {"invoice_item": "ii_setup", "proration": False,
-                                                 "subscription": "sub_a"}},
-             "pricing": {"type": "price_details", "price_details": None, "unit_amount_decimal": "5000"}}
-    inv["lines"]["data"] += [setup, {**inv["lines"]["data"][0], "id": "il_broken", "parent": None, "pricing": None}]
+    w.add_one_time_and_broken_lines(w.cycle("sub_a", ts(2024, 5, 10)), "sub_a")
     changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 10))
     _, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
     assert [r for r in full["derived_data_quality"] if "il_" in r and "unusable_object" in r] == [
