@@ -5,6 +5,13 @@
 -- Small helpers shared by every later step.
 -- A HUGEINT count of 1e-10 major units as DECIMAL(38,10), without a floating-point division.
 CREATE OR REPLACE MACRO dec10(h) AS CAST(h AS DECIMAL(38, 0)) * CAST(0.0000000001 AS DECIMAL(10, 10));
+-- An amount as DECIMAL(18,4), the type of money in the views (design.md 4), or an error naming `what` (text
+-- evaluated only then) when it does not fit, instead of DuckDB's bare "out of range".
+CREATE OR REPLACE MACRO money4(x, what) AS
+    CASE WHEN x IS NULL OR (x < 99999999999999.99995 AND x > -99999999999999.99995) THEN CAST(x AS DECIMAL(18, 4))
+         ELSE error(what || ' is ' || CAST(x AS VARCHAR) || ', more than the 99999999999999.9999 that money in the '
+                    || 'views can hold (DECIMAL(18,4)): check the amounts and quantities of the Stripe prices and '
+                    || 'subscriptions behind it') END;
 -- Unix seconds (as sent by Stripe) to TIMESTAMPTZ; NULL stays NULL.
 CREATE OR REPLACE MACRO ts_of(s) AS CASE WHEN s IS NULL THEN NULL ELSE to_timestamp(CAST(s AS BIGINT)) END;
 -- An expandable field (an id or an expanded object) to its id.

@@ -61,14 +61,17 @@ CREATE OR REPLACE TABLE derived_customer_mrr AS
 WITH levels AS (
     -- items are truncated at 10 decimals; their sum per currency is rounded at 9 so that an exact sum
     -- such as 26.4583333333 + 184.1666666666 = 210.625 is whole again before the rate and the final rounding
-    SELECT p.account_id, p.customer_id, p.moment,
-           CAST(round(coalesce(sum(x.cur_mrr * x.rate), 0), 4) AS DECIMAL(18, 4)) AS mrr
-    FROM derived_customer_points p
-    LEFT JOIN (SELECT account_id, customer_id, moment, currency, any_value(rate) AS rate,
-                      CAST(round(sum(mrr_original), 9) AS DECIMAL(38, 9)) AS cur_mrr
-               FROM derived_customer_point_items GROUP BY account_id, customer_id, moment, currency) x
-      USING (account_id, customer_id, moment)
-    GROUP BY ALL
+    SELECT account_id, customer_id, moment,
+           money4(total, 'the MRR of customer ' || customer_id || ' from ' || moment) AS mrr
+    FROM (
+        SELECT p.account_id, p.customer_id, p.moment, round(coalesce(sum(x.cur_mrr * x.rate), 0), 4) AS total
+        FROM derived_customer_points p
+        LEFT JOIN (SELECT account_id, customer_id, moment, currency, any_value(rate) AS rate,
+                          CAST(round(sum(mrr_original), 9) AS DECIMAL(38, 9)) AS cur_mrr
+                   FROM derived_customer_point_items GROUP BY account_id, customer_id, moment, currency) x
+          USING (account_id, customer_id, moment)
+        GROUP BY ALL
+    )
 ),
 marked AS (
     SELECT *, lag(mrr) OVER (PARTITION BY account_id, customer_id ORDER BY moment) IS DISTINCT FROM mrr AS changed

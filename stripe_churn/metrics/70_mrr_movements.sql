@@ -144,7 +144,8 @@ SELECT
     s.mrr_after,
     s.mrr_delta_part AS mrr_delta,
     s.currency,
-    CAST(round(s.amount_original, 4) AS DECIMAL(18, 4)) AS amount_delta_original,
+    money4(round(s.amount_original, 4), 'the change of customer ' || s.customer_id || '''s MRR in '
+           || s.currency || ' at ' || s.t_start) AS amount_delta_original,
     CASE WHEN s.movement = 'cancellation' THEN
         CASE WHEN f.cancellation_reason = 'payment_failed' OR u.tid IS NOT NULL
              THEN 'involuntary' ELSE 'voluntary' END

@@ -200,6 +200,10 @@ SELECT * FROM l ANTI JOIN zero USING (segment_value, period_start);
 
 -- Bridge rows from a ledger: every period from the segment's first one through the current one (the later
 -- of today and the data), quiet periods included; opening and closing run on from the flows.
+-- (what money4 names when a bridge amount does not fit)
+CREATE OR REPLACE MACRO bridge_cell(col, segment_kind, segment_value, period_start) AS
+    'the bridge''s ' || col || ' of the period from ' || period_start
+    || coalesce(' in segment ' || nullif(segment_kind, '') || ' = ' || segment_value, '');
 CREATE OR REPLACE MACRO bridge_rows(period_kind, segment_kind, wanted_value) AS TABLE
 WITH
 ledger AS (
@@ -254,23 +258,23 @@ running AS (
 ),
 money AS (
     SELECT segment_value, period_start, period_end,
-           CAST(opening_mrr AS DECIMAL(18, 4)) AS opening_mrr,
-           CAST(new AS DECIMAL(18, 4)) AS new,
-           CAST(reactivation AS DECIMAL(18, 4)) AS reactivation,
-           CAST(expansion AS DECIMAL(18, 4)) AS expansion,
-           CAST(contraction AS DECIMAL(18, 4)) AS contraction,
-           CAST(churn AS DECIMAL(18, 4)) AS churn,
-           CAST(fx AS DECIMAL(18, 4)) AS fx,
-           CAST(opening_mrr + net AS DECIMAL(18, 4)) AS closing_mrr,
-           CAST(upgrade AS DECIMAL(18, 4)) AS upgrade,
-           CAST(cross_sell AS DECIMAL(18, 4)) AS cross_sell,
-           CAST(seat_expansion AS DECIMAL(18, 4)) AS seat_expansion,
-           CAST(resource_expansion AS DECIMAL(18, 4)) AS resource_expansion,
-           CAST(downgrade AS DECIMAL(18, 4)) AS downgrade,
-           CAST(seat_contraction AS DECIMAL(18, 4)) AS seat_contraction,
-           CAST(resource_contraction AS DECIMAL(18, 4)) AS resource_contraction,
-           CAST(discount_expansion AS DECIMAL(18, 4)) AS discount_expansion,
-           CAST(discount_contraction AS DECIMAL(18, 4)) AS discount_contraction,
+           money4(opening_mrr, bridge_cell('opening_mrr', segment_kind, segment_value, period_start)) AS opening_mrr,
+           money4(new, bridge_cell('new', segment_kind, segment_value, period_start)) AS new,
+           money4(reactivation, bridge_cell('reactivation', segment_kind, segment_value, period_start)) AS reactivation,
+           money4(expansion, bridge_cell('expansion', segment_kind, segment_value, period_start)) AS expansion,
+           money4(contraction, bridge_cell('contraction', segment_kind, segment_value, period_start)) AS contraction,
+           money4(churn, bridge_cell('churn', segment_kind, segment_value, period_start)) AS churn,
+           money4(fx, bridge_cell('fx', segment_kind, segment_value, period_start)) AS fx,
+           money4(opening_mrr + net, bridge_cell('closing_mrr', segment_kind, segment_value, period_start)) AS closing_mrr,
+           money4(upgrade, bridge_cell('upgrade', segment_kind, segment_value, period_start)) AS upgrade,
+           money4(cross_sell, bridge_cell('cross_sell', segment_kind, segment_value, period_start)) AS cross_sell,
+           money4(seat_expansion, bridge_cell('seat_expansion', segment_kind, segment_value, period_start)) AS seat_expansion,
+           money4(resource_expansion, bridge_cell('resource_expansion', segment_kind, segment_value, period_start)) AS resource_expansion,
+           money4(downgrade, bridge_cell('downgrade', segment_kind, segment_value, period_start)) AS downgrade,
+           money4(seat_contraction, bridge_cell('seat_contraction', segment_kind, segment_value, period_start)) AS seat_contraction,
+           money4(resource_contraction, bridge_cell('resource_contraction', segment_kind, segment_value, period_start)) AS resource_contraction,
+           money4(discount_expansion, bridge_cell('discount_expansion', segment_kind, segment_value, period_start)) AS discount_expansion,
+           money4(discount_contraction, bridge_cell('discount_contraction', segment_kind, segment_value, period_start)) AS discount_contraction,
            CAST(opening_customers AS BIGINT) AS opening_customers,
            CAST(new_customers AS BIGINT) AS new_customers,
            CAST(reactivated_customers AS BIGINT) AS reactivated_customers,
@@ -293,7 +297,7 @@ SELECT
     CAST((new + reactivation + expansion) / nullif(contraction + churn, 0) AS DOUBLE) AS quick_ratio,
     -- (in whole 1e-4 units, half up: a DECIMAL divided by an integer is a DOUBLE in DuckDB, which loses exact halves)
     CASE WHEN closing_customers > 0
-         THEN CAST(CAST((CAST(closing_mrr * 10000 AS HUGEINT) * 2 + closing_customers) // (2 * closing_customers)
+         THEN CAST(CAST((CAST(CAST(closing_mrr AS DECIMAL(38, 4)) * 10000 AS HUGEINT) * 2 + closing_customers) // (2 * closing_customers)
                         AS DECIMAL(18, 0)) * CAST(0.0001 AS DECIMAL(5, 4)) AS DECIMAL(18, 4)) END AS arpa,
     (churn + contraction - expansion - reactivation) / nullif(opening_mrr, 0) < 0 AS net_negative_churn
 FROM money

@@ -41,8 +41,9 @@ SELECT cohort_month,
        month,
        cohort_customers,
        CAST(active_customers AS BIGINT) AS active_customers,
-       CAST(first_value(mrr) OVER (PARTITION BY cohort_month ORDER BY month) AS DECIMAL(18, 4)) AS starting_mrr,
-       CAST(mrr AS DECIMAL(18, 4)) AS mrr,
+       money4(first_value(mrr) OVER (PARTITION BY cohort_month ORDER BY month),
+              'the starting MRR of the cohort of ' || cohort_month) AS starting_mrr,
+       money4(mrr, 'the MRR in ' || month || ' of the cohort of ' || cohort_month) AS mrr,
        CAST(mrr / nullif(first_value(mrr) OVER (PARTITION BY cohort_month ORDER BY month), 0) AS DOUBLE)
            AS revenue_retention
 FROM running

@@ -26,6 +26,7 @@ import duckdb
 
 from stripe_churn.errors import DataError, StoppedError
 from stripe_churn.metrics.runner import (
+    check_money_fits,
     code_digest,
     fx_digest,
     has_runs_table,
@@ -879,6 +880,7 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
                                     "last one")
             con.execute("DELETE FROM derived_fx_days")
             con.execute(f"INSERT INTO derived_fx_days BY NAME SELECT * FROM {_SCOPE}.derived_fx_days")
+            check_money_fits(con)
             record_run(con, started_at, "changed", int(touched + moved))
             con.execute("COMMIT")
         except BaseException:

@@ -27,7 +27,8 @@ from typing import Any
 
 import duckdb
 
-from stripe_churn.errors import ConfigError
+from stripe_churn.errors import ConfigError, DataError
+from stripe_churn.metrics.runner import first_line
 
 PERIODS = ("week", "month", "quarter", "year")
 SEGMENT_KINDS = ("family", "plan", "product", "currency", "country", "size_band")
@@ -48,7 +49,10 @@ def _check_segment(segment: str | None) -> None:
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Rows as dicts; through Arrow, so that TIMESTAMPTZ values come back as timezone-aware datetimes."""
-    rows: list[dict[str, Any]] = con.sql(sql, params=params or {}).to_arrow_table().to_pylist()
+    try:
+        rows: list[dict[str, Any]] = con.sql(sql, params=params or {}).to_arrow_table().to_pylist()
+    except duckdb.Error as exc:  # (an amount too large for the views' money names itself; see money4)
+        raise DataError(f"reading the views failed: {first_line(exc)}") from exc
     return rows
 
 

@@ -84,6 +84,36 @@ def record_run(con: duckdb.DuckDBPyConnection, started_at: dt.datetime, mode: st
                 [started_at, dt.datetime.now(dt.UTC), mode, customers, reason, code_digest(con), fx_digest(con)])
 
 
+# The largest amount money in the views holds (DECIMAL(18,4)). Every amount the views sum (levels and flows of
+# any period, segment or cohort) is at most the sum of every movement's size, so below that nothing can fail.
+_MONEY_MAX = 99_999_999_999_999
+
+
+def check_money_fits(con: duckdb.DuckDBPyConnection) -> None:
+    """Fail with a :class:`DataError` naming the amount when a monthly view's sum would not fit its DECIMAL(18,4)
+    money columns, so that the recompute is refused (nothing changed) instead of every later query failing. One
+    sum over the movements when no sum can be that large, as on any real account."""
+    bound = con.execute("SELECT coalesce(sum(abs(mrr_delta)), 0) FROM derived_mrr_movements").fetchall()[0][0]
+    if bound <= _MONEY_MAX:
+        return
+    money = ("opening_mrr", "new", "reactivation", "expansion", "contraction", "churn", "fx", "closing_mrr",
+             "upgrade", "cross_sell", "seat_expansion", "resource_expansion", "downgrade", "seat_contraction",
+             "resource_contraction", "discount_expansion", "discount_contraction")
+    try:
+        # (each money column is read, so that the view's own check names the amount that does not fit)
+        con.execute(f"SELECT {', '.join(f'max(abs({c}))' for c in money)} FROM mrr_bridge").fetchall()
+        con.execute("SELECT max(churned_mrr) FROM churn_reasons").fetchall()
+        con.execute("SELECT max(abs(mrr)), max(abs(starting_mrr)) FROM cohort_revenue_retention").fetchall()
+    except duckdb.Error as exc:
+        raise DataError(f"{first_line(exc)}; nothing was changed") from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """A DuckDB error's message without its kind ("Invalid Input Error: "), on one line."""
+    text = " ".join(str(exc).split("\n"))
+    return text.split(": ", 1)[1] if text.split(": ", 1)[0].endswith("Error") else text
+
+
 def write_settings(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
     """Write the rules of design.md 4 and 5 where the SQL reads them: one-row ``derived_settings`` and maps."""
     rules = settings.rules
@@ -260,6 +290,7 @@ def _recompute(con: duckdb.DuckDBPyConnection, settings: Settings,
             progress(len(steps), len(steps), "")
         if stop.is_set():
             raise StoppedError("stop requested before the metrics were committed")
+        check_money_fits(con)
         customers = con.execute("SELECT count(*) FROM customers").fetchall()[0][0]
         record_run(con, started_at, "full", int(customers), reason)
         con.execute("COMMIT")

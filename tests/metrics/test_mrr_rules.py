@@ -623,6 +623,64 @@ def test_missing_fx_rate_error(world: World, derive: Derive) -> None:
 
 
 
+def test_an_mrr_too_large_for_the_views_money_names_its_customer(world: World, derive: Derive) -> None:
+    """Money in the views is DECIMAL(18,4) (design.md 4): an MRR beyond it (a Stripe price at its largest times
+    a quantity of a billion) stops the recompute with one line naming the customer and what to check, instead
+    of DuckDB's "Casting value ... out of range". Nothing is stored (the recompute is one transaction)."""
+    base(world).price("price_big", "prod_seat", 99_999_999)
+    world.subscribe("sub_1", "cus_1", [("si_1", "price_big", 1_000_000_000)], T0)
+    with pytest.raises(DataError) as err:
+        derive(world, seen_at=month(2))
+    message = str(err.value)
+    assert "the MRR of customer cus_1 from 2024-01-01" in message and "999999990000000" in message
+    assert "check the amounts and quantities" in message and "\n" not in message
+    assert "Casting value" not in message
+
+
+def big_customers(w: World, starts: list[tuple[str, int, int | None]]) -> World:
+    """Customers of 59,999,999,400,000 MRR each (one fits the views' money, two do not), subscribed at each
+    start and canceled at each end."""
+    base(w).price("price_big", "prod_seat", 99_999_999)
+    for k, (cid, start, end) in enumerate(starts):
+        if cid != "cus_1":
+            w.customer(cid)
+        w.subscribe(f"sub_{k}", cid, [(f"si_{k}", "price_big", 60_000_000)], start)
+        if end is not None:
+            w.cancel(f"sub_{k}", end, ended_at=end)
+    return w
+
+
+def test_sums_too_large_for_the_views_money_stop_the_recompute(world: World, derive: Derive) -> None:
+    """Each customer's MRR fits DECIMAL(18,4) but the monthly bridge's sum of them does not: the recompute is
+    refused with one line naming the bridge amount, instead of succeeding and leaving every query of the bridge,
+    the report and the exports to fail with DuckDB's raw conversion error."""
+    big_customers(world, [("cus_1", T0, None), ("cus_2", T0, None)])
+    with pytest.raises(DataError) as err:
+        derive(world, seen_at=month(2))
+    message = str(err.value)
+    assert "the bridge's opening_mrr of the period from 2024-02-01 is 119999998800000.0000" in message, message
+    assert "nothing was changed" in message and "\n" not in message
+
+
+def test_a_yearly_sum_too_large_for_the_views_money_is_a_clear_error(world: World, derive: Derive) -> None:
+    """Two such customers one after the other fit every monthly view, so the recompute stands; their year's
+    new MRR does not fit, and asking for it is a DataError naming the amount (the report prints it as one
+    line), not DuckDB's raw conversion error."""
+    from stripe_churn.metrics import queries
+
+    big_customers(world, [("cus_1", T0, month(1)), ("cus_2", month(2), None)])
+    con = derive(world, seen_at=month(4))
+    assert [r["new"] for r in queries.bridge(con, "month")][:3] == [Decimal("59999999400000.0000"), 0,
+                                                                     Decimal("59999999400000.0000")]
+    with pytest.raises(DataError) as err:
+        queries.bridge(con, "year")
+    message = str(err.value)
+    assert "the bridge's new of the period from 2024-01-01 is 119999998800000" in message, message
+    assert "check the amounts and quantities" in message and "\n" not in message
+    with pytest.raises(DataError, match="new of the period from 2024-01-01 in segment family = core is 1199"):
+        queries.bridge(con, "year", "family")
+
+
 def test_a_status_the_rules_do_not_know_counts_zero_and_says_so(world: World, derive: Derive) -> None:
     """A status design.md 4 does not name (one a newer API version may add) counts zero, as the statuses that
     stop MRR do, and is a data-quality row naming it and its event (it was a silent cancellation)."""
