@@ -29,9 +29,13 @@ WHERE NOT coalesce(deleted, false) OR json_extract_string(raw, '$.created') IS N
 CREATE OR REPLACE TABLE derived_discount_spans AS
 WITH d AS (
     SELECT account_id, id AS discount_id, raw,
-           ref_id(json_extract(raw, '$.source.coupon')) AS coupon_id,
+           -- (`source.coupon` since API version 2025-09-30; an event made in an older version, whose data keeps
+           -- that version's shape, has the coupon object in `coupon`)
+           ref_id(coalesce(json_extract(raw, '$.source.coupon'), json_extract(raw, '$.coupon'))) AS coupon_id,
            CASE WHEN json_type(json_extract(raw, '$.source.coupon')) = 'OBJECT'
-                THEN json_extract(raw, '$.source.coupon') END AS embedded_coupon
+                THEN json_extract(raw, '$.source.coupon')
+                WHEN json_type(json_extract(raw, '$.coupon')) = 'OBJECT'
+                THEN json_extract(raw, '$.coupon') END AS embedded_coupon
     FROM discounts
     -- a discount no longer on its subscription or customer is flagged deleted: it still counts from its start
     -- until it ended (its end, a removal event, or as its owner's invoices show, below)

@@ -149,6 +149,19 @@ def test_a_deleted_coupons_discounts_keep_running(world: World, derive: Derive) 
     assert con.execute("SELECT count(*) FROM data_quality WHERE kind = 'missing_coupon'").fetchone() == (0,)
 
 
+def test_a_discount_in_the_shape_before_api_version_2025_09_30_counts(world: World, derive: Derive) -> None:
+    """An event keeps the API version it was made in, and before 2025-09-30 a discount named its coupon as a whole
+    object in `coupon` (not `source.coupon`): a discount whose last stored copy has that shape still takes its
+    part off, with its coupon's terms, and is no `missing_coupon` row. (It counted for nothing before.)"""
+    w = discounted(world, {"percent_off": 25, "duration": "forever"})
+    (d,) = w.objects["discounts"].values()
+    del d["source"]
+    d["coupon"] = dict(w.objects["coupons"]["co_1"])
+    del w.objects["coupons"]["co_1"]  # (the coupon's terms then come from the discount alone)
+    con = derive(w, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("67.5000")
+    assert con.execute("SELECT count(*) FROM data_quality WHERE kind = 'missing_coupon'").fetchone() == (0,)
+
 def test_repeating_coupon_ends(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"percent_off": 20, "duration": "repeating", "duration_in_months": 3}),
                  seen_at=month(6))
