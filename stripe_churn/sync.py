@@ -66,6 +66,7 @@ from stripe_churn.stripe_api.streams import (
     RETRIEVE_PATH,
     STREAMS,
     Stream,
+    item_list_params,
     slice_count,
 )
 
@@ -367,7 +368,7 @@ class _Sync:
         items = sub.get("items") or {}
         data = list(items.get("data") or [])
         if items.get("has_more"):
-            data = await self._page_all("/v1/subscription_items", {"subscription": sub["id"]})
+            data = await self._page_all("/v1/subscription_items", item_list_params(sub["id"]))
         return data
 
     async def _invoice_lines(self, inv: dict[str, Any]) -> list[dict[str, Any]]:
@@ -409,12 +410,13 @@ class _Sync:
             for d in discounts:
                 if isinstance(d, dict):
                     batch.add("discounts", d, version)
+            on_items = [d for it in items for d in it.get("discounts") or []]
+            for d in on_items:
+                if isinstance(d, dict):
+                    batch.add("discounts", d, version)
+            # (a discount on one of its items names the subscription too: it stays while the item keeps it)
             batch.children[("discounts", "subscription_id", "")].append(
-                (obj["id"], [d["id"] if isinstance(d, dict) else str(d) for d in discounts], version))
-            for it in items:
-                for d in it.get("discounts") or []:
-                    if isinstance(d, dict):
-                        batch.add("discounts", d, version)
+                (obj["id"], [d["id"] if isinstance(d, dict) else str(d) for d in [*discounts, *on_items]], version))
         elif table == "invoices":
             lines = children if children is not None else await self._invoice_lines(obj)
             for ln in lines:
@@ -463,13 +465,11 @@ class _Sync:
                 batch.add_raw("subscription_items", str(it.id), b, version, bool(it.deleted))
             batch.children[("subscription_items", "subscription_id", "")].append(
                 (head.id, [it.id for _, it in subs], version))
+            discounts += [bytes(d) for _, it in subs for d in it.discounts or ()]  # (as in _add_object)
             ids = [_add_listed_discount(batch, d, version) for d in discounts]
             batch.children[("discounts", "subscription_id", "")].append(
                 (head.id, [i if i is not None else str(value_of(d)) for i, d in zip(ids, discounts, strict=True)],
                  version))
-            for _, it in subs:
-                for d in it.discounts or ():
-                    _add_listed_discount(batch, bytes(d), version)
         elif table == "invoices":
             for b, ln in subs:
                 batch.add_raw("invoice_lines", str(ln.id), b, version, bool(ln.deleted))
@@ -505,7 +505,7 @@ class _Sync:
             if obj.get("deleted"):
                 continue
             if table == "subscriptions" and (obj.get("items") or {}).get("has_more"):
-                todo.append((obj["id"], "/v1/subscription_items", {"subscription": obj["id"]}))
+                todo.append((obj["id"], "/v1/subscription_items", item_list_params(obj["id"])))
             elif table == "invoices" and (obj.get("lines") or {}).get("has_more"):
                 todo.append((obj["id"], f"/v1/invoices/{obj['id']}/lines", {}))
         if not todo:

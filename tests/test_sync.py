@@ -123,6 +123,35 @@ def test_full_sync_equals_sandbox_then_incremental_and_fallback(db: Path) -> Non
                             ("fallback", "succeeded", True)]
 
 
+def test_a_discount_on_one_item_is_stored_and_counts(db: Path) -> None:
+    """A discount on one subscription item comes only with its item (design.md 7: discounts come expanded on
+    subscriptions, items, customers and invoices). It was left as an id, so the item's MRR ignored it silently."""
+    sim = sim_small(customers=12)
+    sub = next(s for s in sim.objects["subscriptions"].values() if s["status"] == "active" and not s["discounts"]
+               and s["items"]["data"][0].get("quantity"))
+    item = sub["items"]["data"][0]
+    coupon = next(c for c in sim.objects["coupons"].values() if c.get("duration") == "forever")
+    did = "di_on_one_item"
+    sim.discounts[did] = {"id": did, "object": "discount", "start": sub["start_date"], "end": None,
+                          "customer": sub["customer"], "subscription": sub["id"], "subscription_item": item["id"],
+                          "source": {"type": "coupon", "coupon": coupon["id"]}, "invoice": None,
+                          "invoice_item": None, "promotion_code": None, "checkout_session": None}
+    item["discounts"] = [did]
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = settings_for(sb.url, db)
+        assert run_sync(settings, progress=False).status == "succeeded"
+    with open_store(db) as con:
+        assert_store_equals_sandbox(con, sim)
+        assert con.execute("SELECT subscription_item_id, deleted FROM discounts WHERE id = ?",
+                           [did]).fetchall() == [(item["id"], False)]
+        from stripe_churn.metrics.runner import recompute
+
+        recompute(con, settings)
+        got = con.execute("SELECT bool_and(list_contains(discount_ids, ?)) FROM derived_item_mrr "
+                          "WHERE subscription_item_id = ? AND valid_from >= to_timestamp(?) AND mrr_original > 0",
+                          [did, item["id"], sub["start_date"]]).fetchall()
+        assert got == [(True,)]
+
 def test_incremental_lands_updates_deletions_and_older_events_do_not_win(db: Path) -> None:
     sim = sim_small(customers=40, seed=9)
     with start_in_thread(sim, api_key=KEY) as sb:

@@ -46,6 +46,22 @@ _EXPAND_CACHE_MAX = 50_000
 _NOT_TOP_LEVEL = frozenset({"id", "object", "", "tiers", "currency_options"})
 
 
+def _holds_nothing(node: Any, segs: list[str]) -> bool:
+    """Whether the expand path ``segs`` leads only to fields that hold null or an empty list in ``node`` (through
+    embedded lists' ``data``), so that expanding it changes nothing. False when unsure (the slow path decides)."""
+    if not isinstance(node, dict):
+        return False
+    seg, rest = segs[0], segs[1:]
+    if node.get("object") == "list":
+        return seg == "data" and bool(rest) and all(_holds_nothing(e, rest) for e in node.get("data") or [])
+    if seg in _NOT_TOP_LEVEL or seg not in node:
+        return False
+    value = node[seg]
+    if value is None or value == []:
+        return True
+    return bool(rest) and isinstance(value, dict) and _holds_nothing(value, rest)
+
+
 class SimulationLike(Protocol):
     """What the server reads from a simulation (see docs/internals.md)."""
 
@@ -386,17 +402,15 @@ class Catalog:
         return tuple(p[5:] for p in paths)
 
     def _listed_bytes(self, resource: str, oid: str, paths: tuple[str, ...], cache: dict[str, bytes]) -> bytes:
-        """One listed object's bytes with ``paths`` (if any) expanded. When every path is a top-level field that
-        holds nothing (null or an empty list, as an invoice's ``discounts`` mostly does), expanding changes
-        nothing and the plain bytes are served without parsing them again."""
+        """One listed object's bytes with ``paths`` (if any) expanded. When every path leads to fields that hold
+        nothing (null or an empty list, as an invoice's ``discounts`` or a subscription's items' ``discounts``
+        mostly do), expanding changes nothing and the plain bytes are served without parsing them again."""
         plain = cache.get(oid) or self._serialise(resource, oid)
         if not paths:
             return plain
         if resource != "events":
             obj = self.sim.objects[resource][oid]
-            if obj.get("object") != "list" and all(
-                    "." not in p and p not in _NOT_TOP_LEVEL and p in obj and obj[p] in (None, [])
-                    for p in paths):
+            if obj.get("object") != "list" and all(_holds_nothing(obj, p.split(".")) for p in paths):
                 return plain
         return self._expand_bytes(plain, paths)
 

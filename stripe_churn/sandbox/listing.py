@@ -177,7 +177,13 @@ def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]
         exp["subscriptions"][oid] = o
         for d in o["discounts"]:
             exp["discounts"][d["id"]] = d
-        for it in s["items"]["data"]:
+        # (listed with expand[]=data.items.data.discounts too)
+        o["items"] = {**o["items"], "data": [
+            {**it, "discounts": [sim.discounts[d] if isinstance(d, str) else d for d in it.get("discounts") or []]}
+            for it in o["items"]["data"]]}
+        for it in o["items"]["data"]:
+            for d in it["discounts"]:
+                exp["discounts"][d["id"]] = d
             exp["subscription_items"][it["id"]] = item_shape(it)
     for inv in objs["invoices"].values():
         if not inv.get("deleted"):

@@ -36,12 +36,20 @@ STREAMS: tuple[Stream, ...] = (
     Stream("prices.inactive", "prices", "/v1/prices",
            {"active": False, "expand": ["data.tiers", "data.currency_options"]}),
     Stream("coupons", "coupons", "/v1/coupons", {"expand": ["data.currency_options"]}),
+    # (a discount on one item comes only with its item: design.md 7)
     Stream("subscriptions", "subscriptions", "/v1/subscriptions",
-           {"status": "all", "expand": ["data.discounts"]}),
+           {"status": "all", "expand": ["data.discounts", "data.items.data.discounts"]}),
     Stream("invoices", "invoices", "/v1/invoices", {"expand": ["data.discounts"]}),
     Stream("credit_notes", "credit_notes", "/v1/credit_notes"),
     Stream("events", "events", "/v1/events"),
 )
+
+
+def item_list_params(subscription_id: str) -> dict[str, Any]:
+    """The parameters listing a subscription's items when its embedded list is cut short (their discounts
+    expanded, as in the subscriptions' listing)."""
+    return {"subscription": subscription_id, "expand": ["data.discounts"]}
+
 
 # resources listed again per test clock (their lists leave test-clock objects out)
 TEST_CLOCK_RESOURCES = ("customers", "subscriptions")
@@ -57,7 +65,7 @@ RETRIEVE_PATH: dict[str, str] = {
 RETRIEVE_PARAMS: dict[str, dict[str, Any]] = {
     "customers": {"expand": ["discount"]}, "prices": {"expand": ["tiers", "currency_options"]},
     "coupons": {"expand": ["currency_options"]},
-    "subscriptions": {"expand": ["discounts"]}, "invoices": {"expand": ["discounts"]},
+    "subscriptions": {"expand": ["discounts", "items.data.discounts"]}, "invoices": {"expand": ["discounts"]},
 }
 
 # event object type -> table
