@@ -215,8 +215,8 @@ def _parse_date(value: str | None) -> Any:
 
 
 @cli.command()
-@click.option("--from", "start", default=None, help="First period (YYYY-MM or YYYY-MM-DD).")
-@click.option("--to", "end", default=None, help="Last period (YYYY-MM or YYYY-MM-DD).")
+@click.option("--from", "start", default=None, help="Keep the periods that start on or after this day (YYYY-MM or YYYY-MM-DD).")
+@click.option("--to", "end", default=None, help="Keep the periods that start on or before this day (YYYY-MM or YYYY-MM-DD).")
 @click.option("--period", type=click.Choice(["month", "week", "quarter", "year"]), default="month",
               show_default=True, help="Period length.")
 @click.option("--segment", default=None, metavar="KIND[=VALUE]",
