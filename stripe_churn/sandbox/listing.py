@@ -177,11 +177,15 @@ def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]
         exp["subscriptions"][oid] = o
         for d in o["discounts"]:
             exp["discounts"][d["id"]] = d
-        # (listed with expand[]=data.items.data.discounts too)
-        o["items"] = {**o["items"], "data": [
-            {**it, "discounts": [sim.discounts[d] if isinstance(d, str) else d for d in it.get("discounts") or []]}
-            for it in o["items"]["data"]]}
-        for it in o["items"]["data"]:
+        # (listed with expand[]=data.items.data.discounts too; the embedded list is cut short, the items are all
+        # stored)
+
+        def with_discounts(it: dict[str, Any]) -> dict[str, Any]:
+            return {**it, "discounts": [sim.discounts[d] if isinstance(d, str) else d
+                                        for d in it.get("discounts") or []]}
+
+        o["items"] = {**o["items"], "data": [with_discounts(it) for it in o["items"]["data"]]}
+        for it in map(with_discounts, s["items"]["data"]):
             for d in it["discounts"]:
                 exp["discounts"][d["id"]] = d
             exp["subscription_items"][it["id"]] = item_shape(it)
