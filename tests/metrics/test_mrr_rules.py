@@ -162,6 +162,24 @@ def test_a_discount_in_the_shape_before_api_version_2025_09_30_counts(world: Wor
     assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("67.5000")
     assert con.execute("SELECT count(*) FROM data_quality WHERE kind = 'missing_coupon'").fetchone() == (0,)
 
+def test_a_discount_an_item_names_but_the_store_lacks_is_recorded(world: World, derive: Derive) -> None:
+    """A discount on one item that came as an id (a store synced before the items' discounts were expanded) is
+    not stored, so the item's MRR leaves it out: a `missing_discount` row names it and says how to fetch it.
+    The same item with the discount stored counts it and has no row."""
+    w = discounted(world, {"percent_off": 25, "duration": "forever"}, item_level=True)
+    (d,) = w.objects["discounts"].values()
+    del w.objects["discounts"][d["id"]]
+    con = derive(w, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("90.0000")
+    rows = con.execute("SELECT kind, object_type, object_id, related_id, CAST(epoch(moment) AS BIGINT), detail "
+                       "FROM data_quality").fetchall()
+    assert [r[:5] for r in rows] == [("missing_discount", "subscription_item", "si_a", d["id"], T0)]
+    assert "sync --full" in rows[0][5]
+    w.objects["discounts"][d["id"]] = d
+    con = derive(w, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("80.0000")
+    assert con.execute("SELECT count(*) FROM data_quality").fetchone() == (0,)
+
 def test_repeating_coupon_ends(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"percent_off": 20, "duration": "repeating", "duration_in_months": 3}),
                  seen_at=month(6))
