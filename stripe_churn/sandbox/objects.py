@@ -215,11 +215,12 @@ def coupon(cid: str, created: int, percent_off: float, duration: str, months: in
 
 
 def discount(did: str, customer_id: str, sub_id: str, coupon_id: str, start: int,
-             end: int | None) -> dict[str, Any]:
+             end: int | None, item_id: str | None = None) -> dict[str, Any]:
+    """A discount on a subscription, or (``item_id``) on one of its items only."""
     return {
         "id": did, "object": "discount", "checkout_session": None, "customer": customer_id, "end": end,
         "invoice": None, "invoice_item": None, "promotion_code": None, "start": start,
-        "subscription": sub_id, "subscription_item": None,
+        "subscription": sub_id, "subscription_item": item_id,
         "source": {"coupon": coupon_id, "type": "coupon"}, "customer_account": None,
     }
 

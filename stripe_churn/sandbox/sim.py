@@ -120,10 +120,14 @@ class _Cust:
 class Simulation:
     """The whole history of a simulated Stripe account (see docs/internals.md for the interface)."""
 
-    def __init__(self, customers: int, months: int, seed: int, start: int | None = None) -> None:
+    def __init__(self, customers: int, months: int, seed: int, start: int | None = None, *,
+                 item_discounts: bool = False) -> None:
+        """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
+        subscription (off by default: a seed's history is then what it always was)."""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
         self.seed = seed
+        self.item_discounts = item_discounts
         self._rng = random.Random(seed)
         self._rate = customers / months if months else 0.0
         self.start = add_months(END_OF_HISTORY, -months) if start is None else start
@@ -140,6 +144,7 @@ class Simulation:
         self._sub_gen: dict[str, int] = {}
         self._sub_mult: dict[str, Fraction] = {}
         self._sub_disc_end: dict[str, int] = {}
+        self._item_mult: dict[str, Fraction] = {}  # item -> multiplier of its own (item-level) discount
         self._windows: dict[str, tuple[int, dict[str, Comp], tuple[str, Any] | None]] = {}
         self._usd_cache: dict[tuple[str, int, Fraction], Fraction] = {}
         self._usage_billed: dict[str, int] = {}  # metered item -> usage on its last invoice
@@ -268,8 +273,9 @@ class Simulation:
                 p = self.objects["prices"][it["price"]["id"]]
                 plan = self._plan_of_price[p["id"]]
                 qty = self._usage_billed.get(it["id"], 0) if plan.key == "events" else (it["quantity"] or 0)
-                out[it["id"]] = Comp(sid, it["id"], plan.family, plan.kind, p["id"], qty, mult,
-                                      self._mrr_usd(p["id"], qty, mult, cust.currency))
+                m = mult * self._item_mult[it["id"]] if it["id"] in self._item_mult else mult
+                out[it["id"]] = Comp(sid, it["id"], plan.family, plan.kind, p["id"], qty, m,
+                                      self._mrr_usd(p["id"], qty, m, cust.currency))
         return out
 
     def _mrr_usd(self, price_id: str, qty: int, mult: Fraction, currency: str) -> Fraction:
@@ -418,7 +424,10 @@ class Simulation:
         self._sub_gen[sid] = 0
         cust.subs.append(sid)
         if coupon:
-            self._apply_coupon(sub, coupon, t)
+            if self.item_discounts and self._rng.random() < 0.5:  # the signup offer on one item only
+                self._apply_item_coupon(sub, self._rng.choice(sub["items"]["data"]), coupon, t)
+            else:
+                self._apply_coupon(sub, coupon, t)
         self._event("customer.subscription.created", sub, t)
         self._invoice(sub, t, "subscription_create", (t, end), zero=trial)
         self._at(end, "cycle", sid, 0)
@@ -454,12 +463,69 @@ class Simulation:
         self._event("customer.subscription.updated", sub, t, prev)
         self._transition(cust, t, before)
 
+    # --- item-level discounts (item_discounts=True) -------------------------------------------------------
+    def _apply_item_coupon(self, sub: dict[str, Any], it: dict[str, Any], key: str, t: int) -> None:
+        """Redeem coupon ``key`` on one item: a discount with ``subscription_item`` set, in the item's
+        ``discounts``; it reduces that item's MRR only (design.md 4). The caller sends the subscription's event."""
+        c = self.objects["coupons"][self._coupons[key]]
+        end = add_months(t, c["duration_in_months"]) if c["duration"] == "repeating" else None
+        did = self._id("di")
+        disc = ob.discount(did, sub["customer"], sub["id"], c["id"], t, end, item_id=it["id"])
+        self.discounts[did] = disc
+        it["discounts"] = [*it["discounts"], did]
+        c["times_redeemed"] += 1
+        self._event("customer.discount.created", disc, t)
+        if c["duration"] != "once":
+            self._item_mult[it["id"]] = 1 - Fraction(str(c["percent_off"])) / 100
+        if end is not None:
+            self._at(end, "item_discount_end", sub["id"], it["id"], did)
+
+    def _drop_item_discounts(self, it: dict[str, Any], t: int) -> None:
+        """An item removed (or replaced by another item): Stripe deletes the discounts it carried."""
+        for did in it["discounts"]:
+            self._event("customer.discount.deleted", self.discounts[did], t)
+        self._item_mult.pop(it["id"], None)
+
+    def _h_item_discount_end(self, t: int, sid: str, iid: str, did: str) -> None:
+        """A repeating item-level discount runs out: it leaves its item (a canceled subscription keeps it)."""
+        sub = self.objects["subscriptions"][sid]
+        if sub.get("deleted") or sub["status"] == "canceled":
+            return
+        it = next((x for x in sub["items"]["data"] if x["id"] == iid), None)
+        if it is None or did not in it["discounts"]:
+            return
+        cust = self._custs[sub["customer"]]
+        before = self._snap(cust)
+        prev = {"items": _copy(sub["items"])}
+        it["discounts"] = [d for d in it["discounts"] if d != did]
+        self._item_mult.pop(iid, None)
+        self._event("customer.subscription.updated", sub, t, prev)
+        self._event("customer.discount.deleted", self.discounts[did], t)
+        self._transition(cust, t, before)
+
+    def _has_item_discount(self, sub: dict[str, Any]) -> bool:
+        return self.item_discounts and any(it["id"] in self._item_mult for it in sub["items"]["data"])
+
+    def _item_coupon(self, sub: dict[str, Any], t: int) -> None:
+        """A later offer on one item (a retention or a promotional coupon), never on top of another discount."""
+        free = [it for it in sub["items"]["data"] if not it["discounts"]]
+        if sub["id"] in self._sub_mult or not free:
+            return
+        it = self._rng.choice(free)
+        key = self._rng.choice(("retention", "repeating"))
+        cust = self._custs[sub["customer"]]
+        before = self._snap(cust)
+        prev = {"items": _copy(sub["items"])}
+        self._apply_item_coupon(sub, it, key, t)
+        self._event("customer.subscription.updated", sub, t, prev)
+        self._transition(cust, t, before)
+
     def _line_amounts(self, sub: dict[str, Any], it: dict[str, Any], first: bool
                       ) -> tuple[int, list[dict[str, Any]]]:
         qty = self._usage_billed.get(it["id"], 0) if self._is_metered(it) else (it["quantity"] or 0)
         amount = period_amount(self.objects["prices"][it["price"]["id"]], qty)
         disc = []
-        for did in sub["discounts"]:
+        for did in [*it["discounts"], *sub["discounts"]]:  # (line item discounts first, as Stripe applies them)
             coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
             if coupon["duration"] == "once" and not first:
                 continue
@@ -493,6 +559,8 @@ class Simulation:
         seq = cust_obj["next_invoice_sequence"]
         cust_obj["next_invoice_sequence"] = seq + 1
         inv = ob.invoice(iid, t, cust_obj, sub["id"], reason, lines, period, f"{cust_obj['invoice_prefix']}-{seq:04d}")
+        if self.item_discounts:  # an item's discount is the line's (line.discounts), not the invoice's
+            inv["discounts"] = [d for d in inv["discounts"] if self.discounts[d]["subscription_item"] is None]
         self.objects["invoices"][iid] = inv
         self._event("invoice.created", inv, t)
         inv["status"] = "open"
@@ -672,13 +740,15 @@ class Simulation:
             self._switch(sub, t)
         elif r < 0.232:
             self._interval_switch(sub, t)
-        elif r < 0.239 and sid not in self._sub_mult:
+        elif r < 0.239 and sid not in self._sub_mult and not self._has_item_discount(sub):
             cust = self._custs[sub["customer"]]
             before = self._snap(cust)
             prev = {"discounts": list(sub["discounts"])}
             self._apply_coupon(sub, "retention", t)
             self._event("customer.subscription.updated", sub, t, prev)
             self._transition(cust, t, before)
+        elif self.item_discounts and r < 0.26:
+            self._item_coupon(sub, t)
 
     def _cancel(self, sub: dict[str, Any], t: int) -> None:
         feedback = self._rng.choice(FEEDBACK)
@@ -743,6 +813,14 @@ class Simulation:
                     it["price"], it["plan"] = ob.price_view(newp), ob.plan_of(newp)
                     if self._rng.random() < 0.3:
                         it["quantity"] = max(1, it["quantity"] + self._rng.choice((-2, -1, 1, 2, 3)))
+                    if self.item_discounts and it["discounts"] and self._rng.random() < 0.5:
+                        # done as a replacement: the item (and the discounts it carries) deleted, a new item of
+                        # the new price and quantity in its place (the old dict is dropped, its state is `old`)
+                        new = ob.sub_item(self._id("si"), t, sub["id"], newp, it["quantity"],
+                                          (it["current_period_start"], it["current_period_end"]))
+                        sub["items"]["data"][sub["items"]["data"].index(it)] = new
+                        self._drop_item_discounts(it, t)
+                        return [(it, old, None), (new, None, {"price": new["price"], "quantity": new["quantity"]})]
                     return [(it, old, {"price": it["price"], "quantity": it["quantity"]})]
             return []
 
@@ -786,6 +864,8 @@ class Simulation:
             if qty is None:
                 self._usage_now[it["id"]] = self._rng.randint(5, 60)
             sub["items"]["data"].append(it)
+            if self.item_discounts and sub["id"] not in self._sub_mult and self._rng.random() < 0.3:
+                self._apply_item_coupon(sub, it, self._rng.choice(("repeating", "forever")), t)  # an add-on promo
             return [(it, None, {"price": it["price"], "quantity": qty})]
 
         self._update_items(sub, t, mutate)
@@ -796,6 +876,8 @@ class Simulation:
                 if self._is_metered(it):  # usage items stay until the subscription ends
                     continue
                 sub["items"]["data"].remove(it)
+                if it["discounts"]:
+                    self._drop_item_discounts(it, t)
                 return [(it, {"price": it["price"], "quantity": it["quantity"]}, None)]
             return []
 
