@@ -60,6 +60,7 @@ from stripe_churn.stripe_api.listed import decode_object, head_of, is_object, va
 from stripe_churn.stripe_api.streams import (
     DELETABLE,
     EVENT_RETENTION_S,
+    LINE_LIST_PARAMS,
     OBJECT_TABLE,
     PAGE_LIMIT,
     RETRIEVE_PARAMS,
@@ -375,7 +376,7 @@ class _Sync:
         lines = inv.get("lines") or {}
         data = list(lines.get("data") or [])
         if lines.get("has_more"):
-            data = await self._page_all(f"/v1/invoices/{inv['id']}/lines", {})
+            data = await self._page_all(f"/v1/invoices/{inv['id']}/lines", LINE_LIST_PARAMS)
         return data
 
     async def _page_all(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -424,8 +425,9 @@ class _Sync:
                 batch.add("invoice_lines", ln, version)
             batch.children[("invoice_lines", "invoice_id", "")].append(
                 (obj["id"], [ln["id"] for ln in lines], version))
-            # the discounts billed on it (expanded): the only trace of a discount that has since ended
-            for d in obj.get("discounts") or []:
+            # the discounts billed on it and on its lines (expanded): the only trace of a discount that has
+            # since ended
+            for d in [*(obj.get("discounts") or []), *(d for ln in lines for d in ln.get("discounts") or [])]:
                 if isinstance(d, dict):  # version 0: added when missing, never over its subscription's copy
                     batch.add("discounts", d, 0)
         elif table == "customers":
@@ -475,7 +477,7 @@ class _Sync:
                 batch.add_raw("invoice_lines", str(ln.id), b, version, bool(ln.deleted))
             batch.children[("invoice_lines", "invoice_id", "")].append(
                 (head.id, [ln.id for _, ln in subs], version))
-            for d in discounts:
+            for d in [*discounts, *(bytes(d) for _, ln in subs for d in ln.discounts or ())]:
                 _add_listed_discount(batch, d, 0)  # version 0, as in _add_object
         elif table == "customers" and head.discount is not UNSET:
             got = _add_listed_discount(batch, bytes(head.discount), version)
@@ -507,7 +509,7 @@ class _Sync:
             if table == "subscriptions" and (obj.get("items") or {}).get("has_more"):
                 todo.append((obj["id"], "/v1/subscription_items", item_list_params(obj["id"])))
             elif table == "invoices" and (obj.get("lines") or {}).get("has_more"):
-                todo.append((obj["id"], f"/v1/invoices/{obj['id']}/lines", {}))
+                todo.append((obj["id"], f"/v1/invoices/{obj['id']}/lines", LINE_LIST_PARAMS))
         if not todo:
             return {}
         got = await asyncio.gather(*(self._page_all(path, params) for _, path, params in todo))

@@ -152,6 +152,25 @@ def test_a_discount_on_one_item_is_stored_and_counts(db: Path) -> None:
                           [did, item["id"], sub["start_date"]]).fetchall()
         assert got == [(True,)]
 
+
+def test_item_level_discounts_of_the_simulation_full_incremental_and_fallback(db: Path) -> None:
+    """The simulation's own item-level discounts (Simulation(item_discounts=True): redeemed on one item, ended,
+    removed with their item): after a full sync, an incremental one and a fallback re-list, the store holds what
+    the sandbox serves; a discount that left its item is flagged deleted, whichever way the sync learnt it."""
+    sim = Simulation(customers=200, months=4, seed=5, start=FEB, item_discounts=True)
+    assert any(d["subscription_item"] for d in sim.discounts.values())
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = settings_for(sb.url, db)
+        for months in (0, 1, 2):
+            if months:
+                sb.advance(months)
+            result = run_sync(settings, progress=False)
+            assert result.status == "succeeded", result
+            with open_store(db) as con:
+                assert_store_equals_sandbox(con, sim)
+    assert result.mode == "fallback"
+
+
 def test_incremental_lands_updates_deletions_and_older_events_do_not_win(db: Path) -> None:
     sim = sim_small(customers=40, seed=9)
     with start_in_thread(sim, api_key=KEY) as sb:

@@ -158,10 +158,19 @@ def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]
         for oid, o in objs[table].items():
             if not o.get("deleted"):
                 exp[table][oid] = shape(o)
-    for oid, inv in exp["invoices"].items():  # listed with expand[]=data.discounts
-        if inv.get("discounts"):
-            exp["invoices"][oid] = {**inv, "discounts": [sim.discounts.get(d, d) if isinstance(d, str) else d
-                                                         for d in inv["discounts"]]}
+
+    def expanded(ids: list[Any] | None) -> list[Any]:
+        return [sim.discounts.get(d, d) if isinstance(d, str) else d for d in ids or []]
+
+    def line_with_discounts(ln: dict[str, Any]) -> dict[str, Any]:
+        return {**ln, "discounts": expanded(ln.get("discounts"))} if ln.get("discounts") else ln
+
+    for oid, inv in exp["invoices"].items():  # listed with expand[]=data.discounts and data.lines.data.discounts
+        lines = inv.get("lines")
+        if inv.get("discounts") or any(ln.get("discounts") for ln in (lines or {}).get("data") or []):
+            exp["invoices"][oid] = {**inv, "discounts": expanded(inv.get("discounts"))}
+            if lines:
+                exp["invoices"][oid]["lines"] = {**lines, "data": [line_with_discounts(ln) for ln in lines["data"]]}
     for oid, o in objs["coupons"].items():  # listed with expand[]=data.currency_options
         if not o.get("deleted"):
             exp["coupons"][oid] = {**exp["coupons"][oid], "currency_options": currency_options(o)}
@@ -191,7 +200,7 @@ def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]
             exp["subscription_items"][it["id"]] = item_shape(it)
     for inv in objs["invoices"].values():
         if not inv.get("deleted"):
-            for ln in inv["lines"]["data"]:
+            for ln in map(line_with_discounts, inv["lines"]["data"]):
                 exp["invoice_lines"][ln["id"]] = ln
     cutoff = int(sim.clock) - EVENT_RETENTION_S
     for e in sim.events:

@@ -358,6 +358,16 @@ def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, sinc
         "json_extract_string(p.raw, '$.discounts[*]')), [])) AS kept FROM subscriptions p WHERE p.account_id = $a "
         "AND NOT p.deleted AND p.last_seen_at >= $since) k WHERE k.owner = c.subscription_id AND k.kept = c.id)",
         params)
+    # (a discount on one item: kept while its item, listed again, still names it)
+    con.execute(
+        "UPDATE discounts c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
+        "AND c.subscription_item_id IS NOT NULL AND c.subscription_id IN (SELECT p.id FROM subscriptions p "
+        "WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since)) AND NOT EXISTS (SELECT 1 FROM ("
+        "SELECT i.id AS owner, unnest(coalesce(list_concat(json_extract_string(i.raw, '$.discounts[*].id'), "
+        "json_extract_string(i.raw, '$.discounts[*]')), [])) AS kept FROM subscription_items i "
+        "WHERE i.account_id = $a AND NOT i.deleted AND i.last_seen_at >= $since) k "
+        "WHERE k.owner = c.subscription_item_id AND k.kept = c.id)",
+        params)
     con.execute(
         "UPDATE discounts c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
         "AND c.subscription_id IS NULL AND c.customer_id IN (SELECT p.id FROM customers p WHERE p.account_id = $a "

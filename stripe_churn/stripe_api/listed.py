@@ -55,6 +55,7 @@ class Invoice(Head):
 
 class Line(Head):
     invoice: Any = UNSET
+    discounts: list[Raw] | None = None
 
 
 _PAGE = msgspec.json.Decoder(Page)

@@ -39,10 +39,17 @@ STREAMS: tuple[Stream, ...] = (
     # (a discount on one item comes only with its item: design.md 7)
     Stream("subscriptions", "subscriptions", "/v1/subscriptions",
            {"status": "all", "expand": ["data.discounts", "data.items.data.discounts"]}),
-    Stream("invoices", "invoices", "/v1/invoices", {"expand": ["data.discounts"]}),
+    # (a discount on one item is billed on that item's lines, not among the invoice's discounts: the lines are
+    # the only trace of one that has ended)
+    Stream("invoices", "invoices", "/v1/invoices", {"expand": ["data.discounts", "data.lines.data.discounts"]}),
     Stream("credit_notes", "credit_notes", "/v1/credit_notes"),
     Stream("events", "events", "/v1/events"),
 )
+
+
+# the parameters listing an invoice's lines when its embedded list is cut short (their discounts expanded, as in
+# the invoices' listing)
+LINE_LIST_PARAMS: dict[str, Any] = {"expand": ["data.discounts"]}
 
 
 def item_list_params(subscription_id: str) -> dict[str, Any]:
@@ -65,7 +72,7 @@ RETRIEVE_PATH: dict[str, str] = {
 RETRIEVE_PARAMS: dict[str, dict[str, Any]] = {
     "customers": {"expand": ["discount"]}, "prices": {"expand": ["tiers", "currency_options"]},
     "coupons": {"expand": ["currency_options"]},
-    "subscriptions": {"expand": ["discounts", "items.data.discounts"]}, "invoices": {"expand": ["discounts"]},
+    "subscriptions": {"expand": ["discounts", "items.data.discounts"]}, "invoices": {"expand": ["discounts", "lines.data.discounts"]},
 }
 
 # event object type -> table

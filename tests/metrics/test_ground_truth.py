@@ -225,3 +225,39 @@ def test_a_gap_in_the_stored_events_is_history_from_invoices(tmp_path: Path) -> 
             con.close()
     kept_rows, fresh_rows = movements.values()
     assert kept_rows == fresh_rows
+
+
+@pytest.mark.timeout(600)
+def test_ground_truth_with_item_level_discounts_through_the_sandbox(tmp_path: Path) -> None:
+    """Coupons redeemed on one subscription item (design.md 4: an item-level discount applies to that item only),
+    synced through the sandbox with the real sync (subscriptions listed with data.items.data.discounts), then
+    derived: labels and MRR per customer and month must agree exactly with the simulation's own truth."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret
+    from stripe_churn.store.db import open_store
+    from stripe_churn.sync import run_sync
+
+    sim = Simulation(customers=300, months=12, seed=20, item_discounts=True)
+    on_items = {d["id"]: d for d in sim.discounts.values() if d["subscription_item"]}
+    durations = Counter(sim.objects["coupons"][d["source"]["coupon"]]["duration"] for d in on_items.values())
+    assert durations["forever"] and durations["repeating"] and durations["once"], durations
+    deleted = [e for e in sim.events if e["type"] == "customer.discount.deleted"]
+    assert any(e["data"]["object"]["end"] for e in deleted) and any(not e["data"]["object"]["end"] for e in deleted)
+    items = {d["subscription_item"] for d in on_items.values()}
+    assert sum(1 for t in sim.truth if t["movement"] == "discount" and t["subscription_item_id"] in items) >= 5
+    with start_in_thread(sim, api_key=SANDBOX_KEY) as sandbox:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=tmp_path / "items.duckdb",
+                            rate_limit=10_000)
+        result = run_sync(settings, full=True, progress=False)
+        assert result.status == "succeeded", result
+    con = open_store(settings.db)
+    try:
+        stored = {r[0] for r in con.execute("SELECT id FROM discounts WHERE subscription_item_id IS NOT NULL")
+                  .fetchall()}
+        assert stored, "no item-level discount reached the store"
+        recompute(con, settings)
+        check_against_truth(sim, con, "300 x 12 with item-level discounts through the sandbox")
+    finally:
+        con.close()
