@@ -157,7 +157,7 @@ def test_item_level_discounts_of_the_simulation_full_incremental_and_fallback(db
     """The simulation's own item-level discounts (Simulation(item_discounts=True): redeemed on one item, ended,
     removed with their item): after a full sync, an incremental one and a fallback re-list, the store holds what
     the sandbox serves; a discount that left its item is flagged deleted, whichever way the sync learnt it."""
-    sim = Simulation(customers=200, months=4, seed=5, start=FEB, item_discounts=True)
+    sim = Simulation(customers=90, months=4, seed=5, start=FEB, item_discounts=True)
     assert any(d["subscription_item"] for d in sim.discounts.values())
     with start_in_thread(sim, api_key=KEY) as sb:
         settings = settings_for(sb.url, db)
