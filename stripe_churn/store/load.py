@@ -349,25 +349,19 @@ def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, sinc
             f"AND c.last_seen_at < $since AND c.{col} IN (SELECT p.id FROM {parent} p "
             "WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since))", params)
     # Which discounts each listed owner still has, as (owner, discount) pairs joined by equality: a test of each
-    # discount against its owner's JSON would compare every discount with every owner (hours at a million).
-    con.execute(
-        "UPDATE discounts c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
-        "AND c.subscription_item_id IS NULL AND c.subscription_id IN (SELECT p.id FROM subscriptions p "
-        "WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since)) AND NOT EXISTS (SELECT 1 FROM ("
-        "SELECT p.id AS owner, unnest(coalesce(list_concat(json_extract_string(p.raw, '$.discounts[*].id'), "
-        "json_extract_string(p.raw, '$.discounts[*]')), [])) AS kept FROM subscriptions p WHERE p.account_id = $a "
-        "AND NOT p.deleted AND p.last_seen_at >= $since) k WHERE k.owner = c.subscription_id AND k.kept = c.id)",
-        params)
-    # (a discount on one item: kept while its item, listed again, still names it)
-    con.execute(
-        "UPDATE discounts c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
-        "AND c.subscription_item_id IS NOT NULL AND c.subscription_id IN (SELECT p.id FROM subscriptions p "
-        "WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since)) AND NOT EXISTS (SELECT 1 FROM ("
-        "SELECT i.id AS owner, unnest(coalesce(list_concat(json_extract_string(i.raw, '$.discounts[*].id'), "
-        "json_extract_string(i.raw, '$.discounts[*]')), [])) AS kept FROM subscription_items i "
-        "WHERE i.account_id = $a AND NOT i.deleted AND i.last_seen_at >= $since) k "
-        "WHERE k.owner = c.subscription_item_id AND k.kept = c.id)",
-        params)
+    # discount against its owner's JSON would compare every discount with every owner (hours at a million). A
+    # subscription's own discounts are kept by its JSON, a discount on one item by its item's (listed again).
+    for on_item, owner_col, owners in ((False, "subscription_id", "subscriptions"),
+                                       (True, "subscription_item_id", "subscription_items")):
+        con.execute(
+            "UPDATE discounts c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
+            f"AND c.subscription_item_id IS {'NOT ' if on_item else ''}NULL AND c.subscription_id IN ("
+            "SELECT p.id FROM subscriptions p WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since)) "
+            "AND NOT EXISTS (SELECT 1 FROM (SELECT p.id AS owner, unnest(coalesce(list_concat("
+            "json_extract_string(p.raw, '$.discounts[*].id'), json_extract_string(p.raw, '$.discounts[*]')), [])) "
+            f"AS kept FROM {owners} p WHERE p.account_id = $a AND NOT p.deleted AND p.last_seen_at >= $since) k "
+            f"WHERE k.owner = c.{owner_col} AND k.kept = c.id)",
+            params)
     con.execute(
         "UPDATE discounts c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
         "AND c.subscription_id IS NULL AND c.customer_id IN (SELECT p.id FROM customers p WHERE p.account_id = $a "

@@ -54,8 +54,8 @@ LINE_LIST_PARAMS: dict[str, Any] = {"expand": ["data.discounts"]}
 
 def item_list_params(subscription_id: str) -> dict[str, Any]:
     """The parameters listing a subscription's items when its embedded list is cut short (their discounts
-    expanded, as in the subscriptions' listing)."""
-    return {"subscription": subscription_id, "expand": ["data.discounts"]}
+    expanded, as in the subscriptions' listing and for lines)."""
+    return {"subscription": subscription_id, **LINE_LIST_PARAMS}
 
 
 # resources listed again per test clock (their lists leave test-clock objects out)
