@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MAX_SKIP_TICKS = 16
 STOP_DEADLINE_S = 10.0
+_POLL_S = 0.2  # how often the main loop looks for a signal that asked for a stop
 
 
 def state_path(db: Path) -> Path:
@@ -70,6 +71,7 @@ class Daemon:
         self.debounce_seconds = debounce_seconds
         self._run = run
         self.stop_event = threading.Event()
+        self._signalled = 0  # the signal that asked for a stop (set by handle_signal only)
         self._job_lock = threading.Lock()
         self._failures = 0
         self._skip_ticks = 0
@@ -161,11 +163,19 @@ class Daemon:
             log.info("stop requested")
             self.stop_event.set()
 
+    def handle_signal(self, signum: int, _frame: Any) -> None:
+        """SIGTERM/SIGINT: only note it; the main loop asks for the stop within ``_POLL_S``.
+
+        A handler runs between two bytecodes of the main thread, which spends its time in ``stop_event.wait`` and
+        may hold the event's lock at that moment: setting the event (or logging, whose stream may be mid-write)
+        from here could wait on that lock forever, and the daemon would never exit."""
+        self._signalled = signum
+
     def run_forever(self, install_signals: bool = True) -> int:
         """Block until stopped; 0 after a clean stop."""
         if install_signals:
-            signal.signal(signal.SIGTERM, self.request_stop)
-            signal.signal(signal.SIGINT, self.request_stop)
+            signal.signal(signal.SIGTERM, self.handle_signal)
+            signal.signal(signal.SIGINT, self.handle_signal)
         logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
         crashed = True
         try:
@@ -183,8 +193,10 @@ class Daemon:
                 self._save(webhook_url=self.webhook.url)
             self._save(state="started")
             log.info("daemon started (schedule %s)", self.trigger)
-            while not self.stop_event.wait(0.5):
-                pass
+            while not self.stop_event.wait(_POLL_S):
+                if self._signalled:
+                    log.info("%s received", signal.Signals(self._signalled).name)
+                    self.request_stop()
             self._save(state="stopping")
             if self.webhook is not None:
                 self.webhook.stop()

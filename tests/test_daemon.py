@@ -213,7 +213,10 @@ def test_sigterm_mid_run_stops_cleanly_and_keeps_committed_batches(tmp_path: Pat
         time.sleep(0.5)
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
-        code = p.wait(timeout=15)
+        try:
+            code = p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            pytest.fail("no exit 15 s after SIGTERM:\n" + (tmp_path / "daemon.log").read_text()[-3000:])
         elapsed = time.monotonic() - t0
     finally:
         p.kill()
@@ -229,6 +232,24 @@ def test_sigterm_mid_run_stops_cleanly_and_keeps_committed_batches(tmp_path: Pat
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM batches").fetchone() == (committed,)
     con.close()
+
+
+def test_the_signal_handler_waits_on_no_lock_the_main_thread_may_hold(tmp_path: Path) -> None:
+    """A signal is handled between two bytecodes of the main thread, which spends its time in ``stop_event.wait``
+    and holds the event's lock around each check: a handler that set the event there waited on that lock forever
+    (a daemon that never exited after SIGTERM). The handler runs here on a thread while the lock is held."""
+    d = Daemon(Settings(db=tmp_path / "d.duckdb"), interval_seconds=3600, run=locked_writer())
+    with d.stop_event._cond:  # type: ignore[attr-defined]  # the lock Event.wait holds around its checks
+        handler = threading.Thread(target=d.handle_signal, args=(signal.SIGTERM, None), daemon=True)
+        handler.start()
+        handler.join(timeout=2)
+        assert not handler.is_alive()
+    main = threading.Thread(target=d.run_forever, kwargs={"install_signals": False})
+    main.start()
+    main.join(timeout=5)  # the main loop passes the noted signal on as a stop
+    assert not main.is_alive() and d.stop_event.is_set()
+    state = read_state(d.settings.db)
+    assert state is not None and state["state"] == "stopped"
 
 
 def test_daemon_cli_against_the_sandbox_stops_on_sigterm(tmp_path: Path) -> None:
