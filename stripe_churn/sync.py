@@ -93,6 +93,13 @@ _CURSOR_SQL = (
     "created = excluded.created, done = excluded.done, run_id = excluded.run_id, updated_at = excluded.updated_at")
 
 
+# Objects no listing returns and only their deletion event carries (within Stripe's event window), by table: a
+# discount added and removed between two invoices is on no subscription, item, customer or invoice any more; a
+# coupon deleted while discounts made from it still run is neither listed nor retrievable, and those discounts
+# name it by id.
+_GONE_BY_EVENT = {"discounts": "customer.discount.deleted", "coupons": "coupon.deleted"}
+
+
 @dataclass
 class SyncResult:
     """What one sync run did."""
@@ -669,11 +676,40 @@ class _Sync:
         await self._flush()
         if had_rows:
             await self._check_missing(version)
+        await self._gone_from_events()
         await self._db(self._mark_children, self.api.server_time)
         await self._fx_rates()
         cur = await self._db(self._cursors)
         start_evt = cur.get("full", (start_evt, version, False))[0]
         await self._db(self._finish_full, start_evt, version)
+
+    def _only_in_deletions(self) -> list[tuple[str, int, str]]:
+        """(table, unix time, event JSON) of the newest deletion event of each object the store lacks that only
+        such an event carries (``_GONE_BY_EVENT``)."""
+        rows: list[tuple[str, int, str]] = []
+        for table, etype in _GONE_BY_EVENT.items():
+            rows += self.con.execute(
+                f"SELECT '{table}', CAST(epoch(e.created) AS BIGINT), e.raw FROM events e WHERE e.account_id = $a "
+                "AND NOT e.deleted AND e.type = $t AND e.object_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+                f"{table} d WHERE d.account_id = e.account_id AND d.id = e.object_id) "
+                "QUALIFY row_number() OVER (PARTITION BY e.object_id ORDER BY e.created DESC, e.id DESC) = 1",
+                {"a": self.account, "t": etype}).fetchall()
+        return rows
+
+    async def _gone_from_events(self) -> None:
+        """Store what a listing cannot show and only a deletion event still carries, flagged deleted, with that
+        event's time as version (an incremental sync stores these from its events as they come)."""
+        found = await self._db(self._only_in_deletions)
+        if not found:
+            return
+        batch = Batch()
+        for table, created, raw in found:
+            obj = (orjson.loads(raw).get("data") or {}).get("object")
+            if isinstance(obj, dict) and obj.get("id") and OBJECT_TABLE.get(str(obj.get("object"))) == table:
+                await self._add_object(batch, table, obj, int(created), True)
+        log.info("%d deleted objects stored from their deletion events", len(found))
+        await self._put(batch)
+        await self._flush()
 
     def _mark_children(self, server_time: int | None) -> None:
         with transaction(self.con):

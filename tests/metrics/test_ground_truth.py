@@ -261,3 +261,113 @@ def test_ground_truth_with_item_level_discounts_through_the_sandbox(tmp_path: Pa
         check_against_truth(sim, con, "300 x 12 with item-level discounts through the sandbox")
     finally:
         con.close()
+
+
+def test_a_discount_added_and_removed_between_two_invoices_counts_after_a_full_sync(tmp_path: Path) -> None:
+    """A coupon put on a subscription and taken off a week later, both between two of its invoices and inside
+    Stripe's 30-day event window: no listed object and no invoice carries the discount any more, only its
+    events do. A first (full) sync must still store it, or the week's lower MRR and its two discount movements
+    are lost; the truth is the simulation's own."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import END_OF_HISTORY, Simulation, add_months
+    from stripe_churn.settings import SANDBOX_KEY, Secret
+    from stripe_churn.store.db import open_store
+    from stripe_churn.sync import run_sync
+
+    sim = Simulation(customers=60, months=6, seed=8, start=add_months(END_OF_HISTORY, -7))
+    day = 86_400
+    on_at, off_at = sim.clock + 2 * day, sim.clock + 9 * day
+    sub = next(s for s in sim.objects["subscriptions"].values()
+               if s["status"] == "active" and not s["discounts"] and not s["cancel_at_period_end"]
+               and all(not it["discounts"] and it["current_period_end"] > off_at + 2 * day
+                       and it["price"]["recurring"]["interval"] == "month" for it in s["items"]["data"]))
+    cust = sim._custs[sub["customer"]]
+    added: list[str] = []
+
+    def coupon_on(t: int) -> None:
+        before = sim._snap(cust)
+        prev = {"discounts": list(sub["discounts"])}
+        sim._apply_coupon(sub, "retention", t)
+        added.append(sub["discounts"][-1])
+        sim._event("customer.discount.created", sim.discounts[added[0]], t)
+        sim._event("customer.subscription.updated", sub, t, prev)
+        sim._transition(cust, t, before)
+
+    def coupon_off(t: int) -> None:
+        before = sim._snap(cust)
+        prev = {"discounts": list(sub["discounts"])}
+        sub["discounts"] = [d for d in sub["discounts"] if d != added[0]]
+        sim._sub_mult.pop(sub["id"], None)
+        sim._event("customer.subscription.updated", sub, t, prev)
+        sim._event("customer.discount.deleted", sim.discounts[added[0]], t)
+        sim._transition(cust, t, before)
+
+    sim._h_test_coupon_on, sim._h_test_coupon_off = coupon_on, coupon_off
+    sim._at(on_at, "test_coupon_on")
+    sim._at(off_at, "test_coupon_off")
+    sim.advance(1)
+    did = added[0]
+    # the case: the discount moved MRR twice, and no invoice or listed object names it any more
+    assert [t["movement"] for t in sim.truth if t["customer_id"] == cust.id
+            and on_at <= _unix(t["occurred_at"]) <= off_at] == ["discount", "discount"]
+    assert did not in str(list(sim.objects["invoices"].values())) + str(list(sim.objects["subscriptions"].values()))
+    with start_in_thread(sim, api_key=SANDBOX_KEY) as sandbox:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=tmp_path / "first.duckdb",
+                            rate_limit=10_000)
+        result = run_sync(settings, full=True, progress=False)
+        assert result.status == "succeeded", result
+    con = open_store(settings.db)
+    try:
+        assert con.execute("SELECT deleted FROM discounts WHERE id = ?", [did]).fetchall() == [(True,)]
+        recompute(con, settings)
+        check_against_truth(sim, con, "60 x 7, a discount on and off between two invoices")
+        assert con.execute("SELECT count(*) FROM mrr_movements WHERE movement = 'discount' AND customer_id = ? "
+                           "AND occurred_at BETWEEN to_timestamp(?) AND to_timestamp(?)",
+                           [cust.id, on_at, off_at]).fetchone() == (2,)
+    finally:
+        con.close()
+
+
+def test_a_coupon_deleted_while_its_discounts_run_keeps_counting_after_a_full_sync(tmp_path: Path) -> None:
+    """Deleting a coupon stops new redemptions only; the discounts made from it keep reducing MRR. Stripe lists
+    no deleted coupon and retrieves none, and the discounts name it by id, so a first (full) sync inside the
+    event window has its terms only from the `coupon.deleted` event. Without them every such discount was
+    ignored (a `missing_coupon` row each) and those customers' MRR came out too high."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret
+    from stripe_churn.store.db import open_store
+    from stripe_churn.sync import run_sync
+
+    sim = Simulation(customers=60, months=7, seed=8)
+    live = [d for d in sim.discounts.values()
+            if sim.objects["subscriptions"][d["subscription"]]["status"] == "active"
+            and d["id"] in sim.objects["subscriptions"][d["subscription"]]["discounts"]]
+    coupon = sim.objects["coupons"][Counter(
+        d["source"]["coupon"] for d in live
+        if sim.objects["coupons"][d["source"]["coupon"]]["duration"] == "forever").most_common(1)[0][0]]
+    running = [d["id"] for d in live if d["source"]["coupon"] == coupon["id"]]
+    assert running
+    at = max(e["created"] for e in sim.events) + 1  # (events are kept in creation order)
+    assert sim.clock - 30 * 86_400 < at < sim.clock
+    del sim.objects["coupons"][coupon["id"]]
+    sim.events.append({"id": "evt_coupon_deleted", "object": "event", "api_version": sim.events[-1]["api_version"],
+                       "created": at, "data": {"object": dict(coupon, valid=False)}, "livemode": False,
+                       "pending_webhooks": 0, "request": {"id": None, "idempotency_key": None},
+                       "type": "coupon.deleted"})
+    with start_in_thread(sim, api_key=SANDBOX_KEY) as sandbox:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=tmp_path / "first.duckdb",
+                            rate_limit=10_000)
+        result = run_sync(settings, full=True, progress=False)
+        assert result.status == "succeeded", result
+    con = open_store(settings.db)
+    try:
+        assert con.execute("SELECT deleted, raw->>'$.percent_off' FROM coupons WHERE id = ?",
+                           [coupon["id"]]).fetchall() == [(True, str(coupon["percent_off"]))]
+        recompute(con, settings)
+        check_against_truth(sim, con, f"60 x 7, coupon {coupon['id']} deleted under {len(running)} discounts")
+        assert con.execute("SELECT count(*) FROM data_quality WHERE kind = 'missing_coupon'").fetchone() == (0,)
+    finally:
+        con.close()
