@@ -216,7 +216,9 @@ ANTI JOIN discounts d ON d.account_id = i.account_id AND d.id = i.discount_id
 WHERE NOT starts_with(i.discount_id, '{')
 UNION ALL
 SELECT account_id, 'missing_coupon', 'discount', discount_id, coupon_id, valid_from,
-       format('coupon {} of this discount is not stored; the discount is ignored', coupon_id)
+       format('coupon {} of this discount is not stored, so MRR leaves the discount out: `stripe-churn sync --full` '
+              || 'fetches a coupon Stripe still has (one deleted before the 30 days of events Stripe keeps can be '
+              || 'fetched from nowhere)', coupon_id)
 FROM derived_discount_spans
 WHERE coupon_missing
 UNION ALL
