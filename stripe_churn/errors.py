@@ -6,6 +6,9 @@ Messages are one line: what happened, what state was left, and what to do next.
 
 from __future__ import annotations
 
+import errno
+import re
+
 
 class StripeChurnError(Exception):
     """Root of every error stripe-churn raises on purpose."""
@@ -74,3 +77,40 @@ class DataError(FatalError):
 
 class StoppedError(StripeChurnError):
     """A stop was requested while work ran: what was committed stays, the rest was rolled back."""
+
+
+class DiskFullError(StoreError):
+    """A write found no room (disk full, quota, file size limit): what was committed stays."""
+
+
+# Writes that found no room, as the OS (errno) and DuckDB (the OS's text inside its message) report them.
+_NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NO_ROOM_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large")
+_WRITING = re.compile(r'(?:write|open|create|extend|truncate) (?:to )?file "([^"]+)"', re.IGNORECASE)
+
+
+def disk_full(exc: BaseException) -> DiskFullError | None:
+    """The one-line error for ``exc`` when it (or the failure it was raised from) is a write that found no room on
+    the disk; None otherwise. DuckDB gives a database up after such a write: its committed transactions are in
+    the file and the write-ahead log, which the next opening replays."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _NO_ROOM_ERRNOS:
+            reason, where = current.strerror or "no room", current.filename
+            break
+        text = str(current)
+        found = next((t for t in _NO_ROOM_TEXTS if t in text), None)
+        if found is not None:
+            match = _WRITING.search(text)
+            reason, where = found, match.group(1) if match else None
+            break
+        current = current.__cause__ or current.__context__
+    else:
+        return None
+    return DiskFullError(
+        f"no room to write {where or 'the store'} ({reason}: the disk is full, or a quota or file size limit is "
+        "reached): what was committed before is kept, and the next run goes on from it; free space there (a sync "
+        "needs room for the database, its write-ahead log and a snapshot copy as large as the database) and run "
+        "again")

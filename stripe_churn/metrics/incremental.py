@@ -37,6 +37,7 @@ from stripe_churn.metrics.runner import (
     write_settings,
 )
 from stripe_churn.settings import Settings
+from stripe_churn.store.db import rollback
 from stripe_churn.store.quiet import quiet
 
 log = logging.getLogger(__name__)
@@ -884,7 +885,7 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
             record_run(con, started_at, "changed", int(touched + moved))
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
         finally:
             con.execute(f"SET max_vacuum_tasks = {int(vacuum_tasks)}")

@@ -24,6 +24,7 @@ import duckdb
 
 from stripe_churn.errors import DataError, StoppedError
 from stripe_churn.settings import Settings, check_rules
+from stripe_churn.store.db import rollback
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ def _recompute(con: duckdb.DuckDBPyConnection, settings: Settings,
         record_run(con, started_at, "full", int(customers), reason)
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        rollback(con)
         raise
     finally:
         interrupter.close()

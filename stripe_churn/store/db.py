@@ -147,7 +147,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
                         [name, datetime.now(UTC)])
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
         log.info("store migration %s applied", name)
         applied.append(name)
@@ -200,8 +200,18 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         yield
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        rollback(con)
         raise
+
+
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction after a failure, keeping that failure the one raised: when DuckDB has
+    already ended the transaction (a failed COMMIT) or given up the database (a write that found the disk
+    full), the ROLLBACK's own error would hide why."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error as exc:
+        log.debug("rollback after a failure: %s", exc)
 
 
 def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:

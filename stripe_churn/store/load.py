@@ -19,6 +19,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from stripe_churn.store.db import rollback
 from stripe_churn.store.schema import EXTRACT, PARSE, RAW_TABLES
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def merge_stage(con: duckdb.DuckDBPyConnection, table: str, account_id: str) -> 
             con.execute(f"DELETE FROM {stage} {where}")
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
     return total
 
@@ -412,6 +413,6 @@ def load_simulation(con: duckdb.DuckDBPyConnection, sim: Any) -> None:
         upsert_fx_rates(con, [(day, cur, rate) for cur, rate in sorted(SANDBOX_FX_RATES.items())])
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        rollback(con)
         raise
     log.info("simulation %s loaded into the store", acct)
