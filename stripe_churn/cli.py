@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from stripe_churn.errors import StripeChurnError, disk_full
+from stripe_churn.errors import StripeChurnError, store_failure
 from stripe_churn.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,10 +57,10 @@ def handle_errors(f: F) -> F:
             raise
         except Exception as exc:  # an unexpected failure still ends in one line; the traceback goes to DEBUG
             logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
-            no_room = disk_full(exc)
-            if no_room is not None:
-                click.echo(f"error: {no_room}", err=True)
-                sys.exit(no_room.exit_code)
+            refused = store_failure(exc)
+            if refused is not None:
+                click.echo(f"error: {refused}", err=True)
+                sys.exit(refused.exit_code)
             first = str(exc).splitlines()[0] if str(exc) else ""
             click.echo(f"error: unexpected {type(exc).__name__}: {first} "
                        "(set STRIPE_CHURN_LOG_LEVEL=DEBUG for the traceback)", err=True)

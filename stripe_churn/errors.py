@@ -7,6 +7,7 @@ Messages are one line: what happened, what state was left, and what to do next.
 from __future__ import annotations
 
 import errno
+import os
 import re
 
 
@@ -114,3 +115,30 @@ def disk_full(exc: BaseException) -> DiskFullError | None:
         "reached): what was committed before is kept, and the next run goes on from it; free space there (a sync "
         "needs room for the database, its write-ahead log and a snapshot copy as large as the database) and run "
         "again")
+
+
+_NOT_WRITABLE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
+
+
+def store_failure(exc: BaseException) -> StoreError | None:
+    """The one-line error for a file this machine refuses to write (no room: :func:`disk_full`; a read-only file
+    system, a missing permission, a file where a directory should be), found in ``exc`` or what it was raised
+    from; None otherwise."""
+    full = disk_full(exc)
+    if full is not None:
+        return full
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        # (a directory made where a file stands: mkdir(exist_ok=True) raises EEXIST)
+        in_the_way = (isinstance(current, FileExistsError) and current.filename is not None
+                      and not os.path.isdir(current.filename))
+        if isinstance(current, OSError) and (current.errno in _NOT_WRITABLE_ERRNOS or in_the_way):
+            why = "a file stands where a directory is needed" if in_the_way else current.strerror
+            return StoreError(
+                f"cannot write {current.filename or 'a file'} ({why}): make that place writable, or use another "
+                "one (the database and the files beside it: setting db, STRIPE_CHURN_DB); what was committed "
+                "before is kept")
+        current = current.__cause__ or current.__context__
+    return None

@@ -14,7 +14,7 @@ from typing import Any
 
 import duckdb
 
-from stripe_churn.errors import DiskFullError, StoppedError, disk_full
+from stripe_churn.errors import DiskFullError, StoppedError, StripeChurnError, disk_full, store_failure
 from stripe_churn.lock import sync_lock
 from stripe_churn.settings import Settings
 from stripe_churn.store.fx_file import read_fx_file, write_fx_rates
@@ -107,16 +107,21 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
              progress: bool = True) -> RunSummary:
     """Sync, recompute and publish the snapshot under the sync lock; returns what changed.
 
-    Raises StoreLockedError when another sync keeps the lock longer than ``wait`` seconds, and DiskFullError when
-    a write found the disk full.
+    Raises StoreLockedError when another sync keeps the lock longer than ``wait`` seconds, and StoreError when
+    this machine refuses a write (DiskFullError when it found no room).
     """
     try:
         return _run_once(settings, full=full, wait=wait, stop=stop, progress=progress)
-    except Exception as exc:
+    except StripeChurnError as exc:  # (ours already; a full disk under it is the cause to name)
         no_room = None if isinstance(exc, DiskFullError) else disk_full(exc)
         if no_room is None:
             raise
         raise no_room from exc
+    except Exception as exc:
+        refused = store_failure(exc)
+        if refused is None:
+            raise
+        raise refused from exc
 
 
 def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Event | None,

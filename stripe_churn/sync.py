@@ -359,10 +359,14 @@ class _Sync:
                     break
                 batches.append(nxt)
                 size += nxt.size()
-            try:
-                await self._db(self._apply, batches)
-            except BaseException as exc:  # surfaced by _flush; keep draining so producers never block
-                self.write_error = self.write_error or exc
+            # After a failed write nothing more is written, only drained (so that producers never block): a later
+            # batch carries its slice's cursor past the pages that failed, and a write can fail for a moment only
+            # (a full disk: DuckDB cuts its log back, and a smaller write fits), so applying it would lose them.
+            if self.write_error is None:
+                try:
+                    await self._db(self._apply, batches)
+                except BaseException as exc:  # surfaced by _flush and _put
+                    self.write_error = exc
             if end:
                 return
 

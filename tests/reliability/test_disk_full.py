@@ -17,13 +17,15 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from test_sync import assert_store_equals_sandbox
+from test_sync import assert_store_equals_sandbox, settings_for
 
-from stripe_churn.errors import DiskFullError, disk_full
+from stripe_churn import sync as sync_module
+from stripe_churn.errors import DiskFullError, StoreError, disk_full, store_failure
 from stripe_churn.sandbox.server import start_in_thread
 from stripe_churn.sandbox.sim import Simulation
 from stripe_churn.store.db import open_store, transaction
 from stripe_churn.store.snapshot import snapshot_path
+from stripe_churn.sync import run_sync
 
 KEY = "sk_test_disk_full"
 
@@ -87,5 +89,57 @@ def test_a_failed_rollback_does_not_hide_the_failure_that_caused_it(tmp_path: Pa
             con.execute("COMMIT")  # the transaction is over: the ROLLBACK after the failure fails
             raise ValueError("the real failure")
         assert con.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    finally:
+        con.close()
+
+
+def test_a_place_that_cannot_be_written_is_one_line_naming_it(tmp_path: Path) -> None:
+    """(A read-only file system or a missing permission cannot be made here, where tests may run as root: a file
+    where the database's directory should be fails the same way.)"""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    env = {**os.environ, "STRIPE_API_KEY": KEY, "STRIPE_API_BASE": "http://127.0.0.1:9",
+           "STRIPE_CHURN_DB": str(blocker / "x.duckdb")}
+    got = subprocess.run([sys.executable, "-m", "stripe_churn", "sync"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert got.returncode == 2, got.stderr
+    assert got.stderr.strip().splitlines()[-1].startswith(f"error: cannot write {blocker}"), got.stderr
+    assert "unexpected" not in got.stderr
+    for code, text in ((errno.EROFS, "Read-only file system"), (errno.EACCES, "Permission denied")):
+        refused = store_failure(OSError(code, text, "/data/x.duckdb.lock"))
+        assert isinstance(refused, StoreError) and not isinstance(refused, DiskFullError)
+        assert str(refused).startswith(f"cannot write /data/x.duckdb.lock ({text}): make that place writable")
+    assert isinstance(store_failure(OSError(errno.ENOSPC, "No space left on device")), DiskFullError)
+    assert store_failure(OSError(errno.ENOENT, "No such file or directory")) is None
+
+
+def test_after_a_write_that_failed_for_a_moment_nothing_more_is_written(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk can refuse one write and take the next, smaller one (DuckDB cuts its log back after the
+    failure). The sync went on writing the batches queued behind the failed one, whose cursors moved its slices
+    past the pages that failed: the next run resumed from there and never stored them (invoices missing)."""
+    sim = Simulation(customers=60, months=8, seed=43)
+    real_write = sync_module._Sync._write
+    calls = {"n": 0}
+
+    def fails_once(self: object, rows: dict[str, object], *args: object, **kwargs: object) -> None:
+        calls["n"] += 1
+        if "invoices" in rows and "failed" not in calls:  # the first page of invoices
+            calls["failed"] = calls["n"]
+            raise duckdb.IOException('Could not write file "x.duckdb.wal": No space left on device')
+        real_write(self, rows, *args, **kwargs)  # type: ignore[arg-type]
+
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = settings_for(sb.url, tmp_path / "moment.duckdb", key=KEY)
+        monkeypatch.setattr(sync_module, "TX_OBJECTS", 1)  # (a transaction per page: many writes)
+        monkeypatch.setattr(sync_module._Sync, "_write", fails_once)
+        with pytest.raises(duckdb.IOException, match="No space left"):
+            run_sync(settings, progress=False)
+        assert calls["n"] == calls["failed"]  # nothing written after the failure
+        monkeypatch.setattr(sync_module._Sync, "_write", real_write)
+        assert run_sync(settings, progress=False).status == "succeeded"
+    con = open_store(settings.db)
+    try:
+        assert_store_equals_sandbox(con, sim)
     finally:
         con.close()
