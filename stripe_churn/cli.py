@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from stripe_churn.errors import StripeChurnError, store_failure
+from stripe_churn.errors import StripeChurnError, damaged_store, store_failure
 from stripe_churn.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -57,7 +57,7 @@ def handle_errors(f: F) -> F:
             raise
         except Exception as exc:  # an unexpected failure still ends in one line; the traceback goes to DEBUG
             logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
-            refused = store_failure(exc)
+            refused = store_failure(exc) or damaged_store(exc)
             if refused is not None:
                 click.echo(f"error: {refused}", err=True)
                 sys.exit(refused.exit_code)

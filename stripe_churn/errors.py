@@ -142,3 +142,33 @@ def store_failure(exc: BaseException) -> StoreError | None:
                 "before is kept")
         current = current.__cause__ or current.__context__
     return None
+
+
+# How DuckDB reports a database file whose bytes are not what it wrote (a bad block, a file cut short).
+_DAMAGED_TEXTS = ("Corrupt database file", "Could not read enough bytes", "not a valid DuckDB database file")
+
+
+def damaged_store(exc: BaseException, db: os.PathLike[str] | str | None = None, *,
+                  snapshot: bool = False) -> StoreError | None:
+    """The one-line error for a damaged database file, found in ``exc`` or what it was raised from; None
+    otherwise. ``db``: the store (or, with ``snapshot``, the snapshot) that was being read, when known."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = str(current).strip()
+        if any(t in text for t in _DAMAGED_TEXTS):
+            what = text.splitlines()[0] if text else type(current).__name__
+            break
+        current = current.__cause__ or current.__context__
+    else:
+        return None
+    if snapshot:
+        return StoreError(f"the snapshot {db} is damaged ({what}): run `stripe-churn sync` to publish a new one "
+                          "(the database itself is not touched)")
+    store = f"the store {db}" if db is not None else "a database file"
+    snap = f"{db}.snapshot" if db is not None else "<db>.snapshot"
+    return StoreError(
+        f"{store} is damaged ({what}): stop the daemon, move the file aside, and copy its snapshot {snap} (the "
+        "last good copy, from the last sync) in its place, or run `stripe-churn sync --full` to build it again from "
+        "Stripe; a damaged snapshot is replaced by the next `stripe-churn sync`")

@@ -14,7 +14,14 @@ from typing import Any
 
 import duckdb
 
-from stripe_churn.errors import DiskFullError, StoppedError, StripeChurnError, disk_full, store_failure
+from stripe_churn.errors import (
+    DiskFullError,
+    StoppedError,
+    StripeChurnError,
+    damaged_store,
+    disk_full,
+    store_failure,
+)
 from stripe_churn.lock import sync_lock
 from stripe_churn.settings import Settings
 from stripe_churn.store.fx_file import read_fx_file, write_fx_rates
@@ -118,7 +125,7 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
             raise
         raise no_room from exc
     except Exception as exc:
-        refused = store_failure(exc)
+        refused = store_failure(exc) or damaged_store(exc, settings.db)
         if refused is None:
             raise
         raise refused from exc

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 from sqlalchemy.schema import CreateTable
 
-from stripe_churn.errors import StoreError, StoreLockedError
+from stripe_churn.errors import StoreError, StoreLockedError, damaged_store
 from stripe_churn.store import schema
 from stripe_churn.store.quiet import quiet
 
@@ -230,10 +230,10 @@ def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
             raise StoreLockedError(
                 f"the store {path} is in use by another process; wait for it to finish (or stop the daemon) "
                 "and try again") from None
-        raise StoreError(f"cannot open the store {path}: {text.splitlines()[0]}") from None
+        raise damaged_store(exc, path) or StoreError(f"cannot open the store {path}: {text.splitlines()[0]}") from None
     except duckdb.Error as exc:
-        raise StoreError(f"cannot open the store {path}: {str(exc).splitlines()[0]}; "
-                         "move it aside and run `stripe-churn sync --full`") from None
+        raise damaged_store(exc, path) or StoreError(f"cannot open the store {path}: {str(exc).splitlines()[0]}; "
+                                                     "move it aside and run `stripe-churn sync --full`") from None
     con.execute("SET TimeZone = 'UTC'")
     quiet(con)
     if not read_only:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-from stripe_churn.errors import StoreError
+from stripe_churn.errors import StoreError, damaged_store
 from stripe_churn.store.quiet import quiet
 
 
@@ -54,5 +54,5 @@ def open_snapshot(db: Path) -> duckdb.DuckDBPyConnection:
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
-        raise StoreError(f"cannot open snapshot {path}: {exc}") from exc
+        raise damaged_store(exc, path, snapshot=True) or StoreError(f"cannot open snapshot {path}: {exc}") from exc
     return quiet(con)
