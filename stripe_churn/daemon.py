@@ -180,16 +180,18 @@ class Daemon:
         crashed = True
         try:
             self._save(state="starting")
+            if self.webhook_port is not None:  # (its port is taken first: a bad one stops the daemon before a sync)
+                from stripe_churn.webhook import WebhookServer
+
+                self.webhook = WebhookServer(self.settings.webhook_secret.reveal(), self.webhook_event,
+                                             host=self.webhook_host, port=self.webhook_port)
             self.scheduler.add_job(self.tick, self.trigger, id="scheduled-sync")
             if self.sync_on_start:
                 self.scheduler.add_job(self.tick, "date", run_date=dt.datetime.now(dt.UTC), id="start-sync",
                                        kwargs={"reason": "start"})
             self.scheduler.start()
-            if self.webhook_port is not None:
-                from stripe_churn.webhook import WebhookServer
-
-                self.webhook = WebhookServer(self.settings.webhook_secret.reveal(), self.webhook_event,
-                                             host=self.webhook_host, port=self.webhook_port).start()
+            if self.webhook is not None:
+                self.webhook.start()
                 self._save(webhook_url=self.webhook.url)
             self._save(state="started")
             log.info("daemon started (schedule %s)", self.trigger)

@@ -36,7 +36,13 @@ class WebhookServer:
         self._secret = secret
         self._on_event = on_event
         handler = self._make_handler()
-        self.httpd = ThreadingHTTPServer((host, port), handler)
+        try:
+            self.httpd = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            from stripe_churn.errors import ConfigError
+
+            raise ConfigError(f"the webhook cannot listen on {host}:{port}: {exc.strerror or exc}; pick another "
+                              "--webhook-port (setting webhook_port; 0 for a free one) or --webhook-host") from None
         self.httpd.daemon_threads = True
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="webhook", daemon=True)

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +23,7 @@ from click.testing import CliRunner
 
 from stripe_churn.cli import cli
 from stripe_churn.daemon import Daemon, read_state
-from stripe_churn.errors import AuthError, TransientError
+from stripe_churn.errors import AuthError, ConfigError, TransientError
 from stripe_churn.lock import sync_lock
 from stripe_churn.pipeline import RunSummary
 from stripe_churn.settings import Secret, Settings
@@ -168,6 +169,28 @@ def test_fatal_error_is_surfaced_in_status(start: Callable[..., Daemon], tmp_pat
     assert "daemon last error" in result.output and "refused the API key" in result.output
     result = CliRunner().invoke(cli, ["status", "--format", "json"], env={"STRIPE_CHURN_DB": str(d.settings.db)})
     assert json.loads(result.output)["daemon_error"].endswith("set STRIPE_API_KEY to a valid key")
+
+
+def test_a_webhook_port_in_use_stops_the_daemon_before_any_sync(tmp_path: Path) -> None:
+    """The port is taken before the scheduler starts: a bad one is a clear error, and no sync was begun (it was an
+    "unexpected OSError" after the start-up sync had begun, which the exit then cut short)."""
+    runs: list[float] = []
+
+    def run(settings: Settings, **kw: Any) -> RunSummary:
+        runs.append(time.monotonic())
+        return RunSummary(status="ok")
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        d = Daemon(Settings(db=tmp_path / "d.duckdb", webhook_secret=Secret("whsec_x")), interval_seconds=3600,
+                   run=run, webhook_port=port)
+        with pytest.raises(ConfigError, match=f"the webhook cannot listen on 127.0.0.1:{port}: Address already in use; "
+                                              "pick another --webhook-port"):
+            d.run_forever(install_signals=False)
+    time.sleep(0.3)
+    assert runs == [] and not d.scheduler.running
 
 
 def test_webhook_events_schedule_one_debounced_sync(start: Callable[..., Daemon]) -> None:
