@@ -145,7 +145,7 @@ def store_failure(exc: BaseException) -> StoreError | None:
 
 
 # How DuckDB reports a database file whose bytes are not what it wrote (a bad block, a file cut short).
-_DAMAGED_TEXTS = ("Corrupt database file", "Could not read enough bytes", "not a valid DuckDB database file")
+_DAMAGED_TEXTS = ("Corrupt database file", "Could not read enough bytes")
 
 
 def damaged_store(exc: BaseException, db: os.PathLike[str] | str | None = None, *,

@@ -214,6 +214,16 @@ def rollback(con: duckdb.DuckDBPyConnection) -> None:
         log.debug("rollback after a failure: %s", exc)
 
 
+def _is_duckdb_file(path: Path) -> bool:
+    """Whether ``path`` starts as a DuckDB file does (its magic bytes after the checksum); True when unreadable."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+    except OSError:
+        return True
+    return head[8:12] == b"DUCK"
+
+
 def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
     """Open (and, when writable, create or migrate) the store at ``path``."""
     path = Path(path)
@@ -230,6 +240,10 @@ def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
             raise StoreLockedError(
                 f"the store {path} is in use by another process; wait for it to finish (or stop the daemon) "
                 "and try again") from None
+        if not _is_duckdb_file(path):
+            raise StoreError(
+                f"{path} is not a DuckDB database: point the setting db (STRIPE_CHURN_DB) at the store, or at a new "
+                f"path to start one; a store damaged this far can be replaced by its snapshot {path}.snapshot") from None
         raise damaged_store(exc, path) or StoreError(f"cannot open the store {path}: {text.splitlines()[0]}") from None
     except duckdb.Error as exc:
         raise damaged_store(exc, path) or StoreError(f"cannot open the store {path}: {str(exc).splitlines()[0]}; "

@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from stripe_churn.errors import StoreError, damaged_store
 from stripe_churn.sandbox.server import start_in_thread
 from stripe_churn.sandbox.sim import Simulation
+from stripe_churn.store.db import open_store
 from stripe_churn.store.snapshot import snapshot_path
 
 KEY = "sk_test_damaged"
@@ -71,8 +73,14 @@ def test_a_damaged_store_and_snapshot_say_how_to_recover_and_the_recovery_works(
         assert cli(env, "report").returncode == 0
 
 
-def test_only_a_damaged_file_is_called_damaged() -> None:
+def test_only_a_damaged_file_is_called_damaged(tmp_path: Path) -> None:
     found = damaged_store(duckdb.IOException('Could not read enough bytes from file "x"'), "/d/x.duckdb")
     assert isinstance(found, StoreError) and str(found).startswith("the store /d/x.duckdb is damaged (")
     assert damaged_store(duckdb.IOException("Could not set lock on file"), "/d/x.duckdb") is None
     assert damaged_store(ValueError("Corrupt database file: checksum")) is not None
+    # a file that is no DuckDB database at all (the setting pointing at something else) is not called damaged
+    other = tmp_path / "notes.duckdb"
+    other.write_text("customer,mrr\n")
+    with pytest.raises(StoreError, match=f"^{other} is not a DuckDB database: point the setting db"):
+        open_store(other)
+    assert other.read_text() == "customer,mrr\n"
