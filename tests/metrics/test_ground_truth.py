@@ -120,6 +120,19 @@ def check_against_truth(sim: Any, con: duckdb.DuckDBPyConnection, label: str) ->
     return summary
 
 
+def synced_through_the_sandbox(sim: Any, db: Path) -> Settings:
+    """A full sync of ``sim``, served by the sandbox server, into a new store at ``db`` (the real sync and SDK)."""
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.settings import SANDBOX_KEY, Secret
+    from stripe_churn.sync import run_sync
+
+    with start_in_thread(sim, api_key=SANDBOX_KEY) as sandbox:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=db, rate_limit=10_000)
+        result = run_sync(settings, full=True, progress=False)
+        assert result.status == "succeeded", result
+    return settings
+
+
 @pytest.fixture(scope="module")
 def sim_500() -> Any:
     from stripe_churn.sandbox.sim import Simulation
@@ -233,11 +246,8 @@ def test_ground_truth_with_item_level_discounts_through_the_sandbox(tmp_path: Pa
     synced through the sandbox with the real sync (subscriptions listed with data.items.data.discounts), then
     derived: labels and MRR per customer and month must agree exactly with the simulation's own truth."""
     from stripe_churn.metrics.runner import recompute
-    from stripe_churn.sandbox.server import start_in_thread
     from stripe_churn.sandbox.sim import Simulation
-    from stripe_churn.settings import SANDBOX_KEY, Secret
     from stripe_churn.store.db import open_store
-    from stripe_churn.sync import run_sync
 
     sim = Simulation(customers=300, months=12, seed=20, item_discounts=True)
     on_items = {d["id"]: d for d in sim.discounts.values() if d["subscription_item"]}
@@ -247,11 +257,7 @@ def test_ground_truth_with_item_level_discounts_through_the_sandbox(tmp_path: Pa
     assert any(e["data"]["object"]["end"] for e in deleted) and any(not e["data"]["object"]["end"] for e in deleted)
     items = {d["subscription_item"] for d in on_items.values()}
     assert sum(1 for t in sim.truth if t["movement"] == "discount" and t["subscription_item_id"] in items) >= 5
-    with start_in_thread(sim, api_key=SANDBOX_KEY) as sandbox:
-        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=tmp_path / "items.duckdb",
-                            rate_limit=10_000)
-        result = run_sync(settings, full=True, progress=False)
-        assert result.status == "succeeded", result
+    settings = synced_through_the_sandbox(sim, tmp_path / "items.duckdb")
     con = open_store(settings.db)
     try:
         stored = {r[0] for r in con.execute("SELECT id FROM discounts WHERE subscription_item_id IS NOT NULL")
@@ -269,11 +275,8 @@ def test_a_discount_added_and_removed_between_two_invoices_counts_after_a_full_s
     events do. A first (full) sync must still store it, or the week's lower MRR and its two discount movements
     are lost; the truth is the simulation's own."""
     from stripe_churn.metrics.runner import recompute
-    from stripe_churn.sandbox.server import start_in_thread
     from stripe_churn.sandbox.sim import END_OF_HISTORY, Simulation, add_months
-    from stripe_churn.settings import SANDBOX_KEY, Secret
     from stripe_churn.store.db import open_store
-    from stripe_churn.sync import run_sync
 
     sim = Simulation(customers=60, months=6, seed=8, start=add_months(END_OF_HISTORY, -7))
     day = 86_400
@@ -312,11 +315,7 @@ def test_a_discount_added_and_removed_between_two_invoices_counts_after_a_full_s
     assert [t["movement"] for t in sim.truth if t["customer_id"] == cust.id
             and on_at <= _unix(t["occurred_at"]) <= off_at] == ["discount", "discount"]
     assert did not in str(list(sim.objects["invoices"].values())) + str(list(sim.objects["subscriptions"].values()))
-    with start_in_thread(sim, api_key=SANDBOX_KEY) as sandbox:
-        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=tmp_path / "first.duckdb",
-                            rate_limit=10_000)
-        result = run_sync(settings, full=True, progress=False)
-        assert result.status == "succeeded", result
+    settings = synced_through_the_sandbox(sim, tmp_path / "first.duckdb")
     con = open_store(settings.db)
     try:
         assert con.execute("SELECT deleted FROM discounts WHERE id = ?", [did]).fetchall() == [(True,)]
@@ -335,11 +334,8 @@ def test_a_coupon_deleted_while_its_discounts_run_keeps_counting_after_a_full_sy
     event window has its terms only from the `coupon.deleted` event. Without them every such discount was
     ignored (a `missing_coupon` row each) and those customers' MRR came out too high."""
     from stripe_churn.metrics.runner import recompute
-    from stripe_churn.sandbox.server import start_in_thread
     from stripe_churn.sandbox.sim import Simulation
-    from stripe_churn.settings import SANDBOX_KEY, Secret
     from stripe_churn.store.db import open_store
-    from stripe_churn.sync import run_sync
 
     sim = Simulation(customers=60, months=7, seed=8)
     live = [d for d in sim.discounts.values()
@@ -357,11 +353,7 @@ def test_a_coupon_deleted_while_its_discounts_run_keeps_counting_after_a_full_sy
                        "created": at, "data": {"object": dict(coupon, valid=False)}, "livemode": False,
                        "pending_webhooks": 0, "request": {"id": None, "idempotency_key": None},
                        "type": "coupon.deleted"})
-    with start_in_thread(sim, api_key=SANDBOX_KEY) as sandbox:
-        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=tmp_path / "first.duckdb",
-                            rate_limit=10_000)
-        result = run_sync(settings, full=True, progress=False)
-        assert result.status == "succeeded", result
+    settings = synced_through_the_sandbox(sim, tmp_path / "first.duckdb")
     con = open_store(settings.db)
     try:
         assert con.execute("SELECT deleted, raw->>'$.percent_off' FROM coupons WHERE id = ?",
