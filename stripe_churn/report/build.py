@@ -82,6 +82,10 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
                     "to derive them in %s", currency.upper(), settings.currency.upper(), settings.currency.upper())
     cols, body = bridge_rows(rows, fmt, as_of)
     echo(render(cols, body, fmt, title=f"MRR bridge per {period} ({currency.upper()})"))
+    if fmt == "table" and not rows:
+        echo("no MRR to report " + ("in that range or segment" if start or end or segment else
+                                    "yet: the store holds no subscription revenue")
+             + ", so no verdict on net negative churn (`stripe-churn status` shows what the last sync stored)")
     if fmt == "table" and rows:
         # (periods still running or after the data's last day have no verdict yet; per segment, every
         # segment's periods count)

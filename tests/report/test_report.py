@@ -213,3 +213,24 @@ def test_the_verdict_is_for_the_latest_month_complete_in_the_data(db: Path) -> N
     out = run(db, "report")
     assert f"latest complete month ({month}): " in out
     assert ("AT net negative churn" if row["net_negative_churn"] else "NOT at net negative churn") in out
+
+
+def test_an_account_without_revenue_says_there_is_no_verdict(tmp_path: Path, db: Path) -> None:
+    """(an empty table and nothing else, before)"""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import Settings
+    from stripe_churn.store.db import open_store
+    from stripe_churn.store.load import load_simulation
+    from stripe_churn.store.snapshot import publish_snapshot
+
+    empty = tmp_path / "empty.duckdb"
+    con = open_store(empty)
+    load_simulation(con, Simulation(customers=0, months=3, seed=7))
+    recompute(con, Settings(db=empty))
+    con.execute("CHECKPOINT")
+    con.close()
+    publish_snapshot(empty)
+    assert "no MRR to report yet: the store holds no subscription revenue, so no verdict" in run(empty, "report")
+    out = run(db, "report", "--from", "2001-01", "--to", "2001-03")
+    assert "no MRR to report in that range or segment, so no verdict" in out
