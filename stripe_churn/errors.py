@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Iterator
 
 
 class StripeChurnError(Exception):
@@ -84,6 +85,16 @@ class DiskFullError(StoreError):
     """A write found no room (disk full, quota, file size limit): what was committed stays."""
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the failures it was raised from or during, nearest first (each once)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
 # Writes that found no room, as the OS (errno) and DuckDB (the OS's text inside its message) report them.
 _NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_ROOM_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large")
@@ -94,10 +105,7 @@ def disk_full(exc: BaseException) -> DiskFullError | None:
     """The one-line error for ``exc`` when it (or the failure it was raised from) is a write that found no room on
     the disk; None otherwise. DuckDB gives a database up after such a write: its committed transactions are in
     the file and the write-ahead log, which the next opening replays."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         if isinstance(current, OSError) and current.errno in _NO_ROOM_ERRNOS:
             reason, where = current.strerror or "no room", current.filename
             break
@@ -107,7 +115,6 @@ def disk_full(exc: BaseException) -> DiskFullError | None:
             match = _WRITING.search(text)
             reason, where = found, match.group(1) if match else None
             break
-        current = current.__cause__ or current.__context__
     else:
         return None
     return DiskFullError(
@@ -127,10 +134,7 @@ def store_failure(exc: BaseException) -> StoreError | None:
     full = disk_full(exc)
     if full is not None:
         return full
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         # (a directory made where a file stands: mkdir(exist_ok=True) raises EEXIST)
         in_the_way = (isinstance(current, FileExistsError) and current.filename is not None
                       and not os.path.isdir(current.filename))
@@ -140,7 +144,6 @@ def store_failure(exc: BaseException) -> StoreError | None:
                 f"cannot write {current.filename or 'a file'} ({why}): make that place writable, or use another "
                 "one (the database and the files beside it: setting db, STRIPE_CHURN_DB); what was committed "
                 "before is kept")
-        current = current.__cause__ or current.__context__
     return None
 
 
@@ -152,15 +155,11 @@ def damaged_store(exc: BaseException, db: os.PathLike[str] | str | None = None, 
                   snapshot: bool = False) -> StoreError | None:
     """The one-line error for a damaged database file, found in ``exc`` or what it was raised from; None
     otherwise. ``db``: the store (or, with ``snapshot``, the snapshot) that was being read, when known."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
+    for current in _chain(exc):
         text = str(current).strip()
         if any(t in text for t in _DAMAGED_TEXTS):
-            what = text.splitlines()[0] if text else type(current).__name__
+            what = text.splitlines()[0]
             break
-        current = current.__cause__ or current.__context__
     else:
         return None
     if snapshot:
