@@ -205,6 +205,9 @@ class Daemon:
             self.scheduler.shutdown(wait=True)
             crashed = False
             return 0
+        except StripeChurnError as exc:  # (a bad setting found on the way up): `status` shows why it stopped
+            self._save(last_error={"at": _now(), "kind": "fatal", "message": str(exc)})
+            raise
         finally:
             if crashed:
                 self._save(state="crashed")

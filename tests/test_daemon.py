@@ -191,6 +191,9 @@ def test_a_webhook_port_in_use_stops_the_daemon_before_any_sync(tmp_path: Path) 
             d.run_forever(install_signals=False)
     time.sleep(0.3)
     assert runs == [] and not d.scheduler.running
+    state = read_state(d.settings.db)
+    assert state is not None and state["state"] == "crashed"
+    assert state["last_error"]["message"].startswith(f"the webhook cannot listen on 127.0.0.1:{port}")
 
 
 def test_webhook_events_schedule_one_debounced_sync(start: Callable[..., Daemon]) -> None:
