@@ -28,7 +28,6 @@ from stripe_churn.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_SKIP_TICKS = 16
-STOP_DEADLINE_S = 10.0
 _POLL_S = 0.2  # how often the main loop looks for a signal that asked for a stop
 
 
