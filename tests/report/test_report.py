@@ -22,9 +22,8 @@ from stripe_churn.report.tables import verdict
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small simulated account loaded straight into a store, recomputed, snapshot published."""
+def published_store(path: Path, customers: int, months: int) -> Path:
+    """A simulated account loaded straight into a store at ``path``, recomputed, snapshot published."""
     from stripe_churn.metrics.runner import recompute
     from stripe_churn.sandbox.sim import Simulation
     from stripe_churn.settings import Settings
@@ -32,14 +31,19 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from stripe_churn.store.load import load_simulation
     from stripe_churn.store.snapshot import publish_snapshot
 
-    path = tmp_path_factory.mktemp("report") / "r.duckdb"
     con = open_store(path)
-    load_simulation(con, Simulation(customers=60, months=8, seed=7))
+    load_simulation(con, Simulation(customers=customers, months=months, seed=7))
     recompute(con, Settings(db=path))
     con.execute("CHECKPOINT")
     con.close()
     publish_snapshot(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small simulated account (60 customers, 8 months)."""
+    return published_store(tmp_path_factory.mktemp("report") / "r.duckdb", customers=60, months=8)
 
 
 def view_rows(db: Path) -> list[dict]:
@@ -217,20 +221,7 @@ def test_the_verdict_is_for_the_latest_month_complete_in_the_data(db: Path) -> N
 
 def test_an_account_without_revenue_says_there_is_no_verdict(tmp_path: Path, db: Path) -> None:
     """(an empty table and nothing else, before)"""
-    from stripe_churn.metrics.runner import recompute
-    from stripe_churn.sandbox.sim import Simulation
-    from stripe_churn.settings import Settings
-    from stripe_churn.store.db import open_store
-    from stripe_churn.store.load import load_simulation
-    from stripe_churn.store.snapshot import publish_snapshot
-
-    empty = tmp_path / "empty.duckdb"
-    con = open_store(empty)
-    load_simulation(con, Simulation(customers=0, months=3, seed=7))
-    recompute(con, Settings(db=empty))
-    con.execute("CHECKPOINT")
-    con.close()
-    publish_snapshot(empty)
+    empty = published_store(tmp_path / "empty.duckdb", customers=0, months=3)
     assert "no MRR to report yet: the store holds no subscription revenue, so no verdict" in run(empty, "report")
     out = run(db, "report", "--from", "2001-01", "--to", "2001-03")
     assert "no MRR to report in that range or segment, so no verdict" in out
