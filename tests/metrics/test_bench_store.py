@@ -83,7 +83,8 @@ def test_billing_run_loader_then_incremental_equals_full(bench: ModuleType, tmp_
     recompute(con, Settings())
     before, clock = bench.fingerprints(sim), sim.clock
     sim.advance(1)
-    assert bench.load_changes(con, sim, before, clock) > 0
+    seen = dt.datetime.fromtimestamp(int(sim.clock), dt.UTC)
+    assert bench.load_changes(con, bench.collect_changes(sim, before, clock), sim.account_id, seen) > 0
     touched = recompute_changed(con, Settings(), dt.datetime.fromtimestamp(clock + 1, tz=dt.UTC))
     assert 0 < touched < SMALL_SIM["customers"]
     movements = "SELECT * FROM mrr_movements ORDER BY ALL"
@@ -130,3 +131,24 @@ def test_floor_chain_gives_a_plain_accounts_mrr(bench: ModuleType, world: Any, d
                          "JOIN floor_customers c ON c.k = m.ck WHERE m.t <= ? ORDER BY c.id, m.t",
                          [add_months(t0, 4)]).fetchall()
     assert labels == [("cus_a", "new", 20), ("cus_a", "expansion", 30), ("cus_b", "new", 100)]
+
+
+def test_the_benchmark_runs_end_to_end_with_the_store_built_apart(tmp_path: Path) -> None:
+    """A tiny run of the whole benchmark: the store is built (and the next billing run simulated) in a child
+    process, and the timing process loads the billing run's changes and derives only its customers again."""
+    import re
+    import subprocess
+    import sys
+
+    db = tmp_path / "tiny.duckdb"
+    out = subprocess.run([sys.executable, str(SCRIPT), "--customers", "300", "--block", "100", "--months", "4",
+                          "--sample", "50", "--no-floor", "--db", str(db)],
+                         capture_output=True, text=True, timeout=120, cwd=SCRIPT.parents[1])
+    assert out.returncode == 0, out.stderr
+    assert "store: 300 customers (100 simulated, replicated x3" in out.stdout
+    derived = re.search(r"incremental recompute after one billing run: [\d.]+ s .*?, ([\d,]+) customers derived "
+                        r"again \(([\d,]+) new or changed objects", out.stdout)
+    assert derived, out.stdout
+    customers, objects = (int(g.replace(",", "")) for g in derived.groups())
+    assert 0 < customers < 300 and objects > 0
+    assert "(of the process that times; the store was built in another)" in out.stdout
