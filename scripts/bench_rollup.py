@@ -13,10 +13,10 @@ incremental sync would fetch is loaded: the block's new and changed objects and 
 ``stripe_churn.metrics.incremental`` derives again only the customers they belong to), a 5-year monthly
 bridge query, peak memory, and a plain-Python per-customer loop over a sample for comparison. The store, and
 the block's next billing run, are built in a child process: the timed phases run in a process that never held
-the simulation's several GB of Python objects (beside which DuckDB had less memory, and the full recompute at
-1M took about a third longer). For scale, a
-floor on the same store: a lean chain over integer-keyed invoice lines with none of the rules (``--no-floor``
-skips it), i.e. roughly the least any recompute from invoice lines costs on this machine.
+the simulation's Python objects (about 11 GB at 1M, beside which DuckDB had 8.6 GB and the full recompute took
+1.8 times as long). For scale, a floor on the same store: a lean chain over integer-keyed invoice lines with none
+of the rules (``--no-floor`` skips it), i.e. roughly the least any recompute from invoice lines costs on this
+machine.
 
     python scripts/bench_rollup.py                       # 1,000,000 customers x 24 months (block of 20,000)
     python scripts/bench_rollup.py --customers 20000 --block 5000   # a small run
