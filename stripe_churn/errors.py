@@ -85,6 +85,10 @@ class DiskFullError(StoreError):
     """A write found no room (disk full, quota, file size limit): what was committed stays."""
 
 
+class MemoryLimitError(FatalError):
+    """The metrics recompute needed more memory than DuckDB's limit allows: it was rolled back."""
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and the failures it was raised from or during, nearest first (each once)."""
     seen: set[int] = set()
@@ -122,6 +126,18 @@ def disk_full(exc: BaseException) -> DiskFullError | None:
         "reached): what was committed before is kept, and the next run goes on from it; free space there (a sync "
         "needs room for the database, its write-ahead log and a snapshot copy as large as the database) and run "
         "again")
+
+
+def out_of_memory(exc: BaseException, limit: str | None) -> MemoryLimitError | None:
+    """The one-line error for ``exc`` when it (or the failure it was raised from) is DuckDB running out of memory
+    under its limit (``limit``: the setting memory_limit, None for DuckDB's default); None otherwise."""
+    if not any(str(current).startswith("Out of Memory Error") for current in _chain(exc)):
+        return None
+    what = f"memory_limit {limit}" if limit else "its default limit, 80% of this machine's memory"
+    return MemoryLimitError(
+        f"the metrics recompute ran out of memory under DuckDB's {what}: raise the setting memory_limit "
+        "(STRIPE_CHURN_MEMORY_LIMIT) or free memory on this machine, and run again; the synced rows are kept, and "
+        "the previous metrics stay until a recompute succeeds")
 
 
 _NOT_WRITABLE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}

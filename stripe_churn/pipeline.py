@@ -20,6 +20,7 @@ from stripe_churn.errors import (
     StripeChurnError,
     damaged_store,
     disk_full,
+    out_of_memory,
     store_failure,
 )
 from stripe_churn.lock import sync_lock
@@ -144,6 +145,9 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
 
         con = open_store(db)
         try:
+            if settings.memory_limit:
+                # (the recompute's limit: the sync keeps to its own small cap and puts this one back after it)
+                con.execute(f"SET memory_limit = '{settings.memory_limit}'")
             before = _count_movements(con)
             result = run_sync(settings, full=full, con=con, progress=progress, stop=stop)
             summary.run_id = getattr(result, "run_id", None)
@@ -177,6 +181,11 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
                 summary.status = "stopped"
                 summary.finished_at = dt.datetime.now(dt.UTC)
                 return summary
+            except Exception as exc:  # (a stop is handled above)
+                short = out_of_memory(exc, settings.memory_limit)
+                if short is None:
+                    raise
+                raise short from exc
             finally:
                 step_progress.close()
             summary.new_movements = max(_count_movements(con) - before, 0)

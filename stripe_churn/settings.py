@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -94,6 +95,9 @@ class Settings:
     # after a sync: "full" recomputes every customer (the default), "changed" only those with objects seen since
     # the last recompute (everything when the code, the rules, the catalogue or the exchange rates changed)
     recompute: str = "full"
+    # DuckDB's memory limit for the metrics recompute ("4GB", "512MB", "50%"); None: DuckDB's default, 80% of the
+    # machine's memory (the sync keeps to its own small cap whatever this says)
+    memory_limit: str | None = None
     rules: Rules = field(default_factory=Rules)
     source: str = "defaults"  # where the settings came from, for messages
 
@@ -137,6 +141,7 @@ FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "timeout_seconds": ((int, float), "timeout_seconds"),
     "max_retries": ((int,), "max_retries"),
     "recompute": ((str,), "recompute"),
+    "memory_limit": ((str,), "memory_limit"),
 }
 RULE_KEYS: dict[str, tuple[type, ...]] = {
     "movement_window_minutes": (int,),
@@ -160,6 +165,7 @@ ENV_KEYS: dict[str, str] = {
     "STRIPE_CHURN_FX_RATES": "fx_rates_file",
     "STRIPE_CHURN_LOG_LEVEL": "log_level",
     "STRIPE_CHURN_RECOMPUTE": "recompute",
+    "STRIPE_CHURN_MEMORY_LIMIT": "memory_limit",
 }
 
 
@@ -185,6 +191,8 @@ def _convert(attr: str, value: Any) -> Any:
         return str(value).strip().lower()
     if attr == "api_base":
         return str(value).rstrip("/")
+    if attr == "memory_limit":
+        return " ".join(str(value).split()) or None
     return value
 
 
@@ -280,6 +288,22 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
     return settings
 
 
+# A memory size as DuckDB reads one: a number and a unit, or a share of the machine's memory
+_MEMORY = re.compile(r"(\d+(?:\.\d+)?) ?(kb|mb|gb|tb|kib|mib|gib|tib|%)", re.IGNORECASE)
+_MEMORY_BYTES = {"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def check_memory_limit(value: str, where: str) -> None:
+    """A ConfigError unless ``value`` is a memory size DuckDB takes as its limit (``where``: where it was set)."""
+    match = _MEMORY.fullmatch(value)
+    amount = float(match.group(1)) if match else 0.0
+    unit = match.group(2).lower() if match else ""
+    ok = 0 < amount <= 100 if unit == "%" else amount * _MEMORY_BYTES.get(unit, 0) >= 1e6
+    if not ok:
+        raise ConfigError(f"setting 'memory_limit' in {where} must be a memory size such as \"4GB\" or \"512MB\" "
+                          f"(at least 1MB), or a share of the machine's memory such as \"50%\", got {value!r}")
+
+
 # The movement window's bounds in minutes (design.md 5; 0: only changes at the same moment are netted)
 MAX_MOVEMENT_WINDOW_MINUTES = 366 * 24 * 60
 
@@ -304,6 +328,8 @@ def _validate(s: Settings, origins: Mapping[str, str] | None = None) -> None:
     if s.recompute not in ("full", "changed"):
         raise ConfigError(f"setting 'recompute' in {where} (or STRIPE_CHURN_RECOMPUTE) must be \"full\" or "
                           f"\"changed\", got {s.recompute!r}")
+    if s.memory_limit is not None:
+        check_memory_limit(s.memory_limit, origins.get("memory_limit", where))
     if s.rate_limit is not None and s.rate_limit <= 0:
         raise ConfigError(f"setting 'rate_limit' in {where} must be above 0")
     if not s.api_base.startswith(("http://", "https://")):

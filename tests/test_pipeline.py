@@ -193,6 +193,43 @@ def test_a_stop_during_the_recompute_keeps_results_and_snapshot(tmp_path: Path,
     assert third.status != "stopped" and third.new_movements > 0
 
 
+def test_a_recompute_short_of_memory_says_which_setting_to_raise_and_keeps_everything(tmp_path: Path) -> None:
+    """The setting memory_limit caps the recompute (not the sync, which keeps to its own cap): a cap too small
+    for it ends the run with one line naming the setting, the synced rows and the previous metrics and snapshot
+    stay, and a run with room recomputes as if nothing had happened."""
+    pytest.importorskip("stripe_churn.sync")
+    from stripe_churn.errors import MemoryLimitError
+    from stripe_churn.pipeline import run_once
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret, Settings, replace
+
+    movements = "SELECT * FROM mrr_movements ORDER BY ALL"
+    with start_in_thread(Simulation(customers=30, months=5, seed=4), api_key=SANDBOX_KEY) as sb:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=tmp_path / "p.duckdb",
+                            rate_limit=1000.0, memory_limit="2GB")
+        first = run_once(settings, full=True, progress=False)
+        assert first.new_movements > 0
+        published = snapshot_path(settings.db).stat().st_mtime_ns
+        with duckdb.connect(str(settings.db), read_only=True) as con:
+            before = con.execute(movements).fetchall()
+            seen_first = con.execute("SELECT max(last_seen_at) FROM subscriptions").fetchone()
+        sb.advance(1)
+        with pytest.raises(MemoryLimitError) as err:
+            run_once(replace(settings, memory_limit="1MB"), progress=False)
+        message = str(err.value)
+        assert "\n" not in message and "memory_limit 1MB" in message and "STRIPE_CHURN_MEMORY_LIMIT" in message
+        assert snapshot_path(settings.db).stat().st_mtime_ns == published
+        with duckdb.connect(str(settings.db), read_only=True) as con:
+            assert con.execute(movements).fetchall() == before
+            # (the sync ran under its own cap: its rows were committed)
+            assert con.execute("SELECT max(last_seen_at) FROM subscriptions").fetchone() > seen_first  # type: ignore[operator]
+        again = run_once(settings, progress=False)
+    assert again.new_movements > 0
+    with duckdb.connect(str(settings.db), read_only=True) as con:
+        assert set(before) < set(con.execute(movements).fetchall())
+
+
 def test_exchange_rates_from_the_file_revalue_customers_as_fx(tmp_path: Path) -> None:
     """The exchange-rate file is written after the sync and before the recompute: a new euro rate mid-history
     is an fx movement for every customer then billed in euros, worth the rate's change; a bad file stops the

@@ -64,6 +64,17 @@ def test_recompute_mode_from_file_or_environment(tmp_path: Path) -> None:
         load_settings(env={"STRIPE_CHURN_RECOMPUTE": "every"})
 
 
+def test_memory_limit_from_file_or_environment(tmp_path: Path) -> None:
+    assert load_settings(env={}).memory_limit is None
+    cfg = write(tmp_path, 'memory_limit = " 4 GB "\n')
+    assert load_settings(cfg, env={}).memory_limit == "4 GB"
+    assert load_settings(cfg, env={"STRIPE_CHURN_MEMORY_LIMIT": "50%"}).memory_limit == "50%"
+    for bad in ("lots", "0GB", "150%", "4096", "0.5MB", "4 G B"):
+        with pytest.raises(ConfigError, match=r"^setting 'memory_limit' in environment variable "
+                                              r"STRIPE_CHURN_MEMORY_LIMIT must be a memory size such as \"4GB\""):
+            load_settings(env={"STRIPE_CHURN_MEMORY_LIMIT": bad})
+
+
 def test_default_config_file_in_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "config").mkdir()
     write(tmp_path / "config", 'db = "here.duckdb"\n', "stripe-churn.toml")
@@ -86,6 +97,8 @@ def test_default_config_file_in_working_directory(tmp_path: Path, monkeypatch: p
         pytest.param("[rules]\nmovement_window_minutes = 1000000000000\n", "rules.movement_window_minutes",
                      id="window-too-long"),
         pytest.param('currency = "euro"\n', "setting 'currency'", id="bad-currency"),
+        pytest.param('memory_limit = "a lot"\n', "setting 'memory_limit'", id="bad-memory-limit"),
+        pytest.param("memory_limit = 4\n", "setting 'memory_limit'", id="memory-limit-without-unit"),
     ],
 )
 def test_bad_config_is_one_line_naming_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
