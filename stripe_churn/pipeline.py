@@ -24,7 +24,7 @@ from stripe_churn.errors import (
     store_failure,
 )
 from stripe_churn.lock import sync_lock
-from stripe_churn.settings import Settings
+from stripe_churn.settings import Settings, check_memory_limit
 from stripe_churn.store.fx_file import read_fx_file, write_fx_rates
 from stripe_churn.store.quiet import quiet
 from stripe_churn.store.snapshot import checkpoint, publish_snapshot
@@ -138,6 +138,8 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
     summary = RunSummary(started_at=dt.datetime.now(dt.UTC))
     # (a bad exchange-rate file stops the run before anything is synced)
     fx = read_fx_file(settings.fx_rates_file, settings.currency) if settings.fx_rates_file else None
+    if settings.memory_limit is not None:  # (settings built in code skip load_settings's checks)
+        check_memory_limit(settings.memory_limit, settings.source)
     with sync_lock(db, wait=wait):
         from stripe_churn.metrics.incremental import recompute_after_sync
         from stripe_churn.store.db import open_store

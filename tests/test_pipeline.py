@@ -198,7 +198,7 @@ def test_a_recompute_short_of_memory_says_which_setting_to_raise_and_keeps_every
     for it ends the run with one line naming the setting, the synced rows and the previous metrics and snapshot
     stay, and a run with room recomputes as if nothing had happened."""
     pytest.importorskip("stripe_churn.sync")
-    from stripe_churn.errors import MemoryLimitError
+    from stripe_churn.errors import ConfigError, MemoryLimitError
     from stripe_churn.pipeline import run_once
     from stripe_churn.sandbox.server import start_in_thread
     from stripe_churn.sandbox.sim import Simulation
@@ -224,6 +224,9 @@ def test_a_recompute_short_of_memory_says_which_setting_to_raise_and_keeps_every
             assert con.execute(movements).fetchall() == before
             # (the sync ran under its own cap: its rows were committed)
             assert con.execute("SELECT max(last_seen_at) FROM subscriptions").fetchone() > seen_first  # type: ignore[operator]
+        # (settings built in code are checked too: nothing reaches DuckDB's SET but a memory size)
+        with pytest.raises(ConfigError, match="setting 'memory_limit'"):
+            run_once(replace(settings, memory_limit="1GB'; DROP TABLE customers; --"), progress=False)
         again = run_once(settings, progress=False)
     assert again.new_movements > 0
     with duckdb.connect(str(settings.db), read_only=True) as con:
