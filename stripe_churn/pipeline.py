@@ -147,7 +147,7 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
 
         con = open_store(db)
         try:
-            if settings.memory_limit:
+            if settings.memory_limit is not None:
                 # (the recompute's limit: the sync keeps to its own small cap and puts this one back after it)
                 con.execute(f"SET memory_limit = '{settings.memory_limit}'")
             before = _count_movements(con)

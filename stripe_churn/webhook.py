@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import stripe
 
+from stripe_churn.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
@@ -30,8 +32,6 @@ class WebhookServer:
 
     def __init__(self, secret: str, on_event: Callable[[str], None], host: str = "127.0.0.1", port: int = 0) -> None:
         if not secret:
-            from stripe_churn.errors import ConfigError
-
             raise ConfigError("the webhook needs STRIPE_WEBHOOK_SECRET (the endpoint's signing secret, whsec_...)")
         self._secret = secret
         self._on_event = on_event
@@ -39,8 +39,6 @@ class WebhookServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
-            from stripe_churn.errors import ConfigError
-
             raise ConfigError(f"the webhook cannot listen on {host}:{port}: {exc.strerror or exc}; pick another "
                               "--webhook-port (setting webhook_port; 0 for a free one) or --webhook-host") from None
         self.httpd.daemon_threads = True

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import re
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -136,10 +139,6 @@ def test_floor_chain_gives_a_plain_accounts_mrr(bench: ModuleType, world: Any, d
 def test_the_benchmark_runs_end_to_end_with_the_store_built_apart(tmp_path: Path) -> None:
     """A tiny run of the whole benchmark: the store is built (and the next billing run simulated) in a child
     process, and the timing process loads the billing run's changes and derives only its customers again."""
-    import re
-    import subprocess
-    import sys
-
     db = tmp_path / "tiny.duckdb"
     out = subprocess.run([sys.executable, str(SCRIPT), "--customers", "300", "--block", "100", "--months", "4",
                           "--sample", "50", "--no-floor", "--db", str(db)],
