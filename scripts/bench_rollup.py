@@ -21,6 +21,7 @@ machine.
     python scripts/bench_rollup.py                       # 1,000,000 customers x 24 months (block of 20,000)
     python scripts/bench_rollup.py --customers 20000 --block 5000   # a small run
     python scripts/bench_rollup.py --customers 20000 --block 5000 --fx daily   # what daily rates cost
+    python scripts/bench_rollup.py --customers 200000 --profile   # and where the time goes, step by step
 """
 
 from __future__ import annotations
@@ -347,6 +348,39 @@ def set_fx_rates(con: duckdb.DuckDBPyConnection, kind: str) -> int:
     return len(rows)
 
 
+class Timings(logging.Handler):
+    """Collects the timings the recompute logs at DEBUG ("metrics step NAME took S s", "incremental phase NAME
+    took S s"), in the order they were logged."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.rows: list[tuple[str, str, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args
+        if isinstance(record.msg, str) and record.msg.endswith(" took %.3f s") and isinstance(args, tuple) \
+                and len(args) == 2 and isinstance(args[1], (int, float)):
+            self.rows.append((record.name, str(args[0]), float(args[1])))
+
+    def take(self, logger: str) -> list[tuple[str, float]]:
+        """The timings of ``logger`` logged since the last take, and forget them."""
+        out = [(name, s) for lg, name, s in self.rows if lg == logger]
+        self.rows = [r for r in self.rows if r[0] != logger]
+        return out
+
+
+def watch_timings() -> Timings:
+    """Start collecting the recompute's step and phase timings (the console still shows warnings only)."""
+    timings = Timings()
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
+    for name in ("stripe_churn.metrics.runner", "stripe_churn.metrics.incremental"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(timings)
+    return timings
+
+
 def timed(fn: Any, *args: Any) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn(*args)
@@ -404,8 +438,12 @@ def main(argv: list[str] | None = None) -> int:
                          "memory left beside the simulation while building)")
     ap.add_argument("--no-floor", action="store_true",
                     help="skip the floor (a lean chain without the rules, timed on the same store for comparison)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print how long each step of the full recompute and each phase of the incremental "
+                         "took (from the timings they log at DEBUG, in the timed runs themselves)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    timings = watch_timings() if args.profile else None
     from stripe_churn.store.db import open_store
 
     if args.db is not None and (args.db.exists() or Path(f"{args.db}.wal").exists()):
@@ -448,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     if n_customers < 1_000_000:
         print(f"  {t_full / n_customers * 1e6:,.0f} us/customer; at 1,000,000 customers, linearly: "
               f"{t_full / n_customers * 1_000_000:,.0f} s", flush=True)
+    if timings is not None:
+        steps = sorted(timings.take("stripe_churn.metrics.runner"), key=lambda r: -r[1])
+        print("  its steps, slowest first: " + ", ".join(f"{name.removesuffix('.sql')} {s:.2f} s"
+                                                         for name, s in steps), flush=True)
 
     # one more billing run of the block: what an incremental sync would fetch (its new and changed objects
     # and new events) is loaded, then only the customers they belong to are derived again
@@ -456,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"incremental recompute after one billing run: {t_inc:.2f} s (target {TARGET_INCREMENTAL_S:.0f} s), "
           f"{touched:,} customers derived again ({n_loaded:,} new or changed objects of the block loaded in "
           f"{t_reload:.1f} s, not timed)", flush=True)
+    if timings is not None:
+        print("  its phases, in the order they ended (the moved customers' and the old ledger ran beside the "
+              "scopes; 'derive' holds those from staging on):", flush=True)
+        for name, s in timings.take("stripe_churn.metrics.incremental"):
+            print(f"    {name}: {s:.2f} s", flush=True)
 
     t_bridge = min(timed(lambda: con.execute(
         "SELECT * FROM mrr_bridge WHERE period_start >= current_date - INTERVAL 5 YEAR").fetchall())[0]

@@ -13,11 +13,12 @@ a full recompute's (tests/metrics/test_incremental.py checks that).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -41,6 +42,16 @@ from stripe_churn.store.db import rollback
 from stripe_churn.store.quiet import quiet
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _phase(name: str) -> Iterator[None]:
+    """Log at DEBUG how long a phase of the run took (``scripts/bench_rollup.py --profile`` prints them)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        log.debug("incremental phase %s took %.3f s", name, time.perf_counter() - t0)
 
 _SCOPE = "touched_scope"
 _CATALOGUE = ("products", "prices", "coupons")
@@ -494,13 +505,15 @@ def _touched_ledger(cur: duckdb.DuckDBPyConnection, main_db: str, sources: list[
 
 def _derive_moved(cur: duckdb.DuckDBPyConnection, main_db: str, settings: Settings) -> None:
     """Steps 60-88 for the moved customers, in the attached database ``_MOVED``, on the connection ``cur``."""
-    for table, sql in _moved_inputs(main_db).items():
-        cur.execute(f"CREATE TABLE {_MOVED}.{table} AS {sql}")
-    cur.execute(_MOVED_SUB_EVENTS_SQL.format(db=f"{main_db}.main", scope=_SCOPE))
+    with _phase("moved customers: copy rows"):
+        for table, sql in _moved_inputs(main_db).items():
+            cur.execute(f"CREATE TABLE {_MOVED}.{table} AS {sql}")
+        cur.execute(_MOVED_SUB_EVENTS_SQL.format(db=f"{main_db}.main", scope=_SCOPE))
     cur.execute(f"USE {_MOVED}")
     cur.execute(f"SET search_path = '{_MOVED}.main,{main_db}.main'")
     write_settings(cur, settings)
-    _run_steps(cur, lambda name: name >= "60" and not name.startswith("9"))
+    with _phase("moved customers: steps 60-88"):
+        _run_steps(cur, lambda name: name >= "60" and not name.startswith("9"))
 
 
 def _run_steps(con: duckdb.DuckDBPyConnection, wanted: Callable[[str], bool]) -> None:
@@ -621,10 +634,12 @@ def _copy_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: in
 
 def _derive_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: int, settings: Settings) -> None:
     """Copy a shard's rows into database ``db`` and run every metrics step there, on the connection ``cur``."""
-    _copy_scope(cur, main_db, db, shard)
+    with _phase(f"scope {shard}: copy rows"):
+        _copy_scope(cur, main_db, db, shard)
     cur.execute(f"USE {db}")
     write_settings(cur, settings)
-    _run_steps(cur, lambda name: True)
+    with _phase(f"scope {shard}: steps"):
+        _run_steps(cur, lambda name: True)
 
 
 def _gather_shards(con: duckdb.DuckDBPyConnection, names: list[str], tables: list[str],
@@ -670,12 +685,19 @@ def _gather_shards(con: duckdb.DuckDBPyConnection, names: list[str], tables: lis
         con.execute(f"CREATE TABLE {_SCOPE}.{table} AS " + " UNION ALL ".join(parts))
 
 
+def _old_ledger(cur: duckdb.DuckDBPyConnection, main_db: str, sources: list[tuple[str, str]]) -> None:
+    """The old ledger of the touched and moved customers (``_SCOPE.touched_old_ledger``), timed."""
+    with _phase("old ledger"):
+        _touched_ledger(cur, main_db, sources, "touched_old")
+
+
 def _derive_all(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings, shards: int, moved: bool,
                 tables: list[str], sub_tables: list[str]) -> None:
     """Side by side, each on its own connection: the touched customers' shards, copied and derived (in
     ``_SCOPE`` itself when there is one), the moved customers from step 60 on (in ``_MOVED``) and the old
     ledger of both (``_SCOPE.touched_old_ledger``); then the shards gathered into ``_SCOPE``."""
-    _stage_rows(con, shards)
+    with _phase("stage row ids"):
+        _stage_rows(con, shards)
     names = [_SCOPE] if shards == 1 else [f"{_SHARD}_{k}" for k in range(shards)]
     if shards > 1:
         for db in names:
@@ -684,7 +706,7 @@ def _derive_all(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings
         partial(_derive_scope, main_db=main_db, db=names[k], shard=k, settings=settings) for k in range(shards)]
     if moved:
         tasks.append(partial(_derive_moved, main_db=main_db, settings=settings))
-    tasks.append(partial(_touched_ledger, main_db=main_db, name="touched_old", sources=[
+    tasks.append(partial(_old_ledger, main_db=main_db, sources=[
         (main_db, f"{_SCOPE}.touched_customers"), (main_db, f"{_SCOPE}.moved_customers")]))
 
     def run(task: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
@@ -701,7 +723,8 @@ def _derive_all(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings
     if shards > 1:
         con.execute(f"CREATE OR REPLACE TEMP TABLE touched_dq_shards AS SELECT o.account_id, o.object_id, h.shard "
                     f"FROM touched_dq_objects o JOIN {_SCOPE}.shard_of h USING (account_id, customer_id)")
-        _gather_shards(con, names, tables, sub_tables)
+        with _phase("gather shards"):
+            _gather_shards(con, names, tables, sub_tables)
         for db in names:
             con.execute(f"DETACH {db}")
 
@@ -790,12 +813,13 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC)
     main_db = con.execute("SELECT current_database()").fetchall()[0][0]
-    con.execute(_NEW_EVENTS_SQL, {"since": since})
-    con.execute(_TOUCHED_SQL, {"since": since})
-    con.execute(_COVERAGE_SQL)
-    con.execute(_WHOLE_ACCOUNT_SQL)
-    con.execute(_CLAMPED_SQL)
-    con.execute(_MOVED_SQL)
+    with _phase("find customers"):
+        con.execute(_NEW_EVENTS_SQL, {"since": since})
+        con.execute(_TOUCHED_SQL, {"since": since})
+        con.execute(_COVERAGE_SQL)
+        con.execute(_WHOLE_ACCOUNT_SQL)
+        con.execute(_CLAMPED_SQL)
+        con.execute(_MOVED_SQL)
     touched = con.execute("SELECT count(*) FROM touched_customers").fetchall()[0][0]
     moved = con.execute("SELECT count(*) FROM moved_customers").fetchall()[0][0]
     if touched + moved > WHOLE_ABOVE:
@@ -827,19 +851,23 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
         con.execute(f"CREATE TABLE {_SCOPE}.moved_customers AS SELECT * FROM moved_customers")
         con.execute(f"CREATE TABLE {_SCOPE}.new_coverage AS SELECT * FROM coverage_now()")
         shards = _shard_count(con, touched) if shards is None else shards
-        _derive_all(con, main_db, settings, shards, moved > 0, tables, sub_tables)
+        with _phase("derive: from staging the row ids to the steps"):
+            _derive_all(con, main_db, settings, shards, moved > 0, tables, sub_tables)
         missing = con.execute(f"SELECT currency, min(first_date), max(last_date) FROM {_SCOPE}.derived_fx_missing "
                               "GROUP BY currency ORDER BY currency").fetchall()
         if missing:
             raise missing_rates_error(settings.currency.lower(),
                                       [f"{cur} on {first}..{last}" for cur, first, last in missing])
-        _check_account_wide(con)
+        with _phase("compare the catalogue and rules"):
+            _check_account_wide(con)
         inputs = _moved_inputs(main_db)
         moved_tables = [t for (t,) in con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [_MOVED]).fetchall()
             if t in tables and t not in inputs]
-        _touched_ledger(con, main_db, [(_SCOPE, f"{_SCOPE}.touched_customers"), (_MOVED, f"{_SCOPE}.moved_customers")]
-                        if moved else [(_SCOPE, f"{_SCOPE}.touched_customers")], "touched_new")
+        with _phase("new ledger"):
+            _touched_ledger(con, main_db, [(_SCOPE, f"{_SCOPE}.touched_customers"),
+                                           (_MOVED, f"{_SCOPE}.moved_customers")]
+                            if moved else [(_SCOPE, f"{_SCOPE}.touched_customers")], "touched_new")
         # The commit's checkpoint leaves the replaced rows as delete markers instead of compacting the row
         # groups that hold them: a compaction that merges a small row group into its neighbour rewrites every
         # row group after it, a cost that grows with the whole table, not with the customers derived again
@@ -853,6 +881,7 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
                     f"UNION SELECT s.account_id, s.subscription_id FROM {_SCOPE}.derived_subs s "
                     f"JOIN touched_customers c USING (account_id, customer_id)")
         con.execute("BEGIN TRANSACTION")
+        replacing = time.perf_counter()
         try:
             for table in sub_tables:
                 _replace_rows(con, table, _SCOPE, "touched_subscriptions", "subscription_id")
@@ -883,7 +912,9 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
             con.execute(f"INSERT INTO derived_fx_days BY NAME SELECT * FROM {_SCOPE}.derived_fx_days")
             check_money_fits(con)
             record_run(con, started_at, "changed", int(touched + moved))
-            con.execute("COMMIT")
+            log.debug("incremental phase %s took %.3f s", "replace rows", time.perf_counter() - replacing)
+            with _phase("commit"):
+                con.execute("COMMIT")
         except BaseException:
             rollback(con)
             raise

@@ -151,3 +151,24 @@ def test_the_benchmark_runs_end_to_end_with_the_store_built_apart(tmp_path: Path
     customers, objects = (int(g.replace(",", "")) for g in derived.groups())
     assert 0 < customers < 300 and objects > 0
     assert "(of the process that times; the store was built in another)" in out.stdout
+
+
+def test_the_benchmark_profile_lists_every_step_and_phase_of_the_timed_runs(tmp_path: Path) -> None:
+    """With --profile the timed runs' own DEBUG timings are printed: every SQL step of the full recompute, and the
+    incremental's phases (find, stage, copy, steps, ledgers, replace, commit), and no debug line reaches the
+    console."""
+    from stripe_churn.metrics.runner import sql_steps
+
+    out = subprocess.run([sys.executable, str(SCRIPT), "--customers", "200", "--block", "100", "--months", "4",
+                          "--sample", "50", "--no-floor", "--profile", "--db", str(tmp_path / "p.duckdb")],
+                         capture_output=True, text=True, timeout=120, cwd=SCRIPT.parents[1])
+    assert out.returncode == 0, out.stderr
+    listed = re.search(r"its steps, slowest first: (.*)", out.stdout)
+    assert listed, out.stdout
+    steps = dict(re.findall(r"(\d\d_\w+) ([\d.]+) s", listed.group(1)))
+    assert set(steps) == {name.removesuffix(".sql") for name, _ in sql_steps()}
+    phases = dict(re.findall(r"^    ([^:\n]+(?:: [^:\n]+)?): ([\d.]+) s$", out.stdout, re.MULTILINE))
+    for phase in ("find customers", "stage row ids", "scope 0: copy rows", "scope 0: steps", "old ledger",
+                  "new ledger", "compare the catalogue and rules", "replace rows", "commit"):
+        assert phase in phases, (phase, out.stdout)
+    assert "took" not in out.stderr and "DEBUG" not in out.stderr
