@@ -53,6 +53,7 @@ def _phase(name: str) -> Iterator[None]:
     finally:
         log.debug("incremental phase %s took %.3f s", name, time.perf_counter() - t0)
 
+
 _SCOPE = "touched_scope"
 _CATALOGUE = ("products", "prices", "coupons")
 # Columns of raw tables that no step reads: the scope's copies hold NULL there. A scope's rows are spread
