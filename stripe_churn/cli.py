@@ -291,14 +291,17 @@ def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> N
     from stripe_churn.pipeline import run_once
     from stripe_churn.report.build import build_report
     from stripe_churn.sandbox.server import start_in_thread
-    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.sandbox.sim import Simulation, history_to_today
     from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
 
     setup_logging("WARNING")
     t0 = time.monotonic()
     directory.mkdir(parents=True, exist_ok=True)
     click.echo(f"simulating {customers} customers over {months} months ...", err=True)
-    with start_in_thread(Simulation(customers=customers, months=months, seed=seed), api_key=SANDBOX_KEY) as sb:
+    # (the history ends at the start of today, so the report ends with the running month and its verdict is on
+    # the month before)
+    sim = Simulation(customers=customers, months=months, seed=seed, start=history_to_today(months))
+    with start_in_thread(sim, api_key=SANDBOX_KEY) as sb:
         settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=directory / "stripe-churn.duckdb",
                             rate_limit=1000.0, source="demo")
         click.echo(f"sandbox at {sb.url}; syncing into {settings.db} ...", err=True)

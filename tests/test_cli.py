@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -36,6 +39,26 @@ def test_python_m_help() -> None:
     out = subprocess.run([sys.executable, "-m", "stripe_churn", "--help"], capture_output=True, text=True,
                          timeout=60, check=True)
     assert "demo" in out.stdout and "sql" in out.stdout
+
+
+def test_demo_ends_with_a_verdict_on_the_month_before_this_one(tmp_path: Path) -> None:
+    """A new user's `stripe-churn demo` (no key, no setting) ends with the bridge and a line that says whether the
+    simulated business was at net negative churn in the latest complete month. Its history runs to today, so
+    the data end this month and that month is the one before."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE")}
+    out = subprocess.run([sys.executable, "-m", "stripe_churn", "demo", "--dir", str(tmp_path / "demo"),
+                          "--customers", "150", "--months", "6"],
+                         capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    today = dt.datetime.now(dt.UTC).date()
+    upto = re.search(r"complete periods \(data up to (\d{4}-\d\d-\d\d)\)", out.stdout)
+    assert upto, out.stdout
+    assert today - dt.timedelta(days=4) <= dt.date.fromisoformat(upto.group(1)) <= today
+    previous = (dt.date.fromisoformat(upto.group(1)).replace(day=1) - dt.timedelta(days=1)).replace(day=1)
+    verdict = out.stdout.strip().splitlines()[-1]
+    assert re.match(rf"latest complete month \({previous.isoformat()}\): (AT|NOT at) net negative churn; ",
+                    verdict), verdict
+    assert (tmp_path / "demo" / "mrr.png").stat().st_size > 0 and (tmp_path / "demo" / "report.html").exists()
 
 
 def make_db(path: Path, n: int = 3) -> Path:

@@ -54,6 +54,21 @@ def add_months(ts: int, n: int) -> int:
     return int(d.replace(year=y, month=m + 1, day=day).timestamp())
 
 
+def start_of_today() -> int:
+    """The start of the current day (UTC)."""
+    return int(dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0).timestamp())
+
+
+def history_to_today(months: int) -> int:
+    """The start of a history of ``months`` months that ends at the start of today (UTC), or up to three days
+    earlier where a month on the way is short (from 31 May, three months back is 28 February, and three months
+    on from there is 28 May): the ``start`` that ``stripe-churn demo`` and
+    ``stripe-churn sandbox`` give their simulation, so that a report on it ends with the month still running.
+    Left out, a Simulation ends on END_OF_HISTORY, whatever the day, which tests whose answers must not move rely
+    on."""
+    return add_months(start_of_today(), -months)
+
+
 def period_amount(p: dict[str, Any], qty: int) -> int:
     """What one billing period of ``qty`` units of price ``p`` costs, in minor units."""
     tq = p.get("transform_quantity")

@@ -29,6 +29,7 @@ import stripe
 
 from stripe_churn.sandbox import catalog as catalog_module
 from stripe_churn.sandbox.server import RunningSandbox, mask_key, start_in_thread
+from stripe_churn.sandbox.sim import start_of_today
 from stripe_churn.sandbox.wire import parse_query
 
 KEY = "sk_test_51Sandbox0123456789abcd"
@@ -929,6 +930,10 @@ def test_cli_sandbox_prints_the_url_first_and_exits_0_on_sigterm(tmp_path: Path)
         assert url.startswith("http://127.0.0.1:") and int(url.rsplit(":", 1)[1]) > 0
         account = httpx.get(url + "/v1/account", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
         assert account.status_code == 200 and account.json()["object"] == "account"
+        # (the served history ends at the start of today, UTC, not on the simulation's fixed day)
+        clock = httpx.get(url + "/_sandbox/stats", headers={"Authorization": f"Bearer {KEY}"},
+                          timeout=10).json()["clock"]
+        assert start_of_today() - 4 * 86_400 <= clock <= start_of_today(), clock
         rows = [json.loads(line) for line in truth.read_text().splitlines()]
         assert rows and {"customer_id", "subscription_id", "occurred_at", "movement", "category", "mrr_delta",
                          "currency"} <= set(rows[0])
