@@ -62,10 +62,9 @@ def start_of_today() -> int:
 def history_to_today(months: int) -> int:
     """The start of a history of ``months`` months that ends at the start of today (UTC), or up to three days
     earlier where a month on the way is short (from 31 May, three months back is 28 February, and three months
-    on from there is 28 May): the ``start`` that ``stripe-churn demo`` and
-    ``stripe-churn sandbox`` give their simulation, so that a report on it ends with the month still running.
-    Left out, a Simulation ends on END_OF_HISTORY, whatever the day, which tests whose answers must not move rely
-    on."""
+    on from there is 28 May). ``stripe-churn demo`` and ``stripe-churn sandbox`` give it to their simulation as
+    ``start``, so that a report on it ends with the month still running. Without ``start`` a Simulation ends on
+    END_OF_HISTORY whatever the day, which the tests whose answers must not move rely on."""
     return add_months(start_of_today(), -months)
 
 
