@@ -2,12 +2,14 @@
 -- before event coverage and from the subscription observations (events, snapshot) inside it.
 
 -- Subscription invoice lines, from the typed columns the store extracts at load time (no JSON read here);
--- only the columns the later steps read (every string column copied costs at 1M customers).
+-- only the columns the later steps read (every string column copied costs at 1M customers). A voided invoice
+-- is no evidence: Stripe voids the invoice of an update made with payment_behavior=pending_if_incomplete whose
+-- payment failed when the pending update expires, and the subscription never had what it bills.
 CREATE OR REPLACE TEMP TABLE derived_invoice_lines AS
 WITH inv AS (
     SELECT account_id, id AS invoice_id, created AS invoice_created, subscription_id
     FROM invoices
-    WHERE NOT coalesce(deleted, false)
+    WHERE NOT coalesce(deleted, false) AND status IS DISTINCT FROM 'void'
       AND billing_reason IN ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription')
 ),
 -- tax excluded: an exclusive tax is outside `amount`; an inclusive one is inside it, worked out on the amount

@@ -625,3 +625,38 @@ def test_a_cut_short_item_list_disagrees_only_about_the_items_it_lists(world: Wo
     assert customer_mrr_at(con, "cus_1", month(1, 20)) == (24 if missed else 22)
     rows = con.execute("SELECT kind, object_id FROM data_quality ORDER BY ALL").fetchall()
     assert rows == ([("snapshot_event_mismatch", "sub_1")] if missed else [])
+
+
+def expired_pending_update(w: World, at: int, items: list[tuple[str, str, int | None]]) -> dict[str, Any]:
+    """An update made with payment_behavior=pending_if_incomplete whose payment failed and was never retried:
+    Stripe bills it on a subscription_update invoice (prorations for the new items, a credit for the old), keeps
+    the subscription as it was, and voids the invoice when the pending update expires (23 hours later at the
+    most). Returns that invoice."""
+    sub = w.objects["subscriptions"]["sub_1"]
+    before = [(i["id"], i["price"]["id"], i["quantity"]) for i in sub["items"]["data"]]
+    w.update("sub_1", at, items=items, event=False)
+    inv = [i for i in w.objects["invoices"].values() if i["billing_reason"] == "subscription_update"][-1]
+    inv.update(status="void", amount_paid=0)
+    inv["status_transitions"].update(paid_at=None, voided_at=at + 23 * 3600)
+    w.update("sub_1", at, items=before, prorate=False, event=False)  # (the items as they were all along)
+    return inv
+
+
+@pytest.mark.parametrize("change", ["upgrade", "cross-sell"])
+def test_a_voided_invoice_of_an_expired_pending_update_is_no_change(world: World, derive: Derive,
+                                                                     change: str) -> None:
+    """Before the events' window, history comes from invoices: the voided invoice of an update that never
+    applied is not evidence of it (it read as an upgrade or a cross-sell, then as a downgrade at the next
+    renewal or when the billed period ended)."""
+    seats_and_storage(world)
+    items = ([("si_a", "pro", 3), ("si_b", "store", 2)] if change == "upgrade"
+             else [("si_a", "basic", 3), ("si_b", "store", 2), ("si_c", "store", 10)])
+    world.price("pro", "prod_seat", 2_500)
+    expired_pending_update(world, month(0, 10), items)
+    world.cycle("sub_1", month(1))
+    world.cycle("sub_1", month(2))
+    con = derive(world, seen_at=month(2, 2), events=False)
+    for at in (month(0, 10), month(0, 20), month(1, 5), month(2, 1)):
+        assert customer_mrr_at(con, "cus_1", at) == 44, at
+    assert con.execute("SELECT movement FROM mrr_movements").fetchall() == [("new",)]
+    assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
