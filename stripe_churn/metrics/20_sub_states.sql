@@ -281,6 +281,12 @@ recon AS (
     FROM s
     WHERE trial_end IS NOT NULL AND trial_end > start_date AND (ended_at IS NULL OR trial_end < ended_at)
     UNION ALL
+    -- a trial given later (trial_end set on an update of a subscription already under way: trial_start is then
+    -- the update's moment; the subscription keeps only its latest trial)
+    SELECT account_id, subscription_id, trial_start, 'trialing', false, 'snapshot', NULL, 1
+    FROM s
+    WHERE trial_start > start_date AND trial_end > trial_start AND (ended_at IS NULL OR trial_start < ended_at)
+    UNION ALL
     SELECT account_id, subscription_id, paused_at, 'paused', false, 'snapshot', NULL, 2
     FROM s WHERE status = 'paused' AND paused_at IS NOT NULL
     UNION ALL

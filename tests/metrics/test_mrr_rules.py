@@ -332,6 +332,27 @@ def test_trial_from_snapshot_dates_without_events(world: World, derive: Derive) 
     assert customer_mrr_at(con, "cus_1", T0 + 14 * DAY) == Decimal("50.0000")
 
 
+@pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
+def test_a_trial_granted_to_a_paying_subscription_counts_zero(world: World, derive: Derive, events: bool) -> None:
+    """A trial given to a subscription already paying (trial_end set on an update: status trialing, trial_start
+    the update's moment) counts zero while it lasts, as any trial does. Without events it is read from the
+    subscription's trial_start and trial_end, which keep the latest trial."""
+    simple(world)
+    world.cycle("sub_1", month(1))
+    world.update("sub_1", month(1, 10), status="trialing", trial_start=month(1, 10), trial_end=month(2, 10))
+    world.invoice_for("sub_1", month(1, 10), "subscription_update", period_start=month(1, 10))  # (0.00 lines)
+    world.update("sub_1", month(2, 10), status="active")
+    world.cycle("sub_1", month(2, 10))
+    con = derive(world, seen_at=month(3), events=events)
+    assert customer_mrr_at(con, "cus_1", month(1, 10) - 1) == Decimal("50.0000")
+    assert customer_mrr_at(con, "cus_1", month(1, 10)) == 0
+    assert customer_mrr_at(con, "cus_1", month(2, 10) - 1) == 0
+    assert customer_mrr_at(con, "cus_1", month(2, 10)) == Decimal("50.0000")
+    assert con.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT) FROM mrr_movements "
+                       "ORDER BY occurred_at").fetchall() == [("new", T0), ("cancellation", month(1, 10)),
+                                                               ("reactivation", month(2, 10))]
+
+
 @pytest.mark.parametrize(("counts", "expected"), [pytest.param(True, Decimal("50.0000"), id="past-due-counts"),
                                                   pytest.param(False, Decimal("0"), id="past-due-excluded")])
 def test_past_due(world: World, derive: Derive, counts: bool, expected: Decimal) -> None:
