@@ -51,7 +51,12 @@ def _phase(name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        log.debug("incremental phase %s took %.3f s", name, time.perf_counter() - t0)
+        _log_phase(name, t0)
+
+
+def _log_phase(name: str, started: float) -> None:
+    """Log at DEBUG that the phase ``name``, begun at ``time.perf_counter()`` = ``started``, took until now."""
+    log.debug("incremental phase %s took %.3f s", name, time.perf_counter() - started)
 
 
 _SCOPE = "touched_scope"
@@ -486,22 +491,23 @@ def _touched_ledger(cur: duckdb.DuckDBPyConnection, main_db: str, sources: list[
                     name: str) -> None:
     """The monthly bridge ledger of some customers alone, from their rows in each (database, customer table) of
     ``sources``, as the table ``_SCOPE.<name>_ledger``; the macro runs over copies of their rows so that it needs
-    no filter of its own."""
-    cur.execute(f"ATTACH ':memory:' AS {name}")
-    try:
-        for table, key in (("derived_transition_states", "customer_id"), ("derived_mrr_movements", "customer_id"),
-                           ("customers", "id")):
-            union = " UNION ALL ".join(
-                _rows_of(table, who, f"{db}.main", key, _LEDGER_COLS.get(table, "*"))
-                for db, who in sources)
-            cur.execute(f"CREATE TABLE {name}.{table} AS {union}")
-        cur.execute(f"SET search_path = '{name}.main,{main_db}.main'")
+    no filter of its own. Timed as the phase "old ledger" or "new ledger" (``name`` touched_old, touched_new)."""
+    with _phase(f"{name.removeprefix('touched_')} ledger"):
+        cur.execute(f"ATTACH ':memory:' AS {name}")
         try:
-            cur.execute(f"CREATE TABLE {_SCOPE}.{name}_ledger AS SELECT * FROM bridge_ledger('month', NULL)")
+            for table, key in (("derived_transition_states", "customer_id"),
+                               ("derived_mrr_movements", "customer_id"), ("customers", "id")):
+                union = " UNION ALL ".join(
+                    _rows_of(table, who, f"{db}.main", key, _LEDGER_COLS.get(table, "*"))
+                    for db, who in sources)
+                cur.execute(f"CREATE TABLE {name}.{table} AS {union}")
+            cur.execute(f"SET search_path = '{name}.main,{main_db}.main'")
+            try:
+                cur.execute(f"CREATE TABLE {_SCOPE}.{name}_ledger AS SELECT * FROM bridge_ledger('month', NULL)")
+            finally:
+                cur.execute("RESET search_path")
         finally:
-            cur.execute("RESET search_path")
-    finally:
-        cur.execute(f"DETACH {name}")
+            cur.execute(f"DETACH {name}")
 
 
 def _derive_moved(cur: duckdb.DuckDBPyConnection, main_db: str, settings: Settings) -> None:
@@ -686,12 +692,6 @@ def _gather_shards(con: duckdb.DuckDBPyConnection, names: list[str], tables: lis
         con.execute(f"CREATE TABLE {_SCOPE}.{table} AS " + " UNION ALL ".join(parts))
 
 
-def _old_ledger(cur: duckdb.DuckDBPyConnection, main_db: str, sources: list[tuple[str, str]]) -> None:
-    """The old ledger of the touched and moved customers (``_SCOPE.touched_old_ledger``), timed."""
-    with _phase("old ledger"):
-        _touched_ledger(cur, main_db, sources, "touched_old")
-
-
 def _derive_all(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings, shards: int, moved: bool,
                 tables: list[str], sub_tables: list[str]) -> None:
     """Side by side, each on its own connection: the touched customers' shards, copied and derived (in
@@ -707,7 +707,7 @@ def _derive_all(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings
         partial(_derive_scope, main_db=main_db, db=names[k], shard=k, settings=settings) for k in range(shards)]
     if moved:
         tasks.append(partial(_derive_moved, main_db=main_db, settings=settings))
-    tasks.append(partial(_old_ledger, main_db=main_db, sources=[
+    tasks.append(partial(_touched_ledger, main_db=main_db, name="touched_old", sources=[
         (main_db, f"{_SCOPE}.touched_customers"), (main_db, f"{_SCOPE}.moved_customers")]))
 
     def run(task: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
@@ -865,10 +865,8 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
         moved_tables = [t for (t,) in con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [_MOVED]).fetchall()
             if t in tables and t not in inputs]
-        with _phase("new ledger"):
-            _touched_ledger(con, main_db, [(_SCOPE, f"{_SCOPE}.touched_customers"),
-                                           (_MOVED, f"{_SCOPE}.moved_customers")]
-                            if moved else [(_SCOPE, f"{_SCOPE}.touched_customers")], "touched_new")
+        _touched_ledger(con, main_db, [(_SCOPE, f"{_SCOPE}.touched_customers"), (_MOVED, f"{_SCOPE}.moved_customers")]
+                        if moved else [(_SCOPE, f"{_SCOPE}.touched_customers")], "touched_new")
         # The commit's checkpoint leaves the replaced rows as delete markers instead of compacting the row
         # groups that hold them: a compaction that merges a small row group into its neighbour rewrites every
         # row group after it, a cost that grows with the whole table, not with the customers derived again
@@ -913,7 +911,7 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
             con.execute(f"INSERT INTO derived_fx_days BY NAME SELECT * FROM {_SCOPE}.derived_fx_days")
             check_money_fits(con)
             record_run(con, started_at, "changed", int(touched + moved))
-            log.debug("incremental phase %s took %.3f s", "replace rows", time.perf_counter() - replacing)
+            _log_phase("replace rows", replacing)
             with _phase("commit"):
                 con.execute("COMMIT")
         except BaseException:
