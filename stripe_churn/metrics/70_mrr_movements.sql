@@ -85,6 +85,8 @@ sub_invoices AS (
     JOIN invoices i ON i.account_id = t.account_id AND i.customer_id = t.customer_id
                    AND i.created >= t.t_start AND i.created <= t.t_end
     WHERE i.subscription_id IS NOT NULL AND NOT coalesce(i.deleted, false)
+      -- (a voided invoice bills nothing that happened: Stripe voids that of an update that never applied)
+      AND i.status IS DISTINCT FROM 'void'
       -- (only transitions with a row that has no invoice of its own look one up)
       AND t.tid IN (SELECT tid FROM adjusted
                     WHERE mrr_delta_part <> 0 AND CASE WHEN row_from >= t_start THEN invoice_id END IS NULL)

@@ -660,3 +660,25 @@ def test_a_voided_invoice_of_an_expired_pending_update_is_no_change(world: World
         assert customer_mrr_at(con, "cus_1", at) == 44, at
     assert con.execute("SELECT movement FROM mrr_movements").fetchall() == [("new",)]
     assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
+
+
+def test_a_voided_invoice_is_not_named_as_the_source_of_a_change_without_an_invoice(world: World,
+                                                                                  derive: Derive) -> None:
+    """Changes made without prorations have no invoice of their own; 70 names the subscription's first
+    invoice made within their window instead. The voided invoice of an update that never applied, made
+    between two such changes of one window, bills nothing that happened: it is no source."""
+    seats_and_storage(world)
+    world.price("pro", "prod_seat", 2_500)
+    at = month(1, 10)
+    world.update("sub_1", at, items=[("si_a", "basic", 5), ("si_b", "store", 2)], prorate=False)
+    seats_event = world.events[-1]["id"]
+    voided = expired_pending_update(world, at + 300, [("si_a", "pro", 5), ("si_b", "store", 2)])
+    world.update("sub_1", at + 600, items=[("si_a", "basic", 5), ("si_b", "store", 4)], prorate=False)
+    storage_event = world.events[-1]["id"]
+    con = derive(world, seen_at=month(2, 2))
+    got = con.execute("SELECT movement, mrr_delta, source_event_id, source_invoice_id FROM mrr_movements "
+                      "WHERE movement <> 'new' ORDER BY movement").fetchall()
+    assert voided["status"] == "void"
+    assert {r[2] for r in got} <= {seats_event, storage_event}
+    assert [(r[0], r[1], r[3]) for r in got] == [("resource_expansion", Decimal(14), None),
+                                                 ("seat_expansion", Decimal(20), None)]
