@@ -262,7 +262,8 @@ def _moved_inputs(main_db: str) -> dict[str, str]:
         "customers": _rows_of("customers", who, db, "id", _NO_RAW),
         "subscriptions": _rows_of("subscriptions", who, db, cols=_NO_RAW),
         # (70 names the invoice behind a change by these columns alone)
-        "invoices": _rows_of("invoices", who, db, cols="account_id, id, customer_id, subscription_id, created, deleted"),
+        "invoices": _rows_of("invoices", who, db,
+                             cols="account_id, id, customer_id, subscription_id, created, deleted, status"),
         "derived_item_mrr": _rows_of("derived_item_mrr", who, db),
         "derived_customer_mrr": _rows_of("derived_customer_mrr", who, db),
         "derived_subs": _rows_of("derived_subs", who, db),
