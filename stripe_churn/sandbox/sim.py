@@ -135,14 +135,20 @@ class Simulation:
     """The whole history of a simulated Stripe account (see docs/internals.md for the interface)."""
 
     def __init__(self, customers: int, months: int, seed: int, start: int | None = None, *,
-                 item_discounts: bool = False) -> None:
+                 item_discounts: bool = False, pending_updates: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
-        subscription (off by default: a seed's history is then what it always was)."""
+        subscription. ``pending_updates``: some price or quantity increases are made with
+        payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
+        Stripe voids the update's invoice when the pending update expires 23 hours later. (Both off by default:
+        a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
         self.seed = seed
         self.item_discounts = item_discounts
+        self.pending_updates = pending_updates
         self._rng = random.Random(seed)
+        # (a stream of its own, so that the main one draws the same numbers with pending updates on or off)
+        self._rng_pending = random.Random(f"pending updates {seed}")
         self._rate = customers / months if months else 0.0
         self.start = add_months(END_OF_HISTORY, -months) if start is None else start
         self.clock = self.start
@@ -781,6 +787,14 @@ class Simulation:
     def _proration(self, sub: dict[str, Any], t: int, changes: list[tuple[dict[str, Any], dict[str, Any] | None,
                                                                             dict[str, Any] | None]]) -> None:
         """A subscription_update invoice: credit for the old item, charge for the new one, from ``t``."""
+        lines, end = self._proration_lines(sub, t, changes)
+        if lines:
+            self._invoice(sub, t, "subscription_update", (t, end), lines=lines)
+
+    def _proration_lines(self, sub: dict[str, Any], t: int,
+                         changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]]
+                         ) -> tuple[list[dict[str, Any]], int]:
+        """The proration lines of ``changes`` made at ``t`` (credits and charges to the period's end), and that end."""
         it0 = sub["items"]["data"][0]
         start, end = it0["current_period_start"], it0["current_period_end"]
         frac = Fraction(end - t, max(end - start, 1))
@@ -795,8 +809,7 @@ class Simulation:
                                      ("Unused time on " if sign < 0 else "Remaining time on ")
                                      + str(state["price"]["nickname"]), (t, end), state["quantity"], sub["id"],
                                      item["id"], state["price"]["id"], state["price"]["product"], True, [], []))
-        if lines:
-            self._invoice(sub, t, "subscription_update", (t, end), lines=lines)
+        return lines, end
 
     def _update_items(self, sub: dict[str, Any], t: int, mutate: Any) -> None:
         cust = self._custs[sub["customer"]]
@@ -805,9 +818,46 @@ class Simulation:
         changes = mutate()
         if not changes:
             return
+        if self.pending_updates and self._pending_update(sub, t, prev["items"], changes):
+            return
         self._event("customer.subscription.updated", sub, t, prev)
         self._proration(sub, t, changes)
         self._transition(cust, t, before)
+
+    def _pending_update(self, sub: dict[str, Any], t: int, items_before: dict[str, Any],
+                        changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]]) -> bool:
+        """Whether the change just made to ``sub``'s items is, instead, an update made with
+        payment_behavior=pending_if_incomplete whose payment fails (some price or quantity changes of items kept,
+        with an amount due). Then Stripe bills it on a subscription_update invoice whose payment fails, keeps
+        the subscription's items as they were, with the update in ``pending_update``, and when that expires (23
+        hours later, nothing having been paid) voids the invoice and drops the update: no change ever happened."""
+        if any(old is None or new is None for _, old, new in changes):
+            return False
+        lines, end = self._proration_lines(sub, t, changes)
+        if sum(ln["amount"] for ln in lines) <= 0 or self._rng_pending.random() >= 0.1:
+            return False
+        asked = [{"id": it["id"], "price": new["price"]["id"], "quantity": new["quantity"]}
+                 for it, _, new in changes if new is not None]
+        sub["items"] = items_before
+        latest = sub["latest_invoice"]
+        inv = self._invoice(sub, t, "subscription_update", (t, end), lines=lines, fail=True)
+        expires = t + 23 * 3600
+        sub["pending_update"] = {"billing_cycle_anchor": None, "expires_at": expires,
+                                 "subscription_items": asked, "trial_end": None, "trial_from_plan": None}
+        self._event("customer.subscription.updated", sub, t + 60, {"latest_invoice": latest, "pending_update": None})
+        self._at(expires, "pending_expired", sub["id"], inv["id"])
+        return True
+
+    def _h_pending_expired(self, t: int, sid: str, iid: str) -> None:
+        sub = self.objects["subscriptions"][sid]
+        inv = self.objects["invoices"][iid]
+        if sub["pending_update"] is None or inv["status"] != "open":
+            return
+        inv["status"], inv["amount_remaining"] = "void", 0
+        inv["status_transitions"]["voided_at"] = t
+        self._event("invoice.voided", inv, t)
+        sub["pending_update"] = None
+        self._event("customer.subscription.pending_update_expired", sub, t)
 
     def _ikey(self, sub: dict[str, Any]) -> str:
         it = sub["items"]["data"][0]

@@ -269,6 +269,40 @@ def test_ground_truth_with_item_level_discounts_through_the_sandbox(tmp_path: Pa
         con.close()
 
 
+@pytest.mark.timeout(600)
+def test_ground_truth_with_expired_pending_updates_through_the_sandbox(tmp_path: Path) -> None:
+    """Upgrades made with payment_behavior=pending_if_incomplete whose payment failed (Simulation(pending_updates=
+    True)): Stripe bills each on a subscription_update invoice, keeps the subscription as it was with the update
+    pending, and voids the invoice when the update expires. No change happened: before the events' window the
+    voided invoices' prorations must not read as upgrades, inside it the events show nothing changed, and no
+    movement names a voided invoice. Synced through the sandbox, derived, compared with the simulation's truth."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.store.db import open_store
+
+    sim = Simulation(customers=300, months=12, seed=21, pending_updates=True)
+    voided = {i["id"]: i for i in sim.objects["invoices"].values() if i["status"] == "void"}
+    assert all(i["billing_reason"] == "subscription_update" for i in voided.values())
+    window_start = sim.clock - 30 * 86_400
+    assert sum(i["created"] < window_start for i in voided.values()) >= 10, "too few before the events' window"
+    assert any(i["created"] >= window_start for i in voided.values()), "none inside the events' window"
+    expired = [e for e in sim.events if e["type"] == "customer.subscription.pending_update_expired"]
+    assert len(expired) == len(voided)
+    settings = synced_through_the_sandbox(sim, tmp_path / "pending.duckdb")
+    con = open_store(settings.db)
+    try:
+        stored = con.execute("SELECT count(*) FROM invoices WHERE status = 'void'").fetchone()
+        assert stored == (len(voided),)
+        recompute(con, settings)
+        summary = check_against_truth(sim, con, "300 x 12 with expired pending updates through the sandbox")
+        assert "agreement 1.00000, 0 label and 0 MRR disagreements" in summary, summary
+        named = con.execute("SELECT source_invoice_id FROM mrr_movements WHERE source_invoice_id IN "
+                            "(SELECT id FROM invoices WHERE status = 'void')").fetchall()
+        assert named == []
+    finally:
+        con.close()
+
+
 def test_a_discount_added_and_removed_between_two_invoices_counts_after_a_full_sync(tmp_path: Path) -> None:
     """A coupon put on a subscription and taken off a week later, both between two of its invoices and inside
     Stripe's 30-day event window: no listed object and no invoice carries the discount any more, only its

@@ -481,3 +481,35 @@ def test_the_pipeline_derives_only_the_changed_customers_when_asked(tmp_path: Pa
     assert new_rules.recompute == "full" and "the rules changed" in str(new_rules.recompute_reason)
     assert [r[0] for r in runs()] == ["full", "changed", "changed", "full", "full", "full", "full"]
     assert runs()[1][1] == second.recomputed_customers and runs()[3][1] > total
+
+
+@SHARDS
+def test_a_pending_update_voided_after_the_last_sync(world: World, tmp_path: Path, shards: int) -> None:
+    """An upgrade made with payment_behavior=pending_if_incomplete whose payment failed: at the first sync its
+    subscription_update invoice is open and the update pending (the subscription's items unchanged, as its
+    event shows); by the next sync Stripe has voided the invoice and the update expired. The customer is
+    derived again, every derived table equals a full recompute's, and no upgrade happened at any point."""
+    w = book(world)
+    t = ts(2024, 5, 19) + 12 * 3600
+    sub = w.objects["subscriptions"]["sub_a"]
+    items = [(i["id"], i["price"]["id"], i["quantity"]) for i in sub["items"]["data"]]
+    w.update("sub_a", t, items=[(iid, "pro_usd", 8) if iid == "si_a1" else (iid, p, q) for iid, p, q in items],
+             event=False)
+    inv = next(i for i in reversed(w.objects["invoices"].values()) if i["billing_reason"] == "subscription_update")
+    assert inv["created"] == t
+    inv.update(status="open", amount_paid=0)
+    w.update("sub_a", t, items=items, prorate=False, event=False)  # (the items as they were all along)
+    before_pending = copy.deepcopy(sub)
+    sub.update(pending_update={"expires_at": t + 23 * 3600, "subscription_items": [], "billing_cycle_anchor": None,
+                               "trial_end": None, "trial_from_plan": None}, latest_invoice=inv["id"])
+    w.event("customer.subscription.updated", t + 60, sub, before_pending)
+    before = copy.deepcopy(w)
+    inv.update(status="void")
+    w.event("invoice.voided", t + 23 * 3600, inv)
+    sub.update(pending_update=None)
+    w.event("customer.subscription.pending_update_expired", t + 23 * 3600, sub)
+    changed = later_sync(w, {"cus_a"}, {"sub_a"}, t)
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 5, 21), shards)
+    assert n == 1
+    moments = [r for r in full["view mrr_movements"] if "'cus_a'" in r]
+    assert moments and not any("2024-05-19" in r or "2024-05-20" in r for r in moments), moments
