@@ -682,3 +682,26 @@ def test_a_voided_invoice_is_not_named_as_the_source_of_a_change_without_an_invo
     assert {r[2] for r in got} <= {seats_event, storage_event}
     assert [(r[0], r[1], r[3]) for r in got] == [("resource_expansion", Decimal(14), None),
                                                  ("seat_expansion", Decimal(20), None)]
+
+
+@pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
+def test_prorations_billed_on_the_next_renewal_date_the_change(world: World, derive: Derive, events: bool) -> None:
+    """An update made with Stripe's default proration_behavior (create_prorations) makes no invoice: its
+    prorations wait as pending invoice items and are billed on the next renewal invoice, beside the new period's
+    lines. Read from invoices alone, the change is dated at the prorations' period start (when it was made), not
+    at the renewal that billed them, as the events date it."""
+    seats_and_storage(world)
+    world.update("sub_1", month(0, 10), items=[("si_a", "basic", 5), ("si_b", "store", 2)], prorate=False)
+    item_a = next(i for i in world.objects["subscriptions"]["sub_1"]["items"]["data"] if i["id"] == "si_a")
+    renewal = world.cycle("sub_1", month(1))
+    renewal["lines"]["data"][:0] = [
+        world._line("sub_1", item_a, month(0, 10), month(1), proration=True, credit=True, quantity=3),
+        world._line("sub_1", item_a, month(0, 10), month(1), proration=True, quantity=5)]
+    for line in renewal["lines"]["data"]:
+        line["invoice"] = renewal["id"]
+    world.cycle("sub_1", month(2))
+    con = derive(world, seen_at=month(2, 2), events=events)
+    assert [customer_mrr_at(con, "cus_1", at) for at in (month(0, 9), month(0, 11), month(1, 5))] == [44, 64, 64]
+    got = con.execute("SELECT occurred_at, movement, mrr_delta FROM mrr_movements WHERE movement <> 'new'").fetchall()
+    assert [(int(t.timestamp()), m, d) for t, m, d in got] == [(month(0, 10), "seat_expansion", Decimal(20))]
+    assert con.execute("SELECT kind, detail FROM data_quality").fetchall() == []
