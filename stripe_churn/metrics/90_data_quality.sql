@@ -22,7 +22,8 @@ inside AS (
     -- disagrees only when no history row of the item within 5 minutes of that moment bills its price and
     -- quantity (and is compared with the history 5 minutes after it)
     SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.price_id, l.quantity, l.period_start AS moment,
-           h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item, false AS absent
+           h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item, false AS absent,
+           false AS by_snapshot
     FROM (SELECT *, period_start + CASE WHEN proration THEN INTERVAL 5 MINUTE ELSE INTERVAL 0 MINUTE END AS at
           FROM derived_invoice_lines) l
     JOIN derived_coverage c USING (account_id)
@@ -76,7 +77,8 @@ invoice_at_start AS (
                    AS rid
         FROM derived_invoice_item_steps s
         JOIN derived_coverage c USING (account_id)
-        WHERE c.has_events AND s.moment < c.coverage_start
+        -- (a store without events compares the invoices with the latest sync: coverage starts there)
+        WHERE s.moment < c.coverage_start
         GROUP BY s.account_id, s.subscription_item_id
     )
     SELECT k.account_id, k.subscription_item_id, k.coverage_start, s.subscription_id, s.source_invoice_id,
@@ -89,7 +91,10 @@ at_start AS (
            i.coverage_start AS moment, si.price_id AS h_price, si.quantity AS h_quantity,
            si.subscription_item_id AS h_item,
            -- (the invoices removed the item before coverage: a disagreement when the events list it there)
-           NOT i.present AS absent
+           NOT i.present AS absent,
+           -- (a subscription without events starts from the latest sync's state)
+           NOT EXISTS (SELECT 1 FROM derived_sub_events e
+                       WHERE e.account_id = i.account_id AND e.subscription_id = i.subscription_id) AS by_snapshot
     FROM invoice_at_start i
     LEFT JOIN derived_price_terms p ON p.account_id = i.account_id AND p.price_id = i.price_id
     LEFT JOIN start_items si ON si.account_id = i.account_id AND si.subscription_item_id = i.subscription_item_id
@@ -102,9 +107,21 @@ at_start AS (
 compared AS (
     SELECT * FROM inside UNION ALL SELECT * FROM at_start
 )
-SELECT account_id, 'invoice_event_mismatch' AS kind, 'subscription_item' AS object_type,
-       subscription_item_id AS object_id, invoice_id AS related_id, moment,
-       CASE WHEN absent
+SELECT account_id, CASE WHEN by_snapshot THEN 'invoice_snapshot_mismatch' ELSE 'invoice_event_mismatch' END AS kind,
+       'subscription_item' AS object_type, subscription_item_id AS object_id, invoice_id AS related_id, moment,
+       CASE WHEN by_snapshot AND absent
+            THEN format('invoice {} removes item {} but the latest sync lists it ({} × {}); the sync''s state was '
+                        'used from {} on (no stored event shows when it changed)', invoice_id, subscription_item_id,
+                        h_quantity, h_price, moment)
+            WHEN by_snapshot AND h_item IS NULL
+            THEN format('invoice {} bills item {} ({} × {}) but the latest sync shows no such item; the sync''s '
+                        'state was used from {} on (no stored event shows when it changed)', invoice_id,
+                        subscription_item_id, quantity, price_id, moment)
+            WHEN by_snapshot
+            THEN format('invoice {} bills {} × {}, the latest sync gives {} × {}; the sync''s state was used '
+                        'from {} on (no stored event shows when it changed)', invoice_id, quantity, price_id,
+                        h_quantity, h_price, moment)
+            WHEN absent
             THEN format('invoice {} removes item {} but the events list it ({} × {}) when they begin; the events '
                         'were used', invoice_id, subscription_item_id, h_quantity, h_price)
             WHEN h_item IS NULL

@@ -276,6 +276,33 @@ def test_snapshot_change_missed_by_events(world: World, derive: Derive) -> None:
     assert kinds == ["snapshot_event_mismatch"]
 
 
+@pytest.mark.parametrize("events", ["none stored", "of other subscriptions only"])
+def test_a_change_only_the_latest_sync_shows_is_recorded(world: World, derive: Derive, events: str) -> None:
+    """An annual subscription's seats raised with Stripe's default proration_behavior, before the events begin:
+    its prorations wait for the next renewal, months away, so no invoice shows the change and no stored event
+    does. The latest sync's state stands from where coverage begins (at the sync itself when no event is stored
+    at all), and the disagreement with the invoice is a data-quality row, with or without events in the store
+    (without any, it used to pass unrecorded)."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("yearly", "prod_seat", 12_000, interval="year")
+    world.subscribe("sub_1", "cus_1", [("si_a", "yearly", 3)], T0)
+    world.update("sub_1", month(1, 10), items=[("si_a", "yearly", 5)], prorate=False)
+    if events != "none stored":
+        world.customer("cus_2")
+        world.subscribe("sub_2", "cus_2", [("si_b", "yearly", 1)], month(3, 5))
+    con = derive(world, seen_at=month(4), events=month(3))
+    (start,) = con.execute("SELECT coverage_start FROM derived_coverage").fetchone()
+    assert int(start.timestamp()) == (month(4) if events == "none stored" else month(3, 5))
+    assert customer_mrr_at(con, "cus_1", int(start.timestamp()) - 1) == 30
+    assert customer_mrr_at(con, "cus_1", int(start.timestamp())) == 50
+    (row,) = con.execute("SELECT kind, object_id, related_id, moment, detail FROM data_quality").fetchall()
+    invoice = next(iter(world.objects["invoices"]))
+    assert row[:4] == ("invoice_snapshot_mismatch", "si_a", invoice, start)
+    assert row[4] == (f"invoice {invoice} bills 3 × yearly, the latest sync gives 5 × yearly; the sync's state was "
+                      f"used from {start:%Y-%m-%d %H:%M:%S}+00 on (no stored event shows when it changed)")
+
+
 def test_changes_dated_after_this_machines_clock_by_stripes_count(world: World, store: Any) -> None:
     """Stripe's clock (a sandbox advanced, a test clock) ahead of this machine's at the sync: the snapshot is
     dated by Stripe's clock, which the sync records. (Dated by this machine's, every change after it was
