@@ -94,10 +94,15 @@ def test_two_manual_syncs_and_the_daemon_started_at_once_run_one_at_a_time(sandb
         assert holder and int(holder.group(1)) in {daemon.pid, waiting.pid}, lines[0]
     skipped = daemon_text.count("sync skipped")
     assert (impatient.returncode == 3) + skipped >= 1, "three syncs started at once and none found the lock taken"
-    # exactly one at a time: the recorded runs never overlap, and every one finished
+    # exactly one at a time: the recorded runs never overlap, and every one finished, but for the daemon's last,
+    # which the SIGTERM above may have stopped cleanly (its schedule starts a sync every 2 seconds)
     recorded = runs(db)
-    assert all(status == "succeeded" for _, status, _, _ in recorded), recorded
-    assert len(recorded) >= 2 + (impatient.returncode == 0), recorded  # each manual success and the daemon's
+    shown = "\n".join(map(repr, recorded)) + "\n" + daemon_text
+    *done, last = recorded
+    assert all(status == "succeeded" for _, status, _, _ in done), shown
+    assert last[1] == "succeeded" or (last[1] == "stopped" and "SIGTERM received" in daemon_text), shown
+    succeeded = [r for r in recorded if r[1] == "succeeded"]
+    assert len(succeeded) >= 2 + (impatient.returncode == 0), shown  # each manual success and the daemon's
     for (_, _, _, end), (_, _, start, _) in itertools.pairwise(recorded):
         assert end is not None and end <= start, recorded
 
