@@ -106,10 +106,27 @@ at_start AS (
 ),
 compared AS (
     SELECT * FROM inside UNION ALL SELECT * FROM at_start
+),
+mismatched AS (
+    -- an open subscription_update invoice that the events contradict bills an update that waits for its payment
+    -- (payment_behavior=pending_if_incomplete): it applies once paid, or expires and Stripe voids the invoice
+    SELECT m.*, NOT m.by_snapshot AND NOT m.absent AND i.status = 'open'
+                AND i.billing_reason = 'subscription_update' AS pending
+    FROM (SELECT * FROM compared
+          WHERE absent OR h_item IS NULL OR h_price IS DISTINCT FROM price_id OR h_quantity IS DISTINCT FROM quantity) m
+    LEFT JOIN invoices i ON i.account_id = m.account_id AND i.id = m.invoice_id
 )
-SELECT account_id, CASE WHEN by_snapshot THEN 'invoice_snapshot_mismatch' ELSE 'invoice_event_mismatch' END AS kind,
+SELECT account_id,
+       CASE WHEN by_snapshot THEN 'invoice_snapshot_mismatch' WHEN pending THEN 'pending_update'
+            ELSE 'invoice_event_mismatch' END AS kind,
        'subscription_item' AS object_type, subscription_item_id AS object_id, invoice_id AS related_id, moment,
-       CASE WHEN by_snapshot AND absent
+       CASE WHEN pending
+            THEN format('invoice {} (open) bills {} × {} on item {} for an update that waits for its payment '
+                        '(payment_behavior=pending_if_incomplete: it applies once paid, and Stripe voids the invoice '
+                        'when the update expires, 23 hours at the most); the events give {} and were used',
+                        invoice_id, quantity, price_id, subscription_item_id,
+                        CASE WHEN h_item IS NULL THEN 'no such item' ELSE format('{} × {}', h_quantity, h_price) END)
+            WHEN by_snapshot AND absent
             THEN format('invoice {} removes item {} but the latest sync lists it ({} × {}); the sync''s state was '
                         'used from {} on (no stored event shows when it changed)', invoice_id, subscription_item_id,
                         h_quantity, h_price, moment)
@@ -129,8 +146,7 @@ SELECT account_id, CASE WHEN by_snapshot THEN 'invoice_snapshot_mismatch' ELSE '
                         invoice_id, subscription_item_id, quantity, price_id)
             ELSE format('invoice {} bills {} × {}, the events give {} × {}; the events were used',
                         invoice_id, quantity, price_id, h_quantity, h_price) END AS detail
-FROM compared
-WHERE absent OR h_item IS NULL OR h_price IS DISTINCT FROM price_id OR h_quantity IS DISTINCT FROM quantity
+FROM mismatched
 UNION ALL
 -- a proration inside event coverage that credits an item's unused time with no new line for it (a removal, read
 -- from invoices alone: 30's removal steps, the absent ones of a positive prio) while the events keep the item

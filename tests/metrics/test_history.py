@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from decimal import Decimal
@@ -732,3 +733,28 @@ def test_prorations_billed_on_the_next_renewal_date_the_change(world: World, der
     got = con.execute("SELECT occurred_at, movement, mrr_delta FROM mrr_movements WHERE movement <> 'new'").fetchall()
     assert [(int(t.timestamp()), m, d) for t, m, d in got] == [(month(0, 10), "seat_expansion", Decimal(20))]
     assert con.execute("SELECT kind, detail FROM data_quality").fetchall() == []
+
+
+def test_an_update_waiting_for_its_payment_is_a_pending_update_row(world: World, derive: Derive) -> None:
+    """Inside the events' window, an update made with payment_behavior=pending_if_incomplete whose payment has
+    not gone through yet: its subscription_update invoice is open and bills the new price, the events keep the
+    old one. Nothing changed (yet): MRR stays, and data quality names the row for what it is."""
+    seats_and_storage(world)
+    world.price("pro", "prod_seat", 2_500)
+    at = month(1, 10)
+    sub = world.objects["subscriptions"]["sub_1"]
+    world.update("sub_1", at, items=[("si_a", "pro", 3), ("si_b", "store", 2)], event=False)
+    invoice = [i for i in world.objects["invoices"].values() if i["billing_reason"] == "subscription_update"][-1]
+    invoice.update(status="open", amount_paid=0)
+    world.update("sub_1", at, items=[("si_a", "basic", 3), ("si_b", "store", 2)], prorate=False, event=False)
+    before = copy.deepcopy(sub)
+    sub.update(pending_update={"expires_at": at + 23 * 3600, "subscription_items": []}, latest_invoice=invoice["id"])
+    world.event("customer.subscription.updated", at + 60, sub, before)
+    con = derive(world, seen_at=at + 3600)
+    assert customer_mrr_at(con, "cus_1", at + 1800) == 44
+    assert con.execute("SELECT movement FROM mrr_movements").fetchall() == [("new",)]
+    (row,) = con.execute("SELECT kind, object_id, related_id, detail FROM data_quality").fetchall()
+    assert row == ("pending_update", "si_a", invoice["id"],
+                   f"invoice {invoice['id']} (open) bills 3 × pro on item si_a for an update that waits for its "
+                   "payment (payment_behavior=pending_if_incomplete: it applies once paid, and Stripe voids the "
+                   "invoice when the update expires, 23 hours at the most); the events give 3 × basic and were used")
