@@ -126,18 +126,16 @@ SELECT account_id,
                         'when the update expires, 23 hours at the most); the events give {} and were used',
                         invoice_id, quantity, price_id, subscription_item_id,
                         CASE WHEN h_item IS NULL THEN 'no such item' ELSE format('{} × {}', h_quantity, h_price) END)
-            WHEN by_snapshot AND absent
-            THEN format('invoice {} removes item {} but the latest sync lists it ({} × {}); the sync''s state was '
-                        'used from {} on (no stored event shows when it changed)', invoice_id, subscription_item_id,
-                        h_quantity, h_price, moment)
-            WHEN by_snapshot AND h_item IS NULL
-            THEN format('invoice {} bills item {} ({} × {}) but the latest sync shows no such item; the sync''s '
-                        'state was used from {} on (no stored event shows when it changed)', invoice_id,
-                        subscription_item_id, quantity, price_id, moment)
             WHEN by_snapshot
-            THEN format('invoice {} bills {} × {}, the latest sync gives {} × {}; the sync''s state was used '
-                        'from {} on (no stored event shows when it changed)', invoice_id, quantity, price_id,
-                        h_quantity, h_price, moment)
+            THEN format('{}; the sync''s state was used from {} on (no stored event shows when it changed)',
+                        CASE WHEN absent
+                             THEN format('invoice {} removes item {} but the latest sync lists it ({} × {})',
+                                         invoice_id, subscription_item_id, h_quantity, h_price)
+                             WHEN h_item IS NULL
+                             THEN format('invoice {} bills item {} ({} × {}) but the latest sync shows no such item',
+                                         invoice_id, subscription_item_id, quantity, price_id)
+                             ELSE format('invoice {} bills {} × {}, the latest sync gives {} × {}',
+                                         invoice_id, quantity, price_id, h_quantity, h_price) END, moment)
             WHEN absent
             THEN format('invoice {} removes item {} but the events list it ({} × {}) when they begin; the events '
                         'were used', invoice_id, subscription_item_id, h_quantity, h_price)
