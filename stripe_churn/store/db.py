@@ -122,6 +122,12 @@ def _create_if_missing(con: duckdb.DuckDBPyConnection, table: str) -> None:
     con.execute(_ddl(table).replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
 
 
+def _create_raw_if_missing(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """A raw table of schema.py added after 001, its JSON compressed as 001 compresses the others'."""
+    ddl = _ddl(table).replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
+    con.execute(ddl.replace(*_RAW_ZSTD) if _has_zstd(con) else ddl)
+
+
 # Applied in this order, each once; never edit one that shipped -- add a new one.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_initial", _m001_initial),
@@ -129,6 +135,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("003_subscription_event_fields", _m003_subscription_event_fields),
     ("004_line_pretax_credits", lambda con: _add_extracted_columns(con, {"invoice_lines": ("pretax_credits",)})),
     ("005_metrics_runs", lambda con: _create_if_missing(con, "metrics_runs")),
+    ("006_invoice_items", lambda con: _create_raw_if_missing(con, "invoice_items")),
 ]
 
 

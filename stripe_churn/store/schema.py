@@ -130,6 +130,31 @@ class InvoiceLine(RawBase, table=True):
     pretax_credits: int | None = Field(default=None, sa_type=BigInteger)
 
 
+class InvoiceItem(RawBase, table=True):
+    """An invoice item (``/v1/invoiceitems``). The sync lists the pending ones (not yet on an invoice) at every
+    run: the prorations of a change made with Stripe's default ``create_prorations`` wait there for the next
+    invoice, months away on an annual plan, and date the change when no event does."""
+
+    __tablename__ = "invoice_items"
+    customer_id: str | None = None
+    subscription_id: str | None = None
+    subscription_item_id: str | None = None
+    invoice_id: str | None = None
+    price_id: str | None = None
+    product_id: str | None = None
+    quantity: int | None = Field(default=None, sa_type=BigInteger)
+    amount: int | None = Field(default=None, sa_type=BigInteger)
+    currency: str | None = None
+    proration: bool | None = None
+    proration_credit: bool | None = None  # a credit for unused time (proration_details.credited_items)
+    date: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    period_start: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # on no invoice as of the latest complete listing of the pending items (the sync sets it false for an item
+    # that listing no longer returned: invoiced or deleted since)
+    pending: bool | None = None
+
+
 class CreditNote(RawBase, table=True):
     __tablename__ = "credit_notes"
     customer_id: str | None = None
@@ -211,7 +236,7 @@ class SchemaMigration(SQLModel, table=True):
 
 RAW_TABLES: tuple[str, ...] = ("customers", "products", "prices", "coupons", "subscriptions",
                                "subscription_items", "invoices", "invoice_lines", "credit_notes", "discounts",
-                               "events")
+                               "events", "invoice_items")
 
 
 def _t(path: str) -> str:
@@ -299,6 +324,22 @@ EXTRACT: dict[str, dict[str, str]] = {
                       # has only those (older API versions)
                       "pretax_credits": "coalesce(nullif(" + _amounts("$.pretax_credit_amounts") + ", 0), "
                                         + _amounts("$.discount_amounts") + ", 0)"},
+    "invoice_items": {"customer_id": _id("$.customer"),
+                      "subscription_id": "coalesce(j->>'$.parent.subscription_details.subscription', "
+                                         + _id("$.subscription") + ")",
+                      "subscription_item_id": "coalesce(j->>'$.parent.subscription_details.subscription_item', "
+                                              "j->>'$.subscription_item')",
+                      "invoice_id": _id("$.invoice"),
+                      "price_id": "coalesce(j->>'$.pricing.price_details.price', " + _id("$.price") + ")",
+                      "product_id": "coalesce(j->>'$.pricing.price_details.product', j->>'$.price.product')",
+                      "quantity": "TRY_CAST(j->>'$.quantity' AS BIGINT)",
+                      "amount": "TRY_CAST(j->>'$.amount' AS BIGINT)", "currency": "j->>'$.currency'",
+                      "proration": "TRY_CAST(j->>'$.proration' AS BOOLEAN)",
+                      "proration_credit": "coalesce(starts_with(j->>'$.proration_details.credited_items', '{'), "
+                                          "false)",
+                      "date": _t("$.date"),
+                      "period_start": _t("$.period.start"), "period_end": _t("$.period.end"),
+                      "pending": "(" + _id("$.invoice") + ") IS NULL"},
     "credit_notes": {"customer_id": _id("$.customer"), "invoice_id": _id("$.invoice"),
                      "status": "j->>'$.status'", "currency": "j->>'$.currency'",
                      "total": "TRY_CAST(j->>'$.total' AS BIGINT)"},
