@@ -47,6 +47,18 @@ FROM lines l
 JOIN inv i ON i.account_id = l.account_id AND i.invoice_id = l.invoice_id
 WHERE NOT coalesce(l.deleted, false);
 
+-- The pending proration items as of the latest sync (not yet on an invoice): with Stripe's default
+-- create_prorations, a change's prorations wait for the subscription's next invoice, months away on an annual
+-- plan, and before event coverage they alone show when the change was made. Read as the proration lines they
+-- will become (the item's id stands for the invoice; `date`, when it was made, for the invoice's creation).
+-- Once invoiced they are the invoice's lines, and the sync marks them no longer pending.
+CREATE OR REPLACE TEMP TABLE derived_pending_lines AS
+SELECT account_id, id AS invoice_id, date AS invoice_created, subscription_id, subscription_item_id,
+       coalesce(proration_credit, false) OR amount < 0 AS is_credit, price_id, quantity, period_start
+FROM invoice_items
+WHERE pending AND NOT coalesce(deleted, false) AND coalesce(proration, false)
+  AND subscription_item_id IS NOT NULL AND subscription_id IS NOT NULL;
+
 -- Items as they appear in each observed subscription state: an event's state lists them (typed in
 -- derived_sub_events); a snapshot's are the subscription_items rows seen in the same sync (the same list, cut
 -- short or not, as typed columns).
@@ -83,6 +95,8 @@ FROM (
     UNION ALL
     SELECT account_id, subscription_id, subscription_item_id, false FROM derived_invoice_lines
     WHERE subscription_item_id IS NOT NULL AND subscription_id IS NOT NULL
+    UNION ALL
+    SELECT account_id, subscription_id, subscription_item_id, false FROM derived_pending_lines
 )
 GROUP BY ALL;
 
@@ -90,23 +104,34 @@ GROUP BY ALL;
 -- the same moment (observations over invoices; a later invoice over an earlier one; present over absent). It
 -- is a whole number from 0 to below 1e16: 90 packs (moment, prio) into one key. (The absent steps of a positive
 -- prio are the removals; 90 compares them with the events.)
+-- (`source` 'invoice_item': a pending proration item, named in source_invoice_id until it is invoiced)
 CREATE OR REPLACE TEMP TABLE derived_invoice_item_steps AS
-WITH line_steps AS (
-    SELECT account_id, subscription_id, subscription_item_id, period_start AS moment, true AS present,
-           price_id, quantity, 'invoice' AS source, NULL AS source_event_id, invoice_id AS source_invoice_id,
-           epoch(invoice_created) * 10 + 2 AS prio
+WITH billed AS (
+    SELECT account_id, subscription_id, subscription_item_id, period_start, price_id, quantity, invoice_id,
+           invoice_created, is_credit, proration, 'invoice' AS source
     FROM derived_invoice_lines
-    WHERE subscription_item_id IS NOT NULL AND NOT is_credit
+    WHERE subscription_item_id IS NOT NULL
+    UNION ALL
+    SELECT account_id, subscription_id, subscription_item_id, period_start, price_id, quantity, invoice_id,
+           invoice_created, is_credit, true, 'invoice_item'
+    FROM derived_pending_lines
+),
+line_steps AS (
+    SELECT account_id, subscription_id, subscription_item_id, period_start AS moment, true AS present,
+           price_id, quantity, source, NULL AS source_event_id, invoice_id AS source_invoice_id,
+           epoch(invoice_created) * 10 + 2 AS prio
+    FROM billed
+    WHERE NOT is_credit
 ),
 removals AS (
     -- a credit for unused time with no new line for the same item then (within 5 minutes: Stripe may date the
     -- new line's proration a little apart from the credit's): the item was removed
     SELECT c.account_id, c.subscription_id, c.subscription_item_id, c.period_start AS moment, false AS present,
-           NULL AS price_id, NULL AS quantity, 'invoice' AS source, NULL AS source_event_id,
+           NULL AS price_id, NULL AS quantity, c.source, NULL AS source_event_id,
            c.invoice_id AS source_invoice_id, epoch(c.invoice_created) * 10 + 1 AS prio
-    FROM derived_invoice_lines c
-    WHERE c.subscription_item_id IS NOT NULL AND c.is_credit AND c.proration
-      AND NOT EXISTS (SELECT 1 FROM derived_invoice_lines d
+    FROM billed c
+    WHERE c.is_credit AND c.proration
+      AND NOT EXISTS (SELECT 1 FROM billed d
                       WHERE d.account_id = c.account_id AND d.subscription_item_id = c.subscription_item_id
                         AND NOT d.is_credit
                         AND d.period_start BETWEEN c.period_start - INTERVAL 5 MINUTE

@@ -3,7 +3,7 @@
 -- the largest component; of equal ones, the first by item id, then plan, quantity, discount part), with churn
 -- type, feedback and the Stripe ids that caused each row.
 -- Inputs: derived_transitions, derived_movement_parts, derived_transition_items, derived_item_mrr,
--- derived_sub_events, derived_subs, subscriptions, invoices.
+-- derived_sub_events, derived_subs, subscriptions, invoices, invoice_items (the pending ones).
 
 CREATE OR REPLACE TABLE derived_mrr_movements AS
 WITH
@@ -82,13 +82,19 @@ sub_invoices AS (
     SELECT t.tid, i.subscription_id,
            arg_min(i.id, (i.created, i.id)) AS invoice_id
     FROM derived_transitions t
-    JOIN invoices i ON i.account_id = t.account_id AND i.customer_id = t.customer_id
-                   AND i.created >= t.t_start AND i.created <= t.t_end
-    WHERE i.subscription_id IS NOT NULL AND NOT coalesce(i.deleted, false)
-      -- (a voided invoice bills nothing that happened: Stripe voids that of an update that never applied)
-      AND i.status IS DISTINCT FROM 'void'
-      -- (only transitions with a row that has no invoice of its own look one up)
-      AND t.tid IN (SELECT tid FROM adjusted
+    JOIN (SELECT account_id, id, customer_id, subscription_id, created FROM invoices
+          WHERE subscription_id IS NOT NULL AND NOT coalesce(deleted, false)
+            -- (a voided invoice bills nothing that happened: Stripe voids that of an update that never applied)
+            AND status IS DISTINCT FROM 'void'
+          UNION ALL
+          -- (a change whose prorations wait for the next invoice: the pending item that bills them)
+          SELECT account_id, id, customer_id, subscription_id, date FROM invoice_items
+          WHERE pending AND coalesce(proration, false) AND subscription_id IS NOT NULL
+            AND NOT coalesce(deleted, false)) i
+      ON i.account_id = t.account_id AND i.customer_id = t.customer_id
+     AND i.created >= t.t_start AND i.created <= t.t_end
+    -- (only transitions with a row that has no invoice of its own look one up)
+    WHERE t.tid IN (SELECT tid FROM adjusted
                     WHERE mrr_delta_part <> 0 AND CASE WHEN row_from >= t_start THEN invoice_id END IS NULL)
     GROUP BY ALL
 ),

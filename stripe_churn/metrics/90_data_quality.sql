@@ -23,7 +23,7 @@ inside AS (
     -- quantity (and is compared with the history 5 minutes after it)
     SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.price_id, l.quantity, l.period_start AS moment,
            h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item, false AS absent,
-           false AS by_snapshot
+           false AS by_snapshot, 'invoice ' || l.invoice_id AS bill
     FROM (SELECT *, period_start + CASE WHEN proration THEN INTERVAL 5 MINUTE ELSE INTERVAL 0 MINUTE END AS at
           FROM derived_invoice_lines) l
     JOIN derived_coverage c USING (account_id)
@@ -82,7 +82,7 @@ invoice_at_start AS (
         GROUP BY s.account_id, s.subscription_item_id
     )
     SELECT k.account_id, k.subscription_item_id, k.coverage_start, s.subscription_id, s.source_invoice_id,
-           s.price_id, s.quantity, s.present
+           s.price_id, s.quantity, s.present, s.source
     FROM kept k
     JOIN derived_invoice_item_steps s ON s.rowid = k.rid
 ),
@@ -94,7 +94,10 @@ at_start AS (
            NOT i.present AS absent,
            -- (a subscription without events starts from the latest sync's state)
            NOT EXISTS (SELECT 1 FROM derived_sub_events e
-                       WHERE e.account_id = i.account_id AND e.subscription_id = i.subscription_id) AS by_snapshot
+                       WHERE e.account_id = i.account_id AND e.subscription_id = i.subscription_id) AS by_snapshot,
+           -- (how the details name the source: an invoice, or a proration item not invoiced yet)
+           CASE WHEN i.source = 'invoice_item' THEN 'pending invoice item ' ELSE 'invoice ' END
+               || i.source_invoice_id AS bill
     FROM invoice_at_start i
     LEFT JOIN derived_price_terms p ON p.account_id = i.account_id AND p.price_id = i.price_id
     LEFT JOIN start_items si ON si.account_id = i.account_id AND si.subscription_item_id = i.subscription_item_id
@@ -129,21 +132,21 @@ SELECT account_id,
             WHEN by_snapshot
             THEN format('{}; the sync''s state was used from {} on (no stored event shows when it changed)',
                         CASE WHEN absent
-                             THEN format('invoice {} removes item {} but the latest sync lists it ({} × {})',
-                                         invoice_id, subscription_item_id, h_quantity, h_price)
+                             THEN format('{} removes item {} but the latest sync lists it ({} × {})',
+                                         bill, subscription_item_id, h_quantity, h_price)
                              WHEN h_item IS NULL
-                             THEN format('invoice {} bills item {} ({} × {}) but the latest sync shows no such item',
-                                         invoice_id, subscription_item_id, quantity, price_id)
-                             ELSE format('invoice {} bills {} × {}, the latest sync gives {} × {}',
-                                         invoice_id, quantity, price_id, h_quantity, h_price) END, moment)
+                             THEN format('{} bills item {} ({} × {}) but the latest sync shows no such item',
+                                         bill, subscription_item_id, quantity, price_id)
+                             ELSE format('{} bills {} × {}, the latest sync gives {} × {}',
+                                         bill, quantity, price_id, h_quantity, h_price) END, moment)
             WHEN absent
-            THEN format('invoice {} removes item {} but the events list it ({} × {}) when they begin; the events '
-                        'were used', invoice_id, subscription_item_id, h_quantity, h_price)
+            THEN format('{} removes item {} but the events list it ({} × {}) when they begin; the events '
+                        'were used', bill, subscription_item_id, h_quantity, h_price)
             WHEN h_item IS NULL
-            THEN format('invoice {} bills item {} ({} × {}) but the events show no such item then',
-                        invoice_id, subscription_item_id, quantity, price_id)
-            ELSE format('invoice {} bills {} × {}, the events give {} × {}; the events were used',
-                        invoice_id, quantity, price_id, h_quantity, h_price) END AS detail
+            THEN format('{} bills item {} ({} × {}) but the events show no such item then',
+                        bill, subscription_item_id, quantity, price_id)
+            ELSE format('{} bills {} × {}, the events give {} × {}; the events were used',
+                        bill, quantity, price_id, h_quantity, h_price) END AS detail
 FROM mismatched
 UNION ALL
 -- a proration inside event coverage that credits an item's unused time with no new line for it (a removal, read

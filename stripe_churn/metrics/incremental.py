@@ -77,6 +77,10 @@ _UNREAD = {
     "invoice_lines": ("raw", "version", "created", "first_seen_at", "last_seen_at", "product_id", "currency",
                       "proration"),
     "credit_notes": ("raw",),
+    # (30_item_history reads the pending items' account_id, id, customer_id, subscription_id, subscription_item_id,
+    # price_id, quantity, amount, proration, proration_credit, date, period_start, pending, deleted)
+    "invoice_items": ("raw", "version", "created", "first_seen_at", "last_seen_at", "invoice_id", "product_id",
+                      "currency", "period_end"),
 }
 # The rows whose JSON the steps read, in tables read by their typed columns otherwise ({db}: the scope, whose
 # subscriptions are copied before its events; {main}: the main database). Events: removed discounts
@@ -164,6 +168,9 @@ SELECT DISTINCT account_id, customer_id FROM (
     UNION ALL
     SELECT account_id, customer_id FROM discounts WHERE last_seen_at >= $since
     UNION ALL
+    -- (an invoice item listed pending, or marked no longer pending, by the sync)
+    SELECT account_id, customer_id FROM invoice_items WHERE last_seen_at >= $since
+    UNION ALL
     SELECT account_id, customer_id FROM touched_new_events
 )
 WHERE customer_id IS NOT NULL
@@ -233,8 +240,8 @@ EXCEPT SELECT account_id, customer_id FROM touched_customers
 """
 
 # What steps 60-88 read for the moved customers: their stored item MRR, customer MRR and subscriptions, their
-# customer, subscription and invoice rows (typed columns), the exchange rates; the catalogue and its macros
-# are read from the main database. Their subscription events (70 names the event behind a change) come from
+# customer, subscription, invoice and invoice item rows (typed columns), the exchange rates; the catalogue and
+# its macros are read from the main database. Their subscription events (70 names the event behind a change) come from
 # the typed columns, numbered as 20 numbers them.
 _MOVED = "touched_moved"
 
@@ -264,6 +271,10 @@ def _moved_inputs(main_db: str) -> dict[str, str]:
         # (70 names the invoice behind a change by these columns alone)
         "invoices": _rows_of("invoices", who, db,
                              cols="account_id, id, customer_id, subscription_id, created, deleted, status"),
+        # (and the pending proration items, by these)
+        "invoice_items": _rows_of("invoice_items", who, db,
+                                  cols="account_id, id, customer_id, subscription_id, date, deleted, pending, "
+                                       "proration"),
         "derived_item_mrr": _rows_of("derived_item_mrr", who, db),
         "derived_customer_mrr": _rows_of("derived_customer_mrr", who, db),
         "derived_subs": _rows_of("derived_subs", who, db),
@@ -302,6 +313,8 @@ _SCOPED_KEYS = {
     + f"JOIN {_SCOPE}.rows_invoices c ON c.account_id = t.account_id AND c.object_id = t.invoice_id",
     "credit_notes": _KEY.format(table="credit_notes") + "JOIN touched_customers c USING (account_id, customer_id)",
     "discounts": _KEY.format(table="discounts") + "JOIN touched_customers c USING (account_id, customer_id)",
+    "invoice_items": _KEY.format(table="invoice_items")
+    + "JOIN touched_customers c USING (account_id, customer_id)",
     # the events about the touched customers' objects, and each account's oldest (after a gap in them) and
     # newest event (which fix where event coverage starts)
     "events": _KEY.format(table="events")

@@ -52,8 +52,11 @@ class World:
     def __init__(self, account_id: str = "acct_test") -> None:
         self.account_id = account_id
         self.objects: dict[str, dict[str, Obj]] = {
-            r: {} for r in ("customers", "products", "prices", "coupons", "discounts", "subscriptions", "invoices")
+            r: {} for r in ("customers", "products", "prices", "coupons", "discounts", "subscriptions", "invoices",
+                            "invoiceitems")
         }
+        # per subscription, its pending invoice items' lines, billed on its next invoice
+        self._pending: dict[str, list[Obj]] = {}
         self.events: list[Obj] = []
         self.fx_rates: list[tuple[str, str, float]] = []
         self._seq = itertools.count(1)
@@ -153,11 +156,13 @@ class World:
         return sub
 
     def update(self, sid: str, at: int, *, items: Iterable[tuple[str, str, int | None]] | None = None,
-               prorate: bool = True, event: bool = True, **fields: Any) -> Obj:
+               prorate: bool = True, event: bool = True, pending: bool = False, **fields: Any) -> Obj:
         """Change a subscription at ``at``: its items (the full new list) and/or top-level fields.
 
         With ``prorate`` the changed items get proration lines (credit for the old state, debit for the new
-        one, period from ``at`` to the item's period end) on a ``subscription_update`` invoice.
+        one, period from ``at`` to the item's period end) on a ``subscription_update`` invoice; with ``pending``
+        too (Stripe's default create_prorations), they are pending invoice items instead, billed on the
+        subscription's next invoice (:meth:`invoice_for`).
         """
         sub = self.objects["subscriptions"][sid]
         before = copy.deepcopy(sub)
@@ -193,9 +198,30 @@ class World:
         sub.update(fields)
         if event:
             self.event("customer.subscription.updated", at, sub, before)
-        if lines:
+        if lines and pending:
+            for line in lines:
+                self._pend(sid, at, line)
+        elif lines:
             self._invoice(sid, at, "subscription_update", lines)
         return sub
+
+    def _pend(self, sid: str, at: int, line: Obj) -> Obj:
+        """The pending invoice item a proration line made at ``at`` comes from (the line waits for the next
+        invoice)."""
+        sub = self.objects["subscriptions"][sid]
+        details = line["parent"]["subscription_item_details"]
+        item: Obj = {"id": details["invoice_item"], "object": "invoiceitem", "amount": line["amount"],
+                     "currency": line["currency"], "customer": sub["customer"], "date": at, "description": None,
+                     "discountable": False, "discounts": [], "invoice": None, "livemode": False, "metadata": {},
+                     "parent": {"type": "subscription_details",
+                                "subscription_details": {"subscription": sid,
+                                                         "subscription_item": details["subscription_item"]}},
+                     "period": dict(line["period"]), "pricing": copy.deepcopy(line["pricing"]), "proration": True,
+                     "proration_details": copy.deepcopy(details["proration_details"]),
+                     "quantity": line["quantity"], "tax_rates": [], "test_clock": None}
+        self.objects["invoiceitems"][item["id"]] = item
+        self._pending.setdefault(sid, []).append(line)
+        return item
 
     def pending_update(self, sid: str, at: int, items: Iterable[tuple[str, str, int | None]], *,
                        event: bool = True) -> Obj:
@@ -280,6 +306,11 @@ class World:
     def _invoice(self, sid: str, at: int, reason: str, lines: list[Obj], tax: int = 0) -> Obj:
         sub = self.objects["subscriptions"][sid]
         iid = self._id("in")
+        # (the subscription's pending invoice items are billed first)
+        waiting = self._pending.pop(sid, [])
+        for line in waiting:
+            self.objects["invoiceitems"][line["parent"]["subscription_item_details"]["invoice_item"]]["invoice"] = iid
+        lines = [*waiting, *lines]
         for line in lines:
             line["invoice"] = iid
         subtotal = sum(line["amount"] for line in lines)
@@ -342,6 +373,8 @@ class World:
         upsert_objects(con, "subscription_items", acct, items, seen)
         lines = [ln for inv in self.objects["invoices"].values() for ln in inv["lines"]["data"]]
         upsert_objects(con, "invoice_lines", acct, lines, seen)
+        # (as the sync lists them: the pending ones; one invoiced since is a line now, and no longer pending)
+        upsert_objects(con, "invoice_items", acct, list(self.objects["invoiceitems"].values()), seen)
         if events is not False:
             oldest = 0 if events is True else int(events)
             upsert_objects(con, "events", acct, [e for e in self.events if e["created"] >= oldest], seen)

@@ -303,6 +303,79 @@ def test_a_change_only_the_latest_sync_shows_is_recorded(world: World, derive: D
                       f"used from {start:%Y-%m-%d %H:%M:%S}+00 on (no stored event shows when it changed)")
 
 
+@pytest.mark.parametrize("billed", [False, True], ids=["still-pending", "billed-at-the-renewal"])
+@pytest.mark.parametrize("events", ["none stored", "of other subscriptions only"])
+def test_a_change_waiting_as_pending_invoice_items_is_dated_when_it_was_made(world: World, derive: Derive,
+                                                                             events: str, billed: bool) -> None:
+    """The change of the test above, with its prorations stored as the pending invoice items Stripe keeps them
+    as until the renewal (the sync lists them): their period starts when the change was made, and they date it
+    there, with no data-quality row. The movement names the item that bills the seats added until an invoice
+    does; once the renewal has billed them, it names the renewal (its proration lines date it the same)."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("yearly", "prod_seat", 12_000, interval="year")
+    world.subscribe("sub_1", "cus_1", [("si_a", "yearly", 3)], T0)
+    world.update("sub_1", month(1, 10), items=[("si_a", "yearly", 5)], pending=True)
+    charge, credit = world.objects["invoiceitems"].values()
+    assert (charge["amount"], credit["amount"]) == (60_000, -36_000)
+    seen = month(4)
+    if billed:
+        renewal = world.cycle("sub_1", month(12))
+        assert credit["invoice"] == charge["invoice"] == renewal["id"]
+        seen = month(13)
+    if events != "none stored":
+        world.customer("cus_2")
+        world.subscribe("sub_2", "cus_2", [("si_b", "yearly", 1)], seen - 20 * DAY)
+    con = derive(world, seen_at=seen, events=seen - 25 * DAY)
+    assert [customer_mrr_at(con, "cus_1", at) for at in (month(1, 10) - 1, month(1, 10), seen - 1)] == [30, 50, 50]
+    assert con.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT), mrr_delta, source_invoice_id "
+                       "FROM mrr_movements WHERE customer_id = 'cus_1' ORDER BY occurred_at").fetchall() == [
+        ("new", T0, 30, next(iter(world.objects["invoices"]))),
+        ("seat_expansion", month(1, 10), 20, renewal["id"] if billed else charge["id"])]
+    assert con.execute("SELECT kind, detail FROM data_quality").fetchall() == []
+
+
+def test_an_item_removed_with_a_pending_credit_ends_when_it_was_removed(world: World, derive: Derive) -> None:
+    """An annual subscription's storage item removed before the events begin, its unused time credited by a
+    pending invoice item (no charge beside it): the item ends at the credit's start, a downgrade (its family
+    removed) that names the credit."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.product("prod_addon", unit_label="gb")
+    world.price("yearly", "prod_seat", 12_000, interval="year")
+    world.price("store_year", "prod_addon", 8_400, interval="year")
+    world.subscribe("sub_1", "cus_1", [("si_a", "yearly", 3), ("si_b", "store_year", 2)], T0)
+    world.update("sub_1", month(2, 3), items=[("si_a", "yearly", 3)], pending=True)
+    (credit,) = world.objects["invoiceitems"].values()
+    assert credit["amount"] < 0 and credit["invoice"] is None
+    con = derive(world, seen_at=month(5), events=False)
+    assert [customer_mrr_at(con, "cus_1", at) for at in (month(2, 3) - 1, month(2, 3))] == [44, 30]
+    assert con.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT), mrr_delta, source_invoice_id "
+                       "FROM mrr_movements WHERE movement <> 'new'").fetchall() == [
+        ("downgrade", month(2, 3), -14, credit["id"])]
+    assert con.execute("SELECT kind FROM data_quality").fetchall() == []
+
+
+def test_invoice_items_no_longer_pending_are_not_read_as_pending(world: World, derive: Derive,
+                                                               store: Any) -> None:
+    """A pending item the latest sync no longer listed (invoiced or deleted since: the sync marks it) is no
+    evidence of its own: a change reverted before the renewal, its items deleted, leaves the seats as they were."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("yearly", "prod_seat", 12_000, interval="year")
+    world.subscribe("sub_1", "cus_1", [("si_a", "yearly", 3)], T0)
+    world.update("sub_1", month(1, 10), items=[("si_a", "yearly", 5)], pending=True, event=False)
+    world.update("sub_1", month(1, 10), items=[("si_a", "yearly", 3)], prorate=False, event=False)
+    world.load(store, seen_at=month(4), events=False)
+    store.execute("UPDATE invoice_items SET pending = false")
+    recompute(store, make_settings())
+    assert store.execute("SELECT movement FROM mrr_movements").fetchall() == [("new",)]
+    assert customer_mrr_at(store, "cus_1", month(3)) == 30
+    store.execute("UPDATE invoice_items SET pending = true")
+    recompute(store, make_settings())
+    assert customer_mrr_at(store, "cus_1", month(3)) == 50
+
+
 def test_changes_dated_after_this_machines_clock_by_stripes_count(world: World, store: Any) -> None:
     """Stripe's clock (a sandbox advanced, a test clock) ahead of this machine's at the sync: the snapshot is
     dated by Stripe's clock, which the sync records. (Dated by this machine's, every change after it was
