@@ -505,3 +505,40 @@ def test_a_pending_update_voided_after_the_last_sync(world: World, tmp_path: Pat
     assert n == 1
     moments = [r for r in full["view mrr_movements"] if "'cus_a'" in r]
     assert moments and not any("2024-05-19" in r or "2024-05-20" in r for r in moments), moments
+
+
+@SHARDS
+@pytest.mark.parametrize("then", ["billed", "deleted"])
+def test_pending_invoice_items_billed_or_deleted_after_the_last_sync(world: World, tmp_path: Path, shards: int,
+                                                                     then: str) -> None:
+    """Seats added with Stripe's default create_prorations: at the first sync the prorations are pending invoice
+    items, and the seat expansion names the one that bills the seats added. By the next sync they are billed on
+    the renewal, or deleted (nothing else of the customer's changed then): the customer is derived again, every
+    derived table equals a full recompute's, and the movement names no pending item any more."""
+    w = book(world)
+    t = ts(2024, 5, 12)
+    w.update("sub_a", t, items=[("si_a1", "pro_usd", 7), ("si_a2", "analytics_usd", 1), ("si_a3", "api_usd", None)],
+             pending=True)
+    charge = next(i for i in w.objects["invoiceitems"].values() if i["amount"] > 0)
+    before = copy.deepcopy(w)
+    con = open_store(tmp_path / "first.duckdb")
+    before.load(con, seen_at=SEEN)
+    recompute(con, Settings())
+    assert con.execute("SELECT movement, source_invoice_id FROM mrr_movements WHERE customer_id = 'cus_a' "
+                       "AND occurred_at = to_timestamp(?)", [t]).fetchall() == [("seat_expansion", charge["id"])]
+    con.close()
+    later = ts(2024, 5, 21)
+    if then == "billed":
+        w.cycle("sub_a", later, usage={"si_a3": 9_000})
+        assert charge["invoice"] is not None
+        changed = later_sync(w, {"cus_a"}, {"sub_a"}, later)
+    else:
+        for item in w.objects["invoiceitems"].values():
+            item["deleted"] = True
+        changed = later_sync(w, set(), set(), later)
+        changed.objects = {"invoiceitems": w.objects["invoiceitems"],
+                           **{k: {} for k in w.objects if k != "invoiceitems"}}
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, later + 3600, shards)
+    assert n == 1
+    mine = [r for r in full["view mrr_movements"] if "'cus_a'" in r and "2024-05-12" in r]
+    assert len(mine) == 1 and "seat_expansion" in mine[0] and "ii_" not in mine[0], mine
