@@ -1,9 +1,9 @@
 """Serve a simulation's objects the way Stripe's list and retrieve endpoints do, from cached JSON bytes.
 
-The catalog never changes the simulation. It keeps, per resource, the ids newest first (``created``
-descending, ties by creation sequence descending), filtered views of them with their objects' serialised
-bytes stored in list order (see :class:`~stripe_churn.sandbox.listing.View`), and the bytes of retrieved
-objects; :meth:`Catalog.reset` drops all of it after the simulation advances.
+The catalog never changes the simulation. It keeps, per resource, the ids newest first (``created``, or an
+invoice item's ``date``, descending; ties by creation sequence descending), filtered views of them with their
+objects' serialised bytes stored in list order (see :class:`~stripe_churn.sandbox.listing.View`), and the
+bytes of retrieved objects; :meth:`Catalog.reset` drops all of it after the simulation advances.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from stripe_churn.sandbox.listing import (
     ID_PREFIXES,
     MAX_EXPAND_DEPTH,
     SEQ_SPAN,
+    TIME_FIELD,
     VIEW_CACHE_MAX,
     ApiError,
     Params,
@@ -139,7 +140,7 @@ class Catalog:
         if resource == "events":
             if self._event_index_of(oid) is None:
                 raise missing("events", oid)
-        elif oid not in self.sim.objects[resource]:
+        elif oid not in self._objects(resource):
             raise missing(resource, oid)
         paths = expand_paths(params)
         if paths:
@@ -268,6 +269,11 @@ class Catalog:
         return out
 
     # --- internals: views -------------------------------------------------------------------------
+    def _objects(self, resource: str) -> dict[str, dict[str, Any]]:
+        """The simulation's objects of ``resource``; none when it has no such resource (a simulation made without
+        deferred prorations has no invoice items: it serves them as Stripe serves an account without any)."""
+        return self.sim.objects.get(resource) or {}
+
     def _key_of(self, resource: str, oid: str) -> int | None:
         if resource == "events":
             idx = self._event_index_of(oid)
@@ -278,9 +284,10 @@ class Catalog:
         """Sort key per id: ascending key = newest first, ties by creation sequence descending."""
         keys = self._keys.get(resource)
         if keys is None:
+            field = TIME_FIELD.get(resource, "created")
             keys = self._keys[resource] = {
-                oid: -(int(obj.get("created") or 0) * SEQ_SPAN + seq)
-                for seq, (oid, obj) in enumerate(self.sim.objects[resource].items())
+                oid: -(int(obj.get(field) or 0) * SEQ_SPAN + seq)
+                for seq, (oid, obj) in enumerate(self._objects(resource).items())
             }
         return keys
 
@@ -302,7 +309,7 @@ class Catalog:
             keep = [k for k, oid in enumerate(base.ids) if all(p(events[pos[oid]]) for p in preds)]
             view = View([base.ids[k] for k in keep], [base.keys[k] for k in keep])
         else:
-            objs = self.sim.objects[resource]
+            objs = self._objects(resource)
             preds = [p for name, _, p in filters]
             cust = next((v for name, v, _ in filters if name == "customer"), None)
             if cust is not None:
@@ -323,7 +330,7 @@ class Catalog:
         view = self._views.get(ident)
         if view is None:
             keys = self._keys_for(resource)
-            objs = self.sim.objects[resource]
+            objs = self._objects(resource)
             order = sorted((k, oid) for oid, k in keys.items() if not objs[oid].get("deleted"))
             view = self._views[ident] = View([oid for _, oid in order], [k for k, _ in order])
         return view
@@ -332,7 +339,7 @@ class Catalog:
         groups = self._by_customer.get(resource)
         if groups is None:
             base = self._all_view(resource)
-            objs = self.sim.objects[resource]
+            objs = self._objects(resource)
             grouped: dict[str, tuple[list[str], list[int]]] = {}
             for oid, key in zip(base.ids, base.keys, strict=True):
                 cid = ref(objs[oid].get("customer"))

@@ -17,12 +17,17 @@ import orjson
 
 from stripe_churn.sandbox.objects import INCLUDABLE, currency_options, price_view
 
-RESOURCES = ("customers", "products", "prices", "coupons", "subscriptions", "invoices", "credit_notes")
+RESOURCES = ("customers", "products", "prices", "coupons", "subscriptions", "invoices", "credit_notes",
+             "invoiceitems")
 SINGULAR = {
     "customers": "customer", "products": "product", "prices": "price", "coupons": "coupon",
     "subscriptions": "subscription", "invoices": "invoice", "credit_notes": "credit note",
     "events": "event", "subscription_items": "subscription item", "line_items": "line item",
+    "invoiceitems": "invoiceitem",
 }
+# the field a resource's lists are ordered and ``created``-filtered by when not ``created`` (an invoice item has
+# ``date`` instead)
+TIME_FIELD = {"invoiceitems": "date"}
 EMBED_LIMIT = 10
 EVENT_RETENTION_S = 30 * 86400
 MAX_EXPAND_DEPTH = 4
@@ -271,7 +276,7 @@ def filters_for(resource: str, params: Params) -> list[tuple[str, Any, Predicate
     def eq(field: str, value: str, name: str | None = None) -> None:
         out.append((name or field, value, lambda o: ref(o.get(field)) == value))
 
-    if resource in ("subscriptions", "invoices", "credit_notes"):
+    if resource in ("subscriptions", "invoices", "credit_notes", "invoiceitems"):
         cust = _str_param(params, "customer")
         if cust is not None:
             eq("customer", cust)
@@ -306,10 +311,13 @@ def filters_for(resource: str, params: Params) -> list[tuple[str, Any, Predicate
         coll = _str_param(params, "collection_method")
         if coll is not None:
             eq("collection_method", coll)
-    elif resource == "credit_notes":
+    elif resource in ("credit_notes", "invoiceitems"):
         inv = _str_param(params, "invoice")
         if inv is not None:
             eq("invoice", inv)
+        pending = parse_bool(params, "pending") if resource == "invoiceitems" else None
+        if pending is not None:  # pending: on no invoice yet
+            out.append(("pending", pending, lambda o: (o.get("invoice") is None) is pending))
     elif resource == "prices":
         active = parse_bool(params, "active")
         want = True if active is None else active
@@ -395,6 +403,7 @@ EXTRA_LIST_PARAMS = {
     "subscriptions": {"status", "customer", "price", "collection_method"},
     "invoices": {"status", "customer", "subscription", "collection_method"},
     "credit_notes": {"customer", "invoice"},
+    "invoiceitems": {"customer", "invoice", "pending"},
     "events": {"type", "types"},
 }
 

@@ -157,6 +157,25 @@ def line(lid: str, invoice_id: str, currency: str, amount: int, description: str
     }
 
 
+def invoice_item(iiid: str, date: int, customer_id: str, currency: str, amount: int, description: str,
+                 period: tuple[int, int], quantity: int | None, sub_id: str, item_id: str, price_id: str,
+                 product_id: str, credited_items: dict[str, Any] | None) -> dict[str, Any]:
+    """A pending proration (``invoice`` null until an invoice of its subscription bills it). ``credited_items``:
+    for a credit for unused time, the invoice and lines that billed the time credited."""
+    return {
+        "id": iiid, "object": "invoiceitem", "amount": amount, "currency": currency, "customer": customer_id,
+        "customer_account": None, "date": date, "description": description, "discountable": False,
+        "discounts": [], "invoice": None, "livemode": False, "metadata": {}, "net_amount": amount,
+        "parent": {"type": "subscription_details",
+                   "subscription_details": {"subscription": sub_id, "subscription_item": item_id}},
+        "period": {"end": period[1], "start": period[0]},
+        "pricing": {"type": "price_details", "price_details": {"price": price_id, "product": product_id},
+                    "unit_amount_decimal": None},
+        "proration": True, "proration_details": {"credited_items": credited_items}, "quantity": quantity,
+        "quantity_decimal": None if quantity is None else str(quantity), "tax_rates": [], "test_clock": None,
+    }
+
+
 def invoice(iid: str, created: int, cust: dict[str, Any], sub_id: str, reason: str,
             lines: list[dict[str, Any]], period: tuple[int, int], number: str) -> dict[str, Any]:
     subtotal = sum(ln["amount"] for ln in lines)

@@ -135,25 +135,33 @@ class Simulation:
     """The whole history of a simulated Stripe account (see docs/internals.md for the interface)."""
 
     def __init__(self, customers: int, months: int, seed: int, start: int | None = None, *,
-                 item_discounts: bool = False, pending_updates: bool = False) -> None:
+                 item_discounts: bool = False, pending_updates: bool = False,
+                 deferred_prorations: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
-        Stripe voids the update's invoice when the pending update expires 23 hours later. (Both off by default:
-        a seed's history is then what it always was.)"""
+        Stripe voids the update's invoice when the pending update expires 23 hours later.
+        ``deferred_prorations``: half the item changes of annual subscriptions are made with Stripe's default
+        proration_behavior=create_prorations: their prorations wait as pending invoice items
+        (``objects["invoiceitems"]``) for the subscription's next invoice instead of being invoiced at once.
+        (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
         self.seed = seed
         self.item_discounts = item_discounts
         self.pending_updates = pending_updates
+        self.deferred_prorations = deferred_prorations
         self._rng = random.Random(seed)
         # (a stream of its own, so that the main one draws the same numbers with pending updates on or off)
         self._rng_pending = random.Random(f"pending updates {seed}")
+        self._rng_deferred = random.Random(f"deferred prorations {seed}")  # (likewise)
         self._rate = customers / months if months else 0.0
         self.start = add_months(END_OF_HISTORY, -months) if start is None else start
         self.clock = self.start
         self.account_id = "acct_sandbox" + ob.b62(seed % 62**6, 6)
         self.objects: dict[str, dict[str, dict[str, Any]]] = {r: {} for r in RESOURCES}
+        if deferred_prorations:  # (only then: without them the objects, and their bytes, are what they were)
+            self.objects["invoiceitems"] = {}
         self.discounts: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.truth: list[dict[str, Any]] = []
@@ -169,6 +177,7 @@ class Simulation:
         self._usd_cache: dict[tuple[str, int, Fraction], Fraction] = {}
         self._usage_billed: dict[str, int] = {}  # metered item -> usage on its last invoice
         self._usage_now: dict[str, int] = {}  # metered item -> usage of the running period
+        self._pending_items: dict[str, list[str]] = {}  # subscription -> its invoice items not billed yet
         self._build_catalog()
         self._signups(customers, self.start, add_months(self.start, months))
         self._at(add_months(self.start, max(1, months // 2)) + 9 * 3600, "archive", "an_basic", "y")
@@ -555,7 +564,9 @@ class Simulation:
 
     def _invoice(self, sub: dict[str, Any], t: int, reason: str, period: tuple[int, int], *, zero: bool = False,
                  lines: list[dict[str, Any]] | None = None, fail: bool = False,
-                 usage_from: int | None = None) -> dict[str, Any]:
+                 usage_from: int | None = None, bill_pending: bool = True) -> dict[str, Any]:
+        """Make, finalise and pay (or fail to pay) an invoice of ``sub``; its pending invoice items go on it
+        unless ``bill_pending`` is false."""
         cust_obj = self.objects["customers"][sub["customer"]]
         iid = self._id("in")
         if lines is None:
@@ -576,6 +587,8 @@ class Simulation:
         else:
             for ln in lines:
                 ln["invoice"] = iid
+        if bill_pending and self._pending_items.get(sub["id"]):
+            lines = self._bill_pending_items(sub, iid) + lines
         seq = cust_obj["next_invoice_sequence"]
         cust_obj["next_invoice_sequence"] = seq + 1
         inv = ob.invoice(iid, t, cust_obj, sub["id"], reason, lines, period, f"{cust_obj['invoice_prefix']}-{seq:04d}")
@@ -592,6 +605,25 @@ class Simulation:
             self._pay(inv, t + 60)
         sub["latest_invoice"] = iid
         return inv
+
+    def _bill_pending_items(self, sub: dict[str, Any], iid: str) -> list[dict[str, Any]]:
+        """The pending invoice items of ``sub`` as proration lines of its invoice ``iid``, each item now naming
+        that invoice. Stripe lists them before the subscription's own lines, newest first (those of one change
+        in the order they were made: credit, then charge)."""
+        items = [self.objects["invoiceitems"][i] for i in self._pending_items.pop(sub["id"])]
+        lines = []
+        for ii in sorted(items, key=lambda x: -x["date"]):
+            price = ii["pricing"]["price_details"]
+            ln = ob.line(self._id("il"), iid, ii["currency"], ii["amount"], ii["description"],
+                         (ii["period"]["start"], ii["period"]["end"]), ii["quantity"], sub["id"],
+                         ii["parent"]["subscription_details"]["subscription_item"], price["price"],
+                         price["product"], True, [], [])
+            details = ln["parent"]["subscription_item_details"]
+            details["invoice_item"] = ii["id"]
+            details["proration_details"] = _copy(ii["proration_details"])
+            ii["invoice"] = iid
+            lines.append(ln)
+        return lines
 
     def _pay(self, inv: dict[str, Any], t: int) -> None:
         inv["status"] = "paid"
@@ -786,10 +818,38 @@ class Simulation:
 
     def _proration(self, sub: dict[str, Any], t: int, changes: list[tuple[dict[str, Any], dict[str, Any] | None,
                                                                             dict[str, Any] | None]]) -> None:
-        """A subscription_update invoice: credit for the old item, charge for the new one, from ``t``."""
+        """A subscription_update invoice: credit for the old item, charge for the new one, from ``t``. With
+        deferred prorations, half the changes of an annual subscription leave them pending instead."""
         lines, end = self._proration_lines(sub, t, changes)
-        if lines:
+        if not lines:
+            return
+        if (self.deferred_prorations and sub["items"]["data"][0]["price"]["recurring"]["interval"] == "year"
+                and self._rng_deferred.random() < 0.5):
+            self._defer_proration(sub, t, lines)
+        else:
             self._invoice(sub, t, "subscription_update", (t, end), lines=lines)
+
+    def _defer_proration(self, sub: dict[str, Any], t: int, lines: list[dict[str, Any]]) -> None:
+        """The change made at ``t`` with proration_behavior=create_prorations (Stripe's default): nothing is
+        invoiced now, each proration line becomes a pending invoice item (``invoice`` null) that the
+        subscription's next invoice bills (the renewal, months away on an annual plan). A credit for unused
+        time names the invoice that billed that time: the subscription's latest, and its lines of the item."""
+        latest = self.objects["invoices"][sub["latest_invoice"]]
+        for ln in lines:
+            details = ln["parent"]["subscription_item_details"]
+            item_id = details["subscription_item"]
+            credited = None
+            if ln["amount"] < 0:
+                credited = {"invoice": latest["id"], "invoice_line_items": [
+                    x["id"] for x in latest["lines"]["data"]
+                    if x["parent"]["subscription_item_details"]["subscription_item"] == item_id]}
+            price = ln["pricing"]["price_details"]
+            ii = ob.invoice_item(self._id("ii"), t, sub["customer"], ln["currency"], ln["amount"],
+                                 ln["description"], (ln["period"]["start"], ln["period"]["end"]), ln["quantity"],
+                                 sub["id"], item_id, price["price"], price["product"], credited)
+            self.objects["invoiceitems"][ii["id"]] = ii
+            self._pending_items.setdefault(sub["id"], []).append(ii["id"])
+            self._event("invoiceitem.created", ii, t)
 
     def _proration_lines(self, sub: dict[str, Any], t: int,
                          changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]]
@@ -840,7 +900,8 @@ class Simulation:
                  for it, _, new in changes if new is not None]
         sub["items"] = items_before
         latest = sub["latest_invoice"]
-        inv = self._invoice(sub, t, "subscription_update", (t, end), lines=lines, fail=True)
+        # (the subscription's pending invoice items stay pending: this invoice is voided, the update never made)
+        inv = self._invoice(sub, t, "subscription_update", (t, end), lines=lines, fail=True, bill_pending=False)
         expires = t + 23 * 3600
         sub["pending_update"] = {"billing_cycle_anchor": None, "expires_at": expires,
                                  "subscription_items": asked, "trial_end": None, "trial_from_plan": None}

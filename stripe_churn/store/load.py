@@ -407,6 +407,8 @@ def load_simulation(con: duckdb.DuckDBPyConnection, sim: Any) -> None:
                  for ln in (inv.get("lines") or {}).get("data") or []]
         upsert_objects(con, "invoice_lines", acct, lines, seen)
         upsert_objects(con, "discounts", acct, list(getattr(sim, "discounts", {}).values()), seen)
+        # pending and billed alike (a simulation made without deferred prorations has none)
+        upsert_objects(con, "invoice_items", acct, list(sim.objects.get("invoiceitems", {}).values()), seen)
         oldest = int(sim.clock) - 30 * 86400
         upsert_objects(con, "events", acct, [e for e in sim.events if e["created"] >= oldest], seen)
         day = datetime.fromtimestamp(_sim_start(sim), UTC).date().isoformat()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -879,6 +880,76 @@ def test_fx_rates_endpoint(real: RunningSandbox) -> None:
     assert {r["currency"]: r["rate"] for r in rows} == {c: float(v) for c, v in SANDBOX_FX_RATES.items()}
     assert len({r["date"] for r in rows}) == 1
 
+
+# --- pending invoice items (a simulation with deferred prorations) ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deferred() -> Iterator[RunningSandbox]:
+    sim_module = pytest.importorskip("stripe_churn.sandbox.sim")
+    sim = sim_module.Simulation(customers=300, months=24, seed=5, deferred_prorations=True)
+    with start_in_thread(sim, api_key=KEY) as sandbox:
+        yield sandbox
+
+
+def _items_order(items: dict[str, dict[str, Any]], keep: Any = lambda o: True) -> list[str]:
+    """Newest first by ``date`` (an invoice item has no ``created``), ties by creation sequence descending."""
+    seq = {oid: n for n, oid in enumerate(items)}
+    return [o["id"] for o in sorted((o for o in items.values() if keep(o)), key=lambda o: (o["date"], seq[o["id"]]),
+                                    reverse=True)]
+
+
+def test_invoice_items_are_listed_filtered_paged_and_retrieved(deferred: RunningSandbox) -> None:
+    items = deferred.sim.objects["invoiceitems"]
+    pending = _items_order(items, lambda o: o["invoice"] is None)
+    billed = _items_order(items, lambda o: o["invoice"] is not None)
+    assert pending and billed
+    sdk = client(deferred)
+    walked = [o.to_dict(for_json=True) for o in sdk.v1.invoice_items.list({"limit": 3}).auto_paging_iter()]
+    assert [o["id"] for o in walked] == _items_order(items) and walked == [items[o["id"]] for o in walked]
+    assert [o.id for o in sdk.v1.invoice_items.list({"pending": True, "limit": 100})] == pending
+    assert [o.id for o in sdk.v1.invoice_items.list({"pending": False, "limit": 100})] == billed
+    page = get(deferred, "/v1/invoiceitems?pending=true&limit=1").json()
+    assert page == {"object": "list", "data": [items[pending[0]]], "has_more": len(pending) > 1,
+                    "url": "/v1/invoiceitems"}
+    # one customer's, a page at a time
+    cust = Counter(o["customer"] for o in items.values()).most_common(1)[0][0]
+    mine = _items_order(items, lambda o: o["customer"] == cust)
+    assert len(mine) >= 2
+    first = get(deferred, f"/v1/invoiceitems?customer={cust}&limit=1").json()
+    assert [o["id"] for o in first["data"]] == mine[:1] and first["has_more"] is True
+    rest = get(deferred, f"/v1/invoiceitems?customer={cust}&limit=100&starting_after={mine[0]}").json()
+    assert [o["id"] for o in rest["data"]] == mine[1:] and rest["has_more"] is False
+    back = ids(get(deferred, f"/v1/invoiceitems?customer={cust}&ending_before={mine[-1]}&limit=100"))
+    assert back == mine[:-1]
+    inv = items[billed[0]]["invoice"]
+    assert ids(get(deferred, f"/v1/invoiceitems?invoice={inv}&limit=100")) == _items_order(
+        items, lambda o: o["invoice"] == inv)
+    day = items[billed[-1]]["date"]
+    assert ids(get(deferred, f"/v1/invoiceitems?created[gte]={day}&limit=100")) == _items_order(
+        items, lambda o: o["date"] >= day)
+    # retrieve, and Stripe's errors
+    assert sdk.v1.invoice_items.retrieve(pending[0]).to_dict(for_json=True) == items[pending[0]]
+    err = error_of(get(deferred, "/v1/invoiceitems/ii_missing"))
+    assert err["code"] == "resource_missing" and err["message"] == "No such invoiceitem: 'ii_missing'"
+    assert error_of(get(deferred, "/v1/invoiceitems?pending=yes"))["param"] == "pending"
+    assert error_of(get(deferred, "/v1/invoiceitems?status=paid"))["param"] == "status"
+
+
+def test_invoice_item_events_and_an_account_without_invoice_items(deferred: RunningSandbox,
+                                                                  real: RunningSandbox) -> None:
+    sim = deferred.sim
+    made = [e for e in sim.events if e["type"] == "invoiceitem.created" and e["created"] >= sim.clock - 30 * DAY]
+    assert made
+    got = list(client(deferred).v1.events.list({"type": "invoiceitem.created"}).auto_paging_iter())
+    assert sorted(e.id for e in got) == sorted(e["id"] for e in made)
+    assert all(e.data.object.object == "invoiceitem" and e.data.object.invoice is None for e in got)
+    # a simulation made without deferred prorations has no invoice items: an empty list, as Stripe gives
+    assert "invoiceitems" not in real.sim.objects
+    assert get(real, "/v1/invoiceitems?pending=true").json() == {
+        "object": "list", "data": [], "has_more": False, "url": "/v1/invoiceitems"}
+    assert list(client(real).v1.invoice_items.list({"pending": True}).auto_paging_iter()) == []
+    assert get(real, "/v1/invoiceitems/ii_1").status_code == 404
 
 
 @pytest.mark.slow

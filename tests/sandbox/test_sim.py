@@ -371,3 +371,133 @@ def test_long_subscriptions_and_invoices_exist(big: Simulation) -> None:
     assert lapsed and all(s["status"] == "canceled" for s in lapsed if s["ended_at"])
     never_paid = {s["customer"] for s in lapsed} - {r["customer_id"] for r in big.truth}
     assert never_paid  # a lapsed trial never had MRR
+
+
+# --- deferred prorations: pending invoice items ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def deferred() -> Simulation:
+    # 24 months: an annual subscription's first renewal, which bills its pending items, is a year after it starts
+    return Simulation(customers=300, months=24, seed=5, deferred_prorations=True)
+
+
+def test_deferred_prorations_wait_as_pending_invoice_items_for_the_next_invoice(deferred: Simulation) -> None:
+    """With deferred_prorations, half the item changes of annual subscriptions are made with Stripe's default
+    create_prorations: their prorations are pending invoice items that the subscription's next invoice bills,
+    while the subscription (and the truth) have the change when it was made."""
+    from stripe_churn.sandbox.sim import WINDOW_S
+
+    sim = deferred
+    items = sim.objects["invoiceitems"]
+    billed = [ii for ii in items.values() if ii["invoice"] is not None]
+    pending = [ii for ii in items.values() if ii["invoice"] is None]
+    assert len(billed) >= 5 and pending and any(ii["amount"] < 0 for ii in billed), len(items)
+    invoices = sim.objects["invoices"]
+    created = [e for e in sim.events if e["type"] == "invoiceitem.created"]
+    assert [(e["data"]["object"]["id"], e["created"]) for e in created] == [(i, ii["date"]) for i, ii in items.items()]
+    assert all(e["data"]["object"]["invoice"] is None for e in created)
+    for ii in items.values():
+        sid = ii["parent"]["subscription_details"]["subscription"]
+        price = sim.objects["prices"][ii["pricing"]["price_details"]["price"]]
+        assert price["recurring"]["interval"] == "year" and price["product"] == ii["pricing"]["price_details"]["product"]
+        assert ii["proration"] is True and ii["discountable"] is False and ii["period"]["start"] == ii["date"]
+        assert ii["customer"] == sim.objects["subscriptions"][sid]["customer"]
+        credited = ii["proration_details"]["credited_items"]
+        if ii["amount"] < 0:  # a credit names the invoice that billed the time credited, made before it
+            before = invoices[credited["invoice"]]
+            assert before["subscription"] == sid and before["created"] < ii["date"]
+            item = ii["parent"]["subscription_details"]["subscription_item"]
+            assert credited["invoice_line_items"] == [
+                ln["id"] for ln in before["lines"]["data"]
+                if ln["parent"]["subscription_item_details"]["subscription_item"] == item]
+        else:
+            assert credited is None
+        if ii["invoice"] is None:  # still pending: no invoice of its subscription since, or it ended
+            sub = sim.objects["subscriptions"][sid]
+            last = max(i["created"] for i in invoices.values() if i["subscription"] == sid)
+            assert last < ii["date"] or sub["status"] == "canceled", ii["id"]
+            continue
+        inv = invoices[ii["invoice"]]
+        assert inv["subscription"] == sid and inv["created"] > ii["date"]
+        lines = [ln for ln in inv["lines"]["data"] if ln["parent"]["subscription_item_details"]["invoice_item"]
+                 == ii["id"]]
+        assert len(lines) == 1, ii["id"]
+        ln, details = lines[0], lines[0]["parent"]["subscription_item_details"]
+        assert (ln["amount"], ln["period"], ln["quantity"], ln["pricing"]) == (
+            ii["amount"], ii["period"], ii["quantity"], ii["pricing"])
+        assert details["proration"] is True and details["subscription"] == sid
+        assert details["subscription_item"] == ii["parent"]["subscription_details"]["subscription_item"]
+        assert details["proration_details"] == ii["proration_details"]
+    for inv in {ii["invoice"] for ii in billed}:  # billed first, then the invoice's own lines; all in its totals
+        inv_lines = invoices[inv]["lines"]["data"]
+        from_items = [bool(ln["parent"]["subscription_item_details"]["invoice_item"]) for ln in inv_lines]
+        assert from_items == sorted(from_items, reverse=True)
+        dates = [items[ln["parent"]["subscription_item_details"]["invoice_item"]]["date"]
+                 for ln in inv_lines if ln["parent"]["subscription_item_details"]["invoice_item"]]
+        assert dates == sorted(dates, reverse=True)  # newest first
+        assert invoices[inv]["subtotal"] == sum(ln["amount"] for ln in inv_lines)
+        assert invoices[inv]["amount_due"] == max(invoices[inv]["total"], 0)
+    assert "subscription_cycle" in {invoices[ii["invoice"]]["billing_reason"] for ii in billed}  # renewals
+    # the truth has each change when it was made (a transition starts at most WINDOW_S before it)
+    rows_of: dict[str, list[int]] = defaultdict(list)
+    for row in sim.truth:
+        rows_of[row["customer_id"]].append(_unix(row["occurred_at"]))
+    for ii in items.values():
+        assert any(ii["date"] - WINDOW_S < t <= ii["date"] for t in rows_of[ii["customer"]]), ii["id"]
+    _check_truth(sim)
+
+
+def test_invoice_items_have_the_keys_and_types_of_stripes_example(deferred: Simulation,
+                                                                  examples: dict[str, Any]) -> None:
+    problems = [p for ii in deferred.objects["invoiceitems"].values()
+                for p in _shape_problems(examples["invoiceitem"], ii, "invoiceitem")]
+    assert not problems, sorted(set(problems))[:20]
+
+
+def test_pending_invoice_items_go_on_any_next_invoice_of_their_subscription() -> None:
+    """Not only a renewal: a later change invoiced at once bills them too, before its own prorations. The
+    items still pending at the end of the history are billed by their subscriptions' renewals as it goes on."""
+    sim = Simulation(customers=150, months=24, seed=3, deferred_prorations=True)
+    pending = [ii for ii in sim.objects["invoiceitems"].values() if ii["invoice"] is None]
+    subs = list(dict.fromkeys(ii["parent"]["subscription_details"]["subscription"] for ii in pending))
+    assert len(subs) >= 3 and all(sim.objects["subscriptions"][s]["status"] == "active" for s in subs)
+    sub = sim.objects["subscriptions"][subs[0]]
+    waiting = [ii["id"] for ii in pending if ii["parent"]["subscription_details"]["subscription"] == sub["id"]]
+    first = sub["items"]["data"][0]
+    assert first["current_period_end"] > sim.clock
+
+    def one_more_seat() -> list[Any]:
+        old = {"price": first["price"], "quantity": first["quantity"]}
+        first["quantity"] += 1
+        return [(first, old, {"price": first["price"], "quantity": first["quantity"]})]
+
+    sim.deferred_prorations = False  # (this change is invoiced at once)
+    sim._update_items(sub, sim.clock, one_more_seat)
+    sim.deferred_prorations = True
+    inv = sim.objects["invoices"][sub["latest_invoice"]]
+    assert inv["billing_reason"] == "subscription_update" and inv["created"] == sim.clock
+    lines = inv["lines"]["data"]
+    on_it = [ln["parent"]["subscription_item_details"]["invoice_item"] for ln in lines]
+    newest_first = sorted(waiting, key=lambda i: -sim.objects["invoiceitems"][i]["date"])
+    assert on_it == [*newest_first, None, None]
+    assert all(sim.objects["invoiceitems"][i]["invoice"] == inv["id"] for i in waiting)
+    assert inv["subtotal"] == inv["total"] == sum(ln["amount"] for ln in lines)
+    sim.advance(12)
+    for ii in pending:
+        if ii["id"] not in waiting:
+            assert ii["invoice"] is not None, ii["id"]
+            assert sim.objects["invoices"][ii["invoice"]]["billing_reason"] == "subscription_cycle"
+
+
+def test_without_deferred_prorations_a_seeds_history_is_what_it_was() -> None:
+    """No invoice items, and the bytes of a seed's history as they were before deferred prorations existed
+    (their random draws come from a stream of their own). A change to the simulation that moves these digests
+    on purpose updates them."""
+    plain = Simulation(customers=300, months=12, seed=5)
+    assert "invoiceitems" not in plain.objects
+    assert not any(e["type"].startswith("invoiceitem.") for e in plain.events)
+    assert hashlib.sha256(plain.bundle_bytes()).hexdigest() == (
+        "0efd2cdec9362b47cb35fd4c3465540aaa30453cbd104d70e0dd7b258d8140e4")
+    other = Simulation(customers=300, months=12, seed=5, item_discounts=True, pending_updates=True)
+    assert hashlib.sha256(other.bundle_bytes()).hexdigest() == (
+        "47fd694f942a91b5ddfab8851acdda102aad32e0c8380f8b2e0155e1813558a0")

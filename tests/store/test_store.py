@@ -249,6 +249,27 @@ def test_load_simulation_takes_objects_whose_embedded_lists_are_null(con: duckdb
     assert one(con, "SELECT count(*) FROM invoices") == 1 and one(con, "SELECT count(*) FROM invoice_lines") == 0
 
 
+def test_load_simulation_stores_its_invoice_items_pending_and_billed(con: duckdb.DuckDBPyConnection) -> None:
+    from types import SimpleNamespace
+
+    from stripe_churn.sandbox.sim import Simulation
+
+    made = Simulation(customers=150, months=24, seed=3, deferred_prorations=True)
+    items = made.objects["invoiceitems"]
+    # (its invoice items alone: the rest of the account is loaded as it always was, and would only take time)
+    sim = SimpleNamespace(account_id=ACCT, clock=made.clock, start=made.start, discounts={}, events=[],
+                          objects={"invoiceitems": items})
+    load.load_simulation(con, sim)
+    got = con.execute("SELECT id, subscription_id, invoice_id, pending, amount FROM invoice_items ORDER BY id").fetchall()
+    assert got == sorted((i, o["parent"]["subscription_details"]["subscription"], o["invoice"], o["invoice"] is None,
+                          o["amount"]) for i, o in items.items())
+    assert {r[3] for r in got} == {True, False}
+    plain = SimpleNamespace(account_id="acct_plain", clock=made.clock, start=made.start, discounts={}, events=[],
+                            objects={"customers": {}})  # (a simulation made without deferred prorations)
+    load.load_simulation(con, plain)
+    assert one(con, "SELECT count(*) FROM invoice_items WHERE account_id = 'acct_plain'") == 0
+
+
 def test_locked_store_is_a_one_line_error(tmp_path: Path) -> None:
     path = tmp_path / "locked.duckdb"
     open_store(path).close()
