@@ -14,8 +14,12 @@ rows they cover):
 - ``full:<stream>:<lo>:<hi>``: one per ``created`` slice of a full sync; ``value`` = the last id paged
   (``starting_after``), ``done`` once the slice is exhausted. A killed full sync resumes from these.
 
+Pending invoice items have no cursor: every run, whatever its mode, lists them whole once the rest is done
+(:meth:`_Sync._pending_items`), and only a listing that completed marks the stored ones it no longer returned.
+
 Versions: an object from a list carries the version of the sync's start event (Stripe's clock), one from an
-event carries the event's ``created``; :func:`upsert_objects` never lets a lower version replace a higher.
+event carries the event's ``created``, a pending invoice item the server's time at its listing;
+:func:`upsert_objects` never lets a lower version replace a higher.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import duckdb
 import orjson
 from msgspec import UNSET
 
-from stripe_churn.errors import StripeAPIError, StripeChurnError
+from stripe_churn.errors import BadResponseError, StripeAPIError, StripeChurnError
 from stripe_churn.settings import Settings
 from stripe_churn.store.db import open_store, transaction
 from stripe_churn.store.load import (
@@ -63,6 +67,7 @@ from stripe_churn.stripe_api.streams import (
     LINE_LIST_PARAMS,
     OBJECT_TABLE,
     PAGE_LIMIT,
+    PENDING_ITEMS,
     RETRIEVE_PARAMS,
     RETRIEVE_PATH,
     STREAMS,
@@ -1011,6 +1016,75 @@ class _Sync:
         for table, obj in got:
             await self._add_object(batch, table, obj, version, True if obj.get("deleted") else None)
 
+    # ------------------------------------------------------------------ pending invoice items
+    async def _pending_items(self) -> None:
+        """List the pending invoice items whole (``PENDING_ITEMS``: no ``created`` filter, they are few), page by
+        page into invoice_items; once the listing completed, the stored items it no longer returned (invoiced
+        or deleted since) are marked not pending. A listing stopped or failed leaves its committed pages and
+        marks nothing: only a complete one says which items left.
+
+        The version is the server's time at the first page, the listing's moment. An incremental run writes
+        only the items new or changed since they were stored: a row written again takes a new ``last_seen_at``,
+        and the metrics recompute the customers whose rows have one, every run for a pending item waiting a
+        year for its invoice. A full listing writes all, as it writes every other object.
+        """
+        assert self.api is not None
+        stream = PENDING_ITEMS
+        stored = {} if self.listing else await self._db(self._stored_pending)
+        listed: list[str] = []
+        after: str | None = None
+        version: int | None = None
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                page = await self.api.get_page(stream.path, {**stream.params, "limit": PAGE_LIMIT,
+                                                             "starting_after": after})
+            except NotFoundError:
+                if after is not None:  # the endpoint answered its first page: not a missing endpoint
+                    raise
+                log.warning("the server has no %s (a proxy or an old server?): pending invoice items are not "
+                            "synced, and the stored ones are left as they were", stream.path)
+                return
+            if version is None:
+                version = self.api.server_time or int(time.time())
+            batch = Batch()
+            for r in page.data:
+                raw = bytes(r)
+                head = decode_object(stream.table, raw)
+                if head is None:
+                    raise BadResponseError(f"Stripe listed an invoice item that is not an object with an id for GET "
+                                           f"{stream.path}; its pages before were stored, nothing was marked, run the "
+                                           "sync again")
+                oid = str(head.id)
+                listed.append(oid)
+                if oid not in stored or stored[oid] != orjson.loads(raw):
+                    batch.add_raw(stream.table, oid, raw, version, bool(head.deleted))
+            if batch.size():
+                await self._put(batch)
+            if not page.has_more or not page.data:
+                break
+            after = listed[-1]
+        await self._flush()  # every page committed before the items it did not return are marked
+        left = await self._db(self._no_longer_pending, listed)
+        if left:
+            log.info("%d stored invoice items are no longer pending (invoiced or deleted)", left)
+
+    def _stored_pending(self) -> dict[str, Any]:
+        """The account's stored pending invoice items, id -> JSON (parsed)."""
+        rows = self.con.execute("SELECT id, raw FROM invoice_items WHERE account_id = ? AND pending AND NOT deleted",
+                                [self.account]).fetchall()
+        return {r[0]: orjson.loads(r[1]) for r in rows}
+
+    def _no_longer_pending(self, listed: list[str]) -> int:
+        """Mark the stored pending items a complete listing did not return (``listed``: the ids it did) as not
+        pending, seen now; nothing else of them changes (their JSON stays as last listed). Returns how many."""
+        with transaction(self.con):
+            row = self.con.execute(
+                "UPDATE invoice_items SET pending = false, last_seen_at = $seen WHERE account_id = $a AND pending "
+                "AND NOT list_contains($ids, id)", {"seen": self._now(), "a": self.account, "ids": listed}).fetchone()
+        return int(row[0]) if row else 0
+
     # ------------------------------------------------------------------ the run
     def _written(self) -> dict[str, int]:
         """Distinct objects this run wrote, per table (an object listed or applied twice counts once)."""
@@ -1053,6 +1127,7 @@ class _Sync:
                             await self._full("fallback")
                         else:
                             await self._incremental(cursors["events"], by_time)
+                    await self._pending_items()
                     await self._flush()
                     result.status = "succeeded"
                 except _Stopped:

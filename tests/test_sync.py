@@ -419,3 +419,63 @@ def test_a_slice_split_while_its_page_is_on_the_way_lists_each_object_once(
     assert "listed twice" not in caplog.text
     with open_store(db) as con:
         assert_store_equals_sandbox(con, sim)
+
+
+def test_pending_invoice_items_full_incremental_and_fallback(db: Path) -> None:
+    """Simulation(deferred_prorations=True): the prorations of some changes to annual plans wait as pending
+    invoice items for the renewal. Every sync, whatever its mode, stores the pending ones as the sandbox serves
+    them; those invoiced since are no longer pending, seen again by that run, their JSON as last listed."""
+    # ends on 2026-02-01: one month on (28 days) is incremental, the next (31 days) a fallback re-list
+    sim = Simulation(customers=300, months=12, seed=11, start=int(datetime(2025, 2, 1, tzinfo=UTC).timestamp()),
+                     deferred_prorations=True)
+
+    def pending_now() -> dict[str, Any]:
+        return {k: o for k, o in sim.objects["invoiceitems"].items() if o["invoice"] is None}
+
+    def stored_items(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[Any, ...]]:
+        rows = con.execute("SELECT id, pending, deleted, last_seen_at, raw FROM invoice_items").fetchall()
+        return {r[0]: (r[1], r[2], r[3], orjson.loads(r[4])) for r in rows}
+
+    def assert_pending_as_served(got: dict[str, tuple[Any, ...]]) -> None:
+        want = pending_now()
+        assert {k: v[3] for k, v in got.items() if v[0]} == want
+        assert not [k for k, v in got.items() if v[1]], "an invoice item is never taken for deleted"
+
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = settings_for(sb.url, db)
+        first = run_sync(settings, progress=False)
+        assert (first.mode, first.status) == ("full", "succeeded")
+        before = pending_now()
+        assert before and first.counts["invoice_items"] == len(before)
+        with open_store(db) as con:
+            was = stored_items(con)
+            assert_pending_as_served(was)
+
+        sb.advance(1)
+        now = pending_now()
+        invoiced, new = set(before) - set(now), set(now) - set(before)
+        assert invoiced and new, "the seed must bill some pending items and defer new ones within the month"
+        second = run_sync(settings, progress=False)
+        assert (second.mode, second.status) == ("incremental", "succeeded")
+        assert second.counts["invoice_items"] == len(invoiced) + len(new)
+        with open_store(db) as con:
+            got = stored_items(con)
+            assert_pending_as_served(got)
+            for oid in invoiced:
+                pending, deleted, seen, raw = got[oid]
+                assert (pending, deleted, raw) == (False, False, was[oid][3]) and seen > was[oid][2]
+                # billed: one of its invoice's lines now (stored from that invoice)
+                assert con.execute("SELECT count(*) FROM invoice_lines WHERE raw->>'$.parent.subscription_item_details"
+                                   ".invoice_item' = ?", [oid]).fetchone() == (1,)
+            assert all(got[oid][2] == was[oid][2] for oid in set(before) & set(now)), "unchanged: not written"
+
+        again = run_sync(settings, progress=False)
+        assert again.mode == "incremental" and "invoice_items" not in again.counts
+        with open_store(db) as con:
+            assert stored_items(con) == got
+
+        sb.advance(1)
+        third = run_sync(settings, progress=False)
+        assert (third.mode, third.status) == ("fallback", "succeeded")
+        with open_store(db) as con:
+            assert_pending_as_served(stored_items(con))
