@@ -303,6 +303,51 @@ def test_ground_truth_with_expired_pending_updates_through_the_sandbox(tmp_path:
         con.close()
 
 
+@pytest.mark.timeout(600)
+def test_ground_truth_with_prorations_pending_until_the_renewal_through_the_sandbox(tmp_path: Path) -> None:
+    """Half the changes of annual subscriptions made with Stripe's default create_prorations
+    (Simulation(deferred_prorations=True)): their prorations wait as pending invoice items for the next renewal,
+    months away. Before the events' window, for the changes not renewed yet, those items (which the sync lists)
+    are the only trace of when the change was made. Synced through the sandbox, derived, compared with the
+    simulation's truth; then again with the pending items taken out of the store, to show that they are what
+    dates those changes."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.store.db import open_store
+
+    sim = Simulation(customers=600, months=24, seed=5, deferred_prorations=True)
+    window_start = sim.clock - 30 * 86_400
+    items = sim.objects["invoiceitems"].values()
+    pending = [i for i in items if i["invoice"] is None]
+    assert sum(i["invoice"] is not None for i in items) >= 5, "too few billed at a renewal"
+    early = {i["parent"]["subscription_details"]["subscription"] for i in pending if i["date"] < window_start}
+    assert len(early) >= 3, "too few changes before the events' window still waiting for their renewal"
+    settings = synced_through_the_sandbox(sim, tmp_path / "deferred.duckdb")
+    con = open_store(settings.db)
+    try:
+        stored = con.execute("SELECT id FROM invoice_items WHERE pending ORDER BY id").fetchall()
+        assert [r[0] for r in stored] == sorted(i["id"] for i in pending)
+        recompute(con, settings)
+        summary = check_against_truth(sim, con, "600 x 24 with prorations pending until the renewal")
+        assert "agreement 1.00000, 0 label and 0 MRR disagreements" in summary, summary
+        named = con.execute("SELECT count(*) FROM mrr_movements WHERE source_invoice_id LIKE 'ii_%'").fetchone()
+        assert named is not None and named[0] >= len(early)
+        assert con.execute("SELECT count(*) FROM data_quality WHERE kind = 'invoice_snapshot_mismatch' "
+                           "OR kind = 'invoice_event_mismatch'").fetchone() == (0,)
+        # without them (a sync that did not list them), those changes are dated where the events begin, and each
+        # is a data-quality row
+        con.execute("UPDATE invoice_items SET pending = false")
+        recompute(con, settings)
+        with pytest.raises(AssertionError, match="MRR disagreements"):
+            check_against_truth(sim, con, "the same without the pending items")
+        flagged = {r[0] for r in con.execute("SELECT object_id FROM data_quality WHERE kind IN "
+                                             "('invoice_snapshot_mismatch', 'invoice_event_mismatch')").fetchall()}
+        assert {i["parent"]["subscription_details"]["subscription_item"] for i in pending
+                if i["date"] < window_start} <= flagged
+    finally:
+        con.close()
+
+
 def test_a_discount_added_and_removed_between_two_invoices_counts_after_a_full_sync(tmp_path: Path) -> None:
     """A coupon put on a subscription and taken off a week later, both between two of its invoices and inside
     Stripe's 30-day event window: no listed object and no invoice carries the discount any more, only its
