@@ -156,7 +156,8 @@ def shape(obj: dict[str, Any]) -> dict[str, Any]:
 def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Every live object a simulation's sandbox serves now, per store table (``tables``: the store's raw
     tables), shaped as the sync asks for it: invoices and subscriptions with their discounts expanded,
-    prices with their tiers and currency_options, coupons with theirs, events within the retention window. For tests and checks of a synced store."""
+    prices with their tiers and currency_options, coupons with theirs, events within the retention window, the
+    pending invoice items. For tests and checks of a synced store."""
     exp: dict[str, dict[str, Any]] = {t: {} for t in tables}
     objs = sim.objects
     for table in ("customers", "products", "coupons", "invoices", "credit_notes"):
@@ -211,6 +212,10 @@ def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]
     for e in sim.events:
         if e["created"] >= cutoff:
             exp["events"][e["id"]] = shape(e)
+    if "invoice_items" in exp:  # (the sync lists the pending ones only)
+        for oid, o in objs.get("invoiceitems", {}).items():
+            if o.get("invoice") is None and not o.get("deleted"):
+                exp["invoice_items"][oid] = shape(o)
     return exp
 
 
