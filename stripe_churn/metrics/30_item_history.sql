@@ -4,13 +4,17 @@
 -- Subscription invoice lines, from the typed columns the store extracts at load time (no JSON read here);
 -- only the columns the later steps read (every string column copied costs at 1M customers). A voided invoice
 -- is no evidence: Stripe voids the invoice of an update made with payment_behavior=pending_if_incomplete whose
--- payment failed when the pending update expires, and the subscription never had what it bills.
+-- payment failed when the pending update expires, and the subscription never had what it bills. Of the other
+-- invoices (billing_reason manual, automatic_pending_invoice_item_invoice, ...), only the prorations of a
+-- subscription item: pending proration items may be billed there instead of on the next renewal (a
+-- subscription's pending_invoice_item_interval, or an invoice made by hand), and they date a change as well.
 CREATE OR REPLACE TEMP TABLE derived_invoice_lines AS
 WITH inv AS (
-    SELECT account_id, id AS invoice_id, created AS invoice_created, subscription_id
+    SELECT account_id, id AS invoice_id, created AS invoice_created, subscription_id,
+           billing_reason IN ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription')
+               AS of_subscription
     FROM invoices
     WHERE NOT coalesce(deleted, false) AND status IS DISTINCT FROM 'void'
-      AND billing_reason IN ('subscription_create', 'subscription_cycle', 'subscription_update', 'subscription')
 ),
 -- tax excluded: an exclusive tax is outside `amount`; an inclusive one is inside it, worked out on the amount
 -- less discounts and pre-tax credits (`net_den`, the base), so that the line's share without tax is
@@ -45,7 +49,8 @@ SELECT
     l.rid
 FROM lines l
 JOIN inv i ON i.account_id = l.account_id AND i.invoice_id = l.invoice_id
-WHERE NOT coalesce(l.deleted, false);
+WHERE NOT coalesce(l.deleted, false)
+  AND (i.of_subscription OR (coalesce(l.parent_proration, false) AND l.subscription_item_id IS NOT NULL));
 
 -- The pending proration items as of the latest sync (not yet on an invoice): with Stripe's default
 -- create_prorations, a change's prorations wait for the subscription's next invoice, months away on an annual

@@ -243,6 +243,13 @@ class World:
             self.event("customer.subscription.updated", at + 60, sub, before)
         return inv
 
+    def bill_pending(self, sid: str, at: int, reason: str = "automatic_pending_invoice_item_invoice") -> Obj:
+        """An invoice made at ``at`` for ``sid``'s pending invoice items alone (a subscription's
+        pending_invoice_item_interval, or ``manual``: one made by hand), its parent naming no subscription."""
+        inv = self._invoice(sid, at, reason, [])
+        inv["parent"] = None
+        return inv
+
     def cycle(self, sid: str, at: int, usage: dict[str, int] | None = None) -> Obj:
         """A renewal at ``at``: a subscription_cycle invoice for the new period (metered usage in arrears)."""
         sub = self.objects["subscriptions"][sid]

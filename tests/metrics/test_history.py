@@ -335,6 +335,28 @@ def test_a_change_waiting_as_pending_invoice_items_is_dated_when_it_was_made(wor
     assert con.execute("SELECT kind, detail FROM data_quality").fetchall() == []
 
 
+@pytest.mark.parametrize("reason", ["automatic_pending_invoice_item_invoice", "manual"])
+def test_pending_prorations_billed_on_an_invoice_of_their_own_date_the_change(world: World, derive: Derive,
+                                                                              reason: str) -> None:
+    """The pending items of the tests above billed before the renewal, on an invoice of their own (Stripe's for a
+    subscription with pending_invoice_item_interval, or one made by hand): no longer pending, and that invoice
+    is no subscription invoice, but its proration lines still date the change, and the movement names it. (Its
+    lines were not read before: the change was dated where the events begin.)"""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("yearly", "prod_seat", 12_000, interval="year")
+    world.subscribe("sub_1", "cus_1", [("si_a", "yearly", 3)], T0)
+    world.update("sub_1", month(1, 10), items=[("si_a", "yearly", 5)], pending=True)
+    bill = world.bill_pending("sub_1", month(2), reason)
+    assert [ln["amount"] for ln in bill["lines"]["data"]] == [60_000, -36_000]
+    con = derive(world, seen_at=month(4), events=False)
+    assert [customer_mrr_at(con, "cus_1", at) for at in (month(1, 10) - 1, month(1, 10))] == [30, 50]
+    assert con.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT), mrr_delta, source_invoice_id "
+                       "FROM mrr_movements WHERE movement <> 'new'").fetchall() == [
+        ("seat_expansion", month(1, 10), 20, bill["id"])]
+    assert con.execute("SELECT kind FROM data_quality").fetchall() == []
+
+
 def test_an_item_removed_with_a_pending_credit_ends_when_it_was_removed(world: World, derive: Derive) -> None:
     """An annual subscription's storage item removed before the events begin, its unused time credited by a
     pending invoice item (no charge beside it): the item ends at the credit's start, a downgrade (its family
