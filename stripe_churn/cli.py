@@ -291,7 +291,7 @@ def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> N
     from stripe_churn.pipeline import run_once
     from stripe_churn.report.build import build_report
     from stripe_churn.sandbox.server import start_in_thread
-    from stripe_churn.sandbox.sim import Simulation, history_to_today
+    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation, history_to_today
     from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
 
     setup_logging("WARNING")
@@ -300,7 +300,8 @@ def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> N
     click.echo(f"simulating {customers} customers over {months} months ...", err=True)
     # (the history ends at the start of today, so the report ends with the running month and its verdict is on
     # the month before)
-    sim = Simulation(customers=customers, months=months, seed=seed, start=history_to_today(months))
+    sim = Simulation(customers=customers, months=months, seed=seed, start=history_to_today(months),
+                     **SANDBOX_OPTIONS)
     with start_in_thread(sim, api_key=SANDBOX_KEY) as sb:
         settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=directory / "stripe-churn.duckdb",
                             rate_limit=1000.0, source="demo")

@@ -520,10 +520,11 @@ def serve_forever(*, customers: int, months: int, seed: int, port: int, latency_
         raise FatalError(f"invalid sandbox option: {exc}") from None
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        from stripe_churn.sandbox.sim import Simulation, history_to_today
+        from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation, history_to_today
 
         started = time.perf_counter()
-        sim = Simulation(customers=customers, months=months, seed=seed, start=history_to_today(months))
+        sim = Simulation(customers=customers, months=months, seed=seed, start=history_to_today(months),
+                         **SANDBOX_OPTIONS)
         # the history is millions of long-lived objects: keep them out of the cycle collector, whose full passes
         # over them would stall the event loop for seconds while serving
         gc.freeze()

@@ -68,6 +68,15 @@ def history_to_today(months: int) -> int:
     return add_months(start_of_today(), -months)
 
 
+# What ``stripe-churn demo`` and ``stripe-churn sandbox`` simulate beside the defaults: updates that wait for
+# their payment and expire, and prorations left pending until the renewal by Stripe's default
+# create_prorations, as a real account has them. The Simulation's own defaults stay off, so that the tests'
+# seeds keep their histories. (Not item_discounts: on an annual item, a repeating discount can start and end
+# between two of its invoices before the events' window, and nothing the sync can read shows it, while the
+# truth has it.)
+SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True}
+
+
 def period_amount(p: dict[str, Any], qty: int) -> int:
     """What one billing period of ``qty`` units of price ``p`` costs, in minor units."""
     tq = p.get("transform_quantity")
