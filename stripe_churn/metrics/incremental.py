@@ -241,8 +241,8 @@ EXCEPT SELECT account_id, customer_id FROM touched_customers
 
 # What steps 60-88 read for the moved customers: their stored item MRR, customer MRR and subscriptions, their
 # customer, subscription, invoice and invoice item rows (typed columns), the exchange rates; the catalogue and
-# its macros are read from the main database. Their subscription events (70 names the event behind a change) come from
-# the typed columns, numbered as 20 numbers them.
+# its macros are read from the main database. Their subscription events (70 names the event behind a change)
+# come from the typed columns, numbered as 20 numbers them.
 _MOVED = "touched_moved"
 
 
