@@ -109,8 +109,9 @@ class Invoice(RawBase, table=True):
     marked_uncollectible_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
-class InvoiceLine(RawBase, table=True):
-    __tablename__ = "invoice_lines"
+class Billed(RawBase):
+    """The columns of what bills a subscription item: an invoice's line, or the invoice item it comes from."""
+
     invoice_id: str | None = None
     subscription_id: str | None = None
     subscription_item_id: str | None = None
@@ -122,6 +123,10 @@ class InvoiceLine(RawBase, table=True):
     proration: bool | None = None
     period_start: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class InvoiceLine(Billed, table=True):
+    __tablename__ = "invoice_lines"
     # the line's parent as the metrics read it: proration flag, a credit for unused time, inclusive tax
     parent_proration: bool | None = None
     proration_credit: bool | None = None
@@ -130,26 +135,15 @@ class InvoiceLine(RawBase, table=True):
     pretax_credits: int | None = Field(default=None, sa_type=BigInteger)
 
 
-class InvoiceItem(RawBase, table=True):
+class InvoiceItem(Billed, table=True):
     """An invoice item (``/v1/invoiceitems``). The sync lists the pending ones (not yet on an invoice) at every
     run: the prorations of a change made with Stripe's default ``create_prorations`` wait there for the next
     invoice, months away on an annual plan, and date the change when no event does."""
 
     __tablename__ = "invoice_items"
     customer_id: str | None = None
-    subscription_id: str | None = None
-    subscription_item_id: str | None = None
-    invoice_id: str | None = None
-    price_id: str | None = None
-    product_id: str | None = None
-    quantity: int | None = Field(default=None, sa_type=BigInteger)
-    amount: int | None = Field(default=None, sa_type=BigInteger)
-    currency: str | None = None
-    proration: bool | None = None
     proration_credit: bool | None = None  # a credit for unused time (proration_details.credited_items)
     date: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    period_start: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
-    period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     # on no invoice as of the latest complete listing of the pending items (the sync sets it false for an item
     # that listing no longer returned: invoiced or deleted since)
     pending: bool | None = None
