@@ -71,9 +71,9 @@ def history_to_today(months: int) -> int:
 # What ``stripe-churn demo`` and ``stripe-churn sandbox`` simulate beside the defaults: updates that wait for
 # their payment and expire, and prorations left pending until the renewal by Stripe's default
 # create_prorations, as a real account has them. The Simulation's own defaults stay off, so that the tests'
-# seeds keep their histories. (Not item_discounts: on an annual item, a repeating discount can start and end
-# between two of its invoices before the events' window, and nothing the sync can read shows it, while the
-# truth has it.)
+# seeds keep their histories. (Not item_discounts: a later offer on an annual item, a repeating discount put on
+# it with no proration, can start and end between two of its invoices before the events' window, and nothing the
+# sync can read shows it, while the truth has it.)
 SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True}
 
 
@@ -626,7 +626,8 @@ class Simulation:
             ln = ob.line(self._id("il"), iid, ii["currency"], ii["amount"], ii["description"],
                          (ii["period"]["start"], ii["period"]["end"]), ii["quantity"], sub["id"],
                          ii["parent"]["subscription_details"]["subscription_item"], price["price"],
-                         price["product"], True, [], [])
+                         price["product"], True, [{"amount": 0, "discount": did} for did in ii["discounts"]],
+                         list(ii["discounts"]))
             details = ln["parent"]["subscription_item_details"]
             details["invoice_item"] = ii["id"]
             details["proration_details"] = _copy(ii["proration_details"])
@@ -856,6 +857,7 @@ class Simulation:
             ii = ob.invoice_item(self._id("ii"), t, sub["customer"], ln["currency"], ln["amount"],
                                  ln["description"], (ln["period"]["start"], ln["period"]["end"]), ln["quantity"],
                                  sub["id"], item_id, price["price"], price["product"], credited)
+            ii["discounts"] = list(ln["discounts"])  # (the discounts in force, as on the line it stands for)
             self.objects["invoiceitems"][ii["id"]] = ii
             self._pending_items.setdefault(sub["id"], []).append(ii["id"])
             self._event("invoiceitem.created", ii, t)
@@ -863,21 +865,30 @@ class Simulation:
     def _proration_lines(self, sub: dict[str, Any], t: int,
                          changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]]
                          ) -> tuple[list[dict[str, Any]], int]:
-        """The proration lines of ``changes`` made at ``t`` (credits and charges to the period's end), and that end."""
+        """The proration lines of ``changes`` made at ``t`` (credits and charges to the period's end), and that end.
+        As Stripe makes them by default (``proration_discounts=included``): a line lists the discounts in force on
+        its item and subscription, its amount is net of them, and their discount amounts are 0."""
         it0 = sub["items"]["data"][0]
         start, end = it0["current_period_start"], it0["current_period_end"]
         frac = Fraction(end - t, max(end - start, 1))
         lines = []
         for item, old, new in changes:
+            in_force = [did for did in [*item["discounts"], *sub["discounts"]]
+                        if self.objects["coupons"][self.discounts[did]["source"]["coupon"]]["duration"] != "once"]
+            kept = Fraction(1)
+            for did in in_force:
+                coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
+                kept *= 1 - Fraction(str(coupon["percent_off"])) / 100
             for state, sign in ((old, -1), (new, 1)):
                 if state is None or state["quantity"] is None:
                     continue
                 full = period_amount(self.objects["prices"][state["price"]["id"]], state["quantity"])
-                amount = round(sign * full * frac)
+                amount = round(sign * full * frac * kept)
                 lines.append(ob.line(self._id("il"), "", sub["currency"], amount,
                                      ("Unused time on " if sign < 0 else "Remaining time on ")
                                      + str(state["price"]["nickname"]), (t, end), state["quantity"], sub["id"],
-                                     item["id"], state["price"]["id"], state["price"]["product"], True, [], []))
+                                     item["id"], state["price"]["id"], state["price"]["product"], True,
+                                     [{"amount": 0, "discount": did} for did in in_force], list(in_force)))
         return lines, end
 
     def _update_items(self, sub: dict[str, Any], t: int, mutate: Any) -> None:

@@ -370,6 +370,34 @@ def test_the_demo_and_sandbox_commands_history_agrees_with_the_truth(tmp_path: P
         con.close()
 
 
+@pytest.mark.timeout(600)
+def test_ground_truth_with_add_on_promotions_on_annual_items_through_the_sandbox(tmp_path: Path) -> None:
+    """Item-level discounts over two years (2,000 x 24, seed 1): among them, add-ons sold mid-year on annual
+    subscriptions with a three-month promotion that ends before the item's first renewal, all before the events'
+    window. The add-on's proration line lists the discount in force, as Stripe's do (amount 0, included in the
+    line's amount), and that is the only trace of it: the sync stores it from the line, and it counts. (Before the
+    simulation's proration lines listed their discounts, this check found 4 label and 6 MRR disagreements.)"""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.store.db import open_store
+
+    sim = Simulation(customers=2_000, months=24, seed=1, item_discounts=True)
+    listed = {d for inv in sim.objects["invoices"].values() for ln in inv["lines"]["data"]
+              if ln["parent"]["subscription_item_details"]["proration"] for d in ln["discounts"]}
+    on_items = {d for d in listed if sim.discounts[d]["subscription_item"]}
+    assert len(on_items) >= 5, "too few item discounts on proration lines"
+    settings = synced_through_the_sandbox(sim, tmp_path / "promos.duckdb")
+    con = open_store(settings.db)
+    try:
+        stored = {r[0] for r in con.execute("SELECT id FROM discounts").fetchall()}
+        assert on_items <= stored
+        recompute(con, settings)
+        summary = check_against_truth(sim, con, "2,000 x 24 with item-level discounts through the sandbox")
+        assert "agreement 1.00000, 0 label and 0 MRR disagreements" in summary, summary
+    finally:
+        con.close()
+
+
 def test_a_discount_added_and_removed_between_two_invoices_counts_after_a_full_sync(tmp_path: Path) -> None:
     """A coupon put on a subscription and taken off a week later, both between two of its invoices and inside
     Stripe's 30-day event window: no listed object and no invoice carries the discount any more, only its
