@@ -77,6 +77,12 @@ def history_to_today(months: int) -> int:
 SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True}
 
 
+def _included(discount_ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """A proration line's discount amounts and discounts as Stripe lists them by default
+    (``proration_discounts=included``): each discount in force, its amount 0 (it is in the line's amount)."""
+    return [{"amount": 0, "discount": did} for did in discount_ids], list(discount_ids)
+
+
 def period_amount(p: dict[str, Any], qty: int) -> int:
     """What one billing period of ``qty`` units of price ``p`` costs, in minor units."""
     tq = p.get("transform_quantity")
@@ -626,8 +632,7 @@ class Simulation:
             ln = ob.line(self._id("il"), iid, ii["currency"], ii["amount"], ii["description"],
                          (ii["period"]["start"], ii["period"]["end"]), ii["quantity"], sub["id"],
                          ii["parent"]["subscription_details"]["subscription_item"], price["price"],
-                         price["product"], True, [{"amount": 0, "discount": did} for did in ii["discounts"]],
-                         list(ii["discounts"]))
+                         price["product"], True, *_included(ii["discounts"]))
             details = ln["parent"]["subscription_item_details"]
             details["invoice_item"] = ii["id"]
             details["proration_details"] = _copy(ii["proration_details"])
@@ -873,12 +878,12 @@ class Simulation:
         frac = Fraction(end - t, max(end - start, 1))
         lines = []
         for item, old, new in changes:
-            in_force = [did for did in [*item["discounts"], *sub["discounts"]]
-                        if self.objects["coupons"][self.discounts[did]["source"]["coupon"]]["duration"] != "once"]
-            kept = Fraction(1)
-            for did in in_force:
+            in_force, kept = [], Fraction(1)
+            for did in [*item["discounts"], *sub["discounts"]]:
                 coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
-                kept *= 1 - Fraction(str(coupon["percent_off"])) / 100
+                if coupon["duration"] != "once":
+                    in_force.append(did)
+                    kept *= 1 - Fraction(str(coupon["percent_off"])) / 100
             for state, sign in ((old, -1), (new, 1)):
                 if state is None or state["quantity"] is None:
                     continue
@@ -888,7 +893,7 @@ class Simulation:
                                      ("Unused time on " if sign < 0 else "Remaining time on ")
                                      + str(state["price"]["nickname"]), (t, end), state["quantity"], sub["id"],
                                      item["id"], state["price"]["id"], state["price"]["product"], True,
-                                     [{"amount": 0, "discount": did} for did in in_force], list(in_force)))
+                                     *_included(in_force)))
         return lines, end
 
     def _update_items(self, sub: dict[str, Any], t: int, mutate: Any) -> None:
