@@ -313,7 +313,10 @@ LEFT JOIN usage m ON m.ik = u.ik AND m.moment = u.moment;
 
 -- Discounts in force at each point: percent factors multiply; amount_off (minor units per billing period)
 -- is normalised like the price, item-level on the item, subscription- or customer-level shared across the
--- subscription's items in proportion to their MRR, and capped so that MRR never goes below zero.
+-- subscription's items in proportion to their MRR, and capped so that MRR never goes below zero. A
+-- customer-level discount counts only on a subscription without a discount of its own in force at that point:
+-- Stripe bills a subscription's own discount instead of the customer's ("a discount applied to a subscription
+-- overrides a discount applied on a customer-wide basis").
 CREATE OR REPLACE TEMP TABLE derived_item_point_discounts AS
 WITH spans AS (
     SELECT * FROM derived_discount_spans WHERE applies_to_mrr
@@ -354,11 +357,14 @@ FROM (
     SELECT *,
            CASE WHEN amount_off IS NULL THEN NULL
                 WHEN amount_off_currency IS NULL OR amount_off_currency = currency THEN amount_off
-                ELSE list_filter(amount_off_options, lambda o: o.currency = currency)[1].amount_off END AS off
+                ELSE list_filter(amount_off_options, lambda o: o.currency = currency)[1].amount_off END AS off,
+           -- (the subscription has a discount of its own in force here: a customer-level one does not count)
+           bool_or(scope = 'subscription') OVER (PARTITION BY ik, moment) AS own_discount
     FROM matched
+    WHERE valid_from <= moment AND (valid_to IS NULL OR moment < valid_to)
 ) d
-WHERE d.valid_from <= d.moment AND (d.valid_to IS NULL OR d.moment < d.valid_to)
-  AND (d.amount_off IS NULL OR d.off IS NOT NULL)
+WHERE (d.amount_off IS NULL OR d.off IS NOT NULL)
+  AND NOT (d.scope = 'customer' AND d.own_discount)
 GROUP BY d.ik, d.moment;
 
 CREATE OR REPLACE TEMP TABLE derived_item_point_mrr AS

@@ -205,6 +205,32 @@ def test_item_level_discount_only_that_item(world: World, derive: Derive) -> Non
     assert item_rows(con, "si_b")[0]["mrr_original"] == Decimal("50")
 
 
+def test_a_subscriptions_own_discount_overrides_the_customers(world: World, derive: Derive) -> None:
+    """A customer-wide discount applies to every subscription of the customer that has no discount of its own;
+    Stripe bills a subscription's own discount instead of it, not on top of it. (Both used to be multiplied:
+    81.00 where Stripe bills 90.00.)"""
+    base(world).price("price_a", "prod_seat", 10_000)
+    world.customer("cus_2")
+    world.coupon("co_cust", percent_off=20)
+    world.coupon("co_sub", percent_off=10)
+    for cus in ("cus_1", "cus_2"):
+        d = world.discount("co_cust", T0, customer=cus)
+        world.objects["customers"][cus]["discount"] = d
+    world.subscribe("sub_1", "cus_1", [("si_1", "price_a", 1)], T0)
+    world.subscribe("sub_2", "cus_2", [("si_2", "price_a", 1)], T0)
+    own = world.discount("co_sub", month(1, 10), customer="cus_1", subscription="sub_1", did="di_own")
+    world.update("sub_1", month(1, 10), discounts=[own["id"]])
+    con = derive(world, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(1, 9)) == Decimal("80.0000")
+    assert customer_mrr_at(con, "cus_1", month(1, 10)) == Decimal("90.0000")
+    assert item_rows(con, "si_1")[-1]["discount_ids"] == ["di_own"]
+    # (the other customer, with no subscription discount, keeps the customer's)
+    assert customer_mrr_at(con, "cus_2", month(2)) == Decimal("80.0000")
+    moves = con.execute("SELECT customer_id, movement, mrr_delta FROM mrr_movements WHERE movement = 'discount'"
+                        ).fetchall()
+    assert moves == [("cus_1", "discount", Decimal("10.0000"))]
+
+
 def test_amount_off_shared_and_capped(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"amount_off": 1_500, "currency": "usd", "duration": "forever"}),
                  seen_at=month(2))
