@@ -16,7 +16,10 @@ CREATE OR REPLACE MACRO coupon_terms(cp) AS CASE WHEN cp IS NOT NULL THEN {
                                               'amount_off': TRY_CAST(json_extract_string(
                                                   cp, '$.currency_options."' || k || '".amount_off') AS BIGINT)}),
                     lambda o: o.amount_off IS NOT NULL)
-    END} END;
+    END,
+    -- the products a restricted coupon applies to (its applies_to, which the sync expands; NULL: every item)
+    'applies_to_products': CASE WHEN len(json_extract_string(cp, '$.applies_to.products[*]')) > 0
+        THEN list_sort(json_extract_string(cp, '$.applies_to.products[*]')) END} END;
 
 -- The terms of each coupon the store lists (kept: an incremental recompute compares them with the stored ones,
 -- since a changed coupon concerns every customer with a discount from it).
@@ -117,6 +120,7 @@ SELECT
     cp.amount_off,
     cp.amount_off_currency,
     cp.amount_off_options,
+    cp.applies_to_products,
     ts_of(json_extract_string(d.raw, '$.start')) AS valid_from,
     CASE
         WHEN least(r.removed_at, de.removed_at) IS NOT NULL

@@ -337,20 +337,32 @@ on_sub AS (
     JOIN derived_mrr_sub_keys k USING (account_id, customer_id)
     WHERE d.scope = 'customer'
 ),
-matched AS (
-    SELECT ip.ik, ip.moment, ip.currency, d.* EXCLUDE (ik)
+matched_all AS (
+    SELECT ip.ik, ip.hid, ip.moment, ip.currency, d.* EXCLUDE (ik)
     FROM derived_item_points ip
     JOIN on_item d ON d.ik = ip.ik
     UNION ALL
-    SELECT ip.ik, ip.moment, ip.currency, d.* EXCLUDE (sk)
+    SELECT ip.ik, ip.hid, ip.moment, ip.currency, d.* EXCLUDE (sk)
     FROM derived_item_points ip
     JOIN on_sub d ON d.sk = ip.sk
+),
+-- a coupon restricted to some products (applies_to) takes its part off the items of those products only
+matched AS (
+    SELECT * FROM matched_all WHERE applies_to_products IS NULL
+    UNION ALL
+    SELECT m.* FROM matched_all m
+    JOIN derived_mrr_hist_keys h ON h.hid = m.hid
+    JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
+    WHERE m.applies_to_products IS NOT NULL AND list_contains(m.applies_to_products, p.product_id)
 )
 SELECT d.ik, d.moment,
        list_reduce(list(CAST(1 - d.percent_off / 100 AS DECIMAL(38, 18))) FILTER (WHERE d.percent_off IS NOT NULL),
                    lambda x, y: CAST(x * y AS DECIMAL(38, 18))) AS pct_factor,
        coalesce(sum(d.off) FILTER (WHERE d.off IS NOT NULL AND d.scope = 'item'), 0) AS item_amount_off,
        coalesce(sum(d.off) FILTER (WHERE d.off IS NOT NULL AND d.scope <> 'item'), 0) AS sub_amount_off,
+       -- (the items a restricted amount off is shared among: those of its products; NULL: every item)
+       array_to_string(any_value(d.applies_to_products) FILTER (WHERE d.off IS NOT NULL AND d.scope <> 'item'),
+                       ' ') AS share_key,
        list(d.discount_id ORDER BY d.discount_id) AS discount_ids
 FROM (
     -- an amount off in the item's currency: the coupon's own, else its currency option in that currency
@@ -375,6 +387,7 @@ WITH base AS (
            coalesce(dd.pct_factor, 1) AS pct_factor,
            coalesce(dd.item_amount_off, 0) AS item_amount_off,
            coalesce(dd.sub_amount_off, 0) AS sub_amount_off,
+           coalesce(dd.share_key, '') AS share_key,
            dd.discount_ids
     FROM derived_item_points ip
     LEFT JOIN derived_item_point_discounts dd ON dd.ik = ip.ik AND dd.moment = ip.moment
@@ -391,21 +404,22 @@ after_item AS (
     FROM base
 ),
 -- the subscriptions (at a point) that share a subscription- or customer-level amount_off among their items
+-- (those of its products only, for a restricted coupon: `share_key`)
 sharing AS (
-    SELECT DISTINCT sk, moment FROM after_item WHERE sub_off_e10 <> 0
+    SELECT DISTINCT sk, moment, share_key FROM after_item WHERE sub_off_e10 <> 0
 ),
 shared AS (
     -- cumulative allocation (by item id) so that the items' shares add up to the discount exactly
     SELECT a.*,
-           sum(a.after_item_e10) OVER (PARTITION BY a.sk, a.moment) AS sub_total_e10,
-           sum(a.after_item_e10) OVER (PARTITION BY a.sk, a.moment ORDER BY a.ik
+           sum(a.after_item_e10) OVER (PARTITION BY a.sk, a.moment, a.share_key) AS sub_total_e10,
+           sum(a.after_item_e10) OVER (PARTITION BY a.sk, a.moment, a.share_key ORDER BY a.ik
                                        ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cum_e10
     FROM after_item a
-    SEMI JOIN sharing USING (sk, moment)
+    SEMI JOIN sharing USING (sk, moment, share_key)
     UNION ALL
     SELECT a.*, CAST(NULL AS HUGEINT) AS sub_total_e10, CAST(NULL AS HUGEINT) AS cum_e10
     FROM after_item a
-    ANTI JOIN sharing USING (sk, moment)
+    ANTI JOIN sharing USING (sk, moment, share_key)
 )
 SELECT hid, ik, moment, row_to, pq, currency, status, pause_collection, status_at, status_event_id, metered_at,
        metered_invoice_id, counts, discount_ids, pct_factor, net_num, net_den,

@@ -42,9 +42,9 @@ from stripe_churn.sandbox.listing import (
 from stripe_churn.sandbox.objects import currency_options
 
 _EXPAND_CACHE_MAX = 50_000
-# fields whose expansion is not a plain lookup of the field's value (tiers and currency_options come from the
-# price itself)
-_NOT_TOP_LEVEL = frozenset({"id", "object", "", "tiers", "currency_options"})
+# fields whose expansion is not a plain lookup of the field's value (tiers, currency_options and applies_to come
+# from the price or coupon itself)
+_NOT_TOP_LEVEL = frozenset({"id", "object", "", "tiers", "currency_options", "applies_to"})
 
 
 def _holds_nothing(node: Any, segs: list[str]) -> bool:
@@ -453,6 +453,11 @@ class Catalog:
         if seg == "tiers" and node.get("object") == "price" and not rest:
             source = self.sim.objects["prices"].get(node.get("id", ""), {})
             node["tiers"] = orjson.loads(orjson.dumps(source.get("tiers")))
+            return
+        if seg == "applies_to" and node.get("object") == "coupon" and not rest:
+            # (a restricted coupon keeps its products on the simulation's object; any other has none)
+            source = self.sim.objects["coupons"].get(node.get("id", ""), {})
+            node["applies_to"] = orjson.loads(orjson.dumps(source.get("applies_to")))
             return
         if seg == "currency_options" and node.get("object") in ("price", "coupon") and not rest:
             source = self.sim.objects[node["object"] + "s"].get(node.get("id", ""), {})

@@ -156,7 +156,7 @@ def shape(obj: dict[str, Any]) -> dict[str, Any]:
 def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]:
     """Every live object a simulation's sandbox serves now, per store table (``tables``: the store's raw
     tables), shaped as the sync asks for it: invoices and subscriptions with their discounts expanded,
-    prices with their tiers and currency_options, coupons with theirs, events within the retention window, the
+    prices with their tiers and currency_options, coupons with theirs and their applies_to, events within the retention window, the
     pending invoice items. For tests and checks of a synced store."""
     exp: dict[str, dict[str, Any]] = {t: {} for t in tables}
     objs = sim.objects
@@ -177,9 +177,10 @@ def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]
             exp["invoices"][oid] = {**inv, "discounts": expanded(inv.get("discounts"))}
             if lines:
                 exp["invoices"][oid]["lines"] = {**lines, "data": [line_with_discounts(ln) for ln in lines["data"]]}
-    for oid, o in objs["coupons"].items():  # listed with expand[]=data.currency_options
+    for oid, o in objs["coupons"].items():  # listed with expand[]=data.currency_options and data.applies_to
         if not o.get("deleted"):
-            exp["coupons"][oid] = {**exp["coupons"][oid], "currency_options": currency_options(o)}
+            exp["coupons"][oid] = {**exp["coupons"][oid], "currency_options": currency_options(o),
+                                   "applies_to": o.get("applies_to")}
     for oid, o in objs["prices"].items():
         if not o.get("deleted"):
             # listed with expand[]=data.tiers and data.currency_options

@@ -77,8 +77,9 @@ def plan_of(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# price (and coupon) fields Stripe includes only when expanded
-INCLUDABLE = ("tiers", "currency_options")
+# (fields Stripe sends only when expanded: a price's tiers and currency_options, a coupon's currency_options and
+# applies_to)
+INCLUDABLE = ("tiers", "currency_options", "applies_to")
 
 
 def price_view(p: dict[str, Any]) -> dict[str, Any]:

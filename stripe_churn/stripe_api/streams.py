@@ -35,7 +35,8 @@ STREAMS: tuple[Stream, ...] = (
            {"active": True, "expand": ["data.tiers", "data.currency_options"]}),
     Stream("prices.inactive", "prices", "/v1/prices",
            {"active": False, "expand": ["data.tiers", "data.currency_options"]}),
-    Stream("coupons", "coupons", "/v1/coupons", {"expand": ["data.currency_options"]}),
+    # (a coupon's products, when it is restricted to some, come only when expanded)
+    Stream("coupons", "coupons", "/v1/coupons", {"expand": ["data.currency_options", "data.applies_to"]}),
     # (a discount on one item comes only with its item: design.md 7)
     Stream("subscriptions", "subscriptions", "/v1/subscriptions",
            {"status": "all", "expand": ["data.discounts", "data.items.data.discounts"]}),
@@ -78,7 +79,7 @@ RETRIEVE_PATH: dict[str, str] = {
 # what a retrieve expands, so that a retrieved copy has the shape of a listed one
 RETRIEVE_PARAMS: dict[str, dict[str, Any]] = {
     "customers": {"expand": ["discount"]}, "prices": {"expand": ["tiers", "currency_options"]},
-    "coupons": {"expand": ["currency_options"]},
+    "coupons": {"expand": ["currency_options", "applies_to"]},
     "subscriptions": {"expand": ["discounts", "items.data.discounts"]}, "invoices": {"expand": ["discounts", "lines.data.discounts"]},
 }
 

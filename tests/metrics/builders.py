@@ -103,10 +103,13 @@ class World:
         return obj
 
     def coupon(self, cid: str, *, percent_off: float | None = None, amount_off: int | None = None,
-               currency: str | None = None, duration: str = "forever", duration_in_months: int | None = None) -> Obj:
+               currency: str | None = None, duration: str = "forever", duration_in_months: int | None = None,
+               products: list[str] | None = None) -> Obj:
+        """A coupon; ``products``: the only products it applies to (its ``applies_to``, as the sync expands it)."""
         obj = {"id": cid, "object": "coupon", "created": 0, "percent_off": percent_off, "amount_off": amount_off,
                "currency": currency, "duration": duration, "duration_in_months": duration_in_months,
-               "valid": True, "metadata": {}, "livemode": False, "name": cid}
+               "valid": True, "metadata": {}, "livemode": False, "name": cid,
+               "applies_to": {"products": products} if products else None}
         self.objects["coupons"][cid] = obj
         return obj
 

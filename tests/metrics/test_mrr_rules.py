@@ -231,6 +231,34 @@ def test_a_subscriptions_own_discount_overrides_the_customers(world: World, deri
     assert moves == [("cus_1", "discount", Decimal("10.0000"))]
 
 
+def test_a_coupon_restricted_to_some_products_discounts_only_their_items(world: World, derive: Derive) -> None:
+    """A coupon's applies_to.products limits it to the items of those products: 50% off the seats (40.00 of
+    them) leaves the API item (50.00) whole. (Every item used to be discounted: 45.00 where Stripe bills 70.00.)"""
+    con = derive(discounted(world, {"percent_off": 50, "duration": "forever", "products": ["prod_seat"]}),
+                 seen_at=month(2))
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("70.0000")
+    assert item_rows(con, "si_a")[0]["mrr_original"] == Decimal("20")
+    b = item_rows(con, "si_b")[0]
+    assert b["mrr_original"] == Decimal("50") and b["discount_ids"] is None
+
+
+def test_a_restricted_amount_off_is_shared_among_its_products_items_only(world: World, derive: Derive) -> None:
+    """An amount off restricted to some products is split among the items of those products (in proportion to
+    their MRR), and the other items keep their whole MRR."""
+    base(world).price("price_a", "prod_seat", 1_000)
+    world.price("price_a2", "prod_seat", 3_000)
+    world.price("price_b", "prod_api", 5_000)
+    world.coupon("co_1", amount_off=2_000, currency="usd", products=["prod_seat"])
+    sub = world.subscribe("sub_1", "cus_1", [("si_a", "price_a", 1), ("si_a2", "price_a2", 1),
+                                             ("si_b", "price_b", 1)], T0)
+    sub["discounts"] = [world.discount("co_1", T0, customer="cus_1", subscription="sub_1")["id"]]
+    con = derive(world, seen_at=month(2))
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("70.0000")
+    assert item_rows(con, "si_a")[0]["mrr_original"] == Decimal("5")
+    assert item_rows(con, "si_a2")[0]["mrr_original"] == Decimal("15")
+    assert item_rows(con, "si_b")[0]["mrr_original"] == Decimal("50")
+
+
 def test_amount_off_shared_and_capped(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"amount_off": 1_500, "currency": "usd", "duration": "forever"}),
                  seen_at=month(2))

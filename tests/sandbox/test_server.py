@@ -88,7 +88,8 @@ class MiniSim:
         objs["coupons"]["SAVE20"] = {"id": "SAVE20", "object": "coupon", "percent_off": 20.0,
                                      "amount_off": None, "duration": "forever", "created": T0, "valid": True}
         objs["coupons"]["ONCE5"] = {"id": "ONCE5", "object": "coupon", "percent_off": None, "amount_off": 500,
-                                    "currency": "usd", "duration": "once", "created": T0 + 1, "valid": True}
+                                    "currency": "usd", "duration": "once", "created": T0 + 1, "valid": True,
+                                    "applies_to": {"products": ["prod_0001"]}}
         self.discounts["di_0001"] = {"id": "di_0001", "object": "discount", "customer": "cus_0000",
                                      "subscription": "sub_0000", "start": T0, "end": None,
                                      "source": {"type": "coupon", "coupon": "SAVE20"}}
@@ -213,12 +214,15 @@ def _without_tiers(price: Any) -> Any:
 
 
 def served(obj: dict[str, Any]) -> dict[str, Any]:
-    """What the API must send for a simulation object: embedded lists cut to 10, no total_count, no tiers."""
+    """What the API must send for a simulation object: embedded lists cut to 10, no total_count, no tiers, no
+    coupon's applies_to."""
     kind = obj.get("object")
     if obj.get("deleted"):
         return obj
     if kind == "price":
         return _without_tiers(obj)
+    if kind == "coupon":
+        return {k: v for k, v in obj.items() if k != "applies_to"}
     if kind == "event":
         return {**obj, "data": {**obj["data"], "object": served(obj["data"]["object"])}}
     field = {"subscription": "items", "invoice": "lines", "credit_note": "lines"}.get(str(kind))
@@ -434,6 +438,18 @@ def test_currency_options_only_when_expanded(mini: RunningSandbox) -> None:
     coupons = {c["id"]: c for c in get(mini, "/v1/coupons?expand[]=data.currency_options").json()["data"]}
     assert coupons["ONCE5"]["currency_options"] == {coupons["ONCE5"]["currency"]: {"amount_off": 500}}
     assert coupons["SAVE20"]["currency_options"] == {}
+
+
+def test_a_coupons_products_only_when_expanded(mini: RunningSandbox) -> None:
+    """A coupon's applies_to is left out unless expanded, as Stripe serves it; expanded, the products of a
+    restricted coupon, null for any other."""
+    assert "applies_to" not in get(mini, "/v1/coupons/ONCE5").json()
+    assert all("applies_to" not in c for c in get(mini, "/v1/coupons").json()["data"])
+    assert get(mini, "/v1/coupons/ONCE5?expand[]=applies_to").json()["applies_to"] == {"products": ["prod_0001"]}
+    listed = get(mini, "/v1/coupons?expand[]=data.currency_options&expand[]=data.applies_to").json()["data"]
+    by_id = {c["id"]: c for c in listed}
+    assert by_id["ONCE5"]["applies_to"] == {"products": ["prod_0001"]}
+    assert by_id["SAVE20"]["applies_to"] is None
 
 
 def test_expand_ids_to_objects(mini: RunningSandbox) -> None:
