@@ -55,7 +55,7 @@ def _holds_nothing(node: Any, segs: list[str]) -> bool:
     seg, rest = segs[0], segs[1:]
     if node.get("object") == "list":
         return seg == "data" and bool(rest) and all(_holds_nothing(e, rest) for e in node.get("data") or [])
-    if seg in _NOT_TOP_LEVEL or seg not in node:
+    if seg in _NOT_TOP_LEVEL or seg not in node or (seg == "discount" and node.get("object") == "customer"):
         return False
     value = node[seg]
     if value is None or value == []:
@@ -454,6 +454,8 @@ class Catalog:
             source = self.sim.objects["prices"].get(node.get("id", ""), {})
             node["tiers"] = orjson.loads(orjson.dumps(source.get("tiers")))
             return
+        if seg == "discount" and node.get("object") == "customer":
+            raise _not_expandable(path)  # (always embedded, never an id: Stripe refuses to expand it)
         if seg == "applies_to" and node.get("object") == "coupon" and not rest:
             # (a restricted coupon keeps its products on the simulation's object; any other has none)
             source = self.sim.objects["coupons"].get(node.get("id", ""), {})

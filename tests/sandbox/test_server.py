@@ -440,6 +440,15 @@ def test_currency_options_only_when_expanded(mini: RunningSandbox) -> None:
     assert coupons["SAVE20"]["currency_options"] == {}
 
 
+def test_a_customers_discount_cannot_be_expanded(mini: RunningSandbox) -> None:
+    """Stripe always embeds a customer's discount and refuses to expand it, listed or retrieved."""
+    for path in ("/v1/customers?expand[]=data.discount", "/v1/customers/cus_0000?expand[]=discount"):
+        resp = get(mini, path)
+        assert resp.status_code == 400, path
+        assert "cannot be expanded" in resp.json()["error"]["message"]
+    assert get(mini, "/v1/customers/cus_0000").status_code == 200
+
+
 def test_a_coupons_products_only_when_expanded(mini: RunningSandbox) -> None:
     """A coupon's applies_to is left out unless expanded, as Stripe serves it; expanded, the products of a
     restricted coupon, null for any other."""
