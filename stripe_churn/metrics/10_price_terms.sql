@@ -67,9 +67,12 @@ WITH src AS (
     WHERE json_extract_string(price, '$.id') IS NOT NULL
 ),
 one AS (
-    SELECT * FROM src
+    SELECT *, json_extract_string(raw, '$.object') = 'plan' AS is_plan FROM src
     QUALIFY row_number() OVER (PARTITION BY account_id, price_id ORDER BY pri) = 1
 ),
+-- A row may hold a legacy plan (the object of plan.* events, kept as the row's last full copy when the plan is
+-- deleted): always recurring, its terms are top-level fields (amount, interval, usage_type, ...) and its
+-- transform_usage is a price's transform_quantity; billing_scheme, tiers and tiers_mode are named as a price's.
 flat AS (
     SELECT
         account_id,
@@ -77,19 +80,29 @@ flat AS (
         found_in,
         ref_id(json_extract(raw, '$.product')) AS product_id,
         lower(json_extract_string(raw, '$.currency')) AS currency,
-        coalesce(json_extract_string(raw, '$.type'),
-                 CASE WHEN json_extract(raw, '$.recurring') IS NULL
-                      OR json_type(json_extract(raw, '$.recurring')) = 'NULL' THEN 'one_time' ELSE 'recurring' END)
-            AS price_type,
+        CASE WHEN is_plan THEN 'recurring'
+             ELSE coalesce(json_extract_string(raw, '$.type'),
+                           CASE WHEN json_extract(raw, '$.recurring') IS NULL
+                                OR json_type(json_extract(raw, '$.recurring')) = 'NULL' THEN 'one_time'
+                                ELSE 'recurring' END) END AS price_type,
         coalesce(json_extract_string(raw, '$.billing_scheme'), 'per_unit') AS billing_scheme,
         json_extract_string(raw, '$.tiers_mode') AS tiers_mode,
-        coalesce(TRY_CAST(json_extract_string(raw, '$.unit_amount_decimal') AS DECIMAL(38, 12)),
-                 TRY_CAST(json_extract_string(raw, '$.unit_amount') AS DECIMAL(38, 12))) AS unit_amount,
-        TRY_CAST(json_extract_string(raw, '$.transform_quantity.divide_by') AS BIGINT) AS divide_by,
-        json_extract_string(raw, '$.transform_quantity.round') AS round_mode,
-        json_extract_string(raw, '$.recurring.interval') AS billing_interval,
-        coalesce(TRY_CAST(json_extract_string(raw, '$.recurring.interval_count') AS INTEGER), 1) AS interval_count,
-        coalesce(json_extract_string(raw, '$.recurring.usage_type'), 'licensed') AS usage_type,
+        CASE WHEN is_plan
+             THEN coalesce(TRY_CAST(json_extract_string(raw, '$.amount_decimal') AS DECIMAL(38, 12)),
+                           TRY_CAST(json_extract_string(raw, '$.amount') AS DECIMAL(38, 12)))
+             ELSE coalesce(TRY_CAST(json_extract_string(raw, '$.unit_amount_decimal') AS DECIMAL(38, 12)),
+                           TRY_CAST(json_extract_string(raw, '$.unit_amount') AS DECIMAL(38, 12))) END AS unit_amount,
+        TRY_CAST(CASE WHEN is_plan THEN json_extract_string(raw, '$.transform_usage.divide_by')
+                      ELSE json_extract_string(raw, '$.transform_quantity.divide_by') END AS BIGINT) AS divide_by,
+        CASE WHEN is_plan THEN json_extract_string(raw, '$.transform_usage.round')
+             ELSE json_extract_string(raw, '$.transform_quantity.round') END AS round_mode,
+        CASE WHEN is_plan THEN json_extract_string(raw, '$.interval')
+             ELSE json_extract_string(raw, '$.recurring.interval') END AS billing_interval,
+        coalesce(TRY_CAST(CASE WHEN is_plan THEN json_extract_string(raw, '$.interval_count')
+                               ELSE json_extract_string(raw, '$.recurring.interval_count') END AS INTEGER), 1)
+            AS interval_count,
+        coalesce(CASE WHEN is_plan THEN json_extract_string(raw, '$.usage_type')
+                      ELSE json_extract_string(raw, '$.recurring.usage_type') END, 'licensed') AS usage_type,
         json_extract_string(raw, '$.tax_behavior') AS tax_behavior,
         json_extract(raw, '$.tiers') AS tiers
     FROM one

@@ -98,6 +98,22 @@ def _add_extracted_columns(con: duckdb.DuckDBPyConnection, columns: dict[str, tu
         con.execute(f"UPDATE {table} SET {sets} WHERE raw IS NOT NULL")
 
 
+def _refill_extracted_columns(con: duckdb.DuckDBPyConnection, table: str, names: tuple[str, ...], where: str) -> None:
+    """Compute the typed columns ``names`` of ``table`` anew by schema.EXTRACT from ``raw``, for the rows kept that
+    match ``where`` (SQL over the row; ``raw`` is the JSON): after a change of their extraction, the rows it can
+    change. Also in the table's stage, when a full sync left one to resume (load.stage_table)."""
+    from stripe_churn.store.load import stage_table
+
+    sets = ", ".join(f"{n} = " + schema.EXTRACT[table][n].replace("j->>", "raw->>").replace("(j,", "(raw,")
+                     for n in names)
+    for target in (table, stage_table(table)):
+        if target != table and not con.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND database_name = current_database()",
+                [target]).fetchall()[0][0]:
+            continue
+        con.execute(f"UPDATE {target} SET {sets} WHERE raw IS NOT NULL AND ({where})")
+
+
 def _m003_subscription_event_fields(con: duckdb.DuckDBPyConnection) -> None:
     """``events.sub_state``: what the metrics read of a subscription event, parsed once (schema.PARSE), filled
     from ``raw`` for the events already kept. (Rewritten in place by two changes of the column's type: first to
@@ -128,6 +144,18 @@ def _create_raw_if_missing(con: duckdb.DuckDBPyConnection, table: str) -> None:
     con.execute(ddl.replace(*_RAW_ZSTD) if _has_zstd(con) else ddl)
 
 
+def _m007_plan_prices_and_decimal_quantities(con: duckdb.DuckDBPyConnection) -> None:
+    """Typed columns whose extraction changed, filled anew for the rows it changes: the terms of a price row that
+    holds a legacy plan (read from the plan's own fields), and the quantity of the invoice lines and invoice items
+    that have only ``quantity_decimal``."""
+    _refill_extracted_columns(con, "prices", ("type", "unit_amount", "recurring_interval",
+                                              "recurring_interval_count", "usage_type"),
+                              "raw->>'$.object' = 'plan'")
+    for table in ("invoice_lines", "invoice_items"):
+        _refill_extracted_columns(con, table, ("quantity",),
+                                  "quantity IS NULL AND raw->>'$.quantity_decimal' IS NOT NULL")
+
+
 # Applied in this order, each once; never edit one that shipped -- add a new one.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_initial", _m001_initial),
@@ -136,6 +164,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("004_line_pretax_credits", lambda con: _add_extracted_columns(con, {"invoice_lines": ("pretax_credits",)})),
     ("005_metrics_runs", lambda con: _create_if_missing(con, "metrics_runs")),
     ("006_invoice_items", lambda con: _create_raw_if_missing(con, "invoice_items")),
+    ("007_plan_prices_and_decimal_quantities", _m007_plan_prices_and_decimal_quantities),
 ]
 
 

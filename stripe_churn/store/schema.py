@@ -249,18 +249,36 @@ def _amounts(path: str) -> str:
             "lambda x: TRY_CAST(x->>'amount' AS BIGINT)))")
 
 
+def _plan(path: str) -> str:
+    """A field of a legacy ``plan`` object (NULL for any other object)."""
+    return f"CASE WHEN j->>'$.object' = 'plan' THEN j->>'{path}' END"
+
+
+# An invoice line's or invoice item's quantity: ``quantity``, or else ``quantity_decimal`` (the decimal string Stripe
+# deprecates ``quantity`` for) when it is a whole number, as a licensed quantity is; NULL otherwise. (The decimal is
+# read only for the rows without ``quantity``, and as a DECIMAL only when it has a fraction: "3.000000000000" is
+# whole, "2.5" is not; a BIGINT cast alone would round it.)
+_QUANTITY_DECIMAL = "TRY_CAST(j->>'$.quantity_decimal' AS DECIMAL(38, 12))"
+_QUANTITY = ("coalesce(TRY_CAST(j->>'$.quantity' AS BIGINT), "
+             "CASE WHEN NOT contains(j->>'$.quantity_decimal', '.') THEN TRY_CAST(j->>'$.quantity_decimal' AS BIGINT) "
+             f"WHEN {_QUANTITY_DECIMAL} = trunc({_QUANTITY_DECIMAL}) THEN TRY_CAST({_QUANTITY_DECIMAL} AS BIGINT) END)")
+
 # table -> typed column -> DuckDB SQL over the object JSON ``j`` (used by load.upsert_objects)
 EXTRACT: dict[str, dict[str, str]] = {
     "customers": {"email": "j->>'$.email'", "name": "j->>'$.name'", "currency": "j->>'$.currency'",
                   "test_clock": _id("$.test_clock"), "country": "j->>'$.address.country'"},
     "products": {"name": "j->>'$.name'", "active": "TRY_CAST(j->>'$.active' AS BOOLEAN)",
                  "unit_label": "j->>'$.unit_label'"},
+    # (a row may hold a legacy plan, the object of plan.* events: its terms are top-level fields, and a plan is
+    # always recurring; 10_price_terms reads it the same way)
     "prices": {"product_id": _id("$.product"), "active": "TRY_CAST(j->>'$.active' AS BOOLEAN)",
-               "currency": "j->>'$.currency'", "type": "j->>'$.type'",
-               "unit_amount": "TRY_CAST(j->>'$.unit_amount' AS BIGINT)",
-               "recurring_interval": "j->>'$.recurring.interval'",
-               "recurring_interval_count": "TRY_CAST(j->>'$.recurring.interval_count' AS INTEGER)",
-               "usage_type": "j->>'$.recurring.usage_type'"},
+               "currency": "j->>'$.currency'",
+               "type": "coalesce(j->>'$.type', CASE WHEN j->>'$.object' = 'plan' THEN 'recurring' END)",
+               "unit_amount": "TRY_CAST(coalesce(j->>'$.unit_amount', " + _plan("$.amount") + ") AS BIGINT)",
+               "recurring_interval": "coalesce(j->>'$.recurring.interval', " + _plan("$.interval") + ")",
+               "recurring_interval_count": "TRY_CAST(coalesce(j->>'$.recurring.interval_count', "
+                                           + _plan("$.interval_count") + ") AS INTEGER)",
+               "usage_type": "coalesce(j->>'$.recurring.usage_type', " + _plan("$.usage_type") + ")"},
     "coupons": {"duration": "j->>'$.duration'", "percent_off": "TRY_CAST(j->>'$.percent_off' AS DOUBLE)",
                 "amount_off": "TRY_CAST(j->>'$.amount_off' AS BIGINT)", "currency": "j->>'$.currency'"},
     "subscriptions": {"customer_id": _id("$.customer"), "status": "j->>'$.status'",
@@ -296,7 +314,7 @@ EXTRACT: dict[str, dict[str, str]] = {
                                               ".subscription_item', j->>'$.subscription_item')",
                       "price_id": "coalesce(j->>'$.pricing.price_details.price', " + _id("$.price") + ")",
                       "product_id": "coalesce(j->>'$.pricing.price_details.product', j->>'$.price.product')",
-                      "quantity": "TRY_CAST(j->>'$.quantity' AS BIGINT)",
+                      "quantity": _QUANTITY,
                       "amount": "TRY_CAST(j->>'$.amount' AS BIGINT)", "currency": "j->>'$.currency'",
                       "proration": "TRY_CAST(coalesce(j->>'$.parent.subscription_item_details.proration', "
                                    "j->>'$.proration') AS BOOLEAN)",
@@ -326,7 +344,7 @@ EXTRACT: dict[str, dict[str, str]] = {
                       "invoice_id": _id("$.invoice"),
                       "price_id": "coalesce(j->>'$.pricing.price_details.price', " + _id("$.price") + ")",
                       "product_id": "coalesce(j->>'$.pricing.price_details.product', j->>'$.price.product')",
-                      "quantity": "TRY_CAST(j->>'$.quantity' AS BIGINT)",
+                      "quantity": _QUANTITY,
                       "amount": "TRY_CAST(j->>'$.amount' AS BIGINT)", "currency": "j->>'$.currency'",
                       "proration": "TRY_CAST(j->>'$.proration' AS BOOLEAN)",
                       "proration_credit": "coalesce(starts_with(j->>'$.proration_details.credited_items', '{'), "
