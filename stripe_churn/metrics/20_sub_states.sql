@@ -52,7 +52,11 @@ CREATE OR REPLACE MACRO slim_state(status, items, has_more) AS to_json({'status'
 CREATE OR REPLACE TEMP TABLE derived_sub_events AS
 WITH typed AS (
     SELECT account_id, id AS event_id, type AS event_type, created AS moment, object_id AS subscription_id,
-           rowid AS rid, row_number() OVER (PARTITION BY account_id, object_id ORDER BY created, id) AS seq,
+           -- (provisional: Stripe's `created` is whole seconds and ids are not ordered within a second, so events
+           -- of one subscription in the same second are put in order below, by what they say)
+           rowid AS rid, row_number() OVER w AS seq,
+           -- (in one window with seq: no second sort of every event)
+           coalesce(lag(created) OVER w = created OR lead(created) OVER w = created, false) AS tied,
            sub_state AS p, sub_state.types AS t,
            sub_state.status AS after_status,
            sub_state.types[7] = 'OBJECT' AS after_pause_collection,
@@ -65,10 +69,13 @@ WITH typed AS (
       -- (events before a gap in them are not read: coverage starts after it)
       AND NOT EXISTS (SELECT 1 FROM derived_coverage c
                       WHERE c.account_id = events.account_id AND events.created < c.coverage_start)
+    WINDOW w AS (PARTITION BY account_id, object_id ORDER BY created, id)
 ),
 merged AS (
     -- a key in previous_attributes replaces the value after (null: removes it); `items` is merged key by key
-    SELECT *, seq = 1 AND coalesce(t[1] = 'OBJECT', false) AS has_before
+    -- (an event tied with another in its second gets its state before too: it settles their order, and the first
+    -- of them may turn out to be the subscription's first event)
+    SELECT *, (seq = 1 OR tied) AND coalesce(t[1] = 'OBJECT', false) AS has_before
     FROM typed
 ),
 before AS (
@@ -95,9 +102,92 @@ SELECT account_id, event_id, event_type, moment, subscription_id, seq, rid,
        before_status, before_pause_collection, TRY_CAST(before_has_more_text AS BOOLEAN) AS before_has_more,
        before_items,
        -- (for data quality, which reads the state at a subscription's first event)
-       CASE WHEN seq = 1 THEN slim_state(after_status, after_items, after_has_more) END AS after_state,
-       CASE WHEN has_before THEN slim_state(before_status, before_items, before_has_more) END AS before_state
+       CASE WHEN seq = 1 OR tied THEN slim_state(after_status, after_items, after_has_more) END AS after_state,
+       CASE WHEN has_before THEN slim_state(before_status, before_items, before_has_more) END AS before_state,
+       tied
 FROM before;
+
+-- What of a subscription state matters for MRR: its items' ids, prices and quantities (sorted).
+CREATE OR REPLACE MACRO items_key(items) AS
+    list_sort(list_transform(coalesce(items, []), lambda x: concat_ws('|', x.id, x.price_id, x.quantity_text)));
+
+-- Events of one subscription in the same second (few: a subscription created incomplete and paid at once, two
+-- quick API updates), in the order they happened: created first, deleted last, and between them each update
+-- after the one whose state after is its state before (data.object with previous_attributes merged in:
+-- status, pause_collection, items, discounts). A walk from the first (the one no other leads to) to the next
+-- each time: the one the current leads to, else one no event left leads to; the id only when nothing decides.
+-- (Kept: the incremental path's moved customers read their events' order from it, without this step.)
+CREATE OR REPLACE TABLE derived_sub_event_order AS
+WITH RECURSIVE tied AS (
+    SELECT account_id, subscription_id, moment, event_id, seq,
+           CASE event_type WHEN 'customer.subscription.created' THEN 0
+                           WHEN 'customer.subscription.deleted' THEN 2 ELSE 1 END AS cls,
+           has_before,
+           -- (an item list cut short says nothing about the items it leaves out: not compared)
+           -- (no pause_collection and a null one are alike here)
+           {'status': after_status, 'pause': coalesce(after_pause_collection, false),
+            'items': CASE WHEN NOT coalesce(after_has_more, false) THEN items_key(after_items) END,
+            'discounts': after_discounts} AS s_after,
+           CASE WHEN has_before THEN
+               {'status': before_status, 'pause': coalesce(before_pause_collection, false),
+                'items': CASE WHEN NOT coalesce(before_has_more, false) THEN items_key(before_items) END,
+                -- (NULL: previous_attributes do not list them, they did not change)
+                'discounts': coalesce(before_discounts, after_discounts)}
+           END AS s_before
+    FROM derived_sub_events WHERE tied
+),
+-- (x leads to y: y's state before is x's state after; a created or deleted event has no state before)
+leads AS (
+    SELECT y.account_id, y.subscription_id, y.moment, y.event_id,
+           list(x.event_id) AS preds, list(x.event_id) FILTER (WHERE x.cls = y.cls) AS same_cls_preds
+    FROM tied y
+    JOIN tied x ON x.account_id = y.account_id AND x.subscription_id = y.subscription_id AND x.moment = y.moment
+               AND x.event_id <> y.event_id
+    WHERE y.has_before
+      AND x.s_after.status IS NOT DISTINCT FROM y.s_before.status
+      AND x.s_after.pause IS NOT DISTINCT FROM y.s_before.pause
+      AND (x.s_after.items IS NULL OR y.s_before.items IS NULL OR x.s_after.items = y.s_before.items)
+      AND x.s_after.discounts IS NOT DISTINCT FROM y.s_before.discounts
+    GROUP BY ALL
+),
+cand AS (
+    SELECT t.account_id, t.subscription_id, t.moment, t.event_id, t.seq, t.cls,
+           coalesce(l.preds, []) AS preds, coalesce(l.same_cls_preds, []) AS same_cls_preds
+    FROM tied t LEFT JOIN leads l USING (account_id, subscription_id, moment, event_id)
+),
+walk(account_id, subscription_id, moment, pos, cur, used) AS (
+    SELECT account_id, subscription_id, moment, 1, event_id, [event_id]
+    FROM cand
+    QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id, moment
+                               ORDER BY cls, len(same_cls_preds) > 0, event_id) = 1
+    UNION ALL
+    SELECT w.account_id, w.subscription_id, w.moment, w.pos + 1, c.event_id, list_append(w.used, c.event_id)
+    FROM walk w
+    JOIN cand c ON c.account_id = w.account_id AND c.subscription_id = w.subscription_id AND c.moment = w.moment
+               AND NOT list_contains(w.used, c.event_id)
+    QUALIFY row_number() OVER (PARTITION BY w.account_id, w.subscription_id, w.moment
+                               ORDER BY c.cls, NOT list_contains(c.preds, w.cur),
+                                        len(list_filter(c.same_cls_preds, lambda p: NOT list_contains(w.used, p))) > 0,
+                                        c.event_id) = 1
+)
+-- (the second's events keep the seq numbers they hold between them, in the new order)
+SELECT w.account_id, w.subscription_id, w.cur AS event_id,
+       min(c.seq) OVER (PARTITION BY w.account_id, w.subscription_id, w.moment) + w.pos - 1 AS seq
+FROM walk w JOIN cand c ON c.account_id = w.account_id AND c.event_id = w.cur;
+
+-- (the state before and the small JSON states are kept only at a subscription's first event)
+UPDATE derived_sub_events e
+SET seq = o.seq,
+    has_before = e.has_before AND o.seq = 1,
+    before_status = CASE WHEN o.seq = 1 THEN e.before_status END,
+    before_pause_collection = CASE WHEN o.seq = 1 THEN e.before_pause_collection END,
+    before_has_more = CASE WHEN o.seq = 1 THEN e.before_has_more END,
+    before_items = CASE WHEN o.seq = 1 THEN e.before_items END,
+    after_state = CASE WHEN o.seq = 1 THEN e.after_state END,
+    before_state = CASE WHEN o.seq = 1 THEN e.before_state END
+FROM derived_sub_event_order o
+WHERE e.tied AND e.account_id = o.account_id AND e.event_id = o.event_id;
+ALTER TABLE derived_sub_events DROP COLUMN tied;
 
 -- Every subscription known, with the fields of its latest known state (the snapshot, or the last event
 -- for one the store has no usable row for).
@@ -156,10 +246,6 @@ from_events AS (
 SELECT * FROM snap
 UNION ALL
 SELECT * FROM from_events;
-
--- What of a subscription state matters for MRR: its items' ids, prices and quantities (sorted).
-CREATE OR REPLACE MACRO items_key(items) AS
-    list_sort(list_transform(coalesce(items, []), lambda x: concat_ws('|', x.id, x.price_id, x.quantity_text)));
 
 -- Full-state observations inside event coverage: the state at coverage start (the first event's "before",
 -- or the snapshot for a subscription without events), every event's "after", and a snapshot newer than the

@@ -90,7 +90,9 @@ gone AS (
 -- a discount that leaves a subscription state before its end was removed then (only events whose
 -- previous_attributes list the discounts can remove one)
 removed AS (
-    SELECT e.account_id, ref_id(x) AS discount_id, min(e.moment) AS removed_at, arg_min(e.event_id, e.moment) AS event_id
+    SELECT e.account_id, ref_id(x) AS discount_id, min(e.moment) AS removed_at,
+           -- (the first in the subscription's event order: two events in one second pick the same one every run)
+           arg_min(e.event_id, (e.moment, e.seq)) AS event_id
     FROM (SELECT * FROM derived_sub_events WHERE before_discounts IS NOT NULL) e,
          unnest(CAST(json_extract(e.before_discounts, '$[*]') AS JSON[])) AS u(x)
     WHERE NOT list_contains(

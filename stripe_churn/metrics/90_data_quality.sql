@@ -310,10 +310,11 @@ WHERE d.applies_to_mrr AND d.amount_off IS NOT NULL AND d.amount_off_currency IS
   AND NOT list_contains(list_transform(coalesce(d.amount_off_options, []), lambda o: o.currency), lower(s.currency))
 UNION ALL
 -- a subscription status the rules of design.md 4 do not name (a newer API version's): it counts zero MRR
-SELECT account_id, 'unknown_status', 'subscription', subscription_id, arg_min(source_event_id, moment),
+-- (the first such step: the earliest moment, then the first in the subscription's event order at it)
+SELECT account_id, 'unknown_status', 'subscription', subscription_id, arg_min(source_event_id, (moment, ord)),
        min(moment),
        format('status {} is not one the MRR rules know; the subscription counts zero MRR while in it',
-              arg_min(status, moment))
+              arg_min(status, (moment, ord)))
 FROM derived_sub_status_steps
 WHERE status IS NOT NULL AND status NOT IN ('active', 'past_due', 'trialing', 'incomplete', 'incomplete_expired',
                                             'paused', 'unpaid', 'canceled')
