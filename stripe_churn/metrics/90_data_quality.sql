@@ -169,7 +169,8 @@ WHERE v.has_events AND c.moment >= v.coverage_start AND NOT c.present AND c.prio
   AND (s.ended_at IS NULL OR s.ended_at > c.moment + INTERVAL 5 MINUTE)
 UNION ALL
 -- a renewal or first invoice inside event coverage that bills no line for a licensed item the events keep when
--- its period starts (Stripe bills every item of the subscription there, at zero too)
+-- its period starts (Stripe bills every item of the subscription there, at zero too; of a subscription whose
+-- items renew on different intervals, the items of the intervals the invoice renews)
 SELECT h.account_id, 'invoice_event_mismatch', 'subscription_item', h.subscription_item_id, r.invoice_id,
        r.period_start,
        format('invoice {} renews subscription {} from {} without item {}, which the events keep then ({} × {}); '
@@ -182,7 +183,9 @@ FROM (
     SELECT l.account_id, l.invoice_id, any_value(l.subscription_id) AS subscription_id,
            min(l.period_start) FILTER (WHERE NOT l.proration AND NOT l.is_credit AND p.usage_type = 'licensed'
                                        AND l.subscription_item_id IS NOT NULL) AS period_start,
-           list(l.subscription_item_id) AS items
+           list(l.subscription_item_id) AS items,
+           list(DISTINCT {'i': p.billing_interval, 'n': p.interval_count})
+               FILTER (WHERE NOT l.proration AND NOT l.is_credit AND p.usage_type = 'licensed') AS terms
     FROM derived_invoice_lines l
     JOIN derived_coverage v ON v.account_id = l.account_id
     LEFT JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
@@ -196,6 +199,7 @@ JOIN derived_item_history h
 JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
 WHERE r.period_start >= v.coverage_start AND p.usage_type = 'licensed'
   AND NOT list_contains(r.items, h.subscription_item_id)
+  AND list_contains(r.terms, {'i': p.billing_interval, 'n': p.interval_count})
 UNION ALL
 -- a snapshot newer than the last event differs from it: a change the events missed
 SELECT account_id, 'snapshot_event_mismatch', 'subscription', subscription_id, NULL, moment,

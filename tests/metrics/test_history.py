@@ -132,6 +132,31 @@ def test_events_win_and_disagreement_recorded(world: World, derive: Derive) -> N
     assert "events were used" in rows[0][3]
 
 
+@pytest.mark.parametrize("case", ["bills-the-monthly-items", "misses-a-monthly-item"])
+def test_a_renewal_of_some_intervals_expects_only_their_items(world: World, derive: Derive, case: str) -> None:
+    """A subscription whose items renew on different intervals (billing_mode flexible) gets a monthly renewal
+    billing only its monthly items: the annual item is not missing from it. (Every month used to record the
+    annual item as an invoice_event_mismatch.) A monthly item it leaves out still is."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.product("prod_store", unit_label="gb")
+    world.product("prod_support")
+    world.price("basic", "prod_seat", 1_000)
+    world.price("store", "prod_store", 700)
+    world.price("support", "prod_support", 12_000, interval="year")
+    sub = world.subscribe("sub_1", "cus_1", [("si_a", "basic", 3), ("si_c", "store", 2), ("si_y", "support", 1)],
+                          T0)
+    items = {i["id"]: i for i in sub["items"]["data"]}
+    billed = ["si_a", "si_c"] if case == "bills-the-monthly-items" else ["si_a"]
+    inv = world._invoice("sub_1", month(1), "subscription_cycle",
+                         [world._line("sub_1", items[i], month(1), month(2)) for i in billed])
+    world.update("sub_1", month(1, 3), metadata={"k": "v"})
+    con = derive(world, seen_at=month(1, 5))
+    assert customer_mrr_at(con, "cus_1", month(1, 1)) == 54
+    rows = con.execute("SELECT kind, object_id, related_id FROM data_quality").fetchall()
+    assert rows == ([] if case == "bills-the-monthly-items" else [("invoice_event_mismatch", "si_c", inv["id"])])
+
+
 @pytest.mark.parametrize("case", ["quantity", "price", "unknown-item", "agrees-a-minute-early"])
 def test_a_proration_inside_the_window_that_disagrees_is_recorded(world: World, derive: Derive, case: str) -> None:
     """Inside the event window a proration's debit line bills the state from the change on: when no history row
