@@ -15,6 +15,7 @@ import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
 from conftest import customer_mrr_at, make_settings
+from test_mrr_rules import PRICE_CASES
 
 from stripe_churn.metrics.runner import recompute
 from stripe_churn.store.db import open_store
@@ -115,22 +116,9 @@ def test_a_deleted_plan_keeps_the_history_billed_at_it(tmp_path: Path, migrated_
 
 # --- a plan-shaped row's terms --------------------------------------------------------------------------
 
+# (the price terms of every rule of design.md 4, test_mrr_rules.py's, and a plan with only amount_decimal)
 PLAN_CASES = [
-    pytest.param({"unit_amount": 1_999}, 3, Decimal("59.9700"), id="per-unit-monthly"),
-    pytest.param({"unit_amount": 120_000, "interval": "year"}, 1, Decimal("100.0000"), id="annual"),
-    pytest.param({"unit_amount": 30_000, "interval": "month", "interval_count": 3}, 1, Decimal("100.0000"),
-                 id="interval-count-3"),
-    pytest.param({"unit_amount": 1_000, "interval": "week"}, 1, Decimal("43.3333"), id="weekly"),
-    pytest.param({"unit_amount": 1_000, "transform_quantity": {"divide_by": 5, "round": "up"}}, 12,
-                 Decimal("30.0000"), id="transform-usage-round-up"),
-    pytest.param({"unit_amount": 1_000, "transform_quantity": {"divide_by": 5, "round": "down"}}, 12,
-                 Decimal("20.0000"), id="transform-usage-round-down"),
-    pytest.param({"tiers": [{"up_to": 5, "unit_amount": 1000}, {"up_to": 10, "unit_amount": 800},
-                            {"up_to": None, "unit_amount": 500, "flat_amount": 700}],
-                  "tiers_mode": "graduated"}, 12, Decimal("107.0000"), id="graduated-tiers"),
-    pytest.param({"tiers": [{"up_to": 5, "unit_amount": 1000}, {"up_to": 10, "unit_amount": 800},
-                            {"up_to": None, "unit_amount": 500, "flat_amount": 700}],
-                  "tiers_mode": "volume"}, 12, Decimal("67.0000"), id="volume-tiers"),
+    *PRICE_CASES,
     pytest.param({"unit_amount_decimal": "1250.5"}, 2, Decimal("25.0100"), id="amount-decimal-only"),
 ]
 
@@ -140,6 +128,7 @@ def test_a_plan_shaped_row_prices_as_the_price(tmp_path: Path, migrated_store_fi
                                                quantity: int, expected: Decimal) -> None:
     """The row kept for the price (not deleted: a ``plan.updated`` event's object) is plan-shaped: it wins over the
     price embedded in the item, and gives the price's terms, MRR and movements."""
+    terms = dict(terms)  # (the cases are shared with test_mrr_rules.py)
     decimal = terms.pop("unit_amount_decimal", None)
     runs = {}
     for shape in ("price", "plan"):
