@@ -338,13 +338,20 @@ on_sub AS (
     WHERE d.scope = 'customer'
 ),
 matched_all AS (
-    SELECT ip.ik, ip.hid, ip.moment, ip.currency, d.* EXCLUDE (ik)
-    FROM derived_item_points ip
-    JOIN on_item d ON d.ik = ip.ik
-    UNION ALL
-    SELECT ip.ik, ip.hid, ip.moment, ip.currency, d.* EXCLUDE (sk)
-    FROM derived_item_points ip
-    JOIN on_sub d ON d.sk = ip.sk
+    SELECT *,
+           -- (the subscription has a discount of its own in force here, whatever products it is restricted to:
+           -- a customer-level one does not count)
+           bool_or(scope = 'subscription' AND valid_from <= moment AND (valid_to IS NULL OR moment < valid_to))
+               OVER (PARTITION BY ik, moment) AS own_discount
+    FROM (
+        SELECT ip.ik, ip.hid, ip.moment, ip.currency, d.* EXCLUDE (ik)
+        FROM derived_item_points ip
+        JOIN on_item d ON d.ik = ip.ik
+        UNION ALL
+        SELECT ip.ik, ip.hid, ip.moment, ip.currency, d.* EXCLUDE (sk)
+        FROM derived_item_points ip
+        JOIN on_sub d ON d.sk = ip.sk
+    )
 ),
 -- a coupon restricted to some products (applies_to) takes its part off the items of those products only
 matched AS (
@@ -369,9 +376,7 @@ FROM (
     SELECT *,
            CASE WHEN amount_off IS NULL THEN NULL
                 WHEN amount_off_currency IS NULL OR amount_off_currency = currency THEN amount_off
-                ELSE list_filter(amount_off_options, lambda o: o.currency = currency)[1].amount_off END AS off,
-           -- (the subscription has a discount of its own in force here: a customer-level one does not count)
-           bool_or(scope = 'subscription') OVER (PARTITION BY ik, moment) AS own_discount
+                ELSE list_filter(amount_off_options, lambda o: o.currency = currency)[1].amount_off END AS off
     FROM matched
     WHERE valid_from <= moment AND (valid_to IS NULL OR moment < valid_to)
 ) d

@@ -242,6 +242,18 @@ def test_a_coupon_restricted_to_some_products_discounts_only_their_items(world: 
     assert b["mrr_original"] == Decimal("50") and b["discount_ids"] is None
 
 
+def test_a_subscriptions_own_restricted_discount_still_overrides_the_customers(world: World,
+                                                                               derive: Derive) -> None:
+    """A subscription with a discount of its own is billed without the customer's even where its own is restricted
+    to other products: the seats (40.00) are not discounted, the API item (50.00) is halved."""
+    discounted(world, {"percent_off": 50, "duration": "forever", "products": ["prod_api"]})
+    world.coupon("co_cust", percent_off=20)
+    world.objects["customers"]["cus_1"]["discount"] = world.discount("co_cust", T0, customer="cus_1")
+    con = derive(world, seen_at=month(2))
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("65.0000")
+    assert item_rows(con, "si_a")[0]["mrr_original"] == Decimal("40")
+
+
 def test_a_restricted_amount_off_is_shared_among_its_products_items_only(world: World, derive: Derive) -> None:
     """An amount off restricted to some products is split among the items of those products (in proportion to
     their MRR), and the other items keep their whole MRR."""
