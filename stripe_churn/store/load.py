@@ -56,6 +56,29 @@ def typed_source(table: str, source: str, cols: str) -> str:
     return f"SELECT *, {', '.join(f'{e} AS {n}' for n, e in parsed.items())} FROM ({inner})"
 
 
+# Fields Stripe sends only when expanded (the sync expands them when it lists or retrieves these objects), which
+# the copy in an event lacks: a price's tiers and amounts in other currencies, a coupon's too and its products.
+INCLUDABLE: dict[str, tuple[str, ...]] = {"prices": ("tiers", "currency_options"),
+                                          "coupons": ("currency_options", "applies_to")}
+
+
+def _with_kept_includable(table: str) -> str:
+    """SQL of the incoming ``excluded.raw`` with each includable field it lacks (an event's copy) taken from the
+    stored copy that has one. (Mostly the refresh after the event brings them again; not for a deleted price or
+    coupon, whose last full copy is the event's, and whose running discounts or items still need them.)"""
+    raw = "excluded.raw"
+    for field in INCLUDABLE.get(table, ()):
+        value = f"json_extract({table}.raw, '$.{field}')"
+        # (the object's text without its closing brace, then the field: no regular expression, whose replacement
+        # would read the JSON's backslashes)
+        text = f"rtrim(CAST({raw} AS VARCHAR), chr(32) || chr(9) || chr(10) || chr(13))"
+        added = f"left({text}, length({text}) - 1) || ',\"{field}\":' || CAST({value} AS VARCHAR) || '}}'"
+        raw = (f"CASE WHEN NOT json_exists(excluded.raw, '$.{field}') AND {table}.raw IS NOT NULL "
+               f"AND json_exists({table}.raw, '$.{field}') AND json_type({value}) <> 'NULL' "
+               f"THEN CAST({added} AS JSON) ELSE {raw} END")
+    return raw
+
+
 def _conflict(table: str, replace: bool) -> str:
     """The ON CONFLICT clause of an upsert into ``table`` (see :func:`upsert_staged` for ``replace``)."""
     typed = EXTRACT[table]
@@ -63,7 +86,7 @@ def _conflict(table: str, replace: bool) -> str:
     stub = "(excluded.raw->>'$.deleted' = 'true' AND excluded.raw->>'$.created' IS NULL)"
     sets = [
         "deleted = excluded.deleted",
-        f"raw = CASE WHEN {stub} THEN {table}.raw ELSE excluded.raw END",
+        f"raw = CASE WHEN {stub} THEN {table}.raw ELSE {_with_kept_includable(table)} END",
         "version = excluded.version",
         f"created = coalesce(excluded.created, {table}.created)",
         "last_seen_at = excluded.last_seen_at",
