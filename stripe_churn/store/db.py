@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -93,9 +93,14 @@ def _add_extracted_columns(con: duckdb.DuckDBPyConnection, columns: dict[str, tu
         for name in missing:
             sql_type = model.c[name].type.compile(dialect=Dialect())
             con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
-        sets = ", ".join(f"{n} = " + schema.EXTRACT[table][n].replace("j->>", "raw->>").replace("(j,", "(raw,")
-                         for n in missing)
-        con.execute(f"UPDATE {table} SET {sets} WHERE raw IS NOT NULL")
+        con.execute(f"UPDATE {table} SET {_extracted_sets(table, missing)} WHERE raw IS NOT NULL")
+
+
+def _extracted_sets(table: str, names: Iterable[str]) -> str:
+    """The SET list of an UPDATE that computes the typed columns ``names`` of ``table`` from ``raw`` by
+    schema.EXTRACT."""
+    return ", ".join(f"{n} = " + schema.EXTRACT[table][n].replace("j->>", "raw->>").replace("(j,", "(raw,")
+                     for n in names)
 
 
 def _refill_extracted_columns(con: duckdb.DuckDBPyConnection, table: str, names: tuple[str, ...], where: str) -> None:
@@ -104,8 +109,7 @@ def _refill_extracted_columns(con: duckdb.DuckDBPyConnection, table: str, names:
     change. Also in the table's stage, when a full sync left one to resume (load.stage_table)."""
     from stripe_churn.store.load import stage_table
 
-    sets = ", ".join(f"{n} = " + schema.EXTRACT[table][n].replace("j->>", "raw->>").replace("(j,", "(raw,")
-                     for n in names)
+    sets = _extracted_sets(table, names)
     for target in (table, stage_table(table)):
         if target != table and not con.execute(
                 "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND database_name = current_database()",
