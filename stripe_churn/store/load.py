@@ -66,17 +66,17 @@ def _with_kept_includable(table: str) -> str:
     """SQL of the incoming ``excluded.raw`` with each includable field it lacks (an event's copy) taken from the
     stored copy that has one. (Mostly the refresh after the event brings them again; not for a deleted price or
     coupon, whose last full copy is the event's, and whose running discounts or items still need them.)"""
-    raw = "excluded.raw"
-    for field in INCLUDABLE.get(table, ()):
-        value = f"json_extract({table}.raw, '$.{field}')"
-        # (the object's text without its closing brace, then the field: no regular expression, whose replacement
-        # would read the JSON's backslashes)
-        text = f"rtrim(CAST({raw} AS VARCHAR), chr(32) || chr(9) || chr(10) || chr(13))"
-        added = f"left({text}, length({text}) - 1) || ',\"{field}\":' || CAST({value} AS VARCHAR) || '}}'"
-        raw = (f"CASE WHEN NOT json_exists(excluded.raw, '$.{field}') AND {table}.raw IS NOT NULL "
-               f"AND json_exists({table}.raw, '$.{field}') AND json_type({value}) <> 'NULL' "
-               f"THEN CAST({added} AS JSON) ELSE {raw} END")
-    return raw
+    fields = INCLUDABLE.get(table, ())
+    if not fields:
+        return "excluded.raw"
+    kept = {f: (f"(NOT json_exists(excluded.raw, '$.{f}') AND json_type({table}.raw, '$.{f}') <> 'NULL')",
+                f"CAST(json_extract({table}.raw, '$.{f}') AS VARCHAR)") for f in fields}
+    # (the object's text without its closing brace, then the fields: no regular expression, whose replacement
+    # would read the JSON's backslashes)
+    text = "rtrim(CAST(excluded.raw AS VARCHAR), chr(32) || chr(9) || chr(10) || chr(13))"
+    added = " || ".join(f"CASE WHEN {cond} THEN ',\"{f}\":' || {value} ELSE '' END" for f, (cond, value) in kept.items())
+    return (f"CASE WHEN {' OR '.join(cond for cond, _ in kept.values())} "
+            f"THEN CAST(left({text}, length({text}) - 1) || {added} || '}}' AS JSON) ELSE excluded.raw END")
 
 
 def _conflict(table: str, replace: bool) -> str:
