@@ -47,6 +47,11 @@ _EXPAND_CACHE_MAX = 50_000
 _NOT_TOP_LEVEL = frozenset({"id", "object", "", "tiers", "currency_options", "applies_to"})
 
 
+def _refused(node: dict[str, Any], seg: str) -> bool:
+    """Whether Stripe refuses to expand ``seg`` of ``node``: a customer's discount, always embedded, never an id."""
+    return seg == "discount" and node.get("object") == "customer"
+
+
 def _holds_nothing(node: Any, segs: list[str]) -> bool:
     """Whether the expand path ``segs`` leads only to fields that hold null or an empty list in ``node`` (through
     embedded lists' ``data``), so that expanding it changes nothing. False when unsure (the slow path decides)."""
@@ -55,7 +60,7 @@ def _holds_nothing(node: Any, segs: list[str]) -> bool:
     seg, rest = segs[0], segs[1:]
     if node.get("object") == "list":
         return seg == "data" and bool(rest) and all(_holds_nothing(e, rest) for e in node.get("data") or [])
-    if seg in _NOT_TOP_LEVEL or seg not in node or (seg == "discount" and node.get("object") == "customer"):
+    if seg in _NOT_TOP_LEVEL or seg not in node or _refused(node, seg):
         return False
     value = node[seg]
     if value is None or value == []:
@@ -454,8 +459,8 @@ class Catalog:
             source = self.sim.objects["prices"].get(node.get("id", ""), {})
             node["tiers"] = orjson.loads(orjson.dumps(source.get("tiers")))
             return
-        if seg == "discount" and node.get("object") == "customer":
-            raise _not_expandable(path)  # (always embedded, never an id: Stripe refuses to expand it)
+        if _refused(node, seg):
+            raise _not_expandable(path)
         if seg == "applies_to" and node.get("object") == "coupon" and not rest:
             # (a restricted coupon keeps its products on the simulation's object; any other has none)
             source = self.sim.objects["coupons"].get(node.get("id", ""), {})
