@@ -1,6 +1,16 @@
 -- State history per subscription item (design.md 3): price and quantity over time, from invoice lines
 -- before event coverage and from the subscription observations (events, snapshot) inside it.
 
+-- A line's tax: an exclusive tax is outside `amount`; an inclusive one is inside it, worked out on the amount
+-- less discounts and pre-tax credits (`net_den`, the base, NULL for a line without inclusive tax), so that the
+-- line's share without tax is (net_den - tax_inclusive) / net_den. The amount without tax is in 1e-12 minor units.
+CREATE OR REPLACE MACRO line_net_den(amount, pretax_credits, tax_inclusive) AS
+    CASE WHEN tax_inclusive > 0 AND amount - coalesce(pretax_credits, 0) > tax_inclusive
+         THEN amount - coalesce(pretax_credits, 0) END;
+CREATE OR REPLACE MACRO line_excl_tax_p(amount, tax_inclusive, net_den) AS
+    CASE WHEN net_den IS NULL THEN CAST(amount - coalesce(tax_inclusive, 0) AS HUGEINT) * 1000000000000
+         ELSE CAST(amount AS HUGEINT) * 1000000000000 * (net_den - tax_inclusive) // net_den END;
+
 -- Subscription invoice lines, from the typed columns the store extracts at load time (no JSON read here);
 -- only the columns the later steps read (every string column copied costs at 1M customers). A voided invoice
 -- is no evidence: Stripe voids the invoice of an update made with payment_behavior=pending_if_incomplete whose
@@ -16,14 +26,9 @@ WITH inv AS (
     FROM invoices
     WHERE NOT coalesce(deleted, false) AND status IS DISTINCT FROM 'void'
 ),
--- tax excluded: an exclusive tax is outside `amount`; an inclusive one is inside it, worked out on the amount
--- less discounts and pre-tax credits (`net_den`, the base), so that the line's share without tax is
--- net_num / net_den (NULL for a line without inclusive tax); 40 also takes a tax-inclusive licensed price's
--- tax out by it
+-- tax excluded (line_net_den above); 40 also takes a tax-inclusive licensed price's tax out by the share
 lines AS (
-    SELECT *, rowid AS rid,
-           CASE WHEN tax_inclusive > 0 AND amount - coalesce(pretax_credits, 0) > tax_inclusive
-                THEN amount - coalesce(pretax_credits, 0) END AS net_den
+    SELECT *, rowid AS rid, line_net_den(amount, pretax_credits, tax_inclusive) AS net_den
     FROM invoice_lines
 )
 SELECT
@@ -40,9 +45,7 @@ SELECT
     l.period_start,
     l.period_end,
     -- the amount without tax, in 1e-12 minor units
-    CASE WHEN l.net_den IS NULL THEN CAST(l.amount - coalesce(l.tax_inclusive, 0) AS HUGEINT) * 1000000000000
-         ELSE CAST(l.amount AS HUGEINT) * 1000000000000 * (l.net_den - l.tax_inclusive) // l.net_den
-    END AS amount_excl_tax_p,
+    line_excl_tax_p(l.amount, l.tax_inclusive, l.net_den) AS amount_excl_tax_p,
     l.net_den - l.tax_inclusive AS net_num,
     l.net_den,
     -- (the row in invoice_lines, for the few lines whose JSON data quality reads)

@@ -4,20 +4,61 @@
 -- Metered usage: the amount of the item's last invoiced full period (tax excluded), effective from that
 -- invoice's creation. A period is full when it spans the price's whole interval (within a day, months
 -- having different lengths); the first partial period and the final one at cancellation are not.
+-- Usage billed early by a billing threshold (an invoice with billing_reason subscription_threshold, made when
+-- the usage reaches the subscription's amount_gte or an item's usage_gte) belongs to the period whose own
+-- invoice bills the rest: each threshold line is added to the item's first usage line invoiced at or after it,
+-- when it lies within that line's interval (with reset_billing_cycle_anchor the threshold ends the period, and
+-- the next period's line spans a whole interval after it). Their earliest start is the period's start.
 CREATE OR REPLACE TEMP TABLE derived_metered_steps AS
-SELECT l.account_id, l.subscription_id, l.subscription_item_id, l.invoice_created AS moment,
-       l.amount_excl_tax_p AS amount_p, l.invoice_id
-FROM derived_invoice_lines l
-JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
-WHERE p.usage_type = 'metered' AND NOT l.proration AND l.subscription_item_id IS NOT NULL
-  AND l.period_end >= CASE p.billing_interval
-        WHEN 'month' THEN l.period_start + to_months(p.interval_count) - INTERVAL 3 DAY
-        WHEN 'year' THEN l.period_start + to_years(p.interval_count) - INTERVAL 1 DAY
-        WHEN 'week' THEN l.period_start + to_days(7 * p.interval_count)
-        WHEN 'day' THEN l.period_start + to_days(p.interval_count)
+WITH usage_lines AS (
+    SELECT l.account_id, l.subscription_id, l.subscription_item_id, l.invoice_created, l.invoice_id, l.line_id,
+           l.period_start, l.period_end, l.amount_excl_tax_p, p.billing_interval, p.interval_count
+    FROM derived_invoice_lines l
+    JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
+    WHERE p.usage_type = 'metered' AND NOT l.proration AND l.subscription_item_id IS NOT NULL
+),
+threshold_lines AS (
+    SELECT l.account_id, l.subscription_item_id, i.created AS invoice_created, l.period_start,
+           line_excl_tax_p(l.amount, l.tax_inclusive, line_net_den(l.amount, l.pretax_credits, l.tax_inclusive))
+               AS amount_p
+    FROM invoices i
+    JOIN invoice_lines l ON l.account_id = i.account_id AND l.invoice_id = i.id
+    WHERE i.billing_reason = 'subscription_threshold' AND NOT coalesce(i.deleted, false)
+      AND i.status IS DISTINCT FROM 'void' AND NOT coalesce(l.deleted, false)
+      AND NOT coalesce(l.parent_proration, false) AND l.subscription_item_id IS NOT NULL
+),
+early AS (
+    SELECT u.account_id, u.subscription_item_id, u.line_id, min(t.period_start) AS period_start,
+           sum(t.amount_p) AS amount_p
+    FROM threshold_lines t
+    ASOF JOIN usage_lines u
+      ON u.account_id = t.account_id AND u.subscription_item_id = t.subscription_item_id
+     AND u.invoice_created >= t.invoice_created
+    -- (within the interval that ends with the line's period, a day's slack)
+    WHERE t.period_start >= CASE u.billing_interval
+            WHEN 'month' THEN u.period_end - to_months(u.interval_count)
+            WHEN 'year' THEN u.period_end - to_years(u.interval_count)
+            WHEN 'week' THEN u.period_end - to_days(7 * u.interval_count)
+            WHEN 'day' THEN u.period_end - to_days(u.interval_count)
+          END - INTERVAL 1 DAY
+    GROUP BY ALL
+),
+periods AS (
+    SELECT u.*, least(u.period_start, e.period_start) AS billed_from,
+           u.amount_excl_tax_p + coalesce(e.amount_p, 0) AS amount_p
+    FROM usage_lines u
+    LEFT JOIN early e USING (account_id, subscription_item_id, line_id)
+)
+SELECT account_id, subscription_id, subscription_item_id, invoice_created AS moment, amount_p, invoice_id
+FROM periods
+WHERE period_end >= CASE billing_interval
+        WHEN 'month' THEN billed_from + to_months(interval_count) - INTERVAL 3 DAY
+        WHEN 'year' THEN billed_from + to_years(interval_count) - INTERVAL 1 DAY
+        WHEN 'week' THEN billed_from + to_days(7 * interval_count)
+        WHEN 'day' THEN billed_from + to_days(interval_count)
       END
-QUALIFY row_number() OVER (PARTITION BY l.account_id, l.subscription_item_id, l.invoice_created
-                           ORDER BY (l.period_end, l.line_id) DESC) = 1;  -- (one key: an arg_max; never NULL)
+QUALIFY row_number() OVER (PARTITION BY account_id, subscription_item_id, invoice_created
+                           ORDER BY (period_end, line_id) DESC) = 1;  -- (one key: an arg_max; never NULL)
 
 -- Status steps, one per moment (the latest source wins a tie).
 CREATE OR REPLACE TEMP TABLE derived_status_points AS

@@ -262,6 +262,14 @@ class World:
             item["current_period_end"] = add_interval(at, rec["interval"], rec["interval_count"])
         return self.invoice_for(sid, at, "subscription_cycle", period_start=at, usage=usage)
 
+    def threshold(self, sid: str, at: int, usage: dict[str, int], *, period_start: int) -> Obj:
+        """A billing threshold's invoice at ``at`` (billing_reason subscription_threshold): metered items' ``usage``
+        (amount in minor units per item id) accrued from ``period_start`` to ``at``."""
+        sub = self.objects["subscriptions"][sid]
+        lines = [self._line(sid, item, period_start, at, amount=usage[item["id"]], quantity=1)
+                 for item in sub["items"]["data"] if item["id"] in usage]
+        return self._invoice(sid, at, "subscription_threshold", lines)
+
     def cancel(self, sid: str, at: int, *, ended_at: int | None = None, reason: str = "cancellation_requested",
                feedback: str | None = None, comment: str | None = None, event: bool = True) -> Obj:
         """Cancel at ``at``; with ``ended_at`` later than ``at`` the cancellation waits for period end."""

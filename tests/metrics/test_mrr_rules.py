@@ -115,6 +115,43 @@ def test_metered_partial_period_ignored(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("90.0000")
 
 
+@pytest.mark.parametrize("rest_from", ["period_start", "threshold"])
+def test_metered_usage_billed_at_a_threshold_counts_in_its_period(world: World, derive: Derive,
+                                                                    rest_from: str) -> None:
+    """A billing threshold invoices the usage so far (60.00 by day 12); the period's own invoice bills the rest
+    (12.50), its line dated from the period's start or from the threshold: the period's usage is their sum,
+    from the period's invoice on."""
+    metered_world(world)
+    world.threshold("sub_1", month(1, 12), {"si_m": 6_000}, period_start=month(1))
+    world.cycle("sub_1", month(3), usage={"si_m": 1_000})
+    # (metered_world's cycle at month 2 is replaced: it billed the whole period)
+    second = next(i for i in world.objects["invoices"].values()
+                  if i["billing_reason"] == "subscription_cycle" and i["created"] == month(2))
+    rest = next(ln for ln in second["lines"]["data"] if ln["parent"]["subscription_item_details"]["subscription_item"]
+                == "si_m")
+    rest["amount"] = 1_250
+    if rest_from == "threshold":
+        rest["period"]["start"] = month(1, 12)
+    con = derive(world, seen_at=month(3, 1))
+    assert customer_mrr_at(con, "cus_1", month(1, 20)) == Decimal("60.0000")  # (never back-dated)
+    assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("82.5000")
+    assert customer_mrr_at(con, "cus_1", month(3)) == Decimal("20.0000")
+    assert item_rows(con, "si_m")[-2]["source_invoice_id"] == second["id"]
+
+
+def test_metered_threshold_resetting_the_cycle_ends_its_period(world: World, derive: Derive) -> None:
+    """With reset_billing_cycle_anchor the threshold invoice ends the period (a short one, not counted); the
+    next period starts then and its line spans a whole interval alone: the threshold's usage is not added."""
+    base(world).price("price_m", "prod_api", None, usage_type="metered")
+    world.subscribe("sub_1", "cus_1", [("si_m", "price_m", None)], T0)
+    world.cycle("sub_1", month(1), usage={"si_m": 5_000})
+    world.threshold("sub_1", month(1, 12), {"si_m": 6_000}, period_start=month(1))
+    world.cycle("sub_1", month(2, 12), usage={"si_m": 4_000})
+    con = derive(world, seen_at=month(2, 13))
+    assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("50.0000")
+    assert customer_mrr_at(con, "cus_1", month(2, 12)) == Decimal("40.0000")
+
+
 # --- discounts ----------------------------------------------------------------------------------------
 
 def discounted(w: World, coupon: dict[str, Any], *, item_level: bool = False, start: int = T0) -> World:
