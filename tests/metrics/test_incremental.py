@@ -21,6 +21,7 @@ import duckdb
 import pytest
 from builders import World, ts
 from test_bridge import SEEN, book
+from test_same_second_events import reorder_ids
 
 from stripe_churn.errors import DataError
 from stripe_churn.metrics.incremental import recompute_changed
@@ -195,24 +196,52 @@ def test_most_of_a_large_account_changed_recomputes_everything(world: World, tmp
     assert n == 3
 
 
+def coupon_customer(w: World) -> World:
+    """Add cus_g: a subscription from 2024-04-25 with a 50% coupon for one month (it ends after SEEN)."""
+    w.coupon("co_month", percent_off=50, duration="repeating", duration_in_months=1)
+    w.customer("cus_g", address={"country": "US"})
+    coupon = w.discount("co_month", ts(2024, 4, 25), customer="cus_g", subscription="sub_g")
+    w.subscribe("sub_g", "cus_g", [("si_g1", "pro_usd", 2)], ts(2024, 4, 25), discounts=[coupon["id"]])
+    return w
+
+
+def then_a_new_customer(w: World) -> tuple[World, World]:
+    """``w`` as seen at SEEN, and a later sync that brings only a new customer (cus_f, from 2024-05-28)."""
+    before = copy.deepcopy(w)
+    w.customer("cus_f", address={"country": "US"})
+    w.subscribe("sub_f", "cus_f", [("si_f1", "pro_usd", 2)], ts(2024, 5, 28))
+    changed = later_sync(w, {"cus_f"}, {"sub_f"}, ts(2024, 5, 28))
+    changed.objects["invoices"] = {k: v for k, v in changed.objects["invoices"].items() if v["customer"] == "cus_f"}
+    return before, changed
+
+
 @SHARDS
 def test_a_moved_snapshot_shows_an_untouched_customers_change(world: World, tmp_path: Path, shards: int) -> None:
     """Movements after the latest snapshot are left out; when a later sync moves the snapshot past a change of a
     customer it did not touch (a repeating coupon that ran out), that customer is derived again from its stored
     MRR and the change shows, as in a full recompute."""
-    w = book(world)
-    w.coupon("co_month", percent_off=50, duration="repeating", duration_in_months=1)
-    w.customer("cus_g", address={"country": "US"})
-    coupon = w.discount("co_month", ts(2024, 4, 25), customer="cus_g", subscription="sub_g")
-    w.subscribe("sub_g", "cus_g", [("si_g1", "pro_usd", 2)], ts(2024, 4, 25), discounts=[coupon["id"]])
-    before = copy.deepcopy(w)  # seen before the coupon's end (2024-05-25)
-    w.customer("cus_f", address={"country": "US"})  # the later sync brings only a new customer
-    w.subscribe("sub_f", "cus_f", [("si_f1", "pro_usd", 2)], ts(2024, 5, 28))
-    changed = later_sync(w, {"cus_f"}, {"sub_f"}, ts(2024, 5, 28))
-    changed.objects["invoices"] = {k: v for k, v in changed.objects["invoices"].items() if v["customer"] == "cus_f"}
+    w = coupon_customer(book(world))
+    before, changed = then_a_new_customer(w)
     n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
     assert n == 2  # (cus_f touched, cus_g moved)
     assert sum("cus_g" in r and "2024-05-25" in r for r in full["view mrr_movements"]) == 1
+
+@SHARDS
+def test_a_moved_customer_with_events_in_one_second(world: World, tmp_path: Path, shards: int) -> None:
+    """A moved customer (derived again from step 60 on, its events read anew from the store) whose subscription had
+    two updates in one second with ids sorting the other way round (seats 2 -> 3, then pro -> basic): every derived
+    table and view equals a full recompute's, the change being one movement named by the later event."""
+    w = coupon_customer(book(world))
+    w.update("sub_g", ts(2024, 5, 2), items=[("si_g1", "pro_usd", 3)])
+    w.update("sub_g", ts(2024, 5, 2), items=[("si_g1", "basic_usd", 3)])
+    reorder_ids(w, len(w.events) - 2, [1, 0])
+    before, changed = then_a_new_customer(w)
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == 2  # (cus_f touched, cus_g moved)
+    later = [e["id"] for e in w.events if e["created"] == ts(2024, 5, 2)
+             and e["data"]["object"]["items"]["data"][0]["price"]["id"] == "basic_usd"]
+    assert [r for r in full["view mrr_movements"] if "cus_g" in r and "2024-05-02" in r and later[0] in r]
+
 
 @SHARDS
 def test_an_event_about_an_object_the_store_lacks_touches_the_customer_it_names(world: World, tmp_path: Path,
