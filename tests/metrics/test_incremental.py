@@ -155,6 +155,22 @@ def test_every_derived_table_equals_a_full_recompute(world: World, tmp_path: Pat
 
 
 @SHARDS
+def test_usage_billed_at_a_threshold_after_the_last_sync(world: World, tmp_path: Path, shards: int) -> None:
+    """A later sync brings a threshold invoice (90.00 of usage) and the period's own invoice (30.00 more): the
+    scope copies what step 40 reads of them, and the period counts 120.00 of usage, as in a full recompute."""
+    w = book(world)
+    w.cycle("sub_a", ts(2024, 5, 10), usage={"si_a3": 20_000})
+    before = copy.deepcopy(w)
+    w.threshold("sub_a", ts(2024, 5, 25), {"si_a3": 9_000}, period_start=ts(2024, 5, 10))
+    w.cycle("sub_a", ts(2024, 6, 10), usage={"si_a3": 3_000})
+    changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 21))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 12), shards)
+    assert n == 1
+    assert [r for r in full["view mrr_movements"] if "cus_a" in r and "2024-06-10" in r
+            and "'resource_contraction'" in r and "Decimal('-80.0000')" in r]
+
+
+@SHARDS
 def test_lines_naming_no_item_or_price(world: World, tmp_path: Path, shards: int) -> None:
     """Data quality reads the JSON of lines naming no subscription item or price (a one-time invoice item on a
     renewal is fine, a subscription line naming neither is not): the scopes copy it for those lines."""
