@@ -69,12 +69,12 @@ def history_to_today(months: int) -> int:
 
 
 # What ``stripe-churn demo`` and ``stripe-churn sandbox`` simulate beside the defaults: updates that wait for
-# their payment and expire, and prorations left pending until the renewal by Stripe's default
-# create_prorations, as a real account has them. The Simulation's own defaults stay off, so that the tests'
+# their payment and expire, prorations left pending until the renewal by Stripe's default create_prorations,
+# and metered usage billed early at a billing threshold, as a real account has them. The Simulation's own defaults stay off, so that the tests'
 # seeds keep their histories. (Not item_discounts: a later offer on an annual item, a repeating discount put on
 # it with no proration, can start and end between two of its invoices before the events' window, and nothing the
 # sync can read shows it, while the truth has it.)
-SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True}
+SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True, "thresholds": True}
 
 
 def _included(discount_ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -151,7 +151,7 @@ class Simulation:
 
     def __init__(self, customers: int, months: int, seed: int, start: int | None = None, *,
                  item_discounts: bool = False, pending_updates: bool = False,
-                 deferred_prorations: bool = False) -> None:
+                 deferred_prorations: bool = False, thresholds: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -159,6 +159,9 @@ class Simulation:
         ``deferred_prorations``: half the item changes of annual subscriptions are made with Stripe's default
         proration_behavior=create_prorations: their prorations wait as pending invoice items
         (``objects["invoiceitems"]``) for the subscription's next invoice instead of being invoiced at once.
+        ``thresholds``: some periods of subscriptions with metered items reach a billing threshold: a
+        subscription_threshold invoice bills part of the period's usage early, and the renewal bills the rest
+        (its line dated from the period's start or from the threshold), so the period's usage is their sum.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -170,6 +173,10 @@ class Simulation:
         # (a stream of its own, so that the main one draws the same numbers with pending updates on or off)
         self._rng_pending = random.Random(f"pending updates {seed}")
         self._rng_deferred = random.Random(f"deferred prorations {seed}")  # (likewise)
+        self.thresholds = thresholds
+        self._rng_threshold = random.Random(f"thresholds {seed}")  # (likewise)
+        # metered item -> (usage billed at a threshold this period, when, the renewal's line dated from then)
+        self._usage_early: dict[str, tuple[int, int, bool]] = {}
         self._rate = customers / months if months else 0.0
         self.start = add_months(END_OF_HISTORY, -months) if start is None else start
         self.clock = self.start
@@ -564,10 +571,15 @@ class Simulation:
         self._event("customer.subscription.updated", sub, t, prev)
         self._transition(cust, t, before)
 
-    def _line_amounts(self, sub: dict[str, Any], it: dict[str, Any], first: bool
-                      ) -> tuple[int, list[dict[str, Any]]]:
-        qty = self._usage_billed.get(it["id"], 0) if self._is_metered(it) else (it["quantity"] or 0)
-        amount = period_amount(self.objects["prices"][it["price"]["id"]], qty)
+    def _line_amounts(self, sub: dict[str, Any], it: dict[str, Any], first: bool, usage: int | None = None,
+                      early: int = 0) -> tuple[int, list[dict[str, Any]]]:
+        """A line's amount and discount amounts; a metered item's for ``usage`` (default: that of its last
+        period), less what ``early`` units of it cost (billed at a threshold: tiers run on over the period)."""
+        if usage is None:
+            usage = self._usage_billed.get(it["id"], 0)
+        qty = usage if self._is_metered(it) else (it["quantity"] or 0)
+        price = self.objects["prices"][it["price"]["id"]]
+        amount = period_amount(price, qty) - (period_amount(price, early) if early else 0)
         disc = []
         for did in [*it["discounts"], *sub["discounts"]]:  # (line item discounts first, as Stripe applies them)
             coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
@@ -593,6 +605,12 @@ class Simulation:
                     qty = self._usage_billed.get(it["id"], 0) if usage_from is not None else 0
                     if usage_from is not None:
                         line_period = (usage_from, period[0])
+                        early = self._usage_early.pop(it["id"], None)
+                        if early is not None and not zero:  # (the rest after a threshold)
+                            qty -= early[0]
+                            amount, disc = self._line_amounts(sub, it, False, early=early[0])
+                            if early[2]:
+                                line_period = (early[1], period[0])
                     if reason == "subscription_create":
                         amount, disc = 0, []
                 lines.append(ob.line(self._id("il"), iid, sub["currency"], amount,
@@ -647,7 +665,9 @@ class Simulation:
         inv["amount_paid"], inv["amount_remaining"] = inv["amount_due"], 0
         inv["status_transitions"]["paid_at"] = t
         self._event("invoice.paid", inv, t)
-        if inv["amount_due"] > 0 and self._rng.random() < 0.01:
+        # (a threshold's invoice draws from the thresholds' stream: the rest of the history stays what it was)
+        rng = self._rng_threshold if inv["billing_reason"] == "subscription_threshold" else self._rng
+        if inv["amount_due"] > 0 and rng.random() < 0.01:
             cn = ob.credit_note(self._id("cn"), t + 600, inv, max(1, inv["amount_due"] // 5),
                                 inv["lines"]["data"][0]["id"], self._id("cnli"),
                                 f"{inv['number']}-CN-01", "order_change")
@@ -735,12 +755,42 @@ class Simulation:
         self._event("customer.subscription.updated", sub, t, prev)
         gen = self._bump(sid)
         self._at(end, "cycle", sid, gen)
+        if self.thresholds and metered and self._rng_threshold.random() < 0.3:
+            self._at(self._rng_threshold.randrange(t + 2 * DAY, max(end - 2 * DAY, t + 2 * DAY + 1)), "threshold",
+                     sid, gen)
         if fail:
             self._at(t + rng.randint(3, 12) * DAY + rng.randrange(DAY), "dunning", sid, gen)
         else:
             self._at(self._time_in(t + DAY, end - DAY), "decide", sid, gen)
         if before is not None:
             self._transition(cust, t, before)
+
+    def _h_threshold(self, t: int, sid: str, gen: int) -> None:
+        """The subscription's usage reached its billing threshold (amount_gte): part of each metered item's usage
+        of the running period is invoiced now (subscription_threshold); the renewal bills the rest."""
+        sub = self._live(sid, gen)
+        if sub is None or sub["status"] != "active":
+            return
+        rng = self._rng_threshold
+        start = sub["items"]["data"][0]["current_period_start"]
+        lines = []
+        for it in sub["items"]["data"]:
+            usage = self._usage_now.get(it["id"], 0)
+            if not self._is_metered(it) or usage < 2:
+                continue
+            part = rng.randint(1, usage - 1)
+            amount, disc = self._line_amounts(sub, it, False, usage=part)
+            self._usage_early[it["id"]] = (part, t, rng.random() < 0.5)
+            lines.append(ob.line(self._id("il"), "", sub["currency"], amount, f"{part} × {it['price']['nickname']}",
+                                 (start, t), part, sid, it["id"], it["price"]["id"], it["price"]["product"], False,
+                                 disc, [d["discount"] for d in disc]))
+        if lines:
+            prev = {"billing_thresholds": sub["billing_thresholds"]}
+            if sub["billing_thresholds"] is None:
+                sub["billing_thresholds"] = {"amount_gte": max(5_000, sum(ln["amount"] for ln in lines)),
+                                             "reset_billing_cycle_anchor": False}
+                self._event("customer.subscription.updated", sub, t, prev)
+            self._invoice(sub, t, "subscription_threshold", (start, t), lines=lines, bill_pending=False)
 
     def _h_dunning(self, t: int, sid: str, gen: int) -> None:
         sub = self._live(sid, gen)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from stripe_churn.sandbox.sim import Simulation
+from stripe_churn.sandbox.sim import Simulation, period_amount
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "stripe" / "fixtures3.json"
 LABELS = {"new": {"new"}, "reactivation": {"reactivation"}, "cancellation": {"churn"},
@@ -501,3 +501,32 @@ def test_without_deferred_prorations_a_seeds_history_is_what_it_was() -> None:
     other = Simulation(customers=300, months=12, seed=5, item_discounts=True, pending_updates=True)
     assert hashlib.sha256(other.bundle_bytes()).hexdigest() == (
         "d588617bc4b9fe302c08ac80c8ed1a19fd3f7766acd038de67d4534b2767aa07")
+
+
+def test_thresholds_bill_part_of_a_periods_usage_early_and_leave_the_rest_of_the_history() -> None:
+    """Simulation(thresholds=True): subscription_threshold invoices bill part of a metered item's running period,
+    the renewal the rest; together they cost what the period's whole usage costs (tiers run on over the period),
+    and the truth and every other random draw stay those of the seed without thresholds."""
+    plain = Simulation(customers=300, months=12, seed=5)
+    sim = Simulation(customers=300, months=12, seed=5, thresholds=True)
+    def without_ids(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:  # (the threshold invoices take ids)
+        return [tuple(v for k, v in r.items() if not k.endswith("_id")) for r in rows]
+
+    assert without_ids(sim.truth) == without_ids(plain.truth)
+    early = [ln for i in sim.objects["invoices"].values() if i["billing_reason"] == "subscription_threshold"
+             for ln in i["lines"]["data"]]
+    assert len(early) >= 20
+    lines = [ln for i in sim.objects["invoices"].values() for ln in i["lines"]["data"]]
+    renewed = 0
+    for e in early:
+        item = e["parent"]["subscription_item_details"]["subscription_item"]
+        rest = [ln for ln in lines if ln["parent"]["subscription_item_details"]["subscription_item"] == item
+                and ln["invoice"] != e["invoice"] and ln["period"]["end"] > e["period"]["end"]
+                and ln["period"]["start"] in (e["period"]["start"], e["period"]["end"])]
+        if not rest:  # (the subscription ended or changed before its renewal)
+            continue
+        price = sim.objects["prices"][e["pricing"]["price_details"]["price"]]
+        usage = e["quantity"] + rest[0]["quantity"]
+        assert e["amount"] + rest[0]["amount"] == period_amount(price, usage)
+        renewed += 1
+    assert renewed >= 20
