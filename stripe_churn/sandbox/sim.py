@@ -70,11 +70,13 @@ def history_to_today(months: int) -> int:
 
 # What ``stripe-churn demo`` and ``stripe-churn sandbox`` simulate beside the defaults: updates that wait for
 # their payment and expire, prorations left pending until the renewal by Stripe's default create_prorations,
-# and metered usage billed early at a billing threshold, as a real account has them. The Simulation's own defaults stay off, so that the tests'
+# metered usage billed early at a billing threshold, and coupons restricted to some products, as a real account
+# has them. The Simulation's own defaults stay off, so that the tests'
 # seeds keep their histories. (Not item_discounts: a later offer on an annual item, a repeating discount put on
 # it with no proration, can start and end between two of its invoices before the events' window, and nothing the
 # sync can read shows it, while the truth has it.)
-SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True, "thresholds": True}
+SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True, "thresholds": True,
+                                    "restricted_coupons": True}
 
 
 def _included(discount_ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -151,7 +153,8 @@ class Simulation:
 
     def __init__(self, customers: int, months: int, seed: int, start: int | None = None, *,
                  item_discounts: bool = False, pending_updates: bool = False,
-                 deferred_prorations: bool = False, thresholds: bool = False) -> None:
+                 deferred_prorations: bool = False, thresholds: bool = False,
+                 restricted_coupons: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -162,6 +165,8 @@ class Simulation:
         ``thresholds``: some periods of subscriptions with metered items reach a billing threshold: a
         subscription_threshold invoice bills part of the period's usage early, and the renewal bills the rest
         (its line dated from the period's start or from the threshold), so the period's usage is their sum.
+        ``restricted_coupons``: half the signup offers of the forever kind are a coupon restricted to the core
+        plans' products (``applies_to.products``): it lowers the core item only, not the add-ons.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -177,6 +182,9 @@ class Simulation:
         self._rng_threshold = random.Random(f"thresholds {seed}")  # (likewise)
         # metered item -> (usage billed at a threshold this period, when, the renewal's line dated from then)
         self._usage_early: dict[str, tuple[int, int, bool]] = {}
+        self.restricted_coupons = restricted_coupons
+        self._rng_restricted = random.Random(f"restricted coupons {seed}")  # (likewise)
+        self._sub_products: dict[str, frozenset[str]] = {}  # subscription -> products its discount is limited to
         self._rate = customers / months if months else 0.0
         self.start = add_months(END_OF_HISTORY, -months) if start is None else start
         self.clock = self.start
@@ -304,6 +312,13 @@ class Simulation:
             self.objects["coupons"][cid] = c
             self._coupons[key] = cid
             self._event("coupon.created", c, t)
+        if self.restricted_coupons:  # (only then: the ids after it move)
+            cid = "CORE" + self._id("co").split("_", 1)[1]
+            c = ob.coupon(cid, t, 20.0, "forever", None, "20% off the core plan")
+            c["applies_to"] = {"products": sorted(self._plans[k].product_id for k in CORE)}
+            self.objects["coupons"][cid] = c
+            self._coupons["core"] = cid
+            self._event("coupon.created", c, t)
         self._plan_of_price = {prid: plan for plan in self._plans.values() for prid in plan.prices.values()}
 
     # --- MRR model --------------------------------------------------------------------------------------
@@ -324,7 +339,8 @@ class Simulation:
                 p = self.objects["prices"][it["price"]["id"]]
                 plan = self._plan_of_price[p["id"]]
                 qty = self._usage_billed.get(it["id"], 0) if plan.key == "events" else (it["quantity"] or 0)
-                m = mult * self._item_mult[it["id"]] if it["id"] in self._item_mult else mult
+                m = mult if self._applies(sid, p["product"]) else Fraction(1)
+                m = m * self._item_mult[it["id"]] if it["id"] in self._item_mult else m
                 out[it["id"]] = Comp(sid, it["id"], plan.family, plan.kind, p["id"], qty, m,
                                       self._mrr_usd(p["id"], qty, m, cust.currency))
         return out
@@ -336,6 +352,16 @@ class Simulation:
             got = self._item_mrr_own(self.objects["prices"][price_id], qty, mult) * FX[currency] / 100
             self._usd_cache[key] = got
         return got
+
+    def _applies(self, sid: str, product_id: str) -> bool:
+        """Whether the subscription's own discount lowers items of ``product_id`` (its coupon's applies_to)."""
+        products = self._sub_products.get(sid)
+        return products is None or product_id in products
+
+    @staticmethod
+    def _coupon_applies(coupon: dict[str, Any], product_id: str) -> bool:
+        restricted = coupon.get("applies_to")
+        return not restricted or product_id in restricted["products"]
 
     def _transition(self, cust: _Cust, t: int, before: dict[str, Comp], churn: tuple[str, Any] | None = None
                     ) -> None:
@@ -419,6 +445,8 @@ class Simulation:
             coupon = "repeating"
         elif r < 0.18:
             coupon = "once"
+        if coupon == "forever" and self.restricted_coupons and self._rng_restricted.random() < 0.5:
+            coupon = "core"
         self._at(t + rng.randrange(30, 600), "first_sub", cid, trial, None if trial else coupon)
 
     def _h_first_sub(self, t: int, cid: str, trial: bool, coupon: str | None) -> None:
@@ -497,6 +525,8 @@ class Simulation:
         c["times_redeemed"] += 1
         if c["duration"] != "once":
             self._sub_mult[sub["id"]] = 1 - Fraction(str(c["percent_off"])) / 100
+        if c.get("applies_to"):
+            self._sub_products[sub["id"]] = frozenset(c["applies_to"]["products"])
         if end is not None:
             self._sub_disc_end[sub["id"]] = end
             self._at(end, "discount_end", sub["id"], did)
@@ -510,6 +540,7 @@ class Simulation:
         prev = {"discounts": list(sub["discounts"])}
         sub["discounts"] = [d for d in sub["discounts"] if d != did]
         self._sub_mult.pop(sid, None)
+        self._sub_products.pop(sid, None)
         self._sub_disc_end.pop(sid, None)
         self._event("customer.subscription.updated", sub, t, prev)
         self._transition(cust, t, before)
@@ -583,6 +614,8 @@ class Simulation:
         disc = []
         for did in [*it["discounts"], *sub["discounts"]]:  # (line item discounts first, as Stripe applies them)
             coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
+            if not self._coupon_applies(coupon, it["price"]["product"]):
+                continue
             if coupon["duration"] == "once" and not first:
                 continue
             pct = coupon["percent_off"]
@@ -931,7 +964,7 @@ class Simulation:
             in_force, kept = [], Fraction(1)
             for did in [*item["discounts"], *sub["discounts"]]:
                 coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
-                if coupon["duration"] != "once":
+                if coupon["duration"] != "once" and self._coupon_applies(coupon, item["price"]["product"]):
                     in_force.append(did)
                     kept *= 1 - Fraction(str(coupon["percent_off"])) / 100
             for state, sign in ((old, -1), (new, 1)):

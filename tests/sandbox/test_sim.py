@@ -530,3 +530,20 @@ def test_thresholds_bill_part_of_a_periods_usage_early_and_leave_the_rest_of_the
         assert e["amount"] + rest[0]["amount"] == period_amount(price, usage)
         renewed += 1
     assert renewed >= 20
+
+
+def test_a_coupon_restricted_to_the_core_plans_lowers_only_their_items() -> None:
+    """Simulation(restricted_coupons=True): the core coupon's applies_to names the core plans' products; on the
+    subscriptions that redeemed it, renewal lines of the core item carry its discount amount and the others none."""
+    sim = Simulation(customers=600, months=12, seed=5, restricted_coupons=True)
+    core = next(c for c in sim.objects["coupons"].values() if c.get("applies_to"))
+    products = set(core["applies_to"]["products"])
+    subs = {s["id"] for s in sim.objects["subscriptions"].values()
+            if any(sim.discounts[d]["source"]["coupon"] == core["id"] for d in s["discounts"])}
+    lines = [ln for i in sim.objects["invoices"].values() if i["subscription"] in subs
+             for ln in i["lines"]["data"] if not ln["parent"]["subscription_item_details"]["proration"]]
+    core_lines = [ln for ln in lines if ln["pricing"]["price_details"]["product"] in products]
+    other_lines = [ln for ln in lines if ln["pricing"]["price_details"]["product"] not in products]
+    assert len(subs) >= 5 and len(core_lines) >= 5 and len(other_lines) >= 5
+    assert all([d["amount"] for d in ln["discount_amounts"]] == [round(ln["amount"] * 0.2)] for ln in core_lines)
+    assert not any(ln["discount_amounts"] for ln in other_lines)
