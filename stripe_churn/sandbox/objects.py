@@ -234,9 +234,10 @@ def coupon(cid: str, created: int, percent_off: float, duration: str, months: in
     }
 
 
-def discount(did: str, customer_id: str, sub_id: str, coupon_id: str, start: int,
+def discount(did: str, customer_id: str, sub_id: str | None, coupon_id: str, start: int,
              end: int | None, item_id: str | None = None) -> dict[str, Any]:
-    """A discount on a subscription, or (``item_id``) on one of its items only."""
+    """A discount on a subscription, or (``item_id``) on one of its items only, or (no ``sub_id``) on the
+    customer."""
     return {
         "id": did, "object": "discount", "checkout_session": None, "customer": customer_id, "end": end,
         "invoice": None, "invoice_item": None, "promotion_code": None, "start": start,

@@ -70,13 +70,13 @@ def history_to_today(months: int) -> int:
 
 # What ``stripe-churn demo`` and ``stripe-churn sandbox`` simulate beside the defaults: updates that wait for
 # their payment and expire, prorations left pending until the renewal by Stripe's default create_prorations,
-# metered usage billed early at a billing threshold, and coupons restricted to some products, as a real account
-# has them. The Simulation's own defaults stay off, so that the tests'
+# metered usage billed early at a billing threshold, coupons restricted to some products and customer-wide
+# coupons, as a real account has them. The Simulation's own defaults stay off, so that the tests'
 # seeds keep their histories. (Not item_discounts: a later offer on an annual item, a repeating discount put on
 # it with no proration, can start and end between two of its invoices before the events' window, and nothing the
 # sync can read shows it, while the truth has it.)
 SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True, "thresholds": True,
-                                    "restricted_coupons": True}
+                                    "restricted_coupons": True, "customer_discounts": True}
 
 
 def _included(discount_ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -154,7 +154,7 @@ class Simulation:
     def __init__(self, customers: int, months: int, seed: int, start: int | None = None, *,
                  item_discounts: bool = False, pending_updates: bool = False,
                  deferred_prorations: bool = False, thresholds: bool = False,
-                 restricted_coupons: bool = False) -> None:
+                 restricted_coupons: bool = False, customer_discounts: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -167,6 +167,9 @@ class Simulation:
         (its line dated from the period's start or from the threshold), so the period's usage is their sum.
         ``restricted_coupons``: half the signup offers of the forever kind are a coupon restricted to the core
         plans' products (``applies_to.products``): it lowers the core item only, not the add-ons.
+        ``customer_discounts``: some customers get a customer-wide coupon (10% forever) when they sign up; it
+        lowers each of their subscriptions that has no discount of its own, as Stripe bills (a subscription's own
+        discount replaces the customer's). Those customers get no once-only signup offer.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -185,6 +188,9 @@ class Simulation:
         self.restricted_coupons = restricted_coupons
         self._rng_restricted = random.Random(f"restricted coupons {seed}")  # (likewise)
         self._sub_products: dict[str, frozenset[str]] = {}  # subscription -> products its discount is limited to
+        self.customer_discounts = customer_discounts
+        self._rng_customer = random.Random(f"customer discounts {seed}")  # (likewise)
+        self._cust_disc: dict[str, str] = {}  # customer -> its customer-wide discount
         self._rate = customers / months if months else 0.0
         self.start = add_months(END_OF_HISTORY, -months) if start is None else start
         self.clock = self.start
@@ -319,6 +325,12 @@ class Simulation:
             self.objects["coupons"][cid] = c
             self._coupons["core"] = cid
             self._event("coupon.created", c, t)
+        if self.customer_discounts:  # (likewise)
+            cid = "PARTNER" + self._id("co").split("_", 1)[1]
+            c = ob.coupon(cid, t, 10.0, "forever", None, "10% off for partners' customers")
+            self.objects["coupons"][cid] = c
+            self._coupons["partner"] = cid
+            self._event("coupon.created", c, t)
         self._plan_of_price = {prid: plan for plan in self._plans.values() for prid in plan.prices.values()}
 
     # --- MRR model --------------------------------------------------------------------------------------
@@ -335,6 +347,8 @@ class Simulation:
             if sub.get("deleted") or sub["status"] not in COUNTING:
                 continue
             mult = self._sub_mult.get(sid, Fraction(1))
+            if not sub["discounts"] and cust.id in self._cust_disc:  # (the customer's, when it has none of its own)
+                mult = 1 - Fraction(str(self.objects["coupons"][self._coupons["partner"]]["percent_off"])) / 100
             for it in sub["items"]["data"]:
                 p = self.objects["prices"][it["price"]["id"]]
                 plan = self._plan_of_price[p["id"]]
@@ -447,7 +461,31 @@ class Simulation:
             coupon = "once"
         if coupon == "forever" and self.restricted_coupons and self._rng_restricted.random() < 0.5:
             coupon = "core"
+        if self.customer_discounts and self._rng_customer.random() < 0.08:
+            self._customer_coupon(obj, t + 1)
+            if coupon == "once":
+                coupon = None
         self._at(t + rng.randrange(30, 600), "first_sub", cid, trial, None if trial else coupon)
+
+    def _customer_coupon(self, obj: dict[str, Any], t: int) -> None:
+        """Redeem the partner coupon on the customer ``obj`` (customer-wide; embedded as its ``discount``)."""
+        c = self.objects["coupons"][self._coupons["partner"]]
+        did = self._id("di")
+        disc = ob.discount(did, obj["id"], None, c["id"], t, None)
+        self.discounts[did] = disc
+        c["times_redeemed"] += 1
+        self._cust_disc[obj["id"]] = did
+        prev = {"discount": obj["discount"]}
+        obj["discount"] = _copy(disc)
+        self._event("customer.discount.created", disc, t)
+        self._event("customer.updated", obj, t, prev)
+
+    def _discounts_of(self, sub: dict[str, Any], it: dict[str, Any]) -> list[str]:
+        """The discounts that bill an item: its own, then its subscription's, else its customer's."""
+        own = [*it["discounts"], *sub["discounts"]]
+        if not sub["discounts"] and sub["customer"] in self._cust_disc:
+            own.append(self._cust_disc[sub["customer"]])
+        return own
 
     def _h_first_sub(self, t: int, cid: str, trial: bool, coupon: str | None) -> None:
         self._subscribe(self._custs[cid], t, trial=trial, coupon=coupon)
@@ -612,7 +650,7 @@ class Simulation:
         price = self.objects["prices"][it["price"]["id"]]
         amount = period_amount(price, qty) - (period_amount(price, early) if early else 0)
         disc = []
-        for did in [*it["discounts"], *sub["discounts"]]:  # (line item discounts first, as Stripe applies them)
+        for did in self._discounts_of(sub, it):  # (line item discounts first, as Stripe applies them)
             coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
             if not self._coupon_applies(coupon, it["price"]["product"]):
                 continue
@@ -962,7 +1000,7 @@ class Simulation:
         lines = []
         for item, old, new in changes:
             in_force, kept = [], Fraction(1)
-            for did in [*item["discounts"], *sub["discounts"]]:
+            for did in self._discounts_of(sub, item):
                 coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
                 if coupon["duration"] != "once" and self._coupon_applies(coupon, item["price"]["product"]):
                     in_force.append(did)

@@ -547,3 +547,23 @@ def test_a_coupon_restricted_to_the_core_plans_lowers_only_their_items() -> None
     assert len(subs) >= 5 and len(core_lines) >= 5 and len(other_lines) >= 5
     assert all([d["amount"] for d in ln["discount_amounts"]] == [round(ln["amount"] * 0.2)] for ln in core_lines)
     assert not any(ln["discount_amounts"] for ln in other_lines)
+
+
+def test_a_customer_wide_coupon_bills_the_subscriptions_without_a_discount_of_their_own() -> None:
+    """Simulation(customer_discounts=True): the customer embeds its discount; renewal lines of its subscriptions
+    carry that discount when the subscription has none of its own, and only the subscription's otherwise."""
+    sim = Simulation(customers=600, months=12, seed=5, customer_discounts=True)
+    wide = {c["id"]: c["discount"]["id"] for c in sim.objects["customers"].values() if c.get("discount")}
+    seen = {True: 0, False: 0}
+    for inv in sim.objects["invoices"].values():
+        if inv["customer"] not in wide or inv["billing_reason"] != "subscription_cycle":
+            continue
+        sub = sim.objects["subscriptions"][inv["subscription"]]
+        for ln in inv["lines"]["data"]:
+            named = {d["discount"] for d in ln["discount_amounts"]}
+            if wide[inv["customer"]] in named:
+                seen[True] += 1
+                assert not named & set(sub["discounts"])
+            elif named:
+                seen[False] += 1
+    assert seen[True] >= 20 and seen[False] >= 1
