@@ -153,7 +153,6 @@ def test_every_derived_table_equals_a_full_recompute(world: World, tmp_path: Pat
     assert any("cus_f" in r for r in full["view mrr_movements"])
 
 
-
 @SHARDS
 def test_usage_billed_at_a_threshold_after_the_last_sync(world: World, tmp_path: Path, shards: int) -> None:
     """A later sync brings a threshold invoice (90.00 of usage) and the period's own invoice (30.00 more): the
@@ -241,6 +240,7 @@ def test_a_moved_snapshot_shows_an_untouched_customers_change(world: World, tmp_
     n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
     assert n == 2  # (cus_f touched, cus_g moved)
     assert sum("cus_g" in r and "2024-05-25" in r for r in full["view mrr_movements"]) == 1
+
 
 @SHARDS
 def test_a_moved_customer_with_events_in_one_second(world: World, tmp_path: Path, shards: int) -> None:
