@@ -320,7 +320,8 @@ FROM (SELECT * FROM anchor_from_events
 -- Status steps: from `moment` on, the subscription has `status` until its next step.
 -- Before coverage they are reconstructed from the latest state: trialing from start_date while a trial runs
 -- (incomplete when the subscription never got paid), active from the trial's end (paused when it ended into
--- a pause), paused from status_details.paused.transitioned_at, unpaid from when its failed invoice was given
+-- a pause: the subscription is paused now, or no invoice of it was made within a day of the trial's end, and
+-- then it was resumed when its next invoice was made), paused from status_details.paused.transitioned_at, unpaid from when its failed invoice was given
 -- up on (marked uncollectible, else that invoice's creation), canceled or incomplete_expired from ended_at.
 -- Inside coverage they are the observed states. A subscription with no stored event has only the snapshot
 -- there: its reconstructed steps stand inside coverage too (an end, a trial's end, an unpaid or paused moment
@@ -329,8 +330,24 @@ FROM (SELECT * FROM anchor_from_events
 CREATE OR REPLACE TABLE derived_sub_status_steps AS
 WITH s AS (
     SELECT account_id, subscription_id, status, start_date, trial_start, trial_end, ended_at, paused_at,
-           cancellation_reason
+           cancellation_reason, seen_at
     FROM derived_subs
+),
+-- A trial's end is invoiced at once (its first period, or a zero invoice), unless the trial ends into a pause
+-- (trial_settings.end_behavior.missing_payment_method = pause: no invoice until it is resumed). So a subscription
+-- seen a day after its trial ended with no invoice made within that day was paused from the trial's end: until
+-- its next invoice (the resume's), else until it ended or for good (paused now).
+trial_pauses AS (
+    SELECT s.account_id, s.subscription_id, s.trial_end,
+           min(i.created) FILTER (WHERE i.created > s.trial_end + INTERVAL 1 DAY) AS resumed_at
+    FROM s
+    LEFT JOIN invoices i
+           ON i.account_id = s.account_id AND i.subscription_id = s.subscription_id
+          AND i.created >= s.trial_end - INTERVAL 1 HOUR AND NOT coalesce(i.deleted, false)
+    WHERE s.trial_end > s.start_date AND s.trial_end + INTERVAL 1 DAY <= s.seen_at
+      AND (s.ended_at IS NULL OR s.trial_end < s.ended_at)
+    GROUP BY ALL
+    HAVING count(i.id) FILTER (WHERE i.created <= s.trial_end + INTERVAL 1 DAY) = 0
 ),
 -- unpaid now, or canceled for a failed payment (it may have gone unpaid first, then been deleted)
 unpaid_invoices AS (
@@ -360,12 +377,19 @@ recon AS (
            false AS pause_collection, 'snapshot' AS source, NULL AS source_event_id, 0 AS ord
     FROM s WHERE start_date IS NOT NULL
     UNION ALL
-    SELECT account_id, subscription_id, trial_end,
-           CASE WHEN status = 'paused' AND (paused_at IS NULL OR paused_at <= trial_end) THEN 'paused'
+    SELECT s.account_id, s.subscription_id, s.trial_end,
+           CASE WHEN s.status = 'paused' AND (s.paused_at IS NULL OR s.paused_at <= s.trial_end) THEN 'paused'
+                WHEN p.subscription_id IS NOT NULL THEN 'paused'
                 ELSE 'active' END,
            false, 'snapshot', NULL, 1
     FROM s
-    WHERE trial_end IS NOT NULL AND trial_end > start_date AND (ended_at IS NULL OR trial_end < ended_at)
+    LEFT JOIN trial_pauses p USING (account_id, subscription_id)
+    WHERE s.trial_end IS NOT NULL AND s.trial_end > s.start_date AND (s.ended_at IS NULL OR s.trial_end < s.ended_at)
+    UNION ALL
+    -- (resumed from a pause the trial ended into: from the resume's invoice)
+    SELECT p.account_id, p.subscription_id, p.resumed_at, 'active', false, 'snapshot', NULL, 2
+    FROM trial_pauses p JOIN s USING (account_id, subscription_id)
+    WHERE p.resumed_at IS NOT NULL AND (s.ended_at IS NULL OR p.resumed_at < s.ended_at)
     UNION ALL
     -- a trial given later (trial_end set on an update of a subscription already under way: trial_start is then
     -- the update's moment; the subscription keeps only its latest trial)

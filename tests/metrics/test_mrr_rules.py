@@ -429,10 +429,38 @@ def test_trial_counts_zero(world: World, derive: Derive) -> None:
 def test_trial_from_snapshot_dates_without_events(world: World, derive: Derive) -> None:
     simple(world, trial_end=T0 + 14 * DAY)
     world.update("sub_1", T0 + 14 * DAY, status="active")
-    world.cycle("sub_1", month(1))
-    con = derive(world, seen_at=month(1, 2), events=False)
+    world.cycle("sub_1", T0 + 14 * DAY)  # (the trial's end is invoiced at once)
+    world.cycle("sub_1", add_months(T0 + 14 * DAY, 1))
+    con = derive(world, seen_at=month(1, 16), events=False)
     assert customer_mrr_at(con, "cus_1", T0 + DAY) == 0
     assert customer_mrr_at(con, "cus_1", T0 + 14 * DAY) == Decimal("50.0000")
+
+
+@pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
+@pytest.mark.parametrize("then", ["resumed", "canceled"])
+def test_a_trial_that_ended_into_a_pause_counts_zero_until_resumed(world: World, derive: Derive, events: bool,
+                                                                    then: str) -> None:
+    """A trial that ends without a payment method pauses the subscription (trial_settings.end_behavior
+    .missing_payment_method = pause): no invoice until it is resumed, and it counts zero meanwhile. Without events
+    the pause shows as a trial's end with no invoice made within a day: paused until the next invoice (the
+    resume's), or until the subscription ended."""
+    simple(world, trial_end=T0 + 14 * DAY)
+    world.update("sub_1", T0 + 14 * DAY, status="paused")
+    if then == "resumed":
+        world.update("sub_1", T0 + 34 * DAY, status="active")
+        world.cycle("sub_1", T0 + 34 * DAY)
+        world.cycle("sub_1", add_months(T0 + 34 * DAY, 1))
+    else:
+        world.cancel("sub_1", T0 + 40 * DAY)
+    con = derive(world, seen_at=month(2, 10), events=events)
+    assert customer_mrr_at(con, "cus_1", T0 + 20 * DAY) == 0
+    moves = con.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT) FROM mrr_movements").fetchall()
+    if then == "resumed":
+        assert customer_mrr_at(con, "cus_1", T0 + 34 * DAY) == Decimal("50.0000")
+        assert moves == [("new", T0 + 34 * DAY)]
+    else:
+        assert customer_mrr_at(con, "cus_1", T0 + 38 * DAY) == 0
+        assert moves == []
 
 
 @pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
