@@ -70,13 +70,13 @@ def history_to_today(months: int) -> int:
 
 # What ``stripe-churn demo`` and ``stripe-churn sandbox`` simulate beside the defaults: updates that wait for
 # their payment and expire, prorations left pending until the renewal by Stripe's default create_prorations,
-# metered usage billed early at a billing threshold, coupons restricted to some products and customer-wide
-# coupons, as a real account has them. The Simulation's own defaults stay off, so that the tests'
+# metered usage billed early at a billing threshold, coupons restricted to some products, customer-wide coupons
+# and trials that end into a pause, as a real account has them. The Simulation's own defaults stay off, so that the tests'
 # seeds keep their histories. (Not item_discounts: a later offer on an annual item, a repeating discount put on
 # it with no proration, can start and end between two of its invoices before the events' window, and nothing the
 # sync can read shows it, while the truth has it.)
 SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True, "thresholds": True,
-                                    "restricted_coupons": True, "customer_discounts": True}
+                                    "restricted_coupons": True, "customer_discounts": True, "trial_pauses": True}
 
 
 def _included(discount_ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -154,7 +154,8 @@ class Simulation:
     def __init__(self, customers: int, months: int, seed: int, start: int | None = None, *,
                  item_discounts: bool = False, pending_updates: bool = False,
                  deferred_prorations: bool = False, thresholds: bool = False,
-                 restricted_coupons: bool = False, customer_discounts: bool = False) -> None:
+                 restricted_coupons: bool = False, customer_discounts: bool = False,
+                 trial_pauses: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -170,6 +171,9 @@ class Simulation:
         ``customer_discounts``: some customers get a customer-wide coupon (10% forever) when they sign up; it
         lowers each of their subscriptions that has no discount of its own, as Stripe bills (a subscription's own
         discount replaces the customer's). Those customers get no once-only signup offer.
+        ``trial_pauses``: some trials that would convert end into a pause instead (no payment method,
+        ``missing_payment_method=pause``): no invoice while paused; most are resumed days later (a new period
+        and its invoice), the others canceled while paused.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -191,6 +195,8 @@ class Simulation:
         self.customer_discounts = customer_discounts
         self._rng_customer = random.Random(f"customer discounts {seed}")  # (likewise)
         self._cust_disc: dict[str, str] = {}  # customer -> its customer-wide discount
+        self.trial_pauses = trial_pauses
+        self._rng_pause = random.Random(f"trial pauses {seed}")  # (likewise)
         self._rate = customers / months if months else 0.0
         self.start = add_months(END_OF_HISTORY, -months) if start is None else start
         self.clock = self.start
@@ -537,6 +543,8 @@ class Simulation:
             sub["trial_start"], sub["trial_end"] = t, end
             if self._rng.random() < 0.35:
                 sub["trial_settings"]["end_behavior"]["missing_payment_method"] = "cancel"
+            elif self.trial_pauses and self._rng_pause.random() < 0.3:
+                sub["trial_settings"]["end_behavior"]["missing_payment_method"] = "pause"
         self.objects["subscriptions"][sid] = sub
         self._sub_gen[sid] = 0
         cust.subs.append(sid)
@@ -795,6 +803,9 @@ class Simulation:
             if sub["trial_settings"]["end_behavior"]["missing_payment_method"] == "cancel":
                 self._end_sub(sub, t, "cancellation_requested", None, None, label=False)
                 return
+            if sub["trial_settings"]["end_behavior"]["missing_payment_method"] == "pause":
+                self._pause_at_trial_end(sub, t)
+                return
             before = self._snap(cust)
             prev = {"status": "trialing"}
             sub["status"] = "active"
@@ -835,6 +846,50 @@ class Simulation:
             self._at(self._time_in(t + DAY, end - DAY), "decide", sid, gen)
         if before is not None:
             self._transition(cust, t, before)
+
+    def _pause_at_trial_end(self, sub: dict[str, Any], t: int) -> None:
+        """The trial ended with no payment method: the subscription pauses (no invoice); it is resumed or
+        canceled later. Nothing counted before or after, so no transition."""
+        prev = {"status": sub["status"], "status_details": sub.get("status_details")}
+        sub["status"] = "paused"
+        sub["status_details"] = {"paused": {"type": "subscription", "transitioned_at": t,
+                                            "subscription": {"type": "trial_end_without_payment_method"}}}
+        self._event("customer.subscription.paused", sub, t, prev)
+        self._event("customer.subscription.updated", sub, t, prev)
+        gen = self._bump(sub["id"])
+        rng = self._rng_pause
+        if rng.random() < 0.7:
+            self._at(t + rng.randint(3, 40) * DAY + rng.randrange(DAY), "resume", sub["id"], gen)
+        else:
+            self._at(t + rng.randint(20, 60) * DAY + rng.randrange(DAY), "cancel_paused", sub["id"], gen)
+
+    def _h_resume(self, t: int, sid: str, gen: int) -> None:
+        """A payment method added: the paused subscription resumes with a new period from now, invoiced now."""
+        sub = self._live(sid, gen)
+        if sub is None or sub["status"] != "paused":
+            return
+        cust = self._custs[sub["customer"]]
+        before = self._snap(cust)
+        prev = {"status": "paused", "status_details": sub["status_details"], "items": _copy(sub["items"])}
+        sub["status"], sub["status_details"] = "active", None
+        rec = sub["items"]["data"][0]["price"]["recurring"]
+        end = add_months(t, (12 if rec["interval"] == "year" else 1) * rec["interval_count"])
+        self._set_period(sub, t, end)
+        for it in sub["items"]["data"]:
+            if self._is_metered(it):  # (nothing used while paused)
+                self._usage_billed[it["id"]] = 0
+        self._invoice(sub, t, "subscription_cycle", (t, end))
+        self._event("customer.subscription.resumed", sub, t, prev)
+        self._event("customer.subscription.updated", sub, t, prev)
+        gen = self._bump(sid)
+        self._at(end, "cycle", sid, gen)
+        self._at(self._time_in(t + DAY, end - DAY), "decide", sid, gen)
+        self._transition(cust, t, before)
+
+    def _h_cancel_paused(self, t: int, sid: str, gen: int) -> None:
+        sub = self._live(sid, gen)
+        if sub is not None and sub["status"] == "paused":
+            self._end_sub(sub, t, "cancellation_requested", None, None, label=False)
 
     def _h_threshold(self, t: int, sid: str, gen: int) -> None:
         """The subscription's usage reached its billing threshold (amount_gte): part of each metered item's usage

@@ -194,7 +194,7 @@ def test_ground_truth_through_the_sandbox(tmp_path: Path) -> None:
     from stripe_churn.sync import run_sync
 
     sim = Simulation(customers=5_000, months=36, seed=5, pending_updates=True, deferred_prorations=True,
-                     thresholds=True, restricted_coupons=True, customer_discounts=True)
+                     thresholds=True, restricted_coupons=True, customer_discounts=True, trial_pauses=True)
     sandbox = start_in_thread(sim, api_key=SANDBOX_KEY)
     try:
         settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=tmp_path / "sync.duckdb",
@@ -441,10 +441,35 @@ def test_ground_truth_with_customer_wide_coupons_through_the_sandbox(tmp_path: P
 
 
 @pytest.mark.timeout(600)
+def test_ground_truth_with_trials_that_end_into_a_pause_through_the_sandbox(tmp_path: Path) -> None:
+    """Simulation(trial_pauses=True): some trials end with no payment method into a pause (no invoice), most
+    resumed days later, the others canceled while paused. Before the events' window only the missing invoice at
+    the trial's end shows the pause. 2,000 x 24 synced through the sandbox is exact against the truth (reading
+    the trial's end as the start of paying, as before, gave 0.985 label agreement and 74 MRR disagreements)."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.store.db import open_store
+
+    sim = Simulation(customers=2_000, months=24, seed=5, trial_pauses=True)
+    window_start = sim.clock - 30 * 86_400
+    paused = [e for e in sim.events if e["type"] == "customer.subscription.paused"]
+    resumed = [e for e in sim.events if e["type"] == "customer.subscription.resumed"]
+    assert len(paused) >= 50 and len(resumed) >= 25
+    assert sum(e["created"] < window_start for e in resumed) >= 20, "too few resumed before the events' window"
+    settings = synced_through_the_sandbox(sim, tmp_path / "pauses.duckdb")
+    con = open_store(settings.db)
+    try:
+        recompute(con, settings)
+        check_exactly(sim, con, "2,000 x 24 with trials that end into a pause")
+    finally:
+        con.close()
+
+
+@pytest.mark.timeout(600)
 def test_the_demo_and_sandbox_commands_history_agrees_with_the_truth(tmp_path: Path) -> None:
     """What `stripe-churn demo` and `stripe-churn sandbox` simulate (SANDBOX_OPTIONS: pending updates that expire,
     prorations pending until the renewal, usage billed at billing thresholds, coupons restricted to some
-    products, customer-wide coupons), 1,000 x 24 synced through the
+    products, customer-wide coupons, trials that end into a pause), 1,000 x 24 synced through the
     sandbox: exact against the truth, so a user comparing the sandbox's truth (--truth-out) with the views sees no
     difference."""
     from stripe_churn.metrics.runner import recompute

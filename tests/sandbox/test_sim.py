@@ -567,3 +567,22 @@ def test_a_customer_wide_coupon_bills_the_subscriptions_without_a_discount_of_th
             elif named:
                 seen[False] += 1
     assert seen[True] >= 20 and seen[False] >= 1
+
+
+def test_a_trial_that_ends_into_a_pause_is_not_invoiced_until_resumed() -> None:
+    """Simulation(trial_pauses=True): a trial with missing_payment_method=pause ends into status paused with no
+    invoice; a resumed one is invoiced at the resume, and the truth's first movement of it is `new` then."""
+    sim = Simulation(customers=600, months=24, seed=5, trial_pauses=True)
+    paused = {e["data"]["object"]["id"]: e["created"] for e in sim.events if e["type"] == "customer.subscription.paused"}
+    resumed = {e["data"]["object"]["id"]: e["created"] for e in sim.events
+               if e["type"] == "customer.subscription.resumed"}
+    assert len(paused) >= 10 and 0 < len(resumed) < len(paused)
+    for sid, at in paused.items():
+        until = resumed.get(sid, sim.clock)
+        made = sorted(i["created"] for i in sim.objects["invoices"].values() if i["subscription"] == sid)
+        assert not [c for c in made if at <= c < until]
+        if sid in resumed:
+            assert until in made
+            first = min((r for r in sim.truth if r["subscription_id"] == sid), key=lambda r: r["occurred_at"])
+            assert first["movement"] == "new"
+            assert first["occurred_at"] == dt.datetime.fromtimestamp(until, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
