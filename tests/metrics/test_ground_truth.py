@@ -8,9 +8,11 @@ customer and month must be exact; every disagreement is listed in the failure me
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -118,6 +120,21 @@ def check_against_truth(sim: Any, con: duckdb.DuckDBPyConnection, label: str) ->
     assert agreement >= MIN_AGREEMENT and not mrr_problems, (
         summary + "\n" + "\n".join(label_problems + mrr_problems))
     return summary
+
+
+@contextlib.contextmanager
+def derived_through_the_sandbox(sim: Any, db: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """:func:`synced_through_the_sandbox` into a new store at ``db``, recomputed; open while in use."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.store.db import open_store
+
+    settings = synced_through_the_sandbox(sim, db)
+    con = open_store(settings.db)
+    try:
+        recompute(con, settings)
+        yield con
+    finally:
+        con.close()
 
 
 def check_exactly(sim: Any, con: duckdb.DuckDBPyConnection, label: str) -> str:
@@ -363,9 +380,7 @@ def test_ground_truth_with_usage_billed_at_billing_thresholds_through_the_sandbo
     dated from the period's start or from the threshold. 600 x 24 synced through the sandbox is exact against the
     truth, which counts the period's whole usage (reading the renewal's line alone gave 0.888 label agreement and
     141 MRR disagreements)."""
-    from stripe_churn.metrics.runner import recompute
     from stripe_churn.sandbox.sim import Simulation
-    from stripe_churn.store.db import open_store
 
     sim = Simulation(customers=600, months=24, seed=5, thresholds=True)
     early = [ln for i in sim.objects["invoices"].values() if i["billing_reason"] == "subscription_threshold"
@@ -374,16 +389,11 @@ def test_ground_truth_with_usage_billed_at_billing_thresholds_through_the_sandbo
     rests = [ln for i in sim.objects["invoices"].values() if i["billing_reason"] == "subscription_cycle"
              for ln in i["lines"]["data"] if ln["period"]["start"] in {e["period"]["end"] for e in early}]
     assert len(rests) >= 20, "too few renewals whose usage line is dated from the threshold"
-    settings = synced_through_the_sandbox(sim, tmp_path / "thresholds.duckdb")
-    con = open_store(settings.db)
-    try:
+    with derived_through_the_sandbox(sim, tmp_path / "thresholds.duckdb") as con:
         assert con.execute("SELECT count(*) FROM invoices WHERE billing_reason = 'subscription_threshold'"
                            ).fetchone() == (len({ln["invoice"] for ln in early}),)
-        recompute(con, settings)
         check_exactly(sim, con, "600 x 24 with usage billed at billing thresholds")
         assert con.execute("SELECT count(*) FROM data_quality").fetchone() == (0,)
-    finally:
-        con.close()
 
 
 @pytest.mark.timeout(600)
@@ -392,25 +402,18 @@ def test_ground_truth_with_coupons_restricted_to_some_products_through_the_sandb
     plans' products (applies_to.products, which Stripe sends only when expanded). 2,000 x 24 synced through the
     sandbox is exact against the truth, which lowers the core item only (discounting every item of those
     subscriptions gave 0.985 label agreement and 278 MRR disagreements)."""
-    from stripe_churn.metrics.runner import recompute
     from stripe_churn.sandbox.sim import Simulation
-    from stripe_churn.store.db import open_store
 
     sim = Simulation(customers=2_000, months=24, seed=5, restricted_coupons=True)
     restricted = [s for s in sim.objects["subscriptions"].values()
                   if any(sim.objects["coupons"][sim.discounts[d]["source"]["coupon"]].get("applies_to")
                          for d in s["discounts"])]
     assert sum(len(s["items"]["data"]) > 1 for s in restricted) >= 10, "too few with items the coupon leaves out"
-    settings = synced_through_the_sandbox(sim, tmp_path / "restricted.duckdb")
-    con = open_store(settings.db)
-    try:
-        recompute(con, settings)
+    with derived_through_the_sandbox(sim, tmp_path / "restricted.duckdb") as con:
         check_exactly(sim, con, "2,000 x 24 with coupons restricted to some products")
         spans = con.execute("SELECT count(DISTINCT subscription_id) FROM derived_discount_spans "
                             "WHERE applies_to_products IS NOT NULL").fetchone()
         assert spans is not None and spans[0] >= len(restricted)
-    finally:
-        con.close()
 
 
 @pytest.mark.timeout(600)
@@ -420,24 +423,17 @@ def test_ground_truth_with_customer_wide_coupons_through_the_sandbox(tmp_path: P
     retention offer, replaces it; when a repeating one runs out the customer's counts again). 2,000 x 24 synced
     through the sandbox is exact against the truth (stacking both discounts gave 0.979 label agreement and 217
     MRR disagreements)."""
-    from stripe_churn.metrics.runner import recompute
     from stripe_churn.sandbox.sim import Simulation
-    from stripe_churn.store.db import open_store
 
     sim = Simulation(customers=2_000, months=24, seed=5, customer_discounts=True)
     wide = {c["id"] for c in sim.objects["customers"].values() if c.get("discount")}
     own = [s for s in sim.objects["subscriptions"].values() if s["customer"] in wide and s["discounts"]]
     assert len(wide) >= 100 and len(own) >= 10, "too few subscriptions whose own discount replaces the customer's"
-    settings = synced_through_the_sandbox(sim, tmp_path / "customer.duckdb")
-    con = open_store(settings.db)
-    try:
-        recompute(con, settings)
+    with derived_through_the_sandbox(sim, tmp_path / "customer.duckdb") as con:
         check_exactly(sim, con, "2,000 x 24 with customer-wide coupons")
         stored = {r[0] for r in con.execute("SELECT DISTINCT customer_id FROM derived_discount_spans "
                                             "WHERE scope = 'customer'").fetchall()}
         assert wide <= stored
-    finally:
-        con.close()
 
 
 @pytest.mark.timeout(600)
@@ -446,9 +442,7 @@ def test_ground_truth_with_trials_that_end_into_a_pause_through_the_sandbox(tmp_
     resumed days later, the others canceled while paused. Before the events' window only the missing invoice at
     the trial's end shows the pause. 2,000 x 24 synced through the sandbox is exact against the truth (reading
     the trial's end as the start of paying, as before, gave 0.985 label agreement and 74 MRR disagreements)."""
-    from stripe_churn.metrics.runner import recompute
     from stripe_churn.sandbox.sim import Simulation
-    from stripe_churn.store.db import open_store
 
     sim = Simulation(customers=2_000, months=24, seed=5, trial_pauses=True)
     window_start = sim.clock - 30 * 86_400
@@ -456,13 +450,8 @@ def test_ground_truth_with_trials_that_end_into_a_pause_through_the_sandbox(tmp_
     resumed = [e for e in sim.events if e["type"] == "customer.subscription.resumed"]
     assert len(paused) >= 50 and len(resumed) >= 25
     assert sum(e["created"] < window_start for e in resumed) >= 20, "too few resumed before the events' window"
-    settings = synced_through_the_sandbox(sim, tmp_path / "pauses.duckdb")
-    con = open_store(settings.db)
-    try:
-        recompute(con, settings)
+    with derived_through_the_sandbox(sim, tmp_path / "pauses.duckdb") as con:
         check_exactly(sim, con, "2,000 x 24 with trials that end into a pause")
-    finally:
-        con.close()
 
 
 @pytest.mark.timeout(600)
@@ -472,18 +461,11 @@ def test_the_demo_and_sandbox_commands_history_agrees_with_the_truth(tmp_path: P
     products, customer-wide coupons, trials that end into a pause), 1,000 x 24 synced through the
     sandbox: exact against the truth, so a user comparing the sandbox's truth (--truth-out) with the views sees no
     difference."""
-    from stripe_churn.metrics.runner import recompute
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
-    from stripe_churn.store.db import open_store
 
     sim = Simulation(customers=1_000, months=24, seed=2, **SANDBOX_OPTIONS)
-    settings = synced_through_the_sandbox(sim, tmp_path / "options.duckdb")
-    con = open_store(settings.db)
-    try:
-        recompute(con, settings)
+    with derived_through_the_sandbox(sim, tmp_path / "options.duckdb") as con:
         check_exactly(sim, con, "1,000 x 24 with the sandbox's options")
-    finally:
-        con.close()
 
 
 @pytest.mark.timeout(600)
