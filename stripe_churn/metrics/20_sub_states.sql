@@ -321,8 +321,9 @@ FROM (SELECT * FROM anchor_from_events
 -- Before coverage they are reconstructed from the latest state: trialing from start_date while a trial runs
 -- (incomplete when the subscription never got paid), active from the trial's end (paused when it ended into
 -- a pause: the subscription is paused now, or no invoice of it was made within a day of the trial's end, and
--- then it was resumed when its next invoice was made), paused from status_details.paused.transitioned_at, unpaid from when its failed invoice was given
--- up on (marked uncollectible, else that invoice's creation), canceled or incomplete_expired from ended_at.
+-- then it was resumed when its next invoice was made), paused from status_details.paused.transitioned_at,
+-- unpaid from when its failed invoice was given up on (marked uncollectible, else that invoice's creation),
+-- canceled or incomplete_expired from ended_at.
 -- Inside coverage they are the observed states. A subscription with no stored event has only the snapshot
 -- there: its reconstructed steps stand inside coverage too (an end, a trial's end, an unpaid or paused moment
 -- whose event is missing, as after the daemon was down longer than Stripe keeps events, keeps its own date), and
@@ -336,18 +337,18 @@ WITH s AS (
 -- A trial's end is invoiced at once (its first period, or a zero invoice), unless the trial ends into a pause
 -- (trial_settings.end_behavior.missing_payment_method = pause: no invoice until it is resumed). So a subscription
 -- seen a day after its trial ended with no invoice made within that day was paused from the trial's end: until
--- its next invoice (the resume's), else until it ended or for good (paused now).
+-- its next invoice (the resume's), else until it ended or for good (paused now). Only where the store holds some
+-- invoice of the subscription (the trial's own, at its start): a store without its invoices shows nothing.
 trial_pauses AS (
     SELECT s.account_id, s.subscription_id, s.trial_end,
            min(i.created) FILTER (WHERE i.created > s.trial_end + INTERVAL 1 DAY) AS resumed_at
     FROM s
-    LEFT JOIN invoices i
-           ON i.account_id = s.account_id AND i.subscription_id = s.subscription_id
-          AND i.created >= s.trial_end - INTERVAL 1 HOUR AND NOT coalesce(i.deleted, false)
+    JOIN invoices i ON i.account_id = s.account_id AND i.subscription_id = s.subscription_id
     WHERE s.trial_end > s.start_date AND s.trial_end + INTERVAL 1 DAY <= s.seen_at
-      AND (s.ended_at IS NULL OR s.trial_end < s.ended_at)
+      AND (s.ended_at IS NULL OR s.trial_end < s.ended_at) AND NOT coalesce(i.deleted, false)
     GROUP BY ALL
-    HAVING count(i.id) FILTER (WHERE i.created <= s.trial_end + INTERVAL 1 DAY) = 0
+    HAVING count(*) FILTER (WHERE i.created BETWEEN s.trial_end - INTERVAL 1 HOUR
+                                                AND s.trial_end + INTERVAL 1 DAY) = 0
 ),
 -- unpaid now, or canceled for a failed payment (it may have gone unpaid first, then been deleted)
 unpaid_invoices AS (

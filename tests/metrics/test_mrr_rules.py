@@ -463,6 +463,17 @@ def test_a_trial_that_ended_into_a_pause_counts_zero_until_resumed(world: World,
         assert moves == []
 
 
+def test_a_trial_with_no_invoice_stored_is_not_read_as_a_pause(world: World, derive: Derive) -> None:
+    """The pause is read from a trial's end with no invoice after it only where the store holds some invoice of the
+    subscription: without any (invoices not synced), its status steps claim no pause they cannot see."""
+    simple(world, trial_end=T0 + 14 * DAY, invoice=False)
+    world.update("sub_1", T0 + 14 * DAY, status="active")
+    con = derive(world, seen_at=month(2), events=False)
+    steps = con.execute("SELECT status, CAST(epoch(moment) AS BIGINT) FROM derived_sub_status_steps "
+                        "ORDER BY moment, ord").fetchall()
+    assert steps[:2] == [("trialing", T0), ("active", T0 + 14 * DAY)]
+
+
 @pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
 def test_a_trial_granted_to_a_paying_subscription_counts_zero(world: World, derive: Derive, events: bool) -> None:
     """A trial given to a subscription already paying (trial_end set on an update: status trialing, trial_start
