@@ -340,7 +340,7 @@ WITH s AS (
 -- its next invoice (the resume's), else until it ended or for good (paused now). Only where the store holds some
 -- invoice of the subscription (the trial's own, at its start): a store without its invoices shows nothing.
 trial_pauses AS (
-    SELECT s.account_id, s.subscription_id, s.trial_end,
+    SELECT s.account_id, s.subscription_id, s.trial_end, s.ended_at,
            min(i.created) FILTER (WHERE i.created > s.trial_end + INTERVAL 1 DAY) AS resumed_at
     FROM s
     JOIN invoices i ON i.account_id = s.account_id AND i.subscription_id = s.subscription_id
@@ -389,8 +389,8 @@ recon AS (
     UNION ALL
     -- (resumed from a pause the trial ended into: from the resume's invoice)
     SELECT p.account_id, p.subscription_id, p.resumed_at, 'active', false, 'snapshot', NULL, 2
-    FROM trial_pauses p JOIN s USING (account_id, subscription_id)
-    WHERE p.resumed_at IS NOT NULL AND (s.ended_at IS NULL OR p.resumed_at < s.ended_at)
+    FROM trial_pauses p
+    WHERE p.resumed_at IS NOT NULL AND (p.ended_at IS NULL OR p.resumed_at < p.ended_at)
     UNION ALL
     -- a trial given later (trial_end set on an update of a subscription already under way: trial_start is then
     -- the update's moment; the subscription keeps only its latest trial)

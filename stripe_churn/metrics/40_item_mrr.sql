@@ -12,7 +12,14 @@
 CREATE OR REPLACE TEMP TABLE derived_metered_steps AS
 WITH usage_lines AS (
     SELECT l.account_id, l.subscription_id, l.subscription_item_id, l.invoice_created, l.invoice_id, l.line_id,
-           l.period_start, l.period_end, l.amount_excl_tax_p, p.billing_interval, p.interval_count
+           l.period_start, l.period_end, l.amount_excl_tax_p,
+           -- the price's interval, and how much shorter than it a period may be and still be full
+           CASE p.billing_interval WHEN 'month' THEN to_months(p.interval_count)
+                                   WHEN 'year' THEN to_years(p.interval_count)
+                                   WHEN 'week' THEN to_days(7 * p.interval_count)
+                                   WHEN 'day' THEN to_days(p.interval_count) END AS span,
+           CASE p.billing_interval WHEN 'month' THEN INTERVAL 3 DAY WHEN 'year' THEN INTERVAL 1 DAY
+                                   ELSE INTERVAL 0 DAY END AS slack
     FROM derived_invoice_lines l
     JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
     WHERE p.usage_type = 'metered' AND NOT l.proration AND l.subscription_item_id IS NOT NULL
@@ -35,12 +42,7 @@ early AS (
       ON u.account_id = t.account_id AND u.subscription_item_id = t.subscription_item_id
      AND u.invoice_created >= t.invoice_created
     -- (within the interval that ends with the line's period, a day's slack)
-    WHERE t.period_start >= CASE u.billing_interval
-            WHEN 'month' THEN u.period_end - to_months(u.interval_count)
-            WHEN 'year' THEN u.period_end - to_years(u.interval_count)
-            WHEN 'week' THEN u.period_end - to_days(7 * u.interval_count)
-            WHEN 'day' THEN u.period_end - to_days(u.interval_count)
-          END - INTERVAL 1 DAY
+    WHERE t.period_start >= u.period_end - u.span - INTERVAL 1 DAY
     GROUP BY ALL
 ),
 periods AS (
@@ -51,12 +53,7 @@ periods AS (
 )
 SELECT account_id, subscription_id, subscription_item_id, invoice_created AS moment, amount_p, invoice_id
 FROM periods
-WHERE period_end >= CASE billing_interval
-        WHEN 'month' THEN billed_from + to_months(interval_count) - INTERVAL 3 DAY
-        WHEN 'year' THEN billed_from + to_years(interval_count) - INTERVAL 1 DAY
-        WHEN 'week' THEN billed_from + to_days(7 * interval_count)
-        WHEN 'day' THEN billed_from + to_days(interval_count)
-      END
+WHERE period_end >= billed_from + span - slack
 QUALIFY row_number() OVER (PARTITION BY account_id, subscription_item_id, invoice_created
                            ORDER BY (period_end, line_id) DESC) = 1;  -- (one key: an arg_max; never NULL)
 
