@@ -111,11 +111,24 @@ FROM before;
 CREATE OR REPLACE MACRO items_key(items) AS
     list_sort(list_transform(coalesce(items, []), lambda x: concat_ws('|', x.id, x.price_id, x.quantity_text)));
 
+-- What an event's state is compared on. (An item list cut short says nothing about the items it leaves out: not
+-- compared. No pause_collection and a null one are alike here.)
+CREATE OR REPLACE MACRO event_state(status, pause_collection, items, has_more, discounts) AS
+    {'status': status, 'pause': coalesce(pause_collection, false),
+     'items': CASE WHEN NOT coalesce(has_more, false) THEN items_key(items) END, 'discounts': discounts};
+
+-- Whether a state after (`a`) is the state before `b`.
+CREATE OR REPLACE MACRO state_leads(a, b) AS
+    a.status IS NOT DISTINCT FROM b.status AND a.pause IS NOT DISTINCT FROM b.pause
+    AND (a.items IS NULL OR b.items IS NULL OR a.items = b.items) AND a.discounts IS NOT DISTINCT FROM b.discounts;
+
 -- Events of one subscription in the same second (few: a subscription created incomplete and paid at once, two
 -- quick API updates), in the order they happened: created first, deleted last, and between them each update
 -- after the one whose state after is its state before (data.object with previous_attributes merged in:
 -- status, pause_collection, items, discounts). A walk from the first (the one no other leads to) to the next
 -- each time: the one the current leads to, else one no event left leads to; the id only when nothing decides.
+-- The walk starts from the update whose state before is the state after the event before the second (when
+-- that one is alone in its own second), so that two updates undoing each other keep their order.
 -- (Kept: the incremental path's moved customers read their events' order from it, without this step.)
 CREATE OR REPLACE TABLE derived_sub_event_order AS
 WITH RECURSIVE tied AS (
@@ -123,16 +136,11 @@ WITH RECURSIVE tied AS (
            CASE event_type WHEN 'customer.subscription.created' THEN 0
                            WHEN 'customer.subscription.deleted' THEN 2 ELSE 1 END AS cls,
            has_before,
-           -- (an item list cut short says nothing about the items it leaves out: not compared)
-           -- (no pause_collection and a null one are alike here)
-           {'status': after_status, 'pause': coalesce(after_pause_collection, false),
-            'items': CASE WHEN NOT coalesce(after_has_more, false) THEN items_key(after_items) END,
-            'discounts': after_discounts} AS s_after,
+           event_state(after_status, after_pause_collection, after_items, after_has_more, after_discounts) AS s_after,
            CASE WHEN has_before THEN
-               {'status': before_status, 'pause': coalesce(before_pause_collection, false),
-                'items': CASE WHEN NOT coalesce(before_has_more, false) THEN items_key(before_items) END,
-                -- (NULL: previous_attributes do not list them, they did not change)
-                'discounts': coalesce(before_discounts, after_discounts)}
+               -- (NULL discounts: previous_attributes do not list them, they did not change)
+               event_state(before_status, before_pause_collection, before_items, before_has_more,
+                           coalesce(before_discounts, after_discounts))
            END AS s_before
     FROM derived_sub_events WHERE tied
 ),
@@ -143,23 +151,32 @@ leads AS (
     FROM tied y
     JOIN tied x ON x.account_id = y.account_id AND x.subscription_id = y.subscription_id AND x.moment = y.moment
                AND x.event_id <> y.event_id
-    WHERE y.has_before
-      AND x.s_after.status IS NOT DISTINCT FROM y.s_before.status
-      AND x.s_after.pause IS NOT DISTINCT FROM y.s_before.pause
-      AND (x.s_after.items IS NULL OR y.s_before.items IS NULL OR x.s_after.items = y.s_before.items)
-      AND x.s_after.discounts IS NOT DISTINCT FROM y.s_before.discounts
+    WHERE y.has_before AND state_leads(x.s_after, y.s_before)
     GROUP BY ALL
+),
+-- the state after the subscription's event just before the second, when that event is alone in its own: the
+-- second's first update starts from it (two updates that undo each other lead to each other, and only this
+-- tells which came first)
+prior AS (
+    SELECT g.account_id, g.subscription_id, g.moment,
+           event_state(e.after_status, e.after_pause_collection, e.after_items, e.after_has_more,
+                       e.after_discounts) AS s_prior
+    FROM (SELECT account_id, subscription_id, moment, min(seq) AS first_seq FROM tied GROUP BY ALL) g
+    JOIN derived_sub_events e ON e.account_id = g.account_id AND e.subscription_id = g.subscription_id
+                             AND e.seq = g.first_seq - 1 AND NOT e.tied
 ),
 cand AS (
     SELECT t.account_id, t.subscription_id, t.moment, t.event_id, t.seq, t.cls,
-           coalesce(l.preds, []) AS preds, coalesce(l.same_cls_preds, []) AS same_cls_preds
+           coalesce(l.preds, []) AS preds, coalesce(l.same_cls_preds, []) AS same_cls_preds,
+           coalesce(t.has_before AND state_leads(p.s_prior, t.s_before), false) AS after_prior
     FROM tied t LEFT JOIN leads l USING (account_id, subscription_id, moment, event_id)
+    LEFT JOIN prior p USING (account_id, subscription_id, moment)
 ),
 walk(account_id, subscription_id, moment, pos, cur, used) AS (
     SELECT account_id, subscription_id, moment, 1, event_id, [event_id]
     FROM cand
     QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id, moment
-                               ORDER BY cls, len(same_cls_preds) > 0, event_id) = 1
+                               ORDER BY cls, NOT after_prior, len(same_cls_preds) > 0, event_id) = 1
     UNION ALL
     SELECT w.account_id, w.subscription_id, w.moment, w.pos + 1, c.event_id, list_append(w.used, c.event_id)
     FROM walk w
