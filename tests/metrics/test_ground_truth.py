@@ -96,6 +96,23 @@ def compare_mrr(sim: Any, con: duckdb.DuckDBPyConnection, moments: list[int]) ->
     return problems
 
 
+def compare_churn(sim: Any, con: duckdb.DuckDBPyConnection) -> list[str]:
+    """churn_type and cancellation_feedback of the cancellations at a customer and moment where both the truth and
+    ours have one, against the truth's (one missing on either side is a label disagreement already)."""
+    want: dict[tuple[str, int], set[tuple[str | None, str | None]]] = defaultdict(set)
+    for t in sim.truth:
+        if t["movement"] == "cancellation":
+            want[(t["customer_id"], _unix(t["occurred_at"]))].add((t["churn_type"], t.get("cancellation_feedback")))
+    have: dict[tuple[str, int], set[tuple[str | None, str | None]]] = defaultdict(set)
+    for cust, at, churn_type, feedback in con.execute(
+            "SELECT customer_id, CAST(epoch(occurred_at) AS BIGINT), churn_type, cancellation_feedback "
+            "FROM mrr_movements WHERE movement = 'cancellation'").fetchall():
+        have[(cust, at)].add((churn_type, feedback))
+    return [f"{cust} {dt.datetime.fromtimestamp(at, tz=dt.UTC).isoformat()} churn (type, feedback): "
+            f"truth {sorted(want[(cust, at)], key=str)} ours {sorted(have[(cust, at)], key=str)}"
+            for cust, at in sorted(set(want) & set(have)) if want[(cust, at)] != have[(cust, at)]]
+
+
 def month_starts(first: int, last: int) -> list[int]:
     d = dt.datetime.fromtimestamp(first, tz=dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     out = []
@@ -111,14 +128,16 @@ def check_against_truth(sim: Any, con: duckdb.DuckDBPyConnection, label: str) ->
     agreement, label_problems = compare_labels(truth, ours)
     first = min(k[1] for k, *_ in truth)
     mrr_problems = compare_mrr(sim, con, month_starts(first, sim.clock)[1:])
+    churn_problems = compare_churn(sim, con)
     summary = (f"{label}: {len(truth)} truth rows, {len(ours)} ours, label agreement {agreement:.5f}, "
-               f"{len(label_problems)} label and {len(mrr_problems)} MRR disagreements")
-    if (label_problems or mrr_problems) and os.environ.get("GROUND_TRUTH_REPORT"):
+               f"{len(label_problems)} label and {len(mrr_problems)} MRR disagreements, "
+               f"{len(churn_problems)} churn type or feedback disagreements")
+    if (label_problems or mrr_problems or churn_problems) and os.environ.get("GROUND_TRUTH_REPORT"):
         # the whole list also in a file, for long runs (GROUND_TRUTH_REPORT=path)
         Path(os.environ["GROUND_TRUTH_REPORT"]).write_text(
-            "\n".join([summary, *label_problems, *mrr_problems]) + "\n", encoding="utf-8")
-    assert agreement >= MIN_AGREEMENT and not mrr_problems, (
-        summary + "\n" + "\n".join(label_problems + mrr_problems))
+            "\n".join([summary, *label_problems, *mrr_problems, *churn_problems]) + "\n", encoding="utf-8")
+    assert agreement >= MIN_AGREEMENT and not mrr_problems and not churn_problems, (
+        summary + "\n" + "\n".join(label_problems + mrr_problems + churn_problems))
     return summary
 
 
@@ -140,7 +159,7 @@ def derived_through_the_sandbox(sim: Any, db: Path) -> Iterator[duckdb.DuckDBPyC
 def check_exactly(sim: Any, con: duckdb.DuckDBPyConnection, label: str) -> str:
     """:func:`check_against_truth`, and every label too (agreement 1, not only the issue's 99.9%)."""
     summary = check_against_truth(sim, con, label)
-    assert "agreement 1.00000, 0 label and 0 MRR disagreements" in summary, summary
+    assert "agreement 1.00000, 0 label and 0 MRR disagreements, 0 churn type" in summary, summary
     return summary
 
 
