@@ -264,6 +264,28 @@ SELECT * FROM snap
 UNION ALL
 SELECT * FROM from_events;
 
+-- What paused a subscription, per pause: status_details.paused.subscription.type (pause_requested,
+-- trial_end_without_payment_method, first_payment_failure, final_payment_failure, system) with the moment it
+-- paused, from every stored event whose subscription is paused after it and from the snapshot of one paused now
+-- (JSON read for those rows alone). 70 reads it for the churn type of a pause: after a failed payment it is
+-- involuntary, as going unpaid is. (Events rendered before API version 2026-09-30 may lack the type: no row.)
+CREATE OR REPLACE TABLE derived_sub_pauses AS
+SELECT DISTINCT account_id, subscription_id, paused_at, pause_type
+FROM (
+    SELECT account_id, object_id AS subscription_id,
+           coalesce(ts_of(json_extract_string(raw, '$.data.object.status_details.paused.transitioned_at')),
+                    created) AS paused_at,
+           json_extract_string(raw, '$.data.object.status_details.paused.subscription.type') AS pause_type
+    FROM events
+    WHERE type LIKE 'customer.subscription.%' AND object_type = 'subscription' AND NOT coalesce(deleted, false)
+      AND sub_state.status = 'paused'
+    UNION ALL
+    SELECT account_id, id, paused_at, json_extract_string(raw, '$.status_details.paused.subscription.type')
+    FROM subscriptions
+    WHERE status = 'paused' AND paused_at IS NOT NULL AND NOT coalesce(deleted, false)
+)
+WHERE pause_type IS NOT NULL AND subscription_id IS NOT NULL;
+
 -- Full-state observations inside event coverage: the state at coverage start (the first event's "before",
 -- or the snapshot for a subscription without events), every event's "after", and a snapshot newer than the
 -- last event that differs from it (a change the events missed).

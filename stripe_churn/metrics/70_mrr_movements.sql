@@ -3,7 +3,7 @@
 -- the largest component; of equal ones, the first by item id, then plan, quantity, discount part), with churn
 -- type, feedback and the Stripe ids that caused each row.
 -- Inputs: derived_transitions, derived_movement_parts, derived_transition_items, derived_item_mrr,
--- derived_sub_events, derived_subs, subscriptions, invoices, invoice_items (the pending ones).
+-- derived_sub_events, derived_subs, derived_sub_pauses, subscriptions, invoices, invoice_items (the pending ones).
 
 CREATE OR REPLACE TABLE derived_mrr_movements AS
 WITH
@@ -115,14 +115,20 @@ sub_facts AS (
                         AND a.t_start > l.t_start AND a.mrr_delta_part > 0)
 ),
 -- cancellations whose subscription failed to pay: it is unpaid (or past_due, when that counts zero) when the
--- customer's MRR drops (looked up for the cancellation parts alone, by key)
+-- customer's MRR drops, or paused, its latest pause by then made after a failed payment (looked up for the
+-- cancellation parts alone, by key)
 unpaid AS (
     SELECT DISTINCT p.tid, p.subscription_id
     FROM derived_movement_parts p
     JOIN derived_transitions t USING (tid)
     JOIN derived_item_mrr u ON u.account_id = t.account_id AND u.subscription_id = p.subscription_id
                            AND u.valid_from <= t.t_end AND (u.valid_to IS NULL OR u.valid_to > t.t_end)
-    WHERE p.movement = 'cancellation' AND u.status IN ('unpaid', 'past_due')
+    WHERE p.movement = 'cancellation'
+      AND (u.status IN ('unpaid', 'past_due')
+           OR (u.status = 'paused'
+               AND (SELECT arg_max(z.pause_type, z.paused_at) FROM derived_sub_pauses z
+                    WHERE z.account_id = t.account_id AND z.subscription_id = p.subscription_id
+                      AND z.paused_at <= t.t_end) IN ('first_payment_failure', 'final_payment_failure')))
 ),
 sourced AS (
     SELECT a.*,

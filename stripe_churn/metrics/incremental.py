@@ -65,7 +65,8 @@ _CATALOGUE = ("products", "prices", "coupons")
 # through the large tables, so copying them reads every stored vector of each column copied: the JSON above all,
 # and the lines' columns, cost most of the copy. Raw tables read by their typed columns only lose their JSON (a
 # customer's JSON is read only for metadata segments, which the scoped runs never compute, and a subscription's
-# only by the scheduled_churn view when it is queried). If a step starts reading one of these, take it out here.
+# by the scheduled_churn view when it is queried, and by the steps for paused ones alone: _READ_RAW). If a step
+# starts reading one of these, take it out here.
 _UNREAD = {
     "customers": ("raw",),
     "subscriptions": ("raw",),
@@ -85,14 +86,17 @@ _UNREAD = {
 # The rows whose JSON the steps read, in tables read by their typed columns otherwise ({db}: the scope, whose
 # subscriptions are copied before its events; {main}: the main database). Events: removed discounts
 # (35_discounts), and the events of a subscription without a usable row of its own, whose last state stands in
-# for it (20_sub_states). Subscription items: those whose price is not stored (10_price_terms reads it from the
-# item). Invoices: those of the owner of a discount removed with no end of its own (35_discounts).
+# for it, and the events of a paused subscription state, which say what paused it (20_sub_states). Subscriptions:
+# those paused now (the same). Subscription items: those whose price is not stored (10_price_terms reads it from
+# the item). Invoices: those of the owner of a discount removed with no end of its own (35_discounts).
 _READ_RAW = {
     "subscription_items": ("(price_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {main}.prices p "
                            "WHERE p.account_id = e.account_id AND p.id = e.price_id AND NOT coalesce(p.deleted, false)))"),
-    "events": ("(type = 'customer.discount.deleted' OR (type LIKE 'customer.subscription.%' AND NOT EXISTS ("
+    "events": ("(type = 'customer.discount.deleted' OR (type LIKE 'customer.subscription.%' AND (NOT EXISTS ("
                "SELECT 1 FROM {db}.subscriptions s WHERE s.account_id = e.account_id AND s.id = e.object_id "
-               "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL)))"),
+               "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL) OR e.sub_state.status = 'paused')))"),
+    # paused subscriptions (20 reads what paused them, as of their events above too)
+    "subscriptions": "(status = 'paused')",
     # the subscription invoice lines naming no item or price (90 reads their parent's type)
     "invoice_lines": "((subscription_item_id IS NULL OR price_id IS NULL) AND NOT coalesce(parent_proration, false))",
     # the invoices of a subscription or customer owning a discount removed with no end of its own (35 dates its

@@ -170,6 +170,24 @@ def test_usage_billed_at_a_threshold_after_the_last_sync(world: World, tmp_path:
 
 
 @SHARDS
+def test_a_pause_after_a_payment_failure_after_the_last_sync(world: World, tmp_path: Path, shards: int) -> None:
+    """A later sync brings a subscription paused after its payment failed (what paused it is in its state's JSON,
+    read for paused states alone): the scope copies that JSON, and the churn is involuntary, as in a full
+    recompute."""
+    w = book(world)
+    before = copy.deepcopy(w)
+    w.update("sub_e", ts(2024, 5, 21), status="past_due")
+    w.update("sub_e", ts(2024, 5, 28), status="paused", status_details={"paused": {
+        "type": "subscription", "transitioned_at": ts(2024, 5, 28),
+        "subscription": {"type": "final_payment_failure"}}})
+    changed = later_sync(w, {"cus_e"}, {"sub_e"}, ts(2024, 5, 21))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 5, 30), shards)
+    assert n == 1
+    assert [r for r in full["view mrr_movements"] if "cus_e" in r and "'cancellation'" in r
+            and "'involuntary'" in r and "2024-05-28" in r]
+
+
+@SHARDS
 def test_lines_naming_no_item_or_price(world: World, tmp_path: Path, shards: int) -> None:
     """Data quality reads the JSON of lines naming no subscription item or price (a one-time invoice item on a
     renewal is fine, a subscription line naming neither is not): the scopes copy it for those lines."""

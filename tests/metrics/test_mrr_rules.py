@@ -571,6 +571,54 @@ def test_immediate_cancel_payment_failed_is_involuntary(world: World, derive: De
     assert item_rows(con, "si_1")[-1]["churn_type"] == "involuntary"
 
 
+def paused_for(kind: str, at: int) -> dict[str, Any]:
+    """A paused subscription's status_details (``kind``: what paused it)."""
+    return {"paused": {"type": "subscription", "transitioned_at": at, "subscription": {"type": kind}}}
+
+
+@pytest.mark.parametrize("events", [True, False], ids=["events", "snapshot"])
+@pytest.mark.parametrize(("kind", "churn_type"), [("final_payment_failure", "involuntary"),
+                                                  ("first_payment_failure", "involuntary"),
+                                                  ("pause_requested", "voluntary")])
+def test_a_pause_after_a_payment_failure_is_involuntary_churn(world: World, derive: Derive, events: bool, kind: str,
+                                                              churn_type: str) -> None:
+    """Stripe can pause a subscription (flexible billing mode) after a renewal's first failed payment or its last
+    retry, instead of canceling it or marking it unpaid (status_details.paused.subscription.type
+    first_payment_failure / final_payment_failure): paused counts zero, and that churn is involuntary, as an
+    unpaid one is. A pause the customer asked for (pause_requested) stays voluntary."""
+    simple(world)
+    inv = world.cycle("sub_1", month(1))
+    inv.update(status="open", amount_paid=0)
+    inv["status_transitions"]["paid_at"] = None
+    if kind != "pause_requested":
+        world.update("sub_1", month(1), status="past_due")
+    world.update("sub_1", month(1, 12), status="paused", status_details=paused_for(kind, month(1, 12)))
+    con = derive(world, seen_at=month(2), events=events)
+    assert customer_mrr_at(con, "cus_1", month(1, 12) - 1) == Decimal("50.0000")
+    assert customer_mrr_at(con, "cus_1", month(1, 12)) == 0
+    assert con.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT), churn_type FROM mrr_movements "
+                       "ORDER BY occurred_at").fetchall() == [("new", T0, None),
+                                                              ("cancellation", month(1, 12), churn_type)]
+    assert con.execute("SELECT churn_type, churned_customers FROM churn_reasons").fetchall() == [(churn_type, 1)]
+
+
+def test_each_pause_churns_by_what_paused_it(world: World, derive: Derive) -> None:
+    """A subscription paused after its last failed retry, resumed when the invoice was paid, and paused later at
+    the customer's request: the first churn is involuntary, the second voluntary."""
+    simple(world)
+    world.update("sub_1", month(1), status="past_due")
+    world.update("sub_1", month(1, 12), status="paused", status_details=paused_for("final_payment_failure",
+                                                                                     month(1, 12)))
+    world.update("sub_1", month(1, 20), status="active", status_details=None)
+    world.cycle("sub_1", month(1, 20))
+    world.update("sub_1", month(2, 25), status="paused", status_details=paused_for("pause_requested", month(2, 25)))
+    con = derive(world, seen_at=month(3))
+    assert con.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT), churn_type FROM mrr_movements "
+                       "ORDER BY occurred_at").fetchall() == [
+        ("new", T0, None), ("cancellation", month(1, 12), "involuntary"), ("reactivation", month(1, 20), None),
+        ("cancellation", month(2, 25), "voluntary")]
+
+
 # --- what is not MRR ----------------------------------------------------------------------------------
 
 def test_tax_excluded(world: World, derive: Derive) -> None:
