@@ -95,7 +95,7 @@ _READ_RAW = {
     "events": ("(type = 'customer.discount.deleted' OR (type LIKE 'customer.subscription.%' AND (NOT EXISTS ("
                "SELECT 1 FROM {db}.subscriptions s WHERE s.account_id = e.account_id AND s.id = e.object_id "
                "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL) OR e.sub_state.status = 'paused')))"),
-    # paused subscriptions (20 reads what paused them, as of their events above too)
+    # the subscriptions paused now (20 reads what paused them, as it does of the events with a paused state above)
     "subscriptions": "(status = 'paused')",
     # the subscription invoice lines naming no item or price (90 reads their parent's type)
     "invoice_lines": "((subscription_item_id IS NULL OR price_id IS NULL) AND NOT coalesce(parent_proration, false))",
