@@ -137,9 +137,30 @@ def three_updates() -> tuple[World, int, list[int]]:
     return w, 1, [2, 1, 0]
 
 
+def seats_up_and_back() -> tuple[World, int, list[int]]:
+    """Seats 3 -> 5 and back 5 -> 3 in one second (an update undone at once): each event leads to the other, and
+    only the state before the second (3 seats, from the subscription's creation) tells which came first."""
+    w = account()
+    w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    w.update("sub_1", T1, items=[("si_1", "basic", 5)], prorate=False)
+    w.update("sub_1", T1, items=[("si_1", "basic", 3)], prorate=False)
+    return w, 1, [1, 0]
+
+
+def seats_up_back_and_up() -> tuple[World, int, list[int]]:
+    """Seats 3 -> 5, 5 -> 3 and 3 -> 5 again in one second, ids in reverse order: it ends at 5."""
+    w = account()
+    w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    for qty in (5, 3, 5):
+        w.update("sub_1", T1, items=[("si_1", "basic", qty)], prorate=False)
+    return w, 1, [2, 1, 0]
+
+
 @pytest.mark.parametrize(("build", "mrr_after"), [(quantity_then_price, 125), (recovered_then_quantity, 50),
-                                                  (three_updates, 175)],
-                         ids=["quantity_then_price", "recovered_then_quantity", "three_updates"])
+                                                  (three_updates, 175), (seats_up_and_back, 30),
+                                                  (seats_up_back_and_up, 50)],
+                         ids=["quantity_then_price", "recovered_then_quantity", "three_updates", "up_and_back",
+                              "up_back_and_up"])
 def test_updates_in_one_second_follow_their_previous_attributes(
         tmp_path: Path, migrated_store_file: Path, build: Callable[[], tuple[World, int, list[int]]],
         mrr_after: int) -> None:
@@ -168,35 +189,3 @@ def test_a_deletion_in_the_same_second_as_an_update_comes_last(tmp_path: Path, m
     assert customer_mrr_at(swapped, "cus_1", T1 + DAY) == 0
     assert results(swapped) == expected
     assert event_order(swapped)[-1] == ("customer.subscription.deleted", "canceled")
-
-
-def seats_up_and_back() -> tuple[World, int, list[int]]:
-    """Seats 3 -> 5 and back 5 -> 3 in one second (an update undone at once): each event leads to the other, and
-    only the state before the second (3 seats, from the subscription's creation) tells which came first."""
-    w = account()
-    w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
-    w.update("sub_1", T1, items=[("si_1", "basic", 5)], prorate=False)
-    w.update("sub_1", T1, items=[("si_1", "basic", 3)], prorate=False)
-    return w, 1, [1, 0]
-
-
-def seats_up_back_and_up() -> tuple[World, int, list[int]]:
-    """Seats 3 -> 5, 5 -> 3 and 3 -> 5 again in one second, ids in reverse order: it ends at 5."""
-    w = account()
-    w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
-    for qty in (5, 3, 5):
-        w.update("sub_1", T1, items=[("si_1", "basic", qty)], prorate=False)
-    return w, 1, [2, 1, 0]
-
-
-@pytest.mark.parametrize(("build", "mrr_after"), [(seats_up_and_back, 30), (seats_up_back_and_up, 50)],
-                         ids=["up_and_back", "up_back_and_up"])
-def test_updates_undone_in_the_same_second_start_from_the_state_before_it(
-        tmp_path: Path, migrated_store_file: Path, build: Callable[[], tuple[World, int, list[int]]],
-        mrr_after: int) -> None:
-    in_order, swapped = same_second_pair(tmp_path, migrated_store_file, build)
-    expected = results(in_order)
-    assert customer_mrr_at(in_order, "cus_1", T1 + DAY) == mrr_after
-    assert customer_mrr_at(swapped, "cus_1", T1 + DAY) == mrr_after
-    assert results(swapped) == expected
-    assert event_order(swapped) == event_order(in_order)
