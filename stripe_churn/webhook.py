@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,18 @@ READ_TIMEOUT_S = 10.0
 TRIGGER_PREFIXES = ("invoice.", "customer.subscription.")
 
 
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: tuple[str, int] | object) -> None:
+        """A client that went away mid-request (a reset, a broken pipe: one refused early often closes before
+        reading the answer) is no error of ours: one DEBUG line, not the traceback socketserver prints on stderr.
+        Anything else is logged with its traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            log.debug("webhook: the client went away mid-request (%s)", exc)
+            return
+        log.exception("webhook: a request failed")
+
+
 class WebhookServer:
     """HTTP server on a thread; calls ``on_event(event_type)`` for each verified event that should sync."""
 
@@ -37,7 +50,7 @@ class WebhookServer:
         self._on_event = on_event
         handler = self._make_handler()
         try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
+            self.httpd = _Server((host, port), handler)
         except OSError as exc:
             raise ConfigError(f"the webhook cannot listen on {host}:{port}: {exc.strerror or exc}; pick another "
                               "--webhook-port (setting webhook_port; 0 for a free one) or --webhook-host") from None

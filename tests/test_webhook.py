@@ -6,7 +6,9 @@ import hashlib
 import hmac
 import http.client
 import json
+import logging
 import socket
+import struct
 import time
 from collections.abc import Iterator
 
@@ -93,6 +95,37 @@ def test_oversized_body_and_wrong_method(server: tuple[WebhookServer, list[str]]
         assert sock.recv(100).startswith(b"HTTP/1.0 413")
     assert post(srv, b"", method="GET") == 405
     assert seen == []
+
+
+def test_a_client_that_went_away_is_one_debug_line_not_a_traceback(
+        server: tuple[WebhookServer, list[str]], capfd: pytest.CaptureFixture[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A client refused early (413) often closes before reading the answer, and the answer's write then meets a
+    reset: socketserver would print that traceback on stderr. The server logs one DEBUG line instead, and still
+    logs anything else with its traceback."""
+    srv, _ = server
+    caplog.set_level(logging.DEBUG, logger="stripe_churn.webhook")
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError:
+        srv.httpd.handle_error(None, ("127.0.0.1", 1))
+    assert capfd.readouterr().err == ""
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG]
+    assert "went away" in caplog.records[0].getMessage()
+    caplog.clear()
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        srv.httpd.handle_error(None, ("127.0.0.1", 1))
+    assert [(r.levelno, r.exc_info is not None) for r in caplog.records] == [(logging.ERROR, True)]
+    # (end to end: clients that reset the connection right after an oversized request print nothing either)
+    host, port = srv.httpd.server_address[:2]
+    for _ in range(20):
+        with socket.create_connection((str(host), port), timeout=5) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n".encode())
+    time.sleep(0.2)
+    assert capfd.readouterr().err == ""
 
 
 def test_needs_a_secret() -> None:
