@@ -70,13 +70,14 @@ def history_to_today(months: int) -> int:
 
 # What ``stripe-churn demo`` and ``stripe-churn sandbox`` simulate beside the defaults: updates that wait for
 # their payment and expire, prorations left pending until the renewal by Stripe's default create_prorations,
-# metered usage billed early at a billing threshold, coupons restricted to some products, customer-wide coupons
-# and trials that end into a pause, as a real account has them. The Simulation's own defaults stay off, so that the tests'
-# seeds keep their histories. (Not item_discounts: a later offer on an annual item, a repeating discount put on
+# metered usage billed early at a billing threshold, coupons restricted to some products, customer-wide coupons,
+# trials that end into a pause and subscriptions paused after their last failed retry, as a real account has
+# them. The Simulation's own defaults stay off, so that the tests' seeds keep their histories. (Not item_discounts: a later offer on an annual item, a repeating discount put on
 # it with no proration, can start and end between two of its invoices before the events' window, and nothing the
 # sync can read shows it, while the truth has it.)
 SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True, "thresholds": True,
-                                    "restricted_coupons": True, "customer_discounts": True, "trial_pauses": True}
+                                    "restricted_coupons": True, "customer_discounts": True, "trial_pauses": True,
+                                    "failure_pauses": True}
 
 
 def _included(discount_ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -155,7 +156,7 @@ class Simulation:
                  item_discounts: bool = False, pending_updates: bool = False,
                  deferred_prorations: bool = False, thresholds: bool = False,
                  restricted_coupons: bool = False, customer_discounts: bool = False,
-                 trial_pauses: bool = False) -> None:
+                 trial_pauses: bool = False, failure_pauses: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -174,6 +175,11 @@ class Simulation:
         ``trial_pauses``: some trials that would convert end into a pause instead (no payment method,
         ``missing_payment_method=pause``): no invoice while paused; most are resumed days later (a new period
         and its invoice), the others canceled while paused.
+        ``failure_pauses``: the account bills in flexible billing mode and has Stripe pause a subscription after
+        its last failed payment retry (status_details.paused.subscription.type final_payment_failure) instead of
+        marking it unpaid, for half of them: paused, its invoice left open, no more invoices; an involuntary
+        churn in the truth. Such a subscription stays paused: a pause that ended before the events' window leaves
+        nothing on the invoices that dates it, so its truth could not be read back from what the sync finds.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -197,6 +203,8 @@ class Simulation:
         self._cust_disc: dict[str, str] = {}  # customer -> its customer-wide discount
         self.trial_pauses = trial_pauses
         self._rng_pause = random.Random(f"trial pauses {seed}")  # (likewise)
+        self.failure_pauses = failure_pauses
+        self._rng_failure_pause = random.Random(f"failure pauses {seed}")  # (likewise)
         self._rate = customers / months if months else 0.0
         self.start = add_months(END_OF_HISTORY, -months) if start is None else start
         self.clock = self.start
@@ -539,6 +547,9 @@ class Simulation:
             if qty is None:
                 self._usage_now[data[-1]["id"]] = self._rng.randint(5, 60)
         sub = ob.subscription(sid, t, cust.id, cust.currency, data, t, "trialing" if trial else "active")
+        if self.failure_pauses:
+            sub["billing_mode"] = {"type": "flexible", "flexible": {"proration_discounts": "included"},
+                                   "updated_at": t}
         if trial:
             sub["trial_start"], sub["trial_end"] = t, end
             if self._rng.random() < 0.35:
@@ -932,13 +943,29 @@ class Simulation:
                      gen)
             return
         before = self._snap(cust)
+        wait = self._rng.randint(7, 20)  # (drawn either way: the main stream stays what it was)
+        if self.failure_pauses and self._rng_failure_pause.random() < 0.5:
+            self._pause_after_failure(sub, t, before)
+            return
         sub["status"] = "unpaid"
         inv["status"] = "uncollectible"
         inv["status_transitions"]["marked_uncollectible_at"] = t
         self._event("invoice.marked_uncollectible", inv, t)
         self._event("customer.subscription.updated", sub, t, {"status": "past_due"})
         self._transition(cust, t, before, ("involuntary", None))
-        self._at(t + self._rng.randint(7, 20) * DAY, "cancel_unpaid", sid, gen)
+        self._at(t + wait * DAY, "cancel_unpaid", sid, gen)
+
+    def _pause_after_failure(self, sub: dict[str, Any], t: int, before: dict[str, Comp]) -> None:
+        """The last retry failed: Stripe pauses the subscription (flexible billing mode's pause on payment failure);
+        its invoice stays open and no invoice follows. It counted until now: an involuntary churn."""
+        prev = {"status": sub["status"], "status_details": sub.get("status_details")}
+        sub["status"] = "paused"
+        sub["status_details"] = {"paused": {"type": "subscription", "transitioned_at": t,
+                                            "subscription": {"type": "final_payment_failure"}}}
+        self._event("customer.subscription.paused", sub, t, prev)
+        self._event("customer.subscription.updated", sub, t, prev)
+        self._bump(sub["id"])
+        self._transition(self._custs[sub["customer"]], t, before, ("involuntary", None))
 
     def _h_cancel_unpaid(self, t: int, sid: str, gen: int) -> None:
         sub = self._live(sid, gen)

@@ -230,7 +230,8 @@ def test_ground_truth_through_the_sandbox(tmp_path: Path) -> None:
     from stripe_churn.sync import run_sync
 
     sim = Simulation(customers=5_000, months=36, seed=5, pending_updates=True, deferred_prorations=True,
-                     thresholds=True, restricted_coupons=True, customer_discounts=True, trial_pauses=True)
+                     thresholds=True, restricted_coupons=True, customer_discounts=True, trial_pauses=True,
+                     failure_pauses=True)
     sandbox = start_in_thread(sim, api_key=SANDBOX_KEY)
     try:
         settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=tmp_path / "sync.duckdb",
@@ -473,11 +474,32 @@ def test_ground_truth_with_trials_that_end_into_a_pause_through_the_sandbox(tmp_
         check_exactly(sim, con, "2,000 x 24 with trials that end into a pause")
 
 
+def test_ground_truth_with_pauses_after_a_failed_payment_through_the_sandbox(tmp_path: Path) -> None:
+    """Simulation(failure_pauses=True): half the subscriptions whose last payment retry fails are paused by Stripe
+    (status_details.paused.subscription.type final_payment_failure) instead of marked unpaid, and stay paused.
+    2,000 x 24 synced through the sandbox is exact against the truth, churn types included: those churns are
+    involuntary, read from the events inside their window and from the paused subscriptions' state before it."""
+    from stripe_churn.sandbox.sim import Simulation
+
+    sim = Simulation(customers=2_000, months=24, seed=5, failure_pauses=True)
+    window_start = sim.clock - 30 * 86_400
+    paused = [e for e in sim.events if e["type"] == "customer.subscription.paused"]
+    assert len(paused) >= 30 and sum(e["created"] < window_start for e in paused) >= 20, len(paused)
+    with derived_through_the_sandbox(sim, tmp_path / "failure-pauses.duckdb") as con:
+        summary = check_exactly(sim, con, "2,000 x 24 with pauses after a failed payment")
+        assert "0 churn type or feedback disagreements" in summary, summary
+        paused_ids = {e["data"]["object"]["id"] for e in paused}
+        churn = con.execute("SELECT subscription_id, churn_type FROM mrr_movements WHERE movement = 'cancellation' "
+                            "AND subscription_id IN (SELECT unnest(?))", [sorted(paused_ids)]).fetchall()
+        assert len(churn) == len(paused_ids) and {c for _, c in churn} == {"involuntary"}, churn
+
+
 @pytest.mark.timeout(600)
 def test_the_demo_and_sandbox_commands_history_agrees_with_the_truth(tmp_path: Path) -> None:
     """What `stripe-churn demo` and `stripe-churn sandbox` simulate (SANDBOX_OPTIONS: pending updates that expire,
     prorations pending until the renewal, usage billed at billing thresholds, coupons restricted to some
-    products, customer-wide coupons, trials that end into a pause), 1,000 x 24 synced through the
+    products, customer-wide coupons, trials that end into a pause, pauses after a failed payment), 1,000 x 24
+    synced through the
     sandbox: exact against the truth, so a user comparing the sandbox's truth (--truth-out) with the views sees no
     difference."""
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation

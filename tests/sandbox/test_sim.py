@@ -586,3 +586,26 @@ def test_a_trial_that_ends_into_a_pause_is_not_invoiced_until_resumed() -> None:
             first = min((r for r in sim.truth if r["subscription_id"] == sid), key=lambda r: r["occurred_at"])
             assert first["movement"] == "new"
             assert first["occurred_at"] == dt.datetime.fromtimestamp(until, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_subscription_paused_after_its_last_failed_retry_stays_paused_and_uninvoiced() -> None:
+    """Simulation(failure_pauses=True): half the subscriptions whose last retry fails are paused (status_details
+    final_payment_failure, flexible billing mode) instead of going unpaid: their invoice stays open, none follows,
+    and the truth has an involuntary cancellation at the pause."""
+    sim = Simulation(customers=600, months=24, seed=5, failure_pauses=True)
+    paused = {e["data"]["object"]["id"]: e for e in sim.events if e["type"] == "customer.subscription.paused"}
+    unpaid = [s for s in sim.objects["subscriptions"].values() if s["cancellation_details"]["reason"] == "payment_failed"]
+    assert len(paused) >= 10 and unpaid
+    for sid, evt in paused.items():
+        sub = sim.objects["subscriptions"][sid]
+        assert sub["status"] == "paused" and sub["billing_mode"]["type"] == "flexible"
+        assert sub["status_details"]["paused"]["subscription"]["type"] == "final_payment_failure"
+        assert sub["status_details"]["paused"]["transitioned_at"] == evt["created"]
+        assert sim.objects["invoices"][sub["latest_invoice"]]["status"] == "open"
+        assert not [i for i in sim.objects["invoices"].values()
+                    if i["subscription"] == sid and i["created"] > evt["created"]]
+        at = dt.datetime.fromtimestamp(evt["created"], tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        churn = [r for r in sim.truth if r["subscription_id"] == sid and r["occurred_at"] == at]
+        assert churn and {(r["movement"], r["churn_type"]) for r in churn} <= {("cancellation", "involuntary"),
+                                                                               ("downgrade", None)}
+
