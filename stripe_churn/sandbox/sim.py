@@ -861,13 +861,7 @@ class Simulation:
     def _pause_at_trial_end(self, sub: dict[str, Any], t: int) -> None:
         """The trial ended with no payment method: the subscription pauses (no invoice); it is resumed or
         canceled later. Nothing counted before or after, so no transition."""
-        prev = {"status": sub["status"], "status_details": sub.get("status_details")}
-        sub["status"] = "paused"
-        sub["status_details"] = {"paused": {"type": "subscription", "transitioned_at": t,
-                                            "subscription": {"type": "trial_end_without_payment_method"}}}
-        self._event("customer.subscription.paused", sub, t, prev)
-        self._event("customer.subscription.updated", sub, t, prev)
-        gen = self._bump(sub["id"])
+        gen = self._pause(sub, t, "trial_end_without_payment_method")
         rng = self._rng_pause
         if rng.random() < 0.7:
             self._at(t + rng.randint(3, 40) * DAY + rng.randrange(DAY), "resume", sub["id"], gen)
@@ -958,14 +952,19 @@ class Simulation:
     def _pause_after_failure(self, sub: dict[str, Any], t: int, before: dict[str, Comp]) -> None:
         """The last retry failed: Stripe pauses the subscription (flexible billing mode's pause on payment failure);
         its invoice stays open and no invoice follows. It counted until now: an involuntary churn."""
+        self._pause(sub, t, "final_payment_failure")
+        self._transition(self._custs[sub["customer"]], t, before, ("involuntary", None))
+
+    def _pause(self, sub: dict[str, Any], t: int, kind: str) -> int:
+        """The subscription is paused at ``t`` (``kind``: what paused it, status_details.paused.subscription.type),
+        with its events; returns its new generation (what was scheduled for it no longer runs)."""
         prev = {"status": sub["status"], "status_details": sub.get("status_details")}
         sub["status"] = "paused"
         sub["status_details"] = {"paused": {"type": "subscription", "transitioned_at": t,
-                                            "subscription": {"type": "final_payment_failure"}}}
+                                            "subscription": {"type": kind}}}
         self._event("customer.subscription.paused", sub, t, prev)
         self._event("customer.subscription.updated", sub, t, prev)
-        self._bump(sub["id"])
-        self._transition(self._custs[sub["customer"]], t, before, ("involuntary", None))
+        return self._bump(sub["id"])
 
     def _h_cancel_unpaid(self, t: int, sid: str, gen: int) -> None:
         sub = self._live(sid, gen)
