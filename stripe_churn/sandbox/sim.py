@@ -72,9 +72,10 @@ def history_to_today(months: int) -> int:
 # their payment and expire, prorations left pending until the renewal by Stripe's default create_prorations,
 # metered usage billed early at a billing threshold, coupons restricted to some products, customer-wide coupons,
 # trials that end into a pause and subscriptions paused after their last failed retry, as a real account has
-# them. The Simulation's own defaults stay off, so that the tests' seeds keep their histories. (Not item_discounts: a later offer on an annual item, a repeating discount put on
-# it with no proration, can start and end between two of its invoices before the events' window, and nothing the
-# sync can read shows it, while the truth has it.)
+# them. The Simulation's own defaults stay off, so that the tests' seeds keep their histories. (Not
+# item_discounts: a later offer on an annual item, a repeating discount put on it with no proration, can start and
+# end between two of its invoices before the events' window, and nothing the sync can read shows it, while the
+# truth has it.)
 SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True, "thresholds": True,
                                     "restricted_coupons": True, "customer_discounts": True, "trial_pauses": True,
                                     "failure_pauses": True}
@@ -939,7 +940,9 @@ class Simulation:
         before = self._snap(cust)
         wait = self._rng.randint(7, 20)  # (drawn either way: the main stream stays what it was)
         if self.failure_pauses and self._rng_failure_pause.random() < 0.5:
-            self._pause_after_failure(sub, t, before)
+            # (Stripe's pause on payment failure, flexible billing mode: the invoice stays open, none follows)
+            self._pause(sub, t, "final_payment_failure")
+            self._transition(cust, t, before, ("involuntary", None))
             return
         sub["status"] = "unpaid"
         inv["status"] = "uncollectible"
@@ -948,12 +951,6 @@ class Simulation:
         self._event("customer.subscription.updated", sub, t, {"status": "past_due"})
         self._transition(cust, t, before, ("involuntary", None))
         self._at(t + wait * DAY, "cancel_unpaid", sid, gen)
-
-    def _pause_after_failure(self, sub: dict[str, Any], t: int, before: dict[str, Comp]) -> None:
-        """The last retry failed: Stripe pauses the subscription (flexible billing mode's pause on payment failure);
-        its invoice stays open and no invoice follows. It counted until now: an involuntary churn."""
-        self._pause(sub, t, "final_payment_failure")
-        self._transition(self._custs[sub["customer"]], t, before, ("involuntary", None))
 
     def _pause(self, sub: dict[str, Any], t: int, kind: str) -> int:
         """The subscription is paused at ``t`` (``kind``: what paused it, status_details.paused.subscription.type),

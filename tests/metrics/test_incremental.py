@@ -21,6 +21,7 @@ import duckdb
 import pytest
 from builders import World, ts
 from test_bridge import SEEN, book
+from test_mrr_rules import paused_for
 from test_same_second_events import reorder_ids
 
 from stripe_churn.errors import DataError
@@ -177,9 +178,8 @@ def test_a_pause_after_a_payment_failure_after_the_last_sync(world: World, tmp_p
     w = book(world)
     before = copy.deepcopy(w)
     w.update("sub_e", ts(2024, 5, 21), status="past_due")
-    w.update("sub_e", ts(2024, 5, 28), status="paused", status_details={"paused": {
-        "type": "subscription", "transitioned_at": ts(2024, 5, 28),
-        "subscription": {"type": "final_payment_failure"}}})
+    w.update("sub_e", ts(2024, 5, 28), status="paused",
+             status_details=paused_for("final_payment_failure", ts(2024, 5, 28)))
     changed = later_sync(w, {"cus_e"}, {"sub_e"}, ts(2024, 5, 21))
     n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 5, 30), shards)
     assert n == 1
