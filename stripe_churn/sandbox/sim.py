@@ -561,8 +561,12 @@ class Simulation:
         self._sub_gen[sid] = 0
         cust.subs.append(sid)
         if coupon:
-            if self.item_discounts and self._rng.random() < 0.5:  # the signup offer on one item only
-                self._apply_item_coupon(sub, self._rng.choice(sub["items"]["data"]), coupon, t)
+            # with item_discounts, half the signup offers go to one item, one the coupon applies to (Stripe
+            # discounts a line only when the coupon's applies_to covers the line's product)
+            terms = self.objects["coupons"][self._coupons[coupon]]
+            covered = [it for it in sub["items"]["data"] if self._coupon_applies(terms, it["price"]["product"])]
+            if self.item_discounts and self._rng.random() < 0.5 and covered:
+                self._apply_item_coupon(sub, self._rng.choice(covered), coupon, t)
             else:
                 self._apply_coupon(sub, coupon, t)
         self._event("customer.subscription.created", sub, t)

@@ -316,6 +316,28 @@ def test_ground_truth_with_item_level_discounts_through_the_sandbox(tmp_path: Pa
         con.close()
 
 
+def test_ground_truth_with_item_level_discounts_and_every_sandbox_option(tmp_path: Path) -> None:
+    """Item-level discounts beside every option of the sandbox (1,000 x 24, seed 101, loaded straight into the
+    store): among them, the core coupon (restricted to the core plans' products) redeemed on one item, which lowers
+    that item only when it is a core item. Labels and MRR must agree exactly with the truth."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+    from stripe_churn.store.db import open_store
+    from stripe_churn.store.load import load_simulation
+
+    sim = Simulation(customers=1_000, months=24, seed=101, item_discounts=True, **SANDBOX_OPTIONS)
+    restricted = {c["id"] for c in sim.objects["coupons"].values() if c.get("applies_to")}
+    assert sum(1 for d in sim.discounts.values()
+               if d["subscription_item"] and d["source"]["coupon"] in restricted) >= 5
+    con = open_store(tmp_path / "items_all.duckdb")
+    try:
+        load_simulation(con, sim)
+        recompute(con, Settings())
+        check_exactly(sim, con, "1,000 x 24 with item-level discounts and every sandbox option")
+    finally:
+        con.close()
+
+
 @pytest.mark.timeout(600)
 def test_ground_truth_with_expired_pending_updates_through_the_sandbox(tmp_path: Path) -> None:
     """Upgrades made with payment_behavior=pending_if_incomplete whose payment failed (Simulation(pending_updates=

@@ -549,6 +549,25 @@ def test_a_coupon_restricted_to_the_core_plans_lowers_only_their_items() -> None
     assert not any(ln["discount_amounts"] for ln in other_lines)
 
 
+def test_a_restricted_coupon_redeemed_on_one_item_goes_to_an_item_it_covers() -> None:
+    """Simulation(item_discounts=True, restricted_coupons=True): a signup offer of the core coupon redeemed on one
+    item lands on a core item (Stripe would not discount another product's line), and that item's renewal lines
+    carry its discount amount."""
+    sim = Simulation(customers=1_000, months=12, seed=101, item_discounts=True, restricted_coupons=True)
+    core = next(c for c in sim.objects["coupons"].values() if c.get("applies_to"))
+    on_items = {d["subscription_item"]: d["id"] for d in sim.discounts.values()
+                if d["source"]["coupon"] == core["id"] and d.get("subscription_item")}
+    items = {it["id"]: it for s in sim.objects["subscriptions"].values() if not s.get("deleted")
+             for it in s["items"]["data"]}
+    assert len(on_items) >= 5
+    assert all(items[iid]["price"]["product"] in core["applies_to"]["products"] for iid in on_items if iid in items)
+    lines = [ln for i in sim.objects["invoices"].values() for ln in i["lines"]["data"]
+             if ln["parent"]["subscription_item_details"]["subscription_item"] in on_items
+             and not ln["parent"]["subscription_item_details"]["proration"]]
+    assert len(lines) >= 5
+    assert all([d["amount"] for d in ln["discount_amounts"]] == [round(ln["amount"] * 0.2)] for ln in lines)
+
+
 def test_a_customer_wide_coupon_bills_the_subscriptions_without_a_discount_of_their_own() -> None:
     """Simulation(customer_discounts=True): the customer embeds its discount; renewal lines of its subscriptions
     carry that discount when the subscription has none of its own, and only the subscription's otherwise."""
