@@ -18,7 +18,10 @@ WITH item_rows AS (
          OR lag(mrr_original) OVER w IS DISTINCT FROM mrr_original
          -- (an item that stops counting at an MRR already 0, as under a 100% discount, still changes)
          OR lag(mrr_undiscounted) OVER w IS DISTINCT FROM mrr_undiscounted
-         OR lag(status) OVER w IS DISTINCT FROM status) AS changed
+         -- (a payment failing or recovering, active <-> past_due, changes no MRR by itself: when past_due does
+         -- not count the MRR above changes; it must not anchor a window that a later change joins)
+         OR (lag(status) OVER w IS DISTINCT FROM status
+             AND NOT (lag(status) OVER w IN ('active', 'past_due') AND status IN ('active', 'past_due')))) AS changed
     FROM derived_item_mrr
     WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY valid_from)
 )

@@ -505,6 +505,37 @@ def test_unpaid_churn_is_involuntary(world: World, derive: Derive) -> None:
     assert churn["churn_type"] == "involuntary"
 
 
+@pytest.mark.parametrize("events_from", ["start", "coverage"])
+def test_a_payment_failure_does_not_date_a_churn_that_follows_within_the_window(world: World, derive: Derive,
+                                                                              events_from: str) -> None:
+    """A renewal's payment fails (active -> past_due, MRR unchanged) and 20 minutes later the subscription goes
+    unpaid: the churn is dated when it went unpaid, not at the failure. The same when the failure is seen only at
+    the start of the events' window (the event that takes it unpaid, 5 minutes after another customer's event
+    opened the window, is the first of the subscription's and says it was past_due before; invoices alone say
+    nothing of the failure): the window's start must not date the churn either."""
+    w = base(world)
+    w.customer("cus_2")
+    w.subscribe("sub_1", "cus_1", [("si_1", "core_basic", 2)], T0)
+    w.subscribe("sub_2", "cus_2", [("si_2", "core_basic", 1)], T0)
+    fail = month(1)
+    w.cycle("sub_1", fail)
+    opened = fail + 3 * DAY
+    w.update("sub_2", opened, items=[("si_2", "core_basic", 2)])
+    if events_from == "start":
+        w.update("sub_1", opened - 20 * 60, status="past_due")
+        unpaid = opened
+    else:
+        w.objects["subscriptions"]["sub_1"]["status"] = "past_due"
+        unpaid = opened + 5 * 60
+    w.update("sub_1", unpaid, status="unpaid")
+    con = derive(w, seen_at=month(2), events=True if events_from == "start" else opened)
+    assert [m for m in movements(con) if m[1] != "new"] == [
+        (unpaid, "cancellation", "churn", Decimal("-20.0000"), "si_1")]
+    (churn,) = rows(con, "movement = 'cancellation'")
+    assert churn["churn_type"] == "involuntary"
+    check_invariants(con)
+
+
 @pytest.mark.parametrize("spell", ["unpaid", "paused", "past_due"])
 def test_an_undone_churn_keeps_no_reason_given_later(world: World, derive: Derive, spell: str) -> None:
     """A churn the customer undid (an unpaid spell paid off; a pause or a past_due spell under the settings
