@@ -377,17 +377,22 @@ WITH s AS (
 -- (trial_settings.end_behavior.missing_payment_method = pause: no invoice until it is resumed). So a subscription
 -- seen a day after its trial ended with no invoice made within that day was paused from the trial's end: until
 -- its next invoice (the resume's), else until it ended or for good (paused now). Only where the store holds some
--- invoice of the subscription (the trial's own, at its start): a store without its invoices shows nothing.
+-- invoice of the subscription (the trial's own, at its start): a store without its invoices shows nothing. The
+-- day after the trial's end is known to have passed when the subscription was seen after it, or when the store
+-- holds a later invoice of it or its end after that day (Stripe's own dates: `seen_at` is this machine's clock
+-- when Stripe's runs ahead of it, as a sandbox advanced or a test clock does).
 trial_pauses AS (
     SELECT s.account_id, s.subscription_id, s.trial_end, s.ended_at,
            min(i.created) FILTER (WHERE i.created > s.trial_end + INTERVAL 1 DAY) AS resumed_at
     FROM s
     JOIN invoices i ON i.account_id = s.account_id AND i.subscription_id = s.subscription_id
-    WHERE s.trial_end > s.start_date AND s.trial_end + INTERVAL 1 DAY <= s.seen_at
+    WHERE s.trial_end > s.start_date
       AND (s.ended_at IS NULL OR s.trial_end < s.ended_at) AND NOT coalesce(i.deleted, false)
     GROUP BY ALL
     HAVING count(*) FILTER (WHERE i.created BETWEEN s.trial_end - INTERVAL 1 HOUR
                                                 AND s.trial_end + INTERVAL 1 DAY) = 0
+       AND (any_value(s.seen_at) >= s.trial_end + INTERVAL 1 DAY OR resumed_at IS NOT NULL
+            OR s.ended_at >= s.trial_end + INTERVAL 1 DAY)
 ),
 -- unpaid now, or canceled for a failed payment (it may have gone unpaid first, then been deleted)
 unpaid_invoices AS (

@@ -463,6 +463,30 @@ def test_a_trial_that_ended_into_a_pause_counts_zero_until_resumed(world: World,
         assert moves == []
 
 
+@pytest.mark.parametrize("then", ["resumed", "canceled"])
+def test_a_trial_pause_read_with_stripes_clock_ahead_of_this_machines(world: World, store: duckdb.DuckDBPyConnection,
+                                                                     then: str) -> None:
+    """The trial pause of the test above, from invoices and dates alone, synced while Stripe's clock (a sandbox
+    advanced, a test clock) ran ahead of this machine's: the subscription's `last_seen_at` (this machine's clock)
+    is before its trial ended, and the sync recorded Stripe's clock. The resume's invoice, or its end, shows the
+    day after the trial's end passed: paused until then. (Read by this machine's clock, the trial's end counted
+    as paying: MRR 50.00 from the trial's end, `new` then.)"""
+    simple(world, trial_end=T0 + 14 * DAY)
+    world.update("sub_1", T0 + 14 * DAY, status="paused")
+    if then == "resumed":
+        world.update("sub_1", T0 + 34 * DAY, status="active")
+        world.cycle("sub_1", T0 + 34 * DAY)
+    else:
+        world.cancel("sub_1", T0 + 40 * DAY)
+    world.load(store, seen_at=T0 + 5 * DAY, events=False)  # this machine's clock
+    store.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
+                  "VALUES (?, 'events:complete', NULL, ?, true)", [world.account_id, month(2, 10)])
+    recompute(store, make_settings())
+    assert customer_mrr_at(store, "cus_1", T0 + 20 * DAY) == 0
+    moves = store.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT) FROM mrr_movements").fetchall()
+    assert moves == ([("new", T0 + 34 * DAY)] if then == "resumed" else [])
+
+
 def test_a_trial_with_no_invoice_stored_is_not_read_as_a_pause(world: World, derive: Derive) -> None:
     """The pause is read from a trial's end with no invoice after it only where the store holds some invoice of the
     subscription: without any (invoices not synced), its status steps claim no pause they cannot see."""
