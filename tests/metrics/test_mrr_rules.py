@@ -1018,3 +1018,20 @@ def test_exact_half_rounds_away_from_zero_across_items(world: World, derive: Der
     world.fx_rates.append(("2023-12-01", "gbp", 1.27))
     con = derive(world, seen_at=month(1))
     assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("267.4938")
+
+
+def test_an_exact_half_over_many_items_still_rounds_away_from_zero(world: World, derive: Derive) -> None:
+    """Sixteen annual items in GBP (4 x 297.50, 1,266.50 and 14 add-ons of 85.00 a year: 303.875 a month, exact)
+    whose monthly parts each repeat: cut at 10 decimals they sum to 303.8749999994, so rounding that sum at 9
+    decimals left it under the half (385.9212 instead of 385.92125 -> 385.9213 USD at 1.27). Found by the
+    simulation through the sandbox."""
+    base(world, currency="gbp").price("y1", "prod_seat", 29_750, currency="gbp", interval="year")
+    world.price("y2", "prod_seat", 126_650, currency="gbp", interval="year")
+    items = [("si_1", "y1", 4), ("si_2", "y2", 1)]
+    for n in range(14):
+        world.price(f"addon{n}", "prod_api", 8_500, currency="gbp", interval="year")
+        items.append((f"si_a{n}", f"addon{n}", 1))
+    world.subscribe("sub_1", "cus_1", items, T0)
+    world.fx_rates.append(("2023-12-01", "gbp", 1.27))
+    con = derive(world, seen_at=month(1))
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("385.9213")
