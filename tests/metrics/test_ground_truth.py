@@ -156,6 +156,22 @@ def derived_through_the_sandbox(sim: Any, db: Path) -> Iterator[duckdb.DuckDBPyC
         con.close()
 
 
+@contextlib.contextmanager
+def derived_directly(sim: Any, db: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``sim`` loaded straight into a new store at ``db`` (no HTTP) and recomputed; open while in use."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.store.db import open_store
+    from stripe_churn.store.load import load_simulation
+
+    con = open_store(db)
+    try:
+        load_simulation(con, sim)
+        recompute(con, Settings())
+        yield con
+    finally:
+        con.close()
+
+
 def check_exactly(sim: Any, con: duckdb.DuckDBPyConnection, label: str) -> str:
     """:func:`check_against_truth`, and every label too (agreement 1, not only the issue's 99.9%)."""
     summary = check_against_truth(sim, con, label)
@@ -185,34 +201,16 @@ def sim_500() -> Any:
 
 def test_ground_truth_direct_load(sim_500: Any, tmp_path: Path) -> None:
     """500 customers x 24 months loaded straight into the store (no HTTP)."""
-    from stripe_churn.metrics.runner import recompute
-    from stripe_churn.store.db import open_store
-    from stripe_churn.store.load import load_simulation
-
-    con = open_store(tmp_path / "truth.duckdb")
-    try:
-        load_simulation(con, sim_500)
-        recompute(con, Settings())
+    with derived_directly(sim_500, tmp_path / "truth.duckdb") as con:
         check_against_truth(sim_500, con, "500 x 24 direct")
-    finally:
-        con.close()
 
 
 def test_bridge_of_the_simulation_adds_up(sim_500: Any, tmp_path: Path) -> None:
     from test_bridge import assert_bridge_adds_up
 
-    from stripe_churn.metrics.runner import recompute
-    from stripe_churn.store.db import open_store
-    from stripe_churn.store.load import load_simulation
-
-    con = open_store(tmp_path / "bridge.duckdb")
-    try:
-        load_simulation(con, sim_500)
-        recompute(con, Settings())
+    with derived_directly(sim_500, tmp_path / "bridge.duckdb") as con:
         assert assert_bridge_adds_up(con, "500 x 24", ["month", "quarter"],
                                      [None, "family", "plan", "currency", "country", "size_band"]) > 0
-    finally:
-        con.close()
 
 
 @pytest.mark.slow
@@ -320,22 +318,14 @@ def test_ground_truth_with_item_level_discounts_and_every_sandbox_option(tmp_pat
     """Item-level discounts beside every option of the sandbox (1,000 x 24, seed 101, loaded straight into the
     store): among them, the core coupon (restricted to the core plans' products) redeemed on one item, which lowers
     that item only when it is a core item. Labels and MRR must agree exactly with the truth."""
-    from stripe_churn.metrics.runner import recompute
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
-    from stripe_churn.store.db import open_store
-    from stripe_churn.store.load import load_simulation
 
     sim = Simulation(customers=1_000, months=24, seed=101, item_discounts=True, **SANDBOX_OPTIONS)
     restricted = {c["id"] for c in sim.objects["coupons"].values() if c.get("applies_to")}
     assert sum(1 for d in sim.discounts.values()
                if d["subscription_item"] and d["source"]["coupon"] in restricted) >= 5
-    con = open_store(tmp_path / "items_all.duckdb")
-    try:
-        load_simulation(con, sim)
-        recompute(con, Settings())
+    with derived_directly(sim, tmp_path / "items_all.duckdb") as con:
         check_exactly(sim, con, "1,000 x 24 with item-level discounts and every sandbox option")
-    finally:
-        con.close()
 
 
 @pytest.mark.timeout(600)
