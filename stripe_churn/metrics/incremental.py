@@ -521,7 +521,7 @@ def _touched_ledger(cur: duckdb.DuckDBPyConnection, main_db: str, sources: list[
                     _rows_of(table, who, f"{db}.main", key, _LEDGER_COLS.get(table, "*"))
                     for db, who in sources)
                 cur.execute(f"CREATE TABLE {name}.{table} AS {union}")
-            cur.execute(f"SET search_path = '{name}.main,{main_db}.main'")
+            cur.execute("SET search_path = " + _literal(f"{name}.main,{main_db}.main"))
             try:
                 cur.execute(f"CREATE TABLE {_SCOPE}.{name}_ledger AS SELECT * FROM bridge_ledger('month', NULL)")
             finally:
@@ -537,7 +537,7 @@ def _derive_moved(cur: duckdb.DuckDBPyConnection, main_db: str, settings: Settin
             cur.execute(f"CREATE TABLE {_MOVED}.{table} AS {sql}")
         cur.execute(_MOVED_SUB_EVENTS_SQL.format(db=f"{main_db}.main", scope=_SCOPE))
     cur.execute(f"USE {_MOVED}")
-    cur.execute(f"SET search_path = '{_MOVED}.main,{main_db}.main'")
+    cur.execute("SET search_path = " + _literal(f"{_MOVED}.main,{main_db}.main"))
     write_settings(cur, settings)
     with _phase("moved customers: steps 60-88"):
         _run_steps(cur, lambda name: name >= "60" and not name.startswith("9"))
@@ -627,13 +627,25 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, shards: int) -> None:
         for table in _SCOPED_KEYS)))
 
 
+def _quoted(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def _without_unread(cur: duckdb.DuckDBPyConnection, main_db: str, table: str, keep: tuple[str, ...] = ()) -> str:
-    """A select list of ``table``'s columns with NULL (of the column's type) in those of ``_UNREAD`` (but ``keep``)."""
+    """A select list of ``table``'s columns with NULL (of the column's type) in those of ``_UNREAD`` (but ``keep``);
+    ``main_db``: the quoted name of the database holding it."""
     unread = tuple(c for c in _UNREAD.get(table, ()) if c not in keep)
     if not unread:
         return "*"
+    name = main_db[1:-1].replace('""', '"')
     types = dict(cur.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ? "
-                             "AND schema_name = 'main' AND table_name = ?", [main_db, table]).fetchall())
+                             "AND schema_name = 'main' AND table_name = ?", [name, table]).fetchall())
     return "* REPLACE (" + ", ".join(f"CAST(NULL AS {types[c]}) AS {c}" for c in unread if c in types) + ")"
 
 
@@ -833,7 +845,8 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
                     shards: int | None) -> int:
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC)
-    main_db = con.execute("SELECT current_database()").fetchall()[0][0]
+    # (the store's database is named after its file: quoted, as a name such as stripe-churn is no identifier)
+    main_db = _quoted(con.execute("SELECT current_database()").fetchall()[0][0])
     with _phase("find customers"):
         con.execute(_NEW_EVENTS_SQL, {"since": since})
         con.execute(_TOUCHED_SQL, {"since": since})
