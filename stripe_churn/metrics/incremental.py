@@ -643,9 +643,7 @@ def _without_unread(cur: duckdb.DuckDBPyConnection, main_db: str, table: str, ke
     unread = tuple(c for c in _UNREAD.get(table, ()) if c not in keep)
     if not unread:
         return "*"
-    name = main_db[1:-1].replace('""', '"')
-    types = dict(cur.execute("SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = ? "
-                             "AND schema_name = 'main' AND table_name = ?", [name, table]).fetchall())
+    types = {r[0]: r[1] for r in cur.execute(f"DESCRIBE {main_db}.main.{table}").fetchall()}
     return "* REPLACE (" + ", ".join(f"CAST(NULL AS {types[c]}) AS {c}" for c in unread if c in types) + ")"
 
 

@@ -436,14 +436,9 @@ def test_trial_from_snapshot_dates_without_events(world: World, derive: Derive) 
     assert customer_mrr_at(con, "cus_1", T0 + 14 * DAY) == Decimal("50.0000")
 
 
-@pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
-@pytest.mark.parametrize("then", ["resumed", "canceled"])
-def test_a_trial_that_ended_into_a_pause_counts_zero_until_resumed(world: World, derive: Derive, events: bool,
-                                                                    then: str) -> None:
-    """A trial that ends without a payment method pauses the subscription (trial_settings.end_behavior
-    .missing_payment_method = pause): no invoice until it is resumed, and it counts zero meanwhile. Without events
-    the pause shows as a trial's end with no invoice made within a day: paused until the next invoice (the
-    resume's), or until the subscription ended."""
+def trial_into_pause(world: World, then: str) -> None:
+    """A 14-day trial that ends into a pause, then resumed on day 34 (and billed monthly from then) or canceled
+    on day 40 while paused."""
     simple(world, trial_end=T0 + 14 * DAY)
     world.update("sub_1", T0 + 14 * DAY, status="paused")
     if then == "resumed":
@@ -452,6 +447,17 @@ def test_a_trial_that_ended_into_a_pause_counts_zero_until_resumed(world: World,
         world.cycle("sub_1", add_months(T0 + 34 * DAY, 1))
     else:
         world.cancel("sub_1", T0 + 40 * DAY)
+
+
+@pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
+@pytest.mark.parametrize("then", ["resumed", "canceled"])
+def test_a_trial_that_ended_into_a_pause_counts_zero_until_resumed(world: World, derive: Derive, events: bool,
+                                                                    then: str) -> None:
+    """A trial that ends without a payment method pauses the subscription (trial_settings.end_behavior
+    .missing_payment_method = pause): no invoice until it is resumed, and it counts zero meanwhile. Without events
+    the pause shows as a trial's end with no invoice made within a day: paused until the next invoice (the
+    resume's), or until the subscription ended."""
+    trial_into_pause(world, then)
     con = derive(world, seen_at=month(2, 10), events=events)
     assert customer_mrr_at(con, "cus_1", T0 + 20 * DAY) == 0
     moves = con.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT) FROM mrr_movements").fetchall()
@@ -471,13 +477,7 @@ def test_a_trial_pause_read_with_stripes_clock_ahead_of_this_machines(world: Wor
     is before its trial ended, and the sync recorded Stripe's clock. The resume's invoice, or its end, shows the
     day after the trial's end passed: paused until then. (Read by this machine's clock, the trial's end counted
     as paying: MRR 50.00 from the trial's end, `new` then.)"""
-    simple(world, trial_end=T0 + 14 * DAY)
-    world.update("sub_1", T0 + 14 * DAY, status="paused")
-    if then == "resumed":
-        world.update("sub_1", T0 + 34 * DAY, status="active")
-        world.cycle("sub_1", T0 + 34 * DAY)
-    else:
-        world.cancel("sub_1", T0 + 40 * DAY)
+    trial_into_pause(world, then)
     world.load(store, seen_at=T0 + 5 * DAY, events=False)  # this machine's clock
     store.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
                   "VALUES (?, 'events:complete', NULL, ?, true)", [world.account_id, month(2, 10)])
