@@ -215,9 +215,12 @@ WITH snap AS (
            created AS created_at, trial_start, trial_end, canceled_at, ended_at, cancel_at,
            coalesce(cancel_at_period_end, false) AS cancel_at_period_end, cancellation_reason,
            cancellation_feedback, cancellation_comment, paused_at, coalesce(pause_collection, false) AS pause_collection,
-           -- seen at the sync, in Stripe's clock (see derived_coverage)
-           least(last_seen_at, (SELECT c.snapshot_at FROM derived_coverage c
-                                WHERE c.account_id = subscriptions.account_id)) AS seen_at,
+           -- seen at the sync, in Stripe's clock (see derived_coverage); at least the row's version, Stripe's
+           -- time of the event that wrote it or of the listing's start: this machine's clock stays behind
+           -- Stripe's when a sandbox or a test clock runs ahead (the row's own, so it moves only when the row does)
+           greatest(least(last_seen_at, (SELECT c.snapshot_at FROM derived_coverage c
+                                         WHERE c.account_id = subscriptions.account_id)),
+                    to_timestamp(version)) AS seen_at,
            true AS in_snapshot,
            -- the snapshot's JSON stays in `subscriptions`: read it from there for the few rows that need it
            CAST(NULL AS JSON) AS state

@@ -194,7 +194,30 @@ JOIN derived_items_known k USING (account_id, subscription_id)
 LEFT JOIN derived_obs_items i
     ON i.account_id = o.account_id AND i.subscription_id = o.subscription_id AND i.moment = o.moment
    AND i.ord = o.ord AND i.subscription_item_id = k.subscription_item_id
-WHERE i.subscription_item_id IS NOT NULL OR o.items_complete;
+WHERE i.subscription_item_id IS NOT NULL OR o.items_complete
+UNION ALL
+-- An item created inside coverage but first listed later, the states between cutting their list short
+-- (has_more): present, as first listed, from the first such state at or after its creation (the event that
+-- added it), below every observation and invoice at the same moment (the invoice that bills the item from then
+-- says its price and quantity then; the first listing may come after a change).
+SELECT f.account_id, f.subscription_id, f.subscription_item_id, min(o.moment) AS moment, true AS present,
+       any_value(f.price_id) AS price_id, any_value(f.quantity) AS quantity,
+       arg_min(o.source, (o.moment, o.ord)) AS source, arg_min(o.event_id, (o.moment, o.ord)) AS source_event_id,
+       NULL AS source_invoice_id, 1 AS prio
+FROM (SELECT i.account_id, i.subscription_id, i.subscription_item_id, min(i.item_created) AS created,
+             min(i.moment) AS first_listed, arg_min(i.price_id, (i.moment, i.ord)) AS price_id,
+             arg_min(i.quantity, (i.moment, i.ord)) AS quantity
+      FROM derived_obs_items i
+      JOIN derived_coverage c USING (account_id)
+      -- (only subscriptions with a cut-short state: few have more than 10 items)
+      SEMI JOIN (SELECT DISTINCT account_id, subscription_id FROM derived_sub_obs WHERE NOT items_complete) cut
+          ON cut.account_id = i.account_id AND cut.subscription_id = i.subscription_id
+      GROUP BY i.account_id, i.subscription_id, i.subscription_item_id
+      HAVING min(i.item_created) >= any_value(c.coverage_start) AND min(i.item_created) < min(i.moment)) f
+JOIN derived_sub_obs o
+  ON o.account_id = f.account_id AND o.subscription_id = f.subscription_id AND NOT o.items_complete
+ AND o.moment >= f.created AND o.moment < f.first_listed
+GROUP BY f.account_id, f.subscription_id, f.subscription_item_id;
 
 -- An integer key per item (account, item id; a NULL id is one item per account, as a window partition
 -- sees it): the windows below sort on it instead of the id strings. Valid within one run only.

@@ -749,6 +749,51 @@ def test_event_with_cut_short_item_list_keeps_unlisted_items(world: World, deriv
     assert customer_mrr_at(con, "cus_1", month(0, 5)) == 14
 
 
+def eleventh_item_added_unlisted(world: World) -> None:
+    """Ten seats from T0; an eleventh added on day 5 with no proration (no invoice bills it yet); every event
+    cuts its embedded items at 10 (has_more), so none lists the new one: only the snapshot does."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("basic", "prod_seat", 100)
+    items = [(f"si_{k:02d}", "basic", 1) for k in range(10)]
+    world.subscribe("sub_1", "cus_1", items, T0)
+    world.update("sub_1", month(0, 5), items=[*items, ("si_10", "basic", 2)], prorate=False)
+    world.update("sub_1", month(0, 12), metadata={"k": "v"})
+    for evt in world.events:
+        obj = evt["data"]["object"]
+        obj["items"] = {**obj["items"], "data": obj["items"]["data"][:10], "has_more": True}
+
+
+def test_an_item_no_event_lists_counts_from_its_creation(world: World, derive: Derive) -> None:
+    """An item added inside the events' window that no event lists (their lists cut short) and the snapshot
+    lists counts from its `created`, the moment of the event that added it, not from the snapshot's moment."""
+    eleventh_item_added_unlisted(world)
+    con = derive(world, seen_at=month(0, 20))
+    assert customer_mrr_at(con, "cus_1", month(0, 4)) == 10
+    assert customer_mrr_at(con, "cus_1", month(0, 6)) == 12
+    moves = con.execute("SELECT subscription_item_id, CAST(epoch(occurred_at) AS BIGINT), source_event_id "
+                        "FROM mrr_movements WHERE epoch(occurred_at) > ?", [month(0, 1)]).fetchall()
+    added = [e["id"] for e in world.events if e["created"] == month(0, 5)]
+    assert moves == [("si_10", month(0, 5), added[0])]
+
+
+def test_a_snapshot_listed_with_stripes_clock_ahead_of_this_machines(world: World,
+                                                                     store: duckdb.DuckDBPyConnection) -> None:
+    """The world above synced while Stripe's clock (a sandbox advanced, a test clock) ran ahead of this
+    machine's: the rows' `last_seen_at` (this machine's clock) is before the events, their version (the listing's
+    start, Stripe's clock) after them. The snapshot is an observation at its version: it lists the eleventh
+    item, which counts from its creation. (Dated by this machine's clock the snapshot came before the last event
+    and said nothing: the item was never seen.)"""
+    eleventh_item_added_unlisted(world)
+    world.load(store, seen_at=month(0, 3))  # this machine's clock
+    store.execute("UPDATE subscriptions SET version = ?", [month(0, 20)])
+    store.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
+                  "VALUES (?, 'events:complete', NULL, ?, true)", [world.account_id, month(0, 20)])
+    recompute(store, make_settings())
+    assert customer_mrr_at(store, "cus_1", month(0, 4)) == 10
+    assert customer_mrr_at(store, "cus_1", month(0, 13)) == 12
+
+
 @pytest.mark.parametrize("missed", [False, True], ids=["nothing-missed", "listed-item-changed-without-event"])
 def test_a_cut_short_item_list_disagrees_only_about_the_items_it_lists(world: World, derive: Derive,
                                                                        missed: bool) -> None:
