@@ -24,13 +24,11 @@ read shows it; see SANDBOX_OPTIONS in stripe_churn/sandbox/sim.py).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "metrics")]
@@ -43,35 +41,6 @@ def seeds_of(text: str) -> list[int]:
         first, _, last = part.partition("-")
         out += list(range(int(first), int(last or first) + 1))
     return out
-
-
-def derive_daemon_like(sim: Any, db: Path, runs: int) -> tuple[Any, list[str]]:
-    """A full sync of ``sim`` served by the sandbox, then ``runs`` billing runs each synced and derived again
-    incrementally; returns the open store and the derived tables or views that differ from a full recompute."""
-    from test_incremental import derived_contents
-
-    from stripe_churn.metrics import incremental
-    from stripe_churn.metrics.runner import recompute
-    from stripe_churn.pipeline import run_once
-    from stripe_churn.sandbox.server import start_in_thread
-    from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
-    from stripe_churn.store.db import open_store
-
-    # (the runs follow each other within seconds: with the margin for a clock set back, every sync's objects would
-    # count as new and each run would derive every customer)
-    incremental.CLOCK_MARGIN = dt.timedelta(0)
-    with start_in_thread(sim, api_key=SANDBOX_KEY) as sandbox:
-        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=db, rate_limit=10_000,
-                            recompute="changed")
-        run_once(settings, full=True, progress=False)
-        for _ in range(runs):
-            sandbox.advance(1)
-            run_once(settings, progress=False)
-    con = open_store(db)
-    kept = derived_contents(con)
-    recompute(con, settings)
-    full = derived_contents(con)
-    return con, [name for name in full if kept.get(name) != full[name]]
 
 
 def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
@@ -92,7 +61,7 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
     elif args.via == "sandbox":
         context = truth.derived_through_the_sandbox(sim, db)
     else:
-        con, differing = derive_daemon_like(sim, db, args.runs)
+        con, differing = truth.derived_as_the_daemon_does(sim, db, args.runs)
     if args.report:
         os.environ["GROUND_TRUTH_REPORT"] = str(Path(args.report) / f"seed-{seed}.txt")
     label = f"seed {seed} ({args.customers:,} x {args.months}, {args.via})"
