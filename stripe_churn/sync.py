@@ -722,7 +722,7 @@ class _Sync:
 
     def _mark_children(self, server_time: int | None) -> None:
         with transaction(self.con):
-            mark_unlisted_children(self.con, self.account, self.full_started, self._now())
+            mark_unlisted_children(self.con, self.account, self.full_started, self._now(), server_time)
             if server_time is not None:  # Stripe lists every event it keeps: stored ones it did not list are gone
                 self.con.execute(
                     "UPDATE events SET deleted = true, last_seen_at = $seen WHERE account_id = $a AND NOT deleted "

@@ -36,6 +36,13 @@ FROM accounts a
 LEFT JOIN ev USING (account_id);
 CREATE OR REPLACE TABLE derived_coverage AS SELECT * FROM coverage_now();
 
+-- When a sync saw a row, in Stripe's clock: its `last_seen_at` (this machine's clock) no later than the latest
+-- snapshot, and at least the row's `version` (Stripe's time of the listing's start, or of the event that wrote
+-- it): this machine's clock stays behind Stripe's when a sandbox or a test clock runs ahead, and would date
+-- the sync before events it read. (The row's own values: it moves only when the row is written again.)
+CREATE OR REPLACE MACRO seen_in_stripes_clock(last_seen_at, version, snapshot_at) AS
+    greatest(least(last_seen_at, snapshot_at), to_timestamp(version));
+
 -- Subscription events: the fields of the state just after (`data.object`) and just before
 -- (`previous_attributes` merged onto it, by JSON merge-patch rules; only *.updated events carry them) that
 -- the later steps read, from the typed `sub_state` the store parsed out of each event's JSON at load. The state
@@ -215,12 +222,9 @@ WITH snap AS (
            created AS created_at, trial_start, trial_end, canceled_at, ended_at, cancel_at,
            coalesce(cancel_at_period_end, false) AS cancel_at_period_end, cancellation_reason,
            cancellation_feedback, cancellation_comment, paused_at, coalesce(pause_collection, false) AS pause_collection,
-           -- seen at the sync, in Stripe's clock (see derived_coverage); at least the row's version, Stripe's
-           -- time of the event that wrote it or of the listing's start: this machine's clock stays behind
-           -- Stripe's when a sandbox or a test clock runs ahead (the row's own, so it moves only when the row does)
-           greatest(least(last_seen_at, (SELECT c.snapshot_at FROM derived_coverage c
-                                         WHERE c.account_id = subscriptions.account_id)),
-                    to_timestamp(version)) AS seen_at,
+           -- seen at the sync, in Stripe's clock
+           seen_in_stripes_clock(last_seen_at, version, (SELECT c.snapshot_at FROM derived_coverage c
+                                                         WHERE c.account_id = subscriptions.account_id)) AS seen_at,
            true AS in_snapshot,
            -- the snapshot's JSON stays in `subscriptions`: read it from there for the few rows that need it
            CAST(NULL AS JSON) AS state

@@ -49,8 +49,11 @@ WITH d AS (
 -- it (as a change without prorations shows on the next invoice); with no such invoice, when a sync found it
 -- gone. (Only these owners' invoices have their JSON read.)
 unended AS (
-    SELECT account_id, id AS discount_id, subscription_id, customer_id, last_seen_at
-    FROM discounts
+    -- (the sync that found it gone, in Stripe's clock)
+    SELECT d.account_id, d.id AS discount_id, d.subscription_id, d.customer_id,
+           seen_in_stripes_clock(d.last_seen_at, d.version, c.snapshot_at) AS last_seen_at
+    FROM discounts d
+    LEFT JOIN derived_coverage c USING (account_id)
     WHERE coalesce(deleted, false) AND json_extract_string(raw, '$.end') IS NULL
       AND json_extract_string(raw, '$.start') IS NOT NULL
 ),

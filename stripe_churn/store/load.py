@@ -360,13 +360,16 @@ _CHILDREN: tuple[tuple[str, str, str], ...] = (
 
 
 def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, since: datetime,
-                           seen_at: datetime) -> None:
+                           seen_at: datetime, server_time: int | None = None) -> None:
     """After a full listing: flag as deleted the children no longer on their parent. Items and lines: not listed
     since ``since`` while their parent was (its list is complete) or is deleted. Discounts: not on the
     current copy of the subscription or customer they belong to (a discount also kept from an invoice that
-    billed it is no longer on its subscription once it ended), or their owner is deleted. One statement per
-    relation, not per page."""
+    billed it is no longer on its subscription once it ended), or their owner is deleted; their version becomes
+    ``server_time`` (Stripe's clock at the listing's end) when higher: with no event to date its end, a discount
+    went when the sync found it gone, and ``seen_at`` is this machine's clock, which may run behind Stripe's (a
+    removed discount never comes back, so no later copy is kept out). One statement per relation, not per page."""
     params = {"a": account_id, "since": since, "seen": seen_at}
+    gone = "deleted = true, last_seen_at = $seen, version = greatest(version, coalesce($v, version))"
     for child, col, parent in _CHILDREN:
         con.execute(
             f"UPDATE {child} c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
@@ -378,22 +381,22 @@ def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, sinc
     for on_item, owner_col, owners in ((False, "subscription_id", "subscriptions"),
                                        (True, "subscription_item_id", "subscription_items")):
         con.execute(
-            "UPDATE discounts c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
+            f"UPDATE discounts c SET {gone} WHERE c.account_id = $a AND NOT c.deleted "
             f"AND c.subscription_item_id IS {'NOT ' if on_item else ''}NULL AND c.subscription_id IN ("
             "SELECT p.id FROM subscriptions p WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since)) "
             "AND NOT EXISTS (SELECT 1 FROM (SELECT p.id AS owner, unnest(coalesce(list_concat("
             "json_extract_string(p.raw, '$.discounts[*].id'), json_extract_string(p.raw, '$.discounts[*]')), [])) "
             f"AS kept FROM {owners} p WHERE p.account_id = $a AND NOT p.deleted AND p.last_seen_at >= $since) k "
             f"WHERE k.owner = c.{owner_col} AND k.kept = c.id)",
-            params)
+            {**params, "v": server_time})
     con.execute(
-        "UPDATE discounts c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
+        f"UPDATE discounts c SET {gone} WHERE c.account_id = $a AND NOT c.deleted "
         "AND c.subscription_id IS NULL AND c.customer_id IN (SELECT p.id FROM customers p WHERE p.account_id = $a "
         "AND (p.deleted OR p.last_seen_at >= $since)) AND NOT EXISTS (SELECT 1 FROM (SELECT p.id AS owner, "
         "coalesce(p.raw->>'$.discount.id', p.raw->>'$.discount', '') AS kept FROM customers p "
         "WHERE p.account_id = $a AND NOT p.deleted AND p.last_seen_at >= $since) k "
         "WHERE k.owner = c.customer_id AND k.kept = c.id)",
-        params)
+        {**params, "v": server_time})
 
 
 def upsert_fx_rates(con: duckdb.DuckDBPyConnection, rows: Iterable[tuple[str, str, float | Decimal]]) -> None:
