@@ -24,6 +24,7 @@ read shows it; see SANDBOX_OPTIONS in stripe_churn/sandbox/sim.py).
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import sys
 import tempfile
@@ -53,7 +54,8 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
     if args.item_discounts:
         options["item_discounts"] = True
     started = time.perf_counter()
-    sim = Simulation(customers=args.customers, months=args.months, seed=seed, **options)
+    start = None if args.start is None else int(dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp())
+    sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start, **options)
     db = workdir / f"seed-{seed}.duckdb"
     differing: list[str] = []
     if args.via == "direct":
@@ -94,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="billing runs synced one at a time (--via daemon)")
     parser.add_argument("--plain", action="store_true", help="the Simulation's defaults, not the sandbox's options")
     parser.add_argument("--item-discounts", action="store_true", help="coupons redeemed on one item too")
+    parser.add_argument("--start", metavar="YYYY-MM-DD", help="when the history begins (default: it ends at the "
+                        "simulation's usual end of history); far from today, Stripe's clock runs behind or ahead of "
+                        "this machine's")
     parser.add_argument("--report", metavar="DIR", help="write each seed's disagreements to DIR/seed-N.txt")
     args = parser.parse_args(argv)
     if args.report:
