@@ -49,9 +49,9 @@ WITH d AS (
 -- it (as a change without prorations shows on the next invoice); with no such invoice, when a sync found it
 -- gone. (Only these owners' invoices have their JSON read.)
 unended AS (
-    -- (the sync that found it gone, in Stripe's clock)
+    -- (found_gone_at: the sync that found it gone, in Stripe's clock)
     SELECT d.account_id, d.id AS discount_id, d.subscription_id, d.customer_id,
-           seen_in_stripes_clock(d.last_seen_at, d.version, c.snapshot_at) AS last_seen_at
+           seen_in_stripes_clock(d.last_seen_at, d.version, c.snapshot_at) AS found_gone_at
     FROM discounts d
     LEFT JOIN derived_coverage c USING (account_id)
     WHERE coalesce(deleted, false) AND json_extract_string(raw, '$.end') IS NULL
@@ -80,15 +80,15 @@ owner_invoices AS (
       USING (rid)
 ),
 gone AS (
-    SELECT account_id, discount_id, coalesce(next_invoice, last_seen_at) AS gone_at,
+    SELECT account_id, discount_id, coalesce(next_invoice, found_gone_at) AS gone_at,
            next_invoice IS NOT NULL AS by_invoice
-    FROM (SELECT u.account_id, u.discount_id, u.last_seen_at,
+    FROM (SELECT u.account_id, u.discount_id, u.found_gone_at,
                  min(o.created) FILTER (WHERE NOT o.lists_it AND o.created > l.last_listed) AS next_invoice
           FROM unended u
           LEFT JOIN (SELECT account_id, discount_id, max(created) AS last_listed FROM owner_invoices WHERE lists_it
                      GROUP BY ALL) l USING (account_id, discount_id)
           LEFT JOIN owner_invoices o USING (account_id, discount_id)
-          GROUP BY u.account_id, u.discount_id, u.last_seen_at)
+          GROUP BY u.account_id, u.discount_id, u.found_gone_at)
 ),
 -- a discount that leaves a subscription state before its end was removed then (only events whose
 -- previous_attributes list the discounts can remove one)
