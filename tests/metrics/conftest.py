@@ -70,6 +70,13 @@ def derive(store: duckdb.DuckDBPyConnection) -> Callable[..., duckdb.DuckDBPyCon
     return run
 
 
+def record_stripes_clock(con: duckdb.DuckDBPyConnection, account_id: str, at: int) -> None:
+    """Record, as a sync does, Stripe's clock at the sync's last listing (the cursor ``events:complete``): unix
+    time ``at``, which may differ from the ``seen_at`` (this machine's clock) the rows were loaded with."""
+    con.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
+                "VALUES (?, 'events:complete', NULL, ?, true)", [account_id, at])
+
+
 def customer_mrr_at(con: duckdb.DuckDBPyConnection, customer_id: str, at: int) -> Decimal:
     """The customer's MRR at unix time ``at`` from the customer_mrr view (0 when no row covers it)."""
     row = con.execute(

@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from conftest import customer_mrr_at, make_settings
+from conftest import customer_mrr_at, make_settings, record_stripes_clock
 
 from stripe_churn.errors import DataError
 from stripe_churn.metrics.runner import recompute, sql_steps
@@ -434,8 +434,7 @@ def test_changes_dated_after_this_machines_clock_by_stripes_count(world: World, 
     world.cycle("sub_1", month(1))
     world.update("sub_1", month(1, 10), items=[("si_1", "basic", 5)])
     world.load(store, seen_at=month(1, 5))  # this machine's clock
-    store.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
-                  "VALUES (?, 'events:complete', NULL, ?, true)", [world.account_id, month(1, 15)])
+    record_stripes_clock(store, world.account_id, month(1, 15))
     recompute(store, make_settings())
     assert customer_mrr_at(store, "cus_1", month(1, 14)) == 50
     assert store.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT), mrr_delta FROM mrr_movements "
@@ -787,8 +786,7 @@ def test_a_snapshot_listed_with_stripes_clock_ahead_of_this_machines(world: Worl
     eleventh_item_added_unlisted(world)
     world.load(store, seen_at=month(0, 3))  # this machine's clock
     store.execute("UPDATE subscriptions SET version = ?", [month(0, 20)])
-    store.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
-                  "VALUES (?, 'events:complete', NULL, ?, true)", [world.account_id, month(0, 20)])
+    record_stripes_clock(store, world.account_id, month(0, 20))
     recompute(store, make_settings())
     assert customer_mrr_at(store, "cus_1", month(0, 4)) == 10
     assert customer_mrr_at(store, "cus_1", month(0, 13)) == 12

@@ -10,7 +10,7 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from conftest import customer_mrr_at, item_rows, make_settings
+from conftest import customer_mrr_at, item_rows, make_settings, record_stripes_clock
 
 from stripe_churn.errors import DataError
 from stripe_churn.metrics.runner import recompute
@@ -383,8 +383,7 @@ def test_removed_forever_discount_counts_until_it_went(world: World, store: Any,
     mark_unlisted_children(store, world.account_id, at, at, server_time=seen if ahead else None)
     if ahead:  # (the listing's version, and the server's time the sync recorded: Stripe's clock)
         store.execute("UPDATE subscriptions SET version = ?", [seen])
-        store.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
-                      "VALUES (?, 'events:complete', NULL, ?, true)", [world.account_id, seen])
+        record_stripes_clock(store, world.account_id, seen)
     assert store.execute("SELECT deleted FROM discounts").fetchall() == [(True,)]
     recompute(store, make_settings())
     went = {"removal-event": removed, "next-invoice": month(2)}.get(evidence, seen)
@@ -486,8 +485,7 @@ def test_a_trial_pause_read_with_stripes_clock_ahead_of_this_machines(world: Wor
     as paying: MRR 50.00 from the trial's end, `new` then.)"""
     trial_into_pause(world, then)
     world.load(store, seen_at=T0 + 5 * DAY, events=False)  # this machine's clock
-    store.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
-                  "VALUES (?, 'events:complete', NULL, ?, true)", [world.account_id, month(2, 10)])
+    record_stripes_clock(store, world.account_id, month(2, 10))
     recompute(store, make_settings())
     assert customer_mrr_at(store, "cus_1", T0 + 20 * DAY) == 0
     moves = store.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT) FROM mrr_movements").fetchall()
