@@ -370,6 +370,7 @@ def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, sinc
     removed discount never comes back, so no later copy is kept out). One statement per relation, not per page."""
     params = {"a": account_id, "since": since, "seen": seen_at}
     gone = "deleted = true, last_seen_at = $seen, version = greatest(version, coalesce($v, version))"
+    gone_params = {**params, "v": server_time}
     for child, col, parent in _CHILDREN:
         con.execute(
             f"UPDATE {child} c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
@@ -388,7 +389,7 @@ def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, sinc
             "json_extract_string(p.raw, '$.discounts[*].id'), json_extract_string(p.raw, '$.discounts[*]')), [])) "
             f"AS kept FROM {owners} p WHERE p.account_id = $a AND NOT p.deleted AND p.last_seen_at >= $since) k "
             f"WHERE k.owner = c.{owner_col} AND k.kept = c.id)",
-            {**params, "v": server_time})
+            gone_params)
     con.execute(
         f"UPDATE discounts c SET {gone} WHERE c.account_id = $a AND NOT c.deleted "
         "AND c.subscription_id IS NULL AND c.customer_id IN (SELECT p.id FROM customers p WHERE p.account_id = $a "
@@ -396,7 +397,7 @@ def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, sinc
         "coalesce(p.raw->>'$.discount.id', p.raw->>'$.discount', '') AS kept FROM customers p "
         "WHERE p.account_id = $a AND NOT p.deleted AND p.last_seen_at >= $since) k "
         "WHERE k.owner = c.customer_id AND k.kept = c.id)",
-        {**params, "v": server_time})
+        gone_params)
 
 
 def upsert_fx_rates(con: duckdb.DuckDBPyConnection, rows: Iterable[tuple[str, str, float | Decimal]]) -> None:
