@@ -52,6 +52,7 @@ from stripe_churn.store.schema import SUB_STATE_TYPE
 TARGET_FULL_S = 20.0
 TARGET_INCREMENTAL_S = 2.0
 TARGET_BRIDGE_MS = 200.0
+PROFILE_STATEMENTS = 12  # statements of the full recompute that --profile names, slowest first
 # Tables whose rows belong to one customer (re-keyed per copy); the catalogue tables are shared.
 PER_CUSTOMER = ("customers", "subscriptions", "subscription_items", "invoices", "invoice_lines", "credit_notes",
                 "discounts", "events")
@@ -349,8 +350,9 @@ def set_fx_rates(con: duckdb.DuckDBPyConnection, kind: str) -> int:
 
 
 class Timings(logging.Handler):
-    """Collects the timings the recompute logs at DEBUG ("metrics step NAME took S s", "incremental phase NAME
-    took S s"), in the order they were logged."""
+    """Collects the timings the recompute logs at DEBUG ("metrics step NAME took S s", "metrics statement NAME
+    took S s", "incremental phase NAME took S s"), in the order they were logged, by what they time (the
+    message's words before the name: "metrics step", "metrics statement", "incremental phase")."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
@@ -358,14 +360,14 @@ class Timings(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         args = record.args
-        if isinstance(record.msg, str) and record.msg.endswith(" took %.3f s") and isinstance(args, tuple) \
+        if isinstance(record.msg, str) and record.msg.endswith(" %s took %.3f s") and isinstance(args, tuple) \
                 and len(args) == 2 and isinstance(args[1], (int, float)):
-            self.rows.append((record.name, str(args[0]), float(args[1])))
+            self.rows.append((record.msg.removesuffix(" %s took %.3f s"), str(args[0]), float(args[1])))
 
-    def take(self, logger: str) -> list[tuple[str, float]]:
-        """The timings of ``logger`` logged since the last take, and forget them."""
-        out = [(name, s) for lg, name, s in self.rows if lg == logger]
-        self.rows = [r for r in self.rows if r[0] != logger]
+    def take(self, kind: str) -> list[tuple[str, float]]:
+        """The timings of ``kind`` logged since the last take, and forget them."""
+        out = [(name, s) for k, name, s in self.rows if k == kind]
+        self.rows = [r for r in self.rows if r[0] != kind]
         return out
 
 
@@ -439,8 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-floor", action="store_true",
                     help="skip the floor (a lean chain without the rules, timed on the same store for comparison)")
     ap.add_argument("--profile", action="store_true",
-                    help="also print how long each step of the full recompute and each phase of the incremental "
-                         "took (from the timings they log at DEBUG, in the timed runs themselves)")
+                    help="also print how long each step of the full recompute, its slowest statements and each "
+                         "phase of the incremental took (from the timings they log at DEBUG, in the timed runs "
+                         "themselves)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     timings = watch_timings() if args.profile else None
@@ -487,9 +490,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {t_full / n_customers * 1e6:,.0f} us/customer; at 1,000,000 customers, linearly: "
               f"{t_full / n_customers * 1_000_000:,.0f} s", flush=True)
     if timings is not None:
-        steps = sorted(timings.take("stripe_churn.metrics.runner"), key=lambda r: -r[1])
+        steps = sorted(timings.take("metrics step"), key=lambda r: -r[1])
         print("  its steps, slowest first: " + ", ".join(f"{name.removesuffix('.sql')} {s:.2f} s"
                                                          for name, s in steps), flush=True)
+        statements = sorted(timings.take("metrics statement"), key=lambda r: -r[1])
+        print(f"  its {len(statements)} statements, the {min(PROFILE_STATEMENTS, len(statements))} slowest: "
+              + ", ".join(f"{name.replace('.sql', '')} {s:.2f} s" for name, s in statements[:PROFILE_STATEMENTS]),
+              flush=True)
 
     # one more billing run of the block: what an incremental sync would fetch (its new and changed objects
     # and new events) is loaded, then only the customers they belong to are derived again
@@ -501,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     if timings is not None:
         print("  its phases, in the order they ended (the moved customers' and the old ledger ran beside the "
               "scopes; 'derive' holds those from staging on):", flush=True)
-        for name, s in timings.take("stripe_churn.metrics.incremental"):
+        for name, s in timings.take("incremental phase"):
             print(f"    {name}: {s:.2f} s", flush=True)
 
     t_bridge = min(timed(lambda: con.execute(

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import re
 import select
 import signal
 import threading
@@ -250,6 +251,33 @@ def recompute(con: duckdb.DuckDBPyConnection, settings: Settings, *,
             raise
 
 
+_MADE = re.compile(r"^\s*(?:CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP(?:ORARY)?\s+)?(?:TABLE|VIEW|MACRO)"
+                   r"(?:\s+IF\s+NOT\s+EXISTS)?|UPDATE|ALTER\s+TABLE|INSERT\s+INTO|DELETE\s+FROM)\s+([\w.]+)",
+                   re.IGNORECASE)
+
+
+def statement_label(step: str, sql: str) -> str:
+    """How the DEBUG timings name one statement of a step: the step and the table, view or macro the statement
+    makes or changes (``30_item_history.sql derived_item_history``), else the step and the statement's first
+    word."""
+    code = re.sub(r"--[^\n]*", " ", sql)  # (comments before the statement are part of its text)
+    made = _MADE.search(code)
+    return f"{step} {made.group(1) if made else (code.split() or ['?'])[0]}"
+
+
+def _run_statements(con: duckdb.DuckDBPyConnection, name: str, text: str, stop: threading.Event) -> None:
+    """Run step ``name``'s statements one at a time, logging at DEBUG how long each took ("metrics statement
+    LABEL took S s"; ``scripts/bench_rollup.py --profile`` prints the slowest). A stop asked for between two
+    of them ends the step there (the interrupt it sends lands on no running statement)."""
+    for statement in con.extract_statements(text):
+        if stop.is_set():
+            raise StoppedError(f"stop requested during metrics step {name}")
+        t0 = time.perf_counter()
+        con.execute(statement)
+        log.debug("metrics statement %s took %.3f s", statement_label(name, statement.query),
+                  time.perf_counter() - t0)
+
+
 def _recompute(con: duckdb.DuckDBPyConnection, settings: Settings,
                progress: Callable[[int, int, str], None] | None, stop: threading.Event,
                reason: str | None) -> None:
@@ -273,7 +301,7 @@ def _recompute(con: duckdb.DuckDBPyConnection, settings: Settings,
             t0 = time.perf_counter()
             interrupter.step(True)
             try:
-                con.execute(text)
+                _run_statements(con, name, text, stop)
             except duckdb.Error as exc:
                 if stop.is_set():
                     raise StoppedError(f"stop requested during metrics step {name}") from exc

@@ -167,6 +167,13 @@ def test_the_benchmark_profile_lists_every_step_and_phase_of_the_timed_runs(tmp_
     assert listed, out.stdout
     steps = dict(re.findall(r"(\d\d_\w+) ([\d.]+) s", listed.group(1)))
     assert set(steps) == {name.removesuffix(".sql") for name, _ in sql_steps()}
+    # the slowest statements by the step and the table, view or macro each makes
+    slowest = re.search(r"its (\d+) statements, the (\d+) slowest: (.*)", out.stdout)
+    assert slowest, out.stdout
+    statements = re.findall(r"(\d\d_\w+) (\w+) ([\d.]+) s", slowest.group(3))
+    assert int(slowest.group(1)) > len(steps) and len(statements) == int(slowest.group(2)) == 12
+    assert all(step in steps for step, _, _ in statements)
+    assert [float(s) for _, _, s in statements] == sorted((float(s) for _, _, s in statements), reverse=True)
     phases = dict(re.findall(r"^    ([^:\n]+(?:: [^:\n]+)?): ([\d.]+) s$", out.stdout, re.MULTILINE))
     for phase in ("find customers", "stage row ids", "scope 0: copy rows", "scope 0: steps", "old ledger",
                   "new ledger", "compare the catalogue and rules", "replace rows", "commit"):

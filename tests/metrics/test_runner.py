@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -83,6 +84,56 @@ def test_a_stop_interrupts_the_running_step(sim_store: duckdb.DuckDBPyConnection
     assert time.monotonic() - started < 30
     assert results(con) == before
     assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'slow'").fetchall() == [(0,)]
+
+
+def test_a_stop_between_two_statements_of_a_step_ends_it_there(sim_store: duckdb.DuckDBPyConnection,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step runs statement by statement: a stop that comes after one (when the interrupt it sends finds no running
+    statement) ends the step before the next, and everything is rolled back."""
+    con = sim_store
+    runner.recompute(con, Settings())
+    before = results(con)
+    drop_half_the_subscriptions(con)
+    two = ("45_two.sql", "CREATE OR REPLACE TEMP TABLE first_half AS SELECT 1 AS x;\n"
+                         "CREATE OR REPLACE TEMP TABLE second_half AS SELECT 2 AS x;")
+    real = runner.sql_steps()
+    monkeypatch.setattr(runner, "sql_steps", lambda: sorted([*real, two]))
+    stop = threading.Event()
+
+    class StopAfterTheFirst(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("metrics statement 45_two.sql first_half took"):
+                stop.set()
+
+    handler = StopAfterTheFirst(logging.DEBUG)
+    logger = logging.getLogger("stripe_churn.metrics.runner")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(StoppedError, match="during metrics step 45_two"):
+            runner.recompute(con, Settings(), stop=stop)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert results(con) == before
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name IN ('first_half', 'second_half')"
+                       ).fetchall() == [(0,)]
+
+
+def test_every_statement_is_timed_at_debug_by_its_step_and_what_it_makes(sim_store: duckdb.DuckDBPyConnection,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """``STRIPE_CHURN_LOG_LEVEL=DEBUG`` (and ``scripts/bench_rollup.py --profile``) shows each statement's time."""
+    with caplog.at_level(logging.DEBUG, logger="stripe_churn.metrics.runner"):
+        runner.recompute(sim_store, Settings())
+    timed = [r.args for r in caplog.records if r.msg == "metrics statement %s took %.3f s"]
+    steps = {r.args[0]: r.args[1] for r in caplog.records if r.msg == "metrics step %s took %.3f s"}
+    expected = [runner.statement_label(name, st.query)
+                for name, text in runner.sql_steps() for st in sim_store.extract_statements(text)]
+    assert [label for label, _ in timed] == expected
+    assert "30_item_history.sql derived_item_history" in expected and "80_mrr_bridge.sql mrr_bridge" in expected
+    for name, took in steps.items():
+        assert sum(s for label, s in timed if label.startswith(name + " ")) <= took
 
 
 def test_without_a_terminal_progress_is_a_log_line_at_most_every_5_s(caplog: pytest.LogCaptureFixture) -> None:
