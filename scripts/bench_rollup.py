@@ -510,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
               "scopes; 'derive' holds those from staging on):", flush=True)
         for name, s in timings.take("incremental phase"):
             print(f"    {name}: {s:.2f} s", flush=True)
+        # (the moved customers' statements and the scopes', one list: their names say which steps they are)
+        statements = sorted(timings.take("scoped statement"), key=lambda r: -r[1])
+        print(f"  its {len(statements)} statements on the changed customers, the "
+              f"{min(PROFILE_STATEMENTS, len(statements))} slowest: "
+              + ", ".join(f"{name.replace('.sql', '')} {s:.2f} s" for name, s in statements[:PROFILE_STATEMENTS]),
+              flush=True)
 
     t_bridge = min(timed(lambda: con.execute(
         "SELECT * FROM mrr_bridge WHERE period_start >= current_date - INTERVAL 5 YEAR").fetchall())[0]

@@ -174,6 +174,11 @@ def test_the_benchmark_profile_lists_every_step_and_phase_of_the_timed_runs(tmp_
     assert int(slowest.group(1)) > len(steps) and len(statements) == int(slowest.group(2)) == 12
     assert all(step in steps for step, _, _ in statements)
     assert [float(s) for _, _, s in statements] == sorted((float(s) for _, _, s in statements), reverse=True)
+    # and the incremental's, on the changed customers (the scope runs every step)
+    scoped = re.search(r"its (\d+) statements on the changed customers, the (\d+) slowest: (.*)", out.stdout)
+    assert scoped, out.stdout
+    assert int(scoped.group(1)) >= int(slowest.group(1)) and int(scoped.group(2)) == 12
+    assert all(step in steps for step, _, _ in re.findall(r"(\d\d_\w+) (\w+) ([\d.]+) s", scoped.group(3)))
     phases = dict(re.findall(r"^    ([^:\n]+(?:: [^:\n]+)?): ([\d.]+) s$", out.stdout, re.MULTILINE))
     for phase in ("find customers", "stage row ids", "scope 0: copy rows", "scope 0: steps", "old ledger",
                   "new ledger", "compare the catalogue and rules", "replace rows", "commit"):
