@@ -34,8 +34,8 @@ from stripe_churn.metrics.runner import (
     missing_rates_error,
     recompute,
     record_run,
+    run_statements,
     sql_steps,
-    statement_label,
     write_settings,
 )
 from stripe_churn.settings import Settings
@@ -551,11 +551,7 @@ def _run_steps(con: duckdb.DuckDBPyConnection, wanted: Callable[[str], bool]) ->
         if not wanted(name):
             continue
         try:
-            for statement in con.extract_statements(text):
-                t0 = time.perf_counter()
-                con.execute(statement)
-                log.debug("scoped statement %s took %.3f s", statement_label(name, statement.query),
-                          time.perf_counter() - t0)
+            run_statements(con, name, text, message="scoped statement %s took %.3f s")
         except duckdb.Error as exc:
             raise DataError(f"metrics step {name} failed for the changed customers, nothing was "
                             f"changed: {exc}".replace("\n", " ")) from exc

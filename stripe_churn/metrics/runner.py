@@ -265,17 +265,17 @@ def statement_label(step: str, sql: str) -> str:
     return f"{step} {made.group(1) if made else (code.split() or ['?'])[0]}"
 
 
-def _run_statements(con: duckdb.DuckDBPyConnection, name: str, text: str, stop: threading.Event) -> None:
-    """Run step ``name``'s statements one at a time, logging at DEBUG how long each took ("metrics statement
-    LABEL took S s"; ``scripts/bench_rollup.py --profile`` prints the slowest). A stop asked for between two
-    of them ends the step there (the interrupt it sends lands on no running statement)."""
+def run_statements(con: duckdb.DuckDBPyConnection, name: str, text: str, stop: threading.Event | None = None,
+                   message: str = "metrics statement %s took %.3f s") -> None:
+    """Run step ``name``'s statements one at a time, logging at DEBUG how long each took (``message``, with the
+    statement's :func:`statement_label`; ``scripts/bench_rollup.py --profile`` prints the slowest). A ``stop``
+    asked for between two of them ends the step there (the interrupt it sends lands on no running statement)."""
     for statement in con.extract_statements(text):
-        if stop.is_set():
+        if stop is not None and stop.is_set():
             raise StoppedError(f"stop requested during metrics step {name}")
         t0 = time.perf_counter()
         con.execute(statement)
-        log.debug("metrics statement %s took %.3f s", statement_label(name, statement.query),
-                  time.perf_counter() - t0)
+        log.debug(message, statement_label(name, statement.query), time.perf_counter() - t0)
 
 
 def _recompute(con: duckdb.DuckDBPyConnection, settings: Settings,
@@ -301,7 +301,7 @@ def _recompute(con: duckdb.DuckDBPyConnection, settings: Settings,
             t0 = time.perf_counter()
             interrupter.step(True)
             try:
-                _run_statements(con, name, text, stop)
+                run_statements(con, name, text, stop)
             except duckdb.Error as exc:
                 if stop.is_set():
                     raise StoppedError(f"stop requested during metrics step {name}") from exc
