@@ -52,7 +52,7 @@ from stripe_churn.store.schema import SUB_STATE_TYPE
 TARGET_FULL_S = 20.0
 TARGET_INCREMENTAL_S = 2.0
 TARGET_BRIDGE_MS = 200.0
-PROFILE_STATEMENTS = 12  # statements of the full recompute that --profile names, slowest first
+PROFILE_STATEMENTS = 12  # statements of the full and of the incremental recompute that --profile names
 # Tables whose rows belong to one customer (re-keyed per copy); the catalogue tables are shared.
 PER_CUSTOMER = ("customers", "subscriptions", "subscription_items", "invoices", "invoice_lines", "credit_notes",
                 "discounts", "events")
