@@ -270,12 +270,14 @@ def run_statements(con: duckdb.DuckDBPyConnection, name: str, text: str, stop: t
     """Run step ``name``'s statements one at a time, logging at DEBUG how long each took (``message``, with the
     statement's :func:`statement_label`; ``scripts/bench_rollup.py --profile`` prints the slowest). A ``stop``
     asked for between two of them ends the step there (the interrupt it sends lands on no running statement)."""
+    timed = log.isEnabledFor(logging.DEBUG)  # (the label is built only for a log that shows it)
     for statement in con.extract_statements(text):
         if stop is not None and stop.is_set():
             raise StoppedError(f"stop requested during metrics step {name}")
         t0 = time.perf_counter()
         con.execute(statement)
-        log.debug(message, statement_label(name, statement.query), time.perf_counter() - t0)
+        if timed:
+            log.debug(message, statement_label(name, statement.query), time.perf_counter() - t0)
 
 
 def _recompute(con: duckdb.DuckDBPyConnection, settings: Settings,
