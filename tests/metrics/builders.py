@@ -398,3 +398,26 @@ class World:
             upsert_objects(con, "events", acct, [e for e in self.events if e["created"] >= oldest], seen)
         for date, currency, rate in self.fx_rates:
             con.execute("INSERT INTO fx_rates (date, currency, rate) VALUES (?, ?, ?)", [date, currency, rate])
+
+    # --- served --------------------------------------------------------------------------------------
+    def served(self, clock: int) -> ServedWorld:
+        """This account as the sandbox server serves a simulation, its clock (Stripe's "now") at ``clock``."""
+        return ServedWorld(self, clock)
+
+
+class ServedWorld:
+    """A :class:`World` in the shape the sandbox server reads (``stripe_churn.sandbox.catalog.SimulationLike``):
+    the same objects, by reference, served over HTTP to the real sync; the events older than Stripe's 30 days
+    before ``clock`` are not served. It has no billing runs and no ground truth of its own."""
+
+    def __init__(self, world: World, clock: int) -> None:
+        self.account_id = world.account_id
+        self.objects = {r: objs for r, objs in world.objects.items() if r != "discounts"}
+        self.objects["credit_notes"] = {}
+        self.discounts = world.objects["discounts"]
+        self.events = sorted(world.events, key=lambda e: e["created"])
+        self.clock = clock
+        self.truth: list[Obj] = []
+
+    def advance(self, months: int = 1) -> None:
+        raise NotImplementedError("a hand-built account has no billing runs: build the next month with World")

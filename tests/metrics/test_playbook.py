@@ -4,8 +4,10 @@ Each subscription period becomes a Stripe subscription of one product with a mon
 amount, starting at its start and ending at its end, with a subscription_create invoice and one
 subscription_cycle invoice per month, as Stripe would leave them. The store gets the objects as a sync two
 years later would find them: every subscription and invoice, and only the events of the last 30 days, so
-the history comes from invoices and the subscriptions' dates. Our category per customer and month, and the
-month's sum of mrr_delta, must equal the playbook's.
+the history comes from invoices and the subscriptions' dates. The account is served by the sandbox server
+and fetched by a full sync (the real SDK over HTTP, Stripe's clock at the sync moment), and, to tell a
+loading fault from a derivation fault, also loaded straight into a store. Our category per customer and
+month, and the month's sum of mrr_delta, must equal the playbook's.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -24,7 +26,6 @@ from builders import DAY, World, add_months
 PLAYBOOK = Path(__file__).resolve().parents[2].parent / "shared" / "external" / "mrr-playbook"
 CATEGORY = {"new": "new", "upgrade": "expansion", "downgrade": "contraction", "churn": "churn",
             "reactivation": "reactivation", "": None}
-Derive = Callable[..., duckdb.DuckDBPyConnection]
 
 pytestmark = pytest.mark.skipif(not PLAYBOOK.is_dir(), reason=f"playbook data not found at {PLAYBOOK}")
 
@@ -71,9 +72,25 @@ def expected() -> dict[tuple[str, dt.date], tuple[str | None, Decimal]]:
                 (CATEGORY[r["change_category"]], Decimal(r["mrr_change"])) for r in csv.DictReader(f)}
 
 
-def test_playbook_categories_and_sums(derive: Derive) -> None:
+@pytest.fixture(params=["sandbox", "direct"])
+def playbook_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The playbook's account derived from a full sync through the sandbox server, or loaded directly."""
     w, seen_at = playbook_world()
-    con = derive(w, seen_at=seen_at, events=seen_at - 30 * DAY)
+    if request.param == "direct":
+        yield request.getfixturevalue("derive")(w, seen_at=seen_at, events=seen_at - 30 * DAY)
+        return
+    from test_ground_truth import derived_through_the_sandbox
+
+    with derived_through_the_sandbox(w.served(seen_at), tmp_path / "playbook.duckdb") as con:
+        # (the sync fetched what Stripe keeps: every object, and only the last 30 days' events)
+        assert con.execute("SELECT count(*) FROM subscriptions").fetchall() == [(121,)]
+        assert con.execute("SELECT count(*) FROM events").fetchall() == [
+            (sum(e["created"] >= seen_at - 30 * DAY for e in w.events),)]
+        yield con
+
+
+def test_playbook_categories_and_sums(playbook_store: duckdb.DuckDBPyConnection) -> None:
+    con = playbook_store
     got: dict[tuple[str, dt.date], list[tuple[str, Decimal]]] = defaultdict(list)
     for customer, month, category, delta in con.execute(
             "SELECT customer_id, CAST(date_trunc('month', timezone('UTC', occurred_at)) AS DATE), category, "
