@@ -371,6 +371,13 @@ class Timings(logging.Handler):
         return out
 
 
+def print_slowest(statements: list[tuple[str, float]], what: str) -> None:
+    """Print how many ``statements`` were timed and the ``PROFILE_STATEMENTS`` slowest of them."""
+    slowest = sorted(statements, key=lambda r: -r[1])[:PROFILE_STATEMENTS]
+    print(f"  its {len(statements)} {what}, the {len(slowest)} slowest: "
+          + ", ".join(f"{name.replace('.sql', '')} {s:.2f} s" for name, s in slowest), flush=True)
+
+
 def watch_timings() -> Timings:
     """Start collecting the recompute's step and phase timings (the console still shows warnings only)."""
     timings = Timings()
@@ -493,10 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         steps = sorted(timings.take("metrics step"), key=lambda r: -r[1])
         print("  its steps, slowest first: " + ", ".join(f"{name.removesuffix('.sql')} {s:.2f} s"
                                                          for name, s in steps), flush=True)
-        statements = sorted(timings.take("metrics statement"), key=lambda r: -r[1])
-        print(f"  its {len(statements)} statements, the {min(PROFILE_STATEMENTS, len(statements))} slowest: "
-              + ", ".join(f"{name.replace('.sql', '')} {s:.2f} s" for name, s in statements[:PROFILE_STATEMENTS]),
-              flush=True)
+        print_slowest(timings.take("metrics statement"), "statements")
 
     # one more billing run of the block: what an incremental sync would fetch (its new and changed objects
     # and new events) is loaded, then only the customers they belong to are derived again
@@ -511,11 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in timings.take("incremental phase"):
             print(f"    {name}: {s:.2f} s", flush=True)
         # (the moved customers' statements and the scopes', one list: their names say which steps they are)
-        statements = sorted(timings.take("scoped statement"), key=lambda r: -r[1])
-        print(f"  its {len(statements)} statements on the changed customers, the "
-              f"{min(PROFILE_STATEMENTS, len(statements))} slowest: "
-              + ", ".join(f"{name.replace('.sql', '')} {s:.2f} s" for name, s in statements[:PROFILE_STATEMENTS]),
-              flush=True)
+        print_slowest(timings.take("scoped statement"), "statements on the changed customers")
 
     t_bridge = min(timed(lambda: con.execute(
         "SELECT * FROM mrr_bridge WHERE period_start >= current_date - INTERVAL 5 YEAR").fetchall())[0]
