@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import gc
 import hmac
 import logging
 import os
@@ -525,9 +524,8 @@ def serve_forever(*, customers: int, months: int, seed: int, port: int, latency_
         started = time.perf_counter()
         sim = Simulation(customers=customers, months=months, seed=seed, start=history_to_today(months),
                          **SANDBOX_OPTIONS)
-        # the history is millions of long-lived objects: keep them out of the cycle collector, whose full passes
-        # over them would stall the event loop for seconds while serving
-        gc.freeze()
+        # (the history's millions of long-lived objects are out of the cycle collector's reach, as each run of the
+        # simulation leaves them: its full passes over them would stall the event loop for seconds while serving)
         log.info("simulated %d customers over %d months (seed %d) in %.1f s", customers, months, seed,
                  time.perf_counter() - started)
         app = SandboxApp(sim, options)
