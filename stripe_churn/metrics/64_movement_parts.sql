@@ -5,6 +5,9 @@
 -- plan part = MRR(new price, old qty) - MRR(old price, old qty) and quantity part = the rest (both at the
 -- discount before the change), plus a discount part when the discounts in force changed (on the item, or from
 -- a pair's removed item to its added one); rate changes are one fx part.
+-- Each part in the item's currency is rounded at 9 decimals before the rate, as 50 rounds a customer's sum: an
+-- item MRR is cut at 10 decimals, so a part made of a few of them is off by under half a 1e-9, and an exact half
+-- at 4 decimals (2.125 GBP x 1.27 = 2.69875) must not fall just under it (2.1249999999 x 1.27 -> 2.6987).
 -- Inputs: derived_transitions, derived_transition_items, price_mrr.
 
 -- The item that stands for the customer in each transition: largest MRR in B (`b_item`, its B row `b_rid`)
@@ -156,19 +159,21 @@ item_parts AS (
            comp = 'same' AND NOT metered AND a_price_id = b_price_id AND a_quantity IS NOT DISTINCT FROM b_quantity
                AND NOT discount_changed AND a_discount_ids IS NOT DISTINCT FROM b_discount_ids AS realloc
     FROM (
-        SELECT *, 'p' AS part, coalesce(p0, 0) + CASE WHEN rest_to = 'p' THEN rest ELSE 0 END AS amount_original
+        SELECT *, 'p' AS part,
+               round(coalesce(p0, 0) + CASE WHEN rest_to = 'p' THEN rest ELSE 0 END, 9) AS amount_original
         FROM settled
         UNION ALL
-        SELECT *, 'q', q0 + CASE WHEN rest_to = 'q' THEN rest ELSE 0 END FROM settled
+        SELECT *, 'q', round(q0 + CASE WHEN rest_to = 'q' THEN rest ELSE 0 END, 9) FROM settled
         UNION ALL
-        SELECT *, 'd', CASE WHEN rest_to = 'd' THEN rest ELSE 0 END FROM settled
+        SELECT *, 'd', round(CASE WHEN rest_to = 'd' THEN rest ELSE 0 END, 9) FROM settled
     )
     WHERE amount_original <> 0
 ),
 unpaired_parts AS (
     SELECT c.tid, c.account_id, c.customer_id, c.t_start, c.comp, c.comp AS part,
-           CASE WHEN c.comp = 'added' THEN c.b_mrr * c.b_rate_a ELSE -(c.a_mrr * c.a_rate_a) END AS amount_rep,
-           CASE WHEN c.comp = 'added' THEN c.b_mrr ELSE -c.a_mrr END AS amount_original,
+           CASE WHEN c.comp = 'added' THEN round(c.b_mrr, 9) * c.b_rate_a ELSE -(round(c.a_mrr, 9) * c.a_rate_a) END
+               AS amount_rep,
+           CASE WHEN c.comp = 'added' THEN round(c.b_mrr, 9) ELSE -round(c.a_mrr, 9) END AS amount_original,
            CASE WHEN c.comp = 'added' THEN c.b_currency ELSE c.a_currency END AS currency,
            CASE WHEN c.comp = 'added' THEN c.b_subscription_id ELSE c.a_subscription_id END AS subscription_id,
            CASE WHEN c.comp = 'added' THEN c.b_item_id ELSE c.a_item_id END AS subscription_item_id,
@@ -198,7 +203,7 @@ fx_parts AS (
            CAST(NULL AS VARCHAR) AS event_id, CAST(NULL AS VARCHAR) AS invoice_id,
            CAST(NULL AS TIMESTAMPTZ) AS row_from,
            'fx' AS movement
-    FROM (SELECT ti.tid, sum(ti.b_mrr * (ti.b_rate_b - ti.b_rate_a)) AS amount_rep,
+    FROM (SELECT ti.tid, sum(round(ti.b_mrr, 9) * (ti.b_rate_b - ti.b_rate_a)) AS amount_rep,
                  bool_or(ti.subscription_item_id = m.b_item) AS main_moved,
                  any_value(m.b_item) AS b_item, any_value(m.b_rid) AS b_rid
           FROM moving ti

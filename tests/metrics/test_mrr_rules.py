@@ -1040,3 +1040,26 @@ def test_an_exact_half_over_many_items_still_rounds_away_from_zero(world: World,
     world.fx_rates.append(("2023-12-01", "gbp", 1.27))
     con = derive(world, seen_at=month(1))
     assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("385.9213")
+
+
+def test_exact_halves_of_each_items_part_round_away_from_zero(world: World, derive: Derive) -> None:
+    """A subscription's own 25% offer ends and the customer's 10% counts again, on two annual GBP items (1,785.00
+    and 170.00 a year): each item's discount part is an exact half in USD at 1.27 (22.3125 GBP -> 28.336875,
+    2.125 GBP -> 2.69875), so the rows are 28.3369 and 2.6988. The second item's monthly MRR repeats (14.1666…),
+    and the part made from its discounted values cut at 10 decimals fell just under the half: 2.6987, and the
+    rounding remainder went to the first row (28.3370). Found by the simulation through the sandbox (5,000 x 60,
+    seed 18)."""
+    base(world, currency="gbp").price("y1", "prod_seat", 29_750, currency="gbp", interval="year")
+    world.price("y2", "prod_api", 17_000, currency="gbp", interval="year")
+    world.coupon("co_cust", percent_off=10)
+    world.coupon("co_sub", percent_off=25, duration="repeating", duration_in_months=3)
+    world.objects["customers"]["cus_1"]["discount"] = world.discount("co_cust", T0, customer="cus_1")
+    own = world.discount("co_sub", T0, customer="cus_1", subscription="sub_1")
+    world.subscribe("sub_1", "cus_1", [("si_1", "y1", 6), ("si_2", "y2", 1)], T0, discounts=[own["id"]])
+    world.fx_rates.append(("2023-12-01", "gbp", 1.27))
+    con = derive(world, seen_at=month(4))
+    assert customer_mrr_at(con, "cus_1", month(3) - 1) == Decimal("155.1781")  # 122.1875 GBP x 1.27
+    assert customer_mrr_at(con, "cus_1", month(3)) == Decimal("186.2138")  # 146.625 GBP x 1.27
+    moves = con.execute("SELECT subscription_item_id, mrr_delta, amount_delta_original FROM mrr_movements "
+                        "WHERE movement = 'discount' ORDER BY subscription_item_id").fetchall()
+    assert moves == [("si_1", Decimal("28.3369"), Decimal("22.3125")), ("si_2", Decimal("2.6988"), Decimal("2.1250"))]
