@@ -113,6 +113,37 @@ def compare_churn(sim: Any, con: duckdb.DuckDBPyConnection) -> list[str]:
             for cust, at in sorted(set(want) & set(have)) if want[(cust, at)] != have[(cust, at)]]
 
 
+def compare_amounts(sim: Any, con: duckdb.DuckDBPyConnection) -> list[str]:
+    """amount_delta_original and currency of the rows that both the truth and ours have for a (customer, moment,
+    item, movement), against the truth's: exact for a part of a change; for new, reactivation and cancellation,
+    which the truth writes per item, rounded each, and the contract as one row, the sum within the rounding of its
+    rows (a missing or extra row is a label disagreement already)."""
+    want: dict[tuple[Key, str], list[tuple[Decimal, str]]] = defaultdict(list)
+    for t in sim.truth:
+        item = "*" if t["movement"] in WHOLE else t.get("subscription_item_id") or ""
+        want[((t["customer_id"], _unix(t["occurred_at"]), item), t["movement"])].append(
+            (_dec(t["amount_delta_original"]), t["currency"]))
+    have: dict[tuple[Key, str], list[tuple[Decimal, str]]] = defaultdict(list)
+    for cust, at, item, movement, amount, currency in con.execute(
+            "SELECT customer_id, CAST(epoch(occurred_at) AS BIGINT), coalesce(subscription_item_id, ''), movement, "
+            "amount_delta_original, currency FROM mrr_movements").fetchall():
+        have[((cust, at, "*" if movement in WHOLE else item), movement)].append((amount, currency))
+    problems = []
+    for k in sorted(set(want) & set(have)):
+        w, h = want[k], have[k]
+        if k[1] in WHOLE:
+            same = ({c for _, c in w} == {c for _, c in h}
+                    and abs(sum(a for a, _ in w) - sum(a for a, _ in h)) <= Decimal("0.00005") * (len(w) + len(h)))
+        else:
+            same = sorted(w) == sorted(h)
+        if not same:
+            (cust, at, item), movement = k
+            when = dt.datetime.fromtimestamp(at, tz=dt.UTC).isoformat()
+            problems.append(f"{cust} {when} {item} {movement} (amount_delta_original, currency): truth {sorted(w)} "
+                            f"ours {sorted(h)}")
+    return problems
+
+
 def month_starts(first: int, last: int) -> list[int]:
     d = dt.datetime.fromtimestamp(first, tz=dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     out = []
@@ -129,15 +160,17 @@ def check_against_truth(sim: Any, con: duckdb.DuckDBPyConnection, label: str) ->
     first = min(k[1] for k, *_ in truth)
     mrr_problems = compare_mrr(sim, con, month_starts(first, sim.clock)[1:])
     churn_problems = compare_churn(sim, con)
+    amount_problems = compare_amounts(sim, con)
     summary = (f"{label}: {len(truth)} truth rows, {len(ours)} ours, label agreement {agreement:.5f}, "
                f"{len(label_problems)} label and {len(mrr_problems)} MRR disagreements, "
-               f"{len(churn_problems)} churn type or feedback disagreements")
-    if (label_problems or mrr_problems or churn_problems) and os.environ.get("GROUND_TRUTH_REPORT"):
+               f"{len(churn_problems)} churn type or feedback disagreements, "
+               f"{len(amount_problems)} amount_delta_original or currency disagreements")
+    problems = label_problems + mrr_problems + churn_problems + amount_problems
+    if problems and os.environ.get("GROUND_TRUTH_REPORT"):
         # the whole list also in a file, for long runs (GROUND_TRUTH_REPORT=path)
-        Path(os.environ["GROUND_TRUTH_REPORT"]).write_text(
-            "\n".join([summary, *label_problems, *mrr_problems, *churn_problems]) + "\n", encoding="utf-8")
-    assert agreement >= MIN_AGREEMENT and not mrr_problems and not churn_problems, (
-        summary + "\n" + "\n".join(label_problems + mrr_problems + churn_problems))
+        Path(os.environ["GROUND_TRUTH_REPORT"]).write_text("\n".join([summary, *problems]) + "\n", encoding="utf-8")
+    assert agreement >= MIN_AGREEMENT and not mrr_problems and not churn_problems and not amount_problems, (
+        summary + "\n" + "\n".join(problems))
     return summary
 
 
