@@ -12,6 +12,11 @@ CREATE OR REPLACE MACRO money4(x, what) AS
          ELSE error(what || ' is ' || CAST(x AS VARCHAR) || ', more than the 99999999999999.9999 that money in the '
                     || 'views can hold (DECIMAL(18,4)): check the amounts and quantities of the Stripe prices and '
                     || 'subscriptions behind it') END;
+-- The sum `s` of n item MRRs, each cut at 10 decimals (so off by less than 1e-10; the sum by less than n x 1e-10),
+-- rounded where that is under half a unit: 9 decimals for up to 4 items, 8 for up to 49, ... An exact sum such as
+-- 26.4583333333 + 184.1666666666 = 210.625 is then whole again before a rate or a rounding at 4 decimals.
+CREATE OR REPLACE MACRO whole_again(s, n) AS
+    CASE WHEN n < 5 THEN round(s, 9) WHEN n < 50 THEN round(s, 8) WHEN n < 500 THEN round(s, 7) ELSE round(s, 6) END;
 -- Unix seconds (as sent by Stripe) to TIMESTAMPTZ; NULL stays NULL.
 CREATE OR REPLACE MACRO ts_of(s) AS CASE WHEN s IS NULL THEN NULL ELSE to_timestamp(CAST(s AS BIGINT)) END;
 -- An expandable field (an id or an expanded object) to its id.

@@ -59,20 +59,16 @@ GROUP BY ALL;
 
 CREATE OR REPLACE TABLE derived_customer_mrr AS
 WITH levels AS (
-    -- items are cut at 10 decimals (each off by less than 1e-10), so the sum of n of them is off by less than
-    -- n x 1e-10; rounding it where that is under half a unit (9 decimals for up to 4 items, 8 for up to 49, ...)
-    -- makes an exact sum such as 26.4583333333 + 184.1666666666 = 210.625, or sixteen annual items of 303.875 a
-    -- month, whole again before the rate and the final rounding
+    -- items are cut at 10 decimals, so each currency's sum is rounded where the cuts are under half a unit
+    -- (`whole_again`, step 10): an exact sum such as 26.4583333333 + 184.1666666666 = 210.625, or sixteen annual
+    -- items of 303.875 a month, is whole again before the rate and the final rounding
     SELECT account_id, customer_id, moment,
            money4(total, 'the MRR of customer ' || customer_id || ' from ' || moment) AS mrr
     FROM (
         SELECT p.account_id, p.customer_id, p.moment, round(coalesce(sum(x.cur_mrr * x.rate), 0), 4) AS total
         FROM derived_customer_points p
         LEFT JOIN (SELECT account_id, customer_id, moment, currency, any_value(rate) AS rate,
-                          CAST(CASE WHEN count(*) < 5 THEN round(sum(mrr_original), 9)
-                                    WHEN count(*) < 50 THEN round(sum(mrr_original), 8)
-                                    WHEN count(*) < 500 THEN round(sum(mrr_original), 7)
-                                    ELSE round(sum(mrr_original), 6) END AS DECIMAL(38, 9)) AS cur_mrr
+                          CAST(whole_again(sum(mrr_original), count(*)) AS DECIMAL(38, 9)) AS cur_mrr
                    FROM derived_customer_point_items GROUP BY account_id, customer_id, moment, currency) x
           USING (account_id, customer_id, moment)
         GROUP BY ALL

@@ -7,7 +7,9 @@
 -- a pair's removed item to its added one); rate changes are one fx part.
 -- Each part in the item's currency is rounded at 9 decimals before the rate, as 50 rounds a customer's sum: an
 -- item MRR is cut at 10 decimals, so a part made of a few of them is off by under half a 1e-9, and an exact half
--- at 4 decimals (2.125 GBP x 1.27 = 2.69875) must not fall just under it (2.1249999999 x 1.27 -> 2.6987).
+-- at 4 decimals (2.125 GBP x 1.27 = 2.69875) must not fall just under it (2.1249999999 x 1.27 -> 2.6987). The
+-- whole customer delta of new, reactivation and cancellation is a sum of item MRRs in its currency, made whole
+-- again as step 50 makes a customer's (`whole_again`).
 -- Inputs: derived_transitions, derived_transition_items, price_mrr.
 
 -- The item that stands for the customer in each transition: largest MRR in B (`b_item`, its B row `b_rid`)
@@ -217,7 +219,7 @@ whole_parts AS (
     -- new, reactivation and cancellation: one row with the whole customer delta on the main item
     SELECT t.tid, t.account_id, t.customer_id, t.t_start, t.kind AS comp, t.kind AS part,
            CAST(t.mrr_delta AS DECIMAL(38, 10)) AS amount_rep,
-           (SELECT sum(coalesce(x.b_mrr, 0) - coalesce(x.a_mrr, 0)) FROM ti x
+           (SELECT whole_again(sum(coalesce(x.b_mrr, 0) - coalesce(x.a_mrr, 0)), count(*)) FROM ti x
             WHERE x.tid = t.tid
               AND coalesce(x.b_currency, x.a_currency) = coalesce(mi.b_currency, mi.a_currency)) AS amount_original,
            CASE WHEN t.kind = 'gain' THEN mi.b_currency ELSE mi.a_currency END AS currency,

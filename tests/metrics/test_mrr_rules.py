@@ -1063,3 +1063,20 @@ def test_exact_halves_of_each_items_part_round_away_from_zero(world: World, deri
     moves = con.execute("SELECT subscription_item_id, mrr_delta, amount_delta_original FROM mrr_movements "
                         "WHERE movement = 'discount' ORDER BY subscription_item_id").fetchall()
     assert moves == [("si_1", Decimal("28.3369"), Decimal("22.3125")), ("si_2", Decimal("2.6988"), Decimal("2.1250"))]
+
+
+def test_a_new_customers_amount_in_its_currency_rounds_an_exact_half_away_from_zero(world: World,
+                                                                                   derive: Derive) -> None:
+    """Two annual GBP items (170.00 and 170.20 a year) under a 12.5% forever coupon: 12.3958333… + 12.4104166… =
+    24.80625 GBP a month, an exact half at 4 decimals, so the new row's amount_delta_original is 24.8063. Each
+    item MRR cut at 10 decimals summed to 24.8062499999, which rounded to 24.8062. (The customer's MRR in USD,
+    31.5039375 -> 31.5039, was right: step 50 rounds the sum at 9 decimals before the rate.)"""
+    base(world, currency="gbp").price("y1", "prod_seat", 17_000, currency="gbp", interval="year")
+    world.price("y2", "prod_api", 17_020, currency="gbp", interval="year")
+    world.coupon("co_1", percent_off=12.5)
+    d = world.discount("co_1", T0, customer="cus_1", subscription="sub_1")
+    world.subscribe("sub_1", "cus_1", [("si_1", "y1", 1), ("si_2", "y2", 1)], T0, discounts=[d["id"]])
+    world.fx_rates.append(("2023-12-01", "gbp", 1.27))
+    con = derive(world, seen_at=month(1))
+    assert con.execute("SELECT movement, mrr_delta, amount_delta_original FROM mrr_movements").fetchall() == [
+        ("new", Decimal("31.5039"), Decimal("24.8063"))]
