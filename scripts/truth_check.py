@@ -12,8 +12,9 @@ runs a full sync with the real SDK; ``daemon`` does what the daemon does with ``
 sync, then ``--runs`` times a month's billing run and a sync, each followed by the incremental recompute (a month
 between syncs moves the last listed events out of Stripe's 30 days: the later syncs re-list and take the gap from
 invoices). Then it compares labels, MRR per customer at every month's start, churn type and feedback, and each
-row's amount_delta_original and currency with the truth, as the ground-truth tests do (tests/metrics/test_ground_truth.py, whose comparison it runs), and for
-``daemon`` also every derived table and view with a full recompute of the same store.
+row's amount_delta_original and currency with the truth, as the ground-truth tests do
+(tests/metrics/test_ground_truth.py, whose comparison it runs), and for ``daemon`` also every derived table and
+view with a full recompute of the same store.
 
 One line per seed; with ``--report DIR`` every disagreement of a seed goes to ``DIR/seed-N.txt``. Exit code 1
 when any seed disagrees. Known limit: ``--item-discounts`` through the sandbox can show a later repeating offer on

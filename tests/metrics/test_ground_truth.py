@@ -49,6 +49,12 @@ def our_rows(con: duckdb.DuckDBPyConnection) -> list[tuple[Key, str, str, Decima
 WHOLE = ("new", "reactivation", "cancellation")
 
 
+def _row_key(customer: str, at: int, item: str, movement: str) -> tuple[Key, str]:
+    """Where a row is compared: (customer, moment, item, movement), the item "*" for the whole-customer movements
+    (new, reactivation, cancellation), which the truth writes per item and the contract as one row."""
+    return (customer, at, "*" if movement in WHOLE else item), movement
+
+
 def _keyed(rows: list[tuple[Key, str, str, Decimal]]) -> dict[tuple[Key, str], list[Decimal]]:
     """Rows by (customer, moment, item, movement). new / reactivation / cancellation take the whole customer
     delta (design.md 5): they are compared per customer and moment, summed, whatever item carries them (the
@@ -57,9 +63,9 @@ def _keyed(rows: list[tuple[Key, str, str, Decimal]]) -> dict[tuple[Key, str], l
     whole: dict[tuple[Key, str], Decimal] = defaultdict(Decimal)
     for (cust, at, item), movement, _, delta in rows:
         if movement in WHOLE:
-            whole[((cust, at, "*"), movement)] += delta
+            whole[_row_key(cust, at, item, movement)] += delta
         else:
-            out[((cust, at, item), movement)].append(delta)
+            out[_row_key(cust, at, item, movement)].append(delta)
     for k, total in whole.items():
         out[k].append(total)
     return out
@@ -120,14 +126,13 @@ def compare_amounts(sim: Any, con: duckdb.DuckDBPyConnection) -> list[str]:
     rows (a missing or extra row is a label disagreement already)."""
     want: dict[tuple[Key, str], list[tuple[Decimal, str]]] = defaultdict(list)
     for t in sim.truth:
-        item = "*" if t["movement"] in WHOLE else t.get("subscription_item_id") or ""
-        want[((t["customer_id"], _unix(t["occurred_at"]), item), t["movement"])].append(
-            (_dec(t["amount_delta_original"]), t["currency"]))
+        key = _row_key(t["customer_id"], _unix(t["occurred_at"]), t.get("subscription_item_id") or "", t["movement"])
+        want[key].append((_dec(t["amount_delta_original"]), t["currency"]))
     have: dict[tuple[Key, str], list[tuple[Decimal, str]]] = defaultdict(list)
     for cust, at, item, movement, amount, currency in con.execute(
             "SELECT customer_id, CAST(epoch(occurred_at) AS BIGINT), coalesce(subscription_item_id, ''), movement, "
             "amount_delta_original, currency FROM mrr_movements").fetchall():
-        have[((cust, at, "*" if movement in WHOLE else item), movement)].append((amount, currency))
+        have[_row_key(cust, at, item, movement)].append((amount, currency))
     problems = []
     for k in sorted(set(want) & set(have)):
         w, h = want[k], have[k]
