@@ -9,6 +9,7 @@
 -- invoice bills the rest: each threshold line is added to the item's first usage line invoiced at or after it,
 -- when it lies within that line's interval (with reset_billing_cycle_anchor the threshold ends the period, and
 -- the next period's line spans a whole interval after it). Their earliest start is the period's start.
+-- A voided renewal or threshold invoice (pause_collection's void behavior) still bills the usage it lists.
 CREATE OR REPLACE TEMP TABLE derived_metered_steps AS
 WITH usage_lines AS (
     SELECT l.account_id, l.subscription_id, l.subscription_item_id, l.invoice_created, l.invoice_id, l.line_id,
@@ -31,7 +32,7 @@ threshold_lines AS (
     FROM invoices i
     JOIN invoice_lines l ON l.account_id = i.account_id AND l.invoice_id = i.id
     WHERE i.billing_reason = 'subscription_threshold' AND NOT coalesce(i.deleted, false)
-      AND i.status IS DISTINCT FROM 'void' AND NOT coalesce(l.deleted, false)
+      AND NOT coalesce(l.deleted, false)
       AND NOT coalesce(l.parent_proration, false) AND l.subscription_item_id IS NOT NULL
 ),
 early AS (

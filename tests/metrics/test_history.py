@@ -848,6 +848,41 @@ def test_a_voided_invoice_of_an_expired_pending_update_is_no_change(world: World
     assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
 
 
+@pytest.mark.parametrize("metered", [False, True])
+def test_renewals_voided_while_collection_is_paused_still_show_the_items(world: World, derive: Derive,
+                                                                          metered: bool) -> None:
+    """pause_collection with behavior void: Stripe voids every invoice made while collection is paused, the
+    renewals too, and the subscription goes on as it was. Before the events' window such a renewal still
+    shows what the subscription renewed with: an add-on removed after the pause is dated at its removal (it
+    read as removed when the last paid renewal's period ended, a month early), and a metered item's usage
+    billed on a voided renewal sets its MRR as any renewal's does."""
+    seats_and_storage(world)
+    if metered:
+        world.product("prod_sms", unit_label="message")
+        world.price("sms", "prod_sms", 10, usage_type="metered")
+        world.update("sub_1", T0, items=[("si_a", "basic", 3), ("si_b", "store", 2), ("si_m", "sms", None)],
+                     prorate=False, event=False)
+    world.cycle("sub_1", month(1), usage={"si_m": 100} if metered else None)
+    world.update("sub_1", month(1, 10), pause_collection={"behavior": "void", "resumes_at": None})
+    voided = [world.cycle("sub_1", month(n), usage={"si_m": 300} if metered else None) for n in (2, 3)]
+    for inv in voided:
+        inv.update(status="void", amount_remaining=0)
+        inv["status_transitions"].update(paid_at=None, voided_at=inv["created"])
+    world.update("sub_1", month(3, 5), pause_collection=None)
+    world.update("sub_1", month(3, 10), items=[("si_a", "basic", 3)] + ([("si_m", "sms", None)] if metered else []))
+    con = derive(world, seen_at=month(3, 20), events=False)
+    usage = (3 if metered else 0)
+    assert customer_mrr_at(con, "cus_1", month(2, 20)) == 44 + usage
+    assert customer_mrr_at(con, "cus_1", month(3, 8)) == 44 + usage
+    assert customer_mrr_at(con, "cus_1", month(3, 12)) == 30 + usage
+    got = con.execute("SELECT movement, occurred_at, mrr_delta FROM mrr_movements WHERE movement <> 'new' "
+                      "ORDER BY occurred_at").fetchall()
+    expected = [("downgrade", month(3, 10), Decimal(-14))]
+    if metered:  # (usage billed: 1.00 on the paid renewal, 3.00 on each voided one)
+        expected[:0] = [("resource_expansion", month(1), Decimal(1)), ("resource_expansion", month(2), Decimal(2))]
+    assert [(m, int(at.timestamp()), d) for m, at, d in got] == expected, got
+
+
 def test_a_voided_invoice_is_not_named_as_the_source_of_a_change_without_an_invoice(world: World,
                                                                                   derive: Derive) -> None:
     """Changes made without prorations have no invoice of their own; 70 names the subscription's first
