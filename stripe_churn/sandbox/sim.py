@@ -160,7 +160,8 @@ class Simulation:
                  item_discounts: bool = False, pending_updates: bool = False,
                  deferred_prorations: bool = False, thresholds: bool = False,
                  restricted_coupons: bool = False, customer_discounts: bool = False,
-                 trial_pauses: bool = False, failure_pauses: bool = False) -> None:
+                 trial_pauses: bool = False, failure_pauses: bool = False,
+                 collection_pauses: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -184,6 +185,12 @@ class Simulation:
         marking it unpaid, for half of them: paused, its invoice left open, no more invoices; an involuntary
         churn in the truth. Such a subscription stays paused: a pause that ended before the events' window leaves
         nothing on the invoices that dates it, so its truth could not be read back from what the sync finds.
+        ``collection_pauses``: some active subscriptions have their payment collection paused
+        (``pause_collection``, status unchanged) for 15 to 80 days, with each behavior Stripe has: the invoices
+        made meanwhile are voided, marked uncollectible or kept as drafts, none paid. Half end at their
+        ``resumes_at``, the others are resumed by hand; a subscription may be canceled while paused, but not
+        otherwise changed. MRR is kept, as design.md's default says, so the truth has no movement for them, and a
+        metered item's usage billed meanwhile sets its MRR as any renewal's does.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -209,6 +216,9 @@ class Simulation:
         self._rng_pause = random.Random(f"trial pauses {seed}")  # (likewise)
         self.failure_pauses = failure_pauses
         self._rng_failure_pause = random.Random(f"failure pauses {seed}")  # (likewise)
+        self.collection_pauses = collection_pauses
+        self._rng_collection = random.Random(f"collection pauses {seed}")  # (likewise)
+        self._collection_token: dict[str, int] = {}  # subscription -> its running collection pause
         self._rate = customers / months if months else 0.0
         self.start = add_months(END_OF_HISTORY, -months) if start is None else start
         self.clock = self.start
@@ -725,13 +735,19 @@ class Simulation:
                 ln["invoice"] = iid
         if bill_pending and self._pending_items.get(sub["id"]):
             lines = self._bill_pending_items(sub, iid) + lines
+        paused = (sub.get("pause_collection") or {}).get("behavior")
         seq = cust_obj["next_invoice_sequence"]
-        cust_obj["next_invoice_sequence"] = seq + 1
+        if paused != "keep_as_draft":  # (a draft gets its number when it is finalised)
+            cust_obj["next_invoice_sequence"] = seq + 1
         inv = ob.invoice(iid, t, cust_obj, sub["id"], reason, lines, period, f"{cust_obj['invoice_prefix']}-{seq:04d}")
         if self.item_discounts:  # an item's discount is the line's (line.discounts), not the invoice's
             inv["discounts"] = [d for d in inv["discounts"] if self.discounts[d]["subscription_item"] is None]
         self.objects["invoices"][iid] = inv
         self._event("invoice.created", inv, t)
+        sub["latest_invoice"] = iid
+        if paused is not None:
+            self._collection_paused_invoice(inv, paused, t)
+            return inv
         inv["status"] = "open"
         inv["status_transitions"]["finalized_at"] = t
         if fail and inv["amount_due"] > 0:
@@ -739,8 +755,50 @@ class Simulation:
             self._event("invoice.payment_failed", inv, t + 60)
         else:
             self._pay(inv, t + 60)
-        sub["latest_invoice"] = iid
         return inv
+
+    def _collection_paused_invoice(self, inv: dict[str, Any], behavior: str, t: int) -> None:
+        """What Stripe does with an invoice made while its subscription's collection is paused: keeps it as a
+        draft (no number, not finalised), or finalises it and at once voids it or marks it uncollectible; no
+        payment is attempted."""
+        inv["auto_advance"] = False
+        if behavior == "keep_as_draft":
+            inv["number"] = None
+            return
+        inv["status_transitions"]["finalized_at"] = t
+        self._event("invoice.finalized", inv, t)
+        if behavior == "void":
+            inv["status"], inv["amount_remaining"] = "void", 0
+            inv["status_transitions"]["voided_at"] = t
+            self._event("invoice.voided", inv, t)
+        else:
+            inv["status"] = "uncollectible"
+            inv["status_transitions"]["marked_uncollectible_at"] = t
+            self._event("invoice.marked_uncollectible", inv, t)
+
+    def _pause_collection(self, sub: dict[str, Any], t: int) -> None:
+        """Payment collection of the active ``sub`` is paused from ``t`` (its status stays): until a
+        ``resumes_at`` 15 to 80 days on, or, for half, until it is resumed by hand as long after."""
+        rng = self._rng_collection
+        behavior = rng.choice(("void", "mark_uncollectible", "keep_as_draft"))
+        until = t + rng.randint(15, 80) * DAY + rng.randrange(DAY)
+        automatic = rng.random() < 0.5
+        sub["pause_collection"] = {"behavior": behavior, "resumes_at": until if automatic else None}
+        self._event("customer.subscription.updated", sub, t, {"pause_collection": None})
+        self._n += 1
+        self._collection_token[sub["id"]] = self._n
+        self._at(until, "collection_resume", sub["id"], self._n)
+
+    def _h_collection_resume(self, t: int, sid: str, token: int) -> None:
+        """The collection pause ``token`` of ``sid`` ends (Stripe's at ``resumes_at``, else by hand); MRR was
+        kept throughout, so no transition."""
+        sub = self.objects["subscriptions"][sid]
+        if self._collection_token.get(sid) != token or sub.get("deleted") or sub["status"] == "canceled":
+            return
+        del self._collection_token[sid]
+        prev = {"pause_collection": _copy(sub["pause_collection"])}
+        sub["pause_collection"] = None
+        self._event("customer.subscription.updated", sub, t, prev)
 
     def _bill_pending_items(self, sub: dict[str, Any], iid: str) -> list[dict[str, Any]]:
         """The pending invoice items of ``sub`` as proration lines of its invoice ``iid``, each item now naming
@@ -853,7 +911,7 @@ class Simulation:
             self._usage_billed[it["id"]] = 0 if converting else self._usage_now.get(it["id"], 0)
             walk = rng.lognormvariate(0.03, 0.25)
             self._usage_now[it["id"]] = max(1, round(self._usage_now.get(it["id"], 10) * walk))
-        fail = rng.random() < 0.04
+        fail = rng.random() < 0.04 and sub.get("pause_collection") is None
         if fail:
             prev.setdefault("status", sub["status"])
             sub["status"] = "past_due"
@@ -1001,7 +1059,14 @@ class Simulation:
         if sub is None or sub["status"] != "active" or sub["cancel_at_period_end"]:
             return
         rng = self._rng
+        if self.collection_pauses and sub["pause_collection"] is None and self._rng_collection.random() < 0.03:
+            self._pause_collection(sub, t)
+            return
         r = rng.random()
+        if sub.get("pause_collection") is not None:  # (canceled, or left as it is, while collection is paused)
+            if r < 0.022:
+                self._cancel(sub, t)
+            return
         if r < 0.022:
             self._cancel(sub, t)
         elif r < 0.05:

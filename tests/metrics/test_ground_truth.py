@@ -599,6 +599,35 @@ def test_ground_truth_as_the_daemon_syncs_and_derives_it(tmp_path: Path) -> None
 
 
 @pytest.mark.timeout(600)
+def test_ground_truth_with_collection_paused_through_the_sandbox(tmp_path: Path) -> None:
+    """Simulation(collection_pauses=True) with the sandbox's options, 1,500 x 24: some active subscriptions have
+    their payment collection paused for 15 to 80 days (status unchanged), with each of Stripe's behaviors, so the
+    invoices made meanwhile are voided, marked uncollectible or left as drafts. MRR is kept by default: synced
+    through the sandbox, exact against the truth (no movement at a pause or its end, and no churn read from the
+    uncollectible invoices), with every such invoice stored."""
+    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+
+    sim = Simulation(customers=1_500, months=24, seed=3, collection_pauses=True, **SANDBOX_OPTIONS)
+    window_start = sim.clock - 30 * 86_400
+    pauses = [e for e in sim.events if e["type"] == "customer.subscription.updated"
+              and e["data"].get("previous_attributes", {}).get("pause_collection", 0) is None]
+    behaviors = {e["data"]["object"]["pause_collection"]["behavior"] for e in pauses}
+    assert behaviors == {"void", "mark_uncollectible", "keep_as_draft"}
+    assert len(pauses) >= 150 and sum(e["created"] < window_start for e in pauses) >= 100, len(pauses)
+    held = {i for i, inv in sim.objects["invoices"].items()
+            if inv["status"] in ("void", "uncollectible", "draft") and inv["billing_reason"] == "subscription_cycle"}
+    assert len(held) >= 150, len(held)
+    with derived_through_the_sandbox(sim, tmp_path / "collection.duckdb") as con:
+        check_exactly(sim, con, "1,500 x 24 with collection paused")
+        stored = {r[0] for r in con.execute("SELECT id FROM invoices WHERE status IN ('void', 'uncollectible', "
+                                            "'draft') AND billing_reason = 'subscription_cycle'").fetchall()}
+        assert held <= stored
+        paused_now = {s for s, sub in sim.objects["subscriptions"].items() if sub["pause_collection"]}
+        assert paused_now and paused_now == {r[0] for r in con.execute(
+            "SELECT id FROM subscriptions WHERE pause_collection").fetchall()}
+
+
+@pytest.mark.timeout(600)
 def test_the_demo_and_sandbox_commands_history_agrees_with_the_truth(tmp_path: Path) -> None:
     """What `stripe-churn demo` and `stripe-churn sandbox` simulate (SANDBOX_OPTIONS: pending updates that expire,
     prorations pending until the renewal, usage billed at billing thresholds, coupons restricted to some
