@@ -12,11 +12,12 @@ CREATE OR REPLACE MACRO line_excl_tax_p(amount, tax_inclusive, net_den) AS
          ELSE CAST(amount AS HUGEINT) * 1000000000000 * (net_den - tax_inclusive) // net_den END;
 
 -- Subscription invoice lines, from the typed columns the store extracts at load time (no JSON read here);
--- only the columns the later steps read (every string column copied costs at 1M customers). A voided invoice
--- is no evidence, but for a renewal's: Stripe voids the invoice of an update made with
+-- only the columns the later steps read (every string column copied costs at 1M customers). The voided invoice
+-- of an update whose payment was attempted is no evidence: Stripe voids the invoice of an update made with
 -- payment_behavior=pending_if_incomplete whose payment failed when the pending update expires, and the
--- subscription never had what it bills; a renewal voided (as pause_collection's void behavior does with each
--- invoice while collection is paused, or by hand) still shows the items the subscription renewed with. Of the other
+-- subscription never had what it bills. Other voided invoices of a renewal or an update still show what the
+-- subscription renewed with or changed to: pause_collection's void behavior voids every invoice made while
+-- collection is paused, with no payment attempted (and one may be voided by hand). Of the other
 -- invoices (billing_reason manual, automatic_pending_invoice_item_invoice, ...), only the prorations of a
 -- subscription item: pending proration items may be billed there instead of on the next renewal (a
 -- subscription's pending_invoice_item_interval, or an invoice made by hand), and they date a change as well.
@@ -27,7 +28,11 @@ WITH inv AS (
                AS of_subscription
     FROM invoices
     WHERE NOT coalesce(deleted, false)
-      AND (status IS DISTINCT FROM 'void' OR billing_reason = 'subscription_cycle')
+      AND CASE WHEN status IS DISTINCT FROM 'void' OR billing_reason = 'subscription_cycle' THEN true
+               WHEN billing_reason = 'subscription_update'
+                   THEN NOT coalesce(raw->>'$.attempted' = 'true' OR TRY_CAST(raw->>'$.attempt_count' AS BIGINT) > 0,
+                                     false)
+               ELSE false END
 ),
 -- tax excluded (line_net_den above); 40 also takes a tax-inclusive licensed price's tax out by the share
 lines AS (

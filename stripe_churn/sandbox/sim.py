@@ -188,9 +188,10 @@ class Simulation:
         ``collection_pauses``: some active subscriptions have their payment collection paused
         (``pause_collection``, status unchanged) for 15 to 80 days, with each behavior Stripe has: the invoices
         made meanwhile are voided, marked uncollectible or kept as drafts, none paid. Half end at their
-        ``resumes_at``, the others are resumed by hand; a subscription may be canceled while paused, but not
-        otherwise changed. MRR is kept, as design.md's default says, so the truth has no movement for them, and a
-        metered item's usage billed meanwhile sets its MRR as any renewal's does.
+        ``resumes_at``, the others are resumed by hand. The subscription changes meanwhile as at any time (not
+        with payment_behavior=pending_if_incomplete: no payment is attempted), its update invoices voided, marked
+        uncollectible or left as drafts too. MRR is kept, as design.md's default says, so the pause itself is no
+        movement in the truth, and a metered item's usage billed meanwhile sets its MRR as any renewal's does.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -1063,10 +1064,6 @@ class Simulation:
             self._pause_collection(sub, t)
             return
         r = rng.random()
-        if sub.get("pause_collection") is not None:  # (canceled, or left as it is, while collection is paused)
-            if r < 0.022:
-                self._cancel(sub, t)
-            return
         if r < 0.022:
             self._cancel(sub, t)
         elif r < 0.05:
@@ -1179,7 +1176,8 @@ class Simulation:
         changes = mutate()
         if not changes:
             return
-        if self.pending_updates and self._pending_update(sub, t, prev["items"], changes):
+        if (self.pending_updates and sub["pause_collection"] is None
+                and self._pending_update(sub, t, prev["items"], changes)):
             return
         self._event("customer.subscription.updated", sub, t, prev)
         self._proration(sub, t, changes)

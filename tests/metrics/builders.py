@@ -229,14 +229,14 @@ class World:
     def pending_update(self, sid: str, at: int, items: Iterable[tuple[str, str, int | None]], *,
                        event: bool = True) -> Obj:
         """An update of ``sid``'s items made at ``at`` with payment_behavior=pending_if_incomplete whose payment
-        has not gone through: Stripe bills it on a subscription_update invoice (open, unpaid) and keeps the
+        has not gone through: Stripe bills it on a subscription_update invoice (open, its payment attempted and failed) and keeps the
         subscription's items as they were, with the update in ``pending_update`` (and, with ``event``, a
         customer.subscription.updated a minute later saying so). Returns the invoice."""
         sub = self.objects["subscriptions"][sid]
         kept = [(i["id"], i["price"]["id"], i["quantity"]) for i in sub["items"]["data"]]
         self.update(sid, at, items=items, event=False)
         inv = [i for i in self.objects["invoices"].values() if i["billing_reason"] == "subscription_update"][-1]
-        inv.update(status="open", amount_paid=0)
+        inv.update(status="open", amount_paid=0, attempted=True, attempt_count=1)
         self.update(sid, at, items=kept, prorate=False, event=False)  # (the items as they were all along)
         if event:
             before = copy.deepcopy(sub)

@@ -602,9 +602,10 @@ def test_ground_truth_as_the_daemon_syncs_and_derives_it(tmp_path: Path) -> None
 def test_ground_truth_with_collection_paused_through_the_sandbox(tmp_path: Path) -> None:
     """Simulation(collection_pauses=True) with the sandbox's options, 1,500 x 24: some active subscriptions have
     their payment collection paused for 15 to 80 days (status unchanged), with each of Stripe's behaviors, so the
-    invoices made meanwhile are voided, marked uncollectible or left as drafts. MRR is kept by default: synced
-    through the sandbox, exact against the truth (no movement at a pause or its end, and no churn read from the
-    uncollectible invoices), with every such invoice stored."""
+    invoices made meanwhile are voided, marked uncollectible or left as drafts, those of changes made meanwhile
+    too. MRR is kept by default: synced through the sandbox, exact against the truth (no movement at a pause or
+    its end, no churn read from the uncollectible invoices, and changes before the events' window dated by their
+    voided invoices), with every such invoice stored."""
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
 
     sim = Simulation(customers=1_500, months=24, seed=3, collection_pauses=True, **SANDBOX_OPTIONS)
@@ -617,6 +618,10 @@ def test_ground_truth_with_collection_paused_through_the_sandbox(tmp_path: Path)
     held = {i for i, inv in sim.objects["invoices"].items()
             if inv["status"] in ("void", "uncollectible", "draft") and inv["billing_reason"] == "subscription_cycle"}
     assert len(held) >= 150, len(held)
+    changed_meanwhile = [i for i in sim.objects["invoices"].values() if i["status"] == "void"
+                         and i["billing_reason"] == "subscription_update" and not i["attempted"]
+                         and i["created"] < window_start]
+    assert len(changed_meanwhile) >= 10, len(changed_meanwhile)
     with derived_through_the_sandbox(sim, tmp_path / "collection.duckdb") as con:
         check_exactly(sim, con, "1,500 x 24 with collection paused")
         stored = {r[0] for r in con.execute("SELECT id FROM invoices WHERE status IN ('void', 'uncollectible', "

@@ -883,6 +883,31 @@ def test_renewals_voided_while_collection_is_paused_still_show_the_items(world: 
     assert [(m, int(at.timestamp()), d) for m, at, d in got] == expected, got
 
 
+def test_an_update_voided_while_collection_is_paused_still_dates_its_change(world: World, derive: Derive) -> None:
+    """A change made while collection is paused with behavior void: Stripe voids its update invoice at once, no
+    payment attempted. Unlike an expired pending update's (attempted, failed), that invoice still dates the
+    change before the events' window (it read as made at the next renewal)."""
+    seats_and_storage(world)
+    world.cycle("sub_1", month(1))
+    world.update("sub_1", month(1, 2), pause_collection={"behavior": "void", "resumes_at": None})
+    world.update("sub_1", month(1, 10), items=[("si_a", "basic", 5), ("si_b", "store", 2)])
+    voided = [world.objects["invoices"][i] for i in list(world.objects["invoices"])[-1:]]
+    voided.append(world.cycle("sub_1", month(2)))
+    for inv in voided:
+        inv.update(status="void", amount_remaining=0)
+        inv["status_transitions"].update(paid_at=None, voided_at=inv["created"])
+    assert [i["billing_reason"] for i in voided] == ["subscription_update", "subscription_cycle"]
+    world.update("sub_1", month(2, 5), pause_collection=None)
+    world.cycle("sub_1", month(3))
+    con = derive(world, seen_at=month(3, 2), events=False)
+    assert customer_mrr_at(con, "cus_1", month(1, 8)) == 44
+    assert customer_mrr_at(con, "cus_1", month(1, 12)) == 64
+    got = con.execute("SELECT movement, occurred_at, mrr_delta, source_invoice_id FROM mrr_movements "
+                      "WHERE movement <> 'new'").fetchall()
+    assert [(m, int(at.timestamp()), d, i) for m, at, d, i in got] == [
+        ("seat_expansion", month(1, 10), Decimal(20), voided[0]["id"])], got
+
+
 def test_a_voided_invoice_is_not_named_as_the_source_of_a_change_without_an_invoice(world: World,
                                                                                   derive: Derive) -> None:
     """Changes made without prorations have no invoice of their own; 70 names the subscription's first
