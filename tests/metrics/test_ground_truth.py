@@ -600,7 +600,7 @@ def test_ground_truth_as_the_daemon_syncs_and_derives_it(tmp_path: Path) -> None
 
 @pytest.mark.timeout(600)
 def test_ground_truth_with_collection_paused_through_the_sandbox(tmp_path: Path) -> None:
-    """Simulation(collection_pauses=True) with the sandbox's options, 1,500 x 24: some active subscriptions have
+    """Simulation(collection_pauses=True) with the sandbox's options, 1,000 x 24: some active subscriptions have
     their payment collection paused for 15 to 80 days (status unchanged), with each of Stripe's behaviors, so the
     invoices made meanwhile are voided, marked uncollectible or left as drafts, those of changes made meanwhile
     too. MRR is kept by default: synced through the sandbox, exact against the truth (no movement at a pause or
@@ -608,7 +608,7 @@ def test_ground_truth_with_collection_paused_through_the_sandbox(tmp_path: Path)
     voided invoices), with every such invoice stored."""
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
 
-    sim = Simulation(customers=1_500, months=24, seed=3, collection_pauses=True, **SANDBOX_OPTIONS)
+    sim = Simulation(customers=1_000, months=24, seed=3, collection_pauses=True, **SANDBOX_OPTIONS)
     window_start = sim.clock - 30 * 86_400
     pauses = [e for e in sim.events if e["type"] == "customer.subscription.updated"
               and e["data"].get("previous_attributes", {}).get("pause_collection", 0) is None]
@@ -623,7 +623,7 @@ def test_ground_truth_with_collection_paused_through_the_sandbox(tmp_path: Path)
                          and i["created"] < window_start]
     assert len(changed_meanwhile) >= 10, len(changed_meanwhile)
     with derived_through_the_sandbox(sim, tmp_path / "collection.duckdb") as con:
-        check_exactly(sim, con, "1,500 x 24 with collection paused")
+        check_exactly(sim, con, "1,000 x 24 with collection paused")
         stored = {r[0] for r in con.execute("SELECT id FROM invoices WHERE status IN ('void', 'uncollectible', "
                                             "'draft') AND billing_reason = 'subscription_cycle'").fetchall()}
         assert held <= stored
