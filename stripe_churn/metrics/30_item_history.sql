@@ -17,7 +17,8 @@ CREATE OR REPLACE MACRO line_excl_tax_p(amount, tax_inclusive, net_den) AS
 -- payment_behavior=pending_if_incomplete whose payment failed when the pending update expires, and the
 -- subscription never had what it bills. Other voided invoices of a renewal or an update still show what the
 -- subscription renewed with or changed to: pause_collection's void behavior voids every invoice made while
--- collection is paused, with no payment attempted (and one may be voided by hand). Of the other
+-- collection is paused, with no payment attempted (and one may be voided by hand). (`attempted` is a typed
+-- column: the JSON of every invoice would be read to test a few.) Of the other
 -- invoices (billing_reason manual, automatic_pending_invoice_item_invoice, ...), only the prorations of a
 -- subscription item: pending proration items may be billed there instead of on the next renewal (a
 -- subscription's pending_invoice_item_interval, or an invoice made by hand), and they date a change as well.
@@ -29,9 +30,7 @@ WITH inv AS (
     FROM invoices
     WHERE NOT coalesce(deleted, false)
       AND CASE WHEN status IS DISTINCT FROM 'void' OR billing_reason = 'subscription_cycle' THEN true
-               WHEN billing_reason = 'subscription_update'
-                   THEN NOT coalesce(raw->>'$.attempted' = 'true' OR TRY_CAST(raw->>'$.attempt_count' AS BIGINT) > 0,
-                                     false)
+               WHEN billing_reason = 'subscription_update' THEN NOT coalesce(attempted, false)
                ELSE false END
 ),
 -- tax excluded (line_net_den above); 40 also takes a tax-inclusive licensed price's tax out by the share

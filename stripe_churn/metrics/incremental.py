@@ -89,8 +89,7 @@ _UNREAD = {
 # (35_discounts), and the events of a subscription without a usable row of its own, whose last state stands in
 # for it, and the events of a paused subscription state, which say what paused it (20_sub_states). Subscriptions:
 # those paused now (the same). Subscription items: those whose price is not stored (10_price_terms reads it from
-# the item). Invoices: those of the owner of a discount removed with no end of its own (35_discounts), and the
-# voided subscription_update ones (30_item_history).
+# the item). Invoices: those of the owner of a discount removed with no end of its own (35_discounts).
 _READ_RAW = {
     "subscription_items": ("(price_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {main}.prices p "
                            "WHERE p.account_id = e.account_id AND p.id = e.price_id AND NOT coalesce(p.deleted, false)))"),
@@ -102,12 +101,11 @@ _READ_RAW = {
     # the subscription invoice lines naming no item or price (90 reads their parent's type)
     "invoice_lines": "((subscription_item_id IS NULL OR price_id IS NULL) AND NOT coalesce(parent_proration, false))",
     # the invoices of a subscription or customer owning a discount removed with no end of its own (35 dates its
-    # end by the discounts they list), and the voided update invoices (30 reads whether their payment was tried)
-    "invoices": ("((status = 'void' AND billing_reason = 'subscription_update') "
-                 "OR EXISTS (SELECT 1 FROM {main}.discounts u WHERE u.account_id = e.account_id "
+    # end by the discounts they list)
+    "invoices": ("EXISTS (SELECT 1 FROM {main}.discounts u WHERE u.account_id = e.account_id "
                  "AND coalesce(u.deleted, false) AND json_extract_string(u.raw, '$.end') IS NULL "
                  "AND (u.subscription_id = e.subscription_id "
-                 "OR (u.subscription_id IS NULL AND u.customer_id = e.customer_id))))"),
+                 "OR (u.subscription_id IS NULL AND u.customer_id = e.customer_id)))"),
 }
 
 

@@ -169,6 +169,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("005_metrics_runs", lambda con: _create_if_missing(con, "metrics_runs")),
     ("006_invoice_items", lambda con: _create_raw_if_missing(con, "invoice_items")),
     ("007_plan_prices_and_decimal_quantities", _m007_plan_prices_and_decimal_quantities),
+    ("008_invoice_attempted", lambda con: _add_extracted_columns(con, {"invoices": ("attempted",)})),
 ]
 
 

@@ -107,6 +107,7 @@ class Invoice(RawBase, table=True):
     period_start: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     marked_uncollectible_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    attempted: bool | None = None  # a payment of it was tried (`attempted`, or an `attempt_count` above 0)
 
 
 class Billed(RawBase):
@@ -306,7 +307,8 @@ EXTRACT: dict[str, dict[str, str]] = {
                  "amount_paid": "TRY_CAST(j->>'$.amount_paid' AS BIGINT)",
                  "total": "TRY_CAST(j->>'$.total' AS BIGINT)",
                  "period_start": _t("$.period_start"), "period_end": _t("$.period_end"),
-                 "marked_uncollectible_at": _t("$.status_transitions.marked_uncollectible_at")},
+                 "marked_uncollectible_at": _t("$.status_transitions.marked_uncollectible_at"),
+                 "attempted": "(j->>'$.attempted' = 'true' OR TRY_CAST(j->>'$.attempt_count' AS BIGINT) > 0)"},
     "invoice_lines": {"invoice_id": "j->>'$.invoice'",
                       "subscription_id": "coalesce(j->>'$.parent.subscription_item_details.subscription', "
                                          + _id("$.subscription") + ")",

@@ -133,3 +133,25 @@ def test_old_store_gets_the_lines_pretax_credits_filled(tmp_path: Path) -> None:
     finally:
         old.close()
         fresh.close()
+
+
+def test_old_store_gets_the_invoices_attempted_filled(tmp_path: Path) -> None:
+    """``invoices.attempted`` (30_item_history tells the voided invoice of an expired pending update, whose payment
+    was tried, from one voided while collection was paused): filled from the JSON of the invoices already kept,
+    from ``attempted`` or an ``attempt_count`` above 0."""
+    w = account()
+    invoices = list(w.objects["invoices"].values())
+    invoices[0].update(attempted=True, attempt_count=1)
+    invoices[1].update(attempted=False, attempt_count=2)  # (as an older API version might list it)
+    invoices[2].update(attempted=False, attempt_count=0)
+    old, fresh = old_and_fresh(w, tmp_path, "008_invoice_attempted", [("invoices", "attempted")])
+    try:
+        query = "SELECT id, attempted FROM invoices ORDER BY id"
+        got, want = old.execute(query).fetchall(), fresh.execute(query).fetchall()
+        assert got == want
+        attempted = dict(want)
+        assert [attempted[i["id"]] for i in invoices[:3]] == [True, True, False]
+        assert movements(old) == movements(fresh) != []
+    finally:
+        old.close()
+        fresh.close()
