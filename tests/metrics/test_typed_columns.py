@@ -4,6 +4,7 @@ filled by its migration, with the values a fresh load gives, and both stores der
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from builders import World, add_months, ts
@@ -61,6 +62,21 @@ def old_and_fresh(w: World, tmp_path: Path, migration: str,
     fresh = open_store(tmp_path / "fresh.duckdb")
     w.load(fresh, seen_at=SEEN)
     return old, fresh
+
+
+def column_after_migration(w: World, tmp_path: Path, migration: str, table: str, column: str) -> dict[str, Any]:
+    """``table.column`` by id, as ``migration`` fills it in an old store: asserted equal to a fresh load's, and both
+    stores deriving the same movements."""
+    old, fresh = old_and_fresh(w, tmp_path, migration, [(table, column)])
+    try:
+        query = f"SELECT id, {column} FROM {table} ORDER BY id"
+        got, want = old.execute(query).fetchall(), fresh.execute(query).fetchall()
+        assert got == want
+        assert movements(old) == movements(fresh) != []
+        return dict(want)
+    finally:
+        old.close()
+        fresh.close()
 
 
 def test_old_store_gets_the_metrics_columns_filled(tmp_path: Path) -> None:
@@ -121,18 +137,9 @@ def test_old_store_gets_the_lines_pretax_credits_filled(tmp_path: Path) -> None:
     lines[0]["pretax_credit_amounts"] = [{"amount": 300, "type": "discount"},
                                          {"amount": 20, "type": "credit_balance_transaction"}]
     lines[1]["discount_amounts"] = [{"amount": 150, "discount": "di_1"}]  # (an older API version's line)
-    old, fresh = old_and_fresh(w, tmp_path, "004_line_pretax_credits", [("invoice_lines", "pretax_credits")])
-    try:
-        query = "SELECT id, pretax_credits FROM invoice_lines ORDER BY id"
-        got, want = old.execute(query).fetchall(), fresh.execute(query).fetchall()
-        assert got == want
-        credits = dict(want)
-        assert credits[lines[0]["id"]] == 320 and credits[lines[1]["id"]] == 150
-        assert sorted(credits.values())[:-2] == [0] * (len(credits) - 2)
-        assert movements(old) == movements(fresh) != []
-    finally:
-        old.close()
-        fresh.close()
+    credits = column_after_migration(w, tmp_path, "004_line_pretax_credits", "invoice_lines", "pretax_credits")
+    assert credits[lines[0]["id"]] == 320 and credits[lines[1]["id"]] == 150
+    assert sorted(credits.values())[:-2] == [0] * (len(credits) - 2)
 
 
 def test_old_store_gets_the_invoices_attempted_filled(tmp_path: Path) -> None:
@@ -144,14 +151,5 @@ def test_old_store_gets_the_invoices_attempted_filled(tmp_path: Path) -> None:
     invoices[0].update(attempted=True, attempt_count=1)
     invoices[1].update(attempted=False, attempt_count=2)  # (as an older API version might list it)
     invoices[2].update(attempted=False, attempt_count=0)
-    old, fresh = old_and_fresh(w, tmp_path, "008_invoice_attempted", [("invoices", "attempted")])
-    try:
-        query = "SELECT id, attempted FROM invoices ORDER BY id"
-        got, want = old.execute(query).fetchall(), fresh.execute(query).fetchall()
-        assert got == want
-        attempted = dict(want)
-        assert [attempted[i["id"]] for i in invoices[:3]] == [True, True, False]
-        assert movements(old) == movements(fresh) != []
-    finally:
-        old.close()
-        fresh.close()
+    attempted = column_after_migration(w, tmp_path, "008_invoice_attempted", "invoices", "attempted")
+    assert [attempted[i["id"]] for i in invoices[:3]] == [True, True, False]
