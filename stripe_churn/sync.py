@@ -1060,6 +1060,8 @@ class _Sync:
                 listed.append(oid)
                 if oid not in stored or stored[oid] != orjson.loads(raw):
                     batch.add_raw(stream.table, oid, raw, version, bool(head.deleted))
+                    for d in head.discounts or ():  # (version 0, as an invoice line's: added when missing)
+                        _add_listed_discount(batch, bytes(d), 0)
             if batch.size():
                 await self._put(batch)
             if not page.has_more or not page.data:

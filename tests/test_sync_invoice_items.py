@@ -148,9 +148,10 @@ def test_pending_items_are_listed_whole_at_every_run_and_those_gone_are_no_longe
     first = sync(db)
     assert (first.mode, first.status) == ("full", "succeeded")
     # the whole list, 100 a page, no `created` filter
+    expand = {"expand[0]": ["data.discounts"]}
     assert fake.item_pages == [
-        {"pending": ["true"], "limit": ["100"]},
-        {"pending": ["true"], "limit": ["100"], "starting_after": [fake.items[99]["id"]]}]
+        {"pending": ["true"], "limit": ["100"], **expand},
+        {"pending": ["true"], "limit": ["100"], "starting_after": [fake.items[99]["id"]], **expand}]
     assert first.counts["invoice_items"] == 150
     with open_store(db) as con:
         before = items(con)
@@ -192,6 +193,31 @@ def test_pending_items_are_listed_whole_at_every_run_and_those_gone_are_no_longe
         assert items(con) == after
         assert con.execute("SELECT counts->>'invoice_items' FROM sync_runs ORDER BY started_at").fetchall() == [
             ("150",), ("15",), (None,)]
+
+
+def test_the_discount_a_pending_item_names_is_stored(fake: FakeStripe, tmp_path: Path) -> None:
+    """An add-on sold on an annual plan with a three-month promotion: its proration waits for the renewal, and
+    when the promotion has ended, the pending item is the only object that names its discount. The listing asks
+    for it expanded, and the sync stores it, as it stores those an invoice's lines name; an incremental run that
+    lists the same item again writes neither again."""
+    promo = {"id": "di_promo", "object": "discount", "checkout_session": None, "customer": "cus_1",
+             "customer_account": None, "end": T0 - 3600, "invoice": None, "invoice_item": None,
+             "promotion_code": None, "start": T0 - 92 * 86400, "subscription": "sub_1", "subscription_item": "si_1",
+             "source": {"coupon": "PROMO3", "type": "coupon"}}
+    fake.items = [{**item(1, T0 - 92 * 86400), "discounts": [promo]}, item(2)]
+    db = tmp_path / "s.duckdb"
+    assert sync(db).status == "succeeded"
+    with open_store(db) as con:
+        stored = con.execute("SELECT id, subscription_item_id, CAST(raw AS VARCHAR), version, last_seen_at "
+                             "FROM discounts WHERE account_id = ?", [ACCOUNT]).fetchall()
+        assert [(i, si, orjson.loads(raw)) for i, si, raw, *_ in stored] == [("di_promo", "si_1", promo)]
+        assert items(con)["ii_0001"][4]["discounts"] == [promo]
+    fake.clock += 60
+    again = sync(db)
+    assert (again.mode, again.status) == ("incremental", "succeeded")
+    with open_store(db) as con:
+        assert con.execute("SELECT id, subscription_item_id, CAST(raw AS VARCHAR), version, last_seen_at "
+                           "FROM discounts WHERE account_id = ?", [ACCOUNT]).fetchall() == stored
 
 
 def test_a_full_sync_does_not_take_items_it_no_longer_lists_for_deleted(fake: FakeStripe, tmp_path: Path) -> None:

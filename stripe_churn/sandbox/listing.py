@@ -215,8 +215,8 @@ def served_objects(sim: Any, tables: Iterable[str]) -> dict[str, dict[str, Any]]
             exp["events"][e["id"]] = shape(e)
     if "invoice_items" in exp:  # (the sync lists the pending ones only)
         for oid, o in objs.get("invoiceitems", {}).items():
-            if o.get("invoice") is None and not o.get("deleted"):
-                exp["invoice_items"][oid] = shape(o)
+            if o.get("invoice") is None and not o.get("deleted"):  # (listed with expand[]=data.discounts)
+                exp["invoice_items"][oid] = {**shape(o), "discounts": expanded(o.get("discounts"))}
     return exp
 
 

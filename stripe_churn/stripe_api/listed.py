@@ -58,11 +58,15 @@ class Line(Head):
     discounts: list[Raw] | None = None
 
 
+class InvoiceItem(Head):
+    discounts: list[Raw] | None = None
+
+
 _PAGE = msgspec.json.Decoder(Page)
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     "customers": msgspec.json.Decoder(Customer), "subscriptions": msgspec.json.Decoder(Subscription),
     "invoices": msgspec.json.Decoder(Invoice), "subscription_items": msgspec.json.Decoder(Item),
-    "invoice_lines": msgspec.json.Decoder(Line),
+    "invoice_lines": msgspec.json.Decoder(Line), "invoice_items": msgspec.json.Decoder(InvoiceItem),
 }
 _HEAD = msgspec.json.Decoder(Head)
 _ANY = msgspec.json.Decoder()
