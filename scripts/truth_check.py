@@ -20,9 +20,10 @@ the truth, as the ground-truth tests do (tests/metrics/test_ground_truth.py, who
 One line per seed; with ``--report DIR`` every disagreement of a seed goes to ``DIR/seed-N.txt``. Exit code 1
 when any seed disagrees. Through the sandbox and the daemon's flow, the truth's rows of a discount that nothing the
 sync reads shows are set aside, with the discount's effect on the customer's MRR, and counted on the seed's line
-(listed in the report): a discount that is not in the store, that no invoice names, and that started and was taken
-off before the oldest event Stripe kept at the first sync, such as a later three-month offer on an annual item
-between two of its renewals (with ``--item-discounts``; see SANDBOX_OPTIONS in stripe_churn/sandbox/sim.py).
+(listed in the report): a discount that is not in the store, that no invoice or invoice item names, and that
+started and was taken off before the oldest event Stripe kept at the first sync, such as a later three-month offer
+on an annual item between two of its renewals (with ``--item-discounts``; see SANDBOX_OPTIONS in
+stripe_churn/sandbox/sim.py).
 """
 
 from __future__ import annotations
