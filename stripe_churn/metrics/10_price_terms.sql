@@ -17,6 +17,10 @@ CREATE OR REPLACE MACRO money4(x, what) AS
 -- 26.4583333333 + 184.1666666666 = 210.625 is then whole again before a rate or a rounding at 4 decimals.
 CREATE OR REPLACE MACRO whole_again(s, n) AS
     CASE WHEN n < 5 THEN round(s, 9) WHEN n < 50 THEN round(s, 8) WHEN n < 500 THEN round(s, 7) ELSE round(s, 6) END;
+-- n / (d x 1e17) (n in 1e-17 units, d a positive integer) rounded at 4 decimals, half away from zero, exactly.
+CREATE OR REPLACE MACRO round_over4(n, d) AS
+    CAST(sign(n) * ((2 * abs(n) + CAST(d AS HUGEINT) * 10000000000000) // (2 * CAST(d AS HUGEINT) * 10000000000000))
+         AS DECIMAL(38, 0)) * CAST(0.0001 AS DECIMAL(5, 4));
 -- Unix seconds (as sent by Stripe) to TIMESTAMPTZ; NULL stays NULL.
 CREATE OR REPLACE MACRO ts_of(s) AS CASE WHEN s IS NULL THEN NULL ELSE to_timestamp(CAST(s AS BIGINT)) END;
 -- An expandable field (an id or an expanded object) to its id.

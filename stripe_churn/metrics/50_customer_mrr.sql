@@ -29,7 +29,7 @@ SELECT * FROM pts;
 
 CREATE OR REPLACE TEMP TABLE derived_customer_point_items AS
 WITH j AS (
-    SELECT p.account_id, p.customer_id, p.moment, i.currency, i.mrr_original, i.subscription_item_id,
+    SELECT p.account_id, p.customer_id, p.moment, i.currency, i.mrr_original, i.subscription_item_id, i.price_id,
            utc_date(p.moment) AS at_date
     FROM derived_customer_points p
     JOIN derived_item_mrr i
@@ -44,11 +44,15 @@ day_rates AS (
           WHERE j.currency <> st.reporting_currency) d
     ASOF LEFT JOIN derived_fx f ON f.currency = d.currency AND f.rate_date <= d.at_date
 )
-SELECT j.*,
-       CASE WHEN j.currency = st.reporting_currency THEN CAST(1 AS DECIMAL(18, 8)) ELSE r.rate END AS rate
+SELECT j.* EXCLUDE (price_id),
+       CASE WHEN j.currency = st.reporting_currency THEN CAST(1 AS DECIMAL(18, 8)) ELSE r.rate END AS rate,
+       -- an item's MRR is its amount per period x norm_num / norm_den (step 10): times 12 x interval_count it
+       -- is a short decimal again, whatever its interval
+       12 * coalesce(t.interval_count, 1) AS den
 FROM j
 CROSS JOIN derived_settings st
-LEFT JOIN day_rates r ON r.currency = j.currency AND r.at_date = j.at_date;
+LEFT JOIN day_rates r ON r.currency = j.currency AND r.at_date = j.at_date
+LEFT JOIN derived_price_terms t ON t.account_id = j.account_id AND t.price_id = j.price_id;
 
 CREATE OR REPLACE TABLE derived_fx_missing AS
 SELECT account_id, currency, min(at_date) AS first_date, max(at_date) AS last_date,
@@ -59,18 +63,29 @@ GROUP BY ALL;
 
 CREATE OR REPLACE TABLE derived_customer_mrr AS
 WITH levels AS (
-    -- items are cut at 10 decimals, so each currency's sum is rounded where the cuts are under half a unit
-    -- (`whole_again`, step 10): an exact sum such as 26.4583333333 + 184.1666666666 = 210.625, or sixteen annual
-    -- items of 303.875 a month, is whole again before the rate and the final rounding
+    -- items are cut at 10 decimals, and an item's MRR repeats where its amount is divided by 12 (or by 12 x
+    -- interval_count: `den`). So each currency's sum is taken times d, the least common multiple of its
+    -- customer's `den` at the moment, and rounded where the cuts times d are under half a unit (`whole_again`,
+    -- step 10): an exact sum such as 26.4583333333 + 184.1666666666 = 210.625 is 2527.5 over 12 again. Times the
+    -- rate and summed over the currencies, it is divided by d and rounded at 4, half away from zero, exactly
+    -- (`round_over4`): 100.00 GBP a year at 1.481478 is 1481.478 / 12 = 12.34565, which rounds to 12.3457.
     SELECT account_id, customer_id, moment,
            money4(total, 'the MRR of customer ' || customer_id || ' from ' || moment) AS mrr
     FROM (
-        SELECT p.account_id, p.customer_id, p.moment, round(coalesce(sum(x.cur_mrr * x.rate), 0), 4) AS total
+        SELECT p.account_id, p.customer_id, p.moment, coalesce(round_over4(sum(x.v17), any_value(x.d)), 0) AS total
         FROM derived_customer_points p
-        LEFT JOIN (SELECT account_id, customer_id, moment, currency, any_value(rate) AS rate,
-                          CAST(whole_again(sum(mrr_original), count(*)) AS DECIMAL(38, 9)) AS cur_mrr
-                   FROM derived_customer_point_items GROUP BY account_id, customer_id, moment, currency) x
-          USING (account_id, customer_id, moment)
+        LEFT JOIN (
+            -- (in 1e-17 of the reporting currency, over d)
+            SELECT account_id, customer_id, moment, d,
+                   CAST(whole_again(d * s, n * d) * 1000000000 AS HUGEINT) * CAST(rate * 100000000 AS HUGEINT) AS v17
+            FROM (SELECT i.account_id, i.customer_id, i.moment, i.currency, any_value(i.rate) AS rate,
+                         sum(i.mrr_original) AS s, count(*) AS n, any_value(dd.d) AS d
+                  FROM derived_customer_point_items i
+                  JOIN (SELECT account_id, customer_id, moment,
+                               list_reduce(list(DISTINCT den), lambda a, b: lcm(a, b)) AS d
+                        FROM derived_customer_point_items GROUP BY ALL) dd USING (account_id, customer_id, moment)
+                  GROUP BY i.account_id, i.customer_id, i.moment, i.currency)
+        ) x USING (account_id, customer_id, moment)
         GROUP BY ALL
     )
 ),

@@ -1065,6 +1065,24 @@ def test_exact_halves_of_each_items_part_round_away_from_zero(world: World, deri
     assert moves == [("si_1", Decimal("28.3369"), Decimal("22.3125")), ("si_2", Decimal("2.6988"), Decimal("2.1250"))]
 
 
+def test_an_exact_half_that_only_the_rate_makes_rounds_away_from_zero(world: World, derive: Derive) -> None:
+    """100.00 GBP a year is 8.3333… GBP a month, a value that repeats; at 1.481478 it is exactly 12.34565 USD,
+    and from March at 1.245006 exactly 10.37505: the levels are 12.3457 and 10.3751, and the rate change is an fx
+    movement of -1.9706. With the item cut at 10 decimals (8.3333333333 x 1.481478 = 12.3456499…), both rounded
+    down. Found by the simulation with monthly rates (Simulation(fx_changes=True): 29 MRR levels of 2,000 x 24,
+    seed 5, each 0.0001 off)."""
+    base(world, currency="gbp").price("y1", "prod_seat", 10_000, currency="gbp", interval="year")
+    world.subscribe("sub_1", "cus_1", [("si_1", "y1", 1)], T0)
+    world.fx_rates.append(("2023-12-01", "gbp", 1.481478))
+    world.fx_rates.append(("2024-03-01", "gbp", 1.245006))
+    con = derive(world, seen_at=month(4))
+    assert customer_mrr_at(con, "cus_1", month(1)) == Decimal("12.3457")
+    assert customer_mrr_at(con, "cus_1", month(3)) == Decimal("10.3751")
+    assert con.execute("SELECT movement, mrr_delta, amount_delta_original FROM mrr_movements ORDER BY occurred_at"
+                       ).fetchall() == [("new", Decimal("12.3457"), Decimal("8.3333")),
+                                        ("fx", Decimal("-1.9706"), Decimal("0.0000"))]
+
+
 def test_a_new_customers_amount_in_its_currency_rounds_an_exact_half_away_from_zero(world: World,
                                                                                    derive: Derive) -> None:
     """Two annual GBP items (170.00 and 170.20 a year) under a 12.5% forever coupon: 12.3958333… + 12.4104166… =
