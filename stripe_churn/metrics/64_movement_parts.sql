@@ -7,7 +7,9 @@
 -- a pair's removed item to its added one); rate changes are one fx part.
 -- Each part in the item's currency is rounded at 9 decimals before the rate, as 50 rounds a customer's sum: an
 -- item MRR is cut at 10 decimals, so a part made of a few of them is off by under half a 1e-9, and an exact half
--- at 4 decimals (2.125 GBP x 1.27 = 2.69875) must not fall just under it (2.1249999999 x 1.27 -> 2.6987). The
+-- at 4 decimals (2.125 GBP x 1.27 = 2.69875) must not fall just under it (2.1249999999 x 1.27 -> 2.6987); times
+-- the rate it is taken to 1e-20 by `rep20` (step 10), so that one the rate makes a half (8.3333... GBP x 1.481478 =
+-- 12.34565) is exactly that. The
 -- whole customer delta of new, reactivation and cancellation is a sum of item MRRs in its currency, made whole
 -- again as step 50 makes a customer's (`whole_again`).
 -- Inputs: derived_transitions, derived_transition_items, price_mrr.
@@ -78,11 +80,15 @@ comps AS (
            b.quantity AS b_quantity, b.currency AS b_currency, b.mrr_original AS b_mrr,
            b.mrr_undiscounted AS b_undisc, b.discount_factor AS b_factor, k.b_rate_a, b.discount_ids AS b_discount_ids,
            b.source_event_id AS b_event_id, b.source_invoice_id AS b_invoice_id, b.valid_from AS b_valid_from,
-           b.net_share AS b_net_share
+           b.net_share AS b_net_share,
+           -- (12 x interval_count of each side's price, their least common multiple: see rep20)
+           lcm(12 * coalesce(pa.interval_count, 1), 12 * coalesce(pb.interval_count, 1)) AS den
     FROM comp_rows k
     JOIN derived_transitions t USING (tid)
     LEFT JOIN derived_item_mrr a ON a.rowid = k.a_rid
     LEFT JOIN derived_item_mrr b ON b.rowid = k.b_rid
+    LEFT JOIN derived_price_terms pa ON pa.account_id = a.account_id AND pa.price_id = a.price_id
+    LEFT JOIN derived_price_terms pb ON pb.account_id = b.account_id AND pb.price_id = b.price_id
 ),
 shaped AS (
     SELECT c.*,
@@ -145,7 +151,7 @@ settled AS (
     FROM split s
 ),
 item_parts AS (
-    SELECT tid, account_id, customer_id, t_start, comp, part, amount_original * b_rate_a AS amount_rep,
+    SELECT tid, account_id, customer_id, t_start, comp, part, rep20(amount_original, den, b_rate_a) AS amount_rep,
            amount_original, b_currency AS currency, b_subscription_id AS subscription_id,
            b_item_id AS subscription_item_id, b_product_id AS product_id, b_price_id AS price_id,
            b_event_id AS event_id, b_invoice_id AS invoice_id, b_valid_from AS row_from,
@@ -173,8 +179,8 @@ item_parts AS (
 ),
 unpaired_parts AS (
     SELECT c.tid, c.account_id, c.customer_id, c.t_start, c.comp, c.comp AS part,
-           CASE WHEN c.comp = 'added' THEN round(c.b_mrr, 9) * c.b_rate_a ELSE -(round(c.a_mrr, 9) * c.a_rate_a) END
-               AS amount_rep,
+           CASE WHEN c.comp = 'added' THEN rep20(round(c.b_mrr, 9), c.den, c.b_rate_a)
+                ELSE -rep20(round(c.a_mrr, 9), c.den, c.a_rate_a) END AS amount_rep,
            CASE WHEN c.comp = 'added' THEN round(c.b_mrr, 9) ELSE -round(c.a_mrr, 9) END AS amount_original,
            CASE WHEN c.comp = 'added' THEN c.b_currency ELSE c.a_currency END AS currency,
            CASE WHEN c.comp = 'added' THEN c.b_subscription_id ELSE c.a_subscription_id END AS subscription_id,
@@ -205,11 +211,14 @@ fx_parts AS (
            CAST(NULL AS VARCHAR) AS event_id, CAST(NULL AS VARCHAR) AS invoice_id,
            CAST(NULL AS TIMESTAMPTZ) AS row_from,
            'fx' AS movement
-    FROM (SELECT ti.tid, sum(round(ti.b_mrr, 9) * (ti.b_rate_b - ti.b_rate_a)) AS amount_rep,
+    FROM (SELECT ti.tid, sum(rep20(round(ti.b_mrr, 9), 12 * coalesce(pt.interval_count, 1), ti.b_rate_b - ti.b_rate_a))
+                     AS amount_rep,
                  bool_or(ti.subscription_item_id = m.b_item) AS main_moved,
                  any_value(m.b_item) AS b_item, any_value(m.b_rid) AS b_rid
           FROM moving ti
           JOIN derived_transition_mains m USING (tid)
+          LEFT JOIN derived_item_mrr bi ON bi.rowid = ti.b_rid
+          LEFT JOIN derived_price_terms pt ON pt.account_id = bi.account_id AND pt.price_id = bi.price_id
           WHERE ti.in_b AND ti.b_rate_b <> ti.b_rate_a
           GROUP BY ti.tid) f
     JOIN derived_transitions t USING (tid)

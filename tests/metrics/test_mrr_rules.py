@@ -1083,6 +1083,27 @@ def test_an_exact_half_that_only_the_rate_makes_rounds_away_from_zero(world: Wor
                                         ("fx", Decimal("-1.9706"), Decimal("0.0000"))]
 
 
+def test_each_part_of_a_change_rounds_an_exact_half_that_only_the_rate_makes_away_from_zero(
+        world: World, derive: Derive) -> None:
+    """Two annual GBP add-ons of new families in one change (100.00 and 300.00 a year, at 1.481478 exactly
+    12.34565 and 37.03695 USD) beside a 100.00 one: each row rounds up (12.3457, 37.0370), and the customer's delta
+    (12.3457 -> 61.7283: 49.3826) takes the remainder from the larger: 37.0369. With the parts cut (8.333333333
+    GBP x 1.481478 = 12.3456499...), the first rounded down to 12.3456 and the remainder went up (37.0370). Found
+    by the simulation with monthly rates (1,000 x 12, seed 902, the daemon's flow: 6 rows, 0.0001 each)."""
+    base(world, currency="gbp").product("prod_base", family="base")
+    world.price("ya", "prod_base", 10_000, currency="gbp", interval="year")
+    world.price("yb", "prod_seat", 10_000, currency="gbp", interval="year")
+    world.price("yc", "prod_api", 30_000, currency="gbp", interval="year")
+    world.subscribe("sub_1", "cus_1", [("si_a", "ya", 1)], T0)
+    world.update("sub_1", month(1, 5), items=[("si_a", "ya", 1), ("si_b", "yb", 1), ("si_c", "yc", 1)])
+    world.fx_rates.append(("2023-12-01", "gbp", 1.481478))
+    con = derive(world, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("61.7283")
+    assert con.execute("SELECT subscription_item_id, movement, mrr_delta FROM mrr_movements "
+                       "WHERE movement = 'cross_sell' ORDER BY subscription_item_id").fetchall() == [
+        ("si_b", "cross_sell", Decimal("12.3457")), ("si_c", "cross_sell", Decimal("37.0369"))]
+
+
 def test_a_new_customers_amount_in_its_currency_rounds_an_exact_half_away_from_zero(world: World,
                                                                                    derive: Derive) -> None:
     """Two annual GBP items (170.00 and 170.20 a year) under a 12.5% forever coupon: 12.3958333… + 12.4104166… =
