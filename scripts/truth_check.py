@@ -6,16 +6,17 @@
     python scripts/truth_check.py --seeds 502 --customers 2500 --months 36 --via sandbox      # the real sync, HTTP
     python scripts/truth_check.py --seeds 601 --customers 1500 --months 12 --via daemon --runs 3
     python scripts/truth_check.py --seeds 40 --customers 5000 --months 36 --via sandbox --collection-pauses
+    python scripts/truth_check.py --seeds 5 --customers 2000 --months 24 --fx-changes         # monthly exchange rates
 
-Each seed's simulation (with every option ``stripe-churn sandbox`` uses, unless ``--plain``; ``--item-discounts``
-and ``--collection-pauses`` add those options) reaches a new store one of three ways: ``direct`` loads its objects
-straight into the store; ``sandbox`` serves it on 127.0.0.1 and runs a full sync with the real SDK; ``daemon`` does
-what the daemon does with ``recompute = "changed"``: a full sync, then ``--runs`` times a month's billing run and a
-sync, each followed by the incremental recompute (a month between syncs moves the last listed events out of
-Stripe's 30 days: the later syncs re-list and take the gap from invoices). Then it compares labels, MRR per
-customer at every month's start, churn type and feedback, and each row's amount_delta_original and currency with
-the truth, as the ground-truth tests do (tests/metrics/test_ground_truth.py, whose comparison it runs), and for
-``daemon`` also every derived table and view with a full recompute of the same store.
+Each seed's simulation (with every option ``stripe-churn sandbox`` uses, unless ``--plain``; ``--item-discounts``,
+``--collection-pauses`` and ``--fx-changes`` add those options) reaches a new store one of three ways: ``direct``
+loads its objects straight into the store; ``sandbox`` serves it on 127.0.0.1 and runs a full sync with the real
+SDK; ``daemon`` does what the daemon does with ``recompute = "changed"``: a full sync, then ``--runs`` times a
+month's billing run and a sync, each followed by the incremental recompute (a month between syncs moves the last
+listed events out of Stripe's 30 days: the later syncs re-list and take the gap from invoices). Then it compares
+labels, MRR per customer at every month's start, churn type and feedback, and each row's amount_delta_original and
+currency with the truth, as the ground-truth tests do (tests/metrics/test_ground_truth.py, whose comparison it
+runs), and for ``daemon`` also every derived table and view with a full recompute of the same store.
 
 One line per seed; with ``--report DIR`` every disagreement of a seed goes to ``DIR/seed-N.txt``. Exit code 1
 when any seed disagrees. Through the sandbox and the daemon's flow, the truth's rows of a discount that nothing the
@@ -61,6 +62,8 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
         options["item_discounts"] = True
     if args.collection_pauses:
         options["collection_pauses"] = True
+    if args.fx_changes:
+        options["fx_changes"] = True
     started = time.perf_counter()
     start = None if args.start is None else int(dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp())
     sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start, **options)
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--item-discounts", action="store_true", help="coupons redeemed on one item too")
     parser.add_argument("--collection-pauses", action="store_true",
                         help="some subscriptions have their payment collection paused for a while")
+    parser.add_argument("--fx-changes", action="store_true",
+                        help="eur and gbp rates move on the first of every month (fx movements)")
     parser.add_argument("--start", metavar="YYYY-MM-DD", help="when the history begins (default: it ends at the "
                         "simulation's usual end of history); far from today, Stripe's clock runs behind or ahead of "
                         "this machine's")

@@ -14,7 +14,7 @@ import heapq
 import logging
 import random
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -52,6 +52,13 @@ def add_months(ts: int, n: int) -> int:
     y += d.year
     day = min(d.day, calendar.monthrange(y, m + 1)[1])
     return int(d.replace(year=y, month=m + 1, day=day).timestamp())
+
+
+def _next_month_start(ts: int) -> int:
+    """The first of the month after ``ts`` (UTC), 00:00."""
+    d = dt.datetime.fromtimestamp(ts, tz=dt.UTC)
+    y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+    return int(dt.datetime(y, m, 1, tzinfo=dt.UTC).timestamp())
 
 
 def start_of_today() -> int:
@@ -161,7 +168,7 @@ class Simulation:
                  deferred_prorations: bool = False, thresholds: bool = False,
                  restricted_coupons: bool = False, customer_discounts: bool = False,
                  trial_pauses: bool = False, failure_pauses: bool = False,
-                 collection_pauses: bool = False) -> None:
+                 collection_pauses: bool = False, fx_changes: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -192,6 +199,10 @@ class Simulation:
         with payment_behavior=pending_if_incomplete: no payment is attempted), its update invoices voided, marked
         uncollectible or left as drafts too. MRR is kept, as design.md's default says, so the pause itself is no
         movement in the truth, and a metered item's usage billed meanwhile sets its MRR as any renewal's does.
+        ``fx_changes``: the exchange rates of eur and gbp move on the first of every month at 00:00 UTC (a random
+        walk of 4-decimal rates, ``fx_rate_changes``): each revalues every customer billed in that currency, an
+        ``fx`` row in the truth, and a change within the movement window of one carries an ``fx`` part (its other
+        parts at the rate before the window, the ``fx`` part the items after it times the rate's move).
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -220,6 +231,15 @@ class Simulation:
         self.collection_pauses = collection_pauses
         self._rng_collection = random.Random(f"collection pauses {seed}")  # (likewise)
         self._collection_token: dict[str, int] = {}  # subscription -> its running collection pause
+        self.fx_changes = fx_changes
+        self._rng_fx = random.Random(f"fx changes {seed}")  # (likewise)
+        # (moment, currency, rate) of each rate change after the start, oldest first (usd's 1 on each day too);
+        # the rates before are FX
+        self.fx_rate_changes: list[tuple[int, str, Decimal]] = []
+        self._rates: dict[str, list[tuple[int, Fraction]]] = {c: [] for c in FX}  # currency -> (moment, rate)
+        self._window_last: dict[str, int] = {}  # customer -> the latest change in its open window
+        # windows labelled at the end of a run that the next run may still join (see _close_windows)
+        self._provisional: list[tuple[str, int, dict[str, Comp], Any, list[dict[str, Any]], tuple[int, Decimal, bool]]] = []
         self._rate = customers / months if months else 0.0
         self.start = add_months(END_OF_HISTORY, -months) if start is None else start
         self.clock = self.start
@@ -246,6 +266,8 @@ class Simulation:
         self._build_catalog()
         self._signups(customers, self.start, add_months(self.start, months))
         self._at(add_months(self.start, max(1, months // 2)) + 9 * 3600, "archive", "an_basic", "y")
+        if fx_changes:
+            self._at(_next_month_start(self.start), "fx")
         self._run(add_months(self.start, months))
 
     # --- ids, events, queue --------------------------------------------------------------------------
@@ -271,6 +293,7 @@ class Simulation:
         # moved out of its reach before it runs again, else its next pass walks every one of them (1.5 s of the
         # 8 s a 2,000 x 24 history takes); freed as ever when their last reference goes. (Garbage made before is
         # collected first, so that none of it is kept for good: an unreferenced cycle may hold a database's file.)
+        self._reopen_windows()
         first_new_row = len(self.truth)
         was_enabled = gc.isenabled()
         gc.collect()
@@ -279,7 +302,7 @@ class Simulation:
             while self._q and self._q[0][0] < end:
                 t, _, handler, args = heapq.heappop(self._q)
                 getattr(self, "_h_" + handler)(t, *args)
-            self._close_windows()
+            self._close_windows(end)
         finally:
             gc.freeze()
             if was_enabled:
@@ -416,33 +439,116 @@ class Simulation:
         """Note a change made at ``t`` from state ``before``: changes within the movement window of the first
         one form one transition, labelled when the next one starts (or the run ends)."""
         pending = self._windows.get(cust.id)
+        last = self._window_last.get(cust.id, t)
+        self._window_last[cust.id] = t
         if pending is not None and t < pending[0] + WINDOW_S:
             if churn is not None:
                 self._windows[cust.id] = (pending[0], pending[1], churn)
             return
+        self._window_last[cust.id] = t
         if pending is not None:
-            self._label(cust, pending[0], pending[1], before, pending[2])
+            self._label(cust, pending[0], pending[1], before, pending[2], last)
         self._windows[cust.id] = (t, before, churn)
 
-    def _close_windows(self) -> None:
+    def _close_windows(self, end: int) -> None:
+        """Label the windows still open at the end of a run. One that a change of the next run (``advance``) can
+        still join is labelled for now: the next run takes its rows back and opens it again."""
         for cid, (t, before, churn) in sorted(self._windows.items()):
             cust = self._custs[cid]
-            self._label(cust, t, before, self._snap(cust), churn)
+            kept = (len(self.truth), len(cust.path_t), cust.mrr, cust.had_mrr)
+            self._label(cust, t, before, self._snap(cust), churn, self._window_last.get(cid, t))
+            if t + WINDOW_S > end:
+                self._provisional.append((cid, t, before, churn, self.truth[kept[0]:], kept[1:]))
         self._windows.clear()
 
-    def _label(self, cust: _Cust, t: int, before: dict[str, Comp], after: dict[str, Comp],
-               churn: tuple[str, Any] | None) -> None:
-        """Label the transition from ``before`` to ``after``, dated ``t``, and extend the customer's path."""
-        m_a, m_b = truth.total(before), truth.total(after)
-        if m_a == m_b:
+    def _reopen_windows(self) -> None:
+        """Open again the windows the last run labelled for now (see _close_windows)."""
+        if not self._provisional:
             return
-        parts = truth.parts_of(before, after, cust.had_mrr,
-                               lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cust.currency))
+        dropped = {id(r) for *_, rows, _ in self._provisional for r in rows}
+        self.truth = [r for r in self.truth if id(r) not in dropped]
+        for cid, t, before, churn, _, (path_len, mrr, had_mrr) in self._provisional:
+            cust = self._custs[cid]
+            del cust.path_t[path_len:], cust.path_v[path_len:]
+            cust.mrr, cust.had_mrr = mrr, had_mrr
+            self._windows[cid] = (t, before, churn)
+        self._provisional.clear()
+
+    def _label(self, cust: _Cust, t: int, before: dict[str, Comp], after: dict[str, Comp],
+               churn: tuple[str, Any] | None, last: int) -> None:
+        """Label the transition from ``before`` to ``after``, dated ``t`` (its latest change at ``last``), and
+        extend the customer's path."""
+        if self.fx_changes:
+            labelled = self._label_fx(cust, t, before, after, last)
+            if labelled is None:
+                return
+            parts, rates, m_a, m_b = labelled
+        else:
+            m_a, m_b = truth.total(before), truth.total(after)
+            if m_a == m_b:
+                return
+            parts = truth.parts_of(before, after, cust.had_mrr,
+                                   lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cust.currency))
+            rates = [FX[cust.currency]] * len(parts)
         cust.had_mrr = cust.had_mrr or m_b > 0
-        self.truth += truth.rows(cust.id, cust.currency, FX[cust.currency], t, parts, m_a, m_b, churn)
+        self.truth += truth.rows(cust.id, cust.currency, rates, t, parts, m_a, m_b, churn)
         cust.mrr = m_b
         cust.path_t.append(t)
         cust.path_v.append(float(m_b))
+
+    def _label_fx(self, cust: _Cust, t: int, before: dict[str, Comp], after: dict[str, Comp], last: int
+                  ) -> tuple[list[truth.Part], list[Fraction | None], Decimal, Decimal] | None:
+        """With moving rates: A at the rate in force before ``t``, B at the rate of its latest change ``last``. The
+        whole-customer movements take the whole delta; otherwise the parts are at A's rate and an ``fx`` part
+        (on the largest item of B) is B's items times the rate's move. None when the MRR does not change. Returns
+        the parts, the rate each part's own-currency amount is read at (None for fx), M(A) and M(B)."""
+        cur = cust.currency
+        rate_a, rate_b = self._rate_at(cur, t - 1), self._rate_at(cur, last)
+
+        def at(state: dict[str, Comp], rate: Fraction) -> dict[str, Comp]:
+            return {k: replace(c, usd=c.usd / FX[cur] * rate) for k, c in state.items()}
+
+        def mrr(rate: Fraction) -> truth.MrrFn:
+            return lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cur) / FX[cur] * rate
+
+        a_at_a, b_at_a, b_at_b = at(before, rate_a), at(after, rate_a), at(after, rate_b)
+        m_a, m_b = truth.total(a_at_a), truth.total(b_at_b)
+        if m_a == m_b:
+            return None
+        if m_a == 0 or m_b == 0:
+            rate = rate_b if m_a == 0 else rate_a
+            parts = truth.parts_of(a_at_a, b_at_b, cust.had_mrr, mrr(rate))
+            return parts, [rate] * len(parts), m_a, m_b
+        parts = truth.parts_of(a_at_a, b_at_a, cust.had_mrr, mrr(rate_a))
+        rates: list[Fraction | None] = [rate_a] * len(parts)
+        moved = sum((c.usd for c in b_at_b.values()), Fraction(0)) - sum((c.usd for c in b_at_a.values()), Fraction(0))
+        if moved != 0:
+            main = max(b_at_b.values(), key=lambda c: (c.usd, c.item_id))
+            parts.append((main, "fx", moved))
+            rates.append(None)
+        return parts, rates, m_a, m_b
+
+    def _rate_at(self, currency: str, at: int) -> Fraction:
+        """The rate (USD for one unit of ``currency``) in force at ``at``."""
+        changes = self._rates.get(currency) or []
+        i = bisect_right(changes, at, key=lambda r: r[0])
+        return changes[i - 1][1] if i else FX[currency]
+
+    def _h_fx(self, t: int) -> None:
+        """The first of a month (fx_changes): eur and gbp move, each customer billed in them with MRR is revalued."""
+        for cur in ("eur", "gbp"):
+            old = Decimal(self._rate_at(cur, t).numerator) / Decimal(self._rate_at(cur, t).denominator)
+            new = (old * Decimal(str(1 + self._rng_fx.gauss(0, 0.02)))).quantize(Decimal("0.0001"))
+            self._rates[cur].append((t, Fraction(str(new))))
+            self.fx_rate_changes.append((t, cur, new))
+        self.fx_rate_changes.append((t, "usd", Decimal("1.0000")))  # (the dollar's own, served on each day too)
+        for cid in sorted(self._custs):
+            cust = self._custs[cid]
+            if cust.currency in ("eur", "gbp"):
+                now = self._snap(cust)
+                if truth.total(now) > 0:
+                    self._transition(cust, t, now)
+        self._at(_next_month_start(t), "fx")
 
     # --- public ----------------------------------------------------------------------------------------
     def advance(self, months: int = 1) -> None:

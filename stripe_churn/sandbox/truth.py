@@ -16,7 +16,7 @@ from typing import Any
 MrrFn = Callable[[str, int, Fraction], Fraction]
 Part = tuple["Comp", str, Fraction]
 _FIXED_CATEGORY = {"new": "new", "reactivation": "reactivation", "cancellation": "churn",
-                   "cross_sell": "expansion"}
+                   "cross_sell": "expansion", "fx": "fx"}
 
 
 @dataclass
@@ -89,16 +89,17 @@ def parts_of(before: dict[str, Comp], after: dict[str, Comp], had_mrr: bool, mrr
     return [p for p in parts if p[2] != 0]
 
 
-def rows(customer_id: str, currency: str, rate: Fraction, t: int, parts: list[Part], m_a: Decimal,
+def rows(customer_id: str, currency: str, rates: list[Fraction | None], t: int, parts: list[Part], m_a: Decimal,
          m_b: Decimal, churn: tuple[str, Any] | None) -> list[dict[str, Any]]:
-    """Truth rows of one transition; rounded parts add up exactly to the rounded customer delta."""
+    """Truth rows of one transition; rounded parts add up exactly to the rounded customer delta. ``rates``: the
+    rate each part's amount in ``currency`` is read at (None: no amount, as an fx part has)."""
     rounded = [round4(p[2]) for p in parts]
     if parts:
         big = max(range(len(parts)), key=lambda i: (abs(parts[i][2]), -i))
         rounded[big] += (m_b - m_a) - sum(rounded, Decimal(0))
     out = []
     running = m_a
-    for (comp, movement, exact), delta in zip(parts, rounded, strict=True):
+    for (comp, movement, exact), delta, rate in zip(parts, rounded, rates, strict=True):
         if delta == 0:
             continue
         row: dict[str, Any] = {
@@ -106,7 +107,7 @@ def rows(customer_id: str, currency: str, rate: Fraction, t: int, parts: list[Pa
             "occurred_at": iso(t), "movement": movement,
             "category": _FIXED_CATEGORY.get(movement, "expansion" if delta > 0 else "contraction"),
             "mrr_before": float(running), "mrr_after": float(running + delta), "mrr_delta": float(delta),
-            "currency": currency, "amount_delta_original": float(round4(exact / rate)),
+            "currency": currency, "amount_delta_original": float(round4(exact / rate)) if rate is not None else 0.0,
         }
         if movement == "cancellation":
             row["churn_type"], row["cancellation_feedback"] = churn or ("voluntary", None)

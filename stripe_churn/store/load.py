@@ -439,7 +439,9 @@ def load_simulation(con: duckdb.DuckDBPyConnection, sim: Any) -> None:
         oldest = int(sim.clock) - 30 * 86400
         upsert_objects(con, "events", acct, [e for e in sim.events if e["created"] >= oldest], seen)
         day = datetime.fromtimestamp(_sim_start(sim), UTC).date().isoformat()
-        upsert_fx_rates(con, [(day, cur, rate) for cur, rate in sorted(SANDBOX_FX_RATES.items())])
+        upsert_fx_rates(con, [(day, cur, rate) for cur, rate in sorted(SANDBOX_FX_RATES.items())] + [
+            (datetime.fromtimestamp(at, UTC).date().isoformat(), cur, rate)
+            for at, cur, rate in getattr(sim, "fx_rate_changes", ()) if at <= sim.clock])
         con.execute("COMMIT")
     except BaseException:
         rollback(con)
