@@ -1461,7 +1461,8 @@ class Simulation:
                     it["price"]["active"] = it["plan"]["active"] = False
 
     def _switch(self, sub: dict[str, Any], t: int) -> None:
-        """Plan switch done as cancel + resubscribe a few minutes later (one transition)."""
+        """Plan switch done as cancel + resubscribe a few minutes later (one transition, unless a window that began
+        before the cancellation ends between the two)."""
         if sub["id"] in self._sub_mult or any(self._is_metered(it) for it in sub["items"]["data"]):
             return
         cust = self._custs[sub["customer"]]
@@ -1472,5 +1473,10 @@ class Simulation:
                  for k, q in items]
         feedback = "switched_service"
         self._end_sub(sub, t, "cancellation_requested", feedback, None, label=False, switching=True)
-        self._subscribe(cust, t + self._rng.randint(60, 900), items=items, ikey=self._ikey(sub), before=before)
-        self._transition(cust, t, before)
+        # (two changes, each its own point: a movement window anchored before the cancellation may end between
+        # them, and then the cancellation and the new subscription are two transitions)
+        mid = self._snap(cust)
+        again = t + self._rng.randint(60, 900)
+        self._subscribe(cust, again, items=items, ikey=self._ikey(sub), before=mid)
+        self._transition(cust, t, before, ("voluntary", feedback))
+        self._transition(cust, again, mid)
