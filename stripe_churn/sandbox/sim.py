@@ -445,7 +445,6 @@ class Simulation:
             if churn is not None:
                 self._windows[cust.id] = (pending[0], pending[1], churn)
             return
-        self._window_last[cust.id] = t
         if pending is not None:
             self._label(cust, pending[0], pending[1], before, pending[2], last)
         self._windows[cust.id] = (t, before, churn)
