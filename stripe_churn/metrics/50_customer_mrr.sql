@@ -78,13 +78,14 @@ WITH levels AS (
             -- (in 1e-17 of the reporting currency, over d)
             SELECT account_id, customer_id, moment, d,
                    CAST(whole_again(d * s, n * d) * 1000000000 AS HUGEINT) * CAST(rate * 100000000 AS HUGEINT) AS v17
-            FROM (SELECT i.account_id, i.customer_id, i.moment, i.currency, any_value(i.rate) AS rate,
-                         sum(i.mrr_original) AS s, count(*) AS n, any_value(dd.d) AS d
-                  FROM derived_customer_point_items i
-                  JOIN (SELECT account_id, customer_id, moment,
-                               list_reduce(list(DISTINCT den), lambda a, b: lcm(a, b)) AS d
-                        FROM derived_customer_point_items GROUP BY ALL) dd USING (account_id, customer_id, moment)
-                  GROUP BY i.account_id, i.customer_id, i.moment, i.currency)
+            FROM (SELECT *,
+                         -- (the customer's d over its currencies: one group, as a rule)
+                         list_reduce(flatten(list(dens) OVER (PARTITION BY account_id, customer_id, moment)),
+                                     lambda a, b: lcm(a, b)) AS d
+                  FROM (SELECT account_id, customer_id, moment, currency, any_value(rate) AS rate,
+                               sum(mrr_original) AS s, count(*) AS n, list(DISTINCT den) AS dens
+                        FROM derived_customer_point_items
+                        GROUP BY account_id, customer_id, moment, currency))
         ) x USING (account_id, customer_id, moment)
         GROUP BY ALL
     )
