@@ -380,13 +380,10 @@ class SandboxApp:
     def fx_rates(self) -> list[dict[str, Any]]:
         """The sandbox's exchange rates: its constant ones, dated at the simulation start, then each change of a
         simulation made with ``fx_changes`` (dated at the day it takes effect, up to the simulation's clock)."""
-        from stripe_churn.sandbox.fx import SANDBOX_FX_RATES
+        from stripe_churn.sandbox.fx import rate_rows
 
         day = datetime.fromtimestamp(self._start(), UTC).date().isoformat()
-        return [{"date": day, "currency": cur, "rate": float(rate)}
-                for cur, rate in sorted(SANDBOX_FX_RATES.items())] + [
-            {"date": datetime.fromtimestamp(at, UTC).date().isoformat(), "currency": cur, "rate": float(rate)}
-            for at, cur, rate in getattr(self.sim, "fx_rate_changes", ()) if at <= self.sim.clock]
+        return [{"date": d, "currency": cur, "rate": rate} for d, cur, rate in rate_rows(self.sim, day)]
 
 
 class RunningSandbox:

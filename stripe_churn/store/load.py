@@ -418,7 +418,7 @@ def _sim_start(sim: Any) -> int:
 
 def load_simulation(con: duckdb.DuckDBPyConnection, sim: Any) -> None:
     """Every object of a sandbox ``Simulation`` straight into the store (no HTTP), in one transaction."""
-    from stripe_churn.sandbox.fx import SANDBOX_FX_RATES
+    from stripe_churn.sandbox.fx import rate_rows
 
     seen = datetime.fromtimestamp(int(sim.clock), UTC)
     acct = sim.account_id
@@ -439,9 +439,7 @@ def load_simulation(con: duckdb.DuckDBPyConnection, sim: Any) -> None:
         oldest = int(sim.clock) - 30 * 86400
         upsert_objects(con, "events", acct, [e for e in sim.events if e["created"] >= oldest], seen)
         day = datetime.fromtimestamp(_sim_start(sim), UTC).date().isoformat()
-        upsert_fx_rates(con, [(day, cur, rate) for cur, rate in sorted(SANDBOX_FX_RATES.items())] + [
-            (datetime.fromtimestamp(at, UTC).date().isoformat(), cur, rate)
-            for at, cur, rate in getattr(sim, "fx_rate_changes", ()) if at <= sim.clock])
+        upsert_fx_rates(con, rate_rows(sim, day))
         con.execute("COMMIT")
     except BaseException:
         rollback(con)
