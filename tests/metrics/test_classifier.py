@@ -19,7 +19,6 @@ import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
 from conftest import customer_mrr_at
-from test_bridge import assert_bridge_adds_up
 
 T0 = ts(2024, 1, 1)
 MINUTE = 60
@@ -420,7 +419,7 @@ def test_rule(world: World, derive: Derive, build: Callable[[World], Case]) -> N
         "movements differ:\n  got      " + "\n           ".join(map(str, got))
         + "\n  expected " + "\n           ".join(map(str, expected)))
     check_invariants(con)
-    assert_bridge_adds_up(con, "case", ["month", "quarter"], [None, "family", "size_band"])
+    # (the bridge of every case adds up: test_bridge.py::test_classifier_cases_in_one_multi_account_store)
 
 
 # --- what rows carry besides the label ---------------------------------------------------------------

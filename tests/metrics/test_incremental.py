@@ -53,6 +53,9 @@ def view_contents(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, .
 # One scope, or the touched customers split in two shards derived side by side (with a handful of
 # customers some shards get none, and a touched customer owns the newest event every shard holds).
 SHARDS = pytest.mark.parametrize("shards", [1, 2])
+# One scope alone, for the cases whose change is no matter of how customers are split: the tests under SHARDS
+# cover the split, and a second shard count here doubled their time for nothing they do not already check.
+ONE_SCOPE = pytest.mark.parametrize("shards", [1])
 
 
 def derived_contents(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
@@ -158,7 +161,7 @@ def test_every_derived_table_equals_a_full_recompute(world: World, tmp_path: Pat
     assert any("cus_f" in r for r in full["view mrr_movements"])
 
 
-@SHARDS
+@ONE_SCOPE
 def test_usage_billed_at_a_threshold_after_the_last_sync(world: World, tmp_path: Path, shards: int) -> None:
     """A later sync brings a threshold invoice (90.00 of usage) and the period's own invoice (30.00 more): the
     scope copies what step 40 reads of them, and the period counts 120.00 of usage, as in a full recompute."""
@@ -174,7 +177,7 @@ def test_usage_billed_at_a_threshold_after_the_last_sync(world: World, tmp_path:
             and "'resource_contraction'" in r and "Decimal('-80.0000')" in r]
 
 
-@SHARDS
+@ONE_SCOPE
 def test_a_pause_after_a_payment_failure_after_the_last_sync(world: World, tmp_path: Path, shards: int) -> None:
     """A later sync brings a subscription paused after its payment failed (what paused it is in its state's JSON,
     read for paused states alone): the scope copies that JSON, and the churn is involuntary, as in a full
@@ -191,7 +194,7 @@ def test_a_pause_after_a_payment_failure_after_the_last_sync(world: World, tmp_p
             and "'involuntary'" in r and "2024-05-28" in r]
 
 
-@SHARDS
+@ONE_SCOPE
 def test_lines_naming_no_item_or_price(world: World, tmp_path: Path, shards: int) -> None:
     """Data quality reads the JSON of lines naming no subscription item or price (a one-time invoice item on a
     renewal is fine, a subscription line naming neither is not): the scopes copy it for those lines."""
@@ -323,7 +326,7 @@ def test_data_quality_rows_follow_the_customers_derived_again(world: World, tmp_
     assert sum(touched["id"] in r for r in rows) == 1
 
 
-@SHARDS
+@ONE_SCOPE
 def test_new_and_changed_prices(world: World, tmp_path: Path, shards: int) -> None:
     """A new price is added to the derived catalogue and valued as in a full recompute (here tax-inclusive:
     the new customer's MRR loses the tax its invoice shows, and an item no invoice tells of is a data-quality
@@ -400,7 +403,7 @@ def test_new_changed_and_deleted_coupons(world: World, tmp_path: Path, shards: i
     assert [r for r in full["derived_discount_spans"] if "'di_a'" in r and "Decimal('10" in r] != []
 
 
-@SHARDS
+@ONE_SCOPE
 @pytest.mark.parametrize("upgrade", [
     "ALTER TABLE derived_item_mrr DROP COLUMN cancellation_comment",
     "ALTER TABLE derived_mrr_movements ALTER COLUMN mrr_delta TYPE DECIMAL(18, 2)",
@@ -420,7 +423,7 @@ def test_derived_tables_of_another_shape_fall_back_to_a_full_recompute(world: Wo
     assert n == len(w.objects["customers"])
 
 
-@SHARDS
+@ONE_SCOPE
 def test_transitions_past_today_fall_back_to_a_full_recompute(world: World, tmp_path: Path, shards: int) -> None:
     """The exchange rate per day runs through today or the last transition, whichever is later; when another
     customer's transition ends later than anything the touched customers have (data dated in the future), the
@@ -446,7 +449,7 @@ def test_transitions_past_today_fall_back_to_a_full_recompute(world: World, tmp_
     assert max(full["derived_fx_days"]) >= repr(("eur", dt.date(year, 3, 10)))[:24]
 
 
-@SHARDS
+@ONE_SCOPE
 def test_a_missing_exchange_rate_stops_it_and_leaves_every_result_in_place(world: World, tmp_path: Path,
                                                                            shards: int) -> None:
     """A later sync brings a customer in a currency without exchange rates: one clear error, nothing replaced,
@@ -550,7 +553,7 @@ def test_the_pipeline_derives_only_the_changed_customers_when_asked(tmp_path: Pa
     assert runs()[1][1] == second.recomputed_customers and runs()[3][1] > total
 
 
-@SHARDS
+@ONE_SCOPE
 def test_a_pending_update_voided_after_the_last_sync(world: World, tmp_path: Path, shards: int) -> None:
     """An upgrade made with payment_behavior=pending_if_incomplete whose payment failed: at the first sync its
     subscription_update invoice is open and the update pending (the subscription's items unchanged, as its
@@ -574,7 +577,7 @@ def test_a_pending_update_voided_after_the_last_sync(world: World, tmp_path: Pat
     assert moments and not any("2024-05-19" in r or "2024-05-20" in r for r in moments), moments
 
 
-@SHARDS
+@ONE_SCOPE
 @pytest.mark.parametrize("then", ["billed", "deleted"])
 def test_pending_invoice_items_billed_or_deleted_after_the_last_sync(world: World, tmp_path: Path, shards: int,
                                                                      then: str) -> None:

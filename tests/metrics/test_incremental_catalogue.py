@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from builders import World, ts
 from test_bridge import SEEN, book
-from test_incremental import SHARDS, assert_incremental_equals_full, derived_contents, later_sync
+from test_incremental import ONE_SCOPE, SHARDS, assert_incremental_equals_full, derived_contents, later_sync
 
 from stripe_churn.metrics.incremental import recompute_changed
 from stripe_churn.metrics.runner import recompute
@@ -87,7 +87,7 @@ def test_a_sync_of_only_the_catalogue(world: World, tmp_path: Path, shards: int,
         assert any("Decimal('16.0000')" in r for r in full["view customer_mrr"])  # 2 x 10.00 less 20%
 
 
-@SHARDS
+@ONE_SCOPE
 @pytest.mark.parametrize("case", ["metered-price-without-amount", "price-only-embedded", "item-only-on-a-line"])
 def test_data_quality_rows_about_prices_and_items_seen_only_on_lines(world: World, tmp_path: Path, shards: int,
                                                                     case: str) -> None:
@@ -123,7 +123,7 @@ def test_data_quality_rows_about_prices_and_items_seen_only_on_lines(world: Worl
     assert any(f"'{kind}'" in r for r in full["derived_data_quality"])
 
 
-@SHARDS
+@ONE_SCOPE
 def test_a_switch_at_equal_mrr_equals_a_full_recompute(world: World, tmp_path: Path, shards: int) -> None:
     """A billing run that brings a switch at equal MRR (2 x 10.00 to 1 x 20.00: no movement, a row of kind 'same'
     for the segments) leaves every derived table as a full recompute does, the monthly ledger included (a period
