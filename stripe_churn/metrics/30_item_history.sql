@@ -227,15 +227,17 @@ JOIN derived_sub_obs o
 GROUP BY f.account_id, f.subscription_id, f.subscription_item_id;
 
 -- An integer key per item (account, item id; a NULL id is one item per account, as a window partition
--- sees it): the windows below sort on it instead of the id strings. Valid within one run only.
+-- sees it): the windows below sort on it instead of the id strings. Valid within one run only. With the item's
+-- `created` when the store has the item.
 CREATE OR REPLACE TEMP TABLE derived_item_keys AS
-SELECT account_id, subscription_item_id, CAST(row_number() OVER () AS INTEGER) AS ik
+SELECT u.account_id, u.subscription_item_id, CAST(row_number() OVER () AS INTEGER) AS ik, si.created
 FROM (SELECT DISTINCT account_id, subscription_item_id
       FROM (SELECT account_id, subscription_item_id FROM derived_items_known
             UNION ALL
             -- (a line without a subscription is no known item, but its steps still count)
             SELECT account_id, subscription_item_id FROM derived_invoice_lines
-            WHERE subscription_item_id IS NOT NULL AND subscription_id IS NULL));
+            WHERE subscription_item_id IS NOT NULL AND subscription_id IS NULL)) u
+LEFT JOIN subscription_items si ON si.account_id = u.account_id AND si.id = u.subscription_item_id;
 
 -- Item history: one row per item and interval of constant (price, quantity); absent intervals dropped.
 -- Steps are the invoice steps before coverage (and those of items a cut-short list leaves out) plus the
@@ -265,7 +267,12 @@ steps AS (
     FROM derived_obs_item_steps
 ),
 keyed AS (
-    SELECT k.ik, st.src, st.rid, st.moment, st.prio,
+    -- (a metered item added mid-period without proration: its first usage line dates from the period's start,
+    -- before the item was made; it is there from its `created`, as the events show)
+    SELECT k.ik, st.src, st.rid,
+           CASE WHEN st.src = 0 AND st.present AND p.usage_type = 'metered' AND k.created > st.moment
+                THEN k.created ELSE st.moment END AS moment,
+           st.prio,
            -- (a price by its row in derived_price_terms, one per price; by its id only when it has none: an
            -- integer sorts and compares cheaper than the id)
            {'present': st.present, 'pk': p.rowid, 'px': CASE WHEN p.rowid IS NULL THEN st.price_id END,
@@ -291,11 +298,11 @@ marked AS (
     WINDOW w AS (PARTITION BY ik ORDER BY moment)
 ),
 kept_keys AS (
-    SELECT src, rid, lead(moment) OVER (PARTITION BY ik ORDER BY moment) AS valid_to
+    SELECT src, rid, moment, lead(moment) OVER (PARTITION BY ik ORDER BY moment) AS valid_to
     FROM marked WHERE changed
 ),
 kept AS (
-    SELECT st.*, kk.valid_to
+    SELECT st.* REPLACE (kk.moment AS moment), kk.valid_to
     FROM derived_invoice_item_steps st
     JOIN kept_keys kk ON kk.src = 0 AND kk.rid = st.rowid
     UNION ALL

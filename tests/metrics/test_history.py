@@ -530,6 +530,39 @@ def test_a_removed_metered_items_last_usage_counts_until_it_goes(world: World, d
     assert customer_mrr_at(con, "cus_1", gone) == 10
 
 
+@pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-alone"])
+def test_a_metered_item_added_mid_period_starts_when_it_was_made(world: World, derive: Derive, events: bool) -> None:
+    """A metered add-on added mid-period with no proration (month(1, 10)): its first usage line, on the next
+    renewal, dates from the period's start (month(1)), before the item existed. The item is there from when it
+    was made (its ``created``, which the events show as well), so that is its change point: a seat added 20
+    minutes later joins that window and is dated at the add-on, from invoices alone as with the events, and the
+    period's start anchors nothing (before, from invoices alone, the seat change was dated 20 minutes later)."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.product("prod_api", unit_label="api call")
+    world.price("basic", "prod_seat", 1_000)
+    world.price("meter", "prod_api", 1, usage_type="metered")
+    world.subscribe("sub_1", "cus_1", [("si_s", "basic", 1)], T0)
+    world.cycle("sub_1", month(1))
+    added = month(1, 10)
+    world.update("sub_1", added, items=[("si_s", "basic", 1), ("si_m", "meter", None)], prorate=False)
+    world.update("sub_1", added + 20 * 60, items=[("si_s", "basic", 2), ("si_m", "meter", None)])
+    first = world.cycle("sub_1", month(2), usage={"si_m": 4_000})
+    (usage,) = [ln for ln in first["lines"]["data"] if ln["parent"]["subscription_item_details"]["subscription_item"]
+                == "si_m"]
+    usage["period"]["start"] = month(1)  # (the period's, as the sandbox's usage lines have it)
+    world.cycle("sub_1", month(3), usage={"si_m": 5_000})
+    con = derive(world, seen_at=month(3, 2), events=events)
+    rows = con.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement, mrr_delta FROM mrr_movements "
+                       "ORDER BY occurred_at, movement").fetchall()
+    assert rows == [(T0, "new", Decimal("10.0000")), (added, "seat_expansion", Decimal("10.0000")),
+                    (month(2), "resource_expansion", Decimal("40.0000")),
+                    (month(3), "resource_expansion", Decimal("10.0000"))], rows
+    starts = con.execute("SELECT min(valid_from) FROM derived_item_history WHERE subscription_item_id = 'si_m'"
+                         ).fetchone()
+    assert starts is not None and int(starts[0].timestamp()) == added
+
+
 def test_recompute_is_idempotent(world: World, derive: Derive) -> None:
     con = derive(history_account(world), seen_at=month(3, 10))
     tables = ["derived_item_history", "derived_item_mrr", "derived_customer_mrr", "derived_data_quality"]
