@@ -419,22 +419,25 @@ def test_ground_truth_through_the_sandbox(tmp_path: Path) -> None:
     """The issue's check: 5,000 customers x 36 months with every option of the sandbox (SANDBOX_OPTIONS: what
     `stripe-churn demo` and `stripe-churn sandbox` simulate, so a user comparing the sandbox's truth, --truth-out,
     with the views sees no difference), synced through the sandbox server with the real SDK, then derived: exact
-    against the truth, churn types included. Each option brings its
-    cases (asserted), which the truth reads as Stripe means them, and which reading otherwise gave (on 2,000 x 24
-    with that option alone): coupons restricted to the core plans' products, lowering the core item only
-    (discounting every item: 0.985 label agreement, 278 MRR disagreements); customer-wide coupons, replaced by a
-    subscription's own (stacking both: 0.979, 217); trials that end into a pause, only the missing invoice showing
-    it before the events' window (the trial's end read as the start of paying: 0.985, 74); pauses after a failed
-    payment, involuntary churn; usage billed at billing thresholds, the renewal billing the rest (the renewal's
-    line alone, on 600 x 24: 0.888, 141); prorations pending until the renewal; expired pending updates, whose
-    voided invoices no movement names."""
+    against the truth, churn types included.
+
+    Each option brings its cases (asserted), which the truth reads as Stripe means them. What reading them
+    otherwise gave, on 2,000 x 24 with that option alone:
+    - coupons restricted to the core plans' products lower the core item only (discounting every item: 0.985
+      label agreement, 278 MRR disagreements);
+    - a subscription's own discount replaces a customer-wide coupon (stacking both: 0.979, 217);
+    - trials that end into a pause, only the missing invoice showing it before the events' window (the trial's
+      end read as the start of paying: 0.985, 74);
+    - usage billed at billing thresholds, the renewal billing the rest (the renewal's line alone, on 600 x 24:
+      0.888, 141).
+    And: pauses after a failed payment are involuntary churn; prorations pending until the renewal are stored
+    and date their changes; expired pending updates' voided invoices are stored and no movement names them."""
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
 
     sim = Simulation(customers=5_000, months=36, seed=5, **SANDBOX_OPTIONS)
     cases = the_cases_each_option_brings(sim)
     with derived_through_the_sandbox(sim, tmp_path / "sync.duckdb") as con:
-        summary = check_exactly(sim, con, "5,000 x 36 through the sandbox")
-        assert "0 churn type or feedback disagreements" in summary, summary
+        check_exactly(sim, con, "5,000 x 36 through the sandbox")
         the_store_holds_each_options_cases(con, cases)
 
 
