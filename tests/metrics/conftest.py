@@ -77,11 +77,14 @@ def record_stripes_clock(con: duckdb.DuckDBPyConnection, account_id: str, at: in
                 "VALUES (?, 'events:complete', NULL, ?, true)", [account_id, at])
 
 
-def customer_mrr_at(con: duckdb.DuckDBPyConnection, customer_id: str, at: int) -> Decimal:
-    """The customer's MRR at unix time ``at`` from the customer_mrr view (0 when no row covers it)."""
+def customer_mrr_at(con: duckdb.DuckDBPyConnection, customer_id: str, at: int, account_id: str | None = None
+                    ) -> Decimal:
+    """The customer's MRR at unix time ``at`` from the customer_mrr view (0 when no row covers it); of one account
+    when the store holds several with the same ids."""
     row = con.execute(
         "SELECT mrr FROM customer_mrr WHERE customer_id = ? AND valid_from <= to_timestamp(?) "
-        "AND (valid_to IS NULL OR to_timestamp(?) < valid_to)", [customer_id, at, at]).fetchall()
+        "AND (valid_to IS NULL OR to_timestamp(?) < valid_to) AND account_id = coalesce(?, account_id)",
+        [customer_id, at, at, account_id]).fetchall()
     assert len(row) <= 1, f"customer_mrr has overlapping rows for {customer_id} at {at}: {row}"
     return row[0][0] if row else Decimal("0")
 

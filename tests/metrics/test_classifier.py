@@ -10,9 +10,11 @@ and the case's bridge adds up.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -48,33 +50,37 @@ def base(w: World, currency: str = "usd") -> World:
     return w
 
 
-def movements(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") -> list[Row]:
-    """The customer's movements as (unix time, movement, category, delta, item), in a stable order."""
+def movements(con: duckdb.DuckDBPyConnection, customer: str = "cus_1", account: str | None = None) -> list[Row]:
+    """The customer's movements as (unix time, movement, category, delta, item), in a stable order (of one
+    account when the store holds several)."""
     rows = con.execute(
         "SELECT CAST(epoch(occurred_at) AS BIGINT), movement, category, mrr_delta, subscription_item_id "
-        "FROM mrr_movements WHERE customer_id = ? ORDER BY occurred_at, movement, subscription_item_id",
-        [customer]).fetchall()
+        "FROM mrr_movements WHERE customer_id = ? AND account_id = coalesce(?, account_id) "
+        "ORDER BY occurred_at, movement, subscription_item_id", [customer, account]).fetchall()
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
-def check_invariants(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") -> None:
+def check_invariants(con: duckdb.DuckDBPyConnection, customer: str = "cus_1", account: str | None = None) -> None:
     """Rows of a transition add up to its change; transitions chain; categories match signs."""
     per = con.execute(
         "SELECT CAST(epoch(occurred_at) AS BIGINT) AS t, any_value(mrr_before), any_value(mrr_after), "
         "sum(mrr_delta), count(DISTINCT mrr_before), count(DISTINCT mrr_after) FROM mrr_movements "
-        "WHERE customer_id = ? GROUP BY t ORDER BY t", [customer]).fetchall()
+        "WHERE customer_id = ? AND account_id = coalesce(?, account_id) GROUP BY t ORDER BY t",
+        [customer, account]).fetchall()
     previous_after = Decimal(0)
     for at, before, after, total, n_before, n_after in per:
         assert n_before == 1 and n_after == 1, f"rows at {at} disagree on mrr_before/mrr_after"
         assert total == after - before, f"rows at {at} add up to {total}, customer changed by {after - before}"
-        assert before == customer_mrr_at(con, customer, at - 1), f"transition at {at} disagrees with customer_mrr"
+        assert before == customer_mrr_at(con, customer, at - 1, account), (
+            f"transition at {at} disagrees with customer_mrr")
         assert before == previous_after, f"transition at {at} starts at {before}, previous ended at {previous_after}"
         previous_after = after
-    assert previous_after == customer_mrr_at(con, customer, 2**31 - 1), "movements do not end at today's MRR"
+    assert previous_after == customer_mrr_at(con, customer, 2**31 - 1, account), "movements do not end at today's MRR"
     bad = con.execute(
-        "SELECT movement, category, mrr_delta FROM mrr_movements WHERE customer_id = ? AND NOT ("
+        "SELECT movement, category, mrr_delta FROM mrr_movements WHERE customer_id = ? "
+        "AND account_id = coalesce(?, account_id) AND NOT ("
         "(category IN ('new', 'reactivation', 'expansion') AND mrr_delta > 0) OR "
-        "(category IN ('churn', 'contraction') AND mrr_delta < 0) OR category = 'fx')", [customer]).fetchall()
+        "(category IN ('churn', 'contraction') AND mrr_delta < 0) OR category = 'fx')", [customer, account]).fetchall()
     assert not bad, f"category and sign disagree: {bad}"
 
 
@@ -410,15 +416,54 @@ CASES = [
 ]
 
 
+# The cases with exchange rates of their own (the others share the rates of cases_store)
+OWN_RATES = {"rounding-remainder-on-largest", "rounding-remainder-tie-plan-usage-discount"}
+SHARED_RATES = (("2023-12-01", "eur", 1.08), ("2024-02-01", "eur", 1.10))
+
+
+@pytest.fixture(scope="module")
+def cases_store(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path
+                ) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Every case but those of OWN_RATES as its own account (``acct_<case id>``) of one store, derived once: a
+    recompute of a tiny store is about a second, most of it DuckDB's planning, so one for all the cases instead
+    of one each. (test_bridge.py::test_classifier_cases_in_one_multi_account_store does the same.)"""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.settings import Settings
+    from stripe_churn.store.db import open_store
+
+    path = tmp_path_factory.mktemp("cases") / "cases.duckdb"
+    shutil.copyfile(migrated_store_file, path)
+    con = open_store(path)
+    for param in CASES:
+        if param.id not in OWN_RATES:
+            w, seen_at, _ = param.values[0](World(account_id=f"acct_{param.id}"))
+            w.fx_rates = []  # (rates are global: the accounts share SHARED_RATES)
+            w.load(con, seen_at=seen_at)
+    for date, currency, rate in SHARED_RATES:
+        con.execute("INSERT INTO fx_rates (date, currency, rate) VALUES (?, ?, ?)", [date, currency, rate])
+    recompute(con, Settings())
+    try:
+        yield con
+    finally:
+        con.close()
+
+
 @pytest.mark.parametrize("build", CASES)
-def test_rule(world: World, derive: Derive, build: Callable[[World], Case]) -> None:
-    w, seen_at, expected = build(world)
-    con = derive(w, seen_at=seen_at)
-    got = movements(con)
+def test_rule(request: pytest.FixtureRequest, world: World, derive: Derive, build: Callable[[World], Case]
+              ) -> None:
+    case = request.node.callspec.id
+    if case in OWN_RATES:
+        w, seen_at, expected = build(world)
+        con, account = derive(w, seen_at=seen_at), None
+    else:
+        w, seen_at, expected = build(World(account_id=f"acct_{case}"))
+        assert not w.fx_rates or set(w.fx_rates) <= set(SHARED_RATES), w.fx_rates
+        con, account = request.getfixturevalue("cases_store"), f"acct_{case}"
+    got = movements(con, account=account)
     assert got == sorted(expected, key=lambda r: (r[0], r[1], r[4] or "")), (
         "movements differ:\n  got      " + "\n           ".join(map(str, got))
         + "\n  expected " + "\n           ".join(map(str, expected)))
-    check_invariants(con)
+    check_invariants(con, account=account)
     # (the bridge of every case adds up: test_bridge.py::test_classifier_cases_in_one_multi_account_store)
 
 
