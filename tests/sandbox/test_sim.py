@@ -13,7 +13,9 @@ from collections import Counter, defaultdict
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import orjson
 import pytest
 
 from stripe_churn.sandbox.sim import Simulation, period_amount
@@ -221,6 +223,46 @@ def _check_truth(sim: Simulation) -> None:
 
 def test_truth_chains_and_matches_the_model_path(small: Simulation) -> None:
     _check_truth(small)
+
+
+def test_sdk_walks_a_2000_customer_36_month_sandbox(big: Simulation) -> None:
+    """The full-size account: every list paged through the SDK (raw requests for the big ones), exact. (Here, not
+    in test_server.py, to share this file's simulation; the ones after it check it was not changed by serving.)"""
+    import stripe
+    from test_server import KEY, _retained, client, expected_order, served
+
+    from stripe_churn.sandbox.server import start_in_thread
+
+    sim = big
+    with start_in_thread(sim, api_key=KEY) as sb:
+        sdk = client(sb)
+        http = stripe.RequestsClient(timeout=60)
+        auth = {"Authorization": f"Bearer {KEY}", "Stripe-Version": stripe.api_version}
+        subs = [s.id for s in sdk.v1.subscriptions.list({"status": "all", "limit": 100}).auto_paging_iter()]
+        assert subs == expected_order(sim.objects["subscriptions"])
+        for resource, extra in (("customers", {}), ("invoices", {}), ("credit_notes", {}), ("products", {}),
+                                ("prices", {"active": "true"}), ("prices", {"active": "false"}),
+                                ("coupons", {}), ("events", {})):
+            got: list[dict[str, Any]] = []
+            query = {"limit": "100", **extra}
+            while True:  # the SDK's own HTTP client and retry rules; the body parsed with orjson
+                body, status, _headers = http.request_with_retries(
+                    "get", f"{sb.url}/v1/{resource}?{urlencode(query)}", auth)
+                assert status == 200, body
+                page = orjson.loads(body)
+                got.extend(page["data"])
+                if not page["has_more"]:
+                    break
+                query["starting_after"] = page["data"][-1]["id"]
+            if resource == "events":
+                assert [e["id"] for e in got] == _retained(sim)
+                continue
+            objs = sim.objects[resource]
+            keep = {"true": lambda o: o["active"], "false": lambda o: not o["active"]}.get(
+                extra.get("active", ""), lambda o: True)
+            assert [o["id"] for o in got] == expected_order(objs, keep), resource
+            assert got == [served(objs[o["id"]]) for o in got], resource
+    assert len(sim.objects["invoices"]) > 20_000
 
 
 def test_a_full_run_has_every_label_and_adds_up(big: Simulation) -> None:
