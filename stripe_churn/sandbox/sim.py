@@ -1010,7 +1010,8 @@ class Simulation:
         usage_from = sub["items"]["data"][0]["current_period_start"]
         self._set_period(sub, t, end)
         metered = [it for it in sub["items"]["data"] if self._is_metered(it)]
-        if metered and before is None:
+        usage_alone = metered and before is None  # (a renewal whose metered usage may set new MRR)
+        if usage_alone:
             before = self._snap(cust)
         for it in metered:  # usage of the period just ended is billed now and sets the item's MRR
             converting = prev.get("status") == "trialing"
@@ -1032,7 +1033,8 @@ class Simulation:
             self._at(t + rng.randint(3, 12) * DAY + rng.randrange(DAY), "dunning", sid, gen)
         else:
             self._at(self._time_in(t + DAY, end - DAY), "decide", sid, gen)
-        if before is not None:
+        # (usage billed at the amount it had changes nothing: no change, so no movement window begins here)
+        if before is not None and not (usage_alone and before == self._snap(cust)):
             self._transition(cust, t, before)
 
     def _pause_at_trial_end(self, sub: dict[str, Any], t: int) -> None:

@@ -18,7 +18,7 @@ from urllib.parse import urlencode
 import orjson
 import pytest
 
-from stripe_churn.sandbox.sim import Simulation, period_amount
+from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation, period_amount
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "stripe" / "fixtures3.json"
 LABELS = {"new": {"new"}, "reactivation": {"reactivation"}, "cancellation": {"churn"},
@@ -670,3 +670,31 @@ def test_a_subscription_paused_after_its_last_failed_retry_stays_paused_and_unin
         assert churn and {(r["movement"], r["churn_type"]) for r in churn} <= {("cancellation", "involuntary"),
                                                                                ("downgrade", None)}
 
+
+
+def test_a_renewal_billing_a_metered_items_usage_unchanged_begins_no_movement_window() -> None:
+    """With moving rates, a renewal that bills a metered item's usage at the amount it already had changes nothing:
+    a rate change in the hour after it is an `fx` row dated at the rate change, as step 60 dates it. (The truth
+    began a movement window at such a renewal and dated the rate's move 49 minutes before it: seed 58 of 5,000 x
+    36 through the sandbox; this seed has the case once.)"""
+    sim = Simulation(customers=600, months=36, seed=20, fx_changes=True, **SANDBOX_OPTIONS)
+    changes = {t for t, _cur, _rate in sim.fx_rate_changes}
+    metered = {p["id"] for p in sim.objects["prices"].values() if p["recurring"]["usage_type"] == "metered"}
+    foreign = {c["id"] for c in sim.objects["customers"].values() if c.get("currency") in ("eur", "gbp")}
+    billed: dict[str, list[tuple[int, int, str]]] = defaultdict(list)  # item -> (created, amount, customer)
+    for inv in sim.objects["invoices"].values():
+        if inv["billing_reason"] == "subscription_cycle" and inv["customer"] in foreign:
+            for ln in inv["lines"]["data"]:
+                if ln["pricing"]["price_details"]["price"] in metered:
+                    item = ln["parent"]["subscription_item_details"]["subscription_item"]
+                    billed[item].append((inv["created"], ln["amount"], inv["customer"]))
+    unchanged_before_a_move = [
+        (cust, at) for runs in billed.values() for (_t0, a0, _c), (at, a1, cust) in itertools.pairwise(sorted(runs))
+        if a0 == a1 and any(at < c <= at + 3600 for c in changes)]
+    assert unchanged_before_a_move  # (the case is there)
+    moments = defaultdict(set)
+    for r in sim.truth:
+        moments[(r["customer_id"], r["occurred_at"])].add(r["movement"])
+    dated = {dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for t in changes}
+    # a window whose only part is the rate's move began at the rate change
+    assert not [k for k, labels in moments.items() if labels == {"fx"} and k[1] not in dated]
