@@ -62,28 +62,37 @@ INCLUDABLE: dict[str, tuple[str, ...]] = {"prices": ("tiers", "currency_options"
                                           "coupons": ("currency_options", "applies_to")}
 
 
-def _with_kept_includable(table: str) -> str:
-    """SQL of the incoming ``excluded.raw`` with each includable field it lacks (an event's copy) taken from the
-    stored copy that has one. (Mostly the refresh after the event brings them again; not for a deleted price or
-    coupon, whose last full copy is the event's, and whose running discounts or items still need them.)"""
+def _with_kept_includable(table: str, new: str = "excluded", old: str | None = None) -> str:
+    """SQL of the incoming ``<new>.raw`` with each includable field it lacks (an event's copy) taken from the stored
+    copy ``<old>.raw`` (default: the table's) that has one. (Mostly the refresh after the event brings them again;
+    not for a deleted price or coupon, whose last full copy is the event's, and whose running discounts or items
+    still need them.)"""
     fields = INCLUDABLE.get(table, ())
+    old = table if old is None else old
     if not fields:
-        return "excluded.raw"
-    kept = {f: (f"(NOT json_exists(excluded.raw, '$.{f}') AND json_type({table}.raw, '$.{f}') <> 'NULL')",
-                f"CAST(json_extract({table}.raw, '$.{f}') AS VARCHAR)") for f in fields}
+        return f"{new}.raw"
+    kept = {f: (f"(NOT json_exists({new}.raw, '$.{f}') AND json_type({old}.raw, '$.{f}') <> 'NULL')",
+                f"CAST(json_extract({old}.raw, '$.{f}') AS VARCHAR)") for f in fields}
     # (the object's text without its closing brace, then the fields: no regular expression, whose replacement
     # would read the JSON's backslashes)
-    text = "rtrim(CAST(excluded.raw AS VARCHAR), chr(32) || chr(9) || chr(10) || chr(13))"
+    text = f"rtrim(CAST({new}.raw AS VARCHAR), chr(32) || chr(9) || chr(10) || chr(13))"
     added = " || ".join(f"CASE WHEN {cond} THEN ',\"{f}\":' || {value} ELSE '' END" for f, (cond, value) in kept.items())
     return (f"CASE WHEN {' OR '.join(cond for cond, _ in kept.values())} "
-            f"THEN CAST(left({text}, length({text}) - 1) || {added} || '}}' AS JSON) ELSE excluded.raw END")
+            f"THEN CAST(left({text}, length({text}) - 1) || {added} || '}}' AS JSON) ELSE {new}.raw END")
+
+
+# A stub ({"id", "object", "deleted": true}) only flags the row: the last full copy stays in raw (SQL over the
+# incoming copy `{row}`). Its JSON is read only when its typed columns say it may be one (deleted, no created):
+# parsing every incoming document for it took most of a merge's time and memory (1,865 stored events: more than
+# 150 MB).
+_STUB = ("(CASE WHEN {row}.deleted AND {row}.created IS NULL "
+         "THEN {row}.raw->>'$.deleted' = 'true' AND {row}.raw->>'$.created' IS NULL ELSE false END)")
 
 
 def _conflict(table: str, replace: bool) -> str:
     """The ON CONFLICT clause of an upsert into ``table`` (see :func:`upsert_staged` for ``replace``)."""
     typed = EXTRACT[table]
-    # A stub ({"id", "object", "deleted": true}) only flags the row: the last full copy stays in raw.
-    stub = "(excluded.raw->>'$.deleted' = 'true' AND excluded.raw->>'$.created' IS NULL)"
+    stub = _STUB.format(row="excluded")
     sets = [
         "deleted = excluded.deleted",
         f"raw = CASE WHEN {stub} THEN {table}.raw ELSE {_with_kept_includable(table)} END",
@@ -101,6 +110,17 @@ def _conflict(table: str, replace: bool) -> str:
 
 def _columns(table: str) -> list[str]:
     return [*_COMMON, *EXTRACT[table]]
+
+
+def _replacing(table: str) -> str:
+    """The select list of the rows an incoming copy ``s`` makes of the stored ``t`` of the same id, as the upsert's
+    ON CONFLICT clause (``replace``) sets them: a stub only flags the row; ``first_seen_at`` stays."""
+    stub = _STUB.format(row="s")
+    kept = {"account_id": "s.account_id", "id": "s.id", "deleted": "s.deleted", "version": "s.version",
+            "created": "coalesce(s.created, t.created)", "first_seen_at": "t.first_seen_at",
+            "last_seen_at": "s.last_seen_at",
+            "raw": f"CASE WHEN {stub} THEN t.raw ELSE {_with_kept_includable(table, 's', 't')} END"}
+    return ", ".join(f"{kept.get(c, f'CASE WHEN {stub} THEN t.{c} ELSE s.{c} END')} AS {c}" for c in _columns(table))
 
 
 def _sql(table: str, replace: bool = False, source: str = "staged", *, stage: bool = False,
@@ -166,14 +186,34 @@ def stage_seq(con: duckdb.DuckDBPyConnection) -> int:
 
 
 MERGE_ROWS = 25_000  # staged rows merged per statement at most (DuckDB's memory for the join stays bounded)
+# and staged JSON per statement at most, into a table that holds rows of the account already, as a share of
+# DuckDB's memory cap (the rows a statement writes are held until it commits: 17,024 invoices, 72 MB of JSON, needed
+# more than 80 MB)
+MERGE_SHARE = 4  # a part's JSON is at most 1/4 of the cap
+_UNITS = {"": 1, "B": 1, "BYTES": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "PIB": 2**50, "EIB": 2**60}
+
+
+def memory_cap(con: duckdb.DuckDBPyConnection) -> int:
+    """DuckDB's memory cap on ``con`` in bytes (``memory_limit``, which DuckDB shows as "152.5 MiB"); 160 MB when
+    it shows something else."""
+    row = con.execute("SELECT current_setting('memory_limit')").fetchone()
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(row[0] if row else ""))
+    if match is None or match.group(2).upper() not in _UNITS:
+        return 160 * 10**6
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
 def merge_stage(con: duckdb.DuckDBPyConnection, table: str, account_id: str) -> int:
     """Move ``table``'s staged rows into it: per id the copy of the highest version, then the latest ``seq``;
-    replacing what is stored (a version-0 copy only when none is). Set-based, in statements of at most
-    ``MERGE_ROWS`` rows, each in its own transaction with the deletion of the rows it moved (a merge cut short
-    is simply run again). A plain INSERT when the table holds nothing of the account: no lookup at all (an
-    upsert joins the whole table). Returns the number of rows merged."""
+    replacing what is stored (a version-0 copy only when none is). Set-based, in parts of at most ``MERGE_ROWS``
+    rows (and, when the table holds rows of the account, of JSON a ``MERGE_SHARE`` of DuckDB's memory cap), each in
+    its own transaction with the deletion of the rows it moved (a merge cut short is simply run again). A plain
+    INSERT when the table holds nothing of the account: no lookup at all. Otherwise the stored rows a part replaces
+    are deleted and inserted anew (:func:`_replacing`), and its new ids inserted: an upsert (``ON CONFLICT``)
+    holds every replaced value, old and new, in memory until it commits (a re-list of 17,394 invoices and 3,730
+    events needed more than the sync's 160 MB, and updating the events' nested ``sub_state`` took 9 s). Returns
+    the number of rows merged."""
     stage = stage_table(table)
     row = con.execute(f"SELECT count(*) FROM {stage}").fetchone()
     total = int(row[0]) if row else 0
@@ -184,14 +224,25 @@ def merge_stage(con: duckdb.DuckDBPyConnection, table: str, account_id: str) -> 
     # the parts hold disjoint ids: what one part inserted never meets the next
     row = con.execute(f"SELECT count(*) FROM {table} WHERE account_id = ?", [account_id]).fetchone()
     empty = not (row and row[0])
+    if not empty:
+        row = con.execute(f"SELECT coalesce(sum(strlen(CAST(raw AS VARCHAR))), 0) FROM {stage}").fetchone()
+        parts = max(parts, -(-int(row[0] if row else 0) * MERGE_SHARE // memory_cap(con)))
+    scratch = f"sync_merging_{table}"
+    same = "t.account_id = s.account_id AND t.id = s.id"
     for part in range(parts):
         where = f"WHERE hash(id) % {parts} = {part}" if parts > 1 else ""
+        picked = (f"SELECT {cols} FROM {stage} WHERE rowid IN (SELECT arg_max(rowid, (version, seq)) FROM {stage} "
+                  f"{where} GROUP BY id)")
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(
-                f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {stage} WHERE rowid IN ("
-                f"SELECT arg_max(rowid, (version, seq)) FROM {stage} {where} GROUP BY id)"
-                + ("" if empty else _conflict(table, replace=True)))
+            if not empty:
+                con.execute(f"CREATE OR REPLACE TABLE {scratch} AS SELECT {_replacing(table)} "
+                            f"FROM ({picked}) s JOIN {table} t ON {same} WHERE s.version > 0")
+                con.execute(f"DELETE FROM {table} t USING {scratch} s WHERE {same}")
+                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {scratch}")
+                con.execute(f"DROP TABLE {scratch}")
+            con.execute(f"INSERT INTO {table} ({cols}) {picked}" if empty else
+                        f"INSERT INTO {table} ({cols}) SELECT s.* FROM ({picked}) s ANTI JOIN {table} t ON {same}")
             con.execute(f"DELETE FROM {stage} {where}")
             con.execute("COMMIT")
         except BaseException:

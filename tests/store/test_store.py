@@ -205,6 +205,42 @@ def test_stage_merge_picks_per_id_and_replaces_what_is_stored(con: duckdb.DuckDB
     assert merge_stage(con, "subscriptions", ACCT) == 0  # merged once: nothing left to merge
 
 
+def test_a_relisting_merges_in_parts_that_fit_duckdbs_memory_cap(con: duckdb.DuckDBPyConnection) -> None:
+    """A listing over a store that holds the account (`sync --full` again, the fallback re-list) replaces the stored
+    rows by deleting and inserting them, in parts of a share of DuckDB's memory cap: 4,000 events, 18 MB of JSON,
+    re-listed under a 60 MB cap, fit. (An upsert held every replaced value, old and new, until it committed, and
+    parsed every incoming document: it needed more than the cap, and the sync raised it with a WARNING on each
+    re-list.) A stub keeps the stored copy and its typed columns; a changed state is stored."""
+    filler = "x" * 2_000
+    def event(n: int, status: str = "active") -> dict[str, Any]:
+        return {"id": f"evt_{n:05d}", "object": "event", "type": "customer.subscription.updated", "created": 1_700_000_000 + n,
+                "data": {"object": {**sub(f"sub_{n}", status), "description": filler},
+                         "previous_attributes": {"status": "trialing", "metadata": {"note": filler}}}}
+    events = [event(n) for n in range(4_000)]
+    upsert_objects(con, "events", ACCT, events, T0)
+    upsert_objects(con, "subscriptions", ACCT, [sub("sub_gone", "active", qty=3)], T0)
+    create_stages(con, fresh=True)
+    staged_events = Staged()
+    for e in [*events[1:], event(0, "past_due")]:  # (evt_00000's state changed: a test of the copy, not Stripe)
+        staged_events.add(e, 2_000_000_000)
+    upsert_staged(con, "events", ACCT, staged_events, T1, stage_seq=1)
+    stub = Staged()
+    stub.add({"id": "sub_gone", "object": "subscription", "deleted": True}, 2_000_000_000)
+    upsert_staged(con, "subscriptions", ACCT, stub, T1, stage_seq=2)
+    assert one(con, "SELECT sum(strlen(CAST(raw AS VARCHAR))) FROM sync_stage_events") > 10_000_000
+    con.execute("CHECKPOINT")  # (as the stored rows and the listing's pages are, on disk)
+    con.execute("SET memory_limit = '60MB'")
+    assert merge_stage(con, "events", ACCT) == 4_000
+    assert merge_stage(con, "subscriptions", ACCT) == 1
+    con.execute("RESET memory_limit")
+    assert one(con, "SELECT count(*), count(DISTINCT version), min(epoch(last_seen_at)) FROM events") == (
+        4_000, 1, T1.timestamp())
+    assert one(con, "SELECT sub_state.status FROM events WHERE id = 'evt_00000'") == "past_due"
+    assert one(con, "SELECT count(*) FROM events WHERE sub_state.status = 'active'") == 3_999
+    assert one(con, "SELECT deleted, status, customer_id, raw->>'$.created' FROM subscriptions") == (
+        True, "active", "cus_1", "1700000000")
+
+
 def test_stage_merge_into_an_empty_table_inserts_one_row_per_id(con: duckdb.DuckDBPyConnection) -> None:
     create_stages(con, fresh=True)
     upsert_staged(con, "customers", ACCT, staged({"id": "cus_1", "object": "customer", "email": "a@x"}), T0,
