@@ -535,15 +535,19 @@ class Simulation:
 
     def _h_fx(self, t: int) -> None:
         """The first of a month (fx_changes): eur and gbp move, each customer billed in them with MRR is revalued."""
+        moved = set()
         for cur in ("eur", "gbp"):
             old = Decimal(self._rate_at(cur, t).numerator) / Decimal(self._rate_at(cur, t).denominator)
             new = (old * Decimal(str(1 + self._rng_fx.gauss(0, 0.02)))).quantize(Decimal("0.0001"))
             self._rates[cur].append((t, Fraction(str(new))))
             self.fx_rate_changes.append((t, cur, new))
+            if new != old:
+                moved.add(cur)
         self.fx_rate_changes.append((t, "usd", Decimal("1.0000")))  # (the dollar's own, served on each day too)
         for cid in sorted(self._custs):
             cust = self._custs[cid]
-            if cust.currency in ("eur", "gbp"):
+            # (a rate that came out as it was changes nothing: no movement window begins at it)
+            if cust.currency in moved:
                 now = self._snap(cust)
                 if truth.total(now) > 0:
                     self._transition(cust, t, now)

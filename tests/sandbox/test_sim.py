@@ -698,3 +698,24 @@ def test_a_renewal_billing_a_metered_items_usage_unchanged_begins_no_movement_wi
     dated = {dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for t in changes}
     # a window whose only part is the rate's move began at the rate change
     assert not [k for k, labels in moments.items() if labels == {"fx"} and k[1] not in dated]
+
+
+def test_a_rate_that_comes_out_as_it_was_begins_no_movement_window() -> None:
+    """With moving rates, a month whose drawn rate rounds to the one before changes nothing: a change made in the
+    hour after it is dated when it was made, as the metrics date it (no fx part, no window begun at 00:00). (The
+    truth began a window at every rate day: the daemon's flow 2,000 x 24 seed 907 had an item discount made at
+    00:23 dated 00:00, and its month's MRR off by it; this seed has gbp unchanged on 2026-09-01 and a change of a
+    gbp customer within the hour.)"""
+    sim = Simulation(customers=2000, months=24, seed=49, fx_changes=True, **SANDBOX_OPTIONS)
+    by_currency: dict[str, list[tuple[int, Decimal]]] = defaultdict(list)
+    for t, cur, rate in sim.fx_rate_changes:
+        by_currency[cur].append((t, rate))
+    unchanged = [(t, cur) for cur, rates in by_currency.items() if cur != "usd"
+                 for (_t0, before), (t, rate) in itertools.pairwise(rates) if rate == before]
+    assert unchanged
+    for t, cur in unchanged:
+        at = dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        hour = dt.datetime.fromtimestamp(t + 3600, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        assert not [r for r in sim.truth if r["currency"] == cur and r["occurred_at"] == at]
+        if (t, cur) == (_unix("2026-09-01T00:00:00Z"), "gbp"):  # (the case is there)
+            assert [r for r in sim.truth if r["currency"] == cur and at < r["occurred_at"] <= hour]
