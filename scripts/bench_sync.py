@@ -1,7 +1,9 @@
 """Benchmark of the sync against the sandbox served from a separate process (issue 3 item 5).
 
 Scenarios, one line each:
-  (a) full sync of >= 100k objects, no latency and no rate limit: objects/s, requests/s, peak RSS;
+  (a) full sync of >= 100k objects, no latency and no rate limit: objects/s, requests/s, peak RSS; then (a2) the
+      same account listed again into its store (`sync --full`, as the fallback re-list): objects/s against (a)'s,
+      peak RSS;
   (b) the sandbox with 300 ms latency and a 100 requests/s limit: requests/s sustained while the sync runs
       (ramp-up and the last seconds left out; stopped after --window seconds at most);
   (c) with --big: peak RSS of a full sync of ~1M objects, from a synthetic account served by
@@ -33,13 +35,15 @@ CHILD = textwrap.dedent("""
     from stripe_churn.settings import Secret, Settings
     from stripe_churn.sync import run_sync
     url, db, rate, window = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+    full = len(sys.argv) > 5 and sys.argv[5] == "full"
     stop = threading.Event()
     if window > 0:
         timer = threading.Timer(window, stop.set)
         timer.daemon = True  # the process exits when the sync is over, not when the window is
         timer.start()
     t0 = time.perf_counter()
-    r = run_sync(Settings(api_key=Secret(%r), api_base=url, db=Path(db), rate_limit=rate), progress=False, stop=stop)
+    r = run_sync(Settings(api_key=Secret(%r), api_base=url, db=Path(db), rate_limit=rate), full=full, progress=False,
+                 stop=stop)
     dt = time.perf_counter() - t0
     print(json.dumps({"status": r.status, "objects": sum(r.counts.values()), "requests": r.requests, "seconds": dt,
                       "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -140,6 +144,12 @@ def scenario_a(args: argparse.Namespace, tmp: Path) -> None:
         print(f"(a) full sync {args.customers}x{args.months}: {a['objects']:,} objects in {a['seconds']:.1f} s = "
               f"{ops:,.0f} objects/s, {a['requests'] / a['seconds']:,.0f} requests/s, peak RSS "
               f"{a['rss_mb']:.0f} MB [{a['status']}]", flush=True)
+        # the same store listed again (`sync --full`, as the fallback after a gap in the events): merged over it
+        again = child(CHILD, url, str(tmp / "a.duckdb"), "100000", "0", "full")
+        aops = again["objects"] / again["seconds"]
+        print(f"(a2) the same account listed again into its store (sync --full): {again['objects']:,} objects in "
+              f"{again['seconds']:.1f} s = {aops:,.0f} objects/s ({aops / ops:.2f} times the first sync's rate), "
+              f"peak RSS {again['rss_mb']:.0f} MB [{again['status']}]", flush=True)
         naive = child(NAIVE, url, str(tmp / "naive.duckdb"), str(args.naive))
     finally:
         proc.terminate()
