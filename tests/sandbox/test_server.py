@@ -977,7 +977,6 @@ def test_invoice_item_events_and_an_account_without_invoice_items(deferred: Runn
     assert get(real, "/v1/invoiceitems/ii_1").status_code == 404
 
 
-@pytest.mark.slow
 def test_cli_sandbox_prints_the_url_first_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     pytest.importorskip("stripe_churn.sandbox.sim")
     truth = tmp_path / "truth.jsonl"

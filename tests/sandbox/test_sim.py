@@ -225,6 +225,7 @@ def test_truth_chains_and_matches_the_model_path(small: Simulation) -> None:
     _check_truth(small)
 
 
+@pytest.mark.slow
 def test_sdk_walks_a_2000_customer_36_month_sandbox(big: Simulation) -> None:
     """The full-size account: every list paged through the SDK (raw requests for the big ones), exact. (Here, not
     in test_server.py, to share this file's simulation; the ones after it check it was not changed by serving.)"""
