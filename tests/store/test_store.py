@@ -220,13 +220,12 @@ def test_a_relisting_merges_in_parts_that_fit_duckdbs_memory_cap(con: duckdb.Duc
     upsert_objects(con, "events", ACCT, events, T0)
     upsert_objects(con, "subscriptions", ACCT, [sub("sub_gone", "active", qty=3)], T0)
     create_stages(con, fresh=True)
-    staged_events = Staged()
-    for e in [*events[1:], event(0, "past_due")]:  # (evt_00000's state changed: a test of the copy, not Stripe)
-        staged_events.add(e, 2_000_000_000)
-    upsert_staged(con, "events", ACCT, staged_events, T1, stage_seq=1)
-    stub = Staged()
-    stub.add({"id": "sub_gone", "object": "subscription", "deleted": True}, 2_000_000_000)
-    upsert_staged(con, "subscriptions", ACCT, stub, T1, stage_seq=2)
+    # (evt_00000's state changed: a test of the copy, not Stripe)
+    upsert_staged(con, "events", ACCT, staged(*events[1:], event(0, "past_due"), version=2_000_000_000), T1,
+                  stage_seq=1)
+    upsert_staged(con, "subscriptions", ACCT,
+                  staged({"id": "sub_gone", "object": "subscription", "deleted": True}, version=2_000_000_000), T1,
+                  stage_seq=2)
     assert one(con, "SELECT sum(strlen(CAST(raw AS VARCHAR))) FROM sync_stage_events") > 10_000_000
     con.execute("CHECKPOINT")  # (as the stored rows and the listing's pages are, on disk)
     con.execute("SET memory_limit = '60MB'")
