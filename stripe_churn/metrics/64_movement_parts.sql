@@ -16,16 +16,16 @@
 
 -- The item that stands for the customer in each transition: largest MRR in B (`b_item`, its B row `b_rid`)
 -- and in A (`a_item`); 80 reads it too.
+-- (the B item and its row from one arg_max: each costs a comparison of its key per row)
 CREATE OR REPLACE TEMP TABLE derived_transition_mains AS
-SELECT tid,
-       arg_max(subscription_item_id, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id))
-           FILTER (WHERE in_b) AS b_item,
-       arg_max(b_rid, (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id))
-           FILTER (WHERE in_b) AS b_rid,
-       arg_max(subscription_item_id, (coalesce(a_mrr, 0) * coalesce(a_rate_a, 0), subscription_item_id))
-           FILTER (WHERE in_a) AS a_item
-FROM derived_transition_items
-GROUP BY ALL;
+SELECT tid, b.item AS b_item, b.rid AS b_rid, a_item
+FROM (SELECT tid,
+             arg_max({'item': subscription_item_id, 'rid': b_rid},
+                     (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) FILTER (WHERE in_b) AS b,
+             arg_max(subscription_item_id, (coalesce(a_mrr, 0) * coalesce(a_rate_a, 0), subscription_item_id))
+                 FILTER (WHERE in_a) AS a_item
+      FROM derived_transition_items
+      GROUP BY ALL);
 
 CREATE OR REPLACE TEMP TABLE derived_movement_parts AS
 WITH
@@ -38,11 +38,13 @@ ti AS NOT MATERIALIZED (
 moving AS NOT MATERIALIZED (
     SELECT * FROM ti WHERE kind = 'change'
 ),
+-- the families on each side of a transition with an unpaired (removed or added) item: only those read them
 fams AS (
     SELECT tid, family, bool_or(side = 'a') AS in_a, bool_or(side = 'b') AS in_b
     FROM (SELECT tid, a_family AS family, 'a' AS side FROM moving WHERE in_a
           UNION ALL
           SELECT tid, b_family, 'b' FROM moving WHERE in_b)
+    WHERE tid IN (SELECT tid FROM moving WHERE in_a <> in_b)
     GROUP BY ALL
 ),
 removed AS (
