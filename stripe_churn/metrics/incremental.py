@@ -657,15 +657,21 @@ def _copy_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: in
         if table not in _SCOPED_KEYS:
             cur.execute(f"CREATE TABLE {db}.{table} AS SELECT * FROM {src}")
             continue
-        rows = f"rowid IN (SELECT rid FROM {_SCOPE}.rows_{table} WHERE shard = {shard} OR shard IS NULL)"
+        picked = f"SELECT rid FROM {_SCOPE}.rows_{table} WHERE shard = {shard} OR shard IS NULL"
+        rows = f"rowid IN ({picked})"
         if table in _READ_RAW:
-            # the JSON of only the rows whose JSON the steps read
-            # (their row ids first, from the typed columns alone: the JSON of the others is never read)
-            raw = (f"rowid IN (SELECT e.rowid FROM {src} e WHERE {rows} AND "
-                   f"{_READ_RAW[table].format(db=db, main=f'{main_db}.main')})")
+            # the JSON of only the rows whose JSON the steps read: their row ids first, from the typed columns of the
+            # picked rows alone (joined by row id, so the scan reads no other row; as a filter inside the copy, the
+            # test read the row ids of the whole table twice: 0.6-0.8 s of invoices at 1M customers), then the copy
+            cur.execute(f"CREATE OR REPLACE TEMP TABLE copy_raw_rows AS SELECT e.rowid AS rid FROM {src} e "
+                        f"SEMI JOIN ({picked}) k ON e.rowid = k.rid "
+                        f"WHERE {_READ_RAW[table].format(db=db, main=f'{main_db}.main')}")
             rest = _without_unread(cur, main_db, table) if table in _UNREAD else _NO_RAW
             cur.execute(f"CREATE TABLE {db}.{table} AS SELECT {_without_unread(cur, main_db, table, ('raw',))} "
-                        f"FROM {src} WHERE {raw} UNION ALL SELECT {rest} FROM {src} WHERE {rows} AND NOT {raw}")
+                        f"FROM {src} WHERE rowid IN (SELECT rid FROM copy_raw_rows) "
+                        f"UNION ALL SELECT {rest} FROM {src} "
+                        f"WHERE rowid IN (SELECT k.rid FROM ({picked}) k ANTI JOIN copy_raw_rows r ON r.rid = k.rid)")
+            cur.execute("DROP TABLE copy_raw_rows")
             continue
         cur.execute(f"CREATE TABLE {db}.{table} AS SELECT {_without_unread(cur, main_db, table)} FROM {src} "
                     f"WHERE {rows}")
