@@ -70,7 +70,8 @@ WITH per_currency AS (
 ),
 customer_den AS (
     -- the customer's d over its currencies (one, as a rule): the least common multiple of every den, which
-    -- repeats do not change (grouped and joined back: a window of lists, or a DISTINCT list, cost twice as much)
+    -- repeats do not change (grouped and joined back: a window over DISTINCT lists cost this statement about a
+    -- third more CPU)
     SELECT account_id, customer_id, moment, list_reduce(flatten(list(dens)), lambda a, b: lcm(a, b)) AS d
     FROM per_currency
     GROUP BY account_id, customer_id, moment
