@@ -1129,6 +1129,8 @@ class _Sync:
                             await self._full("fallback")
                         else:
                             await self._incremental(cursors["events"], by_time)
+                            # (rates dated since the last sync: a re-listing fetches them at its end too)
+                            await self._fx_rates()
                     await self._pending_items()
                     await self._flush()
                     result.status = "succeeded"

@@ -126,6 +126,31 @@ def test_full_sync_equals_sandbox_then_incremental_and_fallback(db: Path) -> Non
                             ("fallback", "succeeded", True)]
 
 
+def stored_rates(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str, Any]]:
+    return {(d.isoformat(), c, r) for d, c, r in con.execute("SELECT date, currency, rate FROM fx_rates").fetchall()}
+
+
+def test_the_sandboxs_new_exchange_rates_come_with_an_incremental_sync(db: Path) -> None:
+    """A rate dated on the first of a month arrives with whatever sync comes next: the incremental sync of a
+    billing run within the events' retention (February's 28 days) stores February's rates as a re-listing does. (Only the full
+    sync fetched the rates: the month's fx movements were missing and its MRR valued at the month before's rates,
+    until some later sync happened to re-list.)"""
+    sim = Simulation(customers=30, months=4, seed=5, start=FEB, fx_changes=True)
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = settings_for(sb.url, db)
+        assert run_sync(settings, progress=False).mode == "full"
+        with open_store(db) as con:
+            before = stored_rates(con)
+        sb.advance(1)
+        second = run_sync(settings, progress=False)
+        assert (second.mode, second.status) == ("incremental", "succeeded")
+        served = set(sync_module.sandbox_rates_in(sb.app.fx_rates(), "usd"))
+        new = {(d, c, r) for d, c, r in served if d == "2026-02-01"}
+        assert {c for _, c, _ in new} == {"eur", "gbp", "usd"} and not new & before
+        with open_store(db) as con:
+            assert stored_rates(con) == served
+
+
 def test_a_discount_on_one_item_is_stored_and_counts(db: Path) -> None:
     """A discount on one subscription item comes only with its item (design.md 7: discounts come expanded on
     subscriptions, items, customers and invoices). It was left as an id, so the item's MRR ignored it silently."""
