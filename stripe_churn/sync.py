@@ -857,17 +857,18 @@ class _Sync:
 
     async def _fx_rates(self) -> None:
         """The sandbox serves its exchange rates (in US dollars); real Stripe has none (rates come from the
-        setting fx_rates_file)."""
+        setting fx_rates_file). Fetched as every request is (counted, rate-limited, retried): a rate lost to a
+        fault would value a month at the month before's rates."""
         assert self.api is not None
         if "api.stripe.com" in self.api.base:
             return
         try:
-            body, status, _ = await self.api._send(f"{self.api.base}/_sandbox/fx_rates")
-            if status != 200:
-                return
-            rows = orjson.loads(body)
-        except Exception:
-            log.debug("no sandbox exchange rates", exc_info=True)
+            rows = await self.api.get_json("/_sandbox/fx_rates")
+        except NotFoundError:  # not the sandbox
+            return
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and {"date", "currency", "rate"} <= r.keys()
+                                                 for r in rows):
+            log.warning("the sandbox's exchange rates are not a list of date, currency and rate; none were stored")
             return
         await self._db(self._store_fx, sandbox_rates_in(rows, self.settings.currency))
 

@@ -124,6 +124,11 @@ class StripeRaw:
         data: dict[str, Any] = await self._get(path, params, _json_object)
         return data
 
+    async def get_json(self, path: str) -> Any:
+        """GET ``path`` and return its parsed JSON, whatever its shape (the sandbox's exchange rates are a list),
+        counted, rate-limited and retried as every request is."""
+        return await self._get(path, None, orjson.loads)
+
     async def get_page(self, path: str, params: Mapping[str, Any] | None = None) -> Page:
         """GET a list page as its objects' raw JSON spans (see :mod:`stripe_churn.stripe_api.listed`)."""
         page: Page = await self._get(path, params, decode_page)
