@@ -132,9 +132,9 @@ def stored_rates(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str, Any]]:
 
 def test_the_sandboxs_new_exchange_rates_come_with_an_incremental_sync(db: Path) -> None:
     """A rate dated on the first of a month arrives with whatever sync comes next: the incremental sync of a
-    billing run within the events' retention (February's 28 days) stores February's rates as a re-listing does. (Only the full
-    sync fetched the rates: the month's fx movements were missing and its MRR valued at the month before's rates,
-    until some later sync happened to re-list.)"""
+    billing run within the events' retention (February's 28 days) stores February's rates as a re-listing does.
+    (Only the full sync fetched the rates: the month's fx movements were missing and its MRR valued at the month
+    before's rates, until some later sync happened to re-list.)"""
     sim = Simulation(customers=30, months=4, seed=5, start=FEB, fx_changes=True)
     with start_in_thread(sim, api_key=KEY) as sb:
         settings = settings_for(sb.url, db)
