@@ -151,6 +151,26 @@ def test_the_sandboxs_new_exchange_rates_come_with_an_incremental_sync(db: Path)
             assert stored_rates(con) == served
 
 
+def test_exchange_rates_of_another_shape_are_a_warning_and_keep_the_stored_ones(
+        db: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A server whose /_sandbox/fx_rates answers JSON that is no list of (date, currency, rate): one WARNING, the
+    stored rates kept, the sync itself succeeds."""
+    sim = sim_small()
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = settings_for(sb.url, db)
+        run_sync(settings, progress=False)
+        with open_store(db) as con:
+            before = stored_rates(con)
+        sb.app.fx_rates = lambda: {"date": "2026-02-01", "currency": "eur", "rate": 2}  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="stripe_churn.sync"):
+            second = run_sync(settings, progress=False)
+    assert (second.mode, second.status) == ("incremental", "succeeded")
+    assert [r.getMessage() for r in caplog.records if "exchange rates" in r.getMessage()] == [
+        "the sandbox's exchange rates are not a list of date, currency and rate; none were stored"]
+    with open_store(db) as con:
+        assert stored_rates(con) == before and len(before) == 3
+
+
 def test_a_discount_on_one_item_is_stored_and_counts(db: Path) -> None:
     """A discount on one subscription item comes only with its item (design.md 7: discounts come expanded on
     subscriptions, items, customers and invoices). It was left as an id, so the item's MRR ignored it silently."""
