@@ -687,7 +687,6 @@ class _Sync:
             await self._check_missing(version)
         await self._gone_from_events()
         await self._db(self._mark_children, self.api.server_time)
-        await self._fx_rates()
         cur = await self._db(self._cursors)
         start_evt = cur.get("full", (start_evt, version, False))[0]
         await self._db(self._finish_full, start_evt, version)
@@ -1130,8 +1129,8 @@ class _Sync:
                             await self._full("fallback")
                         else:
                             await self._incremental(cursors["events"], by_time)
-                            # (rates dated since the last sync: a re-listing fetches them at its end too)
-                            await self._fx_rates()
+                    # (whatever the mode: rates dated since the last sync come with the next one)
+                    await self._fx_rates()
                     await self._pending_items()
                     await self._flush()
                     result.status = "succeeded"
