@@ -144,6 +144,8 @@ FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "memory_limit": ((str,), "memory_limit"),
 }
 RULE_KEYS: dict[str, tuple[type, ...]] = {
+    # design.md 5's name; minutes, or a duration such as "90m" or "2h" (movement_window_minutes: the older name)
+    "movement_window": (int, str),
     "movement_window_minutes": (int,),
     "churn_recognition": (str,),
     "include_metered": (bool,),
@@ -235,6 +237,7 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
     rules: dict[str, Any] = {}
+    window_key = "movement_window_minutes"  # the name the file gave the movement window, for messages
     source = "defaults (no config file)"
     path: Path | None = Path(config) if config is not None else None
     if path is None and DEFAULT_CONFIG.is_file():
@@ -254,6 +257,12 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
                                           f"{', '.join(sorted(RULE_KEYS))}")
                     _check_type(f"rules.{rkey}", rvalue, RULE_KEYS[rkey], where)
                     rules[rkey] = tuple(rvalue) if isinstance(rvalue, list) else rvalue
+                if "movement_window" in rules:
+                    if "movement_window_minutes" in rules:
+                        raise ConfigError(f"settings 'rules.movement_window' and 'rules.movement_window_minutes' in "
+                                          f"{where} are one setting given twice; keep 'rules.movement_window'")
+                    rules["movement_window_minutes"] = _window_minutes(rules.pop("movement_window"), where)
+                    window_key = "movement_window"
                 continue
             if key not in FILE_KEYS:
                 raise ConfigError(f"unknown setting '{key}' in {where}; known: "
@@ -284,7 +293,7 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
     if rules:
         values["rules"] = Rules(**rules)
     settings = Settings(source=source, **values)
-    _validate(settings, origins)
+    _validate(settings, origins, window_key)
     return settings
 
 
@@ -308,18 +317,37 @@ def check_memory_limit(value: str, where: str) -> None:
 MAX_MOVEMENT_WINDOW_MINUTES = 366 * 24 * 60
 
 
-def check_rules(rules: Rules, where: str) -> None:
-    """A ConfigError for rules the metrics cannot use (``where``: the file or source that set them)."""
+# A movement window written as a duration: a whole number of minutes or hours
+_WINDOW = re.compile(r"(\d+) ?(m|min|mins|minute|minutes|h|hour|hours)?", re.IGNORECASE)
+
+
+def _window_minutes(value: int | str, where: str) -> int:
+    """The minutes of ``rules.movement_window`` as the file gives it: an integer (minutes) or a duration such as
+    "90m" or "2h"; a ConfigError for any other text (the bounds are :func:`check_rules`'s)."""
+    if isinstance(value, int):
+        return value
+    match = _WINDOW.fullmatch(value.strip())
+    if not match:
+        raise ConfigError(f"setting 'rules.movement_window' in {where} must be a number of minutes (60) or a "
+                          f"duration such as \"90m\" or \"2h\", got {value!r}")
+    unit = (match.group(2) or "m").lower()
+    return int(match.group(1)) * (60 if unit.startswith("h") else 1)
+
+
+def check_rules(rules: Rules, where: str, window_key: str = "movement_window_minutes") -> None:
+    """A ConfigError for rules the metrics cannot use (``where``: the file or source that set them;
+    ``window_key``: the name the movement window was given there)."""
     window = rules.movement_window_minutes
     if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= MAX_MOVEMENT_WINDOW_MINUTES:
-        raise ConfigError(f"setting 'rules.movement_window_minutes' in {where} must be a whole number of minutes "
+        raise ConfigError(f"setting 'rules.{window_key}' in {where} must be a whole number of minutes "
                           f"from 0 to {MAX_MOVEMENT_WINDOW_MINUTES} (a year), got {window!r}")
 
 
-def _validate(s: Settings, origins: Mapping[str, str] | None = None) -> None:
+def _validate(s: Settings, origins: Mapping[str, str] | None = None,
+              window_key: str = "movement_window_minutes") -> None:
     where = s.source
     origins = origins or {}
-    check_rules(s.rules, where)
+    check_rules(s.rules, where, window_key)
     if s.rules.churn_recognition not in ("ended", "canceled"):
         raise ConfigError(f"setting 'rules.churn_recognition' in {where} must be \"ended\" or \"canceled\"")
     for pid, unit in s.rules.units.items():

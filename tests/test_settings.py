@@ -44,6 +44,35 @@ def test_file_then_environment_wins(tmp_path: Path) -> None:
     assert s.source == str(cfg)
 
 
+@pytest.mark.parametrize(("line", "minutes"), [
+    pytest.param("movement_window = 30", 30, id="minutes"),
+    pytest.param('movement_window = "90m"', 90, id="90m"),
+    pytest.param('movement_window = "2h"', 120, id="2h"),
+    pytest.param('movement_window = "1 hour"', 60, id="1-hour"),
+    pytest.param('movement_window = "0"', 0, id="zero-as-text"),
+    pytest.param("movement_window_minutes = 45", 45, id="older-name"),
+])
+def test_the_movement_window_under_the_name_design_gives_it(tmp_path: Path, line: str, minutes: int) -> None:
+    """design.md 5 calls the setting `movement_window` (60 minutes by default); the older name still reads."""
+    s = load_settings(write(tmp_path, f"[rules]\n{line}\n"), env={})
+    assert s.rules.movement_window_minutes == minutes
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    pytest.param('[rules]\nmovement_window = "soon"\n', "setting 'rules.movement_window'", id="not-a-duration"),
+    pytest.param('[rules]\nmovement_window = "90s"\n', "setting 'rules.movement_window'", id="seconds"),
+    pytest.param("[rules]\nmovement_window = -5\n", "setting 'rules.movement_window'", id="below-0"),
+    pytest.param('[rules]\nmovement_window = "9000000h"\n', "setting 'rules.movement_window'", id="over-a-year"),
+    pytest.param("[rules]\nmovement_window = 1.5\n", "setting 'rules.movement_window'", id="fraction"),
+    pytest.param("[rules]\nmovement_window = 30\nmovement_window_minutes = 30\n", "given twice", id="both-names"),
+])
+def test_a_bad_movement_window_is_one_line_naming_it(tmp_path: Path, text: str, needle: str) -> None:
+    cfg = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    assert needle in str(err.value) and str(cfg) in str(err.value) and "\n" not in str(err.value)
+
+
 def test_exchange_rate_file_from_file_or_environment(tmp_path: Path) -> None:
     assert load_settings(env={}).fx_rates_file is None
     cfg = write(tmp_path, 'fx_rates_file = "~/rates/fx.csv"\n')
