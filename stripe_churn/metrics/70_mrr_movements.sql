@@ -1,7 +1,7 @@
 -- mrr_movements (design.md 5 and 7): one row per labelled component of a transition, rounded to 4 decimals
 -- so that the rows of a transition add up exactly to the customer's change (the rounding remainder goes to
 -- the largest component; of equal ones, the first by item id, then plan, quantity, discount part), with churn
--- type, feedback and the Stripe ids that caused each row.
+-- type, feedback (and in derived_mrr_movements the comment) and the Stripe ids that caused each row.
 -- Inputs: derived_transitions, derived_movement_parts, derived_transition_items, derived_item_mrr,
 -- derived_sub_events, derived_subs, derived_sub_pauses, subscriptions, invoices, invoice_items (the pending ones).
 
@@ -107,7 +107,8 @@ last_cancels AS (
     GROUP BY ALL
 ),
 sub_facts AS (
-    SELECT l.account_id, l.subscription_id, l.t_start, d.cancellation_reason, d.cancellation_feedback
+    SELECT l.account_id, l.subscription_id, l.t_start, d.cancellation_reason, d.cancellation_feedback,
+           d.cancellation_comment
     FROM last_cancels l
     JOIN derived_subs d USING (account_id, subscription_id)
     WHERE NOT EXISTS (SELECT 1 FROM adjusted a
@@ -168,6 +169,9 @@ SELECT
     coalesce(s.own_event_id, ws.event_id, se.event_id, wc.event_id) AS source_event_id,
     coalesce(s.own_invoice_id, ws.invoice_id, si.invoice_id, wc.invoice_id) AS source_invoice_id,
     -- internal columns (not in the mrr_movements view)
+    -- (design.md 5: a cancellation row carries the subscription's cancellation comment too; design.md 7's
+    -- mrr_movements lists no column for it, so it is read here)
+    CASE WHEN s.movement = 'cancellation' THEN f.cancellation_comment END AS cancellation_comment,
     s.t_end,
     s.kind AS transition_kind,
     s.part,

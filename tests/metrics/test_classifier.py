@@ -533,13 +533,19 @@ def test_cancellation_carries_churn_type_and_feedback(world: World, derive: Deri
     w, seen_at, _ = case_cancellation_voluntary(world)
     w.customer("cus_2")
     w.subscribe("sub_2", "cus_2", [("si_z", "core_basic", 1)], T0)
-    w.cancel("sub_2", month(1, 3), reason="payment_failed")
+    w.cancel("sub_2", month(1, 3), reason="payment_failed", comment="Card keeps failing; we'll be back.")
     con = derive(w, seen_at=seen_at)
     churn = {r["customer_id"]: r for r in rows(con, "movement = 'cancellation'")}
     assert churn["cus_1"]["churn_type"] == "voluntary"
     assert churn["cus_1"]["cancellation_feedback"] == "too_expensive"
     assert churn["cus_2"]["churn_type"] == "involuntary"
     assert all(r["churn_type"] is None for r in rows(con, "movement <> 'cancellation'"))
+    # (design.md 5: the comment too, on the cancellation row alone; mrr_movements keeps design.md 7's columns)
+    comments = con.execute("SELECT customer_id, movement, cancellation_comment FROM derived_mrr_movements "
+                           "WHERE cancellation_comment IS NOT NULL OR customer_id = 'cus_2' ORDER BY ALL").fetchall()
+    assert comments == [("cus_1", "cancellation", "budget cut"),
+                        ("cus_2", "cancellation", "Card keeps failing; we'll be back."), ("cus_2", "new", None)]
+    assert "cancellation_comment" not in [d[0] for d in con.execute("SELECT * FROM mrr_movements LIMIT 0").description]
 
 
 def test_unpaid_churn_is_involuntary(world: World, derive: Derive) -> None:
