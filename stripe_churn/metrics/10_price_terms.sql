@@ -136,14 +136,17 @@ SELECT
     f.divide_by,
     f.round_mode,
     f.billing_interval,
-    f.interval_count,
+    -- (an interval_count under 1 bills nothing the rules can normalise: as an interval they do not know, its items
+    -- count zero MRR and 90 reports the price)
+    CASE WHEN f.interval_count >= 1 THEN f.interval_count END AS interval_count,
+    f.interval_count AS interval_count_given,
     f.usage_type,
     -- monthly MRR = amount per period × norm_num / norm_den (docs/internals.md "Money and rounding"), in
     -- hundredths of a major unit whatever the currency: Stripe's amounts are in the currency's smallest unit, a
     -- hundredth for most, the unit itself for zero-decimal currencies (× 100), a thousandth for three-decimal
     -- ones (÷ 10); ISK, HUF and TWD stay in hundredths in the API
     norm_num(f.billing_interval, f.currency) AS norm_num,
-    norm_den(f.billing_interval, f.interval_count, f.currency) AS norm_den,
+    norm_den(f.billing_interval, CASE WHEN f.interval_count >= 1 THEN f.interval_count END, f.currency) AS norm_den,
     coalesce(pr.family, f.product_id) AS family,
     coalesce(pr.unit_kind_hint, CASE WHEN f.usage_type = 'metered' THEN 'resource' ELSE 'seat' END) AS unit_kind,
     f.found_in,

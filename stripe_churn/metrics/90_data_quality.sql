@@ -239,6 +239,15 @@ WHERE price_type = 'recurring'
   AND ((billing_scheme = 'tiered' AND price_id NOT IN (SELECT price_id FROM derived_price_tiers))
        OR (billing_scheme = 'per_unit' AND unit_amount IS NULL))
 UNION ALL
+-- a recurring price billed at an interval the rules of design.md 4 do not normalise (a newer API version's, or
+-- malformed: no interval, another word, an interval_count under 1): its items count zero MRR
+SELECT account_id, 'unknown_interval', 'price', price_id, NULL, NULL::TIMESTAMPTZ,
+       format('price bills every {} {}, not an interval the MRR rules know (day, week, month or year, every 1 or '
+              || 'more); its items count zero MRR', interval_count_given, coalesce(billing_interval, '(no interval)'))
+FROM derived_price_terms
+WHERE price_type = 'recurring'
+  AND (billing_interval IS NULL OR billing_interval NOT IN ('day', 'week', 'month', 'year') OR interval_count IS NULL)
+UNION ALL
 -- a discount an item names by its id alone, not stored: the item's MRR leaves it out (a store synced before the
 -- items' discounts were expanded; the cheap test on the text first, since items are many)
 SELECT i.account_id, 'missing_discount', 'subscription_item', i.id, i.discount_id, ts_of(i.created),

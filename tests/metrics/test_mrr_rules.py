@@ -70,6 +70,26 @@ def test_price_mrr(world: World, derive: Derive, terms: dict[str, Any], quantity
     assert macro is not None and round(macro[0], 4) == expected
 
 
+def test_a_price_at_an_interval_the_rules_do_not_know_counts_zero_and_is_reported(world: World,
+                                                                                    derive: Derive) -> None:
+    """A recurring price at an interval design.md 4 does not normalise (another word, or an interval_count under
+    1): its item counts zero MRR and data_quality names the price, while the subscription's other items count as
+    usual. (Before, a `fortnight` price dropped its revenue without a word, and an interval_count of 0 stopped the
+    recompute with DuckDB's division by zero.)"""
+    base(world).price("price_ok", "prod_seat", 1_000)
+    world.price("price_f", "prod_seat", 2_000)["recurring"]["interval"] = "fortnight"
+    world.price("price_z", "prod_api", 3_000)["recurring"]["interval_count"] = 0
+    world.subscribe("sub_1", "cus_1", [("si_ok", "price_ok", 1), ("si_f", "price_f", 1), ("si_z", "price_z", 1)], T0)
+    con = derive(world, seen_at=month(1))
+    assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("10.0000")
+    assert con.execute("SELECT object_id, detail FROM data_quality WHERE kind = 'unknown_interval' "
+                       "ORDER BY object_id").fetchall() == [
+        ("price_f", "price bills every 1 fortnight, not an interval the MRR rules know (day, week, month or year, "
+                    "every 1 or more); its items count zero MRR"),
+        ("price_z", "price bills every 0 month, not an interval the MRR rules know (day, week, month or year, "
+                    "every 1 or more); its items count zero MRR")]
+
+
 # --- metered usage ------------------------------------------------------------------------------------
 
 def metered_world(w: World) -> World:
