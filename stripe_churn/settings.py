@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import re
 import stat
@@ -119,7 +120,7 @@ class Settings:
         if not key:
             raise ConfigError(
                 "no Stripe API key: set STRIPE_API_KEY in the environment or api_key in "
-                f"{self.source}; for a try without Stripe run `stripe-churn demo`"
+                f"{_file_or_any(self.source)}; for a try without Stripe run `stripe-churn demo`"
             )
         return key
 
@@ -176,10 +177,30 @@ def _type_name(types: tuple[type, ...]) -> str:
                         list: "list"}[t] for t in types)
 
 
+SECRET_KEYS = ("api_key", "webhook_secret")  # settings whose values no message may show
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _file_or_any(source: str) -> str:
+    """``source`` when it is a config file, else where one would go (for messages that say where to set a thing)."""
+    if source.startswith("defaults"):
+        return f"a config file ({DEFAULT_CONFIG} or --config)"
+    return source
+
+
+def _kind(value: Any) -> str:
+    """What a TOML value is, in words, without showing it (for secrets)."""
+    if isinstance(value, bool):
+        return "true/false"
+    names = {int: "an integer", float: "a number", str: "a string", dict: "a table", list: "a list"}
+    return next((name for t, name in names.items() if isinstance(value, t)), "a date or time")
+
+
 def _check_type(key: str, value: Any, types: tuple[type, ...], where: str) -> None:
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
-        raise ConfigError(f"setting '{key}' in {where} must be a {_type_name(types)}, got {value!r}")
+        got = _kind(value) if key in SECRET_KEYS else repr(value)
+        raise ConfigError(f"setting '{key}' in {where} must be a {_type_name(types)}, got {got}")
 
 
 def _convert(attr: str, value: Any) -> Any:
@@ -191,6 +212,8 @@ def _convert(attr: str, value: Any) -> Any:
         return float(value)
     if attr in ("currency", "recompute"):
         return str(value).strip().lower()
+    if attr == "log_level":
+        return str(value).strip().upper()
     if attr == "api_base":
         return str(value).rstrip("/")
     if attr == "memory_limit":
@@ -281,7 +304,7 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
                 rate = float(raw)
             except ValueError:
                 raise ConfigError(f"environment variable {name} must be a number, got {raw!r}") from None
-            if rate <= 0:
+            if not rate > 0 or not math.isfinite(rate):
                 raise ConfigError(f"environment variable {name} must be above 0, got {raw!r}")
             values[attr] = rate
         else:
@@ -289,7 +312,7 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
     for attr, value in (overrides or {}).items():
         if value is not None:
             values[attr] = _convert(attr, value)
-            origins.pop(attr, None)
+            origins[attr] = "the overrides given to load_settings"
     if rules:
         values["rules"] = Rules(**rules)
     settings = Settings(source=source, **values)
@@ -353,18 +376,44 @@ def _validate(s: Settings, origins: Mapping[str, str] | None = None,
     for pid, unit in s.rules.units.items():
         if unit not in ("seat", "resource"):
             raise ConfigError(f"setting 'rules.units.{pid}' in {where} must be \"seat\" or \"resource\"")
+    for attr in SECRET_KEYS:
+        check_secret(attr, getattr(s, attr), origins.get(attr, where))
     if s.recompute not in ("full", "changed"):
-        raise ConfigError(f"setting 'recompute' in {where} (or STRIPE_CHURN_RECOMPUTE) must be \"full\" or "
+        raise ConfigError(f"setting 'recompute' in {origins.get('recompute', where)} must be \"full\" or "
                           f"\"changed\", got {s.recompute!r}")
+    if s.log_level not in LOG_LEVELS:
+        raise ConfigError(f"setting 'log_level' in {origins.get('log_level', where)} must be one of "
+                          f"{', '.join(LOG_LEVELS)}, got {s.log_level!r}")
     if s.memory_limit is not None:
         check_memory_limit(s.memory_limit, origins.get("memory_limit", where))
-    if s.rate_limit is not None and s.rate_limit <= 0:
-        raise ConfigError(f"setting 'rate_limit' in {where} must be above 0")
+    if s.rate_limit is not None and not (s.rate_limit > 0 and math.isfinite(s.rate_limit)):
+        raise ConfigError(f"setting 'rate_limit' in {origins.get('rate_limit', where)} must be above 0, "
+                          f"got {s.rate_limit!r}")
+    if not (s.timeout_seconds > 0 and math.isfinite(s.timeout_seconds)):
+        raise ConfigError(f"setting 'timeout_seconds' in {origins.get('timeout_seconds', where)} must be a number "
+                          f"of seconds above 0, got {s.timeout_seconds!r}")
+    if s.max_retries < 0:
+        raise ConfigError(f"setting 'max_retries' in {origins.get('max_retries', where)} must be 0 or more "
+                          f"(0: no retries), got {s.max_retries!r}")
+    if s.webhook_port is not None and not 0 <= s.webhook_port <= 65535:
+        raise ConfigError(f"setting 'webhook_port' in {origins.get('webhook_port', where)} must be a port from "
+                          f"1 to 65535 (0 for a free one), got {s.webhook_port!r}")
     if not s.api_base.startswith(("http://", "https://")):
-        raise ConfigError(f"setting 'api_base' ({s.api_base!r}) in {where} must start with http:// or https://")
+        raise ConfigError(f"setting 'api_base' ({s.api_base!r}) in {origins.get('api_base', where)} must start "
+                          "with http:// or https://")
     if len(s.currency) != 3 or not s.currency.isascii() or not s.currency.isalpha():
         raise ConfigError(f"setting 'currency' in {origins.get('currency', where)} must be a 3-letter ISO code such "
                           f"as usd, got {s.currency!r}")
+
+
+def check_secret(attr: str, secret: Secret, where: str) -> None:
+    """A ConfigError, which does not show the value, when a secret holds whitespace, a control character or
+    anything but printable ASCII (Stripe's keys and signing secrets never do; a pasted newline does)."""
+    value = secret.reveal()
+    if value and not (value.isascii() and value.isprintable() and " " not in value):
+        what = "API key" if attr == "api_key" else "webhook signing secret"
+        raise ConfigError(f"setting '{attr}' in {where} holds a space, a line break or another character no "
+                          f"Stripe {what} has (the value is not shown); copy it again from the Stripe dashboard")
 
 
 def replace(settings: Settings, **changes: Any) -> Settings:

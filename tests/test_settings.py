@@ -88,8 +88,8 @@ def test_recompute_mode_from_file_or_environment(tmp_path: Path) -> None:
     cfg = write(tmp_path, 'recompute = "Changed"\n')
     assert load_settings(cfg, env={}).recompute == "changed"
     assert load_settings(cfg, env={"STRIPE_CHURN_RECOMPUTE": "full"}).recompute == "full"
-    with pytest.raises(ConfigError, match=r"^setting 'recompute' in defaults .*STRIPE_CHURN_RECOMPUTE.* must be "
-                                          r"\"full\" or \"changed\", got 'every'$"):
+    with pytest.raises(ConfigError, match=r"^setting 'recompute' in environment variable STRIPE_CHURN_RECOMPUTE "
+                                          r"must be \"full\" or \"changed\", got 'every'$"):
         load_settings(env={"STRIPE_CHURN_RECOMPUTE": "every"})
 
 
@@ -226,3 +226,113 @@ def test_example_config_documents_every_setting_and_loads() -> None:
     for key in [*FILE_KEYS, *RULE_KEYS, *ENV_KEYS]:
         assert key in text, f"{key} is not documented in {example.name}"
     load_settings(example, env={})
+
+
+# ------------------------------------------------------------------------------------------ input validation
+@pytest.mark.parametrize("text", [
+    pytest.param('api_key = ["sk_live_SECRETVALUE1"]\n', id="api-key-list"),
+    pytest.param('api_key = {v = "sk_live_SECRETVALUE1"}\n', id="api-key-table"),
+    pytest.param('webhook_secret = ["whsec_SECRETVALUE1"]\n', id="webhook-secret-list"),
+])
+def test_a_wrong_typed_secret_is_not_echoed(tmp_path: Path, text: str) -> None:
+    cfg = write(tmp_path, text, "k1.toml")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    message = str(err.value)
+    assert "SECRETVALUE1" not in message
+    assert "must be a string, got a " in message and str(cfg) in message and "\n" not in message
+
+
+@pytest.mark.parametrize("bad", ["sk_test_x\nx", "sk_test_x\n", " sk_test_x", "sk_test_x x", "sk_test_x\tx",
+                                 "sk_test_x\x00x", "sk_test_x\u200bx"])
+def test_an_api_key_with_whitespace_or_control_characters_is_refused_at_load(tmp_path: Path, bad: str) -> None:
+    """Such a key used to fail as a network error after 6 retries; now it is one line naming where it was set."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={"STRIPE_API_KEY": bad})
+    message = str(err.value)
+    assert "setting 'api_key' in environment variable STRIPE_API_KEY" in message
+    assert bad.strip() not in message and "\n" not in message
+    cfg = write(tmp_path, f"api_key = {bad!r}\n".replace("'", '"').replace("\\x00", "\\u0000"), "k.toml")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    message = str(err.value)
+    assert f"setting 'api_key' in {cfg}" in message and bad.strip() not in message and "\n" not in message
+
+
+def test_a_webhook_secret_with_a_line_break_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={"STRIPE_WEBHOOK_SECRET": "whsec_SECRETVALUE1\n"})
+    assert "environment variable STRIPE_WEBHOOK_SECRET" in str(err.value) and "SECRETVALUE1" not in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    pytest.param("max_retries = -3\n", "setting 'max_retries'", id="retries-below-0"),
+    pytest.param("timeout_seconds = -1\n", "setting 'timeout_seconds'", id="timeout-below-0"),
+    pytest.param("timeout_seconds = 0\n", "setting 'timeout_seconds'", id="timeout-0"),
+    pytest.param("timeout_seconds = nan\n", "setting 'timeout_seconds'", id="timeout-nan"),
+    pytest.param("timeout_seconds = inf\n", "setting 'timeout_seconds'", id="timeout-inf"),
+    pytest.param("timeout_seconds = \"30\"\n", "setting 'timeout_seconds'", id="timeout-text"),
+    pytest.param("rate_limit = nan\n", "setting 'rate_limit'", id="rate-limit-nan"),
+    pytest.param('log_level = "LOUD"\n', "setting 'log_level'", id="bad-log-level"),
+    pytest.param("webhook_port = 99999\n", "setting 'webhook_port'", id="port-too-big"),
+    pytest.param("webhook_port = -1\n", "setting 'webhook_port'", id="port-below-0"),
+])
+def test_out_of_range_settings_are_one_line_naming_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
+    cfg = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    message = str(err.value)
+    assert needle in message and str(cfg) in message and "\n" not in message
+
+
+def test_in_range_edge_values_load(tmp_path: Path) -> None:
+    cfg = write(tmp_path, 'max_retries = 0\ntimeout_seconds = 0.5\nwebhook_port = 65535\nlog_level = "debug"\n')
+    s = load_settings(cfg, env={})
+    assert (s.max_retries, s.timeout_seconds, s.webhook_port, s.log_level) == (0, 0.5, 65535, "DEBUG")
+    assert load_settings(write(tmp_path, "webhook_port = 0\n", "free.toml"), env={}).webhook_port == 0  # a free port
+
+
+@pytest.mark.parametrize("level", ["DEBUG", "info", "Warning", "ERROR", "critical", " INFO "])
+def test_log_levels_are_read_whatever_their_case(level: str) -> None:
+    assert load_settings(env={"STRIPE_CHURN_LOG_LEVEL": level}).log_level == level.strip().upper()
+
+
+def test_a_bad_log_level_in_the_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"^setting 'log_level' in environment variable STRIPE_CHURN_LOG_LEVEL "
+                                          r"must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'LOUD'$"):
+        load_settings(env={"STRIPE_CHURN_LOG_LEVEL": "loud"})
+
+
+@pytest.mark.parametrize(("env", "needle"), [
+    pytest.param({"STRIPE_API_BASE": "notaurl"}, "setting 'api_base' ('notaurl') in environment variable "
+                                                 "STRIPE_API_BASE must start with", id="api-base"),
+    pytest.param({"STRIPE_CHURN_RECOMPUTE": "some"}, "setting 'recompute' in environment variable "
+                                                     "STRIPE_CHURN_RECOMPUTE must be", id="recompute"),
+    pytest.param({"STRIPE_RATE_LIMIT": "nan"}, "environment variable STRIPE_RATE_LIMIT must be above 0",
+                 id="rate-limit-nan"),
+])
+def test_errors_from_the_environment_name_the_variable_not_the_file(tmp_path: Path, env: dict[str, str],
+                                                                     needle: str) -> None:
+    for cfg in (None, write(tmp_path, 'db = "x.duckdb"\n')):
+        with pytest.raises(ConfigError) as err:
+            load_settings(cfg, env=env)
+        message = str(err.value)
+        assert needle in message and "defaults" not in message and str(tmp_path) not in message
+
+
+def test_a_bad_api_base_in_the_file_names_the_file(tmp_path: Path) -> None:
+    cfg = write(tmp_path, 'api_base = "notaurl"\n')
+    with pytest.raises(ConfigError, match=f"setting 'api_base' \\('notaurl'\\) in {cfg} must start"):
+        load_settings(cfg, env={})
+
+
+def test_missing_key_says_where_a_key_can_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={}).require_api_key()
+    message = str(err.value)
+    assert "set STRIPE_API_KEY in the environment or api_key in a config file (config/stripe-churn.toml or " \
+           "--config)" in message and "defaults" not in message
+    cfg = write(tmp_path, 'db = "x.duckdb"\n')
+    with pytest.raises(ConfigError, match=f"or api_key in {cfg};"):
+        load_settings(cfg, env={}).require_api_key()
