@@ -4,19 +4,81 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from stripe_churn.errors import StripeChurnError, damaged_store, store_failure
+from stripe_churn.errors import FatalError, StoreError, StripeChurnError, damaged_store, store_failure
 from stripe_churn.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 FORMATS = ("table", "csv", "json")
+
+
+class PortType(click.ParamType):
+    """A TCP port, 0 to 65535 (0: the OS picks a free one), refused while the options are read."""
+
+    name = "port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            port = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a port number: give 0 to 65535 (0 picks a free one)", param, ctx)
+        if not 0 <= port <= 65535:
+            self.fail(f"{port} is not a port: give 0 to 65535 (0 picks a free one)", param, ctx)
+        return port
+
+
+class CountType(click.ParamType):
+    """A count of things to simulate (customers, months): zero or more, refused while the options are read."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a whole number: give 0 or more", param, ctx)
+        if count < 0:
+            self.fail(f"{count} is below zero: give 0 or more", param, ctx)
+        return count
+
+
+PORT = PortType()
+COUNT = CountType()
+
+# How DuckDB reports a snapshot file that is not the database a sync published (text, a file cut short, bad
+# bytes), with the plain words for each.
+_SNAPSHOT_NAMED = re.compile(r'"([^"]+\.snapshot)"')
+_SNAPSHOT_DAMAGE = {"not a valid DuckDB database file": "not a DuckDB database file",
+                    "Could not read enough bytes": "cut short", "Corrupt database file": "corrupt"}
+
+
+def damaged_snapshot(exc: BaseException) -> StoreError | None:
+    """The one-line error for a snapshot (``<db>.snapshot``) that DuckDB cannot read as a database, found in
+    ``exc`` or what it was raised from; None otherwise. Readers (``status``, ``sql``, ``report``, ``export``)
+    open the snapshot alone, and the next sync replaces it."""
+    import duckdb
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, duckdb.Error | StoreError):
+            first = (str(current).strip().splitlines() or [""])[0]
+            named = _SNAPSHOT_NAMED.search(first)
+            what = next((words for text, words in _SNAPSHOT_DAMAGE.items() if text in first), None)
+            if named and what:
+                return StoreError(f"the snapshot {named.group(1)} is damaged ({what}): run `stripe-churn sync`, "
+                                  "the next sync replaces it (the database itself is not touched)")
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -40,6 +102,32 @@ def format_option(f: F) -> F:
                         help="Output format.")(f)
 
 
+def stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader went away (``stripe-churn report | head -1``); True when that
+    cannot be told (a BrokenPipeError from elsewhere is wrapped where it happens: the Stripe client's errors)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
+
+
+def end_quietly() -> NoReturn:
+    """The reader of stdout went away: no message and exit code 1, as Python's documentation advises for
+    SIGPIPE, with stdout pointed at /dev/null so that the interpreter's last flush has nowhere to fail."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # (no file descriptor: a test's captured stdout)
+        pass
+    sys.exit(1)
+
+
 def handle_errors(f: F) -> F:
     """Known errors become one line on stderr and a non-zero exit code; nothing else is swallowed."""
 
@@ -48,16 +136,19 @@ def handle_errors(f: F) -> F:
         try:
             return f(*args, **kwargs)
         except StripeChurnError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            known = damaged_snapshot(exc) or exc
+            click.echo(f"error: {known}", err=True)
+            sys.exit(known.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # an unexpected failure still ends in one line; the traceback goes to DEBUG
+            if isinstance(exc, BrokenPipeError) and stdout_closed():
+                end_quietly()
             logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
-            refused = store_failure(exc) or damaged_store(exc)
+            refused = damaged_snapshot(exc) or store_failure(exc) or damaged_store(exc)
             if refused is not None:
                 click.echo(f"error: {refused}", err=True)
                 sys.exit(refused.exit_code)
@@ -82,10 +173,10 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--customers", type=int, default=2000, show_default=True, help="Customers to simulate.")
-@click.option("--months", type=int, default=36, show_default=True, help="Months of history to simulate.")
+@click.option("--customers", type=COUNT, default=2000, show_default=True, help="Customers to simulate.")
+@click.option("--months", type=COUNT, default=36, show_default=True, help="Months of history to simulate.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed (same seed, same account).")
-@click.option("--port", type=int, default=12111, show_default=True, help="Port on 127.0.0.1 (0 picks a free one).")
+@click.option("--port", type=PORT, default=12111, show_default=True, help="Port on 127.0.0.1 (0 picks a free one).")
 @click.option("--latency-ms", type=float, default=0.0, show_default=True, help="Added latency per request.")
 @click.option("--rate-limit", type=float, default=0.0, show_default=True,
               help="Requests per second before 429 (0: no limit).")
@@ -108,9 +199,35 @@ def sandbox(customers: int, months: int, seed: int, port: int, latency_ms: float
     from stripe_churn.settings import SANDBOX_KEY
 
     setup_logging()
+    check_sandbox_outputs(port, truth_out)  # (before the seconds of simulating, not after)
     key = api_key or os.environ.get("STRIPE_API_KEY") or SANDBOX_KEY
     serve_forever(customers=customers, months=months, seed=seed, port=port, latency_ms=latency_ms,
                   rate_limit=rate_limit, fault_rate=fault_rate, api_key=key, truth_out=truth_out)
+
+
+def check_sandbox_outputs(port: int, truth_out: Path | None) -> None:
+    """The port can be listened on and the ground truth's folder written, before the simulation runs (the same
+    one-line errors as the server's, seconds sooner)."""
+    import socket
+    import tempfile
+
+    if port:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise FatalError(f"sandbox could not listen on 127.0.0.1:{port}: {exc.strerror}; "
+                             "pick another --port or 0 for a free one") from None
+        finally:
+            probe.close()
+    if truth_out is not None:
+        try:
+            with tempfile.TemporaryFile(dir=truth_out.parent):
+                pass
+        except OSError as exc:
+            raise FatalError(f"cannot write the ground truth to {truth_out}: {exc.strerror}; "
+                             "pass a writable --truth-out path") from None
 
 
 def emit(columns: list[str], rows: list[Any], fmt: str, title: str | None = None) -> None:
@@ -120,14 +237,18 @@ def emit(columns: list[str], rows: list[Any], fmt: str, title: str | None = None
     click.echo(render(columns, rows, fmt, title))
 
 
-def _summary_lines(summary: Any, fmt: str) -> None:
-    """What a run changed: objects per type, new movements, the current month's bridge line."""
+def _summary_lines(summary: Any, fmt: str, as_of: Any = None) -> None:
+    """What a run changed: objects per type, new movements, the current month's bridge line (with the words and
+    the ``complete`` field of ``report``, given ``as_of``, the day the data runs up to)."""
     import json
 
-    from stripe_churn.report.tables import _json_default, bridge_rows
+    from stripe_churn.report.tables import _json_default, bridge_rows, complete
 
     if fmt == "json":
-        click.echo(json.dumps(summary.as_dict(), default=_json_default, indent=1))
+        info = summary.as_dict()
+        if summary.bridge_line and as_of is not None:
+            info["bridge_line"] = {**summary.bridge_line, "complete": complete(summary.bridge_line, as_of)}
+        click.echo(json.dumps(info, default=_json_default, indent=1))
         return
     click.echo(f"sync {summary.mode or ''} {summary.status or ''}: "
                f"{sum(summary.counts.values())} objects, {summary.new_movements} new movements".replace("  ", " "))
@@ -137,8 +258,25 @@ def _summary_lines(summary: Any, fmt: str) -> None:
         click.echo(f"metrics recomputed in full: {summary.recompute_reason}")
     emit(["object_type", "objects"], sorted(summary.counts.items()), fmt, title="Objects synced per type")
     if summary.bridge_line:
-        cols, rows = bridge_rows([summary.bridge_line], fmt)
+        cols, rows = bridge_rows([summary.bridge_line], fmt, as_of)
         emit(cols, rows, fmt, title="Current month")
+
+
+def _data_as_of(db: Path) -> Any:
+    """The day the data of the latest snapshot runs up to (what ``report`` judges periods complete by); None when
+    the snapshot cannot be read (the sync itself succeeded: its summary then leaves the words out)."""
+    from stripe_churn.metrics.queries import data_as_of
+    from stripe_churn.store.snapshot import open_snapshot
+
+    try:
+        con = open_snapshot(db)
+    except Exception:  # (a summary line is no reason to fail a sync that committed)
+        logging.getLogger(__name__).debug("snapshot unreadable for the summary", exc_info=True)
+        return None
+    try:
+        return data_as_of(con)
+    finally:
+        con.close()
 
 
 @cli.command()
@@ -155,12 +293,12 @@ def sync(full: bool, wait: float, fmt: str, config_path: Path | None) -> None:
     settings = get_settings(config_path)
     settings.require_api_key()
     summary = run_once(settings, full=full, wait=wait, progress=fmt == "table")
-    _summary_lines(summary, fmt)
+    _summary_lines(summary, fmt, _data_as_of(settings.db) if summary.bridge_line else None)
 
 
 @cli.command()
 @click.option("--no-sync-on-start", is_flag=True, help="Wait for the first scheduled tick instead of syncing now.")
-@click.option("--webhook-port", type=int, default=None,
+@click.option("--webhook-port", type=PORT, default=None,
               help="Also accept Stripe webhooks on this port (needs STRIPE_WEBHOOK_SECRET).")
 @click.option("--webhook-host", default=None, help="Address for the webhook (default 127.0.0.1).")
 @click.option("--interval-seconds", type=float, default=None, hidden=True)
@@ -227,7 +365,7 @@ def _parse_date(value: str | None) -> Any:
               help="Segment: family, plan, product, currency, country, size_band or metadata.<key>, "
                    "optionally =VALUE for one value.")
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the MRR waterfall and net revenue churn trend to this PNG.")
+              help="Write the MRR waterfall and net revenue churn trend to this file (.png, .svg or .pdf).")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write one self-contained HTML page (chart and table).")
 @format_option
@@ -279,24 +417,31 @@ def export(fmt: str, out: Path, names: tuple[str, ...], config_path: Path | None
 @cli.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=Path("stripe-churn-demo"), show_default=True, help="Where the database, chart and page go.")
-@click.option("--customers", type=int, default=800, show_default=True, help="Customers to simulate.")
-@click.option("--months", type=int, default=24, show_default=True, help="Months of history to simulate.")
+@click.option("--customers", type=COUNT, default=800, show_default=True, help="Customers to simulate.")
+@click.option("--months", type=COUNT, default=24, show_default=True, help="Months of history to simulate.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
 @format_option
 @handle_errors
 def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> None:
     """Sandbox + sync + report in one go: no Stripe key, no setting."""
+    import tempfile
     import time
 
     from stripe_churn.pipeline import run_once
     from stripe_churn.report.build import build_report
+    from stripe_churn.report.outputs import output_error
     from stripe_churn.sandbox.server import start_in_thread
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation, history_to_today
     from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
 
     setup_logging("WARNING")
     t0 = time.monotonic()
-    directory.mkdir(parents=True, exist_ok=True)
+    try:  # (the folder is made and shown writable before the simulation runs)
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise output_error(exc, directory, "--dir") from exc
     click.echo(f"simulating {customers} customers over {months} months ...", err=True)
     # (the history ends at the start of today, so the report ends with the running month and its verdict is on
     # the month before)
@@ -310,7 +455,7 @@ def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> N
     click.echo(f"synced {sum(summary.counts.values())} objects, {summary.new_movements} movements "
                f"in {time.monotonic() - t0:.1f} s", err=True)
     chart, page = directory / "mrr.png", directory / "report.html"
-    build_report(settings, period="month", chart=chart, html=page, fmt=fmt, echo=click.echo)
+    build_report(settings, period="month", chart=chart, html=page, fmt=fmt, echo=click.echo, named_by="--dir")
     click.echo(f"chart: {chart}\npage: {page}\nquery it: STRIPE_CHURN_DB={settings.db} "
                "stripe-churn sql \"SELECT * FROM mrr_bridge\"", err=True)
 

@@ -205,3 +205,100 @@ def test_check_read_only_names_the_statement() -> None:
         check_read_only("UPDATE t SET i = 1")
     check_read_only("FROM t SELECT i")
     check_read_only("EXPLAIN SELECT 1")
+
+
+def cli_run(db: Path | None, *args: str) -> tuple[int, str]:
+    env = {"STRIPE_CHURN_DB": str(db)} if db is not None else {}
+    r = CliRunner().invoke(cli, list(args), env=env)
+    return r.exit_code, r.output
+
+
+@pytest.mark.parametrize("args", [["daemon", "--no-sync-on-start", "--webhook-port", "99999"],
+                                  ["sandbox", "--port", "99999"], ["sandbox", "--port", "-1"]])
+def test_a_port_out_of_range_is_a_usage_error(args: list[str]) -> None:
+    """(it was `error: unexpected OverflowError: bind(): port must be 0-65535.`, after seconds of simulating)"""
+    code, out = cli_run(None, *args)
+    assert code == 2 and "is not a port: give 0 to 65535 (0 picks a free one)" in out, out
+    assert "unexpected" not in out and "Traceback" not in out
+
+
+def test_the_sandbox_checks_its_port_and_truth_out_before_simulating(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A taken port and an unwritable --truth-out are refused at once, not after the seconds of simulating."""
+    import socket
+
+    import stripe_churn.sandbox.server as server
+
+    def simulate(**_: object) -> None:
+        raise AssertionError("simulated before the options were checked")
+
+    monkeypatch.setattr(server, "serve_forever", simulate)
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, out = cli_run(None, "sandbox", "--port", str(port))
+    finally:
+        taken.close()
+    assert code == 2 and out == (f"error: sandbox could not listen on 127.0.0.1:{port}: Address already in use; "
+                                 "pick another --port or 0 for a free one\n"), out
+    code, out = cli_run(None, "sandbox", "--port", "0", "--truth-out", str(tmp_path / "nodir" / "truth.jsonl"))
+    assert code == 2 and out.startswith("error: cannot write the ground truth to ") and out.count("\n") == 1, out
+    assert "pass a writable --truth-out path" in out
+
+
+@pytest.mark.parametrize("args", [["sandbox", "--customers", "-5"], ["sandbox", "--months", "-1"],
+                                  ["demo", "--customers", "-1"], ["demo", "--months", "-2"]])
+def test_negative_customers_or_months_are_usage_errors(args: list[str], tmp_path: Path) -> None:
+    """(it was `error: unexpected ValueError: customers and months must be zero or more`)"""
+    code, out = cli_run(None, *args, *(["--dir", str(tmp_path / "demo")] if args[0] == "demo" else []))
+    assert code == 2 and f"{args[-1]} is below zero: give 0 or more" in out, out
+    assert "unexpected" not in out and not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("args", [["sql", "SELECT * FROM t"], ["status"], ["sql", "SELECT 1", "--format", "json"]])
+def test_a_closed_stdout_ends_quietly(tmp_path: Path, args: list[str]) -> None:
+    """`stripe-churn ... | head -1`: the reader went away; no message, exit code 1 (it was `error: unexpected
+    BrokenPipeError: [Errno 32] Broken pipe`)."""
+    db = make_db(tmp_path / "p.duckdb", 3)
+    read, write = os.pipe()
+    os.close(read)  # (nobody reads: the first write fails with EPIPE)
+    try:
+        out = subprocess.run([sys.executable, "-m", "stripe_churn", *args], stdout=write, stderr=subprocess.PIPE,
+                             text=True, timeout=60, env={**os.environ, "STRIPE_CHURN_DB": str(db)})
+    finally:
+        os.close(write)
+    assert out.returncode == 1 and out.stderr == "", out.stderr
+
+
+@pytest.mark.parametrize("damage", ["text", "cut short", "empty"])
+def test_a_damaged_snapshot_is_one_line_saying_the_next_sync_replaces_it(tmp_path: Path, damage: str) -> None:
+    """(status said `error: unexpected IOException`; sql, report and export `cannot open snapshot ...: IO Error`
+    without what to do)"""
+    db = make_db(tmp_path / "s.duckdb", 3000)
+    snap = snapshot_path(db)
+    good = snap.read_bytes()
+    snap.write_bytes({"text": b"hello\n", "cut short": good[:5000], "empty": b""}[damage])
+    for args in (["status"], ["sql", "SELECT 1"], ["report"], ["export", "--out", str(tmp_path / "e")]):
+        code, out = cli_run(db, *args)
+        assert code == 2 and out.count("\n") == 1, (args, out)
+        assert out.startswith(f"error: the snapshot {snap} is damaged ("), (args, out)
+        assert out.endswith("run `stripe-churn sync`, the next sync replaces it (the database itself is not "
+                            "touched)\n"), (args, out)
+    assert db.exists() and not (tmp_path / "e").exists()
+
+
+def test_an_output_path_that_cannot_be_written_names_its_option(tmp_path: Path) -> None:
+    """A file where --out's or --dir's folder should go: the error names that path and option, not the
+    database's setting (it said `... (the database and the files beside it: setting db, STRIPE_CHURN_DB)`)."""
+    db = make_db(tmp_path / "o.duckdb", 3)
+    (tmp_path / "afile").write_text("in the way")
+    for args, path, option in ((["export", "--out", str(tmp_path / "afile" / "exp")], "afile/exp", "--out"),
+                               (["demo", "--dir", str(tmp_path / "afile" / "demo")], "afile/demo", "--dir"),
+                               (["demo", "--dir", str(tmp_path / "afile" / "x" / "demo")], "afile/x/demo",
+                                "--dir")):
+        code, out = cli_run(db, *args)
+        assert code == 2 and out.count("\n") == 1, out
+        assert out == (f"error: cannot write {tmp_path / path} (a file stands where a directory is needed): move "
+                       f"that file, or give {option} another path\n"), out

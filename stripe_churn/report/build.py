@@ -70,10 +70,15 @@ def complete_periods(rows: list[dict[str, Any]], today: dt.date | None = None) -
 
 def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.date | None = None,
                  period: str = "month", segment: str | None = None, chart: Path | None = None,
-                 html: Path | None = None, fmt: str = "table", echo: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Print the bridge with a verdict per period; write the chart and page when asked. Returns the rows."""
+                 html: Path | None = None, fmt: str = "table", echo: Callable[[str], None] = print,
+                 named_by: str | None = None) -> list[dict[str, Any]]:
+    """Print the bridge with a verdict per period; write the chart and page when asked (``named_by``: the option
+    that named their place, when not --chart and --html). Returns the rows."""
+    from stripe_churn.report.outputs import chart_format, output_error
     from stripe_churn.report.tables import bridge_rows, render
 
+    if chart:
+        chart_format(chart)  # (an ending the chart cannot be drawn as is refused before anything is printed)
     rows, as_of, derived_in = load_bridge(settings.db, start=start, end=end, period=period, segment=segment)
     # (the amounts are in the currency of the recompute that derived them, whatever the settings say now)
     currency = derived_in or settings.currency.lower()
@@ -102,9 +107,15 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
     if chart:
         from stripe_churn.report.charts import write_chart
 
-        write_chart(drawable, chart, currency, period)
+        try:
+            write_chart(drawable, chart, currency, period)
+        except OSError as exc:
+            raise output_error(exc, chart, named_by or "--chart") from exc
     if html:
         from stripe_churn.report.html import write_html
 
-        write_html(drawable, html, currency, period, as_of)
+        try:
+            write_html(drawable, html, currency, period, as_of)
+        except OSError as exc:
+            raise output_error(exc, html, named_by or "--html") from exc
     return rows

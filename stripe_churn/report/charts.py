@@ -101,10 +101,15 @@ def build_figure(rows: Sequence[dict[str, Any]], currency: str = "usd", period: 
 
 
 def write_chart(rows: Sequence[dict[str, Any]], path: Path, currency: str = "usd", period: str = "month") -> Path:
-    """Draw the two panels into a PNG file."""
+    """Draw the two panels into a file in the format its name ends in (PNG, SVG or PDF; PNG without an ending),
+    creating its folder when missing."""
+    from stripe_churn.report.outputs import chart_format, make_parent
+
+    fmt = chart_format(path)
     fig = build_figure(rows, currency, period)
     try:
-        fig.savefig(path, format="png", dpi=110)
+        make_parent(path)
+        fig.savefig(path, format=fmt, dpi=110)
     finally:
         plt.close(fig)
     return path

@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 
 from stripe_churn.errors import ConfigError
+from stripe_churn.report.outputs import output_error
 from stripe_churn.store.snapshot import open_snapshot
 
 DEFAULT_NAMES = ("mrr_movements", "customer_mrr", "mrr_bridge", "scheduled_churn", "churn_reasons", "sync_runs")
@@ -24,7 +25,10 @@ def export(db: Path, out: Path, names: Sequence[str] = (), fmt: str = "parquet")
         unknown = [n for n in wanted if n not in known]
         if unknown:
             raise ConfigError(f"no table or view named {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise output_error(exc, out, "--out") from exc
         written = []
         for name in wanted:
             path = out / f"{name}.{fmt}"

@@ -41,6 +41,9 @@ def render_html(rows: Sequence[dict[str, Any]], currency: str = "usd", period: s
 
 def write_html(rows: Sequence[dict[str, Any]], path: Path, currency: str = "usd", period: str = "month",
                as_of: dt.date | None = None) -> Path:
-    """Write the page to ``path``."""
+    """Write the page to ``path``, creating its folder when missing."""
+    from stripe_churn.report.outputs import make_parent
+
+    make_parent(path)
     path.write_text(render_html(rows, currency, period, as_of), encoding="utf-8")
     return path

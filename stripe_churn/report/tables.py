@@ -72,12 +72,18 @@ def verdict(row: dict[str, Any], as_of: dt.date | None = None) -> str:
     """Plain words for one period: "yes" at net negative churn, "no" otherwise, "n/a" without opening MRR.
     Given the day the data runs up to (``as_of``), a period not ended before it has no verdict yet: "running"
     when that day falls in it, "after data" when it starts later."""
-    if as_of is not None and day_of(row.get("period_end")) >= as_of:
+    if as_of is not None and not complete(row, as_of):
         return "running" if day_of(row.get("period_start")) <= as_of else "after data"
     rate = row.get("net_revenue_churn_rate")
     if rate is None:
         return "n/a"
     return "yes" if float(rate) < 0 else "no"
+
+
+def complete(row: dict[str, Any], as_of: dt.date) -> bool:
+    """Whether the period of ``row`` ended before ``as_of``, the day the data runs up to (otherwise it is still
+    running, or starts after the data)."""
+    return day_of(row.get("period_end")) < as_of
 
 
 def day_of(value: Any) -> dt.date:
@@ -93,11 +99,13 @@ def bridge_rows(rows: Sequence[dict[str, Any]], fmt: str,
                 as_of: dt.date | None = None) -> tuple[list[str], list[list[Any]]]:
     """For a table: the compact bridge and a yes/no verdict (none yet for periods not complete before
     ``as_of``, when given); for CSV/JSON every column of the view as it is (its ``net_negative_churn``
-    BOOLEAN is the verdict)."""
+    BOOLEAN is the verdict, for complete periods) and then ``complete``: whether the period ended before
+    ``as_of`` (false for the running one and those after the data; empty without ``as_of``)."""
     if not rows:
-        return [*BRIDGE_COLUMNS, "net_negative_churn"], []
+        return [*BRIDGE_COLUMNS, "net_negative_churn", *(() if fmt == "table" else ("complete",))], []
     if fmt == "table":
         cols = [c for c in ("segment_value", *BRIDGE_COLUMNS) if c in rows[0]]
     else:
-        return list(rows[0].keys()), [list(r.values()) for r in rows]
+        return ([*rows[0].keys(), "complete"],
+                [[*r.values(), None if as_of is None else complete(r, as_of)] for r in rows])
     return [*cols, "net_negative_churn"], [[r.get(c) for c in cols] + [verdict(r, as_of)] for r in rows]

@@ -225,3 +225,84 @@ def test_an_account_without_revenue_says_there_is_no_verdict(tmp_path: Path, db:
     assert "no MRR to report yet: the store holds no subscription revenue, so no verdict" in run(empty, "report")
     out = run(db, "report", "--from", "2001-01", "--to", "2001-03")
     assert "no MRR to report in that range or segment, so no verdict" in out
+
+
+def test_chart_and_page_folders_are_made(db: Path, tmp_path: Path) -> None:
+    """(missing folders were `error: unexpected FileNotFoundError`; export --out and demo --dir make theirs)"""
+    png, page = tmp_path / "nodir" / "x" / "mrr.png", tmp_path / "nodir" / "y" / "r.html"
+    run(db, "report", "--chart", str(png), "--html", str(page))
+    assert png.read_bytes().startswith(PNG_MAGIC) and "<table>" in page.read_text()
+
+
+def test_the_chart_is_written_in_the_format_its_name_ends_in(db: Path, tmp_path: Path) -> None:
+    """(.svg and .txt got PNG bytes)"""
+    run(db, "report", "--chart", str(tmp_path / "mrr.svg"), "--format", "csv")
+    assert b"<svg" in (tmp_path / "mrr.svg").read_bytes()[:1000]
+    run(db, "report", "--chart", str(tmp_path / "mrr.PDF"), "--format", "csv")
+    assert (tmp_path / "mrr.PDF").read_bytes().startswith(b"%PDF")
+    result = CliRunner().invoke(cli, ["report", "--chart", str(tmp_path / "mrr.txt")],
+                                env={"STRIPE_CHURN_DB": str(db)})
+    assert result.exit_code == 2 and result.output == (
+        f"error: cannot draw the chart as .txt ({tmp_path / 'mrr.txt'}): give --chart a file name ending in .png, "
+        ".svg or .pdf\n"), result.output  # (refused before the table is printed)
+    assert not (tmp_path / "mrr.txt").exists()
+
+
+def test_a_chart_or_page_that_cannot_be_written_names_its_option(db: Path, tmp_path: Path) -> None:
+    """(it blamed the database's setting: `(the database and the files beside it: setting db, STRIPE_CHURN_DB)`)"""
+    (tmp_path / "afile").write_text("in the way")
+    for option, name in (("--chart", "c.png"), ("--html", "r.html")):
+        path = tmp_path / "afile" / name
+        result = CliRunner().invoke(cli, ["report", "--format", "csv", option, str(path)],
+                                    env={"STRIPE_CHURN_DB": str(db)})
+        assert result.exit_code == 2, result.output
+        assert result.output.splitlines()[-1] == (
+            f"error: cannot write {path} (a file stands where a directory is needed): move that file, or give "
+            f"{option} another path"), result.output
+        assert "STRIPE_CHURN_DB" not in result.output
+
+
+def test_csv_and_json_say_whether_each_period_is_complete(db: Path) -> None:
+    """The running month (and those after the data) had `net_negative_churn` as a finished month has it, with
+    nothing to tell them apart: `complete` comes after the view's columns, false where the table has no verdict."""
+    from stripe_churn.metrics.queries import data_as_of
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        as_of = data_as_of(con)
+    finally:
+        con.close()
+    rows = view_rows(db)
+    words = [verdict(r, as_of) for r in rows]
+    out = json.loads(run(db, "report", "--format", "json"))
+    assert list(out[0]) == [*rows[0], "complete"]
+    assert [r["complete"] for r in out] == [w not in ("running", "after data") for w in words]
+    assert out[words.index("running")]["complete"] is False
+    parsed = list(csv.DictReader(io.StringIO(run(db, "report", "--format", "csv"))))
+    assert list(parsed[0]) == [*rows[0], "complete"]
+    assert [p["complete"] for p in parsed] == [str(r["complete"]) for r in out]
+
+
+def test_the_sync_summary_calls_the_running_month_as_the_report_does(db: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """(its "Current month" table said `yes` or `no` where the report says `running`)"""
+    import stripe_churn.pipeline as pipeline
+    from stripe_churn.metrics.queries import data_as_of
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        as_of = data_as_of(con)
+    finally:
+        con.close()
+    running = next(r for r in view_rows(db) if verdict(r, as_of) == "running")
+    assert verdict(running) in ("yes", "no")  # (what the summary said)
+    monkeypatch.setattr(pipeline, "run_once", lambda *_, **__: pipeline.RunSummary(
+        mode="incremental", status="ok", counts={"customer": 1}, bridge_line=running))
+    env = {"STRIPE_CHURN_DB": str(db), "STRIPE_API_KEY": "sk_test_summary"}
+    result = CliRunner().invoke(cli, ["sync"], env=env)
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if running["period_start"].isoformat() in line)
+    assert line.rstrip(" │").endswith("running"), line
+    result = CliRunner().invoke(cli, ["sync", "--format", "json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["bridge_line"]["complete"] is False
