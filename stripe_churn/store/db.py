@@ -173,8 +173,35 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
 ]
 
 
+def check_store(con: duckdb.DuckDBPyConnection, where: str | Path = "this DuckDB database") -> None:
+    """Refuse, before anything is written, a database that is not a stripe-churn store (tables or views but no
+    ``schema_migrations``) or one a newer stripe-churn migrated (a migration this version does not know). An
+    empty database is a new store."""
+    objects = con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "UNION ALL SELECT schema_name, view_name FROM duckdb_views() WHERE NOT internal "
+        "AND database_name = current_database()").fetchall()
+    if not objects:
+        return
+    if ("main", "schema_migrations") not in objects:
+        raise StoreError(
+            f"{where} is a DuckDB database but not a stripe-churn store (it has tables, none of them "
+            "schema_migrations): point STRIPE_CHURN_DB (setting db) at a new or existing stripe-churn file; "
+            "that database was left as it was")
+    known = {name for name, _ in MIGRATIONS}
+    unknown = sorted(r[0] for r in con.execute("SELECT name FROM main.schema_migrations").fetchall()
+                     if r[0] not in known)
+    if unknown:
+        raise StoreError(
+            f"the store {where} was written by a newer stripe-churn (its migration {unknown[-1]} is unknown to this "
+            "version): upgrade stripe-churn to use it, or point STRIPE_CHURN_DB (setting db) at another store; "
+            "the store was left as it was")
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Apply the migrations not yet recorded in schema_migrations; returns the names applied."""
+    """Apply the migrations not yet recorded in schema_migrations; returns the names applied. A database that
+    :func:`check_store` refuses is left as it was."""
+    check_store(con)
     _create_if_missing(con, "schema_migrations")
     done = {r[0] for r in con.execute("SELECT name FROM schema_migrations").fetchall()}
     applied = []
@@ -291,6 +318,11 @@ def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
                                                      "move it aside and run `stripe-churn sync --full`") from None
     con.execute("SET TimeZone = 'UTC'")
     quiet(con)
+    try:
+        check_store(con, path)  # (before any write: a file that is not a store, or a newer one's, stays as it is)
+    except BaseException:
+        con.close()
+        raise
     if not read_only:
         try:
             migrate(con)

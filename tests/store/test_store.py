@@ -324,6 +324,54 @@ def test_locked_store_is_a_one_line_error(tmp_path: Path) -> None:
     open_store(path, read_only=True).close()
 
 
+def _file_state(path: Path) -> tuple[bytes, list[Path]]:
+    return path.read_bytes(), sorted(path.parent.iterdir())
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["writable", "read-only"])
+def test_a_duckdb_file_that_is_not_a_store_is_refused_and_left_as_it_was(tmp_path: Path, read_only: bool) -> None:
+    path = tmp_path / "other.duckdb"
+    c = duckdb.connect(str(path))
+    c.execute("CREATE TABLE customers (id INT, name VARCHAR)")
+    c.execute("INSERT INTO customers VALUES (1, 'Ada')")
+    c.close()
+    before = _file_state(path)
+    with pytest.raises(StoreError) as info:
+        open_store(path, read_only=read_only)
+    msg = str(info.value)
+    assert "not a stripe-churn store" in msg and "STRIPE_CHURN_DB" in msg and "\n" not in msg
+    assert _file_state(path) == before
+    c = duckdb.connect(str(path), read_only=True)
+    try:
+        assert c.execute("SELECT table_name FROM duckdb_tables()").fetchall() == [("customers",)]
+    finally:
+        c.close()
+
+
+def test_an_empty_duckdb_file_becomes_a_new_store(tmp_path: Path) -> None:
+    path = tmp_path / "empty.duckdb"
+    duckdb.connect(str(path)).close()
+    with open_store(path) as c:
+        assert [r[0] for r in c.execute("SELECT name FROM schema_migrations").fetchall()] == [m[0] for m in MIGRATIONS]
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["writable", "read-only"])
+def test_a_store_of_a_newer_version_is_refused_and_left_as_it_was(tmp_path: Path, read_only: bool) -> None:
+    path = tmp_path / "newer.duckdb"
+    open_store(path).close()
+    c = duckdb.connect(str(path))
+    c.execute("INSERT INTO schema_migrations (name, applied_at) VALUES ('009_future_thing', now())")
+    c.execute("DROP TABLE metrics_runs")  # (as if 005 were missing too: nothing may be applied)
+    c.execute("DELETE FROM schema_migrations WHERE name = '005_metrics_runs'")
+    c.close()
+    before = _file_state(path)
+    with pytest.raises(StoreError) as info:
+        open_store(path, read_only=read_only)
+    msg = str(info.value)
+    assert "newer stripe-churn" in msg and "009_future_thing" in msg and "upgrade" in msg and "\n" not in msg
+    assert _file_state(path) == before
+
+
 def test_read_only_open_of_a_missing_store(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="stripe-churn sync"):
         open_store(tmp_path / "none.duckdb", read_only=True)
