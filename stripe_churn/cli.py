@@ -462,7 +462,16 @@ def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> N
 
 def main() -> None:
     """Console entry point."""
-    cli()
+    try:
+        cli()
+    except SystemExit as done:
+        if done.code == 130:
+            # interrupted: a second Ctrl-C while the interpreter shuts down would end the process by the signal
+            # instead of this exit code (set here, not in handle_errors: the process ends now)
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise
 
 
 if __name__ == "__main__":

@@ -126,10 +126,26 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
             raise
         raise no_room from exc
     except Exception as exc:
+        if _query_interrupted(exc):  # Ctrl-C during a statement of this thread: an interrupt, as anywhere else
+            raise KeyboardInterrupt from exc
         refused = store_failure(exc) or damaged_store(exc, settings.db)
         if refused is None:
             raise
         raise refused from exc
+
+
+def _query_interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from or during) is DuckDB's answer to a SIGINT (Ctrl-C) that came
+    while a statement ran in the main thread: it stops the statement and raises this error in place of the
+    KeyboardInterrupt."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, RuntimeError) and str(current) == "Query interrupted":
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Event | None,

@@ -28,12 +28,13 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import sys
 import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
@@ -87,6 +88,9 @@ EVENTS_COMPLETE = "events:complete"  # ``created``: server time up to which ever
 # complete beyond Stripe's 30-day retention: those in between are lost, and the metrics take history from
 # invoices up to the first event after it, as for an account synced for the first time)
 EVENTS_UNBROKEN = "events:unbroken"
+# sync_runs.error of a run interrupted by Ctrl-C: every page is committed with its cursor (full listing: the slice
+# cursors; incremental: the events cursor), so the next run goes on from there
+INTERRUPTED = "interrupted (Ctrl-C); the next sync resumes from the stored cursors"
 EVENT_GROUP = 500  # events applied (and their objects refreshed) together
 CHECK_EACH_MAX = 250  # unlisted stored objects retrieved one by one at most (more are flagged at once)
 QUEUE_PAGES = 28  # pages waiting for the writer (serialised: ~0.5 MB each at most), enough for TX_OBJECTS
@@ -148,6 +152,61 @@ class Batch:
 
 class _Stopped(Exception):
     pass
+
+
+class _Malformed(Exception):
+    """An object of an answer is not of the shape the sync reads (the message says what): turned into a
+    :class:`BadResponseError` naming the request by :func:`_answer_of`."""
+
+
+def _a(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
+
+def _check_object(table: str, obj: Any, *, embedded: bool = True) -> None:
+    """Raise :class:`_Malformed` when ``obj`` (an object of ``table`` as Stripe sent it) is not a JSON object with
+    an id, or (``embedded``) what hangs off it that the sync reads (items, lines, discounts) is not of the shape
+    it reads. (A field of another type than expected anywhere else is kept raw and counted by the metrics.)"""
+    kind = table[:-1].replace("_", " ")
+    if not isinstance(obj, dict):
+        raise _Malformed(f"{_a(kind)} that is not an object ({orjson.dumps(obj).decode()[:40]})")
+    oid = obj.get("id")
+    if not isinstance(oid, str) or not oid:
+        raise _Malformed(f"{_a(kind)} without an id")
+    if not embedded or obj.get("deleted"):
+        return
+    inner = {"subscriptions": ("items", "subscription_items"), "invoices": ("lines", "invoice_lines")}.get(table)
+    children: list[Any] = []
+    if inner is not None:
+        lst = obj.get(inner[0])
+        data = lst.get("data") if isinstance(lst, dict) else None
+        if lst is not None and (not isinstance(lst, dict) or not isinstance(data, list | None)):
+            raise _Malformed(f"{_a(kind)} {oid} whose {inner[0]} are not a list object")
+        children = data or []
+        for child in children:
+            _check_object(inner[1], child, embedded=False)
+    for owner in [obj, *children]:
+        discounts = owner.get("discounts")
+        if discounts is not None and not isinstance(discounts, list):
+            raise _Malformed(f"{_a(kind)} {oid} whose discounts are not a list")
+        for d in [*(discounts or ()), owner.get("discount") if table == "customers" else None]:
+            if isinstance(d, dict) and not (isinstance(d.get("id"), str) and d["id"]):
+                raise _Malformed(f"{_a(kind)} {oid} with a discount without an id")
+
+
+def _malformed_answer(problem: str, path: str) -> BadResponseError:
+    return BadResponseError(f"Stripe sent {problem} for GET {path}: nothing of that answer was stored (what was "
+                            "committed before is kept); run the sync again, and if it happens again check that "
+                            "STRIPE_API_BASE (setting api_base) is Stripe's API")
+
+
+@contextlib.contextmanager
+def _answer_of(path: str) -> Iterator[None]:
+    """Objects of the answer to GET ``path`` are checked within: a malformed one is a one-line error naming it."""
+    try:
+        yield
+    except _Malformed as exc:
+        raise _malformed_answer(str(exc), path) from None
 
 
 @dataclass(eq=False)
@@ -370,7 +429,7 @@ class _Sync:
             if self.write_error is None:
                 try:
                     await self._db(self._apply, batches)
-                except BaseException as exc:  # surfaced by _flush and _put
+                except Exception as exc:  # surfaced by _flush and _put (a cancel ends the writer: not caught)
                     self.write_error = exc
             if end:
                 return
@@ -402,6 +461,11 @@ class _Sync:
         while True:
             page = await self.api.get(path, {**params, "limit": PAGE_LIMIT, "starting_after": after})
             data = page.get("data") or []
+            if not isinstance(data, list):
+                raise _malformed_answer("a list page whose data is not a list", path)
+            with _answer_of(path):
+                for obj in data:
+                    _check_object("list_items", obj, embedded=False)
             out.extend(data)
             if not page.get("has_more") or not data:
                 return out
@@ -411,8 +475,10 @@ class _Sync:
                           deleted: bool | None = None, *, children: list[dict[str, Any]] | None = None) -> None:
         """An object and what hangs off it (items, lines, discounts) into the batch.
 
-        ``children``: the object's complete item or line list when already fetched.
+        ``children``: the object's complete item or line list when already fetched. Raises :class:`_Malformed`
+        for an object not of the shape read here.
         """
+        _check_object(table, obj)
         batch.add(table, obj, version, deleted)
         if deleted or obj.get("deleted"):
             return
@@ -539,6 +605,7 @@ class _Sync:
         for raw, head in data:
             if head is None or not self._add_listed(batch, table, raw, head, version):
                 slow.append(orjson.loads(raw))
+                _check_object(table, slow[-1])
         if slow:
             full_lists = await self._children(table, slow)
             for obj in slow:
@@ -592,7 +659,8 @@ class _Sync:
                     lo = sl.lo
                     if sl.hi is not None:
                         data = [o for o in data if _listed_created(o, lo) >= lo]
-                    batch = await self._page_batch(sl.stream.table, data, version)
+                    with _answer_of(sl.stream.path):
+                        batch = await self._page_batch(sl.stream.table, data, version)
                     if sl.lo == lo:
                         break
                 if sl.hi is None:  # the stream's first page: from now on a slice of [oldest, newest]
@@ -641,7 +709,7 @@ class _Sync:
             await self._db(self._clear_full)
             cursors = {}
             newest = await self.api.get("/v1/events", {"limit": 1})
-            evs = newest.get("data") or []
+            evs = _events_of(newest)
             start_evt = evs[0]["id"] if evs else None
             version = int(evs[0]["created"]) if evs else int(time.time())
             await self._db(self._start_full, start_evt, version, self.api.server_time)
@@ -662,18 +730,21 @@ class _Sync:
         for s in STREAMS:
             if s.name not in started:  # the first page of each stream, then slices of what it has left
                 self._start(_Slice(s, 0, None, None, key=f"full:{s.name}"), version)
-        while True:  # every slice task ever started is awaited here (failures are never lost)
-            pending = [t for t in self._tasks if not t.done()]
-            if not pending:
-                break
-            await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-            failed = [t.exception() for t in self._tasks if t.done() and not t.cancelled()
-                      and t.exception() is not None and not isinstance(t.exception(), _Stopped)]
-            if failed:  # one slice failed for good: the others stop where they are (their pages are committed)
-                for t in self._tasks:
-                    t.cancel()
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-                raise failed[0]  # type: ignore[misc]
+        try:
+            while True:  # every slice task ever started is awaited here (failures are never lost)
+                pending = [t for t in self._tasks if not t.done()]
+                if not pending:
+                    break
+                await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                failed = [t.exception() for t in self._tasks if t.done() and not t.cancelled()
+                          and t.exception() is not None and not isinstance(t.exception(), _Stopped)]
+                if failed:  # one slice failed for good: the others stop where they are (their pages are committed)
+                    raise failed[0]  # type: ignore[misc]
+        except BaseException:
+            # (also when the run is cancelled, by Ctrl-C: no slice outlives the listing, to fail later on the
+            # closed HTTP client with nobody to hear it)
+            await self._cancel_slices()
+            raise
         stopped = any(isinstance(t.exception(), _Stopped) for t in self._tasks if not t.cancelled())
         await self._flush()
         self.staging = False
@@ -690,6 +761,13 @@ class _Sync:
         cur = await self._db(self._cursors)
         start_evt = cur.get("full", (start_evt, version, False))[0]
         await self._db(self._finish_full, start_evt, version)
+
+    async def _cancel_slices(self) -> None:
+        """Cancel the slice tasks still running and wait until every one has ended (their failures taken)."""
+        while any(not t.done() for t in self._tasks):
+            for t in self._tasks:
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _only_in_deletions(self) -> list[tuple[str, int, str]]:
         """(table, unix time, event JSON) of the newest deletion event of each object the store lacks that only
@@ -913,7 +991,7 @@ class _Sync:
                 if self.stop.is_set():
                     raise _Stopped
                 page = await self.api.get("/v1/events", {"limit": PAGE_LIMIT, "ending_before": value})
-                data = page.get("data") or []
+                data = _events_of(page)
                 if data:
                     data.reverse()  # oldest first
                     group.extend(data)
@@ -944,7 +1022,7 @@ class _Sync:
                 raise _Stopped
             page = await self.api.get("/v1/events", {"limit": PAGE_LIMIT, "starting_after": after,
                                                      "created": {"gte": since}})
-            data = page.get("data") or []
+            data = _events_of(page)
             if not data:
                 break
             if newest is None:
@@ -971,13 +1049,14 @@ class _Sync:
             v = int(ev["created"])
             batch.add("events", ev, v, False)
             obj = (ev.get("data") or {}).get("object")
-            if not isinstance(obj, dict) or "id" not in obj:
-                continue
+            if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or not obj["id"]:
+                continue  # (kept with its event, as an object of a type the sync does not know)
             table = OBJECT_TABLE.get(str(obj.get("object")))
             if table is None:
                 continue
             gone = table in DELETABLE and str(ev.get("type", "")).endswith(".deleted")
-            await self._add_object(batch, table, obj, v, True if gone else None)
+            with _answer_of("/v1/events"):
+                await self._add_object(batch, table, obj, v, True if gone else None)
             touched.update(_related(table, obj))
         await self._refresh(batch, touched, max(int(e["created"]) for e in events))
         if last_id is not None:
@@ -988,7 +1067,7 @@ class _Sync:
         assert self.api is not None
         path = RETRIEVE_PATH[table].format(id=oid)
         try:
-            return await self.api.get(path, RETRIEVE_PARAMS.get(table))
+            obj = await self.api.get(path, RETRIEVE_PARAMS.get(table))
         except NotFoundError:
             return {"id": oid, "deleted": True}
         except StripeAPIError as exc:
@@ -996,9 +1075,12 @@ class _Sync:
                 raise
             # a deleted object has nothing to expand (its stub is all there is): ask again without expand
             try:
-                return await self.api.get(path)
+                obj = await self.api.get(path)
             except NotFoundError:
                 return {"id": oid, "deleted": True}
+        with _answer_of(path):
+            _check_object(table, obj)
+        return obj
 
     async def _refresh(self, batch: Batch, touched: set[tuple[str, str]], version: int) -> None:
         sem = asyncio.Semaphore(32)
@@ -1060,8 +1142,9 @@ class _Sync:
                 listed.append(oid)
                 if oid not in stored or stored[oid] != orjson.loads(raw):
                     batch.add_raw(stream.table, oid, raw, version, bool(head.deleted))
-                    for d in head.discounts or ():  # (version 0, as an invoice line's: added when missing)
-                        _add_listed_discount(batch, bytes(d), 0)
+                    with _answer_of(stream.path):
+                        for d in head.discounts or ():  # (version 0, as an invoice line's: added when missing)
+                            _add_listed_discount(batch, bytes(d), 0)
             if batch.size():
                 await self._put(batch)
             if not page.has_more or not page.data:
@@ -1141,7 +1224,10 @@ class _Sync:
                     result.requests = api.requests
         except BaseException as exc:
             result.status = "failed"
-            result.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):  # (Ctrl-C: asyncio.run cancels the run)
+                result.error = INTERRUPTED
+            else:
+                result.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             with contextlib.suppress(BaseException):
                 await self.queue.put(None)
                 if self._writer_task is not None:
@@ -1161,13 +1247,32 @@ class _Sync:
         return result
 
 
+def _events_of(page: dict[str, Any]) -> list[dict[str, Any]]:
+    """The events of a page of /v1/events, each an object with an id, a ``created`` time and its ``data``;
+    a one-line error naming the first that is not."""
+    data = page.get("data") or []
+    if not isinstance(data, list):
+        raise _malformed_answer("a list page whose data is not a list", "/v1/events")
+    for ev in data:
+        with _answer_of("/v1/events"):
+            _check_object("events", ev, embedded=False)
+        created = ev.get("created")
+        if isinstance(created, bool) or not isinstance(created, int):
+            raise _malformed_answer(f"the event {ev['id']} without a created time", "/v1/events")
+        if not isinstance(ev.get("data"), dict | None):
+            raise _malformed_answer(f"the event {ev['id']} whose data is not an object", "/v1/events")
+    return data
+
+
 def _add_listed_discount(batch: Batch, raw: bytes, version: int) -> Any:
     """An embedded discount (raw JSON) into the batch when it is an expanded object; its id, or None when it is
     not an object (an id string, null)."""
     if not is_object(raw):
         return None
     head = head_of(raw)
-    batch.add_raw("discounts", str(head.id), raw, version, bool(head.deleted))
+    if not isinstance(head.id, str) or not head.id:
+        raise _Malformed("a discount without an id")
+    batch.add_raw("discounts", head.id, raw, version, bool(head.deleted))
     return head.id
 
 
@@ -1229,7 +1334,46 @@ def run_sync(settings: Settings, *, full: bool = False, con: duckdb.DuckDBPyConn
              progress: bool = True, stop: threading.Event | None = None) -> SyncResult:
     """Bring the store up to date with Stripe: incremental from the events cursor, or a full re-list."""
     with _connection(settings, con) as db, _lean(db):
-        return asyncio.run(_Sync(settings, db, progress, stop).run(full))
+        return _run_interruptible(_Sync(settings, db, progress, stop).run(full))
+
+
+def _run_interruptible(run: Coroutine[Any, Any, SyncResult]) -> SyncResult:
+    """``asyncio.run(run)``, where Ctrl-C (SIGINT, when Python's default handler has it) cancels the run once, as
+    asyncio.run does, and a second one does not raise KeyboardInterrupt into the event loop, as asyncio.run's
+    does: raised between a future's end and its task's wakeup it leaves that task waiting for ever, and the run
+    hangs (or fails on the closed HTTP client, or on a DuckDB statement it stops). The interrupted run ends as
+    fast anyway (its last pages are committed, then its HTTP client closed); KeyboardInterrupt is raised once it
+    has."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return asyncio.run(run)  # (the daemon's own handler asks for a stop by its event)
+    interrupted = False
+
+    async def main() -> SyncResult:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigint() -> None:
+            nonlocal interrupted
+            if not interrupted:
+                interrupted = True
+                log.info("interrupted: the pages listed are committed, then the sync stops")
+                task.cancel()
+
+        # (the loop's handler runs as one of its callbacks; it stays until the loop is closed, after its tasks
+        # and threads have ended, when the loop puts Python's default handler back)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_sigint)
+        return await run
+
+    try:
+        result = asyncio.run(main())
+    except asyncio.CancelledError:
+        if interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    if interrupted:  # (a Ctrl-C as the run ended: the user asked to stop what comes after it)
+        raise KeyboardInterrupt
+    return result
 
 
 @contextlib.contextmanager

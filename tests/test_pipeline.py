@@ -350,3 +350,23 @@ def test_sync_command_prints_what_changed(tmp_path: Path) -> None:
     assert status.exit_code == 0, status.output
     assert [(r["mode"], r["reason"]) for r in json.loads(status.output)["recomputes"]] == [
         ("changed", None), ("full", None)]
+
+
+def test_ctrl_c_during_a_statement_of_the_main_thread_is_an_interrupt(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB stops a statement of the main thread at a SIGINT and raises RuntimeError('Query interrupted') in
+    place of the KeyboardInterrupt: the run ends in the KeyboardInterrupt (the commands' `interrupted`, exit
+    130), not in an unexpected RuntimeError."""
+    import stripe_churn.sync as sync_module
+    from stripe_churn.pipeline import run_once
+    from stripe_churn.settings import Secret, Settings
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("Query interrupted") from None
+
+    monkeypatch.setattr(sync_module, "run_sync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_once(Settings(api_key=Secret("sk_test_x"), db=tmp_path / "s.duckdb"), progress=False)

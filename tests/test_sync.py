@@ -6,6 +6,7 @@ JSON (as the server shapes it: embedded lists cut to 10, tiers only when expande
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ import orjson
 import pytest
 
 from stripe_churn import sync as sync_module
-from stripe_churn.errors import AuthError
+from stripe_churn.errors import AuthError, BadResponseError
 from stripe_churn.sandbox.listing import EVENT_RETENTION_S, served_objects
 from stripe_churn.sandbox.server import start_in_thread
 from stripe_churn.sandbox.sim import Simulation
@@ -354,6 +355,29 @@ def test_killed_sync_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
         assert_store_equals_sandbox(a, sim)
 
 
+def test_an_interrupted_sync_records_why_and_the_next_resumes(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) in the middle of a full listing: the run is recorded failed with a readable reason (not
+    asyncio's 'CancelledError'), and the next run resumes the listing from the stored cursors."""
+    sim = Simulation(customers=150, months=12, seed=8)
+    db = tmp_path / "int.duckdb"
+    with start_in_thread(sim, api_key=KEY, latency_ms=5) as sb:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, sb.url, str(db)], env=env,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and sb.stats()["requests"] < 60:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) != 0
+        with open_store(db) as con:
+            assert con.execute("SELECT status, error FROM sync_runs").fetchall() == [("failed", sync_module.INTERRUPTED)]
+            assert con.execute("SELECT count(*) FROM sync_cursors WHERE stream LIKE 'full:%'").fetchone()[0] > 0
+        again = run_sync(settings_for(sb.url, db), progress=False)
+    assert (again.mode, again.status) == ("full", "succeeded")
+    with open_store(db) as con:
+        assert_store_equals_sandbox(con, sim)
+
+
 def test_cursor_event_past_retention_but_events_complete_within_it_continues(db: Path) -> None:
     # Ends on 2025-11-01: one month on is exactly 30 days, so the newest event of the first sync (created before
     # the clock) has left the 30-day window although every event after it is still kept.
@@ -529,3 +553,135 @@ def test_pending_invoice_items_full_incremental_and_fallback(db: Path) -> None:
         with open_store(db) as con:
             assert_pending_as_served(stored_items(con))
             assert_store_equals_sandbox(con, sim)
+
+
+def _doctor_pages(monkeypatch: pytest.MonkeyPatch, path: str, change: Any) -> None:
+    """Every list page the full sync fetches for ``path`` (first pages included) with its objects changed by
+    ``change`` (parsed objects in, JSON-able values out)."""
+    import msgspec
+
+    from stripe_churn.stripe_api.client import StripeRaw
+
+    original = StripeRaw.get_page
+
+    async def get_page(self: Any, p: str, params: Any = None) -> Any:
+        page = await original(self, p, params)
+        if p == path and page.data:
+            page.data = [msgspec.Raw(orjson.dumps(o)) for o in change([orjson.loads(bytes(r)) for r in page.data])]
+        return page
+
+    monkeypatch.setattr(StripeRaw, "get_page", get_page)
+
+
+@pytest.mark.parametrize(("path", "change", "said"), [
+    ("/v1/customers", lambda objs: [o["id"] for o in objs], "a customer that is not an object"),
+    ("/v1/invoices", lambda objs: [{k: v for k, v in o.items() if k != "id"} if i == 1 else o
+                                   for i, o in enumerate(objs)], "an invoice without an id"),
+    ("/v1/subscriptions", lambda objs: [{**o, "items": "si_1"} for o in objs], "whose items are not a list object"),
+    ("/v1/invoices", lambda objs: [{**o, "lines": {"object": "list", "data": [5], "has_more": False}} for o in objs],
+     "an invoice line that is not an object"),
+], ids=["strings", "invoice-without-id", "items-a-string", "lines-of-numbers"])
+def test_a_malformed_list_page_is_one_line_naming_the_endpoint_and_nothing_of_it_is_stored(
+        db: Path, monkeypatch: pytest.MonkeyPatch, path: str, change: Any, said: str) -> None:
+    _doctor_pages(monkeypatch, path, change)
+    sim = sim_small(customers=10, seed=2)
+    with start_in_thread(sim, api_key=KEY) as sb, pytest.raises(BadResponseError) as info:
+        run_sync(settings_for(sb.url, db, max_retries=0), progress=False)
+    msg = str(info.value)
+    assert said in msg and f"GET {path}" in msg and "nothing of that answer was stored" in msg and "\n" not in msg
+    table = path.rsplit("/", 1)[1]
+    with open_store(db) as con:
+        assert con.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+        if table == "invoices":
+            assert con.execute("SELECT count(*) FROM invoice_lines").fetchone() == (0,)
+        status, error = con.execute("SELECT status, error FROM sync_runs").fetchone()
+        assert status == "failed" and said in error
+
+
+def test_a_malformed_events_page_is_one_line_and_moves_no_cursor(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stripe_churn.stripe_api.client import StripeRaw
+
+    sim = sim_small(customers=10, seed=2)
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = settings_for(sb.url, db, max_retries=0)
+        run_sync(settings, progress=False)
+        with open_store(db) as con:
+            before = table_snapshot(con)
+            cursors = con.execute("SELECT stream, value, created FROM sync_cursors ORDER BY ALL").fetchall()
+        sb.advance(1)
+        original = StripeRaw.get
+
+        async def get(self: Any, p: str, params: Any = None) -> Any:
+            page = await original(self, p, params)
+            if p == "/v1/events" and page.get("data"):
+                page["data"] = [{k: v for k, v in e.items() if k != "created"} for e in page["data"]]
+            return page
+
+        monkeypatch.setattr(StripeRaw, "get", get)
+        with pytest.raises(BadResponseError) as info:
+            run_sync(settings, progress=False)
+    msg = str(info.value)
+    assert "without a created time" in msg and "GET /v1/events" in msg and "\n" not in msg
+    with open_store(db) as con:
+        assert table_snapshot(con) == before
+        assert con.execute("SELECT stream, value, created FROM sync_cursors ORDER BY ALL").fetchall() == cursors
+
+
+INTERRUPT_SCRIPT = textwrap.dedent("""
+    import asyncio, os, signal
+    from stripe_churn.sync import _run_interruptible
+    done = []
+
+    async def run():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the first Ctrl-C: the run is cancelled
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            os.kill(os.getpid(), signal.SIGINT)  # the second, while the run commits what it has and closes
+            for _ in range(5):
+                await asyncio.sleep(0.02)
+                await asyncio.to_thread(lambda: None)
+            done.append("cleanup")
+            raise
+
+    try:
+        _run_interruptible(run())
+    except KeyboardInterrupt:
+        print("interrupted", done)
+        raise SystemExit(130)
+""")
+
+
+def test_a_second_ctrl_c_does_not_break_into_the_interrupted_runs_cleanup() -> None:
+    """asyncio.run raises KeyboardInterrupt into the event loop at a second SIGINT, wherever it is: between a
+    future's end and its task's wakeup that task waits for ever (a sync hung after Ctrl-C pressed twice). Here
+    the second one is ignored, the cleanup ends, and the run ends in one KeyboardInterrupt."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", INTERRUPT_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stdout.strip() == "interrupted ['cleanup']" and proc.stderr == ""
+
+
+def test_a_cancelled_writer_ends_instead_of_waiting_for_more_pages(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cancelled while its write runs (the run's shutdown after Ctrl-C), the writer ends: it used to take the
+    cancel for a failed write and wait on its queue for ever, and asyncio.run's shutdown with it."""
+    monkeypatch.setattr(sync_module._Sync, "_apply", lambda self, batches: time.sleep(0.3))
+
+    async def scenario(engine: Any) -> str:
+        writer = asyncio.create_task(engine._writer())
+        await engine.queue.put(sync_module.Batch())
+        await asyncio.sleep(0.1)  # the write is under way
+        writer.cancel()
+        try:
+            await asyncio.wait_for(writer, 5)
+        except asyncio.CancelledError:
+            return "ended"
+        except TimeoutError:
+            return "waits for ever"
+        return "finished"
+
+    with open_store(db) as con:
+        engine = sync_module._Sync(settings_for("http://127.0.0.1:9", db), con, False, None)
+        assert asyncio.run(scenario(engine)) == "ended"
+        assert engine.write_error is None

@@ -21,7 +21,7 @@ import msgspec
 import orjson
 import stripe
 
-from stripe_churn.errors import AuthError, BadResponseError, StripeAPIError
+from stripe_churn.errors import AuthError, BadResponseError, ConfigError, StripeAPIError
 from stripe_churn.settings import Settings
 from stripe_churn.stripe_api.listed import Page, decode_page
 from stripe_churn.stripe_api.ratelimit import TokenBucket
@@ -206,8 +206,20 @@ class StripeRaw:
         """The account being synced: the configured one (Stripe-Account) or the key's own."""
         if configured:
             return configured
-        acct = await self.get("/v1/account")
-        return str(acct["id"])
+        try:
+            acct = await self.get("/v1/account")
+        except NotFoundError as exc:  # the first request: a 404 here is the wrong server, not a missing object
+            v1 = ", which ends in /v1 now" if self.base.endswith("/v1") else ""
+            raise ConfigError(f"the server at {self.base} has no /v1/account: check STRIPE_API_BASE (setting "
+                              f"api_base){v1}: it should be the server's root such as https://api.stripe.com, "
+                              "without /v1; the store was left as it was", http_status=exc.http_status,
+                              request_id=exc.request_id) from None
+        account = acct.get("id")
+        if not isinstance(account, str) or not account:
+            raise BadResponseError(f"Stripe sent an account without an id for GET /v1/account (id: "
+                                   f"{orjson.dumps(account).decode()[:40]}): nothing was stored; check that "
+                                   "STRIPE_API_BASE (setting api_base) is Stripe's API, and run the sync again")
+        return account
 
 
 class _NotAnObject(ValueError):

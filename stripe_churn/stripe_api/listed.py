@@ -88,7 +88,7 @@ def decode_object(table: str, raw: Raw | bytes) -> Any:
         head = _DECODERS.get(table, _HEAD).decode(raw)
     except msgspec.DecodeError:
         return None
-    if head.id is None:
+    if not isinstance(head.id, str) or not head.id:  # (the dict path says what is wrong with it)
         return None
     return head
 

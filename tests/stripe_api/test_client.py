@@ -11,7 +11,7 @@ import requests
 import responses
 import stripe
 
-from stripe_churn.errors import AuthError, BadResponseError, StripeAPIError
+from stripe_churn.errors import AuthError, BadResponseError, ConfigError, StripeAPIError
 from stripe_churn.settings import Secret, Settings
 from stripe_churn.stripe_api.client import API_VERSION, NotFoundError, StripeRaw, encode_params
 from stripe_churn.stripe_api.ratelimit import TokenBucket
@@ -170,3 +170,37 @@ def test_token_bucket_holds_the_rate_and_recovers() -> None:
     rate, after = asyncio.run(run())
     assert 150 < rate < 260
     assert after == 100
+
+
+def account_of(raw: StripeRaw) -> str:
+    return asyncio.run(raw.account_id(None))
+
+
+@pytest.mark.parametrize("body", [{"id": None, "object": "account"}, {"object": "account"}, {"id": 42},
+                                  {"id": ""}], ids=["null", "missing", "number", "empty"])
+@responses.activate
+def test_an_account_without_an_id_is_one_line_error_not_the_text_none(body: dict[str, Any]) -> None:
+    responses.get(f"{BASE}/v1/account", json=body)
+    with pytest.raises(BadResponseError) as info:
+        account_of(client())
+    msg = str(info.value)
+    assert "/v1/account" in msg and "without an id" in msg and "\n" not in msg
+
+
+@responses.activate
+def test_the_account_id_is_taken_as_sent() -> None:
+    responses.get(f"{BASE}/v1/account", json={"id": "acct_123", "object": "account"})
+    assert account_of(client()) == "acct_123"
+
+
+@pytest.mark.parametrize("base", [BASE, f"{BASE}/v1"], ids=["other-server", "base-with-v1"])
+@responses.activate
+def test_a_404_of_the_account_names_stripe_api_base(base: str) -> None:
+    responses.get(f"{base}/v1/account", status=404, json={"error": {"message": "Unrecognized request URL"}})
+    raw = StripeRaw(Settings(api_key=Secret(KEY), api_base=base, rate_limit=1000.0), http_client=stripe.RequestsClient())
+    with pytest.raises(ConfigError) as info:
+        account_of(raw)
+    msg = str(info.value)
+    assert "STRIPE_API_BASE" in msg and "without /v1" in msg and "\n" not in msg
+    assert ("ends in /v1" in msg) == base.endswith("/v1")
+    assert len(responses.calls) == 1
