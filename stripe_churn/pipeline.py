@@ -257,10 +257,25 @@ ORDER BY c.currency
 """
 
 
+def _process_alive(pid: Any) -> bool:
+    """Whether a process with this pid runs on this machine (True when that cannot be told)."""
+    import os
+
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # (another user's process: it runs)
+        return True
+    return True
+
+
 def collect_status(db: Path) -> dict[str, Any]:
     """Last runs, cursors, lag, data-quality counts and the exchange rates of the currencies billed (from the
     snapshot), the lock and the daemon's state."""
-    from stripe_churn.daemon import read_state
+    from stripe_churn.daemon import read_state, state_path
     from stripe_churn.lock import is_locked
     from stripe_churn.store.snapshot import snapshot_path
 
@@ -270,10 +285,16 @@ def collect_status(db: Path) -> dict[str, Any]:
                             "snapshot_age": None, "sync_running": is_locked(db), "lag": None}
     state = read_state(db)
     if state:
-        info["daemon"] = f"{state.get('state')} (pid {state.get('pid')}, since {state.get('started_at')})"
+        daemon = f"{state.get('state')} (pid {state.get('pid')}, since {state.get('started_at')})"
+        if state.get("state") in ("starting", "started", "stopping") and not _process_alive(state.get("pid")):
+            daemon += "; no process has that pid now: it ended without writing so (killed?)"
+        info["daemon"] = daemon
         err = state.get("last_error") or state.get("previous_error")
         if err:
             info["daemon_error"] = f"{err.get('at')} {err.get('kind')}: {err.get('message')}"
+    elif state_path(db).exists():
+        info["daemon"] = (f"its state file {state_path(db)} cannot be read (damaged?); the daemon's next start "
+                          "writes it anew")
     else:
         info["daemon"] = "never ran against this database"
     if not snap.exists():

@@ -370,3 +370,29 @@ def test_ctrl_c_during_a_statement_of_the_main_thread_is_an_interrupt(tmp_path: 
     monkeypatch.setattr(sync_module, "run_sync", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_once(Settings(api_key=Secret("sk_test_x"), db=tmp_path / "s.duckdb"), progress=False)
+
+
+def test_status_says_when_the_daemon_it_names_is_gone_or_its_state_file_is_damaged(tmp_path: Path) -> None:
+    """A daemon killed with kill -9 leaves its last state, `started`: status adds that no process has its pid.
+    A damaged state file is not "never ran"."""
+    import json
+
+    from stripe_churn.daemon import state_path
+    from stripe_churn.pipeline import collect_status
+
+    db = tmp_path / "s.duckdb"
+    assert collect_status(db)["daemon"] == "never ran against this database"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    state = {"pid": gone.pid, "state": "started", "started_at": "2026-12-04T10:00:00+00:00"}
+    state_path(db).write_text(json.dumps(state), encoding="utf-8")
+    assert collect_status(db)["daemon"] == (f"started (pid {gone.pid}, since 2026-12-04T10:00:00+00:00); no process "
+                                            "has that pid now: it ended without writing so (killed?)")
+    state_path(db).write_text(json.dumps({**state, "pid": os.getpid()}), encoding="utf-8")
+    assert collect_status(db)["daemon"] == f"started (pid {os.getpid()}, since 2026-12-04T10:00:00+00:00)"
+    state_path(db).write_text(json.dumps({**state, "state": "stopped"}), encoding="utf-8")
+    assert collect_status(db)["daemon"].startswith("stopped (pid")
+    assert "no process" not in collect_status(db)["daemon"]
+    state_path(db).write_text('{"pid": 12, "sta', encoding="utf-8")
+    assert collect_status(db)["daemon"] == (f"its state file {state_path(db)} cannot be read (damaged?); the "
+                                            "daemon's next start writes it anew")
