@@ -20,38 +20,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "csv", "json")
 
 
-class PortType(click.ParamType):
-    """A TCP port, 0 to 65535 (0: the OS picks a free one), refused while the options are read."""
-
-    name = "port"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        try:
-            port = int(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a port number: give 0 to 65535 (0 picks a free one)", param, ctx)
-        if not 0 <= port <= 65535:
-            self.fail(f"{port} is not a port: give 0 to 65535 (0 picks a free one)", param, ctx)
-        return port
-
-
-class CountType(click.ParamType):
-    """A count of things to simulate (customers, months): zero or more, refused while the options are read."""
-
-    name = "integer"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        try:
-            count = int(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a whole number: give 0 or more", param, ctx)
-        if count < 0:
-            self.fail(f"{count} is below zero: give 0 or more", param, ctx)
-        return count
-
-
-PORT = PortType()
-COUNT = CountType()
+# A TCP port (0: the OS picks a free one) and a count of things to simulate, refused while the options are read
+PORT = click.IntRange(0, 65535)
+COUNT = click.IntRange(min=0)
 
 # How DuckDB reports a snapshot file that is not the database a sync published (text, a file cut short, bad
 # bytes), with the plain words for each.

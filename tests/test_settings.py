@@ -58,21 +58,6 @@ def test_the_movement_window_under_the_name_design_gives_it(tmp_path: Path, line
     assert s.rules.movement_window_minutes == minutes
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    pytest.param('[rules]\nmovement_window = "soon"\n', "setting 'rules.movement_window'", id="not-a-duration"),
-    pytest.param('[rules]\nmovement_window = "90s"\n', "setting 'rules.movement_window'", id="seconds"),
-    pytest.param("[rules]\nmovement_window = -5\n", "setting 'rules.movement_window'", id="below-0"),
-    pytest.param('[rules]\nmovement_window = "9000000h"\n', "setting 'rules.movement_window'", id="over-a-year"),
-    pytest.param("[rules]\nmovement_window = 1.5\n", "setting 'rules.movement_window'", id="fraction"),
-    pytest.param("[rules]\nmovement_window = 30\nmovement_window_minutes = 30\n", "given twice", id="both-names"),
-])
-def test_a_bad_movement_window_is_one_line_naming_it(tmp_path: Path, text: str, needle: str) -> None:
-    cfg = write(tmp_path, text)
-    with pytest.raises(ConfigError) as err:
-        load_settings(cfg, env={})
-    assert needle in str(err.value) and str(cfg) in str(err.value) and "\n" not in str(err.value)
-
-
 def test_exchange_rate_file_from_file_or_environment(tmp_path: Path) -> None:
     assert load_settings(env={}).fx_rates_file is None
     cfg = write(tmp_path, 'fx_rates_file = "~/rates/fx.csv"\n')
@@ -128,6 +113,22 @@ def test_default_config_file_in_working_directory(tmp_path: Path, monkeypatch: p
         pytest.param('currency = "euro"\n', "setting 'currency'", id="bad-currency"),
         pytest.param('memory_limit = "a lot"\n', "setting 'memory_limit'", id="bad-memory-limit"),
         pytest.param("memory_limit = 4\n", "setting 'memory_limit'", id="memory-limit-without-unit"),
+        pytest.param('[rules]\nmovement_window = "soon"\n', "setting 'rules.movement_window'", id="window-not-a-duration"),
+        pytest.param('[rules]\nmovement_window = "90s"\n', "setting 'rules.movement_window'", id="window-in-seconds"),
+        pytest.param("[rules]\nmovement_window = -5\n", "setting 'rules.movement_window'", id="window-named-below-0"),
+        pytest.param('[rules]\nmovement_window = "9000000h"\n', "setting 'rules.movement_window'", id="window-over-a-year"),
+        pytest.param("[rules]\nmovement_window = 1.5\n", "setting 'rules.movement_window'", id="window-fraction"),
+        pytest.param("[rules]\nmovement_window = 30\nmovement_window_minutes = 30\n", "given twice", id="window-both-names"),
+        pytest.param("max_retries = -3\n", "setting 'max_retries'", id="retries-below-0"),
+        pytest.param("timeout_seconds = -1\n", "setting 'timeout_seconds'", id="timeout-below-0"),
+        pytest.param("timeout_seconds = 0\n", "setting 'timeout_seconds'", id="timeout-0"),
+        pytest.param("timeout_seconds = nan\n", "setting 'timeout_seconds'", id="timeout-nan"),
+        pytest.param("timeout_seconds = inf\n", "setting 'timeout_seconds'", id="timeout-inf"),
+        pytest.param("timeout_seconds = \"30\"\n", "setting 'timeout_seconds'", id="timeout-text"),
+        pytest.param("rate_limit = nan\n", "setting 'rate_limit'", id="rate-limit-nan"),
+        pytest.param('log_level = "LOUD"\n', "setting 'log_level'", id="bad-log-level"),
+        pytest.param("webhook_port = 99999\n", "setting 'webhook_port'", id="port-too-big"),
+        pytest.param("webhook_port = -1\n", "setting 'webhook_port'", id="port-below-0"),
     ],
 )
 def test_bad_config_is_one_line_naming_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
@@ -263,26 +264,6 @@ def test_a_webhook_secret_with_a_line_break_is_refused_without_showing_it() -> N
     with pytest.raises(ConfigError) as err:
         load_settings(env={"STRIPE_WEBHOOK_SECRET": "whsec_SECRETVALUE1\n"})
     assert "environment variable STRIPE_WEBHOOK_SECRET" in str(err.value) and "SECRETVALUE1" not in str(err.value)
-
-
-@pytest.mark.parametrize(("text", "needle"), [
-    pytest.param("max_retries = -3\n", "setting 'max_retries'", id="retries-below-0"),
-    pytest.param("timeout_seconds = -1\n", "setting 'timeout_seconds'", id="timeout-below-0"),
-    pytest.param("timeout_seconds = 0\n", "setting 'timeout_seconds'", id="timeout-0"),
-    pytest.param("timeout_seconds = nan\n", "setting 'timeout_seconds'", id="timeout-nan"),
-    pytest.param("timeout_seconds = inf\n", "setting 'timeout_seconds'", id="timeout-inf"),
-    pytest.param("timeout_seconds = \"30\"\n", "setting 'timeout_seconds'", id="timeout-text"),
-    pytest.param("rate_limit = nan\n", "setting 'rate_limit'", id="rate-limit-nan"),
-    pytest.param('log_level = "LOUD"\n', "setting 'log_level'", id="bad-log-level"),
-    pytest.param("webhook_port = 99999\n", "setting 'webhook_port'", id="port-too-big"),
-    pytest.param("webhook_port = -1\n", "setting 'webhook_port'", id="port-below-0"),
-])
-def test_out_of_range_settings_are_one_line_naming_key_and_file(tmp_path: Path, text: str, needle: str) -> None:
-    cfg = write(tmp_path, text)
-    with pytest.raises(ConfigError) as err:
-        load_settings(cfg, env={})
-    message = str(err.value)
-    assert needle in message and str(cfg) in message and "\n" not in message
 
 
 def test_in_range_edge_values_load(tmp_path: Path) -> None:

@@ -22,6 +22,17 @@ from stripe_churn.report.tables import verdict
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+def data_as_of_in(db: Path) -> dt.date:
+    """The day the data of the store at ``db`` runs up to (what the report judges periods complete by)."""
+    from stripe_churn.metrics.queries import data_as_of
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return data_as_of(con)
+    finally:
+        con.close()
+
+
 def published_store(path: Path, customers: int, months: int) -> Path:
     """A simulated account loaded straight into a store at ``path``, recomputed, snapshot published."""
     from stripe_churn.metrics.runner import recompute
@@ -75,13 +86,7 @@ def test_json_report_is_the_bridge_view(db: Path) -> None:
 
 
 def test_table_says_per_period_whether_net_negative(db: Path) -> None:
-    from stripe_churn.metrics.queries import data_as_of
-
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        as_of = data_as_of(con)
-    finally:
-        con.close()
+    as_of = data_as_of_in(db)
     rows = view_rows(db)
     out = run(db, "report")
     words = []
@@ -265,13 +270,7 @@ def test_a_chart_or_page_that_cannot_be_written_names_its_option(db: Path, tmp_p
 def test_csv_and_json_say_whether_each_period_is_complete(db: Path) -> None:
     """The running month (and those after the data) had `net_negative_churn` as a finished month has it, with
     nothing to tell them apart: `complete` comes after the view's columns, false where the table has no verdict."""
-    from stripe_churn.metrics.queries import data_as_of
-
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        as_of = data_as_of(con)
-    finally:
-        con.close()
+    as_of = data_as_of_in(db)
     rows = view_rows(db)
     words = [verdict(r, as_of) for r in rows]
     out = json.loads(run(db, "report", "--format", "json"))
@@ -287,13 +286,7 @@ def test_the_sync_summary_calls_the_running_month_as_the_report_does(db: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """(its "Current month" table said `yes` or `no` where the report says `running`)"""
     import stripe_churn.pipeline as pipeline
-    from stripe_churn.metrics.queries import data_as_of
-
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        as_of = data_as_of(con)
-    finally:
-        con.close()
+    as_of = data_as_of_in(db)
     running = next(r for r in view_rows(db) if verdict(r, as_of) == "running")
     assert verdict(running) in ("yes", "no")  # (what the summary said)
     monkeypatch.setattr(pipeline, "run_once", lambda *_, **__: pipeline.RunSummary(

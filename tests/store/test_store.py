@@ -328,6 +328,16 @@ def _file_state(path: Path) -> tuple[bytes, list[Path]]:
     return path.read_bytes(), sorted(path.parent.iterdir())
 
 
+def _refused_unchanged(path: Path, read_only: bool) -> str:
+    """The one-line StoreError of opening ``path``, which must leave the file as it was."""
+    before = _file_state(path)
+    with pytest.raises(StoreError) as info:
+        open_store(path, read_only=read_only)
+    assert _file_state(path) == before
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
 @pytest.mark.parametrize("read_only", [False, True], ids=["writable", "read-only"])
 def test_a_duckdb_file_that_is_not_a_store_is_refused_and_left_as_it_was(tmp_path: Path, read_only: bool) -> None:
     path = tmp_path / "other.duckdb"
@@ -335,12 +345,8 @@ def test_a_duckdb_file_that_is_not_a_store_is_refused_and_left_as_it_was(tmp_pat
     c.execute("CREATE TABLE customers (id INT, name VARCHAR)")
     c.execute("INSERT INTO customers VALUES (1, 'Ada')")
     c.close()
-    before = _file_state(path)
-    with pytest.raises(StoreError) as info:
-        open_store(path, read_only=read_only)
-    msg = str(info.value)
-    assert "not a stripe-churn store" in msg and "STRIPE_CHURN_DB" in msg and "\n" not in msg
-    assert _file_state(path) == before
+    msg = _refused_unchanged(path, read_only)
+    assert "not a stripe-churn store" in msg and "STRIPE_CHURN_DB" in msg
     c = duckdb.connect(str(path), read_only=True)
     try:
         assert c.execute("SELECT table_name FROM duckdb_tables()").fetchall() == [("customers",)]
@@ -364,12 +370,8 @@ def test_a_store_of_a_newer_version_is_refused_and_left_as_it_was(tmp_path: Path
     c.execute("DROP TABLE metrics_runs")  # (as if 005 were missing too: nothing may be applied)
     c.execute("DELETE FROM schema_migrations WHERE name = '005_metrics_runs'")
     c.close()
-    before = _file_state(path)
-    with pytest.raises(StoreError) as info:
-        open_store(path, read_only=read_only)
-    msg = str(info.value)
-    assert "newer stripe-churn" in msg and "009_future_thing" in msg and "upgrade" in msg and "\n" not in msg
-    assert _file_state(path) == before
+    msg = _refused_unchanged(path, read_only)
+    assert "newer stripe-churn" in msg and "009_future_thing" in msg and "upgrade" in msg
 
 
 def test_read_only_open_of_a_missing_store(tmp_path: Path) -> None:
