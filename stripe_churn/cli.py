@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from stripe_churn.errors import FatalError, StoreError, StripeChurnError, damaged_store, store_failure
+from stripe_churn.errors import FatalError, StripeChurnError, damaged_store, store_failure
 from stripe_churn.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,34 +22,6 @@ FORMATS = ("table", "csv", "json")
 # A TCP port (0: the OS picks a free one) and a count of things to simulate, refused while the options are read
 PORT = click.IntRange(0, 65535)
 COUNT = click.IntRange(min=0)
-
-# How DuckDB reports a snapshot file that is not the database a sync published (text, a file cut short, bad
-# bytes), with the plain words for each.
-_SNAPSHOT_NAMED = re.compile(r'"([^"]+\.snapshot)"')
-_SNAPSHOT_DAMAGE = {"not a valid DuckDB database file": "not a DuckDB database file",
-                    "Could not read enough bytes": "cut short", "Corrupt database file": "corrupt"}
-
-
-def damaged_snapshot(exc: BaseException) -> StoreError | None:
-    """The one-line error for a snapshot (``<db>.snapshot``) that DuckDB cannot read as a database, found in
-    ``exc`` or what it was raised from; None otherwise. Readers (``status``, ``sql``, ``report``, ``export``)
-    open the snapshot alone, and the next sync replaces it."""
-    import duckdb
-
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, duckdb.Error | StoreError):
-            first = (str(current).strip().splitlines() or [""])[0]
-            named = _SNAPSHOT_NAMED.search(first)
-            what = next((words for text, words in _SNAPSHOT_DAMAGE.items() if text in first), None)
-            if named and what:
-                return StoreError(f"the snapshot {named.group(1)} is damaged ({what}): run `stripe-churn sync`, "
-                                  "the next sync replaces it (the database itself is not touched)")
-        current = current.__cause__ or current.__context__
-    return None
-
 
 def setup_logging(level: str = "INFO") -> None:
     """Plain log lines on stderr; the key never reaches them (it is a masked Secret everywhere)."""
@@ -107,9 +78,8 @@ def handle_errors(f: F) -> F:
         try:
             return f(*args, **kwargs)
         except StripeChurnError as exc:
-            known = damaged_snapshot(exc) or exc
-            click.echo(f"error: {known}", err=True)
-            sys.exit(known.exit_code)
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
@@ -119,7 +89,7 @@ def handle_errors(f: F) -> F:
             if isinstance(exc, BrokenPipeError) and stdout_closed():
                 end_quietly()
             logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
-            refused = damaged_snapshot(exc) or store_failure(exc) or damaged_store(exc)
+            refused = store_failure(exc) or damaged_store(exc)
             if refused is not None:
                 click.echo(f"error: {refused}", err=True)
                 sys.exit(refused.exit_code)

@@ -89,7 +89,7 @@ class MemoryLimitError(FatalError):
     """The metrics recompute needed more memory than DuckDB's limit allows: it was rolled back."""
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and the failures it was raised from or during, nearest first (each once)."""
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -109,7 +109,7 @@ def disk_full(exc: BaseException) -> DiskFullError | None:
     """The one-line error for ``exc`` when it (or the failure it was raised from) is a write that found no room on
     the disk; None otherwise. DuckDB gives a database up after such a write: its committed transactions are in
     the file and the write-ahead log, which the next opening replays."""
-    for current in _chain(exc):
+    for current in exception_chain(exc):
         if isinstance(current, OSError) and current.errno in _NO_ROOM_ERRNOS:
             reason, where = current.strerror or "no room", current.filename
             break
@@ -131,7 +131,7 @@ def disk_full(exc: BaseException) -> DiskFullError | None:
 def out_of_memory(exc: BaseException, limit: str | None) -> MemoryLimitError | None:
     """The one-line error for ``exc`` when it (or the failure it was raised from) is DuckDB running out of memory
     under its limit (``limit``: the setting memory_limit, None for DuckDB's default); None otherwise."""
-    if not any(str(current).startswith("Out of Memory Error") for current in _chain(exc)):
+    if not any(str(current).startswith("Out of Memory Error") for current in exception_chain(exc)):
         return None
     what = f"memory_limit {limit}" if limit else "its default limit, 80% of this machine's memory"
     return MemoryLimitError(
@@ -150,7 +150,7 @@ def store_failure(exc: BaseException) -> StoreError | None:
     full = disk_full(exc)
     if full is not None:
         return full
-    for current in _chain(exc):
+    for current in exception_chain(exc):
         # (a directory made where a file stands: mkdir(exist_ok=True) raises EEXIST)
         in_the_way = (isinstance(current, FileExistsError) and current.filename is not None
                       and not os.path.isdir(current.filename))
@@ -171,15 +171,17 @@ def damaged_store(exc: BaseException, db: os.PathLike[str] | str | None = None, 
                   snapshot: bool = False) -> StoreError | None:
     """The one-line error for a damaged database file, found in ``exc`` or what it was raised from; None
     otherwise. ``db``: the store (or, with ``snapshot``, the snapshot) that was being read, when known."""
-    for current in _chain(exc):
+    # (a snapshot is only ever a database a sync published: one DuckDB does not take as a database is damaged too)
+    texts = (*_DAMAGED_TEXTS, "not a valid DuckDB database file") if snapshot else _DAMAGED_TEXTS
+    for current in exception_chain(exc):
         text = str(current).strip()
-        if any(t in text for t in _DAMAGED_TEXTS):
+        if any(t in text for t in texts):
             what = text.splitlines()[0]
             break
     else:
         return None
     if snapshot:
-        return StoreError(f"the snapshot {db} is damaged ({what}): run `stripe-churn sync` to publish a new one "
+        return StoreError(f"the snapshot {db} is damaged ({what}): run `stripe-churn sync`, the next sync replaces it "
                           "(the database itself is not touched)")
     store = f"the store {db}" if db is not None else "a database file"
     snap = f"{db}.snapshot" if db is not None else "<db>.snapshot"

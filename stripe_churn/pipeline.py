@@ -20,14 +20,14 @@ from stripe_churn.errors import (
     StripeChurnError,
     damaged_store,
     disk_full,
+    exception_chain,
     out_of_memory,
     store_failure,
 )
 from stripe_churn.lock import sync_lock
 from stripe_churn.settings import Settings, check_memory_limit
 from stripe_churn.store.fx_file import read_fx_file, write_fx_rates
-from stripe_churn.store.quiet import quiet
-from stripe_churn.store.snapshot import checkpoint, publish_snapshot
+from stripe_churn.store.snapshot import checkpoint, open_snapshot, publish_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +138,7 @@ def _query_interrupted(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it was raised from or during) is DuckDB's answer to a SIGINT (Ctrl-C) that came
     while a statement ran in the main thread: it stops the statement and raises this error in place of the
     KeyboardInterrupt."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, RuntimeError) and str(current) == "Query interrupted":
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return any(isinstance(c, RuntimeError) and str(c) == "Query interrupted" for c in exception_chain(exc))
 
 
 def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Event | None,
@@ -300,7 +293,7 @@ def collect_status(db: Path) -> dict[str, Any]:
     if not snap.exists():
         return info
     info["snapshot_age"] = str(dt.timedelta(seconds=int(now.timestamp() - snap.stat().st_mtime)))
-    con = quiet(duckdb.connect(str(snap), read_only=True))
+    con = open_snapshot(db)
     try:
         info["runs"] = _table(con, "SELECT run_id, mode, status, started_at, finished_at, error "
                                    "FROM sync_runs ORDER BY started_at DESC LIMIT 5")
