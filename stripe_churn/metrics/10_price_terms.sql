@@ -116,7 +116,10 @@ flat AS (
              ELSE json_extract_string(raw, '$.recurring.interval') END AS billing_interval,
         coalesce(TRY_CAST(CASE WHEN is_plan THEN json_extract_string(raw, '$.interval_count')
                                ELSE json_extract_string(raw, '$.recurring.interval_count') END AS INTEGER), 1)
-            AS interval_count,
+            AS interval_count_given,
+        -- (an interval_count under 1 bills nothing the rules can normalise: as an interval they do not know, its
+        -- items count zero MRR and 90 reports the price)
+        CASE WHEN interval_count_given >= 1 THEN interval_count_given END AS interval_count,
         coalesce(CASE WHEN is_plan THEN json_extract_string(raw, '$.usage_type')
                       ELSE json_extract_string(raw, '$.recurring.usage_type') END, 'licensed') AS usage_type,
         json_extract_string(raw, '$.tax_behavior') AS tax_behavior,
@@ -136,17 +139,15 @@ SELECT
     f.divide_by,
     f.round_mode,
     f.billing_interval,
-    -- (an interval_count under 1 bills nothing the rules can normalise: as an interval they do not know, its items
-    -- count zero MRR and 90 reports the price)
-    CASE WHEN f.interval_count >= 1 THEN f.interval_count END AS interval_count,
-    f.interval_count AS interval_count_given,
+    f.interval_count,
+    f.interval_count_given,
     f.usage_type,
     -- monthly MRR = amount per period × norm_num / norm_den (docs/internals.md "Money and rounding"), in
     -- hundredths of a major unit whatever the currency: Stripe's amounts are in the currency's smallest unit, a
     -- hundredth for most, the unit itself for zero-decimal currencies (× 100), a thousandth for three-decimal
     -- ones (÷ 10); ISK, HUF and TWD stay in hundredths in the API
     norm_num(f.billing_interval, f.currency) AS norm_num,
-    norm_den(f.billing_interval, CASE WHEN f.interval_count >= 1 THEN f.interval_count END, f.currency) AS norm_den,
+    norm_den(f.billing_interval, f.interval_count, f.currency) AS norm_den,
     coalesce(pr.family, f.product_id) AS family,
     coalesce(pr.unit_kind_hint, CASE WHEN f.usage_type = 'metered' THEN 'resource' ELSE 'seat' END) AS unit_kind,
     f.found_in,
