@@ -80,8 +80,8 @@ def handle_errors(f: F) -> F:
         except StripeChurnError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+        except KeyboardInterrupt as exc:  # (a command may say what the interruption leaves: see `sync`)
+            click.echo(f"interrupted: {exc}" if str(exc) else "interrupted", err=True)
             sys.exit(130)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
@@ -99,6 +99,12 @@ def handle_errors(f: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+# What a Ctrl-C of `sync` leaves (pipeline.run_once): the pages synced are committed, a recompute under way is rolled
+# back, and the next run syncs from the stored cursors and recomputes everything seen since the last recompute.
+SYNC_INTERRUPTED = ("what was synced is kept; the next sync resumes from the stored cursors and brings the metrics "
+                    "up to date")
 
 
 def get_settings(config_path: Path | None, **overrides: Any) -> Settings:
@@ -233,7 +239,10 @@ def sync(full: bool, wait: float, fmt: str, config_path: Path | None) -> None:
 
     settings = get_settings(config_path)
     settings.require_api_key()
-    summary = run_once(settings, full=full, wait=wait, progress=fmt == "table")
+    try:
+        summary = run_once(settings, full=full, wait=wait, progress=fmt == "table")
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(SYNC_INTERRUPTED) from None
     _summary_lines(summary, fmt, _data_as_of(settings.db) if summary.bridge_line else None)
 
 

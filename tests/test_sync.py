@@ -356,19 +356,26 @@ def test_killed_sync_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
 
 
 def test_an_interrupted_sync_records_why_and_the_next_resumes(tmp_path: Path) -> None:
-    """Ctrl-C (SIGINT) in the middle of a full listing: the run is recorded failed with a readable reason (not
-    asyncio's 'CancelledError'), and the next run resumes the listing from the stored cursors."""
+    """Ctrl-C (SIGINT) in the middle of a full listing of `stripe-churn sync`: the command says what is kept and
+    what the next run does, the run is recorded failed with a readable reason (not asyncio's 'CancelledError'),
+    and the next run resumes the listing from the stored cursors."""
+    from stripe_churn.cli import SYNC_INTERRUPTED
+
     sim = Simulation(customers=150, months=12, seed=8)
     db = tmp_path / "int.duckdb"
     with start_in_thread(sim, api_key=KEY, latency_ms=5) as sb:
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, sb.url, str(db)], env=env,
-                                stderr=subprocess.DEVNULL)
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "STRIPE_API_KEY": KEY,
+               "STRIPE_API_BASE": sb.url, "STRIPE_CHURN_DB": str(db), "STRIPE_RATE_LIMIT": "50"}
+        proc = subprocess.Popen([sys.executable, "-m", "stripe_churn", "sync", "--full"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and sb.stats()["requests"] < 60:
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGINT)
-        assert proc.wait(timeout=60) != 0
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert err.splitlines()[-1] == f"interrupted: {SYNC_INTERRUPTED}", err
+        assert KEY not in err
         with open_store(db) as con:
             assert con.execute("SELECT status, error FROM sync_runs").fetchall() == [("failed", sync_module.INTERRUPTED)]
             assert con.execute("SELECT count(*) FROM sync_cursors WHERE stream LIKE 'full:%'").fetchone()[0] > 0
