@@ -88,7 +88,12 @@ merged AS (
     -- a key in previous_attributes replaces the value after (null: removes it); `items` is merged key by key
     -- (an event tied with another in its second gets its state before too: it settles their order, and the first
     -- of them may turn out to be the subscription's first event)
-    SELECT *, (seq = 1 OR tied) AND coalesce(t[1] = 'OBJECT', false) AS has_before
+    SELECT *, (seq = 1 OR tied) AND coalesce(t[1] = 'OBJECT', false) AS has_before,
+           -- a subscription's first event that is its deletion has no previous_attributes (only *.updated events
+           -- carry them), yet a deletion changes no item: its items are the ones just before it (its status before
+           -- is not known: NULL; the status steps keep the reconstructed one until the deletion)
+           seq = 1 AND NOT tied AND NOT coalesce(t[1] = 'OBJECT', false) AND after_items IS NOT NULL
+               AND event_type = 'customer.subscription.deleted' AS deleted_first
     FROM typed
 ),
 before AS (
@@ -101,11 +106,13 @@ before AS (
                CASE WHEN t[4] IS NULL THEN after_has_more_text
                     WHEN t[4] = 'OBJECT' THEN CASE WHEN t[6] IS NULL THEN after_has_more_text ELSE p.prev_has_more END
                END
+               WHEN deleted_first THEN after_has_more_text
            END AS before_has_more_text,
            CASE WHEN has_before THEN
                CASE WHEN t[4] IS NULL THEN after_items
                     WHEN t[4] = 'OBJECT' THEN CASE WHEN t[5] IS NULL THEN after_items ELSE p.prev_items END
                END
+               WHEN deleted_first THEN after_items
            END AS before_items
     FROM merged
 )
@@ -116,7 +123,8 @@ SELECT account_id, event_id, event_type, moment, subscription_id, seq, rid,
        before_items,
        -- (for data quality, which reads the state at a subscription's first event)
        CASE WHEN seq = 1 OR tied THEN slim_state(after_status, after_items, after_has_more) END AS after_state,
-       CASE WHEN has_before THEN slim_state(before_status, before_items, before_has_more) END AS before_state,
+       CASE WHEN has_before OR deleted_first THEN slim_state(before_status, before_items, before_has_more)
+       END AS before_state,
        tied
 FROM before;
 
@@ -310,7 +318,8 @@ WITH anchor_from_events AS (
     FROM derived_sub_events f
     JOIN derived_coverage c USING (account_id)
     LEFT JOIN derived_subs s USING (account_id, subscription_id)
-    WHERE f.has_before AND greatest(c.coverage_start, s.start_date) < f.moment
+    -- (the first event's state before: one with previous_attributes, or a deletion's items)
+    WHERE f.before_state IS NOT NULL AND greatest(c.coverage_start, s.start_date) < f.moment
 ),
 anchor_from_snapshot AS (
     -- (status and pause_collection from the typed columns; its items are read from subscription_items in 30)
@@ -486,6 +495,8 @@ observed AS (
            o.status, o.pause_collection, o.source, o.event_id AS source_event_id, 10 + o.ord AS ord
     FROM derived_sub_obs o
     LEFT JOIN recon_last l USING (account_id, subscription_id)
+    -- (an anchor whose status is not known, a first event's deletion: the reconstructed status holds until it)
+    WHERE NOT (o.source = 'event' AND o.ord = 0 AND o.status IS NULL)
 )
 SELECT r.* FROM recon r JOIN derived_coverage c USING (account_id) WHERE r.moment < c.coverage_start
 UNION ALL

@@ -104,7 +104,8 @@ at_start AS (
     WHERE CASE WHEN i.present THEN p.usage_type = 'licensed' ELSE si.subscription_item_id IS NOT NULL END
       AND EXISTS (SELECT 1 FROM start_states st
                   WHERE st.account_id = i.account_id AND st.subscription_id = i.subscription_id
-                    AND st.status NOT IN ('canceled', 'incomplete_expired')
+                    -- (NULL: a deletion as the first event, whose status before it is not known)
+                    AND coalesce(st.status NOT IN ('canceled', 'incomplete_expired'), true)
                     AND (si.subscription_item_id IS NOT NULL OR NOT st.cut_short))
 ),
 compared AS (

@@ -132,6 +132,37 @@ def test_events_win_and_disagreement_recorded(world: World, derive: Derive) -> N
     assert "events were used" in rows[0][3]
 
 
+@pytest.mark.parametrize("first_event", ["updated", "deleted"])
+def test_a_deletion_as_the_first_stored_event_gives_the_items_before_it(world: World, derive: Derive,
+                                                                       first_event: str) -> None:
+    """3 seats switched from basic to pro without prorations before the stored events begin: only the events show
+    it. The first stored event of the subscription is either an update (its previous_attributes give the state
+    before) or its deletion (no previous_attributes: only *.updated events carry them, but a deletion changes no
+    item). Either way the events win from where they begin (an upgrade there, recorded as a disagreement with the
+    invoice) and the churn takes the MRR in force when the subscription ends. (The deletion used to leave the
+    invoice's basic seats in force until the end: a churn of 30 instead of 60, and no data-quality row.)"""
+    world.customer("cus_1")
+    world.customer("cus_o")
+    world.product("prod_seat", unit_label="seat", family="core")
+    world.price("basic", "prod_seat", 1_000)
+    world.price("pro", "prod_seat", 2_000)
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    world.cycle("sub_1", month(1))
+    world.update("sub_1", month(1, 10), items=[("si_1", "pro", 3)], prorate=False)  # before the stored events
+    world.subscribe("sub_o", "cus_o", [("si_o", "basic", 1)], month(1, 15))  # the oldest stored event
+    if first_event == "updated":
+        world.update("sub_1", month(1, 25), metadata={"k": "v"})
+        world.cancel("sub_1", month(1, 27))
+    else:
+        world.cancel("sub_1", month(1, 27))
+    con = derive(world, seen_at=month(2, 5), events=month(1, 15))
+    rows = con.execute("SELECT occurred_at, movement, mrr_delta FROM mrr_movements WHERE customer_id = 'cus_1' "
+                       "ORDER BY occurred_at").fetchall()
+    assert [(int(r[0].timestamp()), r[1], r[2]) for r in rows] == [
+        (T0, "new", 30), (month(1, 15), "upgrade", 30), (month(1, 27), "cancellation", -60)]
+    assert con.execute("SELECT kind, object_id FROM data_quality").fetchall() == [("invoice_event_mismatch", "si_1")]
+
+
 @pytest.mark.parametrize("case", ["bills-the-monthly-items", "misses-a-monthly-item"])
 def test_a_renewal_of_some_intervals_expects_only_their_items(world: World, derive: Derive, case: str) -> None:
     """A subscription whose items renew on different intervals (billing_mode flexible) gets a monthly renewal
