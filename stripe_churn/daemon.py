@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -43,6 +44,53 @@ def read_state(db: Path) -> dict[str, Any] | None:
         return data
     except (OSError, ValueError):
         return None
+
+
+# cron's day-of-week numbers: 0 (and 7) Sunday, 1 Monday ... 6 Saturday
+_CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_DOW_ITEM = re.compile(r"(?:(?P<star>\*)|(?P<first>[0-9]+|[a-z]+)(?:-(?P<last>[0-9]+|[a-z]+))?)(?:/(?P<step>[0-9]+))?$",
+                       re.IGNORECASE)
+
+
+def _cron_day(value: str, *, last: bool) -> int:
+    """A day of the week as cron numbers it (a name too; ``sun`` ends a range as 7)."""
+    if value.isdigit():
+        day = int(value)
+        if day > 7:
+            raise ValueError(f"day of week {day} is not between 0 and 7")
+        return day
+    try:
+        day = _CRON_DAYS.index(value.lower())
+    except ValueError:
+        raise ValueError(f"unknown day of week {value!r} (use 0-7 or sun, mon, ... sat)") from None
+    return 7 if last and day == 0 else day
+
+
+def cron_weekdays(field: str) -> str:
+    """Cron's day-of-week field as the day names APScheduler 3 reads.
+
+    APScheduler 3 numbers the days from Monday (0), cron from Sunday (0 or 7): the numbers, ranges, lists and
+    steps are worked out here in cron's numbering and handed over as names, which both read alike.
+    """
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for item in field.split(","):
+        m = _DOW_ITEM.match(item)
+        if m is None:
+            raise ValueError(f"bad day-of-week item {item!r}")
+        step = int(m["step"] or 1)
+        if step == 0:
+            raise ValueError(f"step 0 in day-of-week item {item!r}")
+        if m["star"]:
+            first, last = 0, 6
+        else:
+            first = _cron_day(m["first"], last=False)
+            last = _cron_day(m["last"], last=True) if m["last"] else (7 if m["step"] else first)
+            if first > last:
+                raise ValueError(f"day-of-week range {item!r} runs backwards")
+        days.update(day % 7 for day in range(first, last + 1, step))
+    return ",".join(_CRON_DAYS[day] for day in sorted(days, key=lambda d: (d - 1) % 7))
 
 
 def _now() -> str:
@@ -90,7 +138,12 @@ class Daemon:
         if interval_seconds:
             return IntervalTrigger(seconds=interval_seconds, timezone=dt.UTC)
         try:
-            return CronTrigger.from_crontab(self.settings.schedule, timezone=dt.UTC)
+            fields = self.settings.schedule.split()
+            if len(fields) != 5:
+                raise ValueError(f"{len(fields)} fields, not 5")
+            minute, hour, day, month, weekdays = fields
+            return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=cron_weekdays(weekdays),
+                               timezone=dt.UTC)
         except ValueError as exc:
             raise ConfigError(f"bad STRIPE_CHURN_SCHEDULE {self.settings.schedule!r}: {exc}; "
                               "use a five-field cron expression such as '*/30 * * * *'") from exc

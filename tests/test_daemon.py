@@ -3,6 +3,7 @@ webhook-triggered debounced syncs, and a clean stop on SIGTERM mid-run in a real
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 import os
@@ -90,6 +91,50 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return cond()
+
+
+def fire_days(schedule: str, tmp_path: Path, count: int = 5) -> list[str]:
+    """The next ``count`` fire times of the daemon's cron trigger from Sunday 2025-06-01 00:00 UTC, as "Sun 01 06:00"."""
+    trigger = Daemon(Settings(db=tmp_path / "d.duckdb", schedule=schedule)).trigger
+    now = dt.datetime(2025, 6, 1, tzinfo=dt.UTC)
+    fires: list[str] = []
+    previous = None
+    for _ in range(count):
+        nxt = trigger.get_next_fire_time(previous, now)
+        assert nxt is not None
+        fires.append(nxt.strftime("%a %d %H:%M"))
+        previous = now = nxt
+    return fires
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [
+    pytest.param("0 6 * * 1-5", ["Mon 02 06:00", "Tue 03 06:00", "Wed 04 06:00", "Thu 05 06:00", "Fri 06 06:00"],
+                 id="weekdays-by-number"),
+    pytest.param("0 6 * * mon-fri", ["Mon 02 06:00", "Tue 03 06:00", "Wed 04 06:00", "Thu 05 06:00",
+                                     "Fri 06 06:00"], id="weekdays-by-name"),
+    pytest.param("0 6 * * 0", ["Sun 01 06:00", "Sun 08 06:00", "Sun 15 06:00"], id="zero-is-sunday"),
+    pytest.param("0 6 * * 7", ["Sun 01 06:00", "Sun 08 06:00", "Sun 15 06:00"], id="seven-is-sunday"),
+    pytest.param("0 6 * * SUN", ["Sun 01 06:00", "Sun 08 06:00", "Sun 15 06:00"], id="name-any-case"),
+    pytest.param("0 6 * * 6,0", ["Sun 01 06:00", "Sat 07 06:00", "Sun 08 06:00", "Sat 14 06:00"], id="list"),
+    pytest.param("0 6 * * 5-7", ["Sun 01 06:00", "Fri 06 06:00", "Sat 07 06:00", "Sun 08 06:00"],
+                 id="range-to-seven"),
+    pytest.param("0 6 * * */2", ["Sun 01 06:00", "Tue 03 06:00", "Thu 05 06:00", "Sat 07 06:00", "Sun 08 06:00"],
+                 id="step-from-sunday"),
+    pytest.param("0 6 * * 1-5/2", ["Mon 02 06:00", "Wed 04 06:00", "Fri 06 06:00", "Mon 09 06:00"],
+                 id="range-with-step"),
+    pytest.param("30 */12 * * 1", ["Mon 02 00:30", "Mon 02 12:30", "Mon 09 00:30"], id="other-fields-untouched"),
+    pytest.param("0 6 * * *", ["Sun 01 06:00", "Mon 02 06:00", "Tue 03 06:00"], id="every-day"),
+])
+def test_schedule_weekdays_mean_what_they_mean_in_cron(schedule: str, expected: list[str], tmp_path: Path) -> None:
+    """Cron numbers the days of the week from Sunday (0 or 7) to Saturday (6); APScheduler 3 from Monday (0)."""
+    assert fire_days(schedule, tmp_path, len(expected)) == expected
+
+
+@pytest.mark.parametrize("schedule", ["0 6 * * 8", "0 6 * * 5-1", "0 6 * * funday", "0 6 * * */0", "0 6 * * 1-",
+                                      "0 6 * *"])
+def test_a_bad_weekday_field_is_a_config_error(schedule: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="bad STRIPE_CHURN_SCHEDULE"):
+        Daemon(Settings(db=tmp_path / "d.duckdb", schedule=schedule))
 
 
 def test_scheduled_runs_and_state(start: Callable[..., Daemon], tmp_path: Path) -> None:
