@@ -120,6 +120,11 @@ class Daemon:
         self.stop_event = threading.Event()
         self._signalled = 0  # the signal that asked for a stop (set by handle_signal only)
         self._job_lock = threading.Lock()
+        # a webhook's sync that found a run going: the reason of the one run that follows it (None: none owed);
+        # read and written under _follow_lock, with _job_lock taken or let go in the same block, so that an
+        # event is never noted just after the run it waited for looked for one
+        self._follow_up: str | None = None
+        self._follow_lock = threading.Lock()
         self._failures = 0
         self._skip_ticks = 0
         self.runs = 0
@@ -160,8 +165,12 @@ class Daemon:
             log.warning("cannot write daemon state %s: %s", path, exc)
 
     # -- jobs --------------------------------------------------------------------------------------------
-    def tick(self, reason: str = "schedule", wait: float = 0.0) -> None:
-        """One scheduled run: skipped when another run holds the lock or while backing off."""
+    def tick(self, reason: str = "schedule", wait: float = 0.0, follow: bool = False) -> None:
+        """One scheduled run: skipped when another run holds the lock or while backing off.
+
+        With ``follow`` (a webhook's sync), finding a run of this daemon going is no skip: one more run follows
+        that one as soon as it ends (however many events asked for it meanwhile), since the run going may have
+        listed the events before those that arrived."""
         if self.stop_event.is_set():
             return
         if self._skip_ticks > 0 and reason == "schedule":
@@ -169,10 +178,17 @@ class Daemon:
             log.info("sync skipped: backing off after %d transient failure(s), %d tick(s) to go",
                      self._failures, self._skip_ticks)
             return
-        if not self._job_lock.acquire(blocking=False):
-            self.skipped += 1
-            log.info("sync skipped (%s): a run in this daemon is still going", reason)
-            return
+        with self._follow_lock:
+            if not self._job_lock.acquire(blocking=False):
+                self.skipped += 1
+                if not follow:
+                    log.info("sync skipped (%s): a run in this daemon is still going", reason)
+                elif self._follow_up is None:
+                    self._follow_up = reason
+                    log.info("sync (%s) will start when the run going ends", reason)
+                else:
+                    log.info("sync (%s) joins the one that starts when the run going ends", reason)
+                return
         try:
             log.info("sync starting (%s)", reason)
             summary = self._run(self.settings, wait=wait, stop=self.stop_event, progress=False)
@@ -197,16 +213,26 @@ class Daemon:
             log.exception("sync crashed")
             self._save(last_error={"at": _now(), "kind": "fatal", "message": f"{type(exc).__name__}: {exc}"})
         finally:
-            self._job_lock.release()
+            with self._follow_lock:
+                self._job_lock.release()
+                follow_up, self._follow_up = self._follow_up, None
+            if follow_up is not None:
+                self._schedule_webhook_sync(follow_up, dt.datetime.now(dt.UTC), "follow-up-sync")
+
+    def _schedule_webhook_sync(self, reason: str, when: dt.datetime, job_id: str) -> None:
+        if self.stop_event.is_set():
+            return
+        try:
+            self.scheduler.add_job(self.tick, "date", run_date=when, id=job_id,
+                                   kwargs={"reason": reason, "wait": 60.0, "follow": True})
+        except ConflictingIdError:
+            log.debug("%s already scheduled", job_id)
 
     def webhook_event(self, event_type: str) -> None:
-        """Debounce: the first event schedules a sync a few seconds out; events before it runs join it."""
+        """Debounce: the first event schedules a sync a few seconds out; events before it runs join it, and so
+        do events while it waits for a run going (see :meth:`tick`)."""
         when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self.debounce_seconds)
-        try:
-            self.scheduler.add_job(self.tick, "date", run_date=when, id="webhook-sync",
-                                   kwargs={"reason": f"webhook {event_type}", "wait": 60.0})
-        except ConflictingIdError:
-            log.debug("webhook sync already scheduled")
+        self._schedule_webhook_sync(f"webhook {event_type}", when, "webhook-sync")
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:

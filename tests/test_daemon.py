@@ -257,6 +257,43 @@ def test_webhook_events_schedule_one_debounced_sync(start: Callable[..., Daemon]
     assert d.runs == 1
 
 
+
+def test_webhook_events_during_a_run_make_one_run_follow_it(start: Callable[..., Daemon]) -> None:
+    """Events whose debounced sync finds the daemon's own run going are not dropped: one run follows that run."""
+    from test_webhook import post, sign
+
+    release = threading.Event()
+    started: list[float] = []
+    ended: list[float] = []
+    inner = locked_writer()
+
+    def run(settings: Settings, **kw: Any) -> RunSummary:
+        started.append(time.monotonic())
+        try:
+            if len(started) == 1:
+                assert release.wait(timeout=30)
+            return inner(settings, **kw)
+        finally:
+            ended.append(time.monotonic())
+
+    d = start(interval_seconds=3600, run=run, webhook_port=0, debounce_seconds=0.1)
+    assert wait_for(lambda: d.webhook is not None and len(started) == 1)
+    for etype in ("invoice.paid", "customer.subscription.updated"):
+        body = json.dumps({"id": "evt", "type": etype}).encode()
+        assert post(d.webhook, body, {"Stripe-Signature": sign(body, "whsec_x")}) == 200
+    assert wait_for(lambda: d.skipped >= 1)  # the debounced sync found the start-up run going
+    body = json.dumps({"id": "evt", "type": "invoice.finalized"}).encode()
+    assert post(d.webhook, body, {"Stripe-Signature": sign(body, "whsec_x")}) == 200
+    assert wait_for(lambda: d.skipped >= 2)
+    release.set()
+    assert wait_for(lambda: d.runs == 2)
+    time.sleep(1.0)
+    assert d.runs == 2 and len(started) == 2  # many events during one run: one run after it
+    assert started[1] >= ended[0]
+    state = read_state(d.settings.db)
+    assert state is not None and state["last_run"]["reason"].startswith("webhook ")
+
+
 DAEMON_PROC = textwrap.dedent("""
     import logging, sys, threading, time
     from pathlib import Path
