@@ -60,7 +60,7 @@ from stripe_churn.store.load import (
     upsert_staged,
 )
 from stripe_churn.store.schema import RAW_TABLES
-from stripe_churn.stripe_api.client import NotFoundError, StripeRaw
+from stripe_churn.stripe_api.client import NotFoundError, Stopped, StripeRaw
 from stripe_churn.stripe_api.listed import decode_object, head_of, is_object, value_of
 from stripe_churn.stripe_api.streams import (
     DELETABLE,
@@ -148,10 +148,6 @@ class Batch:
 
     def size(self) -> int:
         return sum(len(v) for v in self.rows.values())
-
-
-class _Stopped(Exception):
-    pass
 
 
 class _Malformed(Exception):
@@ -650,7 +646,7 @@ class _Sync:
         try:
             while True:
                 if self.stop.is_set():
-                    raise _Stopped
+                    raise Stopped
                 data, more = await self._fetch_page(sl)
                 whole = len(data)
                 while True:
@@ -737,7 +733,7 @@ class _Sync:
                     break
                 await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
                 failed = [t.exception() for t in self._tasks if t.done() and not t.cancelled()
-                          and t.exception() is not None and not isinstance(t.exception(), _Stopped)]
+                          and t.exception() is not None and not isinstance(t.exception(), Stopped)]
                 if failed:  # one slice failed for good: the others stop where they are (their pages are committed)
                     raise failed[0]  # type: ignore[misc]
         except BaseException:
@@ -745,12 +741,12 @@ class _Sync:
             # closed HTTP client with nobody to hear it)
             await self._cancel_slices()
             raise
-        stopped = any(isinstance(t.exception(), _Stopped) for t in self._tasks if not t.cancelled())
+        stopped = any(isinstance(t.exception(), Stopped) for t in self._tasks if not t.cancelled())
         await self._flush()
         self.staging = False
         await self._db(self._merge)  # a stopped listing's rows too (its next run goes on from its cursors)
         if stopped:
-            raise _Stopped  # every slice finished its page and stopped
+            raise Stopped  # every slice finished its page and stopped
         log.info("full sync: %d slices listed", len(self._tasks))
         await self._test_clocks(version)
         await self._flush()
@@ -989,7 +985,7 @@ class _Sync:
             group: list[dict[str, Any]] = []
             while True:
                 if self.stop.is_set():
-                    raise _Stopped
+                    raise Stopped
                 page = await self.api.get("/v1/events", {"limit": PAGE_LIMIT, "ending_before": value})
                 data = _events_of(page)
                 if data:
@@ -1019,7 +1015,7 @@ class _Sync:
         after: str | None = None
         while True:
             if self.stop.is_set():
-                raise _Stopped
+                raise Stopped
             page = await self.api.get("/v1/events", {"limit": PAGE_LIMIT, "starting_after": after,
                                                      "created": {"gte": since}})
             data = _events_of(page)
@@ -1118,7 +1114,7 @@ class _Sync:
         version: int | None = None
         while True:
             if self.stop.is_set():
-                raise _Stopped
+                raise Stopped
             try:
                 page = await self.api.get_page(stream.path, {**stream.params, "limit": PAGE_LIMIT,
                                                              "starting_after": after})
@@ -1195,7 +1191,7 @@ class _Sync:
         self._record_start(result.mode)
         self._writer_task = asyncio.create_task(self._writer())
         try:
-            async with StripeRaw(self.settings) as api:
+            async with StripeRaw(self.settings, stop=self.stop) as api:
                 self.api = api
                 try:
                     self.account = await api.account_id(self.settings.account)
@@ -1217,7 +1213,7 @@ class _Sync:
                     await self._pending_items()
                     await self._flush()
                     result.status = "succeeded"
-                except _Stopped:
+                except Stopped:
                     await self._flush()
                     result.status = "stopped"
                 finally:

@@ -7,6 +7,7 @@ JSON (as the server shapes it: embedded lists cut to 10, tiers only when expande
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -692,3 +693,41 @@ def test_a_cancelled_writer_ends_instead_of_waiting_for_more_pages(db: Path, mon
         engine = sync_module._Sync(settings_for("http://127.0.0.1:9", db), con, False, None)
         assert asyncio.run(scenario(engine)) == "ended"
         assert engine.write_error is None
+
+
+def test_a_stop_is_not_held_up_by_a_server_that_never_answers(tmp_path: Path) -> None:
+    """The daemon's SIGTERM sets the stop event; a server that takes connections and never answers used to hold
+    the sync for timeout x (retries + 1) (3 min 45 s seen with the defaults, where README promises 10 s). The
+    request on the way now gets STOP_GRACE_S to answer after the stop, no retry starts, and the run is recorded
+    stopped."""
+    import socket
+
+    from stripe_churn.stripe_api.client import STOP_GRACE_S
+
+    held: list[socket.socket] = []
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+
+    def take() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(server.accept()[0])  # read nothing, answer nothing
+
+    threading.Thread(target=take, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    db = tmp_path / "hung.duckdb"
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    t0 = time.monotonic()
+    try:
+        result = run_sync(settings_for(url, db, timeout_seconds=30.0, max_retries=2), progress=False, stop=stop)
+    finally:
+        server.close()
+        for c in held:
+            c.close()
+    took = time.monotonic() - t0
+    assert result.status == "stopped" and held, result
+    assert took < 1.0 + STOP_GRACE_S + 5.0, took  # (before: 90 s, three attempts of 30 s)
+    with open_store(db) as con:
+        assert con.execute("SELECT status FROM sync_runs").fetchall() == [("stopped",)]

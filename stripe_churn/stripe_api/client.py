@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
@@ -31,6 +32,15 @@ log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 API_VERSION: str = stripe.api_version  # the SDK's pin; every request sends it as Stripe-Version
+# After a stop is requested, a request on the way still has this long to answer (the page it brings is committed);
+# then it is given up, and no retry starts: a server that hangs cannot hold a stop for timeout x retries.
+STOP_GRACE_S = 5.0
+_STOP_POLL_S = 0.25  # how often a request on the way looks at the stop
+
+
+class Stopped(Exception):
+    """A stop was requested (the daemon's SIGTERM, a stop event): the run stops where it is; what it committed
+    stays."""
 
 
 class NotFoundError(StripeAPIError):
@@ -62,8 +72,9 @@ class StripeRaw:
     """One account's raw GETs, rate limited and retried. Use as ``async with``; not thread-safe."""
 
     def __init__(self, settings: Settings, *, http_client: stripe.HTTPClient | None = None,
-                 limiter: TokenBucket | None = None) -> None:
+                 limiter: TokenBucket | None = None, stop: threading.Event | None = None) -> None:
         key = settings.require_api_key()
+        self.stop = stop  # once set: no new attempt, and the one on the way has STOP_GRACE_S to answer
         self.base = settings.api_base.rstrip("/")
         self.max_retries = settings.max_retries
         self.limiter = limiter or TokenBucket(settings.effective_rate_limit)
@@ -116,6 +127,38 @@ class StripeRaw:
         # a synchronous SDK client (tests drive RequestsClient through `responses`): run it off the loop
         return await asyncio.to_thread(self._http.request_with_retries, "get", url, self._headers, None, 0)
 
+    async def _send_unless_stopped(self, url: str, path: str) -> tuple[Any, int, Mapping[str, str]]:
+        """:meth:`_send`, given up ``STOP_GRACE_S`` after a stop is requested (:class:`Stopped`)."""
+        if self.stop is None:
+            return await self._send(url)
+        if self.stop.is_set():
+            raise Stopped(f"stop requested before GET {path}")
+        sending = asyncio.ensure_future(self._send(url))
+        give_up_at: float | None = None
+        while True:
+            done, _ = await asyncio.wait({sending}, timeout=_STOP_POLL_S)
+            if done:
+                return sending.result()
+            if self.stop.is_set():
+                now = time.monotonic()
+                if give_up_at is None:
+                    give_up_at = now + STOP_GRACE_S
+                elif now >= give_up_at:
+                    sending.cancel()
+                    await asyncio.wait({sending})
+                    raise Stopped(f"stop requested: GET {path} gave no answer within {STOP_GRACE_S:.0f} s after it")
+
+    async def _pause(self, seconds: float, path: str) -> None:
+        """Sleep before a retry, unless a stop is requested (then :class:`Stopped`)."""
+        end = time.monotonic() + seconds
+        while True:
+            if self.stop is not None and self.stop.is_set():
+                raise Stopped(f"stop requested: GET {path} is not tried again")
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, _STOP_POLL_S) if self.stop is not None else left)
+
     def _backoff(self, attempt: int) -> float:
         return min(0.25 * 2 ** (attempt - 1), 8.0) * random.uniform(0.5, 1.0)
 
@@ -145,14 +188,17 @@ class StripeRaw:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self.retries += 1
-                await asyncio.sleep(self._backoff(attempt))
+                await self._pause(self._backoff(attempt), path)
             await self.limiter.acquire()
             started = time.monotonic()
             self.requests += 1
             try:
-                body, status, headers = await self._send(url)
+                body, status, headers = await self._send_unless_stopped(url, path)
             except stripe.APIConnectionError as exc:
-                last = f"connection failed ({str(exc).splitlines()[-1].strip() or type(exc).__name__})"
+                detail = (str(exc).splitlines() or [""])[-1].strip() or type(exc).__name__
+                if detail.startswith("(") and detail.endswith(")"):  # (the SDK's "(Network error: ...)")
+                    detail = detail[1:-1]
+                last = f"connection to {self.base} failed ({detail})"
                 status = None
                 continue
             self.latency_s = 0.8 * self.latency_s + 0.2 * (time.monotonic() - started) if self.latency_s else \
