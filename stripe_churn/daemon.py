@@ -24,6 +24,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from stripe_churn.errors import ConfigError, FatalError, StoreLockedError, StripeChurnError, TransientError
+from stripe_churn.lock import daemon_lock
 from stripe_churn.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,12 @@ class Daemon:
         self._signalled = signum
 
     def run_forever(self, install_signals: bool = True) -> int:
-        """Block until stopped; 0 after a clean stop."""
+        """Block until stopped; 0 after a clean stop. Raises :class:`DaemonRunningError`, with the state file left
+        as it is, when another daemon has the store."""
+        with daemon_lock(self.settings.db):
+            return self._run_until_stopped(install_signals)
+
+    def _run_until_stopped(self, install_signals: bool) -> int:
         if install_signals:
             signal.signal(signal.SIGTERM, self.handle_signal)
             signal.signal(signal.SIGINT, self.handle_signal)

@@ -73,6 +73,10 @@ class StoreLockedError(TransientError):
     exit_code = 3
 
 
+class DaemonRunningError(FatalError):
+    """Another daemon runs against the same database (it holds ``<db>.daemon.lock``)."""
+
+
 class DataError(FatalError):
     """Stored data cannot be turned into numbers (for example a missing exchange rate)."""
 

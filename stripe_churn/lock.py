@@ -1,4 +1,5 @@
-"""The sync lock: an OS file lock on ``<db>.lock`` shared by the daemon and manual runs, so two syncs never overlap."""
+"""The sync lock: an OS file lock on ``<db>.lock`` shared by the daemon and manual runs, so two syncs never overlap;
+and the daemon's claim on its store, ``<db>.daemon.lock``, so that one daemon runs per store."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from stripe_churn.errors import StoreLockedError
+from stripe_churn.errors import DaemonRunningError, StoreLockedError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,47 @@ def _holder(f: IO[str]) -> str | None:
     return f"since {info.get('since', '?')} (pid {info['pid']})"
 
 
+def daemon_lock_path(db: Path) -> Path:
+    """``<db>.daemon.lock`` beside the database: held by the one daemon of the store for its lifetime."""
+    return db.with_name(db.name + ".daemon.lock")
+
+
+def _acquire(f: IO[str], wait: float, poll: float) -> tuple[bool, str | None]:
+    """Take an exclusive flock on ``f`` within ``wait`` seconds: (True, None), or (False, who holds it)."""
+    deadline = time.monotonic() + max(wait, 0.0)
+    while True:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True, None
+        except BlockingIOError:
+            now = time.monotonic()
+            if now >= deadline:
+                holder = _holder(f)
+                # a holder writes its pid just after taking the lock and clears it just before letting
+                # go: an empty file means one of those moments, so look again briefly
+                if holder is not None or now >= deadline + HOLDER_GRACE_S:
+                    return False, holder
+                time.sleep(0.01)
+                continue
+            time.sleep(poll)
+
+
+@contextmanager
+def _holding(f: IO[str]) -> Iterator[None]:
+    """With the flock on ``f`` taken: write who holds it, and clear that and let go after the block."""
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps({"pid": os.getpid(), "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}))
+    f.flush()
+    try:
+        yield
+    finally:
+        f.seek(0)
+        f.truncate()
+        f.flush()
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 @contextmanager
 def sync_lock(db: Path, wait: float = 0.0, poll: float = 0.1) -> Iterator[None]:
     """Hold the sync lock for the block; wait up to ``wait`` seconds, then raise :class:`StoreLockedError`.
@@ -47,36 +89,33 @@ def sync_lock(db: Path, wait: float = 0.0, poll: float = 0.1) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
     try:
-        deadline = time.monotonic() + max(wait, 0.0)
-        while True:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                now = time.monotonic()
-                if now >= deadline:
-                    holder = _holder(f)
-                    # a holder writes its pid just after taking the lock and clears it just before letting
-                    # go: an empty file means one of those moments, so look again briefly
-                    if holder is not None or now >= deadline + HOLDER_GRACE_S:
-                        raise StoreLockedError(
-                            f"another sync holds {path} {holder or '(holder unknown)'}; "
-                            "retry later or pass --wait SECONDS") from None
-                    time.sleep(0.01)
-                    continue
-                time.sleep(poll)
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"pid": os.getpid(),
-                            "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}))
-        f.flush()
-        try:
+        taken, holder = _acquire(f, wait, poll)
+        if not taken:
+            raise StoreLockedError(f"another sync holds {path} {holder or '(holder unknown)'}; "
+                                   "retry later or pass --wait SECONDS")
+        with _holding(f):
             yield
-        finally:
-            f.seek(0)
-            f.truncate()
-            f.flush()
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    finally:
+        f.close()
+
+
+@contextmanager
+def daemon_lock(db: Path) -> Iterator[None]:
+    """Claim the store for one daemon for the block, or raise :class:`DaemonRunningError` naming the daemon that
+    has it (two daemons would both sync on their schedules and overwrite each other's ``<db>.daemon.json``).
+
+    A flock, as :func:`sync_lock`: the kernel lets go of it when the process dies.
+    """
+    path = daemon_lock_path(db)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
+    try:
+        taken, holder = _acquire(f, 0.0, 0.1)
+        if not taken:
+            raise DaemonRunningError(f"another daemon runs against {db} {holder or '(holder unknown)'}; stop it "
+                                     "first, or point this one at another database")
+        with _holding(f):
+            yield
     finally:
         f.close()
 

@@ -294,6 +294,35 @@ def test_webhook_events_during_a_run_make_one_run_follow_it(start: Callable[...,
     assert state is not None and state["last_run"]["reason"].startswith("webhook ")
 
 
+
+def test_a_second_daemon_on_the_store_exits_2_naming_the_first(tmp_path: Path) -> None:
+    """Two daemons on one store would both sync and overwrite each other's state file: the second one stops at once
+    with one line naming the first one's pid, and leaves the state file as the first one wrote it."""
+    db = tmp_path / "two.duckdb"
+    env = {**os.environ, "STRIPE_CHURN_DB": str(db), "STRIPE_API_KEY": "sk_test_sandbox",
+           "STRIPE_API_BASE": "http://127.0.0.1:9", "STRIPE_CHURN_LOG_LEVEL": "INFO"}
+    cmd = [sys.executable, "-m", "stripe_churn", "daemon", "--no-sync-on-start", "--interval-seconds", "3600"]
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(cmd, env=env, stderr=log, text=True)
+    try:
+        assert wait_for(lambda: (read_state(db) or {}).get("state") == "started", timeout=30)
+        before = (tmp_path / "two.duckdb.daemon.json").read_bytes()
+        try:
+            second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a second daemon on the same store kept running")
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.count("\n") == 1 and f"pid {first.pid}" in second.stderr, second.stderr
+        assert (tmp_path / "two.duckdb.daemon.json").read_bytes() == before
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=15) == 0
+    finally:
+        first.kill()
+        log.close()
+    state = read_state(db)
+    assert state is not None and state["state"] == "stopped" and state["pid"] == first.pid
+
+
 DAEMON_PROC = textwrap.dedent("""
     import logging, sys, threading, time
     from pathlib import Path
