@@ -256,7 +256,7 @@ def sync(full: bool, wait: float, fmt: str, config_path: Path | None) -> None:
 @handle_errors
 def daemon(no_sync_on_start: bool, webhook_port: int | None, webhook_host: str | None,
            interval_seconds: float | None, config_path: Path | None) -> None:
-    """Sync on the schedule (STRIPE_CHURN_SCHEDULE) until SIGTERM/SIGINT, one run at a time."""
+    """Sync on the schedule (STRIPE_CHURN_SCHEDULE) until SIGTERM/SIGINT/SIGHUP, one run at a time."""
     from stripe_churn.daemon import Daemon
 
     settings = get_settings(config_path)

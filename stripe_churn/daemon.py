@@ -243,7 +243,7 @@ class Daemon:
             self.stop_event.set()
 
     def handle_signal(self, signum: int, _frame: Any) -> None:
-        """SIGTERM/SIGINT: only note it; the main loop asks for the stop within ``_POLL_S``.
+        """SIGTERM/SIGINT/SIGHUP: only note it; the main loop asks for the stop within ``_POLL_S``.
 
         A handler runs between two bytecodes of the main thread, which spends its time in ``stop_event.wait`` and
         may hold the event's lock at that moment: setting the event (or logging, whose stream may be mid-write)
@@ -257,9 +257,9 @@ class Daemon:
             return self._run_until_stopped(install_signals)
 
     def _run_until_stopped(self, install_signals: bool) -> int:
-        if install_signals:
-            signal.signal(signal.SIGTERM, self.handle_signal)
-            signal.signal(signal.SIGINT, self.handle_signal)
+        if install_signals:  # (SIGHUP too: the terminal closed, or a reload; its default kills the process at once)
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(signum, self.handle_signal)
         logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
         crashed = True
         try:
