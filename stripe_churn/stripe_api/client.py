@@ -134,19 +134,26 @@ class StripeRaw:
         if self.stop.is_set():
             raise Stopped(f"stop requested before GET {path}")
         sending = asyncio.ensure_future(self._send(url))
+        # (its outcome is always taken: a request given up, or left when this task is cancelled by Ctrl-C, may end
+        # in an error nobody waits for)
+        sending.add_done_callback(_taken)
         give_up_at: float | None = None
-        while True:
-            done, _ = await asyncio.wait({sending}, timeout=_STOP_POLL_S)
-            if done:
-                return sending.result()
-            if self.stop.is_set():
-                now = time.monotonic()
-                if give_up_at is None:
-                    give_up_at = now + STOP_GRACE_S
-                elif now >= give_up_at:
-                    sending.cancel()
-                    await asyncio.wait({sending})
-                    raise Stopped(f"stop requested: GET {path} gave no answer within {STOP_GRACE_S:.0f} s after it")
+        try:
+            while True:
+                done, _ = await asyncio.wait({sending}, timeout=_STOP_POLL_S)
+                if done:
+                    return sending.result()
+                if self.stop.is_set():
+                    now = time.monotonic()
+                    if give_up_at is None:
+                        give_up_at = now + STOP_GRACE_S
+                    elif now >= give_up_at:
+                        raise Stopped(f"stop requested: GET {path} gave no answer within {STOP_GRACE_S:.0f} s "
+                                      "after it")
+        finally:
+            if not sending.done():  # (given up, or this task cancelled: the request goes with it)
+                sending.cancel()
+                await asyncio.wait({sending})
 
     async def _pause(self, seconds: float, path: str) -> None:
         """Sleep before a retry, unless a stop is requested (then :class:`Stopped`)."""
@@ -266,6 +273,12 @@ class StripeRaw:
                                    f"{orjson.dumps(account).decode()[:40]}): nothing was stored; check that "
                                    "STRIPE_API_BASE (setting api_base) is Stripe's API, and run the sync again")
         return account
+
+
+def _taken(task: asyncio.Future[Any]) -> None:
+    """Take a finished request's outcome, so that an error of one given up is not reported as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _NotAnObject(ValueError):
