@@ -91,6 +91,8 @@ EVENTS_UNBROKEN = "events:unbroken"
 # sync_runs.error of a run interrupted by Ctrl-C: every page is committed with its cursor (full listing: the slice
 # cursors; incremental: the events cursor), so the next run goes on from there
 INTERRUPTED = "interrupted (Ctrl-C); the next sync resumes from the stored cursors"
+ENDED_UNRECORDED = ("ended without recording its end (its process was killed, or the machine stopped); "
+                    "a later sync resumed from the stored cursors")
 EVENT_GROUP = 500  # events applied (and their objects refreshed) together
 CHECK_EACH_MAX = 250  # unlisted stored objects retrieved one by one at most (more are flagged at once)
 QUEUE_PAGES = 28  # pages waiting for the writer (serialised: ~0.5 MB each at most), enough for TX_OBJECTS
@@ -1176,8 +1178,16 @@ class _Sync:
         return {t: int(n) for t, n in rows if n}
 
     def _record_start(self, mode: str) -> None:
+        # A run still `running` here never recorded its end: its process was killed (kill -9, a service manager's
+        # timeout, a power cut). Syncs of one store run one at a time (the sync lock; DuckDB lets one process
+        # write), so it is over: said so instead of `running` for ever.
+        self.con.execute("UPDATE sync_runs SET status = 'failed', error = ? WHERE status = 'running'", [ENDED_UNRECORDED])
         self.con.execute("INSERT INTO sync_runs (run_id, account_id, started_at, mode, status) VALUES (?, ?, ?, ?, ?)",
                          [self.run_id, self.account or None, self.started, mode, "running"])
+
+    def _record_mode(self, mode: str) -> None:
+        """The mode once it is known (a full listing resumed, or a fallback, where an incremental was asked for)."""
+        self.con.execute("UPDATE sync_runs SET mode = ? WHERE run_id = ?", [mode, self.run_id])
 
     def _record_end(self, result: SyncResult) -> None:
         self.con.execute(
@@ -1199,12 +1209,14 @@ class _Sync:
                     cursors = await self._db(self._cursors)
                     if full or "events" not in cursors or "full" in cursors:
                         result.mode = "full"
+                        await self._db(self._record_mode, result.mode)
                         await self._full("full")
                     else:
                         reason, by_time = await self._gap(cursors)
                         if reason:
                             result.mode, result.fallback_reason = "fallback", reason
                             log.warning("incremental sync not possible: %s; re-listing everything instead", reason)
+                            await self._db(self._record_mode, result.mode)
                             await self._full("fallback")
                         else:
                             await self._incremental(cursors["events"], by_time)

@@ -349,6 +349,10 @@ def test_killed_sync_then_rerun_equals_uninterrupted(tmp_path: Path) -> None:
             assert con.execute("SELECT count(*) FROM sync_cursors WHERE stream = 'full'").fetchall()[0][0] == 1, \
                 "the sync finished before it was killed"
         run_sync(settings_for(sb.url, killed_db), progress=False)
+        with open_store(killed_db) as con:
+            # (the killed run is not `running` for ever, and says the mode it ran in, not the one asked for)
+            assert con.execute("SELECT mode, status, error FROM sync_runs ORDER BY started_at").fetchall() == [
+                ("full", "failed", sync_module.ENDED_UNRECORDED), ("full", "succeeded", None)]
         clean_db = tmp_path / "clean.duckdb"
         run_sync(settings_for(sb.url, clean_db), progress=False)
     with open_store(killed_db) as a, open_store(clean_db) as b:
