@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -265,6 +266,33 @@ def _process_alive(pid: Any) -> bool:
     return True
 
 
+_RUNS_SQL = "SELECT run_id, mode, status, started_at, finished_at, error FROM sync_runs ORDER BY started_at DESC LIMIT 5"
+_LAST_OK_SQL = ("SELECT max(finished_at) AS t FROM sync_runs WHERE error IS NULL "
+                "AND status NOT IN ('running', 'failed', 'stopped')")
+
+
+def _live_runs(db: Path) -> tuple[list[dict[str, Any]], dt.datetime | None] | None:
+    """The latest runs and the end of the last successful one, from the store itself, when no sync holds it: the
+    snapshot is published by runs that succeed, so it shows no failed run. Read under the sync lock (a sync
+    starting meanwhile waits or skips, as it does for another sync); None when that cannot be done now."""
+    from stripe_churn.lock import sync_lock
+    from stripe_churn.store.db import open_store
+
+    if not db.exists():
+        return None
+    try:
+        with sync_lock(db, wait=0.0), contextlib.closing(open_store(db, read_only=True)) as con:
+            runs = _table(con, _RUNS_SQL)
+            last = _table(con, _LAST_OK_SQL)
+    except Exception as exc:  # (locked, damaged, not a store: the snapshot's view stands; those are said elsewhere)
+        log.debug("status reads the runs from the snapshot: %s", exc)
+        return None
+    for run in runs:
+        if run["status"] == "running":  # (no sync holds the store: that run's process ended without a word)
+            run["error"] = "no sync holds the store now: it ended without recording its end (killed?)"
+    return runs, (last[0]["t"] if last else None)
+
+
 def collect_status(db: Path) -> dict[str, Any]:
     """Last runs, cursors, lag, data-quality counts and the exchange rates of the currencies billed (from the
     snapshot), the lock and the daemon's state."""
@@ -290,19 +318,23 @@ def collect_status(db: Path) -> dict[str, Any]:
                           "writes it anew")
     else:
         info["daemon"] = "never ran against this database"
+    live = None if info["sync_running"] else _live_runs(db)
+    if live is not None:
+        info["runs"], last_ok = live
+        if last_ok is not None:
+            info["lag"] = str(now - last_ok).split(".")[0] + " since the last successful sync"
     if not snap.exists():
         return info
     info["snapshot_age"] = str(dt.timedelta(seconds=int(now.timestamp() - snap.stat().st_mtime)))
     con = open_snapshot(db)
     try:
-        info["runs"] = _table(con, "SELECT run_id, mode, status, started_at, finished_at, error "
-                                   "FROM sync_runs ORDER BY started_at DESC LIMIT 5")
+        if live is None:  # (a sync holds the store: the runs as of the last published one)
+            info["runs"] = _table(con, _RUNS_SQL)
+            last = _table(con, _LAST_OK_SQL)
+            if last and last[0]["t"] is not None:
+                info["lag"] = str(now - last[0]["t"]).split(".")[0] + " since the last successful sync"
         info["cursors"] = _table(con, "SELECT account_id, stream, done, to_timestamp(created) AS covers_until, "
                                       "updated_at FROM sync_cursors ORDER BY stream")
-        last_ok = _table(con, "SELECT max(finished_at) AS t FROM sync_runs WHERE error IS NULL "
-                              "AND status NOT IN ('running', 'failed', 'stopped')")
-        if last_ok and last_ok[0]["t"] is not None:
-            info["lag"] = str(now - last_ok[0]["t"]).split(".")[0] + " since the last successful sync"
         info["recomputes"] = _table(con, "SELECT mode, customers, started_at, finished_at, reason "
                                          "FROM metrics_runs ORDER BY started_at DESC LIMIT 5")
         info["data_quality"] = _table(con, "SELECT kind, count(*) AS n FROM data_quality GROUP BY kind ORDER BY kind")

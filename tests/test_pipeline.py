@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import subprocess
 import sys
 import textwrap
@@ -124,6 +125,19 @@ def test_snapshot_is_replaced_atomically(tmp_path: Path) -> None:
     assert new.execute("SELECT v FROM t").fetchone() == (2,)
     new.close()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o600])
+def test_the_snapshot_is_as_readable_as_the_database(tmp_path: Path, mode: int) -> None:
+    """The snapshot was its owner's alone (0600, from mkstemp) beside a 0644 database: the finance users README
+    sends to it could not open it. It now takes the database's permissions."""
+    db = tmp_path / "s.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE t AS SELECT 1 AS v")
+    con.close()
+    os.chmod(db, mode)
+    publish_snapshot(db)
+    assert stat.S_IMODE(os.stat(snapshot_path(db)).st_mode) == mode
 
 
 def test_run_once_against_the_sandbox(tmp_path: Path) -> None:
@@ -396,3 +410,33 @@ def test_status_says_when_the_daemon_it_names_is_gone_or_its_state_file_is_damag
     state_path(db).write_text('{"pid": 12, "sta', encoding="utf-8")
     assert collect_status(db)["daemon"] == (f"its state file {state_path(db)} cannot be read (damaged?); the "
                                             "daemon's next start writes it anew")
+
+
+def test_status_shows_failed_runs_which_publish_no_snapshot(tmp_path: Path) -> None:
+    """`status` read the runs from the snapshot, which only runs that succeed publish: a daemon failing every tick
+    showed its last successes. It now reads them from the store when no sync holds it (a run left `running` by a
+    killed process is said to have ended), and from the snapshot while a sync runs."""
+    from stripe_churn.errors import StripeChurnError
+    from stripe_churn.pipeline import collect_status, run_once
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
+
+    with start_in_thread(Simulation(customers=20, months=3, seed=5), api_key=SANDBOX_KEY) as sb:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=tmp_path / "p.duckdb",
+                            rate_limit=1000.0, max_retries=0)
+        run_once(settings, full=True, progress=False)
+    with pytest.raises(StripeChurnError):  # (the sandbox is gone)
+        run_once(settings, progress=False)
+    status = collect_status(settings.db)
+    assert [r["status"] for r in status["runs"]] == ["failed", "succeeded"], status["runs"]
+    assert status["runs"][0]["error"].startswith("connection to http://127.0.0.1:")
+    assert status["lag"].endswith("since the last successful sync")
+    with duckdb.connect(str(settings.db)) as con:  # (what a kill -9 leaves)
+        con.execute("INSERT INTO sync_runs (run_id, started_at, mode, status) VALUES ('killed', now(), 'full', "
+                    "'running')")
+    runs = collect_status(settings.db)["runs"]
+    assert (runs[0]["run_id"], runs[0]["status"]) == ("killed", "running")
+    assert runs[0]["error"] == "no sync holds the store now: it ended without recording its end (killed?)"
+    with sync_lock(settings.db):  # a sync runs: the snapshot's runs
+        assert [r["status"] for r in collect_status(settings.db)["runs"]] == ["succeeded"]

@@ -305,9 +305,12 @@ def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
     except duckdb.IOException as exc:
         text = str(exc)
         if "lock" in text.lower():
+            held = re.search(r"held in (.+?) \(PID (\d+)\)", text)
+            who = f" ({held.group(1)}, pid {held.group(2)})" if held else ""
             raise StoreLockedError(
-                f"the store {path} is in use by another process; wait for it to finish (or stop the daemon) "
-                "and try again") from None
+                f"the store {path} is in use by another process{who}, and DuckDB lets one process open it at a "
+                f"time: wait for it to finish, or close it (queries belong on the snapshot {path}.snapshot), and "
+                "try again") from None
         if not _is_duckdb_file(path):
             raise StoreError(
                 f"{path} is not a DuckDB database: point the setting db (STRIPE_CHURN_DB) at the store, or at a new "

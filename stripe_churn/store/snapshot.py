@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,9 @@ def publish_snapshot(db: Path) -> Path:
     os.close(fd)
     try:
         shutil.copyfile(db, tmp)
+        # readable by whoever may read the database (mkstemp makes the copy its owner's alone: a finance user
+        # could not open the snapshot README points them at)
+        os.chmod(tmp, stat.S_IMODE(os.stat(db).st_mode))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
