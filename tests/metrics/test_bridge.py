@@ -409,6 +409,27 @@ def test_scheduled_churn_values_the_mrr_the_cancellation_takes(world: World, der
         ("sub_1", at_stake, dt.datetime.fromtimestamp(cancel_at, dt.UTC))]
 
 
+def test_scheduled_churn_values_another_currency_at_todays_rate_on_any_day(world: World, derive: Derive) -> None:
+    """An eur subscription set to cancel is valued at the latest rate on or before the day the view is read. It
+    read derived_fx_days, which the recompute fills up to its own day: from the next midnight until the next sync
+    the eur rows said 0.00 at stake beside their eur amount, silently (design.md 4: never a silent zero)."""
+    t0 = ts(2024, 1, 1)
+    world.fx_rates += [("2023-12-01", "eur", 1.08), ("2024-01-15", "eur", 1.10)]
+    world.customer("cus_1", currency="eur")
+    world.product("prod_core", unit_label="seat")
+    world.price("basic_eur", "prod_core", 1_000, currency="eur")
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic_eur", 4)], t0)
+    world.update("sub_1", t0 + 10 * DAY, cancel_at_period_end=True, canceled_at=t0 + 10 * DAY)
+    con = derive(world, seen_at=t0 + 15 * DAY)
+    expected = [("sub_1", Decimal("44.0000"), "eur", Decimal("40.0000"))]  # (40 eur at 1.10, the rate in force)
+    assert [(r["subscription_id"], r["mrr_at_stake"], r["currency"], r["mrr_at_stake_original"])
+            for r in queries.scheduled_churn(con)] == expected
+    # the next day, before any sync: the recompute's day rows end a day before the one the view is read on
+    con.execute("DELETE FROM derived_fx_days WHERE day >= CAST(timezone('UTC', now()) AS DATE)")
+    assert [(r["subscription_id"], r["mrr_at_stake"], r["currency"], r["mrr_at_stake_original"])
+            for r in queries.scheduled_churn(con)] == expected
+
+
 def test_scheduled_churn_is_churn_already_when_recognised_at_cancel_time(world: World, derive: Derive) -> None:
     con = derive(book(world), seen_at=SEEN, churn_recognition="canceled")
     assert queries.scheduled_churn(con) == []
