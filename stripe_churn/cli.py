@@ -383,6 +383,7 @@ def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> N
     from stripe_churn.sandbox.server import start_in_thread
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation, history_to_today
     from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
+    from stripe_churn.store.snapshot import snapshot_path
 
     setup_logging("WARNING")
     t0 = time.monotonic()
@@ -397,9 +398,11 @@ def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> N
     # the month before)
     sim = Simulation(customers=customers, months=months, seed=seed, start=history_to_today(months),
                      **SANDBOX_OPTIONS)
+    db = directory / "stripe-churn.duckdb"
+    if not db.exists():  # (the demo's store removed by hand: its old snapshot goes too, and the demo starts over)
+        snapshot_path(db).unlink(missing_ok=True)
     with start_in_thread(sim, api_key=SANDBOX_KEY) as sb:
-        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=directory / "stripe-churn.duckdb",
-                            rate_limit=1000.0, source="demo")
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=db, rate_limit=1000.0, source="demo")
         click.echo(f"sandbox at {sb.url}; syncing into {settings.db} ...", err=True)
         summary = run_once(settings, full=True, wait=30.0, progress=False)
     click.echo(f"synced {sum(summary.counts.values())} objects, {summary.new_movements} movements "

@@ -18,6 +18,7 @@ import duckdb
 from stripe_churn.errors import (
     DiskFullError,
     StoppedError,
+    StoreError,
     StripeChurnError,
     damaged_store,
     disk_full,
@@ -28,7 +29,7 @@ from stripe_churn.errors import (
 from stripe_churn.lock import sync_lock
 from stripe_churn.settings import Settings, check_memory_limit
 from stripe_churn.store.fx_file import read_fx_file, write_fx_rates
-from stripe_churn.store.snapshot import checkpoint, open_snapshot, publish_snapshot
+from stripe_churn.store.snapshot import checkpoint, open_snapshot, publish_snapshot, snapshot_path
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +143,16 @@ def _query_interrupted(exc: BaseException) -> bool:
     return any(isinstance(c, RuntimeError) and str(c) == "Query interrupted" for c in exception_chain(exc))
 
 
+def _refuse_a_lost_store(db: Path) -> None:
+    """A store gone from beside its snapshot was removed or moved (a daemon would otherwise start a new one
+    unnoticed, with none of the events older than Stripe's 30 days, which no sync can fetch again)."""
+    snap = snapshot_path(db)
+    if not db.exists() and snap.exists():
+        raise StoreError(f"the store {db} is missing but its snapshot {snap} is there (was it removed or moved?): "
+                         f"restore it with `cp {snap} {db}` (the events older than Stripe's 30 days are kept only "
+                         "in the store), or move the snapshot aside to start a new store with a full sync")
+
+
 def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Event | None,
               progress: bool) -> RunSummary:
     db = settings.db
@@ -155,6 +166,7 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
         from stripe_churn.store.db import open_store
         from stripe_churn.sync import run_sync
 
+        _refuse_a_lost_store(db)
         con = open_store(db)
         try:
             if settings.memory_limit is not None:
@@ -298,7 +310,6 @@ def collect_status(db: Path) -> dict[str, Any]:
     snapshot), the lock and the daemon's state."""
     from stripe_churn.daemon import read_state, state_path
     from stripe_churn.lock import is_locked
-    from stripe_churn.store.snapshot import snapshot_path
 
     now = dt.datetime.now(dt.UTC)
     snap = snapshot_path(db)

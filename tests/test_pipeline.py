@@ -440,3 +440,26 @@ def test_status_shows_failed_runs_which_publish_no_snapshot(tmp_path: Path) -> N
     assert runs[0]["error"] == "no sync holds the store now: it ended without recording its end (killed?)"
     with sync_lock(settings.db):  # a sync runs: the snapshot's runs
         assert [r["status"] for r in collect_status(settings.db)["runs"]] == ["succeeded"]
+
+
+def test_a_store_gone_from_beside_its_snapshot_is_not_started_anew(tmp_path: Path) -> None:
+    """A store removed under a running daemon was rebuilt by the next tick from scratch, without a word: its run
+    history and the events older than Stripe's 30 days (which no sync fetches again) gone. The run now stops in
+    one line that says how to restore it, and creates nothing."""
+    from stripe_churn.errors import StoreError
+    from stripe_churn.pipeline import run_once
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
+
+    with start_in_thread(Simulation(customers=20, months=3, seed=5), api_key=SANDBOX_KEY) as sb:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=tmp_path / "p.duckdb", rate_limit=1000.0)
+        run_once(settings, full=True, progress=False)
+        settings.db.unlink()
+        with pytest.raises(StoreError) as info:
+            run_once(settings, progress=False)
+        assert not settings.db.exists()
+        msg = str(info.value)
+        assert "\n" not in msg and f"cp {snapshot_path(settings.db)} {settings.db}" in msg, msg
+        os.replace(snapshot_path(settings.db), settings.db)  # restored as it says: the runs go on
+        assert run_once(settings, progress=False).status == "succeeded"
