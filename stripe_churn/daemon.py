@@ -196,6 +196,7 @@ class Daemon:
             self.runs += 1
             self._failures = 0
             info = summary.as_dict() if hasattr(summary, "as_dict") else {"result": str(summary)}
+            self._state.pop("previous_error", None)  # (the last daemon's error, shown until a run succeeds)
             self._save(last_run={"at": _now(), "reason": reason, "status": info.get("status"),
                                  "counts": info.get("counts"), "new_movements": info.get("new_movements")},
                        last_error=None)

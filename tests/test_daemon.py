@@ -216,6 +216,37 @@ def test_fatal_error_is_surfaced_in_status(start: Callable[..., Daemon], tmp_pat
     assert json.loads(result.output)["daemon_error"].endswith("set STRIPE_API_KEY to a valid key")
 
 
+
+def test_a_run_that_succeeds_clears_the_previous_daemons_error(start: Callable[..., Daemon], tmp_path: Path) -> None:
+    """README: a fatal error is shown by status until a run succeeds, also when the daemon was restarted since."""
+    def bad_key(settings: Settings, **kw: Any) -> RunSummary:
+        raise AuthError("Stripe refused the API key (401): set STRIPE_API_KEY to a valid key")
+
+    settings = Settings(db=tmp_path / "d.duckdb", webhook_secret=Secret("whsec_x"))
+    first = Daemon(settings, interval_seconds=3600, run=bad_key)
+    thread = threading.Thread(target=first.run_forever, kwargs={"install_signals": False})
+    thread.start()
+    try:
+        assert wait_for(lambda: ((read_state(settings.db) or {}).get("last_error") or {}).get("kind") == "fatal",
+                        timeout=30)
+    finally:
+        first.request_stop()
+        thread.join(timeout=15)
+    assert not thread.is_alive()
+
+    env = {"STRIPE_CHURN_DB": str(settings.db)}
+    d = start(interval_seconds=3600, run=locked_writer(), sync_on_start=False)
+    assert wait_for(lambda: (read_state(settings.db) or {}).get("state") == "started")
+    assert "refused the API key" in CliRunner().invoke(cli, ["status"], env=env).output  # until a run succeeds
+    d.tick("schedule")
+    assert d.runs == 1
+    state = read_state(settings.db)
+    assert state is not None and state.get("last_error") is None and state.get("previous_error") is None
+    result = CliRunner().invoke(cli, ["status", "--format", "json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "daemon_error" not in json.loads(result.output)
+
+
 def test_a_webhook_port_in_use_stops_the_daemon_before_any_sync(tmp_path: Path) -> None:
     """The port is taken before the scheduler starts: a bad one is a clear error, and no sync was begun (it was an
     "unexpected OSError" after the start-up sync had begun, which the exit then cut short)."""
