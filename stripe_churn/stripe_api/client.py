@@ -75,6 +75,9 @@ class StripeRaw:
                  limiter: TokenBucket | None = None, stop: threading.Event | None = None) -> None:
         key = settings.require_api_key()
         self.stop = stop  # once set: no new attempt, and the one on the way has STOP_GRACE_S to answer
+        self._watcher: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Timeout] = set()  # the deadlines of the requests on the way
+        self._give_up_at: float | None = None  # (the loop's time; set once the stop is seen)
         self.base = settings.api_base.rstrip("/")
         self.max_retries = settings.max_retries
         self.limiter = limiter or TokenBucket(settings.effective_rate_limit)
@@ -104,6 +107,8 @@ class StripeRaw:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         close = getattr(self._http, "close_async", None)
         if close is not None:
             try:
@@ -128,32 +133,33 @@ class StripeRaw:
         return await asyncio.to_thread(self._http.request_with_retries, "get", url, self._headers, None, 0)
 
     async def _send_unless_stopped(self, url: str, path: str) -> tuple[Any, int, Mapping[str, str]]:
-        """:meth:`_send`, given up ``STOP_GRACE_S`` after a stop is requested (:class:`Stopped`)."""
+        """:meth:`_send`, given up ``STOP_GRACE_S`` after a stop is requested (:class:`Stopped`). The request runs in
+        the caller's task under an ``asyncio.timeout`` with no deadline, which one watcher per client sets when it
+        sees the stop (nothing more per request on the hot path)."""
         if self.stop is None:
             return await self._send(url)
         if self.stop.is_set():
             raise Stopped(f"stop requested before GET {path}")
-        sending = asyncio.ensure_future(self._send(url))
-        # (its outcome is always taken: a request given up, or left when this task is cancelled by Ctrl-C, may end
-        # in an error nobody waits for)
-        sending.add_done_callback(_taken)
-        give_up_at: float | None = None
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch_stop())
         try:
-            while True:
-                done, _ = await asyncio.wait({sending}, timeout=_STOP_POLL_S)
-                if done:
-                    return sending.result()
-                if self.stop.is_set():
-                    now = time.monotonic()
-                    if give_up_at is None:
-                        give_up_at = now + STOP_GRACE_S
-                    elif now >= give_up_at:
-                        raise Stopped(f"stop requested: GET {path} gave no answer within {STOP_GRACE_S:.0f} s "
-                                      "after it")
-        finally:
-            if not sending.done():  # (given up, or this task cancelled: the request goes with it)
-                sending.cancel()
-                await asyncio.wait({sending})
+            async with asyncio.timeout(self._give_up_at) as deadline:
+                self._sending.add(deadline)
+                try:
+                    return await self._send(url)
+                finally:
+                    self._sending.discard(deadline)
+        except TimeoutError:  # (only the deadline above: _send turns its own timeouts into APIConnectionError)
+            raise Stopped(f"stop requested: GET {path} gave no answer within {STOP_GRACE_S:.0f} s after it") from None
+
+    async def _watch_stop(self) -> None:
+        """Once the stop is set, the requests on the way have STOP_GRACE_S more to answer."""
+        assert self.stop is not None
+        while not self.stop.is_set():
+            await asyncio.sleep(_STOP_POLL_S)
+        self._give_up_at = asyncio.get_running_loop().time() + STOP_GRACE_S
+        for deadline in list(self._sending):
+            deadline.reschedule(self._give_up_at)
 
     async def _pause(self, seconds: float, path: str) -> None:
         """Sleep before a retry, unless a stop is requested (then :class:`Stopped`)."""
@@ -273,12 +279,6 @@ class StripeRaw:
                                    f"{orjson.dumps(account).decode()[:40]}): nothing was stored; check that "
                                    "STRIPE_API_BASE (setting api_base) is Stripe's API, and run the sync again")
         return account
-
-
-def _taken(task: asyncio.Future[Any]) -> None:
-    """Take a finished request's outcome, so that an error of one given up is not reported as never retrieved."""
-    if not task.cancelled():
-        task.exception()
 
 
 class _NotAnObject(ValueError):
