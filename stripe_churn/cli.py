@@ -24,12 +24,12 @@ PORT = click.IntRange(0, 65535)
 COUNT = click.IntRange(min=0)
 
 def setup_logging(level: str = "INFO") -> None:
-    """Plain log lines on stderr; the key never reaches them (it is a masked Secret everywhere)."""
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    """Plain log lines on stderr; the key never reaches them (it is a masked Secret everywhere). Called again, it
+    sets the level alone."""
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
 def config_option(f: F) -> F:
@@ -108,6 +108,7 @@ SYNC_INTERRUPTED = ("what was synced is kept; the next sync resumes from the sto
 
 
 def get_settings(config_path: Path | None, **overrides: Any) -> Settings:
+    setup_logging("WARNING")  # (what loading the settings warns of comes in the same format as every log line)
     settings = load_settings(config_path, overrides=overrides)
     setup_logging(settings.log_level)
     return settings

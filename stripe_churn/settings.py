@@ -243,15 +243,18 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 
 def _warn_if_world_readable(path: Path, data: Mapping[str, Any]) -> None:
-    if not (data.get("api_key") or data.get("webhook_secret")):
+    held = [(key, env) for key, env in (("api_key", "STRIPE_API_KEY"), ("webhook_secret", "STRIPE_WEBHOOK_SECRET"))
+            if data.get(key)]
+    if not held:
         return
     try:
         mode = path.stat().st_mode
     except OSError:
         return
     if mode & (stat.S_IRGRP | stat.S_IROTH):
-        log.warning("config file %s holds a secret and is readable by other users; run `chmod 600 %s` "
-                    "or move the key to STRIPE_API_KEY", path, path)
+        log.warning("config file %s holds a secret (%s) and is readable by other users; run `chmod 600 %s` "
+                    "or move it to %s", path, " and ".join(k for k, _ in held), path,
+                    " and ".join(e for _, e in held))
 
 
 def load_settings(config: str | Path | None = None, env: Mapping[str, str] | None = None,

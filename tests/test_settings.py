@@ -210,8 +210,16 @@ def test_world_readable_config_with_key_warns(tmp_path: Path, caplog: pytest.Log
     with caplog.at_level(logging.WARNING):
         s = load_settings(cfg, env={})
     assert s.require_api_key() == KEY
-    assert "readable by other users" in caplog.text
+    assert "readable by other users" in caplog.text and "move it to STRIPE_API_KEY" in caplog.text
     assert KEY not in caplog.text
+    caplog.clear()
+    # (a file holding only the webhook's secret names that secret's variable, not the API key's)
+    only_secret = write(tmp_path, 'webhook_secret = "whsec_only_this"\n', name="secret.toml")
+    only_secret.chmod(0o644)
+    with caplog.at_level(logging.WARNING):
+        load_settings(only_secret, env={})
+    assert "holds a secret (webhook_secret)" in caplog.text and "move it to STRIPE_WEBHOOK_SECRET" in caplog.text
+    assert "STRIPE_API_KEY" not in caplog.text and "whsec_only_this" not in caplog.text
     caplog.clear()
     cfg.chmod(0o600)
     with caplog.at_level(logging.WARNING):
