@@ -204,6 +204,29 @@ def test_transient_errors_back_off(start: Callable[..., Daemon]) -> None:
     assert state is not None and state["last_error"]["kind"] == "transient"
 
 
+
+def test_the_backoff_is_what_readme_says(tmp_path: Path) -> None:
+    """Transient failures in a row: the next tick tries again, then 1, 3, 7, 15 and at most 16 ticks are skipped
+    before each try; README says exactly that (it said "skipping 1, 3, 7 ... up to 16 ticks")."""
+    tries: list[int] = []  # the ticks that tried
+    ticks = 0
+
+    def failing(settings: Settings, **kw: Any) -> RunSummary:
+        tries.append(ticks)
+        raise TransientError("Stripe kept answering 503")
+
+    d = Daemon(Settings(db=tmp_path / "d.duckdb"), interval_seconds=3600, run=failing)
+    for _ in range(120):
+        ticks += 1
+        d.tick("schedule")
+    skipped = [b - a - 1 for a, b in itertools.pairwise(tries)]
+    assert skipped[:8] == [0, 1, 3, 7, 15, 16, 16, 16]
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
+    assert ("retried on later ticks with an exponential backoff: the next tick tries again, then each further "
+            f"failure in a row skips more ticks before the next try ({', '.join(map(str, skipped[1:5]))}, then "
+            f"{skipped[5]} at most)") in readme
+
+
 def test_fatal_error_is_surfaced_in_status(start: Callable[..., Daemon], tmp_path: Path) -> None:
     def bad_key(settings: Settings, **kw: Any) -> RunSummary:
         raise AuthError("Stripe refused the API key (401): set STRIPE_API_KEY to a valid key")
