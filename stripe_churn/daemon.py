@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 MAX_SKIP_TICKS = 16
 _POLL_S = 0.2  # how often the main loop looks for a signal that asked for a stop
+# scheduled ticks at once: one running and the next ones skipping (a skip takes microseconds)
+_TICK_INSTANCES = 4
 
 
 def state_path(db: Path) -> Path:
@@ -280,7 +282,9 @@ class Daemon:
 
                 self.webhook = WebhookServer(self.settings.webhook_secret.reveal(), self.webhook_event,
                                              host=self.webhook_host, port=self.webhook_port)
-            self.scheduler.add_job(self.tick, self.trigger, id="scheduled-sync")
+            # (more than one instance: a tick that finds a run going reaches tick(), which skips it with one INFO
+            # line; APScheduler's own limit would log a WARNING at every tick of a long run)
+            self.scheduler.add_job(self.tick, self.trigger, id="scheduled-sync", max_instances=_TICK_INSTANCES)
             if self.sync_on_start:
                 self.scheduler.add_job(self.tick, "date", run_date=dt.datetime.now(dt.UTC), id="start-sync",
                                        kwargs={"reason": "start"})

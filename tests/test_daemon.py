@@ -7,6 +7,7 @@ import datetime as dt
 import io
 import itertools
 import json
+import logging
 import os
 import signal
 import socket
@@ -184,6 +185,31 @@ def test_overlapping_ticks_do_not_run_twice(start: Callable[..., Daemon]) -> Non
     d = start(interval_seconds=0.1, run=slow)
     assert wait_for(lambda: d.runs >= 3)
     assert peak == 1
+
+
+
+def test_ticks_during_a_run_skip_with_one_info_line_each(start: Callable[..., Daemon],
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A tick that finds the daemon's run going is a normal thing: one INFO line of the daemon's, not APScheduler's
+    WARNING "maximum number of running instances reached" at every tick."""
+    caplog.set_level("INFO")
+    release = threading.Event()
+    inner = locked_writer()
+
+    def slow(settings: Settings, **kw: Any) -> RunSummary:
+        assert release.wait(timeout=30)
+        return inner(settings, **kw)
+
+    d = start(interval_seconds=0.1, run=slow, sync_on_start=False)
+    try:
+        assert wait_for(lambda: d.skipped >= 5)
+    finally:
+        release.set()
+    assert wait_for(lambda: d.runs >= 1)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [], [r.getMessage() for r in warnings]
+    skips = [r for r in caplog.records if r.getMessage() == "sync skipped (schedule): a run in this daemon is still going"]
+    assert len(skips) >= 5 and {r.levelname for r in skips} == {"INFO"}
 
 
 def test_transient_errors_back_off(start: Callable[..., Daemon]) -> None:
