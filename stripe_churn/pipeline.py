@@ -305,6 +305,10 @@ def _live_runs(db: Path) -> tuple[list[dict[str, Any]], dt.datetime | None] | No
     return runs, (last[0]["t"] if last else None)
 
 
+def _lag(now: dt.datetime, last_ok: dt.datetime | None) -> str | None:
+    return None if last_ok is None else str(now - last_ok).split(".")[0] + " since the last successful sync"
+
+
 def collect_status(db: Path) -> dict[str, Any]:
     """Last runs, cursors, lag, data-quality counts and the exchange rates of the currencies billed (from the
     snapshot), the lock and the daemon's state."""
@@ -332,8 +336,7 @@ def collect_status(db: Path) -> dict[str, Any]:
     live = None if info["sync_running"] else _live_runs(db)
     if live is not None:
         info["runs"], last_ok = live
-        if last_ok is not None:
-            info["lag"] = str(now - last_ok).split(".")[0] + " since the last successful sync"
+        info["lag"] = _lag(now, last_ok)
     if not snap.exists():
         return info
     info["snapshot_age"] = str(dt.timedelta(seconds=int(now.timestamp() - snap.stat().st_mtime)))
@@ -341,9 +344,7 @@ def collect_status(db: Path) -> dict[str, Any]:
     try:
         if live is None:  # (a sync holds the store: the runs as of the last published one)
             info["runs"] = _table(con, _RUNS_SQL)
-            last = _table(con, _LAST_OK_SQL)
-            if last and last[0]["t"] is not None:
-                info["lag"] = str(now - last[0]["t"]).split(".")[0] + " since the last successful sync"
+            info["lag"] = _lag(now, (_table(con, _LAST_OK_SQL) or [{"t": None}])[0]["t"])
         info["cursors"] = _table(con, "SELECT account_id, stream, done, to_timestamp(created) AS covers_until, "
                                       "updated_at FROM sync_cursors ORDER BY stream")
         info["recomputes"] = _table(con, "SELECT mode, customers, started_at, finished_at, reason "

@@ -118,8 +118,8 @@ class FakeStripe:
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeStripe]:
-    def requests_raw(settings: Settings) -> StripeRaw:  # the sync's client, on the `responses`-patched SDK one
-        raw = StripeRaw(settings, http_client=stripe.RequestsClient())
+    def requests_raw(settings: Settings, **kw: Any) -> StripeRaw:  # the sync's client, on the `responses`-patched SDK one
+        raw = StripeRaw(settings, http_client=stripe.RequestsClient(), **kw)
         raw._backoff = lambda attempt: 0.0  # type: ignore[method-assign]
         return raw
 
