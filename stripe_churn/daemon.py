@@ -144,6 +144,7 @@ class Daemon:
         self.scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={
             "max_instances": 1, "coalesce": True, "misfire_grace_time": 300})
         self.webhook: Any = None
+        self._state_lock = threading.Lock()
         self._state: dict[str, Any] = {"pid": os.getpid(), "state": "starting", "started_at": _now(),
                                        "last_run": None, "last_error": None}
         previous = read_state(settings.db)
@@ -166,14 +167,19 @@ class Daemon:
 
     # -- state -------------------------------------------------------------------------------------------
     def _save(self, **changes: Any) -> None:
-        self._state.update(changes)
+        """Apply ``changes`` to the state and write it.
+
+        The main thread and a run's thread save at the same moments (started, a run's end): one at a time, or both
+        would write the same temporary file and one change would be lost."""
         path = state_path(self.settings.db)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(self._state, indent=1, default=str), encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cannot write daemon state %s: %s", path, exc)
+        with self._state_lock:
+            self._state.update(changes)
+            try:
+                tmp.write_text(json.dumps(self._state, indent=1, default=str), encoding="utf-8")
+                os.replace(tmp, path)
+            except OSError as exc:
+                log.warning("cannot write daemon state %s: %s", path, exc)
 
     # -- jobs --------------------------------------------------------------------------------------------
     def tick(self, reason: str = "schedule", wait: float = 0.0, follow: bool = False) -> None:
@@ -208,10 +214,9 @@ class Daemon:
             self.runs += 1
             self._failures = 0
             info = summary.as_dict() if hasattr(summary, "as_dict") else {"result": str(summary)}
-            self._state.pop("previous_error", None)  # (the last daemon's error, shown until a run succeeds)
             self._save(last_run={"at": _now(), "reason": reason, "status": info.get("status"),
                                  "counts": info.get("counts"), "new_movements": info.get("new_movements")},
-                       last_error=None)
+                       last_error=None, previous_error=None)  # (the last daemon's, shown until a run succeeds)
         except StoreLockedError as exc:
             self.skipped += 1
             log.info("sync skipped (%s): %s", reason, exc)

@@ -336,6 +336,29 @@ def test_a_long_run_of_the_daemon_logs_its_progress(tmp_path: Path, caplog: pyte
     assert all(b.created - a.created >= 4.9 for a, b in itertools.pairwise(lines))
 
 
+def test_state_saves_from_several_threads_lose_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The main thread (starting, started) and a run's thread (last run, last error) write the state file at the
+    same moments: both wrote the same temporary file, and one change was lost (a fatal error status never showed)
+    with a "cannot write daemon state" warning."""
+    d = Daemon(Settings(db=tmp_path / "d.duckdb"), interval_seconds=3600, run=locked_writer())
+    go = threading.Event()
+
+    def saves(n: int) -> None:
+        go.wait()
+        for i in range(100):
+            d._save(**{f"t{n}": i})
+
+    threads = [threading.Thread(target=saves, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert "cannot write daemon state" not in caplog.text
+    state = read_state(d.settings.db)
+    assert state is not None and all(state[f"t{n}"] == 99 for n in range(4))
+
+
 def test_a_webhook_port_in_use_stops_the_daemon_before_any_sync(tmp_path: Path) -> None:
     """The port is taken before the scheduler starts: a bad one is a clear error, and no sync was begun (it was an
     "unexpected OSError" after the start-up sync had begun, which the exit then cut short)."""
