@@ -219,7 +219,7 @@ class Daemon:
                        last_error=None, previous_error=None)  # (the last daemon's, shown until a run succeeds)
         except StoreLockedError as exc:
             self.skipped += 1
-            log.info("sync skipped (%s): %s", reason, exc)
+            log.info("sync skipped (%s): %s; the next tick tries again", reason, exc.held)
         except TransientError as exc:
             self._failures += 1
             self._skip_ticks = min(2 ** (self._failures - 1) - 1, MAX_SKIP_TICKS)

@@ -68,9 +68,16 @@ class StoreError(FatalError):
 
 
 class StoreLockedError(TransientError):
-    """Another process holds the database or the sync lock."""
+    """Another process holds the database or the sync lock.
+
+    ``held`` says who holds what, without the advice of the message (which names `sync`'s options): the daemon
+    words its own."""
 
     exit_code = 3
+
+    def __init__(self, message: str, *, held: str | None = None) -> None:
+        super().__init__(message)
+        self.held = held or message
 
 
 class DaemonRunningError(FatalError):

@@ -91,8 +91,8 @@ def sync_lock(db: Path, wait: float = 0.0, poll: float = 0.1) -> Iterator[None]:
     try:
         taken, holder = _acquire(f, wait, poll)
         if not taken:
-            raise StoreLockedError(f"another sync holds {path} {holder or '(holder unknown)'}; "
-                                   "retry later or pass --wait SECONDS")
+            held = f"another sync holds {path} {holder or '(holder unknown)'}"
+            raise StoreLockedError(f"{held}; retry later or pass --wait SECONDS", held=held)
         with _holding(f):
             yield
     finally:

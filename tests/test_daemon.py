@@ -160,6 +160,8 @@ def test_ticks_skip_while_another_process_holds_the_lock(start: Callable[..., Da
         assert wait_for(lambda: d.skipped >= 2)
         assert d.runs == 0
         assert "sync skipped" in caplog.text and "another sync holds" in caplog.text
+        assert f"(pid {holder.pid})" in caplog.text
+        assert "--wait" not in caplog.text  # (`sync` has that option, `daemon` does not)
     finally:
         holder.wait(timeout=10)
     assert wait_for(lambda: d.runs >= 1)
