@@ -189,7 +189,6 @@ def test_overlapping_ticks_do_not_run_twice(start: Callable[..., Daemon]) -> Non
     assert peak == 1
 
 
-
 def test_ticks_during_a_run_skip_with_one_info_line_each(start: Callable[..., Daemon],
                                                          caplog: pytest.LogCaptureFixture) -> None:
     """A tick that finds the daemon's run going is a normal thing: one INFO line of the daemon's, not APScheduler's
@@ -232,7 +231,6 @@ def test_transient_errors_back_off(start: Callable[..., Daemon]) -> None:
     assert state is not None and state["last_error"]["kind"] == "transient"
 
 
-
 def test_the_backoff_is_what_readme_says(tmp_path: Path) -> None:
     """Transient failures in a row: the next tick tries again, then 1, 3, 7, 15 and at most 16 ticks are skipped
     before each try; README says exactly that (it said "skipping 1, 3, 7 ... up to 16 ticks")."""
@@ -268,7 +266,6 @@ def test_fatal_error_is_surfaced_in_status(start: Callable[..., Daemon], tmp_pat
     assert json.loads(result.output)["daemon_error"].endswith("set STRIPE_API_KEY to a valid key")
 
 
-
 def test_a_run_that_succeeds_clears_the_previous_daemons_error(start: Callable[..., Daemon], tmp_path: Path) -> None:
     """README: a fatal error is shown by status until a run succeeds, also when the daemon was restarted since."""
     def bad_key(settings: Settings, **kw: Any) -> RunSummary:
@@ -297,7 +294,6 @@ def test_a_run_that_succeeds_clears_the_previous_daemons_error(start: Callable[.
     result = CliRunner().invoke(cli, ["status", "--format", "json"], env=env)
     assert result.exit_code == 0, result.output
     assert "daemon_error" not in json.loads(result.output)
-
 
 
 class _Terminal(io.StringIO):
@@ -402,7 +398,6 @@ def test_webhook_events_schedule_one_debounced_sync(start: Callable[..., Daemon]
     assert d.runs == 1
 
 
-
 def test_webhook_events_during_a_run_make_one_run_follow_it(start: Callable[..., Daemon]) -> None:
     """Events whose debounced sync finds the daemon's own run going are not dropped: one run follows that run."""
     from test_webhook import post, sign
@@ -437,7 +432,6 @@ def test_webhook_events_during_a_run_make_one_run_follow_it(start: Callable[...,
     assert started[1] >= ended[0]
     state = read_state(d.settings.db)
     assert state is not None and state["last_run"]["reason"].startswith("webhook ")
-
 
 
 def test_a_second_daemon_on_the_store_exits_2_naming_the_first(tmp_path: Path) -> None:
