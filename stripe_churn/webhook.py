@@ -94,7 +94,13 @@ class WebhookServer:
             def do_GET(self) -> None:
                 self._reply(405, "POST only")
 
-            do_PUT = do_DELETE = do_PATCH = do_GET
+            do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
+
+            def do_HEAD(self) -> None:  # (the same answer, without its body)
+                self.send_response(405)
+                self.send_header("Content-Length", "0")
+                self.send_header("Connection", "close")
+                self.end_headers()
 
             def do_POST(self) -> None:
                 if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length") is None:
@@ -120,12 +126,20 @@ class WebhookServer:
                     stripe.WebhookSignature.verify_header(payload.decode("utf-8"),
                                                           self.headers.get("Stripe-Signature"),
                                                           server._secret, tolerance=TOLERANCE_S)
-                    event = json.loads(payload)
-                    etype = str(event["type"])
-                except (stripe.SignatureVerificationError, ValueError, KeyError, TypeError,
-                        UnicodeDecodeError):
+                except (stripe.SignatureVerificationError, ValueError):  # (UnicodeDecodeError is a ValueError)
                     log.warning("webhook: refused a request without a valid signature")
-                    self._reply(400, "invalid signature or payload")
+                    self._reply(400, "invalid signature")
+                    return
+                try:
+                    event = json.loads(payload)
+                    etype = event["type"]
+                    if not isinstance(etype, str):
+                        raise TypeError
+                except (ValueError, KeyError, TypeError):
+                    # (signed with the endpoint's secret, so from Stripe or from someone who holds the secret)
+                    log.warning("webhook: refused a signed request whose body is not a Stripe event (no JSON object "
+                                "with a type)")
+                    self._reply(400, "not a Stripe event")
                     return
                 if etype.startswith(TRIGGER_PREFIXES):
                     log.info("webhook: %s, sync scheduled", etype)

@@ -94,7 +94,20 @@ def test_oversized_body_and_wrong_method(server: tuple[WebhookServer, list[str]]
                      f"Content-Length: {MAX_BODY + 1}\r\n\r\n".encode() + b"{" * 1024)
         assert sock.recv(100).startswith(b"HTTP/1.0 413")
     assert post(srv, b"", method="GET") == 405
+    # (HEAD and OPTIONS were 501 with an HTML page)
+    assert post(srv, b"", method="HEAD") == 405 and post(srv, b"", method="OPTIONS") == 405
     assert seen == []
+
+
+@pytest.mark.parametrize("body", [b"[1, 2, 3]", b"not json", b'{"id": "evt_1"}', b'{"type": null}'])
+def test_a_signed_body_that_is_no_event_is_said_so(server: tuple[WebhookServer, list[str]], body: bytes,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Validly signed, but not a Stripe event: refused, and the log says that, not that the signature was bad."""
+    srv, seen = server
+    with caplog.at_level(logging.WARNING, logger="stripe_churn.webhook"):
+        assert post(srv, body, {"Stripe-Signature": sign(body)}) == 400
+    assert seen == []
+    assert "not a Stripe event" in caplog.text and "valid signature" not in caplog.text
 
 
 def test_a_client_that_went_away_is_one_debug_line_not_a_traceback(
