@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -95,13 +94,6 @@ def cron_weekdays(field: str) -> str:
                 raise ValueError(f"day-of-week range {item!r} runs backwards")
         days.update(day % 7 for day in range(first, last + 1, step))
     return ",".join(_CRON_DAYS[day] for day in sorted(days, key=lambda d: (d - 1) % 7))
-
-
-def _on_terminal() -> bool:
-    try:
-        return sys.stderr.isatty()
-    except (AttributeError, ValueError):  # (no stderr, or a closed one)
-        return False
 
 
 def _now() -> str:
@@ -208,9 +200,8 @@ class Daemon:
                 return
         try:
             log.info("sync starting (%s)", reason)
-            # progress as log lines, at most one per 5 s (sync.py and pipeline.py log them where stderr is no
-            # terminal, as under a service manager); on a terminal they would draw bars instead, so none there
-            summary = self._run(self.settings, wait=wait, stop=self.stop_event, progress=not _on_terminal())
+            # progress as log lines, at most one per 5 s, on a terminal too (no bars among the daemon's log lines)
+            summary = self._run(self.settings, wait=wait, stop=self.stop_event, progress="log")
             self.runs += 1
             self._failures = 0
             info = summary.as_dict() if hasattr(summary, "as_dict") else {"result": str(summary)}

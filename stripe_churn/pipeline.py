@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 
@@ -79,13 +79,13 @@ class _StepProgress:
     """The metrics recompute's steps as a rich bar on a terminal, or a log line at most every 5 s otherwise
     (on a large store the recompute takes minutes)."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool | Literal["log"]) -> None:
         self.enabled = enabled
         self._rich: Any = None
         self._task: Any = None
         self._started = time.monotonic()
         self._last_log = self._started
-        if enabled and sys.stderr.isatty():
+        if enabled is True and sys.stderr.isatty():  # ("log": log lines on a terminal too)
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._rich = Progress(TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
@@ -114,7 +114,7 @@ class _StepProgress:
 
 
 def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop: threading.Event | None = None,
-             progress: bool = True) -> RunSummary:
+             progress: bool | Literal["log"] = True) -> RunSummary:
     """Sync, recompute and publish the snapshot under the sync lock; returns what changed.
 
     Raises StoreLockedError when another sync keeps the lock longer than ``wait`` seconds, and StoreError when
@@ -154,7 +154,7 @@ def _refuse_a_lost_store(db: Path) -> None:
 
 
 def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Event | None,
-              progress: bool) -> RunSummary:
+              progress: bool | Literal["log"]) -> RunSummary:
     db = settings.db
     summary = RunSummary(started_at=dt.datetime.now(dt.UTC))
     # (a bad exchange-rate file stops the run before anything is synced)

@@ -38,7 +38,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 import orjson
@@ -234,14 +234,15 @@ class _Slice:
 
 
 class _Progress:
-    """Per-table counters, shown as rich bars on a terminal or as periodic log lines otherwise."""
+    """Per-table counters, shown as rich bars on a terminal or as periodic log lines otherwise (``"log"``: log lines
+    on a terminal too, as the daemon wants them)."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool | Literal["log"]) -> None:
         self.counts: dict[str, int] = defaultdict(int)
         self._rich: Any = None
         self._tasks: dict[str, Any] = {}
         self._last_log = time.monotonic()
-        if enabled and sys.stderr.isatty():
+        if enabled is True and sys.stderr.isatty():
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
             self._rich = Progress(SpinnerColumn(), TextColumn("{task.description:<20}"),
@@ -280,7 +281,7 @@ def sandbox_rates_in(rows: list[dict[str, Any]], reporting: str) -> list[tuple[s
 
 
 class _Sync:
-    def __init__(self, settings: Settings, con: duckdb.DuckDBPyConnection, progress: bool,
+    def __init__(self, settings: Settings, con: duckdb.DuckDBPyConnection, progress: bool | Literal["log"],
                  stop: threading.Event | None) -> None:
         self.settings = settings
         self.con = con
@@ -1339,7 +1340,7 @@ def _connection(settings: Settings, con: duckdb.DuckDBPyConnection | None) -> It
 
 
 def run_sync(settings: Settings, *, full: bool = False, con: duckdb.DuckDBPyConnection | None = None,
-             progress: bool = True, stop: threading.Event | None = None) -> SyncResult:
+             progress: bool | Literal["log"] = True, stop: threading.Event | None = None) -> SyncResult:
     """Bring the store up to date with Stripe: incremental from the events cursor, or a full re-list."""
     with _connection(settings, con) as db, _lean(db):
         return _run_interruptible(_Sync(settings, db, progress, stop).run(full))
