@@ -383,9 +383,17 @@ def mark_missing_children(con: duckdb.DuckDBPyConnection, table: str, parent_col
                           *, extra: str = "") -> None:
     """Flag as deleted the children of each parent missing from its complete list.
 
-    ``parents``: (parent id, ids of the children it has now, version of that list). Only rows not newer
-    than the list are touched. ``extra`` narrows the rows (for example customer-level discounts only).
+    ``parents``: (parent id, ids of the children it has now, version of that list), oldest first. Only rows not
+    newer than the list are touched. ``extra`` narrows the rows (for example customer-level discounts only).
+    A parent's newest list alone counts: an older one (an earlier event's) says nothing of children added
+    since, and with equal versions (events in the same second: Stripe's ``created`` is whole seconds) it would
+    mark them deleted; of lists with equal versions the later one is the newer.
     """
+    newest: dict[str, tuple[str, Sequence[str], int]] = {}
+    for parent in parents:
+        if parent[0] not in newest or int(parent[2]) >= int(newest[parent[0]][2]):
+            newest[parent[0]] = parent
+    parents = list(newest.values())
     if not parents:
         return
     staged = pa.table({"parent": pa.array([p[0] for p in parents], pa.string()),

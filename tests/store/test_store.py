@@ -152,6 +152,21 @@ def test_children_missing_from_a_complete_list_are_flagged(con: duckdb.DuckDBPyC
     assert con.execute("SELECT id FROM subscription_items WHERE deleted ORDER BY id").fetchall() == [("si_2",)]
 
 
+def test_of_lists_in_the_same_second_the_later_one_counts(con: duckdb.DuckDBPyConnection) -> None:
+    """A subscription created with one item and updated to two in the same second (an API create and an update at
+    once; Stripe's `created` is whole seconds): the events' lists and the refreshed copy's carry one version. The
+    earlier list used to mark the item added after it deleted, until the subscription's next event."""
+    items = [{"id": f"si_{c}", "object": "subscription_item", "subscription": "sub_1", "quantity": 1} for c in "ab"]
+    upsert_objects(con, "subscription_items", ACCT, items, T0, versions=40)
+    lists = [("sub_1", ["si_a"], 40), ("sub_1", ["si_a", "si_b"], 40), ("sub_1", ["si_a", "si_b"], 40)]
+    mark_missing_children(con, "subscription_items", "subscription_id", ACCT, lists, T1)
+    assert con.execute("SELECT id FROM subscription_items WHERE deleted").fetchall() == []
+    # (and the later list still removes what it leaves out)
+    mark_missing_children(con, "subscription_items", "subscription_id", ACCT,
+                          [("sub_1", ["si_a", "si_b"], 41), ("sub_1", ["si_a"], 41)], T1)
+    assert con.execute("SELECT id FROM subscription_items WHERE deleted").fetchall() == [("si_b",)]
+
+
 def test_accounts_are_kept_apart(con: duckdb.DuckDBPyConnection) -> None:
     upsert_objects(con, "subscriptions", "acct_a", [sub("sub_1", "active")], T0)
     upsert_objects(con, "subscriptions", "acct_b", [sub("sub_1", "canceled")], T0)
