@@ -680,8 +680,12 @@ class _Sync:
             self._slices.remove(sl)
 
     async def _oldest_bound(self) -> int:
-        """No object is older than its account: the listing's lower bound, without probing each stream."""
+        """No object is older than its account: the listing's lower bound, without probing each stream. Not for a
+        connected account (STRIPE_ACCOUNT): its `created` is when it was connected to the platform, and a Standard
+        account connected later holds objects from before (they were never listed)."""
         assert self.api is not None
+        if self.settings.account:
+            return 0
         try:
             acct = await self.api.get("/v1/account")
             return max(0, int(acct.get("created") or 0))

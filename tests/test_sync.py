@@ -735,3 +735,23 @@ def test_a_stop_is_not_held_up_by_a_server_that_never_answers(tmp_path: Path) ->
     assert took < 1.0 + STOP_GRACE_S + 5.0, took  # (before: 90 s, three attempts of 30 s)
     with open_store(db) as con:
         assert con.execute("SELECT status FROM sync_runs").fetchall() == [("stopped",)]
+
+
+def test_a_connected_accounts_objects_from_before_it_was_connected_are_listed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With STRIPE_ACCOUNT, /v1/account's `created` is when the account was connected to the platform (a Standard
+    account connected later holds older objects). It was the listing's lower bound: a full sync stored the first
+    page of each stream and nothing older, and said it succeeded."""
+    import stripe_churn.sandbox.server as server
+
+    sim = Simulation(customers=120, months=12, seed=8)
+    connected = int(sim.clock) - 60 * 86400  # (two months ago: most objects are older)
+    original = server.SandboxApp._account
+    monkeypatch.setattr(server.SandboxApp, "_account",
+                        lambda self: orjson.dumps({**orjson.loads(original(self)), "created": connected}))
+    db = tmp_path / "connected.duckdb"
+    with start_in_thread(sim, api_key=KEY) as sb:
+        result = run_sync(settings_for(sb.url, db, account=sim.account_id), full=True, progress=False)
+    assert result.status == "succeeded"
+    with open_store(db) as con:
+        assert_store_equals_sandbox(con, sim)
