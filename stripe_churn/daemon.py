@@ -151,6 +151,10 @@ class Daemon:
             if len(fields) != 5:
                 raise ValueError(f"{len(fields)} fields, not 5")
             minute, hour, day, month, weekdays = fields
+            if day != "*" and weekdays != "*":
+                # (cron runs on the days either field names; this scheduler only on days both name)
+                raise ValueError("both the day of the month and the weekday are restricted, which cron reads as "
+                                 "either of them; restrict one of the two")
             return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=cron_weekdays(weekdays),
                                timezone=dt.UTC)
         except ValueError as exc:
@@ -198,12 +202,14 @@ class Daemon:
                 else:
                     log.info("sync (%s) joins the one that starts when the run going ends", reason)
                 return
+        succeeded = False
         try:
             log.info("sync starting (%s)", reason)
             # progress as log lines, at most one per 5 s, on a terminal too (no bars among the daemon's log lines)
             summary = self._run(self.settings, wait=wait, stop=self.stop_event, progress="log")
             self.runs += 1
             self._failures = 0
+            succeeded = True
             info = summary.as_dict() if hasattr(summary, "as_dict") else {"result": str(summary)}
             self._save(last_run={"at": _now(), "reason": reason, "status": info.get("status"),
                                  "counts": info.get("counts"), "new_movements": info.get("new_movements")},
@@ -226,7 +232,9 @@ class Daemon:
             with self._follow_lock:
                 self._job_lock.release()
                 follow_up, self._follow_up = self._follow_up, None
-            if follow_up is not None:
+            # (after a run that failed or was skipped none follows at once: the backoff and the next tick take
+            # the events too)
+            if follow_up is not None and succeeded:
                 self._schedule_webhook_sync(follow_up, dt.datetime.now(dt.UTC), "follow-up-sync")
 
     def _schedule_webhook_sync(self, reason: str, when: dt.datetime, job_id: str) -> None:
@@ -268,7 +276,10 @@ class Daemon:
     def _run_until_stopped(self, install_signals: bool) -> int:
         if install_signals:  # (SIGHUP too: the terminal closed, or a reload; its default kills the process at once)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                signal.signal(signum, self.handle_signal)
+                # a signal the daemon was started ignoring stays ignored: `nohup` ignores SIGHUP so that the daemon
+                # outlives its terminal, and a shell's `&` ignores SIGINT
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    signal.signal(signum, self.handle_signal)
         logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
         crashed = True
         try:

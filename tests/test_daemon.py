@@ -133,7 +133,10 @@ def test_schedule_weekdays_mean_what_they_mean_in_cron(schedule: str, expected: 
 
 
 @pytest.mark.parametrize("schedule", ["0 6 * * 8", "0 6 * * 5-1", "0 6 * * funday", "0 6 * * */0", "0 6 * * 1-",
-                                      "0 6 * *"])
+                                      "0 6 * *",
+                                      # (cron runs on the 1st and on every Monday; this scheduler would run on
+                                      # Mondays that are the 1st alone)
+                                      "0 6 1 * 1"])
 def test_a_bad_weekday_field_is_a_config_error(schedule: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="bad STRIPE_CHURN_SCHEDULE"):
         Daemon(Settings(db=tmp_path / "d.duckdb", schedule=schedule))
@@ -201,7 +204,7 @@ def test_ticks_during_a_run_skip_with_one_info_line_each(start: Callable[..., Da
         assert release.wait(timeout=30)
         return inner(settings, **kw)
 
-    d = start(interval_seconds=0.1, run=slow, sync_on_start=False)
+    d = start(interval_seconds=0.3, run=slow, sync_on_start=False)
     try:
         assert wait_for(lambda: d.skipped >= 5)
     finally:
@@ -431,6 +434,30 @@ def test_webhook_events_during_a_run_make_one_run_follow_it(start: Callable[...,
     assert state is not None and state["last_run"]["reason"].startswith("webhook ")
 
 
+def test_no_run_follows_at_once_a_run_that_failed(start: Callable[..., Daemon]) -> None:
+    """Events during a run that fails owe no run right after it: that would retry at once, past the backoff (the
+    backoff and the next tick take the events too)."""
+    from test_webhook import post, sign
+
+    release = threading.Event()
+    calls: list[float] = []
+
+    def failing(settings: Settings, **kw: Any) -> RunSummary:
+        calls.append(time.monotonic())
+        assert release.wait(timeout=30)
+        raise TransientError("Stripe kept answering 503")
+
+    d = start(interval_seconds=3600, run=failing, webhook_port=0, debounce_seconds=0.1)
+    assert wait_for(lambda: d.webhook is not None and len(calls) == 1)
+    body = json.dumps({"id": "evt", "type": "invoice.paid"}).encode()
+    assert post(d.webhook, body, {"Stripe-Signature": sign(body, "whsec_x")}) == 200
+    assert wait_for(lambda: d.skipped >= 1)  # the debounced sync found the failing run going
+    release.set()
+    assert wait_for(lambda: (read_state(d.settings.db) or {}).get("last_error") is not None)
+    time.sleep(1.0)
+    assert len(calls) == 1
+
+
 def test_a_second_daemon_on_the_store_exits_2_naming_the_first(tmp_path: Path) -> None:
     """Two daemons on one store would both sync and overwrite each other's state file: the second one stops at once
     with one line naming the first one's pid, and leaves the state file as the first one wrote it."""
@@ -508,6 +535,28 @@ def test_a_signal_mid_run_stops_cleanly_and_keeps_committed_batches(tmp_path: Pa
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM batches").fetchone() == (committed,)
     con.close()
+
+
+def test_a_daemon_started_under_nohup_outlives_a_sighup(tmp_path: Path) -> None:
+    """`nohup stripe-churn daemon &` ignores SIGHUP so that the daemon outlives its terminal: the daemon's own
+    handler (a clean stop) must not take that back. SIGTERM still stops it."""
+    db = tmp_path / "nohup.duckdb"
+    log = (tmp_path / "daemon.log").open("w")
+    p = subprocess.Popen([sys.executable, "-c", DAEMON_PROC, str(db), str(Path(__file__).parent)],
+                         stdout=subprocess.PIPE, stderr=log, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "running"
+        p.send_signal(signal.SIGHUP)
+        with pytest.raises(subprocess.TimeoutExpired):
+            p.wait(timeout=2)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=15) == 0
+    finally:
+        p.kill()
+        log.close()
+    stderr = (tmp_path / "daemon.log").read_text()
+    assert "SIGHUP received" not in stderr and "SIGTERM received" in stderr, stderr
 
 
 def test_the_signal_handler_waits_on_no_lock_the_main_thread_may_hold(tmp_path: Path) -> None:
