@@ -272,8 +272,7 @@ def daemon(no_sync_on_start: bool, webhook_port: int | None, webhook_host: str |
 @config_option
 @handle_errors
 def status(fmt: str, config_path: Path | None) -> None:
-    """Last runs, cursors, lag, data-quality counts, exchange rates and the daemon's state (from the latest
-    snapshot)."""
+    """Last runs (failed ones too), cursors, lag, data-quality counts, exchange rates and the daemon's state."""
     from stripe_churn.pipeline import collect_status as collect
 
     settings = get_settings(config_path)

@@ -12,13 +12,16 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from stripe_churn.errors import DaemonRunningError, StoreLockedError
 
 log = logging.getLogger(__name__)
 
 HOLDER_GRACE_S = 1.0
+# A holder that keeps the lock for a moment only (`stripe-churn status` reading the runs): a sync waits this much
+# longer for it instead of failing or skipping its tick.
+BRIEF_HOLDER_S = 5.0
 
 
 def lock_path(db: Path) -> Path:
@@ -26,16 +29,23 @@ def lock_path(db: Path) -> Path:
     return db.with_name(db.name + ".lock")
 
 
-def _holder(f: IO[str]) -> str | None:
-    """Who holds the lock, from the JSON its holder wrote into the file; None while the file is empty."""
+def _holder_info(f: IO[str]) -> dict[str, Any]:
+    """What the holder wrote into the file (pid, since, and `by` for a brief one); {} while it is empty."""
     try:
         f.seek(0)
         info = json.loads(f.read() or "{}")
     except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) and info.get("pid") else {}
+
+
+def _holder(f: IO[str]) -> str | None:
+    """Who holds the lock, from the JSON its holder wrote into the file; None while the file is empty."""
+    info = _holder_info(f)
+    if not info:
         return None
-    if not info.get("pid"):
-        return None
-    return f"since {info.get('since', '?')} (pid {info['pid']})"
+    by = f"{info['by']}, " if info.get("by") else ""
+    return f"since {info.get('since', '?')} ({by}pid {info['pid']})"
 
 
 def daemon_lock_path(db: Path) -> Path:
@@ -52,6 +62,9 @@ def _acquire(f: IO[str], wait: float, poll: float) -> tuple[bool, str | None]:
             return True, None
         except BlockingIOError:
             now = time.monotonic()
+            if now >= deadline and _holder_info(f).get("by") and now < deadline + BRIEF_HOLDER_S:
+                time.sleep(min(poll, 0.05))  # (a brief holder: it lets go within moments)
+                continue
             if now >= deadline:
                 holder = _holder(f)
                 # a holder writes its pid just after taking the lock and clears it just before letting
@@ -64,11 +77,15 @@ def _acquire(f: IO[str], wait: float, poll: float) -> tuple[bool, str | None]:
 
 
 @contextmanager
-def _holding(f: IO[str]) -> Iterator[None]:
-    """With the flock on ``f`` taken: write who holds it, and clear that and let go after the block."""
+def _holding(f: IO[str], by: str | None = None) -> Iterator[None]:
+    """With the flock on ``f`` taken: write who holds it (``by``: a brief holder, such as `status`), and clear
+    that and let go after the block."""
     f.seek(0)
     f.truncate()
-    f.write(json.dumps({"pid": os.getpid(), "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}))
+    info: dict[str, Any] = {"pid": os.getpid(), "since": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    if by:
+        info["by"] = by
+    f.write(json.dumps(info))
     f.flush()
     try:
         yield
@@ -80,8 +97,9 @@ def _holding(f: IO[str]) -> Iterator[None]:
 
 
 @contextmanager
-def sync_lock(db: Path, wait: float = 0.0, poll: float = 0.1) -> Iterator[None]:
-    """Hold the sync lock for the block; wait up to ``wait`` seconds, then raise :class:`StoreLockedError`.
+def sync_lock(db: Path, wait: float = 0.0, poll: float = 0.1, by: str | None = None) -> Iterator[None]:
+    """Hold the sync lock for the block; wait up to ``wait`` seconds, then raise :class:`StoreLockedError`
+    (and up to ``BRIEF_HOLDER_S`` more for a brief holder, one that names itself with ``by``).
 
     The kernel releases a flock when its process dies, so a crash never leaves a stale lock behind.
     """
@@ -93,7 +111,7 @@ def sync_lock(db: Path, wait: float = 0.0, poll: float = 0.1) -> Iterator[None]:
         if not taken:
             held = f"another sync holds {path} {holder or '(holder unknown)'}"
             raise StoreLockedError(f"{held}; retry later or pass --wait SECONDS", held=held)
-        with _holding(f):
+        with _holding(f, by):
             yield
     finally:
         f.close()

@@ -284,24 +284,31 @@ _LAST_OK_SQL = ("SELECT max(finished_at) AS t FROM sync_runs WHERE error IS NULL
 
 
 def _live_runs(db: Path) -> tuple[list[dict[str, Any]], dt.datetime | None] | None:
-    """The latest runs and the end of the last successful one, from the store itself, when no sync holds it: the
-    snapshot is published by runs that succeed, so it shows no failed run. Read under the sync lock (a sync
-    starting meanwhile waits or skips, as it does for another sync); None when that cannot be done now."""
+    """The latest runs and the end of the last successful one, from the store itself, when it was written after the
+    snapshot (a run that failed publishes none, so the snapshot shows no failed run) and no sync holds it. Read under
+    the sync lock as a brief holder: a sync starting meanwhile waits for it; None when that cannot be done now."""
     from stripe_churn.lock import sync_lock
     from stripe_churn.store.db import open_store
 
-    if not db.exists():
+    snap, wal = snapshot_path(db), db.with_name(db.name + ".wal")
+    try:
+        written = max(db.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
+        if snap.exists() and written <= snap.stat().st_mtime:
+            return None  # (nothing since the snapshot: its runs are the store's)
+    except OSError:
         return None
     try:
-        with sync_lock(db, wait=0.0), contextlib.closing(open_store(db, read_only=True)) as con:
+        with sync_lock(db, wait=0.0, by="status"), contextlib.closing(open_store(db, read_only=True)) as con:
             runs = _table(con, _RUNS_SQL)
             last = _table(con, _LAST_OK_SQL)
     except Exception as exc:  # (locked, damaged, not a store: the snapshot's view stands; those are said elsewhere)
         log.debug("status reads the runs from the snapshot: %s", exc)
         return None
+    from stripe_churn.sync import ENDED_UNRECORDED
+
     for run in runs:
         if run["status"] == "running":  # (no sync holds the store: that run's process ended without a word)
-            run["error"] = "no sync holds the store now: it ended without recording its end (killed?)"
+            run["status"], run["error"] = "failed", ENDED_UNRECORDED
     return runs, (last[0]["t"] if last else None)
 
 
@@ -310,8 +317,9 @@ def _lag(now: dt.datetime, last_ok: dt.datetime | None) -> str | None:
 
 
 def collect_status(db: Path) -> dict[str, Any]:
-    """Last runs, cursors, lag, data-quality counts and the exchange rates of the currencies billed (from the
-    snapshot), the lock and the daemon's state."""
+    """Last runs (from the store when it was written after the snapshot: failed runs publish none), cursors, lag,
+    data-quality counts and the exchange rates of the currencies billed (from the snapshot), the lock and the
+    daemon's state."""
     from stripe_churn.daemon import read_state, state_path
     from stripe_churn.lock import is_locked
 

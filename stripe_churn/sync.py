@@ -91,8 +91,8 @@ EVENTS_UNBROKEN = "events:unbroken"
 # sync_runs.error of a run interrupted by Ctrl-C: every page is committed with its cursor (full listing: the slice
 # cursors; incremental: the events cursor), so the next run goes on from there
 INTERRUPTED = "interrupted (Ctrl-C); the next sync resumes from the stored cursors"
-ENDED_UNRECORDED = ("ended without recording its end (its process was killed, or the machine stopped); "
-                    "a later sync resumed from the stored cursors")
+# (a run left `running` by a process that died: the next sync records it so, and `status` shows it so before that)
+ENDED_UNRECORDED = "ended without recording its end (its process was killed, or the machine stopped)"
 EVENT_GROUP = 500  # events applied (and their objects refreshed) together
 CHECK_EACH_MAX = 250  # unlisted stored objects retrieved one by one at most (more are flagged at once)
 QUEUE_PAGES = 28  # pages waiting for the writer (serialised: ~0.5 MB each at most), enough for TX_OBJECTS

@@ -88,6 +88,38 @@ def test_lock_between_threads_of_one_process(tmp_path: Path) -> None:
     t.join()
 
 
+def test_a_sync_waits_a_moment_for_status_reading_the_runs(tmp_path: Path) -> None:
+    """`status` reads the runs under the sync lock, naming itself a brief holder: a sync (or a daemon's tick)
+    starting then waits for it instead of failing or skipping its tick, as it does for another sync."""
+    db = tmp_path / "b.duckdb"
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(by: str | None) -> None:
+        with sync_lock(db, by=by):
+            inside.set()
+            release.wait(5)
+
+    t = threading.Thread(target=hold, args=("status",))
+    t.start()
+    assert inside.wait(5)
+    threading.Timer(0.5, release.set).start()
+    t0 = time.monotonic()
+    with sync_lock(db, wait=0.0):
+        assert 0.3 < time.monotonic() - t0 < 5
+    t.join()
+    # (another sync is no brief holder: no wait)
+    inside.clear()
+    release.clear()
+    t = threading.Thread(target=hold, args=(None,))
+    t.start()
+    assert inside.wait(5)
+    with pytest.raises(StoreLockedError) as info, sync_lock(db, wait=0.0):
+        pass
+    assert "status" not in str(info.value)
+    release.set()
+    t.join()
+
+
 def test_manual_sync_while_locked_waits_then_says_why(tmp_path: Path) -> None:
     db = tmp_path / "w.duckdb"
     holder = hold_lock(db, 30)
@@ -421,6 +453,7 @@ def test_status_shows_failed_runs_which_publish_no_snapshot(tmp_path: Path) -> N
     from stripe_churn.sandbox.server import start_in_thread
     from stripe_churn.sandbox.sim import Simulation
     from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
+    from stripe_churn.sync import ENDED_UNRECORDED
 
     with start_in_thread(Simulation(customers=20, months=3, seed=5), api_key=SANDBOX_KEY) as sb:
         settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=tmp_path / "p.duckdb",
@@ -436,8 +469,7 @@ def test_status_shows_failed_runs_which_publish_no_snapshot(tmp_path: Path) -> N
         con.execute("INSERT INTO sync_runs (run_id, started_at, mode, status) VALUES ('killed', now(), 'full', "
                     "'running')")
     runs = collect_status(settings.db)["runs"]
-    assert (runs[0]["run_id"], runs[0]["status"]) == ("killed", "running")
-    assert runs[0]["error"] == "no sync holds the store now: it ended without recording its end (killed?)"
+    assert (runs[0]["run_id"], runs[0]["status"], runs[0]["error"]) == ("killed", "failed", ENDED_UNRECORDED)
     with sync_lock(settings.db):  # a sync runs: the snapshot's runs
         assert [r["status"] for r in collect_status(settings.db)["runs"]] == ["succeeded"]
 
