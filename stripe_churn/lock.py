@@ -8,6 +8,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,14 +54,18 @@ def daemon_lock_path(db: Path) -> Path:
     return db.with_name(db.name + ".daemon.lock")
 
 
-def _acquire(f: IO[str], wait: float, poll: float) -> tuple[bool, str | None]:
-    """Take an exclusive flock on ``f`` within ``wait`` seconds: (True, None), or (False, who holds it)."""
+def _acquire(f: IO[str], wait: float, poll: float,
+             stop: threading.Event | None = None) -> tuple[bool, str | None]:
+    """Take an exclusive flock on ``f`` within ``wait`` seconds: (True, None), or (False, who holds it); a ``stop``
+    set meanwhile ends the wait (a daemon asked to stop does not wait its minute for another sync)."""
     deadline = time.monotonic() + max(wait, 0.0)
     while True:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True, None
         except BlockingIOError:
+            if stop is not None and stop.is_set():
+                return False, _holder(f)
             now = time.monotonic()
             if now >= deadline and _holder_info(f).get("by") and now < deadline + BRIEF_HOLDER_S:
                 time.sleep(min(poll, 0.05))  # (a brief holder: it lets go within moments)
@@ -97,7 +102,8 @@ def _holding(f: IO[str], by: str | None = None) -> Iterator[None]:
 
 
 @contextmanager
-def sync_lock(db: Path, wait: float = 0.0, poll: float = 0.1, by: str | None = None) -> Iterator[None]:
+def sync_lock(db: Path, wait: float = 0.0, poll: float = 0.1, by: str | None = None,
+              stop: threading.Event | None = None) -> Iterator[None]:
     """Hold the sync lock for the block; wait up to ``wait`` seconds, then raise :class:`StoreLockedError`
     (and up to ``BRIEF_HOLDER_S`` more for a brief holder, one that names itself with ``by``).
 
@@ -107,7 +113,7 @@ def sync_lock(db: Path, wait: float = 0.0, poll: float = 0.1, by: str | None = N
     path.parent.mkdir(parents=True, exist_ok=True)
     f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole block
     try:
-        taken, holder = _acquire(f, wait, poll)
+        taken, holder = _acquire(f, wait, poll, stop)
         if not taken:
             held = f"another sync holds {path} {holder or '(holder unknown)'}"
             raise StoreLockedError(f"{held}; retry later or pass --wait SECONDS", held=held)

@@ -161,7 +161,7 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
     fx = read_fx_file(settings.fx_rates_file, settings.currency) if settings.fx_rates_file else None
     if settings.memory_limit is not None:  # (settings built in code skip load_settings's checks)
         check_memory_limit(settings.memory_limit, settings.source)
-    with sync_lock(db, wait=wait):
+    with sync_lock(db, wait=wait, stop=stop):
         from stripe_churn.metrics.incremental import recompute_after_sync
         from stripe_churn.store.db import open_store
         from stripe_churn.sync import run_sync

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from stripe_churn.errors import ConfigError
 
@@ -401,6 +402,13 @@ def _validate(s: Settings, origins: Mapping[str, str] | None = None,
     if s.webhook_port is not None and not 0 <= s.webhook_port <= 65535:
         raise ConfigError(f"setting 'webhook_port' in {origins.get('webhook_port', where)} must be a port from "
                           f"1 to 65535 (0 for a free one), got {s.webhook_port!r}")
+    base = urlsplit(s.api_base)
+    if base.username is not None or base.password is not None:
+        # (a URL's user and password would reach every error and log line that names the server: not shown here)
+        shown = base._replace(netloc=base.netloc.rpartition("@")[2]).geturl()
+        raise ConfigError(f"setting 'api_base' in {origins.get('api_base', where)} carries a user or password "
+                          f"({shown} with credentials before the host): give the server alone; the API key goes in "
+                          "STRIPE_API_KEY")
     if not s.api_base.startswith(("http://", "https://")):
         raise ConfigError(f"setting 'api_base' ({s.api_base!r}) in {origins.get('api_base', where)} must start "
                           "with http:// or https://")

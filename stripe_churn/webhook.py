@@ -82,25 +82,25 @@ class WebhookServer:
             def log_message(self, format: str, *args: object) -> None:
                 log.debug("webhook %s", format % args)
 
-            def _reply(self, code: int, message: str) -> None:
+            def _reply(self, code: int, message: str, with_body: bool = True) -> None:
                 body = json.dumps({"message": message}).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
+                if code == 405:
+                    self.send_header("Allow", "POST")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                self.wfile.write(body)
+                if with_body:
+                    self.wfile.write(body)
 
             def do_GET(self) -> None:
                 self._reply(405, "POST only")
 
             do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET
 
-            def do_HEAD(self) -> None:  # (the same answer, without its body)
-                self.send_response(405)
-                self.send_header("Content-Length", "0")
-                self.send_header("Connection", "close")
-                self.end_headers()
+            def do_HEAD(self) -> None:  # (GET's answer without its body)
+                self._reply(405, "POST only", with_body=False)
 
             def do_POST(self) -> None:
                 if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length") is None:

@@ -120,6 +120,34 @@ def test_a_sync_waits_a_moment_for_status_reading_the_runs(tmp_path: Path) -> No
     t.join()
 
 
+def test_a_stop_ends_the_wait_for_the_lock(tmp_path: Path) -> None:
+    """A daemon's webhook run waits up to a minute for another sync's lock: a stop (SIGTERM) ends that wait,
+    where README promises an exit within 10 s; the run is a skip."""
+    from stripe_churn.pipeline import run_once
+    from stripe_churn.settings import Secret, Settings
+
+    db = tmp_path / "w.duckdb"
+    inside, release, stop = threading.Event(), threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with sync_lock(db):
+            inside.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert inside.wait(5)
+        threading.Timer(0.3, stop.set).start()
+        t0 = time.monotonic()
+        with pytest.raises(StoreLockedError):
+            run_once(Settings(api_key=Secret("sk_test_x"), db=db), wait=60.0, stop=stop, progress=False)
+        assert time.monotonic() - t0 < 5
+    finally:
+        release.set()
+        t.join()
+
+
 def test_manual_sync_while_locked_waits_then_says_why(tmp_path: Path) -> None:
     db = tmp_path / "w.duckdb"
     holder = hold_lock(db, 30)

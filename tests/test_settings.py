@@ -315,6 +315,16 @@ def test_a_bad_api_base_in_the_file_names_the_file(tmp_path: Path) -> None:
         load_settings(cfg, env={})
 
 
+@pytest.mark.parametrize("base", ["https://user:hunter2@proxy.example:8443", "https://hunter2@proxy.example"])
+def test_an_api_base_with_credentials_is_refused_without_showing_them(base: str) -> None:
+    """A user or password in the URL would reach every error and log line naming the server (connection errors,
+    sync_runs.error, which the snapshot publishes)."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={"STRIPE_API_BASE": base})
+    message = str(err.value)
+    assert "carries a user or password" in message and "hunter2" not in message and "proxy.example" in message
+
+
 def test_missing_key_says_where_a_key_can_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as err:

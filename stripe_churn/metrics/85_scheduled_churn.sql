@@ -1,10 +1,10 @@
 -- scheduled_churn (design.md 4 and 7): subscriptions set to cancel (cancel_at_period_end, or a cancel_at)
 -- that have not ended yet, with the MRR at stake (what the cancellation takes: their MRR just before it takes
 -- effect, so a coupon that runs past the date still reduces it, and one that ends before it no longer does;
--- their current MRR when that date is unknown) and the date, in the reporting currency at today's rate: the
--- latest rate dated on or before the day the view is queried (fx_rates itself: derived_fx_days runs only to the
--- day of the last recompute, and the next day found no rate there). Inputs: derived_subs, derived_item_mrr,
--- fx_rates, derived_settings.
+-- their current MRR when that date is unknown) and the date, in the reporting currency at today's rate: the rate
+-- of the latest day on or before the day the view is queried (derived_fx_days runs only to the day of the last
+-- recompute: the next day found no rate there). Inputs: derived_subs, derived_item_mrr, derived_fx_days,
+-- derived_settings.
 
 CREATE OR REPLACE VIEW scheduled_churn AS
 WITH
@@ -38,8 +38,7 @@ valued AS (
            sum(c.mrr_original * CASE WHEN c.currency = cfg.rep THEN 1 ELSE r.rate END) AS mrr
     FROM current_items c
     CROSS JOIN cfg
-    ASOF LEFT JOIN (SELECT lower(currency) AS currency, date, CAST(rate AS DECIMAL(18, 8)) AS rate FROM fx_rates) r
-        ON r.currency = c.currency AND r.date <= c.today
+    ASOF LEFT JOIN derived_fx_days r ON r.currency = c.currency AND r.day <= c.today
     GROUP BY ALL
 )
 SELECT p.account_id, p.customer_id, p.subscription_id, p.effective_at AS cancel_at, p.cancel_at_period_end,

@@ -40,7 +40,9 @@ _STOP_POLL_S = 0.25  # how often a request on the way looks at the stop
 
 class Stopped(Exception):
     """A stop was requested (the daemon's SIGTERM, a stop event): the run stops where it is; what it committed
-    stays."""
+    stays. Not an ``errors.StoppedError`` (the recompute's, a StripeChurnError): the sync catches StripeChurnError
+    where a request may fail harmlessly (the account's creation time, a missing endpoint), and a stop must pass
+    through those; ``run_sync`` ends it as the status ``stopped``."""
 
 
 class NotFoundError(StripeAPIError):
