@@ -435,14 +435,38 @@ unpaid_from AS (
     GROUP BY account_id, subscription_id
     HAVING unpaid_at IS NOT NULL AND (any_value(ended_at) IS NULL OR unpaid_at < any_value(ended_at))
 ),
+-- The status just before the stored events begin, where the subscription's first stored event says it (its
+-- previous_attributes): a spell that ended in payment before the latest state (incomplete, then paid; unpaid,
+-- then paid back) is not in that state, and would be rebuilt as active up to where the events begin.
+first_before AS (
+    SELECT account_id, subscription_id, before_status FROM derived_sub_events
+    WHERE seq = 1 AND before_status IN ('incomplete', 'unpaid')
+),
+-- unpaid just before the events, and paid back since (unpaid_from above dates those unpaid or canceled for it
+-- now): unpaid from its latest invoice marked uncollectible before the events begin
+unpaid_before_events AS (
+    SELECT s.account_id, s.subscription_id, max(i.marked_uncollectible_at) AS unpaid_at
+    FROM s
+    JOIN first_before f USING (account_id, subscription_id)
+    JOIN derived_coverage c USING (account_id)
+    JOIN invoices i ON i.account_id = s.account_id AND i.subscription_id = s.subscription_id
+    WHERE f.before_status = 'unpaid' AND i.marked_uncollectible_at < c.coverage_start
+      AND NOT coalesce(i.deleted, false)
+      AND NOT (s.status = 'unpaid' OR (s.status = 'canceled' AND s.cancellation_reason = 'payment_failed'))
+    GROUP BY ALL
+),
 recon AS (
-    SELECT account_id, subscription_id, start_date AS moment,
-           CASE WHEN trial_end IS NOT NULL AND trial_end > start_date
-                     AND coalesce(trial_start, start_date) <= start_date THEN 'trialing'
-                WHEN status IN ('incomplete', 'incomplete_expired') THEN 'incomplete'
+    SELECT s.account_id, s.subscription_id, s.start_date AS moment,
+           CASE WHEN s.trial_end IS NOT NULL AND s.trial_end > s.start_date
+                     AND coalesce(s.trial_start, s.start_date) <= s.start_date THEN 'trialing'
+                -- (incomplete is a subscription's first status alone: just before its first stored event, it
+                -- was so from its start)
+                WHEN s.status IN ('incomplete', 'incomplete_expired') OR f.before_status = 'incomplete'
+                THEN 'incomplete'
                 ELSE 'active' END AS status,
            false AS pause_collection, 'snapshot' AS source, NULL AS source_event_id, 0 AS ord
-    FROM s WHERE start_date IS NOT NULL
+    FROM s LEFT JOIN first_before f USING (account_id, subscription_id)
+    WHERE s.start_date IS NOT NULL
     UNION ALL
     SELECT s.account_id, s.subscription_id, s.trial_end,
            CASE WHEN s.status = 'paused' AND (s.paused_at IS NULL OR s.paused_at <= s.trial_end) THEN 'paused'
@@ -469,6 +493,9 @@ recon AS (
     UNION ALL
     SELECT u.account_id, u.subscription_id, u.unpaid_at, 'unpaid', false, 'snapshot', NULL, 3
     FROM unpaid_from u
+    UNION ALL
+    SELECT u.account_id, u.subscription_id, u.unpaid_at, 'unpaid', false, 'snapshot', NULL, 3
+    FROM unpaid_before_events u
     UNION ALL
     SELECT account_id, subscription_id, ended_at,
            CASE WHEN status = 'incomplete_expired' THEN 'incomplete_expired' ELSE 'canceled' END,

@@ -572,6 +572,49 @@ def test_unpaid_zero_from_transition(world: World, derive: Derive) -> None:
     assert all(r["mrr_original"] == 0 for r in rows if r["valid_from"] >= month(1, 15))
 
 
+def movements(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") -> list[tuple[int, str, Decimal]]:
+    rows = con.execute("SELECT occurred_at, movement, mrr_delta FROM mrr_movements WHERE customer_id = ? "
+                       "ORDER BY occurred_at, movement", [customer]).fetchall()
+    return [(int(r[0].timestamp()), r[1], r[2]) for r in rows]
+
+
+@pytest.mark.parametrize("events_from", ["all", "inside-the-spell"])
+def test_a_spell_the_first_stored_event_shows_is_dated_where_it_began(world: World, derive: Derive,
+                                                                      events_from: str) -> None:
+    """The stored events begin inside a zero-MRR spell that ended in payment before the latest state: incomplete,
+    then paid a day later; unpaid from the invoice marked uncollectible, then paid back. The first stored event's
+    previous_attributes say the status then; the spell begins where it did (incomplete: at the start; unpaid:
+    when the invoice was marked uncollectible), as with every event stored. It used to begin where the events
+    do: a new, a cancellation and a reactivation for a subscription paid a day late, or an unpaid churn dated
+    days (or a month) late."""
+    simple(world)  # (cus_1's sub_1 at 50.00 from T0)
+    world.customer("cus_2")
+    sub = world.subscribe("sub_2", "cus_2", [("si_2", "price_a", 3)], month(1, 18), event=False, invoice=False)
+    sub["status"] = "incomplete"
+    world.event("customer.subscription.created", month(1, 18), sub)
+    first = world.invoice_for("sub_2", month(1, 18), "subscription_create", period_start=month(1, 18))
+    first.update(status="open")
+    first["status_transitions"]["paid_at"] = None
+    inv = world.cycle("sub_1", month(1))
+    inv.update(status="uncollectible")
+    inv["status_transitions"].update(paid_at=None, marked_uncollectible_at=month(1, 15))
+    world.update("sub_1", month(1, 15), status="unpaid")
+    world.update("sub_1", month(1, 25), status="active")  # paid back
+    inv.update(status="paid")
+    inv["status_transitions"]["paid_at"] = month(1, 25)
+    world.update("sub_2", month(1, 22), status="active")  # paid four days late
+    first.update(status="paid")
+    first["status_transitions"]["paid_at"] = month(1, 22)
+    # (inside both spells: another customer's event there is the oldest stored)
+    world.customer("cus_o")
+    world.subscribe("sub_o", "cus_o", [("si_o", "price_a", 1)], month(1, 20))
+    con = derive(world, seen_at=month(2, 5), events=True if events_from == "all" else month(1, 20))
+    assert movements(con, "cus_1") == [(T0, "new", Decimal("50.0000")),
+                                       (month(1, 15), "cancellation", Decimal("-50.0000")),
+                                       (month(1, 25), "reactivation", Decimal("50.0000"))]
+    assert movements(con, "cus_2") == [(month(1, 22), "new", Decimal("75.0000"))]
+
+
 def test_incomplete_and_paused_count_zero(world: World, derive: Derive) -> None:
     simple(world)
     world.update("sub_1", month(1), status="paused")
