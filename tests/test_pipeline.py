@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -68,56 +70,46 @@ def test_wait_gets_the_lock_when_the_holder_finishes(tmp_path: Path) -> None:
         holder.wait(timeout=10)
 
 
-def test_lock_between_threads_of_one_process(tmp_path: Path) -> None:
-    """flock works per open file, so two runs inside one process (daemon tick + webhook) also exclude."""
-    db = tmp_path / "z.duckdb"
-    inside = threading.Event()
-    release = threading.Event()
+@contextlib.contextmanager
+def lock_held_by_a_thread(db: Path, by: str | None = None) -> Iterator[threading.Event]:
+    """The sync lock, held by another thread of this process until the event yielded is set (or the block ends)."""
+    inside, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with sync_lock(db):
+        with sync_lock(db, by=by):
             inside.set()
-            release.wait(5)
+            release.wait(30)
 
     t = threading.Thread(target=hold)
     t.start()
-    assert inside.wait(5)
-    with pytest.raises(StoreLockedError), sync_lock(db):
+    try:
+        assert inside.wait(5)
+        yield release
+    finally:
+        release.set()
+        t.join()
+
+
+def test_lock_between_threads_of_one_process(tmp_path: Path) -> None:
+    """flock works per open file, so two runs inside one process (daemon tick + webhook) also exclude."""
+    db = tmp_path / "z.duckdb"
+    with lock_held_by_a_thread(db), pytest.raises(StoreLockedError), sync_lock(db):
         pass
-    release.set()
-    t.join()
 
 
 def test_a_sync_waits_a_moment_for_status_reading_the_runs(tmp_path: Path) -> None:
     """`status` reads the runs under the sync lock, naming itself a brief holder: a sync (or a daemon's tick)
     starting then waits for it instead of failing or skipping its tick, as it does for another sync."""
     db = tmp_path / "b.duckdb"
-    inside, release = threading.Event(), threading.Event()
-
-    def hold(by: str | None) -> None:
-        with sync_lock(db, by=by):
-            inside.set()
-            release.wait(5)
-
-    t = threading.Thread(target=hold, args=("status",))
-    t.start()
-    assert inside.wait(5)
-    threading.Timer(0.5, release.set).start()
-    t0 = time.monotonic()
-    with sync_lock(db, wait=0.0):
-        assert 0.3 < time.monotonic() - t0 < 5
-    t.join()
+    with lock_held_by_a_thread(db, by="status") as release:
+        threading.Timer(0.5, release.set).start()
+        t0 = time.monotonic()
+        with sync_lock(db, wait=0.0):
+            assert 0.3 < time.monotonic() - t0 < 5
     # (another sync is no brief holder: no wait)
-    inside.clear()
-    release.clear()
-    t = threading.Thread(target=hold, args=(None,))
-    t.start()
-    assert inside.wait(5)
-    with pytest.raises(StoreLockedError) as info, sync_lock(db, wait=0.0):
+    with lock_held_by_a_thread(db), pytest.raises(StoreLockedError) as info, sync_lock(db, wait=0.0):
         pass
     assert "status" not in str(info.value)
-    release.set()
-    t.join()
 
 
 def test_a_stop_ends_the_wait_for_the_lock(tmp_path: Path) -> None:
@@ -127,25 +119,13 @@ def test_a_stop_ends_the_wait_for_the_lock(tmp_path: Path) -> None:
     from stripe_churn.settings import Secret, Settings
 
     db = tmp_path / "w.duckdb"
-    inside, release, stop = threading.Event(), threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with sync_lock(db):
-            inside.set()
-            release.wait(30)
-
-    t = threading.Thread(target=hold)
-    t.start()
-    try:
-        assert inside.wait(5)
+    stop = threading.Event()
+    with lock_held_by_a_thread(db):
         threading.Timer(0.3, stop.set).start()
         t0 = time.monotonic()
         with pytest.raises(StoreLockedError):
             run_once(Settings(api_key=Secret("sk_test_x"), db=db), wait=60.0, stop=stop, progress=False)
         assert time.monotonic() - t0 < 5
-    finally:
-        release.set()
-        t.join()
 
 
 def test_manual_sync_while_locked_waits_then_says_why(tmp_path: Path) -> None:
