@@ -30,6 +30,8 @@ from stripe_churn.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_SKIP_TICKS = 16
+# a webhook's sync waits this long for another process's run to let go of the store, then logs and waits again
+WEBHOOK_LOCK_WAIT_S = 60.0
 _POLL_S = 0.2  # how often the main loop looks for a signal that asked for a stop
 # scheduled ticks at once: one running and the next ones skipping (a skip takes microseconds)
 _TICK_INSTANCES = 4
@@ -109,7 +111,8 @@ class Daemon:
 
     def __init__(self, settings: Settings, *, sync_on_start: bool = True, interval_seconds: float | None = None,
                  webhook_port: int | None = None, webhook_host: str | None = None,
-                 run: Callable[..., Any] | None = None, debounce_seconds: float = 2.0) -> None:
+                 run: Callable[..., Any] | None = None, debounce_seconds: float = 2.0,
+                 lock_wait_seconds: float = WEBHOOK_LOCK_WAIT_S) -> None:
         if run is None:
             from stripe_churn.pipeline import run_once
 
@@ -119,6 +122,7 @@ class Daemon:
         self.webhook_port = webhook_port if webhook_port is not None else settings.webhook_port
         self.webhook_host = webhook_host or settings.webhook_host
         self.debounce_seconds = debounce_seconds
+        self.lock_wait_seconds = lock_wait_seconds  # how long a webhook's sync waits for another process's run
         self._run = run
         self.stop_event = threading.Event()
         self._signalled = 0  # the signal that asked for a stop (set by handle_signal only)
@@ -203,6 +207,7 @@ class Daemon:
                     log.info("sync (%s) joins the one that starts when the run going ends", reason)
                 return
         succeeded = False
+        retry: str | None = None
         try:
             log.info("sync starting (%s)", reason)
             # progress as log lines, at most one per 5 s, on a terminal too (no bars among the daemon's log lines)
@@ -216,7 +221,13 @@ class Daemon:
                        last_error=None, previous_error=None)  # (the last daemon's, shown until a run succeeds)
         except StoreLockedError as exc:
             self.skipped += 1
-            log.info("sync skipped (%s): %s; the next tick tries again", reason, exc.held)
+            if follow:
+                # (a webhook's events are Stripe's news of a change: another process's run, a manual `sync` maybe
+                # hours long, may have listed before them, so they wait for it rather than for the next tick)
+                log.info("sync (%s) still waits: %s; trying again", reason, exc.held)
+                retry = reason
+            else:
+                log.info("sync skipped (%s): %s; the next tick tries again", reason, exc.held)
         except TransientError as exc:
             self._failures += 1
             self._skip_ticks = min(2 ** (self._failures - 1) - 1, MAX_SKIP_TICKS)
@@ -236,13 +247,15 @@ class Daemon:
             # the events too)
             if follow_up is not None and succeeded:
                 self._schedule_webhook_sync(follow_up, dt.datetime.now(dt.UTC), "follow-up-sync")
+            elif retry is not None:
+                self._schedule_webhook_sync(retry, dt.datetime.now(dt.UTC), "webhook-retry-sync")
 
     def _schedule_webhook_sync(self, reason: str, when: dt.datetime, job_id: str) -> None:
         if self.stop_event.is_set():
             return
         try:
             self.scheduler.add_job(self.tick, "date", run_date=when, id=job_id,
-                                   kwargs={"reason": reason, "wait": 60.0, "follow": True})
+                                   kwargs={"reason": reason, "wait": self.lock_wait_seconds, "follow": True})
         except ConflictingIdError:
             log.debug("%s already scheduled", job_id)
 

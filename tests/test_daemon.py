@@ -434,6 +434,35 @@ def test_webhook_events_during_a_run_make_one_run_follow_it(start: Callable[...,
     assert state is not None and state["last_run"]["reason"].startswith("webhook ")
 
 
+def test_webhook_events_wait_for_another_process_run_longer_than_the_lock_wait(
+        start: Callable[..., Daemon], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A webhook's sync that finds another process's run (a manual `sync`) going past its lock wait is not left to
+    the next scheduled tick (an hour away here): it waits again, and runs once that process lets go."""
+    from test_webhook import post, sign
+
+    caplog.set_level("INFO", logger="stripe_churn.daemon")
+    db = tmp_path / "d.duckdb"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), "2.0"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        d = start(interval_seconds=3600, sync_on_start=False, run=locked_writer(), webhook_port=0,
+                  debounce_seconds=0.1, lock_wait_seconds=0.3)
+        assert wait_for(lambda: d.webhook is not None)
+        body = json.dumps({"id": "evt", "type": "invoice.paid"}).encode()
+        assert post(d.webhook, body, {"Stripe-Signature": sign(body, "whsec_x")}) == 200
+        assert wait_for(lambda: d.skipped >= 2)  # waited its 0.3 s twice while the holder held on
+        assert d.runs == 0
+        assert "sync (webhook invoice.paid) still waits: another sync holds" in caplog.text
+        assert f"(pid {holder.pid})" in caplog.text
+    finally:
+        holder.wait(timeout=10)
+    assert wait_for(lambda: d.runs == 1)
+    state = read_state(d.settings.db)
+    assert state is not None and state["last_run"]["reason"] == "webhook invoice.paid"
+    time.sleep(1.0)
+    assert d.runs == 1  # no retry after the run
+
+
 def test_no_run_follows_at_once_a_run_that_failed(start: Callable[..., Daemon]) -> None:
     """Events during a run that fails owe no run right after it: that would retry at once, past the backoff (the
     backoff and the next tick take the events too)."""
