@@ -202,6 +202,36 @@ WHERE r.period_start >= v.coverage_start AND p.usage_type = 'licensed'
   AND NOT list_contains(r.items, h.subscription_item_id)
   AND list_contains(r.terms, {'i': p.billing_interval, 'n': p.interval_count})
 UNION ALL
+-- a subscription that ended with no stored event (before the events begin, as a rule) whose latest sync lists a
+-- licensed item otherwise than the newest invoice before its end bills it (a change made without prorations, then
+-- the end): no source dates the change, so the invoices' state was in force up to the end (the churn takes it)
+SELECT n.account_id, 'invoice_snapshot_mismatch', 'subscription_item', n.subscription_item_id,
+       n.source_invoice_id, n.ended_at,
+       format('{} {} {} item {} before subscription {} ended ({}), the latest sync lists {} × {}; no stored '
+              'event dates the change, so the invoices'' state was used up to the end',
+              CASE WHEN n.source = 'invoice_item' THEN 'pending invoice item' ELSE 'invoice' END,
+              n.source_invoice_id,
+              CASE WHEN n.present THEN format('bills {} × {} on', n.quantity, n.price_id) ELSE 'removes' END,
+              n.subscription_item_id, n.subscription_id, strftime(n.ended_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M UTC'), o.quantity,
+              o.price_id)
+FROM (
+    SELECT s.account_id, s.subscription_id, s.ended_at, i.subscription_item_id, i.present, i.price_id, i.quantity,
+           i.source, i.source_invoice_id
+    FROM derived_subs s
+    JOIN derived_invoice_item_steps i
+      ON i.account_id = s.account_id AND i.subscription_id = s.subscription_id AND i.moment < s.ended_at
+    WHERE s.in_snapshot AND s.ended_at IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM derived_sub_events e
+                      WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
+    QUALIFY row_number() OVER (PARTITION BY i.account_id, i.subscription_item_id ORDER BY i.moment DESC, i.prio DESC) = 1
+) n
+JOIN derived_obs_items o
+  ON o.account_id = n.account_id AND o.subscription_id = n.subscription_id
+ AND o.subscription_item_id = n.subscription_item_id AND o.source = 'snapshot' AND o.ord = 0
+JOIN derived_price_terms p ON p.account_id = o.account_id AND p.price_id = o.price_id
+WHERE p.usage_type = 'licensed'
+  AND (NOT n.present OR n.price_id IS DISTINCT FROM o.price_id OR n.quantity IS DISTINCT FROM o.quantity)
+UNION ALL
 -- a snapshot newer than the last event differs from it: a change the events missed
 SELECT account_id, 'snapshot_event_mismatch', 'subscription', subscription_id, NULL, moment,
        'the latest snapshot differs from the last event of this subscription; the change is dated at the snapshot'

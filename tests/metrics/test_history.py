@@ -163,6 +163,39 @@ def test_a_deletion_as_the_first_stored_event_gives_the_items_before_it(world: W
     assert con.execute("SELECT kind, object_id FROM data_quality").fetchall() == [("invoice_event_mismatch", "si_1")]
 
 
+@pytest.mark.parametrize("change", ["price", "quantity", "none"])
+def test_a_subscription_ended_before_the_events_that_changed_unbilled_is_recorded(world: World, derive: Derive,
+                                                                                change: str) -> None:
+    """3 seats changed without prorations, then the subscription canceled, all before the stored events begin: no
+    event, no invoice dates the change, only the latest sync lists the items the subscription ended with. The churn
+    takes the invoice's state (the only dated one), and the disagreement is a data-quality row (design.md 3: never
+    silently dropped). (It used to be none.) Without a change, no row."""
+    world.customer("cus_1")
+    world.customer("cus_o")
+    world.product("prod_seat", unit_label="seat", family="core")
+    world.price("basic", "prod_seat", 1_000)
+    world.price("pro", "prod_seat", 2_000)
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    inv = world.cycle("sub_1", month(1))
+    if change != "none":
+        world.update("sub_1", month(1, 10), prorate=False,
+                     items=[("si_1", "pro", 3) if change == "price" else ("si_1", "basic", 5)])
+    world.cancel("sub_1", month(1, 20))
+    world.subscribe("sub_o", "cus_o", [("si_o", "basic", 1)], month(2, 1))  # the oldest stored event
+    con = derive(world, seen_at=month(2, 5), events=month(2, 1))
+    rows = con.execute("SELECT occurred_at, movement, mrr_delta FROM mrr_movements WHERE customer_id = 'cus_1' "
+                       "ORDER BY occurred_at").fetchall()
+    assert [(int(r[0].timestamp()), r[1], r[2]) for r in rows] == [(T0, "new", 30), (month(1, 20), "cancellation", -30)]
+    dq = con.execute("SELECT kind, object_id, related_id, epoch(moment), detail FROM data_quality").fetchall()
+    if change == "none":
+        assert dq == []
+        return
+    assert [r[:4] for r in dq] == [("invoice_snapshot_mismatch", "si_1", inv["id"], month(1, 20))]
+    listed = "3 × pro" if change == "price" else "5 × basic"
+    assert "bills 3 × basic on item si_1 before subscription sub_1 ended" in dq[0][4]
+    assert f"the latest sync lists {listed}" in dq[0][4]
+
+
 @pytest.mark.parametrize("case", ["bills-the-monthly-items", "misses-a-monthly-item"])
 def test_a_renewal_of_some_intervals_expects_only_their_items(world: World, derive: Derive, case: str) -> None:
     """A subscription whose items renew on different intervals (billing_mode flexible) gets a monthly renewal
