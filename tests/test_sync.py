@@ -610,6 +610,35 @@ def test_a_malformed_list_page_is_one_line_naming_the_endpoint_and_nothing_of_it
         assert status == "failed" and said in error
 
 
+def test_a_json_object_that_is_no_list_page_fails_a_full_sync_and_flags_nothing_deleted(
+        db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 200 whose body is a JSON object but no list page (a proxy's or maintenance page's {"message": ...}) is
+    a bad answer, not an empty list: a full sync read it as no customers at all and flagged every stored one
+    deleted, then said it succeeded."""
+    from stripe_churn.stripe_api import client as client_module
+
+    sim = sim_small(customers=10, seed=2)
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = settings_for(sb.url, db, max_retries=0)
+        run_sync(settings, progress=False)
+        with open_store(db) as con:
+            before = table_snapshot(con)
+        original = client_module.decode_page
+
+        def maintenance(body: bytes) -> Any:
+            customers = b'"object":"customer"' in body or b'"object": "customer"' in body
+            return original(b'{"message": "down for maintenance"}' if customers else body)
+
+        monkeypatch.setattr(client_module, "decode_page", maintenance)
+        with pytest.raises(BadResponseError) as info:
+            run_sync(settings, full=True, progress=False)
+    msg = str(info.value)
+    assert "not a list page" in msg and "GET /v1/customers" in msg and "\n" not in msg
+    with open_store(db) as con:
+        assert con.execute("SELECT count(*) FROM customers WHERE deleted").fetchone() == (0,)
+        assert table_snapshot(con) == before
+
+
 def test_a_malformed_events_page_is_one_line_and_moves_no_cursor(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from stripe_churn.stripe_api.client import StripeRaw
 

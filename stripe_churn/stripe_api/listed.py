@@ -26,6 +26,16 @@ class Page(Struct):
     has_more: Any = False
 
 
+class ListPage(Struct):
+    """A list endpoint's answer: ``object`` and ``data`` must be there. (A JSON object of another kind, say a proxy's
+    or a maintenance page's ``{"message": ...}``, read as a page with no objects would make a full sync flag every
+    stored object deleted.)"""
+
+    object: str
+    data: list[Raw]
+    has_more: Any = False
+
+
 class Head(Struct):
     """The fields every listed object is read by."""
 
@@ -62,7 +72,7 @@ class InvoiceItem(Head):
     discounts: list[Raw] | None = None
 
 
-_PAGE = msgspec.json.Decoder(Page)
+_LIST_PAGE = msgspec.json.Decoder(ListPage)
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     "customers": msgspec.json.Decoder(Customer), "subscriptions": msgspec.json.Decoder(Subscription),
     "invoices": msgspec.json.Decoder(Invoice), "subscription_items": msgspec.json.Decoder(Item),
@@ -74,11 +84,14 @@ _ANY = msgspec.json.Decoder()
 
 def decode_page(body: bytes) -> Page:
     """A list page's objects as raw spans of compact JSON; ``ValueError`` (msgspec's) when ``body`` is not a
-    JSON object with a ``data`` list. Pretty-printed JSON (Stripe's own answers are indented) is made
+    list object (``"object": "list"`` and a ``data`` list). Pretty-printed JSON (Stripe's own answers are indented) is made
     compact first, so stored JSON never carries layout whitespace."""
     if b"\n" in body or b'": ' in body:
         body = msgspec.json.format(body, indent=-1)
-    return _PAGE.decode(body)
+    page = _LIST_PAGE.decode(body)
+    if page.object != "list":
+        raise msgspec.ValidationError(f"a list page's object is 'list', not {page.object[:40]!r}")
+    return Page(data=page.data, has_more=page.has_more)
 
 
 def decode_object(table: str, raw: Raw | bytes) -> Any:

@@ -107,8 +107,11 @@ def test_bad_body_then_good_one() -> None:
     assert get(client())["data"]
 
 
-@pytest.mark.parametrize("body", [PAGE[: len(PAGE) // 2], b'{"object": "list", "data": 5}', b"[1, 2]"],
-                         ids=["truncated", "data-not-a-list", "not-an-object"])
+@pytest.mark.parametrize("body", [PAGE[: len(PAGE) // 2], b'{"object": "list", "data": 5}', b"[1, 2]",
+                                  b'{"message": "down for maintenance"}', b'{"object": "customer", "data": []}',
+                                  b'{"object": "list", "has_more": false}'],
+                         ids=["truncated", "data-not-a-list", "not-an-object", "another-json-object",
+                              "not-a-list-object", "no-data"])
 @responses.activate
 def test_bad_list_pages_are_retried_then_reported(body: bytes) -> None:
     responses.get(URL, body=body)
@@ -204,3 +207,38 @@ def test_a_404_of_the_account_names_stripe_api_base(base: str) -> None:
     assert "STRIPE_API_BASE" in msg and "without /v1" in msg and "\n" not in msg
     assert ("ends in /v1" in msg) == base.endswith("/v1")
     assert len(responses.calls) == 1
+
+
+@pytest.mark.parametrize("error", [
+    pytest.param({"message": f"Invalid value for param: {KEY}"}, id="the-key"),
+    pytest.param({"message": f"Invalid value: {KEY.upper()}"}, id="the-key-upper-cased"),
+    pytest.param({"message": "Bad keys: sk_live_OTHERSECRET1, RK_TEST_OTHERSECRET1 and whsec_OTHERSECRET1"},
+                 id="secret-shaped"),
+    pytest.param({"type": "invalid_request_error", "param": f"Bearer {KEY}"}, id="no-message"),
+    pytest.param({"message": f"bad\nrequest {KEY}\r\n"}, id="line-breaks"),
+])
+@responses.activate
+def test_a_rejection_echoing_a_key_does_not_pass_it_on(error: dict[str, Any]) -> None:
+    """A 400's message becomes the console's error and ``sync_runs.error``: a key a proxy echoes in it is masked."""
+    responses.get(URL, status=400, json={"error": error})
+    with pytest.raises(StripeAPIError) as info:
+        get(client())
+    msg = str(info.value)
+    assert "Stripe rejected GET /v1/customers" in msg and "\n" not in msg and "\r" not in msg
+    assert "client_edge_key" not in msg.lower() and "OTHERSECRET1" not in msg
+
+
+@responses.activate
+def test_an_error_code_echoing_a_key_does_not_pass_it_on() -> None:
+    responses.get(URL, status=503, json={"error": {"code": f"proxy_said_{KEY}"}})
+    with pytest.raises(StripeAPIError, match=r"Stripe answered 503 \(proxy_said_\*+\)") as info:
+        get(client(max_retries=0))
+    assert "client_edge_key" not in str(info.value)
+
+
+@responses.activate
+def test_an_account_id_echoing_a_key_does_not_pass_it_on() -> None:
+    responses.get(f"{BASE}/v1/account", json={"id": [KEY]})
+    with pytest.raises(BadResponseError) as info:
+        account_of(client())
+    assert "client_edge_key" not in str(info.value)
