@@ -38,7 +38,10 @@ WITH d AS (
            CASE WHEN json_type(json_extract(raw, '$.source.coupon')) = 'OBJECT'
                 THEN json_extract(raw, '$.source.coupon')
                 WHEN json_type(json_extract(raw, '$.coupon')) = 'OBJECT'
-                THEN json_extract(raw, '$.coupon') END AS embedded_coupon
+                THEN json_extract(raw, '$.coupon') END AS embedded_coupon,
+           ref_id(json_extract(raw, '$.subscription_item')) IS NULL AND ref_id(json_extract(raw, '$.subscription')) IS NULL
+               AND (ref_id(json_extract(raw, '$.invoice')) IS NOT NULL
+                    OR ref_id(json_extract(raw, '$.invoice_item')) IS NOT NULL) AS on_a_bill
     FROM discounts
     -- a discount no longer on its subscription or customer is flagged deleted: it still counts from its start
     -- until it ended (its end, a removal event, or as its owner's invoices show, below)
@@ -119,6 +122,9 @@ SELECT
     ref_id(json_extract(d.raw, '$.subscription_item')) AS subscription_item_id,
     CASE WHEN ref_id(json_extract(d.raw, '$.subscription_item')) IS NOT NULL THEN 'item'
          WHEN ref_id(json_extract(d.raw, '$.subscription')) IS NOT NULL THEN 'subscription'
+         -- (applied to one invoice or one invoice item, as a customer's discount or a subscription's never is: a
+         -- discount of that bill alone, no MRR's, whatever its coupon's duration)
+         WHEN d.on_a_bill THEN 'invoice'
          ELSE 'customer' END AS scope,
     cp.duration,
     cp.percent_off,
@@ -142,7 +148,7 @@ SELECT
     CASE WHEN g.gone_at IS NOT NULL AND least(r.removed_at, de.removed_at) IS NULL
               AND json_extract_string(d.raw, '$.end') IS NULL
          THEN CASE WHEN g.by_invoice THEN 'invoice' ELSE 'sync' END END AS end_dated_by,
-    cp.duration IN ('forever', 'repeating') AS applies_to_mrr,
+    cp.duration IN ('forever', 'repeating') AND NOT d.on_a_bill AS applies_to_mrr,
     cp IS NULL AS coupon_missing
 FROM (
     SELECT d.*, coalesce(c.terms, coupon_terms(d.embedded_coupon)) AS cp

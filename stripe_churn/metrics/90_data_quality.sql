@@ -298,7 +298,7 @@ SELECT account_id, 'missing_coupon', 'discount', discount_id, coupon_id, valid_f
               || 'fetches a coupon Stripe still has (one deleted before the 30 days of events Stripe keeps can be '
               || 'fetched from nowhere)', coupon_id)
 FROM derived_discount_spans
-WHERE coupon_missing
+WHERE coupon_missing AND scope <> 'invoice'  -- (a discount of one bill is no MRR's)
 UNION ALL
 -- a discount removed before the stored events begin: its end is an estimate (that matters only while its
 -- subscription still runs)

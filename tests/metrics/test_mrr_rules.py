@@ -311,6 +311,32 @@ def test_a_subscriptions_own_restricted_discount_still_overrides_the_customers(w
     assert item_rows(con, "si_a")[0]["mrr_original"] == Decimal("40")
 
 
+@pytest.mark.parametrize("coupon", [{"percent_off": 20}, {"amount_off": 10_000, "currency": "usd"}],
+                         ids=["percent", "amount-equal-to-the-mrr"])
+@pytest.mark.parametrize("flagged", [False, True], ids=["listed", "flagged-deleted"])
+def test_a_discount_on_one_invoice_is_no_mrr_discount(world: World, derive: Derive, coupon: dict[str, Any],
+                                                      flagged: bool) -> None:
+    """A forever coupon applied to one invoice (the discount names the invoice, no subscription or item) takes
+    money off that bill alone: the MRR stays 100.00, with no `discount` movements (and an amount off equal to the
+    MRR no cancellation and reactivation). It used to count as the customer's discount from that invoice on."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat")
+    world.price("price_a", "prod_seat", 1_000)
+    world.subscribe("sub_1", "cus_1", [("si_a", "price_a", 10)], T0)
+    world.cycle("sub_1", month(1))
+    inv = world.cycle("sub_1", month(2))
+    world.coupon("co_bill", duration="forever", **coupon)
+    d = world.discount("co_bill", month(2) + 1800, customer="cus_1")
+    d["invoice"] = inv["id"]
+    world.cycle("sub_1", month(3))
+    if flagged:
+        d["deleted"] = True
+    con = derive(world, seen_at=month(3, 5))
+    assert [customer_mrr_at(con, "cus_1", month(n, 1)) for n in range(4)] == [Decimal("100.0000")] * 4
+    assert con.execute("SELECT movement FROM mrr_movements WHERE customer_id = 'cus_1'").fetchall() == [("new",)]
+    assert con.execute("SELECT kind FROM data_quality WHERE object_id = ?", [d["id"]]).fetchall() == []
+
+
 def test_a_restricted_amount_off_is_shared_among_its_products_items_only(world: World, derive: Derive) -> None:
     """An amount off restricted to some products is split among the items of those products (in proportion to
     their MRR), and the other items keep their whole MRR."""
