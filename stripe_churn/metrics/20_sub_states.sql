@@ -417,9 +417,14 @@ trial_pauses AS (
             OR s.ended_at >= s.trial_end + INTERVAL 1 DAY)
 ),
 -- unpaid now, or canceled for a failed payment (it may have gone unpaid first, then been deleted)
+-- (of its invoices, only those made after its latest paid renewal or update: an invoice marked uncollectible, or
+-- left open, before a later bill of the subscription was paid is a spell it came out of, not the one it ended in)
 unpaid_invoices AS (
     SELECT i.account_id, i.subscription_id, i.created, u.status AS sub_status, u.ended_at,
-           i.status AS invoice_status, i.marked_uncollectible_at
+           i.status AS invoice_status, i.marked_uncollectible_at,
+           max(i.created) FILTER (WHERE i.status = 'paid' AND i.billing_reason IN (
+                   'subscription_create', 'subscription_cycle', 'subscription_update', 'subscription'))
+               OVER (PARTITION BY i.account_id, i.subscription_id) AS last_paid
     FROM invoices i
     JOIN (SELECT account_id, subscription_id, status, ended_at FROM s
           WHERE status = 'unpaid' OR (status = 'canceled' AND cancellation_reason = 'payment_failed')) u
@@ -431,7 +436,7 @@ unpaid_from AS (
                 ELSE max(marked_uncollectible_at) END AS unpaid_at,
            any_value(ended_at) AS ended_at
     FROM unpaid_invoices
-    WHERE invoice_status IN ('open', 'uncollectible')
+    WHERE invoice_status IN ('open', 'uncollectible') AND (last_paid IS NULL OR created > last_paid)
     GROUP BY account_id, subscription_id
     HAVING unpaid_at IS NOT NULL AND (any_value(ended_at) IS NULL OR unpaid_at < any_value(ended_at))
 ),

@@ -1103,6 +1103,36 @@ def test_unpaid_then_deleted_before_event_window(world: World, derive: Derive) -
     assert customer_mrr_at(con, "cus_1", month(2)) == 0
 
 
+@pytest.mark.parametrize("end", ["canceled", "unpaid"])
+def test_an_earlier_uncollectible_invoice_does_not_date_a_later_unpaid_churn(world: World, derive: Derive,
+                                                                            end: str) -> None:
+    """Without events: an invoice forgiven (marked uncollectible) in month 1, paid renewals after it, then the
+    renewal of month 3 fails for good and stays open, and the subscription is deleted for it (or left unpaid).
+    MRR counts until that last spell: the forgiven invoice is a spell the subscription came out of. (The churn
+    used to be dated at the forgiven invoice, two months early.)"""
+    simple(world)
+    forgiven = world.cycle("sub_1", month(1))
+    forgiven["status"] = "uncollectible"
+    forgiven["status_transitions"].update(paid_at=None, marked_uncollectible_at=month(1, 10))
+    world.cycle("sub_1", month(2))
+    failed = world.cycle("sub_1", month(3))
+    failed["status"] = "open"
+    failed["status_transitions"].update(paid_at=None)
+    if end == "canceled":
+        world.update("sub_1", month(3, 20), event=False, canceled_at=month(3, 20),
+                     cancellation_details={"reason": "payment_failed", "feedback": None, "comment": None})
+        world.end("sub_1", month(3, 20), event=False)
+    else:
+        world.objects["subscriptions"]["sub_1"]["status"] = "unpaid"
+    con = derive(world, seen_at=month(4), events=False)
+    assert customer_mrr_at(con, "cus_1", month(1, 10)) == Decimal("50.0000")
+    assert customer_mrr_at(con, "cus_1", month(2, 15)) == Decimal("50.0000")
+    assert customer_mrr_at(con, "cus_1", month(3, 21)) == 0
+    churn = con.execute("SELECT occurred_at, churn_type FROM mrr_movements WHERE movement = 'cancellation'").fetchall()
+    assert len(churn) == 1 and churn[0][1] == "involuntary"
+    assert month(3) <= int(churn[0][0].timestamp()) <= month(3, 20)
+
+
 def test_exact_half_rounds_away_from_zero_across_items(world: World, derive: Derive) -> None:
     """Two annual items whose monthly parts repeat (…3333 + …6666) sum exactly to a half at the 5th decimal."""
     base(world, currency="gbp").price("y1", "prod_seat", 127, currency="gbp", interval="year")
