@@ -173,6 +173,12 @@ SELECT DISTINCT account_id, customer_id FROM (
     UNION ALL
     SELECT account_id, customer_id FROM discounts WHERE last_seen_at >= $since
     UNION ALL
+    -- (a coupon the store lacked at the last recompute: the discounts that name it counted without its terms)
+    SELECT d.account_id, d.customer_id
+    FROM (SELECT account_id, id FROM coupons WHERE last_seen_at >= $since) c
+    ANTI JOIN derived_coupon_terms t ON t.account_id = c.account_id AND t.coupon_id = c.id
+    JOIN discounts d ON d.account_id = c.account_id AND d.coupon_id = c.id
+    UNION ALL
     -- (an invoice item listed pending, or marked no longer pending, by the sync)
     SELECT account_id, customer_id FROM invoice_items WHERE last_seen_at >= $since
     UNION ALL
@@ -872,7 +878,18 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
         if moved == 0:
             if not _catalogue_seen(con, since):
                 _check_rules_alone(con, main_db, settings)
-                record_run(con, started_at, "changed", 0)
+                con.execute("BEGIN TRANSACTION")
+                try:
+                    # (the latest snapshot may still have moved, with no change of anyone's between the two)
+                    con.execute("DELETE FROM derived_coverage WHERE account_id IN "
+                                "(SELECT account_id FROM touched_coverage)")
+                    con.execute("INSERT INTO derived_coverage BY NAME SELECT n.* FROM coverage_now() n "
+                                "SEMI JOIN touched_coverage t USING (account_id)")
+                    record_run(con, started_at, "changed", 0)
+                    con.execute("COMMIT")
+                except BaseException:
+                    rollback(con)
+                    raise
                 return 0
             # (a product, price or coupon came with the sync and no customer did: a scope of no customer derives
             # the catalogue, which is compared with the stored one as in any other run, and its new rows kept)

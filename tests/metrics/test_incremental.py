@@ -403,6 +403,51 @@ def test_new_changed_and_deleted_coupons(world: World, tmp_path: Path, shards: i
     assert [r for r in full["derived_discount_spans"] if "'di_a'" in r and "Decimal('10" in r] != []
 
 
+@SHARDS
+def test_a_coupon_the_store_lacked_arriving_later_derives_its_discounts_customers_again(
+        world: World, tmp_path: Path, shards: int) -> None:
+    """A discount names a coupon the store did not have (it counted at full price, `missing_coupon`); a later sync
+    brings the coupon alone: the customers whose discounts name it are derived again, as a full recompute would.
+    (Nobody was: their MRR stayed undiscounted and the data-quality row stayed.)"""
+    w = book(world)
+    w.coupon("co_late", percent_off=10)
+    w.objects["subscriptions"]["sub_a"]["discounts"] = [
+        w.discount("co_late", ts(2024, 1, 1), customer="cus_a", subscription="sub_a", did="di_a")["id"]]
+    before = copy.deepcopy(w)
+    del before.objects["coupons"]["co_late"]
+    changed = later_sync(w, set(), set(), ts(2024, 6, 1))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == 1
+    assert [r for r in full["derived_discount_spans"] if "'di_a'" in r and "Decimal('10" in r] != []
+
+
+def test_a_sync_that_changed_nothing_still_moves_the_latest_snapshot(world: World, tmp_path: Path) -> None:
+    """A later sync that finds no change still records how far Stripe's events were read: where the data stands
+    (derived_coverage's snapshot, `data_as_of`, the latest complete month's verdict) moves as in a full recompute.
+    (It stayed at the sync before.)"""
+    from stripe_churn.metrics import queries
+
+    w = book(world)
+    stores = []
+    for name in ("incremental", "full"):
+        con = open_store(tmp_path / f"{name}.duckdb")
+        w.load(con, seen_at=SEEN)
+        recompute(con, Settings())
+        later = dt.datetime.fromtimestamp(SEEN, tz=dt.UTC) + dt.timedelta(days=31)
+        con.execute("INSERT OR REPLACE INTO sync_cursors (account_id, stream, created, done, updated_at) "
+                    "VALUES (?, 'events:complete', ?, true, ?)", [w.account_id, int(later.timestamp()), later])
+        if name == "incremental":
+            assert recompute_changed(con, Settings(), later) == 0
+        else:
+            recompute(con, Settings())
+        stores.append(con)
+    inc, full = stores
+    assert derived_contents(inc) == derived_contents(full)
+    assert queries.data_as_of(inc) == queries.data_as_of(full)
+    assert inc.execute("SELECT snapshot_at FROM derived_coverage").fetchall()[0][0] > dt.datetime.fromtimestamp(
+        SEEN + 30 * 86400, tz=dt.UTC)
+
+
 @ONE_SCOPE
 @pytest.mark.parametrize("upgrade", [
     "ALTER TABLE derived_item_mrr DROP COLUMN cancellation_comment",
