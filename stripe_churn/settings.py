@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,10 +197,46 @@ def _kind(value: Any) -> str:
     return next((name for t, name in names.items() if isinstance(value, t)), "a date or time")
 
 
-def _check_type(key: str, value: Any, types: tuple[type, ...], where: str) -> None:
+# A Stripe secret wherever it is pasted: a secret or restricted key, live or test, or a webhook signing secret,
+# in any case (currency and log_level are lower- and upper-cased before a message shows them)
+_SECRET_LIKE = re.compile(r"(?<![A-Za-z0-9])((?:[sr]k_(?:live|test)_|whsec_))[\w+/=-]+", re.IGNORECASE)
+
+
+def redact_secrets(text: str, known: Iterable[str] = ()) -> str:
+    """``text`` with its secrets masked: each of ``known`` (the configured key and webhook secret, in any case) as
+    ``********``, and anything shaped like a Stripe key or signing secret down to its prefix (``sk_test_…``)."""
+    for secret in known:
+        if secret:
+            text = re.sub(re.escape(secret), "********", text, flags=re.IGNORECASE)
+    return _SECRET_LIKE.sub(lambda m: f"{m.group(1)}…", text)
+
+
+def _shown(value: Any, known: Iterable[str] = ()) -> str:
+    """``repr(value)`` for a message, unless the value is or holds a secret (shaped like a Stripe key, or one of
+    ``known``, the configured key and webhook secret): then masked, and called a key in the wrong setting."""
+    text = repr(value)
+    # (a known secret is matched with its quotes: a value equal to it, or an item of a list equal to it)
+    masked = redact_secrets(text, [repr(k) for k in known if k])
+    return text if masked == text else f"{masked}, which looks like a Stripe secret key in the wrong setting"
+
+
+def _known_secrets(*sources: Mapping[str, Any] | None) -> list[str]:
+    """The API keys and webhook secrets given in ``sources`` (the file, the environment, the overrides), for
+    :func:`_shown` to recognise before the settings are built."""
+    known = []
+    for source in sources:
+        for name in ("api_key", "webhook_secret", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET"):
+            value = (source or {}).get(name)
+            value = value.reveal() if isinstance(value, Secret) else value
+            if value and isinstance(value, str):
+                known.append(value)
+    return known
+
+
+def _check_type(key: str, value: Any, types: tuple[type, ...], where: str, known: Iterable[str] = ()) -> None:
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
-        got = _kind(value) if key in SECRET_KEYS else repr(value)
+        got = _kind(value) if key in SECRET_KEYS else _shown(value, known)
         raise ConfigError(f"setting '{key}' in {where} must be a {_type_name(types)}, got {got}")
 
 
@@ -269,9 +305,11 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
     path: Path | None = Path(config) if config is not None else None
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
+    data = _read_file(path) if path is not None else {}
+    # (a key pasted into another setting is not shown by that setting's error, whatever its shape)
+    known = _known_secrets(data, env, overrides)
     if path is not None:
         where = str(path)
-        data = _read_file(path)
         _warn_if_world_readable(path, data)
         source = where
         for key, value in data.items():
@@ -282,20 +320,21 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
                     if rkey not in RULE_KEYS:
                         raise ConfigError(f"unknown setting 'rules.{rkey}' in {where}; known: "
                                           f"{', '.join(sorted(RULE_KEYS))}")
-                    _check_type(f"rules.{rkey}", rvalue, RULE_KEYS[rkey], where)
+                    _check_type(f"rules.{rkey}", rvalue, RULE_KEYS[rkey], where, known)
                     rules[rkey] = tuple(rvalue) if isinstance(rvalue, list) else rvalue
                 if "movement_window" in rules:
                     if "movement_window_minutes" in rules:
                         raise ConfigError(f"settings 'rules.movement_window' and 'rules.movement_window_minutes' in "
                                           f"{where} are one setting given twice; keep 'rules.movement_window'")
-                    rules["movement_window_minutes"] = _window_minutes(rules.pop("movement_window"), where)
+                    rules["movement_window_minutes"] = _window_minutes(rules.pop("movement_window"), where,
+                                                                       known)
                     window_key = "movement_window"
                 continue
             if key not in FILE_KEYS:
                 raise ConfigError(f"unknown setting '{key}' in {where}; known: "
                                   f"{', '.join(sorted([*FILE_KEYS, 'rules']))}")
             types, attr = FILE_KEYS[key]
-            _check_type(key, value, types, where)
+            _check_type(key, value, types, where, known)
             values[attr] = _convert(attr, value)
     origins: dict[str, str] = {}  # where a setting given in the environment came from
     for name, attr in ENV_KEYS.items():
@@ -307,9 +346,10 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
             try:
                 rate = float(raw)
             except ValueError:
-                raise ConfigError(f"environment variable {name} must be a number, got {raw!r}") from None
+                raise ConfigError(f"environment variable {name} must be a number, got {_shown(raw, known)}") \
+                    from None
             if not rate > 0 or not math.isfinite(rate):
-                raise ConfigError(f"environment variable {name} must be above 0, got {raw!r}")
+                raise ConfigError(f"environment variable {name} must be above 0, got {_shown(raw, known)}")
             values[attr] = rate
         else:
             values[attr] = _convert(attr, raw)
@@ -348,7 +388,7 @@ MAX_MOVEMENT_WINDOW_MINUTES = 366 * 24 * 60
 _WINDOW = re.compile(r"(\d+) ?(m|min|mins|minute|minutes|h|hour|hours)?", re.IGNORECASE)
 
 
-def _window_minutes(value: int | str, where: str) -> int:
+def _window_minutes(value: int | str, where: str, known: Iterable[str] = ()) -> int:
     """The minutes of ``rules.movement_window`` as the file gives it: an integer (minutes) or a duration such as
     "90m" or "2h"; a ConfigError for any other text (the bounds are :func:`check_rules`'s)."""
     if isinstance(value, int):
@@ -356,9 +396,18 @@ def _window_minutes(value: int | str, where: str) -> int:
     match = _WINDOW.fullmatch(value.strip())
     if not match:
         raise ConfigError(f"setting 'rules.movement_window' in {where} must be a number of minutes (60) or a "
-                          f"duration such as \"90m\" or \"2h\", got {value!r}")
+                          f"duration such as \"90m\" or \"2h\", got {_shown(value, known)}")
     unit = (match.group(2) or "m").lower()
     return int(match.group(1)) * (60 if unit.startswith("h") else 1)
+
+
+# The rules that are tables or lists, and what they must be: the file's types (RULE_KEYS) say table or list, not
+# what is in them (a number among the labels failed in the recompute, after the sync had committed)
+_RULE_ITEMS: dict[str, str] = {
+    "families": "table of strings (product id = family name)",
+    "units": 'table of strings (product id = "seat" or "resource")',
+    "seat_unit_labels": 'list of strings such as ["seat", "users"]',
+}
 
 
 def check_rules(rules: Rules, where: str, window_key: str = "movement_window_minutes") -> None:
@@ -368,12 +417,24 @@ def check_rules(rules: Rules, where: str, window_key: str = "movement_window_min
     if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= MAX_MOVEMENT_WINDOW_MINUTES:
         raise ConfigError(f"setting 'rules.{window_key}' in {where} must be a whole number of minutes "
                           f"from 0 to {MAX_MOVEMENT_WINDOW_MINUTES} (a year), got {window!r}")
+    for name, what in _RULE_ITEMS.items():
+        value = getattr(rules, name)
+        if what.startswith("table") and isinstance(value, Mapping):
+            items = [(f"for {key!r}", item) for key, item in value.items()]
+        elif what.startswith("list") and isinstance(value, (tuple, list)):
+            items = [(f"as item {n}", item) for n, item in enumerate(value, 1)]
+        else:  # (settings built in code; the file's types are checked as it is read)
+            raise ConfigError(f"setting 'rules.{name}' in {where} must be a {what}, got {_shown(value)}")
+        for place, item in items:
+            if not isinstance(item, str):
+                raise ConfigError(f"setting 'rules.{name}' in {where} must be a {what}, got {_shown(item)} {place}")
 
 
 def _validate(s: Settings, origins: Mapping[str, str] | None = None,
               window_key: str = "movement_window_minutes") -> None:
     where = s.source
     origins = origins or {}
+    _check_misplaced_secrets(s, origins)
     check_rules(s.rules, where, window_key)
     if s.rules.churn_recognition not in ("ended", "canceled"):
         raise ConfigError(f"setting 'rules.churn_recognition' in {where} must be \"ended\" or \"canceled\"")
@@ -402,7 +463,13 @@ def _validate(s: Settings, origins: Mapping[str, str] | None = None,
     if s.webhook_port is not None and not 0 <= s.webhook_port <= 65535:
         raise ConfigError(f"setting 'webhook_port' in {origins.get('webhook_port', where)} must be a port from "
                           f"1 to 65535 (0 for a free one), got {s.webhook_port!r}")
-    base = urlsplit(s.api_base)
+    try:
+        base = urlsplit(s.api_base)
+    except ValueError as exc:  # (an unclosed IPv6 bracket, a bracketed host that is no address)
+        # (the value is not shown: it may carry a user and password, refused below once it parses)
+        raise ConfigError(f"setting 'api_base' in {origins.get('api_base', where)} is not a URL "
+                          f"({redact_secrets(str(exc))}): give the server's root such as https://api.stripe.com"
+                          ) from None
     if base.username is not None or base.password is not None:
         # (a URL's user and password would reach every error and log line that names the server: not shown here)
         shown = base._replace(netloc=base.netloc.rpartition("@")[2]).geturl()
@@ -415,6 +482,22 @@ def _validate(s: Settings, origins: Mapping[str, str] | None = None,
     if len(s.currency) != 3 or not s.currency.isascii() or not s.currency.isalpha():
         raise ConfigError(f"setting 'currency' in {origins.get('currency', where)} must be a 3-letter ISO code such "
                           f"as usd, got {s.currency!r}")
+
+
+def _check_misplaced_secrets(s: Settings, origins: Mapping[str, str]) -> None:
+    """A ConfigError, which masks the value, for a setting other than the API key and the webhook secret that holds
+    one of them or anything shaped like a Stripe key: the other checks would show it in full (and a path, an
+    account or a schedule is not checked at all before it reaches logs and errors)."""
+    known = [s.api_key.reveal(), s.webhook_secret.reveal()]
+    for f in dataclasses.fields(s):
+        value = getattr(s, f.name)
+        if f.name in (*SECRET_KEYS, "source") or not isinstance(value, (str, Path)):
+            continue
+        shown = _shown(str(value), known)
+        if shown != repr(str(value)):
+            raise ConfigError(f"setting '{f.name}' in {origins.get(f.name, s.source)} holds {shown}: an API key "
+                              "goes in STRIPE_API_KEY (or api_key), a webhook signing secret in STRIPE_WEBHOOK_SECRET "
+                              f"(or webhook_secret); give '{f.name}' its own value")
 
 
 def check_secret(attr: str, secret: Secret, where: str) -> None:

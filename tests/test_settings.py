@@ -335,3 +335,94 @@ def test_missing_key_says_where_a_key_can_go(tmp_path: Path, monkeypatch: pytest
     cfg = write(tmp_path, 'db = "x.duckdb"\n')
     with pytest.raises(ConfigError, match=f"or api_key in {cfg};"):
         load_settings(cfg, env={}).require_api_key()
+
+
+# ------------------------------------------------------------------------------------------ a key in the wrong place
+CANARY = "sk_test_LEAKCANARY123"
+
+
+@pytest.mark.parametrize("name", ["STRIPE_API_BASE", "STRIPE_RATE_LIMIT", "STRIPE_CHURN_MEMORY_LIMIT",
+                                  "STRIPE_CHURN_FX_RATES", "STRIPE_CHURN_CURRENCY", "STRIPE_CHURN_RECOMPUTE",
+                                  "STRIPE_CHURN_LOG_LEVEL", "STRIPE_CHURN_DB", "STRIPE_ACCOUNT",
+                                  "STRIPE_CHURN_SCHEDULE"])
+@pytest.mark.parametrize("value", [CANARY, CANARY.upper(), CANARY.lower(), "rk_live_LEAKCANARY123",
+                                   "whsec_LEAKCANARY123", f"https://proxy.example/{CANARY}"])
+def test_a_key_in_the_wrong_variable_is_refused_without_showing_it(name: str, value: str) -> None:
+    """A key pasted into another variable used to be printed in full by that variable's error (or, for the
+    settings nothing checks at load, sent on as a path, an account or a schedule)."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={name: value})
+    message = str(err.value)
+    assert "leakcanary" not in message.lower() and "\n" not in message
+    assert f"environment variable {name}" in message and "wrong setting" in message
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param(f'currency = "{CANARY}"\n', id="currency"),
+    pytest.param(f'api_base = "{CANARY}"\n', id="api-base"),
+    pytest.param(f'rate_limit = "{CANARY}"\n', id="rate-limit-wrong-type"),
+    pytest.param(f'webhook_port = ["{CANARY}"]\n', id="port-wrong-type"),
+    pytest.param(f'[rules]\nmovement_window = "{CANARY}"\n', id="movement-window"),
+    pytest.param(f'[rules]\nfamilies = {{prod_x = ["{CANARY}"]}}\n', id="family-wrong-type"),
+])
+def test_a_key_in_the_wrong_file_setting_is_not_shown(tmp_path: Path, text: str) -> None:
+    cfg = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    message = str(err.value)
+    assert "LEAKCANARY" not in message and str(cfg) in message and "\n" not in message
+    assert "sk_test_…" in message and "wrong setting" in message
+
+
+@pytest.mark.parametrize("key_var", ["STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET"])
+def test_the_configured_key_in_another_setting_is_not_shown_whatever_its_shape(key_var: str) -> None:
+    """A key of another shape (a proxy's, a sandbox's) is recognised by being the configured one."""
+    secret = "proxyKey-LEAKCANARY123"
+    for name in ("STRIPE_API_BASE", "STRIPE_CHURN_LOG_LEVEL", "STRIPE_RATE_LIMIT"):
+        with pytest.raises(ConfigError) as err:
+            load_settings(env={key_var: secret, name: secret})
+        message = str(err.value)
+        assert "leakcanary" not in message.lower() and "wrong setting" in message and name in message
+
+
+def test_an_api_base_that_is_no_url_is_a_settings_error(tmp_path: Path) -> None:
+    """urlsplit raises ValueError for an unclosed IPv6 bracket: that was an 'unexpected ValueError'."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(env={"STRIPE_API_BASE": "http://[::1"})
+    message = str(err.value)
+    assert message.startswith("setting 'api_base' in environment variable STRIPE_API_BASE is not a URL")
+    assert "https://api.stripe.com" in message and "\n" not in message
+    cfg = write(tmp_path, 'api_base = "https://user:hunter2@[::1"\n')
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    assert f"setting 'api_base' in {cfg} is not a URL" in str(err.value) and "hunter2" not in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    pytest.param("seat_unit_labels = [1, 2]", "'rules.seat_unit_labels' in {cfg} must be a list of strings",
+                 id="labels-numbers"),
+    pytest.param('seat_unit_labels = ["seat", ["users"]]', "'rules.seat_unit_labels' in {cfg} must be a list of "
+                 "strings", id="labels-nested-list"),
+    pytest.param("families = {prod_x = {a = 1}}", "'rules.families' in {cfg} must be a table of strings",
+                 id="family-table"),
+    pytest.param("families = {prod_x = 3}", "'rules.families' in {cfg} must be a table of strings",
+                 id="family-number"),
+    pytest.param("units = {prod_x = true}", "'rules.units' in {cfg} must be a table of strings", id="unit-bool"),
+])
+def test_the_items_of_rule_tables_and_lists_are_checked_at_load(tmp_path: Path, text: str, needle: str) -> None:
+    """A label that is not a string failed as an 'unexpected AttributeError' in the recompute, after the sync had
+    committed; a family that is not one was taken as it was."""
+    cfg = write(tmp_path, f"[rules]\n{text}\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env={})
+    message = str(err.value)
+    assert needle.format(cfg=cfg) in message and "\n" not in message
+
+
+def test_rule_items_of_settings_built_in_code_are_checked_by_the_recompute_check() -> None:
+    from stripe_churn.settings import Rules, check_rules
+
+    with pytest.raises(ConfigError, match=r"^setting 'rules.seat_unit_labels' in code must be a list of strings"):
+        check_rules(Rules(seat_unit_labels=(1, 2)), "code")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^setting 'rules.families' in code must be a table of strings"):
+        check_rules(Rules(families={"prod_x": {"a": 1}}), "code")  # type: ignore[dict-item]

@@ -23,7 +23,7 @@ import orjson
 import stripe
 
 from stripe_churn.errors import AuthError, BadResponseError, ConfigError, StripeAPIError
-from stripe_churn.settings import Settings
+from stripe_churn.settings import Secret, Settings, redact_secrets
 from stripe_churn.stripe_api.listed import Page, decode_page
 from stripe_churn.stripe_api.ratelimit import TokenBucket
 
@@ -76,6 +76,7 @@ class StripeRaw:
     def __init__(self, settings: Settings, *, http_client: stripe.HTTPClient | None = None,
                  limiter: TokenBucket | None = None, stop: threading.Event | None = None) -> None:
         key = settings.require_api_key()
+        self._key = Secret(key)  # masked in any text of an answer that reaches a message (a proxy may echo it)
         self.stop = stop  # once set: no new attempt, and the one on the way has STOP_GRACE_S to answer
         self._watcher: asyncio.Task[None] | None = None
         self._sending: set[asyncio.Timeout] = set()  # the deadlines of the requests on the way
@@ -238,15 +239,15 @@ class StripeRaw:
                 self.limiter.penalise()
             if status == 429 or status == 409 or status >= 500:
                 code = _error_code(body)
-                last = f"Stripe answered {status}" + (f" ({code})" if code else "")
+                last = f"Stripe answered {status}" + (f" ({self._from_answer(code)})" if code else "")
                 if should_retry == "false":
                     break
                 continue
             if status == 404:
                 raise NotFoundError(f"not found: {path}", http_status=404, request_id=request_id)
             if status >= 400:
-                raise StripeAPIError(f"Stripe rejected GET {path}: {_error_message(body)}; this is a bug in "
-                                     "stripe-churn or an unsupported account setup", http_status=status,
+                raise StripeAPIError(f"Stripe rejected GET {path}: {_error_message(body, self._key)}; this is a "
+                                     "bug in stripe-churn or an unsupported account setup", http_status=status,
                                      request_id=request_id)
             try:
                 return parse(body)
@@ -263,6 +264,10 @@ class StripeRaw:
         raise StripeAPIError(f"{last} for GET {path} after {attempt} retries; the store keeps what was "
                              "committed, run the sync again later", http_status=status, request_id=request_id)
 
+    def _from_answer(self, text: str) -> str:
+        """Text taken from an answer, fit for a message: see :func:`_redacted`."""
+        return _redacted(text, self._key)
+
     async def account_id(self, configured: str | None) -> str:
         """The account being synced: the configured one (Stripe-Account) or the key's own."""
         if configured:
@@ -278,8 +283,9 @@ class StripeRaw:
         account = acct.get("id")
         if not isinstance(account, str) or not account:
             raise BadResponseError(f"Stripe sent an account without an id for GET /v1/account (id: "
-                                   f"{orjson.dumps(account).decode()[:40]}): nothing was stored; check that "
-                                   "STRIPE_API_BASE (setting api_base) is Stripe's API, and run the sync again")
+                                   f"{self._from_answer(orjson.dumps(account).decode())[:40]}): nothing was "
+                                   "stored; check that STRIPE_API_BASE (setting api_base) is Stripe's API, and run "
+                                   "the sync again")
         return account
 
 
@@ -310,9 +316,18 @@ def _http_date(value: str) -> int | None:
         return None
 
 
-def _error_message(body: Any) -> str:
+def _redacted(text: str, key: Secret) -> str:
+    """``text`` from an answer as a message may show it: on one line, with the API key and anything shaped like a
+    Stripe key or signing secret masked (a proxy or a test server may echo the key it was sent; the message goes to
+    the console, the log and ``sync_runs.error``)."""
+    return redact_secrets(" ".join(text.split()), [key.reveal()])
+
+
+def _error_message(body: Any, key: Secret) -> str:
     try:
         err = orjson.loads(body).get("error", {})
-        return str(err.get("message") or err)[:200]
+        text = str(err.get("message") or err)
     except Exception:
         return "unreadable error body"
+    # (masked before it is cut: a key cut in two would no longer be recognised)
+    return _redacted(text, key)[:200]
