@@ -88,6 +88,13 @@ EVENTS_COMPLETE = "events:complete"  # ``created``: server time up to which ever
 # complete beyond Stripe's 30-day retention: those in between are lost, and the metrics take history from
 # invoices up to the first event after it, as for an account synced for the first time)
 EVENTS_UNBROKEN = "events:unbroken"
+# What a full listing asks Stripe for (the lists, their expand[] and the objects fetched beside them), as a number
+# raised whenever that grows: the ``listing`` cursor's ``value`` says which one listed the stored objects (written
+# when a full listing completes; ``full:listing``, which one an unfinished listing began). A store listed by an older
+# one lacks what only a listing fetches (an invoice's expanded discounts, a coupon's applies_to, a price's
+# currency_options), which no event of an incremental sync brings back: its next sync lists everything once more.
+LISTING = "listing"
+LISTING_VERSION = "2"
 # sync_runs.error of a run interrupted by Ctrl-C: every page is committed with its cursor (full listing: the slice
 # cursors; incremental: the events cursor), so the next run goes on from there
 INTERRUPTED = "interrupted (Ctrl-C); the next sync resumes from the stored cursors"
@@ -698,7 +705,11 @@ class _Sync:
         self.listing = True
         cursors = await self._db(self._cursors)
         had_rows = await self._db(self._has_rows)
-        if "full" in cursors and mode == "full" and not await self._db(self._resume_stages):
+        if "full" in cursors and mode == "full" and cursors.get(f"full:{LISTING}", (None,))[0] != LISTING_VERSION:
+            # (its slices' pages hold less than this version's listing asks for)
+            log.warning("the unfinished full sync was begun by an older stripe-churn, which listed less: starting over")
+            cursors.pop("full")
+        elif "full" in cursors and mode == "full" and not await self._db(self._resume_stages):
             log.warning("the unfinished full sync's staged rows no longer fit the store's tables: starting over")
             cursors.pop("full")
         if "full" in cursors and mode == "full":
@@ -836,6 +847,7 @@ class _Sync:
         with transaction(self.con):
             create_stages(self.con, fresh=True)
             self._set_cursor("full", start_evt, version, False)
+            self._set_cursor(f"full:{LISTING}", LISTING_VERSION, None, False)
             if server_time is not None:
                 cursors = self._cursors()
                 # (as _gap reads it: the last complete listing, else the newest event applied)
@@ -855,6 +867,7 @@ class _Sync:
             self._clear_full()
             drop_stages(self.con)
             self._set_cursor("events", start_evt, version, False)
+            self._set_cursor(LISTING, LISTING_VERSION, None, True)
 
     async def _flush(self) -> None:
         """Wait until every queued batch is committed (restarting the writer afterwards)."""
@@ -1218,6 +1231,9 @@ class _Sync:
                         await self._full("full")
                     else:
                         reason, by_time = await self._gap(cursors)
+                        if not reason and cursors.get(LISTING, (None,))[0] != LISTING_VERSION:
+                            reason = ("the stored objects were listed by an older stripe-churn, which asked Stripe for "
+                                      "less (invoices' discounts, coupons' applies_to, prices' currency_options)")
                         if reason:
                             result.mode, result.fallback_reason = "fallback", reason
                             log.warning("incremental sync not possible: %s; re-listing everything instead", reason)

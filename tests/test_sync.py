@@ -323,6 +323,51 @@ def test_stop_then_rerun_resumes_to_the_same_store(tmp_path: Path) -> None:
             assert_store_equals_sandbox(con, sim)
 
 
+def _as_an_older_listing_left_it(con: duckdb.DuckDBPyConnection) -> None:
+    """What an older stripe-churn's listing left: no record of the listing's version, and coupons without what it
+    did not ask for (``applies_to``, expanded since)."""
+    con.execute("DELETE FROM sync_cursors WHERE stream IN ('listing', 'full:listing')")
+    con.execute("UPDATE coupons SET raw = json_merge_patch(raw, '{\"applies_to\": null}')")
+
+
+def test_a_store_an_older_version_listed_is_listed_once_more(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """An older stripe-churn listed less (coupons' applies_to, invoices' expanded discounts, prices'
+    currency_options), and no event of an incremental sync brings that back: the first sync after an upgrade lists
+    everything once more and says why; an unfinished full listing it began starts over instead of resuming. (The
+    store kept the old listing's rows, and MRR wrong, until someone ran `sync --full`.)"""
+    caplog.set_level("WARNING", logger="stripe_churn.sync")
+    sim = Simulation(customers=150, months=12, seed=6)
+    with start_in_thread(sim, api_key=KEY, latency_ms=5) as sb:
+        settings = settings_for(sb.url, tmp_path / "a.duckdb", rate_limit=50.0)
+        stop = threading.Event()
+
+        def stop_midway() -> None:
+            deadline = time.monotonic() + 20
+            while sb.stats()["requests"] < 40 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            stop.set()
+
+        watcher = threading.Thread(target=stop_midway)
+        watcher.start()
+        assert run_sync(settings, progress=False, stop=stop).status == "stopped"
+        watcher.join()
+        with open_store(settings.db) as con:
+            _as_an_older_listing_left_it(con)
+        assert (run_sync(settings, progress=False).mode, caplog.text.count("begun by an older stripe-churn")) == (
+            "full", 1)
+        with open_store(settings.db) as con:
+            assert_store_equals_sandbox(con, sim)
+            _as_an_older_listing_left_it(con)
+        sb.advance(1)
+        upgraded = run_sync(settings, progress=False)
+        assert (upgraded.mode, upgraded.status) == ("fallback", "succeeded")
+        assert "listed by an older stripe-churn" in (upgraded.fallback_reason or "")
+        with open_store(settings.db) as con:
+            assert_store_equals_sandbox(con, sim)
+        assert run_sync(settings, progress=False).mode == "incremental"
+
+
 KILL_SCRIPT = textwrap.dedent("""
     import sys
     from pathlib import Path
