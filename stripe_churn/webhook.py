@@ -2,33 +2,103 @@
 
 Signatures are checked with the Stripe SDK (tolerance 300 s, both ways: a replayed old delivery and a
 timestamp from the future are refused); anything unsigned, wrongly signed, stale, oversized or without a
-declared length is refused and triggers nothing, and a client that stops sending is cut off after
-``READ_TIMEOUT_S``. Several events close together become one sync (the caller debounces).
+declared length is refused and triggers nothing. A client that stops sending is cut off after
+``READ_TIMEOUT_S``, one that trickles its request gets 408 once ``REQUEST_DEADLINE_S`` has passed, and past
+``MAX_HANDLERS`` requests being handled a new connection gets 503 at once: all before any signature is checked.
+Several events close together become one sync (the caller debounces). An event's type reaches the log and the
+daemon's state (as the sync's reason), and a request line the DEBUG log, only escaped and cut short.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
 
 import stripe
 
 from stripe_churn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 TOLERANCE_S = 300
 READ_TIMEOUT_S = 10.0
+# the whole request (request line, headers, body) within this, however steadily it trickles: Stripe sends a few
+# KiB at once, and a client sending a byte every few seconds would otherwise hold a thread for as long as it likes
+REQUEST_DEADLINE_S = 10.0
+# requests handled at once (a thread and up to MAX_BODY of memory each); a connection past them gets 503
+MAX_HANDLERS = 32
+RETRY_AFTER_S = 5
+LOGGED_TYPE_MAX = 100  # an event type longer than this is cut (Stripe's are under 50 characters)
+LOGGED_LINE_MAX = 300  # the same for a request line in the DEBUG log
 TRIGGER_PREFIXES = ("invoice.", "customer.subscription.")
 
 
 class _Server(ThreadingHTTPServer):
+    # (instance attributes may override these: tests use small ones)
+    max_handlers = MAX_HANDLERS
+    request_deadline_s = REQUEST_DEADLINE_S
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._handlers = 0  # connections accepted and not yet done with (each on its own thread)
+        self._handlers_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Runs on the accepting thread: past ``max_handlers`` connections being handled, this one gets 503 and
+        is closed here, without a thread and before anything of it is read."""
+        with self._handlers_lock:
+            full = self._handlers >= self.max_handlers
+            if not full:
+                self._handlers += 1
+        if full:
+            log.warning("webhook: refused a connection with 503, %d requests are being handled already",
+                        self.max_handlers)
+            self._refuse_busy(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # (no thread started: nothing else gives the slot back)
+            self._release_handler()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release_handler()
+
+    def _release_handler(self) -> None:
+        with self._handlers_lock:
+            self._handlers -= 1
+
+    def _refuse_busy(self, request: socket.socket) -> None:
+        body = json.dumps({"message": "too many requests at once"}).encode()
+        head = ("HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: {RETRY_AFTER_S}\r\nConnection: close\r\n\r\n")
+        try:
+            # Non-blocking: the accepting thread must not wait on this client. A fresh socket's send buffer
+            # takes the few bytes at once; what the client sent already is read away, so that closing with
+            # unread data does not reset the connection before the client reads the answer.
+            request.setblocking(False)
+            request.sendall(head.encode() + body)
+            request.recv(65536)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
     def handle_error(self, request: object, client_address: tuple[str, int] | object) -> None:
         """A client that went away mid-request (a reset, a broken pipe: one refused early often closes before
         reading the answer) is no error of ours: one DEBUG line, not the traceback socketserver prints on stderr.
@@ -79,10 +149,38 @@ class WebhookServer:
         class Handler(BaseHTTPRequestHandler):
             timeout = READ_TIMEOUT_S  # socket timeout for every read: an idle client does not hold a thread
 
+            def setup(self) -> None:
+                super().setup()
+                # (send_response and the access log read these, set once the request line is parsed: a 408 may
+                # come before it, as the 414 of handle_one_request does)
+                self.requestline = self.request_version = self.command = ""
+                self._replied = False
+                # socketserver's reader is replaced by one that keeps the request's deadline (one request a
+                # connection: every answer closes it)
+                self.rfile.close()
+                self._reader = _DeadlineReader(self.connection, read_timeout=self.timeout or READ_TIMEOUT_S,
+                                               deadline=time.monotonic() + server.httpd.request_deadline_s)
+                self.rfile = io.BufferedReader(self._reader)
+
+            def handle_one_request(self) -> None:
+                super().handle_one_request()  # (a read timeout ends it: the connection is to be closed)
+                if self._reader.expired and not self._replied:
+                    log.warning("webhook: refused a request not received within %s s (408)",
+                                server.httpd.request_deadline_s)
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):  # (gone meanwhile)
+                        self._reply(408, "request not received in time")
+                # (a client that merely stopped sending for READ_TIMEOUT_S is taken for gone: closed silently)
+
             def log_message(self, format: str, *args: object) -> None:
-                log.debug("webhook %s", format % args)
+                # The standard library escapes control characters of what it logs (request lines are the
+                # client's): so does this, which replaces its logging.
+                log.debug("webhook %s", _printable(format % args, LOGGED_LINE_MAX))
 
             def _reply(self, code: int, message: str, with_body: bool = True) -> None:
+                self._replied = True
+                # (the last read may have left the socket a timeout of a few milliseconds, the deadline's rest)
+                self.connection.settimeout(self.timeout)
                 body = json.dumps({"message": message}).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -118,11 +216,11 @@ class WebhookServer:
                     return
                 try:
                     payload = self.rfile.read(length)
-                except OSError:  # the client stopped sending (timeout) or went away
+                except OSError:  # the client stopped sending (timeout, 408 past the deadline) or went away
                     self.close_connection = True
                     return
                 try:
-                    _check_not_future(self.headers.get("Stripe-Signature") or "")
+                    _check_signature_header(self.headers.get("Stripe-Signature") or "")
                     stripe.WebhookSignature.verify_header(payload.decode("utf-8"),
                                                           self.headers.get("Stripe-Signature"),
                                                           server._secret, tolerance=TOLERANCE_S)
@@ -135,13 +233,15 @@ class WebhookServer:
                     etype = event["type"]
                     if not isinstance(etype, str):
                         raise TypeError
-                except (ValueError, KeyError, TypeError):
+                except (ValueError, KeyError, TypeError, RecursionError):  # (RecursionError: nested too deep)
                     # (signed with the endpoint's secret, so from Stripe or from someone who holds the secret)
                     log.warning("webhook: refused a signed request whose body is not a Stripe event (no JSON object "
                                 "with a type)")
                     self._reply(400, "not a Stripe event")
                     return
                 if etype.startswith(TRIGGER_PREFIXES):
+                    # (it is logged and becomes the sync's reason, kept in the daemon's state file: escaped and cut)
+                    etype = _printable(etype, LOGGED_TYPE_MAX)
                     log.info("webhook: %s, sync scheduled", etype)
                     server._on_event(etype)
                     self._reply(200, "sync scheduled")
@@ -151,8 +251,49 @@ class WebhookServer:
         return Handler
 
 
-def _check_not_future(header: str) -> None:
-    """The SDK refuses signatures older than the tolerance; a timestamp too far ahead is refused here."""
+class _DeadlineReader(io.RawIOBase):
+    """A connection's reads, each with the per-read timeout cut to what is left of the request's deadline: a
+    client sending a byte every few seconds never trips a per-read timeout alone. A read the deadline ends
+    raises TimeoutError, as a per-read timeout does, and sets ``expired``."""
+
+    def __init__(self, sock: socket.socket, read_timeout: float, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._read_timeout = read_timeout
+        self._deadline = deadline
+        self.expired = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            self.expired = True
+            raise TimeoutError("the request's deadline has passed")
+        self._sock.settimeout(min(self._read_timeout, left))
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            self.expired = left <= self._read_timeout
+            raise
+
+
+def _printable(text: str, limit: int) -> str:
+    """``text`` fit for one log line: unprintable characters (controls, line separators) escaped as Python
+    writes them (``\\n``, ``\\x00``, ``\\u2028``), a backslash doubled so that no escape can be forged, and
+    at most ``limit`` characters, the last an ellipsis when cut."""
+    head = text[:limit + 1]  # (escaping only lengthens: what is past this is cut anyway)
+    out = "".join(c if c.isprintable() and c != "\\" else c.encode("unicode_escape").decode("ascii") for c in head)
+    return out if len(out) <= limit else out[:limit - 1] + "\u2026"
+
+
+def _check_signature_header(header: str) -> None:
+    """Refuses what the SDK would not refuse cleanly: a non-ASCII header (header bytes arrive as latin-1 text,
+    and the SDK's constant-time comparison raises TypeError on non-ASCII text), and a timestamp too far ahead
+    (the SDK refuses signatures older than the tolerance only)."""
+    if not header.isascii():
+        raise ValueError("non-ASCII Stripe-Signature")
     for part in header.split(","):
         key, _, value = part.strip().partition("=")
         if key == "t":

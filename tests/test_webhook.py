@@ -7,6 +7,7 @@ import hmac
 import http.client
 import json
 import logging
+import select
 import socket
 import struct
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from stripe_churn import webhook
 from stripe_churn.errors import ConfigError
 from stripe_churn.webhook import MAX_BODY, WebhookServer
 
@@ -99,7 +101,9 @@ def test_oversized_body_and_wrong_method(server: tuple[WebhookServer, list[str]]
     assert seen == []
 
 
-@pytest.mark.parametrize("body", [b"[1, 2, 3]", b"not json", b'{"id": "evt_1"}', b'{"type": null}'])
+@pytest.mark.parametrize("body", [b"[1, 2, 3]", b"not json", b'{"id": "evt_1"}', b'{"type": null}',
+                                  b"[" * 100_000, b'{"type": ' * 100_000],
+                         ids=["list", "not-json", "no-type", "null-type", "deep-list", "deep-object"])
 def test_a_signed_body_that_is_no_event_is_said_so(server: tuple[WebhookServer, list[str]], body: bytes,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """Validly signed, but not a Stripe event: refused, and the log says that, not that the signature was bad."""
@@ -108,6 +112,8 @@ def test_a_signed_body_that_is_no_event_is_said_so(server: tuple[WebhookServer, 
         assert post(srv, body, {"Stripe-Signature": sign(body)}) == 400
     assert seen == []
     assert "not a Stripe event" in caplog.text and "valid signature" not in caplog.text
+    # (a body nested past the parser's recursion limit was a RecursionError: no answer and a traceback)
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
 
 
 def test_a_client_that_went_away_is_one_debug_line_not_a_traceback(
@@ -139,6 +145,114 @@ def test_a_client_that_went_away_is_one_debug_line_not_a_traceback(
             sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n".encode())
     time.sleep(0.2)
     assert capfd.readouterr().err == ""
+
+
+def test_a_non_ascii_signature_is_one_bad_signature(server: tuple[WebhookServer, list[str]],
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Header bytes arrive as latin-1 text; the SDK's constant-time comparison raises TypeError on non-ASCII
+    text, which dropped the connection with an ERROR traceback per request."""
+    srv, seen = server
+    body = event("invoice.paid")
+    with caplog.at_level(logging.WARNING, logger="stripe_churn.webhook"):
+        assert post(srv, body, {"Stripe-Signature": f"t={int(time.time())},v1=\xe9\xe9"}) == 400
+    assert seen == []
+    assert [(r.levelno, r.exc_info) for r in caplog.records] == [(logging.WARNING, None)]
+    assert "valid signature" in caplog.text
+
+
+def test_an_event_type_is_made_fit_for_the_log_before_it_is_logged_or_passed_on(
+        server: tuple[WebhookServer, list[str]], caplog: pytest.LogCaptureFixture) -> None:
+    """A signed event's type is logged and becomes the sync's reason (stored in the daemon's state file):
+    control characters come escaped and a huge type is cut, so neither can forge log lines or bloat the state."""
+    srv, seen = server
+    caplog.set_level(logging.INFO, logger="stripe_churn.webhook")
+    forged = "invoice.paid\r\n2024-01-01 ERROR forged\x00\x1b[2J\u2028\\n"
+    for etype in (forged, "invoice.paid" + "x" * 500_000, "customer.subscription.updated"):
+        body = event(etype)
+        assert post(srv, body, {"Stripe-Signature": sign(body)}) == 200
+    assert seen[0] == "invoice.paid\\r\\n2024-01-01 ERROR forged\\x00\\x1b[2J\\u2028\\\\n"
+    assert seen[1] == "invoice.paid" + "x" * 87 + "\u2026" and len(seen[1]) == webhook.LOGGED_TYPE_MAX
+    assert seen[2] == "customer.subscription.updated"  # (a real type is left alone)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3 and all(len(m) < 200 and m.isprintable() for m in messages)
+
+
+def test_request_lines_are_logged_escaped(server: tuple[WebhookServer, list[str]],
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The standard library escapes control characters of request lines in what it logs; so does the DEBUG
+    line that replaces its logging."""
+    srv, _ = server
+    caplog.set_level(logging.DEBUG, logger="stripe_churn.webhook")
+    host, port = srv.httpd.server_address[:2]
+    for line, code in ((b"GET /\x1b[2J\x00\r HTTP/1.0", b"405"), (b"\x1b[2J\x07 / HTTP/1.0", b"501")):
+        with socket.create_connection((str(host), port), timeout=5) as sock:
+            sock.sendall(line + b"\r\n\r\n")
+            assert sock.recv(100).split(b" ")[1] == code
+    time.sleep(0.1)  # (the access line is logged after the answer is sent)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("\\x1b[2J\\x00" in m for m in messages) and any("\\x07" in m for m in messages)
+    assert all(m.isprintable() for m in messages), messages
+
+
+def _trickle(srv: WebhookServer, head: bytes, pace: float = 0.1, give_up: float = 3.0) -> tuple[bytes, float]:
+    """Send ``head``, then one byte every ``pace`` seconds until the server answers or closes; its first bytes
+    and the time it took."""
+    host, port = srv.httpd.server_address[:2]
+    with socket.create_connection((str(host), port), timeout=5) as sock:
+        t0 = time.monotonic()
+        sock.sendall(head)
+        while time.monotonic() - t0 < give_up:
+            readable, _, _ = select.select([sock], [], [], pace)
+            if readable:
+                return sock.recv(200), time.monotonic() - t0
+            sock.sendall(b"x")
+        return b"", time.monotonic() - t0
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+def test_a_slow_client_is_cut_off_at_the_request_deadline(server: tuple[WebhookServer, list[str]], phase: str,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Each read has its own timeout, but a client trickling a byte every so often never trips it: the whole
+    request (headers and body) has a deadline, after which it gets 408 and the connection is closed."""
+    srv, seen = server
+    srv.httpd.request_deadline_s = 0.4
+    head = b"POST / HTTP/1.1\r\nHost: x\r\nX-Slow: " if phase == "headers" else (
+        b"POST / HTTP/1.1\r\nHost: x\r\nStripe-Signature: t=1,v1=00\r\nContent-Length: 1000\r\n\r\n")
+    with caplog.at_level(logging.WARNING, logger="stripe_churn.webhook"):
+        reply, took = _trickle(srv, head)
+    assert reply.startswith(b"HTTP/1.0 408 "), reply
+    assert 0.4 <= took < 2
+    assert "408" in caplog.text and seen == []
+
+
+def test_connections_beyond_the_cap_get_503_at_once(server: tuple[WebhookServer, list[str]],
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Each connection being handled holds a thread (and up to 1 MiB of body): past the cap, a connection is
+    answered 503 with Retry-After and closed before anything of it is read; a slot freed serves again."""
+    srv, seen = server
+    srv.httpd.max_handlers = 2
+    host, port = srv.httpd.server_address[:2]
+    held = [socket.create_connection((str(host), port), timeout=5) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\n")  # (headers not finished: the handler waits)
+        with caplog.at_level(logging.WARNING, logger="stripe_churn.webhook"), \
+                socket.create_connection((str(host), port), timeout=2) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+            reply = b""
+            while chunk := sock.recv(1000):  # (till the server closes: a 2 s timeout if it does not)
+                reply += chunk
+        status, _, rest = reply.partition(b"\r\n")
+        assert status == b"HTTP/1.0 503 Service Unavailable" and b"\r\nRetry-After: " in b"\r\n" + rest
+        assert "503" in caplog.text
+    finally:
+        for sock in held:
+            sock.close()
+    body = event("invoice.paid")
+    deadline = time.monotonic() + 3
+    while (status_code := post(srv, body, {"Stripe-Signature": sign(body)})) == 503 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status_code == 200 and seen == ["invoice.paid"]
 
 
 def test_needs_a_secret() -> None:
