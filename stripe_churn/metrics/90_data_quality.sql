@@ -274,7 +274,8 @@ UNION ALL
 -- malformed: no interval, another word, an interval_count under 1): its items count zero MRR
 SELECT account_id, 'unknown_interval', 'price', price_id, NULL, NULL::TIMESTAMPTZ,
        format('price bills every {} {}, not an interval the MRR rules know (day, week, month or year, every 1 or '
-              || 'more); its items count zero MRR', interval_count_given, coalesce(billing_interval, '(no interval)'))
+              || 'more); its items count zero MRR', coalesce(CAST(interval_count_given AS VARCHAR), '(not a whole number)'),
+              coalesce(billing_interval, '(no interval)'))
 FROM derived_price_terms
 WHERE price_type = 'recurring'
   AND (billing_interval IS NULL OR billing_interval NOT IN ('day', 'week', 'month', 'year') OR interval_count IS NULL)

@@ -79,13 +79,18 @@ def test_a_price_at_an_interval_the_rules_do_not_know_counts_zero_and_is_reporte
     base(world).price("price_ok", "prod_seat", 1_000)
     world.price("price_f", "prod_seat", 2_000)["recurring"]["interval"] = "fortnight"
     world.price("price_z", "prod_api", 3_000)["recurring"]["interval_count"] = 0
-    world.subscribe("sub_1", "cus_1", [("si_ok", "price_ok", 1), ("si_f", "price_f", 1), ("si_z", "price_z", 1)], T0)
+    world.price("price_w", "prod_api", 4_000)
+    world.subscribe("sub_1", "cus_1", [("si_ok", "price_ok", 1), ("si_f", "price_f", 1), ("si_z", "price_z", 1),
+                                       ("si_w", "price_w", 1)], T0)
+    world.objects["prices"]["price_w"]["recurring"]["interval_count"] = "twelve"  # (it counted as 1)
     con = derive(world, seen_at=month(1))
     assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("10.0000")
     assert con.execute("SELECT object_id, detail FROM data_quality WHERE kind = 'unknown_interval' "
                        "ORDER BY object_id").fetchall() == [
         ("price_f", "price bills every 1 fortnight, not an interval the MRR rules know (day, week, month or year, "
                     "every 1 or more); its items count zero MRR"),
+        ("price_w", "price bills every (not a whole number) month, not an interval the MRR rules know (day, week, "
+                    "month or year, every 1 or more); its items count zero MRR"),
         ("price_z", "price bills every 0 month, not an interval the MRR rules know (day, week, month or year, "
                     "every 1 or more); its items count zero MRR")]
 
