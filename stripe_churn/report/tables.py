@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 BRIDGE_COLUMNS = ("period_start", "opening_mrr", "new", "reactivation", "expansion", "contraction", "churn", "fx",
                   "closing_mrr", "gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "customer_churn_rate",
@@ -55,6 +56,14 @@ def _cell(value: Any, column: str = "") -> str:
     return str(value)
 
 
+def _terminal_text(text: str) -> str:
+    """``text`` for a terminal table: control characters (an escape sequence's ESC, CR, NUL, ...) shown escaped,
+    as Python writes them, so that stored text cannot move the cursor, retitle the window or hide rows."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, title: str | None = None) -> str:
     """Format rows as ``table`` (rich), ``csv`` or ``json`` (a list of objects). In CSV, a text cell that starts
     like a formula (``=``, ``+``, ``-``, ``@``, TAB, CR) gets a leading ``'`` (see ``csv_text``); JSON is the data
@@ -76,11 +85,13 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, titl
             buf.truncate()
         return "\n".join(lines)
     table = Table(title=title, show_lines=False)
+    # (cells and headers as plain Text: customers' text, such as a metadata value or a name, is neither rich markup,
+    # where "[/b]" stopped the report with a MarkupError, nor terminal control sequences)
     for c in columns:
-        table.add_column(HEADERS.get(c, c), justify="left" if c in ("period_start", "net_negative_churn",
-                                                                      "segment_value") else "right")
+        table.add_column(Text(_terminal_text(HEADERS.get(c, c))),
+                         justify="left" if c in ("period_start", "net_negative_churn", "segment_value") else "right")
     for r in rows:
-        table.add_row(*[_cell(v, c) for c, v in zip(columns, r, strict=True)])
+        table.add_row(*[Text(_terminal_text(_cell(v, c))) for c, v in zip(columns, r, strict=True)])
     console = Console(file=io.StringIO(), width=max(100, 12 * len(columns)), force_terminal=False,
                       color_system=None)
     console.print(table)

@@ -415,3 +415,14 @@ def test_render_csv_quotes_text_cells_only() -> None:
     assert out.count("\n") == 6 and not out.endswith("\n")
     assert json.loads(render(["text"], [["=1+1"]], "json")) == [{"text": "=1+1"}]
     assert next(csv.reader(io.StringIO(render(["=x"], [], "csv")))) == ["'=x"]
+
+
+def test_render_table_shows_stored_text_as_it_is_not_as_markup_or_terminal_codes() -> None:
+    """The table (the default format, on a terminal) shows a metadata value or a name as text: rich markup in it
+    stopped `report --segment metadata.x` with a MarkupError ("[/b]"), and an escape sequence in it could retitle the
+    window or colour the terminal. Control characters are shown escaped."""
+    hostile = "[/b] [red]x[/red] \x1b]0;owned\x07 \x1b[31mred\r\nnext"
+    out = render(["segment_value", "[bold]n[/bold]"], [[hostile, 1]], "table")
+    assert "[/b] [red]x[/red]" in out and "[bold]n[/bold]" in out
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+    assert "\\x1b]0;owned\\x07 \\x1b[31mred\\r\\nnext" in out
