@@ -257,6 +257,8 @@ class StripeRaw:
                 last = "Stripe sent JSON that is not an object"
             except ValueError:  # orjson's and msgspec's decode errors
                 last = "Stripe sent a body that is not JSON"
+            except RecursionError:  # (msgspec's formatting of JSON nested thousands of levels deep)
+                last = "Stripe sent JSON nested too deeply to read"
         if last.startswith("Stripe sent"):
             raise BadResponseError(f"{last} for GET {path} after {attempt} retries (a proxy in the way?); "
                                    "nothing of that page was stored, run the sync again", http_status=status,

@@ -109,9 +109,11 @@ def test_bad_body_then_good_one() -> None:
 
 @pytest.mark.parametrize("body", [PAGE[: len(PAGE) // 2], b'{"object": "list", "data": 5}', b"[1, 2]",
                                   b'{"message": "down for maintenance"}', b'{"object": "customer", "data": []}',
-                                  b'{"object": "list", "has_more": false}'],
+                                  b'{"object": "list", "has_more": false}',
+                                  b'{"object": "list", "data": [{"id": "cus_1", "metadata": ' + b'{"a": ' * 5000 + b'1'
+                                  + b'}' * 5000 + b'}], "has_more": false}'],
                          ids=["truncated", "data-not-a-list", "not-an-object", "another-json-object",
-                              "not-a-list-object", "no-data"])
+                              "not-a-list-object", "no-data", "nested-too-deeply"])
 @responses.activate
 def test_bad_list_pages_are_retried_then_reported(body: bytes) -> None:
     responses.get(URL, body=body)
