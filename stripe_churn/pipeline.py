@@ -342,17 +342,20 @@ def collect_status(db: Path) -> dict[str, Any]:
     else:
         info["daemon"] = "never ran against this database"
     live = None if info["sync_running"] else _live_runs(db)
+    last_ok: dt.datetime | None = None
     if live is not None:
         info["runs"], last_ok = live
         info["lag"] = _lag(now, last_ok)
     if not snap.exists():
+        _note_a_later_success(info, state, last_ok)
         return info
     info["snapshot_age"] = str(dt.timedelta(seconds=int(now.timestamp() - snap.stat().st_mtime)))
     con = open_snapshot(db)
     try:
         if live is None:  # (a sync holds the store: the runs as of the last published one)
             info["runs"] = _table(con, _RUNS_SQL)
-            info["lag"] = _lag(now, (_table(con, _LAST_OK_SQL) or [{"t": None}])[0]["t"])
+            last_ok = (_table(con, _LAST_OK_SQL) or [{"t": None}])[0]["t"]
+            info["lag"] = _lag(now, last_ok)
         info["cursors"] = _table(con, "SELECT account_id, stream, done, to_timestamp(created) AS covers_until, "
                                       "updated_at FROM sync_cursors ORDER BY stream")
         info["recomputes"] = _table(con, "SELECT mode, customers, started_at, finished_at, reason "
@@ -362,4 +365,24 @@ def collect_status(db: Path) -> dict[str, Any]:
         info["exchange_rates"] = _table(con, _FX_STATUS_SQL)
     finally:
         con.close()
+    _note_a_later_success(info, state, last_ok)
     return info
+
+
+def _note_a_later_success(info: dict[str, Any], state: dict[str, Any] | None, last_ok: dt.datetime | None) -> None:
+    """The daemon's error stays until a run of the daemon succeeds: a sync that succeeded after it (a manual one)
+    is said beside it, since the error may be over (or may be the daemon's own, as a key in its environment)."""
+    err = (state or {}).get("last_error") or (state or {}).get("previous_error")
+    if not err or "daemon_error" not in info or last_ok is None:
+        return
+    try:
+        at = dt.datetime.fromisoformat(str(err.get("at")))
+    except ValueError:
+        return
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    if last_ok.tzinfo is None:
+        last_ok = last_ok.replace(tzinfo=dt.UTC)
+    if last_ok > at:
+        info["daemon_error"] += (f" (a sync succeeded after it, at {last_ok.isoformat(timespec='seconds')}; "
+                                 "the daemon's next run clears it)")

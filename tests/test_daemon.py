@@ -299,6 +299,30 @@ def test_a_run_that_succeeds_clears_the_previous_daemons_error(start: Callable[.
     assert "daemon_error" not in json.loads(result.output)
 
 
+@pytest.mark.parametrize("synced", ["after", "before"])
+def test_status_says_when_a_sync_succeeded_after_the_daemons_error(tmp_path: Path, synced: str) -> None:
+    """The daemon's fatal error stays in `status` until a run of the daemon succeeds; a manual sync that succeeded
+    after it is said beside it (it used to stand alone, as if nothing had worked since)."""
+    from stripe_churn.daemon import state_path
+    from stripe_churn.store.db import open_store
+
+    db = tmp_path / "d.duckdb"
+    failed_at = dt.datetime(2026, 11, 3, 6, 0, tzinfo=dt.UTC)
+    state_path(db).write_text(json.dumps({"pid": 1, "state": "stopped", "started_at": "2026-11-03T05:00:00+00:00",
+                                          "last_error": {"at": failed_at.isoformat(), "kind": "fatal",
+                                                         "message": "Stripe refused the API key (401)"}}))
+    ran = failed_at + (dt.timedelta(hours=2) if synced == "after" else -dt.timedelta(hours=2))
+    with open_store(db) as con:
+        con.execute("INSERT INTO sync_runs (run_id, account_id, started_at, finished_at, mode, status) "
+                    "VALUES ('r1', 'acct_1', ?, ?, 'incremental', 'succeeded')", [ran, ran])
+    publish_snapshot(db)
+    result = CliRunner().invoke(cli, ["status", "--format", "json"], env={"STRIPE_CHURN_DB": str(db)})
+    assert result.exit_code == 0, result.output
+    error = json.loads(result.output)["daemon_error"]
+    assert "refused the API key" in error
+    assert ("a sync succeeded after it, at 2026-11-03T08:00:00+00:00" in error) == (synced == "after")
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
