@@ -78,6 +78,19 @@ sub_events AS (
                               AND e.moment >= t.t_start AND e.moment <= t.t_end
     GROUP BY ALL
 ),
+-- a discount put on or taken off by its own event (customer.discount.created, .deleted: a promotion code, a
+-- customer's coupon) inside the window: the source of the window's discount rows (the latest such event)
+discount_events AS (
+    SELECT t.tid, arg_max(e.id, (e.created, e.id)) AS event_id
+    FROM (SELECT e.account_id, e.id, e.created, d.customer_id
+          FROM events e
+          JOIN discounts d ON d.account_id = e.account_id AND d.id = e.object_id
+          WHERE e.object_type = 'discount' AND e.type LIKE 'customer.discount.%' AND NOT coalesce(e.deleted, false)
+         ) e
+    JOIN derived_transitions t ON t.account_id = e.account_id AND t.customer_id = e.customer_id
+                              AND e.created >= t.t_start AND e.created <= t.t_end
+    GROUP BY ALL
+),
 sub_invoices AS (
     SELECT t.tid, i.subscription_id,
            arg_min(i.id, (i.created, i.id)) AS invoice_id
@@ -166,7 +179,8 @@ SELECT
              THEN 'involuntary' ELSE 'voluntary' END
     END AS churn_type,
     CASE WHEN s.movement = 'cancellation' THEN f.cancellation_feedback END AS cancellation_feedback,
-    coalesce(s.own_event_id, ws.event_id, se.event_id, wc.event_id) AS source_event_id,
+    coalesce(s.own_event_id, CASE WHEN s.movement = 'discount' THEN de.event_id END, ws.event_id, se.event_id,
+             wc.event_id) AS source_event_id,
     coalesce(s.own_invoice_id, ws.invoice_id, si.invoice_id, wc.invoice_id) AS source_invoice_id,
     -- internal columns (not in the mrr_movements view)
     -- (design.md 5: a cancellation row carries the subscription's cancellation comment too; design.md 7's
@@ -189,6 +203,7 @@ LEFT JOIN sub_events se
 LEFT JOIN sub_invoices si
     ON si.tid = s.tid
    AND si.subscription_id = s.subscription_id
+LEFT JOIN discount_events de ON de.tid = s.tid
 LEFT JOIN sub_facts f ON f.account_id = s.account_id AND f.subscription_id = s.subscription_id AND f.t_start = s.t_start
 LEFT JOIN unpaid u ON u.tid = s.tid AND u.subscription_id = s.subscription_id;
 

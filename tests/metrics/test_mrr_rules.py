@@ -342,6 +342,24 @@ def test_a_discount_on_one_invoice_is_no_mrr_discount(world: World, derive: Deri
     assert con.execute("SELECT kind FROM data_quality WHERE object_id = ?", [d["id"]]).fetchall() == []
 
 
+def test_a_discount_put_on_and_taken_off_by_its_own_events_names_them(world: World, derive: Derive) -> None:
+    """A promotion code's 10% forever discount on the customer, by `customer.discount.created` on day 5 and
+    `customer.discount.deleted` on day 15: its two `discount` rows (-2.50, +2.50) name those events (design.md 5:
+    every movement keeps the Stripe ids that caused it). They named none."""
+    simple(world)
+    world.coupon("co_fv", percent_off=10, duration="forever")
+    d = world.discount("co_fv", month(0, 5), customer="cus_1", did="di_promo")
+    d["promotion_code"] = "promo_1"
+    obj = {**d, "source": {"type": "coupon", "coupon": dict(world.objects["coupons"]["co_fv"])}}
+    created = world.event("customer.discount.created", month(0, 5), obj)
+    deleted = world.event("customer.discount.deleted", month(0, 15), obj)
+    d["deleted"] = True  # (as a sync leaves it: flagged deleted, its last copy kept)
+    con = derive(world, seen_at=month(1, 20))
+    rows = con.execute("SELECT epoch(occurred_at), mrr_delta, source_event_id FROM mrr_movements "
+                       "WHERE movement = 'discount' ORDER BY occurred_at").fetchall()
+    assert rows == [(month(0, 5), Decimal("-5.0000"), created["id"]), (month(0, 15), Decimal("5.0000"), deleted["id"])]
+
+
 def test_a_restricted_amount_off_is_shared_among_its_products_items_only(world: World, derive: Derive) -> None:
     """An amount off restricted to some products is split among the items of those products (in proportion to
     their MRR), and the other items keep their whole MRR."""
