@@ -234,7 +234,8 @@ WHERE p.usage_type = 'licensed'
 UNION ALL
 -- a snapshot newer than the last event differs from it: a change the events missed
 SELECT account_id, 'snapshot_event_mismatch', 'subscription', subscription_id, NULL, moment,
-       'the latest snapshot differs from the last event of this subscription; the change is dated at the snapshot'
+       'the latest snapshot differs from the last event of this subscription; the change is dated at the snapshot '
+       || '(an end or cancellation the snapshot shows, at its own ended_at or canceled_at)'
 FROM derived_sub_obs
 WHERE source = 'snapshot' AND ord = 1000000
 UNION ALL
