@@ -398,6 +398,8 @@ _CATALOGUE_TABLES = {"derived_products": "product_id", "derived_price_terms": "p
 # the table that lists every product, price or coupon the store had, per key of _CATALOGUE_TABLES
 _CATALOGUE_KEYS = {"product_id": "derived_products", "price_id": "derived_price_terms",
                    "coupon_id": "derived_coupon_terms"}
+# catalogue tables with rows of prices known only from the items embedding them (each shard: its customers' items)
+_ITEM_PRICE_TABLES = ("derived_price_terms", "derived_price_tiers", "derived_price_options")
 # catalogue tables a scope derives whole (only from listed objects): a stored row the scope lacks is gone
 _CATALOGUE_WHOLE = ("derived_coupon_terms",)
 _RULE_TABLES = ("derived_settings", "derived_family_map", "derived_unit_map", "derived_seat_labels")
@@ -699,7 +701,8 @@ def _gather_shards(con: duckdb.DuckDBPyConnection, names: list[str], tables: lis
     side by side (a touched customer's rows from its own shard only; rows of other customers, derived from
     the rows every shard holds, are never read), the per-subscription ones (``sub_tables``) from the shard
     of the subscription's customer, data-quality rows from the shard of the object they name, account-wide
-    tables from the first shard (the exchange-rate days from the shard whose last transition ends latest)."""
+    tables from the first shard (the exchange-rate days from the shard whose last transition ends latest), the
+    price tables from every shard (a price known only from an item is known to the shard of its customer)."""
     derived = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?",
                                          [names[0]]).fetchall() if t not in _SCOPE_INPUTS]
     latest = con.execute(" UNION ALL ".join(
@@ -713,6 +716,14 @@ def _gather_shards(con: duckdb.DuckDBPyConnection, names: list[str], tables: lis
                      f"AND h.customer_id = x.{key} AND h.shard <> {k}" for k, db in enumerate(names)]
         elif table == "derived_fx_missing":
             parts = [f"SELECT * FROM {db}.{table}" for db in names]
+        elif table in _ITEM_PRICE_TABLES:
+            # (every shard has the stored prices; a price known only from an item, from the shard of the item's
+            # customer: each price's rows from the first shard that has them)
+            parts = [f"SELECT * FROM {names[0]}.{table}"] + [
+                f"SELECT x.* FROM {db}.{table} x ANTI JOIN ("
+                + " UNION ALL ".join(f"SELECT account_id, price_id FROM {e}.{table}" for e in names[:k])
+                + ") e ON e.account_id = x.account_id AND e.price_id = x.price_id"
+                for k, db in enumerate(names) if k > 0]
         elif table in sub_tables:
             parts = [f"SELECT x.* FROM {db}.{table} x SEMI JOIN (SELECT d.account_id, d.subscription_id "
                      f"FROM {db}.derived_subs d JOIN {_SCOPE}.shard_of h ON h.account_id = d.account_id "
@@ -780,7 +791,8 @@ def recompute_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since:
 
     Needs a full :func:`~stripe_churn.metrics.runner.recompute` to have run once on this store. When the changed
     customers alone cannot fix an account-wide table, everything is recomputed (and every customer counted).
-    ``shards``: how many groups of customers are derived side by side (default: one per DuckDB thread but one,
+    Exchange rates and the metrics code are not compared here: :func:`recompute_after_sync` (the pipeline's way in)
+    compares their digests first and recomputes in full when they changed. ``shards``: how many groups of customers are derived side by side (default: one per DuckDB thread but one,
     when there are enough customers).
     """
     return _changed_or_full(con, settings, since, shards)[1]

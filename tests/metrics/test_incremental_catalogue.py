@@ -87,6 +87,36 @@ def test_a_sync_of_only_the_catalogue(world: World, tmp_path: Path, shards: int,
         assert any("Decimal('16.0000')" in r for r in full["view customer_mrr"])  # 2 x 10.00 less 20%
 
 
+@pytest.mark.parametrize("shards", [2])
+@pytest.mark.parametrize("tiered", [False, True], ids=["per-unit", "tiered"])
+def test_a_price_known_only_from_an_item_on_a_later_shard_is_kept(world: World, tmp_path: Path, shards: int,
+                                                                   tiered: bool) -> None:
+    """Two customers derived again in two shards; the one in the second shard (cus_y: hash % 2 = 1) has an item at
+    a price the store has only embedded in the item. Its terms (and tiers) are kept as a full recompute keeps
+    them: they were taken from the first shard alone, which never saw the item."""
+    import duckdb
+
+    assert duckdb.connect().execute("SELECT hash('cus_y') % 2, hash('cus_c') % 2").fetchall() == [(1, 0)]
+    w = catalogue_world(world)
+    w.customer("cus_c")
+    w.subscribe("sub_c", "cus_c", [("si_c1", "basic_usd", 1)], ts(2024, 5, 3))
+    before = copy.deepcopy(w)
+    if tiered:
+        w.price("secret_usd", "prod_core", None, tiers=[{"up_to": 5, "unit_amount": 1_000, "flat_amount": None},
+                                                      {"up_to": None, "unit_amount": 800, "flat_amount": None}],
+                tiers_mode="graduated")
+    else:
+        w.price("secret_usd", "prod_core", 3_000)
+    w.customer("cus_y")
+    w.subscribe("sub_y", "cus_y", [("si_y1", "secret_usd", 7)], ts(2024, 5, 25))
+    w.update("sub_c", ts(2024, 5, 26), items=[("si_c1", "basic_usd", 4)])
+    changed = later_sync(w, {"cus_c", "cus_y"}, {"sub_c", "sub_y"}, ts(2024, 5, 25))
+    del changed.objects["prices"]["secret_usd"]
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == 2
+    assert any("'secret_usd'" in r for r in full["derived_price_terms"])
+
+
 @ONE_SCOPE
 @pytest.mark.parametrize("case", ["metered-price-without-amount", "price-only-embedded", "item-only-on-a-line"])
 def test_data_quality_rows_about_prices_and_items_seen_only_on_lines(world: World, tmp_path: Path, shards: int,
