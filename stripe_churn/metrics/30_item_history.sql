@@ -282,24 +282,9 @@ keyed AS (
       ON k.account_id = st.account_id AND k.subscription_item_id IS NOT DISTINCT FROM st.subscription_item_id
     LEFT JOIN derived_price_terms p ON p.account_id = st.account_id AND p.price_id = st.price_id
 ),
--- A licensed item made before the invoices first bill it, both before the events begin (added without
--- prorations, so first billed at the next renewal): it is there from its `created`, as billed first (the same
--- step, earlier; the first step itself then changes nothing).
-made_before_billed AS (
-    SELECT f.ik, f.src, f.rid, k.created AS moment, f.prio, f.v
-    FROM (SELECT * FROM keyed WHERE src = 0 AND v.present
-          QUALIFY row_number() OVER (PARTITION BY ik ORDER BY moment, prio DESC, rid DESC) = 1) f
-    JOIN derived_item_keys k USING (ik)
-    JOIN derived_coverage c ON c.account_id = k.account_id
-    LEFT JOIN derived_price_terms p ON p.rowid = f.v.pk
-    WHERE k.created < f.moment AND f.moment < c.coverage_start AND p.usage_type IS DISTINCT FROM 'metered'
-),
-stepped AS (
-    SELECT * FROM keyed UNION ALL SELECT * FROM made_before_billed
-),
 one AS (
     -- (the last step by (prio, src, rid) per moment; a step without a moment has no place)
-    SELECT * FROM stepped WHERE moment IS NOT NULL
+    SELECT * FROM keyed WHERE moment IS NOT NULL
     QUALIFY row_number() OVER (PARTITION BY ik, moment ORDER BY prio DESC NULLS FIRST, src DESC NULLS FIRST,
                                                                 rid DESC NULLS FIRST) = 1
 ),

@@ -196,30 +196,6 @@ def test_a_subscription_ended_before_the_events_that_changed_unbilled_is_recorde
     assert f"the latest sync lists {listed}" in dq[0][4]
 
 
-@pytest.mark.parametrize("events", [False, True], ids=["no-events", "events-begin-later"])
-def test_a_licensed_item_added_without_prorations_counts_from_its_creation(world: World, derive: Derive,
-                                                                          events: bool) -> None:
-    """A storage add-on (+70.00) added on the 11th without prorations, before the stored events begin: no line bills
-    it until the next renewal, but the item says when it was made, and it counts from then (design.md 4: MRR while
-    the item is present). (It was dated at the renewal: February's expansion showed in March.)"""
-    world.customer("cus_1")
-    world.customer("cus_o")
-    world.product("prod_seat", unit_label="seat", family="core")
-    world.product("prod_store", unit_label="gb", family="storage")
-    world.price("basic", "prod_seat", 1_000)
-    world.price("store", "prod_store", 700)
-    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
-    world.cycle("sub_1", month(1))
-    world.update("sub_1", month(1, 10), items=[("si_1", "basic", 3), ("si_2", "store", 10)], prorate=False)
-    world.cycle("sub_1", month(2))
-    world.subscribe("sub_o", "cus_o", [("si_o", "basic", 1)], month(2, 15))  # the oldest stored event
-    con = derive(world, seen_at=month(3), events=month(2, 15) if events else False)
-    rows = con.execute("SELECT occurred_at, movement, mrr_delta FROM mrr_movements WHERE customer_id = 'cus_1' "
-                       "ORDER BY occurred_at").fetchall()
-    assert [(int(r[0].timestamp()), r[1], r[2]) for r in rows] == [(T0, "new", 30), (month(1, 10), "cross_sell", 70)]
-    assert customer_mrr_at(con, "cus_1", month(1, 10)) == 100
-
-
 @pytest.mark.parametrize("case", ["bills-the-monthly-items", "misses-a-monthly-item"])
 def test_a_renewal_of_some_intervals_expects_only_their_items(world: World, derive: Derive, case: str) -> None:
     """A subscription whose items renew on different intervals (billing_mode flexible) gets a monthly renewal
