@@ -215,15 +215,20 @@ SELECT n.account_id, 'invoice_snapshot_mismatch', 'subscription_item', n.subscri
               n.subscription_item_id, n.subscription_id, strftime(n.ended_at AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M UTC'), o.quantity,
               o.price_id)
 FROM (
+    -- (the newest step per item before the end, in one grouped pass; its columns by row id, as invoice_at_start)
     SELECT s.account_id, s.subscription_id, s.ended_at, i.subscription_item_id, i.present, i.price_id, i.quantity,
            i.source, i.source_invoice_id
-    FROM derived_subs s
-    JOIN derived_invoice_item_steps i
-      ON i.account_id = s.account_id AND i.subscription_id = s.subscription_id AND i.moment < s.ended_at
-    WHERE s.in_snapshot AND s.ended_at IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM derived_sub_events e
-                      WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
-    QUALIFY row_number() OVER (PARTITION BY i.account_id, i.subscription_item_id ORDER BY i.moment DESC, i.prio DESC) = 1
+    FROM (SELECT s.account_id, s.subscription_id, any_value(s.ended_at) AS ended_at,
+                 arg_max(i.rowid, CAST(epoch_us(i.moment) AS HUGEINT) * 10000000000000000 + CAST(i.prio AS HUGEINT))
+                     AS rid
+          FROM derived_subs s
+          JOIN derived_invoice_item_steps i
+            ON i.account_id = s.account_id AND i.subscription_id = s.subscription_id AND i.moment < s.ended_at
+          WHERE s.in_snapshot AND s.ended_at IS NOT NULL
+            AND NOT EXISTS (SELECT 1 FROM derived_sub_events e
+                            WHERE e.account_id = s.account_id AND e.subscription_id = s.subscription_id)
+          GROUP BY s.account_id, s.subscription_id, i.subscription_item_id) s
+    JOIN derived_invoice_item_steps i ON i.rowid = s.rid
 ) n
 JOIN derived_obs_items o
   ON o.account_id = n.account_id AND o.subscription_id = n.subscription_id
