@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,7 @@ class Daemon:
                 return
         succeeded = False
         retry: str | None = None
+        began = time.monotonic()
         try:
             log.info("sync starting (%s)", reason)
             # progress as log lines, at most one per 5 s, on a terminal too (no bars among the daemon's log lines)
@@ -248,7 +250,11 @@ class Daemon:
             if follow_up is not None and succeeded:
                 self._schedule_webhook_sync(follow_up, dt.datetime.now(dt.UTC), "follow-up-sync")
             elif retry is not None:
-                self._schedule_webhook_sync(retry, dt.datetime.now(dt.UTC), "webhook-retry-sync")
+                # (at once after a full wait for the lock; else, as when DuckDB itself refused the file, which
+                # another process held open, the rest of a wait later: never a loop of attempts)
+                rest = max(0.0, self.lock_wait_seconds - (time.monotonic() - began))
+                self._schedule_webhook_sync(retry, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=rest),
+                                            "webhook-retry-sync")
 
     def _schedule_webhook_sync(self, reason: str, when: dt.datetime, job_id: str) -> None:
         if self.stop_event.is_set():

@@ -487,6 +487,30 @@ def test_webhook_events_wait_for_another_process_run_longer_than_the_lock_wait(
     assert d.runs == 1  # no retry after the run
 
 
+def test_a_webhook_sync_refused_at_once_retries_at_the_lock_wait_not_in_a_loop(start: Callable[..., Daemon]) -> None:
+    """A store refused at once, not after the lock wait (DuckDB's own lock: another process holds the file open, a
+    duckdb shell on it), retries the webhook's sync a lock wait later, not at once in a loop of attempts and log
+    lines (126 attempts in 1.5 s)."""
+    from stripe_churn.errors import StoreLockedError
+
+    free = threading.Event()
+    attempts: list[float] = []
+    inner = locked_writer()
+
+    def run(settings: Settings, **kw: Any) -> RunSummary:
+        attempts.append(time.monotonic())
+        if not free.is_set():
+            raise StoreLockedError("the store is in use by another process", held="the store is in use")
+        return inner(settings, **kw)
+
+    d = start(interval_seconds=3600, sync_on_start=False, run=run, lock_wait_seconds=0.3, debounce_seconds=0.1)
+    d.webhook_event("invoice.paid")
+    time.sleep(1.5)
+    assert 2 <= len(attempts) <= 7, len(attempts)  # about one per 0.3 s
+    free.set()
+    assert wait_for(lambda: d.runs == 1)
+
+
 def test_no_run_follows_at_once_a_run_that_failed(start: Callable[..., Daemon]) -> None:
     """Events during a run that fails owe no run right after it: that would retry at once, past the backoff (the
     backoff and the next tick take the events too)."""
