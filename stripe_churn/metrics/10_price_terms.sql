@@ -117,7 +117,9 @@ flat AS (
         -- (1 when not given; NULL when it is no whole number, which counts as an interval the rules do not know)
         CASE WHEN is_plan THEN json_extract_string(raw, '$.interval_count')
              ELSE json_extract_string(raw, '$.recurring.interval_count') END AS interval_count_text,
-        CASE WHEN interval_count_text IS NULL THEN 1 ELSE TRY_CAST(interval_count_text AS INTEGER) END
+        -- (digits only: DuckDB casts '2.5' to 3 and '1e3' to 1000)
+        CASE WHEN interval_count_text IS NULL THEN 1
+             WHEN regexp_full_match(interval_count_text, '[0-9]{1,9}') THEN CAST(interval_count_text AS INTEGER) END
             AS interval_count_given,
         -- (an interval_count under 1 bills nothing the rules can normalise: as an interval they do not know, its
         -- items count zero MRR and 90 reports the price)

@@ -417,13 +417,14 @@ trial_pauses AS (
             OR s.ended_at >= s.trial_end + INTERVAL 1 DAY)
 ),
 -- unpaid now, or canceled for a failed payment (it may have gone unpaid first, then been deleted)
--- (of its invoices, only those made after its latest paid renewal or update: an invoice marked uncollectible, or
--- left open, before a later bill of the subscription was paid is a spell it came out of, not the one it ended in)
+-- (of its invoices, those made after its latest paid renewal count first: an invoice marked uncollectible, or left
+-- open, before a later renewal was paid is a spell it came out of, not the one it ended in. Only a renewal: an
+-- update's invoice of nothing to pay, a downgrade's, is paid at once while the renewal before it stays open. An
+-- unpaid subscription with no such invoice after it falls back on all of them)
 unpaid_invoices AS (
     SELECT i.account_id, i.subscription_id, i.created, u.status AS sub_status, u.ended_at,
            i.status AS invoice_status, i.marked_uncollectible_at,
-           max(i.created) FILTER (WHERE i.status = 'paid' AND i.billing_reason IN (
-                   'subscription_create', 'subscription_cycle', 'subscription_update', 'subscription'))
+           max(i.created) FILTER (WHERE i.status = 'paid' AND i.billing_reason = 'subscription_cycle')
                OVER (PARTITION BY i.account_id, i.subscription_id) AS last_paid
     FROM invoices i
     JOIN (SELECT account_id, subscription_id, status, ended_at FROM s
@@ -432,11 +433,13 @@ unpaid_invoices AS (
 ),
 unpaid_from AS (
     SELECT account_id, subscription_id,
-           CASE WHEN any_value(sub_status) = 'unpaid' THEN coalesce(max(marked_uncollectible_at), min(created))
-                ELSE max(marked_uncollectible_at) END AS unpaid_at,
+           CASE WHEN any_value(sub_status) = 'unpaid'
+                THEN coalesce(max(marked_uncollectible_at) FILTER (WHERE after), min(created) FILTER (WHERE after),
+                              max(marked_uncollectible_at), min(created))
+                ELSE max(marked_uncollectible_at) FILTER (WHERE after) END AS unpaid_at,
            any_value(ended_at) AS ended_at
-    FROM unpaid_invoices
-    WHERE invoice_status IN ('open', 'uncollectible') AND (last_paid IS NULL OR created > last_paid)
+    FROM (SELECT *, last_paid IS NULL OR created > last_paid AS after FROM unpaid_invoices)
+    WHERE invoice_status IN ('open', 'uncollectible')
     GROUP BY account_id, subscription_id
     HAVING unpaid_at IS NOT NULL AND (any_value(ended_at) IS NULL OR unpaid_at < any_value(ended_at))
 ),

@@ -80,15 +80,19 @@ def test_a_price_at_an_interval_the_rules_do_not_know_counts_zero_and_is_reporte
     world.price("price_f", "prod_seat", 2_000)["recurring"]["interval"] = "fortnight"
     world.price("price_z", "prod_api", 3_000)["recurring"]["interval_count"] = 0
     world.price("price_w", "prod_api", 4_000)
+    world.price("price_h", "prod_api", 3_000)
     world.subscribe("sub_1", "cus_1", [("si_ok", "price_ok", 1), ("si_f", "price_f", 1), ("si_z", "price_z", 1),
-                                       ("si_w", "price_w", 1)], T0)
+                                       ("si_w", "price_w", 1), ("si_h", "price_h", 1)], T0)
     world.objects["prices"]["price_w"]["recurring"]["interval_count"] = "twelve"  # (it counted as 1)
+    world.objects["prices"]["price_h"]["recurring"]["interval_count"] = 2.5  # (it counted as 3)
     con = derive(world, seen_at=month(1))
     assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("10.0000")
     assert con.execute("SELECT object_id, detail FROM data_quality WHERE kind = 'unknown_interval' "
                        "ORDER BY object_id").fetchall() == [
         ("price_f", "price bills every 1 fortnight, not an interval the MRR rules know (day, week, month or year, "
                     "every 1 or more); its items count zero MRR"),
+        ("price_h", "price bills every (not a whole number) month, not an interval the MRR rules know (day, week, "
+                    "month or year, every 1 or more); its items count zero MRR"),
         ("price_w", "price bills every (not a whole number) month, not an interval the MRR rules know (day, week, "
                     "month or year, every 1 or more); its items count zero MRR"),
         ("price_z", "price bills every 0 month, not an interval the MRR rules know (day, week, month or year, "
@@ -1154,6 +1158,24 @@ def test_an_earlier_uncollectible_invoice_does_not_date_a_later_unpaid_churn(wor
     churn = con.execute("SELECT occurred_at, churn_type FROM mrr_movements WHERE movement = 'cancellation'").fetchall()
     assert len(churn) == 1 and churn[0][1] == "involuntary"
     assert month(3) <= int(churn[0][0].timestamp()) <= month(3, 20)
+
+
+def test_an_update_invoice_paid_at_once_does_not_end_the_unpaid_spell(world: World, derive: Derive) -> None:
+    """Without events: the renewal of month 2 fails and stays open, a downgrade on day 5 makes an update invoice
+    paid at once (credit covers it), and the subscription is unpaid now. It went unpaid with the open renewal, not
+    when the sync saw it: a paid update is no renewal paid after the spell."""
+    simple(world)
+    world.cycle("sub_1", month(1))
+    failed = world.cycle("sub_1", month(2))
+    failed["status"] = "open"
+    failed["status_transitions"].update(paid_at=None)
+    world.update("sub_1", month(2, 5), event=False, items=[("si_1", "price_a", 1)])
+    for inv in world.objects["invoices"].values():
+        if inv.get("billing_reason") == "subscription_update":
+            inv["status"] = "paid"
+    world.objects["subscriptions"]["sub_1"]["status"] = "unpaid"
+    con = derive(world, seen_at=month(4), events=False)
+    assert [customer_mrr_at(con, "cus_1", month(n, 10)) for n in range(5)] == [Decimal("50.0000")] * 2 + [0] * 3
 
 
 def test_exact_half_rounds_away_from_zero_across_items(world: World, derive: Derive) -> None:
