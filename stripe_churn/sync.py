@@ -45,7 +45,7 @@ import orjson
 from msgspec import UNSET
 
 from stripe_churn.errors import BadResponseError, StripeAPIError, StripeChurnError
-from stripe_churn.settings import Settings
+from stripe_churn.settings import Settings, redact_secrets
 from stripe_churn.store.db import open_store, transaction
 from stripe_churn.store.load import (
     Staged,
@@ -174,7 +174,8 @@ def _check_object(table: str, obj: Any, *, embedded: bool = True) -> None:
     it reads. (A field of another type than expected anywhere else is kept raw and counted by the metrics.)"""
     kind = table[:-1].replace("_", " ")
     if not isinstance(obj, dict):
-        raise _Malformed(f"{_a(kind)} that is not an object ({orjson.dumps(obj).decode()[:40]})")
+        # (an excerpt of the answer: anything shaped like a Stripe key in it masked before it is cut)
+        raise _Malformed(f"{_a(kind)} that is not an object ({redact_secrets(orjson.dumps(obj).decode())[:40]})")
     oid = obj.get("id")
     if not isinstance(oid, str) or not oid:
         raise _Malformed(f"{_a(kind)} without an id")
@@ -466,9 +467,7 @@ class _Sync:
         after: str | None = None
         while True:
             page = await self.api.get(path, {**params, "limit": PAGE_LIMIT, "starting_after": after})
-            data = page.get("data") or []
-            if not isinstance(data, list):
-                raise _malformed_answer("a list page whose data is not a list", path)
+            data = _list_data(page, path)
             with _answer_of(path):
                 for obj in data:
                     _check_object("list_items", obj, embedded=False)
@@ -707,7 +706,8 @@ class _Sync:
         had_rows = await self._db(self._has_rows)
         if "full" in cursors and mode == "full" and cursors.get(f"full:{LISTING}", (None,))[0] != LISTING_VERSION:
             # (its slices' pages hold less than this version's listing asks for)
-            log.warning("the unfinished full sync was begun by an older stripe-churn, which listed less: starting over")
+            log.warning("the unfinished full sync was begun by another version of stripe-churn, which listed "
+                        "otherwise: starting over")
             cursors.pop("full")
         elif "full" in cursors and mode == "full" and not await self._db(self._resume_stages):
             log.warning("the unfinished full sync's staged rows no longer fit the store's tables: starting over")
@@ -718,7 +718,7 @@ class _Sync:
             # objects the interrupted attempts listed count as seen by this full sync (no retrieve each)
             self.full_started = await self._db(self._full_started) or self.started
             log.info("resuming the unfinished full sync (%d slice cursors)",
-                     sum(1 for k in cursors if k.startswith("full:")))
+                     sum(1 for k in cursors if k.startswith("full:") and k != f"full:{LISTING}"))
         else:
             await self._db(self._clear_full)
             cursors = {}
@@ -1232,8 +1232,9 @@ class _Sync:
                     else:
                         reason, by_time = await self._gap(cursors)
                         if not reason and cursors.get(LISTING, (None,))[0] != LISTING_VERSION:
-                            reason = ("the stored objects were listed by an older stripe-churn, which asked Stripe for "
-                                      "less (invoices' discounts, coupons' applies_to, prices' currency_options)")
+                            reason = ("the stored objects were listed by another version of stripe-churn, which "
+                                      "asked Stripe for other things (an older one: no invoices' discounts, coupons' "
+                                      "applies_to or prices' currency_options)")
                         if reason:
                             result.mode, result.fallback_reason = "fallback", reason
                             log.warning("incremental sync not possible: %s; re-listing everything instead", reason)
@@ -1276,12 +1277,22 @@ class _Sync:
         return result
 
 
+def _list_data(page: Any, path: str) -> list[dict[str, Any]]:
+    """The ``data`` of a list page read as a dict; a one-line error for any other JSON object (a proxy's or a
+    maintenance page's ``{"message": ...}`` read as an empty list would flag every child of a parent deleted, or
+    take no event for all of them)."""
+    if not isinstance(page, dict) or page.get("object") != "list":
+        raise _malformed_answer("JSON that is not a list page", path)
+    data = page.get("data")
+    if not isinstance(data, list):
+        raise _malformed_answer("a list page whose data is not a list", path)
+    return data
+
+
 def _events_of(page: dict[str, Any]) -> list[dict[str, Any]]:
     """The events of a page of /v1/events, each an object with an id, a ``created`` time and its ``data``;
     a one-line error naming the first that is not."""
-    data = page.get("data") or []
-    if not isinstance(data, list):
-        raise _malformed_answer("a list page whose data is not a list", "/v1/events")
+    data = _list_data(page, "/v1/events")
     for ev in data:
         with _answer_of("/v1/events"):
             _check_object("events", ev, embedded=False)

@@ -354,7 +354,7 @@ def test_a_store_an_older_version_listed_is_listed_once_more(tmp_path: Path,
         watcher.join()
         with open_store(settings.db) as con:
             _as_an_older_listing_left_it(con)
-        assert (run_sync(settings, progress=False).mode, caplog.text.count("begun by an older stripe-churn")) == (
+        assert (run_sync(settings, progress=False).mode, caplog.text.count("begun by another version of stripe-churn")) == (
             "full", 1)
         with open_store(settings.db) as con:
             assert_store_equals_sandbox(con, sim)
@@ -362,7 +362,7 @@ def test_a_store_an_older_version_listed_is_listed_once_more(tmp_path: Path,
         sb.advance(1)
         upgraded = run_sync(settings, progress=False)
         assert (upgraded.mode, upgraded.status) == ("fallback", "succeeded")
-        assert "listed by an older stripe-churn" in (upgraded.fallback_reason or "")
+        assert "listed by another version of stripe-churn" in (upgraded.fallback_reason or "")
         with open_store(settings.db) as con:
             assert_store_equals_sandbox(con, sim)
         assert run_sync(settings, progress=False).mode == "incremental"
@@ -632,12 +632,14 @@ def _doctor_pages(monkeypatch: pytest.MonkeyPatch, path: str, change: Any) -> No
 
 @pytest.mark.parametrize(("path", "change", "said"), [
     ("/v1/customers", lambda objs: [o["id"] for o in objs], "a customer that is not an object"),
+    ("/v1/customers", lambda objs: ["Bearer sk_live_LEAKCANARY1234567890", *objs],
+     "a customer that is not an object (\"Bearer sk_live_…\")"),
     ("/v1/invoices", lambda objs: [{k: v for k, v in o.items() if k != "id"} if i == 1 else o
                                    for i, o in enumerate(objs)], "an invoice without an id"),
     ("/v1/subscriptions", lambda objs: [{**o, "items": "si_1"} for o in objs], "whose items are not a list object"),
     ("/v1/invoices", lambda objs: [{**o, "lines": {"object": "list", "data": [5], "has_more": False}} for o in objs],
      "an invoice line that is not an object"),
-], ids=["strings", "invoice-without-id", "items-a-string", "lines-of-numbers"])
+], ids=["strings", "a-key-echoed", "invoice-without-id", "items-a-string", "lines-of-numbers"])
 def test_a_malformed_list_page_is_one_line_naming_the_endpoint_and_nothing_of_it_is_stored(
         db: Path, monkeypatch: pytest.MonkeyPatch, path: str, change: Any, said: str) -> None:
     _doctor_pages(monkeypatch, path, change)
@@ -682,6 +684,34 @@ def test_a_json_object_that_is_no_list_page_fails_a_full_sync_and_flags_nothing_
     with open_store(db) as con:
         assert con.execute("SELECT count(*) FROM customers WHERE deleted").fetchone() == (0,)
         assert table_snapshot(con) == before
+
+
+def test_a_json_object_that_is_no_events_page_moves_no_cursor(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for the pages read as dicts (events, an object's further items or lines): a JSON object that is no
+    list page is a bad answer. (Read as no events, the sync recorded the events complete up to the server's time.)"""
+    from stripe_churn.stripe_api.client import StripeRaw
+
+    sim = sim_small(customers=10, seed=2)
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = settings_for(sb.url, db, max_retries=0)
+        run_sync(settings, progress=False)
+        with open_store(db) as con:
+            before = table_snapshot(con)
+            cursors = con.execute("SELECT stream, value, created FROM sync_cursors ORDER BY ALL").fetchall()
+        sb.advance(1)
+        original = StripeRaw.get
+
+        async def get(self: Any, p: str, params: Any = None) -> Any:
+            page = await original(self, p, params)
+            return {"message": "down for maintenance"} if p == "/v1/events" else page
+
+        monkeypatch.setattr(StripeRaw, "get", get)
+        with pytest.raises(BadResponseError) as info:
+            run_sync(settings, progress=False)
+    assert "not a list page" in str(info.value) and "GET /v1/events" in str(info.value)
+    with open_store(db) as con:
+        assert table_snapshot(con) == before
+        assert con.execute("SELECT stream, value, created FROM sync_cursors ORDER BY ALL").fetchall() == cursors
 
 
 def test_a_malformed_events_page_is_one_line_and_moves_no_cursor(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:

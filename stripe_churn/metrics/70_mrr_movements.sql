@@ -79,10 +79,11 @@ sub_events AS (
     GROUP BY ALL
 ),
 -- a discount put on or taken off by its own event (customer.discount.created, .deleted: a promotion code, a
--- customer's coupon) inside the window: the source of the window's discount rows (the latest such event)
+-- customer's coupon) inside the window: the source of the window's discount rows (the latest such event), when
+-- the window's discount events are about one discount (of two, which event made which row is not known here)
 discount_events AS (
-    SELECT t.tid, arg_max(e.id, (e.created, e.id)) AS event_id
-    FROM (SELECT e.account_id, e.id, e.created, d.customer_id
+    SELECT t.tid, CASE WHEN count(DISTINCT e.object_id) = 1 THEN arg_max(e.id, (e.created, e.id)) END AS event_id
+    FROM (SELECT e.account_id, e.id, e.object_id, e.created, d.customer_id
           FROM events e
           JOIN discounts d ON d.account_id = e.account_id AND d.id = e.object_id
           WHERE e.object_type = 'discount' AND e.type LIKE 'customer.discount.%' AND NOT coalesce(e.deleted, false)
