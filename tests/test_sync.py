@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -298,22 +299,29 @@ def test_wrong_key_is_one_clear_error_and_leaves_the_store(db: Path) -> None:
         assert "sk_test_wrong" not in str(con.execute("SELECT CAST(COLUMNS(*) AS VARCHAR) FROM sync_runs").fetchall())
 
 
+def sync_stopped_midway(sb: Any, settings: Settings) -> Any:
+    """A full sync of the sandbox ``sb`` stopped once 40 requests are in (2-3 s at 50 requests/s): its result."""
+    stop = threading.Event()
+
+    def stop_midway() -> None:
+        deadline = time.monotonic() + 20
+        while sb.stats()["requests"] < 40 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        stop.set()
+
+    watcher = threading.Thread(target=stop_midway)
+    watcher.start()
+    try:
+        return run_sync(settings, progress=False, stop=stop)
+    finally:
+        watcher.join()
+
+
 def test_stop_then_rerun_resumes_to_the_same_store(tmp_path: Path) -> None:
     sim = Simulation(customers=150, months=12, seed=6)  # ~115 requests: 2-3 s at 50 requests/s
     with start_in_thread(sim, api_key=KEY, latency_ms=5) as sb:
-        stop = threading.Event()
         settings = settings_for(sb.url, tmp_path / "a.duckdb", rate_limit=50.0)
-
-        def stop_midway() -> None:
-            deadline = time.monotonic() + 20
-            while sb.stats()["requests"] < 40 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            stop.set()
-
-        watcher = threading.Thread(target=stop_midway)
-        watcher.start()
-        first = run_sync(settings, progress=False, stop=stop)
-        watcher.join()
+        first = sync_stopped_midway(sb, settings)
         assert first.status == "stopped"
         with open_store(settings.db) as con:
             assert con.execute("SELECT count(*) FROM sync_cursors WHERE stream LIKE 'full:%'").fetchall()[0][0] > 0
@@ -340,18 +348,7 @@ def test_a_store_an_older_version_listed_is_listed_once_more(tmp_path: Path,
     sim = Simulation(customers=150, months=12, seed=6)
     with start_in_thread(sim, api_key=KEY, latency_ms=5) as sb:
         settings = settings_for(sb.url, tmp_path / "a.duckdb", rate_limit=50.0)
-        stop = threading.Event()
-
-        def stop_midway() -> None:
-            deadline = time.monotonic() + 20
-            while sb.stats()["requests"] < 40 and time.monotonic() < deadline:
-                time.sleep(0.02)
-            stop.set()
-
-        watcher = threading.Thread(target=stop_midway)
-        watcher.start()
-        assert run_sync(settings, progress=False, stop=stop).status == "stopped"
-        watcher.join()
+        assert sync_stopped_midway(sb, settings).status == "stopped"
         with open_store(settings.db) as con:
             _as_an_older_listing_left_it(con)
         assert (run_sync(settings, progress=False).mode, caplog.text.count("begun by another version of stripe-churn")) == (
@@ -657,6 +654,17 @@ def test_a_malformed_list_page_is_one_line_naming_the_endpoint_and_nothing_of_it
         assert status == "failed" and said in error
 
 
+@contextlib.contextmanager
+def synced_once(db: Path) -> Iterator[tuple[Any, Settings, dict[str, list[tuple[Any, ...]]]]]:
+    """A small sandbox account synced once into ``db``: (the sandbox, the settings, the store's rows then)."""
+    with start_in_thread(sim_small(customers=10, seed=2), api_key=KEY) as sb:
+        settings = settings_for(sb.url, db, max_retries=0)
+        run_sync(settings, progress=False)
+        with open_store(db) as con:
+            before = table_snapshot(con)
+        yield sb, settings, before
+
+
 def test_a_json_object_that_is_no_list_page_fails_a_full_sync_and_flags_nothing_deleted(
         db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A 200 whose body is a JSON object but no list page (a proxy's or maintenance page's {"message": ...}) is
@@ -664,12 +672,7 @@ def test_a_json_object_that_is_no_list_page_fails_a_full_sync_and_flags_nothing_
     deleted, then said it succeeded."""
     from stripe_churn.stripe_api import client as client_module
 
-    sim = sim_small(customers=10, seed=2)
-    with start_in_thread(sim, api_key=KEY) as sb:
-        settings = settings_for(sb.url, db, max_retries=0)
-        run_sync(settings, progress=False)
-        with open_store(db) as con:
-            before = table_snapshot(con)
+    with synced_once(db) as (_, settings, before):
         original = client_module.decode_page
 
         def maintenance(body: bytes) -> Any:
@@ -686,58 +689,36 @@ def test_a_json_object_that_is_no_list_page_fails_a_full_sync_and_flags_nothing_
         assert table_snapshot(con) == before
 
 
-def test_a_json_object_that_is_no_events_page_moves_no_cursor(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same for the pages read as dicts (events, an object's further items or lines): a JSON object that is no
-    list page is a bad answer. (Read as no events, the sync recorded the events complete up to the server's time.)"""
+def _events_without_created(page: Any) -> Any:
+    if page.get("data"):
+        page["data"] = [{k: v for k, v in e.items() if k != "created"} for e in page["data"]]
+    return page
+
+
+@pytest.mark.parametrize(("doctor", "said"), [
+    (_events_without_created, "without a created time"),
+    # (a JSON object that is no list page, read as no events, recorded the events complete up to the server's time)
+    (lambda page: {"message": "down for maintenance"}, "JSON that is not a list page"),
+], ids=["events-without-created", "no-list-page"])
+def test_a_malformed_events_page_is_one_line_and_moves_no_cursor(db: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 doctor: Any, said: str) -> None:
     from stripe_churn.stripe_api.client import StripeRaw
 
-    sim = sim_small(customers=10, seed=2)
-    with start_in_thread(sim, api_key=KEY) as sb:
-        settings = settings_for(sb.url, db, max_retries=0)
-        run_sync(settings, progress=False)
+    with synced_once(db) as (sb, settings, before):
         with open_store(db) as con:
-            before = table_snapshot(con)
             cursors = con.execute("SELECT stream, value, created FROM sync_cursors ORDER BY ALL").fetchall()
         sb.advance(1)
         original = StripeRaw.get
 
         async def get(self: Any, p: str, params: Any = None) -> Any:
             page = await original(self, p, params)
-            return {"message": "down for maintenance"} if p == "/v1/events" else page
-
-        monkeypatch.setattr(StripeRaw, "get", get)
-        with pytest.raises(BadResponseError) as info:
-            run_sync(settings, progress=False)
-    assert "not a list page" in str(info.value) and "GET /v1/events" in str(info.value)
-    with open_store(db) as con:
-        assert table_snapshot(con) == before
-        assert con.execute("SELECT stream, value, created FROM sync_cursors ORDER BY ALL").fetchall() == cursors
-
-
-def test_a_malformed_events_page_is_one_line_and_moves_no_cursor(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stripe_churn.stripe_api.client import StripeRaw
-
-    sim = sim_small(customers=10, seed=2)
-    with start_in_thread(sim, api_key=KEY) as sb:
-        settings = settings_for(sb.url, db, max_retries=0)
-        run_sync(settings, progress=False)
-        with open_store(db) as con:
-            before = table_snapshot(con)
-            cursors = con.execute("SELECT stream, value, created FROM sync_cursors ORDER BY ALL").fetchall()
-        sb.advance(1)
-        original = StripeRaw.get
-
-        async def get(self: Any, p: str, params: Any = None) -> Any:
-            page = await original(self, p, params)
-            if p == "/v1/events" and page.get("data"):
-                page["data"] = [{k: v for k, v in e.items() if k != "created"} for e in page["data"]]
-            return page
+            return doctor(page) if p == "/v1/events" else page
 
         monkeypatch.setattr(StripeRaw, "get", get)
         with pytest.raises(BadResponseError) as info:
             run_sync(settings, progress=False)
     msg = str(info.value)
-    assert "without a created time" in msg and "GET /v1/events" in msg and "\n" not in msg
+    assert said in msg and "GET /v1/events" in msg and "\n" not in msg
     with open_store(db) as con:
         assert table_snapshot(con) == before
         assert con.execute("SELECT stream, value, created FROM sync_cursors ORDER BY ALL").fetchall() == cursors

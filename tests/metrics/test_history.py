@@ -132,6 +132,16 @@ def test_events_win_and_disagreement_recorded(world: World, derive: Derive) -> N
     assert "events were used" in rows[0][3]
 
 
+def three_basic_seats(world: World) -> None:
+    """cus_1 with 3 seats of basic (10.00) from T0, and cus_o, whose subscription later is the oldest stored event."""
+    world.customer("cus_1")
+    world.customer("cus_o")
+    world.product("prod_seat", unit_label="seat", family="core")
+    world.price("basic", "prod_seat", 1_000)
+    world.price("pro", "prod_seat", 2_000)
+    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+
+
 @pytest.mark.parametrize("first_event", ["updated", "deleted"])
 def test_a_deletion_as_the_first_stored_event_gives_the_items_before_it(world: World, derive: Derive,
                                                                        first_event: str) -> None:
@@ -141,12 +151,7 @@ def test_a_deletion_as_the_first_stored_event_gives_the_items_before_it(world: W
     item). Either way the events win from where they begin (an upgrade there, recorded as a disagreement with the
     invoice) and the churn takes the MRR in force when the subscription ends. (The deletion used to leave the
     invoice's basic seats in force until the end: a churn of 30 instead of 60, and no data-quality row.)"""
-    world.customer("cus_1")
-    world.customer("cus_o")
-    world.product("prod_seat", unit_label="seat", family="core")
-    world.price("basic", "prod_seat", 1_000)
-    world.price("pro", "prod_seat", 2_000)
-    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    three_basic_seats(world)
     world.cycle("sub_1", month(1))
     world.update("sub_1", month(1, 10), items=[("si_1", "pro", 3)], prorate=False)  # before the stored events
     world.subscribe("sub_o", "cus_o", [("si_o", "basic", 1)], month(1, 15))  # the oldest stored event
@@ -170,12 +175,7 @@ def test_a_subscription_ended_before_the_events_that_changed_unbilled_is_recorde
     event, no invoice dates the change, only the latest sync lists the items the subscription ended with. The churn
     takes the invoice's state (the only dated one), and the disagreement is a data-quality row (design.md 3: never
     silently dropped). (It used to be none.) Without a change, no row."""
-    world.customer("cus_1")
-    world.customer("cus_o")
-    world.product("prod_seat", unit_label="seat", family="core")
-    world.price("basic", "prod_seat", 1_000)
-    world.price("pro", "prod_seat", 2_000)
-    world.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    three_basic_seats(world)
     inv = world.cycle("sub_1", month(1))
     if change != "none":
         world.update("sub_1", month(1, 10), prorate=False,
