@@ -41,6 +41,7 @@ REQUEST_DEADLINE_S = 10.0
 # requests handled at once (a thread and up to MAX_BODY of memory each); a connection past them gets 503
 MAX_HANDLERS = 32
 RETRY_AFTER_S = 5
+REFUSED_LOG_EVERY_S = 60.0
 LOGGED_TYPE_MAX = 100  # an event type longer than this is cut (Stripe's are under 50 characters)
 LOGGED_LINE_MAX = 300  # the same for a request line in the DEBUG log
 TRIGGER_PREFIXES = ("invoice.", "customer.subscription.")
@@ -53,6 +54,8 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._handlers = 0  # connections accepted and not yet done with (each on its own thread)
+        self._refused = 0  # connections refused with 503 since the last WARNING about them
+        self._refused_logged_at = -REFUSED_LOG_EVERY_S
         self._handlers_lock = threading.Lock()
         super().__init__(*args, **kwargs)
 
@@ -64,8 +67,14 @@ class _Server(ThreadingHTTPServer):
             if not full:
                 self._handlers += 1
         if full:
-            log.warning("webhook: refused a connection with 503, %d requests are being handled already",
-                        self.max_handlers)
+            # (one WARNING a minute at most, with how many were refused since: connections anyone can open must not
+            # flood the log)
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._refused_logged_at >= REFUSED_LOG_EVERY_S:
+                log.warning("webhook: refused %d connection(s) with 503 since the last such line, %d requests being "
+                            "handled already", self._refused, self.max_handlers)
+                self._refused, self._refused_logged_at = 0, now
             self._refuse_busy(request)
             return
         try:

@@ -245,6 +245,12 @@ def test_connections_beyond_the_cap_get_503_at_once(server: tuple[WebhookServer,
         status, _, rest = reply.partition(b"\r\n")
         assert status == b"HTTP/1.0 503 Service Unavailable" and b"\r\nRetry-After: " in b"\r\n" + rest
         assert "503" in caplog.text
+        # (more refused within the minute: no more WARNING lines, anyone can open connections)
+        for _ in range(5):
+            with socket.create_connection((str(host), port), timeout=2) as extra:
+                while extra.recv(1000):
+                    pass
+        assert sum("503" in r.getMessage() for r in caplog.records) == 1
     finally:
         for sock in held:
             sock.close()
