@@ -39,7 +39,7 @@ from stripe_churn.metrics.runner import (
     write_settings,
 )
 from stripe_churn.settings import Settings
-from stripe_churn.store.db import rollback
+from stripe_churn.store.db import rollback, sql_identifier, sql_literal
 from stripe_churn.store.quiet import quiet
 
 log = logging.getLogger(__name__)
@@ -530,7 +530,7 @@ def _touched_ledger(cur: duckdb.DuckDBPyConnection, main_db: str, sources: list[
                     _rows_of(table, who, f"{db}.main", key, _LEDGER_COLS.get(table, "*"))
                     for db, who in sources)
                 cur.execute(f"CREATE TABLE {name}.{table} AS {union}")
-            cur.execute("SET search_path = " + _literal(f"{name}.main,{main_db}.main"))
+            cur.execute("SET search_path = " + sql_literal(f"{name}.main,{main_db}.main"))
             try:
                 cur.execute(f"CREATE TABLE {_SCOPE}.{name}_ledger AS SELECT * FROM bridge_ledger('month', NULL)")
             finally:
@@ -546,7 +546,7 @@ def _derive_moved(cur: duckdb.DuckDBPyConnection, main_db: str, settings: Settin
             cur.execute(f"CREATE TABLE {_MOVED}.{table} AS {sql}")
         cur.execute(_MOVED_SUB_EVENTS_SQL.format(db=f"{main_db}.main", scope=_SCOPE))
     cur.execute(f"USE {_MOVED}")
-    cur.execute("SET search_path = " + _literal(f"{_MOVED}.main,{main_db}.main"))
+    cur.execute("SET search_path = " + sql_literal(f"{_MOVED}.main,{main_db}.main"))
     write_settings(cur, settings)
     with _phase("moved customers: steps 60-88"):
         _run_steps(cur, lambda name: name >= "60" and not name.startswith("9"))
@@ -635,16 +635,6 @@ def _stage_rows(con: duckdb.DuckDBPyConnection, shards: int) -> None:
     con.execute(_TOUCHED_DQ_OBJECTS_SQL.format(scope=_SCOPE, staged=" UNION ALL ".join(
         f"SELECT account_id, object_id, customer_id FROM {_SCOPE}.rows_{table} WHERE customer_id IS NOT NULL"
         for table in _SCOPED_KEYS)))
-
-
-def _quoted(name: str) -> str:
-    """``name`` as a quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    """``text`` as an SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _without_unread(cur: duckdb.DuckDBPyConnection, main_db: str, table: str, keep: tuple[str, ...] = ()) -> str:
@@ -870,7 +860,7 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC)
     # (the store's database is named after its file: quoted, as a name such as stripe-churn is no identifier)
-    main_db = _quoted(con.execute("SELECT current_database()").fetchall()[0][0])
+    main_db = sql_identifier(con.execute("SELECT current_database()").fetchall()[0][0])
     with _phase("find customers"):
         con.execute(_NEW_EVENTS_SQL, {"since": since})
         con.execute(_TOUCHED_SQL, {"since": since})

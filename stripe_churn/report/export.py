@@ -10,31 +10,24 @@ import duckdb
 from stripe_churn.errors import ConfigError
 from stripe_churn.report.outputs import output_error
 from stripe_churn.report.tables import FORMULA_STARTS, csv_text
+from stripe_churn.store.db import sql_identifier, sql_literal
 from stripe_churn.store.snapshot import open_snapshot
 
 DEFAULT_NAMES = ("mrr_movements", "customer_mrr", "mrr_bridge", "scheduled_churn", "churn_reasons", "sync_runs")
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _csv_columns(con: duckdb.DuckDBPyConnection, name: str) -> str:
     """The SELECT list of a CSV export of ``name``: its VARCHAR columns with a leading ``'`` on the values that
     a spreadsheet would read as a formula (tables.csv_text, done in SQL), the other columns (numbers, dates,
     decimals) as they are; each under its own name (as a header cell, neutralised the same way)."""
-    rel = con.sql(f"SELECT * FROM {_ident(name)}")
-    starts = ", ".join(_literal(c) for c in FORMULA_STARTS)
+    rel = con.sql(f"SELECT * FROM {sql_identifier(name)}")
+    starts = ", ".join(sql_literal(c) for c in FORMULA_STARTS)
     cols = []
     for col, typ in zip(rel.columns, rel.types, strict=True):
-        value = _ident(col)
+        value = sql_identifier(col)
         if str(typ) == "VARCHAR":
             value = f"CASE WHEN left({value}, 1) IN ({starts}) THEN '''' || {value} ELSE {value} END"
-        cols.append(f"{value} AS {_ident(csv_text(col))}")
+        cols.append(f"{value} AS {sql_identifier(csv_text(col))}")
     return ", ".join(cols)
 
 
@@ -61,8 +54,8 @@ def export(db: Path, out: Path, names: Sequence[str] = (), fmt: str = "parquet")
                 # CSV: text that a spreadsheet would run as a formula is neutralised (_csv_columns)
                 cols = "*" if fmt == "parquet" else _csv_columns(con, name)
                 # ORDER BY ALL: the same data always gives the same bytes, whatever order the query plan chose
-                con.execute(f"COPY (SELECT {cols} FROM {_ident(name)} ORDER BY ALL) "
-                            f"TO {_literal(str(path))} {opts}")
+                con.execute(f"COPY (SELECT {cols} FROM {sql_identifier(name)} ORDER BY ALL) "
+                            f"TO {sql_literal(str(path))} {opts}")
             except duckdb.Error as exc:
                 raise ConfigError(f"cannot export {name}: {str(exc).splitlines()[0]}") from exc
             written.append(path)

@@ -272,6 +272,16 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         raise
 
 
+def sql_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier (a table, a column, a database named after its file)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_literal(text: str) -> str:
+    """``text`` as an SQL string literal (a path in a COPY, a database's name)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
 def rollback(con: duckdb.DuckDBPyConnection) -> None:
     """Roll back the open transaction after a failure, keeping that failure the one raised: when DuckDB has
     already ended the transaction (a failed COMMIT) or given up the database (a write that found the disk
