@@ -328,6 +328,7 @@ def collect_status(db: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"database": str(db), "snapshot": str(snap) if snap.exists() else "none yet",
                             "snapshot_age": None, "sync_running": is_locked(db), "lag": None}
     state = read_state(db)
+    err: dict[str, Any] | None = None  # the daemon's last error (or the previous daemon's), shown until a run succeeds
     if state:
         daemon = f"{state.get('state')} (pid {state.get('pid')}, since {state.get('started_at')})"
         if state.get("state") in ("starting", "started", "stopping") and not _process_alive(state.get("pid")):
@@ -347,7 +348,7 @@ def collect_status(db: Path) -> dict[str, Any]:
         info["runs"], last_ok = live
         info["lag"] = _lag(now, last_ok)
     if not snap.exists():
-        _note_a_later_success(info, state, last_ok)
+        _note_a_later_success(info, err, last_ok)
         return info
     info["snapshot_age"] = str(dt.timedelta(seconds=int(now.timestamp() - snap.stat().st_mtime)))
     con = open_snapshot(db)
@@ -365,15 +366,15 @@ def collect_status(db: Path) -> dict[str, Any]:
         info["exchange_rates"] = _table(con, _FX_STATUS_SQL)
     finally:
         con.close()
-    _note_a_later_success(info, state, last_ok)
+    _note_a_later_success(info, err, last_ok)
     return info
 
 
-def _note_a_later_success(info: dict[str, Any], state: dict[str, Any] | None, last_ok: dt.datetime | None) -> None:
-    """The daemon's error stays until a run of the daemon succeeds: a sync that succeeded after it (a manual one)
-    is said beside it, since the error may be over (or may be the daemon's own, as a key in its environment)."""
-    err = (state or {}).get("last_error") or (state or {}).get("previous_error")
-    if not err or "daemon_error" not in info or last_ok is None:
+def _note_a_later_success(info: dict[str, Any], err: dict[str, Any] | None, last_ok: dt.datetime | None) -> None:
+    """The daemon's error (``err``) stays until a run of the daemon succeeds: a sync that succeeded after it (a
+    manual one) is said beside it, since the error may be over (or may be the daemon's own, as a key in its
+    environment)."""
+    if not err or last_ok is None:
         return
     try:
         at = dt.datetime.fromisoformat(str(err.get("at")))
