@@ -24,7 +24,7 @@ import stripe
 
 from stripe_churn.errors import AuthError, BadResponseError, ConfigError, StripeAPIError
 from stripe_churn.settings import Secret, Settings, redact_secrets
-from stripe_churn.stripe_api.listed import Page, decode_page
+from stripe_churn.stripe_api.listed import ListPage, decode_page
 from stripe_churn.stripe_api.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -188,9 +188,9 @@ class StripeRaw:
         counted, rate-limited and retried as every request is."""
         return await self._get(path, None, orjson.loads)
 
-    async def get_page(self, path: str, params: Mapping[str, Any] | None = None) -> Page:
+    async def get_page(self, path: str, params: Mapping[str, Any] | None = None) -> ListPage:
         """GET a list page as its objects' raw JSON spans (see :mod:`stripe_churn.stripe_api.listed`)."""
-        page: Page = await self._get(path, params, decode_page)
+        page: ListPage = await self._get(path, params, decode_page)
         return page
 
     async def _get(self, path: str, params: Mapping[str, Any] | None, parse: Callable[[bytes], Any]) -> Any:

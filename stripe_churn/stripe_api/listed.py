@@ -82,7 +82,7 @@ _HEAD = msgspec.json.Decoder(Head)
 _ANY = msgspec.json.Decoder()
 
 
-def decode_page(body: bytes) -> Page:
+def decode_page(body: bytes) -> ListPage:
     """A list page's objects as raw spans of compact JSON; ``ValueError`` (msgspec's) when ``body`` is not a
     list object (``"object": "list"`` and a ``data`` list). Pretty-printed JSON (Stripe's own answers are indented) is made
     compact first, so stored JSON never carries layout whitespace."""
@@ -91,7 +91,7 @@ def decode_page(body: bytes) -> Page:
     page = _LIST_PAGE.decode(body)
     if page.object != "list":
         raise msgspec.ValidationError(f"a list page's object is 'list', not {page.object[:40]!r}")
-    return Page(data=page.data, has_more=page.has_more)
+    return page
 
 
 def decode_object(table: str, raw: Raw | bytes) -> Any:
