@@ -94,6 +94,7 @@ EVENTS_UNBROKEN = "events:unbroken"
 # one lacks what only a listing fetches (an invoice's expanded discounts, a coupon's applies_to, a price's
 # currency_options), which no event of an incremental sync brings back: its next sync lists everything once more.
 LISTING = "listing"
+FULL_LISTING = f"full:{LISTING}"
 LISTING_VERSION = "2"
 # sync_runs.error of a run interrupted by Ctrl-C: every page is committed with its cursor (full listing: the slice
 # cursors; incremental: the events cursor), so the next run goes on from there
@@ -704,7 +705,7 @@ class _Sync:
         self.listing = True
         cursors = await self._db(self._cursors)
         had_rows = await self._db(self._has_rows)
-        if "full" in cursors and mode == "full" and cursors.get(f"full:{LISTING}", (None,))[0] != LISTING_VERSION:
+        if "full" in cursors and mode == "full" and cursors.get(FULL_LISTING, (None,))[0] != LISTING_VERSION:
             # (its slices' pages hold less than this version's listing asks for)
             log.warning("the unfinished full sync was begun by another version of stripe-churn, which listed "
                         "otherwise: starting over")
@@ -718,7 +719,7 @@ class _Sync:
             # objects the interrupted attempts listed count as seen by this full sync (no retrieve each)
             self.full_started = await self._db(self._full_started) or self.started
             log.info("resuming the unfinished full sync (%d slice cursors)",
-                     sum(1 for k in cursors if k.startswith("full:") and k != f"full:{LISTING}"))
+                     sum(1 for k in cursors if k.startswith("full:") and k != FULL_LISTING))
         else:
             await self._db(self._clear_full)
             cursors = {}
@@ -847,7 +848,7 @@ class _Sync:
         with transaction(self.con):
             create_stages(self.con, fresh=True)
             self._set_cursor("full", start_evt, version, False)
-            self._set_cursor(f"full:{LISTING}", LISTING_VERSION, None, False)
+            self._set_cursor(FULL_LISTING, LISTING_VERSION, None, False)
             if server_time is not None:
                 cursors = self._cursors()
                 # (as _gap reads it: the last complete listing, else the newest event applied)
