@@ -225,7 +225,7 @@ def _known_secrets(*sources: Mapping[str, Any] | None) -> list[str]:
     :func:`_shown` to recognise before the settings are built."""
     known = []
     for source in sources:
-        for name in ("api_key", "webhook_secret", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET"):
+        for name in (*SECRET_KEYS, *(env for env, attr in ENV_KEYS.items() if attr in SECRET_KEYS)):
             value = (source or {}).get(name)
             value = value.reveal() if isinstance(value, Secret) else value
             if value and isinstance(value, str):
