@@ -289,10 +289,21 @@ WITH pairs AS (
 ),
 hist AS MATERIALIZED (
     -- (materialised: the lookups below run once per history row, not once per point)
-    -- (an item billed through its price's currency option is in that currency, at that amount)
+    -- (an item billed through its price's currency option is in that currency, at that amount; a metered item's
+    -- amount is its usage line's, billed in the subscription's currency whatever options the price has: a tiered
+    -- option has no unit amount, so derived_price_options lacks it)
     SELECT h.hid, h.sk, h.ik, h.valid_from, h.valid_to, pr.pq,
-           p.usage_type, coalesce(o.currency, p.currency) AS currency, coalesce(o.norm_num, p.norm_num) AS norm_num,
-           coalesce(o.norm_den, p.norm_den) AS norm_den, p.price_type,
+           p.usage_type,
+           CASE WHEN p.usage_type = 'metered' THEN coalesce(h.sub_currency, p.currency)
+                ELSE coalesce(o.currency, p.currency) END AS currency,
+           CASE WHEN p.usage_type = 'metered' AND h.sub_currency IS DISTINCT FROM p.currency
+                     AND h.sub_currency IS NOT NULL
+                THEN norm_num(p.billing_interval, h.sub_currency)
+                ELSE coalesce(o.norm_num, p.norm_num) END AS norm_num,
+           CASE WHEN p.usage_type = 'metered' AND h.sub_currency IS DISTINCT FROM p.currency
+                     AND h.sub_currency IS NOT NULL
+                THEN norm_den(p.billing_interval, p.interval_count, h.sub_currency)
+                ELSE coalesce(o.norm_den, p.norm_den) END AS norm_den, p.price_type,
            CASE WHEN o.price_id IS NULL THEN a.amount_p ELSE oa.amount_p END AS licensed_amount_p,
            h.zero_from, x.net_num, x.net_den
     FROM derived_mrr_hist_keys h
