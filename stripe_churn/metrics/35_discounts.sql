@@ -50,10 +50,12 @@ WITH d AS (
 -- A discount flagged deleted with no end of its own: when no event removed it (it went before the events
 -- begin), its owner's invoices show when: it ends at the owner's first invoice after the last one that lists
 -- it (as a change without prorations shows on the next invoice); with no such invoice, when a sync found it
--- gone. (Only these owners' invoices have their JSON read.)
+-- gone. A discount on one item is billed on that item's lines, not among the invoice's discounts: its owner's
+-- invoices are those billing the item (its non-proration lines), and a line lists it or not. (Only these
+-- owners' invoices, and these items' lines, have their JSON read.)
 unended AS (
     -- (found_gone_at: the sync that found it gone, in Stripe's clock)
-    SELECT d.account_id, d.id AS discount_id, d.subscription_id, d.customer_id,
+    SELECT d.account_id, d.id AS discount_id, d.subscription_id, d.customer_id, d.subscription_item_id,
            seen_in_stripes_clock(d.last_seen_at, d.version, c.snapshot_at) AS found_gone_at
     FROM discounts d
     LEFT JOIN derived_coverage c USING (account_id)
@@ -66,11 +68,19 @@ owner_rows AS MATERIALIZED (
     SELECT u.account_id, u.discount_id, i.rowid AS rid
     FROM unended u
     JOIN invoices i ON i.account_id = u.account_id AND i.subscription_id = u.subscription_id
+    WHERE u.subscription_item_id IS NULL
     UNION ALL
     SELECT u.account_id, u.discount_id, i.rowid
     FROM unended u
     JOIN invoices i ON i.account_id = u.account_id AND i.customer_id = u.customer_id
-    WHERE u.subscription_id IS NULL
+    WHERE u.subscription_id IS NULL AND u.subscription_item_id IS NULL
+),
+-- (an item's discount: the item's non-proration lines of its subscription's invoices, 30's derived_invoice_lines)
+item_lines AS MATERIALIZED (
+    SELECT u.account_id, u.discount_id, l.invoice_created AS created, l.rid
+    FROM unended u
+    JOIN derived_invoice_lines l ON l.account_id = u.account_id AND l.subscription_item_id = u.subscription_item_id
+    WHERE NOT l.proration AND NOT l.is_credit AND l.invoice_created IS NOT NULL
 ),
 owner_invoices AS (
     SELECT o.account_id, o.discount_id, i.created,
@@ -81,6 +91,14 @@ owner_invoices AS (
     JOIN (SELECT rowid AS rid, created, raw FROM invoices
           WHERE rowid IN (SELECT rid FROM owner_rows) AND NOT coalesce(deleted, false) AND created IS NOT NULL) i
       USING (rid)
+    UNION ALL
+    -- (one row per line: an invoice lists it when one of its lines for the item does)
+    SELECT o.account_id, o.discount_id, o.created,
+           list_contains(coalesce(list_concat(json_extract_string(l.raw, '$.discounts[*].id'),
+                                              json_extract_string(l.raw, '$.discounts[*]')), []),
+                         o.discount_id) AS lists_it
+    FROM item_lines o
+    JOIN (SELECT rowid AS rid, raw FROM invoice_lines WHERE rowid IN (SELECT rid FROM item_lines)) l USING (rid)
 ),
 gone AS (
     SELECT account_id, discount_id, coalesce(next_invoice, found_gone_at) AS gone_at,

@@ -75,7 +75,7 @@ _UNREAD = {
                  "period_end"),
     # (30_item_history reads the lines, and only these columns: account_id, id, invoice_id, subscription_id,
     # subscription_item_id, parent_proration, proration_credit, amount, price_id, quantity, period_start,
-    # period_end, tax_inclusive, deleted; 90 the JSON of those _READ_RAW names)
+    # period_end, tax_inclusive, deleted; 35 and 90 the JSON of those _READ_RAW names)
     "invoice_lines": ("raw", "version", "created", "first_seen_at", "last_seen_at", "product_id", "currency",
                       "proration"),
     "credit_notes": ("raw",),
@@ -89,7 +89,8 @@ _UNREAD = {
 # (35_discounts), and the events of a subscription without a usable row of its own, whose last state stands in
 # for it, and the events of a paused subscription state, which say what paused it (20_sub_states). Subscriptions:
 # those paused now (the same). Subscription items: those whose price is not stored (10_price_terms reads it from
-# the item). Invoices: those of the owner of a discount removed with no end of its own (35_discounts).
+# the item). Invoices: those of the owner of a discount removed with no end of its own (35_discounts), and for
+# such a discount on one item, that item's non-proration lines (the same).
 _READ_RAW = {
     "subscription_items": ("(price_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {main}.prices p "
                            "WHERE p.account_id = e.account_id AND p.id = e.price_id AND NOT coalesce(p.deleted, false)))"),
@@ -98,13 +99,17 @@ _READ_RAW = {
                "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL) OR e.sub_state.status = 'paused')))"),
     # the subscriptions paused now (20 reads what paused them, as it does of the events with a paused state above)
     "subscriptions": "(status = 'paused')",
-    # the subscription invoice lines naming no item or price (90 reads their parent's type)
-    "invoice_lines": "((subscription_item_id IS NULL OR price_id IS NULL) AND NOT coalesce(parent_proration, false))",
-    # the invoices of a subscription or customer owning a discount removed with no end of its own (35 dates its
-    # end by the discounts they list)
+    # the subscription invoice lines naming no item or price (90 reads their parent's type), and the lines of an
+    # item owning a discount removed with no end of its own (35 dates its end by the discounts they list)
+    "invoice_lines": ("(NOT coalesce(parent_proration, false) AND (subscription_item_id IS NULL OR price_id IS NULL "
+                      "OR EXISTS (SELECT 1 FROM {main}.discounts u WHERE u.account_id = e.account_id "
+                      "AND u.subscription_item_id = e.subscription_item_id AND coalesce(u.deleted, false) "
+                      "AND json_extract_string(u.raw, '$.end') IS NULL)))"),
+    # the invoices of a subscription or customer owning a discount removed with no end of its own, but one on an
+    # item (35 dates its end by the discounts they list)
     "invoices": ("EXISTS (SELECT 1 FROM {main}.discounts u WHERE u.account_id = e.account_id "
                  "AND coalesce(u.deleted, false) AND json_extract_string(u.raw, '$.end') IS NULL "
-                 "AND (u.subscription_id = e.subscription_id "
+                 "AND u.subscription_item_id IS NULL AND (u.subscription_id = e.subscription_id "
                  "OR (u.subscription_id IS NULL AND u.customer_id = e.customer_id)))"),
 }
 

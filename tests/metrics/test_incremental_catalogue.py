@@ -59,6 +59,50 @@ def test_a_discount_removed_with_no_event_equals_a_full_recompute(world: World, 
     assert results[0] == results[1]
 
 
+@SHARDS
+def test_an_item_discount_removed_with_no_event_equals_a_full_recompute(world: World, tmp_path: Path,
+                                                                       shards: int) -> None:
+    """A forever discount on one item taken off with no event, flagged deleted by a full sync's listing: 35 dates
+    its end by the item's invoice lines (Stripe bills an item's discount there), whose JSON the scope must then
+    hold (incremental._READ_RAW), to give the full recompute's rows: the end at the first renewal billing the
+    item without it."""
+    from stripe_churn.store.load import mark_unlisted_children
+
+    w = book(world)
+    w.coupon("tenth", percent_off=10)
+    d = w.discount("tenth", ts(2024, 3, 10), customer="cus_a", subscription="sub_a", subscription_item="si_a2")
+    w.objects["subscriptions"]["sub_a"]["items"]["data"][1]["discounts"] = [d["id"]]
+    for inv in w.objects["invoices"].values():
+        for line in inv["lines"]["data"]:
+            if (line["parent"]["subscription_item_details"]["subscription_item"] == "si_a2"
+                    and not line["parent"]["subscription_item_details"]["proration"]):
+                line["discounts"] = [dict(d)]
+    before = copy.deepcopy(w)
+    w.objects["subscriptions"]["sub_a"]["items"]["data"][1]["discounts"] = []
+    w.cycle("sub_a", ts(2024, 5, 20))
+    changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 12))
+    later = ts(2024, 6, 2)
+    at = dt.datetime.fromtimestamp(later, tz=dt.UTC)
+    results = []
+    for name, incremental in (("incremental", True), ("full", False)):
+        con = open_store(tmp_path / f"{name}.duckdb")
+        before.load(con, seen_at=SEEN)
+        if incremental:
+            recompute(con, Settings())
+        changed.load(con, seen_at=later)
+        mark_unlisted_children(con, w.account_id, at, at)
+        if incremental:
+            assert recompute_changed(con, Settings(), at, shards=shards) >= 1
+        else:
+            recompute(con, Settings())
+        results.append(derived_contents(con))
+        rows = con.execute("SELECT kind, object_id, CAST(epoch(moment) AS BIGINT) FROM data_quality "
+                           "WHERE kind = 'discount_end_estimated'").fetchall()
+        assert rows == [("discount_end_estimated", d["id"], ts(2024, 5, 20))], name
+        con.close()
+    assert results[0] == results[1]
+
+
 def catalogue_world(w: World) -> World:
     w.product("prod_core", unit_label="seat", family="core")
     w.price("basic_usd", "prod_core", 1_000)

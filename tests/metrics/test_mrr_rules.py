@@ -472,6 +472,44 @@ def test_removed_forever_discount_counts_until_it_went(world: World, store: Any,
     assert dq == ([] if evidence == "removal-event" else [("discount_end_estimated", went)])
 
 
+@pytest.mark.parametrize("evidence", ["lines-list-it-expanded", "lines-list-it-by-id", "only-the-sync"])
+def test_removed_item_discount_counts_until_its_items_lines_bill_without_it(world: World, store: Any,
+                                                                           evidence: str) -> None:
+    """A forever discount on one item, taken off before the events begin and flagged deleted by the next full sync
+    (no longer on its item): Stripe bills it on that item's invoice lines (line.discounts, expanded by the sync or
+    an id), not among the invoice's discounts, so its end is the first invoice after the last whose line for the
+    item lists it that bills the item without it, as for a subscription's discount by its invoices. With no such
+    invoice, the sync that found it gone. (It ended at the sync always, and data_quality said no invoice showed
+    when.)"""
+    discounted(world, {"percent_off": 50, "duration": "forever"}, item_level=True)  # 70.00 with it, 90.00 without
+    (d,) = world.objects["discounts"].values()
+    world.cycle("sub_1", month(1))
+    for inv in world.objects["invoices"].values():
+        for line in inv["lines"]["data"]:
+            if line["parent"]["subscription_item_details"]["subscription_item"] == "si_a":
+                line["discounts"] = [d["id"] if evidence == "lines-list-it-by-id" else dict(d)]
+    world.objects["subscriptions"]["sub_1"]["items"]["data"][0]["discounts"] = []  # taken off si_a, no event
+    if evidence != "only-the-sync":
+        world.cycle("sub_1", month(2))  # bills si_a without it
+    seen = month(3)
+    world.load(store, seen_at=seen, events=False)
+    at = dt.datetime.fromtimestamp(seen, tz=dt.UTC)
+    mark_unlisted_children(store, world.account_id, at, at)
+    assert store.execute("SELECT deleted FROM discounts").fetchall() == [(True,)]
+    recompute(store, make_settings())
+    went = seen if evidence == "only-the-sync" else month(2)
+    assert customer_mrr_at(store, "cus_1", T0 + DAY) == Decimal("70.0000")
+    assert customer_mrr_at(store, "cus_1", went - 1) == Decimal("70.0000")
+    assert customer_mrr_at(store, "cus_1", went) == Decimal("90.0000")
+    moves = store.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement, subscription_item_id, mrr_delta "
+                          "FROM mrr_movements ORDER BY occurred_at").fetchall()
+    assert moves == [(T0, "new", "si_b", Decimal("70.0000")), (went, "discount", "si_a", Decimal("20.0000"))]
+    (row,) = store.execute("SELECT kind, object_id, CAST(epoch(moment) AS BIGINT), detail FROM data_quality").fetchall()
+    assert row[:3] == ("discount_end_estimated", d["id"], went)
+    assert "item si_a" in row[3]
+    assert ("the sync that found it gone" in row[3]) == (evidence == "only-the-sync")
+
+
 def test_a_canceled_subscriptions_removed_discount_counts_to_the_end(world: World, store: Any) -> None:
     """A canceled subscription's forever discount, flagged deleted once it is gone from its owner, still reduced
     the MRR the cancellation takes; when it ended is no question then, so data_quality stays empty."""
