@@ -1,7 +1,11 @@
 -- Cohort revenue retention: customers grouped by the month of their first MRR (their `new` movement);
 -- for each month since then, the cohort's MRR at the month end (reactivations and expansion included)
 -- over its MRR at the end of its first month. Through the current month (the later of today and the data).
--- Inputs: derived_mrr_movements.
+-- At constant exchange rates (design.md 4: rate swings are their own line, never retention or expansion): the
+-- `fx` movements are left out and every other movement in another currency than the reporting one is valued
+-- at the rate in force at the end of the cohort's first month (its amount in its own currency times that rate),
+-- so an unchanged customer stays at 100% and one who left counts nothing.
+-- Inputs: derived_mrr_movements, derived_settings, fx_rates.
 
 CREATE OR REPLACE MACRO cohort_matrix() AS TABLE
 WITH
@@ -10,13 +14,29 @@ cohorts AS (
     FROM derived_mrr_movements WHERE movement = 'new'
     GROUP BY ALL
 ),
+-- the rate of each currency a cohort's movements are in, in force on the last day of the cohort's first month
+-- (the day its base is taken at; a rate holds from its date until the next dated row, as in step 50)
+cohort_rates AS (
+    SELECT r.cohort_month, r.currency, f.rate
+    FROM (SELECT DISTINCT c.cohort_month, m.currency, CAST(c.cohort_month + INTERVAL 1 MONTH AS DATE) - 1 AS last_day
+          FROM derived_mrr_movements m
+          JOIN cohorts c USING (account_id, customer_id)
+          CROSS JOIN derived_settings st
+          WHERE m.category <> 'fx' AND m.currency IS NOT NULL AND m.currency <> st.reporting_currency) r
+    ASOF LEFT JOIN (SELECT lower(currency) AS currency, date, CAST(rate AS DECIMAL(18, 8)) AS rate FROM fx_rates) f
+      ON f.currency = r.currency AND f.date <= r.last_day
+),
 monthly AS (
     SELECT c.cohort_month, period_of('month', m.occurred_at) AS month,
-           sum(m.mrr_delta) AS net,
+           -- (a movement in the reporting currency, or with no rate at the cohort's month end, as it is)
+           sum(CASE WHEN m.category = 'fx' THEN 0
+                    WHEN r.rate IS NULL THEN m.mrr_delta
+                    ELSE m.amount_delta_original * r.rate END) AS net,
            count(*) FILTER (WHERE m.category IN ('new', 'reactivation'))
            - count(*) FILTER (WHERE m.category = 'churn') AS net_customers
     FROM derived_mrr_movements m
     JOIN cohorts c USING (account_id, customer_id)
+    LEFT JOIN cohort_rates r ON r.cohort_month = c.cohort_month AND r.currency = m.currency
     GROUP BY ALL
 ),
 sizes AS (SELECT cohort_month, count(*) AS cohort_customers FROM cohorts GROUP BY ALL),

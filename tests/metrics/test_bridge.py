@@ -463,6 +463,34 @@ def test_cohort_matrix(world: World, derive: Derive) -> None:
     assert queries.cohort_matrix(con, start=dt.date(2024, 2, 1))[0]["cohort_month"] == dt.date(2024, 3, 1)
 
 
+def test_cohort_matrix_at_constant_exchange_rates(world: World, derive: Derive) -> None:
+    """Exchange-rate swings are their own line (design.md 4), never retention: the cohort matrix values every
+    movement in another currency at the rate in force at the end of the cohort's first month and leaves the fx
+    movements out. An unchanged EUR customer stays at 100% when EUR/USD goes from 1.08 to 1.10 (it showed 101.85%),
+    an upgrade counts 10 EUR at 1.08, and a cohort whose one EUR customer left after the rate moved counts 0 (not
+    the 0.40 USD that leaving the fx movements out alone would leave behind). The bridge still shows the fx."""
+    catalogue(world)  # EUR 1.08 from 2023-12-01, 1.10 from 2024-04-01
+    for c, cur in (("c_eur1", "eur"), ("c_eur2", "eur"), ("c_usd", "usd"), ("c_feb", "eur")):
+        world.customer(c, currency=cur)
+    world.subscribe("s_eur1", "c_eur1", [("i_eur1", "basic_eur", 5)], ts(2024, 1, 5))  # 50 EUR, never changed
+    world.subscribe("s_eur2", "c_eur2", [("i_eur2", "basic_eur", 3)], ts(2024, 1, 10))  # 30 EUR
+    world.subscribe("s_usd", "c_usd", [("i_usd", "basic_usd", 5)], ts(2024, 1, 12))  # 50 USD
+    world.subscribe("s_feb", "c_feb", [("i_feb", "basic_eur", 2)], ts(2024, 2, 3))  # 20 EUR
+    world.update("s_eur2", ts(2024, 5, 10), items=[("i_eur2", "basic_eur", 4)])  # +10 EUR
+    world.cancel("s_feb", ts(2024, 5, 15))
+    con = derive(world, seen_at=ts(2024, 5, 20))
+    got = {(r["cohort_month"], r["months_since_start"]): r for r in queries.cohort_matrix(con)}
+    jan = [got[(dt.date(2024, 1, 1), k)] for k in range(5)]
+    assert [r["mrr"] for r in jan] == [Decimal("136.4000")] * 4 + [Decimal("147.2000")]  # 80 EUR at 1.08 + 50
+    assert [r["revenue_retention"] for r in jan[:4]] == [1.0] * 4
+    assert jan[4]["revenue_retention"] == pytest.approx(147.2 / 136.4)
+    feb = [got[(dt.date(2024, 2, 1), k)] for k in range(4)]
+    assert [r["mrr"] for r in feb] == [Decimal("21.6000")] * 3 + [Decimal("0.0000")]
+    assert [r["revenue_retention"] for r in feb] == [1.0, 1.0, 1.0, 0.0]
+    bridge = {r["period_start"]: r for r in queries.bridge(con)}
+    assert bridge[dt.date(2024, 4, 1)]["fx"] == Decimal("2.0000")  # (50 + 30 + 20 EUR, 1.08 -> 1.10)
+
+
 def random_book(w: World, seed: int, customers: int = 30) -> World:
     """Random histories over two years: seats, plan switches, cross-sells, metered usage, removals, coupons,
     trials, failed payments, cancellations now or at period end, comebacks, three currencies."""
