@@ -1,0 +1,90 @@
+"""An event's object whose embedded item or line list is cut short (``has_more``) and which is gone by the time
+the incremental sync pages the rest: the 404 on its list must not fail the run (the events cursor would never move
+past that event, and every later run would fail on it). The real sync against the sandbox server serving a
+hand-built account (tests/metrics/builders.py)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "metrics"))
+from builders import DAY, World, ts
+
+from stripe_churn.sandbox.server import start_in_thread
+from stripe_churn.settings import Secret, Settings
+from stripe_churn.sync import run_sync
+
+KEY = "sk_test_event_children"
+T0 = ts(2026, 11, 1)
+
+
+def _world() -> World:
+    w = World()
+    w.customer("cus_1", created=T0)
+    w.product("prod_1", unit_label="seat")
+    for k in range(12):
+        w.price(f"price_{k}", "prod_1", 1_000 + k)
+    w.subscribe("sub_1", "cus_1", [("si_1", "price_0", 1)], T0)
+    return w
+
+
+def _draft_deleted(w: World) -> tuple[str, str]:
+    """A manual draft with 12 lines (its event embeds 10), deleted an hour later."""
+    w._seq = itertools.count(500)
+    item = w.objects["subscriptions"]["sub_1"]["items"]["data"][0]
+    lines = [w._line("sub_1", item, T0 + 2 * DAY, T0 + 2 * DAY, amount=100) for _ in range(12)]
+    inv = w._invoice("sub_1", T0 + 2 * DAY, "manual", lines)
+    inv.update(status="draft", parent=None)
+    w.event("invoice.created", T0 + 2 * DAY, inv)
+    w.event("invoice.deleted", T0 + 2 * DAY + 3600, copy.deepcopy(inv))
+    w.objects["invoices"][inv["id"]] = {"id": inv["id"], "object": "invoice", "deleted": True}
+    return "invoices", inv["id"]
+
+
+def _subscription_deleted(w: World) -> tuple[str, str]:
+    """A subscription of 12 items (its event embeds 10), gone an hour later (as a deleted test clock takes its
+    subscriptions): its item list answers 404."""
+    w.customer("cus_2", created=T0 + 2 * DAY)
+    w.subscribe("sub_2", "cus_2", [(f"si_2_{k}", f"price_{k}", 1) for k in range(12)], T0 + 2 * DAY,
+                invoice=False)
+    w.objects["subscriptions"]["sub_2"] = {"id": "sub_2", "object": "subscription", "deleted": True}
+    return "subscriptions", "sub_2"
+
+
+@pytest.mark.parametrize("make", [pytest.param(_draft_deleted, id="draft-invoice-lines"),
+                                  pytest.param(_subscription_deleted, id="subscription-items")])
+def test_a_gone_objects_cut_short_list_does_not_stop_the_sync(tmp_path: Path,
+                                                               make: Callable[[World], tuple[str, str]]) -> None:
+    w = _world()
+    db = tmp_path / "s.duckdb"
+
+    def settings(url: str) -> Settings:
+        return Settings(api_key=Secret(KEY), api_base=url, db=db, rate_limit=10_000)
+
+    with start_in_thread(w.served(T0 + DAY), api_key=KEY) as sb:
+        assert run_sync(settings(sb.url), full=True, progress=False).status == "succeeded"
+    table, oid = make(w)
+    for _ in range(2):  # (the second: the daemon's next tick finds nothing left over)
+        with start_in_thread(w.served(T0 + 3 * DAY), api_key=KEY) as sb:
+            r = run_sync(settings(sb.url), progress=False)
+        assert (r.status, r.error) == ("succeeded", None)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        # the refresh after the event page settled it: flagged deleted
+        assert con.execute(f"SELECT deleted FROM {table} WHERE id = ?", [oid]).fetchall() == [(True,)]
+        # the events cursor moved past both events
+        newest = max(e["id"] for e in w.events)
+        assert con.execute("SELECT value FROM sync_cursors WHERE stream = 'events'").fetchall() == [(newest,)]
+        # what the event embedded is stored; nothing was marked missing from a list that was never complete
+        child, parent = ("invoice_lines", "invoice_id") if table == "invoices" else \
+            ("subscription_items", "subscription_id")
+        assert con.execute(f"SELECT count(*) FROM {child} WHERE {parent} = ?", [oid]).fetchone() == (10,)
+    finally:
+        con.close()
