@@ -13,6 +13,10 @@ rows they cover):
   objects. Removed when the full sync completes.
 - ``full:<stream>:<lo>:<hi>``: one per ``created`` slice of a full sync; ``value`` = the last id paged
   (``starting_after``), ``done`` once the slice is exhausted. A killed full sync resumes from these.
+- ``mode``: which of the account's modes the store holds (``value`` = ``live`` or ``test``), written by the first
+  sync that knows it (a store synced before it was recorded learns it so). With the account id of the cursor rows
+  it is the store's identity: one Stripe account in one mode. A sync of another account, or of the other mode
+  (a test key and a live key of one account share its id), is refused before anything is written.
 
 Pending invoice items have no cursor: every run, whatever its mode, lists them whole once the rest is done
 (:meth:`_Sync._pending_items`), and only a listing that completed marks the stored ones it no longer returned.
@@ -44,7 +48,7 @@ import duckdb
 import orjson
 from msgspec import UNSET
 
-from stripe_churn.errors import BadResponseError, StripeAPIError, StripeChurnError
+from stripe_churn.errors import BadResponseError, ConfigError, StripeAPIError, StripeChurnError
 from stripe_churn.settings import Settings, redact_secrets
 from stripe_churn.store.db import open_store, transaction
 from stripe_churn.store.load import (
@@ -101,6 +105,8 @@ LISTING_VERSION = "2"
 INTERRUPTED = "interrupted (Ctrl-C); the next sync resumes from the stored cursors"
 # (a run left `running` by a process that died: the next sync records it so, and `status` shows it so before that)
 ENDED_UNRECORDED = "ended without recording its end (its process was killed, or the machine stopped)"
+# ``value``: the mode of the account's objects the store holds, ``live`` or ``test`` (see the module's docstring)
+STORE_MODE = "mode"
 EVENT_GROUP = 500  # events applied (and their objects refreshed) together
 CHECK_EACH_MAX = 250  # unlisted stored objects retrieved one by one at most (more are flagged at once)
 QUEUE_PAGES = 28  # pages waiting for the writer (serialised: ~0.5 MB each at most), enough for TX_OBJECTS
@@ -287,6 +293,20 @@ def sandbox_rates_in(rows: list[dict[str, Any]], reporting: str) -> list[tuple[s
     return [(r["date"], str(r["currency"]).lower(),
              (Decimal(str(r["rate"])) / base[r["date"]]).quantize(Decimal("1e-8"), rounding=ROUND_HALF_EVEN))
             for r in rows if r["date"] in base]
+
+
+def key_mode(key: str) -> str | None:
+    """``live`` or ``test`` as the key's prefix says (secret or restricted), None for a key of another shape (a
+    proxy's, which holds the real key)."""
+    if key.startswith(("sk_live_", "rk_live_")):
+        return "live"
+    if key.startswith(("sk_test_", "rk_test_")):
+        return "test"
+    return None
+
+
+def _held(account: str, mode: str | None) -> str:
+    return f"{account} ({mode} mode)" if mode else account
 
 
 class _Sync:
@@ -1210,6 +1230,39 @@ class _Sync:
         return int(row[0]) if row else 0
 
     # ------------------------------------------------------------------ the run
+    async def _mode_of_objects(self) -> str | None:
+        """The mode of what the server sends (for a key whose prefix does not say it): the ``livemode`` of its
+        newest event (None when it has none, or does not say)."""
+        assert self.api is not None
+        page = await self.api.get("/v1/events", {"limit": 1})
+        data = _events_of(page)
+        livemode = data[0].get("livemode") if data else None
+        return None if not isinstance(livemode, bool) else "live" if livemode else "test"
+
+    def _check_identity(self, account: str, mode: str | None) -> None:
+        """Refuse a sync of another Stripe account, or of the other mode of the same one, than the store holds
+        (its rows would be summed with the stored ones by every view); record the mode when it is not yet (the
+        first sync, or the first since the mode was recorded)."""
+        rows = self.con.execute(
+            "SELECT account_id, max(value) FILTER (WHERE stream = $mode) FROM sync_cursors GROUP BY account_id "
+            "ORDER BY account_id", {"mode": STORE_MODE}).fetchall()
+        held = {str(a): m for a, m in rows}
+        stored_mode = held.get(account)
+        if any(a != account for a in held) or (mode and stored_mode and mode != stored_mode):
+            holds = " and ".join(_held(a, m) for a, m in held.items())
+            if self.settings.source == "demo":
+                todo = "run the demo with another --dir (or remove that folder's store)"
+            else:
+                todo = ("set STRIPE_CHURN_DB (setting db) to another file for it (or move this one aside to start "
+                        "over)")
+            by = "STRIPE_ACCOUNT names" if self.settings.account else "the key is for"
+            raise ConfigError(f"the store {self.settings.db} holds Stripe account {holds}; {by} "
+                              f"{_held(account, mode)}: nothing was synced (a store holds one account in one mode, "
+                              f"or every figure would add them up): {todo}")
+        if mode and stored_mode is None:
+            with transaction(self.con):
+                self.con.execute(_CURSOR_SQL, [account, STORE_MODE, mode, None, True, self.run_id, self._now()])
+
     def _written(self) -> dict[str, int]:
         """Distinct objects this run wrote, per table (an object listed or applied twice counts once)."""
         union = " UNION ALL ".join(
@@ -1245,7 +1298,15 @@ class _Sync:
             async with StripeRaw(self.settings, stop=self.stop) as api:
                 self.api = api
                 try:
-                    self.account = await api.account_id(self.settings.account)
+                    account = await api.account_id(self.settings.account)
+                    mode = key_mode(self.settings.api_key.reveal())
+                    if mode is None or self.settings.account:
+                        # (a configured account is taken as given, without a request: one proves the key reaches
+                        # it before the store records it as the one it holds)
+                        probed = await self._mode_of_objects()
+                        mode = mode or probed
+                    await self._db(self._check_identity, account, mode)
+                    self.account = account
                     result.account_id = self.account
                     cursors = await self._db(self._cursors)
                     if full or "events" not in cursors or "full" in cursors:
