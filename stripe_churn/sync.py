@@ -51,6 +51,7 @@ from msgspec import UNSET
 from stripe_churn.errors import BadResponseError, ConfigError, StripeAPIError, StripeChurnError
 from stripe_churn.settings import Settings, redact_secrets
 from stripe_churn.store.db import open_store, transaction
+from stripe_churn.store.fx_file import rates_quoted_in, record_quote
 from stripe_churn.store.load import (
     Staged,
     create_stages,
@@ -991,26 +992,49 @@ class _Sync:
                     "WHERE account_id = $a AND NOT deleted AND last_seen_at < $since",
                     {"v": version, "seen": self._now(), "a": self.account, "since": self.full_started})
 
-    async def _fx_rates(self) -> None:
+    async def _fx_rates(self) -> bool:
         """The sandbox serves its exchange rates (in US dollars); real Stripe has none (rates come from the
         setting fx_rates_file). Fetched as every request is (counted, rate-limited, retried): a rate lost to a
-        fault would value a month at the month before's rates."""
+        fault would value a month at the month before's rates. Whether the server sent rates."""
         assert self.api is not None
         if "api.stripe.com" in self.api.base:
-            return
+            return False
         try:
             rows = await self.api.get_json("/_sandbox/fx_rates")
         except NotFoundError:  # not the sandbox
-            return
+            return False
         if not isinstance(rows, list) or not all(isinstance(r, dict) and {"date", "currency", "rate"} <= r.keys()
                                                  for r in rows):
             log.warning("the sandbox's exchange rates are not a list of date, currency and rate; none were stored")
-            return
+            return False
         await self._db(self._store_fx, sandbox_rates_in(rows, self.settings.currency))
+        return True
 
     def _store_fx(self, rows: list[tuple[str, str, Decimal]]) -> None:
+        """The sandbox's rates, in the reporting currency, over the stored ones; all of these go first when they
+        are quoted in another currency (the setting was changed), or none of them would be found missing."""
+        reporting = self.settings.currency.lower()
+        quoted = rates_quoted_in(self.con)
         with transaction(self.con):
+            if quoted is not None and quoted != reporting:
+                log.warning("the stored exchange rates were units of %s; the reporting currency is now %s: they are "
+                            "replaced by the sandbox's rates in %s", quoted, reporting, reporting)
+                self.con.execute("DELETE FROM fx_rates")
             upsert_fx_rates(self.con, rows)
+            record_quote(self.con, reporting)
+
+    def _check_fx_quote(self) -> None:
+        """No rates came with this sync, nor come from a file after it: the stored ones (a file's, before it was
+        unset) must be in the reporting currency, or every figure converted with them would be in another one
+        under its name."""
+        quoted = rates_quoted_in(self.con)
+        reporting = self.settings.currency.lower()
+        if quoted is not None and quoted != reporting:
+            raise ConfigError(
+                f"the stored exchange rates are units of {quoted}, but the reporting currency (setting currency, "
+                f"STRIPE_CHURN_CURRENCY) is {reporting}: the synced objects are stored, the figures were not derived "
+                f"again; set fx_rates_file (STRIPE_CHURN_FX_RATES) to a file of rates in {reporting} (README "
+                f"\"Exchange rates\"), or set the currency back to {quoted}")
 
     # ------------------------------------------------------------------ incremental sync
     async def _gap(self, cursors: dict[str, tuple[str | None, int | None, bool]]) -> tuple[str | None, bool]:
@@ -1244,8 +1268,8 @@ class _Sync:
         (its rows would be summed with the stored ones by every view); record the mode when it is not yet (the
         first sync, or the first since the mode was recorded)."""
         rows = self.con.execute(
-            "SELECT account_id, max(value) FILTER (WHERE stream = $mode) FROM sync_cursors GROUP BY account_id "
-            "ORDER BY account_id", {"mode": STORE_MODE}).fetchall()
+            "SELECT account_id, max(value) FILTER (WHERE stream = $mode) FROM sync_cursors WHERE account_id <> '' "
+            "GROUP BY account_id ORDER BY account_id", {"mode": STORE_MODE}).fetchall()  # ('': the store's own rows)
         held = {str(a): m for a, m in rows}
         stored_mode = held.get(account)
         if any(a != account for a in held) or (mode and stored_mode and mode != stored_mode):
@@ -1327,9 +1351,11 @@ class _Sync:
                         else:
                             await self._incremental(cursors["events"], by_time)
                     # (whatever the mode: rates dated since the last sync come with the next one)
-                    await self._fx_rates()
+                    served_rates = await self._fx_rates()
                     await self._pending_items()
                     await self._flush()
+                    if not served_rates and not self.settings.fx_rates_file:  # (a file is written after the sync)
+                        await self._db(self._check_fx_quote)
                     result.status = "succeeded"
                 except Stopped:
                     await self._flush()

@@ -8,13 +8,20 @@ are ignored. Columns are separated by commas, or by semicolons, as a spreadsheet
 them, and then a rate may have a decimal comma. It is read whole and checked before a sync starts, and each
 run writes it after the sync, before the recompute: the rates of every currency the file lists are replaced
 by the file's (a row taken out of the file leaves the table), in one transaction. Currencies the file does
-not list keep their rows.
+not list keep their rows, unless the stored rates are quoted in another currency than the file's (the reporting
+currency was changed): then the file's rows replace the whole table, and a currency it leaves out is a missing
+rate, not an old rate taken for one in the new currency.
+
+The currency the stored rates are quoted in (:func:`rates_quoted_in`) is recorded by whatever writes them (this
+file, the sync's sandbox rates) as a store-wide row of ``sync_cursors`` (account id ``''``, stream
+``FX_QUOTE``, ``value`` the currency).
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -26,7 +33,10 @@ from stripe_churn.errors import ConfigError
 from stripe_churn.settings import read_text_file
 from stripe_churn.store.db import transaction
 
+log = logging.getLogger(__name__)
+
 _COLUMNS = ("date", "currency", "rate")
+FX_QUOTE = "fx_rates:quoted_in"  # the sync_cursors stream of the stored rates' quote currency (account id '')
 _CURRENCY = re.compile(r"[a-z]{3}")
 
 
@@ -36,6 +46,7 @@ class FxFile:
 
     path: Path
     rows: tuple[tuple[dt.date, str, Decimal], ...]
+    currency: str | None = None  # the reporting currency the rates are units of (None: not said)
 
     @property
     def currencies(self) -> tuple[str, ...]:
@@ -102,17 +113,50 @@ def read_fx_file(path: Path, reporting: str) -> FxFile:
                               f"line {seen[(day, currency)]})")
         seen[(day, currency)] = line
         rows.append((day, currency, rate))
-    return FxFile(path=path, rows=tuple(sorted(rows, key=lambda r: (r[1], r[0]))))
+    return FxFile(path=path, rows=tuple(sorted(rows, key=lambda r: (r[1], r[0]))), currency=reporting)
+
+
+def rates_quoted_in(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The currency the stored rates are units of: as recorded, else (rates written before it was recorded) the
+    reporting currency of the last recompute, which valued them as such; None when no rate is stored or neither
+    is known."""
+    row = con.execute("SELECT value FROM sync_cursors WHERE account_id = '' AND stream = ?", [FX_QUOTE]).fetchone()
+    if row and row[0]:
+        return str(row[0])
+    if not con.execute("SELECT count(*) FROM (SELECT 1 FROM fx_rates LIMIT 1)").fetchone()[0]:  # type: ignore[index]
+        return None
+    # (derived_settings is the metrics' table: absent before the first recompute)
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
+                       "AND schema_name = 'main' AND table_name = 'derived_settings'").fetchone()[0]:  # type: ignore[index]
+        return None
+    row = con.execute("SELECT reporting_currency FROM derived_settings").fetchone()
+    return str(row[0]).lower() if row and row[0] else None
+
+
+def record_quote(con: duckdb.DuckDBPyConnection, currency: str) -> None:
+    """Record that the stored rates are units of ``currency`` (within the caller's transaction)."""
+    con.execute("INSERT INTO sync_cursors (account_id, stream, value, done, updated_at) VALUES ('', ?, ?, true, "
+                "now()) ON CONFLICT (account_id, stream) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at", [FX_QUOTE, currency.lower()])
 
 
 def write_fx_rates(con: duckdb.DuckDBPyConnection, fx: FxFile) -> int:
-    """Replace the rates of the file's currencies by the file's rows, in one transaction; returns the rows
-    written."""
+    """Replace the rates of the file's currencies by the file's rows, in one transaction (the whole table when the
+    stored rates are quoted in another currency than the file's); returns the rows written."""
+    quoted = rates_quoted_in(con) if fx.currency else None
+    requote = fx.currency is not None and quoted is not None and quoted != fx.currency.lower()
     with transaction(con):
         con.execute("CREATE OR REPLACE TEMP TABLE fx_file_rows (date DATE, currency VARCHAR, rate DECIMAL(18, 8))")
         if fx.rows:
             con.executemany("INSERT INTO fx_file_rows VALUES (?, ?, ?)", [list(r) for r in fx.rows])
-        con.execute("DELETE FROM fx_rates WHERE lower(currency) IN (SELECT currency FROM fx_file_rows)")
+        if requote:
+            log.warning("the stored exchange rates were units of %s, the file's are units of %s (the reporting "
+                        "currency): the file's replace them all", quoted, fx.currency)
+            con.execute("DELETE FROM fx_rates")
+        else:
+            con.execute("DELETE FROM fx_rates WHERE lower(currency) IN (SELECT currency FROM fx_file_rows)")
         con.execute("INSERT INTO fx_rates (date, currency, rate) SELECT date, currency, rate FROM fx_file_rows")
         con.execute("DROP TABLE fx_file_rows")
+        if fx.currency:
+            record_quote(con, fx.currency)
     return len(fx.rows)
