@@ -170,6 +170,9 @@ def check_sandbox_outputs(port: int, truth_out: Path | None) -> None:
         finally:
             probe.close()
     if truth_out is not None:
+        from stripe_churn.report.outputs import check_output
+
+        check_output(truth_out, "--truth-out", "jsonl")  # (never a store, its files or a file it did not write)
         try:
             with tempfile.TemporaryFile(dir=truth_out.parent):
                 pass

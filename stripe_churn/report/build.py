@@ -74,11 +74,15 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
                  named_by: str | None = None) -> list[dict[str, Any]]:
     """Print the bridge with a verdict per period; write the chart and page when asked (``named_by``: the option
     that named their place, when not --chart and --html). Returns the rows."""
-    from stripe_churn.report.outputs import chart_format, output_error
+    from stripe_churn.report.outputs import chart_format, check_output, output_error
     from stripe_churn.report.tables import bridge_rows, render
 
+    # (an ending the chart cannot be drawn as, the store's own files and files no report wrote are refused before
+    # anything is printed)
     if chart:
-        chart_format(chart)  # (an ending the chart cannot be drawn as is refused before anything is printed)
+        check_output(chart, named_by or "--chart", chart_format(chart), settings.db)
+    if html:
+        check_output(html, named_by or "--html", "html", settings.db)
     rows, as_of, derived_in = load_bridge(settings.db, start=start, end=end, period=period, segment=segment)
     # (the amounts are in the currency of the recompute that derived them, whatever the settings say now)
     currency = derived_in or settings.currency.lower()

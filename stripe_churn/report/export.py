@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 
 from stripe_churn.errors import ConfigError
-from stripe_churn.report.outputs import output_error
+from stripe_churn.report.outputs import check_output, output_error
 from stripe_churn.report.tables import FORMULA_STARTS, csv_text
 from stripe_churn.store.db import sql_identifier, sql_literal
 from stripe_churn.store.snapshot import open_snapshot
@@ -46,6 +46,8 @@ def export(db: Path, out: Path, names: Sequence[str] = (), fmt: str = "parquet")
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise output_error(exc, out, "--out") from exc
+        for name in wanted:  # (the store's own files are never written over, even in the store's folder)
+            check_output(out / f"{name}.{fmt}", "--out", None, db)
         written = []
         for name in wanted:
             path = out / f"{name}.{fmt}"

@@ -1,5 +1,6 @@
-"""Files the user names (``report --chart`` and ``--html``, ``export --out``, ``demo --dir``): their folders made
-when missing, the chart's format read from its name, and a failure to write one told as that path and option."""
+"""Files the user names (``report --chart`` and ``--html``, ``export --out``, ``demo --dir``, ``sandbox
+--truth-out``): their folders made when missing, the chart's format read from its name, a path that is the store's
+(or another file this option did not write) refused, and a failure to write one told as that path and option."""
 
 from __future__ import annotations
 
@@ -12,6 +13,71 @@ from stripe_churn.errors import ConfigError, FatalError
 CHART_FORMATS = ("png", "svg", "pdf")
 
 _NO_ROOM_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+# The files beside a store ``<db>`` that are its own: the write-ahead log, the snapshot (and its log), the sync lock,
+# the daemon's claim and state, and their temporary copies (``<db>.<random>.tmp``) while they are published.
+STORE_FILE_ENDINGS = (".wal", ".snapshot", ".snapshot.wal", ".lock", ".daemon.lock", ".daemon.json")
+
+# What an earlier output of each kind holds in its first (or, for a PDF, last) bytes: such a file is written over.
+_EARLIER_OUTPUT = {"html": (b"<title>stripe-churn report</title>",), "png": (b"matplotlib",),
+                   "svg": (b"matplotlib",), "pdf": (b"matplotlib",), "jsonl": (b'{"',)}
+
+
+def _is_duckdb_file(path: Path) -> bool:
+    """The file holds DuckDB's magic bytes ("DUCK" at offset 8): a store, a snapshot, another program's database."""
+    try:
+        with path.open("rb") as f:
+            return f.read(12)[8:12] == b"DUCK"
+    except OSError:
+        return False
+
+
+def store_file_of(path: Path, db: Path | None = None) -> Path | None:
+    """The store ``path`` belongs to (the database itself, or a file of STORE_FILE_ENDINGS beside one), when it is
+    ``db`` or a file of ``db``, or of any DuckDB file beside it; None for any other path."""
+    try:
+        target = path.resolve()
+    except OSError:
+        return None
+    stores = [db.resolve()] if db is not None else []
+    if target == (stores[0] if stores else None):
+        return stores[0]
+    for ending in STORE_FILE_ENDINGS + tuple(f"{e}.tmp" for e in STORE_FILE_ENDINGS):
+        if target.name.endswith(ending) and len(target.name) > len(ending):
+            owner = target.with_name(target.name[:-len(ending)])
+            if owner in stores or _is_duckdb_file(owner):
+                return owner
+    if db is not None and target.parent == stores[0].parent and target.name.startswith(stores[0].name + "."):
+        return stores[0]  # (a temporary copy being published, <db>.<random>.tmp)
+    return None
+
+
+def check_output(path: Path, option: str, kind: str | None, db: Path | None = None) -> None:
+    """Refuse, in one line and before anything is written, an output path that is the store ``db``, one of its
+    files (its write-ahead log, snapshot, locks, daemon state), any DuckDB file, or an existing file that is no
+    earlier output of this ``kind`` (html, png, svg, pdf, jsonl; None: any other file may be written over, as
+    ``export`` rewrites its folder): a report must never replace the data it reads."""
+    owner = store_file_of(path, db)
+    if owner is not None:
+        what = "the store" if owner == path.resolve() else f"a file of the store {owner}"
+        raise ConfigError(f"will not write {path}: it is {what}; give {option} another path")
+    if not path.is_file():
+        return
+    if _is_duckdb_file(path):
+        raise ConfigError(f"will not write {path}: it is a DuckDB database; give {option} another path")
+    if kind is None:
+        return
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096)
+            f.seek(max(0, path.stat().st_size - 4096))
+            tail = f.read(4096)
+    except OSError:
+        return  # (a file that cannot be read is refused by the write, with output_error's line)
+    marks = _EARLIER_OUTPUT.get(kind, ())
+    if head and not any(m in head.lower() or m in tail.lower() for m in marks):
+        raise ConfigError(f"will not write over {path}: it is not an earlier {option} output of stripe-churn; "
+                          f"remove it first or give {option} another path")
 
 
 def chart_format(path: Path, option: str = "--chart") -> str:
