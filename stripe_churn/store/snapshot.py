@@ -59,4 +59,7 @@ def open_snapshot(db: Path) -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error as exc:
         raise damaged_store(exc, path, snapshot=True) or StoreError(f"cannot open snapshot {path}: {exc}") from exc
+    # dates and months in UTC, as the views count them, whatever this machine's time zone (a cookbook query's
+    # CAST(... AS DATE) or current_date answered for another month west of UTC in the first hours of a month)
+    con.execute("SET TimeZone = 'UTC'")
     return quiet(con)
