@@ -298,20 +298,28 @@ def status(fmt: str, config_path: Path | None) -> None:
             emit(cols, [[r[c] for c in cols] for r in table], fmt, title=name.replace("_", " "))
 
 
-def _parse_date(value: str | None) -> Any:
+def _parse_date(value: str | None, last_day: bool = False) -> Any:
+    """A day given as YYYY-MM-DD, or a month as YYYY-MM: its first day, or with ``last_day`` (``--to``) its last,
+    so that ``--to 2026-11`` keeps November's weeks."""
     import datetime as dt
 
     if value is None:
         return None
     try:
-        return dt.date.fromisoformat(value if len(value) > 7 else value + "-01")
+        day = dt.date.fromisoformat(value if len(value) > 7 else value + "-01")
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a date (YYYY-MM or YYYY-MM-DD)") from None
+    if last_day and len(value) <= 7:
+        following = day.replace(year=day.year + day.month // 12, month=day.month % 12 + 1)
+        day = following - dt.timedelta(days=1)
+    return day
 
 
 @cli.command()
-@click.option("--from", "start", default=None, help="Keep the periods that start on or after this day (YYYY-MM or YYYY-MM-DD).")
-@click.option("--to", "end", default=None, help="Keep the periods that start on or before this day (YYYY-MM or YYYY-MM-DD).")
+@click.option("--from", "start", default=None,
+              help="Keep the periods that start on or after this day (YYYY-MM-DD, or YYYY-MM: the month's first day).")
+@click.option("--to", "end", default=None,
+              help="Keep the periods that start on or before this day (YYYY-MM-DD, or YYYY-MM: the month's last day).")
 @click.option("--period", type=click.Choice(["month", "week", "quarter", "year"]), default="month",
               show_default=True, help="Period length.")
 @click.option("--segment", default=None, metavar="KIND[=VALUE]",
@@ -329,7 +337,7 @@ def report(start: str | None, end: str | None, period: str, segment: str | None,
     """The MRR bridge and churn rates per period, with a plain net-negative-churn verdict per period."""
     from stripe_churn.report.build import build_report
 
-    first, last = _parse_date(start), _parse_date(end)
+    first, last = _parse_date(start), _parse_date(end, last_day=True)
     if first is not None and last is not None and first > last:
         raise click.BadParameter(f"--from {start} is after --to {end}: give the earlier period first")
     settings = get_settings(config_path)

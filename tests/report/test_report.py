@@ -165,6 +165,19 @@ def test_a_range_that_ends_before_it_starts_is_a_usage_error(db: Path) -> None:
     assert result.exit_code == 2 and "--from 2025-06 is after --to 2025-01" in result.output
 
 
+def test_a_month_given_to_to_is_its_last_day(db: Path) -> None:
+    """(`--to 2025-11` was the 1st of November: with --period week November's weeks were left out, and a one-month
+    range of weeks was empty)"""
+    month = view_rows(db)[2]["period_start"].isoformat()[:7]
+    weeks = json.loads(run(db, "report", "--format", "json", "--period", "week", "--from", month, "--to", month))
+    starts = [w["period_start"] for w in weeks]
+    assert len(starts) >= 4 and all(s.startswith(month) for s in starts), starts
+    months = json.loads(run(db, "report", "--format", "json", "--from", month, "--to", month))
+    assert [m["period_start"][:7] for m in months] == [month]
+    result = CliRunner().invoke(cli, ["report", "--help"])
+    assert "YYYY-MM: the month's last day" in " ".join(result.output.split())
+
+
 def test_quarter_and_bad_segment(db: Path) -> None:
     out = json.loads(run(db, "report", "--format", "json", "--period", "quarter"))
     assert all(re.match(r"\d{4}-(01|04|07|10)-01", r["period_start"]) for r in out)
