@@ -70,6 +70,13 @@ def end_quietly() -> NoReturn:
     sys.exit(1)
 
 
+def query_interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` is DuckDB's RuntimeError "Query interrupted" for a Ctrl-C that came during a statement."""
+    from stripe_churn.pipeline import _query_interrupted
+
+    return _query_interrupted(exc)
+
+
 def handle_errors(f: F) -> F:
     """Known errors become one line on stderr and a non-zero exit code; nothing else is swallowed."""
 
@@ -88,6 +95,9 @@ def handle_errors(f: F) -> F:
         except Exception as exc:  # an unexpected failure still ends in one line; the traceback goes to DEBUG
             if isinstance(exc, BrokenPipeError) and stdout_closed():
                 end_quietly()
+            if query_interrupted(exc):  # (DuckDB's answer to a Ctrl-C during a statement: an interruption too)
+                click.echo("interrupted", err=True)
+                sys.exit(130)
             logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
             refused = store_failure(exc) or damaged_store(exc)
             if refused is not None:

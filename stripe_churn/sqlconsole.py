@@ -8,7 +8,7 @@ from typing import Any
 import duckdb
 
 from stripe_churn.errors import ConfigError, StoreError
-from stripe_churn.store.snapshot import open_snapshot
+from stripe_churn.store.snapshot import interruptible, open_snapshot
 
 ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 
@@ -41,8 +41,8 @@ def run_query(db: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     con = open_snapshot(db)
     try:
         lock_down(con)
-        try:
-            table = con.sql(sql).to_arrow_table()  # Arrow: TIMESTAMPTZ become aware datetimes
+        try:  # (Ctrl-C stops the query: interruptible)
+            table = interruptible(con, lambda: con.sql(sql).to_arrow_table())  # Arrow: TIMESTAMPTZ aware datetimes
         except duckdb.Error as exc:
             raise StoreError(f"query failed: {str(exc).splitlines()[0]}") from exc
         columns = list(table.column_names)

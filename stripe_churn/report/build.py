@@ -11,7 +11,7 @@ from typing import Any
 from stripe_churn.errors import ConfigError
 from stripe_churn.report.tables import day_of
 from stripe_churn.settings import Settings
-from stripe_churn.store.snapshot import open_snapshot
+from stripe_churn.store.snapshot import interruptible, open_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,9 @@ def load_bridge(db: Path, *, start: dt.date | None = None, end: dt.date | None =
     kind, value = parse_segment(segment)
     con = open_snapshot(db)
     try:
-        rows = bridge(con, period=period, segment=kind, start=start, end=end, segment_value=value)
-        return rows, data_as_of(con), reporting_currency(con)
+        return interruptible(con, lambda: (  # (Ctrl-C stops the queries: interruptible)
+            bridge(con, period=period, segment=kind, start=start, end=end, segment_value=value),
+            data_as_of(con), reporting_currency(con)))
     finally:
         con.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from stripe_churn.errors import ConfigError
 from stripe_churn.report.outputs import check_output, output_error
 from stripe_churn.report.tables import FORMULA_STARTS, csv_text
 from stripe_churn.store.db import sql_identifier, sql_literal
-from stripe_churn.store.snapshot import open_snapshot
+from stripe_churn.store.snapshot import interruptible, open_snapshot
 
 DEFAULT_NAMES = ("mrr_movements", "customer_mrr", "mrr_bridge", "scheduled_churn", "churn_reasons", "sync_runs")
 
@@ -56,8 +57,9 @@ def export(db: Path, out: Path, names: Sequence[str] = (), fmt: str = "parquet")
                 # CSV: text that a spreadsheet would run as a formula is neutralised (_csv_columns)
                 cols = "*" if fmt == "parquet" else _csv_columns(con, name)
                 # ORDER BY ALL: the same data always gives the same bytes, whatever order the query plan chose
-                con.execute(f"COPY (SELECT {cols} FROM {sql_identifier(name)} ORDER BY ALL) "
-                            f"TO {sql_literal(str(path))} {opts}")
+                copy = (f"COPY (SELECT {cols} FROM {sql_identifier(name)} ORDER BY ALL) "
+                        f"TO {sql_literal(str(path))} {opts}")
+                interruptible(con, functools.partial(con.execute, copy))  # (Ctrl-C stops the copy)
             except duckdb.Error as exc:
                 raise ConfigError(f"cannot export {name}: {str(exc).splitlines()[0]}") from exc
             written.append(path)

@@ -10,12 +10,17 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 
 from stripe_churn.errors import StoreError, damaged_store
 from stripe_churn.store.quiet import quiet
+
+T = TypeVar("T")
 
 
 def snapshot_path(db: Path) -> Path:
@@ -63,3 +68,38 @@ def open_snapshot(db: Path) -> duckdb.DuckDBPyConnection:
     # CAST(... AS DATE) or current_date answered for another month west of UTC in the first hours of a month)
     con.execute("SET TimeZone = 'UTC'")
     return quiet(con)
+
+
+def interruptible(con: duckdb.DuckDBPyConnection, work: Callable[[], T]) -> T:
+    """``work()`` (queries on ``con``) with Ctrl-C stopping it at once: the queries run in a worker thread while
+    the main thread waits where Python sees the signal, and a KeyboardInterrupt there interrupts ``con`` and is
+    raised (a query in the main thread was sometimes not interrupted at all, and otherwise ended as DuckDB's
+    RuntimeError "Query interrupted", not as an interrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        return work()  # (only the main thread is given signals)
+    outcome: dict[str, object] = {}
+    done = threading.Event()  # (waited on, not the thread: a join cut short by Ctrl-C takes the thread for ended)
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # (handed to the main thread)
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="snapshot-query", daemon=True).start()
+    try:
+        while not done.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        # (the statement stops at DuckDB's next check; asked again while it had not started yet, for 5 s at most,
+        # and the interruption is reported either way)
+        for _ in range(25):
+            con.interrupt()
+            if done.wait(0.2):
+                break
+        raise
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
