@@ -11,7 +11,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from stripe_churn.errors import FatalError, StripeChurnError, damaged_store, store_failure
+from stripe_churn.errors import FatalError, StoreError, StripeChurnError, damaged_store, store_failure
 from stripe_churn.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -290,6 +290,8 @@ def status(fmt: str, config_path: Path | None) -> None:
 
     settings = get_settings(config_path)
     info = collect(settings.db)
+    if info.get("store_error"):  # (missing, damaged, not a store: one line and exit 2, as `sync` says it)
+        raise StoreError(info["store_error"])
     if fmt == "json":
         import json
 

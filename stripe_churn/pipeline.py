@@ -19,6 +19,7 @@ from stripe_churn.errors import (
     DiskFullError,
     StoppedError,
     StoreError,
+    StoreLockedError,
     StripeChurnError,
     damaged_store,
     disk_full,
@@ -286,24 +287,49 @@ _LAST_OK_SQL = ("SELECT max(finished_at) AS t FROM sync_runs WHERE error IS NULL
 def _live_runs(db: Path) -> tuple[list[dict[str, Any]], dt.datetime | None] | None:
     """The latest runs and the end of the last successful one, from the store itself, when it was written after the
     snapshot (a run that failed publishes none, so the snapshot shows no failed run) and no sync holds it. Read under
-    the sync lock as a brief holder: a sync starting meanwhile waits for it; None when that cannot be done now."""
+    the sync lock as a brief holder: a sync starting meanwhile waits for it; None when that cannot be done now.
+    A store that is missing, damaged or no stripe-churn store is the StoreError ``sync`` gives for it."""
     from stripe_churn.lock import sync_lock
     from stripe_churn.store.db import open_store
 
     snap, wal = snapshot_path(db), db.with_name(db.name + ".wal")
+    from stripe_churn.daemon import state_path
+
+    _refuse_a_lost_store(db)
+    if not db.exists():
+        if state_path(db).exists():
+            return None  # (a daemon ran against it and made none yet, a key refused, say: its state says why)
+        raise StoreError(f"no store at {db}: run `stripe-churn sync` to start one, or point the setting db "
+                         "(STRIPE_CHURN_DB) at the store")
     try:
         written = max(db.stat().st_mtime, wal.stat().st_mtime if wal.exists() else 0.0)
-        if snap.exists() and written <= snap.stat().st_mtime:
-            return None  # (nothing since the snapshot: its runs are the store's)
+        newer = not snap.exists() or written > snap.stat().st_mtime
     except OSError:
-        return None
-    try:
-        with sync_lock(db, wait=0.0, by="status"), contextlib.closing(open_store(db, read_only=True)) as con:
+        newer = False
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(sync_lock(db, wait=0.0, by="status"))
+        except Exception as exc:  # (a sync holds it, or its lock file cannot be made here: the snapshot's view stands)
+            log.debug("status reads the runs from the snapshot: %s", exc)
+            return None
+        try:
+            # (opened even when nothing was written since the snapshot: a store damaged since is said, not hidden)
+            con = held.enter_context(contextlib.closing(open_store(db, read_only=True)))
+            if not newer:
+                return None  # (nothing since the snapshot: its runs are the store's)
             runs = _table(con, _RUNS_SQL)
             last = _table(con, _LAST_OK_SQL)
-    except Exception as exc:  # (locked, damaged, not a store: the snapshot's view stands; those are said elsewhere)
-        log.debug("status reads the runs from the snapshot: %s", exc)
-        return None
+        except StoreLockedError as exc:  # (the daemon or another program has it open: the snapshot's view stands)
+            log.debug("status reads the runs from the snapshot: %s", exc)
+            return None
+        except StoreError:  # (damaged, no DuckDB file, not a store, a newer version's: what sync says)
+            raise
+        except Exception as exc:
+            refused = damaged_store(exc, db)
+            if refused is not None:
+                raise refused from exc
+            log.debug("status reads the runs from the snapshot: %s", exc)  # (unreadable here, say)
+            return None
     from stripe_churn.sync import ENDED_UNRECORDED
 
     for run in runs:
@@ -319,7 +345,7 @@ def _lag(now: dt.datetime, last_ok: dt.datetime | None) -> str | None:
 def collect_status(db: Path) -> dict[str, Any]:
     """Last runs (from the store when it was written after the snapshot: failed runs publish none), cursors, lag,
     data-quality counts and the exchange rates of the currencies billed (from the snapshot), the lock and the
-    daemon's state."""
+    daemon's state; ``store_error``, and nothing from the snapshot, when the store is missing, damaged or no store."""
     from stripe_churn.daemon import read_state, state_path
     from stripe_churn.lock import is_locked
 
@@ -342,7 +368,13 @@ def collect_status(db: Path) -> dict[str, Any]:
                           "writes it anew")
     else:
         info["daemon"] = "never ran against this database"
-    live = None if info["sync_running"] else _live_runs(db)
+    live = None
+    if not info["sync_running"]:
+        try:
+            live = _live_runs(db)
+        except StoreError as exc:  # (`status` says it in one line and fails, as `sync` does)
+            info["store_error"] = str(exc)
+            return info
     last_ok: dt.datetime | None = None
     if live is not None:
         info["runs"], last_ok = live

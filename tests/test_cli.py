@@ -65,7 +65,13 @@ def test_demo_ends_with_a_verdict_on_the_month_before_this_one(tmp_path: Path) -
     assert (tmp_path / "demo" / "mrr.png").stat().st_size > 0 and (tmp_path / "demo" / "report.html").exists()
 
 
-def make_db(path: Path, n: int = 3) -> Path:
+def make_db(path: Path, n: int = 3, store: bool = False) -> Path:
+    """A database with a table t of ``n`` rows and a view v, its snapshot published; with ``store``, a
+    stripe-churn store (migrated) too, as `status` wants one."""
+    if store:
+        from stripe_churn.store.db import open_store
+
+        open_store(path).close()
     con = duckdb.connect(str(path))
     con.execute("CREATE TABLE t AS SELECT range AS i FROM range($n)", {"n": n})
     con.execute("CREATE VIEW v AS SELECT sum(i) AS s FROM t")
@@ -265,7 +271,7 @@ def test_negative_customers_or_months_are_usage_errors(args: list[str], tmp_path
 def test_a_closed_stdout_ends_quietly(tmp_path: Path, args: list[str]) -> None:
     """`stripe-churn ... | head -1`: the reader went away; no message, exit code 1 (it was `error: unexpected
     BrokenPipeError: [Errno 32] Broken pipe`)."""
-    db = make_db(tmp_path / "p.duckdb", 3)
+    db = make_db(tmp_path / "p.duckdb", 3, store=args == ["status"])
     read, write = os.pipe()
     os.close(read)  # (nobody reads: the first write fails with EPIPE)
     try:
@@ -280,7 +286,7 @@ def test_a_closed_stdout_ends_quietly(tmp_path: Path, args: list[str]) -> None:
 def test_a_damaged_snapshot_is_one_line_saying_the_next_sync_replaces_it(tmp_path: Path, damage: str) -> None:
     """(status said `error: unexpected IOException`; sql, report and export `cannot open snapshot ...: IO Error`
     without what to do)"""
-    db = make_db(tmp_path / "s.duckdb", 3000)
+    db = make_db(tmp_path / "s.duckdb", 3000, store=True)
     snap = snapshot_path(db)
     good = snap.read_bytes()
     snap.write_bytes({"text": b"hello\n", "cut short": good[:5000], "empty": b""}[damage])

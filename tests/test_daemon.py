@@ -285,7 +285,9 @@ def test_a_run_that_succeeds_clears_the_previous_daemons_error(start: Callable[.
         first.request_stop()
         thread.join(timeout=15)
     assert not thread.is_alive()
+    from stripe_churn.store.db import open_store
 
+    open_store(settings.db).close()  # (the store the run below writes in: `status` refuses a file that is none)
     env = {"STRIPE_CHURN_DB": str(settings.db)}
     d = start(interval_seconds=3600, run=locked_writer(), sync_on_start=False)
     assert wait_for(lambda: (read_state(settings.db) or {}).get("state") == "started")

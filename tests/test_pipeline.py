@@ -503,3 +503,41 @@ def test_a_store_gone_from_beside_its_snapshot_is_not_started_anew(tmp_path: Pat
         assert "\n" not in msg and f"cp {snapshot_path(settings.db)} {settings.db}" in msg, msg
         os.replace(snapshot_path(settings.db), settings.db)  # restored as it says: the runs go on
         assert run_once(settings, progress=False).status == "succeeded"
+
+
+@pytest.mark.parametrize("case", ["cut short", "another program's database", "no DuckDB file", "missing",
+                                  "missing beside its snapshot"])
+def test_status_refuses_a_store_sync_would_refuse_in_one_line(tmp_path: Path, case: str) -> None:
+    """(`status` printed the snapshot's runs, or `snapshot: none yet`, and exited 0 where `sync` refuses the store)"""
+    import duckdb
+    from click.testing import CliRunner
+
+    from stripe_churn.cli import cli
+    from stripe_churn.store.db import open_store
+    from stripe_churn.store.snapshot import publish_snapshot
+
+    db = tmp_path / "s.duckdb"
+    if case in ("cut short", "missing beside its snapshot"):
+        con = open_store(db)
+        con.execute("CREATE TABLE filler AS SELECT range AS i, repeat('x', 200) AS t FROM range(20000)")
+        con.execute("CHECKPOINT")
+        con.close()
+        publish_snapshot(db)
+        if case == "cut short":
+            with db.open("r+b") as f:
+                f.truncate(db.stat().st_size // 3)
+        else:
+            db.unlink()
+    elif case == "another program's database":
+        con = duckdb.connect(str(db))
+        con.execute("CREATE TABLE sales(a INT)")
+        con.close()
+    elif case == "no DuckDB file":
+        db.write_text("hello\n")
+    expected = {"cut short": f"the store {db} is damaged", "another program's database": "not a stripe-churn store",
+                "no DuckDB file": "is not a DuckDB database", "missing": f"no store at {db}: run `stripe-churn sync`",
+                "missing beside its snapshot": f"the store {db} is missing but its snapshot"}[case]
+    for fmt in ("table", "json"):
+        result = CliRunner().invoke(cli, ["status", "--format", fmt], env={"STRIPE_CHURN_DB": str(db)})
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith("error: ") and expected in result.output, result.output
