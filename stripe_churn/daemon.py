@@ -160,8 +160,12 @@ class Daemon:
                 # (cron runs on the days either field names; this scheduler only on days both name)
                 raise ValueError("both the day of the month and the weekday are restricted, which cron reads as "
                                  "either of them; restrict one of the two")
-            return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=cron_weekdays(weekdays),
-                               timezone=dt.UTC)
+            trigger = CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                                  day_of_week=cron_weekdays(weekdays), timezone=dt.UTC)
+            if trigger.get_next_fire_time(None, dt.datetime.now(dt.UTC)) is None:
+                # (the 31st of February, say: the daemon would run and never sync, with a healthy status)
+                raise ValueError("it never fires (no such day in those months)")
+            return trigger
         except ValueError as exc:
             raise ConfigError(f"bad STRIPE_CHURN_SCHEDULE {self.settings.schedule!r}: {exc}; "
                               "use a five-field cron expression such as '*/30 * * * *'") from exc

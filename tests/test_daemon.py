@@ -142,6 +142,14 @@ def test_a_bad_weekday_field_is_a_config_error(schedule: str, tmp_path: Path) ->
         Daemon(Settings(db=tmp_path / "d.duckdb", schedule=schedule))
 
 
+@pytest.mark.parametrize("schedule", ["0 0 31 2 *", "0 0 30 2 *", "0 6 31 4,6,9,11 *"])
+def test_a_schedule_that_never_fires_is_a_config_error(schedule: str, tmp_path: Path) -> None:
+    """(the daemon started, said `started`, and never synced: APScheduler has no next time for such a day)"""
+    with pytest.raises(ConfigError, match=r"never fires \(no such day in those months\)"):
+        Daemon(Settings(db=tmp_path / "d.duckdb", schedule=schedule))
+    assert fire_days("0 0 29 2 *", tmp_path, 1)  # (a leap day fires, once in four years)
+
+
 def test_scheduled_runs_and_state(start: Callable[..., Daemon], tmp_path: Path) -> None:
     d = start(interval_seconds=0.2, run=locked_writer())
     assert wait_for(lambda: d.runs >= 3)
