@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,12 +40,22 @@ def _period_label(start: Any, period: str) -> str:
     return text
 
 
+# A segment's period opens with the MRR of the customers in it at the period start, so a customer who moved into
+# (or out of) the segment brings (or takes) MRR that no flow of the segment shows: the step that reconciles it.
+MOVED = "moved_in_out"
+
+
 def waterfall_steps(rows: Sequence[dict[str, Any]]) -> list[tuple[str, float]]:
-    """(label, signed amount) from opening to closing over the rows: flows summed, losses negative."""
+    """(label, signed amount) from opening to closing over the rows: flows summed, losses negative; for a segment,
+    a ``moved_in_out`` step (each period's opening less the previous period's closing) when customers moved
+    between segments, so that the steps always add up to the closing."""
     steps = [("opening", _f(rows[0]["opening_mrr"]))]
     steps += [(k, sum(_f(r.get(k)) for r in rows)) for k in UP]
     steps += [(k, -sum(_f(r.get(k)) for r in rows)) for k in DOWN]
     steps.append(("fx", sum(_f(r.get("fx")) for r in rows)))
+    moved = sum(_f(r["opening_mrr"]) - _f(before["closing_mrr"]) for before, r in itertools.pairwise(rows))
+    if round(moved, 4):  # (never for the whole account: a period opens with the previous one's closing)
+        steps.append((MOVED, moved))
     steps.append(("closing", _f(rows[-1]["closing_mrr"])))
     return steps
 
@@ -58,7 +69,7 @@ def build_figure(rows: Sequence[dict[str, Any]], currency: str = "usd", period: 
     labels, bottoms, heights, colors = [], [], [], []
     level = 0.0
     for name, amount in steps:
-        labels.append(name.replace("_", " "))
+        labels.append("moved in/out" if name == MOVED else name.replace("_", " "))
         if name in ("opening", "closing"):
             bottoms.append(0.0)
             heights.append(amount)

@@ -150,6 +150,25 @@ def test_the_latest_complete_month_is_answered_in_one_sentence() -> None:
     assert verdict_line([{**rows[0], "segment_value": "a"}, {**rows[1], "segment_value": "b"}], "month") is None
 
 
+def test_a_segments_waterfall_adds_up_when_customers_move_between_segments() -> None:
+    """(a customer who moved into the segment raised its opening with no bar for it: the chart climbed from 0 by
+    new 50 to 50 and then closed at 150)"""
+    flows = {k: Decimal(0) for k in ("new", "reactivation", "upgrade", "cross_sell", "seat_expansion",
+                                     "resource_expansion", "discount_expansion", "contraction", "churn", "fx")}
+    rows = [{**flows, "period_start": dt.date(2025, 1, 1), "opening_mrr": Decimal(0), "new": Decimal(50),
+             "closing_mrr": Decimal(50)},
+            {**flows, "period_start": dt.date(2025, 2, 1), "opening_mrr": Decimal(50), "closing_mrr": Decimal(50)},
+            {**flows, "period_start": dt.date(2025, 3, 1), "opening_mrr": Decimal(150), "closing_mrr": Decimal(140),
+             "churn": Decimal(10)}]
+    steps = waterfall_steps(rows)
+    assert ("moved_in_out", 100.0) in steps and steps[-1] == ("closing", 140.0)
+    assert steps[0][1] + sum(v for _, v in steps[1:-1]) == pytest.approx(steps[-1][1])
+    ax1 = build_figure(rows).axes[0]
+    assert "moved in/out" in [t.get_text() for t in ax1.get_xticklabels()]
+    whole = [rows[0], {**rows[1], "closing_mrr": Decimal(150), "upgrade": Decimal(100)}, rows[2]]
+    assert "moved_in_out" not in dict(waterfall_steps(whole))  # (the whole account: nothing moves)
+
+
 def test_range_and_csv(db: Path) -> None:
     rows = view_rows(db)
     first, last = rows[1]["period_start"], rows[3]["period_start"]
