@@ -22,6 +22,8 @@ FORMATS = ("table", "csv", "json")
 # A TCP port (0: the OS picks a free one) and a count of things to simulate, refused while the options are read
 PORT = click.IntRange(0, 65535)
 COUNT = click.IntRange(min=0)
+# (the demo's report of no customer or no month had nothing to draw: `error: nothing to draw`, exit 2)
+DEMO_COUNT = click.IntRange(min=1)
 
 def setup_logging(level: str = "INFO") -> None:
     """Plain log lines on stderr; the key never reaches them (it is a masked Secret everywhere). Called again, it
@@ -390,8 +392,8 @@ def export(fmt: str, out: Path, names: tuple[str, ...], config_path: Path | None
 @cli.command()
 @click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
               default=Path("stripe-churn-demo"), show_default=True, help="Where the database, chart and page go.")
-@click.option("--customers", type=COUNT, default=800, show_default=True, help="Customers to simulate.")
-@click.option("--months", type=COUNT, default=24, show_default=True, help="Months of history to simulate.")
+@click.option("--customers", type=DEMO_COUNT, default=800, show_default=True, help="Customers to simulate.")
+@click.option("--months", type=DEMO_COUNT, default=24, show_default=True, help="Months of history to simulate.")
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
 @format_option
 @handle_errors
