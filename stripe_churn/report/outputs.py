@@ -47,8 +47,9 @@ def store_file_of(path: Path, db: Path | None = None) -> Path | None:
             owner = target.with_name(target.name[:-len(ending)])
             if owner in stores or _is_duckdb_file(owner):
                 return owner
-    if db is not None and target.parent == stores[0].parent and target.name.startswith(stores[0].name + "."):
-        return stores[0]  # (a temporary copy being published, <db>.<random>.tmp)
+    if (db is not None and target.parent == stores[0].parent and target.name.startswith(stores[0].name + ".")
+            and target.name.endswith(".tmp")):
+        return stores[0]  # (a copy being published: the snapshot's <db>.<random>.tmp, the state's <db>.daemon.json.<pid>.tmp)
     return None
 
 

@@ -30,7 +30,7 @@ def invoke(db: Path, *args: str) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("ending", ["", ".snapshot", ".wal", ".snapshot.wal", ".lock", ".daemon.lock",
-                                    ".daemon.json"])
+                                    ".daemon.json", ".daemon.json.123.tmp", ".k2j4x8.tmp"])
 def test_the_page_never_replaces_the_store_or_its_files(store: Path, ending: str) -> None:
     """(`report --html <db>` replaced the store with a page: `sync` then said it is not a DuckDB database)"""
     target = store.with_name(store.name + ending)
@@ -40,6 +40,13 @@ def test_the_page_never_replaces_the_store_or_its_files(store: Path, ending: str
     assert out.splitlines()[-1].startswith(f"error: will not write {target}: it is "), out
     assert len(out.splitlines()) == 1, out  # (refused before the table is printed)
     assert (digest(target) if target.exists() else None) == before
+
+
+def test_a_page_named_after_the_store_is_no_file_of_it(store: Path) -> None:
+    page = store.with_name(store.name + ".html")
+    code, out = invoke(store, "report", "--html", str(page))
+    assert code == 0 and "<table>" in page.read_text(), out
+    page.unlink()
 
 
 def test_no_chart_page_or_export_over_another_database(store: Path, tmp_path: Path) -> None:
