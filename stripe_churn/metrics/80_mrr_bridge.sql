@@ -77,9 +77,10 @@ coalesce(CASE
     WHEN kind = 'currency' THEN currency
     WHEN kind = 'country' THEN country
     WHEN kind = 'size_band' THEN mrr_size_band(mrr)
+    -- (the key as a JSON string in the path, escaped: any key Stripe allows, quotes and dots included)
     WHEN starts_with(kind, 'metadata.') THEN json_extract_string(
-        customer_raw, '$.metadata."' || replace(CASE WHEN starts_with(kind, 'metadata.') THEN substr(kind, 10)
-                                                     ELSE 'none' END, '"', '') || '"')
+        customer_raw, '$.metadata.' || to_json(CASE WHEN starts_with(kind, 'metadata.') THEN substr(kind, 10)
+                                                    ELSE 'none' END))
     ELSE error('unknown segment kind ' || kind || ': use family, plan, product, currency, country, size_band '
                || 'or metadata.<key>')
 END, '(none)');

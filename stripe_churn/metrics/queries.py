@@ -42,11 +42,6 @@ def _check_period(period: str) -> None:
 def _check_segment(segment: str | None) -> None:
     if segment is None:
         return
-    if segment.startswith("metadata.") and '"' in segment:
-        # (segment_of reads the key as a quoted JSON path, which cannot hold a double quote: every customer came
-        # out as "(none)", silently)
-        raise ConfigError(f"cannot segment by {segment!r}: a metadata key with a double quote (\") cannot be looked "
-                          "up yet; segment by another key")
     if segment in SEGMENT_KINDS or (segment.startswith("metadata.") and len(segment) > len("metadata.")):
         return
     raise ConfigError(f"unknown segment {segment!r}: use one of {', '.join(SEGMENT_KINDS)} or metadata.<key>")

@@ -301,6 +301,21 @@ def test_longer_periods_sum_the_months(world: World, derive: Derive) -> None:
     assert sum(w["new"] for w in weeks) == sum(m["new"] for m in months)
 
 
+@pytest.mark.parametrize("key", ['plan "tier"', "plan.tier", "plan\\tier", "plán tier"])
+def test_a_metadata_key_of_any_characters_segments(world: World, derive: Derive, key: str) -> None:
+    """Stripe allows any metadata key: one with a double quote found nobody (the quote was dropped from the JSON
+    path), so every customer came out as '(none)'."""
+    catalogue(world)
+    world.customer("c1", metadata={key: "gold", "plan": "other"})
+    world.customer("c2", metadata={"other": "x"})
+    world.subscribe("s1", "c1", [("i1", "basic_usd", 1)], ts(2024, 1, 10))
+    world.subscribe("s2", "c2", [("i2", "basic_usd", 1)], ts(2024, 1, 12))
+    con = derive(world, seen_at=ts(2024, 2, 20))
+    rows = queries.bridge(con, "month", f"metadata.{key}")
+    assert {(r["segment_value"], r["closing_customers"]) for r in rows if r["period_start"] == dt.date(2024, 1, 1)} \
+        == {("gold", 1), ("(none)", 1)}
+
+
 def test_segments(world: World, derive: Derive) -> None:
     con = derive(book(world), seen_at=SEEN)
     by_country = {(r["segment_value"], r["period_start"]): r for r in queries.bridge(con, "month", "country")}

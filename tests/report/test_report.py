@@ -197,15 +197,6 @@ def test_a_month_given_to_to_is_its_last_day(db: Path) -> None:
     assert "YYYY-MM: the month's last day" in " ".join(result.output.split())
 
 
-def test_a_metadata_key_with_a_double_quote_is_refused_not_all_none(db: Path) -> None:
-    """(every customer came out as `(none)`: the key is read as a quoted JSON path, which drops the quote)"""
-    result = CliRunner().invoke(cli, ["report", "--segment", 'metadata.plan "tier"'],
-                                env={"STRIPE_CHURN_DB": str(db)})
-    assert result.exit_code == 2 and result.output == (
-        "error: cannot segment by 'metadata.plan \"tier\"': a metadata key with a double quote (\") cannot be "
-        "looked up yet; segment by another key\n"), result.output
-
-
 def test_quarter_and_bad_segment(db: Path) -> None:
     out = json.loads(run(db, "report", "--format", "json", "--period", "quarter"))
     assert all(re.match(r"\d{4}-(01|04|07|10)-01", r["period_start"]) for r in out)
