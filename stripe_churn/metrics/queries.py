@@ -109,7 +109,8 @@ def latest_verdict(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None:
 
 def cohort_matrix(con: duckdb.DuckDBPyConnection, start: dt.date | None = None,
                   end: dt.date | None = None) -> list[dict[str, Any]]:
-    """Cohort revenue retention rows (cohort_month, months_since_start, month, ..., revenue_retention)."""
+    """Cohort revenue retention rows (cohort_month, months_since_start, month, ..., revenue_retention), at
+    constant exchange rates (the rate at the end of the cohort's first month; fx movements left out)."""
     return _rows(con, "SELECT * FROM cohort_matrix() WHERE ($start IS NULL OR cohort_month >= $start) "
                       "AND ($end IS NULL OR cohort_month <= $end) ORDER BY cohort_month, month",
                  {"start": start, "end": end})
