@@ -1263,16 +1263,23 @@ class _Sync:
         livemode = data[0].get("livemode") if data else None
         return None if not isinstance(livemode, bool) else "live" if livemode else "test"
 
+    def _holds_objects(self, account: str) -> bool:
+        """Whether the store keeps any object of ``account`` (cursor rows alone are what a first sync that failed
+        before storing anything left: a key without a permission, a mistyped one)."""
+        return any(self.con.execute(f"SELECT 1 FROM {t} WHERE account_id = ? LIMIT 1", [account]).fetchall()
+                   for t in RAW_TABLES)
+
     def _check_identity(self, account: str, mode: str | None) -> None:
         """Refuse a sync of another Stripe account, or of the other mode of the same one, than the store holds
-        (its rows would be summed with the stored ones by every view); record the mode when it is not yet (the
-        first sync, or the first since the mode was recorded)."""
+        objects of (its rows would be summed with the stored ones by every view); record the mode when it is not
+        yet (the first sync, or the first since the mode was recorded), or when nothing of the account is stored.
+        A store that already held several accounts before the mode was recorded keeps syncing each of them."""
         rows = self.con.execute(
             "SELECT account_id, max(value) FILTER (WHERE stream = $mode) FROM sync_cursors WHERE account_id <> '' "
             "GROUP BY account_id ORDER BY account_id", {"mode": STORE_MODE}).fetchall()  # ('': the store's own rows)
-        held = {str(a): m for a, m in rows}
+        held = {str(a): m for a, m in rows if self._holds_objects(str(a))}
         stored_mode = held.get(account)
-        if any(a != account for a in held) or (mode and stored_mode and mode != stored_mode):
+        if (held and account not in held) or (mode and stored_mode and mode != stored_mode):
             holds = " and ".join(_held(a, m) for a, m in held.items())
             if self.settings.source == "demo":
                 todo = "run the demo with another --dir (or remove that folder's store)"

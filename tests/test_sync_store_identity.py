@@ -138,3 +138,48 @@ def test_a_configured_account_the_key_cannot_reach_is_not_recorded_as_the_stores
             else:
                 assert run_sync(settings, progress=False).status == "succeeded"
     assert (STORE_MODE, s.account_id, "test") in contents(db)
+
+
+def test_a_store_that_held_several_accounts_before_keeps_syncing_them_and_takes_no_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier version synced several accounts (STRIPE_ACCOUNT) into one store: refusing them all would leave
+    the store unsyncable, and starting over would lose the events Stripe no longer keeps."""
+    from stripe_churn import sync as sync_module
+
+    db = tmp_path / "s.duckdb"
+    one, two = sim(1), sim(7)
+    with monkeypatch.context() as m:  # (as an earlier version made it: no check, no mode recorded)
+        m.setattr(sync_module._Sync, "_check_identity", lambda self, account, mode: None)
+        assert sync(one, db).status == "succeeded" and sync(two, db).status == "succeeded"
+    for s in (one, two, one):
+        assert sync(s, db).status == "succeeded"
+    with pytest.raises(ConfigError) as exc:
+        sync(sim(11), db)
+    refused(exc, one.account_id, two.account_id, sim(11).account_id)
+
+
+def test_a_first_sync_that_stored_nothing_does_not_claim_the_store(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A first sync refused by Stripe before it stored anything (a restricted key without a permission, a mistyped
+    key of another account) recorded the store as that account's and mode's: the corrected key was refused."""
+    from stripe_churn.errors import AuthError
+    from stripe_churn.stripe_api import client
+
+    db = tmp_path / "s.duckdb"
+    s = sim(3)
+    real_get = client.StripeRaw.get_page
+
+    async def no_customers(self: Any, path: str, params: Any = None) -> Any:
+        if path.startswith("/v1/customers"):
+            raise AuthError("Stripe says the API key lacks a permission needed (HTTP 403)")
+        return await real_get(self, path, params)
+
+    monkeypatch.setattr(client.StripeRaw, "get_page", no_customers)
+    with pytest.raises(AuthError):
+        sync(s, db, TEST_KEY)
+    monkeypatch.setattr(client.StripeRaw, "get_page", real_get)
+    assert not [r for r in contents(db) if r[0] in ("customers", "events")]
+    assert sync(s, db, LIVE_KEY).status == "succeeded"
+    assert (STORE_MODE, s.account_id, "live") in contents(db)
+    with pytest.raises(ConfigError):  # (now it holds the live objects)
+        sync(s, db, TEST_KEY)
