@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -424,18 +425,35 @@ def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> N
     sim = Simulation(customers=customers, months=months, seed=seed, start=history_to_today(months),
                      **SANDBOX_OPTIONS)
     db = directory / "stripe-churn.duckdb"
+    # (what the folder's store simulates, written by the demo that filled it: another simulation of the same seed
+    # has the same account, so the store would keep what the new one lacks; the demo's own store starts over)
+    made, wanted = directory / "demo.json", {"seed": seed, "customers": customers, "months": months}
+    try:
+        was = json.loads(made.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        was = None
+    if db.exists() and isinstance(was, dict) and was != wanted:
+        click.echo(f"{db} holds the demo of another simulation ({_described(was)}): starting over", err=True)
+        for stale in (db, db.with_name(db.name + ".wal")):
+            stale.unlink(missing_ok=True)
     if not db.exists():  # (the demo's store removed by hand: its old snapshot goes too, and the demo starts over)
         snapshot_path(db).unlink(missing_ok=True)
     with start_in_thread(sim, api_key=SANDBOX_KEY) as sb:
         settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=db, rate_limit=1000.0, source="demo")
         click.echo(f"sandbox at {sb.url}; syncing into {settings.db} ...", err=True)
         summary = run_once(settings, full=True, wait=30.0, progress=False)
+    made.write_text(json.dumps(wanted) + "\n", encoding="utf-8")
     click.echo(f"synced {sum(summary.counts.values())} objects, {summary.new_movements} movements "
                f"in {time.monotonic() - t0:.1f} s", err=True)
     chart, page = directory / "mrr.png", directory / "report.html"
     build_report(settings, period="month", chart=chart, html=page, fmt=fmt, echo=click.echo, named_by="--dir")
     click.echo(f"chart: {chart}\npage: {page}\nquery it: STRIPE_CHURN_DB={settings.db} "
                "stripe-churn sql \"SELECT * FROM mrr_bridge\"", err=True)
+
+
+def _described(params: dict[str, Any]) -> str:
+    """A demo's simulation in words, from what its demo.json holds."""
+    return ", ".join(f"--{k} {v}" for k, v in params.items())
 
 
 def main() -> None:

@@ -314,3 +314,26 @@ def test_an_output_path_that_cannot_be_written_names_its_option(tmp_path: Path) 
         assert code == 2 and out.count("\n") == 1, out
         assert out == (f"error: cannot write {tmp_path / path} (a file stands where a directory is needed): move "
                        f"that file, or give {option} another path\n"), out
+
+
+def test_a_demo_of_another_simulation_in_the_same_folder_starts_over(tmp_path: Path) -> None:
+    """The same seed with other --customers is the same sandbox account: its store kept the customers and events
+    the new simulation lacks (flagged deleted, or stale), and each recompute derived them again."""
+    folder = tmp_path / "demo"
+
+    def demo(customers: str, where: Path = folder) -> str:
+        code, out = cli_run(None, "demo", "--dir", str(where), "--customers", customers, "--months", "6")
+        assert code == 0, out
+        return out
+
+    def stored(where: Path = folder) -> tuple[int, int]:
+        with duckdb.connect(str(where / "stripe-churn.duckdb"), read_only=True) as con:
+            return con.execute("SELECT (SELECT count(*) FROM customers), (SELECT count(*) FROM events)").fetchall()[0]
+
+    demo("40")
+    demo("20", tmp_path / "fresh")
+    assert stored()[0] == 40
+    assert "starting over" in demo("20")
+    assert stored() == stored(tmp_path / "fresh")  # (what a demo of 20 in a new folder stores, nothing more)
+    assert "starting over" not in demo("20")  # (the same simulation syncs into its store again)
+    assert stored() == stored(tmp_path / "fresh")

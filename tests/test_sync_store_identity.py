@@ -107,7 +107,9 @@ def test_a_key_of_no_known_prefix_takes_the_mode_of_what_the_server_sends(tmp_pa
         sync(s, db, LIVE_KEY)
 
 
-def test_a_demo_run_again_with_another_seed_in_the_same_folder_is_refused(tmp_path: Path) -> None:
+def test_a_demo_in_a_folder_whose_store_it_did_not_make_is_refused(tmp_path: Path) -> None:
+    """(a folder the demo filled records it in demo.json, and another simulation starts that store over: see
+    tests/test_cli.py; a store without it, such as a real one given as --dir, is another account's)"""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE")}
     env["PYTHONPATH"] = str(Path(stripe_churn.__file__).parents[1])  # (this tree's package, not an installed one)
 
@@ -117,6 +119,7 @@ def test_a_demo_run_again_with_another_seed_in_the_same_folder_is_refused(tmp_pa
                               capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env)
 
     assert demo(1).returncode == 0
+    (tmp_path / "demo" / "demo.json").unlink()
     out = demo(2)
     assert out.returncode == 2, out.stderr
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
