@@ -306,7 +306,7 @@ def status(fmt: str, config_path: Path | None) -> None:
         click.echo(f"{key}: {info.get(key)}")
     if info.get("daemon_error"):
         click.echo(f"daemon last error: {info['daemon_error']}")
-    for name in ("runs", "recomputes", "cursors", "data_quality", "exchange_rates"):
+    for name in ("runs", "recomputes", "accounts", "cursors", "data_quality", "exchange_rates"):
         table = info.get(name) or []
         if table:
             cols = list(table[0].keys())

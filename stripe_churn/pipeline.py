@@ -389,8 +389,13 @@ def collect_status(db: Path) -> dict[str, Any]:
             info["runs"] = _table(con, _RUNS_SQL)
             last_ok = (_table(con, _LAST_OK_SQL) or [{"t": None}])[0]["t"]
             info["lag"] = _lag(now, last_ok)
+        # (the account and mode the store holds, and the cursors proper: not the rows that only record what
+        # listed the store, its mode or its rates' currency, which cover no time)
+        info["accounts"] = _table(con, "SELECT account_id, value AS mode FROM sync_cursors WHERE stream = 'mode' "
+                                       "ORDER BY account_id")
         info["cursors"] = _table(con, "SELECT account_id, stream, done, to_timestamp(created) AS covers_until, "
-                                      "updated_at FROM sync_cursors ORDER BY stream")
+                                      "updated_at FROM sync_cursors WHERE account_id <> '' "
+                                      "AND stream NOT IN ('mode', 'listing', 'full:listing') ORDER BY stream")
         info["recomputes"] = _table(con, "SELECT mode, customers, started_at, finished_at, reason "
                                          "FROM metrics_runs ORDER BY started_at DESC LIMIT 5")
         info["data_quality"] = _table(con, "SELECT kind, count(*) AS n FROM data_quality GROUP BY kind ORDER BY kind")

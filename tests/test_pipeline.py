@@ -203,6 +203,12 @@ def test_run_once_against_the_sandbox(tmp_path: Path) -> None:
         assert n is not None and n[0] == first.new_movements + second.new_movements
     finally:
         con.close()
+    # status names the account and mode the store holds; its cursors are those that cover a time
+    from stripe_churn.pipeline import collect_status
+
+    info = collect_status(settings.db)
+    assert [r["mode"] for r in info["accounts"]] == ["test"] and info["accounts"][0]["account_id"].startswith("acct_")
+    assert info["cursors"] and all(r["covers_until"] is not None for r in info["cursors"]), info["cursors"]
 
 
 def test_a_stop_during_the_recompute_keeps_results_and_snapshot(tmp_path: Path,
