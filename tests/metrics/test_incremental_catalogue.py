@@ -20,12 +20,39 @@ from stripe_churn.settings import Settings
 from stripe_churn.store.db import open_store
 
 
+def removed_with_no_event(before: World, changed: World, w: World, tmp_path: Path, later: int,
+                          shards: int) -> list[list[tuple[object, ...]]]:
+    """Load ``before``, then ``changed`` as a later full sync's listing at ``later`` (flagging what it no longer
+    lists), into one store derived again incrementally and one recomputed in full; assert every derived table is
+    the same in both, and give each store's discount_end_estimated rows (kind, object, moment)."""
+    from stripe_churn.store.load import mark_unlisted_children
+
+    at = dt.datetime.fromtimestamp(later, tz=dt.UTC)
+    results, estimated = [], []
+    for name, incremental in (("incremental", True), ("full", False)):
+        con = open_store(tmp_path / f"{name}.duckdb")
+        before.load(con, seen_at=SEEN)
+        if incremental:
+            recompute(con, Settings())
+        changed.load(con, seen_at=later)
+        mark_unlisted_children(con, w.account_id, at, at)
+        if incremental:
+            assert recompute_changed(con, Settings(), at, shards=shards) >= 1
+        else:
+            recompute(con, Settings())
+        results.append(derived_contents(con))
+        estimated.append(con.execute("SELECT kind, object_id, CAST(epoch(moment) AS BIGINT) FROM data_quality "
+                                     "WHERE kind = 'discount_end_estimated'").fetchall())
+        con.close()
+    assert results[0] == results[1]
+    return estimated
+
+
 @SHARDS
 def test_a_discount_removed_with_no_event_equals_a_full_recompute(world: World, tmp_path: Path, shards: int) -> None:
     """A forever discount taken off with no event, flagged deleted by a full sync's listing: 35 dates its end by
     its owner's invoices, whose JSON the scope must then hold (incremental._READ_RAW), to give the full
     recompute's rows."""
-    from stripe_churn.store.load import mark_unlisted_children
 
     w = book(world)
     w.coupon("tenth", percent_off=10)
@@ -39,24 +66,8 @@ def test_a_discount_removed_with_no_event_equals_a_full_recompute(world: World, 
     w.cycle("sub_a", ts(2024, 5, 20))
     changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 12))
     later = ts(2024, 6, 2)
-    at = dt.datetime.fromtimestamp(later, tz=dt.UTC)
-    results = []
-    for name, incremental in (("incremental", True), ("full", False)):
-        con = open_store(tmp_path / f"{name}.duckdb")
-        before.load(con, seen_at=SEEN)
-        if incremental:
-            recompute(con, Settings())
-        changed.load(con, seen_at=later)
-        mark_unlisted_children(con, w.account_id, at, at)
-        if incremental:
-            assert recompute_changed(con, Settings(), at, shards=shards) >= 1
-        else:
-            recompute(con, Settings())
-        results.append(derived_contents(con))
-        rows = con.execute("SELECT kind, object_id FROM data_quality WHERE kind = 'discount_end_estimated'").fetchall()
-        assert rows == [("discount_end_estimated", d["id"])]
-        con.close()
-    assert results[0] == results[1]
+    for rows in removed_with_no_event(before, changed, w, tmp_path, later, shards):
+        assert [r[:2] for r in rows] == [("discount_end_estimated", d["id"])]
 
 
 @SHARDS
@@ -66,7 +77,6 @@ def test_an_item_discount_removed_with_no_event_equals_a_full_recompute(world: W
     its end by the item's invoice lines (Stripe bills an item's discount there), whose JSON the scope must then
     hold (incremental._READ_RAW), to give the full recompute's rows: the end at the first renewal billing the
     item without it."""
-    from stripe_churn.store.load import mark_unlisted_children
 
     w = book(world)
     w.coupon("tenth", percent_off=10)
@@ -82,25 +92,8 @@ def test_an_item_discount_removed_with_no_event_equals_a_full_recompute(world: W
     w.cycle("sub_a", ts(2024, 5, 20))
     changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 12))
     later = ts(2024, 6, 2)
-    at = dt.datetime.fromtimestamp(later, tz=dt.UTC)
-    results = []
-    for name, incremental in (("incremental", True), ("full", False)):
-        con = open_store(tmp_path / f"{name}.duckdb")
-        before.load(con, seen_at=SEEN)
-        if incremental:
-            recompute(con, Settings())
-        changed.load(con, seen_at=later)
-        mark_unlisted_children(con, w.account_id, at, at)
-        if incremental:
-            assert recompute_changed(con, Settings(), at, shards=shards) >= 1
-        else:
-            recompute(con, Settings())
-        results.append(derived_contents(con))
-        rows = con.execute("SELECT kind, object_id, CAST(epoch(moment) AS BIGINT) FROM data_quality "
-                           "WHERE kind = 'discount_end_estimated'").fetchall()
-        assert rows == [("discount_end_estimated", d["id"], ts(2024, 5, 20))], name
-        con.close()
-    assert results[0] == results[1]
+    for rows in removed_with_no_event(before, changed, w, tmp_path, later, shards):
+        assert rows == [("discount_end_estimated", d["id"], ts(2024, 5, 20))]
 
 
 def catalogue_world(w: World) -> World:
