@@ -296,13 +296,10 @@ hist AS MATERIALIZED (
            p.usage_type,
            CASE WHEN p.usage_type = 'metered' THEN coalesce(h.sub_currency, p.currency)
                 ELSE coalesce(o.currency, p.currency) END AS currency,
-           CASE WHEN p.usage_type = 'metered' AND h.sub_currency IS DISTINCT FROM p.currency
-                     AND h.sub_currency IS NOT NULL
-                THEN norm_num(p.billing_interval, h.sub_currency)
+           CASE WHEN p.usage_type = 'metered' THEN norm_num(p.billing_interval, coalesce(h.sub_currency, p.currency))
                 ELSE coalesce(o.norm_num, p.norm_num) END AS norm_num,
-           CASE WHEN p.usage_type = 'metered' AND h.sub_currency IS DISTINCT FROM p.currency
-                     AND h.sub_currency IS NOT NULL
-                THEN norm_den(p.billing_interval, p.interval_count, h.sub_currency)
+           CASE WHEN p.usage_type = 'metered'
+                THEN norm_den(p.billing_interval, p.interval_count, coalesce(h.sub_currency, p.currency))
                 ELSE coalesce(o.norm_den, p.norm_den) END AS norm_den, p.price_type,
            CASE WHEN o.price_id IS NULL THEN a.amount_p ELSE oa.amount_p END AS licensed_amount_p,
            h.zero_from, x.net_num, x.net_den
