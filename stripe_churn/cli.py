@@ -201,18 +201,44 @@ def emit(columns: list[str], rows: list[Any], fmt: str, title: str | None = None
     click.echo(render(columns, rows, fmt, title))
 
 
+# A document of several sections (`sync`'s summary, `status`) as one CSV: every field on a line of its own
+LONG_FORM = ["section", "row", "key", "value"]
+
+
+def long_form(doc: dict[str, Any], section: str) -> list[list[Any]]:
+    """``doc``'s fields as ``section,row,key,value`` rows: its own fields first, in ``section`` (the command's
+    name), then each group (a dict) under its key as row 1, and each table (a list of dicts) under its key with
+    its rows numbered from 1. An empty group or table has no rows."""
+    rows: list[list[Any]] = [[section, 1, k, v] for k, v in doc.items() if not isinstance(v, dict | list)]
+    for name, value in doc.items():
+        if isinstance(value, dict):
+            rows += [[name, 1, k, v] for k, v in value.items()]
+        elif isinstance(value, list):
+            rows += [[name, i, k, v] for i, record in enumerate(value, 1) for k, v in record.items()]
+    return rows
+
+
+def emit_document(doc: dict[str, Any], fmt: str, section: str) -> None:
+    """Print a document of several sections for a program: ``json`` as one JSON object, ``csv`` as one CSV in
+    long form (see ``long_form``); the table format prints its own lines and tables instead."""
+    from stripe_churn.report.tables import _json_default
+
+    if fmt == "json":
+        click.echo(json.dumps(doc, default=_json_default, indent=1))
+    else:
+        emit(LONG_FORM, long_form(doc, section), "csv")
+
+
 def _summary_lines(summary: Any, fmt: str, as_of: Any = None) -> None:
     """What a run changed: objects per type, new movements, the current month's bridge line (with the words and
     the ``complete`` field of ``report``, given ``as_of``, the day the data runs up to)."""
-    import json
+    from stripe_churn.report.tables import bridge_rows, complete
 
-    from stripe_churn.report.tables import _json_default, bridge_rows, complete
-
-    if fmt == "json":
+    if fmt != "table":
         info = summary.as_dict()
         if summary.bridge_line and as_of is not None:
             info["bridge_line"] = {**summary.bridge_line, "complete": complete(summary.bridge_line, as_of)}
-        click.echo(json.dumps(info, default=_json_default, indent=1))
+        emit_document(info, fmt, "sync")
         return
     click.echo(f"sync {summary.mode or ''} {summary.status or ''}: "
                f"{sum(summary.counts.values())} objects, {summary.new_movements} new movements".replace("  ", " "))
@@ -295,12 +321,8 @@ def status(fmt: str, config_path: Path | None) -> None:
     info = collect(settings.db)
     if info.get("store_error"):  # (missing, damaged, not a store: one line and exit 2, as `sync` says it)
         raise StoreError(info["store_error"])
-    if fmt == "json":
-        import json
-
-        from stripe_churn.report.tables import _json_default
-
-        click.echo(json.dumps(info, default=_json_default, indent=1))
+    if fmt != "table":
+        emit_document(info, fmt, "status")
         return
     for key in ("database", "snapshot", "snapshot_age", "sync_running", "lag", "daemon"):
         click.echo(f"{key}: {info.get(key)}")
