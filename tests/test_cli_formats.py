@@ -164,3 +164,21 @@ def test_an_error_is_one_line_on_stderr_whatever_the_format(tmp_path: Path, args
     for r in results:
         assert r.exit_code == results[0].exit_code and r.stdout == "", r.output
         assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+
+
+def test_sql_json_keeps_every_column_and_is_strict_json(account: tuple[Any, dict[str, str]]) -> None:
+    """Two columns of one name both reach the JSON (named as DuckDB names a subquery's), and a DOUBLE that JSON
+    cannot hold is text, so a strict parser reads the document."""
+    _, env = account
+    query = ("SELECT 1 AS a, 2 AS a, 3 AS a, 'nan'::DOUBLE AS x, 'inf'::DOUBLE AS y, '-inf'::DOUBLE AS z, "
+             "0.5::DOUBLE AS w")
+    out = run(env, "sql", query, "--format", "json")
+    assert out.exit_code == 0, out.output
+
+    def refuse(word: str) -> None:
+        raise ValueError(word)
+
+    doc = json.loads(out.stdout, parse_constant=refuse)
+    assert doc == [{"a": 1, "a_1": 2, "a_2": 3, "x": "NaN", "y": "Infinity", "z": "-Infinity", "w": 0.5}]
+    header, row = read_csv(run(env, "sql", query, "--format", "csv").stdout)
+    assert header == ["a", "a", "a", "x", "y", "z", "w"] and row[:3] == ["1", "2", "3"]

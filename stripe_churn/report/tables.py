@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import io
 import json
+import math
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -44,6 +45,28 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _json_number(value: Any) -> Any:
+    """A float JSON cannot hold (NaN, ±infinity: a DOUBLE column can) as the text DuckDB prints for it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
+
+
+def unique_names(columns: Sequence[str]) -> list[str]:
+    """Column names made distinct for a JSON object's keys, as DuckDB names the columns of a subquery: a name
+    already taken gets ``_1``, else ``_2``, ... (``SELECT 1 AS a, 2 AS a`` gives ``a`` and ``a_1``)."""
+    taken: set[str] = set()
+    names = []
+    for name in columns:
+        unique, k = name, 0
+        while unique in taken:
+            k += 1
+            unique = f"{name}_{k}"
+        taken.add(unique)
+        names.append(unique)
+    return names
+
+
 def _cell(value: Any, column: str = "") -> str:
     if value is None:
         return ""
@@ -69,7 +92,9 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, titl
     like a formula (``=``, ``+``, ``-``, ``@``, TAB, CR) gets a leading ``'`` (see ``csv_text``); JSON is the data
     as it is."""
     if fmt == "json":
-        return json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=_json_default, indent=1)
+        keys = unique_names(columns)
+        return json.dumps([{k: _json_number(v) for k, v in zip(keys, r, strict=True)} for r in rows],
+                          default=_json_default, indent=1, allow_nan=False)
     if fmt == "csv":
         buf = io.StringIO()
         # rows end in "\r\n" for the writer, so that it quotes a cell with a CR in it too (a spreadsheet starts a
