@@ -246,7 +246,8 @@ def _summary_lines(summary: Any, fmt: str, as_of: Any = None) -> None:
         click.echo(f"metrics derived again for {summary.recomputed_customers} changed customers")
     elif summary.recompute and summary.recompute_reason:
         click.echo(f"metrics recomputed in full: {summary.recompute_reason}")
-    emit(["object_type", "objects"], sorted(summary.counts.items()), fmt, title="Objects synced per type")
+    if any(summary.counts.values()):  # (the first line says "0 objects"; an empty table would only repeat it)
+        emit(["object_type", "objects"], sorted(summary.counts.items()), fmt, title="Objects synced per type")
     if summary.bridge_line:
         cols, rows = bridge_rows([summary.bridge_line], fmt, as_of)
         emit(cols, rows, fmt, title="Current month")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -182,3 +183,12 @@ def test_sql_json_keeps_every_column_and_is_strict_json(account: tuple[Any, dict
     assert doc == [{"a": 1, "a_1": 2, "a_2": 3, "x": "NaN", "y": "Infinity", "z": "-Infinity", "w": 0.5}]
     header, row = read_csv(run(env, "sql", query, "--format", "csv").stdout)
     assert header == ["a", "a", "a", "x", "y", "z", "w"] and row[:3] == ["1", "2", "3"]
+
+
+def test_a_sync_that_changed_nothing_prints_no_empty_table(account: tuple[Any, dict[str, str]]) -> None:
+    _, env = account
+    run(env, "sync")
+    again = run(env, "sync")  # (nothing happened in the account since)
+    assert again.exit_code == 0, again.output
+    assert re.search(r"^sync \w+ succeeded: 0 objects, 0 new movements$", again.stdout, re.M), again.stdout
+    assert "Objects synced per type" not in again.stdout and "Current month" in again.stdout
