@@ -160,26 +160,32 @@ SELECT
 FROM flat f
 LEFT JOIN derived_products pr ON pr.account_id = f.account_id AND pr.product_id = f.product_id;
 
--- A price's amounts in other currencies than its own (Stripe's currency_options, which the sync expands): a
--- subscription billed in such a currency is charged these. One row per price and other currency with a unit
--- amount (a tiered option, whose tiers come only with a further expand, has none: 90 reports its items), with
+-- Each price's terms in other currencies than its own (Stripe's currency_options, which the sync expands), one
+-- row per price and currency: read by the options and the tiers below.
+CREATE OR REPLACE TEMP TABLE derived_price_option_objs AS
+SELECT p.account_id, p.id AS price_id, lower(k.cur) AS currency,
+       json_extract(p.raw, '$.currency_options."' || k.cur || '"') AS o
+FROM prices p, unnest(json_keys(json_extract(p.raw, '$.currency_options'))) AS k(cur)
+WHERE json_type(json_extract(p.raw, '$.currency_options')) = 'OBJECT';
+
+-- A price's amounts in other currencies than its own: a subscription billed in such a currency is charged these.
+-- One row per price and other currency with an amount there: a unit amount for a per_unit price, tiers of its
+-- own for a tiered one (unit_amount_p NULL; the tiers are in derived_price_tiers under that currency). A tiered
+-- option listed without its tiers (Stripe sends them only when expanded) has none: 90 reports its items. With
 -- the price's normalisation in that currency.
 CREATE OR REPLACE TABLE derived_price_options AS
-WITH opts AS (
-    SELECT p.account_id, p.id AS price_id, lower(k.cur) AS currency,
-           json_extract(p.raw, '$.currency_options."' || k.cur || '"') AS o
-    FROM prices p, unnest(json_keys(json_extract(p.raw, '$.currency_options'))) AS k(cur)
-    WHERE json_type(json_extract(p.raw, '$.currency_options')) = 'OBJECT'
-),
-amounts AS (
+WITH amounts AS (
     SELECT account_id, price_id, currency,
            coalesce(TRY_CAST(json_extract_string(o, '$.unit_amount_decimal') AS DECIMAL(38, 12)),
                     TRY_CAST(json_extract_string(o, '$.unit_amount') AS DECIMAL(38, 12))) AS unit_amount,
+           coalesce(json_type(json_extract(o, '$.tiers')) = 'ARRAY'
+                    AND json_array_length(json_extract(o, '$.tiers')) > 0, false) AS has_tiers,
            json_extract_string(o, '$.tax_behavior') AS tax_behavior
-    FROM opts
+    FROM derived_price_option_objs
 )
 SELECT a.account_id, a.price_id, a.currency,
-       CAST(round(a.unit_amount * 1000000000000) AS HUGEINT) AS unit_amount_p,
+       CASE WHEN t.billing_scheme = 'per_unit' THEN CAST(round(a.unit_amount * 1000000000000) AS HUGEINT) END
+           AS unit_amount_p,
        norm_num(t.billing_interval, a.currency) AS norm_num,
        norm_den(t.billing_interval, t.interval_count, a.currency) AS norm_den,
        -- (an option may say whether its amount includes tax; else the price's word holds)
@@ -187,19 +193,31 @@ SELECT a.account_id, a.price_id, a.currency,
            AS tax_behavior
 FROM amounts a
 JOIN derived_price_terms t USING (account_id, price_id)
-WHERE a.currency <> t.currency AND a.unit_amount IS NOT NULL AND t.billing_scheme = 'per_unit';
+WHERE a.currency <> t.currency
+  AND ((t.billing_scheme = 'per_unit' AND a.unit_amount IS NOT NULL) OR (t.billing_scheme = 'tiered' AND a.has_tiers));
 
--- Tiers of tiered prices, with each tier's lower bound (up_to NULL = no upper bound).
+-- Tiers of tiered prices, with each tier's lower bound (up_to NULL = no upper bound): the price's own, in its
+-- currency, and those of each of its currency options (derived_price_options), in the option's currency.
 CREATE OR REPLACE TABLE derived_price_tiers AS
-WITH t AS (
-    SELECT account_id, price_id,
-           unnest(CAST(json_extract(tiers, '$[*]') AS JSON[])) AS tier,
-           unnest(range(1, CAST(json_array_length(tiers) AS BIGINT) + 1)) AS tier_no
+WITH src AS (
+    SELECT account_id, price_id, currency, tiers
     FROM derived_price_terms
     WHERE billing_scheme = 'tiered' AND json_type(tiers) = 'ARRAY'
+    UNION ALL
+    SELECT x.account_id, x.price_id, x.currency, json_extract(x.o, '$.tiers')
+    FROM derived_price_option_objs x
+    SEMI JOIN derived_price_options o USING (account_id, price_id, currency)
+    SEMI JOIN (SELECT account_id, price_id FROM derived_price_terms WHERE billing_scheme = 'tiered') p
+        USING (account_id, price_id)
+),
+t AS (
+    SELECT account_id, price_id, currency,
+           unnest(CAST(json_extract(tiers, '$[*]') AS JSON[])) AS tier,
+           unnest(range(1, CAST(json_array_length(tiers) AS BIGINT) + 1)) AS tier_no
+    FROM src
 ),
 f AS (
-    SELECT account_id, price_id, tier_no,
+    SELECT account_id, price_id, currency, tier_no,
            TRY_CAST(json_extract_string(tier, '$.up_to') AS BIGINT) AS up_to,
            CAST(round(coalesce(TRY_CAST(json_extract_string(tier, '$.unit_amount_decimal') AS DECIMAL(38, 12)),
                                TRY_CAST(json_extract_string(tier, '$.unit_amount') AS DECIMAL(38, 12)), 0)
@@ -209,26 +227,33 @@ f AS (
                       * 1000000000000) AS HUGEINT) AS flat_p
     FROM t
 )
-SELECT *, coalesce(lag(up_to) OVER (PARTITION BY account_id, price_id ORDER BY tier_no), 0) AS lower_bound
+SELECT *, coalesce(lag(up_to) OVER (PARTITION BY account_id, price_id, currency ORDER BY tier_no), 0) AS lower_bound
 FROM f;
 
--- Amount per billing period, in 1e-12 minor units (HUGEINT), of `q` units of a price (design.md 4):
--- per_unit with transform_quantity (divide, then round up or down), tiered volume (the tier the whole
--- quantity falls in prices every unit) and tiered graduated (each tier prices its own slice; a tier's flat
--- amount is charged once the quantity reaches into it). Called with (account_id, price_id, quantity);
--- price ids are unique in Stripe, but several accounts in one store may reuse them.
-CREATE OR REPLACE MACRO price_amount_p(acct, pid, q) AS (
-    SELECT CASE
-        WHEN t.billing_scheme = 'tiered' AND t.tiers_mode = 'volume' THEN (
+-- Amount per billing period, in 1e-12 minor units (HUGEINT), of `q` units at a price's tiers in currency `cur`
+-- (its own currency's, or a currency option's): tiers_mode `mode` volume (the tier the whole quantity falls in
+-- prices every unit), else graduated (each tier prices its own slice; a tier's flat amount is charged once the
+-- quantity reaches into it). (A price without a currency has its tiers under NULL.)
+CREATE OR REPLACE MACRO tiers_amount_p(acct, pid, cur, mode, q) AS
+    CASE WHEN mode = 'volume' THEN (
             SELECT arg_min(v.unit_p * CAST(q AS HUGEINT) + v.flat_p, v.tier_no)
             FROM derived_price_tiers v
-            WHERE v.account_id = acct AND v.price_id = pid AND (v.up_to IS NULL OR q <= v.up_to))
-        WHEN t.billing_scheme = 'tiered' THEN (
+            WHERE v.account_id = acct AND v.price_id = pid AND v.currency IS NOT DISTINCT FROM cur
+              AND (v.up_to IS NULL OR q <= v.up_to))
+         ELSE (
             SELECT sum(CASE WHEN q > g.lower_bound
                             THEN g.unit_p * CAST(least(q, coalesce(g.up_to, q)) - g.lower_bound AS HUGEINT) + g.flat_p
                             ELSE 0 END)
             FROM derived_price_tiers g
-            WHERE g.account_id = acct AND g.price_id = pid)
+            WHERE g.account_id = acct AND g.price_id = pid AND g.currency IS NOT DISTINCT FROM cur) END;
+
+-- Amount per billing period, in 1e-12 minor units (HUGEINT), of `q` units of a price (design.md 4):
+-- per_unit with transform_quantity (divide, then round up or down), tiered at its tiers (tiers_amount_p).
+-- Called with (account_id, price_id, quantity); price ids are unique in Stripe, but several accounts in one
+-- store may reuse them.
+CREATE OR REPLACE MACRO price_amount_p(acct, pid, q) AS (
+    SELECT CASE
+        WHEN t.billing_scheme = 'tiered' THEN tiers_amount_p(acct, pid, t.currency, t.tiers_mode, q)
         WHEN t.divide_by IS NOT NULL AND t.divide_by > 0 THEN
             t.unit_amount_p * CAST(CASE WHEN t.round_mode = 'up' THEN (q + t.divide_by - 1) // t.divide_by
                                         ELSE q // t.divide_by END AS HUGEINT)
@@ -254,10 +279,12 @@ CREATE OR REPLACE MACRO price_mrr(pid, quantity) AS (
     WHERE t.account_id = acct AND t.price_id = pid
 );
 
--- Per-period amount (1e-12 minor units) of `q` units of a price in currency `cur` from its currency option
--- (transform_quantity as the price's); NULL when it has none in `cur`.
+-- Per-period amount (1e-12 minor units) of `q` units of a price in currency `cur` from its currency option (a
+-- per_unit one: transform_quantity as the price's; a tiered one: at its own tiers, in the price's tiers_mode);
+-- NULL when it has none in `cur`.
 CREATE OR REPLACE MACRO option_amount_p(acct, pid, cur, q) AS (
-    SELECT CASE WHEN t.divide_by IS NOT NULL AND t.divide_by > 0 THEN
+    SELECT CASE WHEN t.billing_scheme = 'tiered' THEN tiers_amount_p(acct, pid, cur, t.tiers_mode, q)
+                WHEN t.divide_by IS NOT NULL AND t.divide_by > 0 THEN
                 o.unit_amount_p * CAST(CASE WHEN t.round_mode = 'up' THEN (q + t.divide_by - 1) // t.divide_by
                                             ELSE q // t.divide_by END AS HUGEINT)
                 ELSE o.unit_amount_p * CAST(q AS HUGEINT) END

@@ -268,7 +268,7 @@ LEFT JOIN by_item i USING (account_id, subscription_item_id)
 LEFT JOIN by_customer c USING (account_id, customer_id);
 
 -- The same for the (price, quantity) pairs billed through a price's currency option (the subscription's
--- currency is not the price's, and the price has an amount in it).
+-- currency is not the price's, and the price has an amount in it: a unit amount, or tiers of its own).
 CREATE OR REPLACE TEMP TABLE derived_option_qty_amounts AS
 SELECT account_id, price_id, currency, quantity, option_amount_p(account_id, price_id, currency, quantity) AS amount_p
 FROM (SELECT DISTINCT h.account_id, h.price_id, hk.sub_currency AS currency, h.quantity
@@ -289,9 +289,10 @@ WITH pairs AS (
 ),
 hist AS MATERIALIZED (
     -- (materialised: the lookups below run once per history row, not once per point)
-    -- (an item billed through its price's currency option is in that currency, at that amount; a metered item's
-    -- amount is its usage line's, billed in the subscription's currency whatever options the price has: a tiered
-    -- option has no unit amount, so derived_price_options lacks it)
+    -- (an item billed through its price's currency option is in that currency, at that amount: the option's unit
+    -- amount, or its own tiers for a tiered price; a metered item's amount is its usage line's, billed in the
+    -- subscription's currency whatever options the price has: one listed without its tiers is not in
+    -- derived_price_options)
     SELECT h.hid, h.sk, h.ik, h.valid_from, h.valid_to, pr.pq,
            p.usage_type,
            CASE WHEN p.usage_type = 'metered' THEN coalesce(h.sub_currency, p.currency)
