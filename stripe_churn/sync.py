@@ -113,6 +113,7 @@ CHECK_EACH_MAX = 250  # unlisted stored objects retrieved one by one at most (mo
 QUEUE_PAGES = 28  # pages waiting for the writer (serialised: ~0.5 MB each at most), enough for TX_OBJECTS
 TX_OBJECTS = 6_000  # objects per write transaction at most (DuckDB holds a transaction in memory; each
 # transaction binds one insert per table again, about 25 ms in all: 3,000 gave 9.2k objects/s, 6,000 10-11k)
+OPTION_TIERS_PER_CALL = 10  # currency options whose tiers one retrieve of a price expands
 _CURSOR_SQL = (
     "INSERT INTO sync_cursors (account_id, stream, value, created, done, run_id, updated_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account_id, stream) DO UPDATE SET value = excluded.value, "
@@ -174,6 +175,16 @@ class _Malformed(Exception):
 
 def _a(word: str) -> str:
     return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
+
+def _options_without_tiers(price: dict[str, Any]) -> list[str]:
+    """The currencies, other than its own, of a tiered price's options that came without their tiers."""
+    options = price.get("currency_options")
+    if price.get("billing_scheme") != "tiered" or not isinstance(options, dict):
+        return []
+    own = str(price.get("currency") or "").lower()
+    return sorted(cur for cur, o in options.items()
+                  if isinstance(o, dict) and cur.lower() != own and not isinstance(o.get("tiers"), list))
 
 
 def _check_object(table: str, obj: Any, *, embedded: bool = True) -> None:
@@ -524,6 +535,8 @@ class _Sync:
         children is marked missing). Raises :class:`_Malformed` for an object not of the shape read here.
         """
         _check_object(table, obj)
+        if table == "prices" and not (deleted or obj.get("deleted")):
+            await self._complete_option_tiers(obj)
         batch.add(table, obj, version, deleted)
         if deleted or obj.get("deleted"):
             return
@@ -570,11 +583,39 @@ class _Sync:
                 batch.children[("discounts", "customer_id", "AND discounts.subscription_id IS NULL")].append(
                     (obj["id"], keep, version))
 
+    async def _complete_option_tiers(self, price: dict[str, Any]) -> None:
+        """A tiered price's currency options with their tiers. Stripe sends an option's ``tiers`` only when
+        ``currency_options.<currency>.tiers`` is expanded, one currency per path, so a listed or retrieved copy has
+        the options without them: the price is retrieved again for the options in other currencies than its own
+        that lack them (few prices are tiered in several currencies). Left as they are when the price is gone
+        (404) or the answer holds none: 90 then reports the items billed in such a currency."""
+        missing = _options_without_tiers(price)
+        if not missing:
+            return
+        assert self.api is not None
+        path = RETRIEVE_PATH["prices"].format(id=price["id"])
+        for at in range(0, len(missing), OPTION_TIERS_PER_CALL):
+            wanted = missing[at:at + OPTION_TIERS_PER_CALL]
+            try:
+                full = await self.api.get(path, {"expand": [f"currency_options.{c}.tiers" for c in wanted]})
+            except NotFoundError:
+                return
+            with _answer_of(path):
+                _check_object("prices", full)
+            options = full.get("currency_options")
+            for cur in wanted:
+                got = options.get(cur) if isinstance(options, dict) else None
+                if isinstance(got, dict) and isinstance(got.get("tiers"), list):
+                    price["currency_options"][cur] = {**price["currency_options"][cur], "tiers": got["tiers"]}
+
     @staticmethod
     def _add_listed(batch: Batch, table: str, raw: bytes, head: Any, version: int) -> bool:
         """A listed object as it came (its JSON bytes and the fields :func:`decode_object` read) and what hangs
         off it into the batch, as :meth:`_add_object` would add them, without building dicts. False, with
         nothing added, when it needs the dict path: a cut-short item or line list, or a shape not expected."""
+        if (table == "prices" and b'"tiered"' in raw and b'"currency_options"' in raw
+                and _options_without_tiers(orjson.loads(raw))):
+            return False  # (its options' tiers need a retrieve: _complete_option_tiers)
         subs: list[tuple[bytes, Any]] = []  # (raw, head) of the embedded items or lines
         discounts: list[bytes] = []
         if not head.deleted and table in ("subscriptions", "invoices"):
@@ -1085,7 +1126,33 @@ class _Sync:
                     group = []
                 if not data:
                     break
+        await self._complete_stored_option_tiers()
         await self._complete_events()
+
+    def _stored_without_option_tiers(self) -> list[dict[str, Any]]:
+        rows = self.con.execute(
+            "SELECT raw FROM prices WHERE account_id = ? AND NOT deleted "
+            "AND json_extract_string(raw, '$.billing_scheme') = 'tiered' "
+            "AND json_type(json_extract(raw, '$.currency_options')) = 'OBJECT'", [self.account]).fetchall()
+        prices = [orjson.loads(r[0]) for r in rows]
+        return [p for p in prices if _options_without_tiers(p)]
+
+    async def _complete_stored_option_tiers(self) -> None:
+        """Stored tiered prices whose options lack their tiers (stored by a version that did not fetch them, or
+        whose retrieve failed), retrieved again: no event brings them, and a re-list of the whole account for
+        them would cost every store a full listing. Few prices qualify; once complete they are not asked again."""
+        assert self.api is not None
+        prices = await self._db(self._stored_without_option_tiers)
+        if not prices:
+            return
+        log.info("%d stored tiered prices lack their currency options' tiers: retrieving them", len(prices))
+        version = self.api.server_time or int(time.time())
+        batch = Batch()
+        for price in prices:
+            fresh = await self._retrieve("prices", str(price["id"]))
+            await self._add_object(batch, "prices", fresh, version, True if fresh.get("deleted") else None)
+        await self._put(batch)
+        await self._flush()
 
     async def _complete_events(self) -> None:
         """Record the server time up to which the events are complete (the last listing's Date)."""

@@ -468,7 +468,19 @@ class Catalog:
             return
         if seg == "currency_options" and node.get("object") in ("price", "coupon") and not rest:
             source = self.sim.objects[node["object"] + "s"].get(node.get("id", ""), {})
-            node["currency_options"] = orjson.loads(orjson.dumps(currency_options(source)))
+            if not isinstance(node.get("currency_options"), dict):  # (an option's tiers may be expanded already)
+                node["currency_options"] = orjson.loads(orjson.dumps(currency_options(source)))
+            return
+        if seg == "currency_options" and node.get("object") == "price" and len(rest) == 2 and rest[1] == "tiers":
+            # (`currency_options.<currency>.tiers`: that option's tiers, with the options they belong to)
+            source = self.sim.objects["prices"].get(node.get("id", ""), {})
+            full = currency_options(source, with_tiers=[rest[0]])
+            if rest[0] not in full:
+                raise _not_expandable(path)
+            shown = node.get("currency_options")
+            if not isinstance(shown, dict):
+                shown = node["currency_options"] = orjson.loads(orjson.dumps(currency_options(source)))
+            shown[rest[0]] = orjson.loads(orjson.dumps(full[rest[0]]))
             return
         if seg not in node:
             raise _not_expandable(path)

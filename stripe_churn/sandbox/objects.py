@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 API_VERSION = "2026-10-28.endive"
@@ -87,9 +88,11 @@ def price_view(p: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in p.items() if k not in INCLUDABLE}
 
 
-def currency_options(p: dict[str, Any]) -> dict[str, Any]:
+def currency_options(p: dict[str, Any], with_tiers: Iterable[str] = ()) -> dict[str, Any]:
     """A price's or coupon's ``currency_options`` as an expand shows them: its own currency's terms (a coupon has
-    them for an amount off only), then the other currencies it was given (kept on it as ``currency_options``)."""
+    them for an amount off only), then the other currencies it was given (kept on it as ``currency_options``).
+    A tiered price's options show their ``tiers`` only for the currencies in ``with_tiers``: Stripe sends an
+    option's tiers only when ``currency_options.<currency>.tiers`` is expanded."""
     if p.get("object") == "coupon":
         base = {p.get("currency"): {"amount_off": p["amount_off"]}} if p.get("amount_off") is not None else {}
         return {**base, **(p.get("currency_options") or {})}
@@ -97,7 +100,10 @@ def currency_options(p: dict[str, Any]) -> dict[str, Any]:
            "unit_amount_decimal": p.get("unit_amount_decimal")}
     if p.get("tiers"):
         own["tiers"] = p["tiers"]
-    return {p.get("currency"): own, **(p.get("currency_options") or {})}
+    every = {p.get("currency"): own, **(p.get("currency_options") or {})}
+    shown = set(with_tiers)
+    return {cur: o if cur in shown or not isinstance(o, dict) else {k: v for k, v in o.items() if k != "tiers"}
+            for cur, o in every.items()}
 
 
 def sub_item(siid: str, created: int, sub_id: str, p: dict[str, Any], quantity: int | None,
