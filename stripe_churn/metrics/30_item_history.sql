@@ -282,9 +282,59 @@ keyed AS (
       ON k.account_id = st.account_id AND k.subscription_item_id IS NOT DISTINCT FROM st.subscription_item_id
     LEFT JOIN derived_price_terms p ON p.account_id = st.account_id AND p.price_id = st.price_id
 ),
+-- A licensed item added without prorations before the events begin: no line bills it until the next renewal, but
+-- it is there from its `created` (design.md 4), so its first step (that renewal's line) is repeated at `created`,
+-- as billed first (the step at the renewal then changes nothing). Only its first: a later change in place (same
+-- item, another price or quantity) is still dated by the line that bills it. (`billed`: the renewal.)
+made_before_billed AS (
+    SELECT f.ik, f.src, f.rid, b.created AS moment, f.prio, f.v, b.moment AS billed
+    FROM (SELECT b.ik, b.moment, k.created
+          FROM (SELECT ik, min(moment) AS moment FROM keyed WHERE src = 0 AND v.present GROUP BY ik) b
+          JOIN derived_item_keys k USING (ik)
+          JOIN derived_coverage c USING (account_id)
+          WHERE k.created < b.moment AND b.moment < c.coverage_start) b
+    JOIN keyed f ON f.ik = b.ik AND f.moment = b.moment AND f.src = 0 AND f.v.present
+    LEFT JOIN derived_price_terms p ON p.rowid = f.v.pk
+    WHERE p.usage_type IS DISTINCT FROM 'metered'
+    QUALIFY row_number() OVER (PARTITION BY f.ik ORDER BY f.prio DESC, f.rid DESC) = 1
+),
+-- An item of the same subscription that this renewal no longer bills, with nothing dating its removal (no credit:
+-- deleted without prorations too) ends where the first such addition after its last step begins: one update, as
+-- a plan switch is (else the two would count together until the renewal). (Its end is repeated there.)
+replaced_before_billed AS (
+    WITH ended AS (
+        SELECT e.ik, e.src, e.rid, e.prio, e.v, m.moment AS added
+        FROM made_before_billed m
+        JOIN derived_invoice_item_steps ms ON ms.rowid = m.rid
+        JOIN derived_invoice_item_steps es
+          ON es.account_id = ms.account_id AND es.subscription_id = ms.subscription_id AND es.moment = m.billed
+         AND es.prio = 0 AND NOT es.present
+        JOIN keyed e ON e.src = 0 AND e.rid = es.rowid
+    ),
+    last_step AS (
+        -- (the ended item's last step before its end, and its price then)
+        SELECT o.ik, max(o.moment) AS moment, arg_max(o.v.pk, o.moment) AS pk
+        FROM keyed o SEMI JOIN ended USING (ik)
+        WHERE o.src = 0 AND o.prio > 0
+        GROUP BY o.ik
+    )
+    SELECT e.ik, e.src, e.rid, min(e.added) AS moment, e.prio, e.v
+    FROM ended e
+    JOIN last_step l USING (ik)
+    LEFT JOIN derived_price_terms p ON p.rowid = l.pk
+    WHERE e.added > l.moment AND p.usage_type IS DISTINCT FROM 'metered'
+    GROUP BY e.ik, e.src, e.rid, e.prio, e.v
+),
+stepped AS (
+    SELECT * FROM keyed
+    UNION ALL
+    SELECT * EXCLUDE (billed) FROM made_before_billed
+    UNION ALL
+    SELECT * FROM replaced_before_billed
+),
 one AS (
     -- (the last step by (prio, src, rid) per moment; a step without a moment has no place)
-    SELECT * FROM keyed WHERE moment IS NOT NULL
+    SELECT * FROM stepped WHERE moment IS NOT NULL
     QUALIFY row_number() OVER (PARTITION BY ik, moment ORDER BY prio DESC NULLS FIRST, src DESC NULLS FIRST,
                                                                 rid DESC NULLS FIRST) = 1
 ),

@@ -1,0 +1,203 @@
+"""A licensed item added without prorations before the events begin (design.md 3-4): no event shows it and no
+invoice bills it until the next renewal, but the stored subscription item's `created` says when it was made, and
+its MRR counts while it is in the subscription (design.md 4), so from then."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pytest
+from builders import DAY, World, add_months, ts
+from conftest import customer_mrr_at
+
+T0 = ts(2024, 1, 1)
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+ADDED = add_months(T0, 1) + 10 * DAY  # the change, between the renewals of month(1) and month(2)
+
+
+def month(n: int, day: int = 0) -> int:
+    return add_months(T0, n) + day * DAY
+
+
+def account(w: World) -> World:
+    """cus_1: 3 seats of basic (30.00) from T0, renewed at month(1); cus_o subscribes at month(2, 15), the oldest
+    event kept when the events begin there."""
+    w.customer("cus_1")
+    w.customer("cus_o")
+    w.product("prod_seat", unit_label="seat", family="core")
+    w.product("prod_extra", unit_label="seat", family="core")
+    w.product("prod_store", unit_label="gb", family="storage")
+    w.product("prod_support", family="support")
+    w.price("basic", "prod_seat", 1_000)
+    w.price("pro", "prod_seat", 2_000)
+    w.price("extra", "prod_extra", 1_000)
+    w.price("store", "prod_store", 700)
+    w.price("support", "prod_support", 5_000)
+    w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    w.cycle("sub_1", month(1))
+    return w
+
+
+def oldest_event(w: World) -> None:
+    w.subscribe("sub_o", "cus_o", [("si_o", "basic", 1)], month(2, 15))
+
+
+def movements(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") -> list[tuple[int, str, int]]:
+    rows = con.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement, mrr_delta FROM mrr_movements "
+                       "WHERE customer_id = ? ORDER BY occurred_at, movement", [customer]).fetchall()
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+EVENTS = pytest.mark.parametrize("events", [False, True], ids=["no-events", "events-begin-later"])
+
+
+@EVENTS
+@pytest.mark.parametrize(("added", "movement"), [(("si_2", "store", 10), "cross_sell"),
+                                                 (("si_2", "extra", 2), "seat_expansion")],
+                         ids=["cross-sell", "seat"])
+def test_an_item_added_without_prorations_counts_from_its_creation(world: World, derive: Derive, events: bool,
+                                                                  added: tuple[str, str, int],
+                                                                  movement: str) -> None:
+    """An add-on (storage, 10 × 7.00) or more seats of another core product (2 × 10.00) added on the 11th without
+    prorations: the renewal of month(2) bills it first. It counts from its `created`, at what it was first billed,
+    and its movement is dated there (it was dated at the renewal: February's expansion showed in March)."""
+    account(world)
+    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), added], prorate=False)
+    renewal = world.cycle("sub_1", month(2))
+    oldest_event(world)
+    con = derive(world, seen_at=month(2, 20), events=month(2, 15) if events else False)
+    delta = {"store": 70, "extra": 20}[added[1]]
+    assert movements(con) == [(T0, "new", 30), (ADDED, movement, delta)]
+    assert customer_mrr_at(con, "cus_1", ADDED - 1) == 30
+    assert customer_mrr_at(con, "cus_1", ADDED) == 30 + delta
+    assert customer_mrr_at(con, "cus_1", month(2, 1)) == 30 + delta
+    # (the change is traced to the invoice that first bills the item)
+    assert con.execute("SELECT source_invoice_id FROM mrr_movements WHERE subscription_item_id = 'si_2'"
+                       ).fetchall() == [(renewal["id"],)]
+
+
+@EVENTS
+def test_an_item_added_with_prorations_is_dated_by_its_proration(world: World, derive: Derive, events: bool) -> None:
+    """The same add-on with prorations: its proration line dates it, as before (its `created` is that moment)."""
+    account(world)
+    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "store", 10)])
+    world.cycle("sub_1", month(2))
+    oldest_event(world)
+    con = derive(world, seen_at=month(2, 20), events=month(2, 15) if events else False)
+    assert movements(con) == [(T0, "new", 30), (ADDED, "cross_sell", 70)]
+    assert customer_mrr_at(con, "cus_1", ADDED) == 100
+
+
+@EVENTS
+@pytest.mark.parametrize("swap", ["plan-switch", "add-on-swap"])
+def test_an_item_replaced_without_prorations_ends_when_its_successor_begins(world: World, derive: Derive,
+                                                                            events: bool, swap: str) -> None:
+    """One update without prorations deletes an item and adds another: basic's 3 seats for pro's (a plan switch,
+    10.00 to 20.00 a seat), or a storage add-on for support. Nothing dates the deletion but the renewal that no
+    longer bills it; the addition is dated by the new item's `created`, and the item the same renewal drops ends
+    there too, so the two are never counted together (the customer is at 30 then 60, never 90)."""
+    account(world)
+    if swap == "plan-switch":
+        world.update("sub_1", ADDED, items=[("si_2", "pro", 3)], prorate=False)
+        before, after = 30, 60
+        expected = [(T0, "new", 30), (ADDED, "upgrade", 30)]
+    else:
+        world.update("sub_1", month(1, 3), items=[("si_1", "basic", 3), ("si_s", "store", 10)])
+        world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "support", 1)], prorate=False)
+        before, after = 100, 80
+        expected = [(T0, "new", 30), (month(1, 3), "cross_sell", 70), (ADDED, "cross_sell", 50),
+                    (ADDED, "downgrade", -70)]
+    world.cycle("sub_1", month(2))
+    oldest_event(world)
+    con = derive(world, seen_at=month(2, 20), events=month(2, 15) if events else False)
+    assert customer_mrr_at(con, "cus_1", ADDED - 1) == before
+    assert customer_mrr_at(con, "cus_1", ADDED) == after
+    assert customer_mrr_at(con, "cus_1", month(2, 1)) == after
+    assert movements(con) == expected
+
+
+@EVENTS
+def test_only_an_items_first_appearance_moves_to_its_creation(world: World, derive: Derive, events: bool) -> None:
+    """The storage add-on added on the 11th without prorations, then raised in place (same item, 10 to 20 GB) a
+    month later, again without prorations: `created` dates the item, not its later quantity, which the renewal
+    that bills it still dates (nothing else does)."""
+    account(world)
+    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "store", 10)], prorate=False)
+    world.cycle("sub_1", month(2))
+    world.update("sub_1", month(2, 5), items=[("si_1", "basic", 3), ("si_2", "store", 20)], prorate=False)
+    world.cycle("sub_1", month(3))
+    world.subscribe("sub_o", "cus_o", [("si_o", "basic", 1)], month(3, 15))
+    con = derive(world, seen_at=month(3, 20), events=month(3, 15) if events else False)
+    assert movements(con) == [(T0, "new", 30), (ADDED, "cross_sell", 70), (month(3), "resource_expansion", 70)]
+    assert customer_mrr_at(con, "cus_1", month(2, 6)) == 100
+    assert customer_mrr_at(con, "cus_1", month(3)) == 170
+
+
+def test_an_item_made_after_its_first_line_begins_is_not_moved(world: World, derive: Derive) -> None:
+    """A subscription made on the 6th with backdate_start_date at T0: its first invoice bills the items from T0,
+    before they were made. `created` only ever moves an item's start earlier: it counts from its first line."""
+    account(world)
+    world.objects["subscriptions"]["sub_1"]["created"] = T0 + 5 * DAY
+    world.objects["subscriptions"]["sub_1"]["items"]["data"][0]["created"] = T0 + 5 * DAY
+    oldest_event(world)
+    con = derive(world, seen_at=month(2, 20), events=month(2, 15))
+    assert movements(con) == [(T0, "new", 30)]
+    assert customer_mrr_at(con, "cus_1", T0) == 30
+
+
+def test_a_first_subscriptions_items_count_from_its_start(world: World, derive: Derive) -> None:
+    """A first subscription of two items, both made at its start: one `new` at the start, nothing earlier or
+    later (their `created` is the first line's start)."""
+    account(world)
+    world.subscribe("sub_2", "cus_o", [("si_a", "basic", 2), ("si_b", "store", 5)], month(1, 20))
+    world.cycle("sub_2", month(2, 20))
+    con = derive(world, seen_at=month(3), events=False)
+    assert movements(con, "cus_o") == [(month(1, 20), "new", 55)]
+    assert con.execute("SELECT CAST(epoch(min(valid_from)) AS BIGINT) FROM derived_item_history "
+                       "WHERE subscription_id = 'sub_2'").fetchall() == [(month(1, 20),)]
+
+
+def test_an_item_added_without_prorations_through_the_sandbox(world: World, tmp_path: Path) -> None:
+    """The add-on's case fetched by a full sync from the sandbox server (Stripe keeps the events of the last 30
+    days, which begin after the renewal that first bills the item): the synced item's `created` dates it."""
+    from test_ground_truth import derived_through_the_sandbox
+
+    account(world)
+    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "store", 10)], prorate=False)
+    world.cycle("sub_1", month(2))
+    oldest_event(world)
+    seen_at = month(2, 15) + 30 * DAY - 3600
+    with derived_through_the_sandbox(world.served(seen_at), tmp_path / "sandbox.duckdb") as con:
+        assert con.execute("SELECT count(*) FROM events WHERE created < to_timestamp(?)",
+                           [month(2, 15)]).fetchall() == [(0,)]
+        assert movements(con) == [(T0, "new", 30), (ADDED, "cross_sell", 70)]
+        assert customer_mrr_at(con, "cus_1", ADDED) == 100
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_the_incremental_path_dates_them_as_a_full_recompute_does(world: World, tmp_path: Path, shards: int) -> None:
+    """The add-on of cus_1 and a plan switch of cus_2 (both without prorations, before the events begin); a later
+    sync brings cus_1's next renewal: every derived table derived again incrementally is a full recompute's."""
+    import copy
+
+    from test_incremental import assert_incremental_equals_full, later_sync
+
+    account(world)
+    world.customer("cus_2")
+    world.subscribe("sub_2", "cus_2", [("si_21", "basic", 2)], T0 + 2 * DAY)
+    world.cycle("sub_2", month(1, 2))
+    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "store", 10)], prorate=False)
+    world.update("sub_2", ADDED + 3600, items=[("si_22", "pro", 2)], prorate=False)
+    world.cycle("sub_1", month(2))
+    world.cycle("sub_2", month(2, 2))
+    oldest_event(world)
+    world.events = [e for e in world.events if e["created"] >= month(2, 15)]
+    before = copy.deepcopy(world)
+    world.cycle("sub_1", month(3))
+    changed = later_sync(world, {"cus_1"}, {"sub_1"}, month(2, 20))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, month(2, 20), month(3, 2), shards)
+    assert n == 1
+    moves = [r for r in full["view mrr_movements"] if "'cross_sell'" in r or "'upgrade'" in r]
+    assert len(moves) == 2 and all("2024-02-11" in r for r in moves), moves
