@@ -304,15 +304,16 @@ UNION ALL
 -- a discount removed before the stored events begin: its end is an estimate (that matters only while its
 -- subscription still runs)
 SELECT d.account_id, 'discount_end_estimated', 'discount', d.discount_id, d.coupon_id, d.valid_to,
-       -- (a discount on one item is billed on that item's invoice lines, not among the invoice's discounts)
+       -- (a discount on one item is billed on that item's invoice lines, not among the invoice's discounts; its
+       -- subscription's events may be stored, their item lists saying nothing of it: cut short before the item)
        CASE WHEN d.end_dated_by = 'invoice' AND d.scope = 'item'
-            THEN format('the discount was removed from item {} with no stored event; its end is dated at the first '
-                        || 'invoice whose line for the item no longer lists it', d.subscription_item_id)
+            THEN format('the discount was removed from item {} and no stored event shows when; its end is dated at '
+                        || 'the first invoice whose line for the item no longer lists it', d.subscription_item_id)
             WHEN d.end_dated_by = 'invoice'
             THEN 'the discount was removed with no stored event; its end is dated at its owner''s first invoice '
                  || 'without it'
             WHEN d.scope = 'item'
-            THEN format('the discount was removed from item {} with no stored event and no invoice line of the item '
+            THEN format('the discount was removed from item {} and no stored event or invoice line of the item '
                         || 'shows when (none bills the item without it after the last that lists it); its end is '
                         || 'dated at the sync that found it gone', d.subscription_item_id)
             ELSE 'the discount was removed with no stored event and no invoice shows when; its end is dated at '
