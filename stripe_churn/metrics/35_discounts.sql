@@ -29,6 +29,15 @@ SELECT account_id, id AS coupon_id, coupon_terms(raw) AS terms FROM coupons
 -- store keeps in raw when the deletion comes as a stub, still gives their terms
 WHERE NOT coalesce(deleted, false) OR json_extract_string(raw, '$.created') IS NOT NULL;
 
+-- Whether a subscription's item list (JSON array `items`) shows item `item_id` with discount `discount_id`: true,
+-- false, or NULL when the list says nothing of it (it leaves the item out, as a list cut short may, or the item has
+-- no `discounts`). Its discounts are ids, as events send them, or objects, as an expanded listing does.
+CREATE OR REPLACE MACRO item_lists_discount(items, item_id, discount_id) AS list_transform(
+    list_filter(CAST(json_extract(items, '$[*]') AS JSON[]), lambda i: json_extract_string(i, '$.id') = item_id),
+    lambda i: CASE WHEN json_type(i, '$.discounts') = 'ARRAY' THEN list_contains(coalesce(list_concat(
+        json_extract_string(i, '$.discounts[*].id'), json_extract_string(i, '$.discounts[*]')), []), discount_id)
+    END)[1];
+
 CREATE OR REPLACE TABLE derived_discount_spans AS
 WITH d AS (
     SELECT account_id, id AS discount_id, raw,
@@ -130,6 +139,44 @@ deleted_events AS (
     FROM events
     WHERE type IN ('customer.discount.deleted')
     GROUP BY ALL
+),
+-- A discount on one item flagged deleted with no event of its own (Stripe's reference does not say that one is
+-- sent for an item's discount): inside the events, its subscription's events show when it left the item. Each
+-- event's item list (data.object's, and previous_attributes' when the items changed: the list just before it)
+-- shows the item with it, without it, or says nothing (item_lists_discount). It went at the first event whose
+-- list shows the item without it after the last that shows it there: the update that took it off. (Only these
+-- subscriptions' events inside coverage have their JSON read.)
+item_owners AS (
+    SELECT d.account_id, d.id AS discount_id, d.subscription_id, d.subscription_item_id
+    FROM discounts d
+    WHERE coalesce(d.deleted, false) AND d.subscription_item_id IS NOT NULL AND d.subscription_id IS NOT NULL
+      AND json_extract_string(d.raw, '$.start') IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM deleted_events de WHERE de.account_id = d.account_id AND de.discount_id = d.id)
+),
+item_event_rows AS MATERIALIZED (
+    SELECT o.account_id, o.discount_id, o.subscription_item_id, e.event_id, e.moment, e.seq, e.rid
+    FROM item_owners o
+    JOIN derived_sub_events e ON e.account_id = o.account_id AND e.subscription_id = o.subscription_id
+),
+item_event_lists AS (
+    SELECT o.account_id, o.discount_id, o.event_id, o.moment, o.seq,
+           item_lists_discount(json_extract(e.raw, '$.data.object.items.data'), o.subscription_item_id,
+                               o.discount_id) AS after_lists,
+           item_lists_discount(json_extract(e.raw, '$.data.previous_attributes.items.data'), o.subscription_item_id,
+                               o.discount_id) AS before_lists
+    FROM item_event_rows o
+    JOIN (SELECT rowid AS rid, raw FROM events WHERE rowid IN (SELECT rid FROM item_event_rows)) e USING (rid)
+),
+item_removed AS (
+    -- (the events in the subscription's order; the state just before an event comes before its state after)
+    SELECT account_id, discount_id,
+           arg_min(moment, seq) FILTER (WHERE NOT after_lists AND 2 * seq > last_listed) AS removed_at,
+           arg_min(event_id, seq) FILTER (WHERE NOT after_lists AND 2 * seq > last_listed) AS event_id
+    FROM (SELECT *, max(CASE WHEN after_lists THEN 2 * seq WHEN before_lists THEN 2 * seq - 1 END)
+                        OVER (PARTITION BY account_id, discount_id) AS last_listed
+          FROM item_event_lists)
+    WHERE last_listed IS NOT NULL
+    GROUP BY ALL
 )
 SELECT
     d.account_id,
@@ -152,18 +199,18 @@ SELECT
     cp.applies_to_products,
     ts_of(json_extract_string(d.raw, '$.start')) AS valid_from,
     CASE
-        WHEN least(r.removed_at, de.removed_at) IS NOT NULL
+        WHEN least(r.removed_at, de.removed_at, ir.removed_at) IS NOT NULL
              AND (json_extract_string(d.raw, '$.end') IS NULL
-                  OR least(r.removed_at, de.removed_at) < ts_of(json_extract_string(d.raw, '$.end')))
-            THEN least(r.removed_at, de.removed_at)
+                  OR least(r.removed_at, de.removed_at, ir.removed_at) < ts_of(json_extract_string(d.raw, '$.end')))
+            THEN least(r.removed_at, de.removed_at, ir.removed_at)
         WHEN json_extract_string(d.raw, '$.end') IS NOT NULL THEN ts_of(json_extract_string(d.raw, '$.end'))
         WHEN cp.duration = 'repeating'
             THEN least(ts_of(json_extract_string(d.raw, '$.start')) + to_months(cp.duration_in_months), g.gone_at)
         ELSE g.gone_at
     END AS valid_to,
-    coalesce(r.event_id, de.event_id) AS removal_event_id,
+    coalesce(r.event_id, de.event_id, ir.event_id) AS removal_event_id,
     -- how the end of a discount removed with no event was dated ('invoice' or 'sync'), for data quality
-    CASE WHEN g.gone_at IS NOT NULL AND least(r.removed_at, de.removed_at) IS NULL
+    CASE WHEN g.gone_at IS NOT NULL AND least(r.removed_at, de.removed_at, ir.removed_at) IS NULL
               AND json_extract_string(d.raw, '$.end') IS NULL
          THEN CASE WHEN g.by_invoice THEN 'invoice' ELSE 'sync' END END AS end_dated_by,
     cp.duration IN ('forever', 'repeating') AND NOT d.on_a_bill AS applies_to_mrr,
@@ -174,4 +221,5 @@ FROM (
 ) d
 LEFT JOIN removed r USING (account_id, discount_id)
 LEFT JOIN deleted_events de USING (account_id, discount_id)
+LEFT JOIN item_removed ir USING (account_id, discount_id)
 LEFT JOIN gone g USING (account_id, discount_id);
