@@ -87,16 +87,20 @@ _UNREAD = {
 # The rows whose JSON the steps read, in tables read by their typed columns otherwise ({db}: the scope, whose
 # subscriptions are copied before its events; {main}: the main database). Events: removed discounts
 # (35_discounts), and the events of a subscription without a usable row of its own, whose last state stands in
-# for it, and the events of a paused subscription state, which say what paused it (20_sub_states). Subscriptions:
-# those paused now (the same). Subscription items: those whose price is not stored (10_price_terms reads it from
-# the item). Invoices: those of the owner of a discount removed with no end of its own (35_discounts), and for
-# such a discount on one item, that item's non-proration lines (the same).
+# for it, and the events of a paused subscription state, which say what paused it (20_sub_states), and those of a
+# subscription with a removed discount on one of its items, whose item lists date its end (35_discounts).
+# Subscriptions: those paused now (the same). Subscription items: those whose price is not stored (10_price_terms
+# reads it from the item). Invoices: those of the owner of a discount removed with no end of its own
+# (35_discounts), and for such a discount on one item, that item's non-proration lines (the same).
 _READ_RAW = {
     "subscription_items": ("(price_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {main}.prices p "
                            "WHERE p.account_id = e.account_id AND p.id = e.price_id AND NOT coalesce(p.deleted, false)))"),
     "events": ("(type = 'customer.discount.deleted' OR (type LIKE 'customer.subscription.%' AND (NOT EXISTS ("
                "SELECT 1 FROM {db}.subscriptions s WHERE s.account_id = e.account_id AND s.id = e.object_id "
-               "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL) OR e.sub_state.status = 'paused')))"),
+               "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL) OR e.sub_state.status = 'paused' "
+               "OR EXISTS (SELECT 1 FROM {main}.discounts u WHERE u.account_id = e.account_id "
+               "AND u.subscription_id = e.object_id AND u.subscription_item_id IS NOT NULL "
+               "AND coalesce(u.deleted, false)))))"),
     # the subscriptions paused now (20 reads what paused them, as it does of the events with a paused state above)
     "subscriptions": "(status = 'paused')",
     # the subscription invoice lines naming no item or price (90 reads their parent's type), and the lines of an

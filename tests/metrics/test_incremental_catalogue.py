@@ -24,7 +24,8 @@ def removed_with_no_event(before: World, changed: World, w: World, tmp_path: Pat
                           shards: int) -> list[list[tuple[object, ...]]]:
     """Load ``before``, then ``changed`` as a later full sync's listing at ``later`` (flagging what it no longer
     lists), into one store derived again incrementally and one recomputed in full; assert every derived table is
-    the same in both, and give each store's discount_end_estimated rows (kind, object, moment)."""
+    the same in both, and give each store's discount_end_estimated rows (kind, object, moment), then its removed
+    discounts' ends (``("end", discount, valid_to, removal_event_id)``)."""
     from stripe_churn.store.load import mark_unlisted_children
 
     at = dt.datetime.fromtimestamp(later, tz=dt.UTC)
@@ -42,7 +43,11 @@ def removed_with_no_event(before: World, changed: World, w: World, tmp_path: Pat
             recompute(con, Settings())
         results.append(derived_contents(con))
         estimated.append(con.execute("SELECT kind, object_id, CAST(epoch(moment) AS BIGINT) FROM data_quality "
-                                     "WHERE kind = 'discount_end_estimated'").fetchall())
+                                     "WHERE kind = 'discount_end_estimated'").fetchall()
+                         + con.execute("SELECT 'end', d.discount_id, CAST(epoch(d.valid_to) AS BIGINT), "
+                                       "d.removal_event_id FROM derived_discount_spans d JOIN discounts USING "
+                                       "(account_id) WHERE discounts.id = d.discount_id AND discounts.deleted "
+                                       "ORDER BY d.discount_id").fetchall())
         con.close()
     assert results[0] == results[1]
     return estimated
@@ -67,7 +72,7 @@ def test_a_discount_removed_with_no_event_equals_a_full_recompute(world: World, 
     changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 12))
     later = ts(2024, 6, 2)
     for rows in removed_with_no_event(before, changed, w, tmp_path, later, shards):
-        assert [r[:2] for r in rows] == [("discount_end_estimated", d["id"])]
+        assert [r[:2] for r in rows] == [("discount_end_estimated", d["id"]), ("end", d["id"])]
 
 
 @SHARDS
@@ -93,7 +98,30 @@ def test_an_item_discount_removed_with_no_event_equals_a_full_recompute(world: W
     changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 12))
     later = ts(2024, 6, 2)
     for rows in removed_with_no_event(before, changed, w, tmp_path, later, shards):
-        assert rows == [("discount_end_estimated", d["id"], ts(2024, 5, 20))]
+        assert rows == [("discount_end_estimated", d["id"], ts(2024, 5, 20)), ("end", d["id"], ts(2024, 5, 20), None)]
+
+
+@SHARDS
+def test_an_item_discount_removed_by_an_update_inside_the_events_equals_a_full_recompute(world: World, tmp_path: Path,
+                                                                                        shards: int) -> None:
+    """A forever discount on one item taken off inside the events by a subscription update, with no discount event
+    of its own, then flagged deleted by a full sync's listing: 35 dates its end at that update by the item lists of
+    the subscription's events, whose JSON the scope must then hold (incremental._READ_RAW), to give the full
+    recompute's rows: the end at the update, no estimate."""
+
+    w = book(world)
+    w.coupon("tenth", percent_off=10)
+    d = w.discount("tenth", ts(2024, 3, 10), customer="cus_a", subscription="sub_a", subscription_item="si_a2")
+    sub = w.objects["subscriptions"]["sub_a"]
+    sub["items"]["data"][1]["discounts"] = [d["id"]]
+    before = copy.deepcopy(w)
+    prev = copy.deepcopy(sub)
+    sub["items"]["data"][1]["discounts"] = []
+    update = w.event("customer.subscription.updated", ts(2024, 5, 25), sub, prev)
+    changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 21))
+    later = ts(2024, 6, 2)
+    for rows in removed_with_no_event(before, changed, w, tmp_path, later, shards):
+        assert rows == [("end", d["id"], ts(2024, 5, 25), update["id"])]
 
 
 def catalogue_world(w: World) -> World:
