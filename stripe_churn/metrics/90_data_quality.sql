@@ -265,9 +265,13 @@ SELECT account_id, 'missing_price_terms', 'price', price_id, NULL, NULL::TIMESTA
        format('price has billing_scheme {} but no {}; its items count zero MRR', billing_scheme,
               CASE WHEN billing_scheme = 'tiered' THEN 'tiers (sync prices with expand[]=data.tiers)'
                    ELSE 'unit_amount' END)
-FROM derived_price_terms
+FROM derived_price_terms t
 WHERE price_type = 'recurring'
-  AND ((billing_scheme = 'tiered' AND price_id NOT IN (SELECT price_id FROM derived_price_tiers))
+  -- (its own tiers, in its own currency: its options' tiers price only the items billed in theirs)
+  AND ((billing_scheme = 'tiered'
+        AND NOT EXISTS (SELECT 1 FROM derived_price_tiers v
+                        WHERE v.account_id = t.account_id AND v.price_id = t.price_id
+                          AND v.currency IS NOT DISTINCT FROM t.currency))
        OR (billing_scheme = 'per_unit' AND unit_amount IS NULL))
 UNION ALL
 -- a recurring price billed at an interval the rules of design.md 4 do not normalise (a newer API version's, or
@@ -338,15 +342,18 @@ WHERE coalesce(o.tax_behavior, p.tax_behavior) = 'inclusive' AND p.usage_type = 
 GROUP BY i.account_id, i.subscription_item_id, i.price_id
 UNION ALL
 -- a subscription billed in another currency than its item's: Stripe bills such a price at its currency_options
--- amount, and the price has none with a unit amount in that currency (none stored, or a tiered one); the item is
--- valued at the price's own amount
+-- amount, and the price has none in that currency (none stored, or a tiered one stored without its tiers); the
+-- item is valued at the price's own amount
 SELECT i.account_id, 'currency_mismatch', 'subscription_item', i.subscription_item_id, i.price_id,
        min(i.valid_from),
-       format('subscription {} is billed in {} but its price {} is in {} and has no unit amount in {} among its '
+       format('subscription {} is billed in {} but its price {} is in {} and has no {} in {} among its '
               'currency_options; the item is valued at the price''s {} amount', i.subscription_id,
-              any_value(s.currency), i.price_id, any_value(i.currency), any_value(s.currency), any_value(i.currency))
+              any_value(s.currency), i.price_id, any_value(i.currency),
+              CASE WHEN any_value(t.billing_scheme) = 'tiered' THEN 'tiers' ELSE 'unit amount' END,
+              any_value(s.currency), any_value(i.currency))
 FROM derived_item_mrr i
 JOIN derived_subs s USING (account_id, subscription_id)
+LEFT JOIN derived_price_terms t ON t.account_id = i.account_id AND t.price_id = i.price_id
 WHERE s.currency IS NOT NULL AND i.currency IS NOT NULL AND s.currency <> i.currency
 GROUP BY i.account_id, i.subscription_id, i.subscription_item_id, i.price_id
 UNION ALL

@@ -155,3 +155,30 @@ def test_an_options_tiers_changed_derive_the_whole_account_again(world: World, t
     assert n == len(w.objects["customers"])
     item = [r for r in full["derived_item_mrr"] if "'si_t1'" in r]
     assert len(item) == 1 and "'eur', Decimal('87.0000000000')" in item[0], item
+
+
+def test_a_tiered_price_without_tiers_of_its_own_is_missing_its_terms_whatever_its_options(
+        world: World, derive: Derive) -> None:
+    """A dollar tiered price stored without its own tiers but with an option's (a copy fetched without expanding
+    ``tiers``): its dollar items count zero, and data_quality names the price as missing its terms; the message
+    of an item billed in a currency whose option lacks its tiers says so."""
+    base(world, currency="usd")
+    p = world.price("team", "prod_seat", None, tiers=USD, tiers_mode="graduated")
+    p["currency_options"] = {"usd": option(), "eur": option(tiers((None, 900, None)))}
+    del p["tiers"]
+    world.subscribe("sub_1", "cus_1", [("si_1", "team", 12)], T0)
+    con = derive(world, seen_at=month(1))
+    assert con.execute("SELECT object_id FROM data_quality WHERE kind = 'missing_price_terms'").fetchall() == [
+        ("team",)]
+
+
+def test_the_mismatch_of_a_tiered_option_without_tiers_says_its_tiers_are_missing(
+        world: World, derive: Derive) -> None:
+    base(world, currency="eur")
+    p = world.price("team", "prod_seat", None, tiers=USD, tiers_mode="graduated")
+    p["currency_options"] = {"usd": option(p["tiers"]), "eur": option()}
+    world.fx_rates.append(("2023-12-01", "eur", 1.10))
+    world.subscribe("sub_1", "cus_1", [("si_1", "team", 12)], T0)
+    con = derive(world, seen_at=month(1))
+    [(detail,)] = con.execute("SELECT detail FROM data_quality WHERE kind = 'currency_mismatch'").fetchall()
+    assert "no tiers in eur" in detail and "unit amount" not in detail, detail
