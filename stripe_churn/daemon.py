@@ -36,6 +36,10 @@ WEBHOOK_LOCK_WAIT_S = 60.0
 _POLL_S = 0.2  # how often the main loop looks for a signal that asked for a stop
 # scheduled ticks at once: one running and the next ones skipping (a skip takes microseconds)
 _TICK_INSTANCES = 4
+# how often the main loop has the scheduler look at the wall clock again: its thread waits for the next tick on the
+# monotonic clock, which stands still while the machine is suspended (it would wait out the rest of a daily wait
+# after a night asleep before seeing the tick it missed)
+_WAKE_SCHEDULER_S = 60.0
 
 
 def state_path(db: Path) -> Path:
@@ -138,8 +142,9 @@ class Daemon:
         self.runs = 0
         self.skipped = 0
         self.trigger = self._make_trigger(interval_seconds)
+        # (misfire_grace_time None: a tick missed while the machine slept runs when it wakes, however late, once)
         self.scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={
-            "max_instances": 1, "coalesce": True, "misfire_grace_time": 300})
+            "max_instances": 1, "coalesce": True, "misfire_grace_time": None})
         self.webhook: Any = None
         self._state_lock = threading.Lock()
         self._state: dict[str, Any] = {"pid": os.getpid(), "state": "starting", "started_at": _now(),
@@ -324,10 +329,14 @@ class Daemon:
                 self._save(webhook_url=self.webhook.url)
             self._save(state="started")
             log.info("daemon started (schedule %s)", self.trigger)
+            woken = time.monotonic()
             while not self.stop_event.wait(_POLL_S):
                 if self._signalled:
                     log.info("%s received", signal.Signals(self._signalled).name)
                     self.request_stop()
+                elif time.monotonic() - woken >= _WAKE_SCHEDULER_S:
+                    woken = time.monotonic()
+                    self.scheduler.wakeup()  # (a tick whose time passed while the machine slept runs now)
             self._save(state="stopping")
             if self.webhook is not None:
                 self.webhook.stop()
