@@ -224,7 +224,7 @@ class Daemon:
             # progress as log lines, at most one per 5 s, on a terminal too (no bars among the daemon's log lines)
             summary = self._run(self.settings, wait=wait, stop=self.stop_event, progress="log")
             self.runs += 1
-            self._failures = 0
+            self._failures = self._skip_ticks = 0  # (a webhook's run may succeed during a backoff: it ends it)
             succeeded = True
             info = summary.as_dict() if hasattr(summary, "as_dict") else {"result": str(summary)}
             self._save(last_run={"at": _now(), "reason": reason, "status": info.get("status"),

@@ -738,3 +738,29 @@ def test_the_scheduler_looks_at_the_wall_clock_again_while_it_waits(start: Calla
     store.update_job(job)
     assert wait_for(lambda: d.runs == 1, timeout=5)
 
+
+def test_a_run_that_succeeds_ends_the_backoff(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A run that succeeds (a webhook's, during the backoff) ends the backoff: the next scheduled tick syncs. The
+    skipped ticks were kept, up to 16 (8 hours at the default schedule), with "backing off after 0 transient
+    failure(s)" in the log."""
+    caplog.set_level("INFO", logger="stripe_churn.daemon")
+    fail = True
+    calls: list[str] = []
+    inner = locked_writer()
+
+    def run(settings: Settings, **kw: Any) -> RunSummary:
+        calls.append("run")
+        if fail:
+            raise TransientError("Stripe kept answering 503")
+        return inner(settings, **kw)
+
+    d = Daemon(Settings(db=tmp_path / "d.duckdb"), interval_seconds=3600, run=run)
+    for _ in range(4):  # fails, fails (1 tick to skip), skips, fails (3 ticks to skip)
+        d.tick("schedule")
+    assert len(calls) == 3
+    fail = False
+    d.tick("webhook invoice.paid", follow=True)  # (a webhook's sync does not wait for the backoff)
+    assert d.runs == 1
+    d.tick("schedule")
+    assert d.runs == 2 and len(calls) == 5
+    assert "backing off after 0 transient failure(s)" not in caplog.text
