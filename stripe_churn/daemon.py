@@ -315,8 +315,14 @@ class Daemon:
             if self.webhook_port is not None:  # (its port is taken first: a bad one stops the daemon before a sync)
                 from stripe_churn.webhook import WebhookServer
 
+                # (only the events of the account and mode synced: an endpoint that listens to connected accounts
+                # gets all of theirs; a key's prefix says its mode, the sandbox's too)
+                key = self.settings.api_key.reveal()
+                livemode = (True if key.startswith(("sk_live_", "rk_live_"))
+                            else False if key.startswith(("sk_test_", "rk_test_")) else None)
                 self.webhook = WebhookServer(self.settings.webhook_secret.reveal(), self.webhook_event,
-                                             host=self.webhook_host, port=self.webhook_port)
+                                             host=self.webhook_host, port=self.webhook_port,
+                                             account=self.settings.account, livemode=livemode)
             # (more than one instance: a tick that finds a run going reaches tick(), which skips it with one INFO
             # line; APScheduler's own limit would log a WARNING at every tick of a long run)
             self.scheduler.add_job(self.tick, self.trigger, id="scheduled-sync", max_instances=_TICK_INSTANCES)

@@ -5,7 +5,9 @@ timestamp from the future are refused); anything unsigned, wrongly signed, stale
 declared length is refused and triggers nothing. A client that stops sending is cut off after
 ``READ_TIMEOUT_S``, one that trickles its request gets 408 once ``REQUEST_DEADLINE_S`` has passed, and past
 ``MAX_HANDLERS`` requests being handled a new connection gets 503 at once: all before any signature is checked.
-Several events close together become one sync (the caller debounces). An event's type reaches the log and the
+An event of another account (an endpoint that listens to connected accounts gets all of theirs) or of the other
+mode than the daemon syncs gets 200 and triggers nothing. Several events close together become one sync (the caller
+debounces). An event's type reaches the log and the
 daemon's state (as the sync's reason), and a request line the DEBUG log, only escaped and cut short.
 """
 
@@ -120,13 +122,17 @@ class _Server(ThreadingHTTPServer):
 
 
 class WebhookServer:
-    """HTTP server on a thread; calls ``on_event(event_type)`` for each verified event that should sync."""
+    """HTTP server on a thread; calls ``on_event(event_type)`` for each verified event that should sync: of ``account``
+    (None: the key's own account, whose events name none) and, unless ``livemode`` is None, of that mode."""
 
-    def __init__(self, secret: str, on_event: Callable[[str], None], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, secret: str, on_event: Callable[[str], None], host: str = "127.0.0.1", port: int = 0,
+                 account: str | None = None, livemode: bool | None = None) -> None:
         if not secret:
             raise ConfigError("the webhook needs STRIPE_WEBHOOK_SECRET (the endpoint's signing secret, whsec_...)")
         self._secret = secret
         self._on_event = on_event
+        self._account = account
+        self._livemode = livemode
         handler = self._make_handler()
         try:
             self.httpd = _Server((host, port), handler)
@@ -248,7 +254,11 @@ class WebhookServer:
                                 "with a type)")
                     self._reply(400, "not a Stripe event")
                     return
-                if etype.startswith(TRIGGER_PREFIXES):
+                other = server._other_account_or_mode(event)
+                if etype.startswith(TRIGGER_PREFIXES) and other:
+                    log.debug("webhook: %s of %s, ignored", _printable(etype, LOGGED_TYPE_MAX), other)
+                    self._reply(200, f"ignored: {other}")
+                elif etype.startswith(TRIGGER_PREFIXES):
                     # (it is logged and becomes the sync's reason, kept in the daemon's state file: escaped and cut)
                     etype = _printable(etype, LOGGED_TYPE_MAX)
                     log.info("webhook: %s, sync scheduled", etype)
@@ -258,6 +268,17 @@ class WebhookServer:
                     self._reply(200, "ignored")
 
         return Handler
+
+    def _other_account_or_mode(self, event: dict[str, Any]) -> str | None:
+        """What makes ``event`` another account's or mode's than the one synced ("another account", "test mode"),
+        or None when it is of the account and mode synced (or does not say)."""
+        account = event.get("account")  # (the connected account an event of a Connect endpoint is of; else none)
+        if account != self._account:
+            return "another account"
+        livemode = event.get("livemode")
+        if self._livemode is not None and isinstance(livemode, bool) and livemode != self._livemode:
+            return "live mode" if livemode else "test mode"
+        return None
 
 
 class _DeadlineReader(io.RawIOBase):

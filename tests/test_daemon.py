@@ -764,3 +764,34 @@ def test_a_run_that_succeeds_ends_the_backoff(tmp_path: Path, caplog: pytest.Log
     d.tick("schedule")
     assert d.runs == 2 and len(calls) == 5
     assert "backing off after 0 transient failure(s)" not in caplog.text
+
+
+@pytest.mark.parametrize("account", [pytest.param("acct_mine", id="connected-account"),
+                                     pytest.param(None, id="platform")])
+def test_a_webhook_event_of_another_account_or_mode_starts_no_sync(start: Callable[..., Daemon], tmp_path: Path,
+                                                                    account: str | None) -> None:
+    """An endpoint that listens to connected accounts gets the events of all of them, signed with one secret (and a
+    key's account has test and live events): only those of the account and mode the daemon syncs start a sync. Every
+    connected account's invoices started a sync of this one, each using the platform's rate limit."""
+    from test_webhook import post, sign
+
+    settings = Settings(db=tmp_path / "d.duckdb", webhook_secret=Secret("whsec_x"), api_key=Secret("rk_live_x"),
+                        account=account)
+    d = start(settings, interval_seconds=3600, sync_on_start=False, run=locked_writer(), webhook_port=0,
+              debounce_seconds=0.1)
+    assert wait_for(lambda: d.webhook is not None)
+
+    def deliver(**fields: Any) -> None:
+        body = json.dumps({"id": "evt_1", "object": "event", "type": "invoice.paid", **fields}).encode()
+        assert post(d.webhook, body, {"Stripe-Signature": sign(body, "whsec_x")}) == 200
+
+    others: list[dict[str, Any]] = [{"account": "acct_other", "livemode": True},  # another connected account
+                                    {"livemode": False}]  # this account's test mode
+    others[1] |= {"account": account} if account else {}
+    others.append({"livemode": True} if account else {"account": "acct_mine", "livemode": True})  # platform/connected
+    for fields in others:
+        deliver(**fields)
+    time.sleep(1.0)
+    assert d.runs == 0
+    deliver(livemode=True, **({"account": account} if account else {}))
+    assert wait_for(lambda: d.runs == 1)

@@ -271,3 +271,27 @@ def test_connections_beyond_the_cap_get_503_at_once(server: tuple[WebhookServer,
 def test_needs_a_secret() -> None:
     with pytest.raises(ConfigError, match="STRIPE_WEBHOOK_SECRET"):
         WebhookServer("", lambda _: None)
+
+
+def test_an_event_of_another_account_or_mode_is_answered_ignored() -> None:
+    seen: list[str] = []
+    srv = WebhookServer(SECRET, seen.append, port=0, account="acct_1", livemode=False).start()
+    try:
+        host, port = srv.httpd.server_address[:2]
+        answers = []
+        for fields in ({"account": "acct_2", "livemode": False}, {"livemode": False},
+                       {"account": "acct_1", "livemode": True}, {"account": "acct_1"},
+                       {"account": "acct_1", "livemode": False}):
+            body = json.dumps({"id": "evt_1", "object": "event", "type": "invoice.paid", **fields}).encode()
+            conn = http.client.HTTPConnection(str(host), port, timeout=5)
+            try:
+                conn.request("POST", "/", body=body, headers={"Stripe-Signature": sign(body)})
+                response = conn.getresponse()
+                answers.append((response.status, json.loads(response.read())["message"]))
+            finally:
+                conn.close()
+    finally:
+        srv.stop()
+    assert answers == [(200, "ignored: another account"), (200, "ignored: another account"),
+                       (200, "ignored: live mode"), (200, "sync scheduled"), (200, "sync scheduled")]
+    assert seen == ["invoice.paid", "invoice.paid"]  # (an event that does not say its mode is taken)
