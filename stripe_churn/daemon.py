@@ -26,7 +26,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from stripe_churn.errors import ConfigError, FatalError, StoreLockedError, StripeChurnError, TransientError
 from stripe_churn.lock import daemon_lock
-from stripe_churn.settings import Settings
+from stripe_churn.settings import Settings, redact_secrets
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,12 @@ def cron_weekdays(field: str) -> str:
                 raise ValueError(f"day-of-week range {item!r} runs backwards")
         days.update(day % 7 for day in range(first, last + 1, step))
     return ",".join(_CRON_DAYS[day] for day in sorted(days, key=lambda d: (d - 1) % 7))
+
+
+def _one_line(text: str, settings: Settings) -> str:
+    """``text`` fit for one log line and the state file: a message over several lines (DuckDB's) joined, and the
+    settings' secrets masked."""
+    return redact_secrets(" ".join(text.split()), [settings.api_key.reveal(), settings.webhook_secret.reveal()])
 
 
 def _now() -> str:
@@ -242,14 +248,19 @@ class Daemon:
         except TransientError as exc:
             self._failures += 1
             self._skip_ticks = min(2 ** (self._failures - 1) - 1, MAX_SKIP_TICKS)
-            log.warning("sync failed, will retry (skipping %d tick(s)): %s", self._skip_ticks, exc)
-            self._save(last_error={"at": _now(), "kind": "transient", "message": str(exc)})
+            message = _one_line(str(exc), self.settings)
+            log.warning("sync failed, will retry (skipping %d tick(s)): %s", self._skip_ticks, message)
+            self._save(last_error={"at": _now(), "kind": "transient", "message": message})
         except (FatalError, StripeChurnError) as exc:
-            log.error("sync failed and needs a person: %s", exc)
-            self._save(last_error={"at": _now(), "kind": "fatal", "message": str(exc)})
+            message = _one_line(str(exc), self.settings)
+            log.error("sync failed and needs a person: %s", message)
+            self._save(last_error={"at": _now(), "kind": "fatal", "message": message})
         except Exception as exc:
-            log.exception("sync crashed")
-            self._save(last_error={"at": _now(), "kind": "fatal", "message": f"{type(exc).__name__}: {exc}"})
+            # (one line, as every log line: the traceback at DEBUG, as the commands log it)
+            message = _one_line(f"{type(exc).__name__}: {exc}", self.settings)
+            log.error("sync crashed: %s (STRIPE_CHURN_LOG_LEVEL=DEBUG logs the traceback)", message)
+            log.debug("sync crashed", exc_info=True)
+            self._save(last_error={"at": _now(), "kind": "fatal", "message": message})
         finally:
             with self._follow_lock:
                 self._job_lock.release()
@@ -350,7 +361,7 @@ class Daemon:
             crashed = False
             return 0
         except StripeChurnError as exc:  # (a bad setting found on the way up): `status` shows why it stopped
-            self._save(last_error={"at": _now(), "kind": "fatal", "message": str(exc)})
+            self._save(last_error={"at": _now(), "kind": "fatal", "message": _one_line(str(exc), self.settings)})
             raise
         finally:
             if crashed:

@@ -795,3 +795,31 @@ def test_a_webhook_event_of_another_account_or_mode_starts_no_sync(start: Callab
     assert d.runs == 0
     deliver(livemode=True, **({"account": account} if account else {}))
     assert wait_for(lambda: d.runs == 1)
+
+
+def test_a_run_that_crashes_is_one_error_line_without_the_key(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected failure of a run is one ERROR line (DuckDB's messages run over several lines, and the traceback
+    over dozens: the journal kept them as lines of their own, without time or level) with no secret in it, in the log
+    and in the state file that `status` prints; the traceback goes to DEBUG, as the commands do."""
+    key = "rk_live_51abcdefghijklmn"
+
+    def run(settings: Settings, **kw: Any) -> RunSummary:
+        con = duckdb.connect()
+        try:
+            con.execute(f"SELECT * FROM {key}")  # (a catalog error: its message quotes the name and the query)
+        finally:
+            con.close()
+        return RunSummary(status="ok")
+
+    caplog.set_level("DEBUG", logger="stripe_churn.daemon")
+    d = Daemon(Settings(db=tmp_path / "d.duckdb", api_key=Secret(key)), interval_seconds=3600, run=run)
+    d.tick("schedule")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    line = logging.Formatter("%(levelname)s %(name)s: %(message)s").format(errors[0])
+    assert "\n" not in line and "Catalog Error: Table with name" in line and key not in line, line
+    state = read_state(d.settings.db)
+    assert state is not None
+    message = state["last_error"]["message"]
+    assert "\n" not in message and message.startswith("CatalogException: Catalog Error") and key not in message
+    assert any(r.levelno == logging.DEBUG and r.exc_info for r in caplog.records)  # (the traceback)
