@@ -24,7 +24,14 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from stripe_churn.errors import ConfigError, FatalError, StoreLockedError, StripeChurnError, TransientError
+from stripe_churn.errors import (
+    ConfigError,
+    DaemonRunningError,
+    FatalError,
+    StoreLockedError,
+    StripeChurnError,
+    TransientError,
+)
 from stripe_churn.lock import daemon_lock
 from stripe_churn.settings import Settings, redact_secrets
 
@@ -147,17 +154,21 @@ class Daemon:
         self._skip_ticks = 0
         self.runs = 0
         self.skipped = 0
-        self.trigger = self._make_trigger(interval_seconds)
-        # (misfire_grace_time None: a tick missed while the machine slept runs when it wakes, however late, once)
-        self.scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={
-            "max_instances": 1, "coalesce": True, "misfire_grace_time": None})
-        self.webhook: Any = None
         self._state_lock = threading.Lock()
         self._state: dict[str, Any] = {"pid": os.getpid(), "state": "starting", "started_at": _now(),
                                        "last_run": None, "last_error": None}
         previous = read_state(settings.db)
         if previous and previous.get("last_error"):
             self._state["previous_error"] = previous["last_error"]
+        try:
+            self.trigger = self._make_trigger(interval_seconds)
+        except ConfigError as exc:
+            self._refused_at_start(exc)
+            raise
+        # (misfire_grace_time None: a tick missed while the machine slept runs when it wakes, however late, once)
+        self.scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={
+            "max_instances": 1, "coalesce": True, "misfire_grace_time": None})
+        self.webhook: Any = None
 
     def _make_trigger(self, interval_seconds: float | None) -> BaseTrigger:
         if interval_seconds:
@@ -180,6 +191,19 @@ class Daemon:
         except ValueError as exc:
             raise ConfigError(f"bad STRIPE_CHURN_SCHEDULE {self.settings.schedule!r}: {exc}; "
                               "use a five-field cron expression such as '*/30 * * * *'") from exc
+
+    def _refused_at_start(self, exc: ConfigError) -> None:
+        """A setting that stops the daemon before it starts (a bad schedule) goes into the state file, as `crashed`,
+        for `status` to show (a service manager restarts the daemon meanwhile, over and over); unless another daemon
+        has the store: the state file is that one's."""
+        if not self.settings.db.parent.is_dir():
+            return
+        try:
+            with daemon_lock(self.settings.db):
+                self._save(state="crashed",
+                           last_error={"at": _now(), "kind": "fatal", "message": _one_line(str(exc), self.settings)})
+        except (DaemonRunningError, OSError) as other:
+            log.debug("the state file is left as it is: %s", other)
 
     # -- state -------------------------------------------------------------------------------------------
     def _save(self, **changes: Any) -> None:

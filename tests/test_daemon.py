@@ -823,3 +823,38 @@ def test_a_run_that_crashes_is_one_error_line_without_the_key(tmp_path: Path, ca
     message = state["last_error"]["message"]
     assert "\n" not in message and message.startswith("CatalogException: Catalog Error") and key not in message
     assert any(r.levelno == logging.DEBUG and r.exc_info for r in caplog.records)  # (the traceback)
+
+
+def test_a_daemon_refused_for_its_schedule_says_so_in_status(tmp_path: Path) -> None:
+    """A bad schedule stops the daemon at start (exit 2, one line), which under systemd restarts it every 30 s;
+    `status` showed the last daemon's "stopped" with no error at all. It says why now, as for a port in use; and a
+    daemon that runs meanwhile keeps its state file."""
+    db = tmp_path / "d.duckdb"
+    env = {"STRIPE_CHURN_DB": str(db), "STRIPE_API_KEY": "sk_test_x", "STRIPE_API_BASE": "http://127.0.0.1:9"}
+
+    def run_a_daemon(then: Callable[[], None]) -> None:
+        d = Daemon(Settings(db=db), interval_seconds=3600, sync_on_start=False, run=locked_writer())
+        t = threading.Thread(target=d.run_forever, kwargs={"install_signals": False})
+        t.start()
+        try:
+            assert wait_for(lambda: (read_state(db) or {}).get("state") == "started")
+            then()
+        finally:
+            d.request_stop()
+            t.join(timeout=15)
+
+    def refused_meanwhile() -> None:
+        before = read_state(db)
+        with pytest.raises(ConfigError):
+            Daemon(Settings(db=db, schedule="61 * * * *"))
+        assert read_state(db) == before  # (not the running daemon's error)
+
+    run_a_daemon(refused_meanwhile)
+    assert (read_state(db) or {}).get("state") == "stopped"
+    result = CliRunner().invoke(cli, ["daemon"], env={**env, "STRIPE_CHURN_SCHEDULE": "61 * * * *"})
+    assert result.exit_code == 2 and "bad STRIPE_CHURN_SCHEDULE '61 * * * *'" in result.output
+    status = CliRunner().invoke(cli, ["status", "--format", "json"], env=env)
+    assert status.exit_code == 0, status.output
+    info = json.loads(status.output)
+    assert info["daemon"].startswith("crashed (pid "), info
+    assert "fatal: bad STRIPE_CHURN_SCHEDULE '61 * * * *'" in info["daemon_error"]
