@@ -369,7 +369,12 @@ class Daemon:
                 self.webhook.start()
                 self._save(webhook_url=self.webhook.url)
             self._save(state="started")
-            log.info("daemon started (schedule %s)", self.trigger)
+            # (the zone said: "0 6 * * *" is 06:00 UTC, 07:00 or 08:00 in Berlin by the season)
+            job = self.scheduler.get_job("scheduled-sync")
+            upcoming = getattr(job, "next_run_time", None)
+            log.info("daemon started (schedule %s, in UTC; next run %s)",
+                     f"'{self.settings.schedule}'" if isinstance(self.trigger, CronTrigger) else self.trigger,
+                     upcoming.astimezone(dt.UTC).isoformat(sep=" ") if upcoming else "none")
             woken = time.monotonic()
             while not self.stop_event.wait(_POLL_S):
                 if self._signalled:
