@@ -304,7 +304,9 @@ class Daemon:
         if self.stop_event.is_set():
             return
         try:
-            self.scheduler.add_job(self.tick, "date", run_date=when, id=job_id,
+            # (more than one instance, as the scheduled ticks: the job of an event that comes while the sync of an
+            # earlier one runs reaches tick(), which has a run follow that one; APScheduler dropped it with a WARNING)
+            self.scheduler.add_job(self.tick, "date", run_date=when, id=job_id, max_instances=_TICK_INSTANCES,
                                    kwargs={"reason": reason, "wait": self.lock_wait_seconds, "follow": True})
         except ConflictingIdError:
             log.debug("%s already scheduled", job_id)

@@ -872,3 +872,42 @@ def test_the_start_line_says_the_schedule_is_in_utc_and_when_it_runs_next(start:
     nxt += dt.timedelta(days=1) if nxt <= now else dt.timedelta()
     line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("daemon started"))
     assert "in UTC" in line and f"next run {nxt.isoformat(sep=' ')}" in line, line
+
+
+def test_webhook_events_during_a_webhook_run_make_one_run_follow_it(start: Callable[..., Daemon],
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Events that come while a webhook's own sync runs (a billing run sends many, minutes apart) are owed a run
+    after it, as during any other run: APScheduler dropped their job, of the same id as the one running, with a
+    WARNING ("maximum number of running instances reached"), and they waited for the next scheduled tick."""
+    from test_webhook import post, sign
+
+    caplog.set_level("INFO")
+    release = threading.Event()
+    started: list[float] = []
+    ended: list[float] = []
+    inner = locked_writer()
+
+    def run(settings: Settings, **kw: Any) -> RunSummary:
+        started.append(time.monotonic())
+        try:
+            if len(started) == 1:
+                assert release.wait(timeout=30)
+            return inner(settings, **kw)
+        finally:
+            ended.append(time.monotonic())
+
+    d = start(interval_seconds=3600, sync_on_start=False, run=run, webhook_port=0, debounce_seconds=0.1)
+    assert wait_for(lambda: d.webhook is not None)
+
+    def deliver(etype: str) -> None:
+        body = json.dumps({"id": "evt", "type": etype}).encode()
+        assert post(d.webhook, body, {"Stripe-Signature": sign(body, "whsec_x")}) == 200
+
+    deliver("invoice.created")
+    assert wait_for(lambda: len(started) == 1)  # the webhook's sync runs
+    deliver("invoice.paid")
+    time.sleep(0.5)  # (its debounce is over: it found the run going)
+    release.set()
+    assert wait_for(lambda: d.runs == 2), caplog.text[-2000:]
+    assert started[1] >= ended[0]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
