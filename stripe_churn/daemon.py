@@ -152,6 +152,9 @@ class Daemon:
         self._follow_lock = threading.Lock()
         self._failures = 0
         self._skip_ticks = 0
+        # scheduled ticks in a row that found the store held by another process, and the first one's time
+        self._lock_skips = 0
+        self._lock_skips_since: str | None = None
         self.runs = 0
         self.skipped = 0
         self._state_lock = threading.Lock()
@@ -247,6 +250,7 @@ class Daemon:
                     log.info("sync (%s) joins the one that starts when the run going ends", reason)
                 return
         succeeded = False
+        locked_out = False
         retry: str | None = None
         began = time.monotonic()
         try:
@@ -262,13 +266,24 @@ class Daemon:
                        last_error=None, previous_error=None)  # (the last daemon's, shown until a run succeeds)
         except StoreLockedError as exc:
             self.skipped += 1
+            locked_out = True
             if follow:
                 # (a webhook's events are Stripe's news of a change: another process's run, a manual `sync` maybe
                 # hours long, may have listed before them, so they wait for it rather than for the next tick)
                 log.info("sync (%s) still waits: %s; trying again", reason, exc.held)
                 retry = reason
             else:
-                log.info("sync skipped (%s): %s; the next tick tries again", reason, exc.held)
+                # (once is a manual `sync` at the same moment; more in a row, a store held for a whole interval or
+                # more, as by a program that keeps the store itself open: a WARNING, and in the state for `status`)
+                held = _one_line(exc.held, self.settings)
+                self._lock_skips += 1
+                self._lock_skips_since = self._lock_skips_since or _now()
+                if self._lock_skips == 1:
+                    log.info("sync skipped (%s): %s; the next tick tries again", reason, held)
+                else:
+                    log.warning("sync skipped (%s), %d ticks in a row since %s: %s; the next tick tries again",
+                                reason, self._lock_skips, self._lock_skips_since, held)
+                self._save(skipping={"since": self._lock_skips_since, "ticks": self._lock_skips, "held": held})
         except TransientError as exc:
             self._failures += 1
             self._skip_ticks = min(2 ** (self._failures - 1) - 1, MAX_SKIP_TICKS)
@@ -286,6 +301,9 @@ class Daemon:
             log.debug("sync crashed", exc_info=True)
             self._save(last_error={"at": _now(), "kind": "fatal", "message": message})
         finally:
+            if not locked_out and self._lock_skips:  # (this run got the store)
+                self._lock_skips, self._lock_skips_since = 0, None
+                self._save(skipping=None)
             with self._follow_lock:
                 self._job_lock.release()
                 follow_up, self._follow_up = self._follow_up, None

@@ -359,6 +359,11 @@ def collect_status(db: Path) -> dict[str, Any]:
         daemon = f"{state.get('state')} (pid {state.get('pid')}, since {state.get('started_at')})"
         if state.get("state") in ("starting", "started", "stopping") and not _process_alive(state.get("pid")):
             daemon += "; no process has that pid now: it ended without writing so (killed?)"
+        skipping = state.get("skipping")
+        if isinstance(skipping, dict):  # (scheduled ticks in a row that found the store held by another process)
+            ticks = skipping.get("ticks")
+            daemon += (f"; its scheduled syncs skipped since {skipping.get('since')} ({ticks} tick"
+                       f"{'' if ticks == 1 else 's'}): {skipping.get('held')}")
         info["daemon"] = daemon
         err = state.get("last_error") or state.get("previous_error")
         if err:

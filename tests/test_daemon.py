@@ -911,3 +911,40 @@ def test_webhook_events_during_a_webhook_run_make_one_run_follow_it(start: Calla
     assert wait_for(lambda: d.runs == 2), caplog.text[-2000:]
     assert started[1] >= ended[0]
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_ticks_skipped_for_a_store_held_open_say_so_in_status(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A program that keeps the store itself open (a duckdb shell, a notebook, a BI tool: DuckDB lets one process
+    open it) makes every scheduled run skip. That was an INFO line per tick and nothing in `status` (no error, the
+    sync lock free): a daemon that had not synced for days looked healthy. From the second tick in a row it is a
+    WARNING, and `status` says since when the runs are skipped and who holds the store, until a run gets it."""
+    from stripe_churn.store.db import open_store
+
+    db = tmp_path / "held.duckdb"
+    open_store(db).close()
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(60)", str(db)], stdout=subprocess.PIPE, text=True)
+    env = {"STRIPE_CHURN_DB": str(db)}
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        caplog.set_level("INFO", logger="stripe_churn.daemon")
+        d = Daemon(Settings(db=db, api_key=Secret("sk_test_x"), api_base="http://127.0.0.1:9", max_retries=0),
+                   interval_seconds=3600)
+        for _ in range(3):
+            d.tick("schedule")
+        assert d.runs == 0 and d.skipped == 3
+        skips = [r for r in caplog.records if r.getMessage().startswith("sync skipped")]
+        assert [r.levelname for r in skips] == ["INFO", "WARNING", "WARNING"]
+        assert f"pid {holder.pid}" in skips[-1].getMessage() and "3 ticks in a row" in skips[-1].getMessage()
+        status = CliRunner().invoke(cli, ["status", "--format", "json"], env=env)
+        assert status.exit_code == 0, status.output
+        daemon = json.loads(status.output)["daemon"]
+        assert "scheduled syncs skipped since " in daemon and "(3 ticks)" in daemon and f"pid {holder.pid}" in daemon
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    d.tick("schedule")  # (the store is free: the run gets it, and fails on Stripe, which is not there)
+    state = read_state(db)
+    assert state is not None and state["last_error"]["kind"] == "transient" and state.get("skipping") is None
+    assert "skipped" not in json.loads(CliRunner().invoke(cli, ["status", "--format", "json"], env=env).output)["daemon"]
