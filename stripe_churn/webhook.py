@@ -59,6 +59,8 @@ class _Server(ThreadingHTTPServer):
         self._refused = 0  # connections refused with 503 since the last WARNING about them
         self._refused_logged_at = -REFUSED_LOG_EVERY_S
         self._handlers_lock = threading.Lock()
+        # refused requests of each kind since its last WARNING, and when that was (monotonic; None: never)
+        self._refusals: dict[str, tuple[int, float | None]] = {}
         super().__init__(*args, **kwargs)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -90,6 +92,20 @@ class _Server(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._release_handler()
+
+    def warn_refused(self, message: str) -> None:
+        """A WARNING ``message`` for a refused request, at most one a minute for each message, with how many there
+        were since the last one: anyone who reaches the port can send them, and must not flood the log."""
+        with self._handlers_lock:
+            count, logged_at = self._refusals.get(message, (0, None))
+            count += 1
+            now = time.monotonic()
+            if logged_at is not None and now - logged_at < REFUSED_LOG_EVERY_S:
+                self._refusals[message] = (count, logged_at)
+                return
+            self._refusals[message] = (0, now)
+        log.warning("webhook: %s%s", message,
+                    f" ({count} such requests since the last such line)" if count > 1 else "")
 
     def _release_handler(self) -> None:
         with self._handlers_lock:
@@ -135,7 +151,7 @@ class WebhookServer:
         self._livemode = livemode
         handler = self._make_handler()
         try:
-            self.httpd = _Server((host, port), handler)
+            self.httpd: _Server = _Server((host, port), handler)
         except OSError as exc:
             raise ConfigError(f"the webhook cannot listen on {host}:{port}: {exc.strerror or exc}; pick another "
                               "--webhook-port (setting webhook_port; 0 for a free one) or --webhook-host") from None
@@ -180,8 +196,8 @@ class WebhookServer:
             def handle_one_request(self) -> None:
                 super().handle_one_request()  # (a read timeout ends it: the connection is to be closed)
                 if self._reader.expired and not self._replied:
-                    log.warning("webhook: refused a request not received within %s s (408)",
-                                server.httpd.request_deadline_s)
+                    server.httpd.warn_refused(f"refused a request not received within "
+                                              f"{server.httpd.request_deadline_s} s (408)")
                     self.close_connection = True
                     with contextlib.suppress(OSError):  # (gone meanwhile)
                         self._reply(408, "request not received in time")
@@ -240,7 +256,7 @@ class WebhookServer:
                                                           self.headers.get("Stripe-Signature"),
                                                           server._secret, tolerance=TOLERANCE_S)
                 except (stripe.SignatureVerificationError, ValueError):  # (UnicodeDecodeError is a ValueError)
-                    log.warning("webhook: refused a request without a valid signature")
+                    server.httpd.warn_refused("refused a request without a valid signature")
                     self._reply(400, "invalid signature")
                     return
                 try:
@@ -250,8 +266,8 @@ class WebhookServer:
                         raise TypeError
                 except (ValueError, KeyError, TypeError, RecursionError):  # (RecursionError: nested too deep)
                     # (signed with the endpoint's secret, so from Stripe or from someone who holds the secret)
-                    log.warning("webhook: refused a signed request whose body is not a Stripe event (no JSON object "
-                                "with a type)")
+                    server.httpd.warn_refused("refused a signed request whose body is not a Stripe event (no JSON "
+                                              "object with a type)")
                     self._reply(400, "not a Stripe event")
                     return
                 other = server._other_account_or_mode(event)

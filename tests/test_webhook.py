@@ -295,3 +295,23 @@ def test_an_event_of_another_account_or_mode_is_answered_ignored() -> None:
     assert answers == [(200, "ignored: another account"), (200, "ignored: another account"),
                        (200, "ignored: live mode"), (200, "sync scheduled"), (200, "sync scheduled")]
     assert seen == ["invoice.paid", "invoice.paid"]  # (an event that does not say its mode is taken)
+
+
+def test_refused_requests_are_one_warning_a_minute(server: tuple[WebhookServer, list[str]],
+                                                   caplog: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone who reaches the port can send requests with no valid signature: each was a WARNING line, so a scanner
+    flooded the log (and the journal's rate limit then drops the daemon's own lines). One line a minute at most,
+    with how many were refused since; each request is still answered 400."""
+    srv, seen = server
+    monkeypatch.setattr(webhook, "REFUSED_LOG_EVERY_S", 1.0)
+    body = event("invoice.paid")
+    with caplog.at_level(logging.WARNING, logger="stripe_churn.webhook"):
+        for _ in range(20):
+            assert post(srv, body, {"Stripe-Signature": sign(body, "whsec_other")}) == 400
+        time.sleep(1.1)
+        assert post(srv, body, {}) == 400
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("without a valid signature" in line for line in lines), lines
+    assert lines[1].endswith("(20 such requests since the last such line)")
+    assert seen == []
