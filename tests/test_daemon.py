@@ -865,7 +865,7 @@ def test_the_start_line_says_the_schedule_is_in_utc_and_when_it_runs_next(start:
     """The cron schedule is read in UTC, whatever the machine's zone and its daylight saving: the start line says so
     and gives the next run's time, so that "0 6 * * *" meant as 06:00 in Berlin is seen to be 07:00 or 08:00 there."""
     caplog.set_level("INFO", logger="stripe_churn.daemon")
-    d = start(Settings(db=tmp_path / "d.duckdb", schedule="0 6 * * *"), sync_on_start=False, run=locked_writer())
+    start(Settings(db=tmp_path / "d.duckdb", schedule="0 6 * * *"), sync_on_start=False, run=locked_writer())
     assert wait_for(lambda: any(r.getMessage().startswith("daemon started") for r in caplog.records))
     now = dt.datetime.now(dt.UTC)
     nxt = now.replace(hour=6, minute=0, second=0, microsecond=0)
