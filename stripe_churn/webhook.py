@@ -138,8 +138,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class WebhookServer:
-    """HTTP server on a thread; calls ``on_event(event_type)`` for each verified event that should sync: of ``account``
-    (None: the key's own account, whose events name none) and, unless ``livemode`` is None, of that mode."""
+    """HTTP server on a thread; calls ``on_event(event_type)`` for each verified event that should sync: one that names
+    no account or ``account`` (None: the key's own, which no event names) and, unless ``livemode`` is None, of that
+    mode."""
 
     def __init__(self, secret: str, on_event: Callable[[str], None], host: str = "127.0.0.1", port: int = 0,
                  account: str | None = None, livemode: bool | None = None) -> None:
@@ -288,8 +289,10 @@ class WebhookServer:
     def _other_account_or_mode(self, event: dict[str, Any]) -> str | None:
         """What makes ``event`` another account's or mode's than the one synced ("another account", "test mode"),
         or None when it is of the account and mode synced (or does not say)."""
-        account = event.get("account")  # (the connected account an event of a Connect endpoint is of; else none)
-        if account != self._account:
+        # (an event to an endpoint that listens to connected accounts names the one it is of; one to an endpoint of
+        # an account itself names none: the account synced, when it made the endpoint)
+        account = event.get("account")
+        if account is not None and account != self._account:
             return "another account"
         livemode = event.get("livemode")
         if self._livemode is not None and isinstance(livemode, bool) and livemode != self._livemode:

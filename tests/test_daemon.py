@@ -785,16 +785,20 @@ def test_a_webhook_event_of_another_account_or_mode_starts_no_sync(start: Callab
         body = json.dumps({"id": "evt_1", "object": "event", "type": "invoice.paid", **fields}).encode()
         assert post(d.webhook, body, {"Stripe-Signature": sign(body, "whsec_x")}) == 200
 
+    mine = {"account": account} if account else {}
     others: list[dict[str, Any]] = [{"account": "acct_other", "livemode": True},  # another connected account
-                                    {"livemode": False}]  # this account's test mode
-    others[1] |= {"account": account} if account else {}
-    others.append({"livemode": True} if account else {"account": "acct_mine", "livemode": True})  # platform/connected
+                                    {"livemode": False, **mine}]  # this account's test mode
+    if not account:
+        others.append({"account": "acct_mine", "livemode": True})  # a connected account of the platform synced
     for fields in others:
         deliver(**fields)
     time.sleep(1.0)
     assert d.runs == 0
-    deliver(livemode=True, **({"account": account} if account else {}))
+    deliver(livemode=True, **mine)
     assert wait_for(lambda: d.runs == 1)
+    if account:  # (an endpoint of the connected account itself: its events name no account)
+        deliver(livemode=True)
+        assert wait_for(lambda: d.runs == 2)
 
 
 def test_a_run_that_crashes_is_one_error_line_without_the_key(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -947,4 +951,5 @@ def test_ticks_skipped_for_a_store_held_open_say_so_in_status(tmp_path: Path,
     d.tick("schedule")  # (the store is free: the run gets it, and fails on Stripe, which is not there)
     state = read_state(db)
     assert state is not None and state["last_error"]["kind"] == "transient" and state.get("skipping") is None
-    assert "skipped" not in json.loads(CliRunner().invoke(cli, ["status", "--format", "json"], env=env).output)["daemon"]
+    status = CliRunner().invoke(cli, ["status", "--format", "json"], env=env)
+    assert "skipped" not in json.loads(status.output)["daemon"]
