@@ -5,10 +5,10 @@ timestamp from the future are refused); anything unsigned, wrongly signed, stale
 declared length is refused and triggers nothing. A client that stops sending is cut off after
 ``READ_TIMEOUT_S``, one that trickles its request gets 408 once ``REQUEST_DEADLINE_S`` has passed, and past
 ``MAX_HANDLERS`` requests being handled a new connection gets 503 at once: all before any signature is checked.
-An event of another account (an endpoint that listens to connected accounts gets all of theirs) or of the other
-mode than the daemon syncs gets 200 and triggers nothing. Several events close together become one sync (the caller
-debounces). An event's type reaches the log and the
-daemon's state (as the sync's reason), and a request line the DEBUG log, only escaped and cut short.
+An event of another connected account (an endpoint that listens to connected accounts gets all of theirs) or of
+the other mode than the daemon syncs gets 200 and triggers nothing. Refusals are logged once a minute at most for
+each reason. Several events close together become one sync (the caller debounces). An event's type reaches the log
+and the daemon's state (as the sync's reason), and a request line the DEBUG log, only escaped and cut short.
 """
 
 from __future__ import annotations
