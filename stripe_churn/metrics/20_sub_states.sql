@@ -382,7 +382,9 @@ FROM (SELECT * FROM anchor_from_events
 -- Before coverage they are reconstructed from the latest state: trialing from start_date while a trial runs
 -- (incomplete when the subscription never got paid), active from the trial's end (paused when it ended into
 -- a pause: the subscription is paused now, or no invoice of it was made within a day of the trial's end, and
--- then it was resumed when its next invoice was made), paused from status_details.paused.transitioned_at,
+-- then it was resumed when its next invoice was made), trialing again from a later trial's trial_start (a trial
+-- at signup that it replaced is read from the invoices: trialing from start_date to the invoice of its end),
+-- paused from status_details.paused.transitioned_at,
 -- unpaid from when its failed invoice was given up on (marked uncollectible, else that invoice's creation),
 -- canceled or incomplete_expired from ended_at.
 -- Inside coverage they are the observed states. A subscription with no stored event has only the snapshot
@@ -463,10 +465,56 @@ unpaid_before_events AS (
       AND NOT (s.status = 'unpaid' OR (s.status = 'canceled' AND s.cancellation_reason = 'payment_failed'))
     GROUP BY ALL
 ),
+-- A trial at signup that a later trial replaced (Stripe keeps the latest trial only: trial_start is after
+-- start_date) shows on the invoices alone: the subscription_create invoice bills every licensed item at 0 for a
+-- period that ends at the trial's end, though its price bills something at that quantity, and the trial's end is
+-- invoiced (a renewal, or an update ending it early, billing something) no later than a day after that period's
+-- end. A 100%-off coupon is no trial: its line bills the full price (the discount comes off it); a free price
+-- bills 0 anyway, a metered item is billed in arrears (0 at creation, whatever happens), and prorations only
+-- mark a change: none of them tells. The trial ran from start_date to that invoice. Only the subscriptions with
+-- a later trial are looked at, and of their invoices the ones before that trial.
+later_trial_invoices AS MATERIALIZED (
+    SELECT s.account_id, s.subscription_id, s.start_date, s.trial_start, s.ended_at, i.id AS invoice_id,
+           i.billing_reason, i.created
+    FROM s
+    JOIN invoices i ON i.account_id = s.account_id AND i.subscription_id = s.subscription_id
+    WHERE s.trial_start > s.start_date AND s.trial_end > s.trial_start
+      AND i.billing_reason IN ('subscription_create', 'subscription_cycle', 'subscription_update')
+      AND i.created < s.trial_start AND NOT coalesce(i.deleted, false)
+),
+later_trial_lines AS MATERIALIZED (
+    SELECT v.*, l.amount, l.period_end,
+           CASE WHEN v.billing_reason = 'subscription_create'
+                THEN p.usage_type = 'licensed' AND p.price_type = 'recurring' END AS licensed,
+           CASE WHEN v.billing_reason = 'subscription_create' AND l.amount = 0 AND licensed
+                THEN price_amount_p(l.account_id, l.price_id, l.quantity) > 0 END AS bills_something
+    FROM later_trial_invoices v
+    JOIN invoice_lines l ON l.account_id = v.account_id AND l.invoice_id = v.invoice_id
+    LEFT JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
+    WHERE l.subscription_item_id IS NOT NULL AND NOT coalesce(l.parent_proration, false)
+      AND NOT coalesce(l.deleted, false)
+),
+signup_zero AS (
+    SELECT account_id, subscription_id, start_date, trial_start, max(period_end) AS zero_until
+    FROM later_trial_lines
+    WHERE billing_reason = 'subscription_create' AND licensed
+    GROUP BY ALL
+    HAVING bool_and(amount = 0) AND bool_or(coalesce(bills_something, false))
+       AND max(period_end) > start_date AND max(period_end) <= trial_start
+),
+signup_trials AS (
+    SELECT z.account_id, z.subscription_id, min(l.created) AS trial_end, any_value(l.ended_at) AS ended_at
+    FROM signup_zero z
+    JOIN later_trial_lines l USING (account_id, subscription_id)
+    WHERE l.billing_reason IN ('subscription_cycle', 'subscription_update') AND l.amount > 0
+      AND l.created > z.start_date AND l.created <= z.zero_until + INTERVAL 1 DAY
+    GROUP BY ALL
+),
 recon AS (
     SELECT s.account_id, s.subscription_id, s.start_date AS moment,
            CASE WHEN s.trial_end IS NOT NULL AND s.trial_end > s.start_date
                      AND coalesce(s.trial_start, s.start_date) <= s.start_date THEN 'trialing'
+                WHEN st.subscription_id IS NOT NULL THEN 'trialing'
                 -- (incomplete is a subscription's first status alone: just before its first stored event, it
                 -- was so from its start)
                 WHEN s.status IN ('incomplete', 'incomplete_expired') OR f.before_status = 'incomplete'
@@ -474,7 +522,12 @@ recon AS (
                 ELSE 'active' END AS status,
            false AS pause_collection, 'snapshot' AS source, NULL AS source_event_id, 0 AS ord
     FROM s LEFT JOIN first_before f USING (account_id, subscription_id)
+    LEFT JOIN signup_trials st USING (account_id, subscription_id)
     WHERE s.start_date IS NOT NULL
+    UNION ALL
+    -- (the end of a trial at signup that a later one replaced)
+    SELECT account_id, subscription_id, trial_end, 'active', false, 'snapshot', NULL, 1
+    FROM signup_trials WHERE ended_at IS NULL OR trial_end < ended_at
     UNION ALL
     SELECT s.account_id, s.subscription_id, s.trial_end,
            CASE WHEN s.status = 'paused' AND (s.paused_at IS NULL OR s.paused_at <= s.trial_end) THEN 'paused'
