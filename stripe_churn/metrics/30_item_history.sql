@@ -325,12 +325,94 @@ replaced_before_billed AS (
     WHERE e.added > l.moment AND p.usage_type IS DISTINCT FROM 'metered'
     GROUP BY e.ik, e.src, e.rid, e.prio, e.v
 ),
+-- The same item whose first line comes after the events begin (or none yet, as on an annual plan): its first
+-- step is the first state they give, which lists it (the first event's state before, or the snapshot). It was
+-- made before them (its `created`, never before the subscription's start), so that step is repeated then: as the
+-- line that first bills it when that line bills what the state lists (it names the change's invoice), else as
+-- the state's own step. (`seen_src`, `seen_rid`: that state's step.)
+made_before_covered AS (
+    WITH first AS (
+        -- (the step kept at the item's first moment, for an item made before the events and first seen inside)
+        SELECT f.ik, f.src, f.rid, f.prio, f.v, b.created
+        FROM (SELECT b.ik, b.moment, k.created
+              FROM (SELECT ik, min(moment) AS moment FROM keyed GROUP BY ik) b
+              JOIN derived_item_keys k USING (ik)
+              JOIN derived_coverage c USING (account_id)
+              WHERE k.created < c.coverage_start AND c.coverage_start <= b.moment) b
+        JOIN keyed f ON f.ik = b.ik AND f.moment = b.moment
+        QUALIFY row_number() OVER (PARTITION BY f.ik ORDER BY f.prio DESC, f.src DESC, f.rid DESC) = 1
+    ),
+    made AS (
+        -- (present and licensed there, and made before the events from the subscription's start on)
+        SELECT f.*, greatest(f.created, s.start_date) AS made, st.account_id, st.subscription_item_id
+        FROM first f
+        JOIN (SELECT 1 AS src, rowid AS rid, account_id, subscription_id, subscription_item_id
+              FROM derived_obs_item_steps
+              UNION ALL
+              SELECT 0, rowid, account_id, subscription_id, subscription_item_id
+              FROM derived_invoice_item_steps) st USING (src, rid)
+        JOIN derived_coverage c ON c.account_id = st.account_id
+        LEFT JOIN derived_subs s ON s.account_id = st.account_id AND s.subscription_id = st.subscription_id
+        LEFT JOIN derived_price_terms p ON p.rowid = f.v.pk
+        WHERE f.v.present AND p.usage_type IS DISTINCT FROM 'metered'
+          AND greatest(f.created, s.start_date) < c.coverage_start
+    ),
+    billing AS (
+        -- (the first line that bills it)
+        SELECT m.ik, arg_min(i.rowid, (i.moment, -i.prio)) AS rid, arg_min(i.prio, (i.moment, -i.prio)) AS prio,
+               arg_min(i.price_id, (i.moment, -i.prio)) AS price_id,
+               arg_min(i.quantity, (i.moment, -i.prio)) AS quantity
+        FROM made m
+        JOIN derived_invoice_item_steps i
+          ON i.account_id = m.account_id AND i.subscription_item_id = m.subscription_item_id AND i.present
+        GROUP BY m.ik
+    )
+    SELECT ik, CASE WHEN agrees THEN 0 ELSE src END AS src, CASE WHEN agrees THEN b_rid ELSE rid END AS rid,
+           made AS moment, CASE WHEN agrees THEN b_prio ELSE prio END AS prio, v, src AS seen_src, rid AS seen_rid
+    FROM (SELECT m.ik, m.src, m.rid, m.prio, m.v, m.made, b.rid AS b_rid, b.prio AS b_prio,
+                 b.rid IS NOT NULL AND p.rowid IS NOT DISTINCT FROM m.v.pk
+                 AND (p.rowid IS NOT NULL OR b.price_id IS NOT DISTINCT FROM m.v.px)
+                 AND b.quantity IS NOT DISTINCT FROM m.v.quantity AS agrees
+          FROM made m
+          LEFT JOIN billing b USING (ik)
+          LEFT JOIN derived_price_terms p ON p.account_id = m.account_id AND p.price_id = b.price_id)
+),
+-- An item of the same subscription that this first state no longer lists, where the state before it (the lines
+-- before the events) still has it, with nothing dating its removal (no credit): as above, it ends where the
+-- first such addition after its last step begins. (Its absence in that state is repeated there.)
+replaced_before_covered AS (
+    WITH ended AS (
+        SELECT e.ik, e.src, e.rid, e.moment, e.prio, e.v, m.moment AS added
+        FROM made_before_covered m
+        JOIN derived_obs_item_steps ms ON m.seen_src = 1 AND ms.rowid = m.seen_rid
+        JOIN derived_obs_item_steps es
+          ON es.account_id = ms.account_id AND es.subscription_id = ms.subscription_id AND es.moment = ms.moment
+         AND es.prio = ms.prio AND NOT es.present
+        JOIN keyed e ON e.src = 1 AND e.rid = es.rowid
+    ),
+    last_step AS (
+        -- (the ended item's last step before that state, and its price then)
+        SELECT o.ik, max(o.moment) AS moment, arg_max(o.v, (o.moment, o.prio, o.src, o.rid)) AS v
+        FROM keyed o JOIN (SELECT DISTINCT ik, moment FROM ended) e ON e.ik = o.ik AND o.moment < e.moment
+        GROUP BY o.ik
+    )
+    SELECT e.ik, e.src, e.rid, min(e.added) AS moment, e.prio, e.v
+    FROM ended e
+    JOIN last_step l USING (ik)
+    LEFT JOIN derived_price_terms p ON p.rowid = l.v.pk
+    WHERE e.added > l.moment AND l.v.present AND p.usage_type IS DISTINCT FROM 'metered'
+    GROUP BY e.ik, e.src, e.rid, e.prio, e.v
+),
 stepped AS (
     SELECT * FROM keyed
     UNION ALL
     SELECT * EXCLUDE (billed) FROM made_before_billed
     UNION ALL
     SELECT * FROM replaced_before_billed
+    UNION ALL
+    SELECT * EXCLUDE (seen_src, seen_rid) FROM made_before_covered
+    UNION ALL
+    SELECT * FROM replaced_before_covered
 ),
 one AS (
     -- (the last step by (prio, src, rid) per moment; a step without a moment has no place)
@@ -356,7 +438,7 @@ kept AS (
     FROM derived_invoice_item_steps st
     JOIN kept_keys kk ON kk.src = 0 AND kk.rid = st.rowid
     UNION ALL
-    SELECT st.*, kk.valid_to
+    SELECT st.* REPLACE (kk.moment AS moment), kk.valid_to
     FROM derived_obs_item_steps st
     JOIN kept_keys kk ON kk.src = 1 AND kk.rid = st.rowid
 )

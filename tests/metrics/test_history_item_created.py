@@ -201,3 +201,197 @@ def test_the_incremental_path_dates_them_as_a_full_recompute_does(world: World, 
     assert n == 1
     moves = [r for r in full["view mrr_movements"] if "'cross_sell'" in r or "'upgrade'" in r]
     assert len(moves) == 2 and all("2024-02-11" in r for r in moves), moves
+
+
+# --- the renewal that first bills it comes after the events begin -----------------------------------------------
+# The events begin on the 21st (cus_o's signup there is the oldest stored), after the change of the 11th and before
+# the renewal of month(2). The first state they give lists the new item (the first event's state before, or the
+# snapshot of a subscription with no event of its own): it was dated there, ten days late.
+WINDOW = month(1, 20)
+OWN_EVENT = pytest.mark.parametrize("own_event", [False, True], ids=["snapshot-first-state", "event-first-state"])
+
+
+def window_begins(w: World, own_event: bool) -> None:
+    """cus_o's signup at WINDOW; with ``own_event``, sub_1 has an event of its own inside the window too (its
+    metadata set on the 25th: the event's state before is sub_1's first state in the window)."""
+    w.subscribe("sub_o", "cus_o", [("si_o", "basic", 1)], WINDOW)
+    if own_event:
+        w.update("sub_1", month(1, 24), metadata={"note": "renewal due"})
+
+
+@OWN_EVENT
+@pytest.mark.parametrize(("added", "movement"), [(("si_2", "store", 10), "cross_sell"),
+                                                 (("si_2", "extra", 2), "seat_expansion")],
+                         ids=["cross-sell", "seat"])
+@pytest.mark.parametrize("billed", [True, False], ids=["billed-inside", "not-billed-yet"])
+def test_an_item_added_before_the_events_first_billed_after_they_begin(world: World, derive: Derive,
+                                                                        own_event: bool, added: tuple[str, str, int],
+                                                                        movement: str, billed: bool) -> None:
+    """The add-on (or the seats) of the 11th without prorations, the events beginning on the 21st: it counts from
+    its `created`, not from the events' first state; the renewal that first bills it, inside the events, is its
+    source (not yet billed at the sync, as on an annual plan: the first state that lists it is)."""
+    account(world)
+    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), added], prorate=False)
+    window_begins(world, own_event)
+    renewal = world.cycle("sub_1", month(2)) if billed else None
+    seen = month(2, 20) if billed else month(1, 27)
+    con = derive(world, seen_at=seen, events=WINDOW)
+    delta = {"store": 70, "extra": 20}[added[1]]
+    assert movements(con) == [(T0, "new", 30), (ADDED, movement, delta)]
+    assert customer_mrr_at(con, "cus_1", ADDED - 1) == 30
+    assert customer_mrr_at(con, "cus_1", ADDED) == 30 + delta
+    assert customer_mrr_at(con, "cus_1", WINDOW) == 30 + delta
+    if billed:
+        assert renewal is not None
+        assert customer_mrr_at(con, "cus_1", month(2, 1)) == 30 + delta
+        assert con.execute("SELECT source_invoice_id FROM mrr_movements WHERE subscription_item_id = 'si_2'"
+                           ).fetchall() == [(renewal["id"],)]
+
+
+@OWN_EVENT
+@pytest.mark.parametrize("swap", ["plan-switch", "add-on-swap"])
+def test_an_item_replaced_before_the_events_ends_when_its_successor_begins(world: World, derive: Derive,
+                                                                            own_event: bool, swap: str) -> None:
+    """The plan switch (basic's 3 seats for pro's) or the add-on swap (storage for support) of the 11th without
+    prorations, the renewal that bills the new item inside the events: the first state they give lists the new item
+    and no longer the old one, which nothing else dates (no credit). Both move to the new item's `created`
+    together: the customer is at 30 then 60 (100 then 80), never both items at once, nor the switch ten days late."""
+    account(world)
+    if swap == "plan-switch":
+        world.update("sub_1", ADDED, items=[("si_2", "pro", 3)], prorate=False)
+        before, after = 30, 60
+        expected = [(T0, "new", 30), (ADDED, "upgrade", 30)]
+    else:
+        world.update("sub_1", month(1, 3), items=[("si_1", "basic", 3), ("si_s", "store", 10)])
+        world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "support", 1)], prorate=False)
+        before, after = 100, 80
+        expected = [(T0, "new", 30), (month(1, 3), "cross_sell", 70), (ADDED, "cross_sell", 50),
+                    (ADDED, "downgrade", -70)]
+    window_begins(world, own_event)
+    world.cycle("sub_1", month(2))
+    con = derive(world, seen_at=month(2, 20), events=WINDOW)
+    assert customer_mrr_at(con, "cus_1", ADDED - 1) == before
+    assert customer_mrr_at(con, "cus_1", ADDED) == after
+    assert customer_mrr_at(con, "cus_1", WINDOW) == after
+    assert customer_mrr_at(con, "cus_1", month(2, 1)) == after
+    assert movements(con) == expected
+
+
+def test_an_item_added_with_prorations_before_the_events_is_dated_by_its_proration(world: World,
+                                                                                   derive: Derive) -> None:
+    """Control: the add-on of the 11th with prorations, the events beginning on the 21st: its proration line,
+    before the events, dates it (and stays its source)."""
+    account(world)
+    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "store", 10)])
+    window_begins(world, False)
+    world.cycle("sub_1", month(2))
+    con = derive(world, seen_at=month(2, 20), events=WINDOW)
+    assert movements(con) == [(T0, "new", 30), (ADDED, "cross_sell", 70)]
+    assert customer_mrr_at(con, "cus_1", ADDED) == 100
+    proration = [i["id"] for i in world.objects["invoices"].values() if i["billing_reason"] == "subscription_update"]
+    assert con.execute("SELECT source_invoice_id FROM mrr_movements WHERE subscription_item_id = 'si_2'"
+                       ).fetchall() == [(proration[0],)]
+
+
+def test_an_item_added_inside_the_events_is_dated_by_them(world: World, derive: Derive) -> None:
+    """Control: the add-on added without prorations on the 25th, inside the events, billed first by the renewal of
+    month(2): its event dates it, as before."""
+    account(world)
+    window_begins(world, False)
+    world.update("sub_1", month(1, 24), items=[("si_1", "basic", 3), ("si_2", "store", 10)], prorate=False)
+    event = world.events[-1]["id"]
+    world.cycle("sub_1", month(2))
+    con = derive(world, seen_at=month(2, 20), events=WINDOW)
+    assert movements(con) == [(T0, "new", 30), (month(1, 24), "cross_sell", 70)]
+    assert customer_mrr_at(con, "cus_1", month(1, 24) - 1) == 30
+    assert con.execute("SELECT source_event_id FROM mrr_movements WHERE subscription_item_id = 'si_2'"
+                       ).fetchall() == [(event,)]
+
+
+@pytest.mark.parametrize("case", ["backdated", "made-before-its-start"])
+def test_an_items_creation_before_its_subscriptions_start_moves_nothing(world: World, derive: Derive,
+                                                                        case: str) -> None:
+    """Controls: cus_2 subscribes on the 25th, inside the events. Backdated to the 6th (backdate_start_date), its
+    first invoice bills from then, before the events and before the item was made: it counts from its start, as
+    that line says. An item whose stored `created` (the 16th) comes before its subscription's start: it counts from
+    the start (the events' `customer.subscription.created`), never before the subscription began."""
+    account(world)
+    window_begins(world, False)
+    world.customer("cus_2")
+    start = month(1, 5) if case == "backdated" else month(1, 24)
+    sub = world.subscribe("sub_2", "cus_2", [("si_21", "basic", 2)], month(1, 24), invoice=False, event=False)
+    sub["start_date"] = start
+    if case == "made-before-its-start":
+        sub["items"]["data"][0]["created"] = month(1, 15)
+    world.event("customer.subscription.created", month(1, 24), sub)
+    world.invoice_for("sub_2", month(1, 24), "subscription_create", period_start=start)
+    con = derive(world, seen_at=month(2, 20), events=WINDOW)
+    assert movements(con, "cus_2") == [(start, "new", 20)]
+    assert customer_mrr_at(con, "cus_2", start - 1) == 0
+    assert con.execute("SELECT CAST(epoch(min(valid_from)) AS BIGINT) FROM derived_item_history "
+                       "WHERE subscription_id = 'sub_2'").fetchall() == [(start,)]
+
+
+@OWN_EVENT
+def test_an_item_there_since_its_subscription_began_counts_from_its_start(world: World, derive: Derive,
+                                                                        own_event: bool) -> None:
+    """Control: cus_2's subscription of the 6th, before the events, its first invoice then: its items count from
+    its start, and nothing moves when the events begin."""
+    account(world)
+    world.customer("cus_2")
+    world.subscribe("sub_2", "cus_2", [("si_21", "basic", 2), ("si_22", "store", 5)], month(1, 5))
+    window_begins(world, False)
+    if own_event:
+        world.update("sub_2", month(1, 24), metadata={"note": "x"})
+    world.cycle("sub_2", month(2, 5))
+    con = derive(world, seen_at=month(2, 20), events=WINDOW)
+    assert movements(con, "cus_2") == [(month(1, 5), "new", 55)]
+    assert con.execute("SELECT subscription_item_id, CAST(epoch(min(valid_from)) AS BIGINT) FROM derived_item_history "
+                       "WHERE subscription_id = 'sub_2' GROUP BY ALL ORDER BY 1").fetchall() == [
+        ("si_21", month(1, 5)), ("si_22", month(1, 5))]
+
+
+@OWN_EVENT
+def test_an_item_changed_in_place_inside_the_events_before_its_first_line(world: World, derive: Derive,
+                                                                          own_event: bool) -> None:
+    """The add-on of the 11th (10 GB, without prorations) raised to 20 GB on the 26th, inside the events and again
+    without prorations, before the renewal that first bills it (20 GB): from its `created` it counts at what the
+    events' first state lists (10 GB), not at what that later line bills, and the event dates the raise."""
+    account(world)
+    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "store", 10)], prorate=False)
+    window_begins(world, own_event)
+    world.update("sub_1", month(1, 25), items=[("si_1", "basic", 3), ("si_2", "store", 20)], prorate=False)
+    world.cycle("sub_1", month(2))
+    con = derive(world, seen_at=month(2, 20), events=WINDOW)
+    assert movements(con) == [(T0, "new", 30), (ADDED, "cross_sell", 70), (month(1, 25), "resource_expansion", 70)]
+    assert customer_mrr_at(con, "cus_1", WINDOW) == 100
+    assert customer_mrr_at(con, "cus_1", month(2, 1)) == 170
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_the_incremental_path_dates_them_as_a_full_recompute_does_inside_the_events(world: World, tmp_path: Path,
+                                                                                    shards: int) -> None:
+    """The add-on of cus_1 and a plan switch of cus_2 (both without prorations, before the events begin), their
+    renewals inside the events; a later sync brings cus_1's next renewal: every derived table derived again
+    incrementally is a full recompute's, both changes dated on the 11th."""
+    import copy
+
+    from test_incremental import assert_incremental_equals_full, later_sync
+
+    account(world)
+    world.customer("cus_2")
+    world.subscribe("sub_2", "cus_2", [("si_21", "basic", 2)], T0 + 2 * DAY)
+    world.cycle("sub_2", month(1, 2))
+    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "store", 10)], prorate=False)
+    world.update("sub_2", ADDED + 3600, items=[("si_22", "pro", 2)], prorate=False)
+    window_begins(world, False)
+    world.cycle("sub_1", month(2))
+    world.cycle("sub_2", month(2, 2))
+    world.events = [e for e in world.events if e["created"] >= WINDOW]
+    before = copy.deepcopy(world)
+    world.cycle("sub_1", month(3))
+    changed = later_sync(world, {"cus_1"}, {"sub_1"}, month(2, 20))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, month(2, 20), month(3, 2), shards)
+    assert n == 1
+    moves = [r for r in full["view mrr_movements"] if "'cross_sell'" in r or "'upgrade'" in r]
+    assert len(moves) == 2 and all("2024-02-11" in r for r in moves), moves
