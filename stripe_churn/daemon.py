@@ -6,6 +6,7 @@ Transient errors are retried on later ticks with exponential backoff; fatal ones
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -61,6 +62,33 @@ def read_state(db: Path) -> dict[str, Any] | None:
         return data
     except (OSError, ValueError):
         return None
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    """``state`` written to ``path`` for good: into a temporary file beside it, synced to disk, renamed over it, and
+    the folder synced (where its file system allows); the temporary file removed when any of that fails (OSError)."""
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    data = json.dumps(state, indent=1, default=str).encode("utf-8")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # (a rename before the data reach the disk may leave an empty file after a crash)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    try:
+        folder = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(folder)  # (the rename itself)
+    except OSError:
+        pass
+    finally:
+        os.close(folder)
 
 
 # cron's day-of-week numbers: 0 (and 7) Sunday, 1 Monday ... 6 Saturday
@@ -158,6 +186,7 @@ class Daemon:
         self.runs = 0
         self.skipped = 0
         self._state_lock = threading.Lock()
+        self._state_unwritten = False  # a write of the state failed, and none succeeded since (logged once)
         self._state: dict[str, Any] = {"pid": os.getpid(), "state": "starting", "started_at": _now(),
                                        "last_run": None, "last_error": None}
         previous = read_state(settings.db)
@@ -213,16 +242,24 @@ class Daemon:
         """Apply ``changes`` to the state and write it.
 
         The main thread and a run's thread save at the same moments (started, a run's end): one at a time, or both
-        would write the same temporary file and one change would be lost."""
+        would write the same temporary file and one change would be lost. A write that fails (a full disk) stops
+        nothing: one WARNING, then DEBUG lines until a write succeeds again."""
         path = state_path(self.settings.db)
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         with self._state_lock:
             self._state.update(changes)
             try:
-                tmp.write_text(json.dumps(self._state, indent=1, default=str), encoding="utf-8")
-                os.replace(tmp, path)
+                _write_state(path, self._state)
             except OSError as exc:
-                log.warning("cannot write daemon state %s: %s", path, exc)
+                if self._state_unwritten:
+                    log.debug("cannot write daemon state %s: %s", path, exc)
+                else:
+                    log.warning("cannot write daemon state %s: %s; the daemon runs on, and says when it can again "
+                                "(`status` shows the last state written meanwhile)", path, exc)
+                self._state_unwritten = True
+            else:
+                if self._state_unwritten:
+                    log.info("daemon state %s written again", path)
+                self._state_unwritten = False
 
     # -- jobs --------------------------------------------------------------------------------------------
     def tick(self, reason: str = "schedule", wait: float = 0.0, follow: bool = False) -> None:
