@@ -290,7 +290,37 @@ def sync(full: bool, wait: float, fmt: str, config_path: Path | None) -> None:
     _summary_lines(summary, fmt, _data_as_of(settings.db) if summary.bridge_line else None)
 
 
-@cli.command()
+def _config_given(args: list[str]) -> tuple[bool, Path | None]:
+    """The ``--config`` among the daemon's arguments, which were refused before it was read: (True, the file or
+    None when none is given), or (False, None) when it cannot be told (``--config`` without a value)."""
+    for n, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg.startswith("--config="):
+            return True, Path(arg.partition("=")[2])
+        if arg == "--config":
+            return (True, Path(args[n + 1])) if n + 1 < len(args) else (False, None)
+    return True, None
+
+
+class DaemonCommand(click.Command):
+    """The daemon's options refused (a --webhook-port out of range, an unknown option) stop it at start as a bad
+    setting does: written to its store's state file too, for `status` (see ``daemon.refused_at_start``)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        given = list(args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            from stripe_churn.daemon import refused_at_start
+
+            known, config = _config_given(given)
+            if known:
+                refused_at_start(exc.format_message(), config=config)
+            raise
+
+
+@cli.command(cls=DaemonCommand)
 @click.option("--no-sync-on-start", is_flag=True, help="Wait for the first scheduled tick instead of syncing now.")
 @click.option("--webhook-port", type=PORT, default=None,
               help="Also accept Stripe webhooks on this port (needs STRIPE_WEBHOOK_SECRET).")
@@ -301,10 +331,21 @@ def sync(full: bool, wait: float, fmt: str, config_path: Path | None) -> None:
 def daemon(no_sync_on_start: bool, webhook_port: int | None, webhook_host: str | None,
            interval_seconds: float | None, config_path: Path | None) -> None:
     """Sync on the schedule (STRIPE_CHURN_SCHEDULE) until SIGTERM/SIGINT/SIGHUP, one run at a time."""
-    from stripe_churn.daemon import Daemon
+    from stripe_churn.daemon import Daemon, refused_at_start
 
-    settings = get_settings(config_path)
-    settings.require_api_key()
+    # (what stops it at start goes into its state file, for `status`: a service manager restarts it meanwhile; a
+    # schedule refused, the webhook's port and anything after are written by the daemon itself)
+    try:
+        settings = get_settings(config_path)
+    except Exception as exc:
+        refused_at_start(str(exc) if isinstance(exc, StripeChurnError) else f"unexpected {type(exc).__name__}: {exc}",
+                         config=config_path)
+        raise
+    try:
+        settings.require_api_key()
+    except StripeChurnError as exc:
+        refused_at_start(str(exc), settings)
+        raise
     d = Daemon(settings, sync_on_start=not no_sync_on_start, interval_seconds=interval_seconds,
                webhook_port=webhook_port, webhook_host=webhook_host)
     sys.exit(d.run_forever())

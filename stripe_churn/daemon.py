@@ -15,7 +15,8 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +28,13 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from stripe_churn.errors import (
     ConfigError,
-    DaemonRunningError,
     FatalError,
     StoreLockedError,
     StripeChurnError,
     TransientError,
 )
 from stripe_churn.lock import daemon_lock
-from stripe_churn.settings import Settings, redact_secrets
+from stripe_churn.settings import DEFAULT_CONFIG, Settings, read_text_file, redact_secrets
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,65 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
         os.close(folder)
 
 
+def store_of_refused_settings(config: Path | None,
+                              env: Mapping[str, str] | None = None) -> tuple[Path, list[str]] | None:
+    """The store that settings refused still name, and the secrets they hold, for the state file of a daemon they
+    stopped: the environment's STRIPE_CHURN_DB, else the settings file's ``db``, else the default store when there
+    is no file (as :func:`stripe_churn.settings.load_settings` reads them). None when that cannot be told: the file
+    is missing, unreadable or no TOML, its ``db`` no text, or the path holds a secret."""
+    env = os.environ if env is None else env
+    path = config if config is not None else (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    data: dict[str, Any] | None = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(read_text_file(Path(path), f"config file {path}", ""))
+        except (StripeChurnError, tomllib.TOMLDecodeError):
+            data = None
+    secrets = [value for value in (env.get("STRIPE_API_KEY"), env.get("STRIPE_WEBHOOK_SECRET"),
+                                   *((data or {}).get(key) for key in ("api_key", "webhook_secret")))
+               if isinstance(value, str) and value]
+    db: Any = env.get("STRIPE_CHURN_DB") or None
+    if db is None:
+        if data is None:
+            return None
+        db = data.get("db", str(Settings().db))
+    if not isinstance(db, str) or not db or redact_secrets(db, secrets) != db:
+        return None
+    return Path(db).expanduser(), secrets
+
+
+def refused_at_start(message: str, settings: Settings | None = None, config: Path | None = None) -> bool:
+    """What stops the daemon at start (a setting, an option, no key) written to the state file as `crashed` with
+    ``message`` (one line, secrets masked), for `status` to show: a service manager restarts the daemon meanwhile,
+    over and over, and `status` showed the last daemon's state. The store is ``settings``', or when they were
+    refused, the one they name (:func:`store_of_refused_settings`, from the file ``config``). Nothing is written
+    when the store cannot be told, its folder does not exist, or another daemon has it (the state file is that
+    one's). True when written; never raises."""
+    try:
+        if settings is not None:
+            db, secrets = settings.db, [settings.api_key.reveal(), settings.webhook_secret.reveal()]
+        else:
+            found = store_of_refused_settings(config)
+            if found is None:
+                log.debug("the settings name no store: no state file is written")
+                return False
+            db, secrets = found
+        if not db.parent.is_dir():
+            return False
+        at = _now()
+        state: dict[str, Any] = {"pid": os.getpid(), "state": "crashed", "started_at": at, "last_run": None,
+                                 "last_error": {"at": at, "kind": "fatal", "message": _masked(message, secrets)}}
+        with daemon_lock(db):
+            previous = read_state(db)
+            if previous and previous.get("last_error"):
+                state["previous_error"] = previous["last_error"]
+            _write_state(state_path(db), state)
+        return True
+    except Exception as other:  # (DaemonRunningError, OSError: the error that stopped the daemon is what counts)
+        log.debug("the state file is left as it is: %s", other)
+        return False
+
+
 # cron's day-of-week numbers: 0 (and 7) Sunday, 1 Monday ... 6 Saturday
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _DOW_ITEM = re.compile(r"(?:(?P<star>\*)|(?P<first>[0-9]+|[a-z]+)(?:-(?P<last>[0-9]+|[a-z]+))?)(?:/(?P<step>[0-9]+))?$",
@@ -138,10 +197,15 @@ def cron_weekdays(field: str) -> str:
     return ",".join(_CRON_DAYS[day] for day in sorted(days, key=lambda d: (d - 1) % 7))
 
 
+def _masked(text: str, secrets: Iterable[str]) -> str:
+    """``text`` fit for one log line and the state file: a message over several lines (DuckDB's) joined, and
+    ``secrets`` masked (and anything shaped like a Stripe secret)."""
+    return redact_secrets(" ".join(text.split()), secrets)
+
+
 def _one_line(text: str, settings: Settings) -> str:
-    """``text`` fit for one log line and the state file: a message over several lines (DuckDB's) joined, and the
-    settings' secrets masked."""
-    return redact_secrets(" ".join(text.split()), [settings.api_key.reveal(), settings.webhook_secret.reveal()])
+    """:func:`_masked` with the settings' secrets."""
+    return _masked(text, [settings.api_key.reveal(), settings.webhook_secret.reveal()])
 
 
 def _now() -> str:
@@ -195,7 +259,7 @@ class Daemon:
         try:
             self.trigger = self._make_trigger(interval_seconds)
         except ConfigError as exc:
-            self._refused_at_start(exc)
+            refused_at_start(str(exc), settings)
             raise
         # (misfire_grace_time None: a tick missed while the machine slept runs when it wakes, however late, once)
         self.scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={
@@ -223,19 +287,6 @@ class Daemon:
         except ValueError as exc:
             raise ConfigError(f"bad STRIPE_CHURN_SCHEDULE {self.settings.schedule!r}: {exc}; "
                               "use a five-field cron expression such as '*/30 * * * *'") from exc
-
-    def _refused_at_start(self, exc: ConfigError) -> None:
-        """A setting that stops the daemon before it starts (a bad schedule) goes into the state file, as `crashed`,
-        for `status` to show (a service manager restarts the daemon meanwhile, over and over); unless another daemon
-        has the store: the state file is that one's."""
-        if not self.settings.db.parent.is_dir():
-            return
-        try:
-            with daemon_lock(self.settings.db):
-                self._save(state="crashed",
-                           last_error={"at": _now(), "kind": "fatal", "message": _one_line(str(exc), self.settings)})
-        except (DaemonRunningError, OSError) as other:
-            log.debug("the state file is left as it is: %s", other)
 
     # -- state -------------------------------------------------------------------------------------------
     def _save(self, **changes: Any) -> None:
@@ -448,6 +499,10 @@ class Daemon:
             return 0
         except StripeChurnError as exc:  # (a bad setting found on the way up): `status` shows why it stopped
             self._save(last_error={"at": _now(), "kind": "fatal", "message": _one_line(str(exc), self.settings)})
+            raise
+        except Exception as exc:  # (unexpected: its type and message, one line, as a run's)
+            message = _one_line(f"{type(exc).__name__}: {exc}", self.settings)
+            self._save(last_error={"at": _now(), "kind": "fatal", "message": message})
             raise
         finally:
             if crashed:

@@ -225,9 +225,10 @@ def cli_run(db: Path | None, *args: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize("args", [["daemon", "--no-sync-on-start", "--webhook-port", "99999"],
                                   ["sandbox", "--port", "99999"], ["sandbox", "--port", "-1"]])
-def test_a_port_out_of_range_is_a_usage_error(args: list[str]) -> None:
-    """(it was `error: unexpected OverflowError: bind(): port must be 0-65535.`, after seconds of simulating)"""
-    code, out = cli_run(None, *args)
+def test_a_port_out_of_range_is_a_usage_error(args: list[str], tmp_path: Path) -> None:
+    """(it was `error: unexpected OverflowError: bind(): port must be 0-65535.`, after seconds of simulating; the
+    daemon's store is one of the test's: the daemon writes a refusal to its state file)"""
+    code, out = cli_run(tmp_path / "d.duckdb", *args)
     assert code == 2 and "is not in the range 0<=x<=65535" in out, out
     assert "unexpected" not in out and "Traceback" not in out
 
