@@ -465,7 +465,7 @@ class Daemon:
                             else False if key.startswith(("sk_test_", "rk_test_")) else None)
                 self.webhook = WebhookServer(self.settings.webhook_secret.reveal(), self.webhook_event,
                                              host=self.webhook_host, port=self.webhook_port,
-                                             account=self.settings.account, livemode=livemode)
+                                             account=self.settings.account, livemode=livemode, secrets=[key])
             # (more than one instance: a tick that finds a run going reaches tick(), which skips it with one INFO
             # line; APScheduler's own limit would log a WARNING at every tick of a long run)
             self.scheduler.add_job(self.tick, self.trigger, id="scheduled-sync", max_instances=_TICK_INSTANCES)

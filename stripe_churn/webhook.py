@@ -21,13 +21,14 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 import stripe
 
 from stripe_churn.errors import ConfigError
+from stripe_churn.settings import redact_secrets
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -46,6 +47,7 @@ RETRY_AFTER_S = 5
 REFUSED_LOG_EVERY_S = 60.0
 LOGGED_TYPE_MAX = 100  # an event type longer than this is cut (Stripe's are under 50 characters)
 LOGGED_LINE_MAX = 300  # the same for a request line in the DEBUG log
+LOGGED_ERROR_MAX = 1000  # the same for the message of a request's unexpected failure
 TRIGGER_PREFIXES = ("invoice.", "customer.subscription.")
 
 
@@ -53,6 +55,7 @@ class _Server(ThreadingHTTPServer):
     # (instance attributes may override these: tests use small ones)
     max_handlers = MAX_HANDLERS
     request_deadline_s = REQUEST_DEADLINE_S
+    secrets: tuple[str, ...] = ()  # masked in what it logs (the signing secret, the API key)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._handlers = 0  # connections accepted and not yet done with (each on its own thread)
@@ -129,21 +132,25 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request: object, client_address: tuple[str, int] | object) -> None:
         """A client that went away mid-request (a reset, a broken pipe: one refused early often closes before
         reading the answer) is no error of ours: one DEBUG line, not the traceback socketserver prints on stderr.
-        Anything else is logged with its traceback."""
+        Anything else is one ERROR line, its message joined, escaped and with the secrets masked (as the daemon
+        logs a run's failure), and its traceback at DEBUG."""
         exc = sys.exc_info()[1]
         if isinstance(exc, (ConnectionError, TimeoutError)):
             log.debug("webhook: the client went away mid-request (%s)", exc)
             return
-        log.exception("webhook: a request failed")
+        message = redact_secrets(" ".join(f"{type(exc).__name__}: {exc}".split()), self.secrets)
+        log.error("webhook: a request failed: %s (STRIPE_CHURN_LOG_LEVEL=DEBUG logs the traceback)",
+                  _printable(message, LOGGED_ERROR_MAX))
+        log.debug("webhook: a request failed", exc_info=True)
 
 
 class WebhookServer:
     """HTTP server on a thread; calls ``on_event(event_type)`` for each verified event that should sync: one that names
     no account or ``account`` (None: the key's own, which no event names) and, unless ``livemode`` is None, of that
-    mode."""
+    mode. Its log lines mask ``secret`` and ``secrets`` (the API key)."""
 
     def __init__(self, secret: str, on_event: Callable[[str], None], host: str = "127.0.0.1", port: int = 0,
-                 account: str | None = None, livemode: bool | None = None) -> None:
+                 account: str | None = None, livemode: bool | None = None, secrets: Iterable[str] = ()) -> None:
         if not secret:
             raise ConfigError("the webhook needs STRIPE_WEBHOOK_SECRET (the endpoint's signing secret, whsec_...)")
         self._secret = secret
@@ -157,6 +164,7 @@ class WebhookServer:
             raise ConfigError(f"the webhook cannot listen on {host}:{port}: {exc.strerror or exc}; pick another "
                               "--webhook-port (setting webhook_port; 0 for a free one) or --webhook-host") from None
         self.httpd.daemon_threads = True
+        self.httpd.secrets = tuple(s for s in (secret, *secrets) if s)
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="webhook", daemon=True)
 

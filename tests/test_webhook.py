@@ -120,8 +120,8 @@ def test_a_client_that_went_away_is_one_debug_line_not_a_traceback(
         server: tuple[WebhookServer, list[str]], capfd: pytest.CaptureFixture[str],
         caplog: pytest.LogCaptureFixture) -> None:
     """A client refused early (413) often closes before reading the answer, and the answer's write then meets a
-    reset: socketserver would print that traceback on stderr. The server logs one DEBUG line instead, and still
-    logs anything else with its traceback."""
+    reset: socketserver would print that traceback on stderr. The server logs one DEBUG line instead, and anything
+    else as one ERROR line (the secrets masked) with its traceback at DEBUG."""
     srv, _ = server
     caplog.set_level(logging.DEBUG, logger="stripe_churn.webhook")
     try:
@@ -136,7 +136,9 @@ def test_a_client_that_went_away_is_one_debug_line_not_a_traceback(
         raise RuntimeError("a bug")
     except RuntimeError:
         srv.httpd.handle_error(None, ("127.0.0.1", 1))
-    assert [(r.levelno, r.exc_info is not None) for r in caplog.records] == [(logging.ERROR, True)]
+    assert [(r.levelno, r.exc_info is not None) for r in caplog.records] == [(logging.ERROR, False),
+                                                                            (logging.DEBUG, True)]
+    assert "RuntimeError: a bug" in caplog.records[0].getMessage()
     # (end to end: clients that reset the connection right after an oversized request print nothing either)
     host, port = srv.httpd.server_address[:2]
     for _ in range(20):
@@ -145,6 +147,34 @@ def test_a_client_that_went_away_is_one_debug_line_not_a_traceback(
             sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {MAX_BODY + 1}\r\n\r\n".encode())
     time.sleep(0.2)
     assert capfd.readouterr().err == ""
+
+
+def test_a_request_that_fails_is_one_error_line_without_a_secret(caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected failure while a request is handled was logged at ERROR with its traceback, over dozens of
+    lines that the journal keeps apart, and with whatever the error's message holds: one line now, the webhook
+    secret and the other secrets given masked, the traceback at DEBUG."""
+    key = "rk_live_51WebhookFailureKey0123"
+
+    def on_event(etype: str) -> None:
+        raise RuntimeError(f"cannot schedule {etype}\nwith {key} and {SECRET} at hand")
+
+    srv = WebhookServer(SECRET, on_event, port=0, secrets=[key]).start()
+    try:
+        caplog.set_level(logging.DEBUG, logger="stripe_churn.webhook")
+        body = event("invoice.paid")
+        with pytest.raises((http.client.HTTPException, OSError)):  # (no answer: the connection is closed)
+            post(srv, body, {"Stripe-Signature": sign(body)})
+        deadline = time.monotonic() + 5
+        while not any(r.levelno == logging.ERROR for r in caplog.records) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        srv.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(errors) == 1 and errors[0].levelno == logging.ERROR and errors[0].exc_info is None, caplog.text
+    line = logging.Formatter("%(levelname)s %(name)s: %(message)s").format(errors[0])
+    assert "\n" not in line and "RuntimeError: cannot schedule invoice.paid" in line, line
+    assert key not in line and SECRET not in line and "********" in line, line
+    assert any(r.levelno == logging.DEBUG and r.exc_info for r in caplog.records)  # (the traceback)
 
 
 def test_a_non_ascii_signature_is_one_bad_signature(server: tuple[WebhookServer, list[str]],
