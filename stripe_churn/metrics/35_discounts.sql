@@ -38,6 +38,10 @@ CREATE OR REPLACE MACRO item_lists_discount(items, item_id, discount_id) AS list
         json_extract_string(i, '$.discounts[*].id'), json_extract_string(i, '$.discounts[*]')), []), discount_id)
     END)[1];
 
+-- Whether an item list (JSON array `items`) has item `item_id` at all (NULL: no list).
+CREATE OR REPLACE MACRO item_listed(items, item_id) AS CASE WHEN json_type(items) = 'ARRAY' THEN
+    list_contains(coalesce(json_extract_string(items, '$[*].id'), []), item_id) END;
+
 CREATE OR REPLACE TABLE derived_discount_spans AS
 WITH d AS (
     SELECT account_id, id AS discount_id, raw,
@@ -144,8 +148,10 @@ deleted_events AS (
 -- sent for an item's discount): inside the events, its subscription's events show when it left the item. Each
 -- event's item list (data.object's, and previous_attributes' when the items changed: the list just before it)
 -- shows the item with it, without it, or says nothing (item_lists_discount). It went at the first event whose
--- list shows the item without it after the last that shows it there: the update that took it off. (Only these
--- subscriptions' events inside coverage have their JSON read.)
+-- list shows the item without it after the last that shows it there: the update that took it off. Or with its
+-- item: at the first event whose complete list (not cut short, has_more) no longer has the item after the last
+-- list that has it (item_listed), the update that deleted the item; the discount of an item cannot outlast it.
+-- (Only these subscriptions' events inside coverage have their JSON read.)
 item_owners AS (
     SELECT d.account_id, d.id AS discount_id, d.subscription_id, d.subscription_item_id
     FROM discounts d
@@ -154,7 +160,8 @@ item_owners AS (
       AND NOT EXISTS (SELECT 1 FROM deleted_events de WHERE de.account_id = d.account_id AND de.discount_id = d.id)
 ),
 item_event_rows AS MATERIALIZED (
-    SELECT o.account_id, o.discount_id, o.subscription_item_id, e.event_id, e.moment, e.seq, e.rid
+    SELECT o.account_id, o.discount_id, o.subscription_item_id, e.event_id, e.moment, e.seq, e.rid,
+           NOT coalesce(e.after_has_more, false) AS after_complete
     FROM item_owners o
     JOIN derived_sub_events e ON e.account_id = o.account_id AND e.subscription_id = o.subscription_id
 ),
@@ -163,19 +170,26 @@ item_event_lists AS (
            item_lists_discount(json_extract(e.raw, '$.data.object.items.data'), o.subscription_item_id,
                                o.discount_id) AS after_lists,
            item_lists_discount(json_extract(e.raw, '$.data.previous_attributes.items.data'), o.subscription_item_id,
-                               o.discount_id) AS before_lists
+                               o.discount_id) AS before_lists,
+           item_listed(json_extract(e.raw, '$.data.object.items.data'), o.subscription_item_id) AS after_has,
+           item_listed(json_extract(e.raw, '$.data.previous_attributes.items.data'), o.subscription_item_id)
+               AS before_has,
+           o.after_complete
     FROM item_event_rows o
     JOIN (SELECT rowid AS rid, raw FROM events WHERE rowid IN (SELECT rid FROM item_event_rows)) e USING (rid)
 ),
 item_removed AS (
     -- (the events in the subscription's order; the state just before an event comes before its state after)
     SELECT account_id, discount_id,
-           arg_min(moment, seq) FILTER (WHERE NOT after_lists AND 2 * seq > last_listed) AS removed_at,
-           arg_min(event_id, seq) FILTER (WHERE NOT after_lists AND 2 * seq > last_listed) AS event_id
-    FROM (SELECT *, max(CASE WHEN after_lists THEN 2 * seq WHEN before_lists THEN 2 * seq - 1 END)
-                        OVER (PARTITION BY account_id, discount_id) AS last_listed
-          FROM item_event_lists)
-    WHERE last_listed IS NOT NULL
+           arg_min(moment, seq) FILTER (WHERE went) AS removed_at,
+           arg_min(event_id, seq) FILTER (WHERE went) AS event_id
+    FROM (SELECT *, coalesce(NOT after_lists AND 2 * seq > last_listed, false)
+                    OR coalesce(after_complete AND NOT after_has AND 2 * seq > last_had, false) AS went
+          FROM (SELECT *, max(CASE WHEN after_lists THEN 2 * seq WHEN before_lists THEN 2 * seq - 1 END) OVER w
+                              AS last_listed,
+                       max(CASE WHEN after_has THEN 2 * seq WHEN before_has THEN 2 * seq - 1 END) OVER w AS last_had
+                FROM item_event_lists
+                WINDOW w AS (PARTITION BY account_id, discount_id)))
     GROUP BY ALL
 )
 SELECT
