@@ -23,7 +23,7 @@ inside AS (
     -- quantity (and is compared with the history 5 minutes after it)
     SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.price_id, l.quantity, l.period_start AS moment,
            h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item, false AS absent,
-           false AS by_snapshot, 'invoice ' || l.invoice_id AS bill
+           false AS by_snapshot, 'invoice ' || l.invoice_id AS bill, false AS at_start
     FROM (SELECT *, period_start + CASE WHEN proration THEN INTERVAL 5 MINUTE ELSE INTERVAL 0 MINUTE END AS at
           FROM derived_invoice_lines) l
     JOIN derived_coverage c USING (account_id)
@@ -97,7 +97,7 @@ at_start AS (
                        WHERE e.account_id = i.account_id AND e.subscription_id = i.subscription_id) AS by_snapshot,
            -- (how the details name the source: an invoice, or a proration item not invoiced yet)
            CASE WHEN i.source = 'invoice_item' THEN 'pending invoice item ' ELSE 'invoice ' END
-               || i.source_invoice_id AS bill
+               || i.source_invoice_id AS bill, true AS at_start
     FROM invoice_at_start i
     LEFT JOIN derived_price_terms p ON p.account_id = i.account_id AND p.price_id = i.price_id
     LEFT JOIN start_items si ON si.account_id = i.account_id AND si.subscription_item_id = i.subscription_item_id
@@ -111,13 +111,50 @@ at_start AS (
 compared AS (
     SELECT * FROM inside UNION ALL SELECT * FROM at_start
 ),
+differing AS MATERIALIZED (
+    -- (read twice below: computed once)
+    SELECT * FROM compared
+    WHERE absent OR h_item IS NULL OR h_price IS DISTINCT FROM price_id OR h_quantity IS DISTINCT FROM quantity
+),
+-- An item the invoices before coverage still bill and its first state leaves out, which the history ends before
+-- coverage: 30 ended it at the `created` of the item added in its place (`replaced_before_covered`, a switch
+-- without prorations). Its end, and the items whose history begins then. (Only these few items' rows are read.)
+replaced AS (
+    WITH ended AS (
+        SELECT e.* FROM (SELECT h.account_id, h.subscription_id, h.subscription_item_id, max(h.valid_to) AS ended_at
+                         FROM derived_item_history h
+                         SEMI JOIN (SELECT account_id, subscription_item_id FROM differing
+                                    WHERE at_start AND h_item IS NULL AND NOT absent) d
+                             ON d.account_id = h.account_id AND d.subscription_item_id = h.subscription_item_id
+                         GROUP BY ALL
+                         HAVING count(*) = count(h.valid_to)) e
+        JOIN derived_coverage c ON c.account_id = e.account_id AND e.ended_at < c.coverage_start
+    ),
+    began AS (
+        -- (each item's first moment, of those subscriptions alone)
+        SELECT h.account_id, h.subscription_id, h.subscription_item_id, min(h.valid_from) AS began
+        FROM derived_item_history h
+        SEMI JOIN ended e ON e.account_id = h.account_id AND e.subscription_id = h.subscription_id
+        GROUP BY ALL
+    )
+    SELECT e.account_id, e.subscription_item_id, e.ended_at,
+           string_agg(DISTINCT n.subscription_item_id, ', ' ORDER BY n.subscription_item_id) AS added
+    FROM ended e
+    JOIN began n
+      ON n.account_id = e.account_id AND n.subscription_id = e.subscription_id AND n.began = e.ended_at
+     AND n.subscription_item_id <> e.subscription_item_id
+    GROUP BY ALL
+),
 mismatched AS (
     -- an open subscription_update invoice that the events contradict bills an update that waits for its payment
     -- (payment_behavior=pending_if_incomplete): it applies once paid, or expires and Stripe voids the invoice
-    SELECT m.*, NOT m.by_snapshot AND NOT m.absent AND i.status = 'open'
-                AND i.billing_reason = 'subscription_update' AS pending
-    FROM (SELECT * FROM compared
-          WHERE absent OR h_item IS NULL OR h_price IS DISTINCT FROM price_id OR h_quantity IS DISTINCT FROM quantity) m
+    SELECT m.* REPLACE (coalesce(r.ended_at, m.moment) AS moment), r.added,
+           NOT m.by_snapshot AND NOT m.absent AND i.status = 'open'
+               AND i.billing_reason = 'subscription_update' AS pending
+    FROM differing m
+    LEFT JOIN replaced r
+      ON m.at_start AND m.h_item IS NULL AND NOT m.absent
+     AND r.account_id = m.account_id AND r.subscription_item_id = m.subscription_item_id
     LEFT JOIN invoices i ON i.account_id = m.account_id AND i.id = m.invoice_id
 )
 SELECT account_id,
@@ -130,6 +167,14 @@ SELECT account_id,
                         'when the update expires, 23 hours at the most); the events give {} and were used',
                         invoice_id, quantity, price_id, subscription_item_id,
                         CASE WHEN h_item IS NULL THEN 'no such item' ELSE format('{} × {}', h_quantity, h_price) END)
+            -- (a replaced item: what the history did with it)
+            WHEN added IS NOT NULL
+            THEN format('{} bills item {} ({} × {}) but {} no such item; the history ends it at {}, the created of '
+                        '{} {} added in its place (no stored event or credit shows when it changed)',
+                        bill, subscription_item_id, quantity, price_id,
+                        CASE WHEN by_snapshot THEN 'the latest sync shows' ELSE 'the events show' END,
+                        strftime(moment AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M UTC'),
+                        CASE WHEN contains(added, ', ') THEN 'items' ELSE 'item' END, added)
             WHEN by_snapshot
             THEN format('{}; the sync''s state was used from {} on (no stored event shows when it changed)',
                         CASE WHEN absent
