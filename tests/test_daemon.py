@@ -431,11 +431,9 @@ def test_webhook_events_schedule_one_debounced_sync(start: Callable[..., Daemon]
     time.sleep(1.0)
     assert d.runs == 1
 
-
-def test_webhook_events_during_a_run_make_one_run_follow_it(start: Callable[..., Daemon]) -> None:
-    """Events whose debounced sync finds the daemon's own run going are not dropped: one run follows that run."""
-    from test_webhook import post, sign
-
+def first_run_held() -> tuple[Callable[..., RunSummary], threading.Event, list[float], list[float]]:
+    """A run (the store's writer for a moment) whose first call waits for ``release``; when each call started and
+    ended."""
     release = threading.Event()
     started: list[float] = []
     ended: list[float] = []
@@ -449,6 +447,16 @@ def test_webhook_events_during_a_run_make_one_run_follow_it(start: Callable[...,
             return inner(settings, **kw)
         finally:
             ended.append(time.monotonic())
+
+    return run, release, started, ended
+
+
+
+def test_webhook_events_during_a_run_make_one_run_follow_it(start: Callable[..., Daemon]) -> None:
+    """Events whose debounced sync finds the daemon's own run going are not dropped: one run follows that run."""
+    from test_webhook import post, sign
+
+    run, release, started, ended = first_run_held()
 
     d = start(interval_seconds=3600, run=run, webhook_port=0, debounce_seconds=0.1)
     assert wait_for(lambda: d.webhook is not None and len(started) == 1)
@@ -886,19 +894,7 @@ def test_webhook_events_during_a_webhook_run_make_one_run_follow_it(start: Calla
     from test_webhook import post, sign
 
     caplog.set_level("INFO")
-    release = threading.Event()
-    started: list[float] = []
-    ended: list[float] = []
-    inner = locked_writer()
-
-    def run(settings: Settings, **kw: Any) -> RunSummary:
-        started.append(time.monotonic())
-        try:
-            if len(started) == 1:
-                assert release.wait(timeout=30)
-            return inner(settings, **kw)
-        finally:
-            ended.append(time.monotonic())
+    run, release, started, ended = first_run_held()
 
     d = start(interval_seconds=3600, sync_on_start=False, run=run, webhook_port=0, debounce_seconds=0.1)
     assert wait_for(lambda: d.webhook is not None)

@@ -90,6 +90,19 @@ def test_an_item_added_with_prorations_is_dated_by_its_proration(world: World, d
     assert customer_mrr_at(con, "cus_1", ADDED) == 100
 
 
+def swap_without_prorations(world: World, swap: str) -> tuple[int, int, list[tuple[int, str, int]]]:
+    """The update of ADDED without prorations: basic's 3 seats for pro's (``plan-switch``, 10.00 to 20.00 a seat),
+    or a storage add-on (taken a month in) for support (``add-on-swap``). The customer's MRR before and after it,
+    and the movements it should make."""
+    if swap == "plan-switch":
+        world.update("sub_1", ADDED, items=[("si_2", "pro", 3)], prorate=False)
+        return 30, 60, [(T0, "new", 30), (ADDED, "upgrade", 30)]
+    world.update("sub_1", month(1, 3), items=[("si_1", "basic", 3), ("si_s", "store", 10)])
+    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "support", 1)], prorate=False)
+    return 100, 80, [(T0, "new", 30), (month(1, 3), "cross_sell", 70), (ADDED, "cross_sell", 50),
+                     (ADDED, "downgrade", -70)]
+
+
 @EVENTS
 @pytest.mark.parametrize("swap", ["plan-switch", "add-on-swap"])
 def test_an_item_replaced_without_prorations_ends_when_its_successor_begins(world: World, derive: Derive,
@@ -99,16 +112,7 @@ def test_an_item_replaced_without_prorations_ends_when_its_successor_begins(worl
     longer bills it; the addition is dated by the new item's `created`, and the item the same renewal drops ends
     there too, so the two are never counted together (the customer is at 30 then 60, never 90)."""
     account(world)
-    if swap == "plan-switch":
-        world.update("sub_1", ADDED, items=[("si_2", "pro", 3)], prorate=False)
-        before, after = 30, 60
-        expected = [(T0, "new", 30), (ADDED, "upgrade", 30)]
-    else:
-        world.update("sub_1", month(1, 3), items=[("si_1", "basic", 3), ("si_s", "store", 10)])
-        world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "support", 1)], prorate=False)
-        before, after = 100, 80
-        expected = [(T0, "new", 30), (month(1, 3), "cross_sell", 70), (ADDED, "cross_sell", 50),
-                    (ADDED, "downgrade", -70)]
+    before, after, expected = swap_without_prorations(world, swap)
     world.cycle("sub_1", month(2))
     oldest_event(world)
     con = derive(world, seen_at=month(2, 20), events=month(2, 15) if events else False)
@@ -180,20 +184,32 @@ def test_an_item_added_without_prorations_through_the_sandbox(world: World, tmp_
 def test_the_incremental_path_dates_them_as_a_full_recompute_does(world: World, tmp_path: Path, shards: int) -> None:
     """The add-on of cus_1 and a plan switch of cus_2 (both without prorations, before the events begin); a later
     sync brings cus_1's next renewal: every derived table derived again incrementally is a full recompute's."""
-    import copy
+    two_changes_without_prorations(world)
+    world.cycle("sub_1", month(2))
+    world.cycle("sub_2", month(2, 2))
+    oldest_event(world)
+    world.events = [e for e in world.events if e["created"] >= month(2, 15)]
+    assert_a_later_sync_keeps_both_changes_dated(world, tmp_path, shards)
 
-    from test_incremental import assert_incremental_equals_full, later_sync
 
+
+def two_changes_without_prorations(world: World) -> None:
+    """cus_1's add-on (storage) and cus_2's plan switch (basic for pro) on the 11th, both without prorations."""
     account(world)
     world.customer("cus_2")
     world.subscribe("sub_2", "cus_2", [("si_21", "basic", 2)], T0 + 2 * DAY)
     world.cycle("sub_2", month(1, 2))
     world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "store", 10)], prorate=False)
     world.update("sub_2", ADDED + 3600, items=[("si_22", "pro", 2)], prorate=False)
-    world.cycle("sub_1", month(2))
-    world.cycle("sub_2", month(2, 2))
-    oldest_event(world)
-    world.events = [e for e in world.events if e["created"] >= month(2, 15)]
+
+
+def assert_a_later_sync_keeps_both_changes_dated(world: World, tmp_path: Path, shards: int) -> None:
+    """A sync after sub_1's next renewal derives cus_1 alone again, equal to a full recompute, and the two changes
+    of the 11th (cus_1's add-on, cus_2's plan switch) stay dated then."""
+    import copy
+
+    from test_incremental import assert_incremental_equals_full, later_sync
+
     before = copy.deepcopy(world)
     world.cycle("sub_1", month(3))
     changed = later_sync(world, {"cus_1"}, {"sub_1"}, month(2, 20))
@@ -201,7 +217,6 @@ def test_the_incremental_path_dates_them_as_a_full_recompute_does(world: World, 
     assert n == 1
     moves = [r for r in full["view mrr_movements"] if "'cross_sell'" in r or "'upgrade'" in r]
     assert len(moves) == 2 and all("2024-02-11" in r for r in moves), moves
-
 
 # --- the renewal that first bills it comes after the events begin -----------------------------------------------
 # The events begin on the 21st (cus_o's signup there is the oldest stored), after the change of the 11th and before
@@ -257,16 +272,7 @@ def test_an_item_replaced_before_the_events_ends_when_its_successor_begins(world
     and no longer the old one, which nothing else dates (no credit). Both move to the new item's `created`
     together: the customer is at 30 then 60 (100 then 80), never both items at once, nor the switch ten days late."""
     account(world)
-    if swap == "plan-switch":
-        world.update("sub_1", ADDED, items=[("si_2", "pro", 3)], prorate=False)
-        before, after = 30, 60
-        expected = [(T0, "new", 30), (ADDED, "upgrade", 30)]
-    else:
-        world.update("sub_1", month(1, 3), items=[("si_1", "basic", 3), ("si_s", "store", 10)])
-        world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "support", 1)], prorate=False)
-        before, after = 100, 80
-        expected = [(T0, "new", 30), (month(1, 3), "cross_sell", 70), (ADDED, "cross_sell", 50),
-                    (ADDED, "downgrade", -70)]
+    before, after, expected = swap_without_prorations(world, swap)
     window_begins(world, own_event)
     world.cycle("sub_1", month(2))
     con = derive(world, seen_at=month(2, 20), events=WINDOW)
@@ -374,24 +380,9 @@ def test_the_incremental_path_dates_them_as_a_full_recompute_does_inside_the_eve
     """The add-on of cus_1 and a plan switch of cus_2 (both without prorations, before the events begin), their
     renewals inside the events; a later sync brings cus_1's next renewal: every derived table derived again
     incrementally is a full recompute's, both changes dated on the 11th."""
-    import copy
-
-    from test_incremental import assert_incremental_equals_full, later_sync
-
-    account(world)
-    world.customer("cus_2")
-    world.subscribe("sub_2", "cus_2", [("si_21", "basic", 2)], T0 + 2 * DAY)
-    world.cycle("sub_2", month(1, 2))
-    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "store", 10)], prorate=False)
-    world.update("sub_2", ADDED + 3600, items=[("si_22", "pro", 2)], prorate=False)
+    two_changes_without_prorations(world)
     window_begins(world, False)
     world.cycle("sub_1", month(2))
     world.cycle("sub_2", month(2, 2))
     world.events = [e for e in world.events if e["created"] >= WINDOW]
-    before = copy.deepcopy(world)
-    world.cycle("sub_1", month(3))
-    changed = later_sync(world, {"cus_1"}, {"sub_1"}, month(2, 20))
-    n, full = assert_incremental_equals_full(tmp_path, before, changed, month(2, 20), month(3, 2), shards)
-    assert n == 1
-    moves = [r for r in full["view mrr_movements"] if "'cross_sell'" in r or "'upgrade'" in r]
-    assert len(moves) == 2 and all("2024-02-11" in r for r in moves), moves
+    assert_a_later_sync_keeps_both_changes_dated(world, tmp_path, shards)
