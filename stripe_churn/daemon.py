@@ -123,8 +123,8 @@ def refused_at_start(message: str, settings: Settings | None = None, config: Pat
     ``message`` (one line, secrets masked), for `status` to show: a service manager restarts the daemon meanwhile,
     over and over, and `status` showed the last daemon's state. The store is ``settings``', or when they were
     refused, the one they name (:func:`store_of_refused_settings`, from the file ``config``). Nothing is written
-    when the store cannot be told, its folder does not exist, or another daemon has it (the state file is that
-    one's). True when written; never raises."""
+    when the store cannot be told, when neither it nor a state file exists yet (a daemon started in another
+    folder), or when another daemon has it (the state file is that one's). True when written; never raises."""
     try:
         if settings is not None:
             db, secrets = settings.db, [settings.api_key.reveal(), settings.webhook_secret.reveal()]
@@ -134,8 +134,8 @@ def refused_at_start(message: str, settings: Settings | None = None, config: Pat
                 log.debug("the settings name no store: no state file is written")
                 return False
             db, secrets = found
-        if not db.parent.is_dir():
-            return False
+        if not (db.exists() or state_path(db).exists()):
+            return False  # (neither a store nor a daemon here yet: a daemon started in the wrong folder litters none)
         at = _now()
         state: dict[str, Any] = {"pid": os.getpid(), "state": "crashed", "started_at": at, "last_run": None,
                                  "last_error": {"at": at, "kind": "fatal", "message": _masked(message, secrets)}}

@@ -106,6 +106,15 @@ def test_settings_that_name_no_store_write_nothing(tmp_path: Path, cwd: Path) ->
         "broken.toml", "cwd", "pasted.toml"]
 
 
+
+def test_a_daemon_refused_where_there_is_no_store_leaves_no_files(cwd: Path) -> None:
+    """`stripe-churn daemon --bogus` (or with no key) in a folder with no store and no daemon before: nothing to
+    tell `status` of, so no state or lock file is left beside the default store path."""
+    for args, values in ((["daemon", "--bogus"], {"STRIPE_API_KEY": KEY}), (["daemon"], {})):
+        result = invoke(*args, **values)
+        assert result.exit_code == 2, result.output
+    assert list(cwd.iterdir()) == []
+
 def test_an_option_refused_says_so_in_status(tmp_path: Path, cwd: Path) -> None:
     """A --webhook-port out of range (or any option refused) stops the daemon as a usage error: in the state file
     too, for the store its settings name."""
