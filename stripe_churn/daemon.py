@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from stripe_churn.errors import (
     TransientError,
 )
 from stripe_churn.lock import daemon_lock
-from stripe_churn.settings import DEFAULT_CONFIG, Settings, read_text_file, redact_secrets
+from stripe_churn.settings import DEFAULT_CONFIG, Settings, read_text_file, redact_secrets, redacted_line
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def refused_at_start(message: str, settings: Settings | None = None, config: Pat
             return False  # (neither a store nor a daemon here yet: a daemon started in the wrong folder litters none)
         at = _now()
         state: dict[str, Any] = {"pid": os.getpid(), "state": "crashed", "started_at": at, "last_run": None,
-                                 "last_error": {"at": at, "kind": "fatal", "message": _masked(message, secrets)}}
+                                 "last_error": {"at": at, "kind": "fatal", "message": redacted_line(message, secrets)}}
         with daemon_lock(db):
             previous = read_state(db)
             if previous and previous.get("last_error"):
@@ -197,15 +197,9 @@ def cron_weekdays(field: str) -> str:
     return ",".join(_CRON_DAYS[day] for day in sorted(days, key=lambda d: (d - 1) % 7))
 
 
-def _masked(text: str, secrets: Iterable[str]) -> str:
-    """``text`` fit for one log line and the state file: a message over several lines (DuckDB's) joined, and
-    ``secrets`` masked (and anything shaped like a Stripe secret)."""
-    return redact_secrets(" ".join(text.split()), secrets)
-
-
 def _one_line(text: str, settings: Settings) -> str:
-    """:func:`_masked` with the settings' secrets."""
-    return _masked(text, [settings.api_key.reveal(), settings.webhook_secret.reveal()])
+    """``text`` for one log line and the state file, the settings' secrets masked (:func:`redacted_line`)."""
+    return redacted_line(text, [settings.api_key.reveal(), settings.webhook_secret.reveal()])
 
 
 def _now() -> str:
@@ -456,13 +450,14 @@ class Daemon:
         try:
             self._save(state="starting")
             if self.webhook_port is not None:  # (its port is taken first: a bad one stops the daemon before a sync)
+                from stripe_churn.sync import key_mode
                 from stripe_churn.webhook import WebhookServer
 
                 # (only the events of the account and mode synced: an endpoint that listens to connected accounts
                 # gets all of theirs; a key's prefix says its mode, the sandbox's too)
                 key = self.settings.api_key.reveal()
-                livemode = (True if key.startswith(("sk_live_", "rk_live_"))
-                            else False if key.startswith(("sk_test_", "rk_test_")) else None)
+                mode = key_mode(key)
+                livemode = None if mode is None else mode == "live"
                 self.webhook = WebhookServer(self.settings.webhook_secret.reveal(), self.webhook_event,
                                              host=self.webhook_host, port=self.webhook_port,
                                              account=self.settings.account, livemode=livemode, secrets=[key])

@@ -211,6 +211,12 @@ def redact_secrets(text: str, known: Iterable[str] = ()) -> str:
     return _SECRET_LIKE.sub(lambda m: f"{m.group(1)}…", text)
 
 
+def redacted_line(text: str, known: Iterable[str] = ()) -> str:
+    """``text`` fit for one log line: a message over several lines (DuckDB's) joined, its secrets masked
+    (:func:`redact_secrets`)."""
+    return redact_secrets(" ".join(text.split()), known)
+
+
 def _shown(value: Any, known: Iterable[str] = ()) -> str:
     """``repr(value)`` for a message, unless the value is or holds a secret (shaped like a Stripe key, or one of
     ``known``, the configured key and webhook secret): then masked, and called a key in the wrong setting."""

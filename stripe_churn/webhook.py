@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import stripe
 
 from stripe_churn.errors import ConfigError
-from stripe_churn.settings import redact_secrets
+from stripe_churn.settings import redacted_line
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -138,7 +138,7 @@ class _Server(ThreadingHTTPServer):
         if isinstance(exc, (ConnectionError, TimeoutError)):
             log.debug("webhook: the client went away mid-request (%s)", exc)
             return
-        message = redact_secrets(" ".join(f"{type(exc).__name__}: {exc}".split()), self.secrets)
+        message = redacted_line(f"{type(exc).__name__}: {exc}", self.secrets)
         log.error("webhook: a request failed: %s (STRIPE_CHURN_LOG_LEVEL=DEBUG logs the traceback)",
                   _printable(message, LOGGED_ERROR_MAX))
         log.debug("webhook: a request failed", exc_info=True)
