@@ -24,12 +24,10 @@ _EARLIER_OUTPUT = {"html": (b"<title>stripe-churn report</title>",), "png": (b"m
 
 
 def _is_duckdb_file(path: Path) -> bool:
-    """The file holds DuckDB's magic bytes ("DUCK" at offset 8): a store, a snapshot, another program's database."""
-    try:
-        with path.open("rb") as f:
-            return f.read(12)[8:12] == b"DUCK"
-    except OSError:
-        return False
+    """The file is a DuckDB database (False when it cannot be read: no such file)."""
+    from stripe_churn.store.db import is_duckdb_file
+
+    return is_duckdb_file(path, unreadable=False)
 
 
 def store_file_of(path: Path, db: Path | None = None) -> Path | None:

@@ -292,13 +292,14 @@ def rollback(con: duckdb.DuckDBPyConnection) -> None:
         log.debug("rollback after a failure: %s", exc)
 
 
-def _is_duckdb_file(path: Path) -> bool:
-    """Whether ``path`` starts as a DuckDB file does (its magic bytes after the checksum); True when unreadable."""
+def is_duckdb_file(path: Path, unreadable: bool = True) -> bool:
+    """Whether ``path`` starts as a DuckDB file does (its magic bytes after the checksum: a store, a snapshot,
+    another program's database); ``unreadable`` when it cannot be read (missing too)."""
     try:
         with path.open("rb") as f:
             head = f.read(12)
     except OSError:
-        return True
+        return unreadable
     return head[8:12] == b"DUCK"
 
 
@@ -321,7 +322,7 @@ def open_store(path: str | Path, read_only: bool = False) -> duckdb.DuckDBPyConn
                 f"the store {path} is in use by another process{who}, and DuckDB lets one process open it at a "
                 f"time: wait for it to finish, or close it (queries belong on the snapshot {path}.snapshot), and "
                 "try again") from None
-        if not _is_duckdb_file(path):
+        if not is_duckdb_file(path):
             raise StoreError(
                 f"{path} is not a DuckDB database: point the setting db (STRIPE_CHURN_DB) at the store, or at a new "
                 f"path to start one; a store damaged this far can be replaced by its snapshot {path}.snapshot") from None

@@ -125,12 +125,10 @@ def rates_quoted_in(con: duckdb.DuckDBPyConnection) -> str | None:
         return str(row[0])
     if not con.execute("SELECT count(*) FROM (SELECT 1 FROM fx_rates LIMIT 1)").fetchone()[0]:  # type: ignore[index]
         return None
-    # (derived_settings is the metrics' table: absent before the first recompute)
-    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = current_database() "
-                       "AND schema_name = 'main' AND table_name = 'derived_settings'").fetchone()[0]:  # type: ignore[index]
-        return None
-    row = con.execute("SELECT reporting_currency FROM derived_settings").fetchone()
-    return str(row[0]).lower() if row and row[0] else None
+    from stripe_churn.metrics.queries import reporting_currency
+
+    currency = reporting_currency(con)  # (the metrics' settings: none before the first recompute)
+    return currency.lower() if currency else None
 
 
 def record_quote(con: duckdb.DuckDBPyConnection, currency: str) -> None:
