@@ -29,14 +29,17 @@ SELECT account_id, id AS coupon_id, coupon_terms(raw) AS terms FROM coupons
 -- store keeps in raw when the deletion comes as a stub, still gives their terms
 WHERE NOT coalesce(deleted, false) OR json_extract_string(raw, '$.created') IS NOT NULL;
 
+-- Whether the `discounts` of JSON object `obj` (an item, an invoice, an invoice line) name discount `discount_id`: ids, as
+-- events send them, or objects, as an expanded listing does.
+CREATE OR REPLACE MACRO names_discount(obj, discount_id) AS list_contains(coalesce(list_concat(
+    json_extract_string(obj, '$.discounts[*].id'), json_extract_string(obj, '$.discounts[*]')), []), discount_id);
+
 -- Whether a subscription's item list (JSON array `items`) shows item `item_id` with discount `discount_id`: true,
 -- false, or NULL when the list says nothing of it (it leaves the item out, as a list cut short may, or the item has
--- no `discounts`). Its discounts are ids, as events send them, or objects, as an expanded listing does.
+-- no `discounts`).
 CREATE OR REPLACE MACRO item_lists_discount(items, item_id, discount_id) AS list_transform(
     list_filter(CAST(json_extract(items, '$[*]') AS JSON[]), lambda i: json_extract_string(i, '$.id') = item_id),
-    lambda i: CASE WHEN json_type(i, '$.discounts') = 'ARRAY' THEN list_contains(coalesce(list_concat(
-        json_extract_string(i, '$.discounts[*].id'), json_extract_string(i, '$.discounts[*]')), []), discount_id)
-    END)[1];
+    lambda i: CASE WHEN json_type(i, '$.discounts') = 'ARRAY' THEN names_discount(i, discount_id) END)[1];
 
 -- Whether an item list (JSON array `items`) has item `item_id` at all (NULL: no list).
 CREATE OR REPLACE MACRO item_listed(items, item_id) AS CASE WHEN json_type(items) = 'ARRAY' THEN
@@ -97,9 +100,7 @@ item_lines AS MATERIALIZED (
 ),
 owner_invoices AS (
     SELECT o.account_id, o.discount_id, i.created,
-           list_contains(coalesce(list_concat(json_extract_string(i.raw, '$.discounts[*].id'),
-                                              json_extract_string(i.raw, '$.discounts[*]')), []),
-                         o.discount_id) AS lists_it
+           names_discount(i.raw, o.discount_id) AS lists_it
     FROM owner_rows o
     JOIN (SELECT rowid AS rid, created, raw FROM invoices
           WHERE rowid IN (SELECT rid FROM owner_rows) AND NOT coalesce(deleted, false) AND created IS NOT NULL) i
@@ -107,9 +108,7 @@ owner_invoices AS (
     UNION ALL
     -- (one row per line: an invoice lists it when one of its lines for the item does)
     SELECT o.account_id, o.discount_id, o.created,
-           list_contains(coalesce(list_concat(json_extract_string(l.raw, '$.discounts[*].id'),
-                                              json_extract_string(l.raw, '$.discounts[*]')), []),
-                         o.discount_id) AS lists_it
+           names_discount(l.raw, o.discount_id) AS lists_it
     FROM item_lines o
     JOIN (SELECT rowid AS rid, raw FROM invoice_lines WHERE rowid IN (SELECT rid FROM item_lines)) l USING (rid)
 ),
