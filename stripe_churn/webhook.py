@@ -1,4 +1,6 @@
-"""Optional webhook trigger: a signed invoice.* or customer.subscription.* event schedules an incremental sync.
+"""Optional webhook trigger: a signed event that changes what the sync stores and the metrics read schedules an
+incremental sync (:func:`triggers_sync`: subscriptions, invoices and their items, credit notes, discounts, customers,
+products, prices and coupons); other events (payments, charges, payment methods...) are answered 200 and ignored.
 
 Signatures are checked with the Stripe SDK (tolerance 300 s, both ways: a replayed old delivery and a
 timestamp from the future are refused); anything unsigned, wrongly signed, stale, oversized or without a
@@ -48,7 +50,20 @@ REFUSED_LOG_EVERY_S = 60.0
 LOGGED_TYPE_MAX = 100  # an event type longer than this is cut (Stripe's are under 50 characters)
 LOGGED_LINE_MAX = 300  # the same for a request line in the DEBUG log
 LOGGED_ERROR_MAX = 1000  # the same for the message of a request's unexpected failure
-TRIGGER_PREFIXES = ("invoice.", "customer.subscription.")
+# The events that start a sync: those of the objects the sync stores and the metrics read (design.md 3-5), the
+# types of streams.OBJECT_TABLE and the pending invoice items. Subscriptions and their items (no event of their own),
+# invoices and their lines, pending invoice items (prorations date a change), credit notes, discounts (a discount
+# starting or ending is a movement), customers (segments by country and metadata; a deleted customer), products
+# (family, unit_label: seat or resource), prices and the older plans (MRR), coupons (a discount's terms).
+TRIGGER_PREFIXES = ("customer.subscription.", "customer.discount.", "invoice.", "invoiceitem.", "credit_note.",
+                    "product.", "price.", "plan.", "coupon.")
+# (customer.* alone would take customer.source.*, customer.tax_id.*, customer.card.*: nothing the sync stores)
+TRIGGER_TYPES = frozenset({"customer.created", "customer.updated", "customer.deleted"})
+
+
+def triggers_sync(event_type: str) -> bool:
+    """Whether an event of ``event_type`` changes what the sync stores and the metrics read (its sync is worth it)."""
+    return event_type in TRIGGER_TYPES or event_type.startswith(TRIGGER_PREFIXES)
 
 
 class _Server(ThreadingHTTPServer):
@@ -280,10 +295,11 @@ class WebhookServer:
                     self._reply(400, "not a Stripe event")
                     return
                 other = server._other_account_or_mode(event)
-                if etype.startswith(TRIGGER_PREFIXES) and other:
+                wanted = triggers_sync(etype)
+                if wanted and other:
                     log.debug("webhook: %s of %s, ignored", _printable(etype, LOGGED_TYPE_MAX), other)
                     self._reply(200, f"ignored: {other}")
-                elif etype.startswith(TRIGGER_PREFIXES):
+                elif wanted:
                     # (it is logged and becomes the sync's reason, kept in the daemon's state file: escaped and cut)
                     etype = _printable(etype, LOGGED_TYPE_MAX)
                     log.info("webhook: %s, sync scheduled", etype)
