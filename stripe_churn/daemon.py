@@ -1,7 +1,8 @@
 """The daemon: scheduled syncs (cron from settings), one at a time under the shared lock, clean stop on a signal.
 
-Transient errors are retried on later ticks with exponential backoff; fatal ones are logged and kept in
-``<db>.daemon.json`` so that ``stripe-churn status`` shows them.
+Transient errors are retried after a backoff in time (1, 2, 4 ... minutes, at most the schedule's interval or an
+hour); fatal ones wait for the next scheduled run. Both are logged and kept in ``<db>.daemon.json`` so that
+``stripe-churn status`` shows them (a transient one with when the next try is).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from apscheduler.jobstores.base import ConflictingIdError
+from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -38,7 +39,11 @@ from stripe_churn.settings import DEFAULT_CONFIG, Settings, read_text_file, reda
 
 log = logging.getLogger(__name__)
 
-MAX_SKIP_TICKS = 16
+# after a transient failure the next try comes this long after it, twice as long after each further one in a row, and
+# never later than the schedule's shortest interval or RETRY_MAX_S: a blip costs a minute, an outage an attempt an
+# hour at most (a daily schedule lost a day, or more, to one failure when the retries waited for ticks)
+RETRY_FIRST_S = 60.0
+RETRY_MAX_S = 3600.0
 # a webhook's sync waits this long for another process's run to let go of the store, then logs and waits again
 WEBHOOK_LOCK_WAIT_S = 60.0
 _POLL_S = 0.2  # how often the main loop looks for a signal that asked for a stop
@@ -206,6 +211,33 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def _duration(seconds: float) -> str:
+    """``seconds`` in words for a log line: "45 s", "2 min", "1 h"."""
+    if seconds < 60:
+        return f"{seconds:.3g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
+def shortest_interval(trigger: BaseTrigger, now: dt.datetime | None = None, fires: int = 12) -> float | None:
+    """The shortest time in seconds between two of the trigger's next ``fires`` fire times from ``now`` (a cron
+    schedule's gaps differ: ``0,5 * * * *`` has 5 and 55 minutes), or None when it fires less than twice."""
+    if isinstance(trigger, IntervalTrigger):
+        return float(trigger.interval.total_seconds())
+    previous = None
+    at = now or dt.datetime.now(dt.UTC)
+    gaps: list[float] = []
+    for _ in range(fires):
+        nxt = trigger.get_next_fire_time(previous, at)
+        if nxt is None:
+            break
+        if previous is not None:
+            gaps.append((nxt - previous).total_seconds())
+        previous = at = nxt
+    return min(gaps) if gaps else None
+
+
 class Daemon:
     """Runs ``run(settings, wait=..., stop=...)`` on a schedule until :meth:`request_stop`.
 
@@ -216,7 +248,7 @@ class Daemon:
     def __init__(self, settings: Settings, *, sync_on_start: bool = True, interval_seconds: float | None = None,
                  webhook_port: int | None = None, webhook_host: str | None = None,
                  run: Callable[..., Any] | None = None, debounce_seconds: float = 2.0,
-                 lock_wait_seconds: float = WEBHOOK_LOCK_WAIT_S) -> None:
+                 lock_wait_seconds: float = WEBHOOK_LOCK_WAIT_S, retry_first_seconds: float = RETRY_FIRST_S) -> None:
         if run is None:
             from stripe_churn.pipeline import run_once
 
@@ -227,6 +259,7 @@ class Daemon:
         self.webhook_host = webhook_host or settings.webhook_host
         self.debounce_seconds = debounce_seconds
         self.lock_wait_seconds = lock_wait_seconds  # how long a webhook's sync waits for another process's run
+        self.retry_first_seconds = retry_first_seconds  # the wait before the first retry of a transient failure
         self._run = run
         self.stop_event = threading.Event()
         self._signalled = 0  # the signal that asked for a stop (set by handle_signal only)
@@ -236,8 +269,13 @@ class Daemon:
         # event is never noted just after the run it waited for looked for one
         self._follow_up: str | None = None
         self._follow_lock = threading.Lock()
+        # transient failures in a row, when the retry comes (None: not backing off), its job's id, and the last
+        # failure's message (the state file's, without the retry's time, once no retry comes: the daemon stopped)
         self._failures = 0
-        self._skip_ticks = 0
+        self._retry_at: dt.datetime | None = None
+        self._retry_job: str | None = None
+        self._retry_jobs = 0
+        self._failure_message = ""
         # scheduled ticks in a row that found the store held by another process, and the first one's time
         self._lock_skips = 0
         self._lock_skips_since: str | None = None
@@ -255,6 +293,7 @@ class Daemon:
         except ConfigError as exc:
             refused_at_start(str(exc), settings)
             raise
+        self._interval_s = shortest_interval(self.trigger)
         # (misfire_grace_time None: a tick missed while the machine slept runs when it wakes, however late, once)
         self.scheduler = BackgroundScheduler(timezone=dt.UTC, job_defaults={
             "max_instances": 1, "coalesce": True, "misfire_grace_time": None})
@@ -315,10 +354,13 @@ class Daemon:
         listed the events before those that arrived."""
         if self.stop_event.is_set():
             return
-        if self._skip_ticks > 0 and reason == "schedule":
-            self._skip_ticks -= 1
-            log.info("sync skipped: backing off after %d transient failure(s), %d tick(s) to go",
-                     self._failures, self._skip_ticks)
+        retry_at = self._retry_at
+        if retry_at is not None and dt.datetime.now(dt.UTC) < retry_at and (reason == "schedule" or follow):
+            # (the retry takes the events too; a webhook's sync at each event of a billing run would hammer a
+            # Stripe that keeps failing, and a tick would retry before the backoff's time)
+            log.info("sync %s (%s): backing off after %d transient failure(s) in a row; the next try is at %s",
+                     "waits for the retry" if follow else "skipped", reason, self._failures,
+                     retry_at.isoformat(sep=" ", timespec="seconds"))
             return
         with self._follow_lock:
             if not self._job_lock.acquire(blocking=False):
@@ -335,12 +377,13 @@ class Daemon:
         locked_out = False
         retry: str | None = None
         began = time.monotonic()
+        self._cancel_retry()  # (this run is the try: a failure schedules the next one)
         try:
             log.info("sync starting (%s)", reason)
             # progress as log lines, at most one per 5 s, on a terminal too (no bars among the daemon's log lines)
             summary = self._run(self.settings, wait=wait, stop=self.stop_event, progress="log")
             self.runs += 1
-            self._failures = self._skip_ticks = 0  # (a webhook's run may succeed during a backoff: it ends it)
+            self._failures, self._retry_at = 0, None
             succeeded = True
             info = summary.as_dict() if hasattr(summary, "as_dict") else {"result": str(summary)}
             self._save(last_run={"at": _now(), "reason": reason, "status": info.get("status"),
@@ -368,15 +411,24 @@ class Daemon:
                 self._save(skipping={"since": self._lock_skips_since, "ticks": self._lock_skips, "held": held})
         except TransientError as exc:
             self._failures += 1
-            self._skip_ticks = min(2 ** (self._failures - 1) - 1, MAX_SKIP_TICKS)
-            message = _one_line(str(exc), self.settings)
-            log.warning("sync failed, will retry (skipping %d tick(s)): %s", self._skip_ticks, message)
-            self._save(last_error={"at": _now(), "kind": "transient", "message": message})
+            delay = self.retry_delay(self._failures)
+            when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+            message = self._failure_message = _one_line(str(exc), self.settings)
+            shown = when.isoformat(sep=" ", timespec="seconds")
+            log.warning("sync failed (%d in a row), will retry in %s, at %s: %s", self._failures, _duration(delay),
+                        shown, message)
+            self._save(last_error={"at": _now(), "kind": "transient", "retry_at": when.isoformat(timespec="seconds"),
+                                   "message": f"{message}; the daemon tries again at {shown} (failure "
+                                              f"{self._failures} in a row)"})
+            self._schedule_retry(when)
         except (FatalError, StripeChurnError) as exc:
+            # (no retry before the next scheduled run: a key, a setting or a permission waits for a person)
+            self._failures, self._retry_at = 0, None
             message = _one_line(str(exc), self.settings)
             log.error("sync failed and needs a person: %s", message)
             self._save(last_error={"at": _now(), "kind": "fatal", "message": message})
         except Exception as exc:
+            self._failures, self._retry_at = 0, None
             # (one line, as every log line: the traceback at DEBUG, as the commands log it)
             message = _one_line(f"{type(exc).__name__}: {exc}", self.settings)
             log.error("sync crashed: %s (STRIPE_CHURN_LOG_LEVEL=DEBUG logs the traceback)", message)
@@ -399,6 +451,29 @@ class Daemon:
                 rest = max(0.0, self.lock_wait_seconds - (time.monotonic() - began))
                 self._schedule_webhook_sync(retry, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=rest),
                                             "webhook-retry-sync")
+
+    def retry_delay(self, failures: int) -> float:
+        """Seconds from the ``failures``-th transient failure in a row to the next try: ``retry_first_seconds``,
+        doubled at each further failure, at most the schedule's shortest interval or ``RETRY_MAX_S``."""
+        cap = min(RETRY_MAX_S, self._interval_s or RETRY_MAX_S)
+        return min(self.retry_first_seconds * 2 ** min(max(failures - 1, 0), 30), cap)
+
+    def _schedule_retry(self, when: dt.datetime) -> None:
+        """The next try of a transient failure at ``when``, as a job of its own (scheduled ticks skip until then)."""
+        self._retry_at = when
+        if self.stop_event.is_set():
+            return
+        # (an id of its own each time: the job that runs this try may still be in the job store, which removes it
+        # by id once it has been handed to a thread)
+        self._retry_jobs += 1
+        self._retry_job = f"retry-sync-{self._retry_jobs}"
+        self.scheduler.add_job(self.tick, "date", run_date=when, id=self._retry_job, kwargs={"reason": "retry"})
+
+    def _cancel_retry(self) -> None:
+        job, self._retry_job = self._retry_job, None
+        if job is not None:
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.remove_job(job)
 
     def _schedule_webhook_sync(self, reason: str, when: dt.datetime, job_id: str) -> None:
         if self.stop_event.is_set():
@@ -491,6 +566,10 @@ class Daemon:
                 self.webhook.stop()
             self.scheduler.shutdown(wait=True)
             crashed = False
+            if self._retry_at is not None:  # (no retry comes now: `status` must not promise one)
+                last = dict(self._state.get("last_error") or {})
+                last.pop("retry_at", None)
+                self._save(last_error={**last, "message": self._failure_message})
             return 0
         except StripeChurnError as exc:  # (a bad setting found on the way up): `status` shows why it stopped
             self._save(last_error={"at": _now(), "kind": "fatal", "message": _one_line(str(exc), self.settings)})

@@ -225,43 +225,139 @@ def test_ticks_during_a_run_skip_with_one_info_line_each(start: Callable[..., Da
 
 
 def test_transient_errors_back_off(start: Callable[..., Daemon]) -> None:
+    """A transient failure is tried again after a wait in time that doubles at each further failure in a row (here
+    0.1, 0.2, 0.4, 0.8 s), not at the next scheduled tick (an hour away here): the ticks counted before kept a daily
+    schedule a day or more without a sync after one blip."""
     calls: list[float] = []
 
     def failing(settings: Settings, **kw: Any) -> RunSummary:
         calls.append(time.monotonic())
         raise TransientError("Stripe kept answering 503")
 
-    d = start(interval_seconds=0.1, run=failing, sync_on_start=False)
-    time.sleep(2.0)
+    d = start(interval_seconds=3600, run=failing, retry_first_seconds=0.1)
+    assert wait_for(lambda: len(calls) >= 5, timeout=10)
     d.request_stop()
-    # about 20 ticks; with 0, 1, 3, 7 ticks skipped after each failure only 4-5 of them run
-    assert 3 <= len(calls) <= 7
     gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert gaps[-1] > 2 * gaps[0]  # the waits grow
+    assert all(0.09 <= gap <= want + 0.3 for gap, want in zip(gaps, (0.1, 0.2, 0.4, 0.8), strict=False)), gaps
+    assert all(b > 1.4 * a for a, b in itertools.pairwise(gaps[:4])), gaps  # the waits grow
+
+
+def test_a_blip_on_a_daily_schedule_is_retried_soon(start: Callable[..., Daemon], tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """On a daily schedule, the start-up sync that met a transient failure twice is tried again after the backoff
+    (0.2 s, then 0.4 s here; a minute, then two by default) and succeeds: the next try was the next day's run. Each
+    failure's line says when the next try is."""
+    caplog.set_level("INFO", logger="stripe_churn.daemon")
+    calls: list[float] = []
+    inner = locked_writer()
+
+    def flaky(settings: Settings, **kw: Any) -> RunSummary:
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            raise TransientError("Stripe answered 503")
+        return inner(settings, **kw)
+
+    d = start(Settings(db=tmp_path / "d.duckdb", schedule="0 6 * * *"), run=flaky, retry_first_seconds=0.2)
+    assert wait_for(lambda: d.runs == 1, timeout=10), caplog.text[-2000:]
+    assert len(calls) == 3 and calls[2] - calls[0] < 3
+    failed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sync failed")]
+    assert len(failed) == 2 and failed[0].startswith("sync failed (1 in a row), will retry in 0.2 s, at ")
+    assert failed[1].startswith("sync failed (2 in a row), will retry in 0.4 s, at "), failed
     state = read_state(d.settings.db)
-    assert state is not None and state["last_error"]["kind"] == "transient"
+    assert state is not None and state["last_error"] is None and state["last_run"]["reason"] == "retry"
 
 
-def test_the_backoff_is_what_readme_says(tmp_path: Path) -> None:
-    """Transient failures in a row: the next tick tries again, then 1, 3, 7, 15 and at most 16 ticks are skipped
-    before each try; README says exactly that (it said "skipping 1, 3, 7 ... up to 16 ticks")."""
-    tries: list[int] = []  # the ticks that tried
-    ticks = 0
-
-    def failing(settings: Settings, **kw: Any) -> RunSummary:
-        tries.append(ticks)
-        raise TransientError("Stripe kept answering 503")
-
-    d = Daemon(Settings(db=tmp_path / "d.duckdb"), interval_seconds=3600, run=failing)
-    for _ in range(120):
-        ticks += 1
-        d.tick("schedule")
-    skipped = [b - a - 1 for a, b in itertools.pairwise(tries)]
-    assert skipped[:8] == [0, 1, 3, 7, 15, 16, 16, 16]
+@pytest.mark.parametrize(("schedule", "minutes"), [
+    pytest.param("0 6 * * *", [1, 2, 4, 8, 16, 32, 60, 60], id="daily-capped-at-an-hour"),
+    pytest.param("*/30 * * * *", [1, 2, 4, 8, 16, 30, 30], id="capped-at-the-interval"),
+    pytest.param("0,5 * * * *", [1, 2, 4, 5, 5], id="capped-at-the-shortest-gap"),
+])
+def test_the_backoff_is_what_readme_says(tmp_path: Path, schedule: str, minutes: list[int]) -> None:
+    """The waits before each try after transient failures in a row: 1, 2, 4 ... minutes, at most the schedule's
+    shortest interval or an hour, whichever is less; README says so."""
+    d = Daemon(Settings(db=tmp_path / "d.duckdb", schedule=schedule), run=locked_writer())
+    assert [d.retry_delay(n) / 60 for n in range(1, len(minutes) + 1)] == minutes
     readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
-    assert ("retried on later ticks with an exponential backoff: the next tick tries again, then each further "
-            f"failure in a row skips more ticks before the next try ({', '.join(map(str, skipped[1:5]))}, then "
-            f"{skipped[5]} at most)") in readme
+    assert ("are retried after a backoff in time: 1 minute after the failure, then 2, 4, 8 ... minutes after each "
+            "further failure in a row, at most the schedule's interval or an hour, whichever is less") in readme
+
+
+def test_ticks_and_webhook_syncs_wait_for_the_retry(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """While backing off, a scheduled tick skips and a webhook's sync waits for the retry (which takes its events
+    too), each with a line that says when the retry is: a webhook's sync at each event of a billing run would hammer
+    a Stripe that keeps failing. The retry that succeeds ends the backoff: the next tick syncs."""
+    import time_machine
+
+    caplog.set_level("INFO", logger="stripe_churn.daemon")
+    fail = True
+    calls: list[str] = []
+    inner = locked_writer()
+
+    def run(settings: Settings, **kw: Any) -> RunSummary:
+        calls.append("run")
+        if fail:
+            raise TransientError("Stripe kept answering 503")
+        return inner(settings, **kw)
+
+    d = Daemon(Settings(db=tmp_path / "d.duckdb"), interval_seconds=3600, run=run)
+    d.tick("start")
+    assert calls == ["run"] and d._retry_at is not None
+    retry_at = d._retry_at
+    d.tick("schedule")
+    d.tick("webhook invoice.paid", follow=True)
+    assert calls == ["run"]
+    shown = retry_at.isoformat(sep=" ", timespec="seconds")
+    lines = [r.getMessage() for r in caplog.records if "backing off" in r.getMessage()]
+    assert lines == [f"sync skipped (schedule): backing off after 1 transient failure(s) in a row; the next try is "
+                     f"at {shown}",
+                     f"sync waits for the retry (webhook invoice.paid): backing off after 1 transient failure(s) "
+                     f"in a row; the next try is at {shown}"]
+    fail = False
+    with time_machine.travel(retry_at + dt.timedelta(seconds=1), tick=True):
+        d.tick("retry")
+        assert d.runs == 1
+        d.tick("schedule")
+    assert d.runs == 2 and len(calls) == 3
+
+
+def test_a_fatal_error_is_not_retried_before_the_schedule(start: Callable[..., Daemon]) -> None:
+    """A failure a retry cannot fix (a key refused, a setting refused) waits for the next scheduled run: no retry
+    of its own, and a transient failure's retry pending before it is dropped."""
+    calls: list[float] = []
+
+    def run(settings: Settings, **kw: Any) -> RunSummary:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise TransientError("Stripe answered 503")
+        raise AuthError("Stripe refused the API key (401): set STRIPE_API_KEY to a valid key")
+
+    d = start(interval_seconds=3600, run=run, retry_first_seconds=0.1)
+    assert wait_for(lambda: len(calls) == 2)
+    time.sleep(1.0)
+    assert len(calls) == 2
+    state = read_state(d.settings.db)
+    assert state is not None and state["last_error"]["kind"] == "fatal" and "retry_at" not in state["last_error"]
+
+
+def test_status_says_when_the_next_try_is_until_the_daemon_stops(start: Callable[..., Daemon]) -> None:
+    """`status` shows a transient failure with when the daemon tries again; once the daemon has stopped, no try
+    comes, and it no longer says one does."""
+    def failing(settings: Settings, **kw: Any) -> RunSummary:
+        raise TransientError("Stripe answered 503")
+
+    d = start(interval_seconds=3600, run=failing)
+    env = {"STRIPE_CHURN_DB": str(d.settings.db)}
+    assert wait_for(lambda: ((read_state(d.settings.db) or {}).get("last_error") or {}).get("kind") == "transient")
+    state = read_state(d.settings.db)
+    assert state is not None and d._retry_at is not None
+    assert state["last_error"]["retry_at"] == d._retry_at.isoformat(timespec="seconds")
+    error = json.loads(CliRunner().invoke(cli, ["status", "--format", "json"], env=env).output)["daemon_error"]
+    shown = d._retry_at.isoformat(sep=" ", timespec="seconds")
+    assert error.endswith(f"transient: Stripe answered 503; the daemon tries again at {shown} (failure 1 in a row)")
+    d.request_stop()
+    assert wait_for(lambda: (read_state(d.settings.db) or {}).get("state") == "stopped")
+    error = json.loads(CliRunner().invoke(cli, ["status", "--format", "json"], env=env).output)["daemon_error"]
+    assert error.endswith("transient: Stripe answered 503"), error
 
 
 def test_fatal_error_is_surfaced_in_status(start: Callable[..., Daemon], tmp_path: Path) -> None:
@@ -745,33 +841,6 @@ def test_the_scheduler_looks_at_the_wall_clock_again_while_it_waits(start: Calla
     job._modify(next_run_time=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1))
     store.update_job(job)
     assert wait_for(lambda: d.runs == 1, timeout=5)
-
-
-def test_a_run_that_succeeds_ends_the_backoff(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A run that succeeds (a webhook's, during the backoff) ends the backoff: the next scheduled tick syncs. The
-    skipped ticks were kept, up to 16 (8 hours at the default schedule), with "backing off after 0 transient
-    failure(s)" in the log."""
-    caplog.set_level("INFO", logger="stripe_churn.daemon")
-    fail = True
-    calls: list[str] = []
-    inner = locked_writer()
-
-    def run(settings: Settings, **kw: Any) -> RunSummary:
-        calls.append("run")
-        if fail:
-            raise TransientError("Stripe kept answering 503")
-        return inner(settings, **kw)
-
-    d = Daemon(Settings(db=tmp_path / "d.duckdb"), interval_seconds=3600, run=run)
-    for _ in range(4):  # fails, fails (1 tick to skip), skips, fails (3 ticks to skip)
-        d.tick("schedule")
-    assert len(calls) == 3
-    fail = False
-    d.tick("webhook invoice.paid", follow=True)  # (a webhook's sync does not wait for the backoff)
-    assert d.runs == 1
-    d.tick("schedule")
-    assert d.runs == 2 and len(calls) == 5
-    assert "backing off after 0 transient failure(s)" not in caplog.text
 
 
 @pytest.mark.parametrize("account", [pytest.param("acct_mine", id="connected-account"),
