@@ -330,7 +330,9 @@ class DaemonCommand(click.Command):
 @handle_errors
 def daemon(no_sync_on_start: bool, webhook_port: int | None, webhook_host: str | None,
            interval_seconds: float | None, config_path: Path | None) -> None:
-    """Sync on the schedule (STRIPE_CHURN_SCHEDULE) until SIGTERM/SIGINT/SIGHUP, one run at a time."""
+    """Sync on the schedule (STRIPE_CHURN_SCHEDULE), one run at a time, until SIGTERM/SIGINT; SIGHUP reloads."""
+    import os
+
     from stripe_churn.daemon import Daemon, refused_at_start
 
     # (what stops it at start goes into its state file, for `status`: a service manager restarts it meanwhile; a
@@ -346,8 +348,12 @@ def daemon(no_sync_on_start: bool, webhook_port: int | None, webhook_host: str |
     except StripeChurnError as exc:
         refused_at_start(str(exc), settings)
         raise
+    # (SIGHUP reads the same file again, and the environment as it was at start: a service manager's environment
+    # file is read when the service starts, not at a reload)
+    environment = dict(os.environ)
     d = Daemon(settings, sync_on_start=not no_sync_on_start, interval_seconds=interval_seconds,
-               webhook_port=webhook_port, webhook_host=webhook_host)
+               webhook_port=webhook_port, webhook_host=webhook_host,
+               reload=lambda: load_settings(config_path, env=environment))
     sys.exit(d.run_forever())
 
 

@@ -1,4 +1,5 @@
-"""The daemon: scheduled syncs (cron from settings), one at a time under the shared lock, clean stop on a signal.
+"""The daemon: scheduled syncs (cron from settings), one at a time under the shared lock, clean stop on SIGTERM or
+SIGINT, settings read again on SIGHUP (a reload refused keeps the settings running).
 
 Transient errors are retried after a backoff in time (1, 2, 4 ... minutes, at most the schedule's interval or an
 hour); fatal ones wait for the next scheduled run. Both are logged and kept in ``<db>.daemon.json`` so that
@@ -8,6 +9,7 @@ hour); fatal ones wait for the next scheduled run. Both are logged and kept in `
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -242,21 +244,27 @@ class Daemon:
     """Runs ``run(settings, wait=..., stop=...)`` on a schedule until :meth:`request_stop`.
 
     ``run`` defaults to :func:`stripe_churn.pipeline.run_once`; tests pass ``interval_seconds`` instead of
-    waiting for the cron schedule.
+    waiting for the cron schedule. ``reload`` reads the settings again (from the same file and environment as at
+    start) when SIGHUP asks for it; without it a SIGHUP changes nothing.
     """
 
     def __init__(self, settings: Settings, *, sync_on_start: bool = True, interval_seconds: float | None = None,
                  webhook_port: int | None = None, webhook_host: str | None = None,
                  run: Callable[..., Any] | None = None, debounce_seconds: float = 2.0,
-                 lock_wait_seconds: float = WEBHOOK_LOCK_WAIT_S, retry_first_seconds: float = RETRY_FIRST_S) -> None:
+                 lock_wait_seconds: float = WEBHOOK_LOCK_WAIT_S, retry_first_seconds: float = RETRY_FIRST_S,
+                 reload: Callable[[], Settings] | None = None) -> None:
         if run is None:
             from stripe_churn.pipeline import run_once
 
             run = run_once
         self.settings = settings
         self.sync_on_start = sync_on_start
-        self.webhook_port = webhook_port if webhook_port is not None else settings.webhook_port
-        self.webhook_host = webhook_host or settings.webhook_host
+        self._webhook_options = (webhook_port, webhook_host)  # (the command's options: they win over the settings)
+        self.webhook_port, self.webhook_host = self._webhook_address(settings)
+        self._reload = reload
+        self._interval_seconds = interval_seconds
+        self._reload_asked = False  # SIGHUP came (set by handle_signal only; the main loop reloads)
+        self._last_failed = False  # the last run failed (a reload that changes a setting then tries at once)
         self.debounce_seconds = debounce_seconds
         self.lock_wait_seconds = lock_wait_seconds  # how long a webhook's sync waits for another process's run
         self.retry_first_seconds = retry_first_seconds  # the wait before the first retry of a transient failure
@@ -289,7 +297,7 @@ class Daemon:
         if previous and previous.get("last_error"):
             self._state["previous_error"] = previous["last_error"]
         try:
-            self.trigger = self._make_trigger(interval_seconds)
+            self.trigger = self._make_trigger(interval_seconds, settings.schedule)
         except ConfigError as exc:
             refused_at_start(str(exc), settings)
             raise
@@ -299,11 +307,17 @@ class Daemon:
             "max_instances": 1, "coalesce": True, "misfire_grace_time": None})
         self.webhook: Any = None
 
-    def _make_trigger(self, interval_seconds: float | None) -> BaseTrigger:
+    def _webhook_address(self, settings: Settings) -> tuple[int | None, str]:
+        """The webhook's port (None: no webhook) and host: the command's options, else the settings'."""
+        port, host = self._webhook_options
+        return (port if port is not None else settings.webhook_port), (host or settings.webhook_host)
+
+    @staticmethod
+    def _make_trigger(interval_seconds: float | None, schedule: str) -> BaseTrigger:
         if interval_seconds:
             return IntervalTrigger(seconds=interval_seconds, timezone=dt.UTC)
         try:
-            fields = self.settings.schedule.split()
+            fields = schedule.split()
             if len(fields) != 5:
                 raise ValueError(f"{len(fields)} fields, not 5")
             minute, hour, day, month, weekdays = fields
@@ -318,7 +332,7 @@ class Daemon:
                 raise ValueError("it never fires (no such day in those months)")
             return trigger
         except ValueError as exc:
-            raise ConfigError(f"bad STRIPE_CHURN_SCHEDULE {self.settings.schedule!r}: {exc}; "
+            raise ConfigError(f"bad STRIPE_CHURN_SCHEDULE {schedule!r}: {exc}; "
                               "use a five-field cron expression such as '*/30 * * * *'") from exc
 
     # -- state -------------------------------------------------------------------------------------------
@@ -378,12 +392,13 @@ class Daemon:
         retry: str | None = None
         began = time.monotonic()
         self._cancel_retry()  # (this run is the try: a failure schedules the next one)
+        settings = self.settings  # (the run keeps the settings it began with: a reload meanwhile is for the next)
         try:
             log.info("sync starting (%s)", reason)
             # progress as log lines, at most one per 5 s, on a terminal too (no bars among the daemon's log lines)
-            summary = self._run(self.settings, wait=wait, stop=self.stop_event, progress="log")
+            summary = self._run(settings, wait=wait, stop=self.stop_event, progress="log")
             self.runs += 1
-            self._failures, self._retry_at = 0, None
+            self._failures, self._retry_at, self._last_failed = 0, None, False
             succeeded = True
             info = summary.as_dict() if hasattr(summary, "as_dict") else {"result": str(summary)}
             self._save(last_run={"at": _now(), "reason": reason, "status": info.get("status"),
@@ -400,7 +415,7 @@ class Daemon:
             else:
                 # (once is a manual `sync` at the same moment; more in a row, a store held for a whole interval or
                 # more, as by a program that keeps the store itself open: a WARNING, and in the state for `status`)
-                held = _one_line(exc.held, self.settings)
+                held = _one_line(exc.held, settings)
                 self._lock_skips += 1
                 self._lock_skips_since = self._lock_skips_since or _now()
                 if self._lock_skips == 1:
@@ -411,9 +426,10 @@ class Daemon:
                 self._save(skipping={"since": self._lock_skips_since, "ticks": self._lock_skips, "held": held})
         except TransientError as exc:
             self._failures += 1
+            self._last_failed = True
             delay = self.retry_delay(self._failures)
             when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
-            message = self._failure_message = _one_line(str(exc), self.settings)
+            message = self._failure_message = _one_line(str(exc), settings)
             shown = when.isoformat(sep=" ", timespec="seconds")
             log.warning("sync failed (%d in a row), will retry in %s, at %s: %s", self._failures, _duration(delay),
                         shown, message)
@@ -423,14 +439,14 @@ class Daemon:
             self._schedule_retry(when)
         except (FatalError, StripeChurnError) as exc:
             # (no retry before the next scheduled run: a key, a setting or a permission waits for a person)
-            self._failures, self._retry_at = 0, None
-            message = _one_line(str(exc), self.settings)
+            self._failures, self._retry_at, self._last_failed = 0, None, True
+            message = _one_line(str(exc), settings)
             log.error("sync failed and needs a person: %s", message)
             self._save(last_error={"at": _now(), "kind": "fatal", "message": message})
         except Exception as exc:
-            self._failures, self._retry_at = 0, None
+            self._failures, self._retry_at, self._last_failed = 0, None, True
             # (one line, as every log line: the traceback at DEBUG, as the commands log it)
-            message = _one_line(f"{type(exc).__name__}: {exc}", self.settings)
+            message = _one_line(f"{type(exc).__name__}: {exc}", settings)
             log.error("sync crashed: %s (STRIPE_CHURN_LOG_LEVEL=DEBUG logs the traceback)", message)
             log.debug("sync crashed", exc_info=True)
             self._save(last_error={"at": _now(), "kind": "fatal", "message": message})
@@ -475,6 +491,16 @@ class Daemon:
             with contextlib.suppress(JobLookupError):
                 self.scheduler.remove_job(job)
 
+    def _schedule_once(self, reason: str, when: dt.datetime, job_id: str) -> None:
+        """A run for ``reason`` at ``when`` (none when one of ``job_id`` waits already)."""
+        if self.stop_event.is_set():
+            return
+        try:
+            self.scheduler.add_job(self.tick, "date", run_date=when, id=job_id, max_instances=_TICK_INSTANCES,
+                                   kwargs={"reason": reason})
+        except ConflictingIdError:
+            log.debug("%s already scheduled", job_id)
+
     def _schedule_webhook_sync(self, reason: str, when: dt.datetime, job_id: str) -> None:
         if self.stop_event.is_set():
             return
@@ -500,12 +526,84 @@ class Daemon:
             self.stop_event.set()
 
     def handle_signal(self, signum: int, _frame: Any) -> None:
-        """SIGTERM/SIGINT/SIGHUP: only note it; the main loop asks for the stop within ``_POLL_S``.
+        """SIGTERM/SIGINT (a stop), SIGHUP (a reload): only note it; the main loop acts within ``_POLL_S``.
 
         A handler runs between two bytecodes of the main thread, which spends its time in ``stop_event.wait`` and
         may hold the event's lock at that moment: setting the event (or logging, whose stream may be mid-write)
         from here could wait on that lock forever, and the daemon would never exit."""
-        self._signalled = signum
+        if signum == signal.SIGHUP:
+            self._reload_asked = True
+        else:
+            self._signalled = signum
+
+    def reload_settings(self) -> bool:
+        """Read the settings again (``reload``) and run on with them: the schedule, the rate limit, the key, the
+        webhook's secret, the rules... from the next run (the run going keeps its own). Settings refused, or that
+        a running daemon cannot take (another store, another webhook address), are one ERROR line, and the
+        settings running stay. True when the new settings were taken."""
+        if self._reload is None:
+            log.warning("reload asked: this daemon was given its settings in code, it has none to read again; it "
+                        "runs on as it was")
+            return False
+        old = self.settings
+        new: Settings | None = None
+        try:
+            new = self._reload()
+            new.require_api_key()
+            trigger = self._check_reload(old, new)
+        except Exception as exc:
+            secrets = [old.api_key.reveal(), old.webhook_secret.reveal()]
+            if new is not None:
+                secrets += [new.api_key.reveal(), new.webhook_secret.reveal()]
+            text = str(exc) if isinstance(exc, StripeChurnError) else f"unexpected {type(exc).__name__}: {exc}"
+            log.error("reload refused, the daemon runs on with the settings it had: %s", redacted_line(text, secrets))
+            return False
+        changed = [f.name for f in dataclasses.fields(new)
+                   if f.name != "source" and getattr(new, f.name) != getattr(old, f.name)]
+        if trigger is not None:
+            job = self.scheduler.reschedule_job("scheduled-sync", trigger=trigger)
+            self.trigger, self._interval_s = trigger, shortest_interval(trigger)
+            upcoming = getattr(job, "next_run_time", None)
+            log.info("schedule '%s', in UTC; next run %s", new.schedule,
+                     upcoming.astimezone(dt.UTC).isoformat(sep=" ") if upcoming else "none")
+        if self.webhook is not None:
+            self.webhook.configure(new.webhook_secret.reveal(), account=new.account, livemode=self._livemode(new),
+                                   secrets=[new.api_key.reveal()])
+        self.settings = new
+        if new.log_level != old.log_level:
+            logging.getLogger().setLevel(new.log_level)
+            logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
+        log.info("settings read again from %s: %s", new.source,
+                 f"{', '.join(changed)} changed, for the next run" if changed else "nothing changed")
+        if changed and self._last_failed:
+            # (a person fixed what failed: a key, a setting; the try need not wait for the schedule or a backoff)
+            self._schedule_once("reload", dt.datetime.now(dt.UTC), "reload-sync")
+        return True
+
+    def _check_reload(self, old: Settings, new: Settings) -> BaseTrigger | None:
+        """A ConfigError for settings a running daemon cannot take; the new schedule's trigger (None: unchanged)."""
+        if new.db != old.db:
+            raise ConfigError(f"setting 'db' changed from {old.db} to {new.db}: a daemon keeps the store it started "
+                              "with; restart it to sync another store")
+        port, host = self._webhook_address(new)
+        if (port, host) != (self.webhook_port, self.webhook_host):
+            was = f"{self.webhook_host}:{self.webhook_port}" if self.webhook_port is not None else "none"
+            now = f"{host}:{port}" if port is not None else "none"
+            raise ConfigError(f"the webhook's address changed from {was} to {now}: a daemon keeps the address it "
+                              "started with; restart it to listen elsewhere")
+        if port is not None and not new.webhook_secret:
+            raise ConfigError("the webhook needs STRIPE_WEBHOOK_SECRET (the endpoint's signing secret, whsec_...)")
+        if self._interval_seconds or new.schedule == old.schedule:
+            return None
+        return self._make_trigger(None, new.schedule)
+
+    @staticmethod
+    def _livemode(settings: Settings) -> bool | None:
+        """The mode of the events to take (None: any): the key's, when its prefix says it."""
+        from stripe_churn.sync import key_mode
+
+        mode = key_mode(settings.api_key.reveal())
+        return None if mode is None else mode == "live"
 
     def run_forever(self, install_signals: bool = True) -> int:
         """Block until stopped; 0 after a clean stop. Raises :class:`DaemonRunningError`, with the state file left
@@ -514,10 +612,10 @@ class Daemon:
             return self._run_until_stopped(install_signals)
 
     def _run_until_stopped(self, install_signals: bool) -> int:
-        if install_signals:  # (SIGHUP too: the terminal closed, or a reload; its default kills the process at once)
+        if install_signals:  # (SIGHUP too: a reload; its default kills the process at once)
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 # a signal the daemon was started ignoring stays ignored: `nohup` ignores SIGHUP so that the daemon
-                # outlives its terminal, and a shell's `&` ignores SIGINT
+                # outlives its terminal (it cannot be reloaded then), and a shell's `&` ignores SIGINT
                 if signal.getsignal(signum) is not signal.SIG_IGN:
                     signal.signal(signum, self.handle_signal)
         logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -525,17 +623,14 @@ class Daemon:
         try:
             self._save(state="starting")
             if self.webhook_port is not None:  # (its port is taken first: a bad one stops the daemon before a sync)
-                from stripe_churn.sync import key_mode
                 from stripe_churn.webhook import WebhookServer
 
                 # (only the events of the account and mode synced: an endpoint that listens to connected accounts
                 # gets all of theirs; a key's prefix says its mode, the sandbox's too)
-                key = self.settings.api_key.reveal()
-                mode = key_mode(key)
-                livemode = None if mode is None else mode == "live"
                 self.webhook = WebhookServer(self.settings.webhook_secret.reveal(), self.webhook_event,
                                              host=self.webhook_host, port=self.webhook_port,
-                                             account=self.settings.account, livemode=livemode, secrets=[key])
+                                             account=self.settings.account, livemode=self._livemode(self.settings),
+                                             secrets=[self.settings.api_key.reveal()])
             # (more than one instance: a tick that finds a run going reaches tick(), which skips it with one INFO
             # line; APScheduler's own limit would log a WARNING at every tick of a long run)
             self.scheduler.add_job(self.tick, self.trigger, id="scheduled-sync", max_instances=_TICK_INSTANCES)
@@ -558,6 +653,15 @@ class Daemon:
                 if self._signalled:
                     log.info("%s received", signal.Signals(self._signalled).name)
                     self.request_stop()
+                elif self._reload_asked:
+                    self._reload_asked = False
+                    log.info("SIGHUP received: reading the settings again")
+                    try:
+                        self.reload_settings()
+                    except Exception as exc:  # (a reload never stops a daemon that syncs)
+                        log.error("reload failed, the daemon runs on: %s",
+                                  _one_line(f"{type(exc).__name__}: {exc}", self.settings))
+                        log.debug("reload failed", exc_info=True)
                 elif time.monotonic() - woken >= _WAKE_SCHEDULER_S:
                     woken = time.monotonic()
                     self.scheduler.wakeup()  # (a tick whose time passed while the machine slept runs now)

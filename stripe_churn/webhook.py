@@ -183,6 +183,15 @@ class WebhookServer:
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="webhook", daemon=True)
 
+    def configure(self, secret: str, account: str | None = None, livemode: bool | None = None,
+                  secrets: Iterable[str] = ()) -> None:
+        """Take a new signing secret, account and mode (the daemon's settings read again) from the next request on,
+        listening on as before. A ConfigError, with nothing changed, for no secret."""
+        if not secret:
+            raise ConfigError("the webhook needs STRIPE_WEBHOOK_SECRET (the endpoint's signing secret, whsec_...)")
+        self._secret, self._account, self._livemode = secret, account, livemode
+        self.httpd.secrets = tuple(s for s in (secret, *secrets) if s)
+
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]

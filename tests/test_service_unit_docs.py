@@ -26,3 +26,16 @@ def test_everything_the_unit_needs_is_made_in_the_readme() -> None:
     assert f"-m 0600 /dev/null {needs['env']}" in setup
     assert f"config/stripe-churn.example.toml {needs['config']}" in setup
     assert setup.index(needs["config"]) < setup.index("systemctl daemon-reload")
+
+
+def test_the_unit_reloads_with_sighup_as_readme_says() -> None:
+    """SIGHUP reloads the daemon's settings (it stopped it with exit code 0, which Restart=on-failure did not
+    restart): the unit's ExecReload sends it, and README's daemon section says what a reload takes and what needs a
+    restart."""
+    unit = (ROOT / "config" / "stripe-churn.service").read_text()
+    assert re.search(r"^ExecReload=/bin/kill -HUP \$MAINPID$", unit, re.M)
+    assert re.search(r"^Restart=on-failure$", unit, re.M)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "SIGHUP (`systemctl reload stripe-churn`, or `kill -HUP <pid>`) reloads the settings without a restart" in readme
+    assert "(a changed `EnvironmentFile`, such as a new `STRIPE_API_KEY` in `/etc/stripe-churn/env`, needs `systemctl restart`)" in readme
+    assert "SIGTERM or SIGINT stops it" in readme and "SIGHUP stops" not in readme
