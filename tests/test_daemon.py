@@ -237,9 +237,10 @@ def test_transient_errors_back_off(start: Callable[..., Daemon]) -> None:
     d = start(interval_seconds=3600, run=failing, retry_first_seconds=0.1)
     assert wait_for(lambda: len(calls) >= 5, timeout=10)
     d.request_stop()
-    gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert all(0.09 <= gap <= want + 0.3 for gap, want in zip(gaps, (0.1, 0.2, 0.4, 0.8), strict=False)), gaps
-    assert all(b > 1.4 * a for a, b in itertools.pairwise(gaps[:4])), gaps  # the waits grow
+    gaps = [b - a for a, b in itertools.pairwise(calls)][:4]
+    # (never before its time; late by what the state's write and the scheduler's wake-up take)
+    assert all(want * 0.95 <= gap <= want + 0.5 for gap, want in zip(gaps, (0.1, 0.2, 0.4, 0.8), strict=True)), gaps
+    assert gaps[3] > 3 * gaps[0], gaps  # the waits grow
 
 
 def test_a_blip_on_a_daily_schedule_is_retried_soon(start: Callable[..., Daemon], tmp_path: Path,
