@@ -82,6 +82,8 @@ def test_a_reload_is_for_the_next_run_and_leaves_the_run_going_alone(start: Call
     release.set()
     assert wait_for(lambda: d.runs == 1)
     assert given[0].rate_limit == 5  # (it began with the old settings and kept them)
+    # (runs counts the run before it lets go of the job: a tick at once could find it still held and skip)
+    assert wait_for(lambda: not d._job_lock.locked())
     d.tick("schedule")
     assert d.runs == 2 and given[1].rate_limit == 7.0
     assert (read_state(d.settings.db) or {}).get("state") == "started"
