@@ -90,7 +90,7 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
     if currency != settings.currency.lower():
         log.warning("the stored metrics are in %s, not the reporting currency %s set now: run `stripe-churn sync` "
                     "to derive them in %s", currency.upper(), settings.currency.upper(), settings.currency.upper())
-    cols, body = bridge_rows(rows, fmt, as_of)
+    cols, body = bridge_rows(rows, fmt, as_of, segmented=bool(segment))
     echo(render(cols, body, fmt, title=f"MRR bridge per {period} ({currency.upper()})"))
     if fmt == "table" and not rows:
         echo("no MRR to report " + ("in that range or segment" if start or end or segment else

@@ -18,6 +18,14 @@ from rich.text import Text
 BRIDGE_COLUMNS = ("period_start", "opening_mrr", "new", "reactivation", "expansion", "contraction", "churn", "fx",
                   "closing_mrr", "gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "customer_churn_rate",
                   "quick_ratio")
+# the columns of the mrr_bridge view (design.md 7), what CSV and JSON print: kept here for a range or segment value
+# with no rows, which has no row to take them from
+VIEW_COLUMNS = (
+    "period_start", "period_end", "opening_mrr", "new", "reactivation", "expansion", "contraction", "churn", "fx",
+    "closing_mrr", "upgrade", "cross_sell", "seat_expansion", "resource_expansion", "downgrade", "seat_contraction",
+    "resource_contraction", "discount_expansion", "discount_contraction", "opening_customers", "new_customers",
+    "reactivated_customers", "churned_customers", "closing_customers", "gross_revenue_churn_rate",
+    "net_revenue_churn_rate", "nrr", "grr", "customer_churn_rate", "quick_ratio", "arpa", "net_negative_churn")
 HEADERS = {"period_start": "period", "opening_mrr": "opening", "closing_mrr": "closing", "reactivation": "react.",
            "gross_revenue_churn_rate": "gross churn", "net_revenue_churn_rate": "net churn",
            "customer_churn_rate": "cust. churn", "nrr": "NRR", "quick_ratio": "quick", "segment_value": "segment",
@@ -151,14 +159,18 @@ def day_of(value: Any) -> dt.date:
     return dt.date.fromisoformat(str(value)[:10])
 
 
-def bridge_rows(rows: Sequence[dict[str, Any]], fmt: str,
-                as_of: dt.date | None = None) -> tuple[list[str], list[list[Any]]]:
+def bridge_rows(rows: Sequence[dict[str, Any]], fmt: str, as_of: dt.date | None = None, *,
+                segmented: bool = False) -> tuple[list[str], list[list[Any]]]:
     """For a table: the compact bridge and a yes/no verdict (none yet for periods not complete before
     ``as_of``, when given); for CSV/JSON every column of the view as it is (its ``net_negative_churn``
     BOOLEAN is the verdict, for complete periods) and then ``complete``: whether the period ended before
-    ``as_of`` (false for the running one and those after the data; empty without ``as_of``)."""
+    ``as_of`` (false for the running one and those after the data; empty without ``as_of``). ``segmented``: the
+    rows are per segment value (``segment_value`` first), which the columns say when there are no rows."""
     if not rows:
-        return [*BRIDGE_COLUMNS, "net_negative_churn", *(() if fmt == "table" else ("complete",))], []
+        first = ["segment_value"] if segmented else []
+        if fmt == "table":
+            return [*first, *BRIDGE_COLUMNS, "net_negative_churn"], []
+        return [*first, *VIEW_COLUMNS, "complete"], []
     if fmt == "table":
         cols = [c for c in ("segment_value", *BRIDGE_COLUMNS) if c in rows[0]]
     else:

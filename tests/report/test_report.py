@@ -322,6 +322,21 @@ def test_csv_and_json_say_whether_each_period_is_complete(db: Path) -> None:
     assert [p["complete"] for p in parsed] == [str(r["complete"]) for r in out]
 
 
+def test_a_csv_with_no_rows_has_the_header_of_one_with_rows(db: Path) -> None:
+    """A range or segment value without rows printed the table's short header (15 columns, no `segment_value`, no
+    `grr` or customer counts) instead of the one a program reads from the same command when there are rows."""
+    whole = next(csv.reader(io.StringIO(run(db, "report", "--format", "csv"))))
+    segmented = next(csv.reader(io.StringIO(run(db, "report", "--format", "csv", "--segment", "family"))))
+    assert segmented == ["segment_value", *whole]
+    assert next(csv.reader(io.StringIO(run(db, "report", "--format", "csv", "--from", "2001-01", "--to",
+                                           "2001-03")))) == whole
+    for args in (("--segment", "family=no such family"), ("--segment", "country", "--from", "2001-01", "--to",
+                                                          "2001-03")):
+        out = run(db, "report", "--format", "csv", "--period", "quarter", *args)
+        assert out.splitlines() == [",".join(segmented)], args
+    assert json.loads(run(db, "report", "--format", "json", "--segment", "family=no such family")) == []
+
+
 def test_the_sync_summary_calls_the_running_month_as_the_report_does(db: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """(its "Current month" table said `yes` or `no` where the report says `running`)"""
