@@ -77,13 +77,15 @@ coalesce(CASE
     WHEN kind = 'currency' THEN currency
     WHEN kind = 'country' THEN country
     WHEN kind = 'size_band' THEN mrr_size_band(mrr)
+    WHEN kind = 'metadata.' THEN error('segment kind metadata. names no key: use metadata.<key>, for example '
+                                       || 'metadata.tier')
     -- (the key as a JSON string in the path, escaped: any key Stripe allows, quotes and dots included; a key with
     -- a control character, which the path does not decode, through a map, ten times slower)
     WHEN starts_with(kind, 'metadata.') AND regexp_matches(kind, '[\x00-\x1f]') THEN
         TRY_CAST(json_extract(customer_raw, '$.metadata') AS MAP(VARCHAR, VARCHAR))[substr(kind, 10)]
     WHEN starts_with(kind, 'metadata.') THEN json_extract_string(
-        customer_raw, '$.metadata.' || to_json(CASE WHEN starts_with(kind, 'metadata.') THEN substr(kind, 10)
-                                                    ELSE 'none' END))
+        customer_raw, '$.metadata.' || to_json(CASE WHEN starts_with(kind, 'metadata.') AND kind <> 'metadata.'
+                                                    THEN substr(kind, 10) ELSE 'none' END))
     ELSE error('unknown segment kind ' || kind || ': use family, plan, product, currency, country, size_band '
                || 'or metadata.<key>')
 END, '(none)');

@@ -339,3 +339,15 @@ def test_an_empty_store_answers(store: duckdb.DuckDBPyConnection) -> None:
         assert queries.bridge(store, period) == [] and queries.bridge(store, period, "size_band") == []
     assert queries.churn_reasons(store) == [] and queries.scheduled_churn(store) == []
     assert queries.cohort_matrix(store) == [] and queries.latest_verdict(store) is None
+
+
+def test_a_metadata_segment_without_a_key_says_what_to_give(derive: Derive) -> None:
+    """`segment_kind := 'metadata.'` (the key left out) stopped in DuckDB's binder with "JSON path error near
+    '.""'", a message that names neither the segment nor what to write."""
+    con = derive(awkward(World()), seen_at=SEEN)
+    with pytest.raises(duckdb.Error) as caught:
+        con.execute("SELECT * FROM mrr_bridge_for(period_kind := 'month', segment_kind := 'metadata.', "
+                    "segment_value := NULL)").fetchall()
+    message = str(caught.value)
+    assert "segment kind metadata. names no key: use metadata.<key>, for example metadata.tier" in message
+    assert "\n" not in message.strip()
