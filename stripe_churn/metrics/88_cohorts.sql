@@ -3,9 +3,10 @@
 -- over its MRR at the end of its first month. Through the current month (the later of today and the data).
 -- At constant exchange rates (design.md 4: rate swings are their own line, never retention or expansion): the
 -- `fx` movements are left out and every other movement in another currency than the reporting one is valued
--- at the rate in force at the end of the cohort's first month (its amount in its own currency times that rate),
--- so an unchanged customer stays at 100% and one who left counts nothing.
--- Inputs: derived_mrr_movements, derived_settings, fx_rates.
+-- at the rate in force at the end of the cohort's first month (its amount in its own currency times that rate;
+-- its own amount when that was the rate it was made at), so an unchanged customer stays at 100% and one who left
+-- counts nothing.
+-- Inputs: derived_mrr_movements, derived_settings, fx_rates, derived_fx_days.
 
 CREATE OR REPLACE MACRO cohort_matrix() AS TABLE
 WITH
@@ -28,15 +29,27 @@ cohort_rates AS (
 ),
 monthly AS (
     SELECT c.cohort_month, period_of('month', m.occurred_at) AS month,
-           -- (a movement in the reporting currency, or with no rate at the cohort's month end, as it is)
+           -- (a movement in the reporting currency, or with no rate at the cohort's month end, as it is; one made
+           -- while the rate was the cohort's, on the day before its window and on the day it ended, as the
+           -- movements are valued, is its own amount too: exact, where the amount in its currency rounded to 4
+           -- decimals times the rate is off by up to half a 1e-4 per row)
            sum(CASE WHEN m.category = 'fx' THEN 0
                     WHEN r.rate IS NULL THEN m.mrr_delta
+                    WHEN fa.rate = r.rate AND fb.rate = r.rate THEN m.mrr_delta
                     ELSE m.amount_delta_original * r.rate END) AS net,
            count(*) FILTER (WHERE m.category IN ('new', 'reactivation'))
            - count(*) FILTER (WHERE m.category = 'churn') AS net_customers
     FROM derived_mrr_movements m
     JOIN cohorts c USING (account_id, customer_id)
     LEFT JOIN cohort_rates r ON r.cohort_month = c.cohort_month AND r.currency = m.currency
+    -- (the rates of the UTC days that value the movement's states before and after, as step 62 takes them)
+    LEFT JOIN derived_fx_days fa
+      ON r.rate IS NOT NULL AND fa.currency = m.currency
+     AND fa.day = CAST(DATE '1970-01-01' + CAST(floor((epoch_us(m.occurred_at) - 1) / 86400000000) AS INTEGER)
+                       AS DATE)
+    LEFT JOIN derived_fx_days fb
+      ON r.rate IS NOT NULL AND fb.currency = m.currency
+     AND fb.day = CAST(DATE '1970-01-01' + CAST(floor(epoch_us(m.t_end) / 86400000000) AS INTEGER) AS DATE)
     GROUP BY ALL
 ),
 sizes AS (SELECT cohort_month, count(*) AS cohort_customers FROM cohorts GROUP BY ALL),
