@@ -388,3 +388,20 @@ def test_cohorts_add_up_to_the_bridge_at_constant_rates(sim_store: duckdb.DuckDB
         WHERE b.closing_mrr <> c.mrr OR b.closing_customers <> c.customers""").fetchall()
     assert off == []
     assert sim_store.execute("SELECT count(DISTINCT currency) FROM mrr_movements").fetchall()[0][0] > 1
+
+
+@pytest.mark.parametrize("period", ["week", "quarter", "year"])
+def test_every_period_opens_with_what_customer_mrr_says(sim_store: duckdb.DuckDBPyConnection, period: str) -> None:
+    """An independent path to the opening figures of every period kind: customer_mrr at 00:00 UTC of the period's
+    first day (a change at that instant is the period's own), counted and summed."""
+    recompute(sim_store, Settings())
+    off = sim_store.execute(f"""
+        SELECT b.period_start, b.opening_mrr, c.mrr, b.opening_customers, c.customers
+        FROM mrr_bridge_for(period_kind := '{period}', segment_kind := NULL, segment_value := NULL) b,
+        LATERAL (SELECT coalesce(sum(mrr), 0) AS mrr, count(*) FILTER (WHERE mrr > 0) AS customers
+                 FROM customer_mrr
+                 WHERE valid_from < timezone('UTC', CAST(b.period_start AS TIMESTAMP))
+                   AND (valid_to IS NULL OR valid_to >= timezone('UTC', CAST(b.period_start AS TIMESTAMP)))) c
+        WHERE b.opening_mrr <> c.mrr OR b.opening_customers <> c.customers""").fetchall()
+    assert off == []
+    assert queries.bridge(sim_store, period)
