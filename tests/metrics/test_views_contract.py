@@ -405,3 +405,21 @@ def test_every_period_opens_with_what_customer_mrr_says(sim_store: duckdb.DuckDB
         WHERE b.opening_mrr <> c.mrr OR b.opening_customers <> c.customers""").fetchall()
     assert off == []
     assert queries.bridge(sim_store, period)
+
+
+def test_the_readme_queries_for_a_day_and_for_a_periods_opening(derive: Derive) -> None:
+    """c2's second seat comes at 00:00:00 UTC of 1 April: the README's query of the MRR at that instant counts it,
+    and its query of a period's opening gives April's opening_mrr and opening_customers, which do not."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    blocks = re.findall(r"```sql\n(.*?)```", readme, flags=re.S)
+    (at_day,) = [b for b in blocks if b.startswith("SELECT customer_id, mrr\nFROM customer_mrr")]
+    (opening,) = [b for b in blocks if b.startswith("SELECT count(*) FILTER (WHERE mrr > 0) AS opening_customers")]
+    con = derive(awkward(World()), seen_at=SEEN)
+    day = "2024-04-01 00:00:00+00"
+    assert sum(r[1] for r in con.execute(at_day.replace("2026-01-01 00:00:00+00", day)).fetchall()) == 190
+    apr = by_start(queries.bridge(con))[dt.date(2024, 4, 1)]
+    got = con.execute(opening.replace("2026-01-01 00:00:00+00", day)).fetchall()
+    assert got == [(apr["opening_customers"], apr["opening_mrr"])] == [(3, D("140.0000"))]
