@@ -13,6 +13,7 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -411,7 +412,6 @@ def test_the_readme_queries_for_a_day_and_for_a_periods_opening(derive: Derive) 
     """c2's second seat comes at 00:00:00 UTC of 1 April: the README's query of the MRR at that instant counts it,
     and its query of a period's opening gives April's opening_mrr and opening_customers, which do not."""
     import re
-    from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = re.findall(r"```sql\n(.*?)```", readme, flags=re.S)
@@ -423,3 +423,19 @@ def test_the_readme_queries_for_a_day_and_for_a_periods_opening(derive: Derive) 
     apr = by_start(queries.bridge(con))[dt.date(2024, 4, 1)]
     got = con.execute(opening.replace("2026-01-01 00:00:00+00", day)).fetchall()
     assert got == [(apr["opening_customers"], apr["opening_mrr"])] == [(3, D("140.0000"))]
+
+
+def test_a_customer_who_moved_country_counts_in_the_latest_one_throughout(derive: Derive) -> None:
+    """The store keeps a customer's latest state only (README): c4, in DE when it subscribed, has moved to FR by the
+    sync (its address as synced), so FR has its whole history and DE none of it; the identity holds in each."""
+    w = awkward(World())
+    w.objects["customers"]["c4"]["address"] = {"country": "FR"}
+    con = derive(w, seen_at=SEEN)
+    countries = {(r["segment_value"], r["period_start"]): r for r in queries.bridge(con, "month", "country")}
+    assert {v for v, _ in countries} == {"US", "FR"}
+    assert pick(countries[("FR", dt.date(2024, 1, 1))], MONEY) == (0, 10, 0, 0, 0, 0, 0, 10)
+    assert pick(countries[("FR", dt.date(2024, 3, 1))], MONEY) == (10, 0, 0, 50, 10, 0, 0, 50)
+    assert pick(countries[("US", dt.date(2024, 1, 1))], MONEY) == (0, 70, 0, 0, 0, 0, 0, 70)
+    assert_bridge_adds_up(con, "moved country", ["month"], [None, "country"])
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert "so a customer who moved from US to DE counts in DE from its first MRR on" in readme
