@@ -146,13 +146,24 @@ flows AS (
            -sum(m.mrr_delta) FILTER (WHERE m.category = 'contraction') AS contraction,
            -sum(m.mrr_delta) FILTER (WHERE m.category = 'churn') AS churn,
            sum(m.mrr_delta) FILTER (WHERE m.category = 'fx') AS fx,
-           sum(m.mrr_delta) FILTER (WHERE m.movement = 'upgrade') AS upgrade,
-           sum(m.mrr_delta) FILTER (WHERE m.movement = 'cross_sell') AS cross_sell,
-           sum(m.mrr_delta) FILTER (WHERE m.movement = 'seat_expansion') AS seat_expansion,
-           sum(m.mrr_delta) FILTER (WHERE m.movement = 'resource_expansion') AS resource_expansion,
-           -sum(m.mrr_delta) FILTER (WHERE m.movement = 'downgrade') AS downgrade,
-           -sum(m.mrr_delta) FILTER (WHERE m.movement = 'seat_contraction') AS seat_contraction,
-           -sum(m.mrr_delta) FILTER (WHERE m.movement = 'resource_contraction') AS resource_contraction,
+           -- (each expansion or contraction row in one column of its category, so that they add up to it: a row
+           -- whose label and sign disagree, as a part turned over by its transition's rounding remainder can,
+           -- goes to its label's counterpart: seat, resource or plan; a cross-sell's is a downgrade)
+           sum(m.mrr_delta) FILTER (WHERE m.category = 'expansion' AND m.movement IN ('upgrade', 'downgrade'))
+               AS upgrade,
+           sum(m.mrr_delta) FILTER (WHERE m.category = 'expansion' AND m.movement = 'cross_sell') AS cross_sell,
+           sum(m.mrr_delta) FILTER (WHERE m.category = 'expansion'
+                                      AND m.movement IN ('seat_expansion', 'seat_contraction')) AS seat_expansion,
+           sum(m.mrr_delta) FILTER (WHERE m.category = 'expansion'
+                                      AND m.movement IN ('resource_expansion', 'resource_contraction'))
+               AS resource_expansion,
+           -sum(m.mrr_delta) FILTER (WHERE m.category = 'contraction'
+                                       AND m.movement IN ('upgrade', 'downgrade', 'cross_sell')) AS downgrade,
+           -sum(m.mrr_delta) FILTER (WHERE m.category = 'contraction'
+                                       AND m.movement IN ('seat_expansion', 'seat_contraction')) AS seat_contraction,
+           -sum(m.mrr_delta) FILTER (WHERE m.category = 'contraction'
+                                       AND m.movement IN ('resource_expansion', 'resource_contraction'))
+               AS resource_contraction,
            sum(m.mrr_delta) FILTER (WHERE m.movement = 'discount' AND m.category = 'expansion') AS discount_expansion,
            -sum(m.mrr_delta) FILTER (WHERE m.movement = 'discount' AND m.category = 'contraction')
                AS discount_contraction

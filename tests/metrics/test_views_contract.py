@@ -439,3 +439,33 @@ def test_a_customer_who_moved_country_counts_in_the_latest_one_throughout(derive
     assert_bridge_adds_up(con, "moved country", ["month"], [None, "country"])
     readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
     assert "so a customer who moved from US to DE counts in DE from its first MRR on" in readme
+
+
+def test_the_sub_columns_add_up_when_rounding_turns_a_part_over(derive: Derive) -> None:
+    """Four sub-cent seats (0.00005 a month each, a unit price of 0.005 cents) each gain a seat in one change, on
+    a customer at 10.00023 that goes to 10.00043: the customer's MRR moves 10.0002 -> 10.0004, so the four parts,
+    0.0001 each once rounded, carry a remainder of -0.0002, and the part that takes it is -0.0001 while labelled
+    `seat_expansion` (its category says contraction). February's expansion (0.0003) and contraction (0.0001) must
+    still be the sums of their columns: seat_expansion said 0.0002 and no contraction column held the 0.0001."""
+    w = World()
+    w.product("prod_core", unit_label="seat", family="core")
+    w.price("base", "prod_core", 1_000)
+    w.price("base3", "prod_core", 1)
+    w.objects["prices"]["base3"].update(unit_amount=None, unit_amount_decimal="0.003")
+    items = [("i0", "base", 1), ("i9", "base3", 1)]
+    for k in range(1, 5):
+        w.product(f"prod_x{k}", unit_label="seat", family=f"x{k}")
+        w.price(f"tiny{k}", f"prod_x{k}", 1)
+        w.objects["prices"][f"tiny{k}"].update(unit_amount=None, unit_amount_decimal="0.005")
+    w.customer("c1")
+    w.subscribe("s1", "c1", [*items, *((f"i{k}", f"tiny{k}", 1) for k in range(1, 5))], ts(2024, 1, 10))
+    w.update("s1", ts(2024, 2, 10), items=[*items, *((f"i{k}", f"tiny{k}", 2) for k in range(1, 5))])
+    con = derive(w, seen_at=ts(2024, 3, 1))
+    feb = by_start(queries.bridge(con))[dt.date(2024, 2, 1)]
+    assert (feb["opening_mrr"], feb["closing_mrr"]) == (D("10.0002"), D("10.0004"))
+    assert feb["expansion"] - feb["contraction"] == D("0.0002")
+    assert feb["expansion"] == sum(feb[c] for c in PARTS[:4]) + feb["discount_expansion"]
+    assert feb["contraction"] == sum(feb[c] for c in PARTS[4:8]) + feb["discount_contraction"]
+    assert all(feb[c] >= 0 for c in PARTS)
+    # (the part turned over is a contraction of seats in the bridge)
+    assert (feb["seat_expansion"], feb["seat_contraction"]) == (feb["expansion"], feb["contraction"])
