@@ -337,6 +337,29 @@ def test_a_csv_with_no_rows_has_the_header_of_one_with_rows(db: Path) -> None:
     assert json.loads(run(db, "report", "--format", "json", "--segment", "family=no such family")) == []
 
 
+@pytest.mark.parametrize(("period", "segment"), [("week", None), ("quarter", "family"), ("year", "size_band"),
+                                               ("month", "metadata.tier")])
+def test_report_csv_is_the_macro_for_every_period_and_segment(db: Path, period: str, segment: str | None) -> None:
+    """What `report --period P --segment S --format csv` prints is `mrr_bridge_for(P, S)` row for row, every
+    column, then `complete`."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        cur = con.execute("SELECT * FROM mrr_bridge_for(period_kind := ?, segment_kind := ?, segment_value := NULL) "
+                          "ORDER BY segment_value, period_start", [period, segment])
+        names = [d[0] for d in cur.description if segment or d[0] != "segment_value"]
+        want = [dict(zip([d[0] for d in cur.description], r, strict=True)) for r in cur.fetchall()]
+    finally:
+        con.close()
+    args = ["report", "--format", "csv", "--period", period, *(["--segment", segment] if segment else [])]
+    got = list(csv.DictReader(io.StringIO(run(db, *args))))
+    assert list(got[0]) == [*names, "complete"]
+    assert len(got) == len(want) > 1
+    for g, w in zip(got, want, strict=True):
+        for c in names:
+            expected = "" if w[c] is None else w[c].isoformat() if isinstance(w[c], dt.date) else str(w[c])
+            assert g[c] == expected, (c, g[c], w[c])
+
+
 def test_the_sync_summary_calls_the_running_month_as_the_report_does(db: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """(its "Current month" table said `yes` or `no` where the report says `running`)"""
