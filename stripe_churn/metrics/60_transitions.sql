@@ -21,21 +21,32 @@ WITH item_rows AS (
          -- (a payment failing or recovering, active <-> past_due, changes no MRR by itself: when past_due does
          -- not count the MRR above changes; it must not anchor a window that a later change joins)
          OR (lag(status) OVER w IS DISTINCT FROM status
-             AND NOT (lag(status) OVER w IN ('active', 'past_due') AND status IN ('active', 'past_due')))) AS changed
+             AND NOT (lag(status) OVER w IN ('active', 'past_due') AND status IN ('active', 'past_due')))) AS changed,
+        -- (a subscription waiting for its first payment, incomplete and then perhaps incomplete_expired, counts
+        -- zero: its creation moves no MRR by itself and must not anchor a window, so that the first payment, up to
+        -- 23 hours later, is where its MRR starts and its `new` is dated)
+        status IN ('incomplete', 'incomplete_expired')
+            AND (lag(valid_to) OVER w IS DISTINCT FROM valid_from
+                 OR lag(status) OVER w IN ('incomplete', 'incomplete_expired')) AS unpaid_start,
+        status IN ('incomplete', 'incomplete_expired') AS unpaid
     FROM derived_item_mrr
     WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY valid_from)
 )
 SELECT DISTINCT account_id, customer_id, t
 FROM (
     SELECT account_id, customer_id, valid_from AS t
-    FROM item_rows WHERE changed OR prev_to IS DISTINCT FROM valid_from
+    FROM item_rows WHERE (changed OR prev_to IS DISTINCT FROM valid_from) AND NOT unpaid_start
     UNION ALL
     SELECT account_id, customer_id, valid_to
-    FROM item_rows WHERE valid_to IS NOT NULL AND next_from IS DISTINCT FROM valid_to
+    FROM item_rows WHERE valid_to IS NOT NULL AND next_from IS DISTINCT FROM valid_to AND NOT unpaid
     UNION ALL
     -- every customer level starts with a change (50 keeps a level only where the MRR changes, and each
-    -- level's valid_to is the next one's valid_from), so its starts are the customer's change points
-    SELECT account_id, customer_id, valid_from FROM derived_customer_mrr
+    -- level's valid_to is the next one's valid_from), so its starts are the customer's change points; but a first
+    -- level of zero (the customer's first subscription counts nothing yet) changes no MRR, and an item that
+    -- appears there is a point above when it is one
+    SELECT account_id, customer_id, valid_from
+    FROM derived_customer_mrr
+    QUALIFY mrr <> 0 OR lag(valid_from) OVER (PARTITION BY account_id, customer_id ORDER BY valid_from) IS NOT NULL
 )
 WHERE t IS NOT NULL;
 
