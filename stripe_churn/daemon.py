@@ -556,7 +556,10 @@ class Daemon:
             if new is not None:
                 secrets += [new.api_key.reveal(), new.webhook_secret.reveal()]
             text = str(exc) if isinstance(exc, StripeChurnError) else f"unexpected {type(exc).__name__}: {exc}"
-            log.error("reload refused, the daemon runs on with the settings it had: %s", redacted_line(text, secrets))
+            message = redacted_line(text, secrets)
+            log.error("reload refused, the daemon runs on with the settings it had: %s", message)
+            # (kept for `status` until a reload is taken: an operator who sent SIGHUP looks there for the outcome)
+            self._save(reload_refused={"at": _now(), "message": message})
             return False
         changed = [f.name for f in dataclasses.fields(new)
                    if f.name != "source" and getattr(new, f.name) != getattr(old, f.name)]
@@ -570,6 +573,8 @@ class Daemon:
             self.webhook.configure(new.webhook_secret.reveal(), account=new.account, livemode=self._livemode(new),
                                    secrets=[new.api_key.reveal()])
         self.settings = new
+        if self._state.get("reload_refused"):
+            self._save(reload_refused=None)
         if new.log_level != old.log_level:
             logging.getLogger().setLevel(new.log_level)
             logging.getLogger("apscheduler").setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -364,6 +364,11 @@ def collect_status(db: Path) -> dict[str, Any]:
             ticks = skipping.get("ticks")
             daemon += (f"; its scheduled syncs skipped since {skipping.get('since')} ({ticks} tick"
                        f"{'' if ticks == 1 else 's'}): {skipping.get('held')}")
+        refused = state.get("reload_refused")
+        if isinstance(refused, dict) and state.get("state") in ("starting", "started"):
+            # (SIGHUP's settings refused: the daemon runs on with those it had)
+            daemon += (f"; its settings' reload was refused at {refused.get('at')}, it runs on with those it had: "
+                       f"{refused.get('message')}")
         info["daemon"] = daemon
         err = state.get("last_error") or state.get("previous_error")
         if err:

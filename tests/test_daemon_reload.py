@@ -276,3 +276,23 @@ def test_a_webhook_secret_missing_at_a_reload_is_refused(tmp_path: Path, caplog:
     assert d.reload_settings() is False
     assert "reload refused" in caplog.text and "the webhook needs STRIPE_WEBHOOK_SECRET" in caplog.text
     assert d.settings is settings
+
+
+def test_status_says_a_reload_was_refused_until_one_is_taken(start: Callable[..., Daemon], tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """An operator who sent SIGHUP looks at `status` for the outcome: a refused reload is there, with why, until a
+    reload is taken."""
+    from stripe_churn.pipeline import collect_status
+
+    caplog.set_level("INFO", logger="stripe_churn.daemon")
+    settings = Settings(db=tmp_path / "d.duckdb", api_key=Secret(KEY), schedule="0 6 * * *")
+    given = [dataclasses.replace(settings, schedule="61 * * * *")]
+    d = start(settings, run=locked_writer(), sync_on_start=False, reload=lambda: given[0])
+    assert wait_for(lambda: (read_state(d.settings.db) or {}).get("state") == "started")
+    hup(d, caplog, "reload refused")
+    daemon = collect_status(settings.db)["daemon"]
+    assert "reload was refused at " in daemon and "bad STRIPE_CHURN_SCHEDULE '61 * * * *'" in daemon, daemon
+    assert KEY not in json.dumps(read_state(settings.db))
+    given[0] = dataclasses.replace(settings, schedule="0 7 * * *")
+    hup(d, caplog, "settings read again")
+    assert "reload" not in collect_status(settings.db)["daemon"]
