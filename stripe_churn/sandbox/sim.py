@@ -24,6 +24,7 @@ import orjson
 from stripe_churn.sandbox import objects as ob
 from stripe_churn.sandbox import truth
 from stripe_churn.sandbox.fx import SANDBOX_FX_RATES
+from stripe_churn.sandbox.listing import EVENT_RETENTION_S
 from stripe_churn.sandbox.truth import Comp
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class Simulation:
                  deferred_prorations: bool = False, thresholds: bool = False,
                  restricted_coupons: bool = False, customer_discounts: bool = False,
                  trial_pauses: bool = False, failure_pauses: bool = False,
-                 collection_pauses: bool = False, fx_changes: bool = False) -> None:
+                 collection_pauses: bool = False, fx_changes: bool = False, no_prorations: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -203,6 +204,14 @@ class Simulation:
         walk of 4-decimal rates, ``fx_rate_changes``): each revalues every customer billed in that currency, an
         ``fx`` row in the truth, and a change within the movement window of one carries an ``fx`` part (its other
         parts at the rate before the window, the ``fx`` part the items after it times the rate's move).
+        ``no_prorations``: some item changes are made with proration_behavior=none: the items change at once (the
+        subscription's updated event), no proration is invoiced or left pending, and the next renewal bills the
+        new state; MRR changes at the update, as with prorations. Some plan changes are made as a replacement of
+        the item (a new item id in its place). Only the changes a sync can date are made so: an item added, alone
+        or in place of another, at any time (its ``created`` says when); a price or quantity change of an item
+        kept, or an item removed alone, only within the events' 30 days before the run's end (their event says
+        when; before, nothing the sync reads does: no line bills the change until the renewal, and the renewal's
+        line dates only the period it bills).
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -233,6 +242,12 @@ class Simulation:
         self._collection_token: dict[str, int] = {}  # subscription -> its running collection pause
         self.fx_changes = fx_changes
         self._rng_fx = random.Random(f"fx changes {seed}")  # (likewise)
+        self.no_prorations = no_prorations
+        self._rng_no_prorations = random.Random(f"no prorations {seed}")  # (likewise)
+        self._run_end = 0  # the end of the running run (its events' window is the 30 days before)
+        # item -> the end of the run in which it was added without prorations before that run's events' window:
+        # its `created` alone dates it, so it stays until the sync at that end has listed it (see _undated)
+        self._added_unprorated: dict[str, int] = {}
         # (moment, currency, rate) of each rate change after the start, oldest first (usd's 1 on each day too);
         # the rates before are FX
         self.fx_rate_changes: list[tuple[int, str, Decimal]] = []
@@ -294,6 +309,7 @@ class Simulation:
         # 8 s a 2,000 x 24 history takes); freed as ever when their last reference goes. (Garbage made before is
         # collected first, so that none of it is kept for good: an unreferenced cycle may hold a database's file.)
         self._reopen_windows()
+        self._run_end = end
         first_new_row = len(self.truth)
         was_enabled = gc.isenabled()
         gc.collect()
@@ -1287,12 +1303,38 @@ class Simulation:
         changes = mutate()
         if not changes:
             return
-        if (self.pending_updates and sub["pause_collection"] is None
+        unprorated = self._without_prorations(t, changes)
+        if (not unprorated and self.pending_updates and sub["pause_collection"] is None
                 and self._pending_update(sub, t, prev["items"], changes)):
             return
         self._event("customer.subscription.updated", sub, t, prev)
-        self._proration(sub, t, changes)
+        if not unprorated:
+            self._proration(sub, t, changes)
+        elif t < self._run_end - EVENT_RETENTION_S:
+            self._added_unprorated.update((it["id"], self._run_end) for it, old, _ in changes if old is None)
         self._transition(cust, t, before)
+
+    def _without_prorations(self, t: int,
+                            changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]]
+                            ) -> bool:
+        """Whether the item change just made at ``t`` is made with proration_behavior=none (no_prorations): no
+        invoice, no pending item; the next renewal bills the new state. An item added (alone or in place of
+        another) is dated by its ``created``; a change of an item kept, or a removal alone, only by its event, so
+        it is made so only inside the events' window at the run's end. (Before it nothing dates it: the renewal's
+        lines say what was billed from the renewal on, not when it changed; the truth would have the change
+        where no sync could see it.)"""
+        if not self.no_prorations:
+            return False
+        inside = t >= self._run_end - EVENT_RETENTION_S
+        if not inside and not any(old is None for _, old, _ in changes):
+            return False
+        return self._rng_no_prorations.random() < (0.5 if inside else 0.35)
+
+    def _undated(self, it: dict[str, Any]) -> bool:
+        """Whether ``it`` was added without prorations before this run's events' window: then nothing but its
+        ``created`` dates its addition (and the end of the item it replaced), and a deleted item is not listed, so
+        it is neither removed nor replaced in this run (a sync at the run's end would not know when it began)."""
+        return self._added_unprorated.get(it["id"]) == self._run_end
 
     def _pending_update(self, sub: dict[str, Any], t: int, items_before: dict[str, Any],
                         changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]]) -> bool:
@@ -1348,7 +1390,9 @@ class Simulation:
                     it["price"], it["plan"] = ob.price_view(newp), ob.plan_of(newp)
                     if self._rng.random() < 0.3:
                         it["quantity"] = max(1, it["quantity"] + self._rng.choice((-2, -1, 1, 2, 3)))
-                    if self.item_discounts and it["discounts"] and self._rng.random() < 0.5:
+                    if not self._undated(it) and (
+                            (self.item_discounts and it["discounts"] and self._rng.random() < 0.5)
+                            or (self.no_prorations and self._rng_no_prorations.random() < 0.3)):
                         # done as a replacement: the item (and the discounts it carries) deleted, a new item of
                         # the new price and quantity in its place (the old dict is dropped, its state is `old`)
                         new = ob.sub_item(self._id("si"), t, sub["id"], newp, it["quantity"],
@@ -1408,7 +1452,8 @@ class Simulation:
     def _remove_on(self, sub: dict[str, Any], t: int) -> None:
         def mutate() -> list[Any]:
             for it in sub["items"]["data"][1:]:
-                if self._is_metered(it):  # usage items stay until the subscription ends
+                # (usage items stay until the subscription ends; see _undated for the others kept)
+                if self._is_metered(it) or self._undated(it):
                     continue
                 sub["items"]["data"].remove(it)
                 if it["discounts"]:

@@ -720,3 +720,75 @@ def test_a_rate_that_comes_out_as_it_was_begins_no_movement_window() -> None:
         assert not [r for r in sim.truth if r["currency"] == cur and r["occurred_at"] == at]
         if (t, cur) == (_unix("2026-03-01T00:00:00Z"), "gbp"):  # (the case is there)
             assert [r for r in sim.truth if r["currency"] == cur and at < r["occurred_at"] <= hour]
+
+
+def _item_updates(sim: Simulation) -> list[tuple[str, dict[str, Any], bool]]:
+    """Each customer.subscription.updated event that changes the items of an active subscription (not a renewal,
+    a trial's end or an interval switch), with its kind (add, remove, replace, price, qty) and whether the change
+    was invoiced or left pending at that moment (a subscription_update invoice or an invoice item)."""
+    billed = {(i["parent"]["subscription_details"]["subscription"], i["created"])
+              for i in sim.objects["invoices"].values() if i["billing_reason"] == "subscription_update"}
+    billed |= {(i["parent"]["subscription_details"]["subscription"], i["date"])
+               for i in sim.objects.get("invoiceitems", {}).values()}
+    out = []
+    for e in sim.events:
+        prev = e["data"].get("previous_attributes") or {}
+        if e["type"] != "customer.subscription.updated" or "items" not in prev or {"status", "billing_cycle_anchor"
+                                                                                   } & prev.keys():
+            continue
+        sub = e["data"]["object"]
+        before = {i["id"]: (i["price"]["id"], i["quantity"]) for i in prev["items"]["data"]}
+        after = {i["id"]: (i["price"]["id"], i["quantity"]) for i in sub["items"]["data"]}
+        if before == after:
+            continue
+        added, removed = after.keys() - before.keys(), before.keys() - after.keys()
+        kept = [k for k in before.keys() & after.keys() if before[k] != after[k]]
+        kind = ("replace" if added and removed else "add" if added else "remove" if removed
+                else "price" if any(before[k][0] != after[k][0] for k in kept) else "qty")
+        out.append((kind, e, (sub["id"], e["created"]) in billed))
+    return out
+
+
+def test_changes_without_prorations_are_only_those_a_sync_can_date() -> None:
+    """Simulation(no_prorations=True): some item changes are made with proration_behavior=none, no invoice and no
+    pending item, the next renewal billing the new state. Additions and replacements (dated by the new item's
+    `created`) come at any time, and such an item stays on its subscription (a deleted item is not listed: its
+    `created` would be lost); changes of an item kept and removals alone only inside the events' 30 days. Off, the
+    seed's history is what it was (a stream of its own)."""
+    plain = Simulation(customers=300, months=12, seed=5)
+    assert hashlib.sha256(plain.bundle_bytes()).hexdigest() == (
+        "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e")
+    sim = Simulation(customers=1500, months=24, seed=8, no_prorations=True, **SANDBOX_OPTIONS)
+    window = sim.clock - 30 * DAY
+    updates = _item_updates(sim)
+    unbilled = Counter((kind, e["created"] >= window) for kind, e, billed in updates if not billed)
+    assert all(unbilled[(kind, True)] for kind in ("add", "replace", "price", "qty", "remove")), unbilled
+    assert unbilled[("add", False)] >= 50 and unbilled[("replace", False)] >= 10, unbilled
+    assert not [k for k in unbilled if k[0] in ("price", "qty", "remove") and not k[1]], unbilled
+    listed = {it["id"]: sub for sub in sim.objects["subscriptions"].values() for it in sub["items"]["data"]}
+    lines = defaultdict(list)
+    for inv in sim.objects["invoices"].values():
+        for ln in inv["lines"]["data"]:
+            lines[ln["parent"]["subscription_item_details"]["subscription_item"]].append(ln)
+    for _kind, e, billed in updates:
+        if billed:
+            continue
+        prev = {i["id"] for i in e["data"]["previous_attributes"]["items"]["data"]}
+        for it in e["data"]["object"]["items"]["data"]:
+            if it["id"] in prev:
+                continue
+            assert it["created"] == e["created"]
+            if e["created"] < window:  # (still listed at the end, on its subscription, active or not)
+                assert listed[it["id"]]["id"] == e["data"]["object"]["id"]
+            # no proration bills it; the first line that does is a renewal's, at the price and quantity of the
+            # change (unless a later change, prorated, came first; a metered item is billed in arrears)
+            first = min(lines[it["id"]], key=lambda ln: ln["period"]["start"], default=None)
+            if (first is not None and not first["parent"]["subscription_item_details"]["proration"]
+                    and it["price"]["recurring"]["usage_type"] == "licensed"):
+                assert first["period"]["start"] > e["created"]
+                assert (first["pricing"]["price_details"]["price"], first["quantity"]) == (
+                    it["price"]["id"], it["quantity"])
+    # MRR changes at the update, as with prorations
+    truth_at = {(r["subscription_id"], _unix(r["occurred_at"])) for r in sim.truth}
+    assert all((e["data"]["object"]["id"], e["created"]) in truth_at for kind, e, billed in updates
+               if not billed and kind != "add")
