@@ -152,6 +152,29 @@ removals AS (
                         AND d.period_start BETWEEN c.period_start - INTERVAL 5 MINUTE
                                                AND c.period_start + INTERVAL 5 MINUTE)
 ),
+-- The state a credit for unused time takes back, where it and a new line of the same item (within 5 minutes, as
+-- above) are the item's first lines and the item was made before them: an item added without prorations and
+-- changed with them before its first renewal. Its state from its `created` to that change is the credited one,
+-- which no other line gives. Dated at the new line, one below it (`prio` ending in 0 where the new line's ends in
+-- 2), so never kept there: made_before_billed repeats it at `created`.
+credited_first AS (
+    SELECT c.account_id, c.subscription_id, c.subscription_item_id, min(d.period_start) AS moment, true AS present,
+           any_value(c.price_id) AS price_id, any_value(c.quantity) AS quantity, any_value(c.source) AS source,
+           NULL AS source_event_id, any_value(c.invoice_id) AS source_invoice_id,
+           any_value(epoch(c.invoice_created)) * 10 AS prio
+    FROM billed c
+    JOIN billed d
+      ON d.account_id = c.account_id AND d.subscription_item_id = c.subscription_item_id AND NOT d.is_credit
+     AND d.period_start BETWEEN c.period_start - INTERVAL 5 MINUTE AND c.period_start + INTERVAL 5 MINUTE
+     AND d.invoice_created >= c.invoice_created
+    JOIN subscription_items si
+      ON si.account_id = c.account_id AND si.id = c.subscription_item_id AND si.created < c.period_start
+    WHERE c.is_credit AND c.proration
+      AND NOT EXISTS (SELECT 1 FROM billed b
+                      WHERE b.account_id = c.account_id AND b.subscription_item_id = c.subscription_item_id
+                        AND NOT b.is_credit AND b.period_start < c.period_start - INTERVAL 5 MINUTE)
+    GROUP BY c.account_id, c.subscription_id, c.subscription_item_id, c.period_start, c.invoice_id
+),
 last_billed AS (
     -- the last billed period of each item never seen in a subscription state
     SELECT l.account_id, l.subscription_id, l.subscription_item_id, max(l.period_end) AS period_end,
@@ -186,7 +209,8 @@ ends AS (
     LEFT JOIN next_billed x USING (account_id, subscription_item_id)
     LEFT JOIN derived_subs s USING (account_id, subscription_id)
 )
-SELECT * FROM line_steps UNION ALL SELECT * FROM removals UNION ALL SELECT * FROM ends;
+SELECT * FROM line_steps UNION ALL SELECT * FROM removals UNION ALL SELECT * FROM ends
+UNION ALL SELECT * FROM credited_first;
 
 -- Steps observed in subscription states (events, snapshot) inside coverage: each known item of the
 -- subscription, present with its price and quantity when listed, absent when a complete list leaves it out.
@@ -285,7 +309,9 @@ keyed AS (
 -- A licensed item added without prorations before the events begin: no line bills it until the next renewal, but
 -- it is there from its `created` (design.md 4), so its first step (that renewal's line) is repeated at `created`,
 -- as billed first (the step at the renewal then changes nothing). Only its first: a later change in place (same
--- item, another price or quantity) is still dated by the line that bills it. (`billed`: the renewal.)
+-- item, another price or quantity) is still dated by the line that bills it. Where that first line is a change
+-- made with prorations before the renewal, the state repeated is the one its credit takes back
+-- (`credited_first`, the step whose prio ends in 0). (`billed`: the first line.)
 made_before_billed AS (
     SELECT f.ik, f.src, f.rid, b.created AS moment, f.prio, f.v, b.moment AS billed
     FROM (SELECT b.ik, b.moment, k.created
@@ -296,20 +322,25 @@ made_before_billed AS (
     JOIN keyed f ON f.ik = b.ik AND f.moment = b.moment AND f.src = 0 AND f.v.present
     LEFT JOIN derived_price_terms p ON p.rowid = f.v.pk
     WHERE p.usage_type IS DISTINCT FROM 'metered'
-    QUALIFY row_number() OVER (PARTITION BY f.ik ORDER BY f.prio DESC, f.rid DESC) = 1
+    QUALIFY row_number() OVER (PARTITION BY f.ik ORDER BY f.prio % 10 = 0 DESC, f.prio DESC, f.rid DESC) = 1
 ),
--- An item of the same subscription that this renewal no longer bills, with nothing dating its removal (no credit:
--- deleted without prorations too) ends where the first such addition after its last step begins: one update, as
--- a plan switch is (else the two would count together until the renewal). (Its end is repeated there.)
+-- An item of the same subscription that a renewal billing such an item no longer bills (that first line, or a
+-- later one when the first was a change made with prorations before the renewal), with nothing dating its removal
+-- (no credit: deleted without prorations too) ends where the first such addition after its last step begins: one
+-- update, as a plan switch is (else the two would count together until the renewal). (Its end is repeated there.)
 replaced_before_billed AS (
     WITH ended AS (
         SELECT e.ik, e.src, e.rid, e.prio, e.v, m.moment AS added
         FROM made_before_billed m
         JOIN derived_invoice_item_steps ms ON ms.rowid = m.rid
         JOIN derived_invoice_item_steps es
-          ON es.account_id = ms.account_id AND es.subscription_id = ms.subscription_id AND es.moment = m.billed
+          ON es.account_id = ms.account_id AND es.subscription_id = ms.subscription_id AND es.moment >= m.billed
          AND es.prio = 0 AND NOT es.present
         JOIN keyed e ON e.src = 0 AND e.rid = es.rowid
+        WHERE es.moment = m.billed
+           OR EXISTS (SELECT 1 FROM derived_invoice_item_steps ys
+                      WHERE ys.account_id = ms.account_id AND ys.subscription_item_id = ms.subscription_item_id
+                        AND ys.moment = es.moment AND ys.present AND ys.prio % 10 = 2)
     ),
     last_step AS (
         -- (the ended item's last step before its end, and its price then)

@@ -1,0 +1,96 @@
+"""An item added without prorations before the events begin, then changed with prorations before the renewal that
+would first bill it (design.md 3-4): its first lines are that change's credit and new line. Its `created` dates
+the addition (tests/metrics/test_history_item_created.py), the credit says the state it had until the change, and
+an item it replaced ends at that `created` though the renewal that drops it is the first to bill it at its own
+price. (Found by scripts/truth_check.py --no-prorations.)"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+import pytest
+from builders import DAY, World
+from conftest import customer_mrr_at
+from test_history_item_created import ADDED, EVENTS, T0, account, month, movements, oldest_event
+
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+CHANGED = ADDED + 5 * DAY  # the change with prorations, before the renewal of month(2)
+
+
+def add_then_change(world: World, swap: bool) -> list[tuple[int, str, int]]:
+    """On the 11th without prorations: a storage add-on (10 × 7.00), or (``swap``) pro's 3 seats in place of
+    basic's (a new item, 10.00 to 20.00 a seat). Five days later, with prorations: the add-on to 20 GB, or a
+    fourth pro seat. Returns the movements they should make."""
+    if swap:
+        world.update("sub_1", ADDED, items=[("si_2", "pro", 3)], prorate=False)
+        world.update("sub_1", CHANGED, items=[("si_2", "pro", 4)])
+        return [(T0, "new", 30), (ADDED, "upgrade", 30), (CHANGED, "seat_expansion", 20)]
+    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "store", 10)], prorate=False)
+    world.update("sub_1", CHANGED, items=[("si_1", "basic", 3), ("si_2", "store", 20)])
+    return [(T0, "new", 30), (ADDED, "cross_sell", 70), (CHANGED, "resource_expansion", 70)]
+
+
+@EVENTS
+@pytest.mark.parametrize("swap", [False, True], ids=["add-on", "plan-switch"])
+def test_an_item_added_without_prorations_and_changed_with_them_before_its_renewal(world: World, derive: Derive,
+                                                                                 events: bool, swap: bool) -> None:
+    """The add-on counts from its `created` at the 10 GB its change's credit takes back, not at the 20 GB of the
+    change's new line (it counted 140 from the 11th, with no expansion on the 16th); pro's 3 seats count from
+    theirs, and basic, which no credit ends, ends then too (both items counted until the renewal of month(2): the
+    renewal was compared with the new item's first line, the change of the 16th)."""
+    account(world)
+    expected = add_then_change(world, swap)
+    world.cycle("sub_1", month(2))
+    oldest_event(world)
+    con = derive(world, seen_at=month(2, 20), events=month(2, 15) if events else False)
+    assert movements(con) == expected
+    before, after = (30, 60) if swap else (30, 100)
+    assert customer_mrr_at(con, "cus_1", ADDED - 1) == before
+    assert customer_mrr_at(con, "cus_1", ADDED) == after
+    assert customer_mrr_at(con, "cus_1", CHANGED) == after + expected[-1][2]
+    assert customer_mrr_at(con, "cus_1", month(2, 1)) == after + expected[-1][2]
+
+
+def test_an_item_added_with_prorations_and_changed_again_keeps_its_first_line(world: World,
+                                                                               derive: Derive) -> None:
+    """The same add-on added with prorations: its own first line dates it at 10 GB, and the change of the 16th
+    is its second (as before)."""
+    account(world)
+    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), ("si_2", "store", 10)])
+    world.update("sub_1", CHANGED, items=[("si_1", "basic", 3), ("si_2", "store", 20)])
+    world.cycle("sub_1", month(2))
+    oldest_event(world)
+    con = derive(world, seen_at=month(2, 20), events=month(2, 15))
+    assert movements(con) == [(T0, "new", 30), (ADDED, "cross_sell", 70), (CHANGED, "resource_expansion", 70)]
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_the_incremental_path_dates_them_as_a_full_recompute_does(world: World, tmp_path: Path, shards: int) -> None:
+    """cus_1's plan switch and its fourth seat (as above) and cus_2's add-on changed the same way, before the events;
+    a later sync brings cus_1's next renewal: every derived table derived again incrementally is a full
+    recompute's, and the movements stay dated on the 11th and the 16th."""
+    from test_incremental import assert_incremental_equals_full, later_sync
+
+    account(world)
+    world.customer("cus_2")
+    world.subscribe("sub_2", "cus_2", [("si_21", "basic", 2)], T0 + 2 * DAY)
+    world.cycle("sub_2", month(1, 2))
+    add_then_change(world, True)
+    world.update("sub_2", ADDED, items=[("si_21", "basic", 2), ("si_22", "store", 10)], prorate=False)
+    world.update("sub_2", CHANGED, items=[("si_21", "basic", 2), ("si_22", "store", 20)])
+    world.cycle("sub_1", month(2))
+    world.cycle("sub_2", month(2, 2))
+    oldest_event(world)
+    world.events = [e for e in world.events if e["created"] >= month(2, 15)]
+    before = copy.deepcopy(world)
+    world.cycle("sub_1", month(3))
+    changed = later_sync(world, {"cus_1"}, {"sub_1"}, month(2, 20))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, month(2, 20), month(3, 2), shards)
+    assert n == 1
+    moves = sorted(r for r in full["view mrr_movements"] if "'upgrade'" in r or "'cross_sell'" in r
+                   or "_expansion'" in r)
+    assert len(moves) == 4, moves
+    assert sum("2024-02-11" in r for r in moves) == 2 and sum("2024-02-16" in r for r in moves) == 2, moves
