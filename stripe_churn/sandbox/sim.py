@@ -1310,8 +1310,15 @@ class Simulation:
         self._event("customer.subscription.updated", sub, t, prev)
         if not unprorated:
             self._proration(sub, t, changes)
-        elif t < self._run_end - EVENT_RETENTION_S:
-            self._added_unprorated.update((it["id"], self._run_end) for it, old, _ in changes if old is None)
+        else:
+            if t < self._run_end - EVENT_RETENTION_S:
+                self._added_unprorated.update((it["id"], self._run_end) for it, old, _ in changes if old is None)
+            # (a subscription decides once a period: some decide again before the renewal bills this change, so
+            # that a later change, a cancellation or a failed payment may come first)
+            end = sub["items"]["data"][0]["current_period_end"]
+            if self._rng_no_prorations.random() < 0.3 and t + 2 * DAY < end:
+                self._at(self._rng_no_prorations.randrange(t + DAY, end - DAY), "decide", sub["id"],
+                         self._sub_gen[sub["id"]])
         self._transition(cust, t, before)
 
     def _without_prorations(self, t: int,

@@ -753,12 +753,12 @@ def test_changes_without_prorations_are_only_those_a_sync_can_date() -> None:
     """Simulation(no_prorations=True): some item changes are made with proration_behavior=none, no invoice and no
     pending item, the next renewal billing the new state. Additions and replacements (dated by the new item's
     `created`) come at any time, and such an item stays on its subscription (a deleted item is not listed: its
-    `created` would be lost); changes of an item kept and removals alone only inside the events' 30 days. Off, the
-    seed's history is what it was (a stream of its own)."""
+    `created` would be lost); changes of an item kept and removals alone only inside the events' 30 days. Some
+    subscriptions change again before the renewal. Off, the seed's history is what it was (a stream of its own)."""
     plain = Simulation(customers=300, months=12, seed=5)
     assert hashlib.sha256(plain.bundle_bytes()).hexdigest() == (
         "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e")
-    sim = Simulation(customers=1500, months=24, seed=8, no_prorations=True, **SANDBOX_OPTIONS)
+    sim = Simulation(customers=1500, months=24, seed=12, no_prorations=True, **SANDBOX_OPTIONS)
     window = sim.clock - 30 * DAY
     updates = _item_updates(sim)
     unbilled = Counter((kind, e["created"] >= window) for kind, e, billed in updates if not billed)
@@ -770,6 +770,7 @@ def test_changes_without_prorations_are_only_those_a_sync_can_date() -> None:
     for inv in sim.objects["invoices"].values():
         for ln in inv["lines"]["data"]:
             lines[ln["parent"]["subscription_item_details"]["subscription_item"]].append(ln)
+    changed_first = 0
     for _kind, e, billed in updates:
         if billed:
             continue
@@ -778,6 +779,8 @@ def test_changes_without_prorations_are_only_those_a_sync_can_date() -> None:
             if it["id"] in prev:
                 continue
             assert it["created"] == e["created"]
+            first_lines = sorted(lines[it["id"]], key=lambda ln: ln["period"]["start"])
+            changed_first += bool(first_lines and first_lines[0]["parent"]["subscription_item_details"]["proration"])
             if e["created"] < window:  # (still listed at the end, on its subscription, active or not)
                 assert listed[it["id"]]["id"] == e["data"]["object"]["id"]
             # no proration bills it; the first line that does is a renewal's, at the price and quantity of the
@@ -788,6 +791,8 @@ def test_changes_without_prorations_are_only_those_a_sync_can_date() -> None:
                 assert first["period"]["start"] > e["created"]
                 assert (first["pricing"]["price_details"]["price"], first["quantity"]) == (
                     it["price"]["id"], it["quantity"])
+    # (some subscriptions decide again before the renewal: such an item changed with prorations before it)
+    assert changed_first >= 2, changed_first
     # MRR changes at the update, as with prorations
     truth_at = {(r["subscription_id"], _unix(r["occurred_at"])) for r in sim.truth}
     assert all((e["data"]["object"]["id"], e["created"]) in truth_at for kind, e, billed in updates
