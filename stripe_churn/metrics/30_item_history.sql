@@ -422,9 +422,11 @@ replaced_before_covered AS (
         JOIN keyed e ON e.src = 1 AND e.rid = es.rowid
     ),
     last_step AS (
-        -- (the ended item's last step before that state, and its price then)
+        -- (the ended item's last step before that state, and its price then; not the end of its last billed
+        -- period, `ends`, which says nothing of when it was deleted: its subscription may have ended before)
         SELECT o.ik, max(o.moment) AS moment, arg_max(o.v, (o.moment, o.prio, o.src, o.rid)) AS v
         FROM keyed o JOIN (SELECT DISTINCT ik, moment FROM ended) e ON e.ik = o.ik AND o.moment < e.moment
+        WHERE o.src = 1 OR o.prio > 0
         GROUP BY o.ik
     )
     SELECT e.ik, e.src, e.rid, min(e.added) AS moment, e.prio, e.v

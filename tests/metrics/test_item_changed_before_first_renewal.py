@@ -94,3 +94,30 @@ def test_the_incremental_path_dates_them_as_a_full_recompute_does(world: World, 
                    or "_expansion'" in r)
     assert len(moves) == 4, moves
     assert sum("2024-02-11" in r for r in moves) == 2 and sum("2024-02-16" in r for r in moves) == 2, moves
+
+
+@EVENTS
+@pytest.mark.parametrize("swap", ["plan-switch", "add-on-swap"])
+def test_an_item_replaced_without_prorations_in_a_subscription_ended_before_the_renewal(world: World,
+                                                                                        derive: Derive,
+                                                                                        events: bool,
+                                                                                        swap: str) -> None:
+    """The plan switch (basic's 3 seats for pro's) or the add-on swap (storage for support) of the 11th without
+    prorations, then the subscription canceled on the 16th, before any renewal bills the new item. The canceled
+    subscription's items (the first state the sync gives) list the new item, not the old one; the old one ends at
+    its successor's `created`, as it does when a renewal comes. (It ran on to the end of its last billed period,
+    counted beside its successor until the cancellation: the end of that period, past the subscription's end,
+    was taken for its last step.)"""
+    from test_history_item_created import swap_without_prorations
+
+    account(world)
+    before, after, expected = swap_without_prorations(world, swap)
+    world.cancel("sub_1", CHANGED)
+    oldest_event(world)
+    con = derive(world, seen_at=month(2, 20), events=month(2, 15) if events else False)
+    assert customer_mrr_at(con, "cus_1", ADDED - 1) == before
+    assert customer_mrr_at(con, "cus_1", ADDED) == after
+    assert customer_mrr_at(con, "cus_1", CHANGED) == 0
+    assert con.execute("SELECT sum(mrr_delta) FROM mrr_movements WHERE customer_id = 'cus_1' "
+                       "AND movement = 'cancellation'").fetchone() == (-after,)
+    assert movements(con)[:len(expected)] == expected
