@@ -248,6 +248,7 @@ class Simulation:
         # item -> the end of the run in which it was added without prorations before that run's events' window:
         # its `created` alone dates it, so it stays until the sync at that end has listed it (see _undated)
         self._added_unprorated: dict[str, int] = {}
+        self._sub_added_unprorated: dict[str, int] = {}  # subscription -> its latest such addition
         # (moment, currency, rate) of each rate change after the start, oldest first (usd's 1 on each day too);
         # the rates before are FX
         self.fx_rate_changes: list[tuple[int, str, Decimal]] = []
@@ -1303,7 +1304,7 @@ class Simulation:
         changes = mutate()
         if not changes:
             return
-        unprorated = self._without_prorations(t, changes)
+        unprorated = self._without_prorations(sub, t, changes)
         if (not unprorated and self.pending_updates and sub["pause_collection"] is None
                 and self._pending_update(sub, t, prev["items"], changes)):
             return
@@ -1321,21 +1322,31 @@ class Simulation:
                          self._sub_gen[sub["id"]])
         self._transition(cust, t, before)
 
-    def _without_prorations(self, t: int,
+    def _without_prorations(self, sub: dict[str, Any], t: int,
                             changes: list[tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]]
                             ) -> bool:
-        """Whether the item change just made at ``t`` is made with proration_behavior=none (no_prorations): no
-        invoice, no pending item; the next renewal bills the new state. An item added (alone or in place of
-        another) is dated by its ``created``; a change of an item kept, or a removal alone, only by its event, so
-        it is made so only inside the events' window at the run's end. (Before it nothing dates it: the renewal's
-        lines say what was billed from the renewal on, not when it changed; the truth would have the change
-        where no sync could see it.)"""
+        """Whether the item change just made to ``sub`` at ``t`` is made with proration_behavior=none
+        (no_prorations): no invoice, no pending item; the next renewal bills the new state. An item added (alone
+        or in place of another) is dated by its ``created``; a change of an item kept, or a removal alone, only by
+        its event, so it is made so only inside the events' window at the run's end. (Before it nothing dates it:
+        the renewal's lines say what was billed from the renewal on, not when it changed; the truth would have
+        the change where no sync could see it.) Before the window, an item replaced so ends at its successor's
+        ``created`` only when no other item was added so since the renewal that last billed it: else nothing
+        says which of the additions deleted it, so such a replacement is prorated."""
         if not self.no_prorations:
             return False
         inside = t >= self._run_end - EVENT_RETENTION_S
-        if not inside and not any(old is None for _, old, _ in changes):
+        added = any(old is None for _, old, _ in changes)
+        if not inside and not added:
             return False
-        return self._rng_no_prorations.random() < (0.5 if inside else 0.35)
+        unprorated = self._rng_no_prorations.random() < (0.5 if inside else 0.35)
+        if unprorated and not inside:
+            replacing = any(new is None for _, _, new in changes)
+            since = sub["items"]["data"][0]["current_period_start"]
+            if replacing and self._sub_added_unprorated.get(sub["id"], since - 1) >= since:
+                return False
+            self._sub_added_unprorated[sub["id"]] = t
+        return unprorated
 
     def _undated(self, it: dict[str, Any]) -> bool:
         """Whether ``it`` was added without prorations before this run's events' window: then nothing but its

@@ -791,6 +791,22 @@ def test_changes_without_prorations_are_only_those_a_sync_can_date() -> None:
                 assert first["period"]["start"] > e["created"]
                 assert (first["pricing"]["price_details"]["price"], first["quantity"]) == (
                     it["price"]["id"], it["quantity"])
+    # an item replaced so before the window: no other item added so on its subscription since the renewal that
+    # last billed it (which of them deleted it would be a guess)
+    unprorated_adds = defaultdict(list)
+    for kind, e, billed in updates:
+        if not billed and kind in ("add", "replace"):
+            unprorated_adds[e["data"]["object"]["id"]].append(e["created"])
+    replaced = 0
+    for kind, e, billed in updates:
+        if billed or kind != "replace" or e["created"] >= window:
+            continue
+        prev = e["data"]["previous_attributes"]["items"]["data"]
+        gone = {i["id"] for i in prev} - {i["id"] for i in e["data"]["object"]["items"]["data"]}
+        last = max(ln["period"]["start"] for i in gone for ln in lines[i] if ln["period"]["start"] < e["created"])
+        assert [t for t in unprorated_adds[e["data"]["object"]["id"]] if last < t < e["created"]] == []
+        replaced += 1
+    assert replaced >= 10
     # (some subscriptions decide again before the renewal: such an item changed with prorations before it)
     assert changed_first >= 2, changed_first
     # MRR changes at the update, as with prorations
