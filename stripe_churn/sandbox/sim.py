@@ -1330,14 +1330,28 @@ class Simulation:
         or in place of another) is dated by its ``created``; a change of an item kept, or a removal alone, only by
         its event, so it is made so only inside the events' window at the run's end. (Before it nothing dates it:
         the renewal's lines say what was billed from the renewal on, not when it changed; the truth would have
-        the change where no sync could see it.) Before the window, an item replaced so ends at its successor's
-        ``created`` only when no other item was added so since the renewal that last billed it: else nothing
-        says which of the additions deleted it, so such a replacement is prorated."""
+        the change where no sync could see it.) Inside the window, a change of an item there before only on a
+        subscription of ten items or fewer (an event's list of more is cut short). Before the window, an item
+        replaced so ends at its successor's ``created`` only when no other item was added so since the renewal
+        that last billed it (else nothing says which of the additions deleted it), and a new item whose
+        promotion ends before the renewal is prorated (no line would name the promotion)."""
         if not self.no_prorations:
             return False
         inside = t >= self._run_end - EVENT_RETENTION_S
         added = any(old is None for _, old, _ in changes)
         if not inside and not added:
+            return False
+        if inside and not all(old is None for _, old, _ in changes):
+            # (an event lists ten items at most, has_more past them: an item left out of a list cut short may
+            # still be there, so only a subscription of ten items or fewer, before and after, shows the change)
+            after = len(sub["items"]["data"])
+            before = after - sum(old is None for _, old, _ in changes) + sum(new is None for _, _, new in changes)
+            if max(before, after) > 10:
+                return False
+        end = sub["items"]["data"][0]["current_period_end"]
+        if not inside and any(self.discounts[did]["end"] is not None and self.discounts[did]["end"] <= end
+                              for it, old, _ in changes if old is None for did in it["discounts"]):
+            # (a promotion on the new item that ends before the renewal: only a proration line would name it)
             return False
         unprorated = self._rng_no_prorations.random() < (0.5 if inside else 0.35)
         if unprorated and not inside:

@@ -807,6 +807,16 @@ def test_changes_without_prorations_are_only_those_a_sync_can_date() -> None:
         assert [t for t in unprorated_adds[e["data"]["object"]["id"]] if last < t < e["created"]] == []
         replaced += 1
     assert replaced >= 10
+    for kind, e, billed in updates:
+        if billed:
+            continue
+        sub, prev = e["data"]["object"], e["data"]["previous_attributes"]["items"]["data"]
+        if kind != "add" and e["created"] >= window:  # (an event lists ten items at most, has_more past them)
+            assert len(prev) <= 10 and len(sub["items"]["data"]) <= 10
+        if e["created"] < window:  # (a promotion on a new item runs past the renewal, which names it)
+            ends = [sim.discounts[d]["end"] for it in sub["items"]["data"] if it["created"] == e["created"]
+                    for d in it["discounts"]]
+            assert all(end is None or end > sub["items"]["data"][0]["current_period_end"] for end in ends)
     # (some subscriptions decide again before the renewal: such an item changed with prorations before it)
     assert changed_first >= 2, changed_first
     # MRR changes at the update, as with prorations
