@@ -69,7 +69,7 @@ WHERE NOT coalesce(l.deleted, false)
 -- Once invoiced they are the invoice's lines, and the sync marks them no longer pending.
 CREATE OR REPLACE TEMP TABLE derived_pending_lines AS
 SELECT account_id, id AS invoice_id, date AS invoice_created, subscription_id, subscription_item_id,
-       coalesce(proration_credit, false) OR amount < 0 AS is_credit, price_id, quantity, period_start
+       coalesce(proration_credit, false) OR amount < 0 AS is_credit, price_id, quantity, period_start, period_end
 FROM invoice_items
 WHERE pending AND NOT coalesce(deleted, false) AND coalesce(proration, false)
   AND subscription_item_id IS NOT NULL AND subscription_id IS NOT NULL;
@@ -324,10 +324,12 @@ made_before_billed AS (
     WHERE p.usage_type IS DISTINCT FROM 'metered'
     QUALIFY row_number() OVER (PARTITION BY f.ik ORDER BY f.prio % 10 = 0 DESC, f.prio DESC, f.rid DESC) = 1
 ),
--- An item of the same subscription that a renewal billing such an item no longer bills (that first line, or a
--- later one when the first was a change made with prorations before the renewal), with nothing dating its removal
--- (no credit: deleted without prorations too) ends where the first such addition after its last step begins: one
--- update, as a plan switch is (else the two would count together until the renewal). (Its end is repeated there.)
+-- An item of the same subscription whose last billed period ends where such an item's billing takes over, with
+-- nothing dating its removal (no credit: deleted without prorations too), ends where the first such addition after
+-- its last step begins: one update, as a plan switch is (else the two would count together until the renewal).
+-- (Its end is repeated there.) Taking over: the new item's first line begins there (the renewal that bills it
+-- and no longer the other), or, when that first line is a change made with prorations before the renewal (a
+-- quantity, or an interval switch that moves the renewal), a line of it begins or ends there.
 replaced_before_billed AS (
     WITH ended AS (
         SELECT e.ik, e.src, e.rid, e.prio, e.v, m.moment AS added
@@ -338,9 +340,12 @@ replaced_before_billed AS (
          AND es.prio = 0 AND NOT es.present
         JOIN keyed e ON e.src = 0 AND e.rid = es.rowid
         WHERE es.moment = m.billed
-           OR EXISTS (SELECT 1 FROM derived_invoice_item_steps ys
-                      WHERE ys.account_id = ms.account_id AND ys.subscription_item_id = ms.subscription_item_id
-                        AND ys.moment = es.moment AND ys.present AND ys.prio % 10 = 2)
+           OR EXISTS (SELECT 1 FROM derived_invoice_lines l
+                      WHERE l.account_id = ms.account_id AND l.subscription_item_id = ms.subscription_item_id
+                        AND (l.period_start = es.moment OR l.period_end = es.moment))
+           OR EXISTS (SELECT 1 FROM derived_pending_lines l
+                      WHERE l.account_id = ms.account_id AND l.subscription_item_id = ms.subscription_item_id
+                        AND (l.period_start = es.moment OR l.period_end = es.moment))
     ),
     last_step AS (
         -- (the ended item's last step before its end, and its price then)

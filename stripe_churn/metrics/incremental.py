@@ -80,9 +80,9 @@ _UNREAD = {
                       "proration"),
     "credit_notes": ("raw",),
     # (30_item_history reads the pending items' account_id, id, customer_id, subscription_id, subscription_item_id,
-    # price_id, quantity, amount, proration, proration_credit, date, period_start, pending, deleted)
+    # price_id, quantity, amount, proration, proration_credit, date, period_start, period_end, pending, deleted)
     "invoice_items": ("raw", "version", "created", "first_seen_at", "last_seen_at", "invoice_id", "product_id",
-                      "currency", "period_end"),
+                      "currency"),
 }
 # The rows whose JSON the steps read, in tables read by their typed columns otherwise ({db}: the scope, whose
 # subscriptions are copied before its events; {main}: the main database). Events: removed discounts

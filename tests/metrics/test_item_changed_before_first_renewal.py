@@ -121,3 +121,49 @@ def test_an_item_replaced_without_prorations_in_a_subscription_ended_before_the_
     assert con.execute("SELECT sum(mrr_delta) FROM mrr_movements WHERE customer_id = 'cus_1' "
                        "AND movement = 'cancellation'").fetchone() == (-after,)
     assert movements(con)[:len(expected)] == expected
+
+
+@EVENTS
+@pytest.mark.parametrize("pending", [False, True], ids=["invoiced", "pending"])
+def test_an_item_replaced_without_prorations_then_switched_to_annual_before_the_renewal(world: World,
+                                                                                       derive: Derive,
+                                                                                       events: bool,
+                                                                                       pending: bool) -> None:
+    """Pro's 3 seats in place of basic's on the 11th without prorations, then switched to pro's annual price (20.00
+    a seat a month either way) on the 16th with prorations: the switch credits the monthly price to the end of the
+    period basic was last billed for and moves the renewal, so no renewal bills pro at that end. Basic ends on the
+    11th all the same (its successor's lines end where its last billed period ends); it ran on to that end, the two
+    items counted together (90 instead of 60). The same with the switch's prorations left pending."""
+    account(world)
+    world.price("pro_y", "prod_seat", 24_000, interval="year")
+    world.update("sub_1", ADDED, items=[("si_2", "pro", 3)], prorate=False)
+    world.update("sub_1", CHANGED, items=[("si_2", "pro_y", 3)], pending=pending)
+    oldest_event(world)
+    con = derive(world, seen_at=month(2, 20), events=month(2, 15) if events else False)
+    assert customer_mrr_at(con, "cus_1", ADDED - 1) == 30
+    assert customer_mrr_at(con, "cus_1", ADDED) == 60
+    assert customer_mrr_at(con, "cus_1", CHANGED) == 60
+    assert customer_mrr_at(con, "cus_1", month(2, 1)) == 60
+    assert movements(con) == [(T0, "new", 30), (ADDED, "upgrade", 30)]
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_the_incremental_path_reads_a_pending_items_period_end(world: World, tmp_path: Path, shards: int) -> None:
+    """The plan switch of the 11th and its annual switch of the 16th with the prorations left pending (as above),
+    before the events; a later sync brings a change of sub_1: derived again incrementally (the pending items copied
+    with their period's end), every derived table is a full recompute's, basic ended on the 11th."""
+    from test_incremental import assert_incremental_equals_full, later_sync
+
+    account(world)
+    world.price("pro_y", "prod_seat", 24_000, interval="year")
+    world.update("sub_1", ADDED, items=[("si_2", "pro", 3)], prorate=False)
+    world.update("sub_1", CHANGED, items=[("si_2", "pro_y", 3)], pending=True)
+    oldest_event(world)
+    world.events = [e for e in world.events if e["created"] >= month(2, 15)]
+    before = copy.deepcopy(world)
+    world.update("sub_1", month(2, 25), metadata={"note": "renewal due"})
+    changed = later_sync(world, {"cus_1"}, {"sub_1"}, month(2, 20))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, month(2, 20), month(3, 2), shards)
+    assert n == 1
+    history = [r for r in full["derived_item_history"] if "'si_1'" in r]
+    assert len(history) == 1 and "datetime.datetime(2024, 2, 11, 0, 0" in history[0], history
