@@ -208,3 +208,41 @@ def test_a_discount_no_sync_can_see_is_all_the_check_sets_aside(tmp_path: Path) 
         assert (len(label_problems), len(mrr_problems)) == (2, len(months_in_force)), label_problems + mrr_problems
         assert all(line.startswith(customer) for line in label_problems + mrr_problems)
         check_exactly(sim, con, "250 x 24 with item-level discounts through the sandbox", unseen)
+
+
+def test_ground_truth_with_changes_made_without_prorations(tmp_path: Path) -> None:
+    """Simulation(no_prorations=True) beside item discounts, collection pauses, moving rates and every option of
+    the sandbox (3,000 x 36, seed 5, loaded straight into the store): some item changes are made with
+    proration_behavior=none, no invoice, the renewal billing the new state. Before the events' window, add-ons and
+    plan changes made as a new item (dated by its `created` alone, the item it replaced ending then), some changed
+    again with prorations before that renewal, some in subscriptions canceled before it; inside the window, changes
+    in place and removals too (dated by their events). Labels and MRR must agree exactly with the truth. (With
+    the metrics before the rules for them, tests/metrics/test_item_changed_before_first_renewal.py: 23 label and 2
+    MRR disagreements.)"""
+    import sys
+    from collections import defaultdict
+
+    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
+    from test_sim import _item_updates
+
+    sim = Simulation(customers=3_000, months=36, seed=5, no_prorations=True, item_discounts=True,
+                     collection_pauses=True, fx_changes=True, **SANDBOX_OPTIONS)
+    window = sim.clock - 30 * 86_400
+    updates = [(kind, e) for kind, e, billed in _item_updates(sim) if not billed]
+    kinds = Counter((kind, e["created"] >= window) for kind, e in updates)
+    assert kinds[("add", False)] >= 200 and kinds[("replace", False)] >= 50, kinds
+    assert all(kinds[(kind, True)] for kind in ("add", "price", "qty", "remove")), kinds
+    lines = defaultdict(list)
+    for inv in sim.objects["invoices"].values():
+        for ln in inv["lines"]["data"]:
+            lines[ln["parent"]["subscription_item_details"]["subscription_item"]].append(ln)
+    added = [(e, it) for _, e in updates if e["created"] < window for it in e["data"]["object"]["items"]["data"]
+             if it["created"] == e["created"] and it["price"]["recurring"]["usage_type"] == "licensed"]
+    first = {it["id"]: min(lines[it["id"]], key=lambda ln: ln["period"]["start"], default=None) for _, it in added}
+    assert sum(1 for ln in first.values() if ln and ln["parent"]["subscription_item_details"]["proration"]) >= 3
+    ended = {s["id"]: s["ended_at"] for s in sim.objects["subscriptions"].values() if s["ended_at"]}
+    assert sum(1 for e, it in added if first[it["id"]] is None and e["data"]["object"]["id"] in ended) >= 2
+    with derived_directly(sim, tmp_path / "unprorated.duckdb") as con:
+        check_exactly(sim, con, "3,000 x 36 with changes made without prorations")
