@@ -157,23 +157,29 @@ removals AS (
 -- changed with them before its first renewal. Its state from its `created` to that change is the credited one,
 -- which no other line gives. Dated at the new line, one below it (`prio` ending in 0 where the new line's ends in
 -- 2), so never kept there: made_before_billed repeats it at `created`.
+credits AS (
+    SELECT * FROM billed WHERE is_credit AND proration
+),
+-- (the first line of each credited item that is no credit: grouped over those items' lines alone)
+first_billed AS (
+    SELECT b.account_id, b.subscription_item_id, min(b.period_start) AS moment,
+           arg_min(b.invoice_created, (b.period_start, b.invoice_created)) AS created
+    FROM billed b
+    SEMI JOIN credits c ON c.account_id = b.account_id AND c.subscription_item_id = b.subscription_item_id
+    WHERE NOT b.is_credit
+    GROUP BY ALL
+),
 credited_first AS (
-    SELECT c.account_id, c.subscription_id, c.subscription_item_id, min(d.period_start) AS moment, true AS present,
-           any_value(c.price_id) AS price_id, any_value(c.quantity) AS quantity, any_value(c.source) AS source,
-           NULL AS source_event_id, any_value(c.invoice_id) AS source_invoice_id,
-           any_value(epoch(c.invoice_created)) * 10 AS prio
-    FROM billed c
-    JOIN billed d
-      ON d.account_id = c.account_id AND d.subscription_item_id = c.subscription_item_id AND NOT d.is_credit
-     AND d.period_start BETWEEN c.period_start - INTERVAL 5 MINUTE AND c.period_start + INTERVAL 5 MINUTE
-     AND d.invoice_created >= c.invoice_created
+    SELECT c.account_id, c.subscription_id, c.subscription_item_id, f.moment, true AS present, c.price_id,
+           c.quantity, c.source, NULL AS source_event_id, c.invoice_id AS source_invoice_id,
+           epoch(c.invoice_created) * 10 AS prio
+    FROM credits c
+    JOIN first_billed f
+      ON f.account_id = c.account_id AND f.subscription_item_id = c.subscription_item_id
+     AND c.period_start BETWEEN f.moment - INTERVAL 5 MINUTE AND f.moment + INTERVAL 5 MINUTE
+     AND f.created >= c.invoice_created
     JOIN subscription_items si
       ON si.account_id = c.account_id AND si.id = c.subscription_item_id AND si.created < c.period_start
-    WHERE c.is_credit AND c.proration
-      AND NOT EXISTS (SELECT 1 FROM billed b
-                      WHERE b.account_id = c.account_id AND b.subscription_item_id = c.subscription_item_id
-                        AND NOT b.is_credit AND b.period_start < c.period_start - INTERVAL 5 MINUTE)
-    GROUP BY c.account_id, c.subscription_id, c.subscription_item_id, c.period_start, c.invoice_id
 ),
 last_billed AS (
     -- the last billed period of each item never seen in a subscription state
