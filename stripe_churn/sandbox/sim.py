@@ -211,7 +211,9 @@ class Simulation:
         or in place of another, at any time (its ``created`` says when); a price or quantity change of an item
         kept, or an item removed alone, only within the events' 30 days before the run's end (their event says
         when; before, nothing the sync reads does: no line bills the change until the renewal, and the renewal's
-        line dates only the period it bills).
+        line dates only the period it bills). An item added so before the window stays for the rest of the run (a
+        deleted item is not listed, and its ``created`` with it); the other limits are _without_prorations'. A
+        third of such updates are followed by another decision of the subscription before its renewal.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
