@@ -12,9 +12,11 @@
 Each seed's simulation (with every option ``stripe-churn sandbox`` uses, unless ``--plain``; ``--item-discounts``,
 ``--collection-pauses``, ``--fx-changes`` and ``--no-prorations`` add those options) reaches a new store one of
 three ways: ``direct`` loads its objects straight into the store; ``sandbox`` serves it on 127.0.0.1 and runs a
-full sync with the real SDK; ``daemon`` does what the daemon does with ``recompute = "changed"``: a full sync, then ``--runs`` times a
-month's billing run and a sync, each followed by the incremental recompute (a month between syncs moves the last
-listed events out of Stripe's 30 days: the later syncs re-list and take the gap from invoices). Then it compares
+full sync with the real SDK; ``daemon`` does what the daemon does with ``recompute = "changed"``: a full sync,
+then ``--runs`` times a month's billing run and a sync, each followed by the incremental recompute (a month between
+syncs moves the last listed events out of Stripe's 30 days: the later syncs re-list and take the gap from invoices;
+with ``--no-prorations``, the changes in place made without prorations that only the events before such a gap
+dated are then read from invoices, a known difference: stripe_churn/metrics/NOTES.md). Then it compares
 labels, MRR per customer at every month's start, churn type and feedback, and each row's amount_delta_original and
 currency with the truth, as the ground-truth tests do (tests/metrics/test_ground_truth.py, whose comparison it
 runs), and for ``daemon`` also every derived table and view with a full recompute of the same store.
