@@ -149,12 +149,26 @@ def refused_at_start(message: str, settings: Settings | None = None, config: Pat
         with daemon_lock(db):
             previous = read_state(db)
             if previous and previous.get("last_error"):
-                state["previous_error"] = previous["last_error"]
+                state["previous_error"] = _without_retry(previous["last_error"])
             _write_state(state_path(db), state)
         return True
     except Exception as other:  # (DaemonRunningError, OSError: the error that stopped the daemon is what counts)
         log.debug("the state file is left as it is: %s", other)
         return False
+
+
+_RETRY_SAID = "; the daemon tries again at "
+
+
+def _without_retry(error: Any) -> Any:
+    """An earlier daemon's last error without the retry it promised (that daemon is gone: a daemon killed while it
+    backed off left "the daemon tries again at ..." in its state, which no one will do)."""
+    if not isinstance(error, dict) or "retry_at" not in error:
+        return error
+    kept = {k: v for k, v in error.items() if k != "retry_at"}
+    if isinstance(kept.get("message"), str):
+        kept["message"] = kept["message"].split(_RETRY_SAID, 1)[0]
+    return kept
 
 
 # cron's day-of-week numbers: 0 (and 7) Sunday, 1 Monday ... 6 Saturday
@@ -295,7 +309,7 @@ class Daemon:
                                        "last_run": None, "last_error": None}
         previous = read_state(settings.db)
         if previous and previous.get("last_error"):
-            self._state["previous_error"] = previous["last_error"]
+            self._state["previous_error"] = _without_retry(previous["last_error"])
         try:
             self.trigger = self._make_trigger(interval_seconds, settings.schedule)
         except ConfigError as exc:
@@ -434,7 +448,7 @@ class Daemon:
             log.warning("sync failed (%d in a row), will retry in %s, at %s: %s", self._failures, _duration(delay),
                         shown, message)
             self._save(last_error={"at": _now(), "kind": "transient", "retry_at": when.isoformat(timespec="seconds"),
-                                   "message": f"{message}; the daemon tries again at {shown} (failure "
+                                   "message": f"{message}{_RETRY_SAID}{shown} (failure "
                                               f"{self._failures} in a row)"})
             self._schedule_retry(when)
         except (FatalError, StripeChurnError) as exc:

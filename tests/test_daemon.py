@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from stripe_churn.cli import cli
-from stripe_churn.daemon import Daemon, read_state
+from stripe_churn.daemon import Daemon, read_state, state_path
 from stripe_churn.errors import AuthError, ConfigError, TransientError
 from stripe_churn.lock import sync_lock
 from stripe_churn.pipeline import RunSummary
@@ -359,6 +359,23 @@ def test_status_says_when_the_next_try_is_until_the_daemon_stops(start: Callable
     assert wait_for(lambda: (read_state(d.settings.db) or {}).get("state") == "stopped")
     error = json.loads(CliRunner().invoke(cli, ["status", "--format", "json"], env=env).output)["daemon_error"]
     assert error.endswith("transient: Stripe answered 503"), error
+
+
+def test_a_daemon_killed_while_it_backed_off_promises_no_try_to_the_next(start: Callable[..., Daemon],
+                                                                           tmp_path: Path) -> None:
+    """A daemon killed (no clean stop) while it waited for a retry left "the daemon tries again at ..." in its state:
+    the next daemon keeps that error as the previous one, without the try no one will make."""
+    db = tmp_path / "killed.duckdb"
+    state_path(db).write_text(json.dumps({
+        "pid": 999_999_999, "state": "started", "started_at": "2026-01-01T00:00:00+00:00", "last_run": None,
+        "last_error": {"at": "2026-01-01T00:01:00+00:00", "kind": "transient", "retry_at": "2026-01-01T00:02:00+00:00",
+                       "message": "Stripe answered 503; the daemon tries again at 2026-01-01 00:02:00+00:00 "
+                                  "(failure 1 in a row)"}}), encoding="utf-8")
+    d = start(Settings(db=db, api_key=Secret("sk_test_x")), run=locked_writer(), sync_on_start=False,
+              interval_seconds=3600)
+    assert wait_for(lambda: (read_state(d.settings.db) or {}).get("pid") == os.getpid())
+    previous = (read_state(db) or {})["previous_error"]
+    assert previous == {"at": "2026-01-01T00:01:00+00:00", "kind": "transient", "message": "Stripe answered 503"}
 
 
 def test_fatal_error_is_surfaced_in_status(start: Callable[..., Daemon], tmp_path: Path) -> None:
