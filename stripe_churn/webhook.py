@@ -59,10 +59,14 @@ TRIGGER_PREFIXES = ("customer.subscription.", "customer.discount.", "invoice.", 
                     "product.", "price.", "plan.", "coupon.")
 # (customer.* alone would take customer.source.*, customer.tax_id.*, customer.card.*: nothing the sync stores)
 TRIGGER_TYPES = frozenset({"customer.created", "customer.updated", "customer.deleted"})
+# (reminders sent days ahead, of an invoice not made yet or of a trial's end: nothing stored has changed)
+REMINDER_TYPES = frozenset({"invoice.upcoming", "invoice.will_be_due", "customer.subscription.trial_will_end"})
 
 
 def triggers_sync(event_type: str) -> bool:
     """Whether an event of ``event_type`` changes what the sync stores and the metrics read (its sync is worth it)."""
+    if event_type in REMINDER_TYPES:
+        return False
     return event_type in TRIGGER_TYPES or event_type.startswith(TRIGGER_PREFIXES)
 
 
