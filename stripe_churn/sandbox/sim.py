@@ -169,7 +169,8 @@ class Simulation:
                  deferred_prorations: bool = False, thresholds: bool = False,
                  restricted_coupons: bool = False, customer_discounts: bool = False,
                  trial_pauses: bool = False, failure_pauses: bool = False,
-                 collection_pauses: bool = False, fx_changes: bool = False, no_prorations: bool = False) -> None:
+                 collection_pauses: bool = False, fx_changes: bool = False, no_prorations: bool = False,
+                 later_trials: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -214,6 +215,15 @@ class Simulation:
         line dates only the period it bills). An item added so before the window stays for the rest of the run (a
         deleted item is not listed, and its ``created`` with it); the other limits are _without_prorations'. A
         third of such updates are followed by another decision of the subscription before its renewal.
+        ``later_trials``: some paying subscriptions are granted a trial of 7 to 45 days by an update (``trial_end``
+        set in the future: status trialing, ``trial_start`` the update's moment, the billing cycle anchor moved to
+        the trial's end; the event's previous_attributes have the status, the trial's dates and the items' period
+        before). Stripe bills the update with a subscription_update invoice whose lines are 0.00 for the trial, and
+        at the trial's end a new period and its invoice. MRR counts zero while the trial runs (design.md 4): the
+        trial's start and end are transitions as any other (a cancellation and a reactivation when it is the
+        customer's only subscription paying). Only subscriptions with no metered item, no paused collection and
+        whose trial settings create an invoice, and one later trial a subscription (Stripe keeps the latest trial
+        only on the subscription: an earlier later trial would be read from its invoices alone).
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -246,6 +256,8 @@ class Simulation:
         self._rng_fx = random.Random(f"fx changes {seed}")  # (likewise)
         self.no_prorations = no_prorations
         self._rng_no_prorations = random.Random(f"no prorations {seed}")  # (likewise)
+        self.later_trials = later_trials
+        self._rng_later_trial = random.Random(f"later trials {seed}")  # (likewise)
         self._run_end = 0  # the end of the running run (its events' window is the 30 days before)
         # item -> the end of the run in which it was added without prorations before that run's events' window:
         # its `created` alone dates it, so it stays until the sync at that end has listed it (see _undated)
@@ -1193,6 +1205,8 @@ class Simulation:
         if self.collection_pauses and sub["pause_collection"] is None and self._rng_collection.random() < 0.03:
             self._pause_collection(sub, t)
             return
+        if self.later_trials and self._rng_later_trial.random() < 0.03 and self._later_trial(sub, t):
+            return
         r = rng.random()
         if r < 0.022:
             self._cancel(sub, t)
@@ -1219,6 +1233,33 @@ class Simulation:
             self._transition(cust, t, before)
         elif self.item_discounts and r < 0.26:
             self._item_coupon(sub, t)
+
+    def _later_trial(self, sub: dict[str, Any], t: int) -> bool:
+        """Grant the paying ``sub`` a trial from ``t`` (later_trials), when it may have one: an update setting
+        ``trial_end``, billed by a subscription_update invoice of 0.00 lines for the trial; the trial's end is the
+        subscription's next cycle (a new period, invoiced). Returns whether it was granted."""
+        items = sub["items"]["data"]
+        if (sub["pause_collection"] is not None or any(self._is_metered(it) for it in items)
+                or (sub["trial_start"] is not None and sub["trial_start"] > sub["start_date"])
+                or sub["trial_settings"]["end_behavior"]["missing_payment_method"] != "create_invoice"):
+            return False
+        rng = self._rng_later_trial
+        end = t + rng.randint(7, 45) * DAY
+        cust = self._custs[sub["customer"]]
+        before = self._snap(cust)
+        prev = {"status": sub["status"], "trial_start": sub["trial_start"], "trial_end": sub["trial_end"],
+                "billing_cycle_anchor": sub["billing_cycle_anchor"], "items": _copy(sub["items"]),
+                "latest_invoice": sub["latest_invoice"]}
+        sub["status"] = "trialing"
+        sub["trial_start"], sub["trial_end"] = t, end
+        sub["billing_cycle_anchor"] = end
+        self._set_period(sub, t, end)
+        self._invoice(sub, t, "subscription_update", (t, end), zero=True)
+        self._event("customer.subscription.updated", sub, t, prev)
+        gen = self._bump(sub["id"])
+        self._at(end, "cycle", sub["id"], gen)
+        self._transition(cust, t, before)
+        return True
 
     def _cancel(self, sub: dict[str, Any], t: int) -> None:
         feedback = self._rng.choice(FEEDBACK)

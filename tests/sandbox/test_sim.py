@@ -823,3 +823,42 @@ def test_changes_without_prorations_are_only_those_a_sync_can_date() -> None:
     truth_at = {(r["subscription_id"], _unix(r["occurred_at"])) for r in sim.truth}
     assert all((e["data"]["object"]["id"], e["created"]) in truth_at for kind, e, billed in updates
                if not billed and kind != "add")
+
+
+def test_a_trial_granted_to_a_paying_subscription_is_billed_and_labelled_as_stripe_and_the_contract_say() -> None:
+    """Simulation(later_trials=True): an update sets trial_end on an active subscription (status trialing,
+    trial_start the update's moment, the anchor at the trial's end; previous_attributes with the status and trial
+    before); a subscription_update invoice bills every item 0.00 for the trial, and the trial's end a new period.
+    The truth counts zero meanwhile: with no other subscription paying, a cancellation then a reactivation. Off,
+    the option leaves a seed's history as it was (a stream of its own)."""
+    sim = Simulation(customers=600, months=24, seed=5, later_trials=True)
+    granted = [e for e in sim.events if e["type"] == "customer.subscription.updated"
+               and e["data"]["object"]["status"] == "trialing"
+               and e["data"]["previous_attributes"].get("status") == "active"]
+    assert len(granted) >= 30, len(granted)
+    from stripe_churn.sandbox.truth import iso
+
+    whole = {(r["customer_id"], r["occurred_at"]): r["movement"] for r in sim.truth}
+    at = {e["data"]["object"]["customer"]: e for e in granted}
+    for e in granted:
+        sub, prev, t = e["data"]["object"], e["data"]["previous_attributes"], e["created"]
+        assert (sub["trial_start"], sub["billing_cycle_anchor"]) == (t, sub["trial_end"]) and sub["trial_end"] > t
+        assert "trial_end" in prev and prev["trial_end"] != sub["trial_end"]
+        (inv,) = [i for i in sim.objects["invoices"].values()
+                  if i["subscription"] == sub["id"] and i["created"] == t]
+        assert inv["billing_reason"] == "subscription_update" and inv["total"] == 0
+        assert {ln["parent"]["subscription_item_details"]["subscription_item"] for ln in inv["lines"]["data"]} == {
+            it["id"] for it in sub["items"]["data"]}
+        assert all((ln["amount"], ln["period"]["start"], ln["period"]["end"]) == (0, t, sub["trial_end"])
+                   for ln in inv["lines"]["data"])
+        if sub["trial_end"] < sim.clock:
+            assert any(i["subscription"] == sub["id"] and i["created"] == sub["trial_end"]
+                       and i["billing_reason"] == "subscription_cycle" for i in sim.objects["invoices"].values())
+    cust = next(c for c, e in at.items() if e["data"]["object"]["trial_end"] < sim.clock
+                and sum(1 for x in granted if x["data"]["object"]["customer"] == c) == 1)
+    e = at[cust]
+    assert whole[(cust, iso(e["created"]))] == "cancellation"
+    assert whole.get((cust, iso(e["data"]["object"]["trial_end"]))) == "reactivation"
+    plain = Simulation(customers=300, months=12, seed=5)
+    assert hashlib.sha256(plain.bundle_bytes()).hexdigest() == (
+        "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e")
