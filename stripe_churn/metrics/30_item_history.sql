@@ -334,7 +334,8 @@ made_before_billed AS (
 -- nothing dating its removal (no credit: deleted without prorations too), ends where the first such addition after
 -- its last step begins: one update, as a plan switch is (else the two would count together until the renewal).
 -- (Its end is repeated there.) Taking over: the new item's first line begins there (the renewal that bills it
--- and no longer the other), or, when that first line is a change made with prorations before the renewal (a
+-- and no longer the other), or begins a new period before there on an invoice that does not bill the other (a
+-- trial granted by an update), or, when that first line is a change made with prorations before the renewal (a
 -- quantity, or an interval switch that moves the renewal), a line of it begins or ends there.
 replaced_before_billed AS (
     WITH ended AS (
@@ -346,6 +347,15 @@ replaced_before_billed AS (
          AND es.prio = 0 AND NOT es.present
         JOIN keyed e ON e.src = 0 AND e.rid = es.rowid
         WHERE es.moment = m.billed
+           -- (a new period of the subscription begun before that end, whose invoice bills the new item and not
+           -- the old one: a trial granted by an update, its lines 0.00 from then)
+           OR (m.billed < es.moment
+               AND EXISTS (SELECT 1 FROM derived_invoice_lines l
+                           WHERE l.account_id = ms.account_id AND l.subscription_item_id = ms.subscription_item_id
+                             AND l.period_start = m.billed AND NOT l.proration AND NOT l.is_credit
+                             AND NOT EXISTS (SELECT 1 FROM derived_invoice_lines o
+                                             WHERE o.account_id = l.account_id AND o.invoice_id = l.invoice_id
+                                               AND o.subscription_item_id = es.subscription_item_id)))
            OR EXISTS (SELECT 1 FROM derived_invoice_lines l
                       WHERE l.account_id = ms.account_id AND l.subscription_item_id = ms.subscription_item_id
                         AND (l.period_start = es.moment OR l.period_end = es.moment))

@@ -167,3 +167,28 @@ def test_the_incremental_path_reads_a_pending_items_period_end(world: World, tmp
     assert n == 1
     history = [r for r in full["derived_item_history"] if "'si_1'" in r]
     assert len(history) == 1 and "datetime.datetime(2024, 2, 11, 0, 0" in history[0], history
+
+
+@EVENTS
+def test_an_item_replaced_without_prorations_then_given_a_trial_before_the_renewal(world: World, derive: Derive,
+                                                                                  events: bool) -> None:
+    """Pro's 3 seats in place of basic's on the 11th without prorations, then a 20-day trial granted on the 16th:
+    the trial's update invoice bills the subscription's items for a new period from then, pro's seat line at 0.00
+    and none of basic, so basic was gone by then, and it ends at pro's `created` as at a renewal that no longer
+    bills it. It ran on to the trial (both items counted: 90 from the 11th, a 90.00 cancellation on the 16th).
+    (Found by scripts/truth_check.py --later-trials.)"""
+    account(world)
+    world.update("sub_1", ADDED, items=[("si_2", "pro", 3)], prorate=False)
+    trial_end = CHANGED + 20 * DAY
+    world.update("sub_1", CHANGED, status="trialing", trial_start=CHANGED, trial_end=trial_end)
+    world.invoice_for("sub_1", CHANGED, "subscription_update", period_start=CHANGED)  # (0.00 lines)
+    world.update("sub_1", trial_end, status="active")
+    world.cycle("sub_1", trial_end)
+    oldest_event(world)
+    con = derive(world, seen_at=month(2, 20), events=month(2, 15) if events else False)
+    assert customer_mrr_at(con, "cus_1", ADDED - 1) == 30
+    assert customer_mrr_at(con, "cus_1", ADDED) == 60
+    assert customer_mrr_at(con, "cus_1", CHANGED) == 0
+    assert customer_mrr_at(con, "cus_1", trial_end) == 60
+    assert movements(con) == [(T0, "new", 30), (ADDED, "upgrade", 30), (CHANGED, "cancellation", -60),
+                              (trial_end, "reactivation", 60)]
