@@ -192,3 +192,29 @@ def test_an_item_replaced_without_prorations_then_given_a_trial_before_the_renew
     assert customer_mrr_at(con, "cus_1", trial_end) == 60
     assert movements(con) == [(T0, "new", 30), (ADDED, "upgrade", 30), (CHANGED, "cancellation", -60),
                               (trial_end, "reactivation", 60)]
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_the_incremental_path_ends_an_item_replaced_before_a_trial_as_a_full_recompute_does(
+        world: World, tmp_path: Path, shards: int) -> None:
+    """The replacement of the 11th and the trial of the 16th (as above) before the events; a later sync brings a
+    change of sub_1: derived again incrementally, every derived table is a full recompute's, basic ended on the
+    11th."""
+    from test_incremental import assert_incremental_equals_full, later_sync
+
+    account(world)
+    world.update("sub_1", ADDED, items=[("si_2", "pro", 3)], prorate=False)
+    trial_end = CHANGED + 20 * DAY
+    world.update("sub_1", CHANGED, status="trialing", trial_start=CHANGED, trial_end=trial_end)
+    world.invoice_for("sub_1", CHANGED, "subscription_update", period_start=CHANGED)
+    world.update("sub_1", trial_end, status="active")
+    world.cycle("sub_1", trial_end)
+    oldest_event(world)
+    world.events = [e for e in world.events if e["created"] >= month(2, 15)]
+    before = copy.deepcopy(world)
+    world.update("sub_1", month(2, 25), metadata={"note": "renewal due"})
+    changed = later_sync(world, {"cus_1"}, {"sub_1"}, month(2, 20))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, month(2, 20), month(3, 2), shards)
+    assert n == 1
+    history = [r for r in full["derived_item_history"] if "'si_1'" in r]
+    assert len(history) == 1 and "datetime.datetime(2024, 2, 11, 0, 0" in history[0], history
