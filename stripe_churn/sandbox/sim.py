@@ -134,6 +134,33 @@ def _tiers(base: int, steps: tuple[tuple[int, Any], ...]) -> list[dict[str, Any]
     return out
 
 
+# the tiers' (bound, factor of the first tier's amount) of the tiered prices' options (eur's bounds moved)
+_OPTION_STEPS: dict[tuple[str, str], tuple[tuple[int, Any], ...]] = {
+    ("agents", "eur"): ((6, 1), (16, Fraction(3, 4))), ("agents", "gbp"): ((5, 1), (20, Fraction(3, 4))),
+    ("storage", "eur"): ((120, 1), (400, Fraction(4, 5))), ("storage", "gbp"): ((100, 1), (500, Fraction(4, 5))),
+}
+
+
+def _options(amount: int, key: str) -> dict[str, Any]:
+    """A dollar price's ``currency_options`` in eur and gbp (option_prices), from its amount ``amount`` (its
+    first tier's for a tiered price ``key``): amounts of their own, and for the tiered ones tiers of their own (the
+    bounds moved in eur, a flat amount on gbp's first tier)."""
+    out = {}
+    for cur, num, den in (("eur", 23, 25), ("gbp", 4, 5)):
+        own = max(1, amount * num // den)
+        opt: dict[str, Any] = {"custom_unit_amount": None, "tax_behavior": "unspecified", "unit_amount": own,
+                               "unit_amount_decimal": str(own)}
+        steps = _OPTION_STEPS.get((key, cur))
+        if steps is not None:
+            tiers = _tiers(own, steps)
+            if cur == "gbp":
+                tiers[0]["flat_amount"] = own * 2
+                tiers[0]["flat_amount_decimal"] = str(own * 2)
+            opt.update(unit_amount=None, unit_amount_decimal=None, tiers=tiers)
+        out[cur] = opt
+    return out
+
+
 def _copy(obj: Any) -> Any:
     return orjson.loads(orjson.dumps(obj))
 
@@ -170,7 +197,7 @@ class Simulation:
                  restricted_coupons: bool = False, customer_discounts: bool = False,
                  trial_pauses: bool = False, failure_pauses: bool = False,
                  collection_pauses: bool = False, fx_changes: bool = False, no_prorations: bool = False,
-                 later_trials: bool = False) -> None:
+                 later_trials: bool = False, option_prices: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -224,6 +251,11 @@ class Simulation:
         customer's only subscription paying). Only subscriptions with no metered item, no paused collection and
         whose trial settings create an invoice, and one later trial a subscription (Stripe keeps the latest trial
         only on the subscription: an earlier later trial would be read from its invoices alone).
+        ``option_prices``: every dollar price has ``currency_options`` in eur and gbp (amounts of their own, and a
+        tiered price's tiers of their own: other amounts, bounds moved in eur, a flat amount on gbp's first tier;
+        ``transform_quantity`` is the price's), and half the customers billed in eur or gbp subscribe to the dollar
+        prices instead of their currency's: their subscriptions and invoices are in their currency, each line's
+        amount the option's, as Stripe bills a price through a currency option; the truth prices their items so.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -258,6 +290,10 @@ class Simulation:
         self._rng_no_prorations = random.Random(f"no prorations {seed}")  # (likewise)
         self.later_trials = later_trials
         self._rng_later_trial = random.Random(f"later trials {seed}")  # (likewise)
+        self.option_prices = option_prices
+        self._rng_option = random.Random(f"option prices {seed}")  # (likewise)
+        self._option_custs: set[str] = set()  # customers billed through the dollar prices' currency options
+        self._terms_cache: dict[tuple[str, str], dict[str, Any]] = {}
         self._run_end = 0  # the end of the running run (its events' window is the 30 days before)
         # item -> the end of the run in which it was added without prorations before that run's events' window:
         # its `created` alone dates it, so it stays until the sync at that end has listed it (see _undated)
@@ -289,7 +325,7 @@ class Simulation:
         self._sub_disc_end: dict[str, int] = {}
         self._item_mult: dict[str, Fraction] = {}  # item -> multiplier of its own (item-level) discount
         self._windows: dict[str, tuple[int, dict[str, Comp], tuple[str, Any] | None]] = {}
-        self._usd_cache: dict[tuple[str, int, Fraction], Fraction] = {}
+        self._usd_cache: dict[tuple[str, int, Fraction, str], Fraction] = {}
         self._usage_billed: dict[str, int] = {}  # metered item -> usage on its last invoice
         self._usage_now: dict[str, int] = {}  # metered item -> usage of the running period
         self._pending_items: dict[str, list[str]] = {}  # subscription -> its invoice items not billed yet
@@ -390,6 +426,8 @@ class Simulation:
                         extra = {"transform": {"divide_by": 100, "round": "up"}}
                     p = ob.price(prid, t, pid, cur, interval, count, None if "tiers" in extra else amount,
                                  nickname=f"{name} {ikey} {cur}", lookup_key=f"{key}_{ikey}_{cur}", **extra)
+                    if self.option_prices and cur == "usd":
+                        p["currency_options"] = _options(amount, key)
                     self.objects["prices"][prid] = p
                     plan.prices[(cur, ikey)] = prid
             prod["default_price"] = plan.prices[("usd", "m")]
@@ -422,6 +460,24 @@ class Simulation:
         self._plan_of_price = {prid: plan for plan in self._plans.values() for prid in plan.prices.values()}
 
     # --- MRR model --------------------------------------------------------------------------------------
+    def _terms(self, price_id: str, currency: str) -> dict[str, Any]:
+        """Price ``price_id`` as it bills in ``currency``: its own terms, or those of its currency option there
+        (amount and tiers; the scheme, tiers_mode, transform_quantity and interval are the price's)."""
+        p = self.objects["prices"][price_id]
+        if p["currency"] == currency:
+            return p
+        got = self._terms_cache.get((price_id, currency))
+        if got is None:
+            o = p["currency_options"][currency]
+            got = {**p, "currency": currency, "unit_amount": o["unit_amount"], "tiers": o.get("tiers")}
+            self._terms_cache[(price_id, currency)] = got
+        return got
+
+    def _catalog_currency(self, customer_id: str, currency: str) -> str:
+        """The currency of the prices the customer subscribes to: the dollar ones for a customer billed through
+        their currency options (option_prices), else its own."""
+        return "usd" if customer_id in self._option_custs else currency
+
     def _item_mrr_own(self, p: dict[str, Any], qty: int, mult: Fraction) -> Fraction:
         """Exact item MRR in minor units of its own currency."""
         rec = p["recurring"]
@@ -448,10 +504,10 @@ class Simulation:
         return out
 
     def _mrr_usd(self, price_id: str, qty: int, mult: Fraction, currency: str) -> Fraction:
-        key = (price_id, qty, mult)
+        key = (price_id, qty, mult, currency)
         got = self._usd_cache.get(key)
         if got is None:
-            got = self._item_mrr_own(self.objects["prices"][price_id], qty, mult) * FX[currency] / 100
+            got = self._item_mrr_own(self._terms(price_id, currency), qty, mult) * FX[currency] / 100
             self._usd_cache[key] = got
         return got
 
@@ -623,6 +679,8 @@ class Simulation:
         self.objects["customers"][cid] = obj
         cust = _Cust(cid, cur)
         self._custs[cid] = cust
+        if self.option_prices and cur != "usd" and self._rng_option.random() < 0.5:
+            self._option_custs.add(cid)
         self._event("customer.created", obj, t)
         trial = rng.random() < 0.2
         coupon = None
@@ -700,7 +758,7 @@ class Simulation:
         end = t + 14 * DAY if trial else add_months(t, {"m": 1, "q": 3}.get(ikey, 12))
         data = []
         for key, qty in items:
-            prid = self._plans[key].prices[(cust.currency, ikey)]
+            prid = self._plans[key].prices[(self._catalog_currency(cust.id, cust.currency), ikey)]
             if not self.objects["prices"][prid]["active"]:
                 continue
             data.append(ob.sub_item(self._id("si"), t, sid, self.objects["prices"][prid], qty, (t, end)))
@@ -830,7 +888,7 @@ class Simulation:
         if usage is None:
             usage = self._usage_billed.get(it["id"], 0)
         qty = usage if self._is_metered(it) else (it["quantity"] or 0)
-        price = self.objects["prices"][it["price"]["id"]]
+        price = self._terms(it["price"]["id"], sub["currency"])
         amount = period_amount(price, qty) - (period_amount(price, early) if early else 0)
         disc = []
         for did in self._discounts_of(sub, it):  # (line item discounts first, as Stripe applies them)
@@ -1331,7 +1389,7 @@ class Simulation:
             for state, sign in ((old, -1), (new, 1)):
                 if state is None or state["quantity"] is None:
                     continue
-                full = period_amount(self.objects["prices"][state["price"]["id"]], state["quantity"])
+                full = period_amount(self._terms(state["price"]["id"], sub["currency"]), state["quantity"])
                 amount = round(sign * full * frac * kept)
                 lines.append(ob.line(self._id("il"), "", sub["currency"], amount,
                                      ("Unused time on " if sign < 0 else "Remaining time on ")
@@ -1453,6 +1511,7 @@ class Simulation:
 
     def _change_plan(self, sub: dict[str, Any], t: int) -> None:
         order = ["starter", "pro", "business"]
+        cur = self._catalog_currency(sub["customer"], sub["currency"])
 
         def mutate() -> list[Any]:
             for it in sub["items"]["data"]:
@@ -1460,7 +1519,7 @@ class Simulation:
                 if plan.key in order:
                     i = order.index(plan.key)
                     j = i + 1 if (self._rng.random() < 0.65 and i < 2) or i == 0 else i - 1
-                    newp = self.objects["prices"][self._plans[order[j]].prices[(sub["currency"], self._ikey(sub))]]
+                    newp = self.objects["prices"][self._plans[order[j]].prices[(cur, self._ikey(sub))]]
                     old = {"price": it["price"], "quantity": it["quantity"]}
                     it["price"], it["plan"] = ob.price_view(newp), ob.plan_of(newp)
                     if self._rng.random() < 0.3:
@@ -1499,10 +1558,11 @@ class Simulation:
     def _add_on(self, sub: dict[str, Any], t: int) -> None:
         have = {self._plan_of_price[it["price"]["id"]].key for it in sub["items"]["data"]}
         ikey = self._ikey(sub)
+        cur = self._catalog_currency(sub["customer"], sub["currency"])
         conn = f"conn{self._rng.randrange(len(CONNECTORS))}"
         choices = [k for k in ("an_basic", "support", "storage", "agents", "sms", "events", conn)
-                   if k not in have and (sub["currency"], ikey) in self._plans[k].prices
-                   and self.objects["prices"][self._plans[k].prices[(sub["currency"], ikey)]]["active"]]
+                   if k not in have and (cur, ikey) in self._plans[k].prices
+                   and self.objects["prices"][self._plans[k].prices[(cur, ikey)]]["active"]]
         if "an_plus" in have:
             choices = [k for k in choices if k != "an_basic"]
         if not choices:
@@ -1510,7 +1570,7 @@ class Simulation:
         key = self._rng.choice(choices)
 
         def mutate() -> list[Any]:
-            p = self.objects["prices"][self._plans[key].prices[(sub["currency"], ikey)]]
+            p = self.objects["prices"][self._plans[key].prices[(cur, ikey)]]
             it0 = sub["items"]["data"][0]
             qty = {"storage": 50, "agents": 2, "sms": 500, "events": None}.get(key, 1)
             it = ob.sub_item(self._id("si"), t, sub["id"], p, qty,
@@ -1545,7 +1605,8 @@ class Simulation:
             return
         keys = [self._plan_of_price[it["price"]["id"]].key for it in items]
         target = "y12" if all(k in CORE for k in keys) and self._rng.random() < 0.5 else "y"
-        new_ids = [self._plans[k].prices.get((sub["currency"], target)) for k in keys]
+        cur = self._catalog_currency(sub["customer"], sub["currency"])
+        new_ids = [self._plans[k].prices.get((cur, target)) for k in keys]
         if any(i is None or not self.objects["prices"][i]["active"] for i in new_ids):
             return
         cust = self._custs[sub["customer"]]
@@ -1557,8 +1618,9 @@ class Simulation:
         lines = []
         for it, new_id in zip(items, new_ids, strict=True):
             old_p, new_p = self.objects["prices"][it["price"]["id"]], self.objects["prices"][str(new_id)]
-            for p, amount, period in ((old_p, -round(period_amount(old_p, it["quantity"]) * frac), (t, end)),
-                                      (new_p, period_amount(new_p, it["quantity"]), (t, new_end))):
+            old_t, new_t = self._terms(old_p["id"], sub["currency"]), self._terms(new_p["id"], sub["currency"])
+            for p, amount, period in ((old_p, -round(period_amount(old_t, it["quantity"]) * frac), (t, end)),
+                                      (new_p, period_amount(new_t, it["quantity"]), (t, new_end))):
                 lines.append(ob.line(self._id("il"), "", sub["currency"], amount,
                                      ("Unused time on " if amount < 0 else "Remaining time on ") + str(p["nickname"]),
                                      period, it["quantity"], sub["id"], it["id"], p["id"], p["product"], True, [],

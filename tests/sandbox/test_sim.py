@@ -862,3 +862,40 @@ def test_a_trial_granted_to_a_paying_subscription_is_billed_and_labelled_as_stri
     plain = Simulation(customers=300, months=12, seed=5)
     assert hashlib.sha256(plain.bundle_bytes()).hexdigest() == (
         "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e")
+
+
+def test_customers_billed_through_currency_options_pay_the_options_amounts() -> None:
+    """Simulation(option_prices=True): every dollar price has options in eur and gbp (tiered ones with tiers of
+    their own), and half the customers billed in eur or gbp subscribe to the dollar prices: their subscriptions,
+    invoices and lines are in their currency, each line at the option's amount (per unit, graduated and volume
+    tiers, transform_quantity), and the truth's rows of them are in their currency. Off, the option leaves a seed's
+    history as it was (a stream of its own)."""
+    sim = Simulation(customers=800, months=12, seed=4, option_prices=True)
+    prices = sim.objects["prices"]
+    assert all(set(p["currency_options"]) == {"eur", "gbp"} for p in prices.values() if p["currency"] == "usd")
+    assert not any("currency_options" in p for p in prices.values() if p["currency"] != "usd")
+    seen: Counter[tuple[str, str | None, bool]] = Counter()
+    for inv in sim.objects["invoices"].values():
+        sub = sim.objects["subscriptions"][inv["subscription"]]
+        for ln in inv["lines"]["data"]:
+            p = prices[ln["pricing"]["price_details"]["price"]]
+            if p["currency"] == inv["currency"]:
+                continue
+            assert p["currency"] == "usd" and inv["currency"] == sub["currency"] == ln["currency"] in ("eur", "gbp")
+            details = ln["parent"]["subscription_item_details"]
+            if details["proration"] or ln["amount"] == 0 or p["recurring"]["usage_type"] == "metered":
+                continue
+            option = p["currency_options"][ln["currency"]]
+            terms = {**p, "unit_amount": option["unit_amount"], "tiers": option.get("tiers")}
+            assert ln["amount"] == period_amount(terms, ln["quantity"]) != period_amount(p, ln["quantity"])
+            seen[(p["billing_scheme"], p["tiers_mode"], bool(p["transform_quantity"]))] += 1
+    assert set(seen) == {("per_unit", None, False), ("per_unit", None, True), ("tiered", "graduated", False),
+                         ("tiered", "volume", False)}, seen
+    on_options = {s["customer"] for s in sim.objects["subscriptions"].values()
+                  if prices[s["items"]["data"][0]["price"]["id"]]["currency"] != s["currency"]}
+    assert len(on_options) >= 50
+    rows = [r for r in sim.truth if r["customer_id"] in on_options and r["movement"] == "new"]
+    assert rows and all(r["currency"] in ("eur", "gbp") for r in rows)
+    plain = Simulation(customers=300, months=12, seed=5)
+    assert hashlib.sha256(plain.bundle_bytes()).hexdigest() == (
+        "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e")
