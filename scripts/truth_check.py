@@ -9,10 +9,11 @@
     python scripts/truth_check.py --seeds 5 --customers 2000 --months 24 --fx-changes         # monthly exchange rates
     python scripts/truth_check.py --seeds 7 --customers 2000 --months 24 --no-prorations      # changes not prorated
     python scripts/truth_check.py --seeds 8 --customers 2000 --months 24 --later-trials       # trials of paying subs
+    python scripts/truth_check.py --seeds 9 --customers 2000 --months 24 --option-prices      # currency options
 
 Each seed's simulation (with every option ``stripe-churn sandbox`` uses, unless ``--plain``; ``--item-discounts``,
-``--collection-pauses``, ``--fx-changes``, ``--no-prorations`` and ``--later-trials`` add those options) reaches a
-new store one of three ways: ``direct`` loads its objects straight into the store; ``sandbox`` serves it on 127.0.0.1 and runs a
+``--collection-pauses``, ``--fx-changes``, ``--no-prorations``, ``--later-trials`` and ``--option-prices`` add those
+options) reaches a new store one of three ways: ``direct`` loads its objects straight into the store; ``sandbox`` serves it on 127.0.0.1 and runs a
 full sync with the real SDK; ``daemon`` does what the daemon does with ``recompute = "changed"``: a full sync,
 then ``--runs`` times a month's billing run and a sync, each followed by the incremental recompute (a month between
 syncs moves the last listed events out of Stripe's 30 days: the later syncs re-list and take the gap from invoices;
@@ -72,6 +73,8 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
         options["no_prorations"] = True
     if args.later_trials:
         options["later_trials"] = True
+    if args.option_prices:
+        options["option_prices"] = True
     started = time.perf_counter()
     start = None if args.start is None else int(dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp())
     sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start, **options)
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="some item changes are made with proration_behavior=none (no proration invoice)")
     parser.add_argument("--later-trials", action="store_true",
                         help="some paying subscriptions are granted a trial by an update (MRR zero while it runs)")
+    parser.add_argument("--option-prices", action="store_true",
+                        help="customers in eur and gbp billed on dollar prices through their currency options")
     parser.add_argument("--start", metavar="YYYY-MM-DD", help="when the history begins (default: it ends at the "
                         "simulation's usual end of history); far from today, Stripe's clock runs behind or ahead of "
                         "this machine's")
