@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import orjson
 import pytest
 from test_ground_truth import (
     _dec,
@@ -300,3 +301,30 @@ def test_ground_truth_with_trials_granted_to_paying_subscriptions(tmp_path: Path
                for e, s in zip(granted, subs, strict=True) for it in s["items"]["data"])
     with derived_directly(sim, tmp_path / "later_trials.duckdb") as con:
         check_exactly(sim, con, "2,000 x 36 with trials granted to paying subscriptions")
+
+
+@pytest.mark.timeout(600)
+def test_ground_truth_with_prices_billed_through_currency_options_through_the_sandbox(tmp_path: Path) -> None:
+    """Simulation(option_prices=True) beside every option of the sandbox (1,200 x 24, seed 2), synced through the
+    sandbox with the real sync: half the customers billed in eur or gbp are on the dollar prices, billed through
+    their currency options (per unit, graduated and volume tiers of the options' own, transform_quantity, metered
+    usage). The prices are listed with their options, whose tiers Stripe sends only when each is expanded, so the
+    sync retrieves the tiered ones again: every option's tiers are stored, and labels, MRR and each row's amount in
+    its currency agree exactly with the truth."""
+    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+
+    sim = Simulation(customers=1_200, months=24, seed=2, option_prices=True, **SANDBOX_OPTIONS)
+    prices = sim.objects["prices"]
+    through = Counter((s["currency"], prices[it["price"]["id"]]["billing_scheme"],
+                       prices[it["price"]["id"]]["recurring"]["usage_type"])
+                      for s in sim.objects["subscriptions"].values() for it in s["items"]["data"]
+                      if prices[it["price"]["id"]]["currency"] != s["currency"])
+    for cur in ("eur", "gbp"):
+        assert through[(cur, "tiered", "licensed")] >= 5 and through[(cur, "per_unit", "metered")] >= 5, through
+    with derived_through_the_sandbox(sim, tmp_path / "options.duckdb") as con:
+        tiered = {r[0]: orjson.loads(r[1]) for r in con.execute(
+            "SELECT id, raw FROM prices WHERE currency = 'usd' AND raw->>'billing_scheme' = 'tiered'").fetchall()}
+        assert tiered and all(raw["currency_options"][cur]["tiers"] == prices[pid]["currency_options"][cur]["tiers"]
+                              for pid, raw in tiered.items() for cur in ("eur", "gbp"))
+        assert con.execute("SELECT count(*) FROM data_quality WHERE kind = 'currency_mismatch'").fetchone() == (0,)
+        check_exactly(sim, con, "1,200 x 24 with prices billed through currency options through the sandbox")
