@@ -245,8 +245,9 @@ class Simulation:
         ``later_trials``: some paying subscriptions are granted a trial of 7 to 45 days by an update (``trial_end``
         set in the future: status trialing, ``trial_start`` the update's moment, the billing cycle anchor moved to
         the trial's end; the event's previous_attributes have the status, the trial's dates and the items' period
-        before). Stripe bills the update with a subscription_update invoice whose lines are 0.00 for the trial, and
-        at the trial's end a new period and its invoice. MRR counts zero while the trial runs (design.md 4): the
+        before). Stripe bills the update with a subscription_update invoice whose lines are 0.00 for the trial (for
+        half, made with create_prorations, beside a credit for the unused time of the period the trial cuts short),
+        and at the trial's end a new period and its invoice. MRR counts zero while the trial runs (design.md 4): the
         trial's start and end are transitions as any other (a cancellation and a reactivation when it is the
         customer's only subscription paying). Only subscriptions with no metered item, no paused collection and
         whose trial settings create an invoice, and one later trial a subscription (Stripe keeps the latest trial
@@ -1294,8 +1295,9 @@ class Simulation:
 
     def _later_trial(self, sub: dict[str, Any], t: int) -> bool:
         """Grant the paying ``sub`` a trial from ``t`` (later_trials), when it may have one: an update setting
-        ``trial_end``, billed by a subscription_update invoice of 0.00 lines for the trial; the trial's end is the
-        subscription's next cycle (a new period, invoiced). Returns whether it was granted."""
+        ``trial_end``, billed by a subscription_update invoice of 0.00 lines for the trial (half with a credit for
+        the unused time of the period it cuts short, as proration_behavior=create_prorations makes); the trial's end
+        is the subscription's next cycle (a new period, invoiced). Returns whether it was granted."""
         items = sub["items"]["data"]
         if (sub["pause_collection"] is not None or any(self._is_metered(it) for it in items)
                 or (sub["trial_start"] is not None and sub["trial_start"] > sub["start_date"])
@@ -1308,11 +1310,21 @@ class Simulation:
         prev = {"status": sub["status"], "trial_start": sub["trial_start"], "trial_end": sub["trial_end"],
                 "billing_cycle_anchor": sub["billing_cycle_anchor"], "items": _copy(sub["items"]),
                 "latest_invoice": sub["latest_invoice"]}
+        credits: list[dict[str, Any]] = []
+        if rng.random() < 0.5:  # (proration_behavior=create_prorations: the unused time of the period credited)
+            credits, _ = self._proration_lines(sub, t, [(it, {"price": it["price"], "quantity": it["quantity"]}, None)
+                                                        for it in items])
         sub["status"] = "trialing"
         sub["trial_start"], sub["trial_end"] = t, end
         sub["billing_cycle_anchor"] = end
         self._set_period(sub, t, end)
-        self._invoice(sub, t, "subscription_update", (t, end), zero=True)
+        if credits:
+            trial = [ob.line(self._id("il"), "", sub["currency"], 0, f"Trial period for {it['price']['nickname']}",
+                             (t, end), it["quantity"], sub["id"], it["id"], it["price"]["id"], it["price"]["product"],
+                             False, [], []) for it in items]
+            self._invoice(sub, t, "subscription_update", (t, end), lines=credits + trial)
+        else:
+            self._invoice(sub, t, "subscription_update", (t, end), zero=True)
         self._event("customer.subscription.updated", sub, t, prev)
         gen = self._bump(sub["id"])
         self._at(end, "cycle", sub["id"], gen)

@@ -828,7 +828,8 @@ def test_changes_without_prorations_are_only_those_a_sync_can_date() -> None:
 def test_a_trial_granted_to_a_paying_subscription_is_billed_and_labelled_as_stripe_and_the_contract_say() -> None:
     """Simulation(later_trials=True): an update sets trial_end on an active subscription (status trialing,
     trial_start the update's moment, the anchor at the trial's end; previous_attributes with the status and trial
-    before); a subscription_update invoice bills every item 0.00 for the trial, and the trial's end a new period.
+    before); a subscription_update invoice bills every item 0.00 for the trial (half with a credit for the unused
+    time of the period cut short), and the trial's end a new period.
     The truth counts zero meanwhile: with no other subscription paying, a cancellation then a reactivation. Off,
     the option leaves a seed's history as it was (a stream of its own)."""
     sim = Simulation(customers=600, months=24, seed=5, later_trials=True)
@@ -838,6 +839,8 @@ def test_a_trial_granted_to_a_paying_subscription_is_billed_and_labelled_as_stri
     assert len(granted) >= 30, len(granted)
     from stripe_churn.sandbox.truth import iso
 
+    with_credit = 0
+
     whole = {(r["customer_id"], r["occurred_at"]): r["movement"] for r in sim.truth}
     at = {e["data"]["object"]["customer"]: e for e in granted}
     for e in granted:
@@ -846,14 +849,22 @@ def test_a_trial_granted_to_a_paying_subscription_is_billed_and_labelled_as_stri
         assert "trial_end" in prev and prev["trial_end"] != sub["trial_end"]
         (inv,) = [i for i in sim.objects["invoices"].values()
                   if i["subscription"] == sub["id"] and i["created"] == t]
-        assert inv["billing_reason"] == "subscription_update" and inv["total"] == 0
-        assert {ln["parent"]["subscription_item_details"]["subscription_item"] for ln in inv["lines"]["data"]} == {
+        assert inv["billing_reason"] == "subscription_update" and inv["amount_due"] == 0
+        trial = [ln for ln in inv["lines"]["data"] if not ln["parent"]["subscription_item_details"]["proration"]]
+        credits = [ln for ln in inv["lines"]["data"] if ln["parent"]["subscription_item_details"]["proration"]]
+        assert {ln["parent"]["subscription_item_details"]["subscription_item"] for ln in trial} == {
             it["id"] for it in sub["items"]["data"]}
         assert all((ln["amount"], ln["period"]["start"], ln["period"]["end"]) == (0, t, sub["trial_end"])
-                   for ln in inv["lines"]["data"])
+                   for ln in trial)
+        # (made with create_prorations: the unused time of the period cut short credited, to its old end)
+        old_end = prev["items"]["data"][0]["current_period_end"]
+        assert all(ln["amount"] <= 0 and (ln["period"]["start"], ln["period"]["end"]) == (t, old_end)
+                   for ln in credits)
+        with_credit += bool(credits)
         if sub["trial_end"] < sim.clock:
             assert any(i["subscription"] == sub["id"] and i["created"] == sub["trial_end"]
                        and i["billing_reason"] == "subscription_cycle" for i in sim.objects["invoices"].values())
+    assert 0.3 < with_credit / len(granted) < 0.7, with_credit
     cust = next(c for c, e in at.items() if e["data"]["object"]["trial_end"] < sim.clock
                 and sum(1 for x in granted if x["data"]["object"]["customer"] == c) == 1)
     e = at[cust]
