@@ -472,7 +472,8 @@ unpaid_before_events AS (
 -- end. A 100%-off coupon is no trial: its line bills the full price (the discount comes off it); a free price
 -- bills 0 anyway, a metered item is billed in arrears (0 at creation, whatever happens), and prorations only
 -- mark a change: none of them tells. The trial ran from start_date to that invoice. Only the subscriptions with
--- a later trial are looked at, and of their invoices the ones before that trial.
+-- a later trial are looked at, and of their invoices the ones before that trial (update_trials below reads an
+-- earlier trial granted by an update from them too).
 later_trial_invoices AS MATERIALIZED (
     SELECT s.account_id, s.subscription_id, s.start_date, s.trial_start, s.ended_at, i.id AS invoice_id,
            i.billing_reason, i.created
@@ -483,10 +484,10 @@ later_trial_invoices AS MATERIALIZED (
       AND i.created < s.trial_start AND NOT coalesce(i.deleted, false)
 ),
 later_trial_lines AS MATERIALIZED (
-    SELECT v.*, l.amount, l.period_end,
-           CASE WHEN v.billing_reason = 'subscription_create'
+    SELECT v.*, l.amount, l.period_start, l.period_end,
+           CASE WHEN v.billing_reason IN ('subscription_create', 'subscription_update')
                 THEN p.usage_type = 'licensed' AND p.price_type = 'recurring' END AS licensed,
-           CASE WHEN v.billing_reason = 'subscription_create' AND l.amount = 0 AND licensed
+           CASE WHEN v.billing_reason IN ('subscription_create', 'subscription_update') AND l.amount = 0 AND licensed
                 THEN price_amount_p(l.account_id, l.price_id, l.quantity) > 0 END AS bills_something
     FROM later_trial_invoices v
     JOIN invoice_lines l ON l.account_id = v.account_id AND l.invoice_id = v.invoice_id
@@ -510,6 +511,29 @@ signup_trials AS (
       AND l.created > z.start_date AND l.created <= z.zero_until + INTERVAL 1 DAY
     GROUP BY ALL
 ),
+-- An earlier trial granted by an update shows on the invoices alone as well: the subscription_update invoice
+-- that billed the update bills every licensed item at 0 (its lines that are no proration; a credit for the unused
+-- time beside them is one) for a new period from the update on, though its price bills something at that
+-- quantity, and the trial's end is invoiced (billing something) no later than a day after that period's end.
+-- The trial ran from that invoice to the one of its end.
+update_zero AS (
+    SELECT account_id, subscription_id, invoice_id, any_value(created) AS created, max(period_end) AS zero_until
+    FROM later_trial_lines
+    WHERE billing_reason = 'subscription_update' AND licensed
+    GROUP BY ALL
+    HAVING bool_and(amount = 0) AND bool_or(coalesce(bills_something, false))
+       AND min(period_start) >= any_value(created) - INTERVAL 5 MINUTE
+       AND max(period_end) > any_value(created) AND max(period_end) <= any_value(trial_start)
+),
+update_trials AS (
+    SELECT z.account_id, z.subscription_id, z.created AS trial_start, min(l.created) AS trial_end,
+           any_value(l.ended_at) AS ended_at
+    FROM update_zero z
+    JOIN later_trial_lines l USING (account_id, subscription_id)
+    WHERE l.billing_reason IN ('subscription_cycle', 'subscription_update') AND l.amount > 0
+      AND l.created > z.created AND l.created <= z.zero_until + INTERVAL 1 DAY
+    GROUP BY z.account_id, z.subscription_id, z.created
+),
 recon AS (
     SELECT s.account_id, s.subscription_id, s.start_date AS moment,
            CASE WHEN s.trial_end IS NOT NULL AND s.trial_end > s.start_date
@@ -528,6 +552,13 @@ recon AS (
     -- (the end of a trial at signup that a later one replaced)
     SELECT account_id, subscription_id, trial_end, 'active', false, 'snapshot', NULL, 1
     FROM signup_trials WHERE ended_at IS NULL OR trial_end < ended_at
+    UNION ALL
+    -- (an earlier trial granted by an update, and its end)
+    SELECT account_id, subscription_id, trial_start, 'trialing', false, 'snapshot', NULL, 1
+    FROM update_trials WHERE ended_at IS NULL OR trial_start < ended_at
+    UNION ALL
+    SELECT account_id, subscription_id, trial_end, 'active', false, 'snapshot', NULL, 1
+    FROM update_trials WHERE ended_at IS NULL OR trial_end < ended_at
     UNION ALL
     SELECT s.account_id, s.subscription_id, s.trial_end,
            CASE WHEN s.status = 'paused' AND (s.paused_at IS NULL OR s.paused_at <= s.trial_end) THEN 'paused'

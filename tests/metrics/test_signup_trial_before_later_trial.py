@@ -189,3 +189,89 @@ def test_the_incremental_path_reads_the_signup_trial_as_a_full_recompute_does(wo
     _, full = assert_incremental_equals_full(tmp_path, before, changed, LATER - DAY, LATER_END + 2 * DAY, shards)
     assert [r for r in full["view mrr_movements"] if "cus_1" in r and "'new'" in r
             and str(dt.datetime.fromtimestamp(FIRST_END, tz=dt.UTC).date()) in r]
+
+
+
+EARLIER = T0 + 5 * DAY  # an earlier trial granted by an update, for 10 days
+EARLIER_END = EARLIER + 10 * DAY
+
+
+def earlier_trial_then_later_trial(w: World) -> None:
+    """cus_1 pays 2 seats at 25.00 from T0 (no trial at signup); at EARLIER an update grants a 10-day trial, billed
+    by a subscription_update invoice of 0.00 lines from then (with a credit for the unused time of the period cut
+    short, as create_prorations makes it); its end is invoiced; later another trial is granted (LATER)."""
+    w.customer("cus_1")
+    w.product("prod_seat", unit_label="seat", family="core")
+    w.price("price_a", "prod_seat", 2_500)
+    w.subscribe("sub_1", "cus_1", [("si_1", "price_a", 2)], T0)
+    w.update("sub_1", EARLIER, status="trialing", trial_start=EARLIER, trial_end=EARLIER_END,
+             billing_cycle_anchor=EARLIER_END)
+    inv = w.invoice_for("sub_1", EARLIER, "subscription_update", period_start=EARLIER)  # (0.00 lines)
+    item = w.objects["subscriptions"]["sub_1"]["items"]["data"][0]
+    credit = w._line("sub_1", item, EARLIER, add_months(T0, 1), proration=True, credit=True)
+    credit["invoice"] = inv["id"]
+    inv["lines"]["data"].insert(0, credit)
+    w.update("sub_1", EARLIER_END, status="active")
+    w.cycle("sub_1", EARLIER_END)
+    later_trial(w, EARLIER_END)
+
+
+@pytest.mark.parametrize("events", EVENTS[:2])
+def test_an_earlier_trial_granted_by_an_update_counts_zero_when_a_later_trial_replaced_it(
+        world: World, derive: Derive, events: bool | int) -> None:
+    """Both trials granted by updates count zero, whichever evidence the store holds: the events, or before them
+    the earlier trial's update invoice (0.00 lines from the update on) and the invoice of its end (it used to be
+    active throughout, no movement at either end). (Found by scripts/truth_check.py --later-trials.)"""
+    earlier_trial_then_later_trial(world)
+    con = derive(world, seen_at=LATER_END + 5 * DAY, events=events)
+    assert status_steps(con) == [(T0, "active"), (EARLIER, "trialing"), (EARLIER_END, "active"),
+                                 (LATER, "trialing"), (LATER_END, "active")]
+    assert customer_mrr_at(con, "cus_1", EARLIER) == 0
+    assert customer_mrr_at(con, "cus_1", EARLIER_END) == Decimal("50.0000")
+    assert movements(con) == [(T0, "new", Decimal("50.0000")),
+                              (EARLIER, "cancellation", Decimal("-50.0000")),
+                              (EARLIER_END, "reactivation", Decimal("50.0000")),
+                              (LATER, "cancellation", Decimal("-50.0000")),
+                              (LATER_END, "reactivation", Decimal("50.0000"))]
+
+
+def test_an_update_invoice_paying_nothing_for_another_reason_is_no_trial(world: World, derive: Derive) -> None:
+    """A plan switched to a free price by an update that restarts the period (its invoice bills 0.00 from then,
+    as the price costs nothing), switched back days later, is no trial: the subscription stays active until the
+    later trial."""
+    world.customer("cus_1")
+    world.product("prod_seat", unit_label="seat", family="core")
+    world.price("price_a", "prod_seat", 2_500)
+    world.price("price_free", "prod_seat", 0)
+    world.subscribe("sub_1", "cus_1", [("si_1", "price_a", 2)], T0)
+    for at, price in ((EARLIER, "price_free"), (EARLIER_END, "price_a")):
+        world.update("sub_1", at, items=[("si_1", price, 2)], prorate=False, billing_cycle_anchor=at)
+        for it in world.objects["subscriptions"]["sub_1"]["items"]["data"]:
+            it["current_period_start"], it["current_period_end"] = at, add_months(at, 1)
+        world.invoice_for("sub_1", at, "subscription_update", period_start=at)
+    later_trial(world, EARLIER_END)
+    con = derive(world, seen_at=LATER_END + 5 * DAY, events=False)
+    assert [s for s in status_steps(con) if s[0] < LATER] == [(T0, "active")]
+
+
+@pytest.mark.parametrize("shards", [1])
+def test_the_incremental_path_reads_an_earlier_trial_granted_by_an_update_as_a_full_recompute_does(
+        world: World, tmp_path: Path, shards: int) -> None:
+    """The earlier trial granted by an update with no event of it stored (coverage starts at the later trial's
+    events, which a later sync brings): every derived table is the full recompute's, the earlier trial's
+    cancellation and reactivation read from its invoices."""
+    from test_incremental import assert_incremental_equals_full, later_sync
+
+    earlier_trial_then_later_trial(world)
+    world.customer("cus_2")
+    world.subscribe("sub_2", "cus_2", [("si_2", "price_a", 1)], T0 + 3 * DAY)
+    world.events = [e for e in world.events if e["created"] >= LATER]
+    before = copy.deepcopy(world)
+    before.events = []
+    # (sub_1 as it was before the later trial)
+    before.objects["subscriptions"]["sub_1"].update(status="active", trial_start=EARLIER, trial_end=EARLIER_END)
+    before.objects["invoices"] = {k: v for k, v in before.objects["invoices"].items() if v["created"] < LATER}
+    changed = later_sync(world, {"cus_1"}, {"sub_1"}, LATER)
+    _, full = assert_incremental_equals_full(tmp_path, before, changed, LATER - DAY, LATER_END + 2 * DAY, shards)
+    day = str(dt.datetime.fromtimestamp(EARLIER_END, tz=dt.UTC).date())
+    assert [r for r in full["view mrr_movements"] if "cus_1" in r and "'reactivation'" in r and day in r]
