@@ -250,8 +250,8 @@ class Simulation:
         and at the trial's end a new period and its invoice. MRR counts zero while the trial runs (design.md 4): the
         trial's start and end are transitions as any other (a cancellation and a reactivation when it is the
         customer's only subscription paying). Only subscriptions with no metered item, no paused collection and
-        whose trial settings create an invoice, and one later trial a subscription (Stripe keeps the latest trial
-        only on the subscription: an earlier later trial would be read from its invoices alone).
+        whose trial settings create an invoice; one may be granted several (Stripe keeps the latest trial only on
+        the subscription: an earlier one is read from its invoices alone).
         ``option_prices``: every dollar price has ``currency_options`` in eur and gbp (amounts of their own, and a
         tiered price's tiers of their own: other amounts, bounds moved in eur, a flat amount on gbp's first tier;
         ``transform_quantity`` is the price's), and half the customers billed in eur or gbp subscribe to the dollar
@@ -1300,7 +1300,6 @@ class Simulation:
         is the subscription's next cycle (a new period, invoiced). Returns whether it was granted."""
         items = sub["items"]["data"]
         if (sub["pause_collection"] is not None or any(self._is_metered(it) for it in items)
-                or (sub["trial_start"] is not None and sub["trial_start"] > sub["start_date"])
                 or sub["trial_settings"]["end_behavior"]["missing_payment_method"] != "create_invoice"):
             return False
         rng = self._rng_later_trial
