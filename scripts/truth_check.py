@@ -63,18 +63,9 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
 
     options = {} if args.plain else dict(SANDBOX_OPTIONS)
-    if args.item_discounts:
-        options["item_discounts"] = True
-    if args.collection_pauses:
-        options["collection_pauses"] = True
-    if args.fx_changes:
-        options["fx_changes"] = True
-    if args.no_prorations:
-        options["no_prorations"] = True
-    if args.later_trials:
-        options["later_trials"] = True
-    if args.option_prices:
-        options["option_prices"] = True
+    for name in ("item_discounts", "collection_pauses", "fx_changes", "no_prorations", "later_trials", "option_prices"):
+        if getattr(args, name):
+            options[name] = True
     started = time.perf_counter()
     start = None if args.start is None else int(dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp())
     sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start, **options)
