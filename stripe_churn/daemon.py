@@ -505,26 +505,20 @@ class Daemon:
             with contextlib.suppress(JobLookupError):
                 self.scheduler.remove_job(job)
 
-    def _schedule_once(self, reason: str, when: dt.datetime, job_id: str) -> None:
-        """A run for ``reason`` at ``when`` (none when one of ``job_id`` waits already)."""
+    def _schedule_once(self, reason: str, when: dt.datetime, job_id: str, **tick: Any) -> None:
+        """A run for ``reason`` at ``when``, ``tick``'s other arguments given (none when one of ``job_id`` waits
+        already). More than one instance, as the scheduled ticks: the job of an event that comes while the sync of an
+        earlier one runs reaches tick(), which has a run follow that one; APScheduler dropped it with a WARNING."""
         if self.stop_event.is_set():
             return
         try:
             self.scheduler.add_job(self.tick, "date", run_date=when, id=job_id, max_instances=_TICK_INSTANCES,
-                                   kwargs={"reason": reason})
+                                   kwargs={"reason": reason, **tick})
         except ConflictingIdError:
             log.debug("%s already scheduled", job_id)
 
     def _schedule_webhook_sync(self, reason: str, when: dt.datetime, job_id: str) -> None:
-        if self.stop_event.is_set():
-            return
-        try:
-            # (more than one instance, as the scheduled ticks: the job of an event that comes while the sync of an
-            # earlier one runs reaches tick(), which has a run follow that one; APScheduler dropped it with a WARNING)
-            self.scheduler.add_job(self.tick, "date", run_date=when, id=job_id, max_instances=_TICK_INSTANCES,
-                                   kwargs={"reason": reason, "wait": self.lock_wait_seconds, "follow": True})
-        except ConflictingIdError:
-            log.debug("%s already scheduled", job_id)
+        self._schedule_once(reason, when, job_id, wait=self.lock_wait_seconds, follow=True)
 
     def webhook_event(self, event_type: str) -> None:
         """Debounce: the first event schedules a sync a few seconds out; events before it runs join it, and so
