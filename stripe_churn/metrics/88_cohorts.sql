@@ -6,7 +6,7 @@
 -- at the rate in force at the end of the cohort's first month (its amount in its own currency times that rate;
 -- its own amount when that was the rate it was made at), so an unchanged customer stays at 100% and one who left
 -- counts nothing.
--- Inputs: derived_mrr_movements, derived_settings, fx_rates, derived_fx_days.
+-- Inputs: derived_mrr_movements, derived_settings, fx_rates, derived_fx_days; the macro utc_date (50).
 
 CREATE OR REPLACE MACRO cohort_matrix() AS TABLE
 WITH
@@ -45,11 +45,10 @@ monthly AS (
     -- (the rates of the UTC days that value the movement's states before and after, as step 62 takes them)
     LEFT JOIN derived_fx_days fa
       ON r.rate IS NOT NULL AND fa.currency = m.currency
-     AND fa.day = CAST(DATE '1970-01-01' + CAST(floor((epoch_us(m.occurred_at) - 1) / 86400000000) AS INTEGER)
-                       AS DATE)
+     AND fa.day = utc_date(m.occurred_at - INTERVAL 1 MICROSECOND)
     LEFT JOIN derived_fx_days fb
       ON r.rate IS NOT NULL AND fb.currency = m.currency
-     AND fb.day = CAST(DATE '1970-01-01' + CAST(floor(epoch_us(m.t_end) / 86400000000) AS INTEGER) AS DATE)
+     AND fb.day = utc_date(m.t_end)
     GROUP BY ALL
 ),
 sizes AS (SELECT cohort_month, count(*) AS cohort_customers FROM cohorts GROUP BY ALL),
