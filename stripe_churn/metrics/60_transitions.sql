@@ -27,18 +27,18 @@ WITH item_rows AS (
         -- 23 hours later, is where its MRR starts and its `new` is dated)
         status IN ('incomplete', 'incomplete_expired')
             AND (lag(valid_to) OVER w IS DISTINCT FROM valid_from
-                 OR lag(status) OVER w IN ('incomplete', 'incomplete_expired')) AS unpaid_start,
-        status IN ('incomplete', 'incomplete_expired') AS unpaid
+                 OR lag(status) OVER w IN ('incomplete', 'incomplete_expired')) AS incomplete_start,
+        status IN ('incomplete', 'incomplete_expired') AS incomplete
     FROM derived_item_mrr
     WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY valid_from)
 )
 SELECT DISTINCT account_id, customer_id, t
 FROM (
     SELECT account_id, customer_id, valid_from AS t
-    FROM item_rows WHERE (changed OR prev_to IS DISTINCT FROM valid_from) AND NOT unpaid_start
+    FROM item_rows WHERE (changed OR prev_to IS DISTINCT FROM valid_from) AND NOT incomplete_start
     UNION ALL
     SELECT account_id, customer_id, valid_to
-    FROM item_rows WHERE valid_to IS NOT NULL AND next_from IS DISTINCT FROM valid_to AND NOT unpaid
+    FROM item_rows WHERE valid_to IS NOT NULL AND next_from IS DISTINCT FROM valid_to AND NOT incomplete
     UNION ALL
     -- every customer level starts with a change (50 keeps a level only where the MRR changes, and each
     -- level's valid_to is the next one's valid_from), so its starts are the customer's change points; but a first
