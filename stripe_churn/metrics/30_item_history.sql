@@ -256,6 +256,47 @@ JOIN derived_sub_obs o
  AND o.moment >= f.created AND o.moment < f.first_listed
 GROUP BY f.account_id, f.subscription_id, f.subscription_item_id;
 
+-- The stored events older than coverage (kept from before a gap in them: a sync after more than Stripe's 30 days
+-- away lists only the events it still keeps, and coverage starts after the gap). Between the gaps they are as
+-- complete as inside coverage, and where they overlap the invoices events win (design.md 3): an item changed,
+-- added or removed without prorations is dated by its event instead of the renewal that bills it. Only their item
+-- lists are read (statuses before coverage stay reconstructed: the gaps would hide the events of their changes).
+-- A deletion's state (its items are listed, yet it ends them) and an ended subscription's are left to the
+-- invoices. (70 names them as the events behind a change.)
+CREATE OR REPLACE TEMP TABLE derived_early_sub_events AS
+SELECT e.account_id, e.object_id AS subscription_id, e.created AS moment, e.id AS event_id,
+       row_number() OVER (PARTITION BY e.account_id, e.object_id ORDER BY e.created, e.id) AS seq,
+       NOT coalesce(TRY_CAST(e.sub_state.has_more AS BOOLEAN), false) AS items_complete, e.sub_state.items AS items
+FROM events e
+JOIN derived_coverage c USING (account_id)
+WHERE e.type LIKE 'customer.subscription.%' AND e.type <> 'customer.subscription.deleted'
+  AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false) AND e.created < c.coverage_start
+  AND e.sub_state.status NOT IN ('canceled', 'incomplete_expired');
+
+-- Their steps, mixed with the invoice steps before coverage (which alone speak for the gaps): each item a state
+-- lists, and every other known item of the subscription absent when the list is complete. Below every step of
+-- coverage (prio 1e14 + their order) and above every invoice step at the same moment.
+INSERT INTO derived_obs_item_steps
+WITH listed AS (
+    SELECT o.account_id, o.subscription_id, o.seq, u.it.id AS subscription_item_id, u.it.price_id,
+           TRY_CAST(u.it.quantity_text AS BIGINT) AS quantity
+    FROM derived_early_sub_events o, unnest(o.items) AS u(it)
+),
+known AS (
+    SELECT account_id, subscription_id, subscription_item_id FROM derived_items_known
+    UNION
+    SELECT account_id, subscription_id, subscription_item_id FROM listed
+)
+SELECT o.account_id, o.subscription_id, k.subscription_item_id, o.moment,
+       i.subscription_item_id IS NOT NULL AS present, i.price_id, i.quantity, 'event' AS source,
+       o.event_id AS source_event_id, NULL AS source_invoice_id, CAST(1e14 AS BIGINT) + o.seq AS prio
+FROM derived_early_sub_events o
+JOIN known k USING (account_id, subscription_id)
+LEFT JOIN listed i
+    ON i.account_id = o.account_id AND i.subscription_id = o.subscription_id AND i.seq = o.seq
+   AND i.subscription_item_id = k.subscription_item_id
+WHERE i.subscription_item_id IS NOT NULL OR o.items_complete;
+
 -- An integer key per item (account, item id; a NULL id is one item per account, as a window partition
 -- sees it): the windows below sort on it instead of the id strings. Valid within one run only. With the item's
 -- `created` when the store has the item.
@@ -263,6 +304,9 @@ CREATE OR REPLACE TEMP TABLE derived_item_keys AS
 SELECT u.account_id, u.subscription_item_id, CAST(row_number() OVER () AS INTEGER) AS ik, si.created
 FROM (SELECT DISTINCT account_id, subscription_item_id
       FROM (SELECT account_id, subscription_item_id FROM derived_items_known
+            UNION ALL
+            -- (an item that only the events before coverage list)
+            SELECT account_id, subscription_item_id FROM derived_obs_item_steps WHERE prio < 1e15
             UNION ALL
             -- (a line without a subscription is no known item, but its steps still count)
             SELECT account_id, subscription_item_id FROM derived_invoice_lines
@@ -387,7 +431,7 @@ made_before_covered AS (
         -- (the step kept at the item's first moment, for an item made before the events and first seen inside)
         SELECT f.ik, f.src, f.rid, f.prio, f.v, b.created
         FROM (SELECT b.ik, b.moment, k.created
-              FROM (SELECT ik, min(moment) AS moment FROM keyed GROUP BY ik) b
+              FROM (SELECT ik, min(moment) AS moment FROM keyed WHERE src = 0 OR prio >= 1e15 GROUP BY ik) b
               JOIN derived_item_keys k USING (ik)
               JOIN derived_coverage c USING (account_id)
               WHERE k.created < c.coverage_start AND c.coverage_start <= b.moment) b
@@ -408,6 +452,13 @@ made_before_covered AS (
         LEFT JOIN derived_price_terms p ON p.rowid = f.v.pk
         WHERE f.v.present AND p.usage_type IS DISTINCT FROM 'metered'
           AND greatest(f.created, s.start_date) < c.coverage_start
+          -- (not when the events before coverage saw it added: they date it)
+          AND NOT EXISTS (SELECT 1 FROM derived_obs_item_steps a
+                          JOIN derived_obs_item_steps b
+                            ON b.account_id = a.account_id AND b.subscription_item_id = a.subscription_item_id
+                           AND b.prio < 1e15 AND b.present AND b.moment > a.moment
+                          WHERE a.account_id = st.account_id AND a.subscription_item_id = st.subscription_item_id
+                            AND a.prio < 1e15 AND NOT a.present)
     ),
     billing AS (
         -- (the first line that bills it)

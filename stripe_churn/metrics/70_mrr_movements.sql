@@ -72,7 +72,10 @@ sub_events AS (
            -- (the latest in the subscription's event order: two events in one second pick the same one every run)
            arg_max(e.event_id, (e.moment, e.seq)) AS event_id
     FROM (SELECT e.account_id, e.subscription_id, e.moment, e.event_id, e.seq, s.customer_id
-          FROM derived_sub_events e
+          FROM (SELECT account_id, subscription_id, moment, event_id, seq FROM derived_sub_events
+                -- (and those stored from before coverage, which date item changes in 30)
+                UNION ALL
+                SELECT account_id, subscription_id, moment, event_id, seq FROM derived_early_sub_events) e
           JOIN subscriptions s ON s.account_id = e.account_id AND s.id = e.subscription_id) e
     JOIN derived_transitions t ON t.account_id = e.account_id AND t.customer_id = e.customer_id
                               AND e.moment >= t.t_start AND e.moment <= t.t_end

@@ -313,7 +313,10 @@ JOIN (SELECT s.account_id, s.subscription_id FROM {db}.derived_subs s
       JOIN {scope}.moved_customers c USING (account_id, customer_id)) x
   ON x.account_id = e.account_id AND x.subscription_id = e.object_id
 LEFT JOIN {db}.derived_sub_event_order o ON o.account_id = e.account_id AND o.event_id = e.id
-WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false)
+WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false);
+-- (those from before coverage are among them: step 30's table of them stays empty here)
+CREATE OR REPLACE TEMP TABLE derived_early_sub_events AS
+SELECT account_id, subscription_id, moment, event_id, seq FROM derived_sub_events WHERE false;
 """
 
 # The raw rows of the touched customers, table by table, as (row id, owning customer): first the matching row ids
