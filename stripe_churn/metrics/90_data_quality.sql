@@ -108,8 +108,34 @@ at_start AS (
                     AND coalesce(st.status NOT IN ('canceled', 'incomplete_expired'), true)
                     AND (si.subscription_item_id IS NOT NULL OR NOT st.cut_short))
 ),
+-- the same before coverage where 30 took an item's state from an event stored before a gap in them: a line whose
+-- period starts after the first such event, against the item's history then when an event's state gave it
+-- (a line that made the history is no disagreement)
+early AS (
+    SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.price_id, l.quantity, l.period_start AS moment,
+           h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item, false AS absent,
+           false AS by_snapshot, 'invoice ' || l.invoice_id AS bill, false AS at_start
+    FROM (SELECT *, period_start + CASE WHEN proration THEN INTERVAL 5 MINUTE ELSE INTERVAL 0 MINUTE END AS at
+          FROM derived_invoice_lines) l
+    JOIN derived_coverage c USING (account_id)
+    JOIN (SELECT account_id, min(moment) AS since FROM derived_early_sub_events GROUP BY account_id) e
+      USING (account_id)
+    JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
+    JOIN derived_item_history h
+      ON h.account_id = l.account_id AND h.subscription_item_id = l.subscription_item_id
+     AND h.valid_from <= l.at AND (h.valid_to IS NULL OR l.at < h.valid_to)
+    WHERE l.period_start >= e.since AND l.period_start < c.coverage_start AND NOT l.is_credit
+      AND p.usage_type = 'licensed' AND h.source = 'event' AND h.valid_from < c.coverage_start
+      -- (a proration's debit line that a history row of its item within 5 minutes agrees with, as inside)
+      AND NOT (l.proration AND EXISTS (SELECT 1 FROM derived_item_history g
+                                       WHERE g.account_id = l.account_id
+                                         AND g.subscription_item_id = l.subscription_item_id
+                                         AND g.price_id = l.price_id AND g.quantity IS NOT DISTINCT FROM l.quantity
+                                         AND g.valid_from <= l.period_start + INTERVAL 5 MINUTE
+                                         AND (g.valid_to IS NULL OR g.valid_to > l.period_start - INTERVAL 5 MINUTE)))
+),
 compared AS (
-    SELECT * FROM inside UNION ALL SELECT * FROM at_start
+    SELECT * FROM inside UNION ALL SELECT * FROM at_start UNION ALL SELECT * FROM early
 ),
 differing AS MATERIALIZED (
     -- (read twice below: computed once)
@@ -138,7 +164,11 @@ replaced AS (
         GROUP BY ALL
     )
     SELECT e.account_id, e.subscription_item_id, e.ended_at,
-           string_agg(DISTINCT n.subscription_item_id, ', ' ORDER BY n.subscription_item_id) AS added
+           string_agg(DISTINCT n.subscription_item_id, ', ' ORDER BY n.subscription_item_id) AS added,
+           -- (an event stored from before a gap in the events that shows the switch then)
+           (SELECT min(x.event_id) FROM derived_early_sub_events x
+            WHERE x.account_id = e.account_id AND x.subscription_id = e.subscription_id AND x.moment = e.ended_at)
+               AS added_by
     FROM ended e
     JOIN began n
       ON n.account_id = e.account_id AND n.subscription_id = e.subscription_id AND n.began = e.ended_at
@@ -148,7 +178,7 @@ replaced AS (
 mismatched AS (
     -- an open subscription_update invoice that the events contradict bills an update that waits for its payment
     -- (payment_behavior=pending_if_incomplete): it applies once paid, or expires and Stripe voids the invoice
-    SELECT m.* REPLACE (coalesce(r.ended_at, m.moment) AS moment), r.added,
+    SELECT m.* REPLACE (coalesce(r.ended_at, m.moment) AS moment), r.added, r.added_by,
            NOT m.by_snapshot AND NOT m.absent AND i.status = 'open'
                AND i.billing_reason = 'subscription_update' AS pending
     FROM differing m
@@ -169,12 +199,15 @@ SELECT account_id,
                         CASE WHEN h_item IS NULL THEN 'no such item' ELSE format('{} × {}', h_quantity, h_price) END)
             -- (a replaced item: what the history did with it)
             WHEN added IS NOT NULL
-            THEN format('{} bills item {} ({} × {}) but {} no such item; the history ends it at {}, the created of '
-                        '{} {} added in its place (no stored event or credit shows when it changed)',
+            THEN format('{} bills item {} ({} × {}) but {} no such item; the history ends it at {}, {} {} {} '
+                        'added in its place {}',
                         bill, subscription_item_id, quantity, price_id,
                         CASE WHEN by_snapshot THEN 'the latest sync shows' ELSE 'the events show' END,
                         strftime(moment AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M UTC'),
-                        CASE WHEN contains(added, ', ') THEN 'items' ELSE 'item' END, added)
+                        CASE WHEN added_by IS NULL THEN 'the created of' ELSE 'when event ' || added_by || ' shows' END,
+                        CASE WHEN contains(added, ', ') THEN 'items' ELSE 'item' END, added,
+                        CASE WHEN added_by IS NULL THEN '(no stored event or credit shows when it changed)'
+                             ELSE '(stored from before a gap in the events; no credit shows it)' END)
             WHEN by_snapshot
             THEN format('{}; the sync''s state was used from {} on (no stored event shows when it changed)',
                         CASE WHEN absent

@@ -102,3 +102,53 @@ def test_events_before_a_gap_date_changes_made_without_prorations(world: World, 
             (month(3), "downgrade", -50), (month(3), "seat_expansion", 30),
             (SEATS_10, "seat_expansion", 20), (STORE_ADDED, "cross_sell", 70)]
 
+
+def test_an_invoice_an_event_before_the_gap_contradicts_is_a_data_quality_row(world: World,
+                                                                                store: duckdb.DuckDBPyConnection) -> None:
+    """Where a stored event and an invoice line before coverage disagree about one change, the event wins (the
+    history follows it) and the disagreement is a row of derived_data_quality, as inside coverage. (Between two
+    events the lines are the only evidence of a gap, so a renewal there still makes a step of its own.)"""
+    w = world
+    w.customer("cus_1")
+    w.product("prod_seat", unit_label="seat", family="core")
+    w.price("basic", "prod_seat", 1_000)
+    w.subscribe("sub_1", "cus_1", [("si_seat", "basic", 5)], T0)
+    w.cycle("sub_1", month(1))
+    w.update("sub_1", month(1, 13), items=[("si_seat", "basic", 6)])
+    for n in range(2, 6):
+        w.cycle("sub_1", month(n))
+    # (the proration bills 7 seats where the event of that update says 6)
+    update = next(inv for inv in w.objects["invoices"].values() if inv["billing_reason"] == "subscription_update")
+    debit = next(ln for ln in update["lines"]["data"] if ln["amount"] > 0)
+    debit["quantity"] = 7
+    load_with_gap(w, store, kept=True)
+    recompute(store, make_settings("usd"))
+    assert history(store) == [("si_seat", 5, T0, month(1, 13), "event"), ("si_seat", 6, month(1, 13), None, "event")]
+    rows = store.execute("SELECT kind, object_id, related_id, CAST(epoch(moment) AS BIGINT), detail "
+                         "FROM derived_data_quality WHERE kind LIKE 'invoice_%'").fetchall()
+    assert [r[:4] for r in rows] == [("invoice_event_mismatch", "si_seat", update["id"], month(1, 13))]
+    assert "bills 7 × basic, the events give 6 × basic" in rows[0][4]
+
+
+def test_a_switch_an_event_before_the_gap_shows_is_named_in_its_data_quality_row(world: World,
+                                                                                   store: duckdb.DuckDBPyConnection
+                                                                                   ) -> None:
+    """An annual plan switched without prorations (a new item in place of the old) before the gap: the invoice
+    before coverage still bills the old item, so data quality reports it, and says the event that shows the switch
+    instead of "no stored event"."""
+    w = world
+    w.customer("cus_1")
+    w.product("prod_seat", unit_label="seat", family="core")
+    w.price("basic_y", "prod_seat", 12_000, interval="year")
+    w.price("pro_y", "prod_seat", 24_000, interval="year")
+    w.subscribe("sub_1", "cus_1", [("si_1", "basic_y", 1)], T0)
+    switch = w.update("sub_1", SEATS_8, items=[("si_2", "pro_y", 1)], prorate=False)
+    assert switch["items"]["data"][0]["created"] == SEATS_8
+    load_with_gap(w, store, kept=True)
+    recompute(store, make_settings("usd"))
+    assert history(store) == [("si_1", 1, T0, SEATS_8, "event"), ("si_2", 1, SEATS_8, None, "event")]
+    event = next(e["id"] for e in w.events if e["created"] == SEATS_8)
+    rows = store.execute("SELECT kind, object_id, CAST(epoch(moment) AS BIGINT), detail FROM derived_data_quality "
+                         "WHERE kind LIKE 'invoice_%'").fetchall()
+    assert [r[:3] for r in rows] == [("invoice_snapshot_mismatch", "si_1", SEATS_8)]
+    assert f"the history ends it at 2026-03-10 00:00 UTC, when event {event} shows item si_2 added" in rows[0][3]
