@@ -3,16 +3,24 @@
 -- other side (an event, an invoice, a price); moment: when it applies; detail: one readable line.
 
 CREATE OR REPLACE TABLE derived_data_quality AS
--- an invoice line billed inside event coverage disagrees with the state the events give (events win)
-WITH agreed AS (
-    -- the proration debit lines inside coverage that a history row of their item within 5 minutes agrees with
+-- an invoice line billed inside event coverage disagrees with the state the events give (events win); so does one
+-- billed before coverage where 30 took the item's state from an event stored before a gap in them
+WITH covered AS (
+    -- (per account: where coverage starts, and the first event stored from before a gap)
+    SELECT c.account_id, c.coverage_start, c.has_events, e.since
+    FROM derived_coverage c
+    LEFT JOIN (SELECT account_id, min(moment) AS since FROM derived_early_sub_events GROUP BY account_id) e
+      USING (account_id)
+),
+agreed AS (
+    -- the proration debit lines compared below that a history row of their item within 5 minutes agrees with
     SELECT l.account_id, l.line_id
     FROM derived_invoice_lines l
-    JOIN derived_coverage c USING (account_id)
+    JOIN covered c USING (account_id)
     JOIN derived_item_history g
       ON g.account_id = l.account_id AND g.subscription_item_id = l.subscription_item_id
      AND g.price_id = l.price_id AND g.quantity IS NOT DISTINCT FROM l.quantity
-    WHERE l.proration AND NOT l.is_credit AND l.period_start >= c.coverage_start
+    WHERE l.proration AND NOT l.is_credit AND l.period_start >= coalesce(c.since, c.coverage_start)
       AND g.valid_from <= l.period_start + INTERVAL 5 MINUTE
       AND (g.valid_to IS NULL OR g.valid_to > l.period_start - INTERVAL 5 MINUTE)
 ),
@@ -20,18 +28,22 @@ inside AS (
     -- lines whose period starts inside coverage, against the history at that moment; a proration's debit line
     -- starts at the change it bills (Stripe's proration date, which may lie a little before the event): it
     -- disagrees only when no history row of the item within 5 minutes of that moment bills its price and
-    -- quantity (and is compared with the history 5 minutes after it)
+    -- quantity (and is compared with the history 5 minutes after it). Before coverage, from the first event
+    -- stored from before a gap: only against a history row such an event gave (a line that made the history
+    -- is no disagreement).
     SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.price_id, l.quantity, l.period_start AS moment,
            h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item, false AS absent,
            false AS by_snapshot, 'invoice ' || l.invoice_id AS bill, false AS at_start
     FROM (SELECT *, period_start + CASE WHEN proration THEN INTERVAL 5 MINUTE ELSE INTERVAL 0 MINUTE END AS at
           FROM derived_invoice_lines) l
-    JOIN derived_coverage c USING (account_id)
+    JOIN covered c USING (account_id)
     JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
     LEFT JOIN derived_item_history h
       ON h.account_id = l.account_id AND h.subscription_item_id = l.subscription_item_id
      AND h.valid_from <= l.at AND (h.valid_to IS NULL OR l.at < h.valid_to)
-    WHERE c.has_events AND l.period_start >= c.coverage_start AND NOT l.is_credit
+    WHERE l.period_start >= coalesce(c.since, c.coverage_start) AND NOT l.is_credit
+      AND CASE WHEN l.period_start >= c.coverage_start THEN c.has_events
+               ELSE coalesce(h.source = 'event' AND h.valid_from < c.coverage_start, false) END
       AND p.usage_type = 'licensed' AND l.subscription_item_id IS NOT NULL
       AND NOT (l.proration AND (l.account_id, l.line_id) IN (SELECT (account_id, line_id) FROM agreed))
 ),
@@ -108,34 +120,8 @@ at_start AS (
                     AND coalesce(st.status NOT IN ('canceled', 'incomplete_expired'), true)
                     AND (si.subscription_item_id IS NOT NULL OR NOT st.cut_short))
 ),
--- the same before coverage where 30 took an item's state from an event stored before a gap in them: a line whose
--- period starts after the first such event, against the item's history then when an event's state gave it
--- (a line that made the history is no disagreement)
-early AS (
-    SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.price_id, l.quantity, l.period_start AS moment,
-           h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item, false AS absent,
-           false AS by_snapshot, 'invoice ' || l.invoice_id AS bill, false AS at_start
-    FROM (SELECT *, period_start + CASE WHEN proration THEN INTERVAL 5 MINUTE ELSE INTERVAL 0 MINUTE END AS at
-          FROM derived_invoice_lines) l
-    JOIN derived_coverage c USING (account_id)
-    JOIN (SELECT account_id, min(moment) AS since FROM derived_early_sub_events GROUP BY account_id) e
-      USING (account_id)
-    JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
-    JOIN derived_item_history h
-      ON h.account_id = l.account_id AND h.subscription_item_id = l.subscription_item_id
-     AND h.valid_from <= l.at AND (h.valid_to IS NULL OR l.at < h.valid_to)
-    WHERE l.period_start >= e.since AND l.period_start < c.coverage_start AND NOT l.is_credit
-      AND p.usage_type = 'licensed' AND h.source = 'event' AND h.valid_from < c.coverage_start
-      -- (a proration's debit line that a history row of its item within 5 minutes agrees with, as inside)
-      AND NOT (l.proration AND EXISTS (SELECT 1 FROM derived_item_history g
-                                       WHERE g.account_id = l.account_id
-                                         AND g.subscription_item_id = l.subscription_item_id
-                                         AND g.price_id = l.price_id AND g.quantity IS NOT DISTINCT FROM l.quantity
-                                         AND g.valid_from <= l.period_start + INTERVAL 5 MINUTE
-                                         AND (g.valid_to IS NULL OR g.valid_to > l.period_start - INTERVAL 5 MINUTE)))
-),
 compared AS (
-    SELECT * FROM inside UNION ALL SELECT * FROM at_start UNION ALL SELECT * FROM early
+    SELECT * FROM inside UNION ALL SELECT * FROM at_start
 ),
 differing AS MATERIALIZED (
     -- (read twice below: computed once)
