@@ -941,7 +941,8 @@ class _Sync:
                 kept_from = server_time - EVENT_RETENTION_S
                 if last is not None and last < kept_from:
                     log.warning("the stored events end at %s, before the oldest event Stripe keeps now: the "
-                                "events in between are lost, and history up to %s is taken from invoices",
+                                "events in between are lost, and history up to %s is taken from invoices (and from the item "
+                                "changes the events stored before the gap show)",
                                 datetime.fromtimestamp(last, UTC).isoformat(),
                                 datetime.fromtimestamp(kept_from, UTC).isoformat())
                     self._set_cursor(EVENTS_UNBROKEN, None, kept_from, False)
