@@ -3,7 +3,7 @@
 -- per MRR level. Rates come from fx_rates (a rate holds from its date until the next dated row); a needed
 -- rate that is missing is listed in derived_fx_missing and the runner stops with a DataError.
 
-CREATE OR REPLACE MACRO utc_date(t) AS DATE '1970-01-01' + CAST(floor(epoch(t) / 86400) AS INTEGER);
+CREATE OR REPLACE MACRO utc_date(t) AS DATE '1970-01-01' + CAST(floor(epoch_us(t) / 86400000000) AS INTEGER);
 
 CREATE OR REPLACE TEMP TABLE derived_fx AS
 SELECT lower(currency) AS currency, date AS rate_date,

@@ -1,6 +1,6 @@
 -- The customer's items in state A (just before a transition) and state B (at its end), side by side per
 -- subscription item, with the exchange rates that value them in the reporting currency.
--- Inputs: derived_transitions, derived_item_mrr, fx_rates, derived_settings.
+-- Inputs: derived_transitions, derived_item_mrr, fx_rates, derived_settings; the macro utc_date (50).
 
 -- Exchange rate per currency and UTC day (units of the reporting currency for one unit of `currency`; a
 -- rate holds until the next dated row), one row per day from the currency's first rate through the later of
@@ -44,8 +44,8 @@ item_rows AS (
 -- the day whose rate values state A (just before t_start) and state B (at t_end), in UTC
 tr AS (
     SELECT tid, kind, account_id, customer_id, t_start, t_end,
-           CAST(DATE '1970-01-01' + CAST(floor((epoch_us(t_start) - 1) / 86400000000) AS INTEGER) AS DATE) AS day_a,
-           CAST(DATE '1970-01-01' + CAST(floor(epoch_us(t_end) / 86400000000) AS INTEGER) AS DATE) AS day_b
+           -- (the macro utc_date, 50)
+           utc_date(t_start - INTERVAL 1 MICROSECOND) AS day_a, utc_date(t_end) AS day_b
     FROM derived_transitions
 ),
 side_a AS (
