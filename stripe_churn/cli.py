@@ -362,7 +362,8 @@ def daemon(no_sync_on_start: bool, webhook_port: int | None, webhook_host: str |
 @config_option
 @handle_errors
 def status(fmt: str, config_path: Path | None) -> None:
-    """Last runs (failed ones too), cursors, lag, data-quality counts, exchange rates and the daemon's state."""
+    """Last runs (failed ones too), cursors, gaps in the events, lag, data-quality counts, exchange rates and the
+    daemon's state."""
     from stripe_churn.pipeline import collect_status as collect
 
     settings = get_settings(config_path)
@@ -376,7 +377,7 @@ def status(fmt: str, config_path: Path | None) -> None:
         click.echo(f"{key}: {info.get(key)}")
     if info.get("daemon_error"):
         click.echo(f"daemon last error: {info['daemon_error']}")
-    for name in ("runs", "recomputes", "accounts", "cursors", "data_quality", "exchange_rates"):
+    for name in ("runs", "recomputes", "accounts", "cursors", "event_gaps", "data_quality", "exchange_rates"):
         table = info.get(name) or []
         if table:
             cols = list(table[0].keys())

@@ -264,6 +264,15 @@ ORDER BY c.currency
 """
 
 
+# The gaps in the stored events (the sync's cursors ``events:gap:<unix time>``, {prefix}): where the stored events
+# ended, where the unbroken ones begin again, and when the sync that found it started.
+_EVENT_GAPS_SQL = """
+SELECT account_id, to_timestamp(TRY_CAST(substr(stream, length('{prefix}') + 1) AS BIGINT)) AS events_lost_after,
+       to_timestamp(created) AS events_kept_from, updated_at AS found_at
+FROM sync_cursors WHERE starts_with(stream, '{prefix}') ORDER BY account_id, created
+"""
+
+
 def _process_alive(pid: Any) -> bool:
     """Whether a process with this pid runs on this machine (True when that cannot be told)."""
     import os
@@ -343,11 +352,12 @@ def _lag(now: dt.datetime, last_ok: dt.datetime | None) -> str | None:
 
 
 def collect_status(db: Path) -> dict[str, Any]:
-    """Last runs (from the store when it was written after the snapshot: failed runs publish none), cursors, lag,
-    data-quality counts and the exchange rates of the currencies billed (from the snapshot), the lock and the
+    """Last runs (from the store when it was written after the snapshot: failed runs publish none), cursors, the
+    gaps in the stored events, lag, data-quality counts and the exchange rates of the currencies billed (from the snapshot), the lock and the
     daemon's state; ``store_error``, and nothing from the snapshot, when the store is missing, damaged or no store."""
     from stripe_churn.daemon import read_state, state_path
     from stripe_churn.lock import is_locked
+    from stripe_churn.sync import EVENTS_GAP
 
     now = dt.datetime.now(dt.UTC)
     snap = snapshot_path(db)
@@ -405,7 +415,10 @@ def collect_status(db: Path) -> dict[str, Any]:
                                        "ORDER BY account_id")
         info["cursors"] = _table(con, "SELECT account_id, stream, done, to_timestamp(created) AS covers_until, "
                                       "updated_at FROM sync_cursors WHERE account_id <> '' "
-                                      "AND stream NOT IN ('mode', 'listing', 'full:listing') ORDER BY stream")
+                                      "AND stream NOT IN ('mode', 'listing', 'full:listing') "
+                                      f"AND NOT starts_with(stream, '{EVENTS_GAP}') ORDER BY stream")
+        # (the gaps in the stored events: the changes made in one are dated by invoices alone)
+        info["event_gaps"] = _table(con, _EVENT_GAPS_SQL.format(prefix=EVENTS_GAP))
         info["recomputes"] = _table(con, "SELECT mode, customers, started_at, finished_at, reason "
                                          "FROM metrics_runs ORDER BY started_at DESC LIMIT 5")
         info["data_quality"] = _table(con, "SELECT kind, count(*) AS n FROM data_quality GROUP BY kind ORDER BY kind")

@@ -91,8 +91,11 @@ SYNC_CHECKPOINT = "1GB"  # write-ahead log size that triggers a checkpoint durin
 EVENTS_COMPLETE = "events:complete"  # ``created``: server time up to which every event was listed
 # ``created``: the time from which the stored events have no gap (set when a full listing finds the events last
 # complete beyond Stripe's 30-day retention: those in between are lost, and the metrics take history from
-# invoices up to the first event after it, as for an account synced for the first time)
+# invoices up to the first event after it, and from the item changes the events stored before the gap show)
 EVENTS_UNBROKEN = "events:unbroken"
+# Each such gap, kept for good (``status`` lists them): the stream ``events:gap:<unix time>`` of where the stored
+# events ended, ``created`` where the unbroken ones begin
+EVENTS_GAP = "events:gap:"
 # What a full listing asks Stripe for (the lists, their expand[] and the objects fetched beside them), as a number
 # raised whenever that grows: the ``listing`` cursor's ``value`` says which one listed the stored objects (written
 # when a full listing completes; ``full:listing``, which one an unfinished listing began). A store listed by an older
@@ -946,6 +949,7 @@ class _Sync:
                                 datetime.fromtimestamp(last, UTC).isoformat(),
                                 datetime.fromtimestamp(kept_from, UTC).isoformat())
                     self._set_cursor(EVENTS_UNBROKEN, None, kept_from, False)
+                    self._set_cursor(f"{EVENTS_GAP}{last}", None, kept_from, False)
                 self._set_cursor(EVENTS_COMPLETE, None, server_time, False)
 
     def _finish_full(self, start_evt: str | None, version: int) -> None:

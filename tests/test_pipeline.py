@@ -211,6 +211,30 @@ def test_run_once_against_the_sandbox(tmp_path: Path) -> None:
     assert info["cursors"] and all(r["covers_until"] is not None for r in info["cursors"]), info["cursors"]
 
 
+def test_status_lists_the_gaps_in_the_events(tmp_path: Path) -> None:
+    """Synced, then again two months later: the events in between are lost (Stripe keeps 30 days), and `status`
+    says where the stored ones ended and where the kept ones begin (the changes in between are dated by invoices),
+    beside the cursors, which no longer list it."""
+    from stripe_churn.pipeline import collect_status, run_once
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
+
+    with start_in_thread(Simulation(customers=30, months=6, seed=5), api_key=SANDBOX_KEY) as sb:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=tmp_path / "g.duckdb",
+                            rate_limit=1000.0)
+        run_once(settings, full=True, progress=False)
+        assert collect_status(settings.db)["event_gaps"] == []
+        synced_at = sb.sim.clock
+        sb.advance(2)
+        assert run_once(settings, progress=False).mode == "fallback"
+        now = sb.sim.clock
+    info = collect_status(settings.db)
+    assert [(r["events_lost_after"].timestamp(), r["events_kept_from"].timestamp()) for r in info["event_gaps"]] == [
+        (synced_at, now - 30 * 86_400)]
+    assert not [r for r in info["cursors"] if r["stream"].startswith("events:gap:")]
+
+
 def test_a_stop_during_the_recompute_keeps_results_and_snapshot(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A stop (the daemon's SIGTERM) while the metrics recompute runs: the synced rows stay committed, the

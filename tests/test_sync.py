@@ -127,6 +127,12 @@ def test_full_sync_equals_sandbox_then_incremental_and_fallback(db: Path) -> Non
                                "ORDER BY started_at").fetchall()
             assert runs == [("full", "succeeded", False), ("incremental", "succeeded", False),
                             ("fallback", "succeeded", True)]
+            # (the gap in the events it found is kept: where the stored ones ended, where the kept ones begin)
+            complete, gaps = con.execute(
+                "SELECT (SELECT created FROM sync_cursors WHERE stream = 'events:complete'), "
+                "list((stream, created)) FILTER (WHERE stream LIKE 'events:gap:%') FROM sync_cursors").fetchone()
+        assert len(gaps) == 1 and complete - EVENT_RETENTION_S == gaps[0][1], gaps
+        assert int(gaps[0][0].removeprefix("events:gap:")) < gaps[0][1]
 
 
 def stored_rates(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str, Any]]:
