@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-prorations", action="store_true",
                         help="some item changes are made with proration_behavior=none (no proration invoice)")
     parser.add_argument("--later-trials", action="store_true",
-                        help="some paying subscriptions are granted a trial by an update (MRR zero while it runs)")
+                        help="some paying subscriptions are granted a trial by an update (MRR zero while it runs); a "
+                             "quarter of them are canceled before the trial ends")
     parser.add_argument("--option-prices", action="store_true",
                         help="customers in eur and gbp billed on dollar prices through their currency options")
     parser.add_argument("--start", metavar="YYYY-MM-DD", help="when the history begins (default: it ends at the "

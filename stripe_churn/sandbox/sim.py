@@ -251,7 +251,12 @@ class Simulation:
         trial's start and end are transitions as any other (a cancellation and a reactivation when it is the
         customer's only subscription paying). Only subscriptions with no metered item, no paused collection and
         whose trial settings create an invoice; one may be granted several (Stripe keeps the latest trial only on
-        the subscription: an earlier one is read from its invoices alone).
+        the subscription: an earlier one is read from its invoices alone). A quarter of the trials are followed, at
+        a moment inside them, by the customer's cancellation (reason cancellation_requested, with a feedback): half
+        at once (customer.subscription.deleted, no invoice), half at the trial's end (cancel_at_period_end set; the
+        subscription ends at the trial's end, deleted, no invoice). MRR is zero already, so neither is a movement;
+        the cancellation row of the trial's start (when it left the customer no MRR) carries that churn type and
+        feedback, the subscription's cancellation_details (design.md 5).
         ``option_prices``: every dollar price has ``currency_options`` in eur and gbp (amounts of their own, and a
         tiered price's tiers of their own: other amounts, bounds moved in eur, a flat amount on gbp's first tier;
         ``transform_quantity`` is the price's), and half the customers billed in eur or gbp subscribe to the dollar
@@ -291,6 +296,10 @@ class Simulation:
         self._rng_no_prorations = random.Random(f"no prorations {seed}")  # (likewise)
         self.later_trials = later_trials
         self._rng_later_trial = random.Random(f"later trials {seed}")  # (likewise)
+        # (later_trials) subscription -> its truth rows of the latest transition labelled that moved it, and the
+        # churn its cancellation rows carry once canceled while a later trial ran (see _trial_cancel_churn)
+        self._sub_rows: dict[str, list[dict[str, Any]]] = {}
+        self._trial_churn: dict[str, tuple[str, Any]] = {}
         self.option_prices = option_prices
         self._rng_option = random.Random(f"option prices {seed}")  # (likewise)
         self._option_custs: set[str] = set()  # customers billed through the dollar prices' currency options
@@ -578,10 +587,24 @@ class Simulation:
                                    lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cust.currency))
             rates = [FX[cust.currency]] * len(parts)
         cust.had_mrr = cust.had_mrr or m_b > 0
-        self.truth += truth.rows(cust.id, cust.currency, rates, t, parts, m_a, m_b, churn)
+        new_rows = truth.rows(cust.id, cust.currency, rates, t, parts, m_a, m_b, churn)
+        if self.later_trials:
+            self._note_sub_rows(new_rows)
+        self.truth += new_rows
         cust.mrr = m_b
         cust.path_t.append(t)
         cust.path_v.append(float(m_b))
+
+    def _note_sub_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Keep each subscription's rows of this transition (later_trials); a subscription canceled while a later
+        trial ran gives its cancellation rows labelled from then on the churn of that cancellation."""
+        by_sub: dict[str, list[dict[str, Any]]] = {}
+        for row in rows:
+            by_sub.setdefault(row["subscription_id"], []).append(row)
+            churn = self._trial_churn.get(row["subscription_id"])
+            if churn is not None and row["movement"] == "cancellation":
+                row["churn_type"], row["cancellation_feedback"] = churn
+        self._sub_rows.update(by_sub)
 
     def _label_fx(self, cust: _Cust, t: int, before: dict[str, Comp], after: dict[str, Comp], last: int
                   ) -> tuple[list[truth.Part], list[Fraction | None], Decimal, Decimal] | None:
@@ -1088,6 +1111,10 @@ class Simulation:
             if sub["trial_settings"]["end_behavior"]["missing_payment_method"] == "pause":
                 self._pause_at_trial_end(sub, t)
                 return
+            if sub["cancel_at_period_end"]:  # (ends at the trial's end, no invoice: nothing counted before or after)
+                feedback = sub["cancellation_details"]["feedback"]
+                self._end_sub(sub, t, "cancellation_requested", feedback, ("voluntary", feedback), label=False)
+                return
             before = self._snap(cust)
             prev = {"status": "trialing"}
             sub["status"] = "active"
@@ -1297,7 +1324,8 @@ class Simulation:
         """Grant the paying ``sub`` a trial from ``t`` (later_trials), when it may have one: an update setting
         ``trial_end``, billed by a subscription_update invoice of 0.00 lines for the trial (half with a credit for
         the unused time of the period it cuts short, as proration_behavior=create_prorations makes); the trial's end
-        is the subscription's next cycle (a new period, invoiced). Returns whether it was granted."""
+        is the subscription's next cycle (a new period, invoiced), unless the customer cancels meanwhile (a quarter:
+        _h_trial_cancel). Returns whether it was granted."""
         items = sub["items"]["data"]
         if (sub["pause_collection"] is not None or any(self._is_metered(it) for it in items)
                 or sub["trial_settings"]["end_behavior"]["missing_payment_method"] != "create_invoice"):
@@ -1328,7 +1356,42 @@ class Simulation:
         gen = self._bump(sub["id"])
         self._at(end, "cycle", sub["id"], gen)
         self._transition(cust, t, before)
+        if rng.random() < 0.25:  # canceled before the trial ends (at once, or at its end)
+            self._at(rng.randrange(t + DAY, end - DAY), "trial_cancel", sub["id"], gen)
         return True
+
+    def _h_trial_cancel(self, t: int, sid: str, gen: int) -> None:
+        """The customer cancels while a later trial runs: at once (customer.subscription.deleted, no invoice) or at
+        the trial's end (cancel_at_period_end; _h_cycle then ends it, no invoice). MRR is zero already: no movement
+        now; the cancellation that the trial's start made (when it brought the customer to zero) carries this one's
+        feedback, the subscription's cancellation_details (design.md 5)."""
+        sub = self._live(sid, gen)
+        if sub is None or sub["status"] != "trialing" or sub["cancel_at_period_end"]:
+            return
+        rng = self._rng_later_trial
+        feedback = rng.choice(FEEDBACK)
+        churn = ("voluntary", feedback)
+        self._trial_cancel_churn(sid, churn)
+        if rng.random() < 0.5:
+            prev = {"cancel_at_period_end": False, "cancel_at": None, "canceled_at": None,
+                    "cancellation_details": dict(sub["cancellation_details"])}
+            sub["cancel_at_period_end"] = True
+            sub["cancel_at"] = sub["items"]["data"][0]["current_period_end"]
+            sub["canceled_at"] = t
+            sub["cancellation_details"] = {"comment": f"Feedback: {feedback}", "feedback": feedback,
+                                           "reason": "cancellation_requested"}
+            self._event("customer.subscription.updated", sub, t, prev)
+        else:
+            self._end_sub(sub, t, "cancellation_requested", feedback, churn, label=False)
+
+    def _trial_cancel_churn(self, sid: str, churn: tuple[str, Any]) -> None:
+        """The subscription ``sid``, trialing, is canceled with ``churn``: the cancellation rows of its trial's start
+        (the latest transition that moved it, when labelled already; else when it is) carry it. A trial's start that
+        left the customer other MRR was a downgrade of the subscription: no cancellation row carries it."""
+        self._trial_churn[sid] = churn
+        for row in self._sub_rows.get(sid, []):
+            if row["movement"] == "cancellation":
+                row["churn_type"], row["cancellation_feedback"] = churn
 
     def _cancel(self, sub: dict[str, Any], t: int) -> None:
         feedback = self._rng.choice(FEEDBACK)

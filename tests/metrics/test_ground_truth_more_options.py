@@ -81,9 +81,10 @@ def test_ground_truth_with_trials_granted_to_paying_subscriptions(tmp_path: Path
     subscriptions are granted a trial by an update, billed by a subscription_update invoice of 0.00 lines (half
     with a credit for the unused time of the period cut short) and, at the trial's end, a new period. MRR counts
     zero meanwhile; the subscription keeps only its latest trial, so a trial at signup before it shows only on the
-    signup's invoice, and an earlier one granted by an update only on that update's invoice. Labels and MRR must
-    agree exactly with the truth. (With step 20 before it read an earlier trial granted by an update from its
-    invoices: 237 label and 90 MRR disagreements.)"""
+    signup's invoice, and an earlier one granted by an update only on that update's invoice. Some are canceled
+    while the trial runs (at once, or at its end): the cancellation of the trial's start carries their feedback.
+    Labels, MRR, churn types and feedback must agree exactly with the truth. (With step 20 before it read an
+    earlier trial granted by an update from its invoices: 237 label and 90 MRR disagreements.)"""
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
 
     sim = Simulation(customers=2_000, months=36, seed=7, later_trials=True, no_prorations=True, item_discounts=True,
@@ -107,7 +108,22 @@ def test_ground_truth_with_trials_granted_to_paying_subscriptions(tmp_path: Path
                 and any(not ln["parent"]["subscription_item_details"]["proration"] and ln["amount"] == 0
                         for ln in inv["lines"]["data"])}
     assert sum(s["id"] in credited for s in subs) >= 50
+    # (canceled while the trial ran, with a feedback: at once, or at its end by cancel_at_period_end; MRR was zero
+    # since the trial's start, whose cancellation carries the feedback)
+    trialed = {s["id"] for s in subs}
+    ended = {e["data"]["object"]["id"]: e["data"]["object"] for e in sim.events
+             if e["type"] == "customer.subscription.deleted" and e["data"]["object"]["id"] in trialed
+             and e["data"]["previous_attributes"]["status"] == "trialing"}
+    at_once = {sid for sid, s in ended.items() if s["ended_at"] < s["trial_end"]}
+    assert len(at_once) >= 10 and len(ended) - len(at_once) >= 10, (len(at_once), len(ended))
+    carried = {t["subscription_id"] for t in sim.truth if t["movement"] == "cancellation"
+               and t["subscription_id"] in ended and t["cancellation_feedback"] is not None}
+    assert len(carried) >= 20, len(carried)
     with derived_directly(sim, tmp_path / "later_trials.duckdb") as con:
+        stored = con.execute("SELECT count(*) FILTER (WHERE ended_at < trial_end), count(*) FILTER "
+                             "(WHERE ended_at = trial_end AND cancel_at_period_end) FROM subscriptions "
+                             "WHERE status = 'canceled' AND cancellation_feedback IS NOT NULL").fetchone()
+        assert stored is not None and min(stored) >= 10, stored
         check_exactly(sim, con, "2,000 x 36 with trials granted to paying subscriptions")
 
 
