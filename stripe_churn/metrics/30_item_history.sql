@@ -482,16 +482,29 @@ made_before_covered AS (
 ),
 -- An item of the same subscription that this first state no longer lists, where the state before it (the lines
 -- before the events) still has it, with nothing dating its removal (no credit): as above, it ends where the
--- first such addition after its last step begins. (Its absence in that state is repeated there.)
+-- first such addition after its last step begins. (Its absence in that state is repeated there.) So too for an
+-- item made before the events whose first line is before them as well (made_before_billed) where the old item's
+-- last billed period ends inside coverage (replaced_before_billed reads only the steps before it): a change made
+-- with prorations before the renewal that would first bill it, that renewal after the events begin (`late`).
 replaced_before_covered AS (
-    WITH ended AS (
+    WITH seen AS (
+        SELECT ik, moment, seen_rid, false AS late FROM made_before_covered WHERE seen_src = 1
+        UNION ALL
+        -- (the first state the events give that lists it)
+        SELECT m.ik, m.moment, arg_min(o.rid, (o.moment, o.prio)), true
+        FROM made_before_billed m
+        JOIN keyed o ON o.ik = m.ik AND o.src = 1 AND o.prio >= 1e15
+        GROUP BY m.ik, m.moment
+    ),
+    ended AS (
         SELECT e.ik, e.src, e.rid, e.moment, e.prio, e.v, m.moment AS added
-        FROM made_before_covered m
-        JOIN derived_obs_item_steps ms ON m.seen_src = 1 AND ms.rowid = m.seen_rid
+        FROM seen m
+        JOIN derived_obs_item_steps ms ON ms.rowid = m.seen_rid
         JOIN derived_obs_item_steps es
           ON es.account_id = ms.account_id AND es.subscription_id = ms.subscription_id AND es.moment = ms.moment
          AND es.prio = ms.prio AND NOT es.present
         JOIN keyed e ON e.src = 1 AND e.rid = es.rowid
+        WHERE NOT (m.late AND e.ik IN (SELECT ik FROM replaced_before_billed))
     ),
     last_step AS (
         -- (the ended item's last step before that state, and its price then; not the end of its last billed
