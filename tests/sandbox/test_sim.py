@@ -829,7 +829,9 @@ def test_a_trial_granted_to_a_paying_subscription_is_billed_and_labelled_as_stri
     """Simulation(later_trials=True): an update sets trial_end on an active subscription (status trialing,
     trial_start the update's moment, the anchor at the trial's end; previous_attributes with the status and trial
     before); a subscription_update invoice bills every item 0.00 for the trial (half with a credit for the unused
-    time of the period cut short), and the trial's end a new period.
+    time of the period cut short), and the trial's end a new period, unless the customer cancels meanwhile (at once,
+    or at the trial's end by cancel_at_period_end; no invoice either way, and the cancellation of the trial's start
+    carries its feedback).
     The truth counts zero meanwhile: with no other subscription paying, a cancellation then a reactivation. Off,
     the option leaves a seed's history as it was (a stream of its own)."""
     sim = Simulation(customers=600, months=24, seed=5, later_trials=True)
@@ -840,6 +842,11 @@ def test_a_trial_granted_to_a_paying_subscription_is_billed_and_labelled_as_stri
     from stripe_churn.sandbox.truth import iso
 
     with_credit = 0
+    canceled = {e["data"]["object"]["id"]: e["data"]["object"] for e in sim.events
+                if e["type"] == "customer.subscription.deleted"
+                and e["data"]["previous_attributes"]["status"] == "trialing"}
+    ended_in_trial: Counter[bool] = Counter({False: 0, True: 0})  # (at the trial's end?)
+    carried = 0  # (of those, the ones whose trial's start is a cancellation in the truth)
 
     whole = {(r["customer_id"], r["occurred_at"]): r["movement"] for r in sim.truth}
     at = {e["data"]["object"]["customer"]: e for e in granted}
@@ -861,11 +868,29 @@ def test_a_trial_granted_to_a_paying_subscription_is_billed_and_labelled_as_stri
         assert all(ln["amount"] <= 0 and (ln["period"]["start"], ln["period"]["end"]) == (t, old_end)
                    for ln in credits)
         with_credit += bool(credits)
-        if sub["trial_end"] < sim.clock:
+        gone = canceled.get(sub["id"])
+        if gone is not None and t < gone["ended_at"] <= sub["trial_end"]:
+            # (canceled while the trial ran, at once or at its end: no invoice after the trial's own)
+            assert not any(i["subscription"] == sub["id"] and i["created"] > t
+                           for i in sim.objects["invoices"].values())
+            assert gone["cancellation_details"]["reason"] == "cancellation_requested"
+            feedback = gone["cancellation_details"]["feedback"]
+            assert feedback is not None and gone["canceled_at"] < sub["trial_end"]
+            assert (gone["ended_at"] == sub["trial_end"]) == gone["cancel_at_period_end"]
+            ended_in_trial[gone["ended_at"] == sub["trial_end"]] += 1
+            # (MRR zero since the trial's start: that cancellation, when there is one, carries this one's churn)
+            rows = [r for r in sim.truth if r["subscription_id"] == sub["id"] and r["occurred_at"] == iso(t)]
+            churned = [r for r in rows if r["movement"] == "cancellation"]
+            assert all((r["churn_type"], r["cancellation_feedback"]) == ("voluntary", feedback) for r in churned)
+            carried += bool(churned)
+            assert not any(r["subscription_id"] == sub["id"] and r["occurred_at"] > iso(t) for r in sim.truth)
+        elif sub["trial_end"] < sim.clock:
             assert any(i["subscription"] == sub["id"] and i["created"] == sub["trial_end"]
                        and i["billing_reason"] == "subscription_cycle" for i in sim.objects["invoices"].values())
     assert 0.3 < with_credit / len(granted) < 0.7, with_credit
+    assert min(ended_in_trial.values()) >= 2 and carried >= 10, (ended_in_trial, carried)
     cust = next(c for c, e in at.items() if e["data"]["object"]["trial_end"] < sim.clock
+                and e["data"]["object"]["id"] not in canceled
                 and sum(1 for x in granted if x["data"]["object"]["customer"] == c) == 1)
     e = at[cust]
     assert whole[(cust, iso(e["created"]))] == "cancellation"
