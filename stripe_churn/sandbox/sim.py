@@ -1454,12 +1454,7 @@ class Simulation:
         frac = Fraction(end - t, max(end - start, 1))
         lines = []
         for item, old, new in changes:
-            in_force, kept = [], Fraction(1)
-            for did in self._discounts_of(sub, item):
-                coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
-                if coupon["duration"] != "once" and self._coupon_applies(coupon, item["price"]["product"]):
-                    in_force.append(did)
-                    kept *= 1 - Fraction(str(coupon["percent_off"])) / 100
+            in_force, kept = self._line_discounts(sub, item)
             for state, sign in ((old, -1), (new, 1)):
                 if state is None or state["quantity"] is None:
                     continue
@@ -1471,6 +1466,17 @@ class Simulation:
                                      item["id"], state["price"]["id"], state["price"]["product"], True,
                                      *_included(in_force)))
         return lines, end
+
+    def _line_discounts(self, sub: dict[str, Any], item: dict[str, Any]) -> tuple[list[str], Fraction]:
+        """The discounts a proration line of ``item`` lists (those in force on it and its subscription, but a
+        once coupon's), and the share of its amount they leave."""
+        in_force, kept = [], Fraction(1)
+        for did in self._discounts_of(sub, item):
+            coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
+            if coupon["duration"] != "once" and self._coupon_applies(coupon, item["price"]["product"]):
+                in_force.append(did)
+                kept *= 1 - Fraction(str(coupon["percent_off"])) / 100
+        return in_force, kept
 
     def _update_items(self, sub: dict[str, Any], t: int, mutate: Any) -> None:
         cust = self._custs[sub["customer"]]
@@ -1693,12 +1699,14 @@ class Simulation:
         for it, new_id in zip(items, new_ids, strict=True):
             old_p, new_p = self.objects["prices"][it["price"]["id"]], self.objects["prices"][str(new_id)]
             old_t, new_t = self._terms(old_p["id"], sub["currency"]), self._terms(new_p["id"], sub["currency"])
-            for p, amount, period in ((old_p, -round(period_amount(old_t, it["quantity"]) * frac), (t, end)),
-                                      (new_p, period_amount(new_t, it["quantity"]), (t, new_end))):
+            # (the lines list the discounts in force and are net of them, as any proration's: the same product)
+            in_force, kept = self._line_discounts(sub, it)
+            for p, amount, period in ((old_p, -round(period_amount(old_t, it["quantity"]) * frac * kept), (t, end)),
+                                      (new_p, round(period_amount(new_t, it["quantity"]) * kept), (t, new_end))):
                 lines.append(ob.line(self._id("il"), "", sub["currency"], amount,
                                      ("Unused time on " if amount < 0 else "Remaining time on ") + str(p["nickname"]),
-                                     period, it["quantity"], sub["id"], it["id"], p["id"], p["product"], True, [],
-                                     []))
+                                     period, it["quantity"], sub["id"], it["id"], p["id"], p["product"], True,
+                                     *_included(in_force)))
             it["price"], it["plan"] = ob.price_view(new_p), ob.plan_of(new_p)
         self._set_period(sub, t, new_end)
         sub["billing_cycle_anchor"] = t

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -543,7 +544,28 @@ def test_without_deferred_prorations_a_seeds_history_is_what_it_was() -> None:
         "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e")
     other = Simulation(customers=300, months=12, seed=5, item_discounts=True, pending_updates=True)
     assert hashlib.sha256(other.bundle_bytes()).hexdigest() == (
-        "d588617bc4b9fe302c08ac80c8ed1a19fd3f7766acd038de67d4534b2767aa07")
+        "f3a1be5c989a1a8f8dd1d123c029b484f780e142c9eab3e60dcaf4ebf4f329ab")
+
+
+def test_an_interval_switch_bills_net_of_the_discounts_in_force_and_lists_them() -> None:
+    """A switch from a monthly to an annual price is billed as a proration is (proration_discounts=included): each
+    line lists the discounts in force on its item and subscription and is net of them. (Its lines listed none, so
+    a discount ended before the events, whose item was added without prorations, was on no invoice while the
+    truth counted it: a ground-truth disagreement.)"""
+    sim = Simulation(customers=300, months=12, seed=5, item_discounts=True, pending_updates=True)
+    switches = [ln for inv in sim.objects["invoices"].values() if inv["billing_reason"] == "subscription_update"
+                for ln in inv["lines"]["data"]
+                if ln["amount"] > 0 and ln["period"]["end"] - ln["period"]["start"] > 300 * 86_400]
+    discounted = [ln for ln in switches if ln["discounts"]]
+    assert len(switches) >= 5 and discounted, (len(switches), len(discounted))
+    for ln in discounted:
+        price = sim.objects["prices"][ln["pricing"]["price_details"]["price"]]
+        full = period_amount(sim._terms(price["id"], ln["currency"]), ln["quantity"])
+        kept = Fraction(1)
+        for did in ln["discounts"]:
+            kept *= 1 - Fraction(str(sim.objects["coupons"][sim.discounts[did]["source"]["coupon"]]["percent_off"])) / 100
+        assert ln["amount"] == round(full * kept) < full
+        assert [a["amount"] for a in ln["discount_amounts"]] == [0] * len(ln["discounts"])
 
 
 def test_thresholds_bill_part_of_a_periods_usage_early_and_leave_the_rest_of_the_history() -> None:
