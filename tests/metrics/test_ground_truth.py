@@ -274,10 +274,11 @@ def derived_directly(sim: Any, db: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         con.close()
 
 
-def derived_as_the_daemon_does(sim: Any, db: Path, runs: int) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+def derived_as_the_daemon_does(sim: Any, db: Path, runs: int, months: int = 1
+                               ) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
     """What the daemon does with ``recompute = "changed"``: a full sync of ``sim`` served by the sandbox, then
-    ``runs`` times a month's billing run, a sync and the incremental recompute. Returns the open store and the
-    derived tables or views of the last run that differ from a full recompute of the same store."""
+    ``runs`` times a billing run of ``months`` months, a sync and the incremental recompute. Returns the open store
+    and the derived tables or views of the last run that differ from a full recompute of the same store."""
     from test_incremental import derived_contents
 
     from stripe_churn.metrics import incremental
@@ -296,7 +297,7 @@ def derived_as_the_daemon_does(sim: Any, db: Path, runs: int) -> tuple[duckdb.Du
                                 recompute="changed")
             run_once(settings, full=True, progress=False)
             for _ in range(runs):
-                sandbox.advance(1)
+                sandbox.advance(months)
                 run_once(settings, progress=False)
     finally:
         incremental.CLOCK_MARGIN = margin
