@@ -846,7 +846,9 @@ class Simulation:
         self._sub_products.pop(sid, None)
         self._sub_disc_end.pop(sid, None)
         self._event("customer.subscription.updated", sub, t, prev)
-        self._transition(cust, t, before)
+        # (an end that changes nothing counted, as while the subscription is trialing, begins no movement window)
+        if before != self._snap(cust):
+            self._transition(cust, t, before)
 
     # --- item-level discounts (item_discounts=True) -------------------------------------------------------
     def _apply_item_coupon(self, sub: dict[str, Any], it: dict[str, Any], key: str, t: int) -> None:
@@ -886,7 +888,8 @@ class Simulation:
         self._item_mult.pop(iid, None)
         self._event("customer.subscription.updated", sub, t, prev)
         self._event("customer.discount.deleted", self.discounts[did], t)
-        self._transition(cust, t, before)
+        if before != self._snap(cust):  # (as for the subscription's discount: an end of no effect is no change)
+            self._transition(cust, t, before)
 
     def _has_item_discount(self, sub: dict[str, Any]) -> bool:
         return self.item_discounts and any(it["id"] in self._item_mult for it in sub["items"]["data"])
