@@ -510,10 +510,8 @@ replaced_before_covered AS (
         -- (the ended item's last step before that state, and its price then; not the end of its last billed
         -- period, `ends`, which says nothing of when it was deleted: its subscription may have ended before)
         SELECT o.ik, max(o.moment) AS moment, arg_max(o.v, (o.moment, o.prio, o.src, o.rid)) AS v
-        -- (not the states of the events stored before a gap, which may all leave it out when the switch came
-        -- before them: an item one of them lists is dated by them, not here)
         FROM keyed o JOIN (SELECT DISTINCT ik, moment FROM ended) e ON e.ik = o.ik AND o.moment < e.moment
-        WHERE (o.src = 1 AND o.prio >= 1e15) OR (o.src = 0 AND o.prio > 0)
+        WHERE o.src = 1 OR o.prio > 0
         GROUP BY o.ik
     )
     SELECT e.ik, e.src, e.rid, min(e.added) AS moment, e.prio, e.v
@@ -521,7 +519,6 @@ replaced_before_covered AS (
     JOIN last_step l USING (ik)
     LEFT JOIN derived_price_terms p ON p.rowid = l.v.pk
     WHERE e.added > l.moment AND l.v.present AND p.usage_type IS DISTINCT FROM 'metered'
-      AND e.ik NOT IN (SELECT ik FROM keyed WHERE src = 1 AND prio < 1e15 AND v.present)
     GROUP BY e.ik, e.src, e.rid, e.prio, e.v
 ),
 stepped AS (
