@@ -1376,14 +1376,7 @@ class Simulation:
         churn = ("voluntary", feedback)
         self._trial_cancel_churn(sid, churn)
         if rng.random() < 0.5:
-            prev = {"cancel_at_period_end": False, "cancel_at": None, "canceled_at": None,
-                    "cancellation_details": dict(sub["cancellation_details"])}
-            sub["cancel_at_period_end"] = True
-            sub["cancel_at"] = sub["items"]["data"][0]["current_period_end"]
-            sub["canceled_at"] = t
-            sub["cancellation_details"] = {"comment": f"Feedback: {feedback}", "feedback": feedback,
-                                           "reason": "cancellation_requested"}
-            self._event("customer.subscription.updated", sub, t, prev)
+            self._cancel_at_period_end(sub, t, feedback)
         else:
             self._end_sub(sub, t, "cancellation_requested", feedback, churn, label=False)
 
@@ -1396,17 +1389,21 @@ class Simulation:
             if row["movement"] == "cancellation":
                 row["churn_type"], row["cancellation_feedback"] = churn
 
+    def _cancel_at_period_end(self, sub: dict[str, Any], t: int, feedback: str) -> None:
+        """``sub`` set at ``t`` to cancel when its period ends, the customer's ``feedback`` given."""
+        prev = {"cancel_at_period_end": False, "cancel_at": None, "canceled_at": None,
+                "cancellation_details": dict(sub["cancellation_details"])}
+        sub["cancel_at_period_end"] = True
+        sub["cancel_at"] = sub["items"]["data"][0]["current_period_end"]
+        sub["canceled_at"] = t
+        sub["cancellation_details"] = {"comment": f"Feedback: {feedback}", "feedback": feedback,
+                                       "reason": "cancellation_requested"}
+        self._event("customer.subscription.updated", sub, t, prev)
+
     def _cancel(self, sub: dict[str, Any], t: int) -> None:
         feedback = self._rng.choice(FEEDBACK)
         if self._rng.random() < 0.6:
-            prev = {"cancel_at_period_end": False, "cancel_at": None, "canceled_at": None,
-                    "cancellation_details": dict(sub["cancellation_details"])}
-            sub["cancel_at_period_end"] = True
-            sub["cancel_at"] = sub["items"]["data"][0]["current_period_end"]
-            sub["canceled_at"] = t
-            sub["cancellation_details"] = {"comment": f"Feedback: {feedback}", "feedback": feedback,
-                                           "reason": "cancellation_requested"}
-            self._event("customer.subscription.updated", sub, t, prev)
+            self._cancel_at_period_end(sub, t, feedback)
         else:
             self._end_sub(sub, t, "cancellation_requested", feedback, ("voluntary", feedback))
 
