@@ -510,8 +510,10 @@ replaced_before_covered AS (
         -- (the ended item's last step before that state, and its price then; not the end of its last billed
         -- period, `ends`, which says nothing of when it was deleted: its subscription may have ended before)
         SELECT o.ik, max(o.moment) AS moment, arg_max(o.v, (o.moment, o.prio, o.src, o.rid)) AS v
+        -- (nor a state of the events stored before a gap that leaves it out: when the switch came before them, all
+        -- of them do; one that lists it after the switch still counts, and then the switch is not this one)
         FROM keyed o JOIN (SELECT DISTINCT ik, moment FROM ended) e ON e.ik = o.ik AND o.moment < e.moment
-        WHERE o.src = 1 OR o.prio > 0
+        WHERE (o.src = 1 OR o.prio > 0) AND NOT (o.src = 1 AND o.prio < 1e15 AND NOT o.v.present)
         GROUP BY o.ik
     )
     SELECT e.ik, e.src, e.rid, min(e.added) AS moment, e.prio, e.v

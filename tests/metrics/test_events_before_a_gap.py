@@ -152,3 +152,27 @@ def test_a_switch_an_event_before_the_gap_shows_is_named_in_its_data_quality_row
                          "WHERE kind LIKE 'invoice_%'").fetchall()
     assert [r[:3] for r in rows] == [("invoice_snapshot_mismatch", "si_1", SEATS_8)]
     assert f"the history ends it at 2026-03-10 00:00 UTC, when event {event} shows item si_2 added" in rows[0][3]
+
+
+def test_a_switch_before_the_stored_events_ends_the_old_item_when_the_new_one_was_made(
+        world: World, store: duckdb.DuckDBPyConnection) -> None:
+    """An annual item replaced without prorations before any stored event (no invoice bills the new one yet): the
+    old one ends at the new one's `created`, as without a gap. The events stored before the gap all leave the old
+    item out; they must not stand for its removal (it ran on to the first of them)."""
+    w = world
+    w.customer("cus_1")
+    w.product("prod_seat", unit_label="seat", family="core")
+    w.price("basic_y", "prod_seat", 12_000, interval="year")
+    w.price("pro_y", "prod_seat", 24_000, interval="year")
+    w.subscribe("sub_1", "cus_1", [("si_1", "basic_y", 1)], T0)
+    w.update("sub_1", SEATS_8, items=[("si_2", "pro_y", 1)], prorate=False)
+    w.update("sub_1", month(3, 1), metadata={"note": "kept"})  # (the first stored event, before the gap)
+    w.update("sub_1", month(4, 25), metadata={"note": "after"})  # (the first after it)
+    w.load(store, seen_at=SEEN, events=False)
+    events = [e for e in w.events if month(2, 20) <= e["created"] < GAP[0] or e["created"] >= GAP[1]]
+    upsert_objects(store, "events", w.account_id, events, datetime.fromtimestamp(SEEN, tz=UTC))
+    store.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
+                  "VALUES (?, 'events:unbroken', NULL, ?, false)", [w.account_id, GAP[1]])
+    record_stripes_clock(store, w.account_id, SEEN)
+    recompute(store, make_settings("usd"))
+    assert [r[:4] for r in history(store)] == [("si_1", 1, T0, SEATS_8), ("si_2", 1, SEATS_8, None)]
