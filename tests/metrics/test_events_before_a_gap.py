@@ -52,15 +52,25 @@ def account(w: World) -> World:
     return w
 
 
-def load_with_gap(w: World, con: duckdb.DuckDBPyConnection, *, kept: bool) -> None:
+def load_with_gap(w: World, con: duckdb.DuckDBPyConnection, *, kept: bool, since: int = 0) -> None:
     """The store as a sync leaves it after the gap: every object, the events after the gap, and (``kept``) those
-    stored before it; the cursor that marks where the unbroken events begin."""
+    stored before it, from ``since`` on; the cursor that marks where the unbroken events begin."""
     w.load(con, seen_at=SEEN, events=False)
-    events = [e for e in w.events if e["created"] >= GAP[1] or (kept and e["created"] < GAP[0])]
+    events = [e for e in w.events if e["created"] >= GAP[1] or (kept and since <= e["created"] < GAP[0])]
     upsert_objects(con, "events", w.account_id, events, datetime.fromtimestamp(SEEN, tz=UTC))
     con.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
                 "VALUES (?, 'events:unbroken', NULL, ?, false)", [w.account_id, GAP[1]])
     record_stripes_clock(con, w.account_id, SEEN)
+
+
+def annual_plan(w: World) -> World:
+    """cus_1 on one seat of an annual plan (basic_y, 120.00 a year) from T0; pro_y costs twice as much."""
+    w.customer("cus_1")
+    w.product("prod_seat", unit_label="seat", family="core")
+    w.price("basic_y", "prod_seat", 12_000, interval="year")
+    w.price("pro_y", "prod_seat", 24_000, interval="year")
+    w.subscribe("sub_1", "cus_1", [("si_1", "basic_y", 1)], T0)
+    return w
 
 
 def history(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int | None, int, int | None, str]]:
@@ -136,12 +146,7 @@ def test_a_switch_an_event_before_the_gap_shows_is_named_in_its_data_quality_row
     """An annual plan switched without prorations (a new item in place of the old) before the gap: the invoice
     before coverage still bills the old item, so data quality reports it, and says the event that shows the switch
     instead of "no stored event"."""
-    w = world
-    w.customer("cus_1")
-    w.product("prod_seat", unit_label="seat", family="core")
-    w.price("basic_y", "prod_seat", 12_000, interval="year")
-    w.price("pro_y", "prod_seat", 24_000, interval="year")
-    w.subscribe("sub_1", "cus_1", [("si_1", "basic_y", 1)], T0)
+    w = annual_plan(world)
     switch = w.update("sub_1", SEATS_8, items=[("si_2", "pro_y", 1)], prorate=False)
     assert switch["items"]["data"][0]["created"] == SEATS_8
     load_with_gap(w, store, kept=True)
@@ -159,20 +164,10 @@ def test_a_switch_before_the_stored_events_ends_the_old_item_when_the_new_one_wa
     """An annual item replaced without prorations before any stored event (no invoice bills the new one yet): the
     old one ends at the new one's `created`, as without a gap. The events stored before the gap all leave the old
     item out; they must not stand for its removal (it ran on to the first of them)."""
-    w = world
-    w.customer("cus_1")
-    w.product("prod_seat", unit_label="seat", family="core")
-    w.price("basic_y", "prod_seat", 12_000, interval="year")
-    w.price("pro_y", "prod_seat", 24_000, interval="year")
-    w.subscribe("sub_1", "cus_1", [("si_1", "basic_y", 1)], T0)
+    w = annual_plan(world)
     w.update("sub_1", SEATS_8, items=[("si_2", "pro_y", 1)], prorate=False)
     w.update("sub_1", month(3, 1), metadata={"note": "kept"})  # (the first stored event, before the gap)
     w.update("sub_1", month(4, 25), metadata={"note": "after"})  # (the first after it)
-    w.load(store, seen_at=SEEN, events=False)
-    events = [e for e in w.events if month(2, 20) <= e["created"] < GAP[0] or e["created"] >= GAP[1]]
-    upsert_objects(store, "events", w.account_id, events, datetime.fromtimestamp(SEEN, tz=UTC))
-    store.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
-                  "VALUES (?, 'events:unbroken', NULL, ?, false)", [w.account_id, GAP[1]])
-    record_stripes_clock(store, w.account_id, SEEN)
+    load_with_gap(w, store, kept=True, since=month(2, 20))
     recompute(store, make_settings("usd"))
     assert [r[:4] for r in history(store)] == [("si_1", 1, T0, SEATS_8), ("si_2", 1, SEATS_8, None)]
