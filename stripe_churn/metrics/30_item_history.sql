@@ -276,6 +276,8 @@ WHERE e.type LIKE 'customer.subscription.%' AND e.type <> 'customer.subscription
 -- Their steps, mixed with the invoice steps before coverage (which alone speak for the gaps): each item a state
 -- lists, and every other known item of the subscription absent when the list is complete. Below every step of
 -- coverage (prio 1e14 + their order) and above every invoice step at the same moment.
+-- (whether an observed step is one of theirs, by its prio)
+CREATE OR REPLACE MACRO early_step(prio) AS prio < 1e15;
 INSERT INTO derived_obs_item_steps
 WITH listed AS (
     SELECT o.account_id, o.subscription_id, o.seq, u.it.id AS subscription_item_id, u.it.price_id,
@@ -306,7 +308,7 @@ FROM (SELECT DISTINCT account_id, subscription_item_id
       FROM (SELECT account_id, subscription_item_id FROM derived_items_known
             UNION ALL
             -- (an item that only the events before coverage list)
-            SELECT account_id, subscription_item_id FROM derived_obs_item_steps WHERE prio < 1e15
+            SELECT account_id, subscription_item_id FROM derived_obs_item_steps WHERE early_step(prio)
             UNION ALL
             -- (a line without a subscription is no known item, but its steps still count)
             SELECT account_id, subscription_item_id FROM derived_invoice_lines
@@ -431,7 +433,7 @@ made_before_covered AS (
         -- (the step kept at the item's first moment, for an item made before the events and first seen inside)
         SELECT f.ik, f.src, f.rid, f.prio, f.v, b.created
         FROM (SELECT b.ik, b.moment, k.created
-              FROM (SELECT ik, min(moment) AS moment FROM keyed WHERE src = 0 OR prio >= 1e15 GROUP BY ik) b
+              FROM (SELECT ik, min(moment) AS moment FROM keyed WHERE NOT (src = 1 AND early_step(prio)) GROUP BY ik) b
               JOIN derived_item_keys k USING (ik)
               JOIN derived_coverage c USING (account_id)
               WHERE k.created < c.coverage_start AND c.coverage_start <= b.moment) b
@@ -456,9 +458,9 @@ made_before_covered AS (
           AND NOT EXISTS (SELECT 1 FROM derived_obs_item_steps a
                           JOIN derived_obs_item_steps b
                             ON b.account_id = a.account_id AND b.subscription_item_id = a.subscription_item_id
-                           AND b.prio < 1e15 AND b.present AND b.moment > a.moment
+                           AND early_step(b.prio) AND b.present AND b.moment > a.moment
                           WHERE a.account_id = st.account_id AND a.subscription_item_id = st.subscription_item_id
-                            AND a.prio < 1e15 AND NOT a.present)
+                            AND early_step(a.prio) AND NOT a.present)
     ),
     billing AS (
         -- (the first line that bills it)
@@ -493,7 +495,7 @@ replaced_before_covered AS (
         -- (the first state the events give that lists it)
         SELECT m.ik, m.moment, arg_min(o.rid, (o.moment, o.prio)), true
         FROM made_before_billed m
-        JOIN keyed o ON o.ik = m.ik AND o.src = 1 AND o.prio >= 1e15
+        JOIN keyed o ON o.ik = m.ik AND o.src = 1 AND NOT early_step(o.prio)
         GROUP BY m.ik, m.moment
     ),
     ended AS (
@@ -513,7 +515,7 @@ replaced_before_covered AS (
         -- (nor a state of the events stored before a gap that leaves it out: when the switch came before them, all
         -- of them do; one that lists it after the switch still counts, and then the switch is not this one)
         FROM keyed o JOIN (SELECT DISTINCT ik, moment FROM ended) e ON e.ik = o.ik AND o.moment < e.moment
-        WHERE (o.src = 1 OR o.prio > 0) AND NOT (o.src = 1 AND o.prio < 1e15 AND NOT o.v.present)
+        WHERE (o.src = 1 OR o.prio > 0) AND NOT (o.src = 1 AND early_step(o.prio) AND NOT o.v.present)
         GROUP BY o.ik
     )
     SELECT e.ik, e.src, e.rid, min(e.added) AS moment, e.prio, e.v
