@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from stripe_churn.sandbox.sim import WINDOW_S
 from stripe_churn.settings import Settings
 
 MIN_AGREEMENT = 0.999
@@ -202,12 +203,25 @@ def unseen_discount_rows(sim: Any, con: duckdb.DuckDBPyConnection, cutoff: int) 
         if t["subscription_item_id"] == d["subscription_item"] or (
                 d["subscription_item"] is None and t["subscription_id"] == d["subscription"]):
             rows.append({**t, "at": at, "started": d["start"], "ended": ended})
-    if getattr(sim, "fx_changes", False):  # the rate changes while it ran revalue what it took off too
+    if getattr(sim, "fx_changes", False):
+        # the rate changes while it ran revalue what it took off too; and one within the movement window of its start
+        # or end joined that window, so the truth dates its fx row at the start or end itself, where a store without
+        # the discount dates it at the rate change (``fx_rows_aside`` sets ours aside)
         ran = [(t["customer_id"], t["started"], t["ended"]) for t in rows if _unix(t["occurred_at"]) == t["started"]]
         rows += [{**t, "at": at, "started": started, "ended": ended} for at, t in enumerate(sim.truth)
                  if t["movement"] == "fx" for cust, started, ended in ran
-                 if t["customer_id"] == cust and started < _unix(t["occurred_at"]) < ended]
+                 if t["customer_id"] == cust and started <= _unix(t["occurred_at"]) <= ended]
     return rows
+
+
+def fx_rows_aside(ours: list[tuple[Key, str, str, Decimal]], unseen: list[dict[str, Any]]
+                  ) -> list[tuple[Key, str, str, Decimal]]:
+    """``ours`` without the fx rows a discount set aside (``unseen``) accounts for: of its customer, from its start
+    to a movement window after its end (where the truth's fx row set aside is dated at the start or end of the
+    window that took the rate change in, ours is at the rate change)."""
+    spans = [(t["customer_id"], t["started"], t["ended"] + WINDOW_S) for t in unseen if t["movement"] == "fx"]
+    return [row for row in ours if not (row[1] == "fx" and any(
+        row[0][0] == cust and start <= row[0][1] <= end for cust, start, end in spans))]
 
 
 def check_against_truth(sim: Any, con: duckdb.DuckDBPyConnection, label: str,
@@ -218,9 +232,7 @@ def check_against_truth(sim: Any, con: duckdb.DuckDBPyConnection, label: str,
     unseen = unseen or []
     aside = {t["at"] for t in unseen}
     truth = [row for at, row in enumerate(truth_rows(sim)) if at not in aside]
-    # (an fx row set aside is one per customer and moment on both sides)
-    fx_aside = {(t["customer_id"], _unix(t["occurred_at"])) for t in unseen if t["movement"] == "fx"}
-    ours = [row for row in our_rows(con) if not (row[1] == "fx" and row[0][:2] in fx_aside)]
+    ours = fx_rows_aside(our_rows(con), unseen)
     agreement, label_problems = compare_labels(truth, ours)
     first = min(k[1] for k, *_ in truth)
     mrr_problems = compare_mrr(sim, con, month_starts(first, sim.clock)[1:], unseen)
@@ -334,6 +346,24 @@ def sim_500() -> Any:
     from stripe_churn.sandbox.sim import Simulation
 
     return Simulation(customers=500, months=24, seed=11)
+
+
+def test_the_checker_sets_aside_our_fx_row_that_a_hidden_discounts_window_dated_apart() -> None:
+    """A rate change 16 minutes after an unseen discount's start joins its window in the truth (its fx row dated at
+    the start, set aside), while a store without the discount dates its fx row at the change: that row is set aside
+    too, and so are ours inside the span and in the window after its end; another customer's, and ours before the
+    start or after that window, stay."""
+    start, end = 1_000_000, 2_000_000
+    unseen = [{"customer_id": "cus_a", "movement": "fx", "started": start, "ended": end}]
+
+    def fx(customer: str, at: int) -> tuple[Key, str, str, Decimal]:
+        return (customer, at, "si_1"), "fx", "fx", Decimal("1")
+
+    ours = [fx("cus_a", start - 1), fx("cus_a", start + 960), fx("cus_a", 1_500_000), fx("cus_a", end + 600),
+            fx("cus_a", end + WINDOW_S + 1), fx("cus_b", start + 960),
+            (("cus_a", start + 960, "si_1"), "upgrade", "expansion", Decimal("2"))]
+    assert fx_rows_aside(ours, unseen) == [ours[0], ours[4], ours[5], ours[6]]
+    assert fx_rows_aside(ours, []) == ours
 
 
 def test_ground_truth_direct_load(sim_500: Any, tmp_path: Path) -> None:
