@@ -1,0 +1,402 @@
+"""More rules of design.md 5 (the movement classifier), each on a small hand-built account: the scenarios an
+outside checker writes by hand and test_classifier.py does not cover (several items of several families in one
+window, switch pairing of two removed and two added items, a seat product switched to a resource one, the exact
+split of a price change against a quantity change, the window's edges, product family and unit precedence).
+
+Each test states the rule it checks; the expected rows (time, movement, category, delta, item) are worked out by
+hand from design.md 4 and 5 alone. Every test also checks that the rows of each transition add up to the
+customer's change and that every row names the Stripe objects it came from (an event, else an invoice: a usage
+invoice has no event of its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import pytest
+from builders import World
+from test_classifier import MINUTE, T0, Row, base, check_invariants, month, movements
+
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+D = Decimal
+
+
+def changes(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") -> list[Row]:
+    """The customer's movements other than the first `new` (time, movement, category, delta, item)."""
+    got = movements(con, customer)
+    assert got and got[0][1] == "new", got
+    return got[1:]
+
+
+def expect(con: duckdb.DuckDBPyConnection, expected: list[Row], customer: str = "cus_1",
+           skip_new: bool = True) -> None:
+    got = changes(con, customer) if skip_new else movements(con, customer)
+    want = sorted(expected, key=lambda r: (r[0], r[1], r[4] or ""))
+    assert got == want, ("movements differ:\n  got      " + "\n           ".join(map(str, got))
+                         + "\n  expected " + "\n           ".join(map(str, want)))
+    check_invariants(con, customer)
+    missing = con.execute("SELECT movement, subscription_item_id FROM mrr_movements WHERE customer_id = ? AND "
+                          "(coalesce(source_event_id, source_invoice_id) IS NULL OR subscription_id IS NULL OR subscription_item_id IS NULL "
+                          "OR product_id IS NULL OR price_id IS NULL)", [customer]).fetchall()
+    assert not missing, f"rows without their Stripe ids: {missing}"
+
+
+def row(con: duckdb.DuckDBPyConnection, where: str) -> dict[str, Any]:
+    cur = con.execute(f"SELECT * FROM mrr_movements WHERE {where}")
+    cols = [d[0] for d in cur.description]
+    (r,) = cur.fetchall()
+    return dict(zip(cols, r, strict=True))
+
+
+def event_of(w: World, etype: str, sid: str, at: int) -> str:
+    (e,) = [e["id"] for e in w.events
+            if e["type"] == etype and e["data"]["object"]["id"] == sid and e["created"] == at]
+    return e
+
+
+# --- several components in one window -----------------------------------------------------------------
+
+def test_several_families_changed_in_one_update(world: World, derive: Derive) -> None:
+    """design.md 5 table + pairing: one update adds two seats of core (same item: seat_expansion), removes the
+    only analytics item while the customer stays (downgrade) and adds an item of family api the customer never
+    had (cross_sell): three rows that add up to the change 80 -> 90."""
+    w = base(world)
+    w.price("api_flat", "prod_api", 4_000)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3), ("si_a", "analytics", 1)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_c", "core_basic", 5), ("si_p", "api_flat", 1)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [
+        (t, "seat_expansion", "expansion", D("20.0000"), "si_c"),
+        (t, "downgrade", "contraction", D("-50.0000"), "si_a"),
+        (t, "cross_sell", "expansion", D("40.0000"), "si_p"),
+    ])
+    upd = event_of(w, "customer.subscription.updated", "sub_1", t)
+    assert {r[0] for r in con.execute("SELECT source_event_id FROM mrr_movements WHERE occurred_at = "
+                                      "to_timestamp(?)", [t]).fetchall()} == {upd}
+
+
+def test_two_removed_and_two_added_items_of_one_family_pair_largest_first(world: World, derive: Derive) -> None:
+    """design.md 5 pairing: removed basic x3 (30) and pro x1 (20), added pro x4 (80) and basic x1 (10), all of
+    family core. Largest first: basic x3 -> pro x4 (plan MRR(pro,3) - MRR(basic,3) = 30, quantity MRR(pro,4) -
+    MRR(pro,3) = 20) and pro x1 -> basic x1 (plan -10). Rows on the added items; total 50 -> 90."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_1", "core_basic", 3), ("si_2", "core_pro", 1)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_3", "core_pro", 4), ("si_4", "core_basic", 1)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [
+        (t, "upgrade", "expansion", D("30.0000"), "si_3"),
+        (t, "seat_expansion", "expansion", D("20.0000"), "si_3"),
+        (t, "downgrade", "contraction", D("-10.0000"), "si_4"),
+    ])
+
+
+def test_a_switch_beside_an_added_item_of_the_kept_family(world: World, derive: Derive) -> None:
+    """design.md 5 pairing: basic x3 (30) is replaced by pro x1 (20) and addon x3 (15), all family core. The
+    removed item pairs with the largest added one (plan MRR(pro,3) - MRR(basic,3) = 30, quantity MRR(pro,1) -
+    MRR(pro,3) = -40); the addon stays unpaired, an added item of a family the customer keeps: seat_expansion."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_1", "core_basic", 3)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_2", "core_pro", 1), ("si_3", "addon", 3)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [
+        (t, "upgrade", "expansion", D("30.0000"), "si_2"),
+        (t, "seat_contraction", "contraction", D("-40.0000"), "si_2"),
+        (t, "seat_expansion", "expansion", D("15.0000"), "si_3"),
+    ])
+
+
+def test_a_replaced_item_at_the_same_price_is_a_seat_change_not_a_plan_change(world: World, derive: Derive
+                                                                              ) -> None:
+    """design.md 5 pairing and split: the item is replaced by a new item id at the same price with more seats:
+    paired (same family), plan part MRR(basic,3) - MRR(basic,3) = 0, quantity part 20: one seat_expansion."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_1", "core_basic", 3)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_2", "core_basic", 5)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [(t, "seat_expansion", "expansion", D("20.0000"), "si_2")])
+
+
+def test_seat_product_switched_to_a_resource_product_of_the_same_family(world: World, derive: Derive) -> None:
+    """design.md 5: a seat item (basic x3, 30.00) replaced by a storage item of the same family (unit GB, 0.10
+    x 500 = 50.00) is a plan switch; plan part MRR(storage, 3) - MRR(basic, 3) = 0.30 - 30 = -29.70 (downgrade),
+    quantity part MRR(storage, 500) - MRR(storage, 3) = 49.70 on the new item's unit (resource_expansion)."""
+    w = base(world)
+    w.product("prod_storage", unit_label="GB", family="core")
+    w.price("storage", "prod_storage", 10)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_s", "storage", 500)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [
+        (t, "downgrade", "contraction", D("-29.7000"), "si_s"),
+        (t, "resource_expansion", "expansion", D("49.7000"), "si_s"),
+    ])
+
+
+# --- the exact split ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    # price up, quantity down: plan MRR(pro,5) - MRR(basic,5) = 50; quantity MRR(pro,2) - MRR(pro,5) = -60
+    (("core_basic", 5), ("core_pro", 2), [("upgrade", "expansion", "50.0000"),
+                                          ("seat_contraction", "contraction", "-60.0000")]),
+    # price down, quantity up: plan MRR(basic,2) - MRR(pro,2) = -20; quantity MRR(basic,5) - MRR(basic,2) = 30
+    (("core_pro", 2), ("core_basic", 5), [("downgrade", "contraction", "-20.0000"),
+                                          ("seat_expansion", "expansion", "30.0000")]),
+    # monthly 100 x1 -> annual 1200 x2: plan MRR(annual,1) - MRR(monthly,1) = 0 (no row), quantity +100
+    (("core_monthly", 1), ("core_annual", 2), [("seat_expansion", "expansion", "100.0000")]),
+    # monthly 100 x2 -> annual 1500 x1: plan MRR(annual_hi,2) - MRR(monthly,2) = 250 - 200; quantity 125 - 250
+    (("core_monthly", 2), ("core_annual_hi", 1), [("upgrade", "expansion", "50.0000"),
+                                                 ("seat_contraction", "contraction", "-125.0000")]),
+    # graduated tiers (2 at 15.00, then 5.00): MRR(tiered,3) = 35, MRR(tiered,5) = 45; plan 35 - 30, quantity 10
+    (("core_basic", 3), ("core_tiered", 5), [("upgrade", "expansion", "5.0000"),
+                                             ("seat_expansion", "expansion", "10.0000")]),
+], ids=["price-up-quantity-down", "price-down-quantity-up", "interval-switch-equal-with-seats",
+        "interval-switch-higher-fewer-seats", "tiered-new-price"])
+def test_split_of_a_price_and_quantity_change(world: World, derive: Derive, old: tuple[str, int],
+                                              new: tuple[str, int], expected: list[tuple[str, str, str]]) -> None:
+    """design.md 5: plan part = MRR(new price, old quantity) - MRR(old price, old quantity); quantity part =
+    MRR(new price, new quantity) - MRR(new price, old quantity); an interval switch at equal monthly MRR moves
+    nothing by itself."""
+    w = base(world)
+    w.price("core_tiered", "prod_core", None, tiers_mode="graduated",
+            tiers=[{"up_to": 2, "unit_amount": 1_500}, {"up_to": None, "unit_amount": 500}])
+    w.subscribe("sub_1", "cus_1", [("si_c", *old)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_c", *new)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [(t, m, c, D(v), "si_c") for m, c, v in expected])
+
+
+# --- the window ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("gap", [59, 61])
+def test_cancel_and_resubscribe_on_another_plan_either_side_of_the_window(world: World, derive: Derive,
+                                                                          gap: int) -> None:
+    """design.md 5 window: cancel basic x3 (30) and subscribe pro x3 (60) 59 minutes later: one transition dated
+    at the cancellation, the two items paired as a plan switch (upgrade +30). 61 minutes later: two transitions,
+    a cancellation (-30) and a reactivation (+60). Each row names the event that caused it."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_1", "core_basic", 3)], T0)
+    t = month(1, 10)
+    w.cancel("sub_1", t, feedback="switched_service")
+    t2 = t + gap * MINUTE
+    w.subscribe("sub_2", "cus_1", [("si_2", "core_pro", 3)], t2)
+    con = derive(w, seen_at=month(2))
+    created = event_of(w, "customer.subscription.created", "sub_2", t2)
+    create_invoice = next(i["id"] for i in w.objects["invoices"].values()
+                          if i["parent"]["subscription_details"]["subscription"] == "sub_2")
+    if gap < 60:
+        expect(con, [(t, "upgrade", "expansion", D("30.0000"), "si_2")])
+        r = row(con, "movement = 'upgrade'")
+        assert (r["source_event_id"], r["source_invoice_id"]) == (created, create_invoice)
+        assert r["churn_type"] is None and r["cancellation_feedback"] is None
+    else:
+        expect(con, [
+            (t, "cancellation", "churn", D("-30.0000"), "si_1"),
+            (t2, "reactivation", "reactivation", D("60.0000"), "si_2"),
+        ])
+        c = row(con, "movement = 'cancellation'")
+        assert (c["churn_type"], c["cancellation_feedback"], c["subscription_id"]) == (
+            "voluntary", "switched_service", "sub_1")
+        assert c["source_event_id"] == event_of(w, "customer.subscription.deleted", "sub_1", t)
+        r = row(con, "movement = 'reactivation'")
+        assert (r["source_event_id"], r["source_invoice_id"]) == (created, create_invoice)
+
+
+def test_cancel_and_resubscribe_on_the_same_plan_within_the_window_is_no_movement(world: World, derive: Derive
+                                                                                  ) -> None:
+    """design.md 5: a transition whose MRR does not change produces no row, although its items changed."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_1", "core_basic", 3)], T0)
+    t = month(1, 10)
+    w.cancel("sub_1", t)
+    w.subscribe("sub_2", "cus_1", [("si_2", "core_basic", 3)], t + 30 * MINUTE)
+    con = derive(w, seen_at=month(2))
+    expect(con, [])
+
+
+def test_offsetting_components_in_one_window_are_no_movement(world: World, derive: Derive) -> None:
+    """design.md 5: analytics (50) removed and five more core seats (50) within one window net to no change of
+    the customer's MRR: no row at all."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3), ("si_a", "analytics", 1)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_c", "core_basic", 3)])
+    w.update("sub_1", t + 20 * MINUTE, items=[("si_c", "core_basic", 8)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [])
+
+
+def test_a_new_customer_netted_over_the_window_is_one_new(world: World, derive: Derive) -> None:
+    """design.md 5: subscribe 3 x basic, 30 minutes later 5 x pro, 45 minutes in a second subscription of
+    another family: one transition 0 -> 150 dated at the first change, one `new` with the whole delta."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.update("sub_1", T0 + 30 * MINUTE, items=[("si_c", "core_pro", 5)])
+    w.subscribe("sub_2", "cus_1", [("si_a", "analytics", 1)], T0 + 45 * MINUTE)
+    con = derive(w, seen_at=month(1))
+    expect(con, [(T0, "new", "new", D("150.0000"), "si_c")], skip_new=False)
+
+
+def test_seats_added_then_canceled_within_the_window_is_one_cancellation(world: World, derive: Derive) -> None:
+    """design.md 5: two more seats, then a cancellation 30 minutes later: one transition from M(A) = 30 to 0,
+    dated at the first change, a cancellation of -30 with its churn_type and feedback."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_c", "core_basic", 5)])
+    w.cancel("sub_1", t + 30 * MINUTE, feedback="too_expensive", comment="seats cost too much")
+    con = derive(w, seen_at=month(2))
+    expect(con, [(t, "cancellation", "churn", D("-30.0000"), "si_c")])
+    c = row(con, "movement = 'cancellation'")
+    assert (c["churn_type"], c["cancellation_feedback"], float(c["mrr_before"]), float(c["mrr_after"])) == (
+        "voluntary", "too_expensive", 30.0, 0.0)
+
+
+def test_reactivation_on_another_family_with_several_items_is_one_row(world: World, derive: Derive) -> None:
+    """design.md 5: after a full churn of core, a comeback with analytics (50) and api (40): one `reactivation`
+    with the whole customer delta (on the largest item)."""
+    w = base(world)
+    w.price("api_flat", "prod_api", 4_000)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.cancel("sub_1", month(1, 10), reason="payment_failed")
+    w.subscribe("sub_2", "cus_1", [("si_a", "analytics", 1), ("si_p", "api_flat", 1)], month(3))
+    con = derive(w, seen_at=month(4))
+    expect(con, [
+        (month(1, 10), "cancellation", "churn", D("-30.0000"), "si_c"),
+        (month(3), "reactivation", "reactivation", D("90.0000"), "si_a"),
+    ])
+    assert row(con, "movement = 'cancellation'")["churn_type"] == "involuntary"
+
+
+def test_a_trial_that_never_paid_leaves_the_later_subscription_new(world: World, derive: Derive) -> None:
+    """design.md 5: `reactivation` needs MRR before; a trial canceled at its end never had MRR, so the customer's
+    first paid subscription months later is `new`."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_1", "core_basic", 3)], T0, trial_end=month(0, 14))
+    w.cancel("sub_1", month(0, 14))
+    w.subscribe("sub_2", "cus_1", [("si_2", "core_pro", 2)], month(2))
+    con = derive(w, seen_at=month(3))
+    expect(con, [(month(2), "new", "new", D("40.0000"), "si_2")], skip_new=False)
+
+
+# --- product family and unit --------------------------------------------------------------------------
+
+def test_family_metadata_wins_over_the_settings_mapping_over_the_product(world: World, derive: Derive) -> None:
+    """design.md 5 family: product.metadata["family"] when set (prod_x says core although the settings map it to
+    analytics: a seat_expansion of kept core), else the settings' mapping (prod_y -> core: seat_expansion), else
+    the product itself (prod_z: a family of its own, cross_sell)."""
+    w = base(world)
+    w.product("prod_x", unit_label="seat", family="core")
+    w.product("prod_y")
+    w.product("prod_z")
+    w.price("x", "prod_x", 2_500)
+    w.price("y", "prod_y", 700)
+    w.price("z", "prod_z", 900)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.update("sub_1", month(1, 1), items=[("si_c", "core_basic", 3), ("si_x", "x", 2)])
+    w.update("sub_1", month(1, 5), items=[("si_c", "core_basic", 3), ("si_x", "x", 2), ("si_y", "y", 1)])
+    w.update("sub_1", month(1, 9), items=[("si_c", "core_basic", 3), ("si_x", "x", 2), ("si_y", "y", 1),
+                                          ("si_z", "z", 1)])
+    con = derive(w, seen_at=month(2), families={"prod_x": "analytics", "prod_y": "core"})
+    expect(con, [
+        (month(1, 1), "seat_expansion", "expansion", D("50.0000"), "si_x"),
+        (month(1, 5), "seat_expansion", "expansion", D("7.0000"), "si_y"),
+        (month(1, 9), "cross_sell", "expansion", D("9.0000"), "si_z"),
+    ])
+
+
+def test_a_family_of_the_product_itself_pairs_its_prices(world: World, derive: Derive) -> None:
+    """design.md 5: a product with no family anywhere is its own family: its item replaced by one of another
+    price of the same product is a plan switch (upgrade 10 -> 30); replaced by an item of another such product,
+    it is a family removed while the customer stays (downgrade) and one she did not have (cross_sell)."""
+    w = base(world)
+    w.product("prod_solo")
+    w.product("prod_other")
+    w.price("solo_a", "prod_solo", 1_000)
+    w.price("solo_b", "prod_solo", 3_000)
+    w.price("other", "prod_other", 4_500)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3), ("si_1", "solo_a", 1)], T0)
+    w.update("sub_1", month(1, 1), items=[("si_c", "core_basic", 3), ("si_2", "solo_b", 1)])
+    w.update("sub_1", month(1, 9), items=[("si_c", "core_basic", 3), ("si_3", "other", 1)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [
+        (month(1, 1), "upgrade", "expansion", D("20.0000"), "si_2"),
+        (month(1, 9), "downgrade", "contraction", D("-30.0000"), "si_2"),
+        (month(1, 9), "cross_sell", "expansion", D("45.0000"), "si_3"),
+    ])
+
+
+@pytest.mark.parametrize(("unit_label", "units", "movement"), [
+    ("User", None, "seat_expansion"),
+    ("  member ", None, "seat_expansion"),
+    ("LICENSE", None, "seat_expansion"),
+    ("agent", None, "seat_expansion"),
+    ("GB", None, "resource_expansion"),
+    ("api call", None, "resource_expansion"),
+    (None, None, "seat_expansion"),  # licensed quantity without a label
+    ("", None, "seat_expansion"),  # (an empty label is no label)
+    ("seat", "resource", "resource_expansion"),  # the settings' mapping wins over the label
+    ("GB", "seat", "seat_expansion"),
+])
+def test_unit_of_a_quantity_change(world: World, derive: Derive, unit_label: str | None, units: str | None,
+                                   movement: str) -> None:
+    """design.md 5 seat vs resource: the settings' mapping, else unit_label (seat, user, member, license, agent ->
+    seat; any other label -> resource), else licensed quantity -> seat."""
+    w = base(world)
+    w.product("prod_u", unit_label=unit_label, family="core")
+    w.price("u", "prod_u", 400)
+    w.subscribe("sub_1", "cus_1", [("si_u", "u", 2)], T0)
+    w.update("sub_1", month(1, 10), items=[("si_u", "u", 7)])
+    con = derive(w, seen_at=month(2), **({"units": {"prod_u": units}} if units else {}))
+    expect(con, [(month(1, 10), movement, "expansion", D("20.0000"), "si_u")])
+
+
+@pytest.mark.parametrize(("unit_label", "up", "down"), [
+    (None, "resource_expansion", "resource_contraction"),
+    ("user", "seat_expansion", "seat_contraction"),
+], ids=["no-label", "seat-label"])
+def test_unit_of_metered_usage(world: World, derive: Derive, unit_label: str | None, up: str, down: str) -> None:
+    """design.md 5: metered usage up/down is a resource movement when the product has no unit label (metered ->
+    resource), while a seat label comes first in the order of the rule."""
+    w = base(world)
+    w.product("prod_m", unit_label=unit_label, family="meter")
+    w.price("m", "prod_m", None, usage_type="metered")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 1), ("si_m", "m", None)], T0)
+    w.cycle("sub_1", month(1), usage={"si_m": 3_000})
+    w.cycle("sub_1", month(2), usage={"si_m": 4_500})
+    w.cycle("sub_1", month(3), usage={"si_m": 1_000})
+    con = derive(w, seen_at=month(3, 5))
+    expect(con, [
+        (month(1), up, "expansion", D("30.0000"), "si_m"),
+        (month(2), up, "expansion", D("15.0000"), "si_m"),
+        (month(3), down, "contraction", D("-35.0000"), "si_m"),
+    ])
+    invoices = [i["id"] for i in w.objects["invoices"].values() if i["billing_reason"] == "subscription_cycle"]
+    got = [r[0] for r in con.execute("SELECT source_invoice_id FROM mrr_movements WHERE movement <> 'new' "
+                                     "ORDER BY occurred_at").fetchall()]
+    assert got == invoices
+
+
+def test_a_removed_item_of_a_kept_family_takes_its_own_unit(world: World, derive: Derive) -> None:
+    """design.md 5: an added or removed item of a family the customer keeps is seat_ or resource_ by its own
+    unit: storage (GB) of family core added beside core seats is resource_expansion, removed resource_contraction.
+    """
+    w = base(world)
+    w.product("prod_storage", unit_label="GB", family="core")
+    w.price("storage", "prod_storage", 10)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.update("sub_1", month(1, 1), items=[("si_c", "core_basic", 3), ("si_s", "storage", 200)])
+    w.update("sub_1", month(1, 9), items=[("si_c", "core_basic", 3)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [
+        (month(1, 1), "resource_expansion", "expansion", D("20.0000"), "si_s"),
+        (month(1, 9), "resource_contraction", "contraction", D("-20.0000"), "si_s"),
+    ])
