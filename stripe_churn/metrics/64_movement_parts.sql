@@ -131,15 +131,17 @@ valued AS (
                            AND s.comp IN ('same', 'pair') AND NOT s.metered
 ),
 split AS (
-    -- plan (p), quantity or usage (q) and discount (d) parts in the item's own currency
+    -- plan (p), quantity or usage (q) and discount (d) parts in the item's own currency: a metered item at the
+    -- same price (the same item, or a removed and an added one paired) moved by usage; a metered item, or one of
+    -- no quantity, at another price moved by its plan (design.md 5: price changed is upgrade / downgrade)
     SELECT v.*,
-           CASE WHEN v.comp = 'same' AND v.metered THEN (v.b_undisc - v.a_undisc) * v.f
+           CASE WHEN v.usage_only THEN (v.b_undisc - v.a_undisc) * v.f
                 WHEN v.cross_mrr IS NULL THEN 0
                 ELSE (v.b_undisc - v.cross_mrr) * v.f END AS q0,
-           CASE WHEN v.comp = 'same' AND v.metered THEN 0
-                WHEN v.cross_mrr IS NULL THEN NULL
+           CASE WHEN v.usage_only THEN 0
+                WHEN v.cross_mrr IS NULL THEN (v.b_undisc - v.a_undisc) * v.f
                 ELSE (v.cross_mrr - v.a_undisc) * v.f END AS p0
-    FROM valued v
+    FROM (SELECT *, metered AND a_price_id IS NOT DISTINCT FROM b_price_id AS usage_only FROM valued) v
     WHERE v.comp IN ('same', 'pair')
 ),
 settled AS (
@@ -147,7 +149,7 @@ settled AS (
            (s.b_mrr - s.a_mrr) - s.q0 - coalesce(s.p0, 0) AS rest,
            -- what is left when no discount changed is rounding or a fixed amount_off: it joins a part
            CASE WHEN s.discount_changed THEN 'd'
-                WHEN s.comp = 'same' AND s.metered THEN 'q'
+                WHEN s.usage_only THEN 'q'
                 WHEN s.p0 IS NULL OR abs(s.p0) >= abs(s.q0) THEN 'p'
                 ELSE 'q' END AS rest_to
     FROM split s

@@ -400,3 +400,53 @@ def test_a_removed_item_of_a_kept_family_takes_its_own_unit(world: World, derive
         (month(1, 1), "resource_expansion", "expansion", D("20.0000"), "si_s"),
         (month(1, 9), "resource_contraction", "contraction", D("-20.0000"), "si_s"),
     ])
+
+
+# --- metered items whose price changes ------------------------------------------------------------------
+
+@pytest.mark.parametrize("how", ["same-item", "new-item"])
+@pytest.mark.parametrize(("old", "new", "expected"), [
+    # usage of 50.00 billed, then the item moves to a flat 40.00 price: the price changed, MRR 50 -> 40
+    ("api_metered", "api_flat", ("downgrade", "contraction", "-10.0000")),
+    # a flat 40.00 item moves to the metered price: MRR(metered) is 0 until its first usage invoice
+    ("api_flat", "api_metered", ("downgrade", "contraction", "-40.0000")),
+], ids=["metered-to-flat", "flat-to-metered"])
+def test_a_metered_item_moved_to_another_price_is_a_plan_change(world: World, derive: Derive, how: str, old: str,
+                                                                new: str, expected: tuple[str, str, str]) -> None:
+    """design.md 5: "same item or same product family, price changed" is upgrade/downgrade by sign; usage up or
+    down (resource_*) is a change at the same price. A plan switch is labelled alike whether Stripe kept the
+    item id or replaced the item."""
+    w = base(world)
+    w.price("api_flat", "prod_api", 4_000)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 1), ("si_m", old, 1)], T0)
+    w.cycle("sub_1", month(1), usage={"si_m": 5_000})
+    t = month(1, 10)
+    new_id = "si_m" if how == "same-item" else "si_n"
+    w.update("sub_1", t, items=[("si_c", "core_basic", 1), (new_id, new, 1)])
+    con = derive(w, seen_at=month(2))
+    got = changes(con)
+    if old == "api_metered":
+        assert got[0] == (month(1), "resource_expansion", "expansion", D("50.0000"), "si_m")
+        got = got[1:]
+    assert got == [(t, *expected[:2], D(expected[2]), new_id)]
+    check_invariants(con)
+
+
+def test_a_metered_subscription_resubscribed_at_the_same_price_is_usage_not_plan(world: World, derive: Derive
+                                                                                 ) -> None:
+    """design.md 5: cancel a subscription whose metered item had 50.00 of usage and subscribe again to the same
+    price ten minutes later: one transition, the two items paired (same family); the price did not change, so
+    the plan part MRR(new price) - MRR(old price) is 0 and the change (-50: no usage invoiced yet on the new
+    item) is the usage's, resource_contraction."""
+    w = base(world)
+    w.subscribe("sub_0", "cus_1", [("si_c", "core_basic", 1)], T0)
+    w.subscribe("sub_1", "cus_1", [("si_m", "api_metered", None)], T0)
+    w.cycle("sub_1", month(1), usage={"si_m": 5_000})
+    t = month(1, 10)
+    w.cancel("sub_1", t)
+    w.subscribe("sub_2", "cus_1", [("si_n", "api_metered", None)], t + 10 * MINUTE)
+    con = derive(w, seen_at=month(2))
+    expect(con, [
+        (month(1), "resource_expansion", "expansion", D("50.0000"), "si_m"),
+        (t, "resource_contraction", "contraction", D("-50.0000"), "si_n"),
+    ])
