@@ -450,3 +450,27 @@ def test_a_metered_subscription_resubscribed_at_the_same_price_is_usage_not_plan
         (month(1), "resource_expansion", "expansion", D("50.0000"), "si_m"),
         (t, "resource_contraction", "contraction", D("-50.0000"), "si_n"),
     ])
+
+
+@pytest.mark.parametrize("how", ["same-item", "new-item"])
+def test_a_metered_item_moved_to_a_discounted_price_keeps_its_plan_part(world: World, derive: Derive, how: str
+                                                                        ) -> None:
+    """design.md 4 and 5: usage of 50.00 billed, then the item moves to a flat 40.00 price with an item-level 25%
+    forever discount starting with it (30.00): the plan part at the discount before the change (-10, downgrade),
+    the discount's start the rest (-10, discount), alike on the same item id or a new one."""
+    w = base(world)
+    w.price("api_flat", "prod_api", 4_000)
+    w.coupon("q", percent_off=25)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 1), ("si_m", "api_metered", None)], T0)
+    w.cycle("sub_1", month(1), usage={"si_m": 5_000})
+    t = month(1, 10)
+    new_id = "si_m" if how == "same-item" else "si_n"
+    d = w.discount("q", t, customer="cus_1", subscription="sub_1", subscription_item=new_id)
+    w.update("sub_1", t, items=[("si_c", "core_basic", 1), (new_id, "api_flat", 1)])
+    w.objects["subscriptions"]["sub_1"]["items"]["data"][1]["discounts"] = [d["id"]]
+    con = derive(w, seen_at=month(2))
+    expect(con, [
+        (month(1), "resource_expansion", "expansion", D("50.0000"), "si_m"),
+        (t, "downgrade", "contraction", D("-10.0000"), new_id),
+        (t, "discount", "contraction", D("-10.0000"), new_id),
+    ])
