@@ -3,7 +3,8 @@
 -- the largest component; of equal ones, the first by item id, then plan, quantity, discount part), with churn
 -- type, feedback (and in derived_mrr_movements the comment) and the Stripe ids that caused each row.
 -- Inputs: derived_transitions, derived_movement_parts, derived_transition_items, derived_item_mrr,
--- derived_sub_events, derived_subs, derived_sub_pauses, subscriptions, invoices, invoice_items (the pending ones).
+-- derived_sub_events, derived_subs, derived_sub_pauses, subscriptions, invoices, invoice_lines (which item each
+-- bills), invoice_items (the pending ones).
 
 CREATE OR REPLACE TABLE derived_mrr_movements AS
 WITH
@@ -95,24 +96,57 @@ discount_events AS (
                               AND e.created >= t.t_start AND e.created <= t.t_end
     GROUP BY ALL
 ),
-sub_invoices AS (
-    SELECT t.tid, i.subscription_id,
-           arg_min(i.id, (i.created, i.id)) AS invoice_id
+-- the invoices (and pending proration items) of the window's subscriptions, for the transitions with a row that
+-- has no invoice of its own
+window_invoices AS (
+    SELECT t.tid, i.account_id, i.subscription_id, i.id, i.created, i.pending_item, i.item_id
     FROM derived_transitions t
-    JOIN (SELECT account_id, id, customer_id, subscription_id, created FROM invoices
+    JOIN (SELECT account_id, id, customer_id, subscription_id, created, false AS pending_item,
+                 CAST(NULL AS VARCHAR) AS item_id
+          FROM invoices
           WHERE subscription_id IS NOT NULL AND NOT coalesce(deleted, false)
             -- (a voided invoice bills nothing that happened: Stripe voids that of an update that never applied)
             AND status IS DISTINCT FROM 'void'
           UNION ALL
           -- (a change whose prorations wait for the next invoice: the pending item that bills them)
-          SELECT account_id, id, customer_id, subscription_id, date FROM invoice_items
+          SELECT account_id, id, customer_id, subscription_id, date, true, subscription_item_id FROM invoice_items
           WHERE pending AND coalesce(proration, false) AND subscription_id IS NOT NULL
             AND NOT coalesce(deleted, false)) i
       ON i.account_id = t.account_id AND i.customer_id = t.customer_id
      AND i.created >= t.t_start AND i.created <= t.t_end
-    -- (only transitions with a row that has no invoice of its own look one up)
     WHERE t.tid IN (SELECT tid FROM adjusted
                     WHERE mrr_delta_part <> 0 AND CASE WHEN row_from >= t_start THEN invoice_id END IS NULL)
+),
+sub_invoices AS (
+    SELECT tid, subscription_id, arg_min(id, (created, id)) AS invoice_id
+    FROM window_invoices
+    GROUP BY ALL
+),
+-- of those, the first that bills the row's own item (a line or a pending item naming it): of two changes of one
+-- subscription in a window, each row names the invoice of its own
+item_invoices AS (
+    SELECT tid, subscription_id, item_id, arg_min(id, (created, id)) AS invoice_id
+    FROM (SELECT w.tid, w.subscription_id, l.subscription_item_id AS item_id, w.id, w.created
+          FROM window_invoices w
+          JOIN invoice_lines l ON l.account_id = w.account_id AND l.invoice_id = w.id
+          WHERE NOT w.pending_item AND l.subscription_item_id IS NOT NULL AND NOT coalesce(l.deleted, false)
+          UNION ALL
+          SELECT tid, subscription_id, item_id, id, created FROM window_invoices
+          WHERE pending_item AND item_id IS NOT NULL)
+    GROUP BY ALL
+),
+-- a removed item's row: the event of its subscription at the moment the item's row in A ended (its removal),
+-- not a later change of another item of the subscription in the window
+removed_events AS (
+    SELECT p.tid, p.subscription_item_id, arg_max(e.event_id, (e.moment, e.seq)) AS event_id
+    FROM derived_movement_parts p
+    JOIN derived_transition_items x ON x.tid = p.tid AND x.subscription_item_id = p.subscription_item_id
+    JOIN derived_item_mrr a ON a.rowid = x.a_rid
+    JOIN (SELECT account_id, subscription_id, moment, event_id, seq FROM derived_sub_events
+          UNION ALL
+          SELECT account_id, subscription_id, moment, event_id, seq FROM derived_early_sub_events) e
+      ON e.account_id = a.account_id AND e.subscription_id = a.subscription_id AND e.moment = a.valid_to
+    WHERE p.comp = 'removed'
     GROUP BY ALL
 ),
 -- the subscription's cancellation_details (its latest state) belong to its last cancellation row, when the
@@ -183,9 +217,9 @@ SELECT
              THEN 'involuntary' ELSE 'voluntary' END
     END AS churn_type,
     CASE WHEN s.movement = 'cancellation' THEN f.cancellation_feedback END AS cancellation_feedback,
-    coalesce(s.own_event_id, CASE WHEN s.movement = 'discount' THEN de.event_id END, ws.event_id, se.event_id,
-             wc.event_id) AS source_event_id,
-    coalesce(s.own_invoice_id, ws.invoice_id, si.invoice_id, wc.invoice_id) AS source_invoice_id,
+    coalesce(s.own_event_id, CASE WHEN s.movement = 'discount' THEN de.event_id END, re.event_id, ws.event_id,
+             se.event_id, wc.event_id) AS source_event_id,
+    coalesce(s.own_invoice_id, ii.invoice_id, ws.invoice_id, si.invoice_id, wc.invoice_id) AS source_invoice_id,
     -- internal columns (not in the mrr_movements view)
     -- (design.md 5: a cancellation row carries the subscription's cancellation comment too; design.md 7's
     -- mrr_movements lists no column for it, so it is read here)
@@ -207,6 +241,14 @@ LEFT JOIN sub_events se
 LEFT JOIN sub_invoices si
     ON si.tid = s.tid
    AND si.subscription_id = s.subscription_id
+LEFT JOIN item_invoices ii
+    ON ii.tid = s.tid
+   AND ii.subscription_id = s.subscription_id
+   AND ii.item_id = s.subscription_item_id
+LEFT JOIN removed_events re
+    ON re.tid = s.tid
+   AND re.subscription_item_id = s.subscription_item_id
+   AND s.comp = 'removed'
 LEFT JOIN discount_events de ON de.tid = s.tid
 LEFT JOIN sub_facts f ON f.account_id = s.account_id AND f.subscription_id = s.subscription_id AND f.t_start = s.t_start
 LEFT JOIN unpaid u ON u.tid = s.tid AND u.subscription_id = s.subscription_id;

@@ -111,6 +111,23 @@ def test_a_switch_beside_an_added_item_of_the_kept_family(world: World, derive: 
     ])
 
 
+def test_a_removed_item_left_unpaired_in_a_kept_family_is_a_seat_contraction(world: World, derive: Derive
+                                                                             ) -> None:
+    """design.md 5 pairing: pro x3 (60) and addon x2 (10) removed, basic x4 (40) added, all family core. The
+    largest removed pairs with the added one (plan MRR(basic,3) - MRR(pro,3) = -30, quantity MRR(basic,4) -
+    MRR(basic,3) = +10); the addon stays unpaired, removed from a family the customer keeps: seat_contraction."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_1", "core_pro", 3), ("si_2", "addon", 2)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_3", "core_basic", 4)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [
+        (t, "downgrade", "contraction", D("-30.0000"), "si_3"),
+        (t, "seat_expansion", "expansion", D("10.0000"), "si_3"),
+        (t, "seat_contraction", "contraction", D("-10.0000"), "si_2"),
+    ])
+
+
 def test_a_replaced_item_at_the_same_price_is_a_seat_change_not_a_plan_change(world: World, derive: Derive
                                                                               ) -> None:
     """design.md 5 pairing and split: the item is replaced by a new item id at the same price with more seats:
@@ -474,3 +491,26 @@ def test_a_metered_item_moved_to_a_discounted_price_keeps_its_plan_part(world: W
         (t, "downgrade", "contraction", D("-10.0000"), new_id),
         (t, "discount", "contraction", D("-10.0000"), new_id),
     ])
+
+
+# --- source ids -----------------------------------------------------------------------------------------
+
+def test_two_changes_of_one_subscription_in_a_window_keep_their_own_ids(world: World, derive: Derive) -> None:
+    """design.md 5: every movement keeps the Stripe ids that caused it. Analytics is removed at t (an update
+    event and a proration invoice crediting it), two seats are added 30 minutes later (another event and
+    invoice): one transition, and each row names its own change's event and invoice, not the other's."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3), ("si_a", "analytics", 1)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_c", "core_basic", 3)])
+    removal = (w.events[-1]["id"], list(w.objects["invoices"])[-1])
+    w.update("sub_1", t + 30 * MINUTE, items=[("si_c", "core_basic", 5)])
+    seats = (w.events[-1]["id"], list(w.objects["invoices"])[-1])
+    con = derive(w, seen_at=month(2))
+    expect(con, [
+        (t, "downgrade", "contraction", D("-50.0000"), "si_a"),
+        (t, "seat_expansion", "expansion", D("20.0000"), "si_c"),
+    ])
+    got = {r[0]: (r[1], r[2]) for r in con.execute(
+        "SELECT movement, source_event_id, source_invoice_id FROM mrr_movements WHERE movement <> 'new'").fetchall()}
+    assert got == {"downgrade": removal, "seat_expansion": seats}
