@@ -11,8 +11,10 @@ invoice has no event of its own).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -42,6 +44,26 @@ def expect(con: duckdb.DuckDBPyConnection, expected: list[Row], customer: str = 
                           "(coalesce(source_event_id, source_invoice_id) IS NULL OR subscription_id IS NULL OR subscription_item_id IS NULL "
                           "OR product_id IS NULL OR price_id IS NULL)", [customer]).fetchall()
     assert not missing, f"rows without their Stripe ids: {missing}"
+
+
+def shared_store(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path, w: World, seen_at: int,
+                 **rules: Any) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One store holding ``w`` (several customers, one case each), derived once for a module: a recompute of a tiny
+    store is most of a second, so one for a group of cases instead of one each."""
+    from conftest import make_settings
+
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.store.db import open_store
+
+    path = tmp_path_factory.mktemp("hunt") / "hunt.duckdb"
+    shutil.copyfile(migrated_store_file, path)
+    con = open_store(path)
+    w.load(con, seen_at=seen_at)
+    recompute(con, make_settings(**rules))
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 def row(con: duckdb.DuckDBPyConnection, where: str) -> dict[str, Any]:
@@ -159,36 +181,57 @@ def test_seat_product_switched_to_a_resource_product_of_the_same_family(world: W
 
 # --- the exact split ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("old", "new", "expected"), [
+SPLITS = {
     # price up, quantity down: plan MRR(pro,5) - MRR(basic,5) = 50; quantity MRR(pro,2) - MRR(pro,5) = -60
-    (("core_basic", 5), ("core_pro", 2), [("upgrade", "expansion", "50.0000"),
-                                          ("seat_contraction", "contraction", "-60.0000")]),
+    "price-up-quantity-down": (("core_basic", 5), ("core_pro", 2), [("upgrade", "expansion", "50.0000"),
+                                                                    ("seat_contraction", "contraction", "-60.0000")]),
     # price down, quantity up: plan MRR(basic,2) - MRR(pro,2) = -20; quantity MRR(basic,5) - MRR(basic,2) = 30
-    (("core_pro", 2), ("core_basic", 5), [("downgrade", "contraction", "-20.0000"),
-                                          ("seat_expansion", "expansion", "30.0000")]),
+    "price-down-quantity-up": (("core_pro", 2), ("core_basic", 5), [("downgrade", "contraction", "-20.0000"),
+                                                                    ("seat_expansion", "expansion", "30.0000")]),
     # monthly 100 x1 -> annual 1200 x2: plan MRR(annual,1) - MRR(monthly,1) = 0 (no row), quantity +100
-    (("core_monthly", 1), ("core_annual", 2), [("seat_expansion", "expansion", "100.0000")]),
+    "interval-switch-equal-with-seats": (("core_monthly", 1), ("core_annual", 2),
+                                         [("seat_expansion", "expansion", "100.0000")]),
     # monthly 100 x2 -> annual 1500 x1: plan MRR(annual_hi,2) - MRR(monthly,2) = 250 - 200; quantity 125 - 250
-    (("core_monthly", 2), ("core_annual_hi", 1), [("upgrade", "expansion", "50.0000"),
-                                                 ("seat_contraction", "contraction", "-125.0000")]),
+    "interval-switch-higher-fewer-seats": (("core_monthly", 2), ("core_annual_hi", 1),
+                                           [("upgrade", "expansion", "50.0000"),
+                                            ("seat_contraction", "contraction", "-125.0000")]),
     # graduated tiers (2 at 15.00, then 5.00): MRR(tiered,3) = 35, MRR(tiered,5) = 45; plan 35 - 30, quantity 10
-    (("core_basic", 3), ("core_tiered", 5), [("upgrade", "expansion", "5.0000"),
-                                             ("seat_expansion", "expansion", "10.0000")]),
-], ids=["price-up-quantity-down", "price-down-quantity-up", "interval-switch-equal-with-seats",
-        "interval-switch-higher-fewer-seats", "tiered-new-price"])
-def test_split_of_a_price_and_quantity_change(world: World, derive: Derive, old: tuple[str, int],
-                                              new: tuple[str, int], expected: list[tuple[str, str, str]]) -> None:
+    "tiered-new-price": (("core_basic", 3), ("core_tiered", 5), [("upgrade", "expansion", "5.0000"),
+                                                                 ("seat_expansion", "expansion", "10.0000")]),
+    # weekly 3.00 (13.00 a month) x2 from basic x3: plan MRR(weekly,3) - MRR(basic,3) = 39 - 30; quantity 26 - 39
+    "weekly-new-price": (("core_basic", 3), ("core_weekly", 2), [("upgrade", "expansion", "9.0000"),
+                                                                 ("seat_contraction", "contraction", "-13.0000")]),
+    # packs of 10 seats rounded up at 50.00 a pack, 25 seats (3 packs) from basic x3: plan MRR(pack,3) = 50 - 30;
+    # quantity MRR(pack,25) - MRR(pack,3) = 150 - 50
+    "transform-quantity-new-price": (("core_basic", 3), ("core_pack", 25),
+                                     [("upgrade", "expansion", "20.0000"),
+                                      ("seat_expansion", "expansion", "100.0000")]),
+}
+
+
+@pytest.fixture(scope="module")
+def split_store(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path
+                ) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Every case of SPLITS as its own customer (cus_<case>) of one account, derived once."""
+    w = base(World())
+    w.price("core_tiered", "prod_core", None, tiers_mode="graduated",
+            tiers=[{"up_to": 2, "unit_amount": 1_500}, {"up_to": None, "unit_amount": 500}])
+    w.price("core_weekly", "prod_core", 300, interval="week")
+    w.price("core_pack", "prod_core", 5_000, transform_quantity={"divide_by": 10, "round": "up"})
+    for n, (case, (old, new, _)) in enumerate(SPLITS.items()):
+        w.customer(f"cus_{case}")
+        w.subscribe(f"sub_{n}", f"cus_{case}", [(f"si_{n}", *old)], T0)
+        w.update(f"sub_{n}", month(1, 10), items=[(f"si_{n}", *new)])
+    yield from shared_store(tmp_path_factory, migrated_store_file, w, month(2))
+
+
+@pytest.mark.parametrize("case", list(SPLITS))
+def test_split_of_a_price_and_quantity_change(split_store: duckdb.DuckDBPyConnection, case: str) -> None:
     """design.md 5: plan part = MRR(new price, old quantity) - MRR(old price, old quantity); quantity part =
     MRR(new price, new quantity) - MRR(new price, old quantity); an interval switch at equal monthly MRR moves
     nothing by itself."""
-    w = base(world)
-    w.price("core_tiered", "prod_core", None, tiers_mode="graduated",
-            tiers=[{"up_to": 2, "unit_amount": 1_500}, {"up_to": None, "unit_amount": 500}])
-    w.subscribe("sub_1", "cus_1", [("si_c", *old)], T0)
-    t = month(1, 10)
-    w.update("sub_1", t, items=[("si_c", *new)])
-    con = derive(w, seen_at=month(2))
-    expect(con, [(t, m, c, D(v), "si_c") for m, c, v in expected])
+    item = f"si_{list(SPLITS).index(case)}"
+    expect(split_store, [(month(1, 10), m, c, D(v), item) for m, c, v in SPLITS[case][2]], f"cus_{case}")
 
 
 # --- the window ---------------------------------------------------------------------------------------
@@ -351,29 +394,42 @@ def test_a_family_of_the_product_itself_pairs_its_prices(world: World, derive: D
     ])
 
 
-@pytest.mark.parametrize(("unit_label", "units", "movement"), [
-    ("User", None, "seat_expansion"),
-    ("  member ", None, "seat_expansion"),
-    ("LICENSE", None, "seat_expansion"),
-    ("agent", None, "seat_expansion"),
-    ("GB", None, "resource_expansion"),
-    ("api call", None, "resource_expansion"),
-    (None, None, "seat_expansion"),  # licensed quantity without a label
-    ("", None, "seat_expansion"),  # (an empty label is no label)
-    ("seat", "resource", "resource_expansion"),  # the settings' mapping wins over the label
-    ("GB", "seat", "seat_expansion"),
-])
-def test_unit_of_a_quantity_change(world: World, derive: Derive, unit_label: str | None, units: str | None,
-                                   movement: str) -> None:
+UNITS = {
+    # case: (product's unit_label, settings' units mapping for it, the label of 5 more units)
+    "User": ("User", None, "seat_expansion"),
+    "member-padded": ("  member ", None, "seat_expansion"),
+    "LICENSE": ("LICENSE", None, "seat_expansion"),
+    "agent": ("agent", None, "seat_expansion"),
+    "GB": ("GB", None, "resource_expansion"),
+    "api-call": ("api call", None, "resource_expansion"),
+    "no-label": (None, None, "seat_expansion"),  # licensed quantity without a label
+    "empty-label": ("", None, "seat_expansion"),  # (an empty label is no label)
+    "seat-mapped-resource": ("seat", "resource", "resource_expansion"),  # the settings' mapping wins
+    "GB-mapped-seat": ("GB", "seat", "seat_expansion"),
+}
+
+
+@pytest.fixture(scope="module")
+def units_store(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path
+                ) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Every case of UNITS as its own customer (cus_<case>), product and item of one account, derived once."""
+    w = base(World())
+    for n, (case, (label, _, _)) in enumerate(UNITS.items()):
+        w.product(f"prod_u{n}", unit_label=label, family="core")
+        w.price(f"u{n}", f"prod_u{n}", 400)
+        w.customer(f"cus_{case}")
+        w.subscribe(f"sub_{n}", f"cus_{case}", [(f"si_{n}", f"u{n}", 2)], T0)
+        w.update(f"sub_{n}", month(1, 10), items=[(f"si_{n}", f"u{n}", 7)])
+    units = {f"prod_u{n}": kind for n, (_, kind, _) in enumerate(UNITS.values()) if kind}
+    yield from shared_store(tmp_path_factory, migrated_store_file, w, month(2), units=units)
+
+
+@pytest.mark.parametrize("case", list(UNITS))
+def test_unit_of_a_quantity_change(units_store: duckdb.DuckDBPyConnection, case: str) -> None:
     """design.md 5 seat vs resource: the settings' mapping, else unit_label (seat, user, member, license, agent ->
     seat; any other label -> resource), else licensed quantity -> seat."""
-    w = base(world)
-    w.product("prod_u", unit_label=unit_label, family="core")
-    w.price("u", "prod_u", 400)
-    w.subscribe("sub_1", "cus_1", [("si_u", "u", 2)], T0)
-    w.update("sub_1", month(1, 10), items=[("si_u", "u", 7)])
-    con = derive(w, seen_at=month(2), **({"units": {"prod_u": units}} if units else {}))
-    expect(con, [(month(1, 10), movement, "expansion", D("20.0000"), "si_u")])
+    item = f"si_{list(UNITS).index(case)}"
+    expect(units_store, [(month(1, 10), UNITS[case][2], "expansion", D("20.0000"), item)], f"cus_{case}")
 
 
 @pytest.mark.parametrize(("unit_label", "up", "down"), [
