@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from builders import World
+from builders import World, ts
 from test_classifier import MINUTE, T0, Row, base, check_invariants, month, movements
 
 Derive = Callable[..., duckdb.DuckDBPyConnection]
@@ -292,6 +292,40 @@ def test_offsetting_components_in_one_window_are_no_movement(world: World, deriv
     w.update("sub_1", t + 20 * MINUTE, items=[("si_c", "core_basic", 8)])
     con = derive(w, seen_at=month(2))
     expect(con, [])
+
+
+def test_a_discount_starting_later_in_the_window_of_a_seat_change(world: World, derive: Derive) -> None:
+    """design.md 4 and 5: 4 -> 8 seats at t (+40), a 25% forever discount put on 20 minutes later (80 -> 60): one
+    transition dated at t, the seats valued at the discount before the change (none: +40) and the discount's start
+    the rest (-20)."""
+    w = base(world)
+    w.coupon("c25", percent_off=25)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_c", "core_basic", 8)])
+    d = w.discount("c25", t + 20 * MINUTE, customer="cus_1", subscription="sub_1")
+    w.update("sub_1", t + 20 * MINUTE, discounts=[d["id"]])
+    con = derive(w, seen_at=month(2))
+    expect(con, [
+        (t, "seat_expansion", "expansion", D("40.0000"), "si_c"),
+        (t, "discount", "contraction", D("-20.0000"), "si_c"),
+    ])
+
+
+def test_a_rate_change_inside_the_window_of_a_seat_change(world: World, derive: Derive) -> None:
+    """design.md 4 and 5: a euro customer adds two seats at 23:40 (30 -> 50 EUR) and the rate moves from 1.00 to
+    1.10 at midnight: one transition dated 23:40, the seats at the rate before (+20.00) and the rate's move on
+    what the customer has after (50 x 0.10 = +5.00, fx)."""
+    w = base(world, currency="eur")
+    w.fx_rates += [("2023-12-01", "eur", 1.0), ("2024-02-01", "eur", 1.10)]
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    t = ts(2024, 2, 1) - 20 * MINUTE
+    w.update("sub_1", t, items=[("si_c", "core_basic", 5)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [
+        (t, "seat_expansion", "expansion", D("20.0000"), "si_c"),
+        (t, "fx", "fx", D("5.0000"), "si_c"),
+    ])
 
 
 def test_a_new_customer_netted_over_the_window_is_one_new(world: World, derive: Derive) -> None:
