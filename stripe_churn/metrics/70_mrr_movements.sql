@@ -182,11 +182,38 @@ unpaid AS (
                     WHERE z.account_id = t.account_id AND z.subscription_id = p.subscription_id
                       AND z.paused_at <= t.t_end) IN ('first_payment_failure', 'final_payment_failure')))
 ),
+-- an item that changed more than once in the window (two seats, then a discount 20 minutes later): its B row
+-- names the last change; a plan or quantity part names the last change of its price or quantity, a discount part
+-- that of its discounts (looked up for those parts alone, whose B row started after the window's start)
+part_events AS (
+    SELECT tid, subscription_item_id, part, arg_max(event_id, valid_from) FILTER (WHERE changed) AS event_id
+    FROM (
+        SELECT q.tid, q.subscription_item_id, q.part, r.valid_from, r.source_event_id AS event_id,
+               r.valid_from >= q.t_start AND r.source_event_id IS NOT NULL
+                   AND CASE WHEN q.part = 'd'
+                            THEN r.discount_ids IS DISTINCT FROM lag(r.discount_ids) OVER w
+                            ELSE r.price_id IS DISTINCT FROM lag(r.price_id) OVER w
+                                 OR r.quantity IS DISTINCT FROM lag(r.quantity) OVER w END AS changed
+        FROM (SELECT p.tid, p.subscription_item_id, p.part, p.t_start, p.row_from, a.account_id,
+                     a.valid_from AS a_from
+              FROM adjusted p
+              JOIN derived_transition_items x ON x.tid = p.tid AND x.subscription_item_id = p.subscription_item_id
+              JOIN derived_item_mrr a ON a.rowid = x.a_rid
+              WHERE p.comp = 'same' AND p.part IN ('p', 'q', 'd') AND p.row_from > p.t_start
+                AND p.mrr_delta_part <> 0) q
+        JOIN derived_item_mrr r ON r.account_id = q.account_id AND r.subscription_item_id = q.subscription_item_id
+                               AND r.valid_from >= q.a_from AND r.valid_from <= q.row_from
+        WINDOW w AS (PARTITION BY q.tid, q.subscription_item_id, q.part ORDER BY r.valid_from)
+    )
+    GROUP BY ALL
+),
 sourced AS (
     SELECT a.*,
-           CASE WHEN a.row_from >= a.t_start THEN a.event_id END AS own_event_id,
+           CASE WHEN a.row_from >= a.t_start THEN coalesce(pe.event_id, a.event_id) END AS own_event_id,
            CASE WHEN a.row_from >= a.t_start THEN a.invoice_id END AS own_invoice_id
     FROM adjusted a
+    LEFT JOIN part_events pe ON pe.tid = a.tid AND pe.subscription_item_id = a.subscription_item_id
+                            AND pe.part = a.part AND a.comp = 'same'
     WHERE a.mrr_delta_part <> 0
 )
 SELECT

@@ -303,13 +303,18 @@ def test_a_discount_starting_later_in_the_window_of_a_seat_change(world: World, 
     w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0)
     t = month(1, 10)
     w.update("sub_1", t, items=[("si_c", "core_basic", 8)])
+    seats = w.events[-1]["id"]
     d = w.discount("c25", t + 20 * MINUTE, customer="cus_1", subscription="sub_1")
     w.update("sub_1", t + 20 * MINUTE, discounts=[d["id"]])
+    discount = w.events[-1]["id"]
     con = derive(w, seen_at=month(2))
     expect(con, [
         (t, "seat_expansion", "expansion", D("40.0000"), "si_c"),
         (t, "discount", "contraction", D("-20.0000"), "si_c"),
     ])
+    # (each row names the event of its own change: design.md 5, every movement keeps the ids that caused it)
+    got = dict(con.execute("SELECT movement, source_event_id FROM mrr_movements WHERE movement <> 'new'").fetchall())
+    assert got == {"seat_expansion": seats, "discount": discount}
 
 
 def test_a_rate_change_inside_the_window_of_a_seat_change(world: World, derive: Derive) -> None:
