@@ -496,3 +496,108 @@ def test_identity_in_every_period_and_segment_of_a_mixed_account(world: World, d
     world.fx_rates += [("2023-12-01", "eur", 1.08), ("2024-03-01", "eur", 1.10), ("2024-04-15", "eur", 1.04)]
     con = derive(world, seen_at=ts(2024, 6, 2))
     assert assert_bridge_adds_up(con, "hunt") > 50
+
+
+# --- design.md 4: discounts on other intervals, offsetting changes ---------------------------------------------
+
+@pytest.mark.parametrize(("interval", "count", "unit_amount", "amount_off", "expected"), [
+    ("month", 3, 30_000, 3_000, "90.0000"),  # (300.00 - 30.00) every 3 months
+    ("week", 1, 1_000, 200, "34.6667"),  # (10.00 - 2.00) a week x 52 / 12 = 34.666...
+    ("year", 1, 120_000, 12_000, "90.0000"),  # (1,200.00 - 120.00) a year / 12
+])
+def test_amount_off_is_per_billing_period(world: World, derive: Derive, interval: str, count: int, unit_amount: int,
+                                          amount_off: int, expected: str) -> None:
+    """design.md 4: an amount_off coupon takes its amount off each invoice, so off the price's period before the
+    normalisation to a month."""
+    base(world).price("p", "prod_seat", unit_amount, interval=interval, interval_count=count)
+    world.coupon("co_off", amount_off=amount_off, currency="usd")
+    d = world.discount("co_off", T0, customer="cus_1", subscription="sub_1")
+    world.subscribe("sub_1", "cus_1", [("si_1", "p", 1)], T0, discounts=[d["id"]])
+    con = derive(world, seen_at=month(1))
+    assert customer_mrr_at(con, "cus_1", T0 + DAY) == Decimal(expected)
+
+
+def test_repeating_coupon_on_an_annual_plan_ends_after_its_months(world: World, derive: Derive) -> None:
+    """design.md 4: a repeating discount reduces MRR while it applies and its end is a `discount` movement dated at
+    the discount's end: 50% off an annual 1,200.00 plan for 3 months is 50.00 a month until 1 April, then 100.00 (a
+    discount_expansion of 50.00 in April's bridge, Q2 in the quarter's)."""
+    base(world).price("yr", "prod_seat", 120_000, interval="year")
+    world.coupon("co_half", percent_off=50, duration="repeating", duration_in_months=3)
+    d = world.discount("co_half", T0, customer="cus_1", subscription="sub_1")
+    world.subscribe("sub_1", "cus_1", [("si_1", "yr", 1)], T0, discounts=[d["id"]])
+    con = derive(world, seen_at=month(5))
+    assert moves(con) == [(T0, "new", "new", Decimal("50.0000"), "si_1"),
+                          (month(3), "discount", "expansion", Decimal("50.0000"), "si_1")]
+    assert period(con, dt.date(2024, 4, 1))["discount_expansion"] == 50
+    q2 = period(con, dt.date(2024, 4, 1), "quarter")
+    assert (q2["opening_mrr"], q2["expansion"], q2["closing_mrr"]) == (50, 50, 100)
+
+
+def test_a_seat_and_a_discount_that_offset_each_other_are_no_movement(world: World, derive: Derive) -> None:
+    """design.md 5 (and 4): a fifth seat (+10.00) and a 10% forever discount on the subscription (100.00 -> 90.00)
+    in one update leave the customer's MRR at 90.00: a transition whose MRR does not change produces no row, and the
+    bridge shows no flow in February."""
+    two_items(world)
+    world.coupon("co_10", percent_off=10)
+    d = world.discount("co_10", month(1, 5), customer="cus_1", subscription="sub_1")
+    world.update("sub_1", month(1, 5), items=[("si_a", "price_a", 5), ("si_b", "price_b", 1)], discounts=[d["id"]])
+    con = derive(world, seen_at=month(3))
+    assert customer_mrr_at(con, "cus_1", month(1, 6)) == Decimal("90.0000")
+    assert moves(con) == [(T0, "new", "new", Decimal("90.0000"), "si_b")]
+    feb = period(con, dt.date(2024, 2, 1))
+    assert (feb["expansion"], feb["contraction"], feb["closing_mrr"]) == (0, 0, 90)
+
+
+# --- design.md 4: churn timing with a cancellation taken back --------------------------------------------------
+
+def cancel_then_undo(w: World) -> World:
+    """cus_1 (50.00) sets its subscription to cancel at period end (1 February) on 20 January, and takes it back on
+    25 January: the subscription never ends."""
+    base(w).price("seat", "prod_seat", 2_500)
+    w.subscribe("sub_1", "cus_1", [("si_1", "seat", 2)], T0)
+    w.update("sub_1", month(0, 19), cancel_at_period_end=True, cancel_at=month(1), canceled_at=month(0, 19),
+             cancellation_details={"reason": "cancellation_requested", "feedback": "too_expensive", "comment": None})
+    w.update("sub_1", month(0, 24), cancel_at_period_end=False, cancel_at=None, canceled_at=None,
+             cancellation_details={"reason": None, "feedback": None, "comment": None})
+    w.cycle("sub_1", month(1))
+    return w
+
+
+def test_a_cancellation_taken_back_before_period_end_is_no_churn(world: World, derive: Derive) -> None:
+    """design.md 4: with churn_recognition "ended" a cancellation counts when the subscription ends: one taken back
+    before its period end never churns, and scheduled_churn no longer lists it."""
+    con = derive(cancel_then_undo(world), seen_at=month(2))
+    assert moves(con) == [(T0, "new", "new", Decimal("50.0000"), "si_1")]
+    assert queries.scheduled_churn(con) == []
+    assert customer_mrr_at(con, "cus_1", month(1, 5)) == Decimal("50.0000")
+
+
+# --- design.md 6: segments --------------------------------------------------------------------------------------
+
+def test_churn_and_comeback_on_another_plan_within_a_month_by_plan(world: World, derive: Derive) -> None:
+    """design.md 6 and README (a customer belongs, for a period, to the segment of its state at the period start):
+    c1 on `basic` (50.00) cancels on 5 March and subscribes to `pro` (100.00) on 20 March. March's flows (churn 50,
+    reactivation 100) are in `basic`, whose March closes at 100; c1 moves to `pro` at 1 April with no flow: `basic`
+    opens April at 0, `pro` at 100. c2 stays on `basic` (30.00) throughout. Each segment's identity holds."""
+    world.product("prod_seat", unit_label="seat", family="core")
+    world.price("basic", "prod_seat", 1_000)
+    world.price("pro", "prod_seat", 2_000)
+    world.customer("c1")
+    world.customer("c2")
+    world.subscribe("s1", "c1", [("i1", "basic", 5)], ts(2024, 1, 5))
+    world.subscribe("s2", "c2", [("i2", "basic", 3)], ts(2024, 1, 6))
+    world.cancel("s1", ts(2024, 3, 5))
+    world.subscribe("s1b", "c1", [("i1b", "pro", 5)], ts(2024, 3, 20))
+    con = derive(world, seen_at=ts(2024, 4, 20))
+    mar_b = period(con, dt.date(2024, 3, 1), "month", "plan", "basic")
+    assert (mar_b["opening_mrr"], mar_b["churn"], mar_b["reactivation"], mar_b["closing_mrr"],
+            mar_b["opening_customers"], mar_b["churned_customers"], mar_b["reactivated_customers"],
+            mar_b["closing_customers"], mar_b["customer_churn_rate"]) == (80, 50, 100, 130, 2, 1, 1, 2, 0.5)
+    apr_b = period(con, dt.date(2024, 4, 1), "month", "plan", "basic")
+    apr_p = period(con, dt.date(2024, 4, 1), "month", "plan", "pro")
+    assert (apr_b["opening_mrr"], apr_b["opening_customers"], apr_b["closing_mrr"]) == (30, 1, 30)
+    assert (apr_p["opening_mrr"], apr_p["opening_customers"], apr_p["closing_mrr"], apr_p["reactivation"]) == (
+        100, 1, 100, 0)
+    assert not [r for r in queries.bridge(con, "month", "plan", segment_value="pro")
+                if r["period_start"] < dt.date(2024, 4, 1)]
+    assert_bridge_adds_up(con, "comeback", periods=["month", "quarter"], segments=[None, "plan", "size_band"])
