@@ -601,3 +601,61 @@ def test_churn_and_comeback_on_another_plan_within_a_month_by_plan(world: World,
     assert not [r for r in queries.bridge(con, "month", "plan", segment_value="pro")
                 if r["period_start"] < dt.date(2024, 4, 1)]
     assert_bridge_adds_up(con, "comeback", periods=["month", "quarter"], segments=[None, "plan", "size_band"])
+
+
+def test_a_discount_ending_after_the_latest_sync_has_not_happened_yet(world: World, derive: Derive) -> None:
+    """design.md 4 and 6: a repeating 20% coupon from signup for 3 months (ends 1 April), synced on 20 March: the
+    end is no movement yet, customer_mrr's current level (72.00) has no end, and March closes at 72.00."""
+    two_items(world)
+    world.coupon("co_r", percent_off=20, duration="repeating", duration_in_months=3)
+    d = world.discount("co_r", T0, customer="cus_1", subscription="sub_1")
+    world.objects["subscriptions"]["sub_1"]["discounts"] = [d["id"]]
+    world.events[0]["data"]["object"]["discounts"] = [d["id"]]
+    con = derive(world, seen_at=ts(2024, 3, 20))
+    assert moves(con) == [(T0, "new", "new", Decimal("72.0000"), "si_b")]
+    assert con.execute("SELECT mrr, valid_to FROM customer_mrr").fetchall() == [(Decimal("72.0000"), None)]
+    assert period(con, dt.date(2024, 3, 1))["closing_mrr"] == Decimal("72.0000")
+
+
+def test_an_item_level_amount_off_comes_off_the_items_amount(world: World, derive: Derive) -> None:
+    """design.md 4: an item-level discount applies to that item: 5.00 off the 4 seats' 40.00 (not off each seat),
+    the API plan's 50.00 untouched: 85.00."""
+    two_items(world)
+    world.coupon("co_5", amount_off=500, currency="usd")
+    d = world.discount("co_5", T0, customer="cus_1", subscription="sub_1", subscription_item="si_a")
+    world.objects["subscriptions"]["sub_1"]["items"]["data"][0]["discounts"] = [d["id"]]
+    world.events[0]["data"]["object"]["items"]["data"][0]["discounts"] = [d["id"]]
+    con = derive(world, seen_at=month(1))
+    assert customer_mrr_at(con, "cus_1", T0 + DAY) == Decimal("85.0000")
+
+
+def test_a_customer_wide_repeating_discount_on_two_subscriptions(world: World, derive: Derive) -> None:
+    """design.md 4: a customer-wide 10% coupon for 2 months from 10 January 12:00 applies to both subscriptions
+    (90.00 and 20.00): a `discount` row per item at its start (-4, -5, -2) and at its end on 10 March 12:00 (+4, +5,
+    +2); January's discount_contraction and March's discount_expansion are 11.00."""
+    two_items(world)
+    world.price("price_c", "prod_api", 2_000)
+    world.subscribe("sub_2", "cus_1", [("si_c", "price_c", 1)], T0)
+    world.coupon("co_r", percent_off=10, duration="repeating", duration_in_months=2)
+    start, end = ts(2024, 1, 10, 12), ts(2024, 3, 10, 12)
+    world.objects["customers"]["cus_1"]["discount"] = world.discount("co_r", start, customer="cus_1")
+    con = derive(world, seen_at=month(4))
+    assert moves(con)[1:] == [(start, "discount", "contraction", Decimal(x), i) for x, i in
+                              (("-4.0000", "si_a"), ("-5.0000", "si_b"), ("-2.0000", "si_c"))] + [
+        (end, "discount", "expansion", Decimal(x), i) for x, i in (("4.0000", "si_a"), ("5.0000", "si_b"),
+                                                                     ("2.0000", "si_c"))]
+    assert period(con, dt.date(2024, 1, 1))["discount_contraction"] == 11
+    assert period(con, dt.date(2024, 3, 1))["discount_expansion"] == 11
+
+
+def test_volume_tiers_fewer_seats_can_cost_more(world: World, derive: Derive) -> None:
+    """design.md 4 (volume tiers): 6 seats are 51.00 (all at the second tier), 5 seats 55.00 (all at the first, plus
+    its flat 5.00): going down a seat raises MRR by 4.00, and the bridge counts it where its sign says (expansion;
+    the bridge's flows are positive amounts)."""
+    base(world).price("tiered", "prod_seat", None, tiers=TIERS, tiers_mode="volume")
+    world.subscribe("sub_1", "cus_1", [("si_1", "tiered", 6)], T0)
+    world.update("sub_1", month(1, 3), items=[("si_1", "tiered", 5)])
+    con = derive(world, seen_at=month(2))
+    assert customer_mrr_at(con, "cus_1", month(1, 3)) == Decimal("55.0000")
+    feb = period(con, dt.date(2024, 2, 1))
+    assert (feb["opening_mrr"], feb["expansion"], feb["contraction"], feb["closing_mrr"]) == (51, 4, 0, 55)
