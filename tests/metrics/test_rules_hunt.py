@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from builders import DAY, World, add_months, ts
+from builders import DAY, World, add_interval, add_months, ts
 from conftest import customer_mrr_at
 from test_bridge import assert_bridge_adds_up
 
@@ -327,11 +327,24 @@ def test_rate_change_mid_month_is_an_fx_line(world: World, derive: Derive) -> No
     assert (q["new"], q["fx"], q["closing_mrr"]) == (Decimal("32.4000"), Decimal("0.6000"), Decimal("33.0000"))
 
 
+def test_rate_change_and_a_seat_an_hour_and_a_half_apart(world: World, derive: Derive) -> None:
+    """design.md 4: the case below with the seat added at 01:30, outside the rate change's window: the rate swing on
+    the 20 EUR held is fx (+0.40), the seat at the rate in force (10 EUR x 1.10) seat_expansion (+11.00)."""
+    base(world, currency="eur").price("seat_eur", "prod_seat", 1_000, currency="eur")
+    world.subscribe("sub_1", "cus_1", [("si_1", "seat_eur", 2)], T0)
+    world.update("sub_1", ts(2024, 3, 1, 1, 30), items=[("si_1", "seat_eur", 3)])
+    world.fx_rates += [("2023-12-01", "eur", 1.08), ("2024-03-01", "eur", 1.10)]
+    con = derive(world, seen_at=month(4))
+    assert [(t, m, x) for t, m, _, x, _ in moves(con)][1:] == [(ts(2024, 3, 1), "fx", Decimal("0.4000")),
+                                                               (ts(2024, 3, 1, 1, 30), "seat_expansion",
+                                                                Decimal("11.0000"))]
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "ours values the seat at the rate before the window (10 EUR x 1.08 = 10.80) and puts the rate swing on the MRR "
     "after it (30 EUR x 0.02 = 0.60): fx 0.6000, seat_expansion 10.8000 where the rate moved first and the seat "
-    "came 20 minutes later (fx 0.4000, seat_expansion 11.0000 as computed in sequence); docs/internals.md states "
-    "ours as the convention, design.md states none"))
+    "came 20 minutes later (fx 0.4000, seat_expansion 11.0000 as computed in sequence, and as ours gives with "
+    "the seat at 01:30, outside the window); docs/internals.md states ours as the convention, design.md none"))
 def test_rate_change_and_a_seat_in_one_window(world: World, derive: Derive) -> None:
     """design.md 4 and 5: exchange-rate swings are their own line, never disguised as expansion. A EUR customer with
     2 seats x 10.00 EUR (21.60 USD at 1.08) adds a seat 20 minutes after the rate moves to 1.10 (1 March 00:00): one
@@ -659,3 +672,22 @@ def test_volume_tiers_fewer_seats_can_cost_more(world: World, derive: Derive) ->
     assert customer_mrr_at(con, "cus_1", month(1, 3)) == Decimal("55.0000")
     feb = period(con, dt.date(2024, 2, 1))
     assert (feb["opening_mrr"], feb["expansion"], feb["contraction"], feb["closing_mrr"]) == (51, 4, 0, 55)
+
+
+@pytest.mark.parametrize(("interval", "count", "amount", "expected"), [
+    ("week", 1, 700, "30.3333"),  # 7.00 for a full week: 7 x 52 / 12 = 30.333...
+    ("month", 3, 30_000, "100.0000"),  # 300.00 for a full quarter
+    ("day", 1, 100, "30.4167"),  # 1.00 for a full day: 365 / 12 = 30.41666...
+])
+def test_metered_usage_normalised_by_its_interval(world: World, derive: Derive, interval: str, count: int,
+                                                  amount: int, expected: str) -> None:
+    """design.md 4: metered MRR is the last invoiced full period's amount, normalised as any price (week x 52/12,
+    day x 365/12, / interval_count), from that invoice on; zero before it, so the first usage is the `new`."""
+    base(world).price("usage", "prod_api", None, usage_type="metered", interval=interval, interval_count=count)
+    world.subscribe("sub_1", "cus_1", [("si_m", "usage", None)], T0)
+    first = add_interval(T0, interval, count)
+    world.cycle("sub_1", first, usage={"si_m": amount})
+    con = derive(world, seen_at=add_interval(first, interval, count) - 60)
+    assert customer_mrr_at(con, "cus_1", first - 1) == 0
+    assert customer_mrr_at(con, "cus_1", first) == Decimal(expected)
+    assert moves(con) == [(first, "new", "new", Decimal(expected), "si_m")]
