@@ -1,0 +1,385 @@
+"""The bridge (design.md 6) against an independent computation from the rules of design.md 4 and 5, on random small
+accounts whose changes are far enough apart that no two of a customer's share a movement window: each change is one
+transition of one kind (seats, plan, a family added or removed, a discount starting or ending, a rate moving, a
+cancellation, a signup). The oracle computes each customer's MRR as a step function (round(sum of items x discount x
+rate, 4), half away from zero), labels each step by the rules, and adds the steps up per period and segment; the
+bridge must agree in every money column, count and rate, for month, quarter and week, for the whole account and for
+the currency and size_band segments (a customer counts, for a period, in the segment of its state at the period
+start, or of its first state with MRR in the period)."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import heapq
+import os
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import duckdb
+import pytest
+from builders import DAY, World, add_months, ts
+
+from stripe_churn.metrics import queries
+
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+NOON = 12 * 3600
+START = ts(2024, 1, 1)
+SEEN = ts(2025, 2, 10)
+PRICES = {"basic": 1_000, "pro": 2_000, "addon": 5_000}  # cents; basic and pro of family core, addon of analytics
+FLOWS = ("new", "reactivation", "expansion", "contraction", "churn", "fx", "upgrade", "cross_sell", "seat_expansion",
+         "downgrade", "seat_contraction", "discount_expansion", "discount_contraction")
+SEEDS = [int(s) for s in os.environ.get("ORACLE_SEEDS", "1 2 3").split()]  # (ORACLE_SEEDS="1 2 ... 99" for more)
+COUNTS = ("opening_customers", "new_customers", "reactivated_customers", "churned_customers", "closing_customers")
+CATEGORY = {"new": "new", "reactivation": "reactivation", "cancellation": "churn", "fx": "fx",
+            "upgrade": "expansion", "cross_sell": "expansion", "seat_expansion": "expansion",
+            "downgrade": "contraction", "seat_contraction": "contraction"}
+
+
+def r4(x: Decimal) -> Decimal:
+    return x.quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
+@dataclass
+class Sub:
+    sid: str
+    plan: str
+    qty: int
+    addon: bool = False
+    pct: int = 0  # the percent off in force, 0 for none
+    disc: str | None = None  # the discount giving it
+    active: bool = True
+    trialing: bool = False
+
+
+@dataclass
+class Move:
+    t: int
+    cid: str
+    movement: str
+    category: str
+    before: Decimal
+    after: Decimal
+
+
+def mrr_of(state: Sub | None, rate: Decimal) -> Decimal:
+    if state is None or not state.active or state.trialing:
+        return Decimal(0)
+    cents = PRICES[state.plan] * state.qty + (PRICES["addon"] if state.addon else 0)
+    return r4(Decimal(cents) / 100 * Decimal(100 - state.pct) / 100 * rate)
+
+
+def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str, list[tuple[int, Decimal]]],
+                                               list[Move]]:
+    """A random account, each customer's currency, each customer's MRR steps [(moment, MRR from then)] and the
+    movements, by hand. Subscriptions renew monthly (a subscription_cycle invoice); with ``rich``, some signups
+    have a trial, and some subscriptions go past_due (and recover) or unpaid (and are deleted later), changes whose
+    only evidence here is their events."""
+    rng = random.Random(seed)
+    w = World()
+    w.product("prod_core", unit_label="seat", family="core")
+    w.product("prod_an", family="analytics")
+    for cur in ("usd", "eur"):
+        for plan, cents in PRICES.items():
+            w.price(f"{plan}_{cur}", "prod_an" if plan == "addon" else "prod_core", cents, currency=cur)
+    rates: list[tuple[int, Decimal]] = [(ts(2023, 12, 1), Decimal("1.0800"))]
+    day = START
+    while True:
+        day += rng.randint(20, 70) * DAY
+        if day >= SEEN - DAY:
+            break
+        rates.append((day, Decimal(rng.randint(9_500, 12_500)) / 10_000))
+    w.fx_rates = [(dt.datetime.fromtimestamp(t, tz=dt.UTC).date().isoformat(), "eur", float(r)) for t, r in rates]
+
+    def rate_at(t: int, cur: str) -> Decimal:
+        return Decimal(1) if cur == "usd" else [r for at, r in rates if at <= t][-1]
+
+    currency: dict[str, str] = {}
+    queue: list[tuple[int, int, str, str, str]] = []  # (moment, seq, customer, action, sub id for an end)
+    used: dict[str, set[int]] = defaultdict(set)
+    seq = 0
+    for n in range(rng.randint(6, 9)):
+        cid = f"c{n}"
+        currency[cid] = rng.choice(["usd", "usd", "eur"])
+        w.customer(cid, currency=currency[cid], address={"country": "US"})
+        for d in sorted(rng.sample(range(0, 395, 2), rng.randint(2, 9))):  # (days apart: never one window)
+            seq += 1
+            used[cid].add(START // DAY + d)
+            # (a usd customer's change may come at 00:00:00 or 23:59:59, a period's first or last instant; a eur
+            # customer's at noon, away from the rates' moves at 00:00)
+            at = rng.choice([NOON, NOON, 0, DAY - 1]) if currency[cid] == "usd" else NOON
+            heapq.heappush(queue, (START + d * DAY + at, seq, cid, "act", ""))
+    state: dict[str, Sub | None] = dict.fromkeys(currency)
+    history: dict[str, list[tuple[int, str, Sub | None]]] = {c: [] for c in currency}  # (moment, kind, state after)
+    nsub = ndisc = 0
+    while queue:
+        t, _, cid, what, sid = heapq.heappop(queue)
+        s, cur = state[cid], currency[cid]
+        if what == "end":  # a repeating discount's end
+            if s is not None and s.active and s.sid == sid and s.disc is not None:
+                s.pct, s.disc = 0, None
+                history[cid].append((t, "discount", copy.copy(s)))
+            continue
+        if what == "delete":  # an unpaid subscription deleted: no MRR of its own by then
+            w.update(sid, t, event=False, canceled_at=t,
+                     cancellation_details={"reason": "payment_failed", "feedback": None, "comment": None})
+            w.end(sid, t)
+            continue
+        if what == "cycle":
+            if s is not None and s.active and s.sid == sid:
+                w.cycle(sid, t)
+                nxt = add_months(t, 1)
+                if nxt < SEEN:
+                    seq += 1
+                    heapq.heappush(queue, (nxt, seq, cid, "cycle", sid))
+            continue
+        if what == "recover":  # a past_due subscription paid
+            if s is not None and s.active and s.sid == sid:
+                w.update(sid, t, status="active")
+            continue
+        if what == "trial_end":
+            if s is not None and s.active and s.sid == sid and s.trialing:
+                s.trialing = False
+                w.update(sid, t, status="active", trial_end=t)
+                history[cid].append((t, "signup", copy.copy(s)))
+            continue
+
+        def later(kind: str, sub_id: str, t: int = t, cid: str = cid) -> None:
+            nonlocal seq
+            for k in range(rng.randint(2, 20), 40):
+                day = (t + k * DAY) // DAY
+                if not {day - 1, day, day + 1} & used[cid] and t + k * DAY < SEEN:
+                    used[cid].add((t + k * DAY) // DAY)
+                    seq += 1
+                    heapq.heappush(queue, (t + k * DAY, seq, cid, kind, sub_id))
+                    return
+
+        if s is None or not s.active:
+            nsub += 1
+            s = Sub(f"s{nsub}", rng.choice(["basic", "pro"]), rng.randint(1, 6))
+            state[cid] = s
+            if rich and rng.random() < 0.25:  # a trial of 14 days or so, ended by the next free day
+                s.trialing = True
+                w.subscribe(s.sid, cid, [(f"{s.sid}_i", f"{s.plan}_{cur}", s.qty)], t, trial_end=t + 14 * DAY)
+                later("trial_end", s.sid, t + 12 * DAY)
+            else:
+                w.subscribe(s.sid, cid, [(f"{s.sid}_i", f"{s.plan}_{cur}", s.qty)], t)
+                seq += 1
+                heapq.heappush(queue, (add_months(t, 1), seq, cid, "cycle", s.sid))
+            history[cid].append((t, "signup", copy.copy(s)))
+            continue
+        action = rng.choice(["seat", "seat", "plan", "family", "discount", "cancel"]
+                           + (["unpaid", "past_due"] if rich else []))
+        if action == "unpaid" and s.trialing:
+            action = "cancel"
+        if action == "past_due":
+            if s.trialing:
+                continue
+            w.update(s.sid, t, status="past_due")
+            later("recover", s.sid)
+            continue
+        if action == "unpaid":
+            w.update(s.sid, t, status="unpaid")
+            s.active = False
+            history[cid].append((t, "unpaid", copy.copy(s)))
+            later("delete", s.sid)
+            continue
+        if action == "discount":
+            if s.disc is not None:
+                continue
+            ndisc += 1
+            pct, repeating, months = rng.choice([10, 20, 25, 50]), rng.random() < 0.5, rng.randint(1, 3)
+            w.coupon(f"co{ndisc}", percent_off=pct, duration="repeating" if repeating else "forever",
+                     duration_in_months=months if repeating else None)
+            if repeating:
+                end = add_months(t, months)
+                if {end // DAY - 1, end // DAY, end // DAY + 1} & used[cid] or end > SEEN:
+                    continue  # (its end would share a window with another change of the customer's, or come later)
+                used[cid].add(end // DAY)
+                seq += 1
+                heapq.heappush(queue, (end, seq, cid, "end", s.sid))
+            d = w.discount(f"co{ndisc}", t, customer=cid, subscription=s.sid)
+            w.update(s.sid, t, discounts=[d["id"]])
+            s.pct, s.disc = pct, d["id"]
+        elif action == "cancel":
+            w.cancel(s.sid, t)
+            s.active = False
+        else:
+            if action == "seat":
+                s.qty = rng.choice([q for q in range(1, 8) if q != s.qty])
+            elif action == "plan":
+                s.plan = "pro" if s.plan == "basic" else "basic"
+            else:
+                s.addon = not s.addon
+                action = "cross_sell" if s.addon else "remove_family"
+            w.update(s.sid, t, items=[(f"{s.sid}_i", f"{s.plan}_{cur}", s.qty)]
+                     + ([(f"{s.sid}_a", f"addon_{cur}", 1)] if s.addon else []))
+        history[cid].append((t, action, copy.copy(s)))
+
+    steps: dict[str, list[tuple[int, Decimal]]] = {}
+    moves: list[Move] = []
+    for cid, hist in history.items():
+        cur = currency[cid]
+        points = list(hist)
+        if cur == "eur":
+            for at, _ in rates[1:]:
+                before = [h for h in hist if h[0] < at]
+                points.append((at, "fx", before[-1][2] if before else None))
+        points.sort(key=lambda p: p[0])
+        level, had = Decimal(0), False
+        steps[cid] = []
+        for t, kind, st in points:
+            after = mrr_of(st, rate_at(t, cur))
+            if after == level:
+                continue
+            if level == 0:
+                movement = "reactivation" if had else "new"
+            elif after == 0:
+                movement = "cancellation"
+            elif kind == "discount":
+                movement = "discount"
+            elif kind == "seat":
+                movement = "seat_expansion" if after > level else "seat_contraction"
+            elif kind == "plan":
+                movement = "upgrade" if after > level else "downgrade"
+            elif kind == "remove_family":
+                movement = "downgrade"
+            else:
+                movement = kind  # cross_sell, fx
+            category = CATEGORY.get(movement) or ("expansion" if after > level else "contraction")
+            moves.append(Move(t, cid, movement, category, level, after))
+            steps[cid].append((t, after))
+            level, had = after, had or after > 0
+    return w, currency, steps, moves
+
+
+def period_start(kind: str, t: int) -> dt.date:
+    d = dt.datetime.fromtimestamp(t, tz=dt.UTC).date()
+    if kind == "week":
+        return d - dt.timedelta(days=d.weekday())
+    if kind == "month":
+        return d.replace(day=1)
+    if kind == "quarter":
+        return dt.date(d.year, (d.month - 1) // 3 * 3 + 1, 1)
+    return dt.date(d.year, 1, 1)
+
+
+def next_start(kind: str, p: dt.date) -> dt.date:
+    if kind == "week":
+        return p + dt.timedelta(days=7)
+    months = {"month": 1, "quarter": 3, "year": 12}[kind]
+    m = p.month - 1 + months
+    return dt.date(p.year + m // 12, m % 12 + 1, 1)
+
+
+def band(mrr: Decimal) -> str:
+    return ("a: under 100" if mrr < 100 else "b: 100 to 1k" if mrr < 1000 else "c: 1k to 10k" if mrr < 10000
+            else "d: 10k and more")
+
+
+def expected(kind: str, segment: str | None, currency: dict[str, str], steps: dict[str, list[tuple[int, Decimal]]],
+             moves: list[Move]) -> dict[tuple[str, dt.date], dict[str, Any]]:
+    """The bridge rows by hand, per (segment value, period start), from the first period with MRR through SEEN's."""
+    def at_start(cid: str, p: dt.date) -> Decimal:
+        t = int(dt.datetime(p.year, p.month, p.day, tzinfo=dt.UTC).timestamp())
+        before = [m for at, m in steps[cid] if at < t]
+        return before[-1] if before else Decimal(0)
+
+    first = period_start(kind, min(m.t for m in moves))
+    out: dict[tuple[str, dt.date], dict[str, Any]] = {}
+    p = first
+    last = period_start(kind, SEEN)
+    while p <= last:
+        q = next_start(kind, p)
+        t0 = int(dt.datetime(p.year, p.month, p.day, tzinfo=dt.UTC).timestamp())
+        t1 = int(dt.datetime(q.year, q.month, q.day, tzinfo=dt.UTC).timestamp())
+        for cid in currency:
+            opening = at_start(cid, p)
+            inside = [m for m in moves if m.cid == cid and t0 <= m.t < t1]
+            if opening == 0 and not inside:
+                continue
+            if segment is None:
+                seg = "all"
+            elif segment == "currency":
+                seg = currency[cid]
+            else:
+                seg = band(opening if opening > 0 else next(m.after for m in inside if m.after > 0))
+            row = out.setdefault((seg, p), {c: Decimal(0) for c in ("opening_mrr", "closing_mrr", *FLOWS)}
+                                 | dict.fromkeys((*COUNTS, "churned_from_opening"), 0))
+            closing = inside[-1].after if inside else opening
+            row["opening_mrr"] += opening
+            row["closing_mrr"] += opening + sum(m.after - m.before for m in inside)
+            row["opening_customers"] += opening > 0
+            for m in inside:
+                delta = m.after - m.before
+                sign = 1 if m.category in ("new", "reactivation", "expansion", "fx") else -1
+                row[m.category] += sign * delta
+                if m.movement == "discount":
+                    row[f"discount_{m.category}"] += sign * delta
+                elif m.category in ("expansion", "contraction"):
+                    row[m.movement] += sign * delta
+            row["new_customers"] += any(m.movement == "new" for m in inside)
+            row["reactivated_customers"] += any(m.movement == "reactivation" for m in inside)
+            churned = any(m.movement == "cancellation" for m in inside)
+            row["churned_customers"] += churned
+            row["churned_from_opening"] += churned and opening > 0
+            # (closing customers are of the segment the customer counted in this period; a later move is the next's)
+            row["closing_customers"] += closing > 0
+        p = q
+    return out
+
+
+def check(con: duckdb.DuckDBPyConnection, kind: str, segment: str | None, want: dict[tuple[str, dt.date], Any],
+          seed: int) -> int:
+    got = {(r.get("segment_value", "all"), r["period_start"]): r for r in queries.bridge(con, kind, segment)
+           if r["period_start"] <= period_start(kind, SEEN)}
+    # (a segment value's quiet periods, in which no customer counts there, are rows of zeros or not there at all)
+    checked = 0
+    for key in sorted(set(want) | set(got)):
+        w = want.get(key)
+        g = got.get(key)
+        where = f"seed {seed} {kind}/{segment} {key}"
+        if w is None:
+            assert g is not None
+            assert all(g[c] == 0 for c in ("opening_mrr", "closing_mrr", *FLOWS, *COUNTS)), (where, g)
+            continue
+        assert g is not None, (where, w)
+        for col in ("opening_mrr", "closing_mrr", *FLOWS, *COUNTS):
+            assert g[col] == w[col], (where, col, g[col], w[col])
+        om = w["opening_mrr"]
+        lost, won = w["churn"] + w["contraction"], w["expansion"] + w["reactivation"]
+        assert g["gross_revenue_churn_rate"] == (None if om == 0 else pytest.approx(float(lost / om))), where
+        assert g["net_revenue_churn_rate"] == (None if om == 0 else pytest.approx(float((lost - won) / om))), where
+        assert g["nrr"] == (None if om == 0 else pytest.approx(float((om + w["expansion"] - lost) / om))), where
+        assert g["grr"] == (None if om == 0 else pytest.approx(float((om - lost) / om))), where
+        assert g["net_negative_churn"] == (None if om == 0 else lost - won < 0), where
+        oc = w["opening_customers"]
+        assert g["customer_churn_rate"] == (None if oc == 0 else pytest.approx(w["churned_from_opening"] / oc)), where
+        gains = w["new"] + w["reactivation"] + w["expansion"]
+        assert g["quick_ratio"] == (None if lost == 0 else pytest.approx(float(gains / lost))), where
+        cc = w["closing_customers"]
+        assert g["arpa"] == (None if cc == 0 else r4(w["closing_mrr"] / cc)), where
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("events", ["all", "last-30-days"])
+def test_the_bridge_agrees_with_an_independent_computation(derive: Derive, seed: int, events: str) -> None:
+    """Every movement, and the bridge per period and segment. With the events of Stripe's last 30 days only, the
+    history before them comes from the invoices (design.md 3), and the account has only the changes invoices show."""
+    w, currency, steps, moves = build(seed, rich=events == "all")
+    con = derive(w, seen_at=SEEN, events=True if events == "all" else SEEN - 30 * DAY)
+    got = [(int(r[0].timestamp()), r[1], r[2], r[3]) for r in con.execute(
+        "SELECT occurred_at, customer_id, movement, sum(mrr_delta) FROM mrr_movements GROUP BY ALL "
+        "ORDER BY occurred_at, customer_id").fetchall()]
+    assert got == sorted((m.t, m.cid, m.movement, m.after - m.before) for m in moves)
+    checked = 0
+    for kind in ("month", "quarter", "week"):
+        for segment in (None, "currency", "size_band"):
+            checked += check(con, kind, segment, expected(kind, segment, currency, steps, moves), seed)
+    assert checked > 100
