@@ -4,8 +4,8 @@ transition of one kind (seats, plan, a family added or removed, a discount start
 cancellation, a signup). The oracle computes each customer's MRR as a step function (round(sum of items x discount x
 rate, 4), half away from zero), labels each step by the rules, and adds the steps up per period and segment; the
 bridge must agree in every money column, count and rate, for month, quarter and week, for the whole account and for
-the currency and size_band segments (a customer counts, for a period, in the segment of its state at the period
-start, or of its first state with MRR in the period)."""
+the currency, size_band, plan and family segments (a customer counts, for a period, in the segment of its state at
+the period start, or of its first state with MRR in the period; for plan and family, that state's largest item)."""
 
 from __future__ import annotations
 
@@ -64,6 +64,19 @@ class Move:
     category: str
     before: Decimal
     after: Decimal
+    main: tuple[str, str]  # (price, family) of the main item after it
+
+
+Step = tuple[int, Decimal, tuple[str, str]]  # (moment, MRR from then, its main item's (price, family))
+
+
+def main_of(state: Sub | None, cur: str) -> tuple[str, str]:
+    """The main item's (price, family): the largest MRR (the plan's, of equal ones: its item id is the larger)."""
+    if state is None or not state.active or state.trialing:
+        return ("", "")
+    if state.addon and PRICES["addon"] > PRICES[state.plan] * state.qty:
+        return (f"addon_{cur}", "analytics")
+    return (f"{state.plan}_{cur}", "core")
 
 
 def mrr_of(state: Sub | None, rate: Decimal) -> Decimal:
@@ -73,8 +86,7 @@ def mrr_of(state: Sub | None, rate: Decimal) -> Decimal:
     return r4(Decimal(cents) / 100 * Decimal(100 - state.pct) / 100 * rate)
 
 
-def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str, list[tuple[int, Decimal]]],
-                                               list[Move]]:
+def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str, list[Step]], list[Move]]:
     """A random account, each customer's currency, each customer's MRR steps [(moment, MRR from then)] and the
     movements, by hand. Subscriptions renew monthly (a subscription_cycle invoice); with ``rich``, some signups
     have a trial, and some subscriptions go past_due (and recover) or unpaid (and are deleted later), changes whose
@@ -220,7 +232,7 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
                      + ([(f"{s.sid}_a", f"addon_{cur}", 1)] if s.addon else []))
         history[cid].append((t, action, copy.copy(s)))
 
-    steps: dict[str, list[tuple[int, Decimal]]] = {}
+    steps: dict[str, list[Step]] = {}
     moves: list[Move] = []
     for cid, hist in history.items():
         cur = currency[cid]
@@ -251,8 +263,8 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
             else:
                 movement = kind  # cross_sell, fx
             category = CATEGORY.get(movement) or ("expansion" if after > level else "contraction")
-            moves.append(Move(t, cid, movement, category, level, after))
-            steps[cid].append((t, after))
+            moves.append(Move(t, cid, movement, category, level, after, main_of(st, cur)))
+            steps[cid].append((t, after, main_of(st, cur)))
             level, had = after, had or after > 0
     return w, currency, steps, moves
 
@@ -281,13 +293,13 @@ def band(mrr: Decimal) -> str:
             else "d: 10k and more")
 
 
-def expected(kind: str, segment: str | None, currency: dict[str, str], steps: dict[str, list[tuple[int, Decimal]]],
+def expected(kind: str, segment: str | None, currency: dict[str, str], steps: dict[str, list[Step]],
              moves: list[Move]) -> dict[tuple[str, dt.date], dict[str, Any]]:
     """The bridge rows by hand, per (segment value, period start), from the first period with MRR through SEEN's."""
-    def at_start(cid: str, p: dt.date) -> Decimal:
+    def at_start(cid: str, p: dt.date) -> tuple[Decimal, tuple[str, str]]:
         t = int(dt.datetime(p.year, p.month, p.day, tzinfo=dt.UTC).timestamp())
-        before = [m for at, m in steps[cid] if at < t]
-        return before[-1] if before else Decimal(0)
+        before = [(m, main) for at, m, main in steps[cid] if at < t]
+        return before[-1] if before else (Decimal(0), ("", ""))
 
     first = period_start(kind, min(m.t for m in moves))
     out: dict[tuple[str, dt.date], dict[str, Any]] = {}
@@ -298,7 +310,7 @@ def expected(kind: str, segment: str | None, currency: dict[str, str], steps: di
         t0 = int(dt.datetime(p.year, p.month, p.day, tzinfo=dt.UTC).timestamp())
         t1 = int(dt.datetime(q.year, q.month, q.day, tzinfo=dt.UTC).timestamp())
         for cid in currency:
-            opening = at_start(cid, p)
+            opening, main = at_start(cid, p)
             inside = [m for m in moves if m.cid == cid and t0 <= m.t < t1]
             if opening == 0 and not inside:
                 continue
@@ -307,7 +319,9 @@ def expected(kind: str, segment: str | None, currency: dict[str, str], steps: di
             elif segment == "currency":
                 seg = currency[cid]
             else:
-                seg = band(opening if opening > 0 else next(m.after for m in inside if m.after > 0))
+                first = main if opening > 0 else next(m.main for m in inside if m.after > 0)
+                seg = {"plan": first[0], "family": first[1]}.get(segment) or band(
+                    opening if opening > 0 else next(m.after for m in inside if m.after > 0))
             row = out.setdefault((seg, p), {c: Decimal(0) for c in ("opening_mrr", "closing_mrr", *FLOWS)}
                                  | dict.fromkeys((*COUNTS, "churned_from_opening"), 0))
             closing = inside[-1].after if inside else opening
@@ -380,6 +394,6 @@ def test_the_bridge_agrees_with_an_independent_computation(derive: Derive, seed:
     assert got == sorted((m.t, m.cid, m.movement, m.after - m.before) for m in moves)
     checked = 0
     for kind in ("month", "quarter", "week"):
-        for segment in (None, "currency", "size_band"):
+        for segment in (None, "currency", "size_band", "plan", "family"):
             checked += check(con, kind, segment, expected(kind, segment, currency, steps, moves), seed)
     assert checked > 100
