@@ -1,7 +1,7 @@
 """The bridge (design.md 6) against an independent computation from the rules of design.md 4 and 5, on random small
 accounts whose changes are far enough apart that no two of a customer's share a movement window: each change is one
-transition of one kind (seats, plan, a family added or removed, a discount starting or ending, a rate moving, a
-cancellation, a signup). The oracle computes each customer's MRR as a step function (round(sum of items x discount x
+transition of one kind (seats, plan, a family added or removed, a percent or amount off starting or ending, a rate
+moving, a cancellation, a signup). The oracle computes each customer's MRR as a step function (round(sum of items x discount x
 rate, 4), half away from zero), labels each step by the rules, and adds the steps up per period and segment; the
 bridge must agree in every money column, count and rate, for month, quarter and week, for the whole account and for
 the currency, size_band, plan and family segments (a customer counts, for a period, in the segment of its state at
@@ -51,6 +51,7 @@ class Sub:
     qty: int
     addon: bool = False
     pct: int = 0  # the percent off in force, 0 for none
+    off: int = 0  # or the amount off in force (cents a month)
     disc: str | None = None  # the discount giving it
     active: bool = True
     trialing: bool = False
@@ -83,7 +84,8 @@ def mrr_of(state: Sub | None, rate: Decimal) -> Decimal:
     if state is None or not state.active or state.trialing:
         return Decimal(0)
     cents = PRICES[state.plan] * state.qty + (PRICES["addon"] if state.addon else 0)
-    return r4(Decimal(cents) / 100 * Decimal(100 - state.pct) / 100 * rate)
+    net = max(Decimal(cents) * Decimal(100 - state.pct) / 100 - state.off, Decimal(0))
+    return r4(net / 100 * rate)
 
 
 def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str, list[Step]], list[Move]]:
@@ -133,7 +135,7 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
         s, cur = state[cid], currency[cid]
         if what == "end":  # a repeating discount's end
             if s is not None and s.active and s.sid == sid and s.disc is not None:
-                s.pct, s.disc = 0, None
+                s.pct, s.off, s.disc = 0, 0, None
                 history[cid].append((t, "discount", copy.copy(s)))
             continue
         if what == "delete":  # an unpaid subscription deleted: no MRR of its own by then
@@ -205,7 +207,9 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
                 continue
             ndisc += 1
             pct, repeating, months = rng.choice([10, 20, 25, 50]), rng.random() < 0.5, rng.randint(1, 3)
-            w.coupon(f"co{ndisc}", percent_off=pct, duration="repeating" if repeating else "forever",
+            off = rng.choice([0, 0, 500, 1_500, 3_000])  # (an amount off, shared among the items, MRR floored at 0)
+            w.coupon(f"co{ndisc}", percent_off=None if off else pct, amount_off=off or None,
+                     currency=cur if off else None, duration="repeating" if repeating else "forever",
                      duration_in_months=months if repeating else None)
             if repeating:
                 end = add_months(t, months)
@@ -216,7 +220,7 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
                 heapq.heappush(queue, (end, seq, cid, "end", s.sid))
             d = w.discount(f"co{ndisc}", t, customer=cid, subscription=s.sid)
             w.update(s.sid, t, discounts=[d["id"]])
-            s.pct, s.disc = pct, d["id"]
+            s.pct, s.off, s.disc = (0, off, d["id"]) if off else (pct, 0, d["id"])
         elif action == "cancel":
             w.cancel(s.sid, t)
             s.active = False
