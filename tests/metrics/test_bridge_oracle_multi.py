@@ -1,4 +1,5 @@
-"""The independent bridge computation of test_bridge_oracle.py on customers with up to three subscriptions at once,
+"""The independent bridge computation of test_bridge_oracle.py on customers with up to three subscriptions at once
+(and switches: a subscription canceled and another begun within the movement window, one transition),
 so that one change has several parts labelled by design.md 5: a further subscription's items are `seat_expansion`
 where the customer keeps their family (the add-on has no unit label and a licensed quantity: a seat) and
 `cross_sell` where not; a subscription canceled, gone unpaid or an add-on removed while the customer stays is
@@ -15,6 +16,7 @@ import random
 from collections import defaultdict
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import duckdb
 import pytest
@@ -26,25 +28,69 @@ SEEDS = [int(s) for s in os.environ.get("ORACLE_SEEDS", "1 2 3").split()]
 FAMILY = {"basic": "core", "pro": "core", "addon": "analytics"}
 
 
-def items_of(subs: list[Sub], cur: str, rate: Decimal) -> dict[str, tuple[str, str, Decimal, Decimal]]:
-    """The counting items of a customer: item id -> (price, family, own-currency MRR, reporting-currency value)."""
+def items_of(subs: list[Sub], cur: str, rate: Decimal) -> dict[str, dict[str, Any]]:
+    """The counting items of a customer by item id: price, family, unit (cents), quantity, discount factor, own
+    MRR and value in the reporting currency."""
     out = {}
     for s in subs:
         if not s.active or s.trialing:
             continue
-        for iid, plan, cents in ((f"{s.sid}_i", s.plan, PRICES[s.plan] * s.qty),
-                                 (f"{s.sid}_a", "addon", PRICES["addon"] if s.addon else 0)):
-            if cents:
-                own = Decimal(cents) * Decimal(100 - s.pct) / 100 / 100
-                out[iid] = (f"{plan}_{cur}", FAMILY[plan], own, own * rate)
+        f = Decimal(100 - s.pct) / 100
+        for iid, plan, qty in ((f"{s.sid}_i", s.plan, s.qty), (f"{s.sid}_a", "addon", 1 if s.addon else 0)):
+            if qty:
+                own = Decimal(PRICES[plan] * qty) * f / 100
+                out[iid] = {"price": f"{plan}_{cur}", "family": FAMILY[plan], "unit": PRICES[plan], "qty": qty,
+                            "f": f, "rate": rate, "own": own, "value": own * rate}
     return out
 
 
-def main_of(items: dict[str, tuple[str, str, Decimal, Decimal]]) -> tuple[str, str]:
+def labelled_parts(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]], delta: Decimal
+                   ) -> list[tuple[str, Decimal]]:
+    """The labelled parts of a change from items ``a`` to items ``b`` whose customer MRR moved by ``delta``
+    (design.md 5): an item in both, and a removed and an added item of one family (paired largest first), split into
+    plan = (new price - old price) x old quantity, quantity = new price x (new - old quantity), both at the old
+    discount, and discount = new amount x (new factor - old factor); unpaired items added (seat_expansion where the
+    family was there before, else cross_sell) or removed (seat_contraction where the family stays, else downgrade).
+    Each part rounded at 4 decimals, the remainder on the largest (of equal ones the first by item id, then plan,
+    quantity, discount)."""
+    pairs: list[tuple[dict[str, Any], dict[str, Any], str]] = [(a[i], b[i], i) for i in sorted(set(a) & set(b))]
+    removed = {i: a[i] for i in set(a) - set(b)}
+    added = {i: b[i] for i in set(b) - set(a)}
+    for fam in sorted({v["family"] for v in removed.values()} & {v["family"] for v in added.values()}):
+        rs = sorted((i for i in removed if removed[i]["family"] == fam), key=lambda i: (-removed[i]["own"], i))
+        ads = sorted((i for i in added if added[i]["family"] == fam), key=lambda i: (-added[i]["own"], i))
+        for ri, ai in zip(rs, ads, strict=False):
+            pairs.append((removed.pop(ri), added.pop(ai), ai))
+    parts: list[tuple[Decimal, str, int, str]] = []  # (exact, item id, order: plan 0 / quantity 1 / discount 2, label)
+    for x, y, iid in pairs:
+        r = y["rate"]
+        plan = (y["unit"] - x["unit"]) * x["qty"] * x["f"] / 100 * r
+        qty = y["unit"] * (y["qty"] - x["qty"]) * x["f"] / 100 * r
+        disc = Decimal(y["unit"] * y["qty"]) * (y["f"] - x["f"]) / 100 * r
+        parts += [(plan, iid, 0, "upgrade" if plan > 0 else "downgrade"),
+                  (qty, iid, 1, "seat_expansion" if qty > 0 else "seat_contraction"), (disc, iid, 2, "discount")]
+    fam_a, fam_b = {v["family"] for v in a.values()}, {v["family"] for v in b.values()}
+    for iid, v in added.items():
+        parts.append((v["value"], iid, 0, "seat_expansion" if v["family"] in fam_a else "cross_sell"))
+    for iid, v in removed.items():
+        parts.append((-v["value"], iid, 0, "seat_contraction" if v["family"] in fam_b else "downgrade"))
+    parts = [p for p in parts if p[0] != 0]
+    rounded = [r4(p[0]) for p in parts]
+    big = min(range(len(parts)), key=lambda k: (-abs(parts[k][0]), parts[k][1], parts[k][2]))
+    rounded[big] += delta - sum(rounded)
+    out = []
+    for (_, _, _, label), amount in zip(parts, rounded, strict=True):
+        if label.startswith("seat_"):  # (a part the remainder turned over is labelled by its sign)
+            label = "seat_expansion" if amount > 0 else "seat_contraction"
+        out.append((label, amount))
+    return out
+
+
+def main_of(items: dict[str, dict[str, Any]]) -> tuple[str, str]:
     if not items:
         return ("", "")
-    iid = max(items, key=lambda i: (items[i][2], i))
-    return (items[iid][0], items[iid][1])
+    iid = max(items, key=lambda i: (items[i]["own"], i))
+    return (items[iid]["price"], items[iid]["family"])
 
 
 def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str, list[Step]], list[Move]]:
@@ -131,7 +177,8 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
             continue
         mine = live(cid)
         action = "signup" if not mine else rng.choice(
-            ["seat", "seat", "plan", "family", "family", "discount", "cancel"] + (["unpaid"] if rich else [])
+            ["seat", "seat", "plan", "family", "family", "discount", "cancel", "switch", "switch"]
+            + (["unpaid"] if rich else [])
             + (["signup", "signup"] if len(mine) < 3 else []))
         if action == "signup":
             nsub += 1
@@ -150,7 +197,27 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
             note("start", s.sid)
             continue
         s = rng.choice(mine)
-        if action in ("unpaid", "discount") and s.trialing:
+        if action in ("unpaid", "discount", "switch") and s.trialing:
+            continue
+        if action == "switch":  # cancel a subscription and subscribe to another within the movement window
+            nsub += 1
+            new = Sub(f"s{nsub}", rng.choice(["basic", "pro"]), rng.randint(1, 6), addon=rng.random() < 0.4)
+            items = [(f"{new.sid}_i", f"{new.plan}_{cur}", new.qty)] + (
+                [(f"{new.sid}_a", f"addon_{cur}", 1)] if new.addon else [])
+            cancel_first = rng.random() < 0.5
+            second = 20 * 60 if cancel_first else 0
+            for at, step in sorted([(t + (0 if cancel_first else 20 * 60), "cancel"), (t + second, "start")]):
+                if step == "cancel":
+                    w.cancel(s.sid, at)
+                    s.active = False
+                    history[cid].append((at, "cancel", s.sid, copy.deepcopy(live(cid))))
+                else:
+                    w.subscribe(new.sid, cid, items, at)
+                    subs[cid].append(new)
+                    history[cid].append((at, "start", new.sid, copy.deepcopy(live(cid))))
+            if add_months(t + second, 1) < SEEN:
+                seq += 1
+                heapq.heappush(queue, (add_months(t + second, 1), seq, cid, "cycle", new.sid))
             continue
         if action == "cancel":
             w.cancel(s.sid, t)
@@ -195,60 +262,42 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
                 before = [h for h in hist if h[0] < at]
                 points.append((at, "fx", before[-1][3] if before else []))
         points.sort(key=lambda p: p[0])
+        # changes within the movement window of the first are one transition (design.md 5), dated at the first
+        groups: list[list[tuple[int, str, list[Sub]]]] = []
+        for pt in points:
+            if groups and pt[0] - groups[-1][0][0] <= 3600:
+                groups[-1].append(pt)
+            else:
+                groups.append([pt])
         prev: list[Sub] = []
-        prev_t = 0
         level, had = Decimal(0), False
         steps[cid] = []
-        for t, kind, state in points:
-            rate = rate_at(t, cur)
+        for group in groups:
+            t, kind, state = group[0][0], group[0][1], group[-1][2]
+            rate = rate_at(group[-1][0], cur)
             b = items_of(state, cur, rate)
-            after = r4(sum((v[3] for v in b.values()), Decimal(0)))
-            if after == level:
-                prev, prev_t = state, t
-                continue
+            after = r4(sum((v["value"] for v in b.values()), Decimal(0)))
             main = main_of(b)
+            if after == level:
+                # (a change that leaves the MRR as it was is no movement, but the customer's state, and so its plan
+                # or family segment, follows it)
+                if after > 0 and kind != "fx":
+                    steps[cid].append((t, after, main))
+                prev = state
+                continue
             if level == 0 or after == 0:
                 movement = ("reactivation" if had else "new") if level == 0 else "cancellation"
                 moves.append(Move(t, cid, movement, CATEGORY[movement], level, after, main))
             elif kind == "fx":
                 moves.append(Move(t, cid, "fx", "fx", level, after, main))
             else:
-                a = items_of(prev, cur, rate_at(prev_t, cur) if prev_t else rate)
-                # (the parts of the change, exact; each item's is the change of its MRR: A and B at one rate here)
-                parts: list[tuple[Decimal, str, str]] = []  # (exact amount, item id, movement)
-                fam_a = {v[1] for v in a.values()}
-                fam_b = {v[1] for v in b.values()}
-                for iid in sorted(set(a) | set(b)):
-                    if iid in a and iid in b:
-                        x = b[iid][3] - a[iid][3]
-                        if x == 0:
-                            continue
-                        if kind == "discount":
-                            mv = "discount"
-                        elif kind == "plan":
-                            mv = "upgrade" if x > 0 else "downgrade"
-                        else:
-                            mv = "seat_expansion" if x > 0 else "seat_contraction"
-                    elif iid in b:
-                        x = b[iid][3]
-                        mv = "seat_expansion" if b[iid][1] in fam_a else "cross_sell"
-                    else:
-                        x = -a[iid][3]
-                        mv = "seat_contraction" if a[iid][1] in fam_b else "downgrade"
-                    parts.append((x, iid, mv))
-                rounded = [r4(x) for x, _, _ in parts]
-                rest = (after - level) - sum(rounded)
-                big = max(range(len(parts)), key=lambda k: (abs(parts[k][0]), [-ord(c) for c in parts[k][1]]))
-                rounded[big] += rest
-                for (_, _, mv), amount in zip(parts, rounded, strict=True):
-                    cat = CATEGORY.get(mv) or ("expansion" if amount > 0 else "contraction")
-                    if mv == "discount" or mv in ("seat_expansion", "seat_contraction"):
-                        mv = mv if mv == "discount" else ("seat_expansion" if amount > 0 else "seat_contraction")
-                        cat = "expansion" if amount > 0 else "contraction"
-                    moves.append(Move(t, cid, mv, cat, level, after, main, amount))
+                a = items_of(prev, cur, rate)  # (no rate moves inside these windows)
+                for mv, amount in labelled_parts(a, b, after - level):
+                    moves.append(Move(t, cid, mv, "expansion" if amount > 0 else "contraction", level, after, main,
+                                      amount))
             steps[cid].append((t, after, main))
             level, had = after, had or after > 0
-            prev, prev_t = state, t
+            prev = state
     return w, currency, steps, moves
 
 
