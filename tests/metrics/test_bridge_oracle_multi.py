@@ -1,5 +1,6 @@
 """The independent bridge computation of test_bridge_oracle.py on customers with up to three subscriptions at once
-(and switches: a subscription canceled and another begun within the movement window, one transition),
+(and switches: a subscription canceled and another begun within the movement window, one transition, some from
+23:50 into the next day; and, with every event stored, annual plans: a switch to one at equal MRR is no movement),
 so that one change has several parts labelled by design.md 5: a further subscription's items are `seat_expansion`
 where the customer keeps their family (the add-on has no unit label and a licensed quantity: a seat) and
 `cross_sell` where not; a subscription canceled, gone unpaid or an add-on removed while the customer stays is
@@ -21,11 +22,14 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from test_bridge_oracle import CATEGORY, NOON, PRICES, SEEN, START, Move, Step, Sub, check, expected, r4
+from test_bridge_oracle import CATEGORY, NOON, SEEN, START, Move, Step, Sub, check, expected, r4
+from test_bridge_oracle import PRICES as MONTHLY
 
 Derive = Callable[..., duckdb.DuckDBPyConnection]
 SEEDS = [int(s) for s in os.environ.get("ORACLE_SEEDS", "1 2 3").split()]
-FAMILY = {"basic": "core", "pro": "core", "addon": "analytics"}
+# monthly amounts (cents); annual and annual_pro are billed yearly (12 x), at the basic plan's MRR and above it
+PRICES = {**MONTHLY, "annual": 1_000, "annual_pro": 1_800}
+FAMILY = {"basic": "core", "pro": "core", "annual": "core", "annual_pro": "core", "addon": "analytics"}
 
 
 def items_of(subs: list[Sub], cur: str, rate: Decimal) -> dict[str, dict[str, Any]]:
@@ -102,7 +106,9 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
     w.product("prod_an", family="analytics")
     for cur in ("usd", "eur"):
         for plan, cents in PRICES.items():
-            w.price(f"{plan}_{cur}", "prod_an" if plan == "addon" else "prod_core", cents, currency=cur)
+            yearly = plan.startswith("annual")
+            w.price(f"{plan}_{cur}", "prod_an" if plan == "addon" else "prod_core", cents * 12 if yearly else cents,
+                    currency=cur, interval="year" if yearly else "month")
     rates: list[tuple[int, Decimal]] = [(ts(2023, 12, 1), Decimal("1.0800"))]
     day = START
     while True:
@@ -170,7 +176,8 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
             continue
         if what == "cycle":
             if s is not None and s.active:
-                w.cycle(sid, t)
+                if not s.plan.startswith("annual"):  # (an annual plan renews yearly: no invoice this month)
+                    w.cycle(sid, t)
                 if add_months(t, 1) < SEEN:
                     seq += 1
                     heapq.heappush(queue, (add_months(t, 1), seq, cid, "cycle", sid))
@@ -205,6 +212,8 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
             items = [(f"{new.sid}_i", f"{new.plan}_{cur}", new.qty)] + (
                 [(f"{new.sid}_a", f"addon_{cur}", 1)] if new.addon else [])
             cancel_first = rng.random() < 0.5
+            if cur == "usd" and rng.random() < 0.5:
+                t = t - NOON - 10 * 60  # (23:50 the day before: the window runs into the next day, and period)
             second = 20 * 60 if cancel_first else 0
             for at, step in sorted([(t + (0 if cancel_first else 20 * 60), "cancel"), (t + second, "start")]):
                 if step == "cancel":
@@ -245,7 +254,8 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
             if action == "seat":
                 s.qty = rng.choice([q for q in range(1, 8) if q != s.qty])
             elif action == "plan":
-                s.plan = "pro" if s.plan == "basic" else "basic"
+                plans = ["basic", "pro"] + (["annual", "annual_pro"] if rich else [])
+                s.plan = rng.choice([p for p in plans if p != s.plan])
             else:
                 s.addon = not s.addon
             w.update(s.sid, t, items=[(f"{s.sid}_i", f"{s.plan}_{cur}", s.qty)]
