@@ -22,11 +22,25 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from test_bridge_oracle import CATEGORY, NOON, SEEN, START, Move, Step, Sub, check, expected, r4
+from test_bridge_oracle import (
+    CATEGORY,
+    COMBOS,
+    NOON,
+    SEEN,
+    START,
+    Move,
+    Step,
+    Sub,
+    check,
+    country_of,
+    expected,
+    r4,
+    tier_of,
+)
 from test_bridge_oracle import PRICES as MONTHLY
 
 Derive = Callable[..., duckdb.DuckDBPyConnection]
-SEEDS = [int(s) for s in os.environ.get("ORACLE_SEEDS", "1 2 3").split()]
+SEEDS = [int(s) for s in os.environ.get("ORACLE_SEEDS", "1 2").split()]
 # monthly amounts (cents); annual and annual_pro are billed yearly (12 x), at the basic plan's MRR and above it
 PRICES = {**MONTHLY, "annual": 1_000, "annual_pro": 1_800}
 FAMILY = {"basic": "core", "pro": "core", "annual": "core", "annual_pro": "core", "addon": "analytics"}
@@ -128,7 +142,8 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
     for n in range(rng.randint(5, 8)):
         cid = f"c{n}"
         currency[cid] = rng.choice(["usd", "eur", "eur"])
-        w.customer(cid, currency=currency[cid], address={"country": "US"})
+        w.customer(cid, currency=currency[cid], address={"country": country_of(cid)},
+                   metadata={"tier": tier_of(cid)} if tier_of(cid) else {})
         for d in sorted(rng.sample(range(0, 395, 2), rng.randint(3, 12))):
             seq += 1
             used[cid].add(START // DAY + d)
@@ -325,7 +340,6 @@ def test_several_subscriptions_agree_with_an_independent_computation(derive: Der
         want[(m.t, m.cid, m.movement)] += m.amount()
     assert sorted(got) == sorted((*k, v) for k, v in want.items() if v != 0 or k[2] != "fx")
     checked = 0
-    for kind in ("month", "quarter", "week"):
-        for segment in (None, "currency", "size_band", "plan", "family"):
-            checked += check(con, kind, segment, expected(kind, segment, currency, steps, moves), seed)
+    for kind, segment in COMBOS:
+        checked += check(con, kind, segment, expected(kind, segment, currency, steps, moves), seed)
     assert checked > 100
