@@ -691,3 +691,22 @@ def test_metered_usage_normalised_by_its_interval(world: World, derive: Derive, 
     assert customer_mrr_at(con, "cus_1", first - 1) == 0
     assert customer_mrr_at(con, "cus_1", first) == Decimal(expected)
     assert moves(con) == [(first, "new", "new", Decimal(expected), "si_m")]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "ours nets the rate change at 00:00 into the cancellation's window: one `cancellation` of -32.4000 dated "
+    "2024-03-01 00:00 (the rate change, 20 minutes before ended_at) and no fx row, where the rules read in sequence "
+    "give fx +0.6000 at 00:00 and a cancellation of -33.0000 at ended_at 00:20; design.md does not say whether a "
+    "rate change is a change that joins a customer's movement window"))
+def test_a_cancellation_twenty_minutes_after_a_rate_change(world: World, derive: Derive) -> None:
+    """design.md 4 (a cancellation counts when the subscription ends, `ended_at`; rate swings are their own fx line):
+    a EUR customer (30.00 EUR, 32.40 USD at 1.08) whose subscription ends at 00:20 on 1 March, the rate having moved
+    to 1.10 at 00:00: fx +0.60 at 00:00, then the cancellation of 33.00 at 00:20."""
+    base(world, currency="eur").price("seat_eur", "prod_seat", 1_000, currency="eur")
+    world.subscribe("sub_1", "cus_1", [("si_1", "seat_eur", 3)], T0)
+    world.cancel("sub_1", ts(2024, 3, 1, 0, 20))
+    world.fx_rates += [("2023-12-01", "eur", 1.08), ("2024-03-01", "eur", 1.10)]
+    con = derive(world, seen_at=month(4))
+    assert [(t, m, x) for t, m, _, x, _ in moves(con)][1:] == [(ts(2024, 3, 1), "fx", Decimal("0.6000")),
+                                                               (ts(2024, 3, 1, 0, 20), "cancellation",
+                                                                Decimal("-33.0000"))]
