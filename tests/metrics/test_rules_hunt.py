@@ -7,6 +7,7 @@ period boundaries, fx beside another change."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -56,7 +57,7 @@ TIERS = [{"up_to": 5, "unit_amount": 1000, "flat_amount": 500}, {"up_to": 10, "u
          {"up_to": None, "unit_amount": 500, "flat_amount": 100}]
 
 
-@pytest.mark.parametrize(("mode", "quantity", "expected"), [
+TIER_CASES = [
     # graduated: each tier prices its own slice, and its flat amount once the quantity reaches into it
     ("graduated", 5, "55.0000"),   # 5 x 10 + 5
     ("graduated", 6, "66.0000"),   # 55 + 1 x 8 + 3
@@ -67,14 +68,21 @@ TIERS = [{"up_to": 5, "unit_amount": 1000, "flat_amount": 500}, {"up_to": 10, "u
     ("volume", 6, "51.0000"),      # 6 x 8 + 3
     ("volume", 10, "83.0000"),     # 10 x 8 + 3
     ("volume", 11, "56.0000"),     # 11 x 5 + 1
-])
-def test_tiers_at_and_past_each_boundary_with_flat_amounts(world: World, derive: Derive, mode: str, quantity: int,
-                                                            expected: str) -> None:
-    """design.md 4: `tiered` with tiers_mode graduated or volume, computed from the tiers (up_to inclusive)."""
-    base(world).price("tiered", "prod_seat", None, tiers=TIERS, tiers_mode=mode)
-    world.subscribe("sub_1", "cus_1", [("si_1", "tiered", quantity)], T0)
+]
+
+
+def test_tiers_at_and_past_each_boundary_with_flat_amounts(world: World, derive: Derive) -> None:
+    """design.md 4: `tiered` with tiers_mode graduated or volume, computed from the tiers (up_to inclusive); one
+    customer per case."""
+    base(world)
+    for mode in ("graduated", "volume"):
+        world.price(mode, "prod_seat", None, tiers=TIERS, tiers_mode=mode)
+    for n, (mode, quantity, _) in enumerate(TIER_CASES):
+        world.customer(f"c{n}")
+        world.subscribe(f"s{n}", f"c{n}", [(f"i{n}", mode, quantity)], T0)
     con = derive(world, seen_at=month(1))
-    assert customer_mrr_at(con, "cus_1", T0 + DAY) == Decimal(expected)
+    got = [customer_mrr_at(con, f"c{n}", T0 + DAY) for n in range(len(TIER_CASES))]
+    assert got == [Decimal(e) for _, _, e in TIER_CASES]
 
 
 def test_tiers_with_flat_amount_only_first_tier_annual(world: World, derive: Derive) -> None:
@@ -92,18 +100,26 @@ def test_tiers_with_flat_amount_only_first_tier_annual(world: World, derive: Der
                           (month(1, 10), "seat_expansion", "expansion", Decimal("4.0000"), "si_1")]
 
 
-@pytest.mark.parametrize(("rounding", "quantity", "expected"), [
+PACK_CASES = [
     ("up", 10, "20.0000"),  # 10 / 5 = 2 packs
     ("up", 11, "30.0000"),  # 2.2 -> 3 packs
     ("up", 1, "10.0000"),   # 0.2 -> 1 pack
     ("down", 14, "20.0000"),  # 2.8 -> 2 packs
-])
-def test_transform_quantity_edges(world: World, derive: Derive, rounding: str, quantity: int, expected: str) -> None:
-    """design.md 4: transform_quantity divides and rounds the quantity first (packs of 5 at 10.00 a pack)."""
-    base(world).price("pack", "prod_seat", 1_000, transform_quantity={"divide_by": 5, "round": rounding})
-    world.subscribe("sub_1", "cus_1", [("si_1", "pack", quantity)], T0)
+]
+
+
+def test_transform_quantity_edges(world: World, derive: Derive) -> None:
+    """design.md 4: transform_quantity divides and rounds the quantity first (packs of 5 at 10.00 a pack); one
+    customer per case."""
+    base(world)
+    for rounding in ("up", "down"):
+        world.price(f"pack_{rounding}", "prod_seat", 1_000, transform_quantity={"divide_by": 5, "round": rounding})
+    for n, (rounding, quantity, _) in enumerate(PACK_CASES):
+        world.customer(f"c{n}")
+        world.subscribe(f"s{n}", f"c{n}", [(f"i{n}", f"pack_{rounding}", quantity)], T0)
     con = derive(world, seen_at=month(1))
-    assert customer_mrr_at(con, "cus_1", T0 + DAY) == Decimal(expected)
+    assert [customer_mrr_at(con, f"c{n}", T0 + DAY) for n in range(len(PACK_CASES))] == [
+        Decimal(e) for _, _, e in PACK_CASES]
 
 
 def test_transform_quantity_rounding_down_to_zero_then_a_pack(world: World, derive: Derive) -> None:
@@ -134,22 +150,28 @@ def test_quantity_zero_then_seats_then_zero(world: World, derive: Derive) -> Non
             mar["closing_customers"], mar["customer_churn_rate"]) == (30, 30, 0, 1, 0, 1.0)
 
 
-@pytest.mark.parametrize(("interval", "count", "unit_amount", "quantity", "expected"), [
+INTERVAL_CASES = [
     ("week", 3, 3_000, 1, "43.3333"),  # 30.00 every 3 weeks: 30 x 52 / 12 / 3 = 43.3333...
     ("week", 2, 2_000, 3, "130.0000"),  # 60.00 every 2 weeks: 60 x 52 / 24
     ("day", 6, 600, 1, "30.4167"),  # 6.00 every 6 days: 6 x 365 / 12 / 6 = 30.41666...
     ("day", 3, 100, 7, "70.9722"),  # 7.00 every 3 days: 7 x 365 / 36 = 70.97222...
     ("month", 6, 60_000, 1, "100.0000"),  # 600.00 every 6 months
     ("year", 3, 360_000, 1, "100.0000"),  # 3,600.00 every 3 years
-])
-def test_interval_count_on_every_interval(world: World, derive: Derive, interval: str, count: int,
-                                          unit_amount: int, quantity: int, expected: str) -> None:
-    """design.md 4: week x 52/12, day x 365/12, year / 12, each / interval_count."""
-    base(world).price("p", "prod_seat", unit_amount, interval=interval, interval_count=count)
-    world.subscribe("sub_1", "cus_1", [("si_1", "p", quantity)], T0)
+]
+
+
+def test_interval_count_on_every_interval(world: World, derive: Derive) -> None:
+    """design.md 4: week x 52/12, day x 365/12, year / 12, each / interval_count; one customer per case, whose `new`
+    is that MRR."""
+    base(world)
+    for n, (interval, count, unit_amount, quantity, _) in enumerate(INTERVAL_CASES):
+        world.price(f"p{n}", "prod_seat", unit_amount, interval=interval, interval_count=count)
+        world.customer(f"c{n}")
+        world.subscribe(f"s{n}", f"c{n}", [(f"i{n}", f"p{n}", quantity)], T0)
     con = derive(world, seen_at=month(1))
-    assert customer_mrr_at(con, "cus_1", T0 + DAY) == Decimal(expected)
-    assert moves(con) == [(T0, "new", "new", Decimal(expected), "si_1")]
+    for n, (*_, expected) in enumerate(INTERVAL_CASES):
+        assert customer_mrr_at(con, f"c{n}", T0 + DAY) == Decimal(expected), n
+        assert moves(con, f"c{n}") == [(T0, "new", "new", Decimal(expected), f"i{n}")], n
 
 
 # --- design.md 4: discounts -----------------------------------------------------------------------------------
@@ -449,13 +471,12 @@ def test_arpa_of_a_repeating_mrr(world: World, derive: Derive) -> None:
 
 # --- design.md 6: period boundaries ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("session_tz", ["UTC", "America/Los_Angeles", "Asia/Tokyo"])
 def test_changes_at_the_last_second_and_the_first_instant_of_a_period(world: World, derive: Derive,
-                                                                       session_tz: str) -> None:
+                                                                       store: duckdb.DuckDBPyConnection) -> None:
     """design.md 6 (periods in UTC; a period starts at 00:00:00 UTC, included): Monday 1 April 2024 starts a week, a
     month and a quarter. c1's seat at 23:59:59 on Sunday 31 March counts in the week of 25 March, March and Q1;
     c2's seat at 00:00:00 on 1 April counts in the week of 1 April, April and Q2; whatever the session's time
-    zone when the bridge is read."""
+    zone when the metrics are derived (Tokyo here) and when the bridge is read."""
     world.product("prod_seat", unit_label="seat", family="core")
     world.price("seat", "prod_seat", 1_000)
     for c in ("c1", "c2"):
@@ -464,13 +485,14 @@ def test_changes_at_the_last_second_and_the_first_instant_of_a_period(world: Wor
     world.subscribe("s2", "c2", [("i2", "seat", 1)], ts(2024, 1, 10))
     world.update("s1", ts(2024, 4, 1) - 1, items=[("i1", "seat", 3)])
     world.update("s2", ts(2024, 4, 1), items=[("i2", "seat", 5)])
+    store.execute("SET TimeZone = 'Asia/Tokyo'")
     con = derive(world, seen_at=ts(2024, 4, 20))
-    con.execute(f"SET TimeZone = '{session_tz}'")
     try:
-        for kind, before, after in (("week", dt.date(2024, 3, 25), dt.date(2024, 4, 1)),
-                                    ("month", dt.date(2024, 3, 1), dt.date(2024, 4, 1)),
-                                    ("quarter", dt.date(2024, 1, 1), dt.date(2024, 4, 1)),
-                                    ("year", dt.date(2024, 1, 1), dt.date(2024, 1, 1))):
+        for session_tz, (kind, before, after) in itertools.product(
+                ("UTC", "America/Los_Angeles", "Asia/Tokyo"),
+                (("week", dt.date(2024, 3, 25), dt.date(2024, 4, 1)), ("month", dt.date(2024, 3, 1), dt.date(2024, 4, 1)),
+                 ("quarter", dt.date(2024, 1, 1), dt.date(2024, 4, 1)), ("year", dt.date(2024, 1, 1), dt.date(2024, 1, 1)))):
+            con.execute(f"SET TimeZone = '{session_tz}'")
             rows = {r["period_start"]: r for r in queries.bridge(con, kind)}
             if kind == "year":
                 assert rows[before]["seat_expansion"] == 60, kind
@@ -513,21 +535,26 @@ def test_identity_in_every_period_and_segment_of_a_mixed_account(world: World, d
 
 # --- design.md 4: discounts on other intervals, offsetting changes ---------------------------------------------
 
-@pytest.mark.parametrize(("interval", "count", "unit_amount", "amount_off", "expected"), [
+OFF_CASES = [
     ("month", 3, 30_000, 3_000, "90.0000"),  # (300.00 - 30.00) every 3 months
     ("week", 1, 1_000, 200, "34.6667"),  # (10.00 - 2.00) a week x 52 / 12 = 34.666...
     ("year", 1, 120_000, 12_000, "90.0000"),  # (1,200.00 - 120.00) a year / 12
-])
-def test_amount_off_is_per_billing_period(world: World, derive: Derive, interval: str, count: int, unit_amount: int,
-                                          amount_off: int, expected: str) -> None:
+]
+
+
+def test_amount_off_is_per_billing_period(world: World, derive: Derive) -> None:
     """design.md 4: an amount_off coupon takes its amount off each invoice, so off the price's period before the
-    normalisation to a month."""
-    base(world).price("p", "prod_seat", unit_amount, interval=interval, interval_count=count)
-    world.coupon("co_off", amount_off=amount_off, currency="usd")
-    d = world.discount("co_off", T0, customer="cus_1", subscription="sub_1")
-    world.subscribe("sub_1", "cus_1", [("si_1", "p", 1)], T0, discounts=[d["id"]])
+    normalisation to a month; one customer per case."""
+    base(world)
+    for n, (interval, count, unit_amount, amount_off, _) in enumerate(OFF_CASES):
+        world.price(f"p{n}", "prod_seat", unit_amount, interval=interval, interval_count=count)
+        world.coupon(f"co{n}", amount_off=amount_off, currency="usd")
+        world.customer(f"c{n}")
+        d = world.discount(f"co{n}", T0, customer=f"c{n}", subscription=f"s{n}")
+        world.subscribe(f"s{n}", f"c{n}", [(f"i{n}", f"p{n}", 1)], T0, discounts=[d["id"]])
     con = derive(world, seen_at=month(1))
-    assert customer_mrr_at(con, "cus_1", T0 + DAY) == Decimal(expected)
+    assert [customer_mrr_at(con, f"c{n}", T0 + DAY) for n in range(len(OFF_CASES))] == [
+        Decimal(e) for *_, e in OFF_CASES]
 
 
 def test_repeating_coupon_on_an_annual_plan_ends_after_its_months(world: World, derive: Derive) -> None:
@@ -674,23 +701,30 @@ def test_volume_tiers_fewer_seats_can_cost_more(world: World, derive: Derive) ->
     assert (feb["opening_mrr"], feb["expansion"], feb["contraction"], feb["closing_mrr"]) == (51, 4, 0, 55)
 
 
-@pytest.mark.parametrize(("interval", "count", "amount", "expected"), [
+METERED_CASES = [
     ("week", 1, 700, "30.3333"),  # 7.00 for a full week: 7 x 52 / 12 = 30.333...
     ("month", 3, 30_000, "100.0000"),  # 300.00 for a full quarter
     ("day", 1, 100, "30.4167"),  # 1.00 for a full day: 365 / 12 = 30.41666...
-])
-def test_metered_usage_normalised_by_its_interval(world: World, derive: Derive, interval: str, count: int,
-                                                  amount: int, expected: str) -> None:
+]
+
+
+def test_metered_usage_normalised_by_its_interval(world: World, derive: Derive) -> None:
     """design.md 4: metered MRR is the last invoiced full period's amount, normalised as any price (week x 52/12,
-    day x 365/12, / interval_count), from that invoice on; zero before it, so the first usage is the `new`."""
-    base(world).price("usage", "prod_api", None, usage_type="metered", interval=interval, interval_count=count)
-    world.subscribe("sub_1", "cus_1", [("si_m", "usage", None)], T0)
-    first = add_interval(T0, interval, count)
-    world.cycle("sub_1", first, usage={"si_m": amount})
-    con = derive(world, seen_at=add_interval(first, interval, count) - 60)
-    assert customer_mrr_at(con, "cus_1", first - 1) == 0
-    assert customer_mrr_at(con, "cus_1", first) == Decimal(expected)
-    assert moves(con) == [(first, "new", "new", Decimal(expected), "si_m")]
+    day x 365/12, / interval_count), from that invoice on; zero before it, so the first usage is the `new`; one
+    customer per case."""
+    base(world)
+    firsts = []
+    for n, (interval, count, amount, _) in enumerate(METERED_CASES):
+        world.price(f"usage{n}", "prod_api", None, usage_type="metered", interval=interval, interval_count=count)
+        world.customer(f"c{n}")
+        world.subscribe(f"s{n}", f"c{n}", [(f"m{n}", f"usage{n}", None)], T0)
+        firsts.append(add_interval(T0, interval, count))
+        world.cycle(f"s{n}", firsts[-1], usage={f"m{n}": amount})
+    con = derive(world, seen_at=ts(2024, 4, 20))
+    for n, (*_, expected) in enumerate(METERED_CASES):
+        assert customer_mrr_at(con, f"c{n}", firsts[n] - 1) == 0, n
+        assert customer_mrr_at(con, f"c{n}", firsts[n]) == Decimal(expected), n
+        assert moves(con, f"c{n}") == [(firsts[n], "new", "new", Decimal(expected), f"m{n}")], n
 
 
 @pytest.mark.xfail(strict=True, reason=(
