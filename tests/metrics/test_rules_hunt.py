@@ -226,6 +226,20 @@ def test_once_coupon_no_movement(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("90.0000")
 
 
+def test_an_amount_off_in_another_currency_takes_nothing_off_and_says_so(world: World, derive: Derive) -> None:
+    """design.md 4 (every amount in its own currency): a 10.00 EUR amount-off coupon (no USD amount among its
+    currency options) on a subscription billed in USD takes nothing off the 90.00, and data_quality names the
+    discount."""
+    two_items(world)
+    world.coupon("co_eur", amount_off=1_000, currency="eur")
+    d = world.discount("co_eur", T0, customer="cus_1", subscription="sub_1")
+    world.objects["subscriptions"]["sub_1"]["discounts"] = [d["id"]]
+    world.events[0]["data"]["object"]["discounts"] = [d["id"]]
+    con = derive(world, seen_at=month(1))
+    assert customer_mrr_at(con, "cus_1", T0 + DAY) == Decimal("90.0000")
+    assert con.execute("SELECT kind, object_id FROM data_quality").fetchall() == [("currency_mismatch", d["id"])]
+
+
 def test_subscription_and_item_discounts_stack(world: World, derive: Derive) -> None:
     """design.md 4: a subscription-level discount applies to all its items, an item-level one to that item: the
     seats (40.00) under both 50% (item) and 10% (subscription) are 18.00, the API plan (50.00) 45.00: 63.00."""
