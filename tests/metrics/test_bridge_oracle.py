@@ -1,11 +1,13 @@
 """The bridge (design.md 6) against an independent computation from the rules of design.md 4 and 5, on random small
 accounts whose changes are far enough apart that no two of a customer's share a movement window: each change is one
 transition of one kind (seats, plan, a family added or removed, a percent or amount off starting or ending, a rate
-moving, a cancellation, a signup). The oracle computes each customer's MRR as a step function (round(sum of items x discount x
-rate, 4), half away from zero), labels each step by the rules, and adds the steps up per period and segment; the
-bridge must agree in every money column, count and rate, for month, quarter and week, for the whole account and for
-the currency, size_band, plan and family segments (a customer counts, for a period, in the segment of its state at
-the period start, or of its first state with MRR in the period; for plan and family, that state's largest item)."""
+moving, a trial ending, past_due and back, unpaid, a cancellation at once or set for the period end, a signup). The
+oracle computes each customer's MRR as a step function (round(sum of items x discount x rate, 4), half away from
+zero), labels each step by the rules, and adds the steps up per period and segment; the bridge must agree in every
+money column, count and rate, for week, month, quarter and year, for the whole account and by currency, size_band,
+plan, family, country and a metadata key (a customer counts, for a period, in the segment of its state at the period
+start, or of its first state with MRR in the period; for plan and family, that state's largest item). Also with
+churn_recognition "canceled", past_due counting zero, and only the events of Stripe's last 30 days stored."""
 
 from __future__ import annotations
 
