@@ -14,26 +14,15 @@ from typing import Any
 
 import duckdb
 import pytest
-from builders import DAY, World, add_interval, add_months, ts
+from builders import DAY, World, add_interval, ts
 from conftest import customer_mrr_at
 from test_bridge import assert_bridge_adds_up
+from test_mrr_rules import T0, base, month
 
 from stripe_churn.metrics import queries
 
-T0 = ts(2024, 1, 1)
 Derive = Callable[..., duckdb.DuckDBPyConnection]
 Row = tuple[int, str, str, Decimal, str | None]
-
-
-def month(n: int, day: int = 0) -> int:
-    return add_months(T0, n) + day * DAY
-
-
-def base(w: World, currency: str = "usd") -> World:
-    w.customer("cus_1", currency=currency)
-    w.product("prod_seat", unit_label="seat", family="core")
-    w.product("prod_api", unit_label="api call", family="api")
-    return w
 
 
 def moves(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") -> list[Row]:
