@@ -68,15 +68,19 @@ window_sources AS (
     WHERE x.b_started
     GROUP BY GROUPING SETS ((x.tid, b.subscription_id), (x.tid))
 ),
+-- the subscription events in their order: those inside coverage and those stored from before it (which date item
+-- changes in 30); read by two lookups below, each scanning them (not materialized)
+stored_sub_events AS NOT MATERIALIZED (
+    SELECT account_id, subscription_id, moment, event_id, seq FROM derived_sub_events
+    UNION ALL
+    SELECT account_id, subscription_id, moment, event_id, seq FROM derived_early_sub_events
+),
 sub_events AS (
     SELECT t.tid, e.subscription_id,
            -- (the latest in the subscription's event order: two events in one second pick the same one every run)
            arg_max(e.event_id, (e.moment, e.seq)) AS event_id
     FROM (SELECT e.account_id, e.subscription_id, e.moment, e.event_id, e.seq, s.customer_id
-          FROM (SELECT account_id, subscription_id, moment, event_id, seq FROM derived_sub_events
-                -- (and those stored from before coverage, which date item changes in 30)
-                UNION ALL
-                SELECT account_id, subscription_id, moment, event_id, seq FROM derived_early_sub_events) e
+          FROM stored_sub_events e
           JOIN subscriptions s ON s.account_id = e.account_id AND s.id = e.subscription_id) e
     JOIN derived_transitions t ON t.account_id = e.account_id AND t.customer_id = e.customer_id
                               AND e.moment >= t.t_start AND e.moment <= t.t_end
@@ -142,9 +146,7 @@ removed_events AS (
     FROM derived_movement_parts p
     JOIN derived_transition_items x ON x.tid = p.tid AND x.subscription_item_id = p.subscription_item_id
     JOIN derived_item_mrr a ON a.rowid = x.a_rid
-    JOIN (SELECT account_id, subscription_id, moment, event_id, seq FROM derived_sub_events
-          UNION ALL
-          SELECT account_id, subscription_id, moment, event_id, seq FROM derived_early_sub_events) e
+    JOIN stored_sub_events e
       ON e.account_id = a.account_id AND e.subscription_id = a.subscription_id AND e.moment = a.valid_to
     WHERE p.comp = 'removed'
     GROUP BY ALL
