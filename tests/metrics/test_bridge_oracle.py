@@ -114,9 +114,11 @@ def mrr_of(state: Sub | None, rate: Decimal, past_due_counts: bool = True) -> De
 
 
 
-def random_eur_rates(rng: random.Random, w: World) -> list[tuple[int, Decimal]]:
+def random_eur_rates(rng: random.Random, w: World
+                     ) -> tuple[list[tuple[int, Decimal]], Callable[[int, str], Decimal]]:
     """EUR's rate in USD from December 2023 on, moving at 00:00 every 20 to 70 days until the store is seen (each
-    between 0.95 and 1.25), stored as ``w``'s fx_rates; returned as (unix time, rate) in time order."""
+    between 0.95 and 1.25), stored as ``w``'s fx_rates; returned as (unix time, rate) in time order, with the rate
+    of a currency at a unix time (1 for usd)."""
     rates: list[tuple[int, Decimal]] = [(ts(2023, 12, 1), Decimal("1.0800"))]
     day = START
     while True:
@@ -125,7 +127,11 @@ def random_eur_rates(rng: random.Random, w: World) -> list[tuple[int, Decimal]]:
             break
         rates.append((day, Decimal(rng.randint(9_500, 12_500)) / 10_000))
     w.fx_rates = [(dt.datetime.fromtimestamp(t, tz=dt.UTC).date().isoformat(), "eur", float(r)) for t, r in rates]
-    return rates
+
+    def rate_at(t: int, cur: str) -> Decimal:
+        return Decimal(1) if cur == "usd" else [r for at, r in rates if at <= t][-1]
+
+    return rates, rate_at
 
 def build(seed: int, rich: bool = True, recognition: str = "ended", past_due_counts: bool = True
           ) -> tuple[World, dict[str, str], dict[str, list[Step]], list[Move]]:
@@ -140,10 +146,7 @@ def build(seed: int, rich: bool = True, recognition: str = "ended", past_due_cou
     for cur in ("usd", "eur"):
         for plan, cents in PRICES.items():
             w.price(f"{plan}_{cur}", "prod_an" if plan == "addon" else "prod_core", cents, currency=cur)
-    rates = random_eur_rates(rng, w)
-
-    def rate_at(t: int, cur: str) -> Decimal:
-        return Decimal(1) if cur == "usd" else [r for at, r in rates if at <= t][-1]
+    rates, rate_at = random_eur_rates(rng, w)
 
     currency: dict[str, str] = {}
     queue: list[tuple[int, int, str, str, str]] = []  # (moment, seq, customer, action, sub id for an end)

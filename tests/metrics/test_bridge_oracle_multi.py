@@ -123,10 +123,7 @@ def build(seed: int, rich: bool = True) -> tuple[World, dict[str, str], dict[str
             yearly = plan.startswith("annual")
             w.price(f"{plan}_{cur}", "prod_an" if plan == "addon" else "prod_core", cents * 12 if yearly else cents,
                     currency=cur, interval="year" if yearly else "month")
-    rates = random_eur_rates(rng, w)
-
-    def rate_at(t: int, cur: str) -> Decimal:
-        return Decimal(1) if cur == "usd" else [r for at, r in rates if at <= t][-1]
+    rates, rate_at = random_eur_rates(rng, w)
 
     currency: dict[str, str] = {}
     queue: list[tuple[int, int, str, str, str]] = []
