@@ -177,8 +177,11 @@ unpaid AS (
     JOIN derived_transitions t USING (tid)
     JOIN derived_item_mrr u ON u.account_id = t.account_id AND u.subscription_id = p.subscription_id
                            AND u.valid_from <= t.t_end AND (u.valid_to IS NULL OR u.valid_to > t.t_end)
+    CROSS JOIN derived_settings st
     WHERE p.movement = 'cancellation'
-      AND (u.status IN ('unpaid', 'past_due')
+      -- (past_due only when it counts zero: with churn_recognition = 'canceled' a past_due subscription that counts
+      -- churns at the customer's own request, still past_due then, and that is voluntary)
+      AND (u.status = 'unpaid' OR (u.status = 'past_due' AND NOT st.past_due_counts)
            OR (u.status = 'paused'
                AND (SELECT arg_max(z.pause_type, z.paused_at) FROM derived_sub_pauses z
                     WHERE z.account_id = t.account_id AND z.subscription_id = p.subscription_id
