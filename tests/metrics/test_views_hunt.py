@@ -287,3 +287,121 @@ def test_churn_reasons_add_up_to_the_bridges_churn(churned: duckdb.DuckDBPyConne
     twice = {"week": set(), "month": {dt.date(2024, 3, 1)}, "quarter": {dt.date(2024, 1, 1)},
              "year": {dt.date(2024, 1, 1)}}[period]
     assert customers == {p: r["churned_customers"] + (p in twice) for p, r in bridge.items()}
+
+
+# --- cohorts and the bridge per quarter, year and week ------------------------------------------------------------
+
+def five_customers(w: World) -> World:
+    """A (20, upgraded to 40 in February, gone 3 April, back on 2 June at 50), B (30 EUR from 20 January, 32.40 at
+    1.08; 33.00 at 1.10 from 1 April, a fx line; a fourth seat on 10 May: +10 EUR, 11.00), C (10 from 25 January,
+    gone on the 28th, back on 5 March), D (one subscription of two families, 60, from 5 January) and E (20 GBP
+    from Thursday 29 February 23:30, 25.40 at 1.27)."""
+    catalogue(w)
+    w.customer("A")
+    w.customer("B", currency="eur")
+    w.customer("C")
+    w.customer("D")
+    w.customer("E", currency="gbp")
+    w.subscribe("sA", "A", [("iA", "basic_usd", 2)], ts(2024, 1, 10))
+    w.update("sA", ts(2024, 2, 15), items=[("iA", "pro_usd", 2)])
+    w.cancel("sA", ts(2024, 4, 3), feedback="unused")
+    w.subscribe("sA2", "A", [("iA2", "analytics_usd", 1)], ts(2024, 6, 2))
+    w.subscribe("sB", "B", [("iB", "basic_eur", 3)], ts(2024, 1, 20))
+    w.update("sB", ts(2024, 5, 10), items=[("iB", "basic_eur", 4)])
+    w.subscribe("sC", "C", [("iC", "basic_usd", 1)], ts(2024, 1, 25))
+    w.cancel("sC", ts(2024, 1, 28))
+    w.subscribe("sC2", "C", [("iC2", "basic_usd", 1)], ts(2024, 3, 5))
+    w.subscribe("sD", "D", [("iD1", "basic_usd", 1), ("iD2", "analytics_usd", 1)], ts(2024, 1, 5))
+    w.subscribe("sE", "E", [("iE", "basic_gbp", 2)], ts(2024, 2, 29, 23, 30))
+    return w
+
+
+FIVE_SEEN = ts(2024, 7, 20)
+
+
+@pytest.fixture(scope="module")
+def five(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = derived(tmp_path_factory.mktemp("five"), migrated_store_file, five_customers(World()), seen_at=FIVE_SEEN)
+    yield con
+    con.close()
+
+
+def test_cohorts_by_hand(five: duckdb.DuckDBPyConnection) -> None:
+    """January's cohort (A, B, C, D) starts at 20 + 32.40 + 0 + 60 = 112.40 (C left within its first month), B at
+    January's 1.08 throughout (its fx line left out, its fourth seat 10 EUR x 1.08); D, one customer of two
+    families, counts once; C's comeback and A's come into mrr and active customers."""
+    got = {(r["cohort_month"], r["months_since_start"]): r for r in queries.cohort_matrix(five)}
+    jan = [got[(dt.date(2024, 1, 1), k)] for k in range(7)]
+    assert [r["mrr"] for r in jan] == [D("112.4000"), D("132.4000"), D("142.4000"), D("102.4000"), D("113.2000"),
+                                       D("163.2000"), D("163.2000")]
+    assert [r["active_customers"] for r in jan] == [3, 3, 4, 3, 3, 4, 4]
+    assert {(r["cohort_customers"], r["starting_mrr"]) for r in jan} == {(4, D("112.4000"))}
+    assert [r["revenue_retention"] for r in jan] == pytest.approx(
+        [1, 132.4 / 112.4, 142.4 / 112.4, 102.4 / 112.4, 113.2 / 112.4, 163.2 / 112.4, 163.2 / 112.4])
+    feb = [got[(dt.date(2024, 2, 1), k)] for k in range(6)]
+    assert {(r["cohort_customers"], r["active_customers"], r["mrr"], r["revenue_retention"]) for r in feb} == {
+        (1, 1, D("25.4000"), 1.0)}
+    assert [r["month"] for r in feb] == [dt.date(2024, m, 1) for m in range(2, 8)]
+
+
+BRIDGE = ["opening_mrr", "new", "reactivation", "expansion", "contraction", "churn", "fx", "closing_mrr",
+          "opening_customers", "new_customers", "reactivated_customers", "churned_customers", "closing_customers",
+          "arpa"]
+RATES = ["gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "grr", "customer_churn_rate", "quick_ratio",
+         "net_negative_churn"]
+
+
+def cells(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["period_start"], row["period_end"], *(row[c] for c in BRIDGE))
+
+
+def rates(row: dict[str, Any]) -> list[Any]:
+    return [row[c] if row[c] is None or isinstance(row[c], bool) else pytest.approx(row[c]) for c in RATES]
+
+
+def test_quarters_and_years_by_hand(five: duckdb.DuckDBPyConnection) -> None:
+    q = {r["period_start"]: r for r in queries.bridge(five, "quarter")}
+    q1, q2, q3 = q[dt.date(2024, 1, 1)], q[dt.date(2024, 4, 1)], q[dt.date(2024, 7, 1)]
+    # Q1: new A 20, B 32.40, C 10, D 60, E 25.40; C's comeback 10; A's upgrade 20; C's churn 10
+    assert cells(q1) == (dt.date(2024, 1, 1), dt.date(2024, 3, 31), 0, D("147.8"), 10, 20, 0, 10, 0, D("167.8"),
+                         0, 5, 1, 1, 5, D("33.56"))
+    assert rates(q1) == [None, None, None, None, None, pytest.approx(177.8 / 10), None]
+    # Q2: A gone (40) and back (50), B's seat (11.00) and fx (0.60)
+    assert cells(q2) == (dt.date(2024, 4, 1), dt.date(2024, 6, 30), D("167.8"), 0, 50, 11, 0, 40, D("0.6"),
+                         D("189.4"), 5, 0, 1, 1, 5, D("37.88"))
+    assert rates(q2) == [pytest.approx(40 / 167.8), pytest.approx((40 - 11 - 50) / 167.8),
+                         pytest.approx((167.8 + 11 - 40) / 167.8), pytest.approx((167.8 - 40) / 167.8),
+                         pytest.approx(1 / 5), pytest.approx(61 / 40), True]
+    # a quiet quarter: every flow zero, the rates that have a denominator zero or one, the quick ratio NULL
+    assert cells(q3) == (dt.date(2024, 7, 1), dt.date(2024, 9, 30), D("189.4"), 0, 0, 0, 0, 0, 0, D("189.4"),
+                         5, 0, 0, 0, 5, D("37.88"))
+    assert rates(q3) == [0, 0, 1, 1, 0, None, False]
+    years = queries.bridge(five, "year")
+    today = dt.datetime.now(UTC).date()
+    assert [r["period_start"] for r in years] == [dt.date(y, 1, 1) for y in range(2024, today.year + 1)]
+    assert cells(years[0]) == (dt.date(2024, 1, 1), dt.date(2024, 12, 31), 0, D("147.8"), 60, 31, 0, 50, D("0.6"),
+                               D("189.4"), 0, 5, 2, 2, 5, D("37.88"))
+    assert rates(years[0]) == [None] * 5 + [pytest.approx(238.8 / 50), None]
+    for y in years[1:]:  # (quiet years through the current one)
+        assert cells(y)[2:] == (D("189.4"), 0, 0, 0, 0, 0, 0, D("189.4"), 5, 0, 0, 0, 5, D("37.88"))
+        assert rates(y) == [0, 0, 1, 1, 0, None, False]
+
+
+def test_weeks_by_hand(five: duckdb.DuckDBPyConnection) -> None:
+    """Weeks start on Monday (UTC): E's signup on Thursday 29 February 23:30 is in the week of 26 February; the
+    1 April rate change (a Monday) and A's churn on 3 April share one week, a reactivation alone makes a week
+    net negative."""
+    w = {r["period_start"]: r for r in queries.bridge(five, "week", start=dt.date(2024, 2, 19),
+                                                       end=dt.date(2024, 4, 8))}
+    assert sorted(w) == [dt.date(2024, 2, 19) + dt.timedelta(weeks=k) for k in range(8)]
+    assert cells(w[dt.date(2024, 2, 26)]) == (dt.date(2024, 2, 26), dt.date(2024, 3, 3), D("132.4"), D("25.4"), 0,
+                                              0, 0, 0, 0, D("157.8"), 3, 1, 0, 0, 4, D("39.45"))
+    assert cells(w[dt.date(2024, 3, 4)])[2:10] == (D("157.8"), 0, 10, 0, 0, 0, 0, D("167.8"))
+    assert rates(w[dt.date(2024, 3, 4)]) == [0, pytest.approx(-10 / 157.8), 1, 1, 0, None, True]
+    assert cells(w[dt.date(2024, 4, 1)]) == (dt.date(2024, 4, 1), dt.date(2024, 4, 7), D("167.8"), 0, 0, 0, 0, 40,
+                                             D("0.6"), D("128.4"), 5, 0, 0, 1, 4, D("32.1"))
+    assert rates(w[dt.date(2024, 4, 1)]) == [pytest.approx(40 / 167.8), pytest.approx(40 / 167.8),
+                                             pytest.approx(127.8 / 167.8), pytest.approx(127.8 / 167.8),
+                                             pytest.approx(0.2), 0, False]
+    for quiet in (dt.date(2024, 2, 19), dt.date(2024, 3, 11), dt.date(2024, 3, 18), dt.date(2024, 3, 25)):
+        assert cells(w[quiet])[3:8] == (0, 0, 0, 0, 0) and w[quiet]["opening_mrr"] == w[quiet]["closing_mrr"]
