@@ -405,3 +405,21 @@ def test_weeks_by_hand(five: duckdb.DuckDBPyConnection) -> None:
                                              pytest.approx(0.2), 0, False]
     for quiet in (dt.date(2024, 2, 19), dt.date(2024, 3, 11), dt.date(2024, 3, 18), dt.date(2024, 3, 25)):
         assert cells(w[quiet])[3:8] == (0, 0, 0, 0, 0) and w[quiet]["opening_mrr"] == w[quiet]["closing_mrr"]
+
+
+def test_family_segments_per_quarter_by_hand(five: duckdb.DuckDBPyConnection) -> None:
+    """D (basic 10 + analytics 50) is analytics (its largest item). A is core at Q2's start, so its churn and its
+    comeback on analytics both count in core's Q2 (README: a segment's bridge is that of its customers); it takes
+    its 50 to analytics at Q3's start, with no flow, and core's Q3 opens 50 below its Q2 closing."""
+    got = {(r["segment_value"], r["period_start"]): r for r in queries.bridge(five, "quarter", "family")}
+    q1, q2, q3 = dt.date(2024, 1, 1), dt.date(2024, 4, 1), dt.date(2024, 7, 1)
+    assert cells(got[("core", q1)])[2:] == (0, D("87.8"), 10, 20, 0, 10, 0, D("107.8"), 0, 4, 1, 1, 4,
+                                            D("26.95"))
+    assert cells(got[("core", q2)])[2:] == (D("107.8"), 0, 50, 11, 0, 40, D("0.6"), D("129.4"), 4, 0, 1, 1, 4,
+                                            D("32.35"))
+    assert rates(got[("core", q2)])[1:5] == [pytest.approx(-21 / 107.8), pytest.approx(78.8 / 107.8),
+                                             pytest.approx(67.8 / 107.8), pytest.approx(1 / 4)]
+    assert cells(got[("core", q3)])[2:10] == (D("79.4"), 0, 0, 0, 0, 0, 0, D("79.4"))
+    assert (got[("core", q3)]["opening_customers"], got[("analytics", q3)]["opening_customers"]) == (3, 2)
+    assert [cells(got[("analytics", q)])[2:10] for q in (q1, q2, q3)] == [
+        (0, 60, 0, 0, 0, 0, 0, 60), (60, 0, 0, 0, 0, 0, 0, 60), (110, 0, 0, 0, 0, 0, 0, 110)]
