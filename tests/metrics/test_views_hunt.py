@@ -183,6 +183,41 @@ def test_scheduled_churn_under_churn_recognition_canceled(scheduled: dict[str, d
     assert (april["churn"], april["churned_customers"]) == (D("318.6000"), 7)
 
 
+def coupon_to_the_last_period(ended: bool) -> World:
+    """2 x pro (40) and metered API usage, 25% off for three months from 10 January: set on 20 March to cancel at
+    the period end, 10 April, the day the coupon ends; usage billed 15.00 on 10 February and 25.00 on 10 March."""
+    w = catalogue(World())
+    w.coupon("q3", percent_off=25, duration="repeating", duration_in_months=3)
+    t0 = ts(2024, 1, 10)
+    w.customer("c1")
+    d = w.discount("q3", t0, customer="c1", subscription="s1")
+    w.subscribe("s1", "c1", [("i1", "pro_usd", 2), ("i2", "api_usd", None)], t0, discounts=[d["id"]])
+    w.cycle("s1", ts(2024, 2, 10), usage={"i2": 1_500})
+    w.cycle("s1", ts(2024, 3, 10), usage={"i2": 2_500})
+    w.update("s1", ts(2024, 3, 20), cancel_at_period_end=True, cancel_at=ts(2024, 4, 10), canceled_at=ts(2024, 3, 20))
+    if ended:
+        w.end("s1", ts(2024, 4, 10))
+    return w
+
+
+def test_the_mrr_at_stake_is_what_the_cancellation_takes(tmp_path_factory: pytest.TempPathFactory,
+                                                         migrated_store_file: Path) -> None:
+    """The usual shape: a coupon for the first three periods and a cancellation at the third period's end, on the
+    day the coupon ends. At stake: (40 + 25) x 0.75 = 48.75, the discounted MRR in force up to the end; and the
+    churn, once it has happened, takes exactly that (the coupon's end and the cancellation are one change)."""
+    pending = derived(tmp_path_factory.mktemp("pending"), migrated_store_file, coupon_to_the_last_period(False),
+                      seen_at=ts(2024, 3, 25))
+    assert [(r["subscription_id"], r["cancel_at"], r["mrr_at_stake"]) for r in queries.scheduled_churn(pending)] == [
+        ("s1", dt.datetime(2024, 4, 10, tzinfo=UTC), D("48.7500"))]
+    pending.close()
+    done = derived(tmp_path_factory.mktemp("done"), migrated_store_file, coupon_to_the_last_period(True),
+                   seen_at=ts(2024, 4, 20))
+    assert queries.scheduled_churn(done) == []
+    assert done.execute("SELECT epoch(occurred_at), mrr_delta FROM mrr_movements WHERE movement = 'cancellation'"
+                        ).fetchall() == [(ts(2024, 4, 10), D("-48.7500"))]
+    done.close()
+
+
 @pytest.mark.xfail(strict=True, reason="a trialing item's MRR is not kept (40 stores it as 0): the MRR a trial "
                                        "converts to is not known to scheduled_churn")
 def test_a_trial_set_to_cancel_after_it_ends_puts_its_paid_mrr_at_stake(tmp_path: Path,
