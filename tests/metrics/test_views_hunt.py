@@ -77,10 +77,12 @@ def test_a_past_due_customer_who_asks_to_cancel_churns_voluntarily(
                    "c3": (ts(2024, 3, 20), D("-10"), "involuntary", None)}
 
 
-def test_past_due_is_involuntary_churn_when_it_counts_zero(tmp_path: Path, migrated_store_file: Path) -> None:
+@pytest.mark.parametrize("recognition", ["ended", "canceled"])
+def test_past_due_is_involuntary_churn_when_it_counts_zero(tmp_path: Path, migrated_store_file: Path,
+                                                           recognition: str) -> None:
     """With past_due_counts = false going past_due is the churn, and it is involuntary (README)."""
     con = derived(tmp_path, migrated_store_file, past_due_then_cancelled(World()), seen_at=ts(2024, 4, 20),
-                  past_due_counts=False, churn_recognition="canceled")
+                  past_due_counts=False, churn_recognition=recognition)
     got = {r[0]: r[1:] for r in con.execute(
         "SELECT customer_id, epoch(occurred_at), mrr_delta, churn_type FROM mrr_movements "
         "WHERE movement = 'cancellation'").fetchall()}
