@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "metrics"))
-from builders import World  # noqa: E402
-from test_views_hunt import FIVE_SEEN, five_customers  # noqa: E402
+from builders import World
+from test_views_hunt import FIVE_SEEN, five_customers
 
-from stripe_churn.cli import cli  # noqa: E402
+from stripe_churn.cli import cli
 
 
 @pytest.fixture(scope="module")
