@@ -292,20 +292,20 @@ def test_churn_reasons_by_hand(churned: duckdb.DuckDBPyConnection) -> None:
         (mar, dt.date(2024, 3, 31), "voluntary", "unused", 1, D("10.0000")),  # c3's first
         (apr, dt.date(2024, 4, 30), "voluntary", "too_expensive", 1, D("40.0000")),  # c1, past_due but asked
     ]
-    week = dt.date
+    day = dt.date
     assert reasons(churned, "week") == [
-        (week(2024, 2, 26), week(2024, 3, 3), "voluntary", "unused", 1, D("10.0000")),  # Saturday 2 March
-        (week(2024, 3, 11), week(2024, 3, 17), "involuntary", "(none)", 1, D("30.0000")),  # Sunday 17 March
-        (week(2024, 3, 11), week(2024, 3, 17), "voluntary", "switched_service", 1, D("60.0000")),
-        (week(2024, 3, 18), week(2024, 3, 24), "voluntary", "too_expensive", 1, D("20.0000")),
-        (week(2024, 3, 25), week(2024, 3, 31), "involuntary", "(none)", 1, D("10.0000")),  # Monday 25 March
-        (week(2024, 4, 1), week(2024, 4, 7), "voluntary", "too_expensive", 1, D("40.0000")),
+        (day(2024, 2, 26), day(2024, 3, 3), "voluntary", "unused", 1, D("10.0000")),  # Saturday 2 March
+        (day(2024, 3, 11), day(2024, 3, 17), "involuntary", "(none)", 1, D("30.0000")),  # Sunday 17 March
+        (day(2024, 3, 11), day(2024, 3, 17), "voluntary", "switched_service", 1, D("60.0000")),
+        (day(2024, 3, 18), day(2024, 3, 24), "voluntary", "too_expensive", 1, D("20.0000")),
+        (day(2024, 3, 25), day(2024, 3, 31), "involuntary", "(none)", 1, D("10.0000")),  # Monday 25 March
+        (day(2024, 4, 1), day(2024, 4, 7), "voluntary", "too_expensive", 1, D("40.0000")),
     ]
     assert reasons(churned, "year") == [
-        (week(2024, 1, 1), week(2024, 12, 31), "involuntary", "(none)", 2, D("40.0000")),
-        (week(2024, 1, 1), week(2024, 12, 31), "voluntary", "switched_service", 1, D("60.0000")),
-        (week(2024, 1, 1), week(2024, 12, 31), "voluntary", "too_expensive", 2, D("60.0000")),  # c3 and c1
-        (week(2024, 1, 1), week(2024, 12, 31), "voluntary", "unused", 1, D("10.0000")),
+        (day(2024, 1, 1), day(2024, 12, 31), "involuntary", "(none)", 2, D("40.0000")),
+        (day(2024, 1, 1), day(2024, 12, 31), "voluntary", "switched_service", 1, D("60.0000")),
+        (day(2024, 1, 1), day(2024, 12, 31), "voluntary", "too_expensive", 2, D("60.0000")),  # c3 and c1
+        (day(2024, 1, 1), day(2024, 12, 31), "voluntary", "unused", 1, D("10.0000")),
     ]
 
 
