@@ -1,7 +1,7 @@
 -- Labelled parts of every transition (design.md 5), unrounded, in the reporting currency.
 -- new / reactivation / cancellation take the whole customer delta; any other transition is split into
 -- components: the same item in A and B, then removed and added items of one family paired as plan switches
--- (largest MRR first, same currency), then what stays unpaired. A same-item or paired component splits into
+-- (largest MRR first, in the reporting currency), then what stays unpaired. A same-item or paired component splits into
 -- plan part = MRR(new price, old qty) - MRR(old price, old qty) and quantity part = the rest (both at the
 -- discount before the change), plus a discount part when the discounts in force changed (on the item, or from
 -- a pair's removed item to its added one); rate changes are one fx part.
@@ -47,12 +47,14 @@ fams AS (
     WHERE tid IN (SELECT tid FROM moving WHERE in_a <> in_b)
     GROUP BY ALL
 ),
+-- (largest MRR first in the reporting currency, whatever the currencies: a customer who leaves a plan in one
+-- currency for one in another, as Stripe's multi-currency customers may, switches plans)
 removed AS (
-    SELECT *, row_number() OVER (PARTITION BY tid, a_family, a_currency ORDER BY a_mrr DESC, subscription_item_id) AS rk
+    SELECT *, row_number() OVER (PARTITION BY tid, a_family ORDER BY a_rep DESC, a_mrr DESC, subscription_item_id) AS rk
     FROM moving WHERE in_a AND NOT in_b
 ),
 added AS (
-    SELECT *, row_number() OVER (PARTITION BY tid, b_family, b_currency ORDER BY b_mrr DESC, subscription_item_id) AS rk
+    SELECT *, row_number() OVER (PARTITION BY tid, b_family ORDER BY b_rep DESC, b_mrr DESC, subscription_item_id) AS rk
     FROM moving WHERE in_b AND NOT in_a
 ),
 -- the components by item row; their other columns are read from derived_item_mrr for these rows only
@@ -69,14 +71,23 @@ comp_rows AS (
            r.a_rid, d.b_rid, r.a_rate_a, d.b_rate_a
     FROM removed r
     FULL JOIN added d
-        ON r.tid = d.tid AND r.a_family = d.b_family AND r.a_currency = d.b_currency AND r.rk = d.rk
+        ON r.tid = d.tid AND r.a_family = d.b_family AND r.rk = d.rk
 ),
 comps AS (
     SELECT k.tid, t.account_id, t.customer_id, t.t_start, k.comp,
            a.subscription_item_id AS a_item_id, a.subscription_id AS a_subscription_id, a.product_id AS a_product_id,
            a.price_id AS a_price_id, a.family AS a_family, a.unit_kind AS a_unit_kind, a.usage_type AS a_usage_type,
-           a.quantity AS a_quantity, a.currency AS a_currency, a.mrr_original AS a_mrr,
-           a.mrr_undiscounted AS a_undisc, a.discount_factor AS a_factor, k.a_rate_a, a.discount_ids AS a_discount_ids,
+           a.quantity AS a_quantity, a.currency AS a_currency,
+           -- (a pair across currencies: the removed item's amounts in the added one's currency, at the rates that
+           -- value state A, so that its parts, valued at the B currency's rate, come to the change in the
+           -- reporting currency)
+           CASE WHEN k.comp = 'pair' AND a.currency <> b.currency
+                THEN CAST(CAST(a.mrr_original * k.a_rate_a AS DECIMAL(38, 18)) / k.b_rate_a AS DECIMAL(38, 10))
+                ELSE a.mrr_original END AS a_mrr,
+           CASE WHEN k.comp = 'pair' AND a.currency <> b.currency
+                THEN CAST(CAST(a.mrr_undiscounted * k.a_rate_a AS DECIMAL(38, 18)) / k.b_rate_a AS DECIMAL(38, 10))
+                ELSE a.mrr_undiscounted END AS a_undisc,
+           a.discount_factor AS a_factor, k.a_rate_a, a.discount_ids AS a_discount_ids,
            b.subscription_item_id AS b_item_id, b.subscription_id AS b_subscription_id, b.product_id AS b_product_id,
            b.price_id AS b_price_id, b.family AS b_family, b.unit_kind AS b_unit_kind, b.usage_type AS b_usage_type,
            b.quantity AS b_quantity, b.currency AS b_currency, b.mrr_original AS b_mrr,
