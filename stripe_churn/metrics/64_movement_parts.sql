@@ -1,8 +1,8 @@
 -- Labelled parts of every transition (design.md 5), unrounded, in the reporting currency.
 -- new / reactivation / cancellation take the whole customer delta; any other transition is split into
 -- components: the same item in A and B, then removed and added items of one family paired as plan switches
--- (largest MRR first, in the reporting currency), then what stays unpaired. A same-item or paired component splits into
--- plan part = MRR(new price, old qty) - MRR(old price, old qty) and quantity part = the rest (both at the
+-- (largest MRR first, in the reporting currency), then what stays unpaired. A same-item or paired component
+-- splits into plan part = MRR(new price, old qty) - MRR(old price, old qty) and quantity part = the rest (both at the
 -- discount before the change), plus a discount part when the discounts in force changed (on the item, or from
 -- a pair's removed item to its added one); rate changes are one fx part.
 -- Each part in the item's currency is rounded at 9 decimals before the rate, as 50 rounds a customer's sum: an
