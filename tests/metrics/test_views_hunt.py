@@ -41,6 +41,14 @@ def derived(tmp: Path, template: Path, w: World, *, seen_at: int, currency: str 
 
 # --- churn type ------------------------------------------------------------------------------------------------
 
+def goes_unpaid(w: World) -> None:
+    """c2's 3 x basic (30) falls past_due on 7 March, goes unpaid on 17 March and is deleted on 10 April."""
+    w.subscribe("s2", "c2", [("i2", "basic_usd", 3)], ts(2024, 1, 5))  # 30
+    w.update("s2", ts(2024, 3, 7), status="past_due")
+    w.update("s2", ts(2024, 3, 17), status="unpaid")
+    w.cancel("s2", ts(2024, 4, 10), reason="payment_failed")
+
+
 def past_due_then_cancelled(w: World) -> World:
     """c1 falls past_due on 5 March and asks, the next day, to cancel at period end (5 April); c2 goes unpaid and
     is deleted later; c3 cancels for a failed payment."""
@@ -51,10 +59,7 @@ def past_due_then_cancelled(w: World) -> World:
     w.update("s1", ts(2024, 3, 5), status="past_due")
     w.cancel("s1", ts(2024, 3, 6), ended_at=ts(2024, 4, 5), reason="cancellation_requested",
              feedback="too_expensive")
-    w.subscribe("s2", "c2", [("i2", "basic_usd", 3)], ts(2024, 1, 5))  # 30
-    w.update("s2", ts(2024, 3, 7), status="past_due")
-    w.update("s2", ts(2024, 3, 17), status="unpaid")
-    w.cancel("s2", ts(2024, 4, 10), reason="payment_failed")
+    goes_unpaid(w)
     w.subscribe("s3", "c3", [("i3", "basic_usd", 1)], ts(2024, 1, 5))  # 10
     w.cancel("s3", ts(2024, 3, 20), reason="payment_failed")
     return w
@@ -249,10 +254,7 @@ def churners(w: World) -> World:
     w.subscribe("s1", "c1", [("i1", "pro_usd", 2)], ts(2024, 1, 5))  # 40
     w.update("s1", ts(2024, 3, 5), status="past_due")
     w.cancel("s1", ts(2024, 3, 6), ended_at=ts(2024, 4, 5), feedback="too_expensive")
-    w.subscribe("s2", "c2", [("i2", "basic_usd", 3)], ts(2024, 1, 5))  # 30
-    w.update("s2", ts(2024, 3, 7), status="past_due")
-    w.update("s2", ts(2024, 3, 17), status="unpaid")
-    w.cancel("s2", ts(2024, 4, 10), reason="payment_failed")
+    goes_unpaid(w)
     w.subscribe("s3a", "c3", [("i3a", "basic_usd", 1)], ts(2024, 1, 5))  # 10
     w.cancel("s3a", ts(2024, 3, 2), feedback="unused")
     w.subscribe("s3b", "c3", [("i3b", "basic_usd", 2)], ts(2024, 3, 10))  # 20
