@@ -1,0 +1,124 @@
+"""Where the change history comes from (design.md 3), checked case by case: events inside Stripe's 30 days, invoices
+before them, the latest sync's snapshot, and the events stored before a gap in them. Where the sources disagree
+the events win and the disagreement is a row of `data_quality`, never dropped."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from builders import DAY, World, add_months, ts
+from conftest import customer_mrr_at, make_settings, record_stripes_clock
+
+from stripe_churn.metrics.runner import recompute
+from stripe_churn.store.db import open_store
+from stripe_churn.store.load import upsert_objects
+
+T0 = ts(2026, 1, 1)
+
+
+def month(n: int, day: int = 0) -> int:
+    return add_months(T0, n) + day * DAY
+
+
+def store_of(tmp: Path, template: Path, name: str) -> duckdb.DuckDBPyConnection:
+    shutil.copyfile(template, tmp / f"{name}.duckdb")
+    return open_store(tmp / f"{name}.duckdb")
+
+
+def derived(tmp: Path, template: Path, name: str, w: World, *, seen_at: int, events: bool | int = True,
+            **rules: Any) -> duckdb.DuckDBPyConnection:
+    con = store_of(tmp, template, name)
+    w.load(con, seen_at=seen_at, events=events)
+    recompute(con, make_settings("usd", **rules))
+    return con
+
+
+def quality(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    """(kind, object_id, related_id, moment as unix seconds) of every data-quality row."""
+    return con.execute("SELECT kind, object_id, related_id, CAST(epoch(moment) AS BIGINT) FROM data_quality "
+                       "ORDER BY ALL").fetchall()
+
+
+def moves(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    return con.execute("SELECT customer_id, CAST(epoch(occurred_at) AS BIGINT), movement, mrr_delta "
+                       "FROM mrr_movements ORDER BY 2, 1, 3").fetchall()
+
+
+def five_seats(w: World) -> World:
+    """cus_1 on 5 seats of basic (10.00 a month, 50.00) from T0, renewing on the 1st."""
+    w.customer("cus_1")
+    w.product("prod_seat", unit_label="seat", family="core")
+    w.price("basic", "prod_seat", 1_000)
+    w.subscribe("sub_1", "cus_1", [("si_1", "basic", 5)], T0)
+    return w
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sources")
+
+
+@pytest.fixture(scope="module")
+def template(tmp: Path) -> Path:
+    path = tmp / "migrated.duckdb"
+    open_store(path).close()
+    return path
+
+
+# --- a collection pause only the latest sync shows -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def pause_unseen(tmp: Path, template: Path) -> Iterator[dict[str, duckdb.DuckDBPyConnection]]:
+    """Collection paused on 11 January with no event stored for it (seen by the sync of 21 January), and the
+    reverse: paused by an event on 11 January, resumed unseen (the sync of 21 January shows no pause)."""
+    paused = five_seats(World())
+    paused.update("sub_1", month(0, 10), event=False, pause_collection={"behavior": "void", "resumes_at": None})
+    resumed = five_seats(World())
+    resumed.update("sub_1", month(0, 10), pause_collection={"behavior": "void", "resumes_at": None})
+    resumed.update("sub_1", month(0, 15), event=False, pause_collection=None)
+    cons = {
+        "paused-kept": derived(tmp, template, "paused-kept", paused, seen_at=month(0, 20)),
+        "paused-zero": derived(tmp, template, "paused-zero", paused, seen_at=month(0, 20),
+                               pause_collection_keeps_mrr=False),
+        "resumed-zero": derived(tmp, template, "resumed-zero", resumed, seen_at=month(0, 20),
+                                pause_collection_keeps_mrr=False),
+    }
+    yield cons
+    for con in cons.values():
+        con.close()
+
+
+def test_a_collection_pause_no_event_shows_counts_from_the_sync_that_saw_it(
+        pause_unseen: dict[str, duckdb.DuckDBPyConnection]) -> None:
+    """With pause_collection_keeps_mrr = false a pause the events missed takes the MRR to zero from the sync that
+    saw it (nothing dates it earlier); it used to be ignored, the subscription counted 50.00 throughout."""
+    con = pause_unseen["paused-zero"]
+    assert customer_mrr_at(con, "cus_1", month(0, 20) - 1) == 50
+    assert customer_mrr_at(con, "cus_1", month(0, 20)) == 0
+    assert moves(con) == [("cus_1", T0, "new", Decimal("50.0000")),
+                          ("cus_1", month(0, 20), "cancellation", Decimal("-50.0000"))]
+    assert quality(con) == [("snapshot_event_mismatch", "sub_1", None, month(0, 20))]
+
+
+def test_a_collection_pause_no_event_shows_is_recorded_when_it_keeps_mrr(
+        pause_unseen: dict[str, duckdb.DuckDBPyConnection]) -> None:
+    """By default a pause keeps the MRR: nothing moves, but the snapshot still disagrees with the last event."""
+    con = pause_unseen["paused-kept"]
+    assert moves(con) == [("cus_1", T0, "new", Decimal("50.0000"))]
+    assert quality(con) == [("snapshot_event_mismatch", "sub_1", None, month(0, 20))]
+
+
+def test_a_resume_no_event_shows_counts_from_the_sync_that_saw_it(
+        pause_unseen: dict[str, duckdb.DuckDBPyConnection]) -> None:
+    con = pause_unseen["resumed-zero"]
+    assert customer_mrr_at(con, "cus_1", month(0, 10) - 1) == 50
+    assert customer_mrr_at(con, "cus_1", month(0, 19)) == 0
+    assert customer_mrr_at(con, "cus_1", month(0, 20)) == 50
+    assert quality(con) == [("snapshot_event_mismatch", "sub_1", None, month(0, 20))]
