@@ -338,7 +338,8 @@ after_events AS (
     FROM derived_sub_events
 ),
 last_events AS (
-    SELECT account_id, subscription_id, moment, after_status, after_has_more, after_items FROM derived_sub_events
+    SELECT account_id, subscription_id, moment, after_status, after_pause_collection, after_has_more, after_items
+    FROM derived_sub_events
     QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY seq DESC) = 1
 ),
 -- the snapshot's items_key, from the subscription_items rows seen in the same sync (its embedded list)
@@ -358,7 +359,9 @@ late_snapshot AS (
            -- (1000000: a change the events missed; 1000001: the last event's list was cut short, so only the
            -- snapshot, complete from subscription_items, says which of the items it left out are still there,
            -- and it agrees with every item the list shows; NULL: the snapshot adds nothing)
-           CASE WHEN s.status IS DISTINCT FROM l.after_status THEN 1000000
+           -- (pause_collection too: with pause_collection_keeps_mrr = false it moves MRR)
+           CASE WHEN s.status IS DISTINCT FROM l.after_status
+                  OR s.pause_collection IS DISTINCT FROM coalesce(l.after_pause_collection, false) THEN 1000000
                 WHEN coalesce(l.after_has_more, false)
                 THEN CASE WHEN list_has_all(coalesce(k.items_key, []), items_key(l.after_items)) THEN 1000001
                           ELSE 1000000 END
