@@ -122,3 +122,54 @@ def test_a_resume_no_event_shows_counts_from_the_sync_that_saw_it(
     assert customer_mrr_at(con, "cus_1", month(0, 19)) == 0
     assert customer_mrr_at(con, "cus_1", month(0, 20)) == 50
     assert quality(con) == [("snapshot_event_mismatch", "sub_1", None, month(0, 20))]
+
+
+# --- an event missing between two stored ones -------------------------------------------------------------------
+
+@pytest.mark.parametrize("prorate", [False, True], ids=["without-prorations", "with-prorations"])
+def test_an_update_whose_state_before_is_not_the_last_events_is_a_missing_event(tmp: Path, template: Path,
+                                                                                prorate: bool) -> None:
+    """3 seats (30.00), 5 on 6 January (event), 7 on 11 January (its event not stored), 9 on 16 January (event, its
+    previous_attributes: 7 seats). The history keeps 5 seats until the 16th, where the events date the change,
+    and the break between the events is a `missing_events` row (it used to pass unrecorded); with prorations the
+    invoice of the 11th that bills 7 seats is an invoice_event_mismatch row as well."""
+    w = World()
+    w.customer("cus_1")
+    w.product("prod_seat", unit_label="seat")
+    w.price("basic", "prod_seat", 1_000)
+    w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    w.update("sub_1", month(0, 5), items=[("si_1", "basic", 5)])
+    w.update("sub_1", month(0, 10), items=[("si_1", "basic", 7)], event=False, prorate=prorate)
+    w.update("sub_1", month(0, 15), items=[("si_1", "basic", 9)])
+    con = derived(tmp, template, f"missing-{prorate}", w, seen_at=month(0, 20))
+    assert moves(con) == [("cus_1", T0, "new", Decimal("30.0000")),
+                          ("cus_1", month(0, 5), "seat_expansion", Decimal("20.0000")),
+                          ("cus_1", month(0, 15), "seat_expansion", Decimal("40.0000"))]
+    after = w.events[-1]["id"]
+    before = next(e["id"] for e in w.events if e["created"] == month(0, 5))
+    expected = [("missing_events", "sub_1", after, month(0, 15))]
+    if prorate:
+        update = next(i["id"] for i in w.objects["invoices"].values() if i["created"] == month(0, 10))
+        expected.insert(0, ("invoice_event_mismatch", "si_1", update, month(0, 10)))
+    assert quality(con) == expected
+    (detail,) = con.execute("SELECT detail FROM data_quality WHERE kind = 'missing_events'").fetchone()
+    assert detail == (f"event {after} says the subscription's items just before it differ from what event {before} "
+                      "left at 2026-01-06 00:00:00 UTC: an event between them is not stored, and the change it made "
+                      f"is dated at event {after}")
+    con.close()
+
+
+def test_updates_that_follow_each_other_are_no_missing_event(tmp: Path, template: Path) -> None:
+    """Status, collection pause and items changed by updates whose previous_attributes each match the event before:
+    no row (also across a paused event, which carries no previous_attributes)."""
+    w = five_seats(World())
+    w.update("sub_1", month(0, 3), status="past_due")
+    w.update("sub_1", month(0, 4), status="active")
+    w.update("sub_1", month(0, 5), pause_collection={"behavior": "void", "resumes_at": None})
+    w.update("sub_1", month(0, 6), pause_collection=None, items=[("si_1", "basic", 6)])
+    w.update("sub_1", month(0, 7), status="paused")
+    w.event("customer.subscription.paused", month(0, 7) + 1, w.objects["subscriptions"]["sub_1"])
+    w.update("sub_1", month(0, 8), status="active")
+    con = derived(tmp, template, "chained", w, seen_at=month(0, 20))
+    assert quality(con) == []
+    con.close()
