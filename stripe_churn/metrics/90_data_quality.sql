@@ -302,6 +302,46 @@ SELECT account_id, 'snapshot_event_mismatch', 'subscription', subscription_id, N
 FROM derived_sub_obs
 WHERE source = 'snapshot' AND ord = 1000000
 UNION ALL
+-- an update whose state just before it (its previous_attributes merged onto its data.object, by the rules of step
+-- 20) is not the state the subscription's event before it left, in an earlier second: an event between them is
+-- missing from the store, and the change it made is dated at this update (status, collection pause, and the items'
+-- prices and quantities; a list cut short is not compared)
+SELECT account_id, 'missing_events', 'subscription', subscription_id, event_id, moment,
+       format('event {} says the subscription''s {} just before it differ from what event {} left at {}: an event '
+              || 'between them is not stored, and the change it made is dated at event {}', event_id,
+              concat_ws(', ', CASE WHEN status_differs THEN 'status' END,
+                        CASE WHEN pause_differs THEN 'collection pause' END,
+                        CASE WHEN items_differ THEN 'items' END),
+              prev_event_id, strftime(prev_moment AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S UTC'), event_id)
+FROM (
+    SELECT c.*,
+           coalesce(CASE WHEN x.sub_state.types[2] IS NULL THEN c.after_status ELSE x.sub_state.prev_status END
+                    IS DISTINCT FROM c.prev_status, false) AS status_differs,
+           coalesce(CASE WHEN x.sub_state.types[3] IS NULL THEN coalesce(c.after_pause_collection, false)
+                         ELSE x.sub_state.types[3] = 'OBJECT' END
+                    IS DISTINCT FROM coalesce(c.prev_pause_collection, false), false) AS pause_differs,
+           -- (the items before: the items after unless previous_attributes list them; neither list cut short)
+           coalesce(CASE WHEN x.sub_state.types[4] IS NULL
+                         THEN NOT coalesce(c.after_has_more, false)
+                              AND items_key(c.after_items) IS DISTINCT FROM items_key(c.prev_items)
+                         WHEN x.sub_state.types[4] = 'OBJECT' AND x.sub_state.types[5] IS NOT NULL
+                         THEN NOT coalesce(CASE WHEN x.sub_state.types[6] IS NULL THEN c.after_has_more
+                                                ELSE TRY_CAST(x.sub_state.prev_has_more AS BOOLEAN) END, false)
+                              AND items_key(x.sub_state.prev_items) IS DISTINCT FROM items_key(c.prev_items) END
+                    AND NOT coalesce(c.prev_has_more, false), false) AS items_differ
+    FROM (SELECT account_id, subscription_id, event_id, event_type, moment, rid, after_status, after_pause_collection,
+                 after_items, after_has_more,
+                 lag(event_id) OVER w AS prev_event_id, lag(moment) OVER w AS prev_moment,
+                 lag(after_status) OVER w AS prev_status, lag(after_pause_collection) OVER w AS prev_pause_collection,
+                 lag(after_items) OVER w AS prev_items, lag(after_has_more) OVER w AS prev_has_more
+          FROM derived_sub_events
+          WINDOW w AS (PARTITION BY account_id, subscription_id ORDER BY seq)) c
+    JOIN events x ON x.rowid = c.rid
+    WHERE c.event_type = 'customer.subscription.updated' AND c.prev_moment < c.moment
+      AND x.sub_state.types[1] = 'OBJECT'
+)
+WHERE status_differs OR pause_differs OR items_differ
+UNION ALL
 -- a subscription that began inside event coverage without any event, or began before it and ended inside it
 -- without any event (its end is dated at ended_at)
 SELECT s.account_id, 'missing_events', 'subscription', s.subscription_id, NULL,
