@@ -173,3 +173,120 @@ def test_updates_that_follow_each_other_are_no_missing_event(tmp: Path, template
     con = derived(tmp, template, "chained", w, seen_at=month(0, 20))
     assert quality(con) == []
     con.close()
+
+
+# --- statuses the events stored before a gap show ---------------------------------------------------------------
+
+GAP = (month(3, 4), month(4, 19))  # no event stored from the first to the second
+GAP_SEEN = month(5, 9)
+
+
+def load_with_gap(w: World, con: duckdb.DuckDBPyConnection) -> None:
+    """The store as a sync leaves it after more than Stripe's 30 days away: every object, the events stored before
+    the gap and those after it, and the cursor that marks where the unbroken events begin."""
+    w.load(con, seen_at=GAP_SEEN, events=False)
+    events = [e for e in w.events if not GAP[0] <= e["created"] < GAP[1]]
+    upsert_objects(con, "events", w.account_id, events, datetime.fromtimestamp(GAP_SEEN, tz=UTC))
+    con.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
+                "VALUES (?, 'events:unbroken', NULL, ?, false)", [w.account_id, GAP[1]])
+    record_stripes_clock(con, w.account_id, GAP_SEEN)
+
+
+def spells_before_the_gap() -> World:
+    """cus_1's 5 seats (50.00) go past_due from 3 to 7 February, have collection paused from 11 to 16 February and
+    are paused (status) from 6 to 26 March, every change with its event, all before the gap; the first event after
+    the gap is on 26 May."""
+    w = five_seats(World())
+    for n in range(1, 6):
+        w.cycle("sub_1", month(n))
+    w.update("sub_1", month(1, 2), status="past_due")
+    w.update("sub_1", month(1, 6), status="active")
+    w.update("sub_1", month(1, 10), pause_collection={"behavior": "void", "resumes_at": None})
+    w.update("sub_1", month(1, 15), pause_collection=None)
+    w.update("sub_1", month(2, 5), status="paused")
+    w.update("sub_1", month(2, 25), status="active")
+    w.update("sub_1", month(4, 25), metadata={"note": "after the gap"})
+    w.events.sort(key=lambda e: e["created"])
+    return w
+
+
+SPELL_RULES = {"default": {}, "past-due-zero": {"past_due_counts": False},
+               "pause-zero": {"pause_collection_keeps_mrr": False}}
+
+
+@pytest.fixture(scope="module")
+def spells(tmp: Path, template: Path) -> Iterator[dict[str, duckdb.DuckDBPyConnection]]:
+    cons = {}
+    for name, rules in SPELL_RULES.items():
+        con = store_of(tmp, template, f"gap-{name}")
+        load_with_gap(spells_before_the_gap(), con)
+        recompute(con, make_settings("usd", **rules))
+        cons[name] = con
+        cons[f"{name}-no-gap"] = derived(tmp, template, f"nogap-{name}", spells_before_the_gap(), seen_at=GAP_SEEN,
+                                         **rules)
+    yield cons
+    for con in cons.values():
+        con.close()
+
+
+def levels(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    return con.execute("SELECT CAST(epoch(valid_from) AS BIGINT), CAST(epoch(valid_to) AS BIGINT), mrr "
+                       "FROM customer_mrr ORDER BY 1").fetchall()
+
+
+@pytest.mark.parametrize("rules", list(SPELL_RULES))
+def test_statuses_the_events_before_a_gap_show_count(spells: dict[str, duckdb.DuckDBPyConnection],
+                                                     rules: str) -> None:
+    """The events stored before the gap date every spell (events win: the invoices and the snapshot's dates show
+    none of them), so the MRR is what it is with no gap at all: zero while paused (by default), while past_due
+    (past_due_counts = false) and while collection is paused (pause_collection_keeps_mrr = false). The spells used
+    to be ignored, the subscription counted 50.00 throughout."""
+    zero = [(month(2, 5), month(2, 25))]
+    if rules == "past-due-zero":
+        zero.insert(0, (month(1, 2), month(1, 6)))
+    if rules == "pause-zero":
+        zero.insert(0, (month(1, 10), month(1, 15)))
+    expected, at = [], T0
+    for start, end in zero:
+        expected += [(at, start, Decimal("50.0000")), (start, end, Decimal("0.0000"))]
+        at = end
+    expected.append((at, None, Decimal("50.0000")))
+    assert levels(spells[rules]) == expected
+    assert levels(spells[f"{rules}-no-gap"]) == expected
+    kinds = [m[2] for m in moves(spells[rules])]
+    assert kinds == ["new"] + ["cancellation", "reactivation"] * len(zero)
+    assert quality(spells[rules]) == []
+
+
+@pytest.mark.parametrize("status", ["paused", "past_due"])
+def test_a_spell_the_gap_ends_ends_at_what_dates_it(tmp: Path, template: Path, status: str) -> None:
+    """The last event before the gap (2 April) leaves the subscription paused, or past_due (past_due_counts =
+    false); it comes back (active) on 2 May, in the gap, and the first event after the gap (26 May) says it is
+    active. A paused subscription makes no invoice until resumed: the resume's invoice of 2 May dates it. Nothing
+    dates the past_due spell's end (its invoice's payment is not read): it ends where the events begin, and that is a
+    `missing_events` row."""
+    w = five_seats(World())
+    for n in (1, 2, 3):
+        w.cycle("sub_1", month(n))
+    w.update("sub_1", month(3, 1), status=status)
+    w.update("sub_1", month(4, 1), status="active")
+    resume = w.invoice_for("sub_1", month(4, 1), "subscription_update", period_start=month(4, 1))
+    w.update("sub_1", month(4, 25), metadata={"note": "after the gap"})
+    con = store_of(tmp, template, f"open-{status}")
+    load_with_gap(w, con)
+    recompute(con, make_settings("usd", past_due_counts=False))
+    back = month(4, 1) if status == "paused" else month(4, 25)
+    assert levels(con) == [(T0, month(3, 1), Decimal("50.0000")), (month(3, 1), back, Decimal("0.0000")),
+                           (back, None, Decimal("50.0000"))]
+    last_before = next(e["id"] for e in w.events if e["created"] == month(3, 1))
+    if status == "paused":
+        assert quality(con) == []
+        assert con.execute("SELECT source_invoice_id FROM mrr_movements WHERE movement = 'reactivation'"
+                           ).fetchall() == [(resume["id"],)]
+    else:
+        assert quality(con) == [("missing_events", "sub_1", last_before, month(4, 25))]
+        (detail,) = con.execute("SELECT detail FROM data_quality").fetchone()
+        assert detail == (f"event {last_before} (stored before a gap in the events) left the subscription past_due, "
+                          "and the events after the gap begin with it active: the change was made in the gap, and is "
+                          "dated where they begin")
+    con.close()
