@@ -619,8 +619,44 @@ observed AS (
     LEFT JOIN recon_last l USING (account_id, subscription_id)
     -- (an anchor whose status is not known, a first event's deletion: the reconstructed status holds until it)
     WHERE NOT (o.source = 'event' AND o.ord = 0 AND o.status IS NULL)
+),
+-- The events stored before coverage (kept from before a gap in them): their status and collection pause from each
+-- on, over the reconstructed steps at the same moment (events win where they overlap: a pause, a past_due spell, a
+-- collection pause that the snapshot's dates and the invoices do not show). The last of them holds until the next
+-- step (a reconstructed one, a resume below, or coverage's start, where the state the events give after the gap takes
+-- over, as a snapshot's does: 90 reports such a change, which nothing dates). (Of several in one second, the last by
+-- id: 30 takes them in that order too.)
+early AS (
+    SELECT e.account_id, e.object_id AS subscription_id, e.created AS moment, e.sub_state.status AS status,
+           coalesce(e.sub_state.types[7] = 'OBJECT', false) AS pause_collection, 'event' AS source,
+           e.id AS source_event_id, 5 AS ord
+    FROM events e
+    JOIN derived_coverage c USING (account_id)
+    SEMI JOIN s ON s.account_id = e.account_id AND s.subscription_id = e.object_id
+    WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false)
+      AND e.created < c.coverage_start AND e.sub_state.status IS NOT NULL
+    QUALIFY row_number() OVER (PARTITION BY e.account_id, e.object_id, e.created ORDER BY e.id DESC) = 1
+),
+-- A subscription the last of them leaves paused makes no invoice until it is resumed: resumed (active) when its
+-- next subscription invoice before coverage was made, as a pause the trial ended into is (the resume's event is
+-- lost in the gap)
+early_resumed AS (
+    SELECT l.account_id, l.subscription_id, min(i.created) AS moment, 'active' AS status,
+           any_value(l.pause_collection) AS pause_collection, 'snapshot' AS source, NULL AS source_event_id, 6 AS ord
+    FROM (SELECT * FROM early QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id
+                                                         ORDER BY moment DESC) = 1) l
+    JOIN derived_coverage c USING (account_id)
+    JOIN invoices i ON i.account_id = l.account_id AND i.subscription_id = l.subscription_id
+    WHERE l.status = 'paused' AND i.created > l.moment AND i.created < c.coverage_start
+      AND i.billing_reason IN ('subscription_create', 'subscription_cycle', 'subscription_update')
+      AND NOT coalesce(i.deleted, false)
+    GROUP BY l.account_id, l.subscription_id
 )
 SELECT r.* FROM recon r JOIN derived_coverage c USING (account_id) WHERE r.moment < c.coverage_start
+UNION ALL
+SELECT * FROM early
+UNION ALL
+SELECT * FROM early_resumed
 UNION ALL
 SELECT * FROM late_kept
 UNION ALL

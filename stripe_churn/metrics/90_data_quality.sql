@@ -342,6 +342,31 @@ FROM (
 )
 WHERE status_differs OR pause_differs OR items_differ
 UNION ALL
+-- the events stored before a gap in them leave a subscription in another status or collection pause than the
+-- events after it begin with, and nothing between dates the change (the last step before coverage is such an event's):
+-- it was made in the gap, and is dated where coverage begins
+SELECT b.account_id, 'missing_events', 'subscription', b.subscription_id, b.event_id, a.moment,
+       format('event {} (stored before a gap in the events) left the subscription {}{}, and the events after the gap '
+              || 'begin with it {}{}: the change was made in the gap, and is dated where they begin', b.event_id,
+              b.status, CASE WHEN b.pause THEN ' with collection paused' ELSE '' END, a.status,
+              CASE WHEN a.pause THEN ' with collection paused' ELSE '' END)
+FROM (SELECT st.account_id, st.subscription_id, arg_max(st.status, (st.moment, st.ord)) AS status,
+             arg_max(coalesce(st.pause_collection, false), (st.moment, st.ord)) AS pause,
+             arg_max(st.source_event_id, (st.moment, st.ord)) AS event_id,
+             arg_max(st.ord, (st.moment, st.ord)) AS ord
+      FROM derived_sub_status_steps st
+      JOIN derived_coverage c USING (account_id)
+      WHERE st.moment < c.coverage_start
+      GROUP BY ALL) b
+JOIN (SELECT e.account_id, e.subscription_id, c.coverage_start AS moment, e.before_status AS status,
+             coalesce(e.before_pause_collection, false) AS pause
+      FROM derived_sub_events e
+      JOIN derived_coverage c USING (account_id)
+      -- (the state the first event after the gap says it had just before it)
+      WHERE e.seq = 1 AND e.has_before) a
+  USING (account_id, subscription_id)
+WHERE b.ord = 5 AND (b.status IS DISTINCT FROM a.status OR b.pause IS DISTINCT FROM a.pause)
+UNION ALL
 -- a subscription that began inside event coverage without any event, or began before it and ended inside it
 -- without any event (its end is dated at ended_at)
 SELECT s.account_id, 'missing_events', 'subscription', s.subscription_id, NULL,
