@@ -290,3 +290,42 @@ def test_a_spell_the_gap_ends_ends_at_what_dates_it(tmp: Path, template: Path, s
                           "and the events after the gap begin with it active: the change was made in the gap, and is "
                           "dated where they begin")
     con.close()
+
+
+def same_second_before_a_gap(swap: bool) -> World:
+    """5 seats; on 11 February two updates in one second, 5 to 6 seats and 6 to 8; on 11 March a payment fails and
+    is recovered in the same second (active to past_due, past_due to active); renewals on the 1st; all before the
+    gap. With ``swap`` the ids of each second's two events sort the other way round (Stripe's ids are not ordered
+    within a second)."""
+    w = five_seats(World())
+    w.cycle("sub_1", month(1))
+    w.update("sub_1", month(1, 10), items=[("si_1", "basic", 6)], prorate=False)
+    w.update("sub_1", month(1, 10), items=[("si_1", "basic", 8)], prorate=False)
+    w.cycle("sub_1", month(2))
+    w.update("sub_1", month(2, 10), status="past_due")
+    w.update("sub_1", month(2, 10), status="active")
+    for n in (3, 4, 5):
+        w.cycle("sub_1", month(n))
+    w.update("sub_1", month(4, 25), metadata={"note": "after the gap"})
+    if swap:
+        for at in (month(1, 10), month(2, 10)):
+            a, b = (e for e in w.events if e["created"] == at)
+            a["id"], b["id"] = b["id"], a["id"]
+    w.events.sort(key=lambda e: (e["created"], e["id"]))
+    return w
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["ids-in-order", "ids-reversed"])
+def test_events_in_one_second_before_a_gap_are_taken_in_the_order_they_happened(tmp: Path, template: Path,
+                                                                                 swap: bool) -> None:
+    """Whatever their ids, the second of each pair is the later (its previous_attributes are the first's state
+    after; of the two that undo each other, the one whose state before is the state the event before them left
+    comes first): 8 seats (80.00) from 11 February, and no past_due spell from 11 March (past_due_counts = false).
+    Taken by id, the reversed pairs used to leave 6 seats until the renewal of 1 March and past_due (zero) until
+    the next step, where the events after the gap begin."""
+    con = store_of(tmp, template, f"same-second-{swap}")
+    load_with_gap(same_second_before_a_gap(swap), con)
+    recompute(con, make_settings("usd", past_due_counts=False))
+    assert levels(con) == [(T0, month(1, 10), Decimal("50.0000")), (month(1, 10), None, Decimal("80.0000"))]
+    assert quality(con) == []
+    con.close()
