@@ -227,6 +227,73 @@ FROM derived_sub_event_order o
 WHERE e.tied AND e.account_id = o.account_id AND e.event_id = o.event_id;
 ALTER TABLE derived_sub_events DROP COLUMN tied;
 
+-- The same for the events stored before coverage (kept from before a gap in them, which step 30 reads for their
+-- items and the status steps below for their statuses): of those of one subscription in the same second, their
+-- order there (`pos`, from 1), created first, deleted last, then the update whose state before is the state the
+-- second before left (its event's when alone in it, else the state of the one of its events that leads to no
+-- other), then those no other leads to, the id last. (Not
+-- the walk above: a pair is the rule there, and a pair needs no more. Kept, as the order above is: the incremental
+-- path's moved customers read it.)
+CREATE OR REPLACE TABLE derived_early_event_order AS
+WITH ev AS (
+    SELECT e.account_id, e.object_id AS subscription_id, e.id AS event_id, e.created AS moment,
+           CASE e.type WHEN 'customer.subscription.created' THEN 0
+                       WHEN 'customer.subscription.deleted' THEN 2 ELSE 1 END AS cls,
+           e.sub_state AS p, e.sub_state.types AS t,
+           coalesce(e.sub_state.types[7] = 'OBJECT', false) AS after_pause,
+           TRY_CAST(e.sub_state.has_more AS BOOLEAN) AS after_has_more
+    FROM events e
+    JOIN derived_coverage c USING (account_id)
+    WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false)
+      AND e.created < c.coverage_start AND e.sub_state IS NOT NULL
+),
+states AS (
+    SELECT account_id, subscription_id, event_id, moment, cls,
+           count(*) OVER (PARTITION BY account_id, subscription_id, moment) AS n,
+           event_state(p.status, after_pause, p.items, after_has_more, NULL) AS s_after,
+           -- (previous_attributes merged onto data.object, as above; items not known: compared as a list cut short)
+           CASE WHEN t[1] = 'OBJECT' THEN event_state(
+               CASE WHEN t[2] IS NULL THEN p.status ELSE p.prev_status END,
+               CASE WHEN t[3] IS NULL THEN after_pause WHEN t[3] = 'NULL' THEN false ELSE t[3] = 'OBJECT' END,
+               CASE WHEN t[4] IS NULL THEN p.items WHEN t[4] = 'OBJECT' AND t[5] IS NOT NULL THEN p.prev_items END,
+               CASE WHEN t[4] IS NULL THEN after_has_more
+                    WHEN t[4] = 'OBJECT' AND t[5] IS NOT NULL
+                    THEN TRY_CAST(CASE WHEN t[6] IS NULL THEN p.has_more ELSE p.prev_has_more END AS BOOLEAN)
+                    ELSE true END,
+               NULL) END AS s_before
+    FROM ev
+),
+-- (of the events in one second: whether another leads to it, and whether it leads to another)
+flagged AS (
+    SELECT y.*,
+           EXISTS (SELECT 1 FROM states x
+                   WHERE x.account_id = y.account_id AND x.subscription_id = y.subscription_id AND x.moment = y.moment
+                     AND x.event_id <> y.event_id AND state_leads(x.s_after, y.s_before)) AS has_pred,
+           EXISTS (SELECT 1 FROM states z
+                   WHERE z.account_id = y.account_id AND z.subscription_id = y.subscription_id AND z.moment = y.moment
+                     AND z.event_id <> y.event_id AND state_leads(y.s_after, z.s_before)) AS leads_other
+    FROM states y WHERE y.n > 1
+),
+-- (per subscription and second: the state after the second before, that of its event when it is alone in its own,
+-- else of the one of its events that leads to no other, when only one does)
+prior AS (
+    SELECT account_id, subscription_id, moment,
+           lag(s_last) OVER (PARTITION BY account_id, subscription_id ORDER BY moment) AS s_prior
+    FROM (SELECT account_id, subscription_id, moment, any_value(s_after) AS s_last FROM states WHERE n = 1
+          GROUP BY ALL
+          UNION ALL
+          SELECT account_id, subscription_id, moment,
+                 CASE WHEN count(*) FILTER (WHERE NOT leads_other) = 1
+                      THEN any_value(s_after) FILTER (WHERE NOT leads_other) END
+          FROM flagged GROUP BY ALL)
+)
+SELECT y.account_id, y.subscription_id, y.event_id,
+       row_number() OVER (PARTITION BY y.account_id, y.subscription_id, y.moment
+                          ORDER BY y.cls,
+                                   NOT coalesce(y.s_before IS NOT NULL AND state_leads(p.s_prior, y.s_before), false),
+                                   coalesce(y.s_before IS NOT NULL AND y.has_pred, false), y.event_id) AS pos
+FROM flagged y JOIN prior p USING (account_id, subscription_id, moment);
+
 -- Every subscription known, with the fields of its latest known state (the snapshot, or the last event
 -- for one the store has no usable row for).
 CREATE OR REPLACE TABLE derived_subs AS
@@ -624,8 +691,8 @@ observed AS (
 -- on, over the reconstructed steps at the same moment (events win where they overlap: a pause, a past_due spell, a
 -- collection pause that the snapshot's dates and the invoices do not show). The last of them holds until the next
 -- step (a reconstructed one, a resume below, or coverage's start, where the state the events give after the gap takes
--- over, as a snapshot's does: 90 reports such a change, which nothing dates). (Of several in one second, the last by
--- id: 30 takes them in that order too.)
+-- over, as a snapshot's does: 90 reports such a change, which nothing dates). (Of several in one second, the last in
+-- their order, derived_early_event_order, as 30 takes them.)
 early AS (
     SELECT e.account_id, e.object_id AS subscription_id, e.created AS moment, e.sub_state.status AS status,
            coalesce(e.sub_state.types[7] = 'OBJECT', false) AS pause_collection, 'event' AS source,
@@ -633,9 +700,10 @@ early AS (
     FROM events e
     JOIN derived_coverage c USING (account_id)
     SEMI JOIN s ON s.account_id = e.account_id AND s.subscription_id = e.object_id
+    LEFT JOIN derived_early_event_order o ON o.account_id = e.account_id AND o.event_id = e.id
     WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false)
       AND e.created < c.coverage_start AND e.sub_state.status IS NOT NULL
-    QUALIFY row_number() OVER (PARTITION BY e.account_id, e.object_id, e.created ORDER BY e.id DESC) = 1
+    QUALIFY row_number() OVER (PARTITION BY e.account_id, e.object_id, e.created ORDER BY o.pos DESC NULLS LAST) = 1
 ),
 -- A subscription the last of them leaves paused makes no invoice until it is resumed: resumed (active) when its
 -- next subscription invoice before coverage was made, as a pause the trial ended into is (the resume's event is

@@ -265,10 +265,12 @@ GROUP BY f.account_id, f.subscription_id, f.subscription_item_id;
 -- invoices. (70 names them as the events behind a change.)
 CREATE OR REPLACE TEMP TABLE derived_early_sub_events AS
 SELECT e.account_id, e.object_id AS subscription_id, e.created AS moment, e.id AS event_id,
-       row_number() OVER (PARTITION BY e.account_id, e.object_id ORDER BY e.created, e.id) AS seq,
+       -- (in the order they happened: several in one second as step 20 ordered them)
+       row_number() OVER (PARTITION BY e.account_id, e.object_id ORDER BY e.created, o.pos, e.id) AS seq,
        NOT coalesce(TRY_CAST(e.sub_state.has_more AS BOOLEAN), false) AS items_complete, e.sub_state.items AS items
 FROM events e
 JOIN derived_coverage c USING (account_id)
+LEFT JOIN derived_early_event_order o ON o.account_id = e.account_id AND o.event_id = e.id
 WHERE e.type LIKE 'customer.subscription.%' AND e.type <> 'customer.subscription.deleted'
   AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false) AND e.created < c.coverage_start
   AND e.sub_state.status NOT IN ('canceled', 'incomplete_expired');

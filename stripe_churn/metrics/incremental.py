@@ -312,12 +312,14 @@ _MOVED_SUB_EVENTS_SQL = """
 CREATE OR REPLACE TEMP TABLE derived_sub_events AS
 SELECT e.account_id, e.id AS event_id, e.type AS event_type, e.created AS moment, e.object_id AS subscription_id,
        -- (events in the same second: in the order step 20 kept for them, which takes the same seq numbers)
-       coalesce(o.seq, row_number() OVER (PARTITION BY e.account_id, e.object_id ORDER BY e.created, e.id)) AS seq
+       -- (and those stored before coverage in the order step 20 gave them, derived_early_event_order)
+       coalesce(o.seq, row_number() OVER (PARTITION BY e.account_id, e.object_id ORDER BY e.created, eo.pos, e.id)) AS seq
 FROM {db}.events e
 JOIN (SELECT s.account_id, s.subscription_id FROM {db}.derived_subs s
       JOIN {scope}.moved_customers c USING (account_id, customer_id)) x
   ON x.account_id = e.account_id AND x.subscription_id = e.object_id
 LEFT JOIN {db}.derived_sub_event_order o ON o.account_id = e.account_id AND o.event_id = e.id
+LEFT JOIN {db}.derived_early_event_order eo ON eo.account_id = e.account_id AND eo.event_id = e.id
 WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false);
 -- (those from before coverage are among them: step 30's table of them stays empty here)
 CREATE OR REPLACE TEMP TABLE derived_early_sub_events AS
