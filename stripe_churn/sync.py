@@ -91,7 +91,8 @@ SYNC_CHECKPOINT = "1GB"  # write-ahead log size that triggers a checkpoint durin
 EVENTS_COMPLETE = "events:complete"  # ``created``: server time up to which every event was listed
 # ``created``: the time from which the stored events have no gap (set when a full listing finds the events last
 # complete beyond Stripe's 30-day retention: those in between are lost, and the metrics take history from
-# invoices up to the first event after it, and from the item changes the events stored before the gap show)
+# invoices up to the first event after it, and from the item and status changes the events stored before the gap
+# show)
 EVENTS_UNBROKEN = "events:unbroken"
 # Each such gap, kept for good (``status`` lists them): the stream ``events:gap:<unix time>`` of where the stored
 # events ended, ``created`` where the unbroken ones begin
@@ -945,7 +946,7 @@ class _Sync:
                 if last is not None and last < kept_from:
                     log.warning("the stored events end at %s, before the oldest event Stripe keeps now: the "
                                 "events in between are lost, and history up to %s is taken from invoices (and from the item "
-                                "changes the events stored before the gap show)",
+                                "and status changes the events stored before the gap show)",
                                 datetime.fromtimestamp(last, UTC).isoformat(),
                                 datetime.fromtimestamp(kept_from, UTC).isoformat())
                     self._set_cursor(EVENTS_UNBROKEN, None, kept_from, False)
