@@ -314,31 +314,31 @@ SELECT account_id, 'missing_events', 'subscription', subscription_id, event_id, 
                         CASE WHEN items_differ THEN 'items' END),
               prev_event_id, strftime(prev_moment AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S UTC'), event_id)
 FROM (
-    SELECT c.*,
-           coalesce(CASE WHEN x.sub_state.types[2] IS NULL THEN c.after_status ELSE x.sub_state.prev_status END
+    -- (the items' keys hashed once per event: the window carries numbers, not lists)
+    SELECT c.account_id, c.subscription_id, c.event_id, c.moment, c.prev_event_id, c.prev_moment,
+           coalesce(CASE WHEN x.t[2] IS NULL THEN c.after_status ELSE x.prev_status END
                     IS DISTINCT FROM c.prev_status, false) AS status_differs,
-           coalesce(CASE WHEN x.sub_state.types[3] IS NULL THEN coalesce(c.after_pause_collection, false)
-                         ELSE x.sub_state.types[3] = 'OBJECT' END
-                    IS DISTINCT FROM coalesce(c.prev_pause_collection, false), false) AS pause_differs,
+           coalesce(CASE WHEN x.t[3] IS NULL THEN c.pause ELSE x.t[3] = 'OBJECT' END IS DISTINCT FROM c.prev_pause,
+                    false) AS pause_differs,
            -- (the items before: the items after unless previous_attributes list them; neither list cut short)
-           coalesce(CASE WHEN x.sub_state.types[4] IS NULL
-                         THEN NOT coalesce(c.after_has_more, false)
-                              AND items_key(c.after_items) IS DISTINCT FROM items_key(c.prev_items)
-                         WHEN x.sub_state.types[4] = 'OBJECT' AND x.sub_state.types[5] IS NOT NULL
-                         THEN NOT coalesce(CASE WHEN x.sub_state.types[6] IS NULL THEN c.after_has_more
-                                                ELSE TRY_CAST(x.sub_state.prev_has_more AS BOOLEAN) END, false)
-                              AND items_key(x.sub_state.prev_items) IS DISTINCT FROM items_key(c.prev_items) END
-                    AND NOT coalesce(c.prev_has_more, false), false) AS items_differ
-    FROM (SELECT account_id, subscription_id, event_id, event_type, moment, rid, after_status, after_pause_collection,
-                 after_items, after_has_more,
-                 lag(event_id) OVER w AS prev_event_id, lag(moment) OVER w AS prev_moment,
-                 lag(after_status) OVER w AS prev_status, lag(after_pause_collection) OVER w AS prev_pause_collection,
-                 lag(after_items) OVER w AS prev_items, lag(after_has_more) OVER w AS prev_has_more
-          FROM derived_sub_events
+           coalesce(CASE WHEN x.t[4] IS NULL THEN c.items_h
+                         WHEN x.t[4] = 'OBJECT' AND x.t[5] IS NOT NULL
+                              AND NOT coalesce(CASE WHEN x.t[6] IS NULL THEN c.after_has_more
+                                                    ELSE TRY_CAST(x.prev_has_more AS BOOLEAN) END, false)
+                         THEN hash(items_key(x.prev_items)) END <> c.prev_items_h, false) AS items_differ
+    FROM (SELECT account_id, subscription_id, event_id, event_type, moment, rid, after_status, after_has_more, pause,
+                 items_h, lag(event_id) OVER w AS prev_event_id, lag(moment) OVER w AS prev_moment,
+                 lag(after_status) OVER w AS prev_status, lag(pause) OVER w AS prev_pause,
+                 lag(items_h) OVER w AS prev_items_h
+          FROM (SELECT account_id, subscription_id, event_id, event_type, moment, rid, seq, after_status,
+                       after_has_more, coalesce(after_pause_collection, false) AS pause,
+                       CASE WHEN NOT coalesce(after_has_more, false) THEN hash(items_key(after_items)) END AS items_h
+                FROM derived_sub_events)
           WINDOW w AS (PARTITION BY account_id, subscription_id ORDER BY seq)) c
-    JOIN events x ON x.rowid = c.rid
+    JOIN (SELECT rowid AS rid, sub_state.types AS t, sub_state.prev_status, sub_state.prev_has_more,
+                 sub_state.prev_items
+          FROM events WHERE type = 'customer.subscription.updated' AND sub_state.types[1] = 'OBJECT') x USING (rid)
     WHERE c.event_type = 'customer.subscription.updated' AND c.prev_moment < c.moment
-      AND x.sub_state.types[1] = 'OBJECT'
 )
 WHERE status_differs OR pause_differs OR items_differ
 UNION ALL
@@ -356,6 +356,9 @@ FROM (SELECT st.account_id, st.subscription_id, arg_max(st.status, (st.moment, s
              arg_max(st.ord, (st.moment, st.ord)) AS ord
       FROM derived_sub_status_steps st
       JOIN derived_coverage c USING (account_id)
+      -- (only the subscriptions with such an event)
+      SEMI JOIN (SELECT DISTINCT account_id, subscription_id FROM derived_sub_status_steps WHERE ord = 5) e
+          ON e.account_id = st.account_id AND e.subscription_id = st.subscription_id
       WHERE st.moment < c.coverage_start
       GROUP BY ALL) b
 JOIN (SELECT e.account_id, e.subscription_id, c.coverage_start AS moment, e.before_status AS status,
