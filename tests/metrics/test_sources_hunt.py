@@ -152,7 +152,7 @@ def test_an_update_whose_state_before_is_not_the_last_events_is_a_missing_event(
         update = next(i["id"] for i in w.objects["invoices"].values() if i["created"] == month(0, 10))
         expected.insert(0, ("invoice_event_mismatch", "si_1", update, month(0, 10)))
     assert quality(con) == expected
-    (detail,) = con.execute("SELECT detail FROM data_quality WHERE kind = 'missing_events'").fetchone()
+    (detail,) = con.execute("SELECT detail FROM data_quality WHERE kind = 'missing_events'").fetchall()[0]
     assert detail == (f"event {after} says the subscription's items just before it differ from what event {before} "
                       "left at 2026-01-06 00:00:00 UTC: an event between them is not stored, and the change it made "
                       f"is dated at event {after}")
@@ -246,7 +246,8 @@ def test_statuses_the_events_before_a_gap_show_count(spells: dict[str, duckdb.Du
         zero.insert(0, (month(1, 2), month(1, 6)))
     if rules == "pause-zero":
         zero.insert(0, (month(1, 10), month(1, 15)))
-    expected, at = [], T0
+    expected: list[tuple[int, int | None, Decimal]] = []
+    at = T0
     for start, end in zero:
         expected += [(at, start, Decimal("50.0000")), (start, end, Decimal("0.0000"))]
         at = end
@@ -285,7 +286,7 @@ def test_a_spell_the_gap_ends_ends_at_what_dates_it(tmp: Path, template: Path, s
                            ).fetchall() == [(resume["id"],)]
     else:
         assert quality(con) == [("missing_events", "sub_1", last_before, month(4, 25))]
-        (detail,) = con.execute("SELECT detail FROM data_quality").fetchone()
+        (detail,) = con.execute("SELECT detail FROM data_quality").fetchall()[0]
         assert detail == (f"event {last_before} (stored before a gap in the events) left the subscription past_due, "
                           "and the events after the gap begin with it active: the change was made in the gap, and is "
                           "dated where they begin")
