@@ -332,6 +332,36 @@ def test_events_in_one_second_before_a_gap_are_taken_in_the_order_they_happened(
     con.close()
 
 
+
+def test_a_discount_an_event_before_the_gap_took_off_ends_then(tmp: Path, template: Path) -> None:
+    """20% off sub_1 (forever) from 11 January; an update takes it off on 16 March, before the gap, its event stored
+    (previous_attributes list the discount). It ends then (40.00 to 50.00 on 16 March), as with no gap at all; it
+    used to end at the next invoice without it (1 April), and data quality said no stored event showed when."""
+    w = five_seats(World())
+    w.coupon("c20", percent_off=20, duration="forever")
+    off = w.discount("c20", month(0, 10), customer="cus_1", subscription="sub_1")
+    w.update("sub_1", month(0, 10), discounts=[off["id"]])
+    for n in range(1, 6):
+        inv = w.cycle("sub_1", month(n))
+        if n <= 2:
+            inv["discounts"] = [off["id"]]
+    w.update("sub_1", month(2, 15), discounts=[])
+    off["deleted"] = True
+    w.update("sub_1", month(4, 25), metadata={"note": "after the gap"})
+    w.events.sort(key=lambda e: e["created"])
+    con = store_of(tmp, template, "discount-before-gap")
+    load_with_gap(w, con)
+    recompute(con, make_settings("usd"))
+    taken_off = next(e["id"] for e in w.events if e["created"] == month(2, 15))
+    assert levels(con) == [(T0, month(0, 10), Decimal("50.0000")), (month(0, 10), month(2, 15), Decimal("40.0000")),
+                           (month(2, 15), None, Decimal("50.0000"))]
+    assert con.execute("SELECT movement, mrr_delta, source_event_id FROM mrr_movements WHERE occurred_at = ?",
+                       [datetime.fromtimestamp(month(2, 15), tz=UTC)]).fetchall() == [
+        ("discount", Decimal("10.0000"), taken_off)]
+    assert quality(con) == []
+    con.close()
+
+
 # --- a change only the snapshot shows, seen by two syncs ------------------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="left open (NOTES.md): the store keeps when a row was last seen, not when its "
