@@ -124,12 +124,23 @@ gone AS (
           GROUP BY u.account_id, u.discount_id, u.found_gone_at)
 ),
 -- a discount that leaves a subscription state before its end was removed then (only events whose
--- previous_attributes list the discounts can remove one)
+-- previous_attributes list the discounts can remove one); the events stored before a gap in them too (events win
+-- over the invoices that would date it otherwise)
 removed AS (
     SELECT e.account_id, ref_id(x) AS discount_id, min(e.moment) AS removed_at,
            -- (the first in the subscription's event order: two events in one second pick the same one every run)
            arg_min(e.event_id, (e.moment, e.seq)) AS event_id
-    FROM (SELECT * FROM derived_sub_events WHERE before_discounts IS NOT NULL) e,
+    FROM (SELECT account_id, moment, seq, event_id, before_discounts, after_discounts FROM derived_sub_events
+          WHERE before_discounts IS NOT NULL
+          UNION ALL
+          -- (their order within one second as step 20 gave it)
+          SELECT e.account_id, e.created, coalesce(o.pos, 0), e.id, e.sub_state.prev_discounts, e.sub_state.discounts
+          FROM events e
+          JOIN derived_coverage c USING (account_id)
+          LEFT JOIN derived_early_event_order o ON o.account_id = e.account_id AND o.event_id = e.id
+          WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription'
+            AND NOT coalesce(e.deleted, false) AND e.created < c.coverage_start
+            AND e.sub_state.prev_discounts IS NOT NULL) e,
          unnest(CAST(json_extract(e.before_discounts, '$[*]') AS JSON[])) AS u(x)
     WHERE NOT list_contains(
         list_transform(CAST(coalesce(json_extract(e.after_discounts, '$[*]'), []) AS JSON[]), lambda y: ref_id(y)),
