@@ -4,6 +4,7 @@ the events win and the disagreement is a row of `data_quality`, never dropped.""
 
 from __future__ import annotations
 
+import copy
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -358,6 +359,38 @@ def test_a_discount_an_event_before_the_gap_took_off_ends_then(tmp: Path, templa
     assert con.execute("SELECT movement, mrr_delta, source_event_id FROM mrr_movements WHERE occurred_at = ?",
                        [datetime.fromtimestamp(month(2, 15), tz=UTC)]).fetchall() == [
         ("discount", Decimal("10.0000"), taken_off)]
+    assert quality(con) == []
+    con.close()
+
+
+
+def test_an_items_discount_an_event_before_the_gap_took_off_ends_then(tmp: Path, template: Path) -> None:
+    """The same on the item: 20% off si_1 from 11 January, taken off the item by an update of 16 March (its item
+    lists, data.object's and previous_attributes', say so), before the gap. It ends then, not at the first renewal
+    whose line of si_1 no longer lists it (1 April)."""
+    w = five_seats(World())
+    w.coupon("c20", percent_off=20, duration="forever")
+    off = w.discount("c20", month(0, 10), customer="cus_1", subscription="sub_1", subscription_item="si_1")
+    sub = w.objects["subscriptions"]["sub_1"]
+    before = copy.deepcopy(sub)
+    sub["items"]["data"][0]["discounts"] = [off["id"]]
+    w.event("customer.subscription.updated", month(0, 10), sub, before)
+    for n in range(1, 6):
+        if n == 3:
+            before = copy.deepcopy(sub)
+            sub["items"]["data"][0]["discounts"] = []
+            w.event("customer.subscription.updated", month(2, 15), sub, before)
+        inv = w.cycle("sub_1", month(n))
+        if n <= 2:
+            inv["lines"]["data"][0]["discounts"] = [off["id"]]
+    off["deleted"] = True
+    w.update("sub_1", month(4, 25), metadata={"note": "after the gap"})
+    w.events.sort(key=lambda e: e["created"])
+    con = store_of(tmp, template, "item-discount-before-gap")
+    load_with_gap(w, con)
+    recompute(con, make_settings("usd"))
+    assert levels(con) == [(T0, month(0, 10), Decimal("50.0000")), (month(0, 10), month(2, 15), Decimal("40.0000")),
+                           (month(2, 15), None, Decimal("50.0000"))]
     assert quality(con) == []
     con.close()
 
