@@ -161,7 +161,7 @@ deleted_events AS (
 -- list shows the item without it after the last that shows it there: the update that took it off. Or with its
 -- item: at the first event whose complete list (not cut short, has_more) no longer has the item after the last
 -- list that has it (item_listed), the update that deleted the item; the discount of an item cannot outlast it.
--- (Only these subscriptions' events inside coverage have their JSON read.)
+-- (Only these subscriptions' events have their JSON read: inside coverage, and those stored before a gap.)
 item_owners AS (
     SELECT d.account_id, d.id AS discount_id, d.subscription_id, d.subscription_item_id
     FROM discounts d
@@ -173,7 +173,21 @@ item_event_rows AS MATERIALIZED (
     SELECT o.account_id, o.discount_id, o.subscription_item_id, e.event_id, e.moment, e.seq, e.rid,
            NOT coalesce(e.after_has_more, false) AS after_complete
     FROM item_owners o
-    JOIN derived_sub_events e ON e.account_id = o.account_id AND e.subscription_id = o.subscription_id
+    JOIN (SELECT account_id, subscription_id, event_id, moment, seq, rid, after_has_more FROM derived_sub_events
+          UNION ALL
+          -- (and those stored before a gap in them, before every event of coverage in the order: seq below 0; in
+          -- one second as step 20 ordered them)
+          SELECT e.account_id, e.object_id, e.id, e.created,
+                 row_number() OVER (PARTITION BY e.account_id, e.object_id ORDER BY e.created, o.pos, e.id)
+                     - 1000000000,
+                 e.rowid, TRY_CAST(e.sub_state.has_more AS BOOLEAN)
+          FROM events e
+          JOIN derived_coverage c USING (account_id)
+          SEMI JOIN item_owners w ON w.account_id = e.account_id AND w.subscription_id = e.object_id
+          LEFT JOIN derived_early_event_order o ON o.account_id = e.account_id AND o.event_id = e.id
+          WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription'
+            AND NOT coalesce(e.deleted, false) AND e.created < c.coverage_start) e
+      ON e.account_id = o.account_id AND e.subscription_id = o.subscription_id
 ),
 item_event_lists AS (
     SELECT o.account_id, o.discount_id, o.event_id, o.moment, o.seq,
