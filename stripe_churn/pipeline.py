@@ -229,13 +229,20 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
 def _remove_stale_copies(db: Path) -> None:
     """Delete snapshot copies a run killed while publishing left behind (``<db>.XXXXXXXX.tmp``).
 
-    Called under the sync lock, so no other run is copying right now.
+    Called under the sync lock, so no other run is copying right now. And the spill files a `sql` query killed
+    while it spilled to disk left in DuckDB's folder ``<db>.snapshot.tmp`` (those of running queries stay): that
+    folder's name has the shape of a copy's too, and it was taken for one, which failed every sync.
     """
+    from stripe_churn.store.db import clear_stale_spill
+
     pattern = re.compile(re.escape(db.name) + r"\.[a-z0-9_]{8}\.tmp")
     for path in db.parent.glob(db.name + ".*.tmp"):
-        if pattern.fullmatch(path.name):
+        if pattern.fullmatch(path.name) and path.is_file() and not path.is_symlink():
             log.info("removing %s, a snapshot copy left by an interrupted run", path.name)
             path.unlink(missing_ok=True)
+    removed = clear_stale_spill(snapshot_path(db))
+    if removed:
+        log.info("removed %d spill files that ended queries left in %s.tmp", removed, snapshot_path(db).name)
 
 
 def _table(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:

@@ -1,0 +1,95 @@
+"""The commands as a demanding user meets them, run as `python -m stripe_churn ...` against one small sandbox and
+one store synced from it: each failure is one line on stderr that says what to do, a non-zero exit code, and the
+stored data as it was."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from stripe_churn.settings import SANDBOX_KEY
+from stripe_churn.store.snapshot import snapshot_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Done:
+    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
+        self.code, self.out, self.err = proc.returncode, proc.stdout, proc.stderr
+
+    @property
+    def error(self) -> str:
+        """The one error line (the log lines before it aside), checked to be one line without a traceback."""
+        assert "Traceback" not in self.err, self.err
+        lines = [ln for ln in self.err.splitlines() if ln.startswith("error: ")]
+        assert len(lines) == 1 and self.err.rstrip().endswith(lines[0]), self.err
+        return lines[0]
+
+
+def run(env: dict[str, str], *args: str, cwd: Path | None = None, timeout: float = 60) -> Done:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE")}
+    full.update({"PYTHONPATH": str(ROOT), **env})
+    return Done(subprocess.run([sys.executable, "-m", "stripe_churn", *args], env=full, cwd=cwd or ROOT,
+                               capture_output=True, text=True, timeout=timeout))
+
+
+def rows(db: Path, query: str) -> list[Any]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(query).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Any]:
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+
+    with start_in_thread(Simulation(customers=10, months=3, seed=5), api_key=SANDBOX_KEY) as sb:
+        yield sb
+
+
+@pytest.fixture(scope="module")
+def store(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A store synced once from the sandbox, and the environment that points the commands at both."""
+    from stripe_churn.pipeline import run_once
+    from stripe_churn.settings import Secret, Settings
+
+    db = tmp_path_factory.mktemp("hunt") / "s.duckdb"
+    run_once(Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=db, rate_limit=1000.0), full=True,
+             progress=False)
+    return db, {"STRIPE_CHURN_DB": str(db), "STRIPE_API_KEY": SANDBOX_KEY, "STRIPE_API_BASE": sandbox.url,
+                "STRIPE_RATE_LIMIT": "1000"}
+
+
+def test_a_query_killed_while_it_spilled_to_disk_does_not_stop_the_syncs(store: tuple[Path, dict[str, str]]
+                                                                         ) -> None:
+    """A `sql` query that spilled to disk makes DuckDB's folder ``<db>.snapshot.tmp``, and a query killed then
+    leaves it behind (with its spill files, gigabytes of them): every sync after failed on it as "a snapshot copy
+    left by an interrupted run" (its name has eight letters), the daemon too, until a person removed it. The
+    syncs leave the folder of a live query alone and clear what a dead one left."""
+    db, env = store
+    spill = db.with_name(db.name + ".snapshot.tmp")
+    spill.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (spill / f"duckdb_temp_{dead.pid}_0_storage_DEFAULT-0.tmp").write_bytes(b"x" * 1000)
+    live = spill / f"duckdb_temp_{os.getpid()}_0_storage_DEFAULT-0.tmp"
+    live.write_bytes(b"y")
+    before = rows(db.with_name(db.name + ".snapshot"), "SELECT count(*) FROM sync_runs")[0][0]
+    done = run(env, "sync")
+    assert done.code == 0, done.err
+    assert [p.name for p in spill.iterdir()] == [live.name]  # (a running query's spill is its own)
+    assert rows(snapshot_path(db), "SELECT count(*) FROM sync_runs")[0][0] == before + 1
+    live.unlink()
+    done = run(env, "sync")
+    assert done.code == 0, done.err
+    assert not spill.exists()
