@@ -485,6 +485,9 @@ def _validate(s: Settings, origins: Mapping[str, str] | None = None,
     if not s.api_base.startswith(("http://", "https://")):
         raise ConfigError(f"setting 'api_base' ({s.api_base!r}) in {origins.get('api_base', where)} must start "
                           "with http:// or https://")
+    if s.db.is_dir():  # (DuckDB's "Could not read from file ...: Is a directory" said nothing of what to do)
+        raise ConfigError(f"setting 'db' in {origins.get('db', where)} names {s.db}, which is a folder: give the "
+                          f"path of the database file in it, such as {s.db / 'stripe-churn.duckdb'}")
     if len(s.currency) != 3 or not s.currency.isascii() or not s.currency.isalpha():
         raise ConfigError(f"setting 'currency' in {origins.get('currency', where)} must be a 3-letter ISO code such "
                           f"as usd, got {s.currency!r}")

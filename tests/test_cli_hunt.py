@@ -70,6 +70,19 @@ def store(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
                 "STRIPE_RATE_LIMIT": "1000"}
 
 
+def test_a_store_path_that_is_a_folder_says_to_name_a_file(tmp_path: Path, store: tuple[Path, dict[str, str]]
+                                                           ) -> None:
+    """DuckDB's "Could not read from file ...: Is a directory" said nothing of what to do."""
+    _, env = store
+    for command in (["sync"], ["status"], ["sql", "SELECT 1"], ["report"]):
+        done = run({**env, "STRIPE_CHURN_DB": str(tmp_path)}, *command)
+        assert done.code == 2, done.err
+        assert done.error == (f"error: setting 'db' in environment variable STRIPE_CHURN_DB names {tmp_path}, which is "
+                              f"a folder: give the path of the database file in it, such as "
+                              f"{tmp_path / 'stripe-churn.duckdb'}")
+    assert list(tmp_path.iterdir()) == [] and not tmp_path.with_name(tmp_path.name + ".lock").exists()
+
+
 def test_a_query_killed_while_it_spilled_to_disk_does_not_stop_the_syncs(store: tuple[Path, dict[str, str]]
                                                                          ) -> None:
     """A `sql` query that spilled to disk makes DuckDB's folder ``<db>.snapshot.tmp``, and a query killed then
