@@ -311,7 +311,8 @@ class Daemon:
         if previous and previous.get("last_error"):
             self._state["previous_error"] = _without_retry(previous["last_error"])
         try:
-            self.trigger = self._make_trigger(interval_seconds, settings.schedule)
+            self.trigger = self._make_trigger(interval_seconds, settings.schedule,
+                                              settings.named("schedule", "STRIPE_CHURN_SCHEDULE"))
         except ConfigError as exc:
             refused_at_start(str(exc), settings)
             raise
@@ -327,7 +328,10 @@ class Daemon:
         return (port if port is not None else settings.webhook_port), (host or settings.webhook_host)
 
     @staticmethod
-    def _make_trigger(interval_seconds: float | None, schedule: str) -> BaseTrigger:
+    def _make_trigger(interval_seconds: float | None, schedule: str, named: str = "STRIPE_CHURN_SCHEDULE"
+                      ) -> BaseTrigger:
+        """The schedule's trigger; a ConfigError naming the schedule as ``named`` (the variable, or the file's
+        setting when the file gave it) when it is no five-field cron expression that fires."""
         if interval_seconds:
             return IntervalTrigger(seconds=interval_seconds, timezone=dt.UTC)
         try:
@@ -346,7 +350,7 @@ class Daemon:
                 raise ValueError("it never fires (no such day in those months)")
             return trigger
         except ValueError as exc:
-            raise ConfigError(f"bad STRIPE_CHURN_SCHEDULE {schedule!r}: {exc}; "
+            raise ConfigError(f"bad {named} {schedule!r}: {exc}; "
                               "use a five-field cron expression such as '*/30 * * * *'") from exc
 
     # -- state -------------------------------------------------------------------------------------------
@@ -570,7 +574,7 @@ class Daemon:
             self._save(reload_refused={"at": _now(), "message": message})
             return False
         changed = [f.name for f in dataclasses.fields(new)
-                   if f.name != "source" and getattr(new, f.name) != getattr(old, f.name)]
+                   if f.name not in ("source", "origins") and getattr(new, f.name) != getattr(old, f.name)]
         if trigger is not None:
             job = self.scheduler.reschedule_job("scheduled-sync", trigger=trigger)
             self.trigger, self._interval_s = trigger, shortest_interval(trigger)
@@ -608,7 +612,7 @@ class Daemon:
             raise ConfigError("the webhook needs STRIPE_WEBHOOK_SECRET (the endpoint's signing secret, whsec_...)")
         if self._interval_seconds or new.schedule == old.schedule:
             return None
-        return self._make_trigger(None, new.schedule)
+        return self._make_trigger(None, new.schedule, new.named("schedule", "STRIPE_CHURN_SCHEDULE"))
 
     @staticmethod
     def _livemode(settings: Settings) -> bool | None:

@@ -102,6 +102,17 @@ class Settings:
     memory_limit: str | None = None
     rules: Rules = field(default_factory=Rules)
     source: str = "defaults"  # where the settings came from, for messages
+    # setting -> where its value came from ("environment variable STRIPE_CHURN_SCHEDULE", the config file's path),
+    # for the checks made after loading (the daemon's schedule); a setting left out came from the defaults
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def named(self, attr: str, env: str) -> str:
+        """How a message names the setting ``attr``: the variable ``env`` when the environment gave it (or when
+        where it came from is not known: settings built in code), else the file's setting."""
+        origin = self.origins.get(attr)
+        if origin is None or origin.startswith("environment variable"):
+            return env
+        return f"setting '{attr}' in {origin}"
 
     @property
     def effective_rate_limit(self) -> float:
@@ -308,6 +319,7 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
     rules: dict[str, Any] = {}
     window_key = "movement_window_minutes"  # the name the file gave the movement window, for messages
     source = "defaults (no config file)"
+    origins: dict[str, str] = {}  # where each setting given in the file or the environment came from
     path: Path | None = Path(config) if config is not None else None
     if path is None and DEFAULT_CONFIG.is_file():
         path = DEFAULT_CONFIG
@@ -342,7 +354,7 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
             types, attr = FILE_KEYS[key]
             _check_type(key, value, types, where, known)
             values[attr] = _convert(attr, value)
-    origins: dict[str, str] = {}  # where a setting given in the environment came from
+            origins[attr] = where
     for name, attr in ENV_KEYS.items():
         raw = env.get(name)
         if raw is None or raw == "":
@@ -365,7 +377,7 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
             origins[attr] = "the overrides given to load_settings"
     if rules:
         values["rules"] = Rules(**rules)
-    settings = Settings(source=source, **values)
+    settings = Settings(source=source, origins=origins, **values)
     _validate(settings, origins, window_key)
     return settings
 

@@ -70,6 +70,22 @@ def store(sandbox: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path,
                 "STRIPE_RATE_LIMIT": "1000"}
 
 
+def test_a_bad_schedule_from_the_file_names_the_file_not_the_environment(tmp_path: Path) -> None:
+    """A schedule written in the config file is refused as that file's setting: the message sent the user to an
+    environment variable they never set."""
+    config = tmp_path / "c.toml"
+    config.write_text('schedule = "* * *"\n', encoding="utf-8")
+    done = run({"STRIPE_API_KEY": SANDBOX_KEY, "STRIPE_CHURN_DB": str(tmp_path / "d.duckdb")},
+               "daemon", "--config", str(config))
+    assert done.code == 2
+    assert f"setting 'schedule' in {config}" in done.error and "STRIPE_CHURN_SCHEDULE" not in done.error
+    assert "'* * *'" in done.error and "five-field cron expression" in done.error
+    # (from the environment it is still the variable that is named)
+    done = run({"STRIPE_API_KEY": SANDBOX_KEY, "STRIPE_CHURN_DB": str(tmp_path / "d.duckdb"),
+                "STRIPE_CHURN_SCHEDULE": "61 * * * *"}, "daemon", "--config", str(config))
+    assert done.code == 2 and "STRIPE_CHURN_SCHEDULE '61 * * * *'" in done.error
+
+
 def test_a_store_path_that_is_a_folder_says_to_name_a_file(tmp_path: Path, store: tuple[Path, dict[str, str]]
                                                            ) -> None:
     """DuckDB's "Could not read from file ...: Is a directory" said nothing of what to do."""
