@@ -169,61 +169,101 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
 
         _refuse_a_lost_store(db)
         con = open_store(db)
+        synced = None  # the run's id once its sync succeeded: a failure after it is that run's failure
         try:
-            if settings.memory_limit is not None:
-                # (the recompute's limit: the sync keeps to its own small cap and puts this one back after it)
-                con.execute(f"SET memory_limit = '{settings.memory_limit}'")
-            before = _count_movements(con)
-            result = run_sync(settings, full=full, con=con, progress=progress, stop=stop)
-            summary.run_id = getattr(result, "run_id", None)
-            summary.mode = str(getattr(result, "mode", ""))
-            summary.status = str(getattr(result, "status", ""))
-            summary.counts = dict(getattr(result, "counts", {}) or {})
-            if stop is not None and stop.is_set():
-                log.info("stop requested: synced rows are committed; the next run recomputes and publishes")
-                checkpoint(con)
-                summary.finished_at = dt.datetime.now(dt.UTC)
-                return summary
-            if fx is not None:
-                written = write_fx_rates(con, fx)
-                log.info("exchange rates: %d rows for %s from %s", written, ", ".join(fx.currencies) or "no currency",
-                         fx.path)
-            step_progress = _StepProgress(progress)
             try:
-                # (a full sync, or an incremental one that fell back to listing everything, saw every object
-                # again: everything is derived again too)
-                seen_all = (None if summary.mode == "incremental"
-                            else f"the sync was a {summary.mode or 'full'} one: it saw every object again")
-                done = recompute_after_sync(con, settings, changed_only=settings.recompute == "changed",
-                                            progress=step_progress, stop=stop, everything_seen=seen_all)
-                step_progress.done()
-                summary.recompute, summary.recomputed_customers = done.mode, done.customers
-                summary.recompute_reason = done.reason
-            except StoppedError:
-                # (the synced rows are committed; the derived tables and the snapshot stay as they were)
-                log.info("stop requested: the metrics recompute was rolled back; the next run recomputes")
+                if settings.memory_limit is not None:
+                    # (the recompute's limit: the sync keeps to its own small cap and puts this one back after it)
+                    con.execute(f"SET memory_limit = '{settings.memory_limit}'")
+                before = _count_movements(con)
+                result = run_sync(settings, full=full, con=con, progress=progress, stop=stop)
+                summary.run_id = getattr(result, "run_id", None)
+                summary.mode = str(getattr(result, "mode", ""))
+                summary.status = str(getattr(result, "status", ""))
+                summary.counts = dict(getattr(result, "counts", {}) or {})
+                if summary.status == "succeeded":
+                    synced = summary.run_id
+                if stop is not None and stop.is_set():
+                    log.info("stop requested: synced rows are committed; the next run recomputes and publishes")
+                    checkpoint(con)
+                    summary.finished_at = dt.datetime.now(dt.UTC)
+                    return summary
+                if fx is not None:
+                    written = write_fx_rates(con, fx)
+                    log.info("exchange rates: %d rows for %s from %s", written,
+                             ", ".join(fx.currencies) or "no currency", fx.path)
+                step_progress = _StepProgress(progress)
+                try:
+                    # (a full sync, or an incremental one that fell back to listing everything, saw every object
+                    # again: everything is derived again too)
+                    seen_all = (None if summary.mode == "incremental"
+                                else f"the sync was a {summary.mode or 'full'} one: it saw every object again")
+                    done = recompute_after_sync(con, settings, changed_only=settings.recompute == "changed",
+                                                progress=step_progress, stop=stop, everything_seen=seen_all)
+                    step_progress.done()
+                    summary.recompute, summary.recomputed_customers = done.mode, done.customers
+                    summary.recompute_reason = done.reason
+                except StoppedError:
+                    # (the synced rows are committed; the derived tables and the snapshot stay as they were)
+                    log.info("stop requested: the metrics recompute was rolled back; the next run recomputes")
+                    checkpoint(con)
+                    summary.status = "stopped"
+                    summary.finished_at = dt.datetime.now(dt.UTC)
+                    return summary
+                except Exception as exc:  # (a stop is handled above)
+                    short = out_of_memory(exc, settings.memory_limit)
+                    if short is None:
+                        raise
+                    raise short from exc
+                finally:
+                    step_progress.close()
+                summary.new_movements = max(_count_movements(con) - before, 0)
+                summary.bridge_line = current_bridge_line(con)
                 checkpoint(con)
-                summary.status = "stopped"
-                summary.finished_at = dt.datetime.now(dt.UTC)
-                return summary
-            except Exception as exc:  # (a stop is handled above)
-                short = out_of_memory(exc, settings.memory_limit)
-                if short is None:
-                    raise
-                raise short from exc
             finally:
-                step_progress.close()
-            summary.new_movements = max(_count_movements(con) - before, 0)
-            summary.bridge_line = current_bridge_line(con)
-            checkpoint(con)
-        finally:
-            con.close()
-        _remove_stale_copies(db)
-        publish_snapshot(db)
+                con.close()
+            _remove_stale_copies(db)
+            publish_snapshot(db)
+        except BaseException as exc:
+            if synced is not None:
+                _record_failed_run(db, synced, _failure_line(exc, settings))
+            raise
     summary.finished_at = dt.datetime.now(dt.UTC)
     log.info("run finished: mode=%s status=%s new movements=%d", summary.mode, summary.status,
              summary.new_movements)
     return summary
+
+
+def _failure_line(exc: BaseException, settings: Settings) -> str:
+    """The one line ``sync`` ends with for ``exc`` (as the command words it), secrets masked, for sync_runs.error."""
+    from stripe_churn.settings import redacted_line
+
+    if isinstance(exc, KeyboardInterrupt) or _query_interrupted(exc):
+        text = ("interrupted (Ctrl-C) after the sync, before the metrics were published; the next sync brings them "
+                "up to date")
+    elif isinstance(exc, StripeChurnError):
+        text = str(exc if isinstance(exc, DiskFullError) else disk_full(exc) or exc)
+    else:
+        refused = store_failure(exc) or damaged_store(exc, settings.db)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        text = str(refused) if refused is not None else f"unexpected {type(exc).__name__}: {first}"
+    return redacted_line(text, [settings.api_key.reveal(), settings.webhook_secret.reveal()])
+
+
+def _record_failed_run(db: Path, run_id: Any, error: str) -> None:
+    """The run ``run_id``, whose sync succeeded, recorded ``failed`` with ``error``: what came after the sync (the
+    exchange rates, the metrics recompute, the snapshot) failed, so the command failed and its metrics and snapshot
+    are as they were (`status` showed it `succeeded` and counted the lag from it). Best effort, under the sync
+    lock: a store that cannot be written now keeps the run as it was."""
+    try:
+        con = duckdb.connect(str(db))
+        try:
+            con.execute("UPDATE sync_runs SET status = 'failed', error = ? WHERE run_id = ? AND status = 'succeeded'",
+                        [error, run_id])
+        finally:
+            con.close()
+    except Exception as exc:  # (the failure being raised is the one that counts)
+        log.debug("the run %s is left recorded as it was: %s", run_id, exc)
 
 
 def _remove_stale_copies(db: Path) -> None:

@@ -4,7 +4,10 @@ stored data as it was."""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -113,12 +116,36 @@ def test_a_query_killed_while_it_spilled_to_disk_does_not_stop_the_syncs(store: 
     (spill / f"duckdb_temp_{dead.pid}_0_storage_DEFAULT-0.tmp").write_bytes(b"x" * 1000)
     live = spill / f"duckdb_temp_{os.getpid()}_0_storage_DEFAULT-0.tmp"
     live.write_bytes(b"y")
-    before = rows(db.with_name(db.name + ".snapshot"), "SELECT count(*) FROM sync_runs")[0][0]
+    before = rows(snapshot_path(db), "SELECT count(*) FROM sync_runs")[0][0]
     done = run(env, "sync")
     assert done.code == 0, done.err
     assert [p.name for p in spill.iterdir()] == [live.name]  # (a running query's spill is its own)
     assert rows(snapshot_path(db), "SELECT count(*) FROM sync_runs")[0][0] == before + 1
     live.unlink()
+
+
+def test_a_run_whose_metrics_failed_is_a_failed_run_in_status(store: tuple[Path, dict[str, str]]) -> None:
+    """A reporting currency without rates stops the run after its sync: one line naming the currency and the dates,
+    exit 2, the snapshot as it was. `status` showed that run `succeeded`, without its error, and counted the lag
+    from it, while the metrics and the snapshot were as old as before."""
+    db, env = store
+    before = rows(snapshot_path(db), "SELECT count(*), max(started_at) FROM sync_runs")[0]
+    done = run({**env, "STRIPE_CHURN_CURRENCY": "xyz"}, "sync")
+    assert done.code == 2
+    assert re.match(r"error: no exchange rate to xyz for .*\busd on \d{4}-\d\d-\d\d\.\.\d{4}-\d\d-\d\d ",
+                    done.error), done.error
+    assert rows(snapshot_path(db), "SELECT count(*), max(started_at) FROM sync_runs")[0] == before
+    status = run(env, "status", "--format", "json")
+    assert status.code == 0, status.err
+    info = json.loads(status.out)
+    last = info["runs"][0]
+    assert (last["status"], last["error"]) == ("failed", done.error.removeprefix("error: ")), last
+    assert dt.datetime.fromisoformat(last["started_at"]) > before[1]
+    # (the lag runs from the last run that succeeded, before this one)
+    lag = info["lag"].split(" ")[0].split(":")
+    assert int(lag[0]) * 3600 + int(lag[1]) * 60 + int(lag[2]) >= int(
+        (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(last["started_at"])).total_seconds())
     done = run(env, "sync")
     assert done.code == 0, done.err
-    assert not spill.exists()
+    assert json.loads(run(env, "status", "--format", "json").out)["runs"][0]["status"] == "succeeded"
+
