@@ -44,6 +44,9 @@ def run_query(db: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         try:  # (Ctrl-C stops the query: interruptible)
             table = interruptible(con, lambda: con.sql(sql).to_arrow_table())  # Arrow: TIMESTAMPTZ aware datetimes
         except duckdb.Error as exc:
+            if "attached in read-only mode" in str(exc):  # (a write inside a SELECT or an EXPLAIN ANALYZE)
+                raise ConfigError("only read queries are allowed here (this one writes to a table inside its "
+                                  "SELECT or EXPLAIN); use `stripe-churn export` to write files") from exc
             raise StoreError(f"query failed: {str(exc).splitlines()[0]}") from exc
         columns = list(table.column_names)
         data = [table.column(i).to_pylist() for i in range(table.num_columns)]

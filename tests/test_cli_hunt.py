@@ -149,3 +149,20 @@ def test_a_run_whose_metrics_failed_is_a_failed_run_in_status(store: tuple[Path,
     assert done.code == 0, done.err
     assert json.loads(run(env, "status", "--format", "json").out)["runs"][0]["status"] == "succeeded"
 
+
+@pytest.mark.parametrize("query", [
+    "WITH gone AS (DELETE FROM customers RETURNING id) SELECT count(*) FROM gone",
+    "EXPLAIN ANALYZE UPDATE customers SET deleted = true",
+])
+def test_a_write_inside_a_read_statement_is_refused_as_a_write(store: tuple[Path, dict[str, str]], query: str
+                                                               ) -> None:
+    """A write inside a SELECT or an EXPLAIN passes the statement filter and DuckDB's read-only snapshot refuses
+    it: the line said 'Cannot execute statement of type "SELECT" ... read-only mode', not that writes are refused
+    here and what to do instead."""
+    db, env = store
+    before = rows(snapshot_path(db), "SELECT count(*), count(*) FILTER (WHERE deleted) FROM customers")
+    done = run(env, "sql", query)
+    assert done.code == 2
+    assert done.error.startswith("error: only read queries are allowed here (this one writes"), done.error
+    assert "use `stripe-churn export` to write files" in done.error
+    assert rows(snapshot_path(db), "SELECT count(*), count(*) FILTER (WHERE deleted) FROM customers") == before
