@@ -311,8 +311,7 @@ class Daemon:
         if previous and previous.get("last_error"):
             self._state["previous_error"] = _without_retry(previous["last_error"])
         try:
-            self.trigger = self._make_trigger(interval_seconds, settings.schedule,
-                                              settings.named("schedule", "STRIPE_CHURN_SCHEDULE"))
+            self.trigger = self._make_trigger(interval_seconds, settings.schedule, settings.from_file("schedule"))
         except ConfigError as exc:
             refused_at_start(str(exc), settings)
             raise
@@ -328,10 +327,9 @@ class Daemon:
         return (port if port is not None else settings.webhook_port), (host or settings.webhook_host)
 
     @staticmethod
-    def _make_trigger(interval_seconds: float | None, schedule: str, named: str = "STRIPE_CHURN_SCHEDULE"
-                      ) -> BaseTrigger:
-        """The schedule's trigger; a ConfigError naming the schedule as ``named`` (the variable, or the file's
-        setting when the file gave it) when it is no five-field cron expression that fires."""
+    def _make_trigger(interval_seconds: float | None, schedule: str, file: str | None = None) -> BaseTrigger:
+        """The schedule's trigger; a ConfigError when it is no five-field cron expression that fires, naming the
+        setting in ``file`` when that config file gave it, else the variable STRIPE_CHURN_SCHEDULE."""
         if interval_seconds:
             return IntervalTrigger(seconds=interval_seconds, timezone=dt.UTC)
         try:
@@ -350,7 +348,9 @@ class Daemon:
                 raise ValueError("it never fires (no such day in those months)")
             return trigger
         except ValueError as exc:
-            raise ConfigError(f"bad {named} {schedule!r}: {exc}; "
+            named = (f"STRIPE_CHURN_SCHEDULE {schedule!r}" if file is None
+                     else f"schedule {schedule!r} (setting 'schedule' in {file})")
+            raise ConfigError(f"bad {named}: {exc}; "
                               "use a five-field cron expression such as '*/30 * * * *'") from exc
 
     # -- state -------------------------------------------------------------------------------------------
@@ -612,7 +612,7 @@ class Daemon:
             raise ConfigError("the webhook needs STRIPE_WEBHOOK_SECRET (the endpoint's signing secret, whsec_...)")
         if self._interval_seconds or new.schedule == old.schedule:
             return None
-        return self._make_trigger(None, new.schedule, new.named("schedule", "STRIPE_CHURN_SCHEDULE"))
+        return self._make_trigger(None, new.schedule, new.from_file("schedule"))
 
     @staticmethod
     def _livemode(settings: Settings) -> bool | None:

@@ -106,13 +106,11 @@ class Settings:
     # for the checks made after loading (the daemon's schedule); a setting left out came from the defaults
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
-    def named(self, attr: str, env: str) -> str:
-        """How a message names the setting ``attr``: the variable ``env`` when the environment gave it (or when
-        where it came from is not known: settings built in code), else the file's setting."""
+    def from_file(self, attr: str) -> str | None:
+        """The config file that gave the setting ``attr``, or None (the environment, the defaults, or settings built
+        in code): for a message that names the setting where the user wrote it."""
         origin = self.origins.get(attr)
-        if origin is None or origin.startswith("environment variable"):
-            return env
-        return f"setting '{attr}' in {origin}"
+        return None if origin is None or origin.startswith(("environment variable", "the overrides")) else origin
 
     @property
     def effective_rate_limit(self) -> float:
