@@ -143,7 +143,9 @@ def cli() -> None:
               help="Requests per second before 429 (0: no limit).")
 @click.option("--fault-rate", type=float, default=0.0, show_default=True,
               help="Share of requests answered with a 5xx or a dropped connection.")
-@click.option("--api-key", default=None, help="The one accepted key (default: STRIPE_API_KEY, else sk_test_sandbox).")
+@click.option("--api-key", default=None,
+              help="The one accepted key (default: STRIPE_API_KEY, else the config file's api_key, else "
+                   "sk_test_sandbox).")
 @click.option("--truth-out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the ground truth movements as JSON Lines to this file.")
 @config_option
@@ -157,11 +159,14 @@ def sandbox(customers: int, months: int, seed: int, port: int, latency_ms: float
     import os
 
     from stripe_churn.sandbox.server import serve_forever
-    from stripe_churn.settings import SANDBOX_KEY
+    from stripe_churn.settings import DEFAULT_CONFIG, SANDBOX_KEY
 
     setup_logging()
     check_sandbox_outputs(port, truth_out)  # (before the seconds of simulating, not after)
-    key = api_key or os.environ.get("STRIPE_API_KEY") or SANDBOX_KEY
+    # (the settings' key: the environment's, else the config file's; a file given is read, not passed over)
+    configured = (get_settings(config_path).api_key.reveal()
+                  if config_path is not None or DEFAULT_CONFIG.is_file() else "")
+    key = api_key or os.environ.get("STRIPE_API_KEY") or configured or SANDBOX_KEY
     serve_forever(customers=customers, months=months, seed=seed, port=port, latency_ms=latency_ms,
                   rate_limit=rate_limit, fault_rate=fault_rate, api_key=key, truth_out=truth_out)
 

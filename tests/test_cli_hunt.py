@@ -170,3 +170,37 @@ def test_a_write_inside_a_read_statement_is_refused_as_a_write(store: tuple[Path
     assert done.error.startswith("error: only read queries are allowed here (this one writes"), done.error
     assert "use `stripe-churn export` to write files" in done.error
     assert rows(snapshot_path(db), "SELECT count(*), count(*) FILTER (WHERE deleted) FROM customers") == before
+
+
+def test_the_sandbox_takes_its_key_from_the_config_file_it_is_given(tmp_path: Path) -> None:
+    """`sandbox --config FILE` read nothing of the file: given the same file, `sync --config FILE` was refused
+    with a 401 by the sandbox it had just started. The key is `--api-key`, else STRIPE_API_KEY, else the file's
+    api_key, else sk_test_sandbox."""
+    import http.client
+
+    config = tmp_path / "c.toml"
+    config.write_text('api_key = "sk_test_fromTheFile42"\n', encoding="utf-8")
+    config.chmod(0o600)
+    full = {k: v for k, v in os.environ.items() if not k.startswith("STRIPE")}
+    proc = subprocess.Popen([sys.executable, "-m", "stripe_churn", "sandbox", "--customers", "2", "--months", "1",
+                             "--port", "0", "--config", str(config)], env={**full, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.stderr else url
+        host, port = url.removeprefix("http://").split(":")
+
+        def answer(key: str) -> int:
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            try:
+                conn.request("GET", "/v1/customers?limit=1", headers={"Authorization": f"Bearer {key}"})
+                return conn.getresponse().status
+            finally:
+                conn.close()
+
+        assert answer("sk_test_fromTheFile42") == 200
+        assert answer(SANDBOX_KEY) == 401
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
