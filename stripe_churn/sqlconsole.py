@@ -27,6 +27,16 @@ def check_read_only(sql: str) -> None:
                           "use `stripe-churn export` to write files")
 
 
+def _with_hint(message: str) -> str:
+    """DuckDB's error on one line: its first line, and the suggestion it puts on the next one when it has one (`Did
+    you mean "mrr_bridge"?`, `Candidate bindings: ...`), without the query it quotes below (``LINE 1: ...``)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return message
+    hint = lines[1] if len(lines) > 1 and not lines[1].startswith("LINE ") else ""
+    return f"{lines[0]} {hint}".strip()
+
+
 def lock_down(con: duckdb.DuckDBPyConnection) -> None:
     """No file, network or extension access for user SQL, and no way to turn it back on."""
     con.execute("SET enable_external_access = false")
@@ -47,7 +57,7 @@ def run_query(db: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
             if "attached in read-only mode" in str(exc):  # (a write inside a SELECT or an EXPLAIN ANALYZE)
                 raise ConfigError("only read queries are allowed here (this one writes to a table inside its "
                                   "SELECT or EXPLAIN); use `stripe-churn export` to write files") from exc
-            raise StoreError(f"query failed: {str(exc).splitlines()[0]}") from exc
+            raise StoreError(f"query failed: {_with_hint(str(exc))}") from exc
         columns = list(table.column_names)
         data = [table.column(i).to_pylist() for i in range(table.num_columns)]
         return columns, list(zip(*data, strict=True)) if data else []

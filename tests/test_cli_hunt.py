@@ -204,3 +204,18 @@ def test_the_sandbox_takes_its_key_from_the_config_file_it_is_given(tmp_path: Pa
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+@pytest.mark.parametrize(("query", "hint"), [
+    ("SELECT * FROM mrr_bridg", 'Did you mean "mrr_bridge"?'),
+    ("SELECT opening_mr FROM mrr_bridge", 'Candidate bindings: "opening_mrr"'),
+])
+def test_a_misspelt_name_in_sql_keeps_duckdbs_suggestion(store: tuple[Path, dict[str, str]], query: str, hint: str
+                                                         ) -> None:
+    """DuckDB follows "Table with name mrr_bridg does not exist!" with the names it meant on the next line: the one
+    line kept its first line alone, which says what is wrong and not what to type instead."""
+    _, env = store
+    done = run(env, "sql", query)
+    assert done.code == 2
+    assert done.error.startswith("error: query failed: ") and hint in done.error, done.error
+    assert "LINE 1" not in done.error
