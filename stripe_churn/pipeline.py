@@ -185,6 +185,8 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
                     synced = summary.run_id
                 if stop is not None and stop.is_set():
                     log.info("stop requested: synced rows are committed; the next run recomputes and publishes")
+                    _record_stopped_run(con, synced)
+                    summary.status = "stopped" if synced is not None else summary.status
                     checkpoint(con)
                     summary.finished_at = dt.datetime.now(dt.UTC)
                     return summary
@@ -206,6 +208,7 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
                 except StoppedError:
                     # (the synced rows are committed; the derived tables and the snapshot stay as they were)
                     log.info("stop requested: the metrics recompute was rolled back; the next run recomputes")
+                    _record_stopped_run(con, synced)
                     checkpoint(con)
                     summary.status = "stopped"
                     summary.finished_at = dt.datetime.now(dt.UTC)
@@ -248,6 +251,17 @@ def _failure_line(exc: BaseException, settings: Settings) -> str:
         first = str(exc).splitlines()[0] if str(exc) else ""
         text = str(refused) if refused is not None else f"unexpected {type(exc).__name__}: {first}"
     return redacted_line(text, [settings.api_key.reveal(), settings.webhook_secret.reveal()])
+
+
+def _record_stopped_run(con: duckdb.DuckDBPyConnection, run_id: Any) -> None:
+    """The run ``run_id``, whose sync succeeded, recorded ``stopped``: a stop came before its metrics were derived
+    and published (a daemon stopped mid-run), so `status` must not count it as a success. None: nothing to do."""
+    if run_id is None:
+        return
+    try:
+        con.execute("UPDATE sync_runs SET status = 'stopped' WHERE run_id = ? AND status = 'succeeded'", [run_id])
+    except duckdb.Error as exc:  # (the stop is what counts; the run is left recorded as it was)
+        log.debug("the run %s is left recorded as it was: %s", run_id, exc)
 
 
 def _record_failed_run(db: Path, run_id: Any, error: str) -> None:

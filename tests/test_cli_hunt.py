@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,45 @@ def test_a_misspelt_name_in_sql_keeps_duckdbs_suggestion(store: tuple[Path, dict
     assert done.code == 2
     assert done.error.startswith("error: query failed: ") and hint in done.error, done.error
     assert "LINE 1" not in done.error
+
+
+@pytest.mark.parametrize("when", ["after the sync", "during the recompute"])
+def test_a_run_stopped_before_its_metrics_is_no_success_in_status(store: tuple[Path, dict[str, str]], sandbox: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """A daemon stopped (SIGTERM: `systemctl restart`) after a run's sync, before its metrics were derived and
+    published: the run stayed `succeeded` in sync_runs, and `status` counted the lag from it."""
+    from stripe_churn.errors import StoppedError
+    from stripe_churn.metrics import incremental
+    from stripe_churn.pipeline import collect_status, run_once
+    from stripe_churn.settings import Secret, Settings
+
+    db, _ = store
+    stop = threading.Event()
+    if when == "during the recompute":
+        def recompute(*args: Any, **kwargs: Any) -> Any:
+            stop.set()
+            raise StoppedError("stop requested")
+
+        monkeypatch.setattr(incremental, "recompute_after_sync", recompute)
+    else:
+        import stripe_churn.sync as sync_module
+
+        real = sync_module.run_sync
+
+        def run_sync(*args: Any, **kwargs: Any) -> Any:
+            result = real(*args, **kwargs)
+            stop.set()
+            return result
+
+        monkeypatch.setattr(sync_module, "run_sync", run_sync)
+    published = snapshot_path(db).stat().st_mtime_ns
+    summary = run_once(Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=db, rate_limit=1000.0),
+                       stop=stop, progress=False)
+    assert summary.status == "stopped"
+    assert snapshot_path(db).stat().st_mtime_ns == published
+    info = collect_status(db)
+    last, *earlier = info["runs"]
+    assert (last["run_id"], last["status"], last["error"]) == (summary.run_id, "stopped", None)
+    ok = next(r for r in earlier if r["status"] == "succeeded")["finished_at"]
+    h, m, sec = (int(n) for n in info["lag"].removesuffix(" since the last successful sync").split(":"))
+    assert h * 3600 + m * 60 + sec >= int((dt.datetime.now(dt.UTC) - ok).total_seconds()) - 1
