@@ -262,3 +262,25 @@ def test_a_run_stopped_before_its_metrics_is_no_success_in_status(store: tuple[P
     ok = next(r for r in earlier if r["status"] == "succeeded")["finished_at"]
     h, m, sec = (int(n) for n in info["lag"].removesuffix(" since the last successful sync").split(":"))
     assert h * 3600 + m * 60 + sec >= int((dt.datetime.now(dt.UTC) - ok).total_seconds()) - 1
+
+
+def test_a_chart_of_a_store_without_revenue_says_why_not_of_a_range(tmp_path: Path) -> None:
+    """`report --chart` of a store synced from an account with no subscription yet said "no bridge rows in that
+    range" when no range was given, and nothing of what to do; the table's own line says it right."""
+    from stripe_churn.pipeline import run_once
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import Secret, Settings
+
+    db = tmp_path / "empty.duckdb"
+    with start_in_thread(Simulation(customers=0, months=1, seed=5), api_key=SANDBOX_KEY) as sb:
+        run_once(Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=db, rate_limit=1000.0), full=True,
+                 progress=False)
+    env = {"STRIPE_CHURN_DB": str(db)}
+    done = run(env, "report", "--chart", str(tmp_path / "mrr.png"))
+    assert done.code == 2 and not (tmp_path / "mrr.png").exists()
+    assert done.error == ("error: nothing to draw: the store holds no subscription revenue yet (`stripe-churn "
+                          "status` shows what the last sync stored)"), done.error
+    done = run(env, "report", "--html", str(tmp_path / "r.html"), "--from", "2020-01", "--to", "2020-02")
+    assert done.code == 2 and done.error == ("error: nothing to draw: no bridge rows in that range or segment; "
+                                             "widen --from/--to"), done.error

@@ -107,8 +107,14 @@ def build_report(settings: Settings, *, start: dt.date | None = None, end: dt.da
             echo(line)
     drawable = rows if len({r.get("segment_value") for r in rows}) <= 1 else []
     if (chart or html) and not drawable:
-        raise ConfigError("nothing to draw: the chart needs bridge rows without a segment (drop --segment "
-                          "or give KIND=VALUE)" if rows else "nothing to draw: no bridge rows in that range")
+        if rows:
+            why = "the chart needs bridge rows without a segment (drop --segment or give KIND=VALUE)"
+        elif start or end or segment:
+            why = "no bridge rows in that range or segment; widen --from/--to" + (" or check --segment" if segment
+                                                                                 else "")
+        else:  # (no range asked for: the store has no MRR at all, as the table's line says)
+            why = "the store holds no subscription revenue yet (`stripe-churn status` shows what the last sync stored)"
+        raise ConfigError(f"nothing to draw: {why}")
     if chart:
         from stripe_churn.report.charts import write_chart
 
