@@ -333,6 +333,19 @@ def test_events_in_one_second_before_a_gap_are_taken_in_the_order_they_happened(
     con.close()
 
 
+# (20% off from 11 January to 16 March, then full price again)
+DISCOUNT_OFF_16_MARCH = [(T0, month(0, 10), Decimal("50.0000")), (month(0, 10), month(2, 15), Decimal("40.0000")),
+                         (month(2, 15), None, Decimal("50.0000"))]
+
+
+def derived_with_gap(w: World, tmp: Path, template: Path, name: str) -> duckdb.DuckDBPyConnection:
+    """``w``'s events in time order, loaded as a sync after a gap in them stores them, and derived."""
+    w.events.sort(key=lambda e: e["created"])
+    con = store_of(tmp, template, name)
+    load_with_gap(w, con)
+    recompute(con, make_settings("usd"))
+    return con
+
 
 def test_a_discount_an_event_before_the_gap_took_off_ends_then(tmp: Path, template: Path) -> None:
     """20% off sub_1 (forever) from 11 January; an update takes it off on 16 March, before the gap, its event stored
@@ -349,19 +362,14 @@ def test_a_discount_an_event_before_the_gap_took_off_ends_then(tmp: Path, templa
     w.update("sub_1", month(2, 15), discounts=[])
     off["deleted"] = True
     w.update("sub_1", month(4, 25), metadata={"note": "after the gap"})
-    w.events.sort(key=lambda e: e["created"])
-    con = store_of(tmp, template, "discount-before-gap")
-    load_with_gap(w, con)
-    recompute(con, make_settings("usd"))
+    con = derived_with_gap(w, tmp, template, "discount-before-gap")
     taken_off = next(e["id"] for e in w.events if e["created"] == month(2, 15))
-    assert levels(con) == [(T0, month(0, 10), Decimal("50.0000")), (month(0, 10), month(2, 15), Decimal("40.0000")),
-                           (month(2, 15), None, Decimal("50.0000"))]
+    assert levels(con) == DISCOUNT_OFF_16_MARCH
     assert con.execute("SELECT movement, mrr_delta, source_event_id FROM mrr_movements WHERE occurred_at = ?",
                        [datetime.fromtimestamp(month(2, 15), tz=UTC)]).fetchall() == [
         ("discount", Decimal("10.0000"), taken_off)]
     assert quality(con) == []
     con.close()
-
 
 
 def test_an_items_discount_an_event_before_the_gap_took_off_ends_then(tmp: Path, template: Path) -> None:
@@ -385,15 +393,10 @@ def test_an_items_discount_an_event_before_the_gap_took_off_ends_then(tmp: Path,
             inv["lines"]["data"][0]["discounts"] = [off["id"]]
     off["deleted"] = True
     w.update("sub_1", month(4, 25), metadata={"note": "after the gap"})
-    w.events.sort(key=lambda e: e["created"])
-    con = store_of(tmp, template, "item-discount-before-gap")
-    load_with_gap(w, con)
-    recompute(con, make_settings("usd"))
-    assert levels(con) == [(T0, month(0, 10), Decimal("50.0000")), (month(0, 10), month(2, 15), Decimal("40.0000")),
-                           (month(2, 15), None, Decimal("50.0000"))]
+    con = derived_with_gap(w, tmp, template, "item-discount-before-gap")
+    assert levels(con) == DISCOUNT_OFF_16_MARCH
     assert quality(con) == []
     con.close()
-
 
 
 @pytest.mark.parametrize("recognition", ["ended", "canceled"])
