@@ -1,14 +1,49 @@
 """Suite-wide ordering: the long tests (marked ``slow``) are collected first, so that with two workers
-(``pytest -n 2 --dist loadfile``, as scripts/check runs it) their files start at once instead of last. And Ctrl-C
-is handled as at a terminal, however the suite was started."""
+(``pytest -n 2 --dist loadfile``, as scripts/check runs it) their files start at once instead of last. Ctrl-C
+is handled as at a terminal, however the suite was started. And the small stores of most tests run DuckDB on one
+thread (see ``one_duckdb_thread``)."""
 
 from __future__ import annotations
 
 import signal
 import threading
 from collections.abc import Iterator
+from typing import Any
 
+import duckdb
 import pytest
+
+# Test modules whose stores keep DuckDB's threads (one per core): those whose code runs work side by side on
+# several connections by the thread count (the incremental path's shards), those with stores large enough to be
+# split among threads (the ground truth and the benchmark, where an order that depends on the threads would show),
+# and the interrupt tests, which stop queries while DuckDB's threads run them.
+_MANY_THREADS = frozenset({
+    "test_incremental", "test_incremental_catalogue", "test_ground_truth", "test_ground_truth_options",
+    "test_ground_truth_more_options", "test_bench_store", "test_interrupt", "test_chaos", "test_concurrency",
+})
+_one_thread = {"on": True}
+_real_connect = duckdb.connect
+
+
+def _connect(database: Any = ":memory:", read_only: bool = False, config: dict[str, Any] | None = None) -> Any:
+    """duckdb.connect, on one thread while ``one_duckdb_thread`` says so (unless ``config`` names threads)."""
+    if _one_thread["on"]:
+        config = {"threads": 1, **(config or {})}
+    return _real_connect(database, read_only=read_only, config=config or {})
+
+
+duckdb.connect = _connect  # type: ignore[assignment]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_duckdb_thread(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Stores opened by a test module's tests (in this process) run DuckDB on one thread, but in _MANY_THREADS.
+    A test store's tables fit in one row group, which DuckDB scans as one task whatever its threads: more threads
+    only add their scheduling, about a quarter of a small recompute's CPU (0.52 against 0.40 s), and with the
+    suite's two workers on two cores the threads of one wait for the other's anyway."""
+    _one_thread["on"] = request.module.__name__.rsplit(".", 1)[-1] not in _MANY_THREADS
+    yield
+    _one_thread["on"] = True
 
 
 @pytest.fixture(scope="session", autouse=True)
