@@ -19,6 +19,7 @@ from test_ground_truth import (
 )
 
 
+@pytest.mark.slow
 def test_ground_truth_with_changes_made_without_prorations(tmp_path: Path) -> None:
     """Simulation(no_prorations=True) beside item discounts, collection pauses, moving rates and every option of
     the sandbox (3,000 x 36, seed 5, loaded straight into the store): some item changes are made with
@@ -75,6 +76,7 @@ def test_ground_truth_with_changes_made_without_prorations_through_the_sandbox(t
         check_exactly(sim, con, "1,500 x 24 with changes made without prorations through the sandbox", unseen)
 
 
+@pytest.mark.slow
 def test_ground_truth_with_trials_granted_to_paying_subscriptions(tmp_path: Path) -> None:
     """Simulation(later_trials=True) beside item discounts, collection pauses, moving rates, changes without
     prorations and every option of the sandbox (2,000 x 36, seed 7, loaded straight into the store): some paying

@@ -146,6 +146,7 @@ def test_ground_truth_with_collection_paused_through_the_sandbox(tmp_path: Path)
             "SELECT id FROM subscriptions WHERE pause_collection").fetchall()}
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_promotions_named_only_on_a_proration_line_or_a_pending_item_count_through_the_sandbox(tmp_path: Path
                                                                                                ) -> None:
