@@ -123,18 +123,22 @@ def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop:
     """
     try:
         return _run_once(settings, full=full, wait=wait, stop=stop, progress=progress)
-    except StripeChurnError as exc:  # (ours already; a full disk under it is the cause to name)
-        no_room = None if isinstance(exc, DiskFullError) else disk_full(exc)
-        if no_room is None:
-            raise
-        raise no_room from exc
     except Exception as exc:
-        if _query_interrupted(exc):  # Ctrl-C during a statement of this thread: an interrupt, as anywhere else
-            raise KeyboardInterrupt from exc
-        refused = store_failure(exc) or damaged_store(exc, settings.db)
-        if refused is None:
+        error = _translated(exc, settings)
+        if error is exc:
             raise
-        raise refused from exc
+        raise error from exc
+
+
+def _translated(exc: Exception, settings: Settings) -> BaseException:
+    """The error a run ends with for ``exc``: ours, or the full disk under it; a Ctrl-C during a statement of this
+    thread as an interrupt, as anywhere else; a write this machine refused or a damaged store as a StoreError;
+    else ``exc`` itself."""
+    if isinstance(exc, StripeChurnError):  # (ours already; a full disk under it is the cause to name)
+        return exc if isinstance(exc, DiskFullError) else disk_full(exc) or exc
+    if _query_interrupted(exc):
+        return KeyboardInterrupt()
+    return store_failure(exc) or damaged_store(exc, settings.db) or exc
 
 
 def _query_interrupted(exc: BaseException) -> bool:
@@ -238,18 +242,19 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
 
 
 def _failure_line(exc: BaseException, settings: Settings) -> str:
-    """The one line ``sync`` ends with for ``exc`` (as the command words it), secrets masked, for sync_runs.error."""
+    """The one line ``sync`` ends with for ``exc`` (as run_once turns it and the command words it), secrets masked,
+    for sync_runs.error."""
     from stripe_churn.settings import redacted_line
 
-    if isinstance(exc, KeyboardInterrupt) or _query_interrupted(exc):
+    error = _translated(exc, settings) if isinstance(exc, Exception) else exc
+    if isinstance(error, KeyboardInterrupt):
         text = ("interrupted (Ctrl-C) after the sync, before the metrics were published; the next sync brings them "
                 "up to date")
-    elif isinstance(exc, StripeChurnError):
-        text = str(exc if isinstance(exc, DiskFullError) else disk_full(exc) or exc)
+    elif isinstance(error, StripeChurnError):
+        text = str(error)
     else:
-        refused = store_failure(exc) or damaged_store(exc, settings.db)
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        text = str(refused) if refused is not None else f"unexpected {type(exc).__name__}: {first}"
+        first = str(error).splitlines()[0] if str(error) else ""
+        text = f"unexpected {type(error).__name__}: {first}"
     return redacted_line(text, [settings.api_key.reveal(), settings.webhook_secret.reveal()])
 
 
