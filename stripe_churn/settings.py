@@ -109,8 +109,8 @@ class Settings:
     def from_file(self, attr: str) -> str | None:
         """The config file that gave the setting ``attr``, or None (the environment, the defaults, or settings built
         in code): for a message that names the setting where the user wrote it."""
-        origin = self.origins.get(attr)
-        return None if origin is None or origin.startswith(("environment variable", "the overrides")) else origin
+        # (a setting the file gave has the file's path, the settings' source, as its origin)
+        return self.source if self.origins.get(attr) == self.source else None
 
     @property
     def effective_rate_limit(self) -> float:
