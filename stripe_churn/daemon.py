@@ -415,13 +415,13 @@ class Daemon:
             log.info("sync starting (%s)", reason)
             # progress as log lines, at most one per 5 s, on a terminal too (no bars among the daemon's log lines)
             summary = self._run(settings, wait=wait, stop=self.stop_event, progress="log")
-            self.runs += 1
             self._failures, self._retry_at, self._last_failed = 0, None, False
             succeeded = True
             info = summary.as_dict() if hasattr(summary, "as_dict") else {"result": str(summary)}
             self._save(last_run={"at": _now(), "reason": reason, "status": info.get("status"),
                                  "counts": info.get("counts"), "new_movements": info.get("new_movements")},
                        last_error=None, previous_error=None)  # (the last daemon's, shown until a run succeeds)
+            self.runs += 1  # (counted once its state is written: a reader who sees the count sees the state)
         except StoreLockedError as exc:
             self.skipped += 1
             locked_out = True
