@@ -396,7 +396,6 @@ class Daemon:
             return
         with self._follow_lock:
             if not self._job_lock.acquire(blocking=False):
-                self.skipped += 1
                 if not follow:
                     log.info("sync skipped (%s): a run in this daemon is still going", reason)
                 elif self._follow_up is None:
@@ -404,6 +403,7 @@ class Daemon:
                     log.info("sync (%s) will start when the run going ends", reason)
                 else:
                     log.info("sync (%s) joins the one that starts when the run going ends", reason)
+                self.skipped += 1  # (counted once logged, as runs are once their state is written)
                 return
         succeeded = False
         locked_out = False
@@ -423,7 +423,6 @@ class Daemon:
                        last_error=None, previous_error=None)  # (the last daemon's, shown until a run succeeds)
             self.runs += 1  # (counted once its state is written: a reader who sees the count sees the state)
         except StoreLockedError as exc:
-            self.skipped += 1
             locked_out = True
             if follow:
                 # (a webhook's events are Stripe's news of a change: another process's run, a manual `sync` maybe
@@ -442,6 +441,7 @@ class Daemon:
                     log.warning("sync skipped (%s), %d ticks in a row since %s: %s; the next tick tries again",
                                 reason, self._lock_skips, self._lock_skips_since, held)
                 self._save(skipping={"since": self._lock_skips_since, "ticks": self._lock_skips, "held": held})
+            self.skipped += 1  # (once its lines and state are written)
         except TransientError as exc:
             self._failures += 1
             self._last_failed = True
