@@ -380,6 +380,8 @@ def status(fmt: str, config_path: Path | None) -> None:
         return
     for key in ("database", "snapshot", "snapshot_age", "sync_running", "lag", "daemon"):
         click.echo(f"{key}: {info.get(key)}")
+    if info.get("store_held"):
+        click.echo(f"store held: {info['store_held']}")
     if info.get("daemon_error"):
         click.echo(f"daemon last error: {info['daemon_error']}")
     for name in ("runs", "recomputes", "accounts", "cursors", "event_gaps", "data_quality", "exchange_rates"):

@@ -359,11 +359,12 @@ _LAST_OK_SQL = ("SELECT max(finished_at) AS t FROM sync_runs WHERE error IS NULL
                 "AND status NOT IN ('running', 'failed', 'stopped')")
 
 
-def _live_runs(db: Path) -> tuple[list[dict[str, Any]], dt.datetime | None] | None:
+def _live_runs(db: Path, held_by: list[str] | None = None) -> tuple[list[dict[str, Any]], dt.datetime | None] | None:
     """The latest runs and the end of the last successful one, from the store itself, when it was written after the
     snapshot (a run that failed publishes none, so the snapshot shows no failed run) and no sync holds it. Read under
     the sync lock as a brief holder: a sync starting meanwhile waits for it; None when that cannot be done now.
-    A store that is missing, damaged or no stripe-churn store is the StoreError ``sync`` gives for it."""
+    A store that is missing, damaged or no stripe-churn store is the StoreError ``sync`` gives for it. A store that
+    another process has open (a program of the user's, a `sql` session on the store itself) is said in ``held_by``."""
     from stripe_churn.lock import sync_lock
     from stripe_churn.store.db import open_store
 
@@ -396,6 +397,8 @@ def _live_runs(db: Path) -> tuple[list[dict[str, Any]], dt.datetime | None] | No
             last = _table(con, _LAST_OK_SQL)
         except StoreLockedError as exc:  # (the daemon or another program has it open: the snapshot's view stands)
             log.debug("status reads the runs from the snapshot: %s", exc)
+            if held_by is not None:
+                held_by.append(exc.held)
             return None
         except StoreError:  # (damaged, no DuckDB file, not a store, a newer version's: what sync says)
             raise
@@ -457,7 +460,11 @@ def collect_status(db: Path) -> dict[str, Any]:
     live = None
     if not info["sync_running"]:
         try:
-            live = _live_runs(db)
+            held: list[str] = []
+            live = _live_runs(db, held)
+            if held:  # (no sync can open it while that process does: a scheduled one skips, a manual one waits or fails)
+                info["store_held"] = (f"{held[0].split(', and DuckDB')[0]}: syncs wait or fail until it closes "
+                                      "the store")
         except StoreError as exc:  # (`status` says it in one line and fails, as `sync` does)
             info["store_error"] = str(exc)
             return info

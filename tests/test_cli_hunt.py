@@ -284,3 +284,24 @@ def test_a_chart_of_a_store_without_revenue_says_why_not_of_a_range(tmp_path: Pa
     done = run(env, "report", "--html", str(tmp_path / "r.html"), "--from", "2020-01", "--to", "2020-02")
     assert done.code == 2 and done.error == ("error: nothing to draw: no bridge rows in that range or segment; "
                                              "widen --from/--to"), done.error
+
+
+def test_status_says_when_another_program_holds_the_store(store: tuple[Path, dict[str, str]]) -> None:
+    """A program of the user's with the store itself open (not the snapshot): every sync skips or fails on it, and
+    `status` said nothing of it, reading the snapshot's runs as if all were well. It names the process; once the
+    program closes the store, the line goes."""
+    db, env = store
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
+                               "print('open', flush=True); sys.stdin.read()", str(db)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        info = json.loads(run(env, "status", "--format", "json").out)
+        assert re.fullmatch(rf"the store {re.escape(str(db))} is in use by another process \(.+, pid {holder.pid}\): "
+                            "syncs wait or fail until it closes the store", info["store_held"]), info
+        assert info["runs"], info  # (the snapshot's runs, as before)
+        table = run(env, "status")
+        assert table.code == 0 and f"store held: the store {db} is in use by another process" in table.out
+    finally:
+        holder.communicate("", timeout=30)
+    assert "store_held" not in json.loads(run(env, "status", "--format", "json").out)
