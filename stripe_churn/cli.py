@@ -448,7 +448,7 @@ def sql(query: str, fmt: str, config_path: Path | None) -> None:
     from stripe_churn.sqlconsole import run_query
 
     settings = get_settings(config_path)
-    columns, rows = run_query(settings.db, query)
+    columns, rows = run_query(settings.db, query, settings.memory_limit)
     emit(columns, rows, fmt)
 
 

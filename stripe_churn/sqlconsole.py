@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
 from stripe_churn.errors import ConfigError, StoreError
-from stripe_churn.store.snapshot import interruptible, open_snapshot
+from stripe_churn.store.snapshot import interruptible, open_snapshot, snapshot_path
 
 ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+SPILL_FLOOR = 256 << 20  # the spill a query gets however little room there is (a few sorts' worth)
+SYNC_ROOM_EXTRA = 1 << 30  # room kept for the next sync beyond the store's own size (its new rows, its WAL)
 
 
 def check_read_only(sql: str) -> None:
@@ -45,11 +48,40 @@ def lock_down(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("SET lock_configuration = true")
 
 
-def run_query(db: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run one read query on ``<db>.snapshot``; returns column names and rows."""
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def spill_room(db: Path) -> int:
+    """Bytes a query may spill to disk (DuckDB writes it beside the snapshot, in ``<db>.snapshot.tmp``): the free
+    space less what the next sync needs there, a copy of the store for its snapshot and room to grow. DuckDB's own
+    limit is 90% of the free space: one runaway query wrote 43 GB and left the next sync without room."""
+    folder = snapshot_path(db).parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return SPILL_FLOOR
+    keep = _size(db) + _size(db.with_name(db.name + ".wal")) + SYNC_ROOM_EXTRA
+    return max(SPILL_FLOOR, free - keep)
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
+
+
+def run_query(db: Path, sql: str, memory_limit: str | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run one read query on ``<db>.snapshot``; returns column names and rows. DuckDB takes ``memory_limit`` (the
+    setting; its default otherwise) and spills beyond it, up to :func:`spill_room`."""
     check_read_only(sql)
     con = open_snapshot(db)
     try:
+        room = spill_room(db)
+        con.execute(f"SET max_temp_directory_size = '{room}B'")
+        if memory_limit is not None:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
         lock_down(con)
         try:  # (Ctrl-C stops the query: interruptible)
             table = interruptible(con, lambda: con.sql(sql).to_arrow_table())  # Arrow: TIMESTAMPTZ aware datetimes
@@ -57,6 +89,15 @@ def run_query(db: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
             if "attached in read-only mode" in str(exc):  # (a write inside a SELECT or an EXPLAIN ANALYZE)
                 raise ConfigError("only read queries are allowed here (this one writes to a table inside its "
                                   "SELECT or EXPLAIN); use `stripe-churn export` to write files") from exc
+            if isinstance(exc, duckdb.OutOfMemoryException) and "max_temp_directory_size" in str(exc):
+                raise StoreError(
+                    f"query stopped: it needed more than {_gib(room)} of spill space on disk beside the snapshot, "
+                    "all there is while leaving the next sync room for the store and its snapshot: narrow it "
+                    "(fewer rows or columns, a shorter period), raise memory_limit, or free disk space") from exc
+            if isinstance(exc, duckdb.OutOfMemoryException):  # (DuckDB's hint names SET, which `sql` refuses)
+                what = f"memory_limit {memory_limit}" if memory_limit else "DuckDB's default limit, 80% of memory"
+                raise StoreError(f"query stopped: it ran out of memory under {what}: narrow it (fewer rows or "
+                                 "columns, a shorter period) or raise the setting memory_limit") from exc
             raise StoreError(f"query failed: {_with_hint(str(exc))}") from exc
         columns = list(table.column_names)
         data = [table.column(i).to_pylist() for i in range(table.num_columns)]

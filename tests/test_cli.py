@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from stripe_churn.cli import cli
-from stripe_churn.errors import ConfigError
+from stripe_churn.errors import ConfigError, StoreError
 from stripe_churn.sqlconsole import run_query
 from stripe_churn.store.snapshot import publish_snapshot, snapshot_path
 
@@ -338,3 +338,47 @@ def test_a_demo_of_another_simulation_in_the_same_folder_starts_over(tmp_path: P
     assert stored() == stored(tmp_path / "fresh")  # (what a demo of 20 in a new folder stores, nothing more)
     assert "starting over" not in demo("20")  # (the same simulation syncs into its store again)
     assert stored() == stored(tmp_path / "fresh")
+
+
+SORT_BIG = "SELECT count(DISTINCT s) FROM (SELECT md5(i::VARCHAR) AS s FROM range(1500000) t(i) ORDER BY s)"
+
+
+def test_a_query_spills_no_further_than_leaves_the_next_sync_room(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runaway query once wrote 43 GB of spill beside the store (DuckDB's own limit is 90% of the free space),
+    and the next sync had no room for its snapshot. Its spill is now held to the free space less the store's size
+    and 1 GiB: past it, one line that says what to do, and the store and snapshot as they were; within it, the
+    same query answers."""
+    import shutil
+
+    import stripe_churn.sqlconsole as console
+
+    db = make_db(tmp_path / "s.duckdb", 5)
+    store_size = db.stat().st_size
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(console.shutil, "disk_usage",
+                        lambda p: usage._replace(free=store_size + (1 << 30) + (24 << 20)))
+    assert console.spill_room(db) == console.SPILL_FLOOR  # (24 MiB: the floor, 256 MiB, is given instead)
+    monkeypatch.setattr(console, "SPILL_FLOOR", 8 << 20)
+    assert console.spill_room(db) == 24 << 20
+    before = snapshot_path(db).read_bytes()
+    with pytest.raises(StoreError) as caught:
+        run_query(db, SORT_BIG, memory_limit="32MB")
+    message = str(caught.value)
+    assert message.startswith("query stopped: it needed more than 24 MiB of spill space on disk beside the snapshot")
+    assert "narrow it" in message and "\n" not in message
+    assert snapshot_path(db).read_bytes() == before
+    assert run_query(db, "SELECT count(*) FROM t")[1] == [(5,)]
+    monkeypatch.setattr(console.shutil, "disk_usage", lambda p: usage._replace(free=store_size + (3 << 30)))
+    assert console.spill_room(db) == 2 << 30
+    assert run_query(db, SORT_BIG, memory_limit="32MB")[1] == [(1500000,)]
+
+
+def test_a_query_out_of_memory_names_the_setting_not_duckdbs_set(tmp_path: Path) -> None:
+    """DuckDB's own advice for a query out of memory is `SET memory_limit`, which `sql` refuses: the line names
+    the setting instead."""
+    db = make_db(tmp_path / "m.duckdb", 5)
+    with pytest.raises(StoreError) as caught:
+        run_query(db, "SELECT list(md5(i::VARCHAR)) FROM range(2000000) t(i)", memory_limit="8MB")
+    assert str(caught.value) == ("query stopped: it ran out of memory under memory_limit 8MB: narrow it (fewer "
+                                 "rows or columns, a shorter period) or raise the setting memory_limit")
