@@ -354,7 +354,13 @@ SELECT
     (u.status = 'active' OR (u.status = 'past_due' AND st.past_due_counts))
       AND NOT (coalesce(u.pause_collection, false) AND NOT st.pause_collection_keeps_mrr)
       AND (u.zero_from IS NULL OR u.moment < u.zero_from)
-      AND coalesce(u.price_type, 'recurring') = 'recurring' AS counts
+      AND coalesce(u.price_type, 'recurring') = 'recurring' AS counts,
+    -- (on a trial: whether the item would count were the subscription paying, as it will be once the trial
+    -- converts; NULL off a trial)
+    CASE WHEN u.status = 'trialing'
+         THEN NOT (coalesce(u.pause_collection, false) AND NOT st.pause_collection_keeps_mrr)
+              AND (u.zero_from IS NULL OR u.moment < u.zero_from)
+              AND coalesce(u.price_type, 'recurring') = 'recurring' END AS counts_once_paid
 FROM with_status u
 CROSS JOIN derived_settings st
 LEFT JOIN usage m ON m.ik = u.ik AND m.moment = u.moment;
@@ -476,17 +482,26 @@ shared AS (
 )
 SELECT hid, ik, moment, row_to, pq, currency, status, pause_collection, status_at, status_event_id, metered_at,
        metered_invoice_id, counts, discount_ids, pct_factor, net_num, net_den,
-       -- (a tax-inclusive price's share without tax is taken last, from the discounted amount: a coupon
-       -- takes its amount off the price as charged, tax included)
-       CASE WHEN NOT counts THEN CAST(0 AS HUGEINT)
-            WHEN sub_off_e10 = 0 THEN after_item_e10
-            WHEN sub_off_e10 >= sub_total_e10 THEN CAST(0 AS HUGEINT)
-            ELSE after_item_e10 - (sub_off_e10 * cum_e10 // sub_total_e10
-                                   - sub_off_e10 * (cum_e10 - after_item_e10) // sub_total_e10)
-       END * coalesce(net_num, 1) // coalesce(net_den, 1) AS mrr_e10,
+       CASE WHEN NOT counts THEN CAST(0 AS HUGEINT) ELSE discounted_e10 END AS mrr_e10,
        CASE WHEN counts THEN undiscounted_e10 * coalesce(net_num, 1) // coalesce(net_den, 1)
-            ELSE CAST(0 AS HUGEINT) END AS counted_undiscounted_e10
-FROM shared;
+            ELSE CAST(0 AS HUGEINT) END AS counted_undiscounted_e10,
+       -- on a trial, the MRR the item would have at this point were the subscription paying (its discounts as
+       -- they stand here): what the trial converts to (85 puts it at stake when the cancellation comes after the
+       -- trial's end); NULL off a trial
+       CASE WHEN counts_once_paid THEN discounted_e10 WHEN counts_once_paid IS NOT NULL THEN CAST(0 AS HUGEINT)
+       END AS paid_e10
+FROM (
+    SELECT *,
+           -- (a tax-inclusive price's share without tax is taken last, from the discounted amount: a coupon
+           -- takes its amount off the price as charged, tax included)
+           CASE WHEN NOT counts AND NOT coalesce(counts_once_paid, false) THEN CAST(0 AS HUGEINT)
+                WHEN sub_off_e10 = 0 THEN after_item_e10
+                WHEN sub_off_e10 >= sub_total_e10 THEN CAST(0 AS HUGEINT)
+                ELSE after_item_e10 - (sub_off_e10 * cum_e10 // sub_total_e10
+                                       - sub_off_e10 * (cum_e10 - after_item_e10) // sub_total_e10)
+           END * coalesce(net_num, 1) // coalesce(net_den, 1) AS discounted_e10
+    FROM shared
+);
 
 -- Collapse consecutive points of equal contribution into intervals. The windows run on the item key and
 -- the compared values, and the kept points are joined back by (item key, moment), then to their history row
@@ -568,3 +583,19 @@ SELECT
 FROM kept k
 LEFT JOIN derived_price_terms t ON t.account_id = k.account_id AND t.price_id = k.price_id
 LEFT JOIN derived_sub_churn c ON c.account_id = k.account_id AND c.subscription_id = k.subscription_id;
+
+-- What the items of a subscription still on its trial will bring in once it converts: at each of their trialing
+-- points, the MRR the item would have there were the subscription paying, its discounts as they stand at that
+-- point (a coupon that has ended by then no longer counts; a point at each discount's start and end). The
+-- trialing rows of derived_item_mrr count zero (design.md 4); scheduled_churn (85) reads this for a trial set to
+-- cancel after it ends, whose cancellation takes the MRR the trial converts to. (Only the subscriptions trialing
+-- now and not ended: no earlier trial is ever read.)
+CREATE OR REPLACE TABLE derived_trial_item_mrr AS
+SELECT h.account_id, h.customer_id, h.subscription_id, h.subscription_item_id, p.moment, p.currency,
+       dec10(p.paid_e10) AS mrr_original
+FROM derived_item_point_mrr p
+JOIN derived_item_history h ON h.rowid = p.hid
+SEMI JOIN derived_subs s
+     ON s.account_id = h.account_id AND s.subscription_id = h.subscription_id
+    AND s.status = 'trialing' AND s.ended_at IS NULL
+WHERE p.paid_e10 IS NOT NULL AND p.ik IS NOT NULL;

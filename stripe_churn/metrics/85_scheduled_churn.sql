@@ -1,10 +1,11 @@
 -- scheduled_churn (design.md 4 and 7): subscriptions set to cancel (cancel_at_period_end, or a cancel_at)
 -- that have not ended yet, with the MRR at stake (what the cancellation takes: their MRR just before it takes
 -- effect, so a coupon that runs past the date still reduces it, and one that ends before it no longer does;
--- their current MRR when that date is unknown) and the date, in the reporting currency at today's rate: the rate
+-- their current MRR when that date is unknown; for a trial that ends before it, the MRR the trial converts to,
+-- from derived_trial_item_mrr) and the date, in the reporting currency at today's rate: the rate
 -- of the latest day on or before the day the view is queried (derived_fx_days runs only to the day of the last
--- recompute: the next day found no rate there). Inputs: derived_subs, derived_item_mrr, derived_fx_days,
--- derived_settings.
+-- recompute: the next day found no rate there). Inputs: derived_subs, derived_item_mrr, derived_trial_item_mrr,
+-- derived_fx_days, derived_settings.
 
 CREATE OR REPLACE VIEW scheduled_churn AS
 WITH
@@ -25,18 +26,30 @@ pending AS (
       AND NOT (st.churn_recognition = 'canceled' AND s.canceled_at IS NOT NULL)
 ),
 current_items AS (
-    SELECT i.account_id, i.subscription_id, i.currency, i.mrr_original,
+    SELECT i.account_id, i.subscription_id, i.subscription_item_id, i.currency, i.mrr_original, p.effective_at,
+           -- (a trial that ends before the cancellation takes effect converts first: the cancellation takes
+           -- the MRR it converts to; one that ends with the trial, as at its period end, never converts)
+           i.status = 'trialing' AND p.trial_end < p.effective_at AS converts,
            CAST(timezone('UTC', now()) AS DATE) AS today
     FROM derived_item_mrr i
     JOIN pending p ON p.account_id = i.account_id AND p.subscription_id = i.subscription_id
     WHERE CASE WHEN p.effective_at IS NULL THEN i.valid_to IS NULL
                ELSE i.valid_from < p.effective_at AND (i.valid_to IS NULL OR i.valid_to >= p.effective_at) END
 ),
+-- an item of such a trial: the MRR it would have as a paying item just before the cancellation (step 40)
+at_stake AS (
+    SELECT c.account_id, c.subscription_id, c.currency, c.today,
+           CASE WHEN c.converts THEN coalesce(t.mrr_original, 0) ELSE c.mrr_original END AS mrr_original
+    FROM current_items c
+    ASOF LEFT JOIN derived_trial_item_mrr t
+      ON t.account_id = c.account_id AND t.subscription_item_id = c.subscription_item_id
+     AND t.moment < c.effective_at
+),
 valued AS (
     SELECT c.account_id, c.subscription_id, any_value(c.currency) AS currency,
            sum(c.mrr_original) AS mrr_original,
            sum(c.mrr_original * CASE WHEN c.currency = cfg.rep THEN 1 ELSE r.rate END) AS mrr
-    FROM current_items c
+    FROM at_stake c
     CROSS JOIN cfg
     ASOF LEFT JOIN derived_fx_days r ON r.currency = c.currency AND r.day <= c.today
     GROUP BY ALL

@@ -146,8 +146,12 @@ def test_every_derived_table_equals_a_full_recompute(world: World, tmp_path: Pat
     """A billing run later (renewal with usage and seats, a signup, a cancellation taking effect): not only the
     views but every persistent derived table (the monthly ledger, data quality, exchange rate days...) is the
     full recompute's. The store's file names its database: with a hyphen, or quotes, it is no SQL identifier (the
-    SQL built with it failed with a syntax error on the default file name, stripe-churn.duckdb)."""
+    SQL built with it failed with a syntax error on the default file name, stripe-churn.duckdb). Two trials set to
+    cancel after they end (the MRR they convert to, derived_trial_item_mrr): one untouched, one new."""
     w = book(world)
+    w.customer("cus_h")
+    w.subscribe("sub_h", "cus_h", [("si_h1", "basic_usd", 3)], ts(2024, 5, 2), trial_end=ts(2024, 6, 15))
+    w.update("sub_h", ts(2024, 5, 5), cancel_at=ts(2024, 8, 1), canceled_at=ts(2024, 5, 5))
     before = copy.deepcopy(w)
     w.cycle("sub_a", ts(2024, 5, 10), usage={"si_a3": 20_000})
     w.update("sub_a", ts(2024, 5, 22), items=[("si_a1", "pro_usd", 8), ("si_a2", "analytics_usd", 1),
@@ -155,10 +159,18 @@ def test_every_derived_table_equals_a_full_recompute(world: World, tmp_path: Pat
     w.customer("cus_f", address={"country": "US"})
     w.subscribe("sub_f", "cus_f", [("si_f1", "pro_usd", 2)], ts(2024, 5, 25))
     w.end("sub_e", ts(2024, 6, 1))
-    changed = later_sync(w, {"cus_a", "cus_f", "cus_e"}, {"sub_a", "sub_f", "sub_e"}, ts(2024, 5, 10))
+    w.customer("cus_g")
+    w.subscribe("sub_g", "cus_g", [("si_g1", "pro_usd", 2)], ts(2024, 5, 28), trial_end=ts(2024, 6, 28))
+    w.update("sub_g", ts(2024, 5, 29), cancel_at=ts(2024, 8, 10), canceled_at=ts(2024, 5, 29))
+    changed = later_sync(w, {"cus_a", "cus_f", "cus_e", "cus_g"}, {"sub_a", "sub_f", "sub_e", "sub_g"},
+                         ts(2024, 5, 10))
     n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards, store=store)
-    assert n == 3
+    assert n == 4
     assert any("cus_f" in r for r in full["view mrr_movements"])
+    # (3 x basic and 2 x pro, paid from the trials' ends)
+    at_stake = {sub: [r for r in full["view scheduled_churn"] if f"'{sub}'" in r] for sub in ("sub_g", "sub_h")}
+    assert ["Decimal('40.0000')" in r for r in at_stake["sub_g"]] == [True]
+    assert ["Decimal('30.0000')" in r for r in at_stake["sub_h"]] == [True]
 
 
 @ONE_SCOPE

@@ -225,20 +225,69 @@ def test_the_mrr_at_stake_is_what_the_cancellation_takes(tmp_path_factory: pytes
     done.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a trialing item's MRR is not kept (40 stores it as 0): the MRR a trial "
-                                       "converts to is not known to scheduled_churn")
-def test_a_trial_set_to_cancel_after_it_ends_puts_its_paid_mrr_at_stake(tmp_path: Path,
-                                                                        migrated_store_file: Path) -> None:
-    """A trial ending on 1 May, set to cancel on 15 June: from 1 May it is 30 a month, and on 15 June the
-    cancellation takes those 30 (README: the subscription's MRR just before it takes effect). It says 0.00 until
-    the trial has converted."""
+def trials_set_to_cancel() -> World:
+    """Trials from 1 April to 1 May 2024, each set on 10 April to cancel, seen on 20 April (still trialing)."""
     w = catalogue(World())
-    w.customer("c1")
-    w.subscribe("s1", "c1", [("i1", "basic_usd", 3)], ts(2024, 4, 1), trial_end=ts(2024, 5, 1))
-    w.update("s1", ts(2024, 4, 10), cancel_at=ts(2024, 6, 15), canceled_at=ts(2024, 4, 10))
-    con = derived(tmp_path, migrated_store_file, w, seen_at=ts(2024, 4, 20))
-    assert [(r["subscription_id"], r["mrr_at_stake"]) for r in queries.scheduled_churn(con)] == [
-        ("s1", D("30.0000"))]
+    w.coupon("f20", percent_off=20, duration="forever")
+    w.coupon("half1", percent_off=50, duration="repeating", duration_in_months=1)  # 1 April to 1 May
+    w.coupon("q2", percent_off=25, duration="repeating", duration_in_months=2)  # 1 April to 1 June
+    t0, t1, asked = ts(2024, 4, 1), ts(2024, 5, 1), ts(2024, 4, 10)
+    for cid in ("c1", "c2", "c3", "c4", "c5", "c6"):
+        w.customer(cid)
+    # 3 x basic: 30 a month from 1 May; on 15 June the cancellation takes those 30
+    w.subscribe("s1", "c1", [("i1", "basic_usd", 3)], t0, trial_end=t1)
+    w.update("s1", asked, cancel_at=ts(2024, 6, 15), canceled_at=asked)
+    # 2 x pro (40), 20% off for ever: 32 from 1 May, still 32 on 15 June
+    d2 = w.discount("f20", t0, customer="c2", subscription="s2")
+    w.subscribe("s2", "c2", [("i2", "pro_usd", 2)], t0, trial_end=t1, discounts=[d2["id"]])
+    w.update("s2", asked, cancel_at=ts(2024, 6, 15), canceled_at=asked)
+    # 3 x basic, half off for the trial's month only: the coupon has ended by 15 June, 30 at stake (not 15)
+    d3 = w.discount("half1", t0, customer="c3", subscription="s3")
+    w.subscribe("s3", "c3", [("i3", "basic_usd", 3)], t0, trial_end=t1, discounts=[d3["id"]])
+    w.update("s3", asked, cancel_at=ts(2024, 6, 15), canceled_at=asked)
+    # 3 x basic, 25% off until 1 June, cancelled on 1 June: the coupon runs up to the cancellation, 22.50 at stake
+    d4 = w.discount("q2", t0, customer="c4", subscription="s4")
+    w.subscribe("s4", "c4", [("i4", "basic_usd", 3)], t0, trial_end=t1, discounts=[d4["id"]])
+    w.update("s4", asked, cancel_at=ts(2024, 6, 1), canceled_at=asked)
+    # two items, 3 x basic (30) and 1 x analytics (50): 80 from 1 May
+    w.subscribe("s5", "c5", [("i5a", "basic_usd", 3), ("i5b", "analytics_usd", 1)], t0, trial_end=t1)
+    w.update("s5", asked, cancel_at=ts(2024, 7, 1), canceled_at=asked)
+    # cancelled at its period end, the trial's end: it never converts, nothing at stake
+    w.subscribe("s6", "c6", [("i6", "pro_usd", 2)], t0, trial_end=t1)
+    w.update("s6", asked, cancel_at_period_end=True, cancel_at=t1, canceled_at=asked)
+    return w
+
+
+@pytest.fixture(scope="module")
+def trials(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    con = derived(tmp_path_factory.mktemp("trials"), migrated_store_file, trials_set_to_cancel(),
+                  seen_at=ts(2024, 4, 20))
+    yield con
+    con.close()
+
+
+def test_a_trial_set_to_cancel_after_it_ends_puts_its_paid_mrr_at_stake(trials: duckdb.DuckDBPyConnection) -> None:
+    """README: the MRR at stake is the subscription's MRR just before the cancellation takes effect. A trial that
+    ends before that has converted by then: at stake is the MRR it converts to, with its discounts as they will
+    stand then (said 0.00, the trial's MRR, until the trial had converted). One cancelled at the trial's end never
+    converts: 0.00."""
+    at = lambda *a: dt.datetime(*a, tzinfo=UTC)  # noqa: E731
+    assert [(r["subscription_id"], r["cancel_at"], r["status"], r["mrr_at_stake"], r["mrr_at_stake_original"])
+            for r in queries.scheduled_churn(trials)] == [
+        ("s6", at(2024, 5, 1), "trialing", D("0.0000"), D("0.0000")),
+        ("s4", at(2024, 6, 1), "trialing", D("22.5000"), D("22.5000")),  # 30 x 0.75
+        ("s1", at(2024, 6, 15), "trialing", D("30.0000"), D("30.0000")),
+        ("s2", at(2024, 6, 15), "trialing", D("32.0000"), D("32.0000")),  # 40 x 0.8
+        ("s3", at(2024, 6, 15), "trialing", D("30.0000"), D("30.0000")),
+        ("s5", at(2024, 7, 1), "trialing", D("80.0000"), D("80.0000")),  # 30 + 50
+    ]
+
+
+def test_a_trial_set_to_cancel_moves_no_mrr_while_it_runs(trials: duckdb.DuckDBPyConnection) -> None:
+    """design.md 4: a trialing subscription counts zero. Its paid MRR is kept for scheduled_churn alone: no
+    customer has MRR and nothing has moved by 20 April."""
+    assert trials.execute("SELECT count(*) FROM customer_mrr WHERE mrr <> 0").fetchall() == [(0,)]
+    assert trials.execute("SELECT count(*) FROM mrr_movements").fetchall() == [(0,)]
 
 
 # --- churn reasons -----------------------------------------------------------------------------------------------
