@@ -814,7 +814,9 @@ class _Sync:
             newest = await self.api.get("/v1/events", {"limit": 1})
             evs = _events_of(newest)
             start_evt = evs[0]["id"] if evs else None
-            version = int(evs[0]["created"]) if evs else int(time.time())
+            # (no event retained: the server's time at that answer, as Stripe's clock dates the events to come;
+            # this machine's may run ahead of it, and the events after the listing would then be skipped)
+            version = int(evs[0]["created"]) if evs else (self.api.server_time or int(time.time()))
             await self._db(self._start_full, start_evt, version, self.api.server_time)
         self.oldest = await self._oldest_bound()
 
