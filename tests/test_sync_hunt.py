@@ -4,12 +4,14 @@ built so that the right store can be worked out by hand."""
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "metrics"))
@@ -64,3 +66,26 @@ def test_a_full_sync_of_an_account_without_retained_events_dates_its_listing_by_
     assert (r.mode, r.status) == ("incremental", "succeeded")
     assert _rows(db, "SELECT id FROM subscriptions ORDER BY id") == [("sub_1",), ("sub_2",)]
     assert _rows(db, "SELECT id, quantity FROM subscription_items ORDER BY id") == [("si_1", 3), ("si_2", 1)]
+
+
+def test_a_customer_deleted_between_two_syncs_keeps_the_state_its_deletion_event_carries(db: Path) -> None:
+    """``customer.deleted`` carries the customer as it was before its deletion; retrieving it after (the refresh of
+    the event page) gives only its stub. The stub flags the stored row deleted and keeps the last full copy, in the
+    store (load._STUB) and within the page as well: the stub replaced the event's copy, so a customer created and
+    deleted between two syncs was stored as ``{"id", "deleted"}`` alone (no created time, currency, country or
+    metadata for its segments), and one changed just before its deletion kept its state from before the change."""
+    _one_sub(w := World(), T0)
+    assert _sync(w, T0 + DAY, db, full=True).status == "succeeded"
+    c1 = w.objects["customers"]["cus_1"]
+    before = copy.deepcopy(c1)
+    c1["metadata"] = {"tier": "silver"}
+    w.event("customer.updated", T0 + 2 * DAY, c1, before)
+    w.event("customer.deleted", T0 + 2 * DAY + 60, c1)
+    c2 = w.customer("cus_2", created=T0 + 2 * DAY, metadata={"tier": "gold"})
+    w.event("customer.created", T0 + 2 * DAY, c2)
+    w.event("customer.deleted", T0 + 2 * DAY + 60, c2)
+    for cid in ("cus_1", "cus_2"):  # (Stripe answers a deleted customer's retrieve with its stub)
+        w.objects["customers"][cid] = {"id": cid, "object": "customer", "deleted": True}
+    assert _sync(w, T0 + 3 * DAY, db).status == "succeeded"
+    got = {cid: (deleted, orjson.loads(raw)) for cid, deleted, raw in _rows(db, "SELECT id, deleted, raw FROM customers")}
+    assert got == {"cus_1": (True, c1), "cus_2": (True, c2)}

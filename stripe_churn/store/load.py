@@ -257,6 +257,13 @@ _SQL: dict[tuple[str, bool | str], str] = {}
 _JSON = pa.json_(pa.string())
 
 
+def _is_stub(blob: bytes) -> bool:
+    """Whether ``blob`` is a deleted object's stub (``{"id", "object", "deleted": true}``, no ``created``), as
+    ``_STUB`` tells one in SQL."""
+    obj = orjson.loads(blob)  # (only for a deleted copy meeting another of its id: seldom)
+    return isinstance(obj, dict) and obj.get("deleted") is True and obj.get("created") is None
+
+
 class Staged:
     """Rows for one raw table, serialised as they arrive (compact while queued); the last copy of an id wins
     unless an earlier one has a higher version."""
@@ -281,7 +288,11 @@ class Staged:
         at = self._at.get(oid)
         if at is not None:
             if version >= self.versions[at]:
-                self.flags[at], self.versions[at], self.blobs[at] = deleted, version, blob
+                # a stub (a deleted object retrieved after its deletion event) only flags the copy before it, as
+                # the upsert does with a stored one: the event's last full state is kept
+                if not (deleted and _is_stub(blob) and not _is_stub(self.blobs[at])):
+                    self.blobs[at] = blob
+                self.flags[at], self.versions[at] = deleted, version
             return
         self._at[oid] = len(self.ids)
         self.ids.append(oid)
