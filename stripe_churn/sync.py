@@ -65,7 +65,7 @@ from stripe_churn.store.load import (
     upsert_staged,
 )
 from stripe_churn.store.schema import RAW_TABLES
-from stripe_churn.stripe_api.client import NotFoundError, Stopped, StripeRaw
+from stripe_churn.stripe_api.client import CursorGoneError, NotFoundError, Stopped, StripeRaw
 from stripe_churn.stripe_api.listed import decode_object, head_of, is_object, value_of
 from stripe_churn.stripe_api.streams import (
     DELETABLE,
@@ -113,6 +113,7 @@ ENDED_UNRECORDED = "ended without recording its end (its process was killed, or 
 # ``value``: the mode of the account's objects the store holds, ``live`` or ``test`` (see the module's docstring)
 STORE_MODE = "mode"
 EVENT_GROUP = 500  # events applied (and their objects refreshed) together
+CURSOR_RESTARTS = 3  # times a whole list (items, lines, pending items) is paged again when Stripe drops its cursor
 CHECK_EACH_MAX = 250  # unlisted stored objects retrieved one by one at most (more are flagged at once)
 QUEUE_PAGES = 28  # pages waiting for the writer (serialised: ~0.5 MB each at most), enough for TX_OBJECTS
 TX_OBJECTS = 6_000  # objects per write transaction at most (DuckDB holds a transaction in memory; each
@@ -251,6 +252,8 @@ class _Slice:
     pos: int = 0
     fetched: int = 0
     density: float = 0.0  # objects per second of ``created`` (inherited by a split-off slice)
+    # paged again without a cursor from ``created`` = this (the cursor's object left the list: see _next_page)
+    ceiling: int | None = None
 
     def rate(self) -> float:
         if self.fetched and self.hi is not None:
@@ -515,11 +518,22 @@ class _Sync:
             return None
 
     async def _page_all(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every object of a list, paged from its start again when Stripe drops the cursor (an item removed from
+        its subscription while its items are paged), ``CURSOR_RESTARTS`` times at most."""
         assert self.api is not None
         out: list[dict[str, Any]] = []
         after: str | None = None
+        restarts = 0
         while True:
-            page = await self.api.get(path, {**params, "limit": PAGE_LIMIT, "starting_after": after})
+            try:
+                page = await self.api.get(path, {**params, "limit": PAGE_LIMIT, "starting_after": after})
+            except CursorGoneError:
+                if restarts >= CURSOR_RESTARTS:
+                    raise
+                restarts += 1
+                log.info("%s: Stripe no longer knows the object %s paged last: listing it again", path, after)
+                out, after = [], None
+                continue
             data = _list_data(page, path)
             with _answer_of(path):
                 for obj in data:
@@ -668,13 +682,32 @@ class _Sync:
         assert self.api is not None
         params: dict[str, Any] = {**sl.stream.params, "limit": PAGE_LIMIT, "starting_after": sl.after}
         if sl.hi is not None:
-            params["created"] = {"gte": sl.lo, "lte": sl.hi}
+            params["created"] = {"gte": sl.lo, "lte": sl.hi if sl.ceiling is None else sl.ceiling}
         page = await self.api.get_page(sl.stream.path, params)
         objs = []
         for r in page.data:
             b = bytes(r)
             objs.append((b, decode_object(sl.stream.table, b)))
         return objs, bool(page.has_more)
+
+    async def _next_page(self, sl: _Slice) -> tuple[list[tuple[bytes, Any]], bool]:
+        """:meth:`_fetch_page`; when Stripe no longer knows the slice's cursor (its object was deleted, or left the
+        list's filter, since the page that named it: an archived price, a deleted coupon), the slice goes on without
+        it, from the ``created`` of the last object paged (those of that second listed again: a copy listed twice is
+        one row). A slice resumed from its stored cursor knows no such time: it is listed again whole. Each time
+        must find older objects than the time before, or the error stands (no endless loop on one second)."""
+        try:
+            return await self._fetch_page(sl)
+        except CursorGoneError:
+            assert sl.hi is not None  # (a stream's first page has no cursor)
+            at = sl.pos if sl.fetched else sl.hi
+            if sl.ceiling is not None and at >= sl.ceiling:
+                raise
+            log.info("%s: Stripe no longer knows the object %s paged last (deleted, or out of the list since): "
+                     "listing on from its time, %s", sl.stream.name, sl.after,
+                     datetime.fromtimestamp(at, UTC).isoformat())
+            sl.after, sl.ceiling = None, at
+            return await self._fetch_page(sl)
 
     async def _children(self, table: str, objs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """The complete item/line lists of the objects whose embedded list is cut, fetched concurrently."""
@@ -745,7 +778,7 @@ class _Sync:
             while True:
                 if self.stop.is_set():
                     raise Stopped
-                data, more = await self._fetch_page(sl)
+                data, more = await self._next_page(sl)
                 whole = len(data)
                 while True:
                     # the slice may have been split while its page was on the way: what now lies below its range
@@ -1274,12 +1307,19 @@ class _Sync:
         listed: list[str] = []
         after: str | None = None
         version: int | None = None
+        restarts = 0
         while True:
             if self.stop.is_set():
                 raise Stopped
             try:
                 page = await self.api.get_page(stream.path, {**stream.params, "limit": PAGE_LIMIT,
                                                              "starting_after": after})
+            except CursorGoneError:  # (the item paged last was invoiced or deleted since: listed again whole)
+                if restarts >= CURSOR_RESTARTS:
+                    raise
+                restarts += 1
+                listed, after = [], None
+                continue
             except NotFoundError:
                 if after is not None:  # the endpoint answered its first page: not a missing endpoint
                     raise

@@ -4,9 +4,10 @@ built so that the right store can be worked out by hand."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +18,25 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "metrics"))
 from builders import DAY, World, ts
 
-from stripe_churn.sandbox.server import start_in_thread
+from stripe_churn.errors import StripeAPIError
+from stripe_churn.sandbox.listing import ApiError
+from stripe_churn.sandbox.server import RunningSandbox, start_in_thread
 from stripe_churn.settings import Secret, Settings
-from stripe_churn.sync import SyncResult, run_sync
+from stripe_churn.stripe_api.client import CursorGoneError
+from stripe_churn.sync import SyncResult, _Sync, run_sync
 
 KEY = "sk_test_sync_hunt"
 T0 = ts(2026, 6, 1)
 
 
-def _sync(w: World, clock: int, db: Path, *, full: bool = False) -> SyncResult:
-    """One sync of ``w`` as Stripe serves it at ``clock``."""
+def _sync(w: World, clock: int, db: Path, *, full: bool = False,
+          tamper: Callable[[RunningSandbox], None] | None = None, **kw: Any) -> SyncResult:
+    """One sync of ``w`` as Stripe serves it at ``clock`` (``tamper``: changes the server before it; ``kw``:
+    settings)."""
     with start_in_thread(w.served(clock), api_key=KEY) as sb:
-        return run_sync(Settings(api_key=Secret(KEY), api_base=sb.url, db=db, rate_limit=10_000), full=full,
+        if tamper is not None:
+            tamper(sb)
+        return run_sync(Settings(api_key=Secret(KEY), api_base=sb.url, db=db, rate_limit=10_000, **kw), full=full,
                         progress=False)
 
 
@@ -89,3 +97,124 @@ def test_a_customer_deleted_between_two_syncs_keeps_the_state_its_deletion_event
     assert _sync(w, T0 + 3 * DAY, db).status == "succeeded"
     got = {cid: (deleted, orjson.loads(raw)) for cid, deleted, raw in _rows(db, "SELECT id, deleted, raw FROM customers")}
     assert got == {"cus_1": (True, c1), "cus_2": (True, c2)}
+
+
+def _refusing_a_cursor(path: str, refused: set[str],
+                       gone: Callable[[str], None] | None = None) -> Callable[[RunningSandbox], None]:
+    """The server refuses the first cursor the sync gives a page of ``path``, and that cursor ever after, as Stripe
+    does once the cursor's object has left the list since the page that named it (stripe-go #1030: a plan deleted
+    while listed, ``400 resource_missing``, ``param: starting_after``; stripe-node #2368: a subscription canceled
+    while the non-canceled ones are listed). ``gone(id)`` takes the object out of the list then; without it, the
+    object stays listed and only its use as a cursor fails."""
+    def tamper(sb: RunningSandbox) -> None:
+        catalog = sb.app.catalog
+        list_page, sublist_page = catalog.list_page, catalog.sublist_page
+
+        def check(params: Any) -> None:
+            after = params.get("starting_after")
+            if after and not refused:
+                refused.add(after)
+                if gone is not None:
+                    gone(after)
+                    catalog.reset()
+            if after in refused:
+                raise ApiError(400, f"No such object: '{after}'", code="resource_missing", param="starting_after")
+
+        def listed(resource: str, params: Any) -> Any:
+            if f"/v1/{resource}" == path:
+                check(params)
+            return list_page(resource, params)
+
+        def sublisted(resource: str, parent_id: str, params: Any, url: str, param: str = "id") -> Any:
+            if url == path:
+                check(params)
+            return sublist_page(resource, parent_id, params, url, param)
+
+        catalog.list_page, catalog.sublist_page = listed, sublisted  # type: ignore[method-assign]
+    return tamper
+
+
+def _failing_after_a_cursor(sb: RunningSandbox) -> None:
+    """Every page of products after the first answers 500."""
+    list_page = sb.app.catalog.list_page
+
+    def listed(resource: str, params: Any) -> Any:
+        if resource == "products" and params.get("starting_after"):
+            raise ApiError(500, "An error occurred with our connection to Stripe.", type_="api_error")
+        return list_page(resource, params)
+
+    sb.app.catalog.list_page = listed  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("before", ["nothing", "a-failed-full-sync"])
+def test_a_full_listing_goes_on_when_stripe_drops_its_cursor(db: Path, before: str) -> None:
+    """A product archived or deleted while the products are listed: Stripe refuses it as the next page's cursor.
+    The slice failed the run, and every run after it, for good: each resumed the same stored cursor (``sync --full``
+    too). Now it lists on from the last product's ``created`` (a resumed slice, whose stored cursor Stripe refuses,
+    from the top of its range): every product is stored, once."""
+    w = World()
+    w.customer("cus_1", created=T0)  # (the served account's creation: no object is older)
+    for k in range(150):  # (a page holds 100: the second page starts after the 100th newest)
+        w.product(f"prod_{k:03d}", created=T0 + 60 * k)
+    if before == "a-failed-full-sync":  # (its products slice stopped with the cursor prod_050 stored)
+        with pytest.raises(StripeAPIError):
+            _sync(w, T0 + DAY, db, full=True, tamper=_failing_after_a_cursor, max_retries=0)
+        assert _rows(db, "SELECT value FROM sync_cursors WHERE stream LIKE 'full:products.active:%'") == \
+            [("prod_050",)]
+    refused: set[str] = set()
+    r = _sync(w, T0 + DAY, db, full=True, tamper=_refusing_a_cursor("/v1/products", refused))
+    assert (r.status, r.error) == ("succeeded", None)
+    assert refused == {"prod_050"}  # (the 100th newest, as worked out above)
+    assert _rows(db, "SELECT count(*), count(DISTINCT id) FROM products WHERE NOT deleted") == [(150, 150)]
+
+
+def test_the_pending_invoice_items_are_listed_again_when_stripe_drops_their_cursor(db: Path) -> None:
+    """An invoice item invoiced (no longer pending) or deleted while the pending items are listed: Stripe refuses it
+    as the next page's cursor. That failed every run in which it happened; now the pending items are listed again
+    from the first page, and all are stored."""
+    w = World()
+    w.customer("cus_1", created=T0)
+    for k in range(120):
+        w.objects["invoiceitems"][f"ii_{k:03d}"] = {
+            "id": f"ii_{k:03d}", "object": "invoiceitem", "amount": 100, "currency": "usd", "customer": "cus_1",
+            "date": T0 + k, "created": T0 + k, "discounts": [], "invoice": None, "livemode": False, "metadata": {},
+            "parent": None, "proration": False, "quantity": 1}
+    refused: set[str] = set()
+
+    def invoiced(oid: str) -> None:
+        w.objects["invoiceitems"][oid]["invoice"] = "in_1"
+
+    r = _sync(w, T0 + DAY, db, full=True, tamper=_refusing_a_cursor("/v1/invoiceitems", refused, invoiced))
+    assert (r.status, r.error) == ("succeeded", None)
+    assert refused == {"ii_020"}  # (the 100th newest)
+    # every item stored, the one invoiced meanwhile no longer pending
+    assert _rows(db, "SELECT id FROM invoice_items WHERE NOT pending OR deleted") == [("ii_020",)]
+    assert _rows(db, "SELECT count(*) FROM invoice_items WHERE pending AND NOT deleted") == [(119,)]
+
+
+def test_a_whole_list_is_paged_again_when_stripe_drops_its_cursor() -> None:
+    """An invoice's lines (or a subscription's items) paged whole: a line removed from a draft while its lines are
+    paged makes Stripe refuse it as the cursor; the list is paged again from its start, a few times at most."""
+    lines = [{"id": f"il_{k:03d}", "object": "line_item"} for k in range(150)]
+
+    class Api:
+        def __init__(self, refusals: int) -> None:
+            self.refusals = refusals
+            self.asked: list[str | None] = []
+
+        async def get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+            after = params.get("starting_after")
+            self.asked.append(after)
+            if after is not None and self.refusals:
+                self.refusals -= 1
+                raise CursorGoneError("gone", http_status=400)
+            at = 0 if after is None else next(k for k, ln in enumerate(lines) if ln["id"] == after) + 1
+            return {"object": "list", "data": lines[at:at + params["limit"]], "has_more": at + params["limit"] < 150}
+
+    engine = _Sync.__new__(_Sync)  # (_page_all reads nothing of the engine but its client)
+    engine.api = Api(refusals=2)  # type: ignore[assignment]
+    assert asyncio.run(engine._page_all("/v1/invoices/in_1/lines", {})) == lines
+    assert engine.api.asked == [None, "il_099", None, "il_099", None, "il_099"]  # type: ignore[attr-defined]
+    engine.api = Api(refusals=4)  # type: ignore[assignment]
+    with pytest.raises(CursorGoneError):
+        asyncio.run(engine._page_all("/v1/invoices/in_1/lines", {}))

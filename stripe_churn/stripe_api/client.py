@@ -51,6 +51,13 @@ class NotFoundError(StripeAPIError):
     transient = False
 
 
+class CursorGoneError(StripeAPIError):
+    """Stripe refused a list page's cursor (``starting_after`` or ``ending_before``: ``resource_missing``), as it
+    does once the object it names has left that list since the page that named it: deleted (a draft invoice, a
+    coupon, a plan), or out of the list's filter (a price archived while the active prices are listed). The list
+    is whole again from the object's place, not from the cursor."""
+
+
 def encode_params(params: Mapping[str, Any]) -> str:
     """Stripe's form encoding of query parameters: ``expand[0]=..``, ``created[gte]=..``, booleans lower-case."""
     pairs: list[tuple[str, str]] = []
@@ -224,7 +231,7 @@ class StripeRaw:
             if date:
                 self.server_time = _http_date(date) or self.server_time
             should_retry = (headers.get("Stripe-Should-Retry") or "").lower()
-            if status == 403 and self._headers.get("Stripe-Account") and _error_code(body) == "account_invalid":
+            if status == 403 and self._headers.get("Stripe-Account") and _error_field(body, "code") == "account_invalid":
                 raise AuthError(f"Stripe refused this key access to the connected account "
                                 f"{self._headers['Stripe-Account']} (STRIPE_ACCOUNT): check the account id and that "
                                 "the platform still has access to it, or unset STRIPE_ACCOUNT to sync the key's own "
@@ -238,11 +245,16 @@ class StripeRaw:
             if status == 429:
                 self.limiter.penalise()
             if status == 429 or status == 409 or status >= 500:
-                code = _error_code(body)
+                code = _error_field(body, "code")
                 last = f"Stripe answered {status}" + (f" ({self._from_answer(code)})" if code else "")
                 if should_retry == "false":
                     break
                 continue
+            if status in (400, 404) and _error_field(body, "code") == "resource_missing" and \
+                    _error_field(body, "param") in ("starting_after", "ending_before"):
+                raise CursorGoneError(f"Stripe no longer knows the cursor of GET {path}: "
+                                      f"{_error_message(body, self._key)}", http_status=status,
+                                      request_id=request_id)
             if status == 404:
                 raise NotFoundError(f"not found: {path}", http_status=404, request_id=request_id)
             if status >= 400:
@@ -302,10 +314,11 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return data
 
 
-def _error_code(body: Any) -> str | None:
+def _error_field(body: Any, name: str) -> str | None:
+    """A field of Stripe's error envelope (``code``, ``param``), None when the body has none."""
     try:
-        code = orjson.loads(body).get("error", {}).get("code")
-        return str(code) if code else None
+        value = orjson.loads(body).get("error", {}).get(name)
+        return str(value) if value else None
     except Exception:
         return None
 
