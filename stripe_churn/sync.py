@@ -545,12 +545,13 @@ class _Sync:
 
     async def _add_object(self, batch: Batch, table: str, obj: dict[str, Any], version: int,
                           deleted: bool | None = None, *, children: list[dict[str, Any]] | None = None,
-                          from_event: bool = False) -> None:
+                          from_event: bool = False, embedded_only: bool = False) -> None:
         """An object and what hangs off it (items, lines, discounts) into the batch.
 
         ``children``: the object's complete item or line list when already fetched. ``from_event``: the object is
         an event's (its cut-short list may be gone since: then its embedded part is stored, and none of its stored
-        children is marked missing). Raises :class:`_Malformed` for an object not of the shape read here.
+        children is marked missing). ``embedded_only``: its cut-short list is known to be gone (the same, without
+        asking). Raises :class:`_Malformed` for an object not of the shape read here.
         """
         _check_object(table, obj)
         if table == "prices" and not (deleted or obj.get("deleted")):
@@ -559,7 +560,8 @@ class _Sync:
         if deleted or obj.get("deleted"):
             return
         if table == "subscriptions":
-            got = children if children is not None else await self._sub_items(obj, from_event=from_event)
+            got = None if embedded_only else children if children is not None else \
+                await self._sub_items(obj, from_event=from_event)
             items = got if got is not None else list((obj.get("items") or {}).get("data") or [])
             for it in items:
                 it.setdefault("subscription", obj["id"])
@@ -579,7 +581,8 @@ class _Sync:
             batch.children[("discounts", "subscription_id", "")].append(
                 (obj["id"], [d["id"] if isinstance(d, dict) else str(d) for d in [*discounts, *on_items]], version))
         elif table == "invoices":
-            got = children if children is not None else await self._invoice_lines(obj, from_event=from_event)
+            got = None if embedded_only else children if children is not None else \
+                await self._invoice_lines(obj, from_event=from_event)
             lines = got if got is not None else list((obj.get("lines") or {}).get("data") or [])
             for ln in lines:
                 ln.setdefault("invoice", obj["id"])
@@ -709,8 +712,10 @@ class _Sync:
             sl.after, sl.ceiling = None, at
             return await self._fetch_page(sl)
 
-    async def _children(self, table: str, objs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-        """The complete item/line lists of the objects whose embedded list is cut, fetched concurrently."""
+    async def _children(self, table: str, objs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]] | None]:
+        """The complete item/line lists of the objects whose embedded list is cut, fetched concurrently; None for an
+        object whose list answers 404: it is gone since it was listed (a draft invoice deleted, a subscription of
+        a test clock deleted), and its deletion event, after the listing's start event, flags it."""
         todo: list[tuple[str, str, dict[str, Any]]] = []
         for obj in objs:
             if obj.get("deleted"):
@@ -721,7 +726,15 @@ class _Sync:
                 todo.append((obj["id"], f"/v1/invoices/{obj['id']}/lines", LINE_LIST_PARAMS))
         if not todo:
             return {}
-        got = await asyncio.gather(*(self._page_all(path, params) for _, path, params in todo))
+        async def whole(path: str, params: dict[str, Any]) -> list[dict[str, Any]] | None:
+            try:
+                return await self._page_all(path, params)
+            except NotFoundError:
+                log.info("%s answered 404 (its object was deleted since it was listed): only its embedded part is "
+                         "stored", path)
+                return None
+
+        got = await asyncio.gather(*(whole(path, params) for _, path, params in todo))
         return {oid: lst for (oid, _, _), lst in zip(todo, got, strict=True)}
 
     async def _page_batch(self, table: str, data: list[tuple[bytes, Any]], version: int) -> Batch:
@@ -736,7 +749,8 @@ class _Sync:
         if slow:
             full_lists = await self._children(table, slow)
             for obj in slow:
-                await self._add_object(batch, table, obj, version, children=full_lists.get(obj["id"]))
+                await self._add_object(batch, table, obj, version, children=full_lists.get(obj["id"]),
+                                       embedded_only=obj["id"] in full_lists and full_lists[obj["id"]] is None)
         return batch
 
     def _split(self) -> tuple[_Slice, _Slice] | None:

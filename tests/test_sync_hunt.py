@@ -218,3 +218,29 @@ def test_a_whole_list_is_paged_again_when_stripe_drops_its_cursor() -> None:
     engine.api = Api(refusals=4)  # type: ignore[assignment]
     with pytest.raises(CursorGoneError):
         asyncio.run(engine._page_all("/v1/invoices/in_1/lines", {}))
+
+
+def test_an_invoice_deleted_while_listed_does_not_fail_the_listing(db: Path) -> None:
+    """A draft invoice of 12 lines (10 embedded: its list is cut short) deleted between the page that lists it and
+    the request for the rest of its lines, which answers 404. That failed the run (the next one, listing the page
+    again without it, went through); the listing now stores what the page embedded, as for an event's object gone
+    since (its deletion event, after the listing's start, flags it)."""
+    _one_sub(w := World(), T0)
+    item = w.objects["subscriptions"]["sub_1"]["items"]["data"][0]
+    inv = w._invoice("sub_1", T0 + DAY, "manual", [w._line("sub_1", item, T0 + DAY, T0 + DAY, amount=100)
+                                                   for _ in range(12)])
+    inv.update(status="draft", parent=None)
+
+    def deleted_meanwhile(sb: RunningSandbox) -> None:
+        sublist_page = sb.app.catalog.sublist_page
+
+        def sublisted(resource: str, parent_id: str, params: Any, url: str, param: str = "id") -> Any:
+            if parent_id == inv["id"]:
+                raise ApiError(404, f"No such invoice: '{parent_id}'", code="resource_missing", param="id")
+            return sublist_page(resource, parent_id, params, url, param)
+
+        sb.app.catalog.sublist_page = sublisted  # type: ignore[method-assign]
+
+    r = _sync(w, T0 + 2 * DAY, db, full=True, tamper=deleted_meanwhile)
+    assert (r.status, r.error) == ("succeeded", None)
+    assert _rows(db, "SELECT count(*) FROM invoice_lines WHERE invoice_id = ? AND NOT deleted", [inv["id"]]) == [(10,)]
