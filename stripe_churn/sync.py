@@ -805,7 +805,9 @@ class _Sync:
                     if sl.lo == lo:
                         break
                 if sl.hi is None:  # the stream's first page: from now on a slice of [oldest, newest]
-                    sl.hi = _listed_created(data[0], 0) if data else 0
+                    # (the page's newest time: an object without one, first, would date the range at 0 and leave
+                    # every later page out)
+                    sl.hi = max((_listed_created(o, 0) for o in data), default=0)
                     sl.lo = min(self.oldest, sl.hi)
                     sl.key = f"full:{sl.stream.name}:{sl.lo}:{sl.hi}"
                 done = not more or not data or len(data) < whole

@@ -244,3 +244,30 @@ def test_an_invoice_deleted_while_listed_does_not_fail_the_listing(db: Path) -> 
     r = _sync(w, T0 + 2 * DAY, db, full=True, tamper=deleted_meanwhile)
     assert (r.status, r.error) == ("succeeded", None)
     assert _rows(db, "SELECT count(*) FROM invoice_lines WHERE invoice_id = ? AND NOT deleted", [inv["id"]]) == [(10,)]
+
+
+def test_a_first_page_whose_newest_object_has_no_created_time_does_not_cut_the_listing_short(db: Path) -> None:
+    """The newest object of a stream's first page dates the stream's range (its ``created``). Without one (null or
+    missing: a malformed answer), the range was [0, 0]: every object past the first page was left out, silently
+    (a re-list took them for deleted: retrieved one by one, or beyond 250 flagged deleted at once). The range is
+    dated by the page's newest ``created`` now."""
+    w = World()
+    for k in range(130):
+        w.customer(f"cus_{k:03d}", created=T0 + 60 * k)
+
+    def undated_first(sb: RunningSandbox) -> None:
+        list_page = sb.app.catalog.list_page
+
+        def listed(resource: str, params: Any) -> Any:
+            pieces = list_page(resource, params)
+            if resource != "customers" or params.get("starting_after") or params.get("created"):
+                return pieces
+            page = orjson.loads(b"".join(bytes(p) for p in pieces))
+            del page["data"][0]["created"]
+            return [orjson.dumps(page)]
+
+        sb.app.catalog.list_page = listed  # type: ignore[method-assign]
+
+    r = _sync(w, T0 + DAY, db, full=True, tamper=undated_first)
+    assert (r.status, r.error) == ("succeeded", None)
+    assert _rows(db, "SELECT count(*) FROM customers WHERE NOT deleted") == [(130,)]
