@@ -14,6 +14,8 @@ from typing import Any
 import duckdb
 import orjson
 import pytest
+import responses
+import stripe
 
 sys.path.insert(0, str(Path(__file__).parent / "metrics"))
 from builders import DAY, World, ts
@@ -22,7 +24,7 @@ from stripe_churn.errors import StripeAPIError
 from stripe_churn.sandbox.listing import ApiError
 from stripe_churn.sandbox.server import RunningSandbox, start_in_thread
 from stripe_churn.settings import Secret, Settings
-from stripe_churn.stripe_api.client import CursorGoneError
+from stripe_churn.stripe_api.client import CursorGoneError, NotFoundError, StripeRaw
 from stripe_churn.sync import SyncResult, _Sync, run_sync
 
 KEY = "sk_test_sync_hunt"
@@ -271,3 +273,25 @@ def test_a_first_page_whose_newest_object_has_no_created_time_does_not_cut_the_l
     r = _sync(w, T0 + DAY, db, full=True, tamper=undated_first)
     assert (r.status, r.error) == ("succeeded", None)
     assert _rows(db, "SELECT count(*) FROM customers WHERE NOT deleted") == [(130,)]
+
+
+@pytest.mark.parametrize(("status", "error", "gone"), [
+    # stripe-go #1030: a plan deleted between two pages of /v1/plans
+    (400, {"code": "resource_missing", "param": "starting_after", "message": "No such plan: 'plan_1'"}, True),
+    (404, {"code": "resource_missing", "param": "ending_before", "message": "No such event: 'evt_1'"}, True),
+    # an object that is not there (a retrieve) stays a 404; another refusal stays one
+    (404, {"code": "resource_missing", "param": "id", "message": "No such customer: 'cus_1'"}, False),
+    (400, {"code": "parameter_invalid_integer", "param": "limit", "message": "Invalid integer"}, False),
+], ids=["cursor-400", "cursor-404", "object-404", "other-400"])
+@responses.activate
+def test_a_refused_cursor_is_told_from_a_missing_object_and_a_bad_request(status: int, error: dict[str, str],
+                                                                         gone: bool) -> None:
+    responses.get("http://stripe.test/v1/plans", status=status, json={"error": {"type": "invalid_request_error",
+                                                                                **error}})
+    raw = StripeRaw(Settings(api_key=Secret(KEY), api_base="http://stripe.test", max_retries=2, rate_limit=1000.0),
+                    http_client=stripe.RequestsClient())
+    with pytest.raises(StripeAPIError) as caught:
+        asyncio.run(raw.get("/v1/plans", {"limit": 100, "starting_after": "plan_1"}))
+    assert isinstance(caught.value, CursorGoneError) is gone
+    assert isinstance(caught.value, NotFoundError) is (status == 404 and not gone)
+    assert len(responses.calls) == 1  # (none of them is tried again)
