@@ -726,6 +726,7 @@ class _Sync:
                 todo.append((obj["id"], f"/v1/invoices/{obj['id']}/lines", LINE_LIST_PARAMS))
         if not todo:
             return {}
+
         async def whole(path: str, params: dict[str, Any]) -> list[dict[str, Any]] | None:
             try:
                 return await self._page_all(path, params)
