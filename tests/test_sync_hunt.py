@@ -1,6 +1,8 @@
 """The sync against Stripe's documented (and reported) behaviour, at its edges: the real sync, through the SDK's HTTP
-client, against the sandbox server serving a small account built by hand (tests/metrics/builders.py), each case
-built so that the right store can be worked out by hand."""
+client, against the sandbox server serving a small account built by hand (tests/metrics/builders.py), the server
+changed where a case needs Stripe to answer otherwise than the sandbox does; each case built so that the right store
+can be worked out by hand. A few cases of one part alone: the whole-list pager, and the client's reading of a refused
+cursor under ``responses``."""
 
 from __future__ import annotations
 
