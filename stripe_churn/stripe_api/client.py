@@ -36,6 +36,7 @@ API_VERSION: str = stripe.api_version  # the SDK's pin; every request sends it a
 # then it is given up, and no retry starts: a server that hangs cannot hold a stop for timeout x retries.
 STOP_GRACE_S = 5.0
 _STOP_POLL_S = 0.25  # how often a request on the way looks at the stop
+RETRY_AFTER_MAX_S = 60.0  # the longest a Retry-After header makes a retry wait (a longer one waits this long)
 
 
 class Stopped(Exception):
@@ -208,10 +209,12 @@ class StripeRaw:
         request_id: str | None = None
         status: int | None = None
         attempt = 0  # retries made so far, for the message
+        asked = 0.0  # the wait the last answer asked for (its Retry-After), at least that before the next try
         for attempt in range(self.max_retries + 1):
             if attempt:
                 self.retries += 1
-                await self._pause(self._backoff(attempt), path)
+                await self._pause(max(self._backoff(attempt), asked), path)
+            asked = 0.0
             await self.limiter.acquire()
             started = time.monotonic()
             self.requests += 1
@@ -245,6 +248,7 @@ class StripeRaw:
             if status == 429:
                 self.limiter.penalise()
             if status == 429 or status == 409 or status >= 500:
+                asked = _retry_after(headers.get("Retry-After") or headers.get("retry-after"), self.server_time)
                 code = _error_field(body, "code")
                 last = f"Stripe answered {status}" + (f" ({self._from_answer(code)})" if code else "")
                 if should_retry == "false":
@@ -321,6 +325,25 @@ def _error_field(body: Any, name: str) -> str | None:
         return str(value) if value else None
     except Exception:
         return None
+
+
+def _retry_after(value: str | None, now: int | None) -> float:
+    """Seconds a ``Retry-After`` header asks a client to wait (seconds, or an HTTP date against the server's
+    ``now``), at most :data:`RETRY_AFTER_MAX_S`; 0 when there is none or it does not parse. Stripe's rate limits
+    and a proxy in front of it may send one; the SDK does not read it, and a retry sooner is refused again."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        when = _http_date(value)
+        if when is None:
+            return 0.0
+        seconds = when - (now if now is not None else time.time())
+    if seconds != seconds:  # (NaN)
+        return 0.0
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
 
 
 def _http_date(value: str) -> int | None:

@@ -56,6 +56,39 @@ def test_429_without_header_is_retried_and_slows_the_bucket() -> None:
     assert raw.limiter.throttled == 1 and raw.limiter.rate < before
 
 
+def paused(raw: StripeRaw) -> list[float]:
+    """The waits ``raw`` makes before its retries, recorded instead of slept."""
+    waits: list[float] = []
+
+    async def pause(seconds: float, path: str) -> None:
+        waits.append(seconds)
+
+    raw._pause = pause  # type: ignore[method-assign]
+    return waits
+
+
+@pytest.mark.parametrize(("status", "headers", "wait"), [
+    (429, {"Retry-After": "2"}, 2.0),
+    (503, {"Retry-After": "1.5"}, 1.5),
+    (429, {"Date": "Sat, 05 Dec 2026 20:00:00 GMT", "Retry-After": "Sat, 05 Dec 2026 20:00:03 GMT"}, 3.0),
+    (429, {"Retry-After": "3600"}, 60.0),  # (at most a minute: longer waits the next run's turn)
+    (429, {"Retry-After": "soon"}, 0.0),  # (unreadable: the backoff alone, 0 here)
+    (429, {"Retry-After": "-5"}, 0.0),
+    (429, {}, 0.0),
+])
+@responses.activate
+def test_a_retry_waits_as_long_as_retry_after_asks(status: int, headers: dict[str, str], wait: float) -> None:
+    """The SDK does not read Retry-After, and the backoff's first waits (0.125-0.5 s) come before the second a
+    rate limiter (or a proxy) asks for: the retry was refused again, and the retries ran out. The wait before the
+    next try is now at least what the answer asked, up to a minute."""
+    responses.get(URL, status=status, headers=headers, json={"error": {"message": "slow down"}})
+    responses.get(URL, body=PAGE)
+    raw = client()
+    waits = paused(raw)
+    assert get(raw)["data"] and len(responses.calls) == 2
+    assert waits == [wait]
+
+
 @responses.activate
 def test_should_retry_false_is_not_retried() -> None:
     responses.get(URL, status=429, headers={"Stripe-Should-Retry": "false"}, json={"error": {}})
