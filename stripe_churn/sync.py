@@ -53,6 +53,7 @@ from stripe_churn.settings import Settings, redact_secrets
 from stripe_churn.store.db import open_store, transaction
 from stripe_churn.store.fx_file import rates_quoted_in, record_quote
 from stripe_churn.store.load import (
+    STATE_SEEN,
     Staged,
     create_stages,
     drop_stages,
@@ -957,7 +958,8 @@ class _Sync:
             mark_unlisted_children(self.con, self.account, self.full_started, self._now(), server_time)
             if server_time is not None:  # Stripe lists every event it keeps: stored ones it did not list are gone
                 self.con.execute(
-                    "UPDATE events SET deleted = true, last_seen_at = $seen WHERE account_id = $a AND NOT deleted "
+                    "UPDATE events SET deleted = true, last_seen_at = $seen, "
+                    f"state_seen_at = {STATE_SEEN.format(seen='$seen', version='version')} WHERE account_id = $a AND NOT deleted "
                     "AND last_seen_at < $since AND created >= to_timestamp($cutoff)",
                     {"seen": self._now(), "a": self.account, "since": self.full_started,
                      "cutoff": server_time - EVENT_RETENTION_S})
@@ -1087,7 +1089,8 @@ class _Sync:
         with transaction(self.con):
             for table in RETRIEVE_PATH:
                 self.con.execute(
-                    f"UPDATE {table} SET deleted = true, version = $v, last_seen_at = $seen "
+                    f"UPDATE {table} SET deleted = true, version = $v, last_seen_at = $seen, "
+                    f"state_seen_at = {STATE_SEEN.format(seen='$seen', version='$v')} "
                     "WHERE account_id = $a AND NOT deleted AND last_seen_at < $since",
                     {"v": version, "seen": self._now(), "a": self.account, "since": self.full_started})
 
@@ -1381,7 +1384,8 @@ class _Sync:
         pending, seen now; nothing else of them changes (their JSON stays as last listed). Returns how many."""
         with transaction(self.con):
             row = self.con.execute(
-                "UPDATE invoice_items SET pending = false, last_seen_at = $seen WHERE account_id = $a AND pending "
+                "UPDATE invoice_items SET pending = false, last_seen_at = $seen, "
+                f"state_seen_at = {STATE_SEEN.format(seen='$seen', version='version')} WHERE account_id = $a AND pending "
                 "AND NOT list_contains($ids, id)", {"seen": self._now(), "a": self.account, "ids": listed}).fetchone()
         return int(row[0]) if row else 0
 

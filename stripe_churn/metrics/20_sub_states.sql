@@ -42,6 +42,14 @@ CREATE OR REPLACE TABLE derived_coverage AS SELECT * FROM coverage_now();
 -- the sync before events it read. (The row's own values: it moves only when the row is written again.)
 CREATE OR REPLACE MACRO seen_in_stripes_clock(last_seen_at, version, snapshot_at) AS
     greatest(least(last_seen_at, snapshot_at), to_timestamp(version));
+-- When a sync first saw a row's current state, in Stripe's clock: the sync that stored it, as above. When that
+-- was the row's latest write, exactly as above; otherwise its `state_seen_at` (that write's moment, or its version
+-- when later: what the store kept of it) no later than the latest snapshot. A later sync that saw the same state
+-- again (a full listing rewrites every row) does not move it.
+CREATE OR REPLACE MACRO state_seen_in_stripes_clock(state_seen_at, last_seen_at, version, snapshot_at) AS
+    CASE WHEN state_seen_at IS NULL OR state_seen_at >= greatest(last_seen_at, to_timestamp(version))
+         THEN seen_in_stripes_clock(last_seen_at, version, snapshot_at)
+         ELSE least(state_seen_at, snapshot_at) END;
 
 -- Subscription events: the fields of the state just after (`data.object`) and just before
 -- (`previous_attributes` merged onto it, by JSON merge-patch rules; only *.updated events carry them) that
@@ -303,9 +311,12 @@ WITH snap AS (
            created AS created_at, trial_start, trial_end, canceled_at, ended_at, cancel_at,
            coalesce(cancel_at_period_end, false) AS cancel_at_period_end, cancellation_reason,
            cancellation_feedback, cancellation_comment, paused_at, coalesce(pause_collection, false) AS pause_collection,
-           -- seen at the sync, in Stripe's clock
+           -- seen at the sync, in Stripe's clock; and its current state first seen (by the sync that first saw it)
            seen_in_stripes_clock(last_seen_at, version, (SELECT c.snapshot_at FROM derived_coverage c
                                                          WHERE c.account_id = subscriptions.account_id)) AS seen_at,
+           state_seen_in_stripes_clock(state_seen_at, last_seen_at, version,
+                                       (SELECT c.snapshot_at FROM derived_coverage c
+                                        WHERE c.account_id = subscriptions.account_id)) AS state_seen_at,
            true AS in_snapshot,
            -- the snapshot's JSON stays in `subscriptions`: read it from there for the few rows that need it
            CAST(NULL AS JSON) AS state
@@ -331,7 +342,7 @@ from_events AS (
            json_extract_string(v[12], '$.comment') AS cancellation_comment,
            ts_of(json_extract_string(v[13], '$')) AS paused_at,
            coalesce(json_type(v[14]) = 'OBJECT', false) AS pause_collection,
-           l.seen_at, false AS in_snapshot, v[15] AS state
+           l.seen_at, l.seen_at AS state_seen_at, false AS in_snapshot, v[15] AS state
     FROM (SELECT l.account_id, l.subscription_id, l.seen_at,
                  json_extract(r.raw, ['$.data.object.customer', '$.data.object.currency', '$.data.object.status',
                                       '$.data.object.start_date', '$.data.object.created',
@@ -409,19 +420,30 @@ last_events AS (
     FROM derived_sub_events
     QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY seq DESC) = 1
 ),
--- the snapshot's items_key, from the subscription_items rows seen in the same sync (its embedded list)
+-- the snapshot's items_key, from the subscription_items rows seen in the same sync (its embedded list), and when
+-- the latest of their states was first seen (those the sync found gone too: a removal is a change of the list)
 snapshot_keys AS (
     SELECT s.account_id, s.id AS subscription_id,
-           list_sort(list(concat_ws('|', si.id, si.price_id, CAST(si.quantity AS VARCHAR)))) AS items_key
+           list_sort(list(concat_ws('|', si.id, si.price_id, CAST(si.quantity AS VARCHAR)))
+                         FILTER (WHERE NOT coalesce(si.deleted, false))) AS items_key,
+           max(state_seen_in_stripes_clock(si.state_seen_at, si.last_seen_at, si.version, c.snapshot_at))
+               AS items_state_seen_at
     FROM subscriptions s
     JOIN last_events l ON l.account_id = s.account_id AND l.subscription_id = s.id
+    JOIN derived_coverage c ON c.account_id = s.account_id
     JOIN subscription_items si
       ON si.account_id = s.account_id AND si.subscription_id = s.id
-     AND NOT coalesce(si.deleted, false) AND si.last_seen_at >= s.last_seen_at - INTERVAL 1 HOUR
+     AND si.last_seen_at >= s.last_seen_at - INTERVAL 1 HOUR
     GROUP BY ALL
 ),
 late_snapshot AS (
-    SELECT s.account_id, s.subscription_id, s.seen_at AS moment, 'snapshot' AS source, NULL AS event_id,
+    -- (dated when a sync first saw the snapshot's state: that of the subscription or of one of its items, whichever
+    -- came last, when that is after the last event; else when the latest sync saw it, after that event)
+    SELECT s.account_id, s.subscription_id,
+           CASE WHEN greatest(s.state_seen_at, least(k.items_state_seen_at, s.seen_at)) > l.moment
+                THEN greatest(s.state_seen_at, least(k.items_state_seen_at, s.seen_at))
+                ELSE s.seen_at END AS moment,
+           'snapshot' AS source, NULL AS event_id,
            NULL AS items,
            -- (1000000: a change the events missed; 1000001: the last event's list was cut short, so only the
            -- snapshot, complete from subscription_items, says which of the items it left out are still there,

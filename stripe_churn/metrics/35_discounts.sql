@@ -70,9 +70,9 @@ WITH d AS (
 -- invoices are those billing the item (its non-proration lines), and a line lists it or not. (Only these
 -- owners' invoices, and these items' lines, have their JSON read.)
 unended AS (
-    -- (found_gone_at: the sync that found it gone, in Stripe's clock)
+    -- (found_gone_at: the sync that found it gone, in Stripe's clock; a later write of it, gone still, does not move it)
     SELECT d.account_id, d.id AS discount_id, d.subscription_id, d.customer_id, d.subscription_item_id,
-           seen_in_stripes_clock(d.last_seen_at, d.version, c.snapshot_at) AS found_gone_at
+           state_seen_in_stripes_clock(d.state_seen_at, d.last_seen_at, d.version, c.snapshot_at) AS found_gone_at
     FROM discounts d
     LEFT JOIN derived_coverage c USING (account_id)
     WHERE coalesce(deleted, false) AND json_extract_string(raw, '$.end') IS NULL

@@ -71,18 +71,18 @@ _CATALOGUE = ("products", "prices", "coupons")
 _UNREAD = {
     "customers": ("raw",),
     "subscriptions": ("raw",),
-    "invoices": ("raw", "version", "first_seen_at", "currency", "amount_due", "amount_paid", "total", "period_start",
-                 "period_end"),
+    "invoices": ("raw", "version", "first_seen_at", "state_seen_at", "currency", "amount_due", "amount_paid", "total",
+                 "period_start", "period_end"),
     # (30_item_history reads the lines, and only these columns: account_id, id, invoice_id, subscription_id,
     # subscription_item_id, parent_proration, proration_credit, amount, price_id, quantity, period_start,
     # period_end, tax_inclusive, deleted; 35 and 90 the JSON of those _READ_RAW names)
-    "invoice_lines": ("raw", "version", "created", "first_seen_at", "last_seen_at", "product_id", "currency",
-                      "proration"),
+    "invoice_lines": ("raw", "version", "created", "first_seen_at", "last_seen_at", "state_seen_at", "product_id",
+                      "currency", "proration"),
     "credit_notes": ("raw",),
     # (30_item_history reads the pending items' account_id, id, customer_id, subscription_id, subscription_item_id,
     # price_id, quantity, amount, proration, proration_credit, date, period_start, period_end, pending, deleted)
-    "invoice_items": ("raw", "version", "created", "first_seen_at", "last_seen_at", "invoice_id", "product_id",
-                      "currency"),
+    "invoice_items": ("raw", "version", "created", "first_seen_at", "last_seen_at", "state_seen_at", "invoice_id",
+                      "product_id", "currency"),
 }
 # The rows whose JSON the steps read, in tables read by their typed columns otherwise ({db}: the scope, whose
 # subscriptions are copied before its events; {main}: the main database). Events: removed discounts
@@ -224,14 +224,15 @@ EXCEPT SELECT account_id, customer_id FROM touched_customers
 
 # A subscription is seen at its sync's moment, but never later than the latest snapshot (derived_subs.seen_at:
 # the latest snapshot is in Stripe's clock, which may run behind this machine's, as the sandbox's and test
-# clocks do). When the snapshot moves, the subscriptions seen after the older of the two snapshots move with
-# it: their customers are derived again. (Against Stripe's own clock these are only the latest sync's.)
+# clocks do), and so is its state first seen (derived_subs.state_seen_at). When the snapshot moves, the
+# subscriptions seen, or whose state was first seen, after the older of the two snapshots move with it: their
+# customers are derived again. (Against Stripe's own clock these are only the latest sync's.)
 _CLAMPED_SQL = """
 INSERT INTO touched_customers
 SELECT DISTINCT s.account_id, s.customer_id
 FROM subscriptions s JOIN touched_coverage v USING (account_id)
 WHERE NOT v.whole_account AND s.customer_id IS NOT NULL AND NOT coalesce(s.deleted, false)
-  AND s.last_seen_at > least(v.snapshot_at, v.old_snapshot_at)
+  AND greatest(s.last_seen_at, s.state_seen_at) > least(v.snapshot_at, v.old_snapshot_at)
 EXCEPT SELECT account_id, customer_id FROM touched_customers
 """
 

@@ -160,6 +160,21 @@ def _m007_plan_prices_and_decimal_quantities(con: duckdb.DuckDBPyConnection) -> 
                                   "quantity IS NULL AND raw->>'$.quantity_decimal' IS NOT NULL")
 
 
+def _m009_state_seen_at(con: duckdb.DuckDBPyConnection) -> None:
+    """``state_seen_at`` on every raw table: when the row's current state was first stored. What a row kept
+    already holds was stored by its latest write at the latest, so it gets that write's moment (``last_seen_at``,
+    or its version when later), which dates it as the metrics dated it until now. (A table created later has it
+    from its creation.)"""
+    for table in schema.RAW_TABLES:
+        have = {r[0] for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database()",
+            [table]).fetchall()}
+        if "state_seen_at" in have:
+            continue
+        con.execute(f"ALTER TABLE {table} ADD COLUMN state_seen_at TIMESTAMPTZ")
+        con.execute(f"UPDATE {table} SET state_seen_at = greatest(last_seen_at, to_timestamp(version))")
+
+
 # Applied in this order, each once; never edit one that shipped -- add a new one.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_initial", _m001_initial),
@@ -170,6 +185,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("006_invoice_items", lambda con: _create_raw_if_missing(con, "invoice_items")),
     ("007_plan_prices_and_decimal_quantities", _m007_plan_prices_and_decimal_quantities),
     ("008_invoice_attempted", lambda con: _add_extracted_columns(con, {"invoices": ("attempted",)})),
+    ("009_state_seen_at", _m009_state_seen_at),
 ]
 
 

@@ -25,7 +25,8 @@ from stripe_churn.store.schema import EXTRACT, PARSE, RAW_TABLES
 log = logging.getLogger(__name__)
 
 _PATH = re.compile(r"j->>'(\$[^']*)'")
-_COMMON = ("account_id", "id", "deleted", "raw", "version", "created", "first_seen_at", "last_seen_at")
+_COMMON = ("account_id", "id", "deleted", "raw", "version", "created", "first_seen_at", "last_seen_at",
+           "state_seen_at")
 
 
 def _typed(table: str) -> tuple[dict[str, str], dict[str, str], list[str]]:
@@ -89,6 +90,24 @@ _STUB = ("(CASE WHEN {row}.deleted AND {row}.created IS NULL "
          "THEN {row}.raw->>'$.deleted' = 'true' AND {row}.raw->>'$.created' IS NULL ELSE false END)")
 
 
+# When a write stores a row's state (SQL over the write's moment and the copy's version): that moment, or the version
+# when it is later (Stripe's clock, running ahead of this machine's: the metrics read it as seen_in_stripes_clock
+# reads last_seen_at and version).
+STATE_SEEN = "greatest({seen}, to_timestamp({version}))"
+
+
+def _state_changed(table: str, new: str, old: str) -> str:
+    """SQL: whether the incoming copy ``<new>`` changes the state of the stored row ``<old>`` of the same id: its
+    deleted flag, or its JSON as it would be stored (a stub only flags; includable fields kept). The JSON is
+    compared as text first, and parsed only when the texts differ (a listed copy keeps the whitespace Stripe sent
+    it with, a retrieved or an event's copy is compact)."""
+    stub = _STUB.format(row=new)
+    raw = _with_kept_includable(table, new, old)
+    return (f"({new}.deleted IS DISTINCT FROM {old}.deleted OR CASE WHEN {stub} THEN false "
+            f"WHEN CAST({raw} AS VARCHAR) IS NOT DISTINCT FROM CAST({old}.raw AS VARCHAR) THEN false "
+            f"ELSE json({raw}) IS DISTINCT FROM json({old}.raw) END)")
+
+
 def _conflict(table: str, replace: bool) -> str:
     """The ON CONFLICT clause of an upsert into ``table`` (see :func:`upsert_staged` for ``replace``)."""
     typed = EXTRACT[table]
@@ -99,6 +118,8 @@ def _conflict(table: str, replace: bool) -> str:
         "version = excluded.version",
         f"created = coalesce(excluded.created, {table}.created)",
         "last_seen_at = excluded.last_seen_at",
+        f"state_seen_at = CASE WHEN {_state_changed(table, 'excluded', table)} THEN excluded.state_seen_at "
+        f"ELSE {table}.state_seen_at END",
         *(f"{c} = CASE WHEN {stub} THEN {table}.{c} ELSE excluded.{c} END" for c in typed),
     ]
     return (
@@ -114,11 +135,14 @@ def _columns(table: str) -> list[str]:
 
 def _replacing(table: str) -> str:
     """The select list of the rows an incoming copy ``s`` makes of the stored ``t`` of the same id, as the upsert's
-    ON CONFLICT clause (``replace``) sets them: a stub only flags the row; ``first_seen_at`` stays."""
+    ON CONFLICT clause (``replace``) sets them: a stub only flags the row; ``first_seen_at`` stays, and
+    ``state_seen_at`` unless the copy changes the row's state."""
     stub = _STUB.format(row="s")
     kept = {"account_id": "s.account_id", "id": "s.id", "deleted": "s.deleted", "version": "s.version",
             "created": "coalesce(s.created, t.created)", "first_seen_at": "t.first_seen_at",
             "last_seen_at": "s.last_seen_at",
+            "state_seen_at": f"CASE WHEN {_state_changed(table, 's', 't')} THEN s.state_seen_at "
+                             "ELSE t.state_seen_at END",
             "raw": f"CASE WHEN {stub} THEN t.raw ELSE {_with_kept_includable(table, 's', 't')} END"}
     return ", ".join(f"{kept.get(c, f'CASE WHEN {stub} THEN t.{c} ELSE s.{c} END')} AS {c}" for c in _columns(table))
 
@@ -134,6 +158,7 @@ def _sql(table: str, replace: bool = False, source: str = "staged", *, stage: bo
         "s.j AS raw", "s.version",
         "try(to_timestamp(TRY_CAST(s.x[1] AS BIGINT))) AS created",
         "$seen AS first_seen_at", "$seen AS last_seen_at",
+        STATE_SEEN.format(seen="$seen", version="s.version") + " AS state_seen_at",
         *(f"{expr} AS {name}" for name, expr in typed.items()),
         *(["s.seq"] if stage else []),
     ])
@@ -413,7 +438,8 @@ def mark_missing_children(con: duckdb.DuckDBPyConnection, table: str, parent_col
     con.register("staged_parents", staged)
     try:
         con.execute(
-            f"UPDATE {table} SET deleted = true, version = p.v, last_seen_at = $seen FROM staged_parents p "
+            f"UPDATE {table} SET deleted = true, version = p.v, last_seen_at = $seen, "
+            f"state_seen_at = {STATE_SEEN.format(seen='$seen', version='p.v')} FROM staged_parents p "
             f"WHERE {table}.account_id = $a AND {table}.{parent_column} = p.parent AND NOT {table}.deleted "
             f"AND coalesce({table}.version, 0) <= p.v AND NOT list_contains(p.ids, {table}.id) {extra}",
             {"seen": seen_at, "a": account_id})
@@ -439,11 +465,13 @@ def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, sinc
     went when the sync found it gone, and ``seen_at`` is this machine's clock, which may run behind Stripe's (a
     removed discount never comes back, so no later copy is kept out). One statement per relation, not per page."""
     params = {"a": account_id, "since": since, "seen": seen_at}
-    gone = "deleted = true, last_seen_at = $seen, version = greatest(version, coalesce($v, version))"
+    gone = ("deleted = true, last_seen_at = $seen, version = greatest(version, coalesce($v, version)), state_seen_at = "
+            + STATE_SEEN.format(seen="$seen", version="greatest(version, coalesce($v, version))"))
     gone_params = {**params, "v": server_time}
     for child, col, parent in _CHILDREN:
         con.execute(
-            f"UPDATE {child} c SET deleted = true, last_seen_at = $seen WHERE c.account_id = $a AND NOT c.deleted "
+            f"UPDATE {child} c SET deleted = true, last_seen_at = $seen, "
+            f"state_seen_at = {STATE_SEEN.format(seen='$seen', version='c.version')} WHERE c.account_id = $a AND NOT c.deleted "
             f"AND c.last_seen_at < $since AND c.{col} IN (SELECT p.id FROM {parent} p "
             "WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since))", params)
     # Which discounts each listed owner still has, as (owner, discount) pairs joined by equality: a test of each

@@ -26,6 +26,10 @@ class RawBase(SQLModel):
     created: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     first_seen_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     last_seen_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    # when the row's current state (its JSON, its deleted flag) was first stored: the write that changed it, at
+    # that write's moment, or at the copy's version when that is later (Stripe's clock running ahead of this
+    # machine's); a write of the same state again leaves it (last_seen_at moves at every write)
+    state_seen_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class Customer(RawBase, table=True):

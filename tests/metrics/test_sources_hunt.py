@@ -17,9 +17,17 @@ import pytest
 from builders import DAY, World, add_months, ts
 from conftest import customer_mrr_at, make_settings, record_stripes_clock
 
+from stripe_churn.metrics.incremental import recompute_changed
 from stripe_churn.metrics.runner import recompute
 from stripe_churn.store.db import open_store
-from stripe_churn.store.load import upsert_objects
+from stripe_churn.store.load import (
+    Staged,
+    create_stages,
+    drop_stages,
+    merge_stage,
+    upsert_objects,
+    upsert_staged,
+)
 
 T0 = ts(2026, 1, 1)
 
@@ -435,13 +443,12 @@ def test_a_cancellation_requested_before_a_gap_churns_by_the_setting(tmp: Path, 
 
 # --- a change only the snapshot shows, seen by two syncs ------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="left open (NOTES.md): the store keeps when a row was last seen, not when its "
-                                       "state was first seen, so a later full listing dates the change anew")
 def test_a_change_only_the_snapshot_shows_stays_dated_at_the_first_sync_that_saw_it(tmp: Path,
                                                                                    template: Path) -> None:
     """5 seats raised to 7 on 11 January without prorations, its event missing: the sync of 13 January sees it and
     dates it then (70.00 from 13 January). A second full listing on 21 January sees the same state: the change was
-    still made by the 13th, and the months already reported should not move; it moves to the 21st."""
+    still made by the 13th, and the months already reported do not move (they moved to the 21st while the store
+    kept only when a row was last seen)."""
     w = five_seats(World())
     w.update("sub_1", month(0, 10), items=[("si_1", "basic", 7)], prorate=False, event=False)
     con = store_of(tmp, template, "seen-twice")
@@ -452,5 +459,74 @@ def test_a_change_only_the_snapshot_shows_stays_dated_at_the_first_sync_that_saw
     recompute(con, make_settings("usd"))
     try:
         assert customer_mrr_at(con, "cus_1", month(0, 12)) == 70
+    finally:
+        con.close()
+
+
+def list_fully(w: World, con: duckdb.DuckDBPyConnection, *, seen_at: int) -> None:
+    """Every object of ``w`` written as a full sync's listing writes it into a store holding the account already:
+    appended to the stages, then merged per table (World.load upserts, as an incremental sync writes)."""
+    seen = datetime.fromtimestamp(seen_at, UTC)
+    subs = list(w.objects["subscriptions"].values())
+    invoices = list(w.objects["invoices"].values())
+    tables = {"customers": list(w.objects["customers"].values()), "products": list(w.objects["products"].values()),
+              "prices": list(w.objects["prices"].values()), "coupons": list(w.objects["coupons"].values()),
+              "discounts": list(w.objects["discounts"].values()), "subscriptions": subs,
+              "subscription_items": [it for s in subs for it in s["items"]["data"]], "invoices": invoices,
+              "invoice_lines": [ln for inv in invoices for ln in inv["lines"]["data"]],
+              "invoice_items": list(w.objects["invoiceitems"].values()), "events": w.events}
+    create_stages(con, fresh=True)
+    for seq, (table, objs) in enumerate(tables.items(), start=1):
+        rows = Staged()
+        for obj in objs:
+            rows.add(obj, seen_at)
+        upsert_staged(con, table, w.account_id, rows, seen, stage_seq=seq)
+    for table in tables:
+        merge_stage(con, table, w.account_id)
+    drop_stages(con)
+
+
+def test_a_change_an_incremental_sync_saw_first_stays_dated_there_through_a_full_listing(tmp: Path,
+                                                                                       template: Path) -> None:
+    """The same change, first seen by the incremental sync of 13 January (its rows upserted), then by a full
+    sync's listing on 21 January (merged from its stages), the customer derived again incrementally: still
+    70.00 from 13 January, 50.00 before."""
+    w = five_seats(World())
+    w.update("sub_1", month(0, 10), items=[("si_1", "basic", 7)], prorate=False, event=False)
+    con = store_of(tmp, template, "seen-incremental-then-listed")
+    try:
+        w.load(con, seen_at=month(0, 12))
+        settings = make_settings("usd")
+        recompute(con, settings)
+        assert customer_mrr_at(con, "cus_1", month(0, 12)) == 70
+        list_fully(w, con, seen_at=month(0, 20))
+        assert recompute_changed(con, settings, datetime.fromtimestamp(month(0, 20), UTC)) == 1
+        assert customer_mrr_at(con, "cus_1", month(0, 12) - 1) == 50
+        assert customer_mrr_at(con, "cus_1", month(0, 12)) == 70
+    finally:
+        con.close()
+
+
+def test_a_state_that_changes_again_is_dated_at_the_sync_that_saw_the_new_state(tmp: Path, template: Path) -> None:
+    """5 seats raised to 7 on 11 January and to 9 on 16 January, both without prorations and their events missing,
+    seen by the syncs of 13 January (an incremental one), 21 January and 25 January (full listings): 90.00 from the
+    21st, the first sync that showed 9, which the listing of the 25th does not move. (The store keeps each object's
+    latest state: once 9 is seen, the 7 seen on the 13th is no longer there to read, and 50.00 holds until the
+    21st.)"""
+    w = five_seats(World())
+    w.update("sub_1", month(0, 10), items=[("si_1", "basic", 7)], prorate=False, event=False)
+    con = store_of(tmp, template, "changed-again")
+
+    def levels() -> list[tuple[Any, ...]]:
+        return con.execute("SELECT CAST(epoch(valid_from) AS BIGINT), mrr FROM customer_mrr WHERE customer_id = "
+                           "'cus_1' ORDER BY valid_from").fetchall()
+
+    try:
+        w.load(con, seen_at=month(0, 12))
+        w.update("sub_1", month(0, 15), items=[("si_1", "basic", 9)], prorate=False, event=False)
+        list_fully(w, con, seen_at=month(0, 20))
+        list_fully(w, con, seen_at=month(0, 24))
+        recompute(con, make_settings("usd"))
+        assert levels() == [(T0, 50), (month(0, 20), 90)]
     finally:
         con.close()

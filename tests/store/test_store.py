@@ -447,3 +447,91 @@ def test_a_store_in_an_older_storage_format_is_created_without_zstd(tmp_path: Pa
     upsert_objects(con, "customers", ACCT, [{"id": "cus_1", "object": "customer"}], T0)
     assert con.execute("SELECT count(*) FROM customers").fetchone() == (1,)
     assert "ZSTD" not in con.execute("SELECT sql FROM duckdb_tables() WHERE table_name = 'customers'").fetchone()[0]
+
+
+T2 = datetime(2026, 1, 3, tzinfo=UTC)
+T3 = datetime(2026, 1, 4, tzinfo=UTC)
+T4 = datetime(2026, 1, 5, tzinfo=UTC)
+
+
+def seen(con: duckdb.DuckDBPyConnection, table: str, oid: str) -> tuple[datetime, datetime]:
+    """(last_seen_at, state_seen_at) of a row."""
+    return one(con, f"SELECT last_seen_at, state_seen_at FROM {table} WHERE id = ?", [oid])
+
+
+def listed(*objs: dict[str, Any], version: int = 100) -> Staged:
+    """Objects as a listing brings them: the JSON as Stripe sent it, pretty-printed."""
+    rows = Staged()
+    for obj in objs:
+        rows.add_blob(obj["id"], orjson.dumps(obj, option=orjson.OPT_INDENT_2), version, bool(obj.get("deleted")))
+    return rows
+
+
+def test_state_seen_at_moves_only_when_the_state_changes(con: duckdb.DuckDBPyConnection) -> None:
+    """Every write moves last_seen_at; state_seen_at stays at the first write of the row's current state (its JSON,
+    whitespace aside, and its deleted flag), whichever way the write comes: an upsert (an incremental sync, or a
+    listing not staged), or a full listing's stage merged."""
+    upsert_objects(con, "subscriptions", ACCT, [sub("sub_1", "active")], T0, versions=10)
+    assert seen(con, "subscriptions", "sub_1") == (T0, T0)
+    upsert_objects(con, "subscriptions", ACCT, [sub("sub_1", "active")], T1, versions=20)
+    assert seen(con, "subscriptions", "sub_1") == (T1, T0)
+    upsert_staged(con, "subscriptions", ACCT, listed(sub("sub_1", "active"), version=30), T2, replace=True)
+    assert seen(con, "subscriptions", "sub_1") == (T2, T0)
+    create_stages(con, fresh=True)
+    upsert_staged(con, "subscriptions", ACCT, listed(sub("sub_1", "active"), version=40), T3, stage_seq=1)
+    merge_stage(con, "subscriptions", ACCT)
+    assert seen(con, "subscriptions", "sub_1") == (T3, T0)
+    # a change, by each way of writing
+    upsert_staged(con, "subscriptions", ACCT, listed(sub("sub_1", "active", qty=2), version=50), T4, stage_seq=2)
+    merge_stage(con, "subscriptions", ACCT)
+    assert seen(con, "subscriptions", "sub_1") == (T4, T4)
+    upsert_objects(con, "subscriptions", ACCT, [sub("sub_1", "past_due", qty=2)], T0, versions=60)
+    assert seen(con, "subscriptions", "sub_1") == (T0, T0)
+    # a deletion stub only flags the row, and that is a change of its state
+    upsert_objects(con, "subscriptions", ACCT, [{"id": "sub_1", "object": "subscription", "deleted": True}], T1,
+                   versions=70)
+    assert seen(con, "subscriptions", "sub_1") == (T1, T1)
+    # so is a child flagged gone from its parent's complete list
+    items = [{"id": f"si_{i}", "object": "subscription_item", "subscription": "sub_1", "quantity": 1} for i in range(2)]
+    upsert_objects(con, "subscription_items", ACCT, items, T0, versions=10)
+    mark_missing_children(con, "subscription_items", "subscription_id", ACCT, [("sub_1", ["si_0"], 20)], T2)
+    assert seen(con, "subscription_items", "si_0") == (T0, T0)
+    assert seen(con, "subscription_items", "si_1") == (T2, T2)
+
+
+def test_state_seen_at_is_at_least_the_copys_version(con: duckdb.DuckDBPyConnection) -> None:
+    """With Stripe's clock ahead of this machine's (a sandbox or test clock advanced), the copy's version (Stripe's
+    time of the listing or event) dates the state when it is later than the write's moment, as the metrics read
+    last_seen_at and version."""
+    upsert_objects(con, "customers", ACCT, [{"id": "cus_1", "object": "customer"}], T0, versions=int(T3.timestamp()))
+    assert seen(con, "customers", "cus_1") == (T0, T3)
+    upsert_objects(con, "customers", ACCT, [{"id": "cus_1", "object": "customer"}], T1, versions=int(T4.timestamp()))
+    assert seen(con, "customers", "cus_1") == (T1, T3)
+
+
+def test_a_store_from_before_state_seen_at_gains_it_from_each_rows_latest_write(tmp_path: Path) -> None:
+    """009_state_seen_at on a store made before it: every raw table gains the column, a row kept already gets its
+    latest write's moment (or its version, when later), and the store goes on keeping it."""
+    path = tmp_path / "m.duckdb"
+    c = open_store(path)
+    upsert_objects(c, "subscriptions", ACCT, [sub("sub_1", "active")], T0, versions=10)
+    upsert_objects(c, "subscriptions", ACCT, [sub("sub_1", "active")], T1, versions=20)
+    upsert_objects(c, "customers", ACCT, [{"id": "cus_1", "object": "customer"}], T0, versions=int(T2.timestamp()))
+    for table in RAW_TABLES:
+        c.execute(f"ALTER TABLE {table} DROP COLUMN state_seen_at")
+    c.execute("DELETE FROM schema_migrations WHERE name = '009_state_seen_at'")
+    c.close()
+    c = open_store(path)
+    try:
+        for table in RAW_TABLES:
+            assert one(c, "SELECT data_type FROM duckdb_columns() WHERE table_name = ? AND column_name = "
+                          "'state_seen_at'", [table]) == "TIMESTAMP WITH TIME ZONE"
+        assert seen(c, "subscriptions", "sub_1") == (T1, T1)
+        assert seen(c, "customers", "cus_1") == (T0, T2)
+        upsert_objects(c, "subscriptions", ACCT, [sub("sub_1", "active")], T3, versions=30)
+        assert seen(c, "subscriptions", "sub_1") == (T3, T1)
+        upsert_objects(c, "subscriptions", ACCT, [sub("sub_1", "canceled")], T4, versions=40)
+        assert seen(c, "subscriptions", "sub_1") == (T4, T4)
+        assert one(c, "SELECT count(*) FROM schema_migrations WHERE name = '009_state_seen_at'") == 1
+    finally:
+        c.close()
