@@ -28,6 +28,7 @@ from stripe_churn.store.load import (
     upsert_objects,
     upsert_staged,
 )
+from stripe_churn.store.schema import RAW_TABLES
 
 T0 = ts(2026, 1, 1)
 
@@ -528,5 +529,30 @@ def test_a_state_that_changes_again_is_dated_at_the_sync_that_saw_the_new_state(
         list_fully(w, con, seen_at=month(0, 24))
         recompute(con, make_settings("usd"))
         assert levels() == [(T0, 50), (month(0, 20), 90)]
+    finally:
+        con.close()
+
+
+def test_a_store_migrated_from_before_state_seen_at_dates_the_change_at_the_sync_before_the_upgrade(
+        tmp: Path, template: Path) -> None:
+    """The change of the first test seen by the sync of 13 January into a store made before 009_state_seen_at (the
+    column dropped, the migration unrecorded); the upgraded store, reopened, is migrated, and a full listing on
+    21 January sees the same state: 70.00 from 13 January, when the row was last written before the upgrade."""
+    w = five_seats(World())
+    w.update("sub_1", month(0, 10), items=[("si_1", "basic", 7)], prorate=False, event=False)
+    path = tmp / "migrated-between.duckdb"
+    shutil.copyfile(template, path)
+    con = open_store(path)
+    w.load(con, seen_at=month(0, 12))
+    for table in RAW_TABLES:
+        con.execute(f"ALTER TABLE {table} DROP COLUMN state_seen_at")
+    con.execute("DELETE FROM schema_migrations WHERE name = '009_state_seen_at'")
+    con.close()
+    con = open_store(path)
+    try:
+        list_fully(w, con, seen_at=month(0, 20))
+        recompute(con, make_settings("usd"))
+        assert customer_mrr_at(con, "cus_1", month(0, 12) - 1) == 50
+        assert customer_mrr_at(con, "cus_1", month(0, 12)) == 70
     finally:
         con.close()
