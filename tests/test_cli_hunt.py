@@ -290,18 +290,27 @@ def test_status_says_when_another_program_holds_the_store(store: tuple[Path, dic
     """A program of the user's with the store itself open (not the snapshot): every sync skips or fails on it, and
     `status` said nothing of it, reading the snapshot's runs as if all were well. It names the process; once the
     program closes the store, the line goes."""
+    from click.testing import CliRunner
+
+    from stripe_churn.cli import cli
+
     db, env = store
+
+    def status(*args: str) -> str:
+        done = CliRunner().invoke(cli, ["status", *args], env=env)
+        assert done.exit_code == 0, done.output
+        return done.output
+
     holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys; c = duckdb.connect(sys.argv[1]); "
                                "print('open', flush=True); sys.stdin.read()", str(db)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        info = json.loads(run(env, "status", "--format", "json").out)
+        info = json.loads(status("--format", "json"))
         assert re.fullmatch(rf"the store {re.escape(str(db))} is in use by another process \(.+, pid {holder.pid}\): "
                             "syncs wait or fail until it closes the store", info["store_held"]), info
         assert info["runs"], info  # (the snapshot's runs, as before)
-        table = run(env, "status")
-        assert table.code == 0 and f"store held: the store {db} is in use by another process" in table.out
+        assert f"store held: the store {db} is in use by another process" in status()
     finally:
         holder.communicate("", timeout=30)
-    assert "store_held" not in json.loads(run(env, "status", "--format", "json").out)
+    assert "store_held" not in json.loads(status("--format", "json"))
