@@ -64,6 +64,50 @@ SELECT account_id, subscription_id, moment, status, pause_collection, source_eve
 FROM derived_sub_status_steps
 QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id, moment ORDER BY ord DESC) = 1;
 
+-- Cancellations taken back (design.md 4 "Churn timing", churn_recognition = 'canceled' only): a request to cancel
+-- (Stripe's canceled_at, set with cancel_at_period_end or a cancel_at) counts as churn when it is made, so one the
+-- customer takes back before it takes effect is a churn and a comeback, not a churn that vanishes from months
+-- already reported. Stripe clears canceled_at then; the evidence is a stored customer.subscription.updated event
+-- whose previous_attributes hold the request's canceled_at and whose data.object no longer does (or holds another,
+-- a later request): the subscription counts zero from the request to that event. Its reason, feedback and comment
+-- are those of the state before the event (previous_attributes merged onto data.object). A request and its undoing
+-- that no stored event shows (both before the events, or between two syncs) leave nothing. The JSON is read only
+-- under that setting, of the updated events alone. (Kept per customer: 70 reads it for the customers whose movements
+-- alone are derived again.)
+CREATE OR REPLACE TABLE derived_withdrawn_cancels AS
+WITH updated AS (
+    SELECT account_id, object_id AS subscription_id, id AS event_id, created AS withdrawn_at,
+           json_extract(raw, ['$.data.previous_attributes.canceled_at', '$.data.object.canceled_at',
+                              '$.data.object.ended_at', '$.data.previous_attributes.cancellation_details',
+                              '$.data.object.cancellation_details']) AS v
+    FROM events
+    WHERE type = 'customer.subscription.updated' AND object_type = 'subscription' AND NOT coalesce(deleted, false)
+      AND raw IS NOT NULL AND (SELECT churn_recognition FROM derived_settings) = 'canceled'
+),
+requests AS (
+    SELECT account_id, subscription_id, event_id, withdrawn_at,
+           ts_of(json_extract_string(v[1], '$')) AS requested_at,
+           ts_of(json_extract_string(v[2], '$')) AS canceled_after,
+           CASE WHEN v[4] IS NULL THEN v[5] ELSE json_merge_patch(coalesce(v[5], '{}'), v[4]) END AS details
+    FROM updated
+    WHERE json_type(v[1]) IN ('UBIGINT', 'BIGINT') AND ts_of(json_extract_string(v[3], '$')) IS NULL
+)
+SELECT r.account_id, s.customer_id, r.subscription_id, r.requested_at, r.withdrawn_at, r.event_id,
+       json_extract_string(details, '$.reason') AS cancellation_reason,
+       json_extract_string(details, '$.feedback') AS cancellation_feedback,
+       json_extract_string(details, '$.comment') AS cancellation_comment,
+       CASE WHEN json_extract_string(details, '$.reason') = 'payment_failed' THEN 'involuntary'
+            ELSE 'voluntary' END AS churn_type
+FROM requests r
+JOIN derived_subs s USING (account_id, subscription_id)
+WHERE r.requested_at < r.withdrawn_at AND r.canceled_after IS DISTINCT FROM r.requested_at
+-- (one row per moment taken back: the event latest in id of two in one second)
+QUALIFY row_number() OVER (PARTITION BY r.account_id, r.subscription_id, r.withdrawn_at ORDER BY r.event_id DESC) = 1;
+
+-- Whether moment `m` lies in one of the spans `w` (a list of {'f': from, 't': to}) a request taken back counts zero.
+CREATE OR REPLACE MACRO in_withdrawn(w, m) AS
+    coalesce(list_bool_or(list_transform(w, lambda s: s.f <= m AND m < s.t)), false);
+
 -- Moment of churn per subscription (design.md 4 "Churn timing"): ended_at, or canceled_at with
 -- churn_recognition = 'canceled'; an unpaid subscription churns when it turns unpaid.
 CREATE OR REPLACE TABLE derived_sub_churn AS
@@ -100,13 +144,16 @@ LEFT JOIN unpaid u USING (account_id, subscription_id);
 -- (with the currency the subscription is billed in: a price's currency option there prices its items)
 CREATE OR REPLACE TEMP TABLE derived_mrr_sub_keys AS
 SELECT g.account_id, g.subscription_id, g.customer_id, lower(s.currency) AS currency,
-       CAST(row_number() OVER () AS INTEGER) AS sk, c.zero_from
+       CAST(row_number() OVER () AS INTEGER) AS sk, c.zero_from, w.withdrawn
 FROM (SELECT account_id, subscription_id, any_value(customer_id) AS customer_id
       FROM derived_item_history
       WHERE subscription_id IS NOT NULL
       GROUP BY account_id, subscription_id) g
 LEFT JOIN derived_subs s USING (account_id, subscription_id)
-LEFT JOIN derived_sub_churn c USING (account_id, subscription_id);
+LEFT JOIN derived_sub_churn c USING (account_id, subscription_id)
+-- (the spans a request taken back counts zero: NULL for nearly every subscription)
+LEFT JOIN (SELECT account_id, subscription_id, list({'f': requested_at, 't': withdrawn_at}) AS withdrawn
+           FROM derived_withdrawn_cancels GROUP BY ALL) w USING (account_id, subscription_id);
 
 CREATE OR REPLACE TEMP TABLE derived_mrr_item_keys AS
 SELECT account_id, subscription_item_id, CAST(row_number() OVER (ORDER BY account_id, subscription_item_id) AS INTEGER) AS ik
@@ -117,7 +164,7 @@ FROM (SELECT DISTINCT account_id, subscription_item_id FROM derived_item_history
 -- derived_sub_churn took 7.5 s of CPU).
 CREATE OR REPLACE TEMP TABLE derived_mrr_hist_keys AS
 SELECT h.rowid AS hid, sk.sk, ik.ik, h.valid_from, h.valid_to, sk.currency AS sub_currency,
-       h.account_id, h.subscription_item_id, h.price_id, h.quantity, sk.zero_from
+       h.account_id, h.subscription_item_id, h.price_id, h.quantity, sk.zero_from, sk.withdrawn
 FROM derived_item_history h
 JOIN derived_mrr_sub_keys sk ON sk.account_id = h.account_id AND sk.subscription_id = h.subscription_id
 LEFT JOIN derived_mrr_item_keys ik ON ik.account_id = h.account_id AND ik.subscription_item_id = h.subscription_item_id;
@@ -160,6 +207,8 @@ whole AS (
           FROM derived_status_points)
     WHERE before IS NULL OR before IS DISTINCT FROM v
     UNION SELECT account_id, subscription_id, zero_from FROM derived_sub_churn WHERE zero_from IS NOT NULL
+    UNION SELECT account_id, subscription_id, requested_at FROM derived_withdrawn_cancels
+    UNION SELECT account_id, subscription_id, withdrawn_at FROM derived_withdrawn_cancels
     UNION
     SELECT d.account_id, d.subscription_id, b.moment
     FROM sub_discounts d, unnest([d.valid_from, d.valid_to]) AS b(moment)
@@ -303,7 +352,7 @@ hist AS MATERIALIZED (
                 THEN norm_den(p.billing_interval, p.interval_count, coalesce(h.sub_currency, p.currency))
                 ELSE coalesce(o.norm_den, p.norm_den) END AS norm_den, p.price_type,
            CASE WHEN o.price_id IS NULL THEN a.amount_p ELSE oa.amount_p END AS licensed_amount_p,
-           h.zero_from, x.net_num, x.net_den
+           h.zero_from, h.withdrawn, x.net_num, x.net_den
     FROM derived_mrr_hist_keys h
     LEFT JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
     LEFT JOIN derived_price_qty_amounts a
@@ -353,13 +402,13 @@ SELECT
     END AS amount_p,
     (u.status = 'active' OR (u.status = 'past_due' AND st.past_due_counts))
       AND NOT (coalesce(u.pause_collection, false) AND NOT st.pause_collection_keeps_mrr)
-      AND (u.zero_from IS NULL OR u.moment < u.zero_from)
+      AND (u.zero_from IS NULL OR u.moment < u.zero_from) AND NOT in_withdrawn(u.withdrawn, u.moment)
       AND coalesce(u.price_type, 'recurring') = 'recurring' AS counts,
     -- (on a trial: whether the item would count were the subscription paying, as it will be once the trial
     -- converts; NULL off a trial)
     CASE WHEN u.status = 'trialing'
          THEN NOT (coalesce(u.pause_collection, false) AND NOT st.pause_collection_keeps_mrr)
-              AND (u.zero_from IS NULL OR u.moment < u.zero_from)
+              AND (u.zero_from IS NULL OR u.moment < u.zero_from) AND NOT in_withdrawn(u.withdrawn, u.moment)
               AND coalesce(u.price_type, 'recurring') = 'recurring' END AS counts_once_paid
 FROM with_status u
 CROSS JOIN derived_settings st
@@ -572,17 +621,24 @@ SELECT
     -- the share of a tax-inclusive licensed price that is not tax (NULL: no tax taken out)
     CAST(CAST(k.net_num AS DECIMAL(38, 0)) / CAST(k.net_den AS DECIMAL(38, 0)) AS DECIMAL(38, 18)) AS net_share,
     k.pause_collection,
-    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.churn_type END AS churn_type,
-    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_reason END AS cancellation_reason,
-    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_feedback END AS cancellation_feedback,
-    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_comment END AS cancellation_comment,
+    -- (or inside a request taken back: churned there too, so that 62 sees its items gone and back)
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.churn_type
+         WHEN k.moment < w.withdrawn_at AND NOT k.counts THEN w.churn_type END AS churn_type,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_reason
+         WHEN k.moment < w.withdrawn_at AND NOT k.counts THEN w.cancellation_reason END AS cancellation_reason,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_feedback
+         WHEN k.moment < w.withdrawn_at AND NOT k.counts THEN w.cancellation_feedback END AS cancellation_feedback,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_comment
+         WHEN k.moment < w.withdrawn_at AND NOT k.counts THEN w.cancellation_comment END AS cancellation_comment,
     CASE WHEN k.status_at = k.moment AND k.status_event_id IS NOT NULL THEN k.status_event_id
          WHEN k.valid_from = k.moment THEN k.source_event_id END AS source_event_id,
     CASE WHEN k.metered_at = k.moment THEN k.metered_invoice_id
          WHEN k.valid_from = k.moment THEN k.source_invoice_id END AS source_invoice_id
 FROM kept k
 LEFT JOIN derived_price_terms t ON t.account_id = k.account_id AND t.price_id = k.price_id
-LEFT JOIN derived_sub_churn c ON c.account_id = k.account_id AND c.subscription_id = k.subscription_id;
+LEFT JOIN derived_sub_churn c ON c.account_id = k.account_id AND c.subscription_id = k.subscription_id
+ASOF LEFT JOIN derived_withdrawn_cancels w
+       ON w.account_id = k.account_id AND w.subscription_id = k.subscription_id AND w.requested_at <= k.moment;
 
 -- What the items of a subscription still on its trial will bring in once it converts: at each of their trialing
 -- points, the MRR the item would have there were the subscription paying, its discounts as they stand at that

@@ -168,6 +168,23 @@ sub_facts AS (
                       WHERE a.account_id = l.account_id AND a.subscription_id = l.subscription_id
                         AND a.t_start > l.t_start AND a.mrr_delta_part > 0)
 ),
+-- a cancellation requested and taken back (40, churn_recognition = 'canceled'): the reason, feedback and comment of
+-- the request, on the cancellation row of the window it was made in (of two in one window, the later request), and
+-- the event that took it back, the source of the comeback's row and, when no event of the window names the request,
+-- of the cancellation's (looked up for those rows alone: the table is empty under the default recognition)
+withdrawn AS (
+    SELECT a.tid, a.subscription_id, a.movement,
+           arg_max({'reason': w.cancellation_reason, 'feedback': w.cancellation_feedback,
+                    'comment': w.cancellation_comment, 'event_id': w.event_id},
+                   CASE WHEN a.movement = 'cancellation' THEN w.requested_at ELSE w.withdrawn_at END) AS w
+    FROM (SELECT DISTINCT tid, account_id, subscription_id, movement, t_start, t_end FROM adjusted
+          WHERE movement IN ('cancellation', 'reactivation') AND mrr_delta_part <> 0) a
+    JOIN derived_withdrawn_cancels w
+      ON w.account_id = a.account_id AND w.subscription_id = a.subscription_id
+     AND CASE WHEN a.movement = 'cancellation' THEN w.requested_at ELSE w.withdrawn_at END
+         BETWEEN a.t_start AND a.t_end
+    GROUP BY ALL
+),
 -- cancellations whose subscription failed to pay: it is unpaid (or past_due, when that counts zero) when the
 -- customer's MRR drops, or paused, its latest pause by then made after a failed payment (looked up for the
 -- cancellation parts alone, by key)
@@ -245,17 +262,23 @@ SELECT
     money4(round(s.amount_original, 4), 'the change of customer ' || s.customer_id || '''s MRR in '
            || s.currency || ' at ' || s.t_start) AS amount_delta_original,
     CASE WHEN s.movement = 'cancellation' THEN
-        CASE WHEN f.cancellation_reason = 'payment_failed' OR u.tid IS NOT NULL
+        CASE WHEN CASE WHEN f.subscription_id IS NULL THEN wd.w.reason ELSE f.cancellation_reason END
+                  = 'payment_failed' OR u.tid IS NOT NULL
              THEN 'involuntary' ELSE 'voluntary' END
     END AS churn_type,
-    CASE WHEN s.movement = 'cancellation' THEN f.cancellation_feedback END AS cancellation_feedback,
-    coalesce(s.own_event_id, CASE WHEN s.movement = 'discount' THEN de.event_id END, re.event_id, ws.event_id,
-             se.event_id, wc.event_id) AS source_event_id,
+    CASE WHEN s.movement = 'cancellation' THEN
+        CASE WHEN f.subscription_id IS NULL THEN wd.w.feedback ELSE f.cancellation_feedback END
+    END AS cancellation_feedback,
+    coalesce(s.own_event_id, CASE WHEN s.movement = 'discount' THEN de.event_id END, re.event_id,
+             CASE WHEN s.movement = 'reactivation' THEN wd.w.event_id END, ws.event_id,
+             se.event_id, wc.event_id, wd.w.event_id) AS source_event_id,
     coalesce(s.own_invoice_id, ii.invoice_id, ws.invoice_id, si.invoice_id, wc.invoice_id) AS source_invoice_id,
     -- internal columns (not in the mrr_movements view)
     -- (design.md 5: a cancellation row carries the subscription's cancellation comment too; design.md 7's
     -- mrr_movements lists no column for it, so it is read here)
-    CASE WHEN s.movement = 'cancellation' THEN f.cancellation_comment END AS cancellation_comment,
+    CASE WHEN s.movement = 'cancellation' THEN
+        CASE WHEN f.subscription_id IS NULL THEN wd.w.comment ELSE f.cancellation_comment END
+    END AS cancellation_comment,
     s.t_end,
     s.kind AS transition_kind,
     s.part,
@@ -283,7 +306,8 @@ LEFT JOIN removed_events re
    AND s.comp = 'removed'
 LEFT JOIN discount_events de ON de.tid = s.tid
 LEFT JOIN sub_facts f ON f.account_id = s.account_id AND f.subscription_id = s.subscription_id AND f.t_start = s.t_start
-LEFT JOIN unpaid u ON u.tid = s.tid AND u.subscription_id = s.subscription_id;
+LEFT JOIN unpaid u ON u.tid = s.tid AND u.subscription_id = s.subscription_id
+LEFT JOIN withdrawn wd ON wd.tid = s.tid AND wd.subscription_id = s.subscription_id AND wd.movement = s.movement;
 
 CREATE OR REPLACE VIEW mrr_movements AS
 SELECT account_id, customer_id, subscription_id, subscription_item_id, product_id, price_id, occurred_at,

@@ -88,7 +88,8 @@ _UNREAD = {
 # subscriptions are copied before its events; {main}: the main database). Events: removed discounts
 # (35_discounts), and the events of a subscription without a usable row of its own, whose last state stands in
 # for it, and the events of a paused subscription state, which say what paused it (20_sub_states), and those of a
-# subscription with a removed discount on one of its items, whose item lists date its end (35_discounts).
+# subscription with a removed discount on one of its items, whose item lists date its end (35_discounts), and under
+# churn_recognition = 'canceled' the updates that took a cancellation back (40_item_mrr).
 # Subscriptions: those paused now (the same). Subscription items: those whose price is not stored (10_price_terms
 # reads it from the item). Invoices: those of the owner of a discount removed with no end of its own
 # (35_discounts), and for such a discount on one item, that item's non-proration lines (the same).
@@ -100,7 +101,12 @@ _READ_RAW = {
                "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL) OR e.sub_state.status = 'paused' "
                "OR EXISTS (SELECT 1 FROM {main}.discounts u WHERE u.account_id = e.account_id "
                "AND u.subscription_id = e.object_id AND u.subscription_item_id IS NOT NULL "
-               "AND coalesce(u.deleted, false)))))"),
+               "AND coalesce(u.deleted, false))))"
+               # (with churn_recognition = 'canceled': an update that took a cancellation back, 40_item_mrr; the
+               # JSON is looked at only under that setting, the stored one: a changed one derives everything again)
+               " OR (type = 'customer.subscription.updated' AND CASE WHEN (SELECT churn_recognition FROM "
+               "{main}.derived_settings) = 'canceled' THEN coalesce(json_type(raw, "
+               "'$.data.previous_attributes.canceled_at') IN ('UBIGINT', 'BIGINT'), false) ELSE false END))"),
     # the subscriptions paused now (20 reads what paused them, as it does of the events with a paused state above)
     "subscriptions": "(status = 'paused')",
     # the subscription invoice lines naming no item or price (90 reads their parent's type), and the lines of an
@@ -304,6 +310,8 @@ def _moved_inputs(main_db: str) -> dict[str, str]:
         "derived_item_mrr": _rows_of("derived_item_mrr", who, db),
         "derived_customer_mrr": _rows_of("derived_customer_mrr", who, db),
         "derived_subs": _rows_of("derived_subs", who, db),
+        # (70 names a cancellation taken back by it, 40)
+        "derived_withdrawn_cancels": _rows_of("derived_withdrawn_cancels", who, db),
         "fx_rates": f"SELECT * FROM {db}.fx_rates",
         "derived_coverage": f"SELECT * FROM {_SCOPE}.new_coverage",
     }

@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import pytest
 from builders import World, ts
+from conftest import make_settings
 from test_bridge import SEEN, book
 from test_mrr_rules import paused_for
 from test_same_second_events import reorder_ids
@@ -100,15 +101,15 @@ _FULL: dict[str, dict[str, list[str]]] = {}
 
 def assert_incremental_equals_full(tmp_path: Path, before: World, changed: World, seen: int, later: int,
                                    shards: int, upgrade: str = "", store: str = "stripe-churn.duckdb",
-                                   ) -> tuple[int, dict[str, list[str]]]:
+                                   settings: Settings | None = None) -> tuple[int, dict[str, list[str]]]:
     """Load ``before`` at ``seen`` and recompute; load ``changed`` at ``later`` and derive again incrementally in
     ``shards`` shards; compare every derived table and view with a fresh store fully recomputed. ``upgrade``: SQL
     run after the first recompute (derived tables as an older version left them). ``store``: the file name of the
     store derived incrementally (by default the default one, whose database name is no SQL identifier). Returns
-    (customers derived again, the derived contents)."""
-    settings = Settings()
+    (customers derived again, the derived contents). ``settings``: the rules (by default the defaults)."""
+    settings = settings or Settings()
     path = tmp_path / store
-    start = _world_key(before, seen)
+    start = _world_key(before, seen, repr(settings.rules))
     if start not in _BEFORE or not _BEFORE[start].exists():
         con = open_store(tmp_path / "before.duckdb")
         before.load(con, seen_at=seen)
@@ -125,7 +126,7 @@ def assert_incremental_equals_full(tmp_path: Path, before: World, changed: World
     incremental = derived_contents(con)
     con.close()
 
-    end = _world_key(before, seen, changed, later)
+    end = _world_key(before, seen, changed, later, repr(settings.rules))
     if end not in _FULL:
         fresh = open_store(tmp_path / "full.duckdb")
         before.load(fresh, seen_at=seen)
@@ -204,6 +205,24 @@ def test_a_pause_after_a_payment_failure_after_the_last_sync(world: World, tmp_p
     assert n == 1
     assert [r for r in full["view mrr_movements"] if "cus_e" in r and "'cancellation'" in r
             and "'involuntary'" in r and "2024-05-28" in r]
+
+
+@ONE_SCOPE
+def test_a_cancellation_taken_back_after_the_last_sync(world: World, tmp_path: Path, shards: int) -> None:
+    """With churn_recognition = "canceled", cus_e's request of 10 May (churned then, 20.00) is taken back on 25 May,
+    after the last sync: the event that took it back is read from its JSON in the scope too, and the churn of 10 May
+    stays, with a reactivation on 25 May, as in a full recompute."""
+    w = book(world)
+    before = copy.deepcopy(w)
+    w.update("sub_e", ts(2024, 5, 25), cancel_at_period_end=False, cancel_at=None, canceled_at=None,
+             cancellation_details={"reason": None, "feedback": None, "comment": None})
+    changed = later_sync(w, {"cus_e"}, {"sub_e"}, ts(2024, 5, 21))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 5, 30), shards,
+                                             settings=make_settings("usd", churn_recognition="canceled"))
+    assert n == 1
+    rows = [r for r in full["view mrr_movements"] if "cus_e" in r and "2024-05" in r]
+    assert [("'cancellation'" in r, "'reactivation'" in r, "'switched_service'" in r) for r in rows] == [
+        (True, False, True), (False, True, False)]
 
 
 @ONE_SCOPE

@@ -414,7 +414,8 @@ def test_a_cancellation_requested_before_a_gap_churns_by_the_setting(tmp: Path, 
     """sub_1 (50.00) set on 10 March to cancel at its period's end, 1 April, inside the gap (its deletion event lost);
     sub_2 (cus_2, 20.00) set on 12 March to cancel and withdrawn on 14 March, both before the gap. With
     churn_recognition "ended" cus_1 churns on 1 April (its ended_at), with "canceled" on 10 March, the event of the
-    request named; cus_2 never churns (its withdrawn request leaves no canceled_at)."""
+    request named; cus_2 never churns under "ended" and under "canceled" churns on 12 March and comes back on 14 March
+    (the events stored before the gap show the request and its undoing), each row naming its event."""
     w = five_seats(World())
     w.customer("cus_2")
     w.subscribe("sub_2", "cus_2", [("si_2", "basic", 2)], T0)
@@ -432,11 +433,15 @@ def test_a_cancellation_requested_before_a_gap_churns_by_the_setting(tmp: Path, 
     load_with_gap(w, con)
     recompute(con, make_settings("usd", churn_recognition=recognition))
     churn = month(3) if recognition == "ended" else month(2, 9)
-    request = next(e["id"] for e in w.events if e["created"] == month(2, 9))
+    request, request_2, taken_back = (next(e["id"] for e in w.events if e["created"] == at)
+                                      for at in (month(2, 9), month(2, 11), month(2, 13)))
+    withdrawn = [("cus_2", month(2, 11), "cancellation", Decimal("-20.0000"), request_2, None),
+                 ("cus_2", month(2, 13), "reactivation", Decimal("20.0000"), taken_back, None)]
     assert con.execute("SELECT customer_id, CAST(epoch(occurred_at) AS BIGINT), movement, mrr_delta, source_event_id, "
-                       "cancellation_feedback FROM mrr_movements WHERE movement <> 'new'").fetchall() == [
-        ("cus_1", churn, "cancellation", Decimal("-50.0000"), request if recognition == "canceled" else None,
-         "too_expensive")]
+                       "cancellation_feedback FROM mrr_movements WHERE movement <> 'new' "
+                       "ORDER BY occurred_at").fetchall() == (
+        [("cus_1", churn, "cancellation", Decimal("-50.0000"), None, "too_expensive")] if recognition == "ended" else
+        [("cus_1", churn, "cancellation", Decimal("-50.0000"), request, "too_expensive"), *withdrawn])
     assert customer_mrr_at(con, "cus_2", month(4, 20)) == 20
     assert quality(con) == []
     con.close()

@@ -175,19 +175,25 @@ def test_scheduled_churn_by_hand(scheduled: dict[str, duckdb.DuckDBPyConnection]
 def test_scheduled_churn_under_churn_recognition_canceled(scheduled: dict[str, duckdb.DuckDBPyConnection]) -> None:
     """With churn_recognition = "canceled" a cancellation is churn when it is made: only the one without a
     canceled_at still waits, and every other one is in April's churn at its full MRR (the unpaid one in it once,
-    when it went unpaid); the one taken back and set again churns once, at its second request."""
+    when it went unpaid); the one taken back and set again churns at each request and comes back when the first
+    was taken back (a churn reported on 1 April stays in April's numbers), one churned customer in April."""
     con = scheduled["canceled"]
     assert [(r["subscription_id"], r["mrr_at_stake"]) for r in queries.scheduled_churn(con)] == [
         ("s_ca", D("20.0000"))]
-    churns = {r[0]: r[1:] for r in con.execute(
-        "SELECT customer_id, epoch(occurred_at), mrr_delta FROM mrr_movements WHERE movement = 'cancellation'"
-    ).fetchall()}
-    assert churns == {"m1": (ts(2024, 4, 10), D("-69.3000")), "m2": (ts(2024, 4, 10), D("-69.3000")),
-                      "k1": (ts(2024, 4, 12), D("-35.0000")), "k2": (ts(2024, 4, 12), D("-35.0000")),
-                      "pd": (ts(2024, 4, 6), D("-40.0000")), "up": (ts(2024, 4, 8), D("-20.0000")),
-                      "re": (ts(2024, 4, 12), D("-50.0000"))}
+    churns: dict[str, list[tuple[object, ...]]] = {}
+    for r in con.execute("SELECT customer_id, CAST(epoch(occurred_at) AS BIGINT), movement, mrr_delta "
+                         "FROM mrr_movements WHERE movement IN ('cancellation', 'reactivation') "
+                         "ORDER BY occurred_at").fetchall():
+        churns.setdefault(r[0], []).append(r[1:])
+    churn = lambda at, delta: [(at, "cancellation", D(delta))]  # noqa: E731
+    assert churns == {"m1": churn(ts(2024, 4, 10), "-69.3000"), "m2": churn(ts(2024, 4, 10), "-69.3000"),
+                      "k1": churn(ts(2024, 4, 12), "-35.0000"), "k2": churn(ts(2024, 4, 12), "-35.0000"),
+                      "pd": churn(ts(2024, 4, 6), "-40.0000"), "up": churn(ts(2024, 4, 8), "-20.0000"),
+                      "re": [(ts(2024, 4, 1), "cancellation", D("-50.0000")),
+                             (ts(2024, 4, 2), "reactivation", D("50.0000")),
+                             (ts(2024, 4, 12), "cancellation", D("-50.0000"))]}
     april = {r["period_start"]: r for r in queries.bridge(con)}[dt.date(2024, 4, 1)]
-    assert (april["churn"], april["churned_customers"]) == (D("318.6000"), 7)
+    assert (april["churn"], april["reactivation"], april["churned_customers"]) == (D("368.6000"), D("50.0000"), 7)
 
 
 def coupon_to_the_last_period(ended: bool) -> World:
