@@ -63,15 +63,18 @@ NEW = (T0, "new", Decimal("50.0000"), None, None)
 
 
 def test_taken_back_under_canceled_is_a_churn_and_a_comeback(world: World, derive: Derive) -> None:
-    """Asked on 10 March (period ends 1 April) with feedback too_expensive, taken back on 20 March: -50.00 on
-    10 March (voluntary, too_expensive, the request's event), +50.00 reactivation on 20 March (the event that took it
+    """Asked on 10 March (period ends 1 April) with feedback too_expensive and a comment, taken back on 20 March:
+    -50.00 on 10 March (voluntary, too_expensive, the comment, the request's event), +50.00 reactivation on 20 March (the event that took it
     back); customer_mrr 0 between; March's bridge churn 50.00 and reactivation 50.00."""
     paying(world)
-    request(world, month(2, 9), feedback="too_expensive")
+    request(world, month(2, 9), feedback="too_expensive", comment="over budget this quarter")
     take_back(world, month(2, 19))
     world.cycle("sub_1", month(3))
     con = derive(world, seen_at=month(3, 5), churn_recognition="canceled")
     rows = movements(con)
+    assert con.execute("SELECT movement, cancellation_comment FROM derived_mrr_movements WHERE movement <> 'new' "
+                       "ORDER BY occurred_at").fetchall() == [("cancellation", "over budget this quarter"),
+                                                              ("reactivation", None)]
     assert [r[:5] for r in rows] == [
         NEW, (month(2, 9), "cancellation", Decimal("-50.0000"), "voluntary", "too_expensive"),
         (month(2, 19), "reactivation", Decimal("50.0000"), None, None)]
