@@ -32,14 +32,28 @@ from stripe_churn.pipeline import RunSummary
 from stripe_churn.settings import Secret, Settings
 from stripe_churn.store.snapshot import publish_snapshot
 
+# Holds the sync lock until its stdin closes: the checks made while it holds must not race a timer (a holder that
+# let go after 1.5 s did so before a daemon slow to start on a loaded machine had skipped twice).
 HOLDER = textwrap.dedent("""
-    import sys, time
+    import sys
     from pathlib import Path
     from stripe_churn.lock import sync_lock
     with sync_lock(Path(sys.argv[1])):
         print("held", flush=True)
-        time.sleep(float(sys.argv[2]))
+        sys.stdin.read()
 """)
+
+
+def hold_the_lock(db: Path) -> subprocess.Popen[str]:
+    """A process holding the store's sync lock until :func:`let_go`."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def let_go(holder: subprocess.Popen[str]) -> None:
+    holder.communicate("", timeout=30)
 
 
 def locked_writer(batches: int = 1, batch_s: float = 0.0) -> Callable[..., RunSummary]:
@@ -163,8 +177,7 @@ def test_scheduled_runs_and_state(start: Callable[..., Daemon], tmp_path: Path) 
 def test_ticks_skip_while_another_process_holds_the_lock(start: Callable[..., Daemon], tmp_path: Path,
                                                          caplog: pytest.LogCaptureFixture) -> None:
     db = tmp_path / "d.duckdb"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), "1.5"], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder = hold_the_lock(db)
     caplog.set_level("INFO", logger="stripe_churn.daemon")
     d = start(interval_seconds=0.2, run=locked_writer())
     try:
@@ -174,7 +187,7 @@ def test_ticks_skip_while_another_process_holds_the_lock(start: Callable[..., Da
         assert f"(pid {holder.pid})" in caplog.text
         assert "--wait" not in caplog.text  # (`sync` has that option, `daemon` does not)
     finally:
-        holder.wait(timeout=10)
+        let_go(holder)
     assert wait_for(lambda: d.runs >= 1)
 
 
@@ -598,9 +611,8 @@ def test_webhook_events_wait_for_another_process_run_longer_than_the_lock_wait(
 
     caplog.set_level("INFO", logger="stripe_churn.daemon")
     db = tmp_path / "d.duckdb"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(db), "2.0"], stdout=subprocess.PIPE, text=True)
+    holder = hold_the_lock(db)
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         d = start(interval_seconds=3600, sync_on_start=False, run=locked_writer(), webhook_port=0,
                   debounce_seconds=0.1, lock_wait_seconds=0.3)
         assert wait_for(lambda: d.webhook is not None)
@@ -611,9 +623,8 @@ def test_webhook_events_wait_for_another_process_run_longer_than_the_lock_wait(
         assert "sync (webhook invoice.paid) still waits: another sync holds" in caplog.text
         assert f"(pid {holder.pid})" in caplog.text
     finally:
-        holder.wait(timeout=10)
+        let_go(holder)
     assert wait_for(lambda: d.runs == 1)
-    # (the run is counted before its end is written to the state file)
     assert wait_for(lambda: ((read_state(d.settings.db) or {}).get("last_run") or {}).get("reason")
                     == "webhook invoice.paid")
     time.sleep(1.0)
