@@ -237,10 +237,11 @@ def test_ticks_during_a_run_skip_with_one_info_line_each(start: Callable[..., Da
     assert len(skips) >= 5 and {r.levelname for r in skips} == {"INFO"}
 
 
-def test_transient_errors_back_off(start: Callable[..., Daemon]) -> None:
+def test_transient_errors_back_off(start: Callable[..., Daemon], caplog: pytest.LogCaptureFixture) -> None:
     """A transient failure is tried again after a wait in time that doubles at each further failure in a row (here
     0.1, 0.2, 0.4, 0.8 s), not at the next scheduled tick (an hour away here): the ticks counted before kept a daily
     schedule a day or more without a sync after one blip."""
+    caplog.set_level("INFO", logger="stripe_churn.daemon")
     calls: list[float] = []
 
     def failing(settings: Settings, **kw: Any) -> RunSummary:
@@ -248,12 +249,16 @@ def test_transient_errors_back_off(start: Callable[..., Daemon]) -> None:
         raise TransientError("Stripe kept answering 503")
 
     d = start(interval_seconds=3600, run=failing, retry_first_seconds=0.1)
-    assert wait_for(lambda: len(calls) >= 5, timeout=10)
+    assert wait_for(lambda: len(calls) >= 5, timeout=30)
     d.request_stop()
+    failed = [r.getMessage().split(", at ")[0] for r in caplog.records if r.getMessage().startswith("sync failed")]
+    assert failed[:4] == [f"sync failed ({n} in a row), will retry in {want} s"
+                          for n, want in enumerate(("0.1", "0.2", "0.4", "0.8"), 1)]  # the waits grow
     gaps = [b - a for a, b in itertools.pairwise(calls)][:4]
-    # (never before its time; late by what the state's write and the scheduler's wake-up take)
-    assert all(want * 0.95 <= gap <= want + 0.5 for gap, want in zip(gaps, (0.1, 0.2, 0.4, 0.8), strict=True)), gaps
-    assert gaps[3] > 3 * gaps[0], gaps  # the waits grow
+    # (never before its time, and far from the next tick's hour; late by what the state's write and the scheduler's
+    # wake-up take, which a loaded machine makes longer than the first waits: the gaps of the tries themselves
+    # grew less than 3-fold when each state write took 0.3 s)
+    assert all(want * 0.95 <= gap <= want + 10 for gap, want in zip(gaps, (0.1, 0.2, 0.4, 0.8), strict=True)), gaps
 
 
 def test_a_blip_on_a_daily_schedule_is_retried_soon(start: Callable[..., Daemon], tmp_path: Path,
