@@ -290,6 +290,8 @@ def test_status_says_a_reload_was_refused_until_one_is_taken(start: Callable[...
     d = start(settings, run=locked_writer(), sync_on_start=False, reload=lambda: given[0])
     assert wait_for(lambda: (read_state(d.settings.db) or {}).get("state") == "started")
     hup(d, caplog, "reload refused")
+    # (the refusal is logged, then written to the state file: waited for)
+    assert wait_for(lambda: "reload was refused at " in collect_status(settings.db)["daemon"])
     daemon = collect_status(settings.db)["daemon"]
     assert "reload was refused at " in daemon and "bad STRIPE_CHURN_SCHEDULE '61 * * * *'" in daemon, daemon
     assert KEY not in json.dumps(read_state(settings.db))
