@@ -75,6 +75,7 @@ class _Server(ThreadingHTTPServer):
     max_handlers = MAX_HANDLERS
     request_deadline_s = REQUEST_DEADLINE_S
     secrets: tuple[str, ...] = ()  # masked in what it logs (the signing secret, the API key)
+    clock = staticmethod(time.monotonic)  # when refusals were logged (seconds)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._handlers = 0  # connections accepted and not yet done with (each on its own thread)
@@ -96,7 +97,7 @@ class _Server(ThreadingHTTPServer):
             # (one WARNING a minute at most, with how many were refused since: connections anyone can open must not
             # flood the log)
             self._refused += 1
-            now = time.monotonic()
+            now = self.clock()
             if now - self._refused_logged_at >= REFUSED_LOG_EVERY_S:
                 log.warning("webhook: refused %d connection(s) with 503 since the last such line, %d requests being "
                             "handled already", self._refused, self.max_handlers)
@@ -121,7 +122,7 @@ class _Server(ThreadingHTTPServer):
         with self._handlers_lock:
             count, logged_at = self._refusals.get(message, (0, None))
             count += 1
-            now = time.monotonic()
+            now = self.clock()
             if logged_at is not None and now - logged_at < REFUSED_LOG_EVERY_S:
                 self._refusals[message] = (count, logged_at)
                 return
