@@ -418,9 +418,13 @@ class Daemon:
             self._failures, self._retry_at, self._last_failed = 0, None, False
             succeeded = True
             info = summary.as_dict() if hasattr(summary, "as_dict") else {"result": str(summary)}
+            ended: dict[str, Any] = {}
+            if self._lock_skips:  # (this run got the store: the skips in a row end with it, in the same write)
+                self._lock_skips, self._lock_skips_since = 0, None
+                ended["skipping"] = None
             self._save(last_run={"at": _now(), "reason": reason, "status": info.get("status"),
                                  "counts": info.get("counts"), "new_movements": info.get("new_movements")},
-                       last_error=None, previous_error=None)  # (the last daemon's, shown until a run succeeds)
+                       last_error=None, previous_error=None, **ended)  # (the last daemon's, shown until a run succeeds)
             self.runs += 1  # (counted once its state is written: a reader who sees the count sees the state)
         except StoreLockedError as exc:
             locked_out = True
@@ -469,7 +473,7 @@ class Daemon:
             log.debug("sync crashed", exc_info=True)
             self._save(last_error={"at": _now(), "kind": "fatal", "message": message})
         finally:
-            if not locked_out and self._lock_skips:  # (this run got the store)
+            if not locked_out and self._lock_skips:  # (this run got the store, and failed)
                 self._lock_skips, self._lock_skips_since = 0, None
                 self._save(skipping=None)
             with self._follow_lock:

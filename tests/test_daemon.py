@@ -1058,3 +1058,43 @@ def test_ticks_skipped_for_a_store_held_open_say_so_in_status(tmp_path: Path,
     assert state is not None and state["last_error"]["kind"] == "transient" and state.get("skipping") is None
     status = CliRunner().invoke(cli, ["status", "--format", "json"], env=env)
     assert "skipped" not in json.loads(status.output)["daemon"]
+
+
+def test_a_run_after_skipped_ticks_is_counted_once_status_no_longer_says_they_skip(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run counts (``runs``) once its state is written: the run that gets the store after ticks skipped for it
+    ends those skips in the state in the same write. They were cleared in a write of their own after the count, and
+    a reader who saw the count could still find `status` saying the scheduled syncs were skipped (made certain here
+    by a write of that clearing 0.3 s slow)."""
+    from stripe_churn.errors import StoreLockedError
+
+    db = tmp_path / "d.duckdb"
+    inner = locked_writer()
+    calls: list[str] = []
+
+    def run(settings: Settings, **kw: Any) -> RunSummary:
+        calls.append("run")
+        if len(calls) <= 2:
+            raise StoreLockedError("the store is in use by another process", held="the store is in use")
+        return inner(settings, **kw)
+
+    real_save = Daemon._save
+
+    def slow_clearing(self: Daemon, **changes: Any) -> None:
+        if "skipping" in changes and changes["skipping"] is None:
+            time.sleep(0.3)
+        real_save(self, **changes)
+
+    monkeypatch.setattr(Daemon, "_save", slow_clearing)
+    d = Daemon(Settings(db=db), interval_seconds=3600, run=run)
+    d.tick("schedule")
+    d.tick("schedule")
+    assert d.skipped == 2 and ((read_state(db) or {}).get("skipping") or {}).get("ticks") == 2
+    t = threading.Thread(target=d.tick, args=("schedule",))
+    t.start()
+    try:
+        assert wait_for(lambda: d.runs == 1)
+        state = read_state(db)
+        assert state is not None and state["last_run"]["reason"] == "schedule" and state.get("skipping") is None, state
+    finally:
+        t.join(timeout=30)
