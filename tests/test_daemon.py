@@ -796,11 +796,13 @@ def test_the_signal_handler_waits_on_no_lock_the_main_thread_may_hold(tmp_path: 
     with d.stop_event._cond:  # type: ignore[attr-defined]  # the lock Event.wait holds around its checks
         handler = threading.Thread(target=d.handle_signal, args=(signal.SIGTERM, None), daemon=True)
         handler.start()
-        handler.join(timeout=2)
+        handler.join(timeout=10)
         assert not handler.is_alive()
     main = threading.Thread(target=d.run_forever, kwargs={"install_signals": False})
     main.start()
-    main.join(timeout=5)  # the main loop passes the noted signal on as a stop
+    # (the main loop passes the noted signal on as a stop; a start and a stop that write the state four times took
+    # more than 5 s with each write 1 s slow, as a loaded disk's fsync may be)
+    main.join(timeout=30)
     assert not main.is_alive() and d.stop_event.is_set()
     state = read_state(d.settings.db)
     assert state is not None and state["state"] == "stopped"
