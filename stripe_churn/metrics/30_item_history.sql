@@ -202,18 +202,41 @@ next_billed AS (
     WHERE b.metered
     GROUP BY ALL
 ),
+-- (a metered one's with no next invoice, its subscription not ended: when a sync first saw the subscription
+-- without it, in Stripe's clock, which later syncs seeing the same do not move. The item's own row, found gone
+-- (the sync lists a subscription's items whole and flags those it no longer has), says it even when the
+-- subscription's JSON did not change, its embedded list cut short before the item. Without a row for it, every
+-- state of the subscription stored lacked it: when its current state was first seen; so too when that is after
+-- the row was last seen present (a row not flagged, as when the list was not known whole). Else when the latest
+-- sync saw the subscription, as the last resort.)
+gone_seen AS (
+    SELECT b.account_id, b.subscription_id, b.subscription_item_id,
+           CASE WHEN coalesce(si.deleted, false)
+                THEN least(state_seen_in_stripes_clock(si.state_seen_at, si.last_seen_at, si.version, c.snapshot_at),
+                           s.seen_at)
+                WHEN si.id IS NULL
+                  OR s.state_seen_at > seen_in_stripes_clock(si.last_seen_at, si.version, c.snapshot_at)
+                THEN s.state_seen_at
+                ELSE s.seen_at END AS moment
+    FROM last_billed b
+    JOIN derived_subs s USING (account_id, subscription_id)
+    LEFT JOIN derived_coverage c ON c.account_id = b.account_id
+    LEFT JOIN subscription_items si ON si.account_id = b.account_id AND si.id = b.subscription_item_id
+    WHERE b.metered AND s.ended_at IS NULL
+),
 ends AS (
     -- such an item ends when its last billed period ends; a metered one, billed in arrears (its last period
     -- ends when the invoice that bills it is made, and that usage counts from then), when the subscription's
-    -- next invoice no longer bills it, else when the subscription ended, else when the sync saw it gone
+    -- next invoice no longer bills it, else when the subscription ended, else when a sync first saw it gone
     SELECT b.account_id, b.subscription_id, b.subscription_item_id,
-           CASE WHEN b.metered THEN greatest(b.period_end, coalesce(x.created, s.ended_at, s.seen_at))
+           CASE WHEN b.metered THEN greatest(b.period_end, coalesce(x.created, s.ended_at, g.moment))
                 ELSE b.period_end END AS moment, false AS present,
            NULL AS price_id, NULL AS quantity, 'invoice' AS source, NULL AS source_event_id,
            b.invoice_id AS source_invoice_id, 0 AS prio
     FROM last_billed b
     LEFT JOIN next_billed x USING (account_id, subscription_item_id)
     LEFT JOIN derived_subs s USING (account_id, subscription_id)
+    LEFT JOIN gone_seen g USING (account_id, subscription_id, subscription_item_id)
 )
 SELECT * FROM line_steps UNION ALL SELECT * FROM removals UNION ALL SELECT * FROM ends
 UNION ALL SELECT * FROM credited_first;

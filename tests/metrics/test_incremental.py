@@ -24,6 +24,7 @@ from conftest import make_settings
 from test_bridge import SEEN, book
 from test_mrr_rules import paused_for
 from test_same_second_events import reorder_ids
+from test_sources_hunt import metered_until_february, month
 
 from stripe_churn.errors import DataError
 from stripe_churn.metrics.incremental import recompute_changed
@@ -688,3 +689,21 @@ def test_pending_invoice_items_billed_or_deleted_after_the_last_sync(world: Worl
     assert n == 1
     mine = [r for r in full["view mrr_movements"] if "'cus_a'" in r and "2024-05-12" in r]
     assert len(mine) == 1 and "seat_expansion" in mine[0] and "ii_" not in mine[0], mine
+
+
+@ONE_SCOPE
+def test_a_metered_item_gone_before_the_syncs_seen_again(world: World, tmp_path: Path, shards: int) -> None:
+    """A metered item known only from invoices (no event stored), removed on 11 February with its subscription's
+    next invoice not yet made: the sync of 13 February first saw the subscription without it, and a later sync
+    on 21 February lists the same subscription again. Derived again incrementally (every customer of an account
+    without events: its coverage starts at the moved snapshot), every derived table equals a full recompute's, and
+    the item still ends on the 13th."""
+    w = metered_until_february(world)
+    w.update("sub_1", month(1, 10), items=[("si_s", "basic", 1)], prorate=False, event=False)
+    w.events.clear()
+    before = copy.deepcopy(w)
+    changed = later_sync(w, {"cus_1"}, {"sub_1"}, month(1, 12))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, month(1, 12), month(1, 20), shards)
+    assert n == 1
+    ends = [r for r in full["derived_item_history"] if "'si_m'" in r]
+    assert len(ends) == 1 and "datetime.datetime(2026, 2, 13, 0, 0, " in ends[0], ends  # (valid_to: month(1, 12))

@@ -24,6 +24,7 @@ from stripe_churn.store.load import (
     Staged,
     create_stages,
     drop_stages,
+    mark_missing_children,
     merge_stage,
     upsert_objects,
     upsert_staged,
@@ -559,5 +560,76 @@ def test_a_store_migrated_from_before_state_seen_at_dates_the_change_at_the_sync
         recompute(con, make_settings("usd"))
         assert customer_mrr_at(con, "cus_1", month(0, 12) - 1) == 50
         assert customer_mrr_at(con, "cus_1", month(0, 12)) == 70
+    finally:
+        con.close()
+
+
+# --- a metered item known only from invoices, gone before the syncs that see its subscription -------------------
+
+def metered_until_february(w: World) -> World:
+    """cus_1 on one seat of basic (10.00) and a metered API meter (1 cent a call) from T0; January's usage of 9,000
+    calls billed by the renewal of 1 February (month(1)), no invoice since: 100.00 from 1 February."""
+    w.customer("cus_1")
+    w.product("prod_seat", unit_label="seat")
+    w.product("prod_api", unit_label="api call")
+    w.price("basic", "prod_seat", 1_000)
+    w.price("meter", "prod_api", 1, usage_type="metered")
+    w.subscribe("sub_1", "cus_1", [("si_s", "basic", 1), ("si_m", "meter", None)], T0)
+    w.cycle("sub_1", month(1), usage={"si_m": 9_000})
+    return w
+
+
+def item_end(con: duckdb.DuckDBPyConnection, item: str) -> list[tuple[Any, ...]]:
+    return con.execute("SELECT CAST(epoch(valid_to) AS BIGINT) FROM derived_item_history "
+                       "WHERE subscription_item_id = ? ORDER BY valid_from", [item]).fetchall()
+
+
+def test_a_metered_item_gone_before_the_syncs_stays_ended_at_the_first_sync_that_saw_it_gone(
+        tmp: Path, template: Path) -> None:
+    """The meter removed on 11 February without prorations, and no event stored (invoices alone): no invoice says
+    when it went, and the subscription has made none since, so its last usage (90.00) counts until a sync saw the
+    subscription without it: the sync of 13 February. A second sync on 21 February sees the same state: the meter
+    still ended on the 13th, and 100.00 before, 10.00 from then, do not move (it ended at every sync that listed
+    the subscription again)."""
+    w = metered_until_february(World())
+    w.update("sub_1", month(1, 10), items=[("si_s", "basic", 1)], prorate=False, event=False)
+    con = store_of(tmp, template, "metered-gone-seen-twice")
+    try:
+        for seen in (month(1, 12), month(1, 20)):
+            w.load(con, seen_at=seen, events=False)
+            recompute(con, make_settings("usd"))
+            assert item_end(con, "si_m") == [(month(1, 12),)]
+            assert customer_mrr_at(con, "cus_1", month(1, 12) - 1) == 100
+            assert customer_mrr_at(con, "cus_1", month(1, 12)) == 10
+    finally:
+        con.close()
+
+
+def test_a_metered_item_beyond_a_cut_short_list_ends_at_the_sync_that_found_it_gone(tmp: Path,
+                                                                                   template: Path) -> None:
+    """The same meter listed by the sync of 6 February, removed on 11 February without prorations, found gone by
+    the sync of 13 February, and the subscription seen the same again on 21 February (invoices alone). The
+    subscription's embedded list is cut short and does not show the meter (has_more: as beyond Stripe's first 10
+    items), so the subscription's JSON did not change when the meter went: its state was first seen on the 6th,
+    when the meter was still there. The meter's own row says when a sync first saw it gone: 90.00 counts until
+    the 13th."""
+    w = metered_until_february(World())
+    sub = w.objects["subscriptions"]["sub_1"]
+    meter = next(it for it in sub["items"]["data"] if it["id"] == "si_m")
+    sub["items"]["data"], sub["items"]["has_more"] = [it for it in sub["items"]["data"] if it is not meter], True
+    con = store_of(tmp, template, "metered-beyond-the-list")
+    acct = w.account_id
+    try:
+        seen = datetime.fromtimestamp(month(1, 5), UTC)
+        w.load(con, seen_at=month(1, 5), events=False)
+        upsert_objects(con, "subscription_items", acct, [meter], seen)  # (the rest of the list, fetched in full)
+        for at in (month(1, 12), month(1, 20)):
+            seen = datetime.fromtimestamp(at, UTC)
+            w.load(con, seen_at=at, events=False)
+            mark_missing_children(con, "subscription_items", "subscription_id", acct, [("sub_1", ["si_s"], at)], seen)
+            recompute(con, make_settings("usd"))
+            assert item_end(con, "si_m") == [(month(1, 12),)]
+            assert customer_mrr_at(con, "cus_1", month(1, 12) - 1) == 100
+            assert customer_mrr_at(con, "cus_1", month(1, 12)) == 10
     finally:
         con.close()
