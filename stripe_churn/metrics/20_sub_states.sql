@@ -416,7 +416,7 @@ after_events AS (
     FROM derived_sub_events
 ),
 last_events AS (
-    SELECT account_id, subscription_id, moment, after_status, after_pause_collection, after_has_more, after_items
+    SELECT account_id, subscription_id, moment, after_status, after_pause_collection, after_has_more, after_items, rid
     FROM derived_sub_events
     QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY seq DESC) = 1
 ),
@@ -438,11 +438,16 @@ snapshot_keys AS (
 ),
 late_snapshot AS (
     -- (dated when a sync first saw the snapshot's state: that of the subscription or of one of its items, whichever
-    -- came last, when that is after the last event; else when the latest sync saw it, after that event)
+    -- came last, when that is after the last event. Else the state the event left came back with no event and the
+    -- row never held the event's (a state that came back is a change of the row): a copy newer than the event
+    -- kept it out by the time the sync that first stored the event wrote it, so that sync had seen the state
+    -- after the event, and a later sync seeing it again does not move it (in Stripe's clock as seen_in_stripes_clock,
+    -- after the event, no later than when the latest sync saw the subscription).)
     SELECT s.account_id, s.subscription_id,
            CASE WHEN greatest(s.state_seen_at, least(k.items_state_seen_at, s.seen_at)) > l.moment
                 THEN greatest(s.state_seen_at, least(k.items_state_seen_at, s.seen_at))
-                ELSE s.seen_at END AS moment,
+                ELSE least(s.seen_at, greatest(l.moment, coalesce(least(ev.first_seen_at, c.snapshot_at), s.seen_at)))
+           END AS moment,
            'snapshot' AS source, NULL AS event_id,
            NULL AS items,
            -- (1000000: a change the events missed; 1000001: the last event's list was cut short, so only the
@@ -460,6 +465,8 @@ late_snapshot AS (
     FROM derived_subs s
     JOIN last_events l USING (account_id, subscription_id)
     LEFT JOIN snapshot_keys k USING (account_id, subscription_id)
+    LEFT JOIN derived_coverage c USING (account_id)
+    LEFT JOIN (SELECT rowid AS rid, first_seen_at FROM events) ev ON ev.rid = l.rid
     WHERE s.in_snapshot AND s.seen_at > l.moment AND ord IS NOT NULL
 )
 SELECT * EXCLUDE (has_more),

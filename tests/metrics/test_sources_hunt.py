@@ -633,3 +633,35 @@ def test_a_metered_item_beyond_a_cut_short_list_ends_at_the_sync_that_found_it_g
             assert customer_mrr_at(con, "cus_1", month(1, 12)) == 10
     finally:
         con.close()
+
+
+def test_a_state_that_came_back_without_an_event_stays_dated_at_the_first_sync_after_the_event(
+        tmp: Path, template: Path) -> None:
+    """5 seats seen by the sync of 13 January; raised to 7 on 15 January by an update whose event is stored, and
+    back to 5 on 17 January without prorations and with no event. The sync of 21 January stores that event and
+    sees 5 seats again: the subscription's stored state never changed, so the way back is dated at that sync,
+    the first to see 5 seats after the event (70.00 from the 15th to the 21st, 50.00 from then). A full listing on
+    25 January sees the same: the months already reported do not move (the way back moved to each sync), derived
+    again incrementally or in full."""
+    w = five_seats(World())
+    con = store_of(tmp, template, "came-back")
+
+    def levels() -> list[tuple[Any, ...]]:
+        return con.execute("SELECT CAST(epoch(valid_from) AS BIGINT), mrr FROM customer_mrr WHERE customer_id = "
+                           "'cus_1' ORDER BY valid_from").fetchall()
+
+    try:
+        w.load(con, seen_at=month(0, 12))
+        w.update("sub_1", month(0, 14), items=[("si_1", "basic", 7)], prorate=False)
+        w.update("sub_1", month(0, 16), items=[("si_1", "basic", 5)], prorate=False, event=False)
+        w.load(con, seen_at=month(0, 20))
+        recompute(con, make_settings("usd"))
+        assert levels() == [(T0, 50), (month(0, 14), 70), (month(0, 20), 50)]
+        list_fully(w, con, seen_at=month(0, 24))
+        settings = make_settings("usd")
+        assert recompute_changed(con, settings, datetime.fromtimestamp(month(0, 24), UTC)) == 1
+        assert levels() == [(T0, 50), (month(0, 14), 70), (month(0, 20), 50)]
+        recompute(con, settings)
+        assert levels() == [(T0, 50), (month(0, 14), 70), (month(0, 20), 50)]
+    finally:
+        con.close()
