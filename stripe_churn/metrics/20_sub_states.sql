@@ -82,7 +82,7 @@ WITH ordered AS (
 -- through the window's sort, the nested state cost this statement about half as much CPU again)
 typed AS (
     SELECT e.account_id, e.id AS event_id, e.type AS event_type, e.created AS moment, e.object_id AS subscription_id,
-           o.rid, o.seq, o.tied,
+           o.rid, o.seq, o.tied, e.first_seen_at,
            e.sub_state AS p, e.sub_state.types AS t,
            e.sub_state.status AS after_status,
            e.sub_state.types[7] = 'OBJECT' AS after_pause_collection,
@@ -125,6 +125,8 @@ before AS (
     FROM merged
 )
 SELECT account_id, event_id, event_type, moment, subscription_id, seq, rid,
+       -- (when a sync first stored the event: late_snapshot below)
+       first_seen_at,
        after_status, after_pause_collection, TRY_CAST(after_has_more_text AS BOOLEAN) AS after_has_more,
        after_items, after_discounts, before_discounts, has_before,
        before_status, before_pause_collection, TRY_CAST(before_has_more_text AS BOOLEAN) AS before_has_more,
@@ -416,7 +418,8 @@ after_events AS (
     FROM derived_sub_events
 ),
 last_events AS (
-    SELECT account_id, subscription_id, moment, after_status, after_pause_collection, after_has_more, after_items, rid
+    SELECT account_id, subscription_id, moment, after_status, after_pause_collection, after_has_more, after_items,
+           first_seen_at
     FROM derived_sub_events
     QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id ORDER BY seq DESC) = 1
 ),
@@ -441,13 +444,14 @@ late_snapshot AS (
     -- came last, when that is after the last event. Else the state the event left came back with no event and the
     -- row never held the event's (a state that came back is a change of the row): a copy newer than the event
     -- kept it out by the time the sync that first stored the event wrote it, so that sync had seen the state
-    -- after the event, and a later sync seeing it again does not move it (in Stripe's clock as seen_in_stripes_clock,
-    -- after the event, no later than when the latest sync saw the subscription).)
+    -- after the event, and a later sync seeing it again does not move it: its moment, no later than when the
+    -- latest sync saw the subscription (itself no later than the latest snapshot). That moment is this machine's
+    -- clock: when it is not after the event (Stripe's clock ahead, as a test clock's), when the latest sync saw it.)
     SELECT s.account_id, s.subscription_id,
            CASE WHEN greatest(s.state_seen_at, least(k.items_state_seen_at, s.seen_at)) > l.moment
                 THEN greatest(s.state_seen_at, least(k.items_state_seen_at, s.seen_at))
-                ELSE least(s.seen_at, greatest(l.moment, coalesce(least(ev.first_seen_at, c.snapshot_at), s.seen_at)))
-           END AS moment,
+                WHEN least(l.first_seen_at, s.seen_at) > l.moment THEN least(l.first_seen_at, s.seen_at)
+                ELSE s.seen_at END AS moment,
            'snapshot' AS source, NULL AS event_id,
            NULL AS items,
            -- (1000000: a change the events missed; 1000001: the last event's list was cut short, so only the
@@ -465,8 +469,6 @@ late_snapshot AS (
     FROM derived_subs s
     JOIN last_events l USING (account_id, subscription_id)
     LEFT JOIN snapshot_keys k USING (account_id, subscription_id)
-    LEFT JOIN derived_coverage c USING (account_id)
-    LEFT JOIN (SELECT rowid AS rid, first_seen_at FROM events) ev ON ev.rid = l.rid
     WHERE s.in_snapshot AND s.seen_at > l.moment AND ord IS NOT NULL
 )
 SELECT * EXCLUDE (has_more),
