@@ -76,13 +76,17 @@ QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id, moment ORDE
 -- alone are derived again.)
 CREATE OR REPLACE TABLE derived_withdrawn_cancels AS
 WITH updated AS (
-    SELECT account_id, object_id AS subscription_id, id AS event_id, created AS withdrawn_at,
-           json_extract(raw, ['$.data.previous_attributes.canceled_at', '$.data.object.canceled_at',
-                              '$.data.object.ended_at', '$.data.previous_attributes.cancellation_details',
-                              '$.data.object.cancellation_details']) AS v
-    FROM events
-    WHERE type = 'customer.subscription.updated' AND object_type = 'subscription' AND NOT coalesce(deleted, false)
-      AND raw IS NOT NULL AND (SELECT churn_recognition FROM derived_settings) = 'canceled'
+    -- (the setting joined, and the JSON read under it, so that the filters on the JSON below are not pushed
+    -- under the setting's test into the scan of the events: under 'ended' they read 588k events' JSON at 1M, 4.5 s)
+    SELECT e.account_id, e.object_id AS subscription_id, e.id AS event_id, e.created AS withdrawn_at,
+           CASE WHEN st.churn_recognition = 'canceled'
+                THEN json_extract(e.raw, ['$.data.previous_attributes.canceled_at', '$.data.object.canceled_at',
+                                          '$.data.object.ended_at', '$.data.previous_attributes.cancellation_details',
+                                          '$.data.object.cancellation_details']) END AS v
+    FROM events e
+    JOIN derived_settings st ON st.churn_recognition = 'canceled'
+    WHERE e.type = 'customer.subscription.updated' AND e.object_type = 'subscription'
+      AND NOT coalesce(e.deleted, false) AND e.raw IS NOT NULL
 ),
 requests AS (
     SELECT account_id, subscription_id, event_id, withdrawn_at,
