@@ -641,8 +641,14 @@ SELECT
 FROM kept k
 LEFT JOIN derived_price_terms t ON t.account_id = k.account_id AND t.price_id = k.price_id
 LEFT JOIN derived_sub_churn c ON c.account_id = k.account_id AND c.subscription_id = k.subscription_id
-ASOF LEFT JOIN derived_withdrawn_cancels w
-       ON w.account_id = k.account_id AND w.subscription_id = k.subscription_id AND w.requested_at <= k.moment;
+-- (the request taken back that a row lies in: the latest request at or before it, if taken back after it. Each
+-- span is cut at the next request, so that at most one matches, that latest; a hash join on the subscription, as
+-- an ASOF join sorted all 6M rows at 1M for a table nearly always empty: 7 s)
+LEFT JOIN (SELECT *, least(withdrawn_at, lead(requested_at) OVER (PARTITION BY account_id, subscription_id
+                                                                   ORDER BY requested_at, withdrawn_at)) AS span_to
+           FROM derived_withdrawn_cancels) w
+       ON w.account_id = k.account_id AND w.subscription_id = k.subscription_id
+      AND w.requested_at <= k.moment AND k.moment < w.span_to;
 
 -- What the items of a subscription still on its trial will bring in once it converts: at each of their trialing
 -- points, the MRR the item would have there were the subscription paying, its discounts as they stand at that

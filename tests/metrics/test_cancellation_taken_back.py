@@ -124,6 +124,26 @@ def test_taken_back_then_requested_again_and_carried_out(world: World, derive: D
     assert customer_mrr_at(con, "cus_1", month(2, 24)) == 0
 
 
+def test_two_requests_each_taken_back_keep_their_own_feedback(world: World, derive: Derive) -> None:
+    """Asked on 5 March (missing_features), taken back on 10 March; asked on 15 March (too_expensive), taken back on
+    20 March: two churns and two comebacks of 50.00, each cancellation with its own request's feedback, MRR 0
+    inside each span and 50.00 between them."""
+    paying(world)
+    request(world, month(2, 4), feedback="missing_features")
+    take_back(world, month(2, 9))
+    request(world, month(2, 14), feedback="too_expensive")
+    take_back(world, month(2, 19))
+    world.cycle("sub_1", month(3))
+    con = derive(world, seen_at=month(3, 5), churn_recognition="canceled")
+    assert [r[:5] for r in movements(con)] == [
+        NEW, (month(2, 4), "cancellation", Decimal("-50.0000"), "voluntary", "missing_features"),
+        (month(2, 9), "reactivation", Decimal("50.0000"), None, None),
+        (month(2, 14), "cancellation", Decimal("-50.0000"), "voluntary", "too_expensive"),
+        (month(2, 19), "reactivation", Decimal("50.0000"), None, None)]
+    assert [customer_mrr_at(con, "cus_1", month(2, d)) for d in (3, 4, 8, 9, 13, 14, 18, 19)] == [
+        Decimal("50.0000"), 0, 0, Decimal("50.0000"), Decimal("50.0000"), 0, 0, Decimal("50.0000")]
+
+
 def test_a_cancel_at_date_set_and_removed(world: World, derive: Derive) -> None:
     """A cancel_at of 15 April set on 10 March (canceled_at 10 March), removed on 2 April, before it took effect."""
     paying(world)
