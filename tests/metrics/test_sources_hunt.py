@@ -514,6 +514,12 @@ def test_a_change_an_incremental_sync_saw_first_stays_dated_there_through_a_full
         con.close()
 
 
+def starts(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    """cus_1's MRR levels as (valid_from in unix seconds, mrr)."""
+    return con.execute("SELECT CAST(epoch(valid_from) AS BIGINT), mrr FROM customer_mrr WHERE customer_id = 'cus_1' "
+                       "ORDER BY valid_from").fetchall()
+
+
 def test_a_state_that_changes_again_is_dated_at_the_sync_that_saw_the_new_state(tmp: Path, template: Path) -> None:
     """5 seats raised to 7 on 11 January and to 9 on 16 January, both without prorations and their events missing,
     seen by the syncs of 13 January (an incremental one), 21 January and 25 January (full listings): 90.00 from the
@@ -524,17 +530,13 @@ def test_a_state_that_changes_again_is_dated_at_the_sync_that_saw_the_new_state(
     w.update("sub_1", month(0, 10), items=[("si_1", "basic", 7)], prorate=False, event=False)
     con = store_of(tmp, template, "changed-again")
 
-    def levels() -> list[tuple[Any, ...]]:
-        return con.execute("SELECT CAST(epoch(valid_from) AS BIGINT), mrr FROM customer_mrr WHERE customer_id = "
-                           "'cus_1' ORDER BY valid_from").fetchall()
-
     try:
         w.load(con, seen_at=month(0, 12))
         w.update("sub_1", month(0, 15), items=[("si_1", "basic", 9)], prorate=False, event=False)
         list_fully(w, con, seen_at=month(0, 20))
         list_fully(w, con, seen_at=month(0, 24))
         recompute(con, make_settings("usd"))
-        assert levels() == [(T0, 50), (month(0, 20), 90)]
+        assert starts(con) == [(T0, 50), (month(0, 20), 90)]
     finally:
         con.close()
 
@@ -646,22 +648,18 @@ def test_a_state_that_came_back_without_an_event_stays_dated_at_the_first_sync_a
     w = five_seats(World())
     con = store_of(tmp, template, "came-back")
 
-    def levels() -> list[tuple[Any, ...]]:
-        return con.execute("SELECT CAST(epoch(valid_from) AS BIGINT), mrr FROM customer_mrr WHERE customer_id = "
-                           "'cus_1' ORDER BY valid_from").fetchall()
-
     try:
         w.load(con, seen_at=month(0, 12))
         w.update("sub_1", month(0, 14), items=[("si_1", "basic", 7)], prorate=False)
         w.update("sub_1", month(0, 16), items=[("si_1", "basic", 5)], prorate=False, event=False)
         w.load(con, seen_at=month(0, 20))
         recompute(con, make_settings("usd"))
-        assert levels() == [(T0, 50), (month(0, 14), 70), (month(0, 20), 50)]
+        assert starts(con) == [(T0, 50), (month(0, 14), 70), (month(0, 20), 50)]
         list_fully(w, con, seen_at=month(0, 24))
         settings = make_settings("usd")
         assert recompute_changed(con, settings, datetime.fromtimestamp(month(0, 24), UTC)) == 1
-        assert levels() == [(T0, 50), (month(0, 14), 70), (month(0, 20), 50)]
+        assert starts(con) == [(T0, 50), (month(0, 14), 70), (month(0, 20), 50)]
         recompute(con, settings)
-        assert levels() == [(T0, 50), (month(0, 14), 70), (month(0, 20), 50)]
+        assert starts(con) == [(T0, 50), (month(0, 14), 70), (month(0, 20), 50)]
     finally:
         con.close()
