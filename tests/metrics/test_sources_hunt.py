@@ -586,6 +586,13 @@ def item_end(con: duckdb.DuckDBPyConnection, item: str) -> list[tuple[Any, ...]]
                        "WHERE subscription_item_id = ? ORDER BY valid_from", [item]).fetchall()
 
 
+def assert_the_meter_ends_on_the_13th(con: duckdb.DuckDBPyConnection) -> None:
+    """The meter of metered_until_february ended at the sync of 13 February: 100.00 before it, 10.00 from it."""
+    assert item_end(con, "si_m") == [(month(1, 12),)]
+    assert customer_mrr_at(con, "cus_1", month(1, 12) - 1) == 100
+    assert customer_mrr_at(con, "cus_1", month(1, 12)) == 10
+
+
 def test_a_metered_item_gone_before_the_syncs_stays_ended_at_the_first_sync_that_saw_it_gone(
         tmp: Path, template: Path) -> None:
     """The meter removed on 11 February without prorations, and no event stored (invoices alone): no invoice says
@@ -600,9 +607,7 @@ def test_a_metered_item_gone_before_the_syncs_stays_ended_at_the_first_sync_that
         for seen in (month(1, 12), month(1, 20)):
             w.load(con, seen_at=seen, events=False)
             recompute(con, make_settings("usd"))
-            assert item_end(con, "si_m") == [(month(1, 12),)]
-            assert customer_mrr_at(con, "cus_1", month(1, 12) - 1) == 100
-            assert customer_mrr_at(con, "cus_1", month(1, 12)) == 10
+            assert_the_meter_ends_on_the_13th(con)
     finally:
         con.close()
 
@@ -630,9 +635,7 @@ def test_a_metered_item_beyond_a_cut_short_list_ends_at_the_sync_that_found_it_g
             w.load(con, seen_at=at, events=False)
             mark_missing_children(con, "subscription_items", "subscription_id", acct, [("sub_1", ["si_s"], at)], seen)
             recompute(con, make_settings("usd"))
-            assert item_end(con, "si_m") == [(month(1, 12),)]
-            assert customer_mrr_at(con, "cus_1", month(1, 12) - 1) == 100
-            assert customer_mrr_at(con, "cus_1", month(1, 12)) == 10
+            assert_the_meter_ends_on_the_13th(con)
     finally:
         con.close()
 
