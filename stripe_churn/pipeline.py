@@ -364,7 +364,7 @@ def _live_runs(db: Path, held_by: list[str] | None = None) -> tuple[list[dict[st
     snapshot (a run that failed publishes none, so the snapshot shows no failed run) and no sync holds it. Read under
     the sync lock as a brief holder: a sync starting meanwhile waits for it; None when that cannot be done now.
     A store that is missing, damaged or no stripe-churn store is the StoreError ``sync`` gives for it. A store that
-    another process has open (a program of the user's, a `sql` session on the store itself) is said in ``held_by``."""
+    another process has open (a program of the user's, the duckdb shell on the store itself) is said in ``held_by``."""
     from stripe_churn.lock import sync_lock
     from stripe_churn.store.db import open_store
 
