@@ -418,13 +418,11 @@ class Daemon:
             self._failures, self._retry_at, self._last_failed = 0, None, False
             succeeded = True
             info = summary.as_dict() if hasattr(summary, "as_dict") else {"result": str(summary)}
-            ended: dict[str, Any] = {}
-            if self._lock_skips:  # (this run got the store: the skips in a row end with it, in the same write)
-                self._lock_skips, self._lock_skips_since = 0, None
-                ended["skipping"] = None
+            # (this run got the store: the skips in a row end with it, in the same write)
             self._save(last_run={"at": _now(), "reason": reason, "status": info.get("status"),
                                  "counts": info.get("counts"), "new_movements": info.get("new_movements")},
-                       last_error=None, previous_error=None, **ended)  # (the last daemon's, shown until a run succeeds)
+                       last_error=None, previous_error=None,  # (the last daemon's, shown until a run succeeds)
+                       **self._end_skips())
             self.runs += 1  # (counted once its state is written: a reader who sees the count sees the state)
         except StoreLockedError as exc:
             locked_out = True
@@ -474,8 +472,7 @@ class Daemon:
             self._save(last_error={"at": _now(), "kind": "fatal", "message": message})
         finally:
             if not locked_out and self._lock_skips:  # (this run got the store, and failed)
-                self._lock_skips, self._lock_skips_since = 0, None
-                self._save(skipping=None)
+                self._save(**self._end_skips())
             with self._follow_lock:
                 self._job_lock.release()
                 follow_up, self._follow_up = self._follow_up, None
@@ -489,6 +486,14 @@ class Daemon:
                 rest = max(0.0, self.lock_wait_seconds - (time.monotonic() - began))
                 self._schedule_webhook_sync(retry, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=rest),
                                             "webhook-retry-sync")
+
+    def _end_skips(self) -> dict[str, Any]:
+        """A run got the store: the scheduled ticks skipped in a row for it end. The state's change that says so
+        (none when there were none), for the write of the run's end."""
+        if not self._lock_skips:
+            return {}
+        self._lock_skips, self._lock_skips_since = 0, None
+        return {"skipping": None}
 
     def retry_delay(self, failures: int) -> float:
         """Seconds from the ``failures``-th transient failure in a row to the next try: ``retry_first_seconds``,
