@@ -206,7 +206,8 @@ def _check_object(table: str, obj: Any, *, embedded: bool = True) -> None:
         raise _Malformed(f"{_a(kind)} without an id")
     if not embedded or obj.get("deleted"):
         return
-    inner = {"subscriptions": ("items", "subscription_items"), "invoices": ("lines", "invoice_lines")}.get(table)
+    inner = {"subscriptions": ("items", "subscription_items"), "invoices": ("lines", "invoice_lines"),
+             "credit_notes": ("lines", "credit_note_lines")}.get(table)
     children: list[Any] = []
     if inner is not None:
         lst = obj.get(inner[0])
@@ -498,6 +499,10 @@ class _Sync:
         return await self._complete_list(inv.get("lines"), f"/v1/invoices/{inv['id']}/lines", LINE_LIST_PARAMS,
                                          from_event)
 
+    async def _credit_note_lines(self, cn: dict[str, Any], *, from_event: bool = False) -> list[dict[str, Any]] | None:
+        """The credit note's complete line list (None: see :meth:`_complete_list`)."""
+        return await self._complete_list(cn.get("lines"), _credit_note_lines_path(cn["id"]), {}, from_event)
+
     async def _complete_list(self, embedded: Any, path: str, params: dict[str, Any],
                              from_event: bool) -> list[dict[str, Any]] | None:
         """An embedded list, paged whole from ``path`` when Stripe cut it short (``has_more``). None when the
@@ -552,11 +557,16 @@ class _Sync:
         ``children``: the object's complete item or line list when already fetched. ``from_event``: the object is
         an event's (its cut-short list may be gone since: then its embedded part is stored, and none of its stored
         children is marked missing). ``embedded_only``: its cut-short list is known to be gone (the same, without
-        asking). Raises :class:`_Malformed` for an object not of the shape read here.
+        asking). A credit note's lines have no table: its cut-short list is completed in its own JSON
+        (:func:`_with_lines`). Raises :class:`_Malformed` for an object not of the shape read here.
         """
         _check_object(table, obj)
         if table == "prices" and not (deleted or obj.get("deleted")):
             await self._complete_option_tiers(obj)
+        if table == "credit_notes" and not (deleted or obj.get("deleted")):
+            got = None if embedded_only else children if children is not None else \
+                await self._credit_note_lines(obj, from_event=from_event)
+            _with_lines(obj, got)
         batch.add(table, obj, version, deleted)
         if deleted or obj.get("deleted"):
             return
@@ -638,6 +648,8 @@ class _Sync:
         if (table == "prices" and b'"tiered"' in raw and b'"currency_options"' in raw
                 and _options_without_tiers(orjson.loads(raw))):
             return False  # (its options' tiers need a retrieve: _complete_option_tiers)
+        if table == "credit_notes" and b'"has_more":true' in raw and _lines_cut(orjson.loads(raw)):
+            return False  # (the rest of its lines are paged: _children)
         subs: list[tuple[bytes, Any]] = []  # (raw, head) of the embedded items or lines
         discounts: list[bytes] = []
         if not head.deleted and table in ("subscriptions", "invoices"):
@@ -725,6 +737,8 @@ class _Sync:
                 todo.append((obj["id"], "/v1/subscription_items", item_list_params(obj["id"])))
             elif table == "invoices" and (obj.get("lines") or {}).get("has_more"):
                 todo.append((obj["id"], f"/v1/invoices/{obj['id']}/lines", LINE_LIST_PARAMS))
+            elif table == "credit_notes" and _lines_cut(obj):
+                todo.append((obj["id"], _credit_note_lines_path(obj["id"]), {}))
         if not todo:
             return {}
 
@@ -1188,6 +1202,7 @@ class _Sync:
                 if not data:
                     break
         await self._complete_stored_option_tiers()
+        await self._complete_stored_credit_note_lines()
         await self._complete_events()
 
     def _stored_without_option_tiers(self) -> list[dict[str, Any]]:
@@ -1214,6 +1229,42 @@ class _Sync:
             await self._add_object(batch, "prices", fresh, version, True if fresh.get("deleted") else None)
         await self._put(batch)
         await self._flush()
+
+    def _stored_cut_credit_notes(self) -> list[tuple[str, int]]:
+        rows = self.con.execute(
+            "SELECT raw, version FROM credit_notes WHERE account_id = ? AND NOT deleted "
+            "AND json_extract_string(raw, '$.lines.has_more') = 'true' ORDER BY id", [self.account]).fetchall()
+        return [(str(r[0]), int(r[1] or 0)) for r in rows]
+
+    async def _complete_stored_credit_note_lines(self) -> None:
+        """Stored credit notes whose lines are cut short (stored by a version that kept only the embedded page, or
+        whose lines answered 404 when they were stored), their lines paged again and put in their JSON with the
+        version they had, as a listing would have stored them: no event brings them back while the credit note does
+        not change, and a re-list of the whole account for them would cost every store a full listing. One whose
+        lines answer 404 again is left as it is (asked again next run). Once complete they are not asked again."""
+        stored = await self._db(self._stored_cut_credit_notes)
+        if not stored:
+            return
+        log.info("%d stored credit notes have only the first page of their lines: paging the rest", len(stored))
+        sem = asyncio.Semaphore(16)
+
+        async def one(raw: str, version: int) -> tuple[dict[str, Any], int, list[dict[str, Any]] | None]:
+            cn = orjson.loads(raw)
+            async with sem:
+                try:
+                    return cn, version, await self._page_all(_credit_note_lines_path(cn["id"]), {})
+                except NotFoundError:
+                    log.info("the lines of credit note %s answered 404: its stored copy is left as it is", cn["id"])
+                    return cn, version, None
+
+        batch = Batch()
+        for cn, version, lines in await asyncio.gather(*(one(r, v) for r, v in stored)):
+            if lines is not None:
+                _with_lines(cn, lines)
+                batch.add("credit_notes", cn, version)
+        if batch.size():
+            await self._put(batch)
+            await self._flush()
 
     async def _complete_events(self) -> None:
         """Record the server time up to which the events are complete (the last listing's Date)."""
@@ -1555,6 +1606,27 @@ def _events_of(page: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(ev.get("data"), dict | None):
             raise _malformed_answer(f"the event {ev['id']} whose data is not an object", "/v1/events")
     return data
+
+
+def _credit_note_lines_path(cnid: str) -> str:
+    """Where the lines of a credit note whose embedded list Stripe cut short are paged."""
+    return f"/v1/credit_notes/{cnid}/lines"
+
+
+def _lines_cut(obj: dict[str, Any]) -> bool:
+    """Whether an object's embedded ``lines`` list is cut short (``has_more``)."""
+    lines = obj.get("lines")
+    return isinstance(lines, dict) and bool(lines.get("has_more"))
+
+
+def _with_lines(cn: dict[str, Any], lines: list[dict[str, Any]] | None) -> None:
+    """A credit note's complete line list (paged from its lines endpoint) put in its JSON in place of the embedded
+    page: ``lines.data`` whole and ``lines.has_more`` false, the list's other keys (``object``, ``url``) as Stripe
+    sent them. Unlike an invoice's lines, a credit note's have no table of their own: its JSON is the only place
+    they are kept. ``lines`` None (the list was not paged: it answered 404) leaves the embedded page as it came."""
+    if lines is None or not _lines_cut(cn):
+        return
+    cn["lines"] = {**cn["lines"], "data": lines, "has_more": False}
 
 
 def _add_listed_discount(batch: Batch, raw: bytes, version: int) -> Any:

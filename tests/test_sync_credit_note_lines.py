@@ -1,0 +1,202 @@
+"""A credit note with more lines than Stripe embeds (the sandbox, as Stripe, embeds 10 with ``has_more``): the sync
+pages the rest from ``/v1/credit_notes/{id}/lines`` and stores the whole list in the credit note's JSON
+(``lines.data`` complete, ``lines.has_more`` false), whether the credit note was listed, came in an event, or was
+stored cut short before. A credit note whose lines answer 404 keeps what was embedded, and the run goes on. The real
+sync against the sandbox server serving a hand-built account (tests/metrics/builders.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "metrics"))
+from builders import DAY, Obj, World, ts
+
+from stripe_churn.sandbox.listing import ApiError
+from stripe_churn.sandbox.server import RunningSandbox, start_in_thread
+from stripe_churn.settings import Secret, Settings
+from stripe_churn.sync import SyncResult, run_sync
+
+KEY = "sk_test_credit_note_lines"
+T0 = ts(2026, 11, 1)
+LINES = 25
+
+
+def _world() -> World:
+    w = World()
+    w.customer("cus_1", created=T0)
+    w.product("prod_1", unit_label="seat")
+    w.price("price_1", "prod_1", 10_000)
+    w.subscribe("sub_1", "cus_1", [("si_1", "price_1", 1)], T0)
+    return w
+
+
+def _credit_note(w: World, cnid: str, at: int, n: int = LINES) -> Obj:
+    """A credit note of ``n`` lines (each of another amount) on the subscription's first invoice."""
+    inv = next(iter(w.objects["invoices"].values()))
+    lines = [{"id": f"cnli_{cnid[3:]}_{k:03d}", "object": "credit_note_line_item", "amount": 100 + k,
+              "description": f"Credit {k}", "discount_amount": 0, "discount_amounts": [],
+              "invoice_line_item": inv["lines"]["data"][0]["id"], "livemode": False, "quantity": 1, "tax_rates": [],
+              "type": "custom_line_item", "unit_amount": 100 + k, "unit_amount_decimal": str(100 + k),
+              "pretax_credit_amounts": [], "taxes": [], "metadata": {}} for k in range(n)]
+    total = sum(ln["amount"] for ln in lines)
+    return {"id": cnid, "object": "credit_note", "amount": total, "created": at, "currency": "usd",
+            "customer": "cus_1", "invoice": inv["id"], "livemode": False, "metadata": {}, "number": f"{cnid}-01",
+            "reason": "order_change", "status": "issued", "subtotal": total, "total": total, "type": "post_payment",
+            "voided_at": None,
+            "lines": {"object": "list", "data": lines, "has_more": False, "url": f"/v1/credit_notes/{cnid}/lines"}}
+
+
+def _sync(w: World, notes: dict[str, Obj], clock: int, db: Path, *, full: bool = False,
+          tamper: Callable[[RunningSandbox], None] | None = None) -> SyncResult:
+    served = w.served(clock)
+    served.objects["credit_notes"] = notes
+    with start_in_thread(served, api_key=KEY) as sb:
+        if tamper is not None:
+            tamper(sb)
+        return run_sync(Settings(api_key=Secret(KEY), api_base=sb.url, db=db, rate_limit=10_000), full=full,
+                        progress=False)
+
+
+def _stored(db: Path, cnid: str) -> tuple[list[str], Any, int, bool]:
+    """The stored credit note's line ids (in order), ``lines.has_more``, the sum of its lines' amounts (as finance
+    would read it with SQL) and ``deleted``."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        row = con.execute(
+            "SELECT json_extract_string(raw, '$.lines.data[*].id'), json_extract(raw, '$.lines.has_more'), "
+            "(SELECT sum(CAST(a AS BIGINT)) FROM unnest(json_extract_string(raw, '$.lines.data[*].amount')) t(a)), "
+            "deleted FROM credit_notes WHERE id = ?", [cnid]).fetchone()
+    finally:
+        con.close()
+    assert row is not None, f"{cnid} is not stored"
+    return list(row[0] or []), None if row[1] is None else str(row[1]), int(row[2] or 0), bool(row[3])
+
+
+def _complete(cn: Obj) -> tuple[list[str], str, int, bool]:
+    return [ln["id"] for ln in cn["lines"]["data"]], "false", cn["total"], False
+
+
+def _events_cursor(db: Path) -> Any:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute("SELECT value FROM sync_cursors WHERE stream = 'events'").fetchall()
+    finally:
+        con.close()
+
+
+def _refuse_lines_of(cnid: str, error: Callable[[dict[str, Any]], ApiError | None]) -> Callable[[RunningSandbox], None]:
+    """A server change: ``error(params)`` answers the requests for the lines of ``cnid`` when it gives one."""
+    def tamper(sb: RunningSandbox) -> None:
+        sublist_page = sb.app.catalog.sublist_page
+
+        def sublisted(resource: str, parent_id: str, params: Any, url: str, param: str = "id") -> Any:
+            if resource == "credit_notes" and parent_id == cnid:
+                refused = error(params)
+                if refused is not None:
+                    raise refused
+            return sublist_page(resource, parent_id, params, url, param)
+
+        sb.app.catalog.sublist_page = sublisted  # type: ignore[method-assign]
+    return tamper
+
+
+class _Once:
+    """The first error ``make`` gives, once (``fired``: whether it was given)."""
+
+    def __init__(self, make: Callable[[dict[str, Any]], ApiError | None]) -> None:
+        self.make = make
+        self.fired = False
+
+    def __call__(self, params: dict[str, Any]) -> ApiError | None:
+        got = self.make(params)
+        if got is None or self.fired:
+            return None
+        self.fired = True
+        return got
+
+
+def _cursor_gone(params: dict[str, Any]) -> ApiError | None:
+    after = params.get("starting_after")
+    if not after:
+        return None
+    return ApiError(400, f"No such credit note line item: '{after}'", code="resource_missing", param="starting_after")
+
+
+def _rate_limited(_params: dict[str, Any]) -> ApiError:
+    return ApiError(429, "Too many requests", code="rate_limit")
+
+
+@pytest.mark.parametrize(("make", "n"), [
+    pytest.param(None, LINES, id="as-served"),
+    # (the paging starts over from the first page: more lines than one page of 100, so that a cursor is sent)
+    pytest.param(_cursor_gone, 130, id="cursor-gone-once"),
+    pytest.param(_rate_limited, LINES, id="429-once"),  # (retried by the client)
+])
+def test_a_full_sync_stores_every_line_of_a_credit_note(tmp_path: Path, n: int,
+                                                        make: Callable[[dict[str, Any]], ApiError | None] | None
+                                                        ) -> None:
+    w = _world()
+    notes = {"cn_1": _credit_note(w, "cn_1", T0 + DAY, n), "cn_2": _credit_note(w, "cn_2", T0 + DAY + 60, 3)}
+    db = tmp_path / "s.duckdb"
+    refuse = None if make is None else _Once(make)
+    r = _sync(w, notes, T0 + 2 * DAY, db, full=True,
+              tamper=None if refuse is None else _refuse_lines_of("cn_1", refuse))
+    assert (r.status, r.error) == ("succeeded", None)
+    assert refuse is None or refuse.fired
+    assert _stored(db, "cn_1") == _complete(notes["cn_1"])
+    assert len(_stored(db, "cn_1")[0]) == n
+    assert _stored(db, "cn_2") == _complete(notes["cn_2"])  # (one page embedded whole: as it came)
+
+
+@pytest.mark.parametrize("etype", ["credit_note.created", "credit_note.voided"])
+def test_an_incremental_sync_stores_every_line_of_a_credit_note_from_its_event(tmp_path: Path, etype: str) -> None:
+    w = _world()
+    db = tmp_path / "s.duckdb"
+    assert _sync(w, {}, T0 + DAY, db, full=True).status == "succeeded"
+    cn = _credit_note(w, "cn_1", T0 + 2 * DAY)
+    if etype == "credit_note.voided":
+        cn.update(status="void", voided_at=T0 + 2 * DAY)
+    w.event(etype, T0 + 2 * DAY, cn)
+    r = _sync(w, {"cn_1": cn}, T0 + 3 * DAY, db)
+    assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
+    assert _stored(db, "cn_1") == _complete(cn)
+
+
+def test_a_credit_note_whose_lines_answer_404_while_listed_keeps_its_embedded_page_until_they_answer(
+        tmp_path: Path) -> None:
+    """Its lines answer 404 between the page that lists it and the request for the rest (as an invoice deleted
+    meanwhile does): the listing stores what was embedded and goes on; the next sync pages the rest."""
+    w = _world()
+    notes = {"cn_1": _credit_note(w, "cn_1", T0 + DAY)}
+    db = tmp_path / "s.duckdb"
+    gone = _refuse_lines_of("cn_1", lambda _p: ApiError(404, "No such credit note: 'cn_1'", code="resource_missing",
+                                                        param="id"))
+    r = _sync(w, notes, T0 + 2 * DAY, db, full=True, tamper=gone)
+    assert (r.status, r.error) == ("succeeded", None)
+    ids, more, _, deleted = _stored(db, "cn_1")
+    assert (ids, more, deleted) == ([ln["id"] for ln in notes["cn_1"]["lines"]["data"][:10]], "true", False)
+    r = _sync(w, notes, T0 + 2 * DAY + 3600, db)  # (no event: the stored copy cut short is completed)
+    assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
+    assert _stored(db, "cn_1") == _complete(notes["cn_1"])
+
+
+def test_a_credit_note_gone_after_its_event_does_not_stop_the_sync(tmp_path: Path) -> None:
+    """An event's credit note whose lines (and itself) answer 404 by the time the sync pages them: the run
+    succeeds and the events cursor moves past it (else every later run would fail on the same event); the other
+    credit note of the same events is stored whole."""
+    w = _world()
+    db = tmp_path / "s.duckdb"
+    assert _sync(w, {}, T0 + DAY, db, full=True).status == "succeeded"
+    gone, kept = _credit_note(w, "cn_1", T0 + 2 * DAY), _credit_note(w, "cn_2", T0 + 2 * DAY + 60)
+    w.event("credit_note.created", T0 + 2 * DAY, gone)
+    w.event("credit_note.created", T0 + 2 * DAY + 60, kept)
+    r = _sync(w, {"cn_1": {"id": "cn_1", "object": "credit_note", "deleted": True}, "cn_2": kept}, T0 + 3 * DAY, db)
+    assert (r.status, r.error) == ("succeeded", None)
+    assert _events_cursor(db) == [(w.events[-1]["id"],)]
+    assert _stored(db, "cn_2") == _complete(kept)
