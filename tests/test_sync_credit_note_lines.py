@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "metrics"))
@@ -200,3 +201,30 @@ def test_a_credit_note_gone_after_its_event_does_not_stop_the_sync(tmp_path: Pat
     assert (r.status, r.error) == ("succeeded", None)
     assert _events_cursor(db) == [(w.events[-1]["id"],)]
     assert _stored(db, "cn_2") == _complete(kept)
+
+
+def test_the_simulated_accounts_credit_notes_are_stored_whole_after_a_full_and_an_incremental_sync(
+        tmp_path: Path) -> None:
+    """The sandbox's simulation with credit notes of 25 lines: after a full sync, and after a billing run and an
+    incremental sync (its new credit notes come in events), each stored credit note is the simulation's own, lines
+    and all."""
+    from stripe_churn.sandbox.sim import Simulation
+
+    sim = Simulation(customers=80, months=6, seed=7, credit_note_lines=LINES)
+    db = tmp_path / "s.duckdb"
+
+    def stored() -> dict[str, Any]:
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            return {i: orjson.loads(raw) for i, raw in con.execute("SELECT id, raw FROM credit_notes").fetchall()}
+        finally:
+            con.close()
+
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = Settings(api_key=Secret(KEY), api_base=sb.url, db=db, rate_limit=10_000)
+        assert run_sync(settings, full=True, progress=False).status == "succeeded"
+        assert stored() == sim.objects["credit_notes"] and len(stored()) == 2
+        sb.advance(1)
+        r = run_sync(settings, progress=False)
+        assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
+        assert stored() == sim.objects["credit_notes"] and len(stored()) == 4

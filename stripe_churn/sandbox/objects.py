@@ -269,3 +269,18 @@ def credit_note(cnid: str, created: int, inv: dict[str, Any], amount: int, line_
         "voided_at": None, "pretax_credit_amounts": [], "total_taxes": [], "refunds": [],
         "post_payment_amount": amount, "pre_payment_amount": 0, "reason": reason, "customer_account": None,
     }
+
+
+def split_credit_note(cn: dict[str, Any], line_ids: list[str], cnli_ids: list[str]) -> None:
+    """Spread a credit note of one line over ``1 + len(cnli_ids)`` lines (the new ones with those ids), its amount
+    split as evenly as minor units allow (the first lines take the remainder), each line crediting the next of the
+    invoice's lines ``line_ids`` in turn; its total stays what it was."""
+    first = cn["lines"]["data"][0]
+    n = 1 + len(cnli_ids)
+    base, rest = divmod(cn["amount"], n)
+    lines = []
+    for k, cnli_id in enumerate([first["id"], *cnli_ids]):
+        amount = base + (1 if k < rest else 0)
+        lines.append({**first, "id": cnli_id, "amount": amount, "unit_amount": amount,
+                      "unit_amount_decimal": str(amount), "invoice_line_item": line_ids[k % len(line_ids)]})
+    cn["lines"]["data"] = lines

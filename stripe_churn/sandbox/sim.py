@@ -197,7 +197,7 @@ class Simulation:
                  restricted_coupons: bool = False, customer_discounts: bool = False,
                  trial_pauses: bool = False, failure_pauses: bool = False,
                  collection_pauses: bool = False, fx_changes: bool = False, no_prorations: bool = False,
-                 later_trials: bool = False, option_prices: bool = False) -> None:
+                 later_trials: bool = False, option_prices: bool = False, credit_note_lines: int = 1) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -262,6 +262,10 @@ class Simulation:
         ``transform_quantity`` is the price's), and half the customers billed in eur or gbp subscribe to the dollar
         prices instead of their currency's: their subscriptions and invoices are in their currency, each line's
         amount the option's, as Stripe bills a price through a currency option; the truth prices their items so.
+        ``credit_note_lines``: how many lines each credit note has (1 by default), its amount spread over them and
+        each crediting the invoice's lines in turn. With more than 10 the server embeds the first 10 (``has_more``)
+        and serves the rest from ``/v1/credit_notes/{id}/lines``, as Stripe does. Credit notes carry no MRR: the
+        truth, and every object but the credit notes and their events, are the same whatever the number.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -301,6 +305,9 @@ class Simulation:
         self._sub_rows: dict[str, list[dict[str, Any]]] = {}
         self._trial_churn: dict[str, tuple[str, Any]] = {}
         self.option_prices = option_prices
+        if credit_note_lines < 1:
+            raise ValueError("credit_note_lines must be 1 or more")
+        self.credit_note_lines = credit_note_lines
         self._rng_option = random.Random(f"option prices {seed}")  # (likewise)
         self._option_custs: set[str] = set()  # customers billed through the dollar prices' currency options
         self._terms_cache: dict[tuple[str, str], dict[str, Any]] = {}
@@ -1058,6 +1065,11 @@ class Simulation:
             cn = ob.credit_note(self._id("cn"), t + 600, inv, max(1, inv["amount_due"] // 5),
                                 inv["lines"]["data"][0]["id"], self._id("cnli"),
                                 f"{inv['number']}-CN-01", "order_change")
+            if self.credit_note_lines > 1:
+                # (ids of the first line's and a suffix: no id is drawn, so every other object's is what it was)
+                first = cn["lines"]["data"][0]["id"]
+                ob.split_credit_note(cn, [ln["id"] for ln in inv["lines"]["data"]],
+                                     [f"{first}{ob.b62(k, 3)}" for k in range(1, self.credit_note_lines)])
             self.objects["credit_notes"][cn["id"]] = cn
             inv["post_payment_credit_notes_amount"] = cn["amount"]
             self._event("credit_note.created", cn, cn["created"])

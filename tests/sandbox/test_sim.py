@@ -976,3 +976,37 @@ def test_a_discount_that_ends_during_a_trial_begins_no_movement_window() -> None
     assert not [k for k in ends if k in dated]
     assert {r["movement"] for r in sim.truth if r["customer_id"] == "cus_3v5e00000000Yt"
             and r["occurred_at"] == "2025-11-01T16:21:50Z"} == {"reactivation"}
+
+
+def test_credit_notes_of_many_lines_leave_the_rest_of_the_history_as_it_was() -> None:
+    """Simulation(credit_note_lines=25): every credit note has 25 lines, its amount spread over them, each crediting
+    a line of its invoice; the truth and every other object and event are the seed's without the option (the lines'
+    ids draw no id of the sequence). The server embeds 10 of them and serves the rest from their lines endpoint."""
+    plain = Simulation(customers=300, months=12, seed=5)
+    sim = Simulation(customers=300, months=12, seed=5, credit_note_lines=25)
+    assert sim.truth == plain.truth
+    assert {r: o for r, o in sim.objects.items() if r != "credit_notes"} == \
+        {r: o for r, o in plain.objects.items() if r != "credit_notes"}
+    assert sim.objects["credit_notes"].keys() == plain.objects["credit_notes"].keys()
+    assert len(sim.objects["credit_notes"]) >= 5
+    assert [e for e in sim.events if not e["type"].startswith("credit_note.")] == \
+        [e for e in plain.events if not e["type"].startswith("credit_note.")]
+    for cid, cn in sim.objects["credit_notes"].items():
+        lines = cn["lines"]["data"]
+        billed = {ln["id"] for ln in sim.objects["invoices"][cn["invoice"]]["lines"]["data"]}
+        assert len({ln["id"] for ln in lines}) == 25 and sum(ln["amount"] for ln in lines) == cn["amount"], cid
+        assert {ln["invoice_line_item"] for ln in lines} <= billed, cid
+        assert {k: v for k, v in cn.items() if k != "lines"} == \
+            {k: v for k, v in plain.objects["credit_notes"][cid].items() if k != "lines"}
+    import stripe
+
+    from stripe_churn.sandbox.server import start_in_thread
+
+    with start_in_thread(sim, api_key="sk_test_credit_note_lines") as sb:
+        client = stripe.StripeClient("sk_test_credit_note_lines", base_addresses={"api": sb.url})
+        listed = client.v1.credit_notes.list({"limit": 100}).data
+        assert len(listed) == len(sim.objects["credit_notes"])
+        for cn in listed:
+            assert (len(cn.lines.data), cn.lines.has_more) == (10, True)
+            paged = [ln.id for ln in client.v1.credit_notes.line_items.list(cn.id, {"limit": 7}).auto_paging_iter()]
+            assert paged == [ln["id"] for ln in sim.objects["credit_notes"][cn.id]["lines"]["data"]]
