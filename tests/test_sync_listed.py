@@ -68,8 +68,11 @@ SUB: dict[str, Any] = {"id": "sub_1", "object": "subscription", "created": 100, 
     ("invoices", {"id": "in_1", "object": "invoice", "discounts": [{"id": "di_5"}, "di_6"],
                   "lines": {"data": [{"id": "il_1", "invoice": "in_1"}], "has_more": False}}),
     ("invoices", {"id": "in_2", "object": "invoice", "deleted": True}),
+    # (the words of a cut-short list inside a string are no cut-short list)
+    ("credit_notes", {"id": "cn_1", "object": "credit_note", "metadata": {"note": '"has_more":true'},
+                      "lines": {"object": "list", "data": [{"id": "cnli_1"}], "has_more": False}}),
 ], ids=["sub", "sub-null-lists", "sub-deleted", "cus-null-discount", "cus-discount", "cus-no-discount-key",
-        "invoice", "invoice-deleted"])
+        "invoice", "invoice-deleted", "credit-note"])
 def test_shapes_the_fast_path_takes(table: str, obj: dict[str, Any]) -> None:
     slow, fast, took = both_ways(table, obj)
     assert took and fast == slow
@@ -81,12 +84,14 @@ def test_shapes_the_fast_path_takes(table: str, obj: dict[str, Any]) -> None:
     ("invoices", {"id": "in_1", "lines": {"data": [{"id": "il_1"}], "has_more": False}}),
     # a cut-short list: the dict path fetches the rest
     ("subscriptions", {**SUB, "items": {**SUB["items"], "has_more": True}}),
+    ("credit_notes", {"id": "cn_1", "object": "credit_note",
+                      "lines": {"object": "list", "data": [{"id": "cnli_1"}], "has_more": True}}),
     # not the shape expected
     ("subscriptions", {**SUB, "items": ["si_1"]}),
     ("subscriptions", {"id": "sub_2", "deleted": True, "items": {"data": "odd"}}),
     ("customers", {"object": "customer"}),
-], ids=["item-without-parent", "line-without-parent", "cut-short", "items-not-a-list-object", "deleted-odd-items",
-                                                                                 "no-id"])
+], ids=["item-without-parent", "line-without-parent", "cut-short", "credit-note-cut-short", "items-not-a-list-object",
+         "deleted-odd-items", "no-id"])
 def test_other_shapes_go_back_to_the_dict_path_with_nothing_added(table: str, obj: dict[str, Any]) -> None:
     raw = orjson.dumps(obj)
     head = decode_object(table, raw)
