@@ -1242,6 +1242,7 @@ class _Sync:
         version they had, as a listing would have stored them: no event brings them back while the credit note does
         not change, and a re-list of the whole account for them would cost every store a full listing. One whose
         lines answer 404 again is left as it is (asked again next run). Once complete they are not asked again."""
+        await self._flush()  # (the events' copies first: one completed by this run's events is not asked again)
         stored = await self._db(self._stored_cut_credit_notes)
         if not stored:
             return
