@@ -141,6 +141,8 @@ def cli() -> None:
 @click.option("--latency-ms", type=float, default=0.0, show_default=True, help="Added latency per request.")
 @click.option("--rate-limit", type=float, default=0.0, show_default=True,
               help="Requests per second before 429 (0: no limit).")
+@click.option("--endpoint-rate-limit", type=float, default=0.0, show_default=True,
+              help="Requests per second to any one endpoint before 429, as Stripe's 25/s (0: no limit).")
 @click.option("--fault-rate", type=float, default=0.0, show_default=True,
               help="Share of requests answered with a 5xx or a dropped connection.")
 @click.option("--api-key", default=None,
@@ -151,7 +153,7 @@ def cli() -> None:
 @config_option
 @handle_errors
 def sandbox(customers: int, months: int, seed: int, port: int, latency_ms: float, rate_limit: float,
-            fault_rate: float, api_key: str | None, truth_out: Path | None, config_path: Path | None) -> None:
+            endpoint_rate_limit: float, fault_rate: float, api_key: str | None, truth_out: Path | None, config_path: Path | None) -> None:
     """Serve the built-in simulated Stripe account on 127.0.0.1 until SIGTERM/SIGINT.
 
     The first line printed is the base URL; point STRIPE_API_BASE at it.
@@ -168,7 +170,8 @@ def sandbox(customers: int, months: int, seed: int, port: int, latency_ms: float
                   if config_path is not None or DEFAULT_CONFIG.is_file() else "")
     key = api_key or os.environ.get("STRIPE_API_KEY") or configured or SANDBOX_KEY
     serve_forever(customers=customers, months=months, seed=seed, port=port, latency_ms=latency_ms,
-                  rate_limit=rate_limit, fault_rate=fault_rate, api_key=key, truth_out=truth_out)
+                  rate_limit=rate_limit, endpoint_rate_limit=endpoint_rate_limit, fault_rate=fault_rate, api_key=key,
+                  truth_out=truth_out)
 
 
 def check_sandbox_outputs(port: int, truth_out: Path | None) -> None:

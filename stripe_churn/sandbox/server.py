@@ -72,6 +72,7 @@ class ServerOptions:
     api_key: Secret = field(default_factory=lambda: Secret(SANDBOX_KEY))
     latency_ms: float = 0.0
     rate_limit: float = 0.0
+    endpoint_rate_limit: float = 0.0
     fault_rate: float = 0.0
     faults: Sequence[str] = DEFAULT_FAULTS
     fault_seed: int = 0
@@ -89,16 +90,19 @@ class ServerOptions:
             raise ValueError(f"fault_rate must be within 0..1, got {self.fault_rate}")
         if self.fault_rate > 0 and not self.faults:
             raise ValueError("fault_rate > 0 needs at least one fault kind")
-        if self.rate_limit < 0 or self.latency_ms < 0 or self.fault_after < 0:
-            raise ValueError("rate_limit, latency_ms and fault_after must not be negative")
+        if self.rate_limit < 0 or self.endpoint_rate_limit < 0 or self.latency_ms < 0 or self.fault_after < 0:
+            raise ValueError("rate_limit, endpoint_rate_limit, latency_ms and fault_after must not be negative")
+
+
+ENDPOINT_BURST_S = 0.25  # the burst of endpoint_rate_limit, in seconds of its rate
 
 
 class TokenBucket:
-    """``rate`` requests per second with a burst of ``rate`` (at least 1), by ``clock`` (seconds)."""
+    """``rate`` requests per second with a burst of ``seconds`` of them (at least 1), by ``clock`` (seconds)."""
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic, *, seconds: float = 1.0) -> None:
         self.rate = rate
-        self.capacity = max(1.0, rate)
+        self.capacity = max(1.0, rate * seconds)
         self.tokens = self.capacity
         self.clock = clock
         self.stamp = clock()
@@ -133,6 +137,7 @@ class SandboxApp:
         self.catalog.warm()
         self._key = options.api_key.reveal()
         self._bucket = TokenBucket(options.rate_limit) if options.rate_limit > 0 else None
+        self._endpoint_buckets: dict[str, TokenBucket] = {}  # path template -> its bucket (endpoint_rate_limit)
         self._rng = random.Random(options.fault_seed)
         self._rid_prefix = os.urandom(3).hex()
         self._seq = 0
@@ -140,6 +145,7 @@ class SandboxApp:
         self.by_path: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.faults: Counter[str] = Counter()
         self.rate_limited = 0
+        self.rate_limited_by: Counter[str] = Counter()  # the 429s above by Stripe-Rate-Limited-Reason
         self._date_cache: tuple[int, str] = (-1, "")
 
     def __repr__(self) -> str:
@@ -187,12 +193,14 @@ class SandboxApp:
             resp = self._error(auth_error)
             resp.delay = delay
             return resp
-        if self._bucket is not None and not self._bucket.take():
+        limited = self._rate_limited(parts)
+        if limited is not None:
             self.rate_limited += 1
+            self.rate_limited_by[limited] += 1
             resp = self._error(ApiError(
                 429, "Request rate limit exceeded. Learn more about rate limits here "
                 "https://stripe.com/docs/rate-limits.", code="rate_limit"))
-            resp.headers += [("Stripe-Rate-Limited-Reason", "global-rate"), ("Retry-After", "1")]
+            resp.headers += [("Stripe-Rate-Limited-Reason", limited), ("Retry-After", "1")]
             self._should_retry(resp)
             resp.delay = delay
             return resp
@@ -242,6 +250,23 @@ class SandboxApp:
         elif n == 3 and parts[2] == "lines" and parts[0] in ("invoices", "credit_notes"):
             return cat.sublist_page(parts[0], parts[1], params, f"/v1/{parts[0]}/{parts[1]}/lines")
         raise ApiError(404, f"Unrecognized request URL ({req.method}: {req.path}).")
+
+    def _rate_limited(self, parts: list[str]) -> str | None:
+        """Which limit a request is over, as Stripe's ``Stripe-Rate-Limited-Reason`` names it, or None. As Stripe
+        counts them: a request refused by its endpoint's limit is not counted by the global one."""
+        if self.options.endpoint_rate_limit > 0:
+            template = self._template(parts)
+            bucket = self._endpoint_buckets.get(template)
+            if bucket is None:
+                # (a quarter second's burst: Stripe does not say how much it lets through at once, so the sandbox
+                # lets through little, and a client that bunches its requests to one endpoint sees 429s)
+                bucket = self._endpoint_buckets[template] = TokenBucket(self.options.endpoint_rate_limit,
+                                                                        seconds=ENDPOINT_BURST_S)
+            if not bucket.take():
+                return "endpoint-rate"
+        if self._bucket is not None and not self._bucket.take():
+            return "global-rate"
+        return None
 
     @staticmethod
     def _template(parts: list[str]) -> str:
@@ -368,7 +393,8 @@ class SandboxApp:
         """Request counts by path template and status (faults and drops by kind)."""
         return {"requests": sum(sum(c.values()) for c in self.by_path.values()),
                 "by_path": {p: dict(c) for p, c in sorted(self.by_path.items())},
-                "faults": dict(self.faults), "rate_limited": self.rate_limited, "clock": int(self.sim.clock)}
+                "faults": dict(self.faults), "rate_limited": self.rate_limited,
+                "rate_limited_by": dict(self.rate_limited_by), "clock": int(self.sim.clock)}
 
     def _start(self) -> int:
         start = getattr(self.sim, "start", None)
@@ -446,7 +472,7 @@ class RunningSandbox:
 
 
 def start_in_thread(sim: SimulationLike, *, api_key: str | Secret = SANDBOX_KEY, latency_ms: float = 0.0,
-                    rate_limit: float = 0.0, fault_rate: float = 0.0, port: int = 0,
+                    rate_limit: float = 0.0, endpoint_rate_limit: float = 0.0, fault_rate: float = 0.0, port: int = 0,
                     faults: Sequence[str] = DEFAULT_FAULTS, fault_seed: int = 0, fault_after: int = 0,
                     auth_revoked_after: int | None = None, should_retry: bool | None = None,
                     slow_s: float = 10.0, truth_out: Path | None = None) -> RunningSandbox:
@@ -458,10 +484,13 @@ def start_in_thread(sim: SimulationLike, *, api_key: str | Secret = SANDBOX_KEY,
     text body), "slow" (answer after ``slow_s`` seconds); the first ``fault_after`` /v1 requests are spared.
     ``auth_revoked_after=N`` answers 401 after N /v1 requests. ``should_retry`` adds ``Stripe-Should-Retry``
     to 429 and fault answers. A ``Stripe-Account`` header other than the simulation's account id is answered
-    as Stripe does: 403 ``account_invalid``.
+    as Stripe does: 403 ``account_invalid``. Above ``rate_limit`` /v1 requests per second a request is answered 429
+    with ``Stripe-Rate-Limited-Reason: global-rate``, above ``endpoint_rate_limit`` to one endpoint (path template,
+    such as ``/v1/invoices/{id}/lines``) with ``endpoint-rate``, as Stripe's per-endpoint limit; 0 is no limit.
     """
     key = api_key if isinstance(api_key, Secret) else Secret(api_key)
-    options = ServerOptions(api_key=key, latency_ms=latency_ms, rate_limit=rate_limit, fault_rate=fault_rate,
+    options = ServerOptions(api_key=key, latency_ms=latency_ms, rate_limit=rate_limit,
+                            endpoint_rate_limit=endpoint_rate_limit, fault_rate=fault_rate,
                             faults=tuple(faults), fault_seed=fault_seed, fault_after=fault_after,
                             auth_revoked_after=auth_revoked_after,
                             should_retry=should_retry, slow_s=slow_s, truth_out=truth_out)
@@ -506,8 +535,8 @@ class _Stop(Exception):
 
 
 def serve_forever(*, customers: int, months: int, seed: int, port: int, latency_ms: float = 0.0,
-                  rate_limit: float = 0.0, fault_rate: float = 0.0, api_key: str = SANDBOX_KEY,
-                  truth_out: Path | None = None) -> None:
+                  rate_limit: float = 0.0, endpoint_rate_limit: float = 0.0, fault_rate: float = 0.0,
+                  api_key: str = SANDBOX_KEY, truth_out: Path | None = None) -> None:
     """``stripe-churn sandbox``: build the simulation, print the base URL first, serve until SIGTERM/SIGINT."""
 
     def on_term(_signum: int, _frame: Any) -> None:
@@ -515,6 +544,7 @@ def serve_forever(*, customers: int, months: int, seed: int, port: int, latency_
 
     try:
         options = ServerOptions(api_key=Secret(api_key), latency_ms=latency_ms, rate_limit=rate_limit,
+                                endpoint_rate_limit=endpoint_rate_limit,
                                 fault_rate=fault_rate, fault_seed=seed, truth_out=truth_out)
     except ValueError as exc:
         raise FatalError(f"invalid sandbox option: {exc}") from None

@@ -694,6 +694,30 @@ def test_rate_limit_answers_429_with_stripes_headers(monkeypatch: pytest.MonkeyP
         assert statuses[-1].status_code == 429 and statuses[-1].headers["stripe-should-retry"] == "true"
 
 
+def test_endpoint_rate_limit_answers_429_per_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stripe's per-endpoint limit: an endpoint over its rate is refused (``endpoint-rate``) while the others, and
+    each object of an endpoint such as /v1/customers/{id}, count apart from it and from one another as Stripe
+    counts them: by endpoint, not by object. (The buckets' clock is the test's.)"""
+    from stripe_churn.sandbox import server
+
+    now = [1000.0]
+    monkeypatch.setattr(server, "TokenBucket", functools.partial(server.TokenBucket, clock=lambda: now[0]))
+    with start_in_thread(MiniSim(), api_key=KEY, rate_limit=100, endpoint_rate_limit=8) as sb, \
+            httpx.Client(timeout=10, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        listed = [http.get(sb.url + "/v1/customers") for _ in range(4)]
+        assert [r.status_code for r in listed] == [200, 200, 429, 429]  # (a burst of a quarter second's 8)
+        assert listed[2].headers["stripe-rate-limited-reason"] == "endpoint-rate"
+        assert error_of(listed[2])["code"] == "rate_limit"
+        assert http.get(sb.url + "/v1/products").status_code == 200
+        objects = [http.get(sb.url + f"/v1/customers/cus_{i:04d}").status_code for i in range(3)]
+        assert objects == [200, 200, 429]
+        now[0] += 0.125  # (a token)
+        assert http.get(sb.url + "/v1/customers").status_code == 200
+        assert sb.stats()["rate_limited_by"] == {"endpoint-rate": 3}
+    with pytest.raises(ValueError, match="must not be negative"):
+        start_in_thread(MiniSim(), api_key=KEY, endpoint_rate_limit=-1)
+
+
 def _statuses(sb: RunningSandbox, n: int) -> list[str]:
     out = []
     with httpx.Client(timeout=5, headers={"Authorization": f"Bearer {KEY}"}) as http:
