@@ -29,6 +29,10 @@ DEFAULT_CONFIG = Path("config") / "stripe-churn.toml"
 DEFAULT_API_BASE = "https://api.stripe.com"
 DEFAULT_SCHEDULE = "*/30 * * * *"
 SANDBOX_KEY = "sk_test_sandbox"
+# Stripe's limit per API endpoint ("25 requests/s unless noted"), live and sandbox alike, and the share of the
+# global limit it is in live mode (100/s): what an unset endpoint_rate_limit follows (Settings.effective_endpoint_rate_limit)
+STRIPE_ENDPOINT_RATE = 25.0
+ENDPOINT_SHARE = 0.25
 
 
 class Secret:
@@ -84,6 +88,7 @@ class Settings:
     api_base: str = DEFAULT_API_BASE
     account: str | None = None
     rate_limit: float | None = None  # None: 100 for live keys, 25 for test keys
+    endpoint_rate_limit: float | None = None  # None: a quarter of the rate limit, at least 25 (effective_endpoint_...)
     schedule: str = DEFAULT_SCHEDULE
     webhook_secret: Secret = field(default_factory=lambda: Secret(""))
     webhook_host: str = "127.0.0.1"
@@ -121,6 +126,17 @@ class Settings:
         return 100.0 if key.startswith(("sk_live_", "rk_live_")) else 25.0
 
     @property
+    def effective_endpoint_rate_limit(self) -> float:
+        """Read requests per second the syncer allows itself to any one Stripe endpoint (``/v1/invoices``, and each
+        object's ``/v1/invoices/{id}/lines``). Unset, it keeps Stripe's own proportions: a quarter of the rate
+        limit, at least Stripe's 25/s per endpoint and at most the rate limit; so 25 for the default of either
+        mode, and a raised rate_limit (an account with raised limits, the sandbox) raises it in step."""
+        if self.endpoint_rate_limit is not None:
+            return self.endpoint_rate_limit
+        rate = self.effective_rate_limit
+        return min(rate, max(STRIPE_ENDPOINT_RATE, rate * ENDPOINT_SHARE))
+
+    @property
     def is_live_key(self) -> bool:
         return self.api_key.reveal().startswith(("sk_live_", "rk_live_"))
 
@@ -142,6 +158,7 @@ FILE_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "api_base": ((str,), "api_base"),
     "account": ((str,), "account"),
     "rate_limit": ((int, float), "rate_limit"),
+    "endpoint_rate_limit": ((int, float), "endpoint_rate_limit"),
     "schedule": ((str,), "schedule"),
     "webhook_secret": ((str,), "webhook_secret"),
     "webhook_host": ((str,), "webhook_host"),
@@ -172,6 +189,7 @@ ENV_KEYS: dict[str, str] = {
     "STRIPE_API_BASE": "api_base",
     "STRIPE_ACCOUNT": "account",
     "STRIPE_RATE_LIMIT": "rate_limit",
+    "STRIPE_ENDPOINT_RATE_LIMIT": "endpoint_rate_limit",
     "STRIPE_CHURN_SCHEDULE": "schedule",
     "STRIPE_WEBHOOK_SECRET": "webhook_secret",
     "STRIPE_CHURN_CURRENCY": "currency",
@@ -260,7 +278,7 @@ def _convert(attr: str, value: Any) -> Any:
         return Secret(str(value))
     if attr in ("db", "fx_rates_file"):
         return Path(value).expanduser()
-    if attr == "rate_limit":
+    if attr in ("rate_limit", "endpoint_rate_limit"):
         return float(value)
     if attr in ("currency", "recompute"):
         return str(value).strip().lower()
@@ -358,7 +376,7 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
         if raw is None or raw == "":
             continue
         origins[attr] = f"environment variable {name}"
-        if attr == "rate_limit":
+        if attr in ("rate_limit", "endpoint_rate_limit"):
             try:
                 rate = float(raw)
             except ValueError:
@@ -467,9 +485,11 @@ def _validate(s: Settings, origins: Mapping[str, str] | None = None,
                           f"{', '.join(LOG_LEVELS)}, got {s.log_level!r}")
     if s.memory_limit is not None:
         check_memory_limit(s.memory_limit, origins.get("memory_limit", where))
-    if s.rate_limit is not None and not (s.rate_limit > 0 and math.isfinite(s.rate_limit)):
-        raise ConfigError(f"setting 'rate_limit' in {origins.get('rate_limit', where)} must be above 0, "
-                          f"got {s.rate_limit!r}")
+    for attr in ("rate_limit", "endpoint_rate_limit"):
+        rate = getattr(s, attr)
+        if rate is not None and not (rate > 0 and math.isfinite(rate)):
+            raise ConfigError(f"setting '{attr}' in {origins.get(attr, where)} must be a number of requests per "
+                              f"second above 0, got {rate!r}")
     if not (s.timeout_seconds > 0 and math.isfinite(s.timeout_seconds)):
         raise ConfigError(f"setting 'timeout_seconds' in {origins.get('timeout_seconds', where)} must be a number "
                           f"of seconds above 0, got {s.timeout_seconds!r}")

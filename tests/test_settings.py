@@ -126,6 +126,8 @@ def test_default_config_file_in_working_directory(tmp_path: Path, monkeypatch: p
         pytest.param("timeout_seconds = inf\n", "setting 'timeout_seconds'", id="timeout-inf"),
         pytest.param("timeout_seconds = \"30\"\n", "setting 'timeout_seconds'", id="timeout-text"),
         pytest.param("rate_limit = nan\n", "setting 'rate_limit'", id="rate-limit-nan"),
+        pytest.param("endpoint_rate_limit = 0\n", "setting 'endpoint_rate_limit'", id="endpoint-rate-limit-0"),
+        pytest.param('endpoint_rate_limit = "25"\n', "setting 'endpoint_rate_limit'", id="endpoint-rate-limit-text"),
         pytest.param('log_level = "LOUD"\n', "setting 'log_level'", id="bad-log-level"),
         pytest.param("webhook_port = 99999\n", "setting 'webhook_port'", id="port-too-big"),
         pytest.param("webhook_port = -1\n", "setting 'webhook_port'", id="port-below-0"),
@@ -183,6 +185,26 @@ def test_rate_limit_default_depends_on_key_mode() -> None:
     assert load_settings(env={"STRIPE_API_KEY": "rk_live_x"}).effective_rate_limit == 100
     assert load_settings(env={"STRIPE_API_KEY": "sk_test_x"}).effective_rate_limit == 25
     assert load_settings(env={"STRIPE_API_KEY": "sk_test_x", "STRIPE_RATE_LIMIT": "7"}).effective_rate_limit == 7
+
+
+@pytest.mark.parametrize(("env", "endpoint_rate"), [
+    pytest.param({"STRIPE_API_KEY": "sk_live_x"}, 25, id="live-default"),
+    pytest.param({"STRIPE_API_KEY": "sk_test_x"}, 25, id="test-default"),
+    # a raised rate_limit raises it in step, never held to Stripe's 25 (the sandbox's tests and benchmarks)
+    pytest.param({"STRIPE_API_KEY": "sk_live_x", "STRIPE_RATE_LIMIT": "1000"}, 250, id="raised"),
+    pytest.param({"STRIPE_API_KEY": "sk_live_x", "STRIPE_RATE_LIMIT": "60"}, 25, id="between"),
+    pytest.param({"STRIPE_API_KEY": "sk_live_x", "STRIPE_RATE_LIMIT": "10"}, 10, id="lowered"),
+    pytest.param({"STRIPE_API_KEY": "sk_live_x", "STRIPE_ENDPOINT_RATE_LIMIT": "80"}, 80, id="set"),
+])
+def test_endpoint_rate_limit_follows_the_rate_limit_unless_set(env: dict[str, str], endpoint_rate: float) -> None:
+    assert load_settings(env=env).effective_endpoint_rate_limit == endpoint_rate
+
+
+def test_endpoint_rate_limit_from_the_file(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "rate_limit = 400\nendpoint_rate_limit = 200\n")
+    s = load_settings(cfg, env={})
+    assert s.endpoint_rate_limit == 200.0 and s.effective_endpoint_rate_limit == 200
+    assert load_settings(cfg, env={"STRIPE_ENDPOINT_RATE_LIMIT": "50"}).effective_endpoint_rate_limit == 50
 
 
 def test_api_key_is_masked_everywhere(caplog: pytest.LogCaptureFixture) -> None:
@@ -299,6 +321,8 @@ def test_a_bad_log_level_in_the_environment_names_the_variable() -> None:
                                                      "STRIPE_CHURN_RECOMPUTE must be", id="recompute"),
     pytest.param({"STRIPE_RATE_LIMIT": "nan"}, "environment variable STRIPE_RATE_LIMIT must be above 0",
                  id="rate-limit-nan"),
+    pytest.param({"STRIPE_ENDPOINT_RATE_LIMIT": "-4"},
+                 "environment variable STRIPE_ENDPOINT_RATE_LIMIT must be above 0", id="endpoint-rate-limit-below-0"),
 ])
 def test_errors_from_the_environment_name_the_variable_not_the_file(tmp_path: Path, env: dict[str, str],
                                                                      needle: str) -> None:

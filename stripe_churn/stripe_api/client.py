@@ -2,7 +2,8 @@
 
 Building SDK objects costs ~40x more than parsing the JSON (design.md 2), so pages go through the SDK's
 async HTTP client (its aiohttp one, ``request_with_retries_async``) untouched and are parsed here. Retries are ours: the SDK
-does not retry 429s nor bad bodies, and every attempt has to pass the shared :class:`TokenBucket`.
+does not retry 429s nor bad bodies, and every attempt has to pass the shared :class:`RateLimiter` (its endpoint's
+bucket and the global one).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import stripe
 from stripe_churn.errors import AuthError, BadResponseError, ConfigError, StripeAPIError
 from stripe_churn.settings import Secret, Settings, redact_secrets
 from stripe_churn.stripe_api.listed import ListPage, decode_page
-from stripe_churn.stripe_api.ratelimit import TokenBucket
+from stripe_churn.stripe_api.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 # httpx logs every request at INFO; a sync makes thousands, so only its warnings reach the log
@@ -82,7 +83,7 @@ class StripeRaw:
     """One account's raw GETs, rate limited and retried. Use as ``async with``; not thread-safe."""
 
     def __init__(self, settings: Settings, *, http_client: stripe.HTTPClient | None = None,
-                 limiter: TokenBucket | None = None, stop: threading.Event | None = None) -> None:
+                 limiter: RateLimiter | None = None, stop: threading.Event | None = None) -> None:
         key = settings.require_api_key()
         self._key = Secret(key)  # masked in any text of an answer that reaches a message (a proxy may echo it)
         self.stop = stop  # once set: no new attempt, and the one on the way has STOP_GRACE_S to answer
@@ -91,7 +92,7 @@ class StripeRaw:
         self._give_up_at: float | None = None  # (the loop's time; set once the stop is seen)
         self.base = settings.api_base.rstrip("/")
         self.max_retries = settings.max_retries
-        self.limiter = limiter or TokenBucket(settings.effective_rate_limit)
+        self.limiter = limiter or RateLimiter(settings.effective_rate_limit, settings.effective_endpoint_rate_limit)
         # aiohttp: a fraction of httpx's cost per request (its pool scans every connection on each request)
         self._http = http_client or stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=settings.timeout_seconds))
         # The SDK client holds the same key, account, version pin and base URL, for the few object calls
@@ -215,7 +216,7 @@ class StripeRaw:
                 self.retries += 1
                 await self._pause(max(self._backoff(attempt), asked), path)
             asked = 0.0
-            await self.limiter.acquire()
+            await self.limiter.acquire(path)
             started = time.monotonic()
             self.requests += 1
             try:
@@ -246,7 +247,8 @@ class StripeRaw:
                                 "read key of the right account and mode); the store was left as it was",
                                 http_status=status, request_id=request_id)
             if status == 429:
-                self.limiter.penalise()
+                self.limiter.penalise(path, headers.get("Stripe-Rate-Limited-Reason")
+                                      or headers.get("stripe-rate-limited-reason"))
             if status == 429 or status == 409 or status >= 500:
                 asked = _retry_after(headers.get("Retry-After") or headers.get("retry-after"), self.server_time)
                 code = _error_field(body, "code")

@@ -1,26 +1,56 @@
-"""A client-side async token bucket that keeps the sync under Stripe's read rate limit.
+"""Client-side async rate limiting that keeps the sync under Stripe's read rate limits.
 
-It starts at the configured rate, halves on every 429 (Stripe's limit is shared with other clients of the
-account, so ours may be too high) and climbs back by a small step each second without one.
+Stripe counts requests twice: across the account (live 100/s, sandbox 25/s) and per API endpoint (25/s unless
+noted). A full sync lists one endpoint in several concurrent slices (``/v1/invoices`` cut by ``created``), so one
+bucket for everything let a live key send its whole 100/s to that one endpoint, and Stripe answered 429 again and
+again. :class:`RateLimiter` holds the global :class:`TokenBucket` and one per endpoint (the path with its object
+ids taken out, :func:`endpoint_of`); a request waits for a token of its endpoint, then of the global bucket.
+
+A bucket starts at its configured rate, halves on a 429 meant for it (the limits are shared with other clients of
+the account, so ours may be too high) and climbs back by a small step each second without one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+from collections.abc import Awaitable, Callable
+
+# A path segment that is an object id: Stripe's ids carry digits or capitals after their prefix (``in_1MtHbE…``),
+# resource names never do (``credit_notes``, ``lines``)
+_ID_SEGMENT = re.compile(r"[^a-z_]")
+# How close together 429s of no stated reason from two endpoints must come for the global limit to be blamed
+GLOBAL_SUSPECT_S = 1.0
+
+
+def endpoint_of(path: str) -> str:
+    """The endpoint of a request path, Stripe's unit of its per-endpoint limit: ``/v1/invoices/in_1Mx/lines`` is
+    ``/v1/invoices/{id}/lines``. The query string, if any, is left out."""
+    path = path.split("?", 1)[0]
+    parts = path.split("/")
+    # (the version segment, "v1", is kept: it has a digit but is no id)
+    return "/".join(p if i <= 1 or not _ID_SEGMENT.search(p) else "{id}" for i, p in enumerate(parts))
 
 
 class TokenBucket:
-    """Tokens refill at ``rate`` per second up to ``burst``; :meth:`acquire` waits for one."""
+    """Tokens refill at ``rate`` per second up to ``burst``; :meth:`acquire` waits for one.
 
-    def __init__(self, rate: float, *, burst: float | None = None, min_rate: float = 1.0) -> None:
+    ``clock`` (seconds) and ``sleep`` are the time it runs by: tests pass a clock they move and a sleep that moves it.
+    """
+
+    def __init__(self, rate: float, *, burst: float | None = None, min_rate: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.target = max(float(rate), min_rate)
         self.rate = self.target
         self.min_rate = min(min_rate, self.target)
         self.burst = burst if burst is not None else max(1.0, self.target / 10)
+        self._clock = clock
+        self._sleep = sleep
         self._tokens = self.burst
-        self._last = time.monotonic()
-        self._last_penalty = 0.0
+        self._last = clock()
+        self._last_penalty = -1e9
         self._lock = asyncio.Lock()
         self.throttled = 0
 
@@ -36,19 +66,78 @@ class TokenBucket:
         """Wait until a request may be sent."""
         async with self._lock:
             while True:
-                now = time.monotonic()
+                now = self._clock()
                 self._refill(now)
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                # (a hair under a whole token is one: the wait for the rest of it would round to nothing)
+                if self._tokens >= 1.0 - 1e-9:
+                    self._tokens = max(0.0, self._tokens - 1.0)
                     return
-                await asyncio.sleep((1.0 - self._tokens) / self.rate)
+                await self._sleep((1.0 - self._tokens) / self.rate)
 
     def penalise(self) -> None:
         """Stripe answered 429: halve the rate (at most once per half second) and empty the bucket."""
-        now = time.monotonic()
+        now = self._clock()
+        self._refill(now)
         self.throttled += 1
         if now - self._last_penalty < 0.5:
             return
         self._last_penalty = now
         self.rate = max(self.min_rate, self.rate / 2)
         self._tokens = 0.0
+
+
+class RateLimiter:
+    """The global bucket at ``rate`` and one bucket per endpoint at ``endpoint_rate`` (see the module's doc).
+
+    A 429 slows what caused it. Stripe's ``Stripe-Rate-Limited-Reason`` header, when sent, says which limit it was:
+    ``global-*`` halves the global bucket, ``endpoint-*`` or ``resource-specific`` the endpoint's. Without it (the
+    header is not in Stripe's reference, and a proxy may drop it) the endpoint's bucket halves, and the global one
+    too once 429s come from two different endpoints within :data:`GLOBAL_SUSPECT_S`: one hot endpoint is its own
+    limit, several at once is the account's. The other endpoints keep their pace either way.
+    """
+
+    def __init__(self, rate: float, endpoint_rate: float, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self.glob = TokenBucket(rate, clock=clock, sleep=sleep)
+        self.endpoint_rate = float(endpoint_rate)
+        self.endpoints: dict[str, TokenBucket] = {}
+        self._last_429: dict[str, float] = {}  # endpoint -> when it last got a 429 of no stated reason
+        self.throttled = 0
+
+    @property
+    def target(self) -> float:
+        """The global rate configured (the sync sizes its slices by it)."""
+        return self.glob.target
+
+    def endpoint(self, path: str) -> TokenBucket:
+        """The bucket of ``path``'s endpoint, made on first use."""
+        key = endpoint_of(path)
+        bucket = self.endpoints.get(key)
+        if bucket is None:
+            bucket = self.endpoints[key] = TokenBucket(self.endpoint_rate, clock=self._clock, sleep=self._sleep)
+        return bucket
+
+    async def acquire(self, path: str) -> None:
+        """Wait until a request to ``path`` may be sent: a token of its endpoint, then a global one (in that order,
+        so that a request held back by its endpoint does not hold a global token other endpoints could use)."""
+        await self.endpoint(path).acquire()
+        await self.glob.acquire()
+
+    def penalise(self, path: str, reason: str | None = None) -> None:
+        """Stripe answered 429 to a request to ``path``, with ``reason`` from its ``Stripe-Rate-Limited-Reason``."""
+        self.throttled += 1
+        why = (reason or "").strip().lower()
+        if why.startswith("global"):
+            self.glob.penalise()
+            return
+        key = endpoint_of(path)
+        self.endpoint(path).penalise()
+        if why.startswith("endpoint") or why == "resource-specific":
+            return
+        now = self._clock()
+        others = [e for e, at in self._last_429.items() if e != key and now - at < GLOBAL_SUSPECT_S]
+        self._last_429[key] = now
+        if others:
+            self.glob.penalise()

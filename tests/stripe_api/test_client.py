@@ -46,14 +46,25 @@ def test_page_parsed_and_headers_sent() -> None:
 
 
 @responses.activate
-def test_429_without_header_is_retried_and_slows_the_bucket() -> None:
+def test_429_without_header_is_retried_and_slows_its_endpoint() -> None:
     responses.get(URL, status=429, json={"error": {"message": "rate"}})
     responses.get(URL, body=PAGE)
     raw = client()
-    before = raw.limiter.rate
+    before = raw.limiter.endpoint("/v1/customers").rate
     assert get(raw)["data"]
     assert len(responses.calls) == 2
-    assert raw.limiter.throttled == 1 and raw.limiter.rate < before
+    assert raw.limiter.throttled == 1 and raw.limiter.endpoint("/v1/customers").rate < before
+    assert raw.limiter.glob.rate == 1000.0  # one endpoint's 429 is that endpoint's limit
+
+
+@responses.activate
+def test_429_of_the_global_limit_slows_the_global_bucket() -> None:
+    responses.get(URL, status=429, json={"error": {"message": "rate"}},
+                  headers={"Stripe-Rate-Limited-Reason": "global-rate"})
+    responses.get(URL, body=PAGE)
+    raw = client()
+    assert get(raw)["data"]
+    assert raw.limiter.glob.rate == 500.0 and raw.limiter.endpoint("/v1/customers").rate == 250.0
 
 
 def paused(raw: StripeRaw) -> list[float]:
@@ -195,7 +206,7 @@ def test_encode_params() -> None:
                  "&created%5Bgte%5D=1&created%5Blte%5D=2")
 
 
-def test_token_bucket_holds_the_rate_and_recovers() -> None:
+def test_token_bucket_holds_the_rate_on_the_real_clock() -> None:
     async def run() -> tuple[float, float]:
         bucket = TokenBucket(200)
         loop = asyncio.get_running_loop()
