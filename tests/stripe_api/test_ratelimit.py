@@ -52,6 +52,13 @@ def send(limiter: RateLimiter, t: FakeTime, paths: list[str]) -> dict[str, list[
     pytest.param("/v1/subscription_items/si_00000000000042", "/v1/subscription_items/{id}", id="digits-only"),
     pytest.param("/v1/account", "/v1/account", id="account"),
     pytest.param("/v1/events?limit=1", "/v1/events", id="query-left-out"),
+    pytest.param("/v1/coupons/summer", "/v1/coupons/{id}", id="chosen-id"),
+    pytest.param("/v1/invoices/gold/lines", "/v1/invoices/{id}/lines", id="chosen-id-sublist"),
+    pytest.param("/v1/test_helpers/test_clocks", "/v1/test_helpers/test_clocks", id="namespace"),
+    pytest.param("/v1/billing/meters/mtr_123/event_summaries", "/v1/billing/meters/{id}/event_summaries",
+                 id="namespace-object"),
+    pytest.param("/v1/customers/search", "/v1/customers/search", id="search"),
+    pytest.param("/_sandbox/fx_rates", "/_sandbox/fx_rates", id="not-v1"),
 ])
 def test_endpoint_of_takes_the_ids_out(path: str, endpoint: str) -> None:
     assert endpoint_of(path) == endpoint
