@@ -153,7 +153,8 @@ def cli() -> None:
 @config_option
 @handle_errors
 def sandbox(customers: int, months: int, seed: int, port: int, latency_ms: float, rate_limit: float,
-            endpoint_rate_limit: float, fault_rate: float, api_key: str | None, truth_out: Path | None, config_path: Path | None) -> None:
+            endpoint_rate_limit: float, fault_rate: float, api_key: str | None, truth_out: Path | None,
+            config_path: Path | None) -> None:
     """Serve the built-in simulated Stripe account on 127.0.0.1 until SIGTERM/SIGINT.
 
     The first line printed is the base URL; point STRIPE_API_BASE at it.

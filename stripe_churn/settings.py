@@ -30,7 +30,8 @@ DEFAULT_API_BASE = "https://api.stripe.com"
 DEFAULT_SCHEDULE = "*/30 * * * *"
 SANDBOX_KEY = "sk_test_sandbox"
 # Stripe's limit per API endpoint ("25 requests/s unless noted"), live and sandbox alike, and the share of the
-# global limit it is in live mode (100/s): what an unset endpoint_rate_limit follows (Settings.effective_endpoint_rate_limit)
+# global limit it is in live mode (100/s): what an unset endpoint_rate_limit follows
+# (Settings.effective_endpoint_rate_limit)
 STRIPE_ENDPOINT_RATE = 25.0
 ENDPOINT_SHARE = 0.25
 
