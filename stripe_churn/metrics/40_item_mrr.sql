@@ -71,9 +71,14 @@ QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id, moment ORDE
 -- whose previous_attributes hold the request's canceled_at and whose data.object no longer does (or holds another,
 -- a later request): the subscription counts zero from the request to that event. Its reason, feedback and comment
 -- are those of the state before the event (previous_attributes merged onto data.object). A request and its undoing
--- that no stored event shows (both before the events, or between two syncs) leave nothing. The JSON is read only
--- under that setting, of the updated events alone. (Kept per customer: 70 reads it for the customers whose movements
--- alone are derived again.)
+-- that no stored event shows (both before the events, or between two syncs) leave nothing. A request in force in
+-- the last state stored before a gap in the events (its data.object's canceled_at, not ended) that the state where
+-- coverage starts again no longer holds (the first event after the gap's state before it, else the snapshot: cleared,
+-- or another, later request, and not ended) was taken back in the gap, its event lost: the subscription counts zero
+-- from the request to where coverage starts (where 20 lets the state after the gap take over, as a snapshot's does),
+-- or to the later request when that came first; a request made and taken back inside the gap leaves nothing. The
+-- JSON is read only under that setting, of the updated events and of those two events of a subscription alone.
+-- (Kept per customer: 70 reads it for the customers whose movements alone are derived again.)
 CREATE OR REPLACE TABLE derived_withdrawn_cancels AS
 WITH updated AS (
     -- (the setting joined, and the JSON read under it, so that the filters on the JSON below are not pushed
@@ -95,6 +100,64 @@ requests AS (
            CASE WHEN v[4] IS NULL THEN v[5] ELSE json_merge_patch(coalesce(v[5], '{}'), v[4]) END AS details
     FROM updated
     WHERE json_type(v[1]) IN ('UBIGINT', 'BIGINT') AND ts_of(json_extract_string(v[3], '$')) IS NULL
+),
+-- each subscription's last event stored before a gap (typed columns; of several in one second the last in 20's
+-- order), under the setting alone
+last_early AS (
+    SELECT e.account_id, e.object_id AS subscription_id, e.rowid AS rid, c.coverage_start
+    FROM events e
+    JOIN derived_coverage c USING (account_id)
+    JOIN derived_settings st ON st.churn_recognition = 'canceled'
+    LEFT JOIN derived_early_event_order o ON o.account_id = e.account_id AND o.event_id = e.id
+    WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false)
+      AND e.created < c.coverage_start
+    QUALIFY row_number() OVER (PARTITION BY e.account_id, e.object_id
+                               ORDER BY e.created DESC, o.pos DESC NULLS LAST, e.id DESC) = 1
+),
+-- the request in force in that state (its JSON read by row id: no other event's)
+gap_requests AS (
+    SELECT l.account_id, l.subscription_id, l.coverage_start, ts_of(json_extract_string(v[1], '$')) AS requested_at,
+           v[3] AS details
+    FROM (SELECT e.rowid AS rid,
+                 json_extract(e.raw, ['$.data.object.canceled_at', '$.data.object.ended_at',
+                                      '$.data.object.cancellation_details']) AS v
+          FROM events e WHERE e.rowid IN (SELECT rid FROM last_early)) j
+    JOIN last_early l USING (rid)
+    WHERE json_type(v[1]) IN ('UBIGINT', 'BIGINT') AND ts_of(json_extract_string(v[2], '$')) IS NULL
+),
+-- the state where coverage starts again: the first event after the gap's state before it (previous_attributes
+-- over data.object; a deletion's, not yet ended), read for those subscriptions alone (an event without its JSON, in
+-- an incremental scope, held no cancellation: its canceled_at and ended_at are NULL)
+gap_after AS (
+    SELECT f.account_id, f.subscription_id, f.event_id,
+           ts_of(json_extract_string(coalesce(v[1], v[2]), '$')) AS canceled_at,
+           CASE WHEN f.event_type <> 'customer.subscription.deleted'
+                THEN ts_of(json_extract_string(coalesce(v[3], v[4]), '$')) END AS ended_at
+    FROM (SELECT e.rowid AS rid,
+                 json_extract(e.raw, ['$.data.previous_attributes.canceled_at', '$.data.object.canceled_at',
+                                      '$.data.previous_attributes.ended_at', '$.data.object.ended_at']) AS v
+          FROM events e
+          WHERE e.rowid IN (SELECT f.rid FROM derived_sub_events f
+                            SEMI JOIN gap_requests g USING (account_id, subscription_id) WHERE f.seq = 1)) j
+    JOIN derived_sub_events f ON f.rid = j.rid AND f.seq = 1
+),
+gap_taken_back AS (
+    SELECT account_id, subscription_id, requested_at,
+           CASE WHEN canceled_after > requested_at THEN least(canceled_after, coverage_start)
+                ELSE coverage_start END AS withdrawn_at,
+           CAST(NULL AS VARCHAR) AS event_id, details
+    FROM (SELECT g.*, CASE WHEN a.event_id IS NULL THEN s.canceled_at ELSE a.canceled_at END AS canceled_after,
+                 CASE WHEN a.event_id IS NULL THEN s.ended_at ELSE a.ended_at END AS ended_after
+          FROM gap_requests g
+          JOIN derived_subs s USING (account_id, subscription_id)
+          LEFT JOIN gap_after a USING (account_id, subscription_id))
+    WHERE ended_after IS NULL AND (canceled_after IS NULL OR canceled_after > requested_at)
+),
+taken_back AS (
+    SELECT account_id, subscription_id, requested_at, withdrawn_at, event_id, details
+    FROM requests WHERE canceled_after IS DISTINCT FROM requested_at
+    UNION ALL
+    SELECT * FROM gap_taken_back
 )
 SELECT r.account_id, s.customer_id, r.subscription_id, r.requested_at, r.withdrawn_at, r.event_id,
        json_extract_string(details, '$.reason') AS cancellation_reason,
@@ -102,11 +165,12 @@ SELECT r.account_id, s.customer_id, r.subscription_id, r.requested_at, r.withdra
        json_extract_string(details, '$.comment') AS cancellation_comment,
        CASE WHEN json_extract_string(details, '$.reason') = 'payment_failed' THEN 'involuntary'
             ELSE 'voluntary' END AS churn_type
-FROM requests r
+FROM taken_back r
 JOIN derived_subs s USING (account_id, subscription_id)
-WHERE r.requested_at < r.withdrawn_at AND r.canceled_after IS DISTINCT FROM r.requested_at
+WHERE r.requested_at < r.withdrawn_at
 -- (one row per moment taken back: the event latest in id of two in one second)
-QUALIFY row_number() OVER (PARTITION BY r.account_id, r.subscription_id, r.withdrawn_at ORDER BY r.event_id DESC) = 1;
+QUALIFY row_number() OVER (PARTITION BY r.account_id, r.subscription_id, r.withdrawn_at
+                           ORDER BY r.event_id DESC NULLS LAST) = 1;
 
 -- Whether moment `m` lies in one of the spans `w` (a list of {'f': from, 't': to}) a request taken back counts zero.
 CREATE OR REPLACE MACRO in_withdrawn(w, m) AS

@@ -89,7 +89,7 @@ _UNREAD = {
 # (35_discounts), and the events of a subscription without a usable row of its own, whose last state stands in
 # for it, and the events of a paused subscription state, which say what paused it (20_sub_states), and those of a
 # subscription with a removed discount on one of its items, whose item lists date its end (35_discounts), and under
-# churn_recognition = 'canceled' the updates that took a cancellation back (40_item_mrr).
+# churn_recognition = 'canceled' the updates that took a cancellation back and the states holding one (40_item_mrr).
 # Subscriptions: those paused now (the same). Subscription items: those whose price is not stored (10_price_terms
 # reads it from the item). Invoices: those of the owner of a discount removed with no end of its own
 # (35_discounts), and for such a discount on one item, that item's non-proration lines (the same).
@@ -102,11 +102,14 @@ _READ_RAW = {
                "OR EXISTS (SELECT 1 FROM {main}.discounts u WHERE u.account_id = e.account_id "
                "AND u.subscription_id = e.object_id AND u.subscription_item_id IS NOT NULL "
                "AND coalesce(u.deleted, false))))"
-               # (with churn_recognition = 'canceled': an update that took a cancellation back, 40_item_mrr; the
-               # JSON is looked at only under that setting, the stored one: a changed one derives everything again)
-               " OR (type = 'customer.subscription.updated' AND CASE WHEN (SELECT churn_recognition FROM "
-               "{main}.derived_settings) = 'canceled' THEN coalesce(json_type(raw, "
-               "'$.data.previous_attributes.canceled_at') IN ('UBIGINT', 'BIGINT'), false) ELSE false END))"),
+               # (with churn_recognition = 'canceled': an update that took a cancellation back, and a state holding
+               # a request, which 40_item_mrr compares across a gap in the events (one without its JSON there held
+               # none); the JSON is looked at only under that setting, the stored one: a changed one derives
+               # everything again)
+               " OR (type LIKE 'customer.subscription.%' AND CASE WHEN (SELECT churn_recognition FROM "
+               "{main}.derived_settings) = 'canceled' THEN coalesce(list_has_any(json_type(raw, "
+               "['$.data.previous_attributes.canceled_at', '$.data.object.canceled_at']), ['UBIGINT', 'BIGINT']), "
+               "false) ELSE false END))"),
     # the subscriptions paused now (20 reads what paused them, as it does of the events with a paused state above)
     "subscriptions": "(status = 'paused')",
     # the subscription invoice lines naming no item or price (90 reads their parent's type), and the lines of an
