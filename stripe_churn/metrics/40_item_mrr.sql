@@ -114,32 +114,38 @@ last_early AS (
     QUALIFY row_number() OVER (PARTITION BY e.account_id, e.object_id
                                ORDER BY e.created DESC, o.pos DESC NULLS LAST, e.id DESC) = 1
 ),
--- the request in force in that state (its JSON read by row id: no other event's)
+-- the request in force in that state (its JSON read by row id, of that event alone, and under the setting: as above,
+-- so that the filters on it are not pushed into the scan of the events)
 gap_requests AS (
-    SELECT l.account_id, l.subscription_id, l.coverage_start, ts_of(json_extract_string(v[1], '$')) AS requested_at,
+    SELECT account_id, subscription_id, coverage_start, ts_of(json_extract_string(v[1], '$')) AS requested_at,
            v[3] AS details
-    FROM (SELECT e.rowid AS rid,
-                 json_extract(e.raw, ['$.data.object.canceled_at', '$.data.object.ended_at',
-                                      '$.data.object.cancellation_details']) AS v
-          FROM events e WHERE e.rowid IN (SELECT rid FROM last_early)) j
-    JOIN last_early l USING (rid)
+    FROM (SELECT l.account_id, l.subscription_id, l.coverage_start,
+                 CASE WHEN st.churn_recognition = 'canceled'
+                      THEN json_extract(e.raw, ['$.data.object.canceled_at', '$.data.object.ended_at',
+                                                '$.data.object.cancellation_details']) END AS v
+          FROM last_early l
+          JOIN events e ON e.rowid = l.rid
+          JOIN derived_settings st ON st.churn_recognition = 'canceled')
     WHERE json_type(v[1]) IN ('UBIGINT', 'BIGINT') AND ts_of(json_extract_string(v[2], '$')) IS NULL
 ),
 -- the state where coverage starts again: the first event after the gap's state before it (previous_attributes
 -- over data.object; a deletion's, not yet ended), read for those subscriptions alone (an event without its JSON, in
 -- an incremental scope, held no cancellation: its canceled_at and ended_at are NULL)
 gap_after AS (
-    SELECT f.account_id, f.subscription_id, f.event_id,
+    SELECT account_id, subscription_id, event_id,
            ts_of(json_extract_string(coalesce(v[1], v[2]), '$')) AS canceled_at,
-           CASE WHEN f.event_type <> 'customer.subscription.deleted'
+           CASE WHEN event_type <> 'customer.subscription.deleted'
                 THEN ts_of(json_extract_string(coalesce(v[3], v[4]), '$')) END AS ended_at
-    FROM (SELECT e.rowid AS rid,
-                 json_extract(e.raw, ['$.data.previous_attributes.canceled_at', '$.data.object.canceled_at',
-                                      '$.data.previous_attributes.ended_at', '$.data.object.ended_at']) AS v
-          FROM events e
-          WHERE e.rowid IN (SELECT f.rid FROM derived_sub_events f
-                            SEMI JOIN gap_requests g USING (account_id, subscription_id) WHERE f.seq = 1)) j
-    JOIN derived_sub_events f ON f.rid = j.rid AND f.seq = 1
+    FROM (SELECT f.account_id, f.subscription_id, f.event_id, f.event_type,
+                 CASE WHEN st.churn_recognition = 'canceled'
+                      THEN json_extract(e.raw, ['$.data.previous_attributes.canceled_at', '$.data.object.canceled_at',
+                                                '$.data.previous_attributes.ended_at', '$.data.object.ended_at'])
+                 END AS v
+          FROM derived_sub_events f
+          SEMI JOIN gap_requests g USING (account_id, subscription_id)
+          JOIN events e ON e.rowid = f.rid
+          JOIN derived_settings st ON st.churn_recognition = 'canceled'
+          WHERE f.seq = 1)
 ),
 gap_taken_back AS (
     SELECT account_id, subscription_id, requested_at,
