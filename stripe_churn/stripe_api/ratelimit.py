@@ -113,6 +113,7 @@ class RateLimiter:
         self.glob = TokenBucket(rate, clock=clock, sleep=sleep)
         self.endpoint_rate = float(endpoint_rate)
         self.endpoints: dict[str, TokenBucket] = {}
+        self._turns: dict[str, asyncio.Lock] = {}  # endpoint -> held from its token until the global one (acquire)
         self._last_429: dict[str, float] = {}  # endpoint -> when it last got a 429 of no stated reason
         self.throttled = 0
 
@@ -127,13 +128,19 @@ class RateLimiter:
         bucket = self.endpoints.get(key)
         if bucket is None:
             bucket = self.endpoints[key] = TokenBucket(self.endpoint_rate, clock=self._clock, sleep=self._sleep)
+            self._turns[key] = asyncio.Lock()
         return bucket
 
     async def acquire(self, path: str) -> None:
         """Wait until a request to ``path`` may be sent: a token of its endpoint, then a global one (in that order,
-        so that a request held back by its endpoint does not hold a global token other endpoints could use)."""
-        await self.endpoint(path).acquire()
-        await self.glob.acquire()
+        so that a request held back by its endpoint does not hold a global token other endpoints could use). The
+        endpoint's next request takes its token only once this one has its global token: else requests whose
+        endpoint tokens were taken at its pace while the global queue was long would all leave together once it
+        drains, a burst above the endpoint's limit."""
+        bucket = self.endpoint(path)
+        async with self._turns[endpoint_of(path)]:
+            await bucket.acquire()
+            await self.glob.acquire()
 
     def penalise(self, path: str, reason: str | None = None) -> None:
         """Stripe answered 429 to a request to ``path``, with ``reason`` from its ``Stripe-Rate-Limited-Reason``."""

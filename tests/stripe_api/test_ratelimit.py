@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import selectors
 from collections.abc import Iterable
+from typing import Any
 
 import pytest
 
@@ -168,3 +170,42 @@ def test_token_bucket_on_a_moved_clock() -> None:
     bucket.penalise()
     bucket.penalise()  # (within half a second of the first: counted, not halved again)
     assert bucket.rate == 5 and bucket.throttled == 2
+
+
+class _VirtualSelector(selectors.DefaultSelector):
+    """A selector that, asked to wait, moves its loop's clock by the wait instead (nothing here does I/O)."""
+
+    now = 0.0
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        if timeout:
+            _VirtualSelector.now += timeout
+        return []
+
+
+def test_requests_held_by_the_global_do_not_leave_in_a_burst_to_their_endpoint() -> None:
+    """Fifty other endpoints fill the global queue; meanwhile ten slices of /v1/invoices take the endpoint's
+    tokens at its pace and queue behind them. Once the queue drains they must not all go out in one burst: the
+    endpoint's limit holds on the requests sent, not only on the tokens taken."""
+    _VirtualSelector.now = 0.0
+    loop = asyncio.SelectorEventLoop(_VirtualSelector())
+    loop.time = lambda: _VirtualSelector.now  # type: ignore[method-assign]
+    limiter = RateLimiter(10, 2, clock=loop.time)
+    sent: list[float] = []
+
+    async def one(path: str) -> None:
+        await limiter.acquire(path)
+        if path == "/v1/invoices":
+            sent.append(loop.time())
+
+    async def run() -> None:
+        await asyncio.gather(*(one(f"/v1/resource{chr(97 + n // 26)}{chr(97 + n % 26)}") for n in range(50)),
+                             *(one("/v1/invoices") for _ in range(10)))
+
+    try:
+        loop.run_until_complete(run())
+    finally:
+        loop.close()
+    assert len(sent) == 10 and len(limiter.endpoints) == 51
+    # 2 a second, its burst of 1 and the one already through (before: all ten within one second)
+    assert most_in_a_second(sent) <= 4
