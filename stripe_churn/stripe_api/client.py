@@ -246,7 +246,7 @@ class StripeRaw:
                 raise AuthError(f"Stripe {what}: check STRIPE_API_KEY (a secret or restricted "
                                 "read key of the right account and mode); the store was left as it was",
                                 http_status=status, request_id=request_id)
-            if status == 429:
+            if status == 429 and _error_field(body, "code") != "lock_timeout":  # (a busy object, not a limit)
                 self.limiter.penalise(path, headers.get("Stripe-Rate-Limited-Reason")
                                       or headers.get("stripe-rate-limited-reason"))
             if status == 429 or status == 409 or status >= 500:

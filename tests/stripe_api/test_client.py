@@ -67,6 +67,18 @@ def test_429_of_the_global_limit_slows_the_global_bucket() -> None:
     assert raw.limiter.glob.rate == 500.0 and raw.limiter.endpoint("/v1/customers").rate == 250.0
 
 
+@responses.activate
+def test_429_lock_timeout_is_retried_without_slowing_anything() -> None:
+    """A 429 of code lock_timeout is an object busy with another request, not a rate limit."""
+    responses.get(URL, status=429, json={"error": {"code": "lock_timeout", "message": "locked"}})
+    responses.get(URL, body=PAGE)
+    raw = client()
+    assert get(raw)["data"]
+    assert len(responses.calls) == 2
+    assert raw.limiter.throttled == 0 and raw.limiter.endpoint("/v1/customers").rate == 250.0
+    assert raw.limiter.glob.rate == 1000.0
+
+
 def paused(raw: StripeRaw) -> list[float]:
     """The waits ``raw`` makes before its retries, recorded instead of slept."""
     waits: list[float] = []
