@@ -1241,7 +1241,8 @@ class _Sync:
         whose lines answered 404 when they were stored), their lines paged again and put in their JSON with the
         version they had, as a listing would have stored them: no event brings them back while the credit note does
         not change, and a re-list of the whole account for them would cost every store a full listing. One whose
-        lines answer 404 again is left as it is (asked again next run). Once complete they are not asked again."""
+        lines answer 404 again is left as it is (asked again next run); one whose lines fail otherwise fails the run,
+        once the others completed are stored. Once complete they are not asked again."""
         await self._flush()  # (the events' copies first: one completed by this run's events is not asked again)
         stored = await self._db(self._stored_cut_credit_notes)
         if not stored:
@@ -1259,13 +1260,20 @@ class _Sync:
                     return cn, version, None
 
         batch = Batch()
-        for cn, version, lines in await asyncio.gather(*(one(r, v) for r, v in stored)):
+        failed: BaseException | None = None  # (the first: raised once the others completed are stored)
+        for got in await asyncio.gather(*(one(r, v) for r, v in stored), return_exceptions=True):
+            if isinstance(got, BaseException):
+                failed = failed or got
+                continue
+            cn, version, lines = got
             if lines is not None:
                 _with_lines(cn, lines)
                 batch.add("credit_notes", cn, version)
         if batch.size():
             await self._put(batch)
             await self._flush()
+        if failed is not None:
+            raise failed
 
     async def _complete_events(self) -> None:
         """Record the server time up to which the events are complete (the last listing's Date)."""

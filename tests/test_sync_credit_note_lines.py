@@ -18,6 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "metrics"))
 from builders import DAY, Obj, World, ts
 
+from stripe_churn.errors import StripeAPIError
 from stripe_churn.sandbox.listing import ApiError
 from stripe_churn.sandbox.server import RunningSandbox, start_in_thread
 from stripe_churn.settings import Secret, Settings
@@ -228,3 +229,25 @@ def test_the_simulated_accounts_credit_notes_are_stored_whole_after_a_full_and_a
         r = run_sync(settings, progress=False)
         assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
         assert stored() == sim.objects["credit_notes"] and len(stored()) == 4
+
+
+def test_a_stored_credit_note_whose_lines_keep_failing_does_not_lose_the_others_completed(tmp_path: Path) -> None:
+    """Two credit notes stored cut short; the next sync completes them, but the lines of one keep answering 500:
+    the run fails with Stripe's error (as any request that fails after its retries), and the other one is stored
+    whole all the same (not paged again by every later run until the first answers)."""
+    w = _world()
+    notes = {"cn_1": _credit_note(w, "cn_1", T0 + DAY), "cn_2": _credit_note(w, "cn_2", T0 + DAY + 60)}
+    db = tmp_path / "s.duckdb"
+    missing = lambda _p: ApiError(404, "No such credit note", code="resource_missing", param="id")  # noqa: E731
+    both = _refuse_lines_of("cn_1", missing), _refuse_lines_of("cn_2", missing)
+    r = _sync(w, notes, T0 + 2 * DAY, db, full=True, tamper=lambda sb: [t(sb) for t in both] and None)
+    assert (r.status, _stored(db, "cn_1")[1], _stored(db, "cn_2")[1]) == ("succeeded", "true", "true")
+    served = w.served(T0 + 2 * DAY + 3600)
+    served.objects["credit_notes"] = notes
+    with start_in_thread(served, api_key=KEY) as sb:
+        _refuse_lines_of("cn_1", lambda _p: ApiError(500, "Something went wrong"))(sb)
+        with pytest.raises(StripeAPIError, match="500 for GET /v1/credit_notes/cn_1/lines"):
+            run_sync(Settings(api_key=Secret(KEY), api_base=sb.url, db=db, rate_limit=10_000, max_retries=0),
+                     progress=False)
+    assert _stored(db, "cn_1")[1] == "true"
+    assert _stored(db, "cn_2") == _complete(notes["cn_2"])
