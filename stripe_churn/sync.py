@@ -500,8 +500,16 @@ class _Sync:
                                          from_event)
 
     async def _credit_note_lines(self, cn: dict[str, Any], *, from_event: bool = False) -> list[dict[str, Any]] | None:
-        """The credit note's complete line list (None: see :meth:`_complete_list`)."""
-        return await self._complete_list(cn.get("lines"), _credit_note_lines_path(cn["id"]), {}, from_event)
+        """The credit note's complete line list (None: see :meth:`_complete_list`, and whenever its lines answer
+        404: its lines have no table whose rows a failure would leave wrong, so what was embedded is stored, and
+        :meth:`_complete_stored_credit_note_lines` asks for the rest again next run; failing here instead would
+        fail every later run on the same event)."""
+        try:
+            return await self._complete_list(cn.get("lines"), _credit_note_lines_path(cn["id"]), {}, from_event)
+        except NotFoundError:
+            log.info("the lines of credit note %s answered 404: its embedded page is stored, the rest is asked for "
+                     "next run", cn["id"])
+            return None
 
     async def _complete_list(self, embedded: Any, path: str, params: dict[str, Any],
                              from_event: bool) -> list[dict[str, Any]] | None:

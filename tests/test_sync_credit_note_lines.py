@@ -251,3 +251,22 @@ def test_a_stored_credit_note_whose_lines_keep_failing_does_not_lose_the_others_
                      progress=False)
     assert _stored(db, "cn_1")[1] == "true"
     assert _stored(db, "cn_2") == _complete(notes["cn_2"])
+
+
+def test_an_events_credit_note_whose_lines_answer_404_does_not_stop_the_events(tmp_path: Path) -> None:
+    """An event's credit note still there, but its lines answer 404 (as the listing and the completion of stored
+    ones allow): the run succeeds with its embedded page stored and the events cursor past it, else every later run
+    would fail on the same event; the next run with lines that answer completes it."""
+    w = _world()
+    db = tmp_path / "s.duckdb"
+    assert _sync(w, {}, T0 + DAY, db, full=True).status == "succeeded"
+    cn = _credit_note(w, "cn_1", T0 + 2 * DAY)
+    w.event("credit_note.created", T0 + 2 * DAY, cn)
+    gone = _refuse_lines_of("cn_1", lambda _p: ApiError(404, "No such credit note: 'cn_1'", code="resource_missing",
+                                                        param="id"))
+    r = _sync(w, {"cn_1": cn}, T0 + 3 * DAY, db, tamper=gone)
+    assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
+    assert _events_cursor(db) == [(w.events[-1]["id"],)]
+    assert _stored(db, "cn_1")[1:] == ("true", sum(ln["amount"] for ln in cn["lines"]["data"][:10]), False)
+    assert _sync(w, {"cn_1": cn}, T0 + 3 * DAY + 60, db).status == "succeeded"
+    assert _stored(db, "cn_1") == _complete(cn)
