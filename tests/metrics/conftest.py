@@ -89,14 +89,42 @@ def customer_mrr_at(con: duckdb.DuckDBPyConnection, customer_id: str, at: int, a
     return row[0][0] if row else Decimal("0")
 
 
-def item_rows(con: duckdb.DuckDBPyConnection, item_id: str) -> list[dict[str, Any]]:
-    """derived_item_mrr rows of one item in time order, timestamps as unix seconds."""
+def item_rows(con: duckdb.DuckDBPyConnection, item_id: str, account_id: str | None = None) -> list[dict[str, Any]]:
+    """derived_item_mrr rows of one item in time order, timestamps as unix seconds; of one account when the store
+    holds several with the same ids."""
     cur = con.execute(
         "SELECT * REPLACE (CAST(epoch(valid_from) AS BIGINT) AS valid_from, "
         "CAST(epoch(valid_to) AS BIGINT) AS valid_to) FROM derived_item_mrr "
-        "WHERE subscription_item_id = ? ORDER BY valid_from", [item_id])
+        "WHERE subscription_item_id = ? AND account_id = coalesce(?, account_id) ORDER BY valid_from",
+        [item_id, account_id])
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+@pytest.fixture(scope="module")
+def module_stores(tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path
+                  ) -> Iterator[Callable[[], duckdb.DuckDBPyConnection]]:
+    """Fresh, migrated stores that live as long as the test module: ``module_stores()`` opens one more.
+
+    For a family of cases derived together: each case its own account of one store (``World(account_id=...)``;
+    coverage, snapshots and every derived row are per account), loaded, then ONE recompute per settings instead
+    of one per case (a recompute of a tiny store costs about half a second, most of it DuckDB's planning)."""
+    from stripe_churn.store.db import open_store
+
+    folder = tmp_path_factory.mktemp("module_stores")
+    opened: list[duckdb.DuckDBPyConnection] = []
+
+    def make() -> duckdb.DuckDBPyConnection:
+        path = folder / f"store{len(opened)}.duckdb"
+        shutil.copyfile(migrated_store_file, path)
+        opened.append(open_store(path))
+        return opened[-1]
+
+    try:
+        yield make
+    finally:
+        for con in opened:
+            con.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -44,12 +45,10 @@ def plan_of(price: dict[str, Any]) -> dict[str, Any]:
     return plan
 
 
-def derive(tmp_path: Path, template: Path, w: World, *, name: str, seen_at: int, events: bool,
-           replace: dict[str, dict[str, Any]], deleted: bool) -> duckdb.DuckDBPyConnection:
-    """A store of ``w`` recomputed after the price rows ``replace`` (id -> object) were written over the listed
-    ones a day after ``seen_at`` (``deleted``: as a ``*.deleted`` event's object, then a deleted stub)."""
-    shutil.copyfile(template, tmp_path / f"{name}.duckdb")
-    con = open_store(tmp_path / f"{name}.duckdb")
+def load_with(con: duckdb.DuckDBPyConnection, w: World, *, seen_at: int, events: bool,
+              replace: dict[str, dict[str, Any]], deleted: bool) -> None:
+    """Load ``w`` into ``con`` and write the price rows ``replace`` (id -> object) over the listed ones a day after
+    ``seen_at`` (``deleted``: as a ``*.deleted`` event's object, then a deleted stub)."""
     w.load(con, seen_at=seen_at, events=events)
     later = datetime.fromtimestamp(seen_at + DAY, tz=UTC)
     for obj in replace.values():
@@ -57,25 +56,37 @@ def derive(tmp_path: Path, template: Path, w: World, *, name: str, seen_at: int,
         if deleted:
             upsert_objects(con, "prices", w.account_id, [{"id": obj["id"], "object": obj["object"], "deleted": True}],
                            later)
+
+
+def derive(tmp_path: Path, template: Path, w: World, *, name: str, seen_at: int, events: bool,
+           replace: dict[str, dict[str, Any]], deleted: bool) -> duckdb.DuckDBPyConnection:
+    """A store of ``w`` recomputed after :func:`load_with`."""
+    shutil.copyfile(template, tmp_path / f"{name}.duckdb")
+    con = open_store(tmp_path / f"{name}.duckdb")
+    load_with(con, w, seen_at=seen_at, events=events, replace=replace, deleted=deleted)
     recompute(con, make_settings())
     return con
 
 
-def outputs(con: duckdb.DuckDBPyConnection) -> dict[str, list[Any]]:
+def outputs(con: duckdb.DuckDBPyConnection, account: str | None = None) -> dict[str, list[Any]]:
+    """The derived rows compared between the shapes; of one ``account`` when the store holds several."""
+    def rows(sql: str) -> list[Any]:
+        return con.execute(sql.format(acct="account_id = coalesce(?, account_id)"), [account]).fetchall()
+
     return {
-        "terms": con.execute(
+        "terms": rows(
             "SELECT price_id, product_id, currency, price_type, billing_scheme, tiers_mode, unit_amount_p, divide_by, "
             "round_mode, billing_interval, interval_count, usage_type, norm_num, norm_den, family, unit_kind "
-            "FROM derived_price_terms ORDER BY price_id").fetchall(),
-        "tiers": con.execute("SELECT price_id, tier_no, up_to, unit_p, flat_p, lower_bound FROM derived_price_tiers "
-                             "ORDER BY price_id, tier_no").fetchall(),
-        "customer_mrr": con.execute("SELECT customer_id, valid_from, valid_to, mrr FROM customer_mrr "
-                                    "ORDER BY customer_id, valid_from").fetchall(),
-        "items": con.execute("SELECT subscription_item_id, valid_from, valid_to, price_id, quantity, mrr_original "
-                             "FROM derived_item_mrr ORDER BY subscription_item_id, valid_from").fetchall(),
-        "movements": con.execute("SELECT customer_id, occurred_at, movement, mrr_delta FROM mrr_movements "
-                                 "ORDER BY customer_id, occurred_at, movement").fetchall(),
-        "data_quality": con.execute("SELECT kind, object_id FROM data_quality ORDER BY ALL").fetchall(),
+            "FROM derived_price_terms WHERE {acct} ORDER BY price_id"),
+        "tiers": rows("SELECT price_id, tier_no, up_to, unit_p, flat_p, lower_bound FROM derived_price_tiers "
+                      "WHERE {acct} ORDER BY price_id, tier_no"),
+        "customer_mrr": rows("SELECT customer_id, valid_from, valid_to, mrr FROM customer_mrr WHERE {acct} "
+                             "ORDER BY customer_id, valid_from"),
+        "items": rows("SELECT subscription_item_id, valid_from, valid_to, price_id, quantity, mrr_original "
+                      "FROM derived_item_mrr WHERE {acct} ORDER BY subscription_item_id, valid_from"),
+        "movements": rows("SELECT customer_id, occurred_at, movement, mrr_delta FROM mrr_movements WHERE {acct} "
+                          "ORDER BY customer_id, occurred_at, movement"),
+        "data_quality": rows("SELECT kind, object_id FROM data_quality WHERE {acct} ORDER BY ALL"),
     }
 
 
@@ -123,30 +134,57 @@ PLAN_CASES = [
 ]
 
 
+def plan_case(account: str, shape: str, terms: dict[str, Any], quantity: int
+              ) -> tuple[World, dict[str, dict[str, Any]]]:
+    """A case's account: ``quantity`` seats at the price of ``terms``, one more a month and ten days later; and the
+    row kept for the price in ``shape`` ("price" or "plan")."""
+    terms = dict(terms)  # (the cases are shared with test_mrr_rules.py)
+    decimal = terms.pop("unit_amount_decimal", None)
+    w = World(account_id=account)
+    w.product("prod_seat", unit_label="seat", family="core")
+    w.customer("cus_1")
+    price = w.price("price_x", "prod_seat", **terms)
+    if decimal is not None:
+        price.update(unit_amount=None, unit_amount_decimal=decimal)
+    w.subscribe("sub_1", "cus_1", [("si_1", "price_x", quantity)], T0)
+    w.update("sub_1", month(1, 10), items=[("si_1", "price_x", quantity + 1)])
+    return w, {"price_x": plan_of(price) if shape == "plan" else price}
+
+
+def plan_case_account(case: str, shape: str) -> str:
+    return f"acct_{case}_{shape}"
+
+
+@pytest.fixture(scope="module")
+def plan_cases_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """Every case of PLAN_CASES in both shapes, each its own account of one store, derived once."""
+    con = module_stores()
+    for param in PLAN_CASES:
+        terms, quantity, _ = param.values
+        for shape in ("price", "plan"):
+            w, replace = plan_case(plan_case_account(str(param.id), shape), shape, terms, quantity)
+            load_with(con, w, seen_at=month(2), events=True, replace=replace, deleted=False)
+    recompute(con, make_settings())
+    return con
+
+
 @pytest.mark.parametrize(("terms", "quantity", "expected"), PLAN_CASES)
-def test_a_plan_shaped_row_prices_as_the_price(tmp_path: Path, migrated_store_file: Path, terms: dict[str, Any],
+def test_a_plan_shaped_row_prices_as_the_price(request: pytest.FixtureRequest,
+                                               plan_cases_store: duckdb.DuckDBPyConnection, terms: dict[str, Any],
                                                quantity: int, expected: Decimal) -> None:
     """The row kept for the price (not deleted: a ``plan.updated`` event's object) is plan-shaped: it wins over the
     price embedded in the item, and gives the price's terms, MRR and movements."""
-    terms = dict(terms)  # (the cases are shared with test_mrr_rules.py)
-    decimal = terms.pop("unit_amount_decimal", None)
+    con, case = plan_cases_store, request.node.callspec.id
     runs = {}
     for shape in ("price", "plan"):
-        w = World()
-        w.product("prod_seat", unit_label="seat", family="core")
-        w.customer("cus_1")
-        price = w.price("price_x", "prod_seat", **terms)
-        if decimal is not None:
-            price.update(unit_amount=None, unit_amount_decimal=decimal)
-        w.subscribe("sub_1", "cus_1", [("si_1", "price_x", quantity)], T0)
-        w.update("sub_1", month(1, 10), items=[("si_1", "price_x", quantity + 1)])
-        con = derive(tmp_path, migrated_store_file, w, name=shape, seen_at=month(2), events=True,
-                     replace={"price_x": plan_of(price) if shape == "plan" else price}, deleted=False)
-        runs[shape] = outputs(con)
-        assert customer_mrr_at(con, "cus_1", month(0, 1)) == expected
-        macro = con.execute("SELECT price_mrr('price_x', ?)", [quantity]).fetchone()
-        assert macro is not None and round(macro[0], 4) == expected
-    assert runs["plan"] == runs["price"]
+        account = plan_case_account(case, shape)
+        runs[shape] = outputs(con, account)
+        assert runs[shape]["items"] and runs[shape]["terms"], f"{account}: no rows derived"
+        got = customer_mrr_at(con, "cus_1", month(0, 1), account)
+        assert got == expected, f"{account}: MRR {got}, expected {expected}"
+        macro = con.execute("SELECT price_mrr(?, 'price_x', ?)", [account, quantity]).fetchone()
+        assert macro is not None and round(macro[0], 4) == expected, f"{account}: price_mrr {macro}"
+    assert runs["plan"] == runs["price"], case
 
 
 def test_a_metered_plan_counts_its_usage(tmp_path: Path, migrated_store_file: Path) -> None:
