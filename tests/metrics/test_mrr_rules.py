@@ -59,16 +59,36 @@ PRICE_CASES = [
 ]
 
 
+def price_case(account: str, terms: dict[str, Any], quantity: int) -> World:
+    """A case of PRICE_CASES as its own account: ``quantity`` units of ``price_<account>`` (its own id, so that
+    price_mrr(price_id, quantity) finds it alone in a store of every case) from T0."""
+    w = base(World(account_id=account))
+    w.price(f"price_{account}", "prod_seat", **terms)
+    w.subscribe("sub_1", "cus_1", [("si_1", f"price_{account}", quantity)], T0)
+    return w
+
+
+@pytest.fixture(scope="module")
+def price_cases_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """Every case of PRICE_CASES its own account (``acct_<case id>``) of one store, derived once."""
+    con = module_stores()
+    for param in PRICE_CASES:
+        terms, quantity, _ = param.values
+        price_case(f"acct_{param.id}", terms, quantity).load(con, seen_at=month(1))
+    recompute(con, make_settings())
+    return con
+
+
 @pytest.mark.parametrize(("terms", "quantity", "expected"), PRICE_CASES)
-def test_price_mrr(world: World, derive: Derive, terms: dict[str, Any], quantity: int, expected: Decimal) -> None:
-    base(world).price("price_x", "prod_seat", **terms)
-    world.subscribe("sub_1", "cus_1", [("si_1", "price_x", quantity)], T0)
-    con = derive(world, seen_at=month(1))
-    assert customer_mrr_at(con, "cus_1", month(0, 1)) == expected
-    assert customer_mrr_at(con, "cus_1", T0 - 1) == 0
+def test_price_mrr(request: pytest.FixtureRequest, price_cases_store: duckdb.DuckDBPyConnection,
+                   terms: dict[str, Any], quantity: int, expected: Decimal) -> None:
+    con, account = price_cases_store, f"acct_{request.node.callspec.id}"
+    got = customer_mrr_at(con, "cus_1", month(0, 1), account)
+    assert got == expected, f"{account}: MRR {got}, expected {expected}"
+    assert customer_mrr_at(con, "cus_1", T0 - 1, account) == 0, account
     # the macro the classifier uses gives the same undiscounted figure
-    macro = con.execute("SELECT price_mrr('price_x', ?)", [quantity]).fetchone()
-    assert macro is not None and round(macro[0], 4) == expected
+    macro = con.execute("SELECT price_mrr(?, ?)", [f"price_{account}", quantity]).fetchone()
+    assert macro is not None and round(macro[0], 4) == expected, f"{account}: price_mrr {macro}"
 
 
 def test_a_price_at_an_interval_the_rules_do_not_know_counts_zero_and_is_reported(world: World,
