@@ -341,30 +341,56 @@ def test_a_subscriptions_own_restricted_discount_still_overrides_the_customers(w
     assert item_rows(con, "si_a")[0]["mrr_original"] == Decimal("40")
 
 
-@pytest.mark.parametrize("coupon", [{"percent_off": 20}, {"amount_off": 10_000, "currency": "usd"}],
-                         ids=["percent", "amount-equal-to-the-mrr"])
-@pytest.mark.parametrize("flagged", [False, True], ids=["listed", "flagged-deleted"])
-def test_a_discount_on_one_invoice_is_no_mrr_discount(world: World, derive: Derive, coupon: dict[str, Any],
-                                                      flagged: bool) -> None:
+ONE_INVOICE_COUPONS = {"percent": {"percent_off": 20}, "amount-equal-to-the-mrr": {"amount_off": 10_000, "currency": "usd"}}
+ONE_INVOICE_FLAGS = {"listed": False, "flagged-deleted": True}
+
+
+def one_invoice_discount(w: World, coupon: dict[str, Any], flagged: bool) -> dict[str, Any]:
+    """10 seats at 10.00 from T0, renewed monthly; a forever ``coupon`` applied to month 2's invoice alone
+    (``flagged``: the discount flagged deleted since). Returns the discount."""
+    w.customer("cus_1")
+    w.product("prod_seat", unit_label="seat")
+    w.price("price_a", "prod_seat", 1_000)
+    w.subscribe("sub_1", "cus_1", [("si_a", "price_a", 10)], T0)
+    w.cycle("sub_1", month(1))
+    inv = w.cycle("sub_1", month(2))
+    w.coupon("co_bill", duration="forever", **coupon)
+    d = w.discount("co_bill", month(2) + 1800, customer="cus_1")
+    d["invoice"] = inv["id"]
+    w.cycle("sub_1", month(3))
+    if flagged:
+        d["deleted"] = True
+    return d
+
+
+@pytest.fixture(scope="module")
+def one_invoice_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """Every case of the test below its own account (``acct_<flag>-<coupon>``) of one store, derived once."""
+    con = module_stores()
+    for flag, flagged in ONE_INVOICE_FLAGS.items():
+        for name, coupon in ONE_INVOICE_COUPONS.items():
+            w = World(account_id=f"acct_{flag}-{name}")
+            one_invoice_discount(w, coupon, flagged)
+            w.load(con, seen_at=month(3, 5))
+    recompute(con, make_settings())
+    return con
+
+
+@pytest.mark.parametrize("coupon", ONE_INVOICE_COUPONS)
+@pytest.mark.parametrize("flagged", ONE_INVOICE_FLAGS)
+def test_a_discount_on_one_invoice_is_no_mrr_discount(one_invoice_store: duckdb.DuckDBPyConnection, coupon: str,
+                                                      flagged: str) -> None:
     """A forever coupon applied to one invoice (the discount names the invoice, no subscription or item) takes
     money off that bill alone: the MRR stays 100.00, with no `discount` movements (and an amount off equal to the
     MRR no cancellation and reactivation). It used to count as the customer's discount from that invoice on."""
-    world.customer("cus_1")
-    world.product("prod_seat", unit_label="seat")
-    world.price("price_a", "prod_seat", 1_000)
-    world.subscribe("sub_1", "cus_1", [("si_a", "price_a", 10)], T0)
-    world.cycle("sub_1", month(1))
-    inv = world.cycle("sub_1", month(2))
-    world.coupon("co_bill", duration="forever", **coupon)
-    d = world.discount("co_bill", month(2) + 1800, customer="cus_1")
-    d["invoice"] = inv["id"]
-    world.cycle("sub_1", month(3))
-    if flagged:
-        d["deleted"] = True
-    con = derive(world, seen_at=month(3, 5))
-    assert [customer_mrr_at(con, "cus_1", month(n, 1)) for n in range(4)] == [Decimal("100.0000")] * 4
-    assert con.execute("SELECT movement FROM mrr_movements WHERE customer_id = 'cus_1'").fetchall() == [("new",)]
-    assert con.execute("SELECT kind FROM data_quality WHERE object_id = ?", [d["id"]]).fetchall() == []
+    con, account = one_invoice_store, f"acct_{flagged}-{coupon}"
+    d = one_invoice_discount(World(account_id=account), ONE_INVOICE_COUPONS[coupon], ONE_INVOICE_FLAGS[flagged])
+    assert [customer_mrr_at(con, "cus_1", month(n, 1), account) for n in range(4)] == [Decimal("100.0000")] * 4, (
+        account)
+    assert con.execute("SELECT movement FROM mrr_movements WHERE customer_id = 'cus_1' AND account_id = ?",
+                       [account]).fetchall() == [("new",)], account
+    assert con.execute("SELECT kind FROM data_quality WHERE object_id = ? AND account_id = ?",
+                       [d["id"], account]).fetchall() == [], account
 
 
 def test_a_discount_put_on_and_taken_off_by_its_own_events_names_them(world: World, derive: Derive) -> None:
@@ -648,24 +674,41 @@ def trial_into_pause(world: World, then: str) -> None:
         world.cancel("sub_1", T0 + 40 * DAY)
 
 
+TRIAL_PAUSE_THEN = ["resumed", "canceled"]
+
+
+@pytest.fixture(scope="module")
+def trial_pause_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """Every case of the test below its own account (``acct_<then>-<events>``) of one store, derived once."""
+    con = module_stores()
+    for then in TRIAL_PAUSE_THEN:
+        for events in (True, False):
+            w = World(account_id=f"acct_{then}-{events}")
+            trial_into_pause(w, then)
+            w.load(con, seen_at=month(2, 10), events=events)
+    recompute(con, make_settings())
+    return con
+
+
 @pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
-@pytest.mark.parametrize("then", ["resumed", "canceled"])
-def test_a_trial_that_ended_into_a_pause_counts_zero_until_resumed(world: World, derive: Derive, events: bool,
-                                                                    then: str) -> None:
+@pytest.mark.parametrize("then", TRIAL_PAUSE_THEN)
+def test_a_trial_that_ended_into_a_pause_counts_zero_until_resumed(trial_pause_store: duckdb.DuckDBPyConnection,
+                                                                    events: bool, then: str) -> None:
     """A trial that ends without a payment method pauses the subscription (trial_settings.end_behavior
     .missing_payment_method = pause): no invoice until it is resumed, and it counts zero meanwhile. Without events
     the pause shows as a trial's end with no invoice made within a day: paused until the next invoice (the
     resume's), or until the subscription ended."""
-    trial_into_pause(world, then)
-    con = derive(world, seen_at=month(2, 10), events=events)
-    assert customer_mrr_at(con, "cus_1", T0 + 20 * DAY) == 0
-    moves = con.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT) FROM mrr_movements").fetchall()
+    con, account = trial_pause_store, f"acct_{then}-{events}"
+    assert item_rows(con, "si_1", account), f"{account}: no item rows"
+    assert customer_mrr_at(con, "cus_1", T0 + 20 * DAY, account) == 0, account
+    moves = con.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT) FROM mrr_movements WHERE account_id = ?",
+                        [account]).fetchall()
     if then == "resumed":
-        assert customer_mrr_at(con, "cus_1", T0 + 34 * DAY) == Decimal("50.0000")
-        assert moves == [("new", T0 + 34 * DAY)]
+        assert customer_mrr_at(con, "cus_1", T0 + 34 * DAY, account) == Decimal("50.0000"), account
+        assert moves == [("new", T0 + 34 * DAY)], account
     else:
-        assert customer_mrr_at(con, "cus_1", T0 + 38 * DAY) == 0
-        assert moves == []
+        assert customer_mrr_at(con, "cus_1", T0 + 38 * DAY, account) == 0, account
+        assert moves == [], account
 
 
 @pytest.mark.parametrize("then", ["resumed", "canceled"])
@@ -1079,7 +1122,7 @@ def test_fx_converted_and_rounded_once(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("6.3063")
 
 
-@pytest.mark.parametrize(("currency", "unit_amount", "rate", "own", "reported"), [
+MINOR_UNIT_CASES = [
     # zero-decimal: Stripe's amounts are whole yen (5,000 is ¥5,000, not ¥50.00)
     pytest.param("jpy", 5_000, 0.0067, Decimal("5000.0000"), Decimal("33.5000"), id="zero-decimal-jpy"),
     pytest.param("krw", 45_000, 0.00072, Decimal("45000.0000"), Decimal("32.4000"), id="zero-decimal-krw"),
@@ -1087,26 +1130,51 @@ def test_fx_converted_and_rounded_once(world: World, derive: Derive) -> None:
     pytest.param("kwd", 12_340, 3.25, Decimal("12.3400"), Decimal("40.1050"), id="three-decimal-kwd"),
     # two-decimal, including the special cases Stripe still counts in hundredths
     pytest.param("isk", 990_000, 0.0072, Decimal("9900.0000"), Decimal("71.2800"), id="two-decimal-isk"),
-])
-def test_amounts_in_the_currencys_minor_unit(world: World, derive: Derive, currency: str, unit_amount: int,
-                                             rate: float, own: Decimal, reported: Decimal) -> None:
+]
+
+
+def minor_unit_case(w: World, currency: str, unit_amount: int, rate: float) -> World:
+    """A licensed item and a metered one in ``currency`` (one price's worth of usage billed at month 1), an amount
+    off of a tenth of the price from month 2, and the currency's rate."""
+    base(w, currency=currency).price("price_c", "prod_seat", unit_amount, currency=currency)
+    w.price("price_m", "prod_api", None, currency=currency, usage_type="metered")
+    w.coupon("c_off", amount_off=unit_amount // 10, currency=currency, duration="forever")
+    w.subscribe("sub_1", "cus_1", [("si_1", "price_c", 1), ("si_m", "price_m", None)], T0)
+    w.discount("c_off", month(2), customer="cus_1", subscription="sub_1")
+    w.cycle("sub_1", month(1), usage={"si_m": unit_amount})
+    w.fx_rates.append(("2023-12-01", currency, rate))
+    return w
+
+
+@pytest.fixture(scope="module")
+def minor_unit_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """Every case of MINOR_UNIT_CASES its own account (``acct_<case id>``) of one store, derived once (each case
+    has a currency, and its rate, of its own)."""
+    con = module_stores()
+    assert len({p.values[0] for p in MINOR_UNIT_CASES}) == len(MINOR_UNIT_CASES)  # (rates are global)
+    for param in MINOR_UNIT_CASES:
+        currency, unit_amount, rate, _, _ = param.values
+        minor_unit_case(World(account_id=f"acct_{param.id}"), currency, unit_amount, rate).load(
+            con, seen_at=month(3))
+    recompute(con, make_settings())
+    return con
+
+
+@pytest.mark.parametrize(("currency", "unit_amount", "rate", "own", "reported"), MINOR_UNIT_CASES)
+def test_amounts_in_the_currencys_minor_unit(request: pytest.FixtureRequest,
+                                             minor_unit_store: duckdb.DuckDBPyConnection, currency: str,
+                                             unit_amount: int, rate: float, own: Decimal, reported: Decimal) -> None:
     """Stripe's amounts are in the currency's smallest unit: a cent for most, the unit itself for zero-decimal
     currencies, a thousandth for three-decimal ones. Prices, metered usage and amount_off all convert so."""
-    base(world, currency=currency).price("price_c", "prod_seat", unit_amount, currency=currency)
-    world.price("price_m", "prod_api", None, currency=currency, usage_type="metered")
-    world.coupon("c_off", amount_off=unit_amount // 10, currency=currency, duration="forever")
-    world.subscribe("sub_1", "cus_1", [("si_1", "price_c", 1), ("si_m", "price_m", None)], T0)
-    world.discount("c_off", month(2), customer="cus_1", subscription="sub_1")
-    world.cycle("sub_1", month(1), usage={"si_m": unit_amount})
-    world.fx_rates.append(("2023-12-01", currency, rate))
-    con = derive(world, seen_at=month(3))
-    rows = item_rows(con, "si_1")
-    assert rows[0]["mrr_original"] == own and rows[0]["currency"] == currency
-    assert customer_mrr_at(con, "cus_1", month(0, 1)) == reported
+    con, account = minor_unit_store, f"acct_{request.node.callspec.id}"
+    rows = item_rows(con, "si_1", account)
+    assert rows, f"{account}: no item rows"
+    assert rows[0]["mrr_original"] == own and rows[0]["currency"] == currency, (account, rows[0])
+    assert customer_mrr_at(con, "cus_1", month(0, 1), account) == reported, account
     # metered usage billed at month 1 counts from then (as much as the licensed item); from month 2 an amount
     # off of a tenth of the licensed item's price
-    assert customer_mrr_at(con, "cus_1", month(1, 1)) == 2 * reported
-    assert customer_mrr_at(con, "cus_1", month(2, 1)) == reported * Decimal("1.9")
+    assert customer_mrr_at(con, "cus_1", month(1, 1), account) == 2 * reported, account
+    assert customer_mrr_at(con, "cus_1", month(2, 1), account) == reported * Decimal("1.9"), account
 
 
 def test_fx_rate_change_moves_mrr(world: World, derive: Derive) -> None:
