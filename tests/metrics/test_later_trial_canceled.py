@@ -12,32 +12,62 @@ from decimal import Decimal
 import duckdb
 import pytest
 from builders import World
-from conftest import customer_mrr_at
+from conftest import customer_mrr_at, make_settings
 from test_mrr_rules import T0, base, month
 
-Derive = Callable[..., duckdb.DuckDBPyConnection]
+from stripe_churn.metrics.runner import recompute
+
+RECOGNITIONS = ["ended", "canceled"]
 
 
-@pytest.mark.parametrize("recognition", ["ended", "canceled"])
+def later_trial_canceled(w: World, at_trial_end: bool) -> World:
+    """cus_1 pays 50.00; on day 10 of month 1 sub_1 is granted a month's trial, and on day 20 it is canceled with
+    feedback (at once, or at the trial's end)."""
+    base(w)
+    w.price("price_a", "prod_seat", 2_500)
+    w.subscribe("sub_1", "cus_1", [("si_1", "price_a", 2)], T0)
+    w.cycle("sub_1", month(1))
+    w.update("sub_1", month(1, 10), status="trialing", trial_start=month(1, 10), trial_end=month(2, 10))
+    w.invoice_for("sub_1", month(1, 10), "subscription_update", period_start=month(1, 10))  # (0.00 lines)
+    w.cancel("sub_1", month(1, 20), ended_at=month(2, 10) if at_trial_end else None, feedback="too_expensive")
+    return w
+
+
+def account_of(events: bool, at_trial_end: bool) -> str:
+    return f"acct_{'events' if events else 'invoices'}-{'at-trial-end' if at_trial_end else 'at-once'}"
+
+
+@pytest.fixture(scope="module")
+def stores(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> dict[str, duckdb.DuckDBPyConnection]:
+    """Per churn_recognition, one store holding every other case as its own account (:func:`account_of`), derived
+    once."""
+    out = {}
+    for recognition in RECOGNITIONS:
+        con = out[recognition] = module_stores()
+        for events in (True, False):
+            for at_trial_end in (False, True):
+                later_trial_canceled(World(account_id=account_of(events, at_trial_end)), at_trial_end).load(
+                    con, seen_at=month(3), events=events)
+        recompute(con, make_settings(churn_recognition=recognition))
+    return out
+
+
+@pytest.mark.parametrize("recognition", RECOGNITIONS)
 @pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
 @pytest.mark.parametrize("at_trial_end", [False, True], ids=["at-once", "at-the-trial-end"])
-def test_a_later_trial_canceled_while_it_runs_churns_once_at_its_start(world: World, derive: Derive, recognition: str,
-                                                                      events: bool, at_trial_end: bool) -> None:
+def test_a_later_trial_canceled_while_it_runs_churns_once_at_its_start(stores: dict[str, duckdb.DuckDBPyConnection],
+                                                                      recognition: str, events: bool,
+                                                                      at_trial_end: bool) -> None:
     """cus_1 pays 50.00; on day 10 of month 1 sub_1 is granted a month's trial, and on day 20 it is canceled with
     feedback (at once, or at the trial's end). One cancellation at the trial's start, -50.00, voluntary, with the
     feedback; nothing at the cancellation or the end; MRR zero from the trial's start on."""
-    base(world)
-    world.price("price_a", "prod_seat", 2_500)
-    world.subscribe("sub_1", "cus_1", [("si_1", "price_a", 2)], T0)
-    world.cycle("sub_1", month(1))
-    world.update("sub_1", month(1, 10), status="trialing", trial_start=month(1, 10), trial_end=month(2, 10))
-    world.invoice_for("sub_1", month(1, 10), "subscription_update", period_start=month(1, 10))  # (0.00 lines)
-    world.cancel("sub_1", month(1, 20), ended_at=month(2, 10) if at_trial_end else None, feedback="too_expensive")
-    con = derive(world, seen_at=month(3), events=events, churn_recognition=recognition)
+    con, account = stores[recognition], account_of(events, at_trial_end)
     rows = con.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement, mrr_delta, churn_type, "
-                       "cancellation_feedback FROM mrr_movements ORDER BY occurred_at").fetchall()
+                       "cancellation_feedback FROM mrr_movements WHERE account_id = ? ORDER BY occurred_at",
+                       [account]).fetchall()
     assert rows == [(T0, "new", Decimal("50.0000"), None, None),
-                    (month(1, 10), "cancellation", Decimal("-50.0000"), "voluntary", "too_expensive")]
-    assert customer_mrr_at(con, "cus_1", month(1, 10) - 1) == Decimal("50.0000")
+                    (month(1, 10), "cancellation", Decimal("-50.0000"), "voluntary", "too_expensive")], (
+        recognition, account, rows)
+    assert customer_mrr_at(con, "cus_1", month(1, 10) - 1, account) == Decimal("50.0000"), (recognition, account)
     for at in (month(1, 10), month(1, 20), month(2, 10)):
-        assert customer_mrr_at(con, "cus_1", at) == 0
+        assert customer_mrr_at(con, "cus_1", at, account) == 0, (recognition, account, at)
