@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 from builders import World, ts
 from conftest import customer_mrr_at, make_settings
@@ -20,11 +22,11 @@ from stripe_churn.metrics.runner import recompute
 from stripe_churn.store.load import mark_unlisted_children
 
 
-def removed_with_its_discount(world: World, store: Any, *, prorate: bool = False, renewal: bool = False,
-                              lists: str = "with-discounts", events: int = month(1, 5)) -> tuple[Any, Any]:
+def build_removed(world: World, *, prorate: bool = False, renewal: bool = False, lists: str = "with-discounts",
+                  events: int = month(1, 5)) -> tuple[Any, Any]:
     """si_a (4 × 10.00, 50% off for ever: 70.00 with si_b's 50.00) deleted on month(1, 10) by an update; the events
     begin at month(1, 5) (a metadata update whose item list shows the discount on si_a), or at ``events`` with
-    cus_o's signup; the next full sync at month(3) flags the item's discount deleted. Returns (the discount, the update)."""
+    cus_o's signup. Returns (the discount, the update)."""
     discounted(world, {"percent_off": 50, "duration": "forever"}, item_level=True)
     (d,) = world.objects["discounts"].values()
     world.cycle("sub_1", month(1))
@@ -48,32 +50,61 @@ def removed_with_its_discount(world: World, store: Any, *, prorate: bool = False
     if events > month(1, 5):  # (cus_o's signup then: the oldest event stored)
         world.customer("cus_o")
         world.subscribe("sub_o", "cus_o", [("si_o", "price_b", 1)], events)
+    return d, update
+
+
+def load_removed(world: World, store: Any, *, prorate: bool = False, renewal: bool = False,
+                 lists: str = "with-discounts", events: int = month(1, 5)) -> None:
+    """:func:`build_removed` loaded into ``store`` (not recomputed: other accounts may be loaded in it first); the
+    next full sync at month(3) flags the item's discount deleted."""
+    build_removed(world, prorate=prorate, renewal=renewal, lists=lists, events=events)
     world.load(store, seen_at=month(3), events=events)
     at = dt.datetime.fromtimestamp(month(3), tz=dt.UTC)
     mark_unlisted_children(store, world.account_id, at, at)
-    assert store.execute("SELECT deleted FROM discounts").fetchall() == [(True,)]
-    recompute(store, make_settings())
-    return d, update
+    assert store.execute("SELECT deleted FROM discounts WHERE account_id = ?",
+                         [world.account_id]).fetchall() == [(True,)]
+
+
+# (the cases of the two tests below: keyword arguments of build_removed by account)
+ENDS_WITH_ITEM = {f"acct_{lists}-{renewal}-{prorate}": {"prorate": prorate, "renewal": renewal, "lists": lists}
+                  for prorate in (False, True) for renewal in (False, True)
+                  for lists in ("with-discounts", "without-discounts")}
+NOTHING_DATES = {"acct_list-cut-short": {"events": month(1, 5), "lists": "cut-short"},
+                 "acct_deleted-before-the-events": {"events": month(1, 20), "lists": "with-discounts"}}
+
+
+@pytest.fixture(scope="module")
+def cases_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """Every case of the two tests below its own account of one store, derived once."""
+    con = module_stores()
+    for account, kwargs in {**ENDS_WITH_ITEM, **NOTHING_DATES}.items():
+        load_removed(World(account_id=account), con, **kwargs)
+    recompute(con, make_settings())
+    return con
 
 
 @pytest.mark.parametrize("prorate", [False, True], ids=["no-prorations", "prorated"])
 @pytest.mark.parametrize("renewal", [False, True], ids=["no-renewal", "then-a-renewal"])
 @pytest.mark.parametrize("lists", ["with-discounts", "without-discounts"])
-def test_an_items_discount_ends_with_the_item_an_update_deletes(world: World, store: Any, prorate: bool,
-                                                                renewal: bool, lists: str) -> None:
+def test_an_items_discount_ends_with_the_item_an_update_deletes(cases_store: duckdb.DuckDBPyConnection,
+                                                                prorate: bool, renewal: bool, lists: str) -> None:
     """The update deleting si_a is the discount's end and its removal event; the item's MRR leaves at the
     discounted 20.00 with it, one movement, and no estimate is reported (the discount ended at the sync that
     found it gone, two months later, with a discount_end_estimated row; no invoice line of si_a came after)."""
-    _, update = removed_with_its_discount(world, store, prorate=prorate, renewal=renewal, lists=lists)
+    store, account = cases_store, f"acct_{lists}-{renewal}-{prorate}"
+    _, update = build_removed(World(account_id=account), **ENDS_WITH_ITEM[account])
     assert store.execute("SELECT CAST(epoch(valid_to) AS BIGINT), removal_event_id, end_dated_by "
-                         "FROM derived_discount_spans").fetchall() == [(month(1, 10), update["id"], None)]
-    assert customer_mrr_at(store, "cus_1", month(1, 10) - 1) == Decimal("70.0000")
-    assert customer_mrr_at(store, "cus_1", month(1, 10)) == Decimal("50.0000")
+                         "FROM derived_discount_spans WHERE account_id = ?",
+                         [account]).fetchall() == [(month(1, 10), update["id"], None)], account
+    assert customer_mrr_at(store, "cus_1", month(1, 10) - 1, account) == Decimal("70.0000"), account
+    assert customer_mrr_at(store, "cus_1", month(1, 10), account) == Decimal("50.0000"), account
     moves = store.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement, subscription_item_id, mrr_delta, "
-                          "source_event_id FROM mrr_movements ORDER BY occurred_at").fetchall()
+                          "source_event_id FROM mrr_movements WHERE account_id = ? ORDER BY occurred_at",
+                          [account]).fetchall()
     assert moves == [(T0, "new", "si_b", Decimal("70.0000"), None),
-                     (month(1, 10), "downgrade", "si_a", Decimal("-20.0000"), update["id"])]
-    assert store.execute("SELECT kind, detail FROM data_quality").fetchall() == []
+                     (month(1, 10), "downgrade", "si_a", Decimal("-20.0000"), update["id"])], (account, moves)
+    assert store.execute("SELECT kind, detail FROM data_quality WHERE account_id = ?", [account]).fetchall() == [], (
+        account)
 
 
 def test_a_discount_taken_off_before_its_item_is_deleted_ends_when_taken_off(world: World, store: Any) -> None:
@@ -98,18 +129,19 @@ def test_a_discount_taken_off_before_its_item_is_deleted_ends_when_taken_off(wor
 
 
 @pytest.mark.parametrize("case", ["list-cut-short", "deleted-before-the-events"])
-def test_an_items_discount_nothing_dates_keeps_its_estimate(world: World, store: Any, case: str) -> None:
+def test_an_items_discount_nothing_dates_keeps_its_estimate(cases_store: duckdb.DuckDBPyConnection, case: str
+                                                            ) -> None:
     """Controls: the update's item lists cut short (has_more) leave si_a out, or the events begin after the
     deletion: no complete list shows the item gone after one that has it, so nothing in the events dates the
     discount's end, and it stays the sync's estimate with its discount_end_estimated row."""
-    later = month(1, 20) if case == "deleted-before-the-events" else month(1, 5)
-    d, _ = removed_with_its_discount(world, store, events=later,
-                                     lists="cut-short" if case == "list-cut-short" else "with-discounts")
+    store, account = cases_store, f"acct_{case}"
+    d, _ = build_removed(World(account_id=account), **NOTHING_DATES[account])
     assert store.execute("SELECT CAST(epoch(valid_to) AS BIGINT), removal_event_id, end_dated_by "
-                         "FROM derived_discount_spans").fetchall() == [(month(3), None, "sync")]
+                         "FROM derived_discount_spans WHERE account_id = ?",
+                         [account]).fetchall() == [(month(3), None, "sync")], account
     assert store.execute("SELECT kind, object_id, CAST(epoch(moment) AS BIGINT) FROM data_quality "
-                         "WHERE kind = 'discount_end_estimated'").fetchall() == [
-        ("discount_end_estimated", d["id"], month(3))]
+                         "WHERE kind = 'discount_end_estimated' AND account_id = ?", [account]).fetchall() == [
+        ("discount_end_estimated", d["id"], month(3))], account
 
 
 @pytest.mark.parametrize("shards", [1, 2])
