@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from conftest import customer_mrr_at
+from conftest import customer_mrr_at, make_settings
+
+from stripe_churn.metrics.runner import recompute
 
 T0 = ts(2024, 1, 1)
 Derive = Callable[..., duckdb.DuckDBPyConnection]
@@ -44,38 +47,54 @@ def oldest_event(w: World) -> None:
     w.subscribe("sub_o", "cus_o", [("si_o", "basic", 1)], month(2, 15))
 
 
-def movements(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") -> list[tuple[int, str, int]]:
+def movements(con: duckdb.DuckDBPyConnection, customer: str = "cus_1", account_id: str | None = None
+              ) -> list[tuple[int, str, int]]:
+    """The customer's movements (of one account when the store holds several)."""
     rows = con.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement, mrr_delta FROM mrr_movements "
-                       "WHERE customer_id = ? ORDER BY occurred_at, movement", [customer]).fetchall()
+                       "WHERE customer_id = ? AND account_id = coalesce(?, account_id) ORDER BY occurred_at, movement",
+                       [customer, account_id]).fetchall()
     return [(r[0], r[1], r[2]) for r in rows]
 
 
+def source_invoices(con: duckdb.DuckDBPyConnection, account_id: str) -> list[tuple[str]]:
+    """The invoice each of the account's movements of si_2 is traced to."""
+    return con.execute("SELECT source_invoice_id FROM mrr_movements WHERE subscription_item_id = 'si_2' "
+                       "AND account_id = ?", [account_id]).fetchall()
+
+
 EVENTS = pytest.mark.parametrize("events", [False, True], ids=["no-events", "events-begin-later"])
+ADDED_CASES = {"cross-sell": (("si_2", "store", 10), "cross_sell"), "seat": (("si_2", "extra", 2), "seat_expansion")}
+SWAPS = ["plan-switch", "add-on-swap"]
+Case = tuple[int, bool | int, Any]  # (seen_at, events, what the test reads back)
+
+
+def added_without_prorations(w: World, events: bool, added: tuple[str, str, int]) -> Case:
+    """The add-on (or seats) of the 11th without prorations, first billed by the renewal of month(2); the events
+    begin at month(2, 15), or none are kept. Returns the renewal too."""
+    account(w)
+    w.update("sub_1", ADDED, items=[("si_1", "basic", 3), added], prorate=False)
+    renewal = w.cycle("sub_1", month(2))
+    oldest_event(w)
+    return month(2, 20), month(2, 15) if events else False, renewal
 
 
 @EVENTS
-@pytest.mark.parametrize(("added", "movement"), [(("si_2", "store", 10), "cross_sell"),
-                                                 (("si_2", "extra", 2), "seat_expansion")],
-                         ids=["cross-sell", "seat"])
-def test_an_item_added_without_prorations_counts_from_its_creation(world: World, derive: Derive, events: bool,
-                                                                  added: tuple[str, str, int],
-                                                                  movement: str) -> None:
+@pytest.mark.parametrize("added", ADDED_CASES)
+def test_an_item_added_without_prorations_counts_from_its_creation(cases_store: duckdb.DuckDBPyConnection,
+                                                                  events: bool, added: str) -> None:
     """An add-on (storage, 10 × 7.00) or more seats of another core product (2 × 10.00) added on the 11th without
     prorations: the renewal of month(2) bills it first. It counts from its `created`, at what it was first billed,
     and its movement is dated there (it was dated at the renewal: February's expansion showed in March)."""
-    account(world)
-    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), added], prorate=False)
-    renewal = world.cycle("sub_1", month(2))
-    oldest_event(world)
-    con = derive(world, seen_at=month(2, 20), events=month(2, 15) if events else False)
-    delta = {"store": 70, "extra": 20}[added[1]]
-    assert movements(con) == [(T0, "new", 30), (ADDED, movement, delta)]
-    assert customer_mrr_at(con, "cus_1", ADDED - 1) == 30
-    assert customer_mrr_at(con, "cus_1", ADDED) == 30 + delta
-    assert customer_mrr_at(con, "cus_1", month(2, 1)) == 30 + delta
+    con, acct = cases_store, f"acct_added-without-{added}-{events}"
+    item, movement = ADDED_CASES[added]
+    _, _, renewal = added_without_prorations(World(account_id=acct), events, item)
+    delta = {"store": 70, "extra": 20}[item[1]]
+    assert movements(con, account_id=acct) == [(T0, "new", 30), (ADDED, movement, delta)], acct
+    assert customer_mrr_at(con, "cus_1", ADDED - 1, acct) == 30, acct
+    assert customer_mrr_at(con, "cus_1", ADDED, acct) == 30 + delta, acct
+    assert customer_mrr_at(con, "cus_1", month(2, 1), acct) == 30 + delta, acct
     # (the change is traced to the invoice that first bills the item)
-    assert con.execute("SELECT source_invoice_id FROM mrr_movements WHERE subscription_item_id = 'si_2'"
-                       ).fetchall() == [(renewal["id"],)]
+    assert source_invoices(con, acct) == [(renewal["id"],)], acct
 
 
 @EVENTS
@@ -103,23 +122,30 @@ def swap_without_prorations(world: World, swap: str) -> tuple[int, int, list[tup
                      (ADDED, "downgrade", -70)]
 
 
+def replaced_without_prorations(w: World, events: bool, swap: str) -> Case:
+    """:func:`swap_without_prorations`, renewed at month(2); the events begin at month(2, 15), or none are kept.
+    Returns (before, after, expected movements) too."""
+    account(w)
+    out = swap_without_prorations(w, swap)
+    w.cycle("sub_1", month(2))
+    oldest_event(w)
+    return month(2, 20), month(2, 15) if events else False, out
+
+
 @EVENTS
-@pytest.mark.parametrize("swap", ["plan-switch", "add-on-swap"])
-def test_an_item_replaced_without_prorations_ends_when_its_successor_begins(world: World, derive: Derive,
+@pytest.mark.parametrize("swap", SWAPS)
+def test_an_item_replaced_without_prorations_ends_when_its_successor_begins(cases_store: duckdb.DuckDBPyConnection,
                                                                             events: bool, swap: str) -> None:
     """One update without prorations deletes an item and adds another: basic's 3 seats for pro's (a plan switch,
     10.00 to 20.00 a seat), or a storage add-on for support. Nothing dates the deletion but the renewal that no
     longer bills it; the addition is dated by the new item's `created`, and the item the same renewal drops ends
     there too, so the two are never counted together (the customer is at 30 then 60, never 90)."""
-    account(world)
-    before, after, expected = swap_without_prorations(world, swap)
-    world.cycle("sub_1", month(2))
-    oldest_event(world)
-    con = derive(world, seen_at=month(2, 20), events=month(2, 15) if events else False)
-    assert customer_mrr_at(con, "cus_1", ADDED - 1) == before
-    assert customer_mrr_at(con, "cus_1", ADDED) == after
-    assert customer_mrr_at(con, "cus_1", month(2, 1)) == after
-    assert movements(con) == expected
+    con, acct = cases_store, f"acct_replaced-without-{swap}-{events}"
+    _, _, (before, after, expected) = replaced_without_prorations(World(account_id=acct), events, swap)
+    assert customer_mrr_at(con, "cus_1", ADDED - 1, acct) == before, acct
+    assert customer_mrr_at(con, "cus_1", ADDED, acct) == after, acct
+    assert customer_mrr_at(con, "cus_1", month(2, 1), acct) == after, acct
+    assert movements(con, account_id=acct) == expected, acct
 
 
 @EVENTS
@@ -234,53 +260,94 @@ def window_begins(w: World, own_event: bool) -> None:
         w.update("sub_1", month(1, 24), metadata={"note": "renewal due"})
 
 
+def added_before_the_events(w: World, own_event: bool, added: tuple[str, str, int], billed: bool) -> Case:
+    """The add-on (or seats) of the 11th without prorations, the events beginning at WINDOW; the renewal that
+    first bills it inside them, or not yet (the sync on month(1, 27)). Returns the renewal (or None) too."""
+    account(w)
+    w.update("sub_1", ADDED, items=[("si_1", "basic", 3), added], prorate=False)
+    window_begins(w, own_event)
+    renewal = w.cycle("sub_1", month(2)) if billed else None
+    return month(2, 20) if billed else month(1, 27), WINDOW, renewal
+
+
 @OWN_EVENT
-@pytest.mark.parametrize(("added", "movement"), [(("si_2", "store", 10), "cross_sell"),
-                                                 (("si_2", "extra", 2), "seat_expansion")],
-                         ids=["cross-sell", "seat"])
+@pytest.mark.parametrize("added", ADDED_CASES)
 @pytest.mark.parametrize("billed", [True, False], ids=["billed-inside", "not-billed-yet"])
-def test_an_item_added_before_the_events_first_billed_after_they_begin(world: World, derive: Derive,
-                                                                        own_event: bool, added: tuple[str, str, int],
-                                                                        movement: str, billed: bool) -> None:
+def test_an_item_added_before_the_events_first_billed_after_they_begin(cases_store: duckdb.DuckDBPyConnection,
+                                                                        own_event: bool, added: str, billed: bool
+                                                                        ) -> None:
     """The add-on (or the seats) of the 11th without prorations, the events beginning on the 21st: it counts from
     its `created`, not from the events' first state; the renewal that first bills it, inside the events, is its
     source (not yet billed at the sync, as on an annual plan: the first state that lists it is)."""
-    account(world)
-    world.update("sub_1", ADDED, items=[("si_1", "basic", 3), added], prorate=False)
-    window_begins(world, own_event)
-    renewal = world.cycle("sub_1", month(2)) if billed else None
-    seen = month(2, 20) if billed else month(1, 27)
-    con = derive(world, seen_at=seen, events=WINDOW)
-    delta = {"store": 70, "extra": 20}[added[1]]
-    assert movements(con) == [(T0, "new", 30), (ADDED, movement, delta)]
-    assert customer_mrr_at(con, "cus_1", ADDED - 1) == 30
-    assert customer_mrr_at(con, "cus_1", ADDED) == 30 + delta
-    assert customer_mrr_at(con, "cus_1", WINDOW) == 30 + delta
+    con, acct = cases_store, f"acct_added-before-{added}-{own_event}-{billed}"
+    item, movement = ADDED_CASES[added]
+    _, _, renewal = added_before_the_events(World(account_id=acct), own_event, item, billed)
+    delta = {"store": 70, "extra": 20}[item[1]]
+    assert movements(con, account_id=acct) == [(T0, "new", 30), (ADDED, movement, delta)], acct
+    assert customer_mrr_at(con, "cus_1", ADDED - 1, acct) == 30, acct
+    assert customer_mrr_at(con, "cus_1", ADDED, acct) == 30 + delta, acct
+    assert customer_mrr_at(con, "cus_1", WINDOW, acct) == 30 + delta, acct
     if billed:
         assert renewal is not None
-        assert customer_mrr_at(con, "cus_1", month(2, 1)) == 30 + delta
-        assert con.execute("SELECT source_invoice_id FROM mrr_movements WHERE subscription_item_id = 'si_2'"
-                           ).fetchall() == [(renewal["id"],)]
+        assert customer_mrr_at(con, "cus_1", month(2, 1), acct) == 30 + delta, acct
+        assert source_invoices(con, acct) == [(renewal["id"],)], acct
+
+
+def replaced_before_the_events(w: World, own_event: bool, swap: str) -> Case:
+    """:func:`swap_without_prorations`, the events beginning at WINDOW, the renewal that bills the new item inside
+    them. Returns (before, after, expected movements) too."""
+    account(w)
+    out = swap_without_prorations(w, swap)
+    window_begins(w, own_event)
+    w.cycle("sub_1", month(2))
+    return month(2, 20), WINDOW, out
 
 
 @OWN_EVENT
-@pytest.mark.parametrize("swap", ["plan-switch", "add-on-swap"])
-def test_an_item_replaced_before_the_events_ends_when_its_successor_begins(world: World, derive: Derive,
+@pytest.mark.parametrize("swap", SWAPS)
+def test_an_item_replaced_before_the_events_ends_when_its_successor_begins(cases_store: duckdb.DuckDBPyConnection,
                                                                             own_event: bool, swap: str) -> None:
     """The plan switch (basic's 3 seats for pro's) or the add-on swap (storage for support) of the 11th without
     prorations, the renewal that bills the new item inside the events: the first state they give lists the new item
     and no longer the old one, which nothing else dates (no credit). Both move to the new item's `created`
     together: the customer is at 30 then 60 (100 then 80), never both items at once, nor the switch ten days late."""
-    account(world)
-    before, after, expected = swap_without_prorations(world, swap)
-    window_begins(world, own_event)
-    world.cycle("sub_1", month(2))
-    con = derive(world, seen_at=month(2, 20), events=WINDOW)
-    assert customer_mrr_at(con, "cus_1", ADDED - 1) == before
-    assert customer_mrr_at(con, "cus_1", ADDED) == after
-    assert customer_mrr_at(con, "cus_1", WINDOW) == after
-    assert customer_mrr_at(con, "cus_1", month(2, 1)) == after
-    assert movements(con) == expected
+    con, acct = cases_store, f"acct_replaced-before-{swap}-{own_event}"
+    _, _, (before, after, expected) = replaced_before_the_events(World(account_id=acct), own_event, swap)
+    assert customer_mrr_at(con, "cus_1", ADDED - 1, acct) == before, acct
+    assert customer_mrr_at(con, "cus_1", ADDED, acct) == after, acct
+    assert customer_mrr_at(con, "cus_1", WINDOW, acct) == after, acct
+    assert customer_mrr_at(con, "cus_1", month(2, 1), acct) == after, acct
+    assert movements(con, account_id=acct) == expected, acct
+
+
+@pytest.fixture(scope="module")
+def cases_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """Every case of the four families above its own account (``acct_<family>-<case>``, as each test names it) of
+    one store, derived once."""
+    con = module_stores()
+    cases: dict[str, Callable[[World], Case]] = {}
+    for events in (False, True):
+        for added, (item, _) in ADDED_CASES.items():
+            cases[f"acct_added-without-{added}-{events}"] = (
+                lambda w, e=events, i=item: added_without_prorations(w, e, i))
+        for swap in SWAPS:
+            cases[f"acct_replaced-without-{swap}-{events}"] = (
+                lambda w, e=events, sw=swap: replaced_without_prorations(w, e, sw))
+    for own_event in (False, True):
+        for added, (item, _) in ADDED_CASES.items():
+            for billed in (True, False):
+                cases[f"acct_added-before-{added}-{own_event}-{billed}"] = (
+                    lambda w, o=own_event, i=item, b=billed: added_before_the_events(w, o, i, b))
+        for swap in SWAPS:
+            cases[f"acct_replaced-before-{swap}-{own_event}"] = (
+                lambda w, o=own_event, sw=swap: replaced_before_the_events(w, o, sw))
+    assert len(cases) == 20
+    for acct, build in cases.items():
+        w = World(account_id=acct)
+        seen_at, events_from, _ = build(w)
+        w.load(con, seen_at=seen_at, events=events_from)
+    recompute(con, make_settings())
+    return con
 
 
 def test_an_item_added_with_prorations_before_the_events_is_dated_by_its_proration(world: World,
