@@ -557,10 +557,61 @@ def test_removed_item_discount_counts_until_its_items_lines_bill_without_it(worl
     assert ("the sync that found it gone" in row[3]) == (evidence == "only-the-sync")
 
 
-@pytest.mark.parametrize("evidence", ["update-event", "update-event-expanded", "update-event-then-a-renewal",
-                                      "repeating-taken-off-early", "update-and-discount-event", "list-cut-short"])
-def test_item_discount_removed_inside_the_events_ends_at_the_update_that_took_it_off(world: World, store: Any,
-                                                                                    evidence: str) -> None:
+ITEM_DISCOUNT_EVIDENCE = ["update-event", "update-event-expanded", "update-event-then-a-renewal",
+                          "repeating-taken-off-early", "update-and-discount-event", "list-cut-short"]
+
+
+def item_discount_taken_off(w: World, evidence: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """si_a's 50% discount (70.00 with it, 90.00 without) taken off by an update on month(1, 10), the events
+    kept from month(1, 5), as ``evidence`` says. Returns (the discount's own deleted event or None, the update)."""
+    coupon = {"percent_off": 50, "duration": "forever"}
+    if evidence == "repeating-taken-off-early":
+        coupon = {"percent_off": 50, "duration": "repeating", "duration_in_months": 6}  # (its end: month 6)
+    discounted(w, coupon, item_level=True)  # 70.00 with it, 90.00 without
+    (d,) = w.objects["discounts"].values()
+    sub = w.objects["subscriptions"]["sub_1"]
+    if evidence == "update-event-expanded":
+        sub["items"]["data"][0]["discounts"] = [dict(d)]
+    w.cycle("sub_1", month(1))
+    for inv in w.objects["invoices"].values():
+        for line in inv["lines"]["data"]:
+            if line["parent"]["subscription_item_details"]["subscription_item"] == "si_a":
+                line["discounts"] = [d["id"]]
+    w.update("sub_1", month(1, 5), metadata={"team": "north"})  # (an event whose item list shows it on si_a)
+    removed = month(1, 10)
+    before = copy.deepcopy(sub)
+    sub["items"]["data"][0]["discounts"] = []  # taken off si_a
+    update = w.event("customer.subscription.updated", removed, sub, before)
+    if evidence == "list-cut-short":  # (both lists: the state after and previous_attributes')
+        for items in (update["data"]["object"]["items"], update["data"]["previous_attributes"]["items"]):
+            items["data"], items["has_more"] = items["data"][1:], True
+    deleted = w.event("customer.discount.deleted", removed, d) if evidence == "update-and-discount-event" else None
+    if evidence in ("update-event-then-a-renewal", "list-cut-short"):
+        w.cycle("sub_1", month(2))  # bills si_a without it
+    return deleted, update
+
+
+@pytest.fixture(scope="module")
+def item_discount_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """Every case of the test below its own account (``acct_<evidence>``) of one store, loaded, its discount
+    flagged deleted by the full sync at month(3), then derived once."""
+    con = module_stores()
+    seen = month(3)
+    at = dt.datetime.fromtimestamp(seen, tz=dt.UTC)
+    for evidence in ITEM_DISCOUNT_EVIDENCE:
+        w = World(account_id=f"acct_{evidence}")
+        item_discount_taken_off(w, evidence)
+        w.load(con, seen_at=seen, events=month(1, 5))
+        mark_unlisted_children(con, w.account_id, at, at)
+        assert con.execute("SELECT deleted FROM discounts WHERE account_id = ?",
+                           [w.account_id]).fetchall() == [(True,)], w.account_id
+    recompute(con, make_settings())
+    return con
+
+
+@pytest.mark.parametrize("evidence", ITEM_DISCOUNT_EVIDENCE)
+def test_item_discount_removed_inside_the_events_ends_at_the_update_that_took_it_off(
+        item_discount_store: duckdb.DuckDBPyConnection, evidence: str) -> None:
     """A forever discount on one item taken off inside the events by a subscription update (the item's
     `discounts` no longer list it) with no customer.discount.deleted event (Stripe's reference does not say it
     sends one for an item's discount), then flagged deleted by the next full sync: it ended at that update, and the
@@ -568,54 +619,30 @@ def test_item_discount_removed_inside_the_events_ends_at_the_update_that_took_it
     sync.) With the discount's own event, its end stays that event's. An item list cut short (has_more) that
     leaves the item out says nothing of it: the item's invoice lines date the end, as before the events. (A
     repeating discount taken off before its own end ended at its end.)"""
-    coupon = {"percent_off": 50, "duration": "forever"}
-    if evidence == "repeating-taken-off-early":
-        coupon = {"percent_off": 50, "duration": "repeating", "duration_in_months": 6}  # (its end: month 6)
-    discounted(world, coupon, item_level=True)  # 70.00 with it, 90.00 without
-    (d,) = world.objects["discounts"].values()
-    sub = world.objects["subscriptions"]["sub_1"]
-    if evidence == "update-event-expanded":
-        sub["items"]["data"][0]["discounts"] = [dict(d)]
-    world.cycle("sub_1", month(1))
-    for inv in world.objects["invoices"].values():
-        for line in inv["lines"]["data"]:
-            if line["parent"]["subscription_item_details"]["subscription_item"] == "si_a":
-                line["discounts"] = [d["id"]]
-    world.update("sub_1", month(1, 5), metadata={"team": "north"})  # (an event whose item list shows it on si_a)
+    store, account = item_discount_store, f"acct_{evidence}"
+    deleted, update = item_discount_taken_off(World(account_id=account), evidence)
     removed = month(1, 10)
-    before = copy.deepcopy(sub)
-    sub["items"]["data"][0]["discounts"] = []  # taken off si_a
-    update = world.event("customer.subscription.updated", removed, sub, before)
-    if evidence == "list-cut-short":  # (both lists: the state after and previous_attributes')
-        for items in (update["data"]["object"]["items"], update["data"]["previous_attributes"]["items"]):
-            items["data"], items["has_more"] = items["data"][1:], True
-    deleted = world.event("customer.discount.deleted", removed, d) if evidence == "update-and-discount-event" else None
-    if evidence in ("update-event-then-a-renewal", "list-cut-short"):
-        world.cycle("sub_1", month(2))  # bills si_a without it
-    seen = month(3)
-    world.load(store, seen_at=seen, events=month(1, 5))
-    at = dt.datetime.fromtimestamp(seen, tz=dt.UTC)
-    mark_unlisted_children(store, world.account_id, at, at)
-    assert store.execute("SELECT deleted FROM discounts").fetchall() == [(True,)]
-    recompute(store, make_settings())
     went = month(2) if evidence == "list-cut-short" else removed
     spans = store.execute("SELECT CAST(epoch(valid_to) AS BIGINT), removal_event_id, end_dated_by "
-                          "FROM derived_discount_spans").fetchall()
+                          "FROM derived_discount_spans WHERE account_id = ?", [account]).fetchall()
     assert spans == ([(went, None, "invoice")] if evidence == "list-cut-short"
-                     else [(went, (deleted or update)["id"], None)])
-    assert customer_mrr_at(store, "cus_1", month(1, 5)) == Decimal("70.0000")
-    assert customer_mrr_at(store, "cus_1", went - 1) == Decimal("70.0000")
-    assert customer_mrr_at(store, "cus_1", went) == Decimal("90.0000")
-    assert customer_mrr_at(store, "cus_1", month(2, 15)) == Decimal("90.0000")
+                     else [(went, (deleted or update)["id"], None)]), account
+    assert customer_mrr_at(store, "cus_1", month(1, 5), account) == Decimal("70.0000"), account
+    assert customer_mrr_at(store, "cus_1", went - 1, account) == Decimal("70.0000"), account
+    assert customer_mrr_at(store, "cus_1", went, account) == Decimal("90.0000"), account
+    assert customer_mrr_at(store, "cus_1", month(2, 15), account) == Decimal("90.0000"), account
     moves = store.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement, subscription_item_id, mrr_delta, "
-                          "source_event_id FROM mrr_movements ORDER BY occurred_at").fetchall()
+                          "source_event_id FROM mrr_movements WHERE account_id = ? ORDER BY occurred_at",
+                          [account]).fetchall()
     assert [m[:4] for m in moves] == [(T0, "new", "si_b", Decimal("70.0000")),
-                                      (went, "discount", "si_a", Decimal("20.0000"))]
+                                      (went, "discount", "si_a", Decimal("20.0000"))], (account, moves)
     # (the movement's source: the subscription's event that changed the item)
-    assert moves[1][4] == (None if evidence == "list-cut-short" else update["id"])
-    dq = store.execute("SELECT kind, CAST(epoch(moment) AS BIGINT), detail FROM data_quality").fetchall()
-    assert [r[:2] for r in dq] == ([("discount_end_estimated", went)] if evidence == "list-cut-short" else [])
-    assert all("item si_a and no stored event shows when" in r[2] for r in dq)
+    assert moves[1][4] == (None if evidence == "list-cut-short" else update["id"]), account
+    dq = store.execute("SELECT kind, CAST(epoch(moment) AS BIGINT), detail FROM data_quality WHERE account_id = ?",
+                       [account]).fetchall()
+    assert [r[:2] for r in dq] == ([("discount_end_estimated", went)] if evidence == "list-cut-short" else []), (
+        account)
+    assert all("item si_a and no stored event shows when" in r[2] for r in dq), account
 
 
 def test_a_canceled_subscriptions_removed_discount_counts_to_the_end(world: World, store: Any) -> None:
