@@ -477,84 +477,127 @@ def test_discount_removed_early_by_event(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(1, 10)) == Decimal("90.0000")
 
 
-@pytest.mark.parametrize("evidence", ["removal-event", "next-invoice", "only-the-sync", "only-the-sync-clock-ahead"])
-def test_removed_forever_discount_counts_until_it_went(world: World, store: Any, evidence: str) -> None:
+FOREVER_EVIDENCE = ["removal-event", "next-invoice", "only-the-sync", "only-the-sync-clock-ahead"]
+ITEM_LINES_EVIDENCE = ["lines-list-it-expanded", "lines-list-it-by-id", "only-the-sync"]
+
+
+def forever_discount_removed(w: World, evidence: str) -> tuple[int, int]:
+    """sub_1's 10% forever discount (4 x 10.00 + 50.00 = 90.00, 81.00 with it) taken off on month(1, 10), as
+    ``evidence`` says. Returns (the removal, the sync that found it gone, in Stripe's clock)."""
+    discounted(w, {"percent_off": 10, "duration": "forever"})  # 4 x 10.00 + 50.00 = 90.00, 81.00 with it
+    d = next(iter(w.objects["discounts"]))
+    for inv in w.objects["invoices"].values():
+        inv["discounts"] = [d]
+    w.objects["invoices"][w.cycle("sub_1", month(1))["id"]]["discounts"] = [d]
+    removed = month(1, 10)
+    w.update("sub_1", removed, discounts=[], event=evidence == "removal-event")
+    if evidence == "next-invoice":
+        w.cycle("sub_1", month(2))  # lists no discount
+    return removed, month(3) if evidence != "removal-event" else month(2)
+
+
+def load_forever_discount_removed(con: duckdb.DuckDBPyConnection, w: World, evidence: str) -> None:
+    """:func:`forever_discount_removed` loaded by a full sync that flags the discount deleted (not recomputed)."""
+    _, seen = forever_discount_removed(w, evidence)
+    ahead = evidence == "only-the-sync-clock-ahead"
+    here = T0 + 2 * DAY if ahead else seen  # this machine's clock
+    # the events begin at the removal when they hold it, after every invoice when not
+    w.load(con, seen_at=here, events=True if evidence == "removal-event" else month(2, 15))
+    at = dt.datetime.fromtimestamp(here, tz=dt.UTC)
+    mark_unlisted_children(con, w.account_id, at, at, server_time=seen if ahead else None)
+    if ahead:  # (the listing's version, and the server's time the sync recorded: Stripe's clock)
+        con.execute("UPDATE subscriptions SET version = ? WHERE account_id = ?", [seen, w.account_id])
+        record_stripes_clock(con, w.account_id, seen)
+    assert con.execute("SELECT deleted FROM discounts WHERE account_id = ?",
+                       [w.account_id]).fetchall() == [(True,)], w.account_id
+
+
+def item_discount_removed_before_the_events(w: World, evidence: str) -> dict[str, Any]:
+    """si_a's 50% forever discount (70.00 with it, 90.00 without) taken off before the events, its lines listing it
+    as ``evidence`` says. Returns the discount."""
+    discounted(w, {"percent_off": 50, "duration": "forever"}, item_level=True)  # 70.00 with it, 90.00 without
+    (d,) = w.objects["discounts"].values()
+    w.cycle("sub_1", month(1))
+    for inv in w.objects["invoices"].values():
+        for line in inv["lines"]["data"]:
+            if line["parent"]["subscription_item_details"]["subscription_item"] == "si_a":
+                line["discounts"] = [d["id"] if evidence == "lines-list-it-by-id" else dict(d)]
+    w.objects["subscriptions"]["sub_1"]["items"]["data"][0]["discounts"] = []  # taken off si_a, no event
+    if evidence != "only-the-sync":
+        w.cycle("sub_1", month(2))  # bills si_a without it
+    return d
+
+
+@pytest.fixture(scope="module")
+def removed_discounts_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """Every case of the two tests below its own account (``acct_forever-<evidence>``, ``acct_item-<evidence>``)
+    of one store, loaded by a full sync that flags the discount deleted, then derived once."""
+    con = module_stores()
+    for evidence in FOREVER_EVIDENCE:
+        load_forever_discount_removed(con, World(account_id=f"acct_forever-{evidence}"), evidence)
+    seen = month(3)
+    at = dt.datetime.fromtimestamp(seen, tz=dt.UTC)
+    for evidence in ITEM_LINES_EVIDENCE:
+        w = World(account_id=f"acct_item-{evidence}")
+        item_discount_removed_before_the_events(w, evidence)
+        w.load(con, seen_at=seen, events=False)
+        mark_unlisted_children(con, w.account_id, at, at)
+        assert con.execute("SELECT deleted FROM discounts WHERE account_id = ?",
+                           [w.account_id]).fetchall() == [(True,)], w.account_id
+    recompute(con, make_settings())
+    return con
+
+
+@pytest.mark.parametrize("evidence", FOREVER_EVIDENCE)
+def test_removed_forever_discount_counts_until_it_went(removed_discounts_store: duckdb.DuckDBPyConnection,
+                                                       evidence: str) -> None:
     """A forever discount taken off a subscription is flagged deleted by the next full sync (it is no longer
     on its owner) and has no end of its own: it still reduced MRR from its start until it went. That moment is
     its removal event when the events hold it; before them, its owner's first invoice without it after the
     last one listing it; with neither, the sync that found it gone, which data_quality reports: in Stripe's clock
     when it runs ahead of this machine's (a sandbox advanced, a test clock; before, the discount ended at this
     machine's time of the sync, on its second day here)."""
-    discounted(world, {"percent_off": 10, "duration": "forever"})  # 4 x 10.00 + 50.00 = 90.00, 81.00 with it
-    d = next(iter(world.objects["discounts"]))
-    for inv in world.objects["invoices"].values():
-        inv["discounts"] = [d]
-    world.objects["invoices"][world.cycle("sub_1", month(1))["id"]]["discounts"] = [d]
-    removed = month(1, 10)
-    world.update("sub_1", removed, discounts=[], event=evidence == "removal-event")
-    if evidence == "next-invoice":
-        world.cycle("sub_1", month(2))  # lists no discount
-    seen = month(3) if evidence != "removal-event" else month(2)
-    ahead = evidence == "only-the-sync-clock-ahead"
-    here = T0 + 2 * DAY if ahead else seen  # this machine's clock
-    # the events begin at the removal when they hold it, after every invoice when not
-    world.load(store, seen_at=here, events=True if evidence == "removal-event" else month(2, 15))
-    at = dt.datetime.fromtimestamp(here, tz=dt.UTC)
-    mark_unlisted_children(store, world.account_id, at, at, server_time=seen if ahead else None)
-    if ahead:  # (the listing's version, and the server's time the sync recorded: Stripe's clock)
-        store.execute("UPDATE subscriptions SET version = ?", [seen])
-        record_stripes_clock(store, world.account_id, seen)
-    assert store.execute("SELECT deleted FROM discounts").fetchall() == [(True,)]
-    recompute(store, make_settings())
+    store, account = removed_discounts_store, f"acct_forever-{evidence}"
+    removed, seen = forever_discount_removed(World(account_id=account), evidence)
     went = {"removal-event": removed, "next-invoice": month(2)}.get(evidence, seen)
-    assert customer_mrr_at(store, "cus_1", T0 + DAY) == Decimal("81.0000")
-    assert customer_mrr_at(store, "cus_1", went - 1) == Decimal("81.0000")
-    assert customer_mrr_at(store, "cus_1", went) == Decimal("90.0000")
+    assert customer_mrr_at(store, "cus_1", T0 + DAY, account) == Decimal("81.0000"), account
+    assert customer_mrr_at(store, "cus_1", went - 1, account) == Decimal("81.0000"), account
+    assert customer_mrr_at(store, "cus_1", went, account) == Decimal("90.0000"), account
     moves = store.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement, mrr_delta FROM mrr_movements "
-                          "ORDER BY occurred_at, mrr_delta").fetchall()
+                          "WHERE account_id = ? ORDER BY occurred_at, mrr_delta", [account]).fetchall()
     # (the discount's end on each item: 10% of 40.00 and of 50.00)
     assert moves == [(T0, "new", Decimal("81.0000")), (went, "discount", Decimal("4.0000")),
-                     (went, "discount", Decimal("5.0000"))]
-    dq = store.execute("SELECT kind, CAST(epoch(moment) AS BIGINT) FROM data_quality").fetchall()
-    assert dq == ([] if evidence == "removal-event" else [("discount_end_estimated", went)])
+                     (went, "discount", Decimal("5.0000"))], (account, moves)
+    dq = store.execute("SELECT kind, CAST(epoch(moment) AS BIGINT) FROM data_quality WHERE account_id = ?",
+                       [account]).fetchall()
+    assert dq == ([] if evidence == "removal-event" else [("discount_end_estimated", went)]), (account, dq)
 
 
-@pytest.mark.parametrize("evidence", ["lines-list-it-expanded", "lines-list-it-by-id", "only-the-sync"])
-def test_removed_item_discount_counts_until_its_items_lines_bill_without_it(world: World, store: Any,
-                                                                           evidence: str) -> None:
+@pytest.mark.parametrize("evidence", ITEM_LINES_EVIDENCE)
+def test_removed_item_discount_counts_until_its_items_lines_bill_without_it(
+        removed_discounts_store: duckdb.DuckDBPyConnection, evidence: str) -> None:
     """A forever discount on one item, taken off before the events begin and flagged deleted by the next full sync
     (no longer on its item): Stripe bills it on that item's invoice lines (line.discounts, expanded by the sync or
     an id), not among the invoice's discounts, so its end is the first invoice after the last whose line for the
     item lists it that bills the item without it, as for a subscription's discount by its invoices. With no such
     invoice, the sync that found it gone. (It ended at the sync always, and data_quality said no invoice showed
     when.)"""
-    discounted(world, {"percent_off": 50, "duration": "forever"}, item_level=True)  # 70.00 with it, 90.00 without
-    (d,) = world.objects["discounts"].values()
-    world.cycle("sub_1", month(1))
-    for inv in world.objects["invoices"].values():
-        for line in inv["lines"]["data"]:
-            if line["parent"]["subscription_item_details"]["subscription_item"] == "si_a":
-                line["discounts"] = [d["id"] if evidence == "lines-list-it-by-id" else dict(d)]
-    world.objects["subscriptions"]["sub_1"]["items"]["data"][0]["discounts"] = []  # taken off si_a, no event
-    if evidence != "only-the-sync":
-        world.cycle("sub_1", month(2))  # bills si_a without it
+    store, account = removed_discounts_store, f"acct_item-{evidence}"
+    d = item_discount_removed_before_the_events(World(account_id=account), evidence)
     seen = month(3)
-    world.load(store, seen_at=seen, events=False)
-    at = dt.datetime.fromtimestamp(seen, tz=dt.UTC)
-    mark_unlisted_children(store, world.account_id, at, at)
-    assert store.execute("SELECT deleted FROM discounts").fetchall() == [(True,)]
-    recompute(store, make_settings())
     went = seen if evidence == "only-the-sync" else month(2)
-    assert customer_mrr_at(store, "cus_1", T0 + DAY) == Decimal("70.0000")
-    assert customer_mrr_at(store, "cus_1", went - 1) == Decimal("70.0000")
-    assert customer_mrr_at(store, "cus_1", went) == Decimal("90.0000")
+    assert customer_mrr_at(store, "cus_1", T0 + DAY, account) == Decimal("70.0000"), account
+    assert customer_mrr_at(store, "cus_1", went - 1, account) == Decimal("70.0000"), account
+    assert customer_mrr_at(store, "cus_1", went, account) == Decimal("90.0000"), account
     moves = store.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement, subscription_item_id, mrr_delta "
-                          "FROM mrr_movements ORDER BY occurred_at").fetchall()
-    assert moves == [(T0, "new", "si_b", Decimal("70.0000")), (went, "discount", "si_a", Decimal("20.0000"))]
-    (row,) = store.execute("SELECT kind, object_id, CAST(epoch(moment) AS BIGINT), detail FROM data_quality").fetchall()
-    assert row[:3] == ("discount_end_estimated", d["id"], went)
-    assert "item si_a" in row[3]
-    assert ("the sync that found it gone" in row[3]) == (evidence == "only-the-sync")
+                          "FROM mrr_movements WHERE account_id = ? ORDER BY occurred_at", [account]).fetchall()
+    assert moves == [(T0, "new", "si_b", Decimal("70.0000")), (went, "discount", "si_a", Decimal("20.0000"))], (
+        account, moves)
+    (row,) = store.execute("SELECT kind, object_id, CAST(epoch(moment) AS BIGINT), detail FROM data_quality "
+                           "WHERE account_id = ?", [account]).fetchall()
+    assert row[:3] == ("discount_end_estimated", d["id"], went), account
+    assert "item si_a" in row[3], account
+    assert ("the sync that found it gone" in row[3]) == (evidence == "only-the-sync"), account
 
 
 ITEM_DISCOUNT_EVIDENCE = ["update-event", "update-event-expanded", "update-event-then-a-renewal",
