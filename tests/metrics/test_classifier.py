@@ -485,12 +485,12 @@ def test_amount_off_discount_kept(world: World, derive: Derive) -> None:
     ]
 
 
-@pytest.mark.parametrize("change", ["coupon-ends", "coupon-starts", "item-coupon-dropped"])
-@pytest.mark.parametrize("new_item", [False, True], ids=["same-item", "new-item"])
-def test_discount_changing_with_a_plan_switch(world: World, derive: Derive, change: str, new_item: bool) -> None:
-    """A discount that starts or ends in the window of a plan switch is a `discount` movement (design.md 4), and
-    the switch is labelled alike whether Stripe kept the item id or replaced the item (a pair, design.md 5):
-    plan part at the discount before the change, the discount part the rest."""
+PLAN_SWITCH_CHANGES = ["coupon-ends", "coupon-starts", "item-coupon-dropped"]
+
+
+def discount_changing_with_a_plan_switch(world: World, change: str, new_item: bool) -> tuple[World, list[Row], str]:
+    """4 seats switched from basic to pro (``new_item``: a new item replaces the old) as a discount ends, starts or
+    is dropped from the item. Returns the world, the expected movements but the `new` and the new item's id."""
     w = base(world)
     w.coupon("quarter", percent_off=25, duration="repeating", duration_in_months=3)
     w.coupon("quarter_forever", percent_off=25)
@@ -522,11 +522,44 @@ def test_discount_changing_with_a_plan_switch(world: World, derive: Derive, chan
         w.update("sub_1", at, items=[(new_id, "core_pro", 4)])
         w.objects["subscriptions"]["sub_1"]["items"]["data"][0]["discounts"] = []
         expected = [(at, "discount", "expansion", Decimal("20.0000")), (at, "upgrade", "expansion", Decimal("30.0000"))]
-    con = derive(w, seen_at=month(4))
-    got = [m for m in movements(con) if m[1] != "new"]
-    assert [m[:4] for m in got] == expected
-    assert {m[4] for m in got} == {new_id}
-    check_invariants(con)
+    return w, expected, new_id
+
+
+@pytest.fixture(scope="module")
+def discount_changes_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
+    """Every case of test_discount_changing_with_a_plan_switch and
+    test_a_discount_change_taking_off_the_same_amount_is_a_discount_part its own account of one store, derived
+    once."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.settings import Settings
+
+    con = module_stores()
+    for change in PLAN_SWITCH_CHANGES:
+        for new_item in (False, True):
+            w, _, _ = discount_changing_with_a_plan_switch(World(account_id=f"acct_{change}-{new_item}"), change,
+                                                           new_item)
+            w.load(con, seen_at=month(4))
+    for coupon, _ in SECOND_COUPONS.values():
+        for how in SAME_AMOUNT_HOW:
+            w, _ = discount_change_taking_off(World(account_id=f"acct_{how}-{coupon}"), coupon, how)
+            w.load(con, seen_at=month(3))
+    recompute(con, Settings())
+    return con
+
+
+@pytest.mark.parametrize("change", PLAN_SWITCH_CHANGES)
+@pytest.mark.parametrize("new_item", [False, True], ids=["same-item", "new-item"])
+def test_discount_changing_with_a_plan_switch(discount_changes_store: duckdb.DuckDBPyConnection, change: str,
+                                              new_item: bool) -> None:
+    """A discount that starts or ends in the window of a plan switch is a `discount` movement (design.md 4), and
+    the switch is labelled alike whether Stripe kept the item id or replaced the item (a pair, design.md 5):
+    plan part at the discount before the change, the discount part the rest."""
+    con, account = discount_changes_store, f"acct_{change}-{new_item}"
+    _, expected, new_id = discount_changing_with_a_plan_switch(World(account_id=account), change, new_item)
+    got = [m for m in movements(con, account=account) if m[1] != "new"]
+    assert [m[:4] for m in got] == expected, (account, got)
+    assert {m[4] for m in got} == {new_id}, account
+    check_invariants(con, account=account)
 
 
 def test_cancellation_carries_churn_type_and_feedback(world: World, derive: Derive) -> None:
@@ -619,14 +652,13 @@ def test_an_undone_churn_keeps_no_reason_given_later(world: World, derive: Deriv
         (str(datetime.fromtimestamp(month(3), UTC).date()), "involuntary", "too_expensive", Decimal(20))]
 
 
-@pytest.mark.parametrize("second", [("co_r50", "-20.0000"), ("co_f25", "-7.5000")], ids=["same-amount-off", "other"])
-@pytest.mark.parametrize("how", ["same-item", "new-subscription"])
-def test_a_discount_change_taking_off_the_same_amount_is_a_discount_part(world: World, derive: Derive,
-                                                                          second: tuple[str, str], how: str) -> None:
-    """5 seats at 50.00 with 10% off (225.00) become 1 seat with another coupon within the window: the seat part
-    is valued at the old discount (0.9 x -200 = -180) and the discount's change is its own part, also when the
-    new coupon (50%) happens to take off the same 25.00 as the old one."""
-    coupon, discount_part = second
+SECOND_COUPONS = {"same-amount-off": ("co_r50", "-20.0000"), "other": ("co_f25", "-7.5000")}
+SAME_AMOUNT_HOW = ["same-item", "new-subscription"]
+
+
+def discount_change_taking_off(world: World, coupon: str, how: str) -> tuple[World, int]:
+    """5 seats at 50.00 with 10% off become 1 seat with ``coupon`` within the window (``how``). Returns the world
+    and the change's moment."""
     w = base(world)
     w.coupon("co_r10", percent_off=10, duration="repeating", duration_in_months=6)
     w.coupon("co_r50", percent_off=50, duration="forever")
@@ -642,10 +674,23 @@ def test_a_discount_change_taking_off_the_same_amount_is_a_discount_part(world: 
         w.cancel("sub_1", at)
         d2 = w.discount(coupon, at + 17 * 60, customer="cus_1", subscription="sub_2")
         w.subscribe("sub_2", "cus_1", [("si_2", "analytics", 1)], at + 17 * 60, discounts=[d2["id"]])
-    con = derive(w, seen_at=month(3))
-    got = sorted((r["movement"], str(r["mrr_delta"])) for r in rows(con, f"occurred_at = to_timestamp({at})"))
-    assert got == sorted([("seat_contraction", "-180.0000"), ("discount", discount_part)])
-    check_invariants(con)
+    return w, at
+
+
+@pytest.mark.parametrize("second", SECOND_COUPONS)
+@pytest.mark.parametrize("how", SAME_AMOUNT_HOW)
+def test_a_discount_change_taking_off_the_same_amount_is_a_discount_part(
+        discount_changes_store: duckdb.DuckDBPyConnection, second: str, how: str) -> None:
+    """5 seats at 50.00 with 10% off (225.00) become 1 seat with another coupon within the window: the seat part
+    is valued at the old discount (0.9 x -200 = -180) and the discount's change is its own part, also when the
+    new coupon (50%) happens to take off the same 25.00 as the old one."""
+    coupon, discount_part = SECOND_COUPONS[second]
+    con, account = discount_changes_store, f"acct_{how}-{coupon}"
+    _, at = discount_change_taking_off(World(account_id=account), coupon, how)
+    got = sorted((r["movement"], str(r["mrr_delta"]))
+                 for r in rows(con, f"occurred_at = to_timestamp({at}) AND account_id = '{account}'"))
+    assert got == sorted([("seat_contraction", "-180.0000"), ("discount", discount_part)]), (account, got)
+    check_invariants(con, account=account)
 
 
 @pytest.mark.parametrize("change", ["seats", "added-item", "beside-another-subscription"])
