@@ -71,13 +71,14 @@ QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id, moment ORDE
 -- whose previous_attributes hold the request's canceled_at and whose data.object no longer does (or holds another,
 -- a later request): the subscription counts zero from the request to that event. Its reason, feedback and comment
 -- are those of the state before the event (previous_attributes merged onto data.object). A request and its undoing
--- that no stored event shows (both before the events, or between two syncs) leave nothing. A request in force in
--- the last state stored before a gap in the events (its data.object's canceled_at, not ended) that the state where
--- coverage starts again no longer holds (the first event after the gap's state before it, else the snapshot: cleared,
--- or another, later request, and not ended) was taken back in the gap, its event lost: the subscription counts zero
--- from the request to where coverage starts (where 20 lets the state after the gap take over, as a snapshot's does),
--- or to the later request when that came first; a request made and taken back inside the gap leaves nothing. The
--- JSON is read only under that setting, of the updated events and of those two events of a subscription alone.
+-- that no stored event shows (both before the events, or between two syncs) leave nothing. A request in force in the
+-- last state stored before a gap in the events (its data.object's canceled_at, not ended, and no stored event took it
+-- back) that the state where coverage starts again no longer holds (the first event after the gap's state before it,
+-- else the snapshot: cleared, or another, later request, and not ended) was taken back in the gap, its event lost: the
+-- subscription counts zero from the request to where coverage starts (where 20 lets the state after the gap take over,
+-- as a snapshot's does), or to the later request when that came first; a request made and taken back inside the gap
+-- leaves nothing. The JSON is read only under that setting, of the updated events and of those two events of a
+-- subscription alone.
 -- (Kept per customer: 70 reads it for the customers whose movements alone are derived again.)
 CREATE OR REPLACE TABLE derived_withdrawn_cancels AS
 WITH updated AS (
@@ -125,8 +126,14 @@ gap_requests AS (
                                                 '$.data.object.cancellation_details']) END AS v
           FROM last_early l
           JOIN events e ON e.rowid = l.rid
-          JOIN derived_settings st ON st.churn_recognition = 'canceled')
+          JOIN derived_settings st ON st.churn_recognition = 'canceled') g
     WHERE json_type(v[1]) IN ('UBIGINT', 'BIGINT') AND ts_of(json_extract_string(v[2], '$')) IS NULL
+      -- (not one a stored event took back: of events in one second, the order above does not look at canceled_at,
+      -- and a request and its undoing in one second may come in either)
+      AND NOT EXISTS (SELECT 1 FROM requests r
+                      WHERE r.account_id = g.account_id AND r.subscription_id = g.subscription_id
+                        AND r.requested_at = ts_of(json_extract_string(g.v[1], '$'))
+                        AND r.canceled_after IS DISTINCT FROM r.requested_at)
 ),
 -- the state where coverage starts again: the first event after the gap's state before it (previous_attributes
 -- over data.object; a deletion's, not yet ended), read for those subscriptions alone (an event without its JSON, in

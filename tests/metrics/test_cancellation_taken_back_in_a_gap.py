@@ -146,6 +146,24 @@ def test_a_request_made_and_taken_back_inside_the_gap_leaves_nothing(world: Worl
     assert customer_mrr_at(con, "cus_1", month(2, 18)) == Decimal("50.0000")
 
 
+def test_a_request_taken_back_in_its_own_second_before_the_gap_leaves_nothing(world: World, load: Load) -> None:
+    """Asked and taken back in the same second on 10 March, both events stored before the gap (Stripe's ids say
+    nothing of their order: here the undoing's id sorts first, and the two states differ in canceled_at alone): the
+    stored undoing took the request back, so nothing is lost in the gap and nothing changes. (Before: -50.00 on
+    10 March and +50.00 on 25 April, the request read as still in force before the gap.)"""
+    paying(world)
+    second_customer(world)
+    request(world, month(2, 9), feedback="too_expensive")
+    take_back(world, month(2, 9))
+    asked, undone = world.events[-2:]
+    asked["id"], undone["id"] = undone["id"], asked["id"]
+    world.cycle("sub_1", month(3))
+    world.update("sub_1", BACK, metadata={"note": "after the gap"})
+    con = load(world, churn_recognition="canceled")
+    assert [r[:5] for r in moves(con)] == [NEW]
+    assert customer_mrr_at(con, "cus_1", month(3, 5)) == Decimal("50.0000")
+
+
 def test_taken_back_in_the_gap_derived_incrementally_equals_a_full_recompute(tmp_path: Path) -> None:
     """A sync on 12 March (the request stored), then one after the gap (the coverage moved: the whole account
     derived again in a scope): every derived table and view as a full recompute of the same store gives, with the
