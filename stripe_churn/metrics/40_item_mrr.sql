@@ -76,9 +76,9 @@ QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id, moment ORDE
 -- back) that the state where coverage starts again no longer holds (the first event after the gap's state before it,
 -- else the snapshot: cleared, or another, later request, and not ended) was taken back in the gap, its event lost: the
 -- subscription counts zero from the request to where coverage starts (where 20 lets the state after the gap take over,
--- as a snapshot's does), or to the later request when that came first; a request made and taken back inside the gap
--- leaves nothing. The JSON is read only under that setting, of the updated events and of those two events of a
--- subscription alone.
+-- as a snapshot's does), or to the later request, or to the request's cancel_at (the subscription did not end then),
+-- when that came first; a request made and taken back inside the gap leaves nothing. The JSON is read only under that
+-- setting, of the updated events and of those two events of a subscription alone.
 -- (Kept per customer: 70 reads it for the customers whose movements alone are derived again.)
 CREATE OR REPLACE TABLE derived_withdrawn_cancels AS
 WITH updated AS (
@@ -119,11 +119,12 @@ last_early AS (
 -- so that the filters on it are not pushed into the scan of the events)
 gap_requests AS (
     SELECT account_id, subscription_id, coverage_start, ts_of(json_extract_string(v[1], '$')) AS requested_at,
-           v[3] AS details
+           v[3] AS details, ts_of(json_extract_string(v[4], '$')) AS cancel_at
     FROM (SELECT l.account_id, l.subscription_id, l.coverage_start,
                  CASE WHEN st.churn_recognition = 'canceled'
                       THEN json_extract(e.raw, ['$.data.object.canceled_at', '$.data.object.ended_at',
-                                                '$.data.object.cancellation_details']) END AS v
+                                                '$.data.object.cancellation_details', '$.data.object.cancel_at'])
+                 END AS v
           FROM last_early l
           JOIN events e ON e.rowid = l.rid
           JOIN derived_settings st ON st.churn_recognition = 'canceled') g
@@ -155,9 +156,11 @@ gap_after AS (
           WHERE f.seq = 1)
 ),
 gap_taken_back AS (
+    -- (a request still in force at its cancel_at would have ended the subscription there: it was taken back by
+    -- then at the latest, and the invoices before coverage bill the subscription on)
     SELECT account_id, subscription_id, requested_at,
-           CASE WHEN canceled_after > requested_at THEN least(canceled_after, coverage_start)
-                ELSE coverage_start END AS withdrawn_at,
+           least(CASE WHEN canceled_after > requested_at THEN canceled_after END, coverage_start,
+                 CASE WHEN cancel_at > requested_at THEN cancel_at END) AS withdrawn_at,
            CAST(NULL AS VARCHAR) AS event_id, details
     FROM (SELECT g.*, CASE WHEN a.event_id IS NULL THEN s.canceled_at ELSE a.canceled_at END AS canceled_after,
                  CASE WHEN a.event_id IS NULL THEN s.ended_at ELSE a.ended_at END AS ended_after

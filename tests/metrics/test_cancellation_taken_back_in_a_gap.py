@@ -33,6 +33,7 @@ Load = Callable[..., duckdb.DuckDBPyConnection]
 GAP = (month(2, 14), month(3, 19))  # no event stored from 15 March to 20 April
 BACK = month(3, 24)  # 25 April: the first event stored after the gap (where coverage starts again)
 SEEN = month(4, 5)
+CANCEL_AT = month(4, 14)  # 15 May: a request's cancel_at after the gap
 
 
 def load_with_gap(w: World, con: duckdb.DuckDBPyConnection, *, seen: int = SEEN) -> None:
@@ -70,13 +71,14 @@ def moves(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") -> list[tuple
 NEW = (T0, "new", Decimal("50.0000"), None, None)
 
 
-def taken_back_in_the_gap(w: World, *, after: str) -> World:
-    """Asked on 10 March (too_expensive, a comment; the period ends 1 April), taken back on 20 March inside the gap
-    (its event lost), renewed 1 April and 1 May. After the gap the first stored event (25 April) is sub_1's own
-    (``after`` = "event") or cus_2's, sub_1's state then known from the snapshot alone ("snapshot")."""
+def taken_back_in_the_gap(w: World, *, after: str, ends: int | None = CANCEL_AT) -> World:
+    """Asked on 10 March (too_expensive, a comment) to cancel on ``ends``, after the gap (None: at the period's end,
+    1 April, inside it), taken back on 20 March inside the gap (its event lost), renewed 1 April and 1 May. After the
+    gap the first stored event (25 April) is sub_1's own (``after`` = "event") or cus_2's, sub_1's state then known
+    from the snapshot alone ("snapshot")."""
     paying(w)
     second_customer(w)
-    request(w, month(2, 9), feedback="too_expensive", comment="over budget this quarter")
+    request(w, month(2, 9), ends=ends, feedback="too_expensive", comment="over budget this quarter")
     take_back(w, month(2, 19))
     w.cycle("sub_1", month(3))
     w.update("sub_1" if after == "event" else "sub_2", BACK, metadata={"note": "after the gap"})
@@ -107,6 +109,19 @@ def test_taken_back_in_the_gap_is_a_churn_and_a_comeback_where_coverage_starts(w
         (dt.date(2024, 3, 1), Decimal("50.0000"), Decimal("0.0000")),
         (dt.date(2024, 4, 1), Decimal("0.0000"), Decimal("50.0000"))]
     assert [r[1] for r in moves(con, "cus_2")] == ["new"]
+
+
+def test_taken_back_in_the_gap_before_its_period_end_comes_back_by_then(world: World, load: Load) -> None:
+    """Asked on 10 March to cancel at the period's end (1 April, inside the gap) and taken back on 20 March: the
+    subscription did not end on 1 April, so the request was taken back by then at the latest (its renewal invoice of
+    1 April bills it on). -50.00 on 10 March, +50.00 reactivation on 1 April, not where coverage starts (25 April):
+    customer_mrr 50.00 through April, as billed. (Before: 0 until 25 April.)"""
+    con = load(taken_back_in_the_gap(world, after="event", ends=None), churn_recognition="canceled")
+    assert [r[:5] for r in moves(con)] == [
+        NEW, (month(2, 9), "cancellation", Decimal("-50.0000"), "voluntary", "too_expensive"),
+        (month(3), "reactivation", Decimal("50.0000"), None, None)]
+    assert [customer_mrr_at(con, "cus_1", t) for t in (month(2, 9), month(3) - 1, month(3), month(3, 10), BACK)] == [
+        0, 0, Decimal("50.0000"), Decimal("50.0000"), Decimal("50.0000")]
 
 
 def test_taken_back_in_the_gap_under_ended_changes_nothing(world: World, load: Load) -> None:
@@ -170,7 +185,7 @@ def test_taken_back_in_the_gap_derived_incrementally_equals_a_full_recompute(tmp
     churn of 10 March and the comeback of 25 April (the scope reads the request's event's JSON)."""
     w = paying(World())
     second_customer(w)
-    request(w, month(2, 9), feedback="too_expensive")
+    request(w, month(2, 9), ends=CANCEL_AT, feedback="too_expensive")
     before = copy.deepcopy(w)
     take_back(w, month(2, 19))
     w.cycle("sub_1", month(3))
