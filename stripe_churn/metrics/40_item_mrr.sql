@@ -194,8 +194,35 @@ CREATE OR REPLACE MACRO in_withdrawn(w, m) AS
 
 -- Moment of churn per subscription (design.md 4 "Churn timing"): ended_at, or canceled_at with
 -- churn_recognition = 'canceled'; an unpaid subscription churns when it turns unpaid.
+-- Under 'canceled', a request to cancel (at the period's end or at a cancel_at) still in force when the subscription
+-- was then canceled at once: Stripe's canceled_at is the later cancel's, yet the churn counts at the request, when
+-- it was made (its month keeps it). The evidence: the subscription's last stored event within coverage that does not
+-- end it (the deletion aside; of one second, the last in 20's order) holds a canceled_at earlier than the final one
+-- and no ended_at (no event in between cleared it: a request taken back is 'derived_withdrawn_cancels''s). A request
+-- whose event lies before a gap is not read (what the gap hid is not known). The JSON is read under that setting
+-- alone, of that one event per ended subscription, by row id after the join that picks it (the setting joined above
+-- the read, as in derived_withdrawn_cancels). The churn keeps the subscription's final details (its reason, feedback
+-- and comment), as the one cancellation row of the subscription does (70's `sub_facts`).
 CREATE OR REPLACE TABLE derived_sub_churn AS
-WITH last_ok AS (
+WITH held AS (
+    SELECT account_id, subscription_id, ts_of(json_extract_string(v[1], '$')) AS requested_at
+    FROM (SELECT l.account_id, l.subscription_id, l.final_canceled_at,
+                 CASE WHEN st.churn_recognition = 'canceled'
+                      THEN json_extract(e.raw, ['$.data.object.canceled_at', '$.data.object.ended_at']) END AS v
+          FROM (SELECT f.account_id, f.subscription_id, f.rid, s.canceled_at AS final_canceled_at
+                FROM derived_subs s
+                JOIN derived_settings st ON st.churn_recognition = 'canceled'
+                JOIN derived_sub_events f USING (account_id, subscription_id)
+                WHERE s.ended_at IS NOT NULL AND s.canceled_at IS NOT NULL
+                  AND f.event_type <> 'customer.subscription.deleted'
+                QUALIFY row_number() OVER (PARTITION BY f.account_id, f.subscription_id
+                                           ORDER BY f.moment DESC, f.seq DESC) = 1) l
+          JOIN events e ON e.rowid = l.rid
+          JOIN derived_settings st ON st.churn_recognition = 'canceled') g
+    WHERE json_type(v[1]) IN ('UBIGINT', 'BIGINT') AND ts_of(json_extract_string(v[2], '$')) IS NULL
+      AND ts_of(json_extract_string(v[1], '$')) < final_canceled_at
+),
+last_ok AS (
     SELECT account_id, subscription_id, max(moment) AS ok_at
     FROM derived_status_points WHERE status IN ('active', 'past_due', 'trialing') GROUP BY ALL
 ),
@@ -209,17 +236,18 @@ unpaid AS (
 )
 SELECT s.account_id, s.subscription_id, s.customer_id,
        least(u.unpaid_at,
-             CASE WHEN st.churn_recognition = 'canceled' THEN coalesce(s.canceled_at, s.ended_at)
+             CASE WHEN st.churn_recognition = 'canceled' THEN coalesce(h.requested_at, s.canceled_at, s.ended_at)
                   ELSE s.ended_at END) AS churn_at,
        -- from here on the subscription counts zero whatever its status says
-       CASE WHEN st.churn_recognition = 'canceled' THEN coalesce(s.canceled_at, s.ended_at)
+       CASE WHEN st.churn_recognition = 'canceled' THEN coalesce(h.requested_at, s.canceled_at, s.ended_at)
             ELSE s.ended_at END AS zero_from,
        CASE WHEN s.cancellation_reason = 'payment_failed' OR u.unpaid_at IS NOT NULL THEN 'involuntary'
             ELSE 'voluntary' END AS churn_type,
        s.cancellation_reason, s.cancellation_feedback, s.cancellation_comment
 FROM derived_subs s
 CROSS JOIN derived_settings st
-LEFT JOIN unpaid u USING (account_id, subscription_id);
+LEFT JOIN unpaid u USING (account_id, subscription_id)
+LEFT JOIN held h USING (account_id, subscription_id);
 
 -- Integer keys for the subscriptions and items that have a history (the per-point tables, windows and
 -- as-of joins below carry these instead of the id strings, and the descriptive columns are joined back
