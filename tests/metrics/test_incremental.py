@@ -227,6 +227,23 @@ def test_a_cancellation_taken_back_after_the_last_sync(world: World, tmp_path: P
 
 
 @ONE_SCOPE
+def test_a_cancellation_requested_then_canceled_at_once_after_the_last_sync(world: World, tmp_path: Path,
+                                                                           shards: int) -> None:
+    """With churn_recognition = "canceled", cus_e's request of 10 May (to cancel on 1 June) is followed on 25 May,
+    after the last sync, by an immediate cancel (Stripe's canceled_at moves to 25 May): the scope reads the request's
+    stored event, and the one churn stays on 10 May, as in a full recompute."""
+    w = book(world)
+    before = copy.deepcopy(w)
+    w.cancel("sub_e", ts(2024, 5, 25), feedback="too_expensive")
+    changed = later_sync(w, {"cus_e"}, {"sub_e"}, ts(2024, 5, 21))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 5, 30), shards,
+                                             settings=make_settings("usd", churn_recognition="canceled"))
+    assert n == 1
+    rows = [r for r in full["view mrr_movements"] if "cus_e" in r and "'cancellation'" in r]
+    assert len(rows) == 1 and "2024-05-10" in rows[0], rows
+
+
+@ONE_SCOPE
 def test_lines_naming_no_item_or_price(world: World, tmp_path: Path, shards: int) -> None:
     """Data quality reads the JSON of lines naming no subscription item or price (a one-time invoice item on a
     renewal is fine, a subscription line naming neither is not): the scopes copy it for those lines."""
