@@ -56,9 +56,8 @@ def make_settings(currency: str = "usd", **rules: Any) -> Settings:
     return Settings(currency=currency, rules=Rules(**rules))
 
 
-@pytest.fixture
-def derive(store: duckdb.DuckDBPyConnection) -> Callable[..., duckdb.DuckDBPyConnection]:
-    """Load a World into the store and recompute; ``derive(world, seen_at=..., events=..., **rules)``."""
+def derive_in(store: duckdb.DuckDBPyConnection) -> Callable[..., duckdb.DuckDBPyConnection]:
+    """The ``derive`` of one store: load a World into it and recompute."""
     from stripe_churn.metrics.runner import recompute
 
     def run(w: World, *, seen_at: int, events: bool | int = True, currency: str = "usd",
@@ -68,6 +67,12 @@ def derive(store: duckdb.DuckDBPyConnection) -> Callable[..., duckdb.DuckDBPyCon
         return store
 
     return run
+
+
+@pytest.fixture
+def derive(store: duckdb.DuckDBPyConnection) -> Callable[..., duckdb.DuckDBPyConnection]:
+    """Load a World into the store and recompute; ``derive(world, seen_at=..., events=..., **rules)``."""
+    return derive_in(store)
 
 
 def record_stripes_clock(con: duckdb.DuckDBPyConnection, account_id: str, at: int) -> None:
@@ -147,3 +152,115 @@ def sim_store(small_sim: Any, tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnect
         yield con
     finally:
         con.close()
+
+
+def account_view(con: duckdb.DuckDBPyConnection, account_id: str) -> duckdb.DuckDBPyConnection:
+    """A second connection to ``con``'s store that sees one account: every table and view with an ``account_id``
+    column is shadowed by a temp view of that account's rows, and every view without one (a sum over the whole
+    store: mrr_bridge, churn_reasons, the cohorts) by a view that fails when read. (Temp views belong to the
+    connection; the store and ``con`` are untouched. Macros such as price_mrr are not shadowed.)"""
+    cur = con.cursor()
+    db = cur.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+    rels = cur.execute(
+        "SELECT t.table_name, t.table_type, bool_or(c.column_name = 'account_id') FROM information_schema.tables t "
+        "JOIN information_schema.columns c USING (table_catalog, table_schema, table_name) "
+        "WHERE t.table_catalog = ? AND t.table_schema = 'main' GROUP BY ALL ORDER BY 1", [db]).fetchall()
+    quoted = account_id.replace("'", "''")
+    for name, kind, has_account in rels:
+        if has_account:
+            cur.execute(f'CREATE TEMP VIEW "{name}" AS SELECT * FROM "{db}".main."{name}" '
+                        f"WHERE account_id = '{quoted}'")
+        elif kind == "VIEW":
+            cur.execute(f'CREATE TEMP VIEW "{name}" AS SELECT NULL AS store_wide FROM range(1) '
+                        f"WHERE error('{name} sums every account of a shared store: this test cannot share one')"
+                        " IS NULL")
+    return cur
+
+
+class _Loaded(Exception):
+    """Raised by the collecting ``derive`` once a test's World is loaded: the rest of the test runs later."""
+
+
+class OneStore:
+    """The tests of one module whose cases are each an account of one store: ONE recompute per settings for all.
+
+    In the module: ``one_store = OneStore()`` and ``world, derive, one_store_built = one_store.fixtures()``;
+    decorate each such test ``@one_store`` (innermost, under its parametrize marks). Such a test takes only
+    ``world``, ``derive`` and its parameters, builds its World deterministically and calls ``derive`` once.
+
+    The first of them to run builds every one's case: it runs each test's body with a World of its own account
+    (the test's id, e.g. ``test_x[case]``) up to its ``derive(...)``, which loads the World into the store of
+    those settings (currency and rules) and stops the body there; then each store is recomputed once. Each test
+    then runs in full as it reads, rebuilding the same World (a few milliseconds), and its ``derive`` checks that
+    it asks for what was loaded and returns :func:`account_view` of its account: every query sees that account's
+    rows alone, and a store-wide view fails. Coverage, the snapshot and Stripe's clock are per account; fx_rates
+    is not: tests that load exchange rates do not belong here. Unmarked tests of the module keep their own store.
+    """
+
+    def __init__(self) -> None:
+        self.tests: set[str] = set()
+
+    def __call__(self, fn: Callable[..., None]) -> Callable[..., None]:
+        self.tests.add(fn.__name__)
+        return fn
+
+    def fixtures(self) -> tuple[Any, Any, Any]:
+        tests = self.tests
+
+        def shared(node: Any) -> bool:
+            return getattr(node, "originalname", None) in tests
+
+        @pytest.fixture(name="one_store_built", scope="module")
+        def built(request: pytest.FixtureRequest, module_stores: Callable[[], duckdb.DuckDBPyConnection]
+                  ) -> dict[str, tuple[duckdb.DuckDBPyConnection, tuple[Any, ...]]]:
+            from stripe_churn.metrics.runner import recompute
+
+            stores: dict[str, tuple[duckdb.DuckDBPyConnection, Any]] = {}
+            loaded: dict[str, tuple[duckdb.DuckDBPyConnection, tuple[Any, ...]]] = {}
+            for item in request.session.items:
+                if getattr(item, "module", None) is not request.module or not shared(item):
+                    continue
+                calls: list[tuple[Any, ...]] = []
+
+                def collect(w: World, *, seen_at: int, events: bool | int = True, currency: str = "usd",
+                            **rules: Any) -> duckdb.DuckDBPyConnection:
+                    key = repr((currency, sorted(rules.items())))
+                    if key not in stores:
+                        stores[key] = (module_stores(), (currency, rules))
+                    w.load(stores[key][0], seen_at=seen_at, events=events)
+                    calls.append((key, seen_at, events))
+                    raise _Loaded
+
+                params = getattr(getattr(item, "callspec", None), "params", {})
+                try:
+                    item.function(world=World(account_id=item.name), derive=collect, **params)
+                except _Loaded:
+                    pass
+                assert len(calls) == 1, f"{item.name} did not call derive(...) (a @one_store test calls it once)"
+                loaded[item.name] = (stores[calls[0][0]][0], calls[0])
+            for con, (currency, rules) in stores.values():
+                recompute(con, make_settings(currency, **rules))
+            return loaded
+
+        @pytest.fixture(name="world")
+        def world_fx(request: pytest.FixtureRequest) -> World:
+            return World(account_id=request.node.name) if shared(request.node) else World()
+
+        @pytest.fixture(name="derive")
+        def derive_fx(request: pytest.FixtureRequest) -> Callable[..., duckdb.DuckDBPyConnection]:
+            if not shared(request.node):
+                return derive_in(request.getfixturevalue("store"))
+            con, call = request.getfixturevalue("one_store_built")[request.node.name]
+
+            def run(w: World, *, seen_at: int, events: bool | int = True, currency: str = "usd",
+                    **rules: Any) -> duckdb.DuckDBPyConnection:
+                asked = (repr((currency, sorted(rules.items()))), seen_at, events)
+                assert w.account_id == request.node.name and asked == call, (
+                    f"{request.node.name}: derive asks for {asked}, the shared store loaded {call}")
+                view = account_view(con, w.account_id)
+                request.addfinalizer(view.close)
+                return view
+
+            return run
+
+        return world_fx, derive_fx, built

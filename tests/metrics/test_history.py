@@ -11,13 +11,18 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from conftest import customer_mrr_at, make_settings, record_stripes_clock
+from conftest import OneStore, customer_mrr_at, make_settings, record_stripes_clock
 
 from stripe_churn.errors import DataError
 from stripe_churn.metrics.runner import recompute, sql_steps
 
 T0 = ts(2024, 1, 1)
 Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# The tests marked @one_store are each an account of one store, derived once (conftest.OneStore): their queries see
+# their own account's rows alone.
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 
 
 def month(n: int, day: int = 0) -> int:
@@ -117,6 +122,7 @@ def test_events_window_joins_invoice_history(tmp_path: Path, window_months: int)
     assert part.execute("SELECT count(*) FROM data_quality").fetchone() == (0,)
 
 
+@one_store
 def test_events_win_and_disagreement_recorded(world: World, derive: Derive) -> None:
     world.customer("cus_1")
     world.product("prod_seat", unit_label="seat")
@@ -143,6 +149,7 @@ def three_basic_seats(world: World) -> None:
 
 
 @pytest.mark.parametrize("first_event", ["updated", "deleted"])
+@one_store
 def test_a_deletion_as_the_first_stored_event_gives_the_items_before_it(world: World, derive: Derive,
                                                                        first_event: str) -> None:
     """3 seats switched from basic to pro without prorations before the stored events begin: only the events show
@@ -169,6 +176,7 @@ def test_a_deletion_as_the_first_stored_event_gives_the_items_before_it(world: W
 
 
 @pytest.mark.parametrize("change", ["price", "quantity", "none"])
+@one_store
 def test_a_subscription_ended_before_the_events_that_changed_unbilled_is_recorded(world: World, derive: Derive,
                                                                                 change: str) -> None:
     """3 seats changed without prorations, then the subscription canceled, all before the stored events begin: no
@@ -198,6 +206,7 @@ def test_a_subscription_ended_before_the_events_that_changed_unbilled_is_recorde
 
 
 @pytest.mark.parametrize("case", ["bills-the-monthly-items", "misses-a-monthly-item"])
+@one_store
 def test_a_renewal_of_some_intervals_expects_only_their_items(world: World, derive: Derive, case: str) -> None:
     """A subscription whose items renew on different intervals (billing_mode flexible) gets a monthly renewal
     billing only its monthly items: the annual item is not missing from it. (Every month used to record the
@@ -223,6 +232,7 @@ def test_a_renewal_of_some_intervals_expects_only_their_items(world: World, deri
 
 
 @pytest.mark.parametrize("case", ["quantity", "price", "unknown-item", "agrees-a-minute-early"])
+@one_store
 def test_a_proration_inside_the_window_that_disagrees_is_recorded(world: World, derive: Derive, case: str) -> None:
     """Inside the event window a proration's debit line bills the state from the change on: when no history row
     of its item within 5 minutes of that moment has its price and quantity, the events win and the disagreement
@@ -257,6 +267,7 @@ def test_a_proration_inside_the_window_that_disagrees_is_recorded(world: World, 
         assert [(r[0], r[1], r[2]) for r in rows] == [("invoice_event_mismatch", "si_1", inv["id"])]
 
 
+@one_store
 def test_a_proration_dated_a_minute_apart_from_its_credit_is_no_removal(world: World, derive: Derive) -> None:
     """Before the event window (invoices alone), a credit for unused time whose item's new line starts a minute
     earlier is a change, not a removal: read as a removal, the item dropped out until its next renewal."""
@@ -293,6 +304,7 @@ def credit_only_proration(w: World) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("case", ["inside-kept", "inside-removed", "before-window-kept"])
+@one_store
 def test_a_removal_only_the_invoices_show_is_recorded(world: World, derive: Derive, case: str) -> None:
     """A proration that credits an item's unused time with no new line for it reads as the item's removal.
     When the events keep the item (inside their window, 5 minutes after the credit's start; or when the window
@@ -315,6 +327,7 @@ def test_a_removal_only_the_invoices_show_is_recorded(world: World, derive: Deri
         assert "removal" in rows[0][3] or "removes" in rows[0][3]
 
 
+@one_store
 def test_a_one_time_item_billed_with_the_subscription_is_no_data_quality_row(world: World, derive: Derive) -> None:
     """A pending invoice item swept into a renewal invoice names neither a subscription item nor a price (its
     parent is invoice_item_details): it is one-time, not MRR (design.md 4), and nothing is wrong with it. A
@@ -329,6 +342,7 @@ def test_a_one_time_item_billed_with_the_subscription_is_no_data_quality_row(wor
     assert con.execute("SELECT kind, object_id FROM data_quality").fetchall() == [("unusable_object", "il_broken")]
 
 
+@one_store
 def test_a_renewal_without_an_item_the_events_keep_is_recorded(world: World, derive: Derive) -> None:
     """A renewal invoice inside the event window that bills no line for an item the events keep disagrees with
     them: MRR follows the events and the disagreement is a row (it went unrecorded). Renewals billing every
@@ -352,6 +366,7 @@ def test_a_renewal_without_an_item_the_events_keep_is_recorded(world: World, der
     assert "without item si_2" in rows[0][4]
 
 
+@one_store
 def test_snapshot_change_missed_by_events(world: World, derive: Derive) -> None:
     """A state in the snapshot that no event explains is a change dated at the snapshot, and reported."""
     world.customer("cus_1")
@@ -367,6 +382,7 @@ def test_snapshot_change_missed_by_events(world: World, derive: Derive) -> None:
 
 
 @pytest.mark.parametrize("events", ["none stored", "of other subscriptions only"])
+@one_store
 def test_a_change_only_the_latest_sync_shows_is_recorded(world: World, derive: Derive, events: str) -> None:
     """An annual subscription's seats raised with Stripe's default proration_behavior, before the events begin:
     its prorations wait for the next renewal, months away, so no invoice shows the change and no stored event
@@ -395,6 +411,7 @@ def test_a_change_only_the_latest_sync_shows_is_recorded(world: World, derive: D
 
 @pytest.mark.parametrize("billed", [False, True], ids=["still-pending", "billed-at-the-renewal"])
 @pytest.mark.parametrize("events", ["none stored", "of other subscriptions only"])
+@one_store
 def test_a_change_waiting_as_pending_invoice_items_is_dated_when_it_was_made(world: World, derive: Derive,
                                                                              events: str, billed: bool) -> None:
     """The change of the test above, with its prorations stored as the pending invoice items Stripe keeps them
@@ -426,6 +443,7 @@ def test_a_change_waiting_as_pending_invoice_items_is_dated_when_it_was_made(wor
 
 
 @pytest.mark.parametrize("reason", ["automatic_pending_invoice_item_invoice", "manual"])
+@one_store
 def test_pending_prorations_billed_on_an_invoice_of_their_own_date_the_change(world: World, derive: Derive,
                                                                               reason: str) -> None:
     """The pending items of the tests above billed before the renewal, on an invoice of their own (Stripe's for a
@@ -447,6 +465,7 @@ def test_pending_prorations_billed_on_an_invoice_of_their_own_date_the_change(wo
     assert con.execute("SELECT kind FROM data_quality").fetchall() == []
 
 
+@one_store
 def test_an_item_removed_with_a_pending_credit_ends_when_it_was_removed(world: World, derive: Derive) -> None:
     """An annual subscription's storage item removed before the events begin, its unused time credited by a
     pending invoice item (no charge beside it): the item ends at the credit's start, a downgrade (its family
@@ -541,6 +560,7 @@ def test_an_end_without_its_event_is_dated_at_ended_at(world: World, derive: Der
                        "WHERE object_id = 'sub_1'").fetchall() == [("missing_events", ended)]
 
 
+@one_store
 def test_item_removed_mid_cycle_from_credit_line(world: World, derive: Derive) -> None:
     seats_and_storage(world)
     world.update("sub_1", month(0, 10), items=[("si_a", "basic", 3)])
@@ -550,6 +570,7 @@ def test_item_removed_mid_cycle_from_credit_line(world: World, derive: Derive) -
     assert customer_mrr_at(con, "cus_1", month(0, 10)) == 30
 
 
+@one_store
 def test_an_item_billed_again_after_a_gap_counts_again(world: World, derive: Derive) -> None:
     """An item whose history has a gap (a credit-only proration reads as its removal; the next renewals bill it
     again at the same price and quantity) counts again from the renewal: its MRR rows follow the history, with
@@ -572,6 +593,7 @@ def test_an_item_billed_again_after_a_gap_counts_again(world: World, derive: Der
 
 
 @pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-alone"])
+@one_store
 def test_a_removed_metered_items_last_usage_counts_until_it_goes(world: World, derive: Derive,
                                                                  events: bool) -> None:
     """A metered item is billed in arrears: its last usage invoice (February's 90.00, made at month(2)) counts
@@ -596,6 +618,7 @@ def test_a_removed_metered_items_last_usage_counts_until_it_goes(world: World, d
 
 
 @pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-alone"])
+@one_store
 def test_a_metered_item_added_mid_period_starts_when_it_was_made(world: World, derive: Derive, events: bool) -> None:
     """A metered add-on added mid-period with no proration (month(1, 10)): its first usage line, on the next
     renewal, dates from the period's start (month(1)), before the item existed. The item is there from when it
@@ -706,6 +729,7 @@ def test_customer_mrr_matches_simulation_every_month(sim_store: duckdb.DuckDBPyC
     assert not wrong, f"{len(wrong)} of {checked} customer-months disagree:\n" + "\n".join(wrong)
 
 
+@one_store
 def test_data_quality_lists_unusable_and_missing_objects(world: World, derive: Derive) -> None:
     """Objects that cannot be used are kept as raw and each problem is one data_quality row."""
     world.customer("cus_1")
@@ -778,6 +802,7 @@ def test_a_tax_inclusive_price_no_invoice_shows_is_a_data_quality_row(world: Wor
     assert customer_mrr_at(con, "cus_1", T0 + DAY) == 22  # (an invoice without tax: none to take out)
 
 
+@one_store
 def test_coupon_terms_from_discount_source(world: World, derive: Derive) -> None:
     """A coupon known only as the discount's expanded ``source.coupon`` still applies."""
     world.customer("cus_1")
@@ -793,6 +818,7 @@ def test_coupon_terms_from_discount_source(world: World, derive: Derive) -> None
     assert customer_mrr_at(con, "cus_1", T0 + DAY) == 10
 
 
+@one_store
 def test_truncated_snapshot_items_read_from_item_table(world: World, derive: Derive) -> None:
     world.customer("cus_1")
     world.product("prod_seat", unit_label="seat")
@@ -830,6 +856,7 @@ def test_two_accounts_with_the_same_ids_kept_apart(store: duckdb.DuckDBPyConnect
     assert store.execute("SELECT price_mrr('acct_b', 'basic', 3)").fetchone() == (90,)
 
 
+@one_store
 def test_event_with_cut_short_item_list_keeps_unlisted_items(world: World, derive: Derive) -> None:
     """An event whose embedded items stop at 10 (has_more) does not remove the items it leaves out."""
     world.customer("cus_1")
@@ -861,6 +888,7 @@ def eleventh_item_added_unlisted(world: World) -> None:
         obj["items"] = {**obj["items"], "data": obj["items"]["data"][:10], "has_more": True}
 
 
+@one_store
 def test_an_item_no_event_lists_counts_from_its_creation(world: World, derive: Derive) -> None:
     """An item added inside the events' window that no event lists (their lists cut short) and the snapshot
     lists counts from its `created`, the moment of the event that added it, not from the snapshot's moment."""
@@ -891,6 +919,7 @@ def test_a_snapshot_listed_with_stripes_clock_ahead_of_this_machines(world: Worl
 
 
 @pytest.mark.parametrize("missed", [False, True], ids=["nothing-missed", "listed-item-changed-without-event"])
+@one_store
 def test_a_cut_short_item_list_disagrees_only_about_the_items_it_lists(world: World, derive: Derive,
                                                                        missed: bool) -> None:
     """Events whose embedded items stop at 20 (has_more) give no data-quality row about the items they leave
@@ -927,6 +956,7 @@ def expired_pending_update(w: World, at: int, items: list[tuple[str, str, int | 
 
 
 @pytest.mark.parametrize("change", ["upgrade", "cross-sell"])
+@one_store
 def test_a_voided_invoice_of_an_expired_pending_update_is_no_change(world: World, derive: Derive,
                                                                      change: str) -> None:
     """Before the events' window, history comes from invoices: the voided invoice of an update that never
@@ -947,6 +977,7 @@ def test_a_voided_invoice_of_an_expired_pending_update_is_no_change(world: World
 
 
 @pytest.mark.parametrize("metered", [False, True])
+@one_store
 def test_renewals_voided_while_collection_is_paused_still_show_the_items(world: World, derive: Derive,
                                                                           metered: bool) -> None:
     """pause_collection with behavior void: Stripe voids every invoice made while collection is paused, the
@@ -981,6 +1012,7 @@ def test_renewals_voided_while_collection_is_paused_still_show_the_items(world: 
     assert [(m, int(at.timestamp()), d) for m, at, d in got] == expected, got
 
 
+@one_store
 def test_an_update_voided_while_collection_is_paused_still_dates_its_change(world: World, derive: Derive) -> None:
     """A change made while collection is paused with behavior void: Stripe voids its update invoice at once, no
     payment attempted. Unlike an expired pending update's (attempted, failed), that invoice still dates the
@@ -1006,6 +1038,7 @@ def test_an_update_voided_while_collection_is_paused_still_dates_its_change(worl
         ("seat_expansion", month(1, 10), Decimal(20), voided[0]["id"])], got
 
 
+@one_store
 def test_a_voided_invoice_is_not_named_as_the_source_of_a_change_without_an_invoice(world: World,
                                                                                   derive: Derive) -> None:
     """Changes made without prorations have no invoice of their own; 70 names the subscription's first
@@ -1029,6 +1062,7 @@ def test_a_voided_invoice_is_not_named_as_the_source_of_a_change_without_an_invo
 
 
 @pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
+@one_store
 def test_prorations_billed_on_the_next_renewal_date_the_change(world: World, derive: Derive, events: bool) -> None:
     """An update made with Stripe's default proration_behavior (create_prorations) makes no invoice: its
     prorations wait as pending invoice items and are billed on the next renewal invoice, beside the new period's
@@ -1051,6 +1085,7 @@ def test_prorations_billed_on_the_next_renewal_date_the_change(world: World, der
     assert con.execute("SELECT kind, detail FROM data_quality").fetchall() == []
 
 
+@one_store
 def test_an_update_waiting_for_its_payment_is_a_pending_update_row(world: World, derive: Derive) -> None:
     """Inside the events' window, an update made with payment_behavior=pending_if_incomplete whose payment has
     not gone through yet: its subscription_update invoice is open and bills the new price, the events keep the
