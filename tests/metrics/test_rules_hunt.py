@@ -15,13 +15,18 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_interval, ts
-from conftest import customer_mrr_at
+from conftest import OneStore, customer_mrr_at
 from test_bridge import assert_bridge_adds_up
 from test_mrr_rules import T0, base, month
 
 from stripe_churn.metrics import queries
 
 Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# The tests marked @one_store are each an account of one store, derived once (conftest.OneStore): their queries see
+# their own account's rows alone.
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 Row = tuple[int, str, str, Decimal, str | None]
 
 
@@ -60,6 +65,7 @@ TIER_CASES = [
 ]
 
 
+@one_store
 def test_tiers_at_and_past_each_boundary_with_flat_amounts(world: World, derive: Derive) -> None:
     """design.md 4: `tiered` with tiers_mode graduated or volume, computed from the tiers (up_to inclusive); one
     customer per case."""
@@ -74,6 +80,7 @@ def test_tiers_at_and_past_each_boundary_with_flat_amounts(world: World, derive:
     assert got == [Decimal(e) for _, _, e in TIER_CASES]
 
 
+@one_store
 def test_tiers_with_flat_amount_only_first_tier_annual(world: World, derive: Derive) -> None:
     """design.md 4: a graduated annual price whose first tier is a flat fee only (120.00 a year for up to 3) and
     then 24.00 a unit a year: 3 units are 10.00 a month, 5 units (120 + 2 x 24 = 168 a year) 14.00. The change is
@@ -97,6 +104,7 @@ PACK_CASES = [
 ]
 
 
+@one_store
 def test_transform_quantity_edges(world: World, derive: Derive) -> None:
     """design.md 4: transform_quantity divides and rounds the quantity first (packs of 5 at 10.00 a pack); one
     customer per case."""
@@ -149,6 +157,7 @@ INTERVAL_CASES = [
 ]
 
 
+@one_store
 def test_interval_count_on_every_interval(world: World, derive: Derive) -> None:
     """design.md 4: week x 52/12, day x 365/12, year / 12, each / interval_count; one customer per case, whose `new`
     is that MRR."""
@@ -204,6 +213,7 @@ def test_repeating_coupon_put_on_mid_month_ends_mid_month(world: World, derive: 
     assert (q1["new"], q1["expansion"], q1["contraction"], q1["closing_mrr"]) == (90, 18, 18, 90)
 
 
+@one_store
 def test_once_coupon_no_movement(world: World, derive: Derive) -> None:
     """design.md 4: a `once` coupon does not reduce MRR: no `discount` rows, only the `new`."""
     two_items(world)
@@ -215,6 +225,7 @@ def test_once_coupon_no_movement(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("90.0000")
 
 
+@one_store
 def test_an_amount_off_in_another_currency_takes_nothing_off_and_says_so(world: World, derive: Derive) -> None:
     """design.md 4 (every amount in its own currency): a 10.00 EUR amount-off coupon (no USD amount among its
     currency options) on a subscription billed in USD takes nothing off the 90.00, and data_quality names the
@@ -229,6 +240,7 @@ def test_an_amount_off_in_another_currency_takes_nothing_off_and_says_so(world: 
     assert con.execute("SELECT kind, object_id FROM data_quality").fetchall() == [("currency_mismatch", d["id"])]
 
 
+@one_store
 def test_subscription_and_item_discounts_stack(world: World, derive: Derive) -> None:
     """design.md 4: a subscription-level discount applies to all its items, an item-level one to that item: the
     seats (40.00) under both 50% (item) and 10% (subscription) are 18.00, the API plan (50.00) 45.00: 63.00."""
@@ -321,6 +333,7 @@ def test_cancel_at_period_end_churns_in_the_month_the_setting_names(world: World
     assert churn[churn_month] == 50 and sum(churn.values()) == 50
 
 
+@one_store
 def test_pause_collection_is_no_movement(world: World, derive: Derive) -> None:
     """design.md 4: pause_collection keeps MRR by default: pausing and resuming collection are no movements."""
     base(world).price("seat", "prod_seat", 2_500)
@@ -352,6 +365,7 @@ def test_rate_change_mid_month_is_an_fx_line(world: World, derive: Derive) -> No
     assert (q["new"], q["fx"], q["closing_mrr"]) == (Decimal("32.4000"), Decimal("0.6000"), Decimal("33.0000"))
 
 
+@one_store
 def test_rate_change_and_a_seat_an_hour_and_a_half_apart(world: World, derive: Derive) -> None:
     """design.md 4: the case below with the seat added at 01:30, outside the rate change's window: the rate swing on
     the 20 EUR held is fx (+0.40), the seat at the rate in force (10 EUR x 1.10) seat_expansion (+11.00)."""
@@ -545,6 +559,7 @@ OFF_CASES = [
 ]
 
 
+@one_store
 def test_amount_off_is_per_billing_period(world: World, derive: Derive) -> None:
     """design.md 4: an amount_off coupon takes its amount off each invoice, so off the price's period before the
     normalisation to a month; one customer per case."""
@@ -606,6 +621,7 @@ def cancel_then_undo(w: World) -> World:
     return w
 
 
+@one_store
 def test_a_cancellation_taken_back_before_period_end_is_no_churn(world: World, derive: Derive) -> None:
     """design.md 4: with churn_recognition "ended" a cancellation counts when the subscription ends: one taken back
     before its period end never churns, and scheduled_churn no longer lists it."""
@@ -660,6 +676,7 @@ def test_a_discount_ending_after_the_latest_sync_has_not_happened_yet(world: Wor
     assert period(con, dt.date(2024, 3, 1))["closing_mrr"] == Decimal("72.0000")
 
 
+@one_store
 def test_an_item_level_amount_off_comes_off_the_items_amount(world: World, derive: Derive) -> None:
     """design.md 4: an item-level discount applies to that item: 5.00 off the 4 seats' 40.00 (not off each seat),
     the API plan's 50.00 untouched: 85.00."""
@@ -711,6 +728,7 @@ METERED_CASES = [
 ]
 
 
+@one_store
 def test_metered_usage_normalised_by_its_interval(world: World, derive: Derive) -> None:
     """design.md 4: metered MRR is the last invoiced full period's amount, normalised as any price (week x 52/12,
     day x 365/12, / interval_count), from that invoice on; zero before it, so the first usage is the `new`; one
