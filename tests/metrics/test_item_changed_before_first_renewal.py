@@ -13,10 +13,15 @@ from pathlib import Path
 import duckdb
 import pytest
 from builders import DAY, World
-from conftest import customer_mrr_at
+from conftest import OneStore, customer_mrr_at
 from test_history_item_created import ADDED, EVENTS, T0, account, month, movements, oldest_event
 
 Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# The tests marked @one_store are each an account of one store, derived once (conftest.OneStore): their queries see
+# their own account's rows alone.
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 CHANGED = ADDED + 5 * DAY  # the change with prorations, before the renewal of month(2)
 
 
@@ -35,6 +40,7 @@ def add_then_change(world: World, swap: bool) -> list[tuple[int, str, int]]:
 
 @EVENTS
 @pytest.mark.parametrize("swap", [False, True], ids=["add-on", "plan-switch"])
+@one_store
 def test_an_item_added_without_prorations_and_changed_with_them_before_its_renewal(world: World, derive: Derive,
                                                                                  events: bool, swap: bool) -> None:
     """The add-on counts from its `created` at the 10 GB its change's credit takes back, not at the 20 GB of the
@@ -54,6 +60,7 @@ def test_an_item_added_without_prorations_and_changed_with_them_before_its_renew
     assert customer_mrr_at(con, "cus_1", month(2, 1)) == after + expected[-1][2]
 
 
+@one_store
 def test_an_item_added_with_prorations_and_changed_again_keeps_its_first_line(world: World,
                                                                                derive: Derive) -> None:
     """The same add-on added with prorations: its own first line dates it at 10 GB, and the change of the 16th
@@ -98,6 +105,7 @@ def test_the_incremental_path_dates_them_as_a_full_recompute_does(world: World, 
 
 @EVENTS
 @pytest.mark.parametrize("swap", ["plan-switch", "add-on-swap"])
+@one_store
 def test_an_item_replaced_without_prorations_in_a_subscription_ended_before_the_renewal(world: World,
                                                                                         derive: Derive,
                                                                                         events: bool,
@@ -125,6 +133,7 @@ def test_an_item_replaced_without_prorations_in_a_subscription_ended_before_the_
 
 @EVENTS
 @pytest.mark.parametrize("pending", [False, True], ids=["invoiced", "pending"])
+@one_store
 def test_an_item_replaced_without_prorations_then_switched_to_annual_before_the_renewal(world: World,
                                                                                        derive: Derive,
                                                                                        events: bool,
@@ -170,6 +179,7 @@ def test_the_incremental_path_reads_a_pending_items_period_end(world: World, tmp
 
 
 @EVENTS
+@one_store
 def test_an_item_replaced_without_prorations_then_given_a_trial_before_the_renewal(world: World, derive: Derive,
                                                                                   events: bool) -> None:
     """Pro's 3 seats in place of basic's on the 11th without prorations, then a 20-day trial granted on the 16th:

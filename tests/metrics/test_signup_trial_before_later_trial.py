@@ -16,13 +16,19 @@ from pathlib import Path
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from conftest import customer_mrr_at
+from conftest import OneStore, customer_mrr_at
 
 T0 = ts(2024, 1, 1)
 FIRST_END = T0 + 14 * DAY  # the signup trial's end
 LATER = add_months(FIRST_END, 2) + 10 * DAY  # a second trial granted by an update, for 30 days
 LATER_END = LATER + 30 * DAY
 Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# The tests marked @one_store are each an account of one store, derived once (conftest.OneStore): their queries see
+# their own account's rows alone.
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
+
 # events: every one stored; none (invoices and the subscription's dates only); or from after the first trial on
 EVENTS = [pytest.param(True, id="events"), pytest.param(False, id="invoices-and-dates"),
           pytest.param(add_months(FIRST_END, 1), id="events-from-between-the-trials")]
@@ -83,6 +89,7 @@ def signup_trial_then_later_trial(w: World, ended_early: int | None = None) -> N
 
 @pytest.mark.parametrize("ended", ["at-its-end", "early-by-an-update"])
 @pytest.mark.parametrize("events", EVENTS)
+@one_store
 def test_a_signup_trial_counts_zero_when_a_later_trial_replaced_it(world: World, derive: Derive,
                                                                    events: bool | int, ended: str) -> None:
     """Both trials count zero and `new` is dated at the first trial's end, whichever evidence the store holds:
@@ -145,6 +152,7 @@ def signup_without_trial_then_later_trial(w: World, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["coupon", "free-price", "metered"])
 @pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
+@one_store
 def test_a_signup_paying_nothing_without_a_trial_is_no_trial(world: World, derive: Derive, events: bool,
                                                               kind: str) -> None:
     """A signup whose invoice pays nothing for another reason than a trial stays active from its start (with
@@ -217,6 +225,7 @@ def earlier_trial_then_later_trial(w: World) -> None:
 
 
 @pytest.mark.parametrize("events", EVENTS[:2])
+@one_store
 def test_an_earlier_trial_granted_by_an_update_counts_zero_when_a_later_trial_replaced_it(
         world: World, derive: Derive, events: bool | int) -> None:
     """Both trials granted by updates count zero, whichever evidence the store holds: the events, or before them
@@ -235,6 +244,7 @@ def test_an_earlier_trial_granted_by_an_update_counts_zero_when_a_later_trial_re
                               (LATER_END, "reactivation", Decimal("50.0000"))]
 
 
+@one_store
 def test_an_update_invoice_paying_nothing_for_another_reason_is_no_trial(world: World, derive: Derive) -> None:
     """A plan switched to a free price by an update that restarts the period (its invoice bills 0.00 from then,
     as the price costs nothing), switched back days later, is no trial: the subscription stays active until the
