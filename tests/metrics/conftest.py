@@ -262,15 +262,17 @@ class OneStore:
             if not shared(request.node):
                 return derive_in(request.getfixturevalue("store"))
             con, call = request.getfixturevalue("one_store_built")[request.node.name]
+            views: list[duckdb.DuckDBPyConnection] = []
 
             def run(w: World, *, seen_at: int, events: bool | int = True, currency: str = "usd",
                     **rules: Any) -> duckdb.DuckDBPyConnection:
+                assert not views, f"{request.node.name}: a @one_store test derives once"
                 asked = (repr((currency, sorted(rules.items()), w.fx_rates)), seen_at, events)
                 assert w.account_id == request.node.name and asked == call, (
                     f"{request.node.name}: derive asks for {asked}, the shared store loaded {call}")
-                view = account_view(con, w.account_id)
-                request.addfinalizer(view.close)
-                return view
+                views.append(account_view(con, w.account_id))
+                request.addfinalizer(views[-1].close)
+                return views[-1]
 
             return run
 

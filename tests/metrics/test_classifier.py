@@ -20,11 +20,16 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from conftest import customer_mrr_at
+from conftest import OneStore, customer_mrr_at
 
 T0 = ts(2024, 1, 1)
 MINUTE = 60
 Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# The tests marked @one_store are each an account of one store, derived once (conftest.OneStore): their queries see
+# their own account's rows alone.
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 Row = tuple[int, str, str, Decimal, str | None]
 
 
@@ -476,6 +481,7 @@ def rows(con: duckdb.DuckDBPyConnection, where: str = "true") -> list[dict[str, 
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
+@one_store
 def test_amount_off_discount_kept(world: World, derive: Derive) -> None:
     w, seen_at, _ = case_seats_under_discount(world)
     con = derive(w, seen_at=seen_at)
@@ -562,6 +568,7 @@ def test_discount_changing_with_a_plan_switch(discount_changes_store: duckdb.Duc
     check_invariants(con, account=account)
 
 
+@one_store
 def test_cancellation_carries_churn_type_and_feedback(world: World, derive: Derive) -> None:
     w, seen_at, _ = case_cancellation_voluntary(world)
     w.customer("cus_2")
@@ -581,6 +588,7 @@ def test_cancellation_carries_churn_type_and_feedback(world: World, derive: Deri
     assert "cancellation_comment" not in [d[0] for d in con.execute("SELECT * FROM mrr_movements LIMIT 0").description]
 
 
+@one_store
 def test_unpaid_churn_is_involuntary(world: World, derive: Derive) -> None:
     w, seen_at, _ = case_cancellation_involuntary_unpaid(world)
     con = derive(w, seen_at=seen_at)
@@ -589,6 +597,7 @@ def test_unpaid_churn_is_involuntary(world: World, derive: Derive) -> None:
 
 
 @pytest.mark.parametrize("events_from", ["start", "coverage"])
+@one_store
 def test_a_payment_failure_does_not_date_a_churn_that_follows_within_the_window(world: World, derive: Derive,
                                                                               events_from: str) -> None:
     """A renewal's payment fails (active -> past_due, MRR unchanged) and 20 minutes later the subscription goes
@@ -694,6 +703,7 @@ def test_a_discount_change_taking_off_the_same_amount_is_a_discount_part(
 
 
 @pytest.mark.parametrize("change", ["seats", "added-item", "beside-another-subscription"])
+@one_store
 def test_a_shared_amount_off_split_anew_belongs_to_the_change(world: World, derive: Derive, change: str) -> None:
     """A subscription's fixed 20.00 amount_off is shared among its items by MRR: when one item changes, the other
     item's share moves although its price, quantity and discounts did not. That part belongs to the change of
@@ -721,6 +731,7 @@ def test_a_shared_amount_off_split_anew_belongs_to_the_change(world: World, deri
     check_invariants(con)
 
 
+@one_store
 def test_an_amount_off_put_on_an_item_of_no_amount_is_no_movement_later(world: World, derive: Derive) -> None:
     """An item-level 15.00 amount_off goes on a metered item before it has usage (MRR 0: no movement then). When
     the first usage is invoiced (123.45, less the subscription's 10%, less 15.00: 96.105) no discount starts or
@@ -743,6 +754,7 @@ def test_an_amount_off_put_on_an_item_of_no_amount_is_no_movement_later(world: W
     check_invariants(con)
 
 
+@one_store
 def test_an_item_that_stops_counting_at_zero_mrr_is_a_change_in_the_window(world: World, derive: Derive) -> None:
     """With churn_recognition "canceled", a subscription brought to 0 by a 999.00 amount_off and set to cancel 3
     minutes later is one transition of the customer (80.00 to 20.00) in which its item no longer counts: a
@@ -761,6 +773,7 @@ def test_an_item_that_stops_counting_at_zero_mrr_is_a_change_in_the_window(world
     check_invariants(con)
 
 
+@one_store
 def test_every_row_traces_to_stripe(world: World, derive: Derive) -> None:
     w, _, _ = case_upgrade_with_seats(world)
     w.update("sub_1", month(2, 4), items=[("si_c", "core_pro", 5), ("si_a", "analytics", 1)])
@@ -776,6 +789,7 @@ def test_every_row_traces_to_stripe(world: World, derive: Derive) -> None:
         assert r["currency"] == "usd"
 
 
+@one_store
 def test_source_ids_point_at_the_change(world: World, derive: Derive) -> None:
     base(world).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
     world.update("sub_1", month(1, 10), items=[("si_c", "core_basic", 5)])
@@ -798,6 +812,7 @@ def test_amount_delta_original_in_own_currency(world: World, derive: Derive) -> 
                    ("seat_expansion", "eur", Decimal("20.0000"), Decimal("21.6000"))]
 
 
+@one_store
 def test_movement_window_setting(world: World, derive: Derive) -> None:
     w, _, _ = case_cancel_resubscribe_within_window(world)
     con = derive(w, seen_at=month(2), movement_window_minutes=1)
@@ -806,6 +821,7 @@ def test_movement_window_setting(world: World, derive: Derive) -> None:
         ("new", Decimal("30.0000")), ("cancellation", Decimal("-30.0000")), ("reactivation", Decimal("60.0000"))]
 
 
+@one_store
 def test_churn_recognised_at_cancel_time(world: World, derive: Derive) -> None:
     base(world).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
     world.subscribe("sub_2", "cus_1", [("si_a", "analytics", 1)], T0)
@@ -822,6 +838,7 @@ def test_churn_recognised_at_cancel_time(world: World, derive: Derive) -> None:
     check_invariants(con)
 
 
+@one_store
 def test_unpaid_second_subscription_is_a_downgrade(world: World, derive: Derive) -> None:
     base(world).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
     world.subscribe("sub_2", "cus_1", [("si_a", "analytics", 1)], T0)
@@ -834,6 +851,7 @@ def test_unpaid_second_subscription_is_a_downgrade(world: World, derive: Derive)
     ]
 
 
+@one_store
 def test_past_due_setting(world: World, derive: Derive) -> None:
     base(world).subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
     world.update("sub_1", month(1, 1), status="past_due")
@@ -843,6 +861,7 @@ def test_past_due_setting(world: World, derive: Derive) -> None:
         (T0, "new"), (month(1, 1), "cancellation"), (month(1, 9), "reactivation")]
 
 
+@one_store
 def test_resource_unit_quantity(world: World, derive: Derive) -> None:
     base(world).product("prod_storage", unit_label="GB", family="storage")
     world.price("storage", "prod_storage", 10)
@@ -864,6 +883,7 @@ def test_family_and_unit_settings(world: World, derive: Derive) -> None:
     assert movements(con)[1:] == [(month(1, 10), "resource_expansion", "expansion", Decimal("50.0000"), "si_r")]
 
 
+@one_store
 def test_view_columns_and_types(world: World, derive: Derive) -> None:
     w, seen_at, _ = case_upgrade_with_seats(world)
     con = derive(w, seen_at=seen_at)

@@ -19,10 +19,16 @@ from typing import Any
 
 import duckdb
 import pytest
+from conftest import OneStore
 from builders import World, ts
 from test_classifier import MINUTE, T0, Row, base, check_invariants, month, movements
 
 Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# The tests marked @one_store are each an account of one store, derived once (conftest.OneStore): their queries see
+# their own account's rows alone.
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 D = Decimal
 
 
@@ -81,6 +87,7 @@ def event_of(w: World, etype: str, sid: str, at: int) -> str:
 
 # --- several components in one window -----------------------------------------------------------------
 
+@one_store
 def test_several_families_changed_in_one_update(world: World, derive: Derive) -> None:
     """design.md 5 table + pairing: one update adds two seats of core (same item: seat_expansion), removes the
     only analytics item while the customer stays (downgrade) and adds an item of family api the customer never
@@ -101,6 +108,7 @@ def test_several_families_changed_in_one_update(world: World, derive: Derive) ->
                                       "to_timestamp(?)", [t]).fetchall()} == {upd}
 
 
+@one_store
 def test_two_removed_and_two_added_items_of_one_family_pair_largest_first(world: World, derive: Derive) -> None:
     """design.md 5 pairing: removed basic x3 (30) and pro x1 (20), added pro x4 (80) and basic x1 (10), all of
     family core. Largest first: basic x3 -> pro x4 (plan MRR(pro,3) - MRR(basic,3) = 30, quantity MRR(pro,4) -
@@ -117,6 +125,7 @@ def test_two_removed_and_two_added_items_of_one_family_pair_largest_first(world:
     ])
 
 
+@one_store
 def test_a_switch_beside_an_added_item_of_the_kept_family(world: World, derive: Derive) -> None:
     """design.md 5 pairing: basic x3 (30) is replaced by pro x1 (20) and addon x3 (15), all family core. The
     removed item pairs with the largest added one (plan MRR(pro,3) - MRR(basic,3) = 30, quantity MRR(pro,1) -
@@ -133,6 +142,7 @@ def test_a_switch_beside_an_added_item_of_the_kept_family(world: World, derive: 
     ])
 
 
+@one_store
 def test_a_removed_item_left_unpaired_in_a_kept_family_is_a_seat_contraction(world: World, derive: Derive
                                                                              ) -> None:
     """design.md 5 pairing: pro x3 (60) and addon x2 (10) removed, basic x4 (40) added, all family core. The
@@ -150,6 +160,7 @@ def test_a_removed_item_left_unpaired_in_a_kept_family_is_a_seat_contraction(wor
     ])
 
 
+@one_store
 def test_a_replaced_item_at_the_same_price_is_a_seat_change_not_a_plan_change(world: World, derive: Derive
                                                                               ) -> None:
     """design.md 5 pairing and split: the item is replaced by a new item id at the same price with more seats:
@@ -162,6 +173,7 @@ def test_a_replaced_item_at_the_same_price_is_a_seat_change_not_a_plan_change(wo
     expect(con, [(t, "seat_expansion", "expansion", D("20.0000"), "si_2")])
 
 
+@one_store
 def test_seat_product_switched_to_a_resource_product_of_the_same_family(world: World, derive: Derive) -> None:
     """design.md 5: a seat item (basic x3, 30.00) replaced by a storage item of the same family (unit GB, 0.10
     x 500 = 50.00) is a plan switch; plan part MRR(storage, 3) - MRR(basic, 3) = 0.30 - 30 = -29.70 (downgrade),
@@ -237,6 +249,7 @@ def test_split_of_a_price_and_quantity_change(split_store: duckdb.DuckDBPyConnec
 # --- the window ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("gap", [59, 61])
+@one_store
 def test_cancel_and_resubscribe_on_another_plan_either_side_of_the_window(world: World, derive: Derive,
                                                                           gap: int) -> None:
     """design.md 5 window: cancel basic x3 (30) and subscribe pro x3 (60) 59 minutes later: one transition dated
@@ -270,6 +283,7 @@ def test_cancel_and_resubscribe_on_another_plan_either_side_of_the_window(world:
         assert (r["source_event_id"], r["source_invoice_id"]) == (created, create_invoice)
 
 
+@one_store
 def test_cancel_and_resubscribe_on_the_same_plan_within_the_window_is_no_movement(world: World, derive: Derive
                                                                                   ) -> None:
     """design.md 5: a transition whose MRR does not change produces no row, although its items changed."""
@@ -282,6 +296,7 @@ def test_cancel_and_resubscribe_on_the_same_plan_within_the_window_is_no_movemen
     expect(con, [])
 
 
+@one_store
 def test_offsetting_components_in_one_window_are_no_movement(world: World, derive: Derive) -> None:
     """design.md 5: analytics (50) removed and five more core seats (50) within one window net to no change of
     the customer's MRR: no row at all."""
@@ -294,6 +309,7 @@ def test_offsetting_components_in_one_window_are_no_movement(world: World, deriv
     expect(con, [])
 
 
+@one_store
 def test_a_discount_starting_later_in_the_window_of_a_seat_change(world: World, derive: Derive) -> None:
     """design.md 4 and 5: 4 -> 8 seats at t (+40), a 25% forever discount put on 20 minutes later (80 -> 60): one
     transition dated at t, the seats valued at the discount before the change (none: +40) and the discount's start
@@ -333,6 +349,7 @@ def test_a_rate_change_inside_the_window_of_a_seat_change(world: World, derive: 
     ])
 
 
+@one_store
 def test_a_new_customer_netted_over_the_window_is_one_new(world: World, derive: Derive) -> None:
     """design.md 5: subscribe 3 x basic, 30 minutes later 5 x pro, 45 minutes in a second subscription of
     another family: one transition 0 -> 150 dated at the first change, one `new` with the whole delta."""
@@ -344,6 +361,7 @@ def test_a_new_customer_netted_over_the_window_is_one_new(world: World, derive: 
     expect(con, [(T0, "new", "new", D("150.0000"), "si_c")], skip_new=False)
 
 
+@one_store
 def test_seats_added_then_canceled_within_the_window_is_one_cancellation(world: World, derive: Derive) -> None:
     """design.md 5: two more seats, then a cancellation 30 minutes later: one transition from M(A) = 30 to 0,
     dated at the first change, a cancellation of -30 with its churn_type and feedback."""
@@ -359,6 +377,7 @@ def test_seats_added_then_canceled_within_the_window_is_one_cancellation(world: 
         "voluntary", "too_expensive", 30.0, 0.0)
 
 
+@one_store
 def test_reactivation_on_another_family_with_several_items_is_one_row(world: World, derive: Derive) -> None:
     """design.md 5: after a full churn of core, a comeback with analytics (50) and api (40): one `reactivation`
     with the whole customer delta (on the largest item)."""
@@ -375,6 +394,7 @@ def test_reactivation_on_another_family_with_several_items_is_one_row(world: Wor
     assert row(con, "movement = 'cancellation'")["churn_type"] == "involuntary"
 
 
+@one_store
 def test_a_trial_that_never_paid_leaves_the_later_subscription_new(world: World, derive: Derive) -> None:
     """design.md 5: `reactivation` needs MRR before; a trial canceled at its end never had MRR, so the customer's
     first paid subscription months later is `new`."""
@@ -388,6 +408,7 @@ def test_a_trial_that_never_paid_leaves_the_later_subscription_new(world: World,
 
 # --- product family and unit --------------------------------------------------------------------------
 
+@one_store
 def test_family_metadata_wins_over_the_settings_mapping_over_the_product(world: World, derive: Derive) -> None:
     """design.md 5 family: product.metadata["family"] when set (prod_x says core although the settings map it to
     analytics: a seat_expansion of kept core), else the settings' mapping (prod_y -> core: seat_expansion), else
@@ -412,6 +433,7 @@ def test_family_metadata_wins_over_the_settings_mapping_over_the_product(world: 
     ])
 
 
+@one_store
 def test_a_family_of_the_product_itself_pairs_its_prices(world: World, derive: Derive) -> None:
     """design.md 5: a product with no family anywhere is its own family: its item replaced by one of another
     price of the same product is a plan switch (upgrade 10 -> 30); replaced by an item of another such product,
@@ -475,6 +497,7 @@ def test_unit_of_a_quantity_change(units_store: duckdb.DuckDBPyConnection, case:
     (None, "resource_expansion", "resource_contraction"),
     ("user", "seat_expansion", "seat_contraction"),
 ], ids=["no-label", "seat-label"])
+@one_store
 def test_unit_of_metered_usage(world: World, derive: Derive, unit_label: str | None, up: str, down: str) -> None:
     """design.md 5: metered usage up/down is a resource movement when the product has no unit label (metered ->
     resource), while a seat label comes first in the order of the rule."""
@@ -497,6 +520,7 @@ def test_unit_of_metered_usage(world: World, derive: Derive, unit_label: str | N
     assert got == invoices
 
 
+@one_store
 def test_a_removed_item_of_a_kept_family_takes_its_own_unit(world: World, derive: Derive) -> None:
     """design.md 5: an added or removed item of a family the customer keeps is seat_ or resource_ by its own
     unit: storage (GB) of family core added beside core seats is resource_expansion, removed resource_contraction.
@@ -523,6 +547,7 @@ def test_a_removed_item_of_a_kept_family_takes_its_own_unit(world: World, derive
     # a flat 40.00 item moves to the metered price: MRR(metered) is 0 until its first usage invoice
     ("api_flat", "api_metered", ("downgrade", "contraction", "-40.0000")),
 ], ids=["metered-to-flat", "flat-to-metered"])
+@one_store
 def test_a_metered_item_moved_to_another_price_is_a_plan_change(world: World, derive: Derive, how: str, old: str,
                                                                 new: str, expected: tuple[str, str, str]) -> None:
     """design.md 5: "same item or same product family, price changed" is upgrade/downgrade by sign; usage up or
@@ -544,6 +569,7 @@ def test_a_metered_item_moved_to_another_price_is_a_plan_change(world: World, de
     check_invariants(con)
 
 
+@one_store
 def test_a_metered_subscription_resubscribed_at_the_same_price_is_usage_not_plan(world: World, derive: Derive
                                                                                  ) -> None:
     """design.md 5: cancel a subscription whose metered item had 50.00 of usage and subscribe again to the same
@@ -565,6 +591,7 @@ def test_a_metered_subscription_resubscribed_at_the_same_price_is_usage_not_plan
 
 
 @pytest.mark.parametrize("how", ["same-item", "new-item"])
+@one_store
 def test_a_metered_item_moved_to_a_discounted_price_keeps_its_plan_part(world: World, derive: Derive, how: str
                                                                         ) -> None:
     """design.md 4 and 5: usage of 50.00 billed, then the item moves to a flat 40.00 price with an item-level 25%
@@ -590,6 +617,7 @@ def test_a_metered_item_moved_to_a_discounted_price_keeps_its_plan_part(world: W
 
 # --- source ids -----------------------------------------------------------------------------------------
 
+@one_store
 def test_two_changes_of_one_subscription_in_a_window_keep_their_own_ids(world: World, derive: Derive) -> None:
     """design.md 5: every movement keeps the Stripe ids that caused it. Analytics is removed at t (an update
     event and a proration invoice crediting it), two seats are added 30 minutes later (another event and

@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from conftest import customer_mrr_at, item_rows, make_settings, record_stripes_clock
+from conftest import OneStore, customer_mrr_at, item_rows, make_settings, record_stripes_clock
 
 from stripe_churn.errors import DataError
 from stripe_churn.metrics.runner import recompute
@@ -19,6 +19,11 @@ from stripe_churn.store.load import mark_unlisted_children
 
 T0 = ts(2024, 1, 1)
 Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# The tests marked @one_store are each an account of one store, derived once (conftest.OneStore): their queries see
+# their own account's rows alone.
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 
 
 def base(w: World, currency: str = "usd") -> World:
@@ -91,6 +96,7 @@ def test_price_mrr(request: pytest.FixtureRequest, price_cases_store: duckdb.Duc
     assert macro is not None and round(macro[0], 4) == expected, f"{account}: price_mrr {macro}"
 
 
+@one_store
 def test_a_price_at_an_interval_the_rules_do_not_know_counts_zero_and_is_reported(world: World,
                                                                                     derive: Derive) -> None:
     """A recurring price at an interval design.md 4 does not normalise (another word, or an interval_count under
@@ -131,6 +137,7 @@ def metered_world(w: World) -> World:
     return w
 
 
+@one_store
 def test_metered_last_full_period(world: World, derive: Derive) -> None:
     """Metered MRR is the last invoiced full period's amount, from that invoice's creation, never back-dated."""
     con = derive(metered_world(world), seen_at=month(2, 3))
@@ -143,17 +150,20 @@ def test_metered_last_full_period(world: World, derive: Derive) -> None:
     assert rows[-1]["source_invoice_id"] is not None
 
 
+@one_store
 def test_metered_zero_before_first_invoice(world: World, derive: Derive) -> None:
     con = derive(metered_world(world), seen_at=month(2, 3))
     first = item_rows(con, "si_m")[0]
     assert first["valid_from"] == T0 and first["mrr_original"] == 0
 
 
+@one_store
 def test_metered_excluded_by_setting(world: World, derive: Derive) -> None:
     con = derive(metered_world(world), seen_at=month(2, 3), include_metered=False)
     assert customer_mrr_at(con, "cus_1", month(2, 1)) == Decimal("10.0000")
 
 
+@one_store
 def test_metered_partial_period_ignored(world: World, derive: Derive) -> None:
     """A usage line for less than a whole interval (the first, partial period) does not set MRR."""
     base(world).price("price_m", "prod_api", None, usage_type="metered")
@@ -166,6 +176,7 @@ def test_metered_partial_period_ignored(world: World, derive: Derive) -> None:
 
 
 @pytest.mark.parametrize("rest_from", ["period_start", "threshold"])
+@one_store
 def test_metered_usage_billed_at_a_threshold_counts_in_its_period(world: World, derive: Derive,
                                                                     rest_from: str) -> None:
     """A billing threshold invoices the usage so far (60.00 by day 12); the period's own invoice bills the rest
@@ -189,6 +200,7 @@ def test_metered_usage_billed_at_a_threshold_counts_in_its_period(world: World, 
     assert item_rows(con, "si_m")[-2]["source_invoice_id"] == second["id"]
 
 
+@one_store
 def test_metered_threshold_resetting_the_cycle_ends_its_period(world: World, derive: Derive) -> None:
     """With reset_billing_cycle_anchor the threshold invoice ends the period (a short one, not counted); the
     next period starts then and its line spans a whole interval alone: the threshold's usage is not added."""
@@ -218,6 +230,7 @@ def discounted(w: World, coupon: dict[str, Any], *, item_level: bool = False, st
     return w
 
 
+@one_store
 def test_forever_coupon(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"percent_off": 25, "duration": "forever"}), seen_at=month(6))
     assert customer_mrr_at(con, "cus_1", month(5)) == Decimal("67.5000")
@@ -236,6 +249,7 @@ def test_a_deleted_coupons_discounts_keep_running(world: World, derive: Derive) 
     assert con.execute("SELECT count(*) FROM data_quality WHERE kind = 'missing_coupon'").fetchone() == (0,)
 
 
+@one_store
 def test_a_discount_in_the_shape_before_api_version_2025_09_30_counts(world: World, derive: Derive) -> None:
     """An event keeps the API version it was made in, and before 2025-09-30 a discount named its coupon as a whole
     object in `coupon` (not `source.coupon`): a discount whose last stored copy has that shape still takes its
@@ -267,6 +281,7 @@ def test_a_discount_an_item_names_but_the_store_lacks_is_recorded(world: World, 
     assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("80.0000")
     assert con.execute("SELECT count(*) FROM data_quality").fetchone() == (0,)
 
+@one_store
 def test_repeating_coupon_ends(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"percent_off": 20, "duration": "repeating", "duration_in_months": 3}),
                  seen_at=month(6))
@@ -274,6 +289,7 @@ def test_repeating_coupon_ends(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(3)) == Decimal("90.0000")
 
 
+@one_store
 def test_discount_starting_later(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"percent_off": 50, "duration": "forever"}, start=month(2, 5)),
                  seen_at=month(6))
@@ -281,17 +297,20 @@ def test_discount_starting_later(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(2, 5)) == Decimal("45.0000")
 
 
+@one_store
 def test_once_coupon_no_mrr(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"percent_off": 50, "duration": "once"}), seen_at=month(2))
     assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("90.0000")
 
 
+@one_store
 def test_item_level_discount_only_that_item(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"percent_off": 50, "duration": "forever"}, item_level=True), seen_at=month(2))
     assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("70.0000")
     assert item_rows(con, "si_b")[0]["mrr_original"] == Decimal("50")
 
 
+@one_store
 def test_a_subscriptions_own_discount_overrides_the_customers(world: World, derive: Derive) -> None:
     """A customer-wide discount applies to every subscription of the customer that has no discount of its own;
     Stripe bills a subscription's own discount instead of it, not on top of it. (Both used to be multiplied:
@@ -318,6 +337,7 @@ def test_a_subscriptions_own_discount_overrides_the_customers(world: World, deri
     assert moves == [("cus_1", "discount", Decimal("10.0000"))]
 
 
+@one_store
 def test_a_coupon_restricted_to_some_products_discounts_only_their_items(world: World, derive: Derive) -> None:
     """A coupon's applies_to.products limits it to the items of those products: 50% off the seats (40.00 of
     them) leaves the API item (50.00) whole. (Every item used to be discounted: 45.00 where Stripe bills 70.00.)"""
@@ -329,6 +349,7 @@ def test_a_coupon_restricted_to_some_products_discounts_only_their_items(world: 
     assert b["mrr_original"] == Decimal("50") and b["discount_ids"] is None
 
 
+@one_store
 def test_a_subscriptions_own_restricted_discount_still_overrides_the_customers(world: World,
                                                                                derive: Derive) -> None:
     """A subscription with a discount of its own is billed without the customer's even where its own is restricted
@@ -393,6 +414,7 @@ def test_a_discount_on_one_invoice_is_no_mrr_discount(one_invoice_store: duckdb.
                        [d["id"], account]).fetchall() == [], account
 
 
+@one_store
 def test_a_discount_put_on_and_taken_off_by_its_own_events_names_them(world: World, derive: Derive) -> None:
     """A promotion code's 10% forever discount on the customer, by `customer.discount.created` on day 5 and
     `customer.discount.deleted` on day 15: its two `discount` rows (-2.50, +2.50) name those events (design.md 5:
@@ -411,6 +433,7 @@ def test_a_discount_put_on_and_taken_off_by_its_own_events_names_them(world: Wor
     assert rows == [(month(0, 5), Decimal("-5.0000"), created["id"]), (month(0, 15), Decimal("5.0000"), deleted["id"])]
 
 
+@one_store
 def test_a_restricted_amount_off_is_shared_among_its_products_items_only(world: World, derive: Derive) -> None:
     """An amount off restricted to some products is split among the items of those products (in proportion to
     their MRR), and the other items keep their whole MRR."""
@@ -428,6 +451,7 @@ def test_a_restricted_amount_off_is_shared_among_its_products_items_only(world: 
     assert item_rows(con, "si_b")[0]["mrr_original"] == Decimal("50")
 
 
+@one_store
 def test_amount_off_shared_and_capped(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"amount_off": 1_500, "currency": "usd", "duration": "forever"}),
                  seen_at=month(2))
@@ -436,6 +460,7 @@ def test_amount_off_shared_and_capped(world: World, derive: Derive) -> None:
     assert sum(parts) == Decimal("75")
 
 
+@one_store
 def test_amount_off_share_follows_the_other_items(world: World, derive: Derive) -> None:
     """A shared amount_off is split in proportion to the items' MRR: when one item changes, every item's
     share changes with it (the other item gets a new row then although nothing of its own changed)."""
@@ -452,6 +477,7 @@ def test_amount_off_share_follows_the_other_items(world: World, derive: Derive) 
         assert sum(r["mrr_original"] for r in rows) == customer_mrr_at(con, "cus_1", at)
 
 
+@one_store
 def test_other_items_change_leaves_an_item_unchanged(world: World, derive: Derive) -> None:
     """Without a shared amount_off, an item's rows do not break where another item of its subscription
     changes."""
@@ -463,12 +489,14 @@ def test_other_items_change_leaves_an_item_unchanged(world: World, derive: Deriv
     assert customer_mrr_at(con, "cus_1", month(1, 10)) == Decimal("117.0000")
 
 
+@one_store
 def test_amount_off_never_below_zero(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"amount_off": 50_000, "currency": "usd", "duration": "forever"}),
                  seen_at=month(2))
     assert customer_mrr_at(con, "cus_1", month(0, 1)) == 0
 
 
+@one_store
 def test_discount_removed_early_by_event(world: World, derive: Derive) -> None:
     discounted(world, {"percent_off": 10, "duration": "forever"})
     world.update("sub_1", month(1, 10), discounts=[])
@@ -713,6 +741,7 @@ def simple(w: World, **kw: Any) -> World:
     return w
 
 
+@one_store
 def test_trial_counts_zero(world: World, derive: Derive) -> None:
     simple(world, trial_end=T0 + 14 * DAY)
     world.update("sub_1", T0 + 14 * DAY, status="active")
@@ -721,6 +750,7 @@ def test_trial_counts_zero(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", T0 + 14 * DAY) == Decimal("50.0000")
 
 
+@one_store
 def test_trial_from_snapshot_dates_without_events(world: World, derive: Derive) -> None:
     simple(world, trial_end=T0 + 14 * DAY)
     world.update("sub_1", T0 + 14 * DAY, status="active")
@@ -798,6 +828,7 @@ def test_a_trial_pause_read_with_stripes_clock_ahead_of_this_machines(world: Wor
     assert moves == ([("new", T0 + 34 * DAY)] if then == "resumed" else [])
 
 
+@one_store
 def test_a_trial_with_no_invoice_stored_is_not_read_as_a_pause(world: World, derive: Derive) -> None:
     """The pause is read from a trial's end with no invoice after it only where the store holds some invoice of the
     subscription: without any (invoices not synced), its status steps claim no pause they cannot see."""
@@ -810,6 +841,7 @@ def test_a_trial_with_no_invoice_stored_is_not_read_as_a_pause(world: World, der
 
 
 @pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
+@one_store
 def test_a_trial_granted_to_a_paying_subscription_counts_zero(world: World, derive: Derive, events: bool) -> None:
     """A trial given to a subscription already paying (trial_end set on an update: status trialing, trial_start
     the update's moment) counts zero while it lasts, as any trial does. Without events it is read from the
@@ -832,6 +864,7 @@ def test_a_trial_granted_to_a_paying_subscription_counts_zero(world: World, deri
 
 @pytest.mark.parametrize(("counts", "expected"), [pytest.param(True, Decimal("50.0000"), id="past-due-counts"),
                                                   pytest.param(False, Decimal("0"), id="past-due-excluded")])
+@one_store
 def test_past_due(world: World, derive: Derive, counts: bool, expected: Decimal) -> None:
     simple(world)
     world.update("sub_1", month(1, 1), status="past_due")
@@ -841,6 +874,7 @@ def test_past_due(world: World, derive: Derive, counts: bool, expected: Decimal)
     assert customer_mrr_at(con, "cus_1", month(1, 10)) == Decimal("50.0000")
 
 
+@one_store
 def test_unpaid_zero_from_transition(world: World, derive: Derive) -> None:
     simple(world)
     world.update("sub_1", month(1, 1), status="past_due")
@@ -865,6 +899,7 @@ def movements(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") -> list[t
 
 
 @pytest.mark.parametrize("events_from", ["all", "inside-the-spell"])
+@one_store
 def test_a_spell_the_first_stored_event_shows_is_dated_where_it_began(world: World, derive: Derive,
                                                                       events_from: str) -> None:
     """The stored events begin inside a zero-MRR spell that ended in payment before the latest state: incomplete,
@@ -901,6 +936,7 @@ def test_a_spell_the_first_stored_event_shows_is_dated_where_it_began(world: Wor
     assert movements(con, "cus_2") == [(month(1, 22), "new", Decimal("75.0000"))]
 
 
+@one_store
 def test_incomplete_and_paused_count_zero(world: World, derive: Derive) -> None:
     simple(world)
     world.update("sub_1", month(1), status="paused")
@@ -912,6 +948,7 @@ def test_incomplete_and_paused_count_zero(world: World, derive: Derive) -> None:
 
 @pytest.mark.parametrize(("keeps", "expected"), [pytest.param(True, Decimal("50.0000"), id="pause-collection-keeps-mrr"),
                                                  pytest.param(False, Decimal("0"), id="pause-collection-excluded")])
+@one_store
 def test_pause_collection(world: World, derive: Derive, keeps: bool, expected: Decimal) -> None:
     simple(world)
     world.update("sub_1", month(1, 3), pause_collection={"behavior": "void", "resumes_at": None})
@@ -921,6 +958,7 @@ def test_pause_collection(world: World, derive: Derive, keeps: bool, expected: D
     assert customer_mrr_at(con, "cus_1", month(2, 4)) == Decimal("50.0000")
 
 
+@one_store
 def test_cancel_at_period_end_churns_at_end(world: World, derive: Derive) -> None:
     simple(world)
     world.cycle("sub_1", month(1))
@@ -933,6 +971,7 @@ def test_cancel_at_period_end_churns_at_end(world: World, derive: Derive) -> Non
         month(2), "canceled", "voluntary", "too_expensive")
 
 
+@one_store
 def test_churn_recognition_canceled(world: World, derive: Derive) -> None:
     simple(world)
     world.cancel("sub_1", month(1, 10), ended_at=month(2))
@@ -941,6 +980,7 @@ def test_churn_recognition_canceled(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(1, 10)) == 0
 
 
+@one_store
 def test_immediate_cancel_payment_failed_is_involuntary(world: World, derive: Derive) -> None:
     simple(world)
     world.cancel("sub_1", month(1, 5), reason="payment_failed")
@@ -980,6 +1020,7 @@ def test_a_pause_after_a_payment_failure_is_involuntary_churn(world: World, deri
     assert con.execute("SELECT churn_type, churned_customers FROM churn_reasons").fetchall() == [(churn_type, 1)]
 
 
+@one_store
 def test_each_pause_churns_by_what_paused_it(world: World, derive: Derive) -> None:
     """A subscription paused after its last failed retry, resumed when the invoice was paid, and paused later at
     the customer's request: the first churn is involuntary, the second voluntary."""
@@ -999,6 +1040,7 @@ def test_each_pause_churns_by_what_paused_it(world: World, derive: Derive) -> No
 
 # --- what is not MRR ----------------------------------------------------------------------------------
 
+@one_store
 def test_tax_excluded(world: World, derive: Derive) -> None:
     """Exclusive tax is outside MRR; an inclusive tax inside a metered line's amount is taken out."""
     metered_world(world)
@@ -1024,6 +1066,7 @@ def with_vat(w: World, percent: int, discount_percent: int = 0) -> None:
                                   "type": "tax_rate_details"}]
 
 
+@one_store
 def test_tax_inclusive_price_excluded(world: World, derive: Derive) -> None:
     """A tax-inclusive licensed price's MRR is its amount less the tax share its invoices show (20% VAT: 24.00
     a month for two seats is 20.00); seats and plan changes are labelled as without tax, at net amounts; the
@@ -1048,6 +1091,7 @@ def test_tax_inclusive_price_excluded(world: World, derive: Derive) -> None:
     assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
 
 
+@one_store
 def test_tax_inclusive_price_with_a_coupon(world: World, derive: Derive) -> None:
     """The tax is worked out on the discounted amount: 50% off 24.00 is 12.00 charged, of which 2.00 is 20% VAT,
     so MRR is 10.00 (taking the tax as a share of the undiscounted 24.00 would give 11.00). A metered line's
@@ -1133,6 +1177,7 @@ def test_amount_off_in_the_items_currency_from_the_coupons_currency_options(worl
     assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
 
 
+@one_store
 def test_proration_not_mrr(world: World, derive: Derive) -> None:
     base(world).price("price_a", "prod_seat", 1_000)
     world.price("price_b", "prod_seat", 3_000)
@@ -1145,6 +1190,7 @@ def test_proration_not_mrr(world: World, derive: Derive) -> None:
         for inv in world.objects["invoices"].values() for ln in inv["lines"]["data"])
 
 
+@one_store
 def test_one_time_price_not_mrr(world: World, derive: Derive) -> None:
     base(world).price("price_a", "prod_seat", 1_000)
     world.price("price_setup", "prod_seat", 50_000, interval=None)
@@ -1326,6 +1372,7 @@ def test_a_yearly_sum_too_large_for_the_views_money_is_a_clear_error(world: Worl
         queries.bridge(con, "year", "family")
 
 
+@one_store
 def test_a_status_the_rules_do_not_know_counts_zero_and_says_so(world: World, derive: Derive) -> None:
     """A status design.md 4 does not name (one a newer API version may add) counts zero, as the statuses that
     stop MRR do, and is a data-quality row naming it and its event (it was a silent cancellation)."""
@@ -1339,6 +1386,7 @@ def test_a_status_the_rules_do_not_know_counts_zero_and_says_so(world: World, de
     assert "frozen" in rows[0][4]
 
 
+@one_store
 def test_unpaid_before_event_window_dated_by_invoice(world: World, derive: Derive) -> None:
     """Without events, an unpaid subscription drops to zero when its failed invoice was given up on."""
     simple(world)
@@ -1352,6 +1400,7 @@ def test_unpaid_before_event_window_dated_by_invoice(world: World, derive: Deriv
     assert item_rows(con, "si_1")[-1]["churn_type"] == "involuntary"
 
 
+@one_store
 def test_incomplete_expired_never_counts(world: World, derive: Derive) -> None:
     simple(world)
     sub = world.objects["subscriptions"]["sub_1"]
@@ -1361,6 +1410,7 @@ def test_incomplete_expired_never_counts(world: World, derive: Derive) -> None:
     assert customer_mrr_at(con, "cus_1", month(0, 5)) == 0
 
 
+@one_store
 def test_unpaid_then_paid_comes_back(world: World, derive: Derive) -> None:
     """An unpaid spell that ends in payment counts zero only while it lasts and is no churn."""
     simple(world)
@@ -1373,6 +1423,7 @@ def test_unpaid_then_paid_comes_back(world: World, derive: Derive) -> None:
     assert [r["churn_type"] for r in rows if r["mrr_original"] > 0] == [None, None]
 
 
+@one_store
 def test_unpaid_then_deleted_before_event_window(world: World, derive: Derive) -> None:
     """Without events, a subscription deleted for a failed payment churns when it went unpaid."""
     simple(world)
@@ -1389,6 +1440,7 @@ def test_unpaid_then_deleted_before_event_window(world: World, derive: Derive) -
 
 
 @pytest.mark.parametrize("end", ["canceled", "unpaid"])
+@one_store
 def test_an_earlier_uncollectible_invoice_does_not_date_a_later_unpaid_churn(world: World, derive: Derive,
                                                                             end: str) -> None:
     """Without events: an invoice forgiven (marked uncollectible) in month 1, paid renewals after it, then the
@@ -1418,6 +1470,7 @@ def test_an_earlier_uncollectible_invoice_does_not_date_a_later_unpaid_churn(wor
     assert month(3) <= int(churn[0][0].timestamp()) <= month(3, 20)
 
 
+@one_store
 def test_an_update_invoice_paid_at_once_does_not_end_the_unpaid_spell(world: World, derive: Derive) -> None:
     """Without events: the renewal of month 2 fails and stays open, a downgrade on day 5 makes an update invoice
     paid at once (credit covers it), and the subscription is unpaid now. It went unpaid with the open renewal, not
