@@ -494,6 +494,8 @@ def test_amount_off_never_below_zero(world: World, derive: Derive) -> None:
     con = derive(discounted(world, {"amount_off": 50_000, "currency": "usd", "duration": "forever"}),
                  seen_at=month(2))
     assert customer_mrr_at(con, "cus_1", month(0, 1)) == 0
+    # (the case's own account holds the derived items the zero is made of)
+    assert len(item_rows(con, "si_a")) == 1, item_rows(con, "si_a")
 
 
 @one_store
@@ -1408,6 +1410,9 @@ def test_incomplete_expired_never_counts(world: World, derive: Derive) -> None:
     con = derive(world, seen_at=month(1), events=False)
     assert customer_mrr_at(con, "cus_1", T0 + 60) == 0
     assert customer_mrr_at(con, "cus_1", month(0, 5)) == 0
+    # (the case's own account holds the subscription that counts nothing)
+    assert con.execute("SELECT status FROM derived_subs WHERE subscription_id = 'sub_1'").fetchall() == [
+        ("incomplete_expired",)]
 
 
 @one_store
