@@ -5,6 +5,7 @@ Engineers working on the metrics add fixtures here by appending; keep every fixt
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -196,11 +197,13 @@ class OneStore:
 
     The first of them to run builds every one's case: it runs each test's body with a World of its own account
     (the test's id, e.g. ``test_x[case]``) up to its ``derive(...)``, which loads the World into the store of
-    those settings (currency and rules) and exchange rates and stops the body there; then each store is recomputed once. Each test
-    then runs in full as it reads, rebuilding the same World (a few milliseconds), and its ``derive`` checks that
-    it asks for what was loaded and returns :func:`account_view` of its account: every query sees that account's
-    rows alone, and a store-wide view fails. Coverage, the snapshot and Stripe's clock are per account; fx_rates
-    is not, so the accounts of a store are those that load the same rates. Unmarked tests of the module keep their own store.
+    those settings (currency and rules) and exchange rates and stops the body there; then each store is
+    recomputed once. Each test then runs in full as it reads, rebuilding the same World (a few milliseconds),
+    and its ``derive`` checks that it asks for what was loaded and returns :func:`account_view` of its account:
+    every query sees that account's rows alone, and a store-wide view fails. Coverage, the snapshot and Stripe's
+    clock are per account; fx_rates is not, so the accounts of a store are those that load the same rates.
+    Unmarked tests of the module keep their own store. (Under pytest-xdist each worker builds every case of a
+    module it runs a test of.)
     """
 
     def __init__(self) -> None:
@@ -223,30 +226,29 @@ class OneStore:
 
             stores: dict[str, tuple[duckdb.DuckDBPyConnection, Any]] = {}
             loaded: dict[str, tuple[duckdb.DuckDBPyConnection, tuple[Any, ...]]] = {}
+            calls: list[tuple[Any, ...]] = []  # the current test's derive(...), as loaded
+
+            def collect(w: World, *, seen_at: int, events: bool | int = True, currency: str = "usd",
+                        **rules: Any) -> duckdb.DuckDBPyConnection:
+                key = repr((currency, sorted(rules.items()), w.fx_rates))
+                rates = w.fx_rates
+                if key in stores:  # (fx_rates is global: one store per list of rates, loaded once)
+                    w.fx_rates = []
+                else:
+                    stores[key] = (module_stores(), (currency, rules))
+                w.load(stores[key][0], seen_at=seen_at, events=events)
+                w.fx_rates = rates
+                calls.append((key, seen_at, events))
+                raise _Loaded
+
             for item in request.session.items:
                 if getattr(item, "module", None) is not request.module or not shared(item):
                     continue
                 assert item.get_closest_marker("xfail") is None, f"{item.name}: an expected failure keeps its own store"
-                calls: list[tuple[Any, ...]] = []
-
-                def collect(w: World, *, seen_at: int, events: bool | int = True, currency: str = "usd",
-                            **rules: Any) -> duckdb.DuckDBPyConnection:
-                    key = repr((currency, sorted(rules.items()), w.fx_rates))
-                    rates = w.fx_rates
-                    if key in stores:  # (fx_rates is global: one store per list of rates, loaded once)
-                        w.fx_rates = []
-                    else:
-                        stores[key] = (module_stores(), (currency, rules))
-                    w.load(stores[key][0], seen_at=seen_at, events=events)
-                    w.fx_rates = rates
-                    calls.append((key, seen_at, events))
-                    raise _Loaded
-
+                calls.clear()
                 params = getattr(getattr(item, "callspec", None), "params", {})
-                try:
+                with contextlib.suppress(_Loaded):
                     item.function(world=World(account_id=item.name), derive=collect, **params)
-                except _Loaded:
-                    pass
                 assert len(calls) == 1, f"{item.name} did not call derive(...) (a @one_store test calls it once)"
                 loaded[item.name] = (stores[calls[0][0]][0], calls[0])
             for con, (currency, rules) in stores.values():

@@ -19,8 +19,8 @@ from typing import Any
 
 import duckdb
 import pytest
-from conftest import OneStore
 from builders import World, ts
+from conftest import OneStore
 from test_classifier import MINUTE, T0, Row, base, check_invariants, month, movements
 
 Derive = Callable[..., duckdb.DuckDBPyConnection]
