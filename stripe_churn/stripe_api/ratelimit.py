@@ -124,7 +124,10 @@ class RateLimiter:
 
     def endpoint(self, path: str) -> TokenBucket:
         """The bucket of ``path``'s endpoint, made on first use."""
-        key = endpoint_of(path)
+        return self._bucket(endpoint_of(path))
+
+    def _bucket(self, key: str) -> TokenBucket:
+        """The bucket of endpoint ``key`` (and its turn lock), made on first use."""
         bucket = self.endpoints.get(key)
         if bucket is None:
             bucket = self.endpoints[key] = TokenBucket(self.endpoint_rate, clock=self._clock, sleep=self._sleep)
@@ -137,8 +140,9 @@ class RateLimiter:
         endpoint's next request takes its token only once this one has its global token: else requests whose
         endpoint tokens were taken at its pace while the global queue was long would all leave together once it
         drains, a burst above the endpoint's limit."""
-        bucket = self.endpoint(path)
-        async with self._turns[endpoint_of(path)]:
+        key = endpoint_of(path)
+        bucket = self._bucket(key)
+        async with self._turns[key]:
             await bucket.acquire()
             await self.glob.acquire()
 
@@ -150,7 +154,7 @@ class RateLimiter:
             self.glob.penalise()
             return
         key = endpoint_of(path)
-        self.endpoint(path).penalise()
+        self._bucket(key).penalise()
         if why.startswith("endpoint") or why == "resource-specific":
             return
         now = self._clock()
