@@ -184,6 +184,11 @@ def account_view(con: duckdb.DuckDBPyConnection, account_id: str) -> duckdb.Duck
     return cur
 
 
+def _store_key(w: World, currency: str, rules: dict[str, Any]) -> str:
+    """Which shared store a derive(...) of ``w`` loads into: one per settings (currency, rules) and exchange rates."""
+    return repr((currency, sorted(rules.items()), w.fx_rates))
+
+
 class _Loaded(Exception):
     """Raised by the collecting ``derive`` once a test's World is loaded: the rest of the test runs later."""
 
@@ -230,7 +235,7 @@ class OneStore:
 
             def collect(w: World, *, seen_at: int, events: bool | int = True, currency: str = "usd",
                         **rules: Any) -> duckdb.DuckDBPyConnection:
-                key = repr((currency, sorted(rules.items()), w.fx_rates))
+                key = _store_key(w, currency, rules)
                 rates = w.fx_rates
                 if key in stores:  # (fx_rates is global: one store per list of rates, loaded once)
                     w.fx_rates = []
@@ -269,7 +274,7 @@ class OneStore:
             def run(w: World, *, seen_at: int, events: bool | int = True, currency: str = "usd",
                     **rules: Any) -> duckdb.DuckDBPyConnection:
                 assert not views, f"{request.node.name}: a @one_store test derives once"
-                asked = (repr((currency, sorted(rules.items()), w.fx_rates)), seen_at, events)
+                asked = (_store_key(w, currency, rules), seen_at, events)
                 assert w.account_id == request.node.name and asked == call, (
                     f"{request.node.name}: derive asks for {asked}, the shared store loaded {call}")
                 views.append(account_view(con, w.account_id))
