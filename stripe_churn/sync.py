@@ -358,6 +358,10 @@ class _Sync:
         # tables holding nothing of the account when this listing began (a first full sync): its rows are
         # inserted straight away (discounts excepted: the same discount comes on several objects)
         self.fresh: set[str] = set()
+        # the complete lines of each credit note whose lines this run paged (None: they answered 404); a credit
+        # note's lines never change once it is issued, so every copy of it in one run (its events', the refresh's,
+        # the listing's, a stored one's) takes them from here: one paging a note, not one a copy
+        self._cn_lines: dict[str, list[dict[str, Any]] | None] = {}
 
     async def _db(self, fn: Any, *args: Any) -> Any:
         """Run a database function off the event loop, serialised with the writer. The functions run here roll
@@ -499,17 +503,27 @@ class _Sync:
         return await self._complete_list(inv.get("lines"), f"/v1/invoices/{inv['id']}/lines", LINE_LIST_PARAMS,
                                          from_event)
 
-    async def _credit_note_lines(self, cn: dict[str, Any], *, from_event: bool = False) -> list[dict[str, Any]] | None:
-        """The credit note's complete line list (None: see :meth:`_complete_list`, and whenever its lines answer
-        404: its lines have no table whose rows a failure would leave wrong, so what was embedded is stored, and
-        :meth:`_complete_stored_credit_note_lines` asks for the rest again next run; failing here instead would
-        fail every later run on the same event)."""
-        try:
-            return await self._complete_list(cn.get("lines"), _credit_note_lines_path(cn["id"]), {}, from_event)
-        except NotFoundError:
-            log.info("the lines of credit note %s answered 404: its embedded page is stored, the rest is asked for "
-                     "next run", cn["id"])
-            return None
+    async def _credit_note_lines(self, cn: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The credit note's complete line list: the embedded one when it is whole, else
+        :meth:`_paged_credit_note_lines` (None when they answer 404)."""
+        if not _lines_cut(cn):
+            return list((cn.get("lines") or {}).get("data") or [])
+        return await self._paged_credit_note_lines(cn["id"])
+
+    async def _paged_credit_note_lines(self, cnid: str) -> list[dict[str, Any]] | None:
+        """The lines of the credit note ``cnid`` paged whole from its lines endpoint, once a run (``_cn_lines``).
+        None whenever they answer 404: its lines have no table whose rows a failure would leave wrong, so what was
+        embedded is stored, and a later run asks again once the credit note changes
+        (:meth:`_complete_stored_credit_note_lines`); failing here instead would fail every later run on the same
+        event. Any other failure is raised (and not kept: a run that goes on asks again)."""
+        if cnid not in self._cn_lines:
+            try:
+                self._cn_lines[cnid] = await self._page_all(_credit_note_lines_path(cnid), {})
+            except NotFoundError:
+                log.info("the lines of credit note %s answered 404: its embedded page is kept", cnid)
+                self._cn_lines[cnid] = None
+        got = self._cn_lines[cnid]
+        return None if got is None else list(got)
 
     async def _complete_list(self, embedded: Any, path: str, params: dict[str, Any],
                              from_event: bool) -> list[dict[str, Any]] | None:
@@ -564,16 +578,18 @@ class _Sync:
 
         ``children``: the object's complete item or line list when already fetched. ``from_event``: the object is
         an event's (its cut-short list may be gone since: then its embedded part is stored, and none of its stored
-        children is marked missing). ``embedded_only``: its cut-short list is known to be gone (the same, without
-        asking). A credit note's lines have no table: its cut-short list is completed in its own JSON
-        (:func:`_with_lines`). Raises :class:`_Malformed` for an object not of the shape read here.
+        children is marked missing). ``embedded_only``: its cut-short list is not asked for, and stored as it came
+        (the same): known to be gone, or paged for a fresher copy that follows in the same batch (an event's
+        object, which the refresh after the event page retrieves). A credit note's lines have no table: its
+        cut-short list is completed in its own JSON (:func:`_with_lines`). Raises :class:`_Malformed` for an object
+        not of the shape read here.
         """
         _check_object(table, obj)
         if table == "prices" and not (deleted or obj.get("deleted")):
             await self._complete_option_tiers(obj)
         if table == "credit_notes" and not (deleted or obj.get("deleted")):
             got = None if embedded_only else children if children is not None else \
-                await self._credit_note_lines(obj, from_event=from_event)
+                await self._credit_note_lines(obj)
             _with_lines(obj, got)
         batch.add(table, obj, version, deleted)
         if deleted or obj.get("deleted"):
@@ -737,19 +753,6 @@ class _Sync:
         """The complete item/line lists of the objects whose embedded list is cut, fetched concurrently; None for an
         object whose list answers 404: it is gone since it was listed (a draft invoice deleted, a subscription of
         a test clock deleted), and its deletion event, after the listing's start event, flags it."""
-        todo: list[tuple[str, str, dict[str, Any]]] = []
-        for obj in objs:
-            if obj.get("deleted"):
-                continue
-            if table == "subscriptions" and (obj.get("items") or {}).get("has_more"):
-                todo.append((obj["id"], "/v1/subscription_items", item_list_params(obj["id"])))
-            elif table == "invoices" and (obj.get("lines") or {}).get("has_more"):
-                todo.append((obj["id"], f"/v1/invoices/{obj['id']}/lines", LINE_LIST_PARAMS))
-            elif table == "credit_notes" and _lines_cut(obj):
-                todo.append((obj["id"], _credit_note_lines_path(obj["id"]), {}))
-        if not todo:
-            return {}
-
         async def whole(path: str, params: dict[str, Any]) -> list[dict[str, Any]] | None:
             try:
                 return await self._page_all(path, params)
@@ -758,8 +761,20 @@ class _Sync:
                          "stored", path)
                 return None
 
-        got = await asyncio.gather(*(whole(path, params) for _, path, params in todo))
-        return {oid: lst for (oid, _, _), lst in zip(todo, got, strict=True)}
+        todo: list[tuple[str, Coroutine[Any, Any, list[dict[str, Any]] | None]]] = []
+        for obj in objs:
+            if obj.get("deleted"):
+                continue
+            if table == "subscriptions" and (obj.get("items") or {}).get("has_more"):
+                todo.append((obj["id"], whole("/v1/subscription_items", item_list_params(obj["id"]))))
+            elif table == "invoices" and (obj.get("lines") or {}).get("has_more"):
+                todo.append((obj["id"], whole(f"/v1/invoices/{obj['id']}/lines", LINE_LIST_PARAMS)))
+            elif table == "credit_notes" and _lines_cut(obj):
+                todo.append((obj["id"], self._paged_credit_note_lines(obj["id"])))
+        if not todo:
+            return {}
+        got = await asyncio.gather(*(paged for _, paged in todo))
+        return {oid: lst for (oid, _), lst in zip(todo, got, strict=True)}
 
     async def _page_batch(self, table: str, data: list[tuple[bytes, Any]], version: int) -> Batch:
         """A page's objects into a batch: as they came where they can be (:meth:`_add_listed`), the others (a
@@ -1260,12 +1275,8 @@ class _Sync:
 
         async def one(raw: str, version: int) -> tuple[dict[str, Any], int, list[dict[str, Any]] | None]:
             cn = orjson.loads(raw)
-            async with sem:
-                try:
-                    return cn, version, await self._page_all(_credit_note_lines_path(cn["id"]), {})
-                except NotFoundError:
-                    log.info("the lines of credit note %s answered 404: its stored copy is left as it is", cn["id"])
-                    return cn, version, None
+            async with sem:  # (None, 404: its stored copy is left as it is)
+                return cn, version, await self._paged_credit_note_lines(cn["id"])
 
         batch = Batch()
         failed: BaseException | None = None  # (the first: raised once the others completed are stored)
@@ -1334,9 +1345,13 @@ class _Sync:
             if table is None:
                 continue
             gone = table in DELETABLE and str(ev.get("type", "")).endswith(".deleted")
+            related = _related(table, obj)
+            # (an object the refresh retrieves has its cut-short list paged for that copy, which replaces this one:
+            # paging it for each of its events too would ask for the same list again and again)
             with _answer_of("/v1/events"):
-                await self._add_object(batch, table, obj, v, True if gone else None, from_event=True)
-            touched.update(_related(table, obj))
+                await self._add_object(batch, table, obj, v, True if gone else None, from_event=True,
+                                       embedded_only=(table, obj["id"]) in related)
+            touched.update(related)
         await self._refresh(batch, touched, max(int(e["created"]) for e in events))
         if last_id is not None:
             batch.cursors.append(("events", last_id, last_created, False))

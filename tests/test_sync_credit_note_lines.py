@@ -6,7 +6,9 @@ sync against the sandbox server serving a hand-built account (tests/metrics/buil
 
 from __future__ import annotations
 
+import copy
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,41 @@ class _Once:
             return None
         self.fired = True
         return got
+
+
+class _Pagings:
+    """A server change that counts, per parent id, the requests for the lines of ``resource``'s objects
+    (``requests``) and the pagings of them (``pagings``: the requests for a first page, without ``starting_after``),
+    each as the server answered it (a refused one too, when this change is made after the refusal's)."""
+
+    def __init__(self, resource: str = "credit_notes") -> None:
+        self.resource = resource
+        self.requests: Counter[str] = Counter()
+        self.pagings: Counter[str] = Counter()
+
+    def __call__(self, sb: RunningSandbox) -> None:
+        inner = sb.app.catalog.sublist_page
+
+        def counted(resource: str, parent_id: str, params: Any, url: str, param: str = "id") -> Any:
+            if resource == self.resource:
+                self.requests[parent_id] += 1
+                if not params.get("starting_after"):
+                    self.pagings[parent_id] += 1
+            return inner(resource, parent_id, params, url, param)
+
+        sb.app.catalog.sublist_page = counted  # type: ignore[method-assign]
+
+
+def _both(*changes: Callable[[RunningSandbox], None]) -> Callable[[RunningSandbox], None]:
+    """Server changes made in turn (a later one sees the requests before an earlier one answers them)."""
+    def tamper(sb: RunningSandbox) -> None:
+        for change in changes:
+            change(sb)
+    return tamper
+
+
+def _not_found(_params: dict[str, Any]) -> ApiError:
+    return ApiError(404, "No such credit note", code="resource_missing", param="id")
 
 
 def _cursor_gone(params: dict[str, Any]) -> ApiError | None:
@@ -270,3 +307,51 @@ def test_an_events_credit_note_whose_lines_answer_404_does_not_stop_the_events(t
     assert _stored(db, "cn_1")[1:] == ("true", sum(ln["amount"] for ln in cn["lines"]["data"][:10]), False)
     assert _sync(w, {"cn_1": cn}, T0 + 3 * DAY + 60, db).status == "succeeded"
     assert _stored(db, "cn_1") == _complete(cn)
+
+
+def test_an_incremental_sync_pages_a_credit_notes_lines_once_however_many_of_its_events_it_applies(
+        tmp_path: Path) -> None:
+    """Two credit notes of 25 lines, each in two events of one run (created, then updated or voided): each note's
+    lines are paged once (before, once for every event's copy and once more for the copy the refresh after the
+    events retrieves: 3 pagings a note against Stripe's 25 requests per second to the lines endpoint), and each is
+    stored whole, in its latest state."""
+    w = _world()
+    db = tmp_path / "s.duckdb"
+    assert _sync(w, {}, T0 + DAY, db, full=True).status == "succeeded"
+    cn1, cn2 = _credit_note(w, "cn_1", T0 + 2 * DAY), _credit_note(w, "cn_2", T0 + 2 * DAY + 60)
+    w.event("credit_note.created", T0 + 2 * DAY, cn1)
+    w.event("credit_note.created", T0 + 2 * DAY + 60, cn2)
+    updated, voided = copy.deepcopy(cn1), copy.deepcopy(cn2)
+    updated["metadata"] = {"order": "42"}
+    voided.update(status="void", voided_at=T0 + 2 * DAY + 180)
+    w.event("credit_note.updated", T0 + 2 * DAY + 120, updated, before=cn1)
+    w.event("credit_note.voided", T0 + 2 * DAY + 180, voided)
+    count = _Pagings()
+    r = _sync(w, {"cn_1": updated, "cn_2": voided}, T0 + 3 * DAY, db, tamper=count)
+    assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
+    assert count.pagings == {"cn_1": 1, "cn_2": 1}
+    assert count.requests == {"cn_1": 1, "cn_2": 1}  # (25 lines: one page each)
+    assert _stored(db, "cn_1") == _complete(updated)
+    assert _stored(db, "cn_2") == _complete(voided)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT raw->>'$.metadata.order', status FROM credit_notes ORDER BY id").fetchall() == \
+            [("42", "issued"), (None, "void")]
+    finally:
+        con.close()
+
+
+def test_a_credit_note_whose_lines_answer_404_is_asked_once_in_a_run(tmp_path: Path) -> None:
+    """An event's credit note whose lines answer 404: one request in the run (before: one for the event's copy, one
+    for the refreshed copy, and one more by the completion of the stored credit notes cut short at the run's end),
+    its embedded page stored."""
+    w = _world()
+    db = tmp_path / "s.duckdb"
+    assert _sync(w, {}, T0 + DAY, db, full=True).status == "succeeded"
+    cn = _credit_note(w, "cn_1", T0 + 2 * DAY)
+    w.event("credit_note.created", T0 + 2 * DAY, cn)
+    count = _Pagings()
+    r = _sync(w, {"cn_1": cn}, T0 + 3 * DAY, db, tamper=_both(_refuse_lines_of("cn_1", _not_found), count))
+    assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
+    assert count.requests == {"cn_1": 1}
+    assert _stored(db, "cn_1")[1] == "true"

@@ -8,8 +8,10 @@ from __future__ import annotations
 import copy
 import itertools
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -17,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "metrics"))
 from builders import DAY, World, ts
 
-from stripe_churn.sandbox.server import start_in_thread
+from stripe_churn.sandbox.server import RunningSandbox, start_in_thread
 from stripe_churn.settings import Secret, Settings
 from stripe_churn.sync import run_sync
 
@@ -86,5 +88,54 @@ def test_a_gone_objects_cut_short_list_does_not_stop_the_sync(tmp_path: Path,
         child, parent = ("invoice_lines", "invoice_id") if table == "invoices" else \
             ("subscription_items", "subscription_id")
         assert con.execute(f"SELECT count(*) FROM {child} WHERE {parent} = ?", [oid]).fetchone() == (10,)
+    finally:
+        con.close()
+
+
+def test_an_objects_cut_short_list_is_paged_once_for_all_of_its_events_in_a_run(tmp_path: Path) -> None:
+    """A subscription of 12 items and its invoice of 12 lines (their events embed 10), with several events each in
+    one run: the items are paged once and the lines once, for the copy the refresh after the events retrieves
+    (before, once more for every event's copy, whose list that copy replaces: 3 pagings of the items and 4 of the
+    lines). Both are stored whole, as they are now (the item the update removed is on neither list)."""
+    w = _world()
+    db = tmp_path / "s.duckdb"
+
+    def settings(url: str) -> Settings:
+        return Settings(api_key=Secret(KEY), api_base=url, db=db, rate_limit=10_000)
+
+    with start_in_thread(w.served(T0 + DAY), api_key=KEY) as sb:
+        assert run_sync(settings(sb.url), full=True, progress=False).status == "succeeded"
+    at = T0 + 2 * DAY
+    w.customer("cus_2", created=at)
+    sub = w.subscribe("sub_2", "cus_2", [(f"si_2_{k}", f"price_{k}", 1) for k in range(12)], at, invoice=False)
+    inv = w.invoice_for("sub_2", at, "subscription_create", period_start=at)
+    for k, etype in enumerate(("invoice.created", "invoice.finalized", "invoice.paid")):
+        w.event(etype, at + k, inv)
+    before = copy.deepcopy(sub)
+    sub["items"]["data"] = [it for it in sub["items"]["data"] if it["id"] != "si_2_11"]
+    w.event("customer.subscription.updated", at + 60, sub, before=before)
+    pagings: Counter[tuple[str, str]] = Counter()
+
+    def count(sb: RunningSandbox) -> None:
+        inner = sb.app.catalog.sublist_page
+
+        def counted(resource: str, parent_id: str, params: Any, url: str, param: str = "id") -> Any:
+            if not params.get("starting_after"):
+                pagings[resource, parent_id] += 1
+            return inner(resource, parent_id, params, url, param)
+
+        sb.app.catalog.sublist_page = counted  # type: ignore[method-assign]
+
+    with start_in_thread(w.served(T0 + 3 * DAY), api_key=KEY) as sb:
+        count(sb)
+        r = run_sync(settings(sb.url), progress=False)
+    assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
+    assert pagings == {("subscriptions", "sub_2"): 1, ("invoices", inv["id"]): 1}
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert sorted(con.execute("SELECT id, deleted FROM subscription_items WHERE subscription_id = 'sub_2'")
+                      .fetchall()) == sorted((f"si_2_{k}", False) for k in range(11))
+        assert con.execute("SELECT count(*) FROM invoice_lines WHERE invoice_id = ? AND NOT deleted",
+                           [inv["id"]]).fetchone() == (12,)
     finally:
         con.close()
