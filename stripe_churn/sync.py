@@ -1254,18 +1254,37 @@ class _Sync:
         await self._flush()
 
     def _stored_cut_credit_notes(self) -> list[tuple[str, int]]:
+        """(JSON, version) of the stored credit notes cut short whose lines were not found to answer 404 in their
+        stored state (``lines_not_found_at``: see :meth:`_remember_lines_not_found`)."""
         rows = self.con.execute(
             "SELECT raw, version FROM credit_notes WHERE account_id = ? AND NOT deleted "
-            "AND json_extract_string(raw, '$.lines.has_more') = 'true' ORDER BY id", [self.account]).fetchall()
+            "AND json_extract_string(raw, '$.lines.has_more') = 'true' "
+            "AND (lines_not_found_at IS NULL OR state_seen_at IS NULL OR lines_not_found_at <> state_seen_at) "
+            "ORDER BY id", [self.account]).fetchall()
         return [(str(r[0]), int(r[1] or 0)) for r in rows]
+
+    def _remember_lines_not_found(self) -> None:
+        """The stored credit notes still cut short whose lines answered 404 in this run: their state's
+        ``state_seen_at`` into ``lines_not_found_at``, so that later runs do not ask again while the row keeps that
+        state (a new state asks: an event's copy is paged as it comes, a changed one has another ``state_seen_at``).
+        Nothing else of the row changes (its JSON is what Stripe sent, ``last_seen_at`` stays)."""
+        ids = sorted(cnid for cnid, lines in self._cn_lines.items() if lines is None)
+        if not ids:
+            return
+        with transaction(self.con):
+            self.con.execute(
+                "UPDATE credit_notes SET lines_not_found_at = state_seen_at WHERE account_id = ? AND NOT deleted "
+                "AND list_contains(?, id) AND json_extract_string(raw, '$.lines.has_more') = 'true'",
+                [self.account, ids])
 
     async def _complete_stored_credit_note_lines(self) -> None:
         """Stored credit notes whose lines are cut short (stored by a version that kept only the embedded page, or
-        whose lines answered 404 when they were stored), their lines paged again and put in their JSON with the
-        version they had, as a listing would have stored them: no event brings them back while the credit note does
-        not change, and a re-list of the whole account for them would cost every store a full listing. One whose
-        lines answer 404 again is left as it is (asked again next run); one whose lines fail otherwise fails the run,
-        once the others completed are stored. Once complete they are not asked again."""
+        whose lines answered 404 in a state they no longer have), their lines paged again and put in their JSON with
+        the version they had, as a listing would have stored them: no event brings them back while the credit note
+        does not change, and a re-list of the whole account for them would cost every store a full listing. One
+        whose lines answer 404 again is left as it is, and not asked again while it keeps that state
+        (:meth:`_remember_lines_not_found`); one whose lines fail otherwise fails the run, once the others completed
+        are stored. Once complete they are not asked again."""
         await self._flush()  # (the events' copies first: one completed by this run's events is not asked again)
         stored = await self._db(self._stored_cut_credit_notes)
         if not stored:
@@ -1576,6 +1595,8 @@ class _Sync:
                             await self._full("fallback")
                         else:
                             await self._incremental(cursors["events"], by_time)
+                    await self._flush()
+                    await self._db(self._remember_lines_not_found)
                     # (whatever the mode: rates dated since the last sync come with the next one)
                     served_rates = await self._fx_rates()
                     await self._pending_items()

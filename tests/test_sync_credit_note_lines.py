@@ -86,6 +86,15 @@ def _complete(cn: Obj) -> tuple[list[str], str, int, bool]:
     return [ln["id"] for ln in cn["lines"]["data"]], "false", cn["total"], False
 
 
+def _forget_lines_not_found(db: Path) -> None:
+    """The store as a version that did not remember a 404 of a credit note's lines left it."""
+    con = duckdb.connect(str(db))
+    try:
+        con.execute("UPDATE credit_notes SET lines_not_found_at = NULL")
+    finally:
+        con.close()
+
+
 def _events_cursor(db: Path) -> Any:
     con = duckdb.connect(str(db), read_only=True)
     try:
@@ -207,22 +216,40 @@ def test_an_incremental_sync_stores_every_line_of_a_credit_note_from_its_event(t
     assert _stored(db, "cn_1") == _complete(cn)
 
 
-def test_a_credit_note_whose_lines_answer_404_while_listed_keeps_its_embedded_page_until_they_answer(
+def test_a_credit_note_whose_lines_answer_404_keeps_its_embedded_page_and_is_asked_again_once_it_changes(
         tmp_path: Path) -> None:
     """Its lines answer 404 between the page that lists it and the request for the rest (as an invoice deleted
-    meanwhile does): the listing stores what was embedded and goes on; the next sync pages the rest."""
+    meanwhile does): the listing stores what was embedded and goes on. The next sync does not ask for them again
+    while the credit note is as stored (before, every later run asked, for ever), nor marks anything in its JSON;
+    once it changes (an event: its metadata updated) it is asked again, once a change while they still answer 404,
+    and stored whole when they answer."""
     w = _world()
-    notes = {"cn_1": _credit_note(w, "cn_1", T0 + DAY)}
+    cn = _credit_note(w, "cn_1", T0 + DAY)
     db = tmp_path / "s.duckdb"
-    gone = _refuse_lines_of("cn_1", lambda _p: ApiError(404, "No such credit note: 'cn_1'", code="resource_missing",
-                                                        param="id"))
-    r = _sync(w, notes, T0 + 2 * DAY, db, full=True, tamper=gone)
+    gone = _refuse_lines_of("cn_1", _not_found)
+    r = _sync(w, {"cn_1": cn}, T0 + 2 * DAY, db, full=True, tamper=gone)
     assert (r.status, r.error) == ("succeeded", None)
-    ids, more, _, deleted = _stored(db, "cn_1")
-    assert (ids, more, deleted) == ([ln["id"] for ln in notes["cn_1"]["lines"]["data"][:10]], "true", False)
-    r = _sync(w, notes, T0 + 2 * DAY + 3600, db)  # (no event: the stored copy cut short is completed)
-    assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
-    assert _stored(db, "cn_1") == _complete(notes["cn_1"])
+    embedded = [ln["id"] for ln in cn["lines"]["data"][:10]]
+    assert _stored(db, "cn_1") == (embedded, "true", sum(range(100, 110)), False)
+    for k, (change, lines_answer, asked) in enumerate([(False, False, 0), (True, False, 1), (False, False, 0),
+                                                        (False, True, 0), (True, True, 1)]):
+        at = T0 + 2 * DAY + (k + 1) * 3600
+        if change:
+            before, cn = cn, copy.deepcopy(cn)
+            cn["metadata"] = {"change": str(k)}
+            w.event("credit_note.updated", at - 60, cn, before=before)
+        count = _Pagings()
+        r = _sync(w, {"cn_1": cn}, at, db, tamper=count if lines_answer else _both(gone, count))
+        assert (k, r.mode, r.status, r.error) == (k, "incremental", "succeeded", None)
+        assert (k, count.requests["cn_1"]) == (k, asked)
+        if not lines_answer:
+            assert (k, _stored(db, "cn_1")) == (k, (embedded, "true", sum(range(100, 110)), False))
+    assert _stored(db, "cn_1") == _complete(cn)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT raw->>'$.metadata.change' FROM credit_notes").fetchall() == [("4",)]
+    finally:
+        con.close()
 
 
 def test_a_credit_note_gone_after_its_event_does_not_stop_the_sync(tmp_path: Path) -> None:
@@ -269,16 +296,17 @@ def test_the_simulated_accounts_credit_notes_are_stored_whole_after_a_full_and_a
 
 
 def test_a_stored_credit_note_whose_lines_keep_failing_does_not_lose_the_others_completed(tmp_path: Path) -> None:
-    """Two credit notes stored cut short; the next sync completes them, but the lines of one keep answering 500:
-    the run fails with Stripe's error (as any request that fails after its retries), and the other one is stored
-    whole all the same (not paged again by every later run until the first answers)."""
+    """Two credit notes stored cut short (as a version that kept only the embedded page left them); the next sync
+    completes them, but the lines of one keep answering 500: the run fails with Stripe's error (as any request that
+    fails after its retries), and the other one is stored whole all the same (not paged again by every later run
+    until the first answers)."""
     w = _world()
     notes = {"cn_1": _credit_note(w, "cn_1", T0 + DAY), "cn_2": _credit_note(w, "cn_2", T0 + DAY + 60)}
     db = tmp_path / "s.duckdb"
-    missing = lambda _p: ApiError(404, "No such credit note", code="resource_missing", param="id")  # noqa: E731
-    both = _refuse_lines_of("cn_1", missing), _refuse_lines_of("cn_2", missing)
-    r = _sync(w, notes, T0 + 2 * DAY, db, full=True, tamper=lambda sb: [t(sb) for t in both] and None)
+    r = _sync(w, notes, T0 + 2 * DAY, db, full=True,
+              tamper=_both(_refuse_lines_of("cn_1", _not_found), _refuse_lines_of("cn_2", _not_found)))
     assert (r.status, _stored(db, "cn_1")[1], _stored(db, "cn_2")[1]) == ("succeeded", "true", "true")
+    _forget_lines_not_found(db)
     served = w.served(T0 + 2 * DAY + 3600)
     served.objects["credit_notes"] = notes
     with start_in_thread(served, api_key=KEY) as sb:
@@ -293,7 +321,7 @@ def test_a_stored_credit_note_whose_lines_keep_failing_does_not_lose_the_others_
 def test_an_events_credit_note_whose_lines_answer_404_does_not_stop_the_events(tmp_path: Path) -> None:
     """An event's credit note still there, but its lines answer 404 (as the listing and the completion of stored
     ones allow): the run succeeds with its embedded page stored and the events cursor past it, else every later run
-    would fail on the same event; the next run with lines that answer completes it."""
+    would fail on the same event; the next run with a change of it (voided), whose lines answer, completes it."""
     w = _world()
     db = tmp_path / "s.duckdb"
     assert _sync(w, {}, T0 + DAY, db, full=True).status == "succeeded"
@@ -305,8 +333,10 @@ def test_an_events_credit_note_whose_lines_answer_404_does_not_stop_the_events(t
     assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
     assert _events_cursor(db) == [(w.events[-1]["id"],)]
     assert _stored(db, "cn_1")[1:] == ("true", sum(ln["amount"] for ln in cn["lines"]["data"][:10]), False)
-    assert _sync(w, {"cn_1": cn}, T0 + 3 * DAY + 60, db).status == "succeeded"
-    assert _stored(db, "cn_1") == _complete(cn)
+    voided = {**cn, "status": "void", "voided_at": T0 + 3 * DAY}
+    w.event("credit_note.voided", T0 + 3 * DAY, voided)
+    assert _sync(w, {"cn_1": voided}, T0 + 3 * DAY + 60, db).status == "succeeded"
+    assert _stored(db, "cn_1") == _complete(voided)
 
 
 def test_an_incremental_sync_pages_a_credit_notes_lines_once_however_many_of_its_events_it_applies(

@@ -175,6 +175,19 @@ def _m009_state_seen_at(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"UPDATE {table} SET state_seen_at = greatest(last_seen_at, to_timestamp(version))")
 
 
+def _add_column_if_missing(con: duckdb.DuckDBPyConnection, table: str, name: str) -> None:
+    """A column of schema.py added after 001, NULL in the rows kept (a table created later has it already)."""
+    have = {r[0] for r in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database()",
+        [table]).fetchall()}
+    if name in have:
+        return
+    from duckdb_engine import Dialect
+
+    sql_type = schema.SQLModel.metadata.tables[table].c[name].type.compile(dialect=Dialect())
+    con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
+
+
 # Applied in this order, each once; never edit one that shipped -- add a new one.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_initial", _m001_initial),
@@ -186,6 +199,8 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("007_plan_prices_and_decimal_quantities", _m007_plan_prices_and_decimal_quantities),
     ("008_invoice_attempted", lambda con: _add_extracted_columns(con, {"invoices": ("attempted",)})),
     ("009_state_seen_at", _m009_state_seen_at),
+    ("010_credit_note_lines_not_found",
+     lambda con: _add_column_if_missing(con, "credit_notes", "lines_not_found_at")),
 ]
 
 

@@ -161,6 +161,11 @@ class CreditNote(RawBase, table=True):
     status: str | None = None
     currency: str | None = None
     total: int | None = Field(default=None, sa_type=BigInteger)
+    # The sync's own bookkeeping, not from the JSON (no write of the credit note sets it): the ``state_seen_at`` of
+    # the stored state whose lines endpoint answered 404 (its embedded page kept, ``lines.has_more`` true). While
+    # the row keeps that state no sync asks for its lines again; a new state (an event's, a changed listed copy)
+    # is asked for. NULL: not asked, or asked and answered.
+    lines_not_found_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class Discount(RawBase, table=True):

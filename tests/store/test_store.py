@@ -535,3 +535,30 @@ def test_a_store_from_before_state_seen_at_gains_it_from_each_rows_latest_write(
         assert one(c, "SELECT count(*) FROM schema_migrations WHERE name = '009_state_seen_at'") == 1
     finally:
         c.close()
+
+
+def test_a_store_from_before_the_credit_note_lines_bookkeeping_gains_its_column_empty(tmp_path: Path) -> None:
+    """010_credit_note_lines_not_found on a store made before it: credit_notes gains ``lines_not_found_at``, NULL
+    in the rows kept (none of them was found to answer 404 yet), which are left as they were; no write of a credit
+    note sets it."""
+    path = tmp_path / "m.duckdb"
+    c = open_store(path)
+    note = {"id": "cn_1", "object": "credit_note", "created": 1_700_000_000, "total": 500,
+            "lines": {"object": "list", "data": [], "has_more": True, "url": "/v1/credit_notes/cn_1/lines"}}
+    upsert_objects(c, "credit_notes", ACCT, [note], T0, versions=10)
+    c.execute("ALTER TABLE credit_notes DROP COLUMN lines_not_found_at")
+    c.execute("DELETE FROM schema_migrations WHERE name = '010_credit_note_lines_not_found'")
+    kept = c.execute("SELECT * FROM credit_notes").fetchall()
+    c.close()
+    c = open_store(path)
+    try:
+        assert one(c, "SELECT data_type FROM duckdb_columns() WHERE table_name = 'credit_notes' AND column_name = "
+                      "'lines_not_found_at'") == "TIMESTAMP WITH TIME ZONE"
+        assert c.execute("SELECT * EXCLUDE (lines_not_found_at) FROM credit_notes").fetchall() == kept
+        assert one(c, "SELECT lines_not_found_at FROM credit_notes") is None
+        c.execute("UPDATE credit_notes SET lines_not_found_at = state_seen_at")
+        upsert_objects(c, "credit_notes", ACCT, [{**note, "total": 400}], T1, versions=20)
+        assert one(c, "SELECT lines_not_found_at = ?, total FROM credit_notes", [T0]) == (True, 400)
+        assert one(c, "SELECT count(*) FROM schema_migrations WHERE name = '010_credit_note_lines_not_found'") == 1
+    finally:
+        c.close()
