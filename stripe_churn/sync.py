@@ -1256,9 +1256,10 @@ class _Sync:
     def _stored_cut_credit_notes(self) -> list[tuple[str, int]]:
         """(JSON, version) of the stored credit notes cut short whose lines were not found to answer 404 in their
         stored state (``lines_not_found_at``: see :meth:`_remember_lines_not_found`)."""
+        # (by the typed columns alone: reading every note's JSON for its has_more took 0.16-0.27 s a run at 50,000
+        # credit notes; the column, under a millisecond)
         rows = self.con.execute(
-            "SELECT raw, version FROM credit_notes WHERE account_id = ? AND NOT deleted "
-            "AND json_extract_string(raw, '$.lines.has_more') = 'true' "
+            "SELECT raw, version FROM credit_notes WHERE account_id = ? AND NOT deleted AND lines_has_more "
             "AND (lines_not_found_at IS NULL OR state_seen_at IS NULL OR lines_not_found_at <> state_seen_at) "
             "ORDER BY id", [self.account]).fetchall()
         return [(str(r[0]), int(r[1] or 0)) for r in rows]
@@ -1274,7 +1275,7 @@ class _Sync:
         with transaction(self.con):
             self.con.execute(
                 "UPDATE credit_notes SET lines_not_found_at = state_seen_at WHERE account_id = ? AND NOT deleted "
-                "AND list_contains(?, id) AND json_extract_string(raw, '$.lines.has_more') = 'true'",
+                "AND list_contains(?, id) AND lines_has_more",
                 [self.account, ids])
 
     async def _complete_stored_credit_note_lines(self) -> None:

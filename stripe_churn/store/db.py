@@ -201,6 +201,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("009_state_seen_at", _m009_state_seen_at),
     ("010_credit_note_lines_not_found",
      lambda con: _add_column_if_missing(con, "credit_notes", "lines_not_found_at")),
+    ("011_credit_note_lines_has_more", lambda con: _add_extracted_columns(con, {"credit_notes": ("lines_has_more",)})),
 ]
 
 

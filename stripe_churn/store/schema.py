@@ -161,6 +161,9 @@ class CreditNote(RawBase, table=True):
     status: str | None = None
     currency: str | None = None
     total: int | None = Field(default=None, sa_type=BigInteger)
+    # ``lines.has_more``: only the first page of its lines is stored (Stripe embeds 10; the sync stores the whole list
+    # once it has paged it), so that the sync finds the notes cut short without reading every JSON
+    lines_has_more: bool | None = None
     # The sync's own bookkeeping, not from the JSON (no write of the credit note sets it): the ``state_seen_at`` of
     # the stored state whose lines endpoint answered 404 (its embedded page kept, ``lines.has_more`` true). While
     # the row keeps that state no sync asks for its lines again; a new state (an event's, a changed listed copy)
@@ -365,7 +368,8 @@ EXTRACT: dict[str, dict[str, str]] = {
                       "pending": "(" + _id("$.invoice") + ") IS NULL"},
     "credit_notes": {"customer_id": _id("$.customer"), "invoice_id": _id("$.invoice"),
                      "status": "j->>'$.status'", "currency": "j->>'$.currency'",
-                     "total": "TRY_CAST(j->>'$.total' AS BIGINT)"},
+                     "total": "TRY_CAST(j->>'$.total' AS BIGINT)",
+                     "lines_has_more": "TRY_CAST(j->>'$.lines.has_more' AS BOOLEAN)"},
     "discounts": {"customer_id": _id("$.customer"), "subscription_id": "j->>'$.subscription'",
                   "subscription_item_id": "j->>'$.subscription_item'",
                   "coupon_id": "coalesce(j->>'$.source.coupon.id', j->>'$.source.coupon', j->>'$.coupon.id')",

@@ -562,3 +562,36 @@ def test_a_store_from_before_the_credit_note_lines_bookkeeping_gains_its_column_
         assert one(c, "SELECT count(*) FROM schema_migrations WHERE name = '010_credit_note_lines_not_found'") == 1
     finally:
         c.close()
+
+
+def test_a_credit_notes_cut_short_lines_are_a_typed_column_filled_for_the_rows_kept(tmp_path: Path) -> None:
+    """``credit_notes.lines_has_more`` is the JSON's ``lines.has_more`` (the sync finds the notes cut short by it,
+    without reading every JSON): set by every write, and by 011_credit_note_lines_has_more for the rows a store made
+    before it keeps; a deleted stub leaves it as it was."""
+    path = tmp_path / "m.duckdb"
+    c = open_store(path)
+
+    def note(cnid: str, more: bool | None) -> dict[str, Any]:
+        lines = None if more is None else {"object": "list", "data": [], "has_more": more,
+                                           "url": f"/v1/credit_notes/{cnid}/lines"}
+        return {"id": cnid, "object": "credit_note", "created": 1_700_000_000, "total": 500, "lines": lines}
+
+    upsert_objects(c, "credit_notes", ACCT, [note("cn_cut", True), note("cn_whole", False), note("cn_none", None)],
+                   T0, versions=10)
+    c.execute("ALTER TABLE credit_notes DROP COLUMN lines_has_more")
+    c.execute("DELETE FROM schema_migrations WHERE name = '011_credit_note_lines_has_more'")
+    c.close()
+    c = open_store(path)
+    try:
+        def cut() -> list[tuple[str, Any]]:
+            return c.execute("SELECT id, lines_has_more FROM credit_notes ORDER BY id").fetchall()
+
+        assert cut() == [("cn_cut", True), ("cn_none", None), ("cn_whole", False)]
+        upsert_objects(c, "credit_notes", ACCT, [note("cn_cut", False), note("cn_whole", True)], T1, versions=20)
+        assert cut() == [("cn_cut", False), ("cn_none", None), ("cn_whole", True)]
+        upsert_objects(c, "credit_notes", ACCT, [{"id": "cn_whole", "object": "credit_note", "deleted": True}], T1,
+                       versions=30)
+        assert cut() == [("cn_cut", False), ("cn_none", None), ("cn_whole", True)]
+        assert one(c, "SELECT count(*) FROM schema_migrations WHERE name = '011_credit_note_lines_has_more'") == 1
+    finally:
+        c.close()
