@@ -164,10 +164,10 @@ class CreditNote(RawBase, table=True):
     # ``lines.has_more``: only the first page of its lines is stored (Stripe embeds 10; the sync stores the whole list
     # once it has paged it), so that the sync finds the notes cut short without reading every JSON
     lines_has_more: bool | None = None
-    # The sync's own bookkeeping, not from the JSON (no write of the credit note sets it): the ``state_seen_at`` of
-    # the stored state whose lines endpoint answered 404 (its embedded page kept, ``lines.has_more`` true). While
-    # the row keeps that state no sync asks for its lines again; a new state (an event's, a changed listed copy)
-    # is asked for. NULL: not asked, or asked and answered.
+    # The sync's own bookkeeping, not from the JSON (no upsert of the credit note sets it; a full listing's merge
+    # clears it): the ``state_seen_at`` of the stored state whose lines endpoint answered 404 (its embedded page
+    # kept, ``lines.has_more`` true). While the row keeps that state no incremental sync asks for its lines again;
+    # a new state (an event's, a changed copy) is asked for. NULL: not asked, or asked and answered.
     lines_not_found_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
