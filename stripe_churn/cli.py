@@ -12,7 +12,14 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from stripe_churn.errors import FatalError, StoreError, StripeChurnError, damaged_store, store_failure
+from stripe_churn.errors import (
+    FatalError,
+    StoreError,
+    StripeChurnError,
+    damaged_store,
+    explained,
+    store_failure,
+)
 from stripe_churn.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -88,6 +95,7 @@ def handle_errors(f: F) -> F:
         try:
             return f(*args, **kwargs)
         except StripeChurnError as exc:
+            exc = explained(exc)  # (a store or snapshot this user may not open: what to do, not DuckDB's words)
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # (a command may say what the interruption leaves: see `sync`)

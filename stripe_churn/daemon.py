@@ -35,6 +35,7 @@ from stripe_churn.errors import (
     StoreLockedError,
     StripeChurnError,
     TransientError,
+    explained,
 )
 from stripe_churn.lock import daemon_lock
 from stripe_churn.settings import DEFAULT_CONFIG, Settings, read_text_file, redact_secrets, redacted_line
@@ -460,7 +461,7 @@ class Daemon:
         except (FatalError, StripeChurnError) as exc:
             # (no retry before the next scheduled run: a key, a setting or a permission waits for a person)
             self._failures, self._retry_at, self._last_failed = 0, None, True
-            message = _one_line(str(exc), settings)
+            message = _one_line(str(explained(exc)), settings)
             log.error("sync failed and needs a person: %s", message)
             self._save(last_error={"at": _now(), "kind": "fatal", "message": message})
         except Exception as exc:

@@ -152,12 +152,28 @@ def out_of_memory(exc: BaseException, limit: str | None) -> MemoryLimitError | N
 
 
 _NOT_WRITABLE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
+_NOT_PERMITTED_ERRNOS = {errno.EACCES, errno.EPERM}
+# DuckDB's words for a file the OS would not let it open or write (the store, its write-ahead log, the snapshot):
+# `IO Error: Cannot open file "<path>": Permission denied`, also inside a failed commit's message
+_REFUSED_TEXT = re.compile(r'file "([^"]+)": (Permission denied|Operation not permitted|Read-only file system)')
+_KEPT = "what was committed before is kept"
+_ELSEWHERE = "or use another one (the database and the files beside it: setting db, STRIPE_CHURN_DB)"
+
+
+def _user() -> str:
+    """The name of the user this process runs as (its uid when it has none), for messages about permissions."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError, OSError):
+        return f"uid {os.geteuid()}"
 
 
 def store_failure(exc: BaseException) -> StoreError | None:
     """The one-line error for a file this machine refuses to write (no room: :func:`disk_full`; a read-only file
     system, a missing permission, a file where a directory should be), found in ``exc`` or what it was raised
-    from; None otherwise."""
+    from, as an OSError or in DuckDB's words (a file DuckDB could not open); None otherwise."""
     full = disk_full(exc)
     if full is not None:
         return full
@@ -167,11 +183,36 @@ def store_failure(exc: BaseException) -> StoreError | None:
                       and not os.path.isdir(current.filename))
         if isinstance(current, OSError) and (current.errno in _NOT_WRITABLE_ERRNOS or in_the_way):
             why = "a file stands where a directory is needed" if in_the_way else current.strerror
+            owner = (f" for the user {_user()}, run the command as the user the store belongs to (the daemon's),"
+                     if current.errno in _NOT_PERMITTED_ERRNOS and not in_the_way else "")
+            return StoreError(f"cannot write {current.filename or 'a file'} ({why}): make that place writable{owner} "
+                              f"{_ELSEWHERE}; {_KEPT}")
+        refused = _REFUSED_TEXT.search(str(current))
+        if refused is not None:
+            path, why = refused.groups()
+            if why == "Read-only file system":
+                return StoreError(f"cannot write {path} ({why}): make that place writable, {_ELSEWHERE}; {_KEPT}")
+            user = _user()
+            # (the same words whether it was to be read or written: DuckDB opens the store to write, the snapshot
+            # to read, and says "Cannot open" for both)
             return StoreError(
-                f"cannot write {current.filename or 'a file'} ({why}): make that place writable, or use another "
-                "one (the database and the files beside it: setting db, STRIPE_CHURN_DB); what was committed "
-                "before is kept")
+                f"cannot open {path} ({why}) as the user {user}: run the command as the user the store belongs to "
+                f"(the daemon's), or give {user} access to that file and its folder (read and write for `sync` and "
+                f"the daemon, read for the other commands); {_KEPT}")
     return None
+
+
+# The messages the store and the snapshot fall back to for a file DuckDB could not open (store.db.open_store,
+# store.snapshot.open_snapshot): they quote DuckDB but do not say what to do
+_OPEN_FAILED = ("cannot open the store ", "cannot open snapshot ")
+
+
+def explained(exc: StripeChurnError) -> StripeChurnError:
+    """``exc``, or, when it is the store or the snapshot that DuckDB could not open because this machine refused it
+    (a permission, a read-only file system), the one line of :func:`store_failure` that says what to do."""
+    if type(exc) is StoreError and str(exc).startswith(_OPEN_FAILED):
+        return store_failure(exc) or exc
+    return exc
 
 
 # How DuckDB reports a database file whose bytes are not what it wrote (a bad block, a file cut short).

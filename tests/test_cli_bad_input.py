@@ -1,0 +1,97 @@
+"""What a new user gets wrong first, each answered by one line that says what to do (exit code 2, no traceback,
+no key): a store or snapshot this user may not open, a key that is no secret key, a config file with a typo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from stripe_churn.cli import cli
+from stripe_churn.errors import StoreError, store_failure
+from stripe_churn.store.db import open_store
+from stripe_churn.store.snapshot import publish_snapshot, snapshot_path
+
+KEY = "sk_test_" + "4eC39HqLyjWDarjtT1zdp7dc"
+
+
+def run(env: dict[str, str], *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args), env=env)
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A migrated store with its snapshot published: what `sync` and the readers open."""
+    db = tmp_path / "s.duckdb"
+    open_store(db).close()
+    publish_snapshot(db)
+    return db
+
+
+def refuse_to_open(monkeypatch: pytest.MonkeyPatch, *paths: Path) -> None:
+    """DuckDB answers as it does for a file of another user (tests may run as root, whom no mode stops)."""
+    real = duckdb.connect
+
+    def connect(database: Any = ":memory:", *args: Any, **kwargs: Any) -> Any:
+        if str(database) in {str(p) for p in paths}:
+            raise duckdb.IOException(f'IO Error: Cannot open file "{database}": Permission denied')
+        return real(database, *args, **kwargs)
+
+    monkeypatch.setattr(duckdb, "connect", connect)
+
+
+@pytest.mark.parametrize("args", [["sync"], ["status"], ["sql", "SELECT 1"], ["report"]],
+                         ids=lambda a: a[0])
+def test_a_store_or_snapshot_this_user_may_not_open_says_what_to_do(
+        store: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
+    """(it was `error: cannot open the store ...: IO Error: Cannot open file "...": Permission denied`: what DuckDB
+    said, not what to do, as for a daemon's store that another user runs `sql` on)"""
+    snap = snapshot_path(store)
+    refuse_to_open(monkeypatch, store, snap)
+    code, out = run({"STRIPE_CHURN_DB": str(store), "STRIPE_API_KEY": KEY, "STRIPE_API_BASE": "http://127.0.0.1:9"},
+                    *args)
+    assert code == 2 and out.count("\n") == 1, out
+    opened = snap if args[0] in ("sql", "report") else store
+    assert out.startswith(f"error: cannot open {opened} (Permission denied) as the user "), out
+    assert "run the command as the user the store belongs to (the daemon's), or give " in out, out
+    assert "IO Error" not in out and KEY not in out
+
+
+@pytest.mark.parametrize("text", [
+    pytest.param('IO Error: Cannot open file "/data/s.duckdb": Permission denied', id="open"),
+    pytest.param('TransactionContext Error: Failed to commit: Cannot open file "/data/s.duckdb.wal": Permission '
+                 'denied', id="commit-wal"),
+])
+def test_duckdbs_words_for_a_refused_file_become_one_line(text: str) -> None:
+    """A sync whose commit could not create the write-ahead log (a folder it may not write) ended as `error:
+    unexpected TransactionException: ...` with exit code 1."""
+    refused = store_failure(duckdb.TransactionException(text))
+    assert isinstance(refused, StoreError)
+    path = text.split('"')[1]
+    assert str(refused).startswith(f"cannot open {path} (Permission denied) as the user ")
+    assert str(refused).endswith("what was committed before is kept")
+    ro = store_failure(duckdb.IOException(f'IO Error: Cannot open file "{path}": Read-only file system'))
+    assert str(ro).startswith(f"cannot write {path} (Read-only file system): make that place writable")
+    assert store_failure(duckdb.IOException('IO Error: Cannot open file "/x": No such file or directory')) is None
+
+
+def test_the_daemon_logs_and_keeps_the_same_line(tmp_path: Path) -> None:
+    """The daemon's ERROR line and its state (what `status` shows) say what to do too."""
+    from stripe_churn.daemon import Daemon, read_state
+    from stripe_churn.settings import Settings
+
+    db = tmp_path / "d.duckdb"
+
+    def refused(settings: Settings, **kw: Any) -> Any:
+        try:
+            raise duckdb.IOException(f'IO Error: Cannot open file "{db}": Permission denied')
+        except duckdb.IOException as exc:  # (as store.db.open_store words it)
+            raise StoreError(f"cannot open the store {db}: {exc}") from None
+
+    Daemon(Settings(db=db), interval_seconds=3600, run=refused).tick("test")
+    message = (read_state(db) or {})["last_error"]["message"]
+    assert message.startswith(f"cannot open {db} (Permission denied) as the user "), message
