@@ -36,6 +36,10 @@ STRIPE_ENDPOINT_RATE = 25.0
 ENDPOINT_SHARE = 0.25
 
 
+# Stripe keys that are no secret key, by prefix: what they are, for the message that refuses them as the API key
+_NOT_SECRET_KEYS = (("pk_", "a publishable key (pk_...)"), ("whsec_", "a webhook signing secret (whsec_...)"))
+
+
 class Secret:
     """A string that never shows itself in repr, str or f-strings; call :meth:`reveal` to use it."""
 
@@ -149,6 +153,14 @@ class Settings:
                 "no Stripe API key: set STRIPE_API_KEY in the environment or api_key in "
                 f"{_file_or_any(self.source)}; for a try without Stripe run `stripe-churn demo`"
             )
+        # (Stripe answers either with 401, which reads as a wrong or revoked key: say which key it is instead)
+        wrong = next((what for prefix, what in _NOT_SECRET_KEYS if key.lower().startswith(prefix)), None)
+        if wrong is not None:
+            where = self.origins.get("api_key") or _file_or_any(self.source)
+            raise ConfigError(
+                f"the API key in {where} is {wrong}, which cannot read billing data (the value is not shown): give a "
+                "secret key (sk_live_..., sk_test_...) or a restricted key with read access (rk_live_..., rk_test_...) "
+                "from the Stripe dashboard, Developers > API keys")
         return key
 
 
@@ -202,8 +214,23 @@ ENV_KEYS: dict[str, str] = {
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    return " or ".join({int: "integer", float: "number", str: "string", bool: "true/false", dict: "table",
-                        list: "list"}[t] for t in types)
+    """What a setting must be, with its article: "a number", "an integer or a string"."""
+    if set(types) == {int, float}:  # (an integer is a number: "a integer or number" said it twice, badly)
+        types = (float,)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table",
+             list: "a list"}
+    return " or ".join(names[t] for t in types)
+
+
+def _unknown(key: str, known: Iterable[str], where: str) -> ConfigError:
+    """The error for a key the file should not have: the nearest known one when it looks like a typo of it."""
+    import difflib
+
+    name = key.rpartition(".")[2]
+    prefix = key[: len(key) - len(name)]
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+    return ConfigError(f"unknown setting '{key}' in {where}: {hint}known: {', '.join(sorted(known))}")
 
 
 SECRET_KEYS = ("api_key", "webhook_secret")  # settings whose values no message may show
@@ -271,7 +298,7 @@ def _check_type(key: str, value: Any, types: tuple[type, ...], where: str, known
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
         got = _kind(value) if key in SECRET_KEYS else _shown(value, known)
-        raise ConfigError(f"setting '{key}' in {where} must be a {_type_name(types)}, got {got}")
+        raise ConfigError(f"setting '{key}' in {where} must be {_type_name(types)}, got {got}")
 
 
 def _convert(attr: str, value: Any) -> Any:
@@ -351,10 +378,10 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
             if key == "rules":
                 if not isinstance(value, dict):
                     raise ConfigError(f"setting 'rules' in {where} must be a table ([rules])")
+                _check_misplaced(value, where)
                 for rkey, rvalue in value.items():
                     if rkey not in RULE_KEYS:
-                        raise ConfigError(f"unknown setting 'rules.{rkey}' in {where}; known: "
-                                          f"{', '.join(sorted(RULE_KEYS))}")
+                        raise _unknown(f"rules.{rkey}", RULE_KEYS, where)
                     _check_type(f"rules.{rkey}", rvalue, RULE_KEYS[rkey], where, known)
                     rules[rkey] = tuple(rvalue) if isinstance(rvalue, list) else rvalue
                 if "movement_window" in rules:
@@ -366,8 +393,7 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
                     window_key = "movement_window"
                 continue
             if key not in FILE_KEYS:
-                raise ConfigError(f"unknown setting '{key}' in {where}; known: "
-                                  f"{', '.join(sorted([*FILE_KEYS, 'rules']))}")
+                raise _unknown(key, [*FILE_KEYS, "rules"], where)
             types, attr = FILE_KEYS[key]
             _check_type(key, value, types, where, known)
             values[attr] = _convert(attr, value)
@@ -397,6 +423,31 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
     settings = Settings(source=source, origins=origins, **values)
     _validate(settings, origins, window_key)
     return settings
+
+
+def _check_misplaced(rules: Mapping[str, Any], where: str) -> None:
+    """A ConfigError for a setting written below the ``[rules]`` line (or ``[rules.families]``, ``[rules.units]``) that
+    belongs elsewhere: TOML reads every key after a table's line as part of that table, and the example file ends
+    with those tables, so a setting added at its end lands in ``[rules.units]`` (where it was refused as a unit, or
+    taken as a product's family without a word). A key of a valid value in families or units may be a product id,
+    and is only warned of."""
+    tables: list[tuple[str, Mapping[str, Any]]] = [("rules", rules)]
+    tables += [(f"rules.{name}", rules[name]) for name in ("families", "units") if isinstance(rules.get(name), dict)]
+    for table, items in tables:
+        for key, value in items.items():
+            if key in FILE_KEYS:
+                place = "above the [rules] line"
+            elif key in RULE_KEYS and table != "rules":
+                place = "under [rules], before the [rules.families] and [rules.units] lines"
+            else:
+                continue
+            said = (f"'{table}.{key}' in {where} comes after the [{table}] line, so TOML reads it as part of that "
+                    f"table: if it is the setting '{key}', move it {place}")
+            valid = (isinstance(value, str) and (table != "rules.units" or value in ("seat", "resource"))
+                     and table != "rules")
+            if not valid:
+                raise ConfigError(f"setting {said}")
+            log.warning("%s (a product id '%s' may stay)", said, key)
 
 
 # A memory size as DuckDB reads one: a number and a unit, or a share of the machine's memory

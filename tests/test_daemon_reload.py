@@ -261,7 +261,7 @@ def test_the_daemon_command_reloads_its_config_file_on_sighup(tmp_path: Path) ->
         log.close()
     text = log_path.read_text()
     errors = [line for line in text.splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and f"setting 'rate_limit' in {config} must be a integer or number" in errors[0], text
+    assert len(errors) == 1 and f"setting 'rate_limit' in {config} must be a number" in errors[0], text
     assert KEY not in text
     state = read_state(db)
     assert state is not None and state["state"] == "stopped"

@@ -61,7 +61,7 @@ def test_a_daemon_without_a_key_says_so_in_status(tmp_path: Path, cwd: Path) -> 
 
 @pytest.mark.parametrize(("config", "values", "error"), [
     pytest.param('rate_limit = "fast"\n', {"STRIPE_CHURN_DB": "{db}"},
-                 "setting 'rate_limit' in {config} must be a integer or number", id="bad-file-db-from-env"),
+                 "setting 'rate_limit' in {config} must be a number", id="bad-file-db-from-env"),
     pytest.param('db = "{db}"\nwebhook_port = 99999\n', {},
                  "setting 'webhook_port' in {config} must be a port", id="bad-webhook-port-db-from-file"),
     pytest.param('db = "{db}"\n', {"STRIPE_CHURN_LOG_LEVEL": "LOUD"},

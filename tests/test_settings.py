@@ -450,3 +450,57 @@ def test_rule_items_of_settings_built_in_code_are_checked_by_the_recompute_check
         check_rules(Rules(seat_unit_labels=(1, 2)), "code")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"^setting 'rules.families' in code must be a table of strings"):
         check_rules(Rules(families={"prod_x": {"a": 1}}), "code")  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("key", [
+    pytest.param("pk_test_" + "51Publishable0123456789", id="publishable"),
+    pytest.param("pk_live_" + "51Publishable0123456789", id="publishable-live"),
+    pytest.param("whsec_" + "SigningSecret0123456789", id="webhook-secret"),
+])
+def test_a_key_that_cannot_read_is_refused_before_asking_stripe(key: str) -> None:
+    """(Stripe answers a publishable key or a signing secret with 401, which read `Stripe refused the API key
+    (wrong, expired or revoked)`: a new user's likeliest mistake, named as another one)"""
+    settings = load_settings(env={"STRIPE_API_KEY": key})
+    with pytest.raises(ConfigError) as refused:
+        settings.require_api_key()
+    message = str(refused.value)
+    assert message.startswith("the API key in environment variable STRIPE_API_KEY is a ")
+    assert "give a secret key (sk_live_..., sk_test_...) or a restricted key with read access" in message
+    assert key not in message and key[8:] not in message
+    assert load_settings(env={"STRIPE_API_KEY": KEY}).require_api_key() == KEY
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    pytest.param("rate_limt = 10\n", "unknown setting 'rate_limt' in {cfg}: did you mean 'rate_limit'? known: ",
+                 id="typo"),
+    pytest.param("[rules]\nchurn_recogniton = 'ended'\n", "unknown setting 'rules.churn_recogniton' in {cfg}: did you "
+                 "mean 'rules.churn_recognition'? known: ", id="rule-typo"),
+    pytest.param('rate_limit = "fast"\n', "setting 'rate_limit' in {cfg} must be a number, got 'fast'",
+                 id="number"),
+    pytest.param('[rules]\ninclude_metered = "no"\n', "setting 'rules.include_metered' in {cfg} must be true or false, "
+                 "got 'no'", id="boolean"),
+    # (the example file ends with [rules.units]: a setting added at its end was read as a product's unit)
+    pytest.param("[rules.units]\nrate_limit = 50\n", "setting 'rules.units.rate_limit' in {cfg} comes after the "
+                 "[rules.units] line, so TOML reads it as part of that table: if it is the setting 'rate_limit', move "
+                 "it above the [rules] line", id="setting-after-units"),
+    pytest.param("[rules]\nmemory_limit = '4GB'\n", "setting 'rules.memory_limit' in {cfg} comes after the [rules] "
+                 "line", id="setting-after-rules"),
+    pytest.param("[rules.families]\npast_due_counts = false\n", "setting 'rules.families.past_due_counts' in {cfg} "
+                 "comes after the [rules.families] line, so TOML reads it as part of that table: if it is the setting "
+                 "'past_due_counts', move it under [rules], before the [rules.families] and [rules.units] lines",
+                 id="rule-after-families"),
+])
+def test_a_config_mistake_says_what_was_meant(tmp_path: Path, text: str, message: str) -> None:
+    cfg = write(tmp_path, text)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(cfg, env={})
+    assert str(refused.value).startswith(message.format(cfg=cfg)), str(refused.value)
+
+
+def test_a_setting_after_the_families_line_that_could_be_a_product_is_warned_of(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = write(tmp_path, '[rules.families]\ncurrency = "eur"\n')
+    with caplog.at_level(logging.WARNING):
+        settings = load_settings(cfg, env={})
+    assert settings.currency == "usd" and settings.rules.families == {"currency": "eur"}
+    assert "'rules.families.currency' in " in caplog.text and "move it above the [rules] line" in caplog.text
