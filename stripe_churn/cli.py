@@ -456,7 +456,7 @@ def report(start: str | None, end: str | None, period: str, segment: str | None,
 @config_option
 @handle_errors
 def sql(query: str, fmt: str, config_path: Path | None) -> None:
-    """Run one read-only query (SELECT, WITH, DESCRIBE, SHOW, EXPLAIN) on the latest snapshot."""
+    """Run one read-only query (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) on the latest snapshot."""
     from stripe_churn.sqlconsole import run_query
 
     settings = get_settings(config_path)

@@ -78,3 +78,18 @@ def test_cookbook_query_runs(snapshot: Path, query: str) -> None:
     assert columns
     if "scheduled_churn" not in query and "sync_runs" not in query and "months_since_start = 12" not in query:
         assert rows, "the query returns rows on a demo-sized account"
+
+
+def test_sql_help_names_every_kind_of_statement_it_takes() -> None:
+    """(its help left out FROM and SUMMARIZE, which it takes and the README lists)"""
+    from stripe_churn.sqlconsole import check_read_only
+
+    kinds = re.search(r"`stripe-churn sql` runs exactly one read statement \(([A-Z, ]+)\)", README.read_text())
+    assert kinds, "the README lists the statements `sql` takes"
+    shown = " ".join(CliRunner().invoke(cli, ["sql", "--help"]).output.split())
+    examples = {"SELECT": "SELECT 1", "WITH": "WITH x AS (SELECT 1) SELECT * FROM x", "FROM": "FROM range(3)",
+                "DESCRIBE": "DESCRIBE SELECT 1", "SHOW": "SHOW TABLES", "SUMMARIZE": "SUMMARIZE SELECT 1",
+                "EXPLAIN": "EXPLAIN SELECT 1"}
+    for kind in kinds.group(1).split(", "):
+        check_read_only(examples[kind])  # (the README's list is what `sql` takes)
+        assert re.search(rf"\b{kind}\b", shown), f"`sql --help` does not name {kind}"
