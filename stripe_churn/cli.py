@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
+import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -70,8 +74,6 @@ def stdout_closed() -> bool:
 def end_quietly() -> NoReturn:
     """The reader of stdout went away: no message and exit code 1, as Python's documentation advises for
     SIGPIPE, with stdout pointed at /dev/null so that the interpreter's last flush has nowhere to fail."""
-    import os
-
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -99,8 +101,9 @@ def handle_errors(f: F) -> F:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt as exc:  # (a command may say what the interruption leaves: see `sync`)
-            click.echo(f"interrupted: {exc}" if str(exc) else "interrupted", err=True)
-            sys.exit(130)
+            word, code = ("terminated", 143) if isinstance(exc, Terminated) else ("interrupted", 130)
+            click.echo(f"{word}: {exc}" if str(exc) else word, err=True)
+            sys.exit(code)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # an unexpected failure still ends in one line; the traceback goes to DEBUG
@@ -120,6 +123,49 @@ def handle_errors(f: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM stopped the command as Ctrl-C does (see :func:`sigterm_as_ctrl_c`): it ends with ``terminated``
+    and exit code 143, as a process ended by SIGTERM does, instead of ``interrupted`` and 130."""
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[threading.Event]:
+    """In the block, SIGTERM (a service manager stopping a unit, ``timeout``, ``kill``) stops the command as Ctrl-C
+    does: the yielded event is set and SIGINT is sent to this process, so that whatever runs stops where it would
+    for a Ctrl-C (the sync commits the pages it has, a recompute rolls back) instead of dying without a word. A
+    thread of its own waits for SIGTERM, blocked in every other thread, so that the SIGINT comes at once even while
+    the main thread waits on DuckDB (Python runs a handler of its own only once that statement ends). Outside
+    the main thread, or when SIGINT is not Python's own (ignored, or handled by the caller), nothing changes."""
+    received = threading.Event()
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield received
+        return
+    done = threading.Event()
+
+    def wait() -> None:
+        while True:
+            signal.sigwait({signal.SIGTERM})
+            if done.is_set():
+                return
+            if not received.is_set():  # (once: a second SIGTERM, as a second Ctrl-C, would cut the stop short)
+                received.set()
+                os.kill(os.getpid(), signal.SIGINT)
+
+    # (blocked before the thread starts, which inherits the mask, as does every thread started in the block)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    waiter = threading.Thread(target=wait, name="sigterm-as-ctrl-c", daemon=True)
+    waiter.start()
+    try:
+        yield received
+    finally:
+        done.set()
+        assert waiter.ident is not None
+        signal.pthread_kill(waiter.ident, signal.SIGTERM)  # (wakes the waiter, which sees done and ends)
+        waiter.join()
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 # What a Ctrl-C of `sync` leaves (pipeline.run_once): the pages synced are committed, a recompute under way is rolled
@@ -167,8 +213,6 @@ def sandbox(customers: int, months: int, seed: int, port: int, latency_ms: float
 
     The first line printed is the base URL; point STRIPE_API_BASE at it.
     """
-    import os
-
     from stripe_churn.sandbox.server import serve_forever
     from stripe_churn.settings import DEFAULT_CONFIG, SANDBOX_KEY
 
@@ -300,10 +344,11 @@ def sync(full: bool, wait: float, fmt: str, config_path: Path | None) -> None:
 
     settings = get_settings(config_path)
     settings.require_api_key()
-    try:
-        summary = run_once(settings, full=full, wait=wait, progress=fmt == "table")
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt(SYNC_INTERRUPTED) from None
+    with sigterm_as_ctrl_c() as terminated:
+        try:
+            summary = run_once(settings, full=full, wait=wait, progress=fmt == "table")
+        except KeyboardInterrupt:
+            raise (Terminated if terminated.is_set() else KeyboardInterrupt)(SYNC_INTERRUPTED) from None
     _summary_lines(summary, fmt, _data_as_of(settings.db) if summary.bridge_line else None)
 
 
@@ -348,8 +393,6 @@ class DaemonCommand(click.Command):
 def daemon(no_sync_on_start: bool, webhook_port: int | None, webhook_host: str | None,
            interval_seconds: float | None, config_path: Path | None) -> None:
     """Sync on the schedule (STRIPE_CHURN_SCHEDULE), one run at a time, until SIGTERM/SIGINT; SIGHUP reloads."""
-    import os
-
     from stripe_churn.daemon import Daemon, refused_at_start
 
     # (what stops it at start goes into its state file, for `status`: a service manager restarts it meanwhile; a
@@ -551,12 +594,11 @@ def main() -> None:
     try:
         cli()
     except SystemExit as done:
-        if done.code == 130:
-            # interrupted: a second Ctrl-C while the interpreter shuts down would end the process by the signal
-            # instead of this exit code (set here, not in handle_errors: the process ends now)
-            import signal
-
+        if done.code in (130, 143):
+            # interrupted: a second Ctrl-C (or SIGTERM) while the interpreter shuts down would end the process by the
+            # signal instead of this exit code (set here, not in handle_errors: the process ends now)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise
 
 

@@ -95,3 +95,44 @@ def test_the_daemon_logs_and_keeps_the_same_line(tmp_path: Path) -> None:
     Daemon(Settings(db=db), interval_seconds=3600, run=refused).tick("test")
     message = (read_state(db) or {})["last_error"]["message"]
     assert message.startswith(f"cannot open {db} (Permission denied) as the user "), message
+
+
+def test_sigterm_stops_a_manual_sync_as_ctrl_c_does(tmp_path: Path) -> None:
+    """SIGTERM (a service manager stopping a unit that runs `sync`, `timeout`, `kill`) killed the sync without a
+    word (exit status -15): it now stops as Ctrl-C does, the pages listed committed, and says so in one line."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+
+    db = tmp_path / "t.duckdb"
+    root = Path(__file__).resolve().parents[1]
+    with start_in_thread(Simulation(customers=20, months=2, seed=3), api_key=KEY, latency_ms=300) as sb:
+        env = {**os.environ, "PYTHONPATH": str(root), "STRIPE_API_KEY": KEY, "STRIPE_API_BASE": sb.url,
+               "STRIPE_CHURN_DB": str(db), "STRIPE_CHURN_LOG_LEVEL": "WARNING"}
+        proc = subprocess.Popen([sys.executable, "-m", "stripe_churn", "sync"], env=env, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60  # (the sync has begun once it has asked Stripe a few things)
+        while sb.stats()["requests"] < 4 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("still running 30 s after SIGTERM")
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert err == ("terminated: what was synced is kept; the next sync resumes from the stored cursors and brings "
+                   "the metrics up to date\n"), err
+    assert KEY not in out + err
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        runs = con.execute("SELECT status, error FROM sync_runs").fetchall()
+    finally:
+        con.close()
+    assert len(runs) == 1 and runs[0][0] == "failed" and runs[0][1].startswith("interrupted"), runs
