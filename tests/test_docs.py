@@ -23,6 +23,14 @@ def test_readme_starts_with_the_two_setup_commands() -> None:
     assert blocks[1].strip() == "pip install -e '.[dev]' && scripts/check"
 
 
+def test_ci_runs_the_readmes_test_command() -> None:
+    """CI runs the second set-up command as the README gives it (pip's -q aside), so that it stays right."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    ci = (README.parent / ".ci" / "run").read_text()
+    ran = [line.replace("pip install -q ", "pip install ") for line in ci.splitlines() if "scripts/check" in line]
+    assert ran == [blocks[1].strip()], ran
+
+
 def test_every_command_is_documented() -> None:
     text = README.read_text()
     commands = sorted(cli.commands)
