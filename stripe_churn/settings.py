@@ -36,6 +36,8 @@ STRIPE_ENDPOINT_RATE = 25.0
 ENDPOINT_SHARE = 0.25
 
 
+# Environment variables other tools and guides hold a Stripe key in, named when STRIPE_API_KEY is missing
+OTHER_KEY_NAMES = ("STRIPE_SECRET_KEY", "STRIPE_KEY", "STRIPE_SECRET", "STRIPE_API_SECRET", "STRIPE_RESTRICTED_KEY")
 # Stripe keys that are no secret key, by prefix: what they are, for the message that refuses them as the API key
 _NOT_SECRET_KEYS = (("pk_", "a publishable key (pk_...)"), ("whsec_", "a webhook signing secret (whsec_...)"))
 
@@ -149,8 +151,11 @@ class Settings:
         """The API key, or a ConfigError that names every place that was looked in."""
         key = self.api_key.reveal()
         if not key:
+            # (the names Stripe's own guides and other tools give the key: set, they look like a key given)
+            other = next((name for name in OTHER_KEY_NAMES if os.environ.get(name)), None)
+            hint = f" ({other} is set, but stripe-churn reads STRIPE_API_KEY)" if other else ""
             raise ConfigError(
-                "no Stripe API key: set STRIPE_API_KEY in the environment or api_key in "
+                f"no Stripe API key{hint}: set STRIPE_API_KEY in the environment or api_key in "
                 f"{_file_or_any(self.source)}; for a try without Stripe run `stripe-churn demo`"
             )
         # (Stripe answers either with 401, which reads as a wrong or revoked key: say which key it is instead)
@@ -398,6 +403,7 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
             _check_type(key, value, types, where, known)
             values[attr] = _convert(attr, value)
             origins[attr] = where
+    _warn_unknown_env(env)
     for name, attr in ENV_KEYS.items():
         raw = env.get(name)
         if raw is None or raw == "":
@@ -423,6 +429,20 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
     settings = Settings(source=source, origins=origins, **values)
     _validate(settings, origins, window_key)
     return settings
+
+
+def _warn_unknown_env(env: Mapping[str, str]) -> None:
+    """A warning for each STRIPE_CHURN_* variable of the environment that is no setting (a typo, such as
+    STRIPE_CHURN_SCHEDUEL, was ignored without a word, and the default ran); its value is not shown."""
+    import difflib
+
+    for name in sorted(env):
+        if name.startswith("STRIPE_CHURN_") and name not in ENV_KEYS:
+            # (the part after the prefix: the prefix alone would make every name look like another)
+            ours = {known.removeprefix("STRIPE_CHURN_"): known for known in ENV_KEYS}
+            close = difflib.get_close_matches(name.removeprefix("STRIPE_CHURN_"), list(ours), n=1, cutoff=0.75)
+            log.warning("environment variable %s is no stripe-churn setting and is ignored%s", name,
+                        f": did you mean {ours[close[0]]}?" if close else f" (known: {', '.join(sorted(ENV_KEYS))})")
 
 
 def _check_misplaced(rules: Mapping[str, Any], where: str) -> None:

@@ -504,3 +504,24 @@ def test_a_setting_after_the_families_line_that_could_be_a_product_is_warned_of(
         settings = load_settings(cfg, env={})
     assert settings.currency == "usd" and settings.rules.families == {"currency": "eur"}
     assert "'rules.families.currency' in " in caplog.text and "move it above the [rules] line" in caplog.text
+
+
+def test_a_key_under_another_name_is_named_when_none_is_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(STRIPE_SECRET_KEY, as Stripe's guides call it, read as no key given at all)"""
+    monkeypatch.delenv("STRIPE_API_KEY", raising=False)
+    monkeypatch.setenv("STRIPE_SECRET_KEY", KEY)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(env={}).require_api_key()
+    assert str(refused.value).startswith("no Stripe API key (STRIPE_SECRET_KEY is set, but stripe-churn reads "
+                                         "STRIPE_API_KEY): set STRIPE_API_KEY")
+    assert KEY not in str(refused.value)
+
+
+def test_an_unknown_stripe_churn_variable_is_warned_of(caplog: pytest.LogCaptureFixture) -> None:
+    """(a typo such as STRIPE_CHURN_SCHEDUEL was ignored without a word, and the default schedule ran)"""
+    with caplog.at_level(logging.WARNING):
+        settings = load_settings(env={"STRIPE_CHURN_SCHEDUEL": "0 6 * * *", "STRIPE_CHURN_DB": "x.duckdb"})
+    assert settings.schedule == "*/30 * * * *" and settings.db == Path("x.duckdb")
+    assert [r.getMessage() for r in caplog.records] == [
+        "environment variable STRIPE_CHURN_SCHEDUEL is no stripe-churn setting and is ignored: did you mean "
+        "STRIPE_CHURN_SCHEDULE?"]
