@@ -137,7 +137,8 @@ def sigterm_as_ctrl_c() -> Iterator[threading.Event]:
     for a Ctrl-C (the sync commits the pages it has, a recompute rolls back) instead of dying without a word. A
     thread of its own waits for SIGTERM, blocked in every other thread, so that the SIGINT comes at once even while
     the main thread waits on DuckDB (Python runs a handler of its own only once that statement ends). Outside
-    the main thread, or when SIGINT is not Python's own (ignored, or handled by the caller), nothing changes."""
+    the main thread, or when SIGINT is not Python's own (ignored, or handled by the caller), nothing changes. (No
+    process may be started in the block: it would inherit SIGTERM blocked.)"""
     received = threading.Event()
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
