@@ -73,12 +73,20 @@ QUALIFY row_number() OVER (PARTITION BY account_id, subscription_id, moment ORDE
 -- are those of the state before the event (previous_attributes merged onto data.object). A request and its undoing
 -- that no stored event shows (both before the events, or between two syncs) leave nothing. A request in force in the
 -- last state stored before a gap in the events (its data.object's canceled_at, not ended, and no stored event took it
--- back) that the state where coverage starts again no longer holds (the first event after the gap's state before it,
--- else the snapshot: cleared, or another, later request, and not ended) was taken back in the gap, its event lost: the
--- subscription counts zero from the request to where coverage starts (where 20 lets the state after the gap take over,
--- as a snapshot's does), or to the later request, or to the request's cancel_at (the subscription did not end then),
--- when that came first; a request made and taken back inside the gap leaves nothing. The JSON is read only under that
--- setting, of the updated events and of those two events of a subscription alone.
+-- back) that the state where the events start again no longer holds (the subscription's first event after the gap,
+-- its state before it: of the next stretch of stored events where it has one, when there are several gaps, else
+-- within coverage, else the snapshot; cleared, or another, later request, and not ended) was taken back in the gap,
+-- its event lost: the subscription counts zero from the request to where the events start again (the first stored
+-- after that gap; for the last gap, where coverage starts, where 20 lets the state after the gap take over, as a
+-- snapshot's does), or to the later request, or to the request's cancel_at (the subscription did not end then), when
+-- that came first. The gaps are the sync's cursors (`events:gap:<t>`, each kept for good; `events:unbroken`, the
+-- last); a subscription with no event between two gaps is taken to have kept its state across both (the comeback
+-- where the events start after the later one). Ended where the events start again (its deletion the first event
+-- after the gap, or ended inside it): the state just before the end is not known (a deletion carries no
+-- previous_attributes, and an immediate cancel moves canceled_at), so the request counts as standing to the end
+-- (derived_sub_churn), unless its cancel_at passed before the end without ending the subscription: taken back by
+-- then. A request made and taken back inside a gap leaves nothing. The JSON is read only under that setting, of the
+-- updated events and of those two events per request alone.
 -- (Kept per customer: 70 reads it for the customers whose movements alone are derived again.)
 CREATE OR REPLACE TABLE derived_withdrawn_cancels AS
 WITH updated AS (
@@ -102,25 +110,55 @@ requests AS (
     FROM updated
     WHERE json_type(v[1]) IN ('UBIGINT', 'BIGINT') AND ts_of(json_extract_string(v[3], '$')) IS NULL
 ),
--- each subscription's last event stored before a gap (typed columns; of several in one second the last in 20's
--- order), under the setting alone
-last_early AS (
-    SELECT e.account_id, e.object_id AS subscription_id, e.rowid AS rid, c.coverage_start
+-- where the stored events start again after each gap in them: the sync keeps every gap as a cursor
+-- 'events:gap:<where the stored events ended>' and the last one also as 'events:unbroken' (`created`: where the
+-- events Stripe still kept begin), under the setting alone
+gap_starts AS (
+    SELECT DISTINCT k.account_id, to_timestamp(k.created) AS kept_from
+    FROM sync_cursors k
+    JOIN derived_settings st ON st.churn_recognition = 'canceled'
+    WHERE (k.stream = 'events:unbroken' OR starts_with(k.stream, 'events:gap:')) AND k.created IS NOT NULL
+),
+-- each subscription's events stored before coverage starts (typed columns), by the stretch of unbroken events they
+-- lie in (the latest gap's start at or before them; NULL before the first gap), numbered from either end of it (of
+-- several in one second, in 20's order)
+early AS (
+    SELECT e.account_id, e.object_id AS subscription_id, e.rowid AS rid, g.kept_from AS stretch,
+           row_number() OVER (PARTITION BY e.account_id, e.object_id, g.kept_from
+                              ORDER BY e.created DESC, o.pos DESC NULLS LAST, e.id DESC) AS from_last,
+           row_number() OVER (PARTITION BY e.account_id, e.object_id, g.kept_from
+                              ORDER BY e.created, o.pos NULLS FIRST, e.id) AS from_first
     FROM events e
     JOIN derived_coverage c USING (account_id)
     JOIN derived_settings st ON st.churn_recognition = 'canceled'
     LEFT JOIN derived_early_event_order o ON o.account_id = e.account_id AND o.event_id = e.id
+    ASOF LEFT JOIN gap_starts g ON g.account_id = e.account_id AND e.created >= g.kept_from
     WHERE e.type LIKE 'customer.subscription.%' AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false)
       AND e.created < c.coverage_start
-    QUALIFY row_number() OVER (PARTITION BY e.account_id, e.object_id
-                               ORDER BY e.created DESC, o.pos DESC NULLS LAST, e.id DESC) = 1
+),
+stretches AS (
+    SELECT account_id, subscription_id, stretch,
+           any_value(rid) FILTER (WHERE from_last = 1) AS last_rid,
+           any_value(rid) FILTER (WHERE from_first = 1) AS first_rid
+    FROM early WHERE from_last = 1 OR from_first = 1
+    GROUP BY ALL
+),
+-- each subscription's last event of each stretch before coverage, and its first event of the next stretch where it
+-- has one (NULL: none before coverage; the state after the gap is then the one where coverage starts)
+last_early AS (
+    SELECT s.account_id, s.subscription_id, s.last_rid AS rid, c.coverage_start,
+           lead(s.first_rid) OVER w AS next_rid, lead(s.stretch) OVER w AS next_stretch
+    FROM stretches s
+    JOIN derived_coverage c USING (account_id)
+    WINDOW w AS (PARTITION BY s.account_id, s.subscription_id ORDER BY s.stretch NULLS FIRST)
 ),
 -- the request in force in that state (its JSON read by row id, of that event alone, and under the setting: as above,
 -- so that the filters on it are not pushed into the scan of the events)
 gap_requests AS (
-    SELECT account_id, subscription_id, coverage_start, ts_of(json_extract_string(v[1], '$')) AS requested_at,
-           v[3] AS details, ts_of(json_extract_string(v[4], '$')) AS cancel_at
-    FROM (SELECT l.account_id, l.subscription_id, l.coverage_start,
+    SELECT account_id, subscription_id, rid, coverage_start, next_rid, next_stretch,
+           ts_of(json_extract_string(v[1], '$')) AS requested_at, v[3] AS details,
+           ts_of(json_extract_string(v[4], '$')) AS cancel_at
+    FROM (SELECT l.*,
                  CASE WHEN st.churn_recognition = 'canceled'
                       THEN json_extract(e.raw, ['$.data.object.canceled_at', '$.data.object.ended_at',
                                                 '$.data.object.cancellation_details', '$.data.object.cancel_at'])
@@ -136,38 +174,60 @@ gap_requests AS (
                         AND r.requested_at = ts_of(json_extract_string(g.v[1], '$'))
                         AND r.canceled_after IS DISTINCT FROM r.requested_at)
 ),
--- the state where coverage starts again: the first event after the gap's state before it (previous_attributes
--- over data.object; a deletion's, not yet ended), read for those subscriptions alone (an event without its JSON, in
--- an incremental scope, held no cancellation: its canceled_at and ended_at are NULL)
+-- where the events start again after a gap before coverage: the first event stored there (any object's), for the
+-- stretches those requests are followed by alone
+resumes AS (
+    SELECT g.account_id, g.kept_from, e.created AS resumed_at
+    FROM (SELECT DISTINCT account_id, next_stretch AS kept_from FROM gap_requests WHERE next_rid IS NOT NULL) g
+    ASOF JOIN events e ON e.account_id = g.account_id AND e.created >= g.kept_from
+),
+-- the state where the events start again after the gap: the subscription's first event after it (of the next
+-- stretch, else within coverage), where they start again (the stretch's first event, else coverage's start)
+gap_next AS (
+    SELECT g.rid AS request_rid, g.next_rid AS rid, r.resumed_at
+    FROM gap_requests g
+    JOIN resumes r ON r.account_id = g.account_id AND r.kept_from = g.next_stretch
+    WHERE g.next_rid IS NOT NULL
+    UNION ALL
+    SELECT g.rid, f.rid, g.coverage_start
+    FROM gap_requests g
+    JOIN derived_sub_events f USING (account_id, subscription_id)
+    WHERE g.next_rid IS NULL AND f.seq = 1
+),
+-- its state before the event: previous_attributes over data.object (a deletion carries none: the state it ended,
+-- whose canceled_at may be an immediate cancel's, says nothing of the one before it); read for those requests alone
+-- (an event without its JSON, in an incremental scope, held no cancellation: its canceled_at and ended_at are NULL)
 gap_after AS (
-    SELECT account_id, subscription_id, event_id,
+    SELECT request_rid, resumed_at,
            ts_of(json_extract_string(coalesce(v[1], v[2]), '$')) AS canceled_at,
-           CASE WHEN event_type <> 'customer.subscription.deleted'
-                THEN ts_of(json_extract_string(coalesce(v[3], v[4]), '$')) END AS ended_at
-    FROM (SELECT f.account_id, f.subscription_id, f.event_id, f.event_type,
+           ts_of(json_extract_string(coalesce(v[3], v[4]), '$')) AS ended_at
+    FROM (SELECT n.*,
                  CASE WHEN st.churn_recognition = 'canceled'
                       THEN json_extract(e.raw, ['$.data.previous_attributes.canceled_at', '$.data.object.canceled_at',
                                                 '$.data.previous_attributes.ended_at', '$.data.object.ended_at'])
                  END AS v
-          FROM derived_sub_events f
-          SEMI JOIN gap_requests g USING (account_id, subscription_id)
-          JOIN events e ON e.rowid = f.rid
-          JOIN derived_settings st ON st.churn_recognition = 'canceled'
-          WHERE f.seq = 1)
+          FROM gap_next n
+          JOIN events e ON e.rowid = n.rid
+          JOIN derived_settings st ON st.churn_recognition = 'canceled')
 ),
 gap_taken_back AS (
     -- (a request still in force at its cancel_at would have ended the subscription there: it was taken back by
     -- then at the latest, and the invoices before coverage bill the subscription on)
     SELECT account_id, subscription_id, requested_at,
-           least(CASE WHEN canceled_after > requested_at THEN canceled_after END, coverage_start,
+           least(CASE WHEN ended_after IS NULL AND canceled_after > requested_at THEN canceled_after END, resumed_at,
                  CASE WHEN cancel_at > requested_at THEN cancel_at END) AS withdrawn_at,
            CAST(NULL AS VARCHAR) AS event_id, details
-    FROM (SELECT g.*, CASE WHEN a.event_id IS NULL THEN s.canceled_at ELSE a.canceled_at END AS canceled_after,
-                 CASE WHEN a.event_id IS NULL THEN s.ended_at ELSE a.ended_at END AS ended_after
+    FROM (SELECT g.*, coalesce(a.resumed_at, g.coverage_start) AS resumed_at,
+                 CASE WHEN a.request_rid IS NULL THEN s.canceled_at ELSE a.canceled_at END AS canceled_after,
+                 CASE WHEN a.request_rid IS NULL THEN s.ended_at ELSE a.ended_at END AS ended_after
           FROM gap_requests g
           JOIN derived_subs s USING (account_id, subscription_id)
-          LEFT JOIN gap_after a USING (account_id, subscription_id))
-    WHERE ended_after IS NULL AND (canceled_after IS NULL OR canceled_after > requested_at)
+          LEFT JOIN gap_after a ON a.request_rid = g.rid)
+    -- (cleared, or another, later request; ended there, by its deletion after the gap or before: whether the request
+    -- stood up to the end is not known, and derived_sub_churn counts the churn at it, unless its cancel_at passed
+    -- before the end without ending the subscription)
+    WHERE CASE WHEN ended_after IS NULL THEN canceled_after IS NULL OR canceled_after > requested_at
+               ELSE cancel_at > requested_at AND cancel_at < ended_after END
 ),
 taken_back AS (
     SELECT account_id, subscription_id, requested_at, withdrawn_at, event_id, details
@@ -198,29 +258,58 @@ CREATE OR REPLACE MACRO in_withdrawn(w, m) AS
 -- was then canceled at once: Stripe's canceled_at is the later cancel's, yet the churn counts at the request, when
 -- it was made (its month keeps it). The evidence: the subscription's last stored event within coverage that does not
 -- end it (the deletion aside; of one second, the last in 20's order) holds a canceled_at earlier than the final one
--- and no ended_at (no event in between cleared it: a request taken back is 'derived_withdrawn_cancels''s). A request
--- whose event lies before a gap is not read (what the gap hid is not known). The JSON is read under that setting
--- alone, of that one event per ended subscription, by row id after the join that picks it (the setting joined above
--- the read, as in derived_withdrawn_cancels). The churn keeps the subscription's final details (its reason, feedback
+-- and no ended_at (no event in between cleared it: a request taken back is 'derived_withdrawn_cancels''s). With no
+-- such event within coverage (a gap in the events, then the deletion or nothing), the last stored before coverage:
+-- nothing stored took its request back, so it counts as standing when the subscription was canceled at once, unless
+-- its cancel_at passed before the end without ending the subscription (then it no longer stood, and
+-- derived_withdrawn_cancels takes it back). The JSON is read under that setting alone, of that one event per ended
+-- subscription, by row id after the join that picks it (the setting joined above the read, as in
+-- derived_withdrawn_cancels). The churn keeps the subscription's final details (its reason, feedback
 -- and comment), as the one cancellation row of the subscription does (70's `sub_facts`).
 CREATE OR REPLACE TABLE derived_sub_churn AS
-WITH held AS (
+WITH ended AS (
+    SELECT s.account_id, s.subscription_id, s.canceled_at AS final_canceled_at, s.ended_at AS final_ended_at
+    FROM derived_subs s
+    JOIN derived_settings st ON st.churn_recognition = 'canceled'
+    WHERE s.ended_at IS NOT NULL AND s.canceled_at IS NOT NULL
+),
+last_kept AS (
+    SELECT f.account_id, f.subscription_id, f.rid, false AS early
+    FROM ended s
+    JOIN derived_sub_events f USING (account_id, subscription_id)
+    WHERE f.event_type <> 'customer.subscription.deleted'
+    QUALIFY row_number() OVER (PARTITION BY f.account_id, f.subscription_id ORDER BY f.moment DESC, f.seq DESC) = 1
+    UNION ALL
+    -- (none within coverage: the last stored before it, of several in one second the last in 20's order)
+    SELECT e.account_id, e.object_id, e.rowid, true
+    FROM ended s
+    JOIN derived_coverage c USING (account_id)
+    JOIN events e ON e.account_id = s.account_id AND e.object_id = s.subscription_id
+    LEFT JOIN derived_early_event_order o ON o.account_id = e.account_id AND o.event_id = e.id
+    WHERE e.type LIKE 'customer.subscription.%' AND e.type <> 'customer.subscription.deleted'
+      AND e.object_type = 'subscription' AND NOT coalesce(e.deleted, false) AND e.created < c.coverage_start
+      AND NOT EXISTS (SELECT 1 FROM derived_sub_events f
+                      WHERE f.account_id = s.account_id AND f.subscription_id = s.subscription_id
+                        AND f.event_type <> 'customer.subscription.deleted')
+    QUALIFY row_number() OVER (PARTITION BY e.account_id, e.object_id
+                               ORDER BY e.created DESC, o.pos DESC NULLS LAST, e.id DESC) = 1
+),
+held AS (
     SELECT account_id, subscription_id, ts_of(json_extract_string(v[1], '$')) AS requested_at
-    FROM (SELECT l.account_id, l.subscription_id, l.final_canceled_at,
+    FROM (SELECT l.account_id, l.subscription_id, l.early, s.final_canceled_at, s.final_ended_at,
                  CASE WHEN st.churn_recognition = 'canceled'
-                      THEN json_extract(e.raw, ['$.data.object.canceled_at', '$.data.object.ended_at']) END AS v
-          FROM (SELECT f.account_id, f.subscription_id, f.rid, s.canceled_at AS final_canceled_at
-                FROM derived_subs s
-                JOIN derived_settings st ON st.churn_recognition = 'canceled'
-                JOIN derived_sub_events f USING (account_id, subscription_id)
-                WHERE s.ended_at IS NOT NULL AND s.canceled_at IS NOT NULL
-                  AND f.event_type <> 'customer.subscription.deleted'
-                QUALIFY row_number() OVER (PARTITION BY f.account_id, f.subscription_id
-                                           ORDER BY f.moment DESC, f.seq DESC) = 1) l
+                      THEN json_extract(e.raw, ['$.data.object.canceled_at', '$.data.object.ended_at',
+                                                '$.data.object.cancel_at']) END AS v
+          FROM last_kept l
+          JOIN ended s USING (account_id, subscription_id)
           JOIN events e ON e.rowid = l.rid
           JOIN derived_settings st ON st.churn_recognition = 'canceled') g
     WHERE json_type(v[1]) IN ('UBIGINT', 'BIGINT') AND ts_of(json_extract_string(v[2], '$')) IS NULL
       AND ts_of(json_extract_string(v[1], '$')) < final_canceled_at
+      -- (across a gap: not when its cancel_at passed before the end without ending the subscription, a request that
+      -- no longer stood then, which derived_withdrawn_cancels takes back)
+      AND NOT (early AND coalesce(ts_of(json_extract_string(v[3], '$')) > ts_of(json_extract_string(v[1], '$'))
+                                  AND ts_of(json_extract_string(v[3], '$')) < final_ended_at, false))
 ),
 last_ok AS (
     SELECT account_id, subscription_id, max(moment) AS ok_at

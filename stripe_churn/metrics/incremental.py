@@ -360,13 +360,18 @@ _SCOPED_KEYS = {
     "invoice_items": _KEY.format(table="invoice_items")
     + "JOIN touched_customers c USING (account_id, customer_id)",
     # the events about the touched customers' objects, and each account's oldest (after a gap in them) and
-    # newest event (which fix where event coverage starts)
+    # newest event (which fix where event coverage starts), and its first after each earlier gap (where the events
+    # start again there: 40_item_mrr dates a cancellation taken back in that gap at it)
     "events": _KEY.format(table="events")
     + "JOIN touched_objects c ON c.account_id = t.account_id AND c.object_id = t.object_id "
     "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
     "(SELECT (account_id, coverage_start) FROM coverage_now() WHERE has_events) "
     "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
-    "(SELECT (account_id, max(created)) FROM events GROUP BY account_id)",
+    "(SELECT (account_id, max(created)) FROM events GROUP BY account_id) "
+    "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
+    "(SELECT (g.account_id, min(e.created)) FROM sync_cursors g JOIN events e ON e.account_id = g.account_id "
+    "AND e.created >= to_timestamp(g.created) WHERE starts_with(g.stream, 'events:gap:') GROUP BY g.account_id, "
+    "g.stream)",
 }
 # Every raw table a scope holds: the touched customers' rows of those above, the others whole.
 _SCOPE_INPUTS = (*_SCOPED_KEYS, *_CATALOGUE, "fx_rates", "sync_cursors")
