@@ -364,12 +364,11 @@ _SCOPED_KEYS = {
     # start again there: 40_item_mrr dates a cancellation taken back in that gap at it)
     "events": _KEY.format(table="events")
     + "JOIN touched_objects c ON c.account_id = t.account_id AND c.object_id = t.object_id "
+    # (one scan of the events for the three)
     "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
-    "(SELECT (account_id, coverage_start) FROM coverage_now() WHERE has_events) "
-    "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
-    "(SELECT (account_id, max(created)) FROM events GROUP BY account_id) "
-    "UNION ALL SELECT rowid, account_id, NULL, NULL FROM events WHERE (account_id, created) IN "
-    "(SELECT (g.account_id, min(e.created)) FROM sync_cursors g JOIN events e ON e.account_id = g.account_id "
+    "(SELECT (account_id, coverage_start) FROM coverage_now() WHERE has_events "
+    "UNION ALL SELECT (account_id, max(created)) FROM events GROUP BY account_id "
+    "UNION ALL SELECT (g.account_id, min(e.created)) FROM sync_cursors g JOIN events e ON e.account_id = g.account_id "
     "AND e.created >= to_timestamp(g.created) WHERE starts_with(g.stream, 'events:gap:') GROUP BY g.account_id, "
     "g.stream)",
 }
