@@ -258,29 +258,30 @@ def test_under_ended_nothing_changes(stores: dict[str, duckdb.DuckDBPyConnection
 Stage = tuple[Callable[[duckdb.DuckDBPyConnection], None], int]  # (what a sync stores, when it ran)
 
 
-def synced(path: Path, stages: list[Stage], *, incremental: bool) -> duckdb.DuckDBPyConnection:
-    """A store after the syncs ``stages``, derived after each (the first in full, then incrementally), or once in
-    full after the last."""
+def synced(path: Path, stages: list[Stage], *, incremental: int | None) -> duckdb.DuckDBPyConnection:
+    """A store after the syncs ``stages``: derived in full before the sync numbered ``incremental`` and
+    incrementally after it and each one after, or (None) once in full after the last."""
     settings = make_settings("usd", churn_recognition="canceled")
     con = open_store(path)
     for i, (store, seen) in enumerate(stages):
-        store(con)
-        if incremental and i == 0:
+        if i == incremental:
             recompute(con, settings)
-        elif incremental:
+        store(con)
+        if incremental is not None and i >= incremental:
             recompute_changed(con, settings, dt.datetime.fromtimestamp(seen, tz=dt.UTC), shards=1)
-    if not incremental:
+    if incremental is None:
         recompute(con, settings)
     return con
 
 
-def assert_incremental_equals_full(tmp_path: Path, stages: list[Stage]) -> duckdb.DuckDBPyConnection:
-    """Every derived table and view, derived incrementally after each sync, as a full recompute gives; the full store
-    (open) for the case's own checks."""
-    con = synced(tmp_path / "incremental.duckdb", stages, incremental=True)
+def assert_incremental_equals_full(tmp_path: Path, stages: list[Stage], incremental: int
+                                   ) -> duckdb.DuckDBPyConnection:
+    """Every derived table and view, derived incrementally from the sync numbered ``incremental`` on, as a full
+    recompute gives; the full store (open) for the case's own checks."""
+    con = synced(tmp_path / "incremental.duckdb", stages, incremental=incremental)
     incremental = derived_contents(con)
     con.close()
-    fresh = synced(tmp_path / "full.duckdb", stages, incremental=False)
+    fresh = synced(tmp_path / "full.duckdb", stages, incremental=None)
     full = derived_contents(fresh)
     assert set(incremental) == set(full)
     for name in full:
@@ -295,10 +296,10 @@ def stage(w: World, gaps: list[Gap], seen: int) -> Stage:
 
 
 def test_taken_back_in_the_first_gap_derived_incrementally_equals_a_full_recompute(tmp_path: Path) -> None:
-    """Syncs on 12 March (the request stored), on 10 May (the first gap found: the whole account derived again), on
-    5 July (the second), then on 12 July one that brings cus_1 alone (sub_1 changed on 10 July): its scope holds the
-    event where the events start again after the first gap (cus_2's, 25 April), not only cus_1's, so the comeback
-    stays on 25 April."""
+    """Syncs on 12 March (the request stored), on 10 May (the first gap found), on 5 July (the second), then on 12
+    July one that brings cus_1 alone (sub_1 changed on 10 July), derived incrementally: its scope holds the event
+    where the events start again after the first gap (cus_2's, 25 April), not only cus_1's, so the comeback stays on
+    25 April. (Without it: on 5 May, sub_1's own event.)"""
     w = two_customers(World())
     request(w, ASKED, ends=LATE, feedback="too_expensive")
     stages = [stage(w, [], month(2, 11))]
@@ -319,7 +320,7 @@ def test_taken_back_in_the_first_gap_derived_incrementally_equals_a_full_recompu
         set_cursor(con, w.account_id, "events:complete", later, True)
 
     stages.append((cus_1_alone, later))
-    con = assert_incremental_equals_full(tmp_path, stages)
+    con = assert_incremental_equals_full(tmp_path, stages, 3)
     assert moves(con, w.account_id) == [
         NEW, (ASKED, "cancellation", CHURN, "voluntary", "too_expensive"), (BACK1, "reactivation", BACK, None, None)]
     con.close()
@@ -327,8 +328,9 @@ def test_taken_back_in_the_first_gap_derived_incrementally_equals_a_full_recompu
 
 def test_a_request_then_an_immediate_cancel_after_the_gap_derived_incrementally_equals_a_full_recompute(
         tmp_path: Path) -> None:
-    """Syncs on 12 March (the request stored), on 10 May (the gap found; cus_2's event of 22 April, then sub_1's
-    deletion on 25 April), then on 12 May one that brings cus_1 alone: one churn, on 10 March, as in full."""
+    """Syncs on 12 March (the request stored) and on 10 May (the gap found, the account derived again incrementally;
+    cus_2's event of 22 April, then sub_1's deletion on 25 April): one churn, on 10 March, as in full (the scope reads
+    the request's event, stored before the gap)."""
     w = two_customers(World())
     request(w, ASKED, ends=LATE, feedback="too_expensive")
     stages = [stage(w, [], month(2, 11))]
@@ -336,13 +338,6 @@ def test_a_request_then_an_immediate_cancel_after_the_gap_derived_incrementally_
     note(w, "sub_2", month(3, 21))
     w.cancel("sub_1", BACK1, feedback="switched_service")
     stages.append(stage(w, [GAP1], month(4, 9)))
-    later = month(4, 11)
-
-    def cus_1_alone(con: duckdb.DuckDBPyConnection) -> None:
-        later_sync(w, {"cus_1"}, {"sub_1"}, month(4, 9)).load(con, seen_at=later)
-        set_cursor(con, w.account_id, "events:complete", later, True)
-
-    stages.append((cus_1_alone, later))
-    con = assert_incremental_equals_full(tmp_path, stages)
+    con = assert_incremental_equals_full(tmp_path, stages, 1)
     assert moves(con, w.account_id) == [NEW, (ASKED, "cancellation", CHURN, "voluntary", "switched_service")]
     con.close()
