@@ -150,6 +150,7 @@ CASES: dict[str, tuple[Callable[[World], World], list[Gap]]] = {
     "acct_at_once_other": (lambda w: at_once_after_the_gap(w, first="sub_2"), [GAP1]),
     "acct_at_once_inside": (lambda w: at_once_after_the_gap(w, at=month(3, 9)), [GAP1]),
     "acct_at_once_period_end": (lambda w: at_once_after_the_gap(w, first="sub_2", ends=None), [GAP1]),
+    "acct_at_once_inside_period_end": (lambda w: at_once_after_the_gap(w, ends=None, at=month(3, 9)), [GAP1]),
 }
 
 
@@ -233,15 +234,19 @@ def test_a_request_before_a_gap_then_an_immediate_cancel_churns_at_the_request(
     assert mrr(con, account, ASKED - 1, ASKED, month(3, 9), month(3, 21), BACK1, SEEN) == [BACK, 0, 0, 0, 0, 0]
 
 
+@pytest.mark.parametrize(("account", "canceled"), [
+    pytest.param("acct_at_once_period_end", BACK1, id="after-the-gap"),
+    pytest.param("acct_at_once_inside_period_end", month(3, 9), id="inside-the-gap")])
 def test_a_request_whose_cancel_at_passed_in_the_gap_then_an_immediate_cancel(
-        stores: dict[str, duckdb.DuckDBPyConnection]) -> None:
+        stores: dict[str, duckdb.DuckDBPyConnection], account: str, canceled: int) -> None:
     """Asked on 10 March to cancel at the period's end (1 April, inside the gap), renewed then, canceled at once on
-    25 April: the request no longer stood on 1 April (the subscription did not end): churn, comeback on 1 April,
-    churn at the cancel. (Unchanged.)"""
+    25 April after the gap, or on 10 April inside it: the request no longer stood on 1 April (the subscription did not
+    end): churn, comeback on 1 April, churn at the cancel. (After the gap: unchanged. Inside it: before, one churn on
+    10 April, the request's churn in March lost.)"""
     con = stores["canceled"]
-    assert moves(con, "acct_at_once_period_end") == [
+    assert moves(con, account) == [
         NEW, (ASKED, "cancellation", CHURN, "voluntary", "too_expensive"),
-        (month(3), "reactivation", BACK, None, None), (BACK1, "cancellation", CHURN, "voluntary", "switched_service")]
+        (month(3), "reactivation", BACK, None, None), (canceled, "cancellation", CHURN, "voluntary", "switched_service")]
 
 
 def test_under_ended_nothing_changes(stores: dict[str, duckdb.DuckDBPyConnection]) -> None:
