@@ -425,6 +425,8 @@ class _Sync:
         con = self.con
         with transaction(con):
             for table, staged in rows.items():
+                if table == "credit_notes":
+                    self._keep_stored_lines(staged)
                 if not self.staging:
                     upsert_staged(con, table, self.account, staged, seen, replace=self.listing)
                 elif table in self.fresh:  # nothing of the account stored: plain inserts, nothing looked up
@@ -438,6 +440,38 @@ class _Sync:
                 now = self._now()
                 con.executemany(_CURSOR_SQL, [[self.account, k, v, c, d, self.run_id, now]
                                               for k, (v, c, d) in cursors.items()])
+
+    def _keep_stored_lines(self, staged: Staged) -> None:
+        """The credit notes of ``staged`` cut short (their lines answered 404) whose stored copy holds their whole
+        list take that list in place of the embedded page, with their other fields as they came: a credit note's
+        lines never change once it is issued (an update sets its memo and metadata, a void its status), and a newer
+        copy cut short would otherwise replace the lines the store had. A stored list is taken only when it holds
+        every line the copy embeds, and more (not the lines of another note of that id: a store filled from another
+        account state). Read in the write's own transaction, so that it is the copy the write replaces."""
+        cut: dict[str, tuple[int, dict[str, Any]]] = {}
+        for at, blob in enumerate(staged.blobs):
+            if b'"has_more":true' in blob:  # (serialised compact: see Staged)
+                cn = orjson.loads(blob)
+                if isinstance(cn, dict) and _lines_cut(cn):
+                    cut[staged.ids[at]] = (at, cn)
+        if not cut:
+            return
+        rows = self.con.execute(
+            "SELECT id, CAST(json_extract(raw, '$.lines.data') AS VARCHAR) FROM credit_notes WHERE account_id = ? "
+            "AND list_contains(?, id) AND lines_has_more = false AND json_type(raw, '$.lines.data') = 'ARRAY'",
+            [self.account, sorted(cut)]).fetchall()
+        for cnid, data in rows:
+            at, cn = cut[cnid]
+            stored = [ln for ln in orjson.loads(data) if isinstance(ln, dict)]
+            embedded = [ln.get("id") for ln in cn["lines"].get("data") or [] if isinstance(ln, dict)]
+            if len(stored) <= len(embedded) or not set(embedded) <= {ln.get("id") for ln in stored}:
+                log.warning("credit note %s came with the first %d of its lines, and the %d stored are not the rest "
+                            "of them: its embedded page is stored", cnid, len(embedded), len(stored))
+                continue
+            _with_lines(cn, stored)
+            staged.blobs[at] = orjson.dumps(cn)
+            log.info("credit note %s came with the first %d of its lines, which were not paged: its %d lines stored "
+                     "whole are kept", cnid, len(embedded), len(stored))
 
     def _next_seq(self) -> int:
         """Order of what is staged (a page batch holds fewer than 4096 pages)."""
@@ -513,14 +547,16 @@ class _Sync:
     async def _paged_credit_note_lines(self, cnid: str) -> list[dict[str, Any]] | None:
         """The lines of the credit note ``cnid`` paged whole from its lines endpoint, once a run (``_cn_lines``).
         None whenever they answer 404: its lines have no table whose rows a failure would leave wrong, so what was
-        embedded is stored, and a later run asks again once the credit note changes
+        embedded is stored (or, for a note stored whole before, the lines stored: :meth:`_keep_stored_lines`), and a
+        later run asks again once the credit note changes
         (:meth:`_complete_stored_credit_note_lines`); failing here instead would fail every later run on the same
         event. Any other failure is raised (and not kept: a run that goes on asks again)."""
         if cnid not in self._cn_lines:
             try:
                 self._cn_lines[cnid] = await self._page_all(_credit_note_lines_path(cnid), {})
             except NotFoundError:
-                log.info("the lines of credit note %s answered 404: its embedded page is kept", cnid)
+                log.info("the lines of credit note %s answered 404: its embedded page is kept (its lines stored "
+                         "whole, when they are)", cnid)
                 self._cn_lines[cnid] = None
         got = self._cn_lines[cnid]
         return None if got is None else list(got)

@@ -385,3 +385,59 @@ def test_a_credit_note_whose_lines_answer_404_is_asked_once_in_a_run(tmp_path: P
     assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
     assert count.requests == {"cn_1": 1}
     assert _stored(db, "cn_1")[1] == "true"
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param("credit_note.updated", id="updated-event"),
+    pytest.param("credit_note.voided", id="voided-event"),
+    pytest.param("relisted", id="full-sync"),
+])
+def test_a_credit_note_stored_whole_keeps_its_lines_when_a_later_copy_comes_cut_short(tmp_path: Path,
+                                                                                     change: str) -> None:
+    """A credit note stored whole (25 lines), then a later copy of it (an event's, or a full sync's listing) while
+    its lines answer 404: the copy embeds 10 with has_more, and replaced the 25 stored (before: a sum of its lines
+    came short of its total from then on). A credit note's lines never change once it is issued: the stored whole
+    list stays, the other fields are the newer copy's; the lines are asked once, and not again by the next run."""
+    w = _world()
+    cn = _credit_note(w, "cn_1", T0 + DAY)
+    db = tmp_path / "s.duckdb"
+    assert _sync(w, {"cn_1": cn}, T0 + 2 * DAY, db, full=True).status == "succeeded"
+    assert _stored(db, "cn_1") == _complete(cn)
+    later = copy.deepcopy(cn)
+    if change == "credit_note.voided":
+        later.update(status="void", voided_at=T0 + 2 * DAY + 60)
+        w.event(change, T0 + 2 * DAY + 60, later)
+    else:
+        later["metadata"] = {"order": "42"}
+        if change == "credit_note.updated":
+            w.event(change, T0 + 2 * DAY + 60, later, before=cn)
+    gone = _refuse_lines_of("cn_1", _not_found)
+    for k, full in enumerate([change == "relisted", False]):
+        count = _Pagings()
+        r = _sync(w, {"cn_1": later}, T0 + (3 + k) * DAY, db, full=full, tamper=_both(gone, count))
+        assert (k, r.mode, r.status, r.error) == (k, "full" if full else "incremental", "succeeded", None)
+        assert (k, dict(count.requests)) == (k, {"cn_1": 1} if k == 0 else {})
+        assert (k, _stored(db, "cn_1")) == (k, _complete(later))
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT status, raw->>'$.metadata.order', lines_has_more, lines_not_found_at "
+                           "FROM credit_notes").fetchall() == [(later["status"], later["metadata"].get("order"),
+                                                                False, None)]
+    finally:
+        con.close()
+
+
+def test_a_stored_list_that_does_not_hold_a_copys_embedded_lines_is_not_taken(tmp_path: Path) -> None:
+    """The stored whole list is taken for a copy cut short only when it holds every line the copy embeds: a store
+    that held another note of the same id (filled from another account state) keeps the copy's embedded page, not
+    lines of the other note."""
+    w = _world()
+    db = tmp_path / "s.duckdb"
+    other = _credit_note(w, "cn_1", T0 + DAY, 12)
+    for ln in other["lines"]["data"]:
+        ln["id"] = ln["id"].replace("cnli_", "cnli_other_")
+    assert _sync(w, {"cn_1": other}, T0 + 2 * DAY, db, full=True).status == "succeeded"
+    cn = _credit_note(w, "cn_1", T0 + DAY)
+    r = _sync(w, {"cn_1": cn}, T0 + 3 * DAY, db, full=True, tamper=_refuse_lines_of("cn_1", _not_found))
+    assert (r.status, r.error) == ("succeeded", None)
+    assert _stored(db, "cn_1") == ([ln["id"] for ln in cn["lines"]["data"][:10]], "true", sum(range(100, 110)), False)
