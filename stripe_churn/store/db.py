@@ -188,6 +188,14 @@ def _add_column_if_missing(con: duckdb.DuckDBPyConnection, table: str, name: str
     con.execute(f"ALTER TABLE {table} ADD COLUMN {name} {sql_type}")
 
 
+def _m012_price_option_tiers(con: duckdb.DuckDBPyConnection) -> None:
+    """``prices.options_without_tiers`` (a typed column, filled from ``raw`` for the rows kept) and
+    ``prices.option_tiers_not_found_at`` (the sync's bookkeeping, NULL in the rows kept: none was found to lack them
+    for good yet)."""
+    _add_extracted_columns(con, {"prices": ("options_without_tiers",)})
+    _add_column_if_missing(con, "prices", "option_tiers_not_found_at")
+
+
 # Applied in this order, each once; never edit one that shipped -- add a new one.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_initial", _m001_initial),
@@ -202,6 +210,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("010_credit_note_lines_not_found",
      lambda con: _add_column_if_missing(con, "credit_notes", "lines_not_found_at")),
     ("011_credit_note_lines_has_more", lambda con: _add_extracted_columns(con, {"credit_notes": ("lines_has_more",)})),
+    ("012_price_option_tiers", _m012_price_option_tiers),
 ]
 
 

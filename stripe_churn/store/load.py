@@ -61,6 +61,24 @@ def typed_source(table: str, source: str, cols: str) -> str:
 # the copy in an event lacks: a price's tiers and amounts in other currencies, a coupon's too and its products.
 INCLUDABLE: dict[str, tuple[str, ...]] = {"prices": ("tiers", "currency_options"),
                                           "coupons": ("currency_options", "applies_to")}
+# Typed columns read from such a field (table -> column -> field): a copy that lacks the field keeps the stored
+# column with the stored field, so that the column says what the stored JSON holds.
+INCLUDABLE_COLUMNS: dict[str, dict[str, str]] = {"prices": {"options_without_tiers": "currency_options"}}
+
+
+def _keeps(field: str, new: str, old: str) -> str:
+    """SQL: whether the stored ``<old>.raw``'s includable ``field`` is kept for the incoming ``<new>.raw``, which
+    lacks it."""
+    return f"(NOT json_exists({new}.raw, '$.{field}') AND json_type({old}.raw, '$.{field}') <> 'NULL')"
+
+
+def _typed_value(table: str, column: str, new: str, old: str) -> str:
+    """SQL of a typed column of the row an incoming copy ``<new>`` makes of the stored ``<old>``: the stored value
+    when the copy is a stub, or lacks the includable field the column is read from; else the copy's."""
+    stub = _STUB.format(row=new)
+    field = INCLUDABLE_COLUMNS.get(table, {}).get(column)
+    kept = stub if field is None else f"{stub} OR {_keeps(field, new, old)}"
+    return f"CASE WHEN {kept} THEN {old}.{column} ELSE {new}.{column} END"
 
 
 def _with_kept_includable(table: str, new: str = "excluded", old: str | None = None) -> str:
@@ -72,8 +90,7 @@ def _with_kept_includable(table: str, new: str = "excluded", old: str | None = N
     old = table if old is None else old
     if not fields:
         return f"{new}.raw"
-    kept = {f: (f"(NOT json_exists({new}.raw, '$.{f}') AND json_type({old}.raw, '$.{f}') <> 'NULL')",
-                f"CAST(json_extract({old}.raw, '$.{f}') AS VARCHAR)") for f in fields}
+    kept = {f: (_keeps(f, new, old), f"CAST(json_extract({old}.raw, '$.{f}') AS VARCHAR)") for f in fields}
     # (the object's text without its closing brace, then the fields: no regular expression, whose replacement
     # would read the JSON's backslashes)
     text = f"rtrim(CAST({new}.raw AS VARCHAR), chr(32) || chr(9) || chr(10) || chr(13))"
@@ -120,7 +137,7 @@ def _conflict(table: str, replace: bool) -> str:
         "last_seen_at = excluded.last_seen_at",
         f"state_seen_at = CASE WHEN {_state_changed(table, 'excluded', table)} THEN excluded.state_seen_at "
         f"ELSE {table}.state_seen_at END",
-        *(f"{c} = CASE WHEN {stub} THEN {table}.{c} ELSE excluded.{c} END" for c in typed),
+        *(f"{c} = {_typed_value(table, c, 'excluded', table)}" for c in typed),
     ]
     return (
         "\nON CONFLICT (account_id, id) DO UPDATE SET " + ", ".join(sets)
@@ -144,7 +161,7 @@ def _replacing(table: str) -> str:
             "state_seen_at": f"CASE WHEN {_state_changed(table, 's', 't')} THEN s.state_seen_at "
                              "ELSE t.state_seen_at END",
             "raw": f"CASE WHEN {stub} THEN t.raw ELSE {_with_kept_includable(table, 's', 't')} END"}
-    return ", ".join(f"{kept.get(c, f'CASE WHEN {stub} THEN t.{c} ELSE s.{c} END')} AS {c}" for c in _columns(table))
+    return ", ".join(f"{kept.get(c) or _typed_value(table, c, 's', 't')} AS {c}" for c in _columns(table))
 
 
 def _sql(table: str, replace: bool = False, source: str = "staged", *, stage: bool = False,

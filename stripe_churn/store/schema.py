@@ -58,6 +58,15 @@ class Price(RawBase, table=True):
     recurring_interval: str | None = None
     recurring_interval_count: int | None = None
     usage_type: str | None = None
+    # A tiered price's currency option in another currency than its own came without its tiers (Stripe sends an
+    # option's tiers only when each is expanded: the sync retrieves the price again for them), so that the sync finds
+    # such prices without reading every tiered price's JSON. Kept with the options when a copy lacks them (an event's).
+    options_without_tiers: bool | None = None
+    # The sync's own bookkeeping, not from the JSON (no upsert of the price sets it; a full listing's merge clears it):
+    # the ``state_seen_at`` of the stored state whose retrieve did not bring those tiers (or answered 404). While the
+    # row keeps that state no incremental sync retrieves it again for them; a new state is asked for. NULL: not asked,
+    # or asked and answered.
+    option_tiers_not_found_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class Coupon(RawBase, table=True):
@@ -291,7 +300,15 @@ EXTRACT: dict[str, dict[str, str]] = {
                "recurring_interval": "coalesce(j->>'$.recurring.interval', " + _plan("$.interval") + ")",
                "recurring_interval_count": "TRY_CAST(coalesce(j->>'$.recurring.interval_count', "
                                            + _plan("$.interval_count") + ") AS INTEGER)",
-               "usage_type": "coalesce(j->>'$.recurring.usage_type', " + _plan("$.usage_type") + ")"},
+               "usage_type": "coalesce(j->>'$.recurring.usage_type', " + _plan("$.usage_type") + ")",
+               # (as sync._options_without_tiers reads the JSON)
+               "options_without_tiers": "CASE WHEN j->>'$.billing_scheme' = 'tiered' AND json_type(j, "
+                                        "'$.currency_options') = 'OBJECT' THEN coalesce(list_bool_or(list_transform("
+                                        "list_zip(json_keys(j, '$.currency_options'), CAST(json_extract(j, "
+                                        "'$.currency_options.*') AS JSON[])), lambda o: lower(o[1]) <> "
+                                        "lower(coalesce(j->>'$.currency', '')) AND json_type(o[2]) = 'OBJECT' AND "
+                                        "coalesce(json_type(o[2], '$.tiers'), 'NULL') <> 'ARRAY')), false) "
+                                        "ELSE false END"},
     "coupons": {"duration": "j->>'$.duration'", "percent_off": "TRY_CAST(j->>'$.percent_off' AS DOUBLE)",
                 "amount_off": "TRY_CAST(j->>'$.amount_off' AS BIGINT)", "currency": "j->>'$.currency'"},
     "subscriptions": {"customer_id": _id("$.customer"), "status": "j->>'$.status'",

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from stripe_churn.store.db import open_store
-from stripe_churn.store.load import upsert_objects
+from stripe_churn.store.load import Staged, create_stages, drop_stages, merge_stage, upsert_objects, upsert_staged
 
 ACCT = "acct_test"
 SEEN = datetime(2026, 1, 1, tzinfo=UTC)
@@ -79,3 +79,43 @@ def test_a_deleted_prices_event_copy_keeps_its_tiers_and_currency_options(con: d
     got, _ = raw(con, "prices")
     assert got == {**price(active=False, nickname="old\nplan"), "tiers": tiers, "currency_options": options}
     assert con.execute("SELECT active FROM prices").fetchall() == [(False,)]
+
+
+def _options(eur_tiers: bool) -> dict[str, Any]:
+    eur: dict[str, Any] = {"unit_amount": None}
+    if eur_tiers:
+        eur["tiers"] = [{"up_to": None, "unit_amount": 90, "flat_amount": None}]
+    return {"usd": {"unit_amount": None}, "eur": eur}
+
+
+@pytest.mark.parametrize("through", ["upsert", "listing-merge"])
+def test_a_prices_options_without_tiers_column_follows_the_options_kept(con: duckdb.DuckDBPyConnection,
+                                                                        through: str) -> None:
+    """``prices.options_without_tiers`` says whether an option in another currency than the price's own lacks its
+    tiers (the sync finds such prices by it, without reading every tiered price's JSON): a copy without
+    currency_options (an event's) keeps the stored options, and the column with them; a copy with them sets it."""
+    upsert_objects(con, "prices", ACCT, [price(currency_options=_options(False)), {**price(), "id": "price_2",
+                   "currency_options": _options(True)}], SEEN, versions=100)
+
+    def write(copies: list[dict[str, Any]], version: int) -> None:
+        if through == "upsert":
+            upsert_objects(con, "prices", ACCT, copies, SEEN, versions=version)
+            return
+        create_stages(con, fresh=True)
+        rows = Staged()
+        for c in copies:
+            rows.add(c, version)
+        upsert_staged(con, "prices", ACCT, rows, SEEN, stage_seq=1)
+        merge_stage(con, "prices", ACCT)
+        drop_stages(con)
+
+    def column() -> list[tuple[str, bool, bool]]:
+        return con.execute("SELECT id, options_without_tiers, raw->>'$.currency_options.eur.tiers' IS NULL "
+                           "FROM prices ORDER BY id").fetchall()
+
+    assert column() == [("price_1", True, True), ("price_2", False, False)]
+    write([price(metadata={"k": "v"}), {**price(metadata={"k": "v"}), "id": "price_2"}], 200)  # (events' copies)
+    assert column() == [("price_1", True, True), ("price_2", False, False)]
+    write([price(currency_options=_options(True)), {**price(), "id": "price_2", "currency_options": _options(False)}],
+          300)
+    assert column() == [("price_1", False, False), ("price_2", True, True)]

@@ -595,3 +595,45 @@ def test_a_credit_notes_cut_short_lines_are_a_typed_column_filled_for_the_rows_k
         assert one(c, "SELECT count(*) FROM schema_migrations WHERE name = '011_credit_note_lines_has_more'") == 1
     finally:
         c.close()
+
+
+def test_a_store_from_before_the_price_option_tiers_columns_gains_them_filled(tmp_path: Path) -> None:
+    """012_price_option_tiers on a store made before it: prices gain ``options_without_tiers``, filled from the
+    JSON kept (a tiered price with an option in another currency than its own without tiers), and
+    ``option_tiers_not_found_at``, NULL (none found to lack them for good yet); the rows are otherwise as they were,
+    and no write of a price sets the second one."""
+    path = tmp_path / "m.duckdb"
+    c = open_store(path)
+
+    def price(pid: str, scheme: str, options: Any) -> dict[str, Any]:
+        return {"id": pid, "object": "price", "created": 1_700_000_000, "currency": "usd", "billing_scheme": scheme,
+                "currency_options": options}
+
+    tiers = [{"up_to": None, "unit_amount": 5}]
+    upsert_objects(c, "prices", ACCT, [
+        price("price_lacks", "tiered", {"usd": {}, "eur": {"tiers": tiers}, "gbp": {"unit_amount": None}}),
+        price("price_whole", "tiered", {"usd": {}, "eur": {"tiers": tiers}}),
+        price("price_own_only", "tiered", {"USD": {}}),
+        price("price_per_unit", "per_unit", {"usd": {}, "eur": {"unit_amount": 9}}),
+        price("price_no_options", "tiered", None)], T0, versions=10)
+    c.execute("ALTER TABLE prices DROP COLUMN options_without_tiers")
+    c.execute("ALTER TABLE prices DROP COLUMN option_tiers_not_found_at")
+    c.execute("DELETE FROM schema_migrations WHERE name = '012_price_option_tiers'")
+    kept = c.execute("SELECT * FROM prices ORDER BY id").fetchall()
+    c.close()
+    c = open_store(path)
+    try:
+        assert c.execute("SELECT * EXCLUDE (options_without_tiers, option_tiers_not_found_at) FROM prices "
+                         "ORDER BY id").fetchall() == kept
+        assert c.execute("SELECT id, options_without_tiers, option_tiers_not_found_at FROM prices ORDER BY id"
+                         ).fetchall() == [("price_lacks", True, None), ("price_no_options", False, None),
+                                          ("price_own_only", False, None), ("price_per_unit", False, None),
+                                          ("price_whole", False, None)]
+        c.execute("UPDATE prices SET option_tiers_not_found_at = state_seen_at")
+        upsert_objects(c, "prices", ACCT, [price("price_lacks", "tiered", {"usd": {}, "gbp": {"tiers": tiers}})], T1,
+                       versions=20)
+        assert one(c, "SELECT options_without_tiers, option_tiers_not_found_at = ? FROM prices "
+                      "WHERE id = 'price_lacks'", [T0]) == (False, True)
+        assert one(c, "SELECT count(*) FROM schema_migrations WHERE name = '012_price_option_tiers'") == 1
+    finally:
+        c.close()
