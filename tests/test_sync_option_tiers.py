@@ -13,7 +13,7 @@ import requests
 from stripe_churn.sandbox.server import start_in_thread
 from stripe_churn.sandbox.sim import Simulation
 from stripe_churn.settings import Secret, Settings
-from stripe_churn.store.db import open_store
+from stripe_churn.store.db import _extracted_sets, open_store
 from stripe_churn.sync import OPTION_TIERS_PER_CALL, run_sync
 
 KEY = "sk_test_option_tiers"
@@ -101,6 +101,8 @@ def test_an_incremental_sync_completes_the_options_a_store_lacks_tiers_for(tmp_p
             raw["currency_options"] = {c: {k: v for k, v in o.items() if k != "tiers"}
                                        for c, o in raw["currency_options"].items()}
             con.execute("UPDATE prices SET raw = ? WHERE id = ?", [orjson.dumps(raw).decode(), pid])
+            # (its typed column as a write of that JSON, or the migration that added it, sets it)
+            con.execute(f"UPDATE prices SET {_extracted_sets('prices', ['options_without_tiers'])} WHERE id = ?", [pid])
 
         def retrieves() -> int:
             return sum(sb.stats()["by_path"].get("/v1/prices/{id}", {}).values())
@@ -115,3 +117,39 @@ def test_an_incremental_sync_completes_the_options_a_store_lacks_tiers_for(tmp_p
         before = retrieves()
         run_sync(settings, progress=False)
         assert retrieves() == before
+
+
+def test_a_price_whose_options_tiers_never_come_is_not_retrieved_again_every_run(tmp_path: Path) -> None:
+    """A tiered price with an option whose tiers Stripe does not send even when expanded (here: it has none): the
+    full sync asks once and stores it without them; the incremental syncs after it do not retrieve the price again
+    while it keeps that state (before: the price and its options' tiers, 3 retrieves every run, for ever). A new state of
+    the row is asked for again, once."""
+    sim = Simulation(customers=5, months=2, seed=3)
+    pid = tiered_in_many_currencies(sim)
+    del sim.objects["prices"][pid]["currency_options"]["eur"]["tiers"]
+    with start_in_thread(sim, api_key=KEY) as sb:
+        settings = Settings(api_key=Secret(KEY), api_base=sb.url, db=tmp_path / "s.duckdb", rate_limit=2000.0)
+
+        def retrieves() -> int:
+            return sum(sb.stats()["by_path"].get("/v1/prices/{id}", {}).values())
+
+        assert run_sync(settings, progress=False).mode == "full"
+        # (the listed copy's options expanded in two calls; the eur option comes without tiers)
+        assert retrieves() == -(-len(CURRENCIES) // OPTION_TIERS_PER_CALL)
+        with open_store(settings.db) as con:
+            assert con.execute("SELECT options_without_tiers, option_tiers_not_found_at = state_seen_at FROM prices "
+                               "WHERE id = ?", [pid]).fetchall() == [(True, True)]
+        for k, changed in enumerate([False, False, True, False]):
+            if changed:  # (as a write of another state of it sets it)
+                with open_store(settings.db) as con:
+                    con.execute("UPDATE prices SET state_seen_at = state_seen_at + INTERVAL 1 SECOND WHERE id = ?",
+                                [pid])
+            before = retrieves()
+            r = run_sync(settings, progress=False)
+            assert (k, r.mode, r.status) == (k, "incremental", "succeeded")
+            # (asked again: the price retrieved, then its options' tiers)
+            assert (k, retrieves() - before) == (k, 1 + -(-len(CURRENCIES) // OPTION_TIERS_PER_CALL) if changed else 0)
+        with open_store(settings.db) as con:
+            raw = orjson.loads(con.execute("SELECT raw FROM prices WHERE id = ?", [pid]).fetchall()[0][0])
+        assert "tiers" not in raw["currency_options"]["eur"]
+        assert all(raw["currency_options"][c]["tiers"] for c in CURRENCIES if c != "eur")
