@@ -122,8 +122,8 @@ def test_an_incremental_sync_completes_the_options_a_store_lacks_tiers_for(tmp_p
 def test_a_price_whose_options_tiers_never_come_is_not_retrieved_again_every_run(tmp_path: Path) -> None:
     """A tiered price with an option whose tiers Stripe does not send even when expanded (here: it has none): the
     full sync asks once and stores it without them; the incremental syncs after it do not retrieve the price again
-    while it keeps that state (before: the price and its options' tiers, 3 retrieves every run, for ever). A new state of
-    the row is asked for again, once."""
+    while it keeps that state (before: the price and its options' tiers, 3 retrieves every run, for ever). A new
+    state of the row is asked for again, once."""
     sim = Simulation(customers=5, months=2, seed=3)
     pid = tiered_in_many_currencies(sim)
     del sim.objects["prices"][pid]["currency_options"]["eur"]["tiers"]

@@ -14,7 +14,14 @@ import orjson
 import pytest
 
 from stripe_churn.store.db import open_store
-from stripe_churn.store.load import Staged, create_stages, drop_stages, merge_stage, upsert_objects, upsert_staged
+from stripe_churn.store.load import (
+    Staged,
+    create_stages,
+    drop_stages,
+    merge_stage,
+    upsert_objects,
+    upsert_staged,
+)
 
 ACCT = "acct_test"
 SEEN = datetime(2026, 1, 1, tzinfo=UTC)
