@@ -57,13 +57,32 @@ def make_settings(currency: str = "usd", **rules: Any) -> Settings:
     return Settings(currency=currency, rules=Rules(**rules))
 
 
+Load = Callable[..., None]  # World.load, or a test's own: load(world, con, *, seen_at, events)
+
+
+def load_worlds(con: duckdb.DuckDBPyConnection, worlds: tuple[World, ...], *, seen_at: int, events: bool | int,
+                load: Load, rates_loaded: bool = False) -> None:
+    """Load each World of one ``derive(...)`` into ``con`` with ``load``; their exchange rates (global, the same
+    for each) once, or not at all when ``rates_loaded``."""
+    assert worlds and len({repr(w.fx_rates) for w in worlds}) == 1, (
+        "derive(...) takes Worlds that load the same exchange rates (fx_rates is global)")
+    for k, w in enumerate(worlds):
+        rates = w.fx_rates
+        if rates_loaded or k:
+            w.fx_rates = []
+        try:
+            load(w, con, seen_at=seen_at, events=events)
+        finally:
+            w.fx_rates = rates
+
+
 def derive_in(store: duckdb.DuckDBPyConnection) -> Callable[..., duckdb.DuckDBPyConnection]:
-    """The ``derive`` of one store: load a World into it and recompute."""
+    """The ``derive`` of one store: load Worlds into it and recompute."""
     from stripe_churn.metrics.runner import recompute
 
-    def run(w: World, *, seen_at: int, events: bool | int = True, currency: str = "usd",
+    def run(*worlds: World, seen_at: int, events: bool | int = True, currency: str = "usd", load: Load = World.load,
             **rules: Any) -> duckdb.DuckDBPyConnection:
-        w.load(store, seen_at=seen_at, events=events)
+        load_worlds(store, worlds, seen_at=seen_at, events=events, load=load)
         recompute(store, make_settings(currency, **rules))
         return store
 
@@ -72,7 +91,9 @@ def derive_in(store: duckdb.DuckDBPyConnection) -> Callable[..., duckdb.DuckDBPy
 
 @pytest.fixture
 def derive(store: duckdb.DuckDBPyConnection) -> Callable[..., duckdb.DuckDBPyConnection]:
-    """Load a World into the store and recompute; ``derive(world, seen_at=..., events=..., **rules)``."""
+    """Load a World into the store and recompute: ``derive(world, seen_at=..., events=..., **rules)``. Several
+    Worlds (each its own account) load into the one store; ``load=`` a function ``(world, con, *, seen_at,
+    events)`` loads each instead of ``World.load`` (e.g. that then flags what a full sync no longer lists)."""
     return derive_in(store)
 
 
@@ -155,24 +176,24 @@ def sim_store(small_sim: Any, tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnect
         con.close()
 
 
-def account_view(con: duckdb.DuckDBPyConnection, account_id: str) -> duckdb.DuckDBPyConnection:
-    """A second connection to ``con``'s store that sees one account: every table and view with an ``account_id``
-    column is shadowed by a temp view of that account's rows; every view without one and the bridge's ledger (sums
-    over the whole store: mrr_bridge, churn_reasons, the cohorts) and every table macro (mrr_bridge_for, ...) by
-    one that fails when read. (Temp objects belong to the connection; the store and ``con`` are untouched. Left as
-    they are: the inputs shared by a store's accounts, fx_rates and the settings' tables, and scalar macros such
-    as price_mrr.)"""
+def account_view(con: duckdb.DuckDBPyConnection, *account_ids: str) -> duckdb.DuckDBPyConnection:
+    """A second connection to ``con``'s store that sees some accounts (usually one): every table and view with an
+    ``account_id`` column is shadowed by a temp view of those accounts' rows; every view without one and the bridge's
+    ledger (sums over the whole store: mrr_bridge, churn_reasons, the cohorts) and every table macro (mrr_bridge_for,
+    ...) by one that fails when read. (Temp objects belong to the connection; the store and ``con`` are untouched.
+    Left as they are: the inputs shared by a store's accounts, fx_rates and the settings' tables, and scalar macros
+    such as price_mrr.)"""
     cur = con.cursor()
     db = cur.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
     rels = cur.execute(
         "SELECT t.table_name, t.table_type, bool_or(c.column_name = 'account_id') FROM information_schema.tables t "
         "JOIN information_schema.columns c USING (table_catalog, table_schema, table_name) "
         "WHERE t.table_catalog = ? AND t.table_schema = 'main' GROUP BY ALL ORDER BY 1", [db]).fetchall()
-    quoted = account_id.replace("'", "''")
+    quoted = ", ".join("'" + account.replace("'", "''") + "'" for account in account_ids)
     for name, kind, has_account in rels:
         if has_account:
             cur.execute(f'CREATE TEMP VIEW "{name}" AS SELECT * FROM "{db}".main."{name}" '
-                        f"WHERE account_id = '{quoted}'")
+                        f"WHERE account_id IN ({quoted})")
         elif kind == "VIEW" or name == "derived_bridge_ledger_month":
             cur.execute(f'CREATE TEMP VIEW "{name}" AS SELECT NULL AS store_wide FROM range(1) '
                         f"WHERE error('{name} sums every account of a shared store: this test cannot share one')"
@@ -184,13 +205,20 @@ def account_view(con: duckdb.DuckDBPyConnection, account_id: str) -> duckdb.Duck
     return cur
 
 
-def _store_key(w: World, currency: str, rules: dict[str, Any]) -> str:
-    """Which shared store a derive(...) of ``w`` loads into: one per settings (currency, rules) and exchange rates."""
-    return repr((currency, sorted(rules.items()), w.fx_rates))
+def _store_key(worlds: tuple[World, ...], currency: str, rules: dict[str, Any]) -> str:
+    """Which shared store a derive(...) of ``worlds`` loads into: one per settings (currency, rules) and exchange
+    rates (the same for each World of one derive: :func:`load_worlds`)."""
+    return repr((currency, sorted(rules.items()), worlds[0].fx_rates if worlds else None))
+
+
+def _derive_call(worlds: tuple[World, ...], key: str, seen_at: int, events: bool | int, load: Load
+                 ) -> tuple[Any, ...]:
+    """What a ``derive(...)`` of a @one_store test asks for: its accounts, store, clock, events and loading."""
+    return tuple(w.account_id for w in worlds), key, seen_at, events, getattr(load, "__qualname__", repr(load))
 
 
 class _Loaded(Exception):
-    """Raised by the collecting ``derive`` once a test's World is loaded: the rest of the test runs later."""
+    """Raised by the collecting ``derive`` once a test's Worlds are loaded: the rest of the test runs later."""
 
 
 class OneStore:
@@ -198,17 +226,19 @@ class OneStore:
 
     In the module: ``one_store = OneStore()`` and ``world, derive, one_store_built = one_store.fixtures()``;
     decorate each such test ``@one_store`` (innermost, under its parametrize marks). Such a test takes only
-    ``world``, ``derive`` and its parameters, builds its World deterministically and calls ``derive`` once.
+    ``world``, ``derive`` and its parameters, builds its Worlds deterministically and calls ``derive`` once: with
+    ``world``, whose account is the test's id (e.g. ``test_x[case]``), and, for a test that compares accounts (a
+    case and its copy with the events' ids reordered, a price and its plan-shaped row), more Worlds whose accounts
+    start with that id; ``load=`` as for the plain ``derive``.
 
-    The first of them to run builds every one's case: it runs each test's body with a World of its own account
-    (the test's id, e.g. ``test_x[case]``) up to its ``derive(...)``, which loads the World into the store of
-    those settings (currency and rules) and exchange rates and stops the body there; then each store is
-    recomputed once. Each test then runs in full as it reads, rebuilding the same World (a few milliseconds),
-    and its ``derive`` checks that it asks for what was loaded and returns :func:`account_view` of its account:
-    every query sees that account's rows alone, and a store-wide view fails. Coverage, the snapshot and Stripe's
-    clock are per account; fx_rates is not, so the accounts of a store are those that load the same rates.
-    Unmarked tests of the module keep their own store. (Under pytest-xdist each worker builds every case of a
-    module it runs a test of.)
+    The first of them to run builds every one's case: it runs each test's body with a World of its own account up
+    to its ``derive(...)``, which loads the Worlds into the store of those settings (currency and rules) and
+    exchange rates and stops the body there; then each store is recomputed once. Each test then runs in full as it
+    reads, rebuilding the same Worlds (a few milliseconds), and its ``derive`` checks that it asks for what was
+    loaded and returns :func:`account_view` of its accounts: every query sees those accounts' rows alone, and a
+    store-wide view fails. Coverage, the snapshot and Stripe's clock are per account; fx_rates is not, so the
+    accounts of a store are those that load the same rates. Unmarked tests of the module keep their own store.
+    (Under pytest-xdist each worker builds every case of a module it runs a test of.)
     """
 
     def __init__(self) -> None:
@@ -231,19 +261,17 @@ class OneStore:
 
             stores: dict[str, tuple[duckdb.DuckDBPyConnection, Any]] = {}
             loaded: dict[str, tuple[duckdb.DuckDBPyConnection, tuple[Any, ...]]] = {}
+            accounts: set[str] = set()
             calls: list[tuple[Any, ...]] = []  # the current test's derive(...), as loaded
 
-            def collect(w: World, *, seen_at: int, events: bool | int = True, currency: str = "usd",
-                        **rules: Any) -> duckdb.DuckDBPyConnection:
-                key = _store_key(w, currency, rules)
-                rates = w.fx_rates
-                if key in stores:  # (fx_rates is global: one store per list of rates, loaded once)
-                    w.fx_rates = []
-                else:
+            def collect(*worlds: World, seen_at: int, events: bool | int = True, currency: str = "usd",
+                        load: Load = World.load, **rules: Any) -> duckdb.DuckDBPyConnection:
+                key = _store_key(worlds, currency, rules)
+                known = key in stores  # (fx_rates is global: one store per list of rates, loaded once)
+                if not known:
                     stores[key] = (module_stores(), (currency, rules))
-                w.load(stores[key][0], seen_at=seen_at, events=events)
-                w.fx_rates = rates
-                calls.append((key, seen_at, events))
+                load_worlds(stores[key][0], worlds, seen_at=seen_at, events=events, load=load, rates_loaded=known)
+                calls.append(_derive_call(worlds, key, seen_at, events, load))
                 raise _Loaded
 
             for item in request.session.items:
@@ -255,7 +283,12 @@ class OneStore:
                 with contextlib.suppress(_Loaded):
                     item.function(world=World(account_id=item.name), derive=collect, **params)
                 assert len(calls) == 1, f"{item.name} did not call derive(...) (a @one_store test calls it once)"
-                loaded[item.name] = (stores[calls[0][0]][0], calls[0])
+                for account in calls[0][0]:
+                    assert account.startswith(item.name) and account not in accounts, (
+                        f"{item.name} derives account {account}: a @one_store test's accounts are its own, named "
+                        "by its id")
+                    accounts.add(account)
+                loaded[item.name] = (stores[calls[0][1]][0], calls[0])
             for con, (currency, rules) in stores.values():
                 recompute(con, make_settings(currency, **rules))
             return loaded
@@ -271,13 +304,12 @@ class OneStore:
             con, call = request.getfixturevalue("one_store_built")[request.node.name]
             views: list[duckdb.DuckDBPyConnection] = []
 
-            def run(w: World, *, seen_at: int, events: bool | int = True, currency: str = "usd",
-                    **rules: Any) -> duckdb.DuckDBPyConnection:
+            def run(*worlds: World, seen_at: int, events: bool | int = True, currency: str = "usd",
+                    load: Load = World.load, **rules: Any) -> duckdb.DuckDBPyConnection:
                 assert not views, f"{request.node.name}: a @one_store test derives once"
-                asked = (_store_key(w, currency, rules), seen_at, events)
-                assert w.account_id == request.node.name and asked == call, (
-                    f"{request.node.name}: derive asks for {asked}, the shared store loaded {call}")
-                views.append(account_view(con, w.account_id))
+                asked = _derive_call(worlds, _store_key(worlds, currency, rules), seen_at, events, load)
+                assert asked == call, f"{request.node.name}: derive asks for {asked}, the shared store loaded {call}"
+                views.append(account_view(con, *asked[0]))
                 request.addfinalizer(views[-1].close)
                 return views[-1]
 
