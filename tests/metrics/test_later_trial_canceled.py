@@ -12,12 +12,15 @@ from decimal import Decimal
 import duckdb
 import pytest
 from builders import World
-from conftest import customer_mrr_at, make_settings
+from conftest import OneStore, customer_mrr_at
 from test_mrr_rules import T0, base, month
 
-from stripe_churn.metrics.runner import recompute
-
 RECOGNITIONS = ["ended", "canceled"]
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# Each case is its own account of one store per churn_recognition, derived once (conftest.OneStore).
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 
 
 def later_trial_canceled(w: World, at_trial_end: bool) -> World:
@@ -33,35 +36,19 @@ def later_trial_canceled(w: World, at_trial_end: bool) -> World:
     return w
 
 
-def account_of(events: bool, at_trial_end: bool) -> str:
-    return f"acct_{'events' if events else 'invoices'}-{'at-trial-end' if at_trial_end else 'at-once'}"
-
-
-@pytest.fixture(scope="module")
-def stores(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> dict[str, duckdb.DuckDBPyConnection]:
-    """Per churn_recognition, one store holding every other case as its own account (:func:`account_of`), derived
-    once."""
-    out = {}
-    for recognition in RECOGNITIONS:
-        con = out[recognition] = module_stores()
-        for events in (True, False):
-            for at_trial_end in (False, True):
-                later_trial_canceled(World(account_id=account_of(events, at_trial_end)), at_trial_end).load(
-                    con, seen_at=month(3), events=events)
-        recompute(con, make_settings(churn_recognition=recognition))
-    return out
-
-
 @pytest.mark.parametrize("recognition", RECOGNITIONS)
 @pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
 @pytest.mark.parametrize("at_trial_end", [False, True], ids=["at-once", "at-the-trial-end"])
-def test_a_later_trial_canceled_while_it_runs_churns_once_at_its_start(stores: dict[str, duckdb.DuckDBPyConnection],
+@one_store
+def test_a_later_trial_canceled_while_it_runs_churns_once_at_its_start(world: World, derive: Derive,
                                                                       recognition: str, events: bool,
                                                                       at_trial_end: bool) -> None:
     """cus_1 pays 50.00; on day 10 of month 1 sub_1 is granted a month's trial, and on day 20 it is canceled with
     feedback (at once, or at the trial's end). One cancellation at the trial's start, -50.00, voluntary, with the
     feedback; nothing at the cancellation or the end; MRR zero from the trial's start on."""
-    con, account = stores[recognition], account_of(events, at_trial_end)
+    con = derive(later_trial_canceled(world, at_trial_end), seen_at=month(3), events=events,
+                 churn_recognition=recognition)
+    account = world.account_id
     rows = con.execute("SELECT CAST(epoch(occurred_at) AS BIGINT), movement, mrr_delta, churn_type, "
                        "cancellation_feedback FROM mrr_movements WHERE account_id = ? ORDER BY occurred_at",
                        [account]).fetchall()
