@@ -13,16 +13,18 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import duckdb
-import pytest
 from builders import World
-from conftest import customer_mrr_at, make_settings
+from conftest import OneStore, customer_mrr_at
 from test_cancellation_taken_back import MINUTE, paying, request, take_back
 from test_mrr_rules import T0, month
 
-from stripe_churn.metrics.runner import recompute
-
 NEW = (T0, "new", Decimal("50.0000"), None, None)
 CHURN = Decimal("-50.0000")
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# Each case is its own account of one store per churn_recognition, derived once (conftest.OneStore).
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 
 
 def period_end_then_at_once(w: World) -> World:
@@ -60,25 +62,7 @@ def at_once_within_the_window(w: World) -> World:
     return w
 
 
-CASES: dict[str, Callable[[World], World]] = {
-    "acct_period_end": period_end_then_at_once,
-    "acct_cancel_at": cancel_at_then_at_once_next_month,
-    "acct_taken_back": taken_back_then_at_once,
-    "acct_window": at_once_within_the_window,
-}
 SEEN = month(3, 10)
-
-
-@pytest.fixture(scope="module")
-def stores(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> dict[str, duckdb.DuckDBPyConnection]:
-    """Per churn_recognition, one store holding every case as its own account, derived once."""
-    out = {}
-    for recognition in ("canceled", "ended"):
-        con = out[recognition] = module_stores()
-        for account, build in CASES.items():
-            build(World(account_id=account)).load(con, seen_at=SEEN)
-        recompute(con, make_settings("usd", churn_recognition=recognition))
-    return out
 
 
 def moves(con: duckdb.DuckDBPyConnection, account: str) -> list[tuple[object, ...]]:
@@ -89,55 +73,66 @@ def moves(con: duckdb.DuckDBPyConnection, account: str) -> list[tuple[object, ..
     return rows
 
 
-def test_a_request_then_an_immediate_cancel_churns_at_the_request(stores: dict[str, duckdb.DuckDBPyConnection]
-                                                                  ) -> None:
+@one_store
+def test_a_request_then_an_immediate_cancel_churns_at_the_request(world: World, derive: Derive) -> None:
     """One cancellation on 10 March (-50.00, voluntary, the final feedback), nothing on 21 March; MRR zero from 10
     March; the source is the request's event."""
-    con = stores["canceled"]
-    assert moves(con, "acct_period_end") == [
+    con = derive(period_end_then_at_once(world), seen_at=SEEN, churn_recognition="canceled")
+    acct_period_end = world.account_id
+    assert moves(con, acct_period_end) == [
         NEW, (month(2, 9), "cancellation", CHURN, "voluntary", "switched_service")]
-    assert customer_mrr_at(con, "cus_1", month(2, 9) - 1, "acct_period_end") == Decimal("50.0000")
+    assert customer_mrr_at(con, "cus_1", month(2, 9) - 1, acct_period_end) == Decimal("50.0000")
     for at in (month(2, 9), month(2, 15), month(2, 20), month(3)):
-        assert customer_mrr_at(con, "cus_1", at, "acct_period_end") == 0, at
+        assert customer_mrr_at(con, "cus_1", at, acct_period_end) == 0, at
     (source,) = con.execute("SELECT source_event_id FROM mrr_movements WHERE account_id = ? AND movement = "
-                            "'cancellation'", ["acct_period_end"]).fetchone() or (None,)
+                            "'cancellation'", [acct_period_end]).fetchone() or (None,)
     (request_event,) = con.execute("SELECT id FROM events WHERE account_id = ? AND epoch(created) = ?",
-                                   ["acct_period_end", month(2, 9)]).fetchone() or (None,)
+                                   [acct_period_end, month(2, 9)]).fetchone() or (None,)
     assert source == request_event is not None
 
 
-def test_a_cancel_at_request_keeps_its_month_when_canceled_at_once_in_the_next(
-        stores: dict[str, duckdb.DuckDBPyConnection]) -> None:
+@one_store
+def test_a_cancel_at_request_keeps_its_month_when_canceled_at_once_in_the_next(world: World, derive: Derive
+                                                                                 ) -> None:
     """Asked in March (cancel_at 15 May), canceled at once on 5 April: the churn stays in March (its bridge month),
     April has none; the renewal of 1 April brings no comeback."""
-    con = stores["canceled"]
-    assert moves(con, "acct_cancel_at") == [
+    con = derive(cancel_at_then_at_once_next_month(world), seen_at=SEEN, churn_recognition="canceled")
+    acct_cancel_at = world.account_id
+    assert moves(con, acct_cancel_at) == [
         NEW, (month(2, 9), "cancellation", CHURN, "voluntary", "switched_service")]
-    assert customer_mrr_at(con, "cus_1", month(3, 1), "acct_cancel_at") == 0
+    assert customer_mrr_at(con, "cus_1", month(3, 1), acct_cancel_at) == 0
 
 
-def test_under_ended_the_churn_stays_at_the_immediate_cancel(stores: dict[str, duckdb.DuckDBPyConnection]) -> None:
+@one_store
+def test_under_ended_the_churn_stays_at_the_immediate_cancel(world: World, derive: Derive) -> None:
     """The default recognition: one cancellation when the subscription ends (21 March; 5 April)."""
-    con = stores["ended"]
-    assert moves(con, "acct_period_end") == [
+    period_end = period_end_then_at_once(world)
+    cancel_at = cancel_at_then_at_once_next_month(World(account_id=f"{world.account_id}-cancel_at"))
+    con = derive(period_end, cancel_at, seen_at=SEEN, churn_recognition="ended")
+    acct_period_end, acct_cancel_at = period_end.account_id, cancel_at.account_id
+    assert moves(con, acct_period_end) == [
         NEW, (month(2, 20), "cancellation", CHURN, "voluntary", "switched_service")]
-    assert moves(con, "acct_cancel_at") == [
+    assert moves(con, acct_cancel_at) == [
         NEW, (month(3, 4), "cancellation", CHURN, "voluntary", "switched_service")]
-    assert customer_mrr_at(con, "cus_1", month(2, 15), "acct_period_end") == Decimal("50.0000")
+    assert customer_mrr_at(con, "cus_1", month(2, 15), acct_period_end) == Decimal("50.0000")
 
 
-def test_a_request_taken_back_then_an_immediate_cancel(stores: dict[str, duckdb.DuckDBPyConnection]) -> None:
+@one_store
+def test_a_request_taken_back_then_an_immediate_cancel(world: World, derive: Derive) -> None:
     """The request taken back is a churn and a comeback (the existing rule); the later immediate cancel churns when
     it is made (21 March), with the final feedback."""
-    assert moves(stores["canceled"], "acct_taken_back") == [
+    con = derive(taken_back_then_at_once(world), seen_at=SEEN, churn_recognition="canceled")
+    assert moves(con, world.account_id) == [
         NEW, (month(2, 4), "cancellation", CHURN, "voluntary", "missing_features"),
         (month(2, 9), "reactivation", Decimal("50.0000"), None, None),
         (month(2, 20), "cancellation", CHURN, "voluntary", "switched_service")]
 
 
-def test_a_request_and_an_immediate_cancel_in_one_window(stores: dict[str, duckdb.DuckDBPyConnection]) -> None:
+@one_store
+def test_a_request_and_an_immediate_cancel_in_one_window(world: World, derive: Derive) -> None:
     """Both within the movement window: one cancellation, dated at the request."""
-    con = stores["canceled"]
-    assert moves(con, "acct_window") == [
+    con = derive(at_once_within_the_window(world), seen_at=SEEN, churn_recognition="canceled")
+    acct_window = world.account_id
+    assert moves(con, acct_window) == [
         NEW, (month(2, 9), "cancellation", CHURN, "voluntary", "switched_service")]
-    assert customer_mrr_at(con, "cus_1", month(2, 9), "acct_window") == 0
+    assert customer_mrr_at(con, "cus_1", month(2, 9), acct_window) == 0
