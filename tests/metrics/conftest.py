@@ -176,33 +176,51 @@ def sim_store(small_sim: Any, tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnect
         con.close()
 
 
-def account_view(con: duckdb.DuckDBPyConnection, *account_ids: str) -> duckdb.DuckDBPyConnection:
+def shadowing(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The statements by which :func:`account_view` shadows ``con``'s store (``{accounts}``: the accounts' ids,
+    quoted); they depend on the store's catalogue alone, so a store read by many views reads it once."""
+    db = con.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+    rels = con.execute(
+        "SELECT t.table_name, t.table_type, bool_or(c.column_name = 'account_id') FROM information_schema.tables t "
+        "JOIN information_schema.columns c USING (table_catalog, table_schema, table_name) "
+        "WHERE t.table_catalog = ? AND t.table_schema = 'main' GROUP BY ALL ORDER BY 1", [db]).fetchall()
+    out = []
+    for name, kind, has_account in rels:
+        if has_account:
+            out.append(f'CREATE TEMP VIEW "{name}" AS SELECT * FROM "{db}".main."{name}" '
+                       "WHERE account_id IN ({accounts})")
+        elif kind == "VIEW" or name == "derived_bridge_ledger_month":
+            out.append(f'CREATE TEMP VIEW "{name}" AS SELECT NULL AS store_wide FROM range(1) '
+                       f"WHERE error('{name} sums every account of a shared store: this test cannot share one')"
+                       " IS NULL")
+    for name, params in con.execute("SELECT function_name, parameters FROM duckdb_functions() WHERE database_name = ? "
+                                    "AND schema_name = 'main' AND function_type = 'table_macro'", [db]).fetchall():
+        out.append(f'CREATE TEMP MACRO "{name}"({", ".join(params)}) AS TABLE SELECT '
+                   f"error('{name} reads every account of a shared store: this test cannot share one') AS x")
+    return out
+
+
+def account_view(con: duckdb.DuckDBPyConnection, *account_ids: str, statements: list[str] | None = None
+                 ) -> duckdb.DuckDBPyConnection:
     """A second connection to ``con``'s store that sees some accounts (usually one): every table and view with an
     ``account_id`` column is shadowed by a temp view of those accounts' rows; every view without one and the bridge's
     ledger (sums over the whole store: mrr_bridge, churn_reasons, the cohorts) and every table macro (mrr_bridge_for,
     ...) by one that fails when read. (Temp objects belong to the connection; the store and ``con`` are untouched.
     Left as they are: the inputs shared by a store's accounts, fx_rates and the settings' tables, and scalar macros
-    such as price_mrr.)"""
-    cur = con.cursor()
-    db = cur.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
-    rels = cur.execute(
-        "SELECT t.table_name, t.table_type, bool_or(c.column_name = 'account_id') FROM information_schema.tables t "
-        "JOIN information_schema.columns c USING (table_catalog, table_schema, table_name) "
-        "WHERE t.table_catalog = ? AND t.table_schema = 'main' GROUP BY ALL ORDER BY 1", [db]).fetchall()
+    such as price_mrr.) ``statements``: :func:`shadowing` of the store, when known."""
     quoted = ", ".join("'" + account.replace("'", "''") + "'" for account in account_ids)
-    for name, kind, has_account in rels:
-        if has_account:
-            cur.execute(f'CREATE TEMP VIEW "{name}" AS SELECT * FROM "{db}".main."{name}" '
-                        f"WHERE account_id IN ({quoted})")
-        elif kind == "VIEW" or name == "derived_bridge_ledger_month":
-            cur.execute(f'CREATE TEMP VIEW "{name}" AS SELECT NULL AS store_wide FROM range(1) '
-                        f"WHERE error('{name} sums every account of a shared store: this test cannot share one')"
-                        " IS NULL")
-    for name, params in cur.execute("SELECT function_name, parameters FROM duckdb_functions() WHERE database_name = ? "
-                                    "AND schema_name = 'main' AND function_type = 'table_macro'", [db]).fetchall():
-        cur.execute(f'CREATE TEMP MACRO "{name}"({", ".join(params)}) AS TABLE SELECT '
-                    f"error('{name} reads every account of a shared store: this test cannot share one') AS x")
+    cur = con.cursor()
+    for sql in shadowing(con) if statements is None else statements:
+        cur.execute(sql.replace("{accounts}", quoted))
     return cur
+
+
+def keep_temp_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Copy the temp tables of ``con`` that have an ``account_id`` column (a recompute's, e.g. step 20's
+    derived_sub_events) into its store, where another connection (:func:`account_view`) sees them as ``con`` does."""
+    for (name,) in con.execute("SELECT DISTINCT table_name FROM duckdb_columns() WHERE database_name = 'temp' "
+                               "AND column_name = 'account_id' ORDER BY 1").fetchall():
+        con.execute(f'CREATE TABLE main."{name}" AS FROM temp."{name}"')
 
 
 def _store_key(worlds: tuple[World, ...], currency: str, rules: dict[str, Any]) -> str:
@@ -236,7 +254,8 @@ class OneStore:
     exchange rates and stops the body there; then each store is recomputed once. Each test then runs in full as it
     reads, rebuilding the same Worlds (a few milliseconds), and its ``derive`` checks that it asks for what was
     loaded and returns :func:`account_view` of its accounts: every query sees those accounts' rows alone, and a
-    store-wide view fails. Coverage, the snapshot and Stripe's clock are per account; fx_rates is not, so the
+    store-wide view fails (the recompute's temp tables with an account column, such as step 20's
+    derived_sub_events, are kept in the store for those views: :func:`keep_temp_tables`). Coverage, the snapshot and Stripe's clock are per account; fx_rates is not, so the
     accounts of a store are those that load the same rates. Unmarked tests of the module keep their own store.
     (Under pytest-xdist each worker builds every case of a module it runs a test of.)
     """
@@ -256,11 +275,11 @@ class OneStore:
 
         @pytest.fixture(name="one_store_built", scope="module")
         def built(request: pytest.FixtureRequest, module_stores: Callable[[], duckdb.DuckDBPyConnection]
-                  ) -> dict[str, tuple[duckdb.DuckDBPyConnection, tuple[Any, ...]]]:
+                  ) -> dict[str, tuple[duckdb.DuckDBPyConnection, list[str], tuple[Any, ...]]]:
             from stripe_churn.metrics.runner import recompute
 
             stores: dict[str, tuple[duckdb.DuckDBPyConnection, Any]] = {}
-            loaded: dict[str, tuple[duckdb.DuckDBPyConnection, tuple[Any, ...]]] = {}
+            keys: dict[str, tuple[Any, ...]] = {}  # each test's derive(...), as loaded
             accounts: set[str] = set()
             calls: list[tuple[Any, ...]] = []  # the current test's derive(...), as loaded
 
@@ -288,10 +307,13 @@ class OneStore:
                         f"{item.name} derives account {account}: a @one_store test's accounts are its own, named "
                         "by its id")
                     accounts.add(account)
-                loaded[item.name] = (stores[calls[0][1]][0], calls[0])
-            for con, (currency, rules) in stores.values():
+                keys[item.name] = calls[0]
+            statements: dict[str, list[str]] = {}
+            for key, (con, (currency, rules)) in stores.items():
                 recompute(con, make_settings(currency, **rules))
-            return loaded
+                keep_temp_tables(con)
+                statements[key] = shadowing(con)
+            return {name: (stores[call[1]][0], statements[call[1]], call) for name, call in keys.items()}
 
         @pytest.fixture(name="world")
         def world_fx(request: pytest.FixtureRequest) -> World:
@@ -301,7 +323,7 @@ class OneStore:
         def derive_fx(request: pytest.FixtureRequest) -> Callable[..., duckdb.DuckDBPyConnection]:
             if not shared(request.node):
                 return derive_in(request.getfixturevalue("store"))
-            con, call = request.getfixturevalue("one_store_built")[request.node.name]
+            con, statements, call = request.getfixturevalue("one_store_built")[request.node.name]
             views: list[duckdb.DuckDBPyConnection] = []
 
             def run(*worlds: World, seen_at: int, events: bool | int = True, currency: str = "usd",
@@ -309,7 +331,7 @@ class OneStore:
                 assert not views, f"{request.node.name}: a @one_store test derives once"
                 asked = _derive_call(worlds, _store_key(worlds, currency, rules), seen_at, events, load)
                 assert asked == call, f"{request.node.name}: derive asks for {asked}, the shared store loaded {call}"
-                views.append(account_view(con, *asked[0]))
+                views.append(account_view(con, *asked[0], statements=statements))
                 request.addfinalizer(views[-1].close)
                 return views[-1]
 
