@@ -11,17 +11,20 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from conftest import customer_mrr_at, make_settings
-
-from stripe_churn.metrics.runner import recompute
+from conftest import OneStore, customer_mrr_at
 
 T0 = ts(2025, 6, 1)
 T1 = T0 + 10 * DAY
 SEEN = add_months(T0, 1) + 2 * DAY
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# Each test derives its case twice (:func:`pair`), each its own account of one store, derived once
+# (conftest.OneStore).
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 
 
-def account(account_id: str) -> World:
-    w = World(account_id=account_id)
+def account(w: World) -> World:
     w.product("prod_seat", unit_label="seat")
     w.price("basic", "prod_seat", 1_000)
     w.price("pro", "prod_seat", 2_500)
@@ -61,18 +64,22 @@ def event_order(con: duckdb.DuckDBPyConnection, account: str) -> list[tuple[str,
                        "ORDER BY subscription_id, seq", [account]).fetchall()
 
 
-Build = Callable[[str], tuple[World, int, list[int]]]
+Build = Callable[[World], tuple[World, int, list[int]]]
 
 
-def pair_of(build: Build) -> tuple[str, str]:
-    """The accounts of ``build``'s case in :func:`pairs_store`: ids in the order the events happened, and
+def pair(world: World, build: Build) -> tuple[World, World]:
+    """``build``'s case twice: in ``world``, ids in the order the events happened, and in its ``-swapped`` account,
     reordered."""
-    return f"acct_{build.__name__}-in-order", f"acct_{build.__name__}-swapped"
+    in_order, _, _ = build(world)
+    swapped, first, order = build(World(account_id=f"{world.account_id}-swapped"))
+    reorder_ids(swapped, first, order)
+    assert [e["id"] for e in swapped.events] != [e["id"] for e in in_order.events], build.__name__
+    return in_order, swapped
 
 
-def created_then_paid(acct: str) -> tuple[World, int, list[int]]:
+def created_then_paid(w: World) -> tuple[World, int, list[int]]:
     """created (incomplete) and updated (active, the first payment succeeded at once) in the same second."""
-    w = account(acct)
+    account(w)
     sub = w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0, event=False)
     sub["status"] = "incomplete"
     w.event("customer.subscription.created", T0, sub)
@@ -82,8 +89,10 @@ def created_then_paid(acct: str) -> tuple[World, int, list[int]]:
     return w, 0, [1, 0]
 
 
-def test_created_and_paid_in_one_second_whatever_their_ids(pairs_store: duckdb.DuckDBPyConnection) -> None:
-    con, (in_order, swapped) = pairs_store, pair_of(created_then_paid)
+@one_store
+def test_created_and_paid_in_one_second_whatever_their_ids(world: World, derive: Derive) -> None:
+    worlds = pair(world, created_then_paid)
+    con, (in_order, swapped) = derive(*worlds, seen_at=SEEN), (w.account_id for w in worlds)
     expected = results(con, in_order)
     # (the subscription counts from the second it was created and paid, as a new customer's revenue)
     assert customer_mrr_at(con, "cus_1", T0 + DAY, in_order) == 30
@@ -98,9 +107,9 @@ def test_created_and_paid_in_one_second_whatever_their_ids(pairs_store: duckdb.D
     assert con.execute("SELECT count(*) FROM derived_sub_events WHERE account_id = ?", [swapped]).fetchone() != (0,)
 
 
-def quantity_then_price(acct: str) -> tuple[World, int, list[int]]:
+def quantity_then_price(w: World) -> tuple[World, int, list[int]]:
     """Two API updates in one second: seats 3 -> 5, then basic -> pro."""
-    w = account(acct)
+    account(w)
     w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
     w.update("sub_1", T1, items=[("si_1", "basic", 5)])
     w.update("sub_1", T1, items=[("si_1", "pro", 5)])
@@ -108,10 +117,10 @@ def quantity_then_price(acct: str) -> tuple[World, int, list[int]]:
     return w, 1, [1, 0]
 
 
-def recovered_then_quantity(acct: str) -> tuple[World, int, list[int]]:
+def recovered_then_quantity(w: World) -> tuple[World, int, list[int]]:
     """A past-due subscription paid (past_due -> active), then seats 3 -> 5 in the same second: the second event
     lists only the items, its status before is the one after (active), which the first event's after is."""
-    w = account(acct)
+    account(w)
     w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
     w.update("sub_1", T0 + 3 * DAY, status="past_due")
     w.update("sub_1", T1, status="active")
@@ -120,9 +129,9 @@ def recovered_then_quantity(acct: str) -> tuple[World, int, list[int]]:
     return w, 2, [1, 0]
 
 
-def three_updates(acct: str) -> tuple[World, int, list[int]]:
+def three_updates(w: World) -> tuple[World, int, list[int]]:
     """Three updates in one second (seats 3 -> 5, basic -> pro, seats 5 -> 7), ids in reverse order."""
-    w = account(acct)
+    account(w)
     w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
     w.update("sub_1", T1, items=[("si_1", "basic", 5)])
     w.update("sub_1", T1, items=[("si_1", "pro", 5)])
@@ -131,19 +140,19 @@ def three_updates(acct: str) -> tuple[World, int, list[int]]:
     return w, 1, [2, 1, 0]
 
 
-def seats_up_and_back(acct: str) -> tuple[World, int, list[int]]:
+def seats_up_and_back(w: World) -> tuple[World, int, list[int]]:
     """Seats 3 -> 5 and back 5 -> 3 in one second (an update undone at once): each event leads to the other, and
     only the state before the second (3 seats, from the subscription's creation) tells which came first."""
-    w = account(acct)
+    account(w)
     w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
     w.update("sub_1", T1, items=[("si_1", "basic", 5)], prorate=False)
     w.update("sub_1", T1, items=[("si_1", "basic", 3)], prorate=False)
     return w, 1, [1, 0]
 
 
-def seats_up_back_and_up(acct: str) -> tuple[World, int, list[int]]:
+def seats_up_back_and_up(w: World) -> tuple[World, int, list[int]]:
     """Seats 3 -> 5, 5 -> 3 and 3 -> 5 again in one second, ids in reverse order: it ends at 5."""
-    w = account(acct)
+    account(w)
     w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
     for qty in (5, 3, 5):
         w.update("sub_1", T1, items=[("si_1", "basic", qty)], prorate=False)
@@ -160,9 +169,11 @@ UPDATE_CASES = [
 
 
 @pytest.mark.parametrize(("build", "mrr_after"), UPDATE_CASES)
-def test_updates_in_one_second_follow_their_previous_attributes(pairs_store: duckdb.DuckDBPyConnection, build: Build,
+@one_store
+def test_updates_in_one_second_follow_their_previous_attributes(world: World, derive: Derive, build: Build,
                                                                 mrr_after: int) -> None:
-    con, (in_order, swapped) = pairs_store, pair_of(build)
+    worlds = pair(world, build)
+    con, (in_order, swapped) = derive(*worlds, seen_at=SEEN), (w.account_id for w in worlds)
     expected = results(con, in_order)
     assert customer_mrr_at(con, "cus_1", T1 + DAY, in_order) == mrr_after, in_order
     assert customer_mrr_at(con, "cus_1", T1 + DAY, swapped) == mrr_after, swapped
@@ -170,17 +181,19 @@ def test_updates_in_one_second_follow_their_previous_attributes(pairs_store: duc
     assert event_order(con, swapped) == event_order(con, in_order), swapped
 
 
-def update_then_deleted(acct: str) -> tuple[World, int, list[int]]:
+def update_then_deleted(w: World) -> tuple[World, int, list[int]]:
     """Seats 3 -> 5, then the subscription canceled at once, in the same second."""
-    w = account(acct)
+    account(w)
     w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
     w.update("sub_1", T1, items=[("si_1", "basic", 5)], prorate=False)
     w.cancel("sub_1", T1)
     return w, 1, [1, 0]
 
 
-def test_a_deletion_in_the_same_second_as_an_update_comes_last(pairs_store: duckdb.DuckDBPyConnection) -> None:
-    con, (in_order, swapped) = pairs_store, pair_of(update_then_deleted)
+@one_store
+def test_a_deletion_in_the_same_second_as_an_update_comes_last(world: World, derive: Derive) -> None:
+    worlds = pair(world, update_then_deleted)
+    con, (in_order, swapped) = derive(*worlds, seen_at=SEEN), (w.account_id for w in worlds)
     expected = results(con, in_order)
     assert customer_mrr_at(con, "cus_1", T1 - DAY, in_order) == 30
     assert customer_mrr_at(con, "cus_1", T1 + DAY, in_order) == 0
@@ -188,19 +201,3 @@ def test_a_deletion_in_the_same_second_as_an_update_comes_last(pairs_store: duck
     assert results(con, swapped) == expected
     assert event_order(con, swapped)[-1] == ("customer.subscription.deleted", "canceled")
 
-
-@pytest.fixture(scope="module")
-def pairs_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
-    """Every account the tests above build, twice (:func:`pair_of`): ids in the order the events happened, and
-    reordered; each its own account of one store, derived once."""
-    con = module_stores()
-    for build in (created_then_paid, update_then_deleted, *(p.values[0] for p in UPDATE_CASES)):
-        in_order_id, swapped_id = pair_of(build)
-        in_order, _, _ = build(in_order_id)
-        swapped, first, order = build(swapped_id)
-        reorder_ids(swapped, first, order)
-        assert [e["id"] for e in swapped.events] != [e["id"] for e in in_order.events], build.__name__
-        in_order.load(con, seen_at=SEEN)
-        swapped.load(con, seen_at=SEEN)
-    recompute(con, make_settings())
-    return con
