@@ -15,11 +15,17 @@ from typing import Any
 import duckdb
 import pytest
 from builders import World, ts
-from conftest import customer_mrr_at, make_settings
+from conftest import OneStore, customer_mrr_at, make_settings
 from test_mrr_rules import T0, discounted, month
 
 from stripe_churn.metrics.runner import recompute
 from stripe_churn.store.load import mark_unlisted_children
+
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# The tests marked @one_store are each an account of one store, derived once (conftest.OneStore).
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 
 
 def build_removed(world: World, *, prorate: bool = False, renewal: bool = False, lists: str = "with-discounts",
@@ -53,46 +59,33 @@ def build_removed(world: World, *, prorate: bool = False, renewal: bool = False,
     return d, update
 
 
-def load_removed(world: World, store: Any, *, prorate: bool = False, renewal: bool = False,
-                 lists: str = "with-discounts", events: int = month(1, 5)) -> None:
-    """:func:`build_removed` loaded into ``store`` (not recomputed: other accounts may be loaded in it first); the
-    next full sync at month(3) flags the item's discount deleted."""
-    build_removed(world, prorate=prorate, renewal=renewal, lists=lists, events=events)
-    world.load(store, seen_at=month(3), events=events)
-    at = dt.datetime.fromtimestamp(month(3), tz=dt.UTC)
+def load_then_flagged(world: World, store: Any, *, seen_at: int, events: bool | int) -> None:
+    """``world`` loaded into ``store`` (not recomputed: other accounts may be loaded in it first) by the full sync
+    at ``seen_at``, which flags the item's discount deleted (``derive(..., load=load_then_flagged)``)."""
+    world.load(store, seen_at=seen_at, events=events)
+    at = dt.datetime.fromtimestamp(seen_at, tz=dt.UTC)
     mark_unlisted_children(store, world.account_id, at, at)
     assert store.execute("SELECT deleted FROM discounts WHERE account_id = ?",
                          [world.account_id]).fetchall() == [(True,)]
 
 
-# (the cases of the two tests below: keyword arguments of build_removed by account)
-ENDS_WITH_ITEM = {f"acct_{lists}-{renewal}-{prorate}": {"prorate": prorate, "renewal": renewal, "lists": lists}
-                  for prorate in (False, True) for renewal in (False, True)
-                  for lists in ("with-discounts", "without-discounts")}
-NOTHING_DATES = {"acct_list-cut-short": {"events": month(1, 5), "lists": "cut-short"},
-                 "acct_deleted-before-the-events": {"events": month(1, 20), "lists": "with-discounts"}}
-
-
-@pytest.fixture(scope="module")
-def cases_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
-    """Every case of the two tests below its own account of one store, derived once."""
-    con = module_stores()
-    for account, kwargs in {**ENDS_WITH_ITEM, **NOTHING_DATES}.items():
-        load_removed(World(account_id=account), con, **kwargs)
-    recompute(con, make_settings())
-    return con
+# (the cases of the last test below, which nothing dates: build_removed's events and lists)
+NOTHING_DATES = {"list-cut-short": (month(1, 5), "cut-short"),
+                 "deleted-before-the-events": (month(1, 20), "with-discounts")}
 
 
 @pytest.mark.parametrize("prorate", [False, True], ids=["no-prorations", "prorated"])
 @pytest.mark.parametrize("renewal", [False, True], ids=["no-renewal", "then-a-renewal"])
 @pytest.mark.parametrize("lists", ["with-discounts", "without-discounts"])
-def test_an_items_discount_ends_with_the_item_an_update_deletes(cases_store: duckdb.DuckDBPyConnection,
+@one_store
+def test_an_items_discount_ends_with_the_item_an_update_deletes(world: World, derive: Derive,
                                                                 prorate: bool, renewal: bool, lists: str) -> None:
     """The update deleting si_a is the discount's end and its removal event; the item's MRR leaves at the
     discounted 20.00 with it, one movement, and no estimate is reported (the discount ended at the sync that
     found it gone, two months later, with a discount_end_estimated row; no invoice line of si_a came after)."""
-    store, account = cases_store, f"acct_{lists}-{renewal}-{prorate}"
-    _, update = build_removed(World(account_id=account), **ENDS_WITH_ITEM[account])
+    _, update = build_removed(world, prorate=prorate, renewal=renewal, lists=lists)
+    store = derive(world, seen_at=month(3), events=month(1, 5), load=load_then_flagged)
+    account = world.account_id
     assert store.execute("SELECT CAST(epoch(valid_to) AS BIGINT), removal_event_id, end_dated_by "
                          "FROM derived_discount_spans WHERE account_id = ?",
                          [account]).fetchall() == [(month(1, 10), update["id"], None)], account
@@ -129,13 +122,15 @@ def test_a_discount_taken_off_before_its_item_is_deleted_ends_when_taken_off(wor
 
 
 @pytest.mark.parametrize("case", ["list-cut-short", "deleted-before-the-events"])
-def test_an_items_discount_nothing_dates_keeps_its_estimate(cases_store: duckdb.DuckDBPyConnection, case: str
-                                                            ) -> None:
+@one_store
+def test_an_items_discount_nothing_dates_keeps_its_estimate(world: World, derive: Derive, case: str) -> None:
     """Controls: the update's item lists cut short (has_more) leave si_a out, or the events begin after the
     deletion: no complete list shows the item gone after one that has it, so nothing in the events dates the
     discount's end, and it stays the sync's estimate with its discount_end_estimated row."""
-    store, account = cases_store, f"acct_{case}"
-    d, _ = build_removed(World(account_id=account), **NOTHING_DATES[account])
+    events, lists = NOTHING_DATES[case]
+    d, _ = build_removed(world, events=events, lists=lists)
+    store = derive(world, seen_at=month(3), events=events, load=load_then_flagged)
+    account = world.account_id
     assert store.execute("SELECT CAST(epoch(valid_to) AS BIGINT), removal_event_id, end_dated_by "
                          "FROM derived_discount_spans WHERE account_id = ?",
                          [account]).fetchall() == [(month(3), None, "sync")], account
