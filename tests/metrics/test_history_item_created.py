@@ -11,13 +11,15 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from conftest import customer_mrr_at, make_settings
-
-from stripe_churn.metrics.runner import recompute
+from conftest import OneStore, customer_mrr_at
 
 T0 = ts(2024, 1, 1)
 Derive = Callable[..., duckdb.DuckDBPyConnection]
 ADDED = add_months(T0, 1) + 10 * DAY  # the change, between the renewals of month(1) and month(2)
+
+# The tests marked @one_store are each an account of one store, derived once (conftest.OneStore).
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 
 
 def month(n: int, day: int = 0) -> int:
@@ -80,14 +82,15 @@ def added_without_prorations(w: World, events: bool, added: tuple[str, str, int]
 
 @EVENTS
 @pytest.mark.parametrize("added", ADDED_CASES)
-def test_an_item_added_without_prorations_counts_from_its_creation(cases_store: duckdb.DuckDBPyConnection,
+@one_store
+def test_an_item_added_without_prorations_counts_from_its_creation(world: World, derive: Derive,
                                                                   events: bool, added: str) -> None:
     """An add-on (storage, 10 × 7.00) or more seats of another core product (2 × 10.00) added on the 11th without
     prorations: the renewal of month(2) bills it first. It counts from its `created`, at what it was first billed,
     and its movement is dated there (it was dated at the renewal: February's expansion showed in March)."""
-    con, acct = cases_store, f"acct_added-without-{added}-{events}"
     item, movement = ADDED_CASES[added]
-    _, _, renewal = added_without_prorations(World(account_id=acct), events, item)
+    seen_at, events_from, renewal = added_without_prorations(world, events, item)
+    con, acct = derive(world, seen_at=seen_at, events=events_from), world.account_id
     delta = {"store": 70, "extra": 20}[item[1]]
     assert movements(con, account_id=acct) == [(T0, "new", 30), (ADDED, movement, delta)], acct
     assert customer_mrr_at(con, "cus_1", ADDED - 1, acct) == 30, acct
@@ -134,14 +137,15 @@ def replaced_without_prorations(w: World, events: bool, swap: str) -> Case:
 
 @EVENTS
 @pytest.mark.parametrize("swap", SWAPS)
-def test_an_item_replaced_without_prorations_ends_when_its_successor_begins(cases_store: duckdb.DuckDBPyConnection,
+@one_store
+def test_an_item_replaced_without_prorations_ends_when_its_successor_begins(world: World, derive: Derive,
                                                                             events: bool, swap: str) -> None:
     """One update without prorations deletes an item and adds another: basic's 3 seats for pro's (a plan switch,
     10.00 to 20.00 a seat), or a storage add-on for support. Nothing dates the deletion but the renewal that no
     longer bills it; the addition is dated by the new item's `created`, and the item the same renewal drops ends
     there too, so the two are never counted together (the customer is at 30 then 60, never 90)."""
-    con, acct = cases_store, f"acct_replaced-without-{swap}-{events}"
-    _, _, (before, after, expected) = replaced_without_prorations(World(account_id=acct), events, swap)
+    seen_at, events_from, (before, after, expected) = replaced_without_prorations(world, events, swap)
+    con, acct = derive(world, seen_at=seen_at, events=events_from), world.account_id
     assert customer_mrr_at(con, "cus_1", ADDED - 1, acct) == before, acct
     assert customer_mrr_at(con, "cus_1", ADDED, acct) == after, acct
     assert customer_mrr_at(con, "cus_1", month(2, 1), acct) == after, acct
@@ -273,15 +277,16 @@ def added_before_the_events(w: World, own_event: bool, added: tuple[str, str, in
 @OWN_EVENT
 @pytest.mark.parametrize("added", ADDED_CASES)
 @pytest.mark.parametrize("billed", [True, False], ids=["billed-inside", "not-billed-yet"])
-def test_an_item_added_before_the_events_first_billed_after_they_begin(cases_store: duckdb.DuckDBPyConnection,
+@one_store
+def test_an_item_added_before_the_events_first_billed_after_they_begin(world: World, derive: Derive,
                                                                         own_event: bool, added: str, billed: bool
                                                                         ) -> None:
     """The add-on (or the seats) of the 11th without prorations, the events beginning on the 21st: it counts from
     its `created`, not from the events' first state; the renewal that first bills it, inside the events, is its
     source (not yet billed at the sync, as on an annual plan: the first state that lists it is)."""
-    con, acct = cases_store, f"acct_added-before-{added}-{own_event}-{billed}"
     item, movement = ADDED_CASES[added]
-    _, _, renewal = added_before_the_events(World(account_id=acct), own_event, item, billed)
+    seen_at, events_from, renewal = added_before_the_events(world, own_event, item, billed)
+    con, acct = derive(world, seen_at=seen_at, events=events_from), world.account_id
     delta = {"store": 70, "extra": 20}[item[1]]
     assert movements(con, account_id=acct) == [(T0, "new", 30), (ADDED, movement, delta)], acct
     assert customer_mrr_at(con, "cus_1", ADDED - 1, acct) == 30, acct
@@ -305,49 +310,20 @@ def replaced_before_the_events(w: World, own_event: bool, swap: str) -> Case:
 
 @OWN_EVENT
 @pytest.mark.parametrize("swap", SWAPS)
-def test_an_item_replaced_before_the_events_ends_when_its_successor_begins(cases_store: duckdb.DuckDBPyConnection,
+@one_store
+def test_an_item_replaced_before_the_events_ends_when_its_successor_begins(world: World, derive: Derive,
                                                                             own_event: bool, swap: str) -> None:
     """The plan switch (basic's 3 seats for pro's) or the add-on swap (storage for support) of the 11th without
     prorations, the renewal that bills the new item inside the events: the first state they give lists the new item
     and no longer the old one, which nothing else dates (no credit). Both move to the new item's `created`
     together: the customer is at 30 then 60 (100 then 80), never both items at once, nor the switch ten days late."""
-    con, acct = cases_store, f"acct_replaced-before-{swap}-{own_event}"
-    _, _, (before, after, expected) = replaced_before_the_events(World(account_id=acct), own_event, swap)
+    seen_at, events_from, (before, after, expected) = replaced_before_the_events(world, own_event, swap)
+    con, acct = derive(world, seen_at=seen_at, events=events_from), world.account_id
     assert customer_mrr_at(con, "cus_1", ADDED - 1, acct) == before, acct
     assert customer_mrr_at(con, "cus_1", ADDED, acct) == after, acct
     assert customer_mrr_at(con, "cus_1", WINDOW, acct) == after, acct
     assert customer_mrr_at(con, "cus_1", month(2, 1), acct) == after, acct
     assert movements(con, account_id=acct) == expected, acct
-
-
-@pytest.fixture(scope="module")
-def cases_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
-    """Every case of the four families above its own account (``acct_<family>-<case>``, as each test names it) of
-    one store, derived once."""
-    con = module_stores()
-    cases: dict[str, Callable[[World], Case]] = {}
-    for events in (False, True):
-        for added, (item, _) in ADDED_CASES.items():
-            cases[f"acct_added-without-{added}-{events}"] = (
-                lambda w, e=events, i=item: added_without_prorations(w, e, i))
-        for swap in SWAPS:
-            cases[f"acct_replaced-without-{swap}-{events}"] = (
-                lambda w, e=events, sw=swap: replaced_without_prorations(w, e, sw))
-    for own_event in (False, True):
-        for added, (item, _) in ADDED_CASES.items():
-            for billed in (True, False):
-                cases[f"acct_added-before-{added}-{own_event}-{billed}"] = (
-                    lambda w, o=own_event, i=item, b=billed: added_before_the_events(w, o, i, b))
-        for swap in SWAPS:
-            cases[f"acct_replaced-before-{swap}-{own_event}"] = (
-                lambda w, o=own_event, sw=swap: replaced_before_the_events(w, o, sw))
-    assert len(cases) == 20
-    for acct, build in cases.items():
-        w = World(account_id=acct)
-        seen_at, events_from, _ = build(w)
-        w.load(con, seen_at=seen_at, events=events_from)
-    recompute(con, make_settings())
-    return con
 
 
 def test_an_item_added_with_prorations_before_the_events_is_dated_by_its_proration(world: World,
