@@ -531,37 +531,15 @@ def discount_changing_with_a_plan_switch(world: World, change: str, new_item: bo
     return w, expected, new_id
 
 
-@pytest.fixture(scope="module")
-def discount_changes_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
-    """Every case of test_discount_changing_with_a_plan_switch and
-    test_a_discount_change_taking_off_the_same_amount_is_a_discount_part its own account of one store, derived
-    once."""
-    from stripe_churn.metrics.runner import recompute
-    from stripe_churn.settings import Settings
-
-    con = module_stores()
-    for change in PLAN_SWITCH_CHANGES:
-        for new_item in (False, True):
-            w, _, _ = discount_changing_with_a_plan_switch(World(account_id=f"acct_{change}-{new_item}"), change,
-                                                           new_item)
-            w.load(con, seen_at=month(4))
-    for coupon, _ in SECOND_COUPONS.values():
-        for how in SAME_AMOUNT_HOW:
-            w, _ = discount_change_taking_off(World(account_id=f"acct_{how}-{coupon}"), coupon, how)
-            w.load(con, seen_at=month(3))
-    recompute(con, Settings())
-    return con
-
-
 @pytest.mark.parametrize("change", PLAN_SWITCH_CHANGES)
 @pytest.mark.parametrize("new_item", [False, True], ids=["same-item", "new-item"])
-def test_discount_changing_with_a_plan_switch(discount_changes_store: duckdb.DuckDBPyConnection, change: str,
-                                              new_item: bool) -> None:
+@one_store
+def test_discount_changing_with_a_plan_switch(world: World, derive: Derive, change: str, new_item: bool) -> None:
     """A discount that starts or ends in the window of a plan switch is a `discount` movement (design.md 4), and
     the switch is labelled alike whether Stripe kept the item id or replaced the item (a pair, design.md 5):
     plan part at the discount before the change, the discount part the rest."""
-    con, account = discount_changes_store, f"acct_{change}-{new_item}"
-    _, expected, new_id = discount_changing_with_a_plan_switch(World(account_id=account), change, new_item)
+    w, expected, new_id = discount_changing_with_a_plan_switch(world, change, new_item)
+    con, account = derive(w, seen_at=month(4)), w.account_id
     got = [m for m in movements(con, account=account) if m[1] != "new"]
     assert [m[:4] for m in got] == expected, (account, got)
     assert {m[4] for m in got} == {new_id}, account
@@ -688,14 +666,15 @@ def discount_change_taking_off(world: World, coupon: str, how: str) -> tuple[Wor
 
 @pytest.mark.parametrize("second", SECOND_COUPONS)
 @pytest.mark.parametrize("how", SAME_AMOUNT_HOW)
-def test_a_discount_change_taking_off_the_same_amount_is_a_discount_part(
-        discount_changes_store: duckdb.DuckDBPyConnection, second: str, how: str) -> None:
+@one_store
+def test_a_discount_change_taking_off_the_same_amount_is_a_discount_part(world: World, derive: Derive, second: str,
+                                                                         how: str) -> None:
     """5 seats at 50.00 with 10% off (225.00) become 1 seat with another coupon within the window: the seat part
     is valued at the old discount (0.9 x -200 = -180) and the discount's change is its own part, also when the
     new coupon (50%) happens to take off the same 25.00 as the old one."""
     coupon, discount_part = SECOND_COUPONS[second]
-    con, account = discount_changes_store, f"acct_{how}-{coupon}"
-    _, at = discount_change_taking_off(World(account_id=account), coupon, how)
+    w, at = discount_change_taking_off(world, coupon, how)
+    con, account = derive(w, seen_at=month(3)), w.account_id
     got = sorted((r["movement"], str(r["mrr_delta"]))
                  for r in rows(con, f"occurred_at = to_timestamp({at}) AND account_id = '{account}'"))
     assert got == sorted([("seat_contraction", "-180.0000"), ("discount", discount_part)]), (account, got)
