@@ -15,7 +15,7 @@ from typing import Any
 import duckdb
 import pytest
 from builders import DAY, World, add_months, ts
-from conftest import customer_mrr_at, make_settings
+from conftest import OneStore, customer_mrr_at, make_settings
 from test_mrr_rules import PRICE_CASES
 
 from stripe_churn.metrics.runner import recompute
@@ -24,6 +24,12 @@ from stripe_churn.store.load import upsert_objects
 
 T0 = ts(2025, 1, 1)
 PLAN_MIGRATION = "007_plan_prices_and_decimal_quantities"
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# The tests marked @one_store are each an account of one store (and its "-plan" account), derived once
+# (conftest.OneStore).
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 
 
 def month(n: int, day: int = 0) -> int:
@@ -58,8 +64,8 @@ def load_with(con: duckdb.DuckDBPyConnection, w: World, *, seen_at: int, events:
                            later)
 
 
-def derive(tmp_path: Path, template: Path, w: World, *, name: str, seen_at: int, events: bool,
-           replace: dict[str, dict[str, Any]], deleted: bool) -> duckdb.DuckDBPyConnection:
+def derive_shape(tmp_path: Path, template: Path, w: World, *, name: str, seen_at: int, events: bool,
+                 replace: dict[str, dict[str, Any]], deleted: bool) -> duckdb.DuckDBPyConnection:
     """A store of ``w`` recomputed after :func:`load_with`."""
     shutil.copyfile(template, tmp_path / f"{name}.duckdb")
     con = open_store(tmp_path / f"{name}.duckdb")
@@ -114,8 +120,9 @@ def test_a_deleted_plan_keeps_the_history_billed_at_it(tmp_path: Path, migrated_
     for shape in ("price", "plan"):
         w = moved_off_basic()
         basic = w.objects["prices"]["basic"]
-        runs[shape] = outputs(derive(tmp_path, migrated_store_file, w, name=shape, seen_at=month(3, 1), events=False,
-                                     replace={"basic": plan_of(basic) if shape == "plan" else basic}, deleted=True))
+        runs[shape] = outputs(derive_shape(tmp_path, migrated_store_file, w, name=shape, seen_at=month(3, 1),
+                                           events=False, replace={"basic": plan_of(basic) if shape == "plan" else basic},
+                                           deleted=True))
     plan, price = runs["plan"], runs["price"]
     assert plan == price
     assert [(row[1], row[2], row[3]) for row in plan["movements"]] == [
@@ -134,13 +141,11 @@ PLAN_CASES = [
 ]
 
 
-def plan_case(account: str, shape: str, terms: dict[str, Any], quantity: int
-              ) -> tuple[World, dict[str, dict[str, Any]]]:
-    """A case's account: ``quantity`` seats at the price of ``terms``, one more a month and ten days later; and the
-    row kept for the price in ``shape`` ("price" or "plan")."""
+def plan_case(w: World, shape: str, terms: dict[str, Any], quantity: int) -> dict[str, dict[str, Any]]:
+    """A case's account ``w``: ``quantity`` seats at the price of ``terms``, one more a month and ten days later.
+    Returns the row kept for the price in ``shape`` ("price" or "plan")."""
     terms = dict(terms)  # (the cases are shared with test_mrr_rules.py)
     decimal = terms.pop("unit_amount_decimal", None)
-    w = World(account_id=account)
     w.product("prod_seat", unit_label="seat", family="core")
     w.customer("cus_1")
     price = w.price("price_x", "prod_seat", **terms)
@@ -148,36 +153,23 @@ def plan_case(account: str, shape: str, terms: dict[str, Any], quantity: int
         price.update(unit_amount=None, unit_amount_decimal=decimal)
     w.subscribe("sub_1", "cus_1", [("si_1", "price_x", quantity)], T0)
     w.update("sub_1", month(1, 10), items=[("si_1", "price_x", quantity + 1)])
-    return w, {"price_x": plan_of(price) if shape == "plan" else price}
-
-
-def plan_case_account(case: str, shape: str) -> str:
-    return f"acct_{case}_{shape}"
-
-
-@pytest.fixture(scope="module")
-def plan_cases_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
-    """Every case of PLAN_CASES in both shapes, each its own account of one store, derived once."""
-    con = module_stores()
-    for param in PLAN_CASES:
-        terms, quantity, _ = param.values
-        for shape in ("price", "plan"):
-            w, replace = plan_case(plan_case_account(str(param.id), shape), shape, terms, quantity)
-            load_with(con, w, seen_at=month(2), events=True, replace=replace, deleted=False)
-    recompute(con, make_settings())
-    return con
+    return {"price_x": plan_of(price) if shape == "plan" else price}
 
 
 @pytest.mark.parametrize(("terms", "quantity", "expected"), PLAN_CASES)
-def test_a_plan_shaped_row_prices_as_the_price(request: pytest.FixtureRequest,
-                                               plan_cases_store: duckdb.DuckDBPyConnection, terms: dict[str, Any],
-                                               quantity: int, expected: Decimal) -> None:
+@one_store
+def test_a_plan_shaped_row_prices_as_the_price(world: World, derive: Derive, terms: dict[str, Any], quantity: int,
+                                               expected: Decimal) -> None:
     """The row kept for the price (not deleted: a ``plan.updated`` event's object) is plan-shaped: it wins over the
     price embedded in the item, and gives the price's terms, MRR and movements."""
-    con, case = plan_cases_store, request.node.callspec.id
+    shapes = {"price": world, "plan": World(account_id=f"{world.account_id}-plan")}
+    rows = {w.account_id: plan_case(w, shape, terms, quantity) for shape, w in shapes.items()}
+    con = derive(*shapes.values(), seen_at=month(2),
+                 load=lambda w, c, **at: load_with(c, w, replace=rows[w.account_id], deleted=False, **at))
+    case = world.account_id
     runs = {}
-    for shape in ("price", "plan"):
-        account = plan_case_account(case, shape)
+    for shape, w in shapes.items():
+        account = w.account_id
         runs[shape] = outputs(con, account)
         assert runs[shape]["items"] and runs[shape]["terms"], f"{account}: no rows derived"
         got = customer_mrr_at(con, "cus_1", month(0, 1), account)
@@ -198,8 +190,8 @@ def test_a_metered_plan_counts_its_usage(tmp_path: Path, migrated_store_file: Pa
         w.subscribe("sub_1", "cus_1", [("si_m", "price_m", None)], T0)
         w.cycle("sub_1", month(1), usage={"si_m": 5_000})
         w.cycle("sub_1", month(2), usage={"si_m": 7_250})
-        con = derive(tmp_path, migrated_store_file, w, name=shape, seen_at=month(2, 3), events=True,
-                     replace={"price_m": plan_of(price) if shape == "plan" else price}, deleted=False)
+        con = derive_shape(tmp_path, migrated_store_file, w, name=shape, seen_at=month(2, 3), events=True,
+                           replace={"price_m": plan_of(price) if shape == "plan" else price}, deleted=False)
         runs[shape] = outputs(con)
         assert customer_mrr_at(con, "cus_1", month(2)) == Decimal("72.5000")
     assert runs["plan"] == runs["price"]
