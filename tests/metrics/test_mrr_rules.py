@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 from collections.abc import Callable
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 import duckdb
@@ -64,30 +65,18 @@ PRICE_CASES = [
 ]
 
 
-def price_case(account: str, terms: dict[str, Any], quantity: int) -> World:
+def price_case(w: World, terms: dict[str, Any], quantity: int) -> World:
     """A case of PRICE_CASES as its own account: ``quantity`` units of ``price_<account>`` (its own id, so that
     price_mrr(price_id, quantity) finds it alone in a store of every case) from T0."""
-    w = base(World(account_id=account))
-    w.price(f"price_{account}", "prod_seat", **terms)
-    w.subscribe("sub_1", "cus_1", [("si_1", f"price_{account}", quantity)], T0)
+    base(w).price(f"price_{w.account_id}", "prod_seat", **terms)
+    w.subscribe("sub_1", "cus_1", [("si_1", f"price_{w.account_id}", quantity)], T0)
     return w
 
 
-@pytest.fixture(scope="module")
-def price_cases_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
-    """Every case of PRICE_CASES its own account (``acct_<case id>``) of one store, derived once."""
-    con = module_stores()
-    for param in PRICE_CASES:
-        terms, quantity, _ = param.values
-        price_case(f"acct_{param.id}", terms, quantity).load(con, seen_at=month(1))
-    recompute(con, make_settings())
-    return con
-
-
 @pytest.mark.parametrize(("terms", "quantity", "expected"), PRICE_CASES)
-def test_price_mrr(request: pytest.FixtureRequest, price_cases_store: duckdb.DuckDBPyConnection,
-                   terms: dict[str, Any], quantity: int, expected: Decimal) -> None:
-    con, account = price_cases_store, f"acct_{request.node.callspec.id}"
+@one_store
+def test_price_mrr(world: World, derive: Derive, terms: dict[str, Any], quantity: int, expected: Decimal) -> None:
+    con, account = derive(price_case(world, terms, quantity), seen_at=month(1)), world.account_id
     got = customer_mrr_at(con, "cus_1", month(0, 1), account)
     assert got == expected, f"{account}: MRR {got}, expected {expected}"
     assert customer_mrr_at(con, "cus_1", T0 - 1, account) == 0, account
@@ -384,28 +373,16 @@ def one_invoice_discount(w: World, coupon: dict[str, Any], flagged: bool) -> dic
     return d
 
 
-@pytest.fixture(scope="module")
-def one_invoice_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
-    """Every case of the test below its own account (``acct_<flag>-<coupon>``) of one store, derived once."""
-    con = module_stores()
-    for flag, flagged in ONE_INVOICE_FLAGS.items():
-        for name, coupon in ONE_INVOICE_COUPONS.items():
-            w = World(account_id=f"acct_{flag}-{name}")
-            one_invoice_discount(w, coupon, flagged)
-            w.load(con, seen_at=month(3, 5))
-    recompute(con, make_settings())
-    return con
-
-
 @pytest.mark.parametrize("coupon", ONE_INVOICE_COUPONS)
 @pytest.mark.parametrize("flagged", ONE_INVOICE_FLAGS)
-def test_a_discount_on_one_invoice_is_no_mrr_discount(one_invoice_store: duckdb.DuckDBPyConnection, coupon: str,
-                                                      flagged: str) -> None:
+@one_store
+def test_a_discount_on_one_invoice_is_no_mrr_discount(world: World, derive: Derive, coupon: str, flagged: str
+                                                      ) -> None:
     """A forever coupon applied to one invoice (the discount names the invoice, no subscription or item) takes
     money off that bill alone: the MRR stays 100.00, with no `discount` movements (and an amount off equal to the
     MRR no cancellation and reactivation). It used to count as the customer's discount from that invoice on."""
-    con, account = one_invoice_store, f"acct_{flagged}-{coupon}"
-    d = one_invoice_discount(World(account_id=account), ONE_INVOICE_COUPONS[coupon], ONE_INVOICE_FLAGS[flagged])
+    d = one_invoice_discount(world, ONE_INVOICE_COUPONS[coupon], ONE_INVOICE_FLAGS[flagged])
+    con, account = derive(world, seen_at=month(3, 5)), world.account_id
     assert [customer_mrr_at(con, "cus_1", month(n, 1), account) for n in range(4)] == [Decimal("100.0000")] * 4, (
         account)
     assert con.execute("SELECT movement FROM mrr_movements WHERE customer_id = 'cus_1' AND account_id = ?",
@@ -526,18 +503,17 @@ def forever_discount_removed(w: World, evidence: str) -> tuple[int, int]:
     return removed, month(3) if evidence != "removal-event" else month(2)
 
 
-def load_forever_discount_removed(con: duckdb.DuckDBPyConnection, w: World, evidence: str) -> None:
-    """:func:`forever_discount_removed` loaded by a full sync that flags the discount deleted (not recomputed)."""
-    _, seen = forever_discount_removed(w, evidence)
-    ahead = evidence == "only-the-sync-clock-ahead"
-    here = T0 + 2 * DAY if ahead else seen  # this machine's clock
-    # the events begin at the removal when they hold it, after every invoice when not
-    w.load(con, seen_at=here, events=True if evidence == "removal-event" else month(2, 15))
-    at = dt.datetime.fromtimestamp(here, tz=dt.UTC)
-    mark_unlisted_children(con, w.account_id, at, at, server_time=seen if ahead else None)
-    if ahead:  # (the listing's version, and the server's time the sync recorded: Stripe's clock)
-        con.execute("UPDATE subscriptions SET version = ? WHERE account_id = ?", [seen, w.account_id])
-        record_stripes_clock(con, w.account_id, seen)
+def load_flagged(w: World, con: duckdb.DuckDBPyConnection, *, seen_at: int, events: bool | int,
+                 stripes_clock: int | None = None) -> None:
+    """``w`` loaded (not recomputed: other accounts may be loaded in the store first) by a full sync at ``seen_at``
+    (this machine's clock; ``stripes_clock``: Stripe's then, ahead of it) that flags its discount deleted:
+    ``derive(..., load=load_flagged)``."""
+    w.load(con, seen_at=seen_at, events=events)
+    at = dt.datetime.fromtimestamp(seen_at, tz=dt.UTC)
+    mark_unlisted_children(con, w.account_id, at, at, server_time=stripes_clock)
+    if stripes_clock is not None:  # (the listing's version, and the server's time the sync recorded)
+        con.execute("UPDATE subscriptions SET version = ? WHERE account_id = ?", [stripes_clock, w.account_id])
+        record_stripes_clock(con, w.account_id, stripes_clock)
     assert con.execute("SELECT deleted FROM discounts WHERE account_id = ?",
                        [w.account_id]).fetchall() == [(True,)], w.account_id
 
@@ -558,37 +534,22 @@ def item_discount_removed_before_the_events(w: World, evidence: str) -> dict[str
     return d
 
 
-@pytest.fixture(scope="module")
-def removed_discounts_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
-    """Every case of the two tests below its own account (``acct_forever-<evidence>``, ``acct_item-<evidence>``)
-    of one store, loaded by a full sync that flags the discount deleted, then derived once."""
-    con = module_stores()
-    for evidence in FOREVER_EVIDENCE:
-        load_forever_discount_removed(con, World(account_id=f"acct_forever-{evidence}"), evidence)
-    seen = month(3)
-    at = dt.datetime.fromtimestamp(seen, tz=dt.UTC)
-    for evidence in ITEM_LINES_EVIDENCE:
-        w = World(account_id=f"acct_item-{evidence}")
-        item_discount_removed_before_the_events(w, evidence)
-        w.load(con, seen_at=seen, events=False)
-        mark_unlisted_children(con, w.account_id, at, at)
-        assert con.execute("SELECT deleted FROM discounts WHERE account_id = ?",
-                           [w.account_id]).fetchall() == [(True,)], w.account_id
-    recompute(con, make_settings())
-    return con
-
-
 @pytest.mark.parametrize("evidence", FOREVER_EVIDENCE)
-def test_removed_forever_discount_counts_until_it_went(removed_discounts_store: duckdb.DuckDBPyConnection,
-                                                       evidence: str) -> None:
+@one_store
+def test_removed_forever_discount_counts_until_it_went(world: World, derive: Derive, evidence: str) -> None:
     """A forever discount taken off a subscription is flagged deleted by the next full sync (it is no longer
     on its owner) and has no end of its own: it still reduced MRR from its start until it went. That moment is
     its removal event when the events hold it; before them, its owner's first invoice without it after the
     last one listing it; with neither, the sync that found it gone, which data_quality reports: in Stripe's clock
     when it runs ahead of this machine's (a sandbox advanced, a test clock; before, the discount ended at this
     machine's time of the sync, on its second day here)."""
-    store, account = removed_discounts_store, f"acct_forever-{evidence}"
-    removed, seen = forever_discount_removed(World(account_id=account), evidence)
+    removed, seen = forever_discount_removed(world, evidence)
+    ahead = evidence == "only-the-sync-clock-ahead"
+    here = T0 + 2 * DAY if ahead else seen  # this machine's clock
+    # the events begin at the removal when they hold it, after every invoice when not
+    store = derive(world, seen_at=here, events=True if evidence == "removal-event" else month(2, 15),
+                   load=partial(load_flagged, stripes_clock=seen if ahead else None))
+    account = world.account_id
     went = {"removal-event": removed, "next-invoice": month(2)}.get(evidence, seen)
     assert customer_mrr_at(store, "cus_1", T0 + DAY, account) == Decimal("81.0000"), account
     assert customer_mrr_at(store, "cus_1", went - 1, account) == Decimal("81.0000"), account
@@ -604,17 +565,18 @@ def test_removed_forever_discount_counts_until_it_went(removed_discounts_store: 
 
 
 @pytest.mark.parametrize("evidence", ITEM_LINES_EVIDENCE)
-def test_removed_item_discount_counts_until_its_items_lines_bill_without_it(
-        removed_discounts_store: duckdb.DuckDBPyConnection, evidence: str) -> None:
+@one_store
+def test_removed_item_discount_counts_until_its_items_lines_bill_without_it(world: World, derive: Derive,
+                                                                             evidence: str) -> None:
     """A forever discount on one item, taken off before the events begin and flagged deleted by the next full sync
     (no longer on its item): Stripe bills it on that item's invoice lines (line.discounts, expanded by the sync or
     an id), not among the invoice's discounts, so its end is the first invoice after the last whose line for the
     item lists it that bills the item without it, as for a subscription's discount by its invoices. With no such
     invoice, the sync that found it gone. (It ended at the sync always, and data_quality said no invoice showed
     when.)"""
-    store, account = removed_discounts_store, f"acct_item-{evidence}"
-    d = item_discount_removed_before_the_events(World(account_id=account), evidence)
+    d = item_discount_removed_before_the_events(world, evidence)
     seen = month(3)
+    store, account = derive(world, seen_at=seen, events=False, load=load_flagged), world.account_id
     went = seen if evidence == "only-the-sync" else month(2)
     assert customer_mrr_at(store, "cus_1", T0 + DAY, account) == Decimal("70.0000"), account
     assert customer_mrr_at(store, "cus_1", went - 1, account) == Decimal("70.0000"), account
@@ -664,27 +626,10 @@ def item_discount_taken_off(w: World, evidence: str) -> tuple[dict[str, Any] | N
     return deleted, update
 
 
-@pytest.fixture(scope="module")
-def item_discount_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
-    """Every case of the test below its own account (``acct_<evidence>``) of one store, loaded, its discount
-    flagged deleted by the full sync at month(3), then derived once."""
-    con = module_stores()
-    seen = month(3)
-    at = dt.datetime.fromtimestamp(seen, tz=dt.UTC)
-    for evidence in ITEM_DISCOUNT_EVIDENCE:
-        w = World(account_id=f"acct_{evidence}")
-        item_discount_taken_off(w, evidence)
-        w.load(con, seen_at=seen, events=month(1, 5))
-        mark_unlisted_children(con, w.account_id, at, at)
-        assert con.execute("SELECT deleted FROM discounts WHERE account_id = ?",
-                           [w.account_id]).fetchall() == [(True,)], w.account_id
-    recompute(con, make_settings())
-    return con
-
-
 @pytest.mark.parametrize("evidence", ITEM_DISCOUNT_EVIDENCE)
-def test_item_discount_removed_inside_the_events_ends_at_the_update_that_took_it_off(
-        item_discount_store: duckdb.DuckDBPyConnection, evidence: str) -> None:
+@one_store
+def test_item_discount_removed_inside_the_events_ends_at_the_update_that_took_it_off(world: World, derive: Derive,
+                                                                                       evidence: str) -> None:
     """A forever discount on one item taken off inside the events by a subscription update (the item's
     `discounts` no longer list it) with no customer.discount.deleted event (Stripe's reference does not say it
     sends one for an item's discount), then flagged deleted by the next full sync: it ended at that update, and the
@@ -692,8 +637,9 @@ def test_item_discount_removed_inside_the_events_ends_at_the_update_that_took_it
     sync.) With the discount's own event, its end stays that event's. An item list cut short (has_more) that
     leaves the item out says nothing of it: the item's invoice lines date the end, as before the events. (A
     repeating discount taken off before its own end ended at its end.)"""
-    store, account = item_discount_store, f"acct_{evidence}"
-    deleted, update = item_discount_taken_off(World(account_id=account), evidence)
+    deleted, update = item_discount_taken_off(world, evidence)
+    store = derive(world, seen_at=month(3), events=month(1, 5), load=load_flagged)
+    account = world.account_id
     removed = month(1, 10)
     went = month(2) if evidence == "list-cut-short" else removed
     spans = store.execute("SELECT CAST(epoch(valid_to) AS BIGINT), removal_event_id, end_dated_by "
@@ -779,28 +725,17 @@ def trial_into_pause(world: World, then: str) -> None:
 TRIAL_PAUSE_THEN = ["resumed", "canceled"]
 
 
-@pytest.fixture(scope="module")
-def trial_pause_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
-    """Every case of the test below its own account (``acct_<then>-<events>``) of one store, derived once."""
-    con = module_stores()
-    for then in TRIAL_PAUSE_THEN:
-        for events in (True, False):
-            w = World(account_id=f"acct_{then}-{events}")
-            trial_into_pause(w, then)
-            w.load(con, seen_at=month(2, 10), events=events)
-    recompute(con, make_settings())
-    return con
-
-
 @pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
 @pytest.mark.parametrize("then", TRIAL_PAUSE_THEN)
-def test_a_trial_that_ended_into_a_pause_counts_zero_until_resumed(trial_pause_store: duckdb.DuckDBPyConnection,
-                                                                    events: bool, then: str) -> None:
+@one_store
+def test_a_trial_that_ended_into_a_pause_counts_zero_until_resumed(world: World, derive: Derive, events: bool,
+                                                                    then: str) -> None:
     """A trial that ends without a payment method pauses the subscription (trial_settings.end_behavior
     .missing_payment_method = pause): no invoice until it is resumed, and it counts zero meanwhile. Without events
     the pause shows as a trial's end with no invoice made within a day: paused until the next invoice (the
     resume's), or until the subscription ended."""
-    con, account = trial_pause_store, f"acct_{then}-{events}"
+    trial_into_pause(world, then)
+    con, account = derive(world, seen_at=month(2, 10), events=events), world.account_id
     assert item_rows(con, "si_1", account), f"{account}: no item rows"
     assert customer_mrr_at(con, "cus_1", T0 + 20 * DAY, account) == 0, account
     moves = con.execute("SELECT movement, CAST(epoch(occurred_at) AS BIGINT) FROM mrr_movements WHERE account_id = ?",
@@ -1264,27 +1199,14 @@ def minor_unit_case(w: World, currency: str, unit_amount: int, rate: float) -> W
     return w
 
 
-@pytest.fixture(scope="module")
-def minor_unit_store(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> duckdb.DuckDBPyConnection:
-    """Every case of MINOR_UNIT_CASES its own account (``acct_<case id>``) of one store, derived once (each case
-    has a currency, and its rate, of its own)."""
-    con = module_stores()
-    assert len({p.values[0] for p in MINOR_UNIT_CASES}) == len(MINOR_UNIT_CASES)  # (rates are global)
-    for param in MINOR_UNIT_CASES:
-        currency, unit_amount, rate, _, _ = param.values
-        minor_unit_case(World(account_id=f"acct_{param.id}"), currency, unit_amount, rate).load(
-            con, seen_at=month(3))
-    recompute(con, make_settings())
-    return con
-
-
 @pytest.mark.parametrize(("currency", "unit_amount", "rate", "own", "reported"), MINOR_UNIT_CASES)
-def test_amounts_in_the_currencys_minor_unit(request: pytest.FixtureRequest,
-                                             minor_unit_store: duckdb.DuckDBPyConnection, currency: str,
-                                             unit_amount: int, rate: float, own: Decimal, reported: Decimal) -> None:
+@one_store
+def test_amounts_in_the_currencys_minor_unit(world: World, derive: Derive, currency: str, unit_amount: int,
+                                             rate: float, own: Decimal, reported: Decimal) -> None:
     """Stripe's amounts are in the currency's smallest unit: a cent for most, the unit itself for zero-decimal
     currencies, a thousandth for three-decimal ones. Prices, metered usage and amount_off all convert so."""
-    con, account = minor_unit_store, f"acct_{request.node.callspec.id}"
+    con = derive(minor_unit_case(world, currency, unit_amount, rate), seen_at=month(3))
+    account = world.account_id
     rows = item_rows(con, "si_1", account)
     assert rows, f"{account}: no item rows"
     assert rows[0]["mrr_original"] == own and rows[0]["currency"] == currency, (account, rows[0])
