@@ -16,7 +16,7 @@ import duckdb
 import pytest
 from builders import World, ts
 from conftest import OneStore, customer_mrr_at, make_settings
-from test_mrr_rules import T0, discounted, month
+from test_mrr_rules import T0, discounted, load_flagged, month
 
 from stripe_churn.metrics.runner import recompute
 from stripe_churn.store.load import mark_unlisted_children
@@ -59,16 +59,6 @@ def build_removed(world: World, *, prorate: bool = False, renewal: bool = False,
     return d, update
 
 
-def load_then_flagged(world: World, store: Any, *, seen_at: int, events: bool | int) -> None:
-    """``world`` loaded into ``store`` (not recomputed: other accounts may be loaded in it first) by the full sync
-    at ``seen_at``, which flags the item's discount deleted (``derive(..., load=load_then_flagged)``)."""
-    world.load(store, seen_at=seen_at, events=events)
-    at = dt.datetime.fromtimestamp(seen_at, tz=dt.UTC)
-    mark_unlisted_children(store, world.account_id, at, at)
-    assert store.execute("SELECT deleted FROM discounts WHERE account_id = ?",
-                         [world.account_id]).fetchall() == [(True,)]
-
-
 # (the cases of the last test below, which nothing dates: build_removed's events and lists)
 NOTHING_DATES = {"list-cut-short": (month(1, 5), "cut-short"),
                  "deleted-before-the-events": (month(1, 20), "with-discounts")}
@@ -84,7 +74,7 @@ def test_an_items_discount_ends_with_the_item_an_update_deletes(world: World, de
     discounted 20.00 with it, one movement, and no estimate is reported (the discount ended at the sync that
     found it gone, two months later, with a discount_end_estimated row; no invoice line of si_a came after)."""
     _, update = build_removed(world, prorate=prorate, renewal=renewal, lists=lists)
-    store = derive(world, seen_at=month(3), events=month(1, 5), load=load_then_flagged)
+    store = derive(world, seen_at=month(3), events=month(1, 5), load=load_flagged)
     account = world.account_id
     assert store.execute("SELECT CAST(epoch(valid_to) AS BIGINT), removal_event_id, end_dated_by "
                          "FROM derived_discount_spans WHERE account_id = ?",
@@ -129,7 +119,7 @@ def test_an_items_discount_nothing_dates_keeps_its_estimate(world: World, derive
     discount's end, and it stays the sync's estimate with its discount_end_estimated row."""
     events, lists = NOTHING_DATES[case]
     d, _ = build_removed(world, events=events, lists=lists)
-    store = derive(world, seen_at=month(3), events=events, load=load_then_flagged)
+    store = derive(world, seen_at=month(3), events=events, load=load_flagged)
     account = world.account_id
     assert store.execute("SELECT CAST(epoch(valid_to) AS BIGINT), removal_event_id, end_dated_by "
                          "FROM derived_discount_spans WHERE account_id = ?",
