@@ -133,9 +133,9 @@ def module_stores(tmp_path_factory: pytest.TempPathFactory, migrated_store_file:
                   ) -> Iterator[Callable[[], duckdb.DuckDBPyConnection]]:
     """Fresh, migrated stores that live as long as the test module: ``module_stores()`` opens one more.
 
-    For a family of cases derived together: each case its own account of one store (``World(account_id=...)``;
-    coverage, snapshots and every derived row are per account), loaded, then ONE recompute per settings instead
-    of one per case (a recompute of a tiny store costs about half a second, most of it DuckDB's planning)."""
+    The stores of :class:`OneStore`: each case its own account of one store (``World(account_id=...)``; coverage,
+    snapshots and every derived row are per account), loaded, then ONE recompute per settings instead of one per
+    case (a recompute of a tiny store costs about half a second, most of it DuckDB's planning)."""
     from stripe_churn.store.db import open_store
 
     folder = tmp_path_factory.mktemp("module_stores")
