@@ -57,13 +57,13 @@ def make_settings(currency: str = "usd", **rules: Any) -> Settings:
     return Settings(currency=currency, rules=Rules(**rules))
 
 
-Load = Callable[..., None]  # World.load, or a test's own: load(world, con, *, seen_at, events)
+Load = Callable[..., None]  # a test's own loading instead of World.load: load(world, con, *, seen_at, events)
 
 
 def load_worlds(con: duckdb.DuckDBPyConnection, worlds: tuple[World, ...], *, seen_at: int, events: bool | int,
-                load: Load, rates_loaded: bool = False) -> None:
-    """Load each World of one ``derive(...)`` into ``con`` with ``load``; their exchange rates (global, the same
-    for each) once, or not at all when ``rates_loaded``."""
+                load: Load | None, rates_loaded: bool = False) -> None:
+    """Load each World of one ``derive(...)`` into ``con`` with ``load`` (None: its own ``load``); their exchange
+    rates (global, the same for each) once, or not at all when ``rates_loaded``."""
     assert worlds and len({repr(w.fx_rates) for w in worlds}) == 1, (
         "derive(...) takes Worlds that load the same exchange rates (fx_rates is global)")
     for k, w in enumerate(worlds):
@@ -71,7 +71,10 @@ def load_worlds(con: duckdb.DuckDBPyConnection, worlds: tuple[World, ...], *, se
         if rates_loaded or k:
             w.fx_rates = []
         try:
-            load(w, con, seen_at=seen_at, events=events)
+            if load is None:
+                w.load(con, seen_at=seen_at, events=events)
+            else:
+                load(w, con, seen_at=seen_at, events=events)
         finally:
             w.fx_rates = rates
 
@@ -80,7 +83,7 @@ def derive_in(store: duckdb.DuckDBPyConnection) -> Callable[..., duckdb.DuckDBPy
     """The ``derive`` of one store: load Worlds into it and recompute."""
     from stripe_churn.metrics.runner import recompute
 
-    def run(*worlds: World, seen_at: int, events: bool | int = True, currency: str = "usd", load: Load = World.load,
+    def run(*worlds: World, seen_at: int, events: bool | int = True, currency: str = "usd", load: Load | None = None,
             **rules: Any) -> duckdb.DuckDBPyConnection:
         load_worlds(store, worlds, seen_at=seen_at, events=events, load=load)
         recompute(store, make_settings(currency, **rules))
@@ -229,7 +232,7 @@ def _store_key(worlds: tuple[World, ...], currency: str, rules: dict[str, Any]) 
     return repr((currency, sorted(rules.items()), worlds[0].fx_rates if worlds else None))
 
 
-def _derive_call(worlds: tuple[World, ...], key: str, seen_at: int, events: bool | int, load: Load
+def _derive_call(worlds: tuple[World, ...], key: str, seen_at: int, events: bool | int, load: Load | None
                  ) -> tuple[Any, ...]:
     """What a ``derive(...)`` of a @one_store test asks for: its accounts, store, clock, events and loading."""
     return tuple(w.account_id for w in worlds), key, seen_at, events, getattr(load, "__qualname__", repr(load))
@@ -284,7 +287,7 @@ class OneStore:
             calls: list[tuple[Any, ...]] = []  # the current test's derive(...), as loaded
 
             def collect(*worlds: World, seen_at: int, events: bool | int = True, currency: str = "usd",
-                        load: Load = World.load, **rules: Any) -> duckdb.DuckDBPyConnection:
+                        load: Load | None = None, **rules: Any) -> duckdb.DuckDBPyConnection:
                 key = _store_key(worlds, currency, rules)
                 known = key in stores  # (fx_rates is global: one store per list of rates, loaded once)
                 if not known:
@@ -327,7 +330,7 @@ class OneStore:
             views: list[duckdb.DuckDBPyConnection] = []
 
             def run(*worlds: World, seen_at: int, events: bool | int = True, currency: str = "usd",
-                    load: Load = World.load, **rules: Any) -> duckdb.DuckDBPyConnection:
+                    load: Load | None = None, **rules: Any) -> duckdb.DuckDBPyConnection:
                 assert not views, f"{request.node.name}: a @one_store test derives once"
                 asked = _derive_call(worlds, _store_key(worlds, currency, rules), seen_at, events, load)
                 assert asked == call, f"{request.node.name}: derive asks for {asked}, the shared store loaded {call}"
