@@ -258,9 +258,10 @@ class OneStore:
     reads, rebuilding the same Worlds (a few milliseconds), and its ``derive`` checks that it asks for what was
     loaded and returns :func:`account_view` of its accounts: every query sees those accounts' rows alone, and a
     store-wide view fails (the recompute's temp tables with an account column, such as step 20's
-    derived_sub_events, are kept in the store for those views: :func:`keep_temp_tables`). Coverage, the snapshot and Stripe's clock are per account; fx_rates is not, so the
-    accounts of a store are those that load the same rates. Unmarked tests of the module keep their own store.
-    (Under pytest-xdist each worker builds every case of a module it runs a test of.)
+    derived_sub_events, are kept in the store for those views: :func:`keep_temp_tables`). Coverage, the snapshot
+    and Stripe's clock are per account; fx_rates is not, so the accounts of a store are those that load the same
+    rates. Unmarked tests of the module keep their own store. (Under pytest-xdist each worker builds every case of
+    a module it runs a test of.)
     """
 
     def __init__(self) -> None:

@@ -120,9 +120,9 @@ def test_a_deleted_plan_keeps_the_history_billed_at_it(tmp_path: Path, migrated_
     for shape in ("price", "plan"):
         w = moved_off_basic()
         basic = w.objects["prices"]["basic"]
+        replace = {"basic": plan_of(basic) if shape == "plan" else basic}
         runs[shape] = outputs(derive_shape(tmp_path, migrated_store_file, w, name=shape, seen_at=month(3, 1),
-                                           events=False, replace={"basic": plan_of(basic) if shape == "plan" else basic},
-                                           deleted=True))
+                                           events=False, replace=replace, deleted=True))
     plan, price = runs["plan"], runs["price"]
     assert plan == price
     assert [(row[1], row[2], row[3]) for row in plan["movements"]] == [
