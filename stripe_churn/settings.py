@@ -124,6 +124,19 @@ class Settings:
         # (a setting the file gave has the file's path, the settings' source, as its origin)
         return self.source if self.origins.get(attr) == self.source else None
 
+    def given_in(self, attr: str) -> str:
+        """Where the setting ``attr`` was given, for a message that says what to check without showing the value:
+        ``api_key in <the config file>``, ``the environment variable STRIPE_API_KEY``, or both names when it was
+        not given there (the defaults, settings built in code)."""
+        env = next((name for name, a in ENV_KEYS.items() if a == attr), None)
+        key = next((k for k, (_, a) in FILE_KEYS.items() if a == attr), attr)
+        origin = self.origins.get(attr)
+        if self.from_file(attr) is not None:
+            return f"{key} in {origin}"
+        if origin is not None:
+            return f"the {origin}" if origin.startswith("environment variable ") else origin
+        return f"{env} (setting {key})" if env else f"the setting {key}"
+
     @property
     def effective_rate_limit(self) -> float:
         """Read requests per second the syncer allows itself."""

@@ -1,5 +1,6 @@
 """What a new user gets wrong first, each answered by one line that says what to do (exit code 2, no traceback,
-no key): a store or snapshot this user may not open, a key that is no secret key, a config file with a typo."""
+no key): a store or snapshot this user may not open, a key that is no secret key, a config file with a typo, a key
+Stripe refuses."""
 
 from __future__ import annotations
 
@@ -136,3 +137,36 @@ def test_sigterm_stops_a_manual_sync_as_ctrl_c_does(tmp_path: Path) -> None:
     finally:
         con.close()
     assert len(runs) == 1 and runs[0][0] == "failed" and runs[0][1].startswith("interrupted"), runs
+
+
+def sandbox() -> Any:
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+
+    return start_in_thread(Simulation(customers=2, months=1, seed=3), api_key=KEY)
+
+
+WRONG = "sk_test_" + "NotTheSandboxKey0123456"
+
+
+@pytest.mark.parametrize("in_file, in_env, where", [
+    pytest.param(True, False, "api_key in {config}", id="config-file"),
+    pytest.param(False, True, "the environment variable STRIPE_API_KEY", id="environment"),
+    pytest.param(True, True, "the environment variable STRIPE_API_KEY", id="environment-over-file"),
+])
+def test_a_refused_key_names_where_it_was_set(tmp_path: Path, in_file: bool, in_env: bool, where: str) -> None:
+    """A wrong key in the config file said "check STRIPE_API_KEY", an environment variable the user never set: the
+    line names the place the key was read from (the environment wins over the file), never the key."""
+    db = tmp_path / "k.duckdb"
+    config = tmp_path / "c.toml"
+    config.write_text(f'api_key = "{WRONG}"\n' if in_file else "", encoding="utf-8")
+    config.chmod(0o600)
+    with sandbox() as sb:
+        code, out = run({"STRIPE_API_KEY": WRONG if in_env else None, "STRIPE_API_BASE": sb.url,
+                         "STRIPE_CHURN_DB": str(db), "STRIPE_CHURN_LOG_LEVEL": "WARNING"},
+                        "sync", "--config", str(config))
+    assert code == 2 and out.count("\n") == 1, out
+    assert out.startswith(f"error: Stripe refused the API key (wrong, expired or revoked): check "
+                          f"{where.format(config=config)} (a secret or restricted read key "), out
+    assert WRONG not in out and (in_env or "STRIPE_API_KEY" not in out), out
+

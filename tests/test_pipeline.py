@@ -501,7 +501,7 @@ def test_status_shows_failed_runs_which_publish_no_snapshot(tmp_path: Path) -> N
         run_once(settings, progress=False)
     status = collect_status(settings.db)
     assert [r["status"] for r in status["runs"]] == ["failed", "succeeded"], status["runs"]
-    assert status["runs"][0]["error"].startswith("connection to http://127.0.0.1:")
+    assert status["runs"][0]["error"].startswith("nothing is listening at http://127.0.0.1:")
     assert status["lag"].endswith("since the last successful sync")
     with duckdb.connect(str(settings.db)) as con:  # (what a kill -9 leaves)
         con.execute("INSERT INTO sync_runs (run_id, started_at, mode, status) VALUES ('killed', now(), 'full', "

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 import msgspec
@@ -91,6 +93,11 @@ class StripeRaw:
         self._sending: set[asyncio.Timeout] = set()  # the deadlines of the requests on the way
         self._give_up_at: float | None = None  # (the loop's time; set once the stop is seen)
         self.base = settings.api_base.rstrip("/")
+        # where the key and the base URL were set (the config file's api_key, STRIPE_API_KEY), for the messages
+        # that say what to check
+        self._key_given_in = settings.given_in("api_key")
+        self._base_given_in = settings.given_in("api_base")
+        self._timeout = settings.timeout_seconds
         self.max_retries = settings.max_retries
         self.limiter = limiter or RateLimiter(settings.effective_rate_limit, settings.effective_endpoint_rate_limit)
         # aiohttp: a fraction of httpx's cost per request (its pool scans every connection on each request)
@@ -207,6 +214,7 @@ class StripeRaw:
         query = encode_params(params or {})
         url = f"{self.base}{quote(path)}" + (f"?{query}" if query else "")
         last = ""
+        todo = ""  # what to do, when the last attempt reached no server
         request_id: str | None = None
         status: int | None = None
         attempt = 0  # retries made so far, for the message
@@ -222,12 +230,10 @@ class StripeRaw:
             try:
                 body, status, headers = await self._send_unless_stopped(url, path)
             except stripe.APIConnectionError as exc:
-                detail = (str(exc).splitlines() or [""])[-1].strip() or type(exc).__name__
-                if detail.startswith("(") and detail.endswith(")"):  # (the SDK's "(Network error: ...)")
-                    detail = detail[1:-1]
-                last = f"connection to {self.base} failed ({detail})"
+                last, todo = _unreachable(exc, self.base, self._base_given_in, self._timeout)
                 status = None
                 continue
+            todo = ""
             self.latency_s = 0.8 * self.latency_s + 0.2 * (time.monotonic() - started) if self.latency_s else \
                 time.monotonic() - started
             request_id = headers.get("Request-Id") or headers.get("request-id")
@@ -243,8 +249,8 @@ class StripeRaw:
             if status in (401, 403):
                 what = "refused the API key (wrong, expired or revoked)" if status == 401 else \
                     "says the API key lacks a permission needed"
-                raise AuthError(f"Stripe {what}: check STRIPE_API_KEY (a secret or restricted "
-                                "read key of the right account and mode); the store was left as it was",
+                raise AuthError(f"Stripe {what}: check {self._key_given_in} (a secret or restricted read key of the "
+                                "right account and mode); the store was left as it was",
                                 http_status=status, request_id=request_id)
             if status == 429 and _error_field(body, "code") != "lock_timeout":  # (a busy object, not a limit)
                 self.limiter.penalise(path, headers.get("Stripe-Rate-Limited-Reason")
@@ -281,6 +287,9 @@ class StripeRaw:
             raise BadResponseError(f"{last} for GET {path} after {attempt} retries (a proxy in the way?); "
                                    "nothing of that page was stored, run the sync again", http_status=status,
                                    request_id=request_id)
+        if todo:  # (no server answered)
+            raise StripeAPIError(f"{last} for GET {path} after {attempt} retries: {todo}, then run the sync again; "
+                                 "the store keeps what was committed", request_id=request_id)
         raise StripeAPIError(f"{last} for GET {path} after {attempt} retries; the store keeps what was "
                              "committed, run the sync again later", http_status=status, request_id=request_id)
 
@@ -307,6 +316,50 @@ class StripeRaw:
                                    "stored; check that STRIPE_API_BASE (setting api_base) is Stripe's API, and run "
                                    "the sync again")
         return account
+
+
+def _unreachable(exc: stripe.APIConnectionError, base: str, given_in: str, timeout: float) -> tuple[str, str]:
+    """What happened and what to do ("" when only trying again later can help), for a request that got no answer from
+    ``base`` (``given_in``: where the base URL was set). The SDK's own words name only the exception's class ("A ClientConnectorError was raised"); what
+    it was raised from says which: nothing listening, a host name that does not resolve, a failed TLS handshake,
+    no answer in time."""
+    host = urlsplit(base).hostname or base
+    for cause in _raised_from(exc):
+        # (aiohttp keeps the OS's error as os_error; the SDK and urllib3 raise theirs from it)
+        for err in (getattr(cause, "os_error", None), cause):
+            if isinstance(err, ssl.SSLError | aiohttp.ClientSSLError):
+                why = getattr(err, "verify_message", None) or getattr(err, "reason", None) or type(err).__name__
+                return (f"the TLS handshake with {base} failed ({why})",
+                        f"check {given_in} (http:// for a server without TLS, such as the sandbox), else this "
+                        "machine's CA certificates and clock")
+            if isinstance(err, socket.gaierror | aiohttp.ClientConnectorDNSError):
+                return (f"the host name {host} of {base} was not found (DNS)",
+                        f"check {given_in} for a typo, and this machine's network")
+            if isinstance(err, ConnectionRefusedError):
+                sandbox = " (`stripe-churn sandbox` serves the built-in one)" if host in _LOOPBACK else ""
+                return (f"nothing is listening at {base} (connection refused)",
+                        f"check {given_in} and that the server is up{sandbox}")
+            if isinstance(err, TimeoutError):
+                return (f"{base} gave no answer within {timeout:g} s (setting timeout_seconds)",
+                        f"check {given_in}, that the server is up and this machine's network")
+    detail = (str(exc).splitlines() or [""])[-1].strip() or type(exc).__name__
+    if detail.startswith("(") and detail.endswith(")"):  # (the SDK's "(Network error: ...)")
+        detail = detail[1:-1]
+    return f"connection to {base} failed ({detail})", ""  # (a connection dropped: the next run may well get through)
+
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _raised_from(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it was raised from, nearest first; not what it was raised while handling when it says
+    ``from None`` (a body cut short, whose words are :meth:`StripeRaw._send`'s)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and not any(current is seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return chain
 
 
 class _NotAnObject(ValueError):
