@@ -347,7 +347,7 @@ def sync(full: bool, wait: float, fmt: str, config_path: Path | None) -> None:
     settings.require_api_key()
     with sigterm_as_ctrl_c() as terminated:
         try:
-            summary = run_once(settings, full=full, wait=wait, progress=fmt == "table")
+            summary = run_once(settings, full=full, wait=wait, progress=fmt == "table", terminated=terminated)
         except KeyboardInterrupt:
             raise (Terminated if terminated.is_set() else KeyboardInterrupt)(SYNC_INTERRUPTED) from None
     _summary_lines(summary, fmt, _data_as_of(settings.db) if summary.bridge_line else None)

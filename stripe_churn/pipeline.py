@@ -115,14 +115,17 @@ class _StepProgress:
 
 
 def run_once(settings: Settings, *, full: bool = False, wait: float = 0.0, stop: threading.Event | None = None,
-             progress: bool | Literal["log"] = True) -> RunSummary:
+             progress: bool | Literal["log"] = True, terminated: threading.Event | None = None) -> RunSummary:
     """Sync, recompute and publish the snapshot under the sync lock; returns what changed.
+
+    ``terminated`` is set when a Ctrl-C that interrupts the run is a SIGTERM's (``cli.sigterm_as_ctrl_c``): the
+    run's stored error says so.
 
     Raises StoreLockedError when another sync keeps the lock longer than ``wait`` seconds, and StoreError when
     this machine refuses a write (DiskFullError when it found no room).
     """
     try:
-        return _run_once(settings, full=full, wait=wait, stop=stop, progress=progress)
+        return _run_once(settings, full=full, wait=wait, stop=stop, progress=progress, terminated=terminated)
     except Exception as exc:
         error = _translated(exc, settings)
         if error is exc:
@@ -159,7 +162,7 @@ def _refuse_a_lost_store(db: Path) -> None:
 
 
 def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Event | None,
-              progress: bool | Literal["log"]) -> RunSummary:
+              progress: bool | Literal["log"], terminated: threading.Event | None) -> RunSummary:
     db = settings.db
     summary = RunSummary(started_at=dt.datetime.now(dt.UTC))
     # (a bad exchange-rate file stops the run before anything is synced)
@@ -180,7 +183,7 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
                     # (the recompute's limit: the sync keeps to its own small cap and puts this one back after it)
                     con.execute(f"SET memory_limit = '{settings.memory_limit}'")
                 before = _count_movements(con)
-                result = run_sync(settings, full=full, con=con, progress=progress, stop=stop)
+                result = run_sync(settings, full=full, con=con, progress=progress, stop=stop, terminated=terminated)
                 summary.run_id = getattr(result, "run_id", None)
                 summary.mode = str(getattr(result, "mode", ""))
                 summary.status = str(getattr(result, "status", ""))
@@ -233,7 +236,7 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
             publish_snapshot(db)
         except BaseException as exc:
             if synced is not None:
-                _record_failed_run(db, synced, _failure_line(exc, settings))
+                _record_failed_run(db, synced, _failure_line(exc, settings, terminated))
             raise
     summary.finished_at = dt.datetime.now(dt.UTC)
     log.info("run finished: mode=%s status=%s new movements=%d", summary.mode, summary.status,
@@ -241,15 +244,15 @@ def _run_once(settings: Settings, *, full: bool, wait: float, stop: threading.Ev
     return summary
 
 
-def _failure_line(exc: BaseException, settings: Settings) -> str:
+def _failure_line(exc: BaseException, settings: Settings, terminated: threading.Event | None = None) -> str:
     """The one line ``sync`` ends with for ``exc`` (as run_once turns it and the command words it), secrets masked,
-    for sync_runs.error."""
+    for sync_runs.error (``terminated``: see :func:`run_once`)."""
     from stripe_churn.settings import redacted_line
 
     error = _translated(exc, settings) if isinstance(exc, Exception) else exc
     if isinstance(error, KeyboardInterrupt):
-        text = ("interrupted (Ctrl-C) after the sync, before the metrics were published; the next sync brings them "
-                "up to date")
+        by = "terminated (SIGTERM)" if terminated is not None and terminated.is_set() else "interrupted (Ctrl-C)"
+        text = f"{by} after the sync, before the metrics were published; the next sync brings them up to date"
     elif isinstance(error, StripeChurnError):
         text = str(error)
     else:

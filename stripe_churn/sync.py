@@ -109,6 +109,8 @@ LISTING_VERSION = "2"
 # sync_runs.error of a run interrupted by Ctrl-C: every page is committed with its cursor (full listing: the slice
 # cursors; incremental: the events cursor), so the next run goes on from there
 INTERRUPTED = "interrupted (Ctrl-C); the next sync resumes from the stored cursors"
+# ... and of one stopped so by a terminate signal (a service manager stopping `sync`, `kill`, `timeout`)
+TERMINATED = "terminated (SIGTERM); the next sync resumes from the stored cursors"
 # (a run left `running` by a process that died: the next sync records it so, and `status` shows it so before that)
 ENDED_UNRECORDED = "ended without recording its end (its process was killed, or the machine stopped)"
 # ``value``: the mode of the account's objects the store holds, ``live`` or ``test`` (see the module's docstring)
@@ -1619,7 +1621,7 @@ class _Sync:
             [result.account_id, result.finished_at, result.mode, result.status, orjson.dumps(result.counts).decode(),
              result.requests, result.error, result.fallback_reason, self.run_id])
 
-    async def run(self, full: bool) -> SyncResult:
+    async def run(self, full: bool, terminated: threading.Event | None = None) -> SyncResult:
         result = SyncResult(self.run_id, "full" if full else "incremental", "running", started_at=self.started)
         self._record_start(result.mode)
         self._writer_task = asyncio.create_task(self._writer())
@@ -1673,7 +1675,7 @@ class _Sync:
         except BaseException as exc:
             result.status = "failed"
             if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):  # (Ctrl-C: asyncio.run cancels the run)
-                result.error = INTERRUPTED
+                result.error = TERMINATED if terminated is not None and terminated.is_set() else INTERRUPTED
             else:
                 result.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             with contextlib.suppress(BaseException):
@@ -1810,10 +1812,12 @@ def _connection(settings: Settings, con: duckdb.DuckDBPyConnection | None) -> It
 
 
 def run_sync(settings: Settings, *, full: bool = False, con: duckdb.DuckDBPyConnection | None = None,
-             progress: bool | Literal["log"] = True, stop: threading.Event | None = None) -> SyncResult:
-    """Bring the store up to date with Stripe: incremental from the events cursor, or a full re-list."""
+             progress: bool | Literal["log"] = True, stop: threading.Event | None = None,
+             terminated: threading.Event | None = None) -> SyncResult:
+    """Bring the store up to date with Stripe: incremental from the events cursor, or a full re-list.
+    ``terminated``: set when a Ctrl-C that interrupts the run is a SIGTERM's (see ``cli.sigterm_as_ctrl_c``)."""
     with _connection(settings, con) as db, _lean(db):
-        return _run_interruptible(_Sync(settings, db, progress, stop).run(full))
+        return _run_interruptible(_Sync(settings, db, progress, stop).run(full, terminated))
 
 
 def _run_interruptible(run: Coroutine[Any, Any, SyncResult]) -> SyncResult:

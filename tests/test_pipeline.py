@@ -456,6 +456,37 @@ def test_ctrl_c_during_a_statement_of_the_main_thread_is_an_interrupt(tmp_path: 
         run_once(Settings(api_key=Secret("sk_test_x"), db=tmp_path / "s.duckdb"), progress=False)
 
 
+@pytest.mark.parametrize("sigterm, stored", [
+    pytest.param(False, "interrupted (Ctrl-C) after the sync", id="ctrl-c"),
+    pytest.param(True, "terminated (SIGTERM) after the sync", id="sigterm"),
+])
+def test_a_run_stopped_after_its_sync_records_what_stopped_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               sigterm: bool, stored: str) -> None:
+    """A SIGTERM during the metrics recompute of `sync` (taken as a Ctrl-C, see cli.sigterm_as_ctrl_c) was stored in
+    sync_runs, and shown by `status`, as "interrupted (Ctrl-C)", which no one pressed."""
+    import stripe_churn.metrics.incremental as incremental
+    from stripe_churn.pipeline import collect_status, run_once
+    from stripe_churn.sandbox.server import start_in_thread
+    from stripe_churn.sandbox.sim import Simulation
+    from stripe_churn.settings import SANDBOX_KEY, Secret, Settings
+
+    terminated = threading.Event()
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        if sigterm:  # (as the SIGTERM's waiter does, before it sends the SIGINT)
+            terminated.set()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(incremental, "recompute_after_sync", stopped)
+    with start_in_thread(Simulation(customers=2, months=1, seed=5), api_key=SANDBOX_KEY) as sb:
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=tmp_path / "p.duckdb",
+                            rate_limit=1000.0, max_retries=0)
+        with pytest.raises(KeyboardInterrupt):
+            run_once(settings, progress=False, terminated=terminated)
+    runs = collect_status(settings.db)["runs"]
+    assert [(r["status"], r["error"].split(",")[0]) for r in runs] == [("failed", stored)], runs
+
+
 def test_status_says_when_the_daemon_it_names_is_gone_or_its_state_file_is_damaged(tmp_path: Path) -> None:
     """A daemon killed with kill -9 leaves its last state, `started`: status adds that no process has its pid.
     A damaged state file is not "never ran"."""
