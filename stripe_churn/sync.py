@@ -1602,6 +1602,15 @@ class _Sync:
         rows = self.con.execute(union, {"a": self.account, "since": self.started}).fetchall()
         return {t: int(n) for t, n in rows if n}
 
+    def _lists_everything(self) -> bool:
+        """Whether this run lists everything (mode ``full``) whichever account the key turns out to be for (only
+        Stripe says which): no account of the store has the events cursor an incremental sync starts from, or each
+        that has one has a full listing to finish (a first sync, say), as :meth:`run` decides once it knows."""
+        row = self.con.execute("SELECT count(*) FROM (SELECT account_id FROM sync_cursors WHERE account_id <> '' "
+                               "GROUP BY account_id HAVING bool_or(stream = 'events') AND NOT bool_or(stream = 'full'))"
+                               ).fetchone()
+        return not row or row[0] == 0
+
     def _record_start(self, mode: str) -> None:
         # A run still `running` here never recorded its end: its process was killed (kill -9, a service manager's
         # timeout, a power cut). Syncs of one store run one at a time (the sync lock; DuckDB lets one process
@@ -1622,7 +1631,9 @@ class _Sync:
              result.requests, result.error, result.fallback_reason, self.run_id])
 
     async def run(self, full: bool, terminated: threading.Event | None = None) -> SyncResult:
-        result = SyncResult(self.run_id, "full" if full else "incremental", "running", started_at=self.started)
+        # (a run that fails before it knows its account, a first sync with a wrong key, is recorded as what it was)
+        result = SyncResult(self.run_id, "full" if full or self._lists_everything() else "incremental", "running",
+                            started_at=self.started)
         self._record_start(result.mode)
         self._writer_task = asyncio.create_task(self._writer())
         try:

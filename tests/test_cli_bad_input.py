@@ -172,3 +172,21 @@ def test_a_refused_key_names_where_it_was_set(tmp_path: Path, in_file: bool, in_
                           f"{where.format(config=config)} (a secret or restricted read key "), out
     assert WRONG not in out and (in_env or "STRIPE_API_KEY" not in out), out
 
+
+def test_a_first_sync_that_fails_is_recorded_as_the_full_one_it_was(tmp_path: Path) -> None:
+    """A first sync is a full listing (design.md: `sync` is incremental, or `--full`; a first has nothing to go on
+    from), but one that failed before it knew its account (a wrong key, a 500) was recorded `incremental`; a sync
+    after a completed one that fails so is the incremental one it was."""
+    db = tmp_path / "m.duckdb"
+    env = {"STRIPE_CHURN_DB": str(db), "STRIPE_CHURN_LOG_LEVEL": "WARNING"}
+    with sandbox() as sb:
+        env["STRIPE_API_BASE"] = sb.url
+        assert run({**env, "STRIPE_API_KEY": WRONG}, "sync")[0] == 2
+        assert run({**env, "STRIPE_API_KEY": KEY}, "sync")[0] == 0
+        assert run({**env, "STRIPE_API_KEY": WRONG}, "sync")[0] == 2
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        runs = con.execute("SELECT mode, status FROM sync_runs ORDER BY started_at").fetchall()
+    finally:
+        con.close()
+    assert runs == [("full", "failed"), ("full", "succeeded"), ("incremental", "failed")], runs
