@@ -16,7 +16,8 @@ where the kept ones begin), the last one also as `events:unbroken`.
 
 Under the default recognition (at ended_at) nothing changes. Worked out by hand: cus_1 pays 2 x 25.00 = 50.00 a month
 from 1 January 2024 on sub_1 (periods start on the 1st); cus_2 pays 25.00 on sub_2 and owns the events that start a
-stretch when sub_1 has none there. Each case is its own account of one store per recognition (one recompute each)."""
+stretch when sub_1 has none there. Each case is its own account of one store per recognition (one recompute each,
+conftest.OneStore)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from builders import World
-from conftest import customer_mrr_at, make_settings
+from conftest import OneStore, customer_mrr_at, make_settings
 from test_cancellation_taken_back import paying, request, take_back
 from test_incremental import derived_contents, later_sync
 from test_mrr_rules import T0, month
@@ -52,6 +53,10 @@ LATE = month(7, 14)  # 15 August: a request's cancel_at after all of it
 NEW = (T0, "new", Decimal("50.0000"), None, None)
 CHURN = Decimal("-50.0000")
 BACK = Decimal("50.0000")
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 
 
 def set_cursor(con: duckdb.DuckDBPyConnection, account: str, stream: str, created: int, done: bool = False) -> None:
@@ -139,7 +144,7 @@ def at_once_after_the_gap(w: World, *, first: str = "sub_1", ends: int | None = 
     return w
 
 
-# account: (build, the gaps of its store)
+# case: (build, the gaps in its account's events)
 CASES: dict[str, tuple[Callable[[World], World], list[Gap]]] = {
     "acct_first_gap": (back_in_the_first_gap, [GAP1, GAP2]),
     "acct_first_gap_other": (lambda w: back_in_the_first_gap(w, first="sub_2"), [GAP1, GAP2]),
@@ -154,16 +159,23 @@ CASES: dict[str, tuple[Callable[[World], World], list[Gap]]] = {
 }
 
 
-@pytest.fixture(scope="module")
-def stores(module_stores: Callable[[], duckdb.DuckDBPyConnection]) -> dict[str, duckdb.DuckDBPyConnection]:
-    """Per churn_recognition, one store holding every case as its own account, derived once."""
-    out = {}
-    for recognition in ("canceled", "ended"):
-        con = out[recognition] = module_stores()
-        for account, (build, gaps) in CASES.items():
-            load_with_gaps(build(World(account_id=account)), con, gaps)
-        recompute(con, make_settings("usd", churn_recognition=recognition))
-    return out
+def derive_cases(derive: Derive, world: World, *cases: str, recognition: str = "canceled"
+                 ) -> tuple[duckdb.DuckDBPyConnection, dict[str, str]]:
+    """Build the CASES ``cases``, the first in ``world`` and each other in an account named after ``world``'s and
+    the case, store each as a sync on 5 July after its gaps leaves it (:func:`load_with_gaps`) and derive them under
+    ``recognition``: the store they are derived in and each case's account."""
+    worlds = [world, *(World(account_id=f"{world.account_id}-{case}") for case in cases[1:])]
+    gaps: dict[str, list[Gap]] = {}
+    for w, case in zip(worlds, cases, strict=True):
+        build, gaps[w.account_id] = CASES[case]
+        build(w)
+
+    def load_case(w: World, con: duckdb.DuckDBPyConnection, *, seen_at: int, events: bool | int) -> None:
+        assert events is True, "a case's store holds its events outside the gaps"
+        load_with_gaps(w, con, gaps[w.account_id], seen=seen_at)
+
+    con = derive(*worlds, seen_at=SEEN, load=load_case, churn_recognition=recognition)
+    return con, {case: w.account_id for w, case in zip(worlds, cases, strict=True)}
 
 
 def moves(con: duckdb.DuckDBPyConnection, account: str, customer: str = "cus_1") -> list[tuple[object, ...]]:
@@ -178,13 +190,15 @@ def mrr(con: duckdb.DuckDBPyConnection, account: str, *moments: int) -> list[Dec
     return [customer_mrr_at(con, "cus_1", t, account) for t in moments]
 
 
-@pytest.mark.parametrize("account", ["acct_first_gap", "acct_first_gap_other"])
+@pytest.mark.parametrize("case", ["acct_first_gap", "acct_first_gap_other"])
+@one_store
 def test_taken_back_in_the_first_of_two_gaps_comes_back_where_the_events_start_again(
-        stores: dict[str, duckdb.DuckDBPyConnection], account: str) -> None:
+        world: World, derive: Derive, case: str) -> None:
     """-50.00 on 10 March (the request's feedback), +50.00 reactivation on 25 April, the first event stored after the
     first gap (sub_1's own, or cus_2's with sub_1's on 5 May); 0 between, 50.00 from then on. (Before: nothing but
     the new business: the subscription's last event before coverage, between the gaps, holds no request.)"""
-    con = stores["canceled"]
+    con, _ = derive_cases(derive, world, case)
+    account = world.account_id
     assert moves(con, account) == [
         NEW, (ASKED, "cancellation", CHURN, "voluntary", "too_expensive"), (BACK1, "reactivation", BACK, None, None)]
     assert mrr(con, account, ASKED - 1, ASKED, month(3, 5), BACK1 - 1, BACK1, BACK2, SEEN) == [
@@ -192,71 +206,79 @@ def test_taken_back_in_the_first_of_two_gaps_comes_back_where_the_events_start_a
     assert [r[1] for r in moves(con, account, "cus_2")] == ["new"]
 
 
-def test_taken_back_in_the_first_gap_before_its_cancel_at_comes_back_by_then(
-        stores: dict[str, duckdb.DuckDBPyConnection]) -> None:
+@one_store
+def test_taken_back_in_the_first_gap_before_its_cancel_at_comes_back_by_then(world: World, derive: Derive) -> None:
     """Asked on 10 March to cancel at the period's end (1 April, inside the first gap): the subscription did not end
     then, so the request no longer stood: the comeback counts on 1 April. (Before: nothing after the new business.)"""
-    con = stores["canceled"]
-    assert moves(con, "acct_first_gap_period_end") == [
+    con, _ = derive_cases(derive, world, "acct_first_gap_period_end")
+    assert moves(con, world.account_id) == [
         NEW, (ASKED, "cancellation", CHURN, "voluntary", "too_expensive"), (month(3), "reactivation", BACK, None, None)]
-    assert mrr(con, "acct_first_gap_period_end", month(3) - 1, month(3), BACK1) == [0, BACK, BACK]
+    assert mrr(con, world.account_id, month(3) - 1, month(3), BACK1) == [0, BACK, BACK]
 
 
+@one_store
 def test_taken_back_in_one_of_two_gaps_with_no_event_between_comes_back_where_coverage_starts(
-        stores: dict[str, duckdb.DuckDBPyConnection]) -> None:
+        world: World, derive: Derive) -> None:
     """sub_1 has no event between the gaps: the store cannot tell in which gap the request was taken back (its state
     there is not known), and the comeback counts where the state is known again, where coverage starts (25 June), as
     for a request taken back in the second gap. (Unchanged.)"""
-    con = stores["canceled"]
-    assert moves(con, "acct_first_gap_none_between") == [
+    con, _ = derive_cases(derive, world, "acct_first_gap_none_between")
+    assert moves(con, world.account_id) == [
         NEW, (ASKED, "cancellation", CHURN, "voluntary", "too_expensive"), (BACK2, "reactivation", BACK, None, None)]
 
 
-def test_taken_back_in_the_second_gap_comes_back_where_coverage_starts(
-        stores: dict[str, duckdb.DuckDBPyConnection]) -> None:
+@one_store
+def test_taken_back_in_the_second_gap_comes_back_where_coverage_starts(world: World, derive: Derive) -> None:
     """The request still stood between the gaps (sub_1's event of 25 April holds it): one churn on 10 March, the
     comeback on 25 June. (Unchanged.)"""
-    con = stores["canceled"]
-    assert moves(con, "acct_second_gap") == [
+    con, _ = derive_cases(derive, world, "acct_second_gap")
+    assert moves(con, world.account_id) == [
         NEW, (ASKED, "cancellation", CHURN, "voluntary", "too_expensive"), (BACK2, "reactivation", BACK, None, None)]
-    assert mrr(con, "acct_second_gap", BACK1, month(4, 20), BACK2) == [0, 0, BACK]
+    assert mrr(con, world.account_id, BACK1, month(4, 20), BACK2) == [0, 0, BACK]
 
 
-@pytest.mark.parametrize("account", ["acct_at_once", "acct_at_once_other", "acct_at_once_inside"])
-def test_a_request_before_a_gap_then_an_immediate_cancel_churns_at_the_request(
-        stores: dict[str, duckdb.DuckDBPyConnection], account: str) -> None:
+@pytest.mark.parametrize("case", ["acct_at_once", "acct_at_once_other", "acct_at_once_inside"])
+@one_store
+def test_a_request_before_a_gap_then_an_immediate_cancel_churns_at_the_request(world: World, derive: Derive,
+                                                                              case: str) -> None:
     """Asked on 10 March (cancel_at 15 August), canceled at once on 25 April right after the gap (its deletion the
     first event there, or after cus_2's of 22 April), or on 10 April inside it: one cancellation on 10 March, with
     the final details (switched_service, as with every event stored), MRR zero from then on, no comeback. (Before:
     the churn on 25 April or 10 April, or a comeback on 22 April and a second churn.)"""
-    con = stores["canceled"]
-    assert moves(con, account) == [NEW, (ASKED, "cancellation", CHURN, "voluntary", "switched_service")]
-    assert mrr(con, account, ASKED - 1, ASKED, month(3, 9), month(3, 21), BACK1, SEEN) == [BACK, 0, 0, 0, 0, 0]
+    con, _ = derive_cases(derive, world, case)
+    assert moves(con, world.account_id) == [NEW, (ASKED, "cancellation", CHURN, "voluntary", "switched_service")]
+    assert mrr(con, world.account_id, ASKED - 1, ASKED, month(3, 9), month(3, 21), BACK1, SEEN) == [
+        BACK, 0, 0, 0, 0, 0]
 
 
-@pytest.mark.parametrize(("account", "canceled"), [
+@pytest.mark.parametrize(("case", "canceled"), [
     pytest.param("acct_at_once_period_end", BACK1, id="after-the-gap"),
     pytest.param("acct_at_once_inside_period_end", month(3, 9), id="inside-the-gap")])
-def test_a_request_whose_cancel_at_passed_in_the_gap_then_an_immediate_cancel(
-        stores: dict[str, duckdb.DuckDBPyConnection], account: str, canceled: int) -> None:
+@one_store
+def test_a_request_whose_cancel_at_passed_in_the_gap_then_an_immediate_cancel(world: World, derive: Derive,
+                                                                             case: str, canceled: int) -> None:
     """Asked on 10 March to cancel at the period's end (1 April, inside the gap), renewed then, canceled at once on
     25 April after the gap, or on 10 April inside it: the request no longer stood on 1 April (the subscription did not
     end): churn, comeback on 1 April, churn at the cancel. (After the gap: unchanged. Inside it: before, one churn on
     10 April, the request's churn in March lost.)"""
-    con = stores["canceled"]
-    assert moves(con, account) == [
+    con, _ = derive_cases(derive, world, case)
+    assert moves(con, world.account_id) == [
         NEW, (ASKED, "cancellation", CHURN, "voluntary", "too_expensive"),
         (month(3), "reactivation", BACK, None, None), (canceled, "cancellation", CHURN, "voluntary", "switched_service")]
 
 
-def test_under_ended_nothing_changes(stores: dict[str, duckdb.DuckDBPyConnection]) -> None:
-    """The default recognition: a request taken back never churned; an immediate cancel churns when it ends."""
-    con = stores["ended"]
-    for account in ("acct_first_gap", "acct_first_gap_other", "acct_second_gap"):
-        assert moves(con, account) == [NEW], account
-    assert moves(con, "acct_at_once_other") == [NEW, (BACK1, "cancellation", CHURN, "voluntary", "switched_service")]
-    assert moves(con, "acct_at_once_inside") == [
+@one_store
+def test_under_ended_nothing_changes(world: World, derive: Derive) -> None:
+    """The default recognition: a request taken back never churned; an immediate cancel churns when it ends. (Every
+    case is derived, each its own account: none withdraws a cancellation.)"""
+    con, accounts = derive_cases(derive, world, *CASES, recognition="ended")
+    for case in ("acct_first_gap", "acct_first_gap_other", "acct_second_gap"):
+        assert moves(con, accounts[case]) == [NEW], case
+    assert moves(con, accounts["acct_at_once_other"]) == [
+        NEW, (BACK1, "cancellation", CHURN, "voluntary", "switched_service")]
+    assert moves(con, accounts["acct_at_once_inside"]) == [
         NEW, (month(3, 9), "cancellation", CHURN, "voluntary", "switched_service")]
+    assert con.execute("SELECT count(DISTINCT account_id) FROM mrr_movements").fetchone() == (len(CASES),)
     assert con.execute("SELECT count(*) FROM derived_withdrawn_cancels").fetchone() == (0,)
 
 
