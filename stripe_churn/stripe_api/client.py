@@ -324,6 +324,9 @@ def _unreachable(exc: stripe.APIConnectionError, base: str, given_in: str, timeo
     it was raised from says which: nothing listening, a host name that does not resolve, a failed TLS handshake,
     no answer in time."""
     host = urlsplit(base).hostname or base
+    # (aiohttp names a failed lookup ClientConnectorDNSError from 3.10.10 on; an older one, which pyproject allows, has
+    # no such name, and its ClientConnectorError keeps the resolver's gaierror as os_error)
+    dns = (socket.gaierror, *[e for e in [getattr(aiohttp, "ClientConnectorDNSError", None)] if e is not None])
     for cause in _raised_from(exc):
         # (aiohttp keeps the OS's error as os_error; the SDK and urllib3 raise theirs from it)
         for err in (getattr(cause, "os_error", None), cause):
@@ -332,7 +335,7 @@ def _unreachable(exc: stripe.APIConnectionError, base: str, given_in: str, timeo
                 return (f"the TLS handshake with {base} failed ({why})",
                         f"check {given_in} (http:// for a server without TLS, such as the sandbox), else this "
                         "machine's CA certificates and clock")
-            if isinstance(err, socket.gaierror | aiohttp.ClientConnectorDNSError):
+            if isinstance(err, dns):
                 return (f"the host name {host} of {base} was not found (DNS)",
                         f"check {given_in} for a typo, and this machine's network")
             if isinstance(err, ConnectionRefusedError):

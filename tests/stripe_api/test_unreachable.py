@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from click.testing import CliRunner
 
@@ -101,6 +102,29 @@ def test_a_host_name_that_does_not_resolve(monkeypatch: pytest.MonkeyPatch) -> N
     assert message.startswith("the host name api.stripe.invalid of https://api.stripe.invalid was not found (DNS) "
                               "for GET /v1/account after 0 retries: check the environment variable STRIPE_API_BASE "
                               "for a typo"), message
+
+
+@pytest.mark.parametrize("what", ["refused", "dns"])
+def test_an_aiohttp_without_its_dns_error_class_says_the_same(monkeypatch: pytest.MonkeyPatch, what: str) -> None:
+    """pyproject takes aiohttp 3.9 on, and aiohttp.ClientConnectorDNSError came with 3.10.10: under an older one, a
+    refused connection (or any other not a TLS one) failed with "module 'aiohttp' has no attribute
+    'ClientConnectorDNSError'" instead of its line. Its failed lookup is a ClientConnectorError that keeps the
+    resolver's gaierror, read as a lookup all the same."""
+    monkeypatch.delattr(aiohttp, "ClientConnectorDNSError")  # (aiohttp's own modules import it by themselves)
+    if what == "refused":
+        base = f"http://127.0.0.1:{closed_port()}"
+        assert fetch(settings(base)).startswith(f"nothing is listening at {base} (connection refused) for GET")
+        return
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "api.stripe.invalid":
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    assert fetch(settings("https://api.stripe.invalid")).startswith(
+        "the host name api.stripe.invalid of https://api.stripe.invalid was not found (DNS) for GET")
 
 
 def test_a_tls_handshake_with_a_server_without_tls(http_server: int) -> None:
