@@ -360,9 +360,12 @@ class _Sync:
         # tables holding nothing of the account when this listing began (a first full sync): its rows are
         # inserted straight away (discounts excepted: the same discount comes on several objects)
         self.fresh: set[str] = set()
-        # the complete lines of each credit note whose lines this run paged (None: they answered 404); a credit
-        # note's lines never change once it is issued, so every copy of it in one run (its events', the refresh's,
-        # the listing's, a stored one's) takes them from here: one paging a note, not one a copy
+        # the complete lines of each credit note whose lines this run paged for the copies the events bring (their
+        # refresh: several groups of events may bring it again), and None for each whose lines answered 404 in any
+        # part of the run; a credit note's lines never change once it is issued, so every copy of it in one run takes
+        # them from here: one paging a note, not one a copy. (Not the lines paged by a full listing or the completion
+        # of the notes stored cut short, which no other copy of the run needs: every note's lines held until the run
+        # ends, parsed, grow with the account)
         self._cn_lines: dict[str, list[dict[str, Any]] | None] = {}
         # the tiered prices whose options' tiers this run asked for: whether they all came (False: some did not, or
         # the price answered 404), remembered at the run's end (_remember_option_tiers_not_found)
@@ -547,24 +550,30 @@ class _Sync:
         :meth:`_paged_credit_note_lines` (None when they answer 404)."""
         if not _lines_cut(cn):
             return list((cn.get("lines") or {}).get("data") or [])
-        return await self._paged_credit_note_lines(cn["id"])
+        return await self._paged_credit_note_lines(cn["id"], keep=not self.listing)
 
-    async def _paged_credit_note_lines(self, cnid: str) -> list[dict[str, Any]] | None:
-        """The lines of the credit note ``cnid`` paged whole from its lines endpoint, once a run (``_cn_lines``).
+    async def _paged_credit_note_lines(self, cnid: str, *, keep: bool) -> list[dict[str, Any]] | None:
+        """The lines of the credit note ``cnid`` paged whole from its lines endpoint, once a run (``_cn_lines``; a
+        paging whose lines no other copy of the run needs, not ``keep``, leaves them out of it, and only a 404 in).
         None whenever they answer 404: its lines have no table whose rows a failure would leave wrong, so what was
         embedded is stored (or, for a note stored whole before, the lines stored: :meth:`_keep_stored_lines`), and a
         later run asks again once the credit note changes
         (:meth:`_complete_stored_credit_note_lines`); failing here instead would fail every later run on the same
         event. Any other failure is raised (and not kept: a run that goes on asks again)."""
-        if cnid not in self._cn_lines:
-            try:
-                self._cn_lines[cnid] = await self._page_all(_credit_note_lines_path(cnid), {})
-            except NotFoundError:
-                log.info("the lines of credit note %s answered 404: its embedded page is kept (its lines stored "
-                         "whole, when they are)", cnid)
-                self._cn_lines[cnid] = None
-        got = self._cn_lines[cnid]
-        return None if got is None else list(got)
+        if cnid in self._cn_lines:
+            got = self._cn_lines[cnid]
+            return None if got is None else list(got)
+        try:
+            lines = await self._page_all(_credit_note_lines_path(cnid), {})
+        except NotFoundError:
+            log.info("the lines of credit note %s answered 404: its embedded page is kept (its lines stored whole, "
+                     "when they are)", cnid)
+            self._cn_lines[cnid] = None
+            return None
+        if keep:
+            self._cn_lines[cnid] = lines
+            return list(lines)
+        return lines
 
     async def _complete_list(self, embedded: Any, path: str, params: dict[str, Any],
                              from_event: bool) -> list[dict[str, Any]] | None:
@@ -813,7 +822,7 @@ class _Sync:
             elif table == "invoices" and (obj.get("lines") or {}).get("has_more"):
                 todo.append((obj["id"], whole(f"/v1/invoices/{obj['id']}/lines", LINE_LIST_PARAMS)))
             elif table == "credit_notes" and _lines_cut(obj):
-                todo.append((obj["id"], self._paged_credit_note_lines(obj["id"])))
+                todo.append((obj["id"], self._paged_credit_note_lines(obj["id"], keep=False)))
         if not todo:
             return {}
         got = await asyncio.gather(*(paged for _, paged in todo))
@@ -1357,7 +1366,7 @@ class _Sync:
         async def one(raw: str, version: int) -> tuple[dict[str, Any], int, list[dict[str, Any]] | None]:
             cn = orjson.loads(raw)
             async with sem:  # (None, 404: its stored copy is left as it is)
-                return cn, version, await self._paged_credit_note_lines(cn["id"])
+                return cn, version, await self._paged_credit_note_lines(cn["id"], keep=False)
 
         batch = Batch()
         failed: BaseException | None = None  # (the first: raised once the others completed are stored)

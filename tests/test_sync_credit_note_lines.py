@@ -6,6 +6,7 @@ sync against the sandbox server serving a hand-built account (tests/metrics/buil
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import sys
 from collections import Counter
@@ -24,7 +25,8 @@ from stripe_churn.errors import StripeAPIError
 from stripe_churn.sandbox.listing import ApiError
 from stripe_churn.sandbox.server import RunningSandbox, start_in_thread
 from stripe_churn.settings import Secret, Settings
-from stripe_churn.sync import SyncResult, run_sync
+from stripe_churn.store.db import open_store
+from stripe_churn.sync import SyncResult, _Sync, run_sync
 
 KEY = "sk_test_credit_note_lines"
 T0 = ts(2026, 11, 1)
@@ -441,3 +443,43 @@ def test_a_stored_list_that_does_not_hold_a_copys_embedded_lines_is_not_taken(tm
     r = _sync(w, {"cn_1": cn}, T0 + 3 * DAY, db, full=True, tamper=_refuse_lines_of("cn_1", _not_found))
     assert (r.status, r.error) == ("succeeded", None)
     assert _stored(db, "cn_1") == ([ln["id"] for ln in cn["lines"]["data"][:10]], "true", sum(range(100, 110)), False)
+
+
+def _lines_held(w: World, notes: dict[str, Obj], clock: int, db: Path, *, full: bool) -> int:
+    """A sync run as run_sync runs it, then how many credit note lines the run still holds in memory at its end."""
+    served = w.served(clock)
+    served.objects["credit_notes"] = notes
+    with start_in_thread(served, api_key=KEY) as sb:
+        con = open_store(db)
+        try:
+            sync = _Sync(Settings(api_key=Secret(KEY), api_base=sb.url, db=db, rate_limit=10_000), con, False, None)
+            r = asyncio.run(sync.run(full))
+        finally:
+            con.close()
+    assert (r.mode, r.status, r.error) == ("full" if full else "incremental", "succeeded", None)
+    return sum(len(lines or []) for lines in sync._cn_lines.values())
+
+
+def test_a_sync_does_not_hold_every_credit_notes_lines_until_it_ends(tmp_path: Path) -> None:
+    """A full sync pages the lines of each credit note cut short as it lists it, and stores them in its JSON; it
+    kept them all in memory besides until the run ended, for another copy of the note in the same run, which a
+    listing hardly has (300 notes of 100 lines: 39 MB held; an account with thousands of such notes, hundreds of
+    MB, against the sync's flat memory). So did the completion of the stored notes cut short (a store from an older
+    version: every such note at once). Neither holds them now; each note is still stored whole."""
+    w = _world()
+    notes = {f"cn_{k}": _credit_note(w, f"cn_{k}", T0 + DAY + k) for k in range(3)}
+    db = tmp_path / "s.duckdb"
+    assert _lines_held(w, notes, T0 + 2 * DAY, db, full=True) == 0
+    for cnid, cn in notes.items():
+        assert _stored(db, cnid) == _complete(cn)
+    con = duckdb.connect(str(db))
+    try:  # (as a version that kept only the embedded page stored them)
+        for cnid, cn in notes.items():
+            cut = {**cn, "lines": {**cn["lines"], "data": cn["lines"]["data"][:10], "has_more": True}}
+            con.execute("UPDATE credit_notes SET raw = ?, lines_has_more = true WHERE id = ?",
+                        [orjson.dumps(cut).decode(), cnid])
+    finally:
+        con.close()
+    assert _lines_held(w, notes, T0 + 3 * DAY, db, full=False) == 0
+    for cnid, cn in notes.items():
+        assert _stored(db, cnid) == _complete(cn)
