@@ -37,6 +37,17 @@ def _world() -> World:
     return w
 
 
+def _synced_in_full(w: World, db: Path) -> Callable[[str], Settings]:
+    """A full sync of ``w`` into ``db`` on day 1; the settings of a later sync against a server at a URL."""
+
+    def settings(url: str) -> Settings:
+        return Settings(api_key=Secret(KEY), api_base=url, db=db, rate_limit=10_000)
+
+    with start_in_thread(w.served(T0 + DAY), api_key=KEY) as sb:
+        assert run_sync(settings(sb.url), full=True, progress=False).status == "succeeded"
+    return settings
+
+
 def _draft_deleted(w: World) -> tuple[str, str]:
     """A manual draft with 12 lines (its event embeds 10), deleted an hour later."""
     w._seq = itertools.count(500)
@@ -66,12 +77,7 @@ def test_a_gone_objects_cut_short_list_does_not_stop_the_sync(tmp_path: Path,
                                                                make: Callable[[World], tuple[str, str]]) -> None:
     w = _world()
     db = tmp_path / "s.duckdb"
-
-    def settings(url: str) -> Settings:
-        return Settings(api_key=Secret(KEY), api_base=url, db=db, rate_limit=10_000)
-
-    with start_in_thread(w.served(T0 + DAY), api_key=KEY) as sb:
-        assert run_sync(settings(sb.url), full=True, progress=False).status == "succeeded"
+    settings = _synced_in_full(w, db)
     table, oid = make(w)
     for _ in range(2):  # (the second: the daemon's next tick finds nothing left over)
         with start_in_thread(w.served(T0 + 3 * DAY), api_key=KEY) as sb:
@@ -99,12 +105,7 @@ def test_an_objects_cut_short_list_is_paged_once_for_all_of_its_events_in_a_run(
     lines). Both are stored whole, as they are now (the item the update removed is on neither list)."""
     w = _world()
     db = tmp_path / "s.duckdb"
-
-    def settings(url: str) -> Settings:
-        return Settings(api_key=Secret(KEY), api_base=url, db=db, rate_limit=10_000)
-
-    with start_in_thread(w.served(T0 + DAY), api_key=KEY) as sb:
-        assert run_sync(settings(sb.url), full=True, progress=False).status == "succeeded"
+    settings = _synced_in_full(w, db)
     at = T0 + 2 * DAY
     w.customer("cus_2", created=at)
     sub = w.subscribe("sub_2", "cus_2", [(f"si_2_{k}", f"price_{k}", 1) for k in range(12)], at, invoice=False)
