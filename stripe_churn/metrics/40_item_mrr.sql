@@ -273,15 +273,13 @@ WITH ended AS (
     JOIN derived_settings st ON st.churn_recognition = 'canceled'
     WHERE s.ended_at IS NOT NULL AND s.canceled_at IS NOT NULL
 ),
-last_kept AS (
-    SELECT f.account_id, f.subscription_id, f.rid, false AS early
-    FROM ended s
-    JOIN derived_sub_events f USING (account_id, subscription_id)
-    WHERE f.event_type <> 'customer.subscription.deleted'
-    QUALIFY row_number() OVER (PARTITION BY f.account_id, f.subscription_id ORDER BY f.moment DESC, f.seq DESC) = 1
-    UNION ALL
-    -- (none within coverage: the last stored before it, of several in one second the last in 20's order)
-    SELECT e.account_id, e.object_id, e.rowid, true
+-- (none within coverage: the last stored before it, of several in one second the last in 20's order)
+early_kept AS (
+    SELECT e.account_id, e.object_id AS subscription_id, e.rowid AS rid,
+           row_number() OVER (PARTITION BY e.account_id, e.object_id
+                              ORDER BY e.created DESC, o.pos DESC NULLS LAST, e.id DESC) AS n,
+           list(CASE WHEN e.type = 'customer.subscription.updated' THEN e.rowid END)
+               OVER (PARTITION BY e.account_id, e.object_id, e.created) AS second
     FROM ended s
     JOIN derived_coverage c USING (account_id)
     JOIN events e ON e.account_id = s.account_id AND e.object_id = s.subscription_id
@@ -291,25 +289,55 @@ last_kept AS (
       AND NOT EXISTS (SELECT 1 FROM derived_sub_events f
                       WHERE f.account_id = s.account_id AND f.subscription_id = s.subscription_id
                         AND f.event_type <> 'customer.subscription.deleted')
-    QUALIFY row_number() OVER (PARTITION BY e.account_id, e.object_id
-                               ORDER BY e.created DESC, o.pos DESC NULLS LAST, e.id DESC) = 1
+),
+-- the event picked, and the subscription's updates in its second (`second`: 20's order of one second does not look
+-- at canceled_at, ids decide, so one of them may have taken back the request the picked one holds)
+last_kept AS (
+    SELECT f.account_id, f.subscription_id, f.rid, false AS early,
+           list(CASE WHEN f.event_type = 'customer.subscription.updated' THEN f.rid END)
+               OVER (PARTITION BY f.account_id, f.subscription_id, f.moment) AS second
+    FROM ended s
+    JOIN derived_sub_events f USING (account_id, subscription_id)
+    WHERE f.event_type <> 'customer.subscription.deleted'
+    QUALIFY row_number() OVER (PARTITION BY f.account_id, f.subscription_id ORDER BY f.moment DESC, f.seq DESC) = 1
+    UNION ALL
+    SELECT account_id, subscription_id, rid, true, second FROM early_kept WHERE n = 1
+),
+-- their JSON, by row id (the setting joined above the read, as in derived_withdrawn_cancels)
+kept_read AS (
+    SELECT k.account_id, k.subscription_id, k.early, k.x = k.rid AS picked,
+           CASE WHEN st.churn_recognition = 'canceled'
+                THEN json_extract(e.raw, ['$.data.object.canceled_at', '$.data.object.ended_at',
+                                          '$.data.object.cancel_at', '$.data.previous_attributes.canceled_at']) END AS v
+    FROM (SELECT l.*, unnest(list_prepend(l.rid, list_filter(l.second, lambda r: r IS NOT NULL AND r <> l.rid))) AS x
+          FROM last_kept l) k
+    JOIN events e ON e.rowid = k.x
+    JOIN derived_settings st ON st.churn_recognition = 'canceled'
+),
+kept_state AS (
+    SELECT account_id, subscription_id, early,
+           any_value(v) FILTER (WHERE picked) AS v,
+           -- (the requests those other updates took back: canceled_at before them, and no longer it after)
+           list(ts_of(json_extract_string(v[4], '$')))
+               FILTER (WHERE NOT picked AND json_type(v[4]) IN ('UBIGINT', 'BIGINT')
+                       AND ts_of(json_extract_string(v[1], '$')) IS DISTINCT FROM ts_of(json_extract_string(v[4], '$')))
+               AS undone
+    FROM kept_read
+    GROUP BY ALL
 ),
 held AS (
     SELECT account_id, subscription_id, ts_of(json_extract_string(v[1], '$')) AS requested_at
-    FROM (SELECT l.account_id, l.subscription_id, l.early, s.final_canceled_at, s.final_ended_at,
-                 CASE WHEN st.churn_recognition = 'canceled'
-                      THEN json_extract(e.raw, ['$.data.object.canceled_at', '$.data.object.ended_at',
-                                                '$.data.object.cancel_at']) END AS v
-          FROM last_kept l
-          JOIN ended s USING (account_id, subscription_id)
-          JOIN events e ON e.rowid = l.rid
-          JOIN derived_settings st ON st.churn_recognition = 'canceled') g
+    FROM (SELECT l.*, s.final_canceled_at, s.final_ended_at
+          FROM kept_state l
+          JOIN ended s USING (account_id, subscription_id)) g
     WHERE json_type(v[1]) IN ('UBIGINT', 'BIGINT') AND ts_of(json_extract_string(v[2], '$')) IS NULL
       AND ts_of(json_extract_string(v[1], '$')) < final_canceled_at
       -- (across a gap: not when its cancel_at passed before the end without ending the subscription, a request that
       -- no longer stood then, which derived_withdrawn_cancels takes back)
       AND NOT (early AND coalesce(ts_of(json_extract_string(v[3], '$')) > ts_of(json_extract_string(v[1], '$'))
                                   AND ts_of(json_extract_string(v[3], '$')) < final_ended_at, false))
+      -- (nor one an update of the same second took back)
+      AND NOT coalesce(list_contains(undone, ts_of(json_extract_string(v[1], '$'))), false)
 ),
 last_ok AS (
     SELECT account_id, subscription_id, max(moment) AS ok_at

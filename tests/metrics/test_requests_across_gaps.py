@@ -144,6 +144,25 @@ def at_once_after_the_gap(w: World, *, first: str = "sub_1", ends: int | None = 
     return w
 
 
+def undone_then_at_once(w: World, *, gap: bool) -> World:
+    """Asked on 10 March and taken back in the same second, the request's event last by id (Stripe's ids are not in
+    time order), canceled at once: on 27 April after the gap (the request's events the last of sub_1's stored
+    before it), or on 21 March with no gap (within coverage)."""
+    two_customers(w)
+    request(w, ASKED, ends=LATE, feedback="too_expensive")
+    take_back(w, ASKED)
+    asked, undone = (e for e in w.events if e["created"] == ASKED)
+    asked["id"], undone["id"] = undone["id"], asked["id"]
+    if gap:
+        renew(w, 3)
+        note(w, "sub_2", BACK1)
+        w.cancel("sub_1", month(3, 26), feedback="switched_service")
+    else:
+        w.cancel("sub_1", month(2, 20), feedback="switched_service")
+        w.cycle("sub_2", month(3))
+    return w
+
+
 # case: (build, the gaps in its account's events)
 CASES: dict[str, tuple[Callable[[World], World], list[Gap]]] = {
     "acct_first_gap": (back_in_the_first_gap, [GAP1, GAP2]),
@@ -156,6 +175,8 @@ CASES: dict[str, tuple[Callable[[World], World], list[Gap]]] = {
     "acct_at_once_inside": (lambda w: at_once_after_the_gap(w, at=month(3, 9)), [GAP1]),
     "acct_at_once_period_end": (lambda w: at_once_after_the_gap(w, first="sub_2", ends=None), [GAP1]),
     "acct_at_once_inside_period_end": (lambda w: at_once_after_the_gap(w, ends=None, at=month(3, 9)), [GAP1]),
+    "acct_undone_at_once": (lambda w: undone_then_at_once(w, gap=True), [GAP1]),
+    "acct_undone_at_once_no_gap": (lambda w: undone_then_at_once(w, gap=False), []),
 }
 
 
@@ -265,6 +286,21 @@ def test_a_request_whose_cancel_at_passed_in_the_gap_then_an_immediate_cancel(wo
     assert moves(con, world.account_id) == [
         NEW, (ASKED, "cancellation", CHURN, "voluntary", "too_expensive"),
         (month(3), "reactivation", BACK, None, None), (canceled, "cancellation", CHURN, "voluntary", "switched_service")]
+
+
+@pytest.mark.parametrize(("case", "canceled"), [
+    pytest.param("acct_undone_at_once", month(3, 26), id="across-a-gap"),
+    pytest.param("acct_undone_at_once_no_gap", month(2, 20), id="within-coverage")])
+@one_store
+def test_a_request_taken_back_in_its_own_second_then_an_immediate_cancel_churns_at_the_cancel(
+        world: World, derive: Derive, case: str, canceled: int) -> None:
+    """Asked and taken back on 10 March in one second, the request's event last by id, canceled at once on 27 April
+    (after the gap) or 21 March: the request did not stand, so one cancellation at the immediate cancel, MRR 50.00
+    up to it. (Before: the churn on 10 March, the request read in force from the event last in 20's order of that
+    second, which does not look at canceled_at and falls back on the ids.)"""
+    con, _ = derive_cases(derive, world, case)
+    assert moves(con, world.account_id) == [NEW, (canceled, "cancellation", CHURN, "voluntary", "switched_service")]
+    assert mrr(con, world.account_id, ASKED, canceled - 1, canceled) == [BACK, BACK, 0]
 
 
 @one_store
