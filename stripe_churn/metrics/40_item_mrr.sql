@@ -258,13 +258,14 @@ CREATE OR REPLACE MACRO in_withdrawn(w, m) AS
 -- was then canceled at once: Stripe's canceled_at is the later cancel's, yet the churn counts at the request, when
 -- it was made (its month keeps it). The evidence: the subscription's last stored event within coverage that does not
 -- end it (the deletion aside; of one second, the last in 20's order) holds a canceled_at earlier than the final one
--- and no ended_at (no event in between cleared it: a request taken back is 'derived_withdrawn_cancels''s). With no
+-- and no ended_at (no event in between cleared it: a request taken back is 'derived_withdrawn_cancels''s; nor did
+-- another update of that second, which 20's order, blind to canceled_at, may put first: read with it). With no
 -- such event within coverage (a gap in the events, then the deletion or nothing), the last stored before coverage:
 -- nothing stored took its request back, so it counts as standing when the subscription was canceled at once, unless
 -- its cancel_at passed before the end without ending the subscription (then it no longer stood, and
 -- derived_withdrawn_cancels takes it back). The JSON is read under that setting alone, of that one event per ended
--- subscription, by row id after the join that picks it (the setting joined above the read, as in
--- derived_withdrawn_cancels). The churn keeps the subscription's final details (its reason, feedback
+-- subscription (and the updates of its second), by row id after the join that picks it (the setting joined above
+-- the read, as in derived_withdrawn_cancels). The churn keeps the subscription's final details (its reason, feedback
 -- and comment), as the one cancellation row of the subscription does (70's `sub_facts`).
 CREATE OR REPLACE TABLE derived_sub_churn AS
 WITH ended AS (
