@@ -126,8 +126,9 @@ class Settings:
 
     def given_in(self, attr: str) -> str:
         """Where the setting ``attr`` was given, for a message that says what to check without showing the value:
-        ``api_key in <the config file>``, ``the environment variable STRIPE_API_KEY``, or both names when it was
-        not given there (the defaults, settings built in code)."""
+        ``api_key in <the config file>``, ``the environment variable STRIPE_API_KEY`` (followed by ``(which
+        overrides api_key in <the config file>)`` when the file gave it too), or both names when it was not given
+        there (the defaults, settings built in code)."""
         env = next((name for name, a in ENV_KEYS.items() if a == attr), None)
         key = next((k for k, (_, a) in FILE_KEYS.items() if a == attr), attr)
         origin = self.origins.get(attr)
@@ -421,7 +422,10 @@ def load_settings(config: str | Path | None = None, env: Mapping[str, str] | Non
         raw = env.get(name)
         if raw is None or raw == "":
             continue
-        origins[attr] = f"environment variable {name}"
+        # (a value the file also gave is overridden: said, so that the user does not fix the file in vain)
+        over = next((k for k, (_, a) in FILE_KEYS.items() if a == attr), attr) if origins.get(attr) == source \
+            else None
+        origins[attr] = f"environment variable {name}" + (f" (which overrides {over} in {source})" if over else "")
         if attr in ("rate_limit", "endpoint_rate_limit"):
             try:
                 rate = float(raw)

@@ -154,11 +154,13 @@ WRONG = "sk_test_" + "NotTheSandboxKey0123456"
 @pytest.mark.parametrize("in_file, in_env, where", [
     pytest.param(True, False, "api_key in {config}", id="config-file"),
     pytest.param(False, True, "the environment variable STRIPE_API_KEY", id="environment"),
-    pytest.param(True, True, "the environment variable STRIPE_API_KEY", id="environment-over-file"),
+    pytest.param(True, True, "the environment variable STRIPE_API_KEY (which overrides api_key in {config})",
+                 id="environment-over-file"),
 ])
 def test_a_refused_key_names_where_it_was_set(tmp_path: Path, in_file: bool, in_env: bool, where: str) -> None:
     """A wrong key in the config file said "check STRIPE_API_KEY", an environment variable the user never set: the
-    line names the place the key was read from (the environment wins over the file), never the key."""
+    line names the place the key was read from (the environment wins over the file, which it says, so that the
+    user does not fix the file's key in vain), never the key."""
     db = tmp_path / "k.duckdb"
     config = tmp_path / "c.toml"
     config.write_text(f'api_key = "{WRONG}"\n' if in_file else "", encoding="utf-8")

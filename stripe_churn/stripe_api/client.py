@@ -93,10 +93,11 @@ class StripeRaw:
         self._sending: set[asyncio.Timeout] = set()  # the deadlines of the requests on the way
         self._give_up_at: float | None = None  # (the loop's time; set once the stop is seen)
         self.base = settings.api_base.rstrip("/")
-        # where the key and the base URL were set (the config file's api_key, STRIPE_API_KEY), for the messages
-        # that say what to check
+        # where the key, the base URL and the account were set (the config file's api_key, STRIPE_API_KEY, one
+        # overriding the other), for the messages that say what to check
         self._key_given_in = settings.given_in("api_key")
         self._base_given_in = settings.given_in("api_base")
+        self._account_given_in = settings.given_in("account")
         self._timeout = settings.timeout_seconds
         self.max_retries = settings.max_retries
         self.limiter = limiter or RateLimiter(settings.effective_rate_limit, settings.effective_endpoint_rate_limit)
@@ -243,9 +244,9 @@ class StripeRaw:
             should_retry = (headers.get("Stripe-Should-Retry") or "").lower()
             if status == 403 and self._headers.get("Stripe-Account") and _error_field(body, "code") == "account_invalid":
                 raise AuthError(f"Stripe refused this key access to the connected account "
-                                f"{self._headers['Stripe-Account']} (STRIPE_ACCOUNT): check the account id and that "
-                                "the platform still has access to it, or unset STRIPE_ACCOUNT to sync the key's own "
-                                "account; the store was left as it was", http_status=status, request_id=request_id)
+                                f"{self._headers['Stripe-Account']}: check {self._account_given_in} (the account id, "
+                                "and that the platform still has access to it), or unset it there to sync the key's "
+                                "own account; the store was left as it was", http_status=status, request_id=request_id)
             if status in (401, 403):
                 what = "refused the API key (wrong, expired or revoked)" if status == 401 else \
                     "says the API key lacks a permission needed"
@@ -305,15 +306,15 @@ class StripeRaw:
             acct = await self.get("/v1/account")
         except NotFoundError as exc:  # the first request: a 404 here is the wrong server, not a missing object
             v1 = ", which ends in /v1 now" if self.base.endswith("/v1") else ""
-            raise ConfigError(f"the server at {self.base} has no /v1/account: check STRIPE_API_BASE (setting "
-                              f"api_base){v1}: it should be the server's root such as https://api.stripe.com, "
+            raise ConfigError(f"the server at {self.base} has no /v1/account: check {self._base_given_in}{v1}: "
+                              "it should be the server's root such as https://api.stripe.com, "
                               "without /v1; the store was left as it was", http_status=exc.http_status,
                               request_id=exc.request_id) from None
         account = acct.get("id")
         if not isinstance(account, str) or not account:
             raise BadResponseError(f"Stripe sent an account without an id for GET /v1/account (id: "
                                    f"{self._from_answer(orjson.dumps(account).decode())[:40]}): nothing was "
-                                   "stored; check that STRIPE_API_BASE (setting api_base) is Stripe's API, and run "
+                                   f"stored; check that {self._base_given_in} is Stripe's API, and run "
                                    "the sync again")
         return account
 

@@ -300,3 +300,58 @@ def test_an_account_id_echoing_a_key_does_not_pass_it_on() -> None:
     with pytest.raises(BadResponseError) as info:
         account_of(client())
     assert "client_edge_key" not in str(info.value)
+
+
+def loaded(tmp_path: Any, file: dict[str, str], env: dict[str, str]) -> StripeRaw:
+    """A client on settings loaded as the CLI loads them, from a config file and the environment."""
+    from stripe_churn.settings import load_settings
+
+    config = tmp_path / "c.toml"
+    config.write_text("".join(f'{k} = "{v}"\n' for k, v in file.items()), encoding="utf-8")
+    config.chmod(0o600)
+    raw = StripeRaw(load_settings(config, env={"STRIPE_CHURN_RATE_LIMIT": "1000", **env}),
+                    http_client=stripe.RequestsClient())
+    raw._backoff = lambda attempt: 0.0  # type: ignore[method-assign]
+    return raw
+
+
+@pytest.mark.parametrize("in_file, in_env, where", [
+    pytest.param(True, False, "account in {config}", id="config-file"),
+    pytest.param(False, True, "the environment variable STRIPE_ACCOUNT (the account id", id="environment"),
+    pytest.param(True, True, "the environment variable STRIPE_ACCOUNT (which overrides account in {config})",
+                 id="environment-over-file"),
+])
+@responses.activate
+def test_a_refused_connected_account_names_where_it_was_set(tmp_path: Any, in_file: bool, in_env: bool,
+                                                            where: str) -> None:
+    """An account in the config file that Stripe refused said "(STRIPE_ACCOUNT) ... unset STRIPE_ACCOUNT", a
+    variable the user never set: the line names where the account was read from, and a file's account the
+    environment overrode as overridden."""
+    responses.get(URL, status=403, json={"error": {"code": "account_invalid", "message": "no access"}})
+    raw = loaded(tmp_path, {"api_key": KEY, **({"account": "acct_file"} if in_file else {})},
+                 {"STRIPE_API_BASE": BASE, **({"STRIPE_ACCOUNT": "acct_env"} if in_env else {})})
+    with pytest.raises(AuthError) as info:
+        get(raw)
+    msg = str(info.value)
+    shown = "acct_env" if in_env else "acct_file"
+    assert f"connected account {shown}: check {where.format(config=tmp_path / 'c.toml')}" in msg, msg
+    assert in_env or "STRIPE_ACCOUNT" not in msg, msg
+    assert KEY not in msg and "\n" not in msg
+
+
+@responses.activate
+def test_a_404_of_the_account_names_the_config_file_or_its_override(tmp_path: Any) -> None:
+    """A wrong api_base in the config file was reported as "check STRIPE_API_BASE": the line names the file's
+    setting, and the environment variable that overrides it as overriding it."""
+    responses.get(f"{BASE}/v1/account", status=404, json={"error": {"message": "Unrecognized request URL"}})
+    config = tmp_path / "c.toml"
+    raw = loaded(tmp_path, {"api_key": KEY, "api_base": BASE}, {})
+    with pytest.raises(ConfigError) as info:
+        account_of(raw)
+    assert f"has no /v1/account: check api_base in {config}: it should be" in str(info.value), info.value
+    assert "STRIPE_API_BASE" not in str(info.value)
+    raw = loaded(tmp_path, {"api_key": KEY, "api_base": "https://api.stripe.com"}, {"STRIPE_API_BASE": BASE})
+    with pytest.raises(ConfigError) as info:
+        account_of(raw)
+    assert (f"has no /v1/account: check the environment variable STRIPE_API_BASE (which overrides api_base in "
+            f"{config}): it should be") in str(info.value), info.value
