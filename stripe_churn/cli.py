@@ -133,7 +133,7 @@ class Terminated(KeyboardInterrupt):
 @contextlib.contextmanager
 def sigterm_as_ctrl_c() -> Iterator[threading.Event]:
     """In the block, SIGTERM (a service manager stopping a unit, ``timeout``, ``kill``) stops the command as Ctrl-C
-    does: the yielded event is set and SIGINT is sent to this process, so that whatever runs stops where it would
+    does: the yielded event is set and SIGINT is sent to the main thread, so that whatever runs stops where it would
     for a Ctrl-C (the sync commits the pages it has, a recompute rolls back) instead of dying without a word. A
     thread of its own waits for SIGTERM, blocked in every other thread, so that the SIGINT comes at once even while
     the main thread waits on DuckDB (Python runs a handler of its own only once that statement ends). Outside
@@ -145,6 +145,7 @@ def sigterm_as_ctrl_c() -> Iterator[threading.Event]:
         yield received
         return
     done = threading.Event()
+    main = threading.get_ident()
 
     def wait() -> None:
         while True:
@@ -153,7 +154,9 @@ def sigterm_as_ctrl_c() -> Iterator[threading.Event]:
                 return
             if not received.is_set():  # (once: a second SIGTERM, as a second Ctrl-C, would cut the stop short)
                 received.set()
-                os.kill(os.getpid(), signal.SIGINT)
+                # (to the main thread: sent to the process, the kernel hands it to this thread, where Python notes it
+                # but the main thread, running Python code that waits on nothing, may not see it until it ends)
+                signal.pthread_kill(main, signal.SIGINT)
 
     # (blocked before the thread starts, which inherits the mask, as does every thread started in the block)
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
@@ -167,6 +170,24 @@ def sigterm_as_ctrl_c() -> Iterator[threading.Event]:
         signal.pthread_kill(waiter.ident, signal.SIGTERM)  # (wakes the waiter, which sees done and ends)
         waiter.join()
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def terminated_as_ctrl_c(f: F) -> F:
+    """The command, under :func:`sigterm_as_ctrl_c`, ends on SIGTERM with ``terminated`` and exit code 143 as it
+    ends on Ctrl-C with ``interrupted`` and 130, instead of being killed without a word: for the commands that
+    change no stored data (the readers; `demo`, which rebuilds its own store), whose Ctrl-C leaves nothing to say."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with sigterm_as_ctrl_c() as terminated:
+            try:
+                return f(*args, **kwargs)
+            except KeyboardInterrupt:  # (a query under way too: store.snapshot.interruptible)
+                if terminated.is_set():
+                    raise Terminated from None
+                raise
+
+    return wrapper  # type: ignore[return-value]
 
 
 # What a Ctrl-C of `sync` leaves (pipeline.run_once): the pages synced are committed, a recompute under way is rolled
@@ -481,6 +502,7 @@ def _parse_date(value: str | None, last_day: bool = False) -> Any:
 @format_option
 @config_option
 @handle_errors
+@terminated_as_ctrl_c
 def report(start: str | None, end: str | None, period: str, segment: str | None, chart: Path | None,
            html_out: Path | None, fmt: str, config_path: Path | None) -> None:
     """The MRR bridge and churn rates per period, with a plain net-negative-churn verdict per period."""
@@ -499,6 +521,7 @@ def report(start: str | None, end: str | None, period: str, segment: str | None,
 @format_option
 @config_option
 @handle_errors
+@terminated_as_ctrl_c
 def sql(query: str, fmt: str, config_path: Path | None) -> None:
     """Run one read-only query (SELECT, WITH, FROM, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) on the latest snapshot."""
     from stripe_churn.sqlconsole import run_query
@@ -515,6 +538,7 @@ def sql(query: str, fmt: str, config_path: Path | None) -> None:
 @click.argument("names", nargs=-1)
 @config_option
 @handle_errors
+@terminated_as_ctrl_c
 def export(fmt: str, out: Path, names: tuple[str, ...], config_path: Path | None) -> None:
     """Write views or tables (default: the finance views) as one Parquet or CSV file each."""
     from stripe_churn.report.export import export as do_export
@@ -532,6 +556,7 @@ def export(fmt: str, out: Path, names: tuple[str, ...], config_path: Path | None
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
 @format_option
 @handle_errors
+@terminated_as_ctrl_c
 def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> None:
     """Sandbox + sync + report in one go: no Stripe key, no setting."""
     import tempfile

@@ -192,3 +192,66 @@ def test_a_first_sync_that_fails_is_recorded_as_the_full_one_it_was(tmp_path: Pa
     finally:
         con.close()
     assert runs == [("full", "failed"), ("full", "succeeded"), ("incremental", "failed")], runs
+
+
+@pytest.mark.parametrize("command, body", [
+    pytest.param(["sql", "SELECT 1"], "stripe_churn.sqlconsole.run_query", id="sql"),
+    pytest.param(["report"], "stripe_churn.report.build.build_report", id="report"),
+    pytest.param(["export", "--out", "x"], "stripe_churn.report.export.export", id="export"),
+    pytest.param(["demo", "--dir", "d", "--customers", "2", "--months", "1"], "stripe_churn.sandbox.server.start_in_thread",
+                 id="demo"),
+])
+def test_sigterm_stops_the_other_commands_as_ctrl_c_does(tmp_path: Path, command: list[str], body: str) -> None:
+    """`sql`, `report`, `export` and `demo` were killed by SIGTERM without a word (exit status -15), where `sync`
+    says so: they end with one line and 143, as they end with "interrupted" and 130 on Ctrl-C. (The command's work
+    is replaced by one that is sent SIGTERM while it runs: a real query waits on DuckDB in the subprocess below.)"""
+    import os
+    import subprocess
+    import sys
+
+    module, name = body.rsplit(".", 1)
+    code = (f"import os, signal, sys, {module} as m\n"
+            "def work(*args, **kwargs):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    for _ in range(10 ** 9):  # (Python code: the Ctrl-C the signal becomes stops it at once)\n"
+            "        pass\n"
+            "    sys.exit('still running long after SIGTERM')\n"
+            f"m.{name} = work\n"
+            f"sys.argv = ['stripe-churn', *{command!r}]\n"
+            "from stripe_churn.cli import main\n"
+            "main()\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "STRIPE_CHURN_DB": str(tmp_path / "s.duckdb"),
+           "STRIPE_CHURN_LOG_LEVEL": "WARNING"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 143, (done.returncode, done.stderr)
+    assert done.stderr.splitlines()[-1:] == ["terminated"], done.stderr
+
+
+def test_sigterm_stops_a_query_as_ctrl_c_does(tmp_path: Path, store: Path) -> None:
+    """A query that DuckDB runs when SIGTERM comes is stopped as by Ctrl-C, and `sql` says "terminated" and ends
+    with 143 instead of being killed without a word."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "STRIPE_CHURN_DB": str(store), "STRIPE_CHURN_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "stripe_churn", "sql", "SELECT count(*) FROM range(1000000000000)"],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30  # (DuckDB runs once its workers join the main thread and the SIGTERM waiter)
+    tasks = Path(f"/proc/{proc.pid}/task")
+    while proc.poll() is None and len(list(tasks.iterdir())) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("still running 30 s after SIGTERM")
+    assert proc.returncode == 143, (proc.returncode, err)
+    assert err == "terminated\n" and out == "", (out, err)
