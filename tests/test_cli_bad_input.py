@@ -98,11 +98,25 @@ def test_the_daemon_logs_and_keeps_the_same_line(tmp_path: Path) -> None:
     assert message.startswith(f"cannot open {db} (Permission denied) as the user "), message
 
 
+def _terminate(proc: Any) -> tuple[str, str]:
+    """SIGTERM to the process ``proc`` (a ``subprocess.Popen`` of text), then its output once it ends (the test fails
+    if it runs on 30 s later)."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("still running 30 s after SIGTERM")
+
+
 def test_sigterm_stops_a_manual_sync_as_ctrl_c_does(tmp_path: Path) -> None:
     """SIGTERM (a service manager stopping a unit that runs `sync`, `timeout`, `kill`) killed the sync without a
     word (exit status -15): it now stops as Ctrl-C does, the pages listed committed, and says so in one line."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -121,13 +135,7 @@ def test_sigterm_stops_a_manual_sync_as_ctrl_c_does(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60  # (the sync has begun once it has asked Stripe a few things)
         while sb.stats()["requests"] < 4 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            pytest.fail("still running 30 s after SIGTERM")
+        out, err = _terminate(proc)
     assert proc.returncode == 143, (proc.returncode, err)
     assert err == ("terminated: what was synced is kept; the next sync resumes from the stored cursors and brings "
                    "the metrics up to date\n"), err
@@ -233,7 +241,6 @@ def test_sigterm_stops_a_query_as_ctrl_c_does(tmp_path: Path, store: Path) -> No
     """A query that DuckDB runs when SIGTERM comes is stopped as by Ctrl-C, and `sql` says "terminated" and ends
     with 143 instead of being killed without a word."""
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -246,12 +253,6 @@ def test_sigterm_stops_a_query_as_ctrl_c_does(tmp_path: Path, store: Path) -> No
     tasks = Path(f"/proc/{proc.pid}/task")
     while proc.poll() is None and len(list(tasks.iterdir())) < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        out, err = proc.communicate(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        pytest.fail("still running 30 s after SIGTERM")
+    out, err = _terminate(proc)
     assert proc.returncode == 143, (proc.returncode, err)
     assert err == "terminated\n" and out == "", (out, err)
