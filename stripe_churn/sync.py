@@ -332,6 +332,13 @@ def _held(account: str, mode: str | None) -> str:
     return f"{account} ({mode} mode)" if mode else account
 
 
+def _not_found_in_state(column: str) -> str:
+    """SQL: the row is still to be asked for what it lacks: ``column`` (the sync's bookkeeping, see
+    :meth:`_Sync._remember_not_found`) does not hold the row's current ``state_seen_at``, the state in which it was
+    asked for and did not come."""
+    return f"({column} IS NULL OR state_seen_at IS NULL OR {column} <> state_seen_at)"
+
+
 class _Sync:
     def __init__(self, settings: Settings, con: duckdb.DuckDBPyConnection, progress: bool | Literal["log"],
                  stop: threading.Event | None) -> None:
@@ -1288,8 +1295,7 @@ class _Sync:
         # with currency options; the columns, about a millisecond)
         rows = self.con.execute(
             "SELECT id FROM prices WHERE account_id = ? AND NOT deleted AND options_without_tiers "
-            "AND (option_tiers_not_found_at IS NULL OR state_seen_at IS NULL "
-            "OR option_tiers_not_found_at <> state_seen_at) ORDER BY id", [self.account]).fetchall()
+            f"AND {_not_found_in_state('option_tiers_not_found_at')} ORDER BY id", [self.account]).fetchall()
         return [str(r[0]) for r in rows if r[0] not in self._option_tiers]
 
     def _remember_option_tiers_not_found(self) -> None:
@@ -1297,13 +1303,8 @@ class _Sync:
         state's ``state_seen_at`` into ``option_tiers_not_found_at``, so that later runs do not retrieve them again
         while the row keeps that state (a new state asks: a listed or retrieved copy is completed as it comes, a
         changed one has another ``state_seen_at``). Nothing else of the row changes."""
-        ids = sorted(pid for pid, complete in self._option_tiers.items() if not complete)
-        if not ids:
-            return
-        with transaction(self.con):
-            self.con.execute(
-                "UPDATE prices SET option_tiers_not_found_at = state_seen_at WHERE account_id = ? AND NOT deleted "
-                "AND list_contains(?, id) AND options_without_tiers", [self.account, ids])
+        self._remember_not_found("prices", "option_tiers_not_found_at", "options_without_tiers",
+                                 [pid for pid, complete in self._option_tiers.items() if not complete])
 
     async def _complete_stored_option_tiers(self) -> None:
         """Stored tiered prices whose options lack their tiers (stored by a version that did not fetch them, or
@@ -1330,8 +1331,7 @@ class _Sync:
         # credit notes; the column, about a millisecond)
         rows = self.con.execute(
             "SELECT id, raw, version FROM credit_notes WHERE account_id = ? AND NOT deleted AND lines_has_more "
-            "AND (lines_not_found_at IS NULL OR state_seen_at IS NULL OR lines_not_found_at <> state_seen_at) "
-            "ORDER BY id", [self.account]).fetchall()
+            f"AND {_not_found_in_state('lines_not_found_at')} ORDER BY id", [self.account]).fetchall()
         return [(str(r[1]), int(r[2] or 0)) for r in rows if r[0] not in self._cn_lines]
 
     def _remember_lines_not_found(self) -> None:
@@ -1339,14 +1339,19 @@ class _Sync:
         ``state_seen_at`` into ``lines_not_found_at``, so that later runs do not ask again while the row keeps that
         state (a new state asks: an event's copy is paged as it comes, a changed one has another ``state_seen_at``).
         Nothing else of the row changes (its JSON is what Stripe sent, ``last_seen_at`` stays)."""
-        ids = sorted(cnid for cnid, lines in self._cn_lines.items() if lines is None)
+        self._remember_not_found("credit_notes", "lines_not_found_at", "lines_has_more",
+                                 [cnid for cnid, lines in self._cn_lines.items() if lines is None])
+
+    def _remember_not_found(self, table: str, column: str, lacking: str, ids: list[str]) -> None:
+        """``column`` := ``state_seen_at`` for the rows ``ids`` of ``table`` that still lack what the sync completes
+        (the typed column ``lacking``): the state in which it was asked for and did not come
+        (:func:`_not_found_in_state`). Nothing else of the rows changes."""
         if not ids:
             return
         with transaction(self.con):
             self.con.execute(
-                "UPDATE credit_notes SET lines_not_found_at = state_seen_at WHERE account_id = ? AND NOT deleted "
-                "AND list_contains(?, id) AND lines_has_more",
-                [self.account, ids])
+                f"UPDATE {table} SET {column} = state_seen_at WHERE account_id = ? AND NOT deleted "
+                f"AND list_contains(?, id) AND {lacking}", [self.account, sorted(ids)])
 
     async def _complete_stored_credit_note_lines(self) -> None:
         """Stored credit notes whose lines are cut short (stored by a version that kept only the embedded page, or
