@@ -233,6 +233,8 @@ class StripeRaw:
             except stripe.APIConnectionError as exc:
                 last, todo = _unreachable(exc, self.base, self._base_given_in, self._timeout)
                 status = None
+                if _tls_refused(exc):  # (the same certificate, or a server without TLS, answers every try alike)
+                    break
                 continue
             todo = ""
             self.latency_s = 0.8 * self.latency_s + 0.2 * (time.monotonic() - started) if self.latency_s else \
@@ -353,6 +355,19 @@ def _unreachable(exc: stripe.APIConnectionError, base: str, given_in: str, timeo
 
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _tls_refused(exc: stripe.APIConnectionError) -> bool:
+    """Whether the request failed in a TLS handshake that trying again cannot change: a certificate this machine
+    does not trust (or of another host), a server that speaks no TLS. Not a connection closed in the middle of the
+    handshake (``SSLEOFError``, ``SSLZeroReturnError``), which is a dropped connection, as may be gone next time."""
+    for cause in _raised_from(exc):
+        for err in (getattr(cause, "os_error", None), cause):
+            if isinstance(err, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+                return False
+            if isinstance(err, ssl.SSLError | aiohttp.ClientSSLError):
+                return True
+    return False
 
 
 def _raised_from(exc: BaseException) -> list[BaseException]:

@@ -7,6 +7,7 @@ servers."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import socket
 import threading
 from collections.abc import Iterator
@@ -42,20 +43,29 @@ def silent_server() -> Iterator[int]:
         yield int(server.getsockname()[1])
 
 
+class _CountingHTTPServer(http.server.HTTPServer):
+    """A plain HTTP server (no TLS) that counts the connections it takes."""
+
+    connections = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        self.connections += 1  # (before any answer: a client sees its error only after this)
+        super().process_request(request, client_address)
+
+
 @pytest.fixture
-def http_server() -> Iterator[int]:
-    """A port of 127.0.0.1 with a plain HTTP server (no TLS), which an https:// base URL cannot handshake with."""
-    import http.server
+def http_server() -> Iterator[_CountingHTTPServer]:
+    """A plain HTTP server (no TLS) on a port of 127.0.0.1, which an https:// base URL cannot handshake with."""
 
     class Quiet(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    server = _CountingHTTPServer(("127.0.0.1", 0), Quiet)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield int(server.server_address[1])
+        yield server
     finally:
         server.shutdown()
         server.server_close()
@@ -127,12 +137,24 @@ def test_an_aiohttp_without_its_dns_error_class_says_the_same(monkeypatch: pytes
         "the host name api.stripe.invalid of https://api.stripe.invalid was not found (DNS) for GET")
 
 
-def test_a_tls_handshake_with_a_server_without_tls(http_server: int) -> None:
-    base = f"https://127.0.0.1:{http_server}"
+def test_a_tls_handshake_with_a_server_without_tls(http_server: _CountingHTTPServer) -> None:
+    base = f"https://127.0.0.1:{http_server.server_address[1]}"
     message = fetch(settings(base))
     assert message.startswith(f"the TLS handshake with {base} failed (WRONG_VERSION_NUMBER) for GET /v1/account "
                               "after 0 retries: check STRIPE_API_BASE (setting api_base) (http:// for a server "
                               "without TLS, such as the sandbox), else this machine's CA certificates"), message
+
+
+def test_a_failed_tls_handshake_is_not_tried_again(http_server: _CountingHTTPServer) -> None:
+    """A server that speaks no TLS (or a certificate this machine does not trust) fails every try alike: the request
+    was tried again max_retries times, each after a backoff (about 12 s with the default 6) before the line came.
+    Now the line comes after the first try; retries are left to what may pass (nothing listening, a lookup, no
+    answer in time, a dropped connection)."""
+    base = f"https://127.0.0.1:{http_server.server_address[1]}"
+    message = fetch(Settings(api_key=Secret(KEY), api_base=base, max_retries=3, rate_limit=1000.0))
+    assert message.startswith(f"the TLS handshake with {base} failed (WRONG_VERSION_NUMBER) for GET /v1/account "
+                              "after 0 retries: check STRIPE_API_BASE (setting api_base)"), message
+    assert http_server.connections == 1
 
 
 def test_no_answer_in_time(silent_server: int) -> None:
