@@ -172,20 +172,29 @@ def sigterm_as_ctrl_c() -> Iterator[threading.Event]:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
+@contextlib.contextmanager
+def terminable() -> Iterator[threading.Event]:
+    """:func:`sigterm_as_ctrl_c`, with the KeyboardInterrupt that a SIGTERM became raised as :class:`Terminated`
+    (a query under way too: store.snapshot.interruptible). The event is set once SIGTERM came: a sync run in the
+    block is given it (``run_once(terminated=)``), so that its stored error says SIGTERM, not Ctrl-C."""
+    with sigterm_as_ctrl_c() as terminated:
+        try:
+            yield terminated
+        except KeyboardInterrupt:
+            if terminated.is_set():
+                raise Terminated from None
+            raise
+
+
 def terminated_as_ctrl_c(f: F) -> F:
-    """The command, under :func:`sigterm_as_ctrl_c`, ends on SIGTERM with ``terminated`` and exit code 143 as it
-    ends on Ctrl-C with ``interrupted`` and 130, instead of being killed without a word: for the commands that
-    change no stored data (the readers; `demo`, which rebuilds its own store), whose Ctrl-C leaves nothing to say."""
+    """The command, under :func:`terminable`, ends on SIGTERM with ``terminated`` and exit code 143 as it ends on
+    Ctrl-C with ``interrupted`` and 130, instead of being killed without a word: for the commands that change no
+    stored data (the readers), whose Ctrl-C leaves nothing to say. (`demo`, which syncs, uses :func:`terminable`.)"""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with sigterm_as_ctrl_c() as terminated:
-            try:
-                return f(*args, **kwargs)
-            except KeyboardInterrupt:  # (a query under way too: store.snapshot.interruptible)
-                if terminated.is_set():
-                    raise Terminated from None
-                raise
+        with terminable():
+            return f(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
@@ -556,9 +565,14 @@ def export(fmt: str, out: Path, names: tuple[str, ...], config_path: Path | None
 @click.option("--seed", type=int, default=1, show_default=True, help="Random seed.")
 @format_option
 @handle_errors
-@terminated_as_ctrl_c
 def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> None:
     """Sandbox + sync + report in one go: no Stripe key, no setting."""
+    # (SIGTERM ends it as Ctrl-C does, `terminated` and 143; its sync records "terminated (SIGTERM)")
+    with terminable() as terminated:
+        _demo(directory, customers, months, seed, fmt, terminated)
+
+
+def _demo(directory: Path, customers: int, months: int, seed: int, fmt: str, terminated: threading.Event) -> None:
     import tempfile
     import time
 
@@ -600,7 +614,7 @@ def demo(directory: Path, customers: int, months: int, seed: int, fmt: str) -> N
     with start_in_thread(sim, api_key=SANDBOX_KEY) as sb:
         settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sb.url, db=db, rate_limit=1000.0, source="demo")
         click.echo(f"sandbox at {sb.url}; syncing into {settings.db} ...", err=True)
-        summary = run_once(settings, full=True, wait=30.0, progress=False)
+        summary = run_once(settings, full=True, wait=30.0, progress=False, terminated=terminated)
     made.write_text(json.dumps(wanted) + "\n", encoding="utf-8")
     click.echo(f"synced {sum(summary.counts.values())} objects, {summary.new_movements} movements "
                f"in {time.monotonic() - t0:.1f} s", err=True)

@@ -237,6 +237,47 @@ def test_sigterm_stops_the_other_commands_as_ctrl_c_does(tmp_path: Path, command
     assert done.stderr.splitlines()[-1:] == ["terminated"], done.stderr
 
 
+def test_sigterm_during_demos_sync_is_recorded_as_sigterm(tmp_path: Path) -> None:
+    """`demo` sent SIGTERM during its own sync said `terminated`, but its store's sync_runs said "interrupted
+    (Ctrl-C)", which no one pressed (`status` shows that line): demo's sync is given the event that says SIGTERM
+    came, as `sync`'s is. (Its first request is replaced by one that never answers, so SIGTERM comes while the
+    sync waits on it.)"""
+    import os
+    import subprocess
+    import sys
+
+    from stripe_churn.sync import TERMINATED
+
+    code = ("import asyncio, sys\n"
+            "from stripe_churn.stripe_api.client import StripeRaw\n"
+            "async def account_id(self, configured):\n"
+            "    print('asking Stripe', file=sys.stderr, flush=True)\n"
+            "    await asyncio.sleep(600)\n"
+            "StripeRaw.account_id = account_id\n"
+            "sys.argv = ['stripe-churn', 'demo', '--dir', 'd', '--customers', '2', '--months', '1']\n"
+            "from stripe_churn.cli import main\n"
+            "main()\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "STRIPE_CHURN_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    before = []
+    for line in proc.stderr:  # (until the sync asks its first question, or the process ends)
+        before.append(line)
+        if line == "asking Stripe\n":
+            break
+    _, err = _terminate(proc)
+    assert proc.returncode == 143, (proc.returncode, before, err)
+    assert err.splitlines()[-1:] == ["terminated"], err
+    con = duckdb.connect(str(tmp_path / "d" / "stripe-churn.duckdb"), read_only=True)
+    try:
+        runs = con.execute("SELECT status, error FROM sync_runs").fetchall()
+    finally:
+        con.close()
+    assert runs == [("failed", TERMINATED)], runs
+
+
 def test_sigterm_stops_a_query_as_ctrl_c_does(tmp_path: Path, store: Path) -> None:
     """A query that DuckDB runs when SIGTERM comes is stopped as by Ctrl-C, and `sql` says "terminated" and ends
     with 143 instead of being killed without a word."""
