@@ -134,42 +134,37 @@ class Terminated(KeyboardInterrupt):
 def sigterm_as_ctrl_c() -> Iterator[threading.Event]:
     """In the block, SIGTERM (a service manager stopping a unit, ``timeout``, ``kill``) stops the command as Ctrl-C
     does: the yielded event is set and SIGINT is sent to the main thread, so that whatever runs stops where it would
-    for a Ctrl-C (the sync commits the pages it has, a recompute rolls back) instead of dying without a word. A
-    thread of its own waits for SIGTERM, blocked in every other thread, so that the SIGINT comes at once even while
-    the main thread waits on DuckDB (Python runs a handler of its own only once that statement ends). Outside
-    the main thread, or when SIGINT is not Python's own (ignored, or handled by the caller), nothing changes. (No
-    process may be started in the block: it would inherit SIGTERM blocked.)"""
+    for a Ctrl-C (the sync commits the pages it has, a recompute rolls back) instead of dying without a word. Python
+    runs the SIGTERM handler in the main thread, which the kernel hands a signal sent to the process while it does
+    not block it: the signal cuts short what that thread waits on (the sync's event loop, a query's wait), and a
+    DuckDB statement running there runs Python's handlers between its tasks; the recompute's watcher of wake-up
+    bytes calls the handler at once (``as_ctrl_c``). Nothing is blocked: a blocked signal is inherited by every
+    process started while it is (a library's subprocess, a server), which SIGTERM then could not stop. Outside the
+    main thread, or when SIGINT is not Python's own (ignored, or handled by the caller), nothing changes."""
     received = threading.Event()
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield received
         return
-    done = threading.Event()
     main = threading.get_ident()
+    once = threading.Lock()
 
-    def wait() -> None:
-        while True:
-            signal.sigwait({signal.SIGTERM})
-            if done.is_set():
-                return
-            if not received.is_set():  # (once: a second SIGTERM, as a second Ctrl-C, would cut the stop short)
-                received.set()
-                # (to the main thread: sent to the process, the kernel hands it to this thread, where Python notes it
-                # but the main thread, running Python code that waits on nothing, may not see it until it ends)
-                signal.pthread_kill(main, signal.SIGINT)
+    def on_sigterm(signum: int, frame: Any) -> None:
+        # (once: a second SIGTERM, as a second Ctrl-C, would cut the stop short; a lock taken without waiting, as
+        # this may run in the main thread and in the recompute's watcher at once)
+        if once.acquire(blocking=False):
+            received.set()
+            # (SIGINT, not a KeyboardInterrupt raised here: the handler SIGINT has now runs, the asyncio loop's of a
+            # sync, the recompute's wake-up-byte watcher)
+            signal.pthread_kill(main, signal.SIGINT)
 
-    # (blocked before the thread starts, which inherits the mask, as does every thread started in the block)
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    waiter = threading.Thread(target=wait, name="sigterm-as-ctrl-c", daemon=True)
-    waiter.start()
+    # (metrics.runner's watcher of wake-up bytes calls it at SIGTERM's, while the main thread waits on a statement)
+    on_sigterm.as_ctrl_c = True  # type: ignore[attr-defined]
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield received
     finally:
-        done.set()
-        assert waiter.ident is not None
-        signal.pthread_kill(waiter.ident, signal.SIGTERM)  # (wakes the waiter, which sees done and ends)
-        waiter.join()
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager

@@ -237,6 +237,39 @@ def test_sigterm_stops_the_other_commands_as_ctrl_c_does(tmp_path: Path, command
     assert done.stderr.splitlines()[-1:] == ["terminated"], done.stderr
 
 
+def test_a_process_started_under_sigterm_as_ctrl_c_is_stopped_by_sigterm() -> None:
+    """SIGTERM was blocked while `sql`, `report`, `export`, `demo` and `sync` ran (sigterm_as_ctrl_c), and every
+    process started meanwhile (by a library, a server) inherited the block: SIGTERM could not stop it. Nothing is
+    blocked now, and such a process ends at SIGTERM as any does."""
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from stripe_churn.cli import sigterm_as_ctrl_c
+
+    # (else the block changes nothing)
+    assert threading.current_thread() is threading.main_thread()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    child = ("import signal, time\n"
+             "print(signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []), flush=True)\n"
+             "time.sleep(60)\n")
+    with sigterm_as_ctrl_c():
+        proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    try:
+        blocked = proc.stdout.readline()
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        ended = proc.returncode  # (None: still running 10 s after SIGTERM)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert (blocked, ended) == ("False\n", -signal.SIGTERM), (blocked, ended)
+
+
 def test_sigterm_during_demos_sync_is_recorded_as_sigterm(tmp_path: Path) -> None:
     """`demo` sent SIGTERM during its own sync said `terminated`, but its store's sync_runs said "interrupted
     (Ctrl-C)", which no one pressed (`status` shows that line): demo's sync is given the event that says SIGTERM
@@ -290,7 +323,7 @@ def test_sigterm_stops_a_query_as_ctrl_c_does(tmp_path: Path, store: Path) -> No
     env = {**os.environ, "PYTHONPATH": str(root), "STRIPE_CHURN_DB": str(store), "STRIPE_CHURN_LOG_LEVEL": "WARNING"}
     proc = subprocess.Popen([sys.executable, "-m", "stripe_churn", "sql", "SELECT count(*) FROM range(1000000000000)"],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30  # (DuckDB runs once its workers join the main thread and the SIGTERM waiter)
+    deadline = time.monotonic() + 30  # (DuckDB runs once its workers join the main thread and the query's own)
     tasks = Path(f"/proc/{proc.pid}/task")
     while proc.poll() is None and len(list(tasks.iterdir())) < 3 and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -473,7 +473,7 @@ def test_a_run_stopped_after_its_sync_records_what_stopped_it(tmp_path: Path, mo
     terminated = threading.Event()
 
     def stopped(*args: object, **kwargs: object) -> None:
-        if sigterm:  # (as the SIGTERM's waiter does, before it sends the SIGINT)
+        if sigterm:  # (as the SIGTERM handler does, before it sends the SIGINT)
             terminated.set()
         raise KeyboardInterrupt
 

@@ -196,7 +196,8 @@ def _ctrl_c_sets(stop: threading.Event) -> Iterator[threading.Event]:
     """In the main thread, Ctrl-C sets ``stop`` at once and the yielded event (which says it came); elsewhere
     nothing changes. (DuckDB's client looks for Ctrl-C only now and then while a statement runs, and not at all in its
     first 2 s, and a Python handler waits for the statement to end: the signal's wake-up byte is read on a
-    thread of its own instead.)"""
+    thread of its own instead. SIGTERM's is too, and calls its handler there when it says it stops as Ctrl-C does,
+    ``as_ctrl_c``: cli.sigterm_as_ctrl_c's, which sends the SIGINT.)"""
     pressed = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield pressed
@@ -211,8 +212,17 @@ def _ctrl_c_sets(stop: threading.Event) -> Iterator[threading.Event]:
 
     def watch() -> None:
         while not done.is_set():
-            if select.select([r], [], [], 0.1)[0] and signal.SIGINT in os.read(r, 64):
+            if not select.select([r], [], [], 0.1)[0]:
+                continue
+            got = os.read(r, 64)
+            if signal.SIGINT in got:
                 on_sigint(signal.SIGINT, None)
+            elif signal.SIGTERM in got:
+                # (SIGTERM taken as Ctrl-C, cli.sigterm_as_ctrl_c: its handler, which Python runs in the main thread
+                # only once the statement lets it, sends the SIGINT read here; called now, as it allows)
+                handler = signal.getsignal(signal.SIGTERM)
+                if callable(handler) and getattr(handler, "as_ctrl_c", False):
+                    handler(signal.SIGTERM, None)
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)

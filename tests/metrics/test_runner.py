@@ -217,6 +217,31 @@ print("unchanged:", con.execute("SELECT * FROM mrr_movements ORDER BY ALL").fetc
 """
 
 
+def test_sigterm_taken_as_ctrl_c_stops_a_recompute_whose_main_thread_runs_no_handler() -> None:
+    """Under cli.sigterm_as_ctrl_c (`sync`, `demo`), SIGTERM sets the recompute's stop at once, as Ctrl-C does,
+    while the main thread runs no Python handler (it waits on a DuckDB statement, which runs them only now and then):
+    the recompute's watcher reads SIGTERM's wake-up byte and calls the handler, which sends the SIGINT. Here the
+    signal is sent to another thread, which it interrupts instead of the main one."""
+    from stripe_churn.cli import sigterm_as_ctrl_c
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # (else sigterm_as_ctrl_c does nothing)
+    stop = threading.Event()
+    with sigterm_as_ctrl_c() as terminated, runner._ctrl_c_sets(stop) as pressed:
+        assert callable(signal.getsignal(signal.SIGTERM))  # (taken: SIGTERM does not end this process)
+        go = threading.Event()
+
+        def sigterm_here() -> None:
+            go.wait()  # (the main thread holds the GIL until it waits below)
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+        other = threading.Thread(target=sigterm_here)
+        other.start()
+        go.set()
+        stopped = stop.wait(5)  # (woken by the SIGINT the handler sends; without it, by nothing)
+        other.join()
+    assert stopped and pressed.is_set() and terminated.is_set()
+
+
 @pytest.mark.parametrize("after", [0.5, 2.5])
 def test_ctrl_c_during_a_step_is_a_keyboard_interrupt_and_rolls_back(tmp_path: Path, after: float) -> None:
     """Ctrl-C stops the running statement at once: the recompute rolls back and raises KeyboardInterrupt,
