@@ -116,6 +116,11 @@ ENDED_UNRECORDED = "ended without recording its end (its process was killed, or 
 # ``value``: the mode of the account's objects the store holds, ``live`` or ``test`` (see the module's docstring)
 STORE_MODE = "mode"
 EVENT_GROUP = 500  # events applied (and their objects refreshed) together
+# invoices whose lines a run remembers it paged whole for a finalized copy (_Sync._final_lines), the oldest forgotten
+# first: an invoice's events come close together, in one group or the next; one forgotten is paged again, no harm
+FINAL_LINES_KEPT = 10_000
+# an invoice's statuses once finalized, after which its lines never change (a draft's lines may)
+FINALIZED = frozenset({"open", "paid", "uncollectible", "void"})
 CURSOR_RESTARTS = 3  # times a whole list (items, lines, pending items) is paged again when Stripe drops its cursor
 CHECK_EACH_MAX = 250  # unlisted stored objects retrieved one by one at most (more are flagged at once)
 QUEUE_PAGES = 28  # pages waiting for the writer (serialised: ~0.5 MB each at most), enough for TX_OBJECTS
@@ -374,6 +379,11 @@ class _Sync:
         # of the notes stored cut short, which no other copy of the run needs: every note's lines held until the run
         # ends, parsed, grow with the account)
         self._cn_lines: dict[str, list[dict[str, Any]] | None] = {}
+        # the invoices whose cut-short lines this run paged whole for a finalized copy (ids only, at most
+        # FINAL_LINES_KEPT): a finalized invoice's lines never change, so a later copy of the run (its refresh after
+        # a later group of events) stores its embedded page, as an event's copy, and the rows paged stay, instead of
+        # the lines being paged once a group
+        self._final_lines: dict[str, None] = {}
         # the tiered prices whose options' tiers this run asked for: whether they all came (False: some did not, or
         # the price answered 404), remembered at the run's end (_remember_option_tiers_not_found)
         self._option_tiers: dict[str, bool] = {}
@@ -637,7 +647,8 @@ class _Sync:
         an event's (its cut-short list may be gone since: then its embedded part is stored, and none of its stored
         children is marked missing). ``embedded_only``: its cut-short list is not asked for, and stored as it came
         (the same): known to be gone, or paged for a fresher copy that follows in the same batch (an event's
-        object, which the refresh after the event page retrieves). A credit note's lines have no table: its
+        object, which the refresh after the event page retrieves). A finalized invoice's lines this run paged whole
+        before (``_final_lines``) are not paged again either: they cannot have changed. A credit note's lines have no table: its
         cut-short list is completed in its own JSON (:func:`_with_lines`). Raises :class:`_Malformed` for an object
         not of the shape read here.
         """
@@ -673,8 +684,13 @@ class _Sync:
             batch.children[("discounts", "subscription_id", "")].append(
                 (obj["id"], [d["id"] if isinstance(d, dict) else str(d) for d in [*discounts, *on_items]], version))
         elif table == "invoices":
-            got = None if embedded_only else children if children is not None else \
+            paged = _lines_cut(obj) and obj["id"] in self._final_lines  # (this run, for a finalized copy)
+            got = None if embedded_only or paged else children if children is not None else \
                 await self._invoice_lines(obj, from_event=from_event)
+            if got is not None and children is None and _lines_cut(obj) and obj.get("status") in FINALIZED:
+                self._final_lines[obj["id"]] = None
+                if len(self._final_lines) > FINAL_LINES_KEPT:
+                    del self._final_lines[next(iter(self._final_lines))]
             lines = got if got is not None else list((obj.get("lines") or {}).get("data") or [])
             for ln in lines:
                 ln.setdefault("invoice", obj["id"])

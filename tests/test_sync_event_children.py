@@ -140,3 +140,55 @@ def test_an_objects_cut_short_list_is_paged_once_for_all_of_its_events_in_a_run(
                            [inv["id"]]).fetchone() == (12,)
     finally:
         con.close()
+
+
+@pytest.mark.parametrize("status, paged", [pytest.param("paid", 1, id="finalized"),
+                                            pytest.param("draft", 2, id="draft")])
+def test_a_finalized_invoices_lines_are_paged_once_a_run_across_groups_of_events(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, status: str, paged: int) -> None:
+    """An invoice of 12 lines (its events embed 10) whose events fall in two groups of one run (groups of 500 events;
+    of 2 here, of pages of 2): each group's refresh retrieves it again, and its lines were paged again for each copy,
+    twice a run. A finalized invoice's lines never change: they are paged once a run, and the later copy stores its
+    embedded page, the rows paged staying. A draft's may change: paged for each copy still. All 12 are stored."""
+    import stripe_churn.sync as sync_module
+
+    w = _world()
+    db = tmp_path / "s.duckdb"
+    settings = _synced_in_full(w, db)
+    w._seq = itertools.count(500)
+    at = T0 + 2 * DAY
+    item = w.objects["subscriptions"]["sub_1"]["items"]["data"][0]
+    inv = w._invoice("sub_1", at, "manual", [w._line("sub_1", item, at, at, amount=100) for _ in range(12)])
+    inv["status"] = status
+    for k, etype in enumerate(("invoice.created", "invoice.updated", "invoice.updated")):
+        w.event(etype, at + k, inv)
+    monkeypatch.setattr(sync_module, "PAGE_LIMIT", 2)
+    monkeypatch.setattr(sync_module, "EVENT_GROUP", 2)
+    groups: list[set[str]] = []
+    apply_events = sync_module._Sync._apply_events
+
+    async def applied(self: Any, events: list[dict[str, Any]], *args: Any) -> None:
+        groups.append({str(((e.get("data") or {}).get("object") or {}).get("id")) for e in events})
+        await apply_events(self, events, *args)
+
+    monkeypatch.setattr(sync_module._Sync, "_apply_events", applied)
+    pagings: Counter[tuple[str, str]] = Counter()
+    with start_in_thread(w.served(T0 + 3 * DAY), api_key=KEY) as sb:
+        inner = sb.app.catalog.sublist_page
+
+        def counted(resource: str, parent_id: str, params: Any, url: str, param: str = "id") -> Any:
+            if not params.get("starting_after"):
+                pagings[resource, parent_id] += 1
+            return inner(resource, parent_id, params, url, param)
+
+        sb.app.catalog.sublist_page = counted  # type: ignore[method-assign]
+        r = run_sync(settings(sb.url), progress=False)
+    assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
+    assert sum(inv["id"] in g for g in groups) == 2, groups  # (the events of the invoice in two groups)
+    assert pagings == {("invoices", inv["id"]): paged}, pagings
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT count(*) FROM invoice_lines WHERE invoice_id = ? AND NOT deleted",
+                           [inv["id"]]).fetchone() == (12,)
+    finally:
+        con.close()
