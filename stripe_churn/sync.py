@@ -647,8 +647,8 @@ class _Sync:
         an event's (its cut-short list may be gone since: then its embedded part is stored, and none of its stored
         children is marked missing). ``embedded_only``: its cut-short list is not asked for, and stored as it came
         (the same): known to be gone, or paged for a fresher copy that follows in the same batch (an event's
-        object, which the refresh after the event page retrieves). A finalized invoice's lines this run paged whole
-        before (``_final_lines``) are not paged again either: they cannot have changed. A credit note's lines have no table: its
+        object, which the refresh after the event page retrieves). Nor are a finalized invoice's lines that this run
+        paged whole before (``_final_lines``): they cannot have changed. A credit note's lines have no table: its
         cut-short list is completed in its own JSON (:func:`_with_lines`). Raises :class:`_Malformed` for an object
         not of the shape read here.
         """

@@ -360,7 +360,7 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def _tls_refused(exc: stripe.APIConnectionError) -> bool:
     """Whether the request failed in a TLS handshake that trying again cannot change: a certificate this machine
     does not trust (or of another host), a server that speaks no TLS. Not a connection closed in the middle of the
-    handshake (``SSLEOFError``, ``SSLZeroReturnError``), which is a dropped connection, as may be gone next time."""
+    handshake (``SSLEOFError``, ``SSLZeroReturnError``): a dropped connection, which the next try may not meet."""
     for cause in _raised_from(exc):
         for err in (getattr(cause, "os_error", None), cause):
             if isinstance(err, ssl.SSLEOFError | ssl.SSLZeroReturnError):
