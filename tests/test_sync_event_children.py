@@ -48,6 +48,21 @@ def _synced_in_full(w: World, db: Path) -> Callable[[str], Settings]:
     return settings
 
 
+def _count_pagings(sb: RunningSandbox) -> Counter[tuple[str, str]]:
+    """How many times the sandbox ``sb`` is asked, from here on, for the first page of a list under an object, per
+    (resource, object id)."""
+    pagings: Counter[tuple[str, str]] = Counter()
+    inner = sb.app.catalog.sublist_page
+
+    def counted(resource: str, parent_id: str, params: Any, url: str, param: str = "id") -> Any:
+        if not params.get("starting_after"):
+            pagings[resource, parent_id] += 1
+        return inner(resource, parent_id, params, url, param)
+
+    sb.app.catalog.sublist_page = counted  # type: ignore[method-assign]
+    return pagings
+
+
 def _draft_deleted(w: World) -> tuple[str, str]:
     """A manual draft with 12 lines (its event embeds 10), deleted an hour later."""
     w._seq = itertools.count(500)
@@ -115,20 +130,8 @@ def test_an_objects_cut_short_list_is_paged_once_for_all_of_its_events_in_a_run(
     before = copy.deepcopy(sub)
     sub["items"]["data"] = [it for it in sub["items"]["data"] if it["id"] != "si_2_11"]
     w.event("customer.subscription.updated", at + 60, sub, before=before)
-    pagings: Counter[tuple[str, str]] = Counter()
-
-    def count(sb: RunningSandbox) -> None:
-        inner = sb.app.catalog.sublist_page
-
-        def counted(resource: str, parent_id: str, params: Any, url: str, param: str = "id") -> Any:
-            if not params.get("starting_after"):
-                pagings[resource, parent_id] += 1
-            return inner(resource, parent_id, params, url, param)
-
-        sb.app.catalog.sublist_page = counted  # type: ignore[method-assign]
-
     with start_in_thread(w.served(T0 + 3 * DAY), api_key=KEY) as sb:
-        count(sb)
+        pagings = _count_pagings(sb)
         r = run_sync(settings(sb.url), progress=False)
     assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
     assert pagings == {("subscriptions", "sub_2"): 1, ("invoices", inv["id"]): 1}
@@ -172,16 +175,8 @@ def test_a_finalized_invoices_lines_are_paged_once_a_run_across_groups_of_events
         await apply_events(self, events, *args)
 
     monkeypatch.setattr(sync_module._Sync, "_apply_events", applied)
-    pagings: Counter[tuple[str, str]] = Counter()
     with start_in_thread(w.served(T0 + 3 * DAY), api_key=KEY) as sb:
-        inner = sb.app.catalog.sublist_page
-
-        def counted(resource: str, parent_id: str, params: Any, url: str, param: str = "id") -> Any:
-            if not params.get("starting_after"):
-                pagings[resource, parent_id] += 1
-            return inner(resource, parent_id, params, url, param)
-
-        sb.app.catalog.sublist_page = counted  # type: ignore[method-assign]
+        pagings = _count_pagings(sb)
         r = run_sync(settings(sb.url), progress=False)
     assert (r.mode, r.status, r.error) == ("incremental", "succeeded", None)
     assert sum(inv["id"] in g for g in groups) == 2, groups  # (the events of the invoice in two groups)
