@@ -307,11 +307,11 @@ def _moved_inputs(main_db: str) -> dict[str, str]:
         "invoice_items": _rows_of("invoice_items", who, db,
                                   cols="account_id, id, customer_id, subscription_id, subscription_item_id, date, "
                                        "deleted, pending, proration"),
-        # (and which items the invoices of a window bill, by these)
+        # (and which items the invoices of a window bill, by these: the lines of the invoices just copied, which
+        # are read again no more)
         "invoice_lines": f"SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.deleted "
-                         f"FROM {db}.invoice_lines l WHERE EXISTS (SELECT 1 FROM {db}.invoices i JOIN {who} c "
-                         f"ON c.account_id = i.account_id AND c.customer_id = i.customer_id "
-                         f"WHERE i.account_id = l.account_id AND i.id = l.invoice_id)",
+                         f"FROM {db}.invoice_lines l SEMI JOIN {_MOVED}.invoices i "
+                         f"ON i.account_id = l.account_id AND i.id = l.invoice_id",
         "derived_item_mrr": _rows_of("derived_item_mrr", who, db),
         "derived_customer_mrr": _rows_of("derived_customer_mrr", who, db),
         "derived_subs": _rows_of("derived_subs", who, db),

@@ -333,6 +333,27 @@ def test_a_moved_customer_with_events_in_one_second(world: World, tmp_path: Path
     assert [r for r in full["view mrr_movements"] if "cus_g" in r and "2024-05-02" in r and later[0] in r]
 
 
+@ONE_SCOPE
+def test_a_moved_customer_whose_window_has_an_invoice_per_item(world: World, tmp_path: Path, shards: int) -> None:
+    """A moved customer whose subscription had two changes 20 minutes apart, one movement window, each billed on its
+    own proration invoice (an item added, then the other item's seats raised): each movement names the invoice
+    that bills its own item, read from the invoices' lines, in the incremental as in a full recompute."""
+    w = coupon_customer(book(world))
+    w.update("sub_g", ts(2024, 5, 2, 10), items=[("si_g1", "pro_usd", 2), ("si_g2", "analytics_usd", 1)])
+    w.update("sub_g", ts(2024, 5, 2, 10, 20), items=[("si_g1", "pro_usd", 4), ("si_g2", "analytics_usd", 1)])
+    billed = {i["id"]: {ln["parent"]["subscription_item_details"]["subscription_item"] for ln in i["lines"]["data"]}
+              for i in w.objects["invoices"].values() if i["billing_reason"] == "subscription_update"
+              and i["created"] >= ts(2024, 5, 2, 10) and i["customer"] == "cus_g"}
+    assert sorted(sorted(v) for v in billed.values()) == [["si_g1"], ["si_g2"]]  # (an invoice per item)
+    invoices = {next(iter(items)): iid for iid, items in billed.items()}
+    before, changed = then_a_new_customer(w)
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == 2  # (cus_f touched, cus_g moved)
+    named = {item: [r for r in full["view mrr_movements"] if "cus_g" in r and "2024-05-02" in r and f"'{item}'" in r]
+             for item in ("si_g1", "si_g2")}
+    assert all(len(rows) == 1 and invoices[item] in rows[0] for item, rows in named.items()), (invoices, named)
+
+
 @SHARDS
 def test_an_event_about_an_object_the_store_lacks_touches_the_customer_it_names(world: World, tmp_path: Path,
                                                                                    shards: int) -> None:
