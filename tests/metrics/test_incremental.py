@@ -354,6 +354,22 @@ def test_a_moved_customer_whose_window_has_an_invoice_per_item(world: World, tmp
     assert all(len(rows) == 1 and invoices[item] in rows[0] for item, rows in named.items()), (invoices, named)
 
 
+@ONE_SCOPE
+def test_a_moved_customer_whose_change_a_pending_item_bills(world: World, tmp_path: Path, shards: int) -> None:
+    """A moved customer whose seats were raised with Stripe's default create_prorations before the last sync: the
+    prorations still wait as pending invoice items, and the seat expansion names the one that bills the seats
+    added, in the incremental (which reads the moved customers' pending items anew) as in a full recompute."""
+    w = coupon_customer(book(world))
+    w.update("sub_g", ts(2024, 5, 12), items=[("si_g1", "pro_usd", 3)], pending=True)
+    charge = next(i for i in w.objects["invoiceitems"].values() if i["customer"] == "cus_g" and i["amount"] > 0)
+    before, changed = then_a_new_customer(w)
+    changed.objects["invoiceitems"] = {}  # (nothing of cus_g's comes with the later sync: it is moved, not touched)
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == 2  # (cus_f touched, cus_g moved)
+    mine = [r for r in full["view mrr_movements"] if "'cus_g'" in r and "2024-05-12" in r]
+    assert len(mine) == 1 and "seat_expansion" in mine[0] and charge["id"] in mine[0], mine
+
+
 @SHARDS
 def test_an_event_about_an_object_the_store_lacks_touches_the_customer_it_names(world: World, tmp_path: Path,
                                                                                    shards: int) -> None:
