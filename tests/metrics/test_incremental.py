@@ -370,6 +370,23 @@ def test_a_moved_customer_whose_change_a_pending_item_bills(world: World, tmp_pa
     assert len(mine) == 1 and "seat_expansion" in mine[0] and charge["id"] in mine[0], mine
 
 
+@ONE_SCOPE
+def test_a_moved_customers_item_removed_in_a_second_of_two_updates(world: World, tmp_path: Path, shards: int) -> None:
+    """A moved customer whose subscription had two updates in one second, ids sorting the other way round: an item
+    removed, then the other item's seats raised. The removal names the event of that second that step 20 orders
+    last, in the incremental (which numbers the moved customers' events anew) as in a full recompute."""
+    w = coupon_customer(book(world))
+    w.update("sub_g", ts(2024, 5, 1), items=[("si_g1", "pro_usd", 2), ("si_g2", "analytics_usd", 1)])
+    w.update("sub_g", ts(2024, 5, 2), items=[("si_g1", "pro_usd", 2)])
+    w.update("sub_g", ts(2024, 5, 2), items=[("si_g1", "pro_usd", 3)])
+    reorder_ids(w, len(w.events) - 2, [1, 0])
+    before, changed = then_a_new_customer(w)
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == 2  # (cus_f touched, cus_g moved)
+    removed = [r for r in full["view mrr_movements"] if "'cus_g'" in r and "2024-05-02" in r and "'si_g2'" in r]
+    assert len(removed) == 1, removed
+
+
 @SHARDS
 def test_an_event_about_an_object_the_store_lacks_touches_the_customer_it_names(world: World, tmp_path: Path,
                                                                                    shards: int) -> None:
