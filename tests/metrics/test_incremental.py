@@ -387,6 +387,28 @@ def test_a_moved_customers_item_removed_in_a_second_of_two_updates(world: World,
     assert len(removed) == 1, removed
 
 
+@ONE_SCOPE
+def test_a_moved_customers_cancellation_taken_back(world: World, tmp_path: Path, shards: int) -> None:
+    """With churn_recognition = "canceled", a moved customer whose request to cancel (5 May, too_expensive) was taken
+    back three days later, both before the last sync: the cancellation carries the request's feedback and the
+    reactivation is named by the event that took it back, in the incremental (which derives the moved customers'
+    movements from their stored requests taken back) as in a full recompute."""
+    w = coupon_customer(book(world))
+    w.update("sub_g", ts(2024, 5, 5), cancel_at_period_end=True, cancel_at=ts(2024, 5, 25),
+             canceled_at=ts(2024, 5, 5),
+             cancellation_details={"reason": "cancellation_requested", "feedback": "too_expensive", "comment": None})
+    w.update("sub_g", ts(2024, 5, 8), cancel_at_period_end=False, cancel_at=None, canceled_at=None,
+             cancellation_details={"reason": None, "feedback": None, "comment": None})
+    taken_back = w.events[-1]["id"]
+    before, changed = then_a_new_customer(w)
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards,
+                                             settings=make_settings("usd", churn_recognition="canceled"))
+    assert n == 2  # (cus_f touched, cus_g moved)
+    rows = [r for r in full["view mrr_movements"] if "'cus_g'" in r and ("2024-05-05" in r or "2024-05-08" in r)]
+    assert [("'cancellation'" in r and "'too_expensive'" in r, "'reactivation'" in r and taken_back in r)
+            for r in rows] == [(True, False), (False, True)], rows
+
+
 @SHARDS
 def test_an_event_about_an_object_the_store_lacks_touches_the_customer_it_names(world: World, tmp_path: Path,
                                                                                    shards: int) -> None:
