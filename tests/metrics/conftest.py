@@ -179,6 +179,38 @@ def sim_store(small_sim: Any, tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnect
         con.close()
 
 
+@pytest.fixture(scope="session")
+def small_sim_derived_file(small_sim: Any, tmp_path_factory: pytest.TempPathFactory, migrated_store_file: Path
+                           ) -> Path:
+    """A store holding ``small_sim`` loaded directly and recomputed under the default settings, closed: built once
+    per session (a worker) for the tests that only read what that recompute derived."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.store.db import open_store
+    from stripe_churn.store.load import load_simulation
+
+    path = tmp_path_factory.mktemp("small_sim_derived") / "sim.duckdb"
+    shutil.copyfile(migrated_store_file, path)
+    con = open_store(path)
+    try:
+        load_simulation(con, small_sim)
+        recompute(con, Settings())
+    finally:
+        con.close()
+    return path
+
+
+@pytest.fixture
+def small_sim_derived(small_sim_derived_file: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``small_sim`` loaded and recomputed under the default settings (``Settings()``), shared by the tests that
+    read it: a read-only connection, so that a test cannot change what the next one reads (DuckDB refuses any
+    write)."""
+    con = duckdb.connect(str(small_sim_derived_file), read_only=True)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
 def shadowing(con: duckdb.DuckDBPyConnection) -> list[str]:
     """The statements by which :func:`account_view` shadows ``con``'s store (``{accounts}``: the accounts' ids,
     quoted); they depend on the store's catalogue alone, so a store read by many views reads it once."""

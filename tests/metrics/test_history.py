@@ -700,11 +700,12 @@ def month_starts(start: int, end: int) -> list[int]:
     return out
 
 
-def test_customer_mrr_matches_simulation_every_month(sim_store: duckdb.DuckDBPyConnection, small_sim: Any) -> None:
+def test_customer_mrr_matches_simulation_every_month(small_sim_derived: duckdb.DuckDBPyConnection,
+                                                      small_sim: Any) -> None:
     """customer_mrr at the start of each month equals the simulation's own MRR for every customer."""
     from decimal import Decimal
 
-    recompute(sim_store, make_settings())
+    sim_store = small_sim_derived  # (the small simulation, recomputed under make_settings(), which is Settings())
     first = min(int(s["start_date"]) for s in small_sim.objects["subscriptions"].values() if not s.get("deleted"))
     moments = month_starts(first, int(small_sim.clock))
     assert len(moments) >= 3
