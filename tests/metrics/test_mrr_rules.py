@@ -1046,6 +1046,7 @@ def test_tax_inclusive_price_with_a_coupon(world: World, derive: Derive) -> None
     assert customer_mrr_at(con, "cus_1", month(1, 1)) == Decimal("35.0000")
 
 
+@one_store
 def test_currency_option_prices_the_item_in_the_subscriptions_currency(world: World, derive: Derive) -> None:
     """A dollar price with a euro amount among its currency_options, on a subscription billed in euros: Stripe
     charges the euro amount, so the item is in euros at that amount (converted to the reporting currency by
@@ -1072,6 +1073,7 @@ def test_currency_option_prices_the_item_in_the_subscriptions_currency(world: Wo
     assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
 
 
+@one_store
 def test_currency_option_with_its_own_tax_behaviour(world: World, derive: Derive) -> None:
     """A dollar price exclusive of tax, whose euro amount says it includes tax: an item billed in euros loses
     the 20% VAT its invoices show (24.00 EUR is 20.00), one billed in dollars keeps its amount, and an option
@@ -1100,6 +1102,7 @@ def test_currency_option_with_its_own_tax_behaviour(world: World, derive: Derive
     assert con.execute("SELECT count(*) FROM data_quality").fetchall() == [(0,)]
 
 
+@one_store
 def test_amount_off_in_the_items_currency_from_the_coupons_currency_options(world: World, derive: Derive) -> None:
     """A dollar amount-off coupon with a euro amount among its currency_options, on a subscription billed in
     euros through a price's euro option: 5.00 EUR off 18.00 EUR, and no data-quality row."""
@@ -1416,6 +1419,7 @@ def test_an_update_invoice_paid_at_once_does_not_end_the_unpaid_spell(world: Wor
     assert [customer_mrr_at(con, "cus_1", month(n, 10)) for n in range(5)] == [Decimal("50.0000")] * 2 + [0] * 3
 
 
+@one_store
 def test_exact_half_rounds_away_from_zero_across_items(world: World, derive: Derive) -> None:
     """Two annual items whose monthly parts repeat (…3333 + …6666) sum exactly to a half at the 5th decimal."""
     base(world, currency="gbp").price("y1", "prod_seat", 127, currency="gbp", interval="year")
@@ -1427,6 +1431,7 @@ def test_exact_half_rounds_away_from_zero_across_items(world: World, derive: Der
     assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("267.4938")
 
 
+@one_store
 def test_an_exact_half_over_many_items_still_rounds_away_from_zero(world: World, derive: Derive) -> None:
     """Sixteen annual items in GBP (4 x 297.50, 1,266.50 and 14 add-ons of 85.00 a year: 303.875 a month, exact)
     whose monthly parts each repeat: cut at 10 decimals they sum to 303.8749999994, so rounding that sum at 9
@@ -1444,6 +1449,7 @@ def test_an_exact_half_over_many_items_still_rounds_away_from_zero(world: World,
     assert customer_mrr_at(con, "cus_1", month(0, 1)) == Decimal("385.9213")
 
 
+@one_store
 def test_exact_halves_of_each_items_part_round_away_from_zero(world: World, derive: Derive) -> None:
     """A subscription's own 25% offer ends and the customer's 10% counts again, on two annual GBP items (1,785.00
     and 170.00 a year): each item's discount part is an exact half in USD at 1.27 (22.3125 GBP -> 28.336875,
@@ -1506,6 +1512,7 @@ def test_each_part_of_a_change_rounds_an_exact_half_that_only_the_rate_makes_awa
         ("si_b", "cross_sell", Decimal("12.3457")), ("si_c", "cross_sell", Decimal("37.0369"))]
 
 
+@one_store
 def test_a_new_customers_amount_in_its_currency_rounds_an_exact_half_away_from_zero(world: World,
                                                                                    derive: Derive) -> None:
     """Two annual GBP items (170.00 and 170.20 a year) under a 12.5% forever coupon: 12.3958333… + 12.4104166… =
