@@ -101,6 +101,7 @@ def test_an_item_added_without_prorations_counts_from_its_creation(world: World,
 
 
 @EVENTS
+@one_store
 def test_an_item_added_with_prorations_is_dated_by_its_proration(world: World, derive: Derive, events: bool) -> None:
     """The same add-on with prorations: its proration line dates it, as before (its `created` is that moment)."""
     account(world)
@@ -153,6 +154,7 @@ def test_an_item_replaced_without_prorations_ends_when_its_successor_begins(worl
 
 
 @EVENTS
+@one_store
 def test_only_an_items_first_appearance_moves_to_its_creation(world: World, derive: Derive, events: bool) -> None:
     """The storage add-on added on the 11th without prorations, then raised in place (same item, 10 to 20 GB) a
     month later, again without prorations: `created` dates the item, not its later quantity, which the renewal
@@ -169,6 +171,7 @@ def test_only_an_items_first_appearance_moves_to_its_creation(world: World, deri
     assert customer_mrr_at(con, "cus_1", month(3)) == 170
 
 
+@one_store
 def test_an_item_made_after_its_first_line_begins_is_not_moved(world: World, derive: Derive) -> None:
     """A subscription made on the 6th with backdate_start_date at T0: its first invoice bills the items from T0,
     before they were made. `created` only ever moves an item's start earlier: it counts from its first line."""
@@ -181,6 +184,7 @@ def test_an_item_made_after_its_first_line_begins_is_not_moved(world: World, der
     assert customer_mrr_at(con, "cus_1", T0) == 30
 
 
+@one_store
 def test_a_first_subscriptions_items_count_from_its_start(world: World, derive: Derive) -> None:
     """A first subscription of two items, both made at its start: one `new` at the start, nothing earlier or
     later (their `created` is the first line's start)."""
@@ -326,6 +330,7 @@ def test_an_item_replaced_before_the_events_ends_when_its_successor_begins(world
     assert movements(con, account_id=acct) == expected, acct
 
 
+@one_store
 def test_an_item_added_with_prorations_before_the_events_is_dated_by_its_proration(world: World,
                                                                                    derive: Derive) -> None:
     """Control: the add-on of the 11th with prorations, the events beginning on the 21st: its proration line,
@@ -342,6 +347,7 @@ def test_an_item_added_with_prorations_before_the_events_is_dated_by_its_prorati
                        ).fetchall() == [(proration[0],)]
 
 
+@one_store
 def test_an_item_added_inside_the_events_is_dated_by_them(world: World, derive: Derive) -> None:
     """Control: the add-on added without prorations on the 25th, inside the events, billed first by the renewal of
     month(2): its event dates it, as before."""
@@ -358,6 +364,7 @@ def test_an_item_added_inside_the_events_is_dated_by_them(world: World, derive: 
 
 
 @pytest.mark.parametrize("case", ["backdated", "made-before-its-start"])
+@one_store
 def test_an_items_creation_before_its_subscriptions_start_moves_nothing(world: World, derive: Derive,
                                                                         case: str) -> None:
     """Controls: cus_2 subscribes on the 25th, inside the events. Backdated to the 6th (backdate_start_date), its
@@ -382,6 +389,7 @@ def test_an_items_creation_before_its_subscriptions_start_moves_nothing(world: W
 
 
 @OWN_EVENT
+@one_store
 def test_an_item_there_since_its_subscription_began_counts_from_its_start(world: World, derive: Derive,
                                                                         own_event: bool) -> None:
     """Control: cus_2's subscription of the 6th, before the events, its first invoice then: its items count from
@@ -401,6 +409,7 @@ def test_an_item_there_since_its_subscription_began_counts_from_its_start(world:
 
 
 @OWN_EVENT
+@one_store
 def test_an_item_changed_in_place_inside_the_events_before_its_first_line(world: World, derive: Derive,
                                                                           own_event: bool) -> None:
     """The add-on of the 11th (10 GB, without prorations) raised to 20 GB on the 26th, inside the events and again
