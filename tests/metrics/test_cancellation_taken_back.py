@@ -15,10 +15,15 @@ from decimal import Decimal
 import duckdb
 import pytest
 from builders import World
-from conftest import customer_mrr_at
+from conftest import OneStore, customer_mrr_at
 from test_mrr_rules import T0, base, month
 
 Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# The tests marked @one_store (those under churn_recognition = "canceled" that read no store-wide view and expect
+# rows) are each an account of one store, derived once (conftest.OneStore).
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 HOUR = 3_600
 MINUTE = 60
 
@@ -103,6 +108,7 @@ def test_taken_back_under_ended_changes_nothing(world: World, derive: Derive) ->
     assert customer_mrr_at(con, "cus_1", month(2, 15)) == Decimal("50.0000")
 
 
+@one_store
 def test_taken_back_then_requested_again_and_carried_out(world: World, derive: Derive) -> None:
     """Asked on 10 March (missing_features), taken back on 20 March, asked again on 25 March (too_expensive), ended
     1 April: -50.00 on 10 March with missing_features, +50.00 on 20 March, -50.00 on 25 March with too_expensive
@@ -124,6 +130,7 @@ def test_taken_back_then_requested_again_and_carried_out(world: World, derive: D
     assert customer_mrr_at(con, "cus_1", month(2, 24)) == 0
 
 
+@one_store
 def test_two_requests_each_taken_back_keep_their_own_feedback(world: World, derive: Derive) -> None:
     """Asked on 5 March (missing_features), taken back on 10 March; asked on 15 March (too_expensive), taken back on
     20 March: two churns and two comebacks of 50.00, each cancellation with its own request's feedback, MRR 0
@@ -144,6 +151,7 @@ def test_two_requests_each_taken_back_keep_their_own_feedback(world: World, deri
         Decimal("50.0000"), 0, 0, Decimal("50.0000"), Decimal("50.0000"), 0, 0, Decimal("50.0000")]
 
 
+@one_store
 def test_a_cancel_at_date_set_and_removed(world: World, derive: Derive) -> None:
     """A cancel_at of 15 April set on 10 March (canceled_at 10 March), removed on 2 April, before it took effect."""
     paying(world)
@@ -156,6 +164,7 @@ def test_a_cancel_at_date_set_and_removed(world: World, derive: Derive) -> None:
         (month(3, 1), "reactivation", Decimal("50.0000"), None, None)]
 
 
+@one_store
 def test_taken_back_within_the_movement_window_is_no_movement(world: World, derive: Derive) -> None:
     """Asked at 10:00 on 10 March, taken back at 10:20 (the window is 60 minutes): the changes net to nothing."""
     paying(world)
@@ -165,6 +174,7 @@ def test_taken_back_within_the_movement_window_is_no_movement(world: World, deri
     assert [r[:5] for r in movements(con)] == [NEW]
 
 
+@one_store
 def test_taken_back_between_two_syncs_without_an_event_changes_nothing(world: World, derive: Derive) -> None:
     """No stored event shows the request or its undoing: nothing can be known."""
     paying(world)
@@ -174,6 +184,7 @@ def test_taken_back_between_two_syncs_without_an_event_changes_nothing(world: Wo
     assert [r[:5] for r in movements(con)] == [NEW]
 
 
+@one_store
 def test_a_request_before_the_events_taken_back_inside_them(world: World, derive: Derive) -> None:
     """The request (10 March) is older than the oldest stored event; the event of 20 March that took it back shows
     it (previous_attributes.canceled_at): the churn and the comeback, both sourced by that event."""
