@@ -11,10 +11,14 @@ from decimal import Decimal
 import duckdb
 import pytest
 from builders import DAY, World
-from conftest import customer_mrr_at
+from conftest import OneStore, customer_mrr_at
 from test_mrr_rules import T0, base, month
 
 Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# The tests marked @one_store are each an account of one store, derived once (conftest.OneStore).
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 
 
 @pytest.mark.parametrize("events", [True, False], ids=["events", "invoices-and-dates"])
@@ -22,6 +26,7 @@ Derive = Callable[..., duckdb.DuckDBPyConnection]
     pytest.param("support", ("downgrade", "cross_sell"), id="a-family-the-customer-keeps-no-other-item-of"),
     pytest.param("core", ("seat_contraction", "seat_expansion"), id="a-family-the-customer-keeps"),
 ])
+@one_store
 def test_a_trial_of_one_subscription_while_another_pays(world: World, derive: Derive, events: bool, family: str,
                                                         labels: tuple[str, str]) -> None:
     """cus_1 pays 50.00 on sub_1 (core seats) and 99.00 on sub_2; sub_2 is granted a month's trial. MRR is 50.00

@@ -14,12 +14,16 @@ from typing import Any
 import duckdb
 import pytest
 from builders import World, ts
-from conftest import customer_mrr_at, item_rows
+from conftest import OneStore, customer_mrr_at, item_rows
 from test_bridge import SEEN, book
 from test_incremental import assert_incremental_equals_full, later_sync
 from test_mrr_rules import T0, base, month
 
 Derive = Callable[..., duckdb.DuckDBPyConnection]
+
+# The tests marked @one_store are each an account of one store, derived once (conftest.OneStore).
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
 
 
 def tiers(*rows: tuple[int | None, int, int | None]) -> list[dict[str, Any]]:
@@ -107,6 +111,7 @@ def test_a_licensed_tiered_price_billed_through_a_currency_option_counts_the_opt
     pytest.param({"transform_quantity": {"divide_by": 5, "round": "down"}}, 1_100, Decimal("2200"),
                  id="transform-quantity-down"),
 ])
+@one_store
 def test_a_per_unit_price_billed_through_a_zero_decimal_currency_option(
         world: World, derive: Derive, terms: dict[str, Any], yen: int, mrr_original: Decimal) -> None:
     """A dollar per-unit price with a yen amount: 1,100 yen a unit are 1,100 major units (not 11), and the price's
