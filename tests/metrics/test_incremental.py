@@ -209,6 +209,23 @@ def test_a_pause_after_a_payment_failure_after_the_last_sync(world: World, tmp_p
 
 
 @ONE_SCOPE
+def test_a_pause_after_a_payment_failure_seen_only_in_the_snapshot(world: World, tmp_path: Path, shards: int) -> None:
+    """A later sync brings a subscription paused after its payment failed with no event of it (what paused it is in
+    the subscription's own JSON, read for subscriptions paused now alone): the scope copies that JSON, and the churn
+    is involuntary, as in a full recompute."""
+    w = book(world)
+    before = copy.deepcopy(w)
+    w.update("sub_e", ts(2024, 5, 21), status="past_due", event=False)
+    w.update("sub_e", ts(2024, 5, 28), status="paused",
+             status_details=paused_for("final_payment_failure", ts(2024, 5, 28)), event=False)
+    changed = later_sync(w, {"cus_e"}, {"sub_e"}, ts(2024, 5, 21))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 5, 30), shards)
+    assert n == 1
+    assert [r for r in full["view mrr_movements"] if "cus_e" in r and "'cancellation'" in r
+            and "'involuntary'" in r], full["view mrr_movements"]
+
+
+@ONE_SCOPE
 def test_a_cancellation_taken_back_after_the_last_sync(world: World, tmp_path: Path, shards: int) -> None:
     """With churn_recognition = "canceled", cus_e's request of 10 May (churned then, 20.00) is taken back on 25 May,
     after the last sync: the event that took it back is read from its JSON in the scope too, and the churn of 10 May
