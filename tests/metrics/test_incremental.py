@@ -317,8 +317,21 @@ def then_a_new_customer(w: World) -> tuple[World, World]:
     w.customer("cus_f", address={"country": "US"})
     w.subscribe("sub_f", "cus_f", [("si_f1", "pro_usd", 2)], ts(2024, 5, 28))
     changed = later_sync(w, {"cus_f"}, {"sub_f"}, ts(2024, 5, 28))
-    changed.objects["invoices"] = {k: v for k, v in changed.objects["invoices"].items() if v["customer"] == "cus_f"}
+    for resource in ("invoices", "invoiceitems"):
+        changed.objects[resource] = {k: v for k, v in changed.objects[resource].items() if v["customer"] == "cus_f"}
     return before, changed
+
+
+def derive_with_cus_g_moved(w: World, tmp_path: Path, shards: int,
+                            settings: Settings | None = None) -> dict[str, list[str]]:
+    """``w`` (with coupon_customer's cus_g) synced at SEEN, then then_a_new_customer's later sync on 2 June, which
+    moves the latest snapshot past cus_g's coupon end: cus_f is derived again, cus_g from step 60 on (moved).
+    Asserts that every derived table equals a full recompute's; returns the full recompute's contents."""
+    before, changed = then_a_new_customer(w)
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards,
+                                             settings=settings)
+    assert n == 2  # (cus_f touched, cus_g moved)
+    return full
 
 
 @SHARDS
@@ -327,9 +340,7 @@ def test_a_moved_snapshot_shows_an_untouched_customers_change(world: World, tmp_
     customer it did not touch (a repeating coupon that ran out), that customer is derived again from its stored
     MRR and the change shows, as in a full recompute."""
     w = coupon_customer(book(world))
-    before, changed = then_a_new_customer(w)
-    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
-    assert n == 2  # (cus_f touched, cus_g moved)
+    full = derive_with_cus_g_moved(w, tmp_path, shards)
     assert sum("cus_g" in r and "2024-05-25" in r for r in full["view mrr_movements"]) == 1
 
 
@@ -342,9 +353,7 @@ def test_a_moved_customer_with_events_in_one_second(world: World, tmp_path: Path
     w.update("sub_g", ts(2024, 5, 2), items=[("si_g1", "pro_usd", 3)])
     w.update("sub_g", ts(2024, 5, 2), items=[("si_g1", "basic_usd", 3)])
     reorder_ids(w, len(w.events) - 2, [1, 0])
-    before, changed = then_a_new_customer(w)
-    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
-    assert n == 2  # (cus_f touched, cus_g moved)
+    full = derive_with_cus_g_moved(w, tmp_path, shards)
     later = [e["id"] for e in w.events if e["created"] == ts(2024, 5, 2)
              and e["data"]["object"]["items"]["data"][0]["price"]["id"] == "basic_usd"]
     assert [r for r in full["view mrr_movements"] if "cus_g" in r and "2024-05-02" in r and later[0] in r]
@@ -363,9 +372,7 @@ def test_a_moved_customer_whose_window_has_an_invoice_per_item(world: World, tmp
               and i["created"] >= ts(2024, 5, 2, 10) and i["customer"] == "cus_g"}
     assert sorted(sorted(v) for v in billed.values()) == [["si_g1"], ["si_g2"]]  # (an invoice per item)
     invoices = {next(iter(items)): iid for iid, items in billed.items()}
-    before, changed = then_a_new_customer(w)
-    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
-    assert n == 2  # (cus_f touched, cus_g moved)
+    full = derive_with_cus_g_moved(w, tmp_path, shards)
     named = {item: [r for r in full["view mrr_movements"] if "cus_g" in r and "2024-05-02" in r and f"'{item}'" in r]
              for item in ("si_g1", "si_g2")}
     assert all(len(rows) == 1 and invoices[item] in rows[0] for item, rows in named.items()), (invoices, named)
@@ -379,10 +386,7 @@ def test_a_moved_customer_whose_change_a_pending_item_bills(world: World, tmp_pa
     w = coupon_customer(book(world))
     w.update("sub_g", ts(2024, 5, 12), items=[("si_g1", "pro_usd", 3)], pending=True)
     charge = next(i for i in w.objects["invoiceitems"].values() if i["customer"] == "cus_g" and i["amount"] > 0)
-    before, changed = then_a_new_customer(w)
-    changed.objects["invoiceitems"] = {}  # (nothing of cus_g's comes with the later sync: it is moved, not touched)
-    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
-    assert n == 2  # (cus_f touched, cus_g moved)
+    full = derive_with_cus_g_moved(w, tmp_path, shards)
     mine = [r for r in full["view mrr_movements"] if "'cus_g'" in r and "2024-05-12" in r]
     assert len(mine) == 1 and "seat_expansion" in mine[0] and charge["id"] in mine[0], mine
 
@@ -397,9 +401,7 @@ def test_a_moved_customers_item_removed_in_a_second_of_two_updates(world: World,
     w.update("sub_g", ts(2024, 5, 2), items=[("si_g1", "pro_usd", 2)])
     w.update("sub_g", ts(2024, 5, 2), items=[("si_g1", "pro_usd", 3)])
     reorder_ids(w, len(w.events) - 2, [1, 0])
-    before, changed = then_a_new_customer(w)
-    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
-    assert n == 2  # (cus_f touched, cus_g moved)
+    full = derive_with_cus_g_moved(w, tmp_path, shards)
     removed = [r for r in full["view mrr_movements"] if "'cus_g'" in r and "2024-05-02" in r and "'si_g2'" in r]
     assert len(removed) == 1, removed
 
@@ -417,10 +419,7 @@ def test_a_moved_customers_cancellation_taken_back(world: World, tmp_path: Path,
     w.update("sub_g", ts(2024, 5, 8), cancel_at_period_end=False, cancel_at=None, canceled_at=None,
              cancellation_details={"reason": None, "feedback": None, "comment": None})
     taken_back = w.events[-1]["id"]
-    before, changed = then_a_new_customer(w)
-    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards,
-                                             settings=make_settings("usd", churn_recognition="canceled"))
-    assert n == 2  # (cus_f touched, cus_g moved)
+    full = derive_with_cus_g_moved(w, tmp_path, shards, make_settings("usd", churn_recognition="canceled"))
     rows = [r for r in full["view mrr_movements"] if "'cus_g'" in r and ("2024-05-05" in r or "2024-05-08" in r)]
     assert [("'cancellation'" in r and "'too_expensive'" in r, "'reactivation'" in r and taken_back in r)
             for r in rows] == [(True, False), (False, True)], rows
