@@ -226,6 +226,25 @@ def test_a_pause_after_a_payment_failure_seen_only_in_the_snapshot(world: World,
 
 
 @ONE_SCOPE
+def test_a_pause_after_a_payment_failure_then_resumed_after_the_last_sync(world: World, tmp_path: Path,
+                                                                          shards: int) -> None:
+    """A later sync brings a subscription paused after its payment failed and resumed since: what paused it is only
+    in the paused state's event (the subscription's own JSON is active again), which the scope copies, and the
+    churn is involuntary, as in a full recompute."""
+    w = book(world)
+    before = copy.deepcopy(w)
+    w.update("sub_e", ts(2024, 5, 21), status="past_due")
+    w.update("sub_e", ts(2024, 5, 24), status="paused",
+             status_details=paused_for("final_payment_failure", ts(2024, 5, 24)))
+    w.update("sub_e", ts(2024, 5, 27), status="active", status_details=None)
+    changed = later_sync(w, {"cus_e"}, {"sub_e"}, ts(2024, 5, 21))
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 5, 30), shards)
+    assert n == 1
+    assert [r for r in full["view mrr_movements"] if "cus_e" in r and "'cancellation'" in r
+            and "'involuntary'" in r and "2024-05-24" in r], full["view mrr_movements"]
+
+
+@ONE_SCOPE
 def test_a_cancellation_taken_back_after_the_last_sync(world: World, tmp_path: Path, shards: int) -> None:
     """With churn_recognition = "canceled", cus_e's request of 10 May (churned then, 20.00) is taken back on 25 May,
     after the last sync: the event that took it back is read from its JSON in the scope too, and the churn of 10 May
