@@ -330,24 +330,22 @@ def _unreachable(exc: stripe.APIConnectionError, base: str, given_in: str, timeo
     # (aiohttp names a failed lookup ClientConnectorDNSError from 3.10.10 on; an older one, which pyproject allows, has
     # no such name, and its ClientConnectorError keeps the resolver's gaierror as os_error)
     dns = (socket.gaierror, *[e for e in [getattr(aiohttp, "ClientConnectorDNSError", None)] if e is not None])
-    for cause in _raised_from(exc):
-        # (aiohttp keeps the OS's error as os_error; the SDK and urllib3 raise theirs from it)
-        for err in (getattr(cause, "os_error", None), cause):
-            if isinstance(err, ssl.SSLError | aiohttp.ClientSSLError):
-                why = getattr(err, "verify_message", None) or getattr(err, "reason", None) or type(err).__name__
-                return (f"the TLS handshake with {base} failed ({why})",
-                        f"check {given_in} (http:// for a server without TLS, such as the sandbox), else this "
-                        "machine's CA certificates and clock")
-            if isinstance(err, dns):
-                return (f"the host name {host} of {base} was not found (DNS)",
-                        f"check {given_in} for a typo, and this machine's network")
-            if isinstance(err, ConnectionRefusedError):
-                sandbox = " (`stripe-churn sandbox` serves the built-in one)" if host in _LOOPBACK else ""
-                return (f"nothing is listening at {base} (connection refused)",
-                        f"check {given_in} and that the server is up{sandbox}")
-            if isinstance(err, TimeoutError):
-                return (f"{base} gave no answer within {timeout:g} s (setting timeout_seconds)",
-                        f"check {given_in}, that the server is up and this machine's network")
+    for err in _causes(exc):
+        if isinstance(err, ssl.SSLError | aiohttp.ClientSSLError):
+            why = getattr(err, "verify_message", None) or getattr(err, "reason", None) or type(err).__name__
+            return (f"the TLS handshake with {base} failed ({why})",
+                    f"check {given_in} (http:// for a server without TLS, such as the sandbox), else this "
+                    "machine's CA certificates and clock")
+        if isinstance(err, dns):
+            return (f"the host name {host} of {base} was not found (DNS)",
+                    f"check {given_in} for a typo, and this machine's network")
+        if isinstance(err, ConnectionRefusedError):
+            sandbox = " (`stripe-churn sandbox` serves the built-in one)" if host in _LOOPBACK else ""
+            return (f"nothing is listening at {base} (connection refused)",
+                    f"check {given_in} and that the server is up{sandbox}")
+        if isinstance(err, TimeoutError):
+            return (f"{base} gave no answer within {timeout:g} s (setting timeout_seconds)",
+                    f"check {given_in}, that the server is up and this machine's network")
     detail = (str(exc).splitlines() or [""])[-1].strip() or type(exc).__name__
     if detail.startswith("(") and detail.endswith(")"):  # (the SDK's "(Network error: ...)")
         detail = detail[1:-1]
@@ -361,13 +359,19 @@ def _tls_refused(exc: stripe.APIConnectionError) -> bool:
     """Whether the request failed in a TLS handshake that trying again cannot change: a certificate this machine
     does not trust (or of another host), a server that speaks no TLS. Not a connection closed in the middle of the
     handshake (``SSLEOFError``, ``SSLZeroReturnError``): a dropped connection, which the next try may not meet."""
-    for cause in _raised_from(exc):
-        for err in (getattr(cause, "os_error", None), cause):
-            if isinstance(err, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-                return False
-            if isinstance(err, ssl.SSLError | aiohttp.ClientSSLError):
-                return True
+    for err in _causes(exc):
+        if isinstance(err, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            return False
+        if isinstance(err, ssl.SSLError | aiohttp.ClientSSLError):
+            return True
     return False
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """What a failed request was raised from (:func:`_raised_from`), each preceded by the OS's error it keeps
+    (aiohttp keeps it as ``os_error``; the SDK and urllib3 raise theirs from it)."""
+    return [err for cause in _raised_from(exc) for err in (getattr(cause, "os_error", None), cause)
+            if isinstance(err, BaseException)]
 
 
 def _raised_from(exc: BaseException) -> list[BaseException]:
