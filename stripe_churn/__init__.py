@@ -37,6 +37,7 @@ _EXPORTS = {
     "StripeAPIError": "stripe_churn.errors",
     "StripeChurnError": "stripe_churn.errors",
     "SyncResult": "stripe_churn.sync",
+    "TLSError": "stripe_churn.errors",
     "TransientError": "stripe_churn.errors",
     "load_settings": "stripe_churn.settings",
     "open_store": "stripe_churn.store.db",
@@ -63,6 +64,7 @@ __all__ = [
     "StripeAPIError",
     "StripeChurnError",
     "SyncResult",
+    "TLSError",
     "TransientError",
     "__version__",
     "load_settings",
@@ -87,6 +89,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors only
         StoreLockedError,
         StripeAPIError,
         StripeChurnError,
+        TLSError,
         TransientError,
     )
     from stripe_churn.metrics.runner import recompute

@@ -55,6 +55,11 @@ class AuthError(FatalError):
     """Stripe refused the API key (401) or the key lacks a permission (403)."""
 
 
+class TLSError(FatalError):
+    """The TLS handshake with the Stripe base URL failed in a way trying again cannot change: a certificate this
+    machine does not trust (or of another host, or not yet or no longer valid by its clock), a server without TLS."""
+
+
 class StripeAPIError(TransientError):
     """Stripe (or the sandbox) kept failing after the allowed retries."""
 

@@ -25,7 +25,7 @@ import msgspec
 import orjson
 import stripe
 
-from stripe_churn.errors import AuthError, BadResponseError, ConfigError, StripeAPIError
+from stripe_churn.errors import AuthError, BadResponseError, ConfigError, StripeAPIError, TLSError
 from stripe_churn.settings import Secret, Settings, redact_secrets
 from stripe_churn.stripe_api.listed import ListPage, decode_page
 from stripe_churn.stripe_api.ratelimit import RateLimiter
@@ -218,6 +218,7 @@ class StripeRaw:
         todo = ""  # what to do, when the last attempt reached no server
         request_id: str | None = None
         status: int | None = None
+        tls_refused = False  # (the last attempt failed in a TLS handshake no retry can change)
         attempt = 0  # retries made so far, for the message
         asked = 0.0  # the wait the last answer asked for (its Retry-After), at least that before the next try
         for attempt in range(self.max_retries + 1):
@@ -233,7 +234,8 @@ class StripeRaw:
             except stripe.APIConnectionError as exc:
                 last, todo = _unreachable(exc, self.base, self._base_given_in, self._timeout)
                 status = None
-                if _tls_refused(exc):  # (the same certificate, or a server without TLS, answers every try alike)
+                tls_refused = _tls_refused(exc)
+                if tls_refused:  # (the same certificate, or a server without TLS, answers every try alike)
                     break
                 continue
             todo = ""
@@ -290,6 +292,9 @@ class StripeRaw:
             raise BadResponseError(f"{last} for GET {path} after {attempt} retries (a proxy in the way?); "
                                    "nothing of that page was stored, run the sync again", http_status=status,
                                    request_id=request_id)
+        if tls_refused:  # (a person must act: a later run meets the same handshake)
+            raise TLSError(f"{last} for GET {path}: {todo}, then run the sync again; the store keeps what was "
+                           "committed", request_id=request_id)
         if todo:  # (no server answered)
             raise StripeAPIError(f"{last} for GET {path} after {attempt} retries: {todo}, then run the sync again; "
                                  "the store keeps what was committed", request_id=request_id)

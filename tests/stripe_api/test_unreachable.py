@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from stripe_churn.cli import cli
-from stripe_churn.errors import StripeAPIError
+from stripe_churn.errors import FatalError, StripeAPIError, TLSError, TransientError
 from stripe_churn.settings import Secret, Settings, load_settings
 from stripe_churn.stripe_api.client import StripeRaw
 
@@ -72,14 +72,14 @@ def http_server() -> Iterator[_CountingHTTPServer]:
         thread.join(5)
 
 
-def fetch(settings: Settings) -> str:
+def fetch(settings: Settings, expected: type[Exception] = StripeAPIError) -> str:
     """The one-line error of GET /v1/account through the aiohttp client a sync uses."""
 
     async def go() -> None:
         async with StripeRaw(settings) as raw:
             await raw.account_id(None)
 
-    with pytest.raises(StripeAPIError) as info:
+    with pytest.raises(expected) as info:
         asyncio.run(go())
     message = str(info.value)
     assert "\n" not in message and KEY not in message and "was raised" not in message, message
@@ -139,10 +139,13 @@ def test_an_aiohttp_without_its_dns_error_class_says_the_same(monkeypatch: pytes
 
 def test_a_tls_handshake_with_a_server_without_tls(http_server: _CountingHTTPServer) -> None:
     base = f"https://127.0.0.1:{http_server.server_address[1]}"
-    message = fetch(settings(base))
-    assert message.startswith(f"the TLS handshake with {base} failed (WRONG_VERSION_NUMBER) for GET /v1/account "
-                              "after 0 retries: check STRIPE_API_BASE (setting api_base) (http:// for a server "
-                              "without TLS, such as the sandbox), else this machine's CA certificates"), message
+    message = fetch(settings(base), TLSError)
+    assert message == (f"the TLS handshake with {base} failed (WRONG_VERSION_NUMBER) for GET /v1/account: check "
+                       "STRIPE_API_BASE (setting api_base) (http:// for a server without TLS, such as the sandbox), "
+                       "else this machine's CA certificates and clock, then run the sync again; the store keeps what "
+                       "was committed"), message
+    # (a person must act: the daemon waits for its next scheduled run instead of trying again within minutes)
+    assert issubclass(TLSError, FatalError) and not issubclass(TLSError, TransientError)
 
 
 def test_a_failed_tls_handshake_is_not_tried_again(http_server: _CountingHTTPServer) -> None:
@@ -151,9 +154,9 @@ def test_a_failed_tls_handshake_is_not_tried_again(http_server: _CountingHTTPSer
     Now the line comes after the first try; retries are left to what may pass (nothing listening, a lookup, no
     answer in time, a dropped connection)."""
     base = f"https://127.0.0.1:{http_server.server_address[1]}"
-    message = fetch(Settings(api_key=Secret(KEY), api_base=base, max_retries=3, rate_limit=1000.0))
-    assert message.startswith(f"the TLS handshake with {base} failed (WRONG_VERSION_NUMBER) for GET /v1/account "
-                              "after 0 retries: check STRIPE_API_BASE (setting api_base)"), message
+    message = fetch(Settings(api_key=Secret(KEY), api_base=base, max_retries=3, rate_limit=1000.0), TLSError)
+    assert message.startswith(f"the TLS handshake with {base} failed (WRONG_VERSION_NUMBER) for GET /v1/account: "
+                              "check STRIPE_API_BASE (setting api_base)"), message
     assert http_server.connections == 1
 
 
@@ -176,3 +179,18 @@ def test_sync_against_nothing_is_one_line_naming_where_the_base_url_was_set(tmp_
     assert result.output == (f"error: nothing is listening at {base} (connection refused) for GET /v1/account after 0 "
                              f"retries: check api_base in {config} and that the server is up (`stripe-churn sandbox` "
                              "serves the built-in one), then run the sync again; the store keeps what was committed\n"), result.output
+
+
+def test_sync_against_a_server_without_tls_exits_2(tmp_path: Path, http_server: _CountingHTTPServer) -> None:
+    """An https:// base URL at a server without TLS (or behind a certificate this machine does not trust) is a setting
+    to fix, not an outage to wait out: `sync` exits 2, as for a refused key or a bad setting, and a daemon takes it
+    as fatal (no retry before its next scheduled run). It exited 1, and the daemon tried again 1, 2, 4 ... minutes
+    later, meeting the same handshake each time."""
+    base = f"https://127.0.0.1:{http_server.server_address[1]}"
+    result = CliRunner().invoke(cli, ["sync"], env={"STRIPE_API_KEY": KEY, "STRIPE_API_BASE": base,
+                                                    "STRIPE_CHURN_DB": str(tmp_path / "s.duckdb"),
+                                                    "STRIPE_CHURN_LOG_LEVEL": "WARNING"})
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error: the TLS handshake with {base} failed (WRONG_VERSION_NUMBER) for GET "
+                                    "/v1/account: check the environment variable STRIPE_API_BASE"), result.output
+    assert result.output.count("\n") == 1 and KEY not in result.output
