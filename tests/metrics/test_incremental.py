@@ -100,20 +100,32 @@ _BEFORE: dict[str, Path] = {}
 _FULL: dict[str, dict[str, list[str]]] = {}
 
 
+def keep_gap(con: duckdb.DuckDBPyConnection, account: str, gap: tuple[int, int] | None) -> None:
+    """The cursors a sync that found ``gap`` = (where the stored events end, where they begin again) in the events
+    keeps: `events:gap:<end>` and `events:unbroken`, both at where they begin again (coverage starts there)."""
+    if gap is not None:
+        for stream in (f"events:gap:{gap[0]}", "events:unbroken"):
+            con.execute("INSERT INTO sync_cursors (account_id, stream, value, created, done) "
+                        "VALUES (?, ?, NULL, ?, false)", [account, stream, gap[1]])
+
+
 def assert_incremental_equals_full(tmp_path: Path, before: World, changed: World, seen: int, later: int,
                                    shards: int, upgrade: str = "", store: str = "stripe-churn.duckdb",
-                                   settings: Settings | None = None) -> tuple[int, dict[str, list[str]]]:
+                                   settings: Settings | None = None,
+                                   gap: tuple[int, int] | None = None) -> tuple[int, dict[str, list[str]]]:
     """Load ``before`` at ``seen`` and recompute; load ``changed`` at ``later`` and derive again incrementally in
     ``shards`` shards; compare every derived table and view with a fresh store fully recomputed. ``upgrade``: SQL
     run after the first recompute (derived tables as an older version left them). ``store``: the file name of the
     store derived incrementally (by default the default one, whose database name is no SQL identifier). Returns
-    (customers derived again, the derived contents). ``settings``: the rules (by default the defaults)."""
+    (customers derived again, the derived contents). ``settings``: the rules (by default the defaults). ``gap``: a
+    gap in the events that the sync at ``seen`` found (keep_gap; the worlds hold none of its events)."""
     settings = settings or Settings()
     path = tmp_path / store
-    start = _world_key(before, seen, repr(settings.rules))
+    start = _world_key(before, seen, repr(settings.rules), gap)
     if start not in _BEFORE or not _BEFORE[start].exists():
         con = open_store(tmp_path / "before.duckdb")
         before.load(con, seen_at=seen)
+        keep_gap(con, before.account_id, gap)
         recompute(con, settings)
         con.close()
         _BEFORE[start] = tmp_path / "before.duckdb"
@@ -127,10 +139,11 @@ def assert_incremental_equals_full(tmp_path: Path, before: World, changed: World
     incremental = derived_contents(con)
     con.close()
 
-    end = _world_key(before, seen, changed, later, repr(settings.rules))
+    end = _world_key(before, seen, changed, later, repr(settings.rules), gap)
     if end not in _FULL:
         fresh = open_store(tmp_path / "full.duckdb")
         before.load(fresh, seen_at=seen)
+        keep_gap(fresh, before.account_id, gap)
         changed.load(fresh, seen_at=later)
         recompute(fresh, settings)
         _FULL[end] = derived_contents(fresh)
@@ -280,6 +293,29 @@ def test_a_cancellation_requested_then_canceled_at_once_after_the_last_sync(worl
 
 
 @ONE_SCOPE
+def test_a_customers_discount_removed_by_its_own_event_after_the_last_sync(world: World, tmp_path: Path,
+                                                                           shards: int) -> None:
+    """A later sync brings the `customer.discount.deleted` event of cus_a's 10% discount (on the customer: no
+    subscription event says when it went) and the discount flagged deleted, with no end of its own: the event
+    dates its end (35 reads which discount from the event's JSON, which the scope copies), and the discount rows of
+    25 May name it, as in a full recompute. (Without it: ended at the sync, an estimate.)"""
+    w = book(world)
+    w.coupon("tenth", percent_off=10)
+    d = w.discount("tenth", ts(2024, 1, 5), customer="cus_a")
+    before = copy.deepcopy(w)
+    removed = w.event("customer.discount.deleted", ts(2024, 5, 25), d)
+    d["deleted"] = True  # (as a sync leaves it: flagged deleted, its last copy kept)
+    changed = later_sync(w, {"cus_a"}, {"sub_a"}, ts(2024, 5, 21))
+    changed.objects["discounts"] = {d["id"]: d}
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == 1
+    rows = [r for r in full["view mrr_movements"] if "'cus_a'" in r and "'discount'" in r and "2024-05-25" in r]
+    # (one per item of sub_a)
+    assert len(rows) == 3 and all(removed["id"] in r for r in rows), full["view mrr_movements"]
+    assert not [r for r in full["derived_data_quality"] if "discount_end_estimated" in r]
+
+
+@ONE_SCOPE
 def test_lines_naming_no_item_or_price(world: World, tmp_path: Path, shards: int) -> None:
     """Data quality reads the JSON of lines naming no subscription item or price (a one-time invoice item on a
     renewal is fine, a subscription line naming neither is not): the scopes copy it for those lines."""
@@ -341,14 +377,15 @@ def then_a_new_customer(w: World) -> tuple[World, World]:
     return before, changed
 
 
-def derive_with_cus_g_moved(w: World, tmp_path: Path, shards: int,
-                            settings: Settings | None = None) -> dict[str, list[str]]:
-    """``w`` (with coupon_customer's cus_g) synced at SEEN, then then_a_new_customer's later sync on 2 June, which
-    moves the latest snapshot past cus_g's coupon end: cus_f is derived again, cus_g from step 60 on (moved).
-    Asserts that every derived table equals a full recompute's; returns the full recompute's contents."""
+def derive_with_cus_g_moved(w: World, tmp_path: Path, shards: int, settings: Settings | None = None,
+                            gap: tuple[int, int] | None = None) -> dict[str, list[str]]:
+    """``w`` (with coupon_customer's cus_g) synced at SEEN (after ``gap`` in its events, when given), then
+    then_a_new_customer's later sync on 2 June, which moves the latest snapshot past cus_g's coupon end: cus_f is
+    derived again, cus_g from step 60 on (moved). Asserts that every derived table equals a full recompute's;
+    returns the full recompute's contents."""
     before, changed = then_a_new_customer(w)
     n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards,
-                                             settings=settings)
+                                             settings=settings, gap=gap)
     assert n == 2  # (cus_f touched, cus_g moved)
     return full
 
@@ -423,6 +460,27 @@ def test_a_moved_customers_item_removed_in_a_second_of_two_updates(world: World,
     full = derive_with_cus_g_moved(w, tmp_path, shards)
     removed = [r for r in full["view mrr_movements"] if "'cus_g'" in r and "2024-05-02" in r and "'si_g2'" in r]
     assert len(removed) == 1, removed
+
+
+@ONE_SCOPE
+def test_a_moved_customers_item_removed_in_a_second_of_two_updates_before_a_gap(world: World, tmp_path: Path,
+                                                                              shards: int) -> None:
+    """As above, the two updates (an item removed, then the other item's seats raised, ids sorting the other way
+    round) stored before a gap in the events (3 to 10 May: sub_c2's creation lost), so before coverage: the removal
+    names the event of that second that step 20 orders last among those before coverage (derived_early_event_order),
+    in the incremental (which numbers the moved customers' events anew) as in a full recompute."""
+    w = coupon_customer(book(world))
+    w.update("sub_g", ts(2024, 5, 1), items=[("si_g1", "pro_usd", 2), ("si_g2", "analytics_usd", 1)])
+    w.update("sub_g", ts(2024, 5, 2), items=[("si_g1", "pro_usd", 2)])
+    w.update("sub_g", ts(2024, 5, 2), items=[("si_g1", "pro_usd", 3)])
+    reorder_ids(w, len(w.events) - 2, [1, 0])
+    raised = w.events[-1]["id"]
+    gap = (ts(2024, 5, 3), ts(2024, 5, 10))
+    w.events = [e for e in w.events if not gap[0] <= e["created"] < gap[1]]
+    full = derive_with_cus_g_moved(w, tmp_path, shards, gap=gap)
+    removed = [r for r in full["view mrr_movements"] if "'cus_g'" in r and "2024-05-02" in r and "'si_g2'" in r]
+    assert len(removed) == 1 and raised in removed[0], removed
+    assert [r for r in full["derived_coverage"] if "2024, 5, 10" in r], full["derived_coverage"]
 
 
 @ONE_SCOPE
