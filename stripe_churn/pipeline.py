@@ -76,6 +76,12 @@ def current_bridge_line(con: duckdb.DuckDBPyConnection) -> dict[str, Any] | None
     return rows[0] if rows else None
 
 
+def _progress_log_s() -> float:
+    from stripe_churn.sync import PROGRESS_LOG_S
+
+    return PROGRESS_LOG_S
+
+
 class _StepProgress:
     """The metrics recompute's steps as a rich bar on a terminal, or a log line at most every 5 s otherwise
     (on a large store the recompute takes minutes)."""
@@ -99,7 +105,7 @@ class _StepProgress:
             if self._task is None:
                 self._task = self._rich.add_task("metrics", total=total, step=step)
             self._rich.update(self._task, completed=done, step=step)
-        elif self.enabled and time.monotonic() - self._last_log >= 5.0:
+        elif self.enabled and time.monotonic() - self._last_log >= _progress_log_s():
             self._last_log = time.monotonic()
             log.info("metrics progress: step %d of %d (%s), %.0f s so far", min(done + 1, total), total, step,
                      self._last_log - self._started)

@@ -276,6 +276,9 @@ class _Slice:
         return self.rate() * (self.pos - self.lo)
 
 
+PROGRESS_LOG_S = 5.0  # off a terminal (and in the daemon), a progress log line of the sync or the recompute at most this often
+
+
 class _Progress:
     """Per-table counters, shown as rich bars on a terminal or as periodic log lines otherwise (``"log"``: log lines
     on a terminal too, as the daemon wants them)."""
@@ -299,7 +302,7 @@ class _Progress:
             if table not in self._tasks:
                 self._tasks[table] = self._rich.add_task(table, total=None)
             self._rich.update(self._tasks[table], completed=self.counts[table])
-        elif self.enabled and time.monotonic() - self._last_log > 5.0:
+        elif self.enabled and time.monotonic() - self._last_log > PROGRESS_LOG_S:
             self._last_log = time.monotonic()
             log.info("sync progress: %s", ", ".join(f"{t} {c}" for t, c in sorted(self.counts.items())))
 
