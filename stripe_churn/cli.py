@@ -411,8 +411,10 @@ class DaemonCommand(click.Command):
 @cli.command(cls=DaemonCommand)
 @click.option("--no-sync-on-start", is_flag=True, help="Wait for the first scheduled tick instead of syncing now.")
 @click.option("--webhook-port", type=PORT, default=None,
-              help="Also accept Stripe webhooks on this port (needs STRIPE_WEBHOOK_SECRET).")
-@click.option("--webhook-host", default=None, help="Address for the webhook (default 127.0.0.1).")
+              help="Also accept Stripe webhooks on this port (needs STRIPE_WEBHOOK_SECRET). Default: the setting "
+                   "webhook_port (unset: no webhook).")
+@click.option("--webhook-host", default=None,
+              help="Address for the webhook. Default: the setting webhook_host (127.0.0.1).")
 @click.option("--interval-seconds", type=float, default=None, hidden=True)
 @config_option
 @handle_errors
@@ -448,8 +450,8 @@ def daemon(no_sync_on_start: bool, webhook_port: int | None, webhook_host: str |
 @config_option
 @handle_errors
 def status(fmt: str, config_path: Path | None) -> None:
-    """Last runs (failed ones too), cursors, gaps in the events, lag, data-quality counts, exchange rates and the
-    daemon's state."""
+    """Last runs (failed ones too), recomputes, accounts, cursors, gaps in the events, lag, data-quality counts,
+    exchange rates and the daemon's state."""
     from stripe_churn.pipeline import collect_status as collect
 
     settings = get_settings(config_path)

@@ -101,3 +101,44 @@ def test_sql_help_names_every_kind_of_statement_it_takes() -> None:
     for kind in kinds.group(1).split(", "):
         check_read_only(examples[kind])  # (the README's list is what `sql` takes)
         assert re.search(rf"\b{kind}\b", shown), f"`sql --help` does not name {kind}"
+
+
+def test_status_help_names_every_table_status_prints(tmp_path: Path) -> None:
+    """(its help left out the recomputes and accounts tables it prints, which the README's output formats list)"""
+    from stripe_churn.pipeline import collect_status
+    from stripe_churn.store.db import open_store
+    from stripe_churn.store.snapshot import publish_snapshot
+
+    db = tmp_path / "s.duckdb"
+    open_store(db).close()
+    publish_snapshot(db)
+    tables = [name for name, value in collect_status(db).items() if isinstance(value, list)]
+    shown = " ".join(CliRunner().invoke(cli, ["status", "--help"]).output.split())
+    in_words = {"runs": "runs", "recomputes": "recomputes", "accounts": "accounts", "cursors": "cursors",
+                "event_gaps": "gaps in the events", "data_quality": "data-quality", "exchange_rates": "exchange rates"}
+    listed = re.search(r"each table's rows under its name, numbered from 1\s+\(`status`'s ([^;]+);", README.read_text())
+    assert listed, "the README lists the tables of `status --format csv`"
+    for name in tables:
+        assert in_words[name] in shown, f"`status --help` does not name {name}"
+        assert f"`{name}`" in listed.group(1), f"the README's output formats do not list status's {name}"
+
+
+def test_daemon_webhook_options_name_the_settings_they_override(tmp_path: Path) -> None:
+    """Left out, --webhook-port and --webhook-host take the file's webhook_port and webhook_host (its help said
+    "default 127.0.0.1" whatever the file set); the README's settings table names each option beside its setting."""
+    from stripe_churn.daemon import Daemon
+    from stripe_churn.settings import Settings
+
+    shown = " ".join(CliRunner().invoke(cli, ["daemon", "--help"]).output.split())
+    text = README.read_text()
+    for option, setting in (("--webhook-port", "webhook_port"), ("--webhook-host", "webhook_host")):
+        help_text = shown.split(option, 1)[1].split(" --", 1)[0]
+        assert f"the setting {setting}" in help_text, (option, help_text)
+        row = next(line for line in text.splitlines() if line.startswith(f"| (file only) | `{setting}` |"))
+        assert f"`daemon {option}` overrides" in row, row
+    # (what the help says: the settings when the options are left out, the options when given)
+    settings = Settings(db=tmp_path / "s.duckdb", webhook_host="0.0.0.0", webhook_port=8787)
+    left_out = Daemon(settings, run=lambda *a, **k: None)
+    assert (left_out.webhook_port, left_out.webhook_host) == (8787, "0.0.0.0")
+    given = Daemon(settings, run=lambda *a, **k: None, webhook_port=9797, webhook_host="127.0.0.2")
+    assert (given.webhook_port, given.webhook_host) == (9797, "127.0.0.2")
