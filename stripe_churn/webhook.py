@@ -270,7 +270,10 @@ class WebhookServer:
                 self._reply(405, "POST only", with_body=False)
 
             def do_POST(self) -> None:
+                # (refused before the signature is checked, but may be a delivery of Stripe's that no sync follows:
+                # logged as every refusal is)
                 if self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length") is None:
+                    server.httpd.warn_refused("refused a request without a Content-Length (411)")
                     self._reply(411, "Content-Length required")
                     return
                 try:
@@ -278,9 +281,11 @@ class WebhookServer:
                 except ValueError:
                     length = -1
                 if length < 0:
+                    server.httpd.warn_refused("refused a request with a bad Content-Length (400)")
                     self._reply(400, "bad Content-Length")
                     return
                 if length > MAX_BODY:
+                    server.httpd.warn_refused(f"refused a request over {MAX_BODY // (1 << 20)} MiB (413)")
                     self._reply(413, "body too large")
                     return
                 try:

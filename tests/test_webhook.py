@@ -144,6 +144,27 @@ def test_oversized_body_and_wrong_method(server: tuple[WebhookServer, list[str]]
     assert seen == []
 
 
+@pytest.mark.parametrize("head", [
+    pytest.param(f"Content-Length: {MAX_BODY + 1}\r\n", id="over-1-mib-413"),
+    pytest.param("Transfer-Encoding: chunked\r\n", id="no-length-411"),
+    pytest.param("Content-Length: -5\r\n", id="bad-length-400"),
+])
+def test_a_body_refused_for_its_size_is_logged_as_a_refusal(server: tuple[WebhookServer, list[str]], head: str,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """README: refusals are logged (one WARNING a minute for each reason). A delivery refused for its size or its
+    Content-Length was answered and forgotten: no sync followed, and only the DEBUG log showed it."""
+    srv, seen = server
+    host, port = srv.httpd.server_address[:2]
+    with caplog.at_level(logging.WARNING, logger="stripe_churn.webhook"):
+        for _ in range(2):
+            with socket.create_connection((str(host), port), timeout=5) as sock:
+                sock.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nStripe-Signature: t=1,v1=00\r\n{head}\r\n".encode())
+                assert sock.recv(100).split(b" ")[1] in (b"413", b"411", b"400")
+    assert seen == []
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "refused a request" in warned[0], warned  # (the second within the minute: counted)
+
+
 @pytest.mark.parametrize("body", [b"[1, 2, 3]", b"not json", b'{"id": "evt_1"}', b'{"type": null}',
                                   b"[" * 100_000, b'{"type": ' * 100_000],
                          ids=["list", "not-json", "no-type", "null-type", "deep-list", "deep-object"])
