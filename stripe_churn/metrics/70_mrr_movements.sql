@@ -207,6 +207,16 @@ unpaid AS (
 -- an item that changed more than once in the window (two seats, then a discount 20 minutes later): its B row
 -- names the last change; a plan or quantity part names the last change of its price or quantity, a discount part
 -- that of its discounts (looked up for those parts alone, whose B row started after the window's start)
+-- (the parts that look: made first, so that their item's rows are joined by item; left to the optimizer, the item rows
+-- were joined to the A rows by account first, a product that took 99 s for a customer of 4,400 subscriptions)
+part_rows AS MATERIALIZED (
+    SELECT p.tid, p.subscription_item_id, p.part, p.t_start, p.row_from, a.account_id, a.valid_from AS a_from
+    FROM adjusted p
+    JOIN derived_transition_items x ON x.tid = p.tid AND x.subscription_item_id = p.subscription_item_id
+    JOIN derived_item_mrr a ON a.rowid = x.a_rid
+    WHERE p.comp = 'same' AND p.part IN ('p', 'q', 'd') AND p.row_from > p.t_start
+      AND p.mrr_delta_part <> 0
+),
 part_events AS (
     SELECT tid, subscription_item_id, part, arg_max(event_id, valid_from) FILTER (WHERE changed) AS event_id
     FROM (
@@ -216,13 +226,7 @@ part_events AS (
                             THEN r.discount_ids IS DISTINCT FROM lag(r.discount_ids) OVER w
                             ELSE r.price_id IS DISTINCT FROM lag(r.price_id) OVER w
                                  OR r.quantity IS DISTINCT FROM lag(r.quantity) OVER w END AS changed
-        FROM (SELECT p.tid, p.subscription_item_id, p.part, p.t_start, p.row_from, a.account_id,
-                     a.valid_from AS a_from
-              FROM adjusted p
-              JOIN derived_transition_items x ON x.tid = p.tid AND x.subscription_item_id = p.subscription_item_id
-              JOIN derived_item_mrr a ON a.rowid = x.a_rid
-              WHERE p.comp = 'same' AND p.part IN ('p', 'q', 'd') AND p.row_from > p.t_start
-                AND p.mrr_delta_part <> 0) q
+        FROM part_rows q
         JOIN derived_item_mrr r ON r.account_id = q.account_id AND r.subscription_item_id = q.subscription_item_id
                                AND r.valid_from >= q.a_from AND r.valid_from <= q.row_from
         WINDOW w AS (PARTITION BY q.tid, q.subscription_item_id, q.part ORDER BY r.valid_from)
