@@ -281,11 +281,11 @@ def check_sandbox_outputs(port: int, truth_out: Path | None) -> None:
                              "pass a writable --truth-out path") from None
 
 
-def emit(columns: list[str], rows: list[Any], fmt: str, title: str | None = None) -> None:
-    """Print rows in the chosen format (CLI output, not logging)."""
+def emit(columns: list[str], rows: list[Any], fmt: str, title: str | None = None, *, as_stored: bool = False) -> None:
+    """Print rows in the chosen format (CLI output, not logging); ``as_stored``: see ``render``."""
     from stripe_churn.report.tables import render
 
-    click.echo(render(columns, rows, fmt, title))
+    click.echo(render(columns, rows, fmt, title, as_stored=as_stored))
 
 
 # A document of several sections (`sync`'s summary, `status`) as one CSV: every field on a line of its own
@@ -534,7 +534,7 @@ def sql(query: str, fmt: str, config_path: Path | None) -> None:
 
     settings = get_settings(config_path)
     columns, rows = run_query(settings.db, query, settings.memory_limit)
-    emit(columns, rows, fmt)
+    emit(columns, rows, fmt, as_stored=True)
 
 
 @cli.command()

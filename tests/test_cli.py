@@ -95,6 +95,19 @@ def test_sql_reads_snapshot_in_each_format(tmp_path: Path) -> None:
     assert code == 0 and "BIGINT" in out
 
 
+def test_sql_shows_a_querys_values_as_stored(tmp_path: Path) -> None:
+    """`sql`'s table is the query's own rows: its column names and every decimal place. It showed them as `report`
+    does: 12.3457 as 12.35, a column named nrr (0.9876) as 98.76%, period_start headed "period"."""
+    db = make_db(tmp_path / "a.duckdb", 1)
+    code, out = sql(db, "SELECT CAST(12.3457 AS DECIMAL(18, 4)) AS mrr_delta, CAST(0.9876 AS DECIMAL(18, 4)) AS nrr, "
+                        "DATE '2024-01-01' AS period_start, CAST(-30 AS DECIMAL(18, 4)) AS closing_mrr")
+    assert code == 0, out
+    header, values = [[cell.strip() for cell in line.strip("┃│ ").replace("┃", "│").split("│")]
+                      for line in out.splitlines() if any(ch.isalnum() for ch in line)][:2]
+    assert header == ["mrr_delta", "nrr", "period_start", "closing_mrr"], out
+    assert values == ["12.3457", "0.9876", "2024-01-01", "-30.0000"], out
+
+
 @pytest.mark.parametrize("query", [
     "INSERT INTO t VALUES (1)",
     "DROP TABLE t",

@@ -87,6 +87,15 @@ def _cell(value: Any, column: str = "") -> str:
     return str(value)
 
 
+def _stored_cell(value: Any) -> str:
+    """A cell of a query's own rows (`sql`): the value as stored, every decimal place of an amount kept."""
+    if value is None:
+        return ""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
 def _terminal_text(text: str) -> str:
     """``text`` for a terminal table: control characters (an escape sequence's ESC, CR, NUL, ...) shown escaped,
     as Python writes them, so that stored text cannot move the cursor, retitle the window or hide rows."""
@@ -95,10 +104,12 @@ def _terminal_text(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, title: str | None = None) -> str:
+def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, title: str | None = None, *,
+           as_stored: bool = False) -> str:
     """Format rows as ``table`` (rich), ``csv`` or ``json`` (a list of objects). In CSV, a text cell that starts
     like a formula (``=``, ``+``, ``-``, ``@``, TAB, CR) gets a leading ``'`` (see ``csv_text``); JSON is the data
-    as it is."""
+    as it is. A table shows the report's headers, amounts to the cent and rates as percentages, unless
+    ``as_stored`` (a query's own rows): its column names and every value as stored."""
     if fmt == "json":
         keys = unique_names(columns)
         return json.dumps([{k: _json_number(v) for k, v in zip(keys, r, strict=True)} for r in rows],
@@ -121,10 +132,11 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, titl
     # (cells and headers as plain Text: customers' text, such as a metadata value or a name, is neither rich markup,
     # where "[/b]" stopped the report with a MarkupError, nor terminal control sequences)
     for c in columns:
-        table.add_column(Text(_terminal_text(HEADERS.get(c, c))),
+        table.add_column(Text(_terminal_text(c if as_stored else HEADERS.get(c, c))),
                          justify="left" if c in ("period_start", "net_negative_churn", "segment_value") else "right")
     for r in rows:
-        table.add_row(*[Text(_terminal_text(_cell(v, c))) for c, v in zip(columns, r, strict=True)])
+        table.add_row(*[Text(_terminal_text(_stored_cell(v) if as_stored else _cell(v, c)))
+                        for c, v in zip(columns, r, strict=True)])
     console = Console(file=io.StringIO(), width=max(100, 12 * len(columns)), force_terminal=False,
                       color_system=None)
     console.print(table)
