@@ -30,7 +30,17 @@ FROM steps s, horizon h,
 -- `b_rid`; later steps read the other columns from there, for the few rows that need them) with what the
 -- classifier compares on every row: MRR, currency, family and the rates. (Narrow rows: writing the items'
 -- text columns here cost more than the joins.)
-CREATE OR REPLACE TEMP TABLE derived_transition_items AS
+-- An item held through a change (the same row in A and B: the same MRR, currency and rate) gives no part; of those,
+-- 64 reads only the largest (the transition's main item), one per family (whether the customer keeps the family of
+-- an unpaired item), those whose rate moved (fx) and, in a gain or a loss, all (their count). So for a customer of
+-- more than 32 rows a 'change' transition lists the rows with a boundary inside its window, the largest held row
+-- of each currency and one held row per family of those, each found among the customer's first 32 rows by size
+-- (per currency) and by how long they last (per family), `cands`. Listing every row held, as before (and still for
+-- smaller customers), cost (transitions x items) per customer: minutes for one of thousands of subscriptions.
+-- Every row held is still listed for a gain or a loss, a window whose rates differ from its first day to its last,
+-- windows of one customer that overlap, and where the first rows do not settle which held row is largest or
+-- whether a family is held.
+CREATE OR REPLACE TEMP TABLE derived_transition_sides AS
 WITH
 cfg AS (SELECT lower(reporting_currency) AS rep, past_due_counts, pause_collection_keeps_mrr FROM derived_settings),
 item_rows AS (
@@ -48,19 +58,127 @@ tr AS (
            utc_date(t_start - INTERVAL 1 MICROSECOND) AS day_a, utc_date(t_end) AS day_b
     FROM derived_transitions
 ),
-side_a AS (
-    SELECT t.tid, t.kind, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original, r.currency, r.family
+-- (the customers of more than 32 rows: of fewer, every row held is listed, which costs less than finding them)
+big AS (SELECT account_id, customer_id FROM item_rows GROUP BY ALL HAVING count(*) > 32),
+big_rows AS (SELECT r.* FROM item_rows r SEMI JOIN big USING (account_id, customer_id)),
+-- (each customer's rows ranked by size per currency, as 64 orders the main item within one currency, and per
+-- family by how long they last)
+ranked AS (
+    SELECT rid, account_id, customer_id, currency, family, valid_from, valid_to,
+           row_number() OVER (PARTITION BY account_id, customer_id, currency
+                              ORDER BY mrr_original DESC, subscription_item_id DESC, rid) AS rk,
+           row_number() OVER (PARTITION BY account_id, customer_id, family
+                              ORDER BY coalesce(epoch(valid_to), 1e12) - epoch(valid_from) DESC, rid) AS rk_fam,
+           count(*) OVER (PARTITION BY account_id, customer_id, currency) AS n_cur,
+           count(*) OVER (PARTITION BY account_id, customer_id, family) AS n_fam
+    FROM big_rows
+),
+cands AS (SELECT * FROM ranked WHERE rk <= 32 OR rk_fam <= 32),
+currencies AS (
+    SELECT account_id, customer_id, currency, any_value(n_cur) AS n_cur
+    FROM ranked
+    GROUP BY ALL
+),
+overlapping AS (
+    SELECT DISTINCT account_id, customer_id
+    FROM (SELECT account_id, customer_id, t_start,
+                 max(t_end) OVER (PARTITION BY account_id, customer_id ORDER BY t_start, t_end
+                                  ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS before_end
+          FROM tr SEMI JOIN big USING (account_id, customer_id))
+    WHERE before_end >= t_start
+),
+-- 'change' transitions of those customers whose every currency has the same rate (above 0) on both days
+quick AS (
+    SELECT t.*
+    FROM tr t
+    WHERE t.kind = 'change'
+      AND (t.account_id, t.customer_id) IN (SELECT (account_id, customer_id) FROM currencies)
+      AND NOT EXISTS (SELECT 1 FROM overlapping o
+                      WHERE o.account_id = t.account_id AND o.customer_id = t.customer_id)
+      AND NOT EXISTS (SELECT 1
+                      FROM currencies c
+                      CROSS JOIN cfg
+                      LEFT JOIN derived_fx_days fa ON fa.currency = c.currency AND fa.day = t.day_a
+                      LEFT JOIN derived_fx_days fb ON fb.currency = c.currency AND fb.day = t.day_b
+                      WHERE c.account_id = t.account_id AND c.customer_id = t.customer_id
+                        AND (c.currency IS NULL
+                             OR (c.currency <> cfg.rep AND NOT coalesce(fa.rate > 0 AND fa.rate = fb.rate, false))))
+),
+-- the rows with a boundary inside a quick window (the windows of one customer do not overlap there)
+bounds AS (
+    SELECT rid, account_id, customer_id, valid_from AS at FROM big_rows
+    UNION ALL
+    SELECT rid, account_id, customer_id, valid_to FROM big_rows WHERE valid_to IS NOT NULL
+),
+changed_rows AS (
+    SELECT DISTINCT q.tid, b.rid
+    FROM bounds b
+    ASOF JOIN quick q ON q.account_id = b.account_id AND q.customer_id = b.customer_id AND q.t_start <= b.at
+    WHERE b.at <= q.t_end
+),
+held AS (
+    SELECT q.tid, c.rid, c.rk, c.rk_fam, c.currency, c.family
+    FROM quick q
+    JOIN cands c ON c.account_id = q.account_id AND c.customer_id = q.customer_id
+    WHERE c.valid_from < q.t_start AND (c.valid_to IS NULL OR c.valid_to > q.t_end)
+),
+needed AS (
+    SELECT DISTINCT x.tid, r.family
+    FROM changed_rows x JOIN big_rows r USING (rid)
+),
+-- (settled: in each currency, a held row among the first by size, or none beyond them; for each family of the changed rows, a held
+-- row among its first, or none beyond them)
+settled AS (
+    SELECT q.tid
+    FROM quick q
+    WHERE NOT EXISTS (SELECT 1 FROM currencies c
+                      WHERE c.account_id = q.account_id AND c.customer_id = q.customer_id AND c.n_cur > 32
+                        AND NOT EXISTS (SELECT 1 FROM held h
+                                        WHERE h.tid = q.tid AND h.currency = c.currency AND h.rk <= 32))
+      AND NOT EXISTS (SELECT 1 FROM needed n
+                      JOIN ranked r ON r.account_id = q.account_id AND r.customer_id = q.customer_id
+                                   AND r.family IS NOT DISTINCT FROM n.family AND r.rk_fam = 1
+                      WHERE n.tid = q.tid AND r.n_fam > 32
+                        AND NOT EXISTS (SELECT 1 FROM held h
+                                        WHERE h.tid = n.tid AND h.family IS NOT DISTINCT FROM n.family
+                                          AND h.rk_fam <= 32))
+),
+picked AS (
+    SELECT tid, rid FROM changed_rows WHERE tid IN (SELECT tid FROM settled)
+    UNION
+    SELECT tid, arg_min(rid, rk) FROM held WHERE rk <= 32 AND tid IN (SELECT tid FROM settled) GROUP BY tid, currency
+    UNION
+    SELECT h.tid, arg_min(h.rid, h.rk_fam)
+    FROM held h
+    JOIN needed n ON n.tid = h.tid AND n.family IS NOT DISTINCT FROM h.family
+    WHERE h.rk_fam <= 32 AND h.tid IN (SELECT tid FROM settled)
+    GROUP BY h.tid, h.family
+),
+listed AS (
+    SELECT t.tid, t.kind, t.t_start, t.t_end, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original,
+           r.currency, r.family, r.valid_from, r.valid_to
+    FROM picked p
+    JOIN tr t USING (tid)
+    JOIN item_rows r USING (rid)
+    UNION ALL
+    SELECT t.tid, t.kind, t.t_start, t.t_end, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original,
+           r.currency, r.family, r.valid_from, r.valid_to
     FROM tr t
     JOIN item_rows r ON r.account_id = t.account_id AND r.customer_id = t.customer_id
-                    AND r.valid_from < t.t_start AND (r.valid_to IS NULL OR r.valid_to >= t.t_start)
+                    AND r.valid_from <= t.t_end AND (r.valid_to IS NULL OR r.valid_to >= t.t_start)
+    WHERE t.tid NOT IN (SELECT tid FROM settled)
+),
+side_a AS (
+    SELECT tid, kind, day_a, day_b, subscription_item_id, rid, mrr_original, currency, family
+    FROM listed
+    WHERE valid_from < t_start AND (valid_to IS NULL OR valid_to >= t_start)
 ),
 side_b AS (
-    SELECT t.tid, t.kind, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original, r.currency, r.family,
+    SELECT tid, kind, day_a, day_b, subscription_item_id, rid, mrr_original, currency, family,
            -- the B row started inside the window (70 looks for the sources of a change there)
-           r.valid_from >= t.t_start AS started
-    FROM tr t
-    JOIN item_rows r ON r.account_id = t.account_id AND r.customer_id = t.customer_id
-                    AND r.valid_from <= t.t_end AND (r.valid_to IS NULL OR r.valid_to > t.t_end)
+           valid_from >= t_start AS started
+    FROM listed
+    WHERE valid_from <= t_end AND (valid_to IS NULL OR valid_to > t_end)
 ),
 joined AS (
     SELECT coalesce(a.tid, b.tid) AS tid, coalesce(a.kind, b.kind) AS kind,
@@ -75,12 +193,18 @@ joined AS (
     FULL JOIN side_b b
         ON a.tid = b.tid AND a.subscription_item_id = b.subscription_item_id
 )
+SELECT * FROM joined;
+
+-- (the rates joined in a statement of their own: inside the one above, the optimizer built its hash table on the
+-- rows instead of on the rates)
+CREATE OR REPLACE TEMP TABLE derived_transition_items AS
+WITH cfg AS (SELECT lower(reporting_currency) AS rep FROM derived_settings)
 SELECT
     j.* EXCLUDE (day_a, day_b),
     CASE WHEN j.a_currency = cfg.rep THEN 1 ELSE ra.rate END AS a_rate_a,
     CASE WHEN j.b_currency = cfg.rep THEN 1 ELSE rba.rate END AS b_rate_a,
     CASE WHEN j.b_currency = cfg.rep THEN 1 ELSE rbb.rate END AS b_rate_b
-FROM joined j
+FROM derived_transition_sides j
 CROSS JOIN cfg
 LEFT JOIN derived_fx_days ra ON ra.currency = j.a_currency AND ra.day = j.day_a
 LEFT JOIN derived_fx_days rba ON rba.currency = j.b_currency AND rba.day = j.day_a

@@ -878,3 +878,35 @@ def test_view_columns_and_types(world: World, derive: Derive) -> None:
     (at,) = con.execute("SELECT strftime(min(occurred_at) AT TIME ZONE 'UTC', '%Y-%m-%dT%H:%M:%S') "
                         "FROM mrr_movements").fetchall()[0]
     assert at == datetime.fromtimestamp(T0, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def test_a_customer_of_forty_subscriptions_is_labelled_as_a_small_one(world: World, derive: Derive) -> None:
+    """Step 62 lists, for a change of a customer of more than 32 item rows, only the rows that change, the largest
+    held row and one held row of each family they touch (every row held, before: (changes x items) rows per
+    customer, minutes for one of thousands of subscriptions). The labels that read the held rows: a removed or an
+    added item of a family the customer keeps is a contraction or an expansion, not a downgrade or a cross-sell;
+    the main item (largest MRR) of a change that touches only a smaller item is a held one (its plan segment)."""
+    base(world)
+    for k in range(40):
+        world.subscribe(f"sub_{k}", "cus_1", [(f"si_{k}", "core_basic", 1)], T0)
+    world.update("sub_5", month(2), items=[("si_5", "core_basic", 3)])
+    world.subscribe("sub_a", "cus_1", [("si_a", "analytics", 1)], month(2, 1))
+    world.cancel("sub_7", month(3))
+    world.subscribe("sub_x", "cus_1", [("si_x", "addon", 1)], month(3, 1))
+    world.update("sub_3", month(4), items=[("si_3", "core_pro", 1)])
+    world.cancel("sub_20", month(5))
+    con = derive(world, seen_at=month(6))
+    assert con.execute("SELECT count(*) FROM derived_item_mrr WHERE customer_id = 'cus_1'").fetchall()[0][0] > 32
+    assert movements(con) == [
+        (T0, "new", "new", Decimal("400.0000"), "si_9"),
+        (month(2), "seat_expansion", "expansion", Decimal("20.0000"), "si_5"),
+        (month(2, 1), "cross_sell", "expansion", Decimal("50.0000"), "si_a"),
+        (month(3), "seat_contraction", "contraction", Decimal("-10.0000"), "si_7"),
+        (month(3, 1), "seat_expansion", "expansion", Decimal("5.0000"), "si_x"),
+        (month(4), "upgrade", "expansion", Decimal("10.0000"), "si_3"),
+        (month(5), "seat_contraction", "contraction", Decimal("-10.0000"), "si_20"),
+    ]
+    check_invariants(con)
+    # (the plan segment after the last change: the largest item then is si_a, analytics at 50.00, held through it)
+    assert con.execute("SELECT price_id FROM derived_transition_states WHERE customer_id = 'cus_1' AND t_start = ?",
+                       [datetime.fromtimestamp(month(5), UTC)]).fetchall() == [("analytics",)]
