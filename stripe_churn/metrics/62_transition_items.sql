@@ -62,23 +62,18 @@ tr AS (
 big AS (SELECT account_id, customer_id FROM item_rows GROUP BY ALL HAVING count(*) > 32),
 big_rows AS (SELECT r.* FROM item_rows r SEMI JOIN big USING (account_id, customer_id)),
 -- (each customer's rows ranked by size per currency, as 64 orders the main item within one currency, and per
--- family by how long they last)
+-- family by how long they last; and how many rows each currency and family has)
 ranked AS (
     SELECT rid, account_id, customer_id, currency, family, valid_from, valid_to,
            row_number() OVER (PARTITION BY account_id, customer_id, currency
                               ORDER BY mrr_original DESC, subscription_item_id DESC, rid) AS rk,
            row_number() OVER (PARTITION BY account_id, customer_id, family
-                              ORDER BY coalesce(epoch(valid_to), 1e12) - epoch(valid_from) DESC, rid) AS rk_fam,
-           count(*) OVER (PARTITION BY account_id, customer_id, currency) AS n_cur,
-           count(*) OVER (PARTITION BY account_id, customer_id, family) AS n_fam
+                              ORDER BY coalesce(epoch(valid_to), 1e12) - epoch(valid_from) DESC, rid) AS rk_fam
     FROM big_rows
 ),
 cands AS (SELECT * FROM ranked WHERE rk <= 32 OR rk_fam <= 32),
-currencies AS (
-    SELECT account_id, customer_id, currency, any_value(n_cur) AS n_cur
-    FROM ranked
-    GROUP BY ALL
-),
+currencies AS (SELECT account_id, customer_id, currency, count(*) AS n_cur FROM big_rows GROUP BY ALL),
+families AS (SELECT account_id, customer_id, family, count(*) AS n_fam FROM big_rows GROUP BY ALL),
 overlapping AS (
     SELECT DISTINCT account_id, customer_id
     FROM (SELECT account_id, customer_id, t_start,
@@ -92,7 +87,7 @@ quick AS (
     SELECT t.*
     FROM tr t
     WHERE t.kind = 'change'
-      AND (t.account_id, t.customer_id) IN (SELECT (account_id, customer_id) FROM currencies)
+      AND (t.account_id, t.customer_id) IN (SELECT (account_id, customer_id) FROM big)
       AND NOT EXISTS (SELECT 1 FROM overlapping o
                       WHERE o.account_id = t.account_id AND o.customer_id = t.customer_id)
       AND NOT EXISTS (SELECT 1
@@ -126,8 +121,8 @@ needed AS (
     SELECT DISTINCT x.tid, r.family
     FROM changed_rows x JOIN big_rows r USING (rid)
 ),
--- (settled: in each currency, a held row among the first by size, or none beyond them; for each family of the changed rows, a held
--- row among its first, or none beyond them)
+-- (settled: in each currency, a held row among the first by size, or none beyond them; for each family of the
+-- changed rows, a held row among its first, or none beyond them)
 settled AS (
     SELECT q.tid
     FROM quick q
@@ -136,9 +131,9 @@ settled AS (
                         AND NOT EXISTS (SELECT 1 FROM held h
                                         WHERE h.tid = q.tid AND h.currency = c.currency AND h.rk <= 32))
       AND NOT EXISTS (SELECT 1 FROM needed n
-                      JOIN ranked r ON r.account_id = q.account_id AND r.customer_id = q.customer_id
-                                   AND r.family IS NOT DISTINCT FROM n.family AND r.rk_fam = 1
-                      WHERE n.tid = q.tid AND r.n_fam > 32
+                      JOIN families f ON f.account_id = q.account_id AND f.customer_id = q.customer_id
+                                     AND f.family IS NOT DISTINCT FROM n.family
+                      WHERE n.tid = q.tid AND f.n_fam > 32
                         AND NOT EXISTS (SELECT 1 FROM held h
                                         WHERE h.tid = n.tid AND h.family IS NOT DISTINCT FROM n.family
                                           AND h.rk_fam <= 32))
