@@ -207,7 +207,42 @@ def get_settings(config_path: Path | None, **overrides: Any) -> Settings:
     return settings
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class OneLineUsageError(click.UsageError):
+    """A usage error (an unknown command or option, a value refused) shown as every other error is: one line on
+    stderr that says what to do, instead of click's usage, hint and message on four lines. Exit code 2, as click's."""
+
+    def show(self, file: Any = None) -> None:
+        where = f"{self.ctx.command_path} --help" if self.ctx is not None else "stripe-churn --help"
+        click.echo(f"error: {self.format_message().rstrip('.')} (see `{where}`)", err=True)
+
+
+class OneLineErrorsGroup(click.Group):
+    """The top group: a usage error raised while its arguments or a command's are parsed becomes a
+    :class:`OneLineUsageError` (click shows a ClickException through its ``show``)."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from exc
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:  # (a command unknown, or its options: parsed inside the group's invoke)
+            raise _one_line(exc) from exc
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    if isinstance(exc, OneLineUsageError):
+        return exc
+    one = OneLineUsageError(exc.format_message(), exc.ctx)
+    one.exit_code = exc.exit_code
+    return one
+
+
+@click.group(cls=OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="stripe-churn")
 def cli() -> None:
     """stripe-churn: keep a DuckDB copy of a Stripe account, label every MRR change, answer churn in SQL."""

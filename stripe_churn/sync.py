@@ -948,7 +948,7 @@ class _Sync:
         if self.settings.account:
             return 0
         try:
-            acct = await self.api.get("/v1/account")
+            acct = await self.api.account()  # (asked for once: the account id came from it)
             return max(0, int(acct.get("created") or 0))
         except StripeChurnError as exc:
             log.debug("account creation time unknown (%s): slices start at 0", exc)

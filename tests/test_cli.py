@@ -285,6 +285,19 @@ def test_negative_customers_or_months_are_usage_errors(args: list[str], tmp_path
     assert "unexpected" not in out and not (tmp_path / "demo").exists()
 
 
+@pytest.mark.parametrize(("args", "line"), [
+    (["sync", "--bogus"], "error: No such option '--bogus' (see `stripe-churn sync --help`)"),
+    (["nocmd"], "error: No such command 'nocmd' (see `stripe-churn --help`)"),
+    (["sql"], "error: Missing argument 'QUERY' (see `stripe-churn sql --help`)"),
+    (["report", "--format", "nope"], "error: Invalid value for '--format': 'nope' is not one of 'table', 'csv', "
+                                     "'json' (see `stripe-churn report --help`)"),
+    (["--bogus"], "error: No such option '--bogus' (see `stripe-churn --help`)")])
+def test_a_usage_error_is_one_line_naming_the_help_to_read(args: list[str], line: str) -> None:
+    """As every other error: one line on stderr, exit code 2 (click printed usage, a hint and the message on four)."""
+    r = CliRunner().invoke(cli, args, prog_name="stripe-churn")
+    assert (r.exit_code, r.stderr, r.stdout) == (2, line + "\n", ""), r.output
+
+
 @pytest.mark.parametrize("args", [["sql", "SELECT * FROM t"], ["status"], ["sql", "SELECT 1", "--format", "json"]])
 def test_a_closed_stdout_ends_quietly(tmp_path: Path, args: list[str]) -> None:
     """`stripe-churn ... | head -1`: the reader went away; no message, exit code 1 (it was `error: unexpected

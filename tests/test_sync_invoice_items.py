@@ -319,3 +319,15 @@ def test_invoiceitem_events_are_stored_but_not_applied(fake: FakeStripe, tmp_pat
     with open_store(db) as con:
         assert con.execute("SELECT count(*) FROM events WHERE object_id = 'ii_0999'").fetchone() == (2,)
         assert "ii_0999" not in items(con)
+
+
+def test_a_run_asks_for_the_account_once(fake: FakeStripe, tmp_path: Path) -> None:
+    """README's Stripe API table: `GET /v1/account` once per run (a full sync read it for the id and again for the
+    account's `created`, the listing's lower bound)."""
+    db = tmp_path / "s.duckdb"
+    assert sync(db).mode == "full"
+    assert fake.paths.count("/v1/account") == 1
+    fake.clock += 86400
+    fake.paths.clear()
+    assert sync(db).mode == "incremental"
+    assert fake.paths.count("/v1/account") == 1

@@ -93,6 +93,7 @@ class StripeRaw:
         self._sending: set[asyncio.Timeout] = set()  # the deadlines of the requests on the way
         self._give_up_at: float | None = None  # (the loop's time; set once the stop is seen)
         self.base = settings.api_base.rstrip("/")
+        self._account: dict[str, Any] | None = None  # GET /v1/account's answer, asked for once per client (run)
         # where the key, the base URL and the account were set (the config file's api_key, STRIPE_API_KEY, one
         # overriding the other), for the messages that say what to check
         self._key_given_in = settings.given_in("api_key")
@@ -305,12 +306,18 @@ class StripeRaw:
         """Text taken from an answer, fit for a message: see :func:`_redacted`."""
         return _redacted(text, self._key)
 
+    async def account(self) -> dict[str, Any]:
+        """The key's own account (GET /v1/account), asked for once: a full sync reads its id and its `created`."""
+        if self._account is None:
+            self._account = await self.get("/v1/account")
+        return self._account
+
     async def account_id(self, configured: str | None) -> str:
         """The account being synced: the configured one (Stripe-Account) or the key's own."""
         if configured:
             return configured
         try:
-            acct = await self.get("/v1/account")
+            acct = await self.account()
         except NotFoundError as exc:  # the first request: a 404 here is the wrong server, not a missing object
             v1 = ", which ends in /v1 now" if self.base.endswith("/v1") else ""
             raise ConfigError(f"the server at {self.base} has no /v1/account: check {self._base_given_in}{v1}: "
