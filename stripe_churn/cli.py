@@ -24,7 +24,7 @@ from stripe_churn.errors import (
     explained,
     store_failure,
 )
-from stripe_churn.settings import Settings, load_settings
+from stripe_churn.settings import Settings, load_settings, redact_secrets
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -213,7 +213,8 @@ class OneLineUsageError(click.UsageError):
 
     def show(self, file: Any = None) -> None:
         where = f"{self.ctx.command_path} --help" if self.ctx is not None else "stripe-churn --help"
-        click.echo(f"error: {self.format_message().rstrip('.')} (see `{where}`)", err=True)
+        # (a key typed where an argument was not expected is masked, as in every other message)
+        click.echo(redact_secrets(f"error: {self.format_message().rstrip('.')} (see `{where}`)"), err=True)
 
 
 class OneLineErrorsGroup(click.Group):

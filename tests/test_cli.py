@@ -291,7 +291,10 @@ def test_negative_customers_or_months_are_usage_errors(args: list[str], tmp_path
     (["sql"], "error: Missing argument 'QUERY' (see `stripe-churn sql --help`)"),
     (["report", "--format", "nope"], "error: Invalid value for '--format': 'nope' is not one of 'table', 'csv', "
                                      "'json' (see `stripe-churn report --help`)"),
-    (["--bogus"], "error: No such option '--bogus' (see `stripe-churn --help`)")])
+    (["--bogus"], "error: No such option '--bogus' (see `stripe-churn --help`)"),
+    # (a key pasted where no argument is expected: masked, as in every message)
+    (["sync", "sk_live_51AbCdEfGh"], "error: Got unexpected extra argument (sk_live_…) (see `stripe-churn sync "
+                                     "--help`)")])
 def test_a_usage_error_is_one_line_naming_the_help_to_read(args: list[str], line: str) -> None:
     """As every other error: one line on stderr, exit code 2 (click printed usage, a hint and the message on four)."""
     r = CliRunner().invoke(cli, args, prog_name="stripe-churn")
