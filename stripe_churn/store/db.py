@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ from stripe_churn.store.quiet import quiet
 log = logging.getLogger(__name__)
 
 
+@functools.cache  # (the schema is fixed: compiled once per process, not at each new store's migration)
 def _ddl(table: str) -> str:
     from duckdb_engine import Dialect
 
