@@ -149,31 +149,38 @@ picked AS (
     WHERE h.rk_fam <= 32 AND h.tid IN (SELECT tid FROM settled)
     GROUP BY h.tid, h.family
 ),
-listed AS (
+picked_rows AS (
     SELECT t.tid, t.kind, t.t_start, t.t_end, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original,
            r.currency, r.family, r.valid_from, r.valid_to
     FROM picked p
     JOIN tr t USING (tid)
     JOIN item_rows r USING (rid)
-    UNION ALL
-    SELECT t.tid, t.kind, t.t_start, t.t_end, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original,
-           r.currency, r.family, r.valid_from, r.valid_to
-    FROM tr t
-    JOIN item_rows r ON r.account_id = t.account_id AND r.customer_id = t.customer_id
-                    AND r.valid_from <= t.t_end AND (r.valid_to IS NULL OR r.valid_to >= t.t_start)
-    WHERE t.tid NOT IN (SELECT tid FROM settled)
 ),
+-- the transitions listed whole, joined to the rows of each side on that side's own range (one join on both sides'
+-- ranges, materialized and split into the two sides, took 2.4 times as long for a customer of 4,373 subscriptions)
+whole AS (SELECT * FROM tr WHERE tid NOT IN (SELECT tid FROM settled)),
 side_a AS (
     SELECT tid, kind, day_a, day_b, subscription_item_id, rid, mrr_original, currency, family
-    FROM listed
+    FROM picked_rows
     WHERE valid_from < t_start AND (valid_to IS NULL OR valid_to >= t_start)
+    UNION ALL
+    SELECT t.tid, t.kind, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original, r.currency, r.family
+    FROM whole t
+    JOIN item_rows r ON r.account_id = t.account_id AND r.customer_id = t.customer_id
+                    AND r.valid_from < t.t_start AND (r.valid_to IS NULL OR r.valid_to >= t.t_start)
 ),
 side_b AS (
     SELECT tid, kind, day_a, day_b, subscription_item_id, rid, mrr_original, currency, family,
            -- the B row started inside the window (70 looks for the sources of a change there)
            valid_from >= t_start AS started
-    FROM listed
+    FROM picked_rows
     WHERE valid_from <= t_end AND (valid_to IS NULL OR valid_to > t_end)
+    UNION ALL
+    SELECT t.tid, t.kind, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original, r.currency, r.family,
+           r.valid_from >= t.t_start
+    FROM whole t
+    JOIN item_rows r ON r.account_id = t.account_id AND r.customer_id = t.customer_id
+                    AND r.valid_from <= t.t_end AND (r.valid_to IS NULL OR r.valid_to > t.t_end)
 ),
 joined AS (
     SELECT coalesce(a.tid, b.tid) AS tid, coalesce(a.kind, b.kind) AS kind,
