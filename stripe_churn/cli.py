@@ -236,7 +236,7 @@ class OneLineErrorsGroup(click.Group):
 
 
 def _one_line(exc: click.UsageError) -> click.UsageError:
-    if isinstance(exc, OneLineUsageError):
+    if isinstance(exc, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):  # (no command at all: the help)
         return exc
     one = OneLineUsageError(exc.format_message(), exc.ctx)
     one.exit_code = exc.exit_code

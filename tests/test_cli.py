@@ -301,6 +301,12 @@ def test_a_usage_error_is_one_line_naming_the_help_to_read(args: list[str], line
     assert (r.exit_code, r.stderr, r.stdout) == (2, line + "\n", ""), r.output
 
 
+def test_no_command_at_all_shows_the_help() -> None:
+    r = CliRunner().invoke(cli, [], prog_name="stripe-churn")
+    assert r.output.startswith("Usage: stripe-churn [OPTIONS] COMMAND [ARGS]...") and "error" not in r.output
+    assert all(name in r.output for name in COMMANDS)
+
+
 @pytest.mark.parametrize("args", [["sql", "SELECT * FROM t"], ["status"], ["sql", "SELECT 1", "--format", "json"]])
 def test_a_closed_stdout_ends_quietly(tmp_path: Path, args: list[str]) -> None:
     """`stripe-churn ... | head -1`: the reader went away; no message, exit code 1 (it was `error: unexpected
