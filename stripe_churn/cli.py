@@ -217,9 +217,24 @@ class OneLineUsageError(click.UsageError):
         click.echo(redact_secrets(f"error: {self.format_message().rstrip('.')} (see `{where}`)"), err=True)
 
 
+class ContextualCommand(click.Command):
+    """A command whose parse errors name it: click raises some without their context ("Option '--format' requires
+    an argument"), which would send the user to the top group's help instead of the command's."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            if exc.ctx is None:
+                exc.ctx = ctx
+            raise
+
+
 class OneLineErrorsGroup(click.Group):
     """The top group: a usage error raised while its arguments or a command's are parsed becomes a
     :class:`OneLineUsageError` (click shows a ClickException through its ``show``)."""
+
+    command_class = ContextualCommand
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:
@@ -427,7 +442,7 @@ def _config_given(args: list[str]) -> tuple[bool, Path | None]:
     return True, None
 
 
-class DaemonCommand(click.Command):
+class DaemonCommand(ContextualCommand):
     """The daemon's options refused (a --webhook-port out of range, an unknown option) stop it at start as a bad
     setting does: written to its store's state file too, for `status` (see ``daemon.refused_at_start``)."""
 

@@ -292,6 +292,8 @@ def test_negative_customers_or_months_are_usage_errors(args: list[str], tmp_path
     (["report", "--format", "nope"], "error: Invalid value for '--format': 'nope' is not one of 'table', 'csv', "
                                      "'json' (see `stripe-churn report --help`)"),
     (["--bogus"], "error: No such option '--bogus' (see `stripe-churn --help`)"),
+    (["sql", "--format"], "error: Option '--format' requires an argument (see `stripe-churn sql --help`)"),
+    (["sync", "--config"], "error: Option '--config' requires an argument (see `stripe-churn sync --help`)"),
     # (a key pasted where no argument is expected: masked, as in every message)
     (["sync", "sk_live_51AbCdEfGh"], "error: Got unexpected extra argument (sk_live_…) (see `stripe-churn sync "
                                      "--help`)")])
