@@ -100,23 +100,25 @@ SELECT account_id, customer_id, t_start, max(t) AS t_end
 FROM long_windows
 GROUP BY ALL;
 
--- Transitions that change the customer's MRR, with M(A) (just before t_start) and M(B) (at t_end).
+-- Transitions that change the customer's MRR, with M(A) (just before t_start) and M(B) (at t_end): the customer's
+-- levels (which do not overlap) that meet the window, read in one join (a correlated subquery for each of M(A) and
+-- M(B) joined the customer's windows to its levels twice).
 -- `had_mrr_before`: the customer had MRR at some point before (new vs reactivation).
 CREATE OR REPLACE TEMP TABLE derived_transitions AS
 WITH w AS (
     SELECT w.account_id, w.customer_id, w.t_start, w.t_end,
-           coalesce((SELECT c.mrr FROM derived_customer_mrr c
-                     WHERE c.account_id = w.account_id AND c.customer_id = w.customer_id
-                       AND c.valid_from < w.t_start AND (c.valid_to IS NULL OR c.valid_to >= w.t_start)), 0)
-               AS mrr_before,
-           coalesce((SELECT c.mrr FROM derived_customer_mrr c
-                     WHERE c.account_id = w.account_id AND c.customer_id = w.customer_id
-                       AND c.valid_from <= w.t_end AND (c.valid_to IS NULL OR c.valid_to > w.t_end)), 0)
-               AS mrr_after
+           coalesce(max(CASE WHEN c.valid_from < w.t_start AND (c.valid_to IS NULL OR c.valid_to >= w.t_start)
+                             THEN c.mrr END), 0) AS mrr_before,
+           coalesce(max(CASE WHEN c.valid_from <= w.t_end AND (c.valid_to IS NULL OR c.valid_to > w.t_end)
+                             THEN c.mrr END), 0) AS mrr_after
     FROM derived_transition_windows w
     LEFT JOIN derived_coverage cov USING (account_id)
+    LEFT JOIN derived_customer_mrr c
+        ON c.account_id = w.account_id AND c.customer_id = w.customer_id
+       AND c.valid_from <= w.t_end AND (c.valid_to IS NULL OR c.valid_to >= w.t_start)
     -- a change dated after the latest sync (a coupon that ends next month) has not happened yet
     WHERE cov.snapshot_at IS NULL OR w.t_start <= cov.snapshot_at
+    GROUP BY w.account_id, w.customer_id, w.t_start, w.t_end
 )
 SELECT row_number() OVER () AS tid,  -- a compact key for the joins of the later steps
        account_id, customer_id, t_start, t_end,
