@@ -374,3 +374,52 @@ class OneStore:
             return run
 
         return world_fx, derive_fx, built
+
+
+def _derivation_key(worlds: tuple[World, ...], seen_at: int, events: bool | int, currency: str, load: Load | None,
+                    rules: dict[str, Any]) -> str:
+    """A digest of what a ``derive(...)`` loads and the settings it recomputes under."""
+    import hashlib
+    import json
+
+    asked = [[[w.account_id, w.objects, w.events, w.fx_rates] for w in worlds], seen_at, events, currency,
+             getattr(load, "__qualname__", repr(load)), repr(sorted(rules.items()))]
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def _derived_once(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    """The folder and the stores of ``derive_read_only``, by :func:`_derivation_key`."""
+    return tmp_path_factory.mktemp("derived_once"), {}
+
+
+@pytest.fixture
+def derive_read_only(request: pytest.FixtureRequest, _derived_once: tuple[Path, dict[str, Path]],
+                     migrated_store_file: Path) -> Callable[..., duckdb.DuckDBPyConnection]:
+    """``derive`` for a test that only reads what it derived (the same arguments): a read-only connection to a store
+    of those Worlds loaded and recomputed under those settings, built once per session (a worker) and shared by
+    every test that derives the same Worlds at the same moment under the same rules (a recompute of a tiny store
+    costs about half a second). DuckDB refuses any write, so a test cannot change what the next one reads."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.store.db import open_store
+
+    folder, stores = _derived_once
+
+    def run(*worlds: World, seen_at: int, events: bool | int = True, currency: str = "usd", load: Load | None = None,
+            **rules: Any) -> duckdb.DuckDBPyConnection:
+        key = _derivation_key(worlds, seen_at, events, currency, load, rules)
+        if key not in stores:
+            path = folder / f"{key[:20]}.duckdb"
+            shutil.copyfile(migrated_store_file, path)
+            con = open_store(path)
+            try:
+                load_worlds(con, worlds, seen_at=seen_at, events=events, load=load)
+                recompute(con, make_settings(currency, **rules))
+            finally:
+                con.close()
+            stores[key] = path
+        con = open_store(stores[key], read_only=True)
+        request.addfinalizer(con.close)
+        return con
+
+    return run

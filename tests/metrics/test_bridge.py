@@ -134,8 +134,8 @@ def assert_bridge_adds_up(con: duckdb.DuckDBPyConnection, label: str, periods: l
     return checked
 
 
-def test_bridge_identity_every_period_and_segment(world: World, derive: Derive) -> None:
-    con = derive(book(world), seen_at=SEEN)
+def test_bridge_identity_every_period_and_segment(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(book(world), seen_at=SEEN)
     assert assert_bridge_adds_up(con, "book") > 100
 
 
@@ -174,8 +174,8 @@ def test_bridge_identity_small_simulation(small_sim_derived: duckdb.DuckDBPyConn
     assert assert_bridge_adds_up(small_sim_derived, "small simulation") > 0
 
 
-def test_closing_mrr_equals_customer_mrr_at_month_ends(world: World, derive: Derive) -> None:
-    con = derive(book(world), seen_at=SEEN)
+def test_closing_mrr_equals_customer_mrr_at_month_ends(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(book(world), seen_at=SEEN)
     for r in queries.bridge(con):
         end = r["period_end"] + dt.timedelta(days=1)
         (total,) = con.execute(
@@ -185,9 +185,9 @@ def test_closing_mrr_equals_customer_mrr_at_month_ends(world: World, derive: Der
         assert r["closing_mrr"] == total, f"{r['period_start']}: bridge closes at {r['closing_mrr']}, customers sum {total}"
 
 
-def test_book_by_hand(world: World, derive: Derive) -> None:
+def test_book_by_hand(world: World, derive_read_only: Derive) -> None:
     """March 2024 of the book, worked out by hand."""
-    con = derive(book(world), seen_at=SEEN)
+    con = derive_read_only(book(world), seen_at=SEEN)
     march = next(r for r in queries.bridge(con) if r["period_start"] == dt.date(2024, 3, 1))
     # opening: a 100 (pro x5), b 64.80 (60 EUR at 1.08), c 10, d 38.10 (30 GBP at 1.27)
     assert march["opening_mrr"] == Decimal("212.9000")
@@ -222,8 +222,8 @@ def rates_world(w: World) -> World:
     return w
 
 
-def test_rates_by_hand(world: World, derive: Derive) -> None:
-    con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
+def test_rates_by_hand(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(rates_world(world), seen_at=ts(2024, 4, 20))
     got = {r["period_start"]: r for r in queries.bridge(con)}
     jan, feb, mar, apr = (got[dt.date(2024, m, 1)] for m in (1, 2, 3, 4))
     # January: opening 0, so every revenue rate is NULL rather than an error
@@ -264,8 +264,8 @@ def test_arpa_rounds_an_exact_half_up(world: World, derive: Derive) -> None:
     assert (mar["closing_mrr"], mar["closing_customers"], mar["arpa"]) == (Decimal("17.5675"), 2, Decimal("8.7838"))
 
 
-def test_latest_verdict(world: World, derive: Derive) -> None:
-    con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
+def test_latest_verdict(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(rates_world(world), seen_at=ts(2024, 4, 20))
     verdict = queries.latest_verdict(con)
     # the data runs up to the sync of 2024-04-20: March is the latest complete month (the quiet months since
     # are after what was synced), and it lost more than it gained
@@ -274,8 +274,8 @@ def test_latest_verdict(world: World, derive: Derive) -> None:
     assert verdict["net_negative_churn"] is False and verdict["opening_mrr"] == Decimal("140.0000")
 
 
-def test_periods_run_through_now_with_quiet_months(world: World, derive: Derive) -> None:
-    con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
+def test_periods_run_through_now_with_quiet_months(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(rates_world(world), seen_at=ts(2024, 4, 20))
     got = queries.bridge(con)
     today = dt.datetime.now(dt.UTC).date()
     assert got[0]["period_start"] == dt.date(2024, 1, 1)
@@ -284,8 +284,8 @@ def test_periods_run_through_now_with_quiet_months(world: World, derive: Derive)
     assert got[-1]["closing_mrr"] == got[3]["closing_mrr"]  # quiet since April
 
 
-def test_longer_periods_sum_the_months(world: World, derive: Derive) -> None:
-    con = derive(book(world), seen_at=SEEN)
+def test_longer_periods_sum_the_months(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(book(world), seen_at=SEEN)
     months = queries.bridge(con, "month")
     for period, key in (("quarter", lambda d: (d.year, (d.month - 1) // 3)), ("year", lambda d: d.year)):
         for r in queries.bridge(con, period):
@@ -313,8 +313,8 @@ def test_a_metadata_key_of_any_characters_segments(world: World, derive: Derive,
         == {("gold", 1), ("(none)", 1)}
 
 
-def test_segments(world: World, derive: Derive) -> None:
-    con = derive(book(world), seen_at=SEEN)
+def test_segments(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(book(world), seen_at=SEEN)
     by_country = {(r["segment_value"], r["period_start"]): r for r in queries.bridge(con, "month", "country")}
     assert by_country[("DE", dt.date(2024, 3, 1))]["churn"] == Decimal("64.8000")
     assert by_country[("US", dt.date(2024, 3, 1))]["churn"] == 0
@@ -366,8 +366,8 @@ def test_a_segment_follows_a_switch_at_equal_mrr(world: World, derive: Derive, k
     assert_bridge_adds_up(con, f"equal-mrr switch, {kind}", periods=["month", "quarter"], segments=[None, kind])
 
 
-def test_bad_period_or_segment_is_a_clear_error(world: World, derive: Derive) -> None:
-    con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
+def test_bad_period_or_segment_is_a_clear_error(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(rates_world(world), seen_at=ts(2024, 4, 20))
     with pytest.raises(ConfigError, match="unknown period 'fortnight'"):
         queries.bridge(con, "fortnight")
     with pytest.raises(ConfigError, match="unknown segment 'colour'"):
@@ -376,8 +376,8 @@ def test_bad_period_or_segment_is_a_clear_error(world: World, derive: Derive) ->
         con.execute("SELECT * FROM mrr_bridge_for('month', 'colour', NULL)").fetchall()
 
 
-def test_bridge_view_columns(world: World, derive: Derive) -> None:
-    con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
+def test_bridge_view_columns(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(rates_world(world), seen_at=ts(2024, 4, 20))
     cols = con.execute("DESCRIBE mrr_bridge").fetchall()
     assert [c[0] for c in cols] == BRIDGE_COLUMNS
     types = {c[0]: c[1] for c in cols}
@@ -386,8 +386,8 @@ def test_bridge_view_columns(world: World, derive: Derive) -> None:
     assert types["nrr"] == "DOUBLE" and types["closing_customers"] == "BIGINT"
 
 
-def test_scheduled_churn(world: World, derive: Derive) -> None:
-    con = derive(book(world), seen_at=SEEN)
+def test_scheduled_churn(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(book(world), seen_at=SEEN)
     got = queries.scheduled_churn(con)
     assert [(r["subscription_id"], r["mrr_at_stake"], r["cancel_at"]) for r in got] == [
         ("sub_e", Decimal("40.0000"), dt.datetime(2024, 6, 1, tzinfo=dt.UTC))]
@@ -442,15 +442,15 @@ def test_scheduled_churn_values_another_currency_at_todays_rate_on_any_day(world
             for r in queries.scheduled_churn(con)] == expected
 
 
-def test_scheduled_churn_is_churn_already_when_recognised_at_cancel_time(world: World, derive: Derive) -> None:
-    con = derive(book(world), seen_at=SEEN, churn_recognition="canceled")
+def test_scheduled_churn_is_churn_already_when_recognised_at_cancel_time(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(book(world), seen_at=SEEN, churn_recognition="canceled")
     assert queries.scheduled_churn(con) == []
     (e,) = [r for r in queries.churn_reasons(con) if r["cancellation_feedback"] == "switched_service"]
     assert e["period_start"] == dt.date(2024, 5, 1) and e["churned_mrr"] == Decimal("40.0000")
 
 
-def test_churn_reasons(world: World, derive: Derive) -> None:
-    con = derive(book(world), seen_at=SEEN)
+def test_churn_reasons(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(book(world), seen_at=SEEN)
     got = [(r["period_start"], r["churn_type"], r["cancellation_feedback"], r["churned_customers"], r["churned_mrr"])
            for r in queries.churn_reasons(con)]
     assert got == [
@@ -462,8 +462,8 @@ def test_churn_reasons(world: World, derive: Derive) -> None:
     assert total == sum(r["churn"] for r in queries.bridge(con))
 
 
-def test_cohort_matrix(world: World, derive: Derive) -> None:
-    con = derive(rates_world(world), seen_at=ts(2024, 4, 20))
+def test_cohort_matrix(world: World, derive_read_only: Derive) -> None:
+    con = derive_read_only(rates_world(world), seen_at=ts(2024, 4, 20))
     got = {(r["cohort_month"], r["months_since_start"]): r for r in queries.cohort_matrix(con)}
     jan = [got[(dt.date(2024, 1, 1), k)] for k in range(4)]
     assert [r["mrr"] for r in jan] == [Decimal("140.0000"), Decimal("140.0000"), Decimal("110.0000"),

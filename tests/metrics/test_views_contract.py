@@ -69,8 +69,8 @@ def rates(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(None if row[c] is None else pytest.approx(row[c]) for c in RATES)
 
 
-def test_months_by_hand(derive: Derive) -> None:
-    con = derive(awkward(World()), seen_at=SEEN)
+def test_months_by_hand(derive_read_only: Derive) -> None:
+    con = derive_read_only(awkward(World()), seen_at=SEEN)
     got = by_start(queries.bridge(con))
     jan, feb, mar, apr = (got[dt.date(2024, m, 1)] for m in (1, 2, 3, 4))
     assert pick(jan, MONEY) == (0, 80, 0, 0, 0, 0, 0, 80)
@@ -96,8 +96,8 @@ def test_months_by_hand(derive: Derive) -> None:
     assert apr["arpa"] == D("63.3333")
 
 
-def test_periods_run_from_the_first_month_with_mrr_through_the_current_one(derive: Derive) -> None:
-    con = derive(awkward(World()), seen_at=SEEN)
+def test_periods_run_from_the_first_month_with_mrr_through_the_current_one(derive_read_only: Derive) -> None:
+    con = derive_read_only(awkward(World()), seen_at=SEEN)
     today = dt.datetime.now(dt.UTC).date()
     first_of = {"week": dt.date(2024, 1, 1), "month": dt.date(2024, 1, 1), "quarter": dt.date(2024, 1, 1),
                 "year": dt.date(2024, 1, 1)}  # (1 January 2024 is a Monday)
@@ -114,11 +114,11 @@ def test_periods_run_from_the_first_month_with_mrr_through_the_current_one(deriv
     assert assert_bridge_adds_up(con, "awkward") > 100
 
 
-def test_a_window_across_a_boundary_and_a_change_at_midnight_of_the_first(derive: Derive) -> None:
+def test_a_window_across_a_boundary_and_a_change_at_midnight_of_the_first(derive_read_only: Derive) -> None:
     """The window of c4's switch starts on Sunday 31 March 23:50 and ends on Monday 1 April 00:10: it is dated at
     its first change, so its flows are March's, Q1's and those of the week of 25 March; c2's change at 00:00:00 of
     1 April is April's, Q2's and that of the week of 1 April."""
-    con = derive(awkward(World()), seen_at=SEEN)
+    con = derive_read_only(awkward(World()), seen_at=SEEN)
     weeks = by_start(queries.bridge(con, "week"))
     w25, w01 = weeks[dt.date(2024, 3, 25)], weeks[dt.date(2024, 4, 1)]
     # c3's cancellation at 00:00 of Monday 25 March is in that week; c4's switch too
@@ -149,11 +149,11 @@ def test_a_window_across_a_boundary_and_a_change_at_midnight_of_the_first(derive
         (dt.datetime(2024, 3, 31, 23, 50, tzinfo=utc), None, D("50.0000"))]
 
 
-def test_segments_by_hand(derive: Derive) -> None:
+def test_segments_by_hand(derive_read_only: Derive) -> None:
     """A customer counts, for a period, in the segment of its state at the period start: c4's March flows are
     core's, its 50 moves to analytics at April's start; c2 grows out of the under-100 band in April and moves in
     May. Country is the customer's (c4 is in DE)."""
-    con = derive(awkward(World()), seen_at=SEEN)
+    con = derive_read_only(awkward(World()), seen_at=SEEN)
     fam = {(r["segment_value"], r["period_start"]): r for r in queries.bridge(con, "month", "family")}
     core_mar, core_apr = fam[("core", dt.date(2024, 3, 1))], fam[("core", dt.date(2024, 4, 1))]
     assert pick(core_mar, MONEY) == (30, 30, 40, 50, 10, 50, 0, 90)
@@ -172,12 +172,12 @@ def test_segments_by_hand(derive: Derive) -> None:
     assert pick(de[dt.date(2024, 1, 1)], MONEY) == (0, 10, 0, 50, 10, 0, 0, 50)
 
 
-def test_segments_add_up_to_the_account_in_every_column(derive: Derive) -> None:
+def test_segments_add_up_to_the_account_in_every_column(derive_read_only: Derive) -> None:
     """Summed over a segment's values, every flow, sub-column and customer count of each period is the
     account's (the queries' promise: each customer is in one segment value per period)."""
     from test_bridge import book
 
-    con = derive(book(World()), seen_at=ts(2024, 5, 20))
+    con = derive_read_only(book(World()), seen_at=ts(2024, 5, 20))
     cols = [*MONEY, *PARTS, *COUNTS]
     for period in queries.PERIODS:
         whole = by_start(queries.bridge(con, period))
@@ -191,8 +191,8 @@ def test_segments_add_up_to_the_account_in_every_column(derive: Derive) -> None:
                 assert {c: summed[p][c] for c in cols} == {c: row[c] for c in cols}, (period, segment, p)
 
 
-def test_every_column_in_order_and_type_for_every_period_and_segment(derive: Derive) -> None:
-    con = derive(awkward(World()), seen_at=SEEN)
+def test_every_column_in_order_and_type_for_every_period_and_segment(derive_read_only: Derive) -> None:
+    con = derive_read_only(awkward(World()), seen_at=SEEN)
     money, counts, doubles = set(MONEY + PARTS + ["arpa"]), set(COUNTS), set(RATES)
     expected = {c: ("DATE" if c in ("period_start", "period_end") else "DECIMAL(18,4)" if c in money
                     else "BIGINT" if c in counts else "DOUBLE" if c in doubles else "BOOLEAN")
@@ -212,8 +212,8 @@ def test_every_column_in_order_and_type_for_every_period_and_segment(derive: Der
         ("valid_to", "TIMESTAMP WITH TIME ZONE"), ("mrr", "DECIMAL(18,4)")]
 
 
-def test_churn_reasons_by_hand(derive: Derive) -> None:
-    con = derive(awkward(World()), seen_at=SEEN)
+def test_churn_reasons_by_hand(derive_read_only: Derive) -> None:
+    con = derive_read_only(awkward(World()), seen_at=SEEN)
     got = [(r["period_start"], r["period_end"], r["churn_type"], r["cancellation_feedback"], r["churned_customers"],
             r["churned_mrr"]) for r in queries.churn_reasons(con)]
     # (c4's cancellation inside its switch's window is no churn)
@@ -225,10 +225,10 @@ def test_churn_reasons_by_hand(derive: Derive) -> None:
                       (dt.date(2024, 3, 25), "unused", D("30.0000"))]
 
 
-def test_cohorts_by_hand(derive: Derive) -> None:
+def test_cohorts_by_hand(derive_read_only: Derive) -> None:
     """January's cohort (c1, c2, c4) starts at 80 and holds c1's comeback and c4's switch; March's (c3) lost its
     only customer within its first month: a zero base, so no retention."""
-    con = derive(awkward(World()), seen_at=SEEN)
+    con = derive_read_only(awkward(World()), seen_at=SEEN)
     got = {(r["cohort_month"], r["month"]): r for r in queries.cohort_matrix(con)}
     jan = [got[(dt.date(2024, 1, 1), dt.date(2024, m, 1))] for m in (1, 2, 3, 4)]
     assert [(r["months_since_start"], r["mrr"], r["active_customers"]) for r in jan] == [
@@ -342,10 +342,10 @@ def test_an_empty_store_answers(store: duckdb.DuckDBPyConnection) -> None:
     assert queries.cohort_matrix(store) == [] and queries.latest_verdict(store) is None
 
 
-def test_a_metadata_segment_without_a_key_says_what_to_give(derive: Derive) -> None:
+def test_a_metadata_segment_without_a_key_says_what_to_give(derive_read_only: Derive) -> None:
     """`segment_kind := 'metadata.'` (the key left out) stopped in DuckDB's binder with "JSON path error near
     '.""'", a message that names neither the segment nor what to write."""
-    con = derive(awkward(World()), seen_at=SEEN)
+    con = derive_read_only(awkward(World()), seen_at=SEEN)
     with pytest.raises(duckdb.Error) as caught:
         con.execute("SELECT * FROM mrr_bridge_for(period_kind := 'month', segment_kind := 'metadata.', "
                     "segment_value := NULL)").fetchall()
@@ -409,7 +409,7 @@ def test_every_period_opens_with_what_customer_mrr_says(small_sim_derived: duckd
     assert queries.bridge(sim_store, period)
 
 
-def test_the_readme_queries_for_a_day_and_for_a_periods_opening(derive: Derive) -> None:
+def test_the_readme_queries_for_a_day_and_for_a_periods_opening(derive_read_only: Derive) -> None:
     """c2's second seat comes at 00:00:00 UTC of 1 April: the README's query of the MRR at that instant counts it,
     and its query of a period's opening gives April's opening_mrr and opening_customers, which do not."""
     import re
@@ -418,7 +418,7 @@ def test_the_readme_queries_for_a_day_and_for_a_periods_opening(derive: Derive) 
     blocks = re.findall(r"```sql\n(.*?)```", readme, flags=re.S)
     (at_day,) = [b for b in blocks if b.startswith("SELECT customer_id, mrr\nFROM customer_mrr")]
     (opening,) = [b for b in blocks if b.startswith("SELECT count(*) FILTER (WHERE mrr > 0) AS opening_customers")]
-    con = derive(awkward(World()), seen_at=SEEN)
+    con = derive_read_only(awkward(World()), seen_at=SEEN)
     day = "2024-04-01 00:00:00+00"
     assert sum(r[1] for r in con.execute(at_day.replace("2026-01-01 00:00:00+00", day)).fetchall()) == 190
     apr = by_start(queries.bridge(con))[dt.date(2024, 4, 1)]
