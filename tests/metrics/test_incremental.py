@@ -83,7 +83,7 @@ def later_sync(w: World, customers: set[str], subscriptions: set[str], since: in
     return changed
 
 
-def _world_key(*parts: Any) -> str:
+def world_key(*parts: Any) -> str:
     """A digest of worlds, moments and settings: tests (and the shard counts of one test) that load the same worlds
     at the same moments under the same settings share a key, and so the stores built from them."""
     def plain(x: Any) -> Any:
@@ -125,7 +125,7 @@ def recomputed_before(tmp_path: Path, before: World, seen: int, settings: Settin
                       gap: tuple[int, int] | None = None) -> Path:
     """A closed store holding ``before`` loaded at ``seen`` (after ``gap``: keep_gap) and recomputed in full under
     ``settings``, to copy: built once per worlds, moments and settings."""
-    start = _world_key(before, seen, repr(settings), gap)
+    start = world_key(before, seen, repr(settings), gap)
     if start not in _BEFORE or not _BEFORE[start].exists():
         path = tmp_path / f"before-{start[:12]}.duckdb"
         con = new_store(path)
@@ -159,7 +159,7 @@ def assert_incremental_equals_full(tmp_path: Path, before: World, changed: World
     incremental = derived_contents(con)
     con.close()
 
-    end = _world_key(before, seen, changed, later, repr(settings), gap)
+    end = world_key(before, seen, changed, later, repr(settings), gap)
     if end not in _FULL:
         fresh = new_store(tmp_path / "full.duckdb")
         before.load(fresh, seen_at=seen)
