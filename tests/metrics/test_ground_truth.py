@@ -366,16 +366,30 @@ def test_the_checker_sets_aside_our_fx_row_that_a_hidden_discounts_window_dated_
     assert fx_rows_aside(ours, []) == ours
 
 
-def test_ground_truth_direct_load(sim_500: Any, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def sim_500_derived(sim_500: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``sim_500`` loaded straight into a store (no HTTP) and recomputed, closed: derived once for the tests that
+    read it."""
+    db = tmp_path_factory.mktemp("sim_500") / "truth.duckdb"
+    with derived_directly(sim_500, db):
+        pass
+    return db
+
+
+def test_ground_truth_direct_load(sim_500: Any, sim_500_derived: Path) -> None:
     """500 customers x 24 months loaded straight into the store (no HTTP)."""
-    with derived_directly(sim_500, tmp_path / "truth.duckdb") as con:
+    from stripe_churn.store.db import open_store
+
+    with open_store(sim_500_derived, read_only=True) as con:
         check_against_truth(sim_500, con, "500 x 24 direct")
 
 
-def test_bridge_of_the_simulation_adds_up(sim_500: Any, tmp_path: Path) -> None:
+def test_bridge_of_the_simulation_adds_up(sim_500_derived: Path) -> None:
     from test_bridge import assert_bridge_adds_up
 
-    with derived_directly(sim_500, tmp_path / "bridge.duckdb") as con:
+    from stripe_churn.store.db import open_store
+
+    with open_store(sim_500_derived, read_only=True) as con:
         assert assert_bridge_adds_up(con, "500 x 24", ["month", "quarter"],
                                      [None, "family", "plan", "currency", "country", "size_band"]) > 0
 
