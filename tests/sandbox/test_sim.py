@@ -36,6 +36,19 @@ def small() -> Simulation:
 
 
 @pytest.fixture(scope="module")
+def plain() -> Simulation:
+    """The seed the options leave as it was (300 x 12, seed 5), built once: tests compare with it, none changes it."""
+    return Simulation(customers=300, months=12, seed=5)
+
+
+@pytest.fixture(scope="module")
+def plain_digest(plain: Simulation) -> str:
+    """The digest of ``plain``'s bundle, which a change to the simulation that leaves the seeds' histories as they
+    were keeps."""
+    return hashlib.sha256(plain.bundle_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
 def big() -> Simulation:
     return Simulation(customers=2000, months=36, seed=1)
 
@@ -533,15 +546,13 @@ def test_pending_invoice_items_go_on_any_next_invoice_of_their_subscription() ->
             assert sim.objects["invoices"][ii["invoice"]]["billing_reason"] == "subscription_cycle"
 
 
-def test_without_deferred_prorations_a_seeds_history_is_what_it_was() -> None:
+def test_without_deferred_prorations_a_seeds_history_is_what_it_was(plain: Simulation, plain_digest: str) -> None:
     """No invoice items, and the bytes of a seed's history as they were before deferred prorations existed
     (their random draws come from a stream of their own). A change to the simulation that moves these digests
     on purpose updates them."""
-    plain = Simulation(customers=300, months=12, seed=5)
     assert "invoiceitems" not in plain.objects
     assert not any(e["type"].startswith("invoiceitem.") for e in plain.events)
-    assert hashlib.sha256(plain.bundle_bytes()).hexdigest() == (
-        "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e")
+    assert plain_digest == "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e"
     other = Simulation(customers=300, months=12, seed=5, item_discounts=True, pending_updates=True)
     assert hashlib.sha256(other.bundle_bytes()).hexdigest() == (
         "f3a1be5c989a1a8f8dd1d123c029b484f780e142c9eab3e60dcaf4ebf4f329ab")
@@ -568,11 +579,10 @@ def test_an_interval_switch_bills_net_of_the_discounts_in_force_and_lists_them()
         assert [a["amount"] for a in ln["discount_amounts"]] == [0] * len(ln["discounts"])
 
 
-def test_thresholds_bill_part_of_a_periods_usage_early_and_leave_the_rest_of_the_history() -> None:
+def test_thresholds_bill_part_of_a_periods_usage_early_and_leave_the_rest_of_the_history(plain: Simulation) -> None:
     """Simulation(thresholds=True): subscription_threshold invoices bill part of a metered item's running period,
     the renewal the rest; together they cost what the period's whole usage costs (tiers run on over the period),
     and the truth and every other random draw stay those of the seed without thresholds."""
-    plain = Simulation(customers=300, months=12, seed=5)
     sim = Simulation(customers=300, months=12, seed=5, thresholds=True)
     def without_ids(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:  # (the threshold invoices take ids)
         return [tuple(v for k, v in r.items() if not k.endswith("_id")) for r in rows]
@@ -771,15 +781,13 @@ def _item_updates(sim: Simulation) -> list[tuple[str, dict[str, Any], bool]]:
     return out
 
 
-def test_changes_without_prorations_are_only_those_a_sync_can_date() -> None:
+def test_changes_without_prorations_are_only_those_a_sync_can_date(plain_digest: str) -> None:
     """Simulation(no_prorations=True): some item changes are made with proration_behavior=none, no invoice and no
     pending item, the next renewal billing the new state. Additions and replacements (dated by the new item's
     `created`) come at any time, and such an item stays on its subscription (a deleted item is not listed: its
     `created` would be lost); changes of an item kept and removals alone only inside the events' 30 days. Some
     subscriptions change again before the renewal. Off, the seed's history is what it was (a stream of its own)."""
-    plain = Simulation(customers=300, months=12, seed=5)
-    assert hashlib.sha256(plain.bundle_bytes()).hexdigest() == (
-        "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e")
+    assert plain_digest == "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e"
     sim = Simulation(customers=1500, months=24, seed=12, no_prorations=True, **SANDBOX_OPTIONS)
     window = sim.clock - 30 * DAY
     updates = _item_updates(sim)
@@ -847,7 +855,8 @@ def test_changes_without_prorations_are_only_those_a_sync_can_date() -> None:
                if not billed and kind != "add")
 
 
-def test_a_trial_granted_to_a_paying_subscription_is_billed_and_labelled_as_stripe_and_the_contract_say() -> None:
+def test_a_trial_granted_to_a_paying_subscription_is_billed_and_labelled_as_stripe_and_the_contract_say(
+        plain_digest: str) -> None:
     """Simulation(later_trials=True): an update sets trial_end on an active subscription (status trialing,
     trial_start the update's moment, the anchor at the trial's end; previous_attributes with the status and trial
     before); a subscription_update invoice bills every item 0.00 for the trial (half with a credit for the unused
@@ -917,12 +926,10 @@ def test_a_trial_granted_to_a_paying_subscription_is_billed_and_labelled_as_stri
     e = at[cust]
     assert whole[(cust, iso(e["created"]))] == "cancellation"
     assert whole.get((cust, iso(e["data"]["object"]["trial_end"]))) == "reactivation"
-    plain = Simulation(customers=300, months=12, seed=5)
-    assert hashlib.sha256(plain.bundle_bytes()).hexdigest() == (
-        "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e")
+    assert plain_digest == "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e"
 
 
-def test_customers_billed_through_currency_options_pay_the_options_amounts() -> None:
+def test_customers_billed_through_currency_options_pay_the_options_amounts(plain_digest: str) -> None:
     """Simulation(option_prices=True): every dollar price has options in eur and gbp (tiered ones with tiers of
     their own), and half the customers billed in eur or gbp subscribe to the dollar prices: their subscriptions,
     invoices and lines are in their currency, each line at the option's amount (per unit, graduated and volume
@@ -954,9 +961,7 @@ def test_customers_billed_through_currency_options_pay_the_options_amounts() -> 
     assert len(on_options) >= 50
     rows = [r for r in sim.truth if r["customer_id"] in on_options and r["movement"] == "new"]
     assert rows and all(r["currency"] in ("eur", "gbp") for r in rows)
-    plain = Simulation(customers=300, months=12, seed=5)
-    assert hashlib.sha256(plain.bundle_bytes()).hexdigest() == (
-        "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e")
+    assert plain_digest == "2aec899a7603f920e9689c02ca921348d21739bdb0078b7cf0c6de5c1005455e"
 
 
 def test_a_discount_that_ends_during_a_trial_begins_no_movement_window() -> None:
@@ -978,11 +983,10 @@ def test_a_discount_that_ends_during_a_trial_begins_no_movement_window() -> None
             and r["occurred_at"] == "2025-11-01T16:21:50Z"} == {"reactivation"}
 
 
-def test_credit_notes_of_many_lines_leave_the_rest_of_the_history_as_it_was() -> None:
+def test_credit_notes_of_many_lines_leave_the_rest_of_the_history_as_it_was(plain: Simulation) -> None:
     """Simulation(credit_note_lines=25): every credit note has 25 lines, its amount spread over them, each crediting
     a line of its invoice; the truth and every other object and event are the seed's without the option (the lines'
     ids draw no id of the sequence). The server embeds 10 of them and serves the rest from their lines endpoint."""
-    plain = Simulation(customers=300, months=12, seed=5)
     sim = Simulation(customers=300, months=12, seed=5, credit_note_lines=25)
     assert sim.truth == plain.truth
     assert {r: o for r, o in sim.objects.items() if r != "credit_notes"} == \
