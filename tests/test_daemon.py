@@ -474,7 +474,7 @@ class _Terminal(io.StringIO):
 @pytest.mark.parametrize("terminal", [pytest.param(False, id="off-a-terminal"), pytest.param(True, id="terminal")])
 def test_a_long_run_of_the_daemon_logs_its_progress(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                       monkeypatch: pytest.MonkeyPatch, terminal: bool) -> None:
-    """A sync of the daemon that takes longer than the progress interval (5 s; 1 s here) logs `sync progress: ...`
+    """A sync of the daemon that takes longer than the progress interval (5 s; 0.4 s here) logs `sync progress: ...`
     lines, as a manual `sync` off a terminal does (at most one per interval); it asked for no progress at all. On a
     terminal too, and it draws no bar there (no bars among its log lines)."""
     from stripe_churn import sync
@@ -482,13 +482,13 @@ def test_a_long_run_of_the_daemon_logs_its_progress(tmp_path: Path, caplog: pyte
     from stripe_churn.sandbox.sim import Simulation
     from stripe_churn.settings import SANDBOX_KEY
 
-    monkeypatch.setattr(sync, "PROGRESS_LOG_S", 1.0)
+    monkeypatch.setattr(sync, "PROGRESS_LOG_S", 0.4)
     stderr = _Terminal() if terminal else io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
     caplog.set_level("INFO")
-    # (each answer 0.2 s late: pages still come in a second after the sync began, to show a progress line; the
-    # sync takes about 3 s then)
-    with start_in_thread(Simulation(customers=150, months=6, seed=3), api_key=SANDBOX_KEY, latency_ms=200) as sb:
+    # (each answer 0.08 s late: pages still come in well after an interval since the sync began, to show a progress
+    # line; the sync takes about 1.2 s then)
+    with start_in_thread(Simulation(customers=150, months=6, seed=3), api_key=SANDBOX_KEY, latency_ms=80) as sb:
         settings = Settings(db=tmp_path / "p.duckdb", api_key=Secret(SANDBOX_KEY), api_base=sb.url, rate_limit=1000)
         d = Daemon(settings, interval_seconds=3600)
         t0 = time.monotonic()
@@ -497,9 +497,9 @@ def test_a_long_run_of_the_daemon_logs_its_progress(tmp_path: Path, caplog: pyte
     assert d.runs == 1, caplog.text[-2000:]
     lines = [r for r in caplog.records if r.getMessage().startswith(("sync progress: ", "metrics progress: "))]
     assert stderr.getvalue() == ""  # no progress bar
-    assert elapsed > 2, "the sync was too quick to show progress"
+    assert elapsed > 2 * sync.PROGRESS_LOG_S, "the sync was too quick to show progress"
     assert lines, caplog.text[-2000:]
-    assert all(b.created - a.created >= 0.98 for a, b in itertools.pairwise(lines))
+    assert all(b.created - a.created >= 0.98 * sync.PROGRESS_LOG_S for a, b in itertools.pairwise(lines))
 
 
 def test_state_saves_from_several_threads_lose_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
