@@ -41,11 +41,19 @@ VIEWS = {
 }
 
 
+# Each finance view's timestamp columns (the views are the package's own, the same in every store: DESCRIBE binds
+# the whole view, a third of reading its rows).
+_STAMPS: dict[str, list[str]] = {}
+
+
 def view_contents(con: duckdb.DuckDBPyConnection) -> dict[str, list[tuple[Any, ...]]]:
     """Every finance view's rows in a fixed order (timestamps as text)."""
     out = {}
     for view, order in VIEWS.items():
-        stamps = [c[0] for c in con.execute(f"DESCRIBE {view}").fetchall() if c[1] == "TIMESTAMP WITH TIME ZONE"]
+        if view not in _STAMPS:
+            _STAMPS[view] = [c[0] for c in con.execute(f"DESCRIBE {view}").fetchall()
+                             if c[1] == "TIMESTAMP WITH TIME ZONE"]
+        stamps = _STAMPS[view]
         replace = f" REPLACE ({', '.join(f'CAST({c} AS VARCHAR) AS {c}' for c in stamps)})" if stamps else ""
         out[view] = con.execute(f"SELECT *{replace} FROM {view} ORDER BY {order}").fetchall()
     return out
