@@ -166,11 +166,12 @@ def small_sim() -> Any:
 
 
 @pytest.fixture
-def sim_store(small_sim: Any, tmp_path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+def sim_store(small_sim: Any, tmp_path: Path, migrated_store_file: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     """A fresh store holding ``small_sim`` loaded directly (no HTTP), not yet recomputed."""
     from stripe_churn.store.db import open_store
     from stripe_churn.store.load import load_simulation
 
+    shutil.copyfile(migrated_store_file, tmp_path / "sim.duckdb")
     con = open_store(tmp_path / "sim.duckdb")
     load_simulation(con, small_sim)
     try:
