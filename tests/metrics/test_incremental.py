@@ -112,7 +112,7 @@ def new_store(path: Path) -> duckdb.DuckDBPyConnection:
     0.15 s, copying one 0.03 s), as the ``store`` fixture's."""
     if not _MIGRATED or not _MIGRATED[0].exists():
         template = path.parent / "migrated-template" / "migrated.duckdb"
-        template.parent.mkdir()
+        template.parent.mkdir(exist_ok=True)
         open_store(template).close()
         _MIGRATED[:] = [template]
     assert not Path(f"{_MIGRATED[0]}.wal").exists()
