@@ -381,19 +381,21 @@ class World:
     # --- store ---------------------------------------------------------------------------------------
     def load(self, con: duckdb.DuckDBPyConnection, *, seen_at: int, events: bool | int = True) -> None:
         """Load every object into the store; ``events``: True (all), False (none) or the oldest ``created``."""
+        from stripe_churn.store.load import upsert_objects
+
         seen = datetime.fromtimestamp(seen_at, tz=UTC)
         acct = self.account_id
         for resource in ("customers", "products", "prices", "coupons", "discounts", "subscriptions", "invoices"):
-            _upsert(con, resource, acct, list(self.objects[resource].values()), seen)
+            upsert_objects(con, resource, acct, list(self.objects[resource].values()), seen)
         items = [it for s in self.objects["subscriptions"].values() for it in s["items"]["data"]]
-        _upsert(con, "subscription_items", acct, items, seen)
+        upsert_objects(con, "subscription_items", acct, items, seen)
         lines = [ln for inv in self.objects["invoices"].values() for ln in inv["lines"]["data"]]
-        _upsert(con, "invoice_lines", acct, lines, seen)
+        upsert_objects(con, "invoice_lines", acct, lines, seen)
         # (as the sync lists them: the pending ones; one invoiced since is a line now, and no longer pending)
-        _upsert(con, "invoice_items", acct, list(self.objects["invoiceitems"].values()), seen)
+        upsert_objects(con, "invoice_items", acct, list(self.objects["invoiceitems"].values()), seen)
         if events is not False:
             oldest = 0 if events is True else int(events)
-            _upsert(con, "events", acct, [e for e in self.events if e["created"] >= oldest], seen)
+            upsert_objects(con, "events", acct, [e for e in self.events if e["created"] >= oldest], seen)
         for date, currency, rate in self.fx_rates:
             con.execute("INSERT INTO fx_rates (date, currency, rate) VALUES (?, ?, ?)", [date, currency, rate])
 
@@ -420,19 +422,3 @@ class ServedWorld:
     def advance(self, months: int = 1) -> None:
         raise NotImplementedError("a hand-built account has no billing runs: build the next month with World")
 
-
-def _upsert(con: duckdb.DuckDBPyConnection, table: str, account_id: str, objects: list[Obj], seen: datetime) -> None:
-    """``upsert_objects(con, table, account_id, objects, seen)``. Into a table that holds no row of the account yet
-    (a World loaded for the first time), where nothing can conflict, the objects are inserted, as a first full
-    sync's listing inserts them: the same rows, at about a third of an upsert's cost (DuckDB plans an upsert as a
-    join with the table)."""
-    from stripe_churn.store.load import Staged, insert_staged, upsert_staged
-
-    if not objects:
-        return
-    rows = Staged()
-    for obj in objects:
-        rows.add(obj, int(seen.timestamp()), None)
-    held = con.execute(f"SELECT count(*) FROM (SELECT 1 FROM {table} WHERE account_id = ? LIMIT 1)",
-                       [account_id]).fetchall()[0][0]
-    (upsert_staged if held else insert_staged)(con, table, account_id, rows, seen)

@@ -174,6 +174,28 @@ def test_accounts_are_kept_apart(con: duckdb.DuckDBPyConnection) -> None:
         ("acct_a", "active"), ("acct_b", "canceled")]
 
 
+def test_a_first_load_of_an_account_inserts_the_rows_an_upsert_makes(tmp_path: Path) -> None:
+    """upsert_objects inserts into a table that holds no row of the account (nothing can conflict; an upsert is
+    planned as a join with the table): every column as an upsert gives, copies of an id and stubs included."""
+    objs = [sub("sub_1", "trialing"), sub("sub_2", "active"), sub("sub_1", "active"),
+            {"id": "sub_3", "object": "subscription", "deleted": True}]
+    stores = []
+    for name in ("first", "upserted"):
+        c = open_store(tmp_path / f"{name}.duckdb")
+        upsert_objects(c, "subscriptions", "acct_other", [sub("sub_1", "canceled")], T0)
+        if name == "first":
+            assert upsert_objects(c, "subscriptions", ACCT, objs, T1, versions=[5, 5, 6, 7]) == 3
+        else:
+            rows = Staged()
+            for obj, v in zip(objs, [5, 5, 6, 7], strict=True):
+                rows.add(obj, v)
+            upsert_staged(c, "subscriptions", ACCT, rows, T1)
+        stores.append(c.execute("SELECT * FROM subscriptions ORDER BY account_id, id").fetchall())
+        c.close()
+    assert stores[0] == stores[1] and len(stores[0]) == 4
+    assert [r[1] for r in stores[0]] == ["sub_1", "sub_1", "sub_2", "sub_3"]
+
+
 def staged(*objs: dict[str, Any], version: int = 100) -> Staged:
     rows = Staged()
     for obj in objs:
