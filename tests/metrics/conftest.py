@@ -6,10 +6,12 @@ Engineers working on the metrics add fixtures here by appending; keep every fixt
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import shutil
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import duckdb
@@ -424,3 +426,13 @@ def derive_read_only(request: pytest.FixtureRequest, _derived_once: tuple[Path, 
         return con
 
     return run
+
+
+def script_module(name: str) -> ModuleType:
+    """The benchmark script ``scripts/<name>.py`` as a module (its helpers build the benchmarks' stores)."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

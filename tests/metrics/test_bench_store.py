@@ -5,7 +5,6 @@ number of copies, and the billing-run loader must give the same results as loadi
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import re
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from conftest import SMALL_SIM
+from conftest import SMALL_SIM, script_module
 
 from stripe_churn.settings import Settings
 
@@ -23,11 +22,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_rollup.py"
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_rollup", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module("bench_rollup")
 
 
 def _flows(con: Any) -> dict[str, Any]:

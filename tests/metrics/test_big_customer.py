@@ -5,13 +5,13 @@ listing every row gives: every persisted derived table and finance view, compare
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import duckdb
 import pytest
+from conftest import script_module
 
 from stripe_churn.metrics import runner
 from stripe_churn.sandbox.sim import Simulation
@@ -19,18 +19,13 @@ from stripe_churn.settings import Settings
 from stripe_churn.store.db import open_store
 from stripe_churn.store.load import load_simulation
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_big_customer.py"
 BIG = "HAVING count(*) > 32"
 VIEWS = ["mrr_movements", "customer_mrr", "mrr_bridge", "scheduled_churn", "churn_reasons", "cohort_revenue_retention"]
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_big_customer", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module("bench_big_customer")
 
 
 def every_row_listed(monkeypatch: pytest.MonkeyPatch) -> None:
