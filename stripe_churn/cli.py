@@ -253,9 +253,7 @@ class OneLineErrorsGroup(click.Group):
 def _one_line(exc: click.UsageError) -> click.UsageError:
     if isinstance(exc, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):  # (no command at all: the help)
         return exc
-    one = OneLineUsageError(exc.format_message(), exc.ctx)
-    one.exit_code = exc.exit_code
-    return one
+    return OneLineUsageError(exc.format_message(), exc.ctx)  # (exit code 2, as every usage error's)
 
 
 @click.group(cls=OneLineErrorsGroup, context_settings={"help_option_names": ["-h", "--help"]})
