@@ -89,15 +89,12 @@ WHERE rate IS NULL
 GROUP BY ALL;
 
 CREATE OR REPLACE TABLE derived_customer_mrr AS
-WITH per_currency AS (
-    SELECT account_id, customer_id, moment, currency, rate, s, n, dens FROM derived_customer_point_items
-),
-customer_den AS (
+WITH customer_den AS (
     -- the customer's d over its currencies (one, as a rule): the least common multiple of every den, which
     -- repeats do not change (grouped and joined back: a window over DISTINCT lists cost this statement about a
     -- third more CPU)
     SELECT account_id, customer_id, moment, list_reduce(flatten(list(dens)), lambda a, b: lcm(a, b)) AS d
-    FROM per_currency
+    FROM derived_customer_point_items
     GROUP BY account_id, customer_id, moment
 ),
 levels AS (
@@ -116,7 +113,7 @@ levels AS (
             -- (in 1e-17 of the reporting currency, over d)
             SELECT account_id, customer_id, moment, d,
                    CAST(whole_again(d * s, n * d) * 1000000000 AS HUGEINT) * CAST(rate * 100000000 AS HUGEINT) AS v17
-            FROM per_currency JOIN customer_den USING (account_id, customer_id, moment)
+            FROM derived_customer_point_items JOIN customer_den USING (account_id, customer_id, moment)
         ) x USING (account_id, customer_id, moment)
         GROUP BY ALL
     )
