@@ -5,7 +5,7 @@
 -- from derived_trial_item_mrr) and the date, in the reporting currency at today's rate: the rate
 -- of the latest day on or before the day the view is queried (derived_fx_days runs only to the day of the last
 -- recompute: the next day found no rate there). Inputs: derived_subs, derived_item_mrr, derived_trial_item_mrr,
--- derived_fx_days, derived_settings.
+-- derived_price_terms, derived_fx_days, derived_settings; the macros whole_again and round_over4 (10).
 
 CREATE OR REPLACE VIEW scheduled_churn AS
 WITH
@@ -30,35 +30,56 @@ current_items AS (
            -- (a trial that ends before the cancellation takes effect converts first: the cancellation takes
            -- the MRR it converts to; one that ends with the trial, as at its period end, never converts)
            i.status = 'trialing' AND p.trial_end < p.effective_at AS converts,
+           -- (12 x interval_count of its price: its MRR times this is a short decimal again, as in step 50)
+           12 * coalesce(pt.interval_count, 1) AS den,
            CAST(timezone('UTC', now()) AS DATE) AS today
     FROM derived_item_mrr i
     JOIN pending p ON p.account_id = i.account_id AND p.subscription_id = i.subscription_id
+    LEFT JOIN derived_price_terms pt ON pt.account_id = i.account_id AND pt.price_id = i.price_id
     WHERE CASE WHEN p.effective_at IS NULL THEN i.valid_to IS NULL
                ELSE i.valid_from < p.effective_at AND (i.valid_to IS NULL OR i.valid_to >= p.effective_at) END
 ),
 -- an item of such a trial: the MRR it would have as a paying item just before the cancellation (step 40)
 at_stake AS (
-    SELECT c.account_id, c.subscription_id, c.currency, c.today,
+    SELECT c.account_id, c.subscription_id, c.currency, c.today, c.den,
            CASE WHEN c.converts THEN coalesce(t.mrr_original, 0) ELSE c.mrr_original END AS mrr_original
     FROM current_items c
     ASOF LEFT JOIN derived_trial_item_mrr t
       ON t.account_id = c.account_id AND t.subscription_item_id = c.subscription_item_id
      AND t.moment < c.effective_at
 ),
-valued AS (
-    SELECT c.account_id, c.subscription_id, any_value(c.currency) AS currency,
-           sum(c.mrr_original) AS mrr_original,
-           sum(c.mrr_original * CASE WHEN c.currency = cfg.rep THEN 1 ELSE r.rate END) AS mrr
+-- Valued as step 50 values a customer's MRR, so that the MRR at stake is, to the 1e-4, what the cancellation
+-- will take at an unchanged rate: each currency's sum of item MRRs (cut at 10 decimals) times d, the least common
+-- multiple of the items' den, made whole again, times the rate, over d rounded at 4 half away from zero in
+-- integers (100.00 GBP a year at 1.481478 is 12.34565: 12.3457, where the cut sum times the rate said 12.3456).
+sub_den AS (
+    SELECT account_id, subscription_id, list_reduce(list(den), lambda a, b: lcm(a, b)) AS d
+    FROM at_stake
+    GROUP BY ALL
+),
+per_currency AS (
+    SELECT c.account_id, c.subscription_id, c.currency, sd.d,
+           whole_again(sd.d * sum(c.mrr_original), count(*) * sd.d) AS ds,
+           any_value(CASE WHEN c.currency = cfg.rep THEN CAST(1 AS DECIMAL(18, 8)) ELSE r.rate END) AS rate
     FROM at_stake c
+    JOIN sub_den sd USING (account_id, subscription_id)
     CROSS JOIN cfg
     ASOF LEFT JOIN derived_fx_days r ON r.currency = c.currency AND r.day <= c.today
-    GROUP BY ALL
+    GROUP BY c.account_id, c.subscription_id, c.currency, sd.d
+),
+valued AS (
+    -- (in 1e-17 of the reporting currency, and of the subscription's own, over d)
+    SELECT account_id, subscription_id, any_value(currency) AS currency,
+           round_over4(sum(CAST(ds * 1000000000 AS HUGEINT) * CAST(rate * 100000000 AS HUGEINT)), d) AS mrr,
+           round_over4(sum(CAST(ds * 1000000000 AS HUGEINT) * 100000000), d) AS mrr_original
+    FROM per_currency
+    GROUP BY account_id, subscription_id, d
 )
 SELECT p.account_id, p.customer_id, p.subscription_id, p.effective_at AS cancel_at, p.cancel_at_period_end,
        p.canceled_at, p.status,
-       CAST(round(coalesce(v.mrr, 0), 4) AS DECIMAL(18, 4)) AS mrr_at_stake,
+       CAST(coalesce(v.mrr, 0) AS DECIMAL(18, 4)) AS mrr_at_stake,
        coalesce(v.currency, p.currency) AS currency,
-       CAST(round(coalesce(v.mrr_original, 0), 4) AS DECIMAL(18, 4)) AS mrr_at_stake_original,
+       CAST(coalesce(v.mrr_original, 0) AS DECIMAL(18, 4)) AS mrr_at_stake_original,
        p.cancellation_reason, p.cancellation_feedback, p.cancellation_comment
 FROM pending p
 LEFT JOIN valued v USING (account_id, subscription_id)

@@ -276,3 +276,30 @@ def test_the_mrr_at_stake_of_subscriptions_changed_after_the_request(derive_read
     assert got == [("s_p1", "p1", at(2024, 5, 5), True, "active", D("40"), D("40")),
                    ("s_k1a", "k1", at(2024, 5, 8), True, "active", D("10"), D("10")),
                    ("s_a1", "a1", at(2024, 6, 1), False, "active", D("50"), D("50"))]
+
+
+def test_the_mrr_at_stake_is_the_mrr_the_cancellation_takes_to_the_last_decimal(derive_read_only: Derive) -> None:
+    """design.md 4 (money in the views to 4 decimals; internals: one rounding, half away from zero, at the
+    customer level) and README (at stake: the subscription's MRR just before its cancellation takes effect, at
+    today's rate). A 100.00 GBP annual plan is 8.3333... GBP a month, at 1.481478 exactly 12.34565: 12.3457, as
+    customer_mrr says and as g2's cancellation took on 10 April. g1, the same plan set to cancel at its period's
+    end (10 January 2025) at the same rate, has 12.3457 at stake; the item's MRR cut at 10 decimals times the rate
+    (12.3456499999...) said 12.3456."""
+    w = World()
+    w.product("prod_core", unit_label="seat", family="core")
+    w.price("annual_gbp", "prod_core", 10_000, currency="gbp", interval="year")
+    w.fx_rates.append(("2023-01-01", "gbp", 1.481478))
+    for cid in ("g1", "g2"):
+        w.customer(cid, currency="gbp")
+        w.subscribe(f"s_{cid}", cid, [(f"i_{cid}", "annual_gbp", 1)], ts(2023, 4, 10) if cid == "g2" else
+                    ts(2024, 1, 10))
+    w.update("s_g1", ts(2024, 4, 3), cancel_at_period_end=True, cancel_at=ts(2025, 1, 10), canceled_at=ts(2024, 4, 3))
+    w.cancel("s_g2", ts(2024, 3, 1), ended_at=ts(2024, 4, 10))
+    con = derive_read_only(w, seen_at=ts(2024, 5, 1))
+    assert [(r["subscription_id"], r["cancel_at"], r["mrr_at_stake"], r["currency"], r["mrr_at_stake_original"])
+            for r in queries.scheduled_churn(con)] == [
+        ("s_g1", dt.datetime(2025, 1, 10, tzinfo=UTC), D("12.3457"), "gbp", D("8.3333"))]
+    assert con.execute("SELECT customer_id, mrr FROM customer_mrr WHERE valid_to IS NULL ORDER BY 1").fetchall() == [
+        ("g1", D("12.3457")), ("g2", D("0"))]
+    assert con.execute("SELECT mrr_delta FROM mrr_movements WHERE movement = 'cancellation'").fetchall() == [
+        (D("-12.3457"),)]
