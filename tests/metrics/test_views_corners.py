@@ -152,6 +152,9 @@ def test_weeks_quarters_and_years_across_a_years_end(derive_read_only: Derive) -
     reasons = [(r["period_start"], r["period_end"], r["churn_type"], r["cancellation_feedback"],
                 r["churned_customers"], r["churned_mrr"]) for r in queries.churn_reasons(con, "week")]
     assert reasons == [(dt.date(2025, 1, 6), dt.date(2025, 1, 12), "voluntary", "unused", 1, D("20"))]
+    readme = " ".join((Path(__file__).resolve().parents[2] / "README.md").read_text().split())
+    assert ("a week runs from Monday 00:00 to Sunday (ISO weeks, so the week of Monday 30 December 2024 holds 2024's "
+            "last two days and 2025's first five)") in readme
     yr = con.execute("SELECT occurred_at, movement, mrr_delta, amount_delta_original FROM mrr_movements "
                      "WHERE customer_id = 'yr' ORDER BY occurred_at").fetchall()
     assert [(r[0].astimezone(UTC), *r[1:]) for r in yr] == [
