@@ -287,7 +287,8 @@ def test_the_mrr_at_stake_is_the_mrr_the_cancellation_takes_to_the_last_decimal(
     today's rate). A 100.00 GBP annual plan is 8.3333... GBP a month, at 1.481478 exactly 12.34565: 12.3457, as
     customer_mrr says and as g2's cancellation took on 10 April. g1, the same plan set to cancel at its period's
     end (10 January 2025) at the same rate, has 12.3457 at stake; the item's MRR cut at 10 decimals times the rate
-    (12.3456499999...) said 12.3456."""
+    (12.3456499999...) said 12.3456. g3, on a trial of the same plan set to cancel after it ends, converts first
+    (README): 12.3457 at stake as well."""
     w = World()
     w.product("prod_core", unit_label="seat", family="core")
     w.price("annual_gbp", "prod_core", 10_000, currency="gbp", interval="year")
@@ -298,11 +299,16 @@ def test_the_mrr_at_stake_is_the_mrr_the_cancellation_takes_to_the_last_decimal(
                     ts(2024, 1, 10))
     w.update("s_g1", ts(2024, 4, 3), cancel_at_period_end=True, cancel_at=ts(2025, 1, 10), canceled_at=ts(2024, 4, 3))
     w.cancel("s_g2", ts(2024, 3, 1), ended_at=ts(2024, 4, 10))
+    # g3: the same plan on a trial to 10 May, set to cancel on 10 August: it converts first, 12.3457 at stake too
+    w.customer("g3", currency="gbp")
+    w.subscribe("s_g3", "g3", [("i_g3", "annual_gbp", 1)], ts(2024, 4, 10), trial_end=ts(2024, 5, 10))
+    w.update("s_g3", ts(2024, 4, 20), cancel_at=ts(2024, 8, 10), canceled_at=ts(2024, 4, 20))
     con = derive_read_only(w, seen_at=ts(2024, 5, 1))
-    assert [(r["subscription_id"], r["cancel_at"], r["mrr_at_stake"], r["currency"], r["mrr_at_stake_original"])
-            for r in queries.scheduled_churn(con)] == [
-        ("s_g1", dt.datetime(2025, 1, 10, tzinfo=UTC), D("12.3457"), "gbp", D("8.3333"))]
+    assert [(r["subscription_id"], r["cancel_at"], r["status"], r["mrr_at_stake"], r["currency"],
+             r["mrr_at_stake_original"]) for r in queries.scheduled_churn(con)] == [
+        ("s_g3", dt.datetime(2024, 8, 10, tzinfo=UTC), "trialing", D("12.3457"), "gbp", D("8.3333")),
+        ("s_g1", dt.datetime(2025, 1, 10, tzinfo=UTC), "active", D("12.3457"), "gbp", D("8.3333"))]
     assert con.execute("SELECT customer_id, mrr FROM customer_mrr WHERE valid_to IS NULL ORDER BY 1").fetchall() == [
-        ("g1", D("12.3457")), ("g2", D("0"))]
+        ("g1", D("12.3457")), ("g2", D("0"))]  # (g3 counts nothing while on its trial)
     assert con.execute("SELECT mrr_delta FROM mrr_movements WHERE movement = 'cancellation'").fetchall() == [
         (D("-12.3457"),)]
