@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from stripe_churn.errors import ConfigError
-from stripe_churn.report.tables import day_of
+from stripe_churn.report.tables import day_of, money_text
 from stripe_churn.settings import Settings
 from stripe_churn.store.snapshot import interruptible, open_snapshot
 
@@ -54,12 +55,17 @@ def verdict_line(rows: list[dict[str, Any]], period: str, today: dt.date | None 
         return None
     r = done[-1]
     rate = float(r["net_revenue_churn_rate"])
-    gained = float(r["expansion"]) + float(r["reactivation"])
-    lost = float(r["churn"]) + float(r["contraction"])
+    gained = _amount(r["expansion"]) + _amount(r["reactivation"])
+    lost = _amount(r["churn"]) + _amount(r["contraction"])
     answer = "AT net negative churn" if rate < 0 else "NOT at net negative churn"
     relation = "outweigh" if gained > lost else ("equal" if gained == lost else "fall short of")
     return (f"latest complete {period} ({r['period_start']}): {answer}; net revenue churn {rate:.2%} "
-            f"(expansion + reactivation {gained:,.2f} {relation} churn + contraction {lost:,.2f})")
+            f"(expansion + reactivation {money_text(gained)} {relation} churn + contraction {money_text(lost)})")
+
+
+def _amount(value: Any) -> Decimal:
+    """A bridge amount as an exact decimal (DuckDB gives Decimal; a float, as from JSON, by its shortest text)."""
+    return value if isinstance(value, Decimal) else Decimal(str(value))
 
 
 def complete_periods(rows: list[dict[str, Any]], today: dt.date | None = None) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ import io
 import json
 import math
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from rich.console import Console
@@ -30,6 +30,7 @@ HEADERS = {"period_start": "period", "opening_mrr": "opening", "closing_mrr": "c
            "gross_revenue_churn_rate": "gross churn", "net_revenue_churn_rate": "net churn",
            "customer_churn_rate": "cust. churn", "nrr": "NRR", "quick_ratio": "quick", "segment_value": "segment",
            "net_negative_churn": "net negative churn?"}
+CENT = Decimal("0.01")
 RATE_COLUMNS = {"gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "grr", "customer_churn_rate"}
 # What a spreadsheet reads as the start of a formula in a CSV cell: text that starts so (a customer name, a
 # cancellation comment, a metadata value typed into Stripe) gets a leading single quote in every CSV written,
@@ -75,13 +76,21 @@ def unique_names(columns: Sequence[str]) -> list[str]:
     return names
 
 
+def money_text(amount: Decimal) -> str:
+    """An amount to the cent as finance rounds it, half away from zero (2.675 -> 2.68, -0.125 -> -0.13), with
+    thousands separators. (Through a float, 2.675 is 2.67499999... and showed as 2.67.)"""
+    return f"{amount.quantize(CENT, rounding=ROUND_HALF_UP):,.2f}"
+
+
 def _cell(value: Any, column: str = "") -> str:
     if value is None:
         return ""
     if column in RATE_COLUMNS and isinstance(value, int | float | Decimal):
         return f"{float(value) * 100:.2f}%"
-    if isinstance(value, Decimal | float):
-        return f"{float(value):,.2f}"
+    if isinstance(value, Decimal):
+        return money_text(value)
+    if isinstance(value, float):
+        return f"{value:,.2f}"
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     return str(value)

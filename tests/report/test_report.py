@@ -496,3 +496,21 @@ def test_render_table_shows_stored_text_as_it_is_not_as_markup_or_terminal_codes
     assert "[/b] [red]x[/red]" in out and "[bold]n[/bold]" in out
     assert "\x1b" not in out and "\x07" not in out and "\r" not in out
     assert "\\x1b]0;owned\\x07 \\x1b[31mred\\r\\nnext" in out
+
+
+def test_amounts_to_the_cent_round_half_away_from_zero_as_finance_does() -> None:
+    """The table (and the page, which shares its cells) and the verdict show an amount stored to 1e-4 at the cent,
+    half away from zero: 2.6750 is 2.68, -0.1250 is -0.13 (through a float they were 2.67 and -0.12, as 2.675 is
+    2.67499999... in binary). A rate stays a float, to two decimals of a percent."""
+    amounts = ["2.6750", "0.1250", "1.0050", "-0.1250", "1234567.8950", "0.0049"]
+    out = render(["opening_mrr", "nrr"], [[Decimal(a), 0.5] for a in amounts], "table")
+    cells = [line.split("│")[1:3] for line in out.splitlines() if line.count("│") == 3]
+    assert [(a.strip(), r.strip()) for a, r in cells] == [
+        ("2.68", "50.00%"), ("0.13", "50.00%"), ("1.01", "50.00%"), ("-0.13", "50.00%"),
+        ("1,234,567.90", "50.00%"), ("0.00", "50.00%")]
+    from stripe_churn.report.build import verdict_line
+    row = {"period_start": "2026-10-01", "period_end": "2026-10-31", "opening_mrr": Decimal("100.0000"),
+           "net_revenue_churn_rate": 0.1, "expansion": Decimal("1.0050"), "reactivation": Decimal("1.0000"),
+           "churn": Decimal("10.0050"), "contraction": Decimal("2.0000")}
+    line = verdict_line([row], "month", today=dt.date(2026, 11, 15))
+    assert line is not None and "reactivation 2.01 fall short of churn + contraction 12.01" in line, line
