@@ -491,10 +491,12 @@ FROM (SELECT DISTINCT h.account_id, h.price_id, h.quantity
 -- Tax-inclusive licensed prices (design.md 4: tax excluded; a currency option's own tax behaviour for an item
 -- billed through it): the share of the price that is not tax, from the
 -- item's latest invoice line for that price (net_num / net_den of 30; a line without inclusive tax is a share of
--- 1), else from its latest line of another tax-inclusive price, else from its customer's; NULL when no invoice
--- tells (the tax stays in, and 90 says so). One share per item and price: a changed tax rate restates the
--- item's history at the latest rate rather than showing as a movement. (Lines that bill nothing, such as a
--- trial's, tell nothing.)
+-- 1), else from its latest line of another tax-inclusive price, else from its customer's; with none of these, the
+-- same from the proration lines that charged them (an item switched onto an inclusive price shows its tax first on
+-- the update's proration, until its renewal bills it whole: their amounts are no MRR, their tax share tells the
+-- rate all the same); NULL when no invoice tells (the tax stays in, and 90 says so). One share per item and price:
+-- a changed tax rate restates the item's history at the latest rate rather than showing as a movement. (Lines
+-- that bill nothing, such as a trial's, tell nothing.)
 CREATE OR REPLACE TEMP TABLE derived_item_tax_shares AS
 WITH licensed AS (
     SELECT account_id, price_id, tax_behavior FROM derived_price_terms
@@ -523,24 +525,30 @@ inclusive_items AS (
 lines AS (
     SELECT l.account_id, s.customer_id, l.subscription_item_id, l.price_id,
            (l.invoice_created, l.period_start, l.line_id) AS latest,
-           {'num': coalesce(l.net_num, 1), 'den': coalesce(l.net_den, 1)} AS share
+           {'num': coalesce(l.net_num, 1), 'den': coalesce(l.net_den, 1)} AS share, l.proration
     FROM derived_invoice_lines l
     SEMI JOIN inclusive i USING (account_id, price_id)
     LEFT JOIN derived_subs s ON s.account_id = l.account_id AND s.subscription_id = l.subscription_id
-    WHERE NOT l.proration AND NOT l.is_credit AND l.amount_excl_tax_p > 0
+    WHERE NOT l.is_credit AND l.amount_excl_tax_p > 0
 ),
 by_price AS (
-    SELECT account_id, subscription_item_id, price_id, arg_max(share, latest) AS share FROM lines GROUP BY ALL
+    SELECT account_id, subscription_item_id, price_id, arg_max(share, latest) FILTER (WHERE NOT proration) AS share,
+           arg_max(share, latest) FILTER (WHERE proration) AS pro_share
+    FROM lines GROUP BY ALL
 ),
 by_item AS (
-    SELECT account_id, subscription_item_id, arg_max(share, latest) AS share FROM lines GROUP BY ALL
+    SELECT account_id, subscription_item_id, arg_max(share, latest) FILTER (WHERE NOT proration) AS share,
+           arg_max(share, latest) FILTER (WHERE proration) AS pro_share
+    FROM lines GROUP BY ALL
 ),
 by_customer AS (
-    SELECT account_id, customer_id, arg_max(share, latest) AS share FROM lines GROUP BY ALL
+    SELECT account_id, customer_id, arg_max(share, latest) FILTER (WHERE NOT proration) AS share,
+           arg_max(share, latest) FILTER (WHERE proration) AS pro_share
+    FROM lines GROUP BY ALL
 )
 SELECT h.account_id, h.subscription_item_id, h.price_id,
-       coalesce(p.share, i.share, c.share).num AS net_num,
-       coalesce(p.share, i.share, c.share).den AS net_den
+       coalesce(p.share, i.share, c.share, p.pro_share, i.pro_share, c.pro_share).num AS net_num,
+       coalesce(p.share, i.share, c.share, p.pro_share, i.pro_share, c.pro_share).den AS net_den
 FROM inclusive_items h
 LEFT JOIN by_price p USING (account_id, subscription_item_id, price_id)
 LEFT JOIN by_item i USING (account_id, subscription_item_id)

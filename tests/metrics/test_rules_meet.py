@@ -1,0 +1,516 @@
+"""Where two or more rules of design.md 4 (an item's MRR) and 5 (the labels) meet in one customer, each on a small
+hand-built account: a discount ending inside the window of a seat or plan change, a plan switch with seats on tiered,
+packed and multi-week prices, stacked discounts of which one ends, a family lost and taken again, statuses one after
+another, metered usage beside a licensed switch, tax-inclusive beside tax-exclusive prices, a switch back across
+currencies while the old currency's rate moves.
+
+Each expected answer is worked out by hand from design.md 4 and 5 first (the arithmetic is in the docstring), where
+they are silent with the conventions README.md ("Metric definitions") and docs/internals.md fix: an item's plan and
+quantity parts are valued at the discount it had before the change, what its new discounts add or take is the
+`discount` part; a change that moves no MRR by itself starts no window; a switch across currencies is valued at the
+rates of the state before, the rate's move on what the customer holds after is the `fx` part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import duckdb
+import pytest
+from builders import World, ts
+from conftest import OneStore, customer_mrr_at
+from test_classifier import MINUTE, T0, Row, base, check_invariants, month, movements
+
+Derive = Callable[..., duckdb.DuckDBPyConnection]
+D = Decimal
+
+# The tests marked @one_store are each an account of one store, derived once (conftest.OneStore): their queries see
+# their own account's rows alone.
+one_store = OneStore()
+world, derive, one_store_built = one_store.fixtures()
+
+TIERS = [{"up_to": 5, "unit_amount": 1000, "flat_amount": 500}, {"up_to": 10, "unit_amount": 800, "flat_amount": 300},
+         {"up_to": None, "unit_amount": 500, "flat_amount": 100}]
+
+
+def expect(con: duckdb.DuckDBPyConnection, expected: list[Row], *, skip_new: bool = True) -> None:
+    """cus_1's movements (the first `new` left out with ``skip_new``) are ``expected``; the rows of each transition
+    add up to its change and chain with customer_mrr (test_classifier.check_invariants); every row names its
+    subscription, item, product and price."""
+    got = movements(con)
+    if skip_new:
+        assert got and got[0][1] == "new", got
+        got = got[1:]
+    want = sorted(expected, key=lambda r: (r[0], r[1], r[4] or ""))
+    assert got == want, ("movements differ:\n  got      " + "\n           ".join(map(str, got))
+                         + "\n  expected " + "\n           ".join(map(str, want)))
+    check_invariants(con)
+    assert not con.execute("SELECT movement FROM mrr_movements WHERE subscription_id IS NULL OR subscription_item_id "
+                           "IS NULL OR product_id IS NULL OR price_id IS NULL").fetchall()
+
+
+def churn_types(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in con.execute(
+        "SELECT CAST(epoch(occurred_at) AS BIGINT), churn_type FROM mrr_movements WHERE movement = 'cancellation' "
+        "ORDER BY occurred_at").fetchall()]
+
+
+# --- a discount ending inside the window of another change -------------------------------------------------------
+
+@pytest.mark.parametrize("plan", ["core_basic", "core_pro"], ids=["seats", "plan-and-seats"])
+@one_store
+def test_a_repeating_discount_ends_ten_minutes_after_a_change(world: World, derive: Derive, plan: str) -> None:
+    """design.md 4 (a discount ending is a movement, label `discount`) and 5 (one window, dated at its first change;
+    plan part = MRR(new price, old qty) - MRR(old price, old qty), quantity part = the rest), with README's
+    convention that both are valued at the discount the item had, the discount part being what its end adds.
+
+    core_basic 4 seats x 10.00 under 30% off for 2 months from T0 (ends 1 March 00:00): 40 x 0.7 = 28.00. At
+    29 February 23:50 the item moves to ``plan`` with 5 seats; the discount ends 10 minutes later, in the window:
+    - seats: B = 50.00; quantity part (50 - 40) x 0.7 = +7.00, discount part 50 - 50 x 0.7 = +15.00; 22.00 in all;
+    - plan-and-seats (core_pro 20.00): B = 100.00; plan part (80 - 40) x 0.7 = +28.00, quantity part
+      (100 - 80) x 0.7 = +14.00, discount part 100 - 70 = +30.00; 72.00 in all.
+    Every row is dated 23:50 (February), also the discount's."""
+    w = base(world)
+    w.coupon("c30", percent_off=30, duration="repeating", duration_in_months=2)
+    d = w.discount("c30", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0, discounts=[d["id"]])
+    assert d["end"] == month(2)
+    t = month(2) - 10 * MINUTE
+    w.update("sub_1", t, items=[("si_c", plan, 5)])
+    con = derive(w, seen_at=month(3))
+    if plan == "core_basic":
+        want = [(t, "seat_expansion", "expansion", D("7.0000"), "si_c"),
+                (t, "discount", "expansion", D("15.0000"), "si_c")]
+    else:
+        want = [(t, "upgrade", "expansion", D("28.0000"), "si_c"),
+                (t, "seat_expansion", "expansion", D("14.0000"), "si_c"),
+                (t, "discount", "expansion", D("30.0000"), "si_c")]
+    expect(con, want)
+    assert customer_mrr_at(con, "cus_1", month(2) + MINUTE) == (D("50.0000") if plan == "core_basic"
+                                                                 else D("100.0000"))
+
+
+@one_store
+def test_a_subscription_discount_taken_off_while_an_item_discount_runs_beside_seats(world: World, derive: Derive
+                                                                                    ) -> None:
+    """design.md 4: a subscription-level discount applies to all items, an item-level one to its item (they stack);
+    each starting or ending is a `discount` movement. si_c (4 core seats, 40.00) has 50% off for 3 months from T0
+    (ends 1 April), the subscription 10% forever; si_a analytics 50.00. M = 40 x 0.5 x 0.9 + 50 x 0.9 = 18 + 45 = 63.
+    On 11 February the 10% is taken off and, 15 minutes later, si_c goes to 6 seats: one window,
+    B = 60 x 0.5 + 50 = 80 (+17):
+    - si_c: quantity part at the discounts it had (20 x 0.45) = +9.00; discount part 30 - 60 x 0.45 = +3.00;
+    - si_a: discount part 50 - 45 = +5.00.
+    On 1 April the item's 50% ends while no other discount runs: si_c 30 -> 60, `discount` +30.00."""
+    w = base(world)
+    w.coupon("c10", percent_off=10)
+    w.coupon("c50", percent_off=50, duration="repeating", duration_in_months=3)
+    ds = w.discount("c10", T0, customer="cus_1", subscription="sub_1")
+    di = w.discount("c50", T0, customer="cus_1", subscription="sub_1", subscription_item="si_c")
+    sub = w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4), ("si_a", "analytics", 1)], T0,
+                      discounts=[ds["id"]])
+    sub["items"]["data"][0]["discounts"] = [di["id"]]
+    w.events[0]["data"]["object"]["items"]["data"][0]["discounts"] = [di["id"]]
+    t = month(1, 10)
+    w.update("sub_1", t, discounts=[])
+    w.update("sub_1", t + 15 * MINUTE, items=[("si_c", "core_basic", 6), ("si_a", "analytics", 1)])
+    w.objects["subscriptions"]["sub_1"]["items"]["data"][0]["discounts"] = [di["id"]]
+    w.events[-1]["data"]["object"]["items"]["data"][0]["discounts"] = [di["id"]]
+    con = derive(w, seen_at=month(4))
+    assert customer_mrr_at(con, "cus_1", T0 + MINUTE) == D("63.0000")
+    expect(con, [
+        (t, "seat_expansion", "expansion", D("9.0000"), "si_c"),
+        (t, "discount", "expansion", D("3.0000"), "si_c"),
+        (t, "discount", "expansion", D("5.0000"), "si_a"),
+        (month(3), "discount", "expansion", D("30.0000"), "si_c"),
+    ])
+
+
+@one_store
+def test_a_full_item_discount_ends_beside_a_paying_item(world: World, derive: Derive) -> None:
+    """design.md 4 and 5: 100% off analytics (si_a, 50.00) for one month, on the item, while its core seats pay
+    (30.00): M = 30. When it ends (1 February) M(A) = 30 > 0, so it is no `new` and no `cross_sell` of an item worth
+    0 before: a `discount` of +50.00 (expansion) on si_a."""
+    w = base(world)
+    w.coupon("free", percent_off=100, duration="repeating", duration_in_months=1)
+    di = w.discount("free", T0, customer="cus_1", subscription="sub_1", subscription_item="si_a")
+    sub = w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3), ("si_a", "analytics", 1)], T0)
+    sub["items"]["data"][1]["discounts"] = [di["id"]]
+    w.events[0]["data"]["object"]["items"]["data"][1]["discounts"] = [di["id"]]
+    con = derive(w, seen_at=month(2))
+    assert customer_mrr_at(con, "cus_1", T0 + MINUTE) == D("30.0000")
+    expect(con, [(month(1), "discount", "expansion", D("50.0000"), "si_a")])
+
+
+@one_store
+def test_a_full_discount_ending_after_seats_were_added_under_it_is_one_new(world: World, derive: Derive) -> None:
+    """design.md 4 and 5: 100% off the subscription for one month from T0; at 31 January 23:50 the seats go 3 -> 5
+    (the MRR stays 0, the items change); the discount ends on 1 February 00:00, in the window. M(A) = 0, M(B) = 50,
+    the customer never had MRR: one `new` of 50.00 (the whole delta), not a seat_expansion and a discount, dated at
+    the window's first change, the seats at 23:50 (January)."""
+    w = base(world)
+    w.coupon("free", percent_off=100, duration="repeating", duration_in_months=1)
+    d = w.discount("free", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0, discounts=[d["id"]])
+    t = month(1) - 10 * MINUTE
+    w.update("sub_1", t, items=[("si_c", "core_basic", 5)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [(t, "new", "new", D("50.0000"), "si_c")], skip_new=False)
+
+
+@one_store
+def test_a_once_discount_beside_a_forever_one(world: World, derive: Derive) -> None:
+    """design.md 4: `forever` reduces MRR while it applies, `once` does not. The subscription has 50% once and 20%
+    forever from T0: 4 seats + analytics = 90 x 0.8 = 72.00 (`new`). On 11 February the once discount is taken off
+    (no movement: it never counted) and a fifth seat added in the same update: the seat at the discount in force,
+    10 x 0.8 = +8.00 (seat_expansion), and no `discount` row."""
+    w = base(world)
+    w.coupon("once50", percent_off=50, duration="once")
+    w.coupon("ever20", percent_off=20)
+    d1 = w.discount("once50", T0, customer="cus_1", subscription="sub_1")
+    d2 = w.discount("ever20", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4), ("si_a", "analytics", 1)], T0,
+                discounts=[d1["id"], d2["id"]])
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_c", "core_basic", 5), ("si_a", "analytics", 1)], discounts=[d2["id"]])
+    con = derive(w, seen_at=month(2))
+    assert movements(con)[0] == (T0, "new", "new", D("72.0000"), "si_a")
+    expect(con, [(t, "seat_expansion", "expansion", D("8.0000"), "si_c")])
+
+
+@one_store
+def test_a_repeating_discount_ends_while_collection_is_paused(world: World, derive: Derive) -> None:
+    """design.md 4: pause_collection keeps MRR (default); a discount ending is a `discount` movement dated at its
+    end. 4 seats under 30% off for 2 months (28.00); collection paused at 29 February 23:50, 10 minutes before the
+    discount ends: the pause moves no MRR and starts no window (README), so the end is a `discount` of +12.00 dated
+    1 March 00:00, in March's bridge; the resume later is no movement."""
+    w = base(world)
+    w.coupon("c30", percent_off=30, duration="repeating", duration_in_months=2)
+    d = w.discount("c30", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0, discounts=[d["id"]])
+    w.update("sub_1", month(2) - 10 * MINUTE,
+             pause_collection={"behavior": "keep_as_draft", "resumes_at": month(2, 20)})
+    w.update("sub_1", month(2, 20), pause_collection=None)
+    con = derive(w, seen_at=month(3))
+    expect(con, [(month(2), "discount", "expansion", D("12.0000"), "si_c")])
+
+
+# --- a plan switch with seats on prices of other shapes ---------------------------------------------------------
+
+SWITCHES = {
+    # graduated -> volume (same tiers), 6 -> 11: MRR(grad,6) = 55 + 8 + 3 = 66; MRR(vol,6) = 6 x 8 + 3 = 51;
+    # MRR(vol,11) = 11 x 5 + 1 = 56: plan 51 - 66 = -15, quantity 56 - 51 = +5
+    "graduated-to-volume": (("grad", 6), ("vol", 11), [("downgrade", "contraction", "-15.0000"),
+                                                       ("seat_expansion", "expansion", "5.0000")]),
+    # volume every 2 weeks (x 52 / 12 / 2 = 13/6): MRR(vol2w,3) = (30 + 5) x 13/6 = 75.8333..., MRR(vol2w,6) =
+    # 51 x 13/6 = 110.5: plan 75.8333... - 30 = +45.8333, quantity 110.5 - 75.8333... = +34.6667 (80.50 in all)
+    "basic-to-volume-every-two-weeks": (("core_basic", 3), ("vol2w", 6), [("upgrade", "expansion", "45.8333"),
+                                                                          ("seat_expansion", "expansion", "34.6667")]),
+    # packs of 5 (round up) at 30.00 -> packs of 10 (round up) at 50.00, 7 -> 12 seats: MRR(old,7) = 2 x 30 = 60,
+    # MRR(new,7) = 1 x 50 = 50, MRR(new,12) = 2 x 50 = 100: plan -10, quantity +50
+    "packs-to-bigger-packs": (("pack5", 7), ("pack10", 12), [("downgrade", "contraction", "-10.0000"),
+                                                             ("seat_expansion", "expansion", "50.0000")]),
+    # annual 1,500.00 (125.00 a month) x2 -> monthly 100.00 x3: plan MRR(monthly,2) - MRR(annual,2) = 200 - 250 = -50,
+    # quantity 300 - 200 = +100
+    "annual-to-monthly-with-seats": (("core_annual_hi", 2), ("core_monthly", 3),
+                                     [("downgrade", "contraction", "-50.0000"),
+                                      ("seat_expansion", "expansion", "100.0000")]),
+    # every 3 days 2.00 a seat (x 365 / 12 / 3 = 20.2777... a seat) x2 -> graduated monthly 4 seats:
+    # MRR(3d,2) = 40.5555..., MRR(grad,2) = 2 x 10 + 5 = 25, MRR(grad,4) = 45: plan -15.5556, quantity +20
+    "every-three-days-to-graduated": (("d3", 2), ("grad", 4), [("downgrade", "contraction", "-15.5556"),
+                                                               ("seat_expansion", "expansion", "20.0000")]),
+}
+
+
+@pytest.mark.parametrize("case", list(SWITCHES))
+@one_store
+def test_a_plan_switch_with_seats_on_shaped_prices(world: World, derive: Derive, case: str) -> None:
+    """design.md 4 (tiers graduated and volume, transform_quantity, week and day intervals with interval_count) and 5
+    (plan part = MRR(new price, old quantity) - MRR(old price, old quantity), quantity part = MRR(new price, new
+    quantity) - MRR(new price, old quantity)): the figures are in SWITCHES, worked out by hand."""
+    w = base(world)
+    w.price("grad", "prod_core", None, tiers=TIERS, tiers_mode="graduated")
+    w.price("vol", "prod_core", None, tiers=TIERS, tiers_mode="volume")
+    w.price("vol2w", "prod_core", None, tiers=TIERS, tiers_mode="volume", interval="week", interval_count=2)
+    w.price("pack5", "prod_core", 3_000, transform_quantity={"divide_by": 5, "round": "up"})
+    w.price("pack10", "prod_core", 5_000, transform_quantity={"divide_by": 10, "round": "up"})
+    w.price("d3", "prod_core", 200, interval="day", interval_count=3)
+    old, new, parts = SWITCHES[case]
+    w.subscribe("sub_1", "cus_1", [("si_1", *old)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_1", *new)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [(t, m, c, D(v), "si_1") for m, c, v in parts])
+
+
+# --- families lost, kept elsewhere, taken again -------------------------------------------------------------------
+
+@one_store
+def test_a_family_removed_then_added_back(world: World, derive: Derive) -> None:
+    """design.md 5: core (30.00) and analytics (50.00) from T0. On 6 February analytics is removed while the customer
+    stays: `downgrade` -50.00. On 6 April an analytics item is added again: the customer does not have the family at
+    that moment, so `cross_sell` +50.00 (design.md has no other label for an item of a family not held, and only M(A)
+    = 0 makes a reactivation)."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3), ("si_a", "analytics", 1)], T0)
+    w.update("sub_1", month(1, 5), items=[("si_c", "core_basic", 3)])
+    w.update("sub_1", month(3, 5), items=[("si_c", "core_basic", 3), ("si_a2", "analytics", 1)])
+    con = derive(w, seen_at=month(4))
+    expect(con, [(month(1, 5), "downgrade", "contraction", D("-50.0000"), "si_a"),
+                 (month(3, 5), "cross_sell", "expansion", D("50.0000"), "si_a2")])
+
+
+@one_store
+def test_a_subscription_canceled_while_its_family_is_kept_through_another(world: World, derive: Derive) -> None:
+    """design.md 5: sub_1 holds core basic x3 (30.00) and analytics (50.00), sub_2 core pro x2 (40.00): M = 120.
+    sub_1 is canceled on 6 February while sub_2 stays: M(B) = 40 > 0, so no `cancellation`; its core item is a removed
+    item of a family the customer keeps (`seat_contraction` -30.00), its analytics item of a family removed while the
+    customer stays (`downgrade` -50.00); neither carries a churn_type."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3), ("si_a", "analytics", 1)], T0)
+    w.subscribe("sub_2", "cus_1", [("si_p", "core_pro", 2)], T0 + MINUTE)
+    w.cancel("sub_1", month(1, 5), feedback="too_expensive")
+    con = derive(w, seen_at=month(2))
+    assert movements(con)[0] == (T0, "new", "new", D("120.0000"), "si_a")
+    expect(con, [(month(1, 5), "seat_contraction", "contraction", D("-30.0000"), "si_c"),
+                 (month(1, 5), "downgrade", "contraction", D("-50.0000"), "si_a")])
+    assert churn_types(con) == []
+
+
+# --- statuses one after another ----------------------------------------------------------------------------------
+
+@one_store
+def test_past_due_then_unpaid_then_paid(world: World, derive: Derive) -> None:
+    """design.md 4 (past_due counts; unpaid counts zero from the transition and churns there) and 5: 5 seats (50.00)
+    from T0; past_due on 2 February (no movement), unpaid on 15 February (`cancellation` -50.00, involuntary), the
+    invoice paid on 4 March and the subscription active again: M(A) = 0, M(B) = 50, the customer had MRR:
+    `reactivation` +50.00."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 5)], T0)
+    w.update("sub_1", month(1, 1), status="past_due")
+    w.update("sub_1", month(1, 14), status="unpaid")
+    w.update("sub_1", month(2, 3), status="active")
+    con = derive(w, seen_at=month(3))
+    expect(con, [(month(1, 14), "cancellation", "churn", D("-50.0000"), "si_c"),
+                 (month(2, 3), "reactivation", "reactivation", D("50.0000"), "si_c")])
+    assert churn_types(con) == [(month(1, 14), "involuntary")]
+
+
+@one_store
+def test_paused_then_resumed_with_a_price_change_in_the_same_hour(world: World, derive: Derive) -> None:
+    """design.md 4 (paused counts zero) and 5: core basic x3 (30.00); paused on 6 February: M(B) = 0, a
+    `cancellation` -30.00 (voluntary: no payment failed, never unpaid). Resumed on 6 March and moved to core pro x3
+    ten minutes later, one window: M(A) = 0, M(B) = 60, the customer had MRR: one `reactivation` of +60.00 (the whole
+    delta), dated at the resume."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.update("sub_1", month(1, 5), status="paused")
+    w.update("sub_1", month(2, 5), status="active")
+    w.update("sub_1", month(2, 5) + 10 * MINUTE, items=[("si_c", "core_pro", 3)])
+    con = derive(w, seen_at=month(3))
+    expect(con, [(month(1, 5), "cancellation", "churn", D("-30.0000"), "si_c"),
+                 (month(2, 5), "reactivation", "reactivation", D("60.0000"), "si_c")])
+    assert churn_types(con) == [(month(1, 5), "voluntary")]
+
+
+@one_store
+def test_a_trial_ending_into_past_due_then_unpaid(world: World, derive: Derive) -> None:
+    """design.md 4 (trialing counts zero, past_due counts, unpaid churns at the transition) and 5: a trial of core
+    basic x3 from T0 to 1 February; its first invoice fails and the subscription goes past_due at the trial's end:
+    the customer's first MRR, `new` +30.00 dated 1 February; unpaid on 15 February: `cancellation` -30.00,
+    involuntary."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0, trial_end=month(1))
+    w.update("sub_1", month(1), status="past_due", trial_end=month(1))
+    inv = w.cycle("sub_1", month(1))
+    inv.update(status="open", amount_paid=0)
+    w.update("sub_1", month(1, 14), status="unpaid")
+    con = derive(w, seen_at=month(2))
+    expect(con, [(month(1), "new", "new", D("30.0000"), "si_c"),
+                 (month(1, 14), "cancellation", "churn", D("-30.0000"), "si_c")], skip_new=False)
+    assert churn_types(con) == [(month(1, 14), "involuntary")]
+
+
+# --- metered usage beside a licensed switch ----------------------------------------------------------------------
+
+@one_store
+def test_usage_up_on_one_item_while_a_licensed_item_of_its_family_is_switched(world: World, derive: Derive) -> None:
+    """design.md 4 (metered: the last invoiced full period's amount, from that invoice on) and 5 (pairing: a removed
+    and an added item of one family are a plan switch; usage up is resource_expansion): family api holds a licensed
+    plan (api_base 20.00) and a metered item (unit "api call": resource) from T0 (`new` 20.00). 1 February: 30.00 of
+    usage billed, `resource_expansion` +30.00. 1 March: 45.00 billed (+15.00) and, 10 minutes later, api_base is
+    replaced by a new item on api_plus (40.00): one window, the metered item is the same item in A and B
+    (`resource_expansion` +15.00), the licensed pair a plan switch (`upgrade` +20.00), not a cross_sell and a
+    contraction."""
+    w = base(world)
+    w.product("prod_api_plan", family="api")
+    w.price("api_base", "prod_api_plan", 2_000)
+    w.price("api_plus", "prod_api_plan", 4_000)
+    w.subscribe("sub_1", "cus_1", [("si_l", "api_base", 1), ("si_m", "api_metered", None)], T0)
+    w.cycle("sub_1", month(1), usage={"si_m": 3_000})
+    w.cycle("sub_1", month(2), usage={"si_m": 4_500})
+    w.update("sub_1", month(2) + 10 * MINUTE, items=[("si_l2", "api_plus", 1), ("si_m", "api_metered", None)])
+    con = derive(w, seen_at=month(2, 10))
+    expect(con, [(month(1), "resource_expansion", "expansion", D("30.0000"), "si_m"),
+                 (month(2), "resource_expansion", "expansion", D("15.0000"), "si_m"),
+                 (month(2), "upgrade", "expansion", D("20.0000"), "si_l2")])
+
+
+# --- tax-inclusive beside tax-exclusive ----------------------------------------------------------------------------
+
+def vat_on_inclusive_lines(w: World, percent: int) -> None:
+    """Inclusive tax on every charging line of a tax-inclusive price, as Stripe works it out (exclusive prices'
+    lines carry none: their tax is added on top and is no part of the amount)."""
+    for inv in w.objects["invoices"].values():
+        for line in inv["lines"]["data"]:
+            price = w.objects["prices"][line["pricing"]["price_details"]["price"]]
+            if line["amount"] > 0 and price["tax_behavior"] == "inclusive":
+                line["taxes"] = [{"amount": line["amount"] * percent // (100 + percent), "tax_behavior": "inclusive",
+                                  "taxability_reason": "standard_rated", "type": "tax_rate_details"}]
+
+
+@pytest.mark.parametrize("direction", ["inclusive-to-exclusive", "exclusive-to-inclusive"])
+@one_store
+def test_a_switch_between_tax_inclusive_and_exclusive_prices_with_seats(world: World, derive: Derive,
+                                                                        direction: str) -> None:
+    """design.md 4 (tax excluded) and 5 (the split): `gross` is 12.00 a seat including 20% VAT (10.00 net), `net`
+    11.00 a seat plus tax; analytics (50.00, exclusive) beside it throughout.
+    - inclusive-to-exclusive: gross x2 (20.00) -> net x3: plan MRR(net,2) - MRR(gross,2) = 22 - 20 = +2.00,
+      quantity 33 - 22 = +11.00; M 70 -> 83;
+    - exclusive-to-inclusive: net x2 (22.00) -> gross x3: plan MRR(gross,2) - MRR(net,2) = 20 - 22 = -2.00,
+      quantity 30 - 20 = +10.00; M 72 -> 80. The gross price's first invoice line is the update's proration
+      (its renewal is not billed yet), whose tax tells the share: 10.00 of every 12.00."""
+    w = base(world)
+    w.price("gross", "prod_core", 1_200)["tax_behavior"] = "inclusive"
+    w.price("net", "prod_core", 1_100)
+    old, new = ("gross", "net") if direction == "inclusive-to-exclusive" else ("net", "gross")
+    w.subscribe("sub_1", "cus_1", [("si_c", old, 2), ("si_a", "analytics", 1)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_c", new, 3), ("si_a", "analytics", 1)])
+    vat_on_inclusive_lines(w, 20)
+    con = derive(w, seen_at=month(2))
+    if direction == "inclusive-to-exclusive":
+        assert customer_mrr_at(con, "cus_1", T0 + MINUTE) == D("70.0000")
+        want = [(t, "upgrade", "expansion", D("2.0000"), "si_c"),
+                (t, "seat_expansion", "expansion", D("11.0000"), "si_c")]
+    else:
+        assert customer_mrr_at(con, "cus_1", T0 + MINUTE) == D("72.0000")
+        want = [(t, "downgrade", "contraction", D("-2.0000"), "si_c"),
+                (t, "seat_expansion", "expansion", D("10.0000"), "si_c")]
+    expect(con, want)
+    # (the update's proration line shows the tax: no item is left with its tax in)
+    assert con.execute("SELECT object_id FROM data_quality WHERE kind = 'tax_inclusive_price'").fetchall() == []
+
+
+# --- a switch back across currencies ------------------------------------------------------------------------------
+
+@one_store
+def test_a_switch_from_euros_to_dollars_over_the_euros_rate_change(world: World, derive: Derive) -> None:
+    """design.md 4 (rate swings are their own `fx` line, never disguised as expansion) and 5 (a removed and an added
+    item of one family in one window are a plan switch, split into plan and seats): a customer on 3 seats of a
+    10.00 EUR plan (33.00 USD at 1.10) cancels at 29 February 23:50 and subscribes 20 minutes later to 4 seats of a
+    12.00 USD plan; the euro moves to 1.20 at 1 March 00:00. The customer holds no euros after the switch, so no
+    part is fx: M 33.00 -> 48.00; plan MRR(usd plan,3) - 33.00 = 36 - 33 = +3.00 (upgrade), quantity 48 - 36 =
+    +12.00 (seat_expansion)."""
+    w = world
+    w.customer("cus_1", currency="eur")
+    w.product("prod_core", unit_label="seat", family="core")
+    w.price("core_eur", "prod_core", 1_000, currency="eur")
+    w.price("core_usd", "prod_core", 1_200)
+    w.fx_rates += [("2023-12-01", "eur", 1.10), ("2024-03-01", "eur", 1.20)]
+    w.subscribe("sub_eur", "cus_1", [("si_e", "core_eur", 3)], T0)
+    t = ts(2024, 3, 1) - 10 * MINUTE
+    w.cancel("sub_eur", t)
+    w.objects["customers"]["cus_1"]["currency"] = "usd"
+    w.subscribe("sub_usd", "cus_1", [("si_u", "core_usd", 4)], t + 20 * MINUTE)
+    con = derive(w, seen_at=month(3))
+    expect(con, [(t, "upgrade", "expansion", D("3.0000"), "si_u"),
+                 (t, "seat_expansion", "expansion", D("12.0000"), "si_u")])
+
+
+# --- more meetings ------------------------------------------------------------------------------------------------
+
+@one_store
+def test_a_subscriptions_own_discount_ends_under_a_customer_wide_one(world: World, derive: Derive) -> None:
+    """design.md 4 (a discount ending is a `discount` movement) with README's rule that a subscription's own discount
+    replaces the customer's instead of adding to it: the customer has 10% off forever, sub_1 its own 50% for one
+    month from T0. Until 1 February 90 x 0.5 = 45.00; then the customer's 10% applies again: 81.00, `discount`
+    +36.00 split by item (core 40: 20 -> 36, +16.00; analytics 50: 25 -> 45, +20.00)."""
+    w = base(world)
+    w.coupon("c10", percent_off=10)
+    w.coupon("c50", percent_off=50, duration="repeating", duration_in_months=1)
+    w.objects["customers"]["cus_1"]["discount"] = w.discount("c10", T0 - 86_400, customer="cus_1")
+    d = w.discount("c50", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4), ("si_a", "analytics", 1)], T0, discounts=[d["id"]])
+    con = derive(w, seen_at=month(2))
+    assert movements(con)[0] == (T0, "new", "new", D("45.0000"), "si_a")
+    expect(con, [(month(1), "discount", "expansion", D("16.0000"), "si_c"),
+                 (month(1), "discount", "expansion", D("20.0000"), "si_a")])
+
+
+@one_store
+def test_a_discount_ends_at_the_moment_the_rate_moves(world: World, derive: Derive) -> None:
+    """design.md 4 (a discount ending is a `discount` movement; rate swings are their own `fx` line) and 5, with
+    docs/internals.md's convention for a window with a rate change (the other parts at the rate before the window,
+    the fx part the items after it times the rate's move): a EUR customer, 3 seats x 10.00 EUR under 30% off for 2
+    months from T0: 21.00 EUR, 23.10 USD at 1.10. On 1 March 00:00 the discount ends and the euro moves to 1.20:
+    M(B) = 30 EUR x 1.20 = 36.00 (+12.90): `discount` 9 EUR x 1.10 = +9.90, `fx` 30 EUR x 0.10 = +3.00."""
+    w = base(world, currency="eur")
+    w.fx_rates += [("2023-12-01", "eur", 1.10), ("2024-03-01", "eur", 1.20)]
+    w.coupon("c30", percent_off=30, duration="repeating", duration_in_months=2)
+    d = w.discount("c30", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0, discounts=[d["id"]])
+    con = derive(w, seen_at=month(3))
+    assert movements(con)[0] == (T0, "new", "new", D("23.1000"), "si_c")
+    expect(con, [(month(2), "discount", "expansion", D("9.9000"), "si_c"),
+                 (month(2), "fx", "fx", D("3.0000"), "si_c")])
+
+
+@one_store
+def test_an_interval_switch_at_equal_mrr_with_a_discount_put_on(world: World, derive: Derive) -> None:
+    """design.md 5 (an interval switch at equal monthly MRR is no movement) and 4 (a discount starting is a
+    `discount` movement): monthly 100.00 -> annual 1,200.00 (100.00 a month) in the update that puts a 20% forever
+    discount on: no upgrade or downgrade, one `discount` of -20.00."""
+    w = base(world)
+    w.coupon("c20", percent_off=20)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_monthly", 1)], T0)
+    t = month(1, 10)
+    d = w.discount("c20", t, customer="cus_1", subscription="sub_1")
+    w.update("sub_1", t, items=[("si_c", "core_annual", 1)], discounts=[d["id"]])
+    con = derive(w, seen_at=month(2))
+    expect(con, [(t, "discount", "contraction", D("-20.0000"), "si_c")])
+
+
+@one_store
+def test_usage_billed_after_an_unpaid_churn_brings_no_mrr_back(world: World, derive: Derive) -> None:
+    """design.md 4 (unpaid counts zero from the transition; metered MRR takes effect when its invoice is created):
+    core basic x2 (20.00) and a metered item whose first usage (30.00) is billed on 1 February: 50.00. Unpaid on 15
+    February: `cancellation` -50.00. The invoice of 1 March still bills February's usage (45.00) while the
+    subscription is unpaid: it counts zero, so no movement."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 2), ("si_m", "api_metered", None)], T0)
+    w.cycle("sub_1", month(1), usage={"si_m": 3_000})
+    w.update("sub_1", month(1, 1), status="past_due")
+    w.update("sub_1", month(1, 14), status="unpaid")
+    w.cycle("sub_1", month(2), usage={"si_m": 4_500})
+    con = derive(w, seen_at=month(2, 5))
+    expect(con, [(month(1), "resource_expansion", "expansion", D("30.0000"), "si_m"),
+                 (month(1, 14), "cancellation", "churn", D("-50.0000"), "si_m")])
+
+
+@one_store
+def test_collection_paused_without_mrr_while_a_discount_ends(world: World, derive: Derive) -> None:
+    """design.md 4 with its setting pause_collection_keeps_mrr = false: collection paused counts zero. 4 seats under
+    30% off for 2 months (28.00); collection paused on 20 February (`cancellation` -28.00); the discount ends on 1
+    March while paused (no movement: 0 -> 0); collection resumed on 21 March: `reactivation` at the full 40.00."""
+    w = base(world)
+    w.coupon("c30", percent_off=30, duration="repeating", duration_in_months=2)
+    d = w.discount("c30", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0, discounts=[d["id"]])
+    w.update("sub_1", month(1, 19), pause_collection={"behavior": "void", "resumes_at": month(2, 20)})
+    w.update("sub_1", month(2, 20), pause_collection=None)
+    con = derive(w, seen_at=month(3), pause_collection_keeps_mrr=False)
+    expect(con, [(month(1, 19), "cancellation", "churn", D("-28.0000"), "si_c"),
+                 (month(2, 20), "reactivation", "reactivation", D("40.0000"), "si_c")])
+
