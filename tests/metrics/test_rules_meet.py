@@ -59,27 +59,33 @@ def churn_types(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
 
 # --- a discount ending inside the window of another change -------------------------------------------------------
 
-@pytest.mark.parametrize("plan", ["core_basic", "core_pro"], ids=["seats", "plan-and-seats"])
+@pytest.mark.parametrize(("plan", "after"), [("core_basic", -10), ("core_pro", -10), ("core_basic", 20)],
+                         ids=["seats", "plan-and-seats", "seats-after-the-end"])
 @one_store
-def test_a_repeating_discount_ends_ten_minutes_after_a_change(world: World, derive: Derive, plan: str) -> None:
+def test_a_repeating_discount_ends_in_the_window_of_a_change(world: World, derive: Derive, plan: str, after: int
+                                                             ) -> None:
     """design.md 4 (a discount ending is a movement, label `discount`) and 5 (one window, dated at its first change;
     plan part = MRR(new price, old qty) - MRR(old price, old qty), quantity part = the rest), with README's
-    convention that both are valued at the discount the item had, the discount part being what its end adds.
+    convention that both are valued at the discount the item had before the window, the discount part being what
+    its end adds.
 
-    core_basic 4 seats x 10.00 under 30% off for 2 months from T0 (ends 1 March 00:00): 40 x 0.7 = 28.00. At
-    29 February 23:50 the item moves to ``plan`` with 5 seats; the discount ends 10 minutes later, in the window:
+    core_basic 4 seats x 10.00 under 30% off for 2 months from T0 (ends 1 March 00:00): 40 x 0.7 = 28.00. The item
+    moves to ``plan`` with 5 seats ``after`` minutes from the discount's end, in its window:
     - seats: B = 50.00; quantity part (50 - 40) x 0.7 = +7.00, discount part 50 - 50 x 0.7 = +15.00; 22.00 in all;
     - plan-and-seats (core_pro 20.00): B = 100.00; plan part (80 - 40) x 0.7 = +28.00, quantity part
-      (100 - 80) x 0.7 = +14.00, discount part 100 - 70 = +30.00; 72.00 in all.
-    Every row is dated 23:50 (February), also the discount's."""
+      (100 - 80) x 0.7 = +14.00, discount part 100 - 70 = +30.00; 72.00 in all;
+    - seats-after-the-end (20 minutes after): the seats' part the same +7.00 (at the discount before the window),
+      the discount +15.00.
+    Every row is dated at the window's first change: 29 February 23:50 (February) for a change 10 minutes before
+    the end, else the end."""
     w = base(world)
     w.coupon("c30", percent_off=30, duration="repeating", duration_in_months=2)
     d = w.discount("c30", T0, customer="cus_1", subscription="sub_1")
     w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0, discounts=[d["id"]])
     assert d["end"] == month(2)
-    t = month(2) - 10 * MINUTE
-    w.update("sub_1", t, items=[("si_c", plan, 5)])
+    w.update("sub_1", month(2) + after * MINUTE, items=[("si_c", plan, 5)])
     con = derive(w, seen_at=month(3))
+    t = min(month(2), month(2) + after * MINUTE)
     if plan == "core_basic":
         want = [(t, "seat_expansion", "expansion", D("7.0000"), "si_c"),
                 (t, "discount", "expansion", D("15.0000"), "si_c")]
@@ -88,8 +94,8 @@ def test_a_repeating_discount_ends_ten_minutes_after_a_change(world: World, deri
                 (t, "seat_expansion", "expansion", D("14.0000"), "si_c"),
                 (t, "discount", "expansion", D("30.0000"), "si_c")]
     expect(con, want)
-    assert customer_mrr_at(con, "cus_1", month(2) + MINUTE) == (D("50.0000") if plan == "core_basic"
-                                                                 else D("100.0000"))
+    assert customer_mrr_at(con, "cus_1", month(2) + 30 * MINUTE) == (D("50.0000") if plan == "core_basic"
+                                                                      else D("100.0000"))
 
 
 @one_store
@@ -514,3 +520,102 @@ def test_collection_paused_without_mrr_while_a_discount_ends(world: World, deriv
     expect(con, [(month(1, 19), "cancellation", "churn", D("-28.0000"), "si_c"),
                  (month(2, 20), "reactivation", "reactivation", D("40.0000"), "si_c")])
 
+
+@one_store
+def test_unpaid_then_deleted_and_a_new_subscription_twenty_minutes_later(world: World, derive: Derive) -> None:
+    """design.md 4 (an unpaid subscription churns at that transition; its later deletion is no second movement) and
+    5: 5 seats (50.00); unpaid on 15 February (`cancellation` -50.00, involuntary); deleted on 31 March 23:50 and a
+    new subscription (core pro x2, 40.00) created at 1 April 00:10, one window: M(A) = 0, M(B) = 40, the customer had
+    MRR: one `reactivation` of +40.00, no second cancellation. (Its date is left out: design.md dates a window at its
+    first change, and whether a deletion that moves no MRR is one it does not say; ours and the sandbox's truth date
+    the reactivation at the deletion, 31 March 23:50.)"""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 5)], T0)
+    w.update("sub_1", month(1, 1), status="past_due")
+    w.update("sub_1", month(1, 14), status="unpaid")
+    t = month(3) - 10 * MINUTE
+    w.update("sub_1", t, event=False, canceled_at=t,
+             cancellation_details={"reason": "payment_failed", "feedback": None, "comment": None})
+    w.end("sub_1", t)
+    w.subscribe("sub_2", "cus_1", [("si_p", "core_pro", 2)], t + 20 * MINUTE)
+    con = derive(w, seen_at=month(4))
+    got = [(m, x, i) for _, m, _, x, i in movements(con)]
+    assert got == [("new", D("50.0000"), "si_c"), ("cancellation", D("-50.0000"), "si_c"),
+                   ("reactivation", D("40.0000"), "si_p")]
+    assert movements(con)[1][0] == month(1, 14)
+    assert churn_types(con) == [(month(1, 14), "involuntary")]
+
+
+@one_store
+def test_a_discounted_item_replaced_by_an_undiscounted_one_of_its_family(world: World, derive: Derive) -> None:
+    """design.md 5 (a removed and an added item of one family are a plan switch, split into plan and quantity parts)
+    and 4 (an item-level discount applies to its item; its ending is a `discount` movement), with README's convention
+    (parts at the discount the item had; a pair's discount part is what the added item's discounts add or take):
+    si_c core basic x4 under 50% off forever on the item (20.00) is replaced by si_p core pro x5, no discount
+    (100.00): plan (80 - 40) x 0.5 = +20.00, quantity (100 - 80) x 0.5 = +10.00, discount 100 - 50 = +50.00."""
+    w = base(world)
+    w.coupon("c50", percent_off=50)
+    di = w.discount("c50", T0, customer="cus_1", subscription="sub_1", subscription_item="si_c")
+    sub = w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0)
+    sub["items"]["data"][0]["discounts"] = [di["id"]]
+    w.events[0]["data"]["object"]["items"]["data"][0]["discounts"] = [di["id"]]
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_p", "core_pro", 5)])
+    con = derive(w, seen_at=month(2))
+    assert movements(con)[0] == (T0, "new", "new", D("20.0000"), "si_c")
+    expect(con, [(t, "upgrade", "expansion", D("20.0000"), "si_p"),
+                 (t, "seat_expansion", "expansion", D("10.0000"), "si_p"),
+                 (t, "discount", "expansion", D("50.0000"), "si_p")])
+
+
+@one_store
+def test_a_cancellation_and_a_subscription_of_another_family_in_one_window(world: World, derive: Derive) -> None:
+    """design.md 5: core basic x3 (30.00) canceled at t and analytics (50.00) subscribed 20 minutes later: one
+    transition, M(A) = 30 > 0 and M(B) = 50 > 0, so neither a cancellation nor a reactivation: core is a family removed
+    while the customer stays (`downgrade` -30.00), analytics one the customer did not have (`cross_sell` +50.00)."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    t = month(1, 10)
+    w.cancel("sub_1", t)
+    w.subscribe("sub_2", "cus_1", [("si_a", "analytics", 1)], t + 20 * MINUTE)
+    con = derive(w, seen_at=month(2))
+    expect(con, [(t, "downgrade", "contraction", D("-30.0000"), "si_c"),
+                 (t, "cross_sell", "expansion", D("50.0000"), "si_a")])
+    assert churn_types(con) == []
+
+
+@one_store
+def test_a_family_moved_from_one_subscription_to_another(world: World, derive: Derive) -> None:
+    """design.md 5 (pairing looks at the customer's items in the transition, whatever their subscription): sub_1
+    holds core basic x3 (30.00) and analytics (50.00); at t its core item is removed and 10 minutes later sub_2
+    starts with core pro x3 (60.00): a plan switch, `upgrade` +30.00 on the new item, not a seat_contraction and a
+    seat_expansion (nor a cross_sell)."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3), ("si_a", "analytics", 1)], T0)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_a", "analytics", 1)])
+    w.subscribe("sub_2", "cus_1", [("si_p", "core_pro", 3)], t + 10 * MINUTE)
+    con = derive(w, seen_at=month(2))
+    expect(con, [(t, "upgrade", "expansion", D("30.0000"), "si_p")])
+
+
+@one_store
+def test_a_customer_wide_discount_put_on_beside_a_subscriptions_own(world: World, derive: Derive) -> None:
+    """design.md 4 (a discount starting is a `discount` movement, per item it lowers) with README's rule that a
+    subscription's own discount replaces the customer's: sub_1 (4 core seats) has its own 50% off forever (20.00),
+    sub_2 analytics (50.00) none: 70.00. A customer-wide 10% forever put on at t lowers sub_2 alone: `discount` -5.00
+    on si_a; then sub_1's own discount is taken off 10 minutes later, one window: the customer's 10% now applies to
+    it, 20 -> 36, `discount` +16.00 on si_c."""
+    w = base(world)
+    w.coupon("c50", percent_off=50)
+    w.coupon("c10", percent_off=10)
+    d = w.discount("c50", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0, discounts=[d["id"]])
+    w.subscribe("sub_2", "cus_1", [("si_a", "analytics", 1)], T0 + MINUTE)
+    t = month(1, 10)
+    w.objects["customers"]["cus_1"]["discount"] = w.discount("c10", t, customer="cus_1")
+    w.update("sub_1", t + 10 * MINUTE, discounts=[])
+    con = derive(w, seen_at=month(2))
+    assert movements(con)[0] == (T0, "new", "new", D("70.0000"), "si_a")
+    expect(con, [(t, "discount", "contraction", D("-5.0000"), "si_a"),
+                 (t, "discount", "expansion", D("16.0000"), "si_c")])
