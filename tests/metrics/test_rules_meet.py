@@ -619,3 +619,87 @@ def test_a_customer_wide_discount_put_on_beside_a_subscriptions_own(world: World
     assert movements(con)[0] == (T0, "new", "new", D("70.0000"), "si_a")
     expect(con, [(t, "discount", "contraction", D("-5.0000"), "si_a"),
                  (t, "discount", "expansion", D("16.0000"), "si_c")])
+
+
+@pytest.mark.parametrize("how", ["same-item", "new-item"])
+@one_store
+def test_a_switch_off_the_products_a_coupon_applies_to(world: World, derive: Derive, how: str) -> None:
+    """design.md 4 (a subscription-level discount; README: a coupon restricted to some products lowers only their
+    items) and 5 (the split), with README's convention (parts at the discount the item had, a discount part for what
+    its discounts in force add or take): 20% off the subscription for prod_core only; core basic x4 = 32.00. The item
+    moves to the add-on (prod_core_addon, family core, 5.00 a seat, which the coupon does not lower):
+    - new-item, 4 seats (20.00): plan (20 - 40) x 0.8 = -16.00, discount 20 - 16 = +4.00 (-12.00 in all);
+    - same-item, 6 seats (30.00): plan -16.00, quantity (30 - 20) x 0.8 = +8.00, discount 30 - 24 = +6.00 (-2.00)."""
+    w = base(world)
+    w.coupon("c20", percent_off=20, products=["prod_core"])
+    d = w.discount("c20", T0, customer="cus_1", subscription="sub_1")
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4)], T0, discounts=[d["id"]])
+    t = month(1, 10)
+    if how == "new-item":
+        w.update("sub_1", t, items=[("si_x", "addon", 4)])
+        want = [(t, "downgrade", "contraction", D("-16.0000"), "si_x"),
+                (t, "discount", "expansion", D("4.0000"), "si_x")]
+    else:
+        w.update("sub_1", t, items=[("si_c", "addon", 6)])
+        want = [(t, "downgrade", "contraction", D("-16.0000"), "si_c"),
+                (t, "seat_expansion", "expansion", D("8.0000"), "si_c"),
+                (t, "discount", "expansion", D("6.0000"), "si_c")]
+    con = derive(w, seen_at=month(2))
+    assert movements(con)[0] == (T0, "new", "new", D("32.0000"), "si_c")
+    expect(con, want)
+
+
+@one_store
+def test_one_subscription_canceled_while_another_of_its_family_grows(world: World, derive: Derive) -> None:
+    """design.md 5 (pairing: the same item in A and B is one component; a removed item of a family the customer keeps
+    is a seat_contraction): sub_1 core basic x3 (30.00) and sub_2 core basic x2 (20.00); sub_1 is canceled at t and
+    sub_2 goes to 6 seats 10 minutes later: M 50 -> 60; si_1 removed, core kept through si_2: `seat_contraction`
+    -30.00; si_2 +4 seats: `seat_expansion` +40.00. No cancellation (the customer stays)."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_1", "core_basic", 3)], T0)
+    w.subscribe("sub_2", "cus_1", [("si_2", "core_basic", 2)], T0 + MINUTE)
+    t = month(1, 10)
+    w.cancel("sub_1", t)
+    w.update("sub_2", t + 10 * MINUTE, items=[("si_2", "core_basic", 6)])
+    con = derive(w, seen_at=month(2))
+    expect(con, [(t, "seat_contraction", "contraction", D("-30.0000"), "si_1"),
+                 (t, "seat_expansion", "expansion", D("40.0000"), "si_2")])
+    assert churn_types(con) == []
+
+
+@one_store
+def test_statuses_of_one_subscription_beside_another_that_pays(world: World, derive: Derive) -> None:
+    """design.md 4 (paused and unpaid count zero, past_due counts) and 5 (an item is in a state while it counts; with
+    M(A) > 0 and M(B) > 0 the components are labelled): sub_1 core basic x3 (30.00) pays throughout; sub_2 analytics
+    (50.00) is paused on 6 February (its family gone while the customer stays: `downgrade` -50.00), resumed on 6 March
+    (a family the customer does not have: `cross_sell` +50.00), past_due on 6 April (no movement) and unpaid on 16
+    April (`downgrade` -50.00, no cancellation and no churn_type: the customer keeps 30.00)."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.subscribe("sub_2", "cus_1", [("si_a", "analytics", 1)], T0 + MINUTE)
+    w.update("sub_2", month(1, 5), status="paused")
+    w.update("sub_2", month(2, 5), status="active")
+    w.update("sub_2", month(3, 5), status="past_due")
+    w.update("sub_2", month(3, 15), status="unpaid")
+    con = derive(w, seen_at=month(4))
+    assert movements(con)[0] == (T0, "new", "new", D("80.0000"), "si_a")
+    expect(con, [(month(1, 5), "downgrade", "contraction", D("-50.0000"), "si_a"),
+                 (month(2, 5), "cross_sell", "expansion", D("50.0000"), "si_a"),
+                 (month(3, 15), "downgrade", "contraction", D("-50.0000"), "si_a")])
+    assert churn_types(con) == []
+
+
+@one_store
+def test_a_metered_item_added_mid_period_counts_from_its_first_full_period(world: World, derive: Derive) -> None:
+    """design.md 4 (metered: the amount of the item's last invoiced full period, from that invoice on) and 5 (an
+    item present in A and B is one component; usage up on a resource unit is resource_expansion): core basic x3
+    (30.00); a metered api item added on 11 February; 1 March's invoice bills its part period (25.00), no full period
+    yet: no movement; 1 April's bills March, a full period (40.00): `resource_expansion` +40.00 (the item was there,
+    at 0, since February: not a cross_sell)."""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
+    w.update("sub_1", month(1, 10), items=[("si_c", "core_basic", 3), ("si_m", "api_metered", None)])
+    w.cycle("sub_1", month(2), usage={"si_m": 2_500})
+    w.cycle("sub_1", month(3), usage={"si_m": 4_000})
+    con = derive(w, seen_at=month(3, 5))
+    expect(con, [(month(3), "resource_expansion", "expansion", D("40.0000"), "si_m")])
