@@ -703,3 +703,28 @@ def test_a_metered_item_added_mid_period_counts_from_its_first_full_period(world
     w.cycle("sub_1", month(3), usage={"si_m": 4_000})
     con = derive(w, seen_at=month(3, 5))
     expect(con, [(month(3), "resource_expansion", "expansion", D("40.0000"), "si_m")])
+
+
+@one_store
+def test_a_switch_from_dollars_to_euros_with_seats_over_the_euros_rate_change(world: World, derive: Derive) -> None:
+    """design.md 4 (rate swings are their own `fx` line, never expansion) and 5 (a plan switch split into plan and
+    seats), with docs/internals.md's convention (the parts at the rates of the state before the window, the rate's
+    move on what the customer holds after is fx): 3 seats of a 10.00 USD plan (30.00) are canceled at 29 February
+    23:50, and 4 seats of a 12.00 EUR plan subscribed at 1 March 00:10; the euro moves from 1.10 to 1.20 at 00:00.
+    M 30.00 -> 48 EUR x 1.20 = 57.60 (+27.60): plan 36 EUR x 1.10 - 30 = +9.60 (upgrade), seats 12 EUR x 1.10 =
+    +13.20 (seat_expansion), fx 48 EUR x 0.10 = +4.80."""
+    w = world
+    w.customer("cus_1")
+    w.product("prod_core", unit_label="seat", family="core")
+    w.price("core_usd", "prod_core", 1_000)
+    w.price("core_eur", "prod_core", 1_200, currency="eur")
+    w.fx_rates += [("2023-12-01", "eur", 1.10), ("2024-03-01", "eur", 1.20)]
+    w.subscribe("sub_usd", "cus_1", [("si_u", "core_usd", 3)], T0)
+    t = ts(2024, 3, 1) - 10 * MINUTE
+    w.cancel("sub_usd", t)
+    w.objects["customers"]["cus_1"]["currency"] = "eur"
+    w.subscribe("sub_eur", "cus_1", [("si_e", "core_eur", 4)], t + 20 * MINUTE)
+    con = derive(w, seen_at=month(3))
+    expect(con, [(t, "upgrade", "expansion", D("9.6000"), "si_e"),
+                 (t, "seat_expansion", "expansion", D("13.2000"), "si_e"),
+                 (t, "fx", "fx", D("4.8000"), "si_e")])
