@@ -51,6 +51,13 @@ def expect(con: duckdb.DuckDBPyConnection, expected: list[Row], *, skip_new: boo
                            "IS NULL OR product_id IS NULL OR price_id IS NULL").fetchall()
 
 
+def originals(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    """(movement, currency, amount_delta_original) of every row, in time order."""
+    return [tuple(r) for r in con.execute(
+        "SELECT movement, currency, amount_delta_original FROM mrr_movements ORDER BY occurred_at, movement"
+    ).fetchall()]
+
+
 def churn_types(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in con.execute(
         "SELECT CAST(epoch(occurred_at) AS BIGINT), churn_type FROM mrr_movements WHERE movement = 'cancellation' "
@@ -471,6 +478,8 @@ def test_a_discount_ends_at_the_moment_the_rate_moves(world: World, derive: Deri
     assert movements(con)[0] == (T0, "new", "new", D("23.1000"), "si_c")
     expect(con, [(month(2), "discount", "expansion", D("9.9000"), "si_c"),
                  (month(2), "fx", "fx", D("3.0000"), "si_c")])
+    # (in the customer's own currency: the discount's 9.00 EUR; a rate's move is none)
+    assert originals(con) == [("new", "eur", D("21.0000")), ("discount", "eur", D("9.0000")), ("fx", "eur", D(0))]
 
 
 @one_store
@@ -712,7 +721,8 @@ def test_a_switch_from_dollars_to_euros_with_seats_over_the_euros_rate_change(wo
     move on what the customer holds after is fx): 3 seats of a 10.00 USD plan (30.00) are canceled at 29 February
     23:50, and 4 seats of a 12.00 EUR plan subscribed at 1 March 00:10; the euro moves from 1.10 to 1.20 at 00:00.
     M 30.00 -> 48 EUR x 1.20 = 57.60 (+27.60): plan 36 EUR x 1.10 - 30 = +9.60 (upgrade), seats 12 EUR x 1.10 =
-    +13.20 (seat_expansion), fx 48 EUR x 0.10 = +4.80."""
+    +13.20 (seat_expansion), fx 48 EUR x 0.10 = +4.80. In the new plan's currency (README: the old plan counted at
+    the rates of the state before): plan 36 - 30 / 1.10 = 8.7273 EUR, seats 12.00 EUR, fx 0."""
     w = world
     w.customer("cus_1")
     w.product("prod_core", unit_label="seat", family="core")
@@ -728,3 +738,5 @@ def test_a_switch_from_dollars_to_euros_with_seats_over_the_euros_rate_change(wo
     expect(con, [(t, "upgrade", "expansion", D("9.6000"), "si_e"),
                  (t, "seat_expansion", "expansion", D("13.2000"), "si_e"),
                  (t, "fx", "fx", D("4.8000"), "si_e")])
+    assert originals(con) == [("new", "usd", D("30.0000")), ("fx", "eur", D(0)), ("seat_expansion", "eur", D("12.0000")),
+                              ("upgrade", "eur", D("8.7273"))]
