@@ -13,6 +13,7 @@ rates of the state before, the rate's move on what the customer holds after is t
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -22,6 +23,8 @@ import pytest
 from builders import World, ts
 from conftest import OneStore, customer_mrr_at
 from test_classifier import MINUTE, T0, Row, base, check_invariants, month, movements
+
+from stripe_churn.metrics import queries
 
 Derive = Callable[..., duckdb.DuckDBPyConnection]
 D = Decimal
@@ -740,3 +743,97 @@ def test_a_switch_from_dollars_to_euros_with_seats_over_the_euros_rate_change(wo
                  (t, "fx", "fx", D("4.8000"), "si_e")])
     assert originals(con) == [("new", "usd", D("30.0000")), ("fx", "eur", D(0)), ("seat_expansion", "eur", D("12.0000")),
                               ("upgrade", "eur", D("8.7273"))]
+
+
+@one_store
+def test_an_item_discount_ends_while_the_subscriptions_runs(world: World, derive: Derive) -> None:
+    """design.md 4 (item-level and subscription-level discounts stack; an ending is a `discount` movement): si_c (4
+    core seats, 40.00) has 50% off for one month on the item, the subscription 10% forever; si_a analytics 50.00:
+    40 x 0.5 x 0.9 + 50 x 0.9 = 63.00. On 1 February the item's 50% ends while the 10% runs on: si_c 18 -> 36,
+    `discount` +18.00 (the subscription's 10% still taken off)."""
+    w = base(world)
+    w.coupon("c10", percent_off=10)
+    w.coupon("c50", percent_off=50, duration="repeating", duration_in_months=1)
+    ds = w.discount("c10", T0, customer="cus_1", subscription="sub_1")
+    di = w.discount("c50", T0, customer="cus_1", subscription="sub_1", subscription_item="si_c")
+    sub = w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4), ("si_a", "analytics", 1)], T0,
+                      discounts=[ds["id"]])
+    sub["items"]["data"][0]["discounts"] = [di["id"]]
+    w.events[0]["data"]["object"]["items"]["data"][0]["discounts"] = [di["id"]]
+    con = derive(w, seen_at=month(2))
+    assert movements(con)[0] == (T0, "new", "new", D("63.0000"), "si_a")
+    expect(con, [(month(1), "discount", "expansion", D("18.0000"), "si_c")])
+
+
+@pytest.mark.parametrize("case", ["unpaid-then-paid", "trial-into-past-due-then-paid"])
+@one_store
+def test_payment_failures_when_past_due_does_not_count(world: World, derive: Derive, case: str) -> None:
+    """design.md 4 with its setting past_due_counts = false (past_due counts zero), and 5:
+    - unpaid-then-paid: 5 seats (50.00); past_due on 2 February: M(B) = 0, `cancellation` -50.00 (involuntary: its
+      payment failed and it went unpaid); unpaid on 15 February: no second movement (0 -> 0); paid on 4 March:
+      `reactivation` +50.00;
+    - trial-into-past-due-then-paid: a trial of 3 seats ends on 1 February into past_due (0 -> 0: nothing); the
+      invoice is paid on 4 February: the customer's first MRR, `new` +30.00 dated then."""
+    w = base(world)
+    if case == "unpaid-then-paid":
+        w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 5)], T0)
+        w.update("sub_1", month(1, 1), status="past_due")
+        w.update("sub_1", month(1, 14), status="unpaid")
+        w.update("sub_1", month(2, 3), status="active")
+        want = [(T0, "new", "new", D("50.0000"), "si_c"),
+                (month(1, 1), "cancellation", "churn", D("-50.0000"), "si_c"),
+                (month(2, 3), "reactivation", "reactivation", D("50.0000"), "si_c")]
+    else:
+        w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0, trial_end=month(1))
+        w.update("sub_1", month(1), status="past_due", trial_end=month(1))
+        w.cycle("sub_1", month(1)).update(status="open", amount_paid=0)
+        w.update("sub_1", month(1, 3), status="active")
+        want = [(month(1, 3), "new", "new", D("30.0000"), "si_c")]
+    con = derive(w, seen_at=month(3), past_due_counts=False)
+    expect(con, want, skip_new=False)
+    assert churn_types(con) == ([(month(1, 1), "involuntary")] if case == "unpaid-then-paid" else [])
+
+
+def test_the_bridge_of_meetings_in_one_account(world: World, derive: Derive) -> None:
+    """design.md 6 on three of this file's cases as customers of one account, worked out by hand:
+    - c1: core basic x4 under 30% off for 2 months (28.00); at 29 February 23:50 core pro x5, the discount ending 10
+      minutes later: upgrade 28, seat_expansion 14, discount_expansion 30, dated in February; 100.00 after;
+    - c2: 3 seats of a 10.00 EUR plan (33.00 at 1.10) switched at 29 February 23:50 to 4 seats of a 12.00 USD plan
+      (48.00) 20 minutes later, the euro moving to 1.20 at 1 March: upgrade 3, seat_expansion 12 in February, no fx;
+    - c3: 5 seats (50.00), past_due 2 February, unpaid 15 February (churn 50), paid 4 March (reactivation 50).
+    January: new 28 + 33 + 50 = 111, closing 111. February: opening 111, expansion 72 + 15 = 87 (upgrade 31,
+    seat_expansion 26, discount_expansion 30), churn 50, closing 148; customer churn rate 1 / 3. March: opening 148,
+    reactivation 50, fx 0, closing 198."""
+    w = world
+    w.product("prod_core", unit_label="seat", family="core")
+    w.price("core_basic", "prod_core", 1_000)
+    w.price("core_pro", "prod_core", 2_000)
+    w.price("core_eur", "prod_core", 1_000, currency="eur")
+    w.price("core_usd12", "prod_core", 1_200)
+    w.fx_rates += [("2023-12-01", "eur", 1.10), ("2024-03-01", "eur", 1.20)]
+    edge = month(2) - 10 * MINUTE
+    w.customer("c1")
+    w.coupon("c30", percent_off=30, duration="repeating", duration_in_months=2)
+    d = w.discount("c30", T0, customer="c1", subscription="s1")
+    w.subscribe("s1", "c1", [("i1", "core_basic", 4)], T0, discounts=[d["id"]])
+    w.update("s1", edge, items=[("i1", "core_pro", 5)])
+    w.customer("c2", currency="eur")
+    w.subscribe("s2e", "c2", [("i2e", "core_eur", 3)], T0)
+    w.cancel("s2e", edge)
+    w.objects["customers"]["c2"]["currency"] = "usd"
+    w.subscribe("s2u", "c2", [("i2u", "core_usd12", 4)], edge + 20 * MINUTE)
+    w.customer("c3")
+    w.subscribe("s3", "c3", [("i3", "core_basic", 5)], T0)
+    w.update("s3", month(1, 1), status="past_due")
+    w.update("s3", month(1, 14), status="unpaid")
+    w.update("s3", month(2, 3), status="active")
+    con = derive(w, seen_at=month(3))
+    rows = {r["period_start"]: r for r in queries.bridge(con)}
+    jan, feb, mar = (rows[dt.date(2024, m, 1)] for m in (1, 2, 3))
+    assert (jan["opening_mrr"], jan["new"], jan["closing_mrr"], jan["new_customers"]) == (0, 111, 111, 3)
+    assert (feb["opening_mrr"], feb["expansion"], feb["upgrade"], feb["seat_expansion"], feb["discount_expansion"],
+            feb["contraction"], feb["churn"], feb["fx"], feb["closing_mrr"]) == (111, 87, 31, 26, 30, 0, 50, 0, 148)
+    assert (feb["churned_customers"], feb["closing_customers"]) == (1, 2)
+    assert feb["customer_churn_rate"] == pytest.approx(1 / 3)
+    assert (mar["opening_mrr"], mar["reactivation"], mar["expansion"], mar["fx"], mar["closing_mrr"],
+            mar["reactivated_customers"]) == (148, 50, 0, 0, 198, 1)
