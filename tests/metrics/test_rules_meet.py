@@ -87,7 +87,7 @@ def test_a_repeating_discount_ends_in_the_window_of_a_change(world: World, deriv
     - seats-after-the-end (20 minutes after): the seats' part the same +7.00 (at the discount before the window),
       the discount +15.00.
     Every row is dated at the window's first change: 29 February 23:50 (February) for a change 10 minutes before
-    the end, else the end."""
+    the end, else the end; customer_mrr is B from then on."""
     w = base(world)
     w.coupon("c30", percent_off=30, duration="repeating", duration_in_months=2)
     d = w.discount("c30", T0, customer="cus_1", subscription="sub_1")
@@ -104,8 +104,11 @@ def test_a_repeating_discount_ends_in_the_window_of_a_change(world: World, deriv
                 (t, "seat_expansion", "expansion", D("14.0000"), "si_c"),
                 (t, "discount", "expansion", D("30.0000"), "si_c")]
     expect(con, want)
-    assert customer_mrr_at(con, "cus_1", month(2) + 30 * MINUTE) == (D("50.0000") if plan == "core_basic"
-                                                                      else D("100.0000"))
+    # (customer_mrr after the netting: B from the window's first change, no level in between)
+    after = D("50.0000") if plan == "core_basic" else D("100.0000")
+    assert customer_mrr_at(con, "cus_1", t - 1) == D("28.0000")
+    assert customer_mrr_at(con, "cus_1", t + 5 * MINUTE) == after
+    assert customer_mrr_at(con, "cus_1", month(2) + 30 * MINUTE) == after
 
 
 @one_store
