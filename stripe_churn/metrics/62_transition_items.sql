@@ -160,11 +160,12 @@ picked_rows AS (
 -- ranges, materialized and split into the two sides, took 2.4 times as long for a customer of 4,373 subscriptions)
 whole AS (SELECT * FROM tr WHERE tid NOT IN (SELECT tid FROM settled)),
 side_a AS (
-    SELECT tid, kind, day_a, day_b, subscription_item_id, rid, mrr_original, currency, family
+    SELECT tid, kind, day_a, day_b, subscription_item_id, rid, mrr_original, currency, family, valid_to
     FROM picked_rows
     WHERE valid_from < t_start AND (valid_to IS NULL OR valid_to >= t_start)
     UNION ALL
-    SELECT t.tid, t.kind, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original, r.currency, r.family
+    SELECT t.tid, t.kind, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original, r.currency, r.family,
+           r.valid_to
     FROM whole t
     JOIN item_rows r ON r.account_id = t.account_id AND r.customer_id = t.customer_id
                     AND r.valid_from < t.t_start AND (r.valid_to IS NULL OR r.valid_to >= t.t_start)
@@ -172,12 +173,12 @@ side_a AS (
 side_b AS (
     SELECT tid, kind, day_a, day_b, subscription_item_id, rid, mrr_original, currency, family,
            -- the B row started inside the window (70 looks for the sources of a change there)
-           valid_from >= t_start AS started
+           valid_from >= t_start AS started, valid_from
     FROM picked_rows
     WHERE valid_from <= t_end AND (valid_to IS NULL OR valid_to > t_end)
     UNION ALL
     SELECT t.tid, t.kind, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original, r.currency, r.family,
-           r.valid_from >= t.t_start
+           r.valid_from >= t.t_start, r.valid_from
     FROM whole t
     JOIN item_rows r ON r.account_id = t.account_id AND r.customer_id = t.customer_id
                     AND r.valid_from <= t.t_end AND (r.valid_to IS NULL OR r.valid_to > t.t_end)
@@ -190,7 +191,13 @@ joined AS (
            a.currency AS a_currency, b.currency AS b_currency,
            a.family AS a_family, b.family AS b_family,
            coalesce(b.started, false) AS b_started,
-           coalesce(a.day_a, b.day_a) AS day_a, coalesce(a.day_b, b.day_b) AS day_b
+           coalesce(a.day_a, b.day_a) AS day_a, coalesce(a.day_b, b.day_b) AS day_b,
+           -- the day of the item's own change inside the window, whose rate values its parts (a rate moves at
+           -- 00:00 UTC, before a change made then): where its B row begins, or its A row ends when it is removed
+           -- (a row held through the window: B's day)
+           CASE WHEN b.rid IS NULL THEN coalesce(utc_date(a.valid_to), a.day_b)
+                WHEN b.started THEN utc_date(b.valid_from)
+                ELSE b.day_b END AS day_c
     FROM side_a a
     FULL JOIN side_b b
         ON a.tid = b.tid AND a.subscription_item_id = b.subscription_item_id
@@ -204,10 +211,12 @@ WITH cfg AS (SELECT lower(reporting_currency) AS rep FROM derived_settings)
 SELECT
     j.* EXCLUDE (day_a, day_b),
     CASE WHEN j.a_currency = cfg.rep THEN 1 ELSE ra.rate END AS a_rate_a,
-    CASE WHEN j.b_currency = cfg.rep THEN 1 ELSE rba.rate END AS b_rate_a,
+    CASE WHEN j.a_currency = cfg.rep THEN 1 ELSE rac.rate END AS a_rate_c,
+    CASE WHEN j.b_currency = cfg.rep THEN 1 ELSE rbc.rate END AS b_rate_c,
     CASE WHEN j.b_currency = cfg.rep THEN 1 ELSE rbb.rate END AS b_rate_b
 FROM derived_transition_sides j
 CROSS JOIN cfg
 LEFT JOIN derived_fx_days ra ON ra.currency = j.a_currency AND ra.day = j.day_a
-LEFT JOIN derived_fx_days rba ON rba.currency = j.b_currency AND rba.day = j.day_a
+LEFT JOIN derived_fx_days rac ON rac.currency = j.a_currency AND rac.day = j.day_c
+LEFT JOIN derived_fx_days rbc ON rbc.currency = j.b_currency AND rbc.day = j.day_c
 LEFT JOIN derived_fx_days rbb ON rbb.currency = j.b_currency AND rbb.day = j.day_b;

@@ -4,7 +4,11 @@
 -- (largest MRR first, in the reporting currency), then what stays unpaired. A same-item or paired component
 -- splits into plan part = MRR(new price, old qty) - MRR(old price, old qty) and quantity part = the rest (both at the
 -- discount before the change), plus a discount part when the discounts in force changed (on the item, or from
--- a pair's removed item to its added one); rate changes are one fx part.
+-- a pair's removed item to its added one); rate changes are one fx part. Each item's parts are valued at the rate
+-- of its own change (the day its B row begins, or its A row ends when removed; a rate moves at 00:00 UTC, before a
+-- change made then), and the fx part is the rate's move on what each item held when the rate moved: a seat added
+-- 20 minutes after a rate change is valued at the new rate and the swing on the seats held before is fx; a seat
+-- added 20 minutes before it is valued at the old rate and the swing on every seat is fx.
 -- Each part in the item's currency is rounded at 9 decimals before the rate, as 50 rounds a customer's sum: an
 -- item MRR is cut at 10 decimals, so a part made of a few of them is off by under half a 1e-9, and an exact half
 -- at 4 decimals (2.125 GBP x 1.27 = 2.69875) must not fall just under it (2.1249999999 x 1.27 -> 2.6987); times
@@ -14,14 +18,14 @@
 -- again as step 50 makes a customer's (`whole_again`).
 -- Inputs: derived_transitions, derived_transition_items, price_mrr.
 
--- The item that stands for the customer in each transition: largest MRR in B (`b_item`, its B row `b_rid`)
--- and in A (`a_item`); 80 reads it too.
+-- The item that stands for the customer in each transition: largest MRR in B (`b_item`, its B row `b_rid`, at
+-- B's rates) and in A (`a_item`, at A's); 80 reads it too.
 -- (the B item and its row from one arg_max: each costs a comparison of its key per row)
 CREATE OR REPLACE TEMP TABLE derived_transition_mains AS
 SELECT tid, b.item AS b_item, b.rid AS b_rid, a_item
 FROM (SELECT tid,
              arg_max({'item': subscription_item_id, 'rid': b_rid},
-                     (coalesce(b_mrr, 0) * coalesce(b_rate_a, 0), subscription_item_id)) FILTER (WHERE in_b) AS b,
+                     (coalesce(b_mrr, 0) * coalesce(b_rate_b, 0), subscription_item_id)) FILTER (WHERE in_b) AS b,
              arg_max(subscription_item_id, (coalesce(a_mrr, 0) * coalesce(a_rate_a, 0), subscription_item_id))
                  FILTER (WHERE in_a) AS a_item
       FROM derived_transition_items
@@ -32,7 +36,7 @@ WITH
 ti AS NOT MATERIALIZED (
     SELECT *,
            coalesce(a_mrr, 0) * coalesce(a_rate_a, 0) AS a_rep,
-           coalesce(b_mrr, 0) * coalesce(b_rate_a, 0) AS b_rep
+           coalesce(b_mrr, 0) * coalesce(b_rate_b, 0) AS b_rep
     FROM derived_transition_items
 ),
 moving AS NOT MATERIALIZED (
@@ -61,37 +65,45 @@ added AS (
 comp_rows AS (
     -- (an item whose row changed at an equal MRR still has parts when they offset each other: a discount
     -- that ends as the usage drops)
-    SELECT tid, 'same' AS comp, a_rid, b_rid, a_rate_a, b_rate_a
+    SELECT tid, 'same' AS comp, a_rid, b_rid, a_rate_c, b_rate_c
     FROM moving
-    WHERE in_a AND in_b AND (b_rep <> a_rep OR a_rid <> b_rid)
+    WHERE in_a AND in_b AND (b_mrr <> a_mrr OR a_rid <> b_rid)
     UNION ALL
     SELECT coalesce(r.tid, d.tid),
            CASE WHEN r.subscription_item_id IS NULL THEN 'added'
                 WHEN d.subscription_item_id IS NULL THEN 'removed' ELSE 'pair' END,
-           r.a_rid, d.b_rid, r.a_rate_a, d.b_rate_a
+           r.a_rid, d.b_rid,
+           -- (a plan switch is made when its new item begins: its old one at the rate of that day too)
+           CASE WHEN d.subscription_item_id IS NULL THEN r.a_rate_c
+                WHEN r.a_currency IS NOT DISTINCT FROM d.b_currency THEN d.b_rate_c
+                WHEN r.a_currency = cfg.rep THEN 1
+                ELSE x.rate END,
+           d.b_rate_c
     FROM removed r
     FULL JOIN added d
         ON r.tid = d.tid AND r.a_family = d.b_family AND r.rk = d.rk
+    CROSS JOIN (SELECT lower(reporting_currency) AS rep FROM derived_settings) cfg
+    LEFT JOIN derived_fx_days x ON x.currency = r.a_currency AND x.day = d.day_c
 ),
 comps AS (
     SELECT k.tid, t.account_id, t.customer_id, t.t_start, k.comp,
            a.subscription_item_id AS a_item_id, a.subscription_id AS a_subscription_id, a.product_id AS a_product_id,
            a.price_id AS a_price_id, a.family AS a_family, a.unit_kind AS a_unit_kind, a.usage_type AS a_usage_type,
            a.quantity AS a_quantity, a.currency AS a_currency,
-           -- (a pair across currencies: the removed item's amounts in the added one's currency, at the rates that
-           -- value state A, so that its parts, valued at the B currency's rate, come to the change in the
+           -- (a pair across currencies: the removed item's amounts in the added one's currency, at the rates of
+           -- the change, so that its parts, valued at the B currency's rate then, come to the change in the
            -- reporting currency)
            CASE WHEN k.comp = 'pair' AND a.currency <> b.currency
-                THEN CAST(CAST(a.mrr_original * k.a_rate_a AS DECIMAL(38, 18)) / k.b_rate_a AS DECIMAL(38, 10))
+                THEN CAST(CAST(a.mrr_original * k.a_rate_c AS DECIMAL(38, 18)) / k.b_rate_c AS DECIMAL(38, 10))
                 ELSE a.mrr_original END AS a_mrr,
            CASE WHEN k.comp = 'pair' AND a.currency <> b.currency
-                THEN CAST(CAST(a.mrr_undiscounted * k.a_rate_a AS DECIMAL(38, 18)) / k.b_rate_a AS DECIMAL(38, 10))
+                THEN CAST(CAST(a.mrr_undiscounted * k.a_rate_c AS DECIMAL(38, 18)) / k.b_rate_c AS DECIMAL(38, 10))
                 ELSE a.mrr_undiscounted END AS a_undisc,
-           a.discount_factor AS a_factor, k.a_rate_a, a.discount_ids AS a_discount_ids,
+           a.discount_factor AS a_factor, k.a_rate_c, a.discount_ids AS a_discount_ids,
            b.subscription_item_id AS b_item_id, b.subscription_id AS b_subscription_id, b.product_id AS b_product_id,
            b.price_id AS b_price_id, b.family AS b_family, b.unit_kind AS b_unit_kind, b.usage_type AS b_usage_type,
            b.quantity AS b_quantity, b.currency AS b_currency, b.mrr_original AS b_mrr,
-           b.mrr_undiscounted AS b_undisc, b.discount_factor AS b_factor, k.b_rate_a, b.discount_ids AS b_discount_ids,
+           b.mrr_undiscounted AS b_undisc, b.discount_factor AS b_factor, k.b_rate_c, b.discount_ids AS b_discount_ids,
            b.source_event_id AS b_event_id, b.source_invoice_id AS b_invoice_id, b.valid_from AS b_valid_from,
            b.net_share AS b_net_share,
            -- (12 x interval_count of each side's price, their least common multiple: see rep20)
@@ -166,7 +178,7 @@ settled AS (
     FROM split s
 ),
 item_parts AS (
-    SELECT tid, account_id, customer_id, t_start, comp, part, rep20(amount_original, den, b_rate_a) AS amount_rep,
+    SELECT tid, account_id, customer_id, t_start, comp, part, rep20(amount_original, den, b_rate_c) AS amount_rep,
            amount_original, b_currency AS currency, b_subscription_id AS subscription_id,
            b_item_id AS subscription_item_id, b_product_id AS product_id, b_price_id AS price_id,
            b_event_id AS event_id, b_invoice_id AS invoice_id, b_valid_from AS row_from,
@@ -194,8 +206,8 @@ item_parts AS (
 ),
 unpaired_parts AS (
     SELECT c.tid, c.account_id, c.customer_id, c.t_start, c.comp, c.comp AS part,
-           CASE WHEN c.comp = 'added' THEN rep20(round(c.b_mrr, 9), c.den, c.b_rate_a)
-                ELSE -rep20(round(c.a_mrr, 9), c.den, c.a_rate_a) END AS amount_rep,
+           CASE WHEN c.comp = 'added' THEN rep20(round(c.b_mrr, 9), c.den, c.b_rate_c)
+                ELSE -rep20(round(c.a_mrr, 9), c.den, c.a_rate_c) END AS amount_rep,
            CASE WHEN c.comp = 'added' THEN round(c.b_mrr, 9) ELSE -round(c.a_mrr, 9) END AS amount_original,
            CASE WHEN c.comp = 'added' THEN c.b_currency ELSE c.a_currency END AS currency,
            CASE WHEN c.comp = 'added' THEN c.b_subscription_id ELSE c.a_subscription_id END AS subscription_id,
@@ -215,26 +227,40 @@ unpaired_parts AS (
       AND CASE WHEN c.comp = 'added' THEN c.b_mrr ELSE c.a_mrr END <> 0
 ),
 fx_parts AS (
+    -- (each item's A side from A's rate to its change's, and its B side from its change's rate to B's: the rate's
+    -- move on what it held when the rate moved; on the main item of B, with its own fields when its currency's rate
+    -- moved too)
     SELECT f.tid, t.account_id, t.customer_id, t.t_start, 'fx' AS comp, 'fx' AS part, f.amount_rep,
            0 AS amount_original,
-           -- (the main item's own fields when its rate moved too)
-           CASE WHEN f.main_moved THEN b.currency END AS currency,
-           CASE WHEN f.main_moved THEN b.subscription_id END AS subscription_id,
+           CASE WHEN list_contains(f.moved, b.currency) THEN b.currency END AS currency,
+           CASE WHEN list_contains(f.moved, b.currency) THEN b.subscription_id END AS subscription_id,
            f.b_item AS subscription_item_id,
-           CASE WHEN f.main_moved THEN b.product_id END AS product_id,
-           CASE WHEN f.main_moved THEN b.price_id END AS price_id,
+           CASE WHEN list_contains(f.moved, b.currency) THEN b.product_id END AS product_id,
+           CASE WHEN list_contains(f.moved, b.currency) THEN b.price_id END AS price_id,
            CAST(NULL AS VARCHAR) AS event_id, CAST(NULL AS VARCHAR) AS invoice_id,
            CAST(NULL AS TIMESTAMPTZ) AS row_from,
            'fx' AS movement
-    FROM (SELECT ti.tid, sum(rep20(round(ti.b_mrr, 9), 12 * coalesce(pt.interval_count, 1), ti.b_rate_b - ti.b_rate_a))
-                     AS amount_rep,
-                 bool_or(ti.subscription_item_id = m.b_item) AS main_moved,
+    FROM (SELECT ti.tid,
+                 sum(CASE WHEN ti.in_a AND ti.a_rate_c <> ti.a_rate_a
+                          THEN rep20(round(ti.a_mrr, 9), 12 * coalesce(pa.interval_count, 1), ti.a_rate_c - ti.a_rate_a)
+                          ELSE 0 END
+                     + CASE WHEN ti.in_b AND ti.b_rate_b <> ti.b_rate_c
+                            THEN rep20(round(ti.b_mrr, 9), 12 * coalesce(pb.interval_count, 1), ti.b_rate_b - ti.b_rate_c)
+                            ELSE 0 END) AS amount_rep,
+                 list_concat(list(DISTINCT ti.a_currency) FILTER (WHERE ti.in_a AND ti.a_rate_c <> ti.a_rate_a),
+                             list(DISTINCT ti.b_currency) FILTER (WHERE ti.in_b AND ti.b_rate_b <> ti.b_rate_c))
+                     AS moved,
                  any_value(m.b_item) AS b_item, any_value(m.b_rid) AS b_rid
-          FROM moving ti
+          -- (a paired removed item's A side at the rate of the switch, as its parts are)
+          FROM (SELECT t.* REPLACE (coalesce(k.a_rate_c, t.a_rate_c) AS a_rate_c)
+                FROM moving t
+                LEFT JOIN comp_rows k ON k.tid = t.tid AND k.comp = 'pair' AND k.a_rid = t.a_rid AND NOT t.in_b) ti
           JOIN derived_transition_mains m USING (tid)
+          LEFT JOIN derived_item_mrr ai ON ai.rowid = ti.a_rid
+          LEFT JOIN derived_price_terms pa ON pa.account_id = ai.account_id AND pa.price_id = ai.price_id
           LEFT JOIN derived_item_mrr bi ON bi.rowid = ti.b_rid
-          LEFT JOIN derived_price_terms pt ON pt.account_id = bi.account_id AND pt.price_id = bi.price_id
-          WHERE ti.in_b AND ti.b_rate_b <> ti.b_rate_a
+          LEFT JOIN derived_price_terms pb ON pb.account_id = bi.account_id AND pb.price_id = bi.price_id
+          WHERE (ti.in_a AND ti.a_rate_c <> ti.a_rate_a) OR (ti.in_b AND ti.b_rate_b <> ti.b_rate_c)
           GROUP BY ti.tid) f
     JOIN derived_transitions t USING (tid)
     LEFT JOIN derived_item_mrr b ON b.rowid = f.b_rid

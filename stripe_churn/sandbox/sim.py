@@ -230,8 +230,8 @@ class Simulation:
         movement in the truth, and a metered item's usage billed meanwhile sets its MRR as any renewal's does.
         ``fx_changes``: the exchange rates of eur and gbp move on the first of every month at 00:00 UTC (a random
         walk of 4-decimal rates, ``fx_rate_changes``): each revalues every customer billed in that currency, an
-        ``fx`` row in the truth, and a change within the movement window of one carries an ``fx`` part (its other
-        parts at the rate before the window, the ``fx`` part the items after it times the rate's move).
+        ``fx`` row in the truth, and a change within the movement window of one carries an ``fx`` part (the rate's
+        move on what was held when it moved; each other part at the rate in force at its item's change).
         ``no_prorations``: some item changes are made with proration_behavior=none: the items change at once (the
         subscription's updated event), no proration is invoiced or left pending, and the next renewal bills the
         new state; MRR changes at the update, as with prorations. Some plan changes are made as a replacement of
@@ -321,6 +321,8 @@ class Simulation:
         self.fx_rate_changes: list[tuple[int, str, Decimal]] = []
         self._rates: dict[str, list[tuple[int, Fraction]]] = {c: [] for c in FX}  # currency -> (moment, rate)
         self._window_last: dict[str, int] = {}  # customer -> the latest change in its open window
+        # customer -> its state when the exchange rate moved inside its open window (fx_changes: see _label_fx)
+        self._window_held: dict[str, dict[str, Comp]] = {}
         # windows labelled at the end of a run that the next run may still join (see _close_windows)
         self._provisional: list[tuple[str, int, dict[str, Comp], Any, list[dict[str, Any]], tuple[int, Decimal, bool]]] = []
         self._rate = customers / months if months else 0.0
@@ -538,30 +540,38 @@ class Simulation:
         restricted = coupon.get("applies_to")
         return not restricted or product_id in restricted["products"]
 
-    def _transition(self, cust: _Cust, t: int, before: dict[str, Comp], churn: tuple[str, Any] | None = None
-                    ) -> None:
+    def _transition(self, cust: _Cust, t: int, before: dict[str, Comp], churn: tuple[str, Any] | None = None,
+                    rate_moved: bool = False) -> None:
         """Note a change made at ``t`` from state ``before``: changes within the movement window of the first
-        one form one transition, labelled when the next one starts (or the run ends)."""
+        one form one transition, labelled when the next one starts (or the run ends). ``rate_moved``: the change
+        is the exchange rate's (``before`` is then the state held when it moved)."""
         pending = self._windows.get(cust.id)
         last = self._window_last.get(cust.id, t)
         self._window_last[cust.id] = t
         if pending is not None and t < pending[0] + WINDOW_S:
             if churn is not None:
                 self._windows[cust.id] = (pending[0], pending[1], churn)
+            if rate_moved:
+                self._window_held[cust.id] = before
             return
         if pending is not None:
             self._label(cust, pending[0], pending[1], before, pending[2], last)
         self._windows[cust.id] = (t, before, churn)
+        if rate_moved:
+            self._window_held[cust.id] = before
 
     def _close_windows(self, end: int) -> None:
         """Label the windows still open at the end of a run. One that a change of the next run (``advance``) can
         still join is labelled for now: the next run takes its rows back and opens it again."""
+        held = dict(self._window_held)
         for cid, (t, before, churn) in sorted(self._windows.items()):
             cust = self._custs[cid]
             kept = (len(self.truth), len(cust.path_t), cust.mrr, cust.had_mrr)
             self._label(cust, t, before, self._snap(cust), churn, self._window_last.get(cid, t))
             if t + WINDOW_S > end:
                 self._provisional.append((cid, t, before, churn, self.truth[kept[0]:], kept[1:]))
+                if cid in held:  # (kept for the window opened again)
+                    self._window_held[cid] = held[cid]
         self._windows.clear()
 
     def _reopen_windows(self) -> None:
@@ -581,8 +591,9 @@ class Simulation:
                churn: tuple[str, Any] | None, last: int) -> None:
         """Label the transition from ``before`` to ``after``, dated ``t`` (its latest change at ``last``), and
         extend the customer's path."""
+        held = self._window_held.pop(cust.id, None)
         if self.fx_changes:
-            labelled = self._label_fx(cust, t, before, after, last)
+            labelled = self._label_fx(cust, t, before, after, last, held)
             if labelled is None:
                 return
             parts, rates, m_a, m_b = labelled
@@ -613,12 +624,15 @@ class Simulation:
                 row["churn_type"], row["cancellation_feedback"] = churn
         self._sub_rows.update(by_sub)
 
-    def _label_fx(self, cust: _Cust, t: int, before: dict[str, Comp], after: dict[str, Comp], last: int
-                  ) -> tuple[list[truth.Part], list[Fraction | None], Decimal, Decimal] | None:
+    def _label_fx(self, cust: _Cust, t: int, before: dict[str, Comp], after: dict[str, Comp], last: int,
+                  held: dict[str, Comp] | None) -> tuple[list[truth.Part], list[Fraction | None], Decimal, Decimal] | None:
         """With moving rates: A at the rate in force before ``t``, B at the rate of its latest change ``last``. The
-        whole-customer movements take the whole delta; otherwise the parts are at A's rate and an ``fx`` part
-        (on the largest item of B) is B's items times the rate's move. None when the MRR does not change. Returns
-        the parts, the rate each part's own-currency amount is read at (None for fx), M(A) and M(B)."""
+        whole-customer movements take the whole delta; otherwise each part is valued at the rate of its item's own
+        change: the rate before the window when the item was already as in B when the rate moved (``held``: the
+        state then; a removed item, already gone), else the rate after it (a plan switch is made when its new item
+        begins); the ``fx`` part (on the largest item of B) is the rest, the rate's move on what was held when it
+        moved. None when the MRR does not change. Returns the parts, the rate each part's own-currency amount is
+        read at (None for fx), M(A) and M(B)."""
         cur = cust.currency
         rate_a, rate_b = self._rate_at(cur, t - 1), self._rate_at(cur, last)
 
@@ -628,7 +642,7 @@ class Simulation:
         def mrr(rate: Fraction) -> truth.MrrFn:
             return lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cur) / FX[cur] * rate
 
-        a_at_a, b_at_a, b_at_b = at(before, rate_a), at(after, rate_a), at(after, rate_b)
+        a_at_a, b_at_b = at(before, rate_a), at(after, rate_b)
         m_a, m_b = truth.total(a_at_a), truth.total(b_at_b)
         if m_a == m_b:
             return None
@@ -636,9 +650,19 @@ class Simulation:
             rate = rate_b if m_a == 0 else rate_a
             parts = truth.parts_of(a_at_a, b_at_b, cust.had_mrr, mrr(rate))
             return parts, [rate] * len(parts), m_a, m_b
-        parts = truth.parts_of(a_at_a, b_at_a, cust.had_mrr, mrr(rate_a))
-        rates: list[Fraction | None] = [rate_a] * len(parts)
-        moved = sum((c.usd for c in b_at_b.values()), Fraction(0)) - sum((c.usd for c in b_at_a.values()), Fraction(0))
+        held = before if held is None else held
+        # (the same components at either rate: a positive rate keeps their order, pairs and signs)
+        at_a = truth.parts_of(at(before, rate_a), at(after, rate_a), cust.had_mrr, mrr(rate_a))
+        at_b = truth.parts_of(at(before, rate_b), b_at_b, cust.had_mrr, mrr(rate_b))
+        parts: list[truth.Part] = []
+        rates: list[Fraction | None] = []
+        for pa, pb in zip(at_a, at_b, strict=True):
+            iid = pb[0].item_id
+            done = held.get(iid) == after[iid] if iid in after else iid not in held
+            parts.append(pa if done else pb)
+            rates.append(rate_a if done else rate_b)
+        moved = (sum((c.usd for c in b_at_b.values()), Fraction(0)) - sum((c.usd for c in a_at_a.values()), Fraction(0))
+                 - sum((p[2] for p in parts), Fraction(0)))
         if moved != 0:
             main = max(b_at_b.values(), key=lambda c: (c.usd, c.item_id))
             parts.append((main, "fx", moved))
@@ -668,7 +692,9 @@ class Simulation:
             if cust.currency in moved:
                 now = self._snap(cust)
                 if truth.total(now) > 0:
-                    self._transition(cust, t, now)
+                    self._transition(cust, t, now, rate_moved=True)
+                elif cid in self._windows and t < self._windows[cid][0] + WINDOW_S:
+                    self._window_held[cid] = now  # (nothing counted then: the window's changes come after)
         self._at(_next_month_start(t), "fx")
 
     # --- public ----------------------------------------------------------------------------------------

@@ -110,9 +110,10 @@ def test_a_plan_of_another_family_in_another_currency_stays_unpaired(con: duckdb
 
 def test_a_switch_across_currencies_over_a_rate_change_keeps_the_rate_move_apart(
         con: duckdb.DuckDBPyConnection) -> None:
-    """23:50 to 00:10 over the rate's move from 1.10 to 1.20: the switch is valued at the rates of state A (the
-    upgrade of 4.00, as above) and the rate's move on the new plan is the fx line (40 EUR x 0.10 = 4.00): 40.00 to
-    48.00 in all (docs/internals.md: a rate change inside a window is its fx part)."""
+    """23:50 to 00:10 over the rate's move from 1.10 to 1.20: the EUR plan begins at 00:10, after the move, so it is
+    valued at 1.20 (40 EUR = 48.00): one upgrade of 48.00 - 40.00 = +8.00 (6.6667 EUR: 40 EUR less the 40.00 USD
+    plan at 1.20, 33.3333 EUR). Nothing in EUR was held when the rate moved, so there is no fx line (the USD plan's
+    rate does not move). (Before, the switch was valued at the rates before the window, +4.00, and the rate's move
+    on the new plan, 40 EUR x 0.10 = 4.00, was called fx though the customer held no EUR then.)"""
     assert switch_rows(con, "over_midnight") == [
-        ("fx", "fx", D("4.0000"), "over_midnight_i2", "eur", D("0.0000"), True),
-        ("upgrade", "expansion", D("4.0000"), "over_midnight_i2", "eur", D("3.6364"), True)]
+        ("upgrade", "expansion", D("8.0000"), "over_midnight_i2", "eur", D("6.6667"), True)]

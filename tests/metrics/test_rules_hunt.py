@@ -379,16 +379,14 @@ def test_rate_change_and_a_seat_an_hour_and_a_half_apart(world: World, derive: D
                                                                 Decimal("11.0000"))]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ours values the seat at the rate before the window (10 EUR x 1.08 = 10.80) and puts the rate swing on the MRR "
-    "after it (30 EUR x 0.02 = 0.60): fx 0.6000, seat_expansion 10.8000 where the rate moved first and the seat "
-    "came 20 minutes later (fx 0.4000, seat_expansion 11.0000 as computed in sequence, and as ours gives with "
-    "the seat at 01:30, outside the window); docs/internals.md states ours as the convention, design.md none"))
 def test_rate_change_and_a_seat_in_one_window(world: World, derive: Derive) -> None:
     """design.md 4 and 5: exchange-rate swings are their own line, never disguised as expansion. A EUR customer with
     2 seats x 10.00 EUR (21.60 USD at 1.08) adds a seat 20 minutes after the rate moves to 1.10 (1 March 00:00): one
     transition of +11.40 USD. Worked by hand as finance does: the rate swing on the MRR held (20 EUR x 0.02 = 0.40)
-    is fx, the seat at the new rate (10 EUR x 1.10 = 11.00) is seat_expansion."""
+    is fx, the seat at the new rate (10 EUR x 1.10 = 11.00) is seat_expansion: design.md 5's split of a combined
+    change, the rate taken as the plan's price is (its move on the old quantity, the rest at the new one). Until
+    the fx part was taken on A's items, ours gave fx 0.60 (30 EUR x 0.02) and seat_expansion 10.80 (10 EUR x
+    1.08)."""
     base(world, currency="eur").price("seat_eur", "prod_seat", 1_000, currency="eur")
     world.subscribe("sub_1", "cus_1", [("si_1", "seat_eur", 2)], T0)
     world.update("sub_1", ts(2024, 3, 1, 0, 20), items=[("si_1", "seat_eur", 3)])
@@ -399,6 +397,32 @@ def test_rate_change_and_a_seat_in_one_window(world: World, derive: Derive) -> N
     assert (mar["fx"], mar["seat_expansion"], mar["expansion"]) == (Decimal("0.4000"), Decimal("11.0000"),
                                                                     Decimal("11.0000"))
 
+
+
+def test_a_plan_switch_made_across_a_rate_change_is_valued_when_the_new_plan_begins(world: World, derive: Derive
+                                                                                      ) -> None:
+    """design.md 4 and 5: a EUR customer on 3 x 10.00 EUR (32.40 USD at 1.08) cancels at 23:40 on 29 February and
+    subscribes to 5 x 10.00 EUR at 00:10 on 1 March, the rate having moved to 1.10 at 00:00: one transition (the
+    window nets the cancel and the new subscription into a switch), +22.60 USD in all (55.00 - 32.40). The switch
+    is made when the new plan begins, so the old one counts as held until then: the rate's move on it is fx (30 EUR
+    x 0.02 = +0.60), and the two more seats are valued at the new rate (20 EUR x 1.10 = +22.00). A seat removed 20
+    minutes after the rate moved, from another EUR customer on 3 seats: fx on the 3 seats held (+0.60), the seat
+    at the new rate (-11.00)."""
+    base(world, currency="eur").price("seat_eur", "prod_seat", 1_000, currency="eur")
+    world.customer("cus_2", currency="eur")
+    world.subscribe("sub_1", "cus_1", [("si_1", "seat_eur", 3)], T0)
+    world.cancel("sub_1", ts(2024, 2, 29, 23, 40))
+    world.subscribe("sub_2", "cus_1", [("si_2", "seat_eur", 5)], ts(2024, 3, 1, 0, 10))
+    world.subscribe("sub_3", "cus_2", [("si_3", "seat_eur", 3)], T0)
+    world.update("sub_3", ts(2024, 3, 1, 0, 20), items=[("si_3", "seat_eur", 2)])
+    world.fx_rates += [("2023-12-01", "eur", 1.08), ("2024-03-01", "eur", 1.10)]
+    con = derive(world, seen_at=month(4))
+    assert [(t, m, x) for t, m, _, x, _ in moves(con)][1:] == [
+        (ts(2024, 2, 29, 23, 40), "fx", Decimal("0.6000")),
+        (ts(2024, 2, 29, 23, 40), "seat_expansion", Decimal("22.0000"))]
+    assert [(t, m, x) for t, m, _, x, _ in moves(con, "cus_2")][1:] == [
+        (ts(2024, 3, 1), "fx", Decimal("0.6000")),
+        (ts(2024, 3, 1), "seat_contraction", Decimal("-11.0000"))]
 
 # --- design.md 6: rates --------------------------------------------------------------------------------------------
 
