@@ -228,42 +228,41 @@ unpaired_parts AS (
 ),
 fx_parts AS (
     -- (each item's A side from A's rate to its change's, and its B side from its change's rate to B's: the rate's
-    -- move on what it held when the rate moved; on the main item of B, with its own fields when its currency's rate
-    -- moved too)
+    -- move on what it held when the rate moved; on the main item of B when its currency's rate moved, else on the
+    -- item of the largest such move, with that item's own fields)
     SELECT f.tid, t.account_id, t.customer_id, t.t_start, 'fx' AS comp, 'fx' AS part, f.amount_rep,
-           0 AS amount_original,
-           CASE WHEN list_contains(f.moved, b.currency) THEN b.currency END AS currency,
-           CASE WHEN list_contains(f.moved, b.currency) THEN b.subscription_id END AS subscription_id,
-           f.b_item AS subscription_item_id,
-           CASE WHEN list_contains(f.moved, b.currency) THEN b.product_id END AS product_id,
-           CASE WHEN list_contains(f.moved, b.currency) THEN b.price_id END AS price_id,
+           0 AS amount_original, r.currency, r.subscription_id, r.subscription_item_id, r.product_id, r.price_id,
            CAST(NULL AS VARCHAR) AS event_id, CAST(NULL AS VARCHAR) AS invoice_id,
            CAST(NULL AS TIMESTAMPTZ) AS row_from,
            'fx' AS movement
-    FROM (SELECT ti.tid,
-                 sum(CASE WHEN ti.in_a AND ti.a_rate_c <> ti.a_rate_a
-                          THEN rep20(round(ti.a_mrr, 9), 12 * coalesce(pa.interval_count, 1), ti.a_rate_c - ti.a_rate_a)
-                          ELSE 0 END
-                     + CASE WHEN ti.in_b AND ti.b_rate_b <> ti.b_rate_c
+    FROM (SELECT tid, sum(a_fx + b_fx) AS amount_rep,
+                 list_concat(list(DISTINCT a_currency) FILTER (WHERE a_fx <> 0),
+                             list(DISTINCT b_currency) FILTER (WHERE b_fx <> 0)) AS moved,
+                 arg_max(CASE WHEN b_fx <> 0 THEN b_rid ELSE a_rid END,
+                         (abs(a_fx + b_fx), subscription_item_id)) AS top_rid,
+                 any_value(b_rid_main) AS b_rid
+          FROM (SELECT ti.tid, ti.subscription_item_id, ti.a_rid, ti.b_rid, ti.a_currency, ti.b_currency,
+                       m.b_rid AS b_rid_main,
+                       CASE WHEN ti.in_a AND ti.a_rate_c <> ti.a_rate_a
+                            THEN rep20(round(ti.a_mrr, 9), 12 * coalesce(pa.interval_count, 1), ti.a_rate_c - ti.a_rate_a)
+                            ELSE 0 END AS a_fx,
+                       CASE WHEN ti.in_b AND ti.b_rate_b <> ti.b_rate_c
                             THEN rep20(round(ti.b_mrr, 9), 12 * coalesce(pb.interval_count, 1), ti.b_rate_b - ti.b_rate_c)
-                            ELSE 0 END) AS amount_rep,
-                 list_concat(list(DISTINCT ti.a_currency) FILTER (WHERE ti.in_a AND ti.a_rate_c <> ti.a_rate_a),
-                             list(DISTINCT ti.b_currency) FILTER (WHERE ti.in_b AND ti.b_rate_b <> ti.b_rate_c))
-                     AS moved,
-                 any_value(m.b_item) AS b_item, any_value(m.b_rid) AS b_rid
-          -- (a paired removed item's A side at the rate of the switch, as its parts are)
-          FROM (SELECT t.* REPLACE (coalesce(k.a_rate_c, t.a_rate_c) AS a_rate_c)
-                FROM moving t
-                LEFT JOIN comp_rows k ON k.tid = t.tid AND k.comp = 'pair' AND k.a_rid = t.a_rid AND NOT t.in_b) ti
-          JOIN derived_transition_mains m USING (tid)
-          LEFT JOIN derived_item_mrr ai ON ai.rowid = ti.a_rid
-          LEFT JOIN derived_price_terms pa ON pa.account_id = ai.account_id AND pa.price_id = ai.price_id
-          LEFT JOIN derived_item_mrr bi ON bi.rowid = ti.b_rid
-          LEFT JOIN derived_price_terms pb ON pb.account_id = bi.account_id AND pb.price_id = bi.price_id
-          WHERE (ti.in_a AND ti.a_rate_c <> ti.a_rate_a) OR (ti.in_b AND ti.b_rate_b <> ti.b_rate_c)
-          GROUP BY ti.tid) f
+                            ELSE 0 END AS b_fx
+                -- (a paired removed item's A side at the rate of the switch, as its parts are)
+                FROM (SELECT t.* REPLACE (coalesce(k.a_rate_c, t.a_rate_c) AS a_rate_c)
+                      FROM moving t
+                      LEFT JOIN comp_rows k ON k.tid = t.tid AND k.comp = 'pair' AND k.a_rid = t.a_rid AND NOT t.in_b) ti
+                JOIN derived_transition_mains m USING (tid)
+                LEFT JOIN derived_item_mrr ai ON ai.rowid = ti.a_rid
+                LEFT JOIN derived_price_terms pa ON pa.account_id = ai.account_id AND pa.price_id = ai.price_id
+                LEFT JOIN derived_item_mrr bi ON bi.rowid = ti.b_rid
+                LEFT JOIN derived_price_terms pb ON pb.account_id = bi.account_id AND pb.price_id = bi.price_id
+                WHERE (ti.in_a AND ti.a_rate_c <> ti.a_rate_a) OR (ti.in_b AND ti.b_rate_b <> ti.b_rate_c))
+          GROUP BY tid) f
     JOIN derived_transitions t USING (tid)
     LEFT JOIN derived_item_mrr b ON b.rowid = f.b_rid
+    LEFT JOIN derived_item_mrr r ON r.rowid = CASE WHEN list_contains(f.moved, b.currency) THEN f.b_rid ELSE f.top_rid END
 ),
 whole_parts AS (
     -- new, reactivation and cancellation: one row with the whole customer delta on the main item

@@ -429,9 +429,12 @@ def test_a_switch_from_euros_to_dollars_over_the_euros_rate_change(world: World,
     """design.md 4 (rate swings are their own `fx` line, never disguised as expansion) and 5 (a removed and an added
     item of one family in one window are a plan switch, split into plan and seats): a customer on 3 seats of a
     10.00 EUR plan (33.00 USD at 1.10) cancels at 29 February 23:50 and subscribes 20 minutes later to 4 seats of a
-    12.00 USD plan; the euro moves to 1.20 at 1 March 00:00. The customer holds no euros after the switch, so no
-    part is fx: M 33.00 -> 48.00; plan MRR(usd plan,3) - 33.00 = 36 - 33 = +3.00 (upgrade), quantity 48 - 36 =
-    +12.00 (seat_expansion)."""
+    12.00 USD plan; the euro moves to 1.20 at 1 March 00:00. M 33.00 -> 48.00 (+15.00). docs/internals.md: the
+    switch is made when the new plan begins (00:10), so the old plan counts as held until then and the rate's move
+    on it is fx (30 EUR x 0.10 = +3.00); the parts at that day's rates: the old plan 30 EUR x 1.20 = 36.00, plan
+    MRR(usd plan, 3) - 36.00 = 0 (no row), quantity 48 - 36 = +12.00 (seat_expansion). The fx row names the EUR
+    item, whose rate moved. (Read as the two legs at their own moments, the rate's move would be an upgrade of +3.00
+    instead.)"""
     w = world
     w.customer("cus_1", currency="eur")
     w.product("prod_core", unit_label="seat", family="core")
@@ -444,7 +447,7 @@ def test_a_switch_from_euros_to_dollars_over_the_euros_rate_change(world: World,
     w.objects["customers"]["cus_1"]["currency"] = "usd"
     w.subscribe("sub_usd", "cus_1", [("si_u", "core_usd", 4)], t + 20 * MINUTE)
     con = derive(w, seen_at=month(3))
-    expect(con, [(t, "upgrade", "expansion", D("3.0000"), "si_u"),
+    expect(con, [(t, "fx", "fx", D("3.0000"), "si_e"),  # (the item whose rate moved, with its own ids)
                  (t, "seat_expansion", "expansion", D("12.0000"), "si_u")])
 
 
@@ -471,10 +474,11 @@ def test_a_subscriptions_own_discount_ends_under_a_customer_wide_one(world: Worl
 @one_store
 def test_a_discount_ends_at_the_moment_the_rate_moves(world: World, derive: Derive) -> None:
     """design.md 4 (a discount ending is a `discount` movement; rate swings are their own `fx` line) and 5, with
-    docs/internals.md's convention for a window with a rate change (the other parts at the rate before the window,
-    the fx part the items after it times the rate's move): a EUR customer, 3 seats x 10.00 EUR under 30% off for 2
-    months from T0: 21.00 EUR, 23.10 USD at 1.10. On 1 March 00:00 the discount ends and the euro moves to 1.20:
-    M(B) = 30 EUR x 1.20 = 36.00 (+12.90): `discount` 9 EUR x 1.10 = +9.90, `fx` 30 EUR x 0.10 = +3.00."""
+    docs/internals.md's convention for a window with a rate change (each part at the rate in force at its change, a
+    rate moving at 00:00 before a change made then; fx the rate's move on what was held when it moved): a EUR
+    customer, 3 seats x 10.00 EUR under 30% off for 2 months from T0: 21.00 EUR, 23.10 USD at 1.10. On 1 March
+    00:00 the euro moves to 1.20 and the discount ends: M(B) = 30 EUR x 1.20 = 36.00 (+12.90): `fx` 21 EUR x 0.10 =
+    +2.10, `discount` 9 EUR x 1.20 = +10.80."""
     w = base(world, currency="eur")
     w.fx_rates += [("2023-12-01", "eur", 1.10), ("2024-03-01", "eur", 1.20)]
     w.coupon("c30", percent_off=30, duration="repeating", duration_in_months=2)
@@ -482,8 +486,8 @@ def test_a_discount_ends_at_the_moment_the_rate_moves(world: World, derive: Deri
     w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0, discounts=[d["id"]])
     con = derive(w, seen_at=month(3))
     assert movements(con)[0] == (T0, "new", "new", D("23.1000"), "si_c")
-    expect(con, [(month(2), "discount", "expansion", D("9.9000"), "si_c"),
-                 (month(2), "fx", "fx", D("3.0000"), "si_c")])
+    expect(con, [(month(2), "discount", "expansion", D("10.8000"), "si_c"),
+                 (month(2), "fx", "fx", D("2.1000"), "si_c")])
     # (in the customer's own currency: the discount's 9.00 EUR; a rate's move is none)
     assert originals(con) == [("new", "eur", D("21.0000")), ("discount", "eur", D("9.0000")), ("fx", "eur", D(0))]
 
@@ -723,12 +727,13 @@ def test_a_metered_item_added_mid_period_counts_from_its_first_full_period(world
 @one_store
 def test_a_switch_from_dollars_to_euros_with_seats_over_the_euros_rate_change(world: World, derive: Derive) -> None:
     """design.md 4 (rate swings are their own `fx` line, never expansion) and 5 (a plan switch split into plan and
-    seats), with docs/internals.md's convention (the parts at the rates of the state before the window, the rate's
-    move on what the customer holds after is fx): 3 seats of a 10.00 USD plan (30.00) are canceled at 29 February
-    23:50, and 4 seats of a 12.00 EUR plan subscribed at 1 March 00:10; the euro moves from 1.10 to 1.20 at 00:00.
-    M 30.00 -> 48 EUR x 1.20 = 57.60 (+27.60): plan 36 EUR x 1.10 - 30 = +9.60 (upgrade), seats 12 EUR x 1.10 =
-    +13.20 (seat_expansion), fx 48 EUR x 0.10 = +4.80. In the new plan's currency (README: the old plan counted at
-    the rates of the state before): plan 36 - 30 / 1.10 = 8.7273 EUR, seats 12.00 EUR, fx 0."""
+    seats), with docs/internals.md's convention (each part at the rates of its change, a switch made when its new
+    plan begins; fx the rate's move on what was held when it moved): 3 seats of a 10.00 USD plan (30.00) are
+    canceled at 29 February 23:50, and 4 seats of a 12.00 EUR plan subscribed at 1 March 00:10; the euro moves from
+    1.10 to 1.20 at 00:00. M 30.00 -> 48 EUR x 1.20 = 57.60 (+27.60): plan 36 EUR x 1.20 - 30 = +13.20 (upgrade),
+    seats 12 EUR x 1.20 = +14.40 (seat_expansion), no fx (no euro was held when the rate moved). In the new plan's
+    currency (README: the old plan counted at the rates of the day the new one begins): plan 36 - 30 / 1.20 =
+    11.0000 EUR, seats 12.0000 EUR."""
     w = world
     w.customer("cus_1")
     w.product("prod_core", unit_label="seat", family="core")
@@ -741,11 +746,10 @@ def test_a_switch_from_dollars_to_euros_with_seats_over_the_euros_rate_change(wo
     w.objects["customers"]["cus_1"]["currency"] = "eur"
     w.subscribe("sub_eur", "cus_1", [("si_e", "core_eur", 4)], t + 20 * MINUTE)
     con = derive(w, seen_at=month(3))
-    expect(con, [(t, "upgrade", "expansion", D("9.6000"), "si_e"),
-                 (t, "seat_expansion", "expansion", D("13.2000"), "si_e"),
-                 (t, "fx", "fx", D("4.8000"), "si_e")])
-    assert originals(con) == [("new", "usd", D("30.0000")), ("fx", "eur", D(0)), ("seat_expansion", "eur", D("12.0000")),
-                              ("upgrade", "eur", D("8.7273"))]
+    expect(con, [(t, "seat_expansion", "expansion", D("14.4000"), "si_e"),
+                 (t, "upgrade", "expansion", D("13.2000"), "si_e")])
+    assert originals(con) == [("new", "usd", D("30.0000")), ("seat_expansion", "eur", D("12.0000")),
+                              ("upgrade", "eur", D("11.0000"))]
 
 
 @one_store
@@ -802,11 +806,12 @@ def test_the_bridge_of_meetings_in_one_account(world: World, derive: Derive) -> 
     - c1: core basic x4 under 30% off for 2 months (28.00); at 29 February 23:50 core pro x5, the discount ending 10
       minutes later: upgrade 28, seat_expansion 14, discount_expansion 30, dated in February; 100.00 after;
     - c2: 3 seats of a 10.00 EUR plan (33.00 at 1.10) switched at 29 February 23:50 to 4 seats of a 12.00 USD plan
-      (48.00) 20 minutes later, the euro moving to 1.20 at 1 March: upgrade 3, seat_expansion 12 in February, no fx;
+      (48.00) 20 minutes later, the euro moving to 1.20 at 1 March: the switch made when the USD plan begins, the
+      old plan's 30 EUR x 0.10 = 3 is fx, then seat_expansion 12 (plan part 0 at 1.20), dated in February;
     - c3: 5 seats (50.00), past_due 2 February, unpaid 15 February (churn 50), paid 4 March (reactivation 50).
-    January: new 28 + 33 + 50 = 111, closing 111. February: opening 111, expansion 72 + 15 = 87 (upgrade 31,
-    seat_expansion 26, discount_expansion 30), churn 50, closing 148; customer churn rate 1 / 3. March: opening 148,
-    reactivation 50, fx 0, closing 198."""
+    January: new 28 + 33 + 50 = 111, closing 111. February: opening 111, expansion 72 + 12 = 84 (upgrade 28,
+    seat_expansion 26, discount_expansion 30), fx 3, churn 50, closing 148; customer churn rate 1 / 3. March:
+    opening 148, reactivation 50, fx 0, closing 198."""
     w = world
     w.product("prod_core", unit_label="seat", family="core")
     w.price("core_basic", "prod_core", 1_000)
@@ -835,7 +840,7 @@ def test_the_bridge_of_meetings_in_one_account(world: World, derive: Derive) -> 
     jan, feb, mar = (rows[dt.date(2024, m, 1)] for m in (1, 2, 3))
     assert (jan["opening_mrr"], jan["new"], jan["closing_mrr"], jan["new_customers"]) == (0, 111, 111, 3)
     assert (feb["opening_mrr"], feb["expansion"], feb["upgrade"], feb["seat_expansion"], feb["discount_expansion"],
-            feb["contraction"], feb["churn"], feb["fx"], feb["closing_mrr"]) == (111, 87, 31, 26, 30, 0, 50, 0, 148)
+            feb["contraction"], feb["churn"], feb["fx"], feb["closing_mrr"]) == (111, 84, 28, 26, 30, 0, 50, 3, 148)
     assert (feb["churned_customers"], feb["closing_customers"]) == (1, 2)
     assert feb["customer_churn_rate"] == pytest.approx(1 / 3)
     assert (mar["opening_mrr"], mar["reactivation"], mar["expansion"], mar["fx"], mar["closing_mrr"],
