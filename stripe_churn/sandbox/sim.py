@@ -648,8 +648,8 @@ class Simulation:
             return None
         if m_a == 0 or m_b == 0:
             rate = rate_b if m_a == 0 else rate_a
-            parts = truth.parts_of(a_at_a, b_at_b, cust.had_mrr, mrr(rate))
-            return parts, [rate] * len(parts), m_a, m_b
+            whole = truth.parts_of(a_at_a, b_at_b, cust.had_mrr, mrr(rate))
+            return whole, [rate] * len(whole), m_a, m_b
         held = before if held is None else held
         # (the same components at either rate: a positive rate keeps their order, pairs and signs)
         at_a = truth.parts_of(at(before, rate_a), at(after, rate_a), cust.had_mrr, mrr(rate_a))
