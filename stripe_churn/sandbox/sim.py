@@ -13,8 +13,8 @@ import gc
 import heapq
 import logging
 import random
-from bisect import bisect_right
-from dataclasses import dataclass, field, replace
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -336,8 +336,9 @@ class Simulation:
         self.events: list[dict[str, Any]] = []
         self.truth: list[dict[str, Any]] = []
         self._n = 0
+        self._id_stem = ob.b62((seed * 7919) % 62**4, 4)  # (every id's: the seed's)
         self._q: list[tuple[int, int, str, tuple[Any, ...]]] = []
-        self._pending: list[tuple[int, int, dict[str, Any]]] = []
+        self._pending: list[tuple[int, int, dict[str, Any]]] = []  # (moment, order made, event) not yet in events
         self._custs: dict[str, _Cust] = {}
         self._sub_gen: dict[str, int] = {}
         self._sub_mult: dict[str, Fraction] = {}
@@ -358,7 +359,7 @@ class Simulation:
     # --- ids, events, queue --------------------------------------------------------------------------
     def _id(self, prefix: str) -> str:
         self._n += 1
-        return f"{prefix}_{ob.b62((self.seed * 7919) % 62**4, 4)}{ob.b62(self._n, 10)}"
+        return f"{prefix}_{self._id_stem}{ob.b62(self._n, 10)}"
 
     def _event(self, etype: str, obj: dict[str, Any], t: int, prev: dict[str, Any] | None = None) -> None:
         data: dict[str, Any] = {"object": _copy(obj)}
@@ -367,7 +368,7 @@ class Simulation:
         evt = {"id": self._id("evt"), "object": "event", "api_version": ob.API_VERSION,
                "created": t, "data": data, "livemode": False, "pending_webhooks": 0,
                "request": {"id": None, "idempotency_key": None}, "type": etype}
-        heapq.heappush(self._pending, (t, self._n, evt))
+        self._pending.append((t, self._n, evt))
 
     def _at(self, t: int, handler: str, *args: Any) -> None:
         self._n += 1
@@ -393,9 +394,12 @@ class Simulation:
             gc.freeze()
             if was_enabled:
                 gc.enable()
-        # events are kept in creation-time order; those a few seconds past the end wait for the next run
-        while self._pending and self._pending[0][0] < end:
-            self.events.append(heapq.heappop(self._pending)[2])
+        # events are kept in creation-time order (then in the order made); those a few seconds past the end wait for
+        # the next run. (One sort of the run's events, most of them made in order already, rather than a heap.)
+        self._pending.sort(key=lambda p: (p[0], p[1]))
+        due = bisect_left(self._pending, end, key=lambda p: p[0])
+        self.events += [evt for _, _, evt in self._pending[:due]]
+        del self._pending[:due]
         self.truth[first_new_row:] = sorted(self.truth[first_new_row:], key=lambda r: str(r["occurred_at"]))
         self.clock = end
 
@@ -602,7 +606,8 @@ class Simulation:
             if m_a == m_b:
                 return
             parts = truth.parts_of(before, after, cust.had_mrr,
-                                   lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cust.currency))
+                                   lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cust.currency),
+                                   totals=(m_a, m_b))
             rates = [FX[cust.currency]] * len(parts)
         cust.had_mrr = cust.had_mrr or m_b > 0
         new_rows = truth.rows(cust.id, cust.currency, rates, t, parts, m_a, m_b, churn)
@@ -635,12 +640,20 @@ class Simulation:
         read at (None for fx), M(A) and M(B)."""
         cur = cust.currency
         rate_a, rate_b = self._rate_at(cur, t - 1), self._rate_at(cur, last)
+        # (amounts at a rate are those at the catalogue's rate FX times rate / FX, exactly; at FX itself, as the
+        # dollar's always is, the state is used as _snap made it)
 
         def at(state: dict[str, Comp], rate: Fraction) -> dict[str, Comp]:
-            return {k: replace(c, usd=c.usd / FX[cur] * rate) for k, c in state.items()}
+            if rate == FX[cur]:
+                return state
+            factor = rate / FX[cur]
+            return {k: c.times(factor) for k, c in state.items()}
 
         def mrr(rate: Fraction) -> truth.MrrFn:
-            return lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cur) / FX[cur] * rate
+            if rate == FX[cur]:
+                return lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cur)
+            factor = rate / FX[cur]
+            return lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cur) * factor
 
         a_at_a, b_at_b = at(before, rate_a), at(after, rate_b)
         m_a, m_b = truth.total(a_at_a), truth.total(b_at_b)
@@ -648,11 +661,14 @@ class Simulation:
             return None
         if m_a == 0 or m_b == 0:
             rate = rate_b if m_a == 0 else rate_a
-            whole = truth.parts_of(a_at_a, b_at_b, cust.had_mrr, mrr(rate))
+            whole = truth.parts_of(a_at_a, b_at_b, cust.had_mrr, mrr(rate), totals=(m_a, m_b))
             return whole, [rate] * len(whole), m_a, m_b
+        if rate_a == rate_b:
+            same = truth.parts_of(a_at_a, b_at_b, cust.had_mrr, mrr(rate_a), totals=(m_a, m_b))
+            return same, [rate_a] * len(same), m_a, m_b
         held = before if held is None else held
         # (the same components at either rate: a positive rate keeps their order, pairs and signs)
-        at_a = truth.parts_of(at(before, rate_a), at(after, rate_a), cust.had_mrr, mrr(rate_a))
+        at_a = truth.parts_of(a_at_a, at(after, rate_a), cust.had_mrr, mrr(rate_a))
         at_b = truth.parts_of(at(before, rate_b), b_at_b, cust.had_mrr, mrr(rate_b))
         parts: list[truth.Part] = []
         rates: list[Fraction | None] = []

@@ -32,6 +32,11 @@ class Comp:
     mult: Fraction
     usd: Fraction  # exact MRR in USD major units
 
+    def times(self, factor: Fraction) -> Comp:
+        """The same item with its MRR times ``factor`` (at another exchange rate)."""
+        return Comp(self.sub_id, self.item_id, self.family, self.kind, self.price_id, self.qty, self.mult,
+                    self.usd * factor)
+
 
 def round4(x: Fraction) -> Decimal:
     """Half away from zero at 4 decimals."""
@@ -47,9 +52,11 @@ def total(state: dict[str, Comp]) -> Decimal:
     return round4(sum((c.usd for c in state.values()), Fraction(0)))
 
 
-def parts_of(before: dict[str, Comp], after: dict[str, Comp], had_mrr: bool, mrr: MrrFn) -> list[Part]:
-    """The components of a transition with their label and exact USD delta (zero parts dropped)."""
-    m_a, m_b = total(before), total(after)
+def parts_of(before: dict[str, Comp], after: dict[str, Comp], had_mrr: bool, mrr: MrrFn, *,
+             totals: tuple[Decimal, Decimal] | None = None) -> list[Part]:
+    """The components of a transition with their label and exact USD delta (zero parts dropped). ``totals``: the
+    two states' :func:`total`, when the caller has them already."""
+    m_a, m_b = totals if totals is not None else (total(before), total(after))
     if m_a == m_b:
         return []
     if m_a == 0:
