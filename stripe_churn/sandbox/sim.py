@@ -165,6 +165,12 @@ def _copy(obj: Any) -> Any:
     return orjson.loads(orjson.dumps(obj))
 
 
+def _json_now(obj: Any) -> orjson.Fragment:
+    """``obj`` as it is now, kept as JSON: for a previous attribute that only an event reads, which _event decodes
+    when it copies the event's data (a copy of it as objects would only be copied again)."""
+    return orjson.Fragment(orjson.dumps(obj))
+
+
 @dataclass
 class _Plan:
     """One sellable product of the catalog with its prices per (currency, interval key)."""
@@ -932,7 +938,7 @@ class Simulation:
             return
         cust = self._custs[sub["customer"]]
         before = self._snap(cust)
-        prev = {"items": _copy(sub["items"])}
+        prev = {"items": _json_now(sub["items"])}
         it["discounts"] = [d for d in it["discounts"] if d != did]
         self._item_mult.pop(iid, None)
         self._event("customer.subscription.updated", sub, t, prev)
@@ -952,7 +958,7 @@ class Simulation:
         key = self._rng.choice(("retention", "repeating"))
         cust = self._custs[sub["customer"]]
         before = self._snap(cust)
-        prev = {"items": _copy(sub["items"])}
+        prev = {"items": _json_now(sub["items"])}
         self._apply_item_coupon(sub, it, key, t)
         self._event("customer.subscription.updated", sub, t, prev)
         self._transition(cust, t, before)
@@ -1173,7 +1179,7 @@ class Simulation:
                 self._end_sub(sub, t, "cancellation_requested", feedback, ("voluntary", feedback), label=False)
                 return
             before = self._snap(cust)
-            prev = {"status": "trialing"}
+            prev: dict[str, Any] = {"status": "trialing"}
             sub["status"] = "active"
         elif sub["cancel_at_period_end"]:
             self._end_sub(sub, t, "cancellation_requested", sub["cancellation_details"]["feedback"],
@@ -1184,7 +1190,7 @@ class Simulation:
             prev = {}
         rec = sub["items"]["data"][0]["price"]["recurring"]
         end = add_months(t, (12 if rec["interval"] == "year" else 1) * rec["interval_count"])
-        prev["items"] = _copy(sub["items"])
+        prev["items"] = _json_now(sub["items"])
         usage_from = sub["items"]["data"][0]["current_period_start"]
         self._set_period(sub, t, end)
         metered = [it for it in sub["items"]["data"] if self._is_metered(it)]
@@ -1232,7 +1238,7 @@ class Simulation:
             return
         cust = self._custs[sub["customer"]]
         before = self._snap(cust)
-        prev = {"status": "paused", "status_details": sub["status_details"], "items": _copy(sub["items"])}
+        prev = {"status": "paused", "status_details": sub["status_details"], "items": _json_now(sub["items"])}
         sub["status"], sub["status_details"] = "active", None
         rec = sub["items"]["data"][0]["price"]["recurring"]
         end = add_months(t, (12 if rec["interval"] == "year" else 1) * rec["interval_count"])
@@ -1392,7 +1398,7 @@ class Simulation:
         cust = self._custs[sub["customer"]]
         before = self._snap(cust)
         prev = {"status": sub["status"], "trial_start": sub["trial_start"], "trial_end": sub["trial_end"],
-                "billing_cycle_anchor": sub["billing_cycle_anchor"], "items": _copy(sub["items"]),
+                "billing_cycle_anchor": sub["billing_cycle_anchor"], "items": _json_now(sub["items"]),
                 "latest_invoice": sub["latest_invoice"]}
         credits: list[dict[str, Any]] = []
         if rng.random() < 0.5:  # (proration_behavior=create_prorations: the unused time of the period credited)
@@ -1745,7 +1751,7 @@ class Simulation:
             return
         cust = self._custs[sub["customer"]]
         before = self._snap(cust)
-        prev = {"items": _copy(sub["items"]), "billing_cycle_anchor": sub["billing_cycle_anchor"]}
+        prev = {"items": _json_now(sub["items"]), "billing_cycle_anchor": sub["billing_cycle_anchor"]}
         start, end = items[0]["current_period_start"], items[0]["current_period_end"]
         new_end = add_months(t, 12)
         frac = Fraction(end - t, max(end - start, 1))
