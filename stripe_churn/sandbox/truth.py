@@ -78,7 +78,8 @@ def parts_of(before: dict[str, Comp], after: dict[str, Comp], had_mrr: bool, mrr
         parts.append((b, "discount", b.usd - a.usd - plan - qty))
 
     for iid in sorted(before.keys() & after.keys()):
-        pair(before[iid], after[iid])
+        if before[iid] != after[iid]:  # (an item as it was has only zero parts)
+            pair(before[iid], after[iid])
     removed = sorted((c for i, c in before.items() if i not in after), key=lambda c: (-c.usd, c.item_id))
     added = sorted((c for i, c in after.items() if i not in before), key=lambda c: (-c.usd, c.item_id))
     for fam in sorted({c.family for c in removed} & {c.family for c in added}):
