@@ -12,11 +12,11 @@ ADDRESS_KEYS = ("city", "country", "line1", "line2", "postal_code", "state")
 
 def b62(n: int, width: int) -> str:
     """``n`` in base 62, left-padded to ``width`` characters."""
-    out = []
+    out = ""
     while n:
         n, r = divmod(n, 62)
-        out.append(_B62[r])
-    return "".join(reversed(out)).rjust(width, "0")
+        out = _B62[r] + out
+    return out.rjust(width, "0")
 
 
 def customer(cid: str, created: int, currency: str, name: str, email: str, country: str,

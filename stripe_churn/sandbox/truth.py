@@ -6,6 +6,7 @@ Written independently of the classifier's SQL on purpose: the two must agree, an
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -43,6 +44,7 @@ def round4(x: Fraction) -> Decimal:
     return (Decimal(x.numerator) / Decimal(x.denominator)).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
 
 
+@functools.lru_cache(maxsize=4096)  # (the parts of one transition, and a month's fx rows, share a moment)
 def iso(ts: int) -> str:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
