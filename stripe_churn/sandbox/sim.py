@@ -401,8 +401,9 @@ class Simulation:
             if was_enabled:
                 gc.enable()
         # events are kept in creation-time order (then in the order made); those a few seconds past the end wait for
-        # the next run. (One sort of the run's events, most of them made in order already, rather than a heap.)
-        self._pending.sort(key=lambda p: (p[0], p[1]))
+        # the next run. (One sort of the run's events, most of them made in order already, rather than a heap; the
+        # order made is unique, so no two events themselves are ever compared.)
+        self._pending.sort()
         due = bisect_left(self._pending, end, key=lambda p: p[0])
         self.events += [evt for _, _, evt in self._pending[:due]]
         del self._pending[:due]
