@@ -558,6 +558,21 @@ def test_without_deferred_prorations_a_seeds_history_is_what_it_was(plain: Simul
         "f3a1be5c989a1a8f8dd1d123c029b484f780e142c9eab3e60dcaf4ebf4f329ab")
 
 
+def test_a_seed_with_every_option_keeps_its_bytes_across_a_billing_run() -> None:
+    """The bytes of a seed's history with every option on (moving rates, later trials, changes without prorations,
+    item discounts, collection pauses, currency options and the sandbox's options), before and after a billing
+    run: its labels at moving rates, the previous attributes of its events and the events that wait for the next
+    run, as they were. A change to the simulation that moves these digests on purpose updates them."""
+    sim = Simulation(customers=200, months=12, seed=9, fx_changes=True, later_trials=True, no_prorations=True,
+                     item_discounts=True, collection_pauses=True, option_prices=True, **SANDBOX_OPTIONS)
+    assert sum(t["movement"] == "fx" for t in sim.truth) > 300
+    assert hashlib.sha256(sim.bundle_bytes()).hexdigest() == (
+        "53828e1bed990c3cebe7debb60e8ed291ec03db082b249f56800dc5eb34f9f2a")
+    sim.advance(1)
+    assert hashlib.sha256(sim.bundle_bytes()).hexdigest() == (
+        "14309c3a5469b67be896ed9eb988f5dfae73697226e6c5e73ad4b7381c87051f")
+
+
 def test_an_interval_switch_bills_net_of_the_discounts_in_force_and_lists_them() -> None:
     """A switch from a monthly to an annual price is billed as a proration is (proration_discounts=included): each
     line lists the discounts in force on its item and subscription and is net of them. (Its lines listed none, so
