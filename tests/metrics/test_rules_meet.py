@@ -20,7 +20,7 @@ from typing import Any
 
 import duckdb
 import pytest
-from builders import World, ts
+from builders import Obj, World, ts
 from conftest import OneStore, customer_mrr_at
 from test_classifier import MINUTE, T0, Row, base, check_invariants, month, movements
 
@@ -59,6 +59,20 @@ def originals(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in con.execute(
         "SELECT movement, currency, amount_delta_original FROM mrr_movements ORDER BY occurred_at, movement"
     ).fetchall()]
+
+
+def stacked_discounts(w: World, item_months: int) -> Obj:
+    """sub_1 from T0: si_c (4 core seats, 40.00) with its own 50% off for ``item_months`` months (the discount,
+    returned), si_a (analytics, 50.00), and the subscription's 10% off forever on both."""
+    w.coupon("c10", percent_off=10)
+    w.coupon("c50", percent_off=50, duration="repeating", duration_in_months=item_months)
+    ds = w.discount("c10", T0, customer="cus_1", subscription="sub_1")
+    di = w.discount("c50", T0, customer="cus_1", subscription="sub_1", subscription_item="si_c")
+    sub = w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4), ("si_a", "analytics", 1)], T0,
+                      discounts=[ds["id"]])
+    sub["items"]["data"][0]["discounts"] = [di["id"]]
+    w.events[0]["data"]["object"]["items"]["data"][0]["discounts"] = [di["id"]]
+    return di
 
 
 def churn_types(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
@@ -123,14 +137,7 @@ def test_a_subscription_discount_taken_off_while_an_item_discount_runs_beside_se
     - si_a: discount part 50 - 45 = +5.00.
     On 1 April the item's 50% ends while no other discount runs: si_c 30 -> 60, `discount` +30.00."""
     w = base(world)
-    w.coupon("c10", percent_off=10)
-    w.coupon("c50", percent_off=50, duration="repeating", duration_in_months=3)
-    ds = w.discount("c10", T0, customer="cus_1", subscription="sub_1")
-    di = w.discount("c50", T0, customer="cus_1", subscription="sub_1", subscription_item="si_c")
-    sub = w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4), ("si_a", "analytics", 1)], T0,
-                      discounts=[ds["id"]])
-    sub["items"]["data"][0]["discounts"] = [di["id"]]
-    w.events[0]["data"]["object"]["items"]["data"][0]["discounts"] = [di["id"]]
+    di = stacked_discounts(w, item_months=3)
     t = month(1, 10)
     w.update("sub_1", t, discounts=[])
     w.update("sub_1", t + 15 * MINUTE, items=[("si_c", "core_basic", 6), ("si_a", "analytics", 1)])
@@ -759,14 +766,7 @@ def test_an_item_discount_ends_while_the_subscriptions_runs(world: World, derive
     40 x 0.5 x 0.9 + 50 x 0.9 = 63.00. On 1 February the item's 50% ends while the 10% runs on: si_c 18 -> 36,
     `discount` +18.00 (the subscription's 10% still taken off)."""
     w = base(world)
-    w.coupon("c10", percent_off=10)
-    w.coupon("c50", percent_off=50, duration="repeating", duration_in_months=1)
-    ds = w.discount("c10", T0, customer="cus_1", subscription="sub_1")
-    di = w.discount("c50", T0, customer="cus_1", subscription="sub_1", subscription_item="si_c")
-    sub = w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 4), ("si_a", "analytics", 1)], T0,
-                      discounts=[ds["id"]])
-    sub["items"]["data"][0]["discounts"] = [di["id"]]
-    w.events[0]["data"]["object"]["items"]["data"][0]["discounts"] = [di["id"]]
+    stacked_discounts(w, item_months=1)
     con = derive(w, seen_at=month(2))
     assert movements(con)[0] == (T0, "new", "new", D("63.0000"), "si_a")
     expect(con, [(month(1), "discount", "expansion", D("18.0000"), "si_c")])
