@@ -574,15 +574,15 @@ class Simulation:
     def _close_windows(self, end: int) -> None:
         """Label the windows still open at the end of a run. One that a change of the next run (``advance``) can
         still join is labelled for now: the next run takes its rows back and opens it again."""
-        held = dict(self._window_held)
         for cid, (t, before, churn) in sorted(self._windows.items()):
             cust = self._custs[cid]
             kept = (len(self.truth), len(cust.path_t), cust.mrr, cust.had_mrr)
+            held = self._window_held.get(cid)  # (_label takes it; the window opened again needs it back)
             self._label(cust, t, before, self._snap(cust), churn, self._window_last.get(cid, t))
             if t + WINDOW_S > end:
                 self._provisional.append((cid, t, before, churn, self.truth[kept[0]:], kept[1:]))
-                if cid in held:  # (kept for the window opened again)
-                    self._window_held[cid] = held[cid]
+                if held is not None:
+                    self._window_held[cid] = held
         self._windows.clear()
 
     def _reopen_windows(self) -> None:
@@ -666,13 +666,11 @@ class Simulation:
         m_a, m_b = truth.total(a_at_a), truth.total(b_at_b)
         if m_a == m_b:
             return None
-        if m_a == 0 or m_b == 0:
+        if m_a == 0 or m_b == 0 or rate_a == rate_b:
+            # (a whole-customer movement, or no rate moved: every part at one rate)
             rate = rate_b if m_a == 0 else rate_a
-            whole = truth.parts_of(a_at_a, b_at_b, cust.had_mrr, mrr(rate), totals=(m_a, m_b))
-            return whole, [rate] * len(whole), m_a, m_b
-        if rate_a == rate_b:
-            same = truth.parts_of(a_at_a, b_at_b, cust.had_mrr, mrr(rate_a), totals=(m_a, m_b))
-            return same, [rate_a] * len(same), m_a, m_b
+            one = truth.parts_of(a_at_a, b_at_b, cust.had_mrr, mrr(rate), totals=(m_a, m_b))
+            return one, [rate] * len(one), m_a, m_b
         held = before if held is None else held
         # (the same components at either rate: a positive rate keeps their order, pairs and signs)
         at_a = truth.parts_of(a_at_a, at(after, rate_a), cust.had_mrr, mrr(rate_a))
