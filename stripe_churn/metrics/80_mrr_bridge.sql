@@ -29,14 +29,19 @@ quiet AS (
                       WHERE t.account_id = w.account_id AND t.customer_id = w.customer_id AND t.t_start = w.t_start)
 ),
 quiet_mains AS (
-    -- (their main item: the largest MRR in force at the window's end)
+    -- (their main item: the largest MRR in force at the window's end, in the reporting currency at that day's rate,
+    -- as 64 picks a transition's)
     SELECT q.account_id, q.customer_id, q.t_start, any_value(q.t_end) AS t_end, any_value(q.mrr) AS mrr,
            arg_max({'product_id': b.product_id, 'price_id': b.price_id, 'family': b.family,
-                    'item_currency': b.currency}, (b.mrr_original, b.subscription_item_id)) AS m
+                    'item_currency': b.currency},
+                   (b.mrr_original * CASE WHEN b.currency = cfg.rep THEN 1 ELSE coalesce(x.rate, 0) END,
+                    b.subscription_item_id)) AS m
     FROM quiet q
     JOIN derived_item_mrr b
       ON b.account_id = q.account_id AND b.customer_id = q.customer_id
      AND b.valid_from <= q.t_end AND (b.valid_to IS NULL OR b.valid_to > q.t_end)
+    CROSS JOIN (SELECT lower(reporting_currency) AS rep FROM derived_settings) cfg
+    LEFT JOIN derived_fx_days x ON x.currency = b.currency AND x.day = utc_date(q.t_end)
     WHERE b.mrr_original > 0
     GROUP BY q.account_id, q.customer_id, q.t_start
 ),

@@ -366,6 +366,30 @@ def test_a_segment_follows_a_switch_at_equal_mrr(world: World, derive: Derive, k
     assert_bridge_adds_up(con, f"equal-mrr switch, {kind}", periods=["month", "quarter"], segments=[None, kind])
 
 
+def test_a_switch_at_equal_mrr_across_currencies_keeps_the_main_item_by_its_worth(world: World,
+                                                                                  derive: Derive) -> None:
+    """The main item that a segment follows after a switch at equal MRR is the largest in the reporting currency, as
+    for any other change (64), not in its own: 5 core seats (100.00 USD) and an analytics plan of 90.00 USD, whose
+    subscription is replaced 5 minutes later by one of 120.00 CAD at 0.75 (90.00 USD): no movement, and the customer
+    stays in the core family, its largest item. (Picked by its own amount, 120 against 100, it moved to analytics.)"""
+    catalogue(world)
+    world.price("team_usd", "prod_analytics", 9_000)
+    world.price("team_cad", "prod_analytics", 12_000, currency="cad")
+    world.fx_rates += [("2023-12-01", "cad", 0.75)]
+    world.customer("cus_m")
+    world.subscribe("sub_x", "cus_m", [("si_x", "pro_usd", 5)], ts(2025, 1, 5))
+    world.subscribe("sub_y", "cus_m", [("si_y", "team_usd", 1)], ts(2025, 1, 5) + 60)
+    world.cancel("sub_y", ts(2025, 2, 10))
+    world.subscribe("sub_z", "cus_m", [("si_z", "team_cad", 1)], ts(2025, 2, 10) + 300)
+    con = derive(world, seen_at=ts(2025, 4, 1))
+    assert [r[0] for r in con.execute("SELECT movement FROM mrr_movements").fetchall()] == ["new"]
+    rows = {(r["segment_value"], r["period_start"]): (r["opening_mrr"], r["closing_mrr"], r["closing_customers"])
+            for r in queries.bridge(con, "month", "family", end=dt.date(2025, 3, 31))
+            if r["opening_mrr"] or r["closing_mrr"]}
+    assert rows == {("core", dt.date(2025, m, 1)): (0 if m == 1 else 190, 190, 1) for m in (1, 2, 3)}
+    assert_bridge_adds_up(con, "equal-mrr switch across currencies", periods=["month"], segments=[None, "family"])
+
+
 def test_bad_period_or_segment_is_a_clear_error(world: World, derive_read_only: Derive) -> None:
     con = derive_read_only(rates_world(world), seen_at=ts(2024, 4, 20))
     with pytest.raises(ConfigError, match="unknown period 'fortnight'"):
