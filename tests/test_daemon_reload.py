@@ -182,6 +182,13 @@ def test_a_reload_after_a_failure_a_person_fixed_tries_at_once(start: Callable[.
     assert state is not None and state["last_error"] is None and state["last_run"]["reason"] == "reload"
 
 
+def hup_as_default() -> None:
+    """In the daemon's process before it starts: SIGHUP's default action, as a service manager starts it with. A
+    suite run under `nohup` would pass its SIGHUP ignored on, and a daemon started ignoring SIGHUP keeps ignoring it
+    (by design: it outlives its terminal)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 RELOAD_PROC = textwrap.dedent("""
     import logging, sys
     from pathlib import Path
@@ -208,7 +215,7 @@ def test_sighup_mid_run_reloads_and_the_run_ends_as_it_would(tmp_path: Path) -> 
     db = tmp_path / "hup.duckdb"
     log = (tmp_path / "daemon.log").open("w")
     p = subprocess.Popen([sys.executable, "-c", RELOAD_PROC, str(db), str(Path(__file__).parent)],
-                         stdout=subprocess.PIPE, stderr=log, text=True)
+                         stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=hup_as_default)
     try:
         assert p.stdout is not None and p.stdout.readline().strip() == "running 5.0"
         time.sleep(0.5)
@@ -239,7 +246,8 @@ def test_the_daemon_command_reloads_its_config_file_on_sighup(tmp_path: Path) ->
     log_path = tmp_path / "daemon.log"
     log = log_path.open("w")
     p = subprocess.Popen([sys.executable, "-m", "stripe_churn", "daemon", "--no-sync-on-start", "--config",
-                          str(config)], env=env, stderr=log, text=True, cwd=tmp_path)
+                          str(config)], env=env, stderr=log, text=True, cwd=tmp_path,
+                         preexec_fn=hup_as_default)
 
     def logged(text: str) -> bool:
         return text in log_path.read_text()
