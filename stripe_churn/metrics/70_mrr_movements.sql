@@ -57,8 +57,10 @@ adjusted AS (
     FROM (SELECT * FROM parts UNION ALL BY NAME SELECT * FROM fallback) p
     JOIN totals t USING (tid)
 ),
--- where an item row has no source of its own: a row of the same subscription (else of the customer) that
--- started inside the window, else the subscription's last event (first invoice) inside the window
+-- where an item row has no source of its own: a row of the same subscription that started inside the window,
+-- else the subscription's last event (first invoice) inside the window; a row of no subscription (`unexplained`)
+-- takes a row of the customer's. (Another subscription's change is not this row's cause: a subscription ended
+-- before the events, beside another's prorated change in its window, names no invoice rather than the other's.)
 window_sources AS (
     SELECT x.tid, b.subscription_id,
            min(b.source_event_id) FILTER (WHERE b.source_event_id IS NOT NULL) AS event_id,
@@ -301,6 +303,7 @@ LEFT JOIN window_sources ws
 LEFT JOIN window_sources wc
     ON wc.tid = s.tid
    AND wc.subscription_id IS NULL
+   AND s.subscription_id IS NULL
 LEFT JOIN sub_events se
     ON se.tid = s.tid
    AND se.subscription_id = s.subscription_id

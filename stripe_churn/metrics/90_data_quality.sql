@@ -12,10 +12,21 @@ WITH covered AS (
     LEFT JOIN (SELECT account_id, min(moment) AS since FROM derived_early_sub_events GROUP BY account_id) e
       USING (account_id)
 ),
+-- the lines compared: the invoices', and the pending proration items (30's derived_pending_lines, the lines they will
+-- become: the item's id stands for the line and the invoice), whose charge disagrees with the events as a billed one does
+billed AS (
+    SELECT account_id, line_id, invoice_id, subscription_item_id, price_id, quantity, period_start, proration,
+           is_credit, 'invoice ' AS bill_kind
+    FROM derived_invoice_lines
+    UNION ALL
+    SELECT account_id, invoice_id, invoice_id, subscription_item_id, price_id, quantity, period_start, true,
+           is_credit, 'pending invoice item '
+    FROM derived_pending_lines
+),
 agreed AS (
     -- the proration debit lines compared below that a history row of their item within 5 minutes agrees with
     SELECT l.account_id, l.line_id
-    FROM derived_invoice_lines l
+    FROM billed l
     JOIN covered c USING (account_id)
     JOIN derived_item_history g
       ON g.account_id = l.account_id AND g.subscription_item_id = l.subscription_item_id
@@ -33,9 +44,9 @@ inside AS (
     -- is no disagreement).
     SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.price_id, l.quantity, l.period_start AS moment,
            h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item, false AS absent,
-           false AS by_snapshot, 'invoice ' || l.invoice_id AS bill, false AS at_start
+           false AS by_snapshot, l.bill_kind || l.invoice_id AS bill, false AS at_start
     FROM (SELECT *, period_start + CASE WHEN proration THEN INTERVAL 5 MINUTE ELSE INTERVAL 0 MINUTE END AS at
-          FROM derived_invoice_lines) l
+          FROM billed) l
     JOIN covered c USING (account_id)
     JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
     LEFT JOIN derived_item_history h
