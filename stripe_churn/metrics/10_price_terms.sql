@@ -26,7 +26,7 @@ CREATE OR REPLACE MACRO round_over4(n, d) AS
 -- is whole again (`whole_again`), then the rate, then over den in integers, so that an exact half at 4 decimals
 -- that only the rate makes stays exact (8.333333333 GBP x 1.481478 = 12.34565, not 12.3456499...).
 CREATE OR REPLACE MACRO rep20(x, den, rate) AS
-    CAST(CAST(whole_again(x * den, 10 * den) * 1000000000 AS HUGEINT) * CAST(rate * 100000000 AS HUGEINT) * 1000
+    CAST(CAST(whole_again(x * den, 10 * den) * 1000000000 AS HUGEINT) * CAST(CAST(rate AS DECIMAL(38, 8)) * 100000000 AS HUGEINT) * 1000
          // CAST(den AS HUGEINT) AS DECIMAL(38, 0)) * CAST(0.00000000000000000001 AS DECIMAL(20, 20));
 -- Unix seconds (as sent by Stripe) to TIMESTAMPTZ; NULL stays NULL.
 CREATE OR REPLACE MACRO ts_of(s) AS CASE WHEN s IS NULL THEN NULL ELSE to_timestamp(CAST(s AS BIGINT)) END;

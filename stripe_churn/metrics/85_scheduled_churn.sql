@@ -70,7 +70,7 @@ per_currency AS (
 valued AS (
     -- (in 1e-17 of the reporting currency, and of the subscription's own, over d)
     SELECT account_id, subscription_id, any_value(currency) AS currency,
-           round_over4(sum(CAST(ds * 1000000000 AS HUGEINT) * CAST(rate * 100000000 AS HUGEINT)), d) AS mrr,
+           round_over4(sum(CAST(ds * 1000000000 AS HUGEINT) * CAST(CAST(rate AS DECIMAL(38, 8)) * 100000000 AS HUGEINT)), d) AS mrr,
            round_over4(sum(CAST(ds * 1000000000 AS HUGEINT) * 100000000), d) AS mrr_original
     FROM per_currency
     GROUP BY account_id, subscription_id, d
