@@ -89,18 +89,18 @@ sub_events AS (
     GROUP BY ALL
 ),
 -- a discount put on or taken off by its own event (customer.discount.created, .deleted: a promotion code, a
--- customer's coupon) inside the window: the source of the window's discount rows (the latest such event), when
--- the window's discount events are about one discount (of two, which event made which row is not known here)
-discount_events AS (
-    SELECT t.tid, CASE WHEN count(DISTINCT e.object_id) = 1 THEN arg_max(e.id, (e.created, e.id)) END AS event_id
-    FROM (SELECT e.account_id, e.id, e.object_id, e.created, d.customer_id
+-- customer's coupon) inside the window: the source of the window's discount rows of its subscription (of every
+-- subscription, for a customer's discount: `subscription_id` NULL; the latest such event), when the window's
+-- discount events there are about one discount (of two, which event made which row is not known here)
+window_discount_events AS (
+    SELECT t.tid, e.subscription_id, e.object_id, e.id, e.created
+    FROM (SELECT e.account_id, e.id, e.object_id, e.created, d.customer_id, d.subscription_id
           FROM events e
           JOIN discounts d ON d.account_id = e.account_id AND d.id = e.object_id
           WHERE e.object_type = 'discount' AND e.type LIKE 'customer.discount.%' AND NOT coalesce(e.deleted, false)
          ) e
     JOIN derived_transitions t ON t.account_id = e.account_id AND t.customer_id = e.customer_id
                               AND e.created >= t.t_start AND e.created <= t.t_end
-    GROUP BY ALL
 ),
 -- the invoices (and pending proration items) of the window's subscriptions, for the transitions with a row that
 -- has no invoice of its own
@@ -130,15 +130,18 @@ sub_invoices AS (
 ),
 -- of those, the first that bills the row's own item (a line or a pending item naming it): of two changes of one
 -- subscription in a window, each row names the invoice of its own
+window_item_invoices AS (
+    SELECT DISTINCT w.tid, w.subscription_id, l.subscription_item_id AS item_id, w.id, w.created
+    FROM window_invoices w
+    JOIN invoice_lines l ON l.account_id = w.account_id AND l.invoice_id = w.id
+    WHERE NOT w.pending_item AND l.subscription_item_id IS NOT NULL AND NOT coalesce(l.deleted, false)
+    UNION ALL
+    SELECT tid, subscription_id, item_id, id, created FROM window_invoices
+    WHERE pending_item AND item_id IS NOT NULL
+),
 item_invoices AS (
     SELECT tid, subscription_id, item_id, arg_min(id, (created, id)) AS invoice_id
-    FROM (SELECT w.tid, w.subscription_id, l.subscription_item_id AS item_id, w.id, w.created
-          FROM window_invoices w
-          JOIN invoice_lines l ON l.account_id = w.account_id AND l.invoice_id = w.id
-          WHERE NOT w.pending_item AND l.subscription_item_id IS NOT NULL AND NOT coalesce(l.deleted, false)
-          UNION ALL
-          SELECT tid, subscription_id, item_id, id, created FROM window_invoices
-          WHERE pending_item AND item_id IS NOT NULL)
+    FROM window_item_invoices
     GROUP BY ALL
 ),
 -- a removed item's row: the event of its subscription at the moment the item's row in A ended (its removal),
@@ -214,8 +217,9 @@ unpaid AS (
                       AND z.paused_at <= t.t_end) IN ('first_payment_failure', 'final_payment_failure')))
 ),
 -- an item that changed more than once in the window (two seats, then a discount 20 minutes later): its B row
--- names the last change; a plan or quantity part names the last change of its price or quantity, a discount part
--- that of its discounts (looked up for those parts alone, whose B row started after the window's start)
+-- names the last change; a plan part names the last change of its price, a quantity part that of its quantity, a
+-- discount part that of its discounts (looked up for those parts alone, whose B row started after the window's
+-- start), and each part the invoice that bills its item from that change on (`changed_at`)
 -- (the parts that look: made first, so that their item's rows are joined by item; left to the optimizer, the item rows
 -- were joined to the A rows by account first, a product that took 99 s for a customer of 4,400 subscriptions)
 part_rows AS MATERIALIZED (
@@ -227,14 +231,14 @@ part_rows AS MATERIALIZED (
       AND p.mrr_delta_part <> 0
 ),
 part_events AS (
-    SELECT tid, subscription_item_id, part, arg_max(event_id, valid_from) FILTER (WHERE changed) AS event_id
+    SELECT tid, subscription_item_id, part, arg_max(event_id, valid_from) FILTER (WHERE changed) AS event_id,
+           max(valid_from) FILTER (WHERE changed) AS changed_at
     FROM (
         SELECT q.tid, q.subscription_item_id, q.part, r.valid_from, r.source_event_id AS event_id,
                r.valid_from >= q.t_start AND r.source_event_id IS NOT NULL
-                   AND CASE WHEN q.part = 'd'
-                            THEN r.discount_ids IS DISTINCT FROM lag(r.discount_ids) OVER w
-                            ELSE r.price_id IS DISTINCT FROM lag(r.price_id) OVER w
-                                 OR r.quantity IS DISTINCT FROM lag(r.quantity) OVER w END AS changed
+                   AND CASE q.part WHEN 'd' THEN r.discount_ids IS DISTINCT FROM lag(r.discount_ids) OVER w
+                                   WHEN 'p' THEN r.price_id IS DISTINCT FROM lag(r.price_id) OVER w
+                                   ELSE r.quantity IS DISTINCT FROM lag(r.quantity) OVER w END AS changed
         FROM part_rows q
         JOIN derived_item_mrr r ON r.account_id = q.account_id AND r.subscription_item_id = q.subscription_item_id
                                AND r.valid_from >= q.a_from AND r.valid_from <= q.row_from
@@ -245,11 +249,32 @@ part_events AS (
 sourced AS (
     SELECT a.*,
            CASE WHEN a.row_from >= a.t_start THEN coalesce(pe.event_id, a.event_id) END AS own_event_id,
-           CASE WHEN a.row_from >= a.t_start THEN a.invoice_id END AS own_invoice_id
+           CASE WHEN a.row_from >= a.t_start THEN a.invoice_id END AS own_invoice_id,
+           coalesce(pe.changed_at, CASE WHEN a.row_from >= a.t_start THEN a.row_from END) AS changed_at
     FROM adjusted a
     LEFT JOIN part_events pe ON pe.tid = a.tid AND pe.subscription_item_id = a.subscription_item_id
                             AND pe.part = a.part AND a.comp = 'same'
     WHERE a.mrr_delta_part <> 0
+),
+-- (of a row that knows when its own change was made: the first of its item's invoices made then or after, so that
+-- of a seat change and a price change 20 minutes later each part names the invoice of its own; a minute's leeway,
+-- as the invoice of a change may be stamped a second before its event)
+changed_invoices AS (
+    SELECT r.tid, r.subscription_id, r.subscription_item_id, r.changed_at, arg_min(w.id, (w.created, w.id)) AS invoice_id
+    FROM (SELECT DISTINCT tid, subscription_id, subscription_item_id, changed_at FROM sourced
+          WHERE own_invoice_id IS NULL AND changed_at IS NOT NULL) r
+    JOIN window_item_invoices w
+      ON w.tid = r.tid AND w.subscription_id = r.subscription_id AND w.item_id = r.subscription_item_id
+     AND w.created >= r.changed_at - INTERVAL 1 MINUTE
+    GROUP BY ALL
+),
+discount_events AS (
+    SELECT r.tid, r.subscription_id,
+           CASE WHEN count(DISTINCT e.object_id) = 1 THEN arg_max(e.id, (e.created, e.id)) END AS event_id
+    FROM (SELECT DISTINCT tid, subscription_id FROM sourced WHERE movement = 'discount') r
+    JOIN window_discount_events e
+      ON e.tid = r.tid AND (e.subscription_id = r.subscription_id OR e.subscription_id IS NULL)
+    GROUP BY ALL
 )
 SELECT
     s.account_id,
@@ -282,10 +307,17 @@ SELECT
     CASE WHEN s.movement = 'cancellation' THEN
         CASE WHEN f.subscription_id IS NULL THEN wd.w.feedback ELSE f.cancellation_feedback END
     END AS cancellation_feedback,
-    coalesce(s.own_event_id, CASE WHEN s.movement = 'discount' THEN de.event_id END, re.event_id,
-             CASE WHEN s.movement = 'reactivation' THEN wd.w.event_id END, ws.event_id,
-             se.event_id, wc.event_id, wd.w.event_id) AS source_event_id,
-    coalesce(s.own_invoice_id, ii.invoice_id, ws.invoice_id, si.invoice_id, wc.invoice_id) AS source_invoice_id,
+    -- (an exchange rate's move is no Stripe object: an fx row names none, as the rows of a month of rates alone)
+    CASE WHEN s.movement <> 'fx' THEN
+        coalesce(s.own_event_id, CASE WHEN s.movement = 'discount' THEN de.event_id END, re.event_id,
+                 CASE WHEN s.movement = 'reactivation' THEN wd.w.event_id END,
+                 -- (a row whose own source is an invoice, as metered usage is, takes no other change's event)
+                 CASE WHEN s.own_invoice_id IS NULL
+                      THEN coalesce(ws.event_id, se.event_id, wc.event_id, wd.w.event_id) END) END
+        AS source_event_id,
+    CASE WHEN s.movement <> 'fx' THEN
+        coalesce(s.own_invoice_id, ci.invoice_id, ii.invoice_id, ws.invoice_id, si.invoice_id, wc.invoice_id) END
+        AS source_invoice_id,
     -- internal columns (not in the mrr_movements view)
     -- (design.md 5: a cancellation row carries the subscription's cancellation comment too; design.md 7's
     -- mrr_movements lists no column for it, so it is read here)
@@ -310,6 +342,11 @@ LEFT JOIN sub_events se
 LEFT JOIN sub_invoices si
     ON si.tid = s.tid
    AND si.subscription_id = s.subscription_id
+LEFT JOIN changed_invoices ci
+    ON ci.tid = s.tid
+   AND ci.subscription_id = s.subscription_id
+   AND ci.subscription_item_id = s.subscription_item_id
+   AND ci.changed_at = s.changed_at
 LEFT JOIN item_invoices ii
     ON ii.tid = s.tid
    AND ii.subscription_id = s.subscription_id
@@ -318,7 +355,9 @@ LEFT JOIN removed_events re
     ON re.tid = s.tid
    AND re.subscription_item_id = s.subscription_item_id
    AND s.comp = 'removed'
-LEFT JOIN discount_events de ON de.tid = s.tid
+LEFT JOIN discount_events de
+    ON de.tid = s.tid
+   AND de.subscription_id IS NOT DISTINCT FROM s.subscription_id
 LEFT JOIN sub_facts f ON f.account_id = s.account_id AND f.subscription_id = s.subscription_id AND f.t_start = s.t_start
 LEFT JOIN unpaid u ON u.tid = s.tid AND u.subscription_id = s.subscription_id
 LEFT JOIN withdrawn wd ON wd.tid = s.tid AND wd.subscription_id = s.subscription_id AND wd.movement = s.movement;
