@@ -643,9 +643,14 @@ SELECT
       AND (u.zero_from IS NULL OR u.moment < u.zero_from) AND NOT in_withdrawn(u.withdrawn, u.moment)
       AND coalesce(u.price_type, 'recurring') = 'recurring' AS counts,
     -- (on a trial: whether the item would count were the subscription paying, as it will be once the trial
-    -- converts; NULL off a trial)
+    -- converts; with its collection paused, under pause_collection_keeps_mrr = false: whether it would count once
+    -- collection resumes; NULL otherwise)
     CASE WHEN u.status = 'trialing'
          THEN NOT (coalesce(u.pause_collection, false) AND NOT st.pause_collection_keeps_mrr)
+              AND (u.zero_from IS NULL OR u.moment < u.zero_from) AND NOT in_withdrawn(u.withdrawn, u.moment)
+              AND coalesce(u.price_type, 'recurring') = 'recurring'
+         WHEN coalesce(u.pause_collection, false) AND NOT st.pause_collection_keeps_mrr
+         THEN (u.status = 'active' OR (u.status = 'past_due' AND st.past_due_counts))
               AND (u.zero_from IS NULL OR u.moment < u.zero_from) AND NOT in_withdrawn(u.withdrawn, u.moment)
               AND coalesce(u.price_type, 'recurring') = 'recurring' END AS counts_once_paid
 FROM with_status u
@@ -774,7 +779,8 @@ SELECT hid, ik, moment, row_to, pq, currency, status, pause_collection, status_a
             ELSE CAST(0 AS HUGEINT) END AS counted_undiscounted_e10,
        -- on a trial, the MRR the item would have at this point were the subscription paying (its discounts as
        -- they stand here): what the trial converts to (85 puts it at stake when the cancellation comes after the
-       -- trial's end); NULL off a trial
+       -- trial's end); with its collection paused (when that counts zero), what it counts once collection resumes
+       -- (85: when it resumes before the cancellation); NULL otherwise
        CASE WHEN counts_once_paid THEN discounted_e10 WHEN counts_once_paid IS NOT NULL THEN CAST(0 AS HUGEINT)
        END AS paid_e10
 FROM (
@@ -889,7 +895,9 @@ LEFT JOIN (SELECT *, least(withdrawn_at, lead(requested_at) OVER (PARTITION BY a
 -- point (a coupon that has ended by then no longer counts; a point at each discount's start and end). The
 -- trialing rows of derived_item_mrr count zero (design.md 4); scheduled_churn (85) reads this for a trial set to
 -- cancel after it ends, whose cancellation takes the MRR the trial converts to. (Only the subscriptions trialing
--- now and not ended: no earlier trial is ever read.)
+-- now and not ended: no earlier trial is ever read.) Likewise for a subscription whose collection is paused now,
+-- when a paused collection counts zero (pause_collection_keeps_mrr = false): what it counts once collection
+-- resumes, which 85 puts at stake when it resumes (pause_collection.resumes_at) before the cancellation.
 CREATE OR REPLACE TABLE derived_trial_item_mrr AS
 SELECT h.account_id, h.customer_id, h.subscription_id, h.subscription_item_id, p.moment, p.currency,
        dec10(p.paid_e10) AS mrr_original
@@ -897,5 +905,5 @@ FROM derived_item_point_mrr p
 JOIN derived_item_history h ON h.rowid = p.hid
 SEMI JOIN derived_subs s
      ON s.account_id = h.account_id AND s.subscription_id = h.subscription_id
-    AND s.status = 'trialing' AND s.ended_at IS NULL
+    AND (s.status = 'trialing' OR s.pause_collection) AND s.ended_at IS NULL
 WHERE p.paid_e10 IS NOT NULL AND p.ik IS NOT NULL;

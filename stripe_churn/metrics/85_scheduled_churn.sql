@@ -15,7 +15,9 @@ pending AS (
            coalesce(s.cancel_at,
                     (SELECT max(ts_of(json_extract_string(it, '$.current_period_end')))
                      FROM unnest(CAST(json_extract(coalesce(s.state, r.raw), '$.items.data[*]') AS JSON[])) AS u(it)))
-               AS effective_at
+               AS effective_at,
+           -- (when a paused collection resumes: Stripe's pause_collection.resumes_at, NULL for a pause with no end)
+           ts_of(json_extract_string(coalesce(s.state, r.raw), '$.pause_collection.resumes_at')) AS resumes_at
     FROM derived_subs s
     CROSS JOIN derived_settings st
     -- a snapshot's JSON is kept in subscriptions only
@@ -28,18 +30,23 @@ pending AS (
 current_items AS (
     SELECT i.account_id, i.subscription_id, i.subscription_item_id, i.currency, i.mrr_original, p.effective_at,
            -- (a trial that ends before the cancellation takes effect converts first: the cancellation takes
-           -- the MRR it converts to; one that ends with the trial, as at its period end, never converts)
-           i.status = 'trialing' AND p.trial_end < p.effective_at AS converts,
+           -- the MRR it converts to; one that ends with the trial, as at its period end, never converts; so too a
+           -- paused collection that counts zero and resumes before it)
+           (i.status = 'trialing' AND p.trial_end < p.effective_at)
+               OR (i.pause_collection AND NOT st.pause_collection_keeps_mrr AND p.resumes_at < p.effective_at)
+               AS converts,
            -- (12 x interval_count of its price: its MRR times this is a short decimal again, as in step 50)
            12 * coalesce(pt.interval_count, 1) AS den,
            CAST(timezone('UTC', now()) AS DATE) AS today
     FROM derived_item_mrr i
     JOIN pending p ON p.account_id = i.account_id AND p.subscription_id = i.subscription_id
+    CROSS JOIN derived_settings st
     LEFT JOIN derived_price_terms pt ON pt.account_id = i.account_id AND pt.price_id = i.price_id
     WHERE CASE WHEN p.effective_at IS NULL THEN i.valid_to IS NULL
                ELSE i.valid_from < p.effective_at AND (i.valid_to IS NULL OR i.valid_to >= p.effective_at) END
 ),
--- an item of such a trial: the MRR it would have as a paying item just before the cancellation (step 40)
+-- an item of such a trial (or paused collection): the MRR it would have as a paying item just before the
+-- cancellation (step 40)
 at_stake AS (
     SELECT c.account_id, c.subscription_id, c.currency, c.today, c.den,
            CASE WHEN c.converts THEN coalesce(t.mrr_original, 0) ELSE c.mrr_original END AS mrr_original
