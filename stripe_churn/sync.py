@@ -60,6 +60,7 @@ from stripe_churn.store.load import (
     insert_staged,
     mark_missing_children,
     mark_unlisted_children,
+    mark_unlisted_discounts,
     merge_stage,
     stage_seq,
     upsert_fx_rates,
@@ -1305,6 +1306,15 @@ class _Sync:
         await self._complete_stored_option_tiers()
         await self._complete_stored_credit_note_lines()
         await self._complete_events()
+        await self._flush()
+        await self._db(self._mark_discounts, self.api.server_time)
+
+    def _mark_discounts(self, server_time: int | None) -> None:
+        """The discounts the owners seen in this incremental run no longer have, flagged deleted: a discount taken
+        off one item by an update has no event of its own, and without the flag the metrics could not tell that it
+        went until a full listing."""
+        with transaction(self.con):
+            mark_unlisted_discounts(self.con, self.account, self.started, self._now(), server_time, whole=False)
 
     def _stored_without_option_tiers(self) -> list[str]:
         """Ids of the stored tiered prices whose options lack their tiers (``options_without_tiers``) and were not

@@ -488,24 +488,39 @@ def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, sinc
     went when the sync found it gone, and ``seen_at`` is this machine's clock, which may run behind Stripe's (a
     removed discount never comes back, so no later copy is kept out). One statement per relation, not per page."""
     params = {"a": account_id, "since": since, "seen": seen_at}
-    gone = ("deleted = true, last_seen_at = $seen, version = greatest(version, coalesce($v, version)), state_seen_at = "
-            + STATE_SEEN.format(seen="$seen", version="greatest(version, coalesce($v, version))"))
-    gone_params = {**params, "v": server_time}
     for child, col, parent in _CHILDREN:
         con.execute(
             f"UPDATE {child} c SET deleted = true, last_seen_at = $seen, "
             f"state_seen_at = {STATE_SEEN.format(seen='$seen', version='c.version')} WHERE c.account_id = $a AND NOT c.deleted "
             f"AND c.last_seen_at < $since AND c.{col} IN (SELECT p.id FROM {parent} p "
             "WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since))", params)
+    mark_unlisted_discounts(con, account_id, since, seen_at, server_time)
+
+
+def mark_unlisted_discounts(con: duckdb.DuckDBPyConnection, account_id: str, since: datetime, seen_at: datetime,
+                            server_time: int | None = None, whole: bool = True) -> None:
+    """Flag as deleted the discounts no longer on their owner (a subscription, one item of it, a customer) as
+    seen since ``since``. ``whole``: after a full listing (every owner listed; a discount of a subscription listed
+    again on an item not listed with it went with the item, and a deleted owner's are gone); otherwise after an
+    incremental sync, only those whose owner itself was seen since, in full: a discount taken off one item by an
+    update has no event of its own, and a full listing may be months away. Their version becomes ``server_time``
+    when higher (see :func:`mark_unlisted_children`)."""
+    gone = ("deleted = true, last_seen_at = $seen, version = greatest(version, coalesce($v, version)), state_seen_at = "
+            + STATE_SEEN.format(seen="$seen", version="greatest(version, coalesce($v, version))"))
+    gone_params = {"a": account_id, "since": since, "seen": seen_at, "v": server_time}
+    owner_seen = "(p.deleted OR p.last_seen_at >= $since)" if whole else "p.last_seen_at >= $since"
     # Which discounts each listed owner still has, as (owner, discount) pairs joined by equality: a test of each
     # discount against its owner's JSON would compare every discount with every owner (hours at a million). A
     # subscription's own discounts are kept by its JSON, a discount on one item by its item's (listed again).
     for on_item, owner_col, owners in ((False, "subscription_id", "subscriptions"),
                                        (True, "subscription_item_id", "subscription_items")):
+        item_seen = ("" if whole or not on_item else
+                     " AND c.subscription_item_id IN (SELECT p.id FROM subscription_items p WHERE p.account_id = $a "
+                     "AND NOT p.deleted AND p.last_seen_at >= $since)")
         con.execute(
             f"UPDATE discounts c SET {gone} WHERE c.account_id = $a AND NOT c.deleted "
             f"AND c.subscription_item_id IS {'NOT ' if on_item else ''}NULL AND c.subscription_id IN ("
-            "SELECT p.id FROM subscriptions p WHERE p.account_id = $a AND (p.deleted OR p.last_seen_at >= $since)) "
+            f"SELECT p.id FROM subscriptions p WHERE p.account_id = $a AND {owner_seen}){item_seen} "
             "AND NOT EXISTS (SELECT 1 FROM (SELECT p.id AS owner, unnest(coalesce(list_concat("
             "json_extract_string(p.raw, '$.discounts[*].id'), json_extract_string(p.raw, '$.discounts[*]')), [])) "
             f"AS kept FROM {owners} p WHERE p.account_id = $a AND NOT p.deleted AND p.last_seen_at >= $since) k "
@@ -514,7 +529,7 @@ def mark_unlisted_children(con: duckdb.DuckDBPyConnection, account_id: str, sinc
     con.execute(
         f"UPDATE discounts c SET {gone} WHERE c.account_id = $a AND NOT c.deleted "
         "AND c.subscription_id IS NULL AND c.customer_id IN (SELECT p.id FROM customers p WHERE p.account_id = $a "
-        "AND (p.deleted OR p.last_seen_at >= $since)) AND NOT EXISTS (SELECT 1 FROM (SELECT p.id AS owner, "
+        f"AND {owner_seen}) AND NOT EXISTS (SELECT 1 FROM (SELECT p.id AS owner, "
         "coalesce(p.raw->>'$.discount.id', p.raw->>'$.discount', '') AS kept FROM customers p "
         "WHERE p.account_id = $a AND NOT p.deleted AND p.last_seen_at >= $since) k "
         "WHERE k.owner = c.customer_id AND k.kept = c.id)",

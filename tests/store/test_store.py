@@ -24,6 +24,7 @@ from stripe_churn.store.load import (
     insert_staged,
     mark_missing_children,
     mark_unlisted_children,
+    mark_unlisted_discounts,
     merge_stage,
     stage_seq,
     upsert_objects,
@@ -304,6 +305,42 @@ def test_discounts_no_longer_on_their_owner_are_flagged_after_a_listing(con: duc
     mark_unlisted_children(con, ACCT, T1, T1)
     assert con.execute("SELECT id FROM discounts WHERE deleted ORDER BY id").fetchall() == [
         ("di_c1",), ("di_gone",), ("di_s2",)]
+
+
+def test_an_incremental_sync_flags_only_the_discounts_its_owners_seen_no_longer_have(
+        con: duckdb.DuckDBPyConnection) -> None:
+    """After an incremental sync (``whole=False``): a discount taken off an item seen in the run is gone (Stripe sends
+    no event for it), as is a subscription's or customer's the owner seen no longer has; one on an item the run did
+    not see (its subscription's list cut short before it), or of an owner deleted before the run, is left as it is,
+    where a full listing flags both."""
+    def disc(did: str, **owner: str) -> dict[str, Any]:
+        return {"id": did, "object": "discount", "start": 1, **owner}
+
+    def item(iid: str, sid: str, discounts: list[str]) -> dict[str, Any]:
+        return {"id": iid, "object": "subscription_item", "subscription": sid, "quantity": 1, "discounts": discounts,
+                "price": {"id": "price_1", "product": "prod_1"}}
+
+    upsert_objects(con, "subscriptions", ACCT, [{**sub("sub_1", "active"), "discounts": ["di_s1"]},
+                                                sub("sub_3", "active"),
+                                                {"id": "sub_2", "object": "subscription", "deleted": True}], T0)
+    upsert_objects(con, "subscription_items", ACCT, [item("si_1", "sub_1", ["di_i1"]), item("si_a", "sub_3", []),
+                                                     item("si_b", "sub_3", ["di_ib"])], T0)
+    upsert_objects(con, "discounts", ACCT, [
+        disc("di_i1", subscription="sub_1", subscription_item="si_1"), disc("di_s1", subscription="sub_1"),
+        disc("di_ib", subscription="sub_3", subscription_item="si_b"), disc("di_old", subscription="sub_2"),
+        disc("di_c1", customer="cus_1")], T0)
+    # the run (T1): sub_1 seen with its own discount gone and its item's taken off, sub_3 with only si_a (its list
+    # cut short before si_b), cus_1 without its discount
+    upsert_objects(con, "subscriptions", ACCT, [sub("sub_1", "active"), sub("sub_3", "active")], T1)
+    upsert_objects(con, "subscription_items", ACCT, [item("si_1", "sub_1", []), item("si_a", "sub_3", [])], T1)
+    upsert_objects(con, "customers", ACCT, [{"id": "cus_1", "object": "customer", "discount": None}], T1)
+    assert one(con, "SELECT last_seen_at FROM subscription_items WHERE id = 'si_b'") == T0
+    mark_unlisted_discounts(con, ACCT, T1, T1, whole=False)
+    assert con.execute("SELECT id FROM discounts WHERE deleted ORDER BY id").fetchall() == [
+        ("di_c1",), ("di_i1",), ("di_s1",)]
+    mark_unlisted_children(con, ACCT, T1, T1)  # (a full listing: si_b was not listed, sub_2 is deleted)
+    assert con.execute("SELECT id FROM discounts WHERE deleted ORDER BY id").fetchall() == [
+        ("di_c1",), ("di_i1",), ("di_ib",), ("di_old",), ("di_s1",)]
 
 
 def test_load_simulation_takes_objects_whose_embedded_lists_are_null(con: duckdb.DuckDBPyConnection) -> None:
