@@ -22,6 +22,7 @@ from builders import DAY, World, add_months, ts
 from conftest import OneStore, customer_mrr_at
 from test_bridge import assert_bridge_adds_up
 from test_mrr_rules import T0, base, load_flagged, month
+from test_rules_hunt import moves
 
 from stripe_churn.metrics import queries
 from stripe_churn.store.load import mark_unlisted_discounts
@@ -33,18 +34,9 @@ D = Decimal
 # their own account's rows alone.
 one_store = OneStore()
 world, derive, one_store_built = one_store.fixtures()
-Row = tuple[int, str, str, Decimal, str | None]
 
 TIERS = [{"up_to": 5, "unit_amount": 1000, "flat_amount": 500}, {"up_to": 10, "unit_amount": 800, "flat_amount": 300},
          {"up_to": None, "unit_amount": 500, "flat_amount": 100}]
-
-
-def moves(con: duckdb.DuckDBPyConnection, customer: str = "cus_1") -> list[Row]:
-    rows = con.execute(
-        "SELECT CAST(epoch(occurred_at) AS BIGINT), movement, category, mrr_delta, subscription_item_id "
-        "FROM mrr_movements WHERE customer_id = ? ORDER BY occurred_at, movement, subscription_item_id",
-        [customer]).fetchall()
-    return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
 def period(con: duckdb.DuckDBPyConnection, start: dt.date) -> dict:
