@@ -21,12 +21,15 @@ CREATE OR REPLACE MACRO whole_again(s, n) AS
 CREATE OR REPLACE MACRO round_over4(n, d) AS
     CAST(sign(n) * ((2 * abs(n) + CAST(d AS HUGEINT) * 10000000000000) // (2 * CAST(d AS HUGEINT) * 10000000000000))
          AS DECIMAL(38, 0)) * CAST(0.0001 AS DECIMAL(5, 4));
+-- An exchange rate (8 decimals) as a whole number of 1e-8: widened first, as a rate of 100 or more times 1e8
+-- overflows its DECIMAL(18, 8) (a store reporting in yen values a dollar at about 150).
+CREATE OR REPLACE MACRO rate_e8(rate) AS CAST(CAST(rate AS DECIMAL(38, 8)) * 100000000 AS HUGEINT);
 -- A part x of a change in its currency (at 9 decimals) whose items' MRRs times `den` (12 x interval_count, or
 -- their least common multiple) are short decimals, times a rate, to 1e-20 of the reporting currency: x times den
 -- is whole again (`whole_again`), then the rate, then over den in integers, so that an exact half at 4 decimals
 -- that only the rate makes stays exact (8.333333333 GBP x 1.481478 = 12.34565, not 12.3456499...).
 CREATE OR REPLACE MACRO rep20(x, den, rate) AS
-    CAST(CAST(whole_again(x * den, 10 * den) * 1000000000 AS HUGEINT) * CAST(CAST(rate AS DECIMAL(38, 8)) * 100000000 AS HUGEINT) * 1000
+    CAST(CAST(whole_again(x * den, 10 * den) * 1000000000 AS HUGEINT) * rate_e8(rate) * 1000
          // CAST(den AS HUGEINT) AS DECIMAL(38, 0)) * CAST(0.00000000000000000001 AS DECIMAL(20, 20));
 -- Unix seconds (as sent by Stripe) to TIMESTAMPTZ; NULL stays NULL.
 CREATE OR REPLACE MACRO ts_of(s) AS CASE WHEN s IS NULL THEN NULL ELSE to_timestamp(CAST(s AS BIGINT)) END;

@@ -112,7 +112,7 @@ levels AS (
         LEFT JOIN (
             -- (in 1e-17 of the reporting currency, over d)
             SELECT account_id, customer_id, moment, d,
-                   CAST(whole_again(d * s, n * d) * 1000000000 AS HUGEINT) * CAST(CAST(rate AS DECIMAL(38, 8)) * 100000000 AS HUGEINT) AS v17
+                   CAST(whole_again(d * s, n * d) * 1000000000 AS HUGEINT) * rate_e8(rate) AS v17
             FROM derived_customer_point_items JOIN customer_den USING (account_id, customer_id, moment)
         ) x USING (account_id, customer_id, moment)
         GROUP BY ALL

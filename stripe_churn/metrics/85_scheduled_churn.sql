@@ -16,8 +16,11 @@ pending AS (
                     (SELECT max(ts_of(json_extract_string(it, '$.current_period_end')))
                      FROM unnest(CAST(json_extract(coalesce(s.state, r.raw), '$.items.data[*]') AS JSON[])) AS u(it)))
                AS effective_at,
-           -- (when a paused collection resumes: Stripe's pause_collection.resumes_at, NULL for a pause with no end)
-           ts_of(json_extract_string(coalesce(s.state, r.raw), '$.pause_collection.resumes_at')) AS resumes_at
+           -- (when a paused collection that counts zero resumes: Stripe's pause_collection.resumes_at; NULL for a
+           -- pause with no end, and when a paused collection keeps its MRR)
+           CASE WHEN NOT st.pause_collection_keeps_mrr
+                THEN ts_of(json_extract_string(coalesce(s.state, r.raw), '$.pause_collection.resumes_at')) END
+               AS resumes_at
     FROM derived_subs s
     CROSS JOIN derived_settings st
     -- a snapshot's JSON is kept in subscriptions only
@@ -33,14 +36,13 @@ current_items AS (
            -- the MRR it converts to; one that ends with the trial, as at its period end, never converts; so too a
            -- paused collection that counts zero and resumes before it)
            (i.status = 'trialing' AND p.trial_end < p.effective_at)
-               OR (i.pause_collection AND NOT st.pause_collection_keeps_mrr AND p.resumes_at < p.effective_at)
+               OR (i.pause_collection AND p.resumes_at < p.effective_at)
                AS converts,
            -- (12 x interval_count of its price: its MRR times this is a short decimal again, as in step 50)
            12 * coalesce(pt.interval_count, 1) AS den,
            CAST(timezone('UTC', now()) AS DATE) AS today
     FROM derived_item_mrr i
     JOIN pending p ON p.account_id = i.account_id AND p.subscription_id = i.subscription_id
-    CROSS JOIN derived_settings st
     LEFT JOIN derived_price_terms pt ON pt.account_id = i.account_id AND pt.price_id = i.price_id
     WHERE CASE WHEN p.effective_at IS NULL THEN i.valid_to IS NULL
                ELSE i.valid_from < p.effective_at AND (i.valid_to IS NULL OR i.valid_to >= p.effective_at) END
@@ -77,7 +79,7 @@ per_currency AS (
 valued AS (
     -- (in 1e-17 of the reporting currency, and of the subscription's own, over d)
     SELECT account_id, subscription_id, any_value(currency) AS currency,
-           round_over4(sum(CAST(ds * 1000000000 AS HUGEINT) * CAST(CAST(rate AS DECIMAL(38, 8)) * 100000000 AS HUGEINT)), d) AS mrr,
+           round_over4(sum(CAST(ds * 1000000000 AS HUGEINT) * rate_e8(rate)), d) AS mrr,
            round_over4(sum(CAST(ds * 1000000000 AS HUGEINT) * 100000000), d) AS mrr_original
     FROM per_currency
     GROUP BY account_id, subscription_id, d
