@@ -22,7 +22,7 @@ from builders import DAY, World, add_months, ts
 from conftest import OneStore, customer_mrr_at
 from test_bridge import assert_bridge_adds_up
 from test_mrr_rules import T0, base, load_flagged, month
-from test_rules_hunt import moves
+from test_rules_hunt import TIERS, moves
 
 from stripe_churn.metrics import queries
 from stripe_churn.store.load import mark_unlisted_discounts
@@ -35,8 +35,6 @@ D = Decimal
 one_store = OneStore()
 world, derive, one_store_built = one_store.fixtures()
 
-TIERS = [{"up_to": 5, "unit_amount": 1000, "flat_amount": 500}, {"up_to": 10, "unit_amount": 800, "flat_amount": 300},
-         {"up_to": None, "unit_amount": 500, "flat_amount": 100}]
 
 
 def period(con: duckdb.DuckDBPyConnection, start: dt.date) -> dict:
