@@ -27,6 +27,8 @@ from builders import DAY, World, ts
 from conftest import OneStore, customer_mrr_at
 from test_bridge import assert_bridge_adds_up
 from test_classifier import MINUTE, check_invariants
+from test_views_corners import COUNTS, MONEY
+from test_views_corners import RATES as RATE_COLS
 
 from stripe_churn.errors import DataError
 from stripe_churn.metrics import queries
@@ -601,10 +603,6 @@ def test_a_rate_missing_inside_the_history_names_the_currency_and_days_and_chang
 
 # --- the bridge ---------------------------------------------------------------------------------------------------------
 
-MONEY = ["opening_mrr", "new", "reactivation", "expansion", "contraction", "churn", "fx", "closing_mrr"]
-COUNTS = ["opening_customers", "new_customers", "reactivated_customers", "churned_customers", "closing_customers"]
-RATE_COLS = ["gross_revenue_churn_rate", "net_revenue_churn_rate", "nrr", "grr", "customer_churn_rate", "quick_ratio",
-             "net_negative_churn"]
 BRIDGE_SEEN = ts(2024, 4, 20)
 
 
