@@ -102,26 +102,39 @@ window_discount_events AS (
     JOIN derived_transitions t ON t.account_id = e.account_id AND t.customer_id = e.customer_id
                               AND e.created >= t.t_start AND e.created <= t.t_end
 ),
--- the invoices (and pending proration items) of the window's subscriptions, for the transitions with a row that
--- has no invoice of its own
-window_invoices AS (
-    SELECT t.tid, i.account_id, i.subscription_id, i.id, i.created, i.pending_item, i.item_id
+-- the invoices (and proration items) of the window's subscriptions, for the transitions with a row that has no
+-- invoice of its own
+window_found AS (
+    SELECT t.tid, i.account_id, i.subscription_id, i.id, i.created, i.pending_item, i.item_id, i.pending
     FROM derived_transitions t
     JOIN (SELECT account_id, id, customer_id, subscription_id, created, false AS pending_item,
-                 CAST(NULL AS VARCHAR) AS item_id
+                 CAST(NULL AS VARCHAR) AS item_id, false AS pending
           FROM invoices
           WHERE subscription_id IS NOT NULL AND NOT coalesce(deleted, false)
             -- (a voided invoice bills nothing that happened: Stripe voids that of an update that never applied)
             AND status IS DISTINCT FROM 'void'
           UNION ALL
-          -- (a change whose prorations wait for the next invoice: the pending item that bills them)
-          SELECT account_id, id, customer_id, subscription_id, date, true, subscription_item_id FROM invoice_items
-          WHERE pending AND coalesce(proration, false) AND subscription_id IS NOT NULL
-            AND NOT coalesce(deleted, false)) i
+          -- (a change whose prorations waited for a later invoice: the invoice item that bills them)
+          SELECT account_id, id, customer_id, subscription_id, date, true, subscription_item_id,
+                 coalesce(pending, false) FROM invoice_items
+          WHERE coalesce(proration, false) AND subscription_id IS NOT NULL AND NOT coalesce(deleted, false)) i
       ON i.account_id = t.account_id AND i.customer_id = t.customer_id
      AND i.created >= t.t_start AND i.created <= t.t_end
     WHERE t.tid IN (SELECT tid FROM adjusted
                     WHERE mrr_delta_part <> 0 AND CASE WHEN row_from >= t_start THEN invoice_id END IS NULL)
+),
+-- a proration item stands for itself while pending (README), and once billed for the invoice whose line bills it
+-- (the stored item says only that it is no longer pending; an item billed by an invoice not stored names nothing)
+window_invoices AS (
+    SELECT tid, account_id, subscription_id, id, created, pending_item, item_id FROM window_found
+    WHERE NOT pending_item OR pending
+    UNION ALL
+    SELECT DISTINCT w.tid, w.account_id, w.subscription_id, l.invoice_id, w.created, w.pending_item, w.item_id
+    FROM window_found w
+    JOIN invoice_lines l ON l.account_id = w.account_id AND l.invoice_item_id = w.id
+    JOIN invoices v ON v.account_id = l.account_id AND v.id = l.invoice_id
+    WHERE w.pending_item AND NOT w.pending AND NOT coalesce(l.deleted, false) AND NOT coalesce(v.deleted, false)
+      AND v.status IS DISTINCT FROM 'void'
 ),
 sub_invoices AS (
     SELECT tid, subscription_id, arg_min(id, (created, id)) AS invoice_id

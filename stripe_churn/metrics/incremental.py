@@ -75,7 +75,7 @@ _UNREAD = {
                  "period_start", "period_end"),
     # (30_item_history reads the lines, and only these columns: account_id, id, invoice_id, subscription_id,
     # subscription_item_id, parent_proration, proration_credit, amount, price_id, quantity, period_start,
-    # period_end, tax_inclusive, deleted; 35 and 90 the JSON of those _READ_RAW names)
+    # period_end, tax_inclusive, deleted; 70 invoice_item_id; 35 and 90 the JSON of those _READ_RAW names)
     "invoice_lines": ("raw", "version", "created", "first_seen_at", "last_seen_at", "state_seen_at", "product_id",
                       "currency", "proration"),
     "credit_notes": ("raw",),
@@ -307,9 +307,9 @@ def _moved_inputs(main_db: str) -> dict[str, str]:
         "invoice_items": _rows_of("invoice_items", who, db,
                                   cols="account_id, id, customer_id, subscription_id, subscription_item_id, date, "
                                        "deleted, pending, proration"),
-        # (and which items the invoices of a window bill, by these: the lines of the invoices just copied, which
-        # are read again no more)
-        "invoice_lines": f"SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.deleted "
+        # (and which items the invoices of a window bill, and which invoice billed a proration item, by these: the
+        # lines of the invoices just copied, which are read again no more)
+        "invoice_lines": f"SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.invoice_item_id, l.deleted "
                          f"FROM {db}.invoice_lines l SEMI JOIN {_MOVED}.invoices i "
                          f"ON i.account_id = l.account_id AND i.id = l.invoice_id",
         "derived_item_mrr": _rows_of("derived_item_mrr", who, db),

@@ -198,6 +198,16 @@ def _m012_price_option_tiers(con: duckdb.DuckDBPyConnection) -> None:
     _add_column_if_missing(con, "prices", "option_tiers_not_found_at")
 
 
+def _m013_line_invoice_items(con: duckdb.DuckDBPyConnection) -> None:
+    """``invoice_lines.invoice_item_id`` (the invoice item a line bills), filled from ``raw`` for the lines kept that
+    can bill one: the proration lines and those naming no subscription item (one-time items). A pending proration's
+    stored invoice item says only that it is no longer pending once billed; its line says by which invoice."""
+    _add_column_if_missing(con, "invoice_lines", "invoice_item_id")
+    # (a stage a full sync left lacks the column: load.create_stages has that listing start over)
+    con.execute(f"UPDATE invoice_lines SET {_extracted_sets('invoice_lines', ('invoice_item_id',))} "
+                "WHERE raw IS NOT NULL AND (coalesce(parent_proration, false) OR subscription_item_id IS NULL)")
+
+
 # Applied in this order, each once; never edit one that shipped -- add a new one.
 MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("001_initial", _m001_initial),
@@ -213,6 +223,7 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
      lambda con: _add_column_if_missing(con, "credit_notes", "lines_not_found_at")),
     ("011_credit_note_lines_has_more", lambda con: _add_extracted_columns(con, {"credit_notes": ("lines_has_more",)})),
     ("012_price_option_tiers", _m012_price_option_tiers),
+    ("013_line_invoice_items", _m013_line_invoice_items),
 ]
 
 

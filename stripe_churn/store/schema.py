@@ -147,6 +147,8 @@ class InvoiceLine(Billed, table=True):
     tax_inclusive: int | None = Field(default=None, sa_type=BigInteger)
     # what comes off the amount before tax (discounts, pre-tax credits): tax is worked out on the rest
     pretax_credits: int | None = Field(default=None, sa_type=BigInteger)
+    # the invoice item the line bills (a pending proration billed by a later invoice, or a one-time item)
+    invoice_item_id: str | None = None
 
 
 class InvoiceItem(Billed, table=True):
@@ -366,7 +368,9 @@ EXTRACT: dict[str, dict[str, str]] = {
                       # pretax_credit_amounts (discounts and credit balance), or discount_amounts where a line
                       # has only those (older API versions)
                       "pretax_credits": "coalesce(nullif(" + _amounts("$.pretax_credit_amounts") + ", 0), "
-                                        + _amounts("$.discount_amounts") + ", 0)"},
+                                        + _amounts("$.discount_amounts") + ", 0)",
+                      "invoice_item_id": "coalesce(j->>'$.parent.subscription_item_details.invoice_item', "
+                                         "j->>'$.parent.invoice_item_details.invoice_item')"},
     "invoice_items": {"customer_id": _id("$.customer"),
                       "subscription_id": "coalesce(j->>'$.parent.subscription_details.subscription', "
                                          + _id("$.subscription") + ")",

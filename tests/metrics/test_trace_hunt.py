@@ -491,9 +491,7 @@ def test_prorations_billed_since_name_the_renewal_from_invoices_alone(world: Wor
     own_ids_only(con, world)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with the events the row names no invoice once the pending items are billed: 70 looks only at pending items "
-    "and invoices made inside the window"))
+@one_store
 def test_prorations_billed_since_name_the_renewal_with_the_events(world: World, derive: Derive) -> None:
     """With every event stored, the seat row names the update and the renewal that billed its prorations (README:
     the pending item is named until an invoice bills it; before the renewal the row named the pending charge)."""

@@ -696,3 +696,43 @@ def test_a_store_from_before_the_price_option_tiers_columns_gains_them_filled(tm
         assert one(c, "SELECT count(*) FROM schema_migrations WHERE name = '012_price_option_tiers'") == 1
     finally:
         c.close()
+
+
+def test_a_store_from_before_the_lines_invoice_items_gains_them_filled(tmp_path: Path) -> None:
+    """013_line_invoice_items on a store made before it: invoice_lines gain ``invoice_item_id``, the invoice item a
+    line bills (a pending proration billed by a later invoice names it in ``subscription_item_details``, a one-time
+    item in ``invoice_item_details``), filled from the JSON kept; the rows are otherwise as they were, and every
+    write sets it."""
+    path = tmp_path / "m.duckdb"
+    c = open_store(path)
+
+    def line(lid: str, parent: dict[str, Any]) -> dict[str, Any]:
+        return {"id": lid, "object": "line_item", "invoice": "in_1", "amount": 1000, "currency": "usd",
+                "period": {"start": 1_700_000_000, "end": 1_702_592_000}, "parent": parent}
+
+    def of_item(item: str | None, proration: bool) -> dict[str, Any]:
+        return {"type": "subscription_item_details", "invoice_item_details": None,
+                "subscription_item_details": {"invoice_item": item, "proration": proration, "subscription": "sub_1",
+                                              "subscription_item": "si_1"}}
+
+    one_time = {"type": "invoice_item_details", "subscription_item_details": None,
+                "invoice_item_details": {"invoice_item": "ii_setup", "proration": False}}
+    upsert_objects(c, "invoice_lines", ACCT, [line("il_pending", of_item("ii_1", True)),
+                                              line("il_renewal", of_item(None, False)),
+                                              line("il_setup", one_time)], T0, versions=10)
+    c.execute("ALTER TABLE invoice_lines DROP COLUMN invoice_item_id")
+    c.execute("DELETE FROM schema_migrations WHERE name = '013_line_invoice_items'")
+    kept = c.execute("SELECT * FROM invoice_lines ORDER BY id").fetchall()
+    c.close()
+    c = open_store(path)
+    try:
+        def items() -> list[tuple[str, Any]]:
+            return c.execute("SELECT id, invoice_item_id FROM invoice_lines ORDER BY id").fetchall()
+
+        assert c.execute("SELECT * EXCLUDE (invoice_item_id) FROM invoice_lines ORDER BY id").fetchall() == kept
+        assert items() == [("il_pending", "ii_1"), ("il_renewal", None), ("il_setup", "ii_setup")]
+        upsert_objects(c, "invoice_lines", ACCT, [line("il_renewal", of_item("ii_2", True))], T1, versions=20)
+        assert items() == [("il_pending", "ii_1"), ("il_renewal", "ii_2"), ("il_setup", "ii_setup")]
+        assert one(c, "SELECT count(*) FROM schema_migrations WHERE name = '013_line_invoice_items'") == 1
+    finally:
+        c.close()
