@@ -2,8 +2,9 @@
 -- contribution. This table is the interface to the classifier (see the column list in NOTES.md).
 
 -- Metered usage: the amount of the item's last invoiced full period (tax excluded), effective from that
--- invoice's creation. A period is full when it spans the price's whole interval (within a day, months
--- having different lengths); the first partial period and the final one at cancellation are not.
+-- invoice's creation. A period is full when it spans the price's whole interval, in calendar terms (31 January
+-- to 28 February is a month, and so is 28 February to 31 March of an item anchored on the 31st); the first
+-- partial period and the final one at cancellation are not (3 January to 1 February is not).
 -- Usage billed early by a billing threshold (an invoice with billing_reason subscription_threshold, made when
 -- the usage reaches the subscription's amount_gte or an item's usage_gte) belongs to the period whose own
 -- invoice bills the rest: each threshold line is added to the item's first usage line invoiced at or after it,
@@ -14,13 +15,12 @@ CREATE OR REPLACE TEMP TABLE derived_metered_steps AS
 WITH usage_lines AS (
     SELECT l.account_id, l.subscription_id, l.subscription_item_id, l.invoice_created, l.invoice_id, l.line_id,
            l.period_start, l.period_end, l.amount_excl_tax_p,
-           -- the price's interval, and how much shorter than it a period may be and still be full
+           -- the price's interval (added to a date, a month or year ends on the same day of the month, or the
+           -- month's last day when it has no such day)
            CASE p.billing_interval WHEN 'month' THEN to_months(p.interval_count)
                                    WHEN 'year' THEN to_years(p.interval_count)
                                    WHEN 'week' THEN to_days(7 * p.interval_count)
-                                   WHEN 'day' THEN to_days(p.interval_count) END AS span,
-           CASE p.billing_interval WHEN 'month' THEN INTERVAL 3 DAY WHEN 'year' THEN INTERVAL 1 DAY
-                                   ELSE INTERVAL 0 DAY END AS slack
+                                   WHEN 'day' THEN to_days(p.interval_count) END AS span
     FROM derived_invoice_lines l
     JOIN derived_price_terms p ON p.account_id = l.account_id AND p.price_id = l.price_id
     WHERE p.usage_type = 'metered' AND NOT l.proration AND l.subscription_item_id IS NOT NULL
@@ -54,7 +54,7 @@ periods AS (
 )
 SELECT account_id, subscription_id, subscription_item_id, invoice_created AS moment, amount_p, invoice_id
 FROM periods
-WHERE period_end >= billed_from + span - slack
+WHERE period_end >= billed_from + span
 QUALIFY row_number() OVER (PARTITION BY account_id, subscription_item_id, invoice_created
                            ORDER BY (period_end, line_id) DESC) = 1;  -- (one key: an arg_max; never NULL)
 

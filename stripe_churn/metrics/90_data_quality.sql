@@ -16,12 +16,12 @@ WITH covered AS (
 -- become: the item's id stands for the line and the invoice), whose charge disagrees with the events as a billed one does
 -- (not materialized: each reader filters the lines its own way, and a copy of every line costs a third of the step)
 billed AS NOT MATERIALIZED (
-    SELECT account_id, line_id, invoice_id, subscription_item_id, price_id, quantity, period_start, proration,
-           is_credit, 'invoice ' AS bill_kind
+    SELECT account_id, line_id, invoice_id, subscription_id, subscription_item_id, price_id, quantity, period_start,
+           proration, is_credit, 'invoice ' AS bill_kind
     FROM derived_invoice_lines
     UNION ALL
-    SELECT account_id, invoice_id, invoice_id, subscription_item_id, price_id, quantity, period_start, true,
-           is_credit, 'pending invoice item '
+    SELECT account_id, invoice_id, invoice_id, subscription_id, subscription_item_id, price_id, quantity,
+           period_start, true, is_credit, 'pending invoice item '
     FROM derived_pending_lines
 ),
 agreed AS (
@@ -43,8 +43,8 @@ inside AS (
     -- quantity (and is compared with the history 5 minutes after it). Before coverage, from the first event
     -- stored from before a gap: only against a history row such an event gave (a line that made the history
     -- is no disagreement).
-    SELECT l.account_id, l.invoice_id, l.subscription_item_id, l.price_id, l.quantity, l.period_start AS moment,
-           h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item, false AS absent,
+    SELECT l.account_id, l.invoice_id, l.subscription_id, l.subscription_item_id, l.price_id, l.quantity,
+           l.period_start AS moment, h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item, false AS absent,
            false AS by_snapshot, l.bill_kind || l.invoice_id AS bill, false AS at_start
     FROM (SELECT *, period_start + CASE WHEN proration THEN INTERVAL 5 MINUTE ELSE INTERVAL 0 MINUTE END AS at
           FROM billed) l
@@ -111,7 +111,8 @@ invoice_at_start AS (
     JOIN derived_invoice_item_steps s ON s.rowid = k.rid
 ),
 at_start AS (
-    SELECT i.account_id, i.source_invoice_id AS invoice_id, i.subscription_item_id, i.price_id, i.quantity,
+    SELECT i.account_id, i.source_invoice_id AS invoice_id, i.subscription_id, i.subscription_item_id, i.price_id,
+           i.quantity,
            i.coverage_start AS moment, si.price_id AS h_price, si.quantity AS h_quantity,
            si.subscription_item_id AS h_item,
            -- (the invoices removed the item before coverage: a disagreement when the events list it there)
@@ -136,8 +137,16 @@ compared AS (
     SELECT * FROM inside UNION ALL SELECT * FROM at_start
 ),
 differing AS MATERIALIZED (
-    -- (read twice below: computed once)
-    SELECT * FROM compared
+    -- (read twice below: computed once) (a line inside coverage of a subscription without events of its own is
+    -- compared with the latest sync's state, which stands for it from where the events begin)
+    SELECT * REPLACE (by_snapshot OR (NOT at_start
+                                      AND NOT EXISTS (SELECT 1 FROM derived_sub_events e
+                                                      WHERE e.account_id = c.account_id
+                                                        AND e.subscription_id = c.subscription_id)
+                                      AND NOT EXISTS (SELECT 1 FROM derived_early_sub_events e
+                                                      WHERE e.account_id = c.account_id
+                                                        AND e.subscription_id = c.subscription_id)) AS by_snapshot)
+    FROM compared c
     WHERE absent OR h_item IS NULL OR h_price IS DISTINCT FROM price_id OR h_quantity IS DISTINCT FROM quantity
 ),
 -- An item the invoices before coverage still bill and its first state leaves out, which the history ends before
@@ -505,7 +514,13 @@ UNION ALL
 -- subscription's currency among the coupon's currency_options: counted only on items priced in its currency
 SELECT DISTINCT d.account_id, 'currency_mismatch', 'discount', d.discount_id, d.coupon_id, d.valid_from,
        format('coupon {} takes {} {} off a subscription billed in {}; it is counted only on items priced in {}',
-              d.coupon_id, d.amount_off, d.amount_off_currency, s.currency, d.amount_off_currency)
+              d.coupon_id,
+              -- (the amount in major units, as every amount a user reads: Stripe's amount_off is in minor ones)
+              CASE WHEN norm_num('month', lower(d.amount_off_currency)) = 100 THEN CAST(d.amount_off AS VARCHAR)
+                   WHEN norm_den('month', 1, lower(d.amount_off_currency)) = 10
+                   THEN CAST(CAST(d.amount_off AS DECIMAL(18, 0)) * 0.001 AS VARCHAR)
+                   ELSE CAST(CAST(d.amount_off AS DECIMAL(18, 0)) * 0.01 AS VARCHAR) END,
+              d.amount_off_currency, s.currency, d.amount_off_currency)
 FROM derived_discount_spans d
 JOIN derived_subs s ON s.account_id = d.account_id
                    AND (s.subscription_id = d.subscription_id
