@@ -131,6 +131,7 @@ def test_usage_periods_of_29_31_and_30_days_from_an_anchor_on_the_31st(world: Wo
     check_invariants(con)
 
 
+@one_store
 def test_a_meter_added_two_days_into_a_month_has_no_full_period_until_the_next(world: World,
                                                                               derive: Derive) -> None:
     """design.md 4 (metered: the amount of the item's last invoiced FULL period, zero before it). A 10.00 seat from
