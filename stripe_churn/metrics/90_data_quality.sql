@@ -44,8 +44,8 @@ inside AS (
     -- stored from before a gap: only against a history row such an event gave (a line that made the history
     -- is no disagreement).
     SELECT l.account_id, l.invoice_id, l.subscription_id, l.subscription_item_id, l.price_id, l.quantity,
-           l.period_start AS moment, h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item, false AS absent,
-           false AS by_snapshot, l.bill_kind || l.invoice_id AS bill, false AS at_start
+           l.period_start AS moment, h.price_id AS h_price, h.quantity AS h_quantity, h.subscription_item_id AS h_item,
+           false AS absent, false AS by_snapshot, l.bill_kind || l.invoice_id AS bill, false AS at_start
     FROM (SELECT *, period_start + CASE WHEN proration THEN INTERVAL 5 MINUTE ELSE INTERVAL 0 MINUTE END AS at
           FROM billed) l
     JOIN covered c USING (account_id)
