@@ -38,14 +38,19 @@ CREATE OR REPLACE MACRO ref_id(j) AS coalesce(json_extract_string(j, '$.id'), js
 
 -- A price's monthly normalisation (MRR = amount per period x norm_num / norm_den) for its interval and the
 -- currency it is billed in (see derived_price_terms).
+-- (Stripe's amounts are in minor units: hundredths, but whole units of a zero-decimal currency and thousandths of a
+-- three-decimal one)
+CREATE OR REPLACE MACRO minor_digits(currency) AS
+    CASE WHEN currency IN ('bif', 'clp', 'djf', 'gnf', 'jpy', 'kmf', 'krw', 'mga', 'pyg', 'rwf', 'ugx', 'vnd',
+                           'vuv', 'xaf', 'xof', 'xpf') THEN 0
+         WHEN currency IN ('bhd', 'jod', 'kwd', 'omr', 'tnd') THEN 3 ELSE 2 END;
 CREATE OR REPLACE MACRO norm_num(billing_interval, currency) AS
     CASE billing_interval WHEN 'year' THEN 1 WHEN 'month' THEN 1 WHEN 'week' THEN 52 WHEN 'day' THEN 365 END
-    * CASE WHEN currency IN ('bif', 'clp', 'djf', 'gnf', 'jpy', 'kmf', 'krw', 'mga', 'pyg', 'rwf', 'ugx', 'vnd',
-                             'vuv', 'xaf', 'xof', 'xpf') THEN 100 ELSE 1 END;
+    * CASE minor_digits(currency) WHEN 0 THEN 100 ELSE 1 END;
 CREATE OR REPLACE MACRO norm_den(billing_interval, interval_count, currency) AS
     CASE billing_interval WHEN 'year' THEN 12 WHEN 'month' THEN 1 WHEN 'week' THEN 12 WHEN 'day' THEN 12 END
     * interval_count
-    * CASE WHEN currency IN ('bhd', 'jod', 'kwd', 'omr', 'tnd') THEN 10 ELSE 1 END;
+    * CASE minor_digits(currency) WHEN 3 THEN 10 ELSE 1 END;
 
 CREATE OR REPLACE TABLE derived_products AS
 SELECT

@@ -516,9 +516,9 @@ SELECT DISTINCT d.account_id, 'currency_mismatch', 'discount', d.discount_id, d.
        format('coupon {} takes {} {} off a subscription billed in {}; it is counted only on items priced in {}',
               d.coupon_id,
               -- (the amount in major units, as every amount a user reads: Stripe's amount_off is in minor ones)
-              CASE WHEN norm_num('month', lower(d.amount_off_currency)) = 100 THEN CAST(d.amount_off AS VARCHAR)
-                   WHEN norm_den('month', 1, lower(d.amount_off_currency)) = 10
-                   THEN CAST(CAST(d.amount_off AS DECIMAL(18, 0)) * 0.001 AS VARCHAR)
+              CASE minor_digits(lower(d.amount_off_currency))
+                   WHEN 0 THEN CAST(d.amount_off AS VARCHAR)
+                   WHEN 3 THEN CAST(CAST(d.amount_off AS DECIMAL(18, 0)) * 0.001 AS VARCHAR)
                    ELSE CAST(CAST(d.amount_off AS DECIMAL(18, 0)) * 0.01 AS VARCHAR) END,
               d.amount_off_currency, s.currency, d.amount_off_currency)
 FROM derived_discount_spans d
