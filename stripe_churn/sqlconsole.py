@@ -13,6 +13,8 @@ from stripe_churn.store.snapshot import interruptible, open_snapshot, snapshot_p
 
 ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 SPILL_FLOOR = 256 << 20  # the spill a query gets however little room there is (a few sorts' worth)
+# the types whose infinite values (DuckDB's 'infinity', '-infinity') no Python date or datetime holds
+_TEMPORAL = {"DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"}
 SYNC_ROOM_EXTRA = 1 << 30  # room kept for the next sync beyond the store's own size (its new rows, its WAL)
 
 
@@ -72,6 +74,32 @@ def _gib(n: int) -> str:
     return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
 
 
+def _fetch(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, dict[int, int]]:
+    """The rows of ``sql`` as an Arrow table (TIMESTAMPTZ as aware datetimes), with the values Python has no type
+    for as DuckDB prints them: an INTERVAL as its text (``73 days 14:00:00``, not Arrow's month-day-nano triple),
+    and an infinite date or timestamp (``'infinity'``, as in ``coalesce(valid_to, 'infinity')``) as ``infinity``
+    in a column of its own after the query's, named in the returned map (column -> its text column)."""
+    rel = con.sql(sql)
+    kinds = [str(t) for t in rel.types]
+    if not any(k == "INTERVAL" or k in _TEMPORAL for k in kinds):
+        return rel.to_arrow_table(), {}
+    names = list(rel.columns)
+    cells: list[str] = []
+    ends: dict[int, int] = {}
+    for i, kind in enumerate(kinds):
+        n = f"#{i + 1}"  # (by position: a query's columns may share a name)
+        if kind == "INTERVAL":
+            cells.append(f"CAST({n} AS VARCHAR)")
+        elif kind in _TEMPORAL:
+            cells.append(f"CASE WHEN isfinite({n}) THEN {n} END")
+            ends[i] = len(names) + len(ends)
+        else:
+            cells.append(n)
+    cells += [f"CASE WHEN NOT isfinite(#{i + 1}) THEN CAST(#{i + 1} AS VARCHAR) END" for i in ends]
+    table = rel.project(", ".join(cells)).to_arrow_table()
+    return table.rename_columns([*names, *(f"{names[i]} (text)" for i in ends)]), ends
+
+
 def run_query(db: Path, sql: str, memory_limit: str | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run one read query on ``<db>.snapshot``; returns column names and rows. DuckDB takes ``memory_limit`` (the
     setting; its default otherwise) and spills beyond it, up to :func:`spill_room`."""
@@ -84,7 +112,7 @@ def run_query(db: Path, sql: str, memory_limit: str | None = None) -> tuple[list
             con.execute(f"SET memory_limit = '{memory_limit}'")
         lock_down(con)
         try:  # (Ctrl-C stops the query: interruptible)
-            table = interruptible(con, lambda: con.sql(sql).to_arrow_table())  # Arrow: TIMESTAMPTZ aware datetimes
+            table, ends = interruptible(con, lambda: _fetch(con, sql))
         except duckdb.Error as exc:
             if "attached in read-only mode" in str(exc):  # (a write inside a SELECT or an EXPLAIN ANALYZE)
                 raise ConfigError("only read queries are allowed here (this one writes to a table inside its "
@@ -101,6 +129,9 @@ def run_query(db: Path, sql: str, memory_limit: str | None = None) -> tuple[list
             raise StoreError(f"query failed: {_with_hint(str(exc))}") from exc
         columns = list(table.column_names)
         data = [table.column(i).to_pylist() for i in range(table.num_columns)]
-        return columns, list(zip(*data, strict=True)) if data else []
+        for i, j in ends.items():  # (an infinite date or timestamp: DuckDB's text for it in its column)
+            data[i] = [text if text is not None else value for value, text in zip(data[i], data[j], strict=True)]
+        data = data[:len(columns) - len(ends)]
+        return columns[:len(data)], list(zip(*data, strict=True)) if data else []
     finally:
         con.close()

@@ -60,6 +60,13 @@ def check_output(path: Path, option: str, kind: str | None, db: Path | None = No
     if owner is not None:
         what = "the store" if owner == path.resolve() else f"a file of the store {owner}"
         raise ConfigError(f"will not write {path}: it is {what}; give {option} another path")
+    # a file where a folder of the path is needed: refused now, not after the report was printed
+    for folder in path.absolute().parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise ConfigError(f"cannot write {path} (a file stands where a directory is needed: {folder}): "
+                                  f"move that file, or give {option} another path")
+            break
     if not path.is_file():
         return
     if _is_duckdb_file(path):

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -143,10 +144,15 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, titl
     for c in columns:
         table.add_column(Text(_terminal_text(c if as_stored else HEADERS.get(c, c))),
                          justify="left" if c in ("period_start", "net_negative_churn", "segment_value") else "right")
+    widths = [cell_len(h.plain) for h in (col.header for col in table.columns) if isinstance(h, Text)]
     for r in rows:
-        table.add_row(*[Text(_terminal_text(_stored_cell(v) if as_stored else _cell(v, c)))
-                        for c, v in zip(columns, r, strict=True)])
-    console = Console(file=io.StringIO(), width=max(100, 12 * len(columns)), force_terminal=False,
+        cells = [Text(_terminal_text(_stored_cell(v) if as_stored else _cell(v, c)))
+                 for c, v in zip(columns, r, strict=True)]
+        widths = [max(w, cell_len(t.plain)) for w, t in zip(widths, cells, strict=True)]
+        table.add_row(*cells)
+    # as wide as the widest cell of each column needs (its padding and borders: 3 characters a column, and 1), so
+    # that no value or column name is cut: a query's rows are shown whole, whatever the terminal's width
+    console = Console(file=io.StringIO(), width=max(100, sum(widths) + 3 * len(widths) + 1), force_terminal=False,
                       color_system=None)
     console.print(table)
     out: str = console.file.getvalue()  # type: ignore[attr-defined]
