@@ -551,6 +551,13 @@ def check_rules(rules: Rules, where: str, window_key: str = "movement_window_min
         for place, item in items:
             if not isinstance(item, str):
                 raise ConfigError(f"setting 'rules.{name}' in {where} must be a {what}, got {_shown(item)} {place}")
+    # (here, not only where a file is read: settings built in code reach the recompute through this check alone,
+    # and a kind it does not know would become a label design.md 5 does not have)
+    if rules.churn_recognition not in ("ended", "canceled"):
+        raise ConfigError(f"setting 'rules.churn_recognition' in {where} must be \"ended\" or \"canceled\"")
+    for pid, unit in rules.units.items():
+        if unit not in ("seat", "resource"):
+            raise ConfigError(f"setting 'rules.units.{pid}' in {where} must be \"seat\" or \"resource\"")
 
 
 def _validate(s: Settings, origins: Mapping[str, str] | None = None,
@@ -559,11 +566,6 @@ def _validate(s: Settings, origins: Mapping[str, str] | None = None,
     origins = origins or {}
     _check_misplaced_secrets(s, origins)
     check_rules(s.rules, where, window_key)
-    if s.rules.churn_recognition not in ("ended", "canceled"):
-        raise ConfigError(f"setting 'rules.churn_recognition' in {where} must be \"ended\" or \"canceled\"")
-    for pid, unit in s.rules.units.items():
-        if unit not in ("seat", "resource"):
-            raise ConfigError(f"setting 'rules.units.{pid}' in {where} must be \"seat\" or \"resource\"")
     for attr in SECRET_KEYS:
         check_secret(attr, getattr(s, attr), origins.get(attr, where))
     if s.recompute not in ("full", "changed"):

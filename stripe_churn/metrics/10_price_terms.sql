@@ -160,13 +160,17 @@ SELECT
     -- ones (÷ 10); ISK, HUF and TWD stay in hundredths in the API
     norm_num(f.billing_interval, f.currency) AS norm_num,
     norm_den(f.billing_interval, f.interval_count, f.currency) AS norm_den,
-    coalesce(pr.family, f.product_id) AS family,
-    coalesce(pr.unit_kind_hint, CASE WHEN f.usage_type = 'metered' THEN 'resource' ELSE 'seat' END) AS unit_kind,
+    -- (a product the store does not hold, one deleted before the first sync, still takes the settings' maps)
+    coalesce(pr.family, fm.family, f.product_id) AS family,
+    coalesce(pr.unit_kind_hint, um.unit_kind,
+             CASE WHEN f.usage_type = 'metered' THEN 'resource' ELSE 'seat' END) AS unit_kind,
     f.found_in,
     f.tax_behavior,
     f.tiers
 FROM flat f
-LEFT JOIN derived_products pr ON pr.account_id = f.account_id AND pr.product_id = f.product_id;
+LEFT JOIN derived_products pr ON pr.account_id = f.account_id AND pr.product_id = f.product_id
+LEFT JOIN derived_family_map fm ON pr.product_id IS NULL AND fm.product_id = f.product_id
+LEFT JOIN derived_unit_map um ON pr.product_id IS NULL AND um.product_id = f.product_id;
 
 -- Each price's terms in other currencies than its own (Stripe's currency_options, which the sync expands), one
 -- row per price and currency: read by the options and the tiers below.

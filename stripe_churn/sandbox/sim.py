@@ -43,7 +43,8 @@ MONTHS_PER = {"year": Fraction(12), "month": Fraction(1), "week": Fraction(12, 5
 FX = {c: Fraction(str(r)) for c, r in SANDBOX_FX_RATES.items()}
 COUNTING = ("active", "past_due")
 DAY = 86_400
-WINDOW_S = 3600  # changes of one customer within this many seconds of the first are one transition
+WINDOW_S = 3600  # changes of one customer within this many seconds of the first (the last second included, as
+# the classifier's movement_window) are one transition
 
 
 def add_months(ts: int, n: int) -> int:
@@ -559,7 +560,7 @@ class Simulation:
         pending = self._windows.get(cust.id)
         last = self._window_last.get(cust.id, t)
         self._window_last[cust.id] = t
-        if pending is not None and t < pending[0] + WINDOW_S:
+        if pending is not None and t <= pending[0] + WINDOW_S:
             if churn is not None:
                 self._windows[cust.id] = (pending[0], pending[1], churn)
             if rate_moved:
@@ -579,7 +580,7 @@ class Simulation:
             kept = (len(self.truth), len(cust.path_t), cust.mrr, cust.had_mrr)
             held = self._window_held.get(cid)  # (_label takes it; the window opened again needs it back)
             self._label(cust, t, before, self._snap(cust), churn, self._window_last.get(cid, t))
-            if t + WINDOW_S > end:
+            if t + WINDOW_S >= end:
                 self._provisional.append((cid, t, before, churn, self.truth[kept[0]:], kept[1:]))
                 if held is not None:
                     self._window_held[cid] = held
@@ -714,7 +715,7 @@ class Simulation:
                 now = self._snap(cust)
                 if truth.total(now) > 0:
                     self._transition(cust, t, now, rate_moved=True)
-                elif cid in self._windows and t < self._windows[cid][0] + WINDOW_S:
+                elif cid in self._windows and t <= self._windows[cid][0] + WINDOW_S:
                     self._window_held[cid] = now  # (nothing counted then: the window's changes come after)
         self._at(_next_month_start(t), "fx")
 
