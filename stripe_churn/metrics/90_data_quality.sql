@@ -414,6 +414,16 @@ FROM derived_item_history h
 LEFT JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
 WHERE p.price_id IS NULL OR p.found_in = 'subscription_items'
 UNION ALL
+-- a product an item's price names that the store does not hold (deleted before the first sync): its metadata
+-- family and unit label are unknown, so its family and unit come from the settings' maps, else its id and price
+SELECT DISTINCT h.account_id, 'missing_product', 'product', p.product_id, h.price_id, NULL::TIMESTAMPTZ,
+       format('product not in the products table; its items count as family {} and as {} (the settings'' '
+              || 'families and units map it)', p.family, p.unit_kind)
+FROM derived_item_history h
+JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
+WHERE p.product_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM derived_products d WHERE d.account_id = p.account_id AND d.product_id = p.product_id)
+UNION ALL
 SELECT account_id, 'missing_price_terms', 'price', price_id, NULL, NULL::TIMESTAMPTZ,
        format('price has billing_scheme {} but no {}; its items count zero MRR', billing_scheme,
               CASE WHEN billing_scheme = 'tiered' THEN 'tiers (sync prices with expand[]=data.tiers)'

@@ -482,6 +482,11 @@ def test_the_mappings_apply_to_a_product_the_store_does_not_hold(
     may = bridge_month(con, 2025, 5)
     assert flows_and_parts(may) == {"expansion": D(60), **{m: D(v) for m, v in (
         {"resource_expansion": 60} if rules == "mapped" else {"cross_sell": 24, "seat_expansion": 36}).items()}}
+    # data_quality says the product is missing, and what its items counted as
+    family, unit = ("core", "resource") if rules == "mapped" else ("prod_gone", "seat")
+    assert con.execute("SELECT object_id, related_id, detail FROM data_quality WHERE kind = 'missing_product'"
+                       ).fetchall() == [("prod_gone", "gone", f"product not in the products table; its items count as "
+                                         f"family {family} and as {unit} (the settings' families and units map it)")]
 
 
 # --- the movement window ------------------------------------------------------------------------------------------
