@@ -49,7 +49,8 @@ def csv_text(value: Any) -> Any:
 
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return float(value)
+        # (a whole number of scale 0, as DuckDB's HUGEINT sum of integers arrives, stays an integer: 3, not 3.0)
+        return int(value) if value.is_finite() and value.as_tuple().exponent == 0 else float(value)
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     return str(value)

@@ -833,6 +833,15 @@ def test_sql_prints_an_open_end_written_as_infinity(db: Path) -> None:
         {"customer_id": "A", "mrr": 100, "until": "infinity"}]
 
 
+def test_sql_json_keeps_a_whole_sum_whole(db: Path) -> None:
+    """A count summed (DuckDB's sum of BIGINTs is a HUGEINT, a DECIMAL(38,0) on its way out) is a whole number in
+    JSON: 10 movements, not 10.0; an amount keeps its decimals (263.0000 closing is 263.0 as a JSON number)."""
+    query = ("SELECT sum(n) AS movements, max(closing) AS closing FROM (SELECT count(*) AS n, NULL AS closing "
+             "FROM mrr_movements UNION ALL SELECT 0, max(closing_mrr) FROM mrr_bridge)")
+    text = ok(db, "sql", query, "--format", "json")
+    assert '"movements": 10,' in text and '"closing": 263.0' in text, text
+
+
 @pytest.mark.parametrize("query", [
     "SELECT customer_id, mrr FROM customer_mrr WHERE mrr < 0",
     "FROM mrr_movements SELECT customer_id, mrr_delta WHERE movement = 'cross_sell'",
