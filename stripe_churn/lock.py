@@ -145,7 +145,8 @@ def daemon_lock(db: Path) -> Iterator[None]:
 
 
 def is_locked(db: Path) -> bool:
-    """True when some process holds the sync lock right now."""
+    """True when a sync holds the sync lock right now: not a brief holder, such as a `status` reading the runs
+    for a moment, which names itself in the file (``by``)."""
     path = lock_path(db)
     if not path.exists():
         return False
@@ -153,6 +154,6 @@ def is_locked(db: Path) -> bool:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            return True
+            return not _holder_info(f).get("by")
         fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         return False

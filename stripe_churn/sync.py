@@ -665,6 +665,8 @@ class _Sync:
             _with_lines(obj, got)
         batch.add(table, obj, version, deleted)
         if deleted or obj.get("deleted"):
+            if table == "invoices":  # (a deleted draft's lines go with it: Stripe answers 404 for them)
+                batch.children[("invoice_lines", "invoice_id", "")].append((obj["id"], [], version))
             return
         if table == "subscriptions":
             got = None if embedded_only else children if children is not None else \
@@ -770,6 +772,8 @@ class _Sync:
             discounts = [bytes(d) for d in head.discounts or ()]
         batch.add_raw(table, str(head.id), raw, version, bool(head.deleted))
         if head.deleted:
+            if table == "invoices":  # (as in _add_object)
+                batch.children[("invoice_lines", "invoice_id", "")].append((str(head.id), [], version))
             return True
         if table == "subscriptions":
             for b, it in subs:
@@ -1265,6 +1269,13 @@ class _Sync:
         assert self.api is not None
         value, created, _ = cursors["events"]
         if value is None:
+            # (no event was left to continue from: a listing that found none keeps only its time, and events made
+            # after it may since have left the retention window unseen)
+            listed = max(t for t in (cursors.get(EVENTS_COMPLETE, (None, None, False))[1], created, 0)
+                         if t is not None)
+            if listed and self.api.server_time is not None and listed < self.api.server_time - EVENT_RETENTION_S:
+                return (f"the events were last listed up to {datetime.fromtimestamp(listed, UTC):%Y-%m-%d %H:%M} "
+                        "UTC, beyond Stripe's 30-day retention (events in between may be lost)"), False
             return None, True
         try:
             await self.api.get(f"/v1/events/{value}")

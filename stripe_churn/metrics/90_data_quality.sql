@@ -416,9 +416,10 @@ WHERE p.price_id IS NULL OR p.found_in = 'subscription_items'
 UNION ALL
 -- a product an item's price names that the store does not hold (deleted before the first sync): its metadata
 -- family and unit label are unknown, so its family and unit come from the settings' maps, else its id and price
-SELECT DISTINCT h.account_id, 'missing_product', 'product', p.product_id, h.price_id, NULL::TIMESTAMPTZ,
-       format('product not in the products table; its items count as family {} and as {} (the settings'' '
-              || 'families and units map it)', p.family, p.unit_kind)
+-- (one row per item, as missing_price: the rows follow the items a recompute of the changed customers derives)
+SELECT DISTINCT h.account_id, 'missing_product', 'product', p.product_id, h.subscription_item_id, NULL::TIMESTAMPTZ,
+       format('product not in the products table (price {} names it); the item counts as family {} and as {} '
+              || '(the settings'' families and units map it)', p.price_id, p.family, p.unit_kind)
 FROM derived_item_history h
 JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
 WHERE p.product_id IS NOT NULL

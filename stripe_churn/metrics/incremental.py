@@ -510,16 +510,17 @@ def _check_rules_alone(con: duckdb.DuckDBPyConnection, main_db: str, settings: S
 
 
 def _replace_price_rows(con: duckdb.DuckDBPyConnection) -> None:
-    """Data-quality rows about a price: those naming an item (a price found nowhere, or only embedded in the item)
-    follow the touched items; those about a stored price's terms are the scope's, which holds the whole stored
-    catalogue (a price known only from items it lacks keeps its stored rows)."""
+    """Data-quality rows about a price or product: those naming an item (a price found nowhere, or only embedded in
+    the item; a product not stored) follow the touched items; those about a stored price's terms are the scope's,
+    which holds the whole stored catalogue (a price known only from items it lacks keeps its stored rows)."""
     items = "(account_id, related_id) IN (SELECT (account_id, object_id) FROM touched_dq_objects)"
     stored = (f"(account_id, object_id) IN (SELECT (account_id, price_id) FROM {_SCOPE}.derived_price_terms "
               "WHERE found_in <> 'subscription_items')")
-    for where in (f"related_id IS NOT NULL AND {items}", f"related_id IS NULL AND {stored}"):
-        con.execute(f"DELETE FROM derived_data_quality WHERE object_type = 'price' AND {where}")
+    for where in (f"object_type IN ('price', 'product') AND related_id IS NOT NULL AND {items}",
+                  f"object_type = 'price' AND related_id IS NULL AND {stored}"):
+        con.execute(f"DELETE FROM derived_data_quality WHERE {where}")
         con.execute(f"INSERT INTO derived_data_quality BY NAME SELECT * FROM {_SCOPE}.derived_data_quality "
-                    f"WHERE object_type = 'price' AND {where}")
+                    f"WHERE {where}")
 
 
 def _replace_catalogue(con: duckdb.DuckDBPyConnection) -> None:
@@ -576,8 +577,10 @@ def _touched_ledger(cur: duckdb.DuckDBPyConnection, main_db: str, sources: list[
             cur.execute(f"DETACH {name}")
 
 
-def _derive_moved(cur: duckdb.DuckDBPyConnection, main_db: str, settings: Settings) -> None:
-    """Steps 60-88 for the moved customers, in the attached database ``_MOVED``, on the connection ``cur``."""
+def _derive_moved(cur: duckdb.DuckDBPyConnection, main_db: str, settings: Settings,
+                  stop: threading.Event | None = None) -> None:
+    """Steps 60-88 for the moved customers, in the attached database ``_MOVED``, on the connection ``cur``; a
+    ``stop`` ends them between two statements (:class:`StoppedError`)."""
     with _phase("moved customers: copy rows"):
         for table, sql in _moved_inputs(main_db).items():
             cur.execute(f"CREATE TABLE {_MOVED}.{table} AS {sql}")
@@ -586,17 +589,18 @@ def _derive_moved(cur: duckdb.DuckDBPyConnection, main_db: str, settings: Settin
     cur.execute("SET search_path = " + sql_literal(f"{_MOVED}.main,{main_db}.main"))
     write_settings(cur, settings)
     with _phase("moved customers: steps 60-88"):
-        _run_steps(cur, lambda name: name >= "60" and not name.startswith("9"))
+        _run_steps(cur, lambda name: name >= "60" and not name.startswith("9"), stop)
 
 
-def _run_steps(con: duckdb.DuckDBPyConnection, wanted: Callable[[str], bool]) -> None:
+def _run_steps(con: duckdb.DuckDBPyConnection, wanted: Callable[[str], bool],
+               stop: threading.Event | None = None) -> None:
     """The metrics steps whose file name ``wanted`` takes, in the current database, statement by statement (each
-    one's time logged at DEBUG as "scoped statement LABEL took S s")."""
+    one's time logged at DEBUG as "scoped statement LABEL took S s"); a ``stop`` set ends them between two."""
     for name, text in sql_steps():
         if not wanted(name):
             continue
         try:
-            run_statements(con, name, text, message="scoped statement %s took %.3f s")
+            run_statements(con, name, text, stop, message="scoped statement %s took %.3f s")
         except duckdb.Error as exc:
             raise DataError(f"metrics step {name} failed for the changed customers, nothing was "
                             f"changed: {exc}".replace("\n", " ")) from exc
@@ -722,14 +726,16 @@ def _copy_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: in
                     f"WHERE {rows}")
 
 
-def _derive_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: int, settings: Settings) -> None:
-    """Copy a shard's rows into database ``db`` and run every metrics step there, on the connection ``cur``."""
+def _derive_scope(cur: duckdb.DuckDBPyConnection, main_db: str, db: str, shard: int, settings: Settings,
+                  stop: threading.Event | None = None) -> None:
+    """Copy a shard's rows into database ``db`` and run every metrics step there, on the connection ``cur``; a
+    ``stop`` ends the steps between two statements (:class:`StoppedError`)."""
     with _phase(f"scope {shard}: copy rows"):
         _copy_scope(cur, main_db, db, shard)
     cur.execute(f"USE {db}")
     write_settings(cur, settings)
     with _phase(f"scope {shard}: steps"):
-        _run_steps(cur, lambda name: True)
+        _run_steps(cur, lambda name: True, stop)
 
 
 def _gather_shards(con: duckdb.DuckDBPyConnection, names: list[str], tables: list[str],
@@ -771,21 +777,21 @@ def _gather_shards(con: duckdb.DuckDBPyConnection, names: list[str], tables: lis
             parts = [f"SELECT x.* FROM {db}.{table} x SEMI JOIN touched_dq_shards o "
                      f"ON o.account_id = x.account_id AND o.object_id = x.object_id AND o.shard = {k}"
                      for k, db in enumerate(names)]
-            # (a row about a price that names an item: from the shard of the item)
+            # (a row about a price or product that names an item: from the shard of the item)
             parts += [f"SELECT x.* FROM {db}.{table} x SEMI JOIN touched_dq_shards o "
                       f"ON o.account_id = x.account_id AND o.object_id = x.related_id AND o.shard = {k} "
-                      f"WHERE x.object_type = 'price'"
+                      f"WHERE x.object_type IN ('price', 'product')"
                       for k, db in enumerate(names)]
             parts.append(f"SELECT x.* FROM {names[0]}.{table} x ANTI JOIN touched_dq_shards o "
                          f"ON o.account_id = x.account_id AND o.object_id = x.object_id "
-                         f"WHERE NOT (x.object_type = 'price' AND x.related_id IS NOT NULL)")
+                         f"WHERE NOT (x.object_type IN ('price', 'product') AND x.related_id IS NOT NULL)")
         else:
             parts = [f"SELECT * FROM {names[latest if table == 'derived_fx_days' else 0]}.{table}"]
         con.execute(f"CREATE TABLE {_SCOPE}.{table} AS " + " UNION ALL ".join(parts))
 
 
 def _derive_all(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings, shards: int, moved: bool,
-                tables: list[str], sub_tables: list[str]) -> None:
+                tables: list[str], sub_tables: list[str], stop: threading.Event | None = None) -> None:
     """Side by side, each on its own connection: the touched customers' shards, copied and derived (in
     ``_SCOPE`` itself when there is one), the moved customers from step 60 on (in ``_MOVED``) and the old
     ledger of both (``_SCOPE.touched_old_ledger``); then the shards gathered into ``_SCOPE``."""
@@ -796,9 +802,10 @@ def _derive_all(con: duckdb.DuckDBPyConnection, main_db: str, settings: Settings
         for db in names:
             con.execute(f"ATTACH ':memory:' AS {db}")
     tasks: list[Callable[[duckdb.DuckDBPyConnection], None]] = [
-        partial(_derive_scope, main_db=main_db, db=names[k], shard=k, settings=settings) for k in range(shards)]
+        partial(_derive_scope, main_db=main_db, db=names[k], shard=k, settings=settings, stop=stop)
+        for k in range(shards)]
     if moved:
-        tasks.append(partial(_derive_moved, main_db=main_db, settings=settings))
+        tasks.append(partial(_derive_moved, main_db=main_db, settings=settings, stop=stop))
     tasks.append(partial(_touched_ledger, main_db=main_db, name="touched_old", sources=[
         (main_db, f"{_SCOPE}.touched_customers"), (main_db, f"{_SCOPE}.moved_customers")]))
 
@@ -895,15 +902,22 @@ def _changed_or_full(con: duckdb.DuckDBPyConnection, settings: Settings, since: 
     """(mode, customers derived, why everything was) of deriving the changed customers, or everything when they
     alone cannot fix an account-wide table."""
     try:
-        return "changed", _derive_changed(con, settings, since, shards), None
+        return "changed", _derive_changed(con, settings, since, shards, stop), None
     except _WholeAccount as why:
         log.info("metrics recomputed in full instead of for the changed customers: %s", why)
         recompute(con, settings, progress=progress, stop=stop, reason=str(why))
         return "full", _customer_count(con), str(why)
 
 
+def _stopped(stop: threading.Event | None) -> None:
+    """StoppedError when ``stop`` is set: nothing of the changed customers' derivation is kept (the scopes are
+    attached in memory; the store's rows are replaced in one transaction, rolled back)."""
+    if stop is not None and stop.is_set():
+        raise StoppedError("stop requested during the metrics recompute of the changed customers")
+
+
 def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: dt.datetime,
-                    shards: int | None) -> int:
+                    shards: int | None, stop: threading.Event | None = None) -> int:
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.UTC)
     # (the store's database is named after its file: quoted, as a name such as stripe-churn is no identifier)
@@ -957,8 +971,10 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
         con.execute(f"CREATE TABLE {_SCOPE}.moved_customers AS SELECT * FROM moved_customers")
         con.execute(f"CREATE TABLE {_SCOPE}.new_coverage AS SELECT * FROM coverage_now()")
         shards = _shard_count(con, touched) if shards is None else shards
+        _stopped(stop)
         with _phase("derive: from staging the row ids to the steps"):
-            _derive_all(con, main_db, settings, shards, moved > 0, tables, sub_tables)
+            _derive_all(con, main_db, settings, shards, moved > 0, tables, sub_tables, stop)
+        _stopped(stop)
         missing = con.execute(f"SELECT currency, min(first_date), max(last_date) FROM {_SCOPE}.derived_fx_missing "
                               "GROUP BY currency ORDER BY currency").fetchall()
         if missing:
@@ -984,6 +1000,7 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
                     f"JOIN touched_customers c USING (account_id, customer_id) "
                     f"UNION SELECT s.account_id, s.subscription_id FROM {_SCOPE}.derived_subs s "
                     f"JOIN touched_customers c USING (account_id, customer_id)")
+        _stopped(stop)
         con.execute("BEGIN TRANSACTION")
         replacing = time.perf_counter()
         try:
@@ -1017,6 +1034,7 @@ def _derive_changed(con: duckdb.DuckDBPyConnection, settings: Settings, since: d
             check_money_fits(con)
             record_run(con, started_at, "changed", int(touched + moved))
             _log_phase("replace rows", replacing)
+            _stopped(stop)  # (the last moment a stop rolls everything back)
             with _phase("commit"):
                 con.execute("COMMIT")
         except BaseException:
