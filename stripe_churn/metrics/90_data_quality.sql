@@ -418,8 +418,9 @@ UNION ALL
 -- family and unit label are unknown, so its family and unit come from the settings' maps, else its id and price
 -- (one row per item, as missing_price: the rows follow the items a recompute of the changed customers derives)
 SELECT DISTINCT h.account_id, 'missing_product', 'product', p.product_id, h.subscription_item_id, NULL::TIMESTAMPTZ,
-       format('product not in the products table (price {} names it); the item counts as family {} and as {} '
-              || '(the settings'' families and units map it)', p.price_id, p.family, p.unit_kind)
+       format('product not in the products table (price {} names it); the item counts as family {} and as {}: '
+              || 'map the product under [rules.families] and [rules.units] to count it otherwise', p.price_id,
+              p.family, p.unit_kind)
 FROM derived_item_history h
 JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
 WHERE p.product_id IS NOT NULL

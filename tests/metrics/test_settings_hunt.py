@@ -486,8 +486,8 @@ def test_the_mappings_apply_to_a_product_the_store_does_not_hold(
     family, unit = ("core", "resource") if rules == "mapped" else ("prod_gone", "seat")
     assert con.execute("SELECT object_id, related_id, detail FROM data_quality WHERE kind = 'missing_product'"
                        ).fetchall() == [("prod_gone", "si_gx", f"product not in the products table (price gone names "
-                                         f"it); the item counts as family {family} and as {unit} (the settings' "
-                                         f"families and units map it)")]
+                                         f"it); the item counts as family {family} and as {unit}: map the product under "
+                                         f"[rules.families] and [rules.units] to count it otherwise")]
 
 
 # --- the movement window ------------------------------------------------------------------------------------------
