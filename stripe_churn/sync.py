@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Literal
+from urllib.parse import quote
 
 import duckdb
 import orjson
@@ -58,6 +59,7 @@ from stripe_churn.store.load import (
     create_stages,
     drop_stages,
     insert_staged,
+    json_bytes,
     mark_missing_children,
     mark_unlisted_children,
     mark_unlisted_discounts,
@@ -68,7 +70,7 @@ from stripe_churn.store.load import (
 )
 from stripe_churn.store.schema import RAW_TABLES
 from stripe_churn.stripe_api.client import CursorGoneError, NotFoundError, Stopped, StripeRaw
-from stripe_churn.stripe_api.listed import decode_object, head_of, is_object, value_of
+from stripe_churn.stripe_api.listed import OBJECT_NAMES, decode_object, head_of, is_object, value_of
 from stripe_churn.stripe_api.streams import (
     DELETABLE,
     EVENT_RETENTION_S,
@@ -212,6 +214,9 @@ def _check_object(table: str, obj: Any, *, embedded: bool = True) -> None:
     oid = obj.get("id")
     if not isinstance(oid, str) or not oid:
         raise _Malformed(f"{_a(kind)} without an id")
+    sent = obj.get("object")
+    if sent is not None and sent not in OBJECT_NAMES.get(table, (sent,)):
+        raise _Malformed(f"an object {oid} of type {redact_secrets(str(sent))[:40]!r} where {_a(kind)} belongs")
     if not embedded or obj.get("deleted"):
         return
     inner = {"subscriptions": ("items", "subscription_items"), "invoices": ("lines", "invoice_lines"),
@@ -498,7 +503,7 @@ class _Sync:
                             "of them: its embedded page is stored", cnid, len(embedded), len(stored))
                 continue
             _with_lines(cn, stored)
-            staged.blobs[at] = orjson.dumps(cn)
+            staged.blobs[at] = json_bytes(cn)
             log.info("credit note %s came with the first %d of its lines, which were not paged: its %d lines stored "
                      "whole are kept", cnid, len(embedded), len(stored))
 
@@ -563,7 +568,7 @@ class _Sync:
 
     async def _invoice_lines(self, inv: dict[str, Any], *, from_event: bool = False) -> list[dict[str, Any]] | None:
         """The invoice's complete line list (None: see :meth:`_complete_list`)."""
-        return await self._complete_list(inv.get("lines"), f"/v1/invoices/{inv['id']}/lines", LINE_LIST_PARAMS,
+        return await self._complete_list(inv.get("lines"), f"/v1/invoices/{path_id(inv['id'])}/lines", LINE_LIST_PARAMS,
                                          from_event)
 
     async def _credit_note_lines(self, cn: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -728,7 +733,7 @@ class _Sync:
         if not missing:
             return
         assert self.api is not None
-        path = RETRIEVE_PATH["prices"].format(id=price["id"])
+        path = RETRIEVE_PATH["prices"].format(id=path_id(price["id"]))
         self._option_tiers[price["id"]] = False
         for at in range(0, len(missing), OPTION_TIERS_PER_CALL):
             wanted = missing[at:at + OPTION_TIERS_PER_CALL]
@@ -851,7 +856,7 @@ class _Sync:
             if table == "subscriptions" and (obj.get("items") or {}).get("has_more"):
                 todo.append((obj["id"], whole("/v1/subscription_items", item_list_params(obj["id"]))))
             elif table == "invoices" and (obj.get("lines") or {}).get("has_more"):
-                todo.append((obj["id"], whole(f"/v1/invoices/{obj['id']}/lines", LINE_LIST_PARAMS)))
+                todo.append((obj["id"], whole(f"/v1/invoices/{path_id(obj['id'])}/lines", LINE_LIST_PARAMS)))
             elif table == "credit_notes" and _lines_cut(obj):
                 todo.append((obj["id"], self._paged_credit_note_lines(obj["id"], keep=False)))
         if not todo:
@@ -1278,7 +1283,7 @@ class _Sync:
                         "UTC, beyond Stripe's 30-day retention (events in between may be lost)"), False
             return None, True
         try:
-            await self.api.get(f"/v1/events/{value}")
+            await self.api.get(f"/v1/events/{path_id(value)}")
         except NotFoundError:
             complete = cursors.get(EVENTS_COMPLETE, (None, None, False))[1]
             now = self.api.server_time
@@ -1494,7 +1499,7 @@ class _Sync:
 
     async def _retrieve(self, table: str, oid: str) -> dict[str, Any]:
         assert self.api is not None
-        path = RETRIEVE_PATH[table].format(id=oid)
+        path = RETRIEVE_PATH[table].format(id=path_id(oid))
         try:
             obj = await self.api.get(path, RETRIEVE_PARAMS.get(table))
         except NotFoundError:
@@ -1789,9 +1794,16 @@ def _events_of(page: dict[str, Any]) -> list[dict[str, Any]]:
     return data
 
 
+def path_id(oid: str) -> str:
+    """An object's id as one segment of a request's path: percent-encoded, as an id chosen by the account (a
+    product's or coupon's) may hold "/", "?" or "#" (``prod/pro`` asked for ``/v1/products/prod/pro``, got a 404,
+    and the live product was flagged deleted)."""
+    return quote(str(oid), safe="")
+
+
 def _credit_note_lines_path(cnid: str) -> str:
     """Where the lines of a credit note whose embedded list Stripe cut short are paged."""
-    return f"/v1/credit_notes/{cnid}/lines"
+    return f"/v1/credit_notes/{path_id(cnid)}/lines"
 
 
 def _lines_cut(obj: dict[str, Any]) -> bool:

@@ -176,9 +176,12 @@ LEFT JOIN derived_unit_map um ON pr.product_id IS NULL AND um.product_id = f.pro
 -- row per price and currency: read by the options and the tiers below.
 CREATE OR REPLACE TEMP TABLE derived_price_option_objs AS
 SELECT p.account_id, p.id AS price_id, lower(k.cur) AS currency,
-       json_extract(p.raw, '$.currency_options."' || k.cur || '"') AS o
+       -- (a key is pasted into the path: one that is no currency code, a quote in it, is left out, not an error)
+       CASE WHEN regexp_full_match(k.cur, '[A-Za-z]{3}')
+            THEN json_extract(p.raw, '$.currency_options."' || k.cur || '"') END AS o
 FROM prices p, unnest(json_keys(json_extract(p.raw, '$.currency_options'))) AS k(cur)
-WHERE json_type(json_extract(p.raw, '$.currency_options')) = 'OBJECT';
+WHERE json_type(json_extract(p.raw, '$.currency_options')) = 'OBJECT'
+  AND regexp_full_match(k.cur, '[A-Za-z]{3}');
 
 -- A price's amounts in other currencies than its own: a subscription billed in such a currency is charged these.
 -- One row per price and other currency with an amount there: a unit amount for a per_unit price, tiers of its

@@ -11,7 +11,9 @@ CREATE OR REPLACE MACRO coupon_terms(cp) AS CASE WHEN cp IS NOT NULL THEN {
     'amount_off_currency': lower(json_extract_string(cp, '$.currency')),
     -- the amount off in other currencies (the coupon's currency_options, which the sync expands)
     'amount_off_options': CASE WHEN json_type(json_extract(cp, '$.currency_options')) = 'OBJECT' THEN
-        list_filter(list_transform(json_keys(json_extract(cp, '$.currency_options')),
+        -- (a key that is no currency code, a quote in it, is left out: it is pasted into the path)
+        list_filter(list_transform(list_filter(json_keys(json_extract(cp, '$.currency_options')),
+                                               lambda k: regexp_full_match(k, '[A-Za-z]{3}')),
                                    lambda k: {'currency': lower(k),
                                               'amount_off': TRY_CAST(json_extract_string(
                                                   cp, '$.currency_options."' || k || '".amount_off') AS BIGINT)}),

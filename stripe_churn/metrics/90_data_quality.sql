@@ -233,7 +233,11 @@ SELECT account_id,
                         bill, subscription_item_id, quantity, price_id)
             ELSE format('{} bills {} × {}, the events give {} × {}; the events were used',
                         bill, quantity, price_id, h_quantity, h_price) END AS detail
-FROM mismatched
+-- (a price or quantity missing on either side is said so: format() of a NULL gives no detail at all)
+FROM (SELECT * REPLACE (coalesce(price_id, '(no price)') AS price_id, coalesce(h_price, '(no price)') AS h_price,
+                        coalesce(CAST(quantity AS VARCHAR), '(no quantity)') AS quantity,
+                        coalesce(CAST(h_quantity AS VARCHAR), '(no quantity)') AS h_quantity)
+      FROM mismatched)
 UNION ALL
 -- a proration inside event coverage that credits an item's unused time with no new line for it (a removal, read
 -- from invoices alone: 30's removal steps, the absent ones of a positive prio) while the events keep the item
@@ -425,6 +429,22 @@ FROM derived_item_history h
 JOIN derived_price_terms p ON p.account_id = h.account_id AND p.price_id = h.price_id
 WHERE p.product_id IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM derived_products d WHERE d.account_id = p.account_id AND d.product_id = p.product_id)
+UNION ALL
+-- a subscription invoice of a subscription the store does not hold: nothing can be derived from its lines (a
+-- subscription is never deleted in Stripe, so a sync that missed it is the cause); one row per invoice
+SELECT DISTINCT l.account_id, 'missing_subscription', 'invoice', l.invoice_id, l.subscription_id, l.invoice_created,
+       format('invoice {} bills subscription {}, which the store does not hold: its lines count no MRR '
+              || '(`stripe-churn sync --full` lists every subscription again)', l.invoice_id, l.subscription_id)
+FROM derived_invoice_lines l
+WHERE l.subscription_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.account_id = l.account_id AND s.id = l.subscription_id)
+UNION ALL
+-- an item of a negative quantity (Stripe sends none): no MRR can take it, and it counts zero while so
+SELECT DISTINCT account_id, 'negative_quantity', 'subscription_item', subscription_item_id, price_id, valid_from,
+       format('item {} has quantity {} from {}; no MRR takes a negative quantity, so it counts zero while so',
+              subscription_item_id, quantity, strftime(valid_from AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M UTC'))
+FROM derived_item_history
+WHERE quantity < 0
 UNION ALL
 SELECT account_id, 'missing_price_terms', 'price', price_id, NULL, NULL::TIMESTAMPTZ,
        format('price has billing_scheme {} but no {}; its items count zero MRR', billing_scheme,

@@ -19,7 +19,6 @@ from stripe_churn.sandbox.listing import (
     EVENT_RETENTION_S,
     EXTRA_LIST_PARAMS,
     ID_PREFIXES,
-    MAX_EXPAND_DEPTH,
     SEQ_SPAN,
     TIME_FIELD,
     VIEW_CACHE_MAX,
@@ -66,6 +65,15 @@ def _holds_nothing(node: Any, segs: list[str]) -> bool:
     if value is None or value == []:
         return True
     return bool(rest) and isinstance(value, dict) and _holds_nothing(value, rest)
+
+
+def _expandable_value(value: Any) -> bool:
+    """Whether a field's value may be expanded: an id, or an object already. A plain hash (metadata, a price's
+    recurring) or an embedded list (a subscription's items) holds neither: only a path through it may be expanded."""
+    if isinstance(value, dict):
+        kind = value.get("object")
+        return isinstance(kind, str) and kind != "list"
+    return True
 
 
 class SimulationLike(Protocol):
@@ -283,6 +291,8 @@ class Catalog:
         if resource == "events":
             idx = self._event_index_of(oid)
             return None if idx is None else -(int(self.sim.events[idx]["created"]) * SEQ_SPAN + idx)
+        if self._objects(resource).get(oid, {}).get("deleted"):
+            return None  # (a deleted object, its stub without a time, is no cursor: resource_missing, as Stripe)
         return self._keys_for(resource).get(oid)
 
     def _keys_for(self, resource: str) -> dict[str, int]:
@@ -443,9 +453,7 @@ class Catalog:
         return data
 
     def _expand(self, node: Any, segs: list[str], path: str) -> None:
-        if len(segs) > MAX_EXPAND_DEPTH:
-            raise ApiError(400, f"You cannot expand more than {MAX_EXPAND_DEPTH} levels of a property. "
-                           f"Property: {path}", param="expand")
+        """Expand ``path`` (split as ``segs``, its depth checked by ``expand_paths``) in ``node``."""
         seg, rest = segs[0], segs[1:]
         if not isinstance(node, dict) or seg in ("id", "object", ""):
             raise _not_expandable(path)
@@ -487,6 +495,8 @@ class Catalog:
         value = node[seg]
         if value is None:
             return
+        if not rest and not all(map(_expandable_value, value if isinstance(value, list) else [value])):
+            raise _not_expandable(path)
         if isinstance(value, list):
             resolved: Any = [self._resolve(seg, v, path) for v in value]
             targets = resolved

@@ -233,9 +233,11 @@ def parse_bool(params: Params, name: str) -> bool | None:
 
 
 def parse_int(raw: Any, name: str) -> int:
+    """An integer parameter: ASCII digits after at most one '-' (``int()`` alone would take other digits)."""
     if isinstance(raw, str):
         s = raw.strip()
-        if s.lstrip("-").isdigit():
+        digits = s[1:] if s.startswith("-") else s
+        if digits.isascii() and digits.isdigit():
             return int(s)
     raise ApiError(400, f"Invalid integer: {raw}", param=name)
 
@@ -332,6 +334,13 @@ def filters_for(resource: str, params: Params) -> list[tuple[str, Any, Predicate
             val = _str_param(params, field)
             if val is not None:
                 eq(field, val)
+        lookup_keys = _str_list(params, "lookup_keys")
+        if lookup_keys is not None:
+            if len(lookup_keys) > 10:
+                raise ApiError(400, "lookup_keys may contain at most 10 lookup keys.", param="lookup_keys")
+            keyset = frozenset(lookup_keys)
+            out.append(("lookup_keys", tuple(sorted(keyset)), lambda o: o.get("lookup_key") in keyset))
+        out.extend(_recurring_filters(params))
     elif resource == "products":
         active = parse_bool(params, "active")
         if active is not None:
@@ -339,6 +348,9 @@ def filters_for(resource: str, params: Params) -> list[tuple[str, Any, Predicate
         typ = _str_param(params, "type")
         if typ is not None:
             eq("type", typ)
+        shippable = parse_bool(params, "shippable")
+        if shippable is not None:  # (a service's shippable is null: not shippable)
+            out.append(("shippable", shippable, lambda o: bool(o.get("shippable")) is shippable))
         ids = _str_list(params, "ids")
         if ids is not None:
             idset = frozenset(ids)
@@ -361,6 +373,34 @@ def filters_for(resource: str, params: Params) -> list[tuple[str, Any, Predicate
             out.append(("type", tuple(patterns), lambda o: o.get("type") in exact
                         or (bool(prefixes) and str(o.get("type", "")).startswith(prefixes))))
     return out
+
+
+RECURRING_VALUES = {"interval": ("day", "month", "week", "year"), "usage_type": ("licensed", "metered"),
+                    "meter": None}
+
+
+def _recurring_filters(params: Params) -> list[tuple[str, Any, Predicate]]:
+    """A price list's ``recurring[interval|meter|usage_type]`` filters (only recurring prices have them)."""
+    raw = params.get("recurring")
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        raise ApiError(400, "Invalid recurring: pass recurring[interval], recurring[meter] or recurring[usage_type]",
+                       param="recurring")
+    out: list[tuple[str, Any, Predicate]] = []
+    for key, value in sorted(raw.items()):
+        name = f"recurring[{key}]"
+        if key not in RECURRING_VALUES:
+            raise ApiError(400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
+        allowed = RECURRING_VALUES[key]
+        if allowed is not None and value not in allowed:
+            raise ApiError(400, f"Invalid {name}: must be one of {', '.join(allowed)}", param=name)
+        out.append((name, value, _recurring_is(key, value)))
+    return out
+
+
+def _recurring_is(key: str, value: str) -> Predicate:
+    return lambda o: (o.get("recurring") or {}).get(key) == value
 
 
 def created_range(params: Params) -> tuple[int | None, int | None]:
@@ -386,7 +426,8 @@ def created_range(params: Params) -> tuple[int | None, int | None]:
         elif op == "lte":
             high = min(high, n) if high is not None else n
         else:
-            raise ApiError(400, f"Received unknown parameter: created[{op}]", param=f"created[{op}]")
+            raise ApiError(400, f"Received unknown parameter: created[{op}]", code="parameter_unknown",
+                           param=f"created[{op}]")
     return low, high
 
 
@@ -403,8 +444,8 @@ def parse_limit(params: Params) -> int:
 COMMON_LIST_PARAMS = frozenset({"limit", "starting_after", "ending_before", "expand", "created"})
 EXTRA_LIST_PARAMS = {
     "customers": {"email"},
-    "products": {"active", "type", "ids"},
-    "prices": {"active", "product", "currency", "type"},
+    "products": {"active", "type", "ids", "shippable"},
+    "prices": {"active", "product", "currency", "type", "lookup_keys", "recurring"},
     "coupons": set(),
     "subscriptions": {"status", "customer", "price", "collection_method"},
     "invoices": {"status", "customer", "subscription", "collection_method"},
@@ -419,7 +460,7 @@ def check_params(params: Params, allowed: Iterable[str]) -> None:
     allowed_set = set(allowed)
     for name in params:
         if name not in allowed_set:
-            raise ApiError(400, f"Received unknown parameter: {name}", param=name)
+            raise ApiError(400, f"Received unknown parameter: {name}", code="parameter_unknown", param=name)
 
 
 def expand_paths(params: Params) -> tuple[str, ...]:
@@ -429,6 +470,10 @@ def expand_paths(params: Params) -> tuple[str, ...]:
     paths = [raw] if isinstance(raw, str) else raw
     if not isinstance(paths, list):
         raise ApiError(400, "Invalid array: expand", param="expand")
+    for path in paths:  # (the path as given: a list's leading ``data`` is a level, whatever objects it reaches)
+        if path.count(".") >= MAX_EXPAND_DEPTH:
+            raise ApiError(400, f"You cannot expand more than {MAX_EXPAND_DEPTH} levels of a property. "
+                           f"Property: {path}", param="expand")
     return tuple(sorted(set(paths)))
 
 

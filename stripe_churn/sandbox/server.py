@@ -29,6 +29,7 @@ from email.utils import formatdate
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -157,7 +158,8 @@ class SandboxApp:
         headers = [("Request-Id", f"req_{self._rid_prefix}{self._seq:011d}"),
                    ("Stripe-Version", req.headers.get("stripe-version") or API_VERSION),
                    ("Date", self._date())]
-        parts = [p for p in req.path.split("/") if p]
+        # (split before decoding: an id chosen by the account may hold "/", sent as %2F)
+        parts = [unquote(p) for p in req.path.split("/") if p]
         if parts and parts[0] == "_sandbox":
             template = "/_sandbox/" + "/".join(parts[1:])
             resp = self._control(req, parts[1:])
@@ -238,7 +240,8 @@ class SandboxApp:
             if name == "subscription_items":
                 sub = params.get("subscription")
                 if not isinstance(sub, str) or not sub:
-                    raise ApiError(400, "Missing required param: subscription.", param="subscription")
+                    raise ApiError(400, "Missing required param: subscription.", code="parameter_missing",
+                                   param="subscription")
                 return cat.sublist_page("subscriptions", sub, params, "/v1/subscription_items",
                                         param="subscription")
         elif n == 2:

@@ -1143,15 +1143,13 @@ class Simulation:
                  churn: tuple[str, Any] | None, label: bool = True, switching: bool = False) -> None:
         cust = self._custs[sub["customer"]]
         before = self._snap(cust)
-        prev = {"status": sub["status"], "ended_at": None, "canceled_at": sub["canceled_at"],
-                "cancellation_details": dict(sub["cancellation_details"])}
         sub["status"] = "canceled"
         sub["ended_at"] = t
         sub["canceled_at"] = sub["canceled_at"] or t
         sub["cancellation_details"] = {"comment": None if feedback is None else f"Feedback: {feedback}",
                                        "feedback": feedback, "reason": reason}
         self._bump(sub["id"])
-        self._event("customer.subscription.deleted", sub, t, prev)
+        self._event("customer.subscription.deleted", sub, t)  # (previous_attributes: *.updated events only)
         if label:
             self._transition(cust, t, before, churn)
         if not switching and all(self.objects["subscriptions"][s]["status"] == "canceled" for s in cust.subs):
@@ -1247,7 +1245,7 @@ class Simulation:
             if self._is_metered(it):  # (nothing used while paused)
                 self._usage_billed[it["id"]] = 0
         self._invoice(sub, t, "subscription_cycle", (t, end))
-        self._event("customer.subscription.resumed", sub, t, prev)
+        self._event("customer.subscription.resumed", sub, t)  # (previous_attributes: *.updated events only)
         self._event("customer.subscription.updated", sub, t, prev)
         gen = self._bump(sid)
         self._at(end, "cycle", sid, gen)
@@ -1321,7 +1319,7 @@ class Simulation:
         sub["status"] = "paused"
         sub["status_details"] = {"paused": {"type": "subscription", "transitioned_at": t,
                                             "subscription": {"type": kind}}}
-        self._event("customer.subscription.paused", sub, t, prev)
+        self._event("customer.subscription.paused", sub, t)  # (previous_attributes: *.updated events only)
         self._event("customer.subscription.updated", sub, t, prev)
         return self._bump(sub["id"])
 

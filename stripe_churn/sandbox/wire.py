@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Literal
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 @dataclass(slots=True)
 class Request:
-    """One parsed request: method, decoded path, raw query string, lower-cased headers and body."""
+    """One parsed request: method, path as sent (each segment percent-encoded: an id may hold "/"), raw query
+    string, lower-cased headers and body."""
 
     method: str
     path: str
@@ -246,7 +247,7 @@ class HttpConnection:
         path, _, query = target.partition("?")
         conn = headers.get("connection", "").lower()
         keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
-        return Request(method.upper(), unquote(path), query, headers, body), keep_alive
+        return Request(method.upper(), path, query, headers, body), keep_alive
 
     def _fail(self, status: int, message: str) -> None:
         body = json.dumps({"error": {"type": "invalid_request_error", "message": message}}).encode()
@@ -263,6 +264,7 @@ class HttpConnection:
             if parsed is None:
                 break
             req, keep_alive = parsed
+            head_only = req.method == "HEAD"  # (answered without its content, RFC 9110 9.3.2)
             try:
                 resp = handler(req)
             except Exception:
@@ -270,9 +272,9 @@ class HttpConnection:
                 resp = Response(500, b'{"error":{"type":"api_error","message":"Internal sandbox error."}}')
             if resp.delay > 0:
                 self._busy = True
-                self._timer = self._loop.call_later(resp.delay, self._deliver, resp, keep_alive)
+                self._timer = self._loop.call_later(resp.delay, self._deliver, resp, keep_alive, head_only)
                 return
-            self._send(resp, keep_alive)
+            self._send(resp, keep_alive, head_only)
         if self._closed or self._busy or self._out:
             return
         if self._eof:
@@ -280,15 +282,17 @@ class HttpConnection:
         elif not self._reading and len(self._buf) <= MAX_HEAD + MAX_BODY:
             self._start_reading()
 
-    def _deliver(self, resp: Response, keep_alive: bool) -> None:
+    def _deliver(self, resp: Response, keep_alive: bool, head_only: bool) -> None:
         self._timer = None
         self._busy = False
-        self._send(resp, keep_alive)
+        self._send(resp, keep_alive, head_only)
         if not self._closed and not self._out:
             self._process()
 
     # --- writing ----------------------------------------------------------------------------------
-    def _send(self, resp: Response, keep_alive: bool) -> None:
+    def _send(self, resp: Response, keep_alive: bool, head_only: bool = False) -> None:
+        """Hand ``resp`` to the kernel; ``head_only``: its head alone, the answer to a HEAD (whose Content-Length is
+        that of the content not sent)."""
         if self._closed:
             return
         if resp.action == "drop":
@@ -301,9 +305,11 @@ class HttpConnection:
             return
         keep_alive = keep_alive and not resp.close
         body = resp.body
-        if resp.action == "truncate":
+        if head_only:
+            out: list[bytes | memoryview] = [_head(resp, body_length(body), keep_alive)]
+        elif resp.action == "truncate":
             whole = body_bytes(body)
-            out: list[bytes | memoryview] = [_head(resp, len(whole), False), whole[: len(whole) // 2]]
+            out = [_head(resp, len(whole), False), whole[: len(whole) // 2]]
             keep_alive = False
         elif isinstance(body, bytes):
             out = [_head(resp, len(body), keep_alive), body]

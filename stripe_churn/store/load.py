@@ -8,6 +8,7 @@ merges with ``INSERT ... ON CONFLICT DO UPDATE``. Each row carries a ``version``
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 from collections.abc import Iterable, Sequence
@@ -306,6 +307,16 @@ def _is_stub(blob: bytes) -> bool:
     return isinstance(obj, dict) and obj.get("deleted") is True and obj.get("created") is None
 
 
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as compact JSON: orjson's, or the standard library's for what orjson will not write (an object
+    nested deeper than its 254 levels, which Stripe's own objects never are but a metadata value sent as text and
+    kept as sent can be; an integer beyond 64 bits)."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
 class Staged:
     """Rows for one raw table, serialised as they arrive (compact while queued); the last copy of an id wins
     unless an earlier one has a higher version."""
@@ -323,7 +334,7 @@ class Staged:
         return len(self.ids)
 
     def add(self, obj: dict[str, Any], version: int, deleted: bool | None = None) -> None:
-        self.add_blob(str(obj["id"]), orjson.dumps(obj),
+        self.add_blob(str(obj["id"]), json_bytes(obj),
                       version, bool(obj.get("deleted", False)) if deleted is None else deleted)
 
     def add_blob(self, oid: str, blob: bytes, version: int, deleted: bool) -> None:

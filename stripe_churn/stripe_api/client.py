@@ -214,7 +214,8 @@ class StripeRaw:
     async def _get(self, path: str, params: Mapping[str, Any] | None, parse: Callable[[bytes], Any]) -> Any:
         """GET ``path`` and return ``parse(body)`` (which raises ``ValueError`` for a body it cannot take)."""
         query = encode_params(params or {})
-        url = f"{self.base}{quote(path)}" + (f"?{query}" if query else "")
+        # (an id in the path comes percent-encoded already, "/" included: see sync.path_id)
+        url = f"{self.base}{quote(path, safe='/%')}" + (f"?{query}" if query else "")
         last = ""
         todo = ""  # what to do, when the last attempt reached no server
         request_id: str | None = None

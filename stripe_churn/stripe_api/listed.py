@@ -40,6 +40,7 @@ class Head(Struct):
     """The fields every listed object is read by."""
 
     id: Any = None
+    object: Any = None
     created: Any = None
     deleted: Any = False
 
@@ -72,6 +73,16 @@ class InvoiceItem(Head):
     discounts: list[Raw] | None = None
 
 
+# What Stripe names the objects of each table (their ``object``): a page or an embedded list holding an object of
+# another kind is no answer the sync can store as it is (a customers page holding a subscription stored it as a
+# customer). Prices keep legacy plans too.
+OBJECT_NAMES: dict[str, tuple[str, ...]] = {
+    "customers": ("customer",), "products": ("product",), "prices": ("price", "plan"), "coupons": ("coupon",),
+    "subscriptions": ("subscription",), "subscription_items": ("subscription_item",), "invoices": ("invoice",),
+    "invoice_lines": ("line_item",), "credit_notes": ("credit_note",), "credit_note_lines": ("credit_note_line_item",),
+    "discounts": ("discount",), "invoice_items": ("invoiceitem",), "events": ("event",),
+}
+
 _LIST_PAGE = msgspec.json.Decoder(ListPage)
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     "customers": msgspec.json.Decoder(Customer), "subscriptions": msgspec.json.Decoder(Subscription),
@@ -102,6 +113,8 @@ def decode_object(table: str, raw: Raw | bytes) -> Any:
     except msgspec.DecodeError:
         return None
     if not isinstance(head.id, str) or not head.id:  # (the dict path says what is wrong with it)
+        return None
+    if head.object is not None and head.object not in OBJECT_NAMES.get(table, (head.object,)):
         return None
     return head
 
