@@ -61,7 +61,25 @@ def ctrl_c_as_at_a_terminal() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# Seconds the heaviest files took in a clean run (`scripts/check --durations=0`, summed per file, at b55cf89). The
+# workers take whole files (--dist loadfile) in the order collected: the heaviest go first, longest first, so that
+# no worker is left with one of them at the end while the others have nothing to do.
+HEAVY_FILES = {
+    "tests/metrics/test_incremental.py": 156, "tests/metrics/test_ground_truth.py": 114,
+    "tests/metrics/test_ground_truth_more_options.py": 84, "tests/test_sync.py": 70, "tests/sandbox/test_sim.py": 63,
+    "tests/test_daemon.py": 55, "tests/metrics/test_ground_truth_options.py": 50, "tests/metrics/test_mrr_rules.py": 49,
+    "tests/metrics/test_incremental_catalogue.py": 46, "tests/test_pipeline.py": 40,
+    "tests/metrics/test_rules_hunt.py": 38, "tests/metrics/test_bridge.py": 37, "tests/metrics/test_sources_hunt.py": 34,
+    "tests/test_cli.py": 33, "tests/test_daemon_hunt.py": 31,
+}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     slow_files = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    # a stable sort: files holding a slow test first, every file's own order kept
-    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_files)
+
+    def weight(item: pytest.Item) -> int:
+        path = item.nodeid.split("::")[0]
+        return HEAVY_FILES.get(path, 1 if path in slow_files else 0)
+
+    # a stable sort: the heaviest files first (then any other holding a slow test), every file's own order kept
+    items.sort(key=lambda item: -weight(item))
