@@ -131,7 +131,7 @@ def run_query(db: Path, sql: str, memory_limit: str | None = None) -> tuple[list
         data = [table.column(i).to_pylist() for i in range(table.num_columns)]
         for i, j in ends.items():  # (an infinite date or timestamp: DuckDB's text for it in its column)
             data[i] = [text if text is not None else value for value, text in zip(data[i], data[j], strict=True)]
-        data = data[:len(columns) - len(ends)]
-        return columns[:len(data)], list(zip(*data, strict=True)) if data else []
+        shown = len(columns) - len(ends)  # (the text columns after the query's own are dropped)
+        return columns[:shown], list(zip(*data[:shown], strict=True)) if shown else []
     finally:
         con.close()

@@ -1273,28 +1273,30 @@ class _Sync:
         """
         assert self.api is not None
         value, created, _ = cursors["events"]
+        complete = cursors.get(EVENTS_COMPLETE, (None, None, False))[1]
+        now = self.api.server_time
+
+        def lost(upto: int) -> str:
+            return (f"the events were last listed up to {datetime.fromtimestamp(upto, UTC):%Y-%m-%d %H:%M} UTC, "
+                    "beyond Stripe's 30-day retention (events in between may be lost)")
+
         if value is None:
             # (no event was left to continue from: a listing that found none keeps only its time, and events made
             # after it may since have left the retention window unseen)
-            listed = max(t for t in (cursors.get(EVENTS_COMPLETE, (None, None, False))[1], created, 0)
-                         if t is not None)
-            if listed and self.api.server_time is not None and listed < self.api.server_time - EVENT_RETENTION_S:
-                return (f"the events were last listed up to {datetime.fromtimestamp(listed, UTC):%Y-%m-%d %H:%M} "
-                        "UTC, beyond Stripe's 30-day retention (events in between may be lost)"), False
+            listed = max(t for t in (complete, created, 0) if t is not None)
+            if listed and now is not None and listed < now - EVENT_RETENTION_S:
+                return lost(listed), False
             return None, True
         try:
             await self.api.get(f"/v1/events/{path_id(value)}")
         except NotFoundError:
-            complete = cursors.get(EVENTS_COMPLETE, (None, None, False))[1]
-            now = self.api.server_time
+            now = self.api.server_time  # (this answer's)
             if complete is not None and now is not None and complete >= now - EVENT_RETENTION_S:
                 log.info("the last applied event %s has left Stripe's 30-day retention, but the events were "
                          "complete up to %s: continuing from the retained events", value,
                          datetime.fromtimestamp(complete, UTC).isoformat())
                 return None, True
-            upto = complete if complete is not None else created
-            return (f"the events were last listed up to {datetime.fromtimestamp(upto or 0, UTC):%Y-%m-%d %H:%M} "
-                    "UTC, beyond Stripe's 30-day retention (events in between may be lost)"), False
+            return lost((complete if complete is not None else created) or 0), False
         return None, False
 
     async def _incremental(self, cursor: tuple[str | None, int | None, bool], by_time: bool) -> None:
