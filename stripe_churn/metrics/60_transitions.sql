@@ -4,9 +4,9 @@
 -- Inputs: derived_item_mrr, derived_customer_mrr, derived_settings, derived_coverage. The tables of this step and of 62 and 64
 -- are intermediate (TEMP: never written to the file); mrr_movements and the bridge keep what they need.
 
--- Change points: where an item appears, disappears or changes price, quantity, contribution or status, and
--- where the customer's MRR changes (exchange rates included). Splits that change nothing are skipped, so
--- they never anchor a window.
+-- Change points: where an item appears, disappears or changes price, quantity, contribution or status (`item`),
+-- and where the customer's MRR changes without an item's change (an exchange rate's move). Splits that change
+-- nothing are skipped, so they never anchor a window.
 CREATE OR REPLACE TEMP TABLE derived_change_points AS
 WITH item_rows AS (
     SELECT
@@ -32,27 +32,32 @@ WITH item_rows AS (
     FROM derived_item_mrr
     WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY valid_from)
 )
-SELECT DISTINCT account_id, customer_id, t
+SELECT account_id, customer_id, t, bool_or(item) AS item
 FROM (
-    SELECT account_id, customer_id, valid_from AS t
+    SELECT account_id, customer_id, valid_from AS t, true AS item
     FROM item_rows WHERE (changed OR prev_to IS DISTINCT FROM valid_from) AND NOT incomplete_start
     UNION ALL
-    SELECT account_id, customer_id, valid_to
+    SELECT account_id, customer_id, valid_to, true
     FROM item_rows WHERE valid_to IS NOT NULL AND next_from IS DISTINCT FROM valid_to AND NOT incomplete
     UNION ALL
     -- every customer level starts with a change (50 keeps a level only where the MRR changes, and each
     -- level's valid_to is the next one's valid_from), so its starts are the customer's change points; but a first
     -- level of zero (the customer's first subscription counts nothing yet) changes no MRR, and an item that
     -- appears there is a point above when it is one
-    SELECT account_id, customer_id, valid_from
+    SELECT account_id, customer_id, valid_from, false
     FROM derived_customer_mrr
     QUALIFY mrr <> 0 OR lag(valid_from) OVER (PARTITION BY account_id, customer_id ORDER BY valid_from) IS NOT NULL
 )
-WHERE t IS NOT NULL;
+WHERE t IS NOT NULL
+GROUP BY ALL;
 
--- Windows: a point within `movement_window` of the window's first point joins it (anchored, not chained).
--- Points closer than the window to their predecessor form a run; a run no longer than the window is one
--- window, and only the rare longer runs are split greedily by a recursive walk.
+-- Windows: an item's change within `movement_window` of the window's first change joins it (anchored, not
+-- chained). Changes closer than the window to their predecessor form a run; a run no longer than the window is one
+-- window, and only the rare longer runs are split greedily by a recursive walk. An exchange rate's move is no
+-- change of the customer's (design.md 4: its own `fx` line): it neither begins a window nor joins one, and is a
+-- transition of its own, unless it falls between a window's first and last change (it is then inside A -> B,
+-- where 64 gives it its `fx` part). So a cancellation 20 minutes after the rate moved at 00:00 is `fx` at 00:00,
+-- then the whole MRR at the new rate as `cancellation`.
 CREATE OR REPLACE TEMP TABLE derived_transition_windows AS
 WITH RECURSIVE
 cfg AS (
@@ -64,7 +69,7 @@ runs AS (
            sum(CASE WHEN epoch_us(p.t) - epoch_us(prev_t) <= cfg.win_us THEN 0 ELSE 1 END)
                OVER (PARTITION BY p.account_id, p.customer_id ORDER BY p.t ROWS UNBOUNDED PRECEDING) AS run
     FROM (SELECT *, lag(t) OVER (PARTITION BY account_id, customer_id ORDER BY t) AS prev_t
-          FROM derived_change_points) p, cfg
+          FROM derived_change_points WHERE item) p, cfg
 ),
 run_spans AS (
     SELECT account_id, customer_id, run, min(t) AS run_start, max(t) AS run_end
@@ -91,14 +96,35 @@ long_windows AS (
     JOIN anchors a ON a.account_id = l.account_id AND a.customer_id = l.customer_id AND a.run = l.run
                   AND a.anchor <= l.t
     GROUP BY l.account_id, l.customer_id, l.run, l.t
+),
+item_windows AS (
+    SELECT account_id, customer_id, run_start AS t_start, run_end AS t_end
+    FROM run_spans, cfg
+    WHERE epoch_us(run_end) - epoch_us(run_start) <= cfg.win_us
+    UNION ALL
+    SELECT account_id, customer_id, t_start, max(t) AS t_end
+    FROM long_windows
+    GROUP BY ALL
+),
+rate_moves AS (
+    -- (each rate's move beside the customer's windows in time order: the latest window begun before it ends at or
+    -- after it when the move is inside that window; windows do not overlap)
+    SELECT account_id, customer_id, t_start, t_end, is_window,
+           max(t_end) FILTER (WHERE is_window) OVER (PARTITION BY account_id, customer_id ORDER BY t_start
+                                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS ends_before
+    FROM (SELECT account_id, customer_id, t_start, t_end, true AS is_window
+          FROM item_windows w
+          -- (only the customers whose rate moved)
+          SEMI JOIN (SELECT DISTINCT account_id, customer_id FROM derived_change_points WHERE NOT item) r
+                 USING (account_id, customer_id)
+          UNION ALL
+          SELECT account_id, customer_id, t, t, false FROM derived_change_points WHERE NOT item)
 )
-SELECT account_id, customer_id, run_start AS t_start, run_end AS t_end
-FROM run_spans, cfg
-WHERE epoch_us(run_end) - epoch_us(run_start) <= cfg.win_us
+SELECT account_id, customer_id, t_start, t_end FROM item_windows
 UNION ALL
-SELECT account_id, customer_id, t_start, max(t) AS t_end
-FROM long_windows
-GROUP BY ALL;
+SELECT account_id, customer_id, t_start, t_end
+FROM rate_moves
+WHERE NOT is_window AND (ends_before IS NULL OR ends_before < t_start);
 
 -- Transitions that change the customer's MRR, with M(A) (just before t_start) and M(B) (at t_end): the customer's
 -- levels (which do not overlap) that meet the window, read in one join (a correlated subquery for each of M(A) and

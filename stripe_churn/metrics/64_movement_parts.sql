@@ -6,9 +6,9 @@
 -- discount before the change), plus a discount part when the discounts in force changed (on the item, or from
 -- a pair's removed item to its added one); rate changes are one fx part. Each item's parts are valued at the rate
 -- of its own change (the day its B row begins, or its A row ends when removed; a rate moves at 00:00 UTC, before a
--- change made then), and the fx part is the rate's move on what each item held when the rate moved: a seat added
--- 20 minutes after a rate change is valued at the new rate and the swing on the seats held before is fx; a seat
--- added 20 minutes before it is valued at the old rate and the swing on every seat is fx.
+-- change made then), and the fx part is the rate's move on what each item held when the rate moved: in a window
+-- from 23:50 to 00:10 across a rate's move (60), a seat added at 00:10 is valued at the new rate and the swing on the
+-- seats held before is fx; a seat added at 23:50 is valued at the old rate and the swing on every seat is fx.
 -- Each part in the item's currency is rounded at 9 decimals before the rate, as 50 rounds a customer's sum: an
 -- item MRR is cut at 10 decimals, so a part made of a few of them is off by under half a 1e-9, and an exact half
 -- at 4 decimals (2.125 GBP x 1.27 = 2.69875) must not fall just under it (2.1249999999 x 1.27 -> 2.6987); times

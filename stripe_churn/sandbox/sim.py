@@ -237,8 +237,9 @@ class Simulation:
         movement in the truth, and a metered item's usage billed meanwhile sets its MRR as any renewal's does.
         ``fx_changes``: the exchange rates of eur and gbp move on the first of every month at 00:00 UTC (a random
         walk of 4-decimal rates, ``fx_rate_changes``): each revalues every customer billed in that currency, an
-        ``fx`` row in the truth, and a change within the movement window of one carries an ``fx`` part (the rate's
-        move on what was held when it moved; each other part at the rate in force at its item's change).
+        ``fx`` row in the truth. A rate's move begins no movement window and joins none; one that falls between a
+        window's first and latest change is inside that transition, which carries an ``fx`` part (the rate's move
+        on what was held when it moved; each other part at the rate in force at its item's change).
         ``no_prorations``: some item changes are made with proration_behavior=none: the items change at once (the
         subscription's updated event), no proration is invoiced or left pending, and the next renewal bills the
         new state; MRR changes at the update, as with prorations. Some plan changes are made as a replacement of
@@ -330,8 +331,12 @@ class Simulation:
         self._window_last: dict[str, int] = {}  # customer -> the latest change in its open window
         # customer -> its state when the exchange rate moved inside its open window (fx_changes: see _label_fx)
         self._window_held: dict[str, dict[str, Comp]] = {}
+        # customer -> when the rate moved after the latest change of its open window (fx_changes): inside the window
+        # when a later change joins it, else a transition of its own after it (see _rate_moved)
+        self._rate_waiting: dict[str, int] = {}
         # windows labelled at the end of a run that the next run may still join (see _close_windows)
-        self._provisional: list[tuple[str, int, dict[str, Comp], Any, list[dict[str, Any]], tuple[int, Decimal, bool]]] = []
+        self._provisional: list[tuple[str, int, dict[str, Comp], Any, int | None, list[dict[str, Any]],
+                                      tuple[int, Decimal, bool]]] = []
         self._rate = customers / months if months else 0.0
         self.start = add_months(END_OF_HISTORY, -months) if start is None else start
         self.clock = self.start
@@ -552,25 +557,46 @@ class Simulation:
         restricted = coupon.get("applies_to")
         return not restricted or product_id in restricted["products"]
 
-    def _transition(self, cust: _Cust, t: int, before: dict[str, Comp], churn: tuple[str, Any] | None = None,
-                    rate_moved: bool = False) -> None:
+    def _transition(self, cust: _Cust, t: int, before: dict[str, Comp], churn: tuple[str, Any] | None = None
+                    ) -> None:
         """Note a change made at ``t`` from state ``before``: changes within the movement window of the first
-        one form one transition, labelled when the next one starts (or the run ends). ``rate_moved``: the change
-        is the exchange rate's (``before`` is then the state held when it moved)."""
+        one form one transition, labelled when the next one starts (or the run ends)."""
+        waiting = self._rate_waiting.pop(cust.id, None)
         pending = self._windows.get(cust.id)
         last = self._window_last.get(cust.id, t)
         self._window_last[cust.id] = t
         if pending is not None and t <= pending[0] + WINDOW_S:
+            # (a rate's move since the window's latest change is now inside it: _window_held holds the state then)
             if churn is not None:
                 self._windows[cust.id] = (pending[0], pending[1], churn)
-            if rate_moved:
-                self._window_held[cust.id] = before
             return
         if pending is not None:
-            self._label(cust, pending[0], pending[1], before, pending[2], last)
+            self._end_window(cust, pending, before, last, waiting)
         self._windows[cust.id] = (t, before, churn)
-        if rate_moved:
-            self._window_held[cust.id] = before
+
+    def _end_window(self, cust: _Cust, window: tuple[int, dict[str, Comp], tuple[str, Any] | None],
+                    after: dict[str, Comp], last: int, waiting: int | None) -> None:
+        """Label the window ``(t, before, churn)`` whose latest change was at ``last``, its state ``after``; then
+        the rate's move at ``waiting`` (after ``last``, so not inside the window) as a transition of its own."""
+        self._label(cust, window[0], window[1], after, window[2], last)
+        if waiting is not None:
+            self._label(cust, waiting, after, after, None, waiting)
+
+    def _rate_moved(self, cust: _Cust, t: int, now: dict[str, Comp]) -> None:
+        """The exchange rate moved at ``t`` while the customer held ``now`` (MRR above 0). A rate's move is no change
+        of the customer's: it begins no movement window and joins none, and is an ``fx`` transition of its own, but
+        when it falls between the first and the latest change of a window (inside A -> B; known once a later change
+        joins the window)."""
+        pending = self._windows.get(cust.id)
+        if pending is not None and t <= pending[0] + WINDOW_S:
+            self._window_held[cust.id] = now
+            self._rate_waiting[cust.id] = t
+            return
+        if pending is not None:
+            del self._windows[cust.id]
+            self._end_window(cust, pending, now, self._window_last.get(cust.id, pending[0]),
+                             self._rate_waiting.pop(cust.id, None))
+        self._label(cust, t, now, now, None, t)
 
     def _close_windows(self, end: int) -> None:
         """Label the windows still open at the end of a run. One that a change of the next run (``advance``) can
@@ -579,9 +605,10 @@ class Simulation:
             cust = self._custs[cid]
             kept = (len(self.truth), len(cust.path_t), cust.mrr, cust.had_mrr)
             held = self._window_held.get(cid)  # (_label takes it; the window opened again needs it back)
-            self._label(cust, t, before, self._snap(cust), churn, self._window_last.get(cid, t))
+            waiting = self._rate_waiting.pop(cid, None)
+            self._end_window(cust, (t, before, churn), self._snap(cust), self._window_last.get(cid, t), waiting)
             if t + WINDOW_S >= end:
-                self._provisional.append((cid, t, before, churn, self.truth[kept[0]:], kept[1:]))
+                self._provisional.append((cid, t, before, churn, waiting, self.truth[kept[0]:], kept[1:]))
                 if held is not None:
                     self._window_held[cid] = held
         self._windows.clear()
@@ -592,11 +619,13 @@ class Simulation:
             return
         dropped = {id(r) for *_, rows, _ in self._provisional for r in rows}
         self.truth = [r for r in self.truth if id(r) not in dropped]
-        for cid, t, before, churn, _, (path_len, mrr, had_mrr) in self._provisional:
+        for cid, t, before, churn, waiting, _, (path_len, mrr, had_mrr) in self._provisional:
             cust = self._custs[cid]
             del cust.path_t[path_len:], cust.path_v[path_len:]
             cust.mrr, cust.had_mrr = mrr, had_mrr
             self._windows[cid] = (t, before, churn)
+            if waiting is not None:
+                self._rate_waiting[cid] = waiting
         self._provisional.clear()
 
     def _label(self, cust: _Cust, t: int, before: dict[str, Comp], after: dict[str, Comp],
@@ -714,7 +743,7 @@ class Simulation:
             if cust.currency in moved:
                 now = self._snap(cust)
                 if truth.total(now) > 0:
-                    self._transition(cust, t, now, rate_moved=True)
+                    self._rate_moved(cust, t, now)
                 elif cid in self._windows and t <= self._windows[cid][0] + WINDOW_S:
                     self._window_held[cid] = now  # (nothing counted then: the window's changes come after)
         self._at(_next_month_start(t), "fx")

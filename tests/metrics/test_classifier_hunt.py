@@ -337,10 +337,11 @@ def test_a_discount_starting_later_in_the_window_of_a_seat_change(world: World, 
     assert got == {"seat_expansion": seats, "discount": discount}
 
 
-def test_a_rate_change_inside_the_window_of_a_seat_change(world: World, derive: Derive) -> None:
+def test_a_rate_change_twenty_minutes_after_a_seat_change(world: World, derive: Derive) -> None:
     """design.md 4 and 5: a euro customer adds two seats at 23:40 (30 -> 50 EUR) and the rate moves from 1.00 to
-    1.10 at midnight: one transition dated 23:40, the seats at the rate before (+20.00) and the rate's move on
-    what the customer has after (50 x 0.10 = +5.00, fx)."""
+    1.10 at midnight, 20 minutes later. A rate's move is no change of the customer's and joins no movement window:
+    the seats at 23:40 at the rate then (+20.00), the rate's move at midnight on what the customer has then (50 x
+    0.10 = +5.00, fx)."""
     w = base(world, currency="eur")
     w.fx_rates += [("2023-12-01", "eur", 1.0), ("2024-02-01", "eur", 1.10)]
     w.subscribe("sub_1", "cus_1", [("si_c", "core_basic", 3)], T0)
@@ -349,7 +350,7 @@ def test_a_rate_change_inside_the_window_of_a_seat_change(world: World, derive: 
     con = derive(w, seen_at=month(2))
     expect(con, [
         (t, "seat_expansion", "expansion", D("20.0000"), "si_c"),
-        (t, "fx", "fx", D("5.0000"), "si_c"),
+        (ts(2024, 2, 1), "fx", "fx", D("5.0000"), "si_c"),
     ])
 
 

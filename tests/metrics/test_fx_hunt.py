@@ -1,8 +1,8 @@
 """Currencies and exchange rates, against answers worked out by hand from design.md 4-7 and the README ("Exchange
 rates", "Metric definitions") before running ours: a euro customer across three rate moves; levels that round and a
 rate that repeats or moves by less than the rounding; rates given weekly; a seat, a family or a discount changed
-inside the window of a rate move or at its very moment (and a seat that offsets the move exactly); metered usage
-billed when the rate moves; a signup inside a rate move's window; cancellations after and at a rate move; a comeback
+twenty minutes from a rate move or at its very moment (and a seat that offsets the move exactly); metered usage
+billed when the rate moves; a signup twenty minutes before a rate move; cancellations after and at a rate move; a comeback
 in another currency; trials through a move and before a currency's first rate; a plan switch across currencies
 when both rates move; a customer billed in euros and dollars; zero- and three-decimal currencies; prices billed
 through currency options or without an amount in the subscription's currency; an amount off in euros; a rate
@@ -188,11 +188,11 @@ def test_rates_given_weekly_value_each_day_at_the_latest_on_or_before_it(world: 
 
 @one_store
 def test_a_seat_removed_twenty_minutes_before_the_rate_falls(world: World, derive: Derive) -> None:
-    """README "Exchange rates" (a change within the window of a rate change is valued at the rate in force when it was
-    made; fx is the rate's move on what the customer held when the rate moved): 4 seats x 10.00 EUR, 44.00 at 1.10 in
-    February. One seat removed at 23:40 on 29 February, the euro falling to 1.05 at 00:00: one transition dated
-    23:40 (design.md 5), seat_contraction -10 EUR x 1.10 = -11.00 and fx 30 EUR x (1.05 - 1.10) = -1.50: 44.00 ->
-    31.50. Both rows are February's."""
+    """README "Exchange rates" (a rate's move is no change of the customer's: it joins no movement window; fx is the
+    rate's move on what the customer held when the rate moved): 4 seats x 10.00 EUR, 44.00 at 1.10 in February. One
+    seat removed at 23:40 on 29 February, the euro falling to 1.05 at 00:00: seat_contraction -10 EUR x 1.10 = -11.00
+    at 23:40 (44.00 -> 33.00, February's), then fx 30 EUR x (1.05 - 1.10) = -1.50 at 00:00 (33.00 -> 31.50,
+    March's). (Before, the move joined the seat's window: both rows dated 23:40.)"""
     w = catalogue(world)
     w.customer("c", currency="eur")
     w.subscribe("s", "c", [("si", "seat_eur", 4)], T0)
@@ -202,11 +202,12 @@ def test_a_seat_removed_twenty_minutes_before_the_rate_falls(world: World, deriv
     expect(con, "c", [
         (T0, "new", "new", D(0), D("43.20"), D("43.20"), "eur", D(40), "si"),
         fx(FEB, "43.20", "44.00", "eur", "si"),
-        (t, "seat_contraction", "contraction", D(44), D("31.50"), D(-11), "eur", D(-10), "si"),
-        (t, "fx", "fx", D(44), D("31.50"), D("-1.50"), "eur", D(0), "si"),
+        (t, "seat_contraction", "contraction", D(44), D(33), D(-11), "eur", D(-10), "si"),
+        fx(MAR, "33.00", "31.50", "eur", "si"),
         fx(APR, "31.50", "33.60", "eur", "si"),
     ])
-    assert levels(con, "c") == [(T0, FEB, D("43.20")), (FEB, t, D(44)), (t, APR, D("31.50")), (APR, None, D("33.60"))]
+    assert levels(con, "c") == [(T0, FEB, D("43.20")), (FEB, t, D(44)), (t, MAR, D(33)), (MAR, APR, D("31.50")),
+                                (APR, None, D("33.60"))]
 
 
 @one_store
@@ -268,18 +269,20 @@ def test_usage_billed_at_the_moment_the_rate_moves(world: World, derive: Derive)
 
 
 @one_store
-def test_a_signup_inside_a_rate_moves_window_is_one_new_at_the_rate_after(world: World, derive: Derive) -> None:
-    """design.md 5: `new` takes the whole customer delta, dated at the window's first change. c1 subscribes 3 seats
-    x 10.00 EUR at 23:40 on 29 February; the euro moves from 1.10 to 1.05 at 00:00, inside the window: one `new` of
-    30 x 1.05 = 31.50 dated 23:40, no fx row (the customer held nothing before). c2 subscribes at 1 March 00:00
-    exactly: `new` 31.50 at the new rate, no fx. Both move with April's 1.12: +2.10."""
+def test_a_signup_twenty_minutes_before_a_rate_move_is_new_at_the_rate_then(world: World, derive: Derive) -> None:
+    """design.md 5: `new` takes the whole customer delta, dated at the window's first change; a rate's move joins no
+    window (README "Exchange rates"). c1 subscribes 3 seats x 10.00 EUR at 23:40 on 29 February: `new` of 30 x 1.10
+    = 33.00 then; the euro moves from 1.10 to 1.05 at 00:00: fx -1.50 (31.50). c2 subscribes at 1 March 00:00
+    exactly: `new` 31.50 at the new rate, no fx. Both move with April's 1.12: +2.10. (Before, the move joined c1's
+    window: one `new` of 31.50 dated 23:40, so that February's flows came to 31.50 and its closing to 33.00.)"""
     w = catalogue(world)
     t1 = MAR - 20 * MINUTE
     for cid, at in (("c1", t1), ("c2", MAR)):
         w.customer(cid, currency="eur")
         w.subscribe(f"s_{cid}", cid, [(f"si_{cid}", "seat_eur", 3)], at)
     con = derive(w, seen_at=SEEN)
-    expect(con, "c1", [(t1, "new", "new", D(0), D("31.50"), D("31.50"), "eur", D(30), "si_c1"),
+    expect(con, "c1", [(t1, "new", "new", D(0), D(33), D(33), "eur", D(30), "si_c1"),
+                       fx(MAR, "33", "31.50", "eur", "si_c1"),
                        fx(APR, "31.50", "33.60", "eur", "si_c1")])
     expect(con, "c2", [(MAR, "new", "new", D(0), D("31.50"), D("31.50"), "eur", D(30), "si_c2"),
                        fx(APR, "31.50", "33.60", "eur", "si_c2")])
@@ -316,28 +319,28 @@ def test_a_switch_from_euros_to_pounds_over_a_midnight_when_both_rates_move(worl
 
 @pytest.mark.parametrize("minutes", [-20, 20], ids=["before", "after"])
 @one_store
-def test_a_family_dropped_inside_the_window_of_a_rate_move(world: World, derive: Derive, minutes: int) -> None:
-    """design.md 5 (an item of a family removed while the customer stays: `downgrade`) with README's rule for a
-    change within a rate move's window (the change at the rate in force when it was made; fx the move on what was
-    held when the rate moved): core 3 x 10.00 EUR and an add-on 2 x 10.00 EUR, 55.00 at 1.10 in February; the add-on
-    removed 20 minutes before or after the euro falls to 1.05 on 1 March. Before (23:40, the window's first change):
-    downgrade -20 x 1.10 = -22.00, fx on the 30 EUR held = -1.50. After (the window opens at the rate move, 00:00):
-    fx on the 50 EUR held = -2.50, downgrade -20 x 1.05 = -21.00. Either way 55.00 -> 31.50, then +2.10 in April."""
+def test_a_family_dropped_twenty_minutes_from_a_rate_move(world: World, derive: Derive, minutes: int) -> None:
+    """design.md 5 (an item of a family removed while the customer stays: `downgrade`) with README's rules for rates
+    (a rate's move joins no movement window; the change at the rate in force when it was made; fx the move on what
+    was held when the rate moved): core 3 x 10.00 EUR and an add-on 2 x 10.00 EUR, 55.00 at 1.10 in February; the
+    add-on removed 20 minutes before or after the euro falls to 1.05 on 1 March. Before (23:40): downgrade -20 x
+    1.10 = -22.00 then, fx on the 30 EUR held = -1.50 at 00:00. After (00:20): fx on the 50 EUR held = -2.50 at
+    00:00, downgrade -20 x 1.05 = -21.00 at 00:20. Either way 55.00 -> 31.50, then +2.10 in April."""
     w = catalogue(world)
     w.customer("c", currency="eur")
     w.subscribe("s", "c", [("si_c", "seat_eur", 3), ("si_a", "addon_eur", 2)], T0)
     w.update("s", MAR + minutes * MINUTE, items=[("si_c", "seat_eur", 3)])
     con = derive(w, seen_at=SEEN)
-    t = min(MAR, MAR + minutes * MINUTE)
-    down, swing = ("-22", "-1.50") if minutes < 0 else ("-21", "-2.50")
+    t = MAR + minutes * MINUTE
+    if minutes < 0:
+        march = [(t, "downgrade", "contraction", D(55), D(33), D(-22), "eur", D(-20), "si_a"),
+                 fx(MAR, "33", "31.50", "eur", "si_c")]
+    else:
+        march = [fx(MAR, "55", "52.50", "eur", "si_c"),
+                 (t, "downgrade", "contraction", D("52.50"), D("31.50"), D(-21), "eur", D(-20), "si_a")]
     got = rows(con, "c")
     assert got[0][:6] == (T0, "new", "new", D(0), D(54), D(54))
-    assert got[1:] == [
-        fx(FEB, "54", "55", "eur", "si_c"),
-        (t, "downgrade", "contraction", D(55), D("31.50"), D(down), "eur", D(-20), "si_a"),
-        (t, "fx", "fx", D(55), D("31.50"), D(swing), "eur", D(0), "si_c"),
-        fx(APR, "31.50", "33.60", "eur", "si_c"),
-    ]
+    assert got[1:] == [fx(FEB, "54", "55", "eur", "si_c"), *march, fx(APR, "31.50", "33.60", "eur", "si_c")]
     check_invariants(con, "c")
 
 
@@ -346,8 +349,8 @@ def test_a_discount_that_ends_twenty_minutes_after_the_rate_moves(world: World, 
     """design.md 4 (a discount ending is a movement dated at its end) and README (the change at the rate in force when
     it was made; fx the move on what was held): 3 seats x 10.00 EUR with 30% off for two months from 1 January
     00:20: 21 EUR, 22.68 at 1.08; 1 February fx +0.42 (23.10). The discount ends on 1 March 00:20, 20 minutes after
-    the euro falls to 1.05: fx on the 21 EUR held = -1.05, discount +9 EUR x 1.05 = +9.45 (9.0000 EUR), both dated at
-    the window's start, 00:00: 23.10 -> 31.50. 1 April fx +2.10 (33.60)."""
+    the euro falls to 1.05: fx on the 21 EUR held = -1.05 at 00:00 (23.10 -> 22.05; a rate's move joins no movement
+    window), discount +9 EUR x 1.05 = +9.45 (9.0000 EUR) at 00:20 (31.50). 1 April fx +2.10 (33.60)."""
     w = catalogue(world)
     w.customer("c", currency="eur")
     w.coupon("c30", percent_off=30, duration="repeating", duration_in_months=2)
@@ -358,8 +361,8 @@ def test_a_discount_that_ends_twenty_minutes_after_the_rate_moves(world: World, 
     expect(con, "c", [
         (start, "new", "new", D(0), D("22.68"), D("22.68"), "eur", D(21), "si"),
         fx(FEB, "22.68", "23.10", "eur", "si"),
-        (MAR, "discount", "expansion", D("23.10"), D("31.50"), D("9.45"), "eur", D(9), "si"),
-        (MAR, "fx", "fx", D("23.10"), D("31.50"), D("-1.05"), "eur", D(0), "si"),
+        fx(MAR, "23.10", "22.05", "eur", "si"),
+        (MAR + 20 * MINUTE, "discount", "expansion", D("22.05"), D("31.50"), D("9.45"), "eur", D(9), "si"),
         fx(APR, "31.50", "33.60", "eur", "si"),
     ])
 

@@ -567,10 +567,10 @@ def test_a_seed_with_every_option_keeps_its_bytes_across_a_billing_run() -> None
                      item_discounts=True, collection_pauses=True, option_prices=True, **SANDBOX_OPTIONS)
     assert sum(t["movement"] == "fx" for t in sim.truth) > 300
     assert hashlib.sha256(sim.bundle_bytes()).hexdigest() == (
-        "f6dd776b35828c4a88e9cf9ee9030bcff40ba49ec32226953a83fa20ab5e8f88")
+        "2cce4ba840d3243846c5364e11738e3cdcb4ed14f53188e60a06ae66b13a5660")
     sim.advance(1)
     assert hashlib.sha256(sim.bundle_bytes()).hexdigest() == (
-        "38dc3e60857d13d891b113cd91c7b2e28d5c282b07f5f72c6c6f71bb6a687861")
+        "3474f9f4242c8853153f64b37752902147facb7bb05ae1911454aa6213c3b59f")
 
 
 def test_an_interval_switch_bills_net_of_the_discounts_in_force_and_lists_them() -> None:
@@ -767,6 +767,36 @@ def test_a_rate_that_comes_out_as_it_was_begins_no_movement_window() -> None:
         assert not [r for r in sim.truth if r["currency"] == cur and r["occurred_at"] == at]
         if (t, cur) == (_unix("2026-03-01T00:00:00Z"), "gbp"):  # (the case is there)
             assert [r for r in sim.truth if r["currency"] == cur and at < r["occurred_at"] <= hour]
+
+
+def test_a_rate_move_joins_no_movement_window() -> None:
+    """design.md 4 (rate swings are their own `fx` line; a cancellation counts at `ended_at`): a rate's move at 00:00
+    is no change of the customer's, so it begins no movement window and joins none. A customer's change in the hour
+    after it is dated when it was made, beside the `fx` row at 00:00 on what was held then. (The truth took the move
+    as the first change of a window: a metered item's renewal at 00:03:30 dated 00:00, its `fx` part inside it; this
+    seed has a gbp customer's renewal so three months running.)"""
+    sim = Simulation(customers=800, months=24, seed=73, fx_changes=True)
+    last: dict[str, Decimal] = {}
+    moved = []
+    for t, cur, rate in sim.fx_rate_changes:
+        if cur in last and rate != last[cur]:
+            moved.append(t)
+        last[cur] = rate
+
+    def iso(t: int) -> str:
+        return dt.datetime.fromtimestamp(t, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    by_customer: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for r in sim.truth:
+        by_customer[r["customer_id"]].append((r["occurred_at"], r["movement"]))
+    after_a_move = {(cid, iso(t)): [(at, m) for at, m in rows if iso(t) <= at <= iso(t + 3600)]
+                    for t in sorted(set(moved)) for cid, rows in by_customer.items()}
+    cases = {k: rows for k, rows in after_a_move.items()
+             if rows and rows[0] == (k[1], "fx") and any(at > k[1] for at, _m in rows)}
+    assert len(cases) >= 3, cases  # (the case is there)
+    for (_cid, at), rows in cases.items():
+        assert [m for t, m in rows if t == at] == ["fx"], rows
+        assert "fx" not in [m for t, m in rows if t > at], rows
 
 
 def _item_updates(sim: Simulation) -> list[tuple[str, dict[str, Any], bool]]:
