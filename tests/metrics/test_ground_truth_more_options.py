@@ -22,7 +22,7 @@ from test_ground_truth import (
 @pytest.mark.slow
 def test_ground_truth_with_changes_made_without_prorations(tmp_path: Path) -> None:
     """Simulation(no_prorations=True) beside item discounts, collection pauses, moving rates and every option of
-    the sandbox (3,000 x 36, seed 5, loaded straight into the store): some item changes are made with
+    the sandbox (2,000 x 36, seed 11, loaded straight into the store): some item changes are made with
     proration_behavior=none, no invoice, the renewal billing the new state. Before the events' window, add-ons and
     plan changes made as a new item (dated by its `created` alone, the item it replaced ending then), some changed
     again with prorations before that renewal, some in subscriptions canceled before it; inside the window, changes
@@ -37,12 +37,12 @@ def test_ground_truth_with_changes_made_without_prorations(tmp_path: Path) -> No
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sandbox"))
     from test_sim import _item_updates
 
-    sim = Simulation(customers=3_000, months=36, seed=5, no_prorations=True, item_discounts=True,
+    sim = Simulation(customers=2_000, months=36, seed=11, no_prorations=True, item_discounts=True,
                      collection_pauses=True, fx_changes=True, **SANDBOX_OPTIONS)
     window = sim.clock - 30 * 86_400
     updates = [(kind, e) for kind, e, billed in _item_updates(sim) if not billed]
     kinds = Counter((kind, e["created"] >= window) for kind, e in updates)
-    assert kinds[("add", False)] >= 200 and kinds[("replace", False)] >= 50, kinds
+    assert kinds[("add", False)] >= 200 and kinds[("replace", False)] >= 40, kinds
     assert all(kinds[(kind, True)] for kind in ("add", "price", "qty", "remove")), kinds
     lines = defaultdict(list)
     for inv in sim.objects["invoices"].values():
@@ -55,7 +55,7 @@ def test_ground_truth_with_changes_made_without_prorations(tmp_path: Path) -> No
     ended = {s["id"]: s["ended_at"] for s in sim.objects["subscriptions"].values() if s["ended_at"]}
     assert sum(1 for e, it in added if first[it["id"]] is None and e["data"]["object"]["id"] in ended) >= 2
     with derived_directly(sim, tmp_path / "unprorated.duckdb") as con:
-        check_exactly(sim, con, "3,000 x 36 with changes made without prorations")
+        check_exactly(sim, con, "2,000 x 36 with changes made without prorations")
 
 
 @pytest.mark.timeout(600)
