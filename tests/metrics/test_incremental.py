@@ -70,12 +70,15 @@ ONE_SCOPE = pytest.mark.parametrize("shards", [1])
 
 
 def derived_contents(con: duckdb.DuckDBPyConnection) -> dict[str, list[str]]:
-    """Every persistent derived table's rows, sorted (as text), plus the finance views."""
+    """Every persistent derived table's rows, sorted (as text), plus the finance views. (derived_fx_days runs
+    through today's UTC date, which moves at midnight between two recomputes of one test: its days from yesterday
+    on are left out.)"""
     out: dict[str, list[str]] = {}
     names = con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
                         "AND schema_name = 'main' AND table_name LIKE 'derived%' ORDER BY 1").fetchall()
     for (table,) in names:
-        out[table] = sorted(repr(r) for r in con.execute(f"SELECT * FROM {table}").fetchall())
+        where = " WHERE day < CAST(timezone('UTC', now()) AS DATE) - 1" if table == "derived_fx_days" else ""
+        out[table] = sorted(repr(r) for r in con.execute(f"SELECT * FROM {table}{where}").fetchall())
     out.update({f"view {k}": [repr(r) for r in v] for k, v in view_contents(con).items()})
     return out
 
