@@ -15,7 +15,6 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -59,17 +58,6 @@ def soak_script() -> ModuleType:
     return module
 
 
-def run_ended(db: Path, before: Any) -> Callable[[], dict[str, Any] | None]:
-    """A condition: the daemon's state once its last run is no longer ``before`` (a run ends two seconds or more
-    after the one before it, and its time is in seconds: every run's differs)."""
-
-    def cond() -> dict[str, Any] | None:
-        state = read_state(db) or {}
-        return state if state.get("last_run") != before else None
-
-    return cond
-
-
 @pytest.mark.slow
 def test_ten_runs_leave_no_descriptor_thread_file_or_handler_behind(
         tmp_path: Path, synced: Path, sandbox: RunningSandbox) -> None:
@@ -106,7 +94,7 @@ def test_ten_runs_leave_no_descriptor_thread_file_or_handler_behind(
                 sandbox.advance(1)
             body = event(EVENT_TYPES[n % len(EVENT_TYPES)])
             assert post(url, body, sign(body)) == 200
-            state = daemon.wait_for(run_ended(db, state.get("last_run")), f"the end of run {n}")
+            state = daemon.wait_for(soak.run_ended(db, state), f"the end of run {n}")
             runs.append(state["last_run"])
             time.sleep(0.1)  # (the state is renamed into place, then its folder synced; the run's thread returns)
             samples.append(soak.sample_process(daemon.proc.pid, tmp_path, db, n))
