@@ -314,13 +314,14 @@ def _remove_stale_copies(db: Path) -> None:
 
 
 def _table(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    """Rows as dicts through Arrow (TIMESTAMPTZ as aware datetimes); [] when the table is not there yet."""
+    """Rows as dicts (TIMESTAMPTZ as aware datetimes); [] when the table is not there yet."""
+    from stripe_churn.store.db import dict_rows
+
     try:
-        rows: list[dict[str, Any]] = con.sql(sql).to_arrow_table().to_pylist()
+        return dict_rows(con, sql)
     except duckdb.Error as exc:
         log.debug("no rows from %s: %s", sql.split(" FROM ")[-1][:40], exc)
         return []
-    return rows
 
 
 # Per currency the account bills in, other than the reporting one: the customers billed in it now and the

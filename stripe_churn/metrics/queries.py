@@ -29,6 +29,7 @@ import duckdb
 
 from stripe_churn.errors import ConfigError, DataError
 from stripe_churn.metrics.runner import first_line
+from stripe_churn.store.db import dict_rows
 
 PERIODS = ("week", "month", "quarter", "year")
 SEGMENT_KINDS = ("family", "plan", "product", "currency", "country", "size_band")
@@ -48,12 +49,11 @@ def _check_segment(segment: str | None) -> None:
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Rows as dicts; through Arrow, so that TIMESTAMPTZ values come back as timezone-aware datetimes."""
+    """Rows as dicts (TIMESTAMPTZ values as timezone-aware datetimes)."""
     try:
-        rows: list[dict[str, Any]] = con.sql(sql, params=params or {}).to_arrow_table().to_pylist()
+        return dict_rows(con, sql, params)
     except duckdb.Error as exc:  # (an amount too large for the views' money names itself; see money4)
         raise DataError(f"reading the views failed: {first_line(exc)}") from exc
-    return rows
 
 
 def bridge(con: duckdb.DuckDBPyConnection, period: str = "month", segment: str | None = None,

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
 from sqlalchemy.schema import CreateTable
@@ -324,6 +325,15 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     except BaseException:
         rollback(con)
         raise
+
+
+def dict_rows(con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """``sql``'s rows as dicts (TIMESTAMPTZ values as aware datetimes in the connection's time zone). Run as one
+    statement: ``con.sql(...)`` binds a statement once more before it runs it, about 10 ms for a view such as
+    mrr_bridge, a third of reading it."""
+    cur = con.execute(sql, params or {})
+    names = [d[0] for d in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
 def sql_identifier(name: str) -> str:
