@@ -15,8 +15,11 @@ CREATE OR REPLACE MACRO money4(x, what) AS
 -- The sum `s` of n item MRRs, each cut at 10 decimals (so off by less than 1e-10; the sum by less than n x 1e-10),
 -- rounded where that is under half a unit: 9 decimals for up to 4 items, 8 for up to 49, ... An exact sum such as
 -- 26.4583333333 + 184.1666666666 = 210.625 is then whole again before a rate or a rounding at 4 decimals.
+-- (each branch cast to 9 decimals: a CASE of DECIMAL(38, 9) ... DECIMAL(38, 6) is a DECIMAL(38, 6), which rounded
+-- every sum at 6 decimals, 8.333333333 to 8.333333)
 CREATE OR REPLACE MACRO whole_again(s, n) AS
-    CASE WHEN n < 5 THEN round(s, 9) WHEN n < 50 THEN round(s, 8) WHEN n < 500 THEN round(s, 7) ELSE round(s, 6) END;
+    CASE WHEN n < 5 THEN CAST(round(s, 9) AS DECIMAL(38, 9)) WHEN n < 50 THEN CAST(round(s, 8) AS DECIMAL(38, 9))
+         WHEN n < 500 THEN CAST(round(s, 7) AS DECIMAL(38, 9)) ELSE CAST(round(s, 6) AS DECIMAL(38, 9)) END;
 -- n / (d x 1e17) (n in 1e-17 units, d a positive integer) rounded at 4 decimals, half away from zero, exactly.
 CREATE OR REPLACE MACRO round_over4(n, d) AS
     CAST(sign(n) * ((2 * abs(n) + CAST(d AS HUGEINT) * 10000000000000) // (2 * CAST(d AS HUGEINT) * 10000000000000))

@@ -341,7 +341,9 @@ SELECT
     s.t_end,
     s.kind AS transition_kind,
     s.part,
-    s.unexplained
+    s.unexplained,
+    -- (the change in its currency before the rounding to 4 decimals: the cohorts value it at another rate, 88)
+    s.amount_original AS amount_exact
 FROM sourced s
 LEFT JOIN window_sources ws
     ON ws.tid = s.tid

@@ -3,10 +3,11 @@
 -- over its MRR at the end of its first month. Through the current month (the later of today and the data).
 -- At constant exchange rates (design.md 4: rate swings are their own line, never retention or expansion): the
 -- `fx` movements are left out and every other movement in another currency than the reporting one is valued
--- at the rate in force at the end of the cohort's first month (its amount in its own currency times that rate;
--- its own amount when that was the rate it was made at), so an unchanged customer stays at 100% and one who left
--- counts nothing.
--- Inputs: derived_mrr_movements, derived_settings, fx_rates, derived_fx_days; the macro utc_date (50).
+-- at the rate in force at the end of the cohort's first month (its amount in its own currency times that rate,
+-- exactly as step 64 values a part, `rep20`; its own amount when that was the rate it was made at), so an unchanged
+-- customer stays at 100% and one who left counts nothing.
+-- Inputs: derived_mrr_movements, derived_item_mrr, derived_price_terms, derived_settings, fx_rates,
+-- derived_fx_days; the macros utc_date (50) and rep20 (10).
 
 CREATE OR REPLACE MACRO cohort_matrix() AS TABLE
 WITH
@@ -27,18 +28,14 @@ cohort_rates AS (
     ASOF LEFT JOIN (SELECT lower(currency) AS currency, date, CAST(rate AS DECIMAL(18, 8)) AS rate FROM fx_rates) f
       ON f.currency = r.currency AND f.date <= r.last_day
 ),
-monthly AS (
-    SELECT c.cohort_month, period_of('month', m.occurred_at) AS month,
-           -- (a movement in the reporting currency, or with no rate at the cohort's month end, as it is; one made
-           -- while the rate was the cohort's, on the day before its window and on the day it ended, as the
-           -- movements are valued, is its own amount too: exact, where the amount in its currency rounded to 4
-           -- decimals times the rate is off by up to half a 1e-4 per row)
-           sum(CASE WHEN m.category = 'fx' THEN 0
-                    WHEN r.rate IS NULL THEN m.mrr_delta
-                    WHEN fa.rate = r.rate AND fb.rate = r.rate THEN m.mrr_delta
-                    ELSE m.amount_delta_original * r.rate END) AS net,
-           count(*) FILTER (WHERE m.category IN ('new', 'reactivation'))
-           - count(*) FILTER (WHERE m.category = 'churn') AS net_customers
+valued AS (
+    SELECT c.cohort_month, m.account_id, m.customer_id, m.occurred_at, m.category, m.mrr_delta, m.currency,
+           m.amount_exact, r.rate,
+           -- (a movement in the reporting currency, or with no rate at the cohort's month end, is its own amount;
+           -- one made while the rate was the cohort's, on the day before its window and on the day it ended, as
+           -- the movements are valued, too; the others are valued at the cohort's rate)
+           m.category <> 'fx' AND r.rate IS NOT NULL
+               AND NOT coalesce(fa.rate = r.rate AND fb.rate = r.rate, false) AS revalued
     FROM derived_mrr_movements m
     JOIN cohorts c USING (account_id, customer_id)
     LEFT JOIN cohort_rates r ON r.cohort_month = c.cohort_month AND r.currency = m.currency
@@ -49,6 +46,42 @@ monthly AS (
     LEFT JOIN derived_fx_days fb
       ON r.rate IS NOT NULL AND fb.currency = m.currency
      AND fb.day = utc_date(m.t_end)
+),
+-- for the customers of a revalued movement, per currency: the least common multiple of 12 x interval_count of
+-- their items' prices (a multiple of the `den` of each of their changes, step 64), so that a change such as 100.00
+-- GBP a year, 8.333333333 GBP a month, is whole again before the rate (x 1.481478 = 12.34565, exactly; the amount
+-- rounded to 4 decimals, 8.3333, gave 12.3456)
+dens AS (
+    SELECT i.account_id, i.customer_id, i.currency,
+           list_reduce(list(DISTINCT 12 * coalesce(t.interval_count, 1)), lambda a, b: lcm(a, b)) AS den
+    FROM derived_item_mrr i
+    LEFT JOIN derived_price_terms t ON t.account_id = i.account_id AND t.price_id = i.price_id
+    WHERE (i.account_id, i.customer_id) IN (SELECT (account_id, customer_id) FROM valued WHERE revalued)
+    GROUP BY ALL
+),
+-- (each revalued movement times its customer's den is whole again at its own precision, `whole_again`; those are
+-- summed per month, rate and den, and only the sums are taken to the rate and over den, as `rep20` does a part)
+monthly_parts AS (
+    SELECT v.cohort_month, period_of('month', v.occurred_at) AS month, v.rate, d.den,
+           sum(CASE WHEN v.category = 'fx' THEN 0
+                    WHEN NOT v.revalued THEN v.mrr_delta
+                    WHEN d.den IS NULL THEN v.amount_exact * v.rate END) AS own,
+           sum(whole_again(v.amount_exact * d.den, 10 * d.den)) FILTER (WHERE v.revalued AND v.category <> 'fx')
+               AS over_den,
+           count(*) FILTER (WHERE v.category IN ('new', 'reactivation'))
+           - count(*) FILTER (WHERE v.category = 'churn') AS net_customers
+    FROM valued v
+    LEFT JOIN dens d ON v.revalued AND d.account_id = v.account_id AND d.customer_id = v.customer_id
+                    AND d.currency = v.currency
+    GROUP BY ALL
+),
+monthly AS (
+    SELECT cohort_month, month,
+           sum(coalesce(own, 0)
+               + coalesce(CAST(CAST(over_den * 1000000000 AS HUGEINT) * rate_e8(rate) * 1000 // CAST(den AS HUGEINT)
+                               AS DECIMAL(38, 0)) * CAST(0.00000000000000000001 AS DECIMAL(20, 20)), 0)) AS net,
+           sum(net_customers) AS net_customers
+    FROM monthly_parts
     GROUP BY ALL
 ),
 sizes AS (SELECT cohort_month, count(*) AS cohort_customers FROM cohorts GROUP BY ALL),

@@ -224,10 +224,6 @@ def test_a_rate_that_moves_inside_the_cohorts_first_month(con: duckdb.DuckDBPyCo
     assert (march["new"], march["fx"]) == (D("32.4"), D("1.2"))  # (fx: me's 0.60 and ja's 30 EUR x 0.02)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cohort_matrix values a movement made at another rate than the cohort's as amount_delta_original (already rounded "
-    "to 4 decimals: 8.3333 GBP) x the rate: 12.3456, where the customer's MRR at the month's end, the cohort's "
-    "starting MRR by the README, is 8.3333... GBP x 1.481478 = 12.34565 -> 12.3457 (customer_mrr, and the bridge)"))
 def test_the_starting_mrr_of_an_annual_plan_after_a_rate_move_to_the_last_decimal(
         con: duckdb.DuckDBPyConnection) -> None:
     """design.md 4 (money in the views to 4 decimals) and README (starting_mrr is the cohort's MRR at the end of its
