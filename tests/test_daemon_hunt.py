@@ -202,6 +202,15 @@ def test_a_schedule_the_daemon_cannot_read_is_one_line_and_exit_2(tmp_path: Path
 
 
 # ------------------------------------------------------------------------- a first sync longer than the schedule
+def holder_pid(db: Path) -> int | None:
+    """The pid the sync lock's holder wrote into ``<db>.lock`` (None while no one holds it)."""
+    try:
+        info = json.loads(lock_path(db).read_text(encoding="utf-8") or "{}")
+    except (OSError, ValueError):
+        return None
+    return info.get("pid") if isinstance(info, dict) else None
+
+
 def test_a_first_sync_longer_than_the_schedule_a_manual_sync_sigterm_and_the_resume(
         tmp_path: Path, sandbox: RunningSandbox) -> None:
     """A new store, a daemon ticking every second (as a schedule shorter than a sync: `* * * * *` against an
@@ -230,6 +239,9 @@ def test_a_first_sync_longer_than_the_schedule_a_manual_sync_sigterm_and_the_res
     outputs: list[str] = []
     try:
         daemon.wait_for(lambda: "sync starting (start)" in daemon.text(), "start-up sync")
+        # (the run logs that it starts, then takes the sync lock: a manual sync in between took the lock first, under
+        # a busy machine, and succeeded; the lock file names its holder once taken)
+        daemon.wait_for(lambda: holder_pid(db) == daemon.proc.pid, "the start-up sync to hold the lock")
         began = time.monotonic()
         started_wall = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=5)
 
