@@ -27,13 +27,16 @@ CREATE OR REPLACE MACRO round_over4(n, d) AS
 -- An exchange rate (8 decimals) as a whole number of 1e-8: widened first, as a rate of 100 or more times 1e8
 -- overflows its DECIMAL(18, 8) (a store reporting in yen values a dollar at about 150).
 CREATE OR REPLACE MACRO rate_e8(rate) AS CAST(CAST(rate AS DECIMAL(38, 8)) * 100000000 AS HUGEINT);
+-- w (an amount times den, whole again, at 9 decimals) times a rate, over den, to 1e-20 of the reporting currency,
+-- in integers (rep20; the cohorts take sums of such w to their rate, 88).
+CREATE OR REPLACE MACRO over_den20(w, den, rate) AS
+    CAST(CAST(w * 1000000000 AS HUGEINT) * rate_e8(rate) * 1000 // CAST(den AS HUGEINT) AS DECIMAL(38, 0))
+    * CAST(0.00000000000000000001 AS DECIMAL(20, 20));
 -- A part x of a change in its currency (at 9 decimals) whose items' MRRs times `den` (12 x interval_count, or
 -- their least common multiple) are short decimals, times a rate, to 1e-20 of the reporting currency: x times den
 -- is whole again (`whole_again`), then the rate, then over den in integers, so that an exact half at 4 decimals
 -- that only the rate makes stays exact (8.333333333 GBP x 1.481478 = 12.34565, not 12.3456499...).
-CREATE OR REPLACE MACRO rep20(x, den, rate) AS
-    CAST(CAST(whole_again(x * den, 10 * den) * 1000000000 AS HUGEINT) * rate_e8(rate) * 1000
-         // CAST(den AS HUGEINT) AS DECIMAL(38, 0)) * CAST(0.00000000000000000001 AS DECIMAL(20, 20));
+CREATE OR REPLACE MACRO rep20(x, den, rate) AS over_den20(whole_again(x * den, 10 * den), den, rate);
 -- Unix seconds (as sent by Stripe) to TIMESTAMPTZ; NULL stays NULL.
 CREATE OR REPLACE MACRO ts_of(s) AS CASE WHEN s IS NULL THEN NULL ELSE to_timestamp(CAST(s AS BIGINT)) END;
 -- An expandable field (an id or an expanded object) to its id.

@@ -7,7 +7,7 @@
 -- exactly as step 64 values a part, `rep20`; its own amount when that was the rate it was made at), so an unchanged
 -- customer stays at 100% and one who left counts nothing.
 -- Inputs: derived_mrr_movements, derived_item_mrr, derived_price_terms, derived_settings, fx_rates,
--- derived_fx_days; the macros utc_date (50) and rep20 (10).
+-- derived_fx_days; the macros utc_date (50), whole_again and over_den20 (10).
 
 CREATE OR REPLACE MACRO cohort_matrix() AS TABLE
 WITH
@@ -60,7 +60,8 @@ dens AS (
     GROUP BY ALL
 ),
 -- (each revalued movement times its customer's den is whole again at its own precision, `whole_again`; those are
--- summed per month, rate and den, and only the sums are taken to the rate and over den, as `rep20` does a part)
+-- summed per month, rate and den, and only the sums are taken to the rate and over den, `over_den20`, as `rep20`
+-- does a part)
 monthly_parts AS (
     SELECT v.cohort_month, period_of('month', v.occurred_at) AS month, v.rate, d.den,
            sum(CASE WHEN v.category = 'fx' THEN 0
@@ -77,9 +78,7 @@ monthly_parts AS (
 ),
 monthly AS (
     SELECT cohort_month, month,
-           sum(coalesce(own, 0)
-               + coalesce(CAST(CAST(over_den * 1000000000 AS HUGEINT) * rate_e8(rate) * 1000 // CAST(den AS HUGEINT)
-                               AS DECIMAL(38, 0)) * CAST(0.00000000000000000001 AS DECIMAL(20, 20)), 0)) AS net,
+           sum(coalesce(own, 0) + coalesce(over_den20(over_den, den, rate), 0)) AS net,
            sum(net_customers) AS net_customers
     FROM monthly_parts
     GROUP BY ALL
