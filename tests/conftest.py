@@ -1,5 +1,6 @@
-"""Suite-wide ordering: the long tests (marked ``slow``) are collected first, so that with two workers
-(``pytest -n 2 --dist loadfile``, as scripts/check runs it) their files start at once instead of last. Ctrl-C
+"""Suite-wide ordering: the heaviest files (HEAVY_FILES, then any holding a test marked ``slow``) are collected
+first, so that with the workers of scripts/check (``pytest -n 3 --dist loadfile --no-loadscope-reorder``) they
+start at once instead of last. Ctrl-C
 is handled as at a terminal, however the suite was started. And the small stores of most tests run DuckDB on one
 thread (see ``one_duckdb_thread``)."""
 
@@ -61,16 +62,27 @@ def ctrl_c_as_at_a_terminal() -> Iterator[None]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-# Seconds the heaviest files took in a clean run (`scripts/check --durations=0`, summed per file, at b55cf89). The
-# workers take whole files (--dist loadfile) in the order collected: the heaviest go first, longest first, so that
-# no worker is left with one of them at the end while the others have nothing to do.
+# Seconds the heaviest files took in a clean run (`scripts/check --durations=0`, summed per file, at b9b1cd5; the
+# files of 15 s or more). The workers take whole files (--dist loadfile) in the order collected (scripts/check
+# passes --no-loadscope-reorder: by default pytest-xdist hands out files by their number of tests instead, and a
+# file of a few long tests, the ground truths with options or the daemon soak, started among the last): the
+# heaviest go first, longest first, so that no worker is left with one of them at the end while the others have
+# nothing to do.
 HEAVY_FILES = {
-    "tests/metrics/test_incremental.py": 156, "tests/metrics/test_ground_truth.py": 114,
-    "tests/metrics/test_ground_truth_more_options.py": 84, "tests/test_sync.py": 70, "tests/sandbox/test_sim.py": 63,
-    "tests/test_daemon.py": 55, "tests/metrics/test_ground_truth_options.py": 50, "tests/metrics/test_mrr_rules.py": 49,
-    "tests/metrics/test_incremental_catalogue.py": 46, "tests/test_pipeline.py": 40,
-    "tests/metrics/test_rules_hunt.py": 38, "tests/metrics/test_bridge.py": 37, "tests/metrics/test_sources_hunt.py": 34,
-    "tests/test_cli.py": 33, "tests/test_daemon_hunt.py": 31,
+    "tests/metrics/test_incremental.py": 150, "tests/metrics/test_ground_truth.py": 111,
+    "tests/metrics/test_ground_truth_more_options.py": 77, "tests/sandbox/test_sim.py": 64, "tests/test_sync.py": 63,
+    "tests/metrics/test_ground_truth_options.py": 53, "tests/metrics/test_incremental_catalogue.py": 53,
+    "tests/test_daemon.py": 50, "tests/test_pipeline.py": 42, "tests/metrics/test_mrr_rules.py": 40,
+    "tests/metrics/test_sources_hunt.py": 38, "tests/metrics/test_rules_hunt.py": 34, "tests/test_daemon_soak.py": 33,
+    "tests/metrics/test_bridge.py": 29, "tests/test_daemon_hunt.py": 29, "tests/test_cli.py": 26,
+    "tests/metrics/test_bench_store.py": 26, "tests/metrics/test_history.py": 23,
+    "tests/reliability/test_chaos.py": 23, "tests/metrics/test_item_changed_before_first_renewal.py": 23,
+    "tests/metrics/test_history_item_created.py": 22, "tests/test_cli_hunt.py": 22,
+    "tests/reliability/test_concurrency.py": 22, "tests/test_sync_credit_note_lines.py": 20,
+    "tests/reliability/test_bad_data.py": 19, "tests/metrics/test_status_hunt.py": 18,
+    "tests/metrics/test_runner.py": 18, "tests/metrics/test_classifier.py": 17, "tests/store/test_store.py": 16,
+    "tests/metrics/test_requests_across_gaps.py": 16, "tests/reliability/test_faults.py": 15,
+    "tests/metrics/test_option_currency.py": 15, "tests/metrics/test_views_contract.py": 15,
 }
 
 
