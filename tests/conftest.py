@@ -1,8 +1,7 @@
 """Suite-wide ordering: the heaviest files (HEAVY_FILES, then any holding a test marked ``slow``) are collected
 first, so that with the workers of scripts/check (``pytest -n 3 --dist loadfile --no-loadscope-reorder``) they
-start at once instead of last. Ctrl-C
-is handled as at a terminal, however the suite was started. And the small stores of most tests run DuckDB on one
-thread (see ``one_duckdb_thread``)."""
+start at once instead of last. Ctrl-C is handled as at a terminal, however the suite was started. And the small
+stores of most tests run DuckDB on one thread (see ``one_duckdb_thread``)."""
 
 from __future__ import annotations
 
