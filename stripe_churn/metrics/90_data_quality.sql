@@ -435,9 +435,11 @@ UNION ALL
 SELECT DISTINCT l.account_id, 'missing_subscription', 'invoice', l.invoice_id, l.subscription_id, l.invoice_created,
        format('invoice {} bills subscription {}, which the store does not hold: its lines count no MRR '
               || '(`stripe-churn sync --full` lists every subscription again)', l.invoice_id, l.subscription_id)
+-- (an anti join: as a NOT EXISTS, DuckDB ran it as a mark join of every line, 5.0-7.3 s at 1M customers against
+-- 1.9-2.3 s for the query alone)
 FROM derived_invoice_lines l
+ANTI JOIN subscriptions s ON s.account_id = l.account_id AND s.id = l.subscription_id
 WHERE l.subscription_id IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.account_id = l.account_id AND s.id = l.subscription_id)
 UNION ALL
 -- an item of a negative quantity (Stripe sends none): no MRR can take it, and it counts zero while so
 SELECT DISTINCT account_id, 'negative_quantity', 'subscription_item', subscription_item_id, price_id, valid_from,
