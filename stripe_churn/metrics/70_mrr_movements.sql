@@ -282,13 +282,10 @@ needed_sources AS (
 ),
 -- (the sources of any subscription of the window, for the transitions of a row of no subscription alone)
 any_sources AS (
-    SELECT x.tid,
-           min(b.source_event_id) FILTER (WHERE b.source_event_id IS NOT NULL) AS event_id,
-           min(b.source_invoice_id) FILTER (WHERE b.source_invoice_id IS NOT NULL) AS invoice_id
-    FROM derived_transition_items x
-    JOIN derived_item_mrr b ON b.rowid = x.b_rid
-    WHERE x.b_started AND x.tid IN (SELECT tid FROM sourced WHERE subscription_id IS NULL)
-    GROUP BY x.tid
+    SELECT tid, min(event_id) AS event_id, min(invoice_id) AS invoice_id
+    FROM window_sources
+    WHERE tid IN (SELECT tid FROM sourced WHERE subscription_id IS NULL)
+    GROUP BY tid
 ),
 -- (of a row that knows when its own change was made: the first of its item's invoices made then or after, so that
 -- of a seat change and a price change 20 minutes later each part names the invoice of its own; a minute's leeway,
