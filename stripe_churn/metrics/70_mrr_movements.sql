@@ -138,13 +138,9 @@ window_invoices AS (
     WHERE w.pending_item AND NOT w.pending AND NOT coalesce(l.deleted, false) AND NOT coalesce(v.deleted, false)
       AND v.status IS DISTINCT FROM 'void'
 ),
-sub_invoices AS (
-    SELECT tid, subscription_id, arg_min(id, (created, id)) AS invoice_id
-    FROM window_invoices
-    GROUP BY ALL
-),
--- of those, the first that bills the row's own item (a line or a pending item naming it): of two changes of one
--- subscription in a window, each row names the invoice of its own
+-- those that bill an item of the subscription (a line or a pending item naming one), by item: the first that bills the
+-- row's own item is its invoice, so that of two changes of one subscription in a window each row names the invoice
+-- of its own
 window_item_invoices AS (
     SELECT DISTINCT w.tid, w.subscription_id, l.subscription_item_id AS item_id, w.id, w.created
     FROM window_invoices w
@@ -153,6 +149,13 @@ window_item_invoices AS (
     UNION ALL
     SELECT tid, subscription_id, item_id, id, created FROM window_invoices
     WHERE pending_item AND item_id IS NOT NULL
+),
+-- and the first of them of the subscription (an invoice that bills none of its items, such as a one-off setup fee
+-- invoiced by hand with `subscription` set, is no change's: a seat change that billed nothing named it)
+sub_invoices AS (
+    SELECT tid, subscription_id, arg_min(id, (created, id)) AS invoice_id
+    FROM window_item_invoices
+    GROUP BY ALL
 ),
 item_invoices AS (
     SELECT tid, subscription_id, item_id, arg_min(id, (created, id)) AS invoice_id

@@ -215,6 +215,42 @@ def test_changes_of_two_subscriptions_of_one_customer_in_one_window(world: World
 
 
 @one_store
+def test_a_change_that_billed_nothing_names_no_one_off_invoice_of_its_subscription(
+        world: World, derive: Derive) -> None:
+    """In one window of sub_1: two seats added to si_a at t without prorations (an event, no invoice), a one-off
+    setup fee of sub_1 invoiced by hand 5 minutes later (an invoice of sub_1 whose one line bills no item), and
+    analytics (si_b) added 10 minutes after t, its proration invoiced at once. The seat row has no invoice of its
+    own and none of the window bills si_a: it names the first invoice of the window that bills an item of its
+    subscription (si_b's), not the setup fee's, which bills none (it did: the subscription's first invoice of the
+    window)."""
+    w = catalogue(world)
+    w.subscribe("sub_1", "cus_1", [("si_a", "basic", 3)], T0)
+    created, first = last_event(w), last_invoice(w)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_a", "basic", 5)], prorate=False)
+    seats = last_event(w)
+    fee = w._invoice("sub_1", t + 5 * MINUTE, "manual", [])
+    fee["lines"]["data"] = [{
+        "id": "il_fee", "object": "line_item", "amount": 5_000, "currency": "usd", "description": "Setup",
+        "discountable": True, "discounts": [], "livemode": False, "metadata": {}, "invoice": fee["id"],
+        "period": {"start": t + 5 * MINUTE, "end": t + 5 * MINUTE}, "quantity": 1,
+        "parent": {"type": "invoice_item_details", "subscription_item_details": None,
+                   "invoice_item_details": {"invoice_item": "ii_fee", "proration": False, "subscription": "sub_1"}},
+        "pricing": {"type": "price_details", "price_details": None, "unit_amount_decimal": "5000"},
+        "subtotal": 5_000, "taxes": []}]
+    fee.update(subtotal=5_000, total=5_000)
+    w.update("sub_1", t + 10 * MINUTE, items=[("si_a", "basic", 5), ("si_b", "analytics", 1)])
+    cross = (last_event(w), last_invoice(w))
+    assert fee["id"] < cross[1] and fee["created"] < w.objects["invoices"][cross[1]]["created"]
+    con = derive(w, seen_at=month(1, 20))
+    expect(con, w, [
+        (T0, "new", "si_a", D("30.0000"), created, first),
+        (t, "seat_expansion", "si_a", D("20.0000"), seats, cross[1]),
+        (t, "cross_sell", "si_b", D("50.0000"), *cross),
+    ])
+
+
+@one_store
 def test_a_cross_sell_beside_a_change_that_billed_nothing(world: World, derive: Derive) -> None:
     """Two seats added to sub_1 at t without prorations (an event, no invoice), sub_2 (analytics) created 10
     minutes later (its created event and first invoice): the seat row names its event and no invoice (not sub_2's
