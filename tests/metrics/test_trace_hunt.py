@@ -3,7 +3,8 @@ hand-built account: for every row of mrr_movements, the event (source_event_id) 
 invoice item (source_invoice_id) that made it, worked out by hand before running.
 
 The scenarios: a signup and a trial's end; two changes of one item, of two items of one subscription and of two
-subscriptions of one customer in one window; a cross-sell beside a change that billed nothing; a cancellation at
+subscriptions of one customer in one window; a seat change that billed nothing beside a one-off invoice of its
+subscription; a removal only the snapshot saw; a cross-sell beside a change that billed nothing; a cancellation at
 the period's end (alone, and beside another subscription's renewal) and an immediate one with a final invoice; a
 discount put on by an update, by a customer's promotion code, and a coupon ending beside another subscription's
 promotion code; a plan switch without prorations; a reactivation; metered usage growth beside a seat change (of
@@ -247,6 +248,34 @@ def test_a_change_that_billed_nothing_names_no_one_off_invoice_of_its_subscripti
         (T0, "new", "si_a", D("30.0000"), created, first),
         (t, "seat_expansion", "si_a", D("20.0000"), seats, cross[1]),
         (t, "cross_sell", "si_b", D("50.0000"), *cross),
+    ])
+
+
+@one_store
+def test_a_removal_only_the_snapshot_saw_names_the_change_that_began_in_its_window(world: World,
+                                                                                   derive: Derive) -> None:
+    """sub_1 holds basic (si_a) and extra (si_x, a family of its own). At t analytics (si_b) is added (E1, its
+    proration invoiced at once), at t + 10 minutes only the metadata changes (E2), at t + 15 minutes si_x is deleted
+    with no event stored and no proration, and the sync at t + 20 minutes sees it gone. One window from t: the
+    cross-sell names E1 and its invoice; si_x's downgrade, dated by the snapshot where no event says anything, names
+    the source of the row of its subscription that began inside the window (E1), not the subscription's last event
+    there (E2, which changed nothing of it), and the first invoice of the window that bills an item of sub_1."""
+    w = catalogue(world)
+    w.product("prod_extra", family="extra")
+    w.price("extra", "prod_extra", 3_000)
+    w.subscribe("sub_1", "cus_1", [("si_a", "basic", 3), ("si_x", "extra", 1)], T0)
+    created, first = last_event(w), last_invoice(w)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_a", "basic", 3), ("si_x", "extra", 1), ("si_b", "analytics", 1)])
+    cross = (last_event(w), last_invoice(w))
+    w.update("sub_1", t + 10 * MINUTE, metadata={"note": "renamed"})
+    w.update("sub_1", t + 15 * MINUTE, items=[("si_a", "basic", 3), ("si_b", "analytics", 1)], event=False,
+             prorate=False)
+    con = derive(w, seen_at=t + 20 * MINUTE)
+    expect(con, w, [
+        (T0, "new", "si_x", D("60.0000"), created, first),
+        (t, "cross_sell", "si_b", D("50.0000"), *cross),
+        (t, "downgrade", "si_x", D("-30.0000"), *cross),
     ])
 
 
