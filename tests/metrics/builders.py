@@ -321,6 +321,22 @@ class World:
                  "pricing": {"type": "price_details", "price_details": None, "unit_amount_decimal": "5000"}}
         inv["lines"]["data"] += [setup, {**first, "id": "il_broken", "parent": None, "pricing": None}]
 
+    def invoice_one_off(self, sid: str, at: int, amount: int, reason: str = "manual") -> Obj:
+        """An invoice of ``sid`` made at ``at`` (by hand: ``reason``) for a one-off invoice item of ``amount`` minor
+        units (a setup fee; its line's parent invoice_item_details names the subscription, no item and no price)."""
+        inv = self._invoice(sid, at, reason, [])
+        line_id, item_id = self._id("il"), self._id("ii")
+        inv["lines"]["data"] = [{
+            "id": line_id, "object": "line_item", "amount": amount, "currency": inv["currency"],
+            "description": "Setup fee", "discountable": True, "discounts": [], "livemode": False, "metadata": {},
+            "invoice": inv["id"], "period": {"start": at, "end": at}, "quantity": 1,
+            "parent": {"type": "invoice_item_details", "subscription_item_details": None,
+                       "invoice_item_details": {"invoice_item": item_id, "proration": False, "subscription": sid}},
+            "pricing": {"type": "price_details", "price_details": None, "unit_amount_decimal": str(amount)},
+            "subtotal": amount, "taxes": []}]
+        inv.update(subtotal=amount, total=amount)
+        return inv
+
     def _invoice(self, sid: str, at: int, reason: str, lines: list[Obj], tax: int = 0) -> Obj:
         sub = self.objects["subscriptions"][sid]
         iid = self._id("in")

@@ -215,6 +215,17 @@ def test_changes_of_two_subscriptions_of_one_customer_in_one_window(world: World
     own_ids_only(con, w)
 
 
+def two_seats_without_prorations(world: World) -> tuple[World, str, str, int, str]:
+    """sub_1 on 3 seats of basic from T0, 5 from t = 11 February without prorations (an event, no invoice): the
+    World, the signup's event and invoice, t and the seat change's event."""
+    w = catalogue(world)
+    w.subscribe("sub_1", "cus_1", [("si_a", "basic", 3)], T0)
+    created, first = last_event(w), last_invoice(w)
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_a", "basic", 5)], prorate=False)
+    return w, created, first, t, last_event(w)
+
+
 @one_store
 def test_a_change_that_billed_nothing_names_no_one_off_invoice_of_its_subscription(
         world: World, derive: Derive) -> None:
@@ -224,22 +235,8 @@ def test_a_change_that_billed_nothing_names_no_one_off_invoice_of_its_subscripti
     own and none of the window bills si_a: it names the first invoice of the window that bills an item of its
     subscription (si_b's), not the setup fee's, which bills none (it did: the subscription's first invoice of the
     window)."""
-    w = catalogue(world)
-    w.subscribe("sub_1", "cus_1", [("si_a", "basic", 3)], T0)
-    created, first = last_event(w), last_invoice(w)
-    t = month(1, 10)
-    w.update("sub_1", t, items=[("si_a", "basic", 5)], prorate=False)
-    seats = last_event(w)
-    fee = w._invoice("sub_1", t + 5 * MINUTE, "manual", [])
-    fee["lines"]["data"] = [{
-        "id": "il_fee", "object": "line_item", "amount": 5_000, "currency": "usd", "description": "Setup",
-        "discountable": True, "discounts": [], "livemode": False, "metadata": {}, "invoice": fee["id"],
-        "period": {"start": t + 5 * MINUTE, "end": t + 5 * MINUTE}, "quantity": 1,
-        "parent": {"type": "invoice_item_details", "subscription_item_details": None,
-                   "invoice_item_details": {"invoice_item": "ii_fee", "proration": False, "subscription": "sub_1"}},
-        "pricing": {"type": "price_details", "price_details": None, "unit_amount_decimal": "5000"},
-        "subtotal": 5_000, "taxes": []}]
-    fee.update(subtotal=5_000, total=5_000)
+    w, created, first, t, seats = two_seats_without_prorations(world)
+    fee = w.invoice_one_off("sub_1", t + 5 * MINUTE, 5_000)
     w.update("sub_1", t + 10 * MINUTE, items=[("si_a", "basic", 5), ("si_b", "analytics", 1)])
     cross = (last_event(w), last_invoice(w))
     assert fee["id"] < cross[1] and fee["created"] < w.objects["invoices"][cross[1]]["created"]
@@ -284,12 +281,7 @@ def test_a_cross_sell_beside_a_change_that_billed_nothing(world: World, derive: 
     """Two seats added to sub_1 at t without prorations (an event, no invoice), sub_2 (analytics) created 10
     minutes later (its created event and first invoice): the seat row names its event and no invoice (not sub_2's
     first invoice), the cross-sell sub_2's two."""
-    w = catalogue(world)
-    w.subscribe("sub_1", "cus_1", [("si_a", "basic", 3)], T0)
-    created, first = last_event(w), last_invoice(w)
-    t = month(1, 10)
-    w.update("sub_1", t, items=[("si_a", "basic", 5)], prorate=False)
-    seats = last_event(w)
+    w, created, first, t, seats = two_seats_without_prorations(world)
     w.subscribe("sub_2", "cus_1", [("si_b", "analytics", 1)], t + 10 * MINUTE)
     cross = (last_event(w), last_invoice(w))
     con = derive(w, seen_at=month(1, 20))
