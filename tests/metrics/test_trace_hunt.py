@@ -215,6 +215,45 @@ def test_changes_of_two_subscriptions_of_one_customer_in_one_window(world: World
     own_ids_only(con, w)
 
 
+@pytest.mark.parametrize("skew", [-1, 1], ids=["a-second-before", "a-second-after"])
+@one_store
+def test_an_invoice_stamped_a_second_off_its_changes_event_is_still_named(world: World, derive: Derive,
+                                                                          skew: int) -> None:
+    """Stripe stamps each object by its own clock: here a signup's first invoice, and the proration invoice of two
+    seats added on 11 February, are stamped a second before (after) the events of their changes. Each row still
+    names its invoice (a window's invoices were looked for from its first change to its last only, so both rows
+    named none)."""
+    w = catalogue(world)
+    w.subscribe("sub_1", "cus_1", [("si_a", "basic", 3)], T0)
+    created, first = last_event(w), last_invoice(w)
+    w.objects["invoices"][first]["created"] = T0 + skew
+    t = month(1, 10)
+    w.update("sub_1", t, items=[("si_a", "basic", 5)])
+    seats, bill = last_event(w), last_invoice(w)
+    w.objects["invoices"][bill]["created"] = t + skew
+    con = derive(w, seen_at=month(1, 20))
+    expect(con, w, [(T0, "new", "si_a", D("30.0000"), created, first),
+                    (t, "seat_expansion", "si_a", D("20.0000"), seats, bill)])
+
+
+@one_store
+def test_the_leeway_for_an_invoices_stamp_stays_inside_half_a_short_movement_window(world: World,
+                                                                                   derive: Derive) -> None:
+    """With movement_window = 1 minute: two seats added at t without prorations (an event, no invoice), two more 61
+    seconds later (another window) with a proration invoice stamped a second before that event. The invoice is the
+    second change's alone: the first row names none (the leeway is at most half the window, 30 seconds here, so
+    two windows never share an invoice)."""
+    w, created, first, t, seats = two_seats_without_prorations(world)
+    later = t + 61
+    w.update("sub_1", later, items=[("si_a", "basic", 7)])
+    more, bill = last_event(w), last_invoice(w)
+    w.objects["invoices"][bill]["created"] = later - 1
+    con = derive(w, seen_at=month(1, 20), movement_window_minutes=1)
+    expect(con, w, [(T0, "new", "si_a", D("30.0000"), created, first),
+                    (t, "seat_expansion", "si_a", D("20.0000"), seats, None),
+                    (later, "seat_expansion", "si_a", D("20.0000"), more, bill)])
+
+
 def two_seats_without_prorations(world: World) -> tuple[World, str, str, int, str]:
     """sub_1 on 3 seats of basic from T0, 5 from t = 11 February without prorations (an event, no invoice): the
     World, the signup's event and invoice, t and the seat change's event."""
