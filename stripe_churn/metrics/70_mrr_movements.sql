@@ -89,6 +89,15 @@ sub_events AS (
                               AND e.moment >= t.t_start AND e.moment <= t.t_end
     GROUP BY ALL
 ),
+-- Stripe stamps each object by its own clock: a change's invoice, or the customer.discount.* event of a discount,
+-- may be stamped a second before or after the moment that dates the change (its subscription event, the discount's
+-- `start` or `end`), and is still that change's. So the window's invoices and discount events are looked for up to
+-- a minute before its first change and after its last, and at most half the movement window, so that two windows
+-- further apart than it never share one.
+stamp_leeway AS (
+    SELECT least(INTERVAL 1 MINUTE, to_microseconds(CAST(movement_window_minutes AS BIGINT) * 30000000)) AS leeway
+    FROM derived_settings
+),
 -- a discount put on or taken off by its own event (customer.discount.created, .deleted: a promotion code, a
 -- customer's coupon) inside the window: the source of the window's discount rows of its subscription (of every
 -- subscription, for a customer's discount: `subscription_id` NULL; the latest such event), when the window's
@@ -100,22 +109,18 @@ window_discount_events AS (
           JOIN discounts d ON d.account_id = e.account_id AND d.id = e.object_id
           WHERE e.object_type = 'discount' AND e.type LIKE 'customer.discount.%' AND NOT coalesce(e.deleted, false)
          ) e
+    CROSS JOIN stamp_leeway cfg
     JOIN derived_transitions t ON t.account_id = e.account_id AND t.customer_id = e.customer_id
-                              AND e.created >= t.t_start AND e.created <= t.t_end
+                              AND e.created >= t.t_start - cfg.leeway AND e.created <= t.t_end + cfg.leeway
 ),
 -- the invoices (and proration items) of the window's subscriptions, for the transitions with a row that has no
 -- invoice of its own (read by both branches below: its join computed once; on the 1M benchmark store 70 took
--- 16.5-19.2 s so, against 18.6-23.2 s inlined and 15.7-21.4 s before the proration items billed later were read).
--- Made up to a minute before the window's first change or after its last (`leeway`; at most half the movement
--- window, so that two windows further apart than it never share one): Stripe may stamp a change's invoice a second
--- before or after the event of the change (a signup's first invoice, an update's proration invoice), and such an
--- invoice is still that change's.
+-- 16.5-19.2 s so, against 18.6-23.2 s inlined and 15.7-21.4 s before the proration items billed later were read);
+-- with the leeway of their stamps (`stamp_leeway`: a signup's first invoice, an update's proration invoice)
 window_found AS MATERIALIZED (
     SELECT t.tid, i.account_id, i.subscription_id, i.id, i.created, i.pending_item, i.item_id, i.pending
     FROM derived_transitions t
-    CROSS JOIN (SELECT least(INTERVAL 1 MINUTE, to_microseconds(CAST(movement_window_minutes AS BIGINT) * 30000000))
-                       AS leeway
-                FROM derived_settings) cfg
+    CROSS JOIN stamp_leeway cfg
     JOIN (SELECT account_id, id, customer_id, subscription_id, created, false AS pending_item,
                  CAST(NULL AS VARCHAR) AS item_id, false AS pending
           FROM invoices

@@ -431,6 +431,25 @@ def test_a_customers_promotion_code_names_its_discount_event_on_each_subscriptio
     own_ids_only(con, w)
 
 
+@pytest.mark.parametrize("skew", [-1, 1], ids=["a-second-before", "a-second-after"])
+@one_store
+def test_a_discount_event_stamped_a_second_off_the_discounts_start_is_still_named(world: World, derive: Derive,
+                                                                                  skew: int) -> None:
+    """The 10% promotion code redeemed on the customer on 11 February (the discount's `start`), its
+    customer.discount.created stamped a second before (after) that: the discount row (-5.00) still names the event
+    (the window's discount events were looked for from its first change to its last only: it named none)."""
+    w = catalogue(world)
+    w.subscribe("sub_1", "cus_1", [("si_a", "basic", 5)], T0)
+    t = month(1, 10)
+    d = w.discount("promo10", t, customer="cus_1", did="di_promo")
+    d["promotion_code"] = "promo_1"
+    created = discount_event(w, "customer.discount.created", d, t + skew)
+    con = derive(w, seen_at=month(1, 20))
+    got = [r for r in traced(con) if r[1] == "discount"]
+    assert got == [(t, "discount", "si_a", D("-5.0000"), created, None)], got
+    own_ids_only(con, w)
+
+
 def test_a_coupon_ending_beside_another_subscriptions_promotion_code(world: World, derive: Derive) -> None:
     """sub_1's 25% coupon for 3 months (put on by an update on 11 January) ends on 11 April, with no event; 10
     minutes later a promotion code is redeemed on sub_2 (customer.discount.created naming sub_2, and sub_2's update
