@@ -90,12 +90,13 @@ sub_events AS (
     GROUP BY ALL
 ),
 -- Stripe stamps each object by its own clock: a change's invoice, or the customer.discount.* event of a discount,
--- may be stamped a second before or after the moment that dates the change (its subscription event, the discount's
--- `start` or `end`), and is still that change's. So the window's invoices and discount events are looked for up to
--- a minute before its first change and after its last, and at most half the movement window, so that two windows
--- further apart than it never share one.
+-- may be stamped a second or a few before or after the moment that dates the change (its subscription event, the
+-- discount's `start` or `end`), and is still that change's. So the window's invoices and discount events are looked
+-- for up to 10 seconds before its first change and after its last (not a renewal's invoice made 30 seconds before a
+-- change, which bills the state before it), and at most half the movement window, so that two windows further apart
+-- than it never share one.
 stamp_leeway AS (
-    SELECT least(INTERVAL 1 MINUTE, to_microseconds(CAST(movement_window_minutes AS BIGINT) * 30000000)) AS leeway
+    SELECT least(INTERVAL 10 SECOND, to_microseconds(CAST(movement_window_minutes AS BIGINT) * 30000000)) AS leeway
     FROM derived_settings
 ),
 -- a discount put on or taken off by its own event (customer.discount.created, .deleted: a promotion code, a

@@ -237,21 +237,37 @@ def test_an_invoice_stamped_a_second_off_its_changes_event_is_still_named(world:
 
 
 @one_store
-def test_the_leeway_for_an_invoices_stamp_stays_inside_half_a_short_movement_window(world: World,
-                                                                                   derive: Derive) -> None:
-    """With movement_window = 1 minute: two seats added at t without prorations (an event, no invoice), two more 61
-    seconds later (another window) with a proration invoice stamped a second before that event. The invoice is the
-    second change's alone: the first row names none (the leeway is at most half the window, 30 seconds here, so
-    two windows never share an invoice)."""
+def test_the_leeway_for_an_invoices_stamp_stays_inside_half_the_movement_window(world: World,
+                                                                                derive: Derive) -> None:
+    """With movement_window = 0 (every change a window of its own): two seats added at t without prorations (an
+    event, no invoice), two more 5 seconds later with a proration invoice stamped at that event. The invoice is the
+    second change's alone: the first row names none (the leeway is at most half the window, none here, so two windows
+    never share an invoice; with 10 seconds the first row named the second's invoice)."""
     w, created, first, t, seats = two_seats_without_prorations(world)
-    later = t + 61
+    later = t + 5
     w.update("sub_1", later, items=[("si_a", "basic", 7)])
     more, bill = last_event(w), last_invoice(w)
-    w.objects["invoices"][bill]["created"] = later - 1
-    con = derive(w, seen_at=month(1, 20), movement_window_minutes=1)
+    con = derive(w, seen_at=month(1, 20), movement_window_minutes=0)
     expect(con, w, [(T0, "new", "si_a", D("30.0000"), created, first),
                     (t, "seat_expansion", "si_a", D("20.0000"), seats, None),
                     (later, "seat_expansion", "si_a", D("20.0000"), more, bill)])
+
+
+@one_store
+def test_a_renewal_half_a_minute_before_a_change_is_not_its_invoice(world: World, derive: Derive) -> None:
+    """sub_1 renews on 1 February (an invoice billing its 3 seats) and gains two seats 30 seconds later without
+    prorations (an event, no invoice): the seat row names its event and no invoice, not the renewal's, which bills
+    the seats before the change (the leeway for a change's invoice stamped off its event is 10 seconds)."""
+    w = catalogue(world)
+    w.subscribe("sub_1", "cus_1", [("si_a", "basic", 3)], T0)
+    created, first = last_event(w), last_invoice(w)
+    w.cycle("sub_1", month(1))
+    t = month(1) + 30
+    w.update("sub_1", t, items=[("si_a", "basic", 5)], prorate=False)
+    seats = last_event(w)
+    con = derive(w, seen_at=month(1, 20))
+    expect(con, w, [(T0, "new", "si_a", D("30.0000"), created, first),
+                    (t, "seat_expansion", "si_a", D("20.0000"), seats, None)])
 
 
 def two_seats_without_prorations(world: World) -> tuple[World, str, str, int, str]:
