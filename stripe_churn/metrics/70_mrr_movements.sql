@@ -58,7 +58,8 @@ adjusted AS (
     JOIN totals t USING (tid)
 ),
 -- where an item row has no source of its own: a row of the same subscription that started inside the window,
--- else the subscription's last event (first invoice) inside the window; a row of no subscription (`unexplained`)
+-- else the subscription's last event (first invoice that bills one of its items, `sub_invoices`) inside the window
+-- (with the leeway of `stamp_leeway`); a row of no subscription (`unexplained`)
 -- takes a row of the customer's (`any_sources`, below). (Another subscription's change is not this row's cause: a
 -- subscription ended before the events, beside another's prorated change in its window, names no invoice rather than
 -- the other's.)
