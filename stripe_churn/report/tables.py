@@ -104,7 +104,15 @@ def _stored_cell(value: Any) -> str:
         return ""
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
+    if isinstance(value, list):
+        return _list_text(value)
     return str(value)
+
+
+def _list_text(values: list[Any]) -> str:
+    """A list (DuckDB's LIST, such as item_mrr's discount_ids) as DuckDB writes one: ``[di_1, di_2]``, NULL for a
+    missing element (Python's own text, ``['di_1', 'di_2']``, quoted each id)."""
+    return "[" + ", ".join("NULL" if v is None else _stored_cell(v) for v in values) + "]"
 
 
 def _terminal_text(text: str) -> str:
@@ -132,7 +140,8 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, titl
         w = csv.writer(buf, lineterminator="\r\n")
         lines = []
         for cells in [[csv_text(c) for c in columns],
-                      *(["" if v is None else (v.isoformat() if isinstance(v, dt.date | dt.datetime) else csv_text(v))
+                      *(["" if v is None else (v.isoformat() if isinstance(v, dt.date | dt.datetime)
+                                               else csv_text(_list_text(v) if isinstance(v, list) else v))
                          for v in r] for r in rows)]:
             w.writerow(cells)
             lines.append(buf.getvalue()[:-2])

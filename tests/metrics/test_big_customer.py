@@ -20,7 +20,8 @@ from stripe_churn.store.db import open_store
 from stripe_churn.store.load import load_simulation
 
 BIG = "HAVING count(*) > 32"
-VIEWS = ["mrr_movements", "customer_mrr", "mrr_bridge", "scheduled_churn", "churn_reasons", "cohort_revenue_retention"]
+VIEWS = ["mrr_movements", "customer_mrr", "item_mrr", "mrr_bridge", "scheduled_churn", "churn_reasons",
+         "cohort_revenue_retention"]
 
 
 @pytest.fixture(scope="module")

@@ -118,6 +118,7 @@ CHECKED = {
     "scheduled": "SELECT customer_id, subscription_id, cancel_at, mrr_at_stake",
     "on_a_day": "SELECT customer_id, mrr\nFROM customer_mrr",
     "opening": "SELECT count(*) FILTER (WHERE mrr > 0) AS opening_customers",
+    "items_on_a_day": "WITH day AS (SELECT timezone('UTC', date_trunc('month'",
     "by_label": "SELECT date_trunc('month'",
     "cohorts": "SELECT cohort_month, cohort_customers",
     "reactivations": "SELECT customer_id, occurred_at, mrr_after",
@@ -507,6 +508,15 @@ def test_each_customers_mrr_on_a_given_day(db: Path) -> None:
     _, rows = run(db, query.replace(printed, f"TIMESTAMPTZ '{month(4)} 00:00:00+00'"))
     assert rows[:4] == [("cus_a", D(130)), ("cus_h", D(100)), ("cus_c", D(50)), ("cus_b", D(33))]
     assert sorted(rows[4:]) == [("cus_g", D(0)), ("cus_k", D(0))]
+
+
+def test_the_items_of_the_customer_paying_most_at_the_start_of_this_month(db: Path) -> None:
+    """README's item_mrr recipe: at 00:00 UTC of this month (k = CUR) A pays most (120.00 against D's 20.00 EUR x
+    1.20 = 24.00): its 7 core seats since k9 d3 (70.00 USD) and its analytics since k2 d10 (50.00 USD), both active,
+    no discount, largest first."""
+    _, rows = run(db, readme_query(CHECKED["items_on_a_day"]))
+    assert rows == [("cus_a", "si_a1", "core_usd", 7, "active", D(70), "usd", None, moment(9, 3)),
+                    ("cus_a", "si_a2", "analytics_usd", 1, "active", D(50), "usd", None, moment(2, 10))]
 
 
 def test_a_periods_opening_from_customer_mrr(db: Path) -> None:

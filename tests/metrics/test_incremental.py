@@ -34,6 +34,7 @@ from stripe_churn.store.db import open_store
 VIEWS = {
     "mrr_movements": "customer_id, occurred_at, movement, subscription_item_id",
     "customer_mrr": "customer_id, valid_from",
+    "item_mrr": "subscription_item_id, valid_from",
     "mrr_bridge": "period_start",
     "scheduled_churn": "subscription_id",
     "churn_reasons": "period_start, churn_type, cancellation_feedback",

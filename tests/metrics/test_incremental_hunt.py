@@ -59,7 +59,7 @@ SETTINGS = Settings()
 
 # Finance views with an account_id column (their rows attributed to the scenarios), and those summed over the whole
 # store.
-ACCOUNT_VIEWS = ("mrr_movements", "customer_mrr", "scheduled_churn", "data_quality")
+ACCOUNT_VIEWS = ("mrr_movements", "customer_mrr", "item_mrr", "scheduled_churn", "data_quality")
 STORE_VIEWS = ("mrr_bridge", "churn_reasons", "cohort_revenue_retention")
 WHOLE = "*"  # the rows of no scenario, and those of a table or view without an account_id column
 

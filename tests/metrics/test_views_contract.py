@@ -332,7 +332,7 @@ def test_an_empty_store_answers(store: duckdb.DuckDBPyConnection) -> None:
     """A store that holds no revenue yet (a first sync of an empty account): every view and macro answers with
     no rows, and the readers with nothing, instead of failing."""
     recompute(store, Settings())
-    for name in ("mrr_bridge", "mrr_movements", "customer_mrr", "scheduled_churn", "churn_reasons",
+    for name in ("mrr_bridge", "mrr_movements", "customer_mrr", "item_mrr", "scheduled_churn", "churn_reasons",
                  "cohort_revenue_retention", "mrr_bridge_for(period_kind := 'week', segment_kind := 'family', "
                  "segment_value := NULL)", "churn_reasons_for('quarter')", "cohort_matrix()"):
         assert store.execute(f"SELECT count(*) FROM {name}").fetchall() == [(0,)], name

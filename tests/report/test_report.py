@@ -487,6 +487,17 @@ def test_render_csv_quotes_text_cells_only() -> None:
     assert next(csv.reader(io.StringIO(render(["=x"], [], "csv")))) == ["'=x"]
 
 
+def test_a_list_cell_is_written_as_duckdb_writes_it() -> None:
+    """A LIST value (item_mrr's discount_ids) in CSV and in a query's table reads as DuckDB's own export writes it,
+    not as Python's text of a list (each id quoted); JSON keeps it a list."""
+    rows = [[["di_1", "di_2"], None], [[], ["=x", None]]]
+    assert list(csv.reader(io.StringIO(render(["discount_ids", "other"], rows, "csv")))) == [
+        ["discount_ids", "other"], ["[di_1, di_2]", ""], ["[]", "[=x, NULL]"]]
+    table = render(["discount_ids", "other"], rows, "table", as_stored=True)
+    assert "[di_1, di_2]" in table and "'di_1'" not in table and "[=x, NULL]" in table
+    assert json.loads(render(["discount_ids"], [[["di_1"]]], "json")) == [{"discount_ids": ["di_1"]}]
+
+
 def test_render_table_shows_stored_text_as_it_is_not_as_markup_or_terminal_codes() -> None:
     """The table (the default format, on a terminal) shows a metadata value or a name as text: rich markup in it
     stopped `report --segment metadata.x` with a MarkupError ("[/b]"), and an escape sequence in it could retitle the
