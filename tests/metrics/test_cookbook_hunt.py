@@ -118,7 +118,7 @@ CHECKED = {
     "scheduled": "SELECT customer_id, subscription_id, cancel_at, mrr_at_stake",
     "on_a_day": "SELECT customer_id, mrr\nFROM customer_mrr",
     "opening": "SELECT count(*) FILTER (WHERE mrr > 0) AS opening_customers",
-    "items_on_a_day": "WITH day AS (SELECT timezone('UTC', date_trunc('month'",
+    "items_on_a_day": "WITH rates AS (\n    SELECT currency, arg_max(rate, date) AS rate FROM fx_rates",
     "by_label": "SELECT date_trunc('month'",
     "cohorts": "SELECT cohort_month, cohort_customers",
     "reactivations": "SELECT customer_id, occurred_at, mrr_after",
@@ -510,13 +510,29 @@ def test_each_customers_mrr_on_a_given_day(db: Path) -> None:
     assert sorted(rows[4:]) == [("cus_g", D(0)), ("cus_k", D(0))]
 
 
-def test_the_items_of_the_customer_paying_most_at_the_start_of_this_month(db: Path) -> None:
-    """README's item_mrr recipe: at 00:00 UTC of this month (k = CUR) A pays most (120.00 against D's 20.00 EUR x
-    1.20 = 24.00): its 7 core seats since k9 d3 (70.00 USD) and its analytics since k2 d10 (50.00 USD), both active,
-    no discount, largest first."""
-    _, rows = run(db, readme_query(CHECKED["items_on_a_day"]))
-    assert rows == [("cus_a", "si_a1", "core_usd", 7, "active", D(70), "usd", None, moment(9, 3)),
-                    ("cus_a", "si_a2", "analytics_usd", 1, "active", D(50), "usd", None, moment(2, 10))]
+def test_each_items_mrr_on_a_given_day(db: Path) -> None:
+    """The item_mrr recipe with its day (2026-01-01 as printed) set to 00:00:00 UTC of k4 d1, the instant of A's
+    seat change (included, as in customer_mrr's recipe): A's 8 seats (80.00) and analytics (50.00); B's 3 EUR seats,
+    30.00 EUR at 1.10 = 33.00; C's analytics, its coupon ended in k3: 50.00; H's 2 analytics (100.00); the items of
+    G (canceled in k3) and of K (canceled and unpaid in k1) are there at 0.00, their last state; D's trial begins
+    on k4 d2, E's and F's in k11: no row. Each customer's items add up to its customer_mrr level then."""
+    printed = ("DATE '2026-01-01'", "TIMESTAMPTZ '2026-01-01 00:00:00+00'")
+    query = readme_query(CHECKED["items_on_a_day"])
+    assert query.count(printed[0]) == 1 and query.count(printed[1]) == 2
+    query = query.replace(printed[0], f"DATE '{month(4)}'").replace(printed[1], f"TIMESTAMPTZ '{month(4)} 00:00:00+00'")
+    _, rows = run(db, query)
+    assert [(r[0], r[1], r[2], r[3], r[4], r[6], r[7], r[8]) for r in rows] == [
+        ("cus_a", "si_a1", "core_usd", 8, "active", D(80), "usd", D(80)),
+        ("cus_a", "si_a2", "analytics_usd", 1, "active", D(50), "usd", D(50)),
+        ("cus_b", "si_b1", "core_eur", 3, "active", D(30), "eur", D(33)),
+        ("cus_c", "si_c1", "analytics_usd", 1, "active", D(50), "usd", D(50)),
+        ("cus_g", "si_g1", "core_usd", 1, "canceled", D(0), "usd", D(0)),
+        ("cus_h", "si_h1", "analytics_usd", 2, "active", D(100), "usd", D(100)),
+        ("cus_k", "si_k1", "core_usd", 1, "canceled", D(0), "usd", D(0)),
+        ("cus_k", "si_k2", "analytics_usd", 1, "unpaid", D(0), "usd", D(0)),
+    ]
+    # (C's coupon is on its row while it ran, and no longer)
+    assert [r[5] for r in rows if r[0] == "cus_c"] == [None]
 
 
 def test_a_periods_opening_from_customer_mrr(db: Path) -> None:
