@@ -1,6 +1,6 @@
--- item_mrr: the state history of every subscription item (design.md 3 and 4, issue deliverables 1 and 2), one row
--- per item level: from valid_from to valid_to (NULL: still so at the latest sync) the item had this price,
--- quantity, subscription status, pause_collection and discounts, and counted mrr_original a month in its own
+-- item_mrr: the state history of every subscription item (design.md 3 and 4: price, quantity, discounts, status,
+-- MRR), one row per item level: from valid_from to valid_to (NULL: still so at the latest sync) the item had this
+-- price, quantity, subscription status, pause_collection and discounts, and counted mrr_original a month in its own
 -- currency (discounts applied, tax excluded; zero while its status counts zero), the amount before discounts
 -- beside it. Rows as the items changed, not netted: customer_mrr nets a movement window's changes into one level
 -- dated at its first change, so inside a window the items can add up to another amount than customer_mrr shows
