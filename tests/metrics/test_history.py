@@ -79,6 +79,13 @@ def histories(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
         "CAST(epoch(valid_to) AS BIGINT) FROM derived_item_history ORDER BY ALL").fetchall()
 
 
+def item_levels(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
+    """item_mrr without the ids that dated each row (an event's, or an invoice's)."""
+    return con.execute(
+        "SELECT subscription_item_id, price_id, quantity, status, CAST(epoch(valid_from) AS BIGINT), "
+        "CAST(epoch(valid_to) AS BIGINT), mrr_original, undiscounted_mrr_original FROM item_mrr ORDER BY ALL").fetchall()
+
+
 def levels(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
     return con.execute(
         "SELECT customer_id, CAST(epoch(valid_from) AS BIGINT), CAST(epoch(valid_to) AS BIGINT), mrr "
@@ -86,7 +93,8 @@ def levels(con: duckdb.DuckDBPyConnection) -> list[tuple[Any, ...]]:
 
 
 def test_history_from_invoices_alone_equals_history_from_events(tmp_path: Path) -> None:
-    """Events withheld, the invoices and the snapshot give the same item history and customer MRR."""
+    """Events withheld, the invoices and the snapshot give the same item history, item MRR (item_mrr, but the ids
+    that dated each row) and customer MRR."""
     from stripe_churn.store.db import open_store
 
     seen = month(3, 10)
@@ -95,7 +103,7 @@ def test_history_from_invoices_alone_equals_history_from_events(tmp_path: Path) 
         con = open_store(tmp_path / f"{label}.duckdb")
         history_account(World()).load(con, seen_at=seen, events=events)
         recompute(con, make_settings())
-        results[label] = (histories(con), levels(con))
+        results[label] = (histories(con), levels(con), item_levels(con))
         con.close()
     with_events, invoices_only = results["events"], results["invoices"]
     assert with_events[0], "no history was derived"
@@ -103,6 +111,7 @@ def test_history_from_invoices_alone_equals_history_from_events(tmp_path: Path) 
     extra = sorted(set(invoices_only[0]) - set(with_events[0]))
     assert not missing and not extra, f"item history differs: only with events {missing}; only from invoices {extra}"
     assert with_events[1] == invoices_only[1]
+    assert with_events[2] == invoices_only[2]
 
 
 @pytest.mark.parametrize("window_months", [1, 2, 3])
@@ -119,6 +128,7 @@ def test_events_window_joins_invoice_history(tmp_path: Path, window_months: int)
     recompute(part, make_settings())
     assert histories(part) == histories(full)
     assert levels(part) == levels(full)
+    assert item_levels(part) == item_levels(full)
     assert part.execute("SELECT count(*) FROM data_quality").fetchone() == (0,)
 
 
