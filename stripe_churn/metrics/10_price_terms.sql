@@ -12,6 +12,14 @@ CREATE OR REPLACE MACRO money4(x, what) AS
          ELSE error(what || ' is ' || CAST(x AS VARCHAR) || ', more than the 99999999999999.9999 that money in the '
                     || 'views can hold (DECIMAL(18,4)): check the amounts and quantities of the Stripe prices and '
                     || 'subscriptions behind it') END;
+-- A quantity as Stripe sent it (its text) as a BIGINT. One that no 64-bit integer holds (Stripe's own limits are far
+-- below) stops the recompute with one line naming `what` (text evaluated only then) instead of counting zero;
+-- other text that is no whole number (none of Stripe's) stays NULL.
+CREATE OR REPLACE MACRO quantity_of(q, what) AS
+    CASE WHEN q IS NULL OR TRY_CAST(q AS BIGINT) IS NOT NULL OR NOT regexp_full_match(trim(q), '-?[0-9]+')
+         THEN TRY_CAST(q AS BIGINT)
+         ELSE error(what || ' has a quantity of ' || trim(q) || ', more than a 64-bit integer holds: check that '
+                    || 'quantity in Stripe') END;
 -- The sum `s` of n item MRRs, each cut at 10 decimals (so off by less than 1e-10; the sum by less than n x 1e-10),
 -- rounded where that is under half a unit: 9 decimals for up to 4 items, 8 for up to 49, ... An exact sum such as
 -- 26.4583333333 + 184.1666666666 = 210.625 is then whole again before a rate or a rounding at 4 decimals.

@@ -74,6 +74,26 @@ FROM invoice_items
 WHERE pending AND NOT coalesce(deleted, false) AND coalesce(proration, false)
   AND subscription_item_id IS NOT NULL AND subscription_id IS NOT NULL;
 
+-- A quantity the load could not read as a 64-bit integer: its typed column NULL, the JSON holding one (an item of a
+-- price not metered, an invoice line, an invoice item). quantity_of stops the recompute on it. Found by the typed
+-- columns first, then only those rows' JSON is read (none, on any account Stripe bills: a metered item has no
+-- quantity, and a line or invoice item without one has a fractional quantity_decimal).
+CREATE OR REPLACE TEMP TABLE derived_quantity_check AS
+SELECT quantity_of(json_extract_string(raw, '$.quantity'), 'subscription item ' || id) AS quantity
+FROM subscription_items
+WHERE rowid IN (SELECT si.rowid FROM subscription_items si
+                LEFT JOIN prices p ON p.account_id = si.account_id AND p.id = si.price_id
+                WHERE si.quantity IS NULL AND NOT coalesce(si.deleted, false)
+                  AND p.usage_type IS DISTINCT FROM 'metered')
+UNION ALL
+SELECT quantity_of(json_extract_string(raw, '$.quantity'), 'invoice line ' || id || ' of invoice ' || invoice_id)
+FROM invoice_lines
+WHERE rowid IN (SELECT rowid FROM invoice_lines WHERE quantity IS NULL AND NOT coalesce(deleted, false))
+UNION ALL
+SELECT quantity_of(json_extract_string(raw, '$.quantity'), 'invoice item ' || id)
+FROM invoice_items
+WHERE rowid IN (SELECT rowid FROM invoice_items WHERE quantity IS NULL AND NOT coalesce(deleted, false));
+
 -- Items as they appear in each observed subscription state: an event's state lists them (typed in
 -- derived_sub_events); a snapshot's are the subscription_items rows seen in the same sync (the same list, cut
 -- short or not, as typed columns).
@@ -96,7 +116,7 @@ listed AS (
 SELECT account_id, subscription_id, moment, source, event_id, ord,
        it.id AS subscription_item_id,
        it.price_id,
-       TRY_CAST(it.quantity_text AS BIGINT) AS quantity,
+       quantity_of(it.quantity_text, 'subscription item ' || it.id || ' (in event ' || event_id || ')') AS quantity,
        ts_of(it.created) AS item_created
 FROM embedded
 UNION ALL
@@ -306,7 +326,8 @@ CREATE OR REPLACE MACRO early_step(prio) AS prio < 1e15;
 INSERT INTO derived_obs_item_steps
 WITH listed AS (
     SELECT o.account_id, o.subscription_id, o.seq, u.it.id AS subscription_item_id, u.it.price_id,
-           TRY_CAST(u.it.quantity_text AS BIGINT) AS quantity
+           quantity_of(u.it.quantity_text, 'subscription item ' || u.it.id || ' (in event ' || o.event_id || ')')
+               AS quantity
     FROM derived_early_sub_events o, unnest(o.items) AS u(it)
 ),
 known AS (

@@ -92,10 +92,15 @@ _UNREAD = {
 # churn_recognition = 'canceled' the updates that took a cancellation back and the states holding one (40_item_mrr).
 # Subscriptions: those paused now (the same). Subscription items: those whose price is not stored (10_price_terms
 # reads it from the item). Invoices: those of the owner of a discount removed with no end of its own
-# (35_discounts), and for such a discount on one item, that item's non-proration lines (the same).
+# (35_discounts), and for such a discount on one item, that item's non-proration lines (the same). Items (but of a
+# metered price), lines and invoice items without a typed quantity (30 reads one the load could not read).
 _READ_RAW = {
     "subscription_items": ("(price_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {main}.prices p "
-                           "WHERE p.account_id = e.account_id AND p.id = e.price_id AND NOT coalesce(p.deleted, false)))"),
+                           "WHERE p.account_id = e.account_id AND p.id = e.price_id AND NOT coalesce(p.deleted, false)))"
+                           # (and the items without a quantity whose price is not metered: 30 reads a quantity the
+                           # load could not read from their JSON, as it does for the lines and invoice items below)
+                           " OR (quantity IS NULL AND NOT EXISTS (SELECT 1 FROM {main}.prices p "
+                           "WHERE p.account_id = e.account_id AND p.id = e.price_id AND p.usage_type = 'metered'))"),
     "events": ("(type = 'customer.discount.deleted' OR (type LIKE 'customer.subscription.%' AND (NOT EXISTS ("
                "SELECT 1 FROM {db}.subscriptions s WHERE s.account_id = e.account_id AND s.id = e.object_id "
                "AND NOT coalesce(s.deleted, false) AND s.customer_id IS NOT NULL) OR e.sub_state.status = 'paused' "
@@ -115,7 +120,8 @@ _READ_RAW = {
     "invoice_lines": ("(NOT coalesce(parent_proration, false) AND (subscription_item_id IS NULL OR price_id IS NULL "
                       "OR EXISTS (SELECT 1 FROM {main}.discounts u WHERE u.account_id = e.account_id "
                       "AND u.subscription_item_id = e.subscription_item_id AND coalesce(u.deleted, false) "
-                      "AND json_extract_string(u.raw, '$.end') IS NULL)))"),
+                      "AND json_extract_string(u.raw, '$.end') IS NULL))) OR quantity IS NULL"),
+    "invoice_items": "quantity IS NULL",
     # the invoices of a subscription or customer owning a discount removed with no end of its own, but one on an
     # item (35 dates its end by the discounts they list)
     "invoices": ("EXISTS (SELECT 1 FROM {main}.discounts u WHERE u.account_id = e.account_id "

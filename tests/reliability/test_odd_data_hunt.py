@@ -502,11 +502,6 @@ def alone(template: Path, tmp_path: Path, c: Case) -> tuple[Con, DataError | Non
     return con, None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The standard: a clear error or a data_quality row, never a silently wrong number. A quantity of 10^19 "
-    "(beyond BIGINT) is read as NULL: ours counts the customer zero with no row about the quantity; the one row is "
-    "a snapshot_event_mismatch of sub_2 dated at the sync, although the listing and the event agree, and 10^19 x "
-    "10.00 = 10^20 is more than DECIMAL(18,4) holds, which for a smaller quantity is a one-line DataError"))
 def test_a_quantity_beyond_64_bits_is_an_error_or_a_row_not_a_silent_zero(template: Path, tmp_path: Path) -> None:
     """cus_1: 3 basic seats (30.00). cus_2: 10,000,000,000,000,000,000 basic seats, in the listing and in the
     event alike. By hand: 10^19 x 10.00 = 10^20 a month, more than the 99,999,999,999,999.9999 money in the views
@@ -529,6 +524,87 @@ def test_a_quantity_beyond_64_bits_is_an_error_or_a_row_not_a_silent_zero(templa
         rows = quality(con, "beyond")
         assert not [r for r in rows if r[0] == "snapshot_event_mismatch"], rows
         assert [r for r in rows if "si_2" in (r[2], r[3]) and "quantity" in (r[5] or "")], rows
+    finally:
+        con.close()
+
+
+def beyond_64_bits(where: str) -> World:
+    """cus_1: 3 basic seats (30.00) from T0 with its events. cus_2 with a quantity of 10^19 in one place only: its
+    item as the sync lists it (no event, no invoice: the snapshot alone says it), an invoice line of its first
+    invoice, or a pending invoice item of an update (Stripe's default create_prorations)."""
+    w = catalogue(World(account_id="beyond_" + where))
+    w.customer("cus_1")
+    w.subscribe("sub_1", "cus_1", [("si_1", "basic", 3)], T0)
+    w.customer("cus_2")
+    huge = 10**19
+    if where == "snapshot":
+        w.subscribe("sub_2", "cus_2", [("si_2", "basic", 3)], T0, event=False, invoice=False)
+        w.objects["subscriptions"]["sub_2"]["items"]["data"][0]["quantity"] = huge
+    elif where == "line":
+        w.subscribe("sub_2", "cus_2", [("si_2", "basic", 3)], T0)
+        invoice = next(v for v in w.objects["invoices"].values()
+                       if v["parent"]["subscription_details"]["subscription"] == "sub_2")
+        invoice["lines"]["data"][0]["quantity"] = huge
+    else:
+        w.subscribe("sub_2", "cus_2", [("si_2", "basic", 3)], T0)
+        w.update("sub_2", T0 + 10 * DAY, items=[("si_2", "basic", 5)], pending=True)
+        for item in w.objects["invoiceitems"].values():
+            item["quantity"] = huge
+    return w
+
+
+@pytest.mark.parametrize("where", ["snapshot", "line", "pending_item"])
+def test_a_quantity_beyond_64_bits_anywhere_the_load_keeps_one_stops_the_recompute(
+        template: Path, tmp_path: Path, where: str) -> None:
+    """The standard (a clear one-line error, never a silently wrong number): a quantity of 10,000,000,000,000,000,000
+    that only the stored JSON holds (the typed column the load fills is NULL) stops the recompute with one line that
+    names the object and its quantity, and the store keeps what it had."""
+    w = beyond_64_bits(where)
+    con, error = alone(template, tmp_path, Case(w))
+    try:
+        assert error is not None, "the recompute went through"
+        msg = str(error)
+        named = {"snapshot": "subscription item si_2", "line": "invoice line ", "pending_item": "invoice item "}[where]
+        assert "\n" not in msg and named in msg and "10000000000000000000" in msg and "quantity" in msg, msg
+        assert con.execute("SELECT count(*) FROM metrics_runs").fetchall() == [(0,)]
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("where", ["snapshot", "line", "pending_item"])
+def test_a_quantity_beyond_64_bits_a_later_sync_brings_stops_the_changed_customers_recompute(
+        template: Path, tmp_path: Path, where: str) -> None:
+    """The same quantity arriving with a later sync (cus_2's item as listed after an update that left no event, a
+    renewal's line, or an update's pending invoice item) stops the recompute of the changed customers too (the scope
+    copies those rows' JSON), and their rows stay as the last recompute left them."""
+    import datetime as dt
+
+    from stripe_churn.metrics.incremental import recompute_changed
+
+    w = beyond_64_bits("snapshot")
+    w.objects["subscriptions"]["sub_2"]["items"]["data"][0]["quantity"] = 3
+    con = store_from(template, tmp_path / "later.duckdb")
+    try:
+        w.load(con, seen_at=SEEN)
+        recompute(con, Settings())
+        before = con.execute("SELECT * FROM derived_mrr_movements ORDER BY ALL").fetchall()
+        assert before
+        if where == "snapshot":
+            w.update("sub_2", SEEN + DAY, items=[("si_2", "basic", 5)], event=False, prorate=False)
+            w.objects["subscriptions"]["sub_2"]["items"]["data"][0]["quantity"] = 10**19
+        elif where == "line":
+            w.cycle("sub_2", SEEN + DAY)["lines"]["data"][0]["quantity"] = 10**19
+        else:
+            w.update("sub_2", SEEN + DAY, items=[("si_2", "basic", 5)], pending=True)
+            for item in w.objects["invoiceitems"].values():
+                item["quantity"] = 10**19
+        w.fx_rates = []  # (stored with the first load)
+        w.load(con, seen_at=SEEN + 2 * DAY)
+        with pytest.raises(DataError) as caught:
+            recompute_changed(con, Settings(), dt.datetime.fromtimestamp(SEEN + 2 * DAY, tz=dt.UTC))
+        named = {"snapshot": "subscription item si_2", "line": "invoice line ", "pending_item": "invoice item "}[where]
+        assert named in str(caught.value) and "10000000000000000000" in str(caught.value), caught.value
+        assert con.execute("SELECT * FROM derived_mrr_movements ORDER BY ALL").fetchall() == before
     finally:
         con.close()
 
