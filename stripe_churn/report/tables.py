@@ -140,8 +140,9 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str, titl
         w = csv.writer(buf, lineterminator="\r\n")
         lines = []
         for cells in [[csv_text(c) for c in columns],
-                      *(["" if v is None else (v.isoformat() if isinstance(v, dt.date | dt.datetime)
-                                               else csv_text(_list_text(v) if isinstance(v, list) else v))
+                      # (NULL, dates and lists as `sql` shows them; text that reads as a formula quoted, numbers as
+                      # they are: as text, a negative one would read as a formula too)
+                      *([_stored_cell(v) if v is None or isinstance(v, dt.date | dt.datetime | list) else csv_text(v)
                          for v in r] for r in rows)]:
             w.writerow(cells)
             lines.append(buf.getvalue()[:-2])
