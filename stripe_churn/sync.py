@@ -70,7 +70,14 @@ from stripe_churn.store.load import (
 )
 from stripe_churn.store.schema import RAW_TABLES
 from stripe_churn.stripe_api.client import CursorGoneError, NotFoundError, Stopped, StripeRaw
-from stripe_churn.stripe_api.listed import OBJECT_NAMES, decode_object, head_of, is_object, value_of
+from stripe_churn.stripe_api.listed import (
+    OBJECT_NAMES,
+    decode_object,
+    head_of,
+    is_object,
+    parse_json,
+    value_of,
+)
 from stripe_churn.stripe_api.streams import (
     DELETABLE,
     EVENT_RETENTION_S,
@@ -485,7 +492,7 @@ class _Sync:
         cut: dict[str, tuple[int, dict[str, Any]]] = {}
         for at, blob in enumerate(staged.blobs):
             if b'"has_more":true' in blob:  # (serialised compact: see Staged)
-                cn = orjson.loads(blob)
+                cn = parse_json(blob)
                 if isinstance(cn, dict) and _lines_cut(cn):
                     cut[staged.ids[at]] = (at, cn)
         if not cut:
@@ -496,7 +503,7 @@ class _Sync:
             [self.account, sorted(cut)]).fetchall()
         for cnid, data in rows:
             at, cn = cut[cnid]
-            stored = [ln for ln in orjson.loads(data) if isinstance(ln, dict)]
+            stored = [ln for ln in parse_json(data) if isinstance(ln, dict)]
             embedded = [ln.get("id") for ln in cn["lines"].get("data") or [] if isinstance(ln, dict)]
             if len(stored) <= len(embedded) or not set(embedded) <= {ln.get("id") for ln in stored}:
                 log.warning("credit note %s came with the first %d of its lines, and the %d stored are not the rest "
@@ -871,7 +878,7 @@ class _Sync:
         slow: list[dict[str, Any]] = []
         for raw, head in data:
             if head is None or not self._add_listed(batch, table, raw, head, version):
-                slow.append(orjson.loads(raw))
+                slow.append(parse_json(raw))
                 _check_object(table, slow[-1])
         if slow:
             full_lists = await self._children(table, slow)
@@ -1071,7 +1078,7 @@ class _Sync:
             return
         batch = Batch()
         for table, created, raw in found:
-            obj = (orjson.loads(raw).get("data") or {}).get("object")
+            obj = (parse_json(raw).get("data") or {}).get("object")
             if isinstance(obj, dict) and obj.get("id") and OBJECT_TABLE.get(str(obj.get("object"))) == table:
                 await self._add_object(batch, table, obj, int(created), True)
         log.info("%d deleted objects stored from their deletion events", len(found))
@@ -1416,7 +1423,7 @@ class _Sync:
         sem = asyncio.Semaphore(16)
 
         async def one(raw: str, version: int) -> tuple[dict[str, Any], int, list[dict[str, Any]] | None]:
-            cn = orjson.loads(raw)
+            cn = parse_json(raw)
             async with sem:  # (None, 404: its stored copy is left as it is)
                 return cn, version, await self._paged_credit_note_lines(cn["id"], keep=False)
 
@@ -1583,7 +1590,7 @@ class _Sync:
                                            "sync again")
                 oid = str(head.id)
                 listed.append(oid)
-                if oid not in stored or stored[oid] != orjson.loads(raw):
+                if oid not in stored or stored[oid] != parse_json(raw):
                     batch.add_raw(stream.table, oid, raw, version, bool(head.deleted))
                     with _answer_of(stream.path):
                         for d in head.discounts or ():  # (version 0, as an invoice line's: added when missing)
@@ -1602,7 +1609,7 @@ class _Sync:
         """The account's stored pending invoice items, id -> JSON (parsed)."""
         rows = self.con.execute("SELECT id, raw FROM invoice_items WHERE account_id = ? AND pending AND NOT deleted",
                                 [self.account]).fetchall()
-        return {r[0]: orjson.loads(r[1]) for r in rows}
+        return {r[0]: parse_json(r[1]) for r in rows}
 
     def _no_longer_pending(self, listed: list[str]) -> int:
         """Mark the stored pending items a complete listing did not return (``listed``: the ids it did) as not

@@ -27,7 +27,7 @@ import stripe
 
 from stripe_churn.errors import AuthError, BadResponseError, ConfigError, StripeAPIError, TLSError
 from stripe_churn.settings import Secret, Settings, redact_secrets
-from stripe_churn.stripe_api.listed import ListPage, decode_page
+from stripe_churn.stripe_api.listed import ListPage, decode_page, parse_json
 from stripe_churn.stripe_api.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -403,7 +403,7 @@ class _NotAnObject(ValueError):
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
-    data = orjson.loads(body)
+    data = parse_json(body)
     if not isinstance(data, dict):
         raise _NotAnObject
     return data

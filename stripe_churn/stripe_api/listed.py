@@ -119,6 +119,17 @@ def decode_object(table: str, raw: Raw | bytes) -> Any:
     return head
 
 
+def parse_json(raw: bytes | str) -> Any:
+    """``raw`` parsed into dicts and lists, an integer of any size kept whole (orjson reads one beyond 64 bits as
+    a double, and the object stored from it would no longer be what Stripe sent: design.md 7); ``ValueError``
+    when it is not JSON (NaN, a lone surrogate, a number beyond a double's range, cut short) and
+    ``RecursionError`` when it is nested deeper than Python's recursion limit."""
+    try:
+        return _ANY.decode(raw)
+    except msgspec.ValidationError as exc:  # (a number out of range: not JSON we can read, not a shape we expected)
+        raise ValueError(str(exc)) from None
+
+
 def is_object(raw: bytes) -> bool:
     """Whether a raw span is a JSON object (an expanded object, not an id string or null)."""
     return raw[:1] == b"{"

@@ -802,14 +802,34 @@ def test_an_incremental_sync_refreshes_the_odd_customer_and_stores_each_event_on
                               "'product.updated') AND object_id <> 'cus_deep'") == [(2, 2)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "design.md 7: raw is the JSON as Stripe sent it. A customer's balance of 100000000000000000000001 (an integer "
-    "beyond 64 bits) is kept whole by the full listing (its bytes as sent) but the incremental sync parses the "
-    "event and the retrieve with orjson, which reads it as a double: ours stores 1.0000000000000001e+23"))
 def test_an_incremental_sync_keeps_an_integer_beyond_64_bits_whole(synced: Synced) -> None:
-    """After the refresh of ODD_CUSTOMER its raw equals what was sent, the balance 100000000000000000000001."""
+    """design.md 7: raw is the JSON as Stripe sent it. After the refresh of ODD_CUSTOMER (its event and its
+    retrieve, both parsed into dicts) its raw equals what was sent, the balance 100000000000000000000001 (read as
+    orjson reads it, a double, it was stored as 1.0000000000000001e+23)."""
     got = raw_of(synced.db, "customers", ODD_CUSTOMER)
     assert got["balance"] == int(BIG) and got == synced.sent[ODD_CUSTOMER]
+
+
+def test_a_listed_object_the_dict_path_takes_keeps_an_integer_beyond_64_bits_whole(template: Path,
+                                                                                     tmp_path: Path) -> None:
+    """A full listing whose subscription comes with its item lacking the subscription's id (the dict path fills
+    it in: the object is parsed into dicts, not stored as its bytes came) and with a field holding BIG: the
+    subscription and its item are stored with BIG whole, the item with its subscription's id."""
+    w = small_account()
+
+    def odd_subscriptions(page: dict[str, Any]) -> dict[str, Any]:
+        sub = page["data"][0]
+        item = sub["items"]["data"][0]
+        del item["subscription"]
+        item["odd_count"] = int(BIG)
+        return {**page, "data": [{**sub, "odd_count": -int(BIG)}]}
+
+    db = tmp_path / "dict_path.duckdb"
+    shutil.copyfile(template, db)
+    assert sync(w, S0 + DAY, db, serving({"subscriptions": odd_subscriptions}), full=True).status == "succeeded"
+    assert raw_of(db, "subscriptions", "sub_1")["odd_count"] == -int(BIG)
+    item = raw_of(db, "subscription_items", "si_1")
+    assert item["odd_count"] == int(BIG) and item["subscription"] == "sub_1"
 
 
 def test_a_product_whose_id_holds_a_slash_is_refreshed_not_taken_for_deleted(synced: Synced) -> None:

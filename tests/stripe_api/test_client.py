@@ -156,6 +156,33 @@ def test_bad_bodies_are_retried_then_reported(body: bytes) -> None:
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(("body", "said"), [
+    (b'{"id": "cus_1", "balance": NaN}', "not JSON"),
+    (b'{"id": "cus_1", "balance": 1e400}', "not JSON"),  # (beyond a double: no shape problem, no JSON we can read)
+    (b'{"id": "cus_1", "name": "\\ud800"}', "not JSON"),  # (a lone surrogate)
+    (b'{"id": "cus_1", "metadata": ' + b'{"a": ' * 5000 + b'1' + b'}' * 5000 + b'}', "nested too deeply"),
+], ids=["nan", "beyond-a-double", "lone-surrogate", "nested-too-deeply"])
+@responses.activate
+def test_an_object_that_is_no_json_we_can_read_is_retried_then_named(body: bytes, said: str) -> None:
+    responses.get(URL, body=body)
+    with pytest.raises(BadResponseError, match=f"Stripe sent (a body that is|JSON) {said}.* after 1 retries") as info:
+        get(client(max_retries=1))
+    assert len(responses.calls) == 2
+    assert "\n" not in str(info.value)
+
+
+@responses.activate
+def test_an_integer_beyond_64_bits_is_read_whole() -> None:
+    """design.md 7 (raw as Stripe sent it): an object's integer beyond 64 bits comes back as that integer, not as
+    the nearest double; the largest and smallest 64-bit ones too."""
+    responses.get(URL, body=b'{"id": "cus_1", "balance": 100000000000000000000001, "a": -9223372036854775809, '
+                            b'"b": 18446744073709551615, "c": -9223372036854775808, "d": 1.5}')
+    got = get(client())
+    assert got == {"id": "cus_1", "balance": 100000000000000000000001, "a": -9223372036854775809,
+                   "b": 18446744073709551615, "c": -9223372036854775808, "d": 1.5}
+    assert [type(got[k]) for k in ("balance", "a", "b", "c", "d")] == [int, int, int, int, float]
+
+
 @responses.activate
 def test_bad_body_then_good_one() -> None:
     responses.get(URL, body=PAGE[:20])
