@@ -379,7 +379,8 @@ def test_cancellations_at_period_end_after_and_at_a_rate_move(world: World, deri
     February), asked to cancel on 10 February, ends at its period's end, 1 March 00:00, the very moment the euro
     falls to 1.05: one transition from M(A) = 33.00 to 0, one `cancellation` of -33.00 (-30.0000 EUR), no fx row.
     (README's "valued at the rate in force when it was made" read with a rate moving before a change made then would
-    give fx -1.50 and a cancellation of -31.50 instead; test_rules_hunt's strict xfail asks the same of a cancellation
+    give fx -1.50 and a cancellation of -31.50 instead; test_rules_hunt's
+    test_a_cancellation_twenty_minutes_after_a_rate_change checks the same of a cancellation
     20 minutes after the move.)"""
     w = catalogue(world)
     w.customer("c_gbp", currency="gbp")
