@@ -8,6 +8,7 @@ endpoint, a failure or a stop in the middle of it leave; the sandbox's own pendi
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -331,3 +332,30 @@ def test_a_run_asks_for_the_account_once(fake: FakeStripe, tmp_path: Path) -> No
     fake.paths.clear()
     assert sync(db).mode == "incremental"
     assert fake.paths.count("/v1/account") == 1
+
+
+def test_a_pending_item_changed_only_beyond_64_bits_is_written_again(fake: FakeStripe, tmp_path: Path) -> None:
+    """design.md 7 (raw: the latest state as Stripe sent it). A pending item with an integer beyond 64 bits (a
+    field Stripe may add), which the next day's listing sends one higher: the listing compares each item with the
+    stored copy, and read as doubles the two are equal (the item was taken for unchanged and the old value kept).
+    The second run writes the item, and the store holds the new integer whole."""
+    big = 100_000_000_000_000_000_000_001
+    sent = {"value": big}
+    fake.items = [item(1)]
+    fake.items[0]["odd_count"] = "@big@"
+    page = fake._page
+
+    def with_big(objs: list[dict[str, Any]], query: dict[str, list[str]]) -> bytes:
+        return page(objs, query).replace(b'"@big@"', str(sent["value"]).encode())
+
+    fake._page = with_big  # type: ignore[method-assign]
+    db = tmp_path / "s.duckdb"
+    assert sync(db).status == "succeeded"
+    fake.clock += 86400
+    sent["value"] = big + 1
+    second = sync(db)
+    assert (second.mode, second.status) == ("incremental", "succeeded")
+    assert second.counts.get("invoice_items") == 1
+    with open_store(db) as con:
+        ((raw,),) = con.execute("SELECT CAST(raw AS VARCHAR) FROM invoice_items WHERE id = 'ii_0001'").fetchall()
+    assert json.loads(raw)["odd_count"] == big + 1
