@@ -1,4 +1,5 @@
-"""Raw page fetching from Stripe: the SDK's client for auth, version pin and base URL; bodies parsed by orjson.
+"""Raw page fetching from Stripe: the SDK's client for auth, version pin and base URL; bodies parsed by msgspec
+(a list page cut into its objects' JSON, an object whole with its integers kept whole: ``stripe_api/listed.py``).
 
 Building SDK objects costs ~40x more than parsing the JSON (design.md 2), so pages go through the SDK's
 async HTTP client (its aiohttp one, ``request_with_retries_async``) untouched and are parsed here. Retries are ours: the SDK
