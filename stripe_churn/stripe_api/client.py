@@ -1,5 +1,6 @@
 """Raw page fetching from Stripe: the SDK's client for auth, version pin and base URL; bodies parsed by msgspec
-(a list page cut into its objects' JSON, an object whole with its integers kept whole: ``stripe_api/listed.py``).
+(a list page cut into its objects' JSON, an object whole with its integers kept whole: ``stripe_api/listed.py``;
+the sandbox's exchange rates, a list of numbers, by orjson).
 
 Building SDK objects costs ~40x more than parsing the JSON (design.md 2), so pages go through the SDK's
 async HTTP client (its aiohttp one, ``request_with_retries_async``) untouched and are parsed here. Retries are ours: the SDK
