@@ -76,7 +76,6 @@ from stripe_churn.stripe_api.listed import (
     head_of,
     is_object,
     parse_json,
-    value_of,
 )
 from stripe_churn.stripe_api.streams import (
     DELETABLE,
@@ -795,7 +794,7 @@ class _Sync:
             discounts += [bytes(d) for _, it in subs for d in it.discounts or ()]  # (as in _add_object)
             ids = [_add_listed_discount(batch, d, version) for d in discounts]
             batch.children[("discounts", "subscription_id", "")].append(
-                (head.id, [i if i is not None else str(value_of(d)) for i, d in zip(ids, discounts, strict=True)],
+                (head.id, [i if i is not None else str(parse_json(d)) for i, d in zip(ids, discounts, strict=True)],
                  version))
         elif table == "invoices":
             for b, ln in subs:

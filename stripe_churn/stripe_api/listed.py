@@ -119,10 +119,10 @@ def decode_object(table: str, raw: Raw | bytes) -> Any:
     return head
 
 
-def parse_json(raw: bytes | str) -> Any:
-    """``raw`` parsed into dicts and lists, an integer of any size kept whole (orjson reads one beyond 64 bits as
-    a double, and the object stored from it would no longer be what Stripe sent: design.md 7); ``ValueError``
-    when it is not JSON (NaN, a lone surrogate, a number beyond a double's range, cut short) and
+def parse_json(raw: Raw | bytes | str) -> Any:
+    """``raw`` parsed as plain JSON (an object into dicts and lists, an id string, null), an integer of any size
+    kept whole (orjson reads one beyond 64 bits as a double, and the object stored from it would no longer be what
+    Stripe sent: design.md 7); ``ValueError`` when it is not JSON (NaN, a lone surrogate, a number beyond a double's range, cut short) and
     ``RecursionError`` when it is nested deeper than Python's recursion limit."""
     try:
         return _ANY.decode(raw)
@@ -138,8 +138,3 @@ def is_object(raw: bytes) -> bool:
 def head_of(raw: Raw | bytes) -> Head:
     """id/created/deleted of an embedded object (``ValueError`` when it is not an object)."""
     return _HEAD.decode(raw)
-
-
-def value_of(raw: Raw | bytes) -> Any:
-    """A raw span parsed as plain JSON (an id string, null)."""
-    return _ANY.decode(raw)
