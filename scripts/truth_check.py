@@ -61,6 +61,7 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
 
     from stripe_churn.sandbox.listing import EVENT_RETENTION_S
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+    from stripe_churn.settings import Rules
 
     options = {} if args.plain else dict(SANDBOX_OPTIONS)
     for name in ("item_discounts", "collection_pauses", "fx_changes", "no_prorations", "later_trials", "option_prices"):
@@ -68,19 +69,22 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
             options[name] = True
     started = time.perf_counter()
     start = None if args.start is None else int(dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp())
-    sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start, **options)
+    sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start,
+                     window_minutes=args.window, **options)
+    rules = Rules(movement_window_minutes=args.window)
     db = workdir / f"seed-{seed}.duckdb"
     cutoff = int(sim.clock) - EVENT_RETENTION_S  # the oldest event Stripe keeps at the first (full) sync
     differing: list[str] = []
     if args.via == "direct":
-        context = truth.derived_directly(sim, db)
+        context = truth.derived_directly(sim, db, rules)
     elif args.via == "sandbox":
-        context = truth.derived_through_the_sandbox(sim, db)
+        context = truth.derived_through_the_sandbox(sim, db, rules)
     else:
-        con, differing = truth.derived_as_the_daemon_does(sim, db, args.runs, args.months_per_run)
+        con, differing = truth.derived_as_the_daemon_does(sim, db, args.runs, args.months_per_run, rules)
     if args.report:
         os.environ["GROUND_TRUTH_REPORT"] = str(Path(args.report) / f"seed-{seed}.txt")
-    label = f"seed {seed} ({args.customers:,} x {args.months}, {args.via})"
+    window = "" if args.window == 60 else f", a {args.window}-minute window"
+    label = f"seed {seed} ({args.customers:,} x {args.months}, {args.via}{window})"
     try:
         if args.via == "daemon":
             try:
@@ -129,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", metavar="YYYY-MM-DD", help="when the history begins (default: it ends at the "
                         "simulation's usual end of history); far from today, Stripe's clock runs behind or ahead of "
                         "this machine's")
+    parser.add_argument("--window", type=int, default=60, metavar="MINUTES",
+                        help="the movement window (rules.movement_window) the metrics run under and the truth nets "
+                             "changes in (default 60)")
     parser.add_argument("--report", metavar="DIR", help="write each seed's disagreements to DIR/seed-N.txt")
     args = parser.parse_args(argv)
     if args.report:

@@ -855,11 +855,15 @@ SELECT
     dec10(k.mrr_e10) AS mrr_original,
     dec10(k.counted_undiscounted_e10) AS mrr_undiscounted,
     -- (of a counted item of no amount under discounts, their percent factor: the split of 64 values a change
-    -- of its amount at it, as for any discounted item)
+    -- of its amount at it, as for any discounted item; of one of no amount and no discount, 1: a metered item
+    -- before its first usage, or a seat item of quantity 0, whose amount and discount both change in one window
+    -- has a usage or quantity part at no discount and a discount part, README "Metric definitions"; so it is set
+    -- exactly on the rows that count, and 60 reads its change as a change of the item)
     CASE WHEN k.counted_undiscounted_e10 <> 0
          THEN CAST(CAST(k.mrr_e10 AS DECIMAL(38, 0)) / CAST(k.counted_undiscounted_e10 AS DECIMAL(38, 0))
                    AS DECIMAL(38, 10))
          WHEN k.counts AND k.discount_ids IS NOT NULL THEN CAST(k.pct_factor AS DECIMAL(38, 10))
+         WHEN k.counts THEN CAST(1 AS DECIMAL(38, 10))
     END AS discount_factor,
     k.discount_ids,
     -- the share of a tax-inclusive licensed price that is not tax (NULL: no tax taken out)

@@ -18,6 +18,10 @@ WITH item_rows AS (
          OR lag(mrr_original) OVER w IS DISTINCT FROM mrr_original
          -- (an item that stops counting at an MRR already 0, as under a 100% discount, still changes)
          OR lag(mrr_undiscounted) OVER w IS DISTINCT FROM mrr_undiscounted
+         -- (a discount begun or ended on a counted item of no amount, as a metered item before its first usage:
+         -- the item's discount changed, so it begins a window that the usage billed within it joins, as a seat
+         -- added under a 100% discount does; 40's discount_factor is set exactly on counted rows)
+         OR lag(discount_factor) OVER w <> discount_factor
          -- (a payment failing or recovering, active <-> past_due, changes no MRR by itself: when past_due does
          -- not count the MRR above changes; it must not anchor a window that a later change joins)
          OR (lag(status) OVER w IS DISTINCT FROM status

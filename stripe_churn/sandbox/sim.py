@@ -204,7 +204,8 @@ class Simulation:
                  restricted_coupons: bool = False, customer_discounts: bool = False,
                  trial_pauses: bool = False, failure_pauses: bool = False,
                  collection_pauses: bool = False, fx_changes: bool = False, no_prorations: bool = False,
-                 later_trials: bool = False, option_prices: bool = False, credit_note_lines: int = 1) -> None:
+                 later_trials: bool = False, option_prices: bool = False, credit_note_lines: int = 1,
+                 window_minutes: int = WINDOW_S // 60) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -274,9 +275,15 @@ class Simulation:
         each crediting the invoice's lines in turn. With more than 10 the server embeds the first 10 (``has_more``)
         and serves the rest from ``/v1/credit_notes/{id}/lines``, as Stripe does. Credit notes carry no MRR: the
         truth, and every object but the credit notes and their events, are the same whatever the number.
+        ``window_minutes``: the movement window the truth nets a customer's changes in (design.md 5's
+        ``movement_window``, 60 by default; compare with the metrics run under the same setting). Only the truth
+        depends on it: every object, event and moment is the same whatever it is.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
+        if window_minutes < 0:
+            raise ValueError("window_minutes must be zero or more")
+        self.window_s = window_minutes * 60
         self.seed = seed
         self.item_discounts = item_discounts
         self.pending_updates = pending_updates
@@ -565,7 +572,7 @@ class Simulation:
         pending = self._windows.get(cust.id)
         last = self._window_last.get(cust.id, t)
         self._window_last[cust.id] = t
-        if pending is not None and t <= pending[0] + WINDOW_S:
+        if pending is not None and t <= pending[0] + self.window_s:
             # (a rate's move since the window's latest change is now inside it: _window_held holds the state then)
             if churn is not None:
                 self._windows[cust.id] = (pending[0], pending[1], churn)
@@ -588,7 +595,7 @@ class Simulation:
         when it falls between the first and the latest change of a window (inside A -> B; known once a later change
         joins the window)."""
         pending = self._windows.get(cust.id)
-        if pending is not None and t <= pending[0] + WINDOW_S:
+        if pending is not None and t <= pending[0] + self.window_s:
             self._window_held[cust.id] = now
             self._rate_waiting[cust.id] = t
             return
@@ -607,7 +614,7 @@ class Simulation:
             held = self._window_held.get(cid)  # (_label takes it; the window opened again needs it back)
             waiting = self._rate_waiting.pop(cid, None)
             self._end_window(cust, (t, before, churn), self._snap(cust), self._window_last.get(cid, t), waiting)
-            if t + WINDOW_S >= end:
+            if t + self.window_s >= end:
                 self._provisional.append((cid, t, before, churn, waiting, self.truth[kept[0]:], kept[1:]))
                 if held is not None:
                     self._window_held[cid] = held
@@ -744,7 +751,7 @@ class Simulation:
                 now = self._snap(cust)
                 if truth.total(now) > 0:
                     self._rate_moved(cust, t, now)
-                elif cid in self._windows and t <= self._windows[cid][0] + WINDOW_S:
+                elif cid in self._windows and t <= self._windows[cid][0] + self.window_s:
                     self._window_held[cid] = now  # (nothing counted then: the window's changes come after)
         self._at(_next_month_start(t), "fx")
 
@@ -1250,8 +1257,11 @@ class Simulation:
 
     def _pause_at_trial_end(self, sub: dict[str, Any], t: int) -> None:
         """The trial ended with no payment method: the subscription pauses (no invoice); it is resumed or
-        canceled later. Nothing counted before or after, so no transition."""
+        canceled later. Nothing counted before or after, but its status changed: it begins a movement window, as
+        any change of an item or status does (README "Metric definitions"), so a resume inside it is dated here."""
+        before = self._snap(self._custs[sub["customer"]])
         gen = self._pause(sub, t, "trial_end_without_payment_method")
+        self._transition(self._custs[sub["customer"]], t, before)
         rng = self._rng_pause
         if rng.random() < 0.7:
             self._at(t + rng.randint(3, 40) * DAY + rng.randrange(DAY), "resume", sub["id"], gen)

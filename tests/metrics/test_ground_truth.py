@@ -21,7 +21,7 @@ import duckdb
 import pytest
 
 from stripe_churn.sandbox.sim import WINDOW_S
-from stripe_churn.settings import Settings
+from stripe_churn.settings import Rules, Settings
 
 MIN_AGREEMENT = 0.999
 Key = tuple[str, int, str]  # customer, unix second, subscription item
@@ -208,7 +208,9 @@ def unseen_discount_rows(sim: Any, con: duckdb.DuckDBPyConnection, cutoff: int) 
         # or end joined that window, so the truth dates its fx row at the start or end itself, where a store without
         # the discount dates it at the rate change (``fx_rows_aside`` sets ours aside)
         ran = [(t["customer_id"], t["started"], t["ended"]) for t in rows if _unix(t["occurred_at"]) == t["started"]]
-        rows += [{**t, "at": at, "started": started, "ended": ended} for at, t in enumerate(sim.truth)
+        window = getattr(sim, "window_s", WINDOW_S)
+        rows += [{**t, "at": at, "started": started, "ended": ended, "window_s": window}
+                 for at, t in enumerate(sim.truth)
                  if t["movement"] == "fx" for cust, started, ended in ran
                  if t["customer_id"] == cust and started <= _unix(t["occurred_at"]) <= ended]
     return rows
@@ -219,7 +221,7 @@ def fx_rows_aside(ours: list[tuple[Key, str, str, Decimal]], unseen: list[dict[s
     """``ours`` without the fx rows a discount set aside (``unseen``) accounts for: of its customer, from its start
     to a movement window after its end (where the truth's fx row set aside is dated at the start or end of the
     window that took the rate change in, ours is at the rate change)."""
-    spans = [(t["customer_id"], t["started"], t["ended"] + WINDOW_S) for t in unseen if t["movement"] == "fx"]
+    spans = [(t["customer_id"], t["started"], t["ended"] + t["window_s"]) for t in unseen if t["movement"] == "fx"]
     return [row for row in ours if not (row[1] == "fx" and any(
         row[0][0] == cust and start <= row[0][1] <= end for cust, start, end in spans))]
 
@@ -256,12 +258,14 @@ def check_against_truth(sim: Any, con: duckdb.DuckDBPyConnection, label: str,
 
 
 @contextlib.contextmanager
-def derived_through_the_sandbox(sim: Any, db: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """:func:`synced_through_the_sandbox` into a new store at ``db``, recomputed; open while in use."""
+def derived_through_the_sandbox(sim: Any, db: Path, rules: Rules | None = None
+                                ) -> Iterator[duckdb.DuckDBPyConnection]:
+    """:func:`synced_through_the_sandbox` into a new store at ``db``, recomputed (under ``rules``, by default the
+    defaults); open while in use."""
     from stripe_churn.metrics.runner import recompute
     from stripe_churn.store.db import open_store
 
-    settings = synced_through_the_sandbox(sim, db)
+    settings = synced_through_the_sandbox(sim, db, rules)
     con = open_store(settings.db)
     try:
         recompute(con, settings)
@@ -271,8 +275,9 @@ def derived_through_the_sandbox(sim: Any, db: Path) -> Iterator[duckdb.DuckDBPyC
 
 
 @contextlib.contextmanager
-def derived_directly(sim: Any, db: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    """``sim`` loaded straight into a new store at ``db`` (no HTTP) and recomputed; open while in use."""
+def derived_directly(sim: Any, db: Path, rules: Rules | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``sim`` loaded straight into a new store at ``db`` (no HTTP) and recomputed (under ``rules``, by default the
+    defaults); open while in use."""
     from stripe_churn.metrics.runner import recompute
     from stripe_churn.store.db import open_store
     from stripe_churn.store.load import load_simulation
@@ -280,13 +285,13 @@ def derived_directly(sim: Any, db: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     con = open_store(db)
     try:
         load_simulation(con, sim)
-        recompute(con, Settings())
+        recompute(con, Settings(rules=rules or Rules()))
         yield con
     finally:
         con.close()
 
 
-def derived_as_the_daemon_does(sim: Any, db: Path, runs: int, months: int = 1
+def derived_as_the_daemon_does(sim: Any, db: Path, runs: int, months: int = 1, rules: Rules | None = None
                                ) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
     """What the daemon does with ``recompute = "changed"``: a full sync of ``sim`` served by the sandbox, then
     ``runs`` times a billing run of ``months`` months, a sync and the incremental recompute. Returns the open store
@@ -306,7 +311,7 @@ def derived_as_the_daemon_does(sim: Any, db: Path, runs: int, months: int = 1
     try:
         with start_in_thread(sim, api_key=SANDBOX_KEY) as sandbox:
             settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=db, rate_limit=10_000,
-                                recompute="changed")
+                                recompute="changed", rules=rules or Rules())
             run_once(settings, full=True, progress=False)
             for _ in range(runs):
                 sandbox.advance(months)
@@ -328,14 +333,16 @@ def check_exactly(sim: Any, con: duckdb.DuckDBPyConnection, label: str,
     return summary
 
 
-def synced_through_the_sandbox(sim: Any, db: Path) -> Settings:
-    """A full sync of ``sim``, served by the sandbox server, into a new store at ``db`` (the real sync and SDK)."""
+def synced_through_the_sandbox(sim: Any, db: Path, rules: Rules | None = None) -> Settings:
+    """A full sync of ``sim``, served by the sandbox server, into a new store at ``db`` (the real sync and SDK); the
+    settings it used, with ``rules`` (by default the defaults)."""
     from stripe_churn.sandbox.server import start_in_thread
     from stripe_churn.settings import SANDBOX_KEY, Secret
     from stripe_churn.sync import run_sync
 
     with start_in_thread(sim, api_key=SANDBOX_KEY) as sandbox:
-        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=db, rate_limit=10_000)
+        settings = Settings(api_key=Secret(SANDBOX_KEY), api_base=sandbox.url, db=db, rate_limit=10_000,
+                            rules=rules or Rules())
         result = run_sync(settings, full=True, progress=False)
         assert result.status == "succeeded", result
     return settings
@@ -354,7 +361,7 @@ def test_the_checker_sets_aside_our_fx_row_that_a_hidden_discounts_window_dated_
     too, and so are ours inside the span and in the window after its end; another customer's, and ours before the
     start or after that window, stay."""
     start, end = 1_000_000, 2_000_000
-    unseen = [{"customer_id": "cus_a", "movement": "fx", "started": start, "ended": end}]
+    unseen = [{"customer_id": "cus_a", "movement": "fx", "started": start, "ended": end, "window_s": WINDOW_S}]
 
     def fx(customer: str, at: int) -> tuple[Key, str, str, Decimal]:
         return (customer, at, "si_1"), "fx", "fx", Decimal("1")

@@ -125,6 +125,40 @@ def test_a_repeating_discount_ends_in_the_window_of_a_change(world: World, deriv
     assert customer_mrr_at(con, "cus_1", month(2) + 30 * MINUTE) == after
 
 
+@pytest.mark.parametrize("first", ["discount", "seats"])
+@one_store
+def test_a_discount_begun_on_an_item_of_no_amount_in_the_window_of_its_first_seats(world: World, derive: Derive,
+                                                                                     first: str) -> None:
+    """design.md 4 (a discount starting is a movement) and 5 (one window, dated at its first change), README's
+    conventions: an item's quantity part is valued at the discount it had before the window (here none), what its
+    new discount takes is the `discount` part; and a change of an item's discount begins a window even when it moves
+    no MRR, as any change of an item does (a seat added under a 100% discount).
+
+    sub_1: si_a analytics 50.00 from T0. sub_2: si_z core_basic at 0 seats (counts, 0.00) from T0. On 11 February
+    sub_2 gets 30% off forever and, 20 minutes later (or 20 minutes before: ``first``), si_z goes to 5 seats:
+    B = 50 + 5 x 10.00 x 0.7 = 85.00 (+35). si_z's quantity part at no discount: +50.00; its discount part
+    35 - 50 = -15.00. Both dated at the window's first change, whichever it is. (Before, an item of no amount had no
+    discount factor: its quantity part took the new discount's, +35.00 and no discount part; and the discount's
+    start, moving no MRR, began no window: the rows were dated at the seats.)"""
+    w = base(world)
+    w.subscribe("sub_1", "cus_1", [("si_a", "analytics", 1)], T0)
+    w.subscribe("sub_2", "cus_1", [("si_z", "core_basic", 0)], T0)
+    w.coupon("c30f", percent_off=30)
+    t = month(1, 10)
+    t_disc, t_seats = (t, t + 20 * MINUTE) if first == "discount" else (t + 20 * MINUTE, t)
+    d = w.discount("c30f", t_disc, customer="cus_1", subscription="sub_2")
+    for at in sorted((t_disc, t_seats)):
+        if at == t_disc:
+            w.update("sub_2", at, discounts=[d["id"]])
+        else:
+            w.update("sub_2", at, items=[("si_z", "core_basic", 5)])
+    con = derive(w, seen_at=month(3))
+    expect(con, [(t, "seat_expansion", "expansion", D("50.0000"), "si_z"),
+                 (t, "discount", "contraction", D("-15.0000"), "si_z")])
+    assert customer_mrr_at(con, "cus_1", t - 1) == D("50.0000")
+    assert customer_mrr_at(con, "cus_1", t + 30 * MINUTE) == D("85.0000")
+
+
 @one_store
 def test_a_subscription_discount_taken_off_while_an_item_discount_runs_beside_seats(world: World, derive: Derive
                                                                                     ) -> None:
