@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from test_ground_truth import (
     _dec,
+    _unix,
     check_against_truth,
     check_exactly,
     compare_labels,
@@ -66,6 +67,39 @@ def test_ground_truth_with_item_level_discounts_and_every_sandbox_option(tmp_pat
                if d["subscription_item"] and d["source"]["coupon"] in restricted) >= 5
     with derived_directly(sim, tmp_path / "items_all.duckdb") as con:
         check_exactly(sim, con, "1,000 x 24 with item-level discounts and every sandbox option")
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize(("minutes", "customers", "seed", "every_option"), [(0, 700, 2, True), (10080, 1000, 1, False)],
+                         ids=["no-time", "a-week"])
+def test_ground_truth_under_another_movement_window(tmp_path: Path, minutes: int, customers: int, seed: int,
+                                                   every_option: bool) -> None:
+    """design.md 5's movement window is a setting: the truth nets the simulation's changes in the window it is given
+    (Simulation(window_minutes=...)) and the metrics run under the same rules.movement_window, loaded directly. No
+    time (every option of the simulation, 700 x 24, seed 2) nets only the changes of one second; a week (the
+    sandbox's options, 1,000 x 24, seed 1) nets changes days apart: a discount begun on a metered item before its
+    first usage and that usage (until d22d9ad its usage part took the new discount, and the discount's start began
+    no window), a trial's end into a pause and the resume. Labels, MRR, churn types and amounts must agree exactly;
+    the truth is netted in that window (no customer has two transitions within it, fx aside), and with no time some
+    are within the default 60 minutes."""
+    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+    from stripe_churn.settings import Rules
+
+    options = dict(SANDBOX_OPTIONS)
+    if every_option:
+        options.update(item_discounts=True, collection_pauses=True, fx_changes=True, no_prorations=True,
+                       later_trials=True, option_prices=True)
+    sim = Simulation(customers=customers, months=24, seed=seed, window_minutes=minutes, **options)
+    starts: dict[str, list[int]] = {}
+    for t in sim.truth:
+        if t["movement"] != "fx":
+            starts.setdefault(t["customer_id"], []).append(_unix(t["occurred_at"]))
+    gaps = [b - a for times in starts.values() for a, b in zip(sorted(set(times)), sorted(set(times))[1:], strict=False)]
+    assert min(gaps) > minutes * 60
+    if minutes == 0:
+        assert any(0 < gap <= 3600 for gap in gaps)
+    with derived_directly(sim, tmp_path / "window.duckdb", Rules(movement_window_minutes=minutes)) as con:
+        check_exactly(sim, con, f"{customers:,} x 24 under a {minutes}-minute window")
 
 
 @pytest.mark.timeout(600)
