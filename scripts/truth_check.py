@@ -10,10 +10,12 @@
     python scripts/truth_check.py --seeds 7 --customers 2000 --months 24 --no-prorations      # changes not prorated
     python scripts/truth_check.py --seeds 8 --customers 2000 --months 24 --later-trials       # trials of paying subs
     python scripts/truth_check.py --seeds 9 --customers 2000 --months 24 --option-prices      # currency options
+    python scripts/truth_check.py --seeds 1-4 --customers 1000 --window 1440                 # a day's window
 
 Each seed's simulation (with every option ``stripe-churn sandbox`` uses, unless ``--plain``; ``--item-discounts``,
 ``--collection-pauses``, ``--fx-changes``, ``--no-prorations``, ``--later-trials`` and ``--option-prices`` add those
-options) reaches a new store one of three ways: ``direct`` loads its objects straight into the store; ``sandbox`` serves it on 127.0.0.1 and runs a
+options; ``--window`` the movement window the truth nets changes in and the metrics run under, 60 minutes by
+default) reaches a new store one of three ways: ``direct`` loads its objects straight into the store; ``sandbox`` serves it on 127.0.0.1 and runs a
 full sync with the real SDK; ``daemon`` does what the daemon does with ``recompute = "changed"``: a full sync,
 then ``--runs`` times a month's billing run (``--months-per-run`` months) and a sync, each followed by the incremental
 recompute (a 31-day month between syncs moves the last listed events out of Stripe's 30 days: the later syncs

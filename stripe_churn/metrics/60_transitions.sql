@@ -36,7 +36,7 @@ WITH item_rows AS (
     FROM derived_item_mrr
     WINDOW w AS (PARTITION BY account_id, subscription_item_id ORDER BY valid_from)
 )
-SELECT account_id, customer_id, t, bool_or(item) AS item
+SELECT p.account_id, p.customer_id, p.t, bool_or(p.item) AS item
 FROM (
     SELECT account_id, customer_id, valid_from AS t, true AS item
     FROM item_rows WHERE (changed OR prev_to IS DISTINCT FROM valid_from) AND NOT incomplete_start
@@ -51,8 +51,13 @@ FROM (
     SELECT account_id, customer_id, valid_from, false
     FROM derived_customer_mrr
     QUALIFY mrr <> 0 OR lag(valid_from) OVER (PARTITION BY account_id, customer_id ORDER BY valid_from) IS NOT NULL
-)
-WHERE t IS NOT NULL
+) p
+LEFT JOIN derived_coverage cov USING (account_id)
+-- a change dated after the latest sync (a coupon that ends next month) has not happened yet: it joins no window
+-- begun before it (a window's later changes would show now what the sync cannot know yet), and begins none; once a
+-- sync is past it, it is a change point as any other (the incremental path derives those customers again: their
+-- item rows begin or end between the two syncs)
+WHERE p.t IS NOT NULL AND (cov.snapshot_at IS NULL OR p.t <= cov.snapshot_at)
 GROUP BY ALL;
 
 -- Windows: an item's change within `movement_window` of the window's first change joins it (anchored, not

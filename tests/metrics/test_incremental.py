@@ -435,6 +435,34 @@ def test_a_moved_snapshot_shows_an_untouched_customers_change(world: World, tmp_
 
 
 @ONE_SCOPE
+def test_a_moved_snapshot_completes_a_window_begun_before_the_last_sync(world: World, tmp_path: Path,
+                                                                        shards: int) -> None:
+    """A change dated after the latest sync joins no window begun before it (60); when a later sync moves the
+    snapshot past it, the customer it did not touch is derived again from step 60 on and the window holds it, as in
+    a full recompute. cus_h: 2 seats under 50% off for a month from 20 April 00:30 (it ends 20 May 00:30); a third
+    seat 19 May 23:50; synced 20 May 00:00 (SEEN): one row, the seat. The later sync (cus_f alone) moves the
+    snapshot to 2 June: the seat and the coupon's end, both dated 19 May 23:50."""
+    w = coupon_customer(book(world))
+    w.coupon("co_h", percent_off=50, duration="repeating", duration_in_months=1)
+    w.customer("cus_h", address={"country": "US"})
+    coupon = w.discount("co_h", ts(2024, 4, 20) + 30 * 60, customer="cus_h", subscription="sub_h")
+    w.subscribe("sub_h", "cus_h", [("si_h1", "pro_usd", 2)], ts(2024, 4, 20) + 30 * 60, discounts=[coupon["id"]])
+    w.update("sub_h", SEEN - 10 * 60, items=[("si_h1", "pro_usd", 3)])
+    before, changed = then_a_new_customer(w)
+    con = new_store(tmp_path / "at-seen.duckdb")
+    before.load(con, seen_at=SEEN)
+    recompute(con, Settings())
+    at_seen = con.execute("SELECT movement FROM mrr_movements WHERE customer_id = 'cus_h' AND occurred_at > "
+                          "'2024-05-01' ORDER BY movement").fetchall()
+    con.close()
+    assert at_seen == [("seat_expansion",)]
+    n, full = assert_incremental_equals_full(tmp_path, before, changed, SEEN, ts(2024, 6, 2), shards)
+    assert n == 3  # (cus_f touched; cus_g and cus_h moved)
+    h = [r for r in full["view mrr_movements"] if "cus_h" in r and "2024-05-19 23:50" in r]
+    assert len(h) == 2 and any("'discount'" in r for r in h), h
+
+
+@ONE_SCOPE
 def test_a_moved_customer_with_events_in_one_second(world: World, tmp_path: Path, shards: int) -> None:
     """A moved customer (derived again from step 60 on, its events read anew from the store) whose subscription had
     two updates in one second with ids sorting the other way round (seats 2 -> 3, then pro -> basic): every derived
