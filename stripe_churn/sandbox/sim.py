@@ -339,10 +339,11 @@ class Simulation:
         # customer -> its state when the exchange rate moved inside its open window (fx_changes: see _label_fx)
         self._window_held: dict[str, dict[str, Comp]] = {}
         # customer -> when the rate moved after the latest change of its open window (fx_changes): inside the window
-        # when a later change joins it, else a transition of its own after it (see _rate_moved)
-        self._rate_waiting: dict[str, int] = {}
+        # when a later change joins it, else each a transition of its own after it (see _rate_moved; several under a
+        # window longer than the month between two moves)
+        self._rate_waiting: dict[str, list[int]] = {}
         # windows labelled at the end of a run that the next run may still join (see _close_windows)
-        self._provisional: list[tuple[str, int, dict[str, Comp], Any, int | None, list[dict[str, Any]],
+        self._provisional: list[tuple[str, int, dict[str, Comp], Any, list[int] | None, list[dict[str, Any]],
                                       tuple[int, Decimal, bool]]] = []
         self._rate = customers / months if months else 0.0
         self.start = add_months(END_OF_HISTORY, -months) if start is None else start
@@ -582,12 +583,12 @@ class Simulation:
         self._windows[cust.id] = (t, before, churn)
 
     def _end_window(self, cust: _Cust, window: tuple[int, dict[str, Comp], tuple[str, Any] | None],
-                    after: dict[str, Comp], last: int, waiting: int | None) -> None:
+                    after: dict[str, Comp], last: int, waiting: list[int] | None) -> None:
         """Label the window ``(t, before, churn)`` whose latest change was at ``last``, its state ``after``; then
-        the rate's move at ``waiting`` (after ``last``, so not inside the window) as a transition of its own."""
+        each rate's move in ``waiting`` (after ``last``, so not inside the window) as a transition of its own."""
         self._label(cust, window[0], window[1], after, window[2], last)
-        if waiting is not None:
-            self._label(cust, waiting, after, after, None, waiting)
+        for moved in waiting or ():
+            self._label(cust, moved, after, after, None, moved)
 
     def _rate_moved(self, cust: _Cust, t: int, now: dict[str, Comp]) -> None:
         """The exchange rate moved at ``t`` while the customer held ``now`` (MRR above 0). A rate's move is no change
@@ -597,7 +598,7 @@ class Simulation:
         pending = self._windows.get(cust.id)
         if pending is not None and t <= pending[0] + self.window_s:
             self._window_held[cust.id] = now
-            self._rate_waiting[cust.id] = t
+            self._rate_waiting.setdefault(cust.id, []).append(t)
             return
         if pending is not None:
             del self._windows[cust.id]
