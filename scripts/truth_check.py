@@ -72,8 +72,8 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
     started = time.perf_counter()
     start = None if args.start is None else int(dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp())
     sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start,
-                     window_minutes=args.window, **options)
-    rules = Rules(movement_window_minutes=args.window)
+                     window_minutes=args.window, include_metered=not args.exclude_metered, **options)
+    rules = Rules(movement_window_minutes=args.window, include_metered=not args.exclude_metered)
     db = workdir / f"seed-{seed}.duckdb"
     cutoff = int(sim.clock) - EVENT_RETENTION_S  # the oldest event Stripe keeps at the first (full) sync
     differing: list[str] = []
@@ -85,7 +85,8 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
         con, differing = truth.derived_as_the_daemon_does(sim, db, args.runs, args.months_per_run, rules)
     if args.report:
         os.environ["GROUND_TRUTH_REPORT"] = str(Path(args.report) / f"seed-{seed}.txt")
-    window = "" if args.window == 60 else f", a {args.window}-minute window"
+    window = ("" if args.window == 60 else f", a {args.window}-minute window") + (
+        ", metered usage not counted" if args.exclude_metered else "")
     label = f"seed {seed} ({args.customers:,} x {args.months}, {args.via}{window})"
     try:
         if args.via == "daemon":
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=60, metavar="MINUTES",
                         help="the movement window (rules.movement_window) the metrics run under and the truth nets "
                              "changes in (default 60)")
+    parser.add_argument("--exclude-metered", action="store_true",
+                        help="metered usage counts no MRR (rules.include_metered = false), in the truth and the metrics")
     parser.add_argument("--report", metavar="DIR", help="write each seed's disagreements to DIR/seed-N.txt")
     args = parser.parse_args(argv)
     if args.report:

@@ -205,7 +205,7 @@ class Simulation:
                  trial_pauses: bool = False, failure_pauses: bool = False,
                  collection_pauses: bool = False, fx_changes: bool = False, no_prorations: bool = False,
                  later_trials: bool = False, option_prices: bool = False, credit_note_lines: int = 1,
-                 window_minutes: int = WINDOW_S // 60) -> None:
+                 window_minutes: int = WINDOW_S // 60, include_metered: bool = True) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -277,13 +277,16 @@ class Simulation:
         truth, and every object but the credit notes and their events, are the same whatever the number.
         ``window_minutes``: the movement window the truth nets a customer's changes in (design.md 5's
         ``movement_window``, 60 by default; compare with the metrics run under the same setting). Only the truth
-        depends on it: every object, event and moment is the same whatever it is.
+        depends on it: every object, event and moment is the same whatever it is. ``include_metered``: whether the
+        truth counts metered items' usage (design.md 4's setting, rules.include_metered; on by default); off, a
+        metered item counts 0 whatever its usage, its coming, going and discounts still changes of an item.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
         if window_minutes < 0:
             raise ValueError("window_minutes must be zero or more")
         self.window_s = window_minutes * 60
+        self.include_metered = include_metered
         self.seed = seed
         self.item_discounts = item_discounts
         self.pending_updates = pending_updates
@@ -543,6 +546,9 @@ class Simulation:
                 qty = self._usage_billed.get(it["id"], 0) if plan.key == "events" else (it["quantity"] or 0)
                 m = mult if self._applies(sid, p["product"]) else Fraction(1)
                 m = m * self._item_mult[it["id"]] if it["id"] in self._item_mult else m
+                if plan.key == "events" and not self.include_metered:
+                    out[it["id"]] = Comp(sid, it["id"], plan.family, plan.kind, p["id"], 0, m, Fraction(0))
+                    continue
                 out[it["id"]] = Comp(sid, it["id"], plan.family, plan.kind, p["id"], qty, m,
                                       self._mrr_usd(p["id"], qty, m, cust.currency))
         return out

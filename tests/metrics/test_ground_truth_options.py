@@ -103,6 +103,26 @@ def test_ground_truth_under_another_movement_window(tmp_path: Path, minutes: int
 
 
 @pytest.mark.timeout(600)
+def test_ground_truth_with_metered_usage_not_counted(tmp_path: Path) -> None:
+    """design.md 4's setting to exclude metered usage (rules.include_metered = false): the truth counts a metered
+    item 0 whatever its usage (Simulation(include_metered=False)), its coming, going and discounts still changes of
+    an item, and the metrics run under the same rule, with every option of the simulation (800 x 24, seed 4, loaded
+    directly). No truth row is a metered item's; labels, MRR, churn types and amounts must agree exactly."""
+    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+    from stripe_churn.settings import Rules
+
+    sim = Simulation(customers=800, months=24, seed=4, include_metered=False, **dict(
+        SANDBOX_OPTIONS, item_discounts=True, collection_pauses=True, fx_changes=True, no_prorations=True,
+        later_trials=True, option_prices=True))
+    metered = {i["id"] for s in sim.objects["subscriptions"].values() for i in s["items"]["data"]
+               if i["price"]["recurring"]["usage_type"] == "metered"}
+    assert len(metered) >= 50
+    assert not [t for t in sim.truth if t["subscription_item_id"] in metered]
+    with derived_directly(sim, tmp_path / "unmetered.duckdb", Rules(include_metered=False)) as con:
+        check_exactly(sim, con, "800 x 24 with metered usage not counted")
+
+
+@pytest.mark.timeout(600)
 def test_ground_truth_with_prorations_pending_until_the_renewal_through_the_sandbox(tmp_path: Path) -> None:
     """Half the changes of annual subscriptions made with Stripe's default create_prorations
     (Simulation(deferred_prorations=True)): their prorations wait as pending invoice items for the next renewal,
