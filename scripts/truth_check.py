@@ -72,8 +72,10 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
     started = time.perf_counter()
     start = None if args.start is None else int(dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp())
     sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start,
-                     window_minutes=args.window, include_metered=not args.exclude_metered, **options)
-    rules = Rules(movement_window_minutes=args.window, include_metered=not args.exclude_metered)
+                     window_minutes=args.window, include_metered=not args.exclude_metered,
+                     past_due_counts=not args.past_due_zero, **options)
+    rules = Rules(movement_window_minutes=args.window, include_metered=not args.exclude_metered,
+                  past_due_counts=not args.past_due_zero)
     db = workdir / f"seed-{seed}.duckdb"
     cutoff = int(sim.clock) - EVENT_RETENTION_S  # the oldest event Stripe keeps at the first (full) sync
     differing: list[str] = []
@@ -86,7 +88,8 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
     if args.report:
         os.environ["GROUND_TRUTH_REPORT"] = str(Path(args.report) / f"seed-{seed}.txt")
     window = ("" if args.window == 60 else f", a {args.window}-minute window") + (
-        ", metered usage not counted" if args.exclude_metered else "")
+        ", metered usage not counted" if args.exclude_metered else "") + (
+        ", past_due counting zero" if args.past_due_zero else "")
     label = f"seed {seed} ({args.customers:,} x {args.months}, {args.via}{window})"
     try:
         if args.via == "daemon":
@@ -141,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
                              "changes in (default 60)")
     parser.add_argument("--exclude-metered", action="store_true",
                         help="metered usage counts no MRR (rules.include_metered = false), in the truth and the metrics")
+    parser.add_argument("--past-due-zero", action="store_true",
+                        help="a past_due subscription counts zero (rules.past_due_counts = false), in the truth and "
+                             "the metrics")
     parser.add_argument("--report", metavar="DIR", help="write each seed's disagreements to DIR/seed-N.txt")
     args = parser.parse_args(argv)
     if args.report:

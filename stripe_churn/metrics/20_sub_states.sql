@@ -487,6 +487,7 @@ FROM (SELECT * FROM anchor_from_events
 -- at signup that it replaced is read from the invoices: trialing from start_date to the invoice of its end),
 -- paused from status_details.paused.transitioned_at,
 -- unpaid from when its failed invoice was given up on (marked uncollectible, else that invoice's creation),
+-- past_due while a renewal's payment failed (payment_spells: from the invoice's finalization to its payment),
 -- canceled or incomplete_expired from ended_at.
 -- Inside coverage they are the observed states. A subscription with no stored event has only the snapshot
 -- there: its reconstructed steps stand inside coverage too (an end, a trial's end, an unpaid or paused moment
@@ -565,6 +566,34 @@ unpaid_before_events AS (
       AND NOT coalesce(i.deleted, false)
       AND NOT (s.status = 'unpaid' OR (s.status = 'canceled' AND s.cancellation_reason = 'payment_failed'))
     GROUP BY ALL
+),
+-- A renewal's payment that failed (a subscription_cycle or subscription_threshold invoice): past_due from the
+-- invoice's finalization (its payment is tried then) until it was paid, for an invoice paid only at a later attempt
+-- (attempt_count 2 or more) or still open after one; an invoice given up on (marked uncollectible) holds past_due
+-- until then (unpaid_from dates the unpaid step, for a subscription unpaid now or ended for it), and one paid after
+-- that is unpaid from then until paid. Before the events' window the invoices are all that show such a spell (a
+-- subscription's state keeps no past status); it matters under past_due_counts = false, past_due counting nothing.
+-- (Inside coverage the events say it, as for every reconstructed step.) Not a subscription_create invoice (a first
+-- payment failing leaves the subscription incomplete), nor an update's (one made with pending_if_incomplete stays
+-- open, its payment failed, while the subscription stays active and the update waits; voided when it expires).
+payment_spells AS (
+    SELECT i.account_id, i.subscription_id, coalesce(i.finalized_at, i.created) AS failed_at,
+           CASE WHEN i.status = 'paid' THEN i.paid_at END AS paid_at, i.marked_uncollectible_at, s.ended_at
+    FROM s
+    JOIN invoices i ON i.account_id = s.account_id AND i.subscription_id = s.subscription_id
+    WHERE NOT coalesce(i.deleted, false) AND i.billing_reason IN ('subscription_cycle', 'subscription_threshold')
+      AND ((i.status = 'paid' AND i.attempt_count >= 2 AND i.paid_at > coalesce(i.finalized_at, i.created))
+           OR (i.status IN ('open', 'uncollectible') AND i.attempt_count >= 1))
+      AND (s.ended_at IS NULL OR coalesce(i.finalized_at, i.created) < s.ended_at)
+),
+payment_steps AS (
+    SELECT account_id, subscription_id, failed_at AS moment, 'past_due' AS status FROM payment_spells
+    UNION ALL
+    SELECT account_id, subscription_id, marked_uncollectible_at, 'unpaid' FROM payment_spells
+    WHERE paid_at > marked_uncollectible_at
+    UNION ALL
+    SELECT account_id, subscription_id, paid_at, 'active' FROM payment_spells
+    WHERE paid_at IS NOT NULL AND (ended_at IS NULL OR paid_at < ended_at)
 ),
 -- A trial at signup that a later trial replaced (Stripe keeps the latest trial only: trial_start is after
 -- start_date) shows on the invoices alone: the subscription_create invoice bills every licensed item at 0 for a
@@ -683,6 +712,9 @@ recon AS (
     UNION ALL
     SELECT account_id, subscription_id, paused_at, 'paused', false, 'snapshot', NULL, 2
     FROM s WHERE status = 'paused' AND paused_at IS NOT NULL
+    UNION ALL
+    SELECT account_id, subscription_id, moment, status, false, 'snapshot', NULL, 2
+    FROM payment_steps
     UNION ALL
     SELECT u.account_id, u.subscription_id, u.unpaid_at, 'unpaid', false, 'snapshot', NULL, 3
     FROM unpaid_from u

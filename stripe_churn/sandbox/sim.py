@@ -205,7 +205,8 @@ class Simulation:
                  trial_pauses: bool = False, failure_pauses: bool = False,
                  collection_pauses: bool = False, fx_changes: bool = False, no_prorations: bool = False,
                  later_trials: bool = False, option_prices: bool = False, credit_note_lines: int = 1,
-                 window_minutes: int = WINDOW_S // 60, include_metered: bool = True) -> None:
+                 window_minutes: int = WINDOW_S // 60, include_metered: bool = True,
+                 past_due_counts: bool = True) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -280,6 +281,9 @@ class Simulation:
         depends on it: every object, event and moment is the same whatever it is. ``include_metered``: whether the
         truth counts metered items' usage (design.md 4's setting, rules.include_metered; on by default); off, a
         metered item counts 0 whatever its usage, its coming, going and discounts still changes of an item.
+        ``past_due_counts``: whether a past_due subscription counts (design.md 4's setting, rules.past_due_counts;
+        on by default); off, a failed renewal payment is an involuntary churn of what the subscription counted and
+        its recovery a comeback.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -287,6 +291,7 @@ class Simulation:
             raise ValueError("window_minutes must be zero or more")
         self.window_s = window_minutes * 60
         self.include_metered = include_metered
+        self.counting = COUNTING if past_due_counts else ("active",)
         self.seed = seed
         self.item_discounts = item_discounts
         self.pending_updates = pending_updates
@@ -413,6 +418,7 @@ class Simulation:
                 t, _, handler, args = heapq.heappop(self._q)
                 getattr(self, "_h_" + handler)(t, *args)
             self._close_windows(end)
+            self._settle_cancellation_details()
         finally:
             gc.freeze()
             if was_enabled:
@@ -535,7 +541,7 @@ class Simulation:
         out: dict[str, Comp] = {}
         for sid in cust.subs:
             sub = self.objects["subscriptions"][sid]
-            if sub.get("deleted") or sub["status"] not in COUNTING:
+            if sub.get("deleted") or sub["status"] not in self.counting:
                 continue
             mult = self._sub_mult.get(sid, Fraction(1))
             if not sub["discounts"] and cust.id in self._cust_disc:  # (the customer's, when it has none of its own)
@@ -668,6 +674,29 @@ class Simulation:
         cust.mrr = m_b
         cust.path_t.append(t)
         cust.path_v.append(float(m_b))
+
+    def _settle_cancellation_details(self) -> None:
+        """README's rule for a subscription's cancellation_details (its latest state): they belong to its last
+        cancellation, when it did not come back after it. So its reason and feedback label the cancellation rows of
+        its last churn (involuntary for a payment_failed reason, as for a churn by a failed payment), though what
+        made its MRR drop then was another change, as a later trial's start (or a payment failing, where past_due
+        counts nothing) before an unpaid subscription was deleted."""
+        last: dict[str, str] = {}
+        for row in self.truth:
+            if row["movement"] == "cancellation" and row["occurred_at"] > last.get(row["subscription_id"], ""):
+                last[row["subscription_id"]] = row["occurred_at"]
+        back = {row["subscription_id"] for row in self.truth
+                if row["mrr_delta"] > 0 and row["occurred_at"] > last.get(row["subscription_id"], "~")}
+        for row in self.truth:
+            sid = row["subscription_id"]
+            if row["movement"] != "cancellation" or sid in back or row["occurred_at"] != last[sid]:
+                continue
+            details = self.objects["subscriptions"][sid]["cancellation_details"]
+            if details["reason"] is None:
+                continue
+            involuntary = details["reason"] == "payment_failed" or row["churn_type"] == "involuntary"
+            row["churn_type"] = "involuntary" if involuntary else "voluntary"
+            row["cancellation_feedback"] = details["feedback"]
 
     def _note_sub_rows(self, rows: list[dict[str, Any]]) -> None:
         """Keep each subscription's rows of this transition (later_trials); a subscription canceled while a later
@@ -1245,6 +1274,8 @@ class Simulation:
             self._usage_now[it["id"]] = max(1, round(self._usage_now.get(it["id"], 10) * walk))
         fail = rng.random() < 0.04 and sub.get("pause_collection") is None
         if fail:
+            if before is None and "past_due" not in self.counting:
+                before = self._snap(cust)  # (past_due counting nothing: the failure is a change of MRR)
             prev.setdefault("status", sub["status"])
             sub["status"] = "past_due"
         self._invoice(sub, t, "subscription_cycle", (t, end), fail=fail, usage_from=usage_from)
@@ -1260,7 +1291,8 @@ class Simulation:
             self._at(self._time_in(t + DAY, end - DAY), "decide", sid, gen)
         # (usage billed at the amount it had changes nothing: no change, so no movement window begins here)
         if before is not None and not (usage_alone and before == self._snap(cust)):
-            self._transition(cust, t, before)
+            self._transition(cust, t, before, ("involuntary", None) if fail and "past_due" not in self.counting
+                             else None)
 
     def _pause_at_trial_end(self, sub: dict[str, Any], t: int) -> None:
         """The trial ended with no payment method: the subscription pauses (no invoice); it is resumed or
@@ -1337,11 +1369,14 @@ class Simulation:
         inv = self.objects["invoices"][sub["latest_invoice"]]
         cust = self._custs[sub["customer"]]
         if self._rng.random() < 0.6:
+            before = self._snap(cust)
             self._pay(inv, t)
             sub["status"] = "active"
             self._event("customer.subscription.updated", sub, t, {"status": "past_due"})
             self._at(self._time_in(t + DAY, sub["items"]["data"][0]["current_period_end"] - DAY), "decide", sid,
                      gen)
+            if "past_due" not in self.counting:  # (the payment recovered: what it counts again is a comeback)
+                self._transition(cust, t, before)
             return
         before = self._snap(cust)
         wait = self._rng.randint(7, 20)  # (drawn either way: the main stream stays what it was)

@@ -225,6 +225,8 @@ MIGRATIONS: list[tuple[str, Callable[[duckdb.DuckDBPyConnection], None]]] = [
     ("011_credit_note_lines_has_more", lambda con: _add_extracted_columns(con, {"credit_notes": ("lines_has_more",)})),
     ("012_price_option_tiers", _m012_price_option_tiers),
     ("013_line_invoice_items", _m013_line_invoice_items),
+    ("014_invoice_payment_dates",
+     lambda con: _add_extracted_columns(con, {"invoices": ("finalized_at", "paid_at", "attempt_count")})),
 ]
 
 

@@ -121,6 +121,11 @@ class Invoice(RawBase, table=True):
     period_end: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     marked_uncollectible_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     attempted: bool | None = None  # a payment of it was tried (`attempted`, or an `attempt_count` above 0)
+    # when it was finalized and paid, and how many payments of it were tried: a subscription's renewal paid only at a
+    # later attempt (or not yet) shows a past_due spell, before the events' window the only trace of it
+    finalized_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    paid_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    attempt_count: int | None = Field(default=None, sa_type=BigInteger)
 
 
 class Billed(RawBase):
@@ -339,7 +344,10 @@ EXTRACT: dict[str, dict[str, str]] = {
                  "total": "TRY_CAST(j->>'$.total' AS BIGINT)",
                  "period_start": _t("$.period_start"), "period_end": _t("$.period_end"),
                  "marked_uncollectible_at": _t("$.status_transitions.marked_uncollectible_at"),
-                 "attempted": "(j->>'$.attempted' = 'true' OR TRY_CAST(j->>'$.attempt_count' AS BIGINT) > 0)"},
+                 "attempted": "(j->>'$.attempted' = 'true' OR TRY_CAST(j->>'$.attempt_count' AS BIGINT) > 0)",
+                 "finalized_at": _t("$.status_transitions.finalized_at"),
+                 "paid_at": _t("$.status_transitions.paid_at"),
+                 "attempt_count": "TRY_CAST(j->>'$.attempt_count' AS BIGINT)"},
     "invoice_lines": {"invoice_id": "j->>'$.invoice'",
                       "subscription_id": "coalesce(j->>'$.parent.subscription_item_details.subscription', "
                                          + _id("$.subscription") + ")",

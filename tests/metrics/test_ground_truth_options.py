@@ -123,6 +123,30 @@ def test_ground_truth_with_metered_usage_not_counted(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
+def test_ground_truth_with_past_due_counting_zero_through_the_sandbox(tmp_path: Path) -> None:
+    """design.md 4's setting past_due_counts = false: a failed renewal payment is an involuntary churn of what the
+    subscription counted, its recovery a comeback (Simulation(past_due_counts=False)), with every option of the
+    simulation (800 x 24, seed 6, synced through the sandbox: the invoices' attempt_count and payment dates come
+    from the wire). Before the events' window only the invoices show those spells (a renewal paid at a later
+    attempt). Labels, MRR, churn types and amounts must agree exactly; the truth has such spells on both sides of
+    the window's start."""
+    from stripe_churn.sandbox.listing import EVENT_RETENTION_S
+    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+    from stripe_churn.settings import Rules
+
+    sim = Simulation(customers=800, months=24, seed=6, past_due_counts=False, **dict(
+        SANDBOX_OPTIONS, item_discounts=True, collection_pauses=True, fx_changes=True, no_prorations=True,
+        later_trials=True, option_prices=True))
+    window_start = sim.clock - EVENT_RETENTION_S
+    late = [i["status_transitions"]["finalized_at"] for i in sim.objects["invoices"].values()
+            if i["billing_reason"] == "subscription_cycle" and (i.get("attempt_count") or 0) >= 2]
+    assert sum(t < window_start for t in late) >= 20 and sum(t >= window_start for t in late) >= 1, len(late)
+    with derived_through_the_sandbox(sim, tmp_path / "past_due.duckdb", Rules(past_due_counts=False)) as con:
+        unseen = unseen_discount_rows(sim, con, int(window_start))
+        check_exactly(sim, con, "800 x 24 with past_due counting zero, through the sandbox", unseen)
+
+
+@pytest.mark.timeout(600)
 def test_ground_truth_with_prorations_pending_until_the_renewal_through_the_sandbox(tmp_path: Path) -> None:
     """Half the changes of annual subscriptions made with Stripe's default create_prorations
     (Simulation(deferred_prorations=True)): their prorations wait as pending invoice items for the next renewal,

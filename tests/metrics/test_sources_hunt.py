@@ -304,6 +304,52 @@ def test_a_spell_the_gap_ends_ends_at_what_dates_it(tmp: Path, template: Path, s
     con.close()
 
 
+@pytest.mark.parametrize("then", ["paid", "open", "given-up-then-paid"])
+def test_a_renewal_paid_late_before_the_events_is_a_past_due_spell(tmp: Path, template: Path, then: str) -> None:
+    """Before the events' window only the invoices show a payment that failed: a renewal's invoice paid at a later
+    attempt (attempt_count 2) was past_due from its finalization to its payment; one still open after a failed
+    attempt (the subscription past_due now), from its finalization on; one marked uncollectible, then paid, past_due
+    to the mark, unpaid to the payment. 5 seats (50.00), renewals on the 1st, the renewal of 1 March failing (paid on
+    6 March; or open; or given up on 4 March and paid on 9 March); the events stored from 15 April on. With
+    past_due_counts = false the MRR is 0 while past_due (and while unpaid): a cancellation, involuntary, and a
+    reactivation at the payment. By default past_due counts: 50.00 throughout, no movement but `new`, but for the
+    unpaid spell (zero under either rule). (The spells were not read: 50.00 throughout under either rule, the open
+    one's zero dated where the events begin.)"""
+    w = five_seats(World())
+    for n in (1, 2, 3):
+        w.cycle("sub_1", month(n))
+    failed = next(i for i in w.objects["invoices"].values() if i["created"] == month(2))
+    failed.update(attempted=True, attempt_count=2)
+    failed["status_transitions"]["paid_at"] = month(2, 5)
+    if then == "open":
+        failed.update(status="open", attempt_count=1)
+        failed["status_transitions"]["paid_at"] = None
+        w.objects["invoices"] = {k: v for k, v in w.objects["invoices"].items() if v["created"] <= month(2)}
+        w.objects["subscriptions"]["sub_1"]["status"] = "past_due"
+    elif then == "given-up-then-paid":
+        failed["status_transitions"].update(marked_uncollectible_at=month(2, 3), paid_at=month(2, 8))
+    w.update("sub_1", month(3, 20), metadata={"note": "inside the events"})
+    zero = {"paid": (month(2), month(2, 5)), "open": (month(2), None), "given-up-then-paid": (month(2), month(2, 8))}
+    start, end = zero[then]
+    for rule in ("past-due-zero", "default"):
+        con = derived(tmp, template, f"late-{then}-{rule}", w, seen_at=month(4), events=month(3, 15),
+                      past_due_counts=rule == "default")
+        if rule == "default" and then == "given-up-then-paid":  # (unpaid counts zero whatever the rule)
+            assert levels(con) == [(T0, month(2, 3), Decimal("50.0000")), (month(2, 3), end, Decimal("0.0000")),
+                                   (end, None, Decimal("50.0000"))]
+            assert [m[2] for m in moves(con)] == ["new", "cancellation", "reactivation"]
+        elif rule == "default":
+            assert levels(con) == [(T0, None, Decimal("50.0000"))]
+            assert [m[2] for m in moves(con)] == ["new"]
+        else:
+            want = [(T0, start, Decimal("50.0000")), (start, end, Decimal("0.0000"))]
+            assert levels(con) == (want if end is None else [*want, (end, None, Decimal("50.0000"))])
+            assert [m[2] for m in moves(con)] == ["new", "cancellation"] + ([] if end is None else ["reactivation"])
+            assert con.execute("SELECT churn_type FROM mrr_movements WHERE movement = 'cancellation'"
+                               ).fetchall() == [("involuntary",)]
+        con.close()
+
+
 def same_second_before_a_gap(swap: bool) -> World:
     """5 seats; on 11 February two updates in one second, 5 to 6 seats and 6 to 8; on 11 March a payment fails and
     is recovered in the same second (active to past_due, past_due to active); renewals on the 1st; all before the

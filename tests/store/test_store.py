@@ -698,6 +698,44 @@ def test_a_store_from_before_the_price_option_tiers_columns_gains_them_filled(tm
         c.close()
 
 
+def test_a_store_from_before_the_invoice_payment_dates_gains_them_filled(tmp_path: Path) -> None:
+    """014_invoice_payment_dates on a store made before it: invoices gain ``finalized_at``, ``paid_at`` and
+    ``attempt_count`` (a renewal paid at a later attempt shows a past_due spell before the events' window), filled
+    from the JSON kept; the rows are otherwise as they were, and every write sets them."""
+    path = tmp_path / "m.duckdb"
+    c = open_store(path)
+
+    def invoice(iid: str, attempts: int | None, paid: int | None) -> dict[str, Any]:
+        return {"id": iid, "object": "invoice", "customer": "cus_1", "subscription": "sub_1", "status": "paid",
+                "billing_reason": "subscription_cycle", "created": 1_700_000_000, "attempt_count": attempts,
+                "status_transitions": {"finalized_at": 1_700_000_060, "paid_at": paid,
+                                       "marked_uncollectible_at": None, "voided_at": None}}
+
+    upsert_objects(c, "invoices", ACCT, [invoice("in_late", 2, 1_700_432_000), invoice("in_once", 1, 1_700_000_120),
+                                         invoice("in_odd", None, None)], T0, versions=10)
+    c.execute("ALTER TABLE invoices DROP COLUMN finalized_at")
+    c.execute("ALTER TABLE invoices DROP COLUMN paid_at")
+    c.execute("ALTER TABLE invoices DROP COLUMN attempt_count")
+    c.execute("DELETE FROM schema_migrations WHERE name = '014_invoice_payment_dates'")
+    kept = c.execute("SELECT * FROM invoices ORDER BY id").fetchall()
+    c.close()
+    c = open_store(path)
+    try:
+        def payments() -> list[tuple[Any, ...]]:
+            return c.execute("SELECT id, epoch(finalized_at), epoch(paid_at), attempt_count FROM invoices "
+                             "ORDER BY id").fetchall()
+
+        assert c.execute("SELECT * EXCLUDE (finalized_at, paid_at, attempt_count) FROM invoices ORDER BY id"
+                         ).fetchall() == kept
+        assert payments() == [("in_late", 1_700_000_060, 1_700_432_000, 2), ("in_odd", 1_700_000_060, None, None),
+                              ("in_once", 1_700_000_060, 1_700_000_120, 1)]
+        upsert_objects(c, "invoices", ACCT, [invoice("in_odd", 3, 1_700_500_000)], T1, versions=20)
+        assert payments()[1] == ("in_odd", 1_700_000_060, 1_700_500_000, 3)
+        assert one(c, "SELECT count(*) FROM schema_migrations WHERE name = '014_invoice_payment_dates'") == 1
+    finally:
+        c.close()
+
+
 def test_a_store_from_before_the_lines_invoice_items_gains_them_filled(tmp_path: Path) -> None:
     """013_line_invoice_items on a store made before it: invoice_lines gain ``invoice_item_id``, the invoice item a
     line bills (a pending proration billed by a later invoice names it in ``subscription_item_details``, a one-time
