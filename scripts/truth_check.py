@@ -73,9 +73,9 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
     start = None if args.start is None else int(dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp())
     sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start,
                      window_minutes=args.window, include_metered=not args.exclude_metered,
-                     past_due_counts=not args.past_due_zero, **options)
+                     past_due_counts=not args.past_due_zero, churn_recognition=args.churn_recognition, **options)
     rules = Rules(movement_window_minutes=args.window, include_metered=not args.exclude_metered,
-                  past_due_counts=not args.past_due_zero)
+                  past_due_counts=not args.past_due_zero, churn_recognition=args.churn_recognition)
     db = workdir / f"seed-{seed}.duckdb"
     cutoff = int(sim.clock) - EVENT_RETENTION_S  # the oldest event Stripe keeps at the first (full) sync
     differing: list[str] = []
@@ -89,7 +89,8 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
         os.environ["GROUND_TRUTH_REPORT"] = str(Path(args.report) / f"seed-{seed}.txt")
     window = ("" if args.window == 60 else f", a {args.window}-minute window") + (
         ", metered usage not counted" if args.exclude_metered else "") + (
-        ", past_due counting zero" if args.past_due_zero else "")
+        ", past_due counting zero" if args.past_due_zero else "") + (
+        ", churn at the request" if args.churn_recognition == "canceled" else "")
     label = f"seed {seed} ({args.customers:,} x {args.months}, {args.via}{window})"
     try:
         if args.via == "daemon":
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--past-due-zero", action="store_true",
                         help="a past_due subscription counts zero (rules.past_due_counts = false), in the truth and "
                              "the metrics")
+    parser.add_argument("--churn-recognition", choices=("ended", "canceled"), default="ended",
+                        help="when a cancellation churns (rules.churn_recognition), in the truth and the metrics")
     parser.add_argument("--report", metavar="DIR", help="write each seed's disagreements to DIR/seed-N.txt")
     args = parser.parse_args(argv)
     if args.report:

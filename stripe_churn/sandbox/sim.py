@@ -206,7 +206,7 @@ class Simulation:
                  collection_pauses: bool = False, fx_changes: bool = False, no_prorations: bool = False,
                  later_trials: bool = False, option_prices: bool = False, credit_note_lines: int = 1,
                  window_minutes: int = WINDOW_S // 60, include_metered: bool = True,
-                 past_due_counts: bool = True) -> None:
+                 past_due_counts: bool = True, churn_recognition: str = "ended") -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -283,7 +283,9 @@ class Simulation:
         metered item counts 0 whatever its usage, its coming, going and discounts still changes of an item.
         ``past_due_counts``: whether a past_due subscription counts (design.md 4's setting, rules.past_due_counts;
         on by default); off, a failed renewal payment is an involuntary churn of what the subscription counted and
-        its recovery a comeback.
+        its recovery a comeback. ``churn_recognition``: "ended" (by default: a subscription counts until it ends) or
+        "canceled" (rules.churn_recognition: it counts zero from the customer's request, ``canceled_at``, so one set
+        to cancel at its period's end churns at the request).
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -292,6 +294,9 @@ class Simulation:
         self.window_s = window_minutes * 60
         self.include_metered = include_metered
         self.counting = COUNTING if past_due_counts else ("active",)
+        if churn_recognition not in ("ended", "canceled"):
+            raise ValueError('churn_recognition must be "ended" or "canceled"')
+        self.churn_at_request = churn_recognition == "canceled"
         self.seed = seed
         self.item_discounts = item_discounts
         self.pending_updates = pending_updates
@@ -542,6 +547,8 @@ class Simulation:
         for sid in cust.subs:
             sub = self.objects["subscriptions"][sid]
             if sub.get("deleted") or sub["status"] not in self.counting:
+                continue
+            if self.churn_at_request and sub.get("canceled_at") is not None:
                 continue
             mult = self._sub_mult.get(sid, Fraction(1))
             if not sub["discounts"] and cust.id in self._cust_disc:  # (the customer's, when it has none of its own)
@@ -1530,6 +1537,8 @@ class Simulation:
 
     def _cancel_at_period_end(self, sub: dict[str, Any], t: int, feedback: str) -> None:
         """``sub`` set at ``t`` to cancel when its period ends, the customer's ``feedback`` given."""
+        cust = self._custs[sub["customer"]]
+        before = self._snap(cust)
         prev = {"cancel_at_period_end": False, "cancel_at": None, "canceled_at": None,
                 "cancellation_details": dict(sub["cancellation_details"])}
         sub["cancel_at_period_end"] = True
@@ -1538,6 +1547,8 @@ class Simulation:
         sub["cancellation_details"] = {"comment": f"Feedback: {feedback}", "feedback": feedback,
                                        "reason": "cancellation_requested"}
         self._event("customer.subscription.updated", sub, t, prev)
+        if self.churn_at_request:  # (the request is the churn: the subscription counts zero from it)
+            self._transition(cust, t, before, ("voluntary", feedback))
 
     def _cancel(self, sub: dict[str, Any], t: int) -> None:
         feedback = self._rng.choice(FEEDBACK)

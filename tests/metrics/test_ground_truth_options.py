@@ -147,6 +147,29 @@ def test_ground_truth_with_past_due_counting_zero_through_the_sandbox(tmp_path: 
 
 
 @pytest.mark.timeout(600)
+def test_ground_truth_with_churn_at_the_request(tmp_path: Path) -> None:
+    """design.md 4's setting churn_recognition = "canceled": a subscription counts zero from the customer's request
+    (canceled_at), so one set to cancel at its period's end churns at the request, not at the end
+    (Simulation(churn_recognition="canceled")), with every option of the simulation (800 x 24, seed 3, loaded
+    directly). Some truth cancellations are dated at a request weeks before the end; labels, MRR, churn types and
+    amounts must agree exactly."""
+    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+    from stripe_churn.settings import Rules
+
+    sim = Simulation(customers=800, months=24, seed=3, churn_recognition="canceled", **dict(
+        SANDBOX_OPTIONS, item_discounts=True, collection_pauses=True, fx_changes=True, no_prorations=True,
+        later_trials=True, option_prices=True))
+    requested = {s["id"]: s["canceled_at"] for s in sim.objects["subscriptions"].values()
+                 if s["canceled_at"] is not None and s["ended_at"] is not None
+                 and s["ended_at"] - s["canceled_at"] > 7 * 86_400}
+    at_request = [t for t in sim.truth if t["movement"] == "cancellation"
+                  and _unix(t["occurred_at"]) == requested.get(t["subscription_id"])]
+    assert len(at_request) >= 20, len(at_request)
+    with derived_directly(sim, tmp_path / "at_request.duckdb", Rules(churn_recognition="canceled")) as con:
+        check_exactly(sim, con, "800 x 24 with churn at the request")
+
+
+@pytest.mark.timeout(600)
 def test_ground_truth_with_prorations_pending_until_the_renewal_through_the_sandbox(tmp_path: Path) -> None:
     """Half the changes of annual subscriptions made with Stripe's default create_prorations
     (Simulation(deferred_prorations=True)): their prorations wait as pending invoice items for the next renewal,
