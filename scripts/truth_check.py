@@ -73,7 +73,8 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
     start = None if args.start is None else int(dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp())
     sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start,
                      window_minutes=args.window, include_metered=not args.exclude_metered,
-                     past_due_counts=not args.past_due_zero, churn_recognition=args.churn_recognition, **options)
+                     past_due_counts=not args.past_due_zero, churn_at_request=args.churn_recognition == "canceled",
+                     **options)
     rules = Rules(movement_window_minutes=args.window, include_metered=not args.exclude_metered,
                   past_due_counts=not args.past_due_zero, churn_recognition=args.churn_recognition)
     db = workdir / f"seed-{seed}.duckdb"

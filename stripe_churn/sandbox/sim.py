@@ -206,7 +206,7 @@ class Simulation:
                  collection_pauses: bool = False, fx_changes: bool = False, no_prorations: bool = False,
                  later_trials: bool = False, option_prices: bool = False, credit_note_lines: int = 1,
                  window_minutes: int = WINDOW_S // 60, include_metered: bool = True,
-                 past_due_counts: bool = True, churn_recognition: str = "ended") -> None:
+                 past_due_counts: bool = True, churn_at_request: bool = False) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -283,9 +283,9 @@ class Simulation:
         metered item counts 0 whatever its usage, its coming, going and discounts still changes of an item.
         ``past_due_counts``: whether a past_due subscription counts (design.md 4's setting, rules.past_due_counts;
         on by default); off, a failed renewal payment is an involuntary churn of what the subscription counted and
-        its recovery a comeback. ``churn_recognition``: "ended" (by default: a subscription counts until it ends) or
-        "canceled" (rules.churn_recognition: it counts zero from the customer's request, ``canceled_at``, so one set
-        to cancel at its period's end churns at the request).
+        its recovery a comeback. ``churn_at_request``: rules.churn_recognition = "canceled" (off by default,
+        "ended": a subscription counts until it ends): it counts zero from the customer's request, ``canceled_at``,
+        so one set to cancel at its period's end churns at the request.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -294,9 +294,7 @@ class Simulation:
         self.window_s = window_minutes * 60
         self.include_metered = include_metered
         self.counting = COUNTING if past_due_counts else ("active",)
-        if churn_recognition not in ("ended", "canceled"):
-            raise ValueError('churn_recognition must be "ended" or "canceled"')
-        self.churn_at_request = churn_recognition == "canceled"
+        self.churn_at_request = churn_at_request
         self.seed = seed
         self.item_discounts = item_discounts
         self.pending_updates = pending_updates

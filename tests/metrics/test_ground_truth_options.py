@@ -150,13 +150,13 @@ def test_ground_truth_with_past_due_counting_zero_through_the_sandbox(tmp_path: 
 def test_ground_truth_with_churn_at_the_request(tmp_path: Path) -> None:
     """design.md 4's setting churn_recognition = "canceled": a subscription counts zero from the customer's request
     (canceled_at), so one set to cancel at its period's end churns at the request, not at the end
-    (Simulation(churn_recognition="canceled")), with every option of the simulation (800 x 24, seed 3, loaded
+    (Simulation(churn_at_request=True)), with every option of the simulation (800 x 24, seed 3, loaded
     directly). Some truth cancellations are dated at a request weeks before the end; labels, MRR, churn types and
     amounts must agree exactly."""
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
     from stripe_churn.settings import Rules
 
-    sim = Simulation(customers=800, months=24, seed=3, churn_recognition="canceled", **dict(
+    sim = Simulation(customers=800, months=24, seed=3, churn_at_request=True, **dict(
         SANDBOX_OPTIONS, item_discounts=True, collection_pauses=True, fx_changes=True, no_prorations=True,
         later_trials=True, option_prices=True))
     requested = {s["id"]: s["canceled_at"] for s in sim.objects["subscriptions"].values()
