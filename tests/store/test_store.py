@@ -656,6 +656,19 @@ def test_a_credit_notes_cut_short_lines_are_a_typed_column_filled_for_the_rows_k
         c.close()
 
 
+def reopened_as_before(c: duckdb.DuckDBPyConnection, path: Path, table: str, columns: tuple[str, ...],
+                       migration: str) -> tuple[duckdb.DuckDBPyConnection, list[tuple[Any, ...]]]:
+    """The store at ``path`` (open as ``c``) made as a store from before ``migration`` was: ``table`` without
+    ``columns``, the migration not recorded; closed and opened again, so that the migration applies. Returns the new
+    connection and ``table``'s rows as they were before it, by id."""
+    for column in columns:
+        c.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    c.execute("DELETE FROM schema_migrations WHERE name = ?", [migration])
+    kept = c.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+    c.close()
+    return open_store(path), kept
+
+
 def test_a_store_from_before_the_price_option_tiers_columns_gains_them_filled(tmp_path: Path) -> None:
     """012_price_option_tiers on a store made before it: prices gain ``options_without_tiers``, filled from the
     JSON kept (a tiered price with an option in another currency than its own without tiers), and
@@ -675,12 +688,8 @@ def test_a_store_from_before_the_price_option_tiers_columns_gains_them_filled(tm
         price("price_own_only", "tiered", {"USD": {}}),
         price("price_per_unit", "per_unit", {"usd": {}, "eur": {"unit_amount": 9}}),
         price("price_no_options", "tiered", None)], T0, versions=10)
-    c.execute("ALTER TABLE prices DROP COLUMN options_without_tiers")
-    c.execute("ALTER TABLE prices DROP COLUMN option_tiers_not_found_at")
-    c.execute("DELETE FROM schema_migrations WHERE name = '012_price_option_tiers'")
-    kept = c.execute("SELECT * FROM prices ORDER BY id").fetchall()
-    c.close()
-    c = open_store(path)
+    c, kept = reopened_as_before(c, path, "prices", ("options_without_tiers", "option_tiers_not_found_at"),
+                                 "012_price_option_tiers")
     try:
         assert c.execute("SELECT * EXCLUDE (options_without_tiers, option_tiers_not_found_at) FROM prices "
                          "ORDER BY id").fetchall() == kept
@@ -713,13 +722,8 @@ def test_a_store_from_before_the_invoice_payment_dates_gains_them_filled(tmp_pat
 
     upsert_objects(c, "invoices", ACCT, [invoice("in_late", 2, 1_700_432_000), invoice("in_once", 1, 1_700_000_120),
                                          invoice("in_odd", None, None)], T0, versions=10)
-    c.execute("ALTER TABLE invoices DROP COLUMN finalized_at")
-    c.execute("ALTER TABLE invoices DROP COLUMN paid_at")
-    c.execute("ALTER TABLE invoices DROP COLUMN attempt_count")
-    c.execute("DELETE FROM schema_migrations WHERE name = '014_invoice_payment_dates'")
-    kept = c.execute("SELECT * FROM invoices ORDER BY id").fetchall()
-    c.close()
-    c = open_store(path)
+    c, kept = reopened_as_before(c, path, "invoices", ("finalized_at", "paid_at", "attempt_count"),
+                                 "014_invoice_payment_dates")
     try:
         def payments() -> list[tuple[Any, ...]]:
             return c.execute("SELECT id, epoch(finalized_at), epoch(paid_at), attempt_count FROM invoices "
@@ -758,11 +762,7 @@ def test_a_store_from_before_the_lines_invoice_items_gains_them_filled(tmp_path:
     upsert_objects(c, "invoice_lines", ACCT, [line("il_pending", of_item("ii_1", True)),
                                               line("il_renewal", of_item(None, False)),
                                               line("il_setup", one_time)], T0, versions=10)
-    c.execute("ALTER TABLE invoice_lines DROP COLUMN invoice_item_id")
-    c.execute("DELETE FROM schema_migrations WHERE name = '013_line_invoice_items'")
-    kept = c.execute("SELECT * FROM invoice_lines ORDER BY id").fetchall()
-    c.close()
-    c = open_store(path)
+    c, kept = reopened_as_before(c, path, "invoice_lines", ("invoice_item_id",), "013_line_invoice_items")
     try:
         def items() -> list[tuple[str, Any]]:
             return c.execute("SELECT id, invoice_item_id FROM invoice_lines ORDER BY id").fetchall()
