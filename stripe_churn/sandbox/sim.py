@@ -353,6 +353,10 @@ class Simulation:
         # when a later change joins it, else each a transition of its own after it (see _rate_moved; several under a
         # window longer than the month between two moves)
         self._rate_waiting: dict[str, list[int]] = {}
+        # customer -> its latest rate move labelled as a transition of its own: (the move's moment, its rows, and the
+        # customer's path length, MRR and had_mrr before them). A change made in that very second takes it back:
+        # the move is then inside the window the change begins (see _transition)
+        self._fx_own: dict[str, tuple[int, list[dict[str, Any]], int, Decimal, bool]] = {}
         # windows labelled at the end of a run that the next run may still join (see _close_windows)
         self._provisional: list[tuple[str, int, dict[str, Comp], Any, list[int] | None, list[dict[str, Any]],
                                       tuple[int, Decimal, bool]]] = []
@@ -586,6 +590,16 @@ class Simulation:
                     ) -> None:
         """Note a change made at ``t`` from state ``before``: changes within the movement window of the first
         one form one transition, labelled when the next one starts (or the run ends)."""
+        own = self._fx_own.pop(cust.id, None)
+        if own is not None and own[0] == t:
+            # (the rate moved in this very second, labelled on its own just before: as the metrics do, the move is
+            # inside the window this change begins, on what the customer held before it)
+            _, rows, path_len, mrr, had_mrr = own
+            gone = {id(r) for r in rows}
+            self.truth = [r for r in self.truth if id(r) not in gone]
+            del cust.path_t[path_len:], cust.path_v[path_len:]
+            cust.mrr, cust.had_mrr = mrr, had_mrr
+            self._window_held[cust.id] = before
         waiting = self._rate_waiting.pop(cust.id, None)
         pending = self._windows.get(cust.id)
         last = self._window_last.get(cust.id, t)
@@ -605,7 +619,8 @@ class Simulation:
         each rate's move in ``waiting`` (after ``last``, so not inside the window) as a transition of its own."""
         self._label(cust, window[0], window[1], after, window[2], last)
         for moved in waiting or ():
-            self._label(cust, moved, after, after, None, moved)
+            if moved > last:  # (one in the second of the window's latest change is inside it, in its rate_b)
+                self._label(cust, moved, after, after, None, moved)
 
     def _rate_moved(self, cust: _Cust, t: int, now: dict[str, Comp]) -> None:
         """The exchange rate moved at ``t`` while the customer held ``now`` (MRR above 0). A rate's move is no change
@@ -621,7 +636,9 @@ class Simulation:
             del self._windows[cust.id]
             self._end_window(cust, pending, now, self._window_last.get(cust.id, pending[0]),
                              self._rate_waiting.pop(cust.id, None))
+        kept = (len(self.truth), len(cust.path_t), cust.mrr, cust.had_mrr)
         self._label(cust, t, now, now, None, t)
+        self._fx_own[cust.id] = (t, self.truth[kept[0]:], *kept[1:])
 
     def _close_windows(self, end: int) -> None:
         """Label the windows still open at the end of a run. One that a change of the next run (``advance``) can

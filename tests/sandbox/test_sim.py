@@ -799,6 +799,26 @@ def test_a_rate_move_joins_no_movement_window() -> None:
         assert "fx" not in [m for t, m in rows if t > at], rows
 
 
+def test_a_change_in_the_second_a_rate_moves_is_one_transition_with_it() -> None:
+    """A renewal at exactly 00:00 on the 1st, the second the exchange rate moves (a subscription begun then): as the
+    metrics take it (60: a rate's move in the second of a window's change is inside it; 64: valued as moving
+    before the change), the truth has one transition there, the move's `fx` part on what was held and the renewal's
+    own part. (The truth labelled the move on its own and again inside the renewal's window: two `fx` rows a month
+    for such a customer; this seed has one, a gbp customer with metered usage, from 1 June 2025.)"""
+    sim = Simulation(customers=1_000, months=24, seed=31, **dict(
+        SANDBOX_OPTIONS, item_discounts=True, collection_pauses=True, fx_changes=True, no_prorations=True,
+        later_trials=True, option_prices=True))
+    fx = Counter((r["customer_id"], r["occurred_at"]) for r in sim.truth if r["movement"] == "fx")
+    assert max(fx.values()) == 1
+    both = {(r["customer_id"], r["occurred_at"]) for r in sim.truth
+            if r["movement"] != "fx" and (r["customer_id"], r["occurred_at"]) in fx}
+    assert len({cid for cid, at in both if at.endswith("-01T00:00:00Z")}) >= 1, both
+    for cid, at in both:
+        # (one transition: its rows chain, each beginning where the one before ended; two would each begin at M(A))
+        befores = [r["mrr_before"] for r in sim.truth if r["customer_id"] == cid and r["occurred_at"] == at]
+        assert len(befores) == len(set(befores)), (cid, at, befores)
+
+
 def _item_updates(sim: Simulation) -> list[tuple[str, dict[str, Any], bool]]:
     """Each customer.subscription.updated event that changes the items of an active subscription (not a renewal,
     a trial's end or an interval switch), with its kind (add, remove, replace, price, qty) and whether the change
