@@ -43,9 +43,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "metrics")]
+
+if TYPE_CHECKING:
+    from stripe_churn.settings import Rules
 
 
 def seeds_of(text: str) -> list[int]:
@@ -55,6 +59,14 @@ def seeds_of(text: str) -> list[int]:
         first, _, last = part.partition("-")
         out += list(range(int(first), int(last or first) + 1))
     return out
+
+
+def rules_text(rules: Rules) -> str:
+    """What a seed's line says of the rules it ran under that are not the defaults."""
+    return "".join([f", a {rules.movement_window_minutes}-minute window" if rules.movement_window_minutes != 60 else "",
+                    "" if rules.include_metered else ", metered usage not counted",
+                    "" if rules.past_due_counts else ", past_due counting zero",
+                    ", churn at the request" if rules.churn_recognition == "canceled" else ""])
 
 
 def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
@@ -71,12 +83,12 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
             options[name] = True
     started = time.perf_counter()
     start = None if args.start is None else int(dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp())
-    sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start,
-                     window_minutes=args.window, include_metered=not args.exclude_metered,
-                     past_due_counts=not args.past_due_zero, churn_at_request=args.churn_recognition == "canceled",
-                     **options)
     rules = Rules(movement_window_minutes=args.window, include_metered=not args.exclude_metered,
                   past_due_counts=not args.past_due_zero, churn_recognition=args.churn_recognition)
+    sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start,
+                     window_minutes=rules.movement_window_minutes, include_metered=rules.include_metered,
+                     past_due_counts=rules.past_due_counts, churn_at_request=rules.churn_recognition == "canceled",
+                     **options)
     db = workdir / f"seed-{seed}.duckdb"
     cutoff = int(sim.clock) - EVENT_RETENTION_S  # the oldest event Stripe keeps at the first (full) sync
     differing: list[str] = []
@@ -88,11 +100,7 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
         con, differing = truth.derived_as_the_daemon_does(sim, db, args.runs, args.months_per_run, rules)
     if args.report:
         os.environ["GROUND_TRUTH_REPORT"] = str(Path(args.report) / f"seed-{seed}.txt")
-    window = ("" if args.window == 60 else f", a {args.window}-minute window") + (
-        ", metered usage not counted" if args.exclude_metered else "") + (
-        ", past_due counting zero" if args.past_due_zero else "") + (
-        ", churn at the request" if args.churn_recognition == "canceled" else "")
-    label = f"seed {seed} ({args.customers:,} x {args.months}, {args.via}{window})"
+    label = f"seed {seed} ({args.customers:,} x {args.months}, {args.via}{rules_text(rules)})"
     try:
         if args.via == "daemon":
             try:

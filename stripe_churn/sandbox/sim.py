@@ -91,6 +91,9 @@ def history_to_today(months: int) -> int:
 SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True, "thresholds": True,
                                     "restricted_coupons": True, "customer_discounts": True, "trial_pauses": True,
                                     "failure_pauses": True}
+# ... and every option besides, as the truth checks run them (scripts/truth_check.py's flags, the ground-truth tests)
+EVERY_OPTION: dict[str, bool] = {**SANDBOX_OPTIONS, "item_discounts": True, "collection_pauses": True,
+                                 "fx_changes": True, "no_prorations": True, "later_trials": True, "option_prices": True}
 
 
 def _included(discount_ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:

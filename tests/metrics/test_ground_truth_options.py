@@ -82,13 +82,10 @@ def test_ground_truth_under_another_movement_window(tmp_path: Path, minutes: int
     no window), a trial's end into a pause and the resume. Labels, MRR, churn types and amounts must agree exactly;
     the truth is netted in that window (no customer has two transitions within it, fx aside), and with no time some
     are within the default 60 minutes."""
-    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+    from stripe_churn.sandbox.sim import EVERY_OPTION, SANDBOX_OPTIONS, Simulation
     from stripe_churn.settings import Rules
 
-    options = dict(SANDBOX_OPTIONS)
-    if every_option:
-        options.update(item_discounts=True, collection_pauses=True, fx_changes=True, no_prorations=True,
-                       later_trials=True, option_prices=True)
+    options = EVERY_OPTION if every_option else SANDBOX_OPTIONS
     sim = Simulation(customers=customers, months=24, seed=seed, window_minutes=minutes, **options)
     starts: dict[str, list[int]] = {}
     for t in sim.truth:
@@ -108,12 +105,10 @@ def test_ground_truth_with_metered_usage_not_counted(tmp_path: Path) -> None:
     item 0 whatever its usage (Simulation(include_metered=False)), its coming, going and discounts still changes of
     an item, and the metrics run under the same rule, with every option of the simulation (800 x 24, seed 4, loaded
     directly). No truth row is a metered item's; labels, MRR, churn types and amounts must agree exactly."""
-    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+    from stripe_churn.sandbox.sim import EVERY_OPTION, Simulation
     from stripe_churn.settings import Rules
 
-    sim = Simulation(customers=800, months=24, seed=4, include_metered=False, **dict(
-        SANDBOX_OPTIONS, item_discounts=True, collection_pauses=True, fx_changes=True, no_prorations=True,
-        later_trials=True, option_prices=True))
+    sim = Simulation(customers=800, months=24, seed=4, include_metered=False, **EVERY_OPTION)
     metered = {i["id"] for s in sim.objects["subscriptions"].values() for i in s["items"]["data"]
                if i["price"]["recurring"]["usage_type"] == "metered"}
     assert len(metered) >= 50
@@ -131,12 +126,10 @@ def test_ground_truth_with_past_due_counting_zero_through_the_sandbox(tmp_path: 
     attempt). Labels, MRR, churn types and amounts must agree exactly; the truth has such spells on both sides of
     the window's start."""
     from stripe_churn.sandbox.listing import EVENT_RETENTION_S
-    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+    from stripe_churn.sandbox.sim import EVERY_OPTION, Simulation
     from stripe_churn.settings import Rules
 
-    sim = Simulation(customers=800, months=24, seed=6, past_due_counts=False, **dict(
-        SANDBOX_OPTIONS, item_discounts=True, collection_pauses=True, fx_changes=True, no_prorations=True,
-        later_trials=True, option_prices=True))
+    sim = Simulation(customers=800, months=24, seed=6, past_due_counts=False, **EVERY_OPTION)
     window_start = sim.clock - EVENT_RETENTION_S
     late = [i["status_transitions"]["finalized_at"] for i in sim.objects["invoices"].values()
             if i["billing_reason"] == "subscription_cycle" and (i.get("attempt_count") or 0) >= 2]
@@ -153,12 +146,10 @@ def test_ground_truth_with_churn_at_the_request(tmp_path: Path) -> None:
     (Simulation(churn_at_request=True)), with every option of the simulation (800 x 24, seed 3, loaded
     directly). Some truth cancellations are dated at a request weeks before the end; labels, MRR, churn types and
     amounts must agree exactly."""
-    from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
+    from stripe_churn.sandbox.sim import EVERY_OPTION, Simulation
     from stripe_churn.settings import Rules
 
-    sim = Simulation(customers=800, months=24, seed=3, churn_at_request=True, **dict(
-        SANDBOX_OPTIONS, item_discounts=True, collection_pauses=True, fx_changes=True, no_prorations=True,
-        later_trials=True, option_prices=True))
+    sim = Simulation(customers=800, months=24, seed=3, churn_at_request=True, **EVERY_OPTION)
     requested = {s["id"]: s["canceled_at"] for s in sim.objects["subscriptions"].values()
                  if s["canceled_at"] is not None and s["ended_at"] is not None
                  and s["ended_at"] - s["canceled_at"] > 7 * 86_400}

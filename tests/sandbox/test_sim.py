@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import orjson
 import pytest
 
-from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation, period_amount
+from stripe_churn.sandbox.sim import EVERY_OPTION, SANDBOX_OPTIONS, Simulation, period_amount
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "stripe" / "fixtures3.json"
 LABELS = {"new": {"new"}, "reactivation": {"reactivation"}, "cancellation": {"churn"},
@@ -805,9 +805,7 @@ def test_a_change_in_the_second_a_rate_moves_is_one_transition_with_it() -> None
     before the change), the truth has one transition there, the move's `fx` part on what was held and the renewal's
     own part. (The truth labelled the move on its own and again inside the renewal's window: two `fx` rows a month
     for such a customer; this seed has one, a gbp customer with metered usage, from 1 June 2025.)"""
-    sim = Simulation(customers=1_000, months=24, seed=31, **dict(
-        SANDBOX_OPTIONS, item_discounts=True, collection_pauses=True, fx_changes=True, no_prorations=True,
-        later_trials=True, option_prices=True))
+    sim = Simulation(customers=1_000, months=24, seed=31, **EVERY_OPTION)
     fx = Counter((r["customer_id"], r["occurred_at"]) for r in sim.truth if r["movement"] == "fx")
     assert max(fx.values()) == 1
     both = {(r["customer_id"], r["occurred_at"]) for r in sim.truth
