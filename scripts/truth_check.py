@@ -66,7 +66,8 @@ def rules_text(rules: Rules) -> str:
     return "".join([f", a {rules.movement_window_minutes}-minute window" if rules.movement_window_minutes != 60 else "",
                     "" if rules.include_metered else ", metered usage not counted",
                     "" if rules.past_due_counts else ", past_due counting zero",
-                    ", churn at the request" if rules.churn_recognition == "canceled" else ""])
+                    ", churn at the request" if rules.churn_recognition == "canceled" else "",
+                    "" if rules.pause_collection_keeps_mrr else ", a paused collection counting zero"])
 
 
 def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
@@ -84,23 +85,26 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
     started = time.perf_counter()
     start = None if args.start is None else int(dt.datetime.fromisoformat(args.start).replace(tzinfo=dt.UTC).timestamp())
     rules = Rules(movement_window_minutes=args.window, include_metered=not args.exclude_metered,
-                  past_due_counts=not args.past_due_zero, churn_recognition=args.churn_recognition)
+                  past_due_counts=not args.past_due_zero, churn_recognition=args.churn_recognition,
+                  pause_collection_keeps_mrr=not args.pause_zero)
     sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start,
                      window_minutes=rules.movement_window_minutes, include_metered=rules.include_metered,
                      past_due_counts=rules.past_due_counts, churn_at_request=rules.churn_recognition == "canceled",
+                     pause_collection_keeps_mrr=rules.pause_collection_keeps_mrr,
                      **options)
     db = workdir / f"seed-{seed}.duckdb"
     cutoff = int(sim.clock) - EVENT_RETENTION_S  # the oldest event Stripe keeps at the first (full) sync
     differing: list[str] = []
     if args.via == "direct":
-        context = truth.derived_directly(sim, db, rules)
+        context = truth.derived_directly(sim, db, rules, args.every_event)
     elif args.via == "sandbox":
         context = truth.derived_through_the_sandbox(sim, db, rules)
     else:
         con, differing = truth.derived_as_the_daemon_does(sim, db, args.runs, args.months_per_run, rules)
     if args.report:
         os.environ["GROUND_TRUTH_REPORT"] = str(Path(args.report) / f"seed-{seed}.txt")
-    label = f"seed {seed} ({args.customers:,} x {args.months}, {args.via}{rules_text(rules)})"
+    via = "direct, every event" if args.every_event else args.via
+    label = f"seed {seed} ({args.customers:,} x {args.months}, {via}{rules_text(rules)})"
     try:
         if args.via == "daemon":
             try:
@@ -159,8 +163,20 @@ def main(argv: list[str] | None = None) -> int:
                              "the metrics")
     parser.add_argument("--churn-recognition", choices=("ended", "canceled"), default="ended",
                         help="when a cancellation churns (rules.churn_recognition), in the truth and the metrics")
+    parser.add_argument("--every-event", action="store_true",
+                        help="(--via direct) the store holds every event of the history, as one synced since the "
+                             "account began does, not only the last 30 days' as a first sync's")
+    parser.add_argument("--pause-zero", action="store_true",
+                        help="a subscription whose collection is paused counts zero (rules.pause_collection_keeps_mrr "
+                             "= false), in the truth and the metrics (with --every-event only: only the events show "
+                             "a paused collection)")
     parser.add_argument("--report", metavar="DIR", help="write each seed's disagreements to DIR/seed-N.txt")
     args = parser.parse_args(argv)
+    if args.every_event and args.via != "direct":
+        parser.error("--every-event is for --via direct: a sync finds the events of the last 30 days")
+    if args.pause_zero and not args.every_event:
+        parser.error("--pause-zero needs --every-event: a paused collection shows only in the events, and a first "
+                     "sync finds the last 30 days of them")
     if args.report:
         Path(args.report).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="truth-check-") as tmp:

@@ -209,7 +209,8 @@ class Simulation:
                  collection_pauses: bool = False, fx_changes: bool = False, no_prorations: bool = False,
                  later_trials: bool = False, option_prices: bool = False, credit_note_lines: int = 1,
                  window_minutes: int = WINDOW_S // 60, include_metered: bool = True,
-                 past_due_counts: bool = True, churn_at_request: bool = False) -> None:
+                 past_due_counts: bool = True, churn_at_request: bool = False,
+                 pause_collection_keeps_mrr: bool = True) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -288,7 +289,11 @@ class Simulation:
         on by default); off, a failed renewal payment is an involuntary churn of what the subscription counted and
         its recovery a comeback. ``churn_at_request``: rules.churn_recognition = "canceled" (off by default,
         "ended": a subscription counts until it ends): it counts zero from the customer's request, ``canceled_at``,
-        so one set to cancel at its period's end churns at the request.
+        so one set to cancel at its period's end churns at the request. ``pause_collection_keeps_mrr``: design.md
+        4's setting of that name (on by default); off, a subscription whose collection is paused counts zero from the
+        pause to its resumption: the pause and the resumption are changes of MRR (a churn and a comeback when it is
+        the customer's only subscription paying). Only the events show a paused collection, so the truth under it
+        can be read back only from a store holding every event (loaded directly).
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -298,6 +303,7 @@ class Simulation:
         self.include_metered = include_metered
         self.counting = COUNTING if past_due_counts else ("active",)
         self.churn_at_request = churn_at_request
+        self.pause_collection_keeps_mrr = pause_collection_keeps_mrr
         self.seed = seed
         self.item_discounts = item_discounts
         self.pending_updates = pending_updates
@@ -554,6 +560,8 @@ class Simulation:
             if sub.get("deleted") or sub["status"] not in self.counting:
                 continue
             if self.churn_at_request and sub.get("canceled_at") is not None:
+                continue
+            if not self.pause_collection_keeps_mrr and sub.get("pause_collection") is not None:
                 continue
             mult = self._sub_mult.get(sid, Fraction(1))
             if not sub["discounts"] and cust.id in self._cust_disc:  # (the customer's, when it has none of its own)
@@ -1161,22 +1169,30 @@ class Simulation:
         behavior = rng.choice(("void", "mark_uncollectible", "keep_as_draft"))
         until = t + rng.randint(15, 80) * DAY + rng.randrange(DAY)
         automatic = rng.random() < 0.5
+        cust = self._custs[sub["customer"]]
+        before = self._snap(cust)
         sub["pause_collection"] = {"behavior": behavior, "resumes_at": until if automatic else None}
         self._event("customer.subscription.updated", sub, t, {"pause_collection": None})
+        if not self.pause_collection_keeps_mrr:  # (the pause counts zero: a change of MRR)
+            self._transition(cust, t, before)
         self._n += 1
         self._collection_token[sub["id"]] = self._n
         self._at(until, "collection_resume", sub["id"], self._n)
 
     def _h_collection_resume(self, t: int, sid: str, token: int) -> None:
         """The collection pause ``token`` of ``sid`` ends (Stripe's at ``resumes_at``, else by hand); MRR was
-        kept throughout, so no transition."""
+        kept throughout, so no transition, unless the pause counted zero (pause_collection_keeps_mrr off)."""
         sub = self.objects["subscriptions"][sid]
         if self._collection_token.get(sid) != token or sub.get("deleted") or sub["status"] == "canceled":
             return
         del self._collection_token[sid]
+        cust = self._custs[sub["customer"]]
+        before = self._snap(cust)
         prev = {"pause_collection": _copy(sub["pause_collection"])}
         sub["pause_collection"] = None
         self._event("customer.subscription.updated", sub, t, prev)
+        if not self.pause_collection_keeps_mrr:  # (what it counted before the pause counts again)
+            self._transition(cust, t, before)
 
     def _bill_pending_items(self, sub: dict[str, Any], iid: str) -> list[dict[str, Any]]:
         """The pending invoice items of ``sub`` as proration lines of its invoice ``iid``, each item now naming

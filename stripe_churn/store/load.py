@@ -563,8 +563,10 @@ def _sim_start(sim: Any) -> int:
     return min(created) if created else int(sim.clock)
 
 
-def load_simulation(con: duckdb.DuckDBPyConnection, sim: Any) -> None:
-    """Every object of a sandbox ``Simulation`` straight into the store (no HTTP), in one transaction."""
+def load_simulation(con: duckdb.DuckDBPyConnection, sim: Any, every_event: bool = False) -> None:
+    """Every object of a sandbox ``Simulation`` straight into the store (no HTTP), in one transaction: its events of
+    the last 30 days, as a first sync finds them, or with ``every_event`` all of them, as a store synced since the
+    account began keeps them."""
     from stripe_churn.sandbox.fx import rate_rows
 
     seen = datetime.fromtimestamp(int(sim.clock), UTC)
@@ -583,7 +585,7 @@ def load_simulation(con: duckdb.DuckDBPyConnection, sim: Any) -> None:
         upsert_objects(con, "discounts", acct, list(getattr(sim, "discounts", {}).values()), seen)
         # pending and billed alike (a simulation made without deferred prorations has none)
         upsert_objects(con, "invoice_items", acct, list(sim.objects.get("invoiceitems", {}).values()), seen)
-        oldest = int(sim.clock) - 30 * 86400
+        oldest = 0 if every_event else int(sim.clock) - 30 * 86400
         upsert_objects(con, "events", acct, [e for e in sim.events if e["created"] >= oldest], seen)
         day = datetime.fromtimestamp(_sim_start(sim), UTC).date().isoformat()
         upsert_fx_rates(con, rate_rows(sim, day))

@@ -275,16 +275,18 @@ def derived_through_the_sandbox(sim: Any, db: Path, rules: Rules | None = None
 
 
 @contextlib.contextmanager
-def derived_directly(sim: Any, db: Path, rules: Rules | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+def derived_directly(sim: Any, db: Path, rules: Rules | None = None, every_event: bool = False
+                     ) -> Iterator[duckdb.DuckDBPyConnection]:
     """``sim`` loaded straight into a new store at ``db`` (no HTTP) and recomputed (under ``rules``, by default the
-    defaults); open while in use."""
+    defaults); open while in use. The store holds the last 30 days of events, as a first sync's does, or with
+    ``every_event`` all of them (a store synced since the account began)."""
     from stripe_churn.metrics.runner import recompute
     from stripe_churn.store.db import open_store
     from stripe_churn.store.load import load_simulation
 
     con = open_store(db)
     try:
-        load_simulation(con, sim)
+        load_simulation(con, sim, every_event)
         recompute(con, Settings(rules=rules or Rules()))
         yield con
     finally:

@@ -161,6 +161,34 @@ def test_ground_truth_with_churn_at_the_request(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(600)
+def test_ground_truth_with_a_paused_collection_counting_zero(tmp_path: Path) -> None:
+    """design.md 4's setting pause_collection_keeps_mrr = false: a subscription whose payment collection is paused
+    counts zero from the pause to its resumption, so each is a change of MRR, a churn and a comeback when it is the
+    customer's only subscription paying (Simulation(pause_collection_keeps_mrr=False)), with every option of the
+    simulation (700 x 24, seed 2). Only the events show a paused collection, so the store holds every event (one
+    synced since the account began). Labels, MRR, churn types and amounts must agree exactly; the truth has churns
+    and comebacks at pauses and resumptions, and the same store under the default (MRR kept) has neither."""
+    from stripe_churn.metrics.runner import recompute
+    from stripe_churn.sandbox.sim import EVERY_OPTION, Simulation
+    from stripe_churn.settings import Rules, Settings
+
+    sim = Simulation(customers=700, months=24, seed=2, pause_collection_keeps_mrr=False, **EVERY_OPTION)
+    changes = {(e["data"]["object"]["customer"], e["created"]) for e in sim.events
+               if e["type"] == "customer.subscription.updated"
+               and "pause_collection" in e["data"].get("previous_attributes", {})}
+    at_pauses = Counter(t["movement"] for t in sim.truth if (t["customer_id"], _unix(t["occurred_at"])) in changes)
+    assert at_pauses["cancellation"] >= 20 and at_pauses["reactivation"] >= 10, at_pauses
+    with derived_directly(sim, tmp_path / "paused.duckdb", Rules(pause_collection_keeps_mrr=False),
+                          every_event=True) as con:
+        check_exactly(sim, con, "700 x 24 with a paused collection counting zero")
+        recompute(con, Settings())
+        ours = {(r[0], _unix(r[1].isoformat())) for r in con.execute(
+            "SELECT customer_id, occurred_at FROM mrr_movements WHERE movement IN ('cancellation', 'reactivation')"
+        ).fetchall()}
+        assert not ours & changes
+
+
+@pytest.mark.timeout(600)
 def test_ground_truth_with_prorations_pending_until_the_renewal_through_the_sandbox(tmp_path: Path) -> None:
     """Half the changes of annual subscriptions made with Stripe's default create_prorations
     (Simulation(deferred_prorations=True)): their prorations wait as pending invoice items for the next renewal,

@@ -53,6 +53,20 @@ def big() -> Simulation:
     return Simulation(customers=2000, months=36, seed=1)
 
 
+@pytest.fixture(scope="module")
+def every_option_stored() -> tuple[bytes, list[dict[str, Any]]]:
+    """A history with every option under the default rules (250 x 12, seed 8): what a store would hold of it, as
+    bytes, and its truth."""
+    sim = Simulation(customers=250, months=12, seed=8, **EVERY_OPTION)
+    return _stored_bytes(sim), sim.truth
+
+
+def _stored_bytes(sim: Simulation) -> bytes:
+    """Every object, discount and event of ``sim`` (not its truth), serialised deterministically."""
+    return orjson.dumps({"objects": sim.objects, "discounts": sim.discounts, "events": sim.events},
+                        option=orjson.OPT_SORT_KEYS)
+
+
 def _unix(iso: str) -> int:
     return int(dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
 
@@ -73,6 +87,19 @@ def test_same_bytes_in_another_process_with_another_hash_seed() -> None:
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
                               env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2)}
     assert digests == {hashlib.sha256(Simulation(customers=30, months=4, seed=2).bundle_bytes()).hexdigest()}
+
+
+@pytest.mark.parametrize("rule", [{"window_minutes": 1440}, {"include_metered": False}, {"past_due_counts": False},
+                                  {"churn_at_request": True}, {"pause_collection_keeps_mrr": False}],
+                         ids=lambda rule: next(iter(rule)))
+def test_a_rule_of_the_truth_changes_the_truth_alone(rule: dict[str, Any],
+                                                     every_option_stored: tuple[bytes, list[dict[str, Any]]]) -> None:
+    """The truth's rules (design.md 4 and 5's settings) leave every object, discount and event as they were: the
+    metrics read the same store under either rule. Each changes the truth of this history (250 x 12, every option)."""
+    stored, truth = every_option_stored
+    sim = Simulation(customers=250, months=12, seed=8, **EVERY_OPTION, **rule)
+    assert _stored_bytes(sim) == stored
+    assert sim.truth != truth
 
 
 def test_default_start_and_clock_are_calendar_months_before_2026_11() -> None:
