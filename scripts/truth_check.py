@@ -37,6 +37,7 @@ stripe_churn/sandbox/sim.py).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -59,6 +60,14 @@ def seeds_of(text: str) -> list[int]:
         first, _, last = part.partition("-")
         out += list(range(int(first), int(last or first) + 1))
     return out
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """``"storage=support"`` -> ("storage", "support")."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"expected PLAN=VALUE, got {text!r}")
+    return key, value
 
 
 def rules_text(rules: Rules) -> str:
@@ -87,11 +96,16 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
     rules = Rules(movement_window_minutes=args.window, include_metered=not args.exclude_metered,
                   past_due_counts=not args.past_due_zero, churn_recognition=args.churn_recognition,
                   pause_collection_keeps_mrr=not args.pause_zero)
+    families, units = dict(args.family), dict(args.unit)
     sim = Simulation(customers=args.customers, months=args.months, seed=seed, start=start,
                      window_minutes=rules.movement_window_minutes, include_metered=rules.include_metered,
                      past_due_counts=rules.past_due_counts, churn_at_request=rules.churn_recognition == "canceled",
-                     pause_collection_keeps_mrr=rules.pause_collection_keeps_mrr,
+                     pause_collection_keeps_mrr=rules.pause_collection_keeps_mrr, families=families, units=units,
                      **options)
+    # (the settings' mappings are by product id, which the simulation gives its plans)
+    products = sim.plan_products()
+    rules = dataclasses.replace(rules, families={products[k]: v for k, v in families.items()},
+                                units={products[k]: v for k, v in units.items()})
     db = workdir / f"seed-{seed}.duckdb"
     cutoff = int(sim.clock) - EVENT_RETENTION_S  # the oldest event Stripe keeps at the first (full) sync
     differing: list[str] = []
@@ -104,7 +118,9 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
     if args.report:
         os.environ["GROUND_TRUTH_REPORT"] = str(Path(args.report) / f"seed-{seed}.txt")
     via = "direct, every event" if args.every_event else args.via
-    label = f"seed {seed} ({args.customers:,} x {args.months}, {via}{rules_text(rules)})"
+    mapped = "".join(f", {k} in family {v}" for k, v in families.items()) + "".join(
+        f", {k} a {v} unit" for k, v in units.items())
+    label = f"seed {seed} ({args.customers:,} x {args.months}, {via}{rules_text(rules)}{mapped})"
     try:
         if args.via == "daemon":
             try:
@@ -170,6 +186,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="a subscription whose collection is paused counts zero (rules.pause_collection_keeps_mrr "
                              "= false), in the truth and the metrics (with --every-event only: only the events show "
                              "a paused collection)")
+    parser.add_argument("--family", type=key_value, action="append", default=[], metavar="PLAN=FAMILY",
+                        help="rules.families for a plan of the catalogue (its product), e.g. storage=support, in the "
+                             "truth and the metrics (only Extra Storage has no metadata family; repeatable)")
+    parser.add_argument("--unit", type=key_value, action="append", default=[], metavar="PLAN=seat|resource",
+                        help="rules.units for a plan of the catalogue, e.g. agents=resource, in the truth and the "
+                             "metrics (repeatable)")
     parser.add_argument("--report", metavar="DIR", help="write each seed's disagreements to DIR/seed-N.txt")
     args = parser.parse_args(argv)
     if args.every_event and args.via != "direct":

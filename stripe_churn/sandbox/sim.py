@@ -17,7 +17,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 
@@ -88,12 +88,30 @@ def history_to_today(months: int) -> int:
 # repeating discount on an annual item whose only invoice is the first, that starts to count when that discount
 # ends, for a customer deleted later, all before the events' window: no listed object, invoice or kept event
 # names it (one customer of seed 11 at 5,000 x 36, none in six other seeds; stripe_churn/metrics/NOTES.md).)
-SANDBOX_OPTIONS: dict[str, bool] = {"pending_updates": True, "deferred_prorations": True, "thresholds": True,
-                                    "restricted_coupons": True, "customer_discounts": True, "trial_pauses": True,
-                                    "failure_pauses": True}
+class Options(TypedDict, total=False):
+    """The simulation's options of what happens in the account (Simulation's flags; the truth's rules are apart)."""
+
+    item_discounts: bool
+    pending_updates: bool
+    deferred_prorations: bool
+    thresholds: bool
+    restricted_coupons: bool
+    customer_discounts: bool
+    trial_pauses: bool
+    failure_pauses: bool
+    collection_pauses: bool
+    fx_changes: bool
+    no_prorations: bool
+    later_trials: bool
+    option_prices: bool
+
+
+SANDBOX_OPTIONS: Options = {"pending_updates": True, "deferred_prorations": True, "thresholds": True,
+                            "restricted_coupons": True, "customer_discounts": True, "trial_pauses": True,
+                            "failure_pauses": True}
 # ... and every option besides, as the truth checks run them (scripts/truth_check.py's flags, the ground-truth tests)
-EVERY_OPTION: dict[str, bool] = {**SANDBOX_OPTIONS, "item_discounts": True, "collection_pauses": True,
-                                 "fx_changes": True, "no_prorations": True, "later_trials": True, "option_prices": True}
+EVERY_OPTION: Options = {**SANDBOX_OPTIONS, "item_discounts": True, "collection_pauses": True,
+                         "fx_changes": True, "no_prorations": True, "later_trials": True, "option_prices": True}
 
 
 def _included(discount_ids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -210,7 +228,8 @@ class Simulation:
                  later_trials: bool = False, option_prices: bool = False, credit_note_lines: int = 1,
                  window_minutes: int = WINDOW_S // 60, include_metered: bool = True,
                  past_due_counts: bool = True, churn_at_request: bool = False,
-                 pause_collection_keeps_mrr: bool = True) -> None:
+                 pause_collection_keeps_mrr: bool = True, families: dict[str, str] | None = None,
+                 units: dict[str, str] | None = None) -> None:
         """``item_discounts``: some coupon redemptions go to one subscription item instead of the whole
         subscription. ``pending_updates``: some price or quantity increases are made with
         payment_behavior=pending_if_incomplete and their payment fails: the subscription stays as it was, and
@@ -293,7 +312,11 @@ class Simulation:
         4's setting of that name (on by default); off, a subscription whose collection is paused counts zero from the
         pause to its resumption: the pause and the resumption are changes of MRR (a churn and a comeback when it is
         the customer's only subscription paying). Only the events show a paused collection, so the truth under it
-        can be read back only from a store holding every event (loaded directly).
+        can be read back only from a store holding every event (loaded directly). ``families`` and ``units``: design.md
+        5's mappings of the settings (rules.families, rules.units), by the catalogue's plan key ("storage", "agents",
+        ...; ``plan_products`` gives their product ids for the settings): a family for a product with no
+        ``metadata["family"]`` (only Extra Storage has none; a mapping for another is ignored, as the metrics ignore
+        it), and "seat" or "resource" for a product, in place of what its unit label says. The truth labels by them.
         (All off by default: a seed's history is then what it always was.)"""
         if customers < 0 or months < 0:
             raise ValueError("customers and months must be zero or more")
@@ -304,6 +327,11 @@ class Simulation:
         self.counting = COUNTING if past_due_counts else ("active",)
         self.churn_at_request = churn_at_request
         self.pause_collection_keeps_mrr = pause_collection_keeps_mrr
+        self._family_map = dict(families or {})
+        self._unit_map = dict(units or {})
+        self._truth_labels: dict[str, tuple[str, str]] = {}  # plan key -> the family and unit the truth labels by
+        if set(self._unit_map.values()) - {"seat", "resource"}:
+            raise ValueError(f"units must map plan keys to 'seat' or 'resource', not {self._unit_map}")
         self.seed = seed
         self.item_discounts = item_discounts
         self.pending_updates = pending_updates
@@ -394,6 +422,9 @@ class Simulation:
         self._usage_now: dict[str, int] = {}  # metered item -> usage of the running period
         self._pending_items: dict[str, list[str]] = {}  # subscription -> its invoice items not billed yet
         self._build_catalog()
+        unknown = (set(self._family_map) | set(self._unit_map)) - set(self._plans)
+        if unknown:
+            raise ValueError(f"no plan {sorted(unknown)} in the catalogue (plans: {sorted(self._plans)})")
         self._signups(customers, self.start, add_months(self.start, months))
         self._at(add_months(self.start, max(1, months // 2)) + 9 * 3600, "archive", "an_basic", "y")
         if fx_changes:
@@ -477,6 +508,8 @@ class Simulation:
             metered = key == "events"
             kind = "seat" if (unit or "").rstrip("s") in SEAT_LABELS or (unit is None and not metered) else "resource"
             plan = _Plan(key, family or pid, pid, kind)
+            # (the settings' mappings, for the truth alone: a family only where the product's metadata has none)
+            self._truth_labels[key] = (family or self._family_map.get(key) or pid, self._unit_map.get(key, kind))
             for cur in ("usd", "eur", "gbp"):
                 base = cents if cur != "gbp" else max(1, cents * 85 // 100)
                 for ikey, interval, count, amount in (("m", "month", 1, base), ("y", "year", 1, base * 10),
@@ -572,10 +605,11 @@ class Simulation:
                 qty = self._usage_billed.get(it["id"], 0) if plan.key == "events" else (it["quantity"] or 0)
                 m = mult if self._applies(sid, p["product"]) else Fraction(1)
                 m = m * self._item_mult[it["id"]] if it["id"] in self._item_mult else m
+                family, kind = self._truth_labels[plan.key]
                 if plan.key == "events" and not self.include_metered:
-                    out[it["id"]] = Comp(sid, it["id"], plan.family, plan.kind, p["id"], 0, m, Fraction(0))
+                    out[it["id"]] = Comp(sid, it["id"], family, kind, p["id"], 0, m, Fraction(0))
                     continue
-                out[it["id"]] = Comp(sid, it["id"], plan.family, plan.kind, p["id"], qty, m,
+                out[it["id"]] = Comp(sid, it["id"], family, kind, p["id"], qty, m,
                                       self._mrr_usd(p["id"], qty, m, cust.currency))
         return out
 
@@ -840,6 +874,10 @@ class Simulation:
             i = bisect_right(c.path_t, at)
             out[cid] = c.path_v[i - 1] if i else 0.0
         return out
+
+    def plan_products(self) -> dict[str, str]:
+        """The catalogue's plan keys ("starter", "storage", ...) and their product ids."""
+        return {key: plan.product_id for key, plan in self._plans.items()}
 
     def bundle_bytes(self) -> bytes:
         """Objects, discounts, events and truth serialised deterministically."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_ground_truth import (
@@ -165,27 +166,52 @@ def test_ground_truth_with_a_paused_collection_counting_zero(tmp_path: Path) -> 
     """design.md 4's setting pause_collection_keeps_mrr = false: a subscription whose payment collection is paused
     counts zero from the pause to its resumption, so each is a change of MRR, a churn and a comeback when it is the
     customer's only subscription paying (Simulation(pause_collection_keeps_mrr=False)), with every option of the
-    simulation (700 x 24, seed 2). Only the events show a paused collection, so the store holds every event (one
+    simulation (600 x 24, seed 2). Only the events show a paused collection, so the store holds every event (one
     synced since the account began). Labels, MRR, churn types and amounts must agree exactly; the truth has churns
-    and comebacks at pauses and resumptions, and the same store under the default (MRR kept) has neither."""
-    from stripe_churn.metrics.runner import recompute
+    and comebacks at pauses and resumptions (under the default, MRR kept, the collection-paused test above has
+    neither)."""
     from stripe_churn.sandbox.sim import EVERY_OPTION, Simulation
-    from stripe_churn.settings import Rules, Settings
+    from stripe_churn.settings import Rules
 
-    sim = Simulation(customers=700, months=24, seed=2, pause_collection_keeps_mrr=False, **EVERY_OPTION)
+    sim = Simulation(customers=600, months=24, seed=2, pause_collection_keeps_mrr=False, **EVERY_OPTION)
     changes = {(e["data"]["object"]["customer"], e["created"]) for e in sim.events
                if e["type"] == "customer.subscription.updated"
                and "pause_collection" in e["data"].get("previous_attributes", {})}
     at_pauses = Counter(t["movement"] for t in sim.truth if (t["customer_id"], _unix(t["occurred_at"])) in changes)
-    assert at_pauses["cancellation"] >= 20 and at_pauses["reactivation"] >= 10, at_pauses
+    assert at_pauses["cancellation"] >= 15 and at_pauses["reactivation"] >= 10, at_pauses
     with derived_directly(sim, tmp_path / "paused.duckdb", Rules(pause_collection_keeps_mrr=False),
                           every_event=True) as con:
-        check_exactly(sim, con, "700 x 24 with a paused collection counting zero")
-        recompute(con, Settings())
-        ours = {(r[0], _unix(r[1].isoformat())) for r in con.execute(
-            "SELECT customer_id, occurred_at FROM mrr_movements WHERE movement IN ('cancellation', 'reactivation')"
-        ).fetchall()}
-        assert not ours & changes
+        check_exactly(sim, con, "600 x 24 with a paused collection counting zero")
+
+
+@pytest.mark.timeout(600)
+def test_ground_truth_with_the_settings_families_and_units(tmp_path: Path) -> None:
+    """design.md 5's mappings of the settings: a family for a product with no metadata["family"] (rules.families:
+    Extra Storage into the core family) and a unit in place of what the label says (rules.units: the Starter and
+    Pro plans and Agents resources, the metered Event Ingest a seat), in the truth (Simulation(families=...,
+    units=...), by plan) and the metrics, with every option of the simulation (600 x 24, seed 1, loaded directly).
+    The truth labels storage added beside a core plan `resource_expansion` (not `cross_sell`), seats of those plans
+    `resource_*` and usage `seat_*`; labels, MRR, churn types and amounts must agree exactly."""
+    from stripe_churn.sandbox.sim import EVERY_OPTION, Simulation
+    from stripe_churn.settings import Rules
+
+    families, units = {"storage": "core"}, {"starter": "resource", "pro": "resource", "agents": "resource",
+                                            "events": "seat"}
+    sim = Simulation(customers=600, months=24, seed=1, families=families, units=units, **EVERY_OPTION)
+    plain = Simulation(customers=600, months=24, seed=1, **EVERY_OPTION)
+    def by_row(truth: list[dict[str, Any]]) -> dict[tuple[str, str, str], str]:
+        return {(t["customer_id"], t["occurred_at"], t["subscription_item_id"]): t["movement"] for t in truth}
+
+    was, now = by_row(plain.truth), by_row(sim.truth)
+    relabelled = Counter((was[k], now[k]) for k in was.keys() & now.keys() if was[k] != now[k])
+    assert relabelled[("cross_sell", "resource_expansion")] >= 5, relabelled
+    assert relabelled[("seat_expansion", "resource_expansion")] >= 50, relabelled
+    assert relabelled[("resource_expansion", "seat_expansion")] >= 50, relabelled
+    products = sim.plan_products()
+    rules = Rules(families={products[k]: v for k, v in families.items()},
+                  units={products[k]: v for k, v in units.items()})
+    with derived_directly(sim, tmp_path / "mapped.duckdb", rules) as con:
+        check_exactly(sim, con, "600 x 24 with the settings' families and units")
 
 
 @pytest.mark.timeout(600)

@@ -90,7 +90,8 @@ def test_same_bytes_in_another_process_with_another_hash_seed() -> None:
 
 
 @pytest.mark.parametrize("rule", [{"window_minutes": 1440}, {"include_metered": False}, {"past_due_counts": False},
-                                  {"churn_at_request": True}, {"pause_collection_keeps_mrr": False}],
+                                  {"churn_at_request": True}, {"pause_collection_keeps_mrr": False},
+                                  {"families": {"storage": "core"}}, {"units": {"starter": "resource", "pro": "resource"}}],
                          ids=lambda rule: next(iter(rule)))
 def test_a_rule_of_the_truth_changes_the_truth_alone(rule: dict[str, Any],
                                                      every_option_stored: tuple[bytes, list[dict[str, Any]]]) -> None:
