@@ -88,7 +88,8 @@ def check_seed(seed: int, args: argparse.Namespace, workdir: Path) -> bool:
     from stripe_churn.settings import Rules
 
     options = {} if args.plain else dict(SANDBOX_OPTIONS)
-    for name in ("item_discounts", "collection_pauses", "fx_changes", "no_prorations", "later_trials", "option_prices"):
+    for name in ("item_discounts", "collection_pauses", "fx_changes", "no_prorations", "later_trials", "option_prices",
+                 "amount_off_coupons"):
         if getattr(args, name):
             options[name] = True
     started = time.perf_counter()
@@ -166,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                              "quarter of them are canceled before the trial ends")
     parser.add_argument("--option-prices", action="store_true",
                         help="customers in eur and gbp billed on dollar prices through their currency options")
+    parser.add_argument("--amount-off-coupons", action="store_true",
+                        help="half the forever signup offers an amount-off coupon (10.00 off every period) instead")
     parser.add_argument("--start", metavar="YYYY-MM-DD", help="when the history begins (default: it ends at the "
                         "simulation's usual end of history); far from today, Stripe's clock runs behind or ahead of "
                         "this machine's")

@@ -230,7 +230,7 @@ def invoice(iid: str, created: int, cust: dict[str, Any], sub_id: str, reason: s
     }
 
 
-def coupon(cid: str, created: int, percent_off: float, duration: str, months: int | None,
+def coupon(cid: str, created: int, percent_off: float | None, duration: str, months: int | None,
            name: str) -> dict[str, Any]:
     return {
         "id": cid, "object": "coupon", "amount_off": None, "created": created, "currency": None,

@@ -104,6 +104,7 @@ class Options(TypedDict, total=False):
     no_prorations: bool
     later_trials: bool
     option_prices: bool
+    amount_off_coupons: bool
 
 
 SANDBOX_OPTIONS: Options = {"pending_updates": True, "deferred_prorations": True, "thresholds": True,
@@ -225,7 +226,8 @@ class Simulation:
                  restricted_coupons: bool = False, customer_discounts: bool = False,
                  trial_pauses: bool = False, failure_pauses: bool = False,
                  collection_pauses: bool = False, fx_changes: bool = False, no_prorations: bool = False,
-                 later_trials: bool = False, option_prices: bool = False, credit_note_lines: int = 1,
+                 later_trials: bool = False, option_prices: bool = False, amount_off_coupons: bool = False,
+                 credit_note_lines: int = 1,
                  window_minutes: int = WINDOW_S // 60, include_metered: bool = True,
                  past_due_counts: bool = True, churn_at_request: bool = False,
                  pause_collection_keeps_mrr: bool = True, families: dict[str, str] | None = None,
@@ -295,6 +297,11 @@ class Simulation:
         ``transform_quantity`` is the price's), and half the customers billed in eur or gbp subscribe to the dollar
         prices instead of their currency's: their subscriptions and invoices are in their currency, each line's
         amount the option's, as Stripe bills a price through a currency option; the truth prices their items so.
+        ``amount_off_coupons``: half the signup offers of the forever kind, and half the retention offers, are an
+        amount-off coupon instead (10.00 off each billing period, forever; 9.00 in eur and 8.00 in gbp through its
+        ``currency_options``), on the whole subscription. design.md 4: normalised like the price, shared across the subscription's items in proportion
+        to their MRR, and capped so that MRR never goes below zero; so an item's change moves the share of each
+        other item (a discount part on them), and an interval switch the amount a month. The truth prices it so.
         ``credit_note_lines``: how many lines each credit note has (1 by default), its amount spread over them and
         each crediting the invoice's lines in turn. With more than 10 the server embeds the first 10 (``has_more``)
         and serves the rest from ``/v1/credit_notes/{id}/lines``, as Stripe does. Credit notes carry no MRR: the
@@ -362,6 +369,11 @@ class Simulation:
         self.no_prorations = no_prorations
         self._rng_no_prorations = random.Random(f"no prorations {seed}")  # (likewise)
         self.later_trials = later_trials
+        self.amount_off_coupons = amount_off_coupons
+        self._rng_amount = random.Random(f"amount off {seed}")  # (a stream of its own, as the options' above)
+        self._sub_off: dict[str, str] = {}  # subscription -> its amount-off coupon in force (amount_off_coupons)
+        self._sub_off_since: dict[str, int] = {}  # ... and since when
+        self._metered_prices: frozenset[str] | None = None
         self._rng_later_trial = random.Random(f"later trials {seed}")  # (likewise)
         # (later_trials) subscription -> its truth rows of the latest transition labelled that moved it, and the
         # churn its cancellation rows carry once canceled while a later trial ran (see _trial_cancel_churn)
@@ -559,6 +571,14 @@ class Simulation:
             self.objects["coupons"][cid] = c
             self._coupons["partner"] = cid
             self._event("coupon.created", c, t)
+        if self.amount_off_coupons:  # (likewise)
+            cid = "AMOUNT" + self._id("co").split("_", 1)[1]
+            c = ob.coupon(cid, t, None, "forever", None, "10.00 off every period")
+            c.update(amount_off=1000, currency="usd", currency_options={"eur": {"amount_off": 900},
+                                                                       "gbp": {"amount_off": 800}})
+            self.objects["coupons"][cid] = c
+            self._coupons["amount"] = cid
+            self._event("coupon.created", c, t)
         self._plan_of_price = {prid: plan for plan in self._plans.values() for prid in plan.prices.values()}
 
     # --- MRR model --------------------------------------------------------------------------------------
@@ -597,6 +617,8 @@ class Simulation:
             if not self.pause_collection_keeps_mrr and sub.get("pause_collection") is not None:
                 continue
             mult = self._sub_mult.get(sid, Fraction(1))
+            if sid in self._sub_off:
+                mult = self._amount_off_mult(sub, cust.currency)
             if not sub["discounts"] and cust.id in self._cust_disc:  # (the customer's, when it has none of its own)
                 mult = 1 - Fraction(str(self.objects["coupons"][self._coupons["partner"]]["percent_off"])) / 100
             for it in sub["items"]["data"]:
@@ -612,6 +634,34 @@ class Simulation:
                 out[it["id"]] = Comp(sid, it["id"], family, kind, p["id"], qty, m,
                                       self._mrr_usd(p["id"], qty, m, cust.currency))
         return out
+
+    def _amount_off_mult(self, sub: dict[str, Any], currency: str) -> Fraction:
+        """What the subscription's amount-off discount leaves of each of its items' MRR (design.md 4: the amount a
+        month, normalised like the price, shared in proportion to the items' MRR, capped at all of it)."""
+        c = self.objects["coupons"][self._sub_off[sub["id"]]]
+        off = c["amount_off"] if c["currency"] == sub["currency"] else c["currency_options"][sub["currency"]]["amount_off"]
+        items = sub["items"]["data"]
+        rec = self.objects["prices"][items[0]["price"]["id"]]["recurring"]
+        per_month = Fraction(off) * 12 / (MONTHS_PER[rec["interval"]] * 12 * rec["interval_count"])
+        whole = sum((self._item_mrr_own(self._terms(it["price"]["id"], currency), self._counted_qty(it), Fraction(1))
+                     for it in items), Fraction(0))
+        return max(Fraction(0), 1 - per_month / whole) if whole > 0 else Fraction(1)
+
+    def _amount_off_rule(self, t: int) -> tuple[frozenset[str], frozenset[str]]:
+        """truth.parts_of's arguments for the amount-off discounts (amount_off_coupons) of a transition dated ``t``:
+        the subscriptions with one in force before it (a forever offer: it stays) and the metered prices."""
+        if not self._sub_off:
+            return frozenset(), frozenset()
+        if self._metered_prices is None:
+            self._metered_prices = frozenset(p["id"] for p in self.objects["prices"].values()
+                                             if (p.get("recurring") or {}).get("usage_type") == "metered")
+        return frozenset(sid for sid, since in self._sub_off_since.items() if since < t), self._metered_prices
+
+    def _counted_qty(self, it: dict[str, Any]) -> int:
+        """An item's quantity as its MRR counts it: a metered item's usage on its last invoice."""
+        if self._plan_of_price[it["price"]["id"]].key == "events":
+            return self._usage_billed.get(it["id"], 0)
+        return it["quantity"] or 0
 
     def _mrr_usd(self, price_id: str, qty: int, mult: Fraction, currency: str) -> Fraction:
         key = (price_id, qty, mult, currency)
@@ -729,9 +779,10 @@ class Simulation:
             m_a, m_b = truth.total(before), truth.total(after)
             if m_a == m_b:
                 return
+            fixed_off, metered = self._amount_off_rule(t)
             parts = truth.parts_of(before, after, cust.had_mrr,
                                    lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cust.currency),
-                                   totals=(m_a, m_b))
+                                   totals=(m_a, m_b), fixed_off=fixed_off, metered=metered)
             rates = [FX[cust.currency]] * len(parts)
         cust.had_mrr = cust.had_mrr or m_b > 0
         new_rows = truth.rows(cust.id, cust.currency, rates, t, parts, m_a, m_b, churn)
@@ -803,18 +854,22 @@ class Simulation:
             return lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cur) * factor
 
         a_at_a, b_at_b = at(before, rate_a), at(after, rate_b)
+        fixed_off, metered = self._amount_off_rule(t)
         m_a, m_b = truth.total(a_at_a), truth.total(b_at_b)
         if m_a == m_b:
             return None
         if m_a == 0 or m_b == 0 or rate_a == rate_b:
             # (a whole-customer movement, or no rate moved: every part at one rate)
             rate = rate_b if m_a == 0 else rate_a
-            one = truth.parts_of(a_at_a, b_at_b, cust.had_mrr, mrr(rate), totals=(m_a, m_b))
+            one = truth.parts_of(a_at_a, b_at_b, cust.had_mrr, mrr(rate), totals=(m_a, m_b), fixed_off=fixed_off,
+                                 metered=metered)
             return one, [rate] * len(one), m_a, m_b
         held = before if held is None else held
         # (the same components at either rate: a positive rate keeps their order, pairs and signs)
-        at_a = truth.parts_of(a_at_a, at(after, rate_a), cust.had_mrr, mrr(rate_a))
-        at_b = truth.parts_of(at(before, rate_b), b_at_b, cust.had_mrr, mrr(rate_b))
+        at_a = truth.parts_of(a_at_a, at(after, rate_a), cust.had_mrr, mrr(rate_a), fixed_off=fixed_off,
+                              metered=metered)
+        at_b = truth.parts_of(at(before, rate_b), b_at_b, cust.had_mrr, mrr(rate_b), fixed_off=fixed_off,
+                              metered=metered)
         parts: list[truth.Part] = []
         rates: list[Fraction | None] = []
         for pa, pb in zip(at_a, at_b, strict=True):
@@ -1004,6 +1059,9 @@ class Simulation:
             # discounts a line only when the coupon's applies_to covers the line's product)
             terms = self.objects["coupons"][self._coupons[coupon]]
             covered = [it for it in sub["items"]["data"] if self._coupon_applies(terms, it["price"]["product"])]
+            amount = coupon == "forever" and self.amount_off_coupons and self._rng_amount.random() < 0.5
+            if amount:  # (on the whole subscription)
+                coupon, covered = "amount", []
             if self.item_discounts and self._rng.random() < 0.5 and covered:
                 self._apply_item_coupon(sub, self._rng.choice(covered), coupon, t)
             else:
@@ -1024,7 +1082,11 @@ class Simulation:
         self.discounts[did] = ob.discount(did, sub["customer"], sub["id"], c["id"], t, end)
         sub["discounts"] = [*sub["discounts"], did]
         c["times_redeemed"] += 1
-        if c["duration"] != "once":
+        if c["amount_off"] is not None:
+            self._sub_mult[sub["id"]] = Fraction(1)  # (its share is worked out at each moment: _amount_off_mult)
+            self._sub_off[sub["id"]] = c["id"]
+            self._sub_off_since[sub["id"]] = t
+        elif c["duration"] != "once":
             self._sub_mult[sub["id"]] = 1 - Fraction(str(c["percent_off"])) / 100
         if c.get("applies_to"):
             self._sub_products[sub["id"]] = frozenset(c["applies_to"]["products"])
@@ -1041,6 +1103,8 @@ class Simulation:
         prev = {"discounts": list(sub["discounts"])}
         sub["discounts"] = [d for d in sub["discounts"] if d != did]
         self._sub_mult.pop(sid, None)
+        self._sub_off.pop(sid, None)
+        self._sub_off_since.pop(sid, None)
         self._sub_products.pop(sid, None)
         self._sub_disc_end.pop(sid, None)
         self._event("customer.subscription.updated", sub, t, prev)
@@ -1121,6 +1185,10 @@ class Simulation:
             if not self._coupon_applies(coupon, it["price"]["product"]):
                 continue
             if coupon["duration"] == "once" and not first:
+                continue
+            if coupon["amount_off"] is not None:  # (its share of the amount off, in proportion to the lines)
+                disc.append({"amount": round(amount * (1 - self._amount_off_mult(sub, sub["currency"]))),
+                             "discount": did})
                 continue
             pct = coupon["percent_off"]
             disc.append({"amount": round(amount * pct / 100), "discount": did})
@@ -1535,7 +1603,8 @@ class Simulation:
             cust = self._custs[sub["customer"]]
             before = self._snap(cust)
             prev = {"discounts": list(sub["discounts"])}
-            self._apply_coupon(sub, "retention", t)
+            amount = self.amount_off_coupons and self._rng_amount.random() < 0.5
+            self._apply_coupon(sub, "amount" if amount else "retention", t)
             self._event("customer.subscription.updated", sub, t, prev)
             self._transition(cust, t, before)
         elif self.item_discounts and r < 0.26:
@@ -1697,7 +1766,8 @@ class Simulation:
             coupon = self.objects["coupons"][self.discounts[did]["source"]["coupon"]]
             if coupon["duration"] != "once" and self._coupon_applies(coupon, item["price"]["product"]):
                 in_force.append(did)
-                kept *= 1 - Fraction(str(coupon["percent_off"])) / 100
+                if coupon["amount_off"] is None:  # (an amount off is the period's: none on a proration)
+                    kept *= 1 - Fraction(str(coupon["percent_off"])) / 100
         return in_force, kept
 
     def _update_items(self, sub: dict[str, Any], t: int, mutate: Any) -> None:

@@ -55,9 +55,12 @@ def total(state: dict[str, Comp]) -> Decimal:
 
 
 def parts_of(before: dict[str, Comp], after: dict[str, Comp], had_mrr: bool, mrr: MrrFn, *,
-             totals: tuple[Decimal, Decimal] | None = None) -> list[Part]:
+             totals: tuple[Decimal, Decimal] | None = None, fixed_off: frozenset[str] = frozenset(),
+             metered: frozenset[str] = frozenset()) -> list[Part]:
     """The components of a transition with their label and exact USD delta (zero parts dropped). ``totals``: the
-    two states' :func:`total`, when the caller has them already."""
+    two states' :func:`total`, when the caller has them already. ``fixed_off``: subscriptions whose amount-off
+    discount stays in force through the transition (README: a fixed amount off is no discount change; what its new
+    split among the subscription's items moves belongs to the change that moved it); ``metered``: metered prices."""
     m_a, m_b = totals if totals is not None else (total(before), total(after))
     if m_a == m_b:
         return []
@@ -73,15 +76,38 @@ def parts_of(before: dict[str, Comp], after: dict[str, Comp], had_mrr: bool, mrr
 
     def pair(a: Comp, b: Comp) -> None:
         # in order: the plan part, then the quantity part (both under the old discount), then the discount
+        if a.sub_id == b.sub_id and b.sub_id in fixed_off:
+            # (under a fixed amount off: the parts at the old share, or undiscounted when the item's own share of
+            # the amount stays; what the new split moves joins the larger part, the usage part of a metered item
+            # at the same price)
+            same_share = mrr(a.price_id, a.qty, Fraction(1)) - a.usd == mrr(b.price_id, b.qty, Fraction(1)) - b.usd
+            f = Fraction(1) if same_share else a.mult
+            plan = mrr(b.price_id, a.qty, f) - mrr(a.price_id, a.qty, f)
+            qty = mrr(b.price_id, b.qty, f) - mrr(b.price_id, a.qty, f)
+            rest = b.usd - a.usd - plan - qty
+            if abs(plan) >= abs(qty) and not (b.price_id == a.price_id and b.price_id in metered):
+                plan += rest
+            else:
+                qty += rest
+            parts.append((b, "upgrade" if plan > 0 else "downgrade", plan))
+            parts.append((b, qty_label(b.kind, qty), qty))
+            return
         plan = mrr(b.price_id, a.qty, a.mult) - mrr(a.price_id, a.qty, a.mult)
         qty = mrr(b.price_id, b.qty, a.mult) - mrr(b.price_id, a.qty, a.mult)
         parts.append((b, "upgrade" if plan > 0 else "downgrade", plan))
         parts.append((b, qty_label(b.kind, qty), qty))
         parts.append((b, "discount", b.usd - a.usd - plan - qty))
 
+    resplit: list[tuple[Comp, Fraction]] = []  # (items whose share of a fixed amount off alone moved)
     for iid in sorted(before.keys() & after.keys()):
-        if before[iid] != after[iid]:  # (an item as it was has only zero parts)
-            pair(before[iid], after[iid])
+        a, b = before[iid], after[iid]
+        if a == b:  # (an item as it was has only zero parts)
+            continue
+        if (b.sub_id in fixed_off and a.sub_id == b.sub_id and a.price_id == b.price_id and a.qty == b.qty
+                and b.price_id not in metered):
+            resplit.append((b, b.usd - a.usd))
+        else:
+            pair(a, b)
     removed = sorted((c for i, c in before.items() if i not in after), key=lambda c: (-c.usd, c.item_id))
     added = sorted((c for i, c in after.items() if i not in before), key=lambda c: (-c.usd, c.item_id))
     for fam in sorted({c.family for c in removed} & {c.family for c in added}):
@@ -96,6 +122,14 @@ def parts_of(before: dict[str, Comp], after: dict[str, Comp], had_mrr: bool, mrr
         parts.append((b, qty_label(b.kind, b.usd) if b.family in before_fams else "cross_sell", b.usd))
     for a in removed:
         parts.append((a, qty_label(a.kind, -a.usd) if a.family in after_fams else "downgrade", -a.usd))
+    for b, moved in resplit:
+        # (joined to the largest other part of its subscription: the change that moved the split)
+        own = [k for k, p in enumerate(parts) if p[0].sub_id == b.sub_id and p[2] != 0]
+        if own:
+            k = max(own, key=lambda k: (abs(parts[k][2]), parts[k][0].item_id))
+            parts[k] = (parts[k][0], parts[k][1], parts[k][2] + moved)
+        else:
+            parts.append((b, "upgrade" if moved > 0 else "downgrade", moved))
     return [p for p in parts if p[2] != 0]
 
 

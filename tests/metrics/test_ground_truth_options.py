@@ -215,6 +215,34 @@ def test_ground_truth_with_the_settings_families_and_units(tmp_path: Path) -> No
 
 
 @pytest.mark.timeout(600)
+def test_ground_truth_with_amount_off_coupons_through_the_sandbox(tmp_path: Path) -> None:
+    """Amount-off coupons (Simulation(amount_off_coupons=True): 10.00 off every period, 9.00 in eur and 8.00 in gbp
+    through the coupon's currency_options) at signup and as later retention offers, with every option of the
+    simulation (700 x 24, seed 7), synced through the sandbox. design.md 4: normalised like the price, shared among
+    the subscription's items in proportion to their MRR; README: while it stays, what its new split moves joins the
+    change that moved it. Labels, MRR, churn types and amounts must agree exactly."""
+    from stripe_churn.sandbox.listing import EVENT_RETENTION_S
+    from stripe_churn.sandbox.sim import EVERY_OPTION, Simulation
+
+    sim = Simulation(customers=700, months=24, seed=7, amount_off_coupons=True, **EVERY_OPTION)
+    subs = sim.objects["subscriptions"]
+    off = {d["subscription"]: d["start"] for d in sim.discounts.values() if d["source"]["coupon"].startswith("AMOUNT")}
+    assert len(off) >= 20, len(off)
+    assert {subs[s]["currency"] for s in off} == {"usd", "eur", "gbp"}
+    assert sum(start > subs[s]["start_date"] for s, start in off.items()) >= 5  # (retention offers, later)
+    # (changes of an item under one: the other items' shares move with them)
+    changed = Counter(t["movement"] for t in sim.truth if t["subscription_id"] in off and t["category"] in
+                      ("expansion", "contraction"))
+    assert sum(changed.values()) >= 20, changed
+    with derived_through_the_sandbox(sim, tmp_path / "amount_off.duckdb") as con:
+        stored = con.execute("SELECT count(*) FROM coupons WHERE json_extract(raw, '$.amount_off') IS NOT NULL "
+                             "AND json_extract(raw, '$.currency_options.gbp.amount_off') = 800").fetchall()[0][0]
+        assert stored == 1
+        unseen = unseen_discount_rows(sim, con, int(sim.clock - EVENT_RETENTION_S))
+        check_exactly(sim, con, "700 x 24 with amount-off coupons, through the sandbox", unseen)
+
+
+@pytest.mark.timeout(600)
 def test_ground_truth_with_prorations_pending_until_the_renewal_through_the_sandbox(tmp_path: Path) -> None:
     """Half the changes of annual subscriptions made with Stripe's default create_prorations
     (Simulation(deferred_prorations=True)): their prorations wait as pending invoice items for the next renewal,

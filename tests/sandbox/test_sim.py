@@ -1106,3 +1106,40 @@ def test_credit_notes_of_many_lines_leave_the_rest_of_the_history_as_it_was(plai
             assert (len(cn.lines.data), cn.lines.has_more) == (10, True)
             paged = [ln.id for ln in client.v1.credit_notes.line_items.list(cn.id, {"limit": 7}).auto_paging_iter()]
             assert paged == [ln["id"] for ln in sim.objects["credit_notes"][cn.id]["lines"]["data"]]
+
+
+def test_a_fixed_amount_off_moves_with_the_change_that_splits_it_anew() -> None:
+    """README: a subscription's amount-off discount that stays in force is no discount change; what its new split
+    moves on the other items joins the largest part of the subscription. Pro x3 (105.00) and Analytics x1 (49.00)
+    under 10.00 off a month (shared 105:49), then two more Pro seats: one seat_expansion of exactly 70.00, though
+    the seats' item keeps less of the amount off and the other item more. A subscription whose amount off is not in
+    force before (``fixed_off`` without it) gets the quantity part at the old share and discount parts instead; a
+    metered item's share moved stays its own, as usage."""
+    from stripe_churn.sandbox.truth import Comp, parts_of
+
+    unit = {"pro": Fraction(35), "an": Fraction(49), "events": Fraction(2)}
+
+    def mrr(price_id: str, qty: int, mult: Fraction) -> Fraction:
+        return unit[price_id] * qty * mult
+
+    def state(items: dict[str, tuple[str, str, str, int]]) -> dict[str, Comp]:
+        whole = sum((unit[p] * q for _, _, p, q in items.values()), Fraction(0))
+        mult = 1 - Fraction(10) / whole
+        return {iid: Comp("sub_1", iid, fam, kind, p, q, mult, mrr(p, q, mult))
+                for iid, (fam, kind, p, q) in items.items()}
+
+    before = state({"si_pro": ("core", "seat", "pro", 3), "si_an": ("analytics", "seat", "an", 1)})
+    after = state({"si_pro": ("core", "seat", "pro", 5), "si_an": ("analytics", "seat", "an", 1)})
+    assert [(c.item_id, label, delta) for c, label, delta in parts_of(before, after, True, mrr,
+                                                                       fixed_off=frozenset({"sub_1"}))] == [
+        ("si_pro", "seat_expansion", Fraction(70))]
+    begun = [(c.item_id, label) for c, label, _ in parts_of(before, after, True, mrr)]
+    assert begun == [("si_an", "discount"), ("si_pro", "seat_expansion"), ("si_pro", "discount")]
+    # (Event Ingest's 20.00 of usage keeps less of the amount off once the seats take more of it: +0.5744 of usage)
+    before_u = state({"si_pro": ("core", "seat", "pro", 3), "si_ev": ("analytics", "resource", "events", 10)})
+    after_u = state({"si_pro": ("core", "seat", "pro", 5), "si_ev": ("analytics", "resource", "events", 10)})
+    got = parts_of(before_u, after_u, True, mrr, fixed_off=frozenset({"sub_1"}), metered=frozenset({"events"}))
+    assert [(c.item_id, label) for c, label, _ in got] == [("si_ev", "resource_expansion"),
+                                                            ("si_pro", "seat_expansion")]
+    assert got[0][2] == Fraction(10 * 20, 125) - Fraction(10 * 20, 195)
+    assert sum(delta for *_, delta in got) == Fraction(70)
