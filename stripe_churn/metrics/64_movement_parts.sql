@@ -170,10 +170,14 @@ split AS (
 settled AS (
     SELECT s.*,
            (s.b_mrr - s.a_mrr) - s.q0 - coalesce(s.p0, 0) AS rest,
-           -- what is left when no discount changed is rounding or a fixed amount_off: it joins a part
+           -- what is left when no discount changed is rounding or a fixed amount_off: it joins a part, the larger;
+           -- of two equal ones, the larger before discounts: an amount off that took all of the item's MRR leaves
+           -- both at 0 (seats added to an item it covered whole are seats, not a plan change)
            CASE WHEN s.discount_changed THEN 'd'
                 WHEN s.usage_only THEN 'q'
-                WHEN s.p0 IS NULL OR abs(s.p0) >= abs(s.q0) THEN 'p'
+                WHEN s.p0 IS NULL OR abs(s.p0) > abs(s.q0) THEN 'p'
+                WHEN abs(s.p0) < abs(s.q0) THEN 'q'
+                WHEN s.cross_mrr IS NULL OR abs(s.cross_mrr - s.a_undisc) >= abs(s.b_undisc - s.cross_mrr) THEN 'p'
                 ELSE 'q' END AS rest_to
     FROM split s
 ),

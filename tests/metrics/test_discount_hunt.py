@@ -18,6 +18,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 import duckdb
+import pytest
 from builders import DAY, World, add_months, ts
 from conftest import OneStore, customer_mrr_at
 from test_bridge import assert_bridge_adds_up
@@ -321,3 +322,36 @@ def test_an_item_discount_taken_off_ends_at_the_update_before_any_full_sync_flag
     assert moves(con) == [(T0, "new", "new", D("70.0000"), "si_b"),
                           (month(1, 10), "discount", "expansion", D("20.0000"), "si_a")]
     assert customer_mrr_at(con, "cus_1", month(1, 10)) == D("90.0000")
+
+
+@pytest.mark.parametrize("scope", ["subscription", "item"])
+@pytest.mark.parametrize("change", ["seats", "plan"])
+@one_store
+def test_a_change_of_an_item_an_amount_off_covered_whole(world: World, derive: Derive, scope: str, change: str
+                                                          ) -> None:
+    """design.md 5 (quantity up on a seat unit: seat_expansion; price changed: upgrade) under a fixed amount off
+    that took all of the item's MRR. 3 seats at 10.00 under 50.00 off forever (on their subscription, or on the
+    item): 0.00; an API plan (50.00) on another subscription keeps the customer. On 11 February 8 seats (80.00 less
+    50.00: +30.00) or the same 3 seats on a 25.00 plan (75.00 less 50.00: +25.00); on 11 March 4 seats, or the 3 on
+    the 10.00 plan again (0.00 again: -30.00 or -25.00). The first change's parts at the discount the item had are
+    both 0.00: what the amount off leaves joins the part larger before discounts, the seats' or the price's (it went
+    to the plan part whatever changed: the seats were an `upgrade`)."""
+    base(world).coupon("co_off", amount_off=5_000, currency="usd", duration="forever")
+    world.price("price_s", "prod_seat", 1_000)
+    world.price("price_p", "prod_seat", 2_500)
+    world.price("price_b", "prod_api", 5_000)
+    d = world.discount("co_off", T0, customer="cus_1", subscription="sub_1",
+                       **({"subscription_item": "si_s"} if scope == "item" else {}))
+    world.subscribe("sub_1", "cus_1", [("si_s", "price_s", 3)], T0, discounts=[d["id"]] if scope == "subscription" else [])
+    if scope == "item":
+        world.objects["subscriptions"]["sub_1"]["items"]["data"][0]["discounts"] = [d["id"]]
+        world.events[-1]["data"]["object"]["items"]["data"][0]["discounts"] = [d["id"]]
+    world.subscribe("sub_2", "cus_1", [("si_b", "price_b", 1)], T0 + 60)
+    world.update("sub_1", month(1, 10), items=[("si_s", "price_s", 8) if change == "seats" else ("si_s", "price_p", 3)])
+    world.update("sub_1", month(2, 10), items=[("si_s", "price_s", 4 if change == "seats" else 3)])
+    con = derive(world, seen_at=month(3))
+    first = ("seat_expansion", D("30.0000")) if change == "seats" else ("upgrade", D("25.0000"))
+    last = ("seat_contraction", D("-30.0000")) if change == "seats" else ("downgrade", D("-25.0000"))
+    assert moves(con) == [(T0, "new", "new", D("50.0000"), "si_b"),  # (dated at the window's first change)
+                          (month(1, 10), first[0], "expansion", first[1], "si_s"),
+                          (month(2, 10), last[0], "contraction", last[1], "si_s")]
