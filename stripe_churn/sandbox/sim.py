@@ -299,7 +299,8 @@ class Simulation:
         amount the option's, as Stripe bills a price through a currency option; the truth prices their items so.
         ``amount_off_coupons``: half the signup offers of the forever kind, and half the retention offers, are an
         amount-off coupon instead (10.00 off each billing period, forever; 9.00 in eur and 8.00 in gbp through its
-        ``currency_options``), on the whole subscription. design.md 4: normalised like the price, shared across the subscription's items in proportion
+        ``currency_options``), on the whole subscription; with ``item_discounts``, half the later offers on one item
+        are 25.00 off that item every period (22.50 in eur, 20.00 in gbp), which may take all of a small item's MRR. design.md 4: normalised like the price, shared across the subscription's items in proportion
         to their MRR, and capped so that MRR never goes below zero; so an item's change moves the share of each
         other item (a discount part on them), and an interval switch the amount a month. The truth prices it so.
         ``credit_note_lines``: how many lines each credit note has (1 by default), its amount spread over them and
@@ -372,7 +373,10 @@ class Simulation:
         self.amount_off_coupons = amount_off_coupons
         self._rng_amount = random.Random(f"amount off {seed}")  # (a stream of its own, as the options' above)
         self._sub_off: dict[str, str] = {}  # subscription -> its amount-off coupon in force (amount_off_coupons)
-        self._sub_off_since: dict[str, int] = {}  # ... and since when
+        # ... and since when (kept once it ends: a transition is labelled later, when the next one begins)
+        self._sub_off_since: dict[str, int] = {}
+        self._item_off: dict[str, str] = {}  # item -> its own amount-off coupon in force (amount_off_coupons)
+        self._item_off_since: dict[str, int] = {}  # ... and since when
         self._metered_prices: frozenset[str] | None = None
         self._rng_later_trial = random.Random(f"later trials {seed}")  # (likewise)
         # (later_trials) subscription -> its truth rows of the latest transition labelled that moved it, and the
@@ -579,6 +583,14 @@ class Simulation:
             self.objects["coupons"][cid] = c
             self._coupons["amount"] = cid
             self._event("coupon.created", c, t)
+            # (and one for an item alone, which may take all of a small item's MRR)
+            cid = "ITEMOFF" + self._id("co").split("_", 1)[1]
+            c = ob.coupon(cid, t, None, "forever", None, "25.00 off the item every period")
+            c.update(amount_off=2500, currency="usd", currency_options={"eur": {"amount_off": 2250},
+                                                                       "gbp": {"amount_off": 2000}})
+            self.objects["coupons"][cid] = c
+            self._coupons["item_amount"] = cid
+            self._event("coupon.created", c, t)
         self._plan_of_price = {prid: plan for plan in self._plans.values() for prid in plan.prices.values()}
 
     # --- MRR model --------------------------------------------------------------------------------------
@@ -627,6 +639,8 @@ class Simulation:
                 qty = self._usage_billed.get(it["id"], 0) if plan.key == "events" else (it["quantity"] or 0)
                 m = mult if self._applies(sid, p["product"]) else Fraction(1)
                 m = m * self._item_mult[it["id"]] if it["id"] in self._item_mult else m
+                if it["id"] in self._item_off:
+                    m = self._item_amount_off_mult(it, sub["currency"], cust.currency)
                 family, kind = self._truth_labels[plan.key]
                 if plan.key == "events" and not self.include_metered:
                     out[it["id"]] = Comp(sid, it["id"], family, kind, p["id"], 0, m, Fraction(0))
@@ -635,27 +649,42 @@ class Simulation:
                                       self._mrr_usd(p["id"], qty, m, cust.currency))
         return out
 
-    def _amount_off_mult(self, sub: dict[str, Any], currency: str) -> Fraction:
+    def _amount_off_mult(self, sub: dict[str, Any], currency: str, billed: bool = False) -> Fraction:
         """What the subscription's amount-off discount leaves of each of its items' MRR (design.md 4: the amount a
-        month, normalised like the price, shared in proportion to the items' MRR, capped at all of it)."""
-        c = self.objects["coupons"][self._sub_off[sub["id"]]]
-        off = c["amount_off"] if c["currency"] == sub["currency"] else c["currency_options"][sub["currency"]]["amount_off"]
+        month, normalised like the price, shared in proportion to the items' MRR, capped at all of it); with metered
+        usage not counted (include_metered off) only the other items' share it. ``billed``: of each line's amount
+        on an invoice, where every item's share of it (the truth's rules change no object)."""
         items = sub["items"]["data"]
-        rec = self.objects["prices"][items[0]["price"]["id"]]["recurring"]
-        per_month = Fraction(off) * 12 / (MONTHS_PER[rec["interval"]] * 12 * rec["interval_count"])
+        per_month = self._off_per_month(self._sub_off[sub["id"]], sub["currency"],
+                                        self.objects["prices"][items[0]["price"]["id"]])
         whole = sum((self._item_mrr_own(self._terms(it["price"]["id"], currency), self._counted_qty(it), Fraction(1))
-                     for it in items), Fraction(0))
+                     for it in items if billed or self.include_metered or not self._is_metered(it)), Fraction(0))
         return max(Fraction(0), 1 - per_month / whole) if whole > 0 else Fraction(1)
 
     def _amount_off_rule(self, t: int) -> tuple[frozenset[str], frozenset[str]]:
         """truth.parts_of's arguments for the amount-off discounts (amount_off_coupons) of a transition dated ``t``:
-        the subscriptions with one in force before it (a forever offer: it stays) and the metered prices."""
-        if not self._sub_off:
+        the subscriptions and items with one in force before it (a forever offer: it stays) and the metered prices."""
+        if not self._sub_off and not self._item_off:
             return frozenset(), frozenset()
         if self._metered_prices is None:
             self._metered_prices = frozenset(p["id"] for p in self.objects["prices"].values()
                                              if (p.get("recurring") or {}).get("usage_type") == "metered")
-        return frozenset(sid for sid, since in self._sub_off_since.items() if since < t), self._metered_prices
+        return frozenset(k for since_of in (self._sub_off_since, self._item_off_since)
+                         for k, since in since_of.items() if since < t), self._metered_prices
+
+    def _off_per_month(self, coupon_id: str, sub_currency: str, price: dict[str, Any]) -> Fraction:
+        """An amount-off coupon's amount in the subscription's currency, a month at ``price``'s interval."""
+        c = self.objects["coupons"][coupon_id]
+        off = c["amount_off"] if c["currency"] == sub_currency else c["currency_options"][sub_currency]["amount_off"]
+        rec = price["recurring"]
+        return Fraction(off) * 12 / (MONTHS_PER[rec["interval"]] * 12 * rec["interval_count"])
+
+    def _item_amount_off_mult(self, it: dict[str, Any], sub_currency: str, currency: str) -> Fraction:
+        """What an item's own amount-off discount leaves of its MRR (capped at all of it)."""
+        per_month = self._off_per_month(self._item_off[it["id"]], sub_currency,
+                                        self.objects["prices"][it["price"]["id"]])
+        whole = self._item_mrr_own(self._terms(it["price"]["id"], currency), self._counted_qty(it), Fraction(1))
+        return max(Fraction(0), 1 - per_month / whole) if whole > 0 else Fraction(1)
 
     def _counted_qty(self, it: dict[str, Any]) -> int:
         """An item's quantity as its MRR counts it: a metered item's usage on its last invoice."""
@@ -1104,7 +1133,6 @@ class Simulation:
         sub["discounts"] = [d for d in sub["discounts"] if d != did]
         self._sub_mult.pop(sid, None)
         self._sub_off.pop(sid, None)
-        self._sub_off_since.pop(sid, None)
         self._sub_products.pop(sid, None)
         self._sub_disc_end.pop(sid, None)
         self._event("customer.subscription.updated", sub, t, prev)
@@ -1124,7 +1152,10 @@ class Simulation:
         it["discounts"] = [*it["discounts"], did]
         c["times_redeemed"] += 1
         self._event("customer.discount.created", disc, t)
-        if c["duration"] != "once":
+        if c["amount_off"] is not None:
+            self._item_off[it["id"]] = c["id"]
+            self._item_off_since[it["id"]] = t
+        elif c["duration"] != "once":
             self._item_mult[it["id"]] = 1 - Fraction(str(c["percent_off"])) / 100
         if end is not None:
             self._at(end, "item_discount_end", sub["id"], it["id"], did)
@@ -1134,6 +1165,7 @@ class Simulation:
         for did in it["discounts"]:
             self._event("customer.discount.deleted", self.discounts[did], t)
         self._item_mult.pop(it["id"], None)
+        self._item_off.pop(it["id"], None)
 
     def _h_item_discount_end(self, t: int, sid: str, iid: str, did: str) -> None:
         """A repeating item-level discount runs out: it leaves its item (a canceled subscription keeps it)."""
@@ -1154,7 +1186,8 @@ class Simulation:
             self._transition(cust, t, before)
 
     def _has_item_discount(self, sub: dict[str, Any]) -> bool:
-        return self.item_discounts and any(it["id"] in self._item_mult for it in sub["items"]["data"])
+        return self.item_discounts and any(it["id"] in self._item_mult or it["id"] in self._item_off
+                                           for it in sub["items"]["data"])
 
     def _item_coupon(self, sub: dict[str, Any], t: int) -> None:
         """A later offer on one item (a retention or a promotional coupon), never on top of another discount."""
@@ -1163,6 +1196,10 @@ class Simulation:
             return
         it = self._rng.choice(free)
         key = self._rng.choice(("retention", "repeating"))
+        # (an amount off on the item instead, for half of them; not beside a customer-wide discount)
+        if (self.amount_off_coupons and self._rng_amount.random() < 0.5
+                and sub["customer"] not in self._cust_disc):
+            key = "item_amount"
         cust = self._custs[sub["customer"]]
         before = self._snap(cust)
         prev = {"items": _json_now(sub["items"])}
@@ -1187,8 +1224,11 @@ class Simulation:
             if coupon["duration"] == "once" and not first:
                 continue
             if coupon["amount_off"] is not None:  # (its share of the amount off, in proportion to the lines)
-                disc.append({"amount": round(amount * (1 - self._amount_off_mult(sub, sub["currency"]))),
-                             "discount": did})
+                if self.discounts[did]["subscription_item"]:
+                    kept = self._item_amount_off_mult(it, sub["currency"], sub["currency"])
+                else:
+                    kept = self._amount_off_mult(sub, sub["currency"], billed=True)
+                disc.append({"amount": round(amount * (1 - kept)), "discount": did})
                 continue
             pct = coupon["percent_off"]
             disc.append({"amount": round(amount * pct / 100), "discount": did})

@@ -58,8 +58,8 @@ def parts_of(before: dict[str, Comp], after: dict[str, Comp], had_mrr: bool, mrr
              totals: tuple[Decimal, Decimal] | None = None, fixed_off: frozenset[str] = frozenset(),
              metered: frozenset[str] = frozenset()) -> list[Part]:
     """The components of a transition with their label and exact USD delta (zero parts dropped). ``totals``: the
-    two states' :func:`total`, when the caller has them already. ``fixed_off``: subscriptions whose amount-off
-    discount stays in force through the transition (README: a fixed amount off is no discount change; what its new
+    two states' :func:`total`, when the caller has them already. ``fixed_off``: subscriptions (and items) whose
+    amount-off discount stays in force through the transition (README: a fixed amount off is no discount change; what its new
     split among the subscription's items moves belongs to the change that moved it); ``metered``: metered prices."""
     m_a, m_b = totals if totals is not None else (total(before), total(after))
     if m_a == m_b:
@@ -76,7 +76,7 @@ def parts_of(before: dict[str, Comp], after: dict[str, Comp], had_mrr: bool, mrr
 
     def pair(a: Comp, b: Comp) -> None:
         # in order: the plan part, then the quantity part (both under the old discount), then the discount
-        if a.sub_id == b.sub_id and b.sub_id in fixed_off:
+        if (a.sub_id == b.sub_id and b.sub_id in fixed_off) or (a.item_id == b.item_id and b.item_id in fixed_off):
             # (under a fixed amount off: the parts at the old share, or undiscounted when the item's own share of
             # the amount stays; what the new split moves joins the larger part, the usage part of a metered item
             # at the same price)
@@ -85,7 +85,13 @@ def parts_of(before: dict[str, Comp], after: dict[str, Comp], had_mrr: bool, mrr
             plan = mrr(b.price_id, a.qty, f) - mrr(a.price_id, a.qty, f)
             qty = mrr(b.price_id, b.qty, f) - mrr(b.price_id, a.qty, f)
             rest = b.usd - a.usd - plan - qty
-            if abs(plan) >= abs(qty) and not (b.price_id == a.price_id and b.price_id in metered):
+            # (to the larger part; of two equal ones, as when the amount off took all of the item, the larger before
+            # discounts; to the usage of a metered item at the same price)
+            plan_u = mrr(b.price_id, a.qty, Fraction(1)) - mrr(a.price_id, a.qty, Fraction(1))
+            qty_u = mrr(b.price_id, b.qty, Fraction(1)) - mrr(b.price_id, a.qty, Fraction(1))
+            if b.price_id == a.price_id and b.price_id in metered:
+                qty += rest
+            elif (abs(plan), abs(plan_u)) >= (abs(qty), abs(qty_u)):
                 plan += rest
             else:
                 qty += rest

@@ -217,8 +217,8 @@ def test_ground_truth_with_the_settings_families_and_units(tmp_path: Path) -> No
 @pytest.mark.timeout(600)
 def test_ground_truth_with_amount_off_coupons_through_the_sandbox(tmp_path: Path) -> None:
     """Amount-off coupons (Simulation(amount_off_coupons=True): 10.00 off every period, 9.00 in eur and 8.00 in gbp
-    through the coupon's currency_options) at signup and as later retention offers, with every option of the
-    simulation (700 x 24, seed 7), synced through the sandbox. design.md 4: normalised like the price, shared among
+    through the coupon's currency_options) at signup and as later retention offers, and 25.00 off one item, with
+    every option of the simulation (700 x 24, seed 7), synced through the sandbox. design.md 4: normalised like the price, shared among
     the subscription's items in proportion to their MRR; README: while it stays, what its new split moves joins the
     change that moved it. Labels, MRR, churn types and amounts must agree exactly."""
     from stripe_churn.sandbox.listing import EVENT_RETENTION_S
@@ -228,6 +228,8 @@ def test_ground_truth_with_amount_off_coupons_through_the_sandbox(tmp_path: Path
     subs = sim.objects["subscriptions"]
     off = {d["subscription"]: d["start"] for d in sim.discounts.values() if d["source"]["coupon"].startswith("AMOUNT")}
     assert len(off) >= 20, len(off)
+    # (25.00 off one item: some items worth less, so it takes all of their MRR)
+    assert sum(d["source"]["coupon"].startswith("ITEMOFF") for d in sim.discounts.values()) >= 10
     assert {subs[s]["currency"] for s in off} == {"usd", "eur", "gbp"}
     assert sum(start > subs[s]["start_date"] for s, start in off.items()) >= 5  # (retention offers, later)
     # (changes of an item under one: the other items' shares move with them)
