@@ -297,9 +297,9 @@ class Simulation:
         ``transform_quantity`` is the price's), and half the customers billed in eur or gbp subscribe to the dollar
         prices instead of their currency's: their subscriptions and invoices are in their currency, each line's
         amount the option's, as Stripe bills a price through a currency option; the truth prices their items so.
-        ``amount_off_coupons``: half the signup offers of the forever kind, and half the retention offers, are an
-        amount-off coupon instead (10.00 off each billing period, forever; 9.00 in eur and 8.00 in gbp through its
-        ``currency_options``), on the whole subscription; with ``item_discounts``, half the later offers on one item
+        ``amount_off_coupons``: half the signup offers of the forever kind are an amount-off coupon instead (10.00
+        off each billing period, forever; 9.00 in eur and 8.00 in gbp through its ``currency_options``), and half the
+        retention offers (15.00 off for 3 months: 13.50 in eur, 12.00 in gbp), on the whole subscription; with ``item_discounts``, half the later offers on one item
         are 25.00 off that item every period (22.50 in eur, 20.00 in gbp), which may take all of a small item's MRR. design.md 4: normalised like the price, shared across the subscription's items in proportion
         to their MRR, and capped so that MRR never goes below zero; so an item's change moves the share of each
         other item (a discount part on them), and an interval switch the amount a month. The truth prices it so.
@@ -373,10 +373,10 @@ class Simulation:
         self.amount_off_coupons = amount_off_coupons
         self._rng_amount = random.Random(f"amount off {seed}")  # (a stream of its own, as the options' above)
         self._sub_off: dict[str, str] = {}  # subscription -> its amount-off coupon in force (amount_off_coupons)
-        # ... and since when (kept once it ends: a transition is labelled later, when the next one begins)
-        self._sub_off_since: dict[str, int] = {}
+        # ... from when until when (kept once it ends: a transition is labelled later, when the next one begins)
+        self._sub_off_span: dict[str, tuple[int, int | None]] = {}
         self._item_off: dict[str, str] = {}  # item -> its own amount-off coupon in force (amount_off_coupons)
-        self._item_off_since: dict[str, int] = {}  # ... and since when
+        self._item_off_since: dict[str, int] = {}  # ... and since when (kept likewise)
         self._metered_prices: frozenset[str] | None = None
         self._rng_later_trial = random.Random(f"later trials {seed}")  # (likewise)
         # (later_trials) subscription -> its truth rows of the latest transition labelled that moved it, and the
@@ -583,6 +583,14 @@ class Simulation:
             self.objects["coupons"][cid] = c
             self._coupons["amount"] = cid
             self._event("coupon.created", c, t)
+            # (a retention offer of 15.00 off for 3 months)
+            cid = "AMOUNTTHREE" + self._id("co").split("_", 1)[1]
+            c = ob.coupon(cid, t, None, "repeating", 3, "15.00 off for 3 months")
+            c.update(amount_off=1500, currency="usd", currency_options={"eur": {"amount_off": 1350},
+                                                                       "gbp": {"amount_off": 1200}})
+            self.objects["coupons"][cid] = c
+            self._coupons["amount_retention"] = cid
+            self._event("coupon.created", c, t)
             # (and one for an item alone, which may take all of a small item's MRR)
             cid = "ITEMOFF" + self._id("co").split("_", 1)[1]
             c = ob.coupon(cid, t, None, "forever", None, "25.00 off the item every period")
@@ -661,16 +669,18 @@ class Simulation:
                      for it in items if billed or self.include_metered or not self._is_metered(it)), Fraction(0))
         return max(Fraction(0), 1 - per_month / whole) if whole > 0 else Fraction(1)
 
-    def _amount_off_rule(self, t: int) -> tuple[frozenset[str], frozenset[str]]:
-        """truth.parts_of's arguments for the amount-off discounts (amount_off_coupons) of a transition dated ``t``:
-        the subscriptions and items with one in force before it (a forever offer: it stays) and the metered prices."""
-        if not self._sub_off and not self._item_off:
+    def _amount_off_rule(self, t: int, last: int) -> tuple[frozenset[str], frozenset[str]]:
+        """truth.parts_of's arguments for the amount-off discounts (amount_off_coupons) of a transition from ``t`` to
+        its latest change ``last``: the subscriptions and items with one in force before it and still after it
+        (an item's stays while the item does), and the metered prices."""
+        if not self._sub_off_span and not self._item_off_since:
             return frozenset(), frozenset()
         if self._metered_prices is None:
             self._metered_prices = frozenset(p["id"] for p in self.objects["prices"].values()
                                              if (p.get("recurring") or {}).get("usage_type") == "metered")
-        return frozenset(k for since_of in (self._sub_off_since, self._item_off_since)
-                         for k, since in since_of.items() if since < t), self._metered_prices
+        subs = (sid for sid, (since, until) in self._sub_off_span.items() if since < t and (until is None or until > last))
+        items = (iid for iid, since in self._item_off_since.items() if since < t)
+        return frozenset((*subs, *items)), self._metered_prices
 
     def _off_per_month(self, coupon_id: str, sub_currency: str, price: dict[str, Any]) -> Fraction:
         """An amount-off coupon's amount in the subscription's currency, a month at ``price``'s interval."""
@@ -808,7 +818,7 @@ class Simulation:
             m_a, m_b = truth.total(before), truth.total(after)
             if m_a == m_b:
                 return
-            fixed_off, metered = self._amount_off_rule(t)
+            fixed_off, metered = self._amount_off_rule(t, last)
             parts = truth.parts_of(before, after, cust.had_mrr,
                                    lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cust.currency),
                                    totals=(m_a, m_b), fixed_off=fixed_off, metered=metered)
@@ -883,7 +893,7 @@ class Simulation:
             return lambda price_id, qty, mult: self._mrr_usd(price_id, qty, mult, cur) * factor
 
         a_at_a, b_at_b = at(before, rate_a), at(after, rate_b)
-        fixed_off, metered = self._amount_off_rule(t)
+        fixed_off, metered = self._amount_off_rule(t, last)
         m_a, m_b = truth.total(a_at_a), truth.total(b_at_b)
         if m_a == m_b:
             return None
@@ -1114,7 +1124,7 @@ class Simulation:
         if c["amount_off"] is not None:
             self._sub_mult[sub["id"]] = Fraction(1)  # (its share is worked out at each moment: _amount_off_mult)
             self._sub_off[sub["id"]] = c["id"]
-            self._sub_off_since[sub["id"]] = t
+            self._sub_off_span[sub["id"]] = (t, end)
         elif c["duration"] != "once":
             self._sub_mult[sub["id"]] = 1 - Fraction(str(c["percent_off"])) / 100
         if c.get("applies_to"):
@@ -1644,7 +1654,7 @@ class Simulation:
             before = self._snap(cust)
             prev = {"discounts": list(sub["discounts"])}
             amount = self.amount_off_coupons and self._rng_amount.random() < 0.5
-            self._apply_coupon(sub, "amount" if amount else "retention", t)
+            self._apply_coupon(sub, "amount_retention" if amount else "retention", t)
             self._event("customer.subscription.updated", sub, t, prev)
             self._transition(cust, t, before)
         elif self.item_discounts and r < 0.26:

@@ -217,8 +217,8 @@ def test_ground_truth_with_the_settings_families_and_units(tmp_path: Path) -> No
 @pytest.mark.timeout(600)
 def test_ground_truth_with_amount_off_coupons_through_the_sandbox(tmp_path: Path) -> None:
     """Amount-off coupons (Simulation(amount_off_coupons=True): 10.00 off every period, 9.00 in eur and 8.00 in gbp
-    through the coupon's currency_options) at signup and as later retention offers, and 25.00 off one item, with
-    every option of the simulation (700 x 24, seed 7), synced through the sandbox. design.md 4: normalised like the price, shared among
+    through the coupon's currency_options) at signup, 15.00 off for 3 months as a retention offer, and 25.00 off one
+    item, with every option of the simulation (700 x 24, seed 7), synced through the sandbox. design.md 4: normalised like the price, shared among
     the subscription's items in proportion to their MRR; README: while it stays, what its new split moves joins the
     change that moved it. Labels, MRR, churn types and amounts must agree exactly."""
     from stripe_churn.sandbox.listing import EVENT_RETENTION_S
@@ -226,16 +226,20 @@ def test_ground_truth_with_amount_off_coupons_through_the_sandbox(tmp_path: Path
 
     sim = Simulation(customers=700, months=24, seed=7, amount_off_coupons=True, **EVERY_OPTION)
     subs = sim.objects["subscriptions"]
-    off = {d["subscription"]: d["start"] for d in sim.discounts.values() if d["source"]["coupon"].startswith("AMOUNT")}
-    assert len(off) >= 20, len(off)
-    # (25.00 off one item: some items worth less, so it takes all of their MRR)
-    assert sum(d["source"]["coupon"].startswith("ITEMOFF") for d in sim.discounts.values()) >= 10
+    amount_off = {d["id"]: sim.objects["coupons"][d["source"]["coupon"]]["amount_off"] for d in sim.discounts.values()}
+    by_coupon = {k: [d for d in sim.discounts.values() if amount_off[d["id"]] == cents]
+                 for k, cents in (("signup", 1000), ("retention", 1500), ("item", 2500))}
+    kinds = {k: len(ds) for k, ds in by_coupon.items()}
+    # (10.00 off at signup, 15.00 off for 3 months as a retention offer, 25.00 off one item: some items worth less,
+    # so it takes all of their MRR)
+    assert len(by_coupon["signup"]) >= 3 and len(by_coupon["item"]) >= 10, kinds
+    assert sum(d["end"] is not None and d["end"] < sim.clock for d in by_coupon["retention"]) >= 5, kinds
+    off = {d["subscription"] for ds in by_coupon.values() for d in ds}
     assert {subs[s]["currency"] for s in off} == {"usd", "eur", "gbp"}
-    assert sum(start > subs[s]["start_date"] for s, start in off.items()) >= 5  # (retention offers, later)
     # (changes of an item under one: the other items' shares move with them)
     changed = Counter(t["movement"] for t in sim.truth if t["subscription_id"] in off and t["category"] in
                       ("expansion", "contraction"))
-    assert sum(changed.values()) >= 20, changed
+    assert sum(changed.values()) >= 20 and changed["discount"] >= 10, changed
     with derived_through_the_sandbox(sim, tmp_path / "amount_off.duckdb") as con:
         stored = con.execute("SELECT count(*) FROM coupons WHERE json_extract(raw, '$.amount_off') IS NOT NULL "
                              "AND json_extract(raw, '$.currency_options.gbp.amount_off') = 800").fetchall()[0][0]
