@@ -554,52 +554,35 @@ class Simulation:
             self._event("product.created", prod, t)
         for p in self.objects["prices"].values():
             self._event("price.created", p, t)
-        self._coupons = {}
+        self._coupons: dict[str, str] = {}
         for key, pct, dur, months in (("forever", 20.0, "forever", None), ("repeating", 25.0, "repeating", 3),
                                       ("once", 50.0, "once", None), ("retention", 30.0, "forever", None)):
-            cid = key.upper() + self._id("co").split("_", 1)[1]
-            c = ob.coupon(cid, t, pct, dur, months, f"{pct:g}% off ({key})")
-            self.objects["coupons"][cid] = c
-            self._coupons[key] = cid
-            self._event("coupon.created", c, t)
+            self._add_coupon(key, key.upper(), t, pct, dur, months, f"{pct:g}% off ({key})")
         if self.restricted_coupons:  # (only then: the ids after it move)
-            cid = "CORE" + self._id("co").split("_", 1)[1]
-            c = ob.coupon(cid, t, 20.0, "forever", None, "20% off the core plan")
-            c["applies_to"] = {"products": sorted(self._plans[k].product_id for k in CORE)}
-            self.objects["coupons"][cid] = c
-            self._coupons["core"] = cid
-            self._event("coupon.created", c, t)
+            self._add_coupon("core", "CORE", t, 20.0, "forever", None, "20% off the core plan",
+                             applies_to={"products": sorted(self._plans[k].product_id for k in CORE)})
         if self.customer_discounts:  # (likewise)
-            cid = "PARTNER" + self._id("co").split("_", 1)[1]
-            c = ob.coupon(cid, t, 10.0, "forever", None, "10% off for partners' customers")
-            self.objects["coupons"][cid] = c
-            self._coupons["partner"] = cid
-            self._event("coupon.created", c, t)
-        if self.amount_off_coupons:  # (likewise)
-            cid = "AMOUNT" + self._id("co").split("_", 1)[1]
-            c = ob.coupon(cid, t, None, "forever", None, "10.00 off every period")
-            c.update(amount_off=1000, currency="usd", currency_options={"eur": {"amount_off": 900},
-                                                                       "gbp": {"amount_off": 800}})
-            self.objects["coupons"][cid] = c
-            self._coupons["amount"] = cid
-            self._event("coupon.created", c, t)
-            # (a retention offer of 15.00 off for 3 months)
-            cid = "AMOUNTTHREE" + self._id("co").split("_", 1)[1]
-            c = ob.coupon(cid, t, None, "repeating", 3, "15.00 off for 3 months")
-            c.update(amount_off=1500, currency="usd", currency_options={"eur": {"amount_off": 1350},
-                                                                       "gbp": {"amount_off": 1200}})
-            self.objects["coupons"][cid] = c
-            self._coupons["amount_retention"] = cid
-            self._event("coupon.created", c, t)
-            # (and one for an item alone, which may take all of a small item's MRR)
-            cid = "ITEMOFF" + self._id("co").split("_", 1)[1]
-            c = ob.coupon(cid, t, None, "forever", None, "25.00 off the item every period")
-            c.update(amount_off=2500, currency="usd", currency_options={"eur": {"amount_off": 2250},
-                                                                       "gbp": {"amount_off": 2000}})
-            self.objects["coupons"][cid] = c
-            self._coupons["item_amount"] = cid
-            self._event("coupon.created", c, t)
+            self._add_coupon("partner", "PARTNER", t, 10.0, "forever", None, "10% off for partners' customers")
+        if self.amount_off_coupons:  # (likewise) at signup, as a retention offer, and for one item alone (which may
+            # take all of a small item's MRR)
+            for key, prefix, cents, dur, months, name in (
+                    ("amount", "AMOUNT", 1000, "forever", None, "10.00 off every period"),
+                    ("amount_retention", "AMOUNTTHREE", 1500, "repeating", 3, "15.00 off for 3 months"),
+                    ("item_amount", "ITEMOFF", 2500, "forever", None, "25.00 off the item every period")):
+                self._add_coupon(key, prefix, t, None, dur, months, name, amount_off=cents, currency="usd",
+                                 currency_options={"eur": {"amount_off": cents * 9 // 10},
+                                                   "gbp": {"amount_off": cents * 8 // 10}})
         self._plan_of_price = {prid: plan for plan in self._plans.values() for prid in plan.prices.values()}
+
+    def _add_coupon(self, key: str, prefix: str, t: int, percent_off: float | None, duration: str,
+                    months: int | None, name: str, **extra: Any) -> None:
+        """A coupon of the catalogue (its id ``prefix`` and the next id's number), known as ``key``."""
+        cid = prefix + self._id("co").split("_", 1)[1]
+        c = ob.coupon(cid, t, percent_off, duration, months, name)
+        c.update(extra)
+        self.objects["coupons"][cid] = c
+        self._coupons[key] = cid
+        self._event("coupon.created", c, t)
 
     # --- MRR model --------------------------------------------------------------------------------------
     def _terms(self, price_id: str, currency: str) -> dict[str, Any]:
