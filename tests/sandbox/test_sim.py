@@ -55,9 +55,9 @@ def big() -> Simulation:
 
 @pytest.fixture(scope="module")
 def every_option_stored() -> tuple[bytes, list[dict[str, Any]]]:
-    """A history with every option under the default rules (250 x 12, seed 8): what a store would hold of it, as
+    """A history with every option under the default rules (150 x 10, seed 8): what a store would hold of it, as
     bytes, and its truth."""
-    sim = Simulation(customers=250, months=12, seed=8, **EVERY_OPTION)
+    sim = Simulation(customers=150, months=10, seed=8, **EVERY_OPTION)
     return _stored_bytes(sim), sim.truth
 
 
@@ -96,9 +96,9 @@ def test_same_bytes_in_another_process_with_another_hash_seed() -> None:
 def test_a_rule_of_the_truth_changes_the_truth_alone(rule: dict[str, Any],
                                                      every_option_stored: tuple[bytes, list[dict[str, Any]]]) -> None:
     """The truth's rules (design.md 4 and 5's settings) leave every object, discount and event as they were: the
-    metrics read the same store under either rule. Each changes the truth of this history (250 x 12, every option)."""
+    metrics read the same store under either rule. Each changes the truth of this history (150 x 10, every option)."""
     stored, truth = every_option_stored
-    sim = Simulation(customers=250, months=12, seed=8, **EVERY_OPTION, **rule)
+    sim = Simulation(customers=150, months=10, seed=8, **EVERY_OPTION, **rule)
     assert _stored_bytes(sim) == stored
     assert sim.truth != truth
 
