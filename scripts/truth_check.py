@@ -11,11 +11,16 @@
     python scripts/truth_check.py --seeds 8 --customers 2000 --months 24 --later-trials       # trials of paying subs
     python scripts/truth_check.py --seeds 9 --customers 2000 --months 24 --option-prices      # currency options
     python scripts/truth_check.py --seeds 1-4 --customers 1000 --window 1440                 # a day's window
+    python scripts/truth_check.py --seeds 1-4 --customers 1000 --amount-off-coupons --item-discounts
+    python scripts/truth_check.py --seeds 1-4 --customers 1000 --every-event --pause-zero     # collection paused: 0
+    python scripts/truth_check.py --seeds 1-2 --customers 1000 --family storage=core --unit pro=resource
 
 Each seed's simulation (with every option ``stripe-churn sandbox`` uses, unless ``--plain``; ``--item-discounts``,
-``--collection-pauses``, ``--fx-changes``, ``--no-prorations``, ``--later-trials`` and ``--option-prices`` add those
-options; ``--window`` the movement window the truth nets changes in and the metrics run under, 60 minutes by
-default) reaches a new store one of three ways: ``direct`` loads its objects straight into the store; ``sandbox`` serves it on 127.0.0.1 and runs a
+``--collection-pauses``, ``--fx-changes``, ``--no-prorations``, ``--later-trials``, ``--option-prices`` and
+``--amount-off-coupons`` add those options; ``--window`` the movement window the truth nets changes in and the
+metrics run under, 60 minutes by default, and ``--exclude-metered``, ``--past-due-zero``, ``--churn-recognition``,
+``--pause-zero``, ``--family`` and ``--unit`` the other rules, likewise in both) reaches a new store one of three ways: ``direct`` loads its objects straight into the store (its last 30 days of events, as a first sync finds them,
+or all of them with ``--every-event``); ``sandbox`` serves it on 127.0.0.1 and runs a
 full sync with the real SDK; ``daemon`` does what the daemon does with ``recompute = "changed"``: a full sync,
 then ``--runs`` times a month's billing run (``--months-per-run`` months) and a sync, each followed by the incremental
 recompute (a 31-day month between syncs moves the last listed events out of Stripe's 30 days: the later syncs
