@@ -1198,7 +1198,10 @@ class Simulation:
         prev = {"items": _json_now(sub["items"])}
         self._apply_item_coupon(sub, it, key, t)
         self._event("customer.subscription.updated", sub, t, prev)
-        self._transition(cust, t, before)
+        # (as a discount's end: one begun where the subscription counts nothing, its collection paused under
+        # pause_collection_keeps_mrr = false, changes nothing counted and begins no movement window)
+        if before != self._snap(cust):
+            self._transition(cust, t, before)
 
     def _line_amounts(self, sub: dict[str, Any], it: dict[str, Any], first: bool, usage: int | None = None,
                       early: int = 0) -> tuple[int, list[dict[str, Any]]]:
@@ -1639,7 +1642,8 @@ class Simulation:
             amount = self.amount_off_coupons and self._rng_amount.random() < 0.5
             self._apply_coupon(sub, "amount_retention" if amount else "retention", t)
             self._event("customer.subscription.updated", sub, t, prev)
-            self._transition(cust, t, before)
+            if before != self._snap(cust):  # (likewise, _item_coupon)
+                self._transition(cust, t, before)
         elif self.item_discounts and r < 0.26:
             self._item_coupon(sub, t)
 
