@@ -44,12 +44,29 @@ CREATE OR REPLACE TEMP TABLE derived_transition_sides AS
 WITH
 cfg AS (SELECT lower(reporting_currency) AS rep, past_due_counts, pause_collection_keeps_mrr FROM derived_settings),
 item_rows AS (
-    SELECT i.rowid AS rid, i.account_id, i.customer_id, i.subscription_item_id, i.valid_from, i.valid_to,
-           i.mrr_original, i.currency, i.family
-    FROM derived_item_mrr i, cfg
-    WHERE (i.status = 'active' OR (i.status = 'past_due' AND cfg.past_due_counts))
-      AND i.churn_type IS NULL
-      AND NOT (coalesce(i.pause_collection, false) AND NOT cfg.pause_collection_keeps_mrr)
+    -- (`value_from`: where the item's value, all but its status, last changed: a row that follows another of the
+    -- same price, quantity, discounts and MRR, as at a renewal whose payment failed (active to past_due, both
+    -- counting), begins no change of the item, so its parts take the rate of that earlier change)
+    SELECT * EXCLUDE (same),
+           max(CASE WHEN same THEN NULL ELSE valid_from END)
+               OVER (PARTITION BY account_id, subscription_item_id ORDER BY valid_from ROWS UNBOUNDED PRECEDING)
+               AS value_from
+    FROM (
+        SELECT i.rowid AS rid, i.account_id, i.customer_id, i.subscription_item_id, i.valid_from, i.valid_to,
+               i.mrr_original, i.currency, i.family,
+               coalesce(lag(i.valid_to) OVER w = i.valid_from
+                        AND lag(i.price_id) OVER w IS NOT DISTINCT FROM i.price_id
+                        AND lag(i.quantity) OVER w IS NOT DISTINCT FROM i.quantity
+                        AND lag(i.discount_ids) OVER w IS NOT DISTINCT FROM i.discount_ids
+                        AND lag(i.mrr_undiscounted) OVER w IS NOT DISTINCT FROM i.mrr_undiscounted
+                        AND lag(i.mrr_original) OVER w = i.mrr_original
+                        AND lag(i.currency) OVER w IS NOT DISTINCT FROM i.currency, false) AS same
+        FROM derived_item_mrr i, cfg
+        WHERE (i.status = 'active' OR (i.status = 'past_due' AND cfg.past_due_counts))
+          AND i.churn_type IS NULL
+          AND NOT (coalesce(i.pause_collection, false) AND NOT cfg.pause_collection_keeps_mrr)
+        WINDOW w AS (PARTITION BY i.account_id, i.subscription_item_id ORDER BY i.valid_from)
+    )
 ),
 -- the day whose rate values state A (just before t_start) and state B (at t_end), in UTC
 tr AS (
@@ -151,7 +168,7 @@ picked AS (
 ),
 picked_rows AS (
     SELECT t.tid, t.kind, t.t_start, t.t_end, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original,
-           r.currency, r.family, r.valid_from, r.valid_to
+           r.currency, r.family, r.valid_from, r.valid_to, r.value_from
     FROM picked p
     JOIN tr t USING (tid)
     JOIN item_rows r USING (rid)
@@ -173,12 +190,12 @@ side_a AS (
 side_b AS (
     SELECT tid, kind, day_a, day_b, subscription_item_id, rid, mrr_original, currency, family,
            -- the B row started inside the window (70 looks for the sources of a change there)
-           valid_from >= t_start AS started, valid_from
+           valid_from >= t_start AS started, valid_from, CASE WHEN value_from >= t_start THEN value_from END AS changed_from
     FROM picked_rows
     WHERE valid_from <= t_end AND (valid_to IS NULL OR valid_to > t_end)
     UNION ALL
     SELECT t.tid, t.kind, t.day_a, t.day_b, r.subscription_item_id, r.rid, r.mrr_original, r.currency, r.family,
-           r.valid_from >= t.t_start, r.valid_from
+           r.valid_from >= t.t_start, r.valid_from, CASE WHEN r.value_from >= t.t_start THEN r.value_from END
     FROM whole t
     JOIN item_rows r ON r.account_id = t.account_id AND r.customer_id = t.customer_id
                     AND r.valid_from <= t.t_end AND (r.valid_to IS NULL OR r.valid_to > t.t_end)
@@ -193,10 +210,11 @@ joined AS (
            coalesce(b.started, false) AS b_started,
            coalesce(a.day_a, b.day_a) AS day_a, coalesce(a.day_b, b.day_b) AS day_b,
            -- the day of the item's own change inside the window, whose rate values its parts (a rate moves at
-           -- 00:00 UTC, before a change made then): where its B row begins, or its A row ends when it is removed
-           -- (a row held through the window: B's day)
+           -- 00:00 UTC, before a change made then): where its B row's value begins (`value_from`), or its A row
+           -- ends when it is removed (a row held through the window, or one whose value did not change in it: B's
+           -- day)
            CASE WHEN b.rid IS NULL THEN coalesce(utc_date(a.valid_to), a.day_b)
-                WHEN b.started THEN utc_date(b.valid_from)
+                WHEN b.started THEN coalesce(utc_date(b.changed_from), b.day_b)
                 ELSE b.day_b END AS day_c
     FROM side_a a
     FULL JOIN side_b b

@@ -551,6 +551,11 @@ def day_world() -> World:
     w.subscribe("s_d2", "d_two_moves", [("si_d2", "seat_chf", 2), ("sa_d2", "addon_chf", 1)], T0)
     w.update("s_d2", ts(2024, 3, 4), items=[("si_d2", "seat_chf", 3), ("sa_d2", "addon_chf", 1)])
     w.update("s_d2", ts(2024, 3, 5), items=[("si_d2", "seat_chf", 3), ("sa_d2", "addon_chf", 2)])
+    customer(w, "d_failed")
+    w.subscribe("s_df", "d_failed", [("si_df", "seat_eur", 2), ("sa_df", "addon_eur", 1)], T0)
+    w.update("s_df", feb29(12), items=[("si_df", "seat_eur", 3), ("sa_df", "addon_eur", 1)])
+    w.update("s_df", mar1(6), status="past_due")
+    w.update("s_df", mar1(8), items=[("si_df", "seat_eur", 3), ("sa_df", "addon_eur", 2)])
     return w
 
 
@@ -580,6 +585,24 @@ def test_a_day_long_window_nets_changes_on_each_side_of_the_move(day: duckdb.Duc
     ])
     got = lines(day, "d_inside")
     assert (got[FEB], got[MAR]) == (line("27", "44", exp="16.30", fxl="0.70"), line("44", "55", exp="11"))
+
+
+def test_a_payment_failing_after_the_move_is_no_change_of_the_item(day: duckdb.DuckDBPyConnection) -> None:
+    """movement_window 1440 minutes; README "Exchange rates" (an item's change is valued at the rate of its last
+    change) and "Metric definitions" (a payment failing is no change). Core 2 x 10.00 EUR and an add-on 1 x 5.00 EUR
+    (27.00); a core seat at 12:00 on 29 February, the move at 00:00, the subscription's payment failing at 06:00 on 1
+    March (active to past_due, which counts: each item gets a row there) and an add-on seat at 08:00: one window
+    dated 12:00, 27.00 -> 40 EUR x 1.10 = 44.00. The core seat was added before the move: +10.80 at 1.08; the add-on
+    seat +5.50 at 1.10; fx on the 35 EUR held at 00:00, +0.70 (as without the failure, d_inside). (The core item's
+    row that begins at the failure was read as its change: its seat at 1.10, +11.00, fx +0.50.)"""
+    t = feb29(12)
+    expect(day, "d_failed", [
+        (T0, "new", "new", D(0), D(27), D(27), "eur", D(25), "si_df"),
+        (t, "fx", "fx", D(27), D(44), D("0.70"), "eur", D(0), "si_df"),
+        (t, "seat_expansion", "expansion", D(27), D(44), D("10.80"), "eur", D(10), "si_df"),
+        (t, "seat_expansion", "expansion", D(27), D(44), D("5.50"), "eur", D(5), "sa_df"),
+    ])
+    assert lines(day, "d_failed")[FEB] == line("27", "44", exp="16.30", fxl="0.70")
 
 
 def test_a_day_long_window_whose_last_change_is_before_the_move(day: duckdb.DuckDBPyConnection) -> None:
