@@ -377,7 +377,6 @@ class Simulation:
         self._sub_off_span: dict[str, tuple[int, int | None]] = {}
         self._item_off: dict[str, str] = {}  # item -> its own amount-off coupon in force (amount_off_coupons)
         self._item_off_since: dict[str, int] = {}  # ... and since when (kept likewise)
-        self._metered_prices: frozenset[str] | None = None
         self._rng_later_trial = random.Random(f"later trials {seed}")  # (likewise)
         # (later_trials) subscription -> its truth rows of the latest transition labelled that moved it, and the
         # churn its cancellation rows carry once canceled while a later trial ran (see _trial_cancel_churn)
@@ -573,6 +572,7 @@ class Simulation:
                                  currency_options={"eur": {"amount_off": cents * 9 // 10},
                                                    "gbp": {"amount_off": cents * 8 // 10}})
         self._plan_of_price = {prid: plan for plan in self._plans.values() for prid in plan.prices.values()}
+        self._metered_prices = frozenset(prid for prid, plan in self._plan_of_price.items() if plan.key == "events")
 
     def _add_coupon(self, key: str, prefix: str, t: int, percent_off: float | None, duration: str,
                     months: int | None, name: str, **extra: Any) -> None:
@@ -627,7 +627,7 @@ class Simulation:
             for it in sub["items"]["data"]:
                 p = self.objects["prices"][it["price"]["id"]]
                 plan = self._plan_of_price[p["id"]]
-                qty = self._usage_billed.get(it["id"], 0) if plan.key == "events" else (it["quantity"] or 0)
+                qty = self._counted_qty(it)
                 m = mult if self._applies(sid, p["product"]) else Fraction(1)
                 m = m * self._item_mult[it["id"]] if it["id"] in self._item_mult else m
                 if it["id"] in self._item_off:
@@ -645,12 +645,8 @@ class Simulation:
         month, normalised like the price, shared in proportion to the items' MRR, capped at all of it); with metered
         usage not counted (include_metered off) only the other items' share it. ``billed``: of each line's amount
         on an invoice, where every item's share of it (the truth's rules change no object)."""
-        items = sub["items"]["data"]
-        per_month = self._off_per_month(self._sub_off[sub["id"]], sub["currency"],
-                                        self.objects["prices"][items[0]["price"]["id"]])
-        whole = sum((self._item_mrr_own(self._terms(it["price"]["id"], currency), self._counted_qty(it), Fraction(1))
-                     for it in items if billed or self.include_metered or not self._is_metered(it)), Fraction(0))
-        return max(Fraction(0), 1 - per_month / whole) if whole > 0 else Fraction(1)
+        return self._off_left(self._sub_off[sub["id"]], sub["currency"], sub["items"]["data"], currency,
+                              every_item=billed)
 
     def _amount_off_rule(self, t: int, last: int) -> tuple[frozenset[str], frozenset[str]]:
         """truth.parts_of's arguments for the amount-off discounts (amount_off_coupons) of a transition from ``t`` to
@@ -658,9 +654,6 @@ class Simulation:
         (an item's stays while the item does), and the metered prices."""
         if not self._sub_off_span and not self._item_off_since:
             return frozenset(), frozenset()
-        if self._metered_prices is None:
-            self._metered_prices = frozenset(p["id"] for p in self.objects["prices"].values()
-                                             if (p.get("recurring") or {}).get("usage_type") == "metered")
         subs = (sid for sid, (since, until) in self._sub_off_span.items() if since < t and (until is None or until > last))
         items = (iid for iid, since in self._item_off_since.items() if since < t)
         return frozenset((*subs, *items)), self._metered_prices
@@ -674,9 +667,16 @@ class Simulation:
 
     def _item_amount_off_mult(self, it: dict[str, Any], sub_currency: str, currency: str) -> Fraction:
         """What an item's own amount-off discount leaves of its MRR (capped at all of it)."""
-        per_month = self._off_per_month(self._item_off[it["id"]], sub_currency,
-                                        self.objects["prices"][it["price"]["id"]])
-        whole = self._item_mrr_own(self._terms(it["price"]["id"], currency), self._counted_qty(it), Fraction(1))
+        return self._off_left(self._item_off[it["id"]], sub_currency, [it], currency, every_item=True)
+
+    def _off_left(self, coupon_id: str, sub_currency: str, items: list[dict[str, Any]], currency: str,
+                  every_item: bool) -> Fraction:
+        """What amount-off coupon ``coupon_id`` leaves of the MRR of ``items`` (of one subscription, one interval),
+        shared in proportion to it: by the counted items only (metered ones not, under include_metered off) but
+        with ``every_item``."""
+        per_month = self._off_per_month(coupon_id, sub_currency, self.objects["prices"][items[0]["price"]["id"]])
+        whole = sum((self._item_mrr_own(self._terms(it["price"]["id"], currency), self._counted_qty(it), Fraction(1))
+                     for it in items if every_item or self.include_metered or not self._is_metered(it)), Fraction(0))
         return max(Fraction(0), 1 - per_month / whole) if whole > 0 else Fraction(1)
 
     def _counted_qty(self, it: dict[str, Any]) -> int:
@@ -729,6 +729,13 @@ class Simulation:
         if pending is not None:
             self._end_window(cust, pending, before, last, waiting)
         self._windows[cust.id] = (t, before, churn)
+
+    def _transition_if_counted(self, cust: _Cust, t: int, before: dict[str, Comp]) -> None:
+        """A discount's start or end at ``t``: a change only when it changed what the customer counts (one on a
+        subscription counting nothing, trialing or its collection paused under pause_collection_keeps_mrr = false,
+        begins no movement window)."""
+        if before != self._snap(cust):
+            self._transition(cust, t, before)
 
     def _end_window(self, cust: _Cust, window: tuple[int, dict[str, Comp], tuple[str, Any] | None],
                     after: dict[str, Comp], last: int, waiting: list[int] | None) -> None:
@@ -1130,8 +1137,7 @@ class Simulation:
         self._sub_disc_end.pop(sid, None)
         self._event("customer.subscription.updated", sub, t, prev)
         # (an end that changes nothing counted, as while the subscription is trialing, begins no movement window)
-        if before != self._snap(cust):
-            self._transition(cust, t, before)
+        self._transition_if_counted(cust, t, before)
 
     # --- item-level discounts (item_discounts=True) -------------------------------------------------------
     def _apply_item_coupon(self, sub: dict[str, Any], it: dict[str, Any], key: str, t: int) -> None:
@@ -1175,8 +1181,7 @@ class Simulation:
         self._item_mult.pop(iid, None)
         self._event("customer.subscription.updated", sub, t, prev)
         self._event("customer.discount.deleted", self.discounts[did], t)
-        if before != self._snap(cust):  # (as for the subscription's discount: an end of no effect is no change)
-            self._transition(cust, t, before)
+        self._transition_if_counted(cust, t, before)  # (as for the subscription's discount)
 
     def _has_item_discount(self, sub: dict[str, Any]) -> bool:
         return self.item_discounts and any(it["id"] in self._item_mult or it["id"] in self._item_off
@@ -1199,9 +1204,8 @@ class Simulation:
         self._apply_item_coupon(sub, it, key, t)
         self._event("customer.subscription.updated", sub, t, prev)
         # (as a discount's end: one begun where the subscription counts nothing, its collection paused under
-        # pause_collection_keeps_mrr = false, changes nothing counted and begins no movement window)
-        if before != self._snap(cust):
-            self._transition(cust, t, before)
+        # pause_collection_keeps_mrr = false, begins no movement window)
+        self._transition_if_counted(cust, t, before)
 
     def _line_amounts(self, sub: dict[str, Any], it: dict[str, Any], first: bool, usage: int | None = None,
                       early: int = 0) -> tuple[int, list[dict[str, Any]]]:
@@ -1642,8 +1646,7 @@ class Simulation:
             amount = self.amount_off_coupons and self._rng_amount.random() < 0.5
             self._apply_coupon(sub, "amount_retention" if amount else "retention", t)
             self._event("customer.subscription.updated", sub, t, prev)
-            if before != self._snap(cust):  # (likewise, _item_coupon)
-                self._transition(cust, t, before)
+            self._transition_if_counted(cust, t, before)  # (likewise, _item_coupon)
         elif self.item_discounts and r < 0.26:
             self._item_coupon(sub, t)
 

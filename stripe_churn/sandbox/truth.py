@@ -75,34 +75,31 @@ def parts_of(before: dict[str, Comp], after: dict[str, Comp], had_mrr: bool, mrr
         return f"{kind}_{'expansion' if delta > 0 else 'contraction'}"
 
     def pair(a: Comp, b: Comp) -> None:
-        # in order: the plan part, then the quantity part (both under the old discount), then the discount
-        if (a.sub_id == b.sub_id and b.sub_id in fixed_off) or (a.item_id == b.item_id and b.item_id in fixed_off):
-            # (under a fixed amount off: the parts at the old share, or undiscounted when the item's own share of
-            # the amount stays; what the new split moves joins the larger part, the usage part of a metered item
-            # at the same price)
-            same_share = mrr(a.price_id, a.qty, Fraction(1)) - a.usd == mrr(b.price_id, b.qty, Fraction(1)) - b.usd
-            f = Fraction(1) if same_share else a.mult
-            plan = mrr(b.price_id, a.qty, f) - mrr(a.price_id, a.qty, f)
-            qty = mrr(b.price_id, b.qty, f) - mrr(b.price_id, a.qty, f)
-            rest = b.usd - a.usd - plan - qty
-            # (to the larger part; of two equal ones, as when the amount off took all of the item, the larger before
-            # discounts; to the usage of a metered item at the same price)
-            plan_u = mrr(b.price_id, a.qty, Fraction(1)) - mrr(a.price_id, a.qty, Fraction(1))
-            qty_u = mrr(b.price_id, b.qty, Fraction(1)) - mrr(b.price_id, a.qty, Fraction(1))
+        # in order: the plan part, then the quantity part (both under the old discount), then the discount; under a
+        # fixed amount off no discount part: the parts at the old share, or undiscounted when the item's own share of
+        # the amount stays, and what the new split moves joins the larger part (of two equal ones, as when the amount
+        # off took all of the item, the larger before discounts; the usage of a metered item at the same price)
+        fixed = (a.sub_id == b.sub_id and b.sub_id in fixed_off) or (a.item_id == b.item_id and b.item_id in fixed_off)
+        one = Fraction(1)
+        f = a.mult
+        if fixed and mrr(a.price_id, a.qty, one) - a.usd == mrr(b.price_id, b.qty, one) - b.usd:
+            f = one
+        plan = mrr(b.price_id, a.qty, f) - mrr(a.price_id, a.qty, f)
+        qty = mrr(b.price_id, b.qty, f) - mrr(b.price_id, a.qty, f)
+        rest = b.usd - a.usd - plan - qty
+        if fixed:
+            plan_u = mrr(b.price_id, a.qty, one) - mrr(a.price_id, a.qty, one)
+            qty_u = mrr(b.price_id, b.qty, one) - mrr(b.price_id, a.qty, one)
             if b.price_id == a.price_id and b.price_id in metered:
                 qty += rest
             elif (abs(plan), abs(plan_u)) >= (abs(qty), abs(qty_u)):
                 plan += rest
             else:
                 qty += rest
-            parts.append((b, "upgrade" if plan > 0 else "downgrade", plan))
-            parts.append((b, qty_label(b.kind, qty), qty))
-            return
-        plan = mrr(b.price_id, a.qty, a.mult) - mrr(a.price_id, a.qty, a.mult)
-        qty = mrr(b.price_id, b.qty, a.mult) - mrr(b.price_id, a.qty, a.mult)
+            rest = Fraction(0)
         parts.append((b, "upgrade" if plan > 0 else "downgrade", plan))
         parts.append((b, qty_label(b.kind, qty), qty))
-        parts.append((b, "discount", b.usd - a.usd - plan - qty))
+        parts.append((b, "discount", rest))
 
     resplit: list[tuple[Comp, Fraction]] = []  # (items whose share of a fixed amount off alone moved)
     for iid in sorted(before.keys() & after.keys()):
