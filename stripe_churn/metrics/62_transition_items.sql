@@ -44,29 +44,15 @@ CREATE OR REPLACE TEMP TABLE derived_transition_sides AS
 WITH
 cfg AS (SELECT lower(reporting_currency) AS rep, past_due_counts, pause_collection_keeps_mrr FROM derived_settings),
 item_rows AS (
-    -- (`value_from`: where the item's value, all but its status, last changed: a row that follows another of the
-    -- same price, quantity, discounts and MRR, as at a renewal whose payment failed (active to past_due, both
-    -- counting), begins no change of the item, so its parts take the rate of that earlier change)
-    SELECT * EXCLUDE (same),
-           max(CASE WHEN same THEN NULL ELSE valid_from END)
-               OVER (PARTITION BY account_id, subscription_item_id ORDER BY valid_from ROWS UNBOUNDED PRECEDING)
-               AS value_from
-    FROM (
-        SELECT i.rowid AS rid, i.account_id, i.customer_id, i.subscription_item_id, i.valid_from, i.valid_to,
-               i.mrr_original, i.currency, i.family,
-               coalesce(lag(i.valid_to) OVER w = i.valid_from
-                        AND lag(i.price_id) OVER w IS NOT DISTINCT FROM i.price_id
-                        AND lag(i.quantity) OVER w IS NOT DISTINCT FROM i.quantity
-                        AND lag(i.discount_ids) OVER w IS NOT DISTINCT FROM i.discount_ids
-                        AND lag(i.mrr_undiscounted) OVER w IS NOT DISTINCT FROM i.mrr_undiscounted
-                        AND lag(i.mrr_original) OVER w = i.mrr_original
-                        AND lag(i.currency) OVER w IS NOT DISTINCT FROM i.currency, false) AS same
-        FROM derived_item_mrr i, cfg
-        WHERE (i.status = 'active' OR (i.status = 'past_due' AND cfg.past_due_counts))
-          AND i.churn_type IS NULL
-          AND NOT (coalesce(i.pause_collection, false) AND NOT cfg.pause_collection_keeps_mrr)
-        WINDOW w AS (PARTITION BY i.account_id, i.subscription_item_id ORDER BY i.valid_from)
-    )
+    -- (`value_from`, 40: where the item's value, all but its status, last changed, so that a renewal whose payment
+    -- failed (active to past_due, both counting) begins no change of the item and its parts take the rate of that
+    -- earlier change)
+    SELECT i.rowid AS rid, i.account_id, i.customer_id, i.subscription_item_id, i.valid_from, i.valid_to,
+           i.mrr_original, i.currency, i.family, i.value_from
+    FROM derived_item_mrr i, cfg
+    WHERE (i.status = 'active' OR (i.status = 'past_due' AND cfg.past_due_counts))
+      AND i.churn_type IS NULL
+      AND NOT (coalesce(i.pause_collection, false) AND NOT cfg.pause_collection_keeps_mrr)
 ),
 -- the day whose rate values state A (just before t_start) and state B (at t_end), in UTC
 tr AS (
