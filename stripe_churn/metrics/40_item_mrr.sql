@@ -801,15 +801,15 @@ FROM (
 -- and price for the descriptive columns. (A point without an item id is left out, as it always was.)
 -- A point after a gap in the item's history (its previous point's history row ended before it: the item
 -- was absent in between) starts a row even at an equal contribution, and the row before it ends at the gap.
--- `value_from`, on a row that counts (its status counts, it has not churned and its collection is not paused
--- under pause_collection_keeps_mrr = false; NULL on the others): where the item's value, all but its status, last
--- changed. A counting row that follows a counting row of the same price, quantity, discounts, MRR and currency
--- without a gap, as at a renewal whose payment failed (active to past_due, both counting), begins no change of
--- the item: 62 dates the item's parts at that earlier change, whose rate values them. (Worked out here, on the
--- integer item key in the order the rows are made, rather than in 62 over the id strings: 6.5 s less at 1M.)
+-- `value_from`: where the item's value, all but its status, last changed. A row that counts (its point's `counts`)
+-- and follows a counting row of the same price, quantity, discounts, MRR and currency without a gap, as at a
+-- renewal whose payment failed (active to past_due, both counting), begins no change of the item and keeps that
+-- row's `value_from`; any other row's is its own start. 62 dates the item's parts at it, whose rate values them.
+-- (Worked out in the window over the kept points, on the integer item key: over the rows' id strings in 62, or
+-- over the finished rows with every column, it cost several seconds more at 1M.)
 CREATE OR REPLACE TABLE derived_item_mrr AS
 WITH marked AS (
-    SELECT ik, moment, lag(row_to) OVER w AS prev_to,
+    SELECT ik, moment, v, cv, lag(row_to) OVER w AS prev_to,
            -- (an item's first point is kept unless every value is NULL)
            CASE WHEN lag(v) OVER w IS NULL THEN any_value
                 ELSE lag(v) OVER w IS DISTINCT FROM v OR lag(row_to) OVER w < moment END AS changed
@@ -819,21 +819,34 @@ WITH marked AS (
                  {'pq': pq, 's': status, 'm': mrr_e10, 'u': counted_undiscounted_e10,
                   'f': CASE WHEN counted_undiscounted_e10 = 0 AND counts THEN pct_factor END,
                   'x': CASE WHEN counted_undiscounted_e10 = 0 AND counts THEN discount_ids END} AS v,
+                 -- (what else `value_from` compares)
+                 {'k': counts, 'd': discount_ids, 'c': currency} AS cv,
                  pq IS NOT NULL OR status IS NOT NULL OR mrr_e10 IS NOT NULL
                      OR counted_undiscounted_e10 IS NOT NULL AS any_value
           FROM derived_item_point_mrr WHERE ik IS NOT NULL)
     WINDOW w AS (PARTITION BY ik ORDER BY moment)
 ),
-kept_keys AS (
+kept_starts AS (
     SELECT ik, moment,
            -- (the next kept point, or the gap before it)
-           least(lead(moment) OVER k, lead(prev_to) OVER k) AS next_at
+           least(lead(moment) OVER k, lead(prev_to) OVER k) AS next_at,
+           -- (NULL where the item's value goes on: this point and the kept one before it count, no gap between)
+           CASE WHEN cv.k AND lag(cv.k) OVER k AND NOT coalesce(prev_to < moment, false)
+                     AND lag(v.pq) OVER k IS NOT DISTINCT FROM v.pq AND lag(v.m) OVER k = v.m
+                     AND lag(v.u) OVER k IS NOT DISTINCT FROM v.u AND lag(cv.d) OVER k IS NOT DISTINCT FROM cv.d
+                     AND lag(cv.c) OVER k IS NOT DISTINCT FROM cv.c
+                THEN NULL ELSE moment END AS value_start
     FROM marked WHERE changed
     WINDOW k AS (PARTITION BY ik ORDER BY moment)
 ),
+kept_keys AS (
+    SELECT ik, moment, next_at,
+           max(value_start) OVER (PARTITION BY ik ORDER BY moment ROWS UNBOUNDED PRECEDING) AS value_from
+    FROM kept_starts
+),
 kept_points AS MATERIALIZED (
     -- (materialised: the history rows are looked up for the kept points only)
-    SELECT p.*, kk.next_at
+    SELECT p.*, kk.next_at, kk.value_from
     FROM derived_item_point_mrr p
     JOIN kept_keys kk ON kk.ik = p.ik AND kk.moment = p.moment
 ),
@@ -842,88 +855,64 @@ kept AS (
            h.valid_from, h.valid_to, h.source_event_id, h.source_invoice_id, p.*
     FROM kept_points p
     JOIN derived_item_history h ON h.rowid = p.hid
-),
-item_rows AS (
-    SELECT
-        k.ik,
-        k.account_id,
-        k.customer_id,
-        k.subscription_id,
-        k.subscription_item_id,
-        t.product_id,
-        k.price_id,
-        t.family,
-        t.unit_kind,
-        t.usage_type,
-        CAST(k.quantity AS BIGINT) AS quantity,
-        k.moment AS valid_from,
-        CASE WHEN k.next_at IS NOT NULL THEN k.next_at ELSE k.valid_to END AS valid_to,
-        k.status,
-        k.currency,
-        dec10(k.mrr_e10) AS mrr_original,
-        dec10(k.counted_undiscounted_e10) AS mrr_undiscounted,
-        -- (of a counted item of no amount under discounts, their percent factor: the split of 64 values a change
-        -- of its amount at it, as for any discounted item; of one of no amount and no discount, 1: a metered item
-        -- before its first usage, or a seat item of quantity 0, whose amount and discount both change in one window
-        -- has a usage or quantity part at no discount and a discount part, README "Metric definitions"; so it is set
-        -- exactly on the rows that count, and 60 reads its change as a change of the item)
-        CASE WHEN k.counted_undiscounted_e10 <> 0
-             THEN CAST(CAST(k.mrr_e10 AS DECIMAL(38, 0)) / CAST(k.counted_undiscounted_e10 AS DECIMAL(38, 0))
-                       AS DECIMAL(38, 10))
-             WHEN k.counts AND k.discount_ids IS NOT NULL THEN CAST(k.pct_factor AS DECIMAL(38, 10))
-             WHEN k.counts THEN CAST(1 AS DECIMAL(38, 10))
-        END AS discount_factor,
-        k.discount_ids,
-        -- the share of a tax-inclusive licensed price that is not tax (NULL: no tax taken out)
-        CAST(CAST(k.net_num AS DECIMAL(38, 0)) / CAST(k.net_den AS DECIMAL(38, 0)) AS DECIMAL(38, 18)) AS net_share,
-        k.pause_collection,
-        -- (or inside a request taken back: churned there too, so that 62 sees its items gone and back)
-        CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.churn_type
-             WHEN k.moment < w.withdrawn_at AND NOT k.counts THEN w.churn_type END AS churn_type,
-        CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_reason
-             WHEN k.moment < w.withdrawn_at AND NOT k.counts THEN w.cancellation_reason END AS cancellation_reason,
-        CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_feedback
-             WHEN k.moment < w.withdrawn_at AND NOT k.counts THEN w.cancellation_feedback END AS cancellation_feedback,
-        CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_comment
-             WHEN k.moment < w.withdrawn_at AND NOT k.counts THEN w.cancellation_comment END AS cancellation_comment,
-        CASE WHEN k.status_at = k.moment AND k.status_event_id IS NOT NULL THEN k.status_event_id
-             WHEN k.valid_from = k.moment THEN k.source_event_id END AS source_event_id,
-        CASE WHEN k.metered_at = k.moment THEN k.metered_invoice_id
-             WHEN k.valid_from = k.moment THEN k.source_invoice_id END AS source_invoice_id
-    FROM kept k
-    LEFT JOIN derived_price_terms t ON t.account_id = k.account_id AND t.price_id = k.price_id
-    LEFT JOIN derived_sub_churn c ON c.account_id = k.account_id AND c.subscription_id = k.subscription_id
-    -- (the request taken back that a row lies in: the latest request at or before it, if taken back after it. Each
-    -- span is cut at the next request, so that at most one matches, that latest; a hash join on the subscription, as
-    -- an ASOF join sorted all 6M rows at 1M for a table nearly always empty: 7 s)
-    LEFT JOIN (SELECT *, least(withdrawn_at, lead(requested_at) OVER (PARTITION BY account_id, subscription_id
-                                                                       ORDER BY requested_at, withdrawn_at)) AS span_to
-               FROM derived_withdrawn_cancels) w
-           ON w.account_id = k.account_id AND w.subscription_id = k.subscription_id
-          AND w.requested_at <= k.moment AND k.moment < w.span_to
-),
-counted AS (
-    SELECT r.*,
-           (r.status = 'active' OR (r.status = 'past_due' AND cfg.past_due_counts)) AND r.churn_type IS NULL
-               AND NOT (coalesce(r.pause_collection, false) AND NOT cfg.pause_collection_keeps_mrr) AS counting
-    FROM item_rows r, (SELECT past_due_counts, pause_collection_keeps_mrr FROM derived_settings) cfg
-),
-chained AS (
-    SELECT *,
-           counting AND coalesce(lag(counting) OVER w AND lag(valid_to) OVER w = valid_from
-                                 AND lag(price_id) OVER w IS NOT DISTINCT FROM price_id
-                                 AND lag(quantity) OVER w IS NOT DISTINCT FROM quantity
-                                 AND lag(discount_ids) OVER w IS NOT DISTINCT FROM discount_ids
-                                 AND lag(mrr_undiscounted) OVER w IS NOT DISTINCT FROM mrr_undiscounted
-                                 AND lag(mrr_original) OVER w = mrr_original
-                                 AND lag(currency) OVER w IS NOT DISTINCT FROM currency, false) AS same
-    FROM counted
-    WINDOW w AS (PARTITION BY ik ORDER BY valid_from)
 )
-SELECT * EXCLUDE (ik, counting, same, value_start),
-       CASE WHEN counting THEN max(value_start) OVER (PARTITION BY ik ORDER BY valid_from ROWS UNBOUNDED PRECEDING)
-       END AS value_from
-FROM (SELECT *, CASE WHEN counting AND NOT same THEN valid_from END AS value_start FROM chained);
+SELECT
+    k.account_id,
+    k.customer_id,
+    k.subscription_id,
+    k.subscription_item_id,
+    t.product_id,
+    k.price_id,
+    t.family,
+    t.unit_kind,
+    t.usage_type,
+    CAST(k.quantity AS BIGINT) AS quantity,
+    k.moment AS valid_from,
+    CASE WHEN k.next_at IS NOT NULL THEN k.next_at ELSE k.valid_to END AS valid_to,
+    k.status,
+    k.currency,
+    dec10(k.mrr_e10) AS mrr_original,
+    dec10(k.counted_undiscounted_e10) AS mrr_undiscounted,
+    -- (of a counted item of no amount under discounts, their percent factor: the split of 64 values a change
+    -- of its amount at it, as for any discounted item; of one of no amount and no discount, 1: a metered item
+    -- before its first usage, or a seat item of quantity 0, whose amount and discount both change in one window
+    -- has a usage or quantity part at no discount and a discount part, README "Metric definitions"; so it is set
+    -- exactly on the rows that count, and 60 reads its change as a change of the item)
+    CASE WHEN k.counted_undiscounted_e10 <> 0
+         THEN CAST(CAST(k.mrr_e10 AS DECIMAL(38, 0)) / CAST(k.counted_undiscounted_e10 AS DECIMAL(38, 0))
+                   AS DECIMAL(38, 10))
+         WHEN k.counts AND k.discount_ids IS NOT NULL THEN CAST(k.pct_factor AS DECIMAL(38, 10))
+         WHEN k.counts THEN CAST(1 AS DECIMAL(38, 10))
+    END AS discount_factor,
+    k.discount_ids,
+    -- the share of a tax-inclusive licensed price that is not tax (NULL: no tax taken out)
+    CAST(CAST(k.net_num AS DECIMAL(38, 0)) / CAST(k.net_den AS DECIMAL(38, 0)) AS DECIMAL(38, 18)) AS net_share,
+    k.pause_collection,
+    -- (or inside a request taken back: churned there too, so that 62 sees its items gone and back)
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.churn_type
+         WHEN k.moment < w.withdrawn_at AND NOT k.counts THEN w.churn_type END AS churn_type,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_reason
+         WHEN k.moment < w.withdrawn_at AND NOT k.counts THEN w.cancellation_reason END AS cancellation_reason,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_feedback
+         WHEN k.moment < w.withdrawn_at AND NOT k.counts THEN w.cancellation_feedback END AS cancellation_feedback,
+    CASE WHEN c.churn_at IS NOT NULL AND k.moment >= c.churn_at AND NOT k.counts THEN c.cancellation_comment
+         WHEN k.moment < w.withdrawn_at AND NOT k.counts THEN w.cancellation_comment END AS cancellation_comment,
+    CASE WHEN k.status_at = k.moment AND k.status_event_id IS NOT NULL THEN k.status_event_id
+         WHEN k.valid_from = k.moment THEN k.source_event_id END AS source_event_id,
+    CASE WHEN k.metered_at = k.moment THEN k.metered_invoice_id
+         WHEN k.valid_from = k.moment THEN k.source_invoice_id END AS source_invoice_id,
+    k.value_from
+FROM kept k
+LEFT JOIN derived_price_terms t ON t.account_id = k.account_id AND t.price_id = k.price_id
+LEFT JOIN derived_sub_churn c ON c.account_id = k.account_id AND c.subscription_id = k.subscription_id
+-- (the request taken back that a row lies in: the latest request at or before it, if taken back after it. Each
+-- span is cut at the next request, so that at most one matches, that latest; a hash join on the subscription, as
+-- an ASOF join sorted all 6M rows at 1M for a table nearly always empty: 7 s)
+LEFT JOIN (SELECT *, least(withdrawn_at, lead(requested_at) OVER (PARTITION BY account_id, subscription_id
+                                                                   ORDER BY requested_at, withdrawn_at)) AS span_to
+           FROM derived_withdrawn_cancels) w
+       ON w.account_id = k.account_id AND w.subscription_id = k.subscription_id
+      AND w.requested_at <= k.moment AND k.moment < w.span_to;
 
 -- What the items of a subscription still on its trial will bring in once it converts: at each of their trialing
 -- points, the MRR the item would have there were the subscription paying, its discounts as they stand at that
