@@ -782,7 +782,18 @@ SELECT hid, ik, moment, row_to, pq, currency, status, pause_collection, status_a
        -- trial's end); with its collection paused (when that counts zero), what it counts once collection resumes
        -- (85: when it resumes before the cancellation); NULL otherwise
        CASE WHEN counts_once_paid THEN discounted_e10 WHEN counts_once_paid IS NOT NULL THEN CAST(0 AS HUGEINT)
-       END AS paid_e10
+       END AS paid_e10,
+       -- the item's share of a subscription's or customer's amount off shared among its items, exactly: numerator
+       -- (1e-20) over denominator (1e-10), in 1e-10 of the item's currency (mrr_e10 holds it cut); on a counting item
+       -- of no tax taken out whose share leaves it some MRR, NULL otherwise. 64 values a change made of that share
+       -- alone from it, so that an exact half in the reporting currency (13.50 EUR x 12.5 / 87.5 at 1.3349 =
+       -- 2.57445) rounds as it should instead of as the cut value does.
+       CASE WHEN counts AND sub_off_e10 > 0 AND sub_off_e10 < sub_total_e10 AND net_den IS NULL
+                 AND after_item_e10 > 0 AND sub_off_e10 < 1000000000000000000 AND after_item_e10 < 1000000000000000000
+            THEN sub_off_e10 * after_item_e10 END AS shared_off_num,
+       CASE WHEN counts AND sub_off_e10 > 0 AND sub_off_e10 < sub_total_e10 AND net_den IS NULL
+                 AND after_item_e10 > 0 AND sub_off_e10 < 1000000000000000000 AND after_item_e10 < 1000000000000000000
+            THEN sub_total_e10 END AS shared_off_den
 FROM (
     SELECT *,
            -- (a tax-inclusive price's share without tax is taken last, from the discounted amount: a coupon
@@ -901,7 +912,9 @@ SELECT
          WHEN k.valid_from = k.moment THEN k.source_event_id END AS source_event_id,
     CASE WHEN k.metered_at = k.moment THEN k.metered_invoice_id
          WHEN k.valid_from = k.moment THEN k.source_invoice_id END AS source_invoice_id,
-    k.value_from
+    k.value_from,
+    k.shared_off_num,
+    k.shared_off_den
 FROM kept k
 LEFT JOIN derived_price_terms t ON t.account_id = k.account_id AND t.price_id = k.price_id
 LEFT JOIN derived_sub_churn c ON c.account_id = k.account_id AND c.subscription_id = k.subscription_id

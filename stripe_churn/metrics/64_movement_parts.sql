@@ -106,6 +106,9 @@ comps AS (
            b.mrr_undiscounted AS b_undisc, b.discount_factor AS b_factor, k.b_rate_c, b.discount_ids AS b_discount_ids,
            b.source_event_id AS b_event_id, b.source_invoice_id AS b_invoice_id, b.valid_from AS b_valid_from,
            b.net_share AS b_net_share,
+           -- (each side's share of an amount off shared among the subscription's items, exactly: 40)
+           a.shared_off_num AS a_off_num, a.shared_off_den AS a_off_den,
+           b.shared_off_num AS b_off_num, b.shared_off_den AS b_off_den,
            -- (12 x interval_count of each side's price, their least common multiple: see rep20)
            lcm(12 * coalesce(pa.interval_count, 1), 12 * coalesce(pb.interval_count, 1)) AS den
     FROM comp_rows k
@@ -182,7 +185,22 @@ settled AS (
     FROM split s
 ),
 item_parts AS (
-    SELECT tid, account_id, customer_id, t_start, comp, part, rep20(amount_original, den, b_rate_c) AS amount_rep,
+    SELECT tid, account_id, customer_id, t_start, comp, part,
+           -- (a discount part that is all of the item's change, made of a shared amount off's share on one side
+           -- alone (it began or ended): valued from that share exactly, to 1e-12, as rep20 cannot take a share that
+           -- is no short decimal to an exact half the rate makes: 13.50 EUR x 12.5 / 87.5 at 1.3349 is 2.57445)
+           CASE WHEN part = 'd' AND comp = 'same' AND rest_to = 'd' AND p0 = 0 AND q0 = 0
+                     AND a_currency = b_currency AND rate_e8(b_rate_c) < 10000000000
+                     AND (a_off_num IS NULL) <> (b_off_num IS NULL)
+                     AND coalesce(a_off_num, b_off_num) < CAST(10000000000000000000000000000 AS HUGEINT)
+                     AND abs(CAST((a_mrr - b_mrr) * 10000000000 AS HUGEINT)
+                             - CASE WHEN b_off_num IS NULL THEN -1 ELSE 1 END
+                               * (coalesce(a_off_num, b_off_num) // coalesce(a_off_den, b_off_den))) <= 1
+                THEN CAST(CAST(CASE WHEN b_off_num IS NULL THEN 1 ELSE -1 END
+                               * (coalesce(a_off_num, b_off_num) * rate_e8(b_rate_c)
+                                  // (coalesce(a_off_den, b_off_den) * 1000000)) AS DECIMAL(38, 0))
+                          * CAST(0.000000000001 AS DECIMAL(12, 12)) AS DECIMAL(38, 20))
+                ELSE rep20(amount_original, den, b_rate_c) END AS amount_rep,
            amount_original, b_currency AS currency, b_subscription_id AS subscription_id,
            b_item_id AS subscription_item_id, b_product_id AS product_id, b_price_id AS price_id,
            b_event_id AS event_id, b_invoice_id AS invoice_id, b_valid_from AS row_from,

@@ -355,3 +355,43 @@ def test_a_change_of_an_item_an_amount_off_covered_whole(world: World, derive: D
     assert moves(con) == [(T0, "new", "new", D("50.0000"), "si_b"),  # (dated at the window's first change)
                           (month(1, 10), first[0], "expansion", first[1], "si_s"),
                           (month(2, 10), last[0], "contraction", last[1], "si_s")]
+
+
+@pytest.mark.parametrize("currency", ["eur", "usd"])
+def test_a_shared_amount_off_whose_shares_the_rate_makes_exact_halves(store: duckdb.DuckDBPyConnection,
+                                                                      currency: str) -> None:
+    """design.md 4 (an amount off shared among a subscription's items in proportion to their MRR) and 5 (a discount
+    starting or ending is a `discount` movement of each item; rounded at 4, half away from zero). Three eur items
+    of 35.00, 2 x 20.00 and 50 x 0.25 (87.50) at 1.3349 usd; 13.50 eur off forever from 6 February, taken off on 6
+    March. The shares are 5.40, 6.1714285... and 1.9285714...: at the rate 7.20846, 8.23824 and 2.57445 exactly
+    (1.3349 is 7 x 0.1907), so -7.2085, -8.2382 and -2.5745, which add up to the customer's -18.02115 rounded,
+    -18.0212 (the cut shares gave -8.2383 and -2.5744, the sum the same). Then the same back. In usd at 1 (the
+    control): -5.4000, -6.1714, -1.9286, no exact half."""
+    from conftest import derive_in
+
+    w = World()
+    rate = 1.3349 if currency == "eur" else 1.0
+    w.customer("cus_1", currency=currency)
+    w.product("prod_seat", unit_label="seat", family="core")
+    w.price("price_l", "prod_seat", 3_500, currency=currency)
+    w.price("price_m", "prod_seat", 2_000, currency=currency)
+    w.price("price_f", "prod_seat", 25, currency=currency)
+    if currency == "eur":
+        w.fx_rates = [(dt.datetime.fromtimestamp(T0, tz=dt.UTC).date().isoformat(), "eur", rate)]
+    w.coupon("co_off", amount_off=1_350, currency=currency, duration="forever")
+    w.subscribe("sub_1", "cus_1", [("si_l", "price_l", 1), ("si_m", "price_m", 2), ("si_f", "price_f", 50)], T0)
+    d = w.discount("co_off", month(1, 5), customer="cus_1", subscription="sub_1")
+    w.update("sub_1", month(1, 5), discounts=[d["id"]])
+    w.update("sub_1", month(2, 5), discounts=[])
+    con = derive_in(store)(w, seen_at=month(3))
+    parts = ([D("-7.2085"), D("-8.2382"), D("-2.5745")] if currency == "eur"
+             else [D("-5.4000"), D("-6.1714"), D("-1.9286")])
+    on = [(month(1, 5), "discount", "contraction", p, item) for p, item in zip(parts, ("si_l", "si_m", "si_f"),
+                                                                                strict=True)]
+    off = [(month(2, 5), "discount", "expansion", -p, item) for p, item in zip(parts, ("si_l", "si_m", "si_f"),
+                                                                                 strict=True)]
+    assert [m for m in moves(con) if m[1] == "discount"] == sorted(on, key=lambda m: m[4]) + sorted(off, key=lambda m: m[4])
+    # (each change's rows add up to the customer's change, rounded once)
+    total = D("-18.0212") if currency == "eur" else D("-13.5000")
+    assert customer_mrr_at(con, "cus_1", month(1, 6)) - customer_mrr_at(con, "cus_1", month(1, 4)) == total
+    assert sum(parts) == total
