@@ -105,7 +105,7 @@ comps AS (
            b.quantity AS b_quantity, b.currency AS b_currency, b.mrr_original AS b_mrr,
            b.mrr_undiscounted AS b_undisc, b.discount_factor AS b_factor, k.b_rate_c, b.discount_ids AS b_discount_ids,
            b.source_event_id AS b_event_id, b.source_invoice_id AS b_invoice_id, b.valid_from AS b_valid_from,
-           b.net_share AS b_net_share,
+           b.net_share AS b_net_share, a.net_share AS a_net_share,
            -- (each side's share of an amount off shared among the subscription's items, exactly: 40)
            a.shared_off_num AS a_off_num, a.shared_off_den AS a_off_den,
            b.shared_off_num AS b_off_num, b.shared_off_den AS b_off_den,
@@ -184,12 +184,60 @@ settled AS (
                 ELSE 'q' END AS rest_to
     FROM split s
 ),
+-- A plan or quantity part valued at the item's own discount factor (its percent coupons, its own amount off) is a
+-- fraction: (the undiscounted change) x a_mrr / a_undisc. Each of the three, times `den`, is a short decimal again
+-- (`whole_again`), so the part times the rate is taken to 1e-12 exactly in integers, and the part that takes the
+-- rest is the item's whole change at the rate (exact too) less the others: a discount part of 9.6428571... EUR at
+-- 1.0423 is 10.05075, not 10.0507499988 (a plan switch off 2 x 32.20 under 22.50 off onto 27.60). Not where a
+-- shared amount off's share or a tax-inclusive price's share makes a side's MRR no short decimal, across
+-- currencies, for metered usage, or for values so large that the product would not fit (rep20 there, as before).
+flagged AS (
+    SELECT *,
+           coalesce(comp IN ('same', 'pair') AND NOT metered AND NOT same_off AND f <> 1 AND f = f_a
+                    AND a_factor IS NOT NULL AND a_undisc > 0 AND a_mrr >= 0 AND a_currency = b_currency
+                    AND a_off_num IS NULL AND b_off_num IS NULL AND a_net_share IS NULL AND b_net_share IS NULL
+                    AND rate_e8(b_rate_c) < 10000000000 AND a_undisc * den < 100000
+                    AND abs(b_undisc - a_undisc) * den < 100000
+                    AND abs(coalesce(cross_mrr, 0) - a_undisc) * den < 100000
+                    AND abs(b_undisc - coalesce(cross_mrr, 0)) * den < 100000, false) AS exact_ok
+    FROM settled
+),
+exacted AS (
+    SELECT s.*,
+           CASE WHEN rest_to = 'p' THEN dm_rep - q_rep ELSE p_rep END AS p_rep_x,
+           CASE WHEN rest_to = 'q' THEN dm_rep - p_rep ELSE q_rep END AS q_rep_x,
+           CASE WHEN rest_to = 'd' THEN dm_rep - p_rep - q_rep ELSE 0 END AS d_rep_x
+    FROM (
+        SELECT s.*,
+               rep20(round(b_mrr - a_mrr, 9), den, b_rate_c) AS dm_rep,
+               -- (truncated toward zero at 1e-12: a half at 4 decimals is held exactly, and nothing below one
+               -- reaches it)
+               CAST(CAST(sign(p9) * (abs(p9) * m9 * rate_e8(b_rate_c) // (den * u9 * 100000)) AS DECIMAL(38, 0))
+                    * CAST(0.000000000001 AS DECIMAL(12, 12)) AS DECIMAL(38, 20)) AS p_rep,
+               CAST(CAST(sign(q9) * (abs(q9) * m9 * rate_e8(b_rate_c) // (den * u9 * 100000)) AS DECIMAL(38, 0))
+                    * CAST(0.000000000001 AS DECIMAL(12, 12)) AS DECIMAL(38, 20)) AS q_rep
+        FROM (
+            SELECT s.*,
+                   CAST(whole_again(CASE WHEN cross_mrr IS NULL THEN b_undisc - a_undisc ELSE cross_mrr - a_undisc END
+                                    * den, 10 * den) * 1000000000 AS HUGEINT) AS p9,
+                   CAST(whole_again(CASE WHEN cross_mrr IS NULL THEN 0 ELSE b_undisc - cross_mrr END * den, 10 * den)
+                        * 1000000000 AS HUGEINT) AS q9,
+                   CAST(whole_again(a_mrr * den, 10 * den) * 1000000000 AS HUGEINT) AS m9,
+                   CAST(whole_again(a_undisc * den, 10 * den) * 1000000000 AS HUGEINT) AS u9
+            FROM flagged s
+            WHERE exact_ok
+        ) s
+    ) s
+    UNION ALL BY NAME
+    SELECT * FROM flagged WHERE NOT exact_ok
+),
 item_parts AS (
     SELECT tid, account_id, customer_id, t_start, comp, part,
            -- (a discount part that is all of the item's change, made of a shared amount off's share on one side
            -- alone (it began or ended): valued from that share exactly, to 1e-12, as rep20 cannot take a share that
            -- is no short decimal to an exact half the rate makes: 13.50 EUR x 12.5 / 87.5 at 1.3349 is 2.57445)
-           CASE WHEN part = 'd' AND comp = 'same' AND rest_to = 'd' AND p0 = 0 AND q0 = 0
+           CASE WHEN p_rep_x IS NOT NULL THEN CASE part WHEN 'p' THEN p_rep_x WHEN 'q' THEN q_rep_x ELSE d_rep_x END
+                WHEN part = 'd' AND comp = 'same' AND rest_to = 'd' AND p0 = 0 AND q0 = 0
                      AND a_currency = b_currency AND rate_e8(b_rate_c) < 10000000000
                      AND (a_off_num IS NULL) <> (b_off_num IS NULL)
                      AND coalesce(a_off_num, b_off_num) < CAST(10000000000000000000000000000 AS HUGEINT)
@@ -218,11 +266,11 @@ item_parts AS (
     FROM (
         SELECT *, 'p' AS part,
                round(coalesce(p0, 0) + CASE WHEN rest_to = 'p' THEN rest ELSE 0 END, 9) AS amount_original
-        FROM settled
+        FROM exacted
         UNION ALL
-        SELECT *, 'q', round(q0 + CASE WHEN rest_to = 'q' THEN rest ELSE 0 END, 9) FROM settled
+        SELECT *, 'q', round(q0 + CASE WHEN rest_to = 'q' THEN rest ELSE 0 END, 9) FROM exacted
         UNION ALL
-        SELECT *, 'd', round(CASE WHEN rest_to = 'd' THEN rest ELSE 0 END, 9) FROM settled
+        SELECT *, 'd', round(CASE WHEN rest_to = 'd' THEN rest ELSE 0 END, 9) FROM exacted
     )
     WHERE amount_original <> 0
 ),

@@ -395,3 +395,38 @@ def test_a_shared_amount_off_whose_shares_the_rate_makes_exact_halves(store: duc
     total = D("-18.0212") if currency == "eur" else D("-13.5000")
     assert customer_mrr_at(con, "cus_1", month(1, 6)) - customer_mrr_at(con, "cus_1", month(1, 4)) == total
     assert sum(parts) == total
+
+
+@pytest.mark.parametrize("currency", ["eur", "usd"])
+def test_a_plan_switch_off_an_items_own_amount_off_whose_parts_the_rate_makes_exact_halves(
+        store: duckdb.DuckDBPyConnection, currency: str) -> None:
+    """design.md 5 (a plan switch onto a new item of the same family: its price's change a `downgrade`, the discount
+    that stayed on the old item a `discount` part) with README's rule that the plan part is valued at the discount
+    the item had. 2 x 32.20 eur (64.40) under its own 22.50 off (41.90), switched on 11 February to 2 x 13.80
+    (27.60, no discount), at 1.0423 usd. The plan part is -36.80 x 41.90 / 64.40 = -23.9428571..., the discount part
+    the rest, +9.6428571...; at the rate exactly -24.95564 and +10.05075 (1.0423 is 7 x 0.1489): +10.0508 rounded,
+    and the customer's -14.90489, -14.9049, leaves -0.0001 for the larger row, -24.9557. (Held through the cut
+    discount factor, the discount part was 10.0507499988: 10.0507 and -24.9556.) In usd at 1, the control: -23.9429
+    and +9.6429."""
+    from conftest import derive_in
+
+    w = World()
+    w.customer("cus_1", currency=currency)
+    w.product("prod_seat", unit_label="seat", family="core")
+    w.price("price_g", "prod_seat", 3_220, currency=currency)
+    w.price("price_t", "prod_seat", 1_380, currency=currency)
+    if currency == "eur":
+        w.fx_rates = [(dt.datetime.fromtimestamp(T0, tz=dt.UTC).date().isoformat(), "eur", 1.0423)]
+    w.coupon("co_item", amount_off=2_250, currency=currency, duration="forever")
+    d = w.discount("co_item", T0, customer="cus_1", subscription="sub_1", subscription_item="si_g")
+    w.subscribe("sub_1", "cus_1", [("si_g", "price_g", 2)], T0)
+    w.objects["subscriptions"]["sub_1"]["items"]["data"][0]["discounts"] = [d["id"]]
+    w.events[-1]["data"]["object"]["items"]["data"][0]["discounts"] = [d["id"]]
+    w.update("sub_1", month(1, 10), items=[("si_t", "price_t", 2)])
+    con = derive_in(store)(w, seen_at=month(3))
+    expected = ([("discount", D("10.0508")), ("downgrade", D("-24.9557"))] if currency == "eur"
+                else [("discount", D("9.6429")), ("downgrade", D("-23.9429"))])
+    assert [(m[1], m[3]) for m in moves(con) if m[0] == month(1, 10)] == expected
+    total = D("-14.9049") if currency == "eur" else D("-14.3000")
+    assert customer_mrr_at(con, "cus_1", month(1, 11)) - customer_mrr_at(con, "cus_1", month(1, 9)) == total
+    assert sum(v for _, v in expected) == total
