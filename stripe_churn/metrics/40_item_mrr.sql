@@ -788,14 +788,14 @@ SELECT hid, ik, moment, row_to, pq, currency, status, pause_collection, status_a
        -- of no tax taken out whose share leaves it some MRR, NULL otherwise. 64 values a change made of that share
        -- alone from it, so that an exact half in the reporting currency (13.50 EUR x 12.5 / 87.5 at 1.3349 =
        -- 2.57445) rounds as it should instead of as the cut value does.
-       CASE WHEN counts AND sub_off_e10 > 0 AND sub_off_e10 < sub_total_e10 AND net_den IS NULL
-                 AND after_item_e10 > 0 AND sub_off_e10 < 1000000000000000000 AND after_item_e10 < 1000000000000000000
-            THEN sub_off_e10 * after_item_e10 END AS shared_off_num,
-       CASE WHEN counts AND sub_off_e10 > 0 AND sub_off_e10 < sub_total_e10 AND net_den IS NULL
-                 AND after_item_e10 > 0 AND sub_off_e10 < 1000000000000000000 AND after_item_e10 < 1000000000000000000
-            THEN sub_total_e10 END AS shared_off_den
+       CASE WHEN shared_exact THEN sub_off_e10 * after_item_e10 END AS shared_off_num,
+       CASE WHEN shared_exact THEN sub_total_e10 END AS shared_off_den
 FROM (
     SELECT *,
+           -- (where shared_off_num and shared_off_den are kept: the share is some of the item's MRR, no tax is taken
+           -- out, and the product fits a HUGEINT)
+           counts AND sub_off_e10 > 0 AND sub_off_e10 < sub_total_e10 AND net_den IS NULL AND after_item_e10 > 0
+               AND sub_off_e10 < 1000000000000000000 AND after_item_e10 < 1000000000000000000 AS shared_exact,
            -- (a tax-inclusive price's share without tax is taken last, from the discounted amount: a coupon
            -- takes its amount off the price as charged, tax included)
            CASE WHEN NOT counts AND NOT coalesce(counts_once_paid, false) THEN CAST(0 AS HUGEINT)
