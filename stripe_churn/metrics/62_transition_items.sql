@@ -102,8 +102,8 @@ quick AS (
     SELECT t.*
     FROM tr t
     SEMI JOIN big USING (account_id, customer_id)
-    ANTI JOIN overlapping o USING (account_id, customer_id)
-    ANTI JOIN rate_moved m USING (tid)
+    ANTI JOIN overlapping USING (account_id, customer_id)
+    ANTI JOIN rate_moved USING (tid)
     WHERE t.kind = 'change'
 ),
 -- the rows with a boundary inside a quick window (the windows of one customer do not overlap there)

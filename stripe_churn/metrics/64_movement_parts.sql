@@ -31,6 +31,14 @@ FROM (SELECT tid,
       FROM derived_transition_items
       GROUP BY ALL);
 
+-- (for `exacted` below) whole9: x x den, a short decimal again, in 1e-9 units. fraction_rep12: x x m / u at the rate
+-- from three such values (x9 x m9 / (den x u9)), truncated toward zero at 1e-12: a half at 4 decimals is held
+-- exactly, and nothing below one reaches it
+CREATE OR REPLACE MACRO whole9(x, den) AS CAST(whole_again(x * den, 10 * den) * 1000000000 AS HUGEINT);
+CREATE OR REPLACE MACRO fraction_rep12(x9, m9, u9, den, rate) AS
+    CAST(CAST(sign(x9) * (abs(x9) * m9 * rate_e8(rate) // (den * u9 * 100000)) AS DECIMAL(38, 0))
+         * CAST(0.000000000001 AS DECIMAL(12, 12)) AS DECIMAL(38, 20));
+
 CREATE OR REPLACE TEMP TABLE derived_movement_parts AS
 WITH
 ti AS NOT MATERIALIZED (
@@ -217,26 +225,17 @@ exacted AS (
     FROM (
         SELECT *,
                CASE WHEN exact_ok THEN rep20(round(b_mrr - a_mrr, 9), den, b_rate_c) END AS dm_rep,
-               -- (truncated toward zero at 1e-12: a half at 4 decimals is held exactly, and nothing below one
-               -- reaches it)
-               CASE WHEN exact_ok THEN
-                   CAST(CAST(sign(p9) * (abs(p9) * m9 * rate_e8(b_rate_c) // (den * u9 * 100000)) AS DECIMAL(38, 0))
-                        * CAST(0.000000000001 AS DECIMAL(12, 12)) AS DECIMAL(38, 20)) END AS p_rep,
-               CASE WHEN exact_ok THEN
-                   CAST(CAST(sign(q9) * (abs(q9) * m9 * rate_e8(b_rate_c) // (den * u9 * 100000)) AS DECIMAL(38, 0))
-                        * CAST(0.000000000001 AS DECIMAL(12, 12)) AS DECIMAL(38, 20)) END AS q_rep
+               CASE WHEN exact_ok THEN fraction_rep12(p9, m9, u9, den, b_rate_c) END AS p_rep,
+               CASE WHEN exact_ok THEN fraction_rep12(q9, m9, u9, den, b_rate_c) END AS q_rep
         FROM (
             SELECT *,
                    CASE WHEN exact_ok THEN
-                       CAST(whole_again(CASE WHEN cross_mrr IS NULL THEN b_undisc - a_undisc
-                                             ELSE cross_mrr - a_undisc END * den, 10 * den)
-                            * 1000000000 AS HUGEINT) END AS p9,
-                   CASE WHEN exact_ok THEN
-                       CAST(whole_again(CASE WHEN cross_mrr IS NULL THEN 0 ELSE b_undisc - cross_mrr END * den,
-                                        10 * den) * 1000000000 AS HUGEINT) END AS q9,
-                   CASE WHEN exact_ok THEN CAST(whole_again(a_mrr * den, 10 * den) * 1000000000 AS HUGEINT) END AS m9,
-                   CASE WHEN exact_ok THEN CAST(whole_again(a_undisc * den, 10 * den) * 1000000000 AS HUGEINT) END
-                       AS u9
+                       whole9(CASE WHEN cross_mrr IS NULL THEN b_undisc - a_undisc ELSE cross_mrr - a_undisc END, den)
+                   END AS p9,
+                   CASE WHEN exact_ok THEN whole9(CASE WHEN cross_mrr IS NULL THEN 0 ELSE b_undisc - cross_mrr END, den)
+                   END AS q9,
+                   CASE WHEN exact_ok THEN whole9(a_mrr, den) END AS m9,
+                   CASE WHEN exact_ok THEN whole9(a_undisc, den) END AS u9
             FROM flagged
         )
     )

@@ -35,7 +35,8 @@ def test_every_statement_is_profiled_and_the_store_is_unchanged(small_sim_derive
     profile = script_module("profile_recompute")
     assert profile.main([str(store), "--config", str(config), "--min-seconds", "0", "--operators", "2"]) == 0
     out = capsys.readouterr().out.splitlines()
-    statements = sum(len(runner.parsed_statements(duckdb.connect(), text)) for _, text in runner.sql_steps())
+    with duckdb.connect() as parser:
+        statements = sum(len(runner.parsed_statements(parser, text)) for _, text in runner.sql_steps())
     assert out[-1].startswith(f"{statements} statements profiled")
     labelled = [line for line in out if line.startswith(" ") and " s  " in line and "rows" not in line]
     assert any(line.endswith("derived_transition_sides") for line in labelled), out[:5]
