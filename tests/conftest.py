@@ -69,7 +69,7 @@ def ctrl_c_as_at_a_terminal() -> Iterator[None]:
 # nothing to do.
 HEAVY_FILES = {
     "tests/metrics/test_incremental.py": 150, "tests/metrics/test_ground_truth.py": 111,
-    "tests/metrics/test_ground_truth_more_options.py": 77, "tests/sandbox/test_sim.py": 64, "tests/test_sync.py": 63,
+    "tests/metrics/test_ground_truth_more_options.py": 60, "tests/sandbox/test_sim.py": 64, "tests/test_sync.py": 63,
     "tests/metrics/test_ground_truth_options.py": 53, "tests/metrics/test_incremental_catalogue.py": 53,
     "tests/test_daemon.py": 50, "tests/test_pipeline.py": 42, "tests/metrics/test_mrr_rules.py": 40,
     "tests/metrics/test_sources_hunt.py": 38, "tests/metrics/test_rules_hunt.py": 34, "tests/test_daemon_soak.py": 33,
