@@ -34,7 +34,7 @@ def unprorated_cases(sim: Any) -> None:
     window = sim.clock - 30 * 86_400
     updates = [(kind, e) for kind, e, billed in _item_updates(sim) if not billed]
     kinds = Counter((kind, e["created"] >= window) for kind, e in updates)
-    assert kinds[("add", False)] >= 180 and kinds[("replace", False)] >= 40, kinds
+    assert kinds[("add", False)] >= 200 and kinds[("replace", False)] >= 40, kinds
     assert all(kinds[(kind, True)] for kind in ("add", "price", "qty", "remove")), kinds
     lines = defaultdict(list)
     for inv in sim.objects["invoices"].values():
@@ -89,7 +89,7 @@ def granted_trial_cases(sim: Any) -> None:
 def test_ground_truth_with_changes_made_without_prorations_and_trials_granted_to_paying_subscriptions(
         tmp_path: Path) -> None:
     """Simulation(no_prorations=True, later_trials=True) beside item discounts, collection pauses, moving rates and
-    every option of the sandbox (2,000 x 36, seed 16, loaded straight into the store); the cases of each option
+    every option of the sandbox (2,000 x 36, seed 35, loaded straight into the store); the cases of each option
     are checked to be there (unprorated_cases, granted_trial_cases). Without prorations, some item changes are
     made with proration_behavior=none, no invoice, the renewal billing the new state. Some paying subscriptions
     are granted a trial by an update, billed by a subscription_update invoice of 0.00 lines (half with a credit
@@ -104,7 +104,7 @@ def test_ground_truth_with_changes_made_without_prorations_and_trials_granted_to
     fitted in one, which also covers them side by side.)"""
     from stripe_churn.sandbox.sim import SANDBOX_OPTIONS, Simulation
 
-    sim = Simulation(customers=2_000, months=36, seed=16, later_trials=True, no_prorations=True, item_discounts=True,
+    sim = Simulation(customers=2_000, months=36, seed=35, later_trials=True, no_prorations=True, item_discounts=True,
                      collection_pauses=True, fx_changes=True, **SANDBOX_OPTIONS)
     unprorated_cases(sim)
     granted_trial_cases(sim)
