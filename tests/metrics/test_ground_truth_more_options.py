@@ -119,9 +119,10 @@ def test_ground_truth_with_changes_made_without_prorations_and_trials_granted_to
 
 @pytest.mark.timeout(600)
 def test_ground_truth_with_changes_made_without_prorations_through_the_sandbox(tmp_path: Path) -> None:
-    """The same options, 1,500 x 24 (seed 1), synced through the sandbox with the real sync: lists of more than
-    ten items cut short in events and deleted items that are not listed, as Stripe serves them. Exact against the
-    truth, with the discounts no sync can see set aside as scripts/truth_check.py sets them aside. (Before the
+    """Changes without prorations beside item discounts, collection pauses, moving rates and every option of the
+    sandbox (the options above but later trials), 1,500 x 24 (seed 1), synced through the sandbox with the real
+    sync: lists of more than ten items cut short in events and deleted items that are not listed, as Stripe serves
+    them. Exact against the truth, with the discounts no sync can see set aside as scripts/truth_check.py sets them aside. (Before the
     simulation kept to what a sync can date: 7 label and 3 MRR disagreements, a replacement inside the events on a
     subscription of 17 items, whose events list ten, and a three-month promotion on an add-on of an annual plan
     added without prorations, which no line names.)"""
